@@ -1,0 +1,2 @@
+//! Quickstart (placeholder until the log tour lands).
+fn main() {}

@@ -1,0 +1,29 @@
+//! # iot-core
+//!
+//! The vocabulary shared by every crate of the IoT SDK — [`DeviceId`], [`Record`], [`Offset`],
+//! [`PartitionId`], [`Error`] — and the partitioned [`Log`] that telemetry, alerts, audit and events
+//! flow through.
+#![forbid(unsafe_code)]
+
+pub mod device_id;
+pub mod error;
+pub mod headers;
+pub mod limits;
+pub mod log;
+pub mod memory_log;
+pub mod names;
+pub mod offset;
+pub mod record;
+mod sync_util;
+pub mod timestamp;
+
+pub use device_id::DeviceId;
+pub use error::{Error, Result};
+pub use headers::Headers;
+pub use limits::{LogLimits, ReadLimits};
+pub use log::{Appended, Log, LogExt, RetentionPolicy, RetentionReport};
+pub use memory_log::MemoryLog;
+pub use names::{GroupName, TopicName};
+pub use offset::{Offset, PartitionId};
+pub use record::{Record, StoredRecord};
+pub use timestamp::Timestamp;

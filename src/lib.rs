@@ -1,0 +1,23 @@
+//! # iot-sdk
+//!
+//! The building blocks of the reference IoT architecture as Rust crates. This facade re-exports each
+//! of them under a short name; depend on the individual crates if you need only some.
+//!
+//! | module | crate | what it holds |
+//! |---|---|---|
+//! | [`core`] | `iot-core` | device ids, records, errors, the partitioned [`Log`](core::Log) |
+//! | [`identity`] | `iot-identity` | device identity store and credentials |
+//! | [`registry`] | `iot-registry` | device metadata registry and queries |
+//! | [`provisioning`] | `iot-provisioning` | the provisioning API |
+//! | [`stream`] | `iot-stream` | stream processors and the device state store |
+//! | [`gateway`] | `iot-gateway` | the cloud gateway |
+//!
+//! See `examples/quickstart.rs` for a tour (`cargo run --example quickstart`).
+#![forbid(unsafe_code)]
+
+pub use iot_core as core;
+pub use iot_gateway as gateway;
+pub use iot_identity as identity;
+pub use iot_provisioning as provisioning;
+pub use iot_registry as registry;
+pub use iot_stream as stream;

@@ -123,6 +123,16 @@ pub enum Error {
     #[error("the log is closed")]
     Closed,
 
+    /// The log refuses writes after an I/O failure it could not undo (for example a failed
+    /// fsync, after which the state of the file is unknown). Reopening runs recovery.
+    #[error("partition {partition} is unavailable: {reason}; reopen the log to recover")]
+    Unavailable {
+        /// The partition that failed.
+        partition: PartitionId,
+        /// What failed.
+        reason: String,
+    },
+
     /// An I/O operation failed.
     #[error("{operation} {path}: {source}")]
     Io {

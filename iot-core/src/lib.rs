@@ -5,25 +5,37 @@
 //! flow through.
 #![forbid(unsafe_code)]
 
+pub mod consumer;
 pub mod device_id;
 pub mod error;
+pub mod file_log;
 pub mod headers;
 pub mod limits;
 pub mod log;
 pub mod memory_log;
 pub mod names;
 pub mod offset;
+pub mod partitioner;
+pub mod producer;
 pub mod record;
 mod sync_util;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod timestamp;
+pub mod topics;
 
+pub use consumer::{GroupConsumer, StartFrom};
 pub use device_id::DeviceId;
 pub use error::{Error, Result};
+pub use file_log::{Durability, FileLog, FileLogConfig};
 pub use headers::Headers;
 pub use limits::{LogLimits, ReadLimits};
 pub use log::{Appended, Log, LogExt, RetentionPolicy, RetentionReport};
 pub use memory_log::MemoryLog;
 pub use names::{GroupName, TopicName};
 pub use offset::{Offset, PartitionId};
+pub use partitioner::partition_for_key;
+pub use producer::Producer;
 pub use record::{Record, StoredRecord};
 pub use timestamp::Timestamp;
+pub use topics::{FileLogFactory, LogFactory, MemoryLogFactory, Topics};

@@ -1,0 +1,540 @@
+//! One partition of a `FileLog`: its segments, the writer, group commit, reads and recovery.
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::error::{Error, Result};
+use crate::file_log::config::{Durability, FileLogConfig};
+use crate::file_log::frame::{self, BatchHeader};
+use crate::file_log::fs_util::{create_dir_durably, sync_dir};
+use crate::file_log::segment::{
+    self, FrameCursor, IndexEntry, Segment, SegmentFile, encode_index_entry, load_index,
+};
+use crate::limits::ReadLimits;
+use crate::log::{Appended, RetentionPolicy, RetentionReport};
+use crate::offset::{Offset, PartitionId};
+use crate::record::{Record, StoredRecord};
+use crate::sync_util::lock;
+use crate::timestamp::Timestamp;
+
+/// One partition.
+///
+/// Invariants:
+/// * `segments` is never empty; the last one is the active (written) segment; each segment's
+///   `next` is the following segment's base.
+/// * `written` is the active segment's `next`; every byte up to each segment's `size` is a whole,
+///   checked batch on disk (or in the OS cache).
+/// * `durable <= written`: everything below `durable` has been fsync'ed.
+/// * `visible` is what readers may see: `written` under OS-buffered and interval durability,
+///   `durable` under fsync-before-ack, so a reader never sees a record a crash could take back.
+#[derive(Debug)]
+pub(crate) struct FilePartition {
+    id: PartitionId,
+    dir: PathBuf,
+    config: Arc<FileLogConfig>,
+    state: Mutex<PartitionState>,
+    visible: watch::Sender<u64>,
+    durable: watch::Sender<u64>,
+    /// Held by the one task running an fsync; others queue behind it and usually find their data
+    /// already covered when they get it (group commit).
+    sync_leader: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug)]
+struct PartitionState {
+    segments: Vec<Segment>,
+    written: u64,
+    last_time: Timestamp,
+    total_bytes: u64,
+    index_file: Option<fs::File>,
+    encode_buf: Vec<u8>,
+    /// Set when a write failure could not be undone; the partition then refuses appends.
+    failed: Option<String>,
+}
+
+impl PartitionState {
+    fn active(&self) -> &Segment {
+        // Invariant: never empty.
+        &self.segments[self.segments.len() - 1]
+    }
+}
+
+/// What a reader needs from one segment, taken under the lock and used outside it.
+struct ReadPlan {
+    file: Arc<SegmentFile>,
+    start: u64,
+    end: u64,
+    next: u64,
+}
+
+impl FilePartition {
+    /// Opens the partition directory, recovering its segments.
+    pub(crate) fn open(dir: PathBuf, id: PartitionId, config: Arc<FileLogConfig>) -> Result<Self> {
+        create_dir_durably(&dir)?;
+        let mut bases = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))? {
+            let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
+            let name = entry.file_name();
+            match name.to_str().and_then(segment::parse_log_file_name) {
+                Some(base) => bases.push(base),
+                None => {
+                    if !name.to_string_lossy().ends_with(".idx") {
+                        warn!(path = %entry.path().display(), "ignoring a stray file in a partition directory");
+                    }
+                }
+            }
+        }
+        bases.sort_unstable();
+        if bases.is_empty() {
+            let file = SegmentFile::open(&dir, 0, true)?;
+            sync_dir(&dir)?;
+            bases.push(file.base);
+        }
+        let mut segments: Vec<Segment> = Vec::with_capacity(bases.len());
+        let last = bases.len() - 1;
+        for (i, base) in bases.into_iter().enumerate() {
+            let file = Arc::new(SegmentFile::open(&dir, base, false)?);
+            if let Some(prev) = segments.last()
+                && prev.next != base
+            {
+                return Err(file.corrupt(
+                    0,
+                    format!(
+                        "segment starts at offset {base} but the previous one ends at {}",
+                        prev.next
+                    ),
+                ));
+            }
+            let seg = if i == last {
+                recover_active(file, &config)?
+            } else {
+                load_sealed(file, &config)?
+            };
+            segments.push(seg);
+        }
+        let total_bytes = segments.iter().map(|s| s.size).sum();
+        let active = &segments[segments.len() - 1];
+        let written = active.next;
+        let last_time = active.max_time.max(
+            segments
+                .iter()
+                .map(|s| s.max_time)
+                .max()
+                .unwrap_or_default(),
+        );
+        let index_file = Some(segment_index_file(active)?);
+        debug!(partition = %id, segments = segments.len(), next = written, "partition recovered");
+        Ok(FilePartition {
+            id,
+            dir,
+            config,
+            state: Mutex::new(PartitionState {
+                segments,
+                written,
+                last_time,
+                total_bytes,
+                index_file,
+                encode_buf: Vec::new(),
+                failed: None,
+            }),
+            visible: watch::channel(written).0,
+            durable: watch::channel(written).0,
+            sync_leader: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn unavailable(&self, reason: &str) -> Error {
+        Error::Unavailable {
+            partition: self.id,
+            reason: reason.to_owned(),
+        }
+    }
+
+    /// Writes a batch. Under fsync-before-ack it returns only once the batch is durable.
+    pub(crate) async fn append(&self, records: Vec<Record>) -> Result<Appended> {
+        self.config.limits.check_batch(&records)?;
+        let appended = self.write_batch(&records)?;
+        match self.config.durability {
+            Durability::Ack => self.sync_up_to(appended.next().0).await?,
+            Durability::Buffered | Durability::Interval(_) => {}
+        }
+        Ok(appended)
+    }
+
+    fn write_batch(&self, records: &[Record]) -> Result<Appended> {
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        if let Some(reason) = &st.failed {
+            return Err(self.unavailable(reason));
+        }
+        if st.active().size >= self.config.segment_bytes {
+            self.roll(st)?;
+        }
+        let enqueued_time = Timestamp::now().max(st.last_time);
+        let first = st.written;
+        let count = records.len() as u64;
+        let header = BatchHeader {
+            base_offset: first,
+            count: records.len() as u32,
+            enqueued_time,
+        };
+        let mut buf = std::mem::take(&mut st.encode_buf);
+        buf.clear();
+        frame::encode(&mut buf, header, records);
+        let active = st.active();
+        let position = active.size;
+        if let Err(e) = active.file.file.write_all_at(&buf, position) {
+            // Undo a partial write so that no torn batch sits before later ones.
+            let error = Error::io("write", &active.file.log_path, e);
+            if let Err(undo) = active.file.file.set_len(position) {
+                st.failed = Some(format!("could not undo a failed write: {undo}"));
+            }
+            st.encode_buf = buf;
+            return Err(error);
+        }
+        let frame_len = buf.len() as u64;
+        st.encode_buf = buf;
+        let interval = self.config.index_interval_bytes;
+        let last = st.segments.len() - 1;
+        let active = &mut st.segments[last];
+        let needs_entry = active
+            .index
+            .last()
+            .is_none_or(|e| position >= e.position + interval);
+        active.size += frame_len;
+        active.next = first + count;
+        active.max_time = enqueued_time;
+        if needs_entry {
+            let entry = IndexEntry {
+                offset: first,
+                position,
+            };
+            active.index.push(entry);
+            if let Some(f) = &st.index_file {
+                let at = (active.index.len() as u64 - 1) * 16;
+                // The index is a hint rebuilt by recovery, so a failed write only costs speed.
+                if let Err(e) = f.write_all_at(&encode_index_entry(entry), at) {
+                    warn!(error = %e, "index write failed; recovery will rebuild the index");
+                }
+            }
+        }
+        st.written = first + count;
+        st.last_time = enqueued_time;
+        st.total_bytes += frame_len;
+        if !matches!(self.config.durability, Durability::Ack) {
+            self.visible.send_replace(st.written);
+        }
+        Ok(Appended {
+            partition: self.id,
+            first: Offset(first),
+            count,
+            enqueued_time,
+        })
+    }
+
+    /// Seals the active segment (fsync'ed whatever the durability, so that only the active
+    /// segment can ever have a torn tail) and starts a new one.
+    fn roll(&self, st: &mut PartitionState) -> Result<()> {
+        let active = st.active();
+        let sealed = active.file.clone();
+        sealed
+            .file
+            .sync_data()
+            .map_err(|e| Error::io("fsync", &sealed.log_path, e))?;
+        if let Some(f) = &st.index_file {
+            f.sync_data()
+                .map_err(|e| Error::io("fsync", &sealed.idx_path, e))?;
+        }
+        let base = st.written;
+        let file = Arc::new(SegmentFile::open(&self.dir, base, true)?);
+        sync_dir(&self.dir)?;
+        let seg = Segment {
+            file,
+            size: 0,
+            next: base,
+            max_time: st.last_time,
+            index: Vec::new(),
+        };
+        st.index_file = Some(segment_index_file(&seg)?);
+        st.segments.push(seg);
+        debug!(partition = %self.id, base, "rolled to a new segment");
+        Ok(())
+    }
+
+    /// Returns once everything below `target` is fsync'ed. Concurrent callers share fsyncs: one
+    /// leader syncs everything written so far while the others queue; most of them then find their
+    /// records already covered.
+    pub(crate) async fn sync_up_to(&self, target: u64) -> Result<()> {
+        loop {
+            if *self.durable.borrow() >= target {
+                return Ok(());
+            }
+            let _leader = self.sync_leader.lock().await;
+            if *self.durable.borrow() >= target {
+                return Ok(());
+            }
+            let (file, upto) = {
+                let st = lock(&self.state);
+                if let Some(reason) = &st.failed {
+                    return Err(self.unavailable(reason));
+                }
+                (st.active().file.clone(), st.written)
+            };
+            let path = file.log_path.clone();
+            let outcome = tokio::task::spawn_blocking(move || file.file.sync_data()).await;
+            match outcome {
+                Ok(Ok(())) => {
+                    self.durable.send_modify(|d| *d = (*d).max(upto));
+                    if matches!(self.config.durability, Durability::Ack) {
+                        self.visible.send_modify(|v| *v = (*v).max(upto));
+                    }
+                }
+                Ok(Err(e)) => {
+                    // After a failed fsync the kernel may have dropped the dirty pages: nothing
+                    // written since the last good fsync can be trusted, so stop accepting writes.
+                    let error = Error::io("fsync", &path, e);
+                    lock(&self.state).failed = Some(error.to_string());
+                    return Err(error);
+                }
+                Err(join) => {
+                    return Err(self.unavailable(&format!("fsync task failed: {join}")));
+                }
+            }
+        }
+    }
+
+    /// Fsyncs everything written so far.
+    pub(crate) async fn sync(&self) -> Result<()> {
+        let written = lock(&self.state).written;
+        self.sync_up_to(written).await
+    }
+
+    pub(crate) fn next_visible(&self) -> u64 {
+        *self.visible.borrow()
+    }
+
+    pub(crate) fn earliest(&self) -> u64 {
+        lock(&self.state).segments[0].file.base
+    }
+
+    pub(crate) async fn wait_for(&self, offset: Offset) -> Result<Offset> {
+        let mut rx = self.visible.subscribe();
+        let next = rx
+            .wait_for(|v| *v > offset.0)
+            .await
+            .map_err(|_| Error::Closed)?;
+        Ok(Offset(*next))
+    }
+
+    fn plan_read(&self, from: u64) -> Result<Option<ReadPlan>> {
+        let st = lock(&self.state);
+        let visible = *self.visible.borrow();
+        let earliest = st.segments[0].file.base;
+        if from < earliest {
+            return Err(Error::OffsetTruncated {
+                partition: self.id,
+                offset: Offset(from),
+                earliest: Offset(earliest),
+            });
+        }
+        if from > visible {
+            return Err(Error::OffsetBeyondEnd {
+                partition: self.id,
+                offset: Offset(from),
+                next: Offset(visible),
+            });
+        }
+        if from == visible {
+            return Ok(None);
+        }
+        let i = st.segments.partition_point(|s| s.file.base <= from) - 1;
+        let seg = &st.segments[i];
+        Ok(Some(ReadPlan {
+            file: seg.file.clone(),
+            start: seg.position_for(from),
+            end: seg.size,
+            next: seg.next.min(visible),
+        }))
+    }
+
+    pub(crate) fn read(&self, from: Offset, limits: ReadLimits) -> Result<Vec<StoredRecord>> {
+        limits.validate()?;
+        let mut out: Vec<StoredRecord> = Vec::new();
+        let mut bytes = 0usize;
+        let mut at = from.0;
+        'segments: while let Some(plan) = self.plan_read(at)? {
+            let mut cursor = FrameCursor::new(&plan.file, plan.start, plan.end);
+            while at < plan.next {
+                let frame = match cursor.next_frame() {
+                    Ok(Some(f)) => f,
+                    Ok(None) => {
+                        return Err(plan.file.corrupt(
+                            plan.end,
+                            format!("segment ends before offset {at}"),
+                        ));
+                    }
+                    Err(e) => return Err(e.into_error(&plan.file)),
+                };
+                if frame.header.next_offset() <= at {
+                    continue;
+                }
+                let records = frame::decode_records(self.id, frame.header, &frame.body)
+                    .map_err(|reason| plan.file.corrupt(frame.position, reason))?;
+                for stored in records {
+                    if stored.offset.0 < at {
+                        continue;
+                    }
+                    if stored.offset.0 >= plan.next {
+                        break;
+                    }
+                    let size = stored.record.size_bytes();
+                    if out.len() >= limits.max_records
+                        || (!out.is_empty() && bytes + size > limits.max_bytes)
+                    {
+                        break 'segments;
+                    }
+                    bytes += size;
+                    at = stored.offset.0 + 1;
+                    out.push(stored);
+                }
+            }
+            if out.len() >= limits.max_records {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes whole sealed segments from the front that the policy no longer keeps.
+    pub(crate) fn enforce_retention(
+        &self,
+        policy: &RetentionPolicy,
+        now: Timestamp,
+        report: &mut RetentionReport,
+    ) -> Result<()> {
+        let cutoff = policy.max_age.map(|age| now.saturating_sub(age));
+        let removed: Vec<Segment> = {
+            let mut st = lock(&self.state);
+            let mut n = 0;
+            let mut remaining = st.total_bytes;
+            while n + 1 < st.segments.len() {
+                let seg = &st.segments[n];
+                let too_old = cutoff.is_some_and(|c| seg.max_time < c);
+                let too_big = policy.max_bytes.is_some_and(|max| remaining > max);
+                if !(too_old || too_big) {
+                    break;
+                }
+                remaining -= seg.size;
+                n += 1;
+            }
+            st.total_bytes = remaining;
+            st.segments.drain(..n).collect()
+        };
+        for seg in &removed {
+            report.records_removed += seg.next - seg.file.base;
+            report.bytes_removed += seg.size;
+            for path in [&seg.file.log_path, &seg.file.idx_path] {
+                match fs::remove_file(path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("remove", path, e)),
+                }
+            }
+            debug!(partition = %self.id, base = seg.file.base, "retention removed a segment");
+        }
+        if !removed.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+}
+
+fn segment_index_file(seg: &Segment) -> Result<fs::File> {
+    crate::file_log::fs_util::open_private(&seg.file.idx_path, true)
+}
+
+/// Loads a sealed segment: trusts a consistent index, then checks the frames after its last entry
+/// (which also yields the segment's end and newest time). Sealed segments were fsync'ed when they
+/// were sealed, so damage there is corruption, reported rather than truncated.
+fn load_sealed(file: Arc<SegmentFile>, config: &FileLogConfig) -> Result<Segment> {
+    let len = file.len()?;
+    let interval = config.index_interval_bytes;
+    if let Some(index) = load_index(&file.idx_path, file.base, len) {
+        let (start, expected, kept) = match index.last() {
+            Some(last) => (last.position, last.offset, index[..index.len() - 1].to_vec()),
+            None => (0, file.base, Vec::new()),
+        };
+        let scan = segment::scan(&file, start, expected, Timestamp::EPOCH, interval, kept)?;
+        if scan.failure.is_none() && scan.valid_end == len {
+            return Ok(Segment {
+                file,
+                size: len,
+                next: scan.next,
+                max_time: scan.max_time,
+                index: scan.index,
+            });
+        }
+    }
+    warn!(path = %file.log_path.display(), "index missing or inconsistent; rebuilding it");
+    let scan = segment::scan(&file, 0, file.base, Timestamp::EPOCH, interval, Vec::new())?;
+    if let Some((position, reason)) = scan.failure {
+        return Err(file.corrupt(position, format!("sealed segment is damaged: {reason}")));
+    }
+    let seg = Segment {
+        file,
+        size: len,
+        next: scan.next,
+        max_time: scan.max_time,
+        index: scan.index,
+    };
+    seg.rewrite_index()?;
+    Ok(seg)
+}
+
+/// Recovers the active segment: scans it whole and truncates it after the last good batch, which
+/// removes a batch torn by a crash (or damaged at the tail) and everything after it.
+fn recover_active(file: Arc<SegmentFile>, config: &FileLogConfig) -> Result<Segment> {
+    let scan = segment::scan(
+        &file,
+        0,
+        file.base,
+        Timestamp::EPOCH,
+        config.index_interval_bytes,
+        Vec::new(),
+    )?;
+    let len = file.len()?;
+    if let Some((position, reason)) = &scan.failure {
+        warn!(
+            path = %file.log_path.display(),
+            position,
+            dropped_bytes = len - scan.valid_end,
+            reason = %reason,
+            "truncating a torn or damaged tail"
+        );
+    }
+    if scan.valid_end != len {
+        file.file
+            .set_len(scan.valid_end)
+            .and_then(|()| file.file.sync_all())
+            .map_err(|e| Error::io("truncate", &file.log_path, e))?;
+    }
+    let seg = Segment {
+        file,
+        size: scan.valid_end,
+        next: scan.next,
+        max_time: scan.max_time,
+        index: scan.index,
+    };
+    seg.rewrite_index()?;
+    Ok(seg)
+}
+
+/// The directory of partition `id` under a log directory.
+pub(crate) fn partition_dir(root: &Path, id: PartitionId) -> PathBuf {
+    root.join(format!("p{:05}", id.0))
+}

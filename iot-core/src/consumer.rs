@@ -149,7 +149,11 @@ impl GroupConsumer {
         for step in 0..n {
             let i = (self.cursor + step) % n;
             let p = PartitionId(i as u32);
-            let records = match self.log.read(p, Offset(self.positions[i]), self.limits).await {
+            let records = match self
+                .log
+                .read(p, Offset(self.positions[i]), self.limits)
+                .await
+            {
                 Ok(records) => records,
                 Err(Error::OffsetTruncated { earliest, .. }) => {
                     warn!(group = %self.group, partition = %p, skipped_to = %earliest,

@@ -159,13 +159,18 @@ mod tests {
     #[test]
     fn accepts_every_allowed_character() {
         let all = "azAZ09-.+%_#*?!(),:=@$'";
-        assert_eq!(DeviceId::new(all).map(|d| d.to_string()).ok(), Some(all.to_owned()));
+        assert_eq!(
+            DeviceId::new(all).map(|d| d.to_string()).ok(),
+            Some(all.to_owned())
+        );
         assert!(DeviceId::new("x".repeat(128)).is_ok());
     }
 
     #[test]
     fn refuses_empty_long_and_foreign_characters() {
-        for bad in ["", " ", "a b", "a/b", "a\\b", "é", "a\0", "a\n", "a;b", "a&b", "a~b", "a\"b"] {
+        for bad in [
+            "", " ", "a b", "a/b", "a\\b", "é", "a\0", "a\n", "a;b", "a&b", "a~b", "a\"b",
+        ] {
             assert!(
                 matches!(DeviceId::new(bad), Err(Error::InvalidDeviceId { .. })),
                 "{bad:?} was accepted"
@@ -179,7 +184,9 @@ mod tests {
 
     #[test]
     fn error_of_a_huge_input_stays_small() {
-        let err = DeviceId::new("é".repeat(1_000_000)).err().map(|e| e.to_string());
+        let err = DeviceId::new("é".repeat(1_000_000))
+            .err()
+            .map(|e| e.to_string());
         assert!(err.is_some_and(|m| m.len() < 1_000));
     }
 

@@ -50,7 +50,9 @@ pub enum Error {
     },
 
     /// A batch is larger than the log's `max_batch_bytes` or `max_batch_records`.
-    #[error("batch of {records} records and {size} bytes exceeds the limit of {limit_records} records or {limit} bytes")]
+    #[error(
+        "batch of {records} records and {size} bytes exceeds the limit of {limit_records} records or {limit} bytes"
+    )]
     BatchTooLarge {
         /// Number of records in the batch.
         records: usize,
@@ -72,7 +74,9 @@ pub enum Error {
     },
 
     /// The offset was removed by retention; reading can resume at `earliest`.
-    #[error("offset {offset} of partition {partition} was removed by retention; the earliest offset is {earliest}")]
+    #[error(
+        "offset {offset} of partition {partition} was removed by retention; the earliest offset is {earliest}"
+    )]
     OffsetTruncated {
         /// The partition read.
         partition: PartitionId,

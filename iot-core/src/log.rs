@@ -152,7 +152,11 @@ macro_rules! forward_log {
             fn partition_count(&self) -> u32 {
                 (**self).partition_count()
             }
-            async fn append(&self, partition: PartitionId, records: Vec<Record>) -> Result<Appended> {
+            async fn append(
+                &self,
+                partition: PartitionId,
+                records: Vec<Record>,
+            ) -> Result<Appended> {
                 (**self).append(partition, records).await
             }
             async fn read(

@@ -60,7 +60,8 @@ impl Producer {
     #[instrument(level = "trace", skip_all, fields(records = records.len()))]
     pub async fn send_batch(&self, records: Vec<Record>) -> Result<Vec<(PartitionId, Offset)>> {
         let n = self.log.partition_count() as usize;
-        let mut groups: Vec<(Vec<usize>, Vec<Record>)> = (0..n).map(|_| Default::default()).collect();
+        let mut groups: Vec<(Vec<usize>, Vec<Record>)> =
+            (0..n).map(|_| Default::default()).collect();
         for (i, record) in records.into_iter().enumerate() {
             let p = self.partition_for(&record.key).index();
             groups[p].0.push(i);

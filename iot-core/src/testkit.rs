@@ -66,10 +66,16 @@ pub async fn append_and_read(log: &dyn Log) {
 
     let mut expected = Vec::new();
     for batch in 0..5u64 {
-        let records: Vec<Record> = (0..=batch).map(|i| sample_record("dev-a", batch * 10 + i)).collect();
+        let records: Vec<Record> = (0..=batch)
+            .map(|i| sample_record("dev-a", batch * 10 + i))
+            .collect();
         let appended = log.append(P0, records.clone()).await.unwrap();
         assert_eq!(appended.partition, P0);
-        assert_eq!(appended.first, Offset(expected.len() as u64), "offsets must be dense");
+        assert_eq!(
+            appended.first,
+            Offset(expected.len() as u64),
+            "offsets must be dense"
+        );
         assert_eq!(appended.count, records.len() as u64);
         expected.extend(records);
     }
@@ -77,7 +83,9 @@ pub async fn append_and_read(log: &dyn Log) {
     let appended = log.append(P0, vec![odd.clone()]).await.unwrap();
     assert_eq!(appended.first, Offset(expected.len() as u64));
     expected.push(odd);
-    log.append(P1, vec![sample_record("dev-b", 1)]).await.unwrap();
+    log.append(P1, vec![sample_record("dev-b", 1)])
+        .await
+        .unwrap();
 
     let back = read_all(log, P0, Offset(0)).await;
     assert_eq!(back.len(), expected.len());
@@ -86,18 +94,36 @@ pub async fn append_and_read(log: &dyn Log) {
         assert_eq!(stored.offset, Offset(i as u64));
         assert_eq!(stored.partition, P0);
         assert_eq!(&stored.record, record, "record {i} changed on the way");
-        assert!(stored.enqueued_time >= last_time, "enqueued time went backwards");
+        assert!(
+            stored.enqueued_time >= last_time,
+            "enqueued time went backwards"
+        );
         last_time = stored.enqueued_time;
     }
     let order: Vec<_> = back[0].record.headers.iter().map(|(n, _)| n).collect();
-    assert_eq!(order, [headers::SUBJECT, headers::CONTENT_TYPE], "header order is kept");
+    assert_eq!(
+        order,
+        [headers::SUBJECT, headers::CONTENT_TYPE],
+        "header order is kept"
+    );
 
-    let middle = log.read(P0, Offset(7), ReadLimits::records(3)).await.unwrap();
-    assert_eq!(middle.iter().map(|r| r.offset.0).collect::<Vec<_>>(), [7, 8, 9]);
+    let middle = log
+        .read(P0, Offset(7), ReadLimits::records(3))
+        .await
+        .unwrap();
+    assert_eq!(
+        middle.iter().map(|r| r.offset.0).collect::<Vec<_>>(),
+        [7, 8, 9]
+    );
 
     let next = log.next_offset(P0).await.unwrap();
     assert_eq!(next, Offset(expected.len() as u64));
-    assert!(log.read(P0, next, ReadLimits::default()).await.unwrap().is_empty());
+    assert!(
+        log.read(P0, next, ReadLimits::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(matches!(
         log.read(P0, next.next(), ReadLimits::default()).await,
         Err(Error::OffsetBeyondEnd { .. })
@@ -114,56 +140,108 @@ pub async fn read_limits(log: &dyn Log) {
     let size = records[0].size_bytes();
     log.append(P0, records).await.unwrap();
 
-    let by_count = log.read(P0, Offset(0), ReadLimits::records(5)).await.unwrap();
+    let by_count = log
+        .read(P0, Offset(0), ReadLimits::records(5))
+        .await
+        .unwrap();
     assert_eq!(by_count.len(), 5);
     let by_bytes = log
-        .read(P0, Offset(2), ReadLimits { max_records: 100, max_bytes: size * 3 + size / 2 })
+        .read(
+            P0,
+            Offset(2),
+            ReadLimits {
+                max_records: 100,
+                max_bytes: size * 3 + size / 2,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(by_bytes.len(), 3, "a byte budget of 3.5 records returns 3");
     assert_eq!(by_bytes[0].offset, Offset(2));
     let tiny = log
-        .read(P0, Offset(4), ReadLimits { max_records: 100, max_bytes: 1 })
+        .read(
+            P0,
+            Offset(4),
+            ReadLimits {
+                max_records: 100,
+                max_bytes: 1,
+            },
+        )
         .await
         .unwrap();
-    assert_eq!(tiny.len(), 1, "the first record is returned whatever its size");
+    assert_eq!(
+        tiny.len(),
+        1,
+        "the first record is returned whatever its size"
+    );
     assert_eq!(tiny[0].offset, Offset(4));
 }
 
 /// Bad input gets typed errors and leaves the log unchanged. `limits` are the log's limits.
 pub async fn invalid_input(log: &dyn Log, limits: &LogLimits) {
     let before = log.next_offset(P0).await.unwrap();
-    assert!(matches!(log.append(P0, vec![]).await, Err(Error::InvalidInput { .. })));
+    assert!(matches!(
+        log.append(P0, vec![]).await,
+        Err(Error::InvalidInput { .. })
+    ));
 
     let big = Record::new("k", vec![0u8; limits.max_record_bytes]);
     assert!(matches!(
         log.append(P0, vec![sample_record("k", 1), big]).await,
         Err(Error::RecordTooLarge { .. })
     ));
-    let many: Vec<Record> = (0..=limits.max_batch_records as u64).map(|i| sample_record("k", i)).collect();
-    assert!(matches!(log.append(P0, many).await, Err(Error::BatchTooLarge { .. })));
+    let many: Vec<Record> = (0..=limits.max_batch_records as u64)
+        .map(|i| sample_record("k", i))
+        .collect();
+    assert!(matches!(
+        log.append(P0, many).await,
+        Err(Error::BatchTooLarge { .. })
+    ));
     // Records of half the record limit, enough of them to pass the batch byte limit.
     let half = limits.max_record_bytes / 2;
     let count = limits.max_batch_bytes / half.max(1) + 1;
     if half > 64 && count <= limits.max_batch_records {
-        let heavy: Vec<Record> = (0..count).map(|_| Record::new("", vec![1u8; half])).collect();
-        assert!(matches!(log.append(P0, heavy).await, Err(Error::BatchTooLarge { .. })));
+        let heavy: Vec<Record> = (0..count)
+            .map(|_| Record::new("", vec![1u8; half]))
+            .collect();
+        assert!(matches!(
+            log.append(P0, heavy).await,
+            Err(Error::BatchTooLarge { .. })
+        ));
     }
-    assert_eq!(log.next_offset(P0).await.unwrap(), before, "a refused append wrote something");
+    assert_eq!(
+        log.next_offset(P0).await.unwrap(),
+        before,
+        "a refused append wrote something"
+    );
 
     let nowhere = PartitionId(log.partition_count());
     let group = GroupName::new("g").unwrap();
     let unknown = |r: Result<(), Error>| matches!(r, Err(Error::UnknownPartition { .. }));
-    assert!(unknown(log.append(nowhere, vec![sample_record("k", 1)]).await.map(drop)));
-    assert!(unknown(log.read(nowhere, Offset(0), ReadLimits::default()).await.map(drop)));
+    assert!(unknown(
+        log.append(nowhere, vec![sample_record("k", 1)])
+            .await
+            .map(drop)
+    ));
+    assert!(unknown(
+        log.read(nowhere, Offset(0), ReadLimits::default())
+            .await
+            .map(drop)
+    ));
     assert!(unknown(log.wait_for(nowhere, Offset(0)).await.map(drop)));
     assert!(unknown(log.earliest_offset(nowhere).await.map(drop)));
     assert!(unknown(log.next_offset(nowhere).await.map(drop)));
     assert!(unknown(log.commit(&group, nowhere, Offset(0)).await));
     assert!(unknown(log.committed(&group, nowhere).await.map(drop)));
 
-    let zero = ReadLimits { max_records: 0, max_bytes: 10 };
-    assert!(matches!(log.read(P0, Offset(0), zero).await, Err(Error::InvalidInput { .. })));
+    let zero = ReadLimits {
+        max_records: 0,
+        max_bytes: 10,
+    };
+    assert!(matches!(
+        log.read(P0, Offset(0), zero).await,
+        Err(Error::InvalidInput { .. })
+    ));
     assert!(matches!(
         log.read(P0, Offset(u64::MAX), ReadLimits::default()).await,
         Err(Error::OffsetBeyondEnd { .. })
@@ -176,8 +254,12 @@ pub async fn tailing(log: Arc<dyn Log>) {
     assert_eq!(log.wait_for(P0, Offset(0)).await.unwrap(), Offset(1));
 
     // Dropping a pending wait is harmless.
-    let pending = tokio::time::timeout(Duration::from_millis(20), log.wait_for(P0, Offset(1))).await;
-    assert!(pending.is_err(), "wait_for returned before the record existed");
+    let pending =
+        tokio::time::timeout(Duration::from_millis(20), log.wait_for(P0, Offset(1))).await;
+    assert!(
+        pending.is_err(),
+        "wait_for returned before the record existed"
+    );
 
     let waiter = {
         let log = log.clone();
@@ -188,15 +270,23 @@ pub async fn tailing(log: Arc<dyn Log>) {
         tokio::spawn(async move { log.wait_for(P1, Offset(0)).await })
     };
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert!(!waiter.is_finished(), "wait_for returned before the record existed");
-    log.append(P0, vec![sample_record("k", 1), sample_record("k", 2)]).await.unwrap();
+    assert!(
+        !waiter.is_finished(),
+        "wait_for returned before the record existed"
+    );
+    log.append(P0, vec![sample_record("k", 1), sample_record("k", 2)])
+        .await
+        .unwrap();
     let next = tokio::time::timeout(Duration::from_secs(10), waiter)
         .await
         .expect("wait_for did not wake on append")
         .unwrap()
         .unwrap();
     assert_eq!(next, Offset(3));
-    assert!(!other.is_finished(), "an append to partition 0 woke a waiter of partition 1");
+    assert!(
+        !other.is_finished(),
+        "an append to partition 0 woke a waiter of partition 1"
+    );
     other.abort();
 }
 
@@ -208,7 +298,9 @@ pub async fn concurrent_appends(log: Arc<dyn Log>) {
             tokio::spawn(async move {
                 let mut got = Vec::new();
                 for i in 0..25u64 {
-                    let batch = (0..3).map(|j| sample_record(&format!("t{t}"), i * 3 + j)).collect();
+                    let batch = (0..3)
+                        .map(|j| sample_record(&format!("t{t}"), i * 3 + j))
+                        .collect();
                     got.push(log.append(P0, batch).await.unwrap());
                 }
                 got
@@ -222,14 +314,24 @@ pub async fn concurrent_appends(log: Arc<dyn Log>) {
     ranges.sort_by_key(|a| a.first);
     let mut expected = 0;
     for a in &ranges {
-        assert_eq!(a.first, Offset(expected), "offset ranges overlap or leave gaps");
+        assert_eq!(
+            a.first,
+            Offset(expected),
+            "offset ranges overlap or leave gaps"
+        );
         expected += a.count;
     }
     let back = read_all(log.as_ref(), P0, Offset(0)).await;
     assert_eq!(back.len() as u64, expected);
     for a in &ranges {
-        let keys: Vec<_> = a.offsets().map(|o| back[o as usize].record.key.clone()).collect();
-        assert!(keys.windows(2).all(|w| w[0] == w[1]), "a batch was interleaved with another");
+        let keys: Vec<_> = a
+            .offsets()
+            .map(|o| back[o as usize].record.key.clone())
+            .collect();
+        assert!(
+            keys.windows(2).all(|w| w[0] == w[1]),
+            "a batch was interleaved with another"
+        );
     }
 }
 
@@ -241,7 +343,9 @@ pub async fn consumer_groups(log: Arc<dyn Log>) {
     assert_eq!(log.committed(&a, P0).await.unwrap(), None);
     let records: Vec<Record> = (0..10).map(|i| sample_record("dev", i)).collect();
     log.append(P0, records).await.unwrap();
-    log.append(P1, vec![sample_record("dev", 99)]).await.unwrap();
+    log.append(P1, vec![sample_record("dev", 99)])
+        .await
+        .unwrap();
 
     log.commit(&a, P0, Offset(4)).await.unwrap();
     log.commit(&b, P0, Offset(10)).await.unwrap();
@@ -249,11 +353,20 @@ pub async fn consumer_groups(log: Arc<dyn Log>) {
     assert_eq!(log.committed(&b, P0).await.unwrap(), Some(Offset(10)));
     assert_eq!(log.committed(&a, P1).await.unwrap(), None);
     log.commit(&a, P0, Offset(2)).await.unwrap();
-    assert_eq!(log.committed(&a, P0).await.unwrap(), Some(Offset(2)), "a group may rewind");
-    assert!(matches!(log.commit(&a, P0, Offset(11)).await, Err(Error::OffsetBeyondEnd { .. })));
+    assert_eq!(
+        log.committed(&a, P0).await.unwrap(),
+        Some(Offset(2)),
+        "a group may rewind"
+    );
+    assert!(matches!(
+        log.commit(&a, P0, Offset(11)).await,
+        Err(Error::OffsetBeyondEnd { .. })
+    ));
 
     let c = GroupName::new("group-c").unwrap();
-    let mut consumer = GroupConsumer::new(log.clone(), c.clone(), StartFrom::Earliest).await.unwrap();
+    let mut consumer = GroupConsumer::new(log.clone(), c.clone(), StartFrom::Earliest)
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     while seen.len() < 11 {
         seen.extend(consumer.next_batch().await.unwrap());
@@ -263,17 +376,32 @@ pub async fn consumer_groups(log: Arc<dyn Log>) {
     assert_eq!(log.committed(&c, P0).await.unwrap(), Some(Offset(10)));
     assert_eq!(log.committed(&c, P1).await.unwrap(), Some(Offset(1)));
 
-    let mut resumed = GroupConsumer::new(log.clone(), c, StartFrom::Earliest).await.unwrap();
-    assert!(resumed.try_next_batch().await.unwrap().is_empty(), "committed records came back");
+    let mut resumed = GroupConsumer::new(log.clone(), c, StartFrom::Earliest)
+        .await
+        .unwrap();
+    assert!(
+        resumed.try_next_batch().await.unwrap().is_empty(),
+        "committed records came back"
+    );
     let tail = tokio::spawn(async move { resumed.next_batch().await });
-    log.append(P1, vec![sample_record("late", 1)]).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(10), tail).await.expect("consumer did not wake").unwrap().unwrap();
+    log.append(P1, vec![sample_record("late", 1)])
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), tail)
+        .await
+        .expect("consumer did not wake")
+        .unwrap()
+        .unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].record.key, "late");
 
-    let latest = GroupConsumer::new(log.clone(), GroupName::new("fresh").unwrap(), StartFrom::Latest)
-        .await
-        .unwrap();
+    let latest = GroupConsumer::new(
+        log.clone(),
+        GroupName::new("fresh").unwrap(),
+        StartFrom::Latest,
+    )
+    .await
+    .unwrap();
     assert_eq!(latest.position(P0), Offset(10));
 }
 
@@ -288,34 +416,65 @@ pub async fn retention(log: &dyn Log, granularity_bytes: u64) {
         log.append(P0, vec![numbered(i)]).await.unwrap();
     }
     let max_bytes = 50 * record_size;
-    let policy = RetentionPolicy { max_age: None, max_bytes: Some(max_bytes) };
-    let report = log.enforce_retention(&policy, Timestamp::now()).await.unwrap();
+    let policy = RetentionPolicy {
+        max_age: None,
+        max_bytes: Some(max_bytes),
+    };
+    let report = log
+        .enforce_retention(&policy, Timestamp::now())
+        .await
+        .unwrap();
     let earliest = log.earliest_offset(P0).await.unwrap();
     let next = log.next_offset(P0).await.unwrap();
-    assert_eq!(next, Offset(200), "retention must not change the next offset");
+    assert_eq!(
+        next,
+        Offset(200),
+        "retention must not change the next offset"
+    );
     assert!(earliest.0 > 0, "nothing was removed");
     assert_eq!(report.records_removed, earliest.0);
     let kept = next.0 - earliest.0;
-    assert!(kept * record_size <= max_bytes + granularity_bytes, "kept {kept} records, more than the policy allows");
-    assert!(kept >= 50 - granularity_bytes.div_ceil(record_size).min(50), "removed records the policy keeps");
+    assert!(
+        kept * record_size <= max_bytes + granularity_bytes,
+        "kept {kept} records, more than the policy allows"
+    );
+    assert!(
+        kept >= 50 - granularity_bytes.div_ceil(record_size).min(50),
+        "removed records the policy keeps"
+    );
     let back = read_all(log, P0, earliest).await;
     assert_eq!(back.len() as u64, kept);
-    assert_eq!(back[0].record, numbered(earliest.0), "the kept records are not the newest");
+    assert_eq!(
+        back[0].record,
+        numbered(earliest.0),
+        "the kept records are not the newest"
+    );
     assert!(matches!(
-        log.read(P0, Offset(earliest.0 - 1), ReadLimits::default()).await,
+        log.read(P0, Offset(earliest.0 - 1), ReadLimits::default())
+            .await,
         Err(Error::OffsetTruncated { .. })
     ));
 
-    let age = RetentionPolicy { max_age: Some(Duration::from_secs(3600)), max_bytes: None };
+    let age = RetentionPolicy {
+        max_age: Some(Duration::from_secs(3600)),
+        max_bytes: None,
+    };
     let report = log.enforce_retention(&age, Timestamp::now()).await.unwrap();
     assert_eq!(report.records_removed, 0, "nothing is an hour old");
     let later = Timestamp::now().saturating_add(Duration::from_secs(7200));
     log.enforce_retention(&age, later).await.unwrap();
     let earliest = log.earliest_offset(P0).await.unwrap();
-    assert!((200 - earliest.0) * record_size <= granularity_bytes, "old records survived age retention");
+    assert!(
+        (200 - earliest.0) * record_size <= granularity_bytes,
+        "old records survived age retention"
+    );
     assert_eq!(log.next_offset(P0).await.unwrap(), Offset(200));
     let appended = log.append(P0, vec![sample_record("k", 1)]).await.unwrap();
-    assert_eq!(appended.first, Offset(200), "offsets are not reused after retention");
+    assert_eq!(
+        appended.first,
+        Offset(200),
+        "offsets are not reused after retention"
+    );
 }
 
 /// Runs every function of the suite, each on a fresh log from `make`.

@@ -146,7 +146,10 @@ pub(crate) fn decode_records(
         ));
     }
     if cur.has_remaining() {
-        return Err(format!("{} stray bytes after the last record", cur.remaining()));
+        return Err(format!(
+            "{} stray bytes after the last record",
+            cur.remaining()
+        ));
     }
     Ok(out)
 }
@@ -190,7 +193,8 @@ mod tests {
         };
         let mut buf = Vec::new();
         encode(&mut buf, header, &records);
-        let expected: usize = FRAME_OVERHEAD + records.iter().map(Record::size_bytes).sum::<usize>();
+        let expected: usize =
+            FRAME_OVERHEAD + records.iter().map(Record::size_bytes).sum::<usize>();
         assert_eq!(buf.len(), expected);
         let (len, crc) = read_header(&buf).expect("header");
         let body = Bytes::copy_from_slice(&buf[HEADER_LEN..HEADER_LEN + len]);

@@ -31,7 +31,8 @@ pub(crate) fn write_atomically(dir: &Path, name: &str, contents: &[u8]) -> Resul
     let tmp = dir.join(format!(".{name}.tmp"));
     let target = dir.join(name);
     let mut file = open_private(&tmp, true)?;
-    file.set_len(0).map_err(|e| Error::io("truncate", &tmp, e))?;
+    file.set_len(0)
+        .map_err(|e| Error::io("truncate", &tmp, e))?;
     file.write_all(contents)
         .map_err(|e| Error::io("write", &tmp, e))?;
     file.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;

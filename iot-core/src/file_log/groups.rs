@@ -21,6 +21,9 @@ struct GroupFile {
     offsets: Vec<Option<u64>>,
 }
 
+/// One group's committed offsets, per partition, behind the lock that serialises its commits.
+type GroupSlot = Arc<tokio::sync::Mutex<Vec<Option<u64>>>>;
+
 /// Committed offsets of every group, cached in memory and written through to disk.
 ///
 /// Invariant: the cache of a group equals its file on disk whenever the group's lock is free.
@@ -28,7 +31,7 @@ struct GroupFile {
 pub(crate) struct GroupOffsets {
     dir: PathBuf,
     partitions: usize,
-    groups: Mutex<HashMap<GroupName, Arc<tokio::sync::Mutex<Vec<Option<u64>>>>>>,
+    groups: Mutex<HashMap<GroupName, GroupSlot>>,
 }
 
 impl GroupOffsets {
@@ -70,7 +73,7 @@ impl GroupOffsets {
         })
     }
 
-    fn group(&self, group: &GroupName) -> Arc<tokio::sync::Mutex<Vec<Option<u64>>>> {
+    fn group(&self, group: &GroupName) -> GroupSlot {
         lock(&self.groups)
             .entry(group.clone())
             .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(vec![None; self.partitions])))
@@ -110,7 +113,11 @@ impl GroupOffsets {
     ) -> Option<Offset> {
         let state = lock(&self.groups).get(group).cloned()?;
         let offsets = state.lock().await;
-        offsets.get(partition.index()).copied().flatten().map(Offset)
+        offsets
+            .get(partition.index())
+            .copied()
+            .flatten()
+            .map(Offset)
     }
 }
 

@@ -373,10 +373,9 @@ impl FilePartition {
                 let frame = match cursor.next_frame() {
                     Ok(Some(f)) => f,
                     Ok(None) => {
-                        return Err(plan.file.corrupt(
-                            plan.end,
-                            format!("segment ends before offset {at}"),
-                        ));
+                        return Err(plan
+                            .file
+                            .corrupt(plan.end, format!("segment ends before offset {at}")));
                     }
                     Err(e) => return Err(e.into_error(&plan.file)),
                 };
@@ -466,7 +465,11 @@ fn load_sealed(file: Arc<SegmentFile>, config: &FileLogConfig) -> Result<Segment
     let interval = config.index_interval_bytes;
     if let Some(index) = load_index(&file.idx_path, file.base, len) {
         let (start, expected, kept) = match index.last() {
-            Some(last) => (last.position, last.offset, index[..index.len() - 1].to_vec()),
+            Some(last) => (
+                last.position,
+                last.offset,
+                index[..index.len() - 1].to_vec(),
+            ),
             None => (0, file.base, Vec::new()),
         };
         let scan = segment::scan(&file, start, expected, Timestamp::EPOCH, interval, kept)?;

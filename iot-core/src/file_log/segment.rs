@@ -273,10 +273,8 @@ impl<'a> FrameCursor<'a> {
         }
         self.fill(HEADER_LEN + len)?;
         let body = self.slice(HEADER_LEN + len).slice(HEADER_LEN..);
-        let header = frame::check_body(&body, crc).map_err(|reason| FrameError::Bad {
-            position,
-            reason,
-        })?;
+        let header =
+            frame::check_body(&body, crc).map_err(|reason| FrameError::Bad { position, reason })?;
         self.position += (HEADER_LEN + len) as u64;
         Ok(Some(Frame {
             position,
@@ -332,7 +330,9 @@ pub(crate) fn scan(
                     ));
                     break;
                 }
-                if last_indexed.is_none_or(|p| f.position >= p + interval) && last_indexed != Some(f.position) {
+                if last_indexed.is_none_or(|p| f.position >= p + interval)
+                    && last_indexed != Some(f.position)
+                {
                     index.push(IndexEntry {
                         offset: f.header.base_offset,
                         position: f.position,

@@ -1,0 +1,352 @@
+//! FileLog behaviour beyond the shared contract: persistence across reopen, recovery of torn and
+//! damaged tails, refusal of damage elsewhere, the writer lock, and configuration checks.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use iot_core::{
+    Durability, Error, FileLog, FileLogConfig, GroupName, Log, LogExt, Offset, PartitionId,
+    ReadLimits, Record, testkit::sample_record,
+};
+
+const P0: PartitionId = PartitionId(0);
+
+fn config() -> FileLogConfig {
+    FileLogConfig {
+        partitions: 2,
+        durability: Durability::Ack,
+        segment_bytes: 4096,
+        index_interval_bytes: 256,
+        ..FileLogConfig::default()
+    }
+}
+
+async fn read_everything(log: &FileLog, p: PartitionId) -> Vec<Record> {
+    let from = log.earliest_offset(p).await.expect("earliest");
+    let mut at = from;
+    let mut out = Vec::new();
+    loop {
+        let batch = log
+            .read(p, at, ReadLimits::records(1000))
+            .await
+            .expect("read");
+        let Some(last) = batch.last() else { break };
+        at = last.offset.next();
+        out.extend(batch.into_iter().map(|r| r.record));
+    }
+    out
+}
+
+fn segments(dir: &Path, p: u32) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir.join(format!("p{p:05}")))
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_offsets_and_commits_survive_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let group = GroupName::new("pump").expect("name");
+    let mut expected = Vec::new();
+    {
+        let log = FileLog::open(dir.path(), config()).await.expect("open");
+        for i in 0..100 {
+            let batch = vec![sample_record("dev", i), sample_record("dev", i + 1000)];
+            expected.extend(batch.clone());
+            log.append(P0, batch).await.expect("append");
+        }
+        log.commit(&group, P0, Offset(77)).await.expect("commit");
+        assert!(
+            segments(dir.path(), 0).len() > 3,
+            "the test should span several segments"
+        );
+    }
+    let log = FileLog::open(dir.path(), config()).await.expect("reopen");
+    assert_eq!(read_everything(&log, P0).await, expected);
+    assert_eq!(log.next_offset(P0).await.expect("next"), Offset(200));
+    assert_eq!(
+        log.committed(&group, P0).await.expect("committed"),
+        Some(Offset(77))
+    );
+    assert_eq!(
+        log.append_one(P0, sample_record("dev", 5))
+            .await
+            .expect("append"),
+        Offset(200)
+    );
+    // Reads from every offset agree with a full read (exercises the sparse index).
+    for start in [0u64, 1, 37, 99, 150, 199] {
+        let got = log
+            .read(P0, Offset(start), ReadLimits::records(1))
+            .await
+            .expect("read");
+        assert_eq!(got[0].record, expected[start as usize]);
+    }
+}
+
+#[tokio::test]
+async fn a_second_writer_is_refused_until_the_first_closes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = FileLog::open(dir.path(), config()).await.expect("open");
+    let second = FileLog::open(dir.path(), config()).await;
+    assert!(matches!(second, Err(Error::Locked { .. })), "{second:?}");
+    drop(first);
+    FileLog::open(dir.path(), config())
+        .await
+        .expect("open after close");
+}
+
+#[tokio::test]
+async fn partition_count_cannot_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(FileLog::open(dir.path(), config()).await.expect("open"));
+    let other = FileLogConfig {
+        partitions: 3,
+        ..config()
+    };
+    let err = FileLog::open(dir.path(), other)
+        .await
+        .expect_err("must refuse");
+    assert!(matches!(err, Error::Config { .. }));
+    assert!(err.to_string().contains("2 partitions but 3"), "{err}");
+}
+
+#[tokio::test]
+async fn nonsensical_configuration_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for bad in [
+        FileLogConfig {
+            partitions: 0,
+            ..config()
+        },
+        FileLogConfig {
+            segment_bytes: 0,
+            ..config()
+        },
+        FileLogConfig {
+            durability: Durability::Interval(std::time::Duration::ZERO),
+            ..config()
+        },
+    ] {
+        assert!(matches!(
+            FileLog::open(dir.path(), bad).await,
+            Err(Error::Config { .. })
+        ));
+    }
+}
+
+/// Writes 10 single-record batches to one segment and returns the segment's path.
+async fn one_segment_of_ten(dir: &Path) -> PathBuf {
+    let log = FileLog::open(
+        dir,
+        FileLogConfig {
+            segment_bytes: 1 << 20,
+            ..config()
+        },
+    )
+    .await
+    .expect("open");
+    for i in 0..10 {
+        log.append(P0, vec![sample_record("dev", i)])
+            .await
+            .expect("append");
+    }
+    drop(log);
+    segments(dir, 0).pop().expect("segment")
+}
+
+async fn reopen_count(dir: &Path) -> (FileLog, u64) {
+    let log = FileLog::open(
+        dir,
+        FileLogConfig {
+            segment_bytes: 1 << 20,
+            ..config()
+        },
+    )
+    .await
+    .expect("recovery must succeed");
+    let next = log.next_offset(P0).await.expect("next").0;
+    (log, next)
+}
+
+#[tokio::test]
+async fn recovery_truncates_a_torn_last_batch_only() {
+    for cut in [1u64, 5, 9, 20] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let seg = one_segment_of_ten(dir.path()).await;
+        let len = fs::metadata(&seg).expect("stat").len();
+        OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .expect("open")
+            .set_len(len - cut)
+            .expect("cut");
+        let (log, next) = reopen_count(dir.path()).await;
+        assert_eq!(
+            next, 9,
+            "cutting {cut} bytes must drop exactly the last batch"
+        );
+        let records = read_everything(&log, P0).await;
+        assert_eq!(records.len(), 9);
+        assert_eq!(records[8], sample_record("dev", 8));
+        assert_eq!(
+            log.append_one(P0, sample_record("dev", 42))
+                .await
+                .expect("append"),
+            Offset(9)
+        );
+    }
+}
+
+#[tokio::test]
+async fn recovery_drops_a_damaged_last_batch_and_garbage_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seg = one_segment_of_ten(dir.path()).await;
+    let mut bytes = fs::read(&seg).expect("read");
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x40;
+    fs::write(&seg, &bytes).expect("write");
+    let (log, next) = reopen_count(dir.path()).await;
+    assert_eq!(next, 9);
+    assert_eq!(read_everything(&log, P0).await.len(), 9);
+    drop(log);
+
+    // Zeroes after the data, as a crash during file extension can leave.
+    let mut f = OpenOptions::new().append(true).open(&seg).expect("open");
+    f.write_all(&[0u8; 4096]).expect("write");
+    drop(f);
+    let (_log, next) = reopen_count(dir.path()).await;
+    assert_eq!(next, 9);
+}
+
+#[tokio::test]
+async fn damage_in_a_sealed_segment_is_refused_not_skipped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = FileLog::open(dir.path(), config()).await.expect("open");
+        for i in 0..150 {
+            log.append(P0, vec![sample_record("dev", i)])
+                .await
+                .expect("append");
+        }
+    }
+    let segs = segments(dir.path(), 0);
+    assert!(segs.len() >= 3);
+    let mut bytes = fs::read(&segs[0]).expect("read");
+    bytes[40] ^= 0x01;
+    fs::write(&segs[0], &bytes).expect("write");
+    fs::remove_file(segs[0].with_extension("idx")).expect("remove index");
+    let err = FileLog::open(dir.path(), config())
+        .await
+        .expect_err("must refuse");
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn reads_never_return_a_record_that_fails_its_checksum() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = FileLog::open(dir.path(), config()).await.expect("open");
+    for i in 0..150 {
+        log.append(P0, vec![sample_record("dev", i)])
+            .await
+            .expect("append");
+    }
+    // Damage a sealed segment under the running log.
+    let segs = segments(dir.path(), 0);
+    let mut bytes = fs::read(&segs[1]).expect("read");
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x10;
+    fs::write(&segs[1], &bytes).expect("write");
+    let mut errors = 0;
+    let mut at = Offset(0);
+    while at < Offset(150) {
+        match log.read(P0, at, ReadLimits::records(1)).await {
+            Ok(records) => {
+                assert_eq!(records[0].record, sample_record("dev", at.0));
+                at = at.next();
+            }
+            Err(Error::Corrupt { .. }) => {
+                errors += 1;
+                at = at.next();
+            }
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert!(errors >= 1, "the damaged batch was returned");
+}
+
+#[tokio::test]
+async fn a_lost_index_is_rebuilt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = FileLog::open(dir.path(), config()).await.expect("open");
+        for i in 0..150 {
+            log.append(P0, vec![sample_record("dev", i)])
+                .await
+                .expect("append");
+        }
+    }
+    for seg in segments(dir.path(), 0) {
+        fs::write(seg.with_extension("idx"), b"garbage").expect("write");
+    }
+    let log = FileLog::open(dir.path(), config()).await.expect("reopen");
+    let all = read_everything(&log, P0).await;
+    assert_eq!(all.len(), 150);
+    let one = log
+        .read(P0, Offset(41), ReadLimits::records(1))
+        .await
+        .expect("read");
+    assert_eq!(one[0].record, sample_record("dev", 41));
+}
+
+#[tokio::test]
+async fn oversized_input_and_bad_offsets_are_typed_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = FileLog::open(dir.path(), config()).await.expect("open");
+    let huge = Record::new("k", vec![0u8; 2 << 20]);
+    assert!(matches!(
+        log.append(P0, vec![huge]).await,
+        Err(Error::RecordTooLarge { .. })
+    ));
+    for i in 0..150 {
+        log.append(P0, vec![sample_record("dev", i)])
+            .await
+            .expect("append");
+    }
+    let policy = iot_core::RetentionPolicy {
+        max_age: None,
+        max_bytes: Some(1),
+    };
+    log.enforce_retention(&policy, iot_core::Timestamp::now())
+        .await
+        .expect("retention");
+    let earliest = log.earliest_offset(P0).await.expect("earliest");
+    assert!(earliest > Offset(0));
+    assert!(matches!(
+        log.read(P0, Offset(0), ReadLimits::default()).await,
+        Err(Error::OffsetTruncated { .. })
+    ));
+    assert!(matches!(
+        log.read(P0, Offset(151), ReadLimits::default()).await,
+        Err(Error::OffsetBeyondEnd { .. })
+    ));
+}
+
+#[tokio::test]
+async fn files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = FileLog::open(dir.path(), config()).await.expect("open");
+    log.append(P0, vec![sample_record("dev", 1)])
+        .await
+        .expect("append");
+    for seg in segments(dir.path(), 0) {
+        let mode = fs::metadata(&seg).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", seg.display());
+    }
+}

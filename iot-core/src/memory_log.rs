@@ -39,20 +39,46 @@ pub struct MemoryLog {
     committed: Mutex<HashMap<(GroupName, PartitionId), Offset>>,
 }
 
-/// Invariants: `records[i].offset == base + i`; `bytes` is the sum of the records' sizes;
-/// `next` (the watch value) is `base + records.len()`; `last_time` is the newest enqueued time.
+/// One partition: its records in chunks (one per appended batch, so that appending never moves
+/// records already stored) and a watch of its next offset for tailing readers.
 #[derive(Debug)]
 struct MemoryPartition {
     state: Mutex<PartitionState>,
     next: watch::Sender<u64>,
 }
 
+/// Invariants: chunks are in offset order and contiguous; a chunk's live records are
+/// `records[start..]`, the first of which has offset `base`; no chunk is empty; `earliest` is the
+/// first chunk's `base` (or `next` when there are none); `bytes` is the size of the live records;
+/// `last_time` is the newest enqueued time.
 #[derive(Debug, Default)]
 struct PartitionState {
-    base: u64,
-    records: VecDeque<StoredRecord>,
+    chunks: VecDeque<Chunk>,
+    earliest: u64,
+    next: u64,
     bytes: u64,
     last_time: Timestamp,
+}
+
+/// One appended batch, kept as the producer's own vector: appending moves it in without touching
+/// its records, which is what makes appends cheap.
+#[derive(Debug)]
+struct Chunk {
+    base: u64,
+    start: usize,
+    enqueued_time: Timestamp,
+    records: Vec<Record>,
+}
+
+impl Chunk {
+    fn live(&self) -> &[Record] {
+        &self.records[self.start..]
+    }
+
+    /// The live records with their offsets.
+    fn live_with_offsets(&self) -> impl Iterator<Item = (u64, &Record)> {
+        (self.base..).zip(self.live())
+    }
 }
 
 impl MemoryLog {
@@ -103,15 +129,16 @@ impl Log for MemoryLog {
         let p = self.partition(partition)?;
         let count = records.len() as u64;
         let mut state = lock(&p.state);
-        let first = state.base + state.records.len() as u64;
+        let first = state.next;
         let enqueued_time = Timestamp::now().max(state.last_time);
+        state.chunks.push_back(Chunk {
+            base: first,
+            start: 0,
+            enqueued_time,
+            records,
+        });
         state.last_time = enqueued_time;
-        state.records.extend(
-            records
-                .into_iter()
-                .zip(first..)
-                .map(|(r, o)| StoredRecord::new(partition, Offset(o), enqueued_time, r)),
-        );
+        state.next = first + count;
         state.bytes += size as u64;
         p.next.send_replace(first + count);
         Ok(Appended {
@@ -131,12 +158,12 @@ impl Log for MemoryLog {
         limits.validate()?;
         let p = self.partition(partition)?;
         let state = lock(&p.state);
-        let next = state.base + state.records.len() as u64;
-        if from.0 < state.base {
+        let next = state.next;
+        if from.0 < state.earliest {
             return Err(Error::OffsetTruncated {
                 partition,
                 offset: from,
-                earliest: Offset(state.base),
+                earliest: Offset(state.earliest),
             });
         }
         if from.0 > next {
@@ -148,14 +175,30 @@ impl Log for MemoryLog {
         }
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        let start = (from.0 - state.base) as usize;
-        for stored in state.records.range(start..).take(limits.max_records) {
-            let size = stored.record.size_bytes();
+        let first_chunk = state
+            .chunks
+            .partition_point(|c| c.base <= from.0)
+            .saturating_sub(1);
+        let live = state
+            .chunks
+            .range(first_chunk..)
+            .flat_map(|c| {
+                c.live_with_offsets()
+                    .map(move |(o, r)| (o, c.enqueued_time, r))
+            })
+            .skip_while(|(o, _, _)| *o < from.0);
+        for (offset, enqueued_time, record) in live.take(limits.max_records) {
+            let size = record.size_bytes();
             if !out.is_empty() && bytes + size > limits.max_bytes {
                 break;
             }
             bytes += size;
-            out.push(stored.clone());
+            out.push(StoredRecord::new(
+                partition,
+                Offset(offset),
+                enqueued_time,
+                record.clone(),
+            ));
         }
         Ok(out)
     }
@@ -170,12 +213,11 @@ impl Log for MemoryLog {
     }
 
     async fn earliest_offset(&self, partition: PartitionId) -> Result<Offset> {
-        Ok(Offset(lock(&self.partition(partition)?.state).base))
+        Ok(Offset(lock(&self.partition(partition)?.state).earliest))
     }
 
     async fn next_offset(&self, partition: PartitionId) -> Result<Offset> {
-        let state = lock(&self.partition(partition)?.state);
-        Ok(Offset(state.base + state.records.len() as u64))
+        Ok(Offset(lock(&self.partition(partition)?.state).next))
     }
 
     async fn commit(
@@ -211,19 +253,28 @@ impl Log for MemoryLog {
         let mut report = RetentionReport::default();
         let cutoff = policy.max_age.map(|age| now.saturating_sub(age));
         for p in &self.partitions {
-            let mut state = lock(&p.state);
-            while let Some(oldest) = state.records.front() {
-                let too_old = cutoff.is_some_and(|c| oldest.enqueued_time < c);
+            let mut guard = lock(&p.state);
+            let state = &mut *guard;
+            while let Some(chunk) = state.chunks.front_mut() {
+                let Some(oldest) = chunk.live().first() else {
+                    state.chunks.pop_front();
+                    continue;
+                };
+                let too_old = cutoff.is_some_and(|c| chunk.enqueued_time < c);
                 let too_big = policy.max_bytes.is_some_and(|max| state.bytes > max);
                 if !(too_old || too_big) {
                     break;
                 }
-                let size = oldest.record.size_bytes() as u64;
-                state.records.pop_front();
-                state.base += 1;
+                let size = oldest.size_bytes() as u64;
+                chunk.start += 1;
+                chunk.base += 1;
+                state.earliest += 1;
                 state.bytes -= size;
                 report.records_removed += 1;
                 report.bytes_removed += size;
+                if chunk.start == chunk.records.len() {
+                    state.chunks.pop_front();
+                }
             }
         }
         Ok(report)

@@ -122,6 +122,17 @@ impl FileLog {
         &self.inner.config
     }
 
+    /// How many fsyncs of segment data the log has issued since it was opened, over all partitions
+    /// (not counting those of segment roll and consumer-group commits). Under
+    /// [`Durability::Ack`], appends divided by this is how many appends each fsync served.
+    pub fn fsync_count(&self) -> u64 {
+        self.inner
+            .partitions
+            .iter()
+            .map(FilePartition::fsyncs)
+            .sum()
+    }
+
     fn partition(&self, partition: PartitionId) -> Result<&FilePartition> {
         self.inner
             .partitions

@@ -3,6 +3,7 @@
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -43,6 +44,8 @@ pub(crate) struct FilePartition {
     /// Held by the one task running an fsync; others queue behind it and usually find their data
     /// already covered when they get it (group commit).
     sync_leader: tokio::sync::Mutex<()>,
+    /// Fsyncs issued for appends (group commit makes this far smaller than the append count).
+    fsyncs: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -145,6 +148,7 @@ impl FilePartition {
             visible: watch::channel(written).0,
             durable: watch::channel(written).0,
             sync_leader: tokio::sync::Mutex::new(()),
+            fsyncs: AtomicU64::new(0),
         })
     }
 
@@ -286,6 +290,7 @@ impl FilePartition {
                 (st.active().file.clone(), st.written)
             };
             let path = file.log_path.clone();
+            self.fsyncs.fetch_add(1, Ordering::Relaxed);
             let outcome = tokio::task::spawn_blocking(move || file.file.sync_data()).await;
             match outcome {
                 Ok(Ok(())) => {
@@ -312,6 +317,10 @@ impl FilePartition {
     pub(crate) async fn sync(&self) -> Result<()> {
         let written = lock(&self.state).written;
         self.sync_up_to(written).await
+    }
+
+    pub(crate) fn fsyncs(&self) -> u64 {
+        self.fsyncs.load(Ordering::Relaxed)
     }
 
     pub(crate) fn next_visible(&self) -> u64 {

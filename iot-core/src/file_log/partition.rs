@@ -41,8 +41,8 @@ pub(crate) struct FilePartition {
     state: Mutex<PartitionState>,
     visible: watch::Sender<u64>,
     durable: watch::Sender<u64>,
-    /// Held by the one task running an fsync; others queue behind it and usually find their data
-    /// already covered when they get it (group commit).
+    /// Held by the one task running an fsync; others queue for it (group commit, see
+    /// `sync_up_to`).
     sync_leader: tokio::sync::Mutex<()>,
     /// Fsyncs issued for appends (group commit makes this far smaller than the append count).
     fsyncs: AtomicU64,
@@ -270,9 +270,14 @@ impl FilePartition {
         Ok(())
     }
 
-    /// Returns once everything below `target` is fsync'ed. Concurrent callers share fsyncs: one
-    /// leader syncs everything written so far while the others queue; most of them then find their
-    /// records already covered.
+    /// Returns once everything below `target` is fsync'ed.
+    ///
+    /// Group commit: callers queue (first come, first served) for the one leader slot; the holder
+    /// fsyncs everything written when it starts and publishes the durable offset. Callers queued
+    /// behind it then mostly find their batch covered and leave without a syscall, and by the time
+    /// one that is not covered reaches the slot, the appends made meanwhile have piled up for it to
+    /// cover in one fsync. (Waking all waiters at once and racing for the slot was tried: the next
+    /// leader then starts too early and each fsync covers half as many appends.)
     pub(crate) async fn sync_up_to(&self, target: u64) -> Result<()> {
         loop {
             if *self.durable.borrow() >= target {
@@ -282,34 +287,38 @@ impl FilePartition {
             if *self.durable.borrow() >= target {
                 return Ok(());
             }
-            let (file, upto) = {
-                let st = lock(&self.state);
-                if let Some(reason) = &st.failed {
-                    return Err(self.unavailable(reason));
-                }
-                (st.active().file.clone(), st.written)
-            };
-            let path = file.log_path.clone();
-            self.fsyncs.fetch_add(1, Ordering::Relaxed);
-            let outcome = tokio::task::spawn_blocking(move || file.file.sync_data()).await;
-            match outcome {
-                Ok(Ok(())) => {
-                    self.durable.send_modify(|d| *d = (*d).max(upto));
-                    if matches!(self.config.durability, Durability::Ack) {
-                        self.visible.send_modify(|v| *v = (*v).max(upto));
-                    }
-                }
-                Ok(Err(e)) => {
-                    // After a failed fsync the kernel may have dropped the dirty pages: nothing
-                    // written since the last good fsync can be trusted, so stop accepting writes.
-                    let error = Error::io("fsync", &path, e);
-                    lock(&self.state).failed = Some(error.to_string());
-                    return Err(error);
-                }
-                Err(join) => {
-                    return Err(self.unavailable(&format!("fsync task failed: {join}")));
-                }
+            let upto = self.sync_written().await?;
+            self.durable.send_modify(|d| *d = (*d).max(upto));
+            if matches!(self.config.durability, Durability::Ack) {
+                self.visible.send_modify(|v| *v = (*v).max(upto));
             }
+        }
+    }
+
+    /// Fsyncs the active segment and returns the offset everything below which is now durable.
+    async fn sync_written(&self) -> Result<u64> {
+        let (file, upto) = {
+            let st = lock(&self.state);
+            if let Some(reason) = &st.failed {
+                return Err(self.unavailable(reason));
+            }
+            (st.active().file.clone(), st.written)
+        };
+        if *self.durable.borrow() >= upto {
+            return Ok(upto);
+        }
+        let path = file.log_path.clone();
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        match tokio::task::spawn_blocking(move || file.file.sync_data()).await {
+            Ok(Ok(())) => Ok(upto),
+            Ok(Err(e)) => {
+                // After a failed fsync the kernel may have dropped the dirty pages: nothing
+                // written since the last good fsync can be trusted, so stop accepting writes.
+                let error = Error::io("fsync", &path, e);
+                lock(&self.state).failed = Some(error.to_string());
+                Err(error)
+            }
+            Err(join) => Err(self.unavailable(&format!("fsync task failed: {join}"))),
         }
     }
 

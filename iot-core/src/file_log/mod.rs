@@ -73,6 +73,17 @@ pub const BATCH_OVERHEAD_BYTES: usize = frame::FRAME_OVERHEAD;
 #[derive(Debug)]
 pub struct FileLog {
     inner: Arc<Inner>,
+    /// The interval durability's background task, stopped when the log is dropped so that the
+    /// directory lock is released promptly.
+    syncer: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for FileLog {
+    fn drop(&mut self) {
+        if let Some(task) = &self.syncer {
+            task.abort();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -106,10 +117,13 @@ impl FileLog {
             .await
             .map_err(|_| Error::Closed)??;
         let inner = Arc::new(inner);
-        if let Durability::Interval(every) = inner.config.durability {
-            tokio::spawn(sync_periodically(Arc::downgrade(&inner), every));
-        }
-        Ok(FileLog { inner })
+        let syncer = match inner.config.durability {
+            Durability::Interval(every) => Some(
+                tokio::spawn(sync_periodically(Arc::downgrade(&inner), every)).abort_handle(),
+            ),
+            Durability::Buffered | Durability::Ack => None,
+        };
+        Ok(FileLog { inner, syncer })
     }
 
     /// The directory the log lives in.

@@ -118,9 +118,9 @@ impl FileLog {
             .map_err(|_| Error::Closed)??;
         let inner = Arc::new(inner);
         let syncer = match inner.config.durability {
-            Durability::Interval(every) => Some(
-                tokio::spawn(sync_periodically(Arc::downgrade(&inner), every)).abort_handle(),
-            ),
+            Durability::Interval(every) => {
+                Some(tokio::spawn(sync_periodically(Arc::downgrade(&inner), every)).abort_handle())
+            }
             Durability::Buffered | Durability::Ack => None,
         };
         Ok(FileLog { inner, syncer })

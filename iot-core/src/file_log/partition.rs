@@ -23,6 +23,9 @@ use crate::record::{Record, StoredRecord};
 use crate::sync_util::lock;
 use crate::timestamp::Timestamp;
 
+/// The largest encode buffer a partition keeps between appends.
+const MAX_KEPT_ENCODE_BUFFER: usize = 4 * 1024 * 1024;
+
 /// One partition.
 ///
 /// Invariants:
@@ -123,13 +126,11 @@ impl FilePartition {
         let total_bytes = segments.iter().map(|s| s.size).sum();
         let active = &segments[segments.len() - 1];
         let written = active.next;
-        let last_time = active.max_time.max(
-            segments
-                .iter()
-                .map(|s| s.max_time)
-                .max()
-                .unwrap_or_default(),
-        );
+        let last_time = segments
+            .iter()
+            .map(|s| s.max_time)
+            .max()
+            .unwrap_or_default();
         let index_file = Some(segment_index_file(active)?);
         debug!(partition = %id, segments = segments.len(), next = written, "partition recovered");
         Ok(FilePartition {
@@ -202,7 +203,10 @@ impl FilePartition {
             return Err(error);
         }
         let frame_len = buf.len() as u64;
-        st.encode_buf = buf;
+        // Keep the buffer for the next batch unless an unusually large batch inflated it.
+        if buf.capacity() <= MAX_KEPT_ENCODE_BUFFER {
+            st.encode_buf = buf;
+        }
         let interval = self.config.index_interval_bytes;
         let last = st.segments.len() - 1;
         let active = &mut st.segments[last];
@@ -541,9 +545,13 @@ fn recover_active(file: Arc<SegmentFile>, config: &FileLogConfig) -> Result<Segm
     if scan.valid_end != len {
         file.file
             .set_len(scan.valid_end)
-            .and_then(|()| file.file.sync_all())
             .map_err(|e| Error::io("truncate", &file.log_path, e))?;
     }
+    // What a crashed process wrote may still sit only in the page cache. Make it durable before
+    // anyone can read it, so that recovered records are as durable as acknowledged ones.
+    file.file
+        .sync_all()
+        .map_err(|e| Error::io("fsync", &file.log_path, e))?;
     let seg = Segment {
         file,
         size: scan.valid_end,

@@ -1,7 +1,70 @@
-//! Device identity store — **not built yet** (issue 3).
+//! # iot-identity
 //!
-//! This crate will hold the `IdentityStore` trait (the authority on which devices exist and how they
-//! prove who they are), device credentials (symmetric keys, X.509 thumbprints, argon2id passphrase
-//! hashes), Azure IoT Hub–compatible SAS token generation and verification, an `Authenticator` used by
-//! the gateway, and in-memory and file-backed stores with a shared conformance suite.
+//! The device identity store: the authority on which devices exist and how they prove who they are.
+//! The gateway authenticates every connection against it (through an [`Authenticator`]); the
+//! provisioning API is its only writer.
+//!
+//! * [`IdentityStore`] — the trait (create, get, set status, replace credentials, delete, paged
+//!   listing, and a [`ChangeStream`] of changes so a gateway can cut the sessions of a disabled or
+//!   deleted device at once), with [`MemoryIdentityStore`] and the crash-safe
+//!   [`FileIdentityStore`].
+//! * [`Credentials`] — symmetric keys, X.509 thumbprints, argon2id passphrase hashes, or none.
+//!   Secrets are zeroized on drop and redacted in `Debug`; comparisons are constant-time.
+//! * [`sas`] — SAS tokens byte-compatible with Azure IoT Hub and its device SDKs.
+//! * [`Authenticator`] — checks a device's SAS token, key, certificate thumbprint or passphrase.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use iot_identity::{Authenticator, Credentials, IdentityStore, MemoryIdentityStore, NewIdentity,
+//!     Presented, SymmetricKey, sas};
+//!
+//! # let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+//! # rt.block_on(async {
+//! let store = Arc::new(MemoryIdentityStore::new());
+//! let key = SymmetricKey::generate();
+//! let id = "sensor-1".parse()?;
+//! store.create(NewIdentity::new(id, Credentials::SymmetricKeys {
+//!     primary: key.clone(),
+//!     secondary: SymmetricKey::generate(),
+//! })).await?;
+//!
+//! // The device signs a token for its resource; the gateway checks it.
+//! let resource = "hub.example.net/devices/sensor-1";
+//! let token = sas::generate(resource, &key, sas::unix_now() + 3600, None)?;
+//! let auth = Authenticator::new(store.clone(), "hub.example.net");
+//! let device = auth.authenticate(&"sensor-1".parse()?, Presented::SasToken(token.as_str())).await?;
+//! assert_eq!(device.id.as_str(), "sensor-1");
+//! # Ok::<(), iot_identity::Error>(())
+//! # }).expect("example");
+//! ```
+//!
+//! ## Feature flags
+//!
+//! * `testkit` — the public conformance suite [`testkit`] for `IdentityStore` implementations.
 #![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod credentials;
+pub mod error;
+pub mod file;
+pub mod identity;
+mod index;
+pub mod memory;
+pub mod sas;
+pub mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use auth::{Authenticated, Authenticator, Presented};
+pub use credentials::{
+    Credentials, KeySlot, PassphraseHash, PassphraseParams, SymmetricKey, Thumbprint,
+};
+pub use error::{Error, MalformedToken, Result};
+pub use file::{Durability, FileIdentityStore, FileStoreOptions};
+pub use identity::{
+    ChangeKind, DeviceIdentity, DeviceStatus, ETag, GenerationId, IdentityChange, IdentityPage,
+    NewIdentity,
+};
+pub use memory::MemoryIdentityStore;
+pub use sas::{SasToken, SasVerifier, VerifiedToken};
+pub use store::{ChangeEvent, ChangeSender, ChangeStream, IdentityStore, MAX_PAGE_SIZE};

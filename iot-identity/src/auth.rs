@@ -1,0 +1,227 @@
+//! `Authenticator`: checks what a connecting device presents against an [`IdentityStore`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use iot_core::DeviceId;
+use tracing::{debug, instrument};
+use zeroize::Zeroizing;
+
+use crate::credentials::{
+    Credentials, KeySlot, MAX_PASSPHRASE_LEN, PassphraseHash, SymmetricKey, Thumbprint,
+};
+use crate::error::{Error, Result};
+use crate::identity::{DeviceIdentity, DeviceStatus, ETag, GenerationId};
+use crate::sas::{self, SasVerifier};
+use crate::store::IdentityStore;
+
+/// What a device presents to prove its identity.
+#[derive(Clone, Copy)]
+pub enum Presented<'a> {
+    /// A SAS token (for example an MQTT password) scoped to `{host}/devices/{id}`.
+    SasToken(&'a str),
+    /// One of its symmetric keys, base64.
+    SymmetricKey(&'a str),
+    /// The SHA-256 thumbprint of the client certificate it completed a TLS handshake with.
+    Thumbprint(Thumbprint),
+    /// Its passphrase.
+    Passphrase(&'a str),
+}
+
+impl Presented<'_> {
+    fn kind_name(&self) -> &'static str {
+        match self {
+            Presented::SasToken(_) => "SAS token",
+            Presented::SymmetricKey(_) => "symmetric key",
+            Presented::Thumbprint(_) => "thumbprint",
+            Presented::Passphrase(_) => "passphrase",
+        }
+    }
+}
+
+impl fmt::Debug for Presented<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Presented::Thumbprint(t) => write!(f, "Thumbprint({t})"),
+            other => write!(f, "{}(<redacted>)", other.kind_name()),
+        }
+    }
+}
+
+/// A device that proved its identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Authenticated {
+    /// The device.
+    pub id: DeviceId,
+    /// The generation authenticated; a session should end if a change names another one.
+    pub generation_id: GenerationId,
+    /// The record's etag at authentication time.
+    pub etag: ETag,
+    /// Which key or certificate matched (`None` for passphrases).
+    pub key: Option<KeySlot>,
+    /// When the credential stops being valid, Unix seconds (SAS tokens only).
+    pub expires_at: Option<u64>,
+}
+
+/// Authenticates devices against any [`IdentityStore`]; used by the gateway.
+///
+/// The credential is checked before the status, so that a caller without valid credentials cannot
+/// learn whether a device is disabled. Each refusal is a typed error
+/// ([`Error::is_auth_failure`]); a gateway should answer all of them alike.
+///
+/// Changes are visible at once: every call reads the store, and
+/// [`IdentityStore::subscribe`] tells a gateway when to re-check or cut live sessions.
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    store: Arc<dyn IdentityStore>,
+    host: String,
+    verifier: SasVerifier,
+}
+
+impl Authenticator {
+    /// Authenticates devices of the hub at `host` (SAS tokens must be scoped to
+    /// `{host}/devices/{id}`), with the default [`SasVerifier`].
+    pub fn new(store: Arc<dyn IdentityStore>, host: impl Into<String>) -> Self {
+        Authenticator {
+            store,
+            host: host.into(),
+            verifier: SasVerifier::default(),
+        }
+    }
+
+    /// Uses `verifier` (clock skew, token size limit) for SAS tokens.
+    pub fn with_verifier(mut self, verifier: SasVerifier) -> Self {
+        self.verifier = verifier;
+        self
+    }
+
+    /// The store authenticated against.
+    pub fn store(&self) -> &Arc<dyn IdentityStore> {
+        &self.store
+    }
+
+    /// Authenticates `id` with `presented` at the current time.
+    pub async fn authenticate(
+        &self,
+        id: &DeviceId,
+        presented: Presented<'_>,
+    ) -> Result<Authenticated> {
+        self.authenticate_at(id, presented, sas::unix_now()).await
+    }
+
+    /// Authenticates `id` with `presented` as of `now` (Unix seconds; for tests and replays).
+    #[instrument(level = "debug", skip_all, fields(device = %id, credential = presented.kind_name()))]
+    pub async fn authenticate_at(
+        &self,
+        id: &DeviceId,
+        presented: Presented<'_>,
+        now: u64,
+    ) -> Result<Authenticated> {
+        let record = self
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::UnknownDevice { id: id.clone() })?;
+        let (key, expires_at) = match self.check_credential(&record, presented, now).await {
+            Ok(found) => found,
+            Err(e) => {
+                debug!(kind = e.kind(), "authentication refused");
+                return Err(e);
+            }
+        };
+        if let DeviceStatus::Disabled { reason } = &record.status {
+            debug!("authentication refused: device disabled");
+            return Err(Error::DeviceDisabled {
+                id: id.clone(),
+                reason: reason.clone(),
+            });
+        }
+        Ok(Authenticated {
+            id: record.id,
+            generation_id: record.generation_id,
+            etag: record.etag,
+            key,
+            expires_at,
+        })
+    }
+
+    async fn check_credential(
+        &self,
+        record: &DeviceIdentity,
+        presented: Presented<'_>,
+        now: u64,
+    ) -> Result<(Option<KeySlot>, Option<u64>)> {
+        let id = &record.id;
+        let wrong_kind = || Error::WrongCredentialKind {
+            id: id.clone(),
+            presented: presented.kind_name(),
+            stored: record.credentials.kind_name(),
+        };
+        match (&record.credentials, presented) {
+            (Credentials::SymmetricKeys { primary, secondary }, Presented::SasToken(token)) => {
+                let resource = sas::device_resource(&self.host, id);
+                let verified =
+                    self.verifier
+                        .verify(token, &resource, primary, Some(secondary), None, now)?;
+                Ok((Some(verified.key), Some(verified.expiry)))
+            }
+            (Credentials::SymmetricKeys { primary, secondary }, Presented::SymmetricKey(text)) => {
+                let bad = || Error::BadCredential {
+                    id: id.clone(),
+                    kind: "symmetric key",
+                };
+                let presented = SymmetricKey::from_base64(text).map_err(|_| bad())?;
+                let bytes = presented.expose_bytes();
+                // Both comparisons always run, in constant time.
+                let (p, s) = (primary.ct_eq_bytes(bytes), secondary.ct_eq_bytes(bytes));
+                match (p, s) {
+                    (true, _) => Ok((Some(KeySlot::Primary), None)),
+                    (false, true) => Ok((Some(KeySlot::Secondary), None)),
+                    _ => Err(bad()),
+                }
+            }
+            (Credentials::X509 { primary, secondary }, Presented::Thumbprint(t)) => {
+                // Thumbprints are public; plain comparison is fine.
+                if *primary == t {
+                    Ok((Some(KeySlot::Primary), None))
+                } else if *secondary == t {
+                    Ok((Some(KeySlot::Secondary), None))
+                } else {
+                    Err(Error::BadCredential {
+                        id: id.clone(),
+                        kind: "thumbprint",
+                    })
+                }
+            }
+            (Credentials::Passphrase(hash), Presented::Passphrase(text)) => {
+                if verify_passphrase(hash.clone(), text).await {
+                    Ok((None, None))
+                } else {
+                    Err(Error::BadCredential {
+                        id: id.clone(),
+                        kind: "passphrase",
+                    })
+                }
+            }
+            _ => Err(wrong_kind()),
+        }
+    }
+}
+
+/// argon2 takes tens of milliseconds of CPU: run it on tokio's blocking pool when there is one, so
+/// it does not stall other connections.
+async fn verify_passphrase(hash: PassphraseHash, passphrase: &str) -> bool {
+    // Refuse over-long input before copying it anywhere.
+    if passphrase.is_empty() || passphrase.len() > MAX_PASSPHRASE_LEN {
+        return false;
+    }
+    let passphrase = Zeroizing::new(passphrase.to_owned());
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => handle
+            .spawn_blocking(move || hash.verify(&passphrase))
+            .await
+            .unwrap_or(false),
+        Err(_) => hash.verify(&passphrase),
+    }
+}

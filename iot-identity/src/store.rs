@@ -1,0 +1,200 @@
+//! The `IdentityStore` trait and its change stream.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use iot_core::DeviceId;
+use tokio::sync::broadcast;
+
+use crate::credentials::Credentials;
+use crate::error::Result;
+use crate::identity::{
+    DeviceIdentity, DeviceStatus, ETag, IdentityChange, IdentityPage, NewIdentity,
+};
+
+/// The most records one [`IdentityStore::list`] call returns; larger limits are lowered to it.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// The authority on which devices exist and how they prove who they are.
+///
+/// Lookups are by device id only (searching belongs to the registry). The provisioning API is the
+/// only writer; the gateway reads (through [`Authenticator`](crate::Authenticator)) and follows
+/// [`subscribe`](IdentityStore::subscribe) to cut the sessions of disabled or deleted devices.
+///
+/// # Contract
+///
+/// Every implementation must hold these; [`testkit`](crate::testkit) (feature `testkit`) checks them.
+///
+/// * **Unique ids.** [`create`](IdentityStore::create) of an existing id fails with
+///   [`Error::AlreadyExists`](crate::Error::AlreadyExists) and changes nothing; of concurrent creates
+///   of one id exactly one succeeds.
+/// * **Read your writes.** Once a write returns, [`get`](IdentityStore::get) and every
+///   authentication see it, from any task.
+/// * **Etags.** Every successful write gives the record an etag it never had before (in this store,
+///   also across delete and re-create). A write with `if_match: Some(e)` fails with
+///   [`Error::PreconditionFailed`](crate::Error::PreconditionFailed) and changes nothing unless `e`
+///   is the current etag. Writes to a missing id fail with
+///   [`Error::NotFound`](crate::Error::NotFound).
+/// * **Generations.** Creating an id gives the record a new [`GenerationId`](crate::GenerationId),
+///   different from the one of a deleted predecessor; other writes keep it.
+/// * **Timestamps.** `created_at` is set by create; `updated_at` by every write; `status_updated_at`
+///   by create and status changes.
+/// * **Listing.** [`list`](IdentityStore::list) returns records in ascending id order, after
+///   `after` (exclusive), at most `limit` (capped at [`MAX_PAGE_SIZE`]); `next` is `Some` exactly
+///   when more records may follow. A zero limit is
+///   [`Error::InvalidInput`](crate::Error::InvalidInput).
+/// * **Changes.** Each successful write publishes one [`IdentityChange`] to every
+///   [`ChangeStream`] subscribed before it, after the write is durable, in write order.
+/// * **Input.** Disable reasons over 1024 bytes are refused; no input makes an implementation
+///   panic. Durable stores keep every acknowledged write across a crash.
+#[async_trait]
+pub trait IdentityStore: Send + Sync + Debug + 'static {
+    /// Creates a new identity and returns the stored record.
+    async fn create(&self, identity: NewIdentity) -> Result<DeviceIdentity>;
+
+    /// The identity of `id`, or `None`.
+    async fn get(&self, id: &DeviceId) -> Result<Option<DeviceIdentity>>;
+
+    /// Sets the status (enable, or disable with a reason).
+    async fn set_status(
+        &self,
+        id: &DeviceId,
+        status: DeviceStatus,
+        if_match: Option<ETag>,
+    ) -> Result<DeviceIdentity>;
+
+    /// Replaces the credentials (for example to roll keys).
+    async fn replace_credentials(
+        &self,
+        id: &DeviceId,
+        credentials: Credentials,
+        if_match: Option<ETag>,
+    ) -> Result<DeviceIdentity>;
+
+    /// Deletes the identity.
+    async fn delete(&self, id: &DeviceId, if_match: Option<ETag>) -> Result<()>;
+
+    /// A page of identities in id order, starting after `after`.
+    async fn list(&self, after: Option<&DeviceId>, limit: usize) -> Result<IdentityPage>;
+
+    /// A stream of the changes made from now on.
+    fn subscribe(&self) -> ChangeStream;
+}
+
+macro_rules! forward_store {
+    ($ptr:ident) => {
+        #[deny(clippy::missing_trait_methods)]
+        #[async_trait]
+        impl<T: IdentityStore + ?Sized> IdentityStore for $ptr<T> {
+            async fn create(&self, identity: NewIdentity) -> Result<DeviceIdentity> {
+                (**self).create(identity).await
+            }
+            async fn get(&self, id: &DeviceId) -> Result<Option<DeviceIdentity>> {
+                (**self).get(id).await
+            }
+            async fn set_status(
+                &self,
+                id: &DeviceId,
+                status: DeviceStatus,
+                if_match: Option<ETag>,
+            ) -> Result<DeviceIdentity> {
+                (**self).set_status(id, status, if_match).await
+            }
+            async fn replace_credentials(
+                &self,
+                id: &DeviceId,
+                credentials: Credentials,
+                if_match: Option<ETag>,
+            ) -> Result<DeviceIdentity> {
+                (**self)
+                    .replace_credentials(id, credentials, if_match)
+                    .await
+            }
+            async fn delete(&self, id: &DeviceId, if_match: Option<ETag>) -> Result<()> {
+                (**self).delete(id, if_match).await
+            }
+            async fn list(&self, after: Option<&DeviceId>, limit: usize) -> Result<IdentityPage> {
+                (**self).list(after, limit).await
+            }
+            fn subscribe(&self) -> ChangeStream {
+                (**self).subscribe()
+            }
+        }
+    };
+}
+
+forward_store!(Arc);
+forward_store!(Box);
+
+/// What a [`ChangeStream`] yields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChangeEvent {
+    /// One change, in write order.
+    Changed(IdentityChange),
+    /// The subscriber fell behind and `missed` changes were dropped: it must re-check every
+    /// identity it cares about (a gateway re-authenticates its live sessions).
+    Lagged {
+        /// How many changes were lost.
+        missed: u64,
+    },
+}
+
+/// A subscription to a store's changes. Bounded: a subscriber that does not keep up gets
+/// [`ChangeEvent::Lagged`] instead of unbounded memory growth.
+#[derive(Debug)]
+pub struct ChangeStream(broadcast::Receiver<IdentityChange>);
+
+impl ChangeStream {
+    /// The next event; `None` once the store is dropped and every change was delivered.
+    pub async fn recv(&mut self) -> Option<ChangeEvent> {
+        match self.0.recv().await {
+            Ok(change) => Some(ChangeEvent::Changed(change)),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                Some(ChangeEvent::Lagged { missed })
+            }
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+
+    /// The next event if one is ready, without waiting.
+    pub fn try_recv(&mut self) -> Option<ChangeEvent> {
+        match self.0.try_recv() {
+            Ok(change) => Some(ChangeEvent::Changed(change)),
+            Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                Some(ChangeEvent::Lagged { missed })
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+/// The sending side that stores keep; implementors of [`IdentityStore`] outside this crate can use
+/// it to offer the same stream.
+#[derive(Debug, Clone)]
+pub struct ChangeSender(broadcast::Sender<IdentityChange>);
+
+impl ChangeSender {
+    /// A sender whose subscribers may fall `capacity` changes behind before they lag.
+    pub fn new(capacity: usize) -> Self {
+        ChangeSender(broadcast::channel(capacity.max(1)).0)
+    }
+
+    /// Publishes `change` to current subscribers (a no-op without subscribers).
+    pub fn send(&self, change: IdentityChange) {
+        // An error only means nobody listens right now.
+        let _ = self.0.send(change);
+    }
+
+    /// A new subscription.
+    pub fn subscribe(&self) -> ChangeStream {
+        ChangeStream(self.0.subscribe())
+    }
+}
+
+impl Default for ChangeSender {
+    /// Room for 4096 changes per subscriber.
+    fn default() -> Self {
+        ChangeSender::new(4096)
+    }
+}

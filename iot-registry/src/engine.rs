@@ -1,0 +1,544 @@
+//! The in-memory state shared by [`MemoryRegistry`](crate::MemoryRegistry) and
+//! [`FileRegistry`](crate::FileRegistry): records in slots, the id map, the indexes, the planner
+//! and the pager.
+//!
+//! Writes happen in two steps so that a durable registry can log a write before it becomes
+//! visible: `prepare_*` validates and builds the new record (or refuses with a typed error)
+//! without changing anything; `put`/`remove` then apply it. Callers serialise writers between the
+//! two steps.
+//!
+//! # Invariants
+//! * `ids[id] == slot` iff `slots[slot]` holds the record of `id`; `live` is the set of such slots.
+//! * The indexes describe exactly the records in `slots` (see [`crate::index`]).
+//! * `next_version` is above the version of every write applied, deletes included.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+
+use iot_core::{DeviceId, Timestamp};
+use roaring::RoaringBitmap;
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::index::Indexes;
+use crate::limits::DocumentLimits;
+use crate::merge::merge_patch;
+use crate::paging::{Page, PageRequest, Token};
+use crate::query::{Query, Select};
+use crate::record::{DeviceDocument, DeviceRecord, ETag};
+use crate::value::SortKey;
+
+/// Queries matching more than 1/`BROAD_FACTOR` of the records page through the device-id index
+/// rather than ranking all their matches.
+const BROAD_FACTOR: u64 = 50;
+
+/// Settings shared by every registry implementation of this crate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistryConfig {
+    /// Size, depth and key limits of documents.
+    pub limits: DocumentLimits,
+    /// Paths not to index, each with everything below it (`metadata.description`). Queries on
+    /// them still work, by reading the candidate records.
+    pub unindexed_paths: Vec<String>,
+    /// Largest page a query may ask for. Default 10 000.
+    pub max_page_size: usize,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            limits: DocumentLimits::default(),
+            unindexed_paths: Vec::new(),
+            max_page_size: 10_000,
+        }
+    }
+}
+
+impl RegistryConfig {
+    /// Refuses a nonsensical configuration.
+    pub fn validate(&self) -> Result<()> {
+        self.limits.validate()?;
+        if self.max_page_size == 0 {
+            return Err(Error::Config {
+                reason: "max_page_size must be positive".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A write ready to apply.
+#[derive(Debug)]
+pub(crate) enum Change {
+    Put(DeviceRecord),
+    Delete(DeviceId),
+}
+
+#[derive(Debug)]
+pub(crate) struct Engine {
+    config: RegistryConfig,
+    slots: Vec<Option<DeviceRecord>>,
+    free: Vec<u32>,
+    ids: HashMap<DeviceId, u32>,
+    live: RoaringBitmap,
+    indexes: Indexes,
+    next_version: u64,
+}
+
+impl Engine {
+    pub(crate) fn new(config: RegistryConfig) -> Result<Self> {
+        config.validate()?;
+        let indexes = Indexes::new(config.unindexed_paths.clone());
+        Ok(Engine {
+            config,
+            slots: Vec::new(),
+            free: Vec::new(),
+            ids: HashMap::new(),
+            live: RoaringBitmap::new(),
+            indexes,
+            next_version: 1,
+        })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub(crate) fn next_version(&self) -> u64 {
+        self.next_version
+    }
+
+    pub(crate) fn get(&self, id: &DeviceId) -> Option<&DeviceRecord> {
+        let slot = *self.ids.get(id)?;
+        self.slots.get(slot as usize)?.as_ref()
+    }
+
+    /// Every record, in no particular order.
+    pub(crate) fn records(&self) -> impl Iterator<Item = &DeviceRecord> {
+        self.slots.iter().flatten()
+    }
+
+    fn check_match(
+        &self,
+        id: &DeviceId,
+        current: &DeviceRecord,
+        if_match: Option<&ETag>,
+    ) -> Result<()> {
+        match if_match {
+            Some(expected) if *expected != current.etag => Err(Error::PreconditionFailed {
+                id: id.clone(),
+                expected: expected.clone(),
+                actual: current.etag.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn existing(&self, id: &DeviceId) -> Result<&DeviceRecord> {
+        self.get(id)
+            .ok_or_else(|| Error::NotFound { id: id.clone() })
+    }
+
+    pub(crate) fn prepare_create(
+        &self,
+        id: &DeviceId,
+        doc: DeviceDocument,
+        now: Timestamp,
+    ) -> Result<Change> {
+        if self.ids.contains_key(id) {
+            return Err(Error::AlreadyExists { id: id.clone() });
+        }
+        self.config.limits.check_document(&doc)?;
+        let etag = ETag::from_version(self.next_version);
+        Ok(Change::Put(DeviceRecord::new(
+            id.clone(),
+            doc,
+            etag,
+            now,
+            now,
+        )))
+    }
+
+    pub(crate) fn prepare_replace(
+        &self,
+        id: &DeviceId,
+        doc: DeviceDocument,
+        if_match: Option<&ETag>,
+        now: Timestamp,
+    ) -> Result<Change> {
+        let current = self.existing(id)?;
+        self.check_match(id, current, if_match)?;
+        self.config.limits.check_document(&doc)?;
+        let etag = ETag::from_version(self.next_version);
+        Ok(Change::Put(DeviceRecord::new(
+            id.clone(),
+            doc,
+            etag,
+            current.created,
+            now,
+        )))
+    }
+
+    pub(crate) fn prepare_merge(
+        &self,
+        id: &DeviceId,
+        patch: &Value,
+        if_match: Option<&ETag>,
+        now: Timestamp,
+    ) -> Result<Change> {
+        let current = self.existing(id)?;
+        self.check_match(id, current, if_match)?;
+        let doc = merged_document(current, patch, &self.config.limits)?;
+        self.config.limits.check_document(&doc)?;
+        let etag = ETag::from_version(self.next_version);
+        Ok(Change::Put(DeviceRecord::new(
+            id.clone(),
+            doc,
+            etag,
+            current.created,
+            now,
+        )))
+    }
+
+    pub(crate) fn prepare_delete(&self, id: &DeviceId, if_match: Option<&ETag>) -> Result<Change> {
+        let current = self.existing(id)?;
+        self.check_match(id, current, if_match)?;
+        Ok(Change::Delete(id.clone()))
+    }
+
+    /// Applies a prepared (or replayed) change as write number `version`.
+    pub(crate) fn apply(&mut self, change: Change, version: u64) {
+        self.next_version = self.next_version.max(version.saturating_add(1));
+        match change {
+            Change::Put(record) => self.put(record),
+            Change::Delete(id) => self.remove(&id),
+        }
+    }
+
+    /// Loads `records` into an empty engine at once, building the indexes in bulk. Returns the
+    /// id of a record that appears twice (the engine is then unusable and must be dropped).
+    pub(crate) fn bulk_load(
+        &mut self,
+        records: Vec<DeviceRecord>,
+    ) -> std::result::Result<(), DeviceId> {
+        debug_assert!(self.slots.is_empty());
+        // The id map is built beside the indexes, on another thread.
+        let indexes = &mut self.indexes;
+        let ids = std::thread::scope(|scope| {
+            let ids = scope.spawn(|| {
+                let mut ids = HashMap::with_capacity(records.len());
+                for (slot, record) in records.iter().enumerate() {
+                    let slot = u32::try_from(slot).unwrap_or(u32::MAX);
+                    if ids.insert(record.device_id.clone(), slot).is_some() {
+                        return Err(record.device_id.clone());
+                    }
+                }
+                Ok(ids)
+            });
+            indexes.bulk_build(&records);
+            ids.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })?;
+        self.ids = ids;
+        self.live =
+            RoaringBitmap::from_sorted_iter(0..u32::try_from(records.len()).unwrap_or(u32::MAX))
+                .unwrap_or_default();
+        self.slots = records.into_iter().map(Some).collect();
+        Ok(())
+    }
+
+    /// Raises the next version to at least `floor` (a snapshot records it, so that etags of
+    /// deleted records are never handed out again).
+    pub(crate) fn apply_version_floor(&mut self, floor: u64) {
+        self.next_version = self.next_version.max(floor);
+    }
+
+    fn put(&mut self, record: DeviceRecord) {
+        if let Some(&slot) = self.ids.get(&record.device_id) {
+            if let Some(old) = self.slots.get_mut(slot as usize).and_then(Option::take) {
+                self.indexes.remove(slot, &old);
+            }
+            self.indexes.insert(slot, &record);
+            if let Some(place) = self.slots.get_mut(slot as usize) {
+                *place = Some(record);
+            }
+            return;
+        }
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                // More than 4 billion devices in one registry is out of scope; the file format
+                // and the bitmaps use 32-bit slots.
+                let slot = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
+                self.slots.push(None);
+                slot
+            }
+        };
+        self.indexes.insert(slot, &record);
+        self.ids.insert(record.device_id.clone(), slot);
+        self.live.insert(slot);
+        if let Some(place) = self.slots.get_mut(slot as usize) {
+            *place = Some(record);
+        }
+    }
+
+    fn remove(&mut self, id: &DeviceId) {
+        let Some(slot) = self.ids.remove(id) else {
+            return;
+        };
+        if let Some(old) = self.slots.get_mut(slot as usize).and_then(Option::take) {
+            self.indexes.remove(slot, &old);
+        }
+        self.live.remove(slot);
+        self.free.push(slot);
+    }
+
+    /// The candidate slots of `query` and whether each must still be checked against the whole
+    /// condition.
+    fn candidates(&self, query: &Query) -> (RoaringBitmap, bool) {
+        use crate::query::Cond;
+        let all = &self.live;
+        match &query.filter {
+            Cond::And(children) => {
+                // Use the selective indexed conditions; leave a condition whose set is much
+                // larger than the running intersection to be checked on the candidates instead.
+                let mut indexed: Vec<(u64, &Cond)> = Vec::new();
+                let mut residual = false;
+                for c in children {
+                    match self.indexes.estimate(c, all.len()) {
+                        Some(e) => indexed.push((e, c)),
+                        None => residual = true,
+                    }
+                }
+                indexed.sort_by_key(|(e, _)| *e);
+                let mut acc: Option<RoaringBitmap> = None;
+                for (estimate, c) in indexed {
+                    if let Some(a) = &acc
+                        && estimate > a.len().saturating_mul(32).max(1024)
+                    {
+                        residual = true;
+                        continue;
+                    }
+                    match self.indexes.exact(c, all) {
+                        Some(set) => {
+                            acc = Some(match acc {
+                                None => set,
+                                Some(a) => a & set,
+                            });
+                        }
+                        None => residual = true,
+                    }
+                }
+                match acc {
+                    Some(set) => (set, residual),
+                    None => (all.clone(), true),
+                }
+            }
+            filter => match self.indexes.exact(filter, all) {
+                Some(set) => (set, false),
+                None => (all.clone(), true),
+            },
+        }
+    }
+
+    fn record_at(&self, slot: u32) -> Option<&DeviceRecord> {
+        self.slots.get(slot as usize)?.as_ref()
+    }
+
+    pub(crate) fn count(&self, query: &Query) -> u64 {
+        let (candidates, residual) = self.candidates(query);
+        let n = if residual {
+            candidates
+                .iter()
+                .filter_map(|s| self.record_at(s))
+                .filter(|r| query.filter.matches(r))
+                .count() as u64
+        } else {
+            candidates.len()
+        };
+        query.limit.map_or(n, |l| n.min(l))
+    }
+
+    pub(crate) fn query(&self, query: &Query, page: &PageRequest) -> Result<Page> {
+        if query.select != Select::All {
+            return Err(Error::InvalidInput {
+                reason: "query() returns records: use count() for SELECT COUNT()".into(),
+            });
+        }
+        if page.max_items == 0 || page.max_items > self.config.max_page_size {
+            return Err(Error::InvalidInput {
+                reason: format!(
+                    "page size must be 1 to {}, got {}",
+                    self.config.max_page_size, page.max_items
+                ),
+            });
+        }
+        let token = page
+            .continuation
+            .as_deref()
+            .map(|t| Token::decode(t, query.fingerprint, query.order_by.len()))
+            .transpose()?;
+        let returned = token.as_ref().map_or(0, |t| t.n);
+        let remaining = query.limit.map_or(u64::MAX, |l| l.saturating_sub(returned));
+        let take = usize::try_from(remaining.min(page.max_items as u64)).unwrap_or(page.max_items);
+        if take == 0 {
+            return Ok(Page::new(Vec::new(), None));
+        }
+        let after: Option<(Vec<SortKey<'_>>, &str)> = token
+            .as_ref()
+            .map(|t| (t.k.iter().map(|k| k.as_key()).collect(), t.id.as_str()));
+
+        let (candidates, residual) = self.candidates(query);
+        // A broad query in device-id order: walk the id index from the token and stop after one
+        // page, instead of ranking every match. Expected work: page size × (all / matches).
+        if query.order_by.is_empty()
+            && candidates.len().saturating_mul(BROAD_FACTOR) > self.live.len()
+            && let Some(ordered) = self
+                .indexes
+                .ordered_strings("deviceId", after.as_ref().map(|(_, id)| *id))
+        {
+            let mut items: Vec<&DeviceRecord> = Vec::with_capacity(take + 1);
+            for slot in ordered {
+                if !candidates.contains(slot) {
+                    continue;
+                }
+                let Some(record) = self.record_at(slot) else {
+                    continue;
+                };
+                if residual && !query.filter.matches(record) {
+                    continue;
+                }
+                items.push(record);
+                if items.len() > take {
+                    break;
+                }
+            }
+            let more = items.len() > take;
+            items.truncate(take);
+            let continuation = match items.last() {
+                Some(record)
+                    if more && (returned + take as u64) < query.limit.unwrap_or(u64::MAX) =>
+                {
+                    Some(
+                        Token::new(
+                            query.fingerprint,
+                            returned + items.len() as u64,
+                            Vec::new(),
+                            record.device_id.as_str().to_owned(),
+                        )
+                        .encode(),
+                    )
+                }
+                _ => None,
+            };
+            return Ok(Page::new(
+                items.into_iter().cloned().collect(),
+                continuation,
+            ));
+        }
+        let mut hits: Vec<(Vec<SortKey<'_>>, &DeviceRecord)> = Vec::new();
+        for slot in &candidates {
+            let Some(record) = self.record_at(slot) else {
+                continue;
+            };
+            if residual && !query.filter.matches(record) {
+                continue;
+            }
+            let keys = query.sort_keys(record);
+            if let Some((after_keys, after_id)) = &after
+                && query.cmp_positions((&keys, record.device_id.as_str()), (after_keys, after_id))
+                    != Ordering::Greater
+            {
+                continue;
+            }
+            hits.push((keys, record));
+        }
+        let cmp = |a: &(Vec<SortKey<'_>>, &DeviceRecord), b: &(Vec<SortKey<'_>>, &DeviceRecord)| {
+            query.cmp_positions(
+                (&a.0, a.1.device_id.as_str()),
+                (&b.0, b.1.device_id.as_str()),
+            )
+        };
+        let more = hits.len() > take;
+        if more {
+            hits.select_nth_unstable_by(take, cmp);
+            hits.truncate(take);
+        }
+        hits.sort_unstable_by(cmp);
+        let continuation = match hits.last() {
+            Some((keys, record))
+                if more && (returned + take as u64) < query.limit.unwrap_or(u64::MAX) =>
+            {
+                Some(
+                    Token::new(
+                        query.fingerprint,
+                        returned + hits.len() as u64,
+                        keys.iter().map(|k| k.to_owned_key()).collect(),
+                        record.device_id.as_str().to_owned(),
+                    )
+                    .encode(),
+                )
+            }
+            _ => None,
+        };
+        let items = hits.into_iter().map(|(_, r)| r.clone()).collect();
+        Ok(Page::new(items, continuation))
+    }
+
+    /// How many distinct paths are indexed.
+    pub(crate) fn indexed_paths(&self) -> usize {
+        self.indexes.path_count()
+    }
+}
+
+/// The document a merge patch makes of `current`: the patch applies to
+/// `{"metadata": …, "tags": …, "stateRef": …}`.
+fn merged_document(
+    current: &DeviceRecord,
+    patch: &Value,
+    limits: &DocumentLimits,
+) -> Result<DeviceDocument> {
+    if !patch.is_object() {
+        return Err(Error::invalid_doc(
+            "$",
+            "a merge patch for a device must be a JSON object with metadata, tags or stateRef",
+        ));
+    }
+    let mut view = Map::new();
+    view.insert("metadata".into(), Value::Object(current.metadata.clone()));
+    view.insert("tags".into(), Value::Object(current.tags.clone()));
+    if let Some(s) = &current.state_ref {
+        view.insert("stateRef".into(), Value::String(s.clone()));
+    }
+    let mut view = Value::Object(view);
+    // One level more than documents: the patch's root holds `metadata`.
+    merge_patch(&mut view, patch, limits.max_depth + 1)?;
+    let Value::Object(mut view) = view else {
+        return Err(Error::invalid_doc("$", "the merge did not leave an object"));
+    };
+    let mut object_field = |name: &str| match view.remove(name) {
+        None => Ok(Map::new()),
+        Some(Value::Object(m)) => Ok(m),
+        Some(_) => Err(Error::invalid_doc(name, "must be a JSON object")),
+    };
+    let metadata = object_field("metadata")?;
+    let tags = object_field("tags")?;
+    let state_ref = match view.remove("stateRef") {
+        None => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => return Err(Error::invalid_doc("stateRef", "must be a string or null")),
+    };
+    if let Some(key) = view.keys().next() {
+        return Err(Error::invalid_doc(
+            "$",
+            format!(
+                "unknown or read-only field {:?}: a patch may change metadata, tags and stateRef",
+                crate::limits::shorten(key)
+            ),
+        ));
+    }
+    Ok(DeviceDocument {
+        metadata,
+        tags,
+        state_ref,
+    })
+}

@@ -1,0 +1,226 @@
+//! The error type of `iot-registry`.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+use iot_core::DeviceId;
+
+use crate::record::ETag;
+
+/// What went wrong in the registry: a kind a caller can act on, with the context that makes the
+/// message useful (which device, which path, which file).
+///
+/// The enum is `#[non_exhaustive]`. No variant carries a document's content: metadata may be large,
+/// and errors end up in logs.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No record exists for the device.
+    #[error("device {id} is not in the registry")]
+    NotFound {
+        /// The device asked for.
+        id: DeviceId,
+    },
+
+    /// `create` found a record for the device already.
+    #[error("device {id} is already in the registry")]
+    AlreadyExists {
+        /// The device.
+        id: DeviceId,
+    },
+
+    /// The `if-match` etag is stale: the record changed since the caller read it.
+    #[error("device {id} has etag {actual}, not {expected}: it changed since it was read")]
+    PreconditionFailed {
+        /// The device.
+        id: DeviceId,
+        /// The etag the caller expected.
+        expected: ETag,
+        /// The record's current etag.
+        actual: ETag,
+    },
+
+    /// A document (or merge patch) breaks the document rules: a key with a `.`, a field of the
+    /// wrong type, an unknown top-level field.
+    #[error("invalid document at {path}: {reason}")]
+    InvalidDocument {
+        /// Where in the document (`metadata.geo.lat`, or `$` for the root).
+        path: String,
+        /// Which rule it broke.
+        reason: String,
+    },
+
+    /// A document is larger than the configured limit.
+    #[error("document of {size} bytes exceeds the limit of {limit} bytes")]
+    DocumentTooLarge {
+        /// Encoded size (compact JSON of metadata and tags), or a lower bound of it when the
+        /// measurement stopped at the limit.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+
+    /// A document (or merge patch) nests objects and arrays deeper than the configured limit.
+    #[error("document nests {depth} levels deep at {path}, the limit is {limit}")]
+    DocumentTooDeep {
+        /// The depth reached when the check stopped (at least `limit + 1`).
+        depth: usize,
+        /// The configured limit.
+        limit: usize,
+        /// Where the limit was passed.
+        path: String,
+    },
+
+    /// A query could not be parsed or compiled.
+    #[error(transparent)]
+    Query(#[from] QueryError),
+
+    /// A continuation token is malformed, or belongs to another query.
+    #[error("invalid continuation token: {reason}")]
+    InvalidContinuation {
+        /// What was wrong.
+        reason: String,
+    },
+
+    /// An argument was refused (for example a zero page size).
+    #[error("invalid input: {reason}")]
+    InvalidInput {
+        /// What was wrong.
+        reason: String,
+    },
+
+    /// Another `FileRegistry` holds the directory.
+    #[error("the registry at {path} is locked by another process or instance")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+
+    /// Stored data failed its checksum or framing where recovery may not drop it silently.
+    #[error("corrupt data in {path} at byte {position}: {reason}")]
+    Corrupt {
+        /// The damaged file.
+        path: PathBuf,
+        /// Byte position of the damaged frame.
+        position: u64,
+        /// What check failed.
+        reason: String,
+    },
+
+    /// The configuration is inconsistent.
+    #[error("misconfigured: {reason}")]
+    Config {
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+
+    /// A write failed earlier in a way that may have left the file out of step with memory; the
+    /// registry refuses further writes until it is reopened.
+    #[error("the registry refuses writes after an earlier I/O failure; reopen it")]
+    Poisoned,
+
+    /// An I/O operation failed.
+    #[error("{operation} {path}: {source}")]
+    Io {
+        /// What was being done ("open", "write", "fsync", ...).
+        operation: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    /// Whether retrying the same call later may succeed: I/O trouble, a lock held elsewhere, or a
+    /// stale etag (after reading the record again). Validation errors and corruption are permanent.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Io { .. } | Error::Locked { .. } | Error::PreconditionFailed { .. }
+        )
+    }
+
+    pub(crate) fn io(operation: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io {
+            operation,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn invalid_doc(path: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidDocument {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What kind of mistake a query holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum QueryErrorKind {
+    /// The text does not follow the grammar.
+    Syntax,
+    /// A function other than `STARTS_WITH`, `IS_DEFINED` (in `WHERE`) or `COUNT` (in `SELECT`).
+    UnknownFunction,
+    /// An operand of the wrong type: `NOT 'x'`, `STARTS_WITH(p, 3)`, `p < null`, a path where a
+    /// condition is needed.
+    TypeMismatch,
+    /// A path that starts with something other than `metadata`, `tags`, `deviceId`, `stateRef`.
+    UnknownField,
+    /// Valid SQL this query language does not have (joins, `GROUP BY`, comparing two paths).
+    Unsupported,
+    /// The query passes a size limit (length, tokens, nesting); see [`QueryLimits`](crate::QueryLimits).
+    TooComplex,
+}
+
+impl fmt::Display for QueryErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            QueryErrorKind::Syntax => "syntax error",
+            QueryErrorKind::UnknownFunction => "unknown function",
+            QueryErrorKind::TypeMismatch => "type mismatch",
+            QueryErrorKind::UnknownField => "unknown field",
+            QueryErrorKind::Unsupported => "unsupported",
+            QueryErrorKind::TooComplex => "query too complex",
+        })
+    }
+}
+
+/// A query that could not be parsed or compiled: where, what kind of mistake, and what was
+/// expected there.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} at line {line}, column {column}: {message}")]
+pub struct QueryError {
+    /// What kind of mistake.
+    pub kind: QueryErrorKind,
+    /// 1-based line of the offending token (0 when the error concerns the whole query).
+    pub line: u64,
+    /// 1-based column of the offending token (0 when the error concerns the whole query).
+    pub column: u64,
+    /// What was expected and what was found.
+    pub message: String,
+}
+
+impl QueryError {
+    pub(crate) fn new(
+        kind: QueryErrorKind,
+        line: u64,
+        column: u64,
+        message: impl Into<String>,
+    ) -> Self {
+        QueryError {
+            kind,
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+}

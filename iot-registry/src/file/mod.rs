@@ -1,0 +1,757 @@
+//! `FileRegistry`: the registry kept in memory and made durable by a write-ahead log and
+//! snapshots in one directory.
+//!
+//! # Files
+//! * `LOCK` — held (advisory lock) while a `FileRegistry` has the directory open.
+//! * `snapshot-G` — every record as of generation `G` (`G` in hex), written whole to a temporary
+//!   file, fsynced and renamed into place, so it is either absent or complete.
+//! * `wal-G` — the writes since `snapshot-G`, one checksummed frame each (see [`frame`]).
+//!
+//! # Recovery
+//! Open loads the newest snapshot, replays its log, cuts off a torn last frame (what a crash
+//! during an append leaves), and refuses damage anywhere else with
+//! [`Error::Corrupt`](crate::Error::Corrupt). Files of older generations are deleted.
+//!
+//! # Invariants
+//! * A write is appended to the log (and, with [`Durability::Fsync`], synced) before it is
+//!   applied to memory and acknowledged, and writers are serialised, so readers never see a
+//!   write that a crash could take back.
+//! * `snapshot-G` holds every write of `wal-(G-1)` and before; `wal-G` starts empty when
+//!   `snapshot-G` is written. Compaction holds the writer lock, so no write falls between.
+
+mod frame;
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use async_trait::async_trait;
+use iot_core::{DeviceId, Timestamp};
+use serde_json::Value;
+use tracing::{debug, info, instrument, warn};
+
+use crate::engine::{Change, Engine, RegistryConfig};
+use crate::error::{Error, Result};
+use crate::paging::{Page, PageRequest};
+use crate::query::Query;
+use crate::record::{DeviceDocument, DeviceRecord, ETag};
+use crate::registry::Registry;
+use frame::{FrameReader, Next};
+
+/// When a write counts as done.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Durability {
+    /// The log is fsynced before each write is acknowledged: nothing acknowledged is lost even
+    /// to a power failure. The default.
+    #[default]
+    Fsync,
+    /// The log is written to the operating system before each write is acknowledged: nothing
+    /// acknowledged is lost when the process crashes or is killed, but a power failure may lose
+    /// the last writes (never corrupt older ones). Much faster for bulk loads.
+    OsBuffered,
+}
+
+/// Settings of a [`FileRegistry`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileConfig {
+    /// Limits, unindexed paths, page size.
+    pub registry: RegistryConfig,
+    /// When writes are acknowledged.
+    pub durability: Durability,
+    /// Write a new snapshot when the log passes this many bytes (and half the snapshot's size).
+    /// Default 64 MiB.
+    pub compact_after_bytes: u64,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        FileConfig {
+            registry: RegistryConfig::default(),
+            durability: Durability::default(),
+            compact_after_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+const WAL_PUT: u8 = 1;
+const WAL_DELETE: u8 = 2;
+const SNAPSHOT_MAGIC: &[u8; 8] = b"IOTREG01";
+
+/// A durable [`Registry`] in one directory: queries run from memory (the same engine and indexes
+/// as [`MemoryRegistry`](crate::MemoryRegistry)); writes go through a write-ahead log.
+#[derive(Debug, Clone)]
+pub struct FileRegistry {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    dir: PathBuf,
+    config: FileConfig,
+    engine: RwLock<Engine>,
+    writer: Mutex<Writer>,
+}
+
+#[derive(Debug)]
+struct Writer {
+    file: File,
+    path: PathBuf,
+    generation: u64,
+    wal_bytes: u64,
+    snapshot_bytes: u64,
+    /// Set when a failed write may have left bytes in the log that memory does not reflect.
+    poisoned: bool,
+    /// Held for the registry's life: dropping it releases the directory lock.
+    _lock: File,
+}
+
+fn snapshot_name(g: u64) -> String {
+    format!("snapshot-{g:016x}")
+}
+fn wal_name(g: u64) -> String {
+    format!("wal-{g:016x}")
+}
+
+impl FileRegistry {
+    /// Opens (or creates) the registry in `dir`, recovering from any crash.
+    #[instrument(skip_all, fields(dir = %dir.as_ref().display()))]
+    pub fn open(dir: impl AsRef<Path>, config: FileConfig) -> Result<Self> {
+        let dir = dir.as_ref().to_owned();
+        config.registry.validate()?;
+        fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io("open", &lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked { path: lock_path }),
+            Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", &lock_path, e)),
+        }
+
+        let (snapshots, wals) = list_generations(&dir)?;
+        let generation = snapshots.iter().copied().max().unwrap_or(0);
+        let mut engine = Engine::new(config.registry.clone())?;
+        let (records, mut next_version, snapshot_bytes) = if snapshots.contains(&generation) {
+            load_snapshot(&dir.join(snapshot_name(generation)))?
+        } else {
+            (Vec::new(), 1, 0)
+        };
+        let wal_path = dir.join(wal_name(generation));
+        let (changes, wal_bytes) = if wal_path.exists() {
+            read_wal(&wal_path)?
+        } else {
+            (Vec::new(), 0)
+        };
+        if changes.len() < records.len() / 8 {
+            // A short log: build from the snapshot in bulk, then replay the log on top.
+            engine
+                .bulk_load(records)
+                .map_err(|id| duplicate(&dir, generation, &id))?;
+            for (change, version) in changes {
+                engine.apply(change, version);
+            }
+        } else {
+            // A long log: fold it into the snapshot's records first, then build in one go.
+            let records = fold(records, changes, &mut next_version)
+                .map_err(|id| duplicate(&dir, generation, &id))?;
+            engine
+                .bulk_load(records)
+                .map_err(|id| duplicate(&dir, generation, &id))?;
+        }
+        engine.apply_version_floor(next_version);
+        // Older generations are fully contained in the snapshot just loaded.
+        for g in snapshots.iter().filter(|&&g| g != generation) {
+            remove_file(&dir.join(snapshot_name(*g)))?;
+        }
+        for g in wals.iter().filter(|&&g| g != generation) {
+            remove_file(&dir.join(wal_name(*g)))?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&wal_path)
+            .map_err(|e| Error::io("open", &wal_path, e))?;
+        sync_dir(&dir)?;
+        info!(
+            devices = engine.len(),
+            generation, wal_bytes, "registry opened"
+        );
+        Ok(FileRegistry {
+            shared: Arc::new(Shared {
+                dir,
+                engine: RwLock::new(engine),
+                writer: Mutex::new(Writer {
+                    file,
+                    path: wal_path,
+                    generation,
+                    wal_bytes,
+                    snapshot_bytes,
+                    poisoned: false,
+                    _lock: lock,
+                }),
+                config,
+            }),
+        })
+    }
+
+    /// How many records the registry holds.
+    pub fn len(&self) -> usize {
+        self.shared.read().len()
+    }
+
+    /// Whether the registry holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The directory of the registry.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Writes a snapshot of every record now and starts an empty log (normally done
+    /// automatically, see [`FileConfig::compact_after_bytes`]).
+    pub async fn compact(&self) -> Result<()> {
+        let shared = self.shared.clone();
+        blocking(move || {
+            let mut writer = shared.lock_writer()?;
+            shared.compact(&mut writer)
+        })
+        .await
+    }
+
+    /// Makes every acknowledged write durable now (useful after writes with
+    /// [`Durability::OsBuffered`]).
+    pub async fn sync(&self) -> Result<()> {
+        let shared = self.shared.clone();
+        blocking(move || {
+            let writer = shared.lock_writer()?;
+            writer
+                .file
+                .sync_data()
+                .map_err(|e| Error::io("fsync", &writer.path, e))
+        })
+        .await
+    }
+
+    async fn write(
+        &self,
+        prepare: impl FnOnce(&Engine, Timestamp) -> Result<Change> + Send + 'static,
+        id: DeviceId,
+    ) -> Result<Option<DeviceRecord>> {
+        let shared = self.shared.clone();
+        blocking(move || shared.write(prepare, &id)).await
+    }
+}
+
+/// Runs blocking file work off the async executor.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(Error::Io {
+            operation: "run blocking task",
+            path: PathBuf::new(),
+            source: std::io::Error::other("the runtime is shutting down"),
+        }),
+    }
+}
+
+impl Shared {
+    // Every critical section leaves the engine consistent before anything in it can panic.
+    fn read(&self) -> RwLockReadGuard<'_, Engine> {
+        self.engine.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_engine(&self) -> RwLockWriteGuard<'_, Engine> {
+        self.engine.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_writer(&self) -> Result<MutexGuard<'_, Writer>> {
+        let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        if writer.poisoned {
+            return Err(Error::Poisoned);
+        }
+        Ok(writer)
+    }
+
+    /// Validates, logs, applies. The writer lock serialises writers, so the change prepared
+    /// under the read lock is still valid when it is applied.
+    fn write(
+        &self,
+        prepare: impl FnOnce(&Engine, Timestamp) -> Result<Change>,
+        id: &DeviceId,
+    ) -> Result<Option<DeviceRecord>> {
+        let mut writer = self.lock_writer()?;
+        let (change, version) = {
+            let engine = self.read();
+            (prepare(&engine, Timestamp::now())?, engine.next_version())
+        };
+        let mut frame = Vec::new();
+        encode_change(&mut frame, &change, version)?;
+        let before = writer.wal_bytes;
+        let appended = writer
+            .file
+            .write_all(&frame)
+            .and_then(|()| match self.config.durability {
+                Durability::Fsync => writer.file.sync_data(),
+                Durability::OsBuffered => Ok(()),
+            });
+        if let Err(e) = appended {
+            // Take the partial frame back so that the log matches memory; if even that fails,
+            // refuse further writes until a reopen recovers from the file.
+            if writer.file.set_len(before).is_err() {
+                writer.poisoned = true;
+            }
+            warn!(error = %e, "registry log append failed");
+            return Err(Error::io("append", &writer.path, e));
+        }
+        writer.wal_bytes += frame.len() as u64;
+        let record = {
+            let mut engine = self.write_engine();
+            engine.apply(change, version);
+            engine.get(id).cloned()
+        };
+        if writer.wal_bytes >= self.config.compact_after_bytes
+            && writer.wal_bytes >= writer.snapshot_bytes / 2
+        {
+            // The write is durable already; a failed compaction leaves the old generation in
+            // place and is retried after the next write.
+            if let Err(e) = self.compact(&mut writer) {
+                warn!(error = %e, "registry compaction failed");
+            }
+        }
+        Ok(record)
+    }
+
+    fn compact(&self, writer: &mut Writer) -> Result<()> {
+        let next = writer.generation + 1;
+        let final_path = self.dir.join(snapshot_name(next));
+        let tmp_path = self.dir.join(format!("{}.tmp", snapshot_name(next)));
+        let bytes = {
+            let engine = self.read();
+            write_snapshot(&tmp_path, &engine)?
+        };
+        fs::rename(&tmp_path, &final_path).map_err(|e| Error::io("rename", &tmp_path, e))?;
+        let wal_path = self.dir.join(wal_name(next));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&wal_path)
+            .map_err(|e| Error::io("create", &wal_path, e))?;
+        sync_dir(&self.dir)?;
+        let old = writer.generation;
+        writer.file = file;
+        writer.path = wal_path;
+        writer.generation = next;
+        writer.wal_bytes = 0;
+        writer.snapshot_bytes = bytes;
+        // From here the new generation is authoritative; leftovers are removed on the next open.
+        for name in [snapshot_name(old), wal_name(old)] {
+            let path = self.dir.join(name);
+            if path.exists() && fs::remove_file(&path).is_err() {
+                debug!(path = %path.display(), "stale file left for the next open");
+            }
+        }
+        info!(generation = next, bytes, "registry snapshot written");
+        Ok(())
+    }
+}
+
+fn encode_change(out: &mut Vec<u8>, change: &Change, version: u64) -> Result<()> {
+    let mut body = Vec::with_capacity(256);
+    body.extend_from_slice(&version.to_le_bytes());
+    match change {
+        Change::Put(record) => {
+            body.push(WAL_PUT);
+            serde_json::to_writer(&mut body, record).map_err(|e| Error::InvalidInput {
+                reason: format!("record cannot be encoded: {e}"),
+            })?;
+        }
+        Change::Delete(id) => {
+            body.push(WAL_DELETE);
+            body.extend_from_slice(id.as_str().as_bytes());
+        }
+    }
+    if body.len() > frame::MAX_FRAME as usize {
+        return Err(Error::DocumentTooLarge {
+            size: body.len(),
+            limit: frame::MAX_FRAME as usize,
+        });
+    }
+    frame::encode(out, &body);
+    Ok(())
+}
+
+fn decode_change(reader: &FrameReader, position: u64, body: &[u8]) -> Result<(Change, u64)> {
+    let corrupt = |reason: String| Error::Corrupt {
+        path: reader.path().to_owned(),
+        position,
+        reason,
+    };
+    let (version, rest) = body
+        .split_first_chunk::<8>()
+        .ok_or_else(|| corrupt("entry too short".into()))?;
+    let version = u64::from_le_bytes(*version);
+    let (kind, payload) = rest
+        .split_first()
+        .ok_or_else(|| corrupt("entry too short".into()))?;
+    let change = match *kind {
+        WAL_PUT => Change::Put(
+            serde_json::from_slice(payload).map_err(|e| corrupt(format!("bad record: {e}")))?,
+        ),
+        WAL_DELETE => {
+            let id = std::str::from_utf8(payload)
+                .ok()
+                .and_then(|s| DeviceId::new(s).ok())
+                .ok_or_else(|| corrupt("bad device id".into()))?;
+            Change::Delete(id)
+        }
+        other => return Err(corrupt(format!("unknown entry kind {other}"))),
+    };
+    Ok((change, version))
+}
+
+/// The records a snapshot and the log after it leave; the id of a duplicate in the snapshot is
+/// an error. Raises `next_version` past every logged write.
+fn fold(
+    records: Vec<DeviceRecord>,
+    changes: Vec<(Change, u64)>,
+    next_version: &mut u64,
+) -> std::result::Result<Vec<DeviceRecord>, DeviceId> {
+    let mut position: HashMap<DeviceId, usize> = HashMap::with_capacity(records.len());
+    for (i, r) in records.iter().enumerate() {
+        if position.insert(r.device_id.clone(), i).is_some() {
+            return Err(r.device_id.clone());
+        }
+    }
+    let mut slots: Vec<Option<DeviceRecord>> = records.into_iter().map(Some).collect();
+    for (change, version) in changes {
+        *next_version = (*next_version).max(version.saturating_add(1));
+        match change {
+            Change::Put(record) => match position.get(&record.device_id) {
+                Some(&i) => {
+                    if let Some(slot) = slots.get_mut(i) {
+                        *slot = Some(record);
+                    }
+                }
+                None => {
+                    position.insert(record.device_id.clone(), slots.len());
+                    slots.push(Some(record));
+                }
+            },
+            Change::Delete(id) => {
+                if let Some(slot) = position.remove(&id).and_then(|i| slots.get_mut(i)) {
+                    *slot = None;
+                }
+            }
+        }
+    }
+    Ok(slots.into_iter().flatten().collect())
+}
+
+fn duplicate(dir: &Path, generation: u64, id: &DeviceId) -> Error {
+    Error::Corrupt {
+        path: dir.join(snapshot_name(generation)),
+        position: 0,
+        reason: format!("device {id} appears twice"),
+    }
+}
+
+/// Reads the log's entries, cutting off a torn tail; returns them with the log's valid length.
+fn read_wal(path: &Path) -> Result<(Vec<(Change, u64)>, u64)> {
+    let mut reader = FrameReader::open(path)?;
+    let mut changes = Vec::new();
+    loop {
+        match reader.next_frame()? {
+            Next::Frame { position, body } => {
+                changes.push(decode_change(&reader, position, &body)?)
+            }
+            Next::End => {
+                let len = fs::metadata(path)
+                    .map_err(|e| Error::io("stat", path, e))?
+                    .len();
+                debug!(entries = changes.len(), "log read");
+                return Ok((changes, len));
+            }
+            Next::TornTail { position } => {
+                warn!(position, entries = changes.len(), path = %path.display(), "cutting off a torn log tail");
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| Error::io("open", path, e))?;
+                file.set_len(position)
+                    .map_err(|e| Error::io("truncate", path, e))?;
+                file.sync_all().map_err(|e| Error::io("fsync", path, e))?;
+                return Ok((changes, position));
+            }
+        }
+    }
+}
+
+fn write_snapshot(path: &Path, engine: &Engine) -> Result<u64> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("create", path, e))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let mut header = Vec::with_capacity(32);
+    header.extend_from_slice(SNAPSHOT_MAGIC);
+    header.extend_from_slice(&engine.next_version().to_le_bytes());
+    header.extend_from_slice(&(engine.len() as u64).to_le_bytes());
+    let mut frame = Vec::with_capacity(4096);
+    frame::encode(&mut frame, &header);
+    let mut total = 0u64;
+    let mut body = Vec::with_capacity(4096);
+    let mut put = |out: &mut BufWriter<File>, frame: &[u8]| -> Result<()> {
+        total += frame.len() as u64;
+        out.write_all(frame)
+            .map_err(|e| Error::io("write", path, e))
+    };
+    put(&mut out, &frame)?;
+    // In device-id order: the id index is then built from already sorted input on reopen.
+    let mut records: Vec<&DeviceRecord> = engine.records().collect();
+    records.sort_unstable_by(|a, b| a.device_id.cmp(&b.device_id));
+    for record in records {
+        body.clear();
+        serde_json::to_writer(&mut body, record).map_err(|e| Error::InvalidInput {
+            reason: format!("record cannot be encoded: {e}"),
+        })?;
+        frame.clear();
+        frame::encode(&mut frame, &body);
+        put(&mut out, &frame)?;
+    }
+    let file = out
+        .into_inner()
+        .map_err(|e| Error::io("write", path, e.into_error()))?;
+    file.sync_all().map_err(|e| Error::io("fsync", path, e))?;
+    Ok(total)
+}
+
+/// Reads a snapshot; any damage is corruption (snapshots are renamed into place only when
+/// complete). Returns its records, the next version it recorded, and its size.
+fn load_snapshot(path: &Path) -> Result<(Vec<DeviceRecord>, u64, u64)> {
+    let mut reader = FrameReader::open(path)?;
+    let corrupt = |position: u64, reason: &str| Error::Corrupt {
+        path: path.to_owned(),
+        position,
+        reason: reason.to_owned(),
+    };
+    let header = match reader.next_frame()? {
+        Next::Frame { body, .. } => body,
+        _ => return Err(corrupt(0, "missing snapshot header")),
+    };
+    let (next_version, count) = match header.as_slice() {
+        [
+            m @ ..,
+            v0,
+            v1,
+            v2,
+            v3,
+            v4,
+            v5,
+            v6,
+            v7,
+            c0,
+            c1,
+            c2,
+            c3,
+            c4,
+            c5,
+            c6,
+            c7,
+        ] if m == SNAPSHOT_MAGIC => (
+            u64::from_le_bytes([*v0, *v1, *v2, *v3, *v4, *v5, *v6, *v7]),
+            u64::from_le_bytes([*c0, *c1, *c2, *c3, *c4, *c5, *c6, *c7]),
+        ),
+        _ => return Err(corrupt(0, "bad snapshot header")),
+    };
+    let mut frames: Vec<(u64, Vec<u8>)> = Vec::new();
+    loop {
+        match reader.next_frame()? {
+            Next::Frame { position, body } => frames.push((position, body)),
+            Next::End => break,
+            Next::TornTail { position } => return Err(corrupt(position, "truncated snapshot")),
+        }
+    }
+    if frames.len() as u64 != count {
+        return Err(corrupt(
+            0,
+            &format!(
+                "snapshot holds {} records, header says {count}",
+                frames.len()
+            ),
+        ));
+    }
+    let records = parse_records(&frames)
+        .map_err(|(position, e)| corrupt(position, &format!("bad record: {e}")))?;
+    drop(frames);
+    let size = fs::metadata(path)
+        .map_err(|e| Error::io("stat", path, e))?
+        .len();
+    Ok((records, next_version, size))
+}
+
+/// Parses snapshot records on all cores (JSON decoding dominates reopening a large registry).
+fn parse_records(
+    frames: &[(u64, Vec<u8>)],
+) -> std::result::Result<Vec<DeviceRecord>, (u64, String)> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    let chunk = frames.len().div_ceil(threads).max(1);
+    let parsed: Vec<std::result::Result<Vec<DeviceRecord>, (u64, String)>> =
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = frames
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|(position, body)| {
+                                serde_json::from_slice::<DeviceRecord>(body)
+                                    .map_err(|e| (*position, e.to_string()))
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err((0, "a parser thread panicked".into())))
+                })
+                .collect()
+        });
+    let mut records = Vec::with_capacity(frames.len());
+    for part in parsed {
+        records.extend(part?);
+    }
+    Ok(records)
+}
+
+fn list_generations(dir: &Path) -> Result<(Vec<u64>, Vec<u64>)> {
+    let mut snapshots = Vec::new();
+    let mut wals = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))? {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(".tmp") {
+            // An unfinished snapshot of a crashed compaction.
+            remove_file(&entry.path())?;
+        } else if let Some(g) = name.strip_prefix("snapshot-") {
+            if let Ok(g) = u64::from_str_radix(g, 16) {
+                snapshots.push(g);
+            }
+        } else if let Some(g) = name.strip_prefix("wal-")
+            && let Ok(g) = u64::from_str_radix(g, 16)
+        {
+            wals.push(g);
+        }
+    }
+    Ok((snapshots, wals))
+}
+
+fn remove_file(path: &Path) -> Result<()> {
+    fs::remove_file(path).map_err(|e| Error::io("remove", path, e))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("fsync directory", dir, e))
+}
+
+#[async_trait]
+impl Registry for FileRegistry {
+    #[instrument(skip_all, fields(device = %id))]
+    async fn create(&self, id: &DeviceId, doc: DeviceDocument) -> Result<DeviceRecord> {
+        let for_prepare = id.clone();
+        written(
+            id,
+            self.write(
+                move |e, now| e.prepare_create(&for_prepare, doc, now),
+                id.clone(),
+            )
+            .await?,
+        )
+    }
+
+    async fn get(&self, id: &DeviceId) -> Result<Option<DeviceRecord>> {
+        Ok(self.shared.read().get(id).cloned())
+    }
+
+    #[instrument(skip_all, fields(device = %id))]
+    async fn replace(
+        &self,
+        id: &DeviceId,
+        doc: DeviceDocument,
+        if_match: Option<&ETag>,
+    ) -> Result<DeviceRecord> {
+        let for_prepare = id.clone();
+        let if_match = if_match.cloned();
+        written(
+            id,
+            self.write(
+                move |e, now| e.prepare_replace(&for_prepare, doc, if_match.as_ref(), now),
+                id.clone(),
+            )
+            .await?,
+        )
+    }
+
+    #[instrument(skip_all, fields(device = %id))]
+    async fn merge(
+        &self,
+        id: &DeviceId,
+        patch: &Value,
+        if_match: Option<&ETag>,
+    ) -> Result<DeviceRecord> {
+        let for_prepare = id.clone();
+        let if_match = if_match.cloned();
+        let patch = patch.clone();
+        written(
+            id,
+            self.write(
+                move |e, now| e.prepare_merge(&for_prepare, &patch, if_match.as_ref(), now),
+                id.clone(),
+            )
+            .await?,
+        )
+    }
+
+    #[instrument(skip_all, fields(device = %id))]
+    async fn delete(&self, id: &DeviceId, if_match: Option<&ETag>) -> Result<()> {
+        let for_prepare = id.clone();
+        let if_match = if_match.cloned();
+        self.write(
+            move |e, _| e.prepare_delete(&for_prepare, if_match.as_ref()),
+            id.clone(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn query(&self, query: &Query, page: &PageRequest) -> Result<Page> {
+        self.shared.read().query(query, page)
+    }
+
+    async fn count(&self, query: &Query) -> Result<u64> {
+        Ok(self.shared.read().count(query))
+    }
+}
+
+fn written(id: &DeviceId, record: Option<DeviceRecord>) -> Result<DeviceRecord> {
+    record.ok_or_else(|| Error::NotFound { id: id.clone() })
+}

@@ -1,0 +1,306 @@
+//! Limits on documents and queries, and the checks that enforce them without recursion.
+
+use std::io;
+
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::record::DeviceDocument;
+
+/// The deepest nesting a configuration may allow. Code that walks documents recursively (merge,
+/// indexing, serialisation) relies on it to stay far from the end of the stack.
+pub const MAX_SUPPORTED_DEPTH: usize = 64;
+
+/// Limits every registry enforces on the documents written to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DocumentLimits {
+    /// Largest document: compact JSON of `metadata` and `tags` together. Default 64 KiB.
+    pub max_document_bytes: usize,
+    /// Deepest nesting of objects and arrays, counting `metadata` (or `tags`) itself as 1.
+    /// Default 16, at most [`MAX_SUPPORTED_DEPTH`].
+    pub max_depth: usize,
+    /// Longest key, in bytes. Default 128.
+    pub max_key_bytes: usize,
+    /// Longest state reference, in bytes. Default 1 024.
+    pub max_state_ref_bytes: usize,
+}
+
+impl Default for DocumentLimits {
+    fn default() -> Self {
+        DocumentLimits {
+            max_document_bytes: 64 * 1024,
+            max_depth: 16,
+            max_key_bytes: 128,
+            max_state_ref_bytes: 1024,
+        }
+    }
+}
+
+/// Limits on query text, checked before any syntax tree is built, so that no query can exhaust
+/// the stack or the heap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueryLimits {
+    /// Longest query text, in bytes. Default 64 KiB.
+    pub max_query_bytes: usize,
+    /// Most tokens (words, literals, operators, punctuation). Default 4 096 — room for about a
+    /// thousand comparisons.
+    pub max_tokens: usize,
+    /// Deepest nesting of parentheses and `NOT`s, passed to the parser's recursion limit.
+    /// Default 48.
+    pub max_nesting: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits {
+            max_query_bytes: 64 * 1024,
+            max_tokens: 4096,
+            max_nesting: 48,
+        }
+    }
+}
+
+impl DocumentLimits {
+    /// Refuses a nonsensical configuration.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_document_bytes == 0 || self.max_depth == 0 || self.max_key_bytes == 0 {
+            return Err(Error::Config {
+                reason: format!("document limits must be positive, got {self:?}"),
+            });
+        }
+        if self.max_depth > MAX_SUPPORTED_DEPTH {
+            return Err(Error::Config {
+                reason: format!(
+                    "max_depth {} is above the supported {MAX_SUPPORTED_DEPTH}",
+                    self.max_depth
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks a document against the limits and the key rules. Never recurses, so any input is
+    /// safe, however deep.
+    pub fn check_document(&self, doc: &DeviceDocument) -> Result<()> {
+        self.check_object("metadata", &doc.metadata)?;
+        self.check_object("tags", &doc.tags)?;
+        if let Some(state_ref) = &doc.state_ref {
+            if state_ref.is_empty() || state_ref.len() > self.max_state_ref_bytes {
+                return Err(Error::invalid_doc(
+                    "stateRef",
+                    format!(
+                        "must be 1 to {} bytes long, is {}",
+                        self.max_state_ref_bytes,
+                        state_ref.len()
+                    ),
+                ));
+            }
+            if state_ref.chars().any(char::is_control) {
+                return Err(Error::invalid_doc(
+                    "stateRef",
+                    "contains a control character",
+                ));
+            }
+        }
+        let mut counter = SizeCounter {
+            written: 0,
+            limit: self.max_document_bytes,
+        };
+        // Depth is bounded (checked above), so serde's recursive writer is safe here.
+        let within = serde_json::to_writer(&mut counter, &doc.metadata)
+            .and_then(|()| serde_json::to_writer(&mut counter, &doc.tags));
+        if within.is_err() || counter.written > self.max_document_bytes {
+            return Err(Error::DocumentTooLarge {
+                size: counter.written,
+                limit: self.max_document_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_object(&self, root: &str, object: &Map<String, Value>) -> Result<()> {
+        // Explicit stack of (container, depth of the container, path of the container).
+        let mut stack: Vec<(&Value, usize, String)> = Vec::new();
+        self.check_keys(root, object)?;
+        if self.max_depth < 1 {
+            return Err(too_deep(1, self.max_depth, root));
+        }
+        for (key, value) in object {
+            if is_container(value) {
+                stack.push((value, 2, format!("{root}.{key}")));
+            }
+        }
+        while let Some((value, depth, path)) = stack.pop() {
+            if depth > self.max_depth {
+                return Err(too_deep(depth, self.max_depth, &path));
+            }
+            match value {
+                Value::Object(map) => {
+                    self.check_keys(&path, map)?;
+                    for (key, child) in map {
+                        if is_container(child) {
+                            stack.push((child, depth + 1, format!("{path}.{key}")));
+                        }
+                    }
+                }
+                Value::Array(items) => {
+                    for (i, child) in items.iter().enumerate() {
+                        if is_container(child) {
+                            stack.push((child, depth + 1, format!("{path}[{i}]")));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn check_keys(&self, path: &str, map: &Map<String, Value>) -> Result<()> {
+        for key in map.keys() {
+            check_key(key, self.max_key_bytes).map_err(|reason| {
+                Error::invalid_doc(path, format!("key {:?}: {reason}", shorten(key)))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `key` may appear in a document: the query language addresses fields as dot-separated
+/// paths, so a key may not contain `.` or be empty.
+pub(crate) fn check_key(key: &str, max_bytes: usize) -> std::result::Result<(), String> {
+    if key.is_empty() {
+        return Err("keys may not be empty".into());
+    }
+    if key.len() > max_bytes {
+        return Err(format!("is longer than {max_bytes} bytes"));
+    }
+    if key.contains('.') {
+        return Err("keys may not contain '.', the path separator".into());
+    }
+    if key.chars().any(char::is_control) {
+        return Err("keys may not contain control characters".into());
+    }
+    Ok(())
+}
+
+/// The nesting depth of `value` (0 for a scalar), counting no further than `stop_at + 1`; never
+/// recurses.
+pub fn depth_at_most(value: &Value, stop_at: usize) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 1usize)];
+    while let Some((value, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Object(map) => Box::new(map.values()),
+            Value::Array(items) => Box::new(items.iter()),
+            _ => continue,
+        };
+        deepest = deepest.max(depth);
+        if depth > stop_at {
+            return depth;
+        }
+        stack.extend(children.filter(|c| is_container(c)).map(|c| (c, depth + 1)));
+    }
+    deepest
+}
+
+fn is_container(v: &Value) -> bool {
+    matches!(v, Value::Object(_) | Value::Array(_))
+}
+
+fn too_deep(depth: usize, limit: usize, path: &str) -> Error {
+    Error::DocumentTooDeep {
+        depth,
+        limit,
+        path: shorten(path),
+    }
+}
+
+/// Bounds what an error repeats of user input.
+pub(crate) fn shorten(s: &str) -> String {
+    const SHOWN: usize = 200;
+    if s.len() <= SHOWN {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(SHOWN).collect();
+    out.push('…');
+    out
+}
+
+/// Counts bytes written, failing once past the limit so that a huge document is not serialised
+/// in full just to be refused.
+struct SizeCounter {
+    written: usize,
+    limit: usize,
+}
+
+impl io::Write for SizeCounter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.written = self.written.saturating_add(buf.len());
+        if self.written > self.limit {
+            return Err(io::Error::other("document too large"));
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc(metadata: Value) -> DeviceDocument {
+        DeviceDocument::with_metadata(metadata).unwrap_or_default()
+    }
+
+    #[test]
+    fn refuses_bad_keys() {
+        let limits = DocumentLimits::default();
+        for bad in [json!({"a.b": 1}), json!({"": 1}), json!({"x": {"a\nb": 1}})] {
+            assert!(matches!(
+                limits.check_document(&doc(bad)),
+                Err(Error::InvalidDocument { .. })
+            ));
+        }
+        assert!(
+            limits
+                .check_document(&doc(json!({"a": {"b": [1, {"c": 2}]}})))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn depth_counts_metadata_as_one() {
+        let limits = DocumentLimits {
+            max_depth: 2,
+            ..DocumentLimits::default()
+        };
+        assert!(limits.check_document(&doc(json!({"a": {"b": 1}}))).is_ok());
+        assert!(matches!(
+            limits.check_document(&doc(json!({"a": {"b": {"c": 1}}}))),
+            Err(Error::DocumentTooDeep {
+                depth: 3,
+                limit: 2,
+                ..
+            })
+        ));
+        assert_eq!(depth_at_most(&json!(1), 10), 0);
+        assert_eq!(depth_at_most(&json!([[[]]]), 10), 3);
+    }
+
+    #[test]
+    fn size_limit_is_enforced() {
+        let limits = DocumentLimits {
+            max_document_bytes: 100,
+            ..DocumentLimits::default()
+        };
+        let big = doc(json!({"blob": "x".repeat(10_000)}));
+        match limits.check_document(&big) {
+            Err(Error::DocumentTooLarge { size, limit: 100 }) => assert!(size > 100),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,533 @@
+//! The conformance suite of [`Registry`]: public async functions that check an implementation
+//! against the trait's contract. Each takes an **empty** registry with the default
+//! [`RegistryConfig`](crate::RegistryConfig) (unless it says otherwise) and panics on the first
+//! violation.
+//!
+//! This crate's tests run every function against `MemoryRegistry`, `FileRegistry` (both
+//! durabilities), a registry with no indexes, and `Box<dyn Registry>`; run them against your own
+//! implementation the same way:
+//!
+//! ```no_run
+//! # async fn demo() {
+//! let registry = iot_registry::MemoryRegistry::new();
+//! iot_registry::testkit::records_and_etags(&registry).await;
+//! # }
+//! ```
+#![allow(clippy::panic, clippy::expect_used)]
+
+use std::collections::HashSet;
+
+use iot_core::DeviceId;
+use serde_json::{Value, json};
+
+use crate::error::Error;
+use crate::limits::DocumentLimits;
+use crate::paging::PageRequest;
+use crate::query::Query;
+use crate::record::{DeviceDocument, DeviceRecord, ETag};
+use crate::registry::{Registry, RegistryExt};
+
+fn id(s: &str) -> DeviceId {
+    DeviceId::new(s).expect("valid test id")
+}
+
+fn doc(metadata: Value) -> DeviceDocument {
+    DeviceDocument::with_metadata(metadata).expect("metadata is an object")
+}
+
+/// Create, get, replace, merge, delete; `AlreadyExists`, `NotFound`; etags change on every write,
+/// are never reused, and a stale `if_match` fails with `PreconditionFailed` and changes nothing.
+pub async fn records_and_etags(r: &dyn Registry) {
+    let a = id("dev-a");
+    let mut seen = HashSet::new();
+    assert!(r.get(&a).await.expect("get").is_none());
+    let created = r
+        .create(&a, doc(json!({"building": "B7", "floor": 3})))
+        .await
+        .expect("create");
+    assert_eq!(created.device_id, a);
+    assert_eq!(
+        created.metadata,
+        doc(json!({"building": "B7", "floor": 3})).metadata
+    );
+    assert_eq!(created.created, created.updated);
+    assert!(seen.insert(created.etag.clone()));
+    assert_eq!(r.get(&a).await.expect("get"), Some(created.clone()));
+
+    match r.create(&a, DeviceDocument::default()).await {
+        Err(Error::AlreadyExists { id }) => assert_eq!(id, a),
+        other => panic!("second create: {other:?}"),
+    }
+
+    let mut replacement = doc(json!({"building": "B8"}));
+    replacement.tags.insert("owner".into(), json!("ops"));
+    replacement.state_ref = Some("state/dev-a".into());
+    let replaced = r
+        .replace(&a, replacement.clone(), Some(&created.etag))
+        .await
+        .expect("replace with the current etag");
+    assert_eq!(replaced.document(), replacement);
+    assert_eq!(replaced.created, created.created);
+    assert!(replaced.updated >= created.updated);
+    assert!(seen.insert(replaced.etag.clone()), "etag reused");
+
+    // Stale etags: every write refuses and changes nothing.
+    let stale = created.etag.clone();
+    let refused = [
+        r.replace(&a, DeviceDocument::default(), Some(&stale))
+            .await
+            .err(),
+        r.merge(&a, &json!({"metadata": {"x": 1}}), Some(&stale))
+            .await
+            .err(),
+        r.delete(&a, Some(&stale)).await.err(),
+        r.merge(
+            &a,
+            &json!({"metadata": {"x": 1}}),
+            Some(&ETag::new("bogus")),
+        )
+        .await
+        .err(),
+    ];
+    for e in refused {
+        match e {
+            Some(Error::PreconditionFailed {
+                id,
+                expected,
+                actual,
+            }) => {
+                assert_eq!(id, a);
+                assert_ne!(expected, actual);
+                assert_eq!(actual, replaced.etag);
+            }
+            other => panic!("stale etag accepted or wrong error: {other:?}"),
+        }
+    }
+    assert_eq!(r.get(&a).await.expect("get"), Some(replaced.clone()));
+
+    let merged = r
+        .merge(
+            &a,
+            &json!({"metadata": {"floor": 4}, "tags": {"owner": null}}),
+            None,
+        )
+        .await
+        .expect("merge");
+    assert_eq!(
+        Value::Object(merged.metadata.clone()),
+        json!({"building": "B8", "floor": 4})
+    );
+    assert!(merged.tags.is_empty());
+    assert_eq!(merged.state_ref.as_deref(), Some("state/dev-a"));
+    assert!(seen.insert(merged.etag.clone()));
+    let cleared = r
+        .merge(&a, &json!({"stateRef": null}), Some(&merged.etag))
+        .await
+        .expect("merge with etag");
+    assert_eq!(cleared.state_ref, None);
+    assert!(seen.insert(cleared.etag.clone()));
+
+    r.delete(&a, Some(&cleared.etag)).await.expect("delete");
+    assert!(r.get(&a).await.expect("get").is_none());
+    for e in [
+        r.delete(&a, None).await.err(),
+        r.merge(&a, &json!({}), None).await.err(),
+        r.replace(&a, DeviceDocument::default(), None).await.err(),
+    ] {
+        assert!(matches!(e, Some(Error::NotFound { .. })), "{e:?}");
+    }
+    let again = r
+        .create(&a, DeviceDocument::default())
+        .await
+        .expect("re-create");
+    assert!(
+        seen.insert(again.etag.clone()),
+        "a re-created record got an old etag"
+    );
+}
+
+/// Concurrent writers with `if_match` on the same record: exactly one wins each round.
+pub async fn concurrent_if_match(r: &dyn Registry) {
+    let a = id("contended");
+    let mut current = r.create(&a, doc(json!({"n": 0}))).await.expect("create");
+    for round in 1..=5 {
+        let attempts = (0..4).map(|w| {
+            let etag = current.etag.clone();
+            let a = a.clone();
+            async move {
+                r.merge(&a, &json!({"metadata": {"n": round, "w": w}}), Some(&etag))
+                    .await
+            }
+        });
+        let results = futures_join_all(attempts).await;
+        let winners: Vec<DeviceRecord> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().cloned())
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+        for loser in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert!(
+                matches!(loser, Error::PreconditionFailed { .. }),
+                "{loser:?}"
+            );
+        }
+        current = winners.into_iter().next().expect("one winner");
+    }
+}
+
+/// Polls the futures one after the other on the current task (no runtime needed beyond the
+/// caller's); registries must be correct whatever the interleaving, and this is one of them.
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut out = Vec::new();
+    for f in futures {
+        out.push(f.await);
+    }
+    out
+}
+
+/// Every example of RFC 7396 appendix A whose target and patch are objects, applied to metadata
+/// through [`Registry::merge`]; patches that are not objects are refused.
+pub async fn merge_patch_rfc7396(r: &dyn Registry) {
+    let cases = [
+        (json!({"a":"b"}), json!({"a":"c"}), json!({"a":"c"})),
+        (json!({"a":"b"}), json!({"b":"c"}), json!({"a":"b","b":"c"})),
+        (json!({"a":"b"}), json!({"a":null}), json!({})),
+        (
+            json!({"a":"b","b":"c"}),
+            json!({"a":null}),
+            json!({"b":"c"}),
+        ),
+        (json!({"a":["b"]}), json!({"a":"c"}), json!({"a":"c"})),
+        (json!({"a":"c"}), json!({"a":["b"]}), json!({"a":["b"]})),
+        (
+            json!({"a":{"b":"c"}}),
+            json!({"a":{"b":"d","c":null}}),
+            json!({"a":{"b":"d"}}),
+        ),
+        (json!({"a":[{"b":"c"}]}), json!({"a":[1]}), json!({"a":[1]})),
+        (json!({"e":null}), json!({"a":1}), json!({"e":null,"a":1})),
+        (
+            json!({}),
+            json!({"a":{"bb":{"ccc":null}}}),
+            json!({"a":{"bb":{}}}),
+        ),
+    ];
+    for (i, (original, patch, expected)) in cases.into_iter().enumerate() {
+        let d = id(&format!("rfc-{i}"));
+        r.create(&d, doc(original.clone())).await.expect("create");
+        let merged = r
+            .merge(&d, &json!({ "metadata": patch }), None)
+            .await
+            .expect("merge");
+        assert_eq!(
+            Value::Object(merged.metadata),
+            expected,
+            "{original} + {patch}"
+        );
+    }
+    // A null metadata patch removes all metadata.
+    let d = id("rfc-0");
+    let merged = r
+        .merge(&d, &json!({"metadata": null}), None)
+        .await
+        .expect("merge");
+    assert!(merged.metadata.is_empty());
+    // Patches that would make metadata a non-object, or are not objects, or touch other fields.
+    let before = r.get(&d).await.expect("get");
+    for bad in [
+        json!({"metadata": "x"}),
+        json!({"metadata": [1]}),
+        json!(["c"]),
+        json!("bar"),
+        json!(null),
+        json!({"deviceId": "other"}),
+        json!({"etag": "x"}),
+        json!({"stateRef": 5}),
+        json!({"metadata": {"a.b": 1}}),
+    ] {
+        match r.merge(&d, &bad, None).await {
+            Err(Error::InvalidDocument { .. }) => {}
+            other => panic!("patch {bad} gave {other:?}"),
+        }
+    }
+    assert_eq!(r.get(&d).await.expect("get"), before);
+}
+
+/// Documents over the limits are refused with typed errors and change nothing: 1 MB documents,
+/// depth-1 000 documents and patches, bad keys. `limits` must be the registry's configured
+/// limits, with `max_document_bytes` below 1 MB.
+pub async fn document_limits(r: &dyn Registry, limits: DocumentLimits) {
+    let d = id("limits");
+    let big = doc(json!({"blob": "x".repeat(1_000_000)}));
+    assert!(limits.max_document_bytes < 1_000_000);
+    match r.create(&d, big.clone()).await {
+        Err(Error::DocumentTooLarge { limit, .. }) => assert_eq!(limit, limits.max_document_bytes),
+        other => panic!("1 MB document: {other:?}"),
+    }
+    assert!(r.get(&d).await.expect("get").is_none());
+
+    let deep = nested(1000);
+    let deep_doc = doc(json!({ "deep": deep }));
+    assert!(matches!(
+        r.create(&d, deep_doc.clone()).await,
+        Err(Error::DocumentTooDeep { .. })
+    ));
+    let created = r
+        .create(&d, doc(json!({"ok": true})))
+        .await
+        .expect("create");
+    assert!(matches!(
+        r.replace(&d, big, None).await,
+        Err(Error::DocumentTooLarge { .. })
+    ));
+    assert!(matches!(
+        r.replace(&d, deep_doc, None).await,
+        Err(Error::DocumentTooDeep { .. })
+    ));
+    assert!(matches!(
+        r.merge(&d, &json!({"metadata": {"deep": nested(1000)}}), None)
+            .await,
+        Err(Error::DocumentTooDeep { .. })
+    ));
+    assert!(matches!(
+        r.merge(
+            &d,
+            &json!({"metadata": {"blob": "x".repeat(1_000_000)}}),
+            None
+        )
+        .await,
+        Err(Error::DocumentTooLarge { .. })
+    ));
+    // Exactly at the depth limit is fine; one more is not.
+    let mut at_limit = json!(1);
+    for _ in 0..limits.max_depth {
+        at_limit = json!({ "k": at_limit });
+    }
+    let ok = r.replace(&d, doc(at_limit.clone()), None).await;
+    assert!(ok.is_ok(), "document at the depth limit: {ok:?}");
+    let over = json!({ "k": at_limit });
+    assert!(matches!(
+        r.replace(&d, doc(over), None).await,
+        Err(Error::DocumentTooDeep { .. })
+    ));
+    for bad in [
+        json!({"a.b": 1}),
+        json!({"": 1}),
+        json!({"x": {"y\u{0}": 1}}),
+    ] {
+        assert!(matches!(
+            r.replace(&d, doc(bad), None).await,
+            Err(Error::InvalidDocument { .. })
+        ));
+    }
+    let current = r.get(&d).await.expect("get").expect("present");
+    assert_ne!(current.etag, created.etag);
+    drop_deep(deep);
+}
+
+/// A value nested `depth` levels, built (and later dropped) without deep recursion in the
+/// registry; arrays keep the test's own drop shallow in stack use.
+fn nested(depth: usize) -> Value {
+    let mut v = json!(1);
+    for _ in 0..depth {
+        v = Value::Array(vec![v]);
+    }
+    v
+}
+
+/// Takes a deep value apart iteratively, so that the test itself cannot overflow the stack.
+fn drop_deep(mut v: Value) {
+    while let Value::Array(mut items) = v {
+        v = items.pop().unwrap_or(Value::Null);
+    }
+}
+
+/// A varied fleet for the query checks: 240 devices over 4 buildings, with missing fields, nulls,
+/// mixed types and nested objects.
+pub fn sample_fleet() -> Vec<(DeviceId, DeviceDocument)> {
+    (0..240u32)
+        .map(|i| {
+            let mut m = serde_json::Map::new();
+            m.insert("building".into(), json!(format!("B{}", i % 4)));
+            if i % 7 != 0 {
+                m.insert("floor".into(), json!(i % 9));
+            }
+            if i % 11 == 0 {
+                m.insert("floor".into(), json!(format!("{}", i % 9)));
+            }
+            m.insert("room".into(), json!(format!("R{:03}", (i * 37) % 101)));
+            m.insert("model".into(), json!(["M1", "M2", "M3"][(i % 3) as usize]));
+            m.insert(
+                "geo".into(),
+                json!({"lat": 47.0 + f64::from(i) / 1000.0, "lon": 8.5}),
+            );
+            if i % 5 == 0 {
+                m.insert("retired".into(), json!(i % 10 == 0));
+            }
+            if i % 13 == 0 {
+                m.insert("note".into(), Value::Null);
+            }
+            if i % 17 == 0 {
+                m.insert("list".into(), json!([1, 2]));
+            }
+            let mut d = DeviceDocument {
+                metadata: m,
+                ..DeviceDocument::default()
+            };
+            if i % 3 == 0 {
+                d.tags.insert(
+                    "owner".into(),
+                    json!(if i % 2 == 0 { "ops" } else { "lab" }),
+                );
+            }
+            if i % 4 == 1 {
+                d.state_ref = Some(format!("state/{i}"));
+            }
+            (id(&format!("dev-{:04}", (i * 7919) % 10007)), d)
+        })
+        .collect()
+}
+
+/// Queries that exercise every operator, function and clause.
+pub const SAMPLE_QUERIES: &[&str] = &[
+    "SELECT * FROM devices",
+    "SELECT * FROM devices WHERE metadata.building = 'B1'",
+    "SELECT * FROM devices WHERE metadata.building = 'B1' AND metadata.floor >= 3",
+    "SELECT * FROM devices WHERE metadata.building = 'B1' AND metadata.floor >= 3 AND NOT IS_DEFINED(metadata.retired) ORDER BY metadata.room LIMIT 100",
+    "SELECT * FROM devices WHERE metadata.floor != 4",
+    "SELECT * FROM devices WHERE metadata.floor < 2 OR metadata.floor > 7",
+    "SELECT * FROM devices WHERE metadata.floor <= '5'",
+    "SELECT * FROM devices WHERE metadata.model IN ['M1', 'M3'] AND metadata.geo.lat > 47.1",
+    "SELECT * FROM devices WHERE metadata.model NOT IN ['M1']",
+    "SELECT * FROM devices WHERE STARTS_WITH(metadata.room, 'R0')",
+    "SELECT * FROM devices WHERE STARTS_WITH(deviceId, 'dev-1') ORDER BY deviceId DESC",
+    "SELECT * FROM devices WHERE IS_DEFINED(metadata.note) OR metadata.note = null",
+    "SELECT * FROM devices WHERE metadata.retired = false OR tags.owner = 'ops'",
+    "SELECT * FROM devices WHERE NOT (metadata.building = 'B2' OR metadata.floor = 1)",
+    "SELECT * FROM devices WHERE metadata.list != 3 AND metadata.geo != 1",
+    "SELECT * FROM devices WHERE IS_DEFINED(stateRef) ORDER BY metadata.floor DESC, metadata.room",
+    "SELECT * FROM devices WHERE metadata.geo.lon = 8.5 AND metadata.geo.lat <= 47.05 ORDER BY metadata.geo.lat",
+    "SELECT * FROM devices ORDER BY metadata.retired, metadata.floor LIMIT 37",
+    "SELECT * FROM devices WHERE true AND NOT false",
+    "SELECT * FROM devices WHERE metadata.floor IS NOT NULL AND metadata.missing IS NULL",
+];
+
+/// Query answers equal a brute-force evaluation of [`Query::matches`] and [`Query::cmp_records`]
+/// over the records written, for every page size; `count` agrees; paging never repeats or skips.
+pub async fn queries_match_brute_force(r: &dyn Registry) {
+    let mut model: Vec<DeviceRecord> = Vec::new();
+    for (d, document) in sample_fleet() {
+        model.push(r.create(&d, document).await.expect("create"));
+    }
+    // Some updates and deletes, so the indexes see removals too.
+    for (i, rec) in model.clone().iter().enumerate() {
+        if i % 9 == 0 {
+            let merged = r
+                .merge(
+                    &rec.device_id,
+                    &json!({"metadata": {"floor": null, "building": "B9"}}),
+                    None,
+                )
+                .await
+                .expect("merge");
+            model[i] = merged;
+        }
+    }
+    let removed: Vec<DeviceId> = model
+        .iter()
+        .step_by(10)
+        .map(|r| r.device_id.clone())
+        .collect();
+    for d in &removed {
+        r.delete(d, None).await.expect("delete");
+    }
+    model.retain(|rec| !removed.contains(&rec.device_id));
+
+    for text in SAMPLE_QUERIES {
+        let q = Query::parse(text).expect("sample query parses");
+        let mut expected: Vec<DeviceRecord> =
+            model.iter().filter(|rec| q.matches(rec)).cloned().collect();
+        expected.sort_by(|a, b| q.cmp_records(a, b));
+        if let Some(limit) = q.limit() {
+            expected.truncate(limit as usize);
+        }
+        let got = r.query_all(&q).await.expect("query");
+        assert_eq!(ids(&got), ids(&expected), "{text}");
+        assert_eq!(got, expected, "{text}: records differ");
+        assert_eq!(
+            r.count(&q).await.expect("count"),
+            expected.len() as u64,
+            "{text}"
+        );
+        for page_size in [1, 7, 50] {
+            let mut paged = Vec::new();
+            let mut page = PageRequest::first(page_size);
+            loop {
+                let result = r.query(&q, &page).await.expect("page");
+                assert!(result.items.len() <= page_size);
+                assert!(!result.items.is_empty() || result.continuation.is_none());
+                paged.extend(result.items);
+                match result.continuation {
+                    Some(t) => page = PageRequest::next(page_size, t),
+                    None => break,
+                }
+            }
+            assert_eq!(
+                ids(&paged),
+                ids(&expected),
+                "{text} in pages of {page_size}"
+            );
+        }
+    }
+}
+
+fn ids(records: &[DeviceRecord]) -> Vec<&str> {
+    records.iter().map(|r| r.device_id.as_str()).collect()
+}
+
+/// Bad query calls get typed errors: a `COUNT()` query passed to `query`, page sizes of zero or
+/// over the maximum, malformed tokens, tokens of another query.
+pub async fn query_misuse(r: &dyn Registry) {
+    for i in 0..5 {
+        r.create(&id(&format!("m-{i}")), doc(json!({"i": i})))
+            .await
+            .expect("create");
+    }
+    let count = Query::parse("SELECT COUNT() FROM devices WHERE metadata.i > 1").expect("parse");
+    assert_eq!(r.count(&count).await.expect("count"), 3);
+    assert!(matches!(
+        r.query(&count, &PageRequest::default()).await,
+        Err(Error::InvalidInput { .. })
+    ));
+    let all = Query::parse("SELECT * FROM devices").expect("parse");
+    for size in [0, usize::MAX] {
+        assert!(matches!(
+            r.query(&all, &PageRequest::first(size)).await,
+            Err(Error::InvalidInput { .. })
+        ));
+    }
+    for token in ["", "%%%", "bm90IGpzb24", &"A".repeat(100_000)] {
+        assert!(
+            matches!(
+                r.query(&all, &PageRequest::next(2, token.to_owned())).await,
+                Err(Error::InvalidContinuation { .. })
+            ),
+            "token {:?}",
+            &token[..token.len().min(20)]
+        );
+    }
+    let first = r.query(&all, &PageRequest::first(2)).await.expect("page");
+    let token = first.continuation.expect("more pages");
+    let other = Query::parse("SELECT * FROM devices WHERE metadata.i >= 0").expect("parse");
+    assert!(matches!(
+        r.query(&other, &PageRequest::next(2, token.clone())).await,
+        Err(Error::InvalidContinuation { .. })
+    ));
+    let second = r
+        .query(&all, &PageRequest::next(2, token))
+        .await
+        .expect("page");
+    assert_eq!(ids(&second.items), vec!["m-2", "m-3"]);
+}

@@ -138,7 +138,7 @@ impl Authenticator {
             });
         }
         Ok(Authenticated {
-            id: record.id,
+            id: record.id.clone(),
             generation_id: record.generation_id,
             etag: record.etag,
             key,

@@ -80,11 +80,14 @@ pub enum KeySlot {
 
 /// A symmetric key: 32 to 64 bytes, exchanged as standard base64.
 ///
-/// Cloning shares the bytes; they are zeroized when the last clone is dropped. `Debug` prints
+/// The bytes live in one exactly sized heap buffer that never moves and is zeroized when the key
+/// is dropped. Cloning copies them into a new such buffer, zeroized in turn: stores share whole
+/// records (`Arc<DeviceIdentity>`) rather than cloning keys, and one buffer per key costs 48
+/// bytes of heap where a shared, reference-counted one cost 96. `Debug` prints
 /// `SymmetricKey(<redacted>)`; the only way to read the key is [`SymmetricKey::expose_base64`] or
 /// [`SymmetricKey::expose_bytes`], whose names make every use easy to audit.
 #[derive(Clone)]
-pub struct SymmetricKey(Arc<Zeroizing<Box<[u8]>>>);
+pub struct SymmetricKey(Zeroizing<Box<[u8]>>);
 
 impl SymmetricKey {
     /// Length of generated keys, in bytes.
@@ -99,7 +102,7 @@ impl SymmetricKey {
     pub fn generate() -> Self {
         let mut bytes = Zeroizing::new(vec![0u8; Self::GENERATED_LEN].into_boxed_slice());
         rand::rng().fill_bytes(&mut bytes);
-        SymmetricKey(Arc::new(bytes))
+        SymmetricKey(bytes)
     }
 
     /// A key from raw bytes (32 to 64 of them).
@@ -112,7 +115,7 @@ impl SymmetricKey {
                 bytes.len()
             )));
         }
-        Ok(SymmetricKey(Arc::new(Zeroizing::new(Box::from(bytes)))))
+        Ok(SymmetricKey(Zeroizing::new(Box::from(bytes))))
     }
 
     /// A key from standard base64 (with padding), as Azure IoT Hub shows keys.
@@ -131,7 +134,7 @@ impl SymmetricKey {
 
     /// The key as standard base64. Use only to hand the key to its device (registration, reset).
     pub fn expose_base64(&self) -> Zeroizing<String> {
-        Zeroizing::new(STANDARD.encode(&**self.0))
+        Zeroizing::new(STANDARD.encode(self.expose_bytes()))
     }
 
     /// The raw key bytes, for signing.
@@ -142,7 +145,7 @@ impl SymmetricKey {
     /// Constant-time comparison with raw key bytes.
     pub fn ct_eq_bytes(&self, other: &[u8]) -> bool {
         // `ct_eq` on slices of different lengths is false; the length is not secret.
-        bool::from(self.0.as_ref().as_ref().ct_eq(other))
+        bool::from(self.expose_bytes().ct_eq(other))
     }
 }
 

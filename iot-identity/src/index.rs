@@ -164,10 +164,11 @@ impl Index {
         self.last_seq = self.last_seq.max(mutation.seq());
         match mutation {
             Mutation::Put(record) => {
-                if !self.map.contains_key(&record.id) {
-                    self.order.insert(record.id.clone());
+                let id = record.id.clone();
+                // A new id is filed under the record's own `Arc<str>` in both the map and the set.
+                if self.map.insert(id.clone(), record).is_none() {
+                    self.order.insert(id);
                 }
-                self.map.insert(record.id.clone(), record);
             }
             Mutation::Delete { id, .. } => {
                 self.map.remove(&id);

@@ -67,4 +67,6 @@ pub use identity::{
 };
 pub use memory::MemoryIdentityStore;
 pub use sas::{SasToken, SasVerifier, VerifiedToken};
-pub use store::{ChangeEvent, ChangeSender, ChangeStream, IdentityStore, MAX_PAGE_SIZE};
+pub use store::{
+    ChangeEvent, ChangeSender, ChangeStream, IdentityStore, Lookup, LookupResult, MAX_PAGE_SIZE,
+};

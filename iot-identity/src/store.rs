@@ -1,7 +1,10 @@
 //! The `IdentityStore` trait and its change stream.
 
 use std::fmt::Debug;
+use std::future::{Future, Ready};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use iot_core::DeviceId;
@@ -53,8 +56,16 @@ pub trait IdentityStore: Send + Sync + Debug + 'static {
     /// Creates a new identity and returns the stored record.
     async fn create(&self, identity: NewIdentity) -> Result<DeviceIdentity>;
 
-    /// The identity of `id`, or `None`.
-    async fn get(&self, id: &DeviceId) -> Result<Option<DeviceIdentity>>;
+    /// The identity of `id`, or `None`; await the returned [`Lookup`].
+    ///
+    /// This is the gateway's hot path (every connection and re-authentication reads it), so it
+    /// costs no copy and no allocation where the store allows: the record is shared (the store
+    /// and the caller hold the same `Arc`; a lookup bumps one reference count), and a store that
+    /// has the answer at once returns [`Lookup::ready`] instead of a boxed future. A store that
+    /// waits on I/O implements it as `Lookup::new(async move { ... })` (see [`Lookup`]).
+    ///
+    /// The record is a snapshot: later writes replace it in the store, not in a copy held.
+    fn get<'a>(&'a self, id: &'a DeviceId) -> Lookup<'a>;
 
     /// Sets the status (enable, or disable with a reason).
     async fn set_status(
@@ -90,8 +101,8 @@ macro_rules! forward_store {
             async fn create(&self, identity: NewIdentity) -> Result<DeviceIdentity> {
                 (**self).create(identity).await
             }
-            async fn get(&self, id: &DeviceId) -> Result<Option<DeviceIdentity>> {
-                (**self).get(id).await
+            fn get<'a>(&'a self, id: &'a DeviceId) -> Lookup<'a> {
+                (**self).get(id)
             }
             async fn set_status(
                 &self,
@@ -126,6 +137,76 @@ macro_rules! forward_store {
 
 forward_store!(Arc);
 forward_store!(Box);
+
+/// What [`IdentityStore::get`] yields.
+pub type LookupResult = Result<Option<Arc<DeviceIdentity>>>;
+
+/// The future of an [`IdentityStore::get`]: either ready at once, or a boxed future.
+///
+/// `async_trait` would box every call's future, and on the gateway's hot path that allocation
+/// and free cost as much as the lookup itself (`examples/identity_bench.rs` measured an
+/// in-memory lookup at about half the rate with it). A concrete future type keeps the trait
+/// object safe and lets stores that hold their identities in memory answer without allocating.
+///
+/// ```
+/// use iot_identity::{Lookup, LookupResult};
+///
+/// // What a store backed by a database does in `IdentityStore::get`: any `Send` future.
+/// async fn fetch_from_database() -> LookupResult {
+///     Ok(None)
+/// }
+/// let waiting = Lookup::new(fetch_from_database());
+/// // What an in-memory store does: answer at once, nothing allocated.
+/// let ready = Lookup::ready(Ok(None));
+///
+/// # let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+/// # rt.block_on(async {
+/// assert!(waiting.await?.is_none());
+/// assert!(ready.await?.is_none());
+/// # Ok::<(), iot_identity::Error>(())
+/// # }).expect("example");
+/// ```
+#[must_use = "futures do nothing unless awaited"]
+pub struct Lookup<'a>(LookupState<'a>);
+
+enum LookupState<'a> {
+    Ready(Ready<LookupResult>),
+    Boxed(Pin<Box<dyn Future<Output = LookupResult> + Send + 'a>>),
+}
+
+impl<'a> Lookup<'a> {
+    /// A lookup already answered (stores that hold their identities in memory).
+    pub fn ready(result: LookupResult) -> Self {
+        Lookup(LookupState::Ready(std::future::ready(result)))
+    }
+
+    /// A lookup that has to wait (stores that do I/O); the future is boxed.
+    pub fn new(future: impl Future<Output = LookupResult> + Send + 'a) -> Self {
+        Lookup(LookupState::Boxed(Box::pin(future)))
+    }
+}
+
+impl Future for Lookup<'_> {
+    type Output = LookupResult;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<LookupResult> {
+        // Both states are `Unpin`, so the lookup is too.
+        match &mut self.get_mut().0 {
+            LookupState::Ready(ready) => Pin::new(ready).poll(cx),
+            LookupState::Boxed(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl Debug for Lookup<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.0 {
+            LookupState::Ready(_) => "ready",
+            LookupState::Boxed(_) => "boxed",
+        };
+        f.debug_tuple("Lookup").field(&state).finish()
+    }
+}
 
 /// What a [`ChangeStream`] yields.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -196,5 +277,33 @@ impl Default for ChangeSender {
     /// Room for 4096 changes per subscriber.
     fn default() -> Self {
         ChangeSender::new(4096)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+
+    fn block_on<F: Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map(|rt| rt.block_on(future))
+            .expect("runtime")
+    }
+
+    #[test]
+    fn lookups_resolve_in_both_states() {
+        let id: DeviceId = "lookup-1".parse().expect("id");
+        let ready = Lookup::ready(Err(Error::NotFound { id: id.clone() }));
+        assert_eq!(format!("{ready:?}"), "Lookup(\"ready\")");
+        assert!(matches!(block_on(ready), Err(Error::NotFound { .. })));
+
+        let boxed = Lookup::new(async {
+            tokio::task::yield_now().await;
+            Ok(None)
+        });
+        assert_eq!(format!("{boxed:?}"), "Lookup(\"boxed\")");
+        assert!(matches!(block_on(boxed), Ok(None)));
     }
 }

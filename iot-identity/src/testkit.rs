@@ -67,7 +67,7 @@ pub async fn create_get_delete(store: &dyn IdentityStore) {
     assert_eq!(created.created_at, created.status_updated_at);
     let got = store.get(&created.id).await.expect("get");
     assert_eq!(
-        got.as_ref(),
+        got.as_deref(),
         Some(&created),
         "get returns what create returned"
     );
@@ -108,7 +108,7 @@ pub async fn create_is_unique(store: &dyn IdentityStore) {
         "{again:?}"
     );
     assert_eq!(
-        store.get(&first.id).await.expect("get").as_ref(),
+        store.get(&first.id).await.expect("get").as_deref(),
         Some(&first)
     );
 
@@ -156,7 +156,7 @@ pub async fn etags_and_preconditions(store: &dyn IdentityStore) {
         Err(Error::PreconditionFailed { .. })
     ));
     assert_eq!(
-        store.get(&v1.id).await.expect("get").as_ref(),
+        store.get(&v1.id).await.expect("get").as_deref(),
         Some(&v2),
         "nothing changed"
     );

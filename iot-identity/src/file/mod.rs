@@ -36,7 +36,7 @@ use crate::credentials::Credentials;
 use crate::error::{Error, Result};
 use crate::identity::{DeviceIdentity, DeviceStatus, ETag, IdentityPage, NewIdentity};
 use crate::index::Index;
-use crate::store::{ChangeSender, ChangeStream, IdentityStore};
+use crate::store::{ChangeSender, ChangeStream, IdentityStore, Lookup};
 
 use self::wal::Wal;
 
@@ -187,11 +187,8 @@ impl FileIdentityStore {
     }
 
     /// The identity of `id`, without going through an async call.
-    pub fn get_now(&self, id: &DeviceId) -> Option<DeviceIdentity> {
-        self.inner
-            .read_index()
-            .get(id)
-            .map(|r| DeviceIdentity::clone(r))
+    pub fn get_now(&self, id: &DeviceId) -> Option<Arc<DeviceIdentity>> {
+        self.inner.read_index().get(id).map(Arc::clone)
     }
 
     /// Makes every acknowledged write durable (useful with [`Durability::OsBuffered`]).
@@ -330,8 +327,8 @@ impl IdentityStore for FileIdentityStore {
         record.ok_or_else(missing_record)
     }
 
-    async fn get(&self, id: &DeviceId) -> Result<Option<DeviceIdentity>> {
-        Ok(self.get_now(id))
+    fn get<'a>(&'a self, id: &'a DeviceId) -> Lookup<'a> {
+        Lookup::ready(Ok(self.get_now(id)))
     }
 
     #[instrument(level = "debug", skip_all, fields(device = %id, enabled = status.is_enabled()))]

@@ -1,7 +1,55 @@
-//! Stream processing — **not built yet** (issue 8).
+//! # iot-stream
 //!
-//! This crate will hold the `StreamProcessor` trait and a processor host that runs processors as
-//! consumer groups over the log, the `StateStore` trait (raw events and last known values), built-in
-//! processors (pump, router, last known values, metadata sync, windowed aggregates, alerts, anomaly
-//! detection) and a rule language in the style of Azure Stream Analytics SQL.
+//! Stream processing over the partitioned log of [`iot_core`]: the [`StreamProcessor`] trait and
+//! the [`ProcessorHost`] that runs processors as consumer groups (one worker per partition,
+//! checkpoint after success, retries, dead letters), the device [`StateStore`] (raw event history
+//! and last known values) with memory and file implementations, and built-in processors.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! use std::sync::Arc;
+//! use iot_core::{DeviceId, GroupName, Producer, Record, Topics};
+//! use iot_stream::{processors::LastKnownValues, HostConfig, MemoryStateStore, ProcessorHost, StateStore};
+//! use serde_json::json;
+//!
+//! let topics = Arc::new(Topics::memory(4));
+//! let store = Arc::new(MemoryStateStore::new());
+//! let host = ProcessorHost::new(topics.clone());
+//! let lkv = LastKnownValues::new(store.clone());
+//! let group = host.start("telemetry", GroupName::new("lkv")?, Arc::new(lkv), HostConfig::default()).await?;
+//!
+//! let producer = Producer::new(topics.topic("telemetry").await?);
+//! producer.send(Record::new("dev-1", r#"{"temp": 20, "door": "open"}"#)).await?;
+//! producer.send(Record::new("dev-1", r#"{"temp": 21, "door": null}"#)).await?;
+//! group.wait_caught_up().await?;
+//! group.shutdown().await?;
+//!
+//! let values = store.last_known(&DeviceId::new("dev-1")?).await?.map(|l| l.values());
+//! assert_eq!(values, Some(json!({"temp": 21})));
+//! # Ok::<(), iot_stream::Error>(()) }).unwrap();
+//! ```
+//!
+//! ## Feature flags
+//!
+//! * `testkit`: the public conformance suite `iot_stream::testkit` for `StateStore` implementations.
 #![forbid(unsafe_code)]
+
+pub mod error;
+pub mod host;
+pub mod merge_patch;
+pub mod processor;
+pub mod processors;
+pub mod rules;
+pub mod state;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+pub mod window;
+
+pub use error::{Error, Result};
+pub use host::{HostConfig, ProcessorHost, RunningGroup};
+pub use merge_patch::merge_patch;
+pub use processor::{Context, FnFactory, ProcessorFactory, ReferenceData, StreamProcessor};
+pub use state::{
+    Event, FileStateStore, FileStateStoreConfig, LastKnown, LkvUpdate, MemoryStateStore,
+    SourcePosition, StateStore,
+};

@@ -1,0 +1,420 @@
+//! The processor host: runs a processor as a consumer group over a topic.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use iot_core::{
+    GroupName, Log, Offset, PartitionId, Producer, ReadLimits, Record, StartFrom, StoredRecord,
+    Timestamp, Topics,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{debug, instrument, warn};
+
+use crate::error::{Error, Result};
+use crate::processor::{Context, ProcessorFactory, ReferenceData, StreamProcessor};
+
+/// Headers the host adds to a record it sends to the dead-letter topic.
+pub mod dead_letter {
+    /// Why the record failed (the processor's error, as text).
+    pub const REASON: &str = "x-dead-letter-reason";
+    /// The topic the record was read from.
+    pub const SOURCE_TOPIC: &str = "x-source-topic";
+    /// The partition it was read from.
+    pub const SOURCE_PARTITION: &str = "x-source-partition";
+    /// Its offset there.
+    pub const SOURCE_OFFSET: &str = "x-source-offset";
+    /// The consumer group that gave up on it.
+    pub const GROUP: &str = "x-group";
+}
+
+/// How a group runs.
+#[derive(Clone, Debug)]
+pub struct HostConfig {
+    /// Where a group without a committed offset starts. Default: the earliest record.
+    pub start_from: StartFrom,
+    /// How much one batch may hold. Default: 1 000 records or 1 MiB.
+    pub read_limits: ReadLimits,
+    /// Attempts per batch, and then per record, before a record is dead-lettered. Default 3.
+    pub max_attempts: u32,
+    /// Backoff before the second attempt; doubled for each further one. Default 50 ms.
+    pub initial_backoff: Duration,
+    /// Largest backoff. Default 2 s.
+    pub max_backoff: Duration,
+    /// Topic records that keep failing go to. Default `deadletter`.
+    pub dead_letter_topic: String,
+    /// How often processors are [ticked](StreamProcessor::tick). Default 1 s.
+    pub tick_interval: Duration,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            start_from: StartFrom::Earliest,
+            read_limits: ReadLimits::default(),
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(2),
+            dead_letter_topic: "deadletter".into(),
+            tick_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Runs [`StreamProcessor`]s as consumer groups over topics opened from one [`Topics`].
+///
+/// For each group it starts one worker task per partition of the input topic. A worker reads a
+/// batch from its partition's position, gives it to its processor (retrying with exponential
+/// backoff; a record that still fails after [`HostConfig::max_attempts`] goes to the dead-letter
+/// topic), appends what the processor emitted, then commits the offset after the batch: a crash
+/// at any point re-delivers at most the uncommitted batch (at-least-once). A restarted group
+/// resumes at its committed offsets. Groups are independent: each has its own positions.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use iot_core::{GroupName, Producer, Record, Topics};
+/// use iot_stream::{processors::Router, HostConfig, ProcessorHost};
+///
+/// let topics = Arc::new(Topics::memory(2));
+/// let host = ProcessorHost::new(topics.clone());
+/// let router = Router::by_header("subject").route("alarm", "alarms");
+/// let group = host
+///     .start("telemetry", GroupName::new("router")?, Arc::new(router), HostConfig::default())
+///     .await?;
+/// let telemetry = topics.topic("telemetry").await?;
+/// Producer::new(telemetry).send(Record::new("dev-1", "{}").with_header("subject", "alarm")).await?;
+/// group.wait_caught_up().await?;
+/// group.shutdown().await?;
+/// let alarms = topics.topic("alarms").await?;
+/// let mut total = 0;
+/// for p in 0..2 { total += alarms.next_offset(iot_core::PartitionId(p)).await?.get(); }
+/// assert_eq!(total, 1);
+/// # Ok::<(), iot_stream::Error>(()) }).unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct ProcessorHost {
+    topics: Arc<Topics>,
+    reference: ReferenceData,
+}
+
+impl ProcessorHost {
+    /// A host reading and writing topics of `topics`.
+    pub fn new(topics: Arc<Topics>) -> Self {
+        ProcessorHost {
+            topics,
+            reference: ReferenceData::new(),
+        }
+    }
+
+    /// The reference data every processor of this host sees.
+    pub fn reference_data(&self) -> &ReferenceData {
+        &self.reference
+    }
+
+    /// The topics this host reads and writes.
+    pub fn topics(&self) -> &Arc<Topics> {
+        &self.topics
+    }
+
+    /// Starts consumer group `group` over topic `input`, one processor per partition from
+    /// `factory`.
+    #[instrument(skip_all, fields(input = input, group = %group))]
+    pub async fn start(
+        &self,
+        input: &str,
+        group: GroupName,
+        factory: Arc<dyn ProcessorFactory>,
+        config: HostConfig,
+    ) -> Result<RunningGroup> {
+        if config.max_attempts == 0 {
+            return Err(Error::invalid("HostConfig.max_attempts must be at least 1"));
+        }
+        config.read_limits.validate()?;
+        let log = self.topics.topic(input).await?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut progress = Vec::new();
+        let mut tasks = Vec::new();
+        for p in 0..log.partition_count() {
+            let partition = PartitionId(p);
+            let position = match log.committed(&group, partition).await? {
+                Some(c) => c.0,
+                None => match config.start_from {
+                    StartFrom::Earliest => log.earliest_offset(partition).await?.0,
+                    StartFrom::Latest => log.next_offset(partition).await?.0,
+                },
+            };
+            let processor = factory.create(partition)?;
+            let (tx, rx) = watch::channel(Progress {
+                committed: position,
+                failed: None,
+            });
+            progress.push(rx);
+            let worker = Worker {
+                input: input.to_owned(),
+                log: log.clone(),
+                topics: self.topics.clone(),
+                group: group.clone(),
+                partition,
+                position,
+                processor,
+                config: config.clone(),
+                reference: self.reference.clone(),
+                progress: tx,
+            };
+            tasks.push(tokio::spawn(worker.run(stop_rx.clone())));
+        }
+        debug!(partitions = tasks.len(), "group started");
+        Ok(RunningGroup {
+            group,
+            log,
+            stop: stop_tx,
+            tasks,
+            progress,
+        })
+    }
+}
+
+/// A worker's published state.
+#[derive(Clone, Debug)]
+struct Progress {
+    committed: u64,
+    failed: Option<String>,
+}
+
+/// A consumer group started by [`ProcessorHost::start`]. Dropping it stops its workers
+/// abruptly (like a crash: uncommitted work is redone by the next run); call
+/// [`shutdown`](Self::shutdown) to stop them after their current batch.
+#[derive(Debug)]
+pub struct RunningGroup {
+    group: GroupName,
+    log: Arc<dyn Log>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<Result<()>>>,
+    progress: Vec<watch::Receiver<Progress>>,
+}
+
+impl RunningGroup {
+    /// The group's name.
+    pub fn group(&self) -> &GroupName {
+        &self.group
+    }
+
+    /// The committed position of each partition, as last published by the workers.
+    pub fn committed(&self) -> Vec<Offset> {
+        self.progress
+            .iter()
+            .map(|rx| Offset(rx.borrow().committed))
+            .collect()
+    }
+
+    /// Waits until every record appended to the input before this call has been processed and
+    /// committed. Fails if a worker stopped on an error.
+    pub async fn wait_caught_up(&self) -> Result<()> {
+        for (i, rx) in self.progress.iter().enumerate() {
+            let target = self.log.next_offset(PartitionId(i as u32)).await?.0;
+            let mut rx = rx.clone();
+            let state = rx
+                .wait_for(|p| p.committed >= target || p.failed.is_some())
+                .await
+                .map_err(|_| Error::Closed)?;
+            if let Some(reason) = &state.failed {
+                return Err(Error::Processor {
+                    reason: reason.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the workers after the batch each is processing, and waits for them. Returns the
+    /// first error a worker stopped with.
+    pub async fn shutdown(mut self) -> Result<()> {
+        let _ = self.stop.send(true);
+        let mut first = Ok(());
+        for task in std::mem::take(&mut self.tasks) {
+            let outcome = match task.await {
+                Ok(r) => r,
+                Err(e) => Err(Error::Processor {
+                    reason: format!("worker task failed: {e}"),
+                }),
+            };
+            if first.is_ok() {
+                first = outcome;
+            }
+        }
+        first
+    }
+}
+
+impl Drop for RunningGroup {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// The task that owns one partition of one group.
+#[derive(Debug)]
+struct Worker {
+    input: String,
+    log: Arc<dyn Log>,
+    topics: Arc<Topics>,
+    group: GroupName,
+    partition: PartitionId,
+    position: u64,
+    processor: Box<dyn StreamProcessor>,
+    config: HostConfig,
+    reference: ReferenceData,
+    progress: watch::Sender<Progress>,
+}
+
+impl Worker {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<()> {
+        let outcome = self.run_loop(&mut stop).await;
+        if let Err(e) = &outcome {
+            warn!(group = %self.group, partition = %self.partition, error = %e, "worker stopped");
+            self.progress
+                .send_modify(|p| p.failed = Some(e.to_string()));
+        }
+        outcome
+    }
+
+    async fn run_loop(&mut self, stop: &mut watch::Receiver<bool>) -> Result<()> {
+        let mut ticker = tokio::time::interval(self.config.tick_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            tokio::select! {
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return Ok(());
+                    }
+                }
+                _ = ticker.tick() => self.tick().await?,
+                ready = self.log.wait_for(self.partition, Offset(self.position)) => {
+                    ready?;
+                    self.step().await?;
+                }
+            }
+        }
+    }
+
+    async fn tick(&mut self) -> Result<()> {
+        let mut ctx = Context::new(self.partition, self.reference.clone());
+        self.processor.tick(Timestamp::now(), &mut ctx).await?;
+        self.deliver(ctx.take_emitted()).await
+    }
+
+    /// Reads, processes, delivers and commits one batch.
+    #[instrument(level = "debug", skip_all, fields(group = %self.group, partition = %self.partition))]
+    async fn step(&mut self) -> Result<()> {
+        let from = Offset(self.position);
+        let records = match self
+            .log
+            .read(self.partition, from, self.config.read_limits)
+            .await
+        {
+            Ok(r) => r,
+            Err(iot_core::Error::OffsetTruncated { earliest, .. }) => {
+                warn!(skipped_to = %earliest, "records the group had not processed were removed by retention");
+                self.position = earliest.0;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some(last) = records.last() else {
+            return Ok(());
+        };
+        let end = last.offset.0 + 1;
+        let (emitted, dead) = self.process_with_retries(&records).await;
+        self.deliver(emitted).await?;
+        self.deliver(dead).await?;
+        self.log
+            .commit(&self.group, self.partition, Offset(end))
+            .await?;
+        self.position = end;
+        self.progress.send_modify(|p| p.committed = end);
+        Ok(())
+    }
+
+    /// Processes `records` with retries. Returns what to emit and what to dead-letter.
+    async fn process_with_retries(
+        &mut self,
+        records: &[StoredRecord],
+    ) -> (Vec<(String, Record)>, Vec<(String, Record)>) {
+        match self.attempts(records).await {
+            Ok(emitted) => return (emitted, Vec::new()),
+            Err(e) if records.len() == 1 => {
+                return (Vec::new(), vec![self.dead_letter(&records[0], &e)]);
+            }
+            Err(_) => {}
+        }
+        // The batch keeps failing: isolate the records that fail alone.
+        let mut emitted = Vec::new();
+        let mut dead = Vec::new();
+        for record in records {
+            match self.attempts(std::slice::from_ref(record)).await {
+                Ok(out) => emitted.extend(out),
+                Err(e) => dead.push(self.dead_letter(record, &e)),
+            }
+        }
+        (emitted, dead)
+    }
+
+    async fn attempts(&mut self, records: &[StoredRecord]) -> Result<Vec<(String, Record)>> {
+        let mut backoff = self.config.initial_backoff;
+        let mut attempt = 1;
+        loop {
+            let mut ctx = Context::new(self.partition, self.reference.clone());
+            match self.processor.process(records, &mut ctx).await {
+                Ok(()) => return Ok(ctx.take_emitted()),
+                // Retrying cannot fix bad input.
+                Err(e) if attempt >= self.config.max_attempts || !e.is_retryable() => {
+                    return Err(e);
+                }
+                Err(e) => {
+                    warn!(group = %self.group, partition = %self.partition, attempt,
+                        records = records.len(), error = %e, "processing failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.config.max_backoff);
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    fn dead_letter(&self, record: &StoredRecord, error: &Error) -> (String, Record) {
+        warn!(group = %self.group, partition = %self.partition, offset = %record.offset,
+            error = %error, "record dead-lettered");
+        let out = record
+            .record
+            .clone()
+            .with_header(dead_letter::REASON, error.to_string())
+            .with_header(dead_letter::SOURCE_TOPIC, self.input.clone())
+            .with_header(dead_letter::SOURCE_PARTITION, record.partition.to_string())
+            .with_header(dead_letter::SOURCE_OFFSET, record.offset.to_string())
+            .with_header(dead_letter::GROUP, self.group.to_string());
+        (self.config.dead_letter_topic.clone(), out)
+    }
+
+    /// Appends emitted records, topic by topic, each to the partition its key selects.
+    async fn deliver(&self, emitted: Vec<(String, Record)>) -> Result<()> {
+        if emitted.is_empty() {
+            return Ok(());
+        }
+        let mut by_topic: BTreeMap<String, Vec<Record>> = BTreeMap::new();
+        for (topic, record) in emitted {
+            by_topic.entry(topic).or_default().push(record);
+        }
+        for (topic, records) in by_topic {
+            let log = self.topics.topic(&topic).await?;
+            Producer::new(log).send_batch(records).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,242 @@
+//! Built-in processors in the host: pump, router, threshold alert, anomaly detection.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use iot_core::{
+    DeviceId, GroupName, Log, Offset, PartitionId, Producer, ReadLimits, Record, Timestamp, Topics,
+};
+use iot_stream::processors::{
+    AnomalyDetector, AnomalyMode, Crossing, Pump, Router, SpikeAndDip, ThresholdAlert,
+};
+use iot_stream::window::{OrderingPolicy, WindowSpec};
+use iot_stream::{HostConfig, MemoryStateStore, ProcessorFactory, ProcessorHost, StateStore};
+use serde_json::{Value, json};
+
+async fn all(log: &Arc<dyn Log>) -> Vec<Record> {
+    let mut out = Vec::new();
+    for p in 0..log.partition_count() {
+        for r in log
+            .read(PartitionId(p), Offset(0), ReadLimits::default())
+            .await
+            .unwrap()
+        {
+            out.push(r.record);
+        }
+    }
+    out
+}
+
+async fn run(topics: &Arc<Topics>, name: &str, factory: Arc<dyn ProcessorFactory>) {
+    let host = ProcessorHost::new(topics.clone());
+    let g = host
+        .start(
+            "telemetry",
+            GroupName::new(name).unwrap(),
+            factory,
+            HostConfig::default(),
+        )
+        .await
+        .unwrap();
+    g.wait_caught_up().await.unwrap();
+    g.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn pump_stores_history_by_device_time_once() {
+    let topics = Arc::new(Topics::memory(2));
+    let producer = Producer::new(topics.topic("telemetry").await.unwrap());
+    for i in 0..10u64 {
+        let r = Record::new(format!("dev-{}", i % 2), format!("{i}"))
+            .with_device_time(Timestamp::from_unix_millis(100 - i));
+        producer.send(r).await.unwrap();
+    }
+    let store = Arc::new(MemoryStateStore::new());
+    run(&topics, "pump", Arc::new(Pump::to_store(store.clone()))).await;
+    // A second group over the same records into the same store stores nothing twice.
+    run(&topics, "pump2", Arc::new(Pump::to_store(store.clone()))).await;
+    let events = store
+        .read_events(
+            &DeviceId::new("dev-0").unwrap(),
+            Timestamp::EPOCH,
+            Timestamp::from_unix_millis(1000),
+            100,
+        )
+        .await
+        .unwrap();
+    let payloads: Vec<_> = events
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.payload).into_owned())
+        .collect();
+    assert_eq!(
+        payloads,
+        ["8", "6", "4", "2", "0"],
+        "ordered by device time"
+    );
+}
+
+#[tokio::test]
+async fn router_by_header_and_payload_field() {
+    let topics = Arc::new(Topics::memory(2));
+    let producer = Producer::new(topics.topic("telemetry").await.unwrap());
+    producer
+        .send(Record::new("d", r#"{"kind":"gps"}"#).with_header("subject", "temperature"))
+        .await
+        .unwrap();
+    producer
+        .send(Record::new("d", r#"{"kind":"gps"}"#).with_header("subject", "alarm"))
+        .await
+        .unwrap();
+    producer
+        .send(Record::new("d", r#"{"kind":"other"}"#))
+        .await
+        .unwrap();
+    producer
+        .send(Record::new("d", "not json").with_header("$version", "2"))
+        .await
+        .unwrap();
+    let by_subject = Router::by_header("subject")
+        .route("temperature", "temps")
+        .route("alarm", "alarms");
+    run(&topics, "r1", Arc::new(by_subject)).await;
+    let by_field = Router::by_payload_field("kind")
+        .route("gps", "positions")
+        .otherwise("rest");
+    run(&topics, "r2", Arc::new(by_field)).await;
+    let by_version = Router::by_header("$version").route("2", "v2");
+    run(&topics, "r3", Arc::new(by_version)).await;
+    assert_eq!(all(&topics.topic("temps").await.unwrap()).await.len(), 1);
+    assert_eq!(all(&topics.topic("alarms").await.unwrap()).await.len(), 1);
+    assert_eq!(
+        all(&topics.topic("positions").await.unwrap()).await.len(),
+        2
+    );
+    assert_eq!(all(&topics.topic("rest").await.unwrap()).await.len(), 2);
+    let v2 = all(&topics.topic("v2").await.unwrap()).await;
+    assert_eq!(v2[0].payload, "not json", "records are routed unchanged");
+}
+
+#[tokio::test]
+async fn threshold_alert_on_window_average() {
+    let topics = Arc::new(Topics::memory(1));
+    let producer = Producer::new(topics.topic("telemetry").await.unwrap());
+    // Tumbling 10 s: (0,10] averages 85 (alert), (10,20] averages 75 (no alert); the event at 25
+    // closes them.
+    for (t, temp) in [(1, 80), (5, 90), (12, 70), (15, 80), (25, 10)] {
+        let r = Record::new("dev-1", json!({"temperature": temp}).to_string())
+            .with_device_time(Timestamp::from_unix_millis(t * 1000));
+        producer.send(r).await.unwrap();
+    }
+    let alert = ThresholdAlert::new(
+        "temperature",
+        WindowSpec::Tumbling {
+            size: Duration::from_secs(10),
+        },
+        80.0,
+    )
+    .unwrap()
+    .ordering(OrderingPolicy::replay());
+    run(&topics, "alerts", Arc::new(alert)).await;
+    let alerts = all(&topics.topic("alerts").await.unwrap()).await;
+    assert_eq!(alerts.len(), 1);
+    let body: Value = serde_json::from_slice(&alerts[0].payload).unwrap();
+    assert_eq!(body["value"], json!(85.0));
+    assert_eq!(body["windowEnd"], json!(10_000_000));
+    assert_eq!(alerts[0].headers.get("subject"), Some("alert"));
+
+    let below = ThresholdAlert::new(
+        "temperature",
+        WindowSpec::Tumbling {
+            size: Duration::from_secs(10),
+        },
+        80.0,
+    )
+    .unwrap()
+    .crossing(Crossing::Below)
+    .ordering(OrderingPolicy::replay())
+    .topic("cold");
+    run(&topics, "cold", Arc::new(below)).await;
+    assert_eq!(all(&topics.topic("cold").await.unwrap()).await.len(), 1);
+}
+
+#[tokio::test]
+async fn anomaly_detector_flags_a_spike() {
+    let topics = Arc::new(Topics::memory(1));
+    let producer = Producer::new(topics.topic("telemetry").await.unwrap());
+    for i in 0..60 {
+        let v = if i == 50 {
+            60.0
+        } else {
+            20.0 + f64::from(i % 3) * 0.2
+        };
+        producer
+            .send(Record::new("dev-1", json!({"temperature": v}).to_string()))
+            .await
+            .unwrap();
+    }
+    let detector = AnomalyDetector::new(
+        "temperature",
+        SpikeAndDip::new(99.0, 20, AnomalyMode::SpikesAndDips).unwrap(),
+    );
+    run(&topics, "anomaly", Arc::new(detector)).await;
+    let alerts = all(&topics.topic("alerts").await.unwrap()).await;
+    assert_eq!(alerts.len(), 1, "only the spike");
+    let body: Value = serde_json::from_slice(&alerts[0].payload).unwrap();
+    assert_eq!(body["kind"], "spike");
+    assert_eq!(body["value"], json!(60.0));
+}
+
+#[tokio::test]
+async fn metadata_sync_merges_into_the_registry() {
+    use iot_registry::{DeviceDocument, MemoryRegistry, Registry};
+    use iot_stream::processors::{METADATA_SUBJECT, MetadataSync};
+
+    let registry = Arc::new(MemoryRegistry::new());
+    let dev = DeviceId::new("dev-1").unwrap();
+    let mut doc = DeviceDocument::default();
+    doc.metadata.insert("floor".into(), json!(1));
+    doc.metadata.insert("model".into(), json!("x"));
+    registry.create(&dev, doc).await.unwrap();
+
+    let topics = Arc::new(Topics::memory(2));
+    let producer = Producer::new(topics.topic("telemetry").await.unwrap());
+    let meta = |key: &str, body: &str| {
+        Record::new(key, body.to_owned()).with_header("subject", METADATA_SUBJECT)
+    };
+    producer
+        .send(meta("dev-1", r#"{"floor": 2, "model": null, "fw": "1.1"}"#))
+        .await
+        .unwrap();
+    producer
+        .send(Record::new("dev-1", r#"{"temperature": 20}"#))
+        .await
+        .unwrap();
+    producer
+        .send(meta("dev-1", r#"{"fw": "1.2"}"#))
+        .await
+        .unwrap();
+    producer
+        .send(meta("ghost", r#"{"fw": "1.2"}"#))
+        .await
+        .unwrap();
+    run(
+        &topics,
+        "meta",
+        Arc::new(MetadataSync::new(registry.clone())),
+    )
+    .await;
+
+    let record = registry.get(&dev).await.unwrap().unwrap();
+    assert_eq!(
+        Value::Object(record.metadata.clone()),
+        json!({"floor": 2, "fw": "1.2"})
+    );
+    let dead = all(&topics.topic("deadletter").await.unwrap()).await;
+    assert_eq!(
+        dead.len(),
+        1,
+        "the unknown device's update is dead-lettered"
+    );
+    assert_eq!(dead[0].key, "ghost");
+}

@@ -29,6 +29,11 @@ pub mod dead_letter {
     pub const GROUP: &str = "x-group";
 }
 
+/// The suffix of the companion consumer group in which the host records how far a group has
+/// processed when its checkpoint is held back by a stateful processor (see [`ProcessorHost`]).
+/// Group names ending with it are reserved.
+pub const PROCESSED_SUFFIX: &str = ".processed";
+
 /// How a group runs.
 #[derive(Clone, Debug)]
 pub struct HostConfig {
@@ -70,6 +75,16 @@ impl Default for HostConfig {
 /// topic), appends what the processor emitted, then commits the offset after the batch: a crash
 /// at any point re-delivers at most the uncommitted batch (at-least-once). A restarted group
 /// resumes at its committed offsets. Groups are independent: each has its own positions.
+///
+/// **Stateful processors.** When a processor reports the lowest offset it still holds
+/// ([`StreamProcessor::retained_offset`], e.g. the oldest event in an open window), the worker
+/// commits `min(retained, processed)` as the group's checkpoint, and, before that, the processed
+/// offset in the companion group `<group>.processed` ([`PROCESSED_SUFFIX`]). A restarted worker
+/// resumes at the checkpoint and feeds the records up to the processed offset to its new processor
+/// in **rebuild mode**: what the processor emits for them (and any dead letters) is discarded,
+/// because it was delivered before the restart, and the processor is not ticked until the rebuild
+/// is over. The state it rebuilt from those records then carries on; outputs of the batch that was
+/// in flight at a crash may be emitted again (at-least-once).
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -136,6 +151,11 @@ impl ProcessorHost {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut progress = Vec::new();
         let mut tasks = Vec::new();
+        let mark_group = GroupName::new(format!("{group}{PROCESSED_SUFFIX}")).map_err(|e| {
+            Error::invalid(format!(
+                "group {group}: no room for its {PROCESSED_SUFFIX} companion group: {e}"
+            ))
+        })?;
         for p in 0..log.partition_count() {
             let partition = PartitionId(p);
             let position = match log.committed(&group, partition).await? {
@@ -145,9 +165,14 @@ impl ProcessorHost {
                     StartFrom::Latest => log.next_offset(partition).await?.0,
                 },
             };
+            let processed = log
+                .committed(&mark_group, partition)
+                .await?
+                .map_or(position, |m| m.0.max(position));
             let processor = factory.create(partition)?;
             let (tx, rx) = watch::channel(Progress {
                 committed: position,
+                processed,
                 failed: None,
             });
             progress.push(rx);
@@ -156,8 +181,11 @@ impl ProcessorHost {
                 log: log.clone(),
                 topics: self.topics.clone(),
                 group: group.clone(),
+                mark_group: mark_group.clone(),
                 partition,
                 position,
+                checkpoint: position,
+                processed,
                 processor,
                 config: config.clone(),
                 reference: self.reference.clone(),
@@ -179,7 +207,10 @@ impl ProcessorHost {
 /// A worker's published state.
 #[derive(Clone, Debug)]
 struct Progress {
+    /// The group's checkpoint.
     committed: u64,
+    /// The offset after the last record processed (at or after `committed`).
+    processed: u64,
     failed: Option<String>,
 }
 
@@ -201,7 +232,8 @@ impl RunningGroup {
         &self.group
     }
 
-    /// The committed position of each partition, as last published by the workers.
+    /// The committed position (checkpoint) of each partition, as last published by the workers.
+    /// It stays behind [`processed`](Self::processed) while a stateful processor holds records.
     pub fn committed(&self) -> Vec<Offset> {
         self.progress
             .iter()
@@ -209,14 +241,23 @@ impl RunningGroup {
             .collect()
     }
 
-    /// Waits until every record appended to the input before this call has been processed and
-    /// committed. Fails if a worker stopped on an error.
+    /// The offset after the last record processed in each partition.
+    pub fn processed(&self) -> Vec<Offset> {
+        self.progress
+            .iter()
+            .map(|rx| Offset(rx.borrow().processed))
+            .collect()
+    }
+
+    /// Waits until every record appended to the input before this call has been processed, its
+    /// outputs delivered and its progress recorded (committed, or recorded in the companion
+    /// group while a stateful processor holds it). Fails if a worker stopped on an error.
     pub async fn wait_caught_up(&self) -> Result<()> {
         for (i, rx) in self.progress.iter().enumerate() {
             let target = self.log.next_offset(PartitionId(i as u32)).await?.0;
             let mut rx = rx.clone();
             let state = rx
-                .wait_for(|p| p.committed >= target || p.failed.is_some())
+                .wait_for(|p| p.processed >= target || p.failed.is_some())
                 .await
                 .map_err(|_| Error::Closed)?;
             if let Some(reason) = &state.failed {
@@ -263,8 +304,16 @@ struct Worker {
     log: Arc<dyn Log>,
     topics: Arc<Topics>,
     group: GroupName,
+    /// Where the processed offset is recorded while the checkpoint is held back.
+    mark_group: GroupName,
     partition: PartitionId,
+    /// The next offset to read.
     position: u64,
+    /// The last committed checkpoint.
+    checkpoint: u64,
+    /// The offset after the last record processed, in this run or before a restart: records
+    /// below it are read in rebuild mode.
+    processed: u64,
     processor: Box<dyn StreamProcessor>,
     config: HostConfig,
     reference: ReferenceData,
@@ -305,9 +354,46 @@ impl Worker {
     }
 
     async fn tick(&mut self) -> Result<()> {
+        if self.position < self.processed {
+            // Rebuilding: time must not close windows before their records are back.
+            return Ok(());
+        }
         let mut ctx = Context::new(self.partition, self.reference.clone());
         self.processor.tick(Timestamp::now(), &mut ctx).await?;
-        self.deliver(ctx.take_emitted()).await
+        self.deliver(ctx.take_emitted()).await?;
+        // Windows the tick closed may let the checkpoint move.
+        self.commit().await
+    }
+
+    /// Records progress after `position` advanced or the processor's state changed: the
+    /// processed offset in the companion group when the checkpoint stays behind it (first, so
+    /// that a crash between the two writes never leaves the checkpoint ahead of the rebuild
+    /// bound), then the checkpoint.
+    async fn commit(&mut self) -> Result<()> {
+        let end = self.position;
+        let checkpoint = self
+            .processor
+            .retained_offset()
+            .map_or(end, |r| r.0.min(end))
+            .max(self.checkpoint);
+        if checkpoint < end && end > self.processed {
+            self.log
+                .commit(&self.mark_group, self.partition, Offset(end))
+                .await?;
+        }
+        if checkpoint != self.checkpoint {
+            self.log
+                .commit(&self.group, self.partition, Offset(checkpoint))
+                .await?;
+        }
+        self.checkpoint = checkpoint;
+        self.processed = self.processed.max(end);
+        let processed = self.processed;
+        self.progress.send_modify(|p| {
+            p.committed = checkpoint;
+            p.processed = processed;
+        });
+        Ok(())
     }
 
     /// Reads, processes, delivers and commits one batch.
@@ -327,19 +413,36 @@ impl Worker {
             }
             Err(e) => return Err(e.into()),
         };
+        let mut records = records;
+        let rebuilding = self.position < self.processed;
+        if rebuilding
+            && records
+                .first()
+                .is_some_and(|r| r.offset.0 >= self.processed)
+        {
+            // Retention removed the rest of the rebuild range: nothing left to rebuild from.
+            self.position = self.processed;
+        } else if rebuilding {
+            // A batch is either all rebuild or all new records.
+            records.retain(|r| r.offset.0 < self.processed);
+        }
+        let rebuilding = self.position < self.processed;
         let Some(last) = records.last() else {
             return Ok(());
         };
         let end = last.offset.0 + 1;
         let (emitted, dead) = self.process_with_retries(&records).await;
-        self.deliver(emitted).await?;
-        self.deliver(dead).await?;
-        self.log
-            .commit(&self.group, self.partition, Offset(end))
-            .await?;
+        if rebuilding {
+            debug!(
+                records = records.len(),
+                "rebuilt state from records processed before the restart"
+            );
+        } else {
+            self.deliver(emitted).await?;
+            self.deliver(dead).await?;
+        }
         self.position = end;
-        self.progress.send_modify(|p| p.committed = end);
-        Ok(())
+        self.commit().await
     }
 
     /// Processes `records` with retries. Returns what to emit and what to dead-letter.

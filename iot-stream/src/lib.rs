@@ -46,7 +46,7 @@ pub mod testkit;
 pub mod window;
 
 pub use error::{Error, Result};
-pub use host::{HostConfig, ProcessorHost, RunningGroup};
+pub use host::{HostConfig, PROCESSED_SUFFIX, ProcessorHost, RunningGroup};
 pub use merge_patch::merge_patch;
 pub use processor::{Context, FnFactory, ProcessorFactory, ReferenceData, StreamProcessor};
 pub use state::{

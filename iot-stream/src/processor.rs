@@ -5,7 +5,7 @@ use std::fmt::{self, Debug};
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use iot_core::{PartitionId, Record, StoredRecord, Timestamp};
+use iot_core::{Offset, PartitionId, Record, StoredRecord, Timestamp};
 use serde_json::Value;
 
 use crate::error::Result;
@@ -30,11 +30,29 @@ use crate::error::Result;
 ///   rolled back, which is one more reason effects must tolerate repetition.
 /// * **Time.** [`tick`](StreamProcessor::tick) is called periodically, with or without records,
 ///   so processors that hold data until time passes (windows) can emit it when input is idle.
+/// * **State rebuilt by replay.** A processor that holds records' contributions in memory
+///   across batches (open windows, an ordering buffer, histories) reports the lowest input
+///   offset it still holds with [`retained_offset`](StreamProcessor::retained_offset). The host
+///   then commits `min(retained, processed)` instead of the processed offset, and records the
+///   processed offset apart (see [`ProcessorHost`](crate::ProcessorHost)). After a restart the
+///   records from the checkpoint are delivered again to a new processor, which must rebuild the
+///   same state from them; what it emits for records processed before the restart is discarded
+///   by the host, and it is not ticked until it has caught up with them.
 /// * `process` must not panic on any record content.
 #[async_trait]
 pub trait StreamProcessor: Send + Sync + Debug + 'static {
     /// Processes `batch` (non-empty, one partition, offset order).
     async fn process(&mut self, batch: &[StoredRecord], ctx: &mut Context) -> Result<()>;
+
+    /// The lowest offset of this processor's partition whose record it still needs to rebuild
+    /// its in-memory state after a restart, or `None` if it holds nothing (the default:
+    /// stateless processors and processors whose state is in a store need not implement it).
+    ///
+    /// The host asks after each batch and each tick. Checkpoints never move back: an answer
+    /// below the last checkpoint counts as the checkpoint.
+    fn retained_offset(&self) -> Option<Offset> {
+        None
+    }
 
     /// Lets time pass: `now` is the wall-clock time of the host. The default does nothing.
     async fn tick(&mut self, now: Timestamp, ctx: &mut Context) -> Result<()> {
@@ -48,6 +66,9 @@ pub trait StreamProcessor: Send + Sync + Debug + 'static {
 impl<T: StreamProcessor + ?Sized> StreamProcessor for Box<T> {
     async fn process(&mut self, batch: &[StoredRecord], ctx: &mut Context) -> Result<()> {
         (**self).process(batch, ctx).await
+    }
+    fn retained_offset(&self) -> Option<Offset> {
+        (**self).retained_offset()
     }
     async fn tick(&mut self, now: Timestamp, ctx: &mut Context) -> Result<()> {
         (**self).tick(now, ctx).await

@@ -1,7 +1,7 @@
 //! Threshold alerts over a window aggregate.
 
 use async_trait::async_trait;
-use iot_core::{PartitionId, Record, StoredRecord, Timestamp};
+use iot_core::{Offset, PartitionId, Record, StoredRecord, Timestamp};
 use serde_json::{Value, json};
 
 use super::{event_time, field_f64};
@@ -122,7 +122,8 @@ impl StreamProcessor for ThresholdAlertProcessor {
             let Some(x) = field_f64(&record.record.payload, &self.config.field) else {
                 continue;
             };
-            self.engine.push(
+            self.engine.push_at(
+                record.offset.0,
                 &record.record.key,
                 window::micros(event_time(record)),
                 window::micros(record.enqueued_time),
@@ -132,6 +133,10 @@ impl StreamProcessor for ThresholdAlertProcessor {
         }
         self.config.emit(out, ctx);
         Ok(())
+    }
+
+    fn retained_offset(&self) -> Option<Offset> {
+        self.engine.retained_offset().map(Offset)
     }
 
     async fn tick(&mut self, now: Timestamp, ctx: &mut Context) -> Result<()> {

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use async_trait::async_trait;
-use iot_core::{PartitionId, Record, StoredRecord};
+use iot_core::{Offset, PartitionId, Record, StoredRecord};
 use serde_json::json;
 
 use super::{event_time, field_f64};
@@ -146,7 +146,10 @@ fn erfc(x: f64) -> f64 {
 /// Runs a [`SpikeAndDip`] detector per device over a numeric payload field and emits an alert to
 /// `alerts` for each anomaly: key = device id, header `subject: alert`, payload
 /// `{"deviceId", "kind": "spike"|"dip", "field", "value", "score", "time"}` (time in µs since the
-/// epoch). Histories are per partition worker and start empty after a restart.
+/// epoch). Histories are per partition worker; the processor reports the offset of the oldest
+/// value in any history as its [retained offset](StreamProcessor::retained_offset), so after a
+/// restart the host replays the records from there and the histories are rebuilt exactly (a
+/// device that falls silent holds the checkpoint at its history until it sends again).
 #[derive(Clone, Debug)]
 pub struct AnomalyDetector {
     field: String,
@@ -174,7 +177,8 @@ impl AnomalyDetector {
 #[derive(Debug)]
 struct AnomalyProcessor {
     config: AnomalyDetector,
-    devices: HashMap<String, SpikeAndDip>,
+    /// Per device: the detector and the log offsets of the values in its history, oldest first.
+    devices: HashMap<String, (SpikeAndDip, VecDeque<u64>)>,
 }
 
 #[async_trait]
@@ -184,11 +188,16 @@ impl StreamProcessor for AnomalyProcessor {
             let Some(x) = field_f64(&record.record.payload, &self.config.field) else {
                 continue;
             };
-            let detector = self
+            let (detector, offsets) = self
                 .devices
                 .entry(record.record.key.clone())
-                .or_insert_with(|| self.config.template.clone());
-            let Some(score) = detector.observe(x) else {
+                .or_insert_with(|| (self.config.template.clone(), VecDeque::new()));
+            let verdict = detector.observe(x);
+            offsets.push_back(record.offset.0);
+            if offsets.len() > detector.history_size {
+                offsets.pop_front();
+            }
+            let Some(score) = verdict else {
                 continue;
             };
             if score.is_anomaly {
@@ -208,6 +217,14 @@ impl StreamProcessor for AnomalyProcessor {
             }
         }
         Ok(())
+    }
+
+    fn retained_offset(&self) -> Option<Offset> {
+        self.devices
+            .values()
+            .filter_map(|(_, offsets)| offsets.front().copied())
+            .min()
+            .map(Offset)
     }
 }
 

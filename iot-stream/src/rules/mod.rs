@@ -38,7 +38,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
-use iot_core::{PartitionId, Record, StoredRecord, Timestamp};
+use iot_core::{Offset, PartitionId, Record, StoredRecord, Timestamp};
 use serde_json::{Map, Value};
 use tracing::debug;
 
@@ -336,6 +336,14 @@ impl RuleProcessor {
         Ok(())
     }
 
+    /// The lowest input offset any active rule's windows or ordering buffer still hold.
+    pub fn retained_offset(&self) -> Option<u64> {
+        self.active
+            .iter()
+            .filter_map(|a| a.engine.as_ref()?.retained_offset())
+            .min()
+    }
+
     /// Closes every window (end of input), emitting what they hold.
     pub fn flush(&mut self, ctx: &mut Context) -> Result<()> {
         self.sync()?;
@@ -430,7 +438,14 @@ fn run_one(
                 _ => encode_key(keys.iter().map(|k| k.eval(&scope)).collect()),
             };
             let inputs = aggregates.iter().map(|(_, e)| e.eval(&scope)).collect();
-            engine.push(key, t, window::micros(record.enqueued_time), inputs, out);
+            engine.push_at(
+                record.offset.0,
+                key,
+                t,
+                window::micros(record.enqueued_time),
+                inputs,
+                out,
+            );
             emit_windows(&a.name, rule, out, ctx);
         }
         (Shape::Aggregate { .. }, None) => {}
@@ -503,5 +518,9 @@ impl StreamProcessor for RuleProcessor {
 
     async fn tick(&mut self, now: Timestamp, ctx: &mut Context) -> Result<()> {
         self.advance(now, ctx)
+    }
+
+    fn retained_offset(&self) -> Option<Offset> {
+        RuleProcessor::retained_offset(self).map(Offset)
     }
 }

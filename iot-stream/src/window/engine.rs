@@ -28,6 +28,19 @@ pub struct WindowResult {
 struct Pending {
     key: String,
     inputs: Vec<Value>,
+    /// Its log offset, or [`UNTRACKED`].
+    offset: u64,
+}
+
+/// The offset of an event pushed without one: it never holds the checkpoint back.
+const UNTRACKED: u64 = u64::MAX;
+
+/// The events of one tumbling or hopping window, by key, with the lowest log offset among them
+/// (what a restart must replay from to rebuild the window).
+#[derive(Debug)]
+struct FixedWindow {
+    keys: HashMap<String, Vec<Accumulator>>,
+    min_offset: u64,
 }
 
 /// Aggregates keyed events over windows of one [`WindowSpec`], in event time, with an
@@ -63,17 +76,20 @@ pub struct WindowEngine {
     state: State,
 }
 
+/// An event a sliding window holds: (time, sequence, log offset, inputs).
+type Held = (Micros, u64, u64, Vec<Value>);
+
 #[derive(Debug)]
 enum State {
     /// Tumbling and hopping: accumulators by window end, then key.
     Fixed {
         size: Micros,
         hop: Micros,
-        windows: BTreeMap<Micros, HashMap<String, Vec<Accumulator>>>,
+        windows: BTreeMap<Micros, FixedWindow>,
     },
     Sliding {
         size: Micros,
-        events: HashMap<String, VecDeque<(Micros, u64, Vec<Value>)>>,
+        events: HashMap<String, VecDeque<Held>>,
         points: BTreeSet<(Micros, String)>,
     },
     Session {
@@ -90,6 +106,8 @@ struct Session {
     last: Micros,
     boundary: Micros,
     accs: Vec<Accumulator>,
+    /// The lowest log offset of the session's events.
+    min_offset: u64,
 }
 
 impl Session {
@@ -159,11 +177,26 @@ impl WindowEngine {
         inputs: Vec<Value>,
         out: &mut Vec<WindowResult>,
     ) -> Option<Micros> {
+        self.push_at(UNTRACKED, key, time, arrival, inputs, out)
+    }
+
+    /// [`push`](Self::push) for an event read from the log at `offset`: the engine then counts
+    /// it in [`retained_offset`](Self::retained_offset) for as long as it holds it.
+    pub fn push_at(
+        &mut self,
+        offset: u64,
+        key: impl Into<String>,
+        time: Micros,
+        arrival: Micros,
+        inputs: Vec<Value>,
+        out: &mut Vec<WindowResult>,
+    ) -> Option<Micros> {
         let t = self.sequencer.admit(time, arrival)?;
         self.seq += 1;
         let pending = Pending {
             key: key.into(),
             inputs,
+            offset,
         };
         let w = self.sequencer.watermark();
         if self.buffer.is_empty() && t <= w {
@@ -176,6 +209,28 @@ impl WindowEngine {
             self.advance(w, out);
         }
         Some(t)
+    }
+
+    /// The lowest log offset among the events the engine still holds (in the ordering buffer or
+    /// an open window), or `None` if it holds none pushed with [`push_at`](Self::push_at).
+    /// Replaying the log from there into a new engine rebuilds every open window.
+    ///
+    /// Costs a scan of the open windows (tumbling, hopping), sessions or held events (sliding)
+    /// and of the ordering buffer.
+    pub fn retained_offset(&self) -> Option<u64> {
+        let buffered = self.buffer.values().map(|p| p.offset).min();
+        let held = match &self.state {
+            State::Fixed { windows, .. } => windows.values().map(|w| w.min_offset).min(),
+            State::Sliding { events, .. } => {
+                events.values().flat_map(|q| q.iter().map(|e| e.2)).min()
+            }
+            State::Session { open, .. } => open.values().map(|s| s.min_offset).min(),
+        };
+        buffered
+            .into_iter()
+            .chain(held)
+            .min()
+            .filter(|o| *o != UNTRACKED)
     }
 
     /// Lets the arrival clock reach `now` (no event): the late-arrival tolerance may then close
@@ -210,7 +265,12 @@ impl WindowEngine {
             State::Fixed { size, hop, windows } => {
                 let mut end = ceil_to(t, *hop);
                 while end.saturating_sub(*size) < t {
-                    let keys = windows.entry(end).or_default();
+                    let window = windows.entry(end).or_insert_with(|| FixedWindow {
+                        keys: HashMap::new(),
+                        min_offset: UNTRACKED,
+                    });
+                    window.min_offset = window.min_offset.min(p.offset);
+                    let keys = &mut window.keys;
                     // Look up before inserting: most events find their key's window open, and
                     // the key is then not copied.
                     let accs = match keys.get_mut(p.key.as_str()) {
@@ -238,7 +298,7 @@ impl WindowEngine {
                 events
                     .entry(p.key)
                     .or_default()
-                    .push_back((t, seq, p.inputs));
+                    .push_back((t, seq, p.offset, p.inputs));
             }
             State::Session {
                 timeout,
@@ -251,6 +311,7 @@ impl WindowEngine {
                     if t <= end {
                         closing.remove(&(end, p.key.clone()));
                         s.last = s.last.max(t);
+                        s.min_offset = s.min_offset.min(p.offset);
                         for ((acc, kind), input) in s.accs.iter_mut().zip(aggs).zip(&p.inputs) {
                             acc.add(*kind, input, t, seq);
                         }
@@ -272,6 +333,7 @@ impl WindowEngine {
                     last: t,
                     boundary: next_multiple(t, *max),
                     accs,
+                    min_offset: p.offset,
                 };
                 closing.insert((s.end(*timeout), p.key.clone()));
                 open.insert(p.key, s);
@@ -288,8 +350,8 @@ impl WindowEngine {
                     if !is_final(*entry.key(), w) {
                         break;
                     }
-                    let (end, keys) = entry.remove_entry();
-                    let mut keys: Vec<_> = keys.into_iter().collect();
+                    let (end, window) = entry.remove_entry();
+                    let mut keys: Vec<_> = window.keys.into_iter().collect();
                     keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
                     out.extend(keys.into_iter().map(|(key, accs)| WindowResult {
                         key,
@@ -320,7 +382,7 @@ impl WindowEngine {
                     }
                     let mut accs = vec![Accumulator::default(); aggs.len()];
                     let mut any = false;
-                    for (t, seq, inputs) in queue.iter().take_while(|e| e.0 <= p) {
+                    for (t, seq, _, inputs) in queue.iter().take_while(|e| e.0 <= p) {
                         any = true;
                         for ((acc, kind), input) in accs.iter_mut().zip(aggs).zip(inputs) {
                             acc.add(*kind, input, *t, *seq);

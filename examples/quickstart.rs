@@ -6,8 +6,8 @@
 //!
 //! It opens named topics backed by `FileLog` in a temporary directory, produces telemetry for a few
 //! devices (each device's records stay in one partition, in order), tails them with a consumer
-//! group, commits, reopens the log from disk and shows that both the records and the group's
-//! position survived.
+//! group, runs the last-known-values projection of `iot-stream` as a second consumer group, then
+//! reopens the log from disk and shows that both the records and the group's position survived.
 #![allow(clippy::print_stdout)]
 
 use std::error::Error;
@@ -17,6 +17,8 @@ use iot_sdk::core::{
     DeviceId, FileLogConfig, GroupConsumer, GroupName, Log, LogExt, Producer, Record, StartFrom,
     Timestamp, TopicName, Topics, headers,
 };
+use iot_sdk::stream::processors::LastKnownValues;
+use iot_sdk::stream::{HostConfig, MemoryStateStore, ProcessorHost, StateStore};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
@@ -31,7 +33,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
 
     // 1. Named topics from one root; each topic is a FileLog with 4 partitions that fsyncs before
     //    acknowledging (group commit), the default durability.
-    let topics = Topics::file(data.path(), FileLogConfig::with_partitions(4));
+    let topics = Arc::new(Topics::file(data.path(), FileLogConfig::with_partitions(4)));
     let telemetry = topics.topic(TopicName::TELEMETRY).await?;
     let producer = Producer::new(telemetry.clone());
 
@@ -78,8 +80,29 @@ async fn main() -> Result<(), Box<dyn Error>> {
     }
     consumer.commit().await?;
 
-    // 4. Close everything and reopen from disk: records and the group's position are still there.
-    drop((consumer, producer, telemetry, topics));
+    // 4. Stream processing: the last-known-values projection runs as its own consumer group and
+    //    merges each device's readings (JSON merge patch) into one record per device.
+    let host = ProcessorHost::new(topics.clone());
+    let state = Arc::new(MemoryStateStore::new());
+    let projection = host
+        .start(
+            TopicName::TELEMETRY,
+            GroupName::new("last-known-values")?,
+            Arc::new(LastKnownValues::new(state.clone())),
+            HostConfig::default(),
+        )
+        .await?;
+    projection.wait_caught_up().await?;
+    projection.shutdown().await?;
+    println!();
+    for device in &devices {
+        if let Some(values) = state.last_known(device).await? {
+            println!("last known values of {device}: {}", values.values());
+        }
+    }
+
+    // 5. Close everything and reopen from disk: records and the group's position are still there.
+    drop((consumer, producer, telemetry, host, topics));
     let topics = Topics::file(data.path(), FileLogConfig::with_partitions(4));
     let telemetry: Arc<dyn Log> = topics.topic(TopicName::TELEMETRY).await?;
     let mut total = 0;
@@ -91,6 +114,6 @@ async fn main() -> Result<(), Box<dyn Error>> {
         "\nafter reopening: {total} records on disk; the group has {} unread",
         resumed.try_next_batch().await?.len()
     );
-    println!("\nnext: docs/log.md explains the format, durability and recovery.");
+    println!("\nnext: docs/log.md (the log), docs/stream.md (processors, windows, rules).");
     Ok(())
 }

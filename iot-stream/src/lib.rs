@@ -36,7 +36,6 @@
 
 pub mod error;
 pub mod host;
-pub mod merge_patch;
 pub mod processor;
 pub mod processors;
 pub mod rules;
@@ -47,7 +46,6 @@ pub mod window;
 
 pub use error::{Error, Result};
 pub use host::{HostConfig, PROCESSED_SUFFIX, ProcessorHost, RunningGroup};
-pub use merge_patch::merge_patch;
 pub use processor::{Context, FnFactory, ProcessorFactory, ReferenceData, StreamProcessor};
 pub use state::{
     Event, FileStateStore, FileStateStoreConfig, LastKnown, LkvUpdate, MemoryStateStore,

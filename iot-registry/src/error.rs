@@ -108,6 +108,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// A snapshot was written in a format this version does not read (by a newer version of
+    /// the crate, say). Nothing was changed: open it with software that reads `found`.
+    #[error(
+        "{path} is in snapshot format {found}, which this version cannot read (it reads IOTREG01 and IOTREG02)"
+    )]
+    UnsupportedFormat {
+        /// The snapshot.
+        path: PathBuf,
+        /// The format tag found in its header.
+        found: String,
+    },
+
     /// The configuration is inconsistent.
     #[error("misconfigured: {reason}")]
     Config {

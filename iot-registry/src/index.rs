@@ -28,7 +28,7 @@ use serde_json::{Map, Value};
 
 use crate::query::{CmpOp, Cond, Path};
 use crate::record::DeviceRecord;
-use crate::value::{Node, ScalarKey, ScalarRef, class_bounds, scalar_of};
+use crate::value::{F64Key, Node, ScalarKey, ScalarRef, class_bounds, scalar_of};
 
 /// The slots holding one value of one path.
 #[derive(Debug)]
@@ -431,10 +431,21 @@ fn path_part(path: &str, parts: usize) -> usize {
 #[derive(Default)]
 struct Bulk {
     defined: Vec<u32>,
-    /// Values are interned (hashing a value is cheaper than comparing it, in a sort, with values
-    /// scattered over the heap). Strings are looked up by `&str`, so a repeated value costs no
+    /// String values while they arrive in strictly ascending order — the device ids of a
+    /// snapshot, written in id order — each with its posting: a value greater than the last one
+    /// is new, so these need no hashing at all. The first value out of order moves them into
+    /// `strings`.
+    ascending: Vec<(Box<str>, u32)>,
+    /// Whether `ascending` is still in use.
+    out_of_order: bool,
+    /// Other string values, interned (hashing a value is cheaper than comparing it, in a sort,
+    /// with values scattered over the heap). Looked up by `&str`, so a repeated value costs no
     /// allocation.
     strings: HashMap<Box<str>, u32>,
+    /// Numbers with their slots, sorted at the end: comparing two `f64`s is cheaper than
+    /// hashing one, and positions or readings are mostly distinct anyway.
+    numbers: Vec<(F64Key, u32)>,
+    /// Null and booleans, interned.
     others: HashMap<ScalarKey, u32>,
     postings: Vec<BulkPosting>,
 }
@@ -444,10 +455,45 @@ enum BulkPosting {
     Many(Vec<u32>),
 }
 
+impl BulkPosting {
+    fn push(&mut self, slot: u32) {
+        match self {
+            BulkPosting::Many(v) => v.push(slot),
+            BulkPosting::One(first) => *self = BulkPosting::Many(vec![*first, slot]),
+        }
+    }
+
+    fn into_posting(self) -> Posting {
+        match self {
+            BulkPosting::One(s) => Posting::One(s),
+            BulkPosting::Many(v) => Posting::Many(
+                RoaringBitmap::from_sorted_iter(v.iter().copied())
+                    .unwrap_or_else(|_| v.iter().copied().collect()),
+            ),
+        }
+    }
+}
+
 impl Bulk {
     fn add(&mut self, slot: u32, value: ScalarRef<'_>) {
         let next = u32::try_from(self.postings.len()).unwrap_or(u32::MAX);
         let found = match value {
+            ScalarRef::Num(n) => {
+                self.numbers.push((F64Key::new(n), slot));
+                return;
+            }
+            ScalarRef::Str(s) if !self.out_of_order => match self.ascending.last() {
+                Some((last, k)) if **last == *s => Some(*k),
+                Some((last, _)) if **last > *s => {
+                    self.out_of_order = true;
+                    self.strings.extend(self.ascending.drain(..));
+                    return self.add(slot, value);
+                }
+                _ => {
+                    self.ascending.push((s.into(), next));
+                    None
+                }
+            },
             ScalarRef::Str(s) => match self.strings.get(s) {
                 Some(&k) => Some(k),
                 None => {
@@ -467,43 +513,42 @@ impl Bulk {
             }
         };
         match found.and_then(|k| self.postings.get_mut(k as usize)) {
-            Some(BulkPosting::Many(v)) => v.push(slot),
-            Some(p) => {
-                if let BulkPosting::One(first) = *p {
-                    *p = BulkPosting::Many(vec![first, slot]);
-                }
-            }
+            Some(p) => p.push(slot),
             None => self.postings.push(BulkPosting::One(slot)),
         }
     }
 
-    fn finish(self) -> PathIndex {
-        // Keys in order of first appearance: already sorted for the device ids of a snapshot
-        // (written in id order), so the sort below is then a linear check.
+    fn finish(mut self) -> PathIndex {
+        // Keys in order of first appearance: already sorted for the device ids of a snapshot,
+        // so the sort below is then a linear check.
         let mut keys: Vec<Option<ScalarKey>> = vec![None; self.postings.len()];
         let strings = self
-            .strings
+            .ascending
             .into_iter()
+            .chain(self.strings)
             .map(|(s, k)| (ScalarKey::Str(s), k));
-        for (key, k) in strings.chain(self.others) {
+        for (key, k) in self.others.into_iter().chain(strings) {
             if let Some(place) = keys.get_mut(k as usize) {
                 *place = Some(key);
             }
         }
-        let mut pairs: Vec<(ScalarKey, Posting)> = keys
-            .into_iter()
-            .zip(self.postings)
-            .filter_map(|(k, p)| {
-                let posting = match p {
-                    BulkPosting::One(s) => Posting::One(s),
-                    BulkPosting::Many(v) => Posting::Many(
-                        RoaringBitmap::from_sorted_iter(v.iter().copied())
-                            .unwrap_or_else(|_| v.iter().copied().collect()),
-                    ),
-                };
-                Some((k?, posting))
-            })
-            .collect();
+        // Numbers sort below strings and above null and booleans: those go first, then the
+        // numbers grouped by value, then the strings.
+        let interned = keys.into_iter().zip(self.postings);
+        let (mut pairs, strings): (Vec<_>, Vec<_>) = interned
+            .filter_map(|(k, p)| Some((k?, p.into_posting())))
+            .partition(|(k, _)| !matches!(k, ScalarKey::Str(_)));
+        // (key, slot) pairs: equal keys end up with their slots in ascending order.
+        self.numbers.sort_unstable();
+        let mut numbers = self.numbers.into_iter().peekable();
+        while let Some((key, slot)) = numbers.next() {
+            let mut posting = BulkPosting::One(slot);
+            while let Some((_, more)) = numbers.next_if(|(k, _)| *k == key) {
+                posting.push(more);
+            }
+            pairs.push((ScalarKey::Num(key), posting.into_posting()));
+        }
+        pairs.extend(strings);
         if !pairs.is_sorted_by(|a, b| a.0 <= b.0) {
             pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         }

@@ -12,7 +12,7 @@
 //! | key | what |
 //! |---|---|
 //! | `memory_append_100b_rps` | MemoryLog, 100-byte payloads, batches of 1000, one appender |
-//! | `file_append_1k_mbps` | FileLog, OS-buffered, 1 KiB payloads in batches of 1000, payload MB/s including a final fdatasync |
+//! | `file_append_1k_mbps` | FileLog, OS-buffered, 1 KiB payloads in batches of 1000 from two appenders to two partitions (one per core), payload MB/s including a final fsync |
 //! | `disk_write_mbps` | the same disk's sequential write bandwidth: 1 MiB writes of the same total, then fdatasync |
 //! | `file_vs_disk` | `file_append_1k_mbps / disk_write_mbps` |
 //! | `file_group_commit_rps` | FileLog, fsync before ack, 64 concurrent appenders of single 100-byte records |
@@ -39,6 +39,8 @@ use iot_sdk::core::{
 };
 
 const MIB: f64 = 1024.0 * 1024.0;
+/// Concurrent appenders (and partitions) of the FileLog throughput test.
+const FILE_APPENDERS: u32 = 2;
 
 struct Sizes {
     memory_batches: usize,
@@ -86,28 +88,46 @@ fn disk_write(dir: &Path, bytes: usize) -> f64 {
     bytes as f64 / MIB / secs
 }
 
+/// Two appenders, one per partition (one per core of the reference machine), OS-buffered.
 async fn file_append(dir: &Path, bytes: usize) -> f64 {
     let path = dir.join("file-append");
     let config = FileLogConfig {
-        partitions: 1,
+        partitions: FILE_APPENDERS,
         durability: Durability::Buffered,
         ..FileLogConfig::default()
     };
-    let log = FileLog::open(&path, config).await.unwrap();
+    let log = Arc::new(FileLog::open(&path, config).await.unwrap());
     let payload = Bytes::from(vec![b'y'; 1024]);
     let batches = bytes / (1024 * 1000);
-    let prepared: Vec<Vec<Record>> = (0..batches)
-        .map(|_| batch("device-0042", &payload, 1000))
+    let per_appender = batches / FILE_APPENDERS as usize;
+    let prepared: Vec<Vec<Vec<Record>>> = (0..FILE_APPENDERS)
+        .map(|_| {
+            (0..per_appender)
+                .map(|_| batch("device-0042", &payload, 1000))
+                .collect()
+        })
         .collect();
     let start = Instant::now();
-    for b in prepared {
-        log.append(PartitionId(0), b).await.unwrap();
+    let tasks: Vec<_> = prepared
+        .into_iter()
+        .enumerate()
+        .map(|(p, batches)| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                for b in batches {
+                    log.append(PartitionId(p as u32), b).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
     }
     log.sync().await.unwrap();
     let secs = start.elapsed().as_secs_f64();
     drop(log);
     std::fs::remove_dir_all(&path).unwrap();
-    (batches * 1000 * 1024) as f64 / MIB / secs
+    (per_appender * FILE_APPENDERS as usize * 1000 * 1024) as f64 / MIB / secs
 }
 
 /// One writer: append 100 bytes, fdatasync, repeat.

@@ -45,7 +45,10 @@ impl Mutation {
 
 #[derive(Default)]
 pub(crate) struct Index {
-    map: HashMap<DeviceId, Arc<DeviceIdentity>>,
+    /// Keyed with foldhash, seeded per process: SipHash was a quarter of a lookup. Only the
+    /// provisioning path (trusted) inserts, so a remote party presenting chosen ids cannot grow
+    /// collision chains; lookups of unknown ids cost one probe like any other.
+    map: HashMap<DeviceId, Arc<DeviceIdentity>, foldhash::quality::RandomState>,
     order: BTreeSet<DeviceId>,
     last_seq: u64,
 }

@@ -49,7 +49,8 @@ pub struct HostConfig {
     pub max_backoff: Duration,
     /// Topic records that keep failing go to. Default `deadletter`.
     pub dead_letter_topic: String,
-    /// How often processors are [ticked](StreamProcessor::tick). Default 1 s.
+    /// How often processors are [ticked](StreamProcessor::tick) (a tick is skipped while records
+    /// are waiting to be read: they move event time themselves). Default 1 s.
     pub tick_interval: Duration,
 }
 
@@ -358,8 +359,16 @@ impl Worker {
             // Rebuilding: time must not close windows before their records are back.
             return Ok(());
         }
+        // The clock is read before checking that nothing is waiting: a record appended after
+        // the check is enqueued at or after `now`, so the tick never moves event time past a
+        // record still to come, and a replay of the log rebuilds what the records built (see
+        // `WindowEngine::tick`). With records waiting, they move event time themselves.
+        let now = Timestamp::now();
+        if self.log.next_offset(self.partition).await?.0 > self.position {
+            return Ok(());
+        }
         let mut ctx = Context::new(self.partition, self.reference.clone());
-        self.processor.tick(Timestamp::now(), &mut ctx).await?;
+        self.processor.tick(now, &mut ctx).await?;
         self.deliver(ctx.take_emitted()).await?;
         // Windows the tick closed may let the checkpoint move.
         self.commit().await

@@ -5,13 +5,13 @@
 //! values equal those of an uninterrupted run.
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
-use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
+use std::sync::Arc;
+
+use common::Child;
 use iot_core::{
-    DeviceId, Durability, FileLogConfig, GroupName, Log, PartitionId, Producer, ReadLimits, Record,
-    Timestamp, Topics,
+    DeviceId, GroupName, Log, PartitionId, Producer, ReadLimits, Record, Timestamp, Topics,
 };
 use iot_stream::processors::{KEY_FRAME_HEADER, LastKnownValues, Pump};
 use iot_stream::{
@@ -19,18 +19,12 @@ use iot_stream::{
 };
 use rand::{Rng, SeedableRng};
 
-const CHILD_ENV: &str = "IOT_STREAM_CRASH_CHILD_DIR";
+const CHILD: Child = Child {
+    test: "crash_child",
+    env: "IOT_STREAM_CRASH_CHILD_DIR",
+};
 const DEVICES: usize = 12;
 const RECORDS: usize = 1200;
-const KILLS: usize = 20;
-
-fn log_config() -> FileLogConfig {
-    FileLogConfig {
-        partitions: 2,
-        durability: Durability::Buffered,
-        ..FileLogConfig::default()
-    }
-}
 
 fn host_config() -> HostConfig {
     HostConfig {
@@ -94,17 +88,11 @@ async fn run_processors(topics: Arc<Topics>, store: Arc<dyn StateStore>) {
 #[test]
 #[ignore = "started by kill_9_mid_stream_keeps_at_least_once_and_exact_state as a child process"]
 fn crash_child() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else {
+    let Some(dir) = CHILD.dir() else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        let dir = std::path::PathBuf::from(dir);
-        let topics = Arc::new(Topics::file(dir.join("log"), log_config()));
+    common::runtime().block_on(async move {
+        let topics = Arc::new(common::file_topics(&dir));
         let store = FileStateStore::open(
             dir.join("state"),
             FileStateStoreConfig {
@@ -115,27 +103,13 @@ fn crash_child() {
         .await
         .unwrap();
         run_processors(topics, Arc::new(store)).await;
-        println!("DONE");
+        println!("{}", common::DONE);
     });
-}
-
-fn spawn_child(dir: &std::path::Path) -> std::process::Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash_child", "--nocapture", "--include-ignored"])
-        .env(CHILD_ENV, dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
 }
 
 #[test]
 fn kill_9_mid_stream_keeps_at_least_once_and_exact_state() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let dir = tempfile::tempdir().unwrap();
     let input = records();
 
@@ -151,37 +125,10 @@ fn kill_9_mid_stream_keeps_at_least_once_and_exact_state() {
         store
     });
 
-    rt.block_on(async {
-        let topics = Topics::file(dir.path().join("log"), log_config());
-        let log = topics.topic("telemetry").await.unwrap();
-        Producer::new(log.clone())
-            .send_batch(input.clone())
-            .await
-            .unwrap();
-        log.sync().await.unwrap();
-    });
-
-    let mut rng = rand::rng();
-    let mut finished_early = 0;
-    for _ in 0..KILLS {
-        let mut child = spawn_child(dir.path());
-        std::thread::sleep(Duration::from_millis(rng.random_range(20..250)));
-        if child.try_wait().unwrap().is_some() {
-            finished_early += 1;
-        }
-        let _ = child.kill(); // SIGKILL
-        let _ = child.wait();
-    }
-    assert!(
-        finished_early < KILLS,
-        "every child finished before being killed: nothing was tested"
-    );
+    rt.block_on(common::write_input(dir.path(), "telemetry", input.clone()));
+    CHILD.kill_repeatedly(dir.path());
     // The last run completes.
-    let out = spawn_child(dir.path()).wait_with_output().unwrap();
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("DONE"),
-        "final run did not finish"
-    );
+    CHILD.run_to_completion(dir.path());
 
     rt.block_on(async {
         let store = FileStateStore::open(dir.path().join("state"), FileStateStoreConfig::default())
@@ -213,7 +160,7 @@ fn kill_9_mid_stream_keeps_at_least_once_and_exact_state() {
         seqs.sort();
         assert_eq!(seqs, (0..RECORDS as u64).collect::<Vec<_>>());
         // And both groups committed everything.
-        let topics = Topics::file(dir.path().join("log"), log_config());
+        let topics = common::file_topics(dir.path());
         let log = topics.topic("telemetry").await.unwrap();
         for p in 0..2 {
             let next = log.next_offset(PartitionId(p)).await.unwrap();

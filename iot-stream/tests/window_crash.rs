@@ -1,39 +1,32 @@
-//! Crash test for window state: a child process runs windowed rules (a tumbling and a hopping
-//! aggregate per device) as a consumer group from a `FileLog`; the parent kills it with SIGKILL at
-//! random moments, while windows are open, and restarts it. Window state lives only in memory, so
+//! Crash test for window state: a child process runs windowed rules (a tumbling, a hopping, a
+//! sliding and a session aggregate per device) as a consumer group from a `FileLog`; the parent
+//! kills it with SIGKILL at random moments, while windows are open, and restarts it. Window state lives only in memory, so
 //! this passes only because the host checkpoints at the oldest offset the open windows still
 //! hold and rebuilds them by replay: every window must come out with the same aggregate as in an
 //! uninterrupted run (emitted more than once is allowed, at-least-once; a different value is not).
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use iot_core::{
-    Durability, FileLogConfig, GroupName, Log, Offset, PartitionId, Producer, ReadLimits, Record,
-    Topics,
-};
+use common::Child;
+use iot_core::{GroupName, Log, PartitionId, Producer, ReadLimits, Record, Topics};
 use iot_stream::rules::RuleSet;
 use iot_stream::window::OrderingPolicy;
 use iot_stream::{HostConfig, PROCESSED_SUFFIX, ProcessorHost};
 use rand::{Rng, SeedableRng};
 
-const CHILD_ENV: &str = "IOT_STREAM_WINDOW_CRASH_CHILD_DIR";
+const CHILD: Child = Child {
+    test: "window_crash_child",
+    env: "IOT_STREAM_WINDOW_CRASH_CHILD_DIR",
+};
 const DEVICES: usize = 8;
 const RECORDS: usize = 1500;
-const KILLS: usize = 20;
 const GROUP: &str = "windows";
-const OUTPUTS: [&str; 2] = ["tumbling", "hopping"];
-
-fn log_config() -> FileLogConfig {
-    FileLogConfig {
-        partitions: 2,
-        durability: Durability::Buffered,
-        ..FileLogConfig::default()
-    }
-}
+const OUTPUTS: [&str; 4] = ["tumbling", "hopping", "sliding", "session"];
 
 fn host_config() -> HostConfig {
     HostConfig {
@@ -43,15 +36,16 @@ fn host_config() -> HostConfig {
     }
 }
 
-/// Readings of a few devices, in event-time order, 53 ms apart: a 5 s window holds about 94
-/// records, so the child is almost always killed with windows open.
+/// Readings of a few devices, in event-time order, 53 ms apart, with a 4 s pause after every
+/// 150 records (which ends every session): a 5 s window holds about 94 records, so the child is
+/// almost always killed with windows open.
 fn records() -> Vec<Record> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     (0..RECORDS)
         .map(|i| {
             let device = format!("dev-{}", rng.random_range(0..DEVICES));
             let v: i64 = rng.random_range(-50..100);
-            let time = 1_700_000_000_000_u64 + 53 * i as u64;
+            let time = 1_700_000_000_000_u64 + 53 * i as u64 + 4_000 * (i / 150) as u64;
             Record::new(
                 device.clone(),
                 serde_json::json!({"deviceId": device, "v": v, "time": time, "seq": i}).to_string(),
@@ -65,6 +59,8 @@ fn rules() -> RuleSet {
     for (name, window) in [
         ("tumbling", "TumblingWindow(second, 5)"),
         ("hopping", "HoppingWindow(second, 10, 5)"),
+        ("sliding", "SlidingWindow(second, 2)"),
+        ("session", "SessionWindow(second, 2, 20)"),
     ] {
         rules
             .add(
@@ -101,27 +97,14 @@ type Emissions = BTreeMap<(String, String, String), Vec<serde_json::Value>>;
 async fn emissions(topics: &Topics) -> Emissions {
     let mut out = Emissions::new();
     for name in OUTPUTS {
-        let log = topics.topic(name).await.unwrap();
-        for p in 0..log.partition_count() {
-            let partition = PartitionId(p);
-            let end = log.next_offset(partition).await.unwrap();
-            let mut at = Offset(0);
-            while at < end {
-                let batch = log
-                    .read(partition, at, ReadLimits::records(1000))
-                    .await
-                    .unwrap();
-                for r in &batch {
-                    let v: serde_json::Value = serde_json::from_slice(&r.record.payload).unwrap();
-                    let key = (
-                        name.to_owned(),
-                        r.record.key.clone(),
-                        v["windowEnd"].to_string(),
-                    );
-                    out.entry(key).or_default().push(v);
-                }
-                at = Offset(batch.last().unwrap().offset.0 + 1);
-            }
+        for r in common::read_all(topics, name).await {
+            let v: serde_json::Value = serde_json::from_slice(&r.record.payload).unwrap();
+            let key = (
+                name.to_owned(),
+                r.record.key.clone(),
+                v["windowEnd"].to_string(),
+            );
+            out.entry(key).or_default().push(v);
         }
     }
     out
@@ -131,46 +114,18 @@ async fn emissions(topics: &Topics) -> Emissions {
 #[test]
 #[ignore = "started by kill_9_with_open_windows_keeps_every_aggregate as a child process"]
 fn window_crash_child() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else {
+    let Some(dir) = CHILD.dir() else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        let topics = Arc::new(Topics::file(
-            std::path::PathBuf::from(dir).join("log"),
-            log_config(),
-        ));
-        run_rules(topics).await;
-        println!("DONE");
+    common::runtime().block_on(async move {
+        run_rules(Arc::new(common::file_topics(&dir))).await;
+        println!("{}", common::DONE);
     });
-}
-
-fn spawn_child(dir: &std::path::Path) -> std::process::Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "window_crash_child",
-            "--nocapture",
-            "--include-ignored",
-        ])
-        .env(CHILD_ENV, dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
 }
 
 #[test]
 fn kill_9_with_open_windows_keeps_every_aggregate() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let dir = tempfile::tempdir().unwrap();
     let input = records();
 
@@ -193,40 +148,19 @@ fn kill_9_with_open_windows_keeps_every_aggregate() {
         "too few windows: {}",
         expected.len()
     );
-
-    rt.block_on(async {
-        let topics = Topics::file(dir.path().join("log"), log_config());
-        let log = topics.topic("telemetry").await.unwrap();
-        Producer::new(log.clone())
-            .send_batch(input.clone())
-            .await
-            .unwrap();
-        log.sync().await.unwrap();
-    });
-
-    let mut rng = rand::rng();
-    let mut finished_early = 0;
-    for _ in 0..KILLS {
-        let mut child = spawn_child(dir.path());
-        std::thread::sleep(Duration::from_millis(rng.random_range(20..250)));
-        if child.try_wait().unwrap().is_some() {
-            finished_early += 1;
-        }
-        let _ = child.kill(); // SIGKILL
-        let _ = child.wait();
+    for name in OUTPUTS {
+        assert!(
+            expected.keys().filter(|k| k.0 == name).count() > DEVICES * 4,
+            "too few {name} windows"
+        );
     }
-    assert!(
-        finished_early < KILLS,
-        "every child finished before being killed: nothing was tested"
-    );
-    let out = spawn_child(dir.path()).wait_with_output().unwrap();
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("DONE"),
-        "final run did not finish"
-    );
+
+    rt.block_on(common::write_input(dir.path(), "telemetry", input.clone()));
+    CHILD.kill_repeatedly(dir.path());
+    CHILD.run_to_completion(dir.path());
 
     rt.block_on(async {
-        let topics = Topics::file(dir.path().join("log"), log_config());
+        let topics = common::file_topics(dir.path());
         let got = emissions(&topics).await;
         for (window, want) in &expected {
             let emitted = got

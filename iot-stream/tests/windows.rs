@@ -487,3 +487,40 @@ fn extreme_times_do_not_panic() {
         }
     }
 }
+
+/// A window the clock closed is emitted once, and holds the retained offset at its oldest event
+/// until the events' own watermark passes its end (so a replay rebuilds it whole).
+#[test]
+fn a_window_closed_by_the_clock_stays_retained_until_events_pass_it() {
+    use iot_stream::window::Input;
+    let policy = OrderingPolicy {
+        late_arrival: Some(std::time::Duration::from_secs(1)),
+        out_of_order: std::time::Duration::ZERO,
+        action: LateAction::Adjust,
+    };
+    let spec = WindowSpec::Tumbling {
+        size: std::time::Duration::from_secs(10),
+    };
+    let mut engine = WindowEngine::new(spec, vec![AggKind::Count], policy).unwrap();
+    let mut out = Vec::new();
+    let one = [Input::Number(1.0)];
+    engine.push_at(0, "a", 5 * S, 5 * S, &one, &mut out);
+    engine.push_at(1, "a", 6 * S, 6 * S, &one, &mut out);
+    assert!(out.is_empty());
+    engine.tick(12 * S, &mut out);
+    assert_eq!(
+        ends_and_counts(&out),
+        vec![(10 * S, 2)],
+        "closed by the clock"
+    );
+    engine.tick(13 * S, &mut out);
+    assert_eq!(out.len(), 1, "emitted once");
+    assert_eq!(engine.retained_offset(), Some(0), "still held for a replay");
+    engine.push_at(2, "a", 20 * S, 20 * S, &one, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        engine.retained_offset(),
+        Some(2),
+        "released once the events' watermark passed the window"
+    );
+}

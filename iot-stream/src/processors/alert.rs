@@ -2,12 +2,12 @@
 
 use async_trait::async_trait;
 use iot_core::{Offset, PartitionId, Record, StoredRecord, Timestamp};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{event_time, field_f64};
 use crate::error::Result;
 use crate::processor::{Context, ProcessorFactory, StreamProcessor};
-use crate::window::{self, AggKind, OrderingPolicy, WindowEngine, WindowResult, WindowSpec};
+use crate::window::{self, AggKind, Input, OrderingPolicy, WindowEngine, WindowResult, WindowSpec};
 
 /// Which side of the threshold raises the alert.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,7 +127,7 @@ impl StreamProcessor for ThresholdAlertProcessor {
                 &record.record.key,
                 window::micros(event_time(record)),
                 window::micros(record.enqueued_time),
-                vec![Value::from(x)],
+                &[Input::Number(x)],
                 &mut out,
             );
         }

@@ -3,8 +3,9 @@
 use iot_core::StoredRecord;
 use serde_json::{Number, Value};
 
-use super::project::Projected;
+use super::project::{Field, Projected};
 use super::time::format_rfc3339;
+use crate::window::{AggKind, Input};
 
 /// Binary operators.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,12 +49,21 @@ pub(crate) enum Expr {
     Binary(BinOp, Box<Expr>, Box<Expr>),
 }
 
+/// The GROUP BY keys of a window output.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum GroupKeys<'a> {
+    /// The keys as values.
+    Values(&'a [Value]),
+    /// A single string key (the common case, a device id), not copied into a value.
+    Str(&'a str),
+}
+
 /// What an expression is evaluated against.
 pub(crate) struct Scope<'a> {
     pub(crate) record: Option<&'a StoredRecord>,
     pub(crate) payload: &'a Projected<'a>,
     pub(crate) timestamp: i64,
-    pub(crate) keys: &'a [Value],
+    pub(crate) keys: GroupKeys<'a>,
     pub(crate) aggregates: &'a [Value],
 }
 
@@ -82,19 +92,23 @@ impl Expr {
                 let Some((first, rest)) = path.split_first() else {
                     return Value::Null;
                 };
-                let Some(mut v) = s.payload.get(first) else {
-                    return Value::Null;
-                };
-                for p in rest {
-                    match v.get(p) {
-                        Some(next) => v = next,
-                        None => return Value::Null,
+                match (s.payload.get(first), rest) {
+                    (Some(f), []) => f.to_value(),
+                    (Some(Field::Json(v)), rest) => {
+                        let mut v = v;
+                        for p in rest {
+                            match v.get(p) {
+                                Some(next) => v = next,
+                                None => return Value::Null,
+                            }
+                        }
+                        v.clone()
                     }
+                    _ => Value::Null,
                 }
-                v.clone()
             }
             Expr::DeviceId => match s.payload.get("deviceId") {
-                Some(v) if !v.is_null() => v.clone(),
+                Some(v) if !v.is_null() => v.to_value(),
                 _ => s
                     .record
                     .map_or(Value::Null, |r| Value::from(r.record.key.as_str())),
@@ -107,7 +121,11 @@ impl Expr {
                 Value::from(format_rfc3339(crate::window::micros(r.enqueued_time)))
             }),
             Expr::SystemTimestamp => Value::from(format_rfc3339(s.timestamp)),
-            Expr::GroupKey(i) => s.keys.get(*i).cloned().unwrap_or(Value::Null),
+            Expr::GroupKey(i) => match s.keys {
+                GroupKeys::Values(keys) => keys.get(*i).cloned().unwrap_or(Value::Null),
+                GroupKeys::Str(k) if *i == 0 => Value::from(k),
+                GroupKeys::Str(_) => Value::Null,
+            },
             Expr::Aggregate(i) => s.aggregates.get(*i).cloned().unwrap_or(Value::Null),
             Expr::Not(e) => match e.eval(s) {
                 Value::Bool(b) => Value::Bool(!b),
@@ -181,18 +199,95 @@ impl Expr {
         match self {
             Expr::Field(path) => {
                 let (first, rest) = path.split_first()?;
-                let mut v = s.payload.get(first)?;
-                for p in rest {
-                    v = v.get(p)?;
+                match (s.payload.get(first)?, rest) {
+                    (Field::Str(x), []) => Some(x.as_ref()),
+                    (Field::Json(v), [_, ..]) => {
+                        let mut v = v;
+                        for p in rest {
+                            v = v.get(p)?;
+                        }
+                        v.as_str()
+                    }
+                    _ => None,
                 }
-                v.as_str()
             }
             Expr::DeviceId => match s.payload.get("deviceId") {
-                Some(Value::String(x)) => Some(x),
+                Some(Field::Str(x)) => Some(x.as_ref()),
                 Some(v) if !v.is_null() => None,
                 _ => s.record.map(|r| r.record.key.as_str()),
             },
+            Expr::GroupKey(0) => match s.keys {
+                GroupKeys::Str(k) => Some(k),
+                GroupKeys::Values(keys) => keys.first()?.as_str(),
+            },
             _ => None,
+        }
+    }
+
+    /// The expression's value as a number (`None` for anything that is not a finite number),
+    /// without building a JSON value on the common paths: a top-level payload field, a literal,
+    /// arithmetic over those.
+    pub(crate) fn eval_f64(&self, s: &Scope<'_>) -> Option<f64> {
+        let finite = |x: f64| x.is_finite().then_some(x);
+        match self {
+            Expr::Field(path) if path.len() == 1 => s.payload.get(&path[0])?.as_f64(),
+            Expr::Literal(v) => v.as_f64(),
+            Expr::Neg(e) => e.eval_f64(s).map(|x| -x),
+            Expr::Binary(op, a, b) => {
+                let f: fn(f64, f64) -> f64 = match op {
+                    BinOp::Add => |x, y| x + y,
+                    BinOp::Sub => |x, y| x - y,
+                    BinOp::Mul => |x, y| x * y,
+                    BinOp::Div => |x, y| x / y,
+                    BinOp::Mod => |x, y| x % y,
+                    _ => return self.eval(s).as_f64(),
+                };
+                finite(f(a.eval_f64(s)?, b.eval_f64(s)?))
+            }
+            _ => self.eval(s).as_f64(),
+        }
+    }
+
+    /// The expression's value as the input of an aggregate of `kind`: a number for the numeric
+    /// aggregates, presence for `COUNT`, the value for `LAST`.
+    pub(crate) fn input(&self, kind: AggKind, s: &Scope<'_>) -> Input {
+        match kind {
+            AggKind::Sum | AggKind::Avg | AggKind::Min | AggKind::Max => {
+                self.eval_f64(s).map_or(Input::Null, Input::Number)
+            }
+            AggKind::Count => {
+                let present = match self {
+                    Expr::Literal(v) => !v.is_null(),
+                    Expr::Field(path) if path.len() == 1 => {
+                        s.payload.get(&path[0]).is_some_and(|f| !f.is_null())
+                    }
+                    _ => !self.eval(s).is_null(),
+                };
+                if present {
+                    Input::Number(1.0)
+                } else {
+                    Input::Null
+                }
+            }
+            AggKind::Last => Input::from(self.eval(s)),
+        }
+    }
+
+    /// Appends the expression's value to `out` as JSON, without copying the common cases (a
+    /// string key, an aggregate).
+    pub(crate) fn write_json(&self, s: &Scope<'_>, out: &mut Vec<u8>) {
+        let written = match self {
+            Expr::GroupKey(0) if matches!(s.keys, GroupKeys::Str(_)) => {
+                serde_json::to_writer(&mut *out, &self.str_ref(s))
+            }
+            Expr::Aggregate(i) => {
+                serde_json::to_writer(&mut *out, s.aggregates.get(*i).unwrap_or(&Value::Null))
+            }
+            _ => serde_json::to_writer(&mut *out, &self.eval(s)),
+        };
+        // Writing a JSON value into a vector cannot fail; keep the output valid if it did.
+        if written.is_err() {
+            out.extend_from_slice(b"null");
         }
     }
 

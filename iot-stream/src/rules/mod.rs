@@ -44,12 +44,12 @@ use tracing::debug;
 
 pub use compile::CompiledRule;
 use compile::Shape;
-use expr::Scope;
+use expr::{GroupKeys, Scope};
 use project::Projected;
 
 use crate::error::{Error, Result};
 use crate::processor::{Context, ProcessorFactory, StreamProcessor};
-use crate::window::{self, OrderingPolicy, WindowEngine, WindowResult};
+use crate::window::{self, Input, OrderingPolicy, WindowEngine, WindowResult};
 
 /// Compiles `sql` without adding it anywhere (to validate a rule).
 pub fn compile(sql: &str) -> Result<CompiledRule> {
@@ -241,6 +241,11 @@ struct Active {
     name: String,
     rule: Arc<CompiledRule>,
     engine: Option<WindowEngine>,
+    /// The output members in JSON object order (aggregate rules).
+    order: Vec<usize>,
+    /// Buffers for the window key and the aggregate inputs of one event.
+    key: String,
+    inputs: Vec<Input>,
 }
 
 /// The rules of one partition, with their window state. Public so that benchmarks and tests can
@@ -294,12 +299,19 @@ impl RuleProcessor {
                 )?),
                 Shape::Project { .. } => None,
             };
+            let order = match &e.rule.shape {
+                Shape::Aggregate { items, .. } => member_order(items),
+                Shape::Project { .. } => Vec::new(),
+            };
             debug!(rule = %name, "rule started");
             self.active.push(Active {
                 id: e.id,
                 name: name.clone(),
                 rule: e.rule.clone(),
                 engine,
+                order,
+                key: String::new(),
+                inputs: Vec::new(),
             });
         }
         let fields: std::collections::BTreeSet<String> =
@@ -312,11 +324,12 @@ impl RuleProcessor {
     /// Runs every active rule over `batch`, emitting through `ctx`.
     pub fn run(&mut self, batch: &[StoredRecord], ctx: &mut Context) -> Result<()> {
         self.sync()?;
+        if self.active.is_empty() {
+            return Ok(());
+        }
+        let mut payload = Projected::new(&self.fields);
         for record in batch {
-            if self.active.is_empty() {
-                continue;
-            }
-            let payload = project::parse(&record.record.payload, &self.fields);
+            payload.fill(&record.record.payload);
             for a in &mut self.active {
                 run_one(a, record, &payload, &mut self.out, ctx);
             }
@@ -330,7 +343,7 @@ impl RuleProcessor {
         for a in &mut self.active {
             if let Some(engine) = &mut a.engine {
                 engine.tick(window::micros(now), &mut self.out);
-                emit_windows(a.name.as_str(), &a.rule, &mut self.out, ctx);
+                emit_windows(a.name.as_str(), &a.rule, &a.order, &mut self.out, ctx);
             }
         }
         Ok(())
@@ -350,7 +363,7 @@ impl RuleProcessor {
         for a in &mut self.active {
             if let Some(engine) = &mut a.engine {
                 engine.flush(&mut self.out);
-                emit_windows(a.name.as_str(), &a.rule, &mut self.out, ctx);
+                emit_windows(a.name.as_str(), &a.rule, &a.order, &mut self.out, ctx);
             }
         }
         Ok(())
@@ -366,9 +379,12 @@ fn event_time(rule: &CompiledRule, record: &StoredRecord, payload: &Projected<'_
         record: Some(record),
         payload,
         timestamp: 0,
-        keys: &[],
+        keys: GroupKeys::Values(&[]),
         aggregates: &[],
     };
+    if let Some(s) = ts.str_ref(&scope) {
+        return time::parse_rfc3339(s);
+    }
     match ts.eval(&scope) {
         Value::String(s) => time::parse_rfc3339(&s),
         Value::Number(n) => n.as_f64().map(|ms| (ms * 1000.0) as i64),
@@ -392,7 +408,7 @@ fn run_one(
         record: Some(record),
         payload,
         timestamp: t,
-        keys: &[],
+        keys: GroupKeys::Values(&[]),
         aggregates: &[],
     };
     if let Some(filter) = &rule.filter
@@ -425,67 +441,97 @@ fn run_one(
             },
             Some(engine),
         ) => {
-            let key = match keys.as_slice() {
+            // The key and the inputs are built in buffers kept from event to event.
+            let key = &mut a.key;
+            key.clear();
+            match keys.as_slice() {
                 [k] => match k.str_ref(&scope) {
                     Some(s) => {
-                        let mut key = String::with_capacity(s.len() + 1);
                         key.push('s');
                         key.push_str(s);
-                        key
                     }
-                    None => encode_key(vec![k.eval(&scope)]),
+                    None => encode_key(key, &[k.eval(&scope)]),
                 },
-                _ => encode_key(keys.iter().map(|k| k.eval(&scope)).collect()),
-            };
-            let inputs = aggregates.iter().map(|(_, e)| e.eval(&scope)).collect();
+                _ => {
+                    let values: Vec<Value> = keys.iter().map(|k| k.eval(&scope)).collect();
+                    encode_key(key, &values);
+                }
+            }
+            a.inputs.clear();
+            a.inputs
+                .extend(aggregates.iter().map(|(kind, e)| e.input(*kind, &scope)));
             engine.push_at(
                 record.offset.0,
                 key,
                 t,
                 window::micros(record.enqueued_time),
-                inputs,
+                &a.inputs,
                 out,
             );
-            emit_windows(&a.name, rule, out, ctx);
+            emit_windows(&a.name, rule, &a.order, out, ctx);
         }
         (Shape::Aggregate { .. }, None) => {}
     }
 }
 
-/// A window key from the GROUP BY values: one string value as itself after `s`, anything else
-/// as JSON after `j` (the common case, a device id, costs one small allocation).
-fn encode_key(mut values: Vec<Value>) -> String {
-    if let [Value::String(s)] = values.as_mut_slice() {
-        let mut key = String::with_capacity(s.len() + 1);
+/// Writes a window key for the GROUP BY values into `key`: one string value as itself after
+/// `s`, anything else as JSON after `j`.
+fn encode_key(key: &mut String, values: &[Value]) {
+    if let [Value::String(s)] = values {
         key.push('s');
         key.push_str(s);
-        return key;
+        return;
     }
-    let mut key = String::from("j");
-    key.push_str(&serde_json::to_string(&values).unwrap_or_default());
-    key
+    key.push('j');
+    key.push_str(&serde_json::to_string(values).unwrap_or_default());
 }
 
-fn decode_key(key: &str) -> Vec<Value> {
+/// The GROUP BY values of a window key: a single string key is returned as the string after
+/// its tag (no copy).
+fn decode_key(key: &str) -> Result<&str, Vec<Value>> {
     match key.split_at_checked(1) {
-        Some(("s", s)) => vec![Value::from(s)],
-        Some(("j", json)) => serde_json::from_str(json).unwrap_or_default(),
-        _ => Vec::new(),
+        Some(("s", s)) => Ok(s),
+        Some(("j", json)) => Err(serde_json::from_str(json).unwrap_or_default()),
+        _ => Err(Vec::new()),
     }
 }
 
-fn emit_windows(name: &str, rule: &CompiledRule, out: &mut Vec<WindowResult>, ctx: &mut Context) {
+/// The order in which a JSON object built from `items` lists its members (the order of
+/// `serde_json::Map`, the last of equal names winning), as indices into `items`.
+fn member_order(items: &[(String, expr::Expr)]) -> Vec<usize> {
+    let map: Map<String, Value> = items
+        .iter()
+        .enumerate()
+        .map(|(i, (n, _))| (n.clone(), Value::from(i)))
+        .collect();
+    map.values()
+        .filter_map(|v| v.as_u64().and_then(|i| usize::try_from(i).ok()))
+        .collect()
+}
+
+fn emit_windows(
+    name: &str,
+    rule: &CompiledRule,
+    order: &[usize],
+    out: &mut Vec<WindowResult>,
+    ctx: &mut Context,
+) {
     let Shape::Aggregate { items, having, .. } = &rule.shape else {
         out.clear();
         return;
     };
-    for w in out.drain(..) {
-        let keys = decode_key(&w.key);
+    let empty = Projected::empty();
+    for mut w in out.drain(..) {
+        let key = std::mem::take(&mut w.key);
+        let decoded = decode_key(&key);
         let scope = Scope {
             record: None,
-            payload: &Projected::empty(),
+            payload: &empty,
             timestamp: w.end,
-            keys: &keys,
+            keys: match &decoded {
+                Ok(s) => GroupKeys::Str(s),
+                Err(values) => GroupKeys::Values(values),
+            },
             aggregates: &w.values,
         };
         if let Some(h) = having
@@ -493,19 +539,38 @@ fn emit_windows(name: &str, rule: &CompiledRule, out: &mut Vec<WindowResult>, ct
         {
             continue;
         }
-        let obj: Map<String, Value> = items
-            .iter()
-            .map(|(n, e)| (n.clone(), e.eval(&scope)))
-            .collect();
-        let key = match keys.first() {
-            Some(Value::String(s)) => s.clone(),
-            Some(other) => other.to_string(),
-            None => name.to_owned(),
+        // The payload is written straight from the window's values, members in the order a
+        // `serde_json::Map` of the items would have.
+        let mut body = Vec::with_capacity(16 + 24 * order.len());
+        body.push(b'{');
+        for (n, &i) in order.iter().enumerate() {
+            let (item, e) = &items[i];
+            if n > 0 {
+                body.push(b',');
+            }
+            if serde_json::to_writer(&mut body, item).is_err() {
+                body.extend_from_slice(b"\"\"");
+            }
+            body.push(b':');
+            e.write_json(&scope, &mut body);
+        }
+        body.push(b'}');
+        let key = match decoded {
+            // The window's key without its tag: no copy.
+            Ok(_) => {
+                let mut key = key;
+                key.remove(0);
+                key
+            }
+            Err(values) => match values.first() {
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => name.to_owned(),
+            },
         };
         ctx.emit(
             &rule.output,
-            Record::new(key, Value::Object(obj).to_string())
-                .with_device_time(window::timestamp(w.end)),
+            Record::new(key, body).with_device_time(window::timestamp(w.end)),
         );
     }
 }

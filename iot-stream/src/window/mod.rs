@@ -16,10 +16,11 @@
 
 mod aggregate;
 mod engine;
+mod keys;
 mod ordering;
 mod spec;
 
-pub use aggregate::{Accumulator, AggKind};
+pub use aggregate::{Accumulator, AggKind, Input};
 pub use engine::{WindowEngine, WindowResult};
 pub use ordering::{LateAction, OrderingPolicy, Sequencer};
 pub use spec::WindowSpec;

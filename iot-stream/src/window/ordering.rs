@@ -73,6 +73,8 @@ pub struct Sequencer {
     out_of_order: Micros,
     max_seen: Micros,
     arrival: Micros,
+    /// The latest arrival of an event (`arrival` also follows the host clock).
+    record_arrival: Micros,
     /// Nothing at or before this may be admitted any more (windows up to it were emitted).
     floor: Micros,
 }
@@ -86,6 +88,7 @@ impl Sequencer {
             out_of_order: duration_micros(policy.out_of_order),
             max_seen: Micros::MIN,
             arrival: Micros::MIN,
+            record_arrival: Micros::MIN,
             floor: Micros::MIN,
         }
     }
@@ -93,6 +96,7 @@ impl Sequencer {
     /// The event time to use for an event at `t` arriving at `arrival`, or `None` to drop it.
     pub fn admit(&mut self, t: Micros, arrival: Micros) -> Option<Micros> {
         self.arrival = self.arrival.max(arrival);
+        self.record_arrival = self.record_arrival.max(arrival);
         let mut t = t;
         if let Some(late) = self.late {
             let bound = arrival.saturating_sub(late);
@@ -129,17 +133,22 @@ impl Sequencer {
 
     /// The watermark: every event admitted from now on has a time at or after it.
     pub fn watermark(&self) -> Micros {
-        let late = match self.late {
-            Some(l) if self.arrival > Micros::MIN => self.arrival.saturating_sub(l),
-            _ => Micros::MIN,
-        };
-        let ooo = if self.arrival > Micros::MIN {
-            self.max_seen
-                .min(self.arrival.saturating_sub(self.out_of_order))
-        } else {
-            Micros::MIN
-        };
-        late.max(ooo).max(self.floor)
+        self.watermark_at(self.arrival).max(self.floor)
+    }
+
+    /// The watermark the events alone set (as if the host clock had never advanced it): what
+    /// replaying the same events rebuilds.
+    pub fn record_watermark(&self) -> Micros {
+        self.watermark_at(self.record_arrival)
+    }
+
+    fn watermark_at(&self, arrival: Micros) -> Micros {
+        if arrival == Micros::MIN {
+            return Micros::MIN;
+        }
+        let late = self.late.map_or(Micros::MIN, |l| arrival.saturating_sub(l));
+        let ooo = self.max_seen.min(arrival.saturating_sub(self.out_of_order));
+        late.max(ooo)
     }
 
     /// Records that everything up to `w` was released.

@@ -20,17 +20,22 @@ use roaring::RoaringBitmap;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
-use crate::index::Indexes;
+use crate::index::{Indexes, Part};
 use crate::limits::DocumentLimits;
 use crate::merge::merge_patch;
 use crate::paging::{Page, PageRequest, Token};
 use crate::query::{Query, Select};
 use crate::record::{DeviceDocument, DeviceRecord, ETag};
+use crate::stored::Stored;
 use crate::value::SortKey;
 
 /// Queries matching more than 1/`BROAD_FACTOR` of the records page through the device-id index
 /// rather than ranking all their matches.
 const BROAD_FACTOR: u64 = 50;
+
+/// Logs of at least this many changes are applied in bulk (one pass over the indexes) rather
+/// than change by change.
+const BULK_LOG: usize = 8192;
 
 /// Settings shared by every registry implementation of this crate.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,18 +73,22 @@ impl RegistryConfig {
 }
 
 /// A write ready to apply.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum Change {
-    Put(DeviceRecord),
+    /// The new record, encoded once: memory keeps these bytes and the log stores them.
+    Put(Stored),
     Delete(DeviceId),
 }
 
 #[derive(Debug)]
 pub(crate) struct Engine {
     config: RegistryConfig,
-    slots: Vec<Option<DeviceRecord>>,
+    /// Records kept encoded (see [`crate::stored`]).
+    slots: Vec<Option<Stored>>,
     free: Vec<u32>,
-    ids: HashMap<DeviceId, u32>,
+    /// Hashed with foldhash (seeded per map): several times faster than SipHash on short ids,
+    /// which matters when a million are inserted on reopen.
+    ids: HashMap<DeviceId, u32, foldhash::fast::RandomState>,
     live: RoaringBitmap,
     indexes: Indexes,
     next_version: u64,
@@ -93,7 +102,7 @@ impl Engine {
             config,
             slots: Vec::new(),
             free: Vec::new(),
-            ids: HashMap::new(),
+            ids: HashMap::default(),
             live: RoaringBitmap::new(),
             indexes,
             next_version: 1,
@@ -108,13 +117,19 @@ impl Engine {
         self.next_version
     }
 
-    pub(crate) fn get(&self, id: &DeviceId) -> Option<&DeviceRecord> {
+    /// The record of `id`, decoded.
+    pub(crate) fn get(&self, id: &DeviceId) -> Result<Option<DeviceRecord>> {
+        self.stored(id).map(decode).transpose()
+    }
+
+    fn stored(&self, id: &DeviceId) -> Option<&Stored> {
         let slot = *self.ids.get(id)?;
         self.slots.get(slot as usize)?.as_ref()
     }
 
     /// Every record, in no particular order.
-    pub(crate) fn records(&self) -> impl Iterator<Item = &DeviceRecord> {
+    #[cfg(test)]
+    pub(crate) fn records(&self) -> impl Iterator<Item = &Stored> {
         self.slots.iter().flatten()
     }
 
@@ -134,8 +149,8 @@ impl Engine {
         }
     }
 
-    fn existing(&self, id: &DeviceId) -> Result<&DeviceRecord> {
-        self.get(id)
+    fn existing(&self, id: &DeviceId) -> Result<DeviceRecord> {
+        self.get(id)?
             .ok_or_else(|| Error::NotFound { id: id.clone() })
     }
 
@@ -150,13 +165,13 @@ impl Engine {
         }
         self.config.limits.check_document(&doc)?;
         let etag = ETag::from_version(self.next_version);
-        Ok(Change::Put(DeviceRecord::new(
+        Ok(Change::Put(Stored::encode(&DeviceRecord::new(
             id.clone(),
             doc,
             etag,
             now,
             now,
-        )))
+        ))))
     }
 
     pub(crate) fn prepare_replace(
@@ -167,16 +182,16 @@ impl Engine {
         now: Timestamp,
     ) -> Result<Change> {
         let current = self.existing(id)?;
-        self.check_match(id, current, if_match)?;
+        self.check_match(id, &current, if_match)?;
         self.config.limits.check_document(&doc)?;
         let etag = ETag::from_version(self.next_version);
-        Ok(Change::Put(DeviceRecord::new(
+        Ok(Change::Put(Stored::encode(&DeviceRecord::new(
             id.clone(),
             doc,
             etag,
             current.created,
             now,
-        )))
+        ))))
     }
 
     pub(crate) fn prepare_merge(
@@ -187,22 +202,23 @@ impl Engine {
         now: Timestamp,
     ) -> Result<Change> {
         let current = self.existing(id)?;
-        self.check_match(id, current, if_match)?;
+        self.check_match(id, &current, if_match)?;
+        let created = current.created;
         let doc = merged_document(current, patch, &self.config.limits)?;
         self.config.limits.check_document(&doc)?;
         let etag = ETag::from_version(self.next_version);
-        Ok(Change::Put(DeviceRecord::new(
+        Ok(Change::Put(Stored::encode(&DeviceRecord::new(
             id.clone(),
             doc,
             etag,
-            current.created,
+            created,
             now,
-        )))
+        ))))
     }
 
     pub(crate) fn prepare_delete(&self, id: &DeviceId, if_match: Option<&ETag>) -> Result<Change> {
         let current = self.existing(id)?;
-        self.check_match(id, current, if_match)?;
+        self.check_match(id, &current, if_match)?;
         Ok(Change::Delete(id.clone()))
     }
 
@@ -217,25 +233,25 @@ impl Engine {
 
     /// Loads `records` into an empty engine at once, building the indexes in bulk. Returns the
     /// id of a record that appears twice (the engine is then unusable and must be dropped).
-    pub(crate) fn bulk_load(
-        &mut self,
-        records: Vec<DeviceRecord>,
-    ) -> std::result::Result<(), DeviceId> {
+    pub(crate) fn bulk_load(&mut self, records: Vec<Stored>) -> std::result::Result<(), DeviceId> {
         debug_assert!(self.slots.is_empty());
         // The id map is built beside the indexes, on another thread.
         let indexes = &mut self.indexes;
         let ids = std::thread::scope(|scope| {
             let ids = scope.spawn(|| {
-                let mut ids = HashMap::with_capacity(records.len());
+                let mut ids = HashMap::with_capacity_and_hasher(
+                    records.len(),
+                    foldhash::fast::RandomState::default(),
+                );
                 for (slot, record) in records.iter().enumerate() {
                     let slot = u32::try_from(slot).unwrap_or(u32::MAX);
-                    if ids.insert(record.device_id.clone(), slot).is_some() {
-                        return Err(record.device_id.clone());
+                    if ids.insert(record.device_id().clone(), slot).is_some() {
+                        return Err(record.device_id().clone());
                     }
                 }
                 Ok(ids)
             });
-            indexes.bulk_build(&records);
+            indexes.bulk_build((0u32..).zip(records.iter()));
             ids.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
         })?;
         self.ids = ids;
@@ -246,14 +262,230 @@ impl Engine {
         Ok(())
     }
 
+    /// Loads `slots` into an empty engine (a record's slot is its position; `None` is a free
+    /// slot), with the indexes decoded from a snapshot's index section when `section` is given
+    /// and passes its checks, built from the records otherwise; `expected_log` is how many
+    /// changes will be applied next (room is reserved for them). Returns why a given section was
+    /// not used, or the id of a record that appears twice (the engine is then unusable and must
+    /// be dropped).
+    pub(crate) fn load_slots(
+        &mut self,
+        mut slots: Vec<Option<Stored>>,
+        section: Option<Vec<Part>>,
+        expected_log: usize,
+    ) -> std::result::Result<Option<String>, DeviceId> {
+        debug_assert!(self.slots.is_empty());
+        let live: RoaringBitmap = (0u32..)
+            .zip(slots.iter())
+            .filter_map(|(slot, record)| record.as_ref().map(|_| slot))
+            .collect();
+        let unindexed = self.config.unindexed_paths.clone();
+        // The id map is built beside the indexes, on another thread.
+        let (ids, indexes, rejected) = std::thread::scope(|scope| {
+            let ids = scope.spawn(|| {
+                // Room for the log's new devices too: growing a map of a million ids later
+                // rehashes all of them.
+                let mut ids = HashMap::with_capacity_and_hasher(
+                    live.len() as usize + expected_log,
+                    foldhash::fast::RandomState::default(),
+                );
+                for (slot, record) in (0u32..).zip(slots.iter()) {
+                    if let Some(record) = record
+                        && ids.insert(record.device_id().clone(), slot).is_some()
+                    {
+                        return Err(record.device_id().clone());
+                    }
+                }
+                Ok(ids)
+            });
+            let (indexes, rejected) =
+                match section.map(|parts| Indexes::from_section(unindexed.clone(), parts, &live)) {
+                    Some(Ok(indexes)) => (indexes, None),
+                    other => {
+                        let mut indexes = Indexes::new(unindexed);
+                        indexes.bulk_build(
+                            (0u32..)
+                                .zip(slots.iter())
+                                .filter_map(|(slot, record)| Some((slot, record.as_ref()?))),
+                        );
+                        (indexes, other.and_then(Result::err))
+                    }
+                };
+            let ids = ids.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            ids.map(|ids| (ids, indexes, rejected))
+        })?;
+        // Lowest free slot first out (the free list pops from its end).
+        self.free = (0u32..)
+            .zip(slots.iter())
+            .filter_map(|(slot, record)| record.is_none().then_some(slot))
+            .collect();
+        self.free.reverse();
+        slots.reserve(expected_log.saturating_sub(self.free.len()));
+        self.ids = ids;
+        self.live = live;
+        self.indexes = indexes;
+        self.slots = slots;
+        Ok(rejected)
+    }
+
+    /// Applies the changes of a log, in order, as [`Engine::apply`] would one by one — in bulk
+    /// when there are many: only the last change of each device counts, the index entries of
+    /// every slot it touches are removed in one pass and its new records indexed in one batch.
+    pub(crate) fn apply_log(&mut self, changes: Vec<(Change, u64)>) {
+        self.apply_log_from(changes, BULK_LOG);
+    }
+
+    /// [`Engine::apply_log`], in bulk from `bulk_from` changes on.
+    pub(crate) fn apply_log_from(&mut self, changes: Vec<(Change, u64)>, bulk_from: usize) {
+        if changes.len() < bulk_from {
+            for (change, version) in changes {
+                self.apply(change, version);
+            }
+            return;
+        }
+        let mut position: HashMap<DeviceId, usize, foldhash::fast::RandomState> =
+            HashMap::with_capacity_and_hasher(changes.len(), Default::default());
+        let mut last: Vec<Change> = Vec::with_capacity(changes.len());
+        for (change, version) in changes {
+            self.next_version = self.next_version.max(version.saturating_add(1));
+            let id = match &change {
+                Change::Put(record) => record.device_id().clone(),
+                Change::Delete(id) => id.clone(),
+            };
+            match position.entry(id) {
+                std::collections::hash_map::Entry::Occupied(e) => {
+                    if let Some(place) = last.get_mut(*e.get()) {
+                        *place = change;
+                    }
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(last.len());
+                    last.push(change);
+                }
+            }
+        }
+        drop(position);
+        // Slots whose index entries go, and slots whose (new) record is indexed.
+        let mut gone = RoaringBitmap::new();
+        let mut fresh: Vec<u32> = Vec::new();
+        for change in last {
+            match change {
+                Change::Put(record) => {
+                    let slot = match self.ids.get(record.device_id()) {
+                        Some(&slot) => {
+                            gone.insert(slot);
+                            slot
+                        }
+                        None => {
+                            let slot = self.allocate_slot();
+                            self.ids.insert(record.device_id().clone(), slot);
+                            self.live.insert(slot);
+                            slot
+                        }
+                    };
+                    if let Some(place) = self.slots.get_mut(slot as usize) {
+                        *place = Some(record);
+                        fresh.push(slot);
+                    }
+                }
+                Change::Delete(id) => {
+                    if let Some(slot) = self.ids.remove(&id) {
+                        gone.insert(slot);
+                        if let Some(place) = self.slots.get_mut(slot as usize) {
+                            *place = None;
+                        }
+                        self.live.remove(slot);
+                        self.free.push(slot);
+                    }
+                }
+            }
+        }
+        self.indexes.remove_slots(&gone);
+        fresh.sort_unstable();
+        let slots = &self.slots;
+        self.indexes.bulk_build(
+            fresh
+                .iter()
+                .filter_map(|&slot| Some((slot, slots.get(slot as usize)?.as_ref()?))),
+        );
+    }
+
+    /// Every record with its slot, in slot order.
+    pub(crate) fn slotted_records(&self) -> impl Iterator<Item = (u32, &Stored)> {
+        (0u32..)
+            .zip(self.slots.iter())
+            .filter_map(|(slot, record)| Some((slot, record.as_ref()?)))
+    }
+
+    /// How many slots exist (live or free).
+    pub(crate) fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The indexes (for a snapshot to store).
+    pub(crate) fn indexes(&self) -> &Indexes {
+        &self.indexes
+    }
+
+    /// The paths this engine leaves unindexed.
+    pub(crate) fn unindexed_paths(&self) -> &[String] {
+        &self.config.unindexed_paths
+    }
+
+    fn allocate_slot(&mut self) -> u32 {
+        match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                // More than 4 billion devices in one registry is out of scope; the file format
+                // and the bitmaps use 32-bit slots.
+                let slot = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
+                self.slots.push(None);
+                slot
+            }
+        }
+    }
+
+    /// The indexes with slots named by device id, and every record by id; checks on the way
+    /// that the id map, the live set and the slots agree.
+    #[cfg(test)]
+    pub(crate) fn canonical(
+        &self,
+    ) -> (
+        crate::index::Canonical,
+        std::collections::BTreeMap<String, DeviceRecord>,
+    ) {
+        let live: RoaringBitmap = self.ids.values().copied().collect();
+        assert_eq!(live, self.live);
+        for (id, slot) in &self.ids {
+            assert_eq!(self.record_at(*slot).map(Stored::device_id), Some(id));
+        }
+        assert_eq!(self.records().count(), self.ids.len());
+        let name = |slot: u32| {
+            self.record_at(slot).map_or_else(
+                || format!("<free slot {slot}>"),
+                |r| r.device_id().to_string(),
+            )
+        };
+        let records = self
+            .records()
+            .map(|r| {
+                (
+                    r.device_id().to_string(),
+                    r.decode().expect("stored records decode"),
+                )
+            })
+            .collect();
+        (self.indexes.canonical(name), records)
+    }
+
     /// Raises the next version to at least `floor` (a snapshot records it, so that etags of
     /// deleted records are never handed out again).
     pub(crate) fn apply_version_floor(&mut self, floor: u64) {
         self.next_version = self.next_version.max(floor);
     }
 
-    fn put(&mut self, record: DeviceRecord) {
-        if let Some(&slot) = self.ids.get(&record.device_id) {
+    fn put(&mut self, record: Stored) {
+        if let Some(&slot) = self.ids.get(record.device_id()) {
             if let Some(old) = self.slots.get_mut(slot as usize).and_then(Option::take) {
                 self.indexes.remove(slot, &old);
             }
@@ -263,18 +495,9 @@ impl Engine {
             }
             return;
         }
-        let slot = match self.free.pop() {
-            Some(slot) => slot,
-            None => {
-                // More than 4 billion devices in one registry is out of scope; the file format
-                // and the bitmaps use 32-bit slots.
-                let slot = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
-                self.slots.push(None);
-                slot
-            }
-        };
+        let slot = self.allocate_slot();
         self.indexes.insert(slot, &record);
-        self.ids.insert(record.device_id.clone(), slot);
+        self.ids.insert(record.device_id().clone(), slot);
         self.live.insert(slot);
         if let Some(place) = self.slots.get_mut(slot as usize) {
             *place = Some(record);
@@ -340,7 +563,7 @@ impl Engine {
         }
     }
 
-    fn record_at(&self, slot: u32) -> Option<&DeviceRecord> {
+    fn record_at(&self, slot: u32) -> Option<&Stored> {
         self.slots.get(slot as usize)?.as_ref()
     }
 
@@ -350,7 +573,7 @@ impl Engine {
             candidates
                 .iter()
                 .filter_map(|s| self.record_at(s))
-                .filter(|r| query.filter.matches(r))
+                .filter(|r| query.filter.matches(*r))
                 .count() as u64
         } else {
             candidates.len()
@@ -396,7 +619,7 @@ impl Engine {
                 .indexes
                 .ordered_strings("deviceId", after.as_ref().map(|(_, id)| *id))
         {
-            let mut items: Vec<&DeviceRecord> = Vec::with_capacity(take + 1);
+            let mut items: Vec<&Stored> = Vec::with_capacity(take + 1);
             for slot in ordered {
                 if !candidates.contains(slot) {
                     continue;
@@ -423,19 +646,17 @@ impl Engine {
                             query.fingerprint,
                             returned + items.len() as u64,
                             Vec::new(),
-                            record.device_id.as_str().to_owned(),
+                            record.device_id().as_str().to_owned(),
                         )
                         .encode(),
                     )
                 }
                 _ => None,
             };
-            return Ok(Page::new(
-                items.into_iter().cloned().collect(),
-                continuation,
-            ));
+            let items = items.into_iter().map(decode).collect::<Result<_>>()?;
+            return Ok(Page::new(items, continuation));
         }
-        let mut hits: Vec<(Vec<SortKey<'_>>, &DeviceRecord)> = Vec::new();
+        let mut hits: Vec<(Vec<SortKey<'_>>, &Stored)> = Vec::new();
         for slot in &candidates {
             let Some(record) = self.record_at(slot) else {
                 continue;
@@ -445,17 +666,17 @@ impl Engine {
             }
             let keys = query.sort_keys(record);
             if let Some((after_keys, after_id)) = &after
-                && query.cmp_positions((&keys, record.device_id.as_str()), (after_keys, after_id))
+                && query.cmp_positions((&keys, record.device_id().as_str()), (after_keys, after_id))
                     != Ordering::Greater
             {
                 continue;
             }
             hits.push((keys, record));
         }
-        let cmp = |a: &(Vec<SortKey<'_>>, &DeviceRecord), b: &(Vec<SortKey<'_>>, &DeviceRecord)| {
+        let cmp = |a: &(Vec<SortKey<'_>>, &Stored), b: &(Vec<SortKey<'_>>, &Stored)| {
             query.cmp_positions(
-                (&a.0, a.1.device_id.as_str()),
-                (&b.0, b.1.device_id.as_str()),
+                (&a.0, a.1.device_id().as_str()),
+                (&b.0, b.1.device_id().as_str()),
             )
         };
         let more = hits.len() > take;
@@ -473,14 +694,17 @@ impl Engine {
                         query.fingerprint,
                         returned + hits.len() as u64,
                         keys.iter().map(|k| k.to_owned_key()).collect(),
-                        record.device_id.as_str().to_owned(),
+                        record.device_id().as_str().to_owned(),
                     )
                     .encode(),
                 )
             }
             _ => None,
         };
-        let items = hits.into_iter().map(|(_, r)| r.clone()).collect();
+        let items = hits
+            .into_iter()
+            .map(|(_, r)| decode(r))
+            .collect::<Result<_>>()?;
         Ok(Page::new(items, continuation))
     }
 
@@ -490,10 +714,21 @@ impl Engine {
     }
 }
 
+/// Decodes a stored record. Stored bytes were validated when stored, so this does not fail; if
+/// it ever did, the caller gets a typed error rather than a panic.
+fn decode(stored: &Stored) -> Result<DeviceRecord> {
+    stored.decode().map_err(|reason| Error::Corrupt {
+        path: std::path::PathBuf::from("<memory>"),
+        position: 0,
+        reason: format!("record of {} unreadable: {reason}", stored.device_id()),
+    })
+}
+
 /// The document a merge patch makes of `current`: the patch applies to
 /// `{"metadata": …, "tags": …, "stateRef": …}`.
+/// `current` is a decoded copy, so its maps are moved into the view, not cloned.
 fn merged_document(
-    current: &DeviceRecord,
+    current: DeviceRecord,
     patch: &Value,
     limits: &DocumentLimits,
 ) -> Result<DeviceDocument> {
@@ -504,10 +739,10 @@ fn merged_document(
         ));
     }
     let mut view = Map::new();
-    view.insert("metadata".into(), Value::Object(current.metadata.clone()));
-    view.insert("tags".into(), Value::Object(current.tags.clone()));
-    if let Some(s) = &current.state_ref {
-        view.insert("stateRef".into(), Value::String(s.clone()));
+    view.insert("metadata".into(), Value::Object(current.metadata));
+    view.insert("tags".into(), Value::Object(current.tags));
+    if let Some(s) = current.state_ref {
+        view.insert("stateRef".into(), Value::String(s));
     }
     let mut view = Value::Object(view);
     // One level more than documents: the patch's root holds `metadata`.

@@ -111,7 +111,7 @@ pub enum Error {
     /// A snapshot was written in a format this version does not read (by a newer version of
     /// the crate, say). Nothing was changed: open it with software that reads `found`.
     #[error(
-        "{path} is in snapshot format {found}, which this version cannot read (it reads IOTREG01 and IOTREG02)"
+        "{path} is in snapshot format {found}, which this version cannot read (it reads IOTREG01 to IOTREG03)"
     )]
     UnsupportedFormat {
         /// The snapshot.

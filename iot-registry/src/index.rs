@@ -20,15 +20,19 @@
 //!   of `(p, v)` iff the record's value at `p` is the scalar `v` (numbers as `f64`).
 //! * No posting is empty (an emptied posting is removed with its key).
 
+mod persist;
+
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 
 use roaring::RoaringBitmap;
-use serde_json::{Map, Value};
 
+use crate::file::binary::Document;
 use crate::query::{CmpOp, Cond, Path};
-use crate::record::DeviceRecord;
-use crate::value::{F64Key, Node, ScalarKey, ScalarRef, class_bounds, scalar_of};
+use crate::stored::Stored;
+use crate::value::{F64Key, Node, ScalarKey, ScalarRef, class_bounds};
+
+pub(crate) use persist::{Part, decode_part};
 
 /// The slots holding one value of one path.
 #[derive(Debug)]
@@ -76,6 +80,21 @@ impl Posting {
         }
     }
 
+    /// Adds the slots of `other`.
+    fn union(&mut self, other: Posting) {
+        match (&mut *self, other) {
+            (Posting::Many(a), Posting::Many(b)) => *a |= b,
+            (Posting::Many(a), Posting::One(s)) => {
+                a.insert(s);
+            }
+            (Posting::One(s), other) => {
+                let s = *s;
+                *self = other;
+                self.insert(s);
+            }
+        }
+    }
+
     fn iter(&self) -> PostingIter<'_> {
         match self {
             Posting::One(s) => PostingIter::One(Some(*s)),
@@ -115,6 +134,46 @@ struct PathIndex {
 }
 
 impl PathIndex {
+    /// Adds the entries of `other` (built for other slots).
+    fn absorb(&mut self, other: PathIndex) {
+        self.defined |= other.defined;
+        if other.values.len() * 8 < self.values.len() {
+            // A few keys into a large map: look each one up.
+            for (key, posting) in other.values {
+                match self.values.get_mut(&key) {
+                    Some(p) => p.union(posting),
+                    None => {
+                        self.values.insert(key, posting);
+                    }
+                }
+            }
+            return;
+        }
+        // Comparable sizes: merge the two sorted sequences and build the map once.
+        let mut mine = std::mem::take(&mut self.values).into_iter().peekable();
+        let mut theirs = other.values.into_iter().peekable();
+        let mut merged = Vec::with_capacity(mine.len() + theirs.len());
+        loop {
+            let next = match (mine.peek(), theirs.peek()) {
+                (Some((a, _)), Some((b, _))) => a.cmp(b),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => break,
+            };
+            match next {
+                std::cmp::Ordering::Less => merged.extend(mine.next()),
+                std::cmp::Ordering::Greater => merged.extend(theirs.next()),
+                std::cmp::Ordering::Equal => {
+                    if let (Some((key, mut p)), Some((_, q))) = (mine.next(), theirs.next()) {
+                        p.union(q);
+                        merged.push((key, p));
+                    }
+                }
+            }
+        }
+        self.values = merged.into_iter().collect();
+    }
+
     fn eq_set(&self, key: &ScalarKey) -> RoaringBitmap {
         let mut out = RoaringBitmap::new();
         if let Some(p) = self.values.get(key) {
@@ -147,11 +206,15 @@ impl Indexes {
         }
     }
 
-    /// Builds the indexes of an empty registry from `records` (in ascending slot order) in bulk:
-    /// entries are collected per path, sorted once, and the ordered maps built from sorted input,
-    /// which is several times faster than inserting records one by one (reopening a large
-    /// `FileRegistry` depends on it).
-    pub(crate) fn bulk_build(&mut self, records: &[DeviceRecord]) {
+    /// Adds `records` (slot, record) to the indexes in bulk: entries are collected per path,
+    /// sorted once, and the ordered maps built from sorted input, which is several times faster
+    /// than inserting records one by one (reopening a large `FileRegistry` depends on it). The
+    /// slots must not be in the indexes already (see [`Indexes::remove_slots`]). Cheapest when
+    /// the slots ascend.
+    pub(crate) fn bulk_build<'a, I>(&mut self, records: I)
+    where
+        I: Iterator<Item = (u32, &'a Stored)> + Clone + Send,
+    {
         // Paths are split between threads by a hash of their name; each thread walks every
         // record but builds only its own paths' indexes.
         let threads = std::thread::available_parallelism()
@@ -160,7 +223,10 @@ impl Indexes {
         let unindexed = &self.unindexed;
         let built: Vec<Vec<(Box<str>, PathIndex)>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..threads)
-                .map(|part| scope.spawn(move || bulk_part(unindexed, records, part, threads)))
+                .map(|part| {
+                    let records = records.clone();
+                    scope.spawn(move || bulk_part(unindexed, records, part, threads))
+                })
                 .collect();
             handles
                 .into_iter()
@@ -169,20 +235,7 @@ impl Indexes {
         });
         for (path, index) in built.into_iter().flatten() {
             match self.paths.get_mut(&path) {
-                // Not expected (bulk builds start empty), but keep the invariants if it happens.
-                Some(existing) => {
-                    existing.defined |= index.defined;
-                    for (key, posting) in index.values {
-                        for slot in posting.iter() {
-                            match existing.values.get_mut(&key) {
-                                Some(p) => p.insert(slot),
-                                None => {
-                                    existing.values.insert(key.clone(), Posting::One(slot));
-                                }
-                            }
-                        }
-                    }
-                }
+                Some(existing) => existing.absorb(index),
                 None => {
                     self.paths.insert(path, index);
                 }
@@ -190,12 +243,43 @@ impl Indexes {
         }
     }
 
+    /// Removes every entry of the slots in `gone`, in one pass over each path that holds any
+    /// of them (cheaper than removing records one by one when there are many).
+    pub(crate) fn remove_slots(&mut self, gone: &RoaringBitmap) {
+        if gone.is_empty() {
+            return;
+        }
+        self.paths.retain(|_, index| {
+            if index.defined.is_disjoint(gone) {
+                return true;
+            }
+            index.defined -= gone;
+            index.values.retain(|_, posting| {
+                let single = match posting {
+                    Posting::One(slot) => return !gone.contains(*slot),
+                    Posting::Many(bitmap) => {
+                        *bitmap -= gone;
+                        if bitmap.len() != 1 {
+                            return !bitmap.is_empty();
+                        }
+                        bitmap.min()
+                    }
+                };
+                if let Some(slot) = single {
+                    *posting = Posting::One(slot);
+                }
+                true
+            });
+            !index.defined.is_empty()
+        });
+    }
+
     /// Whether conditions on `path` can be answered from the indexes.
     pub(crate) fn is_indexed(&self, path: &str) -> bool {
         is_indexed(&self.unindexed, path)
     }
 
-    pub(crate) fn insert(&mut self, slot: u32, record: &DeviceRecord) {
+    pub(crate) fn insert(&mut self, slot: u32, record: &Stored) {
         let paths = &mut self.paths;
         walk(&self.unindexed, record, &mut |path, node| {
             let index = match paths.get_mut(path) {
@@ -215,7 +299,7 @@ impl Indexes {
         });
     }
 
-    pub(crate) fn remove(&mut self, slot: u32, record: &DeviceRecord) {
+    pub(crate) fn remove(&mut self, slot: u32, record: &Stored) {
         let paths = &mut self.paths;
         walk(&self.unindexed, record, &mut |path, node| {
             let Some(index) = paths.get_mut(path) else {
@@ -561,10 +645,10 @@ impl Bulk {
     }
 }
 
-/// The indexes of the paths that fall in `part` of `parts`, from `records` (slot = position).
-fn bulk_part(
+/// The indexes of the paths that fall in `part` of `parts`, from `records` (slot, record).
+fn bulk_part<'a>(
     unindexed: &[String],
-    records: &[DeviceRecord],
+    records: impl Iterator<Item = (u32, &'a Stored)>,
     part: usize,
     parts: usize,
 ) -> Vec<(Box<str>, PathIndex)> {
@@ -573,8 +657,7 @@ fn bulk_part(
     // Records of a fleet mostly share a shape: the paths of the previous record, in walk order,
     // resolve a path by comparing it with one string instead of hashing it.
     let mut previous: Vec<(Box<str>, Option<usize>)> = Vec::new();
-    for (slot, record) in records.iter().enumerate() {
-        let slot = u32::try_from(slot).unwrap_or(u32::MAX);
+    for (slot, record) in records {
         let mut position = 0usize;
         walk(unindexed, record, &mut |path, node| {
             let target = match previous.get(position) {
@@ -621,48 +704,37 @@ fn is_indexed(unindexed: &[String], path: &str) -> bool {
     })
 }
 
-/// Calls `f` with every indexed path of `record` and what it holds. Recursion is bounded by the
-/// document depth limit, checked before any record is stored.
-fn walk(unindexed: &[String], record: &DeviceRecord, f: &mut dyn FnMut(&str, Node<'_>)) {
+/// Calls `f` with every indexed path of `record` and what it holds, reading the record's
+/// encoding in place. Nesting is bounded by the decoder's depth limit.
+fn walk(unindexed: &[String], record: &Stored, f: &mut dyn FnMut(&str, Node<'_>)) {
     if is_indexed(unindexed, "deviceId") {
         f(
             "deviceId",
-            Node::Scalar(ScalarRef::Str(record.device_id.as_str())),
+            Node::Scalar(ScalarRef::Str(record.device_id().as_str())),
         );
     }
-    if let Some(s) = &record.state_ref
+    // Stored bytes were validated when they were stored: this cannot fail (and would only
+    // leave the record partly indexed, never panic).
+    let Ok(fields) = record.fields() else {
+        tracing::error!(device = %record.device_id(), "stored record unreadable");
+        return;
+    };
+    if let Some(s) = fields.state_ref
         && is_indexed(unindexed, "stateRef")
     {
         f("stateRef", Node::Scalar(ScalarRef::Str(s)));
     }
     let mut buf = String::with_capacity(64);
-    for (root, map) in [("metadata", &record.metadata), ("tags", &record.tags)] {
+    let keep = |path: &str| is_indexed(unindexed, path);
+    for (root, which) in [("metadata", Document::Metadata), ("tags", Document::Tags)] {
         if is_indexed(unindexed, root) {
             f(root, Node::Composite);
             buf.clear();
             buf.push_str(root);
-            walk_map(unindexed, &mut buf, map, f);
-        }
-    }
-}
-
-fn walk_map(
-    unindexed: &[String],
-    buf: &mut String,
-    map: &Map<String, Value>,
-    f: &mut dyn FnMut(&str, Node<'_>),
-) {
-    for (key, value) in map {
-        let len = buf.len();
-        buf.push('.');
-        buf.push_str(key);
-        if is_indexed(unindexed, buf) {
-            f(buf, scalar_of(value));
-            if let Value::Object(child) = value {
-                walk_map(unindexed, buf, child, f);
+            if let Err(e) = fields.walk_documents(which, &mut buf, &keep, f) {
+                tracing::error!(device = %record.device_id(), error = %e, "stored record unreadable");
             }
         }
-        buf.truncate(len);
     }
 }
 
@@ -706,4 +778,37 @@ fn bounded_sum<'a>(mut iter: impl Iterator<Item = (&'a ScalarKey, &'a Posting)>,
         }
     }
     if iter.next().is_some() { all } else { sum }
+}
+
+/// Every path's index with slots replaced by what `name` makes of them (device ids), so that
+/// indexes built in different ways — with different slot numbers — can be compared.
+#[cfg(test)]
+pub(crate) type Canonical = BTreeMap<String, (Vec<String>, Vec<(String, Vec<String>)>)>;
+
+#[cfg(test)]
+impl Indexes {
+    pub(crate) fn canonical(&self, name: impl Fn(u32) -> String) -> Canonical {
+        let names = |slots: &mut dyn Iterator<Item = u32>| {
+            let mut v: Vec<String> = slots.map(&name).collect();
+            v.sort();
+            v
+        };
+        self.paths
+            .iter()
+            .map(|(path, index)| {
+                let values = index
+                    .values
+                    .iter()
+                    .map(|(key, posting)| {
+                        let canonical_posting = match posting {
+                            Posting::Many(b) if b.len() < 2 => vec!["<non-canonical>".to_owned()],
+                            _ => names(&mut posting.iter()),
+                        };
+                        (format!("{key:?}"), canonical_posting)
+                    })
+                    .collect();
+                (path.to_string(), (names(&mut index.defined.iter()), values))
+            })
+            .collect()
+    }
 }

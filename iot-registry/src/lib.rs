@@ -64,6 +64,7 @@ mod paging;
 pub mod query;
 pub mod record;
 mod registry;
+mod stored;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod value;

@@ -86,7 +86,7 @@ impl Registry for MemoryRegistry {
     }
 
     async fn get(&self, id: &DeviceId) -> Result<Option<DeviceRecord>> {
-        Ok(self.read().get(id).cloned())
+        self.read().get(id)
     }
 
     #[instrument(skip_all, fields(device = %id))]
@@ -134,7 +134,6 @@ impl Registry for MemoryRegistry {
 /// The record just written (present: the write lock is still held).
 pub(crate) fn get_written(engine: &Engine, id: &DeviceId) -> Result<DeviceRecord> {
     engine
-        .get(id)
-        .cloned()
+        .get(id)?
         .ok_or_else(|| crate::Error::NotFound { id: id.clone() })
 }

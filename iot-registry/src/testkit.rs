@@ -146,45 +146,87 @@ pub async fn records_and_etags(r: &dyn Registry) {
     );
 }
 
-/// Concurrent writers with `if_match` on the same record: exactly one wins each round.
+/// Concurrent writers with `if_match` on the same record: in each round many merges carrying
+/// the same etag are started at once and polled together (a durable registry runs them on
+/// several threads, racing for the record); exactly one wins, every other fails with
+/// `PreconditionFailed` naming the stale etag and the winner's, and the record is the winner's.
 pub async fn concurrent_if_match(r: &dyn Registry) {
+    const WRITERS: u64 = 16;
     let a = id("contended");
     let mut current = r.create(&a, doc(json!({"n": 0}))).await.expect("create");
-    for round in 1..=5 {
-        let attempts = (0..4).map(|w| {
+    for round in 1..=8u64 {
+        let attempts = (0..WRITERS).map(|w| {
             let etag = current.etag.clone();
             let a = a.clone();
-            async move {
+            Box::pin(async move {
                 r.merge(&a, &json!({"metadata": {"n": round, "w": w}}), Some(&etag))
                     .await
-            }
+            })
         });
-        let results = futures_join_all(attempts).await;
-        let winners: Vec<DeviceRecord> = results
-            .iter()
-            .filter_map(|r| r.as_ref().ok().cloned())
-            .collect();
+        let results = JoinAll::new(attempts).await;
+        let winners: Vec<&DeviceRecord> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
         assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+        let winner = winners[0].clone();
         for loser in results.iter().filter_map(|r| r.as_ref().err()) {
-            assert!(
-                matches!(loser, Error::PreconditionFailed { .. }),
-                "{loser:?}"
-            );
+            match loser {
+                Error::PreconditionFailed {
+                    expected, actual, ..
+                } => {
+                    assert_eq!(expected, &current.etag, "round {round}");
+                    assert_eq!(actual, &winner.etag, "round {round}");
+                }
+                other => panic!("round {round}: expected PreconditionFailed, got {other:?}"),
+            }
         }
-        current = winners.into_iter().next().expect("one winner");
+        let stored = r.get(&a).await.expect("get").expect("present");
+        assert_eq!(
+            stored, winner,
+            "round {round}: the stored record is the winner's"
+        );
+        current = winner;
     }
 }
 
-/// Polls the futures one after the other on the current task (no runtime needed beyond the
-/// caller's); registries must be correct whatever the interleaving, and this is one of them.
-async fn futures_join_all<F: std::future::Future>(
-    futures: impl Iterator<Item = F>,
-) -> Vec<F::Output> {
-    let mut out = Vec::new();
-    for f in futures {
-        out.push(f.await);
+/// Polls every future on each wake-up until all are done, so that they run at the same time
+/// (without requiring `'static` futures, which spawning would).
+struct JoinAll<F: std::future::Future> {
+    pending: Vec<Option<std::pin::Pin<Box<F>>>>,
+    done: Vec<Option<F::Output>>,
+}
+
+impl<F: std::future::Future> JoinAll<F> {
+    fn new(futures: impl Iterator<Item = std::pin::Pin<Box<F>>>) -> Self {
+        let pending: Vec<_> = futures.map(Some).collect();
+        let done = pending.iter().map(|_| None).collect();
+        JoinAll { pending, done }
     }
-    out
+}
+
+impl<F: std::future::Future> std::future::Future for JoinAll<F>
+where
+    F::Output: Unpin,
+{
+    type Output = Vec<F::Output>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.get_mut();
+        for (slot, out) in this.pending.iter_mut().zip(this.done.iter_mut()) {
+            if let Some(future) = slot
+                && let std::task::Poll::Ready(value) = future.as_mut().poll(cx)
+            {
+                *out = Some(value);
+                *slot = None;
+            }
+        }
+        if this.pending.iter().all(Option::is_none) {
+            std::task::Poll::Ready(this.done.iter_mut().filter_map(Option::take).collect())
+        } else {
+            std::task::Poll::Pending
+        }
+    }
 }
 
 /// Every example of RFC 7396 appendix A whose target and patch are objects, applied to metadata

@@ -111,6 +111,19 @@ pub(crate) fn scalar_of(value: &Value) -> Node<'_> {
     }
 }
 
+/// A record as conditions and `ORDER BY` read it: decoded ([`DeviceRecord`]) or encoded
+/// ([`crate::stored::Stored`]); both must find the same node for every path.
+pub(crate) trait Resolve {
+    /// Finds `path`; `None` when it is not defined.
+    fn resolve(&self, path: &Path) -> Option<Node<'_>>;
+}
+
+impl Resolve for DeviceRecord {
+    fn resolve(&self, path: &Path) -> Option<Node<'_>> {
+        resolve(self, path)
+    }
+}
+
 /// Finds `path` in `record`; `None` when it is not defined there.
 pub(crate) fn resolve<'a>(record: &'a DeviceRecord, path: &Path) -> Option<Node<'a>> {
     let (map, segments): (&'a Map<String, Value>, &[String]) = match path.root {

@@ -1,4 +1,5 @@
-//! The binary encoding of a record in a snapshot (format `IOTREG02`).
+//! The binary encoding of a record in a snapshot (formats `IOTREG02` and `IOTREG03`), in the log,
+//! and in memory (the engine keeps every record encoded, see `crate::stored`).
 //!
 //! Reopening a large registry is dominated by turning snapshot bytes back into records; JSON
 //! spends most of that on tokenising text and parsing numbers. This encoding keeps the same
@@ -23,6 +24,7 @@ use serde_json::{Map, Number, Value};
 
 use crate::limits::MAX_SUPPORTED_DEPTH;
 use crate::record::{DeviceRecord, ETag};
+use crate::value::{Node, ScalarRef};
 
 const NULL: u8 = 0;
 const FALSE: u8 = 1;
@@ -110,9 +112,22 @@ fn put_value(out: &mut Vec<u8>, value: &Value) {
 }
 
 /// Decodes one record; the error says what is wrong.
+#[cfg(test)]
 pub(crate) fn decode_record(bytes: &[u8]) -> Result<DeviceRecord, String> {
+    decode_with_id(bytes, None)
+}
+
+/// [`decode_record`] for a record whose device id is known already (`id`, which must be the
+/// one encoded): the id is shared, not parsed and validated again.
+pub(crate) fn decode_with_id(bytes: &[u8], id: Option<&DeviceId>) -> Result<DeviceRecord, String> {
     let mut r = Reader { bytes };
-    let device_id = DeviceId::new(r.str()?).map_err(|e| format!("bad device id: {e}"))?;
+    let device_id = match id {
+        Some(id) => {
+            r.raw_str()?;
+            id.clone()
+        }
+        None => DeviceId::new(r.str()?).map_err(|e| format!("bad device id: {e}"))?,
+    };
     let etag = ETag::new(r.str()?);
     let created = Timestamp::from_unix_micros(r.u64()?);
     let updated = Timestamp::from_unix_micros(r.u64()?);
@@ -135,6 +150,131 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Result<DeviceRecord, String> {
         created,
         updated,
     })
+}
+
+/// The fixed fields of an encoded record, borrowed from its bytes; `metadata` and `tags` are
+/// still encoded (see [`lookup`] and [`walk_documents`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Fields<'a> {
+    pub(crate) state_ref: Option<&'a str>,
+    /// The encoded metadata object followed by the encoded tags object.
+    documents: &'a [u8],
+}
+
+/// Reads the fixed fields of an encoded record without decoding its documents.
+pub(crate) fn fields(bytes: &[u8]) -> Result<Fields<'_>, String> {
+    let mut r = Reader { bytes };
+    // The device id and the etag are not needed here (a stored record keeps its id decoded).
+    r.raw_str()?;
+    r.raw_str()?;
+    r.array8()?;
+    r.array8()?;
+    let state_ref = match r.byte()? {
+        0 => None,
+        1 => Some(r.str()?),
+        other => return Err(format!("bad stateRef marker {other}")),
+    };
+    Ok(Fields {
+        state_ref,
+        documents: r.bytes,
+    })
+}
+
+/// Checks everything [`decode_record`] checks (lengths, tags, UTF-8, finite numbers, nesting,
+/// nothing after the record) without building anything; returns the device id. Records kept
+/// encoded in memory are checked once so, and read lazily afterwards.
+pub(crate) fn validate(bytes: &[u8]) -> Result<&str, String> {
+    let mut r = Reader { bytes };
+    let device_id = r.str()?;
+    r.str()?;
+    r.array8()?;
+    r.array8()?;
+    match r.byte()? {
+        0 => {}
+        1 => {
+            r.str()?;
+        }
+        other => return Err(format!("bad stateRef marker {other}")),
+    }
+    r.skip_object(1, true)?;
+    r.skip_object(1, true)?;
+    if !r.bytes.is_empty() {
+        return Err(format!("{} bytes after the record", r.bytes.len()));
+    }
+    Ok(device_id)
+}
+
+/// Which of a record's documents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Document {
+    Metadata,
+    Tags,
+}
+
+impl<'a> Fields<'a> {
+    /// The encoded object of `which`.
+    fn document(&self, which: Document) -> Result<Reader<'a>, String> {
+        let mut r = Reader {
+            bytes: self.documents,
+        };
+        if which == Document::Tags {
+            r.skip_object(1, false)?;
+        }
+        Ok(r)
+    }
+
+    /// What `segments` (at least one) find in document `which`: `None` when undefined.
+    pub(crate) fn lookup(
+        &self,
+        which: Document,
+        segments: &[String],
+    ) -> Result<Option<Node<'a>>, String> {
+        let mut r = self.document(which)?;
+        let mut depth = 1;
+        let mut segments = segments.iter().peekable();
+        while let Some(segment) = segments.next() {
+            let count = r.len()?;
+            let mut found = false;
+            for _ in 0..count {
+                let key = r.raw_str()?;
+                if key != segment.as_bytes() {
+                    r.skip_value(depth, false)?;
+                    continue;
+                }
+                if segments.peek().is_none() {
+                    return r.node().map(Some);
+                }
+                if r.byte()? != OBJECT {
+                    return Ok(None);
+                }
+                found = true;
+                break;
+            }
+            if !found {
+                return Ok(None);
+            }
+            depth += 1;
+            if depth > MAX_DECODE_DEPTH {
+                return Err("document nested too deep".into());
+            }
+        }
+        // Unreachable with at least one segment: the loop returns.
+        Ok(None)
+    }
+
+    /// Calls `f` with the path (`prefix.key.key…`) and node of every entry of document
+    /// `which`, parents before children, in stored order; `keep(path)` false skips an entry and
+    /// everything below it. `buf` holds the prefix and is left as it was.
+    pub(crate) fn walk_documents(
+        &self,
+        which: Document,
+        buf: &mut String,
+        keep: &dyn Fn(&str) -> bool,
+        f: &mut dyn FnMut(&str, Node<'a>),
+    ) -> Result<(), String> {
+        let mut r = self.document(which)?;
+        r.walk_object(1, buf, keep, f)
+    }
 }
 
 struct Reader<'a> {
@@ -186,6 +326,117 @@ impl<'a> Reader<'a> {
             return Err(format!("length {len} exceeds the record"));
         }
         Ok(len)
+    }
+
+    fn raw_str(&mut self) -> Result<&'a [u8], String> {
+        let len = self.len()?;
+        self.take(len)
+    }
+
+    /// Skips one value; `check` also validates what is skipped (strings as UTF-8, numbers
+    /// finite). `depth` is that of the container holding the value.
+    fn skip_value(&mut self, depth: usize, check: bool) -> Result<(), String> {
+        match self.byte()? {
+            NULL | FALSE | TRUE => {}
+            I64 | U64 => {
+                self.array8()?;
+            }
+            F64 => {
+                let f = f64::from_le_bytes(self.array8()?);
+                if check && !f.is_finite() {
+                    return Err("number is not finite".into());
+                }
+            }
+            STR if check => {
+                self.str()?;
+            }
+            STR => {
+                self.raw_str()?;
+            }
+            ARRAY => {
+                if depth + 1 > MAX_DECODE_DEPTH {
+                    return Err("document nested too deep".into());
+                }
+                for _ in 0..self.len()? {
+                    self.skip_value(depth + 1, check)?;
+                }
+            }
+            OBJECT => self.skip_object(depth + 1, check)?,
+            other => return Err(format!("unknown value tag {other}")),
+        }
+        Ok(())
+    }
+
+    fn skip_object(&mut self, depth: usize, check: bool) -> Result<(), String> {
+        if depth > MAX_DECODE_DEPTH {
+            return Err("document nested too deep".into());
+        }
+        for _ in 0..self.len()? {
+            if check {
+                self.str()?;
+            } else {
+                self.raw_str()?;
+            }
+            self.skip_value(depth, check)?;
+        }
+        Ok(())
+    }
+
+    /// The node of the next value, which is consumed only up to its tag when it is an object
+    /// or an array.
+    fn node(&mut self) -> Result<Node<'a>, String> {
+        Ok(match self.byte()? {
+            NULL => Node::Scalar(ScalarRef::Null),
+            FALSE => Node::Scalar(ScalarRef::Bool(false)),
+            TRUE => Node::Scalar(ScalarRef::Bool(true)),
+            // The same f64 forms serde_json's `as_f64` gives.
+            I64 => Node::Scalar(ScalarRef::Num(i64::from_le_bytes(self.array8()?) as f64)),
+            U64 => Node::Scalar(ScalarRef::Num(u64::from_le_bytes(self.array8()?) as f64)),
+            F64 => Node::Scalar(ScalarRef::Num(f64::from_le_bytes(self.array8()?))),
+            STR => Node::Scalar(ScalarRef::Str(self.str()?)),
+            ARRAY | OBJECT => Node::Composite,
+            other => return Err(format!("unknown value tag {other}")),
+        })
+    }
+
+    /// See [`Fields::walk_documents`]; `depth` is that of the object.
+    fn walk_object(
+        &mut self,
+        depth: usize,
+        buf: &mut String,
+        keep: &dyn Fn(&str) -> bool,
+        f: &mut dyn FnMut(&str, Node<'a>),
+    ) -> Result<(), String> {
+        if depth > MAX_DECODE_DEPTH {
+            return Err("document nested too deep".into());
+        }
+        for _ in 0..self.len()? {
+            let key = self.str()?;
+            let len = buf.len();
+            buf.push('.');
+            buf.push_str(key);
+            if keep(buf) {
+                let tag = self.bytes.first().copied();
+                let node = self.node()?;
+                f(buf, node);
+                match tag {
+                    Some(OBJECT) => self.walk_object(depth + 1, buf, keep, f)?,
+                    Some(ARRAY) => {
+                        if depth + 1 > MAX_DECODE_DEPTH {
+                            return Err("document nested too deep".into());
+                        }
+                        for _ in 0..self.len()? {
+                            self.skip_value(depth + 1, false)?;
+                        }
+                    }
+                    _ => {}
+                }
+            } else {
+                self.skip_value(depth, false)?;
+            }
+            buf.truncate(len);
+        }
+        Ok(())
     }
 
     fn str(&mut self) -> Result<&'a str, String> {

@@ -10,9 +10,10 @@
 //! as damage, not mistaken for a frame cut short by a crash (which would silently drop every
 //! frame after it).
 
-use std::fs::File;
-use std::io::{BufReader, Read};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
 
 use crate::error::{Error, Result};
 
@@ -37,8 +38,9 @@ pub(crate) fn encode(out: &mut Vec<u8>, body: &[u8]) {
 /// What reading the next frame found.
 #[derive(Debug)]
 pub(crate) enum Next {
-    /// A whole, intact frame starting at `position`.
-    Frame { position: u64, body: Vec<u8> },
+    /// A whole, intact frame starting at `position`; its body is `body` of
+    /// [`FrameReader::bytes`].
+    Frame { position: u64, body: Range<usize> },
     /// The clean end of the file.
     End,
     /// An incomplete or damaged last frame starting at `position`: what a crash in the middle
@@ -48,25 +50,24 @@ pub(crate) enum Next {
 
 /// Reads frames one after the other, telling a torn tail (which recovery may cut off) from
 /// damage in the middle (which it must refuse).
+///
+/// The whole file is read into memory at once: recovery decodes every frame anyway, and frame
+/// bodies are then borrowed from one buffer instead of each being copied into its own
+/// allocation (a million of them for a large snapshot). Records kept encoded in memory share
+/// that buffer (see [`FrameReader::share`]).
 pub(crate) struct FrameReader {
-    reader: BufReader<File>,
+    bytes: Bytes,
     path: PathBuf,
     position: u64,
-    len: u64,
 }
 
 impl FrameReader {
     pub(crate) fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io("stat", path, e))?
-            .len();
+        let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
         Ok(FrameReader {
-            reader: BufReader::with_capacity(1 << 20, file),
+            bytes: Bytes::from(bytes),
             path: path.to_owned(),
             position: 0,
-            len,
         })
     }
 
@@ -74,10 +75,20 @@ impl FrameReader {
         &self.path
     }
 
-    fn read_exact(&mut self, buf: &mut [u8]) -> Result<()> {
-        self.reader
-            .read_exact(buf)
-            .map_err(|e| Error::io("read", &self.path, e))
+    /// The file's bytes, which the bodies of [`Next::Frame`] index.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// `part` of [`FrameReader::bytes`] as a handle sharing the file's buffer (no copy); `None`
+    /// if `part` is not inside the buffer.
+    pub(crate) fn share(&self, part: &[u8]) -> Option<Bytes> {
+        if part.is_empty() {
+            return Some(Bytes::new());
+        }
+        let start = (part.as_ptr() as usize).checked_sub(self.bytes.as_ptr() as usize)?;
+        let end = start.checked_add(part.len())?;
+        (end <= self.bytes.len()).then(|| self.bytes.slice(start..end))
     }
 
     fn corrupt(&self, position: u64, reason: &str) -> Error {
@@ -90,20 +101,32 @@ impl FrameReader {
 
     pub(crate) fn next_frame(&mut self) -> Result<Next> {
         let position = self.position;
-        let remaining = self.len - position;
+        let len_of_file = self.bytes.len() as u64;
+        let remaining = len_of_file - position;
         if remaining == 0 {
             return Ok(Next::End);
         }
         if remaining < HEADER_LEN {
             return Ok(Next::TornTail { position });
         }
-        let mut header = [0u8; HEADER_LEN as usize];
-        self.read_exact(&mut header)?;
+        let at = position as usize;
+        let Some(&header) = self
+            .bytes
+            .get(at..)
+            .and_then(|rest| rest.first_chunk::<{ HEADER_LEN as usize }>())
+        else {
+            return Ok(Next::TornTail { position });
+        };
         let [l0, l1, l2, l3, c0, c1, c2, c3, h0, h1, h2, h3] = header;
         let len = u32::from_le_bytes([l0, l1, l2, l3]);
         let crc = u32::from_le_bytes([c0, c1, c2, c3]);
         let header_crc = u32::from_le_bytes([h0, h1, h2, h3]);
-        if header == [0; HEADER_LEN as usize] && self.rest_is_zero()? {
+        if header == [0; HEADER_LEN as usize]
+            && self
+                .bytes
+                .get(at..)
+                .is_some_and(|rest| rest.iter().all(|b| *b == 0))
+        {
             // A zero-filled tail (a file extended but never written, after a power loss).
             return Ok(Next::TornTail { position });
         }
@@ -114,13 +137,16 @@ impl FrameReader {
             return Err(self.corrupt(position, &format!("impossible frame length {len}")));
         }
         let end = position + HEADER_LEN + u64::from(len);
-        if end > self.len {
+        if end > len_of_file {
             return Ok(Next::TornTail { position });
         }
-        let mut body = vec![0u8; len as usize];
-        self.read_exact(&mut body)?;
-        if crc32c::crc32c(&body) != crc {
-            if end == self.len {
+        let body = at + HEADER_LEN as usize..end as usize;
+        let intact = self
+            .bytes
+            .get(body.clone())
+            .is_some_and(|b| crc32c::crc32c(b) == crc);
+        if !intact {
+            if end == len_of_file {
                 return Ok(Next::TornTail { position });
             }
             return Err(self.corrupt(position, "checksum mismatch in the middle of the file"));
@@ -128,27 +154,12 @@ impl FrameReader {
         self.position = end;
         Ok(Next::Frame { position, body })
     }
-
-    fn rest_is_zero(&mut self) -> Result<bool> {
-        let mut buf = [0u8; 8192];
-        loop {
-            let n = self
-                .reader
-                .read(&mut buf)
-                .map_err(|e| Error::io("read", &self.path, e))?;
-            if n == 0 {
-                return Ok(true);
-            }
-            if buf[..n].iter().any(|b| *b != 0) {
-                return Ok(false);
-            }
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
     use std::io::Write;
 
     fn frames(bodies: &[&[u8]]) -> Vec<u8> {
@@ -169,7 +180,7 @@ mod tests {
         let mut out = Vec::new();
         loop {
             match r.next_frame()? {
-                Next::Frame { body, .. } => out.push(body),
+                Next::Frame { body, .. } => out.push(r.bytes()[body].to_vec()),
                 Next::End => return Ok((out, None)),
                 Next::TornTail { position } => return Ok((out, Some(position))),
             }

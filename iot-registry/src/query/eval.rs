@@ -9,13 +9,13 @@ use std::cmp::Ordering;
 
 use super::ast::{CmpOp, Cond, Query};
 use crate::record::DeviceRecord;
-use crate::value::{Node, ScalarRef, SortKey, resolve};
+use crate::value::{Node, Resolve, ScalarRef, SortKey, resolve};
 
 impl Cond {
-    pub(crate) fn matches(&self, record: &DeviceRecord) -> bool {
+    pub(crate) fn matches<R: Resolve + ?Sized>(&self, record: &R) -> bool {
         match self {
             Cond::Const(b) => *b,
-            Cond::Cmp { path, op, value } => match resolve(record, path) {
+            Cond::Cmp { path, op, value } => match record.resolve(path) {
                 None => false,
                 Some(Node::Composite) => *op == CmpOp::Ne,
                 Some(Node::Scalar(s)) => {
@@ -30,17 +30,17 @@ impl Cond {
                     }
                 }
             },
-            Cond::In { path, values } => match resolve(record, path) {
+            Cond::In { path, values } => match record.resolve(path) {
                 Some(Node::Scalar(s)) => {
                     values.iter().any(|v| s.cmp_key(v) == Some(Ordering::Equal))
                 }
                 _ => false,
             },
             Cond::StartsWith { path, prefix } => matches!(
-                resolve(record, path),
+                record.resolve(path),
                 Some(Node::Scalar(ScalarRef::Str(s))) if s.starts_with(prefix.as_str())
             ),
-            Cond::IsDefined(path) => resolve(record, path).is_some(),
+            Cond::IsDefined(path) => record.resolve(path).is_some(),
             Cond::Not(c) => !c.matches(record),
             Cond::And(cs) => cs.iter().all(|c| c.matches(record)),
             Cond::Or(cs) => cs.iter().any(|c| c.matches(record)),
@@ -74,10 +74,10 @@ impl Query {
     }
 
     /// The sort keys of `record` for this query's `ORDER BY`.
-    pub(crate) fn sort_keys<'a>(&self, record: &'a DeviceRecord) -> Vec<SortKey<'a>> {
+    pub(crate) fn sort_keys<'a, R: Resolve + ?Sized>(&self, record: &'a R) -> Vec<SortKey<'a>> {
         self.order_by
             .iter()
-            .map(|k| SortKey::of(resolve(record, &k.path)))
+            .map(|k| SortKey::of(record.resolve(&k.path)))
             .collect()
     }
 

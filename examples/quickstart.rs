@@ -1,24 +1,40 @@
-//! Quickstart: a tour of the partitioned log on embedded defaults.
+//! Quickstart: one small IoT solution on embedded defaults, everything file-backed in a temporary
+//! directory.
 //!
 //! ```sh
 //! cargo run --example quickstart
 //! ```
 //!
-//! It opens named topics backed by `FileLog` in a temporary directory, produces telemetry for a few
-//! devices (each device's records stay in one partition, in order), tails them with a consumer
-//! group, runs the last-known-values projection of `iot-stream` as a second consumer group, then
-//! reopens the log from disk and shows that both the records and the group's position survived.
+//! 1. Provisioning registers five thermostats in one bulk request: each gets an identity (with
+//!    generated keys, returned once) and a registry record, kept in agreement by an intent
+//!    journal; every operation lands on the `audit` topic.
+//! 2. The registry answers a query over the devices' metadata.
+//! 3. The devices send 30 simulated seconds of telemetry into the log; `thermostat-3` overheats.
+//! 4. A rule in the Stream Analytics SQL subset averages each device's temperature over 10 s
+//!    tumbling windows and writes an alert when the average passes 80; a second consumer group
+//!    keeps each device's last known values.
+//! 5. Provisioning takes the overheating device out of service, and the registry shows it.
 #![allow(clippy::print_stdout)]
 
 use std::error::Error;
 use std::sync::Arc;
+use std::time::Duration;
 
 use iot_sdk::core::{
-    DeviceId, FileLogConfig, GroupConsumer, GroupName, Log, LogExt, Producer, Record, StartFrom,
-    Timestamp, TopicName, Topics, headers,
+    DeviceId, FileLogConfig, GroupConsumer, GroupName, Producer, Record, StartFrom, Timestamp,
+    TopicName, Topics, headers,
 };
+use iot_sdk::identity::{FileIdentityStore, FileStoreOptions};
+use iot_sdk::provisioning::{BulkMode, FileJournal, Provisioner, Provisioning, RegisterRequest};
+use iot_sdk::registry::{FileConfig, FileRegistry, QueryOutput, RegistryExt};
 use iot_sdk::stream::processors::LastKnownValues;
+use iot_sdk::stream::rules::RuleSet;
+use iot_sdk::stream::window::OrderingPolicy;
 use iot_sdk::stream::{HostConfig, MemoryStateStore, ProcessorHost, StateStore};
+use serde_json::json;
+
+const RULE: &str = "SELECT deviceId, AVG(temperature) AS t INTO alerts FROM telemetry \
+    TIMESTAMP BY time GROUP BY deviceId, TumblingWindow(second, 10) HAVING t > 80";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
@@ -27,64 +43,86 @@ async fn main() -> Result<(), Box<dyn Error>> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
-
     let data = tempfile::tempdir()?;
     println!("data directory: {}", data.path().display());
 
-    // 1. Named topics from one root; each topic is a FileLog with 4 partitions that fsyncs before
-    //    acknowledging (group commit), the default durability.
-    let topics = Arc::new(Topics::file(data.path(), FileLogConfig::with_partitions(4)));
-    let telemetry = topics.topic(TopicName::TELEMETRY).await?;
-    let producer = Producer::new(telemetry.clone());
+    // 1. File-backed identity store, registry, journal and log topics; the provisioner over them.
+    let topics = Arc::new(Topics::file(
+        data.path().join("log"),
+        FileLogConfig::with_partitions(4),
+    ));
+    let identity =
+        FileIdentityStore::open(data.path().join("identity"), FileStoreOptions::default()).await?;
+    let registry = FileRegistry::open(data.path().join("registry"), FileConfig::default())?;
+    let provisioning = Provisioner::builder(Arc::new(identity), Arc::new(registry))
+        .journal(Arc::new(FileJournal::open(data.path().join("journal"))?))
+        .audit_log(topics.topic(TopicName::AUDIT).await?)
+        .host("hub.example.net")
+        .actor("quickstart")
+        .open()
+        .await?;
 
-    // 2. Devices send telemetry; the key (the device id) picks the partition.
-    let devices: Vec<DeviceId> = ["thermostat-1", "thermostat-2", "door-7"]
-        .iter()
-        .map(DeviceId::new)
+    let requests = (1..=5)
+        .map(|n| {
+            let id = DeviceId::new(format!("thermostat-{n}"))?;
+            let metadata = json!({"building": "B7", "floor": n, "model": "TH-100"});
+            Ok(RegisterRequest::new(id, metadata))
+        })
+        .collect::<Result<Vec<_>, iot_sdk::core::Error>>()?;
+    println!(
+        "\nregistering {} devices in one bulk request:",
+        requests.len()
+    );
+    for result in provisioning.bulk(requests, BulkMode::AllOrNothing).await? {
+        let device = result?;
+        // The keys are returned here, once; their Debug output is redacted.
+        println!(
+            "  {:<14} etag {} credentials: {}",
+            device.device.id,
+            device.device.record.etag,
+            device.credentials.kind_name()
+        );
+    }
+    let devices: Vec<DeviceId> = (1..=5)
+        .map(|n| DeviceId::new(format!("thermostat-{n}")))
         .collect::<Result<_, _>>()?;
-    let mut batch = Vec::new();
-    for round in 0..3 {
-        for device in &devices {
-            let reading = format!(r#"{{"temperature":{}}}"#, 20 + round);
-            batch.push(
-                Record::new(device.as_str(), reading)
-                    .with_header(headers::SUBJECT, "temperature")
-                    .with_header(headers::CONTENT_TYPE, "application/json")
-                    .with_device_time(Timestamp::now()),
+    let token = provisioning
+        .issue_token(&devices[0], Duration::from_secs(3600))
+        .await?;
+    println!(
+        "a SAS token for {} expires at {} (unix seconds)",
+        devices[0],
+        token.expiry()
+    );
+
+    // 2. The registry finds devices by their metadata.
+    let query = "SELECT * FROM devices WHERE metadata.building = 'B7' AND metadata.floor >= 4";
+    if let QueryOutput::Devices(found) = provisioning.registry().run(query).await? {
+        println!("\n{query}");
+        for record in found {
+            println!(
+                "  {} {}",
+                record.device_id,
+                serde_json::Value::Object(record.metadata)
             );
         }
     }
-    let placed = producer.send_batch(batch).await?;
-    println!("\nappended {} records:", placed.len());
-    for device in &devices {
-        println!(
-            "  {device:<14} -> partition {}",
-            producer.partition_for(device.as_str())
-        );
-    }
 
-    // 3. A consumer group tails every partition, then commits what it processed.
-    let group = GroupName::new("dashboard")?;
-    let mut consumer =
-        GroupConsumer::new(telemetry.clone(), group.clone(), StartFrom::Earliest).await?;
-    let records = consumer.next_batch().await?;
-    println!("\nconsumer group {group} read {} records:", records.len());
-    for r in records.iter().take(4) {
-        println!(
-            "  p{} @{:<3} {:<14} {}",
-            r.partition,
-            r.offset,
-            r.record.key,
-            String::from_utf8_lossy(&r.record.payload)
-        );
-    }
-    consumer.commit().await?;
-
-    // 4. Stream processing: the last-known-values projection runs as its own consumer group and
-    //    merges each device's readings (JSON merge patch) into one record per device.
+    // 3. The rule and the last-known-values projection run as consumer groups over `telemetry`.
     let host = ProcessorHost::new(topics.clone());
+    let rules = RuleSet::new(OrderingPolicy::replay());
+    rules.add("overheat", RULE)?;
+    println!("\nrule 'overheat': {RULE}");
+    let rule_group = host
+        .start(
+            TopicName::TELEMETRY,
+            GroupName::new("rules")?,
+            Arc::new(rules.processor(TopicName::TELEMETRY)),
+            HostConfig::default(),
+        )
+        .await?;
     let state = Arc::new(MemoryStateStore::new());
-    let projection = host
+    let lkv_group = host
         .start(
             TopicName::TELEMETRY,
             GroupName::new("last-known-values")?,
@@ -92,28 +130,97 @@ async fn main() -> Result<(), Box<dyn Error>> {
             HostConfig::default(),
         )
         .await?;
-    projection.wait_caught_up().await?;
-    projection.shutdown().await?;
-    println!();
-    for device in &devices {
-        if let Some(values) = state.last_known(device).await? {
-            println!("last known values of {device}: {}", values.values());
+
+    // Simulated devices: a reading per simulated second, from a 10 s boundary a minute ago
+    // (event time, so the windows close as the readings arrive, not in real time).
+    let start = (Timestamp::now().as_unix_millis() / 1000 - 60) / 10 * 10;
+    let mut batch = Vec::new();
+    for second in 0..30u64 {
+        for (n, device) in devices.iter().enumerate() {
+            let hot = n == 2 && (10..20).contains(&second);
+            let temperature = if hot {
+                85.0 + (second % 3) as f64
+            } else {
+                20.0 + n as f64
+            };
+            let time = start + second + 1;
+            let body = json!({
+                "deviceId": device.as_str(),
+                "temperature": temperature,
+                "time": rfc3339(time),
+            });
+            batch.push(
+                Record::new(device.as_str(), body.to_string())
+                    .with_header(headers::SUBJECT, "telemetry")
+                    .with_device_time(Timestamp::from_unix_millis(time * 1000)),
+            );
         }
     }
+    let sent = Producer::new(topics.topic(TopicName::TELEMETRY).await?)
+        .send_batch(batch)
+        .await?;
+    println!("{} devices sent {} readings", devices.len(), sent.len());
+    rule_group.wait_caught_up().await?;
+    lkv_group.wait_caught_up().await?;
 
-    // 5. Close everything and reopen from disk: records and the group's position are still there.
-    drop((consumer, producer, telemetry, host, topics));
-    let topics = Topics::file(data.path(), FileLogConfig::with_partitions(4));
-    let telemetry: Arc<dyn Log> = topics.topic(TopicName::TELEMETRY).await?;
-    let mut total = 0;
-    for p in telemetry.partitions() {
-        total += telemetry.next_offset(p).await?.get() - telemetry.earliest_offset(p).await?.get();
+    // 4. The alerts the rule wrote, and the last known values of the device that raised them.
+    let mut alerts = GroupConsumer::new(
+        topics.topic(TopicName::ALERTS).await?,
+        GroupName::new("operator")?,
+        StartFrom::Earliest,
+    )
+    .await?;
+    let raised = tokio::time::timeout(Duration::from_secs(5), alerts.next_batch()).await??;
+    for alert in &raised {
+        println!("ALERT {}", String::from_utf8_lossy(&alert.record.payload));
     }
-    let mut resumed = GroupConsumer::new(telemetry.clone(), group, StartFrom::Earliest).await?;
+    let hot = &devices[2];
+    if let Some(values) = state.last_known(hot).await? {
+        println!("last known values of {hot}: {}", values.values());
+    }
+    rule_group.shutdown().await?;
+    lkv_group.shutdown().await?;
+
+    // 5. Take the device out of service: access revoked at once, the reason in its metadata.
+    provisioning
+        .deactivate(hot, Some(json!({"maintenance": "overheated"})))
+        .await?;
+    let query = "SELECT COUNT() FROM devices WHERE IS_DEFINED(metadata.maintenance)";
+    if let QueryOutput::Count(n) = provisioning.registry().run(query).await? {
+        println!("\n{query} -> {n}");
+    }
+    let mut audit = GroupConsumer::new(
+        topics.topic(TopicName::AUDIT).await?,
+        GroupName::new("auditor")?,
+        StartFrom::Earliest,
+    )
+    .await?;
     println!(
-        "\nafter reopening: {total} records on disk; the group has {} unread",
-        resumed.try_next_batch().await?.len()
+        "audit topic: {} records",
+        audit.try_next_batch().await?.len()
     );
-    println!("\nnext: docs/log.md (the log), docs/stream.md (processors, windows, rules).");
+    println!("\nnext: docs/provisioning.md, docs/registry.md, docs/stream.md, docs/log.md");
     Ok(())
+}
+
+/// RFC 3339 for a Unix time in seconds (UTC), as the rule's `TIMESTAMP BY time` reads it.
+fn rfc3339(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil date from days since the epoch (H. Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }

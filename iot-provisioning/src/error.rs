@@ -1,0 +1,233 @@
+//! The error type of `iot-provisioning`.
+
+use std::io;
+use std::path::PathBuf;
+
+use iot_core::DeviceId;
+
+/// What went wrong in provisioning: a kind a caller can act on, with the device it concerns.
+///
+/// No variant carries a secret: keys and tokens never appear in an error or its message (the
+/// errors of the identity store and the registry wrapped here promise the same).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The device does not exist.
+    #[error("device {id} does not exist")]
+    NotFound {
+        /// The device asked for.
+        id: DeviceId,
+    },
+
+    /// `register` named a device that exists already (or the same id twice in one bulk request).
+    #[error("device {id} already exists")]
+    AlreadyExists {
+        /// The device.
+        id: DeviceId,
+    },
+
+    /// The `if_match` etag is not the registry record's current one.
+    #[error("device {id} has etag {actual}, not {expected}: it changed since it was read")]
+    PreconditionFailed {
+        /// The device.
+        id: DeviceId,
+        /// The etag the caller passed.
+        expected: String,
+        /// The record's current etag.
+        actual: String,
+    },
+
+    /// Metadata must be a JSON object.
+    #[error("metadata of device {id} must be a JSON object, got {found}")]
+    MetadataNotAnObject {
+        /// The device.
+        id: DeviceId,
+        /// The JSON type found instead (`"array"`, `"string"`, …).
+        found: &'static str,
+    },
+
+    /// The operation is refused for a disabled device (resetting credentials, issuing a token).
+    #[error("device {id} is disabled")]
+    DeviceDisabled {
+        /// The device.
+        id: DeviceId,
+    },
+
+    /// An argument was refused (for example a token lifetime of zero).
+    #[error("invalid input: {reason}")]
+    InvalidInput {
+        /// What was wrong.
+        reason: String,
+    },
+
+    /// A workflow hook vetoed the operation before anything was written.
+    #[error("the {hook} hook vetoed {operation} of {id}: {reason}")]
+    Vetoed {
+        /// The hook's name.
+        hook: String,
+        /// The operation.
+        operation: &'static str,
+        /// The device.
+        id: DeviceId,
+        /// The reason the hook gave.
+        reason: String,
+    },
+
+    /// A workflow hook failed before the operation; nothing was written.
+    #[error("the {hook} hook failed before {operation} of {id}: {reason}")]
+    HookFailed {
+        /// The hook's name.
+        hook: String,
+        /// The operation.
+        operation: &'static str,
+        /// The device.
+        id: DeviceId,
+        /// What failed.
+        reason: String,
+    },
+
+    /// In an all-or-nothing bulk request, this item was valid but was not applied because another
+    /// item failed.
+    #[error(
+        "device {id} was not registered because another item of the all-or-nothing request failed"
+    )]
+    Aborted {
+        /// The device.
+        id: DeviceId,
+    },
+
+    /// An operation could not be completed or undone because a store keeps failing; the intent
+    /// stays in the journal and is finished by recovery (on the next operation or the next
+    /// start). The two stores may disagree on `id` until then.
+    #[error("the operation on {id} is pending recovery: {reason}")]
+    RecoveryPending {
+        /// The device.
+        id: DeviceId,
+        /// The failure that stopped it.
+        reason: String,
+    },
+
+    /// The identity store failed.
+    #[error("identity store: {0}")]
+    Identity(#[source] iot_identity::Error),
+
+    /// The registry failed.
+    #[error("registry: {0}")]
+    Registry(#[source] iot_registry::Error),
+
+    /// The intent journal failed.
+    #[error("journal {operation} {path}: {source}")]
+    Journal {
+        /// What was being done.
+        operation: &'static str,
+        /// The journal file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The journal holds data that fails its checksum somewhere other than a torn tail.
+    #[error("corrupt journal {path} at byte {position}: {reason}")]
+    CorruptJournal {
+        /// The journal file.
+        path: PathBuf,
+        /// Byte position of the bad frame.
+        position: u64,
+        /// What check failed.
+        reason: String,
+    },
+
+    /// Another provisioner holds the journal's directory.
+    #[error("the journal at {path} is locked by another provisioner")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+
+    /// An error from `iot-core` (the audit log, an id).
+    #[error(transparent)]
+    Core(#[from] iot_core::Error),
+}
+
+impl Error {
+    /// A short, stable name of the kind, for audit records and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::NotFound { .. } => "not_found",
+            Error::AlreadyExists { .. } => "already_exists",
+            Error::PreconditionFailed { .. } => "precondition_failed",
+            Error::MetadataNotAnObject { .. } => "metadata_not_an_object",
+            Error::DeviceDisabled { .. } => "device_disabled",
+            Error::InvalidInput { .. } => "invalid_input",
+            Error::Vetoed { .. } => "vetoed",
+            Error::HookFailed { .. } => "hook_failed",
+            Error::Aborted { .. } => "aborted",
+            Error::RecoveryPending { .. } => "recovery_pending",
+            Error::Identity(_) => "identity_store",
+            Error::Registry(_) => "registry",
+            Error::Journal { .. } => "journal",
+            Error::CorruptJournal { .. } => "corrupt_journal",
+            Error::Locked { .. } => "locked",
+            Error::Core(_) => "core",
+        }
+    }
+
+    /// Whether the same call may succeed later (store or journal trouble, pending recovery).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Identity(e) => e.is_retryable(),
+            Error::Registry(e) => e.is_retryable(),
+            Error::Journal { .. } | Error::RecoveryPending { .. } | Error::Locked { .. } => true,
+            _ => false,
+        }
+    }
+
+    pub(crate) fn invalid(reason: impl Into<String>) -> Self {
+        Error::InvalidInput {
+            reason: reason.into(),
+        }
+    }
+
+    /// Maps a store error about `id` to the provisioning kind a caller acts on.
+    pub(crate) fn from_identity(e: iot_identity::Error) -> Self {
+        match e {
+            iot_identity::Error::NotFound { id } => Error::NotFound { id },
+            iot_identity::Error::AlreadyExists { id } => Error::AlreadyExists { id },
+            other => Error::Identity(other),
+        }
+    }
+
+    /// Maps a registry error to the provisioning kind a caller acts on.
+    pub(crate) fn from_registry(e: iot_registry::Error) -> Self {
+        match e {
+            iot_registry::Error::NotFound { id } => Error::NotFound { id },
+            iot_registry::Error::AlreadyExists { id } => Error::AlreadyExists { id },
+            iot_registry::Error::PreconditionFailed {
+                id,
+                expected,
+                actual,
+            } => Error::PreconditionFailed {
+                id,
+                expected: expected.as_str().to_owned(),
+                actual: actual.as_str().to_owned(),
+            },
+            other => Error::Registry(other),
+        }
+    }
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The JSON type name of `v`, for error messages.
+pub(crate) fn json_type(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "boolean",
+        serde_json::Value::Number(_) => "number",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
+    }
+}

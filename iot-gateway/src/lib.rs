@@ -1,6 +1,49 @@
-//! Cloud gateway — **not built yet** (issues 6 and 7).
+//! # iot-gateway
 //!
-//! This crate will hold the `Gateway` trait and the `Hub` reference gateway (sessions, telemetry into
-//! the log, a durable per-device inbox, twins, direct methods, throttling), and MQTT and HTTP endpoints
-//! compatible with Azure IoT Hub's device protocol.
+//! The cloud gateway: where devices meet the system. It authenticates them against the identity
+//! store, brokers their telemetry into the log, holds cloud-to-device messages for them in a
+//! durable inbox, and carries twins and direct methods.
+//!
+//! * [`Gateway`] / [`DeviceSession`] — the contract protocol endpoints (MQTT, HTTP) sit on.
+//! * [`Hub`] — the reference gateway over a log ([`iot_core::Topics`]), an
+//!   [`iot_identity::IdentityStore`], an [`InboxStore`] and a [`TwinStore`] (memory and
+//!   file-backed implementations of each).
+//!
+//! ## Feature flags
+//!
+//! * `testkit` — the public conformance suite [`testkit`] for `Gateway` implementations.
+//! * `mqtt` (default) — the MQTT 3.1.1 endpoint.
 #![forbid(unsafe_code)]
+
+pub mod error;
+pub mod gateway;
+pub mod hub;
+pub mod inbox;
+pub mod journal;
+pub mod message;
+pub mod method;
+mod sync_util;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+pub mod throttle;
+pub mod twin;
+pub mod twins;
+pub mod validate;
+
+pub use error::{CloseReason, Error, Result, ThrottleScope, ThrottledOperation};
+pub use gateway::{DeviceSession, Gateway, SessionEvent, SessionOptions, Subscription};
+pub use hub::{Hub, HubBuilder, HubConfig};
+pub use inbox::{FileInbox, FileInboxOptions, InboxLimits, InboxStore, MemoryInbox};
+pub use journal::Durability;
+pub use message::{
+    AckRequest, C2dDelivery, C2dMessage, C2dReceipt, Feedback, FeedbackStatus, LockToken,
+    SystemProperties, Telemetry,
+};
+pub use method::{MethodCall, MethodRequest, MethodResponse};
+pub use throttle::{Rate, ThrottleConfig};
+pub use twin::{DesiredPatch, Twin, TwinSection};
+pub use twins::{FileTwinStore, FileTwinStoreOptions, MemoryTwinStore, TwinLimits, TwinStore};
+// ---- gateway core (issue 6): modules are declared above this line ----
+
+#[cfg(feature = "mqtt")]
+pub mod mqtt;

@@ -1,0 +1,221 @@
+//! The `Gateway` trait: the contract between protocol endpoints (MQTT, HTTP) and the back end.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use iot_core::DeviceId;
+use iot_identity::Presented;
+use serde_json::Value;
+
+use crate::error::{CloseReason, Result};
+use crate::message::{C2dDelivery, C2dMessage, C2dReceipt, Feedback, LockToken, Telemetry};
+use crate::method::{MethodCall, MethodRequest, MethodResponse};
+use crate::twin::{DesiredPatch, Twin};
+
+/// How an endpoint wants a session to behave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionOptions {
+    /// The most C2D messages handed out and not yet settled at once (the endpoint's in-flight
+    /// window). Default 16; at least 1.
+    pub c2d_window: usize,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions { c2d_window: 16 }
+    }
+}
+
+/// A kind of traffic a session receives only after the endpoint asks for it (an MQTT client
+/// subscribes lazily).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Subscription {
+    /// Cloud-to-device messages from the inbox.
+    C2d,
+    /// Desired-property patches.
+    DesiredPatches,
+    /// Direct-method requests.
+    Methods,
+}
+
+/// What [`DeviceSession::next_event`] yields.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum SessionEvent {
+    /// A C2D message, locked for this session until settled or until its lock expires.
+    C2d(C2dDelivery),
+    /// The desired properties changed.
+    DesiredPatch(DesiredPatch),
+    /// The back end invoked a direct method; answer with [`DeviceSession::respond_method`].
+    Method(MethodRequest),
+    /// The session is over; every later call fails with
+    /// [`Error::SessionClosed`](crate::Error::SessionClosed). Endpoints close the connection.
+    Closed(CloseReason),
+}
+
+/// The gateway: device sessions on one side, the back end's operations on the other.
+///
+/// Endpoints authenticate a connection with [`connect`](Gateway::connect) and then drive the
+/// returned [`DeviceSession`]. Back-end code sends C2D messages, reads feedback, patches desired
+/// properties and invokes methods.
+///
+/// # Contract
+///
+/// [`testkit`](crate::testkit) (feature `testkit`) checks these against any implementation.
+///
+/// * **Authentication.** `connect` checks the credential through the identity store; a refusal is
+///   [`Error::Unauthorized`](crate::Error::Unauthorized) whatever the reason.
+/// * **One session per device.** A new `connect` of a device closes its live session with
+///   [`CloseReason::TakenOver`]; disabling, deleting or re-keying the device closes it with
+///   [`CloseReason::Disabled`], [`CloseReason::Deleted`] or [`CloseReason::CredentialsReplaced`].
+/// * **Telemetry** is acknowledged only once it is in the log (durable as the log promises), in
+///   the order one session sent it.
+/// * **C2D** messages wait in a durable per-device inbox until completed, rejected, expired or
+///   dead-lettered; they reach a session only after it asked for [`Subscription::C2d`], in FIFO
+///   order, at most [`SessionOptions::c2d_window`] unsettled at once.
+/// * **Twins** have versions that grow by one per patch; a desired patch reaches the device's
+///   session (after [`Subscription::DesiredPatches`]) in version order.
+/// * **Methods** reach a session only after [`Subscription::Methods`]; a device without such a
+///   session is [`Error::DeviceOffline`](crate::Error::DeviceOffline) (after the call's connect
+///   timeout), an unanswered call [`Error::TimedOut`](crate::Error::TimedOut).
+#[async_trait]
+pub trait Gateway: Send + Sync + Debug + 'static {
+    /// Authenticates `device` with `credential` and opens its session, closing any older one.
+    async fn connect(
+        &self,
+        device: &DeviceId,
+        credential: Presented<'_>,
+        options: SessionOptions,
+    ) -> Result<Box<dyn DeviceSession>>;
+
+    /// Queues a C2D message for `device` (connected or not).
+    async fn send_c2d(&self, device: &DeviceId, message: C2dMessage) -> Result<C2dReceipt>;
+
+    /// Up to `max` feedback records from stream position `from` (0 is the start), oldest first.
+    async fn read_feedback(&self, from: u64, max: usize) -> Result<Vec<Feedback>>;
+
+    /// The twin of `device`.
+    async fn get_twin(&self, device: &DeviceId) -> Result<Twin>;
+
+    /// Merges `patch` (RFC 7396, a JSON object) into the desired properties, if their version is
+    /// still `if_version` (when given); returns the new twin. The patch is pushed to the device.
+    async fn patch_desired(
+        &self,
+        device: &DeviceId,
+        patch: Value,
+        if_version: Option<u64>,
+    ) -> Result<Twin>;
+
+    /// Invokes a direct method on `device` and waits for its answer.
+    async fn invoke_method(&self, device: &DeviceId, call: MethodCall) -> Result<MethodResponse>;
+
+    /// The devices with a live session, in id order.
+    async fn connected_devices(&self) -> Result<Vec<DeviceId>>;
+}
+
+/// One device's live session, as an endpoint drives it. All methods take `&self`, so one task can
+/// read the connection (telemetry, settlements, twin requests) while another writes it
+/// ([`next_event`](DeviceSession::next_event)).
+///
+/// After the session closes every method fails with
+/// [`Error::SessionClosed`](crate::Error::SessionClosed), except `next_event`, which yields
+/// [`SessionEvent::Closed`].
+#[async_trait]
+pub trait DeviceSession: Send + Sync + Debug {
+    /// The authenticated device.
+    fn device_id(&self) -> &DeviceId;
+
+    /// Sends telemetry; returns once it is in the log.
+    async fn send_telemetry(&self, message: Telemetry) -> Result<()>;
+
+    /// Starts delivering a kind of traffic. Until it is called for a kind, nothing of that kind
+    /// is delivered and nothing is lost (C2D messages wait in the inbox; desired patches and
+    /// method requests made since the session opened wait in the session). Idempotent.
+    async fn subscribe(&self, subscription: Subscription) -> Result<()>;
+
+    /// Waits for the next thing to hand to the device. Pull-based: the session never buffers
+    /// more than its bounded queues, and a C2D message is locked only when this returns it.
+    ///
+    /// Cancel safe: dropping the future loses nothing (a C2D lock being taken completes and is
+    /// handed out by the next call). Call it from one task at a time.
+    async fn next_event(&self) -> Result<SessionEvent>;
+
+    /// The device processed the message: it leaves the inbox (and success feedback is written if
+    /// asked for).
+    async fn complete(&self, token: LockToken) -> Result<()>;
+
+    /// The device gives the message back: it is delivered again (up to the maximum delivery
+    /// count, then dead-lettered).
+    async fn abandon(&self, token: LockToken) -> Result<()>;
+
+    /// The device refuses the message: it is dead-lettered at once.
+    async fn reject(&self, token: LockToken) -> Result<()>;
+
+    /// The twin.
+    async fn get_twin(&self) -> Result<Twin>;
+
+    /// Merges `patch` (a JSON object) into the reported properties; returns the new reported
+    /// version.
+    async fn patch_reported(&self, patch: Value) -> Result<u64>;
+
+    /// Answers a method request handed out by `next_event`.
+    async fn respond_method(&self, response: MethodResponse) -> Result<()>;
+
+    /// Why the session closed, if it has.
+    fn close_reason(&self) -> Option<CloseReason>;
+
+    /// Ends the session (the device disconnected): a disconnect event is written, C2D messages
+    /// it held are released for redelivery. Idempotent. Dropping a session without calling
+    /// this does the same in the background.
+    async fn close(&self);
+}
+
+macro_rules! forward_gateway {
+    ($ptr:ident) => {
+        #[deny(clippy::missing_trait_methods)]
+        #[async_trait]
+        impl<T: Gateway + ?Sized> Gateway for $ptr<T> {
+            async fn connect(
+                &self,
+                device: &DeviceId,
+                credential: Presented<'_>,
+                options: SessionOptions,
+            ) -> Result<Box<dyn DeviceSession>> {
+                (**self).connect(device, credential, options).await
+            }
+            async fn send_c2d(&self, device: &DeviceId, message: C2dMessage) -> Result<C2dReceipt> {
+                (**self).send_c2d(device, message).await
+            }
+            async fn read_feedback(&self, from: u64, max: usize) -> Result<Vec<Feedback>> {
+                (**self).read_feedback(from, max).await
+            }
+            async fn get_twin(&self, device: &DeviceId) -> Result<Twin> {
+                (**self).get_twin(device).await
+            }
+            async fn patch_desired(
+                &self,
+                device: &DeviceId,
+                patch: Value,
+                if_version: Option<u64>,
+            ) -> Result<Twin> {
+                (**self).patch_desired(device, patch, if_version).await
+            }
+            async fn invoke_method(
+                &self,
+                device: &DeviceId,
+                call: MethodCall,
+            ) -> Result<MethodResponse> {
+                (**self).invoke_method(device, call).await
+            }
+            async fn connected_devices(&self) -> Result<Vec<DeviceId>> {
+                (**self).connected_devices().await
+            }
+        }
+    };
+}
+
+forward_gateway!(Arc);
+forward_gateway!(Box);

@@ -1,0 +1,804 @@
+//! `Hub`: the reference [`Gateway`] over a log, an identity store, an inbox and a twin store.
+
+mod config;
+mod records;
+mod session;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use iot_core::{
+    DeviceId, FileLogConfig, Log, Offset, PartitionId, Producer, ReadLimits, Record, Timestamp,
+    Topics,
+};
+use iot_identity::{
+    Authenticator, ChangeEvent, ChangeKind, ChangeStream, DeviceStatus, IdentityStore, Presented,
+    SasVerifier,
+};
+use serde_json::Value;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, instrument, warn};
+
+use crate::error::{CloseReason, Error, Result};
+use crate::gateway::{DeviceSession, Gateway, SessionOptions};
+use crate::inbox::{FileInbox, FileInboxOptions, InboxMessage, InboxStore, MemoryInbox, Removed};
+use crate::message::{C2dMessage, C2dReceipt, Feedback};
+use crate::method::{MethodCall, MethodRequest, MethodResponse};
+use crate::sync_util::lock;
+use crate::throttle::{ConnectThrottle, TelemetryThrottle};
+use crate::twin::{DesiredPatch, Twin};
+use crate::twins::{FileTwinStore, FileTwinStoreOptions, MemoryTwinStore, Section, TwinStore};
+use crate::validate;
+
+pub use config::{HubConfig, topic};
+use session::{HubSession, SessionShared};
+
+/// The reference gateway.
+///
+/// Telemetry goes to the `telemetry` topic keyed (and so partitioned) by device id; twin changes,
+/// connection events, C2D feedback and dead letters go to their own topics ([`topic`]). C2D
+/// messages wait in an [`InboxStore`], twins live in a [`TwinStore`]. Devices authenticate
+/// against an [`IdentityStore`], whose change stream the hub follows to cut the sessions of
+/// disabled, deleted or re-keyed devices at once.
+///
+/// `Hub` is cheap to clone (all clones are one hub). Background tasks (the identity watcher and
+/// the expiry sweep) run on the tokio runtime that built it and stop with
+/// [`shutdown`](Hub::shutdown) or when the last clone is dropped.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use iot_gateway::{C2dMessage, DeviceSession, Gateway, Hub, SessionEvent, SessionOptions, Subscription};
+/// use iot_identity::{Credentials, IdentityStore, MemoryIdentityStore, NewIdentity, Presented, SymmetricKey};
+///
+/// let identities = Arc::new(MemoryIdentityStore::new());
+/// let key = SymmetricKey::generate();
+/// let id = "thermostat-1".parse()?;
+/// identities.create(NewIdentity::new(id, Credentials::SymmetricKeys {
+///     primary: key.clone(), secondary: SymmetricKey::generate(),
+/// })).await?;
+/// let hub = Hub::memory(identities, "hub.example.net").await?;
+///
+/// let device = "thermostat-1".parse()?;
+/// hub.send_c2d(&device, C2dMessage::new("reboot")).await?;
+/// let session = hub.connect(&device, Presented::SymmetricKey(&key.expose_base64()),
+///     SessionOptions::default()).await?;
+/// session.subscribe(Subscription::C2d).await?;
+/// let SessionEvent::C2d(message) = session.next_event().await? else { panic!() };
+/// assert_eq!(message.payload, "reboot");
+/// session.complete(message.lock_token).await?;
+/// # Ok::<(), Box<dyn std::error::Error>>(()) }).unwrap();
+/// ```
+#[derive(Clone, Debug)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+/// Builds a [`Hub`] from its parts; every part has an in-memory default.
+#[derive(Debug)]
+pub struct HubBuilder {
+    identity: Arc<dyn IdentityStore>,
+    host: String,
+    topics: Option<Arc<Topics>>,
+    inbox: Option<Arc<dyn InboxStore>>,
+    twins: Option<Arc<dyn TwinStore>>,
+    config: HubConfig,
+}
+
+impl HubBuilder {
+    /// Uses `topics` for the log (default: in-memory topics).
+    pub fn topics(mut self, topics: Arc<Topics>) -> Self {
+        self.topics = Some(topics);
+        self
+    }
+
+    /// Uses `inbox` for C2D messages (default: [`MemoryInbox`]).
+    pub fn inbox(mut self, inbox: Arc<dyn InboxStore>) -> Self {
+        self.inbox = Some(inbox);
+        self
+    }
+
+    /// Uses `twins` for twins (default: [`MemoryTwinStore`]).
+    pub fn twins(mut self, twins: Arc<dyn TwinStore>) -> Self {
+        self.twins = Some(twins);
+        self
+    }
+
+    /// Uses `config` (default: [`HubConfig::default`]).
+    pub fn config(mut self, config: HubConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Opens the topics and starts the hub's background tasks (needs a tokio runtime with a
+    /// timer).
+    pub async fn build(self) -> Result<Hub> {
+        let config = self.config;
+        if config.inbox.max_depth == 0 || config.method_queue == 0 || config.desired_queue == 0 {
+            return Err(Error::invalid("queue limits must be positive"));
+        }
+        let topics = self
+            .topics
+            .unwrap_or_else(|| Arc::new(Topics::memory(config.partitions)));
+        let open = |name| topics.topic_with_partitions(name, config.partitions);
+        let telemetry = Producer::new(open(topic::TELEMETRY).await?);
+        let twin_changes = Producer::new(open(topic::TWIN_CHANGES).await?);
+        let events = Producer::new(open(topic::CONNECTION_EVENTS).await?);
+        let deadletter = Producer::new(open(topic::C2D_DEADLETTER).await?);
+        let feedback = topics.topic_with_partitions(topic::C2D_FEEDBACK, 1).await?;
+        // Subscribe before the hub exists, so no change made after `build` returns is missed.
+        let changes = self.identity.subscribe();
+        let auth = Authenticator::new(self.identity.clone(), self.host.clone()).with_verifier(
+            SasVerifier {
+                clock_skew: config.token_skew,
+                ..SasVerifier::default()
+            },
+        );
+        let inner = Arc::new(HubInner {
+            auth,
+            identity: self.identity,
+            host: self.host,
+            telemetry,
+            twin_changes,
+            events,
+            deadletter,
+            feedback,
+            inbox: self.inbox.unwrap_or_else(|| Arc::new(MemoryInbox::new())),
+            twins: self
+                .twins
+                .unwrap_or_else(|| Arc::new(MemoryTwinStore::new())),
+            sessions: Mutex::new(HashMap::new()),
+            connect_throttle: ConnectThrottle::new(config.throttle),
+            telemetry_throttle: TelemetryThrottle::new(config.throttle),
+            methods: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(1),
+            next_session: AtomicU64::new(1),
+            sessions_changed: watch::channel(0).0,
+            desired_lock: tokio::sync::Mutex::new(()),
+            tasks: Mutex::new(Vec::new()),
+            shut: AtomicBool::new(false),
+            config,
+        });
+        let watcher = tokio::spawn(watch_identities(Arc::downgrade(&inner), changes));
+        let sweeper = tokio::spawn(sweep(Arc::downgrade(&inner)));
+        lock(&inner.tasks).extend([watcher, sweeper]);
+        Ok(Hub { inner })
+    }
+}
+
+impl Hub {
+    /// A builder for a hub of devices in `identity` at `host` (SAS tokens are scoped to
+    /// `{host}/devices/{id}`).
+    pub fn builder(identity: Arc<dyn IdentityStore>, host: impl Into<String>) -> HubBuilder {
+        HubBuilder {
+            identity,
+            host: host.into(),
+            topics: None,
+            inbox: None,
+            twins: None,
+            config: HubConfig::default(),
+        }
+    }
+
+    /// A hub with everything but the identity store in memory, and the default configuration.
+    pub async fn memory(identity: Arc<dyn IdentityStore>, host: impl Into<String>) -> Result<Hub> {
+        Self::builder(identity, host).build().await
+    }
+
+    /// A hub with file-backed parts under `dir`: topics as `FileLog`s in `dir/log`, the inbox in
+    /// `dir/inbox`, twins in `dir/twins` (all fsync before acknowledging).
+    pub async fn open_dir(
+        dir: impl AsRef<Path>,
+        identity: Arc<dyn IdentityStore>,
+        host: impl Into<String>,
+        config: HubConfig,
+    ) -> Result<Hub> {
+        let dir = dir.as_ref();
+        let topics = Topics::file(
+            dir.join("log"),
+            FileLogConfig {
+                partitions: config.partitions,
+                ..FileLogConfig::default()
+            },
+        );
+        let inbox = FileInbox::open(dir.join("inbox"), FileInboxOptions::default()).await?;
+        let twins = FileTwinStore::open(dir.join("twins"), FileTwinStoreOptions::default()).await?;
+        Self::builder(identity, host)
+            .topics(Arc::new(topics))
+            .inbox(Arc::new(inbox))
+            .twins(Arc::new(twins))
+            .config(config)
+            .build()
+            .await
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &HubConfig {
+        &self.inner.config
+    }
+
+    /// The host SAS tokens are scoped to.
+    pub fn host(&self) -> &str {
+        &self.inner.host
+    }
+
+    /// The telemetry topic.
+    pub fn telemetry_log(&self) -> &Arc<dyn Log> {
+        self.inner.telemetry.log()
+    }
+
+    /// The twin-change topic.
+    pub fn twin_changes_log(&self) -> &Arc<dyn Log> {
+        self.inner.twin_changes.log()
+    }
+
+    /// The connection-event topic.
+    pub fn connection_events_log(&self) -> &Arc<dyn Log> {
+        self.inner.events.log()
+    }
+
+    /// The dead-letter topic.
+    pub fn deadletter_log(&self) -> &Arc<dyn Log> {
+        self.inner.deadletter.log()
+    }
+
+    /// The inbox store.
+    pub fn inbox(&self) -> &Arc<dyn InboxStore> {
+        &self.inner.inbox
+    }
+
+    /// Removes expired C2D messages now (and writes their feedback); the hub also does this
+    /// every [`HubConfig::sweep_interval`].
+    pub async fn purge_expired(&self) -> Result<usize> {
+        self.inner.purge_expired().await
+    }
+
+    /// Stops accepting connections, closes every session with [`CloseReason::Shutdown`] and
+    /// stops the background tasks.
+    pub async fn shutdown(&self) {
+        self.inner.shut.store(true, Ordering::SeqCst);
+        let sessions: Vec<_> = lock(&self.inner.sessions).values().cloned().collect();
+        for s in sessions {
+            self.inner.close_session(&s, CloseReason::Shutdown).await;
+        }
+        for task in lock(&self.inner.tasks).drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// Forgets a method request when dropped (removing what is already gone is harmless).
+struct ForgetMethod<'a> {
+    hub: &'a HubInner,
+    session: &'a SessionShared,
+    request_id: u64,
+}
+
+impl Drop for ForgetMethod<'_> {
+    fn drop(&mut self) {
+        lock(&self.hub.methods).remove(&self.request_id);
+        self.session.forget_method(self.request_id);
+    }
+}
+
+struct PendingMethod {
+    device: DeviceId,
+    session: u64,
+    reply: oneshot::Sender<MethodResponse>,
+}
+
+#[derive(Debug)]
+pub(crate) struct HubInner {
+    config: HubConfig,
+    auth: Authenticator,
+    identity: Arc<dyn IdentityStore>,
+    host: String,
+    telemetry: Producer,
+    twin_changes: Producer,
+    events: Producer,
+    deadletter: Producer,
+    feedback: Arc<dyn Log>,
+    inbox: Arc<dyn InboxStore>,
+    twins: Arc<dyn TwinStore>,
+    sessions: Mutex<HashMap<DeviceId, Arc<SessionShared>>>,
+    connect_throttle: ConnectThrottle,
+    telemetry_throttle: TelemetryThrottle,
+    methods: Mutex<HashMap<u64, PendingMethod>>,
+    next_request: AtomicU64,
+    next_session: AtomicU64,
+    /// Bumped whenever a session opens, closes or subscribes, for method calls waiting for a
+    /// device to come online.
+    sessions_changed: watch::Sender<u64>,
+    /// Serialises desired patches so sessions get them in version order.
+    desired_lock: tokio::sync::Mutex<()>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    shut: AtomicBool,
+}
+
+impl std::fmt::Debug for PendingMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingMethod")
+            .field("device", &self.device)
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for HubInner {
+    fn drop(&mut self) {
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl HubInner {
+    fn session_of(&self, device: &DeviceId) -> Option<Arc<SessionShared>> {
+        lock(&self.sessions).get(device).cloned()
+    }
+
+    fn bump_sessions(&self) {
+        self.sessions_changed
+            .send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Closes a session once: marks it, forgets it, fails its pending method calls, releases
+    /// the C2D messages it held, and writes the disconnect event.
+    pub(crate) async fn close_session(&self, s: &Arc<SessionShared>, reason: CloseReason) {
+        // Forget it first, so that nobody who sees it closed still finds it listed.
+        {
+            let mut sessions = lock(&self.sessions);
+            if sessions.get(&s.device).is_some_and(|cur| cur.id == s.id) {
+                sessions.remove(&s.device);
+            }
+        }
+        let Some(held) = s.mark_closed(reason.clone()) else {
+            return;
+        };
+        lock(&self.methods).retain(|_, p| p.session != s.id);
+        self.bump_sessions();
+        for token in held {
+            match self
+                .inbox
+                .settle(&s.device, token, crate::inbox::Settlement::Abandon)
+                .await
+            {
+                Ok(_) | Err(Error::LockLost { .. }) => {}
+                Err(e) => warn!(device = %s.device, error = %e, "could not release a C2D lock"),
+            }
+        }
+        let event = records::connection_event(&s.device, "disconnected", Some(reason.as_str()));
+        if let Err(e) = self.events.send(event).await {
+            warn!(device = %s.device, error = %e, "could not write a disconnect event");
+        }
+        info!(device = %s.device, reason = %reason, "session closed");
+    }
+
+    /// Writes feedback and dead letters for messages that left the inbox.
+    pub(crate) async fn report(&self, removed: &[Removed]) -> Result<()> {
+        if removed.is_empty() {
+            return Ok(());
+        }
+        let now = Timestamp::now();
+        let feedback: Vec<Record> = removed
+            .iter()
+            .filter_map(|r| records::feedback(r, now))
+            .collect();
+        let dead: Vec<Record> = removed.iter().filter_map(records::dead_letter).collect();
+        if !feedback.is_empty() {
+            self.feedback.append(PartitionId(0), feedback).await?;
+        }
+        if !dead.is_empty() {
+            self.deadletter.send_batch(dead).await?;
+        }
+        Ok(())
+    }
+
+    async fn purge_expired(&self) -> Result<usize> {
+        let removed = self.inbox.purge_expired(Timestamp::now()).await?;
+        self.report(&removed).await?;
+        Ok(removed.len())
+    }
+
+    /// Closes the session of `device` if the identity store no longer lets it in.
+    async fn recheck(&self, s: &Arc<SessionShared>) {
+        let reason = match self.identity.get(&s.device).await {
+            Ok(None) => Some(CloseReason::Deleted),
+            Ok(Some(identity)) if identity.generation_id != s.generation => {
+                Some(CloseReason::Deleted)
+            }
+            Ok(Some(identity)) => match identity.status {
+                DeviceStatus::Disabled { .. } => Some(CloseReason::Disabled),
+                // Written since authentication and enabled: the credentials were replaced (or
+                // the device was disabled and enabled again, which revokes sessions too).
+                DeviceStatus::Enabled if identity.etag != s.etag => {
+                    Some(CloseReason::CredentialsReplaced)
+                }
+                DeviceStatus::Enabled => None,
+            },
+            Err(e) => {
+                warn!(device = %s.device, error = %e, "could not re-check an identity");
+                None
+            }
+        };
+        if let Some(reason) = reason {
+            self.close_session(s, reason).await;
+        }
+    }
+}
+
+/// Follows the identity store's changes and closes sessions they revoke.
+async fn watch_identities(hub: Weak<HubInner>, mut changes: ChangeStream) {
+    while let Some(event) = changes.recv().await {
+        let Some(hub) = hub.upgrade() else { return };
+        match event {
+            ChangeEvent::Changed(change) => {
+                if change.kind == ChangeKind::Deleted {
+                    if let Err(e) = hub.inbox.remove_device(&change.id).await {
+                        warn!(device = %change.id, error = %e, "could not empty a deleted device's inbox");
+                    }
+                    if let Err(e) = hub.twins.remove(&change.id).await {
+                        warn!(device = %change.id, error = %e, "could not remove a deleted device's twin");
+                    }
+                }
+                if !change.revokes_sessions() {
+                    continue;
+                }
+                let Some(s) = hub.session_of(&change.id) else {
+                    continue;
+                };
+                let reason = match change.kind {
+                    ChangeKind::Deleted => CloseReason::Deleted,
+                    ChangeKind::CredentialsReplaced => CloseReason::CredentialsReplaced,
+                    _ => CloseReason::Disabled,
+                };
+                hub.close_session(&s, reason).await;
+            }
+            ChangeEvent::Lagged { missed } => {
+                warn!(
+                    missed,
+                    "identity changes were missed; re-checking every session"
+                );
+                let sessions: Vec<_> = lock(&hub.sessions).values().cloned().collect();
+                for s in sessions {
+                    hub.recheck(&s).await;
+                }
+            }
+        }
+    }
+}
+
+/// Purges expired C2D messages every `sweep_interval`.
+async fn sweep(hub: Weak<HubInner>) {
+    let period = match hub.upgrade() {
+        Some(h) => h.config.sweep_interval.max(Duration::from_millis(10)),
+        None => return,
+    };
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let Some(hub) = hub.upgrade() else { return };
+        if let Err(e) = hub.purge_expired().await {
+            warn!(error = %e, "expiry sweep failed");
+        }
+    }
+}
+
+fn check_method_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 128
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'/' | b'?' | b'#' | b'+'))
+    {
+        return Err(Error::invalid(
+            "a method name is 1 to 128 printable ASCII characters without '/', '?', '#', '+'",
+        ));
+    }
+    Ok(())
+}
+
+fn check_json(what: &str, payload: &[u8], limit: usize) -> Result<()> {
+    if payload.len() > limit {
+        return Err(Error::TooLarge {
+            what: "method payload",
+            size: payload.len(),
+            limit,
+        });
+    }
+    if !payload.is_empty() {
+        serde_json::from_slice::<serde::de::IgnoredAny>(payload)
+            .map_err(|e| Error::invalid(format!("the {what} is not JSON: {e}")))?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Gateway for Hub {
+    #[instrument(level = "debug", skip_all, fields(device = %device))]
+    async fn connect(
+        &self,
+        device: &DeviceId,
+        credential: Presented<'_>,
+        options: SessionOptions,
+    ) -> Result<Box<dyn DeviceSession>> {
+        let hub = &self.inner;
+        if hub.shut.load(Ordering::SeqCst) {
+            return Err(Error::Shutdown);
+        }
+        hub.connect_throttle.take(device)?;
+        let who = hub
+            .auth
+            .authenticate(device, credential)
+            .await
+            .map_err(|e| Error::from_auth(device, e))?;
+        let shared = Arc::new(SessionShared::new(
+            hub.next_session.fetch_add(1, Ordering::Relaxed),
+            who,
+            options,
+            &hub.telemetry_throttle,
+            hub.config.token_skew,
+        ));
+        let old = lock(&hub.sessions).insert(device.clone(), shared.clone());
+        if let Some(old) = old {
+            hub.close_session(&old, CloseReason::TakenOver).await;
+        }
+        hub.events
+            .send(records::connection_event(device, "connected", None))
+            .await?;
+        // A change published between authentication and registration found no session to
+        // close: look again now that the session is visible.
+        hub.recheck(&shared).await;
+        hub.bump_sessions();
+        debug!(session = shared.id, "session opened");
+        Ok(Box::new(HubSession::new(self.inner.clone(), shared)))
+    }
+
+    #[instrument(level = "debug", skip_all, fields(device = %device))]
+    async fn send_c2d(&self, device: &DeviceId, message: C2dMessage) -> Result<C2dReceipt> {
+        let hub = &self.inner;
+        if hub
+            .identity
+            .get(device)
+            .await
+            .map_err(Error::Identity)?
+            .is_none()
+        {
+            return Err(Error::DeviceNotFound {
+                device: device.clone(),
+            });
+        }
+        let ttl = message.ttl.unwrap_or(hub.config.c2d_default_ttl);
+        if ttl.is_zero() || ttl > hub.config.c2d_max_ttl {
+            return Err(Error::invalid(format!(
+                "a C2D time to live is between 1 ms and {:?}, got {ttl:?}",
+                hub.config.c2d_max_ttl
+            )));
+        }
+        let system = validate::check_system(&[
+            (crate::message::header::MESSAGE_ID, &message.message_id),
+            (
+                crate::message::header::CORRELATION_ID,
+                &message.correlation_id,
+            ),
+            (crate::message::header::CONTENT_TYPE, &message.content_type),
+            (
+                crate::message::header::CONTENT_ENCODING,
+                &message.content_encoding,
+            ),
+        ])?;
+        let size =
+            message.payload.len() + system + validate::check_properties(&message.properties)?;
+        if size > hub.config.max_message_bytes {
+            return Err(Error::TooLarge {
+                what: "C2D message",
+                size,
+                limit: hub.config.max_message_bytes,
+            });
+        }
+        let now = Timestamp::now();
+        let message_id = message
+            .message_id
+            .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+        let mut stored = InboxMessage::new(message_id.clone(), message.payload, now, ttl);
+        stored.correlation_id = message.correlation_id;
+        stored.content_type = message.content_type;
+        stored.content_encoding = message.content_encoding;
+        stored.properties = message.properties;
+        stored.ack = message.ack;
+        let expires_at = stored.expires_at;
+        let (_, removed) = hub
+            .inbox
+            .enqueue(device, stored, now, hub.config.inbox)
+            .await?;
+        hub.report(&removed).await?;
+        if let Some(s) = hub.session_of(device) {
+            s.wake();
+        }
+        Ok(C2dReceipt {
+            message_id,
+            expires_at,
+        })
+    }
+
+    async fn read_feedback(&self, from: u64, max: usize) -> Result<Vec<Feedback>> {
+        let log = &self.inner.feedback;
+        let p = PartitionId(0);
+        let (earliest, next) = (log.earliest_offset(p).await?, log.next_offset(p).await?);
+        let from = Offset(from.max(earliest.0));
+        if from >= next || max == 0 {
+            return Ok(Vec::new());
+        }
+        let records = log.read(p, from, ReadLimits::records(max)).await?;
+        Ok(records
+            .iter()
+            .filter_map(|r| records::decode_feedback(r.offset.0, &r.record.payload))
+            .collect())
+    }
+
+    async fn get_twin(&self, device: &DeviceId) -> Result<Twin> {
+        let hub = &self.inner;
+        if hub
+            .identity
+            .get(device)
+            .await
+            .map_err(Error::Identity)?
+            .is_none()
+        {
+            return Err(Error::DeviceNotFound {
+                device: device.clone(),
+            });
+        }
+        hub.twins.get(device).await
+    }
+
+    #[instrument(level = "debug", skip_all, fields(device = %device))]
+    async fn patch_desired(
+        &self,
+        device: &DeviceId,
+        patch: Value,
+        if_version: Option<u64>,
+    ) -> Result<Twin> {
+        let hub = &self.inner;
+        if hub
+            .identity
+            .get(device)
+            .await
+            .map_err(Error::Identity)?
+            .is_none()
+        {
+            return Err(Error::DeviceNotFound {
+                device: device.clone(),
+            });
+        }
+        let _order = hub.desired_lock.lock().await;
+        let twin = hub
+            .twins
+            .patch(
+                device,
+                Section::Desired,
+                &patch,
+                if_version,
+                hub.config.twin,
+            )
+            .await?;
+        let version = twin.desired.version;
+        hub.twin_changes
+            .send(records::twin_change(device, "desired", version, &patch))
+            .await?;
+        if let Some(s) = hub.session_of(device) {
+            s.push_desired(
+                DesiredPatch {
+                    version,
+                    patch,
+                    full_document: false,
+                },
+                hub.config.desired_queue,
+            );
+        }
+        Ok(twin)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(device = %device, method = %call.name))]
+    async fn invoke_method(&self, device: &DeviceId, call: MethodCall) -> Result<MethodResponse> {
+        let hub = &self.inner;
+        check_method_name(&call.name)?;
+        check_json(
+            "method payload",
+            &call.payload,
+            hub.config.max_method_payload,
+        )?;
+        let max = hub.config.max_method_timeout;
+        if call.response_timeout.is_zero()
+            || call.response_timeout > max
+            || call.connect_timeout > max
+        {
+            return Err(Error::invalid(format!(
+                "method timeouts are at most {max:?} and the response timeout is positive"
+            )));
+        }
+        if hub
+            .identity
+            .get(device)
+            .await
+            .map_err(Error::Identity)?
+            .is_none()
+        {
+            return Err(Error::DeviceNotFound {
+                device: device.clone(),
+            });
+        }
+        // Wait (up to the connect timeout) for a session that takes method requests.
+        let deadline = tokio::time::Instant::now() + call.connect_timeout;
+        let mut changed = hub.sessions_changed.subscribe();
+        let session = loop {
+            changed.borrow_and_update();
+            if let Some(s) = hub.session_of(device).filter(|s| s.takes_methods()) {
+                break s;
+            }
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => {
+                    return Err(Error::DeviceOffline {
+                        device: device.clone(),
+                    });
+                }
+            }
+        };
+        let request_id = hub.next_request.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        // However this call ends (answer, timeout, or the caller dropping it), the request is
+        // forgotten, so that abandoned calls cannot pile up for a device that never answers.
+        let _forget = ForgetMethod {
+            hub,
+            session: &session,
+            request_id,
+        };
+        lock(&hub.methods).insert(
+            request_id,
+            PendingMethod {
+                device: device.clone(),
+                session: session.id,
+                reply,
+            },
+        );
+        let request = MethodRequest {
+            request_id,
+            name: call.name,
+            payload: call.payload,
+        };
+        if let Err(e) = session.push_method(request, hub.config.method_queue) {
+            lock(&hub.methods).remove(&request_id);
+            return Err(e);
+        }
+        match tokio::time::timeout(call.response_timeout, answer).await {
+            Ok(Ok(response)) => Ok(response),
+            // The session closed before answering.
+            Ok(Err(_)) => Err(Error::DeviceOffline {
+                device: device.clone(),
+            }),
+            Err(_) => {
+                lock(&hub.methods).remove(&request_id);
+                session.forget_method(request_id);
+                Err(Error::TimedOut {
+                    device: device.clone(),
+                    operation: "method response",
+                    after: call.response_timeout,
+                })
+            }
+        }
+    }
+
+    async fn connected_devices(&self) -> Result<Vec<DeviceId>> {
+        let mut devices: Vec<_> = lock(&self.inner.sessions).keys().cloned().collect();
+        devices.sort();
+        Ok(devices)
+    }
+}

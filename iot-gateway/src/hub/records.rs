@@ -1,0 +1,130 @@
+//! The records the hub writes: telemetry, connection events, twin changes, feedback, dead letters.
+
+use bytes::Bytes;
+use iot_core::{DeviceId, Headers, Record, Timestamp};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::inbox::Removed;
+use crate::message::{Feedback, FeedbackStatus, Telemetry, header};
+use crate::validate;
+
+/// Validates a telemetry message and turns it into its log record.
+pub(crate) fn telemetry(device: &DeviceId, message: Telemetry, max_bytes: usize) -> Result<Record> {
+    let s = &message.system;
+    let system = validate::check_system(&[
+        (header::MESSAGE_ID, &s.message_id),
+        (header::CORRELATION_ID, &s.correlation_id),
+        (header::CONTENT_TYPE, &s.content_type),
+        (header::CONTENT_ENCODING, &s.content_encoding),
+    ])?;
+    // Check the size before looking at every property of a huge list.
+    let rough = message.payload.len() + system;
+    if rough > max_bytes {
+        return Err(Error::TooLarge {
+            what: "telemetry message",
+            size: rough,
+            limit: max_bytes,
+        });
+    }
+    let props = validate::check_properties(&message.properties)?;
+    let size = rough + props;
+    if size > max_bytes {
+        return Err(Error::TooLarge {
+            what: "telemetry message",
+            size,
+            limit: max_bytes,
+        });
+    }
+    let mut headers = Headers::new();
+    let system = message.system;
+    for (name, value) in [
+        (header::MESSAGE_ID, system.message_id),
+        (header::CORRELATION_ID, system.correlation_id),
+        (header::CONTENT_TYPE, system.content_type),
+        (header::CONTENT_ENCODING, system.content_encoding),
+    ] {
+        if let Some(value) = value {
+            headers.insert(name, value);
+        }
+    }
+    if let Some(expiry) = system.expiry {
+        headers.insert(header::EXPIRY_TIME, expiry.as_unix_millis().to_string());
+    }
+    if message.will {
+        headers.insert(header::WILL, "true");
+    }
+    for (name, value) in message.properties {
+        headers.insert(name, value);
+    }
+    let mut record = Record::new(device.as_str(), message.payload).with_headers(headers);
+    if let Some(t) = message.device_time {
+        record = record.with_device_time(t);
+    }
+    Ok(record)
+}
+
+/// A connect or disconnect event.
+pub(crate) fn connection_event(device: &DeviceId, event: &str, reason: Option<&str>) -> Record {
+    let mut r = Record::new(device.as_str(), Bytes::new()).with_header(header::EVENT, event);
+    if let Some(reason) = reason {
+        r = r.with_header(header::REASON, reason);
+    }
+    r
+}
+
+/// A twin change: the patch, with the section and its new version.
+pub(crate) fn twin_change(device: &DeviceId, section: &str, version: u64, patch: &Value) -> Record {
+    Record::new(device.as_str(), Bytes::from(patch.to_string()))
+        .with_header(header::SECTION, section)
+        .with_header(header::VERSION, version.to_string())
+        .with_header(header::CONTENT_TYPE, "application/json")
+}
+
+/// The feedback record of a settled message, if its sender asked for one.
+pub(crate) fn feedback(removed: &Removed, at: Timestamp) -> Option<Record> {
+    if !removed.message.ack.wants(removed.status) {
+        return None;
+    }
+    let fb = Feedback {
+        offset: 0,
+        device_id: removed.device.clone(),
+        message_id: removed.message.message_id.clone(),
+        correlation_id: removed.message.correlation_id.clone(),
+        status: removed.status,
+        at,
+        delivery_count: removed.delivery_count,
+    };
+    let payload = serde_json::to_vec(&fb).ok()?;
+    Some(
+        Record::new(removed.device.as_str(), payload)
+            .with_header(header::CONTENT_TYPE, "application/json")
+            .with_header("status", removed.status.as_str()),
+    )
+}
+
+/// The dead-letter record of a rejected or over-delivered message: the message itself.
+pub(crate) fn dead_letter(removed: &Removed) -> Option<Record> {
+    if !matches!(
+        removed.status,
+        FeedbackStatus::Rejected | FeedbackStatus::DeliveryCountExceeded
+    ) {
+        return None;
+    }
+    let m = &removed.message;
+    let mut r = Record::new(removed.device.as_str(), m.payload.clone())
+        .with_header(header::MESSAGE_ID, m.message_id.clone())
+        .with_header("status", removed.status.as_str())
+        .with_header("delivery-count", removed.delivery_count.to_string());
+    if let Some(c) = &m.correlation_id {
+        r = r.with_header(header::CORRELATION_ID, c.clone());
+    }
+    Some(r)
+}
+
+/// Decodes a feedback record.
+pub(crate) fn decode_feedback(offset: u64, payload: &[u8]) -> Option<Feedback> {
+    let mut fb: Feedback = serde_json::from_slice(payload).ok()?;
+    fb.offset = offset;
+    Some(fb)
+}

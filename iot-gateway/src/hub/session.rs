@@ -1,0 +1,502 @@
+//! `HubSession`: one device's live session in a [`Hub`](super::Hub).
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use iot_core::{DeviceId, Timestamp};
+use iot_identity::{Authenticated, ETag, GenerationId};
+use serde_json::Value;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tracing::warn;
+
+use super::{HubInner, records};
+use crate::error::{CloseReason, Error, Result};
+use crate::gateway::{DeviceSession, SessionEvent, SessionOptions, Subscription};
+use crate::inbox::{Locked, Settlement};
+use crate::message::{C2dDelivery, LockToken, Telemetry};
+use crate::method::{MethodRequest, MethodResponse};
+use crate::sync_util::lock;
+use crate::throttle::{Bucket, TelemetryThrottle};
+use crate::twin::{DesiredPatch, Twin};
+use crate::twins::Section;
+
+/// What the hub knows about a session; shared between the session handle and the hub.
+#[derive(Debug)]
+pub(crate) struct SessionShared {
+    pub(crate) id: u64,
+    pub(crate) device: DeviceId,
+    pub(crate) generation: GenerationId,
+    pub(crate) etag: ETag,
+    /// When the SAS token (plus skew) expires, if the credential was one.
+    expires_at: Option<Timestamp>,
+    window: usize,
+    state: Mutex<SessionState>,
+    telemetry_bucket: Mutex<Option<Bucket>>,
+    wake: Notify,
+}
+
+#[derive(Debug, Default)]
+struct SessionState {
+    closed: Option<CloseReason>,
+    c2d: bool,
+    desired: bool,
+    methods: bool,
+    /// C2D deliveries handed out (or being handed out) and not settled.
+    in_flight: HashSet<LockToken>,
+    desired_queue: VecDeque<DesiredPatch>,
+    /// The desired queue overflowed: the next desired event is the whole section.
+    desired_overflow: bool,
+    method_queue: VecDeque<MethodRequest>,
+    /// Requests handed out and not answered.
+    methods_out: HashSet<u64>,
+}
+
+impl SessionShared {
+    pub(crate) fn new(
+        id: u64,
+        who: Authenticated,
+        options: SessionOptions,
+        throttle: &TelemetryThrottle,
+        skew: Duration,
+    ) -> Self {
+        SessionShared {
+            id,
+            device: who.id,
+            generation: who.generation_id,
+            etag: who.etag,
+            expires_at: who
+                .expires_at
+                .map(|s| Timestamp::from_unix_millis(s.saturating_mul(1000)).saturating_add(skew)),
+            window: options.c2d_window.max(1),
+            state: Mutex::new(SessionState::default()),
+            telemetry_bucket: Mutex::new(throttle.device_bucket()),
+            wake: Notify::new(),
+        }
+    }
+
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Marks the session closed; returns the C2D locks it held, or `None` if it was closed
+    /// already.
+    pub(crate) fn mark_closed(&self, reason: CloseReason) -> Option<Vec<LockToken>> {
+        let held = {
+            let mut st = lock(&self.state);
+            if st.closed.is_some() {
+                return None;
+            }
+            st.closed = Some(reason);
+            st.method_queue.clear();
+            st.desired_queue.clear();
+            st.in_flight.drain().collect()
+        };
+        self.wake();
+        Some(held)
+    }
+
+    fn closed(&self) -> Option<CloseReason> {
+        lock(&self.state).closed.clone()
+    }
+
+    pub(crate) fn takes_methods(&self) -> bool {
+        let st = lock(&self.state);
+        st.methods && st.closed.is_none()
+    }
+
+    pub(crate) fn push_desired(&self, patch: DesiredPatch, capacity: usize) {
+        {
+            let mut st = lock(&self.state);
+            if st.closed.is_some() {
+                return;
+            }
+            if st.desired_overflow || st.desired_queue.len() >= capacity {
+                st.desired_queue.clear();
+                st.desired_overflow = true;
+            } else {
+                st.desired_queue.push_back(patch);
+            }
+        }
+        self.wake();
+    }
+
+    pub(crate) fn push_method(&self, request: MethodRequest, capacity: usize) -> Result<()> {
+        {
+            let mut st = lock(&self.state);
+            if st.closed.is_some() || !st.methods {
+                return Err(Error::DeviceOffline {
+                    device: self.device.clone(),
+                });
+            }
+            if st.method_queue.len() >= capacity {
+                return Err(Error::QueueFull {
+                    device: self.device.clone(),
+                    queue: "method requests",
+                    limit: capacity,
+                });
+            }
+            st.method_queue.push_back(request);
+        }
+        self.wake();
+        Ok(())
+    }
+
+    pub(crate) fn forget_method(&self, request_id: u64) {
+        let mut st = lock(&self.state);
+        st.method_queue.retain(|r| r.request_id != request_id);
+        st.methods_out.remove(&request_id);
+    }
+
+    /// Hands a freshly locked message to the session, unless it closed meanwhile (then the
+    /// caller releases it).
+    fn adopt(&self, token: LockToken) -> bool {
+        let mut st = lock(&self.state);
+        st.closed.is_none() && st.in_flight.insert(token)
+    }
+}
+
+/// The C2D lookup running for `next_event`, kept across cancellations.
+#[derive(Debug, Default)]
+struct EventState {
+    lookup: Option<JoinHandle<Result<Lookup>>>,
+    /// The last lookup found nothing: do not look again until woken or `next_due`.
+    idle: bool,
+    next_due: Option<Timestamp>,
+}
+
+#[derive(Debug)]
+struct Lookup {
+    locked: Option<Locked>,
+    next_due: Option<Timestamp>,
+}
+
+/// The [`DeviceSession`] the hub hands out.
+#[derive(Debug)]
+pub(crate) struct HubSession {
+    hub: Arc<HubInner>,
+    shared: Arc<SessionShared>,
+    events: tokio::sync::Mutex<EventState>,
+}
+
+impl HubSession {
+    pub(crate) fn new(hub: Arc<HubInner>, shared: Arc<SessionShared>) -> Self {
+        HubSession {
+            hub,
+            shared,
+            events: tokio::sync::Mutex::new(EventState::default()),
+        }
+    }
+
+    fn check_open(&self) -> Result<()> {
+        match self.shared.closed() {
+            Some(reason) => Err(Error::SessionClosed {
+                device: self.shared.device.clone(),
+                reason,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Locks the next C2D message in a task of its own, so that cancelling `next_event` never
+    /// loses a lock: the task adopts the message into the session (or releases it if the
+    /// session closed) and writes feedback for messages it found expired or dead.
+    fn spawn_lookup(&self) -> JoinHandle<Result<Lookup>> {
+        let hub = self.hub.clone();
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let outcome = hub
+                .inbox
+                .lock_next(&shared.device, Timestamp::now(), hub.config.inbox)
+                .await?;
+            hub.report(&outcome.removed).await?;
+            let mut locked = outcome.locked;
+            if let Some(l) = &locked
+                && !shared.adopt(l.token)
+            {
+                let _ = hub
+                    .inbox
+                    .settle(&shared.device, l.token, Settlement::Abandon)
+                    .await;
+                locked = None;
+            }
+            Ok(Lookup {
+                locked,
+                next_due: outcome.next_due,
+            })
+        })
+    }
+
+    async fn settle(&self, token: LockToken, settlement: Settlement) -> Result<()> {
+        self.check_open()?;
+        let held = lock(&self.shared.state).in_flight.contains(&token);
+        if !held {
+            return Err(Error::LockLost {
+                device: self.shared.device.clone(),
+                token: token.to_string(),
+            });
+        }
+        let result = self
+            .hub
+            .inbox
+            .settle(&self.shared.device, token, settlement)
+            .await;
+        lock(&self.shared.state).in_flight.remove(&token);
+        self.shared.wake();
+        if let Some(removed) = result? {
+            self.hub.report(std::slice::from_ref(&removed)).await?;
+        }
+        Ok(())
+    }
+}
+
+fn delivery(l: Locked, delivery_count: u32) -> C2dDelivery {
+    let m = l.message;
+    C2dDelivery {
+        lock_token: l.token,
+        message_id: m.message_id,
+        correlation_id: m.correlation_id,
+        content_type: m.content_type,
+        content_encoding: m.content_encoding,
+        properties: m.properties,
+        payload: m.payload,
+        enqueued_at: m.enqueued_at,
+        expires_at: m.expires_at,
+        delivery_count,
+        locked_until: l.locked_until,
+    }
+}
+
+/// Sleeps until `t` (wall clock), or forever for `None`.
+async fn sleep_until(t: Option<Timestamp>) {
+    match t {
+        Some(t) => {
+            let now = Timestamp::now().as_unix_micros();
+            let wait = Duration::from_micros(t.as_unix_micros().saturating_sub(now));
+            tokio::time::sleep(wait).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+#[async_trait]
+impl DeviceSession for HubSession {
+    fn device_id(&self) -> &DeviceId {
+        &self.shared.device
+    }
+
+    async fn send_telemetry(&self, message: Telemetry) -> Result<()> {
+        self.check_open()?;
+        let record = records::telemetry(
+            &self.shared.device,
+            message,
+            self.hub.config.max_message_bytes,
+        )?;
+        self.hub
+            .telemetry_throttle
+            .take(&self.shared.device, &self.shared.telemetry_bucket)?;
+        self.hub.telemetry.send(record).await?;
+        Ok(())
+    }
+
+    async fn subscribe(&self, subscription: Subscription) -> Result<()> {
+        {
+            let mut st = lock(&self.shared.state);
+            if let Some(reason) = st.closed.clone() {
+                return Err(Error::SessionClosed {
+                    device: self.shared.device.clone(),
+                    reason,
+                });
+            }
+            match subscription {
+                Subscription::C2d => st.c2d = true,
+                Subscription::DesiredPatches => st.desired = true,
+                Subscription::Methods => st.methods = true,
+            }
+        }
+        self.shared.wake();
+        self.hub.bump_sessions();
+        Ok(())
+    }
+
+    async fn next_event(&self) -> Result<SessionEvent> {
+        let mut ev = self.events.lock().await;
+        loop {
+            if let Some(expiry) = self.shared.expires_at
+                && Timestamp::now() >= expiry
+            {
+                self.hub
+                    .close_session(&self.shared, CloseReason::TokenExpired)
+                    .await;
+            }
+            let (want_c2d, resync) = {
+                let mut st = lock(&self.shared.state);
+                if let Some(reason) = st.closed.clone() {
+                    return Ok(SessionEvent::Closed(reason));
+                }
+                if st.methods
+                    && let Some(request) = st.method_queue.pop_front()
+                {
+                    st.methods_out.insert(request.request_id);
+                    return Ok(SessionEvent::Method(request));
+                }
+                if st.desired
+                    && let Some(patch) = st.desired_queue.pop_front()
+                {
+                    return Ok(SessionEvent::DesiredPatch(patch));
+                }
+                let resync = st.desired && std::mem::take(&mut st.desired_overflow);
+                let want =
+                    st.c2d && (ev.lookup.is_some() || st.in_flight.len() < self.shared.window);
+                (want, resync)
+            };
+            if resync {
+                let twin = self.hub.twins.get(&self.shared.device).await?;
+                return Ok(SessionEvent::DesiredPatch(DesiredPatch {
+                    version: twin.desired.version,
+                    patch: twin.desired.properties,
+                    full_document: true,
+                }));
+            }
+            if want_c2d && (ev.lookup.is_some() || !ev.idle) {
+                let handle = match ev.lookup.as_mut() {
+                    Some(h) => h,
+                    None => ev.lookup.insert(self.spawn_lookup()),
+                };
+                // Awaiting by reference: if this call is cancelled here, the next one resumes.
+                let joined = handle.await;
+                ev.lookup = None;
+                let lookup = joined.map_err(|e| {
+                    Error::io("C2D lookup task", "", std::io::Error::other(e.to_string()))
+                })??;
+                if let Some(locked) = lookup.locked {
+                    let count = locked.token.delivery;
+                    return Ok(SessionEvent::C2d(delivery(locked, count)));
+                }
+                ev.idle = true;
+                ev.next_due = lookup.next_due;
+                continue;
+            }
+            let due = ev.next_due;
+            tokio::select! {
+                () = self.shared.wake.notified() => {}
+                () = sleep_until(due) => ev.next_due = None,
+                () = sleep_until(self.shared.expires_at) => {}
+            }
+            ev.idle = false;
+        }
+    }
+
+    async fn complete(&self, token: LockToken) -> Result<()> {
+        self.settle(token, Settlement::Complete).await
+    }
+
+    async fn abandon(&self, token: LockToken) -> Result<()> {
+        self.settle(token, Settlement::Abandon).await
+    }
+
+    async fn reject(&self, token: LockToken) -> Result<()> {
+        self.settle(token, Settlement::Reject).await
+    }
+
+    async fn get_twin(&self) -> Result<Twin> {
+        self.check_open()?;
+        self.hub.twins.get(&self.shared.device).await
+    }
+
+    async fn patch_reported(&self, patch: Value) -> Result<u64> {
+        self.check_open()?;
+        let twin = self
+            .hub
+            .twins
+            .patch(
+                &self.shared.device,
+                Section::Reported,
+                &patch,
+                None,
+                self.hub.config.twin,
+            )
+            .await?;
+        let version = twin.reported.version;
+        self.hub
+            .twin_changes
+            .send(records::twin_change(
+                &self.shared.device,
+                "reported",
+                version,
+                &patch,
+            ))
+            .await?;
+        Ok(version)
+    }
+
+    async fn respond_method(&self, response: MethodResponse) -> Result<()> {
+        self.check_open()?;
+        let unknown = || Error::UnknownMethodRequest {
+            device: self.shared.device.clone(),
+            request_id: response.request_id,
+        };
+        super::check_json(
+            "method response",
+            &response.payload,
+            self.hub.config.max_method_payload,
+        )?;
+        if !lock(&self.shared.state)
+            .methods_out
+            .remove(&response.request_id)
+        {
+            return Err(unknown());
+        }
+        let pending = lock(&self.hub.methods).remove(&response.request_id);
+        match pending {
+            Some(p) if p.session == self.shared.id => {
+                // The invoker may have given up a moment ago; that is not the device's fault.
+                let _ = p.reply.send(response);
+                Ok(())
+            }
+            _ => Err(unknown()),
+        }
+    }
+
+    fn close_reason(&self) -> Option<CloseReason> {
+        self.shared.closed()
+    }
+
+    async fn close(&self) {
+        self.hub
+            .close_session(&self.shared, CloseReason::ClientClosed)
+            .await;
+    }
+}
+
+impl Drop for HubSession {
+    fn drop(&mut self) {
+        if self.shared.closed().is_some() {
+            return;
+        }
+        let (hub, shared) = (self.hub.clone(), self.shared.clone());
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(
+                    async move { hub.close_session(&shared, CloseReason::ClientClosed).await },
+                );
+            }
+            Err(_) => {
+                // No runtime to write the event on: at least make the session unreachable and
+                // its locks lapse on their own.
+                if shared.mark_closed(CloseReason::ClientClosed).is_some() {
+                    warn!(device = %shared.device, "session dropped outside a runtime; its C2D locks lapse on expiry");
+                    let mut sessions = lock(&hub.sessions);
+                    if sessions
+                        .get(&shared.device)
+                        .is_some_and(|s| s.id == shared.id)
+                    {
+                        sessions.remove(&shared.device);
+                    }
+                }
+            }
+        }
+    }
+}

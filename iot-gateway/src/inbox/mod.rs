@@ -1,0 +1,261 @@
+//! The C2D inbox: a durable FIFO of messages per device.
+//!
+//! The semantics live once, in [`InboxState`](state) — a plain state machine — and each store
+//! only decides where its state lives: [`MemoryInbox`] in memory, [`FileInbox`] in memory made
+//! durable by a journal.
+//!
+//! # Invariants
+//!
+//! * Messages of a device are delivered in the order they were queued (FIFO by sequence number);
+//!   a later message can be delivered while an earlier one is locked.
+//! * A message is in one of two states: available, or locked until a time. Locking it increments
+//!   its delivery count (durably, before the delivery is handed out), so a crash never resets it.
+//! * An expired message is never delivered: whoever meets it first removes it and reports it as
+//!   [`FeedbackStatus::Expired`](crate::FeedbackStatus::Expired).
+//! * An available message whose delivery count reached the maximum is dead-lettered instead of
+//!   delivered.
+//! * A device holds at most `max_depth` messages (expired ones are purged before counting).
+
+mod file;
+mod memory;
+mod state;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use iot_core::{DeviceId, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::message::{AckRequest, FeedbackStatus, LockToken};
+
+pub use file::{FileInbox, FileInboxOptions};
+pub use memory::MemoryInbox;
+
+/// A queued C2D message as the inbox stores it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct InboxMessage {
+    /// The message id.
+    pub message_id: String,
+    /// Correlation id.
+    pub correlation_id: Option<String>,
+    /// Media type.
+    pub content_type: Option<String>,
+    /// Encoding.
+    pub content_encoding: Option<String>,
+    /// Custom properties.
+    pub properties: Vec<(String, String)>,
+    /// The body.
+    #[serde(with = "base64_bytes")]
+    pub payload: Bytes,
+    /// When it was queued.
+    pub enqueued_at: Timestamp,
+    /// When it expires.
+    pub expires_at: Timestamp,
+    /// Which settlements produce feedback.
+    pub ack: AckRequest,
+}
+
+impl InboxMessage {
+    /// A message with `payload` and `message_id`, queued at `now`, expiring after `ttl`.
+    pub fn new(
+        message_id: impl Into<String>,
+        payload: impl Into<Bytes>,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Self {
+        InboxMessage {
+            message_id: message_id.into(),
+            correlation_id: None,
+            content_type: None,
+            content_encoding: None,
+            properties: Vec::new(),
+            payload: payload.into(),
+            enqueued_at: now,
+            expires_at: now.saturating_add(ttl),
+            ack: AckRequest::None,
+        }
+    }
+}
+
+/// A message handed out under a lock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Locked {
+    /// Settles this delivery.
+    pub token: LockToken,
+    /// The message.
+    pub message: InboxMessage,
+    /// When the lock lapses.
+    pub locked_until: Timestamp,
+}
+
+/// A message that left the inbox, and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Removed {
+    /// The device it was for.
+    pub device: DeviceId,
+    /// The message.
+    pub message: InboxMessage,
+    /// How it ended.
+    pub status: FeedbackStatus,
+    /// How many times it was delivered.
+    pub delivery_count: u32,
+}
+
+/// What [`InboxStore::lock_next`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LockOutcome {
+    /// The next available message, now locked.
+    pub locked: Option<Locked>,
+    /// Messages removed on the way (expired, or dead-lettered after too many deliveries).
+    pub removed: Vec<Removed>,
+    /// When nothing was available: the earliest time a locked message's lock lapses.
+    pub next_due: Option<Timestamp>,
+}
+
+/// How a device settles a delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Settlement {
+    /// Processed: remove it.
+    Complete,
+    /// Give it back for redelivery.
+    Abandon,
+    /// Refuse it: dead-letter it.
+    Reject,
+}
+
+/// The inbox's limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InboxLimits {
+    /// Most messages queued per device. Default 50.
+    pub max_depth: usize,
+    /// How long a delivery is locked. Default 60 s.
+    pub lock_duration: Duration,
+    /// Deliveries before a message is dead-lettered. Default 10.
+    pub max_delivery_count: u32,
+}
+
+impl Default for InboxLimits {
+    fn default() -> Self {
+        InboxLimits {
+            max_depth: 50,
+            lock_duration: Duration::from_secs(60),
+            max_delivery_count: 10,
+        }
+    }
+}
+
+/// Where C2D messages wait for their device. Implementations hold the semantics of the
+/// [module docs](self); the `testkit` feature's `inbox_*` checks test them.
+#[async_trait]
+pub trait InboxStore: Send + Sync + Debug + 'static {
+    /// Queues `message` for `device`; returns its sequence number and any expired messages of
+    /// the device purged first. Fails with [`Error::QueueFull`](crate::Error::QueueFull) when the
+    /// device already holds `limits.max_depth` messages.
+    async fn enqueue(
+        &self,
+        device: &DeviceId,
+        message: InboxMessage,
+        now: Timestamp,
+        limits: InboxLimits,
+    ) -> Result<(u64, Vec<Removed>)>;
+
+    /// Locks the device's next available message (see [`LockOutcome`]).
+    async fn lock_next(
+        &self,
+        device: &DeviceId,
+        now: Timestamp,
+        limits: InboxLimits,
+    ) -> Result<LockOutcome>;
+
+    /// Settles a delivery; returns what left the inbox (`None` for an abandon). A token that is
+    /// not the message's current lock is [`Error::LockLost`](crate::Error::LockLost).
+    async fn settle(
+        &self,
+        device: &DeviceId,
+        token: LockToken,
+        settlement: Settlement,
+    ) -> Result<Option<Removed>>;
+
+    /// Removes every expired message of every device.
+    async fn purge_expired(&self, now: Timestamp) -> Result<Vec<Removed>>;
+
+    /// Removes every message of `device` (it was deleted); returns how many.
+    async fn remove_device(&self, device: &DeviceId) -> Result<usize>;
+
+    /// How many messages `device` holds (locked ones included).
+    async fn depth(&self, device: &DeviceId) -> Result<usize>;
+}
+
+macro_rules! forward_inbox {
+    ($ptr:ident) => {
+        #[deny(clippy::missing_trait_methods)]
+        #[async_trait]
+        impl<T: InboxStore + ?Sized> InboxStore for $ptr<T> {
+            async fn enqueue(
+                &self,
+                device: &DeviceId,
+                message: InboxMessage,
+                now: Timestamp,
+                limits: InboxLimits,
+            ) -> Result<(u64, Vec<Removed>)> {
+                (**self).enqueue(device, message, now, limits).await
+            }
+            async fn lock_next(
+                &self,
+                device: &DeviceId,
+                now: Timestamp,
+                limits: InboxLimits,
+            ) -> Result<LockOutcome> {
+                (**self).lock_next(device, now, limits).await
+            }
+            async fn settle(
+                &self,
+                device: &DeviceId,
+                token: LockToken,
+                settlement: Settlement,
+            ) -> Result<Option<Removed>> {
+                (**self).settle(device, token, settlement).await
+            }
+            async fn purge_expired(&self, now: Timestamp) -> Result<Vec<Removed>> {
+                (**self).purge_expired(now).await
+            }
+            async fn remove_device(&self, device: &DeviceId) -> Result<usize> {
+                (**self).remove_device(device).await
+            }
+            async fn depth(&self, device: &DeviceId) -> Result<usize> {
+                (**self).depth(device).await
+            }
+        }
+    };
+}
+
+forward_inbox!(Arc);
+forward_inbox!(Box);
+
+mod base64_bytes {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use bytes::Bytes;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(b))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        STANDARD
+            .decode(s.as_bytes())
+            .map(Bytes::from)
+            .map_err(serde::de::Error::custom)
+    }
+}

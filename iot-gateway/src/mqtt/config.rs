@@ -1,0 +1,126 @@
+//! Limits and timeouts of the MQTT endpoint.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::error::Error;
+
+/// How the MQTT endpoint treats its connections. Every limit bounds memory or time that a client
+/// could otherwise make the endpoint spend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MqttConfig {
+    /// The largest packet accepted (its remaining length), checked from the fixed header before
+    /// the body is buffered. Default 256 KiB + 4 KiB for the topic and property bag, matching the
+    /// gateway's default message size limit.
+    pub max_packet_size: u32,
+    /// How long a new connection may take to send CONNECT (slow-loris guard). Default 10 s.
+    pub connect_timeout: Duration,
+    /// The keep-alive used when a client asks for 0 (none) or for more than this; the
+    /// connection is closed after 1.5 times the keep-alive without a packet. Default 1767 s, the
+    /// largest value IoT Hub accepts.
+    pub max_keep_alive: Duration,
+    /// The most QoS 1 cloud-to-device messages sent and not yet acknowledged with PUBACK.
+    /// Default 16.
+    pub inflight_window: usize,
+    /// How long one write to a client may block (a client that stops reading) before the
+    /// connection is closed. Default 30 s.
+    pub write_timeout: Duration,
+    /// The most connections served at once; further ones wait in the listen backlog. Default
+    /// 100 000.
+    pub max_connections: usize,
+    /// How long [`MqttServer::shutdown`](super::MqttServer::shutdown) waits for sessions to
+    /// finish before it drops them. Default 5 s.
+    pub shutdown_grace: Duration,
+    /// How many times a throttled telemetry message is retried (after the throttle's
+    /// `retry_after`) before the connection is closed. Default 20.
+    pub throttle_retries: u32,
+    /// Where the subscriptions of persistent sessions are kept across restarts; `None` keeps
+    /// them in memory only (lost when the process ends). Default `None`.
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            max_packet_size: 256 * 1024 + 4 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            max_keep_alive: Duration::from_secs(1767),
+            inflight_window: 16,
+            write_timeout: Duration::from_secs(30),
+            max_connections: 100_000,
+            shutdown_grace: Duration::from_secs(5),
+            throttle_retries: 20,
+            state_dir: None,
+        }
+    }
+}
+
+impl MqttConfig {
+    /// Checks that every limit is usable.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |what: &str| Err(Error::Config(what.to_string()));
+        if self.max_packet_size < 64 {
+            return bad("max_packet_size must be at least 64 bytes");
+        }
+        if self.inflight_window == 0 || self.inflight_window > 65_535 {
+            return bad("inflight_window must be between 1 and 65535");
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections must be at least 1");
+        }
+        if self.connect_timeout.is_zero()
+            || self.max_keep_alive.is_zero()
+            || self.write_timeout.is_zero()
+        {
+            return bad("timeouts must be positive");
+        }
+        // No device can ask for more (keep-alive is 16 bits of seconds), and the idle deadline
+        // computed from it must not overflow.
+        if self.max_keep_alive > Duration::from_secs(u64::from(u16::MAX)) {
+            return bad("max_keep_alive must be at most 65535 s");
+        }
+        Ok(())
+    }
+
+    /// The idle time after which a client that asked for `keep_alive_secs` is disconnected:
+    /// 1.5 times its keep-alive, capped by [`max_keep_alive`](Self::max_keep_alive).
+    pub fn idle_timeout(&self, keep_alive_secs: u16) -> Duration {
+        let asked = Duration::from_secs(u64::from(keep_alive_secs));
+        let keep_alive = if asked.is_zero() || asked > self.max_keep_alive {
+            self.max_keep_alive
+        } else {
+            asked
+        };
+        keep_alive + keep_alive / 2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_timeout_is_one_and_a_half_keep_alives() {
+        let c = MqttConfig::default();
+        assert_eq!(c.idle_timeout(60), Duration::from_secs(90));
+        assert_eq!(c.idle_timeout(1), Duration::from_millis(1500));
+        assert_eq!(c.idle_timeout(0), Duration::from_millis(1767 * 1500));
+        assert_eq!(c.idle_timeout(u16::MAX), Duration::from_millis(1767 * 1500));
+    }
+
+    #[test]
+    fn validation() {
+        assert!(MqttConfig::default().validate().is_ok());
+        let c = MqttConfig {
+            inflight_window: 0,
+            ..MqttConfig::default()
+        };
+        assert!(c.validate().is_err());
+        let c = MqttConfig {
+            max_keep_alive: Duration::MAX,
+            ..MqttConfig::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,100 @@
+//! Errors of the MQTT endpoint.
+
+use std::io;
+use std::net::SocketAddr;
+
+/// Why the endpoint closed one connection. The session logs it (without secrets) and only that
+/// connection ends; every other session goes on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolViolation {
+    /// The packet codec refused the bytes (truncated, bad flags, bad lengths, invalid UTF-8, ...).
+    #[error("malformed packet: {0}")]
+    Malformed(String),
+    /// A packet's remaining length exceeded the configured maximum packet size.
+    #[error("packet larger than the maximum of {max} bytes")]
+    TooLarge {
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The first packet was not CONNECT.
+    #[error("expected CONNECT, got packet type {0:#04x}")]
+    ExpectedConnect(u8),
+    /// CONNECT did not arrive within the connect timeout.
+    #[error("no CONNECT within the connect timeout")]
+    ConnectTimeout,
+    /// A second CONNECT on an open session.
+    #[error("a second CONNECT on an open session")]
+    SecondConnect,
+    /// The protocol name or level is not MQTT 3.1.1.
+    #[error("unsupported protocol level {0} (only MQTT 3.1.1, level 4)")]
+    ProtocolLevel(u8),
+    /// Nothing arrived for 1.5 times the keep-alive interval.
+    #[error("keep-alive expired")]
+    KeepAliveExpired,
+    /// A PUBLISH or SUBSCRIBE at QoS 2, which the device protocol refuses.
+    #[error("QoS 2 is not supported")]
+    QoS2,
+    /// A topic name or filter outside the device's own topics.
+    #[error("topic {topic:?} is not allowed for this device")]
+    TopicNotAllowed {
+        /// The refused topic (shortened if long).
+        topic: String,
+    },
+    /// A topic that breaks MQTT's rules (wildcards in a PUBLISH topic, NUL, empty).
+    #[error("invalid topic {topic:?}: {reason}")]
+    InvalidTopic {
+        /// The refused topic (shortened if long).
+        topic: String,
+        /// Which rule it broke.
+        reason: &'static str,
+    },
+    /// A property bag that could not be decoded.
+    #[error("invalid property bag: {0}")]
+    PropertyBag(String),
+    /// A packet that a client must not send (CONNACK, SUBACK, PUBREL, ...).
+    #[error("unexpected packet from a client: {0}")]
+    Unexpected(&'static str),
+    /// A PUBACK for a packet id that is not in flight.
+    #[error("PUBACK for packet id {0}, which is not in flight")]
+    UnknownPacketId(u16),
+}
+
+/// Errors of the MQTT endpoint's public API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Binding a listener failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The operating system's answer.
+        source: io::Error,
+    },
+    /// An I/O error on a connection.
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+    /// The client broke the protocol; the connection was closed.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolViolation),
+    /// The gateway refused or failed an operation the connection needed.
+    #[error(transparent)]
+    Gateway(#[from] crate::Error),
+    /// The configuration is not usable.
+    #[error("invalid MQTT endpoint configuration: {0}")]
+    Config(String),
+}
+
+/// Shortens untrusted text before it goes into an error or a log line.
+pub(crate) fn shorten(text: &str) -> String {
+    const MAX: usize = 120;
+    if text.len() <= MAX {
+        return text.to_string();
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}

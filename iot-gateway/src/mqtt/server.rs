@@ -1,0 +1,300 @@
+//! The listener side: accepting connections, bounding how many are served, shutting down.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use iot_identity::Thumbprint;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::config::MqttConfig;
+use super::error::Error;
+use super::persistent::PersistentSessions;
+use super::session;
+use super::tls::TlsConfig;
+use super::websocket;
+use crate::gateway::Gateway;
+
+/// State shared by every connection of one server.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) gateway: Arc<dyn Gateway>,
+    pub(crate) config: MqttConfig,
+    pub(crate) shutdown: CancellationToken,
+    /// Subscriptions of persistent sessions (clean_session = false) between connections.
+    pub(crate) persistent: PersistentSessions,
+}
+
+/// An MQTT 3.1.1 server speaking IoT Hub's device protocol over any [`Gateway`].
+///
+/// Cloning is cheap; clones share the connections, the limits and the shutdown.
+#[derive(Debug, Clone)]
+pub struct MqttServer {
+    shared: Arc<Shared>,
+    tasks: TaskTracker,
+    permits: Arc<Semaphore>,
+}
+
+impl MqttServer {
+    /// A server over `gateway` with `config`'s limits.
+    pub fn new(gateway: Arc<dyn Gateway>, config: MqttConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let permits = Arc::new(Semaphore::new(config.max_connections));
+        let persistent = PersistentSessions::open(config.state_dir.as_deref())?;
+        Ok(MqttServer {
+            shared: Arc::new(Shared {
+                gateway,
+                config,
+                shutdown: CancellationToken::new(),
+                persistent,
+            }),
+            tasks: TaskTracker::new(),
+            permits,
+        })
+    }
+
+    /// The limits in force.
+    pub fn config(&self) -> &MqttConfig {
+        &self.shared.config
+    }
+
+    /// Binds `addr` and serves MQTT over plain TCP on it until [`shutdown`](Self::shutdown).
+    /// Returns the bound address (useful with port 0).
+    pub async fn listen_tcp(&self, addr: SocketAddr) -> Result<SocketAddr, Error> {
+        self.listen(addr, None).await
+    }
+
+    /// Binds `addr` and serves MQTT over TLS on it until [`shutdown`](Self::shutdown). The TLS
+    /// handshake must finish within the connect timeout.
+    pub async fn listen_tls(&self, addr: SocketAddr, tls: TlsConfig) -> Result<SocketAddr, Error> {
+        self.listen(addr, Some(tls)).await
+    }
+
+    /// Binds `addr` and serves MQTT over WebSocket (path `/$iothub/websocket`, subprotocol
+    /// `mqtt`) on it, inside TLS when `tls` is given. The upgrade (and TLS handshake) must finish
+    /// within the connect timeout.
+    pub async fn listen_websocket(
+        &self,
+        addr: SocketAddr,
+        tls: Option<TlsConfig>,
+    ) -> Result<SocketAddr, Error> {
+        self.bind(addr, Listener::WebSocket(tls)).await
+    }
+
+    async fn listen(&self, addr: SocketAddr, tls: Option<TlsConfig>) -> Result<SocketAddr, Error> {
+        let kind = match tls {
+            None => Listener::Tcp,
+            Some(tls) => Listener::Tls(tls),
+        };
+        self.bind(addr, kind).await
+    }
+
+    async fn bind(&self, addr: SocketAddr, kind: Listener) -> Result<SocketAddr, Error> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+        let local = listener.local_addr()?;
+        tracing::info!(%local, transport = kind.name(), "MQTT listening");
+        let server = self.clone();
+        self.tasks
+            .spawn(async move { server.accept_loop(listener, kind).await });
+        Ok(local)
+    }
+
+    async fn accept_loop(self, listener: TcpListener, kind: Listener) {
+        loop {
+            // Waiting for a permit before accepting leaves extra connections in the backlog.
+            let permit = tokio::select! {
+                permit = self.permits.clone().acquire_owned() => permit,
+                () = self.shared.shutdown.cancelled() => return,
+            };
+            let Ok(permit) = permit else { return };
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = self.shared.shutdown.cancelled() => return,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let shared = self.shared.clone();
+                    let kind = kind.clone();
+                    let tasks = self.tasks.clone();
+                    self.tasks.spawn(async move {
+                        match kind {
+                            Listener::Tcp => serve_logged(stream, peer, shared, None).await,
+                            Listener::Tls(tls) => serve_tls(tls, stream, peer, shared).await,
+                            Listener::WebSocket(tls) => {
+                                serve_websocket(tls, stream, peer, shared, tasks).await;
+                            }
+                        }
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// Serves one already-accepted connection (a TLS stream, a WebSocket adapter, a test pipe)
+    /// to its end, within the connection limit. The error says why it ended, if not cleanly.
+    pub async fn serve<IO>(&self, io: IO) -> Result<(), Error>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let Ok(_permit) = self.permits.clone().acquire_owned().await else {
+            return Ok(());
+        };
+        let _token = self.tasks.token();
+        session::serve(io, self.shared.clone(), None).await
+    }
+
+    /// Stops accepting, asks every session to end (each closes its gateway session, which
+    /// releases unsettled C2D messages), and waits up to `shutdown_grace` for them.
+    pub async fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(self.shared.config.shutdown_grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("MQTT sessions still running after the shutdown grace period");
+        }
+    }
+
+    /// How many connections are being served now.
+    pub fn connections(&self) -> usize {
+        self.shared.config.max_connections - self.permits.available_permits()
+    }
+}
+
+/// What a listener speaks.
+#[derive(Debug, Clone)]
+enum Listener {
+    Tcp,
+    Tls(TlsConfig),
+    WebSocket(Option<TlsConfig>),
+}
+
+impl Listener {
+    fn name(&self) -> &'static str {
+        match self {
+            Listener::Tcp => "tcp",
+            Listener::Tls(_) => "tls",
+            Listener::WebSocket(None) => "ws",
+            Listener::WebSocket(Some(_)) => "wss",
+        }
+    }
+}
+
+/// Runs `step` within the connect timeout, unless the server shuts down first.
+async fn within_connect_timeout<T, E: std::fmt::Display>(
+    shared: &Shared,
+    peer: SocketAddr,
+    what: &str,
+    step: impl Future<Output = Result<T, E>>,
+) -> Option<T> {
+    let outcome = tokio::select! {
+        outcome = tokio::time::timeout(shared.config.connect_timeout, step) => outcome,
+        () = shared.shutdown.cancelled() => return None,
+    };
+    match outcome {
+        Ok(Ok(value)) => Some(value),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "{what} failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "{what} timed out");
+            None
+        }
+    }
+}
+
+/// The thumbprint of the client certificate of a TLS connection, if one was presented.
+fn client_thumbprint<S>(stream: &tokio_rustls::server::TlsStream<S>) -> Option<Thumbprint> {
+    stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|leaf| Thumbprint::of_der_certificate(leaf))
+}
+
+/// Completes the TLS handshake (bounded by the connect timeout), then serves MQTT inside it.
+async fn serve_tls(tls: TlsConfig, stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let accept = tls.acceptor().accept(stream);
+    let Some(stream) = within_connect_timeout(&shared, peer, "TLS handshake", accept).await else {
+        return;
+    };
+    let client_cert = client_thumbprint(&stream);
+    serve_logged(stream, peer, shared, client_cert).await;
+}
+
+/// Completes the TLS handshake if any and the WebSocket upgrade (together bounded by the
+/// connect timeout), then serves MQTT over the bridged byte stream.
+async fn serve_websocket(
+    tls: Option<TlsConfig>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    tasks: TaskTracker,
+) {
+    let max_message = shared.config.max_packet_size as usize + 8;
+    let started = tokio::time::Instant::now();
+    let (session_end, client_cert) = match tls {
+        None => {
+            let upgrade = websocket::accept(stream, max_message);
+            let Some(ws) =
+                within_connect_timeout(&shared, peer, "WebSocket upgrade", upgrade).await
+            else {
+                return;
+            };
+            let (end, pump) = websocket::bridge(ws);
+            tasks.spawn(pump);
+            (end, None)
+        }
+        Some(tls) => {
+            let setup = async {
+                let stream = tls.acceptor().accept(stream).await?;
+                let client_cert = client_thumbprint(&stream);
+                let ws = websocket::accept(stream, max_message)
+                    .await
+                    .map_err(std::io::Error::other)?;
+                Ok::<_, std::io::Error>((ws, client_cert))
+            };
+            let Some((ws, client_cert)) =
+                within_connect_timeout(&shared, peer, "TLS WebSocket upgrade", setup).await
+            else {
+                return;
+            };
+            let (end, pump) = websocket::bridge(ws);
+            tasks.spawn(pump);
+            (end, client_cert)
+        }
+    };
+    tracing::trace!(%peer, elapsed = ?started.elapsed(), "WebSocket upgraded");
+    serve_logged(session_end, peer, shared, client_cert).await;
+}
+
+async fn serve_logged<IO>(
+    io: IO,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    client_cert: Option<Thumbprint>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    if let Err(e) = session::serve(io, shared, client_cert).await {
+        match e {
+            Error::Io(e) => tracing::debug!(%peer, error = %e, "MQTT connection ended"),
+            e => tracing::info!(%peer, error = %e, "MQTT connection closed"),
+        }
+    }
+}

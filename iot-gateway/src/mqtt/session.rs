@@ -1,0 +1,741 @@
+//! One MQTT connection: the CONNECT handshake, then a loop that reads the device's packets and
+//! writes what the gateway session hands out.
+//!
+//! Everything a connection holds is bounded: one packet of at most `max_packet_size` being
+//! decoded, at most `inflight_window` unacknowledged C2D messages, a few queued twin answers.
+//! Backpressure is plain awaiting: while telemetry is being appended the connection reads no
+//! more packets (TCP pushes back on the device), and while a write to a slow device is pending
+//! it takes no more events from the gateway (the inbox keeps them). A write that stays blocked
+//! longer than `write_timeout` closes the connection.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::num::NonZeroU16;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use bytestring::ByteString;
+use futures::{SinkExt, StreamExt};
+use iot_core::DeviceId;
+use iot_identity::{Presented, Thumbprint};
+use rmqtt_codec::error::DecodeError;
+use rmqtt_codec::types::Publish;
+use rmqtt_codec::v3::{
+    Codec, Connect, ConnectAck, ConnectAckReason, Packet, QoS, SubscribeReturnCode,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::codec::Framed;
+
+use super::error::{Error, ProtocolViolation};
+use super::server::Shared;
+use super::telemetry;
+use super::topics::{self, Inbound, Subscription};
+use crate::error::Error as GatewayError;
+use crate::gateway::{
+    DeviceSession, SessionEvent, SessionOptions, Subscription as GatewaySubscription,
+};
+use crate::message::{LockToken, Telemetry};
+use crate::method::MethodResponse;
+
+/// Twin answers kept for a device that asked before subscribing to `$iothub/twin/res/#`.
+const MAX_PENDING_TWIN_ANSWERS: usize = 8;
+
+type Transport<IO> = Framed<IO, Codec>;
+
+/// How a connection ended, which decides whether the will is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The device sent DISCONNECT: the will is discarded.
+    Clean,
+    /// The gateway closed the session (takeover, disabled device, ...) or the endpoint shuts
+    /// down: the device did not vanish, so no will either.
+    ByServer,
+    /// The connection broke, timed out or broke the protocol: the will is sent.
+    Abnormal,
+}
+
+/// Serves one connection to its end. Errors are the reason it ended; the caller logs them.
+///
+/// `client_cert` is the thumbprint of the certificate the device presented in the TLS
+/// handshake, if any: it authenticates a device that sends no password.
+pub(crate) async fn serve<IO>(
+    io: IO,
+    shared: Arc<Shared>,
+    client_cert: Option<Thumbprint>,
+) -> Result<(), Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut transport = Framed::new(io, Codec::new(shared.config.max_packet_size));
+    let first = tokio::select! {
+        first = timeout(shared.config.connect_timeout, transport.next()) => first,
+        () = shared.shutdown.cancelled() => return Ok(()),
+    };
+    let packet = match first {
+        Err(_) => return Err(ProtocolViolation::ConnectTimeout.into()),
+        Ok(None) => return Ok(()),
+        Ok(Some(Err(DecodeError::UnsupportedProtocolLevel))) => {
+            // MQTT 3.1.1 §3.2.2.3: answer "unacceptable protocol version", then close.
+            let refuse = Packet::ConnectAck(ConnectAck {
+                return_code: ConnectAckReason::UnacceptableProtocolVersion,
+                session_present: false,
+            });
+            write(&mut transport, refuse, shared.config.write_timeout).await?;
+            return Err(ProtocolViolation::Malformed("unsupported protocol level".into()).into());
+        }
+        Ok(Some(read)) => read.map_err(|e| decode_error(e, &shared))?.0,
+    };
+    let Packet::Connect(connect) = packet else {
+        return Err(ProtocolViolation::ExpectedConnect(packet.packet_type()).into());
+    };
+    let Some(mut connection) = handshake(transport, *connect, shared, client_cert).await? else {
+        return Ok(());
+    };
+    let result = connection.run().await;
+    let ending = match &result {
+        Ok(ending) => *ending,
+        // The gateway ended the session (takeover, disabled device): the device did not vanish.
+        Err(_) if connection.session.close_reason().is_some() => Ending::ByServer,
+        Err(_) => Ending::Abnormal,
+    };
+    connection.finish(ending).await;
+    result.map(|_| ())
+}
+
+/// Checks CONNECT, authenticates through the gateway and answers CONNACK. `None` when the
+/// connection was refused with a CONNACK return code (already sent).
+async fn handshake<IO>(
+    mut transport: Transport<IO>,
+    connect: Connect,
+    shared: Arc<Shared>,
+    client_cert: Option<Thumbprint>,
+) -> Result<Option<Connection<IO>>, Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let write_timeout = shared.config.write_timeout;
+    let refuse = |code: ConnectAckReason| {
+        Packet::ConnectAck(ConnectAck {
+            return_code: code,
+            session_present: false,
+        })
+    };
+    if connect.protocol.0 != 4 {
+        // MQTT 3.1 ("MQIsdp", level 3) and anything else: answer "unacceptable protocol version".
+        write(
+            &mut transport,
+            refuse(ConnectAckReason::UnacceptableProtocolVersion),
+            write_timeout,
+        )
+        .await?;
+        return Err(ProtocolViolation::ProtocolLevel(connect.protocol.0).into());
+    }
+    let checked = match check_connect(&connect, client_cert) {
+        Ok(checked) => checked,
+        Err((code, why)) => {
+            tracing::info!(client_id = %super::error::shorten(&connect.client_id), %why, "CONNECT refused");
+            write(&mut transport, refuse(code), write_timeout).await?;
+            return Ok(None);
+        }
+    };
+    let options = SessionOptions {
+        c2d_window: shared.config.inflight_window,
+        ..SessionOptions::default()
+    };
+    let session = match shared
+        .gateway
+        .connect(&checked.device, checked.credential, options)
+        .await
+    {
+        Ok(session) => session,
+        Err(e) => {
+            let code = match e {
+                GatewayError::Unauthorized { .. } | GatewayError::DeviceNotFound { .. } => {
+                    ConnectAckReason::NotAuthorized
+                }
+                _ => ConnectAckReason::ServiceUnavailable,
+            };
+            tracing::info!(device = %checked.device, error = %e, "CONNECT refused by the gateway");
+            write(&mut transport, refuse(code), write_timeout).await?;
+            return Ok(None);
+        }
+    };
+    let device = checked.device;
+    let clean_session = connect.clean_session;
+    // A persistent session gets back the subscriptions it had; a clean one forgets them.
+    let restored = shared.persistent.resume(&device, clean_session).await;
+    let mut connection = Connection {
+        transport,
+        idle: shared.config.idle_timeout(connect.keep_alive),
+        c2d_to: format!("/devices/{device}/messages/deviceBound"),
+        session,
+        device,
+        clean_session,
+        subscriptions: Subscriptions::default(),
+        inflight: HashMap::new(),
+        next_packet_id: 1,
+        pending_twin: VecDeque::new(),
+        will: checked.will,
+        shared,
+    };
+    for (kind, qos) in restored.iter() {
+        connection.subscribe(kind, qos).await?;
+    }
+    let connack = Packet::ConnectAck(ConnectAck {
+        return_code: ConnectAckReason::ConnectionAccepted,
+        session_present: !clean_session && !restored.is_empty(),
+    });
+    if let Err(e) = connection.write(connack).await {
+        connection.finish(Ending::ByServer).await;
+        return Err(e);
+    }
+    tracing::debug!(device = %connection.device, clean_session, "MQTT session open");
+    Ok(Some(connection))
+}
+
+/// What CONNECT says, once checked.
+struct CheckedConnect<'a> {
+    device: DeviceId,
+    credential: Presented<'a>,
+    will: Option<Telemetry>,
+}
+
+/// The checks of CONNECT that need no gateway: username form, client id = device id, a
+/// credential (the password as a SAS token, else the TLS client certificate), and a will that
+/// goes to the device's own telemetry topic at QoS 0 or 1.
+fn check_connect(
+    connect: &Connect,
+    client_cert: Option<Thumbprint>,
+) -> Result<CheckedConnect<'_>, (ConnectAckReason, String)> {
+    use ConnectAckReason::{BadUserNameOrPassword, IdentifierRejected, NotAuthorized};
+    let username = connect
+        .username
+        .as_deref()
+        .ok_or((BadUserNameOrPassword, "no username".to_string()))?;
+    let username =
+        super::username::parse(username).map_err(|e| (BadUserNameOrPassword, e.to_string()))?;
+    if username.device_id != &*connect.client_id {
+        return Err((
+            IdentifierRejected,
+            "the client id is not the device id of the username".to_string(),
+        ));
+    }
+    let device =
+        DeviceId::new(username.device_id).map_err(|e| (IdentifierRejected, e.to_string()))?;
+    let credential = match (connect.password.as_deref(), client_cert) {
+        (Some(password), _) => {
+            Presented::SasToken(std::str::from_utf8(password).map_err(|_| {
+                (
+                    BadUserNameOrPassword,
+                    "the password is not UTF-8".to_string(),
+                )
+            })?)
+        }
+        (None, Some(thumbprint)) => Presented::Thumbprint(thumbprint),
+        (None, None) => {
+            return Err((
+                BadUserNameOrPassword,
+                "neither a password (SAS token) nor a client certificate".to_string(),
+            ));
+        }
+    };
+    let will = match &connect.last_will {
+        None => None,
+        Some(will) => {
+            if will.qos == QoS::ExactlyOnce {
+                return Err((NotAuthorized, "a will at QoS 2".to_string()));
+            }
+            match topics::classify_publish(&will.topic, device.as_str()) {
+                Ok(Inbound::Telemetry { bag }) => Some(
+                    telemetry::from_publish(bag, will.message.clone(), true)
+                        .map_err(|e| (NotAuthorized, e.to_string()))?,
+                ),
+                _ => {
+                    return Err((
+                        NotAuthorized,
+                        "the will topic is not the device's telemetry topic".to_string(),
+                    ));
+                }
+            }
+        }
+    };
+    Ok(CheckedConnect {
+        device,
+        credential,
+        will,
+    })
+}
+
+/// The topic filters a session holds, with the QoS granted for each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Subscriptions {
+    present: u8,
+    qos1: u8,
+}
+
+impl Subscriptions {
+    fn insert(&mut self, kind: Subscription, qos: QoS) {
+        self.present |= kind.bit();
+        if qos == QoS::AtMostOnce {
+            self.qos1 &= !kind.bit();
+        } else {
+            self.qos1 |= kind.bit();
+        }
+    }
+
+    fn remove(&mut self, kind: Subscription) {
+        self.present &= !kind.bit();
+        self.qos1 &= !kind.bit();
+    }
+
+    fn get(&self, kind: Subscription) -> Option<QoS> {
+        if self.present & kind.bit() == 0 {
+            None
+        } else if self.qos1 & kind.bit() == 0 {
+            Some(QoS::AtMostOnce)
+        } else {
+            Some(QoS::AtLeastOnce)
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.present == 0
+    }
+
+    /// Four "present" bits, then four "QoS 1" bits.
+    pub(crate) fn to_bits(self) -> u8 {
+        self.present | (self.qos1 << 4)
+    }
+
+    /// The inverse of [`to_bits`](Self::to_bits); `None` for bits no subscription uses.
+    pub(crate) fn from_bits(bits: u8) -> Option<Self> {
+        let (present, qos1) = (bits & 0x0F, bits >> 4);
+        (qos1 & !present == 0).then_some(Subscriptions { present, qos1 })
+    }
+
+    fn iter(self) -> impl Iterator<Item = (Subscription, QoS)> {
+        Subscription::ALL
+            .into_iter()
+            .filter_map(move |kind| self.get(kind).map(|qos| (kind, qos)))
+    }
+}
+
+/// What an outbound QoS 1 PUBLISH awaits a PUBACK for.
+#[derive(Debug, Clone, Copy)]
+enum Inflight {
+    /// A C2D message: PUBACK completes it.
+    C2d(LockToken),
+}
+
+/// An authenticated connection.
+struct Connection<IO> {
+    transport: Transport<IO>,
+    session: Box<dyn DeviceSession>,
+    device: DeviceId,
+    clean_session: bool,
+    /// 1.5 × the keep-alive.
+    idle: Duration,
+    /// The `$.to` property of C2D messages.
+    c2d_to: String,
+    subscriptions: Subscriptions,
+    inflight: HashMap<u16, Inflight>,
+    next_packet_id: u16,
+    /// Twin answers (topic, body) waiting for the `$iothub/twin/res/#` subscription.
+    pending_twin: VecDeque<(String, Bytes)>,
+    will: Option<Telemetry>,
+    shared: Arc<Shared>,
+}
+
+impl<IO> Connection<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    /// Reads packets and hands out gateway events until the connection ends.
+    async fn run(&mut self) -> Result<Ending, Error> {
+        let mut deadline = Instant::now() + self.idle;
+        loop {
+            let window_open = self.inflight.len() < self.shared.config.inflight_window;
+            tokio::select! {
+                () = self.shared.shutdown.cancelled() => return Ok(Ending::ByServer),
+                () = sleep_until(deadline) => {
+                    return Err(ProtocolViolation::KeepAliveExpired.into());
+                }
+                read = self.transport.next() => {
+                    let packet = match read {
+                        None => return Ok(Ending::Abnormal),
+                        Some(read) => read.map_err(|e| decode_error(e, &self.shared))?.0,
+                    };
+                    if !self.handle(packet).await? {
+                        return Ok(Ending::Clean);
+                    }
+                    // Measured from the end of handling: a throttled append is not idleness.
+                    deadline = Instant::now() + self.idle;
+                }
+                event = self.session.next_event(), if window_open => {
+                    if !self.deliver(event?).await? {
+                        return Ok(Ending::ByServer);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one packet from the device; `false` after DISCONNECT.
+    async fn handle(&mut self, packet: Packet) -> Result<bool, Error> {
+        match packet {
+            Packet::Publish(publish) => self.handle_publish(*publish).await?,
+            Packet::PublishAck { packet_id } => self.handle_puback(packet_id).await?,
+            Packet::Subscribe {
+                packet_id,
+                topic_filters,
+            } => self.handle_subscribe(packet_id, topic_filters).await?,
+            Packet::Unsubscribe {
+                packet_id,
+                topic_filters,
+            } => {
+                for filter in &topic_filters {
+                    let kind = topics::classify_filter(filter, self.device.as_str())?;
+                    self.subscriptions.remove(kind);
+                }
+                self.write(Packet::UnsubscribeAck { packet_id }).await?;
+            }
+            Packet::PingRequest => self.write(Packet::PingResponse).await?,
+            Packet::Disconnect => return Ok(false),
+            Packet::Connect(_) => return Err(ProtocolViolation::SecondConnect.into()),
+            Packet::PublishReceived { .. }
+            | Packet::PublishRelease { .. }
+            | Packet::PublishComplete { .. } => return Err(ProtocolViolation::QoS2.into()),
+            Packet::ConnectAck(_) => return Err(ProtocolViolation::Unexpected("CONNACK").into()),
+            Packet::SubscribeAck { .. } => {
+                return Err(ProtocolViolation::Unexpected("SUBACK").into());
+            }
+            Packet::UnsubscribeAck { .. } => {
+                return Err(ProtocolViolation::Unexpected("UNSUBACK").into());
+            }
+            Packet::PingResponse => return Err(ProtocolViolation::Unexpected("PINGRESP").into()),
+        }
+        Ok(true)
+    }
+
+    async fn handle_publish(&mut self, publish: Publish) -> Result<(), Error> {
+        if publish.qos == QoS::ExactlyOnce {
+            return Err(ProtocolViolation::QoS2.into());
+        }
+        // The retain flag is ignored: nothing is stored for later subscribers.
+        match topics::classify_publish(&publish.topic, self.device.as_str())? {
+            Inbound::Telemetry { bag } => {
+                let message = telemetry::from_publish(bag, publish.payload, false)?;
+                self.send_telemetry(message).await?;
+            }
+            Inbound::TwinGet { rid } => {
+                let (status, body) = match self.session.get_twin().await {
+                    Ok(twin) => (200, Bytes::from(twin.to_device_json().to_string())),
+                    Err(e) => error_answer(&e)?,
+                };
+                self.answer_twin(topics::twin_response_topic(status, &rid, None), body)
+                    .await?;
+            }
+            Inbound::TwinPatchReported { rid } => {
+                let answer = match serde_json::from_slice(&publish.payload) {
+                    Err(_) => (400, None, Bytes::from_static(b"{\"message\":\"not JSON\"}")),
+                    Ok(patch) => match self.session.patch_reported(patch).await {
+                        Ok(version) => (204, Some(version), Bytes::new()),
+                        Err(e) => {
+                            let (status, body) = error_answer(&e)?;
+                            (status, None, body)
+                        }
+                    },
+                };
+                let (status, version, body) = answer;
+                self.answer_twin(topics::twin_response_topic(status, &rid, version), body)
+                    .await?;
+            }
+            Inbound::MethodResponse { status, rid } => {
+                let response = rid.parse::<u64>().map(|request_id| MethodResponse {
+                    request_id,
+                    status,
+                    payload: publish.payload,
+                });
+                match response {
+                    Err(_) => {
+                        tracing::debug!(device = %self.device, "method response with an unknown $rid")
+                    }
+                    Ok(response) => match self.session.respond_method(response).await {
+                        Ok(()) => {}
+                        Err(e @ GatewayError::UnknownMethodRequest { .. }) => {
+                            tracing::debug!(device = %self.device, error = %e, "late method response");
+                        }
+                        Err(e) => return Err(e.into()),
+                    },
+                }
+            }
+        }
+        if let Some(packet_id) = publish.packet_id {
+            self.write(Packet::PublishAck { packet_id }).await?;
+        }
+        Ok(())
+    }
+
+    /// Appends telemetry, waiting out throttling (backpressure on the device) a bounded number of
+    /// times.
+    async fn send_telemetry(&mut self, message: Telemetry) -> Result<(), Error> {
+        let mut attempts = 0;
+        loop {
+            match self.session.send_telemetry(message.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(GatewayError::Throttled { retry_after, .. })
+                    if attempts < self.shared.config.throttle_retries =>
+                {
+                    attempts += 1;
+                    tokio::time::sleep(retry_after.max(Duration::from_millis(1))).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn handle_puback(&mut self, packet_id: NonZeroU16) -> Result<(), Error> {
+        match self.inflight.remove(&packet_id.get()) {
+            Some(Inflight::C2d(token)) => match self.session.complete(token).await {
+                Ok(()) => Ok(()),
+                // The lock lapsed while the device held the message: it will come again.
+                Err(e @ GatewayError::LockLost { .. }) => {
+                    tracing::debug!(device = %self.device, error = %e, "C2D completed too late");
+                    Ok(())
+                }
+                Err(e) => Err(e.into()),
+            },
+            None => Err(ProtocolViolation::UnknownPacketId(packet_id.get()).into()),
+        }
+    }
+
+    async fn handle_subscribe(
+        &mut self,
+        packet_id: NonZeroU16,
+        filters: Vec<(ByteString, QoS)>,
+    ) -> Result<(), Error> {
+        let mut status = Vec::with_capacity(filters.len());
+        for (filter, asked) in &filters {
+            let kind = topics::classify_filter(filter, self.device.as_str())?;
+            // The device protocol has no QoS 2: grant at most 1.
+            let granted = if *asked == QoS::AtMostOnce {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            };
+            self.subscribe(kind, granted).await?;
+            status.push(SubscribeReturnCode::Success(granted));
+        }
+        self.write(Packet::SubscribeAck { packet_id, status })
+            .await?;
+        if self
+            .subscriptions
+            .get(Subscription::TwinResponses)
+            .is_some()
+        {
+            while let Some((topic, body)) = self.pending_twin.pop_front() {
+                self.publish(topic, body, QoS::AtMostOnce, None).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a subscription and tells the gateway to start delivering that kind.
+    async fn subscribe(&mut self, kind: Subscription, qos: QoS) -> Result<(), Error> {
+        self.subscriptions.insert(kind, qos);
+        let gateway_kind = match kind {
+            Subscription::C2d => GatewaySubscription::C2d,
+            Subscription::DesiredPatches => GatewaySubscription::DesiredPatches,
+            Subscription::Methods => GatewaySubscription::Methods,
+            Subscription::TwinResponses => return Ok(()),
+        };
+        self.session.subscribe(gateway_kind).await?;
+        Ok(())
+    }
+
+    /// Sends a twin answer now, or keeps it until the device subscribes to twin answers.
+    async fn answer_twin(&mut self, topic: String, body: Bytes) -> Result<(), Error> {
+        if self
+            .subscriptions
+            .get(Subscription::TwinResponses)
+            .is_some()
+        {
+            return self.publish(topic, body, QoS::AtMostOnce, None).await;
+        }
+        if self.pending_twin.len() == MAX_PENDING_TWIN_ANSWERS {
+            tracing::debug!(device = %self.device, "dropping the oldest unsubscribed twin answer");
+            self.pending_twin.pop_front();
+        }
+        self.pending_twin.push_back((topic, body));
+        Ok(())
+    }
+
+    /// Hands one gateway event to the device; `false` when the gateway closed the session.
+    async fn deliver(&mut self, event: SessionEvent) -> Result<bool, Error> {
+        match event {
+            SessionEvent::C2d(delivery) => {
+                let qos = self
+                    .subscriptions
+                    .get(Subscription::C2d)
+                    .unwrap_or(QoS::AtLeastOnce);
+                let bag = telemetry::c2d_bag(&delivery, &self.c2d_to);
+                let topic = topics::c2d_topic(
+                    self.device.as_str(),
+                    bag.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                );
+                let token = delivery.lock_token;
+                if qos == QoS::AtMostOnce {
+                    // At most once, as the device asked: settled as soon as it is written.
+                    self.publish(topic, delivery.payload, qos, None).await?;
+                    self.session.complete(token).await?;
+                } else {
+                    self.publish(topic, delivery.payload, qos, Some(Inflight::C2d(token)))
+                        .await?;
+                }
+            }
+            SessionEvent::DesiredPatch(patch) => {
+                let body = Bytes::from(patch.to_versioned_json().to_string());
+                self.publish(
+                    topics::desired_patch_topic(patch.version),
+                    body,
+                    QoS::AtMostOnce,
+                    None,
+                )
+                .await?;
+            }
+            SessionEvent::Method(request) => {
+                let rid = request.request_id.to_string();
+                let topic = topics::method_request_topic(&request.name, &rid);
+                self.publish(topic, request.payload, QoS::AtMostOnce, None)
+                    .await?;
+            }
+            SessionEvent::Closed(reason) => {
+                tracing::info!(device = %self.device, %reason, "gateway closed the session");
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Writes a PUBLISH; at QoS 1 it takes a packet id and waits in the in-flight window.
+    async fn publish(
+        &mut self,
+        topic: String,
+        payload: Bytes,
+        qos: QoS,
+        inflight: Option<Inflight>,
+    ) -> Result<(), Error> {
+        let packet_id = match inflight {
+            Some(entry) if qos == QoS::AtLeastOnce => {
+                let id = self.allocate_packet_id();
+                self.inflight.insert(id.get(), entry);
+                Some(id)
+            }
+            _ => None,
+        };
+        let publish = Publish {
+            dup: false,
+            retain: false,
+            qos: if packet_id.is_some() {
+                qos
+            } else {
+                QoS::AtMostOnce
+            },
+            topic: ByteString::from(topic),
+            packet_id,
+            payload,
+            properties: None,
+        };
+        self.write(Packet::Publish(Box::new(publish))).await
+    }
+
+    /// The next packet id not in flight (the window is far smaller than the id space).
+    fn allocate_packet_id(&mut self) -> NonZeroU16 {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if let Some(id) = NonZeroU16::new(id)
+                && !self.inflight.contains_key(&id.get())
+            {
+                return id;
+            }
+        }
+    }
+
+    async fn write(&mut self, packet: Packet) -> Result<(), Error> {
+        write(
+            &mut self.transport,
+            packet,
+            self.shared.config.write_timeout,
+        )
+        .await
+    }
+
+    /// Ends the connection: the will if the device vanished, subscriptions kept for a persistent
+    /// session, the gateway session closed (its unsettled C2D messages go back to the inbox).
+    async fn finish(&mut self, ending: Ending) {
+        if ending == Ending::Abnormal
+            && let Some(will) = self.will.take()
+            && let Err(e) = self.session.send_telemetry(will).await
+        {
+            tracing::info!(device = %self.device, error = %e, "the will could not be sent");
+        }
+        self.shared
+            .persistent
+            .keep(&self.device, self.clean_session, self.subscriptions)
+            .await;
+        self.session.close().await;
+        let _ = timeout(self.shared.config.write_timeout, self.transport.close()).await;
+        tracing::debug!(device = %self.device, ?ending, "MQTT session closed");
+    }
+}
+
+/// Writes one packet, giving up after `limit`.
+async fn write<IO>(
+    transport: &mut Transport<IO>,
+    packet: Packet,
+    limit: Duration,
+) -> Result<(), Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    match timeout(limit, transport.send(packet)).await {
+        Err(_) => Err(Error::Io(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client did not read for the whole write timeout",
+        ))),
+        Ok(Err(e)) => Err(Error::Io(io::Error::other(e.to_string()))),
+        Ok(Ok(())) => Ok(()),
+    }
+}
+
+/// Maps a codec error: I/O stays I/O, everything else is a malformed packet.
+fn decode_error(e: DecodeError, shared: &Shared) -> Error {
+    match e {
+        DecodeError::Io(text) => Error::Io(io::Error::other(text.to_string())),
+        DecodeError::MaxSizeExceeded => ProtocolViolation::TooLarge {
+            max: shared.config.max_packet_size as usize,
+        }
+        .into(),
+        other => ProtocolViolation::Malformed(other.to_string()).into(),
+    }
+}
+
+/// A twin request's failure as IoT Hub answers it: a status and a JSON body. Errors that end the
+/// session are returned instead.
+fn error_answer(e: &GatewayError) -> Result<(u16, Bytes), Error> {
+    let status = match e {
+        GatewayError::SessionClosed { .. } | GatewayError::Shutdown => {
+            return Err(Error::Io(io::Error::other(e.to_string())));
+        }
+        GatewayError::InvalidInput { .. } | GatewayError::InvalidProperty { .. } => 400,
+        GatewayError::TooLarge { .. } => 413,
+        GatewayError::Throttled { .. } => 429,
+        GatewayError::PreconditionFailed { .. } => 412,
+        _ => 500,
+    };
+    let body = serde_json::json!({ "message": e.to_string() }).to_string();
+    Ok((status, Bytes::from(body)))
+}

@@ -1,0 +1,118 @@
+//! Twin stores: each device's desired and reported properties with their versions.
+//!
+//! As with the inbox, the rules live once ([`TwinState`](state)) and the stores decide where the
+//! state lives: [`MemoryTwinStore`] or the journaled [`FileTwinStore`].
+//!
+//! # Invariants
+//!
+//! * A section is always a JSON object; its version starts at 0 and grows by exactly one per
+//!   accepted patch.
+//! * A patch is a JSON object applied as an RFC 7396 merge patch; one that would make the section
+//!   larger than the limit (serialized), or nest deeper than the limit, is refused and changes
+//!   nothing.
+
+mod file;
+mod memory;
+mod state;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use iot_core::DeviceId;
+use serde_json::Value;
+
+use crate::error::Result;
+use crate::twin::Twin;
+
+pub use file::{FileTwinStore, FileTwinStoreOptions};
+pub use memory::MemoryTwinStore;
+
+/// Which section of a twin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Section {
+    /// Written by the back end.
+    Desired,
+    /// Written by the device.
+    Reported,
+}
+
+impl Section {
+    /// `"desired"` or `"reported"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Section::Desired => "desired",
+            Section::Reported => "reported",
+        }
+    }
+}
+
+/// Limits on twin sections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TwinLimits {
+    /// Largest section, serialized as JSON, in bytes. Default 32 KiB.
+    pub max_section_bytes: usize,
+    /// Deepest nesting of a section or patch. Default 10.
+    pub max_depth: usize,
+}
+
+impl Default for TwinLimits {
+    fn default() -> Self {
+        TwinLimits {
+            max_section_bytes: 32 * 1024,
+            max_depth: 10,
+        }
+    }
+}
+
+/// Where twins live. A device without a stored twin has the empty twin (both sections `{}` at
+/// version 0).
+#[async_trait]
+pub trait TwinStore: Send + Sync + Debug + 'static {
+    /// The twin of `device`.
+    async fn get(&self, device: &DeviceId) -> Result<Twin>;
+
+    /// Merges `patch` into a section if its version is `if_version` (when given); returns the
+    /// whole twin after the change.
+    async fn patch(
+        &self,
+        device: &DeviceId,
+        section: Section,
+        patch: &Value,
+        if_version: Option<u64>,
+        limits: TwinLimits,
+    ) -> Result<Twin>;
+
+    /// Forgets the twin of `device` (it was deleted).
+    async fn remove(&self, device: &DeviceId) -> Result<()>;
+}
+
+macro_rules! forward_twins {
+    ($ptr:ident) => {
+        #[deny(clippy::missing_trait_methods)]
+        #[async_trait]
+        impl<T: TwinStore + ?Sized> TwinStore for $ptr<T> {
+            async fn get(&self, device: &DeviceId) -> Result<Twin> {
+                (**self).get(device).await
+            }
+            async fn patch(
+                &self,
+                device: &DeviceId,
+                section: Section,
+                patch: &Value,
+                if_version: Option<u64>,
+                limits: TwinLimits,
+            ) -> Result<Twin> {
+                (**self)
+                    .patch(device, section, patch, if_version, limits)
+                    .await
+            }
+            async fn remove(&self, device: &DeviceId) -> Result<()> {
+                (**self).remove(device).await
+            }
+        }
+    };
+}
+
+forward_twins!(Arc);
+forward_twins!(Box);

@@ -1,0 +1,186 @@
+//! The twin rules shared by every store.
+
+use std::collections::HashMap;
+
+use iot_core::DeviceId;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{Section, TwinLimits};
+use crate::error::{Error, Result};
+use crate::journal::Journaled;
+use crate::twin::Twin;
+
+/// One change; what the file store journals (whole twins, so replay needs no merging).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) enum Op {
+    Put { device: DeviceId, twin: Twin },
+    Remove { device: DeviceId },
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct TwinState {
+    twins: HashMap<DeviceId, Twin>,
+}
+
+impl TwinState {
+    pub(crate) fn get(&self, device: &DeviceId) -> Twin {
+        self.twins.get(device).cloned().unwrap_or_default()
+    }
+
+    pub(crate) fn has(&self, device: &DeviceId) -> bool {
+        self.twins.contains_key(device)
+    }
+
+    /// The twin after `patch`, or why the patch is refused.
+    pub(crate) fn plan_patch(
+        &self,
+        device: &DeviceId,
+        section: Section,
+        patch: &Value,
+        if_version: Option<u64>,
+        limits: TwinLimits,
+    ) -> Result<Twin> {
+        if !patch.is_object() {
+            return Err(Error::invalid(format!(
+                "a {} patch must be a JSON object",
+                section.as_str()
+            )));
+        }
+        let mut twin = self.get(device);
+        let target = match section {
+            Section::Desired => &mut twin.desired,
+            Section::Reported => &mut twin.reported,
+        };
+        if let Some(expected) = if_version
+            && expected != target.version
+        {
+            return Err(Error::PreconditionFailed {
+                device: device.clone(),
+                section: section.as_str(),
+                expected,
+                actual: target.version,
+            });
+        }
+        iot_registry::merge_patch(&mut target.properties, patch, limits.max_depth)
+            .map_err(|e| Error::invalid(format!("{} patch: {e}", section.as_str())))?;
+        let depth = depth(&target.properties);
+        if depth > limits.max_depth {
+            return Err(Error::invalid(format!(
+                "the {} properties would nest {depth} levels deep; at most {} are allowed",
+                section.as_str(),
+                limits.max_depth
+            )));
+        }
+        let size = serde_json::to_vec(&target.properties).map_or(usize::MAX, |v| v.len());
+        if size > limits.max_section_bytes {
+            return Err(Error::TooLarge {
+                what: match section {
+                    Section::Desired => "desired properties",
+                    Section::Reported => "reported properties",
+                },
+                size,
+                limit: limits.max_section_bytes,
+            });
+        }
+        target.version += 1;
+        Ok(twin)
+    }
+}
+
+/// Nesting depth of a JSON value (a scalar is 0, `{}` is 1).
+fn depth(v: &Value) -> usize {
+    let mut max = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Object(m) => Box::new(m.values()),
+            Value::Array(a) => Box::new(a.iter()),
+            _ => {
+                max = max.max(d);
+                continue;
+            }
+        };
+        max = max.max(d + 1);
+        stack.extend(children.map(|c| (c, d + 1)));
+    }
+    max
+}
+
+impl Journaled for TwinState {
+    type Op = Op;
+
+    fn apply(&mut self, op: Op) {
+        match op {
+            Op::Put { device, twin } => {
+                self.twins.insert(device, twin);
+            }
+            Op::Remove { device } => {
+                self.twins.remove(&device);
+            }
+        }
+    }
+
+    fn snapshot_ops(&self) -> Vec<Op> {
+        self.twins
+            .iter()
+            .map(|(device, twin)| Op::Put {
+                device: device.clone(),
+                twin: twin.clone(),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn versions_limits_and_preconditions() {
+        let mut s = TwinState::default();
+        let d: DeviceId = "d".parse().expect("id");
+        let limits = TwinLimits {
+            max_section_bytes: 64,
+            max_depth: 3,
+        };
+        let t = s
+            .plan_patch(&d, Section::Desired, &json!({"a": 1}), Some(0), limits)
+            .expect("patch");
+        assert_eq!(t.desired.version, 1);
+        s.apply(Op::Put {
+            device: d.clone(),
+            twin: t,
+        });
+        assert!(matches!(
+            s.plan_patch(&d, Section::Desired, &json!({"a": 2}), Some(0), limits),
+            Err(Error::PreconditionFailed { actual: 1, .. })
+        ));
+        assert!(matches!(
+            s.plan_patch(
+                &d,
+                Section::Reported,
+                &json!({"x": "y".repeat(80)}),
+                None,
+                limits
+            ),
+            Err(Error::TooLarge { .. })
+        ));
+        assert!(
+            s.plan_patch(
+                &d,
+                Section::Reported,
+                &json!({"a": {"b": {"c": {"d": 1}}}}),
+                None,
+                limits
+            )
+            .is_err()
+        );
+        assert!(
+            s.plan_patch(&d, Section::Reported, &json!([1]), None, limits)
+                .is_err()
+        );
+        assert_eq!(depth(&json!({"a": {"b": 1}})), 2);
+    }
+}

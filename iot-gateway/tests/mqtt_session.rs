@@ -1,0 +1,393 @@
+//! The MQTT endpoint driven by a third-party client (rumqttc) against a real `Hub`: telemetry
+//! with properties, C2D with lazy subscription and PUBACK completion, twins, direct methods,
+//! ACL, wills and persistent sessions.
+
+mod mqtt_support;
+
+use std::time::Duration;
+
+use iot_core::headers;
+use iot_gateway::message::header;
+use iot_gateway::{AckRequest, C2dMessage, FeedbackStatus, MethodCall};
+use mqtt_support::{Client, Fixture, PATIENCE};
+use rumqttc::{QoS, SubscribeReasonCode};
+
+#[tokio::test]
+async fn telemetry_properties_become_record_headers() {
+    let fx = Fixture::start().await;
+    let device = fx.device("d1").await;
+    let client = Client::connect_device(&device, fx.addr).await;
+    let topic = "devices/d1/messages/events/%24.mid=m-1&%24.cid=c-1&%24.ct=application%2Fjson&%24.ce=utf-8&%24.exp=2099-01-01T00%3A00%3A00Z&site=north%20wing&level=3";
+    client
+        .client
+        .publish(topic, QoS::AtLeastOnce, false, b"{\"t\":21}".to_vec())
+        .await
+        .expect("publish");
+    client
+        .client
+        .publish(
+            "devices/d1/messages/events/",
+            QoS::AtMostOnce,
+            true,
+            b"second".to_vec(),
+        )
+        .await
+        .expect("publish");
+    let records = fx.telemetry(&device.id, 2).await;
+    let first = &records[0].record;
+    assert_eq!(first.payload.as_ref(), b"{\"t\":21}");
+    let h = &first.headers;
+    assert_eq!(h.get(headers::MESSAGE_ID), Some("m-1"));
+    assert_eq!(h.get(headers::CORRELATION_ID), Some("c-1"));
+    assert_eq!(h.get(headers::CONTENT_TYPE), Some("application/json"));
+    assert_eq!(h.get(headers::CONTENT_ENCODING), Some("utf-8"));
+    assert_eq!(h.get(header::EXPIRY_TIME), Some("4070908800000"));
+    assert_eq!(h.get("site"), Some("north wing"));
+    assert_eq!(h.get("level"), Some("3"));
+    assert_eq!(h.get(header::WILL), None);
+    // The retain flag is accepted and ignored.
+    assert_eq!(records[1].record.payload.as_ref(), b"second");
+}
+
+#[tokio::test]
+async fn c2d_waits_for_the_subscription_and_puback_completes_it() {
+    let fx = Fixture::start().await;
+    let device = fx.device("d1").await;
+    let mut message = C2dMessage::new(&b"open valve"[..]);
+    message.message_id = Some("msg-1".into());
+    message.correlation_id = Some("corr-1".into());
+    message.content_type = Some("text/plain".into());
+    message.ack = AckRequest::Full;
+    message.properties.push(("valve".into(), "a/b 1".into()));
+    fx.gateway
+        .send_c2d(&device.id, message)
+        .await
+        .expect("queue C2D");
+
+    let mut client = Client::connect_device(&device, fx.addr).await;
+    // Nothing before the subscription: twin answers come first if we ask for one.
+    let ack = client
+        .subscribe("devices/d1/messages/devicebound/#", QoS::AtLeastOnce)
+        .await;
+    assert_eq!(
+        ack.return_codes,
+        vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
+    let publish = client.next_publish().await;
+    assert_eq!(publish.qos, QoS::AtLeastOnce);
+    assert_eq!(publish.payload.as_ref(), b"open valve");
+    let topic = publish.topic.clone();
+    let bag = topic
+        .strip_prefix("devices/d1/messages/devicebound/")
+        .expect("devicebound topic");
+    assert!(!bag.contains('/'), "one topic level: {bag}");
+    for part in [
+        "%24.mid=msg-1",
+        "%24.cid=corr-1",
+        "%24.ct=text%2Fplain",
+        "valve=a%2Fb%201",
+    ] {
+        assert!(bag.split('&').any(|p| p == part), "{part} in {bag}");
+    }
+    // rumqttc sent PUBACK: the message is completed and success feedback written.
+    let feedback = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let f = fx.gateway.read_feedback(0, 10).await.expect("feedback");
+            if !f.is_empty() {
+                return f;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("feedback in time");
+    assert_eq!(feedback[0].status, FeedbackStatus::Success);
+    assert_eq!(feedback[0].message_id, "msg-1");
+}
+
+#[tokio::test]
+async fn suback_grants_at_most_qos_1() {
+    let fx = Fixture::start().await;
+    let device = fx.device("d1").await;
+    let mut client = Client::connect_device(&device, fx.addr).await;
+    let ack = client
+        .subscribe("$iothub/methods/POST/#", QoS::ExactlyOnce)
+        .await;
+    assert_eq!(
+        ack.return_codes,
+        vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
+    let ack = client
+        .subscribe("$iothub/twin/res/#", QoS::AtMostOnce)
+        .await;
+    assert_eq!(
+        ack.return_codes,
+        vec![SubscribeReasonCode::Success(QoS::AtMostOnce)]
+    );
+}
+
+#[tokio::test]
+async fn twin_get_reported_patch_and_desired_push() {
+    let fx = Fixture::start().await;
+    let device = fx.device("d1").await;
+    let mut client = Client::connect_device(&device, fx.addr).await;
+    client
+        .subscribe("$iothub/twin/res/#", QoS::AtLeastOnce)
+        .await;
+    client
+        .subscribe("$iothub/twin/PATCH/properties/desired/#", QoS::AtLeastOnce)
+        .await;
+
+    client
+        .client
+        .publish(
+            "$iothub/twin/GET/?$rid=1",
+            QoS::AtMostOnce,
+            false,
+            Vec::new(),
+        )
+        .await
+        .expect("twin GET");
+    let answer = client.next_publish().await;
+    assert_eq!(answer.topic, "$iothub/twin/res/200/?$rid=1");
+    let twin: serde_json::Value = serde_json::from_slice(&answer.payload).expect("twin JSON");
+    assert_eq!(twin["reported"]["$version"], 0);
+    assert_eq!(twin["desired"]["$version"], 0);
+
+    client
+        .client
+        .publish(
+            "$iothub/twin/PATCH/properties/reported/?$rid=2",
+            QoS::AtLeastOnce,
+            false,
+            b"{\"firmware\":\"1.2\"}".to_vec(),
+        )
+        .await
+        .expect("reported PATCH");
+    let answer = client.next_publish().await;
+    assert_eq!(answer.topic, "$iothub/twin/res/204/?$rid=2&$version=1");
+    let twin = fx.gateway.get_twin(&device.id).await.expect("twin");
+    assert_eq!(twin.reported.properties["firmware"], "1.2");
+
+    client
+        .client
+        .publish(
+            "$iothub/twin/PATCH/properties/reported/?$rid=3",
+            QoS::AtMostOnce,
+            false,
+            b"not json".to_vec(),
+        )
+        .await
+        .expect("bad PATCH");
+    let answer = client.next_publish().await;
+    assert_eq!(answer.topic, "$iothub/twin/res/400/?$rid=3");
+
+    fx.gateway
+        .patch_desired(&device.id, serde_json::json!({"interval": 5}), None)
+        .await
+        .expect("desired patch");
+    let pushed = client.next_publish().await;
+    assert_eq!(
+        pushed.topic,
+        "$iothub/twin/PATCH/properties/desired/?$version=1"
+    );
+    let body: serde_json::Value = serde_json::from_slice(&pushed.payload).expect("patch JSON");
+    assert_eq!(body, serde_json::json!({"interval": 5, "$version": 1}));
+}
+
+#[tokio::test]
+async fn direct_method_round_trip() {
+    let fx = Fixture::start().await;
+    let device = fx.device("d1").await;
+    let mut client = Client::connect_device(&device, fx.addr).await;
+    client
+        .subscribe("$iothub/methods/POST/#", QoS::AtLeastOnce)
+        .await;
+
+    let gateway = fx.gateway.clone();
+    let id = device.id.clone();
+    let call = tokio::spawn(async move {
+        gateway
+            .invoke_method(&id, MethodCall::new("reboot", &b"{\"delay\":1}"[..]))
+            .await
+    });
+    let request = client.next_publish().await;
+    let topic = request.topic.clone();
+    let rid = topic
+        .strip_prefix("$iothub/methods/POST/reboot/?$rid=")
+        .expect("method topic")
+        .to_string();
+    assert_eq!(request.payload.as_ref(), b"{\"delay\":1}");
+    client
+        .client
+        .publish(
+            format!("$iothub/methods/res/200/?$rid={rid}"),
+            QoS::AtMostOnce,
+            false,
+            b"{\"ok\":true}".to_vec(),
+        )
+        .await
+        .expect("method response");
+    let response = call.await.expect("task").expect("method answered");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.payload.as_ref(), b"{\"ok\":true}");
+}
+
+#[tokio::test]
+async fn publishing_to_another_devices_topic_closes_only_that_connection() {
+    let fx = Fixture::start().await;
+    let d1 = fx.device("d1").await;
+    let d2 = fx.device("d2").await;
+    let mut bad = Client::connect_device(&d1, fx.addr).await;
+    let good = Client::connect_device(&d2, fx.addr).await;
+    bad.client
+        .publish(
+            "devices/d2/messages/events/",
+            QoS::AtLeastOnce,
+            false,
+            b"spoof".to_vec(),
+        )
+        .await
+        .expect("queue publish");
+    bad.closed().await;
+    good.client
+        .publish(
+            "devices/d2/messages/events/",
+            QoS::AtLeastOnce,
+            false,
+            b"fine".to_vec(),
+        )
+        .await
+        .expect("publish");
+    let records = fx.telemetry(&d2.id, 1).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].record.payload.as_ref(), b"fine");
+}
+
+#[tokio::test]
+async fn subscribing_to_another_devices_topic_closes_the_connection() {
+    let fx = Fixture::start().await;
+    let d1 = fx.device("d1").await;
+    fx.device("d2").await;
+    let mut client = Client::connect_device(&d1, fx.addr).await;
+    client
+        .client
+        .subscribe("devices/d2/messages/devicebound/#", QoS::AtLeastOnce)
+        .await
+        .expect("queue subscribe");
+    client.closed().await;
+}
+
+#[tokio::test]
+async fn wrong_credentials_are_refused_with_connack_5() {
+    let fx = Fixture::start().await;
+    let device = fx.device("d1").await;
+    let mut options = device.options(fx.addr);
+    options.set_credentials(device.username(), "SharedAccessSignature sr=x&sig=y&se=1");
+    let (client, eventloop) = rumqttc::AsyncClient::new(options, 8);
+    let mut c = Client::spawn(client, eventloop);
+    let error = c.closed().await;
+    assert!(error.contains("NotAuthorized"), "{error}");
+}
+
+#[tokio::test]
+async fn a_vanished_device_leaves_its_will_as_telemetry() {
+    let fx = Fixture::start().await;
+    let device = fx.device("d1").await;
+    let mut options = device.options(fx.addr);
+    options.set_last_will(Client::will(&device, "gone"));
+    let client = Client::connect(options).await;
+    client.vanish();
+    let records = fx.telemetry(&device.id, 1).await;
+    let will = &records[0].record;
+    assert_eq!(will.payload.as_ref(), b"gone");
+    assert_eq!(will.headers.get(header::WILL), Some("true"));
+    assert_eq!(will.headers.get("alarm"), Some("lost"));
+}
+
+#[tokio::test]
+async fn a_clean_disconnect_discards_the_will() {
+    let fx = Fixture::start().await;
+    let device = fx.device("d1").await;
+    let mut options = device.options(fx.addr);
+    options.set_last_will(Client::will(&device, "gone"));
+    let client = Client::connect(options).await;
+    client
+        .client
+        .publish(
+            "devices/d1/messages/events/",
+            QoS::AtLeastOnce,
+            false,
+            b"bye".to_vec(),
+        )
+        .await
+        .expect("publish");
+    client.client.disconnect().await.expect("disconnect");
+    let records = fx.telemetry(&device.id, 1).await;
+    // Wait until the server has finished the session, then check that no will followed.
+    tokio::time::timeout(PATIENCE, async {
+        while !fx
+            .gateway
+            .connected_devices()
+            .await
+            .expect("list")
+            .is_empty()
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("session ends");
+    let records_after = fx.telemetry(&device.id, 1).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records_after.len(), 1);
+}
+
+#[tokio::test]
+async fn a_persistent_session_keeps_its_subscriptions() {
+    let fx = Fixture::start().await;
+    let device = fx.device("d1").await;
+    let mut options = device.options(fx.addr);
+    options.set_clean_session(false);
+    let mut first = Client::connect(options.clone()).await;
+    first
+        .subscribe("devices/d1/messages/devicebound/#", QoS::AtLeastOnce)
+        .await;
+    first.client.disconnect().await.expect("disconnect");
+    first.closed().await;
+
+    fx.gateway
+        .send_c2d(&device.id, C2dMessage::new(&b"while away"[..]))
+        .await
+        .expect("queue");
+    // Reconnect without subscribing: the kept subscription delivers the message.
+    let (client, eventloop) = rumqttc::AsyncClient::new(options, 8);
+    let mut second = Client::spawn(client, eventloop);
+    let ack = tokio::time::timeout(PATIENCE, second.connack.recv())
+        .await
+        .expect("CONNACK")
+        .expect("connected");
+    assert!(ack.session_present);
+    let publish = second.next_publish().await;
+    assert_eq!(publish.payload.as_ref(), b"while away");
+}
+
+#[tokio::test]
+async fn a_new_connection_of_the_same_device_takes_over() {
+    let fx = Fixture::start().await;
+    let device = fx.device("d1").await;
+    let mut first = Client::connect_device(&device, fx.addr).await;
+    let _second = Client::connect_device(&device, fx.addr).await;
+    first.closed().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_sessions_and_stops_accepting() {
+    let fx = Fixture::start().await;
+    let device = fx.device("d1").await;
+    let mut client = Client::connect_device(&device, fx.addr).await;
+    fx.server.shutdown().await;
+    client.closed().await;
+    assert_eq!(fx.server.connections(), 0);
+    assert!(tokio::net::TcpStream::connect(fx.addr).await.is_err());
+}

@@ -1,0 +1,227 @@
+//! Restart test: a child process holding a `Hub` with file-backed stores queues C2D messages,
+//! takes delivery locks it never settles, completes one message and changes twins; it prints what
+//! was acknowledged and the parent kills it with SIGKILL. Reopened, everything acknowledged and
+//! not expired is there, the locks in flight are redelivered, the completed message is gone, and
+//! the expired one is never delivered.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use iot_core::DeviceId;
+use iot_gateway::testkit::within;
+use iot_gateway::{
+    C2dMessage, DeviceSession, FeedbackStatus, Gateway, Hub, HubConfig, SessionEvent,
+    SessionOptions, Subscription, Twin,
+};
+use iot_identity::{
+    Credentials, FileIdentityStore, FileStoreOptions, IdentityStore, NewIdentity, Presented,
+    SymmetricKey,
+};
+use serde_json::json;
+
+const CHILD_ENV: &str = "IOT_GATEWAY_RESTART_CHILD_DIR";
+const HOST: &str = "hub.test.local";
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+async fn open(dir: &Path) -> (Hub, Arc<dyn IdentityStore>) {
+    let identity: Arc<dyn IdentityStore> = Arc::new(
+        FileIdentityStore::open(dir.join("identity"), FileStoreOptions::default())
+            .await
+            .expect("identity"),
+    );
+    let hub = Hub::open_dir(
+        dir.join("hub"),
+        identity.clone(),
+        HOST,
+        HubConfig::default(),
+    )
+    .await
+    .expect("hub");
+    (hub, identity)
+}
+
+fn key_of(dir: &Path, device: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{device}.key"))).expect("key file")
+}
+
+async fn next_c2d(s: &dyn DeviceSession) -> iot_gateway::C2dDelivery {
+    match within(s.next_event()).await.expect("event") {
+        SessionEvent::C2d(d) => d,
+        other => panic!("expected C2D, got {other:?}"),
+    }
+}
+
+/// The child: runs only when started by `kill_9_keeps_inbox_locks_and_twins`.
+#[test]
+#[ignore = "started by kill_9_keeps_inbox_locks_and_twins as a child process"]
+fn restart_child() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let dir = Path::new(&dir).to_owned();
+    runtime().block_on(async move {
+        let (hub, _identity) = open(&dir).await;
+        let a: DeviceId = "dev-a".parse().expect("id");
+        let b: DeviceId = "dev-b".parse().expect("id");
+        let mut expiring = C2dMessage::new("expiring");
+        expiring.message_id = Some("a-expiring".into());
+        expiring.ttl = Some(Duration::from_millis(300));
+        expiring.ack = iot_gateway::AckRequest::Full;
+        hub.send_c2d(&b, expiring).await.expect("send");
+        for i in 0..5 {
+            let mut m = C2dMessage::new(format!("b{i}"));
+            m.message_id = Some(format!("b{i}"));
+            hub.send_c2d(&b, m).await.expect("send");
+        }
+        for i in 0..4 {
+            let mut m = C2dMessage::new(format!("a{i}"));
+            m.message_id = Some(format!("a{i}"));
+            hub.send_c2d(&a, m).await.expect("send");
+        }
+        let key = key_of(&dir, "dev-a");
+        let s = hub
+            .connect(&a, Presented::SymmetricKey(&key), SessionOptions::default())
+            .await
+            .expect("connect");
+        s.subscribe(Subscription::C2d).await.expect("subscribe");
+        let first = next_c2d(&*s).await;
+        s.complete(first.lock_token).await.expect("complete a0");
+        // Two deliveries locked and never settled.
+        let _held1 = next_c2d(&*s).await;
+        let _held2 = next_c2d(&*s).await;
+        for i in 1..=3 {
+            hub.patch_desired(&a, json!({"setpoint": i}), None)
+                .await
+                .expect("desired");
+        }
+        s.patch_reported(json!({"fw": "2.0"}))
+            .await
+            .expect("reported");
+        // The parent waits for this line on the child's stdout.
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        writeln!(out, "READY")
+            .and_then(|()| out.flush())
+            .expect("stdout");
+        std::future::pending::<()>().await;
+    });
+}
+
+#[test]
+fn kill_9_keeps_inbox_locks_and_twins() {
+    let dir = tempfile::tempdir().expect("dir");
+    // Provision the devices, then close the identity store for the child.
+    runtime().block_on(async {
+        let identity =
+            FileIdentityStore::open(dir.path().join("identity"), FileStoreOptions::default())
+                .await
+                .expect("identity");
+        for name in ["dev-a", "dev-b"] {
+            let key = SymmetricKey::generate();
+            identity
+                .create(NewIdentity::new(
+                    name.parse().expect("id"),
+                    Credentials::SymmetricKeys {
+                        primary: key.clone(),
+                        secondary: SymmetricKey::generate(),
+                    },
+                ))
+                .await
+                .expect("create");
+            std::fs::write(
+                dir.path().join(format!("{name}.key")),
+                key.expose_base64().as_str(),
+            )
+            .expect("key file");
+        }
+    });
+
+    let mut child = Command::new(std::env::current_exe().expect("exe"))
+        .args([
+            "--exact",
+            "restart_child",
+            "--nocapture",
+            "--include-ignored",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn child");
+    let stdout = child.stdout.take().expect("stdout");
+    let ready = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.ends_with("READY"));
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    assert!(ready, "the child never got ready");
+    // Let the expiring message expire while the gateway is down.
+    std::thread::sleep(Duration::from_millis(400));
+
+    runtime().block_on(async {
+        let (hub, _identity) = open(dir.path()).await;
+        let a: DeviceId = "dev-a".parse().expect("id");
+        let b: DeviceId = "dev-b".parse().expect("id");
+
+        // Twins: every acknowledged change is there.
+        let twin: Twin = hub.get_twin(&a).await.expect("twin");
+        assert_eq!(twin.desired.version, 3);
+        assert_eq!(twin.desired.properties, json!({"setpoint": 3}));
+        assert_eq!(twin.reported.version, 1);
+        assert_eq!(twin.reported.properties, json!({"fw": "2.0"}));
+
+        // Device a: the two locked messages come back first (second delivery), then the rest;
+        // the completed one is gone.
+        let key = key_of(dir.path(), "dev-a");
+        let s = hub
+            .connect(&a, Presented::SymmetricKey(&key), SessionOptions::default())
+            .await
+            .expect("connect");
+        s.subscribe(Subscription::C2d).await.expect("subscribe");
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let d = next_c2d(&*s).await;
+            got.push((d.message_id.clone(), d.delivery_count));
+            s.complete(d.lock_token).await.expect("complete");
+        }
+        assert_eq!(
+            got,
+            vec![("a1".into(), 2), ("a2".into(), 2), ("a3".into(), 1)]
+        );
+        assert_eq!(hub.inbox().depth(&a).await.expect("depth"), 0);
+
+        // Device b: the expired message is never delivered and yields feedback; the others
+        // arrive in order.
+        let key = key_of(dir.path(), "dev-b");
+        let s = hub
+            .connect(&b, Presented::SymmetricKey(&key), SessionOptions::default())
+            .await
+            .expect("connect");
+        s.subscribe(Subscription::C2d).await.expect("subscribe");
+        for i in 0..5 {
+            let d = next_c2d(&*s).await;
+            assert_eq!(d.message_id, format!("b{i}"));
+            assert_eq!(d.delivery_count, 1);
+            s.complete(d.lock_token).await.expect("complete");
+        }
+        let feedback = hub.read_feedback(0, 100).await.expect("feedback");
+        assert!(
+            feedback
+                .iter()
+                .any(|f| f.message_id == "a-expiring" && f.status == FeedbackStatus::Expired),
+            "{feedback:?}"
+        );
+    });
+}

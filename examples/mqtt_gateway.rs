@@ -1,0 +1,304 @@
+//! A gateway with file-backed stores that devices reach over MQTT, the way they reach Azure IoT
+//! Hub.
+//!
+//! ```text
+//! cargo run --example mqtt_gateway -- --data-dir DIR --listen 127.0.0.1:1884 \
+//!     [--tls-listen 127.0.0.1:8883 (--tls-cert CERT.pem --tls-key KEY.pem | --self-signed)] \
+//!     [--client-certs] --host localhost --device DEVICE_ID [--run-for SECONDS]
+//! ```
+//!
+//! It opens (or creates) the identity store and the hub's stores under `DIR`, provisions
+//! `DEVICE_ID` with a fresh symmetric key if it is new, and prints its connection string
+//! (`connection-string: HostName=…;DeviceId=…;SharedAccessKey=…`, usable by the Azure IoT device
+//! SDKs) and the `mosquitto_pub` / `mosquitto_sub` commands to try. Without TLS flags it serves
+//! plain TCP only; with `--self-signed` it makes a CA and a certificate for `--host` under
+//! `DIR/tls` and prints where the CA is. A greeting is queued for the device as a C2D message,
+//! and every telemetry record that lands in the log is printed (`telemetry: …`). It runs until
+//! Ctrl-C, or for `--run-for` seconds, then shuts down gracefully.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use iot_core::{DeviceId, Log, Offset, ReadLimits};
+use iot_gateway::mqtt::{MqttConfig, MqttServer, SelfSigned, TlsConfig};
+use iot_gateway::{C2dMessage, Gateway, Hub, HubConfig};
+use iot_identity::{
+    Credentials, FileIdentityStore, FileStoreOptions, IdentityStore, NewIdentity, SymmetricKey, sas,
+};
+
+const USAGE: &str = "usage: mqtt_gateway --data-dir DIR --listen ADDR [--tls-listen ADDR \
+(--tls-cert CERT.pem --tls-key KEY.pem | --self-signed)] [--client-certs] --host HOST \
+--device DEVICE_ID [--run-for SECONDS]";
+
+#[derive(Debug)]
+struct Args {
+    data_dir: PathBuf,
+    listen: SocketAddr,
+    tls_listen: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    self_signed: bool,
+    client_certs: bool,
+    host: String,
+    device: DeviceId,
+    run_for: Option<Duration>,
+}
+
+fn parse(mut raw: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut data_dir = None;
+    let mut listen = None;
+    let mut tls_listen = None;
+    let mut tls_cert = None;
+    let mut tls_key = None;
+    let mut self_signed = false;
+    let mut client_certs = false;
+    let mut host = None;
+    let mut device = None;
+    let mut run_for = None;
+    while let Some(flag) = raw.next() {
+        let mut value = || raw.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--data-dir" => data_dir = Some(PathBuf::from(value()?)),
+            "--listen" => listen = Some(value()?.parse().map_err(|e| format!("--listen: {e}"))?),
+            "--tls-listen" => {
+                tls_listen = Some(value()?.parse().map_err(|e| format!("--tls-listen: {e}"))?)
+            }
+            "--tls-cert" => tls_cert = Some(PathBuf::from(value()?)),
+            "--tls-key" => tls_key = Some(PathBuf::from(value()?)),
+            "--self-signed" => self_signed = true,
+            "--client-certs" => client_certs = true,
+            "--host" => host = Some(value()?),
+            "--device" => {
+                device = Some(
+                    value()?
+                        .parse::<DeviceId>()
+                        .map_err(|e| format!("--device: {e}"))?,
+                )
+            }
+            "--run-for" => {
+                let seconds: u64 = value()?.parse().map_err(|e| format!("--run-for: {e}"))?;
+                run_for = Some(Duration::from_secs(seconds));
+            }
+            "--help" | "-h" => return Err(String::new()),
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    let args = Args {
+        data_dir: data_dir.ok_or("--data-dir is required")?,
+        listen: listen.ok_or("--listen is required")?,
+        tls_listen,
+        tls_cert,
+        tls_key,
+        self_signed,
+        client_certs,
+        host: host.ok_or("--host is required")?,
+        device: device.ok_or("--device is required")?,
+        run_for,
+    };
+    let has_files = args.tls_cert.is_some() || args.tls_key.is_some();
+    if args.tls_listen.is_some()
+        && !(args.self_signed || (args.tls_cert.is_some() && args.tls_key.is_some()))
+    {
+        return Err("--tls-listen needs --tls-cert and --tls-key, or --self-signed".into());
+    }
+    if args.tls_listen.is_none() && (has_files || args.self_signed) {
+        return Err("TLS flags need --tls-listen".into());
+    }
+    if args.self_signed && has_files {
+        return Err("--self-signed and --tls-cert/--tls-key exclude each other".into());
+    }
+    Ok(args)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let args = match parse(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(message) => {
+            if !message.is_empty() {
+                eprintln!("error: {message}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let identity = Arc::new(
+        FileIdentityStore::open(args.data_dir.join("identity"), FileStoreOptions::default())
+            .await?,
+    );
+    let key = device_key(identity.as_ref(), &args.device).await?;
+    let hub = Hub::open_dir(
+        args.data_dir.join("hub"),
+        identity.clone(),
+        args.host.clone(),
+        HubConfig::default(),
+    )
+    .await?;
+    let mut config = MqttConfig::default();
+    config.state_dir = Some(args.data_dir.join("mqtt"));
+    let server = MqttServer::new(Arc::new(hub.clone()), config)?;
+    let tcp = server.listen_tcp(args.listen).await?;
+
+    let device = &args.device;
+    let host = &args.host;
+    println!(
+        "connection-string: HostName={host};DeviceId={device};SharedAccessKey={}",
+        key.expose_base64().as_str()
+    );
+    println!("mqtt: {tcp} (plain TCP)");
+    let mut tls_options = String::new();
+    let mut tls_bound = None;
+    if let Some(addr) = args.tls_listen {
+        let tls = if args.self_signed {
+            let pair = SelfSigned::generate(host)?;
+            let (ca, _, _) = pair.write_to(&args.data_dir.join("tls"))?;
+            println!("ca-certificate: {}", ca.display());
+            tls_options = format!(" --cafile {}", ca.display());
+            pair.tls_config(args.client_certs)?
+        } else {
+            let (cert, key) = (args.tls_cert.as_ref(), args.tls_key.as_ref());
+            let (Some(cert), Some(key)) = (cert, key) else {
+                return Err("--tls-cert and --tls-key are required".into());
+            };
+            tls_options = " --cafile YOUR-CA.pem".to_string();
+            TlsConfig::from_pem_files(cert, key, args.client_certs)?
+        };
+        let bound = server.listen_tls(addr, tls).await?;
+        println!("mqtts: {bound} (TLS; connect to host {host})");
+        tls_bound = Some(bound);
+    }
+
+    // A SAS token for the mosquitto commands, valid for a day.
+    let token = sas::generate(
+        &format!("{host}/devices/{device}"),
+        &key,
+        sas::unix_now() + 86_400,
+        None,
+    )?;
+    let common = format!(
+        "-h {} -p {} -V mqttv311 -i '{device}' -u '{host}/{device}/?api-version=2021-04-12' -P '{}'",
+        tcp.ip(),
+        tcp.port(),
+        token.as_str()
+    );
+    println!("try:");
+    println!("  mosquitto_sub {common} -q 1 -v -t 'devices/{device}/messages/devicebound/#'");
+    println!(
+        "  mosquitto_pub {common} -q 1 -t 'devices/{device}/messages/events/source=mosquitto' -m hello"
+    );
+    if let Some(addr) = tls_bound {
+        let tls_common = common.replace(
+            &format!("-h {} -p {}", tcp.ip(), tcp.port()),
+            &format!("-h {host} -p {}{tls_options}", addr.port()),
+        );
+        println!(
+            "  mosquitto_pub {tls_common} -q 1 -t 'devices/{device}/messages/events/' -m over-tls"
+        );
+    }
+
+    let mut greeting = C2dMessage::new(&b"hello from the gateway"[..]);
+    greeting.content_type = Some("text/plain".into());
+    hub.send_c2d(device, greeting).await?;
+    println!("queued: a C2D greeting for {device}");
+
+    let tail = tokio::spawn(print_telemetry(hub.telemetry_log().clone()));
+    let run_for = args.run_for.unwrap_or(Duration::MAX);
+    tokio::select! {
+        () = tokio::time::sleep(run_for) => {}
+        stop = tokio::signal::ctrl_c() => stop?,
+    }
+    tail.abort();
+    server.shutdown().await;
+    hub.shutdown().await;
+    println!("stopped");
+    Ok(())
+}
+
+/// The device's primary key, provisioning the device first if it does not exist.
+async fn device_key(
+    identity: &FileIdentityStore,
+    device: &DeviceId,
+) -> Result<SymmetricKey, Box<dyn std::error::Error>> {
+    if let Some(existing) = identity.get(device).await? {
+        return match &existing.credentials {
+            Credentials::SymmetricKeys { primary, .. } => Ok(primary.clone()),
+            other => Err(format!(
+                "{device} authenticates with a {}, not a key",
+                other.kind_name()
+            )
+            .into()),
+        };
+    }
+    let key = SymmetricKey::generate();
+    identity
+        .create(NewIdentity::new(
+            device.clone(),
+            Credentials::SymmetricKeys {
+                primary: key.clone(),
+                secondary: SymmetricKey::generate(),
+            },
+        ))
+        .await?;
+    println!("provisioned: {device}");
+    Ok(key)
+}
+
+/// Prints telemetry records as they land, from every partition.
+async fn print_telemetry(log: Arc<dyn Log>) {
+    let mut tasks = Vec::new();
+    for p in 0..log.partition_count() {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            let partition = iot_core::PartitionId(p);
+            let Ok(mut next) = log.next_offset(partition).await else {
+                return;
+            };
+            loop {
+                if log.wait_for(partition, next).await.is_err() {
+                    return;
+                }
+                let Ok(records) = log.read(partition, next, ReadLimits::default()).await else {
+                    return;
+                };
+                for stored in records {
+                    let headers: Vec<String> = stored
+                        .record
+                        .headers
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
+                    println!(
+                        "telemetry: device={} headers=[{}] payload={}",
+                        stored.record.key,
+                        headers.join(", "),
+                        String::from_utf8_lossy(&stored.record.payload)
+                    );
+                    next = Offset(stored.offset.0 + 1);
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+}

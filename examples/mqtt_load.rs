@@ -1,0 +1,343 @@
+//! MQTT load generator: N devices (rumqttc clients) publish telemetry at full speed while a
+//! back-end consumer receives all of it; prints what was sent and what arrived, msgs/s and
+//! end-to-end latency percentiles.
+//!
+//! ```text
+//! cargo run --release --example mqtt_load -- --target gateway [--devices 1000] [--messages 100] \
+//!     [--qos 1] [--payload 100]
+//! cargo run --release --example mqtt_load -- --target broker --broker 127.0.0.1:1885 [...]
+//! ```
+//!
+//! * `gateway`: starts a `Hub` (in-memory log, throttling off) with its MQTT endpoint on an
+//!   ephemeral loopback port, provisions the devices with SAS tokens, and consumes the telemetry
+//!   log.
+//! * `broker`: a plain MQTT broker such as Mosquitto at `--broker`; the consumer subscribes to
+//!   `devices/#` at the same QoS.
+//!
+//! Each payload starts with the send time (Unix microseconds, 8 bytes big-endian), so latency is
+//! from the device's `publish` call to the consumer. The last line is a JSON object with
+//! `target`, `devices`, `sent`, `received`, `msgs_per_s`, `p50_ms`, `p99_ms`.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use iot_core::{Log, Offset, PartitionId, ReadLimits};
+use iot_gateway::mqtt::{MqttConfig, MqttServer};
+use iot_gateway::{Hub, HubConfig, ThrottleConfig};
+use iot_identity::{
+    Credentials, IdentityStore, MemoryIdentityStore, NewIdentity, SymmetricKey, sas,
+};
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+use tokio::sync::mpsc;
+
+const HOST: &str = "localhost";
+
+/// A device id and, for our gateway, its username and SAS token.
+type Login = (String, Option<(String, String)>);
+
+#[derive(Debug, Clone)]
+struct Args {
+    target: String,
+    broker: Option<SocketAddr>,
+    devices: usize,
+    messages: usize,
+    qos: QoS,
+    payload: usize,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut args = Args {
+        target: "gateway".into(),
+        broker: None,
+        devices: 1000,
+        messages: 100,
+        qos: QoS::AtLeastOnce,
+        payload: 100,
+    };
+    let mut raw = std::env::args().skip(1);
+    while let Some(flag) = raw.next() {
+        let value = raw.next().ok_or(format!("{flag} needs a value"))?;
+        let number = || value.parse::<usize>().map_err(|e| format!("{flag}: {e}"));
+        match flag.as_str() {
+            "--target" => args.target = value.clone(),
+            "--broker" => args.broker = Some(value.parse().map_err(|e| format!("--broker: {e}"))?),
+            "--devices" => args.devices = number()?,
+            "--messages" => args.messages = number()?,
+            "--payload" => args.payload = number()?.max(8),
+            "--qos" => {
+                args.qos = match value.as_str() {
+                    "0" => QoS::AtMostOnce,
+                    "1" => QoS::AtLeastOnce,
+                    _ => return Err("--qos is 0 or 1".into()),
+                }
+            }
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    if args.target == "broker" && args.broker.is_none() {
+        return Err("--target broker needs --broker HOST:PORT".into());
+    }
+    if args.target != "broker" && args.target != "gateway" {
+        return Err("--target is gateway or broker".into());
+    }
+    Ok(args)
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Latency of one payload, from the timestamp it carries.
+fn latency_of(payload: &[u8]) -> Option<u64> {
+    let stamp = u64::from_be_bytes(payload.get(..8)?.try_into().ok()?);
+    Some(now_micros().saturating_sub(stamp))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = match parse() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let expected = (args.devices * args.messages) as u64;
+    let (latency_tx, mut latency_rx) = mpsc::unbounded_channel::<u64>();
+
+    // The consumer, and per device how to connect.
+    let mut gateway = None;
+    let (addr, credentials): (SocketAddr, Vec<Login>) = if args.target == "gateway" {
+        let identity = Arc::new(MemoryIdentityStore::new());
+        let mut devices = Vec::with_capacity(args.devices);
+        for i in 0..args.devices {
+            let id = format!("load-{i}");
+            let key = SymmetricKey::generate();
+            identity
+                .create(NewIdentity::new(
+                    id.parse()?,
+                    Credentials::SymmetricKeys {
+                        primary: key.clone(),
+                        secondary: SymmetricKey::generate(),
+                    },
+                ))
+                .await?;
+            let token = sas::generate(
+                &format!("{HOST}/devices/{id}"),
+                &key,
+                sas::unix_now() + 3600,
+                None,
+            )?;
+            let username = format!("{HOST}/{id}/?api-version=2021-04-12");
+            devices.push((id, Some((username, token.as_str().to_string()))));
+        }
+        let mut config = HubConfig::default();
+        config.throttle = ThrottleConfig::unlimited();
+        let hub = Hub::builder(identity, HOST).config(config).build().await?;
+        let server = MqttServer::new(Arc::new(hub.clone()), MqttConfig::default())?;
+        let addr = server.listen_tcp("127.0.0.1:0".parse()?).await?;
+        let log = hub.telemetry_log().clone();
+        for p in 0..log.partition_count() {
+            tokio::spawn(consume_log(log.clone(), PartitionId(p), latency_tx.clone()));
+        }
+        gateway = Some((hub, server));
+        (addr, devices)
+    } else {
+        let addr = args.broker.ok_or("no broker")?;
+        let mut options = MqttOptions::new("load-consumer", addr.ip().to_string(), addr.port());
+        options.set_keep_alive(Duration::from_secs(60));
+        options.set_max_packet_size(1 << 20, 1 << 20);
+        options.set_inflight(1000);
+        let (client, mut eventloop) = AsyncClient::new(options, 10_000);
+        client.subscribe("devices/#", args.qos).await?;
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let mut ready_tx = Some(ready_tx);
+        let tx = latency_tx.clone();
+        tokio::spawn(async move {
+            let _client = client;
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                        if let Some(ready) = ready_tx.take() {
+                            let _ = ready.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Incoming::Publish(p))) => {
+                        if let Some(l) = latency_of(&p.payload) {
+                            let _ = tx.send(l);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("consumer: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        ready_rx.await?;
+        let devices = (0..args.devices)
+            .map(|i| (format!("load-{i}"), None))
+            .collect();
+        (addr, devices)
+    };
+    drop(latency_tx);
+
+    // Connect every device first, then let them all publish at once.
+    let sent = Arc::new(AtomicU64::new(0));
+    let start = Arc::new(tokio::sync::Barrier::new(args.devices + 1));
+    let mut publishers = Vec::with_capacity(args.devices);
+    for (id, login) in credentials {
+        let mut options = MqttOptions::new(id.clone(), addr.ip().to_string(), addr.port());
+        options.set_keep_alive(Duration::from_secs(60));
+        options.set_inflight(16);
+        if let Some((username, password)) = login {
+            options.set_credentials(username, password);
+        }
+        let (client, mut eventloop) = AsyncClient::new(options, 64);
+        let acked = Arc::new(tokio::sync::Notify::new());
+        let done_count = Arc::new(AtomicU64::new(0));
+        let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
+        let mut connected_tx = Some(connected_tx);
+        {
+            let acked = acked.clone();
+            let done_count = done_count.clone();
+            tokio::spawn(async move {
+                loop {
+                    match eventloop.poll().await {
+                        Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                            if let Some(tx) = connected_tx.take() {
+                                let _ = tx.send(());
+                            }
+                        }
+                        Ok(Event::Incoming(Incoming::PubAck(_))) => {
+                            done_count.fetch_add(1, Ordering::Relaxed);
+                            acked.notify_one();
+                        }
+                        Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+                        Ok(_) => {}
+                        Err(e) => {
+                            eprintln!("device: {e}");
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        connected_rx.await?;
+        let sent = sent.clone();
+        let start = start.clone();
+        let (qos, messages, size) = (args.qos, args.messages, args.payload);
+        let topic = format!("devices/{id}/messages/events/");
+        publishers.push(tokio::spawn(async move {
+            start.wait().await;
+            for _ in 0..messages {
+                let mut payload = vec![b'x'; size];
+                payload[..8].copy_from_slice(&now_micros().to_be_bytes());
+                if client
+                    .publish(topic.as_str(), qos, false, payload)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            if qos == QoS::AtLeastOnce {
+                while done_count.load(Ordering::Relaxed) < messages as u64 {
+                    acked.notified().await;
+                }
+            }
+            client
+        }));
+    }
+    start.wait().await;
+    let began = Instant::now();
+
+    let mut latencies = Vec::with_capacity(expected as usize);
+    let deadline = Duration::from_secs(120);
+    while (latencies.len() as u64) < expected {
+        match tokio::time::timeout(Duration::from_secs(10), latency_rx.recv()).await {
+            Ok(Some(l)) => latencies.push(l),
+            _ => break,
+        }
+        if began.elapsed() > deadline {
+            break;
+        }
+    }
+    let elapsed = began.elapsed();
+    for publisher in publishers {
+        if let Ok(client) = publisher.await {
+            let _ = client.disconnect().await;
+        }
+    }
+    if let Some((hub, server)) = gateway {
+        server.shutdown().await;
+        hub.shutdown().await;
+    }
+
+    latencies.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
+        latencies[i] as f64 / 1000.0
+    };
+    let received = latencies.len() as u64;
+    let rate = received as f64 / elapsed.as_secs_f64();
+    let (p50, p99) = (pct(0.50), pct(0.99));
+    println!(
+        "{}: {} devices, QoS {}, sent {} received {} of {} in {:.2}s: {:.0} msgs/s, p50 {:.2} ms, p99 {:.2} ms",
+        args.target,
+        args.devices,
+        args.qos as u8,
+        sent.load(Ordering::Relaxed),
+        received,
+        expected,
+        elapsed.as_secs_f64(),
+        rate,
+        p50,
+        p99
+    );
+    println!(
+        "{{\"target\":\"{}\",\"devices\":{},\"qos\":{},\"sent\":{},\"received\":{},\"expected\":{},\"msgs_per_s\":{:.0},\"p50_ms\":{:.3},\"p99_ms\":{:.3}}}",
+        args.target,
+        args.devices,
+        args.qos as u8,
+        sent.load(Ordering::Relaxed),
+        received,
+        expected,
+        rate,
+        p50,
+        p99
+    );
+    Ok(())
+}
+
+/// Tails one partition of the telemetry log, reporting each record's latency.
+async fn consume_log(log: Arc<dyn Log>, partition: PartitionId, tx: mpsc::UnboundedSender<u64>) {
+    let mut next = Offset(0);
+    loop {
+        if log.wait_for(partition, next).await.is_err() {
+            return;
+        }
+        let Ok(records) = log.read(partition, next, ReadLimits::default()).await else {
+            return;
+        };
+        for stored in records {
+            if let Some(l) = latency_of(&stored.record.payload)
+                && tx.send(l).is_err()
+            {
+                return;
+            }
+            next = Offset(stored.offset.0 + 1);
+        }
+    }
+}

@@ -154,6 +154,7 @@ impl InboxState {
                 ));
                 continue;
             }
+            // Below `max_delivery_count` (checked just above), so adding one cannot overflow.
             let delivery_count = e.delivery_count + 1;
             let until = now.saturating_add(limits.lock_duration);
             ops.push(Op::Lock {

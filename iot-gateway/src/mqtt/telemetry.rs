@@ -105,7 +105,7 @@ fn parse_rfc3339_utc(text: &str) -> Option<Timestamp> {
     }
     let micros_fraction: u64 = format!("{fraction:0<6}")[..6].parse().ok()?;
     let days = u64::try_from(days_from_civil(year, month, day)).ok()?;
-    // At most 3 652 425 days (year 9999) and 86 400 seconds a day: far below u64::MAX.
+    // Under 3 million days (year 9999) of 86 400 seconds: far below u64::MAX.
     let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second;
     Some(Timestamp::from_unix_micros(
         seconds

@@ -1,8 +1,8 @@
 //! Property tests in the spirit of a fuzzer, run with every `cargo test` (the coverage-guided
 //! cargo-fuzz targets live in `fuzz/` and run briefly in `.ci/run`): arbitrary bytes, and
-//! arbitrary sequences of well-formed packets, fed to a session of the real endpoint over an in-memory pipe. Whatever
-//! arrives, the session ends when the input ends — no panic, no hang — and the server keeps
-//! serving.
+//! arbitrary sequences of well-formed packets, fed to a session of the real endpoint over an
+//! in-memory pipe. Whatever arrives, the session ends when the input ends — no panic, no hang —
+//! and the server keeps serving.
 
 mod mqtt_support;
 

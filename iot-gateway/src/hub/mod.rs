@@ -338,6 +338,17 @@ impl Drop for HubInner {
 }
 
 impl HubInner {
+    /// `DeviceNotFound` unless the identity store knows `device`: the service-side calls refuse
+    /// to queue, patch or invoke anything for a device that cannot exist.
+    async fn require_device(&self, device: &DeviceId) -> Result<()> {
+        match self.identity.get(device).await.map_err(Error::Identity)? {
+            Some(_) => Ok(()),
+            None => Err(Error::DeviceNotFound {
+                device: device.clone(),
+            }),
+        }
+    }
+
     fn session_of(&self, device: &DeviceId) -> Option<Arc<SessionShared>> {
         lock(&self.sessions).get(device).cloned()
     }
@@ -564,17 +575,7 @@ impl Gateway for Hub {
     #[instrument(level = "debug", skip_all, fields(device = %device))]
     async fn send_c2d(&self, device: &DeviceId, message: C2dMessage) -> Result<C2dReceipt> {
         let hub = &self.inner;
-        if hub
-            .identity
-            .get(device)
-            .await
-            .map_err(Error::Identity)?
-            .is_none()
-        {
-            return Err(Error::DeviceNotFound {
-                device: device.clone(),
-            });
-        }
+        hub.require_device(device).await?;
         let ttl = message.ttl.unwrap_or(hub.config.c2d_default_ttl);
         if ttl.is_zero() || ttl > hub.config.c2d_max_ttl {
             return Err(Error::invalid(format!(
@@ -645,17 +646,7 @@ impl Gateway for Hub {
 
     async fn get_twin(&self, device: &DeviceId) -> Result<Twin> {
         let hub = &self.inner;
-        if hub
-            .identity
-            .get(device)
-            .await
-            .map_err(Error::Identity)?
-            .is_none()
-        {
-            return Err(Error::DeviceNotFound {
-                device: device.clone(),
-            });
-        }
+        hub.require_device(device).await?;
         hub.twins.get(device).await
     }
 
@@ -667,17 +658,7 @@ impl Gateway for Hub {
         if_version: Option<u64>,
     ) -> Result<Twin> {
         let hub = &self.inner;
-        if hub
-            .identity
-            .get(device)
-            .await
-            .map_err(Error::Identity)?
-            .is_none()
-        {
-            return Err(Error::DeviceNotFound {
-                device: device.clone(),
-            });
-        }
+        hub.require_device(device).await?;
         let _order = hub.desired_lock.lock().await;
         let twin = hub
             .twins
@@ -724,17 +705,7 @@ impl Gateway for Hub {
                 "method timeouts are at most {max:?} and the response timeout is positive"
             )));
         }
-        if hub
-            .identity
-            .get(device)
-            .await
-            .map_err(Error::Identity)?
-            .is_none()
-        {
-            return Err(Error::DeviceNotFound {
-                device: device.clone(),
-            });
-        }
+        hub.require_device(device).await?;
         // Wait (up to the connect timeout) for a session that takes method requests.
         let deadline = tokio::time::Instant::now() + call.connect_timeout;
         let mut changed = hub.sessions_changed.subscribe();

@@ -74,13 +74,17 @@ pub enum SessionEvent {
 /// * **Telemetry** is acknowledged only once it is in the log (durable as the log promises), in
 ///   the order one session sent it.
 /// * **C2D** messages wait in a durable per-device inbox until completed, rejected, expired or
-///   dead-lettered; they reach a session only after it asked for [`Subscription::C2d`], in FIFO
-///   order, at most [`SessionOptions::c2d_window`] unsettled at once.
+///   dead-lettered; they reach a session only while it is subscribed to [`Subscription::C2d`],
+///   in FIFO order, at most [`SessionOptions::c2d_window`] unsettled at once.
 /// * **Twins** have versions that grow by one per patch; a desired patch reaches the device's
-///   session (after [`Subscription::DesiredPatches`]) in version order.
-/// * **Methods** reach a session only after [`Subscription::Methods`]; a device without such a
-///   session is [`Error::DeviceOffline`](crate::Error::DeviceOffline) (after the call's connect
-///   timeout), an unanswered call [`Error::TimedOut`](crate::Error::TimedOut).
+///   session (while subscribed to [`Subscription::DesiredPatches`]) in version order.
+/// * **Methods** reach a session only while it is subscribed to [`Subscription::Methods`]; a
+///   device without such a session is [`Error::DeviceOffline`](crate::Error::DeviceOffline)
+///   (after the call's connect timeout), an unanswered call
+///   [`Error::TimedOut`](crate::Error::TimedOut).
+/// * **Unsubscribing** ([`DeviceSession::unsubscribe`]) stops a kind without losing anything:
+///   C2D deliveries already handed out can still be settled, undelivered messages stay in the
+///   inbox.
 #[async_trait]
 pub trait Gateway: Send + Sync + Debug + 'static {
     /// Authenticates `device` with `credential` and opens its session, closing any older one.
@@ -135,6 +139,30 @@ pub trait DeviceSession: Send + Sync + Debug {
     /// is delivered and nothing is lost (C2D messages wait in the inbox; desired patches and
     /// method requests made since the session opened wait in the session). Idempotent.
     async fn subscribe(&self, subscription: Subscription) -> Result<()>;
+
+    /// Stops delivering a kind of traffic: the kind goes back to how it was before
+    /// [`subscribe`](DeviceSession::subscribe), and a later `subscribe` starts it again.
+    ///
+    /// Once this returns, [`next_event`](DeviceSession::next_event) hands out nothing of that
+    /// kind. What was handed out already stays the device's to finish:
+    ///
+    /// * [`Subscription::C2d`]: messages handed out stay locked to the session and can still be
+    ///   completed, abandoned or rejected by their lock token (a device's acknowledgement may
+    ///   arrive after it unsubscribed). Messages not handed out stay in the inbox for a later
+    ///   subscription or session; one that a lookup had just locked goes back at once, having
+    ///   counted that delivery.
+    /// * [`Subscription::DesiredPatches`]: patches made from now on wait in the session as they
+    ///   do before the first `subscribe`, so subscribing again delivers them in version order
+    ///   (folded into one full-document patch if more than the session's queue piled up).
+    /// * [`Subscription::Methods`]: the session no longer takes method requests, as if it had
+    ///   never subscribed: requests queued and not yet handed out fail at once with
+    ///   [`Error::DeviceOffline`](crate::Error::DeviceOffline), new invocations wait for a
+    ///   method subscription up to their connect timeout. Requests already handed out can still
+    ///   be answered with [`respond_method`](DeviceSession::respond_method).
+    ///
+    /// Unsubscribing a kind that is not subscribed is `Ok`. On a closed session it fails with
+    /// [`Error::SessionClosed`](crate::Error::SessionClosed), like `subscribe`.
+    async fn unsubscribe(&self, subscription: Subscription) -> Result<()>;
 
     /// Waits for the next thing to hand to the device. Pull-based: the session never buffers
     /// more than its bounded queues, and a C2D message is locked only when this returns it.

@@ -7,12 +7,15 @@
 //!
 //! Checks never assert on timing. They wait for events (with a generous guard against hangs) and
 //! prove that something did *not* happen by ordering: an expired message is followed by a live one,
-//! and the live one must be the first delivered.
+//! and the live one must be the first delivered. Where nothing can follow (a session that
+//! unsubscribed must hand out nothing at all), a check gives the session a short while to hand
+//! something out: a correct gateway passes however slow it is, only a broken one can fail.
 //!
 //! [`run_all`] runs every check; [`Limits`] passes the limits the gateway was configured with.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,7 +29,8 @@ use serde_json::json;
 use crate::error::{CloseReason, Error};
 use crate::gateway::{DeviceSession, Gateway, SessionEvent, SessionOptions, Subscription};
 use crate::message::{AckRequest, C2dDelivery, C2dMessage, FeedbackStatus, Telemetry, header};
-use crate::method::{MethodCall, MethodResponse};
+use crate::method::{MethodCall, MethodRequest, MethodResponse};
+use crate::twin::DesiredPatch;
 
 /// Provisions devices for the checks and reads back what reached the log.
 #[async_trait]
@@ -135,6 +139,32 @@ async fn next_c2d(s: &dyn DeviceSession) -> C2dDelivery {
     }
 }
 
+/// How long [`assert_quiet`] gives a session to hand something out. Not a timing assertion: a
+/// correct gateway hands out nothing however long it is given.
+const QUIET: Duration = Duration::from_millis(300);
+
+/// Fails if `s` hands out any event within [`QUIET`] (`next_event` is cancel safe, so giving up
+/// on it loses nothing).
+async fn assert_quiet(s: &dyn DeviceSession, what: &str) {
+    if let Ok(event) = tokio::time::timeout(QUIET, s.next_event()).await {
+        panic!("{what}: {event:?}");
+    }
+}
+
+async fn next_method(s: &dyn DeviceSession) -> MethodRequest {
+    match within(s.next_event()).await.expect("next event") {
+        SessionEvent::Method(r) => r,
+        other => panic!("expected a method request, got {other:?}"),
+    }
+}
+
+async fn next_desired(s: &dyn DeviceSession) -> DesiredPatch {
+    match within(s.next_event()).await.expect("next event") {
+        SessionEvent::DesiredPatch(p) => p,
+        other => panic!("expected a desired patch, got {other:?}"),
+    }
+}
+
 async fn feedback_for(gw: &dyn Gateway, message_id: &str) -> Vec<FeedbackStatus> {
     let mut out = Vec::new();
     let mut from = 0;
@@ -175,6 +205,10 @@ pub async fn run_all(gw: &dyn Gateway, fx: &dyn Fixture, limits: Limits) {
     disabled_device_session_ends(gw, fx).await;
     methods_offline_timeout_and_answer(gw, fx).await;
     twin_versions_and_desired_push(gw, fx).await;
+    c2d_unsubscribe_keeps_locks_and_inbox(gw, fx).await;
+    c2d_unsubscribe_with_a_lookup_pending(gw, fx).await;
+    desired_unsubscribe_and_resubscribe(gw, fx).await;
+    methods_unsubscribe(gw, fx).await;
 }
 
 /// A wrong token and an unknown device are both `Unauthorized`.
@@ -657,5 +691,206 @@ pub async fn twin_versions_and_desired_push(gw: &dyn Gateway, fx: &dyn Fixture) 
         json!({"setpoint": 3, "mode": {"fan": "auto"}})
     );
     assert_eq!(gw.get_twin(&id).await.expect("twin"), t);
+    s.close().await;
+}
+
+/// After `unsubscribe(C2d)` no message is handed out. The message in flight stays locked to the
+/// session and can still be completed (an acknowledgement may arrive after the unsubscribe); the
+/// one never handed out stays in the inbox and reaches a later session as its first delivery.
+/// Unsubscribing twice, or a kind never subscribed, is fine; on a closed session it is
+/// `SessionClosed`.
+pub async fn c2d_unsubscribe_keeps_locks_and_inbox(gw: &dyn Gateway, fx: &dyn Fixture) {
+    let (id, token) = fx.provision("unsub-c2d").await;
+    let first = gw
+        .send_c2d(&id, c2d("first", AckRequest::Full))
+        .await
+        .expect("send");
+    let second = gw
+        .send_c2d(&id, c2d("second", AckRequest::None))
+        .await
+        .expect("send");
+    let s = connect(gw, &id, &token).await;
+    s.subscribe(Subscription::C2d).await.expect("subscribe");
+    let held = next_c2d(&*s).await;
+    assert_eq!(held.message_id, first.message_id);
+    s.unsubscribe(Subscription::C2d).await.expect("unsubscribe");
+    s.unsubscribe(Subscription::C2d)
+        .await
+        .expect("unsubscribing twice");
+    s.unsubscribe(Subscription::Methods)
+        .await
+        .expect("unsubscribing a kind never subscribed");
+    assert_quiet(&*s, "handed out after unsubscribe(C2d)").await;
+    s.complete(held.lock_token)
+        .await
+        .expect("a message in flight at unsubscribe can still be completed");
+    assert_eq!(
+        feedback_for(gw, &first.message_id).await,
+        vec![FeedbackStatus::Success]
+    );
+    s.close().await;
+    assert!(matches!(
+        s.unsubscribe(Subscription::C2d).await,
+        Err(Error::SessionClosed { .. })
+    ));
+    let later = connect(gw, &id, &token).await;
+    later.subscribe(Subscription::C2d).await.expect("subscribe");
+    let d = next_c2d(&*later).await;
+    assert_eq!(d.message_id, second.message_id);
+    assert_eq!(
+        d.delivery_count, 1,
+        "the unsubscribed session took the message"
+    );
+    later.complete(d.lock_token).await.expect("complete");
+    later.close().await;
+}
+
+/// Unsubscribing right after a cancelled `next_event` (whose C2D lookup may still be running)
+/// hands out nothing, and what that lookup found goes back to the inbox rather than being kept
+/// for the session: a message that expires meanwhile is never delivered when the session
+/// subscribes again, and a live one sent after it is the first delivered.
+pub async fn c2d_unsubscribe_with_a_lookup_pending(gw: &dyn Gateway, fx: &dyn Fixture) {
+    const TTL: Duration = Duration::from_millis(500);
+    let (id, token) = fx.provision("unsub-lookup").await;
+    let mut dying = c2d("dying", AckRequest::Negative);
+    dying.ttl = Some(TTL);
+    let dying = gw.send_c2d(&id, dying).await.expect("send");
+    let s = connect(gw, &id, &token).await;
+    s.subscribe(Subscription::C2d).await.expect("subscribe");
+    // Polled once, then dropped: usually the lookup that locks "dying" is still running. (A
+    // zero timeout would not do: it waits for the timer's next tick.)
+    let mut call = s.next_event();
+    let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+    drop(call);
+    if let Poll::Ready(event) = first {
+        // The lookup won the race: give the message back; the rest of the check still holds.
+        match event.expect("event") {
+            SessionEvent::C2d(d) => s.abandon(d.lock_token).await.expect("abandon"),
+            other => panic!("expected a C2D message, got {other:?}"),
+        }
+    }
+    s.unsubscribe(Subscription::C2d).await.expect("unsubscribe");
+    assert_quiet(&*s, "handed out after unsubscribe(C2d)").await;
+    tokio::time::sleep(TTL).await;
+    let live = gw
+        .send_c2d(&id, c2d("live", AckRequest::None))
+        .await
+        .expect("send");
+    s.subscribe(Subscription::C2d)
+        .await
+        .expect("subscribe again");
+    let d = next_c2d(&*s).await;
+    assert_eq!(
+        d.message_id, live.message_id,
+        "a message locked before the unsubscribe was kept past its expiry and delivered"
+    );
+    s.complete(d.lock_token).await.expect("complete");
+    assert_eq!(
+        feedback_for(gw, &dying.message_id).await,
+        vec![FeedbackStatus::Expired]
+    );
+    s.close().await;
+}
+
+/// After `unsubscribe(DesiredPatches)` no patch is handed out; the patches made meanwhile reach
+/// the session, in version order, once it subscribes again.
+pub async fn desired_unsubscribe_and_resubscribe(gw: &dyn Gateway, fx: &dyn Fixture) {
+    let (id, token) = fx.provision("unsub-desired").await;
+    let s = connect(gw, &id, &token).await;
+    s.subscribe(Subscription::DesiredPatches)
+        .await
+        .expect("subscribe");
+    gw.patch_desired(&id, json!({"step": 1}), None)
+        .await
+        .expect("patch");
+    assert_eq!(next_desired(&*s).await.version, 1);
+    s.unsubscribe(Subscription::DesiredPatches)
+        .await
+        .expect("unsubscribe");
+    for step in 2..=3 {
+        gw.patch_desired(&id, json!({ "step": step }), None)
+            .await
+            .expect("patch");
+    }
+    assert_quiet(&*s, "handed out after unsubscribe(DesiredPatches)").await;
+    s.subscribe(Subscription::DesiredPatches)
+        .await
+        .expect("subscribe again");
+    for step in 2..=3u64 {
+        let p = next_desired(&*s).await;
+        assert_eq!(p.version, step);
+        assert!(!p.full_document);
+        assert_eq!(p.patch, json!({ "step": step }));
+    }
+    s.close().await;
+}
+
+/// After `unsubscribe(Methods)` the session takes no method requests, as if it had never
+/// subscribed: a request queued and not handed out fails with `DeviceOffline`, and so does a new
+/// call without a connect timeout; a call with one waits for the next subscription. A request
+/// handed out before the unsubscribe can still be answered.
+pub async fn methods_unsubscribe(gw: &dyn Gateway, fx: &dyn Fixture) {
+    let (id, token) = fx.provision("unsub-methods").await;
+    let call = |name: &str, connect_timeout: Duration| {
+        let mut c = MethodCall::new(name, "{}");
+        c.connect_timeout = connect_timeout;
+        c.response_timeout = Duration::from_secs(20);
+        c
+    };
+    let answer = |request_id| MethodResponse {
+        request_id,
+        status: 200,
+        payload: Bytes::from_static(b"{}"),
+    };
+    let s = connect(gw, &id, &token).await;
+    s.subscribe(Subscription::Methods).await.expect("subscribe");
+    let (handed_out, ()) = tokio::join!(
+        within(gw.invoke_method(&id, call("a", Duration::ZERO))),
+        async {
+            let a = next_method(&*s).await;
+            assert_eq!(a.name, "a");
+            let (queued, ()) = tokio::join!(
+                within(gw.invoke_method(&id, call("b", Duration::ZERO))),
+                async {
+                    // Usually lets "b" reach the session's queue first; in either order it must
+                    // end in `DeviceOffline`, not wait for its response timeout.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    s.unsubscribe(Subscription::Methods)
+                        .await
+                        .expect("unsubscribe");
+                }
+            );
+            assert!(
+                matches!(queued, Err(Error::DeviceOffline { .. })),
+                "{queued:?}"
+            );
+            let offline = within(gw.invoke_method(&id, call("c", Duration::ZERO))).await;
+            assert!(
+                matches!(offline, Err(Error::DeviceOffline { .. })),
+                "{offline:?}"
+            );
+            s.respond_method(answer(a.request_id))
+                .await
+                .expect("a request handed out before unsubscribe can be answered");
+        }
+    );
+    assert_eq!(handed_out.expect("answered").status, 200);
+    let (waited, ()) = tokio::join!(
+        within(gw.invoke_method(&id, call("d", Duration::from_secs(30)))),
+        async {
+            s.subscribe(Subscription::Methods)
+                .await
+                .expect("subscribe again");
+            let d = next_method(&*s).await;
+            assert_eq!(
+                d.name, "d",
+                "a request from before the unsubscribe came out"
+            );
+            s.respond_method(answer(d.request_id))
+                .await
+                .expect("respond");
+        }
+    );
+    assert_eq!(waited.expect("answered").status, 200);
     s.close().await;
 }

@@ -1,6 +1,6 @@
 //! The MQTT endpoint driven by a third-party client (rumqttc) against a real `Hub`: telemetry
-//! with properties, C2D with lazy subscription and PUBACK completion, twins, direct methods,
-//! ACL, wills and persistent sessions.
+//! with properties, C2D with lazy subscription, PUBACK completion and UNSUBSCRIBE, twins, direct
+//! methods, ACL, wills and persistent sessions.
 
 mod mqtt_support;
 
@@ -103,6 +103,102 @@ async fn c2d_waits_for_the_subscription_and_puback_completes_it() {
     .expect("feedback in time");
     assert_eq!(feedback[0].status, FeedbackStatus::Success);
     assert_eq!(feedback[0].message_id, "msg-1");
+}
+
+/// Asks for the twin and waits for the answer. The endpoint handles a connection's packets in
+/// order, so once the answer is back everything the client sent before has been handled.
+async fn twin_round_trip(client: &mut Client, rid: &str) {
+    client
+        .client
+        .publish(
+            format!("$iothub/twin/GET/?$rid={rid}"),
+            QoS::AtMostOnce,
+            false,
+            Vec::new(),
+        )
+        .await
+        .expect("twin GET");
+    let answer = client.next_publish().await;
+    assert_eq!(answer.topic, format!("$iothub/twin/res/200/?$rid={rid}"));
+}
+
+/// Fails if a PUBLISH arrives within a short while. Not a timing assertion: while the device is
+/// subscribed a queued C2D message is written at once; after UNSUBSCRIBE it must never be.
+async fn assert_no_publish(client: &mut Client, what: &str) {
+    if let Ok(publish) =
+        tokio::time::timeout(Duration::from_millis(500), client.incoming.recv()).await
+    {
+        panic!("{what}: {publish:?}");
+    }
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_c2d_and_a_later_puback_still_completes() {
+    const C2D: &str = "devices/d1/messages/devicebound/#";
+    let fx = Fixture::start().await;
+    let device = fx.device("d1").await;
+    let mut options = device.options(fx.addr);
+    // PUBACKs are sent by the test, so that one can follow the UNSUBSCRIBE. A persistent session
+    // shows that the unsubscribed filter is not restored either.
+    options.set_manual_acks(true);
+    options.set_clean_session(false);
+    let mut client = Client::connect(options.clone()).await;
+    client
+        .subscribe("$iothub/twin/res/#", QoS::AtMostOnce)
+        .await;
+    client.subscribe(C2D, QoS::AtLeastOnce).await;
+    let send = |body: &'static str| {
+        let mut message = C2dMessage::new(body.as_bytes());
+        message.message_id = Some(body.into());
+        message.ack = AckRequest::Full;
+        fx.gateway.send_c2d(&device.id, message)
+    };
+    send("first").await.expect("queue C2D");
+    let first = client.next_publish().await;
+    assert_eq!(first.payload.as_ref(), b"first");
+
+    client.client.unsubscribe(C2D).await.expect("unsubscribe");
+    twin_round_trip(&mut client, "1").await;
+    send("second").await.expect("queue C2D");
+    assert_no_publish(&mut client, "C2D delivered after UNSUBSCRIBE").await;
+
+    // The PUBACK of the message in flight at the UNSUBSCRIBE still completes it.
+    client.client.ack(&first).await.expect("PUBACK");
+    let completed = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let f = fx.gateway.read_feedback(0, 10).await.expect("feedback");
+            if let Some(f) = f.into_iter().find(|f| f.message_id == "first") {
+                return f.status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("feedback in time");
+    assert_eq!(completed, FeedbackStatus::Success);
+
+    // Subscribing again delivers what waited in the inbox.
+    client.subscribe(C2D, QoS::AtLeastOnce).await;
+    let second = client.next_publish().await;
+    assert_eq!(second.payload.as_ref(), b"second");
+    client.client.ack(&second).await.expect("PUBACK");
+
+    // Unsubscribed again before disconnecting: the persistent session keeps only the twin
+    // answers, so after reconnecting no C2D message is delivered.
+    client.client.unsubscribe(C2D).await.expect("unsubscribe");
+    twin_round_trip(&mut client, "2").await;
+    client.client.disconnect().await.expect("disconnect");
+    client.closed().await;
+    send("third").await.expect("queue C2D");
+    let (again, eventloop) = rumqttc::AsyncClient::new(options, 8);
+    let mut again = Client::spawn(again, eventloop);
+    let ack = tokio::time::timeout(PATIENCE, again.connack.recv())
+        .await
+        .expect("CONNACK")
+        .expect("connected");
+    assert!(ack.session_present, "the twin answer subscription is kept");
+    twin_round_trip(&mut again, "3").await;
+    assert_no_publish(&mut again, "C2D delivered to a session that unsubscribed").await;
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use iot_identity::{Authenticated, ETag, GenerationId};
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::{HubInner, records};
 use crate::error::{CloseReason, Error, Result};
@@ -144,6 +144,14 @@ impl SessionShared {
         Ok(())
     }
 
+    /// Stops taking method requests; returns the ids of those queued and not handed out, which
+    /// the caller fails.
+    fn stop_methods(&self) -> Vec<u64> {
+        let mut st = lock(&self.state);
+        st.methods = false;
+        st.method_queue.drain(..).map(|r| r.request_id).collect()
+    }
+
     pub(crate) fn forget_method(&self, request_id: u64) {
         let mut st = lock(&self.state);
         st.method_queue.retain(|r| r.request_id != request_id);
@@ -227,6 +235,61 @@ impl HubSession {
                 next_due: outcome.next_due,
             })
         })
+    }
+
+    /// Waits for a pending C2D lookup and gives back whatever it locked: the session stopped
+    /// taking C2D messages, so nothing the lookup found may be handed out.
+    ///
+    /// Cancel safe: the handle is awaited by reference, so a cancelled call leaves the lookup
+    /// for the next one.
+    async fn discard_lookup(&self, ev: &mut EventState) {
+        let Some(handle) = ev.lookup.as_mut() else {
+            return;
+        };
+        let joined = handle.await;
+        ev.lookup = None;
+        ev.idle = false;
+        match joined {
+            Ok(Ok(Lookup {
+                locked: Some(locked),
+                ..
+            })) => self.release(locked.token),
+            Ok(Ok(_)) => {}
+            // Nothing was adopted: a failed lookup holds no lock.
+            Ok(Err(e)) => {
+                debug!(device = %self.shared.device, error = %e, "discarded C2D lookup failed");
+            }
+            Err(e) => {
+                warn!(device = %self.shared.device, error = %e, "discarded C2D lookup task failed");
+            }
+        }
+    }
+
+    /// Gives a lock this session took but never handed out back to the inbox. The settlement
+    /// runs in a task of its own, so that no cancellation can strand the lock; it wakes the
+    /// session when done, in case it subscribed again meanwhile.
+    fn release(&self, token: LockToken) {
+        lock(&self.shared.state).in_flight.remove(&token);
+        let (hub, shared) = (self.hub.clone(), self.shared.clone());
+        tokio::spawn(async move {
+            match hub
+                .inbox
+                .settle(&shared.device, token, Settlement::Abandon)
+                .await
+            {
+                Ok(removed) => {
+                    if let Err(e) = hub.report(removed.as_slice()).await {
+                        warn!(device = %shared.device, error = %e, "could not report a released C2D message");
+                    }
+                }
+                // The lock lapsed or the session's close released it first.
+                Err(Error::LockLost { .. }) => {}
+                Err(e) => {
+                    warn!(device = %shared.device, error = %e, "could not release a C2D lock; it lapses on expiry");
+                }
+            }
+            shared.wake();
+        });
     }
 
     async fn settle(&self, token: LockToken, settlement: Settlement) -> Result<()> {
@@ -321,6 +384,40 @@ impl DeviceSession for HubSession {
         Ok(())
     }
 
+    async fn unsubscribe(&self, subscription: Subscription) -> Result<()> {
+        self.check_open()?;
+        match subscription {
+            Subscription::C2d => {
+                lock(&self.shared.state).c2d = false;
+                // Deliveries already handed out stay in `in_flight`, so the device can still
+                // settle them. A lookup left behind by a cancelled `next_event` may hold a lock
+                // that was never handed out: give it back now if no `next_event` is running
+                // (one that is running does it itself once woken below).
+                if let Ok(mut ev) = self.events.try_lock() {
+                    self.discard_lookup(&mut ev).await;
+                }
+            }
+            // Patches keep queueing in the session, as before the first `subscribe`, so that a
+            // later subscription misses no version.
+            Subscription::DesiredPatches => lock(&self.shared.state).desired = false,
+            Subscription::Methods => {
+                let queued = self.shared.stop_methods();
+                if !queued.is_empty() {
+                    // Dropping the reply channels makes those invocations fail with
+                    // `DeviceOffline`, as when a session closes with requests queued. A request
+                    // can no longer reach this session: `push_method` checks the flag.
+                    let mut pending = lock(&self.hub.methods);
+                    for request_id in queued {
+                        pending.remove(&request_id);
+                    }
+                }
+            }
+        }
+        self.shared.wake();
+        self.hub.bump_sessions();
+        Ok(())
+    }
+
     async fn next_event(&self) -> Result<SessionEvent> {
         let mut ev = self.events.lock().await;
         loop {
@@ -352,6 +449,10 @@ impl DeviceSession for HubSession {
                     st.c2d && (ev.lookup.is_some() || st.in_flight.len() < self.shared.window);
                 (want, resync)
             };
+            if !want_c2d && ev.lookup.is_some() {
+                // Only when unsubscribed from C2D: otherwise a pending lookup is always wanted.
+                self.discard_lookup(&mut ev).await;
+            }
             if resync {
                 let twin = self.hub.twins.get(&self.shared.device).await?;
                 return Ok(SessionEvent::DesiredPatch(DesiredPatch {
@@ -372,6 +473,11 @@ impl DeviceSession for HubSession {
                     Error::io("C2D lookup task", "", std::io::Error::other(e.to_string()))
                 })??;
                 if let Some(locked) = lookup.locked {
+                    if !lock(&self.shared.state).c2d {
+                        // Unsubscribed while the lookup ran: the message is not handed out.
+                        self.release(locked.token);
+                        continue;
+                    }
                     let count = locked.token.delivery;
                     return Ok(SessionEvent::C2d(delivery(locked, count)));
                 }

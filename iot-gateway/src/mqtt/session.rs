@@ -397,7 +397,7 @@ where
             } => {
                 for filter in &topic_filters {
                     let kind = topics::classify_filter(filter, self.device.as_str())?;
-                    self.subscriptions.remove(kind);
+                    self.unsubscribe(kind).await?;
                 }
                 self.write(Packet::UnsubscribeAck { packet_id }).await?;
             }
@@ -552,6 +552,20 @@ where
             Subscription::TwinResponses => return Ok(()),
         };
         self.session.subscribe(gateway_kind).await?;
+        Ok(())
+    }
+
+    /// Forgets a subscription and tells the gateway to stop delivering that kind. C2D messages
+    /// already in flight stay in `inflight`: a PUBACK after the UNSUBSCRIBE still completes them.
+    async fn unsubscribe(&mut self, kind: Subscription) -> Result<(), Error> {
+        self.subscriptions.remove(kind);
+        let gateway_kind = match kind {
+            Subscription::C2d => GatewaySubscription::C2d,
+            Subscription::DesiredPatches => GatewaySubscription::DesiredPatches,
+            Subscription::Methods => GatewaySubscription::Methods,
+            Subscription::TwinResponses => return Ok(()),
+        };
+        self.session.unsubscribe(gateway_kind).await?;
         Ok(())
     }
 

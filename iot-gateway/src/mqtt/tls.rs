@@ -6,13 +6,18 @@ use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
+use iot_identity::Thumbprint;
+use rustls::CertificateError;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::prelude::FromDer;
 
 use super::error::Error;
 
@@ -22,8 +27,10 @@ use super::error::Error;
 /// A client certificate is not checked against a CA: as with IoT Hub's self-signed X.509
 /// devices, the TLS handshake proves the device holds the certificate's key, and the gateway
 /// then looks the certificate's SHA-256 thumbprint up in the identity store
-/// ([`Presented::Thumbprint`](iot_identity::Presented::Thumbprint)). A device that sends a
-/// password authenticates with it instead.
+/// ([`Presented::Thumbprint`](iot_identity::Presented::Thumbprint)). Its validity dates are
+/// checked, though: a certificate that is not X.509, or whose `notBefore`/`notAfter` does not
+/// include the time of the handshake, fails the handshake (TLS alert `bad_certificate` or
+/// `certificate_expired`). A device that sends a password authenticates with it instead.
 #[derive(Clone)]
 pub struct TlsConfig {
     server: Arc<rustls::ServerConfig>,
@@ -98,8 +105,9 @@ fn config_error(reason: String) -> Error {
     Error::Config(format!("TLS: {reason}"))
 }
 
-/// Accepts any client certificate whose key signed the handshake; identity is decided later by
-/// thumbprint. Offered, never required, so that password devices are unaffected.
+/// Accepts any X.509 client certificate that is within its validity dates and whose key signed
+/// the handshake; identity is decided later by thumbprint. Offered, never required, so that
+/// password devices are unaffected.
 #[derive(Debug)]
 struct ThumbprintClientCerts {
     algorithms: WebPkiSupportedAlgorithms,
@@ -120,10 +128,13 @@ impl ClientCertVerifier for ThumbprintClientCerts {
 
     fn verify_client_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
+        now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
+        // No chain to a CA (the thumbprint is the identity), so intermediates play no part; the
+        // dates are the only thing a certificate says about itself that the gateway enforces.
+        check_validity(end_entity, now)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -148,6 +159,65 @@ impl ClientCertVerifier for ThumbprintClientCerts {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
     }
+}
+
+/// Refuses `cert` unless it parses as one X.509 certificate whose validity period (inclusive at
+/// both ends, as RFC 5280 reads it) contains `now`.
+fn check_validity(cert: &CertificateDer<'_>, now: UnixTime) -> Result<(), rustls::Error> {
+    // Thumbprints are public (they are what the identity store holds), so they may be logged;
+    // the operator needs one to tell which device's certificate was refused.
+    let thumbprint = Thumbprint::of_der_certificate(cert);
+    let parsed = match X509Certificate::from_der(cert.as_ref()) {
+        Ok(([], parsed)) => parsed,
+        Ok((rest, _)) => {
+            tracing::debug!(
+                %thumbprint,
+                trailing_bytes = rest.len(),
+                "client certificate refused: bytes after the certificate"
+            );
+            return Err(CertificateError::BadEncoding.into());
+        }
+        Err(e) => {
+            tracing::debug!(%thumbprint, error = %e, "client certificate refused: not X.509");
+            return Err(CertificateError::BadEncoding.into());
+        }
+    };
+    let validity = parsed.validity();
+    let not_before = validity.not_before.timestamp();
+    let not_after = validity.not_after.timestamp();
+    // Certificate times are signed (dates before 1970 are legal); `now` never is.
+    let time = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+    if time < not_before {
+        tracing::info!(
+            %thumbprint,
+            not_before = %validity.not_before,
+            "client certificate refused: not valid yet"
+        );
+        return Err(CertificateError::NotValidYetContext {
+            time: now,
+            not_before: unix_time(not_before),
+        }
+        .into());
+    }
+    if time > not_after {
+        tracing::info!(
+            %thumbprint,
+            not_after = %validity.not_after,
+            "client certificate refused: expired"
+        );
+        return Err(CertificateError::ExpiredContext {
+            time: now,
+            not_after: unix_time(not_after),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// `secs` since the epoch as rustls's time; a date before 1970 only appears in an error report,
+/// where the epoch itself says enough.
+fn unix_time(secs: i64) -> UnixTime {
+    UnixTime::since_unix_epoch(Duration::from_secs(u64::try_from(secs).unwrap_or(0)))
 }
 
 /// A throw-away certificate authority and a server certificate it signed, for development and
@@ -263,6 +333,98 @@ mod tests {
         pair.tls_config(true)
             .expect("server config with client certs");
         assert!(!format!("{pair:?}").contains("PRIVATE KEY"));
+    }
+
+    /// A self-signed client certificate valid from `not_before` through `not_after` (UTC dates).
+    fn client_cert(not_before: (i32, u8, u8), not_after: (i32, u8, u8)) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["device-1".to_string()]).expect("params");
+        params.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        params.self_signed(&key).expect("self-signed").der().clone()
+    }
+
+    /// Midnight UTC of a date, plus `offset` seconds (which may be negative).
+    fn at(date: (i32, u8, u8), offset: i64) -> UnixTime {
+        let secs = rcgen::date_time_ymd(date.0, date.1, date.2).unix_timestamp() + offset;
+        UnixTime::since_unix_epoch(Duration::from_secs(
+            u64::try_from(secs).expect("after 1970"),
+        ))
+    }
+
+    fn verify(cert: &CertificateDer<'_>, now: UnixTime) -> Result<(), rustls::Error> {
+        let verifier = ThumbprintClientCerts {
+            algorithms: rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        };
+        verifier.verify_client_cert(cert, &[], now).map(|_| ())
+    }
+
+    const FROM: (i32, u8, u8) = (2020, 1, 1);
+    const UNTIL: (i32, u8, u8) = (2021, 1, 1);
+
+    #[test]
+    fn verifier_accepts_a_certificate_within_its_dates_inclusive() {
+        let cert = client_cert(FROM, UNTIL);
+        verify(&cert, at((2020, 6, 1), 0)).expect("mid-period");
+        verify(&cert, at(FROM, 0)).expect("first second");
+        verify(&cert, at(UNTIL, 0)).expect("last second");
+    }
+
+    #[test]
+    fn verifier_refuses_an_expired_certificate() {
+        let cert = client_cert(FROM, UNTIL);
+        let now = at(UNTIL, 1);
+        assert_eq!(
+            verify(&cert, now),
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::ExpiredContext {
+                    time: now,
+                    not_after: at(UNTIL, 0),
+                }
+            ))
+        );
+        assert!(verify(&cert, at((2030, 1, 1), 0)).is_err());
+    }
+
+    #[test]
+    fn verifier_refuses_a_certificate_not_valid_yet() {
+        let cert = client_cert(FROM, UNTIL);
+        let now = at(FROM, -1);
+        assert_eq!(
+            verify(&cert, now),
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidYetContext {
+                    time: now,
+                    not_before: at(FROM, 0),
+                }
+            ))
+        );
+    }
+
+    #[test]
+    fn verifier_refuses_what_is_not_one_x509_certificate() {
+        let now = at((2020, 6, 1), 0);
+        let cert = client_cert(FROM, UNTIL);
+        let mut trailing = cert.to_vec();
+        trailing.push(0);
+        let truncated = &cert.as_ref()[..cert.as_ref().len() - 1];
+        for bytes in [
+            &b"not a certificate"[..],
+            &[][..],
+            // A DER SEQUENCE that is not a certificate.
+            &[0x30, 0x03, 0x02, 0x01, 0x05][..],
+            &trailing[..],
+            truncated,
+        ] {
+            assert_eq!(
+                verify(&CertificateDer::from(bytes), now),
+                Err(rustls::Error::InvalidCertificate(
+                    CertificateError::BadEncoding
+                )),
+                "{bytes:02x?}"
+            );
+        }
     }
 
     #[test]

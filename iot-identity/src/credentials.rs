@@ -10,6 +10,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::{Algorithm, Argon2, Params, Version};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, Mac};
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
@@ -140,6 +141,22 @@ impl SymmetricKey {
     /// The raw key bytes, for signing.
     pub fn expose_bytes(&self) -> &[u8] {
         &self.0
+    }
+
+    /// The key of one device of a symmetric-key group enrollment, derived from this group key
+    /// the way the Azure IoT Hub Device Provisioning Service derives it: HMAC-SHA256 keyed with
+    /// the group key over the registration (device) id. A fleet can then be provisioned from one
+    /// secret: each device holds only its own derived key.
+    pub fn derive_for_device(&self, registration_id: &str) -> SymmetricKey {
+        // HMAC takes keys of any length, so `new_from_slice` cannot fail here.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.expose_bytes())
+            .unwrap_or_else(|_| <Hmac<Sha256> as Mac>::new(&Default::default()));
+        mac.update(registration_id.as_bytes());
+        let mut digest = mac.finalize().into_bytes();
+        let key = SymmetricKey(Zeroizing::new(Box::from(&digest[..])));
+        // The derived key is a secret too: clear the copy on the stack.
+        zeroize::Zeroize::zeroize(&mut digest[..]);
+        key
     }
 
     /// Constant-time comparison with raw key bytes.
@@ -363,6 +380,19 @@ impl fmt::Debug for PassphraseHash {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn derived_device_keys_match_the_provisioning_service() {
+        // Reference value from Python: base64(hmac.new(group, b"sensor-0042", sha256).digest()).
+        let group = SymmetricKey::from_base64("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
+            .expect("valid key");
+        let derived = group.derive_for_device("sensor-0042");
+        assert_eq!(
+            derived.expose_base64().as_str(),
+            "uRjTJ5ZkeYXfDyfZuhPgHhbqSDx4m4T3B7VVZRK8SI0="
+        );
+        assert_ne!(derived, group.derive_for_device("sensor-0043"));
+    }
 
     #[test]
     fn generated_keys_are_32_random_bytes() {

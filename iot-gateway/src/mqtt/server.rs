@@ -6,7 +6,7 @@ use std::sync::Arc;
 use iot_identity::Thumbprint;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -120,18 +120,24 @@ impl MqttServer {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let shared = self.shared.clone();
-                    let kind = kind.clone();
-                    let tasks = self.tasks.clone();
-                    self.tasks.spawn(async move {
-                        match kind {
-                            Listener::Tcp => serve_logged(stream, peer, shared, None).await,
-                            Listener::Tls(tls) => serve_tls(tls, stream, peer, shared).await,
-                            Listener::WebSocket(tls) => {
-                                serve_websocket(tls, stream, peer, shared, tasks).await;
-                            }
+                    // One task type per transport, so that a plain TCP connection does not
+                    // reserve room for the TLS and WebSocket states (the task is most of what
+                    // an idle connection costs).
+                    match &kind {
+                        Listener::Tcp => {
+                            let serve = serve_logged(stream, peer, shared, None);
+                            self.tasks.spawn(holding(permit, serve));
                         }
-                        drop(permit);
-                    });
+                        Listener::Tls(tls) => {
+                            let serve = serve_tls(tls.clone(), stream, peer, shared);
+                            self.tasks.spawn(holding(permit, serve));
+                        }
+                        Listener::WebSocket(tls) => {
+                            let tasks = self.tasks.clone();
+                            let serve = serve_websocket(tls.clone(), stream, peer, shared, tasks);
+                            self.tasks.spawn(holding(permit, serve));
+                        }
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -193,6 +199,12 @@ impl Listener {
     }
 }
 
+/// Serves a connection while holding its place in the connection limit.
+async fn holding(permit: OwnedSemaphorePermit, serve: impl Future<Output = ()>) {
+    serve.await;
+    drop(permit);
+}
+
 /// Runs `step` within the connect timeout, unless the server shuts down first.
 async fn within_connect_timeout<T, E: std::fmt::Display>(
     shared: &Shared,
@@ -234,7 +246,9 @@ async fn serve_tls(tls: TlsConfig, stream: TcpStream, peer: SocketAddr, shared: 
         return;
     };
     let client_cert = client_thumbprint(&stream);
-    serve_logged(stream, peer, shared, client_cert).await;
+    // The TLS state (about 1 KiB) lives on the heap once instead of being moved through every
+    // stage of the session's future.
+    serve_logged(Box::new(stream), peer, shared, client_cert).await;
 }
 
 /// Completes the TLS handshake if any and the WebSocket upgrade (together bounded by the
@@ -250,7 +264,8 @@ async fn serve_websocket(
     let started = tokio::time::Instant::now();
     let (session_end, client_cert) = match tls {
         None => {
-            let upgrade = websocket::accept(stream, max_message);
+            // Boxed: the handshake's state is large and needed only until the upgrade.
+            let upgrade = Box::pin(websocket::accept(stream, max_message));
             let Some(ws) =
                 within_connect_timeout(&shared, peer, "WebSocket upgrade", upgrade).await
             else {
@@ -261,14 +276,14 @@ async fn serve_websocket(
             (end, None)
         }
         Some(tls) => {
-            let setup = async {
+            let setup = Box::pin(async {
                 let stream = tls.acceptor().accept(stream).await?;
                 let client_cert = client_thumbprint(&stream);
                 let ws = websocket::accept(stream, max_message)
                     .await
                     .map_err(std::io::Error::other)?;
                 Ok::<_, std::io::Error>((ws, client_cert))
-            };
+            });
             let Some((ws, client_cert)) =
                 within_connect_timeout(&shared, peer, "TLS WebSocket upgrade", setup).await
             else {

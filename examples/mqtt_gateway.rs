@@ -4,7 +4,8 @@
 //! ```text
 //! cargo run --example mqtt_gateway -- --data-dir DIR --listen 127.0.0.1:1884 \
 //!     [--tls-listen 127.0.0.1:8883 (--tls-cert CERT.pem --tls-key KEY.pem | --self-signed)] \
-//!     [--client-certs] --host localhost --device DEVICE_ID [--run-for SECONDS]
+//!     [--client-certs] [--ws-listen ADDR] [--wss-listen ADDR] --host localhost \
+//!     --device DEVICE_ID [--fleet N] [--run-for SECONDS]
 //! ```
 //!
 //! It opens (or creates) the identity store and the hub's stores under `DIR`, provisions
@@ -12,13 +13,20 @@
 //! (`connection-string: HostName=…;DeviceId=…;SharedAccessKey=…`, usable by the Azure IoT device
 //! SDKs) and the `mosquitto_pub` / `mosquitto_sub` commands to try. Without TLS flags it serves
 //! plain TCP only; with `--self-signed` it makes a CA and a certificate for `--host` under
-//! `DIR/tls` and prints where the CA is. A greeting is queued for the device as a C2D message,
+//! `DIR/tls` and prints where the CA is. `--ws-listen` adds MQTT over WebSocket
+//! (`ws://ADDR/$iothub/websocket`), `--wss-listen` the same inside TLS (it needs the TLS flags).
+//!
+//! `--fleet N` also provisions devices `fleet-0` … `fleet-{N-1}` for load tests, each with the key
+//! a symmetric-key group enrollment would give it: HMAC-SHA256 of its id under one group key,
+//! kept in `DIR/fleet.key` (made on first use, readable by the owner only). The load generator
+//! (`examples/mqtt_load.rs --mode connections --fleet-key-file DIR/fleet.key`) derives the same
+//! keys. A greeting is queued for the device as a C2D message,
 //! and every telemetry record that lands in the log is printed (`telemetry: …`). It runs until
 //! Ctrl-C, or for `--run-for` seconds, then shuts down gracefully.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,8 +39,8 @@ use iot_identity::{
 };
 
 const USAGE: &str = "usage: mqtt_gateway --data-dir DIR --listen ADDR [--tls-listen ADDR \
-(--tls-cert CERT.pem --tls-key KEY.pem | --self-signed)] [--client-certs] --host HOST \
---device DEVICE_ID [--run-for SECONDS]";
+(--tls-cert CERT.pem --tls-key KEY.pem | --self-signed)] [--client-certs] [--ws-listen ADDR] \
+[--wss-listen ADDR] --host HOST --device DEVICE_ID [--fleet N] [--run-for SECONDS]";
 
 #[derive(Debug)]
 struct Args {
@@ -43,8 +51,11 @@ struct Args {
     tls_key: Option<PathBuf>,
     self_signed: bool,
     client_certs: bool,
+    ws_listen: Option<SocketAddr>,
+    wss_listen: Option<SocketAddr>,
     host: String,
     device: DeviceId,
+    fleet: usize,
     run_for: Option<Duration>,
 }
 
@@ -56,6 +67,9 @@ fn parse(mut raw: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut tls_key = None;
     let mut self_signed = false;
     let mut client_certs = false;
+    let mut ws_listen = None;
+    let mut wss_listen = None;
+    let mut fleet = 0;
     let mut host = None;
     let mut device = None;
     let mut run_for = None;
@@ -71,6 +85,13 @@ fn parse(mut raw: impl Iterator<Item = String>) -> Result<Args, String> {
             "--tls-key" => tls_key = Some(PathBuf::from(value()?)),
             "--self-signed" => self_signed = true,
             "--client-certs" => client_certs = true,
+            "--ws-listen" => {
+                ws_listen = Some(value()?.parse().map_err(|e| format!("--ws-listen: {e}"))?)
+            }
+            "--wss-listen" => {
+                wss_listen = Some(value()?.parse().map_err(|e| format!("--wss-listen: {e}"))?)
+            }
+            "--fleet" => fleet = value()?.parse().map_err(|e| format!("--fleet: {e}"))?,
             "--host" => host = Some(value()?),
             "--device" => {
                 device = Some(
@@ -95,18 +116,22 @@ fn parse(mut raw: impl Iterator<Item = String>) -> Result<Args, String> {
         tls_key,
         self_signed,
         client_certs,
+        ws_listen,
+        wss_listen,
         host: host.ok_or("--host is required")?,
         device: device.ok_or("--device is required")?,
+        fleet,
         run_for,
     };
     let has_files = args.tls_cert.is_some() || args.tls_key.is_some();
-    if args.tls_listen.is_some()
-        && !(args.self_signed || (args.tls_cert.is_some() && args.tls_key.is_some()))
-    {
-        return Err("--tls-listen needs --tls-cert and --tls-key, or --self-signed".into());
+    let tls_listener = args.tls_listen.is_some() || args.wss_listen.is_some();
+    if tls_listener && !(args.self_signed || (args.tls_cert.is_some() && args.tls_key.is_some())) {
+        return Err(
+            "--tls-listen and --wss-listen need --tls-cert and --tls-key, or --self-signed".into(),
+        );
     }
-    if args.tls_listen.is_none() && (has_files || args.self_signed) {
-        return Err("TLS flags need --tls-listen".into());
+    if !tls_listener && (has_files || args.self_signed || args.client_certs) {
+        return Err("TLS flags need --tls-listen or --wss-listen".into());
     }
     if args.self_signed && has_files {
         return Err("--self-signed and --tls-cert/--tls-key exclude each other".into());
@@ -168,24 +193,40 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     println!("mqtt: {tcp} (plain TCP)");
     let mut tls_options = String::new();
     let mut tls_bound = None;
-    if let Some(addr) = args.tls_listen {
-        let tls = if args.self_signed {
-            let pair = SelfSigned::generate(host)?;
-            let (ca, _, _) = pair.write_to(&args.data_dir.join("tls"))?;
-            println!("ca-certificate: {}", ca.display());
-            tls_options = format!(" --cafile {}", ca.display());
-            pair.tls_config(args.client_certs)?
-        } else {
-            let (cert, key) = (args.tls_cert.as_ref(), args.tls_key.as_ref());
-            let (Some(cert), Some(key)) = (cert, key) else {
-                return Err("--tls-cert and --tls-key are required".into());
-            };
-            tls_options = " --cafile YOUR-CA.pem".to_string();
-            TlsConfig::from_pem_files(cert, key, args.client_certs)?
+    let tls = if args.tls_listen.is_none() && args.wss_listen.is_none() {
+        None
+    } else if args.self_signed {
+        let pair = SelfSigned::generate(host)?;
+        let (ca, _, _) = pair.write_to(&args.data_dir.join("tls"))?;
+        println!("ca-certificate: {}", ca.display());
+        tls_options = format!(" --cafile {}", ca.display());
+        Some(pair.tls_config(args.client_certs)?)
+    } else {
+        let (cert, key) = (args.tls_cert.as_ref(), args.tls_key.as_ref());
+        let (Some(cert), Some(key)) = (cert, key) else {
+            return Err("--tls-cert and --tls-key are required".into());
         };
-        let bound = server.listen_tls(addr, tls).await?;
+        tls_options = " --cafile YOUR-CA.pem".to_string();
+        Some(TlsConfig::from_pem_files(cert, key, args.client_certs)?)
+    };
+    if let (Some(addr), Some(tls)) = (args.tls_listen, &tls) {
+        let bound = server.listen_tls(addr, tls.clone()).await?;
         println!("mqtts: {bound} (TLS; connect to host {host})");
         tls_bound = Some(bound);
+    }
+    if let Some(addr) = args.ws_listen {
+        let bound = server.listen_websocket(addr, None).await?;
+        println!("mqtt-ws: ws://{bound}/$iothub/websocket (subprotocol mqtt)");
+    }
+    if let (Some(addr), Some(tls)) = (args.wss_listen, tls) {
+        let bound = server.listen_websocket(addr, Some(tls)).await?;
+        println!(
+            "mqtt-wss: wss://{host}:{}/$iothub/websocket (subprotocol mqtt)",
+            bound.port()
+        );
+    }
+    if args.fleet > 0 {
+        provision_fleet(identity.as_ref(), &args.data_dir, args.fleet).await?;
     }
 
     // A SAS token for the mosquitto commands, valid for a day.
@@ -261,6 +302,67 @@ async fn device_key(
         .await?;
     println!("provisioned: {device}");
     Ok(key)
+}
+
+/// Provisions `fleet-0` … `fleet-{count-1}` (those not there yet) with keys derived from the
+/// group key in `DIR/fleet.key`, made on first use.
+async fn provision_fleet(
+    identity: &FileIdentityStore,
+    data_dir: &Path,
+    count: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let path = data_dir.join("fleet.key");
+    let group = match std::fs::read_to_string(&path) {
+        Ok(text) => SymmetricKey::from_base64(text.trim())
+            .map_err(|e| format!("{}: {e}", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = SymmetricKey::generate();
+            write_owner_only(&path, key.expose_base64().as_bytes())?;
+            key
+        }
+        Err(e) => return Err(format!("{}: {e}", path.display()).into()),
+    };
+    let started = std::time::Instant::now();
+    let mut created = 0;
+    for i in 0..count {
+        let device: DeviceId = format!("fleet-{i}").parse()?;
+        if identity.get(&device).await?.is_some() {
+            continue;
+        }
+        let primary = group.derive_for_device(device.as_str());
+        identity
+            .create(NewIdentity::new(
+                device,
+                Credentials::SymmetricKeys {
+                    primary,
+                    secondary: SymmetricKey::generate(),
+                },
+            ))
+            .await?;
+        created += 1;
+    }
+    println!(
+        "fleet: fleet-0..fleet-{} ({created} provisioned now in {:.1} s), keys derived from {}",
+        count - 1,
+        started.elapsed().as_secs_f64(),
+        path.display()
+    );
+    Ok(())
+}
+
+/// Writes a secret file that only its owner can read.
+fn write_owner_only(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 /// Prints telemetry records as they land, from every partition.

@@ -6,6 +6,9 @@
 //! cargo run --release --example mqtt_load -- --target gateway [--devices 1000] [--messages 100] \
 //!     [--qos 1] [--payload 100]
 //! cargo run --release --example mqtt_load -- --target broker --broker 127.0.0.1:1885 [...]
+//! cargo run --release --example mqtt_load -- --mode connections --broker 127.0.0.1:8884 \
+//!     --fleet-key-file DIR/fleet.key [--tls-ca DIR/tls/ca.pem --host localhost] \
+//!     [--devices 10000] [--hold 20]
 //! ```
 //!
 //! * `gateway`: starts a `Hub` (in-memory log, throttling off) with its MQTT endpoint on an
@@ -13,6 +16,17 @@
 //!   log.
 //! * `broker`: a plain MQTT broker such as Mosquitto at `--broker`; the consumer subscribes to
 //!   `devices/#` at the same QoS.
+//!
+//! * `--mode connections`: holds `--devices` connections to a running gateway
+//!   (`examples/mqtt_gateway.rs --fleet N`): devices `fleet-0` … authenticate with SAS tokens
+//!   signed by keys derived from the group key in `--fleet-key-file`. With `--tls-ca` the
+//!   connections are TLS, to `--host` (it names the certificate and must resolve to the broker's
+//!   address) at the broker's port. Each device subscribes to its C2D, method, twin-answer and
+//!   desired-patch topics, as the Azure SDKs do. Once every device is connected and subscribed it
+//!   prints `held: N` and keeps
+//!   them open for `--hold` seconds (keep-alive pings included), then counts how many are still
+//!   up. Last line: JSON with `mode`, `devices`, `connected`, `still_connected`,
+//!   `connect_s`, `connects_per_s`, `refusals`.
 //!
 //! Each payload starts with the send time (Unix microseconds, 8 bytes big-endian), so latency is
 //! from the device's `publish` call to the consumer. The last line is a JSON object with
@@ -40,29 +54,45 @@ type Login = (String, Option<(String, String)>);
 
 #[derive(Debug, Clone)]
 struct Args {
+    /// `throughput` (default) or `connections`.
+    mode: String,
     target: String,
     broker: Option<SocketAddr>,
     devices: usize,
     messages: usize,
     qos: QoS,
     payload: usize,
+    fleet_key_file: Option<std::path::PathBuf>,
+    tls_ca: Option<std::path::PathBuf>,
+    host: String,
+    hold: Duration,
 }
 
 fn parse() -> Result<Args, String> {
     let mut args = Args {
+        mode: "throughput".into(),
         target: "gateway".into(),
         broker: None,
         devices: 1000,
         messages: 100,
         qos: QoS::AtLeastOnce,
         payload: 100,
+        fleet_key_file: None,
+        tls_ca: None,
+        host: HOST.into(),
+        hold: Duration::from_secs(20),
     };
     let mut raw = std::env::args().skip(1);
     while let Some(flag) = raw.next() {
         let value = raw.next().ok_or(format!("{flag} needs a value"))?;
         let number = || value.parse::<usize>().map_err(|e| format!("{flag}: {e}"));
         match flag.as_str() {
+            "--mode" => args.mode = value.clone(),
             "--target" => args.target = value.clone(),
+            "--fleet-key-file" => args.fleet_key_file = Some(value.clone().into()),
+            "--tls-ca" => args.tls_ca = Some(value.clone().into()),
+            "--host" => args.host = value.clone(),
+            "--hold" => args.hold = Duration::from_secs(number()? as u64),
             "--broker" => args.broker = Some(value.parse().map_err(|e| format!("--broker: {e}"))?),
             "--devices" => args.devices = number()?,
             "--messages" => args.messages = number()?,
@@ -76,6 +106,15 @@ fn parse() -> Result<Args, String> {
             }
             other => return Err(format!("unknown flag {other}")),
         }
+    }
+    if args.mode == "connections" {
+        if args.broker.is_none() || args.fleet_key_file.is_none() {
+            return Err("--mode connections needs --broker HOST:PORT and --fleet-key-file".into());
+        }
+        return Ok(args);
+    }
+    if args.mode != "throughput" {
+        return Err("--mode is throughput or connections".into());
     }
     if args.target == "broker" && args.broker.is_none() {
         return Err("--target broker needs --broker HOST:PORT".into());
@@ -108,6 +147,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::process::exit(2);
         }
     };
+    if args.mode == "connections" {
+        return hold_connections(&args).await;
+    }
     let expected = (args.devices * args.messages) as u64;
     let (latency_tx, mut latency_rx) = mpsc::unbounded_channel::<u64>();
 
@@ -340,4 +382,183 @@ async fn consume_log(log: Arc<dyn Log>, partition: PartitionId, tx: mpsc::Unboun
             next = Offset(stored.offset.0 + 1);
         }
     }
+}
+
+/// How many connections may be in their TCP/TLS/CONNECT handshake at once.
+const CONNECTING_AT_ONCE: usize = 128;
+/// How often a device refused at CONNECT (the hub's connect throttle, say) tries again.
+const CONNECT_ATTEMPTS: u32 = 10;
+
+/// `--mode connections`: opens `--devices` device connections to a running gateway, holds them
+/// for `--hold`, and reports how many stayed up.
+async fn hold_connections(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let broker = args.broker.ok_or("no broker")?;
+    let key_file = args.fleet_key_file.as_ref().ok_or("no fleet key file")?;
+    let group = SymmetricKey::from_base64(std::fs::read_to_string(key_file)?.trim())?;
+    let tls = match &args.tls_ca {
+        None => None,
+        Some(ca) => Some(client_tls(ca)?),
+    };
+    // With TLS the certificate names --host, so that is what the devices connect to.
+    let connect_host = if tls.is_some() {
+        args.host.clone()
+    } else {
+        broker.ip().to_string()
+    };
+
+    let connecting = Arc::new(tokio::sync::Semaphore::new(CONNECTING_AT_ONCE));
+    let up = Arc::new(AtomicU64::new(0));
+    let refusals = Arc::new(AtomicU64::new(0));
+    let (outcome_tx, mut outcome_rx) = mpsc::unbounded_channel::<Result<(), String>>();
+    let mut clients = Vec::with_capacity(args.devices);
+    let began = Instant::now();
+    for i in 0..args.devices {
+        let id = format!("fleet-{i}");
+        let key = group.derive_for_device(&id);
+        let token = sas::generate(
+            &format!("{}/devices/{id}", args.host),
+            &key,
+            sas::unix_now() + 86_400,
+            None,
+        )?;
+        let mut options = MqttOptions::new(id.clone(), connect_host.clone(), broker.port());
+        options.set_keep_alive(Duration::from_secs(120));
+        options.set_inflight(1);
+        options.set_credentials(
+            format!("{}/{id}/?api-version=2021-04-12", args.host),
+            token.as_str(),
+        );
+        if let Some(config) = &tls {
+            options.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(config.clone()),
+            ));
+        }
+        let permit = connecting.clone().acquire_owned().await?;
+        let (client, eventloop) = AsyncClient::new(options, 4);
+        tokio::spawn(hold_one(
+            eventloop,
+            client.clone(),
+            id,
+            permit,
+            up.clone(),
+            refusals.clone(),
+            outcome_tx.clone(),
+        ));
+        clients.push(client);
+    }
+    drop(outcome_tx);
+    let mut connected = 0u64;
+    let mut failed = Vec::new();
+    while let Some(outcome) = outcome_rx.recv().await {
+        match outcome {
+            Ok(()) => connected += 1,
+            Err(e) => failed.push(e),
+        }
+        if connected + failed.len() as u64 == args.devices as u64 {
+            break;
+        }
+    }
+    let connect_s = began.elapsed().as_secs_f64();
+    if let Some(first) = failed.first() {
+        eprintln!(
+            "{} devices could not connect; the first: {first}",
+            failed.len()
+        );
+    }
+    println!(
+        "connected: {connected} of {} in {connect_s:.1} s ({:.0}/s), {} refusals retried",
+        args.devices,
+        connected as f64 / connect_s,
+        refusals.load(Ordering::Relaxed)
+    );
+    println!("held: {connected}");
+    tokio::time::sleep(args.hold).await;
+    let still = up.load(Ordering::Relaxed);
+    println!("still connected after {} s: {still}", args.hold.as_secs());
+    for client in &clients {
+        let _ = client.try_disconnect();
+    }
+    println!(
+        "{{\"mode\":\"connections\",\"tls\":{},\"devices\":{},\"connected\":{connected},\"still_connected\":{still},\"connect_s\":{connect_s:.2},\"connects_per_s\":{:.0},\"refusals\":{}}}",
+        tls.is_some(),
+        args.devices,
+        connected as f64 / connect_s,
+        refusals.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+/// Drives one held device: reports when it is connected (or gave up), retries a refused
+/// CONNECT, and keeps `up` counting it while its connection lasts.
+async fn hold_one(
+    mut eventloop: rumqttc::EventLoop,
+    client: AsyncClient,
+    device: String,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    up: Arc<AtomicU64>,
+    refusals: Arc<AtomicU64>,
+    outcome: mpsc::UnboundedSender<Result<(), String>>,
+) {
+    let mut permit = Some(permit);
+    let mut attempts = 0;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                // What the Azure IoT device SDKs subscribe to once connected.
+                let filters = [
+                    format!("devices/{device}/messages/devicebound/#"),
+                    "$iothub/methods/POST/#".to_string(),
+                    "$iothub/twin/res/#".to_string(),
+                    "$iothub/twin/PATCH/properties/desired/#".to_string(),
+                ]
+                .map(|path| rumqttc::SubscribeFilter::new(path, QoS::AtLeastOnce));
+                if let Err(e) = client.try_subscribe_many(filters) {
+                    let _ = outcome.send(Err(e.to_string()));
+                    return;
+                }
+            }
+            Ok(Event::Incoming(Incoming::SubAck(_))) if permit.is_some() => {
+                up.fetch_add(1, Ordering::Relaxed);
+                permit.take();
+                let _ = outcome.send(Ok(()));
+            }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                up.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if permit.is_none() {
+                    // It was up and dropped: no longer held.
+                    up.fetch_sub(1, Ordering::Relaxed);
+                    return;
+                }
+                attempts += 1;
+                if attempts >= CONNECT_ATTEMPTS {
+                    let _ = outcome.send(Err(e.to_string()));
+                    return;
+                }
+                refusals.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// A rustls client configuration trusting the CA in `ca_pem` (the gateway's `--self-signed` CA).
+fn client_tls(
+    ca_pem: &std::path::Path,
+) -> Result<Arc<rustls::ClientConfig>, Box<dyn std::error::Error>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_pem)? {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Concurrent TLS device connections: starts examples/mqtt_gateway with a fleet of N provisioned
+# devices, holds N TLS connections to it from examples/mqtt_load (rumqttc devices, another
+# process), and prints the gateway's resident memory per connection.
+#
+#   scripts/mqtt/connections.sh                 # 10 000 TLS connections
+#   DEVICES=500 HOLD=6 scripts/mqtt/connections.sh   # quick
+#   TRANSPORT=tcp scripts/mqtt/connections.sh        # plain TCP, to see what TLS costs
+#
+# RSS per connection = (gateway VmRSS while all are held - VmRSS before the first connects) / N;
+# the fleet is provisioned before the first reading, so only the connections are counted.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+devices=${DEVICES:-10000}
+hold=${HOLD:-20}
+tls_port=${TLS_PORT:-8884}
+tcp_port=${TCP_PORT:-1886}
+profile=${PROFILE:-release}
+transport=${TRANSPORT:-tls}
+# The gateway is read a few seconds into the hold, while every connection is still open.
+settle=3
+if [ "$hold" -lt $((settle + 3)) ]; then
+  echo "connections.sh: HOLD must be at least $((settle + 3)) seconds" >&2
+  exit 1
+fi
+
+# Each connection is a file descriptor in the gateway and another in the load generator.
+need=$((devices + 1024))
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$need" ]; then
+  echo "connections.sh: the file-descriptor limit is $(ulimit -n) (hard $(ulimit -Hn)); $need are needed for $devices devices" >&2
+  exit 1
+fi
+
+if [ "$profile" = release ]; then
+  cargo build -q --release --example mqtt_gateway --example mqtt_load
+else
+  cargo build -q --example mqtt_gateway --example mqtt_load
+fi
+bin="${CARGO_TARGET_DIR:-target}/$profile/examples"
+
+dir=$(mktemp -d)
+"$bin/mqtt_gateway" --data-dir "$dir/data" --listen "127.0.0.1:$tcp_port" \
+  --tls-listen "127.0.0.1:$tls_port" --self-signed --host localhost --device probe \
+  --fleet "$devices" > "$dir/gateway.out" 2> "$dir/gateway.err" &
+gateway=$!
+trap 'kill "$gateway" 2>/dev/null || true; rm -rf "$dir"' EXIT
+for _ in $(seq 1200); do
+  grep -q '^queued:' "$dir/gateway.out" && break
+  kill -0 "$gateway" 2>/dev/null || { cat "$dir/gateway.err" >&2; exit 1; }
+  sleep 0.1
+done
+grep '^fleet:' "$dir/gateway.out"
+rss() { awk '/^VmRSS:/ { print $2 }' "/proc/$gateway/status"; }
+sleep 1
+before=$(rss)
+
+case "$transport" in
+  tls) port=$tls_port; tls_flags=(--tls-ca "$dir/data/tls/ca.pem") ;;
+  tcp) port=$tcp_port; tls_flags=() ;;
+  *) echo "connections.sh: TRANSPORT is tls or tcp" >&2; exit 1 ;;
+esac
+"$bin/mqtt_load" --mode connections --broker "127.0.0.1:$port" --host localhost \
+  "${tls_flags[@]}" --fleet-key-file "$dir/data/fleet.key" \
+  --devices "$devices" --hold "$hold" > "$dir/load.out" &
+load=$!
+for _ in $(seq 3000); do
+  grep -q '^held:' "$dir/load.out" && break
+  kill -0 "$load" 2>/dev/null || break
+  sleep 0.1
+done
+# Let the last handshakes' buffers settle, then read the gateway while everything is held.
+sleep "$settle"
+held_rss=$(rss)
+established=$(ss -Htn state established "( sport = :$port )" | wc -l)
+wait "$load"
+cat "$dir/load.out"
+peak=$(awk '/^VmHWM:/ { print $2 }' "/proc/$gateway/status")
+
+python3 - "$dir/load.out" "$before" "$held_rss" "$peak" "$established" "$transport" <<'PY'
+import json, sys
+load = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+before, held, peak, established = (int(x) for x in sys.argv[2:6])
+transport = sys.argv[6].upper()
+n = load["connected"]
+per = (held - before) / n if n else float("nan")
+print(f"gateway RSS: {before} KiB idle, {held} KiB with {n} {transport} connections held "
+      f"({established} established on the gateway's port), peak {peak} KiB")
+print(f"RSS per connection: {per:.1f} KiB (target <= 32 KiB)")
+print(json.dumps({
+    "transport": transport.lower(), "devices": load["devices"], "connected": n, "still_connected": load["still_connected"],
+    "established_at_gateway": established, "connect_s": load["connect_s"],
+    "rss_idle_kib": before, "rss_held_kib": held, "rss_peak_kib": peak,
+    "rss_per_connection_kib": round(per, 2),
+}))
+if n < load["devices"] or load["still_connected"] < n or established < n:
+    sys.exit("connections.sh: not every device connected and stayed connected")
+PY

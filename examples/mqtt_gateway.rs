@@ -316,6 +316,14 @@ async fn provision_fleet(
         Ok(text) => SymmetricKey::from_base64(text.trim())
             .map_err(|e| format!("{}: {e}", path.display()))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Devices made from a lost group key would keep keys nobody can derive any more.
+            if identity.get(&"fleet-0".parse()?).await?.is_some() {
+                return Err(format!(
+                    "{} is missing but fleet devices exist: restore it or use a new --data-dir",
+                    path.display()
+                )
+                .into());
+            }
             let key = SymmetricKey::generate();
             write_owner_only(&path, key.expose_base64().as_bytes())?;
             key

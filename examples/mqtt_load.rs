@@ -422,7 +422,9 @@ async fn hold_connections(args: &Args) -> Result<(), Box<dyn std::error::Error>>
             None,
         )?;
         let mut options = MqttOptions::new(id.clone(), connect_host.clone(), broker.port());
-        options.set_keep_alive(Duration::from_secs(120));
+        // Short enough that every device pings during the hold (at 1.5x the gateway drops it).
+        options
+            .set_keep_alive((args.hold / 2).clamp(Duration::from_secs(2), Duration::from_secs(30)));
         options.set_inflight(1);
         options.set_credentials(
             format!("{}/{id}/?api-version=2021-04-12", args.host),

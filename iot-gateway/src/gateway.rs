@@ -82,9 +82,11 @@ pub enum SessionEvent {
 ///   device without such a session is [`Error::DeviceOffline`](crate::Error::DeviceOffline)
 ///   (after the call's connect timeout), an unanswered call
 ///   [`Error::TimedOut`](crate::Error::TimedOut).
-/// * **Unsubscribing** ([`DeviceSession::unsubscribe`]) stops a kind without losing anything:
-///   C2D deliveries already handed out can still be settled, undelivered messages stay in the
-///   inbox.
+/// * **Unsubscribing** ([`DeviceSession::unsubscribe`]) stops a kind without losing C2D messages
+///   or desired patches: C2D deliveries already handed out can still be settled, undelivered
+///   messages stay in the inbox (one that a pending lookup had locked goes back with its
+///   delivery count raised, as when a session closes), and patches wait for the next subscribe.
+///   Method requests not yet handed out fail with `DeviceOffline`.
 #[async_trait]
 pub trait Gateway: Send + Sync + Debug + 'static {
     /// Authenticates `device` with `credential` and opens its session, closing any older one.

@@ -207,6 +207,7 @@ pub async fn run_all(gw: &dyn Gateway, fx: &dyn Fixture, limits: Limits) {
     twin_versions_and_desired_push(gw, fx).await;
     c2d_unsubscribe_keeps_locks_and_inbox(gw, fx).await;
     c2d_unsubscribe_with_a_lookup_pending(gw, fx).await;
+    c2d_resubscribe_keeps_fifo(gw, fx).await;
     desired_unsubscribe_and_resubscribe(gw, fx).await;
     methods_unsubscribe(gw, fx).await;
 }
@@ -789,6 +790,46 @@ pub async fn c2d_unsubscribe_with_a_lookup_pending(gw: &dyn Gateway, fx: &dyn Fi
         feedback_for(gw, &dying.message_id).await,
         vec![FeedbackStatus::Expired]
     );
+    s.close().await;
+}
+
+/// A lock given back by `unsubscribe(C2d)` is back in the inbox before a new subscription looks
+/// again: subscribing at once still hands out the oldest message first, not the one after it.
+pub async fn c2d_resubscribe_keeps_fifo(gw: &dyn Gateway, fx: &dyn Fixture) {
+    let (id, token) = fx.provision("unsub-fifo").await;
+    let mut sent = Vec::new();
+    for body in ["one", "two", "three"] {
+        sent.push(
+            gw.send_c2d(&id, c2d(body, AckRequest::None))
+                .await
+                .expect("send"),
+        );
+    }
+    let s = connect(gw, &id, &token).await;
+    s.subscribe(Subscription::C2d).await.expect("subscribe");
+    let first = next_c2d(&*s).await;
+    assert_eq!(first.message_id, sent[0].message_id);
+    // Leave a lookup running (it locks "two"), as in `c2d_unsubscribe_with_a_lookup_pending`.
+    let mut call = s.next_event();
+    let polled = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+    drop(call);
+    if let Poll::Ready(event) = polled {
+        match event.expect("event") {
+            SessionEvent::C2d(d) => s.abandon(d.lock_token).await.expect("abandon"),
+            other => panic!("expected a C2D message, got {other:?}"),
+        }
+    }
+    s.unsubscribe(Subscription::C2d).await.expect("unsubscribe");
+    s.subscribe(Subscription::C2d)
+        .await
+        .expect("subscribe again");
+    let next = next_c2d(&*s).await;
+    assert_eq!(
+        next.message_id, sent[1].message_id,
+        "a newer message was handed out before the one given back by unsubscribe"
+    );
+    s.complete(first.lock_token).await.expect("complete");
+    s.complete(next.lock_token).await.expect("complete");
     s.close().await;
 }
 

@@ -407,3 +407,68 @@ async fn sas_tokens_are_checked_as_received() {
         Err(Error::Unauthorized { .. })
     ));
 }
+
+/// An inbox whose abandons take a while to be written, as on a slow disk: a lock the session gives
+/// back is still held when it looks for the next message.
+#[derive(Debug)]
+struct SlowAbandons(iot_gateway::MemoryInbox);
+
+#[async_trait::async_trait]
+impl iot_gateway::InboxStore for SlowAbandons {
+    async fn enqueue(
+        &self,
+        device: &iot_core::DeviceId,
+        message: iot_gateway::inbox::InboxMessage,
+        now: iot_core::Timestamp,
+        limits: iot_gateway::InboxLimits,
+    ) -> iot_gateway::Result<(u64, Vec<iot_gateway::inbox::Removed>)> {
+        self.0.enqueue(device, message, now, limits).await
+    }
+    async fn lock_next(
+        &self,
+        device: &iot_core::DeviceId,
+        now: iot_core::Timestamp,
+        limits: iot_gateway::InboxLimits,
+    ) -> iot_gateway::Result<iot_gateway::inbox::LockOutcome> {
+        self.0.lock_next(device, now, limits).await
+    }
+    async fn settle(
+        &self,
+        device: &iot_core::DeviceId,
+        token: iot_gateway::LockToken,
+        settlement: iot_gateway::inbox::Settlement,
+    ) -> iot_gateway::Result<Option<iot_gateway::inbox::Removed>> {
+        if settlement == iot_gateway::inbox::Settlement::Abandon {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.0.settle(device, token, settlement).await
+    }
+    async fn purge_expired(
+        &self,
+        now: iot_core::Timestamp,
+    ) -> iot_gateway::Result<Vec<iot_gateway::inbox::Removed>> {
+        self.0.purge_expired(now).await
+    }
+    async fn remove_device(&self, device: &iot_core::DeviceId) -> iot_gateway::Result<usize> {
+        self.0.remove_device(device).await
+    }
+    async fn depth(&self, device: &iot_core::DeviceId) -> iot_gateway::Result<usize> {
+        self.0.depth(device).await
+    }
+}
+
+#[tokio::test]
+async fn resubscribing_waits_for_the_lock_unsubscribe_gave_back() {
+    let identity: Arc<dyn IdentityStore> = Arc::new(MemoryIdentityStore::new());
+    let hub = Hub::builder(identity.clone(), HOST)
+        .inbox(Arc::new(SlowAbandons(iot_gateway::MemoryInbox::new())))
+        .build()
+        .await
+        .expect("hub");
+    let fx = StoreFixture {
+        identity,
+        telemetry: hub.telemetry_log().clone(),
+        host: HOST.into(),
+    };
+    within(iot_gateway::testkit::c2d_resubscribe_keeps_fifo(&hub, &fx)).await;
+}

@@ -6,6 +6,7 @@
 #   scripts/mqtt/connections.sh                 # 10 000 TLS connections
 #   DEVICES=500 HOLD=6 scripts/mqtt/connections.sh   # quick
 #   TRANSPORT=tcp scripts/mqtt/connections.sh        # plain TCP, to see what TLS costs
+#   MAX_KIB_PER_CONNECTION=32 scripts/mqtt/connections.sh   # also fail above that figure
 #
 # RSS per connection = (gateway VmRSS while all are held - VmRSS before the first connects) / N;
 # the fleet is provisioned before the first reading, so only the connections are counted.
@@ -44,12 +45,18 @@ dir=$(mktemp -d)
   --tls-listen "127.0.0.1:$tls_port" --self-signed --host localhost --device probe \
   --fleet "$devices" > "$dir/gateway.out" 2> "$dir/gateway.err" &
 gateway=$!
-trap 'kill "$gateway" 2>/dev/null || true; rm -rf "$dir"' EXIT
-for _ in $(seq 1200); do
+load=
+trap 'kill "$gateway" ${load:+"$load"} 2>/dev/null || true; rm -rf "$dir"' EXIT
+for _ in $(seq 3000); do
   grep -q '^queued:' "$dir/gateway.out" && break
-  kill -0 "$gateway" 2>/dev/null || { cat "$dir/gateway.err" >&2; exit 1; }
+  kill -0 "$gateway" 2>/dev/null || break
   sleep 0.1
 done
+if ! grep -q '^queued:' "$dir/gateway.out"; then
+  echo "connections.sh: the gateway did not get ready (fleet of $devices) within 300 s" >&2
+  cat "$dir/gateway.out" "$dir/gateway.err" >&2
+  exit 1
+fi
 grep '^fleet:' "$dir/gateway.out"
 rss() { awk '/^VmRSS:/ { print $2 }' "/proc/$gateway/status"; }
 sleep 1
@@ -69,19 +76,32 @@ for _ in $(seq 3000); do
   kill -0 "$load" 2>/dev/null || break
   sleep 0.1
 done
+if ! grep -q '^held:' "$dir/load.out"; then
+  echo "connections.sh: the devices did not all connect within 300 s" >&2
+  cat "$dir/load.out" >&2
+  exit 1
+fi
 # Let the last handshakes' buffers settle, then read the gateway while everything is held.
 sleep "$settle"
 held_rss=$(rss)
 established=$(ss -Htn state established "( sport = :$port )" | wc -l)
-wait "$load"
+rc=0
+wait "$load" || rc=$?
+load=
 cat "$dir/load.out"
+if [ "$rc" -ne 0 ]; then
+  echo "connections.sh: the load generator failed (exit $rc)" >&2
+  exit "$rc"
+fi
 peak=$(awk '/^VmHWM:/ { print $2 }' "/proc/$gateway/status")
 
-python3 - "$dir/load.out" "$before" "$held_rss" "$peak" "$established" "$transport" <<'PY'
+python3 - "$dir/load.out" "$before" "$held_rss" "$peak" "$established" "$transport" \
+  "${MAX_KIB_PER_CONNECTION:-}" <<'PY'
 import json, sys
 load = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
 before, held, peak, established = (int(x) for x in sys.argv[2:6])
 transport = sys.argv[6].upper()
+limit = float(sys.argv[7]) if sys.argv[7] else None
 n = load["connected"]
 per = (held - before) / n if n else float("nan")
 print(f"gateway RSS: {before} KiB idle, {held} KiB with {n} {transport} connections held "
@@ -95,4 +115,6 @@ print(json.dumps({
 }))
 if n < load["devices"] or load["still_connected"] < n or established < n:
     sys.exit("connections.sh: not every device connected and stayed connected")
+if limit is not None and per > limit:
+    sys.exit(f"connections.sh: {per:.1f} KiB per connection is over MAX_KIB_PER_CONNECTION={limit:g}")
 PY

@@ -46,6 +46,10 @@ struct SessionState {
     methods: bool,
     /// C2D deliveries handed out (or being handed out) and not settled.
     in_flight: HashSet<LockToken>,
+    /// Locks given back to the inbox (see `HubSession::release`) whose abandon has not been
+    /// written yet. No new lookup starts meanwhile: it would skip the still-locked older message
+    /// and hand out a newer one first.
+    releasing: usize,
     desired_queue: VecDeque<DesiredPatch>,
     /// The desired queue overflowed: the next desired event is the whole section.
     desired_overflow: bool,
@@ -219,7 +223,17 @@ impl HubSession {
                 .inbox
                 .lock_next(&shared.device, Timestamp::now(), hub.config.inbox)
                 .await?;
-            hub.report(&outcome.removed).await?;
+            if let Err(e) = hub.report(&outcome.removed).await {
+                // Nothing was adopted yet: give the lock back rather than strand it until it
+                // lapses.
+                if let Some(l) = &outcome.locked {
+                    let _ = hub
+                        .inbox
+                        .settle(&shared.device, l.token, Settlement::Abandon)
+                        .await;
+                }
+                return Err(e);
+            }
             let mut locked = outcome.locked;
             if let Some(l) = &locked
                 && !shared.adopt(l.token)
@@ -269,7 +283,11 @@ impl HubSession {
     /// runs in a task of its own, so that no cancellation can strand the lock; it wakes the
     /// session when done, in case it subscribed again meanwhile.
     fn release(&self, token: LockToken) {
-        lock(&self.shared.state).in_flight.remove(&token);
+        {
+            let mut st = lock(&self.shared.state);
+            st.in_flight.remove(&token);
+            st.releasing += 1;
+        }
         let (hub, shared) = (self.hub.clone(), self.shared.clone());
         tokio::spawn(async move {
             match hub
@@ -287,6 +305,10 @@ impl HubSession {
                 Err(e) => {
                     warn!(device = %shared.device, error = %e, "could not release a C2D lock; it lapses on expiry");
                 }
+            }
+            {
+                let mut st = lock(&shared.state);
+                st.releasing = st.releasing.saturating_sub(1);
             }
             shared.wake();
         });
@@ -428,7 +450,7 @@ impl DeviceSession for HubSession {
                     .close_session(&self.shared, CloseReason::TokenExpired)
                     .await;
             }
-            let (want_c2d, resync) = {
+            let (subscribed, want_c2d, resync) = {
                 let mut st = lock(&self.shared.state);
                 if let Some(reason) = st.closed.clone() {
                     return Ok(SessionEvent::Closed(reason));
@@ -445,11 +467,12 @@ impl DeviceSession for HubSession {
                     return Ok(SessionEvent::DesiredPatch(patch));
                 }
                 let resync = st.desired && std::mem::take(&mut st.desired_overflow);
-                let want =
-                    st.c2d && (ev.lookup.is_some() || st.in_flight.len() < self.shared.window);
-                (want, resync)
+                let want = st.c2d
+                    && (ev.lookup.is_some()
+                        || (st.releasing == 0 && st.in_flight.len() < self.shared.window));
+                (st.c2d, want, resync)
             };
-            if !want_c2d && ev.lookup.is_some() {
+            if !subscribed && ev.lookup.is_some() {
                 // Only when unsubscribed from C2D: otherwise a pending lookup is always wanted.
                 self.discard_lookup(&mut ev).await;
             }

@@ -758,18 +758,7 @@ pub async fn c2d_unsubscribe_with_a_lookup_pending(gw: &dyn Gateway, fx: &dyn Fi
     let dying = gw.send_c2d(&id, dying).await.expect("send");
     let s = connect(gw, &id, &token).await;
     s.subscribe(Subscription::C2d).await.expect("subscribe");
-    // Polled once, then dropped: usually the lookup that locks "dying" is still running. (A
-    // zero timeout would not do: it waits for the timer's next tick.)
-    let mut call = s.next_event();
-    let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
-    drop(call);
-    if let Poll::Ready(event) = first {
-        // The lookup won the race: give the message back; the rest of the check still holds.
-        match event.expect("event") {
-            SessionEvent::C2d(d) => s.abandon(d.lock_token).await.expect("abandon"),
-            other => panic!("expected a C2D message, got {other:?}"),
-        }
-    }
+    leave_a_lookup_running(&*s).await;
     s.unsubscribe(Subscription::C2d).await.expect("unsubscribe");
     assert_quiet(&*s, "handed out after unsubscribe(C2d)").await;
     tokio::time::sleep(TTL).await;
@@ -793,6 +782,22 @@ pub async fn c2d_unsubscribe_with_a_lookup_pending(gw: &dyn Gateway, fx: &dyn Fi
     s.close().await;
 }
 
+/// Polls `next_event` once and drops it, which usually leaves its C2D lookup running (locking
+/// the next message) for the session to deal with. (A zero timeout would not do: it waits for
+/// the timer's next tick.) If the lookup won the race, its message is abandoned, so the caller's
+/// check still holds.
+async fn leave_a_lookup_running(s: &dyn DeviceSession) {
+    let mut call = s.next_event();
+    let polled = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+    drop(call);
+    if let Poll::Ready(event) = polled {
+        match event.expect("event") {
+            SessionEvent::C2d(d) => s.abandon(d.lock_token).await.expect("abandon"),
+            other => panic!("expected a C2D message, got {other:?}"),
+        }
+    }
+}
+
 /// A lock given back by `unsubscribe(C2d)` is back in the inbox before a new subscription looks
 /// again: subscribing at once still hands out the oldest message first, not the one after it.
 pub async fn c2d_resubscribe_keeps_fifo(gw: &dyn Gateway, fx: &dyn Fixture) {
@@ -809,16 +814,8 @@ pub async fn c2d_resubscribe_keeps_fifo(gw: &dyn Gateway, fx: &dyn Fixture) {
     s.subscribe(Subscription::C2d).await.expect("subscribe");
     let first = next_c2d(&*s).await;
     assert_eq!(first.message_id, sent[0].message_id);
-    // Leave a lookup running (it locks "two"), as in `c2d_unsubscribe_with_a_lookup_pending`.
-    let mut call = s.next_event();
-    let polled = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
-    drop(call);
-    if let Poll::Ready(event) = polled {
-        match event.expect("event") {
-            SessionEvent::C2d(d) => s.abandon(d.lock_token).await.expect("abandon"),
-            other => panic!("expected a C2D message, got {other:?}"),
-        }
-    }
+    // Its lookup locks "two".
+    leave_a_lookup_running(&*s).await;
     s.unsubscribe(Subscription::C2d).await.expect("unsubscribe");
     s.subscribe(Subscription::C2d)
         .await

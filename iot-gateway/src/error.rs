@@ -190,6 +190,19 @@ pub enum Error {
         request_id: u64,
     },
 
+    /// A device answered a method request with a response the gateway refuses (not JSON, or over
+    /// the payload limit). The invoker gets it at once instead of waiting out its timeout, and
+    /// the device's `respond_method` returns it too; the request is no longer pending.
+    #[error("the answer of device {device} to method request {request_id} was refused: {reason}")]
+    InvalidMethodResponse {
+        /// The device that answered.
+        device: DeviceId,
+        /// The request it answered.
+        request_id: u64,
+        /// Why the answer was refused (never the payload itself).
+        reason: String,
+    },
+
     /// A conditional twin write named a version that is no longer current.
     #[error("the {section} properties of device {device} are at version {actual}, not {expected}")]
     PreconditionFailed {

@@ -191,7 +191,10 @@ pub trait DeviceSession: Send + Sync + Debug {
     /// version.
     async fn patch_reported(&self, patch: Value) -> Result<u64>;
 
-    /// Answers a method request handed out by `next_event`.
+    /// Answers a method request handed out by `next_event`. An answer refused for its payload
+    /// (not JSON, too large) ends the call with
+    /// [`Error::InvalidMethodResponse`](crate::Error::InvalidMethodResponse), which is returned
+    /// here too; the session stays open.
     async fn respond_method(&self, response: MethodResponse) -> Result<()>;
 
     /// Why the session closed, if it has.

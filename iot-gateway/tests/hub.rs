@@ -18,9 +18,15 @@ use serde_json::json;
 const HOST: &str = "hub.test.local";
 
 async fn hub_with(config: HubConfig) -> (Hub, StoreFixture) {
+    hub_built(|builder| builder.config(config)).await
+}
+
+/// A hub over a fresh memory identity store, from a builder `configure` finishes.
+async fn hub_built(
+    configure: impl FnOnce(iot_gateway::HubBuilder) -> iot_gateway::HubBuilder,
+) -> (Hub, StoreFixture) {
     let identity: Arc<dyn IdentityStore> = Arc::new(MemoryIdentityStore::new());
-    let hub = Hub::builder(identity.clone(), HOST)
-        .config(config)
+    let hub = configure(Hub::builder(identity.clone(), HOST))
         .build()
         .await
         .expect("hub");
@@ -459,16 +465,132 @@ impl iot_gateway::InboxStore for SlowAbandons {
 
 #[tokio::test]
 async fn resubscribing_waits_for_the_lock_unsubscribe_gave_back() {
-    let identity: Arc<dyn IdentityStore> = Arc::new(MemoryIdentityStore::new());
-    let hub = Hub::builder(identity.clone(), HOST)
-        .inbox(Arc::new(SlowAbandons(iot_gateway::MemoryInbox::new())))
-        .build()
-        .await
-        .expect("hub");
-    let fx = StoreFixture {
-        identity,
-        telemetry: hub.telemetry_log().clone(),
-        host: HOST.into(),
-    };
+    let (hub, fx) =
+        hub_built(|builder| builder.inbox(Arc::new(SlowAbandons(iot_gateway::MemoryInbox::new()))))
+            .await;
     within(iot_gateway::testkit::c2d_resubscribe_keeps_fifo(&hub, &fx)).await;
+}
+
+/// Waits for the next event of `s`, which must be a method request.
+async fn next_method(s: &dyn DeviceSession) -> iot_gateway::MethodRequest {
+    match within(s.next_event()).await.expect("event") {
+        SessionEvent::Method(request) => request,
+        other => panic!("expected a method request, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_refused_method_answer_fails_the_call_at_once() {
+    let (hub, fx) = hub_with(HubConfig::default()).await;
+    let (id, token) = fx.provision("garbled").await;
+    let s = connect(&hub, &id, &token).await;
+    s.subscribe(Subscription::Methods).await.expect("subscribe");
+    let invoke = |name: &'static str| {
+        let (hub, id) = (hub.clone(), id.clone());
+        tokio::spawn(async move {
+            // A long response timeout: only the refusal can end the call before the guard below.
+            let mut call = MethodCall::new(name, "");
+            call.response_timeout = Duration::from_secs(30);
+            hub.invoke_method(&id, call).await
+        })
+    };
+
+    let first = invoke("first");
+    let request = next_method(s.as_ref()).await;
+    let refused = s
+        .respond_method(iot_gateway::MethodResponse {
+            request_id: request.request_id,
+            status: 200,
+            payload: "{not json".into(),
+        })
+        .await;
+    assert!(
+        matches!(&refused, Err(Error::InvalidMethodResponse { request_id, .. }) if *request_id == request.request_id),
+        "{refused:?}"
+    );
+    let answer = tokio::time::timeout(Duration::from_secs(5), first)
+        .await
+        .expect("the caller is told before its response timeout")
+        .expect("task");
+    match answer {
+        Err(Error::InvalidMethodResponse {
+            device,
+            request_id,
+            reason,
+        }) => {
+            assert_eq!(device, id);
+            assert_eq!(request_id, request.request_id);
+            assert!(reason.contains("not JSON"), "{reason}");
+            assert!(
+                !reason.contains("{not json"),
+                "no payload in the error: {reason}"
+            );
+        }
+        other => panic!("expected InvalidMethodResponse, got {other:?}"),
+    }
+    // The request is no longer pending: a second answer to it is late.
+    let again = s
+        .respond_method(iot_gateway::MethodResponse {
+            request_id: request.request_id,
+            status: 200,
+            payload: "null".into(),
+        })
+        .await;
+    assert!(
+        matches!(again, Err(Error::UnknownMethodRequest { .. })),
+        "{again:?}"
+    );
+
+    // The session is unharmed: it answers the next request normally.
+    let second = invoke("second");
+    let request = next_method(s.as_ref()).await;
+    assert_eq!(request.name, "second");
+    s.respond_method(iot_gateway::MethodResponse {
+        request_id: request.request_id,
+        status: 200,
+        payload: "{\"ok\":true}".into(),
+    })
+    .await
+    .expect("respond");
+    let answer = within(second).await.expect("task").expect("answer");
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.payload.as_ref(), b"{\"ok\":true}");
+}
+
+#[tokio::test]
+async fn an_oversized_method_answer_fails_the_call_at_once() {
+    let mut config = HubConfig::default();
+    config.max_method_payload = 16;
+    let (hub, fx) = hub_with(config).await;
+    let (id, token) = fx.provision("verbose").await;
+    let s = connect(&hub, &id, &token).await;
+    s.subscribe(Subscription::Methods).await.expect("subscribe");
+    let invoker = {
+        let (hub, id) = (hub.clone(), id.clone());
+        tokio::spawn(async move {
+            let mut call = MethodCall::new("dump", "");
+            call.response_timeout = Duration::from_secs(30);
+            hub.invoke_method(&id, call).await
+        })
+    };
+    let request = next_method(s.as_ref()).await;
+    let refused = s
+        .respond_method(iot_gateway::MethodResponse {
+            request_id: request.request_id,
+            status: 200,
+            payload: "\"0123456789abcdef\"".into(),
+        })
+        .await;
+    assert!(
+        matches!(refused, Err(Error::InvalidMethodResponse { .. })),
+        "{refused:?}"
+    );
+    let answer = tokio::time::timeout(Duration::from_secs(5), invoker)
+        .await
+        .expect("the caller is told before its response timeout")
+        .expect("task");
+    assert!(
+        matches!(&answer, Err(Error::InvalidMethodResponse { reason, .. }) if reason.contains("exceeds the limit of 16 bytes")),
+        "{answer:?}"
+    );
 }

@@ -487,3 +487,139 @@ async fn shutdown_closes_sessions_and_stops_accepting() {
     assert_eq!(fx.server.connections(), 0);
     assert!(tokio::net::TcpStream::connect(fx.addr).await.is_err());
 }
+
+/// The next packet from the server, forwarded by the event loop of
+/// [`a_non_json_method_answer_fails_the_call_and_keeps_the_connection`]; panics if the
+/// connection ended first.
+async fn next_packet(
+    incoming: &mut tokio::sync::mpsc::UnboundedReceiver<Result<rumqttc::Incoming, String>>,
+    what: &str,
+) -> rumqttc::Incoming {
+    match tokio::time::timeout(PATIENCE, incoming.recv()).await {
+        Ok(Some(Ok(packet))) => packet,
+        Ok(Some(Err(e))) => panic!("the connection ended while waiting for {what}: {e}"),
+        Ok(None) => panic!("the event loop stopped while waiting for {what}"),
+        Err(_) => panic!("no {what} in time"),
+    }
+}
+
+#[tokio::test]
+async fn a_non_json_method_answer_fails_the_call_and_keeps_the_connection() {
+    use rumqttc::{Event, Incoming};
+
+    let fx = Fixture::start().await;
+    let device = fx.device("d1").await;
+    // Its own event loop rather than `Client`'s: the test must see the PUBACK of the refused
+    // answer, and learn at once if the server closes the connection.
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(device.options(fx.addr), 16);
+    let (tx, mut incoming) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Incoming::PingResp)) | Ok(Event::Outgoing(_)) => {}
+                Ok(Event::Incoming(packet)) => {
+                    let _ = tx.send(Ok(packet));
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            }
+        }
+    });
+    assert!(matches!(
+        next_packet(&mut incoming, "CONNACK").await,
+        Incoming::ConnAck(_)
+    ));
+    client
+        .subscribe("$iothub/methods/POST/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    assert!(matches!(
+        next_packet(&mut incoming, "SUBACK").await,
+        Incoming::SubAck(_)
+    ));
+
+    let invoke = |name: &'static str| {
+        let (gateway, id) = (fx.gateway.clone(), device.id.clone());
+        tokio::spawn(async move {
+            // Far longer than the guard below: only the refusal can end the call in time.
+            let mut call = MethodCall::new(name, "");
+            call.response_timeout = Duration::from_secs(60);
+            gateway.invoke_method(&id, call).await
+        })
+    };
+    let rid_of = |packet: Incoming, name: &str| -> String {
+        let Incoming::Publish(publish) = packet else {
+            panic!("expected the method request, got {packet:?}");
+        };
+        publish
+            .topic
+            .strip_prefix(&format!("$iothub/methods/POST/{name}/?$rid="))
+            .expect("method topic")
+            .to_string()
+    };
+
+    let first = invoke("first");
+    let rid = rid_of(
+        next_packet(&mut incoming, "the first request").await,
+        "first",
+    );
+    client
+        .publish(
+            format!("$iothub/methods/res/200/?$rid={rid}"),
+            QoS::AtLeastOnce,
+            false,
+            b"this is not json".to_vec(),
+        )
+        .await
+        .expect("publish the answer");
+    // The answer is acknowledged although it was refused.
+    assert!(matches!(
+        next_packet(&mut incoming, "PUBACK").await,
+        Incoming::PubAck(_)
+    ));
+    let answer = tokio::time::timeout(PATIENCE, first)
+        .await
+        .expect("the caller is told before its response timeout")
+        .expect("task");
+    match answer {
+        Err(iot_gateway::Error::InvalidMethodResponse {
+            device: who,
+            request_id,
+            ..
+        }) => {
+            assert_eq!(who, device.id);
+            assert_eq!(request_id.to_string(), rid);
+        }
+        other => panic!("expected InvalidMethodResponse, got {other:?}"),
+    }
+
+    // Still connected: the next call is answered over the same connection.
+    let second = invoke("second");
+    let rid = rid_of(
+        next_packet(&mut incoming, "the second request").await,
+        "second",
+    );
+    client
+        .publish(
+            format!("$iothub/methods/res/200/?$rid={rid}"),
+            QoS::AtLeastOnce,
+            false,
+            b"{\"ok\":true}".to_vec(),
+        )
+        .await
+        .expect("publish the answer");
+    assert!(matches!(
+        next_packet(&mut incoming, "PUBACK").await,
+        Incoming::PubAck(_)
+    ));
+    let response = tokio::time::timeout(PATIENCE, second)
+        .await
+        .expect("answer in time")
+        .expect("task")
+        .expect("the second call is answered");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.payload.as_ref(), b"{\"ok\":true}");
+    task.abort();
+}

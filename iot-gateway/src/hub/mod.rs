@@ -289,7 +289,8 @@ impl Drop for ForgetMethod<'_> {
 struct PendingMethod {
     device: DeviceId,
     session: u64,
-    reply: oneshot::Sender<MethodResponse>,
+    /// The device's answer, or why it was refused ([`Error::InvalidMethodResponse`]).
+    reply: oneshot::Sender<Result<MethodResponse>>,
 }
 
 #[derive(Debug)]
@@ -516,10 +517,10 @@ fn check_method_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_json(what: &str, payload: &[u8], limit: usize) -> Result<()> {
+fn check_json(what: &'static str, payload: &[u8], limit: usize) -> Result<()> {
     if payload.len() > limit {
         return Err(Error::TooLarge {
-            what: "method payload",
+            what,
             size: payload.len(),
             limit,
         });
@@ -750,7 +751,8 @@ impl Gateway for Hub {
             return Err(e);
         }
         match tokio::time::timeout(call.response_timeout, answer).await {
-            Ok(Ok(response)) => Ok(response),
+            // The answer, or why the device's answer was refused.
+            Ok(Ok(answer)) => answer,
             // The session closed before answering.
             Ok(Err(_)) => Err(Error::DeviceOffline {
                 device: device.clone(),

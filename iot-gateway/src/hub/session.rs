@@ -563,27 +563,48 @@ impl DeviceSession for HubSession {
 
     async fn respond_method(&self, response: MethodResponse) -> Result<()> {
         self.check_open()?;
+        let request_id = response.request_id;
         let unknown = || Error::UnknownMethodRequest {
             device: self.shared.device.clone(),
-            request_id: response.request_id,
+            request_id,
         };
-        super::check_json(
+        // Checked before taking any lock: parsing a large payload must not hold up the session
+        // or the hub's method table.
+        let refusal = super::check_json(
             "method response",
             &response.payload,
             self.hub.config.max_method_payload,
-        )?;
-        if !lock(&self.shared.state)
-            .methods_out
-            .remove(&response.request_id)
-        {
+        )
+        .err()
+        .map(|e| match e {
+            Error::InvalidInput { reason } => reason,
+            other => other.to_string(),
+        });
+        if !lock(&self.shared.state).methods_out.remove(&request_id) {
+            // Not (or no longer) ours: nothing is resolved, whatever the payload.
             return Err(unknown());
         }
-        let pending = lock(&self.hub.methods).remove(&response.request_id);
+        let pending = lock(&self.hub.methods).remove(&request_id);
         match pending {
             Some(p) if p.session == self.shared.id => {
-                // The invoker may have given up a moment ago; that is not the device's fault.
-                let _ = p.reply.send(response);
-                Ok(())
+                let refused = |reason: &str| Error::InvalidMethodResponse {
+                    device: self.shared.device.clone(),
+                    request_id,
+                    reason: reason.to_owned(),
+                };
+                // A refused answer still ends the call: the invoker learns at once why, instead
+                // of waiting out its timeout for an answer that will not come. The invoker may
+                // have given up a moment ago; that is not the device's fault.
+                match refusal {
+                    None => {
+                        let _ = p.reply.send(Ok(response));
+                        Ok(())
+                    }
+                    Some(reason) => {
+                        let _ = p.reply.send(Err(refused(&reason)));
+                        Err(refused(&reason))
+                    }
+                }
             }
             _ => Err(unknown()),
         }

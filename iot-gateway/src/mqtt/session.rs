@@ -471,13 +471,26 @@ where
                     Err(_) => {
                         tracing::debug!(device = %self.device, "method response with an unknown $rid")
                     }
-                    Ok(response) => match self.session.respond_method(response).await {
-                        Ok(()) => {}
-                        Err(e @ GatewayError::UnknownMethodRequest { .. }) => {
-                            tracing::debug!(device = %self.device, error = %e, "late method response");
+                    Ok(response) => {
+                        let request_id = response.request_id;
+                        match self.session.respond_method(response).await {
+                            Ok(()) => {}
+                            Err(e @ GatewayError::UnknownMethodRequest { .. }) => {
+                                tracing::debug!(device = %self.device, request_id, error = %e, "late method response");
+                            }
+                            // A malformed answer fails that one call (the invoker is told at
+                            // once); it is no reason to cut the device off. The PUBACK below is
+                            // still sent: the answer was received, just not accepted.
+                            Err(
+                                e @ (GatewayError::InvalidMethodResponse { .. }
+                                | GatewayError::InvalidInput { .. }
+                                | GatewayError::TooLarge { .. }),
+                            ) => {
+                                tracing::debug!(device = %self.device, request_id, error = %e, "method response refused");
+                            }
+                            Err(e) => return Err(e.into()),
                         }
-                        Err(e) => return Err(e.into()),
-                    },
+                    }
                 }
             }
         }
@@ -554,13 +567,9 @@ where
     /// Records a subscription and tells the gateway to start delivering that kind.
     async fn subscribe(&mut self, kind: Subscription, qos: QoS) -> Result<(), Error> {
         self.subscriptions.insert(kind, qos);
-        let gateway_kind = match kind {
-            Subscription::C2d => GatewaySubscription::C2d,
-            Subscription::DesiredPatches => GatewaySubscription::DesiredPatches,
-            Subscription::Methods => GatewaySubscription::Methods,
-            Subscription::TwinResponses => return Ok(()),
-        };
-        self.session.subscribe(gateway_kind).await?;
+        if let Some(gateway_kind) = delivered_by_gateway(kind) {
+            self.session.subscribe(gateway_kind).await?;
+        }
         Ok(())
     }
 
@@ -568,13 +577,9 @@ where
     /// already in flight stay in `inflight`: a PUBACK after the UNSUBSCRIBE still completes them.
     async fn unsubscribe(&mut self, kind: Subscription) -> Result<(), Error> {
         self.subscriptions.remove(kind);
-        let gateway_kind = match kind {
-            Subscription::C2d => GatewaySubscription::C2d,
-            Subscription::DesiredPatches => GatewaySubscription::DesiredPatches,
-            Subscription::Methods => GatewaySubscription::Methods,
-            Subscription::TwinResponses => return Ok(()),
-        };
-        self.session.unsubscribe(gateway_kind).await?;
+        if let Some(gateway_kind) = delivered_by_gateway(kind) {
+            self.session.unsubscribe(gateway_kind).await?;
+        }
         Ok(())
     }
 
@@ -712,6 +717,17 @@ where
         self.session.close().await;
         let _ = timeout(self.shared.config.write_timeout, self.transport.close()).await;
         tracing::debug!(device = %self.device, ?ending, "MQTT session closed");
+    }
+}
+
+/// The gateway subscription behind an MQTT one; `None` for twin answers, which the endpoint
+/// produces itself in reply to the device's own requests.
+fn delivered_by_gateway(kind: Subscription) -> Option<GatewaySubscription> {
+    match kind {
+        Subscription::C2d => Some(GatewaySubscription::C2d),
+        Subscription::DesiredPatches => Some(GatewaySubscription::DesiredPatches),
+        Subscription::Methods => Some(GatewaySubscription::Methods),
+        Subscription::TwinResponses => None,
     }
 }
 

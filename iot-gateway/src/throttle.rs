@@ -117,7 +117,40 @@ impl Bucket {
 pub(crate) struct ConnectThrottle {
     config: ThrottleConfig,
     hub: Mutex<Option<Bucket>>,
-    devices: Mutex<HashMap<DeviceId, Bucket>>,
+    devices: Mutex<DeviceBuckets>,
+}
+
+/// Fewest per-device buckets before full ones are swept out.
+const SWEEP_FLOOR: usize = 10_000;
+
+/// Per-device connect buckets. Full buckets are swept out when the map reaches `sweep_at`,
+/// which is then set to twice what survived (at least `SWEEP_FLOOR`): a storm of connects from
+/// many devices costs amortised O(1) per connect, where sweeping at a fixed size would scan the
+/// whole map on every connect once more devices than that were active.
+#[derive(Debug)]
+struct DeviceBuckets {
+    buckets: HashMap<DeviceId, Bucket>,
+    sweep_at: usize,
+}
+
+impl DeviceBuckets {
+    fn new() -> Self {
+        DeviceBuckets {
+            buckets: HashMap::new(),
+            sweep_at: SWEEP_FLOOR,
+        }
+    }
+
+    /// The bucket of `device`, made full if it has none, sweeping first when it is time.
+    fn bucket(&mut self, device: &DeviceId, rate: Rate, now: Instant) -> &mut Bucket {
+        if self.buckets.len() >= self.sweep_at && !self.buckets.contains_key(device) {
+            self.buckets.retain(|_, b| !b.is_full(rate, now));
+            self.sweep_at = (self.buckets.len() * 2).max(SWEEP_FLOOR);
+        }
+        self.buckets
+            .entry(device.clone())
+            .or_insert_with(|| Bucket::full(rate, now))
+    }
 }
 
 impl ConnectThrottle {
@@ -126,7 +159,7 @@ impl ConnectThrottle {
         ConnectThrottle {
             config,
             hub: Mutex::new(config.hub_connects.map(|r| Bucket::full(r, now))),
-            devices: Mutex::new(HashMap::new()),
+            devices: Mutex::new(DeviceBuckets::new()),
         }
     }
 
@@ -140,14 +173,8 @@ impl ConnectThrottle {
             retry_after,
         };
         if let Some(rate) = self.config.device_connects {
-            let mut devices = lock(&self.devices);
-            if devices.len() > 10_000 {
-                devices.retain(|_, b| !b.is_full(rate, now));
-            }
-            let bucket = devices
-                .entry(device.clone())
-                .or_insert_with(|| Bucket::full(rate, now));
-            bucket
+            lock(&self.devices)
+                .bucket(device, rate, now)
                 .take(rate, now)
                 .map_err(|wait| refuse(ThrottleScope::Device, wait))?;
         }
@@ -159,7 +186,7 @@ impl ConnectThrottle {
             // The device's token was not used: give it back.
             if let (Some(rate), Some(b)) = (
                 self.config.device_connects,
-                lock(&self.devices).get_mut(device),
+                lock(&self.devices).buckets.get_mut(device),
             ) {
                 b.refund(rate);
             }
@@ -259,6 +286,33 @@ mod tests {
             })
         ));
         assert!(t.take(&b).is_ok());
+    }
+
+    #[test]
+    fn device_buckets_sweep_full_ones_and_double_the_threshold() {
+        let now = Instant::now();
+        // Never refills: no bucket that lost a token is ever full again, so nothing is swept.
+        let stuck = Rate::new(0.0, 2.0);
+        let mut map = DeviceBuckets::new();
+        for i in 0..3 * SWEEP_FLOOR {
+            let id: DeviceId = format!("d{i}").parse().expect("id");
+            assert!(map.bucket(&id, stuck, now).take(stuck, now).is_ok());
+        }
+        assert_eq!(map.buckets.len(), 3 * SWEEP_FLOOR);
+        // Each sweep that kept everything doubled the threshold instead of sweeping again on the
+        // next connect.
+        assert_eq!(map.sweep_at, 4 * SWEEP_FLOOR);
+
+        // Refills at once: every bucket is full again, so the next sweep empties the map.
+        let quick = Rate::new(1e12, 2.0);
+        let later = now + Duration::from_millis(1);
+        // The map reaches the threshold (40 000) on the last but one of these; the last sweeps.
+        for i in 0..=SWEEP_FLOOR {
+            let id: DeviceId = format!("e{i}").parse().expect("id");
+            map.bucket(&id, quick, later);
+        }
+        assert!(map.buckets.len() <= SWEEP_FLOOR, "{}", map.buckets.len());
+        assert_eq!(map.sweep_at, SWEEP_FLOOR);
     }
 
     #[test]

@@ -503,6 +503,28 @@ async fn next_packet(
     }
 }
 
+/// Publishes a method answer (status 200) for `rid` at QoS 1 and waits for its PUBACK.
+async fn answer_and_await_puback(
+    client: &rumqttc::AsyncClient,
+    incoming: &mut tokio::sync::mpsc::UnboundedReceiver<Result<rumqttc::Incoming, String>>,
+    rid: &str,
+    body: &[u8],
+) {
+    client
+        .publish(
+            format!("$iothub/methods/res/200/?$rid={rid}"),
+            QoS::AtLeastOnce,
+            false,
+            body.to_vec(),
+        )
+        .await
+        .expect("publish the answer");
+    assert!(matches!(
+        next_packet(incoming, "PUBACK").await,
+        rumqttc::Incoming::PubAck(_)
+    ));
+}
+
 #[tokio::test]
 async fn a_non_json_method_answer_fails_the_call_and_keeps_the_connection() {
     use rumqttc::{Event, Incoming};
@@ -565,20 +587,8 @@ async fn a_non_json_method_answer_fails_the_call_and_keeps_the_connection() {
         next_packet(&mut incoming, "the first request").await,
         "first",
     );
-    client
-        .publish(
-            format!("$iothub/methods/res/200/?$rid={rid}"),
-            QoS::AtLeastOnce,
-            false,
-            b"this is not json".to_vec(),
-        )
-        .await
-        .expect("publish the answer");
     // The answer is acknowledged although it was refused.
-    assert!(matches!(
-        next_packet(&mut incoming, "PUBACK").await,
-        Incoming::PubAck(_)
-    ));
+    answer_and_await_puback(&client, &mut incoming, &rid, b"this is not json").await;
     let answer = tokio::time::timeout(PATIENCE, first)
         .await
         .expect("the caller is told before its response timeout")
@@ -601,19 +611,7 @@ async fn a_non_json_method_answer_fails_the_call_and_keeps_the_connection() {
         next_packet(&mut incoming, "the second request").await,
         "second",
     );
-    client
-        .publish(
-            format!("$iothub/methods/res/200/?$rid={rid}"),
-            QoS::AtLeastOnce,
-            false,
-            b"{\"ok\":true}".to_vec(),
-        )
-        .await
-        .expect("publish the answer");
-    assert!(matches!(
-        next_packet(&mut incoming, "PUBACK").await,
-        Incoming::PubAck(_)
-    ));
+    answer_and_await_puback(&client, &mut incoming, &rid, b"{\"ok\":true}").await;
     let response = tokio::time::timeout(PATIENCE, second)
         .await
         .expect("answer in time")

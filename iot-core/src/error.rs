@@ -166,5 +166,38 @@ impl Error {
     }
 }
 
+impl From<crate::storage::StorageError> for Error {
+    fn from(e: crate::storage::StorageError) -> Self {
+        use crate::storage::StorageError as S;
+        match e {
+            S::Io {
+                operation,
+                path,
+                source,
+            } => Error::Io {
+                operation,
+                path,
+                source,
+            },
+            S::Corrupt {
+                path,
+                position,
+                reason,
+            } => Error::Corrupt {
+                path,
+                position,
+                reason,
+            },
+            S::Locked { path } => Error::Locked { path },
+            S::Config { reason } => Error::Config { reason },
+            other => Error::Io {
+                operation: "store",
+                path: std::path::PathBuf::new(),
+                source: io::Error::other(other.to_string()),
+            },
+        }
+    }
+}
+
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -18,6 +18,7 @@ pub mod offset;
 pub mod partitioner;
 pub mod producer;
 pub mod record;
+pub mod storage;
 mod sync_util;
 #[cfg(feature = "testkit")]
 pub mod testkit;

@@ -18,6 +18,8 @@
 
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod crash;
+
 use std::sync::Arc;
 use std::time::Duration;
 

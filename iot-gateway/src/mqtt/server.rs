@@ -158,7 +158,7 @@ impl MqttServer {
             return Ok(());
         };
         let _token = self.tasks.token();
-        session::serve(io, self.shared.clone(), None).await
+        session::serve(io, self.shared.clone(), None, None).await
     }
 
     /// Stops accepting, asks every session to end (each closes its gateway session, which
@@ -306,7 +306,7 @@ async fn serve_logged<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    if let Err(e) = session::serve(io, shared, client_cert).await {
+    if let Err(e) = session::serve(io, shared, client_cert, Some(peer)).await {
         match e {
             Error::Io(e) => tracing::debug!(%peer, error = %e, "MQTT connection ended"),
             e => tracing::info!(%peer, error = %e, "MQTT connection closed"),

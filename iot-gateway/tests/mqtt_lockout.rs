@@ -32,6 +32,11 @@ fn forged_token(device: &str) -> String {
 
 /// A fixture like `Fixture::start` over a hub with `throttle`.
 async fn start_with(throttle: ThrottleConfig) -> Fixture {
+    start_custom(throttle, MqttConfig::default()).await
+}
+
+/// A fixture over a hub with `throttle` and an endpoint with `mqtt`.
+async fn start_custom(throttle: ThrottleConfig, mqtt: MqttConfig) -> Fixture {
     let identity = Arc::new(MemoryIdentityStore::new());
     let mut config = HubConfig::default();
     config.throttle = throttle;
@@ -41,7 +46,7 @@ async fn start_with(throttle: ThrottleConfig) -> Fixture {
         .await
         .expect("hub");
     let gateway: Arc<dyn Gateway> = Arc::new(hub.clone());
-    let server = MqttServer::new(gateway.clone(), MqttConfig::default()).expect("server");
+    let server = MqttServer::new(gateway.clone(), mqtt).expect("server");
     let addr = server
         .listen_tcp("127.0.0.1:0".parse().expect("addr"))
         .await
@@ -300,4 +305,37 @@ async fn a_throttled_twin_request_is_answered_429() {
         client.next_publish().await.topic,
         "$iothub/twin/res/429/?$rid=4"
     );
+}
+
+/// Connections that never authenticate hold a connection slot for the connect timeout; one
+/// address may hold only `max_unauthenticated_per_peer` of them, so it cannot take every slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_every_connection_slot() {
+    let mut mqtt = MqttConfig::default();
+    mqtt.max_connections = 20;
+    mqtt.max_unauthenticated_per_peer = 5;
+    // Longer than the test's patience: a held slot is not freed by the timeout meanwhile.
+    mqtt.connect_timeout = Duration::from_secs(120);
+    let fx = start_custom(ThrottleConfig::default(), mqtt).await;
+    let device = fx.device("d1").await;
+    let mut idle = Vec::new();
+    for _ in 0..30 {
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket.bind(SocketAddr::new(stranger(0), 0)).expect("bind");
+        idle.push(socket.connect(fx.addr).await.expect("TCP connect"));
+    }
+    let code = connect_code(fx.addr, local(), "d1", &device.token()).await;
+    assert_eq!(code, ACCEPTED);
+    // The stranger's connections were accepted in order before the device's: all but five
+    // have been closed by now, and those five are still waiting for CONNECT.
+    let mut closed = 0;
+    for stream in &mut idle {
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(Duration::from_millis(500), stream.read(&mut byte)).await {
+            Ok(Ok(0) | Err(_)) => closed += 1,
+            Ok(Ok(_)) => panic!("the server sent something before CONNECT"),
+            Err(_) => {}
+        }
+    }
+    assert_eq!(closed, 25);
 }

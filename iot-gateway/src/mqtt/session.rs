@@ -70,6 +70,7 @@ pub(crate) async fn serve<IO>(
     shared: Arc<Shared>,
     client_cert: Option<Thumbprint>,
     peer: Option<std::net::SocketAddr>,
+    unauthenticated: Option<super::pending::PendingGuard>,
 ) -> Result<(), Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
@@ -104,6 +105,8 @@ where
     else {
         return Ok(());
     };
+    // Authenticated: the connection no longer counts against its address's handshake cap.
+    drop(unauthenticated);
     let result = connection.run().await;
     let ending = match &result {
         Ok(ending) => *ending,

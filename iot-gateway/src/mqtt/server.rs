@@ -168,6 +168,8 @@ impl MqttServer {
 
     /// Serves one already-accepted connection (a TLS stream, a WebSocket adapter, a test pipe)
     /// to its end, within the connection limit. The error says why it ended, if not cleanly.
+    /// Such a connection has no peer address: its failed authentications count against the
+    /// hub-wide failure budget only, and no per-address cap applies.
     pub async fn serve<IO>(&self, io: IO) -> Result<(), Error>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send,

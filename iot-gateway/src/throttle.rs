@@ -513,6 +513,62 @@ mod tests {
     }
 
     #[test]
+    fn peers_are_keyed_by_ipv4_address_and_ipv6_prefix() {
+        let key = |s: &str| PeerKey::of(s.parse().expect("ip"));
+        assert_ne!(key("192.0.2.1"), key("192.0.2.2"));
+        assert_eq!(key("::ffff:192.0.2.1"), key("192.0.2.1"));
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:bbbb::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+    }
+
+    #[test]
+    fn failures_count_per_peer_and_refuse_only_recent_offenders_hub_wide() {
+        let t = ConnectThrottle::new(ThrottleConfig {
+            peer_failed_connects: Some(Rate::new(0.0, 2.0)),
+            hub_failed_connects: Some(Rate::new(0.0, 1.0)),
+            ..ThrottleConfig::unlimited()
+        });
+        let d: DeviceId = "d".parse().expect("id");
+        let (a, b, c): (IpAddr, IpAddr, IpAddr) = (
+            "192.0.2.1".parse().expect("ip"),
+            "192.0.2.2".parse().expect("ip"),
+            "192.0.2.3".parse().expect("ip"),
+        );
+        assert!(t.admit(&d, Some(a)).is_ok());
+        t.failed(Some(a));
+        // The hub's single failure token is spent: a, which failed, is refused...
+        let refused = t.admit(&d, Some(a));
+        assert!(
+            matches!(
+                refused,
+                Err(Error::Throttled {
+                    scope: ThrottleScope::Hub,
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        // ...b, which never did, is not; nor is a caller without an address.
+        assert!(t.admit(&d, Some(b)).is_ok());
+        assert!(t.admit(&d, None).is_ok());
+        t.failed(Some(c));
+        t.failed(Some(c));
+        let spent = t.admit(&d, Some(c));
+        assert!(
+            matches!(
+                spent,
+                Err(Error::Throttled {
+                    scope: ThrottleScope::Peer,
+                    ..
+                })
+            ),
+            "{spent:?}"
+        );
+        // Failures never touch the device's connect budget.
+        assert!(t.take(&d).is_ok());
+    }
+
+    #[test]
     fn hub_limit_is_shared() {
         let t = ConnectThrottle::new(ThrottleConfig {
             hub_connects: Some(Rate::new(0.0, 2.0)),

@@ -56,6 +56,10 @@ pub enum ThrottledOperation {
     Connect,
     /// Sending telemetry.
     Telemetry,
+    /// Reading or updating a twin.
+    Twin,
+    /// Invoking a direct method.
+    Method,
 }
 
 /// Whose budget ran out.
@@ -66,6 +70,8 @@ pub enum ThrottleScope {
     Device,
     /// The budget shared by every device of the gateway.
     Hub,
+    /// The failed-authentication budget of the network address the attempt came from.
+    Peer,
 }
 
 /// What went wrong in the gateway: a kind an endpoint maps to its protocol's answer, with the

@@ -1,6 +1,7 @@
 //! The `Gateway` trait: the contract between protocol endpoints (MQTT, HTTP) and the back end.
 
 use std::fmt::Debug;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -20,11 +21,19 @@ pub struct SessionOptions {
     /// The most C2D messages handed out and not yet settled at once (the endpoint's in-flight
     /// window). Default 16; at least 1.
     pub c2d_window: usize,
+    /// The network address the connection comes from, when the endpoint has one. A failed
+    /// authentication is charged to this address (and to a hub-wide failed-attempt budget),
+    /// never to the device it named; `None` (in-process callers) charges the hub-wide budget
+    /// only. Default `None`.
+    pub peer: Option<IpAddr>,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { c2d_window: 16 }
+        SessionOptions {
+            c2d_window: 16,
+            peer: None,
+        }
     }
 }
 
@@ -67,7 +76,9 @@ pub enum SessionEvent {
 /// [`testkit`](crate::testkit) (feature `testkit`) checks these against any implementation.
 ///
 /// * **Authentication.** `connect` checks the credential through the identity store; a refusal is
-///   [`Error::Unauthorized`](crate::Error::Unauthorized) whatever the reason.
+///   [`Error::Unauthorized`](crate::Error::Unauthorized) whatever the reason. A refused attempt
+///   spends none of the named device's budgets (a stranger who knows a device id cannot keep the
+///   device offline), and a refusal before authentication must not depend on the device named.
 /// * **One session per device.** A new `connect` of a device closes its live session with
 ///   [`CloseReason::TakenOver`]; disabling, deleting or re-keying the device closes it with
 ///   [`CloseReason::Disabled`], [`CloseReason::Deleted`] or [`CloseReason::CredentialsReplaced`].

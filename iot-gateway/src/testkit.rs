@@ -192,6 +192,7 @@ fn c2d(body: &str, ack: AckRequest) -> C2dMessage {
 /// Runs every check.
 pub async fn run_all(gw: &dyn Gateway, fx: &dyn Fixture, limits: Limits) {
     connect_refuses_bad_credentials(gw, fx).await;
+    refused_connects_spend_nothing_of_the_device(gw, fx).await;
     telemetry_in_order_with_headers(gw, fx).await;
     telemetry_validation(gw, fx).await;
     c2d_waits_for_offline_device(gw, fx).await;
@@ -244,6 +245,30 @@ pub async fn connect_refuses_bad_credentials(gw: &dyn Gateway, fx: &dyn Fixture)
     assert!(gw.connected_devices().await.expect("list").contains(&id));
     s.close().await;
     assert!(!gw.connected_devices().await.expect("list").contains(&id));
+}
+
+/// Refused attempts in a device's name, as many as a stranger may make, spend nothing of that
+/// device's budget: it still connects with its own credential at once.
+pub async fn refused_connects_spend_nothing_of_the_device(gw: &dyn Gateway, fx: &dyn Fixture) {
+    let (id, token) = fx.provision("lockout").await;
+    let (_, other_token) = fx.provision("lockout-other").await;
+    // More than any sensible per-device connect burst, fewer than a hub-wide failure budget.
+    for _ in 0..40 {
+        let refused = gw
+            .connect(
+                &id,
+                Presented::SasToken(&other_token),
+                SessionOptions::default(),
+            )
+            .await;
+        assert!(
+            matches!(refused, Err(Error::Unauthorized { .. })),
+            "{refused:?}"
+        );
+    }
+    let s = connect(gw, &id, &token).await;
+    assert_eq!(s.device_id(), &id);
+    s.close().await;
 }
 
 /// Telemetry lands in the log in the order sent, with system and custom properties as headers.

@@ -1,6 +1,14 @@
-//! Token buckets: per device and hub-wide, for connects and for telemetry.
+//! Token buckets: per device and hub-wide, for connects, telemetry, twin operations and direct
+//! methods; per peer address and hub-wide for failed authentications.
+//!
+//! Only an authenticated device spends its own budgets. A failed authentication is charged to
+//! the address it came from and to a hub-wide failed-attempt budget, never to the device it
+//! named: otherwise anyone who knows a device id (often printed on the device) could keep that
+//! device offline by presenting bad credentials in its name.
 
 use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -28,25 +36,49 @@ impl Rate {
 /// Throttling limits; `None` means unlimited.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ThrottleConfig {
-    /// Connects of one device.
+    /// Successful connects of one device.
     pub device_connects: Option<Rate>,
-    /// Connects of all devices together.
+    /// Successful connects of all devices together.
     pub hub_connects: Option<Rate>,
+    /// Failed authentications from one peer address (an IPv4 address, or an IPv6 /64 prefix).
+    /// Once spent, further connects from that address are refused before authentication.
+    pub peer_failed_connects: Option<Rate>,
+    /// Failed authentications from every address together. Once spent, addresses with recent
+    /// failures are refused before authentication; addresses without any still authenticate, so
+    /// a flood from many addresses cannot keep well-behaved devices out.
+    pub hub_failed_connects: Option<Rate>,
     /// Telemetry messages of one device.
     pub device_telemetry: Option<Rate>,
     /// Telemetry messages of all devices together.
     pub hub_telemetry: Option<Rate>,
+    /// Twin reads and reported-property updates made by one device.
+    pub device_twin: Option<Rate>,
+    /// Twin reads and updates of all devices and the back end together.
+    pub hub_twin: Option<Rate>,
+    /// Direct-method invocations of one device.
+    pub device_methods: Option<Rate>,
+    /// Direct-method invocations of all devices together.
+    pub hub_methods: Option<Rate>,
 }
 
 impl Default for ThrottleConfig {
-    /// A device may connect about once a second (burst 10) and send 100 messages a second
-    /// (burst 1000); the hub takes 1000 connects and 100 000 messages a second.
+    /// A device may connect about once a second (burst 10), send 100 messages a second (burst
+    /// 1000), make 10 twin operations and receive 10 method calls a second (burst 100 each); the
+    /// hub takes 1000 connects, 100 000 messages, 1000 twin operations and 1000 method calls a
+    /// second. An address may fail to authenticate once every 5 s (burst 20); the hub
+    /// authenticates 100 failures a second (burst 1000) before it turns away repeat offenders.
     fn default() -> Self {
         ThrottleConfig {
             device_connects: Some(Rate::new(1.0, 10.0)),
             hub_connects: Some(Rate::new(1000.0, 10_000.0)),
+            peer_failed_connects: Some(Rate::new(0.2, 20.0)),
+            hub_failed_connects: Some(Rate::new(100.0, 1000.0)),
             device_telemetry: Some(Rate::new(100.0, 1000.0)),
             hub_telemetry: Some(Rate::new(100_000.0, 200_000.0)),
+            device_twin: Some(Rate::new(10.0, 100.0)),
+            hub_twin: Some(Rate::new(1000.0, 10_000.0)),
+            device_methods: Some(Rate::new(10.0, 100.0)),
+            hub_methods: Some(Rate::new(1000.0, 10_000.0)),
         }
     }
 }
@@ -57,8 +89,14 @@ impl ThrottleConfig {
         ThrottleConfig {
             device_connects: None,
             hub_connects: None,
+            peer_failed_connects: None,
+            hub_failed_connects: None,
             device_telemetry: None,
             hub_telemetry: None,
+            device_twin: None,
+            hub_twin: None,
+            device_methods: None,
+            hub_methods: None,
         }
     }
 }
@@ -84,18 +122,28 @@ impl Bucket {
         self.updated = now;
     }
 
-    /// Takes one token, or says how long until one is there.
-    pub(crate) fn take(&mut self, rate: Rate, now: Instant) -> Result<(), Duration> {
+    /// How long until a token is there, if none is now (takes nothing).
+    fn wait(&mut self, rate: Rate, now: Instant) -> Option<Duration> {
         self.refill(rate, now);
         if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
+            None
         } else if rate.per_second > 0.0 {
-            Err(Duration::from_secs_f64(
+            Some(Duration::from_secs_f64(
                 ((1.0 - self.tokens) / rate.per_second).min(86_400.0),
             ))
         } else {
-            Err(Duration::from_secs(86_400))
+            Some(Duration::from_secs(86_400))
+        }
+    }
+
+    /// Takes one token, or says how long until one is there.
+    pub(crate) fn take(&mut self, rate: Rate, now: Instant) -> Result<(), Duration> {
+        match self.wait(rate, now) {
+            Some(wait) => Err(wait),
+            None => {
+                self.tokens -= 1.0;
+                Ok(())
+            }
         }
     }
 
@@ -111,81 +159,89 @@ impl Bucket {
     }
 }
 
-/// The hub's connect throttle: a hub-wide bucket and one bucket per device that connected
-/// recently (full buckets are forgotten, so memory follows the active devices).
-#[derive(Debug)]
-pub(crate) struct ConnectThrottle {
-    config: ThrottleConfig,
-    hub: Mutex<Option<Bucket>>,
-    devices: Mutex<DeviceBuckets>,
-}
-
-/// Fewest per-device buckets before full ones are swept out.
+/// Fewest keyed buckets before full ones are swept out.
 const SWEEP_FLOOR: usize = 10_000;
 
-/// Per-device connect buckets. Full buckets are swept out when the map reaches `sweep_at`,
-/// which is then set to twice what survived (at least `SWEEP_FLOOR`): a storm of connects from
-/// many devices costs amortised O(1) per connect, where sweeping at a fixed size would scan the
-/// whole map on every connect once more devices than that were active.
+/// Buckets by key (device or peer address) for the keys used recently. Full buckets are swept
+/// out when the map reaches `sweep_at`, which is then set to twice what survived (at least
+/// `SWEEP_FLOOR`): a storm from many keys costs amortised O(1) per operation, where sweeping at
+/// a fixed size would scan the whole map every time once more keys than that were active.
+/// Memory follows the keys with a bucket that is not full: those active within one refill time.
 #[derive(Debug)]
-struct DeviceBuckets {
-    buckets: HashMap<DeviceId, Bucket>,
+struct KeyedBuckets<K> {
+    buckets: HashMap<K, Bucket>,
     sweep_at: usize,
 }
 
-impl DeviceBuckets {
+impl<K: Hash + Eq + Clone> KeyedBuckets<K> {
     fn new() -> Self {
-        DeviceBuckets {
+        KeyedBuckets {
             buckets: HashMap::new(),
             sweep_at: SWEEP_FLOOR,
         }
     }
 
-    /// The bucket of `device`, made full if it has none, sweeping first when it is time.
-    fn bucket(&mut self, device: &DeviceId, rate: Rate, now: Instant) -> &mut Bucket {
-        if self.buckets.len() >= self.sweep_at && !self.buckets.contains_key(device) {
+    /// The bucket of `key`, made full if it has none, sweeping first when it is time.
+    fn bucket(&mut self, key: &K, rate: Rate, now: Instant) -> &mut Bucket {
+        if self.buckets.len() >= self.sweep_at && !self.buckets.contains_key(key) {
             self.buckets.retain(|_, b| !b.is_full(rate, now));
             self.sweep_at = (self.buckets.len() * 2).max(SWEEP_FLOOR);
         }
         self.buckets
-            .entry(device.clone())
+            .entry(key.clone())
             .or_insert_with(|| Bucket::full(rate, now))
     }
 }
 
-impl ConnectThrottle {
-    pub(crate) fn new(config: ThrottleConfig) -> Self {
-        let now = Instant::now();
-        ConnectThrottle {
-            config,
-            hub: Mutex::new(config.hub_connects.map(|r| Bucket::full(r, now))),
-            devices: Mutex::new(DeviceBuckets::new()),
+/// A budget of one operation: a bucket per device and one for the hub. Both must have a token;
+/// a device refused by the hub's bucket gets its own token back.
+#[derive(Debug)]
+pub(crate) struct DeviceThrottle {
+    operation: ThrottledOperation,
+    device_rate: Option<Rate>,
+    hub_rate: Option<Rate>,
+    devices: Mutex<KeyedBuckets<DeviceId>>,
+    hub: Mutex<Option<Bucket>>,
+}
+
+impl DeviceThrottle {
+    pub(crate) fn new(
+        operation: ThrottledOperation,
+        device_rate: Option<Rate>,
+        hub_rate: Option<Rate>,
+    ) -> Self {
+        DeviceThrottle {
+            operation,
+            device_rate,
+            hub_rate,
+            devices: Mutex::new(KeyedBuckets::new()),
+            hub: Mutex::new(hub_rate.map(|r| Bucket::full(r, Instant::now()))),
         }
     }
 
-    /// Takes a connect token for `device` from both buckets.
+    /// Takes a token for `device` from both buckets.
     pub(crate) fn take(&self, device: &DeviceId) -> Result<()> {
         let now = Instant::now();
         let refuse = |scope, retry_after| Error::Throttled {
             device: device.clone(),
-            operation: ThrottledOperation::Connect,
+            operation: self.operation,
             scope,
             retry_after,
         };
-        if let Some(rate) = self.config.device_connects {
+        if let Some(rate) = self.device_rate {
             lock(&self.devices)
                 .bucket(device, rate, now)
                 .take(rate, now)
                 .map_err(|wait| refuse(ThrottleScope::Device, wait))?;
         }
-        let hub = match (self.config.hub_connects, &mut *lock(&self.hub)) {
+        let hub = match (self.hub_rate, &mut *lock(&self.hub)) {
             (Some(rate), Some(bucket)) => bucket.take(rate, now),
             _ => Ok(()),
         };
         if let Err(wait) = hub {
             // The device's token was not used: give it back.
             if let (Some(rate), Some(b)) = (
-                self.config.device_connects,
+                self.device_rate,
                 lock(&self.devices).buckets.get_mut(device),
             ) {
                 b.refund(rate);
@@ -193,6 +249,147 @@ impl ConnectThrottle {
             return Err(refuse(ThrottleScope::Hub, wait));
         }
         Ok(())
+    }
+
+    /// Takes a token from the hub's bucket only: for the back end's operations on `device`,
+    /// which must not spend the device's own budget.
+    pub(crate) fn take_hub(&self, device: &DeviceId) -> Result<()> {
+        let now = Instant::now();
+        match (self.hub_rate, &mut *lock(&self.hub)) {
+            (Some(rate), Some(bucket)) => {
+                bucket
+                    .take(rate, now)
+                    .map_err(|retry_after| Error::Throttled {
+                        device: device.clone(),
+                        operation: self.operation,
+                        scope: ThrottleScope::Hub,
+                        retry_after,
+                    })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Where a connect comes from, as failed authentications are counted: an IPv4 address, or the
+/// /64 prefix of an IPv6 one (one host commonly holds a whole /64, so counting single IPv6
+/// addresses would give an attacker 2^64 fresh budgets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct PeerKey(IpAddr);
+
+impl PeerKey {
+    pub(crate) fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => PeerKey(IpAddr::V4(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => PeerKey(IpAddr::V4(v4)),
+                None => {
+                    let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                    PeerKey(IpAddr::V6(prefix.into()))
+                }
+            },
+        }
+    }
+}
+
+/// The failed-authentication budgets: one bucket per peer address and one for the hub.
+#[derive(Debug)]
+struct FailureThrottle {
+    peer_rate: Option<Rate>,
+    hub_rate: Option<Rate>,
+    peers: Mutex<KeyedBuckets<PeerKey>>,
+    hub: Mutex<Option<Bucket>>,
+}
+
+impl FailureThrottle {
+    fn new(peer_rate: Option<Rate>, hub_rate: Option<Rate>) -> Self {
+        FailureThrottle {
+            peer_rate,
+            hub_rate,
+            peers: Mutex::new(KeyedBuckets::new()),
+            hub: Mutex::new(hub_rate.map(|r| Bucket::full(r, Instant::now()))),
+        }
+    }
+
+    /// Whether `peer` may try to authenticate: refused with the scope and wait when its own
+    /// failure budget is spent, or when it failed recently and the hub's is spent. An address
+    /// that has not failed recently is always let through (unknown addresses have no bucket).
+    fn admit(&self, peer: PeerKey, now: Instant) -> Option<(ThrottleScope, Duration)> {
+        let rate = self.peer_rate?;
+        let mut peers = lock(&self.peers);
+        let bucket = peers.buckets.get_mut(&peer)?;
+        if let Some(wait) = bucket.wait(rate, now) {
+            return Some((ThrottleScope::Peer, wait));
+        }
+        if bucket.is_full(rate, now) {
+            return None;
+        }
+        drop(peers);
+        match (self.hub_rate, &mut *lock(&self.hub)) {
+            (Some(hub_rate), Some(hub)) => hub
+                .wait(hub_rate, now)
+                .map(|wait| (ThrottleScope::Hub, wait)),
+            _ => None,
+        }
+    }
+
+    /// Charges a failed authentication to `peer` (if known) and to the hub. A spent bucket stays
+    /// at zero; the failure is refused no harder for it.
+    fn charge(&self, peer: Option<PeerKey>, now: Instant) {
+        if let (Some(rate), Some(peer)) = (self.peer_rate, peer) {
+            let _ = lock(&self.peers).bucket(&peer, rate, now).take(rate, now);
+        }
+        if let (Some(rate), Some(hub)) = (self.hub_rate, &mut *lock(&self.hub)) {
+            let _ = hub.take(rate, now);
+        }
+    }
+}
+
+/// The hub's connect throttle. Before authentication only the failure budgets of the peer
+/// address are consulted ([`admit`](Self::admit)); a failed authentication is charged to them
+/// ([`failed`](Self::failed)); only an authenticated device takes a connect token from its own
+/// bucket and the hub's ([`take`](Self::take)).
+#[derive(Debug)]
+pub(crate) struct ConnectThrottle {
+    succeeded: DeviceThrottle,
+    failed: FailureThrottle,
+}
+
+impl ConnectThrottle {
+    pub(crate) fn new(config: ThrottleConfig) -> Self {
+        ConnectThrottle {
+            succeeded: DeviceThrottle::new(
+                ThrottledOperation::Connect,
+                config.device_connects,
+                config.hub_connects,
+            ),
+            failed: FailureThrottle::new(config.peer_failed_connects, config.hub_failed_connects),
+        }
+    }
+
+    /// Whether a connect naming `device` from `peer` may be authenticated at all. The answer
+    /// depends on the address only, never on the device, so it reveals nothing about it.
+    pub(crate) fn admit(&self, device: &DeviceId, peer: Option<IpAddr>) -> Result<()> {
+        let Some(peer) = peer else { return Ok(()) };
+        match self.failed.admit(PeerKey::of(peer), Instant::now()) {
+            None => Ok(()),
+            Some((scope, retry_after)) => Err(Error::Throttled {
+                device: device.clone(),
+                operation: ThrottledOperation::Connect,
+                scope,
+                retry_after,
+            }),
+        }
+    }
+
+    /// Counts a failed authentication from `peer`.
+    pub(crate) fn failed(&self, peer: Option<IpAddr>) {
+        self.failed.charge(peer.map(PeerKey::of), Instant::now());
+    }
+
+    /// Takes a connect token for the authenticated `device` from its bucket and the hub's.
+    pub(crate) fn take(&self, device: &DeviceId) -> Result<()> {
+        self.succeeded.take(device)
     }
 }
 
@@ -293,7 +490,7 @@ mod tests {
         let now = Instant::now();
         // Never refills: no bucket that lost a token is ever full again, so nothing is swept.
         let stuck = Rate::new(0.0, 2.0);
-        let mut map = DeviceBuckets::new();
+        let mut map = KeyedBuckets::new();
         for i in 0..3 * SWEEP_FLOOR {
             let id: DeviceId = format!("d{i}").parse().expect("id");
             assert!(map.bucket(&id, stuck, now).take(stuck, now).is_ok());
@@ -313,6 +510,62 @@ mod tests {
         }
         assert!(map.buckets.len() <= SWEEP_FLOOR, "{}", map.buckets.len());
         assert_eq!(map.sweep_at, SWEEP_FLOOR);
+    }
+
+    #[test]
+    fn peers_are_keyed_by_ipv4_address_and_ipv6_prefix() {
+        let key = |s: &str| PeerKey::of(s.parse().expect("ip"));
+        assert_ne!(key("192.0.2.1"), key("192.0.2.2"));
+        assert_eq!(key("::ffff:192.0.2.1"), key("192.0.2.1"));
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:bbbb::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+    }
+
+    #[test]
+    fn failures_count_per_peer_and_refuse_only_recent_offenders_hub_wide() {
+        let t = ConnectThrottle::new(ThrottleConfig {
+            peer_failed_connects: Some(Rate::new(0.0, 2.0)),
+            hub_failed_connects: Some(Rate::new(0.0, 1.0)),
+            ..ThrottleConfig::unlimited()
+        });
+        let d: DeviceId = "d".parse().expect("id");
+        let (a, b, c): (IpAddr, IpAddr, IpAddr) = (
+            "192.0.2.1".parse().expect("ip"),
+            "192.0.2.2".parse().expect("ip"),
+            "192.0.2.3".parse().expect("ip"),
+        );
+        assert!(t.admit(&d, Some(a)).is_ok());
+        t.failed(Some(a));
+        // The hub's single failure token is spent: a, which failed, is refused...
+        let refused = t.admit(&d, Some(a));
+        assert!(
+            matches!(
+                refused,
+                Err(Error::Throttled {
+                    scope: ThrottleScope::Hub,
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        // ...b, which never did, is not; nor is a caller without an address.
+        assert!(t.admit(&d, Some(b)).is_ok());
+        assert!(t.admit(&d, None).is_ok());
+        t.failed(Some(c));
+        t.failed(Some(c));
+        let spent = t.admit(&d, Some(c));
+        assert!(
+            matches!(
+                spent,
+                Err(Error::Throttled {
+                    scope: ThrottleScope::Peer,
+                    ..
+                })
+            ),
+            "{spent:?}"
+        );
+        // Failures never touch the device's connect budget.
+        assert!(t.take(&d).is_ok());
     }
 
     #[test]

@@ -24,13 +24,13 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, instrument, warn};
 
-use crate::error::{CloseReason, Error, Result};
+use crate::error::{CloseReason, Error, Result, ThrottledOperation};
 use crate::gateway::{DeviceSession, Gateway, SessionOptions};
 use crate::inbox::{FileInbox, FileInboxOptions, InboxMessage, InboxStore, MemoryInbox, Removed};
 use crate::message::{C2dMessage, C2dReceipt, Feedback};
 use crate::method::{MethodCall, MethodRequest, MethodResponse};
 use crate::sync_util::lock;
-use crate::throttle::{ConnectThrottle, TelemetryThrottle};
+use crate::throttle::{ConnectThrottle, DeviceThrottle, TelemetryThrottle};
 use crate::twin::{DesiredPatch, Twin};
 use crate::twins::{FileTwinStore, FileTwinStoreOptions, MemoryTwinStore, Section, TwinStore};
 use crate::validate;
@@ -155,6 +155,16 @@ impl HubBuilder {
             sessions: Mutex::new(HashMap::new()),
             connect_throttle: ConnectThrottle::new(config.throttle),
             telemetry_throttle: TelemetryThrottle::new(config.throttle),
+            twin_throttle: DeviceThrottle::new(
+                ThrottledOperation::Twin,
+                config.throttle.device_twin,
+                config.throttle.hub_twin,
+            ),
+            method_throttle: DeviceThrottle::new(
+                ThrottledOperation::Method,
+                config.throttle.device_methods,
+                config.throttle.hub_methods,
+            ),
             methods: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             next_session: AtomicU64::new(1),
@@ -309,6 +319,11 @@ pub(crate) struct HubInner {
     sessions: Mutex<HashMap<DeviceId, Arc<SessionShared>>>,
     connect_throttle: ConnectThrottle,
     telemetry_throttle: TelemetryThrottle,
+    /// Twin reads and updates: a device's own operations take from its bucket and the hub's,
+    /// the back end's from the hub's only.
+    twin_throttle: DeviceThrottle,
+    /// Direct-method invocations, per target device and hub-wide.
+    method_throttle: DeviceThrottle,
     methods: Mutex<HashMap<u64, PendingMethod>>,
     next_request: AtomicU64,
     next_session: AtomicU64,
@@ -545,12 +560,20 @@ impl Gateway for Hub {
         if hub.shut.load(Ordering::SeqCst) {
             return Err(Error::Shutdown);
         }
+        // Before authenticating, only the address's failure record counts: the device named
+        // may be anyone's claim. Its own budget is spent once it proved who it is.
+        hub.connect_throttle.admit(device, options.peer)?;
+        let who = match hub.auth.authenticate(device, credential).await {
+            Ok(who) => who,
+            Err(e) => {
+                let e = Error::from_auth(device, e);
+                if matches!(e, Error::Unauthorized { .. }) {
+                    hub.connect_throttle.failed(options.peer);
+                }
+                return Err(e);
+            }
+        };
         hub.connect_throttle.take(device)?;
-        let who = hub
-            .auth
-            .authenticate(device, credential)
-            .await
-            .map_err(|e| Error::from_auth(device, e))?;
         let shared = Arc::new(SessionShared::new(
             hub.next_session.fetch_add(1, Ordering::Relaxed),
             who,
@@ -648,6 +671,7 @@ impl Gateway for Hub {
     async fn get_twin(&self, device: &DeviceId) -> Result<Twin> {
         let hub = &self.inner;
         hub.require_device(device).await?;
+        hub.twin_throttle.take_hub(device)?;
         hub.twins.get(device).await
     }
 
@@ -660,6 +684,7 @@ impl Gateway for Hub {
     ) -> Result<Twin> {
         let hub = &self.inner;
         hub.require_device(device).await?;
+        hub.twin_throttle.take_hub(device)?;
         let _order = hub.desired_lock.lock().await;
         let twin = hub
             .twins
@@ -707,6 +732,8 @@ impl Gateway for Hub {
             )));
         }
         hub.require_device(device).await?;
+        // Charged before waiting, so that calls queued for an offline device count too.
+        hub.method_throttle.take(device)?;
         // Wait (up to the connect timeout) for a session that takes method requests.
         let deadline = tokio::time::Instant::now() + call.connect_timeout;
         let mut changed = hub.sessions_changed.subscribe();

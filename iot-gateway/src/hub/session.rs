@@ -532,11 +532,13 @@ impl DeviceSession for HubSession {
 
     async fn get_twin(&self) -> Result<Twin> {
         self.check_open()?;
+        self.hub.twin_throttle.take(&self.shared.device)?;
         self.hub.twins.get(&self.shared.device).await
     }
 
     async fn patch_reported(&self, patch: Value) -> Result<u64> {
         self.check_open()?;
+        self.hub.twin_throttle.take(&self.shared.device)?;
         let twin = self
             .hub
             .twins

@@ -27,6 +27,7 @@
 
 mod config;
 mod error;
+mod pending;
 mod persistent;
 mod property_bag;
 mod server;

@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use super::config::MqttConfig;
 use super::error::Error;
+use super::pending::{PendingGuard, PendingPeers};
 use super::persistent::PersistentSessions;
 use super::session;
 use super::tls::TlsConfig;
@@ -26,6 +27,8 @@ pub(crate) struct Shared {
     pub(crate) shutdown: CancellationToken,
     /// Subscriptions of persistent sessions (clean_session = false) between connections.
     pub(crate) persistent: PersistentSessions,
+    /// Connections accepted and not yet authenticated, per peer address.
+    pub(crate) unauthenticated: Arc<PendingPeers>,
 }
 
 /// An MQTT 3.1.1 server speaking IoT Hub's device protocol over any [`Gateway`].
@@ -43,6 +46,7 @@ impl MqttServer {
     pub fn new(gateway: Arc<dyn Gateway>, config: MqttConfig) -> Result<Self, Error> {
         config.validate()?;
         let permits = Arc::new(Semaphore::new(config.max_connections));
+        let config_unauthenticated = config.max_unauthenticated_per_peer;
         let persistent = PersistentSessions::open(config.state_dir.as_deref())?;
         Ok(MqttServer {
             shared: Arc::new(Shared {
@@ -50,6 +54,7 @@ impl MqttServer {
                 config,
                 shutdown: CancellationToken::new(),
                 persistent,
+                unauthenticated: PendingPeers::new(config_unauthenticated),
             }),
             tasks: TaskTracker::new(),
             permits,
@@ -118,6 +123,11 @@ impl MqttServer {
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    // Checked before any TLS or WebSocket work is spent on the connection.
+                    let Some(unauthenticated) = self.shared.unauthenticated.enter(peer.ip()) else {
+                        tracing::debug!(%peer, "too many unauthenticated connections from this address");
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let shared = self.shared.clone();
                     // One task type per transport, so that a plain TCP connection does not
@@ -125,16 +135,24 @@ impl MqttServer {
                     // an idle connection costs).
                     match &kind {
                         Listener::Tcp => {
-                            let serve = serve_logged(stream, peer, shared, None);
+                            let serve = serve_logged(stream, peer, shared, None, unauthenticated);
                             self.tasks.spawn(holding(permit, serve));
                         }
                         Listener::Tls(tls) => {
-                            let serve = serve_tls(tls.clone(), stream, peer, shared);
+                            let serve =
+                                serve_tls(tls.clone(), stream, peer, shared, unauthenticated);
                             self.tasks.spawn(holding(permit, serve));
                         }
                         Listener::WebSocket(tls) => {
                             let tasks = self.tasks.clone();
-                            let serve = serve_websocket(tls.clone(), stream, peer, shared, tasks);
+                            let serve = serve_websocket(
+                                tls.clone(),
+                                stream,
+                                peer,
+                                shared,
+                                tasks,
+                                unauthenticated,
+                            );
                             self.tasks.spawn(holding(permit, serve));
                         }
                     }
@@ -150,6 +168,8 @@ impl MqttServer {
 
     /// Serves one already-accepted connection (a TLS stream, a WebSocket adapter, a test pipe)
     /// to its end, within the connection limit. The error says why it ended, if not cleanly.
+    /// Such a connection has no peer address: its failed authentications count against the
+    /// hub-wide failure budget only, and no per-address cap applies.
     pub async fn serve<IO>(&self, io: IO) -> Result<(), Error>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send,
@@ -158,7 +178,7 @@ impl MqttServer {
             return Ok(());
         };
         let _token = self.tasks.token();
-        session::serve(io, self.shared.clone(), None).await
+        session::serve(io, self.shared.clone(), None, None, None).await
     }
 
     /// Stops accepting, asks every session to end (each closes its gateway session, which
@@ -240,7 +260,13 @@ fn client_thumbprint<S>(stream: &tokio_rustls::server::TlsStream<S>) -> Option<T
 }
 
 /// Completes the TLS handshake (bounded by the connect timeout), then serves MQTT inside it.
-async fn serve_tls(tls: TlsConfig, stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+async fn serve_tls(
+    tls: TlsConfig,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    unauthenticated: PendingGuard,
+) {
     let accept = tls.acceptor().accept(stream);
     let Some(stream) = within_connect_timeout(&shared, peer, "TLS handshake", accept).await else {
         return;
@@ -248,7 +274,7 @@ async fn serve_tls(tls: TlsConfig, stream: TcpStream, peer: SocketAddr, shared: 
     let client_cert = client_thumbprint(&stream);
     // The TLS state (about 1 KiB) lives on the heap once instead of being moved through every
     // stage of the session's future.
-    serve_logged(Box::new(stream), peer, shared, client_cert).await;
+    serve_logged(Box::new(stream), peer, shared, client_cert, unauthenticated).await;
 }
 
 /// Completes the TLS handshake if any and the WebSocket upgrade (together bounded by the
@@ -259,6 +285,7 @@ async fn serve_websocket(
     peer: SocketAddr,
     shared: Arc<Shared>,
     tasks: TaskTracker,
+    unauthenticated: PendingGuard,
 ) {
     let max_message = shared.config.max_packet_size as usize + 8;
     let started = tokio::time::Instant::now();
@@ -295,7 +322,7 @@ async fn serve_websocket(
         }
     };
     tracing::trace!(%peer, elapsed = ?started.elapsed(), "WebSocket upgraded");
-    serve_logged(session_end, peer, shared, client_cert).await;
+    serve_logged(session_end, peer, shared, client_cert, unauthenticated).await;
 }
 
 async fn serve_logged<IO>(
@@ -303,10 +330,12 @@ async fn serve_logged<IO>(
     peer: SocketAddr,
     shared: Arc<Shared>,
     client_cert: Option<Thumbprint>,
+    unauthenticated: PendingGuard,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    if let Err(e) = session::serve(io, shared, client_cert).await {
+    if let Err(e) = session::serve(io, shared, client_cert, Some(peer), Some(unauthenticated)).await
+    {
         match e {
             Error::Io(e) => tracing::debug!(%peer, error = %e, "MQTT connection ended"),
             e => tracing::info!(%peer, error = %e, "MQTT connection closed"),

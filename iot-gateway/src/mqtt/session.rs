@@ -69,6 +69,8 @@ pub(crate) async fn serve<IO>(
     io: IO,
     shared: Arc<Shared>,
     client_cert: Option<Thumbprint>,
+    peer: Option<std::net::SocketAddr>,
+    unauthenticated: Option<super::pending::PendingGuard>,
 ) -> Result<(), Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
@@ -99,9 +101,12 @@ where
     let Packet::Connect(connect) = packet else {
         return Err(ProtocolViolation::ExpectedConnect(packet.packet_type()).into());
     };
-    let Some(mut connection) = handshake(transport, *connect, shared, client_cert).await? else {
+    let Some(mut connection) = handshake(transport, *connect, shared, client_cert, peer).await?
+    else {
         return Ok(());
     };
+    // Authenticated: the connection no longer counts against its address's handshake cap.
+    drop(unauthenticated);
     let result = connection.run().await;
     let ending = match &result {
         Ok(ending) => *ending,
@@ -120,6 +125,7 @@ async fn handshake<IO>(
     connect: Connect,
     shared: Arc<Shared>,
     client_cert: Option<Thumbprint>,
+    peer: Option<std::net::SocketAddr>,
 ) -> Result<Option<Connection<IO>>, Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
@@ -151,6 +157,8 @@ where
     };
     let options = SessionOptions {
         c2d_window: shared.config.inflight_window,
+        // Failed authentications are charged to the address, not to the device named.
+        peer: peer.map(|p| p.ip()),
         ..SessionOptions::default()
     };
     let session = match shared

@@ -357,3 +357,48 @@ async fn a_group_offset_past_the_end_is_clamped_on_open_and_stays_clamped() {
         Some(Offset(10))
     );
 }
+
+/// Batches larger than the chunk a reader fetches at once (256 KiB): the cursor reads on until
+/// the kit can decide, both when recovering and when reading, and a torn big batch is still a
+/// torn tail.
+#[tokio::test]
+async fn batches_larger_than_a_read_chunk_recover_and_read_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let big = |i: u64| -> Vec<Record> {
+        (0..3)
+            .map(|j| Record::new("dev", vec![(i * 3 + j) as u8; 200 * 1024]))
+            .collect()
+    };
+    let mut written = Vec::new();
+    let seg = {
+        let log = FileLog::open(dir.path(), config()).await.expect("open");
+        for i in 0..4 {
+            log.append(P0, big(i)).await.expect("append big");
+            written.extend(big(i));
+            log.append(P0, vec![sample_record("dev", i)])
+                .await
+                .expect("append small");
+            written.push(sample_record("dev", i));
+        }
+        log.append(P0, big(9)).await.expect("append big");
+        segment_of(dir.path())
+    };
+    // Cut the last big batch short: a torn tail, however many chunks it spans.
+    OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .expect("open")
+        .set_len(file_len(&seg) - 1000)
+        .expect("cut");
+    let log = FileLog::open(dir.path(), config())
+        .await
+        .expect("recovered");
+    assert_eq!(read_all(&log).await, written);
+    for at in [0u64, 3, 4, 7, 15] {
+        let got = log
+            .read(P0, Offset(at), ReadLimits::records(1))
+            .await
+            .expect("read");
+        assert_eq!(got[0].record, written[at as usize], "offset {at}");
+    }
+}

@@ -23,7 +23,7 @@ fn appends(c: &mut Criterion) {
             dir.path(),
             FileLogConfig {
                 partitions: 1,
-                durability: Durability::Buffered,
+                durability: Durability::OsBuffered,
                 ..FileLogConfig::default()
             },
         ))

@@ -31,7 +31,7 @@ fn reads(c: &mut Criterion) {
             dir.path(),
             FileLogConfig {
                 partitions: 1,
-                durability: Durability::Buffered,
+                durability: Durability::OsBuffered,
                 ..FileLogConfig::default()
             },
         ))

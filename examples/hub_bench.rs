@@ -10,7 +10,7 @@
 //! Every device has a session and sends its messages one at a time (waiting for each
 //! acknowledgement), all devices at once. The peer sends the identical records (key = device id,
 //! 100-byte payload) straight to a FileLog of the same configuration, one append per record, from
-//! as many concurrent tasks. Both logs fsync before acknowledging (`Durability::Ack`, group
+//! as many concurrent tasks. Both logs fsync before acknowledging (`Durability::Fsync`, group
 //! commit). The two are measured alternately, `ROUNDS` times each, and the best of each is kept.
 //!
 //! Last line, one JSON object:

@@ -93,7 +93,7 @@ async fn file_append(dir: &Path, bytes: usize) -> f64 {
     let path = dir.join("file-append");
     let config = FileLogConfig {
         partitions: FILE_APPENDERS,
-        durability: Durability::Buffered,
+        durability: Durability::OsBuffered,
         ..FileLogConfig::default()
     };
     let log = Arc::new(FileLog::open(&path, config).await.unwrap());
@@ -151,7 +151,7 @@ async fn group_commit(dir: &Path, secs: f64) -> (f64, f64) {
     let path = dir.join("group-commit");
     let config = FileLogConfig {
         partitions: 1,
-        durability: Durability::Ack,
+        durability: Durability::Fsync,
         ..FileLogConfig::default()
     };
     let log = Arc::new(FileLog::open(&path, config).await.unwrap());
@@ -199,7 +199,7 @@ async fn tail_read(dir: &Path, records: usize) -> f64 {
     let path = dir.join("tail");
     let config = FileLogConfig {
         partitions: 4,
-        durability: Durability::Buffered,
+        durability: Durability::OsBuffered,
         ..FileLogConfig::default()
     };
     let log: Arc<dyn Log> = Arc::new(FileLog::open(&path, config).await.unwrap());

@@ -18,6 +18,7 @@ async fn file_log(durability: Durability, dirs: &mut Vec<TempDir>) -> Arc<dyn Lo
         segment_bytes: SEGMENT_BYTES,
         index_interval_bytes: 512,
         limits: LogLimits::default(),
+        ..FileLogConfig::default()
     };
     let log = FileLog::open(dir.path(), config).await.expect("open");
     dirs.push(dir);
@@ -79,12 +80,12 @@ async fn run_file(durability: Durability) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_log_fsync_before_ack() {
-    run_file(Durability::Ack).await;
+    run_file(Durability::Fsync).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_log_buffered() {
-    run_file(Durability::Buffered).await;
+    run_file(Durability::OsBuffered).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

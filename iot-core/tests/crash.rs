@@ -3,29 +3,25 @@
 //! acknowledged record is present, intact and in order, and that appending continues.
 //!
 //! SIGKILL tests what a process crash leaves (torn writes, a lock never released, groups half
-//! written); the tail-truncation tests in `file_log.rs` stand in for what a power cut leaves.
+//! written); the torn-tail tests in `recovery.rs` stand in for what a power cut leaves.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
+use iot_core::testkit::crash::{CrashChild, ack};
 use iot_core::{
     Durability, FileLog, FileLogConfig, GroupName, Log, Offset, PartitionId, ReadLimits, Record,
 };
-use rand::Rng;
 
-const CHILD_ENV: &str = "IOT_CORE_CRASH_CHILD_DIR";
-const ROUND_ENV: &str = "IOT_CORE_CRASH_ROUND";
+const CHILD: CrashChild = CrashChild::new("crash_child", "IOT_CORE_CRASH_CHILD_DIR");
 const WRITERS: u64 = 6;
 const ROUNDS: usize = 24;
 
 fn config() -> FileLogConfig {
     FileLogConfig {
         partitions: 2,
-        durability: Durability::Ack,
+        durability: Durability::Fsync,
         segment_bytes: 64 * 1024,
         index_interval_bytes: 1024,
         ..FileLogConfig::default()
@@ -50,18 +46,15 @@ fn runtime() -> tokio::runtime::Runtime {
 #[test]
 #[ignore = "started by kill_9_loses_no_acknowledged_record as a child process"]
 fn crash_child() {
-    let (Ok(dir), Ok(round)) = (std::env::var(CHILD_ENV), std::env::var(ROUND_ENV)) else {
-        return;
-    };
+    let Some(dir) = CHILD.dir() else { return };
+    let round = CHILD.round();
     runtime().block_on(async move {
         let log = Arc::new(FileLog::open(&dir, config()).await.expect("child open"));
-        let out = Arc::new(std::sync::Mutex::new(std::io::stdout()));
         let group = GroupName::new("checker").expect("name");
         let commits = Arc::new(AtomicU64::new(0));
         let tasks: Vec<_> = (0..WRITERS)
             .map(|w| {
-                let (log, out, group, commits) =
-                    (log.clone(), out.clone(), group.clone(), commits.clone());
+                let (log, group, commits) = (log.clone(), group.clone(), commits.clone());
                 let key = format!("r{round}w{w}");
                 tokio::spawn(async move {
                     let partition = PartitionId((w % 2) as u32);
@@ -72,13 +65,10 @@ fn crash_child() {
                             .map(|i| Record::new(key.clone(), payload(&key, i)))
                             .collect();
                         let a = log.append(partition, batch).await.expect("child append");
-                        {
-                            use std::io::Write;
-                            let mut o = out.lock().expect("stdout");
-                            writeln!(o, "ACK {} {} {} {key} {n}", partition.0, a.first.0, a.count)
-                                .and_then(|()| o.flush())
-                                .expect("stdout");
-                        }
+                        ack(format_args!(
+                            "ACK {} {} {} {key} {n}",
+                            partition.0, a.first.0, a.count
+                        ));
                         n += count;
                         // Commit group offsets now and then so that their files are written
                         // while the child may be killed.
@@ -116,74 +106,24 @@ fn parse_ack(line: &str) -> Option<Ack> {
     })
 }
 
-/// Runs one child until it has acknowledged something, lets it go on for a random while, kills
-/// it, and returns the complete ACK lines it printed.
-fn run_and_kill(dir: &std::path::Path, round: usize, rng: &mut impl Rng) -> Vec<Ack> {
-    let mut child = Command::new(std::env::current_exe().expect("exe"))
-        .args([
-            "--exact",
-            "crash_child",
-            "--nocapture",
-            "--include-ignored",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, dir)
-        .env(ROUND_ENV, round.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn child");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    let reader = std::thread::spawn(move || {
-        let mut r = BufReader::new(stdout);
-        loop {
-            let mut line = Vec::new();
-            match r.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    let mut lines = Vec::new();
-    // Wait for the first acknowledgement (the child compiles nothing; it only opens the log).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while lines.is_empty() && Instant::now() < deadline {
-        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
-            lines.push(l);
-        }
-    }
-    assert!(
-        !lines.is_empty(),
-        "round {round}: the child acknowledged nothing"
-    );
-    std::thread::sleep(Duration::from_millis(rng.random_range(5..250)));
-    child.kill().expect("SIGKILL");
-    child.wait().expect("wait");
-    reader.join().expect("reader");
-    lines.extend(rx.try_iter());
-    lines
-        .iter()
-        // A line cut by the kill has no newline: it was never a complete acknowledgement.
-        .filter(|l| l.ends_with(b"\n"))
-        .filter_map(|l| parse_ack(std::str::from_utf8(l).ok()?.trim_end()))
-        .collect()
-}
-
 #[test]
 fn kill_9_loses_no_acknowledged_record() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut rng = rand::rng();
     let rt = runtime();
     let mut total_acked = 0usize;
     // Every acknowledged record ever: (partition, offset) -> payload.
     let mut acked: HashMap<(u32, u64), String> = HashMap::new();
     for round in 0..ROUNDS {
-        for ack in run_and_kill(dir.path(), round, &mut rng) {
+        let acks: Vec<Ack> = CHILD
+            .run_and_kill(dir.path(), round, 5..250)
+            .iter()
+            .filter_map(|line| parse_ack(line))
+            .collect();
+        assert!(
+            !acks.is_empty(),
+            "round {round}: the child acknowledged nothing"
+        );
+        for ack in acks {
             for j in 0..ack.count {
                 acked.insert((ack.partition, ack.first + j), payload(&ack.key, ack.n + j));
             }

@@ -1,8 +1,8 @@
-//! FileLog behaviour beyond the shared contract: persistence across reopen, recovery of torn and
-//! damaged tails, refusal of damage elsewhere, the writer lock, and configuration checks.
+//! FileLog behaviour beyond the shared contract: persistence across reopen, refusal of damage in
+//! sealed segments, the writer lock, and configuration checks. Recovery of the active segment and
+//! of consumer-group files is in `recovery.rs`.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use iot_core::{
@@ -15,7 +15,7 @@ const P0: PartitionId = PartitionId(0);
 fn config() -> FileLogConfig {
     FileLogConfig {
         partitions: 2,
-        durability: Durability::Ack,
+        durability: Durability::Fsync,
         segment_bytes: 4096,
         index_interval_bytes: 256,
         ..FileLogConfig::default()
@@ -138,90 +138,6 @@ async fn nonsensical_configuration_is_refused() {
             Err(Error::Config { .. })
         ));
     }
-}
-
-/// Writes 10 single-record batches to one segment and returns the segment's path.
-async fn one_segment_of_ten(dir: &Path) -> PathBuf {
-    let log = FileLog::open(
-        dir,
-        FileLogConfig {
-            segment_bytes: 1 << 20,
-            ..config()
-        },
-    )
-    .await
-    .expect("open");
-    for i in 0..10 {
-        log.append(P0, vec![sample_record("dev", i)])
-            .await
-            .expect("append");
-    }
-    drop(log);
-    segments(dir, 0).pop().expect("segment")
-}
-
-async fn reopen_count(dir: &Path) -> (FileLog, u64) {
-    let log = FileLog::open(
-        dir,
-        FileLogConfig {
-            segment_bytes: 1 << 20,
-            ..config()
-        },
-    )
-    .await
-    .expect("recovery must succeed");
-    let next = log.next_offset(P0).await.expect("next").0;
-    (log, next)
-}
-
-#[tokio::test]
-async fn recovery_truncates_a_torn_last_batch_only() {
-    for cut in [1u64, 5, 9, 20] {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let seg = one_segment_of_ten(dir.path()).await;
-        let len = fs::metadata(&seg).expect("stat").len();
-        OpenOptions::new()
-            .write(true)
-            .open(&seg)
-            .expect("open")
-            .set_len(len - cut)
-            .expect("cut");
-        let (log, next) = reopen_count(dir.path()).await;
-        assert_eq!(
-            next, 9,
-            "cutting {cut} bytes must drop exactly the last batch"
-        );
-        let records = read_everything(&log, P0).await;
-        assert_eq!(records.len(), 9);
-        assert_eq!(records[8], sample_record("dev", 8));
-        assert_eq!(
-            log.append_one(P0, sample_record("dev", 42))
-                .await
-                .expect("append"),
-            Offset(9)
-        );
-    }
-}
-
-#[tokio::test]
-async fn recovery_drops_a_damaged_last_batch_and_garbage_after_it() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let seg = one_segment_of_ten(dir.path()).await;
-    let mut bytes = fs::read(&seg).expect("read");
-    let n = bytes.len();
-    bytes[n - 3] ^= 0x40;
-    fs::write(&seg, &bytes).expect("write");
-    let (log, next) = reopen_count(dir.path()).await;
-    assert_eq!(next, 9);
-    assert_eq!(read_everything(&log, P0).await.len(), 9);
-    drop(log);
-
-    // Zeroes after the data, as a crash during file extension can leave.
-    let mut f = OpenOptions::new().append(true).open(&seg).expect("open");
-    f.write_all(&[0u8; 4096]).expect("write");
-    drop(f);
-    let (_log, next) = reopen_count(dir.path()).await;
-    assert_eq!(next, 9);
 }
 
 #[tokio::test]

@@ -82,7 +82,7 @@ fn expected_read(
 fn file_config() -> FileLogConfig {
     FileLogConfig {
         partitions: PARTITIONS,
-        durability: Durability::Buffered,
+        durability: Durability::OsBuffered,
         segment_bytes: 2048,
         index_interval_bytes: 200,
         ..FileLogConfig::default()

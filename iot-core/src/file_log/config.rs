@@ -1,25 +1,8 @@
 //! `FileLog` configuration.
 
-use std::time::Duration;
-
 use crate::error::{Error, Result};
 use crate::limits::LogLimits;
-
-/// When appended records reach the disk.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Durability {
-    /// Leave writes in the OS page cache; the kernel writes them back. Survives the process
-    /// crashing, not the machine. Fastest. Sealed segments are still fsync'ed when they are sealed.
-    Buffered,
-    /// Fsync every partition on this interval from a background task: a machine crash loses at
-    /// most about one interval of acknowledged records.
-    Interval(Duration),
-    /// Fsync before acknowledging an append, with group commit: appenders that arrive while an
-    /// fsync runs share the next one. Nothing acknowledged is lost. Readers see a record only once
-    /// it is durable. The default.
-    #[default]
-    Ack,
-}
+use crate::storage::{Durability, Recovery};
 
 /// How to open or create a [`FileLog`](crate::FileLog).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,7 +10,11 @@ pub struct FileLogConfig {
     /// Partition count. Used when the log is created; when it already exists it must match what is
     /// stored (changing it would move keys to other partitions). Default 4.
     pub partitions: u32,
-    /// When writes reach the disk. Default [`Durability::Ack`].
+    /// When appends reach the disk. Default [`Durability::Fsync`]: fsync before acknowledging,
+    /// with group commit (appenders that arrive while an fsync runs share the next one), and
+    /// readers see a record only once it is durable. [`Durability::Interval`] fsyncs every
+    /// partition from a background task; [`Durability::OsBuffered`] leaves writes to the OS
+    /// (sealed segments are fsynced when sealed, whatever the mode).
     pub durability: Durability,
     /// A segment is sealed and a new one started once it reaches this size. Retention removes whole
     /// segments, so this is also its granularity. Default 128 MiB.
@@ -36,16 +23,23 @@ pub struct FileLogConfig {
     pub index_interval_bytes: u64,
     /// Size limits on appends.
     pub limits: LogLimits,
+    /// What opening does with damage in the active segment that a crash cannot have left (a bad
+    /// batch followed by intact ones). Default [`Recovery::Strict`]: refuse to open with
+    /// [`Error::Corrupt`] naming the file and position. [`Recovery::Repair`] cuts the segment at
+    /// the damage, dropping the batches after it (logged as a warning) — for an operator who has
+    /// decided to accept the loss. A torn tail is cut off in either mode.
+    pub recovery: Recovery,
 }
 
 impl Default for FileLogConfig {
     fn default() -> Self {
         FileLogConfig {
             partitions: 4,
-            durability: Durability::Ack,
+            durability: Durability::Fsync,
             segment_bytes: 128 * 1024 * 1024,
             index_interval_bytes: 4096,
             limits: LogLimits::default(),
+            recovery: Recovery::Strict,
         }
     }
 }
@@ -75,7 +69,7 @@ impl FileLogConfig {
             && d.is_zero()
         {
             return refuse(
-                "Durability::Interval needs a positive interval; use Durability::Ack to fsync every append"
+                "Durability::Interval needs a positive interval; use Durability::Fsync to fsync every append"
                     .into(),
             );
         }

@@ -1,7 +1,7 @@
-//! The on-disk frame of one record batch.
+//! The body of one record batch, carried in a storage-kit frame
+//! ([`crate::storage::frame`]: `len:u32 crc:u32 hcrc:u32 body`).
 //!
 //! ```text
-//! frame   = len:u32 crc:u32 body              (len = byte length of body; crc = CRC32C of body)
 //! body    = version:u8 base_offset:u64 count:u32 enqueued_micros:u64 record{count}
 //! record  = key_len:u32 key  header_count:u32 (name_len:u32 name value_len:u32 value){header_count}
 //!           has_device_time:u8 device_micros:u64 payload_len:u32 payload
@@ -9,20 +9,31 @@
 //!
 //! All integers are little-endian. A record's encoded length equals [`Record::size_bytes`], so a
 //! batch's frame is [`FRAME_OVERHEAD`] bytes plus the sum of its records' sizes.
+//!
+//! The frame's checksums only say the bytes are what some writer wrote; the decoders here still
+//! trust nothing read from a body: every count is checked against the bytes that remain before
+//! anything is allocated by it.
 
 use bytes::{Buf, Bytes};
 
+use crate::error::{Error, Result};
 use crate::headers::Headers;
 use crate::offset::{Offset, PartitionId};
 use crate::record::{Record, StoredRecord};
+use crate::storage::frame as kit;
 use crate::timestamp::Timestamp;
 
-/// Bytes of the frame header (`len` and `crc`).
-pub(crate) const HEADER_LEN: usize = 8;
 /// Bytes of the body before the first record.
 pub(crate) const BODY_HEADER_LEN: usize = 1 + 8 + 4 + 8;
-/// Bytes a frame costs besides its records.
-pub(crate) const FRAME_OVERHEAD: usize = HEADER_LEN + BODY_HEADER_LEN;
+/// Bytes a frame costs besides its records: the kit's frame header and the batch header.
+pub(crate) const FRAME_OVERHEAD: usize = kit::HEADER_LEN + BODY_HEADER_LEN;
+/// The fewest bytes a record takes (empty key and payload, no headers): what bounds how many
+/// records a body of a given length can hold.
+pub(crate) const MIN_RECORD_LEN: usize = 4 + 4 + 1 + 8 + 4;
+/// The largest body a writer produces: a batch is at most 2 GiB (`LogLimits::validate`). A frame
+/// claiming more is corrupt whatever the configured limits are now, so that lowering a limit never
+/// makes batches written under a higher one unreadable.
+pub(crate) const MAX_BODY_LEN: usize = (u32::MAX as usize / 2) + BODY_HEADER_LEN;
 /// The body format written by this version.
 const VERSION: u8 = 1;
 
@@ -35,15 +46,16 @@ pub(crate) struct BatchHeader {
 }
 
 impl BatchHeader {
+    /// The offset after the batch's last record. [`decode_header`] refused headers for which this
+    /// overflows.
     pub(crate) fn next_offset(&self) -> u64 {
-        self.base_offset + u64::from(self.count)
+        self.base_offset.saturating_add(u64::from(self.count))
     }
 }
 
-/// Appends the frame of `records` to `out`.
-pub(crate) fn encode(out: &mut Vec<u8>, header: BatchHeader, records: &[Record]) {
-    let start = out.len();
-    out.extend_from_slice(&[0; HEADER_LEN]);
+/// Appends the frame of `records` to `out`, encoding the body in place (no copy).
+pub(crate) fn encode(out: &mut Vec<u8>, header: BatchHeader, records: &[Record]) -> Result<()> {
+    let start = kit::begin(out);
     out.push(VERSION);
     out.extend_from_slice(&header.base_offset.to_le_bytes());
     out.extend_from_slice(&header.count.to_le_bytes());
@@ -60,11 +72,7 @@ pub(crate) fn encode(out: &mut Vec<u8>, header: BatchHeader, records: &[Record])
         out.extend_from_slice(&device.to_le_bytes());
         put_bytes(out, &r.payload);
     }
-    let body = &out[start + HEADER_LEN..];
-    let len = body.len() as u32;
-    let crc = crc32c::crc32c(body);
-    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    kit::finish(out, start).map_err(Error::from)
 }
 
 // Lengths were checked against `LogLimits` (at most 2 GiB a batch) before encoding.
@@ -77,23 +85,11 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
-/// Reads the frame header at the start of `buf`: the body length and its checksum.
-pub(crate) fn read_header(buf: &[u8]) -> Option<(usize, u32)> {
-    let len = u32::from_le_bytes(buf.get(0..4)?.try_into().ok()?);
-    let crc = u32::from_le_bytes(buf.get(4..8)?.try_into().ok()?);
-    Some((len as usize, crc))
-}
-
-/// Checks a body against its checksum and decodes its fixed part.
-pub(crate) fn check_body(body: &[u8], crc: u32) -> Result<BatchHeader, String> {
+/// Decodes the fixed part of a body whose frame passed its checks, and checks that the body can
+/// hold the records it claims.
+pub(crate) fn decode_header(body: &[u8]) -> std::result::Result<BatchHeader, String> {
     if body.len() < BODY_HEADER_LEN {
         return Err(format!("batch body of {} bytes is too short", body.len()));
-    }
-    let actual = crc32c::crc32c(body);
-    if actual != crc {
-        return Err(format!(
-            "checksum mismatch (stored {crc:#010x}, computed {actual:#010x})"
-        ));
     }
     let mut b = body;
     let version = b.get_u8();
@@ -108,17 +104,38 @@ pub(crate) fn check_body(body: &[u8], crc: u32) -> Result<BatchHeader, String> {
     if header.count == 0 {
         return Err("batch holds no records".into());
     }
+    let room = (body.len() - BODY_HEADER_LEN) / MIN_RECORD_LEN;
+    if header.count as usize > room {
+        return Err(format!(
+            "batch claims {} records, but its {} bytes hold at most {room}",
+            header.count,
+            body.len()
+        ));
+    }
+    if header
+        .base_offset
+        .checked_add(u64::from(header.count))
+        .is_none()
+    {
+        return Err(format!(
+            "batch at offset {} of {} records overflows the offset range",
+            header.base_offset, header.count
+        ));
+    }
     Ok(header)
 }
 
-/// Decodes the records of a checked body. Payloads share `body`'s memory.
+/// Decodes the records of a body that [`decode_header`] accepted. Payloads share `body`'s memory.
 pub(crate) fn decode_records(
     partition: PartitionId,
     header: BatchHeader,
     body: &Bytes,
-) -> Result<Vec<StoredRecord>, String> {
-    let mut cur = body.slice(BODY_HEADER_LEN..);
-    let mut out = Vec::with_capacity(header.count as usize);
+) -> std::result::Result<Vec<StoredRecord>, String> {
+    let mut cur = body.slice(BODY_HEADER_LEN.min(body.len())..);
+    // Never trust the count for an allocation: a body of n bytes holds at most n / MIN_RECORD_LEN
+    // records, whatever its header says.
+    let room = cur.remaining() / MIN_RECORD_LEN;
+    let mut out = Vec::with_capacity((header.count as usize).min(room));
     for i in 0..u64::from(header.count) {
         let key = take_string(&mut cur, "key")?;
         let header_count = take_u32(&mut cur, "header count")?;
@@ -140,7 +157,7 @@ pub(crate) fn decode_records(
         }
         out.push(StoredRecord::new(
             partition,
-            Offset(header.base_offset + i),
+            Offset(header.base_offset.saturating_add(i)),
             header.enqueued_time,
             record,
         ));
@@ -154,14 +171,14 @@ pub(crate) fn decode_records(
     Ok(out)
 }
 
-fn take_u32(cur: &mut Bytes, what: &str) -> Result<u32, String> {
+fn take_u32(cur: &mut Bytes, what: &str) -> std::result::Result<u32, String> {
     if cur.remaining() < 4 {
         return Err(format!("truncated {what} length"));
     }
     Ok(cur.get_u32_le())
 }
 
-fn take_bytes(cur: &mut Bytes, what: &str) -> Result<Bytes, String> {
+fn take_bytes(cur: &mut Bytes, what: &str) -> std::result::Result<Bytes, String> {
     let len = take_u32(cur, what)? as usize;
     if cur.remaining() < len {
         return Err(format!("{what} of {len} bytes overruns the batch"));
@@ -169,14 +186,23 @@ fn take_bytes(cur: &mut Bytes, what: &str) -> Result<Bytes, String> {
     Ok(cur.split_to(len))
 }
 
-fn take_string(cur: &mut Bytes, what: &str) -> Result<String, String> {
+fn take_string(cur: &mut Bytes, what: &str) -> std::result::Result<String, String> {
     let raw = take_bytes(cur, what)?;
     String::from_utf8(raw.to_vec()).map_err(|_| format!("{what} is not UTF-8"))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+    use crate::storage::frame::FrameReader;
+
+    fn one_body(buf: &[u8]) -> Bytes {
+        let mut reader = FrameReader::new(Path::new("seg"), buf, 0, MAX_BODY_LEN);
+        let frame = reader.next_frame().expect("intact").expect("a frame");
+        Bytes::copy_from_slice(frame.body)
+    }
 
     #[test]
     fn frame_round_trips_and_matches_the_size_accounting() {
@@ -192,13 +218,13 @@ mod tests {
             enqueued_time: Timestamp::from_unix_micros(99),
         };
         let mut buf = Vec::new();
-        encode(&mut buf, header, &records);
+        encode(&mut buf, header, &records).expect("encode");
         let expected: usize =
             FRAME_OVERHEAD + records.iter().map(Record::size_bytes).sum::<usize>();
         assert_eq!(buf.len(), expected);
-        let (len, crc) = read_header(&buf).expect("header");
-        let body = Bytes::copy_from_slice(&buf[HEADER_LEN..HEADER_LEN + len]);
-        assert_eq!(check_body(&body, crc), Ok(header));
+        assert_eq!(Record::new("", Bytes::new()).size_bytes(), MIN_RECORD_LEN);
+        let body = one_body(&buf);
+        assert_eq!(decode_header(&body), Ok(header));
         let back = decode_records(PartitionId(3), header, &body).expect("decode");
         assert_eq!(back.len(), 2);
         assert_eq!(back[0].offset, Offset(7));
@@ -207,22 +233,40 @@ mod tests {
         assert_eq!(back[1].record, records[1]);
     }
 
+    /// A body with a valid checksum whose header claims more records than its bytes can hold is
+    /// refused before anything is allocated by the count, and the record decoder bounds its
+    /// allocation by the bytes even when handed such a header.
     #[test]
-    fn any_flipped_bit_is_caught() {
-        let mut buf = Vec::new();
+    fn a_count_larger_than_the_body_can_hold_is_refused_without_allocating_by_it() {
         let header = BatchHeader {
             base_offset: 0,
             count: 1,
             enqueued_time: Timestamp::EPOCH,
         };
-        encode(&mut buf, header, &[Record::new("k", "payload")]);
-        for i in HEADER_LEN..buf.len() {
-            for bit in 0..8 {
-                let mut damaged = buf.clone();
-                damaged[i] ^= 1 << bit;
-                let (len, crc) = read_header(&damaged).expect("header");
-                assert!(check_body(&damaged[HEADER_LEN..HEADER_LEN + len], crc).is_err());
-            }
-        }
+        let mut buf = Vec::new();
+        encode(&mut buf, header, &[Record::new("", Bytes::new())]).expect("encode");
+        let mut body = one_body(&buf).to_vec();
+        body[9..13].copy_from_slice(&u32::MAX.to_le_bytes());
+        let err = decode_header(&body).expect_err("must refuse");
+        assert!(err.contains("at most 1"), "{err}");
+        let lying = BatchHeader {
+            count: u32::MAX,
+            ..header
+        };
+        let err = decode_records(PartitionId(0), lying, &Bytes::from(body))
+            .expect_err("runs out of bytes");
+        assert!(err.contains("truncated"), "{err}");
+    }
+
+    #[test]
+    fn an_offset_overflow_is_refused() {
+        let header = BatchHeader {
+            base_offset: u64::MAX,
+            count: 1,
+            enqueued_time: Timestamp::EPOCH,
+        };
+        let mut buf = Vec::new();
+        encode(&mut buf, header, &[Record::new("k", "v")]).expect("encode");
+        assert!(decode_header(&one_body(&buf)).is_err());
     }
 }

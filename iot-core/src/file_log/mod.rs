@@ -3,17 +3,15 @@
 //! Layout of a log directory:
 //!
 //! ```text
-//! DIR/LOCK                       exclusive lock held by the open log
+//! DIR/LOCK                       exclusive lock held by the open log (`storage::DirLock`)
 //! DIR/log.json                   format version and partition count
-//! DIR/p00000/…0000000000.log     segment: CRC32C-checked record batches (see `frame`)
+//! DIR/p00000/…0000000000.log     segment: record batches in storage-kit frames (see `frame`)
 //! DIR/p00000/…0000000000.idx     sparse offset index of that segment
 //! DIR/groups/NAME.json           committed offsets of consumer group NAME
 //! ```
 
 mod config;
-mod dir_lock;
 mod frame;
-mod fs_util;
 mod groups;
 mod partition;
 mod segment;
@@ -25,7 +23,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, instrument, warn};
 
-pub use config::{Durability, FileLogConfig};
+pub use crate::storage::Durability;
+pub use config::FileLogConfig;
 
 use crate::error::{Error, Result};
 use crate::limits::ReadLimits;
@@ -33,28 +32,33 @@ use crate::log::{Appended, Log, RetentionPolicy, RetentionReport};
 use crate::names::GroupName;
 use crate::offset::{Offset, PartitionId};
 use crate::record::{Record, StoredRecord};
+use crate::storage::fs::{create_dir_durably, read_optional, write_atomically};
+use crate::storage::{DirLock, run_blocking};
 use crate::timestamp::Timestamp;
-use dir_lock::DirLock;
-use fs_util::{create_dir_durably, write_atomically};
 use groups::GroupOffsets;
 use partition::{FilePartition, partition_dir};
 
-/// Bytes a batch frame adds to its records on disk.
+/// Bytes a batch frame adds to its records on disk (the storage kit's 12-byte frame header and
+/// the 21-byte batch header).
 pub const BATCH_OVERHEAD_BYTES: usize = frame::FRAME_OVERHEAD;
 
 /// A [`Log`] stored in segment files on local disk, crash-safe to the degree its
 /// [`Durability`] promises.
 ///
-/// * Each partition is a directory of segment files holding length-prefixed, CRC32C-checked
-///   batches, with a sparse offset index beside each.
-/// * Opening runs recovery: the active segment of each partition is checked batch by batch and a
-///   torn or damaged tail is truncated; damage in a sealed segment is reported as
-///   [`Error::Corrupt`], never skipped. No read ever returns a record whose checksum fails.
-/// * Consumer-group offsets are files replaced atomically and fsync'ed.
+/// * Each partition is a directory of segment files holding batches in the storage kit's
+///   CRC32C-checked frames ([`crate::storage::frame`]), with a sparse offset index beside each.
+/// * Opening runs recovery by the kit's one rule: a torn tail of the active segment (a damaged or
+///   incomplete last batch with no intact batch after it) is cut off; damage followed by intact
+///   batches, and any damage in a sealed segment, is refused with [`Error::Corrupt`] naming the
+///   file and position — unless [`FileLogConfig::recovery`] asks to repair the active segment.
+///   No read ever returns a record whose checksum fails.
+/// * Consumer-group offsets are files replaced atomically and fsync'ed; a damaged one makes only
+///   its group fail.
 /// * An exclusive lock keeps a second writer (another process, or another `FileLog` in this one)
 ///   out of the directory: it gets [`Error::Locked`].
 ///
-/// Positioned reads and writes of the page cache run inline; fsyncs run on tokio's blocking pool.
+/// Positioned reads and writes of the page cache run inline; fsyncs, segment rolls, file removals
+/// and recovery run on tokio's blocking pool.
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -90,7 +94,7 @@ impl Drop for FileLog {
 struct Inner {
     dir: PathBuf,
     config: Arc<FileLogConfig>,
-    partitions: Vec<FilePartition>,
+    partitions: Vec<Arc<FilePartition>>,
     groups: GroupOffsets,
     /// Held for the log's life; released by the kernel if the process dies.
     _lock: DirLock,
@@ -103,7 +107,8 @@ struct LogMeta {
     partitions: u32,
 }
 
-const FORMAT: u32 = 1;
+/// Version 2: batches in storage-kit frames (12-byte header). Version 1 logs are refused.
+const FORMAT: u32 = 2;
 const META_FILE: &str = "log.json";
 
 impl FileLog {
@@ -113,15 +118,13 @@ impl FileLog {
     pub async fn open(dir: impl AsRef<Path>, config: FileLogConfig) -> Result<Self> {
         config.validate()?;
         let dir = dir.as_ref().to_owned();
-        let inner = tokio::task::spawn_blocking(move || Inner::open(dir, config))
-            .await
-            .map_err(|_| Error::Closed)??;
+        let inner = run_blocking(move || Inner::open(dir, config)).await?;
         let inner = Arc::new(inner);
         let syncer = match inner.config.durability {
             Durability::Interval(every) => {
                 Some(tokio::spawn(sync_periodically(Arc::downgrade(&inner), every)).abort_handle())
             }
-            Durability::Buffered | Durability::Ack => None,
+            Durability::OsBuffered | Durability::Fsync => None,
         };
         Ok(FileLog { inner, syncer })
     }
@@ -138,16 +141,12 @@ impl FileLog {
 
     /// How many fsyncs of segment data the log has issued since it was opened, over all partitions
     /// (not counting those of segment roll and consumer-group commits). Under
-    /// [`Durability::Ack`], appends divided by this is how many appends each fsync served.
+    /// [`Durability::Fsync`], appends divided by this is how many appends each fsync served.
     pub fn fsync_count(&self) -> u64 {
-        self.inner
-            .partitions
-            .iter()
-            .map(FilePartition::fsyncs)
-            .sum()
+        self.inner.partitions.iter().map(|p| p.fsyncs()).sum()
     }
 
-    fn partition(&self, partition: PartitionId) -> Result<&FilePartition> {
+    fn partition(&self, partition: PartitionId) -> Result<&Arc<FilePartition>> {
         self.inner
             .partitions
             .get(partition.index())
@@ -163,8 +162,8 @@ impl Inner {
         create_dir_durably(&dir)?;
         let lock = DirLock::acquire(&dir)?;
         let meta_path = dir.join(META_FILE);
-        match std::fs::read(&meta_path) {
-            Ok(raw) => {
+        match read_optional(&meta_path)? {
+            Some(raw) => {
                 let meta: LogMeta = serde_json::from_slice(&raw).map_err(|e| Error::Corrupt {
                     path: meta_path.clone(),
                     position: 0,
@@ -191,7 +190,7 @@ impl Inner {
                     });
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            None => {
                 let meta = LogMeta {
                     format: FORMAT,
                     partitions: config.partitions,
@@ -199,18 +198,18 @@ impl Inner {
                 let raw = serde_json::to_vec(&meta).map_err(|e| Error::Config {
                     reason: format!("cannot encode log metadata: {e}"),
                 })?;
-                write_atomically(&dir, META_FILE, &raw)?;
+                write_atomically(&meta_path, &raw)?;
             }
-            Err(e) => return Err(Error::io("read", meta_path, e)),
         }
         let config = Arc::new(config);
         let partitions = (0..config.partitions)
             .map(|p| {
                 let id = PartitionId(p);
-                FilePartition::open(partition_dir(&dir, id), id, config.clone())
+                FilePartition::open(partition_dir(&dir, id), id, config.clone()).map(Arc::new)
             })
             .collect::<Result<Vec<_>>>()?;
-        let groups = GroupOffsets::open(dir.join("groups"), config.partitions)?;
+        let ends: Vec<u64> = partitions.iter().map(|p| p.next_visible()).collect();
+        let groups = GroupOffsets::open(dir.join("groups"), &ends)?;
         debug!(lock = %lock.path().display(), "file log open");
         Ok(Inner {
             dir,
@@ -289,7 +288,7 @@ impl Log for FileLog {
 
     async fn committed(&self, group: &GroupName, partition: PartitionId) -> Result<Option<Offset>> {
         self.partition(partition)?;
-        Ok(self.inner.groups.committed(group, partition).await)
+        self.inner.groups.committed(group, partition).await
     }
 
     #[instrument(level = "debug", skip_all)]
@@ -300,7 +299,7 @@ impl Log for FileLog {
     ) -> Result<RetentionReport> {
         let mut report = RetentionReport::default();
         for p in &self.inner.partitions {
-            p.enforce_retention(policy, now, &mut report)?;
+            p.enforce_retention(policy, now, &mut report).await?;
         }
         Ok(report)
     }

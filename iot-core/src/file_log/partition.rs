@@ -10,9 +10,8 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
-use crate::file_log::config::{Durability, FileLogConfig};
+use crate::file_log::config::FileLogConfig;
 use crate::file_log::frame::{self, BatchHeader};
-use crate::file_log::fs_util::{create_dir_durably, sync_dir};
 use crate::file_log::segment::{
     self, FrameCursor, IndexEntry, Segment, SegmentFile, encode_index_entry, load_index,
 };
@@ -20,6 +19,8 @@ use crate::limits::ReadLimits;
 use crate::log::{Appended, RetentionPolicy, RetentionReport};
 use crate::offset::{Offset, PartitionId};
 use crate::record::{Record, StoredRecord};
+use crate::storage::fs::{create_dir_durably, open_private, sync_dir, truncate_durably};
+use crate::storage::{Durability, Recovery, run_blocking};
 use crate::sync_util::lock;
 use crate::timestamp::Timestamp;
 
@@ -49,6 +50,9 @@ pub(crate) struct FilePartition {
     sync_leader: tokio::sync::Mutex<()>,
     /// Fsyncs issued for appends (group commit makes this far smaller than the append count).
     fsyncs: AtomicU64,
+    /// Held (on the blocking pool) by the one task sealing the active segment, so that appenders
+    /// that find it full at the same time roll it once.
+    roll_lock: Mutex<()>,
 }
 
 #[derive(Debug)]
@@ -57,7 +61,8 @@ struct PartitionState {
     written: u64,
     last_time: Timestamp,
     total_bytes: u64,
-    index_file: Option<fs::File>,
+    /// The active segment's index file (shared with a roll that fsyncs it off the lock).
+    index_file: Option<Arc<fs::File>>,
     encode_buf: Vec<u8>,
     /// Set when a write failure could not be undone; the partition then refuses appends.
     failed: Option<String>,
@@ -131,7 +136,7 @@ impl FilePartition {
             .map(|s| s.max_time)
             .max()
             .unwrap_or_default();
-        let index_file = Some(segment_index_file(active)?);
+        let index_file = Some(Arc::new(segment_index_file(active)?));
         debug!(partition = %id, segments = segments.len(), next = written, "partition recovered");
         Ok(FilePartition {
             id,
@@ -150,6 +155,7 @@ impl FilePartition {
             durable: watch::channel(written).0,
             sync_leader: tokio::sync::Mutex::new(()),
             fsyncs: AtomicU64::new(0),
+            roll_lock: Mutex::new(()),
         })
     }
 
@@ -161,24 +167,36 @@ impl FilePartition {
     }
 
     /// Writes a batch. Under fsync-before-ack it returns only once the batch is durable.
-    pub(crate) async fn append(&self, records: Vec<Record>) -> Result<Appended> {
+    pub(crate) async fn append(self: &Arc<Self>, records: Vec<Record>) -> Result<Appended> {
         self.config.limits.check_batch(&records)?;
-        let appended = self.write_batch(&records)?;
+        let appended = loop {
+            match self.write_batch(&records)? {
+                Some(appended) => break appended,
+                // The active segment is full. Sealing it fsyncs files and a directory, so it runs
+                // on the blocking pool, not on this task's executor thread.
+                None => {
+                    let partition = Arc::clone(self);
+                    run_blocking(move || partition.roll_if_full()).await?;
+                }
+            }
+        };
         match self.config.durability {
-            Durability::Ack => self.sync_up_to(appended.next().0).await?,
-            Durability::Buffered | Durability::Interval(_) => {}
+            Durability::Fsync => self.sync_up_to(appended.next().0).await?,
+            Durability::OsBuffered | Durability::Interval(_) => {}
         }
         Ok(appended)
     }
 
-    fn write_batch(&self, records: &[Record]) -> Result<Appended> {
+    /// Writes a batch to the page cache, or returns `None` if the active segment is full and must
+    /// be rolled first (nothing is ever written to a full segment, so a roll's fsync covers it).
+    fn write_batch(&self, records: &[Record]) -> Result<Option<Appended>> {
         let mut guard = lock(&self.state);
         let st = &mut *guard;
         if let Some(reason) = &st.failed {
             return Err(self.unavailable(reason));
         }
         if st.active().size >= self.config.segment_bytes {
-            self.roll(st)?;
+            return Ok(None);
         }
         let enqueued_time = Timestamp::now().max(st.last_time);
         let first = st.written;
@@ -190,7 +208,10 @@ impl FilePartition {
         };
         let mut buf = std::mem::take(&mut st.encode_buf);
         buf.clear();
-        frame::encode(&mut buf, header, records);
+        if let Err(e) = frame::encode(&mut buf, header, records) {
+            st.encode_buf = buf;
+            return Err(e);
+        }
         let active = st.active();
         let position = active.size;
         if let Err(e) = active.file.file.write_all_at(&buf, position) {
@@ -234,41 +255,64 @@ impl FilePartition {
         st.written = first + count;
         st.last_time = enqueued_time;
         st.total_bytes += frame_len;
-        if !matches!(self.config.durability, Durability::Ack) {
+        if !matches!(self.config.durability, Durability::Fsync) {
             self.visible.send_replace(st.written);
         }
-        Ok(Appended {
+        Ok(Some(Appended {
             partition: self.id,
             first: Offset(first),
             count,
             enqueued_time,
-        })
+        }))
     }
 
-    /// Seals the active segment (fsync'ed whatever the durability, so that only the active
-    /// segment can ever have a torn tail) and starts a new one.
-    fn roll(&self, st: &mut PartitionState) -> Result<()> {
-        let active = st.active();
-        let sealed = active.file.clone();
-        sealed
-            .file
-            .sync_data()
-            .map_err(|e| Error::io("fsync", &sealed.log_path, e))?;
-        if let Some(f) = &st.index_file {
+    /// Seals the active segment if it is (still) full and starts a new one. Blocking: runs on the
+    /// blocking pool.
+    ///
+    /// The sealed segment and its index are fsynced whatever the durability, so that only the
+    /// active segment can ever have a torn tail. The state lock is not held across the fsyncs:
+    /// appenders meanwhile find the segment full and wait for this roll, and readers go on.
+    fn roll_if_full(&self) -> Result<()> {
+        let _rolling = lock(&self.roll_lock);
+        let (sealed, index_file, base, last_time) = {
+            let st = lock(&self.state);
+            if let Some(reason) = &st.failed {
+                return Err(self.unavailable(reason));
+            }
+            if st.active().size < self.config.segment_bytes {
+                return Ok(()); // another appender rolled it
+            }
+            (
+                st.active().file.clone(),
+                st.index_file.clone(),
+                st.written,
+                st.last_time,
+            )
+        };
+        if let Err(e) = sealed.file.sync_data() {
+            // As after any failed fsync, what was written since the last good one is unknown.
+            let error = Error::io("fsync", &sealed.log_path, e);
+            lock(&self.state).failed = Some(error.to_string());
+            return Err(error);
+        }
+        if let Some(f) = &index_file {
             f.sync_data()
                 .map_err(|e| Error::io("fsync", &sealed.idx_path, e))?;
         }
-        let base = st.written;
         let file = Arc::new(SegmentFile::open(&self.dir, base, true)?);
         sync_dir(&self.dir)?;
         let seg = Segment {
             file,
             size: 0,
             next: base,
-            max_time: st.last_time,
+            max_time: last_time,
             index: Vec::new(),
         };
-        st.index_file = Some(segment_index_file(&seg)?);
+        let index_file = Arc::new(segment_index_file(&seg)?);
+        let mut st = lock(&self.state);
+        // Nothing was written meanwhile: every appender found the segment full.
+        debug_assert_eq!(st.written, base);
+        st.index_file = Some(index_file);
         st.segments.push(seg);
         debug!(partition = %self.id, base, "rolled to a new segment");
         Ok(())
@@ -293,7 +337,7 @@ impl FilePartition {
             }
             let upto = self.sync_written().await?;
             self.durable.send_modify(|d| *d = (*d).max(upto));
-            if matches!(self.config.durability, Durability::Ack) {
+            if matches!(self.config.durability, Durability::Fsync) {
                 self.visible.send_modify(|v| *v = (*v).max(upto));
             }
         }
@@ -313,16 +357,16 @@ impl FilePartition {
         }
         let path = file.log_path.clone();
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        match tokio::task::spawn_blocking(move || file.file.sync_data()).await {
-            Ok(Ok(())) => Ok(upto),
-            Ok(Err(e)) => {
+        // The outer result is the blocking task's own failure, the inner one the fsync's.
+        match run_blocking(move || Ok::<_, Error>(file.file.sync_data())).await? {
+            Ok(()) => Ok(upto),
+            Err(e) => {
                 // After a failed fsync the kernel may have dropped the dirty pages: nothing
                 // written since the last good fsync can be trusted, so stop accepting writes.
                 let error = Error::io("fsync", &path, e);
                 lock(&self.state).failed = Some(error.to_string());
                 Err(error)
             }
-            Err(join) => Err(self.unavailable(&format!("fsync task failed: {join}"))),
         }
     }
 
@@ -390,21 +434,25 @@ impl FilePartition {
         let mut bytes = 0usize;
         let mut at = from.0;
         'segments: while let Some(plan) = self.plan_read(at)? {
+            // Everything below the segment's size passed recovery's checks: any bad frame a read
+            // meets now is damage done since, an error (Strict), never a tail to skip.
             let mut cursor = FrameCursor::new(&plan.file, plan.start, plan.end);
             while at < plan.next {
-                let frame = match cursor.next_frame() {
-                    Ok(Some(f)) => f,
-                    Ok(None) => {
-                        return Err(plan
+                let Some(frame) = cursor.next_frame()? else {
+                    return Err(match cursor.tail() {
+                        Some(tail) => plan.file.corrupt(tail.position, "damaged batch"),
+                        None => plan
                             .file
-                            .corrupt(plan.end, format!("segment ends before offset {at}")));
-                    }
-                    Err(e) => return Err(e.into_error(&plan.file)),
+                            .corrupt(plan.end, format!("segment ends before offset {at}")),
+                    });
                 };
-                if frame.header.next_offset() <= at {
+                let header = frame
+                    .header()
+                    .map_err(|reason| plan.file.corrupt(frame.position, reason))?;
+                if header.next_offset() <= at {
                     continue;
                 }
-                let records = frame::decode_records(self.id, frame.header, &frame.body)
+                let records = frame::decode_records(self.id, header, &frame.body)
                     .map_err(|reason| plan.file.corrupt(frame.position, reason))?;
                 for stored in records {
                     if stored.offset.0 < at {
@@ -431,8 +479,9 @@ impl FilePartition {
         Ok(out)
     }
 
-    /// Removes whole sealed segments from the front that the policy no longer keeps.
-    pub(crate) fn enforce_retention(
+    /// Removes whole sealed segments from the front that the policy no longer keeps. The file
+    /// removals and the directory fsync run on the blocking pool.
+    pub(crate) async fn enforce_retention(
         &self,
         policy: &RetentionPolicy,
         now: Timestamp,
@@ -456,32 +505,39 @@ impl FilePartition {
             st.total_bytes = remaining;
             st.segments.drain(..n).collect()
         };
+        if removed.is_empty() {
+            return Ok(());
+        }
         for seg in &removed {
             report.records_removed += seg.next - seg.file.base;
             report.bytes_removed += seg.size;
-            for path in [&seg.file.log_path, &seg.file.idx_path] {
-                match fs::remove_file(path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::io("remove", path, e)),
+        }
+        let (dir, id) = (self.dir.clone(), self.id);
+        run_blocking(move || {
+            for seg in &removed {
+                for path in [&seg.file.log_path, &seg.file.idx_path] {
+                    match fs::remove_file(path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(Error::io("remove", path, e)),
+                    }
                 }
+                debug!(partition = %id, base = seg.file.base, "retention removed a segment");
             }
-            debug!(partition = %self.id, base = seg.file.base, "retention removed a segment");
-        }
-        if !removed.is_empty() {
-            sync_dir(&self.dir)?;
-        }
-        Ok(())
+            sync_dir(&dir).map_err(Error::from)
+        })
+        .await
     }
 }
 
 fn segment_index_file(seg: &Segment) -> Result<fs::File> {
-    crate::file_log::fs_util::open_private(&seg.file.idx_path, true)
+    Ok(open_private(&seg.file.idx_path, true)?)
 }
 
 /// Loads a sealed segment: trusts a consistent index, then checks the frames after its last entry
 /// (which also yields the segment's end and newest time). Sealed segments were fsync'ed when they
-/// were sealed, so damage there is corruption, reported rather than truncated.
+/// were sealed, so any damage there is corruption, reported rather than cut, whatever the
+/// configured [`Recovery`].
 fn load_sealed(file: Arc<SegmentFile>, config: &FileLogConfig) -> Result<Segment> {
     let len = file.len()?;
     let interval = config.index_interval_bytes;
@@ -494,8 +550,21 @@ fn load_sealed(file: Arc<SegmentFile>, config: &FileLogConfig) -> Result<Segment
             ),
             None => (0, file.base, Vec::new()),
         };
-        let scan = segment::scan(&file, start, expected, Timestamp::EPOCH, interval, kept)?;
-        if scan.failure.is_none() && scan.valid_end == len {
+        // An index pointing where no batch starts is only a wrong hint: any failure here falls
+        // back to the full scan below, whose verdict is final.
+        let scan = segment::scan(
+            &file,
+            start,
+            expected,
+            Timestamp::EPOCH,
+            interval,
+            kept,
+            Recovery::Strict,
+        );
+        if let Ok(scan) = scan
+            && scan.tail.is_none()
+            && scan.valid_end == len
+        {
             return Ok(Segment {
                 file,
                 size: len,
@@ -506,9 +575,32 @@ fn load_sealed(file: Arc<SegmentFile>, config: &FileLogConfig) -> Result<Segment
         }
     }
     warn!(path = %file.log_path.display(), "index missing or inconsistent; rebuilding it");
-    let scan = segment::scan(&file, 0, file.base, Timestamp::EPOCH, interval, Vec::new())?;
-    if let Some((position, reason)) = scan.failure {
-        return Err(file.corrupt(position, format!("sealed segment is damaged: {reason}")));
+    let scan = segment::scan(
+        &file,
+        0,
+        file.base,
+        Timestamp::EPOCH,
+        interval,
+        Vec::new(),
+        Recovery::Strict,
+    )
+    .map_err(|e| match e {
+        Error::Corrupt {
+            path,
+            position,
+            reason,
+        } => Error::Corrupt {
+            path,
+            position,
+            reason: format!("sealed segment is damaged: {reason}"),
+        },
+        other => other,
+    })?;
+    if let Some(tail) = scan.tail {
+        return Err(file.corrupt(
+            tail.position,
+            "sealed segment ends in a damaged or incomplete batch",
+        ));
     }
     let seg = Segment {
         file,
@@ -521,8 +613,10 @@ fn load_sealed(file: Arc<SegmentFile>, config: &FileLogConfig) -> Result<Segment
     Ok(seg)
 }
 
-/// Recovers the active segment: scans it whole and truncates it after the last good batch, which
-/// removes a batch torn by a crash (or damaged at the tail) and everything after it.
+/// Recovers the active segment by the storage kit's rule: a torn tail (a damaged or incomplete
+/// last batch, or zeros, with no intact batch after it) is cut off; damage followed by intact
+/// batches is [`Error::Corrupt`], unless the configuration asks for [`Recovery::Repair`], which
+/// cuts the segment at the damage.
 fn recover_active(file: Arc<SegmentFile>, config: &FileLogConfig) -> Result<Segment> {
     let scan = segment::scan(
         &file,
@@ -531,21 +625,14 @@ fn recover_active(file: Arc<SegmentFile>, config: &FileLogConfig) -> Result<Segm
         Timestamp::EPOCH,
         config.index_interval_bytes,
         Vec::new(),
+        config.recovery,
     )?;
-    let len = file.len()?;
-    if let Some((position, reason)) = &scan.failure {
-        warn!(
-            path = %file.log_path.display(),
-            position,
-            dropped_bytes = len - scan.valid_end,
-            reason = %reason,
-            "truncating a torn or damaged tail"
-        );
-    }
-    if scan.valid_end != len {
-        file.file
-            .set_len(scan.valid_end)
-            .map_err(|e| Error::io("truncate", &file.log_path, e))?;
+    if let Some(tail) = &scan.tail {
+        if tail.repaired_corruption.is_none() {
+            warn!(path = %file.log_path.display(), position = tail.position,
+                dropped_bytes = tail.bytes, "cutting off a torn write at the end of the segment");
+        }
+        truncate_durably(&file.log_path, scan.valid_end)?;
     }
     // What a crashed process wrote may still sit only in the page cache. Make it durable before
     // anyone can read it, so that recovered records are as durable as acknowledged ones.

@@ -11,10 +11,12 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use tracing::warn;
 
 use crate::error::{Error, Result};
-use crate::file_log::frame::{self, BatchHeader, HEADER_LEN};
-use crate::file_log::fs_util::open_private;
+use crate::file_log::frame::{self, BatchHeader, MAX_BODY_LEN};
+use crate::storage::frame::{FrameReader, TornTail};
+use crate::storage::{Recovery, fs::open_private};
 use crate::timestamp::Timestamp;
 
 /// How much a reader fetches per system call.
@@ -149,58 +151,39 @@ pub(crate) fn load_index(path: &Path, base: u64, log_len: u64) -> Option<Vec<Ind
     (first_ok && sorted && in_file && complete).then_some(entries)
 }
 
-/// One checked batch frame read from a segment.
+/// One intact batch frame read from a segment (its body not yet decoded).
 #[derive(Debug)]
 pub(crate) struct Frame {
+    /// File position of the frame's header.
     pub(crate) position: u64,
-    pub(crate) header: BatchHeader,
     pub(crate) body: Bytes,
+    /// File position just past the frame.
+    pub(crate) end: u64,
 }
 
 impl Frame {
-    pub(crate) fn end(&self) -> u64 {
-        self.position + HEADER_LEN as u64 + self.body.len() as u64
+    /// The batch header, or the corruption of an intact frame whose body no writer produced.
+    pub(crate) fn header(&self) -> std::result::Result<BatchHeader, String> {
+        frame::decode_header(&self.body)
     }
 }
 
-/// Why a frame could not be read.
-#[derive(Debug)]
-pub(crate) enum FrameError {
-    /// The bytes end inside a frame: what a crash in the middle of a write leaves.
-    Torn { position: u64, reason: String },
-    /// A whole frame is present but fails its checks.
-    Bad { position: u64, reason: String },
-    /// The read itself failed.
-    Io(Error),
-}
-
-impl FrameError {
-    pub(crate) fn position(&self) -> Option<u64> {
-        match self {
-            FrameError::Torn { position, .. } | FrameError::Bad { position, .. } => Some(*position),
-            FrameError::Io(_) => None,
-        }
-    }
-
-    pub(crate) fn into_error(self, segment: &SegmentFile) -> Error {
-        match self {
-            FrameError::Torn { position, reason } | FrameError::Bad { position, reason } => {
-                segment.corrupt(position, reason)
-            }
-            FrameError::Io(e) => e,
-        }
-    }
-}
-
-/// Reads checked frames of one segment from `position` up to `end`, fetching in large chunks.
-/// Lengths are checked against `end` before anything is allocated for them.
+/// Reads the intact frames of one segment from `position` up to `end`, fetching in large chunks,
+/// by the storage kit's torn-tail rule: a bad frame with no intact frame after it (up to `end`) is
+/// a torn tail, where the cursor stops; damage followed by intact data is [`Error::Corrupt`]
+/// (under [`Recovery::Repair`], another place where the cursor stops).
+///
+/// A frame cut by the end of a chunk looks like a torn tail to the kit's reader; the cursor then
+/// reads a larger chunk from that frame on, until the verdict is final (the chunk reaches `end`).
 #[derive(Debug)]
 pub(crate) struct FrameCursor<'a> {
     segment: &'a SegmentFile,
     position: u64,
     end: u64,
+    recovery: Recovery,
     buf: Bytes,
     buf_start: u64,
+    tail: Option<TornTail>,
 }
 
 impl<'a> FrameCursor<'a> {
@@ -209,95 +192,119 @@ impl<'a> FrameCursor<'a> {
             segment,
             position,
             end,
+            recovery: Recovery::Strict,
             buf: Bytes::new(),
             buf_start: position,
+            tail: None,
         }
     }
 
-    pub(crate) fn position(&self) -> u64 {
-        self.position
+    /// What to do with corruption (default [`Recovery::Strict`]).
+    pub(crate) fn with_recovery(mut self, recovery: Recovery) -> Self {
+        self.recovery = recovery;
+        self
     }
 
-    /// Makes `len` bytes from the current position available in `buf`.
-    fn fill(&mut self, len: usize) -> Result<(), FrameError> {
-        let have_from = self.position.saturating_sub(self.buf_start) as usize;
-        if self.position >= self.buf_start && have_from + len <= self.buf.len() {
-            return Ok(());
+    /// Where the cursor stopped before `end`, once [`next_frame`](Self::next_frame) returned
+    /// `None`: a torn tail, or corruption cut off under [`Recovery::Repair`].
+    pub(crate) fn tail(&self) -> Option<&TornTail> {
+        self.tail.as_ref()
+    }
+
+    /// Bytes buffered from the current position on.
+    fn buffered(&self) -> usize {
+        let buf_end = self.buf_start + self.buf.len() as u64;
+        if self.position < self.buf_start || self.position >= buf_end {
+            0
+        } else {
+            (buf_end - self.position) as usize
         }
-        let remaining = (self.end - self.position) as usize;
-        let want = len.max(READ_CHUNK).min(remaining);
-        let mut v = vec![0; want];
+    }
+
+    /// Reads `want` bytes (fewer at `end`) from the current position into `buf`.
+    fn refill(&mut self, want: usize) -> Result<()> {
+        let remaining = usize::try_from(self.end - self.position).unwrap_or(usize::MAX);
+        let mut v = vec![0; want.min(remaining)];
         self.segment
             .file
             .read_exact_at(&mut v, self.position)
-            .map_err(|e| FrameError::Io(Error::io("read", &self.segment.log_path, e)))?;
+            .map_err(|e| Error::io("read", &self.segment.log_path, e))?;
         self.buf = Bytes::from(v);
         self.buf_start = self.position;
         Ok(())
     }
 
-    fn slice(&self, len: usize) -> Bytes {
-        let from = (self.position - self.buf_start) as usize;
-        self.buf.slice(from..from + len)
-    }
-
-    /// The next frame, `Ok(None)` at `end`.
-    pub(crate) fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
-        if self.position >= self.end {
+    /// The next intact frame; `None` at `end` or where the cursor stopped (see [`tail`](Self::tail)).
+    pub(crate) fn next_frame(&mut self) -> Result<Option<Frame>> {
+        if self.tail.is_some() || self.position >= self.end {
             return Ok(None);
         }
-        let position = self.position;
-        let remaining = self.end - position;
-        if remaining < HEADER_LEN as u64 {
-            return Err(FrameError::Torn {
-                position,
-                reason: format!("{remaining} bytes left, less than a frame header"),
-            });
+        // First try what is buffered; read more only when the kit's reader cannot decide.
+        let mut want = 0;
+        loop {
+            let have = self.buffered();
+            if have == 0 || have < want {
+                self.refill(want.max(READ_CHUNK))?;
+            }
+            let off = (self.position - self.buf_start) as usize;
+            let reaches_end = self.buf_start + self.buf.len() as u64 >= self.end;
+            let (body, tail) = {
+                let mut reader = FrameReader::new(
+                    &self.segment.log_path,
+                    &self.buf[off..],
+                    self.position,
+                    MAX_BODY_LEN,
+                )
+                .with_recovery(self.recovery);
+                match reader.next_frame()? {
+                    Some(f) => (Some(f.body_range), None),
+                    None => (None, reader.torn_tail().cloned()),
+                }
+            };
+            if let Some(range) = body {
+                let position = self.position;
+                let end = position + range.end as u64;
+                let body = self.buf.slice(off + range.start..off + range.end);
+                self.position = end;
+                return Ok(Some(Frame {
+                    position,
+                    body,
+                    end,
+                }));
+            }
+            match tail {
+                Some(tail) if reaches_end || tail.repaired_corruption.is_some() => {
+                    self.tail = Some(tail);
+                    return Ok(None);
+                }
+                // Cut by the end of the chunk: read a larger one.
+                Some(_) => want = self.buffered().max(READ_CHUNK / 2).saturating_mul(2),
+                None => return Ok(None),
+            }
         }
-        self.fill(HEADER_LEN)?;
-        let head = self.slice(HEADER_LEN);
-        let Some((len, crc)) = frame::read_header(&head) else {
-            return Err(FrameError::Torn {
-                position,
-                reason: "unreadable frame header".into(),
-            });
-        };
-        if len as u64 > remaining - HEADER_LEN as u64 {
-            return Err(FrameError::Torn {
-                position,
-                reason: format!(
-                    "frame of {len} bytes runs past the end of the data ({} bytes left)",
-                    remaining - HEADER_LEN as u64
-                ),
-            });
-        }
-        self.fill(HEADER_LEN + len)?;
-        let body = self.slice(HEADER_LEN + len).slice(HEADER_LEN..);
-        let header =
-            frame::check_body(&body, crc).map_err(|reason| FrameError::Bad { position, reason })?;
-        self.position += (HEADER_LEN + len) as u64;
-        Ok(Some(Frame {
-            position,
-            header,
-            body,
-        }))
     }
 }
 
 /// What a scan of a segment found.
 #[derive(Debug)]
 pub(crate) struct ScanOutcome {
-    /// End of the last good frame.
+    /// End of the last good batch.
     pub(crate) valid_end: u64,
     pub(crate) next: u64,
     pub(crate) max_time: Timestamp,
     pub(crate) index: Vec<IndexEntry>,
-    /// The first frame that failed, if any, with the reason.
-    pub(crate) failure: Option<(u64, String)>,
+    /// Where the scan stopped before the end of the file: a torn tail, or corruption cut off
+    /// under [`Recovery::Repair`].
+    pub(crate) tail: Option<TornTail>,
 }
 
-/// Reads every frame of `segment` from `start` (a batch boundary holding offset `expected`),
-/// checking checksums and offset continuity, and rebuilding index entries every `interval` bytes.
+/// Reads every batch of `segment` from `start` (a batch boundary holding offset `expected`),
+/// checking frames, batch headers and offset continuity, and rebuilding index entries every
+/// `interval` bytes.
+///
+/// An intact frame whose batch does not decode or breaks offset continuity is corruption (no crash
+/// leaves a whole frame that its writer did not produce): [`Error::Corrupt`], or under
+/// [`Recovery::Repair`] the place where the scan stops.
 pub(crate) fn scan(
     segment: &SegmentFile,
     start: u64,
@@ -305,55 +312,59 @@ pub(crate) fn scan(
     max_time: Timestamp,
     interval: u64,
     mut index: Vec<IndexEntry>,
+    recovery: Recovery,
 ) -> Result<ScanOutcome> {
     let len = segment.len()?;
-    let mut cursor = FrameCursor::new(segment, start, len);
+    let mut cursor = FrameCursor::new(segment, start, len).with_recovery(recovery);
     let mut out = ScanOutcome {
         valid_end: start,
         next: expected,
         max_time,
         index: Vec::new(),
-        failure: None,
+        tail: None,
     };
     let mut last_indexed = index.last().map(|e| e.position);
-    loop {
-        match cursor.next_frame() {
-            Ok(None) => break,
-            Ok(Some(f)) => {
-                if f.header.base_offset != out.next {
-                    out.failure = Some((
-                        f.position,
-                        format!(
-                            "batch starts at offset {} where {} was expected",
-                            f.header.base_offset, out.next
-                        ),
-                    ));
-                    break;
-                }
-                if last_indexed.is_none_or(|p| f.position >= p + interval)
-                    && last_indexed != Some(f.position)
-                {
-                    index.push(IndexEntry {
-                        offset: f.header.base_offset,
-                        position: f.position,
-                    });
-                    last_indexed = Some(f.position);
-                }
-                out.next = f.header.next_offset();
-                out.max_time = out.max_time.max(f.header.enqueued_time);
-                out.valid_end = f.end();
+    while let Some(f) = cursor.next_frame()? {
+        let checked = f.header().and_then(|h| {
+            if h.base_offset == out.next {
+                Ok(h)
+            } else {
+                Err(format!(
+                    "batch starts at offset {} where {} was expected",
+                    h.base_offset, out.next
+                ))
             }
-            Err(FrameError::Io(e)) => return Err(e),
-            Err(e) => {
-                let position = e.position().unwrap_or(cursor.position());
-                let reason = match e {
-                    FrameError::Torn { reason, .. } | FrameError::Bad { reason, .. } => reason,
-                    FrameError::Io(_) => String::new(),
-                };
-                out.failure = Some((position, reason));
+        });
+        let header = match (checked, recovery) {
+            (Ok(h), _) => h,
+            (Err(reason), Recovery::Strict) => return Err(segment.corrupt(f.position, reason)),
+            (Err(reason), Recovery::Repair) => {
+                warn!(path = %segment.log_path.display(), position = f.position,
+                    dropped_bytes = len - f.position, %reason,
+                    "repair: cutting off a corrupt batch and everything after it");
+                out.tail = Some(TornTail {
+                    position: f.position,
+                    bytes: len - f.position,
+                    repaired_corruption: Some(reason),
+                });
                 break;
             }
+        };
+        if last_indexed.is_none_or(|p| f.position >= p + interval)
+            && last_indexed != Some(f.position)
+        {
+            index.push(IndexEntry {
+                offset: header.base_offset,
+                position: f.position,
+            });
+            last_indexed = Some(f.position);
         }
+        out.next = header.next_offset();
+        out.max_time = out.max_time.max(header.enqueued_time);
+        out.valid_end = f.end;
+    }
+    if out.tail.is_none() {
+        out.tail = cursor.tail().cloned();
     }
     out.index = index;
     Ok(out)

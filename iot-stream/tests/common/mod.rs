@@ -29,7 +29,7 @@ pub const DONE: &str = "DONE";
 pub fn log_config() -> FileLogConfig {
     FileLogConfig {
         partitions: 2,
-        durability: Durability::Buffered,
+        durability: Durability::OsBuffered,
         ..FileLogConfig::default()
     }
 }

@@ -17,8 +17,9 @@ pub enum ProtocolViolation {
         /// The configured maximum.
         max: usize,
     },
-    /// The first packet was not CONNECT.
-    #[error("expected CONNECT, got packet type {0:#04x}")]
+    /// The connection did not start with CONNECT's fixed header; the value is the first byte
+    /// received (an HTTP request shows up as `0x47`, "G").
+    #[error("expected CONNECT (first byte 0x10), got first byte {0:#04x}")]
     ExpectedConnect(u8),
     /// CONNECT did not arrive within the connect timeout.
     #[error("no CONNECT within the connect timeout")]
@@ -47,6 +48,15 @@ pub enum ProtocolViolation {
         /// The refused topic (shortened if long).
         topic: String,
         /// Which rule it broke.
+        reason: &'static str,
+    },
+    /// A packet that breaks one of MQTT 3.1.1's normative statements on fixed-header flags,
+    /// reserved bits, flag combinations or strings.
+    #[error("breaks MQTT 3.1.1 [{statement}]: {reason}")]
+    NonConformant {
+        /// The statement's identifier in the specification, e.g. `MQTT-3.1.2-13`.
+        statement: &'static str,
+        /// What the packet did.
         reason: &'static str,
     },
     /// A property bag that could not be decoded.

@@ -1,0 +1,324 @@
+//! Strict framing of a device's byte stream: MQTT 3.1.1's rules on fixed-header flags, reserved
+//! bits, flag combinations and strings, checked on the raw bytes around `rmqtt-codec`'s v3
+//! decoder.
+//!
+//! The codec is lenient where a server must not be: it masks the reserved bits of SUBSCRIBE's
+//! requested-QoS byte, skips CONNECT's will QoS and will retain bits when the will flag is clear,
+//! takes `MQIsdp` with level 4 for MQTT 3.1.1, accepts SUBSCRIBE and UNSUBSCRIBE without a topic
+//! filter, PUBLISH with DUP at QoS 0, and NUL characters in strings. And it reads a packet's
+//! whole body before looking at its first byte, so bytes that are not MQTT at all (an HTTP
+//! request) held a connection open until the CONNECT timeout. [`StrictCodec`] frames each packet
+//! itself: the first byte is judged as soon as it arrives, the remaining length against the
+//! maximum packet size before the body is buffered, the raw body once it is complete, and only
+//! then does the codec decode it (its decoded packet is checked once more for what is easier to
+//! see there). Every refusal names the normative statement it enforces.
+
+use bytes::BytesMut;
+use rmqtt_codec::error::{DecodeError, EncodeError};
+use rmqtt_codec::v3::{Codec, Packet};
+use tokio_util::codec::{Decoder, Encoder};
+
+use super::error::{Error, ProtocolViolation};
+
+/// The fixed header of CONNECT: packet type 1, all flags clear.
+const CONNECT: u8 = 0x10;
+
+/// CONNECT flag bits (MQTT 3.1.1 §3.1.2.3).
+mod connect_flag {
+    pub(super) const USERNAME: u8 = 0b1000_0000;
+    pub(super) const PASSWORD: u8 = 0b0100_0000;
+    pub(super) const WILL_RETAIN: u8 = 0b0010_0000;
+    pub(super) const WILL_QOS: u8 = 0b0001_1000;
+    pub(super) const WILL: u8 = 0b0000_0100;
+    pub(super) const RESERVED: u8 = 0b0000_0001;
+}
+
+/// Where a connection is in its life, which decides what its next first byte may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Nothing decoded yet: only CONNECT may come [MQTT-3.1.0-1].
+    AwaitingConnect,
+    /// CONNECT decoded: anything but another CONNECT [MQTT-3.1.0-2].
+    Connected,
+}
+
+/// `rmqtt-codec`'s v3 codec behind MQTT 3.1.1's rules for what a client sends. Encoding is
+/// the codec's own.
+#[derive(Debug)]
+pub(crate) struct StrictCodec {
+    inner: Codec,
+    max_packet_size: u32,
+    stage: Stage,
+}
+
+impl StrictCodec {
+    /// A codec for a new connection, refusing packets whose remaining length exceeds
+    /// `max_packet_size`.
+    pub(crate) fn new(max_packet_size: u32) -> Self {
+        StrictCodec {
+            inner: Codec::new(max_packet_size),
+            max_packet_size,
+            stage: Stage::AwaitingConnect,
+        }
+    }
+
+    fn too_large(&self) -> Error {
+        ProtocolViolation::TooLarge {
+            max: self.max_packet_size as usize,
+        }
+        .into()
+    }
+}
+
+impl Decoder for StrictCodec {
+    type Item = Packet;
+    type Error = Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, Error> {
+        let Some(&first) = src.first() else {
+            return Ok(None);
+        };
+        check_first_byte(first, self.stage)?;
+        let Some((remaining, length_bytes)) = remaining_length(&src[1..])? else {
+            return Ok(None);
+        };
+        if remaining > self.max_packet_size {
+            return Err(self.too_large());
+        }
+        let body_start = 1 + length_bytes;
+        let end = body_start + remaining as usize;
+        if src.len() < end {
+            // Room for the rest of this packet at once, as the codec itself would reserve.
+            src.reserve(end - src.len());
+            return Ok(None);
+        }
+        check_body(first, &src[body_start..end])?;
+        // The whole packet is buffered, so the codec decodes it in this one call and is back at
+        // a packet boundary afterwards.
+        let packet = match self.inner.decode(src) {
+            Ok(Some((packet, _))) => packet,
+            Ok(None) => {
+                return Err(ProtocolViolation::Malformed(
+                    "the codec did not decode a complete packet".to_string(),
+                )
+                .into());
+            }
+            Err(e) => return Err(self.decode_error(e)),
+        };
+        check_strings(&packet)?;
+        self.stage = Stage::Connected;
+        Ok(Some(packet))
+    }
+}
+
+impl StrictCodec {
+    /// Maps a codec error: I/O stays I/O, everything else is a malformed packet.
+    fn decode_error(&self, e: DecodeError) -> Error {
+        match e {
+            DecodeError::Io(text) => Error::Io(std::io::Error::other(text.to_string())),
+            DecodeError::MaxSizeExceeded => self.too_large(),
+            other => ProtocolViolation::Malformed(other.to_string()).into(),
+        }
+    }
+}
+
+impl Encoder<Packet> for StrictCodec {
+    type Error = EncodeError;
+
+    fn encode(&mut self, packet: Packet, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        self.inner.encode(packet, dst)
+    }
+}
+
+/// A refusal naming the statement it enforces.
+fn breaks(statement: &'static str, reason: &'static str) -> ProtocolViolation {
+    ProtocolViolation::NonConformant { statement, reason }
+}
+
+/// Judges a packet's first byte before anything else of it is read: a connection that starts
+/// with anything but CONNECT's fixed header (an HTTP request, TLS, noise) is closed at once.
+fn check_first_byte(first: u8, stage: Stage) -> Result<(), ProtocolViolation> {
+    match stage {
+        Stage::AwaitingConnect if first != CONNECT => {
+            return Err(ProtocolViolation::ExpectedConnect(first));
+        }
+        Stage::Connected if first == CONNECT => return Err(ProtocolViolation::SecondConnect),
+        _ => {}
+    }
+    check_fixed_header_flags(first)
+}
+
+/// The flags of each packet type's fixed header (MQTT 3.1.1 §2.2.2, table 2.2).
+fn check_fixed_header_flags(first: u8) -> Result<(), ProtocolViolation> {
+    let flags = first & 0x0F;
+    match first >> 4 {
+        // PUBLISH: DUP, QoS, RETAIN.
+        3 => {
+            let qos = (flags >> 1) & 0b11;
+            if qos == 3 {
+                return Err(breaks("MQTT-3.3.1-4", "PUBLISH with both QoS bits set"));
+            }
+            if qos == 0 && flags & 0b1000 != 0 {
+                return Err(breaks("MQTT-3.3.1-2", "PUBLISH with DUP set at QoS 0"));
+            }
+            Ok(())
+        }
+        6 if flags != 0b0010 => Err(breaks("MQTT-3.6.1-1", "PUBREL flags are not 0010")),
+        8 if flags != 0b0010 => Err(breaks("MQTT-3.8.1-1", "SUBSCRIBE flags are not 0010")),
+        10 if flags != 0b0010 => Err(breaks("MQTT-3.10.1-1", "UNSUBSCRIBE flags are not 0010")),
+        6 | 8 | 10 => Ok(()),
+        0 | 15 => Err(breaks("MQTT-2.2.1", "packet types 0 and 15 are reserved")),
+        _ if flags != 0 => Err(breaks(
+            "MQTT-2.2.2-2",
+            "reserved fixed-header flags are not 0",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The remaining length and how many bytes encode it; `None` while more are needed. At most
+/// four bytes (MQTT 3.1.1 §2.2.3).
+fn remaining_length(bytes: &[u8]) -> Result<Option<(u32, usize)>, ProtocolViolation> {
+    let mut value = 0u32;
+    for (i, byte) in bytes.iter().take(4).enumerate() {
+        value |= u32::from(byte & 0x7F) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Ok(Some((value, i + 1)));
+        }
+    }
+    if bytes.len() >= 4 {
+        return Err(ProtocolViolation::Malformed(
+            "remaining length longer than four bytes".to_string(),
+        ));
+    }
+    Ok(None)
+}
+
+/// The raw-bit rules of a complete packet's body, before the codec masks or skips those bits.
+/// Bodies too short for a field are left to the codec, which refuses them.
+fn check_body(first: u8, body: &[u8]) -> Result<(), ProtocolViolation> {
+    match first {
+        CONNECT => check_connect(body),
+        0x82 => check_subscribe(body),
+        0xA2 if body.len() == 2 => Err(breaks(
+            "MQTT-3.10.3-2",
+            "UNSUBSCRIBE without a topic filter",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// CONNECT's protocol name and level, then its flags (MQTT 3.1.1 §3.1.2).
+fn check_connect(body: &[u8]) -> Result<(), ProtocolViolation> {
+    let Some(name_len) = body
+        .get(..2)
+        .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    else {
+        return Ok(());
+    };
+    let name = body.get(2..2 + name_len);
+    let (Some(name), Some(&level)) = (name, body.get(2 + name_len)) else {
+        return Ok(());
+    };
+    match (name, level) {
+        (b"MQTT", 4) => {}
+        // Another level of MQTT, or MQTT 3.1 itself: "unacceptable protocol level", answered
+        // with CONNACK 1 [MQTT-3.1.2-2] (3.1 defines the same return code).
+        (b"MQTT", _) | (b"MQIsdp", 3) => return Err(ProtocolViolation::ProtocolLevel(level)),
+        _ => {
+            return Err(breaks(
+                "MQTT-3.1.2-1",
+                "the protocol name is not MQTT (or MQIsdp for MQTT 3.1)",
+            ));
+        }
+    }
+    let Some(&flags) = body.get(3 + name_len) else {
+        return Ok(());
+    };
+    check_connect_flags(flags)
+}
+
+/// The rules on CONNECT's flag combinations (MQTT 3.1.1 §3.1.2.3 to §3.1.2.9).
+fn check_connect_flags(flags: u8) -> Result<(), ProtocolViolation> {
+    use connect_flag::{PASSWORD, RESERVED, USERNAME, WILL, WILL_QOS, WILL_RETAIN};
+    if flags & RESERVED != 0 {
+        return Err(breaks("MQTT-3.1.2-3", "the reserved CONNECT flag is set"));
+    }
+    if flags & WILL == 0 {
+        if flags & WILL_QOS != 0 {
+            return Err(breaks(
+                "MQTT-3.1.2-13",
+                "will QoS is not 0 while the will flag is clear",
+            ));
+        }
+        if flags & WILL_RETAIN != 0 {
+            return Err(breaks(
+                "MQTT-3.1.2-15",
+                "will retain is set while the will flag is clear",
+            ));
+        }
+    } else if flags & WILL_QOS == WILL_QOS {
+        return Err(breaks("MQTT-3.1.2-14", "will QoS 3"));
+    }
+    if flags & PASSWORD != 0 && flags & USERNAME == 0 {
+        return Err(breaks(
+            "MQTT-3.1.2-22",
+            "the password flag is set without the username flag",
+        ));
+    }
+    Ok(())
+}
+
+/// SUBSCRIBE's payload: at least one filter [MQTT-3.8.3-3], each followed by a requested-QoS
+/// byte whose upper six bits are reserved and whose QoS is 0, 1 or 2 [MQTT-3.8.3-4].
+fn check_subscribe(body: &[u8]) -> Result<(), ProtocolViolation> {
+    let Some(mut rest) = body.get(2..) else {
+        return Ok(());
+    };
+    if rest.is_empty() {
+        return Err(breaks("MQTT-3.8.3-3", "SUBSCRIBE without a topic filter"));
+    }
+    while let Some(len) = rest
+        .get(..2)
+        .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    {
+        let Some(&qos) = rest.get(2 + len) else {
+            return Ok(());
+        };
+        if qos & 0b1111_1100 != 0 {
+            return Err(breaks(
+                "MQTT-3.8.3-4",
+                "reserved bits of a requested QoS are set",
+            ));
+        }
+        if qos == 3 {
+            return Err(breaks("MQTT-3.8.3-4", "requested QoS 3"));
+        }
+        rest = &rest[3 + len..];
+    }
+    Ok(())
+}
+
+/// No UTF-8 string of a packet may hold U+0000 [MQTT-1.5.3-2]. (Ill-formed UTF-8
+/// [MQTT-1.5.3-1] the codec refuses itself.)
+fn check_strings(packet: &Packet) -> Result<(), ProtocolViolation> {
+    let nul = |s: &str| s.contains('\0');
+    let found = match packet {
+        Packet::Connect(connect) => {
+            nul(&connect.client_id)
+                || connect.username.as_deref().is_some_and(nul)
+                || connect
+                    .last_will
+                    .as_ref()
+                    .is_some_and(|will| nul(&will.topic))
+        }
+        Packet::Publish(publish) => nul(&publish.topic),
+        Packet::Subscribe { topic_filters, .. } => topic_filters.iter().any(|(f, _)| nul(f)),
+        Packet::Unsubscribe { topic_filters, .. } => topic_filters.iter().any(|f| nul(f)),
+        _ => false,
+    };
+    if found {
+        return Err(breaks("MQTT-1.5.3-2", "a string contains U+0000"));
+    }
+    Ok(())
+}

@@ -53,7 +53,7 @@ pub(crate) struct StrictCodec {
 
 impl StrictCodec {
     /// A codec for a new connection, refusing packets whose remaining length exceeds
-    /// `max_packet_size`.
+    /// `max_packet_size` (positive: `MqttConfig` keeps it at 64 bytes or more).
     pub(crate) fn new(max_packet_size: u32) -> Self {
         StrictCodec {
             inner: Codec::new(max_packet_size),
@@ -67,6 +67,15 @@ impl StrictCodec {
             max: self.max_packet_size as usize,
         }
         .into()
+    }
+
+    /// Maps a codec error: I/O stays I/O, everything else is a malformed packet.
+    fn decode_error(&self, e: DecodeError) -> Error {
+        match e {
+            DecodeError::Io(text) => Error::Io(std::io::Error::other(text.to_string())),
+            DecodeError::MaxSizeExceeded => self.too_large(),
+            other => ProtocolViolation::Malformed(other.to_string()).into(),
+        }
     }
 }
 
@@ -108,17 +117,6 @@ impl Decoder for StrictCodec {
         check_strings(&packet)?;
         self.stage = Stage::Connected;
         Ok(Some(packet))
-    }
-}
-
-impl StrictCodec {
-    /// Maps a codec error: I/O stays I/O, everything else is a malformed packet.
-    fn decode_error(&self, e: DecodeError) -> Error {
-        match e {
-            DecodeError::Io(text) => Error::Io(std::io::Error::other(text.to_string())),
-            DecodeError::MaxSizeExceeded => self.too_large(),
-            other => ProtocolViolation::Malformed(other.to_string()).into(),
-        }
     }
 }
 
@@ -321,4 +319,233 @@ fn check_strings(packet: &Packet) -> Result<(), ProtocolViolation> {
         return Err(breaks("MQTT-1.5.3-2", "a string contains U+0000"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU16;
+
+    use bytes::Bytes;
+    use bytestring::ByteString;
+    use proptest::prelude::*;
+    use rmqtt_codec::types::Publish;
+    use rmqtt_codec::v3::{Connect, LastWill, QoS};
+
+    use super::*;
+
+    #[test]
+    fn remaining_length_takes_one_to_four_bytes() {
+        assert_eq!(remaining_length(&[]), Ok(None));
+        assert_eq!(remaining_length(&[0x00]), Ok(Some((0, 1))));
+        assert_eq!(remaining_length(&[0x7F, 0xAA]), Ok(Some((127, 1))));
+        assert_eq!(remaining_length(&[0x80, 0x01]), Ok(Some((128, 2))));
+        assert_eq!(remaining_length(&[0x80]), Ok(None));
+        assert_eq!(remaining_length(&[0xFF, 0xFF, 0xFF]), Ok(None));
+        assert_eq!(
+            remaining_length(&[0xFF, 0xFF, 0xFF, 0x7F]),
+            Ok(Some((268_435_455, 4)))
+        );
+        assert!(remaining_length(&[0xFF, 0xFF, 0xFF, 0xFF]).is_err());
+        assert!(remaining_length(&[0x80, 0x80, 0x80, 0x80, 0x01]).is_err());
+    }
+
+    #[test]
+    fn truncated_bodies_are_left_to_the_codec() {
+        // Field lengths that run past the body: no refusal here and no panic; the codec
+        // refuses them when it decodes.
+        for body in [
+            &b""[..],
+            b"\x00",
+            b"\x00\x04MQ",
+            b"\x00\x04MQTT",
+            b"\xFF\xFF",
+        ] {
+            assert_eq!(check_connect(body), Ok(()), "{body:?}");
+        }
+        for body in [
+            &b"\x00"[..],
+            b"\x00\x01\x00",
+            b"\x00\x01\x00\x05ab",
+            b"\x00\x01\xFF\xFF",
+        ] {
+            assert_eq!(check_subscribe(body), Ok(()), "{body:?}");
+        }
+    }
+
+    #[test]
+    fn every_connect_flag_combination_follows_section_3_1_2() {
+        use connect_flag::{PASSWORD, RESERVED, USERNAME, WILL, WILL_QOS, WILL_RETAIN};
+        for flags in 0..=u8::MAX {
+            let will = flags & WILL != 0;
+            let qos = (flags & WILL_QOS) >> 3;
+            let legal = flags & RESERVED == 0
+                && (will || (qos == 0 && flags & WILL_RETAIN == 0))
+                && qos != 3
+                && (flags & PASSWORD == 0 || flags & USERNAME != 0);
+            assert_eq!(
+                check_connect_flags(flags).is_ok(),
+                legal,
+                "flags {flags:#010b}"
+            );
+        }
+    }
+
+    #[test]
+    fn fixed_header_flags_follow_table_2_2() {
+        let legal = |first: u8| match first {
+            0x10 | 0x20 | 0x40 | 0x50 | 0x62 | 0x70 | 0x82 | 0x90 | 0xA2 | 0xB0 | 0xC0 | 0xD0
+            | 0xE0 => true,
+            0x30..=0x3F => {
+                let qos = (first >> 1) & 0b11;
+                qos != 3 && !(qos == 0 && first & 0b1000 != 0)
+            }
+            _ => false,
+        };
+        for first in 0..=u8::MAX {
+            assert_eq!(
+                check_fixed_header_flags(first).is_ok(),
+                legal(first),
+                "{first:#04x}"
+            );
+        }
+    }
+
+    fn string() -> impl Strategy<Value = ByteString> {
+        "[a-z0-9/$=&.?]{1,24}".prop_map(ByteString::from)
+    }
+
+    fn qos() -> impl Strategy<Value = QoS> {
+        prop_oneof![
+            Just(QoS::AtMostOnce),
+            Just(QoS::AtLeastOnce),
+            Just(QoS::ExactlyOnce)
+        ]
+    }
+
+    fn packet_id() -> impl Strategy<Value = NonZeroU16> {
+        (1u16..).prop_filter_map("non-zero", NonZeroU16::new)
+    }
+
+    fn connect() -> impl Strategy<Value = Packet> {
+        let will = proptest::option::of((qos(), any::<bool>(), string()));
+        let credentials = proptest::option::of((string(), proptest::option::of(string())));
+        (any::<bool>(), any::<u16>(), string(), will, credentials).prop_map(
+            |(clean_session, keep_alive, client_id, will, credentials)| {
+                let (username, password) = match credentials {
+                    Some((user, password)) => (Some(user), password.map(|p| p.into_bytes())),
+                    None => (None, None),
+                };
+                Packet::Connect(Box::new(Connect {
+                    clean_session,
+                    keep_alive,
+                    client_id,
+                    last_will: will.map(|(qos, retain, topic)| LastWill {
+                        qos,
+                        retain,
+                        topic,
+                        message: Bytes::from_static(b"gone"),
+                    }),
+                    username,
+                    password,
+                    ..Connect::default()
+                }))
+            },
+        )
+    }
+
+    /// Packets a conforming client may send after CONNECT.
+    fn after_connect() -> impl Strategy<Value = Packet> {
+        let payload = proptest::collection::vec(any::<u8>(), 0..40);
+        prop_oneof![
+            (
+                qos(),
+                any::<bool>(),
+                any::<bool>(),
+                string(),
+                packet_id(),
+                payload
+            )
+                .prop_map(|(qos, dup, retain, topic, id, payload)| {
+                    let at_least_once = qos != QoS::AtMostOnce;
+                    Packet::Publish(Box::new(Publish {
+                        dup: dup && at_least_once,
+                        retain,
+                        qos,
+                        topic,
+                        packet_id: at_least_once.then_some(id),
+                        payload: Bytes::from(payload),
+                        properties: None,
+                    }))
+                }),
+            (
+                packet_id(),
+                proptest::collection::vec((string(), qos()), 1..4)
+            )
+                .prop_map(|(packet_id, topic_filters)| Packet::Subscribe {
+                    packet_id,
+                    topic_filters
+                }),
+            (packet_id(), proptest::collection::vec(string(), 1..4)).prop_map(
+                |(packet_id, topic_filters)| Packet::Unsubscribe {
+                    packet_id,
+                    topic_filters
+                }
+            ),
+            packet_id().prop_map(|packet_id| Packet::PublishAck { packet_id }),
+            packet_id().prop_map(|packet_id| Packet::PublishRelease { packet_id }),
+            Just(Packet::PingRequest),
+            Just(Packet::Disconnect),
+        ]
+    }
+
+    /// Decodes `stream` fed in pieces of `chunk` bytes, as a socket delivers it.
+    fn decode_in_pieces(stream: &[u8], chunk: usize, max: u32) -> Result<Vec<Packet>, Error> {
+        let mut codec = StrictCodec::new(max);
+        let mut buffer = BytesMut::new();
+        let mut decoded = Vec::new();
+        for piece in stream.chunks(chunk) {
+            buffer.extend_from_slice(piece);
+            while let Some(packet) = codec.decode(&mut buffer)? {
+                decoded.push(packet);
+            }
+            // At most one unfinished packet (header of at most 5 bytes) plus the new piece.
+            assert!(buffer.len() <= max as usize + 5 + chunk);
+        }
+        Ok(decoded)
+    }
+
+    proptest! {
+        /// The strict rules refuse nothing a conforming client sends: whatever the codec
+        /// encodes from well-formed packets decodes back unchanged, however the stream is cut.
+        #[test]
+        fn conforming_streams_pass_unchanged(
+            first in connect(),
+            rest in proptest::collection::vec(after_connect(), 0..8),
+            chunk in 1usize..64,
+        ) {
+            let mut codec = Codec::new(0);
+            let mut stream = BytesMut::new();
+            let packets: Vec<Packet> = std::iter::once(first).chain(rest).collect();
+            for packet in &packets {
+                codec.encode(packet.clone(), &mut stream).expect("encode");
+            }
+            let decoded = decode_in_pieces(&stream, chunk, 4096).expect("conforming stream");
+            prop_assert_eq!(decoded, packets);
+        }
+
+        /// Arbitrary bytes never panic and never make the framing buffer more than one packet.
+        #[test]
+        fn arbitrary_bytes_are_framed_within_bounds(
+            stream in proptest::collection::vec(any::<u8>(), 0..512),
+            chunk in 1usize..64,
+            connect_first in any::<bool>(),
+        ) {
+            let mut input = Vec::new();
+            if connect_first {
+                input.extend_from_slice(b"\x10\x0C\x00\x04MQTT\x04\x02\x00\x3C\x00\x00");
+            }
+            input.extend(stream);
+            let _ = decode_in_pieces(&input, chunk, 64);
+        }
+    }
 }

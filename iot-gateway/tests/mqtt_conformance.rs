@@ -42,6 +42,14 @@ fn connect_flags(device: &Device, flags: u8) -> Vec<u8> {
 
 /// Like [`connect_flags`] with another client id.
 fn connect_parts(device: &Device, client_id: &[u8], flags: u8) -> Vec<u8> {
+    packet(0x10, &connect_body(device, client_id, flags))
+}
+
+/// The index of the flags in a CONNECT body: after the protocol name "MQTT" and the level.
+const FLAGS_AT: usize = 2 + 4 + 1;
+
+/// The variable header and payload of [`connect_parts`].
+fn connect_body(device: &Device, client_id: &[u8], flags: u8) -> Vec<u8> {
     let mut body = Vec::new();
     string(b"MQTT", &mut body);
     body.push(4);
@@ -59,7 +67,7 @@ fn connect_parts(device: &Device, client_id: &[u8], flags: u8) -> Vec<u8> {
     if flags & PASSWORD != 0 {
         string(device.token().as_bytes(), &mut body);
     }
-    packet(0x10, &body)
+    body
 }
 
 /// The flags of a well-formed CONNECT with username and password.
@@ -350,6 +358,26 @@ async fn mqtt_3_1_2_22_password_without_username_closes() {
     .await;
 }
 
+#[tokio::test]
+async fn mqtt_3_1_2_11_18_20_connect_fields_not_announced_by_its_flags_close() {
+    let fx = Fixture::start().await;
+    let device = fx.device("dev").await;
+    let id = device.id.as_str().as_bytes();
+    // A field after the password: it was ignored and the device accepted.
+    let mut trailing = connect_body(&device, id, CREDENTIALS);
+    string(b"extra", &mut trailing);
+    refused_connect(&fx, &packet(0x10, &trailing), "a field after the password").await;
+    // A password with the password flag clear [MQTT-3.1.2-20].
+    let mut unannounced = connect_body(&device, id, CREDENTIALS);
+    unannounced[FLAGS_AT] &= !PASSWORD;
+    refused_connect(
+        &fx,
+        &packet(0x10, &unannounced),
+        "a password without its flag",
+    )
+    .await;
+}
+
 // ---- §2.2.2 fixed-header flags ----
 
 #[tokio::test]
@@ -426,6 +454,18 @@ async fn mqtt_2_2_2_2_bad_fixed_header_closes_before_the_body() {
     }
 }
 
+#[tokio::test]
+async fn pingreq_and_disconnect_with_a_body_close() {
+    // §3.12 and §3.14: no variable header, no payload. A PINGREQ with a body was answered.
+    let fx = Fixture::start().await;
+    let device = fx.device("dev").await;
+    for bytes in [[0xC0u8, 2, 0, 0], [0xE0, 2, 0, 0]] {
+        let case = format!("first byte {:#04x} with a 2-byte body", bytes[0]);
+        let seen = in_session(&fx, &device, &bytes, &case).await;
+        assert!(seen.is_empty(), "{case}: {seen:02x?}");
+    }
+}
+
 // ---- §3.3 PUBLISH ----
 
 #[tokio::test]
@@ -473,6 +513,21 @@ async fn mqtt_3_3_2_2_wildcard_in_topic_name_closes() {
         let case = format!("topic {:?}", String::from_utf8_lossy(topic));
         let seen = in_session(&fx, &device, &publish(topic, 1, b"x"), &case).await;
         assert!(seen.is_empty(), "{case}: no PUBACK, got {seen:02x?}");
+    }
+}
+
+#[tokio::test]
+async fn mqtt_4_7_3_1_empty_topic_name_or_filter_closes() {
+    // Guard: topics and filters are at least one character long.
+    let fx = Fixture::start().await;
+    let device = fx.device("dev").await;
+    for (case, bytes) in [
+        ("PUBLISH", publish(b"", 1, b"x")),
+        ("SUBSCRIBE", subscribe(&[(b"", 0)])),
+        ("UNSUBSCRIBE", unsubscribe(&[b""])),
+    ] {
+        let seen = in_session(&fx, &device, &bytes, case).await;
+        assert!(seen.is_empty(), "{case} with an empty topic: {seen:02x?}");
     }
 }
 

@@ -94,6 +94,7 @@ impl Decoder for StrictCodec {
         if remaining > self.max_packet_size {
             return Err(self.too_large());
         }
+        check_empty_body(first, remaining)?;
         let body_start = 1 + length_bytes;
         let end = body_start + remaining as usize;
         if src.len() < end {
@@ -174,6 +175,22 @@ fn check_fixed_header_flags(first: u8) -> Result<(), ProtocolViolation> {
     }
 }
 
+/// PINGREQ and DISCONNECT have no variable header and no payload (MQTT 3.1.1 §3.12, §3.14),
+/// but the codec would skip a body it was given; refused from the fixed header.
+fn check_empty_body(first: u8, remaining: u32) -> Result<(), ProtocolViolation> {
+    match first {
+        0xC0 | 0xE0 if remaining != 0 => Err(ProtocolViolation::Malformed(format!(
+            "a {} with a body",
+            if first == 0xC0 {
+                "PINGREQ"
+            } else {
+                "DISCONNECT"
+            }
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The remaining length and how many bytes encode it; `None` while more are needed. At most
 /// four bytes (MQTT 3.1.1 §2.2.3).
 fn remaining_length(bytes: &[u8]) -> Result<Option<(u32, usize)>, ProtocolViolation> {
@@ -208,10 +225,7 @@ fn check_body(first: u8, body: &[u8]) -> Result<(), ProtocolViolation> {
 
 /// CONNECT's protocol name and level, then its flags (MQTT 3.1.1 §3.1.2).
 fn check_connect(body: &[u8]) -> Result<(), ProtocolViolation> {
-    let Some(name_len) = body
-        .get(..2)
-        .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
-    else {
+    let Some(name_len) = field_len(body) else {
         return Ok(());
     };
     let name = body.get(2..2 + name_len);
@@ -233,7 +247,37 @@ fn check_connect(body: &[u8]) -> Result<(), ProtocolViolation> {
     let Some(&flags) = body.get(3 + name_len) else {
         return Ok(());
     };
-    check_connect_flags(flags)
+    check_connect_flags(flags)?;
+    // After the keep-alive: the client id, then the fields the flags announce, and nothing
+    // else (the codec stops reading after the last announced field).
+    let Some(mut payload) = body.get(6 + name_len..) else {
+        return Ok(());
+    };
+    let announced = 1
+        + 2 * usize::from(flags & connect_flag::WILL != 0)
+        + usize::from(flags & connect_flag::USERNAME != 0)
+        + usize::from(flags & connect_flag::PASSWORD != 0);
+    for _ in 0..announced {
+        let Some(rest) = field_len(payload).and_then(|len| payload.get(2 + len..)) else {
+            return Ok(());
+        };
+        payload = rest;
+    }
+    if !payload.is_empty() {
+        return Err(breaks(
+            "MQTT-3.1.2-11/18/20",
+            "CONNECT holds more than the fields its flags announce",
+        ));
+    }
+    Ok(())
+}
+
+/// The length prefix of a string or binary field at the start of `bytes`.
+fn field_len(bytes: &[u8]) -> Option<usize> {
+    match bytes {
+        [hi, lo, ..] => Some(usize::from(u16::from_be_bytes([*hi, *lo]))),
+        _ => None,
+    }
 }
 
 /// The rules on CONNECT's flag combinations (MQTT 3.1.1 §3.1.2.3 to §3.1.2.9).
@@ -276,10 +320,7 @@ fn check_subscribe(body: &[u8]) -> Result<(), ProtocolViolation> {
     if rest.is_empty() {
         return Err(breaks("MQTT-3.8.3-3", "SUBSCRIBE without a topic filter"));
     }
-    while let Some(len) = rest
-        .get(..2)
-        .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
-    {
+    while let Some(len) = field_len(rest) {
         let Some(&qos) = rest.get(2 + len) else {
             return Ok(());
         };
@@ -359,6 +400,8 @@ mod tests {
             b"\x00\x04MQ",
             b"\x00\x04MQTT",
             b"\xFF\xFF",
+            b"\x00\x04MQTT\x04\x02\x00",
+            b"\x00\x04MQTT\x04\x02\x00\x3C\x00\x09ab",
         ] {
             assert_eq!(check_connect(body), Ok(()), "{body:?}");
         }
@@ -370,6 +413,19 @@ mod tests {
         ] {
             assert_eq!(check_subscribe(body), Ok(()), "{body:?}");
         }
+    }
+
+    #[test]
+    fn connect_payload_holds_exactly_the_announced_fields() {
+        // Client id "ab", then username "u" and password "p" as the flags announce.
+        let full = b"\x00\x04MQTT\x04\xC2\x00\x3C\x00\x02ab\x00\x01u\x00\x01p";
+        assert_eq!(check_connect(full), Ok(()));
+        let mut trailing = full.to_vec();
+        trailing.push(0);
+        assert!(check_connect(&trailing).is_err());
+        // The same fields with the password flag clear.
+        let unannounced = b"\x00\x04MQTT\x04\x82\x00\x3C\x00\x02ab\x00\x01u\x00\x01p";
+        assert!(check_connect(unannounced).is_err());
     }
 
     #[test]

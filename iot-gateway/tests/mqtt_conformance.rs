@@ -261,6 +261,28 @@ async fn mqtt_3_1_2_2_unsupported_protocol_level_is_answered_connack_1() {
 }
 
 #[tokio::test]
+async fn mqtt_3_1_3_8_empty_client_id_without_clean_session_is_answered_connack_2() {
+    let fx = Fixture::start().await;
+    let device = fx.device("dev").await;
+    let seen = first_bytes(
+        &fx,
+        &connect_parts(&device, b"", USERNAME | PASSWORD),
+        "empty client id, clean session 0",
+    )
+    .await;
+    assert_eq!(seen, vec![0x20, 2, 0, 2], "identifier rejected");
+    // Guard: with clean session the server may assign an id [MQTT-3.1.3-6]; the device
+    // protocol needs the device id, so it refuses it the same way [MQTT-3.1.3-9].
+    let seen = first_bytes(
+        &fx,
+        &connect_parts(&device, b"", CREDENTIALS),
+        "empty client id, clean session 1",
+    )
+    .await;
+    assert_eq!(seen, vec![0x20, 2, 0, 2], "identifier rejected");
+}
+
+#[tokio::test]
 async fn mqtt_3_1_2_3_reserved_connect_flag_closes() {
     // Guard: the codec refuses the reserved flag itself.
     let fx = Fixture::start().await;

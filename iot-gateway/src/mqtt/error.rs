@@ -27,6 +27,10 @@ pub enum ProtocolViolation {
     /// A second CONNECT on an open session.
     #[error("a second CONNECT on an open session")]
     SecondConnect,
+    /// CONNECT with an empty client id and clean session 0, which MQTT 3.1.1 answers with
+    /// CONNACK 2 ("identifier rejected") [MQTT-3.1.3-8].
+    #[error("an empty client id without clean session")]
+    EmptyClientId,
     /// The protocol name or level is not MQTT 3.1.1.
     #[error("unsupported protocol level {0} (only MQTT 3.1.1, level 4)")]
     ProtocolLevel(u8),

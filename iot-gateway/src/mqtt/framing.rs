@@ -74,6 +74,8 @@ impl StrictCodec {
         match e {
             DecodeError::Io(text) => Error::Io(std::io::Error::other(text.to_string())),
             DecodeError::MaxSizeExceeded => self.too_large(),
+            // The codec's one CONNECT refusal that has a CONNACK code of its own.
+            DecodeError::InvalidClientId => ProtocolViolation::EmptyClientId.into(),
             other => ProtocolViolation::Malformed(other.to_string()).into(),
         }
     }

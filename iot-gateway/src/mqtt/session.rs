@@ -83,14 +83,25 @@ where
     let packet = match first {
         Err(_) => return Err(ProtocolViolation::ConnectTimeout.into()),
         Ok(None) => return Ok(()),
-        Ok(Some(Err(e @ Error::Protocol(ProtocolViolation::ProtocolLevel(_))))) => {
-            // [MQTT-3.1.2-2]: answer "unacceptable protocol version", then close.
-            let refuse = Packet::ConnectAck(ConnectAck {
-                return_code: ConnectAckReason::UnacceptableProtocolVersion,
-                session_present: false,
-            });
-            write(&mut transport, refuse, shared.config.write_timeout).await?;
-            return Err(e);
+        Ok(Some(Err(Error::Protocol(violation)))) => {
+            // The two refusals of a CONNECT that MQTT 3.1.1 answers before closing: an
+            // unsupported protocol level [MQTT-3.1.2-2] and an empty client id without clean
+            // session [MQTT-3.1.3-8]. Every other violation closes without an answer.
+            let code = match violation {
+                ProtocolViolation::ProtocolLevel(_) => {
+                    Some(ConnectAckReason::UnacceptableProtocolVersion)
+                }
+                ProtocolViolation::EmptyClientId => Some(ConnectAckReason::IdentifierRejected),
+                _ => None,
+            };
+            if let Some(return_code) = code {
+                let refuse = Packet::ConnectAck(ConnectAck {
+                    return_code,
+                    session_present: false,
+                });
+                write(&mut transport, refuse, shared.config.write_timeout).await?;
+            }
+            return Err(violation.into());
         }
         Ok(Some(read)) => read?,
     };

@@ -58,7 +58,8 @@ pub enum ProtocolViolation {
     /// reserved bits, flag combinations or strings.
     #[error("breaks MQTT 3.1.1 [{statement}]: {reason}")]
     NonConformant {
-        /// The statement's identifier in the specification, e.g. `MQTT-3.1.2-13`.
+        /// The statement's identifier in the specification, e.g. `MQTT-3.1.2-13` (a section,
+        /// `§2.2.1`, where the rule has no numbered statement).
         statement: &'static str,
         /// What the packet did.
         reason: &'static str,

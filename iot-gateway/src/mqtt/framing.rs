@@ -168,7 +168,7 @@ fn check_fixed_header_flags(first: u8) -> Result<(), ProtocolViolation> {
         8 if flags != 0b0010 => Err(breaks("MQTT-3.8.1-1", "SUBSCRIBE flags are not 0010")),
         10 if flags != 0b0010 => Err(breaks("MQTT-3.10.1-1", "UNSUBSCRIBE flags are not 0010")),
         6 | 8 | 10 => Ok(()),
-        0 | 15 => Err(breaks("MQTT-2.2.1", "packet types 0 and 15 are reserved")),
+        0 | 15 => Err(breaks("§2.2.1", "packet types 0 and 15 are reserved")),
         _ if flags != 0 => Err(breaks(
             "MQTT-2.2.2-2",
             "reserved fixed-header flags are not 0",

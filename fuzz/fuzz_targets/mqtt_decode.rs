@@ -1,6 +1,7 @@
-//! Arbitrary bytes through the packet decoder exactly as a connection uses it: `rmqtt-codec`'s
+//! Arbitrary bytes through the packet decoder a connection delegates to: `rmqtt-codec`'s
 //! MQTT 3.1.1 `Codec` built with a maximum packet size, fed the stream in pieces (a socket
-//! delivers partial packets) and asked for packets until it wants more input or fails.
+//! delivers partial packets) and asked for packets until it wants more input or fails. (The
+//! endpoint's strict framing in front of it is crate-private; `mqtt_session` fuzzes it.)
 //!
 //! Input layout: byte 0 picks the chunk size, bytes 1..3 the maximum packet size (at least
 //! the endpoint's floor of 64 bytes, so the limit is hit often), the rest is the stream.

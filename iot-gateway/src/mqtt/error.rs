@@ -17,8 +17,9 @@ pub enum ProtocolViolation {
         /// The configured maximum.
         max: usize,
     },
-    /// The first packet was not CONNECT.
-    #[error("expected CONNECT, got packet type {0:#04x}")]
+    /// The connection did not start with CONNECT's fixed header; the value is the first byte
+    /// received (an HTTP request shows up as `0x47`, "G").
+    #[error("expected CONNECT (first byte 0x10), got first byte {0:#04x}")]
     ExpectedConnect(u8),
     /// CONNECT did not arrive within the connect timeout.
     #[error("no CONNECT within the connect timeout")]
@@ -26,6 +27,10 @@ pub enum ProtocolViolation {
     /// A second CONNECT on an open session.
     #[error("a second CONNECT on an open session")]
     SecondConnect,
+    /// CONNECT with an empty client id and clean session 0, which MQTT 3.1.1 answers with
+    /// CONNACK 2 ("identifier rejected") [MQTT-3.1.3-8].
+    #[error("an empty client id without clean session")]
+    EmptyClientId,
     /// The protocol name or level is not MQTT 3.1.1.
     #[error("unsupported protocol level {0} (only MQTT 3.1.1, level 4)")]
     ProtocolLevel(u8),
@@ -47,6 +52,16 @@ pub enum ProtocolViolation {
         /// The refused topic (shortened if long).
         topic: String,
         /// Which rule it broke.
+        reason: &'static str,
+    },
+    /// A packet that breaks one of MQTT 3.1.1's normative statements on fixed-header flags,
+    /// reserved bits, flag combinations or strings.
+    #[error("breaks MQTT 3.1.1 [{statement}]: {reason}")]
+    NonConformant {
+        /// The statement's identifier in the specification, e.g. `MQTT-3.1.2-13` (a section,
+        /// `§2.2.1`, where the rule has no numbered statement).
+        statement: &'static str,
+        /// What the packet did.
         reason: &'static str,
     },
     /// A property bag that could not be decoded.

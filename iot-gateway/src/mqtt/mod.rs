@@ -8,8 +8,9 @@
 //!   `devices/{id}/messages/devicebound/{property bag}` at the subscription's QoS (PUBACK
 //!   completes the message); twin GET and reported PATCH with `$rid`; desired patches;
 //!   direct methods.
-//! * Anything outside the device's own topics, QoS 2, a second CONNECT and malformed packets
-//!   close that one connection.
+//! * Anything outside the device's own topics, QoS 2, a second CONNECT, malformed packets and
+//!   packets that break MQTT 3.1.1's rules on flags and reserved bits close that one connection;
+//!   bytes that cannot start a CONNECT close it at the first byte.
 //!
 //! See `docs/mqtt.md` for the design.
 //!
@@ -27,6 +28,7 @@
 
 mod config;
 mod error;
+mod framing;
 mod pending;
 mod persistent;
 mod property_bag;

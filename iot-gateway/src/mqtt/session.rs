@@ -19,16 +19,14 @@ use bytestring::ByteString;
 use futures::{SinkExt, StreamExt};
 use iot_core::DeviceId;
 use iot_identity::{Presented, Thumbprint};
-use rmqtt_codec::error::DecodeError;
 use rmqtt_codec::types::Publish;
-use rmqtt_codec::v3::{
-    Codec, Connect, ConnectAck, ConnectAckReason, Packet, QoS, SubscribeReturnCode,
-};
+use rmqtt_codec::v3::{Connect, ConnectAck, ConnectAckReason, Packet, QoS, SubscribeReturnCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::codec::Framed;
 
 use super::error::{Error, ProtocolViolation};
+use super::framing::StrictCodec;
 use super::server::Shared;
 use super::telemetry;
 use super::topics::{self, Inbound, Subscription};
@@ -47,7 +45,7 @@ const IO_BUFFER_BYTES: usize = 1024;
 /// Twin answers kept for a device that asked before subscribing to `$iothub/twin/res/#`.
 const MAX_PENDING_TWIN_ANSWERS: usize = 8;
 
-type Transport<IO> = Framed<IO, Codec>;
+type Transport<IO> = Framed<IO, StrictCodec>;
 
 /// How a connection ended, which decides whether the will is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +75,7 @@ where
 {
     let mut transport = Framed::with_capacity(
         io,
-        Codec::new(shared.config.max_packet_size),
+        StrictCodec::new(shared.config.max_packet_size),
         IO_BUFFER_BYTES,
     );
     let first = tokio::select! {
@@ -87,17 +85,30 @@ where
     let packet = match first {
         Err(_) => return Err(ProtocolViolation::ConnectTimeout.into()),
         Ok(None) => return Ok(()),
-        Ok(Some(Err(DecodeError::UnsupportedProtocolLevel))) => {
-            // MQTT 3.1.1 §3.2.2.3: answer "unacceptable protocol version", then close.
-            let refuse = Packet::ConnectAck(ConnectAck {
-                return_code: ConnectAckReason::UnacceptableProtocolVersion,
-                session_present: false,
-            });
-            write(&mut transport, refuse, shared.config.write_timeout).await?;
-            return Err(ProtocolViolation::Malformed("unsupported protocol level".into()).into());
+        Ok(Some(Err(Error::Protocol(violation)))) => {
+            // The two refusals of a CONNECT that MQTT 3.1.1 answers before closing: an
+            // unsupported protocol level [MQTT-3.1.2-2] and an empty client id without clean
+            // session [MQTT-3.1.3-8]. Every other violation closes without an answer.
+            let code = match violation {
+                ProtocolViolation::ProtocolLevel(_) => {
+                    Some(ConnectAckReason::UnacceptableProtocolVersion)
+                }
+                ProtocolViolation::EmptyClientId => Some(ConnectAckReason::IdentifierRejected),
+                _ => None,
+            };
+            if let Some(return_code) = code {
+                let refuse = Packet::ConnectAck(ConnectAck {
+                    return_code,
+                    session_present: false,
+                });
+                write(&mut transport, refuse, shared.config.write_timeout).await?;
+            }
+            return Err(violation.into());
         }
-        Ok(Some(read)) => read.map_err(|e| decode_error(e, &shared))?.0,
+        Ok(Some(read)) => read?,
     };
+    // The framing lets only CONNECT through first; checked again so that this function does not
+    // depend on it.
     let Packet::Connect(connect) = packet else {
         return Err(ProtocolViolation::ExpectedConnect(packet.packet_type()).into());
     };
@@ -138,7 +149,8 @@ where
         })
     };
     if connect.protocol.0 != 4 {
-        // MQTT 3.1 ("MQIsdp", level 3) and anything else: answer "unacceptable protocol version".
+        // The framing answers other levels before decoding; kept so that the handshake never
+        // serves another protocol level.
         write(
             &mut transport,
             refuse(ConnectAckReason::UnacceptableProtocolVersion),
@@ -382,7 +394,7 @@ where
                 read = self.transport.next() => {
                     let packet = match read {
                         None => return Ok(Ending::Abnormal),
-                        Some(read) => read.map_err(|e| decode_error(e, &self.shared))?.0,
+                        Some(read) => read?,
                     };
                     if !self.handle(packet).await? {
                         return Ok(Ending::Clean);
@@ -755,18 +767,6 @@ where
         ))),
         Ok(Err(e)) => Err(Error::Io(io::Error::other(e.to_string()))),
         Ok(Ok(())) => Ok(()),
-    }
-}
-
-/// Maps a codec error: I/O stays I/O, everything else is a malformed packet.
-fn decode_error(e: DecodeError, shared: &Shared) -> Error {
-    match e {
-        DecodeError::Io(text) => Error::Io(io::Error::other(text.to_string())),
-        DecodeError::MaxSizeExceeded => ProtocolViolation::TooLarge {
-            max: shared.config.max_packet_size as usize,
-        }
-        .into(),
-        other => ProtocolViolation::Malformed(other.to_string()).into(),
     }
 }
 

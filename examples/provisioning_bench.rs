@@ -61,10 +61,7 @@ fn metadata(i: usize) -> Value {
 async fn identity_store(dir: &Path) -> FileIdentityStore {
     FileIdentityStore::open(
         dir,
-        FileStoreOptions {
-            durability: Durability::OsBuffered,
-            ..FileStoreOptions::default()
-        },
+        FileStoreOptions::with_durability(Durability::OsBuffered),
     )
     .await
     .unwrap()

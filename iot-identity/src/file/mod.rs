@@ -143,7 +143,8 @@ struct Inner {
 struct Writer {
     wal: Wal,
     snapshot_len: u64,
-    /// Set when a failed write could not be rolled back: later writes are refused until reopen.
+    /// Set when a failed write could not be rolled back, or a compaction may have left the log
+    /// handle on an unlinked file: later writes are refused (`Error::Failed`) until reopen.
     failed: bool,
 }
 

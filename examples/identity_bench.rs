@@ -237,10 +237,7 @@ async fn main() {
 
     // --- File store: fill with n identities (OS-buffered, then synced and compacted), reopen.
     let dir = tempfile::tempdir().unwrap();
-    let options = FileStoreOptions {
-        durability: Durability::OsBuffered,
-        ..FileStoreOptions::default()
-    };
+    let options = FileStoreOptions::with_durability(Durability::OsBuffered);
     let started = Instant::now();
     {
         let file = FileIdentityStore::open(dir.path(), options).await.unwrap();

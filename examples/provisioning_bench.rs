@@ -34,7 +34,8 @@ use iot_identity::{
     Credentials, Durability, FileIdentityStore, FileStoreOptions, IdentityStore, NewIdentity,
 };
 use iot_provisioning::{
-    BulkMode, FileJournal, FileStoresSync, Provisioner, Provisioning, RegisterRequest,
+    BulkMode, FileJournal, FileJournalConfig, FileStoresSync, Provisioner, Provisioning,
+    RegisterRequest,
 };
 use iot_registry::{DeviceDocument, FileConfig, FileRegistry, Registry};
 use serde_json::{Value, json};
@@ -61,10 +62,7 @@ fn metadata(i: usize) -> Value {
 async fn identity_store(dir: &Path) -> FileIdentityStore {
     FileIdentityStore::open(
         dir,
-        FileStoreOptions {
-            durability: Durability::OsBuffered,
-            ..FileStoreOptions::default()
-        },
+        FileStoreOptions::with_durability(Durability::OsBuffered),
     )
     .await
     .unwrap()
@@ -148,7 +146,11 @@ async fn raw_registry(dir: &Path, n: usize) -> f64 {
 async fn ours(dir: &Path, n: usize) -> f64 {
     let identity = identity_store(&dir.join("identity")).await;
     let registry = registry(&dir.join("registry"));
-    let journal = Arc::new(FileJournal::open(dir.join("journal")).unwrap());
+    let journal = Arc::new(
+        FileJournal::open(dir.join("journal"), FileJournalConfig::default())
+            .await
+            .unwrap(),
+    );
     let topics = Topics::file(dir.join("log"), FileLogConfig::with_partitions(4));
     let audit = topics.topic(TopicName::AUDIT).await.unwrap();
     let p = Provisioner::builder(Arc::new(identity.clone()), Arc::new(registry.clone()))

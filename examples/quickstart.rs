@@ -25,7 +25,9 @@ use iot_sdk::core::{
     TopicName, Topics, headers,
 };
 use iot_sdk::identity::{FileIdentityStore, FileStoreOptions};
-use iot_sdk::provisioning::{BulkMode, FileJournal, Provisioner, Provisioning, RegisterRequest};
+use iot_sdk::provisioning::{
+    BulkMode, FileJournal, FileJournalConfig, Provisioner, Provisioning, RegisterRequest,
+};
 use iot_sdk::registry::{FileConfig, FileRegistry, QueryOutput, RegistryExt};
 use iot_sdk::stream::processors::LastKnownValues;
 use iot_sdk::stream::rules::RuleSet;
@@ -55,7 +57,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
         FileIdentityStore::open(data.path().join("identity"), FileStoreOptions::default()).await?;
     let registry = FileRegistry::open(data.path().join("registry"), FileConfig::default())?;
     let provisioning = Provisioner::builder(Arc::new(identity), Arc::new(registry))
-        .journal(Arc::new(FileJournal::open(data.path().join("journal"))?))
+        .journal(Arc::new(
+            FileJournal::open(data.path().join("journal"), FileJournalConfig::default()).await?,
+        ))
         .audit_log(topics.topic(TopicName::AUDIT).await?)
         .host("hub.example.net")
         .actor("quickstart")

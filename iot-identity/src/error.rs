@@ -4,6 +4,7 @@ use std::io;
 use std::path::PathBuf;
 
 use iot_core::DeviceId;
+use iot_core::storage::StorageError;
 
 use crate::identity::ETag;
 
@@ -146,6 +147,23 @@ pub enum Error {
         reason: String,
     },
 
+    /// The store refuses writes after a write failed and could not be undone (a failed fsync
+    /// leaves the log's state unknown). Reopening the store runs recovery.
+    #[error(
+        "the identity store's {path} refuses writes after an earlier failure; reopen the store"
+    )]
+    Failed {
+        /// The file that failed.
+        path: PathBuf,
+    },
+
+    /// The store's configuration cannot work; the message says which value to change.
+    #[error("misconfigured identity store: {reason}")]
+    Config {
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+
     /// An I/O operation failed.
     #[error("{operation} {path}: {source}")]
     Io {
@@ -216,6 +234,43 @@ impl From<MalformedToken> for Error {
     }
 }
 
+/// The storage kit's errors keep their kind: `Corrupt` stays `Corrupt` with its file and position,
+/// `Locked` stays `Locked`, and so on.
+impl From<StorageError> for Error {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Io {
+                operation,
+                path,
+                source,
+            } => Error::Io {
+                operation,
+                path,
+                source,
+            },
+            StorageError::Corrupt {
+                path,
+                position,
+                reason,
+            } => Error::Corrupt {
+                path,
+                position,
+                reason,
+            },
+            StorageError::Locked { path } => Error::Locked { path },
+            StorageError::Failed { path } => Error::Failed { path },
+            StorageError::Config { reason } => Error::Config { reason },
+            too_large @ StorageError::TooLarge { .. } => Error::invalid(too_large.to_string()),
+            // `StorageError` is non-exhaustive: a kind added later is at least reported as I/O.
+            other => Error::Io {
+                operation: "store",
+                path: PathBuf::new(),
+                source: io::Error::other(other.to_string()),
+            },
+        }
+    }
+}
+
 impl Error {
     /// A short, stable name for the kind, for logs and the `sas` example (`"malformed"`,
     /// `"expired"`, `"wrong_scope"`, `"bad_signature"`, `"unknown_policy"`, `"unknown_device"`,
@@ -237,6 +292,8 @@ impl Error {
             Error::WrongCredentialKind { .. } => "wrong_credential_kind",
             Error::Locked { .. } => "locked",
             Error::Corrupt { .. } => "corrupt",
+            Error::Failed { .. } => "failed",
+            Error::Config { .. } => "config",
             Error::Io { .. } => "io",
             Error::Core(_) => "core",
         }
@@ -262,14 +319,6 @@ impl Error {
     /// Whether retrying the same call later may succeed (I/O trouble, a lock held elsewhere).
     pub fn is_retryable(&self) -> bool {
         matches!(self, Error::Io { .. } | Error::Locked { .. })
-    }
-
-    pub(crate) fn io(operation: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Error::Io {
-            operation,
-            path: path.into(),
-            source,
-        }
     }
 
     pub(crate) fn invalid(reason: impl Into<String>) -> Self {

@@ -11,12 +11,8 @@ use tempfile::TempDir;
 
 async fn file_store(durability: Durability) -> (TempDir, FileIdentityStore) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let options = FileStoreOptions {
-        durability,
-        // Small, so that the suite also runs across compactions.
-        compact_after_wal_bytes: 4096,
-        ..FileStoreOptions::default()
-    };
+    // A small threshold, so that the suite also runs across compactions.
+    let options = FileStoreOptions::with_durability(durability).compact_after_wal_bytes(4096);
     let store = FileIdentityStore::open(dir.path(), options)
         .await
         .expect("open");

@@ -2,42 +2,32 @@
 //! often) and is killed with SIGKILL at random moments, 25 times over the same directory; after
 //! each kill the store is reopened and every acknowledged write must be there, with nothing torn.
 //!
-//! The child is this test binary itself, re-run with `--exact crash_child --include-ignored` and
-//! an environment variable naming the directory; it prints `begin <op>` before and `ack <op>`
-//! after each write.
+//! The child runs on the shared kill -9 harness ([`iot_core::testkit::crash`]); it prints
+//! `begin <op>` before and `ack <op>` after each write.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use iot_core::DeviceId;
+use iot_core::testkit::crash::{CrashChild, ack};
 use iot_identity::{
     Credentials, DeviceStatus, Durability, FileIdentityStore, FileStoreOptions, IdentityStore,
     NewIdentity,
 };
-use rand::Rng;
 
-const DIR_ENV: &str = "IOT_IDENTITY_CRASH_CHILD_DIR";
-const RUN_ENV: &str = "IOT_IDENTITY_CRASH_CHILD_RUN";
+const CHILD: CrashChild = CrashChild::new("crash_child", "IOT_IDENTITY_CRASH_CHILD_DIR");
 const KILLS: usize = 25;
 
 fn options() -> FileStoreOptions {
-    FileStoreOptions {
-        durability: Durability::Fsync,
-        // Tiny, so that kills also land inside compactions.
-        compact_after_wal_bytes: 8 * 1024,
-        ..FileStoreOptions::default()
-    }
+    // A tiny compaction threshold, so that kills also land inside compactions.
+    FileStoreOptions::with_durability(Durability::Fsync).compact_after_wal_bytes(8 * 1024)
 }
 
 #[test]
 #[ignore = "the child process of kill_9_during_writes_loses_no_acknowledged_write"]
-#[allow(clippy::print_stdout)]
 fn crash_child() {
-    let (Ok(dir), Ok(run)) = (std::env::var(DIR_ENV), std::env::var(RUN_ENV)) else {
-        return;
-    };
+    let Some(dir) = CHILD.dir() else { return };
+    let run = CHILD.round();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -46,7 +36,7 @@ fn crash_child() {
         let store = FileIdentityStore::open(&dir, options())
             .await
             .expect("child open");
-        println!("ready");
+        ack("ready");
         // Bounded, in case the parent never kills us.
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         for k in 0u64.. {
@@ -55,7 +45,7 @@ fn crash_child() {
             }
             let name = format!("r{run}-{k}");
             let id: DeviceId = name.parse().expect("id");
-            println!("begin create {name}");
+            ack(format!("begin create {name}"));
             let r = store
                 .create(NewIdentity::new(
                     id.clone(),
@@ -63,10 +53,10 @@ fn crash_child() {
                 ))
                 .await
                 .expect("create");
-            println!("ack create {name} {}", r.etag);
+            ack(format!("ack create {name} {}", r.etag));
             let (op, result) = match k % 4 {
                 0 => {
-                    println!("begin disable {name}");
+                    ack(format!("begin disable {name}"));
                     (
                         "disable",
                         store
@@ -76,7 +66,7 @@ fn crash_child() {
                     )
                 }
                 1 => {
-                    println!("begin replace {name}");
+                    ack(format!("begin replace {name}"));
                     (
                         "replace",
                         store
@@ -86,7 +76,7 @@ fn crash_child() {
                     )
                 }
                 2 => {
-                    println!("begin delete {name}");
+                    ack(format!("begin delete {name}"));
                     (
                         "delete",
                         store.delete(&id, None).await.map(|()| "-".to_owned()),
@@ -94,7 +84,7 @@ fn crash_child() {
                 }
                 _ => continue,
             };
-            println!("ack {op} {name} {}", result.expect("write"));
+            ack(format!("ack {op} {name} {}", result.expect("write")));
         }
     });
 }
@@ -110,41 +100,14 @@ struct Known {
 #[allow(clippy::print_stderr)]
 fn kill_9_during_writes_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().expect("dir");
-    let exe = std::env::current_exe().expect("test binary");
     let mut model: BTreeMap<String, Option<Known>> = BTreeMap::new();
-    let mut rng = rand::rng();
     let mut acks = 0usize;
     let mut in_flight_persisted = 0usize;
     for run in 0..KILLS {
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "crash_child",
-                "--nocapture",
-                "--include-ignored",
-                "--test-threads=1",
-            ])
-            .env(DIR_ENV, dir.path())
-            .env(RUN_ENV, run.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn child");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        // Wait for the child to have opened the store, then let it write for a random while.
-        for line in lines.by_ref() {
-            // The harness prints "test crash_child ... " on the same line.
-            if line.expect("read").ends_with("ready") {
-                break;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(rng.random_range(1..60)));
-        child.kill().expect("SIGKILL");
-        child.wait().expect("reap");
+        // The child signals "ready" once the store is open, then writes until killed.
+        let lines = CHILD.run_and_kill(dir.path(), run, 1..60);
         let mut in_flight: Option<(String, String)> = None;
-        for line in lines {
-            let line = line.expect("read");
+        for line in &lines {
             let parts: Vec<&str> = line.split_whitespace().collect();
             match parts.as_slice() {
                 ["begin", op, name] => in_flight = Some((op.to_string(), name.to_string())),

@@ -79,10 +79,7 @@ fn outcome<T>(r: Result<T, Error>) -> (Outcome, Option<T>) {
 
 async fn run(ops: Vec<Op>, file: bool) {
     let dir = tempfile::tempdir().expect("dir");
-    let options = FileStoreOptions {
-        compact_after_wal_bytes: 1024,
-        ..FileStoreOptions::default()
-    };
+    let options = FileStoreOptions::default().compact_after_wal_bytes(1024);
     let open = || async {
         let s: Box<dyn IdentityStore> = if file {
             Box::new(

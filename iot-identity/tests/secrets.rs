@@ -72,10 +72,7 @@ fn secrets_never_reach_debug_errors_or_tracing() {
             let dir = tempfile::tempdir().expect("dir");
             let file = FileIdentityStore::open(
                 dir.path(),
-                FileStoreOptions {
-                    compact_after_wal_bytes: 1,
-                    ..FileStoreOptions::default()
-                },
+                FileStoreOptions::default().compact_after_wal_bytes(1),
             )
             .await
             .expect("open");

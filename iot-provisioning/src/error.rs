@@ -4,6 +4,7 @@ use std::io;
 use std::path::PathBuf;
 
 use iot_core::DeviceId;
+use iot_core::storage::StorageError;
 
 /// What went wrong in provisioning: a kind a caller can act on, with the device it concerns.
 ///
@@ -127,7 +128,9 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// The journal holds data that fails its checksum somewhere other than a torn tail.
+    /// The journal holds data that fails its checks somewhere other than a torn tail (see the
+    /// storage kit's rule in `iot_core::storage::frame`); `FileJournalConfig::recovery` can ask
+    /// for a repair.
     #[error("corrupt journal {path} at byte {position}: {reason}")]
     CorruptJournal {
         /// The journal file.
@@ -148,6 +151,49 @@ pub enum Error {
     /// An error from `iot-core` (the audit log, an id).
     #[error(transparent)]
     Core(#[from] iot_core::Error),
+}
+
+/// The storage kit's errors keep their kind: `Corrupt` becomes `CorruptJournal` with its file and
+/// position, `Locked` stays `Locked`, I/O trouble is a `Journal` error.
+impl From<StorageError> for Error {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Io {
+                operation,
+                path,
+                source,
+            } => Error::Journal {
+                operation,
+                path,
+                source,
+            },
+            StorageError::Corrupt {
+                path,
+                position,
+                reason,
+            } => Error::CorruptJournal {
+                path,
+                position,
+                reason,
+            },
+            StorageError::Locked { path } => Error::Locked { path },
+            StorageError::Failed { path } => Error::Journal {
+                operation: "append",
+                path,
+                source: io::Error::other(
+                    "the journal refuses appends after an earlier failure; reopen it",
+                ),
+            },
+            StorageError::Config { reason } => Error::InvalidInput { reason },
+            too_large @ StorageError::TooLarge { .. } => Error::invalid(too_large.to_string()),
+            // `StorageError` is non-exhaustive: a kind added later is at least reported as I/O.
+            other => Error::Journal {
+                operation: "store",
+                path: PathBuf::new(),
+                source: io::Error::other(other.to_string()),
+            },
+        }
+    }
 }
 
 impl Error {

@@ -8,7 +8,9 @@ use iot_identity::{FileIdentityStore, FileStoreOptions, IdentityStore, MemoryIde
 use iot_provisioning::testkit::{
     self, FaultPlan, FaultyIdentityStore, FaultyJournal, FaultyRegistry,
 };
-use iot_provisioning::{FileJournal, FileStoresSync, MemoryJournal, Provisioner, Provisioning};
+use iot_provisioning::{
+    FileJournal, FileJournalConfig, FileStoresSync, MemoryJournal, Provisioner, Provisioning,
+};
 use iot_registry::{FileConfig, FileRegistry, MemoryRegistry, Registry};
 
 const HOST: &str = "hub.example.net";
@@ -42,7 +44,11 @@ async fn file_stores_and_file_journal() {
         FileRegistry::open(dir.path().join("registry"), FileConfig::default()).expect("registry");
     let identity: Arc<dyn IdentityStore> = Arc::new(file_identity.clone());
     let registry: Arc<dyn Registry> = Arc::new(file_registry.clone());
-    let journal = Arc::new(FileJournal::open(dir.path().join("journal")).expect("journal"));
+    let journal = Arc::new(
+        FileJournal::open(dir.path().join("journal"), FileJournalConfig::default())
+            .await
+            .expect("journal"),
+    );
     let p = Provisioner::builder(identity.clone(), registry.clone())
         .journal(journal)
         .sync_stores(Arc::new(FileStoresSync::new(file_identity, file_registry)))

@@ -10,29 +10,26 @@
 //! * every acknowledged registration not followed by an unregister still exists;
 //! * no device exists that a child never began to register.
 //!
-//! The child is this test binary, re-run with `--exact crash_child --include-ignored` and an
-//! environment variable naming the directory; it prints `begin reg <id>`, `ack reg <id>` and
-//! `begin unreg <id>` lines.
+//! The child runs on the shared kill -9 harness ([`iot_core::testkit::crash`]); it prints
+//! `begin reg <id>`, `ack reg <id>` and `begin unreg <id>` lines.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use iot_core::DeviceId;
+use iot_core::testkit::crash::{CrashChild, ack};
 use iot_identity::{Durability, FileIdentityStore, FileStoreOptions, IdentityStore};
 use iot_provisioning::testkit;
 use iot_provisioning::{
-    BulkMode, FileJournal, Journal, Provisioner, Provisioning, RegisterRequest,
+    BulkMode, FileJournal, FileJournalConfig, Journal, Provisioner, Provisioning, RegisterRequest,
 };
 use iot_registry::{FileConfig, FileRegistry, Registry};
 use rand::Rng;
 use serde_json::json;
 
-const DIR_ENV: &str = "IOT_PROVISIONING_CRASH_CHILD_DIR";
-const RUN_ENV: &str = "IOT_PROVISIONING_CRASH_CHILD_RUN";
+const CHILD: CrashChild = CrashChild::new("crash_child", "IOT_PROVISIONING_CRASH_CHILD_DIR");
 const KILLS: usize = 25;
 
 struct Opened {
@@ -45,11 +42,8 @@ async fn open(dir: &Path) -> Opened {
     let identity: Arc<dyn IdentityStore> = Arc::new(
         FileIdentityStore::open(
             dir.join("identity"),
-            FileStoreOptions {
-                durability: Durability::OsBuffered,
-                compact_after_wal_bytes: 16 * 1024,
-                ..FileStoreOptions::default()
-            },
+            FileStoreOptions::with_durability(Durability::OsBuffered)
+                .compact_after_wal_bytes(16 * 1024),
         )
         .await
         .expect("identity store"),
@@ -65,7 +59,11 @@ async fn open(dir: &Path) -> Opened {
         )
         .expect("registry"),
     );
-    let journal = Arc::new(FileJournal::open(dir.join("journal")).expect("journal"));
+    let journal = Arc::new(
+        FileJournal::open(dir.join("journal"), FileJournalConfig::default())
+            .await
+            .expect("journal"),
+    );
     let provisioner = Provisioner::builder(identity.clone(), registry.clone())
         .journal(journal)
         .bulk_batch(4)
@@ -81,20 +79,18 @@ async fn open(dir: &Path) -> Opened {
 
 #[test]
 #[ignore = "the child process of kill_9_at_random_points_leaves_the_stores_in_agreement"]
-#[allow(clippy::print_stdout)]
 fn crash_child() {
-    let (Ok(dir), Ok(run)) = (std::env::var(DIR_ENV), std::env::var(RUN_ENV)) else {
-        return;
-    };
+    let Some(dir) = CHILD.dir() else { return };
+    let run = CHILD.round();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let opened = open(Path::new(&dir)).await;
+        let opened = open(&dir).await;
         let p = opened.provisioner;
-        println!("ready");
+        ack("ready");
         let mut rng = rand::rng();
         let mut mine: Vec<DeviceId> = Vec::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -106,12 +102,12 @@ fn crash_child() {
             match rng.random_range(0..8) {
                 0 | 1 => {
                     let id = name(0);
-                    println!("begin reg {id}");
+                    ack(format!("begin reg {id}"));
                     if p.register(RegisterRequest::new(id.clone(), json!({"k": k})))
                         .await
                         .is_ok()
                     {
-                        println!("ack reg {id}");
+                        ack(format!("ack reg {id}"));
                         mine.push(id);
                     }
                 }
@@ -129,18 +125,18 @@ fn crash_child() {
                         requests.push(RegisterRequest::new(name(99), json!("not an object")));
                     }
                     for r in &requests {
-                        println!("begin reg {}", r.id.as_ref().expect("id"));
+                        ack(format!("begin reg {}", r.id.as_ref().expect("id")));
                     }
                     if let Ok(results) = p.bulk(requests, mode).await {
                         for r in results.into_iter().flatten() {
-                            println!("ack reg {}", r.device.id);
+                            ack(format!("ack reg {}", r.device.id));
                             mine.push(r.device.id);
                         }
                     }
                 }
                 4 if !mine.is_empty() => {
                     let id = mine.swap_remove(rng.random_range(0..mine.len()));
-                    println!("begin unreg {id}");
+                    ack(format!("begin unreg {id}"));
                     let _ = p.unregister(&id, None).await;
                 }
                 5 if !mine.is_empty() => {
@@ -168,8 +164,6 @@ fn crash_child() {
 #[allow(clippy::print_stderr)]
 fn kill_9_at_random_points_leaves_the_stores_in_agreement() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let exe = std::env::current_exe().expect("test binary");
-    let mut rng = rand::rng();
     let mut begun: BTreeSet<String> = BTreeSet::new();
     let mut alive: BTreeSet<String> = BTreeSet::new();
     let mut acks = 0usize;
@@ -180,32 +174,9 @@ fn kill_9_at_random_points_leaves_the_stores_in_agreement() {
         .build()
         .expect("runtime");
     for run in 0..KILLS {
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "crash_child",
-                "--nocapture",
-                "--include-ignored",
-                "--test-threads=1",
-            ])
-            .env(DIR_ENV, dir.path())
-            .env(RUN_ENV, run.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn child");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        for line in lines.by_ref() {
-            if line.expect("read").ends_with("ready") {
-                break;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(rng.random_range(5..250)));
-        child.kill().expect("SIGKILL");
-        child.wait().expect("reap");
-        for line in lines {
-            let line = line.expect("read");
+        // The child signals "ready" once recovery is done, then provisions until killed.
+        let lines = CHILD.run_and_kill(dir.path(), run, 5..250);
+        for line in &lines {
             match line.split_whitespace().collect::<Vec<_>>().as_slice() {
                 ["begin", "reg", id] => {
                     begun.insert(id.to_string());
@@ -222,7 +193,10 @@ fn kill_9_at_random_points_leaves_the_stores_in_agreement() {
         }
         rt.block_on(async {
             // What the kill left unfinished (the provisioner opened next resolves it).
-            let journal = FileJournal::open(dir.path().join("journal")).expect("journal");
+            let journal =
+                FileJournal::open(dir.path().join("journal"), FileJournalConfig::default())
+                    .await
+                    .expect("journal");
             interrupted += journal.pending().await.expect("pending").len();
             drop(journal);
             let opened = open(dir.path()).await;

@@ -1,7 +1,6 @@
-//! Binary encoding of mutations, and the checksummed frames that hold them on disk.
-//!
-//! A frame is `[payload length: u32 LE][CRC32C of payload: u32 LE][payload]`. A payload is one
-//! mutation:
+//! Binary encoding of mutations. Each payload is the body of one frame of the storage kit
+//! ([`iot_core::storage::frame`]), which checks its length and checksum before it gets here.
+//! A payload is one mutation:
 //!
 //! ```text
 //! Put:    0x01, seq u64, id (u8 len + bytes), generation u64, created u64, updated u64,
@@ -15,6 +14,9 @@
 //!
 //! All integers are little-endian; timestamps are microseconds since the Unix epoch; a Put's seq is
 //! the record's etag.
+//!
+//! Decoding never allocates by a length read from the payload: every length is checked against
+//! the bytes the payload still holds first, so a crafted length is an error, not an allocation.
 
 use std::sync::Arc;
 
@@ -25,56 +27,15 @@ use crate::credentials::{Credentials, PassphraseHash, SymmetricKey, Thumbprint};
 use crate::identity::{DeviceIdentity, DeviceStatus, ETag, GenerationId};
 use crate::index::Mutation;
 
-/// Bytes before a frame's payload.
-pub(crate) const FRAME_HEADER: usize = 8;
-/// The largest payload a valid frame can have (a record is at most about 1.8 KiB).
+/// The largest payload a valid frame can have (a record is at most about 1.8 KiB). Frames that
+/// claim more are corrupt, and the encoder refuses to write one.
 pub(crate) const MAX_PAYLOAD: usize = 16 * 1024;
+/// The smallest payload of a Put: tag, seq, a one-byte id, generation, three timestamps, status
+/// and credential tags. Bounds how many records a snapshot of a given size can hold.
+pub(crate) const MIN_PUT_PAYLOAD: usize = 1 + 8 + 2 + 8 + 3 * 8 + 1 + 1;
 
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
-
-/// Appends one frame holding `payload` to `out`.
-pub(crate) fn frame(out: &mut Vec<u8>, payload: &[u8]) {
-    // Payloads are bounded by MAX_PAYLOAD, far below u32::MAX.
-    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
-    out.extend_from_slice(payload);
-}
-
-/// What the frame at the start of `buf` is.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum FrameCheck<'a> {
-    /// A valid frame: its payload and total length.
-    Valid(&'a [u8], usize),
-    /// `buf` ends inside the frame.
-    Truncated,
-    /// The length is impossible or the checksum does not match.
-    Bad(&'static str),
-}
-
-pub(crate) fn check_frame(buf: &[u8]) -> FrameCheck<'_> {
-    let (Some(len), Some(crc)) = (read_u32(buf, 0), read_u32(buf, 4)) else {
-        return FrameCheck::Truncated;
-    };
-    let len = len as usize;
-    if len == 0 || len > MAX_PAYLOAD {
-        return FrameCheck::Bad("impossible frame length");
-    }
-    let Some(payload) = buf.get(FRAME_HEADER..FRAME_HEADER + len) else {
-        return FrameCheck::Truncated;
-    };
-    if crc32c::crc32c(payload) != crc {
-        return FrameCheck::Bad("checksum mismatch");
-    }
-    FrameCheck::Valid(payload, FRAME_HEADER + len)
-}
-
-fn read_u32(buf: &[u8], at: usize) -> Option<u32> {
-    buf.get(at..at + 4)
-        .and_then(|b| b.try_into().ok())
-        .map(u32::from_le_bytes)
-}
 
 /// Encodes a mutation as a payload.
 pub(crate) fn encode(mutation: &Mutation, out: &mut Vec<u8>) {
@@ -332,19 +293,5 @@ mod tests {
             bad[i] ^= 0xff;
             let _ = decode(&bad); // must not panic; may or may not decode
         }
-    }
-
-    #[test]
-    fn frames_detect_damage() {
-        let mut buf = Vec::new();
-        frame(&mut buf, b"hello");
-        assert_eq!(check_frame(&buf), FrameCheck::Valid(b"hello", 13));
-        assert_eq!(check_frame(&buf[..12]), FrameCheck::Truncated);
-        assert_eq!(check_frame(&buf[..3]), FrameCheck::Truncated);
-        let mut bad = buf.clone();
-        bad[10] ^= 1;
-        assert!(matches!(check_frame(&bad), FrameCheck::Bad(_)));
-        assert!(matches!(check_frame(&[0u8; 16]), FrameCheck::Bad(_)));
-        assert!(matches!(check_frame(&[0xffu8; 16]), FrameCheck::Bad(_)));
     }
 }

@@ -1,34 +1,34 @@
-//! `FileIdentityStore`: identities in memory, made durable by a write-ahead log and snapshots.
+//! `FileIdentityStore`: identities in memory, made durable by a write-ahead log and snapshots,
+//! both built from the storage kit ([`iot_core::storage`]).
 //!
 //! # Files
 //!
 //! A store is one directory (mode 0700) holding, each with mode 0600:
 //!
-//! * `LOCK` — held with an exclusive advisory lock while a store has the directory open;
+//! * `LOCK` — the kit's [`DirLock`], held while a store has the directory open;
 //! * `snapshot` — every record as of a sequence number ([`snapshot`] format), replaced atomically;
-//! * `wal` — every write since, one CRC32C-checked frame each ([`wal`] format).
+//! * `wal` — every write since, one checksummed frame each ([`wal`] format).
 //!
 //! # Crash safety
 //!
 //! A write is appended to the log (and, with [`Durability::Fsync`], fsynced) before it is applied
 //! in memory, published, or acknowledged, so every acknowledged write survives a crash and no
 //! reader sees a write that may be lost. On open, the snapshot is loaded, log entries newer than
-//! it are replayed, and a torn last frame is cut off. When the log outgrows the snapshot (and
+//! it are replayed, and a torn tail is cut off by the kit's rule; corruption is refused unless the
+//! store is opened with [`Recovery::Repair`]. When the log outgrows the snapshot (and
 //! [`FileStoreOptions::compact_after_wal_bytes`]), a new snapshot is written atomically and then
 //! the log is replaced by an empty one; a crash between the two is harmless because replay skips
 //! entries the snapshot already holds.
 
 mod codec;
-mod fsutil;
 mod snapshot;
 mod wal;
 
-use std::fs::{self, File, TryLockError};
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
+use iot_core::storage::{DirLock, fs, run_blocking};
 use iot_core::{DeviceId, Timestamp};
 use tracing::{info, instrument, warn};
 
@@ -40,31 +40,37 @@ use crate::store::{ChangeSender, ChangeStream, IdentityStore, Lookup};
 
 use self::wal::Wal;
 
-const LOCK_FILE: &str = "LOCK";
+pub use iot_core::storage::{Durability, Recovery};
+
 const SNAPSHOT_FILE: &str = "snapshot";
 const WAL_FILE: &str = "wal";
 
-/// When a write is acknowledged.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Durability {
-    /// After the log is fsynced: survives power loss. The default.
-    #[default]
-    Fsync,
-    /// After the log is written to the OS: survives a crash of the process (`kill -9`), not of the
-    /// machine. For bulk loads, followed by [`FileIdentityStore::sync`].
-    OsBuffered,
-}
-
 /// How a [`FileIdentityStore`] behaves.
+///
+/// ```
+/// use iot_identity::{Durability, FileStoreOptions, Recovery};
+///
+/// let options = FileStoreOptions::with_durability(Durability::OsBuffered)
+///     .compact_after_wal_bytes(1 << 20)
+///     .recovery(Recovery::Strict);
+/// assert_eq!(options.change_capacity, 4096);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FileStoreOptions {
-    /// When writes are acknowledged.
+    /// When writes are acknowledged: [`Durability::Fsync`] (the default) or
+    /// [`Durability::OsBuffered`] (survives `kill -9`, not power loss; for bulk loads, followed by
+    /// [`FileIdentityStore::sync`]). [`Durability::Interval`] is refused at open.
     pub durability: Durability,
     /// Compact (write a snapshot, empty the log) once the log is larger than this and than the
     /// snapshot. Default 64 MiB.
     pub compact_after_wal_bytes: u64,
     /// How many changes a subscriber may fall behind before it lags. Default 4096.
     pub change_capacity: usize,
+    /// What opening does with a damaged log: [`Recovery::Strict`] (the default) refuses it with
+    /// [`Error::Corrupt`]; [`Recovery::Repair`] cuts the log at the damage, dropping the writes
+    /// from there on (logged). A damaged snapshot is refused either way.
+    pub recovery: Recovery,
 }
 
 impl Default for FileStoreOptions {
@@ -73,7 +79,42 @@ impl Default for FileStoreOptions {
             durability: Durability::Fsync,
             compact_after_wal_bytes: 64 * 1024 * 1024,
             change_capacity: 4096,
+            recovery: Recovery::Strict,
         }
+    }
+}
+
+impl FileStoreOptions {
+    /// The defaults with `durability`.
+    pub fn with_durability(durability: Durability) -> Self {
+        FileStoreOptions {
+            durability,
+            ..Self::default()
+        }
+    }
+
+    /// Sets when writes are acknowledged.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Sets the log size after which the store compacts.
+    pub fn compact_after_wal_bytes(mut self, bytes: u64) -> Self {
+        self.compact_after_wal_bytes = bytes;
+        self
+    }
+
+    /// Sets how many changes a subscriber may fall behind.
+    pub fn change_capacity(mut self, capacity: usize) -> Self {
+        self.change_capacity = capacity;
+        self
+    }
+
+    /// Sets what opening does with a damaged log.
+    pub fn recovery(mut self, recovery: Recovery) -> Self {
+        self.recovery = recovery;
+        self
     }
 }
 
@@ -95,14 +136,15 @@ struct Inner {
     index: RwLock<Index>,
     writer: Mutex<Writer>,
     changes: ChangeSender,
-    _lock: File,
+    _lock: DirLock,
 }
 
 #[derive(Debug)]
 struct Writer {
     wal: Wal,
     snapshot_len: u64,
-    /// Set when a failed write could not be rolled back: later writes are refused until reopen.
+    /// Set when a failed write could not be rolled back, or a compaction may have left the log
+    /// handle on an unlinked file: later writes are refused (`Error::Failed`) until reopen.
     failed: bool,
 }
 
@@ -124,26 +166,28 @@ impl FileIdentityStore {
     #[instrument(level = "info", skip_all, fields(dir = %dir.as_ref().display()))]
     pub fn open_blocking(dir: impl AsRef<Path>, options: FileStoreOptions) -> Result<Self> {
         let dir = dir.as_ref();
-        fsutil::create_private_dir(dir)?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = fsutil::open_private(&lock_path, false)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Err(Error::Locked { path: lock_path }),
-            Err(TryLockError::Error(e)) => return Err(Error::io("lock", lock_path, e)),
+        if let Durability::Interval(_) = options.durability {
+            return Err(Error::Config {
+                reason: "the identity store does not offer Durability::Interval; use \
+                         Durability::Fsync (nothing acknowledged is lost) or Durability::OsBuffered \
+                         (survives a process crash; call FileIdentityStore::sync to make writes durable)"
+                    .into(),
+            });
         }
-        for leftover in [SNAPSHOT_FILE, WAL_FILE] {
-            let tmp = dir.join(leftover).with_extension("tmp");
-            match fs::remove_file(&tmp) {
-                Ok(()) => info!(path = %tmp.display(), "removed an unfinished temporary file"),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("remove", tmp, e)),
-            }
+        fs::create_dir_durably(dir)?;
+        let lock = DirLock::acquire(dir)?;
+        for file in [SNAPSHOT_FILE, WAL_FILE] {
+            fs::remove_leftover_temp(&dir.join(file))?;
         }
         let mut index = Index::default();
         let snapshot_len = snapshot::load(&dir.join(SNAPSHOT_FILE), &mut index)?;
         let snapshot_seq = index.last_seq();
-        let wal = Wal::open_and_replay(dir, &dir.join(WAL_FILE), &mut index, snapshot_seq)?;
+        let wal = Wal::open_and_replay(
+            &dir.join(WAL_FILE),
+            &mut index,
+            snapshot_seq,
+            options.recovery,
+        )?;
         info!(
             identities = index.len(),
             wal_bytes = wal.len(),
@@ -231,13 +275,9 @@ impl Inner {
     fn write(&self, op: WriteOp) -> Result<Option<DeviceIdentity>> {
         let mut writer = self.lock_writer();
         if writer.failed {
-            return Err(Error::io(
-                "write",
-                self.dir.join(WAL_FILE),
-                io::Error::other(
-                    "an earlier write failed and could not be undone; reopen the store",
-                ),
-            ));
+            return Err(Error::Failed {
+                path: writer.wal.path().to_owned(),
+            });
         }
         let now = Timestamp::now();
         let (mutation, change, record) = {
@@ -261,7 +301,7 @@ impl Inner {
                 }
             }
         };
-        let fsync = self.options.durability == Durability::Fsync;
+        let fsync = self.options.durability.syncs_each_write();
         if let Err((error, unrecoverable)) = writer.wal.append(&mutation, fsync) {
             writer.failed |= unrecoverable;
             return Err(error);
@@ -287,35 +327,29 @@ impl Inner {
 
     #[instrument(level = "info", skip_all, fields(dir = %self.dir.display()))]
     fn compact_locked(&self, writer: &mut Writer) -> Result<()> {
+        if writer.failed {
+            return Err(Error::Failed {
+                path: writer.wal.path().to_owned(),
+            });
+        }
         let snapshot_len = {
             let index = self.read_index();
-            snapshot::write(&self.dir, &self.dir.join(SNAPSHOT_FILE), &index)?
+            snapshot::write(&self.dir.join(SNAPSHOT_FILE), &index)?
         };
         writer.snapshot_len = snapshot_len;
         // If this fails before its rename, the old log stays in use (replay skips what the
-        // snapshot holds); after the rename, the handle already points at the new log.
-        match Wal::create_empty(&self.dir, &self.dir.join(WAL_FILE)) {
+        // snapshot holds). Once the empty log may have been renamed into place, the old handle
+        // may point at an unlinked file: appending to it would acknowledge writes that a restart
+        // never sees, so the store refuses writes until reopened.
+        match Wal::create_empty(&self.dir.join(WAL_FILE)) {
             Ok(wal) => writer.wal = wal,
-            Err(e) => return Err(e),
+            Err(e) => {
+                writer.failed = true;
+                return Err(e);
+            }
         }
         info!(snapshot_bytes = snapshot_len, "identity store compacted");
         Ok(())
-    }
-}
-
-/// Runs blocking file work on tokio's blocking pool when there is a runtime, inline otherwise.
-async fn run_blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) => handle.spawn_blocking(f).await.map_err(|e| {
-            Error::io(
-                "run blocking task",
-                PathBuf::new(),
-                io::Error::other(e.to_string()),
-            )
-        })?,
-        Err(_) => f(),
     }
 }
 

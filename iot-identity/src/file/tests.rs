@@ -109,10 +109,7 @@ fn damaged_snapshot_is_refused() {
 #[test]
 fn compaction_keeps_everything_and_crash_between_steps_is_harmless() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let options = FileStoreOptions {
-        compact_after_wal_bytes: 2_000,
-        ..FileStoreOptions::default()
-    };
+    let options = FileStoreOptions::default().compact_after_wal_bytes(2_000);
     let old_wal;
     {
         let store =
@@ -132,11 +129,12 @@ fn compaction_keeps_everything_and_crash_between_steps_is_harmless() {
     assert!(fs::metadata(dir.path().join(SNAPSHOT_FILE)).is_ok());
     fs::write(dir.path().join(WAL_FILE), &old_wal).unwrap_or_else(|e| panic!("{e}"));
     // A leftover temp file from an interrupted compaction is removed.
-    fs::write(dir.path().join("snapshot.tmp"), b"half").unwrap_or_else(|e| panic!("{e}"));
+    let leftover = iot_core::storage::fs::temp_path(&dir.path().join(SNAPSHOT_FILE));
+    fs::write(&leftover, b"half").unwrap_or_else(|e| panic!("{e}"));
     let store =
         FileIdentityStore::open_blocking(dir.path(), options).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(store.len(), 100);
-    assert!(fs::metadata(dir.path().join("snapshot.tmp")).is_err());
+    assert!(fs::metadata(&leftover).is_err());
     create(&store, "after");
     let etag = store.get_now(&id("after")).map(|r| r.etag);
     drop(store);
@@ -170,13 +168,17 @@ fn files_are_private() {
     drop(w);
     let mode = |p: &Path| fs::metadata(p).map(|m| m.permissions().mode() & 0o777).ok();
     assert_eq!(mode(&root), Some(0o700));
-    for f in [LOCK_FILE, SNAPSHOT_FILE, WAL_FILE] {
+    for f in [
+        iot_core::storage::dir_lock::LOCK_FILE,
+        SNAPSHOT_FILE,
+        WAL_FILE,
+    ] {
         assert_eq!(mode(&root.join(f)), Some(0o600), "{f}");
     }
 }
 
 #[test]
-fn wal_length_is_tracked_and_garbage_after_the_last_frame_is_refused() {
+fn wal_length_is_tracked_and_garbage_at_the_end_is_cut_but_refused_before_a_frame() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let store = open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
     create(&store, "a");
@@ -185,7 +187,7 @@ fn wal_length_is_tracked_and_garbage_after_the_last_frame_is_refused() {
         .map(|m| m.len())
         .ok();
     assert_eq!(Some(len), on_disk);
-    // Garbage appended by someone else after the last frame, followed by more data, is corruption.
+    // Garbage after the last frame with no intact frame after it is a torn tail: cut off.
     drop(store);
     let mut f = OpenOptions::new()
         .append(true)
@@ -196,5 +198,31 @@ fn wal_length_is_tracked_and_garbage_after_the_last_frame_is_refused() {
     ])
     .unwrap_or_else(|e| panic!("{e}"));
     drop(f);
-    assert!(matches!(open(dir.path()), Err(Error::Corrupt { .. })));
+    let store = open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(store.get_now(&id("a")).is_some());
+    assert_eq!(store.inner.lock_writer().wal.len(), len);
+    // Followed by an intact frame (a later write), the same garbage is corruption.
+    create(&store, "b");
+    drop(store);
+    let mut data = fs::read(dir.path().join(WAL_FILE)).unwrap_or_else(|e| panic!("{e}"));
+    let at = usize::try_from(len).unwrap_or_else(|e| panic!("{e}"));
+    data.splice(at..at, [9u8, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    fs::write(dir.path().join(WAL_FILE), &data).unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        open(dir.path()),
+        Err(Error::Corrupt { position, .. }) if position == len
+    ));
+}
+
+#[test]
+fn interval_durability_is_refused_with_the_alternatives() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let options =
+        FileStoreOptions::with_durability(Durability::Interval(std::time::Duration::from_secs(1)));
+    match FileIdentityStore::open_blocking(dir.path(), options) {
+        Err(Error::Config { reason }) => {
+            assert!(reason.contains("Durability::Fsync") && reason.contains("OsBuffered"));
+        }
+        other => panic!("expected a Config error, got {other:?}"),
+    }
 }

@@ -1,9 +1,10 @@
-//! `FileJournal`: the intent journal as an append-only file of checksummed frames.
+//! `FileJournal`: the intent journal as an append-only file of the storage kit's frames.
 //!
 //! # Format
-//! `journal` in the directory is a sequence of frames `[len u32 LE][crc32c u32 LE][body]`, the
-//! body JSON: `{"seq": n, "begin": <intent>}` or `{"seq": n, "finish": true}`. `LOCK` is held
-//! with an exclusive advisory lock while a journal is open.
+//! `journal` in the directory is the magic `IOTPJNL2` followed by frames of the storage kit
+//! ([`iot_core::storage::frame`]: `[len u32][crc32c u32][crc32c of len+crc u32][body]`), the
+//! body JSON: `{"seq": n, "begin": <intent>}` or `{"seq": n, "finish": true}`. `LOCK` is the
+//! kit's [`DirLock`].
 //!
 //! # Invariants
 //! * Every append is fsynced before `begin`/`finish` return; `finish_unsynced` appends without
@@ -11,36 +12,68 @@
 //! * A failed append is cut off again; if that or an fsync fails, the journal refuses further
 //!   appends until reopened (the page cache can no longer be trusted).
 //! * When nothing is pending and the file has grown past [`FileJournal::COMPACT_AFTER`], it is
-//!   truncated to zero: nothing in it is needed any more, and a crash mid-truncation leaves
-//!   either the old file (all finished) or an empty one.
-//! * Open drops a torn last frame (one running past the end of the file, or a bad last frame)
-//!   and refuses damage anywhere else.
+//!   truncated to its magic: nothing after it is needed any more, and a crash mid-truncation
+//!   leaves either the old file (all finished) or the bare magic.
+//! * The file is created by an atomic rename with its magic, so it always starts with it.
+//! * Open follows the kit's torn-tail rule: a bad frame with no intact frame after it (cut short
+//!   by a crash, or zero-filled by a power cut) is cut off; damage followed by intact frames is
+//!   refused with [`Error::CorruptJournal`], unless [`FileJournalConfig::recovery`] asks for
+//!   [`Recovery::Repair`]. An intact frame that does not decode is refused either way.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::{self, Read, Write};
+use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use iot_core::storage::frame;
+use iot_core::storage::{DirLock, Recovery, StorageError, fs, run_blocking};
 use serde::{Deserialize, Serialize};
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::{Intent, Journal};
 use crate::error::{Error, Result};
 
 const JOURNAL_FILE: &str = "journal";
-const LOCK_FILE: &str = "LOCK";
+const MAGIC: &[u8; 8] = b"IOTPJNL2";
+const MAGIC_LEN: u64 = MAGIC.len() as u64;
 /// The largest frame body accepted (a bulk batch of registrations is far below it).
 const MAX_FRAME: usize = 64 * 1024 * 1024;
 
-/// A durable [`Journal`] in a directory.
+/// How a [`FileJournal`] is opened.
 ///
-/// The file `journal` holds frames `[len u32 LE][crc32c u32 LE][JSON body]`, one per `begin` or
-/// finish; `LOCK` is held with an exclusive advisory lock while the journal is open. Open drops
-/// a torn last frame and refuses damage anywhere else ([`Error::CorruptJournal`]); a failed
-/// append or fsync makes the journal refuse appends until reopened. When nothing is pending and
-/// the file is over [`COMPACT_AFTER`](Self::COMPACT_AFTER) it is truncated to zero.
+/// ```
+/// use iot_provisioning::{FileJournalConfig, Recovery};
+///
+/// let config = FileJournalConfig::default().recovery(Recovery::Repair);
+/// assert_eq!(config.recovery, Recovery::Repair);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FileJournalConfig {
+    /// What opening does with a damaged journal: [`Recovery::Strict`] (the default) refuses it
+    /// with [`Error::CorruptJournal`]; [`Recovery::Repair`] cuts the file at the damage, dropping
+    /// the entries from there on (logged). Dropped `begin`s are intents recovery will not see, so
+    /// check the stores' agreement after a repair.
+    pub recovery: Recovery,
+}
+
+impl FileJournalConfig {
+    /// Sets what opening does with a damaged journal.
+    pub fn recovery(mut self, recovery: Recovery) -> Self {
+        self.recovery = recovery;
+        self
+    }
+}
+
+/// A durable [`Journal`] in a directory; see the [module docs](self) for the format.
+///
+/// Each `begin` or finish is one frame, fsynced; the directory's `LOCK` keeps a second journal
+/// out. Open cuts a torn tail and refuses damage anywhere else ([`Error::CorruptJournal`]) unless
+/// asked to repair; a failed append or fsync makes the journal refuse appends until reopened.
+/// When nothing is pending and the file is over [`COMPACT_AFTER`](Self::COMPACT_AFTER) it is
+/// truncated to its magic.
 #[derive(Debug, Clone)]
 pub struct FileJournal {
     /// A fair async lock, taken before the blocking work is spawned: see `blocking`.
@@ -58,7 +91,8 @@ struct Inner {
     /// An append since the last fsync (a `finish_unsynced`).
     unsynced: bool,
     failed: bool,
-    _lock: File,
+    buf: Vec<u8>,
+    _lock: DirLock,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -74,43 +108,40 @@ impl FileJournal {
     /// Truncate the file once nothing is pending and it is larger than this (1 MiB).
     pub const COMPACT_AFTER: u64 = 1024 * 1024;
 
-    /// Opens (or creates) the journal in `dir`, reading what a previous run left pending.
-    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+    /// Opens (or creates) the journal in `dir`, reading what a previous run left pending, on
+    /// tokio's blocking pool.
+    pub async fn open(dir: impl AsRef<Path>, config: FileJournalConfig) -> Result<Self> {
+        let dir = dir.as_ref().to_owned();
+        run_blocking(move || Self::open_blocking(&dir, config)).await
+    }
+
+    /// [`open`](Self::open) on the calling thread.
+    pub fn open_blocking(dir: impl AsRef<Path>, config: FileJournalConfig) -> Result<Self> {
         let dir = dir.as_ref();
-        fs::create_dir_all(dir).map_err(|e| io_err("create directory", dir, e))?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| io_err("open", &lock_path, e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Err(Error::Locked { path: lock_path }),
-            Err(TryLockError::Error(e)) => return Err(io_err("lock", &lock_path, e)),
-        }
+        fs::create_dir_durably(dir)?;
+        let lock = DirLock::acquire(dir)?;
         let path = dir.join(JOURNAL_FILE);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| io_err("open", &path, e))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(|e| io_err("read", &path, e))?;
-        let (entries, valid_len) = parse(&path, &bytes)?;
-        if valid_len < bytes.len() as u64 {
-            warn!(path = %path.display(), position = valid_len, "cutting off a torn journal tail");
-            file.set_len(valid_len)
-                .map_err(|e| io_err("truncate", &path, e))?;
-            file.sync_all().map_err(|e| io_err("fsync", &path, e))?;
+        fs::remove_leftover_temp(&path)?;
+        let data = match fs::read_optional(&path)? {
+            Some(data) => data,
+            None => {
+                fs::write_atomically(&path, MAGIC)?;
+                MAGIC.to_vec()
+            }
+        };
+        if data.get(..MAGIC.len()) != Some(MAGIC.as_slice()) {
+            return Err(
+                StorageError::corrupt(&path, 0, "not a provisioning journal (bad magic)").into(),
+            );
         }
+        let body = &data[MAGIC.len()..];
+        let scan = frame::recover_file(&path, body, MAGIC_LEN, MAX_FRAME, config.recovery)?;
         let mut pending = BTreeMap::new();
         let mut next_seq = 1;
-        for entry in entries {
+        for (position, range) in scan.frames {
+            let entry: Entry = serde_json::from_slice(&body[range]).map_err(|e| {
+                StorageError::corrupt(&path, position, format!("undecodable entry: {e}"))
+            })?;
             next_seq = next_seq.max(entry.seq.saturating_add(1));
             if let Some(intent) = entry.begin {
                 pending.insert(entry.seq, intent);
@@ -118,21 +149,18 @@ impl FileJournal {
                 pending.remove(&entry.seq);
             }
         }
-        // Appends go to the end of the valid part.
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(|e| io_err("open", &path, e))?;
-        sync_dir(dir)?;
+        info!(path = %path.display(), pending = pending.len(), "journal opened");
         Ok(FileJournal {
             inner: Arc::new(tokio::sync::Mutex::new(Inner {
-                file,
+                // Appends go to the end of the valid part: recovery cut off anything after it.
+                file: fs::open_append(&path, false)?,
                 path: path.clone(),
-                len: valid_len,
+                len: scan.valid_end,
                 next_seq,
                 pending,
                 unsynced: false,
                 failed: false,
+                buf: Vec::new(),
                 _lock: lock,
             })),
             path,
@@ -153,53 +181,50 @@ impl FileJournal {
         // or completes before any later call (such as the `pending` of the next recovery)
         // looks at the journal: an intent cannot appear after recovery has looked.
         let mut inner = Arc::clone(&self.inner).lock_owned().await;
-        let path = self.path.clone();
-        let work = move || f(&mut inner);
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => handle
-                .spawn_blocking(work)
-                .await
-                .map_err(|e| io_err("run blocking task", &path, io::Error::other(e.to_string())))?,
-            Err(_) => work(),
-        }
+        run_blocking(move || f(&mut inner)).await
     }
 }
 
 impl Inner {
+    fn refused(&self) -> Error {
+        StorageError::Failed {
+            path: self.path.clone(),
+        }
+        .into()
+    }
+
     fn append(&mut self, entry: &Entry, sync: bool) -> Result<()> {
         if self.failed {
-            return Err(io_err(
-                "append",
-                &self.path,
-                io::Error::other("an earlier append failed; reopen the journal"),
-            ));
+            return Err(self.refused());
         }
-        let body = serde_json::to_vec(entry).map_err(|e| io_err("encode", &self.path, e.into()))?;
-        if body.len() > MAX_FRAME {
-            return Err(Error::invalid(format!(
-                "a journal entry of {} bytes is over the limit of {MAX_FRAME}",
-                body.len()
-            )));
+        self.buf.clear();
+        let start = frame::begin(&mut self.buf);
+        serde_json::to_writer(&mut self.buf, entry)
+            .map_err(|e| StorageError::io("encode", &self.path, e.into()))?;
+        let size = self.buf.len() - frame::HEADER_LEN;
+        // Open refuses frames over the limit, so one must never be written.
+        if size > MAX_FRAME {
+            return Err(StorageError::TooLarge {
+                what: "journal entry",
+                size,
+                limit: MAX_FRAME,
+            }
+            .into());
         }
-        let mut frame = Vec::with_capacity(body.len() + 8);
-        // The length fits: it was checked against MAX_FRAME above.
-        frame.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes());
-        frame.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-        frame.extend_from_slice(&body);
+        frame::finish(&mut self.buf, start)?;
         let written = self
             .file
-            .write_all(&frame)
+            .write_all(&self.buf)
             .and_then(|()| if sync { self.file.sync_data() } else { Ok(()) });
         if let Err(e) = written {
-            if self.file.set_len(self.len).is_err() {
-                self.failed = true;
-            }
-            // After a failed fsync the page cache may hold data the disk lost; refuse further
-            // appends until a reopen reads the file again.
+            // After a failed fsync the page cache may hold data the disk lost, and a failed
+            // write may have left part of a frame: refuse further appends until a reopen reads
+            // the file again (and cuts what is torn).
+            let _ = self.file.set_len(self.len);
             self.failed = true;
-            return Err(io_err("append", &self.path, e));
+            return Err(StorageError::io("append", &self.path, e).into());
         }
-        self.len += frame.len() as u64;
+        self.len += self.buf.len() as u64;
         self.unsynced = !sync;
         Ok(())
     }
@@ -209,15 +234,11 @@ impl Inner {
             return Ok(());
         }
         if self.failed {
-            return Err(io_err(
-                "fsync",
-                &self.path,
-                io::Error::other("an earlier append failed; reopen the journal"),
-            ));
+            return Err(self.refused());
         }
         if let Err(e) = self.file.sync_data() {
             self.failed = true;
-            return Err(io_err("fsync", &self.path, e));
+            return Err(StorageError::io("fsync", &self.path, e).into());
         }
         self.unsynced = false;
         Ok(())
@@ -246,15 +267,18 @@ impl Inner {
         if !self.pending.is_empty() || self.len <= FileJournal::COMPACT_AFTER {
             return Ok(());
         }
-        let truncated = self.file.set_len(0).and_then(|()| self.file.sync_all());
+        let truncated = self
+            .file
+            .set_len(MAGIC_LEN)
+            .and_then(|()| self.file.sync_all());
         match truncated {
             Ok(()) => {
-                self.len = 0;
+                self.len = MAGIC_LEN;
                 Ok(())
             }
             Err(e) => {
                 self.failed = true;
-                Err(io_err("truncate", &self.path, e))
+                Err(StorageError::io("truncate", &self.path, e).into())
             }
         }
     }
@@ -310,62 +334,6 @@ impl Journal for FileJournal {
     }
 }
 
-/// The entries of a journal file and the length of its valid part (a torn tail excluded).
-fn parse(path: &Path, bytes: &[u8]) -> Result<(Vec<Entry>, u64)> {
-    let mut entries = Vec::new();
-    let mut pos = 0usize;
-    let corrupt = |position: usize, reason: String| Error::CorruptJournal {
-        path: path.to_owned(),
-        position: position as u64,
-        reason,
-    };
-    while pos < bytes.len() {
-        let rest = bytes.get(pos..).unwrap_or_default();
-        let Some((header, after)) = rest.split_first_chunk::<8>() else {
-            // A header cut short can only be the torn last append.
-            return Ok((entries, pos as u64));
-        };
-        let [l0, l1, l2, l3, c0, c1, c2, c3] = *header;
-        let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
-        let crc = u32::from_le_bytes([c0, c1, c2, c3]);
-        if len == 0 || len > MAX_FRAME {
-            if rest.iter().all(|b| *b == 0) {
-                return Ok((entries, pos as u64));
-            }
-            return Err(corrupt(pos, format!("frame length {len} is invalid")));
-        }
-        let Some(body) = after.get(..len) else {
-            return Ok((entries, pos as u64));
-        };
-        let last = after.len() == len;
-        if crc32c::crc32c(body) != crc {
-            if last {
-                return Ok((entries, pos as u64));
-            }
-            return Err(corrupt(pos, "checksum mismatch".into()));
-        }
-        let entry: Entry = serde_json::from_slice(body)
-            .map_err(|e| corrupt(pos, format!("undecodable entry: {e}")))?;
-        entries.push(entry);
-        pos += 8 + len;
-    }
-    Ok((entries, pos as u64))
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_err("fsync directory", dir, e))
-}
-
-fn io_err(operation: &'static str, path: &Path, source: io::Error) -> Error {
-    Error::Journal {
-        operation,
-        path: path.to_owned(),
-        source,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,89 +345,71 @@ mod tests {
         }
     }
 
+    fn size(path: &Path) -> u64 {
+        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    }
+
     #[tokio::test]
-    async fn pending_survives_reopen_and_torn_tails_are_cut() -> Result<()> {
-        let dir = tempfile::tempdir().map_err(|e| io_err("tempdir", Path::new("."), e))?;
+    async fn pending_survives_reopen() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| StorageError::io("tempdir", ".", e))?;
         let (a, b) = {
-            let j = FileJournal::open(dir.path())?;
+            let j = FileJournal::open(dir.path(), FileJournalConfig::default()).await?;
             let a = j.begin(&intent(1)).await?;
             let b = j.begin(&intent(2)).await?;
             j.finish(a).await?;
             (a, b)
         };
-        let j = FileJournal::open(dir.path())?;
+        let j = FileJournal::open(dir.path(), FileJournalConfig::default()).await?;
         assert_eq!(j.pending().await?, vec![(b, intent(2))]);
         let c = j.begin(&intent(3)).await?;
         assert!(c > b && b > a);
-        drop(j);
-        // Cut the last frame at every byte: the journal opens with the frame gone, never fails.
-        let path = dir.path().join(JOURNAL_FILE);
-        let full = fs::read(&path).map_err(|e| io_err("read", &path, e))?;
-        let (entries, _) = parse(&path, &full)?;
-        assert_eq!(entries.len(), 4);
-        let last_start = full.len() - {
-            let (first_three, end) = parse(&path, &full[..full.len() - 1])?;
-            assert_eq!(first_three.len(), 3);
-            full.len() - end as usize
-        };
-        for cut in last_start..full.len() {
-            fs::write(&path, &full[..cut]).map_err(|e| io_err("write", &path, e))?;
-            let j = FileJournal::open(dir.path())?;
-            assert_eq!(j.pending().await?, vec![(b, intent(2))], "cut at {cut}");
-        }
-        Ok(())
-    }
-
-    #[tokio::test]
-    async fn damage_in_the_middle_is_refused() -> Result<()> {
-        let dir = tempfile::tempdir().map_err(|e| io_err("tempdir", Path::new("."), e))?;
-        {
-            let j = FileJournal::open(dir.path())?;
-            j.begin(&intent(1)).await?;
-            j.begin(&intent(2)).await?;
-        }
-        let path = dir.path().join(JOURNAL_FILE);
-        let mut bytes = fs::read(&path).map_err(|e| io_err("read", &path, e))?;
-        bytes[10] ^= 0xff;
-        fs::write(&path, &bytes).map_err(|e| io_err("write", &path, e))?;
-        assert!(matches!(
-            FileJournal::open(dir.path()),
-            Err(Error::CorruptJournal { .. })
-        ));
         Ok(())
     }
 
     #[tokio::test]
     async fn a_second_journal_on_the_directory_is_refused() -> Result<()> {
-        let dir = tempfile::tempdir().map_err(|e| io_err("tempdir", Path::new("."), e))?;
-        let _j = FileJournal::open(dir.path())?;
+        let dir = tempfile::tempdir().map_err(|e| StorageError::io("tempdir", ".", e))?;
+        let _j = FileJournal::open(dir.path(), FileJournalConfig::default()).await?;
         assert!(matches!(
-            FileJournal::open(dir.path()),
+            FileJournal::open(dir.path(), FileJournalConfig::default()).await,
             Err(Error::Locked { .. })
         ));
         Ok(())
     }
 
     #[tokio::test]
-    async fn an_idle_journal_is_truncated() -> Result<()> {
-        let dir = tempfile::tempdir().map_err(|e| io_err("tempdir", Path::new("."), e))?;
-        let j = FileJournal::open(dir.path())?;
+    async fn an_idle_journal_is_truncated_to_its_magic() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| StorageError::io("tempdir", ".", e))?;
+        let j = FileJournal::open(dir.path(), FileJournalConfig::default()).await?;
         let ids: Vec<DeviceId> = (0..80_000)
             .map(|i| DeviceId::new(format!("device-{i}")).unwrap_or_else(|_| unreachable!()))
             .collect();
         let seq = j.begin(&Intent::Register { ids }).await?;
-        let len = fs::metadata(j.path())
-            .map_err(|e| io_err("stat", j.path(), e))?
-            .len();
-        assert!(len > FileJournal::COMPACT_AFTER);
+        assert!(size(j.path()) > FileJournal::COMPACT_AFTER);
         j.finish(seq).await?;
-        let len = fs::metadata(j.path())
-            .map_err(|e| io_err("stat", j.path(), e))?
-            .len();
-        assert_eq!(len, 0);
+        assert_eq!(size(j.path()), MAGIC_LEN);
+        let next = j.begin(&intent(1)).await?;
+        assert!(next > seq);
         drop(j);
-        let j = FileJournal::open(dir.path())?;
-        assert!(j.pending().await?.is_empty());
+        let j = FileJournal::open(dir.path(), FileJournalConfig::default()).await?;
+        assert_eq!(j.pending().await?, vec![(next, intent(1))]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_file_without_the_magic_is_refused() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| StorageError::io("tempdir", ".", e))?;
+        let path = dir.path().join(JOURNAL_FILE);
+        for bad in [&b""[..], b"IOTPJNL", b"IOTPJNL1 and more"] {
+            std::fs::write(&path, bad).map_err(|e| StorageError::io("write", &path, e))?;
+            assert!(
+                matches!(
+                    FileJournal::open(dir.path(), FileJournalConfig::default()).await,
+                    Err(Error::CorruptJournal { position: 0, .. })
+                ),
+                "{bad:?}"
+            );
+        }
         Ok(())
     }
 }

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::error::Result;
 
-pub use file::FileJournal;
+pub use file::{FileJournal, FileJournalConfig};
 pub use memory::MemoryJournal;
 
 /// A change to both stores that recovery must finish or undo if it was interrupted.

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::message::{AckRequest, FeedbackStatus, LockToken};
 
-pub use file::{FileInbox, FileInboxOptions};
+pub use file::{FileInbox, FileInboxConfig};
 pub use memory::MemoryInbox;
 
 /// A queued C2D message as the inbox stores it.

@@ -43,7 +43,8 @@ impl MqttServer {
     pub fn new(gateway: Arc<dyn Gateway>, config: MqttConfig) -> Result<Self, Error> {
         config.validate()?;
         let permits = Arc::new(Semaphore::new(config.max_connections));
-        let persistent = PersistentSessions::open(config.state_dir.as_deref())?;
+        let persistent =
+            PersistentSessions::open(config.state_dir.as_deref(), config.state_recovery)?;
         Ok(MqttServer {
             shared: Arc::new(Shared {
                 gateway,

@@ -11,6 +11,7 @@
 //!   larger than the limit (serialized), or nest deeper than the limit, is refused and changes
 //!   nothing.
 
+mod document;
 mod file;
 mod memory;
 mod state;
@@ -23,9 +24,8 @@ use iot_core::DeviceId;
 use serde_json::Value;
 
 use crate::error::Result;
-use crate::twin::Twin;
-
-pub use file::{FileTwinStore, FileTwinStoreOptions};
+pub use document::{DesiredPatch, Twin, TwinSection};
+pub use file::{FileTwinStore, FileTwinStoreConfig};
 pub use memory::MemoryTwinStore;
 
 /// Which section of a twin.

@@ -360,3 +360,40 @@ impl From<StorageError> for Error {
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_errors_keep_their_kind_and_context() {
+        let e: Error = StorageError::corrupt("/s/wal", 42, "frame checksum mismatch").into();
+        assert!(matches!(
+            &e,
+            Error::Corrupt { path, position: 42, .. } if path == std::path::Path::new("/s/wal")
+        ));
+        assert!(!e.is_retryable());
+        let e: Error = StorageError::Locked {
+            path: "/s/LOCK".into(),
+        }
+        .into();
+        assert!(matches!(e, Error::Locked { .. }) && e.is_retryable());
+        let e: Error = StorageError::Failed {
+            path: "/s/wal".into(),
+        }
+        .into();
+        assert!(matches!(e, Error::StoreFailed { .. }));
+        let e: Error = StorageError::Config {
+            reason: "no Interval".into(),
+        }
+        .into();
+        assert!(matches!(e, Error::Config { .. }));
+        let e: Error = StorageError::TooLarge {
+            what: "journal operation",
+            size: 2,
+            limit: 1,
+        }
+        .into();
+        assert!(matches!(e, Error::TooLarge { size: 2, .. }));
+    }
+}

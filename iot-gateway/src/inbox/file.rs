@@ -193,3 +193,22 @@ impl InboxStore for FileInbox {
         Ok(self.inner.read(|state| state.depth(device)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+
+    #[test]
+    fn interval_durability_is_refused_with_the_alternatives_named() {
+        let dir = tempfile::tempdir().expect("dir");
+        let config = FileInboxConfig::default()
+            .durability(Durability::Interval(std::time::Duration::from_millis(10)));
+        match FileInbox::open_blocking(dir.path(), config) {
+            Err(Error::Config { reason }) => {
+                assert!(reason.contains("Durability::Fsync"), "{reason}");
+            }
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+}

@@ -187,6 +187,39 @@ mod tests {
         assert!(store.resume(&d2, false).await.is_empty());
     }
 
+    /// Every file under `dir` with its inode.
+    #[cfg(unix)]
+    fn inodes(dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                out.extend(inodes(&path));
+            } else {
+                out.push((path.clone(), std::fs::metadata(&path).expect("stat").ino()));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// A change appends to the journal: no file is rewritten (replaced by a rename) per change.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_change_appends_rather_than_rewrites() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = PersistentSessions::open(Some(dir.path()), Recovery::Strict).expect("open");
+        let d1: DeviceId = "d1".parse().expect("id");
+        let d2: DeviceId = "d2".parse().expect("id");
+        store.keep(&d1, false, subs()).await;
+        let before = inodes(dir.path());
+        assert!(!before.is_empty());
+        store.keep(&d2, false, subs()).await;
+        store.keep(&d1, true, subs()).await;
+        assert_eq!(inodes(dir.path()), before);
+    }
+
     #[tokio::test]
     async fn in_memory_only_without_a_state_dir() {
         let store = PersistentSessions::open(None, Recovery::Strict).expect("open");

@@ -1,7 +1,8 @@
 //! Twin stores: each device's desired and reported properties with their versions.
 //!
-//! As with the inbox, the rules live once ([`TwinState`](state)) and the stores decide where the
-//! state lives: [`MemoryTwinStore`] or the journaled [`FileTwinStore`].
+//! As with the inbox, the rules live once (a private `TwinState`) and the stores decide where the
+//! state lives: [`MemoryTwinStore`] or the journaled [`FileTwinStore`]. The twin documents
+//! themselves are [`Twin`], [`TwinSection`] and [`DesiredPatch`].
 //!
 //! # Invariants
 //!

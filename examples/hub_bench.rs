@@ -30,7 +30,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use iot_sdk::core::{FileLogConfig, Producer, Record, Topics};
 use iot_sdk::gateway::{
-    C2dMessage, DeviceSession, FileInbox, FileInboxOptions, Gateway, Hub, HubConfig, SessionEvent,
+    C2dMessage, DeviceSession, FileInbox, FileInboxConfig, Gateway, Hub, HubConfig, SessionEvent,
     SessionOptions, Subscription, Telemetry, ThrottleConfig,
 };
 use iot_sdk::identity::{
@@ -166,7 +166,7 @@ async fn c2d_roundtrip(
 ) -> f64 {
     let mut config = HubConfig::default();
     config.throttle = ThrottleConfig::unlimited();
-    let inbox = FileInbox::open(dir.join("inbox"), FileInboxOptions::default())
+    let inbox = FileInbox::open(dir.join("inbox"), FileInboxConfig::default())
         .await
         .unwrap();
     let hub = Hub::builder(identity, "bench.local")

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use iot_core::DeviceId;
+use iot_core::storage::StorageError;
 
 /// Why a device session ended. Endpoints turn it into their protocol's way of closing (an MQTT
 /// endpoint simply drops the connection).
@@ -229,7 +230,8 @@ pub enum Error {
         path: PathBuf,
     },
 
-    /// A store file is damaged in a way recovery must not silently repair.
+    /// A store file is damaged in a way recovery must not silently repair: damage followed by
+    /// intact data. Opening the store with `Recovery::Repair` cuts the file at `position`.
     #[error("corrupt data in {path} at byte {position}: {reason}")]
     Corrupt {
         /// The file.
@@ -250,6 +252,20 @@ pub enum Error {
         /// The underlying error.
         #[source]
         source: std::io::Error,
+    },
+
+    /// A store refuses writes after a failure it could not undo; reopening it runs recovery.
+    #[error("{path} refuses writes after an earlier failure; reopen the store to recover")]
+    StoreFailed {
+        /// The file that failed.
+        path: PathBuf,
+    },
+
+    /// A store's configuration cannot work; the message says which value to change.
+    #[error("misconfigured store: {reason}")]
+    Config {
+        /// What is wrong and how to fix it.
+        reason: String,
     },
 
     /// The log refused an append or read.
@@ -312,5 +328,78 @@ impl Error {
     }
 }
 
+impl From<StorageError> for Error {
+    /// Keeps the kind: a caller matches `Corrupt`, `Locked`, `Io`, ... on the gateway's error.
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Io {
+                operation,
+                path,
+                source,
+            } => Error::Io {
+                operation,
+                path,
+                source,
+            },
+            StorageError::Corrupt {
+                path,
+                position,
+                reason,
+            } => Error::Corrupt {
+                path,
+                position,
+                reason,
+            },
+            StorageError::Locked { path } => Error::Locked { path },
+            StorageError::TooLarge { what, size, limit } => Error::TooLarge { what, size, limit },
+            StorageError::Failed { path } => Error::StoreFailed { path },
+            StorageError::Config { reason } => Error::Config { reason },
+            // A kind the kit gains later: keep its message.
+            other => Error::Io {
+                operation: "store",
+                path: PathBuf::new(),
+                source: std::io::Error::other(other.to_string()),
+            },
+        }
+    }
+}
+
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_errors_keep_their_kind_and_context() {
+        let e: Error = StorageError::corrupt("/s/wal", 42, "frame checksum mismatch").into();
+        assert!(matches!(
+            &e,
+            Error::Corrupt { path, position: 42, .. } if path == std::path::Path::new("/s/wal")
+        ));
+        assert!(!e.is_retryable());
+        let e: Error = StorageError::Locked {
+            path: "/s/LOCK".into(),
+        }
+        .into();
+        assert!(matches!(e, Error::Locked { .. }) && e.is_retryable());
+        let e: Error = StorageError::Failed {
+            path: "/s/wal".into(),
+        }
+        .into();
+        assert!(matches!(e, Error::StoreFailed { .. }));
+        let e: Error = StorageError::Config {
+            reason: "no Interval".into(),
+        }
+        .into();
+        assert!(matches!(e, Error::Config { .. }));
+        let e: Error = StorageError::TooLarge {
+            what: "journal operation",
+            size: 2,
+            limit: 1,
+        }
+        .into();
+        assert!(matches!(e, Error::TooLarge { size: 2, .. }));
+    }
+}

@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::error::{CloseReason, Result};
 use crate::message::{C2dDelivery, C2dMessage, C2dReceipt, Feedback, LockToken, Telemetry};
 use crate::method::{MethodCall, MethodRequest, MethodResponse};
-use crate::twin::{DesiredPatch, Twin};
+use crate::twins::{DesiredPatch, Twin};
 
 /// How an endpoint wants a session to behave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -19,30 +19,33 @@ pub mod error;
 pub mod gateway;
 pub mod hub;
 pub mod inbox;
-pub mod journal;
+mod journaled;
 pub mod message;
 pub mod method;
 mod sync_util;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod throttle;
-pub mod twin;
 pub mod twins;
 pub mod validate;
 
 pub use error::{CloseReason, Error, Result, ThrottleScope, ThrottledOperation};
 pub use gateway::{DeviceSession, Gateway, SessionEvent, SessionOptions, Subscription};
 pub use hub::{Hub, HubBuilder, HubConfig};
-pub use inbox::{FileInbox, FileInboxOptions, InboxLimits, InboxStore, MemoryInbox};
-pub use journal::Durability;
+pub use inbox::{FileInbox, FileInboxConfig, InboxLimits, InboxStore, MemoryInbox};
+// When a file store acknowledges a write, and what its recovery does with corruption: the
+// storage kit's types, shared by every store of the SDK.
+pub use iot_core::storage::{Durability, Recovery};
 pub use message::{
     AckRequest, C2dDelivery, C2dMessage, C2dReceipt, Feedback, FeedbackStatus, LockToken,
     SystemProperties, Telemetry,
 };
 pub use method::{MethodCall, MethodRequest, MethodResponse};
 pub use throttle::{Rate, ThrottleConfig};
-pub use twin::{DesiredPatch, Twin, TwinSection};
-pub use twins::{FileTwinStore, FileTwinStoreOptions, MemoryTwinStore, TwinLimits, TwinStore};
+pub use twins::{
+    DesiredPatch, FileTwinStore, FileTwinStoreConfig, MemoryTwinStore, Twin, TwinLimits,
+    TwinSection, TwinStore,
+};
 // ---- gateway core (issue 6): modules are declared above this line ----
 
 #[cfg(feature = "mqtt")]

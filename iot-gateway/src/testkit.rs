@@ -30,7 +30,7 @@ use crate::error::{CloseReason, Error};
 use crate::gateway::{DeviceSession, Gateway, SessionEvent, SessionOptions, Subscription};
 use crate::message::{AckRequest, C2dDelivery, C2dMessage, FeedbackStatus, Telemetry, header};
 use crate::method::{MethodCall, MethodRequest, MethodResponse};
-use crate::twin::DesiredPatch;
+use crate::twins::DesiredPatch;
 
 /// Provisions devices for the checks and reads back what reached the log.
 #[async_trait]

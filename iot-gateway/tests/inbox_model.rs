@@ -6,7 +6,7 @@ use std::time::Duration;
 use iot_core::{DeviceId, Timestamp};
 use iot_gateway::inbox::{InboxMessage, LockOutcome, Settlement};
 use iot_gateway::{
-    Error, FeedbackStatus, FileInbox, FileInboxOptions, InboxLimits, InboxStore, LockToken,
+    Error, FeedbackStatus, FileInbox, FileInboxConfig, InboxLimits, InboxStore, LockToken,
     MemoryInbox,
 };
 use proptest::prelude::*;
@@ -147,11 +147,10 @@ fn ids(removed: &[iot_gateway::inbox::Removed]) -> Gone {
 
 async fn run(ops: Vec<Op>, file: bool) {
     let dir = tempfile::tempdir().expect("dir");
-    let options = FileInboxOptions {
-        durability: iot_gateway::Durability::OsBuffered,
+    let options = FileInboxConfig::default()
+        .durability(iot_gateway::Durability::OsBuffered)
         // Compact often, so snapshots are exercised too.
-        compact_after_bytes: 2048,
-    };
+        .compact_after_bytes(2048);
     let open = || async {
         let store: Box<dyn InboxStore> = if file {
             Box::new(FileInbox::open(dir.path(), options).await.expect("open"))

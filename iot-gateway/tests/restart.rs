@@ -2,19 +2,22 @@
 //! takes delivery locks it never settles, completes one message and changes twins; it prints what
 //! was acknowledged and the parent kills it with SIGKILL. Reopened, everything acknowledged and
 //! not expired is there, the locks in flight are redelivered, the completed message is gone, and
-//! the expired one is never delivered.
+//! the expired one is never delivered. The child runs on the storage kit's kill -9 harness
+//! (`iot_core::testkit::crash`).
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use iot_core::DeviceId;
+use iot_core::testkit::crash::{CrashChild, ack};
+use iot_core::{DeviceId, Timestamp};
+use iot_gateway::inbox::InboxMessage;
 use iot_gateway::testkit::within;
+use iot_gateway::twins::Section;
 use iot_gateway::{
-    C2dMessage, DeviceSession, FeedbackStatus, Gateway, Hub, HubConfig, SessionEvent,
-    SessionOptions, Subscription, Twin,
+    C2dMessage, DeviceSession, FeedbackStatus, FileInbox, FileInboxConfig, FileTwinStore,
+    FileTwinStoreConfig, Gateway, Hub, HubConfig, InboxLimits, InboxStore, SessionEvent,
+    SessionOptions, Subscription, Twin, TwinLimits, TwinStore,
 };
 use iot_identity::{
     Credentials, FileIdentityStore, FileStoreOptions, IdentityStore, NewIdentity, Presented,
@@ -22,8 +25,11 @@ use iot_identity::{
 };
 use serde_json::json;
 
-const CHILD_ENV: &str = "IOT_GATEWAY_RESTART_CHILD_DIR";
+const CHILD: CrashChild = CrashChild::new("restart_child", "IOT_GATEWAY_RESTART_CHILD_DIR");
+/// What the child prints once everything is acknowledged.
+const READY: &str = "READY";
 const HOST: &str = "hub.test.local";
+const HOUR: Duration = Duration::from_secs(3600);
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -65,10 +71,7 @@ async fn next_c2d(s: &dyn DeviceSession) -> iot_gateway::C2dDelivery {
 #[test]
 #[ignore = "started by kill_9_keeps_inbox_locks_and_twins as a child process"]
 fn restart_child() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let dir = Path::new(&dir).to_owned();
+    let Some(dir) = CHILD.dir() else { return };
     runtime().block_on(async move {
         let (hub, _identity) = open(&dir).await;
         let a: DeviceId = "dev-a".parse().expect("id");
@@ -107,12 +110,8 @@ fn restart_child() {
         s.patch_reported(json!({"fw": "2.0"}))
             .await
             .expect("reported");
-        // The parent waits for this line on the child's stdout.
-        use std::io::Write;
-        let mut out = std::io::stdout();
-        writeln!(out, "READY")
-            .and_then(|()| out.flush())
-            .expect("stdout");
+        // The parent waits for this line, then kills the child.
+        ack(READY);
         std::future::pending::<()>().await;
     });
 }
@@ -146,27 +145,11 @@ fn kill_9_keeps_inbox_locks_and_twins() {
         }
     });
 
-    let mut child = Command::new(std::env::current_exe().expect("exe"))
-        .args([
-            "--exact",
-            "restart_child",
-            "--nocapture",
-            "--include-ignored",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn child");
-    let stdout = child.stdout.take().expect("stdout");
-    let ready = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .any(|line| line.ends_with("READY"));
-    child.kill().expect("SIGKILL");
-    let _ = child.wait();
-    assert!(ready, "the child never got ready");
+    let acked = CHILD.run_and_kill(dir.path(), 0, 0..50);
+    assert!(
+        acked.iter().any(|l| l == READY),
+        "the child never got ready: {acked:?}"
+    );
     // Let the expiring message expire while the gateway is down.
     std::thread::sleep(Duration::from_millis(400));
 
@@ -224,4 +207,111 @@ fn kill_9_keeps_inbox_locks_and_twins() {
             "{feedback:?}"
         );
     });
+}
+
+const WRITER: CrashChild = CrashChild::new("writer_child", "IOT_GATEWAY_WRITER_CHILD_DIR");
+
+fn writer_limits() -> InboxLimits {
+    InboxLimits {
+        max_depth: 100_000,
+        lock_duration: Duration::from_secs(3600),
+        max_delivery_count: u32::MAX,
+    }
+}
+
+async fn open_stores(dir: &Path) -> (FileInbox, FileTwinStore) {
+    // Small compaction thresholds, so that kills also land in snapshots and WAL swaps.
+    let inbox = FileInbox::open(
+        dir.join("inbox"),
+        FileInboxConfig::default().compact_after_bytes(16 * 1024),
+    )
+    .await
+    .expect("inbox");
+    let twins = FileTwinStore::open(
+        dir.join("twins"),
+        FileTwinStoreConfig::default().compact_after_bytes(4 * 1024),
+    )
+    .await
+    .expect("twins");
+    (inbox, twins)
+}
+
+/// The child of `kill_9_at_random_loses_no_acknowledged_write`: queues messages and patches a
+/// twin as fast as it can, printing each acknowledgement.
+#[test]
+#[ignore = "started by kill_9_at_random_loses_no_acknowledged_write as a child process"]
+fn writer_child() {
+    let Some(dir) = WRITER.dir() else { return };
+    let round = WRITER.round();
+    runtime().block_on(async move {
+        let (inbox, twins) = open_stores(&dir).await;
+        let device: DeviceId = "dev".parse().expect("id");
+        let now = Timestamp::from_unix_millis(1_000_000);
+        for i in 0.. {
+            let id = format!("r{round}-{i}");
+            let message = InboxMessage::new(id.clone(), id.clone().into_bytes(), now, HOUR);
+            inbox
+                .enqueue(&device, message, now, writer_limits())
+                .await
+                .expect("enqueue");
+            ack(format!("m {id}"));
+            let twin = twins
+                .patch(
+                    &device,
+                    Section::Desired,
+                    &json!({ "n": i }),
+                    None,
+                    TwinLimits::default(),
+                )
+                .await
+                .expect("patch");
+            ack(format!("t {}", twin.desired.version));
+        }
+    });
+}
+
+#[test]
+fn kill_9_at_random_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().expect("dir");
+    let device: DeviceId = "dev".parse().expect("id");
+    let mut acked_messages = Vec::new();
+    let mut acked_version = 0u64;
+    for round in 0..6 {
+        for line in WRITER.run_and_kill(dir.path(), round, 10..150) {
+            match line.split_once(' ') {
+                Some(("m", id)) => acked_messages.push(id.to_owned()),
+                Some(("t", v)) => acked_version = v.parse().expect("version"),
+                _ => panic!("unexpected line {line:?}"),
+            }
+        }
+        runtime().block_on(async {
+            let (inbox, twins) = open_stores(dir.path()).await;
+            let twin = twins.get(&device).await.expect("twin");
+            assert!(
+                twin.desired.version >= acked_version,
+                "round {round}: version {} < acknowledged {acked_version}",
+                twin.desired.version
+            );
+            // Lock everything to list it (locks are released when the next round reopens).
+            let now = Timestamp::from_unix_millis(1_000_000);
+            let mut present = std::collections::HashSet::new();
+            while let Some(locked) = inbox
+                .lock_next(&device, now, writer_limits())
+                .await
+                .expect("lock")
+                .locked
+            {
+                present.insert(locked.message.message_id);
+            }
+            let lost: Vec<&String> = acked_messages
+                .iter()
+                .filter(|id| !present.contains(*id))
+                .collect();
+            assert!(lost.is_empty(), "round {round}: lost {lost:?}");
+        });
+    }
+    assert!(
+        !acked_messages.is_empty(),
+        "the children acknowledged nothing"
+    );
 }

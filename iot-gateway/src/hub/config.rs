@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use iot_core::storage::Recovery;
+
 use crate::inbox::InboxLimits;
 use crate::throttle::ThrottleConfig;
 use crate::twins::TwinLimits;
@@ -52,6 +54,11 @@ pub struct HubConfig {
     pub sweep_interval: Duration,
     /// Clock skew tolerated on SAS token expiry (sessions end this long after it). Default 60 s.
     pub token_skew: Duration,
+    /// What [`Hub::open_dir`](crate::Hub::open_dir) does when the inbox or twin journal is
+    /// corrupt (damage followed by intact data). Default [`Recovery::Strict`]: opening fails with
+    /// [`Error::Corrupt`](crate::Error::Corrupt) naming the file and position; set
+    /// [`Recovery::Repair`] to cut the journal there and drop what follows.
+    pub recovery: Recovery,
 }
 
 impl Default for HubConfig {
@@ -70,6 +77,7 @@ impl Default for HubConfig {
             max_method_timeout: Duration::from_secs(300),
             sweep_interval: Duration::from_secs(30),
             token_skew: Duration::from_secs(60),
+            recovery: Recovery::Strict,
         }
     }
 }

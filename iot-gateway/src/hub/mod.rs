@@ -26,13 +26,13 @@ use tracing::{debug, info, instrument, warn};
 
 use crate::error::{CloseReason, Error, Result, ThrottledOperation};
 use crate::gateway::{DeviceSession, Gateway, SessionOptions};
-use crate::inbox::{FileInbox, FileInboxOptions, InboxMessage, InboxStore, MemoryInbox, Removed};
+use crate::inbox::{FileInbox, FileInboxConfig, InboxMessage, InboxStore, MemoryInbox, Removed};
 use crate::message::{C2dMessage, C2dReceipt, Feedback};
 use crate::method::{MethodCall, MethodRequest, MethodResponse};
 use crate::sync_util::lock;
 use crate::throttle::{ConnectThrottle, DeviceThrottle, TelemetryThrottle};
-use crate::twin::{DesiredPatch, Twin};
-use crate::twins::{FileTwinStore, FileTwinStoreOptions, MemoryTwinStore, Section, TwinStore};
+use crate::twins::{DesiredPatch, Twin};
+use crate::twins::{FileTwinStore, FileTwinStoreConfig, MemoryTwinStore, Section, TwinStore};
 use crate::validate;
 
 pub use config::{HubConfig, topic};
@@ -201,7 +201,8 @@ impl Hub {
     }
 
     /// A hub with file-backed parts under `dir`: topics as `FileLog`s in `dir/log`, the inbox in
-    /// `dir/inbox`, twins in `dir/twins` (all fsync before acknowledging).
+    /// `dir/inbox`, twins in `dir/twins` (all fsync before acknowledging). The inbox and twins
+    /// open with `config.recovery`.
     pub async fn open_dir(
         dir: impl AsRef<Path>,
         identity: Arc<dyn IdentityStore>,
@@ -216,8 +217,10 @@ impl Hub {
                 ..FileLogConfig::default()
             },
         );
-        let inbox = FileInbox::open(dir.join("inbox"), FileInboxOptions::default()).await?;
-        let twins = FileTwinStore::open(dir.join("twins"), FileTwinStoreOptions::default()).await?;
+        let inbox = FileInboxConfig::default().recovery(config.recovery);
+        let inbox = FileInbox::open(dir.join("inbox"), inbox).await?;
+        let twins = FileTwinStoreConfig::default().recovery(config.recovery);
+        let twins = FileTwinStore::open(dir.join("twins"), twins).await?;
         Self::builder(identity, host)
             .topics(Arc::new(topics))
             .inbox(Arc::new(inbox))

@@ -20,8 +20,8 @@ use crate::message::{C2dDelivery, LockToken, Telemetry};
 use crate::method::{MethodRequest, MethodResponse};
 use crate::sync_util::lock;
 use crate::throttle::{Bucket, TelemetryThrottle};
-use crate::twin::{DesiredPatch, Twin};
 use crate::twins::Section;
+use crate::twins::{DesiredPatch, Twin};
 
 /// What the hub knows about a session; shared between the session handle and the hub.
 #[derive(Debug)]

@@ -1,36 +1,81 @@
-//! `FileInbox`: the inbox in memory, made durable by a journal (see [`crate::journal`]).
+//! `FileInbox`: the inbox in memory, made durable by the storage kit's journal
+//! ([`iot_core::storage::journal`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use iot_core::storage::{Durability, JournalConfig, Recovery, run_blocking};
 use iot_core::{DeviceId, Timestamp};
 use tracing::info;
 
 use super::state::{InboxState, Op};
 use super::{InboxLimits, InboxMessage, InboxStore, LockOutcome, Removed, Settlement};
 use crate::error::Result;
-use crate::journal::{Durability, Journal, Journaled, run_blocking};
+use crate::journaled::JournaledState;
 use crate::message::LockToken;
-use crate::sync_util::lock;
 
-const MAGIC: &[u8; 8] = b"IOTGWIN1";
+/// The journal's magic: version 2 is the storage kit's frame format (header checksums).
+const MAGIC: &[u8; 8] = b"IOTGWIN2";
 
-/// How a [`FileInbox`] behaves.
+/// How a [`FileInbox`] is opened.
+///
+/// ```
+/// use iot_gateway::{Durability, FileInboxConfig, Recovery};
+///
+/// let config = FileInboxConfig::default()
+///     .durability(Durability::OsBuffered)
+///     .recovery(Recovery::Repair);
+/// assert_eq!(config.recovery, Recovery::Repair);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FileInboxOptions {
-    /// When writes are acknowledged. Default [`Durability::Fsync`].
+#[non_exhaustive]
+pub struct FileInboxConfig {
+    /// When writes are acknowledged. Default [`Durability::Fsync`]; [`Durability::Interval`] is
+    /// refused.
     pub durability: Durability,
     /// Compact once the journal is larger than this and than the snapshot. Default 64 MiB.
     pub compact_after_bytes: u64,
+    /// What opening does with corruption (damage followed by intact data). Default
+    /// [`Recovery::Strict`]: the inbox refuses to open with [`Error::Corrupt`](crate::Error::Corrupt)
+    /// naming the file and position; [`Recovery::Repair`] cuts the journal there, dropping the
+    /// operations from the damage on.
+    pub recovery: Recovery,
 }
 
-impl Default for FileInboxOptions {
+impl Default for FileInboxConfig {
     fn default() -> Self {
-        FileInboxOptions {
+        FileInboxConfig {
             durability: Durability::Fsync,
             compact_after_bytes: 64 * 1024 * 1024,
+            recovery: Recovery::Strict,
         }
+    }
+}
+
+impl FileInboxConfig {
+    /// Sets when writes are acknowledged.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Sets the compaction threshold.
+    pub fn compact_after_bytes(mut self, bytes: u64) -> Self {
+        self.compact_after_bytes = bytes;
+        self
+    }
+
+    /// Sets what opening does with corruption.
+    pub fn recovery(mut self, recovery: Recovery) -> Self {
+        self.recovery = recovery;
+        self
+    }
+
+    fn journal(self) -> JournalConfig {
+        JournalConfig::with_durability(self.durability)
+            .compact_after_bytes(self.compact_after_bytes)
+            .recovery(self.recovery)
     }
 }
 
@@ -40,50 +85,29 @@ impl Default for FileInboxOptions {
 /// before it is applied or acknowledged, so a `kill -9` loses no acknowledged message and no
 /// delivery count. Locks do not survive a restart: the sessions that held them died with the
 /// process, so on open every locked message is available again (and is redelivered).
+///
+/// Opening follows the storage kit's recovery rule: a torn last write is cut off, any other
+/// damage is refused unless the config asks for [`Recovery::Repair`].
 #[derive(Debug, Clone)]
 pub struct FileInbox {
-    inner: Arc<Mutex<Inner>>,
+    inner: Arc<JournaledState<InboxState>>,
     dir: PathBuf,
-}
-
-#[derive(Debug)]
-struct Inner {
-    state: InboxState,
-    journal: Journal,
-}
-
-impl Inner {
-    fn commit(&mut self, ops: Vec<Op>) -> Result<()> {
-        self.journal.append(&ops)?;
-        for op in ops {
-            self.state.apply(op);
-        }
-        self.journal.maybe_compact(MAGIC, &self.state);
-        Ok(())
-    }
 }
 
 impl FileInbox {
     /// Opens (or creates) the inbox in `dir`, recovering from any crash.
-    pub async fn open(dir: impl AsRef<Path>, options: FileInboxOptions) -> Result<Self> {
+    pub async fn open(dir: impl AsRef<Path>, config: FileInboxConfig) -> Result<Self> {
         let dir = dir.as_ref().to_owned();
-        run_blocking(move || Self::open_blocking(&dir, options)).await
+        run_blocking(move || Self::open_blocking(&dir, config)).await
     }
 
     /// [`open`](Self::open) on the calling thread.
-    pub fn open_blocking(dir: &Path, options: FileInboxOptions) -> Result<Self> {
-        let mut state = InboxState::default();
-        let journal = Journal::open(
-            dir,
-            MAGIC,
-            &mut state,
-            options.durability,
-            options.compact_after_bytes,
-        )?;
-        let released = state.release_all_locks();
+    pub fn open_blocking(dir: &Path, config: FileInboxConfig) -> Result<Self> {
+        let mut inner = JournaledState::open(dir, MAGIC, InboxState::default(), config.journal())?;
+        let released = inner.update_unjournaled(InboxState::release_all_locks);
         info!(dir = %dir.display(), released, "inbox opened");
         Ok(FileInbox {
-            inner: Arc::new(Mutex::new(Inner { state, journal })),
+            inner: Arc::new(inner),
             dir: dir.to_owned(),
         })
     }
@@ -96,15 +120,16 @@ impl FileInbox {
     /// Makes every acknowledged change durable (useful with [`Durability::OsBuffered`]).
     pub async fn sync(&self) -> Result<()> {
         let inner = Arc::clone(&self.inner);
-        run_blocking(move || lock(&inner).journal.sync()).await
+        run_blocking(move || inner.sync()).await
     }
 
-    async fn with<T: Send + 'static>(
+    /// Plans, journals and applies a change on the blocking pool.
+    async fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Inner) -> Result<T> + Send + 'static,
+        plan: impl FnOnce(&InboxState) -> Result<(Vec<Op>, T)> + Send + 'static,
     ) -> Result<T> {
         let inner = Arc::clone(&self.inner);
-        run_blocking(move || f(&mut lock(&inner))).await
+        run_blocking(move || inner.write(plan)).await
     }
 }
 
@@ -118,10 +143,9 @@ impl InboxStore for FileInbox {
         limits: InboxLimits,
     ) -> Result<(u64, Vec<Removed>)> {
         let device = device.clone();
-        self.with(move |inner| {
-            let (ops, seq, removed) = inner.state.plan_enqueue(&device, message, now, limits)?;
-            inner.commit(ops)?;
-            Ok((seq, removed))
+        self.write(move |state| {
+            let (ops, seq, removed) = state.plan_enqueue(&device, message, now, limits)?;
+            Ok((ops, (seq, removed)))
         })
         .await
     }
@@ -133,12 +157,8 @@ impl InboxStore for FileInbox {
         limits: InboxLimits,
     ) -> Result<LockOutcome> {
         let device = device.clone();
-        self.with(move |inner| {
-            let (ops, outcome) = inner.state.plan_lock_next(&device, now, limits);
-            inner.commit(ops)?;
-            Ok(outcome)
-        })
-        .await
+        self.write(move |state| Ok(state.plan_lock_next(&device, now, limits)))
+            .await
     }
 
     async fn settle(
@@ -148,35 +168,47 @@ impl InboxStore for FileInbox {
         settlement: Settlement,
     ) -> Result<Option<Removed>> {
         let device = device.clone();
-        self.with(move |inner| {
-            let (op, removed) = inner.state.plan_settle(&device, token, settlement)?;
-            inner.commit(vec![op])?;
-            Ok(removed)
+        self.write(move |state| {
+            let (op, removed) = state.plan_settle(&device, token, settlement)?;
+            Ok((vec![op], removed))
         })
         .await
     }
 
     async fn purge_expired(&self, now: Timestamp) -> Result<Vec<Removed>> {
-        self.with(move |inner| {
-            let (ops, removed) = inner.state.plan_purge(now);
-            inner.commit(ops)?;
-            Ok(removed)
-        })
-        .await
+        self.write(move |state| Ok(state.plan_purge(now))).await
     }
 
     async fn remove_device(&self, device: &DeviceId) -> Result<usize> {
         let device = device.clone();
-        self.with(move |inner| {
-            let ops = inner.state.plan_remove_device(&device);
+        self.write(move |state| {
+            let ops = state.plan_remove_device(&device);
             let n = ops.len();
-            inner.commit(ops)?;
-            Ok(n)
+            Ok((ops, n))
         })
         .await
     }
 
     async fn depth(&self, device: &DeviceId) -> Result<usize> {
-        Ok(lock(&self.inner).state.depth(device))
+        Ok(self.inner.read(|state| state.depth(device)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+
+    #[test]
+    fn interval_durability_is_refused_with_the_alternatives_named() {
+        let dir = tempfile::tempdir().expect("dir");
+        let config = FileInboxConfig::default()
+            .durability(Durability::Interval(std::time::Duration::from_millis(10)));
+        match FileInbox::open_blocking(dir.path(), config) {
+            Err(Error::Config { reason }) => {
+                assert!(reason.contains("Durability::Fsync"), "{reason}");
+            }
+            other => panic!("expected a config error, got {other:?}"),
+        }
     }
 }

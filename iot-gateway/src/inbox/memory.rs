@@ -8,9 +8,9 @@ use iot_core::{DeviceId, Timestamp};
 use super::state::InboxState;
 use super::{InboxLimits, InboxMessage, InboxStore, LockOutcome, Removed, Settlement};
 use crate::error::Result;
-use crate::journal::Journaled;
 use crate::message::LockToken;
 use crate::sync_util::lock;
+use iot_core::storage::Journaled;
 
 /// An [`InboxStore`] in memory: for tests and for gateways that may lose queued messages on
 /// restart.

@@ -1,6 +1,6 @@
 //! The C2D inbox: a durable FIFO of messages per device.
 //!
-//! The semantics live once, in [`InboxState`](state) — a plain state machine — and each store
+//! The semantics live once, in a private `InboxState` — a plain state machine — and each store
 //! only decides where its state lives: [`MemoryInbox`] in memory, [`FileInbox`] in memory made
 //! durable by a journal.
 //!
@@ -11,7 +11,7 @@
 //! * A message is in one of two states: available, or locked until a time. Locking it increments
 //!   its delivery count (durably, before the delivery is handed out), so a crash never resets it.
 //! * An expired message is never delivered: whoever meets it first removes it and reports it as
-//!   [`FeedbackStatus::Expired`](crate::FeedbackStatus::Expired).
+//!   [`crate::FeedbackStatus::Expired`].
 //! * An available message whose delivery count reached the maximum is dead-lettered instead of
 //!   delivered.
 //! * A device holds at most `max_depth` messages (expired ones are purged before counting).
@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::message::{AckRequest, FeedbackStatus, LockToken};
 
-pub use file::{FileInbox, FileInboxOptions};
+pub use file::{FileInbox, FileInboxConfig};
 pub use memory::MemoryInbox;
 
 /// A queued C2D message as the inbox stores it.

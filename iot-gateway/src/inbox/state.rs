@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{InboxLimits, InboxMessage, LockOutcome, Locked, Removed, Settlement};
 use crate::error::{Error, Result};
-use crate::journal::Journaled;
 use crate::message::{FeedbackStatus, LockToken};
+use iot_core::storage::Journaled;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Entry {

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use iot_core::storage::Recovery;
+
 use super::error::Error;
 
 /// How the MQTT endpoint treats its connections. Every limit bounds memory or time that a client
@@ -44,6 +46,11 @@ pub struct MqttConfig {
     /// Where the subscriptions of persistent sessions are kept across restarts; `None` keeps
     /// them in memory only (lost when the process ends). Default `None`.
     pub state_dir: Option<PathBuf>,
+    /// What [`MqttServer::new`](super::MqttServer::new) does when the kept subscriptions in
+    /// `state_dir` are corrupt (damage followed by intact data). Default [`Recovery::Strict`]:
+    /// the server is not built and the error names the file and position; set
+    /// [`Recovery::Repair`] to cut the journal there and drop what follows.
+    pub state_recovery: Recovery,
 }
 
 impl Default for MqttConfig {
@@ -59,6 +66,7 @@ impl Default for MqttConfig {
             shutdown_grace: Duration::from_secs(5),
             throttle_retries: 20,
             state_dir: None,
+            state_recovery: Recovery::Strict,
         }
     }
 }

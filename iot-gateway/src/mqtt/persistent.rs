@@ -3,52 +3,107 @@
 //!
 //! Devices such as the Azure IoT SDKs connect with `clean_session = false` and subscribe once:
 //! after a reconnect (even to a restarted gateway) they expect their subscriptions to be there.
-//! The state is one small line per device; the file is rewritten atomically (temporary file,
-//! fsync, rename, fsync of the directory) only when a device's subscriptions change.
+//!
+//! On disk the state is a journal of the storage kit ([`iot_core::storage::journal`]) in
+//! `STATE_DIR/sessions`: each change of a device's subscriptions is one checksummed frame
+//! appended (and fsynced) on the blocking pool, never a rewrite of the whole state; compaction
+//! writes a snapshot now and then. Files are private (0600, directory 0700), like every other
+//! store's. Opening follows the kit's recovery rule: a torn last write is cut off, other damage is
+//! refused ([`Error::Corrupt`](crate::Error::Corrupt) naming file and position) unless
+//! [`MqttConfig::state_recovery`](super::MqttConfig::state_recovery) asks for a repair.
 
 use std::collections::HashMap;
-use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::path::Path;
+use std::sync::Arc;
 
 use iot_core::DeviceId;
+use iot_core::storage::{JournalConfig, Journaled, Recovery, run_blocking};
+use serde::{Deserialize, Serialize};
 
 use super::error::Error;
 use super::session::Subscriptions;
+use crate::journaled::JournaledState;
 
-const FILE_NAME: &str = "mqtt-subscriptions";
+/// The journal's directory under the endpoint's state directory.
+const DIR_NAME: &str = "sessions";
+const MAGIC: &[u8; 8] = b"IOTMQPS1";
 
-/// The kept subscriptions, in memory and optionally in a file.
+/// Every kept session's subscriptions (none kept means none held).
+#[derive(Debug, Default)]
+struct Kept(HashMap<DeviceId, Subscriptions>);
+
+/// One change: `device` now holds `subscriptions` (empty: forgotten).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Op {
+    device: DeviceId,
+    subscriptions: KeptBits,
+}
+
+/// Subscriptions as their bit form; bits no subscription uses fail to decode, so a frame that
+/// passes its checksum but holds such bits is refused as corrupt rather than guessed at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "u8", into = "u8")]
+struct KeptBits(Subscriptions);
+
+impl TryFrom<u8> for KeptBits {
+    type Error = String;
+
+    fn try_from(bits: u8) -> Result<Self, String> {
+        Subscriptions::from_bits(bits)
+            .map(KeptBits)
+            .ok_or_else(|| format!("subscription bits {bits:#010b} name no subscription"))
+    }
+}
+
+impl From<KeptBits> for u8 {
+    fn from(bits: KeptBits) -> u8 {
+        bits.0.to_bits()
+    }
+}
+
+impl Journaled for Kept {
+    type Op = Op;
+
+    fn apply(&mut self, op: Op) {
+        if op.subscriptions.0.is_empty() {
+            self.0.remove(&op.device);
+        } else {
+            self.0.insert(op.device, op.subscriptions.0);
+        }
+    }
+
+    fn snapshot_ops(&self) -> Vec<Op> {
+        self.0
+            .iter()
+            .map(|(device, subs)| Op {
+                device: device.clone(),
+                subscriptions: KeptBits(*subs),
+            })
+            .collect()
+    }
+}
+
+/// The kept subscriptions, in memory and optionally in a journal.
 #[derive(Debug)]
 pub(crate) struct PersistentSessions {
-    kept: Mutex<HashMap<DeviceId, Subscriptions>>,
-    file: Option<PathBuf>,
-    /// Serialises file writes; each write takes a fresh snapshot, so the last one wins.
-    writer: tokio::sync::Mutex<()>,
+    kept: Arc<JournaledState<Kept>>,
 }
 
 impl PersistentSessions {
-    /// Loads the state from `dir` (created if missing), or keeps it in memory only.
-    pub(crate) fn open(dir: Option<&Path>) -> Result<Self, Error> {
-        let mut kept = HashMap::new();
-        let file = match dir {
-            None => None,
-            Some(dir) => {
-                fs::create_dir_all(dir)?;
-                let file = dir.join(FILE_NAME);
-                match fs::read_to_string(&file) {
-                    Ok(text) => kept = parse(&text, &file)?,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e.into()),
-                }
-                Some(file)
-            }
+    /// Loads the state from `STATE_DIR/sessions` (created if missing, mode 0700), or keeps it in
+    /// memory only. Blocking (it runs once, when the server is built).
+    pub(crate) fn open(state_dir: Option<&Path>, recovery: Recovery) -> Result<Self, Error> {
+        let kept = match state_dir {
+            None => JournaledState::in_memory(Kept::default()),
+            Some(dir) => JournaledState::open(
+                &dir.join(DIR_NAME),
+                MAGIC,
+                Kept::default(),
+                JournalConfig::default().recovery(recovery),
+            )?,
         };
         Ok(PersistentSessions {
-            kept: Mutex::new(kept),
-            file,
-            writer: tokio::sync::Mutex::new(()),
+            kept: Arc::new(kept),
         })
     }
 
@@ -59,7 +114,9 @@ impl PersistentSessions {
             self.store(device, Subscriptions::default()).await;
             Subscriptions::default()
         } else {
-            self.lock().get(device).copied().unwrap_or_default()
+            self.kept
+                .read(|kept| kept.0.get(device).copied())
+                .unwrap_or_default()
         }
     }
 
@@ -73,110 +130,111 @@ impl PersistentSessions {
         self.store(device, subs).await;
     }
 
+    /// Records `subs` for `device` if they changed: one frame appended to the journal, on the
+    /// blocking pool. A failure is logged; the device then gets what was kept before.
     async fn store(&self, device: &DeviceId, subs: Subscriptions) {
-        let changed = {
-            let mut kept = self.lock();
-            let before = kept.get(device).copied().unwrap_or_default();
-            if subs.is_empty() {
-                kept.remove(device);
+        let device = device.clone();
+        let plan = move |kept: &Kept| {
+            let before = kept.0.get(&device).copied().unwrap_or_default();
+            let ops = if before == subs {
+                Vec::new()
             } else {
-                kept.insert(device.clone(), subs);
-            }
-            before != subs
+                vec![Op {
+                    device,
+                    subscriptions: KeptBits(subs),
+                }]
+            };
+            Ok((ops, ()))
         };
-        if changed {
-            self.persist().await;
+        let kept = Arc::clone(&self.kept);
+        let written = if kept.is_durable() {
+            run_blocking(move || kept.write(plan)).await
+        } else {
+            kept.write(plan)
+        };
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "could not save MQTT session subscriptions");
         }
     }
-
-    async fn persist(&self) {
-        let Some(file) = &self.file else { return };
-        let _writer = self.writer.lock().await;
-        let text = render(&self.lock());
-        let file = file.clone();
-        let written = tokio::task::spawn_blocking(move || write_atomically(&file, &text)).await;
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not save MQTT session subscriptions"),
-            Err(e) => tracing::warn!(error = %e, "could not save MQTT session subscriptions"),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Subscriptions>> {
-        self.kept.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// `{bits} {device id}` per line; device ids contain no spaces.
-fn render(kept: &HashMap<DeviceId, Subscriptions>) -> String {
-    let mut lines: Vec<String> = kept
-        .iter()
-        .map(|(device, subs)| format!("{} {device}\n", subs.to_bits()))
-        .collect();
-    lines.sort();
-    lines.concat()
-}
-
-fn parse(text: &str, file: &Path) -> Result<HashMap<DeviceId, Subscriptions>, Error> {
-    let mut kept = HashMap::new();
-    for (number, line) in text.lines().enumerate() {
-        let corrupt = || {
-            Error::Config(format!(
-                "{} line {}: not \"{{bits}} {{device id}}\"",
-                file.display(),
-                number + 1
-            ))
-        };
-        let (bits, device) = line.split_once(' ').ok_or_else(corrupt)?;
-        let bits: u8 = bits.parse().map_err(|_| corrupt())?;
-        let device = DeviceId::new(device).map_err(|_| corrupt())?;
-        kept.insert(device, Subscriptions::from_bits(bits).ok_or_else(corrupt)?);
-    }
-    Ok(kept)
-}
-
-fn write_atomically(file: &Path, text: &str) -> std::io::Result<()> {
-    let temp = file.with_extension("tmp");
-    let mut out = fs::File::create(&temp)?;
-    out.write_all(text.as_bytes())?;
-    out.sync_all()?;
-    drop(out);
-    fs::rename(&temp, file)?;
-    if let Some(dir) = file.parent() {
-        // Makes the rename itself durable.
-        fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn subs() -> Subscriptions {
+        Subscriptions::from_bits(0b0101_0101).expect("bits")
+    }
+
     #[tokio::test]
     async fn survives_a_restart_and_clean_sessions_forget() {
         let dir = tempfile::tempdir().expect("dir");
         let d1: DeviceId = "d1".parse().expect("id");
         let d2: DeviceId = "d2".parse().expect("id");
-        let subs = Subscriptions::from_bits(0b0101_0101).expect("bits");
+        let open = || PersistentSessions::open(Some(dir.path()), Recovery::Strict);
         {
-            let store = PersistentSessions::open(Some(dir.path())).expect("open");
+            let store = open().expect("open");
             assert!(store.resume(&d1, false).await.is_empty());
-            store.keep(&d1, false, subs).await;
-            store.keep(&d2, false, subs).await;
+            store.keep(&d1, false, subs()).await;
+            store.keep(&d2, false, subs()).await;
         }
-        let store = PersistentSessions::open(Some(dir.path())).expect("reopen");
-        assert_eq!(store.resume(&d1, false).await, subs);
+        let store = open().expect("reopen");
+        assert_eq!(store.resume(&d1, false).await, subs());
         assert!(store.resume(&d2, true).await.is_empty());
-        let store = PersistentSessions::open(Some(dir.path())).expect("reopen");
-        assert_eq!(store.resume(&d1, false).await, subs);
+        drop(store);
+        let store = open().expect("reopen");
+        assert_eq!(store.resume(&d1, false).await, subs());
         assert!(store.resume(&d2, false).await.is_empty());
     }
 
-    #[test]
-    fn corrupt_state_is_refused() {
+    /// Every file under `dir` with its inode.
+    #[cfg(unix)]
+    fn inodes(dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                out.extend(inodes(&path));
+            } else {
+                out.push((path.clone(), std::fs::metadata(&path).expect("stat").ino()));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// A change appends to the journal: no file is rewritten (replaced by a rename) per change.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_change_appends_rather_than_rewrites() {
         let dir = tempfile::tempdir().expect("dir");
-        fs::write(dir.path().join(FILE_NAME), "x d1\n").expect("write");
-        assert!(PersistentSessions::open(Some(dir.path())).is_err());
+        let store = PersistentSessions::open(Some(dir.path()), Recovery::Strict).expect("open");
+        let d1: DeviceId = "d1".parse().expect("id");
+        let d2: DeviceId = "d2".parse().expect("id");
+        store.keep(&d1, false, subs()).await;
+        let before = inodes(dir.path());
+        assert!(!before.is_empty());
+        store.keep(&d2, false, subs()).await;
+        store.keep(&d1, true, subs()).await;
+        assert_eq!(inodes(dir.path()), before);
+    }
+
+    #[tokio::test]
+    async fn in_memory_only_without_a_state_dir() {
+        let store = PersistentSessions::open(None, Recovery::Strict).expect("open");
+        let d1: DeviceId = "d1".parse().expect("id");
+        store.keep(&d1, false, subs()).await;
+        assert_eq!(store.resume(&d1, false).await, subs());
+    }
+
+    #[test]
+    fn bits_no_subscription_uses_do_not_decode() {
+        // QoS 1 of a filter that is not present.
+        assert!(serde_json::from_str::<KeptBits>("16").is_err());
+        assert_eq!(
+            serde_json::from_str::<KeptBits>("85").expect("valid"),
+            KeptBits(subs())
+        );
     }
 }

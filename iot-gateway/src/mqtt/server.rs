@@ -47,7 +47,8 @@ impl MqttServer {
         config.validate()?;
         let permits = Arc::new(Semaphore::new(config.max_connections));
         let config_unauthenticated = config.max_unauthenticated_per_peer;
-        let persistent = PersistentSessions::open(config.state_dir.as_deref())?;
+        let persistent =
+            PersistentSessions::open(config.state_dir.as_deref(), config.state_recovery)?;
         Ok(MqttServer {
             shared: Arc::new(Shared {
                 gateway,

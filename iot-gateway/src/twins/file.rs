@@ -1,72 +1,102 @@
-//! `FileTwinStore`: twins in memory, made durable by a journal (see [`crate::journal`]).
+//! `FileTwinStore`: twins in memory, made durable by the storage kit's journal
+//! ([`iot_core::storage::journal`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use iot_core::DeviceId;
+use iot_core::storage::{Durability, JournalConfig, Recovery, run_blocking};
 use serde_json::Value;
 
 use super::state::{Op, TwinState};
-use super::{Section, TwinLimits, TwinStore};
+use super::{Section, Twin, TwinLimits, TwinStore};
 use crate::error::Result;
-use crate::journal::{Durability, Journal, Journaled, run_blocking};
-use crate::sync_util::lock;
-use crate::twin::Twin;
+use crate::journaled::JournaledState;
 
-const MAGIC: &[u8; 8] = b"IOTGWTW1";
+/// The journal's magic: version 2 is the storage kit's frame format (header checksums).
+const MAGIC: &[u8; 8] = b"IOTGWTW2";
 
-/// How a [`FileTwinStore`] behaves.
+/// How a [`FileTwinStore`] is opened.
+///
+/// ```
+/// use iot_gateway::{Durability, FileTwinStoreConfig, Recovery};
+///
+/// let config = FileTwinStoreConfig::default().durability(Durability::OsBuffered);
+/// assert_eq!(config.recovery, Recovery::Strict);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FileTwinStoreOptions {
-    /// When writes are acknowledged. Default [`Durability::Fsync`].
+#[non_exhaustive]
+pub struct FileTwinStoreConfig {
+    /// When writes are acknowledged. Default [`Durability::Fsync`]; [`Durability::Interval`] is
+    /// refused.
     pub durability: Durability,
     /// Compact once the journal is larger than this and than the snapshot. Default 64 MiB.
     pub compact_after_bytes: u64,
+    /// What opening does with corruption (damage followed by intact data). Default
+    /// [`Recovery::Strict`]: the store refuses to open with [`Error::Corrupt`](crate::Error::Corrupt)
+    /// naming the file and position; [`Recovery::Repair`] cuts the journal there, dropping the
+    /// changes from the damage on.
+    pub recovery: Recovery,
 }
 
-impl Default for FileTwinStoreOptions {
+impl Default for FileTwinStoreConfig {
     fn default() -> Self {
-        FileTwinStoreOptions {
+        FileTwinStoreConfig {
             durability: Durability::Fsync,
             compact_after_bytes: 64 * 1024 * 1024,
+            recovery: Recovery::Strict,
         }
     }
 }
 
-/// A durable [`TwinStore`] in a directory: each accepted patch journals the section's new
-/// content before it is acknowledged.
-#[derive(Debug, Clone)]
-pub struct FileTwinStore {
-    inner: Arc<Mutex<Inner>>,
-    dir: PathBuf,
+impl FileTwinStoreConfig {
+    /// Sets when writes are acknowledged.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Sets the compaction threshold.
+    pub fn compact_after_bytes(mut self, bytes: u64) -> Self {
+        self.compact_after_bytes = bytes;
+        self
+    }
+
+    /// Sets what opening does with corruption.
+    pub fn recovery(mut self, recovery: Recovery) -> Self {
+        self.recovery = recovery;
+        self
+    }
+
+    fn journal(self) -> JournalConfig {
+        JournalConfig::with_durability(self.durability)
+            .compact_after_bytes(self.compact_after_bytes)
+            .recovery(self.recovery)
+    }
 }
 
-#[derive(Debug)]
-struct Inner {
-    state: TwinState,
-    journal: Journal,
+/// A durable [`TwinStore`] in a directory: each accepted patch journals the twin's new content
+/// before it is acknowledged. Opening follows the storage kit's recovery rule (see
+/// [`FileTwinStoreConfig::recovery`]).
+#[derive(Debug, Clone)]
+pub struct FileTwinStore {
+    inner: Arc<JournaledState<TwinState>>,
+    dir: PathBuf,
 }
 
 impl FileTwinStore {
     /// Opens (or creates) the store in `dir`, recovering from any crash.
-    pub async fn open(dir: impl AsRef<Path>, options: FileTwinStoreOptions) -> Result<Self> {
+    pub async fn open(dir: impl AsRef<Path>, config: FileTwinStoreConfig) -> Result<Self> {
         let dir = dir.as_ref().to_owned();
-        run_blocking(move || Self::open_blocking(&dir, options)).await
+        run_blocking(move || Self::open_blocking(&dir, config)).await
     }
 
     /// [`open`](Self::open) on the calling thread.
-    pub fn open_blocking(dir: &Path, options: FileTwinStoreOptions) -> Result<Self> {
-        let mut state = TwinState::default();
-        let journal = Journal::open(
-            dir,
-            MAGIC,
-            &mut state,
-            options.durability,
-            options.compact_after_bytes,
-        )?;
+    pub fn open_blocking(dir: &Path, config: FileTwinStoreConfig) -> Result<Self> {
+        let inner = JournaledState::open(dir, MAGIC, TwinState::default(), config.journal())?;
         Ok(FileTwinStore {
-            inner: Arc::new(Mutex::new(Inner { state, journal })),
+            inner: Arc::new(inner),
             dir: dir.to_owned(),
         })
     }
@@ -76,24 +106,26 @@ impl FileTwinStore {
         &self.dir
     }
 
-    async fn commit(&self, op: Op) -> Result<()> {
+    /// Makes every acknowledged change durable (useful with [`Durability::OsBuffered`]).
+    pub async fn sync(&self) -> Result<()> {
         let inner = Arc::clone(&self.inner);
-        run_blocking(move || {
-            let mut inner = lock(&inner);
-            inner.journal.append(std::slice::from_ref(&op))?;
-            inner.state.apply(op);
-            let Inner { state, journal } = &mut *inner;
-            journal.maybe_compact(MAGIC, state);
-            Ok(())
-        })
-        .await
+        run_blocking(move || inner.sync()).await
+    }
+
+    /// Plans, journals and applies a change on the blocking pool.
+    async fn write<T: Send + 'static>(
+        &self,
+        plan: impl FnOnce(&TwinState) -> Result<(Vec<Op>, T)> + Send + 'static,
+    ) -> Result<T> {
+        let inner = Arc::clone(&self.inner);
+        run_blocking(move || inner.write(plan)).await
     }
 }
 
 #[async_trait]
 impl TwinStore for FileTwinStore {
     async fn get(&self, device: &DeviceId) -> Result<Twin> {
-        Ok(lock(&self.inner).state.get(device))
+        Ok(self.inner.read(|state| state.get(device)))
     }
 
     async fn patch(
@@ -106,31 +138,30 @@ impl TwinStore for FileTwinStore {
     ) -> Result<Twin> {
         let device = device.clone();
         let patch = patch.clone();
-        let inner = Arc::clone(&self.inner);
-        run_blocking(move || {
-            let mut guard = lock(&inner);
-            let twin = guard
-                .state
-                .plan_patch(&device, section, &patch, if_version, limits)?;
+        self.write(move |state| {
+            let twin = state.plan_patch(&device, section, &patch, if_version, limits)?;
             let op = Op::Put {
                 device,
                 twin: twin.clone(),
             };
-            guard.journal.append(std::slice::from_ref(&op))?;
-            guard.state.apply(op);
-            let Inner { state, journal } = &mut *guard;
-            journal.maybe_compact(MAGIC, state);
-            Ok(twin)
+            Ok((vec![op], twin))
         })
         .await
     }
 
     async fn remove(&self, device: &DeviceId) -> Result<()> {
-        if !lock(&self.inner).state.has(device) {
+        if !self.inner.read(|state| state.has(device)) {
             return Ok(());
         }
-        self.commit(Op::Remove {
-            device: device.clone(),
+        let device = device.clone();
+        self.write(move |state| {
+            // Planned again under the writer lock: another writer may have removed it meanwhile.
+            let ops = if state.has(&device) {
+                vec![Op::Remove { device }]
+            } else {
+                Vec::new()
+            };
+            Ok((ops, ()))
         })
         .await
     }

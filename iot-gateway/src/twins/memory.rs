@@ -6,12 +6,12 @@ use async_trait::async_trait;
 use iot_core::DeviceId;
 use serde_json::Value;
 
+use super::Twin;
 use super::state::{Op, TwinState};
 use super::{Section, TwinLimits, TwinStore};
 use crate::error::Result;
-use crate::journal::Journaled;
 use crate::sync_util::lock;
-use crate::twin::Twin;
+use iot_core::storage::Journaled;
 
 /// A [`TwinStore`] in memory (lost on restart).
 #[derive(Debug, Default)]

@@ -1,7 +1,8 @@
 //! Twin stores: each device's desired and reported properties with their versions.
 //!
-//! As with the inbox, the rules live once ([`TwinState`](state)) and the stores decide where the
-//! state lives: [`MemoryTwinStore`] or the journaled [`FileTwinStore`].
+//! As with the inbox, the rules live once (a private `TwinState`) and the stores decide where the
+//! state lives: [`MemoryTwinStore`] or the journaled [`FileTwinStore`]. The twin documents
+//! themselves are [`Twin`], [`TwinSection`] and [`DesiredPatch`].
 //!
 //! # Invariants
 //!
@@ -11,6 +12,7 @@
 //!   larger than the limit (serialized), or nest deeper than the limit, is refused and changes
 //!   nothing.
 
+mod document;
 mod file;
 mod memory;
 mod state;
@@ -23,9 +25,8 @@ use iot_core::DeviceId;
 use serde_json::Value;
 
 use crate::error::Result;
-use crate::twin::Twin;
-
-pub use file::{FileTwinStore, FileTwinStoreOptions};
+pub use document::{DesiredPatch, Twin, TwinSection};
+pub use file::{FileTwinStore, FileTwinStoreConfig};
 pub use memory::MemoryTwinStore;
 
 /// Which section of a twin.

@@ -6,10 +6,10 @@ use iot_core::DeviceId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::Twin;
 use super::{Section, TwinLimits};
 use crate::error::{Error, Result};
-use crate::journal::Journaled;
-use crate::twin::Twin;
+use iot_core::storage::Journaled;
 
 /// One change; what the file store journals (whole twins, so replay needs no merging).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

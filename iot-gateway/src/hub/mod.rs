@@ -3,6 +3,7 @@
 mod config;
 mod records;
 mod session;
+mod stamp;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -545,7 +546,18 @@ impl Gateway for Hub {
         if hub.shut.load(Ordering::SeqCst) {
             return Err(Error::Shutdown);
         }
+        if let Some(model) = &options.model_id {
+            validate::check_system(&[(crate::message::header::MODEL_ID, &options.model_id)])
+                .map_err(|_| {
+                    Error::invalid(format!(
+                        "the model id must be a property value (at most {} bytes, no control characters); got {} bytes",
+                        validate::MAX_PROPERTY_VALUE,
+                        model.len()
+                    ))
+                })?;
+        }
         hub.connect_throttle.take(device)?;
+        let auth_method = stamp::AuthMethod::of(&credential);
         let who = hub
             .auth
             .authenticate(device, credential)
@@ -554,6 +566,7 @@ impl Gateway for Hub {
         let shared = Arc::new(SessionShared::new(
             hub.next_session.fetch_add(1, Ordering::Relaxed),
             who,
+            auth_method,
             options,
             &hub.telemetry_throttle,
             hub.config.token_skew,

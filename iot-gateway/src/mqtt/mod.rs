@@ -29,6 +29,7 @@ mod config;
 mod error;
 mod persistent;
 mod property_bag;
+mod rfc3339;
 mod server;
 mod session;
 mod telemetry;

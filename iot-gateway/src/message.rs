@@ -31,10 +31,10 @@ pub mod header {
     /// The IoT Plug and Play model id the device announced when it connected (`model-id` in
     /// the MQTT username); stamped by the gateway.
     pub const MODEL_ID: &str = "dt-dataschema";
-    /// The kind of a message the gateway sent on the device's behalf: [`WILL`] for a will.
+    /// The kind of a message the gateway sent on the device's behalf: [`MESSAGE_TYPE_WILL`] for a will.
     pub const MESSAGE_TYPE: &str = "iothub-MessageType";
     /// The [`MESSAGE_TYPE`] of a message the endpoint sent as the device's last will.
-    pub const WILL: &str = "Will";
+    pub const MESSAGE_TYPE_WILL: &str = "Will";
     /// `"true"` on a message the device published with the MQTT retain flag (nothing is
     /// retained; the flag is passed on, as IoT Hub does).
     pub const RETAIN: &str = "mqtt-retain";
@@ -50,10 +50,10 @@ pub mod header {
     /// When the gateway accepted the message, Unix milliseconds; stamped by the gateway just
     /// before the append (the log's own enqueued time is set during it, a moment later).
     pub const ENQUEUED_TIME: &str = "iothub-enqueuedtime";
-    /// Where the message came from: [`TELEMETRY`] for device telemetry; stamped by the gateway.
+    /// Where the message came from: [`MESSAGE_SOURCE_TELEMETRY`] for device telemetry; stamped by the gateway.
     pub const MESSAGE_SOURCE: &str = "iothub-message-source";
     /// The [`MESSAGE_SOURCE`] of device telemetry.
-    pub const TELEMETRY: &str = "Telemetry";
+    pub const MESSAGE_SOURCE_TELEMETRY: &str = "Telemetry";
     /// Connection events: `"connected"` or `"disconnected"`.
     pub const EVENT: &str = "$event";
     /// Connection events: why a session ended (a [`CloseReason`](crate::CloseReason) name).

@@ -276,7 +276,7 @@ pub async fn telemetry_in_order_with_headers(gw: &dyn Gateway, fx: &dyn Fixture)
         assert_eq!(h.get("seq"), Some(i.to_string().as_str()));
         assert_eq!(
             h.get(header::MESSAGE_TYPE),
-            (i == 19).then_some(header::WILL)
+            (i == 19).then_some(header::MESSAGE_TYPE_WILL)
         );
     }
     s.close().await;
@@ -342,7 +342,10 @@ pub async fn telemetry_stamped_from_the_session(gw: &dyn Gateway, fx: &dyn Fixtu
         (before..=after).contains(&enqueued),
         "{enqueued} not in {before}..={after}"
     );
-    assert_eq!(h.get(header::MESSAGE_SOURCE), Some(header::TELEMETRY));
+    assert_eq!(
+        h.get(header::MESSAGE_SOURCE),
+        Some(header::MESSAGE_SOURCE_TELEMETRY)
+    );
     assert_eq!(h.get(header::MODEL_ID), Some(MODEL));
     s.close().await;
     // A session that announced no model stamps none.

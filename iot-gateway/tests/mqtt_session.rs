@@ -163,7 +163,10 @@ async fn telemetry_is_stamped_and_device_sent_stamps_are_dropped() {
         .expect("Unix ms");
     assert!(accepted <= stored.enqueued_time.as_unix_millis());
     assert!(accepted > 0);
-    assert_eq!(h.get(header::MESSAGE_SOURCE), Some(header::TELEMETRY));
+    assert_eq!(
+        h.get(header::MESSAGE_SOURCE),
+        Some(header::MESSAGE_SOURCE_TELEMETRY)
+    );
     assert_eq!(h.get(header::MESSAGE_TYPE), None);
     assert_eq!(h.get(header::MODEL_ID), None);
     assert_eq!(h.get(header::RETAIN), None);
@@ -581,7 +584,10 @@ async fn a_vanished_device_leaves_its_will_as_telemetry() {
     let records = fx.telemetry(&device.id, 1).await;
     let will = &records[0].record;
     assert_eq!(will.payload.as_ref(), b"gone");
-    assert_eq!(will.headers.get(header::MESSAGE_TYPE), Some(header::WILL));
+    assert_eq!(
+        will.headers.get(header::MESSAGE_TYPE),
+        Some(header::MESSAGE_TYPE_WILL)
+    );
     assert_eq!(will.headers.get(header::DEVICE_ID), Some("d1"));
     assert_eq!(will.headers.get("alarm"), Some("lost"));
 }

@@ -63,7 +63,7 @@ pub(crate) fn telemetry(message: Telemetry, stamp: &Stamp<'_>, max_bytes: usize)
         headers.insert(header::EXPIRY_TIME, expiry.as_unix_millis().to_string());
     }
     if message.will {
-        headers.insert(header::MESSAGE_TYPE, header::WILL);
+        headers.insert(header::MESSAGE_TYPE, header::MESSAGE_TYPE_WILL);
     }
     for (name, value) in message.properties {
         headers.insert(name, value);

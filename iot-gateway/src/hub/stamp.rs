@@ -64,7 +64,7 @@ impl Stamp<'_> {
             header::ENQUEUED_TIME,
             self.accepted.as_unix_millis().to_string(),
         );
-        headers.insert(header::MESSAGE_SOURCE, header::TELEMETRY);
+        headers.insert(header::MESSAGE_SOURCE, header::MESSAGE_SOURCE_TELEMETRY);
         if let Some(model) = self.model_id {
             headers.insert(header::MODEL_ID, model);
         }

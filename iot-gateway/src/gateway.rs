@@ -15,7 +15,7 @@ use crate::method::{MethodCall, MethodRequest, MethodResponse};
 use crate::twins::{DesiredPatch, Twin};
 
 /// How an endpoint wants a session to behave.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SessionOptions {
     /// The most C2D messages handed out and not yet settled at once (the endpoint's in-flight
@@ -26,6 +26,11 @@ pub struct SessionOptions {
     /// never to the device it named; `None` (in-process callers) charges the hub-wide budget
     /// only. Default `None`.
     pub peer: Option<IpAddr>,
+    /// The IoT Plug and Play model id the device announced when it connected (the MQTT
+    /// username's `model-id`), stamped on its telemetry as
+    /// [`header::MODEL_ID`](crate::message::header::MODEL_ID). A non-empty property value of
+    /// at most 4096 bytes without control characters. Default `None`.
+    pub model_id: Option<String>,
 }
 
 impl Default for SessionOptions {
@@ -33,6 +38,7 @@ impl Default for SessionOptions {
         SessionOptions {
             c2d_window: 16,
             peer: None,
+            model_id: None,
         }
     }
 }
@@ -83,7 +89,13 @@ pub enum SessionEvent {
 ///   [`CloseReason::TakenOver`]; disabling, deleting or re-keying the device closes it with
 ///   [`CloseReason::Disabled`], [`CloseReason::Deleted`] or [`CloseReason::CredentialsReplaced`].
 /// * **Telemetry** is acknowledged only once it is in the log (durable as the log promises), in
-///   the order one session sent it.
+///   the order one session sent it. Each record is stamped from the session, as IoT Hub stamps
+///   device-to-cloud messages (see [`message::header`](crate::message::header)):
+///   `iothub-connection-device-id`, `iothub-connection-auth-method`,
+///   `iothub-connection-auth-generation-id`, `iothub-enqueuedtime`, `iothub-message-source` and,
+///   when the session announced a model, `dt-dataschema`. A custom property may not use a name
+///   the gateway writes ([`Error::InvalidProperty`](crate::Error::InvalidProperty)), so no
+///   message can carry another device's stamps.
 /// * **C2D** messages wait in a durable per-device inbox until completed, rejected, expired or
 ///   dead-lettered; they reach a session only while it is subscribed to [`Subscription::C2d`],
 ///   in FIFO order, at most [`SessionOptions::c2d_window`] unsettled at once.

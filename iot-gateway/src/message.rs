@@ -12,14 +12,48 @@ use crate::error::Error;
 
 /// Header names the gateway writes on telemetry records (besides the well-known ones of
 /// [`iot_core::headers`]: `message-id`, `correlation-id`, `content-type`, `content-encoding`).
+///
+/// Where IoT Hub has a name for the same thing, the header has the name IoT Hub's Event
+/// Hubs-compatible endpoint shows, so that code written against IoT Hub's events reads ours.
 pub mod header {
     pub use iot_core::headers::{CONTENT_ENCODING, CONTENT_TYPE, CORRELATION_ID, MESSAGE_ID};
     /// When the message stops being meaningful, Unix milliseconds (`$.exp` in MQTT).
     pub const EXPIRY_TIME: &str = "expiry-time";
-    /// `"true"` on a message the endpoint sent on the device's behalf as its last will.
-    pub const WILL: &str = "$will";
-    /// The device that sent the message (also the record key).
-    pub const DEVICE_ID: &str = "$device-id";
+    /// Who the sender says originated the message (`$.uid` in MQTT).
+    pub const USER_ID: &str = "user-id";
+    /// The interface the message belongs to (`$.ifid` in MQTT), e.g. Defender's security
+    /// messages.
+    pub const INTERFACE_ID: &str = "iothub-interface-id";
+    /// The output a module sent the message on (`$.on` in MQTT).
+    pub const OUTPUT_NAME: &str = "iothub-outputname";
+    /// The IoT Plug and Play component that sent the message (`$.sub` in MQTT).
+    pub const COMPONENT: &str = "dt-subject";
+    /// The IoT Plug and Play model id the device announced when it connected (`model-id` in
+    /// the MQTT username); stamped by the gateway.
+    pub const MODEL_ID: &str = "dt-dataschema";
+    /// The kind of a message the gateway sent on the device's behalf: [`MESSAGE_TYPE_WILL`] for a will.
+    pub const MESSAGE_TYPE: &str = "iothub-MessageType";
+    /// The [`MESSAGE_TYPE`] of a message the endpoint sent as the device's last will.
+    pub const MESSAGE_TYPE_WILL: &str = "Will";
+    /// `"true"` on a message the device published with the MQTT retain flag (nothing is
+    /// retained; the flag is passed on, as IoT Hub does).
+    pub const RETAIN: &str = "mqtt-retain";
+    /// The device that sent the message (also the record key); stamped by the gateway.
+    pub const DEVICE_ID: &str = "iothub-connection-device-id";
+    /// How the sending device authenticated, a JSON object as IoT Hub writes it
+    /// (`{"scope":"device","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}`);
+    /// stamped by the gateway.
+    pub const AUTH_METHOD: &str = "iothub-connection-auth-method";
+    /// The generation id of the sending device's identity, as
+    /// [`GenerationId`](iot_identity::GenerationId) prints it; stamped by the gateway.
+    pub const AUTH_GENERATION_ID: &str = "iothub-connection-auth-generation-id";
+    /// When the gateway accepted the message, Unix milliseconds; stamped by the gateway just
+    /// before the append (the log's own enqueued time is set during it, a moment later).
+    pub const ENQUEUED_TIME: &str = "iothub-enqueuedtime";
+    /// Where the message came from: [`MESSAGE_SOURCE_TELEMETRY`] for device telemetry; stamped by the gateway.
+    pub const MESSAGE_SOURCE: &str = "iothub-message-source";
+    /// The [`MESSAGE_SOURCE`] of device telemetry.
+    pub const MESSAGE_SOURCE_TELEMETRY: &str = "Telemetry";
     /// Connection events: `"connected"` or `"disconnected"`.
     pub const EVENT: &str = "$event";
     /// Connection events: why a session ended (a [`CloseReason`](crate::CloseReason) name).
@@ -30,9 +64,13 @@ pub mod header {
     pub const VERSION: &str = iot_core::headers::VERSION;
     /// Names starting with this are reserved for the gateway; custom properties may not use it.
     pub const RESERVED_PREFIX: &str = "$";
+    /// Names starting with this are IoT Hub's system properties; custom properties may not use
+    /// it, so a device cannot pass off its own values as the gateway's stamps.
+    pub const IOTHUB_PREFIX: &str = "iothub-";
 }
 
-/// The system properties a message may carry (MQTT `$.mid`, `$.cid`, `$.ct`, `$.ce`, `$.exp`).
+/// The system properties a device may set on a message (MQTT `$.mid`, `$.cid`, `$.ct`, `$.ce`,
+/// `$.exp`, `$.uid`, `$.ifid`, `$.on`, `$.sub`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SystemProperties {
     /// The sender's id for the message.
@@ -45,21 +83,32 @@ pub struct SystemProperties {
     pub content_encoding: Option<String>,
     /// When the message stops being meaningful.
     pub expiry: Option<Timestamp>,
+    /// Who the sender says originated the message ([`header::USER_ID`]).
+    pub user_id: Option<String>,
+    /// The interface the message belongs to ([`header::INTERFACE_ID`]).
+    pub interface_id: Option<String>,
+    /// The output a module sent it on ([`header::OUTPUT_NAME`]).
+    pub output_name: Option<String>,
+    /// The IoT Plug and Play component that sent it ([`header::COMPONENT`]).
+    pub component: Option<String>,
 }
 
 /// A device-to-cloud message as an endpoint hands it to [`DeviceSession::send_telemetry`](crate::DeviceSession::send_telemetry).
 ///
 /// It becomes one log record keyed by the device id: system properties become the well-known
-/// headers, custom properties follow in their order, and a will message carries
-/// [`header::WILL`]`: "true"`.
+/// headers, custom properties follow in their order, a will message carries
+/// [`header::MESSAGE_TYPE`]`: "Will"`, and the gateway stamps who sent it and when
+/// ([`header::DEVICE_ID`], [`header::AUTH_METHOD`], [`header::AUTH_GENERATION_ID`],
+/// [`header::ENQUEUED_TIME`], [`header::MESSAGE_SOURCE`], and [`header::MODEL_ID`] when the
+/// session announced a model).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Telemetry {
     /// The opaque body.
     pub payload: Bytes,
     /// System properties.
     pub system: SystemProperties,
-    /// Custom (application) properties, in order. Names may not start with `$` nor repeat a
-    /// system property's header name.
+    /// Custom (application) properties, in order. Names may not start with `$` or `iothub-`
+    /// nor repeat a header name the gateway writes itself.
     pub properties: Vec<(String, String)>,
     /// When the device says the event happened.
     pub device_time: Option<Timestamp>,
@@ -99,6 +148,17 @@ pub enum AckRequest {
 }
 
 impl AckRequest {
+    /// The name IoT Hub gives it (`iothub-ack`): `"none"`, `"positive"`, `"negative"` or
+    /// `"full"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckRequest::None => "none",
+            AckRequest::Positive => "positive",
+            AckRequest::Negative => "negative",
+            AckRequest::Full => "full",
+        }
+    }
+
     /// Whether a settlement with `status` produces feedback.
     pub fn wants(self, status: FeedbackStatus) -> bool {
         match self {
@@ -211,6 +271,8 @@ pub struct C2dDelivery {
     pub enqueued_at: Timestamp,
     /// When it expires.
     pub expires_at: Timestamp,
+    /// Which settlements produce feedback, as the sender asked.
+    pub ack: AckRequest,
     /// How many times it has been delivered, this one included.
     pub delivery_count: u32,
     /// When the lock of this delivery lapses (the message is then delivered again).

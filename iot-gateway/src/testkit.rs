@@ -194,6 +194,7 @@ pub async fn run_all(gw: &dyn Gateway, fx: &dyn Fixture, limits: Limits) {
     connect_refuses_bad_credentials(gw, fx).await;
     refused_connects_spend_nothing_of_the_device(gw, fx).await;
     telemetry_in_order_with_headers(gw, fx).await;
+    telemetry_stamped_from_the_session(gw, fx).await;
     telemetry_validation(gw, fx).await;
     c2d_waits_for_offline_device(gw, fx).await;
     c2d_expired_never_delivered(gw, fx).await;
@@ -298,8 +299,89 @@ pub async fn telemetry_in_order_with_headers(gw: &dyn Gateway, fx: &dyn Fixture)
         assert_eq!(h.get(header::CONTENT_ENCODING), Some("utf-8"));
         assert_eq!(h.get("unit"), Some("celsius"));
         assert_eq!(h.get("seq"), Some(i.to_string().as_str()));
-        assert_eq!(h.get(header::WILL), (i == 19).then_some("true"));
+        assert_eq!(
+            h.get(header::MESSAGE_TYPE),
+            (i == 19).then_some(header::MESSAGE_TYPE_WILL)
+        );
     }
+    s.close().await;
+}
+
+/// Telemetry is stamped from the session as IoT Hub stamps it — who sent it, how it
+/// authenticated, which generation of its identity, when it was accepted, where it came from,
+/// the model it announced — and no custom property can pass off its own value as a stamp.
+pub async fn telemetry_stamped_from_the_session(gw: &dyn Gateway, fx: &dyn Fixture) {
+    const MODEL: &str = "dtmi:com:example:Thermostat;1";
+    let (id, token) = fx.provision("stamped").await;
+    let options = SessionOptions {
+        model_id: Some(MODEL.to_owned()),
+        ..SessionOptions::default()
+    };
+    let s = within(gw.connect(&id, Presented::SasToken(&token), options))
+        .await
+        .expect("connect");
+    let before = iot_core::Timestamp::now().as_unix_millis();
+    within(s.send_telemetry(Telemetry::new("stamped")))
+        .await
+        .expect("send");
+    let after = iot_core::Timestamp::now().as_unix_millis();
+    for name in [
+        header::DEVICE_ID,
+        header::AUTH_METHOD,
+        header::AUTH_GENERATION_ID,
+        header::ENQUEUED_TIME,
+        header::MESSAGE_SOURCE,
+        header::MODEL_ID,
+        header::MESSAGE_TYPE,
+        "iothub-anything",
+    ] {
+        let r = s
+            .send_telemetry(Telemetry::new("spoof").with_property(name, "forged"))
+            .await;
+        assert!(
+            matches!(r, Err(Error::InvalidProperty { .. })),
+            "a custom {name:?}: {r:?}"
+        );
+    }
+    let records = fx.telemetry_of(&id).await;
+    assert_eq!(records.len(), 1, "spoofing messages must not be logged");
+    let h = &records[0].headers;
+    assert_eq!(h.get(header::DEVICE_ID), Some(id.as_str()));
+    let method: serde_json::Value =
+        serde_json::from_str(h.get(header::AUTH_METHOD).expect("auth method")).expect("JSON");
+    assert_eq!(
+        method,
+        json!({"scope": "device", "type": "sas", "issuer": "iothub", "acceptingIpFilterRule": null})
+    );
+    assert!(
+        h.get(header::AUTH_GENERATION_ID)
+            .is_some_and(|g| !g.is_empty()),
+        "{h:?}"
+    );
+    let enqueued: u64 = h
+        .get(header::ENQUEUED_TIME)
+        .expect("enqueued time")
+        .parse()
+        .expect("Unix milliseconds");
+    assert!(
+        (before..=after).contains(&enqueued),
+        "{enqueued} not in {before}..={after}"
+    );
+    assert_eq!(
+        h.get(header::MESSAGE_SOURCE),
+        Some(header::MESSAGE_SOURCE_TELEMETRY)
+    );
+    assert_eq!(h.get(header::MODEL_ID), Some(MODEL));
+    s.close().await;
+    // A session that announced no model stamps none.
+    let s = connect(gw, &id, &token).await;
+    within(s.send_telemetry(Telemetry::new("no model")))
+        .await
+        .expect("send");
+    let records = fx.telemetry_of(&id).await;
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[1].headers.get(header::MODEL_ID), None);
+    assert_eq!(records[1].headers.get(header::DEVICE_ID), Some(id.as_str()));
     s.close().await;
 }
 
@@ -355,6 +437,8 @@ pub async fn c2d_waits_for_offline_device(gw: &dyn Gateway, fx: &dyn Fixture) {
     assert_eq!(d.message_id, receipt.message_id);
     assert_eq!(d.correlation_id.as_deref(), Some("corr"));
     assert_eq!(d.properties, vec![("k".to_owned(), "v".to_owned())]);
+    assert_eq!(d.ack, AckRequest::Full);
+    assert_eq!(d.expires_at, receipt.expires_at);
     assert_eq!(d.delivery_count, 1);
     s.complete(d.lock_token).await.expect("complete");
     assert!(matches!(

@@ -10,17 +10,29 @@ pub const MAX_PROPERTY_VALUE: usize = 4096;
 /// The most custom properties one message may carry.
 pub const MAX_PROPERTIES: usize = 64;
 
-/// Header names the gateway sets itself; custom properties may not reuse them.
-const SYSTEM_NAMES: [&str; 5] = [
+/// Header names the gateway sets itself; custom properties may not reuse them. (Names starting
+/// with `$` or `iothub-`, the other stamps, are refused by prefix.)
+const SYSTEM_NAMES: [&str; 8] = [
     header::MESSAGE_ID,
     header::CORRELATION_ID,
     header::CONTENT_TYPE,
     header::CONTENT_ENCODING,
     header::EXPIRY_TIME,
+    header::USER_ID,
+    header::COMPONENT,
+    header::MODEL_ID,
 ];
 
 fn shorten(name: &str) -> String {
     name.chars().take(MAX_PROPERTY_NAME + 8).collect()
+}
+
+/// Whether the gateway writes a header of this name itself, so that a custom property may not
+/// use it: the system properties and the stamps (`$…`, `iothub-…`, `dt-dataschema`, …).
+pub fn is_reserved_name(name: &str) -> bool {
+    name.starts_with(header::RESERVED_PREFIX)
+        || name.starts_with(header::IOTHUB_PREFIX)
+        || SYSTEM_NAMES.contains(&name)
 }
 
 /// Checks one custom property: a name of 1 to 128 printable ASCII characters other than
@@ -45,7 +57,7 @@ pub fn check_property(name: &str, value: &str) -> Result<()> {
             "the name must be printable ASCII without spaces, '&', '=' or '/'",
         ));
     }
-    if name.starts_with(header::RESERVED_PREFIX) || name.starts_with("iothub-") {
+    if name.starts_with(header::RESERVED_PREFIX) || name.starts_with(header::IOTHUB_PREFIX) {
         return Err(refuse("names starting with '$' or 'iothub-' are reserved"));
     }
     if SYSTEM_NAMES.contains(&name) {
@@ -130,6 +142,10 @@ mod tests {
             "a&b",
             "a/b",
             "message-id",
+            "user-id",
+            "dt-subject",
+            "dt-dataschema",
+            "iothub-connection-device-id",
             "é",
         ] {
             assert!(

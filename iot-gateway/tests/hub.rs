@@ -594,3 +594,92 @@ async fn an_oversized_method_answer_fails_the_call_at_once() {
         "{answer:?}"
     );
 }
+
+/// The stamps come from the identity the session authenticated: its generation id (a
+/// re-created device id gets a new one), the credential kind, and the hub's acceptance time,
+/// which is never after the log's own enqueued time.
+#[tokio::test]
+async fn telemetry_stamps_follow_the_identity() {
+    let (hub, fx) = hub_with(HubConfig::default()).await;
+    let thumbprint = iot_identity::Thumbprint::from_hex(&"5a".repeat(32)).expect("thumbprint");
+    let id: iot_core::DeviceId = "x509-device".parse().expect("id");
+    let create = || {
+        iot_identity::NewIdentity::new(
+            id.clone(),
+            iot_identity::Credentials::X509 {
+                primary: thumbprint,
+                secondary: thumbprint,
+            },
+        )
+    };
+    let mut generations = Vec::new();
+    for round in 0..2 {
+        let identity = fx.identity.create(create()).await.expect("create");
+        let s = hub
+            .connect(
+                &id,
+                Presented::Thumbprint(thumbprint),
+                SessionOptions::default(),
+            )
+            .await
+            .expect("connect");
+        s.send_telemetry(Telemetry::new(format!("round {round}")))
+            .await
+            .expect("send");
+        s.close().await;
+        generations.push(identity.generation_id.to_string());
+        if round == 0 {
+            fx.identity.delete(&id, None).await.expect("delete");
+        }
+    }
+    assert_ne!(generations[0], generations[1]);
+    let log = hub.telemetry_log();
+    let p = partition_for_key(id.as_str(), log.partition_count());
+    let from = log.earliest_offset(p).await.expect("earliest");
+    let stored = log
+        .read(p, from, ReadLimits::default())
+        .await
+        .expect("read");
+    let stored: Vec<_> = stored
+        .into_iter()
+        .filter(|r| r.record.key == id.as_str())
+        .collect();
+    assert_eq!(stored.len(), 2);
+    for (r, generation) in stored.iter().zip(&generations) {
+        let h = &r.record.headers;
+        assert_eq!(h.get(header::DEVICE_ID), Some(id.as_str()));
+        assert_eq!(h.get(header::AUTH_GENERATION_ID), Some(generation.as_str()));
+        let method: serde_json::Value =
+            serde_json::from_str(h.get(header::AUTH_METHOD).expect("auth method")).expect("JSON");
+        assert_eq!(method["type"], "x509Certificate");
+        assert_eq!(method["scope"], "device");
+        let accepted: u64 = h
+            .get(header::ENQUEUED_TIME)
+            .expect("enqueued time")
+            .parse()
+            .expect("Unix ms");
+        assert!(
+            accepted <= r.enqueued_time.as_unix_millis(),
+            "stamped {accepted}, enqueued {}",
+            r.enqueued_time.as_unix_millis()
+        );
+    }
+}
+
+/// A model id that is not a property value is refused before the session opens.
+#[tokio::test]
+async fn a_malformed_model_id_is_refused() {
+    let (hub, fx) = hub_with(HubConfig::default()).await;
+    let (id, token) = fx.provision("model").await;
+    for bad in [String::new(), "a\nb".to_owned(), "m".repeat(4097)] {
+        let mut options = SessionOptions::default();
+        options.model_id = Some(bad.clone());
+        let r = hub.connect(&id, Presented::SasToken(&token), options).await;
+        assert!(
+            matches!(r, Err(Error::InvalidInput { .. })),
+            "{bad:?}: {:?}",
+            r.err()
+        );
+    }
+    assert!(hub.connected_devices().await.expect("list").is_empty());
+}

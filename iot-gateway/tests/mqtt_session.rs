@@ -9,6 +9,7 @@ use std::time::Duration;
 use iot_core::headers;
 use iot_gateway::message::header;
 use iot_gateway::{AckRequest, C2dMessage, FeedbackStatus, MethodCall};
+use iot_identity::IdentityStore;
 use mqtt_support::{Client, Fixture, PATIENCE};
 use rumqttc::{QoS, SubscribeReasonCode};
 
@@ -44,9 +45,195 @@ async fn telemetry_properties_become_record_headers() {
     assert_eq!(h.get(header::EXPIRY_TIME), Some("4070908800000"));
     assert_eq!(h.get("site"), Some("north wing"));
     assert_eq!(h.get("level"), Some("3"));
-    assert_eq!(h.get(header::WILL), None);
-    // The retain flag is accepted and ignored.
+    assert_eq!(h.get(header::MESSAGE_TYPE), None);
+    assert_eq!(h.get(header::RETAIN), None);
     assert_eq!(records[1].record.payload.as_ref(), b"second");
+}
+
+/// IoT Hub keeps no retained message but passes the flag on as `mqtt-retain: true`.
+#[tokio::test]
+async fn a_retained_publish_is_forwarded_marked_mqtt_retain() {
+    let fx = Fixture::start().await;
+    let device = fx.device("d1").await;
+    let client = Client::connect_device(&device, fx.addr).await;
+    for (retain, body) in [(true, "retained"), (false, "plain")] {
+        client
+            .client
+            .publish(
+                "devices/d1/messages/events/a=1",
+                QoS::AtLeastOnce,
+                retain,
+                body.as_bytes().to_vec(),
+            )
+            .await
+            .expect("publish");
+    }
+    let records = fx.telemetry(&device.id, 2).await;
+    let retained = &records[0].record;
+    assert_eq!(retained.payload.as_ref(), b"retained");
+    assert_eq!(retained.headers.get(header::RETAIN), Some("true"));
+    assert_eq!(retained.headers.get("a"), Some("1"));
+    assert_eq!(records[1].record.headers.get(header::RETAIN), None);
+}
+
+/// The system properties the Azure SDKs send beyond the basic five (`$.uid`, `$.ifid`, `$.on`,
+/// `$.sub`) and the model id of a Plug and Play username reach the record under IoT Hub's names.
+#[tokio::test]
+async fn sdk_system_properties_and_the_model_id_are_kept() {
+    let fx = Fixture::start().await;
+    let device = fx.device("d1").await;
+    let mut options = device.options(fx.addr);
+    options.set_credentials(
+        format!(
+            "{}&model-id=dtmi%3Acom%3Aexample%3ATemperatureController%3B1",
+            device.username()
+        ),
+        device.token(),
+    );
+    let client = Client::connect(options).await;
+    let topic = "devices/d1/messages/events/%24.uid=ops&%24.ifid=urn%3Aazureiot%3ASecurity%3ASecurityAgent%3A1&%24.on=out1&%24.sub=thermostat1&t=1";
+    client
+        .client
+        .publish(topic, QoS::AtLeastOnce, false, b"{}".to_vec())
+        .await
+        .expect("publish");
+    let records = fx.telemetry(&device.id, 1).await;
+    let h = &records[0].record.headers;
+    assert_eq!(h.get(header::USER_ID), Some("ops"));
+    assert_eq!(
+        h.get(header::INTERFACE_ID),
+        Some("urn:azureiot:Security:SecurityAgent:1")
+    );
+    assert_eq!(h.get(header::OUTPUT_NAME), Some("out1"));
+    assert_eq!(h.get(header::COMPONENT), Some("thermostat1"));
+    assert_eq!(
+        h.get(header::MODEL_ID),
+        Some("dtmi:com:example:TemperatureController;1")
+    );
+    assert_eq!(h.get("t"), Some("1"));
+}
+
+/// Telemetry is stamped as IoT Hub stamps it, and stamps the device writes into its property
+/// bag are dropped (the connection stays open), so it cannot pass itself off as another device.
+#[tokio::test]
+async fn telemetry_is_stamped_and_device_sent_stamps_are_dropped() {
+    let fx = Fixture::start().await;
+    let device = fx.device("d1").await;
+    fx.device("d2").await;
+    let client = Client::connect_device(&device, fx.addr).await;
+    let forged = "devices/d1/messages/events/iothub-connection-device-id=d2&iothub-connection-auth-generation-id=1&iothub-connection-auth-method=x&iothub-enqueuedtime=0&iothub-message-source=Twin&iothub-MessageType=Will&dt-dataschema=dtmi%3Afake%3B1&mqtt-retain=true&kept=yes";
+    client
+        .client
+        .publish(forged, QoS::AtLeastOnce, false, b"forged".to_vec())
+        .await
+        .expect("publish");
+    client
+        .client
+        .publish(
+            "devices/d1/messages/events/",
+            QoS::AtLeastOnce,
+            false,
+            b"after".to_vec(),
+        )
+        .await
+        .expect("publish");
+    let records = fx.telemetry(&device.id, 2).await;
+    assert_eq!(records[1].record.payload.as_ref(), b"after");
+    let stored = &records[0];
+    let h = &stored.record.headers;
+    assert_eq!(stored.record.payload.as_ref(), b"forged");
+    assert_eq!(h.get(header::DEVICE_ID), Some("d1"));
+    let generation = fx
+        .identity
+        .get(&device.id)
+        .await
+        .expect("lookup")
+        .expect("identity")
+        .generation_id
+        .to_string();
+    assert_eq!(h.get(header::AUTH_GENERATION_ID), Some(generation.as_str()));
+    assert_eq!(
+        h.get(header::AUTH_METHOD),
+        Some(r#"{"scope":"device","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}"#)
+    );
+    let accepted: u64 = h
+        .get(header::ENQUEUED_TIME)
+        .expect("stamped")
+        .parse()
+        .expect("Unix ms");
+    assert!(accepted <= stored.enqueued_time.as_unix_millis());
+    assert!(accepted > 0);
+    assert_eq!(
+        h.get(header::MESSAGE_SOURCE),
+        Some(header::MESSAGE_SOURCE_TELEMETRY)
+    );
+    assert_eq!(h.get(header::MESSAGE_TYPE), None);
+    assert_eq!(h.get(header::MODEL_ID), None);
+    assert_eq!(h.get(header::RETAIN), None);
+    assert_eq!(h.get("kept"), Some("yes"));
+}
+
+/// The C2D topic's property bag carries the expiry (`$.exp`, RFC 3339 UTC) and the feedback
+/// the sender asked for (`iothub-ack`), as IoT Hub's does.
+#[tokio::test]
+async fn the_c2d_bag_carries_expiry_and_ack() {
+    let fx = Fixture::start().await;
+    let device = fx.device("d1").await;
+    for (ack, name) in [
+        (AckRequest::Positive, "positive"),
+        (AckRequest::None, "none"),
+    ] {
+        let mut message = C2dMessage::new(name.as_bytes().to_vec());
+        message.ack = ack;
+        message.ttl = Some(Duration::from_secs(600));
+        let receipt = fx
+            .gateway
+            .send_c2d(&device.id, message)
+            .await
+            .expect("queue C2D");
+        let mut client = Client::connect_device(&device, fx.addr).await;
+        client
+            .subscribe("devices/d1/messages/devicebound/#", QoS::AtLeastOnce)
+            .await;
+        let publish = client.next_publish().await;
+        assert_eq!(publish.payload.as_ref(), name.as_bytes());
+        let bag = publish
+            .topic
+            .strip_prefix("devices/d1/messages/devicebound/")
+            .expect("devicebound topic")
+            .to_string();
+        let pairs: Vec<(String, String)> = bag
+            .split('&')
+            .filter_map(|p| p.split_once('='))
+            .map(|(k, v)| {
+                let decode = |s: &str| {
+                    percent_encoding::percent_decode_str(s)
+                        .decode_utf8()
+                        .expect("UTF-8")
+                        .into_owned()
+                };
+                (decode(k), decode(v))
+            })
+            .collect();
+        let get = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+        assert_eq!(get("iothub-ack").as_deref(), Some(name), "{bag}");
+        // `YYYY-MM-DDTHH:MM:SS.mmmZ` naming the receipt's expiry (the date arithmetic has unit
+        // tests of its own; here the time of day must match).
+        let expiry = get("$.exp").expect("$.exp");
+        let millis = receipt.expires_at.as_unix_millis();
+        let in_day = millis % 86_400_000;
+        let time = format!(
+            "T{:02}:{:02}:{:02}.{:03}Z",
+            in_day / 3_600_000,
+            in_day % 3_600_000 / 60_000,
+            in_day % 60_000 / 1000,
+            in_day % 1000
+        );
+        assert_eq!(expiry.len(), 24, "{expiry}");
+        assert_eq!(&expiry[10..], time, "{expiry} for {millis} ms");
+        client.client.disconnect().await.expect("disconnect");
+        client.closed().await;
+    }
 }
 
 #[tokio::test]
@@ -397,7 +584,11 @@ async fn a_vanished_device_leaves_its_will_as_telemetry() {
     let records = fx.telemetry(&device.id, 1).await;
     let will = &records[0].record;
     assert_eq!(will.payload.as_ref(), b"gone");
-    assert_eq!(will.headers.get(header::WILL), Some("true"));
+    assert_eq!(
+        will.headers.get(header::MESSAGE_TYPE),
+        Some(header::MESSAGE_TYPE_WILL)
+    );
+    assert_eq!(will.headers.get(header::DEVICE_ID), Some("d1"));
     assert_eq!(will.headers.get("alarm"), Some("lost"));
 }
 

@@ -3,6 +3,7 @@
 mod config;
 mod records;
 mod session;
+mod stamp;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -563,9 +564,20 @@ impl Gateway for Hub {
         if hub.shut.load(Ordering::SeqCst) {
             return Err(Error::Shutdown);
         }
+        if let Some(model) = &options.model_id {
+            validate::check_system(&[(crate::message::header::MODEL_ID, &options.model_id)])
+                .map_err(|_| {
+                    Error::invalid(format!(
+                        "the model id must be a property value (at most {} bytes, no control characters); got {} bytes",
+                        validate::MAX_PROPERTY_VALUE,
+                        model.len()
+                    ))
+                })?;
+        }
         // Before authenticating, only the address's failure record counts: the device named
         // may be anyone's claim. Its own budget is spent once it proved who it is.
         hub.connect_throttle.admit(device, options.peer)?;
+        let auth_method = stamp::AuthMethod::of(&credential);
         let who = match hub.auth.authenticate(device, credential).await {
             Ok(who) => who,
             Err(e) => {
@@ -580,6 +592,7 @@ impl Gateway for Hub {
         let shared = Arc::new(SessionShared::new(
             hub.next_session.fetch_add(1, Ordering::Relaxed),
             who,
+            auth_method,
             options,
             &hub.telemetry_throttle,
             hub.config.token_skew,

@@ -4,19 +4,24 @@ use bytes::Bytes;
 use iot_core::{DeviceId, Headers, Record, Timestamp};
 use serde_json::Value;
 
+use super::stamp::Stamp;
 use crate::error::{Error, Result};
 use crate::inbox::Removed;
 use crate::message::{Feedback, FeedbackStatus, Telemetry, header};
 use crate::validate;
 
-/// Validates a telemetry message and turns it into its log record.
-pub(crate) fn telemetry(device: &DeviceId, message: Telemetry, max_bytes: usize) -> Result<Record> {
+/// Validates a telemetry message and turns it into its log record, stamped with `stamp`.
+pub(crate) fn telemetry(message: Telemetry, stamp: &Stamp<'_>, max_bytes: usize) -> Result<Record> {
     let s = &message.system;
     let system = validate::check_system(&[
         (header::MESSAGE_ID, &s.message_id),
         (header::CORRELATION_ID, &s.correlation_id),
         (header::CONTENT_TYPE, &s.content_type),
         (header::CONTENT_ENCODING, &s.content_encoding),
+        (header::USER_ID, &s.user_id),
+        (header::INTERFACE_ID, &s.interface_id),
+        (header::OUTPUT_NAME, &s.output_name),
+        (header::COMPONENT, &s.component),
     ])?;
     // Check the size before looking at every property of a huge list.
     let rough = message.payload.len() + system;
@@ -37,12 +42,18 @@ pub(crate) fn telemetry(device: &DeviceId, message: Telemetry, max_bytes: usize)
         });
     }
     let mut headers = Headers::new();
+    // The stamps first, in the order IoT Hub's event endpoint shows them.
+    stamp.apply(&mut headers);
     let system = message.system;
     for (name, value) in [
         (header::MESSAGE_ID, system.message_id),
         (header::CORRELATION_ID, system.correlation_id),
         (header::CONTENT_TYPE, system.content_type),
         (header::CONTENT_ENCODING, system.content_encoding),
+        (header::USER_ID, system.user_id),
+        (header::INTERFACE_ID, system.interface_id),
+        (header::OUTPUT_NAME, system.output_name),
+        (header::COMPONENT, system.component),
     ] {
         if let Some(value) = value {
             headers.insert(name, value);
@@ -52,12 +63,12 @@ pub(crate) fn telemetry(device: &DeviceId, message: Telemetry, max_bytes: usize)
         headers.insert(header::EXPIRY_TIME, expiry.as_unix_millis().to_string());
     }
     if message.will {
-        headers.insert(header::WILL, "true");
+        headers.insert(header::MESSAGE_TYPE, header::MESSAGE_TYPE_WILL);
     }
     for (name, value) in message.properties {
         headers.insert(name, value);
     }
-    let mut record = Record::new(device.as_str(), message.payload).with_headers(headers);
+    let mut record = Record::new(stamp.device.as_str(), message.payload).with_headers(headers);
     if let Some(t) = message.device_time {
         record = record.with_device_time(t);
     }

@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+use super::stamp::{AuthMethod, Stamp};
 use super::{HubInner, records};
 use crate::error::{CloseReason, Error, Result};
 use crate::gateway::{DeviceSession, SessionEvent, SessionOptions, Subscription};
@@ -30,6 +31,10 @@ pub(crate) struct SessionShared {
     pub(crate) device: DeviceId,
     pub(crate) generation: GenerationId,
     pub(crate) etag: ETag,
+    /// How the device authenticated, stamped on its telemetry.
+    auth_method: AuthMethod,
+    /// The model id the device announced, stamped on its telemetry.
+    model_id: Option<String>,
     /// When the SAS token (plus skew) expires, if the credential was one.
     expires_at: Option<Timestamp>,
     window: usize,
@@ -62,6 +67,7 @@ impl SessionShared {
     pub(crate) fn new(
         id: u64,
         who: Authenticated,
+        auth_method: AuthMethod,
         options: SessionOptions,
         throttle: &TelemetryThrottle,
         skew: Duration,
@@ -71,6 +77,8 @@ impl SessionShared {
             device: who.id,
             generation: who.generation_id,
             etag: who.etag,
+            auth_method,
+            model_id: options.model_id,
             expires_at: who
                 .expires_at
                 .map(|s| Timestamp::from_unix_millis(s.saturating_mul(1000)).saturating_add(skew)),
@@ -349,6 +357,7 @@ fn delivery(l: Locked, delivery_count: u32) -> C2dDelivery {
         payload: m.payload,
         enqueued_at: m.enqueued_at,
         expires_at: m.expires_at,
+        ack: m.ack,
         delivery_count,
         locked_until: l.locked_until,
     }
@@ -374,11 +383,14 @@ impl DeviceSession for HubSession {
 
     async fn send_telemetry(&self, message: Telemetry) -> Result<()> {
         self.check_open()?;
-        let record = records::telemetry(
-            &self.shared.device,
-            message,
-            self.hub.config.max_message_bytes,
-        )?;
+        let stamp = Stamp {
+            device: &self.shared.device,
+            auth_method: self.shared.auth_method,
+            generation: self.shared.generation,
+            model_id: self.shared.model_id.as_deref(),
+            accepted: Timestamp::now(),
+        };
+        let record = records::telemetry(message, &stamp, self.hub.config.max_message_bytes)?;
         self.hub
             .telemetry_throttle
             .take(&self.shared.device, &self.shared.telemetry_bucket)?;

@@ -18,10 +18,14 @@ pub struct MqttConfig {
     pub max_packet_size: u32,
     /// How long a new connection may take to send CONNECT (slow-loris guard). Default 10 s.
     pub connect_timeout: Duration,
-    /// The keep-alive used when a client asks for 0 (none) or for more than this; the
-    /// connection is closed after 1.5 times the keep-alive without a packet. Default 1767 s, the
-    /// largest value IoT Hub accepts.
+    /// The largest keep-alive honoured: a client that asks for more is treated as if it asked
+    /// for this. A connection is closed after 1.5 times its keep-alive without a packet.
+    /// Default 1177 s, IoT Hub's cap (1767 s / 1.5).
     pub max_keep_alive: Duration,
+    /// The server-side idle timeout: how long a client that asked for no keep-alive (0) may stay
+    /// silent, and the ceiling of every connection's idle timeout. Default 1767 s, IoT Hub's
+    /// (the Azure load balancer's TCP idle timeout).
+    pub server_idle_timeout: Duration,
     /// The most QoS 1 cloud-to-device messages sent and not yet acknowledged with PUBACK.
     /// Default 16.
     pub inflight_window: usize,
@@ -58,7 +62,8 @@ impl Default for MqttConfig {
         MqttConfig {
             max_packet_size: 256 * 1024 + 4 * 1024,
             connect_timeout: Duration::from_secs(10),
-            max_keep_alive: Duration::from_secs(1767),
+            max_keep_alive: Duration::from_secs(1177),
+            server_idle_timeout: Duration::from_secs(1767),
             inflight_window: 16,
             write_timeout: Duration::from_secs(30),
             max_connections: 100_000,
@@ -89,6 +94,7 @@ impl MqttConfig {
         }
         if self.connect_timeout.is_zero()
             || self.max_keep_alive.is_zero()
+            || self.server_idle_timeout.is_zero()
             || self.write_timeout.is_zero()
         {
             return bad("timeouts must be positive");
@@ -98,19 +104,22 @@ impl MqttConfig {
         if self.max_keep_alive > Duration::from_secs(u64::from(u16::MAX)) {
             return bad("max_keep_alive must be at most 65535 s");
         }
+        if self.server_idle_timeout > Duration::from_secs(u64::from(u16::MAX) * 2) {
+            return bad("server_idle_timeout must be at most 131070 s");
+        }
         Ok(())
     }
 
-    /// The idle time after which a client that asked for `keep_alive_secs` is disconnected:
-    /// 1.5 times its keep-alive, capped by [`max_keep_alive`](Self::max_keep_alive).
+    /// The idle time after which a client that asked for `keep_alive_secs` is disconnected, as
+    /// IoT Hub computes it: 1.5 times the keep-alive, the keep-alive capped at
+    /// [`max_keep_alive`](Self::max_keep_alive); a keep-alive of 0 gets the
+    /// [`server_idle_timeout`](Self::server_idle_timeout), which also bounds every result.
     pub fn idle_timeout(&self, keep_alive_secs: u16) -> Duration {
-        let asked = Duration::from_secs(u64::from(keep_alive_secs));
-        let keep_alive = if asked.is_zero() || asked > self.max_keep_alive {
-            self.max_keep_alive
-        } else {
-            asked
-        };
-        keep_alive + keep_alive / 2
+        if keep_alive_secs == 0 {
+            return self.server_idle_timeout;
+        }
+        let keep_alive = Duration::from_secs(u64::from(keep_alive_secs)).min(self.max_keep_alive);
+        (keep_alive + keep_alive / 2).min(self.server_idle_timeout)
     }
 }
 
@@ -123,8 +132,29 @@ mod tests {
         let c = MqttConfig::default();
         assert_eq!(c.idle_timeout(60), Duration::from_secs(90));
         assert_eq!(c.idle_timeout(1), Duration::from_millis(1500));
-        assert_eq!(c.idle_timeout(0), Duration::from_millis(1767 * 1500));
-        assert_eq!(c.idle_timeout(u16::MAX), Duration::from_millis(1767 * 1500));
+        assert_eq!(c.idle_timeout(1177), Duration::from_millis(1177 * 1500));
+    }
+
+    /// IoT Hub caps a client's keep-alive at 1177 s and never waits longer than its 1767 s
+    /// server-side timeout; a keep-alive of 0 (none) gets that server-side timeout.
+    #[test]
+    fn keep_alive_is_capped_as_iot_hub_caps_it() {
+        let c = MqttConfig::default();
+        let capped = Duration::from_millis(1177 * 1500);
+        assert_eq!(c.idle_timeout(1178), capped);
+        assert_eq!(c.idle_timeout(1767), capped);
+        assert_eq!(c.idle_timeout(u16::MAX), capped);
+        assert_eq!(c.idle_timeout(0), Duration::from_secs(1767));
+        for keep_alive in [0, 1, 1177, 1178, 1767, u16::MAX] {
+            assert!(c.idle_timeout(keep_alive) <= Duration::from_secs(1767));
+        }
+        // A smaller server-side timeout bounds even keep-alives under the cap.
+        let tight = MqttConfig {
+            server_idle_timeout: Duration::from_secs(100),
+            ..MqttConfig::default()
+        };
+        assert_eq!(tight.idle_timeout(90), Duration::from_secs(100));
+        assert_eq!(tight.idle_timeout(0), Duration::from_secs(100));
     }
 
     #[test]
@@ -137,6 +167,11 @@ mod tests {
         assert!(c.validate().is_err());
         let c = MqttConfig {
             max_keep_alive: Duration::MAX,
+            ..MqttConfig::default()
+        };
+        assert!(c.validate().is_err());
+        let c = MqttConfig {
+            server_idle_timeout: Duration::ZERO,
             ..MqttConfig::default()
         };
         assert!(c.validate().is_err());

@@ -32,6 +32,7 @@ mod framing;
 mod pending;
 mod persistent;
 mod property_bag;
+mod rfc3339;
 mod server;
 mod session;
 mod telemetry;

@@ -171,6 +171,7 @@ where
         c2d_window: shared.config.inflight_window,
         // Failed authentications are charged to the address, not to the device named.
         peer: peer.map(|p| p.ip()),
+        model_id: checked.model_id,
         ..SessionOptions::default()
     };
     let session = match shared
@@ -229,6 +230,8 @@ struct CheckedConnect<'a> {
     device: DeviceId,
     credential: Presented<'a>,
     will: Option<Telemetry>,
+    /// The username's `model-id`, stamped on the device's telemetry.
+    model_id: Option<String>,
 }
 
 /// The checks of CONNECT that need no gateway: username form, client id = device id, a
@@ -277,10 +280,18 @@ fn check_connect(
                 return Err((NotAuthorized, "a will at QoS 2".to_string()));
             }
             match topics::classify_publish(&will.topic, device.as_str()) {
-                Ok(Inbound::Telemetry { bag }) => Some(
-                    telemetry::from_publish(bag, will.message.clone(), true)
-                        .map_err(|e| (NotAuthorized, e.to_string()))?,
-                ),
+                Ok(Inbound::Telemetry { bag }) => {
+                    // Marked as a will (`iothub-MessageType: Will`); the will's retain flag
+                    // is not passed on: the will is not the device's own publish.
+                    let flags = telemetry::Flags {
+                        will: true,
+                        retain: false,
+                    };
+                    Some(
+                        telemetry::from_publish(bag, will.message.clone(), flags)
+                            .map_err(|e| (NotAuthorized, e.to_string()))?,
+                    )
+                }
                 _ => {
                     return Err((
                         NotAuthorized,
@@ -294,6 +305,7 @@ fn check_connect(
         device,
         credential,
         will,
+        model_id: username.model_id,
     })
 }
 
@@ -452,10 +464,15 @@ where
         if publish.qos == QoS::ExactlyOnce {
             return Err(ProtocolViolation::QoS2.into());
         }
-        // The retain flag is ignored: nothing is stored for later subscribers.
         match topics::classify_publish(&publish.topic, self.device.as_str())? {
             Inbound::Telemetry { bag } => {
-                let message = telemetry::from_publish(bag, publish.payload, false)?;
+                // Nothing is stored for later subscribers; a retained message is passed on
+                // marked `mqtt-retain: true`, as IoT Hub does.
+                let flags = telemetry::Flags {
+                    will: false,
+                    retain: publish.retain,
+                };
+                let message = telemetry::from_publish(bag, publish.payload, flags)?;
                 self.send_telemetry(message).await?;
             }
             Inbound::TwinGet { rid } => {

@@ -2,25 +2,36 @@
 //! the property bag of its topic.
 
 use bytes::Bytes;
-use iot_core::Timestamp;
 
 use super::error::{ProtocolViolation, shorten};
-use super::property_bag;
+use super::{property_bag, rfc3339};
 use crate::message::{C2dDelivery, Telemetry, header};
+
+/// How the PUBLISH that carried a message was flagged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Flags {
+    /// The endpoint sends it as the device's last will.
+    pub(crate) will: bool,
+    /// The device set the retain flag: nothing is retained, the flag is passed on as
+    /// [`header::RETAIN`], as IoT Hub does.
+    pub(crate) retain: bool,
+}
 
 /// Builds the telemetry of a PUBLISH whose topic carried `bag`.
 ///
-/// System properties (`$.mid`, `$.cid`, `$.ct`, `$.ce`, `$.exp`) fill [`Telemetry::system`]; the
-/// other `$.` properties the SDKs send (`$.uid`, `$.on`, `$.ifid`, `$.to`) have no meaning here
-/// and are dropped, since names starting with `$` are reserved in records; everything else is a
-/// custom property, in order.
+/// The system properties the SDKs send (`$.mid`, `$.cid`, `$.ct`, `$.ce`, `$.exp`, `$.uid`,
+/// `$.ifid`, `$.on`, `$.sub`) fill [`Telemetry::system`]; `$.to` and unknown `$.` keys mean
+/// nothing on device-to-cloud messages and are dropped. Keys naming a header the gateway writes
+/// itself (`iothub-…`, `dt-dataschema`, `mqtt-retain`) are dropped too: IoT Hub overwrites
+/// them, and dropping keeps a device from passing off its own values as the gateway's stamps
+/// without cutting it off. Everything else is a custom property, in order.
 pub(crate) fn from_publish(
     bag: &str,
     payload: Bytes,
-    will: bool,
+    flags: Flags,
 ) -> Result<Telemetry, ProtocolViolation> {
     let mut telemetry = Telemetry::new(payload);
-    telemetry.will = will;
+    telemetry.will = flags.will;
     for (key, value) in property_bag::decode(bag)? {
         let system = &mut telemetry.system;
         match key.as_str() {
@@ -28,8 +39,12 @@ pub(crate) fn from_publish(
             "$.cid" => system.correlation_id = Some(value),
             "$.ct" => system.content_type = Some(value),
             "$.ce" => system.content_encoding = Some(value),
+            "$.uid" => system.user_id = Some(value),
+            "$.ifid" => system.interface_id = Some(value),
+            "$.on" => system.output_name = Some(value),
+            "$.sub" => system.component = Some(value),
             "$.exp" => {
-                system.expiry = Some(parse_expiry(&value).ok_or_else(|| {
+                system.expiry = Some(rfc3339::parse_expiry(&value).ok_or_else(|| {
                     ProtocolViolation::PropertyBag(format!(
                         "$.exp {:?} is neither RFC 3339 UTC nor Unix milliseconds",
                         shorten(&value)
@@ -39,14 +54,33 @@ pub(crate) fn from_publish(
             k if k.starts_with(header::RESERVED_PREFIX) => {
                 tracing::debug!(property = k, "dropping an unsupported system property");
             }
+            k if stamped_by_gateway(k) => {
+                tracing::debug!(
+                    property = %shorten(k),
+                    "dropping a property the gateway writes itself"
+                );
+            }
             _ => telemetry.properties.push((key, value)),
         }
+    }
+    if flags.retain {
+        telemetry
+            .properties
+            .push((header::RETAIN.to_string(), "true".to_string()));
     }
     Ok(telemetry)
 }
 
-/// The property bag of a C2D delivery's topic: `$.mid`, `$.cid`, `$.ct`, `$.ce`, `$.to`, then
-/// the custom properties.
+/// Whether the gateway writes a header of this name from what it knows rather than from the
+/// message: IoT Hub's stamps (`iothub-…`, `dt-dataschema`) and the retain flag. (Names of system
+/// properties a device sets through `$.` keys, such as `message-id`, are not dropped here: the
+/// hub refuses them as custom properties, which tells the device its message is wrong.)
+fn stamped_by_gateway(name: &str) -> bool {
+    name == header::RETAIN || name == header::MODEL_ID || name.starts_with(header::IOTHUB_PREFIX)
+}
+
+/// The property bag of a C2D delivery's topic: `$.mid`, `$.cid`, `$.ct`, `$.ce`, `$.to`,
+/// `$.exp` (RFC 3339 UTC), `iothub-ack`, then the custom properties — what IoT Hub sends.
 pub(crate) fn c2d_bag(delivery: &C2dDelivery, to: &str) -> Vec<(String, String)> {
     let mut pairs = vec![("$.mid".to_string(), delivery.message_id.clone())];
     let optional = [
@@ -60,82 +94,26 @@ pub(crate) fn c2d_bag(delivery: &C2dDelivery, to: &str) -> Vec<(String, String)>
         }
     }
     pairs.push(("$.to".to_string(), to.to_string()));
+    pairs.push((
+        "$.exp".to_string(),
+        rfc3339::format_millis(delivery.expires_at),
+    ));
+    pairs.push(("iothub-ack".to_string(), delivery.ack.as_str().to_string()));
     pairs.extend(delivery.properties.iter().cloned());
     pairs
-}
-
-/// `$.exp` as IoT Hub documents it (`2030-01-01T00:00:00.000Z`, RFC 3339 in UTC), or as Unix
-/// milliseconds, which some devices send.
-fn parse_expiry(text: &str) -> Option<Timestamp> {
-    if let Ok(millis) = text.parse::<u64>() {
-        return Some(Timestamp::from_unix_millis(millis));
-    }
-    parse_rfc3339_utc(text)
-}
-
-/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|+00:00)`.
-fn parse_rfc3339_utc(text: &str) -> Option<Timestamp> {
-    let text = text
-        .strip_suffix('Z')
-        .or_else(|| text.strip_suffix("+00:00"))?;
-    let (date, time) = text.split_once(['T', 't', ' '])?;
-    let mut date = date.split('-');
-    let year: i64 = date.next()?.parse().ok()?;
-    let month: u32 = date.next()?.parse().ok()?;
-    let day: u32 = date.next()?.parse().ok()?;
-    // RFC 3339 years have four digits; the bound also keeps the day arithmetic below far from
-    // overflow for any year a device sends.
-    if date.next().is_some()
-        || !(0..=9999).contains(&year)
-        || !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-    {
-        return None;
-    }
-    let (hms, fraction) = time.split_once('.').unwrap_or((time, ""));
-    let mut hms = hms.split(':');
-    let hour: u64 = hms.next()?.parse().ok()?;
-    let minute: u64 = hms.next()?.parse().ok()?;
-    let second: u64 = hms.next()?.parse().ok()?;
-    if hms.next().is_some() || hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
-    if fraction.len() > 9 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let micros_fraction: u64 = format!("{fraction:0<6}")[..6].parse().ok()?;
-    let days = u64::try_from(days_from_civil(year, month, day)).ok()?;
-    // Under 3 million days (year 9999) of 86 400 seconds: far below u64::MAX.
-    let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second;
-    Some(Timestamp::from_unix_micros(
-        seconds
-            .checked_mul(1_000_000)?
-            .checked_add(micros_fraction)?,
-    ))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let month = i64::from(month);
-    let day_of_year =
-        (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use iot_core::Timestamp;
 
     #[test]
     fn system_and_custom_properties() {
         let t = from_publish(
-            "%24.mid=m1&%24.cid=c1&%24.ct=application%2Fjson&%24.ce=utf-8&%24.exp=2030-01-01T00%3A00%3A00.500Z&%24.uid=u&temp=21&site=a%20b",
+            "%24.mid=m1&%24.cid=c1&%24.ct=application%2Fjson&%24.ce=utf-8&%24.exp=2030-01-01T00%3A00%3A00.500Z&temp=21&site=a%20b",
             Bytes::from_static(b"{}"),
-            false,
+            Flags::default(),
         )
         .expect("telemetry");
         assert_eq!(t.system.message_id.as_deref(), Some("m1"));
@@ -151,32 +129,49 @@ mod tests {
             vec![("temp".into(), "21".into()), ("site".into(), "a b".into())]
         );
         assert!(!t.will);
+        assert!(from_publish("%24.exp=soon", Bytes::new(), Flags::default()).is_err());
+    }
+
+    /// The `$.` keys the Azure SDKs send besides the basic five are kept, not dropped.
+    #[test]
+    fn sdk_system_properties_are_kept() {
+        let t = from_publish(
+            "%24.uid=ops&%24.ifid=urn%3Aazureiot%3ASecurity%3ASecurityAgent%3A1&%24.on=out1&%24.sub=thermostat1&%24.to=%2Fx&%24.unknown=1",
+            Bytes::new(),
+            Flags::default(),
+        )
+        .expect("telemetry");
+        assert_eq!(t.system.user_id.as_deref(), Some("ops"));
+        assert_eq!(
+            t.system.interface_id.as_deref(),
+            Some("urn:azureiot:Security:SecurityAgent:1")
+        );
+        assert_eq!(t.system.output_name.as_deref(), Some("out1"));
+        assert_eq!(t.system.component.as_deref(), Some("thermostat1"));
+        assert!(t.properties.is_empty(), "{:?}", t.properties);
     }
 
     #[test]
-    fn expiry_forms() {
-        assert_eq!(parse_expiry("0"), Some(Timestamp::EPOCH));
+    fn gateway_stamps_in_the_bag_are_dropped_and_retain_is_passed_on() {
+        let t = from_publish(
+            "iothub-connection-device-id=other&iothub-MessageType=Will&dt-dataschema=dtmi%3Afake%3B1&mqtt-retain=false&iothub-enqueuedtime=0&kept=1",
+            Bytes::new(),
+            Flags {
+                will: false,
+                retain: true,
+            },
+        )
+        .expect("telemetry");
         assert_eq!(
-            parse_expiry("1970-01-02T00:00:01Z"),
-            Some(Timestamp::from_unix_millis(86_401_000))
+            t.properties,
+            vec![
+                ("kept".into(), "1".into()),
+                (header::RETAIN.into(), "true".into())
+            ]
         );
-        assert_eq!(
-            parse_expiry("2000-03-01T00:00:00+00:00"),
-            Some(Timestamp::from_unix_millis(951_868_800_000))
-        );
-        for bad in [
-            "",
-            "2030-13-01T00:00:00Z",
-            "2030-01-01T00:00:00",
-            "1969-12-31T00:00:00Z",
-            "x",
-            // Years whose day arithmetic used to overflow (a panic with overflow checks).
-            "9223372036854775807-01-01T00:00:00Z",
-            "-9223372036854775808-01-01T00:00:00Z",
-            "99999999999999-01-01T00:00:00Z",
-        ] {
-            assert_eq!(parse_expiry(bad), None, "{bad}");
-        }
-        assert!(from_publish("%24.exp=soon", Bytes::new(), false).is_err());
+        // Names the device sets through `$.` keys are not dropped: the hub refuses them.
+        let t = from_publish("message-id=x&user-id=y", Bytes::new(), Flags::default())
+            .expect("telemetry");
+        assert_eq!(t.properties.len(), 2);
     }
 }

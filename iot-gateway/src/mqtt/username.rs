@@ -1,9 +1,13 @@
 //! The CONNECT username of IoT Hub's device protocol: `{host}/{deviceId}/?api-version=…`.
 
-use super::error::{ProtocolViolation, shorten};
+use percent_encoding::percent_decode_str;
 
-/// A parsed username. The query (`api-version`, `DeviceClientType`, `model-id`, ...) is kept only
-/// for logging: devices send many variants and none changes what the endpoint does.
+use super::error::{ProtocolViolation, shorten};
+use crate::validate;
+
+/// A parsed username. Of the query, only `api-version` (for logging) and `model-id` (the IoT
+/// Plug and Play model the device implements, stamped on its telemetry) are kept: devices send
+/// many other parameters (`DeviceClientType`, ...) and none changes what the endpoint does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Username<'a> {
     /// The host name the device believes it talks to.
@@ -12,6 +16,8 @@ pub(crate) struct Username<'a> {
     pub(crate) device_id: &'a str,
     /// The `api-version` parameter, if any.
     pub(crate) api_version: Option<&'a str>,
+    /// The `model-id` parameter, percent-decoded, if any (and not empty).
+    pub(crate) model_id: Option<String>,
 }
 
 /// Parses `{host}/{deviceId}/?{query}`; also accepts `{host}/{deviceId}` and
@@ -38,10 +44,27 @@ pub(crate) fn parse(username: &str) -> Result<Username<'_>, ProtocolViolation> {
     let api_version = query
         .split('&')
         .find_map(|pair| pair.strip_prefix("api-version="));
+    let model_id = match query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("model-id="))
+    {
+        None | Some("") => None,
+        Some(raw) => {
+            let model = percent_decode_str(raw)
+                .decode_utf8()
+                .map_err(|_| bad("the model-id is not UTF-8"))?;
+            // The hub refuses such a model id too; refusing here answers with CONNACK 4 (bad
+            // username) instead of "server unavailable".
+            validate::check_value("model-id", &model)
+                .map_err(|_| bad("the model-id is too long or has control characters"))?;
+            Some(model.into_owned())
+        }
+    };
     Ok(Username {
         host,
         device_id,
         api_version,
+        model_id,
     })
 }
 
@@ -60,7 +83,8 @@ mod tests {
             Username {
                 host: "localhost",
                 device_id: "dev-1",
-                api_version: Some("2019-10-01")
+                api_version: Some("2019-10-01"),
+                model_id: None,
             }
         );
         let u = parse("hub.example.net/dev-1/api-version=2016-11-14").expect("old sdk");
@@ -72,6 +96,20 @@ mod tests {
         );
         let u = parse("h/d/?model-id=dtmi%3Ax%3B1&api-version=2021-04-12").expect("model id first");
         assert_eq!(u.api_version, Some("2021-04-12"));
+    }
+
+    /// The model id the PnP SDKs put in the username is kept, decoded, for the telemetry stamp.
+    #[test]
+    fn keeps_the_model_id() {
+        let u = parse("h/d/?api-version=2021-04-12&model-id=dtmi%3Acom%3Aexample%3AThermostat%3B1")
+            .expect("pnp username");
+        assert_eq!(u.model_id.as_deref(), Some("dtmi:com:example:Thermostat;1"));
+        assert_eq!(parse("h/d/?model-id=").expect("empty").model_id, None);
+        assert_eq!(parse("h/d/?api-version=1").expect("none").model_id, None);
+        assert!(parse("h/d/?model-id=a%0Ab").is_err(), "control character");
+        assert!(parse("h/d/?model-id=%FF").is_err(), "not UTF-8");
+        let long = format!("h/d/?model-id={}", "m".repeat(4097));
+        assert!(parse(&long).is_err(), "too long");
     }
 
     #[test]

@@ -162,7 +162,9 @@ where
     let checked = match check_connect(&connect, client_cert) {
         Ok(checked) => checked,
         Err((code, why)) => {
-            tracing::info!(client_id = %super::error::shorten(&connect.client_id), %why, "CONNECT refused");
+            // Debug, not info: a flood of bad CONNECTs must not become a flood of log lines
+            // (the throttle's budgets already bound and count them).
+            tracing::debug!(client_id = %super::error::shorten(&connect.client_id), %why, "CONNECT refused");
             write(&mut transport, refuse(code), write_timeout).await?;
             return Ok(None);
         }
@@ -187,7 +189,7 @@ where
                 }
                 _ => ConnectAckReason::ServiceUnavailable,
             };
-            tracing::info!(device = %checked.device, error = %e, "CONNECT refused by the gateway");
+            tracing::debug!(device = %checked.device, error = %e, "CONNECT refused by the gateway");
             write(&mut transport, refuse(code), write_timeout).await?;
             return Ok(None);
         }

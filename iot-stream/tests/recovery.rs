@@ -218,6 +218,46 @@ async fn a_checksummed_frame_claiming_a_huge_length_is_a_typed_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_snapshot_is_refused_and_a_repair_of_it_lasts() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = FileStateStore::open(dir.path(), FileStateStoreConfig::default())
+        .await
+        .unwrap();
+    for d in 0..4 {
+        let id = DeviceId::new(format!("d{d}")).unwrap();
+        s.merge_last_known(&id, update("a", d + 1)).await.unwrap();
+    }
+    s.compact().await.unwrap();
+    drop(s);
+    let snap = dir.path().join("state.snap");
+    let mut bytes = std::fs::read(&snap).unwrap();
+    // Flip a byte in the body of the last device frame: it is the end of the file, but a
+    // snapshot is never torn.
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x20;
+    std::fs::write(&snap, &bytes).unwrap();
+    let err = FileStateStore::open(dir.path(), FileStateStoreConfig::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Corrupt { path, .. } if path == &snap),
+        "{err}"
+    );
+
+    let repair = FileStateStoreConfig {
+        recovery: Recovery::Repair,
+        ..FileStateStoreConfig::default()
+    };
+    let s = FileStateStore::open(dir.path(), repair).await.unwrap();
+    assert_eq!(s.devices().await.unwrap().len(), 3);
+    drop(s);
+    let s = FileStateStore::open(dir.path(), FileStateStoreConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(s.devices().await.unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interval_durability_is_refused_with_the_alternatives() {
     let dir = tempfile::tempdir().unwrap();
     let config = FileStateStoreConfig {

@@ -101,7 +101,8 @@ impl FileRegistry {
         let wal_path = dir.join(wal_name(recovered.generation));
         let file = sfs::open_append(&wal_path, true)?;
         sfs::sync_dir(&dir)?;
-        Ok(FileRegistry {
+        let snapshot_repaired = recovered.snapshot_repaired;
+        let registry = FileRegistry {
             shared: Arc::new(Shared {
                 dir,
                 engine: RwLock::new(recovered.engine),
@@ -116,7 +117,14 @@ impl FileRegistry {
                 }),
                 config,
             }),
-        })
+        };
+        if snapshot_repaired {
+            // The damaged snapshot would be refused again by the next strict open.
+            let shared = &registry.shared;
+            let mut writer = shared.lock_writer()?;
+            shared.compact(&mut writer)?;
+        }
+        Ok(registry)
     }
 
     /// How many records the registry holds.

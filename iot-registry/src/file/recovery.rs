@@ -20,6 +20,9 @@ pub(super) struct Recovered {
     pub(super) generation: u64,
     pub(super) wal_bytes: u64,
     pub(super) snapshot_bytes: u64,
+    /// A repair dropped records of the snapshot: open writes a new one, so that the repair
+    /// lasts.
+    pub(super) snapshot_repaired: bool,
 }
 
 /// Recovers the registry in `dir` (which the caller has locked).
@@ -49,6 +52,7 @@ pub(super) fn recover(dir: &Path, config: &FileConfig) -> Result<Recovered> {
         unindexed: config.registry.unindexed_paths.clone(),
         next_version: 1,
         size: 0,
+        repaired: false,
     });
     let read = started.elapsed();
     // Indexes saved with another list of unindexed paths would answer wrongly.
@@ -70,6 +74,7 @@ pub(super) fn recover(dir: &Path, config: &FileConfig) -> Result<Recovered> {
             format!("device {id} appears twice"),
         ))
     };
+    let snapshot_repaired = loaded.repaired;
     let rejected = engine
         .load_slots(loaded.slots, section, changes.len())
         .map_err(duplicate)?;
@@ -100,6 +105,7 @@ pub(super) fn recover(dir: &Path, config: &FileConfig) -> Result<Recovered> {
         generation,
         wal_bytes,
         snapshot_bytes: loaded.size,
+        snapshot_repaired,
     })
 }
 

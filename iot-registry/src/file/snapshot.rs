@@ -103,7 +103,7 @@ pub(super) fn write_snapshot(target: &Path, engine: &Engine) -> Result<u64> {
 /// What a snapshot holds: the records in their slots; the decoded index section (`None`: not
 /// saved), or why it cannot be used (the records are intact either way, and the indexes can be
 /// derived from them); the unindexed paths of the registry that wrote it; the next version it
-/// recorded; its size.
+/// recorded; its size; whether a repair dropped records (the snapshot must then be rewritten).
 #[derive(Debug)]
 pub(super) struct Loaded {
     pub(super) slots: Vec<Option<Stored>>,
@@ -111,6 +111,7 @@ pub(super) struct Loaded {
     pub(super) unindexed: Vec<String>,
     pub(super) next_version: u64,
     pub(super) size: u64,
+    pub(super) repaired: bool,
 }
 
 /// Reads the snapshot `path`. See the module docs for what counts as corruption.
@@ -157,7 +158,8 @@ pub(super) fn load_snapshot(path: &Path, recovery: Recovery) -> Result<Loaded> {
         }
     }
     let mut section_problem = None;
-    if (frames.len() as u64) < count {
+    let repaired = (frames.len() as u64) < count;
+    if repaired {
         let position = reader.valid_end();
         let reason = format!("snapshot holds {} of its {count} records", frames.len());
         if recovery == Recovery::Strict {
@@ -205,6 +207,7 @@ pub(super) fn load_snapshot(path: &Path, recovery: Recovery) -> Result<Loaded> {
         unindexed,
         next_version,
         size: file.len() as u64,
+        repaired,
     })
 }
 

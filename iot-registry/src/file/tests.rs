@@ -209,6 +209,27 @@ async fn a_damaged_index_section_is_rebuilt_and_a_damaged_record_refused() {
         matches!(reopened, Err(Error::Corrupt { .. })),
         "{reopened:?}"
     );
+    // Repair loads the records before the damaged one, and rewrites the snapshot so that the
+    // next strict open succeeds.
+    let repaired = FileRegistry::open(
+        dir.path(),
+        FileConfig {
+            recovery: Recovery::Repair,
+            ..FileConfig::default()
+        },
+    );
+    assert!(
+        repaired.as_ref().is_ok_and(|r| r.len() == 299),
+        "{repaired:?}"
+    );
+    drop(repaired);
+    let reopened = FileRegistry::open(dir.path(), FileConfig::default());
+    assert!(
+        reopened
+            .as_ref()
+            .is_ok_and(|r| (r.len(), even_count(r)) == (299, 150)),
+        "{reopened:?}"
+    );
 }
 
 /// A registry with more free slots than records (after mass deletes) is saved renumbered,

@@ -175,10 +175,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Reads the snapshot: its generation and the devices' state. The snapshot is replaced
-/// atomically, so a damaged end is not a torn write: it is refused like any other damage unless
-/// `recovery` is `Repair`.
-fn read_snapshot(path: &Path, bytes: &[u8], recovery: Recovery) -> Result<(u64, StateData)> {
+/// What the snapshot holds: its generation, the devices' state, and whether a repair dropped part
+/// of it (it must then be rewritten, or the next strict open would refuse it again).
+struct Snapshot {
+    generation: u64,
+    data: StateData,
+    repaired: bool,
+}
+
+/// Reads the snapshot. It is replaced atomically, so a damaged end is not a torn write: it is
+/// refused like any other damage unless `recovery` is `Repair`.
+fn read_snapshot(path: &Path, bytes: &[u8], recovery: Recovery) -> Result<Snapshot> {
     let mut reader = FrameReader::new(path, bytes, 0, MAX_FRAME).with_recovery(recovery);
     let mut data = StateData::default();
     let mut generation = None;
@@ -222,7 +229,11 @@ fn read_snapshot(path: &Path, bytes: &[u8], recovery: Recovery) -> Result<(u64, 
     let Some(generation) = generation else {
         return Err(StorageError::corrupt(path, 0, "snapshot without a header frame").into());
     };
-    Ok((generation, data))
+    Ok(Snapshot {
+        generation,
+        data,
+        repaired: reader.torn_tail().is_some(),
+    })
 }
 
 /// Replays the journal over `data`, cutting a torn tail (or, under `Repair`, corruption) off the
@@ -244,12 +255,20 @@ impl Shared {
     fn open(dir: &Path, config: FileStateStoreConfig) -> Result<Shared> {
         config.validate()?;
         sfs::create_dir_durably(dir)?;
-        let lock = DirLock::acquire(dir)?;
+        let dir_lock = DirLock::acquire(dir)?;
         let snapshot = dir.join(SNAPSHOT);
         sfs::remove_leftover_temp(&snapshot)?;
-        let (generation, mut data) = match sfs::read_optional(&snapshot)? {
+        let Snapshot {
+            generation,
+            mut data,
+            repaired,
+        } = match sfs::read_optional(&snapshot)? {
             Some(bytes) => read_snapshot(&snapshot, &bytes, config.recovery)?,
-            None => (0, StateData::default()),
+            None => Snapshot {
+                generation: 0,
+                data: StateData::default(),
+                repaired: false,
+            },
         };
         let journal_path = dir.join(journal_name(generation));
         let journal_bytes = replay_journal(&journal_path, &mut data, config.recovery)?;
@@ -267,7 +286,7 @@ impl Shared {
                 warn!(error = %e, "could not remove a stale journal");
             }
         }
-        Ok(Shared {
+        let shared = Shared {
             writer: Mutex::new(Writer {
                 dir: dir.to_owned(),
                 config,
@@ -275,10 +294,16 @@ impl Shared {
                 journal,
                 journal_bytes,
                 failed: None,
-                _lock: lock,
+                _lock: dir_lock,
             }),
             data: Mutex::new(data),
-        })
+        };
+        if repaired {
+            // Rewrite the repaired snapshot, so that the repair lasts.
+            let mut writer = lock(&shared.writer);
+            shared.compact(&mut writer)?;
+        }
+        Ok(shared)
     }
 
     /// Journals `op` (durably if configured), then applies it. The caller holds `writer`.

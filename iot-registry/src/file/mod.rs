@@ -11,7 +11,7 @@
 //! Open ([`recovery`]) loads the newest snapshot and its log, applies the log, and follows the
 //! kit's one rule: a torn tail of the log (a short, damaged or zero-filled end with no intact
 //! frame after it) is cut off; damage followed by intact data is refused with
-//! [`Error::Corrupt`](crate::Error::Corrupt) naming the file and position, unless
+//! [`Error::Corrupt`] naming the file and position, unless
 //! [`FileConfig::recovery`] is [`Recovery::Repair`](iot_core::storage::Recovery::Repair). Damage
 //! in a snapshot's index section only makes open derive the indexes again from the records.
 //! Files of older generations are deleted.
@@ -90,7 +90,7 @@ impl FileRegistry {
     /// Opens (or creates) the registry in `dir`, recovering from any crash (see the module
     /// docs). A second opener of the directory gets [`Error::Locked`]. This reads the whole
     /// registry and blocks: from async code, call it through
-    /// [`run_blocking`](iot_core::storage::run_blocking) or `spawn_blocking`.
+    /// [`run_blocking`] or `spawn_blocking`.
     #[instrument(skip_all, fields(dir = %dir.as_ref().display()))]
     pub fn open(dir: impl AsRef<Path>, config: FileConfig) -> Result<Self> {
         let dir = dir.as_ref().to_owned();

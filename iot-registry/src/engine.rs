@@ -231,37 +231,6 @@ impl Engine {
         }
     }
 
-    /// Loads `records` into an empty engine at once, building the indexes in bulk. Returns the
-    /// id of a record that appears twice (the engine is then unusable and must be dropped).
-    pub(crate) fn bulk_load(&mut self, records: Vec<Stored>) -> std::result::Result<(), DeviceId> {
-        debug_assert!(self.slots.is_empty());
-        // The id map is built beside the indexes, on another thread.
-        let indexes = &mut self.indexes;
-        let ids = std::thread::scope(|scope| {
-            let ids = scope.spawn(|| {
-                let mut ids = HashMap::with_capacity_and_hasher(
-                    records.len(),
-                    foldhash::fast::RandomState::default(),
-                );
-                for (slot, record) in records.iter().enumerate() {
-                    let slot = u32::try_from(slot).unwrap_or(u32::MAX);
-                    if ids.insert(record.device_id().clone(), slot).is_some() {
-                        return Err(record.device_id().clone());
-                    }
-                }
-                Ok(ids)
-            });
-            indexes.bulk_build((0u32..).zip(records.iter()));
-            ids.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
-        })?;
-        self.ids = ids;
-        self.live =
-            RoaringBitmap::from_sorted_iter(0..u32::try_from(records.len()).unwrap_or(u32::MAX))
-                .unwrap_or_default();
-        self.slots = records.into_iter().map(Some).collect();
-        Ok(())
-    }
-
     /// Loads `slots` into an empty engine (a record's slot is its position; `None` is a free
     /// slot), with the indexes decoded from a snapshot's index section when `section` is given
     /// and passes its checks, built from the records otherwise; `expected_log` is how many

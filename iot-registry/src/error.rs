@@ -111,7 +111,7 @@ pub enum Error {
     /// A snapshot was written in a format this version does not read (by a newer version of
     /// the crate, say). Nothing was changed: open it with software that reads `found`.
     #[error(
-        "{path} is in snapshot format {found}, which this version cannot read (it reads IOTREG01 to IOTREG03)"
+        "{path} is in snapshot format {found}, which this version cannot read (it reads IOTREG03)"
     )]
     UnsupportedFormat {
         /// The snapshot.
@@ -155,18 +155,45 @@ impl Error {
         )
     }
 
-    pub(crate) fn io(operation: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Error::Io {
-            operation,
-            path: path.into(),
-            source,
-        }
-    }
-
     pub(crate) fn invalid_doc(path: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::InvalidDocument {
             path: path.into(),
             reason: reason.into(),
+        }
+    }
+}
+
+impl From<iot_core::storage::StorageError> for Error {
+    /// Keeps the kind: corruption stays [`Error::Corrupt`] with its file and position, a held
+    /// lock stays [`Error::Locked`], a failed store stays [`Error::Poisoned`].
+    fn from(e: iot_core::storage::StorageError) -> Self {
+        use iot_core::storage::StorageError as S;
+        match e {
+            S::Io {
+                operation,
+                path,
+                source,
+            } => Error::Io {
+                operation,
+                path,
+                source,
+            },
+            S::Corrupt {
+                path,
+                position,
+                reason,
+            } => Error::Corrupt {
+                path,
+                position,
+                reason,
+            },
+            S::Locked { path } => Error::Locked { path },
+            S::TooLarge { size, limit, .. } => Error::DocumentTooLarge { size, limit },
+            S::Failed { .. } => Error::Poisoned,
+            S::Config { reason } => Error::Config { reason },
+            other => Error::Config {
+                reason: other.to_string(),
+            },
         }
     }
 }

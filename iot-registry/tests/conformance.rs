@@ -42,6 +42,7 @@ fn registries() -> (Named, Vec<tempfile::TempDir>) {
                 registry: config(),
                 durability,
                 compact_after_bytes,
+                ..FileConfig::default()
             },
         )
         .unwrap()

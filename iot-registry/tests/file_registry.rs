@@ -1,23 +1,15 @@
 //! FileRegistry durability: reopen keeps everything, a damaged log is refused, and a process
 //! killed with SIGKILL at random moments loses no acknowledged write and leaves nothing torn.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::print_stdout,
-    clippy::print_stderr
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use iot_core::DeviceId;
+use iot_core::testkit::crash::{CrashChild, ack};
 use iot_registry::{
     DeviceDocument, Durability, Error, FileConfig, FileRegistry, MemoryRegistry, Query, Registry,
     RegistryConfig, RegistryExt,
 };
-use rand::Rng;
 use serde_json::{Value, json};
 
 fn id(s: &str) -> DeviceId {
@@ -33,6 +25,7 @@ fn config(durability: Durability, compact_after_bytes: u64) -> FileConfig {
         registry: RegistryConfig::default(),
         durability,
         compact_after_bytes,
+        ..FileConfig::default()
     }
 }
 
@@ -146,7 +139,10 @@ async fn damage_in_the_middle_of_the_log_is_refused() {
     assert_eq!(r.len(), 9);
 }
 
-const CHILD_ENV: &str = "IOT_REGISTRY_CRASH_CHILD_DIR";
+/// The writer child of `killed_writers_lose_no_acknowledged_write`, on the storage kit's kill -9
+/// harness. Its directory holds the registry (`registry/`) and the first operation to run
+/// (`start`), which the parent advances past every acknowledged write.
+const CHILD: CrashChild = CrashChild::new("crash_child_writer", "IOT_REGISTRY_CRASH_CHILD_DIR");
 const DEVICES: u64 = 37;
 
 /// The operation number `n` of the writer: deterministic, idempotent when repeated (so a write
@@ -188,69 +184,42 @@ fn model_after(n: u64) -> BTreeMap<String, u64> {
 #[tokio::test]
 #[ignore = "run as a child process by killed_writers_lose_no_acknowledged_write"]
 async fn crash_child_writer() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else {
+    let Some(dir) = CHILD.dir() else {
         return;
     };
-    let start: u64 = std::env::var("IOT_REGISTRY_CRASH_START")
+    let start: u64 = std::fs::read_to_string(dir.join("start"))
         .unwrap()
+        .trim()
         .parse()
         .unwrap();
-    let durability = if start.is_multiple_of(2) {
+    let durability = if CHILD.round().is_multiple_of(2) {
         Durability::OsBuffered
     } else {
         Durability::Fsync
     };
     // A small compaction threshold, so kills also land during snapshots.
-    let r = FileRegistry::open(&dir, config(durability, 16 * 1024)).unwrap();
-    let mut out = std::io::stdout().lock();
+    let r = FileRegistry::open(dir.join("registry"), config(durability, 16 * 1024)).unwrap();
     for n in start.. {
         apply_op(&r, n).await;
-        writeln!(out, "ACK {n}").unwrap();
-        out.flush().unwrap();
+        ack(format!("ACK {n}"));
     }
 }
 
 #[tokio::test]
 async fn killed_writers_lose_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
-    let mut rng = rand::rng();
+    let registry = dir.path().join("registry");
     let mut next = 0u64; // operations 0..next are known to be applied
     let kills = 24;
     for round in 0..kills {
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "crash_child_writer",
-                "--nocapture",
-                "--include-ignored",
-            ])
-            .env(CHILD_ENV, dir.path())
-            .env("IOT_REGISTRY_CRASH_START", next.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut last = None;
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(n) = line.strip_prefix("ACK ") {
-                    last = n.trim().parse::<u64>().ok();
-                }
-            }
-            last
-        });
-        // Wait for the child to start writing, then kill it at a random moment.
-        let started = Instant::now();
-        std::thread::sleep(Duration::from_millis(rng.random_range(30..250)));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        let last_acked = reader.join().unwrap();
-        assert!(started.elapsed() < Duration::from_secs(60));
+        std::fs::write(dir.path().join("start"), next.to_string()).unwrap();
+        let lines = CHILD.run_and_kill(dir.path(), round, 30..250);
+        let last_acked = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("ACK ")?.parse::<u64>().ok())
+            .next_back();
 
-        let r = FileRegistry::open(dir.path(), FileConfig::default()).unwrap();
+        let r = FileRegistry::open(&registry, FileConfig::default()).unwrap();
         let got: BTreeMap<String, u64> = everything(&r)
             .await
             .into_iter()

@@ -3,6 +3,8 @@
 use std::io;
 use std::path::PathBuf;
 
+use iot_core::storage::StorageError;
+
 /// What went wrong in `iot-stream`: a kind a caller can act on, with its context.
 ///
 /// The enum is `#[non_exhaustive]`. No variant carries a record's payload.
@@ -121,12 +123,38 @@ impl Error {
             reason: reason.into(),
         }
     }
+}
 
-    pub(crate) fn io(operation: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Error::Io {
-            operation,
-            path: path.into(),
-            source,
+impl From<StorageError> for Error {
+    /// Keeps the kind: corruption stays [`Error::Corrupt`] with its file and position, a held
+    /// lock stays [`Error::Locked`].
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Io {
+                operation,
+                path,
+                source,
+            } => Error::Io {
+                operation,
+                path,
+                source,
+            },
+            StorageError::Corrupt {
+                path,
+                position,
+                reason,
+            } => Error::Corrupt {
+                path,
+                position,
+                reason,
+            },
+            StorageError::Locked { path } => Error::Locked { path },
+            e @ StorageError::Failed { .. } => Error::Unavailable {
+                reason: e.to_string(),
+            },
+            e => Error::InvalidInput {
+                reason: e.to_string(),
+            },
         }
     }
 }

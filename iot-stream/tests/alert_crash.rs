@@ -5,7 +5,7 @@
 //! checkpoint they hold back, so every alert of an uninterrupted run must come out again with the
 //! same content (more than once is allowed: at-least-once), and no other alert may appear (a
 //! history or window rebuilt from part of its records would raise different alerts).
-#![allow(clippy::unwrap_used, clippy::print_stdout)]
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -13,17 +13,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::Child;
+use common::CrashChild;
 use iot_core::{GroupName, Producer, ReadLimits, Record, Timestamp, Topics};
 use iot_stream::processors::{AnomalyDetector, AnomalyMode, SpikeAndDip, ThresholdAlert};
 use iot_stream::window::{OrderingPolicy, WindowSpec};
 use iot_stream::{HostConfig, ProcessorHost};
 use rand::{Rng, SeedableRng};
 
-const CHILD: Child = Child {
-    test: "alert_crash_child",
-    env: "IOT_STREAM_ALERT_CRASH_CHILD_DIR",
-};
+const CHILD: CrashChild = CrashChild::new("alert_crash_child", "IOT_STREAM_ALERT_CRASH_CHILD_DIR");
 const DEVICES: usize = 6;
 const RECORDS: usize = 1500;
 const OUTPUTS: [&str; 2] = ["threshold", "anomalies"];
@@ -126,9 +123,10 @@ fn alert_crash_child() {
     let Some(dir) = CHILD.dir() else {
         return;
     };
+    common::ack(common::STARTED);
     common::runtime().block_on(async move {
         run_alerts(Arc::new(common::file_topics(&dir))).await;
-        println!("{}", common::DONE);
+        common::ack(common::DONE);
     });
 }
 
@@ -158,8 +156,8 @@ fn kill_9_keeps_every_alert() {
     }
 
     rt.block_on(common::write_input(dir.path(), "telemetry", input));
-    CHILD.kill_repeatedly(dir.path());
-    CHILD.run_to_completion(dir.path());
+    common::kill_repeatedly(&CHILD, dir.path());
+    CHILD.run_to_completion(dir.path(), common::KILLS);
 
     rt.block_on(async {
         let got = alerts(&common::file_topics(dir.path())).await;

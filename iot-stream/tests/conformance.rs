@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use iot_core::storage::Durability;
 use iot_core::{DeviceId, Timestamp};
 
 use iot_stream::testkit::run_all;
@@ -80,8 +81,9 @@ async fn file_store_buffered_compacting_every_write() {
     // A tiny compaction threshold makes every write go through a snapshot.
     run_all(&|| {
         Box::pin(file_store(FileStateStoreConfig {
-            fsync: false,
+            durability: Durability::OsBuffered,
             compact_after_bytes: 1,
+            ..FileStateStoreConfig::default()
         }))
     })
     .await;

@@ -3,13 +3,14 @@
 //! random moments, restarts it, and finally checks that every record was processed at least once
 //! (each is in the history exactly once, thanks to redelivery detection) and that the last known
 //! values equal those of an uninterrupted run.
-#![allow(clippy::unwrap_used, clippy::print_stdout)]
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
 use std::sync::Arc;
 
-use common::Child;
+use common::CrashChild;
+use iot_core::storage::Durability;
 use iot_core::{
     DeviceId, GroupName, Log, PartitionId, Producer, ReadLimits, Record, Timestamp, Topics,
 };
@@ -19,10 +20,7 @@ use iot_stream::{
 };
 use rand::{Rng, SeedableRng};
 
-const CHILD: Child = Child {
-    test: "crash_child",
-    env: "IOT_STREAM_CRASH_CHILD_DIR",
-};
+const CHILD: CrashChild = CrashChild::new("crash_child", "IOT_STREAM_CRASH_CHILD_DIR");
 const DEVICES: usize = 12;
 const RECORDS: usize = 1200;
 
@@ -91,19 +89,21 @@ fn crash_child() {
     let Some(dir) = CHILD.dir() else {
         return;
     };
+    common::ack(common::STARTED);
     common::runtime().block_on(async move {
         let topics = Arc::new(common::file_topics(&dir));
         let store = FileStateStore::open(
             dir.join("state"),
             FileStateStoreConfig {
-                fsync: false,
+                durability: Durability::OsBuffered,
                 compact_after_bytes: 64 * 1024,
+                ..FileStateStoreConfig::default()
             },
         )
         .await
         .unwrap();
         run_processors(topics, Arc::new(store)).await;
-        println!("{}", common::DONE);
+        common::ack(common::DONE);
     });
 }
 
@@ -126,9 +126,9 @@ fn kill_9_mid_stream_keeps_at_least_once_and_exact_state() {
     });
 
     rt.block_on(common::write_input(dir.path(), "telemetry", input.clone()));
-    CHILD.kill_repeatedly(dir.path());
+    common::kill_repeatedly(&CHILD, dir.path());
     // The last run completes.
-    CHILD.run_to_completion(dir.path());
+    CHILD.run_to_completion(dir.path(), common::KILLS);
 
     rt.block_on(async {
         let store = FileStateStore::open(dir.path().join("state"), FileStateStoreConfig::default())

@@ -4,6 +4,7 @@
 
 use std::io::Write;
 
+use iot_core::storage::Durability;
 use iot_core::{DeviceId, Timestamp};
 use iot_stream::{
     Error, Event, FileStateStore, FileStateStoreConfig, LkvUpdate, MemoryStateStore,
@@ -272,8 +273,9 @@ fn run_model(ops: Vec<Op>, durable: bool) {
         let dir = tempfile::tempdir().unwrap();
         // A small compaction threshold makes runs go through snapshots as well as journals.
         let cfg = FileStateStoreConfig {
-            fsync: false,
+            durability: Durability::OsBuffered,
             compact_after_bytes: 2048,
+            ..FileStateStoreConfig::default()
         };
         let open = || async {
             if durable {

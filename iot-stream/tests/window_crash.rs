@@ -4,7 +4,7 @@
 //! this passes only because the host checkpoints at the oldest offset the open windows still
 //! hold and rebuilds them by replay: every window must come out with the same aggregate as in an
 //! uninterrupted run (emitted more than once is allowed, at-least-once; a different value is not).
-#![allow(clippy::unwrap_used, clippy::print_stdout)]
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -12,17 +12,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::Child;
+use common::CrashChild;
 use iot_core::{GroupName, Log, PartitionId, Producer, ReadLimits, Record, Topics};
 use iot_stream::rules::RuleSet;
 use iot_stream::window::OrderingPolicy;
 use iot_stream::{HostConfig, PROCESSED_SUFFIX, ProcessorHost};
 use rand::{Rng, SeedableRng};
 
-const CHILD: Child = Child {
-    test: "window_crash_child",
-    env: "IOT_STREAM_WINDOW_CRASH_CHILD_DIR",
-};
+const CHILD: CrashChild =
+    CrashChild::new("window_crash_child", "IOT_STREAM_WINDOW_CRASH_CHILD_DIR");
 const DEVICES: usize = 8;
 const RECORDS: usize = 1500;
 const GROUP: &str = "windows";
@@ -117,9 +115,10 @@ fn window_crash_child() {
     let Some(dir) = CHILD.dir() else {
         return;
     };
+    common::ack(common::STARTED);
     common::runtime().block_on(async move {
         run_rules(Arc::new(common::file_topics(&dir))).await;
-        println!("{}", common::DONE);
+        common::ack(common::DONE);
     });
 }
 
@@ -156,8 +155,8 @@ fn kill_9_with_open_windows_keeps_every_aggregate() {
     }
 
     rt.block_on(common::write_input(dir.path(), "telemetry", input.clone()));
-    CHILD.kill_repeatedly(dir.path());
-    CHILD.run_to_completion(dir.path());
+    common::kill_repeatedly(&CHILD, dir.path());
+    CHILD.run_to_completion(dir.path(), common::KILLS);
 
     rt.block_on(async {
         let topics = common::file_topics(dir.path());

@@ -1,4 +1,4 @@
-//! The binary encoding of a record in a snapshot (formats `IOTREG02` and `IOTREG03`), in the log,
+//! The binary encoding of a record in a snapshot (format `IOTREG03`), in the log,
 //! and in memory (the engine keeps every record encoded, see `crate::stored`).
 //!
 //! Reopening a large registry is dominated by turning snapshot bytes back into records; JSON
@@ -277,6 +277,9 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// The fewest bytes an encoded value takes (a tag alone: null, false, true).
+const MIN_VALUE_BYTES: usize = 1;
+
 struct Reader<'a> {
     bytes: &'a [u8],
 }
@@ -476,7 +479,9 @@ impl<'a> Reader<'a> {
                     return Err("document nested too deep".into());
                 }
                 let count = self.len()?;
-                let mut items = Vec::with_capacity(count);
+                // The count comes from the file: reserve no more than the bytes left can hold
+                // (a damaged count must not make the decoder allocate by it).
+                let mut items = Vec::with_capacity(count.min(self.bytes.len() / MIN_VALUE_BYTES));
                 for _ in 0..count {
                     items.push(self.value(depth + 1)?);
                 }

@@ -169,7 +169,9 @@ pub(crate) fn decode_part(bytes: &[u8]) -> Result<Part, String> {
         other => return Err(format!("bad part marker {other}")),
     };
     let count = r.len()?;
-    let mut values: Vec<(ScalarKey, Posting)> = Vec::with_capacity(count);
+    // The count comes from the file: reserve no more than the bytes left can hold.
+    let mut values: Vec<(ScalarKey, Posting)> =
+        Vec::with_capacity(count.min(r.bytes.len() / MIN_VALUE_BYTES));
     for _ in 0..count {
         let key = match r.byte()? {
             KEY_NULL => ScalarKey::Null,
@@ -237,6 +239,10 @@ fn put_key(out: &mut Vec<u8>, key: &ScalarKey) {
         }
     }
 }
+
+/// The fewest bytes a key and its posting take: a key tag alone (null, false, true), a posting
+/// tag and one slot.
+const MIN_VALUE_BYTES: usize = 1 + 1 + 4;
 
 struct Cursor<'a> {
     bytes: &'a [u8],

@@ -1,35 +1,42 @@
-//! `FileStateStore`: the state store on local disk, as a snapshot plus a journal.
+//! `FileStateStore`: the state store on local disk, as a snapshot plus a journal, built on
+//! [`iot_core::storage`].
 //!
 //! Layout of a store directory:
 //!
 //! ```text
-//! DIR/LOCK                   flock'ed while the store is open
+//! DIR/LOCK                   flock'ed while the store is open (iot_core::storage::DirLock)
 //! DIR/state.snap             snapshot: a header frame (format, generation) and one frame per device
 //! DIR/journal-GEN.log        the operations acknowledged since the snapshot of generation GEN
 //! ```
 //!
-//! Every frame is `len:u32 crc:u32 body` (little-endian, `crc` = CRC32C of `body`, `body` JSON).
-//! All files are created with mode 0600.
+//! Every frame is the storage kit's `len:u32 crc:u32 hcrc:u32 body` (little-endian, CRC32C; see
+//! [`iot_core::storage::frame`]), the body JSON. All files are created with mode 0600.
 //!
 //! # Invariants
 //!
 //! * The state of the store is the snapshot of generation *g* with `journal-g.log` replayed over
 //!   it; journals of other generations are leftovers of a compaction and are deleted on open.
-//! * An operation is written (and, with `fsync`, synced) to the journal **before** it is applied
-//!   in memory, so a reader never sees what a crash could take back.
-//! * Only the last frame of the journal can be torn: a frame that fails its checks and reaches
-//!   the end of the file is truncated on open; one followed by more data is refused as
-//!   [`Error::Corrupt`]. The snapshot is replaced atomically (temporary file, fsync, rename,
-//!   directory fsync), so any damage in it is refused.
+//! * An operation is written (and, with [`Durability::Fsync`], synced) to the journal **before** it
+//!   is applied in memory, so a reader never sees what a crash could take back.
+//! * The journal is recovered by the kit's one rule: a bad frame with no intact frame after it is
+//!   a torn tail (a short, damaged or zero-filled end) and is cut off; damage followed by intact
+//!   frames is refused as [`Error::Corrupt`] unless the config asks for [`Recovery::Repair`].
+//!   The snapshot is replaced atomically (temporary file, fsync, rename, directory fsync), so it
+//!   cannot be torn: any damage in it is refused (or, under `Repair`, cut off with a warning).
 //! * After a failed write or fsync the store refuses further writes (`Error::Unavailable`);
 //!   reopening runs recovery.
+//! * Writers are serialised by the writer lock, which they hold across the journal write and
+//!   fsync; readers take only the data lock, which is never held across file I/O, so a read never
+//!   waits for a disk.
 
-use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::{Read, Write};
+use std::fs::{self, File};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
+use iot_core::storage::frame::{self, FrameReader};
+use iot_core::storage::{DirLock, Durability, Recovery, StorageError, fs as sfs, run_blocking};
 use iot_core::{DeviceId, Timestamp};
 use serde::{Deserialize, Serialize};
 use tracing::{info, instrument, warn};
@@ -39,27 +46,48 @@ use super::{Event, LastKnown, LkvUpdate, StateStore};
 use crate::error::{Error, Result};
 
 const SNAPSHOT: &str = "state.snap";
-const FORMAT: u32 = 1;
-const FRAME_HEADER: usize = 8;
+/// Snapshot format: 2 since the store moved onto the storage kit's frames (with a header checksum).
+const FORMAT: u32 = 2;
 /// Largest frame accepted when reading: a length above it is damage, not data.
 const MAX_FRAME: usize = 256 * 1024 * 1024;
 
-/// How a [`FileStateStore`] writes.
+/// How a [`FileStateStore`] writes and recovers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileStateStoreConfig {
-    /// Fsync the journal before acknowledging each write (default `true`). Without it a process
-    /// crash loses nothing acknowledged, a machine crash may.
-    pub fsync: bool,
+    /// When a write is acknowledged: [`Durability::Fsync`] (default) syncs the journal before
+    /// each acknowledgement; [`Durability::OsBuffered`] survives a process crash, not a machine
+    /// crash. [`Durability::Interval`] is refused at open (this store has no background task).
+    pub durability: Durability,
     /// Compact (write a snapshot, start a new journal) once the journal exceeds this many bytes.
     /// Default 64 MiB.
     pub compact_after_bytes: u64,
+    /// What open does with corruption (damage followed by intact data): refuse with
+    /// [`Error::Corrupt`] ([`Recovery::Strict`], the default) or cut the file at the damage
+    /// ([`Recovery::Repair`], logged). A torn tail is always cut.
+    pub recovery: Recovery,
 }
 
 impl Default for FileStateStoreConfig {
     fn default() -> Self {
         FileStateStoreConfig {
-            fsync: true,
+            durability: Durability::Fsync,
             compact_after_bytes: 64 * 1024 * 1024,
+            recovery: Recovery::Strict,
+        }
+    }
+}
+
+impl FileStateStoreConfig {
+    fn validate(&self) -> Result<()> {
+        match self.durability {
+            Durability::Fsync | Durability::OsBuffered => Ok(()),
+            other => Err(StorageError::Config {
+                reason: format!(
+                    "FileStateStore does not support {other:?} (it has no background sync task); \
+                     use Durability::Fsync or Durability::OsBuffered"
+                ),
+            }
+            .into()),
         }
     }
 }
@@ -117,290 +145,256 @@ enum SnapshotFrame {
 /// ```
 #[derive(Debug, Clone)]
 pub struct FileStateStore {
-    inner: Arc<Mutex<Inner>>,
+    shared: Arc<Shared>,
 }
 
 #[derive(Debug)]
-struct Inner {
+struct Shared {
+    /// Held by writers across the journal write (and fsync); taken before `data`.
+    writer: Mutex<Writer>,
+    /// The state; held only for in-memory work.
+    data: Mutex<StateData>,
+}
+
+#[derive(Debug)]
+struct Writer {
     dir: PathBuf,
     config: FileStateStoreConfig,
-    data: StateData,
     generation: u64,
     journal: File,
     journal_bytes: u64,
     failed: Option<String>,
-    _lock: File,
-}
-
-fn open_private(path: &Path, append: bool) -> Result<File> {
-    let mut options = OpenOptions::new();
-    options.read(true).create(true);
-    if append {
-        options.append(true);
-    } else {
-        options.write(true);
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    options.open(path).map_err(|e| Error::io("open", path, e))
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("fsync directory", dir, e))
+    _lock: DirLock,
 }
 
 fn journal_name(generation: u64) -> String {
     format!("journal-{generation:020}.log")
 }
 
-fn frame(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(FRAME_HEADER + body.len());
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
-    out.extend_from_slice(body);
-    out
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Why the rest of a file was refused, and whether the bad frame reaches the end of the file (a
-/// torn tail) or is followed by more data (damage in the middle).
-type Refusal = Option<(String, bool)>;
-
-/// Splits `bytes` into frame bodies. Returns the bodies, the length of the valid prefix, and the
-/// reason the rest (if any) was refused.
-fn frames(bytes: &[u8]) -> (Vec<&[u8]>, usize, Refusal) {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < bytes.len() {
-        let rest = &bytes[at..];
-        let bad = |reason: String, reaches_end: bool| Some((reason, reaches_end));
-        if rest.len() < FRAME_HEADER {
-            return (out, at, bad("short frame header".into(), true));
-        }
-        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
-        if len > MAX_FRAME || FRAME_HEADER + len > rest.len() {
-            return (
-                out,
-                at,
-                bad(format!("frame length {len} runs past the file"), true),
-            );
-        }
-        let body = &rest[FRAME_HEADER..FRAME_HEADER + len];
-        if crc32c::crc32c(body) != crc {
-            let reaches_end = FRAME_HEADER + len == rest.len();
-            return (out, at, bad("checksum mismatch".into(), reaches_end));
-        }
-        out.push(body);
-        at += FRAME_HEADER + len;
-    }
-    (out, at, None)
+/// What the snapshot holds: its generation, the devices' state, and whether a repair dropped part
+/// of it (it must then be rewritten, or the next strict open would refuse it again).
+struct Snapshot {
+    generation: u64,
+    data: StateData,
+    repaired: bool,
 }
 
-fn read_all(path: &Path) -> Result<Option<Vec<u8>>> {
-    match File::open(path) {
-        Ok(mut f) => {
-            let mut buf = Vec::new();
-            f.read_to_end(&mut buf)
-                .map_err(|e| Error::io("read", path, e))?;
-            Ok(Some(buf))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io("open", path, e)),
-    }
-}
-
-fn corrupt(path: &Path, position: usize, reason: impl Into<String>) -> Error {
-    Error::Corrupt {
-        path: path.to_owned(),
-        position: position as u64,
-        reason: reason.into(),
-    }
-}
-
-impl Inner {
-    fn open(dir: &Path, config: FileStateStoreConfig) -> Result<Inner> {
-        if !dir.is_dir() {
-            fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
-            if let Some(parent) = dir.parent() {
-                sync_dir(parent)?;
+/// Reads the snapshot. It is replaced atomically, so a damaged end is not a torn write: it is
+/// refused like any other damage unless `recovery` is `Repair`.
+fn read_snapshot(path: &Path, bytes: &[u8], recovery: Recovery) -> Result<Snapshot> {
+    let mut reader = FrameReader::new(path, bytes, 0, MAX_FRAME).with_recovery(recovery);
+    let mut data = StateData::default();
+    let mut generation = None;
+    while let Some(f) = reader.next_frame()? {
+        let decoded: SnapshotFrame =
+            serde_json::from_slice(f.body).map_err(|e| reader.corrupt_body(&f, e.to_string()))?;
+        match (generation, decoded) {
+            (
+                None,
+                SnapshotFrame::Header {
+                    format,
+                    generation: g,
+                },
+            ) if format == FORMAT => generation = Some(g),
+            (None, SnapshotFrame::Header { format, .. }) => {
+                return Err(reader
+                    .corrupt_body(&f, format!("unknown snapshot format {format}"))
+                    .into());
             }
+            (Some(_), SnapshotFrame::Device { device, state }) => {
+                data.devices.insert(device, state);
+            }
+            _ => return Err(reader.corrupt_body(&f, "unexpected snapshot frame").into()),
         }
-        let lock_path = dir.join("LOCK");
-        let lock = open_private(&lock_path, false)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Err(Error::Locked { path: lock_path }),
-            Err(TryLockError::Error(e)) => return Err(Error::io("lock", lock_path, e)),
+    }
+    // A cut that is not already a repair is a damaged end, never a torn write.
+    if let Some(tail) = reader.torn_tail()
+        && tail.repaired_corruption.is_none()
+    {
+        if recovery == Recovery::Strict {
+            return Err(StorageError::corrupt(
+                path,
+                tail.position,
+                "damaged end of a snapshot (snapshots are replaced atomically, never torn)",
+            )
+            .into());
         }
-        let mut data = StateData::default();
+        warn!(path = %path.display(), position = tail.position, dropped_bytes = tail.bytes,
+            "repair: ignoring the damaged end of the snapshot");
+    }
+    let Some(generation) = generation else {
+        return Err(StorageError::corrupt(path, 0, "snapshot without a header frame").into());
+    };
+    Ok(Snapshot {
+        generation,
+        data,
+        repaired: reader.torn_tail().is_some(),
+    })
+}
+
+/// Replays the journal over `data`, cutting a torn tail (or, under `Repair`, corruption) off the
+/// file. Returns the journal's length after recovery.
+fn replay_journal(path: &Path, data: &mut StateData, recovery: Recovery) -> Result<u64> {
+    let Some(bytes) = sfs::read_optional(path)? else {
+        return Ok(0);
+    };
+    let scan = frame::recover_file(path, &bytes, 0, MAX_FRAME, recovery)?;
+    for (position, body) in &scan.frames {
+        let op: Op = serde_json::from_slice(&bytes[body.clone()])
+            .map_err(|e| StorageError::corrupt(path, *position, e.to_string()))?;
+        apply(data, op)?;
+    }
+    Ok(scan.valid_end)
+}
+
+impl Shared {
+    fn open(dir: &Path, config: FileStateStoreConfig) -> Result<Shared> {
+        config.validate()?;
+        sfs::create_dir_durably(dir)?;
+        let dir_lock = DirLock::acquire(dir)?;
         let snapshot = dir.join(SNAPSHOT);
-        let mut generation = 0;
-        if let Some(bytes) = read_all(&snapshot)? {
-            let (bodies, valid, bad) = frames(&bytes);
-            if let Some((reason, _)) = bad {
-                return Err(corrupt(&snapshot, valid, reason));
-            }
-            let mut position = 0;
-            for (i, body) in bodies.into_iter().enumerate() {
-                let frame: SnapshotFrame = serde_json::from_slice(body)
-                    .map_err(|e| corrupt(&snapshot, position, e.to_string()))?;
-                match (i, frame) {
-                    (
-                        0,
-                        SnapshotFrame::Header {
-                            format,
-                            generation: g,
-                        },
-                    ) if format == FORMAT => {
-                        generation = g;
-                    }
-                    (_, SnapshotFrame::Device { device, state }) if i > 0 => {
-                        data.devices.insert(device, state);
-                    }
-                    _ => return Err(corrupt(&snapshot, position, "unexpected frame")),
-                }
-                position += FRAME_HEADER + body.len();
-            }
-        }
-        let journal_path = dir.join(journal_name(generation));
-        let mut journal_bytes = 0;
-        if let Some(bytes) = read_all(&journal_path)? {
-            let (bodies, valid, bad) = frames(&bytes);
-            let mut position = 0;
-            for body in bodies {
-                let op: Op = serde_json::from_slice(body)
-                    .map_err(|e| corrupt(&journal_path, position, e.to_string()))?;
-                apply(&mut data, op)?;
-                position += FRAME_HEADER + body.len();
-            }
-            if let Some((reason, reaches_end)) = bad {
-                if !reaches_end {
-                    return Err(corrupt(&journal_path, valid, reason));
-                }
-                warn!(path = %journal_path.display(), dropped = bytes.len() - valid, %reason,
-                    "truncating the torn tail of the journal");
-                let f = open_private(&journal_path, false)?;
-                f.set_len(valid as u64)
-                    .and_then(|()| f.sync_all())
-                    .map_err(|e| Error::io("truncate", &journal_path, e))?;
-            }
-            journal_bytes = valid as u64;
-        }
-        let journal = open_private(&journal_path, true)?;
-        sync_dir(dir)?;
-        // Journals of other generations were folded into the snapshot (or never were).
-        if let Ok(entries) = fs::read_dir(dir) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let stale_journal =
-                    name.starts_with("journal-") && name != journal_name(generation);
-                if stale_journal || name.ends_with(".tmp") {
-                    let _ = fs::remove_file(entry.path());
-                }
-            }
-        }
-        Ok(Inner {
-            dir: dir.to_owned(),
-            config,
-            data,
+        sfs::remove_leftover_temp(&snapshot)?;
+        let Snapshot {
             generation,
-            journal,
-            journal_bytes,
-            failed: None,
-            _lock: lock,
-        })
+            mut data,
+            repaired,
+        } = match sfs::read_optional(&snapshot)? {
+            Some(bytes) => read_snapshot(&snapshot, &bytes, config.recovery)?,
+            None => Snapshot {
+                generation: 0,
+                data: StateData::default(),
+                repaired: false,
+            },
+        };
+        let journal_path = dir.join(journal_name(generation));
+        let journal_bytes = replay_journal(&journal_path, &mut data, config.recovery)?;
+        let journal = sfs::open_append(&journal_path, true)?;
+        sfs::sync_dir(dir)?;
+        // Journals of other generations were folded into the snapshot (or never were).
+        let current = journal_name(generation);
+        let entries = fs::read_dir(dir).map_err(|e| StorageError::io("list", dir, e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("journal-")
+                && name != current
+                && let Err(e) = sfs::remove_durably(&entry.path())
+            {
+                warn!(error = %e, "could not remove a stale journal");
+            }
+        }
+        let shared = Shared {
+            writer: Mutex::new(Writer {
+                dir: dir.to_owned(),
+                config,
+                generation,
+                journal,
+                journal_bytes,
+                failed: None,
+                _lock: dir_lock,
+            }),
+            data: Mutex::new(data),
+        };
+        if repaired {
+            // Rewrite the repaired snapshot, so that the repair lasts.
+            let mut writer = lock(&shared.writer);
+            shared.compact(&mut writer)?;
+        }
+        Ok(shared)
     }
 
-    /// Journals `op` (durably if configured), then applies it.
-    fn commit(&mut self, op: Op) -> Result<()> {
-        if let Some(reason) = &self.failed {
+    /// Journals `op` (durably if configured), then applies it. The caller holds `writer`.
+    fn commit(&self, writer: &mut Writer, op: Op) -> Result<()> {
+        if let Some(reason) = &writer.failed {
             return Err(Error::Unavailable {
                 reason: reason.clone(),
             });
         }
         let body = serde_json::to_vec(&op).map_err(|e| Error::invalid(e.to_string()))?;
-        let bytes = frame(&body);
-        let path = self.dir.join(journal_name(self.generation));
-        let written = self.journal.write_all(&bytes).and_then(|()| {
-            if self.config.fsync {
-                self.journal.sync_data()
+        let mut bytes = Vec::with_capacity(frame::frame_len(body.len()));
+        frame::encode(&mut bytes, &body)?;
+        let written = writer.journal.write_all(&bytes).and_then(|()| {
+            if writer.config.durability.syncs_each_write() {
+                writer.journal.sync_data()
             } else {
                 Ok(())
             }
         });
         if let Err(e) = written {
-            self.failed = Some(format!("journal write failed: {e}"));
-            return Err(Error::io("write", path, e));
+            // What reached the file is unknown: only a reopen (recovery) can tell.
+            writer.failed = Some(format!("journal write failed: {e}"));
+            return Err(StorageError::io(
+                "write",
+                writer.dir.join(journal_name(writer.generation)),
+                e,
+            )
+            .into());
         }
-        self.journal_bytes += bytes.len() as u64;
-        apply(&mut self.data, op)?;
-        if self.journal_bytes > self.config.compact_after_bytes {
-            self.compact()?;
+        writer.journal_bytes += bytes.len() as u64;
+        apply(&mut lock(&self.data), op)?;
+        if writer.journal_bytes > writer.config.compact_after_bytes {
+            self.compact(writer)?;
         }
         Ok(())
     }
 
-    /// Writes a snapshot of the next generation and starts its empty journal.
-    fn compact(&mut self) -> Result<()> {
-        let next = self.generation + 1;
-        let mut out = frame(
-            &serde_json::to_vec(&SnapshotFrame::Header {
+    /// Writes a snapshot of the next generation and starts its empty journal. The caller holds
+    /// `writer`, so the state cannot change meanwhile; the data lock is held only to encode it.
+    fn compact(&self, writer: &mut Writer) -> Result<()> {
+        let next = writer.generation + 1;
+        let (out, devices) = {
+            let data = lock(&self.data);
+            let mut out = Vec::new();
+            let header = SnapshotFrame::Header {
                 format: FORMAT,
                 generation: next,
-            })
-            .map_err(|e| Error::invalid(e.to_string()))?,
-        );
-        for (device, state) in &self.data.devices {
-            let body = serde_json::to_vec(&SnapshotFrame::Device {
-                device: device.clone(),
-                state: state.clone(),
-            })
-            .map_err(|e| Error::invalid(e.to_string()))?;
-            out.extend_from_slice(&frame(&body));
-        }
-        let tmp = self.dir.join(format!("{SNAPSHOT}.tmp"));
-        let target = self.dir.join(SNAPSHOT);
-        {
-            let mut f = open_private(&tmp, false)?;
-            f.set_len(0)
-                .and_then(|()| f.write_all(&out))
-                .and_then(|()| f.sync_all())
-                .map_err(|e| Error::io("write", &tmp, e))?;
-        }
-        fs::rename(&tmp, &target).map_err(|e| Error::io("rename", &target, e))?;
+            };
+            encode_json(&mut out, &header)?;
+            for (device, state) in &data.devices {
+                encode_json(
+                    &mut out,
+                    &SnapshotFrame::Device {
+                        device: device.clone(),
+                        state: state.clone(),
+                    },
+                )?;
+            }
+            (out, data.devices.len())
+        };
+        sfs::write_atomically(&writer.dir.join(SNAPSHOT), &out)?;
         // From here the snapshot names the new generation: failing to start its journal must stop
         // writes, or they would go to a journal the next open ignores.
-        let started = (|| {
-            sync_dir(&self.dir)?;
-            let journal = open_private(&self.dir.join(journal_name(next)), true)?;
-            sync_dir(&self.dir)?;
-            Ok::<_, Error>(journal)
-        })();
+        let started = sfs::open_append(&writer.dir.join(journal_name(next)), true)
+            .and_then(|journal| sfs::sync_dir(&writer.dir).map(|()| journal));
         match started {
             Ok(journal) => {
-                let old = self.dir.join(journal_name(self.generation));
-                self.journal = journal;
-                self.generation = next;
-                self.journal_bytes = 0;
-                let _ = fs::remove_file(old);
-                info!(
-                    generation = next,
-                    devices = self.data.devices.len(),
-                    "state store compacted"
-                );
+                let old = writer.dir.join(journal_name(writer.generation));
+                writer.journal = journal;
+                writer.generation = next;
+                writer.journal_bytes = 0;
+                if let Err(e) = sfs::remove_durably(&old) {
+                    // Harmless: the next open removes journals of other generations.
+                    warn!(error = %e, "could not remove the compacted journal");
+                }
+                info!(generation = next, devices, "state store compacted");
                 Ok(())
             }
             Err(e) => {
-                self.failed = Some(format!("compaction failed: {e}"));
-                Err(e)
+                writer.failed = Some(format!("compaction failed: {e}"));
+                Err(e.into())
             }
         }
     }
+}
+
+fn encode_json(out: &mut Vec<u8>, value: &impl Serialize) -> Result<()> {
+    let start = frame::begin(out);
+    serde_json::to_writer(&mut *out, value).map_err(|e| Error::invalid(e.to_string()))?;
+    frame::finish(out, start)?;
+    Ok(())
 }
 
 fn apply(data: &mut StateData, op: Op) -> Result<()> {
@@ -419,43 +413,39 @@ fn apply(data: &mut StateData, op: Op) -> Result<()> {
 }
 
 impl FileStateStore {
-    /// Opens (creating if needed) the store in `dir`, running recovery.
+    /// Opens (creating if needed) the store in `dir`, running recovery: a torn journal tail is
+    /// cut off; corruption is refused with [`Error::Corrupt`] (naming the file and position)
+    /// unless `config.recovery` is [`Recovery::Repair`]. A second opener of the same directory
+    /// gets [`Error::Locked`].
     #[instrument(skip_all, fields(dir = %dir.as_ref().display()))]
     pub async fn open(dir: impl AsRef<Path>, config: FileStateStoreConfig) -> Result<Self> {
         let dir = dir.as_ref().to_owned();
-        let inner = tokio::task::spawn_blocking(move || Inner::open(&dir, config))
-            .await
-            .map_err(|e| Error::Processor {
-                reason: format!("open task failed: {e}"),
-            })??;
+        let shared = run_blocking(move || Shared::open(&dir, config)).await?;
         Ok(FileStateStore {
-            inner: Arc::new(Mutex::new(inner)),
+            shared: Arc::new(shared),
         })
     }
 
     /// Folds the journal into a new snapshot now.
     pub async fn compact(&self) -> Result<()> {
-        self.blocking(|inner| inner.compact()).await
+        self.write(|shared, writer| shared.compact(writer)).await
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    fn data(&self) -> MutexGuard<'_, StateData> {
+        lock(&self.shared.data)
     }
 
-    /// Runs `f` on the store's state on the blocking pool (it writes and fsyncs).
-    async fn blocking<T: Send + 'static>(
+    /// Runs the write `f` under the writer lock on the blocking pool (it writes and fsyncs).
+    async fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Inner) -> Result<T> + Send + 'static,
+        f: impl FnOnce(&Shared, &mut Writer) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = inner.lock().unwrap_or_else(PoisonError::into_inner);
-            f(&mut guard)
+        let shared = self.shared.clone();
+        run_blocking(move || {
+            let mut writer = lock(&shared.writer);
+            f(&shared, &mut writer)
         })
         .await
-        .map_err(|e| Error::Processor {
-            reason: format!("state store task failed: {e}"),
-        })?
     }
 }
 
@@ -463,14 +453,17 @@ impl FileStateStore {
 impl StateStore for FileStateStore {
     async fn append_events(&self, device: &DeviceId, events: Vec<Event>) -> Result<usize> {
         let device = device.clone();
-        self.blocking(move |inner| {
-            let fresh = inner.data.fresh_events(&device, events);
+        self.write(move |shared, writer| {
+            let fresh = lock(&shared.data).fresh_events(&device, events);
             let n = fresh.len();
             if n > 0 {
-                inner.commit(Op::Events {
-                    device,
-                    events: fresh,
-                })?;
+                shared.commit(
+                    writer,
+                    Op::Events {
+                        device,
+                        events: fresh,
+                    },
+                )?;
             }
             Ok(n)
         })
@@ -484,19 +477,18 @@ impl StateStore for FileStateStore {
         to: Timestamp,
         limit: usize,
     ) -> Result<Vec<Event>> {
-        Ok(self.lock().data.read(device, from, to, limit))
+        Ok(self.data().read(device, from, to, limit))
     }
 
     async fn enforce_retention(&self, before: Timestamp) -> Result<u64> {
-        self.blocking(move |inner| {
-            let removed: u64 = inner
-                .data
+        self.write(move |shared, writer| {
+            let removed: u64 = lock(&shared.data)
                 .devices
                 .values()
                 .map(|d| d.events.partition_point(|e| e.time < before) as u64)
                 .sum();
             if removed > 0 {
-                inner.commit(Op::Retention { before })?;
+                shared.commit(writer, Op::Retention { before })?;
             }
             Ok(removed)
         })
@@ -504,27 +496,22 @@ impl StateStore for FileStateStore {
     }
 
     async fn last_known(&self, device: &DeviceId) -> Result<Option<LastKnown>> {
-        Ok(self
-            .lock()
-            .data
-            .devices
-            .get(device)
-            .and_then(|d| d.lkv.clone()))
+        Ok(self.data().devices.get(device).and_then(|d| d.lkv.clone()))
     }
 
     async fn merge_last_known(&self, device: &DeviceId, update: LkvUpdate) -> Result<bool> {
         let device = device.clone();
-        self.blocking(move |inner| {
-            if !inner.data.would_apply(&device, &update)? {
+        self.write(move |shared, writer| {
+            if !lock(&shared.data).would_apply(&device, &update)? {
                 return Ok(false);
             }
-            inner.commit(Op::Lkv { device, update })?;
+            shared.commit(writer, Op::Lkv { device, update })?;
             Ok(true)
         })
         .await
     }
 
     async fn devices(&self) -> Result<Vec<DeviceId>> {
-        Ok(self.lock().data.devices())
+        Ok(self.data().devices())
     }
 }

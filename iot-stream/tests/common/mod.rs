@@ -1,28 +1,25 @@
-//! The kill -9 harness shared by the crash tests.
+//! What the crash tests share: the file-backed topics they run on, and the kill loop over the
+//! storage kit's kill -9 harness ([`iot_core::testkit::crash`]).
 //!
-//! A crash test is two `#[test]`s in one test binary: the parent, and an `#[ignore]`d child that
-//! the parent starts as a separate process (the test binary itself, running only the child test
-//! with a directory in an environment variable). The parent writes the input to a `FileLog` in
-//! that directory, starts the child, kills it with SIGKILL after a random delay, many times, then
-//! lets a last child run to completion and compares what the crashed runs produced with an
-//! uninterrupted run.
-#![allow(dead_code, clippy::unwrap_used, unreachable_pub, clippy::print_stdout)]
+//! A crash test's child prints [`STARTED`] once it is running and [`DONE`] when it finished; the
+//! parent writes the input to a `FileLog`, kills the child with SIGKILL at random moments many
+//! times, then lets a last child run to completion and compares what the crashed runs produced
+//! with an uninterrupted run.
+#![allow(dead_code, clippy::unwrap_used, unreachable_pub)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::path::Path;
 
+pub use iot_core::testkit::crash::{CrashChild, DONE, ack};
 use iot_core::{
     Durability, FileLogConfig, Log, Offset, PartitionId, Producer, ReadLimits, Record,
     StoredRecord, Topics,
 };
-use rand::Rng;
 
 /// How many times a child is killed.
 pub const KILLS: usize = 20;
 
-/// What a child prints when it finished its work.
-pub const DONE: &str = "DONE";
+/// What a child prints once it is running (the harness times the kill from it).
+pub const STARTED: &str = "started";
 
 /// The logs every crash test uses: two partitions, buffered (a SIGKILL loses nothing the kernel
 /// already has).
@@ -48,61 +45,21 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// A crash test's child: the name of its `#[test]` and the variable that passes it the directory.
-#[derive(Clone, Copy, Debug)]
-pub struct Child {
-    /// The child test's function name.
-    pub test: &'static str,
-    /// The environment variable holding the directory.
-    pub env: &'static str,
-}
-
-impl Child {
-    /// The directory the child should work in, or `None` when the test runs as a plain test (the
-    /// child then does nothing).
-    pub fn dir(&self) -> Option<PathBuf> {
-        std::env::var(self.env).ok().map(PathBuf::from)
-    }
-
-    fn spawn(&self, dir: &Path) -> std::process::Child {
-        Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", self.test, "--nocapture", "--include-ignored"])
-            .env(self.env, dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    }
-
-    /// Starts the child `KILLS` times, each time killing it with SIGKILL after 20–250 ms; fails
-    /// if it always finished before the kill (nothing would have been tested).
-    pub fn kill_repeatedly(&self, dir: &Path) {
-        let mut rng = rand::rng();
-        let mut finished_early = 0;
-        for _ in 0..KILLS {
-            let mut child = self.spawn(dir);
-            std::thread::sleep(Duration::from_millis(rng.random_range(20..250)));
-            if child.try_wait().unwrap().is_some() {
-                finished_early += 1;
-            }
-            let _ = child.kill(); // SIGKILL
-            let _ = child.wait();
+/// Starts `child` over `dir` [`KILLS`] times, each time killing it with SIGKILL 20–250 ms after
+/// it started working; fails if it always finished before the kill (nothing would have been
+/// tested).
+pub fn kill_repeatedly(child: &CrashChild, dir: &Path) {
+    let mut finished_early = 0;
+    for round in 0..KILLS {
+        let lines = child.run_and_kill(dir, round, 20..250);
+        if lines.iter().any(|l| l == DONE) {
+            finished_early += 1;
         }
-        assert!(
-            finished_early < KILLS,
-            "every child finished before being killed: nothing was tested"
-        );
     }
-
-    /// Runs the child to completion; fails if it did not print [`DONE`].
-    pub fn run_to_completion(&self, dir: &Path) {
-        let out = self.spawn(dir).wait_with_output().unwrap();
-        assert!(
-            String::from_utf8_lossy(&out.stdout).contains(DONE),
-            "final run of {} did not finish",
-            self.test
-        );
-    }
+    assert!(
+        finished_early < KILLS,
+        "every child finished before being killed: nothing was tested"
+    );
 }
 
 /// Appends `input` to topic `topic` of the file-backed topics under `dir` and syncs it.

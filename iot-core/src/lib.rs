@@ -3,6 +3,12 @@
 //! The vocabulary shared by every crate of the IoT SDK — [`DeviceId`], [`Record`], [`Offset`],
 //! [`PartitionId`], [`Error`] — and the partitioned [`Log`] that telemetry, alerts, audit and events
 //! flow through.
+//!
+//! ## Feature flags
+//!
+//! * `testkit` — [`testkit`]: the conformance suite for [`Log`] implementations
+//!   (`testkit::run_all`), the fault-injecting `testkit::FaultyLog`, and the kill -9 crash
+//!   harness. `docs/integrating.md` walks an integrator from `cargo add` to a passing suite.
 #![forbid(unsafe_code)]
 
 pub mod consumer;

@@ -90,9 +90,15 @@ pub trait Log: Send + Sync + Debug + 'static {
         now: Timestamp,
     ) -> Result<RetentionReport>;
 
-    /// Makes every acknowledged record durable now, whatever the durability policy (a no-op for
-    /// logs that are not durable or already are).
-    async fn sync(&self) -> Result<()>;
+    /// Makes every acknowledged record durable now, whatever the durability policy.
+    ///
+    /// Provided: the default does nothing, which is right for a log that is not durable
+    /// (in memory) or that makes every append durable before acknowledging it (most databases).
+    /// A log that acknowledges before it is durable (a buffered or interval-synced file) must
+    /// override it.
+    async fn sync(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Where an appended batch went.

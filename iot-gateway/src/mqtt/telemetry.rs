@@ -31,7 +31,7 @@ pub(crate) fn from_publish(
             "$.exp" => {
                 system.expiry = Some(parse_expiry(&value).ok_or_else(|| {
                     ProtocolViolation::PropertyBag(format!(
-                        "$.exp {:?} is neither RFC 3339 UTC nor Unix milliseconds",
+                        "$.exp {:?} is neither RFC 3339 nor Unix milliseconds",
                         shorten(&value)
                     ))
                 })?)
@@ -64,66 +64,13 @@ pub(crate) fn c2d_bag(delivery: &C2dDelivery, to: &str) -> Vec<(String, String)>
     pairs
 }
 
-/// `$.exp` as IoT Hub documents it (`2030-01-01T00:00:00.000Z`, RFC 3339 in UTC), or as Unix
+/// `$.exp` as IoT Hub documents it (`2030-01-01T00:00:00.000Z`, RFC 3339), or as Unix
 /// milliseconds, which some devices send.
 fn parse_expiry(text: &str) -> Option<Timestamp> {
     if let Ok(millis) = text.parse::<u64>() {
         return Some(Timestamp::from_unix_millis(millis));
     }
-    parse_rfc3339_utc(text)
-}
-
-/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|+00:00)`.
-fn parse_rfc3339_utc(text: &str) -> Option<Timestamp> {
-    let text = text
-        .strip_suffix('Z')
-        .or_else(|| text.strip_suffix("+00:00"))?;
-    let (date, time) = text.split_once(['T', 't', ' '])?;
-    let mut date = date.split('-');
-    let year: i64 = date.next()?.parse().ok()?;
-    let month: u32 = date.next()?.parse().ok()?;
-    let day: u32 = date.next()?.parse().ok()?;
-    // RFC 3339 years have four digits; the bound also keeps the day arithmetic below far from
-    // overflow for any year a device sends.
-    if date.next().is_some()
-        || !(0..=9999).contains(&year)
-        || !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-    {
-        return None;
-    }
-    let (hms, fraction) = time.split_once('.').unwrap_or((time, ""));
-    let mut hms = hms.split(':');
-    let hour: u64 = hms.next()?.parse().ok()?;
-    let minute: u64 = hms.next()?.parse().ok()?;
-    let second: u64 = hms.next()?.parse().ok()?;
-    if hms.next().is_some() || hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
-    if fraction.len() > 9 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let micros_fraction: u64 = format!("{fraction:0<6}")[..6].parse().ok()?;
-    let days = u64::try_from(days_from_civil(year, month, day)).ok()?;
-    // Under 3 million days (year 9999) of 86 400 seconds: far below u64::MAX.
-    let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second;
-    Some(Timestamp::from_unix_micros(
-        seconds
-            .checked_mul(1_000_000)?
-            .checked_add(micros_fraction)?,
-    ))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let month = i64::from(month);
-    let day_of_year =
-        (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
+    Timestamp::parse_rfc3339(text).ok()
 }
 
 #[cfg(test)]

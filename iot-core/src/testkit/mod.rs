@@ -28,7 +28,7 @@
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 pub mod crash;
-mod fault;
+pub mod fault;
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;

@@ -11,18 +11,56 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use iot_core::testkit::{self, FaultKind, FaultyLog, SuiteOptions};
 use iot_core::{
-    Appended, Error, GroupName, Log, LogFactory, LogLimits, Offset, PartitionId, ReadLimits,
-    Record, Result, RetentionPolicy, RetentionReport, StoredRecord, Timestamp, TopicName,
+    Appended, Error, GroupName, Headers, Log, LogFactory, LogLimits, Offset, PartitionId,
+    ReadLimits, Record, Result, RetentionPolicy, RetentionReport, StoredRecord, Timestamp,
+    TopicName,
 };
 use tokio::sync::watch;
 
-/// One stored row: what `StoredRecord` needs besides the partition and offset of its key.
+/// One stored row, in columns as a database would keep it (not as a `Record`), so that reads
+/// rebuild records through the public constructors the way a real backend must.
 #[derive(Debug, Clone)]
 struct Row {
-    enqueued_time: Timestamp,
-    record: Record,
+    enqueued_micros: u64,
+    key: String,
+    headers: Vec<(String, String)>,
+    device_micros: Option<u64>,
+    payload: Bytes,
+    /// `Record::size_bytes` of the record, kept for read budgets and retention.
+    size: u64,
+}
+
+impl Row {
+    fn new(enqueued_time: Timestamp, record: Record) -> Self {
+        Row {
+            enqueued_micros: enqueued_time.as_unix_micros(),
+            size: record.size_bytes() as u64,
+            headers: record
+                .headers
+                .iter()
+                .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                .collect(),
+            device_micros: record.device_time.map(Timestamp::as_unix_micros),
+            key: record.key,
+            payload: record.payload,
+        }
+    }
+
+    fn enqueued_time(&self) -> Timestamp {
+        Timestamp::from_unix_micros(self.enqueued_micros)
+    }
+
+    fn record(&self) -> Record {
+        let headers: Headers = self.headers.iter().cloned().collect();
+        let record = Record::new(self.key.clone(), self.payload.clone()).with_headers(headers);
+        match self.device_micros {
+            Some(micros) => record.with_device_time(Timestamp::from_unix_micros(micros)),
+            None => record,
+        }
+    }
 }
 
 /// Everything the log holds, behind one lock: rows by (partition, offset), the earliest offset
@@ -102,11 +140,8 @@ impl Log for BTreeLog {
         let enqueued_time = Timestamp::now().max(t.last_time[p]);
         let count = records.len() as u64;
         for (offset, record) in (first..).zip(records) {
-            let row = Row {
-                enqueued_time,
-                record,
-            };
-            t.rows.insert((partition.get(), offset), row);
+            t.rows
+                .insert((partition.get(), offset), Row::new(enqueued_time, record));
         }
         t.next[p] = first + count;
         t.last_time[p] = enqueued_time;
@@ -149,7 +184,7 @@ impl Log for BTreeLog {
             .rows
             .range((partition.get(), from.get())..(partition.get(), t.next[p]));
         for (&(_, offset), row) in rows.take(limits.max_records) {
-            let size = row.record.size_bytes();
+            let size = row.size as usize;
             // The first record is returned whatever its size, so a reader never gets stuck.
             if !out.is_empty() && bytes + size > limits.max_bytes {
                 break;
@@ -158,8 +193,8 @@ impl Log for BTreeLog {
             out.push(StoredRecord::new(
                 partition,
                 Offset(offset),
-                row.enqueued_time,
-                row.record.clone(),
+                row.enqueued_time(),
+                row.record(),
             ));
         }
         Ok(out)
@@ -222,23 +257,18 @@ impl Log for BTreeLog {
         let mut t = self.tables();
         for p in 0..self.tails.len() {
             let rows = (p as u32, 0)..=(p as u32, u64::MAX);
-            let mut held: u64 = t
-                .rows
-                .range(rows.clone())
-                .map(|(_, row)| row.record.size_bytes() as u64)
-                .sum();
+            let mut held: u64 = t.rows.range(rows.clone()).map(|(_, row)| row.size).sum();
             // The oldest rows, for as long as the policy says to remove them: a prefix, never a
             // record the policy keeps.
             let mut doomed = Vec::new();
             for (&key, row) in t.rows.range(rows) {
-                let too_old = cutoff.is_some_and(|c| row.enqueued_time < c);
+                let too_old = cutoff.is_some_and(|c| row.enqueued_time() < c);
                 let too_big = policy.max_bytes.is_some_and(|max| held > max);
                 if !(too_old || too_big) {
                     break;
                 }
-                let size = row.record.size_bytes() as u64;
-                held -= size;
-                doomed.push((key, size));
+                held -= row.size;
+                doomed.push((key, row.size));
             }
             for ((partition, offset), size) in doomed {
                 t.rows.remove(&(partition, offset));

@@ -151,7 +151,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
             let body = json!({
                 "deviceId": device.as_str(),
                 "temperature": temperature,
-                "time": rfc3339(time),
+                "time": Timestamp::from_unix_millis(time * 1000).to_rfc3339(),
             });
             batch.push(
                 Record::new(device.as_str(), body.to_string())
@@ -205,26 +205,4 @@ async fn main() -> Result<(), Box<dyn Error>> {
     );
     println!("\nnext: docs/provisioning.md, docs/registry.md, docs/stream.md, docs/log.md");
     Ok(())
-}
-
-/// RFC 3339 for a Unix time in seconds (UTC), as the rule's `TIMESTAMP BY time` reads it.
-fn rfc3339(secs: u64) -> String {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Civil date from days since the epoch (H. Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }

@@ -30,8 +30,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
+use iot_sdk::core::json::merge_patch;
 use iot_sdk::core::{Offset, PartitionId, Record, StoredRecord, Timestamp};
-use iot_sdk::registry::merge_patch;
 use iot_sdk::stream::processors::LastKnownValues;
 use iot_sdk::stream::rules::{RuleProcessor, RuleSet};
 use iot_sdk::stream::window::OrderingPolicy;

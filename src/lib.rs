@@ -13,6 +13,12 @@
 //! | [`gateway`] | `iot-gateway` | the cloud gateway |
 //!
 //! See `examples/quickstart.rs` for a tour (`cargo run --example quickstart`).
+//!
+//! ## Feature flags
+//!
+//! * `testkit` — turns on the `testkit` feature of every crate: the conformance suites an
+//!   integrator runs against their own implementation of a trait, and fault-injecting wrappers.
+//!   `docs/integrating.md` walks through it.
 #![forbid(unsafe_code)]
 
 pub use iot_core as core;

@@ -148,13 +148,58 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+
+    /// A backend's own error, kept whole as the `source` rather than flattened into a string, so
+    /// that callers can downcast it and log its chain. Backends outside this crate (a database, a
+    /// message broker) return their failures this way, and say whether retrying may help.
+    ///
+    /// The source's `Display` ends up in logs and messages: it must not carry secrets (connection
+    /// strings with passwords, tokens).
+    #[error("{backend} backend failed: {source}")]
+    Backend {
+        /// Which backend failed (`"postgres"`, `"nats"`, ...).
+        backend: &'static str,
+        /// The backend's own error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+        /// Whether the same call may succeed later (a lost connection, a timeout), as opposed to
+        /// a permanent refusal (a schema mismatch, a permission error).
+        retryable: bool,
+    },
 }
 
 impl Error {
     /// Whether retrying the same call later may succeed (I/O trouble, a lock held by another
-    /// process). Validation errors, corruption and misconfiguration are permanent.
+    /// process, a backend failure its backend calls transient). Validation errors, corruption and
+    /// misconfiguration are permanent.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Io { .. } | Error::Locked { .. })
+        match self {
+            Error::Io { .. } | Error::Locked { .. } => true,
+            Error::Backend { retryable, .. } => *retryable,
+            _ => false,
+        }
+    }
+
+    /// Wraps a backend's own error (see [`Error::Backend`]).
+    ///
+    /// ```
+    /// use iot_core::Error;
+    ///
+    /// let timeout = std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 5 s");
+    /// let e = Error::backend("my-db", timeout, true);
+    /// assert!(e.is_retryable());
+    /// assert!(e.to_string().starts_with("my-db backend failed"));
+    /// ```
+    pub fn backend(
+        backend: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+        retryable: bool,
+    ) -> Self {
+        Error::Backend {
+            backend,
+            source: source.into(),
+            retryable,
+        }
     }
 
     pub(crate) fn io(operation: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
@@ -190,10 +235,13 @@ impl From<crate::storage::StorageError> for Error {
             },
             S::Locked { path } => Error::Locked { path },
             S::Config { reason } => Error::Config { reason },
-            other => Error::Io {
-                operation: "store",
-                path: std::path::PathBuf::new(),
-                source: io::Error::other(other.to_string()),
+            // The remaining kinds (a store that refuses writes until reopened, a value too large
+            // for the format) are permanent: retrying the same call cannot help. The storage
+            // error is kept whole so that callers can still match on it.
+            other => Error::Backend {
+                backend: "storage",
+                source: Box::new(other),
+                retryable: false,
             },
         }
     }
@@ -201,3 +249,52 @@ impl From<crate::storage::StorageError> for Error {
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+    use crate::storage::StorageError;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("connection reset by peer")]
+    struct Reset;
+
+    #[test]
+    fn backend_errors_keep_their_source_and_retry_flag() {
+        let transient = Error::backend("db", Reset, true);
+        assert!(transient.is_retryable());
+        let source = transient.source().expect("a source");
+        assert!(source.downcast_ref::<Reset>().is_some(), "source lost");
+        assert_eq!(
+            transient.to_string(),
+            "db backend failed: connection reset by peer"
+        );
+        assert!(!Error::backend("db", Reset, false).is_retryable());
+    }
+
+    /// A store that refuses writes until reopened is not helped by a retry, and the storage
+    /// error stays matchable instead of becoming a string inside an I/O error.
+    #[test]
+    fn permanent_storage_errors_are_not_retryable() {
+        for storage in [
+            StorageError::Failed {
+                path: PathBuf::from("/x/journal"),
+            },
+            StorageError::TooLarge {
+                what: "snapshot",
+                size: 10,
+                limit: 1,
+            },
+        ] {
+            let e = Error::from(storage);
+            assert!(!e.is_retryable(), "{e}");
+            let kept = e
+                .source()
+                .and_then(|s| s.downcast_ref::<StorageError>())
+                .is_some();
+            assert!(kept, "the storage error was flattened: {e:?}");
+        }
+    }
+}

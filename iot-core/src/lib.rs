@@ -2,7 +2,14 @@
 //!
 //! The vocabulary shared by every crate of the IoT SDK — [`DeviceId`], [`Record`], [`Offset`],
 //! [`PartitionId`], [`Error`] — and the partitioned [`Log`] that telemetry, alerts, audit and events
-//! flow through.
+//! flow through. It also holds what every crate shares: [`json`] (RFC 7396 merge patch, depth
+//! limits) and [`time`] (RFC 3339 parse and format).
+//!
+//! ## Feature flags
+//!
+//! * `testkit` — `iot_core::testkit`: the conformance suite for [`Log`] implementations
+//!   (`testkit::run_all`), the fault-injecting `testkit::FaultyLog`, and the kill -9 crash
+//!   harness. `docs/integrating.md` walks an integrator from `cargo add` to a passing suite.
 #![forbid(unsafe_code)]
 
 pub mod consumer;
@@ -10,6 +17,7 @@ pub mod device_id;
 pub mod error;
 pub mod file_log;
 pub mod headers;
+pub mod json;
 pub mod limits;
 pub mod log;
 pub mod memory_log;
@@ -22,6 +30,7 @@ pub mod storage;
 mod sync_util;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod time;
 pub mod timestamp;
 pub mod topics;
 

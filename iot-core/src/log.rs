@@ -21,7 +21,8 @@ use crate::timestamp::Timestamp;
 ///
 /// # Contract
 ///
-/// Every implementation must hold these; [`testkit`](crate::testkit) (feature `testkit`) checks them.
+/// Every implementation must hold these; `iot_core::testkit::run_all` (feature `testkit`) checks
+/// them, and `docs/integrating.md` shows how to run it against your own implementation.
 ///
 /// * **Dense offsets.** A successful [`append`](Log::append) of *n* records gives them the offsets
 ///   `next .. next + n` of that partition, in batch order, atomically: a concurrent reader sees all of
@@ -49,6 +50,9 @@ use crate::timestamp::Timestamp;
 ///   it promises to survive.
 /// * Unknown partitions are [`Error::UnknownPartition`](crate::Error::UnknownPartition); no input
 ///   makes an implementation panic.
+/// * **Backend failures** (a lost connection, a refused query) are
+///   [`Error::Backend`](crate::Error::Backend), carrying the backend's own error as the source
+///   and saying whether a retry may help.
 #[async_trait]
 pub trait Log: Send + Sync + Debug + 'static {
     /// The number of partitions, fixed for the log's life.
@@ -90,9 +94,15 @@ pub trait Log: Send + Sync + Debug + 'static {
         now: Timestamp,
     ) -> Result<RetentionReport>;
 
-    /// Makes every acknowledged record durable now, whatever the durability policy (a no-op for
-    /// logs that are not durable or already are).
-    async fn sync(&self) -> Result<()>;
+    /// Makes every acknowledged record durable now, whatever the durability policy.
+    ///
+    /// Provided: the default does nothing, which is right for a log that is not durable
+    /// (in memory) or that makes every append durable before acknowledging it (most databases).
+    /// A log that acknowledges before it is durable (a buffered or interval-synced file) must
+    /// override it.
+    async fn sync(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Where an appended batch went.

@@ -279,8 +279,4 @@ impl Log for MemoryLog {
         }
         Ok(report)
     }
-
-    async fn sync(&self) -> Result<()> {
-        Ok(())
-    }
 }

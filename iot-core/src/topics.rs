@@ -16,6 +16,10 @@ use crate::memory_log::MemoryLog;
 use crate::names::TopicName;
 
 /// Opens the log of one topic; implemented once per backend.
+///
+/// It is also what the conformance suite takes (`testkit::run_all`, feature `testkit`): the suite
+/// opens every log it checks through the factory, under topic names drawn fresh per run, so an
+/// integrator's factory over a persistent engine is tested as it will be used.
 #[async_trait]
 pub trait LogFactory: Send + Sync + Debug + 'static {
     /// Opens (creating if needed) the log of `topic` with `partitions` partitions.

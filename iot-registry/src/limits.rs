@@ -8,8 +8,11 @@ use crate::error::{Error, Result};
 use crate::record::DeviceDocument;
 
 /// The deepest nesting a configuration may allow. Code that walks documents recursively (merge,
-/// indexing, serialisation) relies on it to stay far from the end of the stack.
-pub const MAX_SUPPORTED_DEPTH: usize = 64;
+/// indexing, serialisation) relies on it to stay far from the end of the stack. The same bound as
+/// `iot_core::json`'s, which does the merging.
+pub const MAX_SUPPORTED_DEPTH: usize = iot_core::json::MAX_SUPPORTED_DEPTH;
+
+pub use iot_core::json::depth_at_most;
 
 /// Limits every registry enforces on the documents written to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,26 +185,6 @@ pub(crate) fn check_key(key: &str, max_bytes: usize) -> std::result::Result<(), 
         return Err("keys may not contain control characters".into());
     }
     Ok(())
-}
-
-/// The nesting depth of `value` (0 for a scalar), counting no further than `stop_at + 1`; never
-/// recurses.
-pub fn depth_at_most(value: &Value, stop_at: usize) -> usize {
-    let mut deepest = 0;
-    let mut stack = vec![(value, 1usize)];
-    while let Some((value, depth)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &Value>> = match value {
-            Value::Object(map) => Box::new(map.values()),
-            Value::Array(items) => Box::new(items.iter()),
-            _ => continue,
-        };
-        deepest = deepest.max(depth);
-        if depth > stop_at {
-            return depth;
-        }
-        stack.extend(children.filter(|c| is_container(c)).map(|c| (c, depth + 1)));
-    }
-    deepest
 }
 
 fn is_container(v: &Value) -> bool {

@@ -382,8 +382,8 @@ proptest! {
     }
 }
 
-/// RFC 7396 merge patch as the registry implements it: the reference the record is checked
+/// RFC 7396 merge patch as `iot_core::json` implements it: the reference the record is checked
 /// against.
 fn merge_patch(doc: &mut serde_json::Value, patch: &serde_json::Value) {
-    iot_registry::merge_patch(doc, patch, 64).expect("test patches are shallow");
+    iot_core::json::merge_patch(doc, patch, 64).expect("test patches are shallow");
 }

@@ -21,11 +21,11 @@ fn update(patch: Value, key_frame: bool) -> LkvUpdate {
 
 /// RFC 7396 appendix A, restricted to object documents and object patches (a last-known-values
 /// record is always an object). The cases with non-object patches are covered by
-/// `iot_registry::merge_patch`'s own test.
+/// `iot_core::json::merge_patch`'s own test.
 #[test]
 fn rfc7396_appendix_a_on_the_record() {
     // The appendix's cases where both the target and the patch are objects.
-    let cases = iot_registry::merge::rfc7396_appendix_a()
+    let cases = iot_core::json::rfc7396_appendix_a()
         .into_iter()
         .filter(|(o, p, _)| o.is_object() && p.is_object());
     for (original, patch, expected) in cases {
@@ -191,8 +191,8 @@ async fn processor_applies_deltas_key_frames_and_device_times() {
     );
 }
 
-/// RFC 7396 merge patch as the registry implements it: the reference the record is checked
+/// RFC 7396 merge patch as `iot_core::json` implements it: the reference the record is checked
 /// against.
 fn merge_patch(doc: &mut serde_json::Value, patch: &serde_json::Value) {
-    iot_registry::merge_patch(doc, patch, 64).expect("test patches are shallow");
+    iot_core::json::merge_patch(doc, patch, 64).expect("test patches are shallow");
 }

@@ -1,39 +1,55 @@
 //! The conformance suite for [`Log`] implementations (feature `testkit`).
 //!
-//! Each function takes a **fresh, empty** log with **at least two partitions** and checks one part
-//! of the contract documented on [`Log`], panicking with a message on the first violation. Run
-//! them all against your own implementation:
+//! An integrator with a log of their own runs the whole suite once, through a [`LogFactory`]
+//! that opens their log for a topic name:
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-//! use iot_core::{testkit, LogLimits, MemoryLog};
+//! use iot_core::testkit::{self, SuiteOptions};
+//! use iot_core::MemoryLogFactory;
 //!
-//! testkit::append_and_read(&MemoryLog::new(2)?).await;
-//! testkit::invalid_input(&MemoryLog::new(2)?, &LogLimits::default()).await;
-//! # Ok::<(), iot_core::Error>(()) }).unwrap();
+//! testkit::run_all(&MemoryLogFactory::default(), &SuiteOptions::default()).await;
+//! # });
 //! ```
 //!
-//! Differences between implementations are parameters (the limits a log was built with, the
-//! granularity of its retention), not separate suites.
+//! [`run_all`] opens one log per check, under a topic name drawn fresh for every run
+//! ([`fresh_topic_name`]), so the suite can run again and again against the same persistent
+//! database or directory: each run sees only empty logs of its own. Each check panics with a
+//! message on the first violation of the contract documented on [`Log`].
+//!
+//! The checks are public too, each taking a **fresh, empty** log with **at least two
+//! partitions**, for running one at a time. Differences between implementations are parameters
+//! ([`SuiteOptions`]: the limits a log was built with, the granularity of its retention), not
+//! separate suites.
+//!
+//! [`FaultyLog`] wraps any log and fails the calls it is told to fail, for testing callers;
+//! [`crash`] is the kill -9 harness every store's crash tests use.
 
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 pub mod crash;
+pub mod fault;
 
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+
+pub use fault::{FaultKind, FaultyLog, InjectedFault, Operation};
 
 use crate::consumer::{GroupConsumer, StartFrom};
 use crate::error::Error;
 use crate::headers;
 use crate::limits::{LogLimits, ReadLimits};
 use crate::log::{Log, RetentionPolicy};
-use crate::names::GroupName;
+use crate::names::{GroupName, TopicName};
 use crate::offset::{Offset, PartitionId};
 use crate::record::{Record, StoredRecord};
 use crate::timestamp::Timestamp;
+use crate::topics::LogFactory;
 
 const P0: PartitionId = PartitionId(0);
 const P1: PartitionId = PartitionId(1);
@@ -133,6 +149,13 @@ pub async fn append_and_read(log: &dyn Log) {
     let other = read_all(log, P1, Offset(0)).await;
     assert_eq!(other.len(), 1);
     assert_eq!(other[0].record.key, "dev-b");
+
+    log.sync().await.unwrap();
+    assert_eq!(
+        read_all(log, P0, Offset(0)).await.len(),
+        expected.len(),
+        "sync changed what the log holds"
+    );
 }
 
 /// Reads honour record and byte limits, and always return the first record however large.
@@ -479,17 +502,103 @@ pub async fn retention(log: &dyn Log, granularity_bytes: u64) {
     );
 }
 
-/// Runs every function of the suite, each on a fresh log from `make`.
-pub async fn run_all<F, Fut>(mut make: F, limits: LogLimits, retention_granularity_bytes: u64)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Arc<dyn Log>>,
-{
-    append_and_read(make().await.as_ref()).await;
-    read_limits(make().await.as_ref()).await;
-    invalid_input(make().await.as_ref(), &limits).await;
-    tailing(make().await).await;
-    concurrent_appends(make().await).await;
-    consumer_groups(make().await).await;
-    retention(make().await.as_ref(), retention_granularity_bytes).await;
+/// What the suite needs to know about the logs a factory opens.
+///
+/// `#[non_exhaustive]`: start from [`SuiteOptions::default`] and use the `with_` methods, so that
+/// options added later do not break your test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SuiteOptions {
+    /// Partitions of every log the suite opens; at least 2. Default 2.
+    pub partitions: u32,
+    /// The limits the factory's logs enforce. Default [`LogLimits::default`].
+    pub limits: LogLimits,
+    /// How many bytes beyond a retention policy the log may keep: 0 for a log that removes
+    /// single records, about a segment plus a batch for a segment-based log. Default 0.
+    pub retention_granularity_bytes: u64,
+}
+
+impl Default for SuiteOptions {
+    fn default() -> Self {
+        SuiteOptions {
+            partitions: 2,
+            limits: LogLimits::default(),
+            retention_granularity_bytes: 0,
+        }
+    }
+}
+
+impl SuiteOptions {
+    /// Opens logs with `partitions` partitions (at least 2).
+    pub fn with_partitions(mut self, partitions: u32) -> Self {
+        self.partitions = partitions;
+        self
+    }
+
+    /// The factory's logs enforce `limits`.
+    pub fn with_limits(mut self, limits: LogLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Retention may keep up to `bytes` beyond the policy.
+    pub fn with_retention_granularity(mut self, bytes: u64) -> Self {
+        self.retention_granularity_bytes = bytes;
+        self
+    }
+}
+
+/// A topic name no earlier run has used: `conformance-<run>-<label>`, where `<run>` mixes the
+/// clock, the process id, a counter and std's random hasher keys. Use it to open a log of your
+/// persistent engine for one check.
+///
+/// `label` should be short and use only the characters of a [`TopicName`].
+pub fn fresh_topic_name(label: &str) -> TopicName {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let run = RandomState::new().hash_one((SystemTime::now(), std::process::id(), n));
+    TopicName::new(format!("conformance-{run:016x}-{label}"))
+        .unwrap_or_else(|e| panic!("the label {label:?} makes a bad topic name: {e}"))
+}
+
+/// Opens a fresh log for the check `label` and checks it is what the suite needs.
+async fn open_fresh(factory: &dyn LogFactory, options: &SuiteOptions, label: &str) -> Arc<dyn Log> {
+    let topic = fresh_topic_name(label);
+    tracing::info!(%topic, "conformance check");
+    let log = factory
+        .open_log(&topic, options.partitions)
+        .await
+        .unwrap_or_else(|e| panic!("the factory could not open {topic}: {e}"));
+    assert_eq!(
+        log.partition_count(),
+        options.partitions,
+        "the factory opened {topic} with the wrong partition count"
+    );
+    for p in 0..options.partitions {
+        let p = PartitionId(p);
+        assert_eq!(
+            log.next_offset(p).await.unwrap(),
+            Offset(0),
+            "{topic} is a fresh topic name, yet its partition {p} is not empty"
+        );
+    }
+    log
+}
+
+/// Runs every check of the suite, each on a fresh log `factory` opens under a fresh topic name
+/// (so running it twice against the same persistent engine works).
+pub async fn run_all(factory: &dyn LogFactory, options: &SuiteOptions) {
+    assert!(options.partitions >= 2, "the suite needs two partitions");
+    let open = |label| open_fresh(factory, options, label);
+    append_and_read(open("append-and-read").await.as_ref()).await;
+    read_limits(open("read-limits").await.as_ref()).await;
+    invalid_input(open("invalid-input").await.as_ref(), &options.limits).await;
+    tailing(open("tailing").await).await;
+    concurrent_appends(open("concurrent-appends").await).await;
+    consumer_groups(open("consumer-groups").await).await;
+    retention(
+        open("retention").await.as_ref(),
+        options.retention_granularity_bytes,
+    )
+    .await;
 }

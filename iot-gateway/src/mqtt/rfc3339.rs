@@ -1,102 +1,27 @@
-//! The instants IoT Hub's MQTT topics carry in `$.exp`: RFC 3339 in UTC
+//! The instants IoT Hub's MQTT topics carry in `$.exp`: RFC 3339
 //! (`2030-01-01T00:00:00.000Z`), or Unix milliseconds, which some devices send.
 
 use iot_core::Timestamp;
 
-/// `$.exp` as IoT Hub documents it (`2030-01-01T00:00:00.000Z`, RFC 3339 in UTC), or as Unix
-/// milliseconds, which some devices send.
+/// `$.exp` as IoT Hub documents it (`2030-01-01T00:00:00.000Z`, RFC 3339), or as Unix
+/// milliseconds, which some devices send. RFC 3339 parsing is `iot_core::time`'s.
 pub(crate) fn parse_expiry(text: &str) -> Option<Timestamp> {
     if let Ok(millis) = text.parse::<u64>() {
         return Some(Timestamp::from_unix_millis(millis));
     }
-    parse_rfc3339_utc(text)
-}
-
-/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|+00:00)`.
-fn parse_rfc3339_utc(text: &str) -> Option<Timestamp> {
-    let text = text
-        .strip_suffix('Z')
-        .or_else(|| text.strip_suffix("+00:00"))?;
-    let (date, time) = text.split_once(['T', 't', ' '])?;
-    let mut date = date.split('-');
-    let year: i64 = date.next()?.parse().ok()?;
-    let month: u32 = date.next()?.parse().ok()?;
-    let day: u32 = date.next()?.parse().ok()?;
-    // RFC 3339 years have four digits; the bound also keeps the day arithmetic below far from
-    // overflow for any year a device sends.
-    if date.next().is_some()
-        || !(0..=9999).contains(&year)
-        || !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-    {
-        return None;
-    }
-    let (hms, fraction) = time.split_once('.').unwrap_or((time, ""));
-    let mut hms = hms.split(':');
-    let hour: u64 = hms.next()?.parse().ok()?;
-    let minute: u64 = hms.next()?.parse().ok()?;
-    let second: u64 = hms.next()?.parse().ok()?;
-    if hms.next().is_some() || hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
-    if fraction.len() > 9 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let micros_fraction: u64 = format!("{fraction:0<6}")[..6].parse().ok()?;
-    let days = u64::try_from(days_from_civil(year, month, day)).ok()?;
-    // Under 3 million days (year 9999) of 86 400 seconds: far below u64::MAX.
-    let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second;
-    Some(Timestamp::from_unix_micros(
-        seconds
-            .checked_mul(1_000_000)?
-            .checked_add(micros_fraction)?,
-    ))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let month = i64::from(month);
-    let day_of_year =
-        (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
+    Timestamp::parse_rfc3339(text).ok()
 }
 
 /// `t` as RFC 3339 in UTC with milliseconds (`2030-01-01T00:00:00.000Z`), the form IoT Hub
-/// writes in `$.exp`.
+/// writes in `$.exp`: `iot_core::time`'s microsecond form cut to three fraction digits.
 pub(crate) fn format_millis(t: Timestamp) -> String {
     let millis = t.as_unix_millis();
-    let seconds = millis / 1000;
-    let (days, in_day) = (seconds / 86_400, seconds % 86_400);
-    // u64 milliseconds reach about 584 million years: far inside i64 days.
-    let (year, month, day) = civil_from_days(i64::try_from(days).unwrap_or(i64::MAX));
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        in_day / 3600,
-        in_day % 3600 / 60,
-        in_day % 60,
-        millis % 1000
-    )
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm,
-/// the inverse of [`days_from_civil`]).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days.saturating_add(719_468);
-    let era = z.div_euclid(146_097);
-    let day_of_era = z - era * 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let mp = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    // day is 1..=31 and month 1..=12 by construction.
-    (year, month as u32, day as u32)
+    let micros = i64::try_from(millis.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let mut text = iot_core::time::format_rfc3339(micros);
+    // `….ffffffZ` -> `….fffZ`
+    text.truncate(text.len().saturating_sub(4));
+    text.push('Z');
+    text
 }
 
 #[cfg(test)]

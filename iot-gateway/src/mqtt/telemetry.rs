@@ -46,7 +46,7 @@ pub(crate) fn from_publish(
             "$.exp" => {
                 system.expiry = Some(rfc3339::parse_expiry(&value).ok_or_else(|| {
                     ProtocolViolation::PropertyBag(format!(
-                        "$.exp {:?} is neither RFC 3339 UTC nor Unix milliseconds",
+                        "$.exp {:?} is neither RFC 3339 nor Unix milliseconds",
                         shorten(&value)
                     ))
                 })?)

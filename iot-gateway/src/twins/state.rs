@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use iot_core::DeviceId;
+use iot_core::json::{depth_at_most, merge_patch};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -62,12 +63,12 @@ impl TwinState {
                 actual: target.version,
             });
         }
-        iot_registry::merge_patch(&mut target.properties, patch, limits.max_depth)
+        merge_patch(&mut target.properties, patch, limits.max_depth)
             .map_err(|e| Error::invalid(format!("{} patch: {e}", section.as_str())))?;
-        let depth = depth(&target.properties);
+        let depth = depth_at_most(&target.properties, limits.max_depth);
         if depth > limits.max_depth {
             return Err(Error::invalid(format!(
-                "the {} properties would nest {depth} levels deep; at most {} are allowed",
+                "the {} properties would nest {depth} or more levels deep; at most {} are allowed",
                 section.as_str(),
                 limits.max_depth
             )));
@@ -86,25 +87,6 @@ impl TwinState {
         target.version += 1;
         Ok(twin)
     }
-}
-
-/// Nesting depth of a JSON value (a scalar is 0, `{}` is 1).
-fn depth(v: &Value) -> usize {
-    let mut max = 0;
-    let mut stack = vec![(v, 0usize)];
-    while let Some((v, d)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &Value>> = match v {
-            Value::Object(m) => Box::new(m.values()),
-            Value::Array(a) => Box::new(a.iter()),
-            _ => {
-                max = max.max(d);
-                continue;
-            }
-        };
-        max = max.max(d + 1);
-        stack.extend(children.map(|c| (c, d + 1)));
-    }
-    max
 }
 
 impl Journaled for TwinState {
@@ -181,6 +163,5 @@ mod tests {
             s.plan_patch(&d, Section::Reported, &json!([1]), None, limits)
                 .is_err()
         );
-        assert_eq!(depth(&json!({"a": {"b": 1}})), 2);
     }
 }

@@ -1,10 +1,10 @@
 //! Compiled expressions of the rule language and their evaluation.
 
 use iot_core::StoredRecord;
+use iot_core::time::format_rfc3339;
 use serde_json::{Number, Value};
 
 use super::project::{Field, Projected};
-use super::time::format_rfc3339;
 use crate::window::{AggKind, Input};
 
 /// Binary operators.

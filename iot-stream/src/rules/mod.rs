@@ -32,7 +32,6 @@
 mod compile;
 mod expr;
 mod project;
-mod time;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -383,10 +382,10 @@ fn event_time(rule: &CompiledRule, record: &StoredRecord, payload: &Projected<'_
         aggregates: &[],
     };
     if let Some(s) = ts.str_ref(&scope) {
-        return time::parse_rfc3339(s);
+        return iot_core::time::parse_rfc3339_assume_utc(s).ok();
     }
     match ts.eval(&scope) {
-        Value::String(s) => time::parse_rfc3339(&s),
+        Value::String(s) => iot_core::time::parse_rfc3339_assume_utc(&s).ok(),
         Value::Number(n) => n.as_f64().map(|ms| (ms * 1000.0) as i64),
         _ => None,
     }

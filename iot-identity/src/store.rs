@@ -98,8 +98,8 @@ pub trait IdentityStore: Send + Sync + Debug + 'static {
     /// they return (a database that commits each write) and for stores that keep nothing (memory).
     /// A store that can acknowledge writes before they are durable (such as
     /// [`FileIdentityStore`](crate::FileIdentityStore) with
-    /// [`Durability::OsBuffered`](crate::Durability::OsBuffered)) overrides it; the provisioner
-    /// calls it before it marks an intent finished.
+    /// [`Durability::OsBuffered`](crate::Durability::OsBuffered)) overrides it. Call it where
+    /// later steps rely on earlier writes being durable (a bulk load before it reports success).
     async fn sync(&self) -> Result<()> {
         Ok(())
     }

@@ -68,7 +68,7 @@ impl FileJournalConfig {
     }
 }
 
-/// A durable [`Journal`] in a directory; see the [module docs](self) for the format.
+/// A durable [`Journal`] in a directory; its format is in `docs/provisioning.md`.
 ///
 /// Each `begin` or finish is one frame, fsynced; the directory's `LOCK` keeps a second journal
 /// out. Open cuts a torn tail and refuses damage anywhere else ([`Error::CorruptJournal`]) unless

@@ -179,6 +179,22 @@ pub enum Error {
     /// An error from `iot-core` (for example an invalid device id).
     #[error(transparent)]
     Core(#[from] iot_core::Error),
+
+    /// A store implemented outside this crate failed in its own terms (a database driver's
+    /// error, a lost connection). The backend's error stays the `source`, so callers can walk the
+    /// chain and the backend keeps its own types; `retryable` is the backend's judgement of
+    /// whether the same call may succeed later. Build it with [`Error::backend`].
+    #[error("{backend} backend: {source}")]
+    Backend {
+        /// Which backend failed (for example `"postgres"`), for logs.
+        backend: String,
+        /// The backend's own error. It must not carry secrets (credentials are never part of a
+        /// key or a query an implementation should echo).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+        /// Whether retrying the same call later may succeed.
+        retryable: bool,
+    },
 }
 
 /// Why a SAS token could not be parsed. Never contains the token or its signature.
@@ -296,6 +312,7 @@ impl Error {
             Error::Config { .. } => "config",
             Error::Io { .. } => "io",
             Error::Core(_) => "core",
+            Error::Backend { .. } => "backend",
         }
     }
 
@@ -316,9 +333,27 @@ impl Error {
         )
     }
 
-    /// Whether retrying the same call later may succeed (I/O trouble, a lock held elsewhere).
+    /// Whether retrying the same call later may succeed (I/O trouble, a lock held elsewhere, or a
+    /// backend that said so).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Io { .. } | Error::Locked { .. })
+        match self {
+            Error::Io { .. } | Error::Locked { .. } => true,
+            Error::Backend { retryable, .. } => *retryable,
+            _ => false,
+        }
+    }
+
+    /// A [`Error::Backend`]: `source` is the backend's own error, kept as the cause.
+    pub fn backend(
+        backend: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+        retryable: bool,
+    ) -> Self {
+        Error::Backend {
+            backend: backend.into(),
+            source: source.into(),
+            retryable,
+        }
     }
 
     pub(crate) fn invalid(reason: impl Into<String>) -> Self {
@@ -339,5 +374,33 @@ pub(crate) fn shorten(s: &str, max: usize) -> String {
         let mut out: String = s.chars().take(max).collect();
         out.push('…');
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn a_backend_error_keeps_its_source_and_says_whether_to_retry() {
+        let lost = Error::backend(
+            "postgres",
+            io::Error::new(io::ErrorKind::ConnectionReset, "connection reset"),
+            true,
+        );
+        assert!(lost.is_retryable());
+        assert_eq!(lost.kind(), "backend");
+        assert_eq!(lost.to_string(), "postgres backend: connection reset");
+        let source = lost.source().expect("the backend's error is the source");
+        assert_eq!(
+            source.downcast_ref::<io::Error>().map(io::Error::kind),
+            Some(io::ErrorKind::ConnectionReset),
+            "the backend's own type survives"
+        );
+        let schema = Error::backend("postgres", "column \"etag\" does not exist", false);
+        assert!(!schema.is_retryable());
+        assert!(!schema.is_auth_failure());
     }
 }

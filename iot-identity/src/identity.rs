@@ -59,6 +59,13 @@ impl DeviceStatus {
 pub struct ETag(pub(crate) u64);
 
 impl ETag {
+    /// The etag numbered `n`. Stores outside this crate use it to give out etags; the contract
+    /// (never reused within a store) is theirs to keep, for example with a counter that survives
+    /// restarts.
+    pub const fn from_u64(n: u64) -> Self {
+        ETag(n)
+    }
+
     /// The etag as a number (store-specific; only equality is meaningful to callers).
     pub const fn as_u64(self) -> u64 {
         self.0
@@ -96,8 +103,15 @@ impl FromStr for ETag {
 pub struct GenerationId(pub(crate) u64);
 
 impl GenerationId {
-    pub(crate) fn random() -> Self {
+    /// A new random generation, for a create (64 random bits: a re-created id gets a different
+    /// one with overwhelming probability).
+    pub fn random() -> Self {
         GenerationId(rand::random())
+    }
+
+    /// The generation numbered `n` (a store reading back a record it wrote).
+    pub const fn from_u64(n: u64) -> Self {
+        GenerationId(n)
     }
 
     /// The id as a number.
@@ -140,6 +154,67 @@ pub struct DeviceIdentity {
     pub updated_at: Timestamp,
     /// When the status last changed.
     pub status_updated_at: Timestamp,
+}
+
+/// The records a store writes. Every store, in this crate or outside it, builds them with these,
+/// so the timestamp rules of the contract (see [`IdentityStore`](crate::IdentityStore)) live in
+/// one place. A store reading records back from its own storage builds one with
+/// [`created`](Self::created) and then sets the public fields to what it stored.
+impl DeviceIdentity {
+    /// The record `create` stores for `new`: a new life of the id, every timestamp `at`.
+    /// Refuses an over-long disable reason ([`Error::InvalidInput`]).
+    pub fn created(
+        new: NewIdentity,
+        generation_id: GenerationId,
+        etag: ETag,
+        at: Timestamp,
+    ) -> Result<Self> {
+        new.status.validate()?;
+        Ok(DeviceIdentity {
+            id: new.id,
+            generation_id,
+            etag,
+            status: new.status,
+            credentials: new.credentials,
+            created_at: at,
+            updated_at: at,
+            status_updated_at: at,
+        })
+    }
+
+    /// This record after a status change written at `at` with the new `etag`. Refuses an
+    /// over-long disable reason ([`Error::InvalidInput`]).
+    pub fn with_status(&self, status: DeviceStatus, etag: ETag, at: Timestamp) -> Result<Self> {
+        status.validate()?;
+        Ok(DeviceIdentity {
+            etag,
+            status,
+            updated_at: at,
+            status_updated_at: at,
+            ..self.clone()
+        })
+    }
+
+    /// This record after its credentials were replaced at `at` with the new `etag` (status and
+    /// its timestamp stay).
+    pub fn with_credentials(&self, credentials: Credentials, etag: ETag, at: Timestamp) -> Self {
+        DeviceIdentity {
+            etag,
+            credentials,
+            updated_at: at,
+            ..self.clone()
+        }
+    }
+
+    /// The change a write that produced this record publishes.
+    pub fn change(&self, kind: ChangeKind) -> IdentityChange {
+        IdentityChange {
+            id: self.id.clone(),
+            generation_id: self.generation_id,
+            etag: self.etag,
+            kind,
+        }
+    }
 }
 
 /// What [`IdentityStore::create`](crate::IdentityStore::create) needs.

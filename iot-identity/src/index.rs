@@ -86,20 +86,12 @@ impl Index {
     }
 
     pub(crate) fn plan_create(&self, new: NewIdentity, now: Timestamp) -> Result<Planned> {
-        new.status.validate()?;
-        if self.map.contains_key(&new.id) {
-            return Err(Error::AlreadyExists { id: new.id });
+        // Built first so that an invalid status is refused before the id is looked at.
+        let record =
+            DeviceIdentity::created(new, GenerationId::random(), ETag(self.next_seq()?), now)?;
+        if self.map.contains_key(&record.id) {
+            return Err(Error::AlreadyExists { id: record.id });
         }
-        let record = DeviceIdentity {
-            id: new.id,
-            generation_id: GenerationId::random(),
-            etag: ETag(self.next_seq()?),
-            status: new.status,
-            credentials: new.credentials,
-            created_at: now,
-            updated_at: now,
-            status_updated_at: now,
-        };
         Ok(Planned::new(record, ChangeKind::Created))
     }
 
@@ -113,13 +105,7 @@ impl Index {
         status.validate()?;
         let current = self.current(id, if_match)?;
         let enabled = status.is_enabled();
-        let record = DeviceIdentity {
-            etag: ETag(self.next_seq()?),
-            status,
-            updated_at: now,
-            status_updated_at: now,
-            ..DeviceIdentity::clone(current)
-        };
+        let record = current.with_status(status, ETag(self.next_seq()?), now)?;
         Ok(Planned::new(record, ChangeKind::StatusChanged { enabled }))
     }
 
@@ -131,12 +117,7 @@ impl Index {
         now: Timestamp,
     ) -> Result<Planned> {
         let current = self.current(id, if_match)?;
-        let record = DeviceIdentity {
-            etag: ETag(self.next_seq()?),
-            credentials,
-            updated_at: now,
-            ..DeviceIdentity::clone(current)
-        };
+        let record = current.with_credentials(credentials, ETag(self.next_seq()?), now);
         Ok(Planned::new(record, ChangeKind::CredentialsReplaced))
     }
 
@@ -241,12 +222,7 @@ pub(crate) struct Planned {
 
 impl Planned {
     fn new(record: DeviceIdentity, kind: ChangeKind) -> Self {
-        let change = IdentityChange {
-            id: record.id.clone(),
-            generation_id: record.generation_id,
-            etag: record.etag,
-            kind,
-        };
+        let change = record.change(kind);
         Planned {
             record: Arc::new(record),
             change,

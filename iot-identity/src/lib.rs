@@ -40,7 +40,8 @@
 //!
 //! ## Feature flags
 //!
-//! * `testkit` — the public conformance suite [`testkit`] for `IdentityStore` implementations.
+//! * `testkit` — the public conformance suite [`testkit`] for `IdentityStore` implementations
+//!   (`run_all` over a `StoreFactory`), and a fault-injecting wrapper.
 #![forbid(unsafe_code)]
 
 pub mod auth;

@@ -91,6 +91,18 @@ pub trait IdentityStore: Send + Sync + Debug + 'static {
 
     /// A stream of the changes made from now on.
     fn subscribe(&self) -> ChangeStream;
+
+    /// Returns once every write acknowledged so far survives a crash or power cut.
+    ///
+    /// The provided method does nothing, which is right for stores whose writes are durable when
+    /// they return (a database that commits each write) and for stores that keep nothing (memory).
+    /// A store that can acknowledge writes before they are durable (such as
+    /// [`FileIdentityStore`](crate::FileIdentityStore) with
+    /// [`Durability::OsBuffered`](crate::Durability::OsBuffered)) overrides it. Call it where
+    /// later steps rely on earlier writes being durable (a bulk load before it reports success).
+    async fn sync(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 macro_rules! forward_store {
@@ -130,6 +142,9 @@ macro_rules! forward_store {
             }
             fn subscribe(&self) -> ChangeStream {
                 (**self).subscribe()
+            }
+            async fn sync(&self) -> Result<()> {
+                (**self).sync().await
             }
         }
     };

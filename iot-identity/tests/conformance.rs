@@ -1,11 +1,15 @@
-//! The conformance suite against every store this crate ships, through `Box<dyn>` and `Arc`, and
-//! the file store again with OS-buffered durability and after reopening.
+//! The conformance suite against every store this crate ships, through `Box<dyn>` and `Arc`, the
+//! file store again with OS-buffered durability and twice over one directory with reopens, and
+//! the fault-injecting wrapper.
 
 use std::sync::Arc;
 
-use iot_identity::testkit;
+use async_trait::async_trait;
+use iot_core::DeviceId;
+use iot_identity::testkit::{self, FaultMode, FaultPlan, FaultyIdentityStore, StoreFactory};
 use iot_identity::{
-    Durability, FileIdentityStore, FileStoreOptions, IdentityStore, MemoryIdentityStore,
+    Credentials, Durability, Error, FileIdentityStore, FileStoreOptions, IdentityStore,
+    MemoryIdentityStore, NewIdentity, Result,
 };
 use tempfile::TempDir;
 
@@ -75,25 +79,133 @@ suite!(
     bad_input,
 );
 
-#[tokio::test]
-async fn run_all_on_one_memory_store() {
-    testkit::run_all(&MemoryIdentityStore::new()).await;
+/// Memory stores, plain or behind a fault-injecting wrapper whose plan only counts.
+struct Memory {
+    counting: Option<Arc<FaultPlan>>,
+}
+
+#[async_trait]
+impl StoreFactory for Memory {
+    async fn open(&self) -> Result<Arc<dyn IdentityStore>> {
+        let store = MemoryIdentityStore::new();
+        Ok(match &self.counting {
+            Some(plan) => Arc::new(FaultyIdentityStore::new(store, Arc::clone(plan))),
+            None => Arc::new(store),
+        })
+    }
+}
+
+/// File stores in one directory, reopened in place.
+struct File {
+    dir: TempDir,
+    durability: Durability,
+}
+
+impl File {
+    fn new(durability: Durability) -> Self {
+        File {
+            dir: tempfile::tempdir().expect("temp dir"),
+            durability,
+        }
+    }
+
+    async fn open_store(&self) -> Result<FileIdentityStore> {
+        let options =
+            FileStoreOptions::with_durability(self.durability).compact_after_wal_bytes(4096);
+        FileIdentityStore::open(self.dir.path(), options).await
+    }
+}
+
+#[async_trait]
+impl StoreFactory for File {
+    async fn open(&self) -> Result<Arc<dyn IdentityStore>> {
+        Ok(Arc::new(self.open_store().await?))
+    }
+
+    async fn reopen(
+        &self,
+        previous: Arc<dyn IdentityStore>,
+    ) -> Option<Result<Arc<dyn IdentityStore>>> {
+        // The last handle releases the directory's lock.
+        drop(previous);
+        Some(
+            self.open_store()
+                .await
+                .map(|s| Arc::new(s) as Arc<dyn IdentityStore>),
+        )
+    }
 }
 
 #[tokio::test]
-async fn run_all_on_one_file_store_then_reopen_and_compare() {
-    let (dir, store) = file_store(Durability::Fsync).await;
-    testkit::run_all(&store).await;
-    let before = all(&store).await;
-    drop(store);
-    let reopened = FileIdentityStore::open(dir.path(), FileStoreOptions::default())
-        .await
-        .expect("reopen");
-    assert_eq!(
-        all(&reopened).await,
-        before,
-        "a reopened store holds exactly what was written"
+async fn run_all_on_memory_stores() {
+    testkit::run_all(&Memory { counting: None }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_all_on_a_file_store_twice_with_reopens() {
+    let factory = File::new(Durability::Fsync);
+    testkit::run_all(&factory).await;
+    // A second run over the same directory finds the first run's records and passes again.
+    testkit::run_all(&factory).await;
+}
+
+#[tokio::test]
+async fn run_all_on_an_os_buffered_file_store() {
+    testkit::run_all(&File::new(Durability::OsBuffered)).await;
+}
+
+#[tokio::test]
+async fn run_all_through_the_fault_injecting_wrapper() {
+    let plan = FaultPlan::counting();
+    testkit::run_all(&Memory {
+        counting: Some(Arc::clone(&plan)),
+    })
+    .await;
+    assert!(
+        plan.calls() > 100,
+        "the wrapper counted {} calls",
+        plan.calls()
     );
+}
+
+#[tokio::test]
+async fn an_injected_fault_before_changes_nothing_and_after_changes_the_store() {
+    let id: DeviceId = testkit::fresh_id("fault");
+    let new = || NewIdentity::new(id.clone(), Credentials::None);
+
+    let before = FaultyIdentityStore::new(
+        MemoryIdentityStore::new(),
+        FaultPlan::fail_at(1, FaultMode::Before),
+    );
+    let e = before.create(new()).await.expect_err("call 1 fails");
+    assert!(
+        matches!(
+            e,
+            Error::Backend {
+                retryable: true,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.is_retryable());
+    assert!(before.inner().get_now(&id).is_none(), "nothing written");
+    before.create(new()).await.expect("call 2 is forwarded");
+
+    let after = FaultyIdentityStore::new(
+        MemoryIdentityStore::new(),
+        FaultPlan::fail_at(1, FaultMode::After),
+    );
+    after.create(new()).await.expect_err("call 1 fails");
+    assert!(after.inner().get_now(&id).is_some(), "written all the same");
+
+    let plan = FaultPlan::fail_at(2, FaultMode::Before);
+    let lookups = FaultyIdentityStore::new(MemoryIdentityStore::new(), Arc::clone(&plan));
+    lookups.get(&id).await.expect("call 1");
+    assert!(lookups.get(&id).await.is_err(), "call 2 fails");
+    plan.disarm();
+    lookups.sync().await.expect("disarmed");
+    assert_eq!(plan.calls(), 3);
 }
 
 async fn all(store: &dyn IdentityStore) -> Vec<iot_identity::DeviceIdentity> {
@@ -110,6 +222,20 @@ async fn all(store: &dyn IdentityStore) -> Vec<iot_identity::DeviceIdentity> {
 }
 
 #[tokio::test]
+async fn a_reopened_file_store_holds_exactly_what_was_written() {
+    let (dir, store) = file_store(Durability::Fsync).await;
+    testkit::create_get_delete(&store).await;
+    testkit::credentials_round_trip(&store).await;
+    testkit::paged_listing(&store).await;
+    let before = all(&store).await;
+    drop(store);
+    let reopened = FileIdentityStore::open(dir.path(), FileStoreOptions::default())
+        .await
+        .expect("reopen");
+    assert_eq!(all(&reopened).await, before);
+}
+
+#[tokio::test]
 async fn authentication_follows_the_memory_store() {
     testkit::authentication_follows_the_store(Arc::new(MemoryIdentityStore::new())).await;
 }
@@ -121,7 +247,10 @@ async fn authentication_follows_the_file_store() {
 }
 
 #[tokio::test]
-async fn arc_forwarding() {
+async fn arc_and_box_forwarding() {
     let store: Arc<dyn IdentityStore> = Arc::new(MemoryIdentityStore::new());
-    testkit::run_all(&store).await;
+    testkit::create_get_delete(&store).await;
+    let store: Box<dyn IdentityStore> = Box::new(MemoryIdentityStore::new());
+    testkit::create_get_delete(&store).await;
+    store.sync().await.expect("sync forwards");
 }

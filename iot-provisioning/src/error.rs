@@ -151,6 +151,20 @@ pub enum Error {
     /// An error from `iot-core` (the audit log, an id).
     #[error(transparent)]
     Core(#[from] iot_core::Error),
+
+    /// A [`Journal`](crate::Journal) (or another backend) implemented outside this crate failed
+    /// in its own terms. The backend's error stays the `source`; `retryable` is its judgement of
+    /// whether the same call may succeed later. Build it with [`Error::backend`].
+    #[error("{backend} backend: {source}")]
+    Backend {
+        /// Which backend failed (for example `"postgres journal"`), for logs.
+        backend: String,
+        /// The backend's own error (never carrying a secret).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+        /// Whether retrying the same call later may succeed.
+        retryable: bool,
+    },
 }
 
 /// The storage kit's errors keep their kind: `Corrupt` becomes `CorruptJournal` with its file and
@@ -216,6 +230,7 @@ impl Error {
             Error::CorruptJournal { .. } => "corrupt_journal",
             Error::Locked { .. } => "locked",
             Error::Core(_) => "core",
+            Error::Backend { .. } => "backend",
         }
     }
 
@@ -225,7 +240,21 @@ impl Error {
             Error::Identity(e) => e.is_retryable(),
             Error::Registry(e) => e.is_retryable(),
             Error::Journal { .. } | Error::RecoveryPending { .. } | Error::Locked { .. } => true,
+            Error::Backend { retryable, .. } => *retryable,
             _ => false,
+        }
+    }
+
+    /// A [`Error::Backend`]: `source` is the backend's own error, kept as the cause.
+    pub fn backend(
+        backend: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+        retryable: bool,
+    ) -> Self {
+        Error::Backend {
+            backend: backend.into(),
+            source: source.into(),
+            retryable,
         }
     }
 
@@ -275,5 +304,41 @@ pub(crate) fn json_type(v: &serde_json::Value) -> &'static str {
         serde_json::Value::String(_) => "string",
         serde_json::Value::Array(_) => "array",
         serde_json::Value::Object(_) => "object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn a_backend_error_keeps_its_source_and_says_whether_to_retry() {
+        let lost = Error::backend(
+            "postgres journal",
+            io::Error::new(io::ErrorKind::TimedOut, "statement timeout"),
+            true,
+        );
+        assert!(lost.is_retryable());
+        assert_eq!(lost.kind(), "backend");
+        assert_eq!(
+            lost.to_string(),
+            "postgres journal backend: statement timeout"
+        );
+        let source = lost.source().expect("the backend's error is the source");
+        assert_eq!(
+            source.downcast_ref::<io::Error>().map(io::Error::kind),
+            Some(io::ErrorKind::TimedOut)
+        );
+        assert!(!Error::backend("postgres journal", "no such table", false).is_retryable());
+    }
+
+    #[test]
+    fn an_identity_backend_error_is_retryable_through_provisioning_as_the_backend_said() {
+        let retry = iot_identity::Error::backend("postgres", "connection reset", true);
+        assert!(Error::from_identity(retry).is_retryable());
+        let fatal = iot_identity::Error::backend("postgres", "permission denied", false);
+        assert!(!Error::from_identity(fatal).is_retryable());
     }
 }

@@ -409,6 +409,10 @@ impl IdentityStore for FileIdentityStore {
     fn subscribe(&self) -> ChangeStream {
         self.inner.changes.subscribe()
     }
+
+    async fn sync(&self) -> Result<()> {
+        FileIdentityStore::sync(self).await
+    }
 }
 
 /// Puts always return their record; this only guards against a future refactoring mistake.

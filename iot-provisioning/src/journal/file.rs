@@ -12,8 +12,9 @@
 //! * A failed append is cut off again; if that or an fsync fails, the journal refuses further
 //!   appends until reopened (the page cache can no longer be trusted).
 //! * When nothing is pending and the file has grown past [`FileJournal::COMPACT_AFTER`], it is
-//!   truncated to its magic: nothing after it is needed any more, and a crash mid-truncation
-//!   leaves either the old file (all finished) or the bare magic.
+//!   replaced (atomically) by its magic and one finish entry of the last sequence number given
+//!   out: nothing else is needed any more, and numbers keep growing after a reopen. A crash
+//!   mid-replacement leaves either file.
 //! * The file is created by an atomic rename with its magic, so it always starts with it.
 //! * Open follows the kit's torn-tail rule: a bad frame with no intact frame after it (cut short
 //!   by a crash, or zero-filled by a power cut) is cut off; damage followed by intact frames is
@@ -67,13 +68,13 @@ impl FileJournalConfig {
     }
 }
 
-/// A durable [`Journal`] in a directory; see the [module docs](self) for the format.
+/// A durable [`Journal`] in a directory; its format is in `docs/provisioning.md`.
 ///
 /// Each `begin` or finish is one frame, fsynced; the directory's `LOCK` keeps a second journal
 /// out. Open cuts a torn tail and refuses damage anywhere else ([`Error::CorruptJournal`]) unless
 /// asked to repair; a failed append or fsync makes the journal refuse appends until reopened.
 /// When nothing is pending and the file is over [`COMPACT_AFTER`](Self::COMPACT_AFTER) it is
-/// truncated to its magic.
+/// rewritten to its magic and the last sequence number given out.
 #[derive(Debug, Clone)]
 pub struct FileJournal {
     /// A fair async lock, taken before the blocking work is spawned: see `blocking`.
@@ -255,9 +256,9 @@ impl Inner {
         )?;
         self.pending.remove(&seq);
         if sync {
-            // The finish is durable; a failed truncation only costs disk space until reopen.
+            // The finish is durable; a failed compaction only costs disk space until reopen.
             if let Err(e) = self.compact_if_idle() {
-                warn!(error = %e, "journal truncation failed");
+                warn!(error = %e, "journal compaction failed");
             }
         }
         Ok(())
@@ -267,18 +268,32 @@ impl Inner {
         if !self.pending.is_empty() || self.len <= FileJournal::COMPACT_AFTER {
             return Ok(());
         }
-        let truncated = self
-            .file
-            .set_len(MAGIC_LEN)
-            .and_then(|()| self.file.sync_all());
-        match truncated {
-            Ok(()) => {
-                self.len = MAGIC_LEN;
+        // The new file keeps one entry: a finish of the last number given out, so that numbers
+        // keep growing after a reopen (a bare magic would restart them at 1, below numbers
+        // already handed out). It replaces the old file atomically: a crash leaves one or the
+        // other, and both hold the high-water mark and nothing pending.
+        let mut contents = MAGIC.to_vec();
+        let marker = Entry {
+            seq: self.next_seq.saturating_sub(1),
+            begin: None,
+            finish: true,
+        };
+        let start = frame::begin(&mut contents);
+        serde_json::to_writer(&mut contents, &marker)
+            .map_err(|e| StorageError::io("encode", &self.path, e.into()))?;
+        frame::finish(&mut contents, start)?;
+        let replaced = fs::write_atomically(&self.path, &contents)
+            .and_then(|()| fs::open_append(&self.path, false));
+        match replaced {
+            Ok(file) => {
+                self.file = file;
+                self.len = contents.len() as u64;
                 Ok(())
             }
             Err(e) => {
+                // The handle may now point at the replaced file: refuse appends until reopened.
                 self.failed = true;
-                Err(StorageError::io("truncate", &self.path, e).into())
+                Err(e.into())
             }
         }
     }
@@ -378,7 +393,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_idle_journal_is_truncated_to_its_magic() -> Result<()> {
+    async fn an_idle_journal_is_compacted_to_its_magic_and_high_water_mark() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| StorageError::io("tempdir", ".", e))?;
         let j = FileJournal::open(dir.path(), FileJournalConfig::default()).await?;
         let ids: Vec<DeviceId> = (0..80_000)
@@ -387,7 +402,7 @@ mod tests {
         let seq = j.begin(&Intent::Register { ids }).await?;
         assert!(size(j.path()) > FileJournal::COMPACT_AFTER);
         j.finish(seq).await?;
-        assert_eq!(size(j.path()), MAGIC_LEN);
+        assert!(size(j.path()) < MAGIC_LEN + 64, "compacted");
         let next = j.begin(&intent(1)).await?;
         assert!(next > seq);
         drop(j);

@@ -52,8 +52,13 @@ pub enum Intent {
 /// Durable storage of [`Intent`]s.
 ///
 /// # Contract
+///
+/// `testkit::journal::run_all` (feature `testkit`) checks these on any implementation; an
+/// implementation outside this crate reports its own failures as
+/// [`Error::Backend`](crate::Error::Backend).
+///
 /// * [`begin`](Journal::begin) returns only once the intent will survive a crash, with a sequence
-///   number larger than every earlier one.
+///   number larger than every earlier one (also those given out before a restart).
 /// * [`finish`](Journal::finish) returns only once the intent's completion will survive a crash;
 ///   after it, [`pending`](Journal::pending) never returns the intent again.
 /// * [`finish_unsynced`](Journal::finish_unsynced) records the finish like `finish`, but it may

@@ -1,21 +1,63 @@
-//! The conformance suite for [`Provisioning`](crate::Provisioning) implementations (feature
-//! `testkit`), the agreement check, and fault-injecting wrappers for the stores and the journal.
+//! The conformance suites for [`Provisioning`] and [`Journal`](crate::Journal)
+//! implementations (feature `testkit`), the agreement check, and fault-injecting wrappers for
+//! the stores and the journal.
 //!
-//! An integrator runs [`run_all`] against their implementation, and [`assert_agreement`] over
-//! its stores after any scenario. The suite functions use fresh random ids, so they can share
-//! one instance.
+//! An integrator runs [`run_all`] once against their `Provisioning` through a
+//! [`ProvisioningFactory`] (which may also hand over the stores, for the agreement check), and
+//! [`journal::run_all`] against their `Journal`. The checks use fresh random ids, so they run
+//! against instances that hold data already, and twice against the same database.
+//! [`assert_agreement`] checks the stores after any scenario of one's own.
+//!
+//! The identity store's wrapper, plan and modes come from `iot_identity::testkit` (re-exported
+//! here), so one [`FaultPlan`] numbers the calls to all three wrapped parts.
 
 mod fault;
+pub mod journal;
 mod suite;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
+use async_trait::async_trait;
 use iot_core::DeviceId;
 use iot_identity::IdentityStore;
 use iot_registry::{Query, Registry, RegistryExt};
 
-pub use fault::{FaultMode, FaultPlan, FaultyIdentityStore, FaultyJournal, FaultyRegistry};
+use crate::error::Result;
+use crate::provisioning::Provisioning;
+
+pub use fault::{FaultyJournal, FaultyRegistry};
+pub use iot_identity::testkit::{FaultMode, FaultPlan, FaultyIdentityStore};
 pub use suite::*;
+
+/// Opens the [`Provisioning`] implementation under test.
+#[async_trait]
+pub trait ProvisioningFactory: Send + Sync {
+    /// The implementation to run the suite against. Its stores need not be empty.
+    async fn open(&self) -> Result<Arc<dyn Provisioning>>;
+
+    /// The host the implementation scopes the tokens it issues to.
+    fn host(&self) -> &str;
+
+    /// The identity store and registry the implementation writes, so that the suite can check
+    /// that they agree after it ran; `None` (the provided method) skips that check.
+    fn stores(&self) -> Option<(Arc<dyn IdentityStore>, Arc<dyn Registry>)> {
+        None
+    }
+}
+
+/// Runs every check ([`run_checks`]) on an implementation from `factory`, then checks that its
+/// stores agree (when the factory hands them over).
+pub async fn run_all(factory: &dyn ProvisioningFactory) {
+    let p = factory
+        .open()
+        .await
+        .unwrap_or_else(|e| panic!("the factory could not open the implementation: {e}"));
+    run_checks(p.as_ref(), factory.host()).await;
+    if let Some((identity, registry)) = factory.stores() {
+        assert_agreement(identity.as_ref(), registry.as_ref()).await;
+    }
+}
 
 /// The ids of every identity and of every registry record.
 pub async fn ids_in_both(

@@ -11,8 +11,9 @@ use crate::error::Error;
 use crate::provisioning::Provisioning;
 use crate::types::{BulkMode, RegisterRequest, Registered};
 
-/// Every check of the suite. `host` is the host the implementation scopes tokens to.
-pub async fn run_all(p: &dyn Provisioning, host: &str) {
+/// Every check of the suite on `p` (what [`run_all`](super::run_all) runs on the implementation
+/// its factory opens). `host` is the host the implementation scopes tokens to.
+pub async fn run_checks(p: &dyn Provisioning, host: &str) {
     register_and_get(p).await;
     register_assigns_ids_and_keys(p).await;
     duplicate_id(p).await;
@@ -29,10 +30,8 @@ pub async fn run_all(p: &dyn Provisioning, host: &str) {
     issue_token(p, host).await;
 }
 
-/// A fresh id with a random part, so suites can share an instance.
-pub fn fresh_id(prefix: &str) -> DeviceId {
-    DeviceId::new(format!("{prefix}-{:012x}", rand::random::<u64>() >> 16)).expect("valid id")
-}
+/// A fresh id with a random part, so suites can share an instance (the identity testkit's).
+pub use iot_identity::testkit::fresh_id;
 
 async fn register(p: &dyn Provisioning, id: &DeviceId, metadata: Value) -> Registered {
     p.register(RegisterRequest::new(id.clone(), metadata))

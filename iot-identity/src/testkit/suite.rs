@@ -1,26 +1,15 @@
-//! The conformance suite for [`IdentityStore`] implementations (feature `testkit`).
+//! The suite's checks, one public function per part of the [`IdentityStore`] contract.
 //!
-//! Each function takes any store and asserts one part of the trait's contract, panicking with a
-//! message on violation. This crate runs them against [`MemoryIdentityStore`](crate::MemoryIdentityStore),
-//! [`FileIdentityStore`](crate::FileIdentityStore) and `Box<dyn IdentityStore>`; an integrator runs
-//! them against their own implementation:
-//!
-//! ```
-//! # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-//! # rt.block_on(async {
-//! let store = iot_identity::MemoryIdentityStore::new();
-//! iot_identity::testkit::run_all(&store).await;
-//! # });
-//! ```
-//!
-//! Every function uses ids with its own prefix, so all can run against one store; none needs the
-//! store to be empty. The functions need a tokio runtime with timers enabled.
+//! Each takes any store and panics with a message on a violation. Every id is drawn fresh (a
+//! random suffix), so the functions can run in any order, concurrently, repeatedly, and against a
+//! store that already holds data.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use iot_core::DeviceId;
 
+use super::{fresh_id, fresh_name};
 use crate::auth::{Authenticator, Presented};
 use crate::credentials::{Credentials, PassphraseParams, SymmetricKey, Thumbprint};
 use crate::error::Error;
@@ -43,24 +32,12 @@ async fn create(store: &dyn IdentityStore, name: &str, credentials: Credentials)
         .unwrap_or_else(|e| panic!("create {name}: {e}"))
 }
 
-/// Runs every store-only function of the suite (all but [`authentication_follows_the_store`]).
-pub async fn run_all(store: &dyn IdentityStore) {
-    create_get_delete(store).await;
-    create_is_unique(store).await;
-    etags_and_preconditions(store).await;
-    status_changes(store).await;
-    credentials_round_trip(store).await;
-    generation_changes_when_an_id_is_reused(store).await;
-    paged_listing(store).await;
-    change_stream(store).await;
-    bad_input(store).await;
-}
-
 /// Create, get (fields and timestamps), delete, and the errors for missing ids.
 pub async fn create_get_delete(store: &dyn IdentityStore) {
     let before = iot_core::Timestamp::now();
-    let created = create(store, "tk-cgd-1", keys()).await;
-    assert_eq!(created.id.as_str(), "tk-cgd-1");
+    let name = fresh_name("tk-cgd");
+    let created = create(store, &name, keys()).await;
+    assert_eq!(created.id.as_str(), name);
     assert!(created.status.is_enabled());
     assert!(created.created_at >= before);
     assert_eq!(created.created_at, created.updated_at);
@@ -71,14 +48,11 @@ pub async fn create_get_delete(store: &dyn IdentityStore) {
         Some(&created),
         "get returns what create returned"
     );
-    assert_eq!(
-        store.get(&id("tk-cgd-missing")).await.expect("get missing"),
-        None
-    );
+    let missing = fresh_id("tk-cgd-missing");
+    assert_eq!(store.get(&missing).await.expect("get missing"), None);
 
     store.delete(&created.id, None).await.expect("delete");
     assert_eq!(store.get(&created.id).await.expect("get deleted"), None);
-    let missing = id("tk-cgd-missing");
     assert!(matches!(
         store.delete(&missing, None).await,
         Err(Error::NotFound { .. })
@@ -99,7 +73,7 @@ pub async fn create_get_delete(store: &dyn IdentityStore) {
 
 /// A second create of an id fails and changes nothing; of concurrent creates exactly one wins.
 pub async fn create_is_unique(store: &dyn IdentityStore) {
-    let first = create(store, "tk-uniq-1", keys()).await;
+    let first = create(store, &fresh_name("tk-uniq"), keys()).await;
     let again = store
         .create(NewIdentity::new(first.id.clone(), Credentials::None))
         .await;
@@ -112,7 +86,8 @@ pub async fn create_is_unique(store: &dyn IdentityStore) {
         Some(&first)
     );
 
-    let racer = || store.create(NewIdentity::new(id("tk-uniq-race"), keys()));
+    let contested = fresh_id("tk-uniq-race");
+    let racer = || store.create(NewIdentity::new(contested.clone(), keys()));
     let results = tokio::join!(racer(), racer(), racer(), racer(), racer(), racer());
     let results = [
         results.0, results.1, results.2, results.3, results.4, results.5,
@@ -128,7 +103,8 @@ pub async fn create_is_unique(store: &dyn IdentityStore) {
 
 /// Every write gives a new etag; `if_match` with a stale etag fails and changes nothing.
 pub async fn etags_and_preconditions(store: &dyn IdentityStore) {
-    let v1 = create(store, "tk-etag-1", keys()).await;
+    let name = fresh_name("tk-etag");
+    let v1 = create(store, &name, keys()).await;
     let v2 = store
         .set_status(&v1.id, DeviceStatus::disabled("maintenance"), Some(v1.etag))
         .await
@@ -169,7 +145,7 @@ pub async fn etags_and_preconditions(store: &dyn IdentityStore) {
         .delete(&v1.id, Some(v3.etag))
         .await
         .expect("delete with the current etag");
-    let again = create(store, "tk-etag-1", keys()).await;
+    let again = create(store, &name, keys()).await;
     assert!(
         ![v1.etag, v2.etag, v3.etag].contains(&again.etag),
         "etags are not reused after delete and re-create"
@@ -184,7 +160,7 @@ pub async fn etags_and_preconditions(store: &dyn IdentityStore) {
 
 /// Disable with a reason, enable again; timestamps follow.
 pub async fn status_changes(store: &dyn IdentityStore) {
-    let v1 = create(store, "tk-status-1", keys()).await;
+    let v1 = create(store, &fresh_name("tk-status"), keys()).await;
     // Timestamps have microsecond resolution; make sure the clock moves.
     std::thread::sleep(Duration::from_millis(2));
     let v2 = store
@@ -226,14 +202,15 @@ pub async fn credentials_round_trip(store: &dyn IdentityStore) {
             secondary: SymmetricKey::from_bytes(&[0x5A; 32]).expect("32-byte key"),
         },
     ];
+    let prefix = fresh_name("tk-cred");
     for (i, credentials) in kinds.iter().enumerate() {
-        let name = format!("tk-cred-{i}");
+        let name = format!("{prefix}-{i}");
         let created = create(store, &name, credentials.clone()).await;
         assert_eq!(&created.credentials, credentials);
         let got = store.get(&created.id).await.expect("get").expect("exists");
         assert_eq!(&got.credentials, credentials, "{}", credentials.kind_name());
     }
-    let subject = id("tk-cred-1");
+    let subject = id(&format!("{prefix}-1"));
     let disabled = store
         .set_status(&subject, DeviceStatus::disabled("rolling"), None)
         .await
@@ -251,9 +228,10 @@ pub async fn credentials_round_trip(store: &dyn IdentityStore) {
 
 /// Re-creating a deleted id gives it a new generation id.
 pub async fn generation_changes_when_an_id_is_reused(store: &dyn IdentityStore) {
-    let first = create(store, "tk-gen-1", keys()).await;
+    let name = fresh_name("tk-gen");
+    let first = create(store, &name, keys()).await;
     store.delete(&first.id, None).await.expect("delete");
-    let second = create(store, "tk-gen-1", keys()).await;
+    let second = create(store, &name, keys()).await;
     assert_ne!(first.generation_id, second.generation_id);
     let third = store
         .set_status(&second.id, DeviceStatus::disabled("x"), None)
@@ -267,17 +245,21 @@ pub async fn generation_changes_when_an_id_is_reused(store: &dyn IdentityStore) 
 
 /// Pages are in id order, bounded by the limit, complete, and `next` is `None` on the last page.
 pub async fn paged_listing(store: &dyn IdentityStore) {
-    let mut names: Vec<String> = (0..25).map(|i| format!("tk-list-{i:03}")).collect();
+    // Every name of this run starts with `prefix`, and `prefix` itself sorts before all of them,
+    // so listing can start after it and skip what earlier runs left in the store.
+    let prefix = fresh_id("tk-list");
+    let mine = format!("{prefix}-");
+    let mut names: Vec<String> = (0..25).map(|i| format!("{mine}{i:03}")).collect();
     // Create out of order, and include characters that sort before digits and letters.
-    names.push("tk-list-!".into());
-    names.push("tk-list-$".into());
+    names.push(format!("{mine}!"));
+    names.push(format!("{mine}$"));
     for name in names.iter().rev() {
         create(store, name, Credentials::None).await;
     }
     names.sort();
     for limit in [1, 4, 7, 27, 1000] {
         let mut seen = Vec::new();
-        let mut after: Option<DeviceId> = None;
+        let mut after = Some(prefix.clone());
         let mut pages = 0;
         loop {
             let page = store.list(after.as_ref(), limit).await.expect("list");
@@ -294,7 +276,7 @@ pub async fn paged_listing(store: &dyn IdentityStore) {
             seen.extend(
                 page.items
                     .iter()
-                    .filter(|r| r.id.as_str().starts_with("tk-list-"))
+                    .filter(|r| r.id.as_str().starts_with(&mine))
                     .map(|r| r.id.to_string()),
             );
             match page.next {
@@ -330,7 +312,7 @@ async fn next_change(stream: &mut ChangeStream) -> ChangeEvent {
 /// Every write is published, in order, with the record's new etag.
 pub async fn change_stream(store: &dyn IdentityStore) {
     let mut stream = store.subscribe();
-    let created = create(store, "tk-change-1", keys()).await;
+    let created = create(store, &fresh_name("tk-change"), keys()).await;
     let disabled = store
         .set_status(&created.id, DeviceStatus::disabled("stolen"), None)
         .await
@@ -383,16 +365,17 @@ pub async fn change_stream(store: &dyn IdentityStore) {
     }
     // Failed writes publish nothing.
     let _ = store.delete(&created.id, None).await;
+    let twice = fresh_id("tk-change-twice");
     let _ = store
-        .create(NewIdentity::new(id("tk-change-2"), Credentials::None))
+        .create(NewIdentity::new(twice.clone(), Credentials::None))
         .await;
     let _ = store
-        .create(NewIdentity::new(id("tk-change-2"), Credentials::None))
+        .create(NewIdentity::new(twice.clone(), Credentials::None))
         .await;
     let mut created_twice = 0;
     while let Some(ChangeEvent::Changed(c)) = stream.try_recv() {
         assert_ne!(c.id, created.id, "a failed delete was published");
-        if c.id.as_str() == "tk-change-2" {
+        if c.id == twice {
             created_twice += 1;
         }
     }
@@ -401,14 +384,15 @@ pub async fn change_stream(store: &dyn IdentityStore) {
 
 /// Over-long disable reasons are refused; huge and odd inputs give errors, not panics.
 pub async fn bad_input(store: &dyn IdentityStore) {
-    let v = create(store, "tk-bad-1", keys()).await;
+    let v = create(store, &fresh_name("tk-bad"), keys()).await;
     let long = DeviceStatus::disabled("x".repeat(crate::identity::MAX_REASON_LEN + 1));
     assert!(matches!(
         store.set_status(&v.id, long.clone(), None).await,
         Err(Error::InvalidInput { .. })
     ));
+    let refused = fresh_id("tk-bad-refused");
     let new = NewIdentity {
-        id: id("tk-bad-2"),
+        id: refused.clone(),
         status: long,
         credentials: Credentials::None,
     };
@@ -416,14 +400,15 @@ pub async fn bad_input(store: &dyn IdentityStore) {
         store.create(new).await,
         Err(Error::InvalidInput { .. })
     ));
-    assert_eq!(store.get(&id("tk-bad-2")).await.expect("get"), None);
+    assert_eq!(store.get(&refused).await.expect("get"), None);
     let ok_reason = DeviceStatus::disabled("é".repeat(crate::identity::MAX_REASON_LEN / 2));
     let stored = store
         .set_status(&v.id, ok_reason.clone(), None)
         .await
         .expect("1024-byte reason");
     assert_eq!(stored.status, ok_reason);
-    let max_id = "m".repeat(DeviceId::MAX_LEN);
+    let mut max_id = fresh_name("tk-bad-max");
+    max_id.extend(std::iter::repeat_n('m', DeviceId::MAX_LEN - max_id.len()));
     create(store, &max_id, keys()).await;
     assert!(store.get(&id(&max_id)).await.expect("get").is_some());
 }
@@ -434,7 +419,7 @@ pub async fn authentication_follows_the_store(store: Arc<dyn IdentityStore>) {
     let auth = Authenticator::new(Arc::clone(&store), host);
     let primary = SymmetricKey::generate();
     let secondary = SymmetricKey::generate();
-    let device = id("tk-auth-1");
+    let device = fresh_id("tk-auth");
     store
         .create(NewIdentity::new(
             device.clone(),
@@ -481,4 +466,62 @@ pub async fn authentication_follows_the_store(store: Arc<dyn IdentityStore>) {
             .await,
         Err(Error::UnknownDevice { .. })
     ));
+}
+
+/// What a reopened store must give back: every acknowledged write, and no etag or generation
+/// handed out again. `reopen` closes `store` (the caller's only handle) and opens the same
+/// storage again; `None` means the store keeps nothing across a reopen and the check is skipped.
+pub async fn survives_reopen<F, Fut>(store: Arc<dyn IdentityStore>, reopen: F)
+where
+    F: FnOnce(Arc<dyn IdentityStore>) -> Fut,
+    Fut: std::future::Future<Output = Option<Arc<dyn IdentityStore>>>,
+{
+    let plain = create(store.as_ref(), &fresh_name("tk-reopen"), keys()).await;
+    let disabled = create(store.as_ref(), &fresh_name("tk-reopen"), keys()).await;
+    let disabled = store
+        .set_status(&disabled.id, DeviceStatus::disabled("parked"), None)
+        .await
+        .expect("disable");
+    let rolled = create(store.as_ref(), &fresh_name("tk-reopen"), Credentials::None).await;
+    let rolled = store
+        .replace_credentials(&rolled.id, keys(), None)
+        .await
+        .expect("replace");
+    let gone = create(store.as_ref(), &fresh_name("tk-reopen"), keys()).await;
+    store.delete(&gone.id, None).await.expect("delete");
+    store.sync().await.expect("sync");
+    let given_out = [plain.etag, disabled.etag, rolled.etag, gone.etag];
+
+    let Some(store) = reopen(store).await else {
+        return;
+    };
+    for record in [&plain, &disabled, &rolled] {
+        let got = store.get(&record.id).await.expect("get after reopen");
+        assert_eq!(
+            got.as_deref(),
+            Some(record),
+            "{} is kept across a reopen",
+            record.id
+        );
+    }
+    assert_eq!(
+        store.get(&gone.id).await.expect("get after reopen"),
+        None,
+        "a delete is kept across a reopen"
+    );
+    let again = create(store.as_ref(), gone.id.as_str(), keys()).await;
+    assert_ne!(
+        again.generation_id, gone.generation_id,
+        "a re-created id gets a new generation after a reopen too"
+    );
+    let written = store
+        .set_status(&plain.id, DeviceStatus::disabled("after reopen"), None)
+        .await
+        .expect("write after reopen");
+    for etag in [again.etag, written.etag] {
+        assert!(
+            !given_out.contains(&etag),
+            "etag {etag} was given out before the reopen"
+        );
+    }
 }

@@ -49,8 +49,15 @@ fn rfc3339(secs: u64) -> String {
     )
 }
 
+/// Simulated devices -> the log -> a windowed rule in the Azure Stream Analytics SQL subset ->
+/// alerts; and the last-known-values projection of the same telemetry. Takes no flags.
+#[derive(Debug, clap::Parser)]
+struct Cli {}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // No flags; parsing still answers --help and refuses anything else (exit status 2).
+    let Cli {} = clap::Parser::parse();
     let topics = Arc::new(Topics::memory(4));
     let host = ProcessorHost::new(topics.clone());
 

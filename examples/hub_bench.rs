@@ -40,6 +40,24 @@ use iot_sdk::identity::{
 const ROUNDS: usize = 2;
 const PARTITIONS: u32 = 8;
 
+/// Telemetry through the gateway Hub into a FileLog beside raw FileLog appends, and the C2D
+/// round trip. Prints a table and, as its last line, one JSON object.
+#[derive(Debug, clap::Parser)]
+struct Cli {
+    /// A smaller smoke run (CI): 200 devices × 20 messages, 20 × 10 C2D round trips.
+    #[arg(long)]
+    quick: bool,
+    /// Devices sending telemetry (default 1000, or 200 with --quick).
+    #[arg(long)]
+    devices: Option<usize>,
+    /// Messages per device (default 100, or 20 with --quick).
+    #[arg(long)]
+    messages: Option<usize>,
+    /// Where the logs and the inbox are written (default: the system's temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
 struct Args {
     devices: usize,
     messages: usize,
@@ -49,29 +67,20 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args {
-        devices: 1000,
-        messages: 100,
-        c2d_devices: 100,
-        c2d_per_device: 50,
-        dir: std::env::temp_dir(),
+    let cli = <Cli as clap::Parser>::parse();
+    // --devices and --messages override what --quick chose, whatever their order.
+    let (devices, messages, c2d_devices, c2d_per_device) = if cli.quick {
+        (200, 20, 20, 10)
+    } else {
+        (1000, 100, 100, 50)
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--quick" => {
-                a.devices = 200;
-                a.messages = 20;
-                a.c2d_devices = 20;
-                a.c2d_per_device = 10;
-            }
-            "--devices" => a.devices = it.next().and_then(|v| v.parse().ok()).unwrap(),
-            "--messages" => a.messages = it.next().and_then(|v| v.parse().ok()).unwrap(),
-            "--dir" => a.dir = PathBuf::from(it.next().unwrap()),
-            other => panic!("unknown argument {other}"),
-        }
+    Args {
+        devices: cli.devices.unwrap_or(devices),
+        messages: cli.messages.unwrap_or(messages),
+        c2d_devices,
+        c2d_per_device,
+        dir: cli.dir.unwrap_or_else(std::env::temp_dir),
     }
-    a
 }
 
 fn log_config() -> FileLogConfig {

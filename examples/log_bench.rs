@@ -233,14 +233,20 @@ async fn tail_read(dir: &Path, records: usize) -> f64 {
     seen as f64 / secs
 }
 
+/// Throughput of the partitioned log, each figure beside a peer or a physical limit measured in
+/// the same run.
+#[derive(Debug, clap::Parser)]
+struct Cli {
+    /// A smaller smoke run (64 MiB of file appends instead of 1 GiB).
+    #[arg(long)]
+    quick: bool,
+    /// Where the scratch directory is made (default: the system's temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let dir = args
-        .iter()
-        .position(|a| a == "--dir")
-        .and_then(|i| args.get(i + 1))
-        .map(PathBuf::from);
+    let Cli { quick, dir } = clap::Parser::parse();
     let sizes = if quick {
         Sizes {
             memory_batches: 300,

@@ -20,9 +20,11 @@
 //! a symmetric-key group enrollment would give it: HMAC-SHA256 of its id under one group key,
 //! kept in `DIR/fleet.key` (made on first use, readable by the owner only). The load generator
 //! (`examples/mqtt_load.rs --mode connections --fleet-key-file DIR/fleet.key`) derives the same
-//! keys. A greeting is queued for the device as a C2D message,
-//! and every telemetry record that lands in the log is printed (`telemetry: …`). It runs until
-//! Ctrl-C, or for `--run-for` seconds, then shuts down gracefully.
+//! keys. A greeting is queued for the device as a C2D message when its inbox is empty (an earlier
+//! start's greeting still waiting is not queued again, so any number of restarts while the device
+//! is offline work), and every telemetry record that lands in the log is printed
+//! (`telemetry: …`). It runs until Ctrl-C, or for `--run-for` seconds, then shuts down
+//! gracefully. `--help` lists the flags; usage errors exit with status 2.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::net::SocketAddr;
@@ -31,112 +33,86 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use clap::{CommandFactory, Parser};
 use iot_core::{DeviceId, Log, Offset, ReadLimits};
 use iot_gateway::mqtt::{MqttConfig, MqttServer, SelfSigned, TlsConfig};
-use iot_gateway::{C2dMessage, Gateway, Hub, HubConfig};
+use iot_gateway::{C2dMessage, Gateway, Hub, HubConfig, InboxStore};
 use iot_identity::{
     Credentials, FileIdentityStore, FileStoreOptions, IdentityStore, NewIdentity, SymmetricKey, sas,
 };
 
-const USAGE: &str = "usage: mqtt_gateway --data-dir DIR --listen ADDR [--tls-listen ADDR \
-(--tls-cert CERT.pem --tls-key KEY.pem | --self-signed)] [--client-certs] [--ws-listen ADDR] \
-[--wss-listen ADDR] --host HOST --device DEVICE_ID [--fleet N] [--run-for SECONDS]";
-
-#[derive(Debug)]
+/// A gateway with file-backed stores that devices reach over MQTT, the way they reach Azure IoT
+/// Hub.
+///
+/// Opens (or creates) the stores under --data-dir, provisions --device with a fresh key if it is
+/// new, prints its connection string and mosquitto commands to try, and prints the telemetry
+/// that lands in the log. A C2D greeting is queued for the device only when its inbox is empty,
+/// so restarts while the device is offline do not pile up greetings. Runs until Ctrl-C or for
+/// --run-for seconds.
+#[derive(Debug, Parser)]
+#[command(name = "mqtt_gateway")]
 struct Args {
+    /// Directory of the identity store and the hub's stores (created if missing).
+    #[arg(long, value_name = "DIR")]
     data_dir: PathBuf,
+    /// Plain MQTT over TCP, e.g. 127.0.0.1:1884.
+    #[arg(long, value_name = "ADDR")]
     listen: SocketAddr,
+    /// MQTT over TLS (needs --tls-cert and --tls-key, or --self-signed).
+    #[arg(long, value_name = "ADDR")]
     tls_listen: Option<SocketAddr>,
+    /// The server certificate chain (PEM).
+    #[arg(long, value_name = "CERT.pem", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
+    /// The server private key (PEM).
+    #[arg(long, value_name = "KEY.pem", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Make a CA and a certificate for --host under DIR/tls instead of --tls-cert/--tls-key.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
     self_signed: bool,
+    /// Also accept devices that authenticate with X.509 client certificates.
+    #[arg(long)]
     client_certs: bool,
+    /// MQTT over WebSocket (ws://ADDR/$iothub/websocket).
+    #[arg(long, value_name = "ADDR")]
     ws_listen: Option<SocketAddr>,
+    /// MQTT over WebSocket inside TLS (needs the TLS flags).
+    #[arg(long, value_name = "ADDR")]
     wss_listen: Option<SocketAddr>,
+    /// The host name devices connect to (in their connection string and SAS tokens).
+    #[arg(long)]
     host: String,
+    /// The device to provision (if new) and greet.
+    #[arg(long, value_name = "DEVICE_ID")]
     device: DeviceId,
+    /// Also provision fleet-0 … fleet-{N-1} with keys derived from DIR/fleet.key.
+    #[arg(long, value_name = "N", default_value_t = 0)]
     fleet: usize,
+    /// Stop after this many seconds instead of waiting for Ctrl-C.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     run_for: Option<Duration>,
 }
 
-fn parse(mut raw: impl Iterator<Item = String>) -> Result<Args, String> {
-    let mut data_dir = None;
-    let mut listen = None;
-    let mut tls_listen = None;
-    let mut tls_cert = None;
-    let mut tls_key = None;
-    let mut self_signed = false;
-    let mut client_certs = false;
-    let mut ws_listen = None;
-    let mut wss_listen = None;
-    let mut fleet = 0;
-    let mut host = None;
-    let mut device = None;
-    let mut run_for = None;
-    while let Some(flag) = raw.next() {
-        let mut value = || raw.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--data-dir" => data_dir = Some(PathBuf::from(value()?)),
-            "--listen" => listen = Some(value()?.parse().map_err(|e| format!("--listen: {e}"))?),
-            "--tls-listen" => {
-                tls_listen = Some(value()?.parse().map_err(|e| format!("--tls-listen: {e}"))?)
-            }
-            "--tls-cert" => tls_cert = Some(PathBuf::from(value()?)),
-            "--tls-key" => tls_key = Some(PathBuf::from(value()?)),
-            "--self-signed" => self_signed = true,
-            "--client-certs" => client_certs = true,
-            "--ws-listen" => {
-                ws_listen = Some(value()?.parse().map_err(|e| format!("--ws-listen: {e}"))?)
-            }
-            "--wss-listen" => {
-                wss_listen = Some(value()?.parse().map_err(|e| format!("--wss-listen: {e}"))?)
-            }
-            "--fleet" => fleet = value()?.parse().map_err(|e| format!("--fleet: {e}"))?,
-            "--host" => host = Some(value()?),
-            "--device" => {
-                device = Some(
-                    value()?
-                        .parse::<DeviceId>()
-                        .map_err(|e| format!("--device: {e}"))?,
-                )
-            }
-            "--run-for" => {
-                let seconds: u64 = value()?.parse().map_err(|e| format!("--run-for: {e}"))?;
-                run_for = Some(Duration::from_secs(seconds));
-            }
-            "--help" | "-h" => return Err(String::new()),
-            other => return Err(format!("unknown flag {other}")),
+fn parse_seconds(text: &str) -> Result<Duration, std::num::ParseIntError> {
+    text.parse().map(Duration::from_secs)
+}
+
+impl Args {
+    /// The combinations of TLS flags that clap's attributes cannot express.
+    fn check(&self) -> Result<(), &'static str> {
+        let has_files = self.tls_cert.is_some() || self.tls_key.is_some();
+        let both_files = self.tls_cert.is_some() && self.tls_key.is_some();
+        let tls_listener = self.tls_listen.is_some() || self.wss_listen.is_some();
+        if tls_listener && !(self.self_signed || both_files) {
+            return Err(
+                "--tls-listen and --wss-listen need --tls-cert and --tls-key, or --self-signed",
+            );
         }
+        if !tls_listener && (has_files || self.self_signed || self.client_certs) {
+            return Err("TLS flags need --tls-listen or --wss-listen");
+        }
+        Ok(())
     }
-    let args = Args {
-        data_dir: data_dir.ok_or("--data-dir is required")?,
-        listen: listen.ok_or("--listen is required")?,
-        tls_listen,
-        tls_cert,
-        tls_key,
-        self_signed,
-        client_certs,
-        ws_listen,
-        wss_listen,
-        host: host.ok_or("--host is required")?,
-        device: device.ok_or("--device is required")?,
-        fleet,
-        run_for,
-    };
-    let has_files = args.tls_cert.is_some() || args.tls_key.is_some();
-    let tls_listener = args.tls_listen.is_some() || args.wss_listen.is_some();
-    if tls_listener && !(args.self_signed || (args.tls_cert.is_some() && args.tls_key.is_some())) {
-        return Err(
-            "--tls-listen and --wss-listen need --tls-cert and --tls-key, or --self-signed".into(),
-        );
-    }
-    if !tls_listener && (has_files || args.self_signed || args.client_certs) {
-        return Err("TLS flags need --tls-listen or --wss-listen".into());
-    }
-    if args.self_signed && has_files {
-        return Err("--self-signed and --tls-cert/--tls-key exclude each other".into());
-    }
-    Ok(args)
 }
 
 #[tokio::main]
@@ -147,16 +123,13 @@ async fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let args = match parse(std::env::args().skip(1)) {
-        Ok(args) => args,
-        Err(message) => {
-            if !message.is_empty() {
-                eprintln!("error: {message}");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    // Usage errors exit with status 2 and clap's message (--help with 0).
+    let args = Args::parse();
+    if let Err(message) = args.check() {
+        Args::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, message)
+            .exit();
+    }
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -167,6 +140,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    // Listen for Ctrl-C before printing anything, so that a script that stops the gateway as soon
+    // as it sees its output gets the graceful shutdown, not the signal's default action.
+    let interrupted = interrupt()?;
     let identity = Arc::new(
         FileIdentityStore::open(args.data_dir.join("identity"), FileStoreOptions::default())
             .await?,
@@ -257,22 +233,48 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         );
     }
 
-    let mut greeting = C2dMessage::new(&b"hello from the gateway"[..]);
-    greeting.content_type = Some("text/plain".into());
-    hub.send_c2d(device, greeting).await?;
-    println!("queued: a C2D greeting for {device}");
+    // Nothing but this program sends to the device, so a non-empty inbox means an earlier start's
+    // greeting is still waiting: queueing another on every start would fill the inbox of a
+    // device that stays offline (its depth is bounded) and fail the start.
+    if hub.inbox().depth(device).await? == 0 {
+        let mut greeting = C2dMessage::new(&b"hello from the gateway"[..]);
+        greeting.content_type = Some("text/plain".into());
+        hub.send_c2d(device, greeting).await?;
+        println!("queued: a C2D greeting for {device}");
+    } else {
+        println!("queued: a C2D greeting for {device} was already waiting, not queued again");
+    }
 
     let tail = tokio::spawn(print_telemetry(hub.telemetry_log().clone()));
     let run_for = args.run_for.unwrap_or(Duration::MAX);
     tokio::select! {
         () = tokio::time::sleep(run_for) => {}
-        stop = tokio::signal::ctrl_c() => stop?,
+        () = interrupted => {}
     }
     tail.abort();
     server.shutdown().await;
     hub.shutdown().await;
     println!("stopped");
     Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C); the handler is installed when this is called, not when the
+/// future is first polled.
+#[cfg(unix)]
+fn interrupt() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut signal = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        signal.recv().await;
+    })
+}
+
+/// Resolves on Ctrl-C (installed on first poll; no early-signal guarantee off Unix).
+#[cfg(not(unix))]
+fn interrupt() -> std::io::Result<impl Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 /// The device's primary key, provisioning the device first if it does not exist.

@@ -68,61 +68,80 @@ struct Args {
     hold: Duration,
 }
 
-fn parse() -> Result<Args, String> {
-    let mut args = Args {
-        mode: "throughput".into(),
-        target: "gateway".into(),
-        broker: None,
-        devices: 1000,
-        messages: 100,
-        qos: QoS::AtLeastOnce,
-        payload: 100,
-        fleet_key_file: None,
-        tls_ca: None,
-        host: HOST.into(),
-        hold: Duration::from_secs(20),
+/// MQTT load generator: N devices (rumqttc clients) publish telemetry at full speed while a
+/// back-end consumer receives all of it; or, with --mode connections, N devices hold connections
+/// to a running mqtt_gateway.
+#[derive(Debug, clap::Parser)]
+#[command(name = "mqtt_load")]
+struct Cli {
+    /// What to measure.
+    #[arg(long, default_value = "throughput", value_parser = ["throughput", "connections"])]
+    mode: String,
+    /// Throughput mode: our gateway (started in-process) or a plain MQTT broker at --broker.
+    #[arg(long, default_value = "gateway", value_parser = ["gateway", "broker"])]
+    target: String,
+    /// The broker (or, with --mode connections, the running gateway) to connect to.
+    #[arg(long, value_name = "HOST:PORT")]
+    broker: Option<SocketAddr>,
+    /// Devices.
+    #[arg(long, default_value_t = 1000)]
+    devices: usize,
+    /// Messages per device.
+    #[arg(long, default_value_t = 100)]
+    messages: usize,
+    /// QoS of the telemetry.
+    #[arg(long, default_value = "1", value_parser = ["0", "1"])]
+    qos: String,
+    /// Payload bytes (at least 8: the send time).
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+    /// Connections mode: the group key the gateway's fleet keys derive from (DIR/fleet.key).
+    #[arg(long, value_name = "FILE")]
+    fleet_key_file: Option<std::path::PathBuf>,
+    /// Connections mode: connect over TLS, trusting this CA certificate (PEM).
+    #[arg(long, value_name = "CA.pem")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Connections mode: the host name in SAS tokens and, with --tls-ca, the certificate's name.
+    #[arg(long, default_value = HOST)]
+    host: String,
+    /// Connections mode: seconds to hold the connections once all are up.
+    #[arg(long, value_name = "SECONDS", default_value_t = 20)]
+    hold: u64,
+}
+
+/// The flags, checked; a usage error is clap's (exit status 2).
+fn parse() -> Args {
+    let cli = <Cli as clap::Parser>::parse();
+    let args = Args {
+        mode: cli.mode,
+        target: cli.target,
+        broker: cli.broker,
+        devices: cli.devices,
+        messages: cli.messages,
+        qos: if cli.qos == "0" {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        },
+        payload: cli.payload.max(8),
+        fleet_key_file: cli.fleet_key_file,
+        tls_ca: cli.tls_ca,
+        host: cli.host,
+        hold: Duration::from_secs(cli.hold),
     };
-    let mut raw = std::env::args().skip(1);
-    while let Some(flag) = raw.next() {
-        let value = raw.next().ok_or(format!("{flag} needs a value"))?;
-        let number = || value.parse::<usize>().map_err(|e| format!("{flag}: {e}"));
-        match flag.as_str() {
-            "--mode" => args.mode = value.clone(),
-            "--target" => args.target = value.clone(),
-            "--fleet-key-file" => args.fleet_key_file = Some(value.clone().into()),
-            "--tls-ca" => args.tls_ca = Some(value.clone().into()),
-            "--host" => args.host = value.clone(),
-            "--hold" => args.hold = Duration::from_secs(number()? as u64),
-            "--broker" => args.broker = Some(value.parse().map_err(|e| format!("--broker: {e}"))?),
-            "--devices" => args.devices = number()?,
-            "--messages" => args.messages = number()?,
-            "--payload" => args.payload = number()?.max(8),
-            "--qos" => {
-                args.qos = match value.as_str() {
-                    "0" => QoS::AtMostOnce,
-                    "1" => QoS::AtLeastOnce,
-                    _ => return Err("--qos is 0 or 1".into()),
-                }
-            }
-            other => return Err(format!("unknown flag {other}")),
-        }
+    let problem = if args.mode == "connections" {
+        (args.broker.is_none() || args.fleet_key_file.is_none())
+            .then_some("--mode connections needs --broker HOST:PORT and --fleet-key-file")
+    } else {
+        (args.target == "broker" && args.broker.is_none())
+            .then_some("--target broker needs --broker HOST:PORT")
+    };
+    if let Some(message) = problem {
+        <Cli as clap::CommandFactory>::command()
+            .error(clap::error::ErrorKind::MissingRequiredArgument, message)
+            .exit();
     }
-    if args.mode == "connections" {
-        if args.broker.is_none() || args.fleet_key_file.is_none() {
-            return Err("--mode connections needs --broker HOST:PORT and --fleet-key-file".into());
-        }
-        return Ok(args);
-    }
-    if args.mode != "throughput" {
-        return Err("--mode is throughput or connections".into());
-    }
-    if args.target == "broker" && args.broker.is_none() {
-        return Err("--target broker needs --broker HOST:PORT".into());
-    }
-    if args.target != "broker" && args.target != "gateway" {
-        return Err("--target is gateway or broker".into());
-    }
-    Ok(args)
+    args
 }
 
 fn now_micros() -> u64 {
@@ -140,13 +159,7 @@ fn latency_of(payload: &[u8]) -> Option<u64> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = match parse() {
-        Ok(args) => args,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
-    };
+    let args = parse();
     if args.mode == "connections" {
         return hold_connections(&args).await;
     }

@@ -180,16 +180,24 @@ async fn ours(dir: &Path, n: usize) -> f64 {
     rate
 }
 
+/// Provisioning benchmark: bulk registration through the Provisioner beside the raw write rates
+/// of the same two stores, in the same run on the same disk.
+#[derive(Debug, clap::Parser)]
+struct Cli {
+    /// A smaller run (CI): 5 000 devices.
+    #[arg(long)]
+    quick: bool,
+    /// Devices to register (default 100 000, or 5 000 with --quick).
+    #[arg(long)]
+    devices: Option<usize>,
+}
+
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let n = args
-        .iter()
-        .position(|a| a == "--devices")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if quick { 5_000 } else { 100_000 });
+    let cli = <Cli as clap::Parser>::parse();
+    let n = cli
+        .devices
+        .unwrap_or(if cli.quick { 5_000 } else { 100_000 });
     let root = tempfile::tempdir().unwrap();
     eprintln!(
         "provisioning_bench: {n} devices, batches of {BATCH}, in {}",

@@ -134,16 +134,24 @@ struct Pg {
     selective_counts: Vec<usize>,
 }
 
+/// Device registry benchmark: a generated fleet in MemoryRegistry, FileRegistry and PostgreSQL
+/// (JSONB with a GIN index), the same data and the same queries in one run. PostgreSQL is reached
+/// at host=127.0.0.1 port=5432 dbname=test, or at the connection string in REGISTRY_BENCH_PG.
+#[derive(Debug, clap::Parser)]
+struct Cli {
+    /// Devices in the generated fleet.
+    #[arg(long, default_value_t = 1_000_000)]
+    devices: u64,
+    /// Skip PostgreSQL (the ratios are then absent).
+    #[arg(long)]
+    no_pg: bool,
+}
+
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let devices: u64 = args
-        .iter()
-        .position(|a| a == "--devices")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1_000_000);
-    let with_pg = !args.iter().any(|a| a == "--no-pg");
+    let cli = <Cli as clap::Parser>::parse();
+    let devices = cli.devices;
+    let with_pg = !cli.no_pg;
     eprintln!(
         "registry_bench: {devices} devices, PostgreSQL {}",
         if with_pg { "on" } else { "off" }

@@ -74,11 +74,22 @@ fn cpu_seconds() -> f64 {
     ticks / 100.0
 }
 
-fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
+/// Reopen-only timing of a large FileRegistry. The first run fills --dir; later runs find it
+/// filled and only reopen it --times times.
+#[derive(Debug, clap::Parser)]
+struct Cli {
+    /// Devices in the generated fleet.
+    #[arg(long, default_value_t = 1_000_000)]
+    devices: u64,
+    /// How many times to reopen.
+    #[arg(long, default_value_t = 3)]
+    times: usize,
+    /// The registry's directory (default: registry-reopen-DEVICES in the temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Write a snapshot after the creates, so that the log holds only the merges.
+    #[arg(long)]
+    compact: bool,
 }
 
 #[tokio::main]
@@ -88,10 +99,10 @@ async fn main() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    let args: Vec<String> = std::env::args().collect();
-    let devices: u64 = arg(&args, "--devices").unwrap_or(1_000_000);
-    let times: usize = arg(&args, "--times").unwrap_or(3);
-    let dir: PathBuf = arg(&args, "--dir")
+    let cli = <Cli as clap::Parser>::parse();
+    let (devices, times) = (cli.devices, cli.times);
+    let dir: PathBuf = cli
+        .dir
         .unwrap_or_else(|| std::env::temp_dir().join(format!("registry-reopen-{devices}")));
     let config = FileConfig {
         durability: Durability::OsBuffered,
@@ -107,7 +118,7 @@ async fn main() {
                 .await
                 .unwrap();
         }
-        if args.iter().any(|a| a == "--compact") {
+        if cli.compact {
             file.compact().await.unwrap();
         }
         for i in 0..(devices / 10).clamp(1, 100_000) {

@@ -187,19 +187,41 @@ async fn anomaly_detector_flags_a_spike() {
     assert_eq!(body["value"], json!(60.0));
 }
 
+/// A provisioner over memory stores with `dev-1` registered (`{"floor": 1, "model": "x"}`),
+/// writing its audit trail to `topics`' `audit` topic, with `hooks`.
+async fn provisioner_with_dev_1(
+    topics: &Arc<Topics>,
+    hooks: Vec<Arc<dyn iot_provisioning::Hook>>,
+) -> iot_provisioning::Provisioner {
+    use iot_provisioning::{Provisioner, Provisioning, RegisterRequest};
+
+    let mut builder = Provisioner::builder(
+        Arc::new(iot_identity::MemoryIdentityStore::new()),
+        Arc::new(iot_registry::MemoryRegistry::new()),
+    )
+    .audit_log(topics.topic(iot_core::TopicName::AUDIT).await.unwrap())
+    .actor("operator");
+    for hook in hooks {
+        builder = builder.hook(hook);
+    }
+    let provisioner = builder.open().await.unwrap();
+    provisioner
+        .register(RegisterRequest::new(
+            DeviceId::new("dev-1").unwrap(),
+            json!({"floor": 1, "model": "x"}),
+        ))
+        .await
+        .unwrap();
+    provisioner
+}
+
 #[tokio::test]
 async fn metadata_sync_merges_into_the_registry() {
-    use iot_registry::{DeviceDocument, MemoryRegistry, Registry};
     use iot_stream::processors::{METADATA_SUBJECT, MetadataSync};
 
-    let registry = Arc::new(MemoryRegistry::new());
-    let dev = DeviceId::new("dev-1").unwrap();
-    let mut doc = DeviceDocument::default();
-    doc.metadata.insert("floor".into(), json!(1));
-    doc.metadata.insert("model".into(), json!("x"));
-    registry.create(&dev, doc).await.unwrap();
-
     let topics = Arc::new(Topics::memory(2));
+    let provisioner = provisioner_with_dev_1(&topics, Vec::new()).await;
+    let dev = DeviceId::new("dev-1").unwrap();
     let producer = Producer::new(topics.topic("telemetry").await.unwrap());
     let meta = |key: &str, body: &str| {
         Record::new(key, body.to_owned()).with_header("subject", METADATA_SUBJECT)
@@ -223,11 +245,11 @@ async fn metadata_sync_merges_into_the_registry() {
     run(
         &topics,
         "meta",
-        Arc::new(MetadataSync::new(registry.clone())),
+        Arc::new(MetadataSync::new(Arc::new(provisioner.clone()))),
     )
     .await;
 
-    let record = registry.get(&dev).await.unwrap().unwrap();
+    let record = provisioner.registry().get(&dev).await.unwrap().unwrap();
     assert_eq!(
         Value::Object(record.metadata.clone()),
         json!({"floor": 2, "fw": "1.2"})
@@ -239,4 +261,113 @@ async fn metadata_sync_merges_into_the_registry() {
         "the unknown device's update is dead-lettered"
     );
     assert_eq!(dead[0].key, "ghost");
+}
+
+/// A hook that records every `update` it is asked about and vetoes those that set `"locked"`.
+#[derive(Debug, Default)]
+struct UpdateWatcher {
+    seen: std::sync::Mutex<Vec<(String, String, Option<Value>)>>,
+}
+
+#[async_trait::async_trait]
+impl iot_provisioning::Hook for UpdateWatcher {
+    fn name(&self) -> &str {
+        "update-watcher"
+    }
+
+    async fn before(
+        &self,
+        ctx: &iot_provisioning::HookContext,
+    ) -> Result<(), iot_provisioning::HookError> {
+        if ctx.operation != iot_provisioning::Operation::Update {
+            return Ok(());
+        }
+        self.seen.lock().unwrap().push((
+            ctx.id.as_str().to_owned(),
+            ctx.actor.clone(),
+            ctx.metadata.clone(),
+        ));
+        match ctx.metadata.as_ref().and_then(|m| m.get("locked")) {
+            Some(_) => Err(iot_provisioning::HookError::Veto(
+                "locked is set by operators".into(),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn metadata_sync_goes_through_provisioning_hooks_and_audit() {
+    use iot_provisioning::AuditRecord;
+    use iot_stream::processors::{METADATA_SUBJECT, MetadataSync};
+
+    let topics = Arc::new(Topics::memory(2));
+    let watcher = Arc::new(UpdateWatcher::default());
+    let provisioner = provisioner_with_dev_1(&topics, vec![watcher.clone()]).await;
+    let producer = Producer::new(topics.topic("telemetry").await.unwrap());
+    let meta =
+        |body: &str| Record::new("dev-1", body.to_owned()).with_header("subject", METADATA_SUBJECT);
+    let sync = Arc::new(MetadataSync::new(Arc::new(
+        provisioner.with_actor("metadata-sync"),
+    )));
+    // One message per run of the group (it resumes at its checkpoint), so that a failing batch
+    // never makes the host apply the good message a second time on its own.
+    producer.send(meta(r#"{"fw": "1.1"}"#)).await.unwrap();
+    run(&topics, "meta-audit", sync.clone()).await;
+    producer.send(meta(r#"{"locked": true}"#)).await.unwrap();
+    run(&topics, "meta-audit", sync).await;
+
+    // The hook ran for both messages, with the sync's actor and the patch.
+    let seen = watcher.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![
+            (
+                "dev-1".to_owned(),
+                "metadata-sync".to_owned(),
+                Some(json!({"fw": "1.1"}))
+            ),
+            (
+                "dev-1".to_owned(),
+                "metadata-sync".to_owned(),
+                Some(json!({"locked": true}))
+            ),
+        ]
+    );
+    // The veto held: only the first patch is in the record, the second is dead-lettered.
+    let dev = DeviceId::new("dev-1").unwrap();
+    let record = provisioner.registry().get(&dev).await.unwrap().unwrap();
+    assert_eq!(
+        Value::Object(record.metadata.clone()),
+        json!({"floor": 1, "model": "x", "fw": "1.1"})
+    );
+    let dead = all(&topics.topic("deadletter").await.unwrap()).await;
+    assert_eq!(dead.len(), 1, "the vetoed update is dead-lettered");
+    assert_eq!(dead[0].payload.as_ref(), br#"{"locked": true}"#);
+
+    // Each update left an audit record attributed to the sync, with its outcome.
+    let audit: Vec<AuditRecord> = all(&topics.topic("audit").await.unwrap())
+        .await
+        .iter()
+        .map(|r| AuditRecord::from_payload(&r.payload).unwrap())
+        .filter(|a| a.operation == "update")
+        .collect();
+    let outcomes: Vec<(&str, &str, &str, Option<&str>)> = audit
+        .iter()
+        .map(|a| {
+            (
+                a.actor.as_str(),
+                a.device_id.as_str(),
+                a.outcome.as_str(),
+                a.error.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            ("metadata-sync", "dev-1", "ok", None),
+            ("metadata-sync", "dev-1", "error", Some("vetoed")),
+        ]
+    );
 }

@@ -1,11 +1,13 @@
-//! Metadata sync: device metadata-update messages into the device registry.
+//! Metadata sync: device metadata-update messages into the device registry, through the
+//! provisioning API.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use iot_core::{PartitionId, StoredRecord};
-use iot_registry::Registry;
-use serde_json::{Value, json};
+use iot_provisioning::Provisioning;
+use serde_json::Value;
+use tracing::debug;
 
 use super::device_of;
 use crate::error::{Error, Result};
@@ -14,26 +16,33 @@ use crate::processor::{Context, ProcessorFactory, StreamProcessor};
 /// The `subject` header value of a metadata-update message.
 pub const METADATA_SUBJECT: &str = "metadata";
 
-/// Applies device metadata-update messages to the [`Registry`]: a record whose `subject` header is
-/// [`METADATA_SUBJECT`] (or the subject set with [`subject`](Self::subject)) carries a JSON object
-/// that is merged (RFC 7396) into the `metadata` of the device named by its key; other records are
-/// ignored.
+/// Applies device metadata-update messages through [`Provisioning::update`]: a record whose
+/// `subject` header is [`METADATA_SUBJECT`] (or the subject set with [`subject`](Self::subject))
+/// carries a JSON object that is merged (RFC 7396) into the `metadata` of the device named by its
+/// key; other records are ignored.
 ///
-/// A device missing from the registry, or a patch the registry refuses, fails the record (it is
-/// not retried and ends in the dead-letter topic); registry outages are retried. Delivery is
-/// at-least-once: after a restart, updates since the last checkpoint are merged again in log
-/// order, which converges for the usual flat metadata.
+/// The update goes through the same door as every other change to a device, not around it: the
+/// provisioner's workflow hooks run for it (and may veto it) and it leaves a record on the
+/// `audit` topic. Give it a provisioner with its own actor
+/// ([`Provisioner::with_actor`](iot_provisioning::Provisioner::with_actor), e.g.
+/// `"metadata-sync"`) so the audit trail tells device-sent updates from operators' ones.
+///
+/// A device that does not exist, a patch the registry refuses, or a hook's veto fails the record
+/// (it is not retried and ends in the dead-letter topic); store outages and failing hooks are
+/// retried. Delivery is at-least-once: after a restart, updates since the last checkpoint are
+/// applied again in log order (hooks and audit records included), which converges for the usual
+/// flat metadata.
 #[derive(Debug, Clone)]
 pub struct MetadataSync {
-    registry: Arc<dyn Registry>,
+    provisioning: Arc<dyn Provisioning>,
     subject: String,
 }
 
 impl MetadataSync {
-    /// Metadata sync into `registry`.
-    pub fn new(registry: Arc<dyn Registry>) -> Self {
+    /// Metadata sync through `provisioning`.
+    pub fn new(provisioning: Arc<dyn Provisioning>) -> Self {
         MetadataSync {
-            registry,
+            provisioning,
             subject: METADATA_SUBJECT.to_owned(),
         }
     }
@@ -45,17 +54,24 @@ impl MetadataSync {
     }
 }
 
-fn registry_error(e: iot_registry::Error) -> Error {
+/// Maps a provisioning error to the stream kind that decides between retry and dead letter.
+fn provisioning_error(e: iot_provisioning::Error) -> Error {
+    use iot_provisioning::Error as P;
     use iot_registry::Error as R;
     match e {
-        R::NotFound { .. } => Error::NotFound {
+        P::NotFound { .. } => Error::NotFound {
             what: e.to_string(),
         },
-        R::InvalidDocument { .. } | R::DocumentTooLarge { .. } | R::DocumentTooDeep { .. } => {
-            Error::invalid(e.to_string())
-        }
+        // What no retry can change: the message itself is refused.
+        P::Vetoed { .. }
+        | P::MetadataNotAnObject { .. }
+        | P::InvalidInput { .. }
+        | P::Registry(
+            R::InvalidDocument { .. } | R::DocumentTooLarge { .. } | R::DocumentTooDeep { .. },
+        ) => Error::invalid(e.to_string()),
+        // Store outages, pending recovery, a hook whose backend is down: worth retrying.
         other => Error::External {
-            what: "registry",
+            what: "provisioning",
             reason: other.to_string(),
         },
     }
@@ -75,10 +91,11 @@ impl StreamProcessor for MetadataSync {
             if !patch.is_object() {
                 return Err(Error::invalid("a metadata update must be a JSON object"));
             }
-            self.registry
-                .merge(&device, &json!({ "metadata": patch }), None)
+            self.provisioning
+                .update(&device, patch, None)
                 .await
-                .map_err(registry_error)?;
+                .map_err(provisioning_error)?;
+            debug!(device = %device, offset = record.offset.0, "metadata update applied");
         }
         Ok(())
     }

@@ -75,7 +75,7 @@ pub use file::{Durability, FileConfig, FileRegistry};
 pub use limits::{DocumentLimits, MAX_SUPPORTED_DEPTH, QueryLimits};
 pub use memory::MemoryRegistry;
 pub use merge::merge_patch;
-pub use paging::{DEFAULT_PAGE_SIZE, Page, PageRequest};
+pub use paging::{DEFAULT_PAGE_SIZE, Page, PageRequest, PageToken, SortValue};
 pub use query::{Query, Select};
 pub use record::{DeviceDocument, DeviceRecord, ETag};
 pub use registry::{QueryOutput, Registry, RegistryExt};

@@ -77,6 +77,16 @@ pub trait Registry: Send + Sync + Debug + 'static {
 
     /// How many records `query` returns in all.
     async fn count(&self, query: &Query) -> Result<u64>;
+
+    /// Returns once every write acknowledged so far survives a power cut, not only a crash of
+    /// the process. The provided method does nothing, which is right for a registry whose
+    /// writes are durable when acknowledged (or that is not durable at all); a registry that
+    /// acknowledges writes before they reach stable storage overrides it. Callers that need
+    /// power-cut safety for a batch of writes (the provisioner, after recovery) call it once at
+    /// the end rather than paying a sync per write.
+    async fn sync(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 macro_rules! forward_registry {
@@ -114,6 +124,9 @@ macro_rules! forward_registry {
             }
             async fn count(&self, query: &Query) -> Result<u64> {
                 (**self).count(query).await
+            }
+            async fn sync(&self) -> Result<()> {
+                (**self).sync().await
             }
         }
     };

@@ -12,6 +12,8 @@
 mod ast;
 mod eval;
 mod parse;
+mod view;
 
 pub(crate) use ast::{CmpOp, Cond, Path, Root};
 pub use ast::{Query, Select};
+pub use view::{CompareOp, Condition, Field, FieldRoot, Literal, OrderBy};

@@ -207,7 +207,10 @@ async fn fault_wrapper_fails_the_chosen_call() {
     use testkit::FaultMode;
 
     let id = DeviceId::new("faulty").unwrap();
-    let before = FaultyRegistry::new(MemoryRegistry::new(), FaultPlan::fail_at(1, FaultMode::Before));
+    let before = FaultyRegistry::new(
+        MemoryRegistry::new(),
+        FaultPlan::fail_at(1, FaultMode::Before),
+    );
     match before.create(&id, DeviceDocument::default()).await {
         Err(e @ Error::Backend { .. }) => assert!(e.is_retryable()),
         other => panic!("expected an injected backend error, got {other:?}"),
@@ -215,7 +218,10 @@ async fn fault_wrapper_fails_the_chosen_call() {
     assert!(before.get(&id).await.unwrap().is_none());
     before.sync().await.unwrap();
 
-    let after = FaultyRegistry::new(MemoryRegistry::new(), FaultPlan::fail_at(1, FaultMode::After));
+    let after = FaultyRegistry::new(
+        MemoryRegistry::new(),
+        FaultPlan::fail_at(1, FaultMode::After),
+    );
     assert!(after.create(&id, DeviceDocument::default()).await.is_err());
     assert!(after.inner().get(&id).await.unwrap().is_some());
 }

@@ -10,6 +10,7 @@
 //! See `docs/registry.md` for the full grammar, the semantics and the limits.
 
 mod ast;
+mod compile;
 mod eval;
 mod parse;
 mod view;

@@ -3,7 +3,6 @@
 //! (a random suffix) and every query is scoped to the records of its own run, so the checks run in
 //! any order, repeatedly, and twice against the same database.
 
-
 use std::collections::HashSet;
 
 use iot_core::DeviceId;
@@ -599,7 +598,11 @@ pub async fn write_for_reopen(r: &dyn Registry) -> Written {
         .expect("create");
     etags.insert(changed.etag.clone());
     let replaced = r
-        .replace(&changed.device_id, doc(json!({"v": 2})), Some(&changed.etag))
+        .replace(
+            &changed.device_id,
+            doc(json!({"v": 2})),
+            Some(&changed.etag),
+        )
         .await
         .expect("replace");
     etags.insert(replaced.etag.clone());
@@ -644,7 +647,11 @@ pub async fn check_after_reopen(r: &dyn Registry, written: &Written) {
         .await
         .expect("re-create after reopen");
     let merged = r
-        .merge(&written.present[0].device_id, &json!({"tags": {"n": 1}}), None)
+        .merge(
+            &written.present[0].device_id,
+            &json!({"tags": {"n": 1}}),
+            None,
+        )
         .await
         .expect("merge after reopen");
     for etag in [&again.etag, &merged.etag] {

@@ -129,7 +129,10 @@ impl Db {
     }
 
     fn records(&self) -> Result<Vec<DeviceRecord>> {
-        self.rows.iter().map(|(id, row)| record_of(id, row)).collect()
+        self.rows
+            .iter()
+            .map(|(id, row)| record_of(id, row))
+            .collect()
     }
 }
 
@@ -204,9 +207,11 @@ fn sort_cmp(a: Option<&Value>, b: Option<&Value>) -> Ordering {
     };
     rank(a).cmp(&rank(b)).then_with(|| match (a, b) {
         (Some(Value::Bool(x)), Some(Value::Bool(y))) => x.cmp(y),
-        (Some(x @ Value::Number(_)), Some(Value::Number(y))) => y
-            .as_f64()
-            .map_or(Ordering::Equal, |y| Literal::Number(y).compare(x).unwrap_or(Ordering::Equal)),
+        (Some(x @ Value::Number(_)), Some(Value::Number(y))) => {
+            y.as_f64().map_or(Ordering::Equal, |y| {
+                Literal::Number(y).compare(x).unwrap_or(Ordering::Equal)
+            })
+        }
         (Some(Value::String(x)), Some(Value::String(y))) => x.cmp(y),
         _ => Ordering::Equal,
     })

@@ -47,7 +47,9 @@
 //! ```
 //!
 //! ## Feature flags
-//! * `testkit` — the public conformance suite ([`testkit`]) for `Registry` implementations.
+//! * `testkit` — the public conformance suite (module `testkit`: `run_all` over a
+//!   `RegistryFactory`, one function per part of the contract) and the fault-injecting
+//!   `FaultyRegistry`, for `Registry` implementations.
 //!
 //! The design (record model, merge, query semantics and limits, index planner, file format and
 //! crash safety) is described in `docs/registry.md`.

@@ -55,7 +55,7 @@ impl fmt::Display for ETag {
 ///
 /// `metadata` and `tags` are free-form JSON objects; they are queried as `metadata.…` and
 /// `tags.…`. Keys may not be empty, contain `.` (the path separator) or control characters; see
-/// [`DocumentLimits`](crate::DocumentLimits) for the size and depth limits.
+/// [`DocumentLimits`] for the size and depth limits.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeviceDocument {

@@ -16,7 +16,7 @@ use crate::record::{DeviceDocument, DeviceRecord, ETag};
 ///
 /// # Contract
 ///
-/// Every implementation must hold these; [`testkit`](crate::testkit) (feature `testkit`) checks
+/// Every implementation must hold these; `iot_registry::testkit` (feature `testkit`) checks
 /// them.
 ///
 /// * **Records.** [`create`](Registry::create) stores a new record and fails with
@@ -44,6 +44,11 @@ use crate::record::{DeviceDocument, DeviceRecord, ETag};
 ///   [`Error::InvalidContinuation`](crate::Error::InvalidContinuation).
 /// * **Durability** (durable implementations): a write is acknowledged only once it will survive
 ///   a crash of the process, and no reader sees a write before that.
+/// * **Backend failures** (a lost connection, a refused statement) are
+///   [`Error::Backend`](crate::Error::Backend) with the backend's own error as the source and a
+///   flag saying whether a retry may help ([`Error::backend`](crate::Error::backend)).
+/// * **Sync.** After [`sync`](Registry::sync) returns, every write acknowledged before it survives
+///   a power cut.
 /// * No input makes an implementation panic.
 #[async_trait]
 pub trait Registry: Send + Sync + Debug + 'static {

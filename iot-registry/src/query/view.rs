@@ -5,26 +5,7 @@
 //! The view borrows the query and is built on demand, so the compiled form behind it stays free
 //! to change; every enum here is `#[non_exhaustive]` so that the language can grow.
 //!
-//! # Semantics a backend must reproduce
-//!
-//! * **Paths.** A [`Field`] starts at `deviceId`, `stateRef`, `metadata` or `tags`; the segments
-//!   that follow are object keys (never array indexes). `deviceId` and `stateRef` have no
-//!   segments. `metadata` and `tags` alone name the whole object. A path is *defined* in a
-//!   record when every segment finds a key; `stateRef` is defined when the record has one.
-//! * **Values.** What a path finds is a scalar (null, boolean, number, string) or a composite
-//!   (an object or an array). Scalars compare only within their class: booleans `false < true`,
-//!   numbers as `f64`, strings by their UTF-8 bytes, null equal only to null.
-//! * **Conditions are two-valued.** A comparison with an undefined path, with a composite, or
-//!   with a scalar of another class than the literal is false — except `!=`, which is true when
-//!   the path is defined and holds anything other than the literal (a composite included).
-//!   `IN` is true when the path holds a scalar equal to one of the literals. `STARTS_WITH` is
-//!   true when the path holds a string starting with the prefix. `NOT` negates; `AND` and `OR`
-//!   hold two or more conditions each (chains are flattened).
-//! * **Order.** [`Query::order_by`] keys in turn, each ascending unless `descending`: undefined
-//!   (or composite) values first, then null, booleans, numbers, strings; ties broken by device id,
-//!   ascending. Without `ORDER BY`, records come in device-id order ([`Query::cmp_records`]).
-//! * **Limit and paging.** At most [`Query::limit`] records in all, across pages; continuation
-//!   tokens are made and read with [`PageToken`](crate::PageToken).
+//! The semantics a backend must reproduce are in the docs of [`crate::query`].
 
 use std::cmp::Ordering;
 

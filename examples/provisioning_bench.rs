@@ -34,8 +34,7 @@ use iot_identity::{
     Credentials, Durability, FileIdentityStore, FileStoreOptions, IdentityStore, NewIdentity,
 };
 use iot_provisioning::{
-    BulkMode, FileJournal, FileJournalConfig, FileStoresSync, Provisioner, Provisioning,
-    RegisterRequest,
+    BulkMode, FileJournal, FileJournalConfig, Provisioner, Provisioning, RegisterRequest,
 };
 use iot_registry::{DeviceDocument, FileConfig, FileRegistry, Registry};
 use serde_json::{Value, json};
@@ -156,10 +155,7 @@ async fn ours(dir: &Path, n: usize) -> f64 {
     let p = Provisioner::builder(Arc::new(identity.clone()), Arc::new(registry.clone()))
         .journal(journal)
         .audit_log(audit)
-        .sync_stores(Arc::new(FileStoresSync::new(
-            identity.clone(),
-            registry.clone(),
-        )))
+        .sync_stores()
         .bulk_batch(BATCH)
         .open()
         .await

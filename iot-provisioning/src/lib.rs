@@ -46,7 +46,6 @@ pub mod hooks;
 pub mod journal;
 pub mod provisioner;
 pub mod provisioning;
-pub mod sync;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod types;
@@ -58,5 +57,4 @@ pub use iot_core::storage::Recovery;
 pub use journal::{FileJournal, FileJournalConfig, Intent, Journal, MemoryJournal};
 pub use provisioner::{DEFAULT_BULK_BATCH, Provisioner, ProvisionerBuilder};
 pub use provisioning::Provisioning;
-pub use sync::{FileStoresSync, SyncStores};
 pub use types::{BulkItemResult, BulkMode, Device, RegisterRequest, Registered};

@@ -8,9 +8,7 @@ use iot_identity::{FileIdentityStore, FileStoreOptions, IdentityStore, MemoryIde
 use iot_provisioning::testkit::{
     self, FaultPlan, FaultyIdentityStore, FaultyJournal, FaultyRegistry,
 };
-use iot_provisioning::{
-    FileJournal, FileJournalConfig, FileStoresSync, MemoryJournal, Provisioner, Provisioning,
-};
+use iot_provisioning::{FileJournal, FileJournalConfig, MemoryJournal, Provisioner, Provisioning};
 use iot_registry::{FileConfig, FileRegistry, MemoryRegistry, Registry};
 
 const HOST: &str = "hub.example.net";
@@ -51,7 +49,7 @@ async fn file_stores_and_file_journal() {
     );
     let p = Provisioner::builder(identity.clone(), registry.clone())
         .journal(journal)
-        .sync_stores(Arc::new(FileStoresSync::new(file_identity, file_registry)))
+        .sync_stores()
         .host(HOST)
         .bulk_batch(3)
         .open()

@@ -17,12 +17,11 @@ use std::collections::HashMap;
 
 use iot_core::{DeviceId, Timestamp};
 use roaring::RoaringBitmap;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::index::{Indexes, Part};
 use crate::limits::DocumentLimits;
-use crate::merge::merge_patch;
 use crate::paging::{Page, PageRequest, Token};
 use crate::query::{Query, Select};
 use crate::record::{DeviceDocument, DeviceRecord, ETag};
@@ -204,7 +203,7 @@ impl Engine {
         let current = self.existing(id)?;
         self.check_match(id, &current, if_match)?;
         let created = current.created;
-        let doc = merged_document(current, patch, &self.config.limits)?;
+        let doc = current.into_document().merged(patch, &self.config.limits)?;
         self.config.limits.check_document(&doc)?;
         let etag = ETag::from_version(self.next_version);
         Ok(Change::Put(Stored::encode(&DeviceRecord::new(
@@ -690,59 +689,5 @@ fn decode(stored: &Stored) -> Result<DeviceRecord> {
         path: std::path::PathBuf::from("<memory>"),
         position: 0,
         reason: format!("record of {} unreadable: {reason}", stored.device_id()),
-    })
-}
-
-/// The document a merge patch makes of `current`: the patch applies to
-/// `{"metadata": …, "tags": …, "stateRef": …}`.
-/// `current` is a decoded copy, so its maps are moved into the view, not cloned.
-fn merged_document(
-    current: DeviceRecord,
-    patch: &Value,
-    limits: &DocumentLimits,
-) -> Result<DeviceDocument> {
-    if !patch.is_object() {
-        return Err(Error::invalid_doc(
-            "$",
-            "a merge patch for a device must be a JSON object with metadata, tags or stateRef",
-        ));
-    }
-    let mut view = Map::new();
-    view.insert("metadata".into(), Value::Object(current.metadata));
-    view.insert("tags".into(), Value::Object(current.tags));
-    if let Some(s) = current.state_ref {
-        view.insert("stateRef".into(), Value::String(s));
-    }
-    let mut view = Value::Object(view);
-    // One level more than documents: the patch's root holds `metadata`.
-    merge_patch(&mut view, patch, limits.max_depth + 1)?;
-    let Value::Object(mut view) = view else {
-        return Err(Error::invalid_doc("$", "the merge did not leave an object"));
-    };
-    let mut object_field = |name: &str| match view.remove(name) {
-        None => Ok(Map::new()),
-        Some(Value::Object(m)) => Ok(m),
-        Some(_) => Err(Error::invalid_doc(name, "must be a JSON object")),
-    };
-    let metadata = object_field("metadata")?;
-    let tags = object_field("tags")?;
-    let state_ref = match view.remove("stateRef") {
-        None => None,
-        Some(Value::String(s)) => Some(s),
-        Some(_) => return Err(Error::invalid_doc("stateRef", "must be a string or null")),
-    };
-    if let Some(key) = view.keys().next() {
-        return Err(Error::invalid_doc(
-            "$",
-            format!(
-                "unknown or read-only field {:?}: a patch may change metadata, tags and stateRef",
-                crate::limits::shorten(key)
-            ),
-        ));
-    }
-    Ok(DeviceDocument {
-        metadata,
-        tags,
-        state_ref,
     })
 }

@@ -143,16 +143,57 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+
+    /// A backend outside this crate failed. The backend's own error is kept as the `source`, so
+    /// that callers can downcast it and log its chain; the backend says whether retrying may help.
+    ///
+    /// The source's `Display` ends up in logs and messages: it must not carry secrets (connection
+    /// strings with passwords, tokens) nor document contents.
+    #[error("{backend} backend failed: {source}")]
+    Backend {
+        /// Which backend failed (`"postgres"`, `"fault injection"`, ...).
+        backend: &'static str,
+        /// The backend's own error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+        /// Whether the same call may succeed later (a lost connection, a timeout), as opposed to
+        /// a permanent refusal (a schema mismatch, a permission error).
+        retryable: bool,
+    },
 }
 
 impl Error {
-    /// Whether retrying the same call later may succeed: I/O trouble, a lock held elsewhere, or a
-    /// stale etag (after reading the record again). Validation errors and corruption are permanent.
+    /// Whether retrying the same call later may succeed: I/O trouble, a lock held elsewhere, a
+    /// stale etag (after reading the record again), or a backend failure its backend calls
+    /// transient. Validation errors and corruption are permanent.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Error::Io { .. } | Error::Locked { .. } | Error::PreconditionFailed { .. }
-        )
+        match self {
+            Error::Io { .. } | Error::Locked { .. } | Error::PreconditionFailed { .. } => true,
+            Error::Backend { retryable, .. } => *retryable,
+            _ => false,
+        }
+    }
+
+    /// Wraps a backend's own error (see [`Error::Backend`]).
+    ///
+    /// ```
+    /// use iot_registry::Error;
+    ///
+    /// let timeout = std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 5 s");
+    /// let e = Error::backend("my-db", timeout, true);
+    /// assert!(e.is_retryable());
+    /// assert!(e.to_string().starts_with("my-db backend failed"));
+    /// ```
+    pub fn backend(
+        backend: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+        retryable: bool,
+    ) -> Self {
+        Error::Backend {
+            backend,
+            source: source.into(),
+            retryable,
+        }
     }
 
     pub(crate) fn invalid_doc(path: impl Into<String>, reason: impl Into<String>) -> Self {

@@ -47,7 +47,9 @@
 //! ```
 //!
 //! ## Feature flags
-//! * `testkit` — the public conformance suite ([`testkit`]) for `Registry` implementations.
+//! * `testkit` — the public conformance suite (module `testkit`: `run_all` over a
+//!   `RegistryFactory`, one function per part of the contract) and the fault-injecting
+//!   `FaultyRegistry`, for `Registry` implementations.
 //!
 //! The design (record model, merge, query semantics and limits, index planner, file format and
 //! crash safety) is described in `docs/registry.md`.
@@ -75,7 +77,7 @@ pub use file::{Durability, FileConfig, FileRegistry};
 pub use limits::{DocumentLimits, MAX_SUPPORTED_DEPTH, QueryLimits};
 pub use memory::MemoryRegistry;
 pub use merge::merge_patch;
-pub use paging::{DEFAULT_PAGE_SIZE, Page, PageRequest};
+pub use paging::{DEFAULT_PAGE_SIZE, Page, PageRequest, PageToken, SortValue};
 pub use query::{Query, Select};
 pub use record::{DeviceDocument, DeviceRecord, ETag};
 pub use registry::{QueryOutput, Registry, RegistryExt};

@@ -10,8 +10,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::query::Query;
 use crate::record::DeviceRecord;
-use crate::value::OwnedSortKey;
+use crate::value::{OwnedSortKey, SortKey};
 
 /// Default and largest page size.
 pub const DEFAULT_PAGE_SIZE: usize = 1000;
@@ -66,7 +67,10 @@ pub struct Page {
 }
 
 impl Page {
-    pub(crate) fn new(items: Vec<DeviceRecord>, continuation: Option<String>) -> Self {
+    /// A page of `items`, followed by the page `continuation` names (`None` for the last page).
+    /// Registries outside this crate make their tokens with
+    /// [`PageToken`](crate::PageToken).
+    pub fn new(items: Vec<DeviceRecord>, continuation: Option<String>) -> Self {
         Page {
             items,
             continuation,
@@ -118,5 +122,115 @@ impl Token {
             return Err(invalid("it belongs to another query"));
         }
         Ok(token)
+    }
+}
+
+/// A continuation token as a registry makes and reads it, for registries outside this crate
+/// that page the way this crate's do: a token names the position of the last record returned
+/// (its `ORDER BY` values and device id) and how many records were returned so far, and only
+/// continues the query that made it.
+///
+/// A backend answering page `n + 1` decodes the caller's token with [`decode`](Self::decode),
+/// returns the matching records that come strictly [after](Self::is_after) it (in a database:
+/// `WHERE (sort values, device id) > (token's)` in the query's order, see
+/// [`last_sort_values`](Self::last_sort_values)), at most `LIMIT` minus
+/// [`returned`](Self::returned) of them, and ends a page that has more after it with
+/// [`PageToken::after`] its last record, [encoded](Self::encode).
+///
+/// ```
+/// use iot_core::{DeviceId, Timestamp};
+/// use iot_registry::{DeviceDocument, DeviceRecord, ETag, PageToken, Query};
+///
+/// let q = Query::parse("SELECT * FROM devices ORDER BY metadata.floor")?;
+/// let record = |id: &str, floor: u32| {
+///     let doc = DeviceDocument::with_metadata(serde_json::json!({ "floor": floor })).unwrap();
+///     DeviceRecord::new(DeviceId::new(id).unwrap(), doc, ETag::new("1"), Timestamp::now(), Timestamp::now())
+/// };
+/// let text = PageToken::after(&q, &record("b", 2), 1).encode();
+/// let token = PageToken::decode(&q, &text)?;
+/// assert_eq!((token.returned(), token.last_device_id()), (1, "b"));
+/// assert!(token.is_after(&q, &record("a", 3)));
+/// assert!(!token.is_after(&q, &record("a", 2)));
+/// assert!(PageToken::decode(&Query::parse("SELECT * FROM devices")?, &text).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct PageToken(Token);
+
+/// A value of a record as `ORDER BY` sorts it, in a [`PageToken`]: undefined (or an object or
+/// array) sorts first, then null, booleans, numbers, strings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum SortValue<'a> {
+    /// The path is not defined in the record, or holds an object or array.
+    Undefined,
+    /// `null`.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// A number.
+    Number(f64),
+    /// A string.
+    String(&'a str),
+}
+
+impl PageToken {
+    /// The token of a page of `query` whose last record is `last`, after which `returned`
+    /// records have been returned in all (this page's included).
+    pub fn after(query: &Query, last: &DeviceRecord, returned: u64) -> Self {
+        let keys = query
+            .sort_keys(last)
+            .into_iter()
+            .map(SortKey::to_owned_key)
+            .collect();
+        PageToken(Token::new(
+            query.fingerprint,
+            returned,
+            keys,
+            last.device_id.as_str().to_owned(),
+        ))
+    }
+
+    /// Reads a caller's token, refusing one that is malformed or made by another query with
+    /// [`Error::InvalidContinuation`].
+    pub fn decode(query: &Query, text: &str) -> Result<Self> {
+        Token::decode(text, query.fingerprint, query.order_by.len()).map(PageToken)
+    }
+
+    /// The token as the caller receives it (URL-safe, opaque).
+    pub fn encode(&self) -> String {
+        self.0.encode()
+    }
+
+    /// How many records the pages before returned in all (for `LIMIT`).
+    pub fn returned(&self) -> u64 {
+        self.0.n
+    }
+
+    /// The device id of the last record returned.
+    pub fn last_device_id(&self) -> &str {
+        &self.0.id
+    }
+
+    /// The `ORDER BY` values of the last record returned, one per key.
+    pub fn last_sort_values(&self) -> impl ExactSizeIterator<Item = SortValue<'_>> + '_ {
+        self.0.k.iter().map(|k| match k.as_key() {
+            SortKey::Undefined => SortValue::Undefined,
+            SortKey::Null => SortValue::Null,
+            SortKey::Bool(b) => SortValue::Bool(b),
+            SortKey::Num(n) => SortValue::Number(n.get()),
+            SortKey::Str(s) => SortValue::String(s),
+        })
+    }
+
+    /// Whether `record` comes strictly after the token's position in `query`'s order, so that
+    /// it belongs on a later page.
+    pub fn is_after(&self, query: &Query, record: &DeviceRecord) -> bool {
+        let keys = query.sort_keys(record);
+        let last: Vec<SortKey<'_>> = self.0.k.iter().map(OwnedSortKey::as_key).collect();
+        query.cmp_positions(
+            (&keys, record.device_id.as_str()),
+            (&last, self.0.id.as_str()),
+        ) == std::cmp::Ordering::Greater
     }
 }

@@ -16,7 +16,7 @@ use crate::record::{DeviceDocument, DeviceRecord, ETag};
 ///
 /// # Contract
 ///
-/// Every implementation must hold these; [`testkit`](crate::testkit) (feature `testkit`) checks
+/// Every implementation must hold these; `iot_registry::testkit` (feature `testkit`) checks
 /// them.
 ///
 /// * **Records.** [`create`](Registry::create) stores a new record and fails with
@@ -44,6 +44,11 @@ use crate::record::{DeviceDocument, DeviceRecord, ETag};
 ///   [`Error::InvalidContinuation`](crate::Error::InvalidContinuation).
 /// * **Durability** (durable implementations): a write is acknowledged only once it will survive
 ///   a crash of the process, and no reader sees a write before that.
+/// * **Backend failures** (a lost connection, a refused statement) are
+///   [`Error::Backend`](crate::Error::Backend) with the backend's own error as the source and a
+///   flag saying whether a retry may help ([`Error::backend`](crate::Error::backend)).
+/// * **Sync.** After [`sync`](Registry::sync) returns, every write acknowledged before it survives
+///   a power cut.
 /// * No input makes an implementation panic.
 #[async_trait]
 pub trait Registry: Send + Sync + Debug + 'static {
@@ -77,6 +82,16 @@ pub trait Registry: Send + Sync + Debug + 'static {
 
     /// How many records `query` returns in all.
     async fn count(&self, query: &Query) -> Result<u64>;
+
+    /// Returns once every write acknowledged so far survives a power cut, not only a crash of
+    /// the process. The provided method does nothing, which is right for a registry whose
+    /// writes are durable when acknowledged (or that is not durable at all); a registry that
+    /// acknowledges writes before they reach stable storage overrides it. Callers that need
+    /// power-cut safety for a batch of writes (the provisioner, after recovery) call it once at
+    /// the end rather than paying a sync per write.
+    async fn sync(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 macro_rules! forward_registry {
@@ -114,6 +129,9 @@ macro_rules! forward_registry {
             }
             async fn count(&self, query: &Query) -> Result<u64> {
                 (**self).count(query).await
+            }
+            async fn sync(&self) -> Result<()> {
+                (**self).sync().await
             }
         }
     };

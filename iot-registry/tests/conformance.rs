@@ -1,22 +1,88 @@
 //! The conformance suite against every registry this crate ships, a registry without indexes,
-//! `Box<dyn Registry>` and `Arc<dyn Registry>`.
+//! `Box<dyn Registry>`, `Arc<dyn Registry>` and the fault-injecting wrapper; `run_all` through
+//! factories, twice over one directory, and check by check.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use iot_registry::testkit;
+use async_trait::async_trait;
+use iot_registry::testkit::{self, FaultPlan, FaultyRegistry, RegistryFactory};
 use iot_registry::{
-    DocumentLimits, Durability, FileConfig, FileRegistry, MemoryRegistry, Registry, RegistryConfig,
+    Durability, FileConfig, FileRegistry, MemoryRegistry, Registry, RegistryConfig, Result,
 };
 
 /// A limit below 1 MB so the 1 MB document check applies.
 fn config() -> RegistryConfig {
     RegistryConfig {
-        limits: DocumentLimits {
-            max_document_bytes: 256 * 1024,
-            ..DocumentLimits::default()
-        },
+        limits: testkit::suite_limits(),
         ..RegistryConfig::default()
+    }
+}
+
+/// Memory registries, optionally behind a fault wrapper whose plan only counts.
+struct Memory {
+    faulty: bool,
+}
+
+#[async_trait]
+impl RegistryFactory for Memory {
+    async fn open(&self) -> Result<Arc<dyn Registry>> {
+        let inner = MemoryRegistry::with_config(config())?;
+        Ok(if self.faulty {
+            Arc::new(FaultyRegistry::new(inner, FaultPlan::counting()))
+        } else {
+            Arc::new(inner)
+        })
+    }
+}
+
+/// File registries in one directory, reopened for the durability check.
+struct File {
+    dir: PathBuf,
+    durability: Durability,
+}
+
+impl File {
+    fn config(&self) -> FileConfig {
+        FileConfig {
+            registry: config(),
+            durability: self.durability,
+            compact_after_bytes: 16 * 1024,
+            ..FileConfig::default()
+        }
+    }
+}
+
+#[async_trait]
+impl RegistryFactory for File {
+    async fn open(&self) -> Result<Arc<dyn Registry>> {
+        Ok(Arc::new(FileRegistry::open(&self.dir, self.config())?))
+    }
+
+    async fn reopen(&self, previous: Arc<dyn Registry>) -> Option<Result<Arc<dyn Registry>>> {
+        // The suite holds no other handle, so this releases the directory's lock.
+        drop(previous);
+        Some(self.open().await)
+    }
+}
+
+#[tokio::test]
+async fn run_all_memory_and_behind_the_fault_wrapper() {
+    testkit::run_all(&Memory { faulty: false }).await;
+    testkit::run_all(&Memory { faulty: true }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_all_file_twice_over_one_directory() {
+    for durability in [Durability::OsBuffered, Durability::Fsync] {
+        let dir = tempfile::tempdir().unwrap();
+        let factory = File {
+            dir: dir.path().to_owned(),
+            durability,
+        };
+        testkit::run_all(&factory).await;
+        testkit::run_all(&factory).await;
     }
 }
 
@@ -130,4 +196,32 @@ async fn query_misuse() {
         eprintln!("{name}");
         testkit::query_misuse(r.as_ref()).await;
     }
+}
+
+/// The wrapper's injected failures are retryable backend errors; `Before` changes nothing and
+/// `After` forwards the write first (the ambiguous failure of a lost reply).
+#[tokio::test]
+async fn fault_wrapper_fails_the_chosen_call() {
+    use iot_core::DeviceId;
+    use iot_registry::{DeviceDocument, Error};
+    use testkit::FaultMode;
+
+    let id = DeviceId::new("faulty").unwrap();
+    let before = FaultyRegistry::new(
+        MemoryRegistry::new(),
+        FaultPlan::fail_at(1, FaultMode::Before),
+    );
+    match before.create(&id, DeviceDocument::default()).await {
+        Err(e @ Error::Backend { .. }) => assert!(e.is_retryable()),
+        other => panic!("expected an injected backend error, got {other:?}"),
+    }
+    assert!(before.get(&id).await.unwrap().is_none());
+    before.sync().await.unwrap();
+
+    let after = FaultyRegistry::new(
+        MemoryRegistry::new(),
+        FaultPlan::fail_at(1, FaultMode::After),
+    );
+    assert!(after.create(&id, DeviceDocument::default()).await.is_err());
+    assert!(after.inner().get(&id).await.unwrap().is_some());
 }

@@ -42,7 +42,6 @@ use crate::error::{Error, Result, json_type};
 use crate::hooks::{Hook, HookContext, HookError, Operation};
 use crate::journal::{Intent, Journal, MemoryJournal};
 use crate::provisioning::Provisioning;
-use crate::sync::SyncStores;
 use crate::types::{BulkItemResult, BulkMode, Device, RegisterRequest, Registered};
 
 mod bulk;
@@ -62,16 +61,16 @@ pub struct ProvisionerBuilder {
     host: String,
     actor: String,
     bulk_batch: usize,
-    sync: Option<Arc<dyn SyncStores>>,
+    sync: bool,
 }
 
 impl ProvisionerBuilder {
-    /// Makes both stores' writes durable before an intent is marked finished. Needed only when
-    /// the stores acknowledge writes before they reach the disk (`Durability::OsBuffered`) and
-    /// agreement must survive a power cut, not just a crash of the process; it costs one sync
-    /// of each store per operation or bulk batch.
-    pub fn sync_stores(mut self, sync: Arc<dyn SyncStores>) -> Self {
-        self.sync = Some(sync);
+    /// Makes both stores' writes durable ([`IdentityStore::sync`], [`Registry::sync`]) before an
+    /// intent is marked finished. Needed only when the stores acknowledge writes before they
+    /// reach the disk (`Durability::OsBuffered`) and agreement must survive a power cut, not
+    /// just a crash of the process; it costs one sync of each store per operation or bulk batch.
+    pub fn sync_stores(mut self) -> Self {
+        self.sync = true;
         self
     }
 
@@ -153,7 +152,8 @@ struct Inner {
     hooks: Vec<Arc<dyn Hook>>,
     host: String,
     bulk_batch: usize,
-    sync: Option<Arc<dyn SyncStores>>,
+    /// Sync both stores before finishing an intent (see `ProvisionerBuilder::sync_stores`).
+    sync: bool,
     writer: tokio::sync::Mutex<WriterState>,
 }
 
@@ -190,7 +190,7 @@ impl Provisioner {
             host: "localhost".to_owned(),
             actor: "provisioning".to_owned(),
             bulk_batch: DEFAULT_BULK_BATCH,
-            sync: None,
+            sync: false,
         }
     }
 

@@ -38,18 +38,25 @@ impl Provisioner {
 
     /// Marks intent `seq` finished, after making the stores' writes durable if so configured.
     pub(super) async fn finish(&self, seq: u64) -> Result<()> {
-        if let Some(sync) = &self.inner.sync {
-            sync.sync().await?;
-        }
+        self.sync_stores_if_configured().await?;
         self.inner.journal.finish(seq).await
     }
 
     /// [`finish`](Self::finish) without waiting for the journal's sync (bulk batches).
     pub(super) async fn finish_unsynced(&self, seq: u64) -> Result<()> {
-        if let Some(sync) = &self.inner.sync {
-            sync.sync().await?;
-        }
+        self.sync_stores_if_configured().await?;
         self.inner.journal.finish_unsynced(seq).await
+    }
+
+    /// Syncs both stores, at once, when the builder asked for it.
+    async fn sync_stores_if_configured(&self) -> Result<()> {
+        if !self.inner.sync {
+            return Ok(());
+        }
+        let (identity, registry) =
+            futures::future::join(self.inner.identity.sync(), self.inner.registry.sync()).await;
+        identity.map_err(Error::Identity)?;
+        registry.map_err(Error::Registry)
     }
 
     /// Brings both stores to the state the intent's recovery rule defines (idempotent).

@@ -8,8 +8,9 @@
 //! against instances that hold data already, and twice against the same database.
 //! [`assert_agreement`] checks the stores after any scenario of one's own.
 //!
-//! The identity store's wrapper, plan and modes come from `iot_identity::testkit` (re-exported
-//! here), so one [`FaultPlan`] numbers the calls to all three wrapped parts.
+//! The identity store's wrapper, plan and modes come from `iot_identity::testkit`, the
+//! registry's wrapper from `iot_registry::testkit` (all re-exported here), so one [`FaultPlan`]
+//! numbers the calls to all three wrapped parts.
 
 mod fault;
 pub mod journal;
@@ -26,8 +27,9 @@ use iot_registry::{Query, Registry, RegistryExt};
 use crate::error::Result;
 use crate::provisioning::Provisioning;
 
-pub use fault::{FaultyJournal, FaultyRegistry};
+pub use fault::FaultyJournal;
 pub use iot_identity::testkit::{FaultMode, FaultPlan, FaultyIdentityStore};
+pub use iot_registry::testkit::FaultyRegistry;
 pub use suite::*;
 
 /// Opens the [`Provisioning`] implementation under test.

@@ -153,20 +153,6 @@ impl FileRegistry {
         .await
     }
 
-    /// Makes every acknowledged write durable now (useful after writes with
-    /// [`Durability::OsBuffered`]).
-    pub async fn sync(&self) -> Result<()> {
-        let shared = self.shared.clone();
-        run_blocking(move || {
-            let writer = shared.lock_writer()?;
-            writer
-                .file
-                .sync_data()
-                .map_err(|e| StorageError::io("fsync", &writer.path, e).into())
-        })
-        .await
-    }
-
     async fn write(
         &self,
         prepare: impl FnOnce(&Engine, Timestamp) -> Result<Change> + Send + 'static,
@@ -349,6 +335,20 @@ impl Registry for FileRegistry {
 
     async fn count(&self, query: &Query) -> Result<u64> {
         Ok(self.shared.read().count(query))
+    }
+
+    /// Makes every acknowledged write durable now (useful after writes with
+    /// [`Durability::OsBuffered`]; with [`Durability::Fsync`] every write already is).
+    async fn sync(&self) -> Result<()> {
+        let shared = self.shared.clone();
+        run_blocking(move || {
+            let writer = shared.lock_writer()?;
+            writer
+                .file
+                .sync_data()
+                .map_err(|e| StorageError::io("fsync", &writer.path, e).into())
+        })
+        .await
     }
 }
 

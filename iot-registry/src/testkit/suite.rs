@@ -1,19 +1,7 @@
-//! The conformance suite of [`Registry`]: public async functions that check an implementation
-//! against the trait's contract. Each takes an **empty** registry with the default
-//! [`RegistryConfig`](crate::RegistryConfig) (unless it says otherwise) and panics on the first
-//! violation.
-//!
-//! This crate's tests run every function against `MemoryRegistry`, `FileRegistry` (both
-//! durabilities), a registry with no indexes, and `Box<dyn Registry>`; run them against your own
-//! implementation the same way:
-//!
-//! ```no_run
-//! # async fn demo() {
-//! let registry = iot_registry::MemoryRegistry::new();
-//! iot_registry::testkit::records_and_etags(&registry).await;
-//! # }
-//! ```
-#![allow(clippy::panic, clippy::expect_used)]
+//! The checks of the conformance suite, one part of the contract each. Each takes a registry
+//! that may hold data already and panics with a message on a violation. Every id is drawn fresh
+//! (a random suffix) and every query is scoped to the records of its own run, so the checks run in
+//! any order, repeatedly, and twice against the same database.
 
 use std::collections::HashSet;
 
@@ -27,6 +15,8 @@ use crate::query::Query;
 use crate::record::{DeviceDocument, DeviceRecord, ETag};
 use crate::registry::{Registry, RegistryExt};
 
+use super::{fresh_id, fresh_name};
+
 fn id(s: &str) -> DeviceId {
     DeviceId::new(s).expect("valid test id")
 }
@@ -38,7 +28,7 @@ fn doc(metadata: Value) -> DeviceDocument {
 /// Create, get, replace, merge, delete; `AlreadyExists`, `NotFound`; etags change on every write,
 /// are never reused, and a stale `if_match` fails with `PreconditionFailed` and changes nothing.
 pub async fn records_and_etags(r: &dyn Registry) {
-    let a = id("dev-a");
+    let a = fresh_id("tk-rec");
     let mut seen = HashSet::new();
     assert!(r.get(&a).await.expect("get").is_none());
     let created = r
@@ -152,7 +142,7 @@ pub async fn records_and_etags(r: &dyn Registry) {
 /// `PreconditionFailed` naming the stale etag and the winner's, and the record is the winner's.
 pub async fn concurrent_if_match(r: &dyn Registry) {
     const WRITERS: u64 = 16;
-    let a = id("contended");
+    let a = fresh_id("tk-contended");
     let mut current = r.create(&a, doc(json!({"n": 0}))).await.expect("create");
     for round in 1..=8u64 {
         let attempts = (0..WRITERS).map(|w| {
@@ -236,8 +226,9 @@ pub async fn merge_patch_rfc7396(r: &dyn Registry) {
     let cases = crate::merge::rfc7396_appendix_a()
         .into_iter()
         .filter(|(o, p, _)| o.is_object() && p.is_object());
+    let run = fresh_name("tk-rfc");
     for (i, (original, patch, expected)) in cases.into_iter().enumerate() {
-        let d = id(&format!("rfc-{i}"));
+        let d = id(&format!("{run}-{i}"));
         r.create(&d, doc(original.clone())).await.expect("create");
         let merged = r
             .merge(&d, &json!({ "metadata": patch }), None)
@@ -250,7 +241,7 @@ pub async fn merge_patch_rfc7396(r: &dyn Registry) {
         );
     }
     // A null metadata patch removes all metadata.
-    let d = id("rfc-0");
+    let d = id(&format!("{run}-0"));
     let merged = r
         .merge(&d, &json!({"metadata": null}), None)
         .await
@@ -281,7 +272,7 @@ pub async fn merge_patch_rfc7396(r: &dyn Registry) {
 /// depth-1 000 documents and patches, bad keys. `limits` must be the registry's configured
 /// limits, with `max_document_bytes` below 1 MB.
 pub async fn document_limits(r: &dyn Registry, limits: DocumentLimits) {
-    let d = id("limits");
+    let d = fresh_id("tk-limits");
     let big = doc(json!({"blob": "x".repeat(1_000_000)}));
     assert!(limits.max_document_bytes < 1_000_000);
     match r.create(&d, big.clone()).await {
@@ -367,8 +358,9 @@ fn drop_deep(mut v: Value) {
 }
 
 /// A varied fleet for the query checks: 240 devices over 4 buildings, with missing fields, nulls,
-/// mixed types and nested objects.
-pub fn sample_fleet() -> Vec<(DeviceId, DeviceDocument)> {
+/// mixed types and nested objects. Every device is tagged `tags.run = run` and its id ends in
+/// `-{run}`, so that fleets of several runs can share a registry ([`scoped_query`] selects one).
+pub fn sample_fleet(run: &str) -> Vec<(DeviceId, DeviceDocument)> {
     (0..240u32)
         .map(|i| {
             let mut m = serde_json::Map::new();
@@ -407,7 +399,8 @@ pub fn sample_fleet() -> Vec<(DeviceId, DeviceDocument)> {
             if i % 4 == 1 {
                 d.state_ref = Some(format!("state/{i}"));
             }
-            (id(&format!("dev-{:04}", (i * 7919) % 10007)), d)
+            d.tags.insert("run".into(), json!(run));
+            (id(&format!("dev-{:04}-{run}", (i * 7919) % 10007)), d)
         })
         .collect()
 }
@@ -436,11 +429,28 @@ pub const SAMPLE_QUERIES: &[&str] = &[
     "SELECT * FROM devices WHERE metadata.floor IS NOT NULL AND metadata.missing IS NULL",
 ];
 
+/// `text` (a `SELECT` of the shape of [`SAMPLE_QUERIES`]) restricted to the records tagged
+/// `tags.run = run`: `… WHERE tags.run = 'run' AND (condition) ORDER BY … LIMIT …`.
+pub fn scoped_query(text: &str, run: &str) -> String {
+    let tail_at = [" ORDER BY ", " LIMIT "]
+        .iter()
+        .filter_map(|clause| text.find(clause))
+        .min()
+        .unwrap_or(text.len());
+    let (head, tail) = text.split_at(tail_at);
+    let scope = format!("tags.run = '{run}'");
+    match head.split_once(" WHERE ") {
+        Some((select, condition)) => format!("{select} WHERE {scope} AND ({condition}){tail}"),
+        None => format!("{head} WHERE {scope}{tail}"),
+    }
+}
+
 /// Query answers equal a brute-force evaluation of [`Query::matches`] and [`Query::cmp_records`]
 /// over the records written, for every page size; `count` agrees; paging never repeats or skips.
 pub async fn queries_match_brute_force(r: &dyn Registry) {
+    let run = fresh_name("tk-q");
     let mut model: Vec<DeviceRecord> = Vec::new();
-    for (d, document) in sample_fleet() {
+    for (d, document) in sample_fleet(&run) {
         model.push(r.create(&d, document).await.expect("create"));
     }
     // Some updates and deletes, so the indexes see removals too.
@@ -468,6 +478,7 @@ pub async fn queries_match_brute_force(r: &dyn Registry) {
     model.retain(|rec| !removed.contains(&rec.device_id));
 
     for text in SAMPLE_QUERIES {
+        let text = &scoped_query(text, &run);
         let q = Query::parse(text).expect("sample query parses");
         let mut expected: Vec<DeviceRecord> =
             model.iter().filter(|rec| q.matches(rec)).cloned().collect();
@@ -512,18 +523,22 @@ fn ids(records: &[DeviceRecord]) -> Vec<&str> {
 /// Bad query calls get typed errors: a `COUNT()` query passed to `query`, page sizes of zero or
 /// over the maximum, malformed tokens, tokens of another query.
 pub async fn query_misuse(r: &dyn Registry) {
+    let run = fresh_name("tk-m");
     for i in 0..5 {
-        r.create(&id(&format!("m-{i}")), doc(json!({"i": i})))
+        let mut d = doc(json!({"i": i}));
+        d.tags.insert("run".into(), json!(run));
+        r.create(&id(&format!("{run}-{i}")), d)
             .await
             .expect("create");
     }
-    let count = Query::parse("SELECT COUNT() FROM devices WHERE metadata.i > 1").expect("parse");
+    let parse = |text: &str| Query::parse(&scoped_query(text, &run)).expect("parse");
+    let count = parse("SELECT COUNT() FROM devices WHERE metadata.i > 1");
     assert_eq!(r.count(&count).await.expect("count"), 3);
     assert!(matches!(
         r.query(&count, &PageRequest::default()).await,
         Err(Error::InvalidInput { .. })
     ));
-    let all = Query::parse("SELECT * FROM devices").expect("parse");
+    let all = parse("SELECT * FROM devices");
     for size in [0, usize::MAX] {
         assert!(matches!(
             r.query(&all, &PageRequest::first(size)).await,
@@ -542,7 +557,7 @@ pub async fn query_misuse(r: &dyn Registry) {
     }
     let first = r.query(&all, &PageRequest::first(2)).await.expect("page");
     let token = first.continuation.expect("more pages");
-    let other = Query::parse("SELECT * FROM devices WHERE metadata.i >= 0").expect("parse");
+    let other = parse("SELECT * FROM devices WHERE metadata.i >= 0");
     assert!(matches!(
         r.query(&other, &PageRequest::next(2, token.clone())).await,
         Err(Error::InvalidContinuation { .. })
@@ -551,5 +566,98 @@ pub async fn query_misuse(r: &dyn Registry) {
         .query(&all, &PageRequest::next(2, token))
         .await
         .expect("page");
-    assert_eq!(ids(&second.items), vec!["m-2", "m-3"]);
+    assert_eq!(
+        ids(&second.items),
+        vec![format!("{run}-2"), format!("{run}-3")]
+    );
+}
+
+/// What [`write_for_reopen`] left, for [`check_after_reopen`].
+#[derive(Debug)]
+pub struct Written {
+    /// Records that must be there after the reopen, as last written.
+    pub present: Vec<DeviceRecord>,
+    /// A device deleted before the reopen.
+    pub deleted: DeviceId,
+    /// Every etag handed out, none of which may come back.
+    pub etags: HashSet<ETag>,
+}
+
+/// Writes records (a create, a replace, a merge, a delete), then [`Registry::sync`]s, for
+/// [`check_after_reopen`] on the same storage opened again.
+pub async fn write_for_reopen(r: &dyn Registry) -> Written {
+    let mut etags = HashSet::new();
+    let kept = r
+        .create(&fresh_id("tk-reopen"), doc(json!({"kept": true})))
+        .await
+        .expect("create");
+    etags.insert(kept.etag.clone());
+    let changed = r
+        .create(&fresh_id("tk-reopen"), doc(json!({"v": 1})))
+        .await
+        .expect("create");
+    etags.insert(changed.etag.clone());
+    let replaced = r
+        .replace(
+            &changed.device_id,
+            doc(json!({"v": 2})),
+            Some(&changed.etag),
+        )
+        .await
+        .expect("replace");
+    etags.insert(replaced.etag.clone());
+    let merged = r
+        .merge(&replaced.device_id, &json!({"tags": {"t": "x"}}), None)
+        .await
+        .expect("merge");
+    etags.insert(merged.etag.clone());
+    let gone = r
+        .create(&fresh_id("tk-reopen"), DeviceDocument::default())
+        .await
+        .expect("create");
+    etags.insert(gone.etag.clone());
+    r.delete(&gone.device_id, None).await.expect("delete");
+    r.sync().await.expect("sync");
+    Written {
+        present: vec![kept, merged],
+        deleted: gone.device_id,
+        etags,
+    }
+}
+
+/// After a reopen: the records [`write_for_reopen`] left read back as written, the deleted one
+/// is gone, queries find them, and new writes get etags never handed out before.
+pub async fn check_after_reopen(r: &dyn Registry, written: &Written) {
+    for record in &written.present {
+        assert_eq!(
+            r.get(&record.device_id).await.expect("get after reopen"),
+            Some(record.clone()),
+            "a record changed across the reopen"
+        );
+    }
+    assert!(
+        r.get(&written.deleted)
+            .await
+            .expect("get after reopen")
+            .is_none(),
+        "a deleted record came back"
+    );
+    let again = r
+        .create(&written.deleted, DeviceDocument::default())
+        .await
+        .expect("re-create after reopen");
+    let merged = r
+        .merge(
+            &written.present[0].device_id,
+            &json!({"tags": {"n": 1}}),
+            None,
+        )
+        .await
+        .expect("merge after reopen");
+    for etag in [&again.etag, &merged.etag] {
+        assert!(
+            !written.etags.contains(etag),
+            "an etag was handed out again after the reopen"
+        );
+    }
 }

@@ -65,7 +65,10 @@ async fn memory_stores_boxed_behind_the_fault_wrappers() {
     let factory = WrappedMemory(Arc::clone(&plan));
     inbox_store::run_all(&factory).await;
     let inbox_calls = plan.calls();
-    assert!(inbox_calls > 20, "every inbox call went through the wrapper");
+    assert!(
+        inbox_calls > 20,
+        "every inbox call went through the wrapper"
+    );
     twin_store::run_all(&factory).await;
     assert!(
         plan.calls() > inbox_calls + 10,
@@ -96,7 +99,9 @@ impl InboxStoreFactory for Files {
         let config = FileInboxConfig::default()
             .durability(self.durability)
             .compact_after_bytes(self.compact_after_bytes);
-        Ok(Arc::new(FileInbox::open(self.dir.join("inbox"), config).await?))
+        Ok(Arc::new(
+            FileInbox::open(self.dir.join("inbox"), config).await?,
+        ))
     }
 
     async fn reopen(&self, previous: Arc<dyn InboxStore>) -> Option<Result<Arc<dyn InboxStore>>> {

@@ -15,6 +15,17 @@
 //! * An available message whose delivery count reached the maximum is dead-lettered instead of
 //!   delivered.
 //! * A device holds at most `max_depth` messages (expired ones are purged before counting).
+//! * A settlement names the delivery's current lock ([`LockToken`]: sequence number and delivery
+//!   count); any other token is [`Error::LockLost`](crate::Error::LockLost) and changes nothing.
+//!   Sequence numbers are never reused, not even after a reopen.
+//! * A reopened durable store holds every message it acknowledged, with its delivery count, but
+//!   no locks: the sessions that held them are gone, so their messages are available again.
+//! * A store outside this crate reports its own failures as
+//!   [`Error::Backend`](crate::Error::Backend), saying whether a retry may help.
+//!
+//! Every type an implementation returns has a public constructor ([`InboxMessage::new`] and its
+//! `with_*` setters, [`Locked::new`], [`Removed::new`], [`LockOutcome::new`]). The `testkit`
+//! feature's `testkit::inbox_store` checks these invariants.
 
 mod file;
 mod memory;
@@ -229,8 +240,8 @@ impl Default for InboxLimits {
     }
 }
 
-/// Where C2D messages wait for their device. Implementations hold the semantics of the
-/// [module docs](self); the `testkit` feature's `inbox_*` checks test them.
+/// Where C2D messages wait for their device. Implementations hold the invariants of the
+/// [module docs](self); the `testkit` feature's `testkit::inbox_store::run_all` checks them.
 #[async_trait]
 pub trait InboxStore: Send + Sync + Debug + 'static {
     /// Queues `message` for `device`; returns its sequence number and any expired messages of

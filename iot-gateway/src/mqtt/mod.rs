@@ -35,6 +35,8 @@ mod property_bag;
 mod rfc3339;
 mod server;
 mod session;
+mod shared;
+mod subscriptions;
 mod telemetry;
 mod tls;
 mod topics;

@@ -28,6 +28,8 @@ pub(crate) struct JournaledState<S> {
     state: Mutex<S>,
     journal: Mutex<Option<Journal>>,
     /// Whether `journal` is `Some`, readable without waiting for a writer.
+    // Read only by `is_durable`, which only the MQTT endpoint's persistent sessions call.
+    #[cfg_attr(not(feature = "mqtt"), allow(dead_code))]
     durable: bool,
 }
 
@@ -48,6 +50,9 @@ impl<S: Journaled> JournaledState<S> {
     }
 
     /// `state` kept in memory only.
+    // Only the MQTT endpoint's persistent sessions (without a state directory) keep state in
+    // memory; the inbox and twin stores always journal.
+    #[cfg_attr(not(feature = "mqtt"), allow(dead_code))]
     pub(crate) fn in_memory(state: S) -> Self {
         JournaledState {
             state: Mutex::new(state),
@@ -58,6 +63,7 @@ impl<S: Journaled> JournaledState<S> {
 
     /// Whether writes go to a journal (and so are blocking work for
     /// [`run_blocking`](iot_core::storage::run_blocking)).
+    #[cfg_attr(not(feature = "mqtt"), allow(dead_code))]
     pub(crate) fn is_durable(&self) -> bool {
         self.durable
     }

@@ -27,6 +27,7 @@
 //! ```
 
 mod config;
+mod connect;
 mod error;
 mod framing;
 mod pending;

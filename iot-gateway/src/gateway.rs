@@ -79,7 +79,7 @@ pub enum SessionEvent {
 ///
 /// # Contract
 ///
-/// [`testkit`](crate::testkit) (feature `testkit`) checks these against any implementation.
+/// `testkit` (feature `testkit`) checks these against any implementation.
 ///
 /// * **Authentication.** `connect` checks the credential through the identity store; a refusal is
 ///   [`Error::Unauthorized`](crate::Error::Unauthorized) whatever the reason. A refused attempt

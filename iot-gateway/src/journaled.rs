@@ -28,7 +28,7 @@ pub(crate) struct JournaledState<S> {
     state: Mutex<S>,
     journal: Mutex<Option<Journal>>,
     /// Whether `journal` is `Some`, readable without waiting for a writer.
-    // Only the MQTT endpoint's persistent sessions keep state in memory alone.
+    // Read only by `is_durable`, which only the MQTT endpoint's persistent sessions call.
     #[cfg_attr(not(feature = "mqtt"), allow(dead_code))]
     durable: bool,
 }
@@ -50,6 +50,8 @@ impl<S: Journaled> JournaledState<S> {
     }
 
     /// `state` kept in memory only.
+    // Only the MQTT endpoint's persistent sessions (without a state directory) keep state in
+    // memory; the inbox and twin stores always journal.
     #[cfg_attr(not(feature = "mqtt"), allow(dead_code))]
     pub(crate) fn in_memory(state: S) -> Self {
         JournaledState {

@@ -11,7 +11,8 @@
 //!
 //! ## Feature flags
 //!
-//! * `testkit` — the public conformance suite [`testkit`] for `Gateway` implementations.
+//! * `testkit` — the public conformance suites `testkit` for `Gateway`, `InboxStore` and
+//!   `TwinStore` implementations, and fault-injecting store wrappers.
 //! * `mqtt` (default) — the MQTT 3.1.1 endpoint.
 #![forbid(unsafe_code)]
 

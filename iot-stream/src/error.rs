@@ -105,6 +105,20 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+
+    /// A storage backend outside this crate (a database, a network store) failed. `source` is
+    /// the backend's own error, kept as the cause; `retryable` is the backend's judgement of
+    /// whether the same call may succeed later. Build it with [`Error::backend`].
+    #[error("{backend} backend: {source}")]
+    Backend {
+        /// Which backend failed (for example `"postgres"`), for logs.
+        backend: String,
+        /// The backend's own error. It must not carry payloads or secrets.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+        /// Whether retrying the same call later may succeed.
+        retryable: bool,
+    },
 }
 
 impl Error {
@@ -114,7 +128,21 @@ impl Error {
             Error::Log(e) => e.is_retryable(),
             Error::Io { .. } | Error::Locked { .. } | Error::Processor { .. } => true,
             Error::External { .. } => true,
+            Error::Backend { retryable, .. } => *retryable,
             _ => false,
+        }
+    }
+
+    /// An [`Error::Backend`]: `source` is the backend's own error, kept as the cause.
+    pub fn backend(
+        backend: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+        retryable: bool,
+    ) -> Self {
+        Error::Backend {
+            backend: backend.into(),
+            source: source.into(),
+            retryable,
         }
     }
 

@@ -31,7 +31,8 @@
 //!
 //! ## Feature flags
 //!
-//! * `testkit`: the public conformance suite `iot_stream::testkit` for `StateStore` implementations.
+//! * `testkit`: the public conformance suite `iot_stream::testkit` for `StateStore` implementations
+//!   (`run_all` over a `StateStoreFactory`) and the fault-injecting `FaultyStateStore`.
 #![forbid(unsafe_code)]
 
 pub mod error;

@@ -15,6 +15,17 @@
 //! * An available message whose delivery count reached the maximum is dead-lettered instead of
 //!   delivered.
 //! * A device holds at most `max_depth` messages (expired ones are purged before counting).
+//! * A settlement names the delivery's current lock ([`LockToken`]: sequence number and delivery
+//!   count); any other token is [`Error::LockLost`](crate::Error::LockLost) and changes nothing.
+//!   Sequence numbers are never reused, not even after a reopen.
+//! * A reopened durable store holds every message it acknowledged, with its delivery count, but
+//!   no locks: the sessions that held them are gone, so their messages are available again.
+//! * A store outside this crate reports its own failures as
+//!   [`Error::Backend`](crate::Error::Backend), saying whether a retry may help.
+//!
+//! Every type an implementation returns has a public constructor ([`InboxMessage::new`] and its
+//! `with_*` setters, [`Locked::new`], [`Removed::new`], [`LockOutcome::new`]). The `testkit`
+//! feature's `testkit::inbox_store` checks these invariants.
 
 mod file;
 mod memory;
@@ -61,6 +72,41 @@ pub struct InboxMessage {
 }
 
 impl InboxMessage {
+    /// Sets the correlation id.
+    pub fn with_correlation_id(mut self, id: impl Into<String>) -> Self {
+        self.correlation_id = Some(id.into());
+        self
+    }
+
+    /// Sets the media type and encoding.
+    pub fn with_content(
+        mut self,
+        content_type: Option<String>,
+        content_encoding: Option<String>,
+    ) -> Self {
+        self.content_type = content_type;
+        self.content_encoding = content_encoding;
+        self
+    }
+
+    /// Sets the custom properties, in order.
+    pub fn with_properties(mut self, properties: Vec<(String, String)>) -> Self {
+        self.properties = properties;
+        self
+    }
+
+    /// Sets which settlements produce feedback.
+    pub fn with_ack(mut self, ack: AckRequest) -> Self {
+        self.ack = ack;
+        self
+    }
+
+    /// Sets when it expires (a store rebuilding a stored message keeps the stored time).
+    pub fn with_expiry(mut self, expires_at: Timestamp) -> Self {
+        self.expires_at = expires_at;
+        self
+    }
+
     /// A message with `payload` and `message_id`, queued at `now`, expiring after `ttl`.
     pub fn new(
         message_id: impl Into<String>,
@@ -94,6 +140,17 @@ pub struct Locked {
     pub locked_until: Timestamp,
 }
 
+impl Locked {
+    /// A delivery of `message` under `token`, locked until `locked_until`.
+    pub fn new(token: LockToken, message: InboxMessage, locked_until: Timestamp) -> Self {
+        Locked {
+            token,
+            message,
+            locked_until,
+        }
+    }
+}
+
 /// A message that left the inbox, and how.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -108,6 +165,24 @@ pub struct Removed {
     pub delivery_count: u32,
 }
 
+impl Removed {
+    /// `message`, queued for `device`, left the inbox with `status` after `delivery_count`
+    /// deliveries.
+    pub fn new(
+        device: DeviceId,
+        message: InboxMessage,
+        status: FeedbackStatus,
+        delivery_count: u32,
+    ) -> Self {
+        Removed {
+            device,
+            message,
+            status,
+            delivery_count,
+        }
+    }
+}
+
 /// What [`InboxStore::lock_next`] found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -118,6 +193,18 @@ pub struct LockOutcome {
     pub removed: Vec<Removed>,
     /// When nothing was available: the earliest time a locked message's lock lapses.
     pub next_due: Option<Timestamp>,
+}
+
+impl LockOutcome {
+    /// What a lookup found: the message it locked (if any), what it removed on the way, and —
+    /// when nothing was available — when the earliest held lock lapses.
+    pub fn new(locked: Option<Locked>, removed: Vec<Removed>, next_due: Option<Timestamp>) -> Self {
+        LockOutcome {
+            locked,
+            removed,
+            next_due,
+        }
+    }
 }
 
 /// How a device settles a delivery.
@@ -153,8 +240,8 @@ impl Default for InboxLimits {
     }
 }
 
-/// Where C2D messages wait for their device. Implementations hold the semantics of the
-/// [module docs](self); the `testkit` feature's `inbox_*` checks test them.
+/// Where C2D messages wait for their device. Implementations hold the invariants of the
+/// [module docs](self); the `testkit` feature's `testkit::inbox_store::run_all` checks them.
 #[async_trait]
 pub trait InboxStore: Send + Sync + Debug + 'static {
     /// Queues `message` for `device`; returns its sequence number and any expired messages of

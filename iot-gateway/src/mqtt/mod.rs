@@ -27,6 +27,7 @@
 //! ```
 
 mod config;
+mod connect;
 mod error;
 mod framing;
 mod pending;
@@ -35,6 +36,8 @@ mod property_bag;
 mod rfc3339;
 mod server;
 mod session;
+mod shared;
+mod subscriptions;
 mod telemetry;
 mod tls;
 mod topics;

@@ -21,7 +21,7 @@ use iot_core::storage::{JournalConfig, Journaled, Recovery, run_blocking};
 use serde::{Deserialize, Serialize};
 
 use super::error::Error;
-use super::session::Subscriptions;
+use super::subscriptions::Subscriptions;
 use crate::journaled::JournaledState;
 
 /// The journal's directory under the endpoint's state directory.

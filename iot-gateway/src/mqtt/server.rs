@@ -15,21 +15,10 @@ use super::error::Error;
 use super::pending::{PendingGuard, PendingPeers};
 use super::persistent::PersistentSessions;
 use super::session;
+use super::shared::Shared;
 use super::tls::TlsConfig;
 use super::websocket;
 use crate::gateway::Gateway;
-
-/// State shared by every connection of one server.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) gateway: Arc<dyn Gateway>,
-    pub(crate) config: MqttConfig,
-    pub(crate) shutdown: CancellationToken,
-    /// Subscriptions of persistent sessions (clean_session = false) between connections.
-    pub(crate) persistent: PersistentSessions,
-    /// Connections accepted and not yet authenticated, per peer address.
-    pub(crate) unauthenticated: Arc<PendingPeers>,
-}
 
 /// An MQTT 3.1.1 server speaking IoT Hub's device protocol over any [`Gateway`].
 ///

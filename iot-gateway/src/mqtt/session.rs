@@ -18,16 +18,18 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use futures::{SinkExt, StreamExt};
 use iot_core::DeviceId;
-use iot_identity::{Presented, Thumbprint};
+use iot_identity::Thumbprint;
 use rmqtt_codec::types::Publish;
 use rmqtt_codec::v3::{Connect, ConnectAck, ConnectAckReason, Packet, QoS, SubscribeReturnCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::codec::Framed;
 
+use super::connect::check_connect;
 use super::error::{Error, ProtocolViolation};
 use super::framing::StrictCodec;
-use super::server::Shared;
+use super::shared::Shared;
+use super::subscriptions::Subscriptions;
 use super::telemetry;
 use super::topics::{self, Inbound, Subscription};
 use crate::error::Error as GatewayError;
@@ -225,144 +227,6 @@ where
     }
     tracing::debug!(device = %connection.device, clean_session, "MQTT session open");
     Ok(Some(connection))
-}
-
-/// What CONNECT says, once checked.
-struct CheckedConnect<'a> {
-    device: DeviceId,
-    credential: Presented<'a>,
-    will: Option<Telemetry>,
-    /// The username's `model-id`, stamped on the device's telemetry.
-    model_id: Option<String>,
-}
-
-/// The checks of CONNECT that need no gateway: username form, client id = device id, a
-/// credential (the password as a SAS token, else the TLS client certificate), and a will that
-/// goes to the device's own telemetry topic at QoS 0 or 1.
-fn check_connect(
-    connect: &Connect,
-    client_cert: Option<Thumbprint>,
-) -> Result<CheckedConnect<'_>, (ConnectAckReason, String)> {
-    use ConnectAckReason::{BadUserNameOrPassword, IdentifierRejected, NotAuthorized};
-    let username = connect
-        .username
-        .as_deref()
-        .ok_or((BadUserNameOrPassword, "no username".to_string()))?;
-    let username =
-        super::username::parse(username).map_err(|e| (BadUserNameOrPassword, e.to_string()))?;
-    if username.device_id != &*connect.client_id {
-        return Err((
-            IdentifierRejected,
-            "the client id is not the device id of the username".to_string(),
-        ));
-    }
-    let device =
-        DeviceId::new(username.device_id).map_err(|e| (IdentifierRejected, e.to_string()))?;
-    let credential = match (connect.password.as_deref(), client_cert) {
-        (Some(password), _) => {
-            Presented::SasToken(std::str::from_utf8(password).map_err(|_| {
-                (
-                    BadUserNameOrPassword,
-                    "the password is not UTF-8".to_string(),
-                )
-            })?)
-        }
-        (None, Some(thumbprint)) => Presented::Thumbprint(thumbprint),
-        (None, None) => {
-            return Err((
-                BadUserNameOrPassword,
-                "neither a password (SAS token) nor a client certificate".to_string(),
-            ));
-        }
-    };
-    let will = match &connect.last_will {
-        None => None,
-        Some(will) => {
-            if will.qos == QoS::ExactlyOnce {
-                return Err((NotAuthorized, "a will at QoS 2".to_string()));
-            }
-            match topics::classify_publish(&will.topic, device.as_str()) {
-                Ok(Inbound::Telemetry { bag }) => {
-                    // Marked as a will (`iothub-MessageType: Will`); the will's retain flag
-                    // is not passed on: the will is not the device's own publish.
-                    let flags = telemetry::Flags {
-                        will: true,
-                        retain: false,
-                    };
-                    Some(
-                        telemetry::from_publish(bag, will.message.clone(), flags)
-                            .map_err(|e| (NotAuthorized, e.to_string()))?,
-                    )
-                }
-                _ => {
-                    return Err((
-                        NotAuthorized,
-                        "the will topic is not the device's telemetry topic".to_string(),
-                    ));
-                }
-            }
-        }
-    };
-    Ok(CheckedConnect {
-        device,
-        credential,
-        will,
-        model_id: username.model_id,
-    })
-}
-
-/// The topic filters a session holds, with the QoS granted for each.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Subscriptions {
-    present: u8,
-    qos1: u8,
-}
-
-impl Subscriptions {
-    fn insert(&mut self, kind: Subscription, qos: QoS) {
-        self.present |= kind.bit();
-        if qos == QoS::AtMostOnce {
-            self.qos1 &= !kind.bit();
-        } else {
-            self.qos1 |= kind.bit();
-        }
-    }
-
-    fn remove(&mut self, kind: Subscription) {
-        self.present &= !kind.bit();
-        self.qos1 &= !kind.bit();
-    }
-
-    fn get(&self, kind: Subscription) -> Option<QoS> {
-        if self.present & kind.bit() == 0 {
-            None
-        } else if self.qos1 & kind.bit() == 0 {
-            Some(QoS::AtMostOnce)
-        } else {
-            Some(QoS::AtLeastOnce)
-        }
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.present == 0
-    }
-
-    /// Four "present" bits, then four "QoS 1" bits.
-    pub(crate) fn to_bits(self) -> u8 {
-        self.present | (self.qos1 << 4)
-    }
-
-    /// The inverse of [`to_bits`](Self::to_bits); `None` for bits no subscription uses.
-    pub(crate) fn from_bits(bits: u8) -> Option<Self> {
-        let (present, qos1) = (bits & 0x0F, bits >> 4);
-        (qos1 & !present == 0).then_some(Subscriptions { present, qos1 })
-    }
-
-    fn iter(self) -> impl Iterator<Item = (Subscription, QoS)> {
-        Subscription::ALL
-            .into_iter()
-            .filter_map(move |kind| self.get(kind).map(|qos| (kind, qos)))
-    }
 }
 
 /// What an outbound QoS 1 PUBLISH awaits a PUBACK for.

@@ -10,11 +10,16 @@
 //!   accepted patch.
 //! * A patch is a JSON object applied as an RFC 7396 merge patch; one that would make the section
 //!   larger than the limit (serialized), or nest deeper than the limit, is refused and changes
-//!   nothing.
+//!   nothing. [`Twin::patched`] is these rules as one function, for every store.
+//! * A reopened durable store returns exactly the acknowledged twins; a removed twin stays
+//!   removed.
+//!
+//! The `testkit` feature's `testkit::twin_store` checks them.
 
 mod document;
 mod file;
 mod memory;
+mod patch;
 mod state;
 
 use std::fmt::Debug;
@@ -67,7 +72,9 @@ impl Default for TwinLimits {
 }
 
 /// Where twins live. A device without a stored twin has the empty twin (both sections `{}` at
-/// version 0).
+/// version 0). Implementations hold the invariants of the [module docs](self) (a `patch` is
+/// [`Twin::patched`] applied atomically to the stored twin); the `testkit` feature's
+/// `testkit::twin_store::run_all` checks them.
 #[async_trait]
 pub trait TwinStore: Send + Sync + Debug + 'static {
     /// The twin of `device`.

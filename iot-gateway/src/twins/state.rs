@@ -3,13 +3,12 @@
 use std::collections::HashMap;
 
 use iot_core::DeviceId;
-use iot_core::json::{depth_at_most, merge_patch};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::Twin;
 use super::{Section, TwinLimits};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use iot_core::storage::Journaled;
 
 /// One change; what the file store journals (whole twins, so replay needs no merging).
@@ -33,7 +32,7 @@ impl TwinState {
         self.twins.contains_key(device)
     }
 
-    /// The twin after `patch`, or why the patch is refused.
+    /// The twin after `patch`, or why the patch is refused ([`Twin::patched`]).
     pub(crate) fn plan_patch(
         &self,
         device: &DeviceId,
@@ -42,50 +41,8 @@ impl TwinState {
         if_version: Option<u64>,
         limits: TwinLimits,
     ) -> Result<Twin> {
-        if !patch.is_object() {
-            return Err(Error::invalid(format!(
-                "a {} patch must be a JSON object",
-                section.as_str()
-            )));
-        }
-        let mut twin = self.get(device);
-        let target = match section {
-            Section::Desired => &mut twin.desired,
-            Section::Reported => &mut twin.reported,
-        };
-        if let Some(expected) = if_version
-            && expected != target.version
-        {
-            return Err(Error::PreconditionFailed {
-                device: device.clone(),
-                section: section.as_str(),
-                expected,
-                actual: target.version,
-            });
-        }
-        merge_patch(&mut target.properties, patch, limits.max_depth)
-            .map_err(|e| Error::invalid(format!("{} patch: {e}", section.as_str())))?;
-        let depth = depth_at_most(&target.properties, limits.max_depth);
-        if depth > limits.max_depth {
-            return Err(Error::invalid(format!(
-                "the {} properties would nest {depth} or more levels deep; at most {} are allowed",
-                section.as_str(),
-                limits.max_depth
-            )));
-        }
-        let size = serde_json::to_vec(&target.properties).map_or(usize::MAX, |v| v.len());
-        if size > limits.max_section_bytes {
-            return Err(Error::TooLarge {
-                what: match section {
-                    Section::Desired => "desired properties",
-                    Section::Reported => "reported properties",
-                },
-                size,
-                limit: limits.max_section_bytes,
-            });
-        }
-        target.version += 1;
-        Ok(twin)
+        self.get(device)
+            .patched(device, section, patch, if_version, limits)
     }
 }
 
@@ -117,6 +74,7 @@ impl Journaled for TwinState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
     use serde_json::json;
 
     #[test]

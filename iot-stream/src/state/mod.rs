@@ -51,8 +51,8 @@ impl Event {
 ///
 /// # Contract
 ///
-/// Every implementation must hold these; the `testkit` module (feature `testkit`) checks
-/// them.
+/// Every implementation must hold these; `testkit::run_all` (feature `testkit`) checks them
+/// through a `testkit::StateStoreFactory`.
 ///
 /// * **History.** [`append_events`](StateStore::append_events) stores events of one device;
 ///   [`read_events`](StateStore::read_events) returns the device's events with
@@ -72,7 +72,16 @@ impl Event {
 ///   [`Error::InvalidInput`](crate::Error::InvalidInput) and changes nothing.
 /// * **Durability** (durable implementations): an acknowledged write survives a crash of the
 ///   process; a reopened store returns exactly what was acknowledged.
+/// * **Errors.** A store outside this crate reports its own failures as
+///   [`Error::Backend`](crate::Error::Backend) (built with [`Error::backend`](crate::Error::backend)),
+///   saying whether a retry may help; callers such as the processor host retry on
+///   [`Error::is_retryable`](crate::Error::is_retryable).
 /// * No input makes an implementation panic.
+///
+/// Every type an implementation returns is public with public constructors ([`Event::new`],
+/// [`SourcePosition`]'s fields, [`LastKnown::new`] + [`LastKnown::apply`]); [`LastKnown`] is
+/// `Serialize`/`Deserialize`, so a database keeps it as one JSON document. Durability needs no
+/// `sync` method: an acknowledged write is durable when the call returns.
 #[async_trait]
 pub trait StateStore: Send + Sync + Debug + 'static {
     /// Appends events to `device`'s history; returns how many were stored.

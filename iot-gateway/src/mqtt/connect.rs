@@ -1,0 +1,93 @@
+//! The checks of a CONNECT packet that need no gateway. Its own module so that the connection
+//! (`session`) keeps to the running session.
+
+use iot_core::DeviceId;
+use iot_identity::{Presented, Thumbprint};
+use rmqtt_codec::v3::{Connect, ConnectAckReason, QoS};
+
+use super::topics::{self, Inbound};
+use super::{telemetry, username};
+use crate::message::Telemetry;
+
+/// What CONNECT says, once checked.
+pub(super) struct CheckedConnect<'a> {
+    pub(super) device: DeviceId,
+    pub(super) credential: Presented<'a>,
+    pub(super) will: Option<Telemetry>,
+    /// The username's `model-id`, stamped on the device's telemetry.
+    pub(super) model_id: Option<String>,
+}
+
+/// The checks of CONNECT that need no gateway: username form, client id = device id, a
+/// credential (the password as a SAS token, else the TLS client certificate), and a will that
+/// goes to the device's own telemetry topic at QoS 0 or 1.
+pub(super) fn check_connect(
+    connect: &Connect,
+    client_cert: Option<Thumbprint>,
+) -> Result<CheckedConnect<'_>, (ConnectAckReason, String)> {
+    use ConnectAckReason::{BadUserNameOrPassword, IdentifierRejected, NotAuthorized};
+    let username = connect
+        .username
+        .as_deref()
+        .ok_or((BadUserNameOrPassword, "no username".to_string()))?;
+    let username = username::parse(username).map_err(|e| (BadUserNameOrPassword, e.to_string()))?;
+    if username.device_id != &*connect.client_id {
+        return Err((
+            IdentifierRejected,
+            "the client id is not the device id of the username".to_string(),
+        ));
+    }
+    let device =
+        DeviceId::new(username.device_id).map_err(|e| (IdentifierRejected, e.to_string()))?;
+    let credential = match (connect.password.as_deref(), client_cert) {
+        (Some(password), _) => {
+            Presented::SasToken(std::str::from_utf8(password).map_err(|_| {
+                (
+                    BadUserNameOrPassword,
+                    "the password is not UTF-8".to_string(),
+                )
+            })?)
+        }
+        (None, Some(thumbprint)) => Presented::Thumbprint(thumbprint),
+        (None, None) => {
+            return Err((
+                BadUserNameOrPassword,
+                "neither a password (SAS token) nor a client certificate".to_string(),
+            ));
+        }
+    };
+    let will = match &connect.last_will {
+        None => None,
+        Some(will) => {
+            if will.qos == QoS::ExactlyOnce {
+                return Err((NotAuthorized, "a will at QoS 2".to_string()));
+            }
+            match topics::classify_publish(&will.topic, device.as_str()) {
+                Ok(Inbound::Telemetry { bag }) => {
+                    // Marked as a will (`iothub-MessageType: Will`); the will's retain flag
+                    // is not passed on: the will is not the device's own publish.
+                    let flags = telemetry::Flags {
+                        will: true,
+                        retain: false,
+                    };
+                    Some(
+                        telemetry::from_publish(bag, will.message.clone(), flags)
+                            .map_err(|e| (NotAuthorized, e.to_string()))?,
+                    )
+                }
+                _ => {
+                    return Err((
+                        NotAuthorized,
+                        "the will topic is not the device's telemetry topic".to_string(),
+                    ));
+                }
+            }
+        }
+    };
+    Ok(CheckedConnect {
+        device,
+        credential,
+        will,
+        model_id: username.model_id,
+    })
+}

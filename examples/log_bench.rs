@@ -73,6 +73,10 @@ async fn memory_append(sizes: &Sizes) -> f64 {
 }
 
 /// Sequential 1 MiB writes of `bytes` bytes and a final fdatasync, like `dd conv=fdatasync`.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the synchronous disk baseline the benchmark compares against"
+)]
 fn disk_write(dir: &Path, bytes: usize) -> f64 {
     let path = dir.join("disk-write.bin");
     let buf = vec![0xA5u8; 1 << 20];
@@ -131,6 +135,10 @@ async fn file_append(dir: &Path, bytes: usize) -> f64 {
 }
 
 /// One writer: append 100 bytes, fdatasync, repeat.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the synchronous fsync baseline the benchmark compares against"
+)]
 fn fsync_rate(dir: &Path, secs: f64) -> f64 {
     let path = dir.join("fsync-rate.bin");
     let mut f = File::create(&path).unwrap();

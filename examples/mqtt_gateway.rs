@@ -361,6 +361,10 @@ async fn provision_fleet(
 }
 
 /// Writes a secret file that only its owner can read.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "writes the generated certificate once at start-up, before serving"
+)]
 fn write_owner_only(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();

@@ -141,6 +141,10 @@ async fn nonsensical_configuration_is_refused() {
 }
 
 #[tokio::test]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a test setting up damage before the log is opened"
+)]
 async fn damage_in_a_sealed_segment_is_refused_not_skipped() {
     let dir = tempfile::tempdir().expect("tempdir");
     {

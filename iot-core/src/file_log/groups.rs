@@ -69,6 +69,10 @@ pub(crate) struct GroupOffsets {
 
 impl GroupOffsets {
     /// Loads the groups of `dir` (blocking). `ends` holds the next offset of each partition.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "runs while the log is opened, on the blocking pool"
+    )]
     pub(crate) fn open(dir: PathBuf, ends: &[u64]) -> Result<Self> {
         create_dir_durably(&dir)?;
         let mut groups = HashMap::new();

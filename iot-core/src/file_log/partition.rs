@@ -272,6 +272,10 @@ impl FilePartition {
     /// The sealed segment and its index are fsynced whatever the durability, so that only the
     /// active segment can ever have a torn tail. The state lock is not held across the fsyncs:
     /// appenders meanwhile find the segment full and wait for this roll, and readers go on.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "called only through run_blocking"
+    )]
     fn roll_if_full(&self) -> Result<()> {
         let _rolling = lock(&self.roll_lock);
         let (sealed, index_file, base, last_time) = {
@@ -344,6 +348,10 @@ impl FilePartition {
     }
 
     /// Fsyncs the active segment and returns the offset everything below which is now durable.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the fsync runs inside run_blocking"
+    )]
     async fn sync_written(&self) -> Result<u64> {
         let (file, upto) = {
             let st = lock(&self.state);
@@ -481,6 +489,10 @@ impl FilePartition {
 
     /// Removes whole sealed segments from the front that the policy no longer keeps. The file
     /// removals and the directory fsync run on the blocking pool.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the removals run inside run_blocking"
+    )]
     pub(crate) async fn enforce_retention(
         &self,
         policy: &RetentionPolicy,
@@ -617,6 +629,10 @@ fn load_sealed(file: Arc<SegmentFile>, config: &FileLogConfig) -> Result<Segment
 /// last batch, or zeros, with no intact batch after it) is cut off; damage followed by intact
 /// batches is [`Error::Corrupt`], unless the configuration asks for [`Recovery::Repair`], which
 /// cuts the segment at the damage.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "runs while the log is opened, on the blocking pool"
+)]
 fn recover_active(file: Arc<SegmentFile>, config: &FileLogConfig) -> Result<Segment> {
     let scan = segment::scan(
         &file,

@@ -107,6 +107,10 @@ impl Segment {
     }
 
     /// Writes the whole index file anew (after recovery rebuilt it).
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "runs where segments are opened or rolled, both on the blocking pool"
+    )]
     pub(crate) fn rewrite_index(&self) -> Result<()> {
         let mut bytes = Vec::with_capacity(self.index.len() * INDEX_ENTRY_LEN);
         for e in &self.index {

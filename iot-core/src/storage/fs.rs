@@ -5,6 +5,11 @@
 //! Files are created with mode 0600 and directories with 0700: a store holds device keys, hashes and
 //! messages that other users of the machine have no business reading.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "the kit's blocking primitives; async callers reach them through run_blocking"
+)]
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;

@@ -25,6 +25,11 @@
 //! * After a write that failed and could not be undone, the journal refuses writes
 //!   ([`StorageError::Failed`]) until the store is reopened.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "the kit's blocking primitives; async callers reach them through run_blocking"
+)]
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

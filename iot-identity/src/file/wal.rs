@@ -111,6 +111,10 @@ impl Wal {
     ///
     /// On failure the log is cut back to its previous length; if even that fails the error says
     /// so and the caller must stop writing (`true` in the second tuple field).
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the store calls it inside run_blocking"
+    )]
     pub(crate) fn append(&mut self, mutation: &Mutation, fsync: bool) -> Result<(), (Error, bool)> {
         self.buf.clear();
         let start = frame::begin(&mut self.buf);
@@ -150,6 +154,10 @@ impl Wal {
     }
 
     /// Makes every appended mutation durable.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the store calls it inside run_blocking"
+    )]
     pub(crate) fn sync(&self) -> Result<()> {
         self.file
             .sync_data()

@@ -194,6 +194,10 @@ impl Inner {
         .into()
     }
 
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the journal calls it inside run_blocking"
+    )]
     fn append(&mut self, entry: &Entry, sync: bool) -> Result<()> {
         if self.failed {
             return Err(self.refused());
@@ -230,6 +234,10 @@ impl Inner {
         Ok(())
     }
 
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the journal calls it inside run_blocking"
+    )]
     fn sync(&mut self) -> Result<()> {
         if !self.unsynced {
             return Ok(());

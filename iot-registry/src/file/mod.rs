@@ -183,6 +183,10 @@ impl Shared {
 
     /// Validates, logs, applies. The writer lock serialises writers, so the change prepared
     /// under the read lock is still valid when it is applied.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "called only through run_blocking"
+    )]
     fn write(
         &self,
         prepare: impl FnOnce(&Engine, Timestamp) -> Result<Change>,
@@ -339,6 +343,10 @@ impl Registry for FileRegistry {
 
     /// Makes every acknowledged write durable now (useful after writes with
     /// [`Durability::OsBuffered`]; with [`Durability::Fsync`] every write already is).
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the fsync runs inside run_blocking"
+    )]
     async fn sync(&self) -> Result<()> {
         let shared = self.shared.clone();
         run_blocking(move || {

@@ -307,6 +307,10 @@ impl Shared {
     }
 
     /// Journals `op` (durably if configured), then applies it. The caller holds `writer`.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "writers run on the blocking pool"
+    )]
     fn commit(&self, writer: &mut Writer, op: Op) -> Result<()> {
         if let Some(reason) = &writer.failed {
             return Err(Error::Unavailable {

@@ -29,11 +29,9 @@ fn reads(c: &mut Criterion) {
     let file = rt
         .block_on(FileLog::open(
             dir.path(),
-            FileLogConfig {
-                partitions: 1,
-                durability: Durability::OsBuffered,
-                ..FileLogConfig::default()
-            },
+            FileLogConfig::default()
+                .partitions(1)
+                .durability(Durability::OsBuffered),
         ))
         .unwrap();
     let memory = MemoryLog::new(1).unwrap();

@@ -84,10 +84,7 @@ fn args() -> Args {
 }
 
 fn log_config() -> FileLogConfig {
-    FileLogConfig {
-        partitions: PARTITIONS,
-        ..FileLogConfig::default()
-    }
+    FileLogConfig::default().partitions(PARTITIONS)
 }
 
 async fn raw_log(dir: &Path, ids: &[String], messages: usize, payload: &Bytes) -> f64 {

@@ -20,7 +20,7 @@ use std::time::Instant;
 use hmac::{Hmac, Mac};
 use iot_core::DeviceId;
 use iot_identity::{
-    Credentials, Durability, FileIdentityStore, FileStoreOptions, IdentityStore,
+    Credentials, Durability, FileIdentityStore, FileIdentityStoreConfig, IdentityStore,
     MemoryIdentityStore, NewIdentity, SasVerifier, SymmetricKey, sas,
 };
 use sha2::Sha256;
@@ -244,7 +244,7 @@ async fn main() {
 
     // --- File store: fill with n identities (OS-buffered, then synced and compacted), reopen.
     let dir = tempfile::tempdir().unwrap();
-    let options = FileStoreOptions::with_durability(Durability::OsBuffered);
+    let options = FileIdentityStoreConfig::with_durability(Durability::OsBuffered);
     let started = Instant::now();
     {
         let file = FileIdentityStore::open(dir.path(), options).await.unwrap();
@@ -265,7 +265,7 @@ async fn main() {
     let read_s = started.elapsed().as_secs_f64();
     drop(raw);
     let started = Instant::now();
-    let reopened = FileIdentityStore::open(dir.path(), FileStoreOptions::default())
+    let reopened = FileIdentityStore::open(dir.path(), FileIdentityStoreConfig::default())
         .await
         .unwrap();
     let file_open_s = started.elapsed().as_secs_f64();

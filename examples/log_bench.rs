@@ -95,11 +95,9 @@ fn disk_write(dir: &Path, bytes: usize) -> f64 {
 /// Two appenders, one per partition (one per core of the reference machine), OS-buffered.
 async fn file_append(dir: &Path, bytes: usize) -> f64 {
     let path = dir.join("file-append");
-    let config = FileLogConfig {
-        partitions: FILE_APPENDERS,
-        durability: Durability::OsBuffered,
-        ..FileLogConfig::default()
-    };
+    let config = FileLogConfig::default()
+        .partitions(FILE_APPENDERS)
+        .durability(Durability::OsBuffered);
     let log = Arc::new(FileLog::open(&path, config).await.unwrap());
     let payload = Bytes::from(vec![b'y'; 1024]);
     let batches = bytes / (1024 * 1000);
@@ -157,11 +155,9 @@ fn fsync_rate(dir: &Path, secs: f64) -> f64 {
 
 async fn group_commit(dir: &Path, secs: f64) -> (f64, f64) {
     let path = dir.join("group-commit");
-    let config = FileLogConfig {
-        partitions: 1,
-        durability: Durability::Fsync,
-        ..FileLogConfig::default()
-    };
+    let config = FileLogConfig::default()
+        .partitions(1)
+        .durability(Durability::Fsync);
     let log = Arc::new(FileLog::open(&path, config).await.unwrap());
     let done = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
@@ -205,11 +201,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 async fn tail_read(dir: &Path, records: usize) -> f64 {
     let path = dir.join("tail");
-    let config = FileLogConfig {
-        partitions: 4,
-        durability: Durability::OsBuffered,
-        ..FileLogConfig::default()
-    };
+    let config = FileLogConfig::default()
+        .partitions(4)
+        .durability(Durability::OsBuffered);
     let log: Arc<dyn Log> = Arc::new(FileLog::open(&path, config).await.unwrap());
     let group = GroupName::new("bench").unwrap();
     let mut consumer = GroupConsumer::new(log.clone(), group, StartFrom::Earliest)

@@ -38,7 +38,8 @@ use iot_core::{DeviceId, Log, Offset, ReadLimits};
 use iot_gateway::mqtt::{MqttConfig, MqttServer, SelfSigned, TlsConfig};
 use iot_gateway::{C2dMessage, Gateway, Hub, HubConfig, InboxStore};
 use iot_identity::{
-    Credentials, FileIdentityStore, FileStoreOptions, IdentityStore, NewIdentity, SymmetricKey, sas,
+    Credentials, FileIdentityStore, FileIdentityStoreConfig, IdentityStore, NewIdentity,
+    SymmetricKey, sas,
 };
 
 /// A gateway with file-backed stores that devices reach over MQTT, the way they reach Azure IoT
@@ -144,8 +145,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // as it sees its output gets the graceful shutdown, not the signal's default action.
     let interrupted = interrupt()?;
     let identity = Arc::new(
-        FileIdentityStore::open(args.data_dir.join("identity"), FileStoreOptions::default())
-            .await?,
+        FileIdentityStore::open(
+            args.data_dir.join("identity"),
+            FileIdentityStoreConfig::default(),
+        )
+        .await?,
     );
     let key = device_key(identity.as_ref(), &args.device).await?;
     let hub = Hub::open_dir(

@@ -31,12 +31,12 @@ use std::time::Instant;
 
 use iot_core::{DeviceId, FileLogConfig, TopicName, Topics};
 use iot_identity::{
-    Credentials, Durability, FileIdentityStore, FileStoreOptions, IdentityStore, NewIdentity,
+    Credentials, Durability, FileIdentityStore, FileIdentityStoreConfig, IdentityStore, NewIdentity,
 };
 use iot_provisioning::{
     BulkMode, FileJournal, FileJournalConfig, Provisioner, Provisioning, RegisterRequest,
 };
-use iot_registry::{DeviceDocument, FileConfig, FileRegistry, Registry};
+use iot_registry::{DeviceDocument, FileRegistry, FileRegistryConfig, Registry};
 use serde_json::{Value, json};
 
 const BATCH: usize = 1024;
@@ -61,19 +61,16 @@ fn metadata(i: usize) -> Value {
 async fn identity_store(dir: &Path) -> FileIdentityStore {
     FileIdentityStore::open(
         dir,
-        FileStoreOptions::with_durability(Durability::OsBuffered),
+        FileIdentityStoreConfig::with_durability(Durability::OsBuffered),
     )
     .await
     .unwrap()
 }
 
 fn registry(dir: &Path) -> FileRegistry {
-    FileRegistry::open(
+    FileRegistry::open_blocking(
         dir,
-        FileConfig {
-            durability: iot_registry::Durability::OsBuffered,
-            ..FileConfig::default()
-        },
+        FileRegistryConfig::default().durability(iot_registry::Durability::OsBuffered),
     )
     .unwrap()
 }

@@ -24,11 +24,11 @@ use iot_sdk::core::{
     DeviceId, FileLogConfig, GroupConsumer, GroupName, Producer, Record, StartFrom, Timestamp,
     TopicName, Topics, headers,
 };
-use iot_sdk::identity::{FileIdentityStore, FileStoreOptions};
+use iot_sdk::identity::{FileIdentityStore, FileIdentityStoreConfig};
 use iot_sdk::provisioning::{
     BulkMode, FileJournal, FileJournalConfig, Provisioner, Provisioning, RegisterRequest,
 };
-use iot_sdk::registry::{FileConfig, FileRegistry, QueryOutput, RegistryExt};
+use iot_sdk::registry::{FileRegistry, FileRegistryConfig, QueryOutput, RegistryExt};
 use iot_sdk::stream::processors::LastKnownValues;
 use iot_sdk::stream::rules::RuleSet;
 use iot_sdk::stream::window::OrderingPolicy;
@@ -62,9 +62,13 @@ async fn main() -> Result<(), Box<dyn Error>> {
         data.path().join("log"),
         FileLogConfig::with_partitions(4),
     ));
-    let identity =
-        FileIdentityStore::open(data.path().join("identity"), FileStoreOptions::default()).await?;
-    let registry = FileRegistry::open(data.path().join("registry"), FileConfig::default())?;
+    let identity = FileIdentityStore::open(
+        data.path().join("identity"),
+        FileIdentityStoreConfig::default(),
+    )
+    .await?;
+    let registry =
+        FileRegistry::open(data.path().join("registry"), FileRegistryConfig::default()).await?;
     let provisioning = Provisioner::builder(Arc::new(identity), Arc::new(registry))
         .journal(Arc::new(
             FileJournal::open(data.path().join("journal"), FileJournalConfig::default()).await?,

@@ -24,8 +24,8 @@ use bytes::Bytes;
 use futures::SinkExt;
 use iot_core::DeviceId;
 use iot_registry::{
-    DeviceDocument, Durability, FileConfig, FileRegistry, MemoryRegistry, PageRequest, Query,
-    Registry,
+    DeviceDocument, Durability, FileRegistry, FileRegistryConfig, MemoryRegistry, PageRequest,
+    Query, Registry,
 };
 use serde_json::{Value, json};
 
@@ -418,11 +418,10 @@ async fn bench_ours(devices: u64, params: &[(String, u64)]) -> (Ours, Vec<usize>
 
     // FileRegistry: load OS-buffered, a sample with fsync, merges, then reopen.
     let dir = tempfile::tempdir().unwrap();
-    let config = FileConfig {
-        durability: Durability::OsBuffered,
-        ..FileConfig::default()
-    };
-    let file = FileRegistry::open(dir.path(), config.clone()).unwrap();
+    let config = FileRegistryConfig::default().durability(Durability::OsBuffered);
+    let file = FileRegistry::open(dir.path(), config.clone())
+        .await
+        .unwrap();
     let start = Instant::now();
     for i in 0..devices {
         file.create(&DeviceId::new(device_id(i)).unwrap(), document(i))
@@ -445,7 +444,9 @@ async fn bench_ours(devices: u64, params: &[(String, u64)]) -> (Ours, Vec<usize>
     ours.file_merge_per_s = merges.min(100_000) as f64 / start.elapsed().as_secs_f64();
     drop(file);
     let fsync_dir = tempfile::tempdir().unwrap();
-    let fsynced = FileRegistry::open(fsync_dir.path(), FileConfig::default()).unwrap();
+    let fsynced = FileRegistry::open(fsync_dir.path(), FileRegistryConfig::default())
+        .await
+        .unwrap();
     let sample = 2000;
     let start = Instant::now();
     for i in 0..sample {
@@ -462,12 +463,14 @@ async fn bench_ours(devices: u64, params: &[(String, u64)]) -> (Ours, Vec<usize>
     let mut reopens = Vec::new();
     for _ in 0..2 {
         let start = Instant::now();
-        let r = FileRegistry::open(dir.path(), config.clone()).unwrap();
+        let r = FileRegistry::open(dir.path(), config.clone())
+            .await
+            .unwrap();
         reopens.push(start.elapsed());
         drop(r);
     }
     let start = Instant::now();
-    let reopened = FileRegistry::open(dir.path(), config).unwrap();
+    let reopened = FileRegistry::open(dir.path(), config).await.unwrap();
     reopens.push(start.elapsed());
     eprintln!("file: reopen times {reopens:?}");
     reopens.sort();

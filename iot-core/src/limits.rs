@@ -6,6 +6,7 @@ use crate::record::Record;
 /// Limits every `Log` enforces on appends. The defaults suit device telemetry and leave room for
 /// bulk uploads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LogLimits {
     /// Largest single record ([`Record::size_bytes`]). Default 1 MiB.
     pub max_record_bytes: usize,
@@ -22,6 +23,28 @@ impl Default for LogLimits {
             max_batch_bytes: 16 * 1024 * 1024,
             max_batch_records: 100_000,
         }
+    }
+}
+
+/// Chainable setters: the struct is `non_exhaustive`, so callers outside this crate start from
+/// [`Default`] and change what they need.
+impl LogLimits {
+    /// Sets [`max_record_bytes`](Self::max_record_bytes).
+    pub fn max_record_bytes(mut self, max_record_bytes: usize) -> Self {
+        self.max_record_bytes = max_record_bytes;
+        self
+    }
+
+    /// Sets [`max_batch_bytes`](Self::max_batch_bytes).
+    pub fn max_batch_bytes(mut self, max_batch_bytes: usize) -> Self {
+        self.max_batch_bytes = max_batch_bytes;
+        self
+    }
+
+    /// Sets [`max_batch_records`](Self::max_batch_records).
+    pub fn max_batch_records(mut self, max_batch_records: usize) -> Self {
+        self.max_batch_records = max_batch_records;
+        self
     }
 }
 

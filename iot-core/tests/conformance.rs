@@ -93,11 +93,10 @@ async fn the_suite_notices_a_failing_log() {
 
 #[tokio::test]
 async fn memory_log_with_small_limits() {
-    let limits = LogLimits {
-        max_record_bytes: 4096,
-        max_batch_bytes: 16 * 1024,
-        max_batch_records: 50,
-    };
+    let limits = LogLimits::default()
+        .max_record_bytes(4096)
+        .max_batch_bytes(16 * 1024)
+        .max_batch_records(50);
     let log = MemoryLog::with_limits(2, limits).expect("log");
     testkit::invalid_input(&log, &limits).await;
 }
@@ -105,13 +104,11 @@ async fn memory_log_with_small_limits() {
 fn file_factory(root: &std::path::Path, durability: Durability) -> FileLogFactory {
     FileLogFactory {
         root: root.to_path_buf(),
-        config: FileLogConfig {
-            durability,
-            segment_bytes: SEGMENT_BYTES,
-            index_interval_bytes: 512,
-            limits: LogLimits::default(),
-            ..FileLogConfig::default()
-        },
+        config: FileLogConfig::default()
+            .durability(durability)
+            .segment_bytes(SEGMENT_BYTES)
+            .index_interval_bytes(512)
+            .limits(LogLimits::default()),
     }
 }
 
@@ -157,15 +154,11 @@ async fn file_log_interval() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_log_with_small_limits() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let limits = LogLimits {
-        max_record_bytes: 4096,
-        max_batch_bytes: 16 * 1024,
-        max_batch_records: 50,
-    };
-    let config = FileLogConfig {
-        limits,
-        ..FileLogConfig::with_partitions(2)
-    };
+    let limits = LogLimits::default()
+        .max_record_bytes(4096)
+        .max_batch_bytes(16 * 1024)
+        .max_batch_records(50);
+    let config = FileLogConfig::with_partitions(2).limits(limits);
     let log = FileLog::open(dir.path(), config).await.expect("open");
     testkit::invalid_input(&log, &limits).await;
 }

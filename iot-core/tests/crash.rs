@@ -19,13 +19,11 @@ const WRITERS: u64 = 6;
 const ROUNDS: usize = 24;
 
 fn config() -> FileLogConfig {
-    FileLogConfig {
-        partitions: 2,
-        durability: Durability::Fsync,
-        segment_bytes: 64 * 1024,
-        index_interval_bytes: 1024,
-        ..FileLogConfig::default()
-    }
+    FileLogConfig::default()
+        .partitions(2)
+        .durability(Durability::Fsync)
+        .segment_bytes(64 * 1024)
+        .index_interval_bytes(1024)
 }
 
 /// The payload of writer `key`'s record number `n`: self-describing and of varying length.

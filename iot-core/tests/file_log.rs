@@ -13,13 +13,11 @@ use iot_core::{
 const P0: PartitionId = PartitionId(0);
 
 fn config() -> FileLogConfig {
-    FileLogConfig {
-        partitions: 2,
-        durability: Durability::Fsync,
-        segment_bytes: 4096,
-        index_interval_bytes: 256,
-        ..FileLogConfig::default()
-    }
+    FileLogConfig::default()
+        .partitions(2)
+        .durability(Durability::Fsync)
+        .segment_bytes(4096)
+        .index_interval_bytes(256)
 }
 
 async fn read_everything(log: &FileLog, p: PartitionId) -> Vec<Record> {
@@ -105,10 +103,7 @@ async fn a_second_writer_is_refused_until_the_first_closes() {
 async fn partition_count_cannot_change() {
     let dir = tempfile::tempdir().expect("tempdir");
     drop(FileLog::open(dir.path(), config()).await.expect("open"));
-    let other = FileLogConfig {
-        partitions: 3,
-        ..config()
-    };
+    let other = config().partitions(3);
     let err = FileLog::open(dir.path(), other)
         .await
         .expect_err("must refuse");
@@ -120,18 +115,9 @@ async fn partition_count_cannot_change() {
 async fn nonsensical_configuration_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     for bad in [
-        FileLogConfig {
-            partitions: 0,
-            ..config()
-        },
-        FileLogConfig {
-            segment_bytes: 0,
-            ..config()
-        },
-        FileLogConfig {
-            durability: Durability::Interval(std::time::Duration::ZERO),
-            ..config()
-        },
+        config().partitions(0),
+        config().segment_bytes(0),
+        config().durability(Durability::Interval(std::time::Duration::ZERO)),
     ] {
         assert!(matches!(
             FileLog::open(dir.path(), bad).await,

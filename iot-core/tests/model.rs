@@ -80,13 +80,11 @@ fn expected_read(
 }
 
 fn file_config() -> FileLogConfig {
-    FileLogConfig {
-        partitions: PARTITIONS,
-        durability: Durability::OsBuffered,
-        segment_bytes: 2048,
-        index_interval_bytes: 200,
-        ..FileLogConfig::default()
-    }
+    FileLogConfig::default()
+        .partitions(PARTITIONS)
+        .durability(Durability::OsBuffered)
+        .segment_bytes(2048)
+        .index_interval_bytes(200)
 }
 
 async fn open(dir: Option<&Path>) -> Box<dyn Log> {

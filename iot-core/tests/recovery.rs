@@ -16,19 +16,14 @@ use iot_core::{
 const P0: PartitionId = PartitionId(0);
 
 fn config() -> FileLogConfig {
-    FileLogConfig {
-        partitions: 1,
-        segment_bytes: 1 << 20,
-        index_interval_bytes: 256,
-        ..FileLogConfig::default()
-    }
+    FileLogConfig::default()
+        .partitions(1)
+        .segment_bytes(1 << 20)
+        .index_interval_bytes(256)
 }
 
 fn repair_config() -> FileLogConfig {
-    FileLogConfig {
-        recovery: Recovery::Repair,
-        ..config()
-    }
+    config().recovery(Recovery::Repair)
 }
 
 fn segment_of(dir: &Path) -> PathBuf {

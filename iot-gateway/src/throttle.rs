@@ -35,6 +35,7 @@ impl Rate {
 
 /// Throttling limits; `None` means unlimited.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ThrottleConfig {
     /// Successful connects of one device.
     pub device_connects: Option<Rate>,
@@ -80,6 +81,70 @@ impl Default for ThrottleConfig {
             device_methods: Some(Rate::new(10.0, 100.0)),
             hub_methods: Some(Rate::new(1000.0, 10_000.0)),
         }
+    }
+}
+
+/// Chainable setters: the struct is `non_exhaustive`, so callers outside this crate start from
+/// [`Default`] and change what they need.
+impl ThrottleConfig {
+    /// Sets [`device_connects`](Self::device_connects).
+    pub fn device_connects(mut self, device_connects: Option<Rate>) -> Self {
+        self.device_connects = device_connects;
+        self
+    }
+
+    /// Sets [`hub_connects`](Self::hub_connects).
+    pub fn hub_connects(mut self, hub_connects: Option<Rate>) -> Self {
+        self.hub_connects = hub_connects;
+        self
+    }
+
+    /// Sets [`peer_failed_connects`](Self::peer_failed_connects).
+    pub fn peer_failed_connects(mut self, peer_failed_connects: Option<Rate>) -> Self {
+        self.peer_failed_connects = peer_failed_connects;
+        self
+    }
+
+    /// Sets [`hub_failed_connects`](Self::hub_failed_connects).
+    pub fn hub_failed_connects(mut self, hub_failed_connects: Option<Rate>) -> Self {
+        self.hub_failed_connects = hub_failed_connects;
+        self
+    }
+
+    /// Sets [`device_telemetry`](Self::device_telemetry).
+    pub fn device_telemetry(mut self, device_telemetry: Option<Rate>) -> Self {
+        self.device_telemetry = device_telemetry;
+        self
+    }
+
+    /// Sets [`hub_telemetry`](Self::hub_telemetry).
+    pub fn hub_telemetry(mut self, hub_telemetry: Option<Rate>) -> Self {
+        self.hub_telemetry = hub_telemetry;
+        self
+    }
+
+    /// Sets [`device_twin`](Self::device_twin).
+    pub fn device_twin(mut self, device_twin: Option<Rate>) -> Self {
+        self.device_twin = device_twin;
+        self
+    }
+
+    /// Sets [`hub_twin`](Self::hub_twin).
+    pub fn hub_twin(mut self, hub_twin: Option<Rate>) -> Self {
+        self.hub_twin = hub_twin;
+        self
+    }
+
+    /// Sets [`device_methods`](Self::device_methods).
+    pub fn device_methods(mut self, device_methods: Option<Rate>) -> Self {
+        self.device_methods = device_methods;
+        self
+    }
+
+    /// Sets [`hub_methods`](Self::hub_methods).
+    pub fn hub_methods(mut self, hub_methods: Option<Rate>) -> Self {
+        self.hub_methods = hub_methods;
+        self
     }
 }
 

@@ -6,18 +6,18 @@ use std::time::Duration;
 
 use iot_gateway::testkit::{self, Limits, StoreFixture};
 use iot_gateway::{Gateway, Hub, HubConfig, InboxLimits};
-use iot_identity::{FileIdentityStore, FileStoreOptions, IdentityStore, MemoryIdentityStore};
+use iot_identity::{
+    FileIdentityStore, FileIdentityStoreConfig, IdentityStore, MemoryIdentityStore,
+};
 
 const HOST: &str = "hub.test.local";
 
 fn config() -> HubConfig {
     let mut config = HubConfig::default();
     // Short enough for the lock-expiry check to wait for; small enough a count to exhaust.
-    config.inbox = InboxLimits {
-        lock_duration: Duration::from_millis(300),
-        max_delivery_count: 3,
-        ..InboxLimits::default()
-    };
+    config.inbox = InboxLimits::default()
+        .lock_duration(Duration::from_millis(300))
+        .max_delivery_count(3);
     config
 }
 
@@ -53,9 +53,12 @@ async fn hub_with_memory_stores() {
 async fn hub_with_file_stores() {
     let dir = tempfile::tempdir().expect("dir");
     let identity: Arc<dyn IdentityStore> = Arc::new(
-        FileIdentityStore::open(dir.path().join("identity"), FileStoreOptions::default())
-            .await
-            .expect("identity"),
+        FileIdentityStore::open(
+            dir.path().join("identity"),
+            FileIdentityStoreConfig::default(),
+        )
+        .await
+        .expect("identity"),
     );
     let hub = Hub::open_dir(dir.path().join("hub"), identity.clone(), HOST, config())
         .await

@@ -62,11 +62,9 @@ async fn records_of(log: &Arc<dyn Log>, key: &str) -> Vec<Record> {
 #[tokio::test]
 async fn telemetry_is_throttled_per_device_and_hub_wide() {
     let mut config = HubConfig::default();
-    config.throttle = ThrottleConfig {
-        device_telemetry: Some(Rate::new(0.0, 3.0)),
-        hub_telemetry: Some(Rate::new(0.0, 5.0)),
-        ..ThrottleConfig::unlimited()
-    };
+    config.throttle = ThrottleConfig::unlimited()
+        .device_telemetry(Some(Rate::new(0.0, 3.0)))
+        .hub_telemetry(Some(Rate::new(0.0, 5.0)));
     let (hub, fx) = hub_with(config).await;
     let (a, ta) = fx.provision("a").await;
     let (b, tb) = fx.provision("b").await;
@@ -113,11 +111,9 @@ async fn telemetry_is_throttled_per_device_and_hub_wide() {
 #[tokio::test]
 async fn connects_are_throttled() {
     let mut config = HubConfig::default();
-    config.throttle = ThrottleConfig {
-        device_connects: Some(Rate::new(0.0, 2.0)),
-        hub_connects: Some(Rate::new(0.0, 3.0)),
-        ..ThrottleConfig::unlimited()
-    };
+    config.throttle = ThrottleConfig::unlimited()
+        .device_connects(Some(Rate::new(0.0, 2.0)))
+        .hub_connects(Some(Rate::new(0.0, 3.0)));
     let (hub, fx) = hub_with(config).await;
     let (a, ta) = fx.provision("a").await;
     let (b, tb) = fx.provision("b").await;

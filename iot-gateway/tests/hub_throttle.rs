@@ -62,11 +62,11 @@ fn is_throttled(
 /// none, leave the device's own connect budget (burst 2, never refilled) untouched.
 #[tokio::test]
 async fn failed_connects_spend_nothing_of_the_named_device() {
-    let (hub, fx) = hub_with(ThrottleConfig {
-        device_connects: Some(Rate::new(0.0, 2.0)),
-        hub_connects: Some(Rate::new(0.0, 10.0)),
-        ..ThrottleConfig::unlimited()
-    })
+    let (hub, fx) = hub_with(
+        ThrottleConfig::unlimited()
+            .device_connects(Some(Rate::new(0.0, 2.0)))
+            .hub_connects(Some(Rate::new(0.0, 10.0))),
+    )
     .await;
     let (d1, token) = fx.provision("d1").await;
     let (_, stranger) = fx.provision("stranger").await;
@@ -100,11 +100,8 @@ async fn failed_connects_spend_nothing_of_the_named_device() {
 /// device. Other addresses are unaffected; IPv6 addresses count per /64.
 #[tokio::test]
 async fn failed_connects_are_charged_to_the_peer_address() {
-    let (hub, fx) = hub_with(ThrottleConfig {
-        peer_failed_connects: Some(Rate::new(0.0, 3.0)),
-        ..ThrottleConfig::unlimited()
-    })
-    .await;
+    let (hub, fx) =
+        hub_with(ThrottleConfig::unlimited().peer_failed_connects(Some(Rate::new(0.0, 3.0)))).await;
     let (d1, token) = fx.provision("d1").await;
     let (_, stranger) = fx.provision("stranger").await;
     let nobody: DeviceId = "no-such-device".parse().expect("id");
@@ -153,12 +150,12 @@ async fn failed_connects_are_charged_to_the_peer_address() {
 /// only addresses that failed recently are turned away before authentication.
 #[tokio::test]
 async fn hub_wide_failures_turn_away_repeat_offenders_only() {
-    let (hub, fx) = hub_with(ThrottleConfig {
-        hub_connects: Some(Rate::new(0.0, 3.0)),
-        peer_failed_connects: Some(Rate::new(0.0, 100.0)),
-        hub_failed_connects: Some(Rate::new(0.0, 5.0)),
-        ..ThrottleConfig::unlimited()
-    })
+    let (hub, fx) = hub_with(
+        ThrottleConfig::unlimited()
+            .hub_connects(Some(Rate::new(0.0, 3.0)))
+            .peer_failed_connects(Some(Rate::new(0.0, 100.0)))
+            .hub_failed_connects(Some(Rate::new(0.0, 5.0))),
+    )
     .await;
     let (_, stranger) = fx.provision("stranger").await;
     let nobody: DeviceId = "no-such-device".parse().expect("id");
@@ -193,11 +190,11 @@ async fn hub_wide_failures_turn_away_repeat_offenders_only() {
 /// reconnect; other devices have their own; the back end spends only the hub's.
 #[tokio::test]
 async fn twin_operations_are_throttled_per_device_and_hub_wide() {
-    let (hub, fx) = hub_with(ThrottleConfig {
-        device_twin: Some(Rate::new(0.0, 3.0)),
-        hub_twin: Some(Rate::new(0.0, 6.0)),
-        ..ThrottleConfig::unlimited()
-    })
+    let (hub, fx) = hub_with(
+        ThrottleConfig::unlimited()
+            .device_twin(Some(Rate::new(0.0, 3.0)))
+            .hub_twin(Some(Rate::new(0.0, 6.0))),
+    )
     .await;
     let (a, ta) = fx.provision("a").await;
     let (b, tb) = fx.provision("b").await;
@@ -249,11 +246,8 @@ async fn answer_one(session: &dyn DeviceSession) {
 /// Direct-method invocations of a device are throttled before anything is queued for it.
 #[tokio::test]
 async fn method_invocations_are_throttled_per_device() {
-    let (hub, fx) = hub_with(ThrottleConfig {
-        device_methods: Some(Rate::new(0.0, 2.0)),
-        ..ThrottleConfig::unlimited()
-    })
-    .await;
+    let (hub, fx) =
+        hub_with(ThrottleConfig::unlimited().device_methods(Some(Rate::new(0.0, 2.0)))).await;
     let (a, ta) = fx.provision("a").await;
     let (b, tb) = fx.provision("b").await;
     let sa: Arc<dyn DeviceSession> = attempt(&hub, &a, &ta, SessionOptions::default())

@@ -30,11 +30,13 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-const LIMITS: InboxLimits = InboxLimits {
-    max_depth: 5,
-    lock_duration: Duration::from_millis(50),
-    max_delivery_count: 3,
-};
+/// The limits under test (a function: the builder is not `const`).
+fn limits() -> InboxLimits {
+    InboxLimits::default()
+        .max_depth(5)
+        .lock_duration(Duration::from_millis(50))
+        .max_delivery_count(3)
+}
 
 /// The model: one device's queue as a plain list.
 #[derive(Default)]
@@ -67,7 +69,7 @@ impl Model {
     fn enqueue(&mut self, id: String, now: u64, ttl: u64) -> Result<Gone, ()> {
         let mut gone = Vec::new();
         self.purge(now, &mut gone);
-        if self.queue.len() >= LIMITS.max_depth {
+        if self.queue.len() >= limits().max_depth {
             return Err(());
         }
         self.next_seq += 1;
@@ -95,13 +97,13 @@ impl Model {
                 i += 1;
                 continue;
             }
-            if e.count >= LIMITS.max_delivery_count {
+            if e.count >= limits().max_delivery_count {
                 gone.push((e.id.clone(), FeedbackStatus::DeliveryCountExceeded));
                 self.queue.remove(i);
                 continue;
             }
             e.count += 1;
-            e.locked_until = Some(now + LIMITS.lock_duration.as_millis() as u64);
+            e.locked_until = Some(now + limits().lock_duration.as_millis() as u64);
             return (
                 Some(LockToken {
                     sequence: e.seq,
@@ -172,7 +174,7 @@ async fn run(ops: Vec<Op>, file: bool) {
                 n += 1;
                 let id = format!("m{n}");
                 let msg = InboxMessage::new(id.clone(), "x", t, Duration::from_millis(ttl_ms));
-                let got = store.enqueue(&device, msg, t, LIMITS).await;
+                let got = store.enqueue(&device, msg, t, limits()).await;
                 match (model.enqueue(id, now, ttl_ms), got) {
                     (Ok(gone), Ok((_, removed))) => assert_eq!(ids(&removed), gone),
                     (Err(()), Err(Error::QueueFull { .. })) => {}
@@ -182,7 +184,7 @@ async fn run(ops: Vec<Op>, file: bool) {
             Op::Lock => {
                 let LockOutcome {
                     locked, removed, ..
-                } = store.lock_next(&device, t, LIMITS).await.expect("lock");
+                } = store.lock_next(&device, t, limits()).await.expect("lock");
                 let (token, gone) = model.lock(now);
                 assert_eq!(locked.map(|l| l.token), token);
                 assert_eq!(ids(&removed), gone);

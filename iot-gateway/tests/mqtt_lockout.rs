@@ -119,11 +119,9 @@ async fn forged_connects_in_a_devices_name_do_not_lock_it_out() {
 /// authentication, for an existing device and an unknown one alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spent_address_is_refused_alike_for_every_device_id() {
-    let fx = start_with(ThrottleConfig {
-        peer_failed_connects: Some(Rate::new(0.0, 3.0)),
-        ..ThrottleConfig::unlimited()
-    })
-    .await;
+    let fx =
+        start_with(ThrottleConfig::unlimited().peer_failed_connects(Some(Rate::new(0.0, 3.0))))
+            .await;
     let device = fx.device("d1").await;
     let from = stranger(0);
     for _ in 0..3 {
@@ -205,11 +203,11 @@ async fn a_flood_of_forged_connects_never_keeps_the_device_out() {
 async fn a_hub_wide_flood_does_not_stop_other_devices() {
     const ADDRESSES: usize = 200;
     const PER_ADDRESS: usize = 5;
-    let fx = start_with(ThrottleConfig {
-        hub_connects: Some(Rate::new(0.0, 20.0)),
-        hub_failed_connects: Some(Rate::new(0.0, 100.0)),
-        ..ThrottleConfig::default()
-    })
+    let fx = start_with(
+        ThrottleConfig::default()
+            .hub_connects(Some(Rate::new(0.0, 20.0)))
+            .hub_failed_connects(Some(Rate::new(0.0, 100.0))),
+    )
     .await;
     let mut devices: Vec<Device> = Vec::new();
     for i in 0..10 {
@@ -258,11 +256,7 @@ async fn a_hub_wide_flood_does_not_stop_other_devices() {
 /// A throttled twin request is answered as IoT Hub does: status 429 on the response topic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_throttled_twin_request_is_answered_429() {
-    let fx = start_with(ThrottleConfig {
-        device_twin: Some(Rate::new(0.0, 2.0)),
-        ..ThrottleConfig::unlimited()
-    })
-    .await;
+    let fx = start_with(ThrottleConfig::unlimited().device_twin(Some(Rate::new(0.0, 2.0)))).await;
     let device = fx.device("chatty").await;
     let mut client = Client::connect_device(&device, fx.addr).await;
     client

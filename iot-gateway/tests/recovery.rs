@@ -32,11 +32,10 @@ fn device() -> DeviceId {
 }
 
 fn limits() -> InboxLimits {
-    InboxLimits {
-        max_depth: 1000,
-        lock_duration: Duration::from_secs(3600),
-        max_delivery_count: u32::MAX,
-    }
+    InboxLimits::default()
+        .max_depth(1000)
+        .lock_duration(Duration::from_secs(3600))
+        .max_delivery_count(u32::MAX)
 }
 
 fn now() -> Timestamp {

@@ -20,7 +20,7 @@ use iot_gateway::{
     SessionOptions, Subscription, Twin, TwinLimits, TwinStore,
 };
 use iot_identity::{
-    Credentials, FileIdentityStore, FileStoreOptions, IdentityStore, NewIdentity, Presented,
+    Credentials, FileIdentityStore, FileIdentityStoreConfig, IdentityStore, NewIdentity, Presented,
     SymmetricKey,
 };
 use serde_json::json;
@@ -41,7 +41,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 async fn open(dir: &Path) -> (Hub, Arc<dyn IdentityStore>) {
     let identity: Arc<dyn IdentityStore> = Arc::new(
-        FileIdentityStore::open(dir.join("identity"), FileStoreOptions::default())
+        FileIdentityStore::open(dir.join("identity"), FileIdentityStoreConfig::default())
             .await
             .expect("identity"),
     );
@@ -121,10 +121,12 @@ fn kill_9_keeps_inbox_locks_and_twins() {
     let dir = tempfile::tempdir().expect("dir");
     // Provision the devices, then close the identity store for the child.
     runtime().block_on(async {
-        let identity =
-            FileIdentityStore::open(dir.path().join("identity"), FileStoreOptions::default())
-                .await
-                .expect("identity");
+        let identity = FileIdentityStore::open(
+            dir.path().join("identity"),
+            FileIdentityStoreConfig::default(),
+        )
+        .await
+        .expect("identity");
         for name in ["dev-a", "dev-b"] {
             let key = SymmetricKey::generate();
             identity
@@ -212,11 +214,10 @@ fn kill_9_keeps_inbox_locks_and_twins() {
 const WRITER: CrashChild = CrashChild::new("writer_child", "IOT_GATEWAY_WRITER_CHILD_DIR");
 
 fn writer_limits() -> InboxLimits {
-    InboxLimits {
-        max_depth: 100_000,
-        lock_duration: Duration::from_secs(3600),
-        max_delivery_count: u32::MAX,
-    }
+    InboxLimits::default()
+        .max_depth(100_000)
+        .lock_duration(Duration::from_secs(3600))
+        .max_delivery_count(u32::MAX)
 }
 
 async fn open_stores(dir: &Path) -> (FileInbox, FileTwinStore) {

@@ -61,7 +61,7 @@ pub use credentials::{
     Credentials, KeySlot, PassphraseHash, PassphraseParams, SymmetricKey, Thumbprint,
 };
 pub use error::{Error, MalformedToken, Result};
-pub use file::{Durability, FileIdentityStore, FileStoreOptions, Recovery};
+pub use file::{Durability, FileIdentityStore, FileIdentityStoreConfig, Recovery};
 pub use identity::{
     ChangeKind, DeviceIdentity, DeviceStatus, ETag, GenerationId, IdentityChange, IdentityPage,
     NewIdentity,

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use iot_core::DeviceId;
 use iot_identity::testkit::{self, FaultMode, FaultPlan, FaultyIdentityStore, StoreFactory};
 use iot_identity::{
-    Credentials, Durability, Error, FileIdentityStore, FileStoreOptions, IdentityStore,
+    Credentials, Durability, Error, FileIdentityStore, FileIdentityStoreConfig, IdentityStore,
     MemoryIdentityStore, NewIdentity, Result,
 };
 use tempfile::TempDir;
@@ -16,7 +16,8 @@ use tempfile::TempDir;
 async fn file_store(durability: Durability) -> (TempDir, FileIdentityStore) {
     let dir = tempfile::tempdir().expect("temp dir");
     // A small threshold, so that the suite also runs across compactions.
-    let options = FileStoreOptions::with_durability(durability).compact_after_wal_bytes(4096);
+    let options =
+        FileIdentityStoreConfig::with_durability(durability).compact_after_wal_bytes(4096);
     let store = FileIdentityStore::open(dir.path(), options)
         .await
         .expect("open");
@@ -111,7 +112,7 @@ impl File {
 
     async fn open_store(&self) -> Result<FileIdentityStore> {
         let options =
-            FileStoreOptions::with_durability(self.durability).compact_after_wal_bytes(4096);
+            FileIdentityStoreConfig::with_durability(self.durability).compact_after_wal_bytes(4096);
         FileIdentityStore::open(self.dir.path(), options).await
     }
 }
@@ -229,7 +230,7 @@ async fn a_reopened_file_store_holds_exactly_what_was_written() {
     testkit::paged_listing(&store).await;
     let before = all(&store).await;
     drop(store);
-    let reopened = FileIdentityStore::open(dir.path(), FileStoreOptions::default())
+    let reopened = FileIdentityStore::open(dir.path(), FileIdentityStoreConfig::default())
         .await
         .expect("reopen");
     assert_eq!(all(&reopened).await, before);

@@ -11,16 +11,16 @@ use std::time::Duration;
 use iot_core::DeviceId;
 use iot_core::testkit::crash::{CrashChild, ack};
 use iot_identity::{
-    Credentials, DeviceStatus, Durability, FileIdentityStore, FileStoreOptions, IdentityStore,
-    NewIdentity,
+    Credentials, DeviceStatus, Durability, FileIdentityStore, FileIdentityStoreConfig,
+    IdentityStore, NewIdentity,
 };
 
 const CHILD: CrashChild = CrashChild::new("crash_child", "IOT_IDENTITY_CRASH_CHILD_DIR");
 const KILLS: usize = 25;
 
-fn options() -> FileStoreOptions {
+fn options() -> FileIdentityStoreConfig {
     // A tiny compaction threshold, so that kills also land inside compactions.
-    FileStoreOptions::with_durability(Durability::Fsync).compact_after_wal_bytes(8 * 1024)
+    FileIdentityStoreConfig::with_durability(Durability::Fsync).compact_after_wal_bytes(8 * 1024)
 }
 
 #[test]

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use iot_core::DeviceId;
 use iot_identity::{
-    Credentials, DeviceIdentity, DeviceStatus, ETag, Error, FileIdentityStore, FileStoreOptions,
-    IdentityStore, MemoryIdentityStore, NewIdentity,
+    Credentials, DeviceIdentity, DeviceStatus, ETag, Error, FileIdentityStore,
+    FileIdentityStoreConfig, IdentityStore, MemoryIdentityStore, NewIdentity,
 };
 use proptest::prelude::*;
 
@@ -79,7 +79,7 @@ fn outcome<T>(r: Result<T, Error>) -> (Outcome, Option<T>) {
 
 async fn run(ops: Vec<Op>, file: bool) {
     let dir = tempfile::tempdir().expect("dir");
-    let options = FileStoreOptions::default().compact_after_wal_bytes(1024);
+    let options = FileIdentityStoreConfig::default().compact_after_wal_bytes(1024);
     let open = || async {
         let s: Box<dyn IdentityStore> = if file {
             Box::new(

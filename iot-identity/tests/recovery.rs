@@ -9,7 +9,7 @@ use std::path::Path;
 use iot_core::DeviceId;
 use iot_core::storage::frame;
 use iot_identity::{
-    Credentials, DeviceStatus, Error, FileIdentityStore, FileStoreOptions, IdentityStore,
+    Credentials, DeviceStatus, Error, FileIdentityStore, FileIdentityStoreConfig, IdentityStore,
     NewIdentity, Recovery,
 };
 
@@ -20,8 +20,8 @@ fn id(s: &str) -> DeviceId {
     s.parse().expect("id")
 }
 
-fn options(recovery: Recovery) -> FileStoreOptions {
-    FileStoreOptions::default().recovery(recovery)
+fn options(recovery: Recovery) -> FileIdentityStoreConfig {
+    FileIdentityStoreConfig::default().recovery(recovery)
 }
 
 fn open(dir: &Path, recovery: Recovery) -> Result<FileIdentityStore, Error> {

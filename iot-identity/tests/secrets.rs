@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use iot_core::DeviceId;
 use iot_identity::{
-    Authenticator, Credentials, DeviceStatus, FileIdentityStore, FileStoreOptions, IdentityStore,
-    NewIdentity, PassphraseParams, Presented, SymmetricKey, sas,
+    Authenticator, Credentials, DeviceStatus, FileIdentityStore, FileIdentityStoreConfig,
+    IdentityStore, NewIdentity, PassphraseParams, Presented, SymmetricKey, sas,
 };
 
 const HOST: &str = "hub.example.net";
@@ -72,7 +72,7 @@ fn secrets_never_reach_debug_errors_or_tracing() {
             let dir = tempfile::tempdir().expect("dir");
             let file = FileIdentityStore::open(
                 dir.path(),
-                FileStoreOptions::default().compact_after_wal_bytes(1),
+                FileIdentityStoreConfig::default().compact_after_wal_bytes(1),
             )
             .await
             .expect("open");
@@ -123,7 +123,7 @@ fn secrets_never_reach_debug_errors_or_tracing() {
                 .expect("disable");
             drop(auth);
             drop(store);
-            let reopened = FileIdentityStore::open(dir.path(), FileStoreOptions::default())
+            let reopened = FileIdentityStore::open(dir.path(), FileIdentityStoreConfig::default())
                 .await
                 .expect("reopen");
             shown.push_str(&format!("{reopened:?}"));

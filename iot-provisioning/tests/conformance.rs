@@ -4,12 +4,14 @@
 
 use std::sync::Arc;
 
-use iot_identity::{FileIdentityStore, FileStoreOptions, IdentityStore, MemoryIdentityStore};
+use iot_identity::{
+    FileIdentityStore, FileIdentityStoreConfig, IdentityStore, MemoryIdentityStore,
+};
 use iot_provisioning::testkit::{
     self, FaultPlan, FaultyIdentityStore, FaultyJournal, FaultyRegistry,
 };
 use iot_provisioning::{FileJournal, FileJournalConfig, MemoryJournal, Provisioner, Provisioning};
-use iot_registry::{FileConfig, FileRegistry, MemoryRegistry, Registry};
+use iot_registry::{FileRegistry, FileRegistryConfig, MemoryRegistry, Registry};
 
 const HOST: &str = "hub.example.net";
 
@@ -34,12 +36,16 @@ async fn memory_stores() {
 #[tokio::test]
 async fn file_stores_and_file_journal() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let file_identity =
-        FileIdentityStore::open(dir.path().join("identity"), FileStoreOptions::default())
-            .await
-            .expect("identity store");
+    let file_identity = FileIdentityStore::open(
+        dir.path().join("identity"),
+        FileIdentityStoreConfig::default(),
+    )
+    .await
+    .expect("identity store");
     let file_registry =
-        FileRegistry::open(dir.path().join("registry"), FileConfig::default()).expect("registry");
+        FileRegistry::open(dir.path().join("registry"), FileRegistryConfig::default())
+            .await
+            .expect("registry");
     let identity: Arc<dyn IdentityStore> = Arc::new(file_identity.clone());
     let registry: Arc<dyn Registry> = Arc::new(file_registry.clone());
     let journal = Arc::new(

@@ -20,12 +20,12 @@ use std::time::Duration;
 
 use iot_core::DeviceId;
 use iot_core::testkit::crash::{CrashChild, ack};
-use iot_identity::{Durability, FileIdentityStore, FileStoreOptions, IdentityStore};
+use iot_identity::{Durability, FileIdentityStore, FileIdentityStoreConfig, IdentityStore};
 use iot_provisioning::testkit;
 use iot_provisioning::{
     BulkMode, FileJournal, FileJournalConfig, Journal, Provisioner, Provisioning, RegisterRequest,
 };
-use iot_registry::{FileConfig, FileRegistry, Registry};
+use iot_registry::{FileRegistry, FileRegistryConfig, Registry};
 use rand::Rng;
 use serde_json::json;
 
@@ -42,7 +42,7 @@ async fn open(dir: &Path) -> Opened {
     let identity: Arc<dyn IdentityStore> = Arc::new(
         FileIdentityStore::open(
             dir.join("identity"),
-            FileStoreOptions::with_durability(Durability::OsBuffered)
+            FileIdentityStoreConfig::with_durability(Durability::OsBuffered)
                 .compact_after_wal_bytes(16 * 1024),
         )
         .await
@@ -51,12 +51,11 @@ async fn open(dir: &Path) -> Opened {
     let registry: Arc<dyn Registry> = Arc::new(
         FileRegistry::open(
             dir.join("registry"),
-            FileConfig {
-                durability: iot_registry::Durability::OsBuffered,
-                compact_after_bytes: 16 * 1024,
-                ..FileConfig::default()
-            },
+            FileRegistryConfig::default()
+                .durability(iot_registry::Durability::OsBuffered)
+                .compact_after_bytes(16 * 1024),
         )
+        .await
         .expect("registry"),
     );
     let journal = Arc::new(

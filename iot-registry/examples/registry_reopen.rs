@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use iot_core::DeviceId;
-use iot_registry::{DeviceDocument, Durability, FileConfig, FileRegistry, Query, Registry};
+use iot_registry::{DeviceDocument, Durability, FileRegistry, FileRegistryConfig, Query, Registry};
 use serde_json::{Value, json};
 
 /// splitmix64, the generator of `registry_bench`, so the fleet is the same.
@@ -104,14 +104,11 @@ async fn main() {
     let dir: PathBuf = cli
         .dir
         .unwrap_or_else(|| std::env::temp_dir().join(format!("registry-reopen-{devices}")));
-    let config = FileConfig {
-        durability: Durability::OsBuffered,
-        ..FileConfig::default()
-    };
+    let config = FileRegistryConfig::default().durability(Durability::OsBuffered);
     let filled = dir.join("LOCK").exists();
     if !filled {
         let start = Instant::now();
-        let file = FileRegistry::open(&dir, config.clone()).unwrap();
+        let file = FileRegistry::open(&dir, config.clone()).await.unwrap();
         for i in 0..devices {
             let doc = DeviceDocument::with_metadata(metadata(i)).unwrap();
             file.create(&DeviceId::new(device_id(i)).unwrap(), doc)
@@ -138,7 +135,7 @@ async fn main() {
     for _ in 0..times {
         let cpu_before = cpu_seconds();
         let start = Instant::now();
-        let r = FileRegistry::open(&dir, config.clone()).unwrap();
+        let r = FileRegistry::open(&dir, config.clone()).await.unwrap();
         let s = start.elapsed().as_secs_f64();
         let c = cpu_seconds() - cpu_before;
         eprintln!(

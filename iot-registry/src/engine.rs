@@ -38,6 +38,7 @@ const BULK_LOG: usize = 8192;
 
 /// Settings shared by every registry implementation of this crate.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RegistryConfig {
     /// Size, depth and key limits of documents.
     pub limits: DocumentLimits,
@@ -55,6 +56,28 @@ impl Default for RegistryConfig {
             unindexed_paths: Vec::new(),
             max_page_size: 10_000,
         }
+    }
+}
+
+/// Chainable setters: the struct is `non_exhaustive`, so callers outside this crate start from
+/// [`Default`] and change what they need.
+impl RegistryConfig {
+    /// Sets [`limits`](Self::limits).
+    pub fn limits(mut self, limits: DocumentLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets [`unindexed_paths`](Self::unindexed_paths).
+    pub fn unindexed_paths(mut self, unindexed_paths: Vec<String>) -> Self {
+        self.unindexed_paths = unindexed_paths;
+        self
+    }
+
+    /// Sets [`max_page_size`](Self::max_page_size).
+    pub fn max_page_size(mut self, max_page_size: usize) -> Self {
+        self.max_page_size = max_page_size;
+        self
     }
 }
 

@@ -73,7 +73,7 @@ mod value;
 
 pub use engine::RegistryConfig;
 pub use error::{Error, QueryError, QueryErrorKind, Result};
-pub use file::{Durability, FileConfig, FileRegistry};
+pub use file::{Durability, FileRegistry, FileRegistryConfig};
 pub use limits::{DocumentLimits, MAX_SUPPORTED_DEPTH, QueryLimits};
 pub use memory::MemoryRegistry;
 pub use merge::merge_patch;

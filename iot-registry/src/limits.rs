@@ -16,6 +16,7 @@ pub use iot_core::json::depth_at_most;
 
 /// Limits every registry enforces on the documents written to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DocumentLimits {
     /// Largest document: compact JSON of `metadata` and `tags` together. Default 64 KiB.
     pub max_document_bytes: usize,
@@ -39,9 +40,38 @@ impl Default for DocumentLimits {
     }
 }
 
+/// Chainable setters: the struct is `non_exhaustive`, so callers outside this crate start from
+/// [`Default`] and change what they need.
+impl DocumentLimits {
+    /// Sets [`max_document_bytes`](Self::max_document_bytes).
+    pub fn max_document_bytes(mut self, max_document_bytes: usize) -> Self {
+        self.max_document_bytes = max_document_bytes;
+        self
+    }
+
+    /// Sets [`max_depth`](Self::max_depth).
+    pub fn max_depth(mut self, max_depth: usize) -> Self {
+        self.max_depth = max_depth;
+        self
+    }
+
+    /// Sets [`max_key_bytes`](Self::max_key_bytes).
+    pub fn max_key_bytes(mut self, max_key_bytes: usize) -> Self {
+        self.max_key_bytes = max_key_bytes;
+        self
+    }
+
+    /// Sets [`max_state_ref_bytes`](Self::max_state_ref_bytes).
+    pub fn max_state_ref_bytes(mut self, max_state_ref_bytes: usize) -> Self {
+        self.max_state_ref_bytes = max_state_ref_bytes;
+        self
+    }
+}
+
 /// Limits on query text, checked before any syntax tree is built, so that no query can exhaust
 /// the stack or the heap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct QueryLimits {
     /// Longest query text, in bytes. Default 64 KiB.
     pub max_query_bytes: usize,
@@ -60,6 +90,28 @@ impl Default for QueryLimits {
             max_tokens: 4096,
             max_nesting: 48,
         }
+    }
+}
+
+/// Chainable setters: the struct is `non_exhaustive`, so callers outside this crate start from
+/// [`Default`] and change what they need.
+impl QueryLimits {
+    /// Sets [`max_query_bytes`](Self::max_query_bytes).
+    pub fn max_query_bytes(mut self, max_query_bytes: usize) -> Self {
+        self.max_query_bytes = max_query_bytes;
+        self
+    }
+
+    /// Sets [`max_tokens`](Self::max_tokens).
+    pub fn max_tokens(mut self, max_tokens: usize) -> Self {
+        self.max_tokens = max_tokens;
+        self
+    }
+
+    /// Sets [`max_nesting`](Self::max_nesting).
+    pub fn max_nesting(mut self, max_nesting: usize) -> Self {
+        self.max_nesting = max_nesting;
+        self
     }
 }
 

@@ -9,15 +9,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use iot_registry::testkit::{self, FaultPlan, FaultyRegistry, RegistryFactory};
 use iot_registry::{
-    Durability, FileConfig, FileRegistry, MemoryRegistry, Registry, RegistryConfig, Result,
+    Durability, FileRegistry, FileRegistryConfig, MemoryRegistry, Registry, RegistryConfig, Result,
 };
 
 /// A limit below 1 MB so the 1 MB document check applies.
 fn config() -> RegistryConfig {
-    RegistryConfig {
-        limits: testkit::suite_limits(),
-        ..RegistryConfig::default()
-    }
+    RegistryConfig::default().limits(testkit::suite_limits())
 }
 
 /// Memory registries, optionally behind a fault wrapper whose plan only counts.
@@ -44,20 +41,20 @@ struct File {
 }
 
 impl File {
-    fn config(&self) -> FileConfig {
-        FileConfig {
-            registry: config(),
-            durability: self.durability,
-            compact_after_bytes: 16 * 1024,
-            ..FileConfig::default()
-        }
+    fn config(&self) -> FileRegistryConfig {
+        FileRegistryConfig::default()
+            .registry(config())
+            .durability(self.durability)
+            .compact_after_bytes(16 * 1024)
     }
 }
 
 #[async_trait]
 impl RegistryFactory for File {
     async fn open(&self) -> Result<Arc<dyn Registry>> {
-        Ok(Arc::new(FileRegistry::open(&self.dir, self.config())?))
+        Ok(Arc::new(
+            FileRegistry::open(&self.dir, self.config()).await?,
+        ))
     }
 
     async fn reopen(&self, previous: Arc<dyn Registry>) -> Option<Result<Arc<dyn Registry>>> {
@@ -87,12 +84,11 @@ async fn run_all_file_twice_over_one_directory() {
 }
 
 fn unindexed() -> RegistryConfig {
-    RegistryConfig {
-        unindexed_paths: ["deviceId", "stateRef", "metadata", "tags"]
+    config().unindexed_paths(
+        ["deviceId", "stateRef", "metadata", "tags"]
             .map(String::from)
             .to_vec(),
-        ..config()
-    }
+    )
 }
 
 /// Named registries under test.
@@ -102,14 +98,12 @@ type Named = Vec<(&'static str, Box<dyn Registry>)>;
 fn registries() -> (Named, Vec<tempfile::TempDir>) {
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let file = |dir: &tempfile::TempDir, durability, compact_after_bytes| {
-        FileRegistry::open(
+        FileRegistry::open_blocking(
             dir.path(),
-            FileConfig {
-                registry: config(),
-                durability,
-                compact_after_bytes,
-                ..FileConfig::default()
-            },
+            FileRegistryConfig::default()
+                .registry(config())
+                .durability(durability)
+                .compact_after_bytes(compact_after_bytes),
         )
         .unwrap()
     };

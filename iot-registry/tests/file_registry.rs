@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use iot_core::DeviceId;
 use iot_core::testkit::crash::{CrashChild, ack};
 use iot_registry::{
-    DeviceDocument, Durability, Error, FileConfig, FileRegistry, MemoryRegistry, Query, Registry,
-    RegistryConfig, RegistryExt,
+    DeviceDocument, Durability, Error, FileRegistry, FileRegistryConfig, MemoryRegistry, Query,
+    Registry, RegistryConfig, RegistryExt,
 };
 use serde_json::{Value, json};
 
@@ -20,13 +20,11 @@ fn doc(v: Value) -> DeviceDocument {
     DeviceDocument::with_metadata(v).unwrap()
 }
 
-fn config(durability: Durability, compact_after_bytes: u64) -> FileConfig {
-    FileConfig {
-        registry: RegistryConfig::default(),
-        durability,
-        compact_after_bytes,
-        ..FileConfig::default()
-    }
+fn config(durability: Durability, compact_after_bytes: u64) -> FileRegistryConfig {
+    FileRegistryConfig::default()
+        .registry(RegistryConfig::default())
+        .durability(durability)
+        .compact_after_bytes(compact_after_bytes)
 }
 
 async fn everything(r: &dyn Registry) -> Vec<iot_registry::DeviceRecord> {
@@ -42,7 +40,9 @@ async fn reopen_keeps_every_write_and_the_etag_counter() {
         let model = MemoryRegistry::new();
         let mut last_etag = None;
         {
-            let r = FileRegistry::open(dir.path(), config(Durability::Fsync, compact)).unwrap();
+            let r = FileRegistry::open(dir.path(), config(Durability::Fsync, compact))
+                .await
+                .unwrap();
             for i in 0..60 {
                 let d = id(&format!("d{}", i % 20));
                 let v = json!({"i": i, "name": format!("n{i}")});
@@ -62,11 +62,13 @@ async fn reopen_keeps_every_write_and_the_etag_counter() {
                 }
             }
             assert!(matches!(
-                FileRegistry::open(dir.path(), FileConfig::default()),
+                FileRegistry::open(dir.path(), FileRegistryConfig::default()).await,
                 Err(Error::Locked { .. })
             ));
         }
-        let r = FileRegistry::open(dir.path(), config(Durability::Fsync, compact)).unwrap();
+        let r = FileRegistry::open(dir.path(), config(Durability::Fsync, compact))
+            .await
+            .unwrap();
         let got = everything(&r).await;
         let want = everything(&model).await;
         assert_eq!(got.len(), want.len());
@@ -111,7 +113,9 @@ async fn reopen_keeps_every_write_and_the_etag_counter() {
 async fn damage_in_the_middle_of_the_log_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let r = FileRegistry::open(dir.path(), config(Durability::Fsync, u64::MAX)).unwrap();
+        let r = FileRegistry::open(dir.path(), config(Durability::Fsync, u64::MAX))
+            .await
+            .unwrap();
         for i in 0..10 {
             r.create(&id(&format!("d{i}")), doc(json!({"i": i})))
                 .await
@@ -127,7 +131,7 @@ async fn damage_in_the_middle_of_the_log_is_refused() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x55;
     std::fs::write(&wal, &bytes).unwrap();
-    match FileRegistry::open(dir.path(), FileConfig::default()) {
+    match FileRegistry::open(dir.path(), FileRegistryConfig::default()).await {
         Err(Error::Corrupt { .. }) => {}
         other => panic!("damaged log opened: {other:?}"),
     }
@@ -135,7 +139,9 @@ async fn damage_in_the_middle_of_the_log_is_refused() {
     bytes[middle] ^= 0x55;
     bytes.truncate(bytes.len() - 3);
     std::fs::write(&wal, &bytes).unwrap();
-    let r = FileRegistry::open(dir.path(), FileConfig::default()).unwrap();
+    let r = FileRegistry::open(dir.path(), FileRegistryConfig::default())
+        .await
+        .unwrap();
     assert_eq!(r.len(), 9);
 }
 
@@ -198,7 +204,9 @@ async fn crash_child_writer() {
         Durability::Fsync
     };
     // A small compaction threshold, so kills also land during snapshots.
-    let r = FileRegistry::open(dir.join("registry"), config(durability, 16 * 1024)).unwrap();
+    let r = FileRegistry::open(dir.join("registry"), config(durability, 16 * 1024))
+        .await
+        .unwrap();
     for n in start.. {
         apply_op(&r, n).await;
         ack(format!("ACK {n}"));
@@ -219,7 +227,9 @@ async fn killed_writers_lose_no_acknowledged_write() {
             .filter_map(|l| l.strip_prefix("ACK ")?.parse::<u64>().ok())
             .next_back();
 
-        let r = FileRegistry::open(&registry, FileConfig::default()).unwrap();
+        let r = FileRegistry::open(&registry, FileRegistryConfig::default())
+            .await
+            .unwrap();
         let got: BTreeMap<String, u64> = everything(&r)
             .await
             .into_iter()
@@ -253,14 +263,17 @@ async fn reopened_indexes_answer_like_the_live_ones() {
         let dir = tempfile::tempdir().unwrap();
         let mut before = Vec::new();
         {
-            let r =
-                FileRegistry::open(dir.path(), config(Durability::OsBuffered, compact)).unwrap();
+            let r = FileRegistry::open(dir.path(), config(Durability::OsBuffered, compact))
+                .await
+                .unwrap();
             iot_registry::testkit::queries_match_brute_force(&r).await;
             for text in iot_registry::testkit::SAMPLE_QUERIES {
                 before.push(r.query_all(&Query::parse(text).unwrap()).await.unwrap());
             }
         }
-        let r = FileRegistry::open(dir.path(), FileConfig::default()).unwrap();
+        let r = FileRegistry::open(dir.path(), FileRegistryConfig::default())
+            .await
+            .unwrap();
         for (text, expected) in iot_registry::testkit::SAMPLE_QUERIES.iter().zip(&before) {
             let got = r.query_all(&Query::parse(text).unwrap()).await.unwrap();
             assert_eq!(&got, expected, "{text}");

@@ -214,10 +214,7 @@ proptest! {
     ) {
         runtime().block_on(async {
             let indexed = MemoryRegistry::new();
-            let unindexed = MemoryRegistry::with_config(RegistryConfig {
-                unindexed_paths: vec!["metadata.g".into(), "tags".into(), "deviceId".into()],
-                ..RegistryConfig::default()
-            }).unwrap();
+            let unindexed = MemoryRegistry::with_config(RegistryConfig::default().unindexed_paths(vec!["metadata.g".into(), "tags".into(), "deviceId".into()])).unwrap();
             apply(&indexed, &ops).await;
             apply(&unindexed, &ops).await;
             let all = Query::parse("SELECT * FROM devices").unwrap();

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use iot_core::DeviceId;
 use iot_core::storage::Recovery;
 use iot_core::storage::frame::HEADER_LEN;
-use iot_registry::{DeviceDocument, Durability, Error, FileConfig, FileRegistry, Registry};
+use iot_registry::{DeviceDocument, Durability, Error, FileRegistry, FileRegistryConfig, Registry};
 use serde_json::json;
 
 fn id(i: usize) -> DeviceId {
@@ -52,7 +52,9 @@ fn reseal(bytes: &mut [u8], at: usize) {
 /// A registry with devices `0..n` created in its log (no snapshot); returns the log's path and
 /// frame starts.
 async fn logged(dir: &Path, n: usize) -> (PathBuf, Vec<usize>) {
-    let r = FileRegistry::open(dir, FileConfig::default()).unwrap();
+    let r = FileRegistry::open(dir, FileRegistryConfig::default())
+        .await
+        .unwrap();
     for i in 0..n {
         let doc = DeviceDocument::with_metadata(json!({"i": i, "list": [i]})).unwrap();
         r.create(&id(i), doc).await.unwrap();
@@ -74,11 +76,8 @@ async fn ids(r: &FileRegistry, n: usize) -> Vec<usize> {
     out
 }
 
-fn repair() -> FileConfig {
-    FileConfig {
-        recovery: Recovery::Repair,
-        ..FileConfig::default()
-    }
+fn repair() -> FileRegistryConfig {
+    FileRegistryConfig::default().recovery(Recovery::Repair)
 }
 
 #[tokio::test]
@@ -92,12 +91,16 @@ async fn a_torn_last_frame_is_cut_and_writes_continue() {
         .unwrap()
         .set_len(len - 7)
         .unwrap();
-    let r = FileRegistry::open(dir.path(), FileConfig::default()).unwrap();
+    let r = FileRegistry::open(dir.path(), FileRegistryConfig::default())
+        .await
+        .unwrap();
     assert_eq!(ids(&r, 5).await, [0, 1, 2, 3]);
     assert_eq!(std::fs::metadata(&wal).unwrap().len(), starts[4] as u64);
     r.create(&id(9), DeviceDocument::default()).await.unwrap();
     drop(r);
-    let r = FileRegistry::open(dir.path(), FileConfig::default()).unwrap();
+    let r = FileRegistry::open(dir.path(), FileRegistryConfig::default())
+        .await
+        .unwrap();
     assert_eq!(ids(&r, 10).await, [0, 1, 2, 3, 9]);
 }
 
@@ -114,7 +117,9 @@ async fn a_partly_written_header_followed_by_zeros_is_a_torn_tail() {
     }
     bytes.extend_from_slice(&[0; 512]);
     std::fs::write(&wal, &bytes).unwrap();
-    let r = FileRegistry::open(dir.path(), FileConfig::default()).unwrap();
+    let r = FileRegistry::open(dir.path(), FileRegistryConfig::default())
+        .await
+        .unwrap();
     assert_eq!(ids(&r, 4).await, [0, 1, 2]);
     assert_eq!(std::fs::metadata(&wal).unwrap().len(), last as u64);
 }
@@ -127,7 +132,7 @@ async fn a_flipped_byte_in_a_middle_frame_is_refused_and_repaired_only_when_aske
     bytes[starts[2] + HEADER_LEN + 3] ^= 0x01;
     std::fs::write(&wal, &bytes).unwrap();
 
-    match FileRegistry::open(dir.path(), FileConfig::default()) {
+    match FileRegistry::open(dir.path(), FileRegistryConfig::default()).await {
         Err(Error::Corrupt { path, position, .. }) => {
             assert_eq!(path, wal);
             assert_eq!(position, starts[2] as u64);
@@ -137,12 +142,14 @@ async fn a_flipped_byte_in_a_middle_frame_is_refused_and_repaired_only_when_aske
     // Refusing dropped nothing.
     assert_eq!(std::fs::read(&wal).unwrap(), bytes);
 
-    let r = FileRegistry::open(dir.path(), repair()).unwrap();
+    let r = FileRegistry::open(dir.path(), repair()).await.unwrap();
     assert_eq!(ids(&r, 6).await, [0, 1]);
     drop(r);
     // The repair cut the log durably: a strict open now succeeds with what was kept.
     assert_eq!(std::fs::metadata(&wal).unwrap().len(), starts[2] as u64);
-    let r = FileRegistry::open(dir.path(), FileConfig::default()).unwrap();
+    let r = FileRegistry::open(dir.path(), FileRegistryConfig::default())
+        .await
+        .unwrap();
     assert_eq!(ids(&r, 6).await, [0, 1]);
 }
 
@@ -157,7 +164,9 @@ async fn a_zero_filled_tail_is_cut() {
         .unwrap()
         .write_all(&[0; 4096])
         .unwrap();
-    let r = FileRegistry::open(dir.path(), FileConfig::default()).unwrap();
+    let r = FileRegistry::open(dir.path(), FileRegistryConfig::default())
+        .await
+        .unwrap();
     assert_eq!(ids(&r, 3).await, [0, 1, 2]);
     assert_eq!(std::fs::metadata(&wal).unwrap().len(), len);
 }
@@ -171,7 +180,7 @@ async fn checksummed_frames_claiming_huge_lengths_or_counts_are_typed_errors() {
     bytes[starts[1]..starts[1] + 4].copy_from_slice(&u32::MAX.to_le_bytes());
     reseal(&mut bytes, starts[1]);
     std::fs::write(&wal, &bytes).unwrap();
-    match FileRegistry::open(dir.path(), FileConfig::default()) {
+    match FileRegistry::open(dir.path(), FileRegistryConfig::default()).await {
         Err(Error::Corrupt { path, position, .. }) => {
             assert_eq!((path, position), (wal, starts[1] as u64));
         }
@@ -189,7 +198,7 @@ async fn checksummed_frames_claiming_huge_lengths_or_counts_are_typed_errors() {
     bytes[at + 1..at + 5].copy_from_slice(&u32::MAX.to_le_bytes());
     reseal(&mut bytes, starts[1]);
     std::fs::write(&wal, &bytes).unwrap();
-    match FileRegistry::open(dir.path(), FileConfig::default()) {
+    match FileRegistry::open(dir.path(), FileRegistryConfig::default()).await {
         Err(Error::Corrupt {
             position, reason, ..
         }) => {
@@ -202,7 +211,9 @@ async fn checksummed_frames_claiming_huge_lengths_or_counts_are_typed_errors() {
     // A snapshot header claiming u64::MAX records.
     let dir = tempfile::tempdir().unwrap();
     logged(dir.path(), 3).await;
-    let r = FileRegistry::open(dir.path(), FileConfig::default()).unwrap();
+    let r = FileRegistry::open(dir.path(), FileRegistryConfig::default())
+        .await
+        .unwrap();
     r.compact().await.unwrap();
     drop(r);
     let snapshot = file_in(dir.path(), "snapshot-");
@@ -213,7 +224,7 @@ async fn checksummed_frames_claiming_huge_lengths_or_counts_are_typed_errors() {
     reseal(&mut bytes, 0);
     std::fs::write(&snapshot, &bytes).unwrap();
     assert!(matches!(
-        FileRegistry::open(dir.path(), FileConfig::default()),
+        FileRegistry::open(dir.path(), FileRegistryConfig::default()).await,
         Err(Error::Corrupt { path, .. }) if path == snapshot
     ));
 }
@@ -221,11 +232,9 @@ async fn checksummed_frames_claiming_huge_lengths_or_counts_are_typed_errors() {
 #[tokio::test]
 async fn interval_durability_is_refused_with_the_alternatives() {
     let dir = tempfile::tempdir().unwrap();
-    let config = FileConfig {
-        durability: Durability::Interval(std::time::Duration::from_secs(1)),
-        ..FileConfig::default()
-    };
-    match FileRegistry::open(dir.path(), config) {
+    let config = FileRegistryConfig::default()
+        .durability(Durability::Interval(std::time::Duration::from_secs(1)));
+    match FileRegistry::open(dir.path(), config).await {
         Err(Error::Config { reason }) => assert!(reason.contains("Durability::Fsync"), "{reason}"),
         other => panic!("expected Config, got {other:?}"),
     }

@@ -36,6 +36,7 @@ pub const PROCESSED_SUFFIX: &str = ".processed";
 
 /// How a group runs.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct HostConfig {
     /// Where a group without a committed offset starts. Default: the earliest record.
     pub start_from: StartFrom,
@@ -65,6 +66,52 @@ impl Default for HostConfig {
             dead_letter_topic: "deadletter".into(),
             tick_interval: Duration::from_secs(1),
         }
+    }
+}
+
+/// Chainable setters: the struct is `non_exhaustive`, so callers outside this crate start from
+/// [`Default`] and change what they need.
+impl HostConfig {
+    /// Sets [`start_from`](Self::start_from).
+    pub fn start_from(mut self, start_from: StartFrom) -> Self {
+        self.start_from = start_from;
+        self
+    }
+
+    /// Sets [`read_limits`](Self::read_limits).
+    pub fn read_limits(mut self, read_limits: ReadLimits) -> Self {
+        self.read_limits = read_limits;
+        self
+    }
+
+    /// Sets [`max_attempts`](Self::max_attempts).
+    pub fn max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts;
+        self
+    }
+
+    /// Sets [`initial_backoff`](Self::initial_backoff).
+    pub fn initial_backoff(mut self, initial_backoff: Duration) -> Self {
+        self.initial_backoff = initial_backoff;
+        self
+    }
+
+    /// Sets [`max_backoff`](Self::max_backoff).
+    pub fn max_backoff(mut self, max_backoff: Duration) -> Self {
+        self.max_backoff = max_backoff;
+        self
+    }
+
+    /// Sets [`dead_letter_topic`](Self::dead_letter_topic).
+    pub fn dead_letter_topic(mut self, dead_letter_topic: impl Into<String>) -> Self {
+        self.dead_letter_topic = dead_letter_topic.into();
+        self
+    }
+
+    /// Sets [`tick_interval`](Self::tick_interval).
+    pub fn tick_interval(mut self, tick_interval: Duration) -> Self {
+        self.tick_interval = tick_interval;
+        self
     }
 }
 

@@ -26,11 +26,9 @@ const RECORDS: usize = 1500;
 const OUTPUTS: [&str; 2] = ["threshold", "anomalies"];
 
 fn host_config() -> HostConfig {
-    HostConfig {
-        read_limits: ReadLimits::records(5),
-        tick_interval: Duration::from_millis(20),
-        ..HostConfig::default()
-    }
+    HostConfig::default()
+        .read_limits(ReadLimits::records(5))
+        .tick_interval(Duration::from_millis(20))
 }
 
 /// Readings 53 ms apart (device time), mostly around 25, with a spike or a dip now and then.

@@ -42,10 +42,7 @@ async fn start(host: &ProcessorHost, rules: &RuleSet) -> RunningGroup {
         "telemetry",
         GroupName::new("clock").unwrap(),
         Arc::new(rules.processor("telemetry")),
-        HostConfig {
-            tick_interval: Duration::from_millis(20),
-            ..HostConfig::default()
-        },
+        HostConfig::default().tick_interval(Duration::from_millis(20)),
     )
     .await
     .unwrap()

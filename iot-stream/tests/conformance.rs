@@ -98,11 +98,9 @@ async fn file_store_buffered_compacting_every_write() {
     let dir = tempfile::tempdir().expect("tempdir");
     run_all(&Files {
         dir: dir.path().to_path_buf(),
-        config: FileStateStoreConfig {
-            durability: Durability::OsBuffered,
-            compact_after_bytes: 1,
-            ..FileStateStoreConfig::default()
-        },
+        config: FileStateStoreConfig::default()
+            .durability(Durability::OsBuffered)
+            .compact_after_bytes(1),
     })
     .await;
 }

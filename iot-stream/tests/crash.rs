@@ -25,10 +25,7 @@ const DEVICES: usize = 12;
 const RECORDS: usize = 1200;
 
 fn host_config() -> HostConfig {
-    HostConfig {
-        read_limits: ReadLimits::records(5),
-        ..HostConfig::default()
-    }
+    HostConfig::default().read_limits(ReadLimits::records(5))
 }
 
 /// The input: deltas touching a few fields, removals, and an occasional key frame.
@@ -94,11 +91,9 @@ fn crash_child() {
         let topics = Arc::new(common::file_topics(&dir));
         let store = FileStateStore::open(
             dir.join("state"),
-            FileStateStoreConfig {
-                durability: Durability::OsBuffered,
-                compact_after_bytes: 64 * 1024,
-                ..FileStateStoreConfig::default()
-            },
+            FileStateStoreConfig::default()
+                .durability(Durability::OsBuffered)
+                .compact_after_bytes(64 * 1024),
         )
         .await
         .unwrap();

@@ -272,11 +272,9 @@ fn run_model(ops: Vec<Op>, durable: bool) {
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
         // A small compaction threshold makes runs go through snapshots as well as journals.
-        let cfg = FileStateStoreConfig {
-            durability: Durability::OsBuffered,
-            compact_after_bytes: 2048,
-            ..FileStateStoreConfig::default()
-        };
+        let cfg = FileStateStoreConfig::default()
+            .durability(Durability::OsBuffered)
+            .compact_after_bytes(2048);
         let open = || async {
             if durable {
                 Box::new(FileStateStore::open(dir.path(), cfg.clone()).await.unwrap())

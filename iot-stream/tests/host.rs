@@ -63,12 +63,10 @@ fn factory(recorder: &Recorder) -> Arc<dyn ProcessorFactory> {
 }
 
 fn config() -> HostConfig {
-    HostConfig {
-        initial_backoff: Duration::from_millis(1),
-        max_backoff: Duration::from_millis(4),
-        read_limits: ReadLimits::records(7),
-        ..HostConfig::default()
-    }
+    HostConfig::default()
+        .initial_backoff(Duration::from_millis(1))
+        .max_backoff(Duration::from_millis(4))
+        .read_limits(ReadLimits::records(7))
 }
 
 async fn send(topics: &Topics, n: usize, prefix: &str) {
@@ -237,10 +235,7 @@ async fn tails_new_records_and_shuts_down_gracefully() {
 #[tokio::test]
 async fn refuses_a_bad_config() {
     let host = ProcessorHost::new(Arc::new(Topics::memory(1)));
-    let cfg = HostConfig {
-        max_attempts: 0,
-        ..HostConfig::default()
-    };
+    let cfg = HostConfig::default().max_attempts(0);
     let r = host
         .start(
             "telemetry",

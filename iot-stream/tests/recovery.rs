@@ -125,10 +125,7 @@ async fn a_flipped_byte_in_a_middle_frame_is_refused_and_repaired_only_when_aske
         Err(Error::Corrupt { .. })
     ));
 
-    let repair = FileStateStoreConfig {
-        recovery: Recovery::Repair,
-        ..FileStateStoreConfig::default()
-    };
+    let repair = FileStateStoreConfig::default().recovery(Recovery::Repair);
     assert_eq!(
         values(dir.path(), repair).await.unwrap(),
         Some(json!({"a": 1}))
@@ -244,10 +241,7 @@ async fn a_damaged_snapshot_is_refused_and_a_repair_of_it_lasts() {
         "{err}"
     );
 
-    let repair = FileStateStoreConfig {
-        recovery: Recovery::Repair,
-        ..FileStateStoreConfig::default()
-    };
+    let repair = FileStateStoreConfig::default().recovery(Recovery::Repair);
     let s = FileStateStore::open(dir.path(), repair).await.unwrap();
     assert_eq!(s.devices().await.unwrap().len(), 3);
     drop(s);
@@ -260,10 +254,9 @@ async fn a_damaged_snapshot_is_refused_and_a_repair_of_it_lasts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interval_durability_is_refused_with_the_alternatives() {
     let dir = tempfile::tempdir().unwrap();
-    let config = FileStateStoreConfig {
-        durability: iot_core::storage::Durability::Interval(std::time::Duration::from_secs(1)),
-        ..FileStateStoreConfig::default()
-    };
+    let config = FileStateStoreConfig::default().durability(
+        iot_core::storage::Durability::Interval(std::time::Duration::from_secs(1)),
+    );
     let err = FileStateStore::open(dir.path(), config).await.unwrap_err();
     assert!(err.to_string().contains("Durability::Fsync"), "{err}");
 }

@@ -27,11 +27,9 @@ const GROUP: &str = "windows";
 const OUTPUTS: [&str; 4] = ["tumbling", "hopping", "sliding", "session"];
 
 fn host_config() -> HostConfig {
-    HostConfig {
-        read_limits: ReadLimits::records(5),
-        tick_interval: Duration::from_millis(20),
-        ..HostConfig::default()
-    }
+    HostConfig::default()
+        .read_limits(ReadLimits::records(5))
+        .tick_interval(Duration::from_millis(20))
 }
 
 /// Readings of a few devices, in event-time order, 53 ms apart, with a 4 s pause after every

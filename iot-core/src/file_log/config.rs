@@ -6,6 +6,7 @@ use crate::storage::{Durability, Recovery};
 
 /// How to open or create a [`FileLog`](crate::FileLog).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FileLogConfig {
     /// Partition count. Used when the log is created; when it already exists it must match what is
     /// stored (changing it would move keys to other partitions). Default 4.
@@ -41,6 +42,46 @@ impl Default for FileLogConfig {
             limits: LogLimits::default(),
             recovery: Recovery::Strict,
         }
+    }
+}
+
+/// Chainable setters: the struct is `non_exhaustive`, so callers outside this crate start from
+/// [`Default`] and change what they need.
+impl FileLogConfig {
+    /// Sets [`partitions`](Self::partitions).
+    pub fn partitions(mut self, partitions: u32) -> Self {
+        self.partitions = partitions;
+        self
+    }
+
+    /// Sets [`durability`](Self::durability).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Sets [`segment_bytes`](Self::segment_bytes).
+    pub fn segment_bytes(mut self, segment_bytes: u64) -> Self {
+        self.segment_bytes = segment_bytes;
+        self
+    }
+
+    /// Sets [`index_interval_bytes`](Self::index_interval_bytes).
+    pub fn index_interval_bytes(mut self, index_interval_bytes: u64) -> Self {
+        self.index_interval_bytes = index_interval_bytes;
+        self
+    }
+
+    /// Sets [`limits`](Self::limits).
+    pub fn limits(mut self, limits: LogLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets [`recovery`](Self::recovery).
+    pub fn recovery(mut self, recovery: Recovery) -> Self {
+        self.recovery = recovery;
+        self
     }
 }
 

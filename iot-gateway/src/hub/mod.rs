@@ -213,10 +213,7 @@ impl Hub {
         let dir = dir.as_ref();
         let topics = Topics::file(
             dir.join("log"),
-            FileLogConfig {
-                partitions: config.partitions,
-                ..FileLogConfig::default()
-            },
+            FileLogConfig::default().partitions(config.partitions),
         );
         let inbox = FileInboxConfig::default().recovery(config.recovery);
         let inbox = FileInbox::open(dir.join("inbox"), inbox).await?;

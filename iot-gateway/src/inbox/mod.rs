@@ -221,6 +221,7 @@ pub enum Settlement {
 
 /// The inbox's limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct InboxLimits {
     /// Most messages queued per device. Default 50.
     pub max_depth: usize,
@@ -237,6 +238,28 @@ impl Default for InboxLimits {
             lock_duration: Duration::from_secs(60),
             max_delivery_count: 10,
         }
+    }
+}
+
+/// Chainable setters: the struct is `non_exhaustive`, so callers outside this crate start from
+/// [`Default`] and change what they need.
+impl InboxLimits {
+    /// Sets [`max_depth`](Self::max_depth).
+    pub fn max_depth(mut self, max_depth: usize) -> Self {
+        self.max_depth = max_depth;
+        self
+    }
+
+    /// Sets [`lock_duration`](Self::lock_duration).
+    pub fn lock_duration(mut self, lock_duration: Duration) -> Self {
+        self.lock_duration = lock_duration;
+        self
+    }
+
+    /// Sets [`max_delivery_count`](Self::max_delivery_count).
+    pub fn max_delivery_count(mut self, max_delivery_count: u32) -> Self {
+        self.max_delivery_count = max_delivery_count;
+        self
     }
 }
 

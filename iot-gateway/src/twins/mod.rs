@@ -55,6 +55,7 @@ impl Section {
 
 /// Limits on twin sections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TwinLimits {
     /// Largest section, serialized as JSON, in bytes. Default 32 KiB.
     pub max_section_bytes: usize,
@@ -68,6 +69,22 @@ impl Default for TwinLimits {
             max_section_bytes: 32 * 1024,
             max_depth: 10,
         }
+    }
+}
+
+/// Chainable setters: the struct is `non_exhaustive`, so callers outside this crate start from
+/// [`Default`] and change what they need.
+impl TwinLimits {
+    /// Sets [`max_section_bytes`](Self::max_section_bytes).
+    pub fn max_section_bytes(mut self, max_section_bytes: usize) -> Self {
+        self.max_section_bytes = max_section_bytes;
+        self
+    }
+
+    /// Sets [`max_depth`](Self::max_depth).
+    pub fn max_depth(mut self, max_depth: usize) -> Self {
+        self.max_depth = max_depth;
+        self
     }
 }
 

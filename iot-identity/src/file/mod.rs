@@ -16,7 +16,7 @@
 //! reader sees a write that may be lost. On open, the snapshot is loaded, log entries newer than
 //! it are replayed, and a torn tail is cut off by the kit's rule; corruption is refused unless the
 //! store is opened with [`Recovery::Repair`]. When the log outgrows the snapshot (and
-//! [`FileStoreOptions::compact_after_wal_bytes`]), a new snapshot is written atomically and then
+//! [`FileIdentityStoreConfig::compact_after_wal_bytes`]), a new snapshot is written atomically and then
 //! the log is replaced by an empty one; a crash between the two is harmless because replay skips
 //! entries the snapshot already holds.
 
@@ -48,16 +48,16 @@ const WAL_FILE: &str = "wal";
 /// How a [`FileIdentityStore`] behaves.
 ///
 /// ```
-/// use iot_identity::{Durability, FileStoreOptions, Recovery};
+/// use iot_identity::{Durability, FileIdentityStoreConfig, Recovery};
 ///
-/// let options = FileStoreOptions::with_durability(Durability::OsBuffered)
+/// let options = FileIdentityStoreConfig::with_durability(Durability::OsBuffered)
 ///     .compact_after_wal_bytes(1 << 20)
 ///     .recovery(Recovery::Strict);
 /// assert_eq!(options.change_capacity, 4096);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct FileStoreOptions {
+pub struct FileIdentityStoreConfig {
     /// When writes are acknowledged: [`Durability::Fsync`] (the default) or
     /// [`Durability::OsBuffered`] (survives `kill -9`, not power loss; for bulk loads, followed by
     /// [`FileIdentityStore::sync`]). [`Durability::Interval`] is refused at open.
@@ -73,9 +73,9 @@ pub struct FileStoreOptions {
     pub recovery: Recovery,
 }
 
-impl Default for FileStoreOptions {
+impl Default for FileIdentityStoreConfig {
     fn default() -> Self {
-        FileStoreOptions {
+        FileIdentityStoreConfig {
             durability: Durability::Fsync,
             compact_after_wal_bytes: 64 * 1024 * 1024,
             change_capacity: 4096,
@@ -84,10 +84,10 @@ impl Default for FileStoreOptions {
     }
 }
 
-impl FileStoreOptions {
+impl FileIdentityStoreConfig {
     /// The defaults with `durability`.
     pub fn with_durability(durability: Durability) -> Self {
-        FileStoreOptions {
+        FileIdentityStoreConfig {
             durability,
             ..Self::default()
         }
@@ -132,7 +132,7 @@ pub struct FileIdentityStore {
 #[derive(Debug)]
 struct Inner {
     dir: PathBuf,
-    options: FileStoreOptions,
+    options: FileIdentityStoreConfig,
     index: RwLock<Index>,
     writer: Mutex<Writer>,
     changes: ChangeSender,
@@ -157,14 +157,14 @@ enum WriteOp {
 
 impl FileIdentityStore {
     /// Opens (or creates) the store in `dir`, recovering from any crash, on the blocking pool.
-    pub async fn open(dir: impl AsRef<Path>, options: FileStoreOptions) -> Result<Self> {
+    pub async fn open(dir: impl AsRef<Path>, options: FileIdentityStoreConfig) -> Result<Self> {
         let dir = dir.as_ref().to_owned();
         run_blocking(move || Self::open_blocking(&dir, options)).await
     }
 
     /// [`open`](Self::open) on the calling thread.
     #[instrument(level = "info", skip_all, fields(dir = %dir.as_ref().display()))]
-    pub fn open_blocking(dir: impl AsRef<Path>, options: FileStoreOptions) -> Result<Self> {
+    pub fn open_blocking(dir: impl AsRef<Path>, options: FileIdentityStoreConfig) -> Result<Self> {
         let dir = dir.as_ref();
         if let Durability::Interval(_) = options.durability {
             return Err(Error::Config {

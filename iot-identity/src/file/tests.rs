@@ -11,7 +11,7 @@ fn id(s: &str) -> DeviceId {
 }
 
 fn open(dir: &Path) -> Result<FileIdentityStore> {
-    FileIdentityStore::open_blocking(dir, FileStoreOptions::default())
+    FileIdentityStore::open_blocking(dir, FileIdentityStoreConfig::default())
 }
 
 fn create(store: &FileIdentityStore, name: &str) {
@@ -109,7 +109,7 @@ fn damaged_snapshot_is_refused() {
 #[test]
 fn compaction_keeps_everything_and_crash_between_steps_is_harmless() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let options = FileStoreOptions::default().compact_after_wal_bytes(2_000);
+    let options = FileIdentityStoreConfig::default().compact_after_wal_bytes(2_000);
     let old_wal;
     {
         let store =
@@ -217,8 +217,9 @@ fn wal_length_is_tracked_and_garbage_at_the_end_is_cut_but_refused_before_a_fram
 #[test]
 fn interval_durability_is_refused_with_the_alternatives() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let options =
-        FileStoreOptions::with_durability(Durability::Interval(std::time::Duration::from_secs(1)));
+    let options = FileIdentityStoreConfig::with_durability(Durability::Interval(
+        std::time::Duration::from_secs(1),
+    ));
     match FileIdentityStore::open_blocking(dir.path(), options) {
         Err(Error::Config { reason }) => {
             assert!(reason.contains("Durability::Fsync") && reason.contains("OsBuffered"));

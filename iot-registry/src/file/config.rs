@@ -7,7 +7,8 @@ use crate::error::{Error, Result};
 
 /// Settings of a [`FileRegistry`](super::FileRegistry).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FileConfig {
+#[non_exhaustive]
+pub struct FileRegistryConfig {
     /// Limits, unindexed paths, page size.
     pub registry: RegistryConfig,
     /// When writes are acknowledged: [`Durability::Fsync`] (default) or
@@ -24,9 +25,9 @@ pub struct FileConfig {
     pub recovery: Recovery,
 }
 
-impl Default for FileConfig {
+impl Default for FileRegistryConfig {
     fn default() -> Self {
-        FileConfig {
+        FileRegistryConfig {
             registry: RegistryConfig::default(),
             durability: Durability::default(),
             compact_after_bytes: 64 * 1024 * 1024,
@@ -35,7 +36,35 @@ impl Default for FileConfig {
     }
 }
 
-impl FileConfig {
+/// Chainable setters: the struct is `non_exhaustive`, so callers outside this crate start from
+/// [`Default`] and change what they need.
+impl FileRegistryConfig {
+    /// Sets [`registry`](Self::registry).
+    pub fn registry(mut self, registry: RegistryConfig) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// Sets [`durability`](Self::durability).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Sets [`compact_after_bytes`](Self::compact_after_bytes).
+    pub fn compact_after_bytes(mut self, compact_after_bytes: u64) -> Self {
+        self.compact_after_bytes = compact_after_bytes;
+        self
+    }
+
+    /// Sets [`recovery`](Self::recovery).
+    pub fn recovery(mut self, recovery: Recovery) -> Self {
+        self.recovery = recovery;
+        self
+    }
+}
+
+impl FileRegistryConfig {
     pub(super) fn validate(&self) -> Result<()> {
         self.registry.validate()?;
         match self.durability {

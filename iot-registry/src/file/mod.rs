@@ -12,7 +12,7 @@
 //! kit's one rule: a torn tail of the log (a short, damaged or zero-filled end with no intact
 //! frame after it) is cut off; damage followed by intact data is refused with
 //! [`Error::Corrupt`] naming the file and position, unless
-//! [`FileConfig::recovery`] is [`Recovery::Repair`](iot_core::storage::Recovery::Repair). Damage
+//! [`FileRegistryConfig::recovery`] is [`Recovery::Repair`](iot_core::storage::Recovery::Repair). Damage
 //! in a snapshot's index section only makes open derive the indexes again from the records.
 //! Files of older generations are deleted.
 //!
@@ -47,7 +47,7 @@ use crate::query::Query;
 use crate::record::{DeviceDocument, DeviceRecord, ETag};
 use crate::registry::Registry;
 
-pub use config::FileConfig;
+pub use config::FileRegistryConfig;
 /// When a write counts as done: the storage kit's one durability type.
 pub use iot_core::storage::Durability;
 
@@ -61,7 +61,7 @@ pub struct FileRegistry {
 #[derive(Debug)]
 struct Shared {
     dir: PathBuf,
-    config: FileConfig,
+    config: FileRegistryConfig,
     engine: RwLock<Engine>,
     writer: Mutex<Writer>,
 }
@@ -88,11 +88,18 @@ fn wal_name(g: u64) -> String {
 
 impl FileRegistry {
     /// Opens (or creates) the registry in `dir`, recovering from any crash (see the module
-    /// docs). A second opener of the directory gets [`Error::Locked`]. This reads the whole
-    /// registry and blocks: from async code, call it through
-    /// [`run_blocking`] or `spawn_blocking`.
+    /// docs). A second opener of the directory gets [`Error::Locked`]. Opening reads the whole
+    /// registry, so it runs on the blocking pool ([`run_blocking`]); sync callers use
+    /// [`open_blocking`](Self::open_blocking).
+    pub async fn open(dir: impl AsRef<Path>, config: FileRegistryConfig) -> Result<Self> {
+        let dir = dir.as_ref().to_owned();
+        run_blocking(move || Self::open_blocking(dir, config)).await
+    }
+
+    /// [`open`](Self::open) on the calling thread, for callers without a runtime; it blocks
+    /// while it reads the whole registry.
     #[instrument(skip_all, fields(dir = %dir.as_ref().display()))]
-    pub fn open(dir: impl AsRef<Path>, config: FileConfig) -> Result<Self> {
+    pub fn open_blocking(dir: impl AsRef<Path>, config: FileRegistryConfig) -> Result<Self> {
         let dir = dir.as_ref().to_owned();
         config.validate()?;
         sfs::create_dir_durably(&dir)?;
@@ -143,7 +150,7 @@ impl FileRegistry {
     }
 
     /// Writes a snapshot of every record now and starts an empty log (normally done
-    /// automatically, see [`FileConfig::compact_after_bytes`]).
+    /// automatically, see [`FileRegistryConfig::compact_after_bytes`]).
     pub async fn compact(&self) -> Result<()> {
         let shared = self.shared.clone();
         run_blocking(move || {

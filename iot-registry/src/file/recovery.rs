@@ -7,7 +7,7 @@ use std::path::Path;
 use iot_core::storage::{StorageError, fs as sfs};
 use tracing::{info, warn};
 
-use super::config::FileConfig;
+use super::config::FileRegistryConfig;
 use super::snapshot::{Loaded, load_snapshot};
 use super::wal::read_wal;
 use super::{snapshot_name, wal_name};
@@ -26,7 +26,7 @@ pub(super) struct Recovered {
 }
 
 /// Recovers the registry in `dir` (which the caller has locked).
-pub(super) fn recover(dir: &Path, config: &FileConfig) -> Result<Recovered> {
+pub(super) fn recover(dir: &Path, config: &FileRegistryConfig) -> Result<Recovered> {
     let (snapshots, wals) = list_generations(dir)?;
     let generation = snapshots.iter().copied().max().unwrap_or(0);
     let mut engine = Engine::new(config.registry.clone())?;

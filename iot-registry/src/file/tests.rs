@@ -145,11 +145,12 @@ proptest::proptest! {
 async fn filled(dir: &Path, n: u64) -> FileRegistry {
     let registry = FileRegistry::open(
         dir,
-        FileConfig {
+        FileRegistryConfig {
             durability: Durability::OsBuffered,
-            ..FileConfig::default()
+            ..FileRegistryConfig::default()
         },
     )
+    .await
     .expect("opens");
     for i in 0..n {
         let doc =
@@ -191,7 +192,7 @@ async fn a_damaged_index_section_is_rebuilt_and_a_damaged_record_refused() {
         let mut bytes = pristine.clone();
         edit(&mut bytes);
         assert!(fs::write(&path, &bytes).is_ok());
-        FileRegistry::open(dir.path(), FileConfig::default())
+        FileRegistry::open_blocking(dir.path(), FileRegistryConfig::default())
     };
     for edit in [
         &(|b: &mut Vec<u8>| b[last_record_end + 20] ^= 0x40) as &dyn Fn(&mut Vec<u8>),
@@ -211,11 +212,11 @@ async fn a_damaged_index_section_is_rebuilt_and_a_damaged_record_refused() {
     );
     // Repair loads the records before the damaged one, and rewrites the snapshot so that the
     // next strict open succeeds.
-    let repaired = FileRegistry::open(
+    let repaired = FileRegistry::open_blocking(
         dir.path(),
-        FileConfig {
+        FileRegistryConfig {
             recovery: Recovery::Repair,
-            ..FileConfig::default()
+            ..FileRegistryConfig::default()
         },
     );
     assert!(
@@ -223,7 +224,7 @@ async fn a_damaged_index_section_is_rebuilt_and_a_damaged_record_refused() {
         "{repaired:?}"
     );
     drop(repaired);
-    let reopened = FileRegistry::open(dir.path(), FileConfig::default());
+    let reopened = FileRegistry::open_blocking(dir.path(), FileRegistryConfig::default());
     assert!(
         reopened
             .as_ref()
@@ -259,7 +260,7 @@ async fn a_sparse_registry_is_saved_densely() {
             l.section.as_ref().map(Option::is_some)
         ))
     );
-    let reopened = FileRegistry::open(dir.path(), FileConfig::default());
+    let reopened = FileRegistry::open(dir.path(), FileRegistryConfig::default()).await;
     assert!(
         reopened
             .as_ref()
@@ -281,7 +282,7 @@ async fn a_snapshot_cut_short_by_a_crash_is_ignored() {
     let snapshot = fs::read(dir.path().join(snapshot_name(1))).unwrap_or_default();
     let tmp = sfs::temp_path(&dir.path().join(snapshot_name(2)));
     assert!(fs::write(&tmp, &snapshot[..snapshot.len() / 2]).is_ok());
-    let reopened = FileRegistry::open(dir.path(), FileConfig::default());
+    let reopened = FileRegistry::open(dir.path(), FileRegistryConfig::default()).await;
     assert!(
         reopened
             .as_ref()
@@ -289,14 +290,14 @@ async fn a_snapshot_cut_short_by_a_crash_is_ignored() {
     );
     assert!(!tmp.exists());
     drop(reopened);
-    let config = FileConfig {
+    let config = FileRegistryConfig {
         registry: RegistryConfig {
             unindexed_paths: vec!["metadata.even".into()],
             ..RegistryConfig::default()
         },
-        ..FileConfig::default()
+        ..FileRegistryConfig::default()
     };
-    let reopened = FileRegistry::open(dir.path(), config);
+    let reopened = FileRegistry::open(dir.path(), config).await;
     assert!(
         reopened
             .as_ref()
@@ -317,7 +318,7 @@ fn snapshots_of_an_unknown_format_are_refused() {
     let path = dir.path().join(snapshot_name(1));
     write_file(&path, &[header(b"IOTREG09", 5, 0)]);
     let before = fs::read(&path).unwrap_or_default();
-    let result = FileRegistry::open(dir.path(), FileConfig::default());
+    let result = FileRegistry::open_blocking(dir.path(), FileRegistryConfig::default());
     assert!(
         matches!(&result, Err(Error::UnsupportedFormat { found, .. }) if found == "IOTREG09"),
         "{result:?}"
@@ -325,7 +326,7 @@ fn snapshots_of_an_unknown_format_are_refused() {
     assert_eq!(fs::read(&path).unwrap_or_default(), before);
     write_file(&path, &[header(b"NOTREG01", 5, 0)]);
     assert!(matches!(
-        FileRegistry::open(dir.path(), FileConfig::default()),
+        FileRegistry::open_blocking(dir.path(), FileRegistryConfig::default()),
         Err(Error::Corrupt { .. })
     ));
 }

@@ -14,10 +14,9 @@
 //! #[async_trait::async_trait]
 //! impl testkit::RegistryFactory for Memory {
 //!     async fn open(&self) -> Result<Arc<dyn Registry>> {
-//!         Ok(Arc::new(MemoryRegistry::with_config(RegistryConfig {
-//!             limits: testkit::suite_limits(),
-//!             ..RegistryConfig::default()
-//!         })?))
+//!         Ok(Arc::new(MemoryRegistry::with_config(
+//!             RegistryConfig::default().limits(testkit::suite_limits()),
+//!         )?))
 //!     }
 //! }
 //!

@@ -53,6 +53,7 @@ const MAX_FRAME: usize = 256 * 1024 * 1024;
 
 /// How a [`FileStateStore`] writes and recovers.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FileStateStoreConfig {
     /// When a write is acknowledged: [`Durability::Fsync`] (default) syncs the journal before
     /// each acknowledgement; [`Durability::OsBuffered`] survives a process crash, not a machine
@@ -74,6 +75,28 @@ impl Default for FileStateStoreConfig {
             compact_after_bytes: 64 * 1024 * 1024,
             recovery: Recovery::Strict,
         }
+    }
+}
+
+/// Chainable setters: the struct is `non_exhaustive`, so callers outside this crate start from
+/// [`Default`] and change what they need.
+impl FileStateStoreConfig {
+    /// Sets [`durability`](Self::durability).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Sets [`compact_after_bytes`](Self::compact_after_bytes).
+    pub fn compact_after_bytes(mut self, compact_after_bytes: u64) -> Self {
+        self.compact_after_bytes = compact_after_bytes;
+        self
+    }
+
+    /// Sets [`recovery`](Self::recovery).
+    pub fn recovery(mut self, recovery: Recovery) -> Self {
+        self.recovery = recovery;
+        self
     }
 }
 

@@ -24,11 +24,9 @@ pub const STARTED: &str = "started";
 /// The logs every crash test uses: two partitions, buffered (a SIGKILL loses nothing the kernel
 /// already has).
 pub fn log_config() -> FileLogConfig {
-    FileLogConfig {
-        partitions: 2,
-        durability: Durability::OsBuffered,
-        ..FileLogConfig::default()
-    }
+    FileLogConfig::default()
+        .partitions(2)
+        .durability(Durability::OsBuffered)
 }
 
 /// The file-backed topics under `dir`.

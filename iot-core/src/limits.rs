@@ -148,3 +148,25 @@ impl ReadLimits {
         Ok(())
     }
 }
+
+// The setters are the only way other crates can build these (`non_exhaustive`): each must set
+// its own field and nothing else. Values differ from the defaults and from each other, so a
+// setter that writes the wrong field leaves the expected one at its default and fails.
+#[cfg(test)]
+mod setter_tests {
+    use super::*;
+
+    #[test]
+    fn each_log_limits_setter_sets_its_own_field() {
+        let built = LogLimits::default()
+            .max_record_bytes(1)
+            .max_batch_bytes(2)
+            .max_batch_records(3);
+        let expected = LogLimits {
+            max_record_bytes: 1,
+            max_batch_bytes: 2,
+            max_batch_records: 3,
+        };
+        assert_eq!(built, expected);
+    }
+}

@@ -515,6 +515,37 @@ impl TelemetryThrottle {
 mod tests {
     use super::*;
 
+    // The setters are the only way other crates can build a ThrottleConfig (`non_exhaustive`):
+    // each must set its own field. Every value differs from the defaults and from the others.
+    #[test]
+    fn each_throttle_setter_sets_its_own_field() {
+        let r = |n: f64| Some(Rate::new(n, n + 0.5));
+        let built = ThrottleConfig::default()
+            .device_connects(r(1.5))
+            .hub_connects(r(2.5))
+            .peer_failed_connects(r(3.5))
+            .hub_failed_connects(r(4.5))
+            .device_telemetry(r(5.5))
+            .hub_telemetry(r(6.5))
+            .device_twin(r(7.5))
+            .hub_twin(r(8.5))
+            .device_methods(r(9.5))
+            .hub_methods(None);
+        let expected = ThrottleConfig {
+            device_connects: r(1.5),
+            hub_connects: r(2.5),
+            peer_failed_connects: r(3.5),
+            hub_failed_connects: r(4.5),
+            device_telemetry: r(5.5),
+            hub_telemetry: r(6.5),
+            device_twin: r(7.5),
+            hub_twin: r(8.5),
+            device_methods: r(9.5),
+            hub_methods: None,
+        };
+        assert_eq!(built, expected);
+    }
+
     #[test]
     fn bucket_allows_burst_then_refills() {
         let rate = Rate::new(10.0, 3.0);

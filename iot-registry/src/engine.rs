@@ -714,3 +714,26 @@ fn decode(stored: &Stored) -> Result<DeviceRecord> {
         reason: format!("record of {} unreadable: {reason}", stored.device_id()),
     })
 }
+
+// The setters are the only way other crates can build these (`non_exhaustive`): each must set
+// its own field and nothing else. Values differ from the defaults and from each other, so a
+// setter that writes the wrong field leaves the expected one at its default and fails.
+#[cfg(test)]
+mod setter_tests {
+    use super::*;
+
+    #[test]
+    fn each_registry_config_setter_sets_its_own_field() {
+        let limits = DocumentLimits::default().max_depth(3);
+        let built = RegistryConfig::default()
+            .limits(limits)
+            .unindexed_paths(vec!["tags".to_owned()])
+            .max_page_size(5);
+        let expected = RegistryConfig {
+            limits,
+            unindexed_paths: vec!["tags".to_owned()],
+            max_page_size: 5,
+        };
+        assert_eq!(built, expected);
+    }
+}

@@ -285,6 +285,34 @@ impl io::Write for SizeCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // The setters are the only way other crates can build these (`non_exhaustive`): each must
+    // set its own field. Every value differs from the defaults and from the others.
+    #[test]
+    fn each_limits_setter_sets_its_own_field() {
+        let built = DocumentLimits::default()
+            .max_document_bytes(1)
+            .max_depth(2)
+            .max_key_bytes(3)
+            .max_state_ref_bytes(4);
+        let expected = DocumentLimits {
+            max_document_bytes: 1,
+            max_depth: 2,
+            max_key_bytes: 3,
+            max_state_ref_bytes: 4,
+        };
+        assert_eq!(built, expected);
+        let built = QueryLimits::default()
+            .max_query_bytes(1)
+            .max_tokens(2)
+            .max_nesting(3);
+        let expected = QueryLimits {
+            max_query_bytes: 1,
+            max_tokens: 2,
+            max_nesting: 3,
+        };
+        assert_eq!(built, expected);
+    }
     use serde_json::json;
 
     fn doc(metadata: Value) -> DeviceDocument {

@@ -280,3 +280,38 @@ async fn reopened_indexes_answer_like_the_live_ones() {
         }
     }
 }
+
+/// `open` is async (the replay runs on the blocking pool) and `open_blocking` opens the same
+/// registry for callers without a runtime; the directory lock holds across the two.
+#[tokio::test]
+async fn async_open_and_open_blocking_share_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = id("async-open");
+    {
+        let r = FileRegistry::open(dir.path(), FileRegistryConfig::default())
+            .await
+            .unwrap();
+        r.create(&d, doc(json!({"k": 1}))).await.unwrap();
+        assert!(matches!(
+            FileRegistry::open_blocking(dir.path(), FileRegistryConfig::default()),
+            Err(Error::Locked { .. })
+        ));
+    }
+    let path = dir.path().to_owned();
+    let r = std::thread::spawn(move || {
+        FileRegistry::open_blocking(&path, FileRegistryConfig::default())
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    let record = r
+        .get(&d)
+        .await
+        .unwrap()
+        .expect("the write survived the reopen");
+    assert_eq!(Value::Object(record.metadata), json!({"k": 1}));
+    assert!(matches!(
+        FileRegistry::open(dir.path(), FileRegistryConfig::default()).await,
+        Err(Error::Locked { .. })
+    ));
+}

@@ -577,3 +577,34 @@ impl Worker {
         Ok(())
     }
 }
+
+// The setters are the only way other crates can build these (`non_exhaustive`): each must set
+// its own field and nothing else. Values differ from the defaults and from each other, so a
+// setter that writes the wrong field leaves the expected one at its default and fails.
+#[cfg(test)]
+mod setter_tests {
+    use super::*;
+
+    #[test]
+    fn each_setter_sets_its_own_field() {
+        let built = HostConfig::default()
+            .start_from(StartFrom::Latest)
+            .read_limits(ReadLimits::records(7))
+            .max_attempts(9)
+            .initial_backoff(Duration::from_millis(11))
+            .max_backoff(Duration::from_millis(13))
+            .dead_letter_topic("dl")
+            .tick_interval(Duration::from_millis(17));
+        let expected = HostConfig {
+            start_from: StartFrom::Latest,
+            read_limits: ReadLimits::records(7),
+            max_attempts: 9,
+            initial_backoff: Duration::from_millis(11),
+            max_backoff: Duration::from_millis(13),
+            dead_letter_topic: "dl".to_owned(),
+            tick_interval: Duration::from_millis(17),
+        };
+        // HostConfig has no PartialEq (nothing else needs it); its Debug output shows every field.
+        assert_eq!(format!("{built:?}"), format!("{expected:?}"));
+    }
+}

@@ -117,3 +117,36 @@ impl FileLogConfig {
         self.limits.validate()
     }
 }
+
+// The setters are the only way other crates can build these (`non_exhaustive`): each must set
+// its own field and nothing else. Values differ from the defaults and from each other, so a
+// setter that writes the wrong field leaves the expected one at its default and fails.
+#[cfg(test)]
+mod setter_tests {
+    use super::*;
+
+    #[test]
+    fn each_setter_sets_its_own_field() {
+        let limits = LogLimits::default().max_record_bytes(10);
+        let built = FileLogConfig::default()
+            .partitions(7)
+            .durability(Durability::OsBuffered)
+            .segment_bytes(1 << 20)
+            .index_interval_bytes(512)
+            .limits(limits)
+            .recovery(Recovery::Repair);
+        let expected = FileLogConfig {
+            partitions: 7,
+            durability: Durability::OsBuffered,
+            segment_bytes: 1 << 20,
+            index_interval_bytes: 512,
+            limits,
+            recovery: Recovery::Repair,
+        };
+        assert_eq!(built, expected);
+        assert_eq!(
+            FileLogConfig::default().partitions(7),
+            FileLogConfig::with_partitions(7)
+        );
+    }
+}

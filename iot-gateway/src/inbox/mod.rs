@@ -369,3 +369,25 @@ mod base64_bytes {
             .map_err(serde::de::Error::custom)
     }
 }
+
+// The setters are the only way other crates can build these (`non_exhaustive`): each must set
+// its own field and nothing else. Values differ from the defaults and from each other, so a
+// setter that writes the wrong field leaves the expected one at its default and fails.
+#[cfg(test)]
+mod setter_tests {
+    use super::*;
+
+    #[test]
+    fn each_setter_sets_its_own_field() {
+        let built = InboxLimits::default()
+            .max_depth(5)
+            .lock_duration(Duration::from_millis(1500))
+            .max_delivery_count(2);
+        let expected = InboxLimits {
+            max_depth: 5,
+            lock_duration: Duration::from_millis(1500),
+            max_delivery_count: 2,
+        };
+        assert_eq!(built, expected);
+    }
+}

@@ -141,3 +141,21 @@ macro_rules! forward_twins {
 
 forward_twins!(Arc);
 forward_twins!(Box);
+
+// The setters are the only way other crates can build these (`non_exhaustive`): each must set
+// its own field and nothing else. Values differ from the defaults and from each other, so a
+// setter that writes the wrong field leaves the expected one at its default and fails.
+#[cfg(test)]
+mod setter_tests {
+    use super::*;
+
+    #[test]
+    fn each_setter_sets_its_own_field() {
+        let built = TwinLimits::default().max_section_bytes(100).max_depth(3);
+        let expected = TwinLimits {
+            max_section_bytes: 100,
+            max_depth: 3,
+        };
+        assert_eq!(built, expected);
+    }
+}

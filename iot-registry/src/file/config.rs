@@ -78,3 +78,28 @@ impl FileRegistryConfig {
         }
     }
 }
+
+// The setters are the only way other crates can build these (`non_exhaustive`): each must set
+// its own field and nothing else. Values differ from the defaults and from each other, so a
+// setter that writes the wrong field leaves the expected one at its default and fails.
+#[cfg(test)]
+mod setter_tests {
+    use super::*;
+
+    #[test]
+    fn each_setter_sets_its_own_field() {
+        let registry = RegistryConfig::default().max_page_size(5);
+        let built = FileRegistryConfig::default()
+            .registry(registry.clone())
+            .durability(Durability::OsBuffered)
+            .compact_after_bytes(100)
+            .recovery(Recovery::Repair);
+        let expected = FileRegistryConfig {
+            registry,
+            durability: Durability::OsBuffered,
+            compact_after_bytes: 100,
+            recovery: Recovery::Repair,
+        };
+        assert_eq!(built, expected);
+    }
+}

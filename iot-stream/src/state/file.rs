@@ -542,3 +542,25 @@ impl StateStore for FileStateStore {
         Ok(self.data().devices())
     }
 }
+
+// The setters are the only way other crates can build these (`non_exhaustive`): each must set
+// its own field and nothing else. Values differ from the defaults and from each other, so a
+// setter that writes the wrong field leaves the expected one at its default and fails.
+#[cfg(test)]
+mod setter_tests {
+    use super::*;
+
+    #[test]
+    fn each_setter_sets_its_own_field() {
+        let built = FileStateStoreConfig::default()
+            .durability(Durability::OsBuffered)
+            .compact_after_bytes(100)
+            .recovery(Recovery::Repair);
+        let expected = FileStateStoreConfig {
+            durability: Durability::OsBuffered,
+            compact_after_bytes: 100,
+            recovery: Recovery::Repair,
+        };
+        assert_eq!(built, expected);
+    }
+}

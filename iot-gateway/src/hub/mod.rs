@@ -1,6 +1,7 @@
-//! `Hub`: the reference [`Gateway`] over a log, an identity store, an inbox and a twin store.
+//! `Hub`: the reference [`Gateway`](crate::Gateway) over a log, an identity store, an inbox and a twin store.
 
 mod config;
+mod gateway_impl;
 mod records;
 mod session;
 mod stamp;
@@ -11,33 +12,23 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use iot_core::{
-    DeviceId, FileLogConfig, Log, Offset, PartitionId, Producer, ReadLimits, Record, Timestamp,
-    Topics,
-};
+use iot_core::{DeviceId, FileLogConfig, Log, PartitionId, Producer, Record, Timestamp, Topics};
 use iot_identity::{
-    Authenticator, ChangeEvent, ChangeKind, ChangeStream, DeviceStatus, IdentityStore, Presented,
-    SasVerifier,
+    Authenticator, ChangeEvent, ChangeKind, ChangeStream, DeviceStatus, IdentityStore, SasVerifier,
 };
-use serde_json::Value;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, instrument, warn};
+use tracing::{info, warn};
 
 use crate::error::{CloseReason, Error, Result, ThrottledOperation};
-use crate::gateway::{DeviceSession, Gateway, SessionOptions};
-use crate::inbox::{FileInbox, FileInboxConfig, InboxMessage, InboxStore, MemoryInbox, Removed};
-use crate::message::{C2dMessage, C2dReceipt, Feedback};
-use crate::method::{MethodCall, MethodRequest, MethodResponse};
+use crate::inbox::{FileInbox, FileInboxConfig, InboxStore, MemoryInbox, Removed};
+use crate::method::MethodResponse;
 use crate::sync_util::lock;
 use crate::throttle::{ConnectThrottle, DeviceThrottle, TelemetryThrottle};
-use crate::twins::{DesiredPatch, Twin};
-use crate::twins::{FileTwinStore, FileTwinStoreConfig, MemoryTwinStore, Section, TwinStore};
-use crate::validate;
+use crate::twins::{FileTwinStore, FileTwinStoreConfig, MemoryTwinStore, TwinStore};
 
 pub use config::{HubConfig, topic};
-use session::{HubSession, SessionShared};
+use session::SessionShared;
 
 /// The reference gateway.
 ///
@@ -519,7 +510,7 @@ async fn sweep(hub: Weak<HubInner>) {
     }
 }
 
-fn check_method_name(name: &str) -> Result<()> {
+pub(super) fn check_method_name(name: &str) -> Result<()> {
     if name.is_empty()
         || name.len() > 128
         || !name
@@ -533,7 +524,7 @@ fn check_method_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_json(what: &'static str, payload: &[u8], limit: usize) -> Result<()> {
+pub(super) fn check_json(what: &'static str, payload: &[u8], limit: usize) -> Result<()> {
     if payload.len() > limit {
         return Err(Error::TooLarge {
             what,
@@ -546,272 +537,4 @@ fn check_json(what: &'static str, payload: &[u8], limit: usize) -> Result<()> {
             .map_err(|e| Error::invalid(format!("the {what} is not JSON: {e}")))?;
     }
     Ok(())
-}
-
-#[async_trait]
-impl Gateway for Hub {
-    #[instrument(level = "debug", skip_all, fields(device = %device))]
-    async fn connect(
-        &self,
-        device: &DeviceId,
-        credential: Presented<'_>,
-        options: SessionOptions,
-    ) -> Result<Box<dyn DeviceSession>> {
-        let hub = &self.inner;
-        if hub.shut.load(Ordering::SeqCst) {
-            return Err(Error::Shutdown);
-        }
-        if let Some(model) = &options.model_id {
-            validate::check_system(&[(crate::message::header::MODEL_ID, &options.model_id)])
-                .map_err(|_| {
-                    Error::invalid(format!(
-                        "the model id must be a property value (at most {} bytes, no control characters); got {} bytes",
-                        validate::MAX_PROPERTY_VALUE,
-                        model.len()
-                    ))
-                })?;
-        }
-        // Before authenticating, only the address's failure record counts: the device named
-        // may be anyone's claim. Its own budget is spent once it proved who it is.
-        hub.connect_throttle.admit(device, options.peer)?;
-        let auth_method = stamp::AuthMethod::of(&credential);
-        let who = match hub.auth.authenticate(device, credential).await {
-            Ok(who) => who,
-            Err(e) => {
-                let e = Error::from_auth(device, e);
-                if matches!(e, Error::Unauthorized { .. }) {
-                    hub.connect_throttle.failed(options.peer);
-                }
-                return Err(e);
-            }
-        };
-        hub.connect_throttle.take(device)?;
-        let shared = Arc::new(SessionShared::new(
-            hub.next_session.fetch_add(1, Ordering::Relaxed),
-            who,
-            auth_method,
-            options,
-            &hub.telemetry_throttle,
-            hub.config.token_skew,
-        ));
-        let old = lock(&hub.sessions).insert(device.clone(), shared.clone());
-        if let Some(old) = old {
-            hub.close_session(&old, CloseReason::TakenOver).await;
-        }
-        hub.events
-            .send(records::connection_event(device, "connected", None))
-            .await?;
-        // A change published between authentication and registration found no session to
-        // close: look again now that the session is visible.
-        hub.recheck(&shared).await;
-        hub.bump_sessions();
-        debug!(session = shared.id, "session opened");
-        Ok(Box::new(HubSession::new(self.inner.clone(), shared)))
-    }
-
-    #[instrument(level = "debug", skip_all, fields(device = %device))]
-    async fn send_c2d(&self, device: &DeviceId, message: C2dMessage) -> Result<C2dReceipt> {
-        let hub = &self.inner;
-        hub.require_device(device).await?;
-        let ttl = message.ttl.unwrap_or(hub.config.c2d_default_ttl);
-        if ttl.is_zero() || ttl > hub.config.c2d_max_ttl {
-            return Err(Error::invalid(format!(
-                "a C2D time to live is between 1 ms and {:?}, got {ttl:?}",
-                hub.config.c2d_max_ttl
-            )));
-        }
-        let system = validate::check_system(&[
-            (crate::message::header::MESSAGE_ID, &message.message_id),
-            (
-                crate::message::header::CORRELATION_ID,
-                &message.correlation_id,
-            ),
-            (crate::message::header::CONTENT_TYPE, &message.content_type),
-            (
-                crate::message::header::CONTENT_ENCODING,
-                &message.content_encoding,
-            ),
-        ])?;
-        let size =
-            message.payload.len() + system + validate::check_properties(&message.properties)?;
-        if size > hub.config.max_message_bytes {
-            return Err(Error::TooLarge {
-                what: "C2D message",
-                size,
-                limit: hub.config.max_message_bytes,
-            });
-        }
-        let now = Timestamp::now();
-        let message_id = message
-            .message_id
-            .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
-        let mut stored = InboxMessage::new(message_id.clone(), message.payload, now, ttl);
-        stored.correlation_id = message.correlation_id;
-        stored.content_type = message.content_type;
-        stored.content_encoding = message.content_encoding;
-        stored.properties = message.properties;
-        stored.ack = message.ack;
-        let expires_at = stored.expires_at;
-        let (_, removed) = hub
-            .inbox
-            .enqueue(device, stored, now, hub.config.inbox)
-            .await?;
-        hub.report(&removed).await?;
-        if let Some(s) = hub.session_of(device) {
-            s.wake();
-        }
-        Ok(C2dReceipt {
-            message_id,
-            expires_at,
-        })
-    }
-
-    async fn read_feedback(&self, from: u64, max: usize) -> Result<Vec<Feedback>> {
-        let log = &self.inner.feedback;
-        let p = PartitionId(0);
-        let (earliest, next) = (log.earliest_offset(p).await?, log.next_offset(p).await?);
-        let from = Offset(from.max(earliest.0));
-        if from >= next || max == 0 {
-            return Ok(Vec::new());
-        }
-        let records = log.read(p, from, ReadLimits::records(max)).await?;
-        Ok(records
-            .iter()
-            .filter_map(|r| records::decode_feedback(r.offset.0, &r.record.payload))
-            .collect())
-    }
-
-    async fn get_twin(&self, device: &DeviceId) -> Result<Twin> {
-        let hub = &self.inner;
-        hub.require_device(device).await?;
-        hub.twin_throttle.take_hub(device)?;
-        hub.twins.get(device).await
-    }
-
-    #[instrument(level = "debug", skip_all, fields(device = %device))]
-    async fn patch_desired(
-        &self,
-        device: &DeviceId,
-        patch: Value,
-        if_version: Option<u64>,
-    ) -> Result<Twin> {
-        let hub = &self.inner;
-        hub.require_device(device).await?;
-        hub.twin_throttle.take_hub(device)?;
-        let _order = hub.desired_lock.lock().await;
-        let twin = hub
-            .twins
-            .patch(
-                device,
-                Section::Desired,
-                &patch,
-                if_version,
-                hub.config.twin,
-            )
-            .await?;
-        let version = twin.desired.version;
-        hub.twin_changes
-            .send(records::twin_change(device, "desired", version, &patch))
-            .await?;
-        if let Some(s) = hub.session_of(device) {
-            s.push_desired(
-                DesiredPatch {
-                    version,
-                    patch,
-                    full_document: false,
-                },
-                hub.config.desired_queue,
-            );
-        }
-        Ok(twin)
-    }
-
-    #[instrument(level = "debug", skip_all, fields(device = %device, method = %call.name))]
-    async fn invoke_method(&self, device: &DeviceId, call: MethodCall) -> Result<MethodResponse> {
-        let hub = &self.inner;
-        check_method_name(&call.name)?;
-        check_json(
-            "method payload",
-            &call.payload,
-            hub.config.max_method_payload,
-        )?;
-        let max = hub.config.max_method_timeout;
-        if call.response_timeout.is_zero()
-            || call.response_timeout > max
-            || call.connect_timeout > max
-        {
-            return Err(Error::invalid(format!(
-                "method timeouts are at most {max:?} and the response timeout is positive"
-            )));
-        }
-        hub.require_device(device).await?;
-        // Charged before waiting, so that calls queued for an offline device count too.
-        hub.method_throttle.take(device)?;
-        // Wait (up to the connect timeout) for a session that takes method requests.
-        let deadline = tokio::time::Instant::now() + call.connect_timeout;
-        let mut changed = hub.sessions_changed.subscribe();
-        let session = loop {
-            changed.borrow_and_update();
-            if let Some(s) = hub.session_of(device).filter(|s| s.takes_methods()) {
-                break s;
-            }
-            match tokio::time::timeout_at(deadline, changed.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => {
-                    return Err(Error::DeviceOffline {
-                        device: device.clone(),
-                    });
-                }
-            }
-        };
-        let request_id = hub.next_request.fetch_add(1, Ordering::Relaxed);
-        let (reply, answer) = oneshot::channel();
-        // However this call ends (answer, timeout, or the caller dropping it), the request is
-        // forgotten, so that abandoned calls cannot pile up for a device that never answers.
-        let _forget = ForgetMethod {
-            hub,
-            session: &session,
-            request_id,
-        };
-        lock(&hub.methods).insert(
-            request_id,
-            PendingMethod {
-                device: device.clone(),
-                session: session.id,
-                reply,
-            },
-        );
-        let request = MethodRequest {
-            request_id,
-            name: call.name,
-            payload: call.payload,
-        };
-        if let Err(e) = session.push_method(request, hub.config.method_queue) {
-            lock(&hub.methods).remove(&request_id);
-            return Err(e);
-        }
-        match tokio::time::timeout(call.response_timeout, answer).await {
-            // The answer, or why the device's answer was refused.
-            Ok(Ok(answer)) => answer,
-            // The session closed before answering.
-            Ok(Err(_)) => Err(Error::DeviceOffline {
-                device: device.clone(),
-            }),
-            Err(_) => {
-                lock(&hub.methods).remove(&request_id);
-                session.forget_method(request_id);
-                Err(Error::TimedOut {
-                    device: device.clone(),
-                    operation: "method response",
-                    after: call.response_timeout,
-                })
-            }
-        }
-    }
-
-    async fn connected_devices(&self) -> Result<Vec<DeviceId>> {
-        let mut devices: Vec<_> = lock(&self.inner.sessions).keys().cloned().collect();
-        devices.sort();
-        Ok(devices)
-    }
 }

@@ -219,7 +219,7 @@ mod tests {
 
     fn record(credentials: Credentials, status: DeviceStatus) -> Mutation {
         Mutation::Put(Arc::new(DeviceIdentity {
-            id: DeviceId::new("dev-1:(x)").unwrap_or_else(|e| panic!("{e}")),
+            id: DeviceId::new("dev-1:(x)").unwrap(),
             generation_id: GenerationId(42),
             etag: ETag(7),
             status,
@@ -233,13 +233,12 @@ mod tests {
     fn round_trip(m: &Mutation) -> Mutation {
         let mut payload = Vec::new();
         encode(m, &mut payload);
-        decode(&payload).unwrap_or_else(|e| panic!("{e}"))
+        decode(&payload).unwrap()
     }
 
     #[test]
     fn every_kind_round_trips() {
-        let hash = PassphraseHash::hash("pw", &PassphraseParams::INSECURE_FOR_TESTS)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let hash = PassphraseHash::hash("pw", &PassphraseParams::INSECURE_FOR_TESTS).unwrap();
         let t = Thumbprint::of_der_certificate(b"c");
         for m in [
             record(Credentials::None, DeviceStatus::Enabled),
@@ -263,7 +262,7 @@ mod tests {
             }
         }
         let del = Mutation::Delete {
-            id: DeviceId::new("x").unwrap_or_else(|e| panic!("{e}")),
+            id: DeviceId::new("x").unwrap(),
             seq: 9,
         };
         assert!(matches!(round_trip(&del), Mutation::Delete { seq: 9, .. }));

@@ -233,11 +233,11 @@ mod tests {
     fn index_of(n: usize) -> Index {
         let mut index = Index::default();
         for i in 0..n {
-            let id = DeviceId::new(format!("device-{i}")).unwrap_or_else(|e| panic!("{e}"));
+            let id = DeviceId::new(format!("device-{i}")).unwrap();
             let new = NewIdentity::new(id, Credentials::generate_symmetric_keys());
             let plan = index
                 .plan_create(new, Timestamp::from_unix_micros(1))
-                .unwrap_or_else(|e| panic!("{e}"));
+                .unwrap();
             index.apply(plan.mutation());
         }
         index
@@ -252,10 +252,10 @@ mod tests {
 
     #[test]
     fn frames_split_across_chunks_load_and_damage_is_found_in_any_chunking() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("snapshot");
         let index = index_of(40);
-        let len = write(&path, &index).unwrap_or_else(|e| panic!("{e}"));
+        let len = write(&path, &index).unwrap();
         for chunk in [1, 5, 12, 97, 1000, CHUNK] {
             let mut loaded = Index::default();
             let read = load_in_chunks(&path, &mut loaded, chunk)
@@ -264,11 +264,11 @@ mod tests {
             assert_eq!(ids(&loaded), ids(&index), "chunk {chunk}");
             assert_eq!(loaded.last_seq(), index.last_seq());
         }
-        let good = std::fs::read(&path).unwrap_or_else(|e| panic!("{e}"));
+        let good = std::fs::read(&path).unwrap();
         let middle = good.len() / 2;
         let mut bad = good.clone();
         bad[middle] ^= 0x10;
-        std::fs::write(&path, &bad).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&path, &bad).unwrap();
         for chunk in [1, 5, 97, CHUNK] {
             let result = load_in_chunks(&path, &mut Index::default(), chunk);
             assert!(

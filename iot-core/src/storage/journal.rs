@@ -138,13 +138,9 @@ impl Journal {
         state: &mut S,
         config: JournalConfig,
     ) -> StorageResult<Journal> {
-        if let Durability::Interval(_) = config.durability {
-            return Err(StorageError::Config {
-                reason: "journal stores do not offer Durability::Interval; use Durability::Fsync \
-                         (nothing acknowledged is lost) or Durability::OsBuffered (survives a process crash)"
-                    .into(),
-            });
-        }
+        config
+            .durability
+            .require_no_background_sync("a journal store")?;
         fs::create_dir_durably(dir)?;
         let lock = DirLock::acquire(dir)?;
         let snapshot_path = dir.join(SNAPSHOT_FILE);

@@ -166,14 +166,9 @@ impl FileIdentityStore {
     #[instrument(level = "info", skip_all, fields(dir = %dir.as_ref().display()))]
     pub fn open_blocking(dir: impl AsRef<Path>, options: FileIdentityStoreConfig) -> Result<Self> {
         let dir = dir.as_ref();
-        if let Durability::Interval(_) = options.durability {
-            return Err(Error::Config {
-                reason: "the identity store does not offer Durability::Interval; use \
-                         Durability::Fsync (nothing acknowledged is lost) or Durability::OsBuffered \
-                         (survives a process crash; call FileIdentityStore::sync to make writes durable)"
-                    .into(),
-            });
-        }
+        options.durability.require_no_background_sync(
+            "FileIdentityStore (call FileIdentityStore::sync to make OsBuffered writes durable)",
+        )?;
         fs::create_dir_durably(dir)?;
         let lock = DirLock::acquire(dir)?;
         for file in [SNAPSHOT_FILE, WAL_FILE] {

@@ -3,7 +3,7 @@
 use iot_core::storage::{Durability, Recovery};
 
 use crate::engine::RegistryConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Settings of a [`FileRegistry`](super::FileRegistry).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,15 +67,7 @@ impl FileRegistryConfig {
 impl FileRegistryConfig {
     pub(super) fn validate(&self) -> Result<()> {
         self.registry.validate()?;
-        match self.durability {
-            Durability::Fsync | Durability::OsBuffered => Ok(()),
-            other => Err(Error::Config {
-                reason: format!(
-                    "FileRegistry does not support {other:?} (it has no background sync task); \
-                     use Durability::Fsync or Durability::OsBuffered"
-                ),
-            }),
-        }
+        Ok(self.durability.require_no_background_sync("FileRegistry")?)
     }
 }
 

@@ -102,16 +102,9 @@ impl FileStateStoreConfig {
 
 impl FileStateStoreConfig {
     fn validate(&self) -> Result<()> {
-        match self.durability {
-            Durability::Fsync | Durability::OsBuffered => Ok(()),
-            other => Err(StorageError::Config {
-                reason: format!(
-                    "FileStateStore does not support {other:?} (it has no background sync task); \
-                     use Durability::Fsync or Durability::OsBuffered"
-                ),
-            }
-            .into()),
-        }
+        Ok(self
+            .durability
+            .require_no_background_sync("FileStateStore")?)
     }
 }
 

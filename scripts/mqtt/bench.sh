@@ -29,6 +29,13 @@ mosquitto=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 "$mosquitto" -c "$dir/mosquitto.conf" > "$dir/mosquitto.log" 2>&1 &
 mpid=$!
 trap 'kill "$mpid" 2>/dev/null || true; rm -rf "$dir"' EXIT
+# The load generator retries a refused connection for ever: wait until this Mosquitto listens,
+# and stop with its log if it died (for example because the port was still taken).
+for _ in $(seq 50); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+  kill -0 "$mpid" 2>/dev/null || { echo "mosquitto on port $port did not start:" >&2; cat "$dir/mosquitto.log" >&2; exit 1; }
+  sleep 0.1
+done
 
 cargo build --release --example mqtt_load
 load="${CARGO_TARGET_DIR:-target}/release/examples/mqtt_load"

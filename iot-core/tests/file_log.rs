@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use iot_core::{
     Durability, Error, FileLog, FileLogConfig, GroupName, Log, LogExt, Offset, PartitionId,
-    ReadLimits, Record, testkit::sample_record,
+    ReadLimits, Record,
+    testkit::{self, sample_record},
 };
 
 const P0: PartitionId = PartitionId(0);
@@ -18,22 +19,6 @@ fn config() -> FileLogConfig {
         .durability(Durability::Fsync)
         .segment_bytes(4096)
         .index_interval_bytes(256)
-}
-
-async fn read_everything(log: &FileLog, p: PartitionId) -> Vec<Record> {
-    let from = log.earliest_offset(p).await.expect("earliest");
-    let mut at = from;
-    let mut out = Vec::new();
-    loop {
-        let batch = log
-            .read(p, at, ReadLimits::records(1000))
-            .await
-            .expect("read");
-        let Some(last) = batch.last() else { break };
-        at = last.offset.next();
-        out.extend(batch.into_iter().map(|r| r.record));
-    }
-    out
 }
 
 fn segments(dir: &Path, p: u32) -> Vec<PathBuf> {
@@ -65,7 +50,7 @@ async fn records_offsets_and_commits_survive_reopen() {
         );
     }
     let log = FileLog::open(dir.path(), config()).await.expect("reopen");
-    assert_eq!(read_everything(&log, P0).await, expected);
+    assert_eq!(testkit::read_records(&log, P0).await, expected);
     assert_eq!(log.next_offset(P0).await.expect("next"), Offset(200));
     assert_eq!(
         log.committed(&group, P0).await.expect("committed"),
@@ -201,7 +186,7 @@ async fn a_lost_index_is_rebuilt() {
         fs::write(seg.with_extension("idx"), b"garbage").expect("write");
     }
     let log = FileLog::open(dir.path(), config()).await.expect("reopen");
-    let all = read_everything(&log, P0).await;
+    let all = testkit::read_records(&log, P0).await;
     assert_eq!(all.len(), 150);
     let one = log
         .read(P0, Offset(41), ReadLimits::records(1))

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use iot_core::storage::Recovery;
 use iot_core::{
     Error, FileLog, FileLogConfig, GroupName, Log, LogExt, Offset, PartitionId, ReadLimits, Record,
-    testkit::sample_record,
+    testkit::{self, sample_record},
 };
 
 const P0: PartitionId = PartitionId(0);
@@ -57,18 +57,7 @@ async fn ten_batches(dir: &Path) -> (PathBuf, Vec<u64>) {
 }
 
 async fn read_all(log: &FileLog) -> Vec<Record> {
-    let mut at = log.earliest_offset(P0).await.expect("earliest");
-    let mut out = Vec::new();
-    loop {
-        let batch = log
-            .read(P0, at, ReadLimits::records(1000))
-            .await
-            .expect("read");
-        let Some(last) = batch.last() else { break };
-        at = last.offset.next();
-        out.extend(batch.into_iter().map(|r| r.record));
-    }
-    out
+    testkit::read_records(log, P0).await
 }
 
 fn expected(n: u64) -> Vec<Record> {

@@ -74,6 +74,17 @@ async fn read_all(log: &dyn Log, p: PartitionId, from: Offset) -> Vec<StoredReco
     out
 }
 
+/// Every record of partition `p`, from its earliest offset to its end, in order: what a test
+/// compares with what it wrote.
+pub async fn read_records(log: &dyn Log, p: PartitionId) -> Vec<Record> {
+    let earliest = log.earliest_offset(p).await.unwrap();
+    read_all(log, p, earliest)
+        .await
+        .into_iter()
+        .map(|r| r.record)
+        .collect()
+}
+
 /// Appended batches come back whole, in order, with dense offsets, in the right partition, and
 /// with every field intact; enqueued times never decrease; reads at the end are empty and past it
 /// fail.

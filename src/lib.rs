@@ -19,6 +19,7 @@
 //! * `testkit` — turns on the `testkit` feature of every crate: the conformance suites an
 //!   integrator runs against their own implementation of a trait, and fault-injecting wrappers.
 //!   `docs/integrating.md` walks through it.
+//! * `postgres` — the [`postgres`] module: the store traits over PostgreSQL.
 #![forbid(unsafe_code)]
 
 pub use iot_core as core;
@@ -27,3 +28,6 @@ pub use iot_identity as identity;
 pub use iot_provisioning as provisioning;
 pub use iot_registry as registry;
 pub use iot_stream as stream;
+
+#[cfg(feature = "postgres")]
+pub mod postgres;

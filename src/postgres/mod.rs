@@ -1,0 +1,25 @@
+//! PostgreSQL adapters (feature `postgres`): the SDK's store traits over a PostgreSQL database.
+//!
+//! They live in the root package rather than in the crates that define the traits so that the
+//! compiler holds them to what any integrator has: the crates' public API. The six crates stay
+//! free of database dependencies.
+//!
+//! This module holds what every adapter shares:
+//!
+//! * [`PgConfig`]: connection settings from a URL, with pool size and timeouts;
+//! * [`PgPool`]: a connection pool whose every failure is a typed [`PgError`] that says whether a
+//!   retry may help (an engine that is down is retryable, a syntax error is not);
+//! * [`migrate`]: versioned, idempotent schema migrations that two processes may run at once.
+//!
+//! TLS to the database is not offered yet: a URL that asks for `sslmode=require` is refused by the
+//! driver with a clear error rather than silently connecting in plain text.
+
+mod config;
+mod error;
+mod migrate;
+mod pool;
+
+pub use config::PgConfig;
+pub use error::PgError;
+pub use migrate::{Migration, migrate};
+pub use pool::{PgClient, PgPool};

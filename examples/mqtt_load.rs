@@ -246,6 +246,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Connect every device first, then let them all publish at once.
     let sent = Arc::new(AtomicU64::new(0));
+    // Set once every device has its acknowledgements and we start disconnecting them. A server
+    // closes the socket as soon as it reads DISCONNECT (MQTT 3.1.1, 3.14.4), and rumqttc may
+    // read that end of stream before it reports its own DISCONNECT as sent, calling it "closed
+    // by peer abruptly". Such ends are counted apart from errors during the run.
+    let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let errors_during_run = Arc::new(AtomicU64::new(0));
+    let ends_at_disconnect = Arc::new(AtomicU64::new(0));
     let start = Arc::new(tokio::sync::Barrier::new(args.devices + 1));
     let mut publishers = Vec::with_capacity(args.devices);
     for (id, login) in credentials {
@@ -263,6 +270,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         {
             let acked = acked.clone();
             let done_count = done_count.clone();
+            let (closing, errors_during_run, ends_at_disconnect) = (
+                closing.clone(),
+                errors_during_run.clone(),
+                ends_at_disconnect.clone(),
+            );
             tokio::spawn(async move {
                 loop {
                     match eventloop.poll().await {
@@ -277,8 +289,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         }
                         Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
                         Ok(_) => {}
+                        Err(_) if closing.load(Ordering::Relaxed) => {
+                            ends_at_disconnect.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
                         Err(e) => {
                             eprintln!("device: {e}");
+                            errors_during_run.fetch_add(1, Ordering::Relaxed);
                             return;
                         }
                     }
@@ -327,6 +344,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let elapsed = began.elapsed();
+    closing.store(true, Ordering::Relaxed);
     for publisher in publishers {
         if let Ok(client) = publisher.await {
             let _ = client.disconnect().await;
@@ -361,8 +379,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         p50,
         p99
     );
+    // Give the device tasks a moment to see the end of their streams before counting.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (errors, ends) = (
+        errors_during_run.load(Ordering::Relaxed),
+        ends_at_disconnect.load(Ordering::Relaxed),
+    );
+    if ends > 0 {
+        eprintln!(
+            "{ends} device connections ended by the server right after our DISCONNECT (not an error)"
+        );
+    }
     println!(
-        "{{\"target\":\"{}\",\"devices\":{},\"qos\":{},\"sent\":{},\"received\":{},\"expected\":{},\"msgs_per_s\":{:.0},\"p50_ms\":{:.3},\"p99_ms\":{:.3}}}",
+        "{{\"target\":\"{}\",\"devices\":{},\"qos\":{},\"sent\":{},\"received\":{},\"expected\":{},\"msgs_per_s\":{:.0},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"device_errors\":{},\"ended_at_disconnect\":{}}}",
         args.target,
         args.devices,
         args.qos as u8,
@@ -371,7 +400,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         expected,
         rate,
         p50,
-        p99
+        p99,
+        errors,
+        ends
     );
     Ok(())
 }

@@ -43,6 +43,28 @@ impl Default for SessionOptions {
     }
 }
 
+/// Chainable setters: the struct is `non_exhaustive`, so endpoints outside this crate start from
+/// [`Default`] and change what they need.
+impl SessionOptions {
+    /// Sets [`c2d_window`](Self::c2d_window).
+    pub fn c2d_window(mut self, c2d_window: usize) -> Self {
+        self.c2d_window = c2d_window;
+        self
+    }
+
+    /// Sets [`peer`](Self::peer).
+    pub fn peer(mut self, peer: Option<IpAddr>) -> Self {
+        self.peer = peer;
+        self
+    }
+
+    /// Sets [`model_id`](Self::model_id).
+    pub fn model_id(mut self, model_id: Option<String>) -> Self {
+        self.model_id = model_id;
+        self
+    }
+}
+
 /// A kind of traffic a session receives only after the endpoint asks for it (an MQTT client
 /// subscribes lazily).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -275,3 +297,25 @@ macro_rules! forward_gateway {
 
 forward_gateway!(Arc);
 forward_gateway!(Box);
+
+// The setters are the only way other crates can build `SessionOptions` (`non_exhaustive`): each
+// must set its own field and nothing else.
+#[cfg(test)]
+mod setter_tests {
+    use super::*;
+
+    #[test]
+    fn each_setter_sets_its_own_field() {
+        let peer = Some(IpAddr::from([192, 0, 2, 7]));
+        let built = SessionOptions::default()
+            .c2d_window(3)
+            .peer(peer)
+            .model_id(Some("dtmi:x;1".into()));
+        let expected = SessionOptions {
+            c2d_window: 3,
+            peer,
+            model_id: Some("dtmi:x;1".into()),
+        };
+        assert_eq!(built, expected);
+    }
+}

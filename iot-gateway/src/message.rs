@@ -9,6 +9,7 @@ use iot_core::{DeviceId, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::inbox::{InboxMessage, Locked};
 
 /// Header names the gateway writes on telemetry records (besides the well-known ones of
 /// [`iot_core::headers`]: `message-id`, `correlation-id`, `content-type`, `content-encoding`).
@@ -41,9 +42,31 @@ pub mod header {
     /// The device that sent the message (also the record key); stamped by the gateway.
     pub const DEVICE_ID: &str = "iothub-connection-device-id";
     /// How the sending device authenticated, a JSON object as IoT Hub writes it
-    /// (`{"scope":"device","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}`);
-    /// stamped by the gateway.
+    /// (`{"scope":"device","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}`;
+    /// [`auth_method`] gives it for each kind of credential); stamped by the gateway.
     pub const AUTH_METHOD: &str = "iothub-connection-auth-method";
+    /// The [`AUTH_METHOD`] value of a session whose device presented `credential`: the JSON
+    /// object IoT Hub writes, with IoT Hub's `type` where it has the method (`sas`, `symkey`,
+    /// `x509Certificate` for a certificate whose thumbprint the identity store holds) and
+    /// `passphrase` for ours. Constant text: nothing in it comes from the device.
+    pub fn auth_method(credential: &iot_identity::Presented<'_>) -> &'static str {
+        use iot_identity::Presented;
+        match credential {
+            Presented::SasToken(_) => {
+                r#"{"scope":"device","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}"#
+            }
+            Presented::SymmetricKey(_) => {
+                r#"{"scope":"device","type":"symkey","issuer":"iothub","acceptingIpFilterRule":null}"#
+            }
+            Presented::Thumbprint(_) => {
+                r#"{"scope":"device","type":"x509Certificate","issuer":"iothub","acceptingIpFilterRule":null}"#
+            }
+            Presented::Passphrase(_) => {
+                r#"{"scope":"device","type":"passphrase","issuer":"iothub","acceptingIpFilterRule":null}"#
+            }
+        }
+    }
+
     /// The generation id of the sending device's identity, as
     /// [`GenerationId`](iot_identity::GenerationId) prints it; stamped by the gateway.
     pub const AUTH_GENERATION_ID: &str = "iothub-connection-auth-generation-id";
@@ -212,8 +235,11 @@ pub struct C2dReceipt {
 
 /// Names one delivery of one C2D message: settle it with
 /// [`complete`](crate::DeviceSession::complete), [`abandon`](crate::DeviceSession::abandon) or
-/// [`reject`](crate::DeviceSession::reject). A token stops being valid when the message is
-/// settled or its lock expires (a redelivery gets a new token).
+/// [`reject`](crate::DeviceSession::reject). A token stays valid until the message is settled
+/// or delivered again: once its lock lapses the next lookup may lock the message anew (with a new
+/// token), and from then on the old one is [`LockLost`](crate::Error::LockLost). A lapsed lock
+/// that nobody took over still settles (the device was only slow; the conformance suite counts
+/// on it, whatever the lock duration).
 ///
 /// `Display`/`FromStr` round-trip it (`"{sequence}.{delivery}"`) for protocols that carry tokens
 /// as text.
@@ -279,6 +305,35 @@ pub struct C2dDelivery {
     pub locked_until: Timestamp,
 }
 
+impl C2dDelivery {
+    /// The delivery of `message` under `lock_token`, locked until `locked_until`: what a gateway
+    /// hands out as [`SessionEvent::C2d`](crate::SessionEvent::C2d). The delivery count is the
+    /// token's ([`LockToken::delivery`]), so the two cannot disagree.
+    pub fn new(lock_token: LockToken, message: InboxMessage, locked_until: Timestamp) -> Self {
+        C2dDelivery {
+            lock_token,
+            message_id: message.message_id,
+            correlation_id: message.correlation_id,
+            content_type: message.content_type,
+            content_encoding: message.content_encoding,
+            properties: message.properties,
+            payload: message.payload,
+            enqueued_at: message.enqueued_at,
+            expires_at: message.expires_at,
+            ack: message.ack,
+            delivery_count: lock_token.delivery,
+            locked_until,
+        }
+    }
+}
+
+/// What an [`InboxStore::lock_next`](crate::InboxStore::lock_next) locked, handed to the device.
+impl From<Locked> for C2dDelivery {
+    fn from(locked: Locked) -> Self {
+        C2dDelivery::new(locked.token, locked.message, locked.locked_until)
+    }
+}
+
 /// How a C2D message ended, as reported in [`Feedback`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -324,4 +379,96 @@ pub struct Feedback {
     pub at: Timestamp,
     /// How many times it had been delivered.
     pub delivery_count: u32,
+}
+
+impl Feedback {
+    /// The feedback record of message `message_id` of `device_id`, which ended with `status` at
+    /// `at` after `delivery_count` deliveries; no correlation id, offset 0 (a gateway sets the
+    /// stream position it read the record from with [`with_offset`](Self::with_offset)).
+    pub fn new(
+        device_id: DeviceId,
+        message_id: impl Into<String>,
+        status: FeedbackStatus,
+        at: Timestamp,
+        delivery_count: u32,
+    ) -> Self {
+        Feedback {
+            offset: 0,
+            device_id,
+            message_id: message_id.into(),
+            correlation_id: None,
+            status,
+            at,
+            delivery_count,
+        }
+    }
+
+    /// Sets [`correlation_id`](Self::correlation_id).
+    pub fn with_correlation_id(mut self, correlation_id: Option<String>) -> Self {
+        self.correlation_id = correlation_id;
+        self
+    }
+
+    /// Sets [`offset`](Self::offset).
+    pub fn with_offset(mut self, offset: u64) -> Self {
+        self.offset = offset;
+        self
+    }
+}
+
+// Other crates build these values only through their constructors (`non_exhaustive`): each
+// field must come from where the constructor says.
+#[cfg(test)]
+mod constructor_tests {
+    use super::*;
+
+    #[test]
+    fn a_delivery_takes_the_message_and_the_tokens_count() {
+        let now = Timestamp::from_unix_millis(1_000);
+        let message = InboxMessage::new("m1", "body", now, Duration::from_secs(60))
+            .with_correlation_id("c1")
+            .with_content(Some("text/plain".into()), Some("utf-8".into()))
+            .with_properties(vec![("k".into(), "v".into())])
+            .with_ack(AckRequest::Full);
+        let token = LockToken {
+            sequence: 7,
+            delivery: 3,
+        };
+        let until = Timestamp::from_unix_millis(2_000);
+        let d = C2dDelivery::from(Locked::new(token, message, until));
+        let expected = C2dDelivery {
+            lock_token: token,
+            message_id: "m1".into(),
+            correlation_id: Some("c1".into()),
+            content_type: Some("text/plain".into()),
+            content_encoding: Some("utf-8".into()),
+            properties: vec![("k".into(), "v".into())],
+            payload: Bytes::from_static(b"body"),
+            enqueued_at: now,
+            expires_at: Timestamp::from_unix_millis(61_000),
+            ack: AckRequest::Full,
+            delivery_count: 3,
+            locked_until: until,
+        };
+        assert_eq!(d, expected);
+    }
+
+    #[test]
+    fn feedback_setters_set_their_own_field() {
+        let device: DeviceId = "dev-1".parse().expect("id");
+        let at = Timestamp::from_unix_millis(5);
+        let built = Feedback::new(device.clone(), "m1", FeedbackStatus::Rejected, at, 2)
+            .with_correlation_id(Some("c1".into()))
+            .with_offset(9);
+        let expected = Feedback {
+            offset: 9,
+            device_id: device,
+            message_id: "m1".into(),
+            correlation_id: Some("c1".into()),
+            status: FeedbackStatus::Rejected,
+            at,
+            delivery_count: 2,
+        };
+        assert_eq!(built, expected);
+    }
 }

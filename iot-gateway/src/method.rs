@@ -42,6 +42,18 @@ pub struct MethodRequest {
     pub payload: Bytes,
 }
 
+impl MethodRequest {
+    /// Request `request_id` of method `name` with `payload`, as a gateway hands it to a session
+    /// ([`SessionEvent::Method`](crate::SessionEvent::Method)).
+    pub fn new(request_id: u64, name: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        MethodRequest {
+            request_id,
+            name: name.into(),
+            payload: payload.into(),
+        }
+    }
+}
+
 /// A device's answer to a method request, and what the back end gets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MethodResponse {

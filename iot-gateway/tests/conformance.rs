@@ -22,11 +22,7 @@ fn config() -> HubConfig {
 }
 
 fn limits(config: &HubConfig) -> Limits {
-    Limits {
-        max_inbox_depth: config.inbox.max_depth,
-        max_delivery_count: config.inbox.max_delivery_count,
-        lock_duration: config.inbox.lock_duration,
-    }
+    Limits::from(config)
 }
 
 fn fixture(hub: &Hub, identity: Arc<dyn IdentityStore>) -> StoreFixture {

@@ -5,14 +5,27 @@
 //! Rows are kept in plain columns (time, sequence, source partition and offset, payload) and
 //! events are rebuilt with the public constructors, as a database backend must; the last known
 //! values record is stored as its serde JSON document, as a JSON column would hold it.
+//!
+//! A stateful `StreamProcessor` written outside the crate (`Batcher`, at the end) runs under the
+//! public `ProcessorHost`: its `retained_offset` holds the checkpoint back, and after a restart
+//! the host replays what it held so the new processor rebuilds it and flushes it on `tick`.
+//! (`tests/host.rs` runs a stateless out-of-crate processor through retries, dead letters and
+//! resumption.)
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use iot_core::{DeviceId, Timestamp};
+use iot_core::{
+    DeviceId, GroupName, Offset, PartitionId, Producer, ReadLimits, Record, StoredRecord,
+    Timestamp, Topics,
+};
 use iot_stream::testkit::{self, FaultMode, FaultPlan, FaultyStateStore, StateStoreFactory};
-use iot_stream::{Error, Event, LastKnown, LkvUpdate, Result, SourcePosition, StateStore};
+use iot_stream::{
+    Context, Error, Event, FnFactory, HostConfig, LastKnown, LkvUpdate, ProcessorFactory,
+    ProcessorHost, Result, SourcePosition, StateStore, StreamProcessor,
+};
 use serde_json::json;
 
 /// One stored event: (device, time in µs, sequence) → (source partition, source offset, payload).
@@ -274,4 +287,108 @@ async fn the_suite_catches_positions_forgotten_on_reopen() {
     }
 
     testkit::run_all(&Forgetful(Factory::default())).await;
+}
+
+/// Holds the payloads of its partition in memory and, when `flush` is set, emits them joined by
+/// `,` as one record to `batches` on a tick; until then it reports the first offset it holds, so
+/// a restart replays them.
+#[derive(Debug, Default)]
+struct Batcher {
+    held: Vec<(u64, String)>,
+    flush: bool,
+}
+
+fn batcher(flush: bool) -> Arc<dyn ProcessorFactory> {
+    Arc::new(FnFactory::new("batcher", move |_| {
+        let b = Batcher {
+            held: Vec::new(),
+            flush,
+        };
+        Ok(Box::new(b) as Box<dyn StreamProcessor>)
+    }))
+}
+
+#[async_trait]
+impl StreamProcessor for Batcher {
+    async fn process(&mut self, batch: &[StoredRecord], _ctx: &mut Context) -> Result<()> {
+        for r in batch {
+            let payload = String::from_utf8_lossy(&r.record.payload).into_owned();
+            self.held.push((r.offset.0, payload));
+        }
+        Ok(())
+    }
+
+    fn retained_offset(&self) -> Option<Offset> {
+        self.held.first().map(|&(offset, _)| Offset(offset))
+    }
+
+    async fn tick(&mut self, _now: Timestamp, ctx: &mut Context) -> Result<()> {
+        if !self.flush || self.held.is_empty() {
+            return Ok(());
+        }
+        let joined: Vec<String> = self.held.drain(..).map(|(_, p)| p).collect();
+        ctx.emit("batches", Record::new("batch", joined.join(",")));
+        Ok(())
+    }
+}
+
+async fn batches(topics: &Topics) -> Vec<String> {
+    let log = topics.topic("batches").await.expect("topic");
+    let batch = log
+        .read(PartitionId(0), Offset(0), ReadLimits::default())
+        .await
+        .expect("read");
+    batch
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.record.payload).into_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_stateful_out_of_crate_processor_is_replayed_after_a_restart() {
+    let topics = Arc::new(Topics::memory(1));
+    let host = ProcessorHost::new(Arc::clone(&topics));
+    let group = GroupName::new("batcher").expect("group");
+    let producer = Producer::new(topics.topic("telemetry").await.expect("topic"));
+    for i in 0..5 {
+        producer
+            .send(Record::new("dev-1", format!("r{i}")))
+            .await
+            .expect("send");
+    }
+    // First run: a processor that does not flush yet (a window still open) holds all five.
+    let run = host
+        .start(
+            "telemetry",
+            group.clone(),
+            batcher(false),
+            HostConfig::default(),
+        )
+        .await
+        .expect("start");
+    run.wait_caught_up().await.expect("caught up");
+    assert_eq!(run.processed(), [Offset(5)]);
+    assert_eq!(
+        run.committed(),
+        [Offset(0)],
+        "held records keep the checkpoint"
+    );
+    run.shutdown().await.expect("shutdown");
+    assert!(batches(&topics).await.is_empty());
+
+    // Second run: a new, empty processor gets the held records back, then flushes them.
+    let often = HostConfig::default().tick_interval(Duration::from_millis(10));
+    let run = host
+        .start("telemetry", group, batcher(true), often)
+        .await
+        .expect("restart");
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while run.committed() != [Offset(5)] {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the checkpoint reaches the end once the batch is flushed");
+    run.shutdown().await.expect("shutdown");
+    assert_eq!(batches(&topics).await, ["r0,r1,r2,r3,r4"]);
 }

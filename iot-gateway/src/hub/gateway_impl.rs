@@ -190,14 +190,7 @@ impl Gateway for Hub {
             .send(records::twin_change(device, "desired", version, &patch))
             .await?;
         if let Some(s) = hub.session_of(device) {
-            s.push_desired(
-                DesiredPatch {
-                    version,
-                    patch,
-                    full_document: false,
-                },
-                hub.config.desired_queue,
-            );
+            s.push_desired(DesiredPatch::new(version, patch), hub.config.desired_queue);
         }
         Ok(twin)
     }
@@ -257,11 +250,7 @@ impl Gateway for Hub {
                 reply,
             },
         );
-        let request = MethodRequest {
-            request_id,
-            name: call.name,
-            payload: call.payload,
-        };
+        let request = MethodRequest::new(request_id, call.name, call.payload);
         if let Err(e) = session.push_method(request, hub.config.method_queue) {
             lock(&hub.methods).remove(&request_id);
             return Err(e);

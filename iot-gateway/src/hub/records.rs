@@ -97,15 +97,14 @@ pub(crate) fn feedback(removed: &Removed, at: Timestamp) -> Option<Record> {
     if !removed.message.ack.wants(removed.status) {
         return None;
     }
-    let fb = Feedback {
-        offset: 0,
-        device_id: removed.device.clone(),
-        message_id: removed.message.message_id.clone(),
-        correlation_id: removed.message.correlation_id.clone(),
-        status: removed.status,
+    let fb = Feedback::new(
+        removed.device.clone(),
+        removed.message.message_id.clone(),
+        removed.status,
         at,
-        delivery_count: removed.delivery_count,
-    };
+        removed.delivery_count,
+    )
+    .with_correlation_id(removed.message.correlation_id.clone());
     let payload = serde_json::to_vec(&fb).ok()?;
     Some(
         Record::new(removed.device.as_str(), payload)
@@ -135,7 +134,6 @@ pub(crate) fn dead_letter(removed: &Removed) -> Option<Record> {
 
 /// Decodes a feedback record.
 pub(crate) fn decode_feedback(offset: u64, payload: &[u8]) -> Option<Feedback> {
-    let mut fb: Feedback = serde_json::from_slice(payload).ok()?;
-    fb.offset = offset;
-    Some(fb)
+    let fb: Feedback = serde_json::from_slice(payload).ok()?;
+    Some(fb.with_offset(offset))
 }

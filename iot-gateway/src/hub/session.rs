@@ -345,24 +345,6 @@ impl HubSession {
     }
 }
 
-fn delivery(l: Locked, delivery_count: u32) -> C2dDelivery {
-    let m = l.message;
-    C2dDelivery {
-        lock_token: l.token,
-        message_id: m.message_id,
-        correlation_id: m.correlation_id,
-        content_type: m.content_type,
-        content_encoding: m.content_encoding,
-        properties: m.properties,
-        payload: m.payload,
-        enqueued_at: m.enqueued_at,
-        expires_at: m.expires_at,
-        ack: m.ack,
-        delivery_count,
-        locked_until: l.locked_until,
-    }
-}
-
 /// Sleeps until `t` (wall clock), or forever for `None`.
 async fn sleep_until(t: Option<Timestamp>) {
     match t {
@@ -490,11 +472,10 @@ impl DeviceSession for HubSession {
             }
             if resync {
                 let twin = self.hub.twins.get(&self.shared.device).await?;
-                return Ok(SessionEvent::DesiredPatch(DesiredPatch {
-                    version: twin.desired.version,
-                    patch: twin.desired.properties,
-                    full_document: true,
-                }));
+                return Ok(SessionEvent::DesiredPatch(DesiredPatch::full(
+                    twin.desired.version,
+                    twin.desired.properties,
+                )));
             }
             if want_c2d && (ev.lookup.is_some() || !ev.idle) {
                 let handle = match ev.lookup.as_mut() {
@@ -513,8 +494,7 @@ impl DeviceSession for HubSession {
                         self.release(locked.token);
                         continue;
                     }
-                    let count = locked.token.delivery;
-                    return Ok(SessionEvent::C2d(delivery(locked, count)));
+                    return Ok(SessionEvent::C2d(C2dDelivery::from(locked)));
                 }
                 ev.idle = true;
                 ev.next_due = lookup.next_due;

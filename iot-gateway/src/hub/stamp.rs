@@ -15,24 +15,9 @@ use crate::message::header;
 pub(crate) struct AuthMethod(&'static str);
 
 impl AuthMethod {
-    /// The method of a device that presented `credential`. IoT Hub's names where it has the
-    /// method (`sas`, `symkey`, `x509Certificate` — a certificate whose thumbprint the hub's
-    /// identity store holds, so `iothub` issued the trust); `passphrase` is ours.
+    /// The method of a device that presented `credential` ([`header::auth_method`]).
     pub(crate) fn of(credential: &Presented<'_>) -> Self {
-        AuthMethod(match credential {
-            Presented::SasToken(_) => {
-                r#"{"scope":"device","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}"#
-            }
-            Presented::SymmetricKey(_) => {
-                r#"{"scope":"device","type":"symkey","issuer":"iothub","acceptingIpFilterRule":null}"#
-            }
-            Presented::Thumbprint(_) => {
-                r#"{"scope":"device","type":"x509Certificate","issuer":"iothub","acceptingIpFilterRule":null}"#
-            }
-            Presented::Passphrase(_) => {
-                r#"{"scope":"device","type":"passphrase","issuer":"iothub","acceptingIpFilterRule":null}"#
-            }
-        })
+        AuthMethod(header::auth_method(credential))
     }
 
     pub(crate) fn as_str(self) -> &'static str {

@@ -86,14 +86,80 @@ impl Fixture for StoreFixture {
 
 /// The limits the gateway under test was configured with; checks that need a short lock or a
 /// small delivery count are skipped when the gateway's are too long to wait for.
+///
+/// The default is a [`Hub`](crate::Hub)'s default configuration; a gateway configured otherwise
+/// (or one outside this crate) states its own with the setters:
+///
+/// ```
+/// use std::time::Duration;
+/// use iot_gateway::testkit::Limits;
+///
+/// let limits = Limits::default()
+///     .lock_duration(Duration::from_millis(300))
+///     .max_delivery_count(3);
+/// assert_eq!(limits.max_inbox_depth, 50);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
-    /// Messages queued per device before `QueueFull`.
+    /// Messages queued per device before `QueueFull`. Default 50.
     pub max_inbox_depth: usize,
-    /// Deliveries before dead-lettering.
+    /// Deliveries before dead-lettering. Default 10 (checks skip above 20).
     pub max_delivery_count: u32,
-    /// The C2D lock duration.
+    /// The C2D lock duration. Default 60 s (checks skip above 5 s).
     pub lock_duration: Duration,
+    /// The largest telemetry message accepted (payload plus property names and values); one
+    /// byte more must be `TooLarge`. Default 256 KiB.
+    pub max_message_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_inbox_depth: 50,
+            max_delivery_count: 10,
+            lock_duration: Duration::from_secs(60),
+            max_message_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl Limits {
+    /// Sets [`max_inbox_depth`](Self::max_inbox_depth).
+    pub fn max_inbox_depth(mut self, max_inbox_depth: usize) -> Self {
+        self.max_inbox_depth = max_inbox_depth;
+        self
+    }
+
+    /// Sets [`max_delivery_count`](Self::max_delivery_count).
+    pub fn max_delivery_count(mut self, max_delivery_count: u32) -> Self {
+        self.max_delivery_count = max_delivery_count;
+        self
+    }
+
+    /// Sets [`lock_duration`](Self::lock_duration).
+    pub fn lock_duration(mut self, lock_duration: Duration) -> Self {
+        self.lock_duration = lock_duration;
+        self
+    }
+
+    /// Sets [`max_message_bytes`](Self::max_message_bytes).
+    pub fn max_message_bytes(mut self, max_message_bytes: usize) -> Self {
+        self.max_message_bytes = max_message_bytes;
+        self
+    }
+}
+
+/// A hub's limits, as its configuration states them.
+impl From<&crate::HubConfig> for Limits {
+    fn from(config: &crate::HubConfig) -> Self {
+        Limits {
+            max_inbox_depth: config.inbox.max_depth,
+            max_delivery_count: config.inbox.max_delivery_count,
+            lock_duration: config.inbox.lock_duration,
+            max_message_bytes: config.max_message_bytes,
+        }
+    }
 }
 
 /// Waits for `f`, failing the check if it hangs (not a timing assertion: the guard is minutes).
@@ -101,4 +167,35 @@ pub async fn within<T>(f: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(60), f)
         .await
         .expect("the gateway hung for 60 s")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The setters are the only way other crates can build `Limits` (`non_exhaustive`): each must
+    // set its own field and nothing else.
+    #[test]
+    fn each_setter_sets_its_own_field() {
+        let built = Limits::default()
+            .max_inbox_depth(7)
+            .max_delivery_count(2)
+            .lock_duration(Duration::from_millis(5))
+            .max_message_bytes(99);
+        let expected = Limits {
+            max_inbox_depth: 7,
+            max_delivery_count: 2,
+            lock_duration: Duration::from_millis(5),
+            max_message_bytes: 99,
+        };
+        assert_eq!(built, expected);
+    }
+
+    #[test]
+    fn the_default_is_a_default_hubs() {
+        assert_eq!(
+            Limits::default(),
+            Limits::from(&crate::HubConfig::default())
+        );
+    }
 }

@@ -17,6 +17,22 @@
 //!
 //! [`run_all`] runs every check; [`Limits`] passes the limits the gateway was configured with.
 //!
+//! Beyond the [`Gateway`] contract and those limits, the checks assume what a gateway with the
+//! [`Hub`](crate::Hub)'s defaults does:
+//!
+//! * custom property names and values follow [`validate`](crate::validate) (a name with a space,
+//!   an empty one, `$…`, `iothub-…` and the system-property names are refused);
+//! * C2D messages are accepted with TTLs from 1 ms, and with the default `c2d_window` (16);
+//! * method calls are accepted with response and connect timeouts from 50 ms to 30 s;
+//! * 40 refused connects in a row (from `peer: None`) do not exhaust the gateway's failed-attempt
+//!   budget, and 20 telemetry messages in a row are not throttled;
+//! * the gateway authenticates against the identity store the [`Fixture`] writes (SAS tokens
+//!   for the fixture's host) and follows its changes, so `Fixture::disable` ends a session;
+//! * the [`Fixture`] reads back the log the gateway writes telemetry to.
+//!
+//! `iot-gateway/tests/out_of_crate_gateway.rs` is a gateway written outside this crate against the
+//! public API alone that passes them.
+//!
 //! # Stores
 //!
 //! An integrator with an inbox or twin store of their own runs its suite once, through a factory
@@ -75,7 +91,7 @@ pub async fn run_all(gw: &dyn Gateway, fx: &dyn Fixture, limits: Limits) {
     refused_connects_spend_nothing_of_the_device(gw, fx).await;
     telemetry_in_order_with_headers(gw, fx).await;
     telemetry_stamped_from_the_session(gw, fx).await;
-    telemetry_validation(gw, fx).await;
+    telemetry_validation(gw, fx, limits).await;
     c2d_waits_for_offline_device(gw, fx).await;
     c2d_expired_never_delivered(gw, fx).await;
     c2d_abandon_redelivers_and_complete_removes(gw, fx).await;

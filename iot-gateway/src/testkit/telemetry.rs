@@ -8,7 +8,7 @@ use crate::gateway::{Gateway, SessionOptions};
 use crate::message::{Telemetry, header};
 
 use super::helpers::connect;
-use super::{Fixture, within};
+use super::{Fixture, Limits, within};
 
 /// Telemetry lands in the log in the order sent, with system and custom properties as headers.
 pub async fn telemetry_in_order_with_headers(gw: &dyn Gateway, fx: &dyn Fixture) {
@@ -123,8 +123,9 @@ pub async fn telemetry_stamped_from_the_session(gw: &dyn Gateway, fx: &dyn Fixtu
     s.close().await;
 }
 
-/// Bad property names and oversized messages are refused with typed errors and never logged.
-pub async fn telemetry_validation(gw: &dyn Gateway, fx: &dyn Fixture) {
+/// Bad property names and messages over `limits.max_message_bytes` are refused with typed errors
+/// and never logged.
+pub async fn telemetry_validation(gw: &dyn Gateway, fx: &dyn Fixture, limits: Limits) {
     let (id, token) = fx.provision("validation").await;
     let s = connect(gw, &id, &token).await;
     for name in ["$reserved", "has space", "message-id", ""] {
@@ -137,7 +138,7 @@ pub async fn telemetry_validation(gw: &dyn Gateway, fx: &dyn Fixture) {
         );
     }
     let r = s
-        .send_telemetry(Telemetry::new(vec![0u8; 256 * 1024 + 1]))
+        .send_telemetry(Telemetry::new(vec![0u8; limits.max_message_bytes + 1]))
         .await;
     assert!(matches!(r, Err(Error::TooLarge { .. })), "{r:?}");
     assert!(fx.telemetry_of(&id).await.is_empty());

@@ -69,6 +69,25 @@ pub struct DesiredPatch {
 }
 
 impl DesiredPatch {
+    /// One step: the merge patch that took the desired section to `version`.
+    pub fn new(version: u64, patch: Value) -> Self {
+        DesiredPatch {
+            version,
+            patch,
+            full_document: false,
+        }
+    }
+
+    /// The whole desired section at `version`, for a session that fell behind (intermediate
+    /// patches folded into one).
+    pub fn full(version: u64, properties: Value) -> Self {
+        DesiredPatch {
+            version,
+            patch: properties,
+            full_document: true,
+        }
+    }
+
     /// The patch as the device protocol sends it: the patch object with `"$version"` added.
     pub fn to_versioned_json(&self) -> Value {
         TwinSection {

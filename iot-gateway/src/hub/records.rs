@@ -41,7 +41,7 @@ pub(crate) fn telemetry(message: Telemetry, stamp: &Stamp<'_>, max_bytes: usize)
             limit: max_bytes,
         });
     }
-    let mut headers = Headers::new();
+    let mut headers = Headers::with_capacity(Stamp::MAX_HEADERS + 2 + message.properties.len());
     // The stamps first, in the order IoT Hub's event endpoint shows them.
     stamp.apply(&mut headers);
     let system = message.system;
@@ -56,19 +56,19 @@ pub(crate) fn telemetry(message: Telemetry, stamp: &Stamp<'_>, max_bytes: usize)
         (header::COMPONENT, system.component),
     ] {
         if let Some(value) = value {
-            headers.insert(name, value);
+            headers.insert_owned(name, value);
         }
     }
     if let Some(expiry) = system.expiry {
-        headers.insert(header::EXPIRY_TIME, expiry.as_unix_millis().to_string());
+        headers.insert_owned(header::EXPIRY_TIME, expiry.as_unix_millis().to_string());
     }
     if message.will {
-        headers.insert(header::MESSAGE_TYPE, header::MESSAGE_TYPE_WILL);
+        headers.insert_static(header::MESSAGE_TYPE, header::MESSAGE_TYPE_WILL);
     }
     for (name, value) in message.properties {
         headers.insert(name, value);
     }
-    let mut record = Record::new(stamp.device.as_str(), message.payload).with_headers(headers);
+    let mut record = Record::new(stamp.device(), message.payload).with_headers(headers);
     if let Some(t) = message.device_time {
         record = record.with_device_time(t);
     }

@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use super::stamp::{AuthMethod, Stamp};
+use super::stamp::{AuthMethod, SessionStamps};
 use super::{HubInner, records};
 use crate::error::{CloseReason, Error, Result};
 use crate::gateway::{DeviceSession, SessionEvent, SessionOptions, Subscription};
@@ -31,10 +31,9 @@ pub(crate) struct SessionShared {
     pub(crate) device: DeviceId,
     pub(crate) generation: GenerationId,
     pub(crate) etag: ETag,
-    /// How the device authenticated, stamped on its telemetry.
-    auth_method: AuthMethod,
-    /// The model id the device announced, stamped on its telemetry.
-    model_id: Option<String>,
+    /// What its telemetry is stamped with: who, how it authenticated, which generation, which
+    /// model it announced.
+    stamps: SessionStamps,
     /// When the SAS token (plus skew) expires, if the credential was one.
     expires_at: Option<Timestamp>,
     window: usize,
@@ -72,13 +71,18 @@ impl SessionShared {
         throttle: &TelemetryThrottle,
         skew: Duration,
     ) -> Self {
+        let stamps = SessionStamps::new(
+            &who.id,
+            auth_method,
+            who.generation_id,
+            options.model_id.as_deref(),
+        );
         SessionShared {
             id,
             device: who.id,
             generation: who.generation_id,
             etag: who.etag,
-            auth_method,
-            model_id: options.model_id,
+            stamps,
             expires_at: who
                 .expires_at
                 .map(|s| Timestamp::from_unix_millis(s.saturating_mul(1000)).saturating_add(skew)),
@@ -365,13 +369,7 @@ impl DeviceSession for HubSession {
 
     async fn send_telemetry(&self, message: Telemetry) -> Result<()> {
         self.check_open()?;
-        let stamp = Stamp {
-            device: &self.shared.device,
-            auth_method: self.shared.auth_method,
-            generation: self.shared.generation,
-            model_id: self.shared.model_id.as_deref(),
-            accepted: Timestamp::now(),
-        };
+        let stamp = self.shared.stamps.at(Timestamp::now());
         let record = records::telemetry(message, &stamp, self.hub.config.max_message_bytes)?;
         self.hub
             .telemetry_throttle

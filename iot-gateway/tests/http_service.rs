@@ -745,3 +745,81 @@ async fn queries_over_tags_properties_status_and_connection_state() {
         s.close().await;
     }
 }
+
+#[tokio::test]
+async fn c2d_over_rest_reaches_the_device_and_feedback_is_readable() {
+    let stack = Stack::start().await;
+    let device = create(&stack, "k1").await;
+    let path = format!("/devices/k1/messages/cloudToDevice?{API}");
+    let headers = [
+        ("iothub-messageid", "msg-1"),
+        ("iothub-correlationid", "corr-1"),
+        ("iothub-ack", "full"),
+        ("iothub-app-color", "red"),
+        ("Content-Type", "text/plain"),
+    ];
+    assert_eq!(
+        stack
+            .call_raw("POST", &path, "registryReadWrite", b"hi", &headers)
+            .await
+            .status,
+        403
+    );
+    let sent = stack
+        .call_raw("POST", &path, "service", b"hello device", &headers)
+        .await;
+    assert_eq!(sent.status, 200, "{}", String::from_utf8_lossy(&sent.body));
+    assert_eq!(sent.json()["messageId"], "msg-1");
+    let bad_ack = stack
+        .call_raw("POST", &path, "service", b"x", &[("iothub-ack", "maybe")])
+        .await;
+    assert_eq!(bad_ack.status, 400);
+    let unknown = stack
+        .call_raw(
+            "POST",
+            &format!("/devices/nobody/messages/cloudToDevice?{API}"),
+            "service",
+            b"x",
+            &[],
+        )
+        .await;
+    assert_eq!(unknown.status, 404);
+
+    let session = connect(&stack, "k1", &primary_key(&device)).await;
+    session.subscribe(Subscription::C2d).await.unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(10), session.next_event())
+        .await
+        .unwrap()
+        .unwrap();
+    let SessionEvent::C2d(delivery) = event else {
+        panic!("{event:?}")
+    };
+    assert_eq!(delivery.message_id, "msg-1");
+    assert_eq!(delivery.correlation_id.as_deref(), Some("corr-1"));
+    assert_eq!(delivery.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(
+        delivery.properties,
+        [("color".to_owned(), "red".to_owned())]
+    );
+    assert_eq!(&delivery.payload[..], b"hello device");
+    session.complete(delivery.lock_token).await.unwrap();
+
+    let feedback_path = format!("/messages/serviceBound/feedback?from=0&max=10&{API}");
+    let mut records = Value::Null;
+    for _ in 0..100 {
+        let reply = stack
+            .call_with("GET", &feedback_path, "service", None, &[])
+            .await;
+        assert_eq!(reply.status, 200);
+        records = reply.json();
+        if records["records"].as_array().is_some_and(|r| !r.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(records["records"][0]["originalMessageId"], "msg-1");
+    assert_eq!(records["records"][0]["deviceId"], "k1");
+    assert_eq!(records["records"][0]["statusCode"], "Success");
+    assert_eq!(records["next"], 1);
+    session.close().await;
+}

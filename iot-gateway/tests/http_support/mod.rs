@@ -109,6 +109,34 @@ impl Stack {
         send(&mut stream, method, path, Some(&token), body, headers).await
     }
 
+    /// A request with a raw body and `headers`, as `policy`.
+    pub async fn call_raw(
+        &self,
+        method: &str,
+        path: &str,
+        policy: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let token = self.token(policy);
+        let mut stream = TcpStream::connect(self.addr).await.expect("connect");
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\nAuthorization: {token}\r\n"
+        );
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        stream.write_all(request.as_bytes()).await.expect("write");
+        stream.write_all(body).await.expect("write body");
+        let mut raw = Vec::new();
+        tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut raw))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        parse(&raw)
+    }
+
     /// A request as `iothubowner`.
     pub async fn owner(&self, method: &str, path: &str, body: Option<&Value>) -> Reply {
         self.call_with(method, path, "iothubowner", body, &[]).await

@@ -9,8 +9,11 @@
 //! | `GET/PATCH/PUT /twins/{id}` | twin | read: RegistryRead or ServiceConnect; write: ServiceConnect or RegistryWrite |
 //! | `POST /twins/{id}/methods` | direct method | ServiceConnect |
 //! | `DELETE /devices/{id}/commands` | purge the C2D queue | ServiceConnect |
+//! | `POST /devices/{id}/messages/cloudToDevice` | send C2D (our extension) | ServiceConnect |
+//! | `GET /messages/serviceBound/feedback` | read C2D feedback (our extension) | ServiceConnect |
 
 mod c2d;
+mod c2d_send;
 mod devices;
 mod json;
 mod lookup;
@@ -42,4 +45,6 @@ pub fn routes() -> Router<HttpState> {
             get(twins::get).patch(twins::patch).put(twins::put),
         )
         .route("/twins/{id}/methods", post(methods::invoke))
+        .route("/devices/{id}/messages/cloudToDevice", post(c2d_send::send))
+        .route("/messages/serviceBound/feedback", get(c2d_send::feedback))
 }

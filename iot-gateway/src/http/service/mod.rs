@@ -34,6 +34,8 @@ pub fn routes() -> Router<HttpState> {
         .route("/statistics/service", get(statistics::service))
         .route("/statistics/devices", get(statistics::devices))
         .route("/devices", get(devices::list).post(devices::bulk))
+        // Node's Registry.list asks for `/devices/`.
+        .route("/devices/", get(devices::list))
         .route("/devices/query", post(query::query))
         .route(
             "/devices/{id}",

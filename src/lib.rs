@@ -19,6 +19,8 @@
 //! * `testkit` — turns on the `testkit` feature of every crate: the conformance suites an
 //!   integrator runs against their own implementation of a trait, and fault-injecting wrappers.
 //!   `docs/integrating.md` walks through it.
+//! * `http` — the gateway's HTTP endpoint (`gateway::http`): IoT Hub's service REST API with
+//!   shared access policies; `docs/http.md` describes it, and `examples/hub.rs` runs it.
 #![forbid(unsafe_code)]
 
 pub use iot_core as core;

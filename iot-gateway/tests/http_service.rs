@@ -823,3 +823,28 @@ async fn c2d_over_rest_reaches_the_device_and_feedback_is_readable() {
     assert_eq!(records["next"], 1);
     session.close().await;
 }
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_413_and_change_nothing() {
+    let stack =
+        Stack::start_with(iot_gateway::http::HttpConfig::default().max_body_bytes(256)).await;
+    let big = json!({"deviceId": "big", "padding": "x".repeat(1000)});
+    let reply = stack
+        .owner("PUT", &format!("/devices/big?{API}"), Some(&big))
+        .await;
+    assert_eq!(reply.status, 413);
+    assert_eq!(reply.error_code(), "MessageTooLarge");
+    assert!(stack.registry.get(&id("big")).await.unwrap().is_none());
+    // A wrong content type is 415.
+    let reply = stack
+        .call_raw(
+            "PUT",
+            &format!("/devices/big?{API}"),
+            "iothubowner",
+            b"{}",
+            &[("Content-Type", "text/plain")],
+        )
+        .await;
+    assert_eq!(reply.status, 415);
+    assert_eq!(reply.error_code(), "UnsupportedMediaType");
+}

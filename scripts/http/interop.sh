@@ -13,6 +13,10 @@ cd "$(dirname "$0")/../.."
 # azure-iot-hub imports six without declaring it.
 .venv/bin/pip install --quiet --disable-pip-version-check azure-iot-device azure-iot-hub six
 
+# The machine image ships Node.js and npm; a machine without them gets Debian's.
+if ! command -v npm > /dev/null; then
+  apt-get update -q && apt-get install -y -q nodejs npm
+fi
 node_dir=target/http-interop-node
 mkdir -p "$node_dir"
 if [ ! -f "$node_dir/package.json" ]; then

@@ -465,6 +465,25 @@ mod tests {
         assert_eq!(reopened.get("iothubowner").unwrap().rights, Rights::ALL);
     }
 
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_file_is_private_and_debug_names_no_key() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = PolicyStore::open(dir.path()).await.unwrap();
+        let mode = std::fs::metadata(dir.path().join("policies.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "mode {mode:o}");
+        let debug = format!("{store:?}");
+        for policy in store.list() {
+            assert!(!debug.contains(policy.primary.expose_base64().as_str()));
+            assert!(!debug.contains(policy.secondary.expose_base64().as_str()));
+        }
+        assert!(debug.contains("iothubowner"));
+    }
+
     #[tokio::test]
     async fn a_damaged_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();

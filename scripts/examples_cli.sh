@@ -17,7 +17,7 @@ else
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
   bin="$target/debug/examples"
 fi
-examples=(hub_bench identity_bench log_bench mqtt_gateway mqtt_load provisioning_bench quickstart
+examples=(hub hub_bench identity_bench log_bench mqtt_gateway mqtt_load provisioning_bench quickstart
   registry_bench rules sas stream_bench registry_reopen)
 dir=$(mktemp -d)
 gateway=
@@ -63,6 +63,9 @@ expect 2 mqtt_gateway "${gateway_args[@]}" --tls-listen 127.0.0.1:0
 expect 2 mqtt_gateway "${gateway_args[@]}" --self-signed
 expect 2 mqtt_load --mode connections
 expect 2 mqtt_load --qos 2
+expect 2 hub --data-dir "$dir/hub" --https-listen 127.0.0.1:0
+expect 2 hub --data-dir "$dir/hub" --self-signed
+expect 2 hub --data-dir "$dir/hub" --device "$bad"
 # The generate/verify round trip still works with clap's parsing.
 token=$("$bin/sas" generate --resource hub/devices/d --key "$key" --expiry +60)
 verdict=$("$bin/sas" verify --resource hub/devices/d --key "$key" --token "$token")
@@ -119,8 +122,43 @@ done
 grep -q '^queued: a C2D greeting for restart-1 was already waiting' "$out" ||
   fail "the last mqtt_gateway start did not find its greeting waiting"
 
+# hub: a start over a fresh directory prints both connection strings and its listeners, and
+# stops gracefully on SIGINT; a second start over the same directory keeps the keys.
+for start in 1 2; do
+  out="$dir/hub-$start.out"
+  "$bin/hub" --data-dir "$dir/hub" --listen 127.0.0.1:0 --tls-listen 127.0.0.1:0 \
+    --https-listen 127.0.0.1:0 --self-signed --device hub-dev > "$out" 2> "$dir/hub.err" &
+  gateway=$!
+  for _ in $(seq 1500); do
+    grep -qs '^service-connection-string:' "$out" && break
+    kill -0 "$gateway" 2>/dev/null || break
+    sleep 0.02
+  done
+  grep -q '^connection-string: HostName=localhost;DeviceId=hub-dev;SharedAccessKey=' "$out" ||
+    fail "hub start $start printed no device connection string"
+  grep -q '^service-connection-string: HostName=localhost:[0-9]*;SharedAccessKeyName=iothubowner;SharedAccessKey=' "$out" ||
+    fail "hub start $start printed no service connection string"
+  kill -INT "$gateway"
+  for _ in $(seq 500); do
+    kill -0 "$gateway" 2>/dev/null || break
+    sleep 0.02
+  done
+  rc=0
+  if kill -0 "$gateway" 2>/dev/null; then
+    kill -KILL "$gateway"
+    rc=timeout
+  fi
+  wait "$gateway" 2>/dev/null || [ "$rc" = timeout ] || rc=$?
+  gateway=
+  { [ "$rc" = 0 ] && grep -q '^stopped$' "$out"; } ||
+    fail "hub start $start did not stop gracefully (exit status $rc)"
+done
+[ "$(grep '^service-connection-string' "$dir/hub-1.out" | sed 's/.*SharedAccessKey=//')" = \
+  "$(grep '^service-connection-string' "$dir/hub-2.out" | sed 's/.*SharedAccessKey=//')" ] ||
+  fail "the iothubowner key changed across hub restarts"
+
 if [ "$failures" -ne 0 ]; then
   echo "examples_cli: $failures failure(s)" >&2
   exit 1
 fi
-echo "examples_cli: ok (${#examples[@]} examples, 61 mqtt_gateway starts)"
+echo "examples_cli: ok (${#examples[@]} examples, 61 mqtt_gateway starts, 2 hub starts)"

@@ -20,6 +20,8 @@
 //!   integrator runs against their own implementation of a trait, and fault-injecting wrappers.
 //!   `docs/integrating.md` walks through it.
 //! * `postgres` — the [`postgres`] module: the store traits over PostgreSQL.
+//! * `http` — the gateway's HTTP endpoint (`gateway::http`): IoT Hub's service REST API with
+//!   shared access policies; `docs/http.md` describes it, and `examples/hub.rs` runs it.
 #![forbid(unsafe_code)]
 
 pub use iot_core as core;

@@ -165,6 +165,34 @@ pub trait Gateway: Send + Sync + Debug + 'static {
 
     /// The devices with a live session, in id order.
     async fn connected_devices(&self) -> Result<Vec<DeviceId>>;
+
+    /// Whether `device` has a live session. The provided method searches
+    /// [`connected_devices`](Gateway::connected_devices); gateways that can answer for one
+    /// device directly override it.
+    async fn is_connected(&self, device: &DeviceId) -> Result<bool> {
+        Ok(self
+            .connected_devices()
+            .await?
+            .binary_search(device)
+            .is_ok())
+    }
+
+    /// How many C2D messages wait for `device` (locked ones included). The provided method
+    /// says the gateway cannot tell ([`Error::InvalidInput`](crate::Error::InvalidInput)).
+    async fn pending_c2d(&self, device: &DeviceId) -> Result<usize> {
+        Err(crate::Error::InvalidInput {
+            reason: format!("this gateway cannot count the C2D messages of {device}"),
+        })
+    }
+
+    /// Removes every C2D message queued for `device` (IoT Hub's queue purge); returns how many.
+    /// No feedback is written for them. The provided method refuses
+    /// ([`Error::InvalidInput`](crate::Error::InvalidInput)).
+    async fn purge_c2d(&self, device: &DeviceId) -> Result<usize> {
+        Err(crate::Error::InvalidInput {
+            reason: format!("this gateway cannot purge the C2D queue of {device}"),
+        })
+    }
 }
 
 /// One device's live session, as an endpoint drives it. All methods take `&self`, so one task can
@@ -290,6 +318,15 @@ macro_rules! forward_gateway {
             }
             async fn connected_devices(&self) -> Result<Vec<DeviceId>> {
                 (**self).connected_devices().await
+            }
+            async fn is_connected(&self, device: &DeviceId) -> Result<bool> {
+                (**self).is_connected(device).await
+            }
+            async fn pending_c2d(&self, device: &DeviceId) -> Result<usize> {
+                (**self).pending_c2d(device).await
+            }
+            async fn purge_c2d(&self, device: &DeviceId) -> Result<usize> {
+                (**self).purge_c2d(device).await
             }
         }
     };

@@ -14,6 +14,8 @@
 //! * `testkit` — the public conformance suites `testkit` for `Gateway`, `InboxStore` and
 //!   `TwinStore` implementations, and fault-injecting store wrappers.
 //! * `mqtt` (default) — the MQTT 3.1.1 endpoint.
+//! * `http` — the HTTP endpoint: IoT Hub's service REST API and shared access policies
+//!   (module `http`; it turns on `mqtt` for the shared TLS configuration).
 #![forbid(unsafe_code)]
 
 pub mod error;
@@ -51,3 +53,6 @@ pub use twins::{
 
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
+
+#[cfg(feature = "http")]
+pub mod http;

@@ -279,4 +279,18 @@ impl Gateway for Hub {
         devices.sort();
         Ok(devices)
     }
+
+    async fn is_connected(&self, device: &DeviceId) -> Result<bool> {
+        Ok(lock(&self.inner.sessions).contains_key(device))
+    }
+
+    async fn pending_c2d(&self, device: &DeviceId) -> Result<usize> {
+        self.inner.inbox.depth(device).await
+    }
+
+    async fn purge_c2d(&self, device: &DeviceId) -> Result<usize> {
+        let removed = self.inner.inbox.remove_device(device).await?;
+        tracing::info!(%device, removed, "C2D queue purged");
+        Ok(removed)
+    }
 }

@@ -1,0 +1,331 @@
+//! One runnable hub: devices over MQTT (TCP, TLS, WebSocket) and back ends over IoT Hub's
+//! service REST API (HTTPS), over file-backed stores.
+//!
+//! ```text
+//! cargo run --example hub -- --data-dir DIR --host localhost --device DEVICE_ID --self-signed
+//!     [--listen 127.0.0.1:1884] [--tls-listen 127.0.0.1:8884] [--https-listen 127.0.0.1:8443]
+//!     [--http-listen ADDR] [--ws-listen ADDR] [--tls-cert CERT.pem --tls-key KEY.pem]
+//!     [--run-for SECONDS]
+//! ```
+//!
+//! It opens (or creates) under `DIR` the identity store, the registry, the provisioning journal,
+//! the hub's stores, the MQTT endpoint's sessions and the shared access policies (IoT Hub's five
+//! defaults, with keys made on first start and kept). `--device` is registered through the
+//! provisioner if new. It prints:
+//!
+//! * `connection-string: HostName=…;DeviceId=…;SharedAccessKey=…` for the Azure IoT device SDKs,
+//! * `service-connection-string: HostName=…;SharedAccessKeyName=iothubowner;SharedAccessKey=…`
+//!   for the service SDKs (`HostName` carries the HTTPS port unless it is 443),
+//! * where each listener is (`mqtt:`, `mqtts:`, `https:`, …) and, with `--self-signed`, the CA
+//!   certificate clients must trust (`ca-certificate:`),
+//!
+//! then every telemetry record that lands in the log (`telemetry: …`). Default ports stay off
+//! IoT Hub's 1883/8883/443 so a hub runs beside a local broker; pass `--tls-listen
+//! 127.0.0.1:8883` or `--https-listen 127.0.0.1:443` to use them. Runs until Ctrl-C or for
+//! `--run-for` seconds, then shuts down gracefully (`stopped`). `--help` lists the flags; usage
+//! errors exit with status 2.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser};
+use iot_core::{DeviceId, Log, Offset, ReadLimits};
+use iot_gateway::http::{HttpConfig, HttpServer, HttpState, PolicyStore};
+use iot_gateway::mqtt::{MqttConfig, MqttServer, SelfSigned, TlsConfig};
+use iot_gateway::{Hub, HubConfig};
+use iot_identity::{Credentials, FileIdentityStore, FileIdentityStoreConfig, IdentityStore};
+use iot_provisioning::{
+    FileJournal, FileJournalConfig, Provisioner, Provisioning, RegisterRequest,
+};
+use iot_registry::{FileRegistry, FileRegistryConfig};
+use serde_json::json;
+
+/// One runnable hub: MQTT for devices and IoT Hub's service REST API over HTTPS, over
+/// file-backed stores.
+///
+/// Prints the device's connection string, the iothubowner service connection string and the
+/// listeners, then the telemetry that lands in the log. Runs until Ctrl-C or for --run-for
+/// seconds.
+#[derive(Debug, Parser)]
+#[command(name = "hub")]
+struct Args {
+    /// Directory of every store (created if missing).
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Plain MQTT over TCP.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:1884")]
+    listen: SocketAddr,
+    /// MQTT over TLS (needs --tls-cert and --tls-key, or --self-signed).
+    #[arg(long, value_name = "ADDR")]
+    tls_listen: Option<SocketAddr>,
+    /// The service REST API over HTTPS (needs the TLS flags).
+    #[arg(long, value_name = "ADDR")]
+    https_listen: Option<SocketAddr>,
+    /// The service REST API over plain HTTP (development only: tokens cross in the clear).
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<SocketAddr>,
+    /// MQTT over WebSocket (ws://ADDR/$iothub/websocket).
+    #[arg(long, value_name = "ADDR")]
+    ws_listen: Option<SocketAddr>,
+    /// The server certificate chain (PEM).
+    #[arg(long, value_name = "CERT.pem", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The server private key (PEM).
+    #[arg(long, value_name = "KEY.pem", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Make a CA and a certificate for --host under DIR/tls instead of --tls-cert/--tls-key.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    self_signed: bool,
+    /// The host name clients connect to (in connection strings and SAS tokens).
+    #[arg(long, default_value = "localhost")]
+    host: String,
+    /// A device to register (if new) and print the connection string of.
+    #[arg(long, value_name = "DEVICE_ID")]
+    device: Option<DeviceId>,
+    /// Stop after this many seconds instead of waiting for Ctrl-C.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    run_for: Option<Duration>,
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, std::num::ParseIntError> {
+    text.parse().map(Duration::from_secs)
+}
+
+impl Args {
+    fn check(&self) -> Result<(), &'static str> {
+        let files = self.tls_cert.is_some() && self.tls_key.is_some();
+        let needs_tls = self.tls_listen.is_some() || self.https_listen.is_some();
+        if needs_tls && !(self.self_signed || files) {
+            return Err(
+                "--tls-listen and --https-listen need --tls-cert and --tls-key, or --self-signed",
+            );
+        }
+        if !needs_tls && (files || self.self_signed) {
+            return Err("TLS flags need --tls-listen or --https-listen");
+        }
+        Ok(())
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    if let Err(message) = args.check() {
+        Args::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, message)
+            .exit();
+    }
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    // Listen for Ctrl-C before printing anything, so a script that stops the hub as soon as it
+    // sees its output gets the graceful shutdown.
+    let interrupted = interrupt()?;
+    let dir = &args.data_dir;
+    let identity = Arc::new(
+        FileIdentityStore::open(dir.join("identity"), FileIdentityStoreConfig::default()).await?,
+    );
+    let registry =
+        Arc::new(FileRegistry::open(dir.join("registry"), FileRegistryConfig::default()).await?);
+    let journal =
+        Arc::new(FileJournal::open(dir.join("provisioning"), FileJournalConfig::default()).await?);
+    let provisioner = Arc::new(
+        Provisioner::builder(identity.clone(), registry.clone())
+            .journal(journal)
+            .host(args.host.clone())
+            .open()
+            .await?,
+    );
+    let hub = Hub::open_dir(
+        dir.join("hub"),
+        identity.clone(),
+        args.host.clone(),
+        HubConfig::default(),
+    )
+    .await?;
+    let policies = Arc::new(PolicyStore::open(dir.join("policies")).await?);
+
+    let host = &args.host;
+    if let Some(device) = &args.device {
+        let key = device_key(provisioner.as_ref(), identity.as_ref(), device).await?;
+        println!("connection-string: HostName={host};DeviceId={device};SharedAccessKey={key}");
+    }
+
+    let tls = if args.self_signed {
+        let pair = SelfSigned::generate(host)?;
+        let (ca, _, _) = pair.write_to(&dir.join("tls"))?;
+        println!("ca-certificate: {}", ca.display());
+        Some(pair.tls_config(false)?)
+    } else if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        Some(TlsConfig::from_pem_files(cert, key, false)?)
+    } else {
+        None
+    };
+
+    let mut mqtt_config = MqttConfig::default();
+    mqtt_config.state_dir = Some(dir.join("mqtt"));
+    let mqtt = MqttServer::new(Arc::new(hub.clone()), mqtt_config)?;
+    println!("mqtt: {} (plain TCP)", mqtt.listen_tcp(args.listen).await?);
+    if let (Some(addr), Some(tls)) = (args.tls_listen, &tls) {
+        let bound = mqtt.listen_tls(addr, tls.clone()).await?;
+        println!("mqtts: {host}:{} (TLS)", bound.port());
+    }
+    if let Some(addr) = args.ws_listen {
+        let bound = mqtt.listen_websocket(addr, None).await?;
+        println!("mqtt-ws: ws://{bound}/$iothub/websocket");
+    }
+
+    let http_config = HttpConfig::default();
+    let state = HttpState::new(
+        Arc::new(hub.clone()),
+        provisioner.clone() as Arc<dyn Provisioning>,
+        registry.clone(),
+        identity.clone(),
+        policies.clone(),
+        host.clone(),
+        http_config.clone(),
+    );
+    let http = HttpServer::new(iot_gateway::http::router(state), http_config);
+    let owner = policies
+        .get("iothubowner")
+        .ok_or("the iothubowner policy was removed from DIR/policies")?;
+    if let (Some(addr), Some(tls)) = (args.https_listen, tls) {
+        let bound = http.listen_tls(addr, tls).await?;
+        println!("https: https://{host}:{}", bound.port());
+        let authority = if bound.port() == 443 {
+            host.clone()
+        } else {
+            format!("{host}:{}", bound.port())
+        };
+        println!(
+            "service-connection-string: {}",
+            owner.connection_string(&authority)
+        );
+    }
+    if let Some(addr) = args.http_listen {
+        let bound = http.listen_tcp(addr).await?;
+        println!("http: http://{bound} (plain HTTP)");
+        if args.https_listen.is_none() {
+            let authority = format!("{host}:{}", bound.port());
+            println!(
+                "service-connection-string: {}",
+                owner.connection_string(&authority)
+            );
+        }
+    }
+
+    let tail = tokio::spawn(print_telemetry(hub.telemetry_log().clone()));
+    let run_for = args.run_for.unwrap_or(Duration::MAX);
+    tokio::select! {
+        () = tokio::time::sleep(run_for) => {}
+        () = interrupted => {}
+    }
+    tail.abort();
+    http.shutdown().await;
+    mqtt.shutdown().await;
+    hub.shutdown().await;
+    println!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C); the handler is installed when this is called.
+#[cfg(unix)]
+fn interrupt() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut signal = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        signal.recv().await;
+    })
+}
+
+/// Resolves on Ctrl-C (installed on first poll; no early-signal guarantee off Unix).
+#[cfg(not(unix))]
+fn interrupt() -> std::io::Result<impl Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+}
+
+/// The device's primary key (base64), registering the device through the provisioner first if
+/// it does not exist.
+async fn device_key(
+    provisioner: &Provisioner,
+    identity: &FileIdentityStore,
+    device: &DeviceId,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let credentials = match identity.get(device).await? {
+        Some(existing) => existing.credentials.clone(),
+        None => {
+            let registered = provisioner
+                .register(RegisterRequest::new(device.clone(), json!({})))
+                .await?;
+            println!("provisioned: {device}");
+            registered.credentials
+        }
+    };
+    match credentials {
+        Credentials::SymmetricKeys { primary, .. } => Ok(primary.expose_base64().to_string()),
+        other => Err(format!(
+            "{device} authenticates with a {}, not a key",
+            other.kind_name()
+        )
+        .into()),
+    }
+}
+
+/// Prints telemetry records as they land, from every partition.
+async fn print_telemetry(log: Arc<dyn Log>) {
+    let mut tasks = Vec::new();
+    for p in 0..log.partition_count() {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            let partition = iot_core::PartitionId(p);
+            let Ok(mut next) = log.next_offset(partition).await else {
+                return;
+            };
+            loop {
+                if log.wait_for(partition, next).await.is_err() {
+                    return;
+                }
+                let Ok(records) = log.read(partition, next, ReadLimits::default()).await else {
+                    return;
+                };
+                for stored in records {
+                    let headers: Vec<String> = stored
+                        .record
+                        .headers
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
+                    println!(
+                        "telemetry: device={} headers=[{}] payload={}",
+                        stored.record.key,
+                        headers.join(", "),
+                        String::from_utf8_lossy(&stored.record.payload)
+                    );
+                    next = Offset(stored.offset.0 + 1);
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+}

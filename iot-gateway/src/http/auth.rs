@@ -1,0 +1,225 @@
+//! Who is calling: a SAS token in `Authorization`, checked against a shared access policy or a
+//! device's keys.
+//!
+//! Handlers take a [`Caller`] argument (an axum extractor): the request is authenticated before
+//! the handler runs, and a failure is answered with 401 in IoT Hub's error shape. The handler
+//! then asks for the rights its operation needs with [`Caller::require`] (403 when missing) or
+//! for a device with [`Caller::device`].
+//!
+//! Accepted tokens (`SharedAccessSignature sr=…&sig=…&se=…[&skn=…]`, fields in any order):
+//!
+//! | `sr` | `skn` | who |
+//! | --- | --- | --- |
+//! | `{host}` | a policy | the back end, with the policy's rights |
+//! | `{host}/devices/{id}` | a policy with `DeviceConnect` | device `id` (protocol-gateway style) |
+//! | `{host}/devices/{id}` | none | device `id`, signed with one of its own keys |
+//!
+//! `{host}` may carry a port (`localhost:8443`, percent-encoded in the token as
+//! `localhost%3A8443`): the Python service SDK signs for the host *and port* of its connection
+//! string. The port is not compared — the scope check is about which hub, and a hub is one host
+//! name. Host names compare case-insensitively. Signatures are compared in constant time
+//! (`iot_identity::sas`), and a token never reaches a log or an error.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use iot_core::DeviceId;
+use iot_identity::sas::{self, SasVerifier};
+use iot_identity::{Credentials, DeviceStatus};
+
+use super::error::{ApiError, ApiResult};
+use super::policy::Rights;
+use super::state::HttpState;
+
+/// An authenticated caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Caller {
+    /// A back end holding a shared access policy.
+    Service {
+        /// The policy's name.
+        policy: String,
+        /// What it may do.
+        rights: Rights,
+    },
+    /// A device, with its own key or through a `DeviceConnect` policy.
+    Device {
+        /// The device.
+        id: DeviceId,
+        /// The policy that signed the token, when not the device's own key.
+        policy: Option<String>,
+    },
+}
+
+impl Caller {
+    /// Succeeds when the caller is a back end whose policy holds at least one of `any_of`;
+    /// otherwise 403.
+    pub fn require(&self, any_of: Rights) -> ApiResult<()> {
+        match self {
+            Caller::Service { rights, .. } if rights.intersects(any_of) => Ok(()),
+            Caller::Service { policy, .. } => Err(ApiError::forbidden(format!(
+                "policy {policy} lacks the right this operation needs ({any_of})"
+            ))),
+            Caller::Device { .. } => Err(ApiError::forbidden(
+                "a device token cannot call the service API",
+            )),
+        }
+    }
+
+    /// The device, when the caller is device `path_id` (the id in the request's path);
+    /// otherwise 401 — a device token for another device proves nothing about this one.
+    pub fn device(&self, path_id: &DeviceId) -> ApiResult<&DeviceId> {
+        match self {
+            Caller::Device { id, .. } if id == path_id => Ok(id),
+            Caller::Device { .. } => Err(ApiError::unauthorized(
+                "the token is scoped to another device",
+            )),
+            Caller::Service { .. } => Err(ApiError::unauthorized(
+                "the device API needs a device-scoped token",
+            )),
+        }
+    }
+}
+
+impl FromRequestParts<HttpState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &HttpState) -> ApiResult<Self> {
+        let token = parts
+            .headers
+            .get(AUTHORIZATION)
+            .ok_or_else(|| ApiError::unauthorized("the Authorization header is missing"))?
+            .to_str()
+            .map_err(|_| ApiError::unauthorized("the Authorization header is not ASCII"))?;
+        let caller = authenticate(state, token, sas::unix_now()).await?;
+        match &caller {
+            Caller::Service { policy, .. } => tracing::debug!(policy, "authenticated"),
+            Caller::Device { id, .. } => tracing::debug!(device = %id, "authenticated"),
+        }
+        Ok(caller)
+    }
+}
+
+/// What a token's resource names, once its host is checked.
+enum Scope {
+    Hub,
+    Device(DeviceId),
+}
+
+fn scope(host: &str, resource: &str) -> Option<Scope> {
+    let (authority, rest) = resource.split_once('/').unwrap_or((resource, ""));
+    let name = match authority.rsplit_once(':') {
+        Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => authority,
+    };
+    if !name.eq_ignore_ascii_case(host) {
+        return None;
+    }
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() {
+        return Some(Scope::Hub);
+    }
+    let id = rest.strip_prefix("devices/")?;
+    // Module scopes (`devices/{id}/modules/{m}`) and other paths are not served.
+    if id.contains('/') {
+        return None;
+    }
+    DeviceId::new(id).ok().map(Scope::Device)
+}
+
+/// Authenticates `token` as of `now` (Unix seconds).
+pub async fn authenticate(state: &HttpState, token: &str, now: u64) -> ApiResult<Caller> {
+    let verifier = SasVerifier::default();
+    let parsed = sas::parse(token, verifier.max_token_len)
+        .map_err(|e| ApiError::unauthorized(format!("malformed SAS token: {e}")))?;
+    let scope = scope(state.host(), parsed.resource()).ok_or_else(|| {
+        ApiError::unauthorized("the token's resource (sr) is not this hub or one of its devices")
+    })?;
+    let refused = |e: iot_identity::Error| match e {
+        iot_identity::Error::TokenExpired { .. } => ApiError::unauthorized("the token expired"),
+        _ => ApiError::unauthorized("the token's signature or policy does not match"),
+    };
+    if let Some(name) = parsed.policy() {
+        let policy = state
+            .policies()
+            .get(name)
+            .ok_or_else(|| ApiError::unauthorized("the token names an unknown policy"))?;
+        verifier
+            .verify(
+                token,
+                parsed.resource(),
+                &policy.primary,
+                Some(&policy.secondary),
+                Some(name),
+                now,
+            )
+            .map_err(refused)?;
+        return match scope {
+            Scope::Hub => Ok(Caller::Service {
+                policy: policy.name,
+                rights: policy.rights,
+            }),
+            Scope::Device(id) if policy.rights.contains(Rights::DEVICE_CONNECT) => {
+                Ok(Caller::Device {
+                    id,
+                    policy: Some(policy.name),
+                })
+            }
+            Scope::Device(_) => Err(ApiError::unauthorized(
+                "a device-scoped token needs a policy with DeviceConnect",
+            )),
+        };
+    }
+    let Scope::Device(id) = scope else {
+        return Err(ApiError::unauthorized(
+            "a hub-scoped token must name a shared access policy (skn)",
+        ));
+    };
+    let identity =
+        state.identity().get(&id).await?.ok_or_else(|| {
+            ApiError::unauthorized("the token's signature or policy does not match")
+        })?;
+    let Credentials::SymmetricKeys { primary, secondary } = &identity.credentials else {
+        return Err(ApiError::unauthorized("the device has no symmetric keys"));
+    };
+    verifier
+        .verify(
+            token,
+            parsed.resource(),
+            primary,
+            Some(secondary),
+            None,
+            now,
+        )
+        .map_err(refused)?;
+    if let DeviceStatus::Disabled { .. } = identity.status {
+        return Err(ApiError::unauthorized("the device is disabled"));
+    }
+    Ok(Caller::Device { id, policy: None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_accepts_a_port_and_any_case() {
+        assert!(matches!(scope("localhost", "localhost"), Some(Scope::Hub)));
+        assert!(matches!(
+            scope("localhost", "LocalHost:8443"),
+            Some(Scope::Hub)
+        ));
+        assert!(matches!(
+            scope("localhost", "localhost:8443/"),
+            Some(Scope::Hub)
+        ));
+        assert!(matches!(
+            scope("localhost", "localhost/devices/d1"),
+            Some(Scope::Device(id)) if id.as_str() == "d1"
+        ));
+        assert!(scope("localhost", "otherhost").is_none());
+        assert!(scope("localhost", "localhost:x").is_none());
+        assert!(scope("localhost", "localhost/devices/d1/modules/m").is_none());
+        assert!(scope("localhost", "localhost/twins").is_none());
+    }
+}

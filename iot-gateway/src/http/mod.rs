@@ -1,0 +1,106 @@
+//! The hub's HTTP endpoint (feature `http`): IoT Hub's service REST API over any [`Gateway`],
+//! with shared access policies.
+//!
+//! * [`HttpState`] — what handlers share: the gateway, provisioning (the one writer of
+//!   identities and registry records), the registry and identity store (read), the
+//!   [`PolicyStore`], the host name and the [`HttpConfig`].
+//! * [`router`] — the whole API as one axum [`Router`]: every route of [`service::routes`], the
+//!   `api-version` check, a tracing span per request, IoT Hub's error shape for unknown routes
+//!   and methods, and the body limit.
+//! * [`HttpServer`] — serves a router over plain TCP and TLS (rustls with ring, the MQTT
+//!   endpoint's [`TlsConfig`](crate::mqtt::TlsConfig)), with graceful shutdown.
+//! * [`Caller`] — the authentication extractor: a handler that takes a `Caller` runs only for a
+//!   valid SAS token, and asks for rights with [`Caller::require`].
+//!
+//! The routes and the JSON they speak are described in `docs/http.md`.
+//!
+//! [`Gateway`]: crate::Gateway
+
+mod api_version;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod policy;
+pub mod server;
+pub mod service;
+pub mod state;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use tracing::Instrument as _;
+
+pub use auth::Caller;
+pub use config::{DEFAULT_API_VERSIONS, HttpConfig};
+pub use error::{ApiError, ApiResult};
+pub use policy::{PolicyError, PolicyStore, Rights, SharedAccessPolicy};
+pub use server::{HttpServer, PeerAddr};
+pub use state::HttpState;
+
+/// The whole HTTP API for `state`: the service routes, wrapped in the checks every route gets.
+pub fn router(state: HttpState) -> Router {
+    with_common_layers(service::routes(), state)
+}
+
+/// Wraps `routes` (any routes over [`HttpState`]) in what every route of the endpoint gets, in
+/// this order from the outside: a tracing span per request, the `api-version` check, the body
+/// limit, and IoT Hub's error answers for unknown paths (404) and methods (405). Use it to serve
+/// routes of your own beside (or instead of) [`service::routes`].
+pub fn with_common_layers(routes: Router<HttpState>, state: HttpState) -> Router {
+    let body_limit = state.config().max_body_bytes;
+    routes
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            api_version::check,
+        ))
+        .layer(middleware::from_fn(trace))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        error::code::NOT_FOUND,
+        "no such resource",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        error::code::METHOD_NOT_ALLOWED,
+        "the resource does not support this method",
+    )
+}
+
+/// One span per request: method, route (the pattern, not the path: ids stay out of span names),
+/// status and peer. Headers are never recorded (they hold tokens).
+async fn trace(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("-", |p| p.as_str())
+        .to_owned();
+    let peer = request
+        .extensions()
+        .get::<PeerAddr>()
+        .map(|p| p.0.to_string())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "http",
+        method = %request.method(),
+        route,
+        peer,
+        status = tracing::field::Empty
+    );
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("status", response.status().as_u16());
+    span.in_scope(|| tracing::debug!("request done"));
+    response
+}

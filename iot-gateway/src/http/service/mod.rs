@@ -1,0 +1,52 @@
+//! IoT Hub's service REST API: what a back end calls with a shared access policy.
+//!
+//! | route | operation | right |
+//! | --- | --- | --- |
+//! | `PUT/GET/DELETE /devices/{id}` | device identity | RegistryWrite / RegistryRead |
+//! | `GET /devices`, `POST /devices` | list, bulk create/update/delete | RegistryRead / RegistryWrite |
+//! | `POST /devices/query` | IoT Hub query over twins | RegistryRead or ServiceConnect |
+//! | `GET /statistics/devices`, `GET /statistics/service` | counts | RegistryRead / ServiceConnect |
+//! | `GET/PATCH/PUT /twins/{id}` | twin | read: RegistryRead or ServiceConnect; write: ServiceConnect or RegistryWrite |
+//! | `POST /twins/{id}/methods` | direct method | ServiceConnect |
+//! | `DELETE /devices/{id}/commands` | purge the C2D queue | ServiceConnect |
+//! | `POST /devices/{id}/messages/cloudToDevice` | send C2D (our extension) | ServiceConnect |
+//! | `GET /messages/serviceBound/feedback` | read C2D feedback (our extension) | ServiceConnect |
+
+mod c2d;
+mod c2d_send;
+mod devices;
+mod json;
+mod lookup;
+mod methods;
+mod query;
+mod statistics;
+mod twins;
+
+use axum::Router;
+use axum::routing::{get, post, put};
+
+use super::state::HttpState;
+
+/// Every service route, over [`HttpState`]. Wrap it with
+/// [`with_common_layers`](super::with_common_layers) (as [`router`](super::router) does).
+pub fn routes() -> Router<HttpState> {
+    Router::new()
+        .route("/statistics/service", get(statistics::service))
+        .route("/statistics/devices", get(statistics::devices))
+        .route("/devices", get(devices::list).post(devices::bulk))
+        // Node's Registry.list asks for `/devices/`.
+        .route("/devices/", get(devices::list))
+        .route("/devices/query", post(query::query))
+        .route(
+            "/devices/{id}",
+            put(devices::put).get(devices::get).delete(devices::delete),
+        )
+        .route("/devices/{id}/commands", axum::routing::delete(c2d::purge))
+        .route(
+            "/twins/{id}",
+            get(twins::get).patch(twins::patch).put(twins::put),
+        )
+        .route("/twins/{id}/methods", post(methods::invoke))
+        .route("/devices/{id}/messages/cloudToDevice", post(c2d_send::send))
+        .route("/messages/serviceBound/feedback", get(c2d_send::feedback))
+}

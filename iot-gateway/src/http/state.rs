@@ -1,0 +1,101 @@
+//! The state every handler shares.
+
+use std::fmt;
+use std::sync::Arc;
+
+use iot_identity::IdentityStore;
+use iot_provisioning::Provisioning;
+use iot_registry::Registry;
+
+use super::config::HttpConfig;
+use super::policy::PolicyStore;
+use crate::gateway::Gateway;
+
+/// What the HTTP handlers reach: the gateway (sessions, twins, methods, C2D), provisioning (the
+/// one writer of identities and registry records), the registry (reads and queries), the
+/// identity store (reads: a device's keys for `GET /devices/{id}`, device SAS checks), the
+/// shared access policies, the host name tokens are scoped to, and the configuration.
+///
+/// Cloning is cheap (one `Arc`). Each part is a trait object, so any implementation of the
+/// SDK's traits serves the same API.
+#[derive(Clone)]
+pub struct HttpState(Arc<Inner>);
+
+struct Inner {
+    gateway: Arc<dyn Gateway>,
+    provisioning: Arc<dyn Provisioning>,
+    registry: Arc<dyn Registry>,
+    identity: Arc<dyn IdentityStore>,
+    policies: Arc<PolicyStore>,
+    host: String,
+    config: HttpConfig,
+}
+
+impl fmt::Debug for HttpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpState")
+            .field("host", &self.0.host)
+            .field("gateway", &self.0.gateway)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpState {
+    /// The state over these parts. `registry` and `identity` must be the stores `provisioning`
+    /// writes (the handlers read them directly and write only through `provisioning`); `host` is
+    /// the hub's host name as tokens name it (`localhost`, `hub.example.net`), without a port.
+    pub fn new(
+        gateway: Arc<dyn Gateway>,
+        provisioning: Arc<dyn Provisioning>,
+        registry: Arc<dyn Registry>,
+        identity: Arc<dyn IdentityStore>,
+        policies: Arc<PolicyStore>,
+        host: impl Into<String>,
+        config: HttpConfig,
+    ) -> Self {
+        HttpState(Arc::new(Inner {
+            gateway,
+            provisioning,
+            registry,
+            identity,
+            policies,
+            host: host.into(),
+            config,
+        }))
+    }
+
+    /// The gateway.
+    pub fn gateway(&self) -> &Arc<dyn Gateway> {
+        &self.0.gateway
+    }
+
+    /// Provisioning, the one writer of identities and registry records.
+    pub fn provisioning(&self) -> &Arc<dyn Provisioning> {
+        &self.0.provisioning
+    }
+
+    /// The registry (read it; write through [`provisioning`](Self::provisioning)).
+    pub fn registry(&self) -> &Arc<dyn Registry> {
+        &self.0.registry
+    }
+
+    /// The identity store (read it; write through [`provisioning`](Self::provisioning)).
+    pub fn identity(&self) -> &Arc<dyn IdentityStore> {
+        &self.0.identity
+    }
+
+    /// The shared access policies.
+    pub fn policies(&self) -> &Arc<PolicyStore> {
+        &self.0.policies
+    }
+
+    /// The host name tokens are scoped to.
+    pub fn host(&self) -> &str {
+        &self.0.host
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &HttpConfig {
+        &self.0.config
+    }
+}

@@ -2,7 +2,7 @@
 //! service REST API (HTTPS), over file-backed stores.
 //!
 //! ```text
-//! cargo run --example hub -- --data-dir DIR --host localhost --device DEVICE_ID --self-signed
+//! cargo run --example hub --features http -- --data-dir DIR --host localhost --device DEVICE_ID --self-signed
 //!     [--listen 127.0.0.1:1884] [--tls-listen 127.0.0.1:8884] [--https-listen 127.0.0.1:8443]
 //!     [--http-listen ADDR] [--ws-listen ADDR] [--tls-cert CERT.pem --tls-key KEY.pem]
 //!     [--run-for SECONDS]

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 if [ -n "${EXAMPLES_BIN:-}" ]; then
   bin=$EXAMPLES_BIN
 else
-  cargo build -q --examples -p iot-sdk -p iot-registry
+  cargo build -q --examples -p iot-sdk -p iot-registry --features iot-sdk/http
   # Wherever this cargo puts them (CARGO_TARGET_DIR, a config's target-dir, or target/).
   target=$(cargo metadata -q --format-version 1 --no-deps |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')

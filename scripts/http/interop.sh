@@ -29,7 +29,7 @@ HTTP_INTEROP_NODE_MODULES="$PWD/$node_dir/node_modules" \
 
 # The hub example with the service connection string it prints: the Python SDK on the port in
 # HostName, the Node SDK on 443.
-cargo build -q --example hub
+cargo build -q --example hub --features http
 target=$(cargo metadata -q --format-version 1 --no-deps |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 dir=$(mktemp -d)

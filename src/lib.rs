@@ -21,6 +21,9 @@
 //!   `docs/integrating.md` walks through it.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "nats")]
+pub mod nats;
+
 pub use iot_core as core;
 pub use iot_gateway as gateway;
 pub use iot_identity as identity;

@@ -19,8 +19,9 @@
 //!
 //! The checks are public too, each taking a **fresh, empty** log with **at least two
 //! partitions**, for running one at a time. Differences between implementations are parameters
-//! ([`SuiteOptions`]: the limits a log was built with, the granularity of its retention), not
-//! separate suites.
+//! ([`SuiteOptions`]: the limits a log was built with, the granularity of its retention) or
+//! stated by the log itself ([`Log::capabilities`]: a check of a property the log denies is
+//! skipped), not separate suites.
 //!
 //! [`FaultyLog`] wraps any log and fails the calls it is told to fail, for testing callers;
 //! [`crash`] is the kill -9 harness every store's crash tests use.

@@ -69,7 +69,13 @@ fn prefix() -> String {
     format!("bench{:010x}", n & 0xff_ffff_ffff)
 }
 
-pub(crate) async fn run(args: &Args, quick: bool, report: &mut Report) {
+/// Measures and adds the JetStream keys to `report`; fails (without a panic) if NATS cannot be
+/// reached.
+pub(crate) async fn run(args: &Args, quick: bool, report: &mut Report) -> Result<(), String> {
+    let config = NatsLogConfig::from_url(&args.nats_url).map_err(|e| e.to_string())?;
+    NatsLogFactory::connect(config)
+        .await
+        .map_err(|e| format!("cannot use NATS at --nats-url: {e}"))?;
     let records_per_round: usize = if quick { 4_000 } else { 200_000 };
     let batches = (records_per_round / (args.partitions as usize * args.batch as usize)).max(1);
     let work = Workload {
@@ -114,6 +120,7 @@ pub(crate) async fn run(args: &Args, quick: bool, report: &mut Report) {
     report.insert("jetstream_vs_raw".into(), round2(vs_raw));
     report.insert("jetstream_tail_rps".into(), Value::from(tail.round()));
     report.insert("file_vs_jetstream".into(), round2(file_rps / log));
+    Ok(())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -13,6 +13,7 @@
 //! called from `main` the same way.
 #![allow(
     clippy::print_stdout,
+    clippy::print_stderr,
     clippy::unwrap_used,
     reason = "a benchmark prints its figures and stops at the first failure"
 )]
@@ -41,6 +42,9 @@ fn main() {
         .build()
         .unwrap();
     let mut report = Report::new();
-    rt.block_on(jetstream::run(&cli.jetstream, cli.quick, &mut report));
+    if let Err(e) = rt.block_on(jetstream::run(&cli.jetstream, cli.quick, &mut report)) {
+        eprintln!("backends_bench: {e}");
+        std::process::exit(1);
+    }
     println!("{}", Value::Object(report));
 }

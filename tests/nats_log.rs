@@ -198,6 +198,51 @@ async fn batches_stay_contiguous_with_two_writers() {
     shared.clean_up().await;
 }
 
+/// Retention as stream limits: the server expires records by itself, from the front only, and
+/// offsets carry on where they were.
+#[tokio::test]
+async fn stream_limits_expire_a_prefix_and_keep_offsets() {
+    let Some(shared) = Shared::connect().await else {
+        return;
+    };
+    let config = NatsLogConfig::from_url(&format!(
+        "{}?prefix={}&max_age_s=1",
+        shared_url(),
+        shared.prefix
+    ))
+    .unwrap();
+    let factory = NatsLogFactory::connect(config).await.unwrap();
+    let log = factory.open(&topic("stream-limits"), 1).await.unwrap();
+    let batch: Vec<Record> = (0..10).map(|i| testkit::sample_record("old", i)).collect();
+    log.append(P0, batch).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while log.earliest_offset(P0).await.unwrap() < Offset(10) {
+        assert!(
+            Instant::now() < deadline,
+            "the server did not expire old records"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(log.next_offset(P0).await.unwrap(), Offset(10));
+    assert!(matches!(
+        log.read(P0, Offset(3), ReadLimits::default()).await,
+        Err(Error::OffsetTruncated { .. })
+    ));
+    let a = log
+        .append(P0, vec![testkit::sample_record("new", 1)])
+        .await
+        .unwrap();
+    assert_eq!(a.first, Offset(10), "offsets went on after expiry");
+    let back = log
+        .read(P0, Offset(10), ReadLimits::default())
+        .await
+        .unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].record.key, "new");
+    drop(log);
+    shared.clean_up().await;
+}
+
 /// No server on the port: a typed, retryable error within the connect timeout, not a hang.
 #[tokio::test]
 async fn an_unreachable_server_is_a_typed_error() {

@@ -42,7 +42,8 @@ pub struct NatsLogConfig {
     pub limits: LogLimits,
     /// Retention the server enforces by itself, as stream limits (`max_age`, `max_bytes` with
     /// discard-old). `max_bytes` here counts JetStream's stored bytes (subject, headers and our
-    /// encoding included), not `Record::size_bytes`. Default: none.
+    /// encoding included), not `Record::size_bytes`. Applied when a topic's streams are created;
+    /// existing streams keep the limits they were created with. Default: none.
     pub stream_limits: RetentionPolicy,
 }
 

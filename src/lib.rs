@@ -24,6 +24,9 @@
 //!   shared access policies; `docs/http.md` describes it, and `examples/hub.rs` runs it.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "nats")]
+pub mod nats;
+
 pub use iot_core as core;
 pub use iot_gateway as gateway;
 pub use iot_identity as identity;

@@ -12,6 +12,7 @@
 //!   harness. `docs/integrating.md` walks an integrator from `cargo add` to a passing suite.
 #![forbid(unsafe_code)]
 
+pub mod capabilities;
 pub mod consumer;
 pub mod device_id;
 pub mod error;
@@ -34,6 +35,7 @@ pub mod time;
 pub mod timestamp;
 pub mod topics;
 
+pub use capabilities::LogCapabilities;
 pub use consumer::{GroupConsumer, StartFrom};
 pub use device_id::DeviceId;
 pub use error::{Error, Result};

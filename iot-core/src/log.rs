@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::capabilities::LogCapabilities;
 use crate::error::Result;
 use crate::limits::ReadLimits;
 use crate::names::GroupName;
@@ -25,8 +26,9 @@ use crate::timestamp::Timestamp;
 /// them, and `docs/integrating.md` shows how to run it against your own implementation.
 ///
 /// * **Dense offsets.** A successful [`append`](Log::append) of *n* records gives them the offsets
-///   `next .. next + n` of that partition, in batch order, atomically: a concurrent reader sees all of
-///   the batch or none of it. Offsets are never reused, even after retention.
+///   `next .. next + n` of that partition, in batch order, contiguously (no other append's record
+///   lands inside the batch), and atomically: a concurrent reader sees all of the batch or none of
+///   it. Offsets are never reused, even after retention.
 /// * **Faithful reads.** [`read`](Log::read) returns records in offset order, starting exactly at
 ///   `from`, with key, headers (in order), device time and payload as appended; reading at
 ///   [`next_offset`](Log::next_offset) returns an empty vector; past it is
@@ -50,6 +52,10 @@ use crate::timestamp::Timestamp;
 ///   it promises to survive.
 /// * Unknown partitions are [`Error::UnknownPartition`](crate::Error::UnknownPartition); no input
 ///   makes an implementation panic.
+/// * **Capabilities.** Atomic batches and a `sync` that forces data to disk are properties a
+///   backend may lack (a message broker without atomic multi-message publish, say). A log states
+///   which it gives in [`capabilities`](Log::capabilities); every other rule here holds for every
+///   log.
 /// * **Backend failures** (a lost connection, a refused query) are
 ///   [`Error::Backend`](crate::Error::Backend), carrying the backend's own error as the source
 ///   and saying whether a retry may help.
@@ -94,7 +100,17 @@ pub trait Log: Send + Sync + Debug + 'static {
         now: Timestamp,
     ) -> Result<RetentionReport>;
 
-    /// Makes every acknowledged record durable now, whatever the durability policy.
+    /// The properties of this contract that the log gives beyond those every log holds.
+    ///
+    /// Provided: the default states all of them ([`LogCapabilities::FULL`]). A backend that lacks
+    /// one overrides it, and the conformance suite then skips that check by name instead of failing.
+    fn capabilities(&self) -> LogCapabilities {
+        LogCapabilities::FULL
+    }
+
+    /// Makes every acknowledged record durable now, whatever the durability policy (unless the
+    /// log's [`capabilities`](Log::capabilities) deny `forced_sync`: then it is as durable as the
+    /// backend makes it, and `sync` only waits for what the backend offers).
     ///
     /// Provided: the default does nothing, which is right for a log that is not durable
     /// (in memory) or that makes every append durable before acknowledging it (most databases).
@@ -161,6 +177,9 @@ macro_rules! forward_log {
         impl<T: Log + ?Sized> Log for $ptr<T> {
             fn partition_count(&self) -> u32 {
                 (**self).partition_count()
+            }
+            fn capabilities(&self) -> LogCapabilities {
+                (**self).capabilities()
             }
             async fn append(
                 &self,

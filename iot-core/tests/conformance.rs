@@ -9,8 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use iot_core::testkit::{self, FaultKind, FaultyLog, InjectedFault, Operation, SuiteOptions};
 use iot_core::{
-    Durability, Error, FileLog, FileLogConfig, FileLogFactory, GroupName, Log, LogFactory,
-    LogLimits, MemoryLog, MemoryLogFactory, Offset, PartitionId, ReadLimits, TopicName,
+    Durability, Error, FileLog, FileLogConfig, FileLogFactory, GroupName, Log, LogCapabilities,
+    LogFactory, LogLimits, MemoryLog, MemoryLogFactory, Offset, PartitionId, ReadLimits, TopicName,
 };
 
 /// Small segments so that retention, roll and multi-segment reads are exercised.
@@ -277,4 +277,129 @@ async fn every_operation_can_be_faulted() {
         );
     }
     assert_eq!(log.injected(), ops.len() as u64);
+}
+
+/// A log that writes a batch record by record, yielding between records — what a broker without
+/// atomic multi-message publish does — and states what it claims about atomicity.
+#[derive(Debug)]
+struct SplittingLog {
+    inner: MemoryLog,
+    /// One writer at a time, so batches stay contiguous (as the contract requires of every log).
+    writer: tokio::sync::Mutex<()>,
+    claims_atomic: bool,
+}
+
+#[async_trait]
+impl Log for SplittingLog {
+    fn partition_count(&self) -> u32 {
+        self.inner.partition_count()
+    }
+    fn capabilities(&self) -> LogCapabilities {
+        LogCapabilities::FULL.atomic_batches(self.claims_atomic)
+    }
+    async fn append(
+        &self,
+        partition: PartitionId,
+        records: Vec<iot_core::Record>,
+    ) -> iot_core::Result<iot_core::Appended> {
+        LogLimits::default().check_batch(&records)?;
+        let _writer = self.writer.lock().await;
+        let count = records.len() as u64;
+        let mut first = None;
+        for record in records {
+            let a = self.inner.append(partition, vec![record]).await?;
+            first.get_or_insert(a);
+            tokio::task::yield_now().await;
+        }
+        let first = first.expect("a checked batch is not empty");
+        Ok(iot_core::Appended { count, ..first })
+    }
+    async fn read(
+        &self,
+        partition: PartitionId,
+        from: Offset,
+        limits: ReadLimits,
+    ) -> iot_core::Result<Vec<iot_core::StoredRecord>> {
+        self.inner.read(partition, from, limits).await
+    }
+    async fn wait_for(&self, partition: PartitionId, offset: Offset) -> iot_core::Result<Offset> {
+        self.inner.wait_for(partition, offset).await
+    }
+    async fn earliest_offset(&self, partition: PartitionId) -> iot_core::Result<Offset> {
+        self.inner.earliest_offset(partition).await
+    }
+    async fn next_offset(&self, partition: PartitionId) -> iot_core::Result<Offset> {
+        self.inner.next_offset(partition).await
+    }
+    async fn commit(
+        &self,
+        group: &GroupName,
+        partition: PartitionId,
+        offset: Offset,
+    ) -> iot_core::Result<()> {
+        self.inner.commit(group, partition, offset).await
+    }
+    async fn committed(
+        &self,
+        group: &GroupName,
+        partition: PartitionId,
+    ) -> iot_core::Result<Option<Offset>> {
+        self.inner.committed(group, partition).await
+    }
+    async fn enforce_retention(
+        &self,
+        policy: &iot_core::RetentionPolicy,
+        now: iot_core::Timestamp,
+    ) -> iot_core::Result<iot_core::RetentionReport> {
+        self.inner.enforce_retention(policy, now).await
+    }
+}
+
+#[derive(Debug)]
+struct SplittingFactory {
+    claims_atomic: bool,
+}
+
+#[async_trait]
+impl LogFactory for SplittingFactory {
+    async fn open_log(
+        &self,
+        _topic: &TopicName,
+        partitions: u32,
+    ) -> iot_core::Result<Arc<dyn Log>> {
+        Ok(Arc::new(SplittingLog {
+            inner: MemoryLog::new(partitions)?,
+            writer: tokio::sync::Mutex::new(()),
+            claims_atomic: self.claims_atomic,
+        }))
+    }
+}
+
+/// A log that states it lacks atomic batches passes the suite: the check of that property is
+/// skipped, every other check runs.
+#[tokio::test]
+async fn a_log_without_atomic_batches_passes_when_it_says_so() {
+    testkit::run_all(
+        &SplittingFactory {
+            claims_atomic: false,
+        },
+        &SuiteOptions::default(),
+    )
+    .await;
+}
+
+/// The same log claiming atomic batches is caught: a reader sees a batch half-written.
+#[tokio::test]
+async fn the_suite_catches_a_false_claim_of_atomic_batches() {
+    let log = SplittingFactory {
+        claims_atomic: true,
+    }
+    .open_log(&testkit::fresh_topic_name("split"), 2)
+    .await
+    .expect("open");
+    let run = tokio::spawn(testkit::atomic_batches(log));
+    assert!(
+        run.await.is_err_and(|e| e.is_panic()),
+        "the atomic_batches check passed over a log that splits batches"
+    );
 }

@@ -325,8 +325,8 @@ async fn the_suite_runs_twice_against_one_database() {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .len();
     assert_eq!(
-        topics, 14,
-        "two runs of seven checks, each on its own topic"
+        topics, 16,
+        "two runs of eight checks, each on its own topic"
     );
 }
 

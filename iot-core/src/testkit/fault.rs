@@ -220,6 +220,10 @@ impl<L: Log> Log for FaultyLog<L> {
         self.inner.partition_count()
     }
 
+    fn capabilities(&self) -> crate::capabilities::LogCapabilities {
+        self.inner.capabilities()
+    }
+
     async fn append(&self, partition: PartitionId, records: Vec<Record>) -> Result<Appended> {
         self.run(Operation::Append, move |l| l.append(partition, records))
             .await

@@ -19,8 +19,9 @@
 //!
 //! The checks are public too, each taking a **fresh, empty** log with **at least two
 //! partitions**, for running one at a time. Differences between implementations are parameters
-//! ([`SuiteOptions`]: the limits a log was built with, the granularity of its retention), not
-//! separate suites.
+//! ([`SuiteOptions`]: the limits a log was built with, the granularity of its retention) or
+//! stated by the log itself ([`Log::capabilities`]: a check of a property the log denies is
+//! skipped), not separate suites.
 //!
 //! [`FaultyLog`] wraps any log and fails the calls it is told to fail, for testing callers;
 //! [`crash`] is the kill -9 harness every store's crash tests use.
@@ -318,7 +319,15 @@ pub async fn tailing(log: Arc<dyn Log>) {
         .expect("wait_for did not wake on append")
         .unwrap()
         .unwrap();
-    assert_eq!(next, Offset(3));
+    if log.capabilities().atomic_batches {
+        assert_eq!(next, Offset(3), "wait_for woke inside a batch");
+    } else {
+        // A batch may become visible record by record: any offset past the one waited for.
+        assert!(
+            next > Offset(1) && next <= Offset(3),
+            "wait_for woke at {next}"
+        );
+    }
     assert!(
         !other.is_finished(),
         "an append to partition 0 woke a waiter of partition 1"
@@ -369,6 +378,43 @@ pub async fn concurrent_appends(log: Arc<dyn Log>) {
             "a batch was interleaved with another"
         );
     }
+}
+
+/// Batches are atomic to readers: while batches of five records are appended, every reader sees
+/// the partition end on a batch boundary — through `next_offset`, `wait_for` and `read`.
+///
+/// Only for logs whose [`capabilities`](Log::capabilities) state `atomic_batches`; [`run_all`]
+/// skips it otherwise (the rest of the suite still checks that batches stay contiguous).
+pub async fn atomic_batches(log: Arc<dyn Log>) {
+    const BATCH: u64 = 5;
+    const BATCHES: u64 = 60;
+    let writer = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            for b in 0..BATCHES {
+                let batch = (0..BATCH)
+                    .map(|i| sample_record("atomic", b * BATCH + i))
+                    .collect();
+                log.append(P0, batch).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let mut seen = 0;
+    while seen < BATCHES * BATCH {
+        let next = log.next_offset(P0).await.unwrap().get();
+        assert_eq!(next % BATCH, 0, "next_offset {next} is inside a batch");
+        let woke = log.wait_for(P0, Offset(seen)).await.unwrap().get();
+        assert_eq!(woke % BATCH, 0, "wait_for woke at {woke}, inside a batch");
+        let read = log
+            .read(P0, Offset(seen), ReadLimits::records(10_000))
+            .await
+            .unwrap();
+        let end = seen + read.len() as u64;
+        assert_eq!(end % BATCH, 0, "a read ended at {end}, inside a batch");
+        seen = end;
+    }
+    writer.await.unwrap();
 }
 
 /// Groups commit independently, commits are read back, commits past the end fail, and a
@@ -598,6 +644,9 @@ async fn open_fresh(factory: &dyn LogFactory, options: &SuiteOptions, label: &st
 
 /// Runs every check of the suite, each on a fresh log `factory` opens under a fresh topic name
 /// (so running it twice against the same persistent engine works).
+///
+/// Checks of properties a log may lack ([`LogCapabilities`](crate::LogCapabilities)) run only if
+/// the log states the property: [`atomic_batches`].
 pub async fn run_all(factory: &dyn LogFactory, options: &SuiteOptions) {
     assert!(options.partitions >= 2, "the suite needs two partitions");
     let open = |label| open_fresh(factory, options, label);
@@ -606,6 +655,12 @@ pub async fn run_all(factory: &dyn LogFactory, options: &SuiteOptions) {
     invalid_input(open("invalid-input").await.as_ref(), &options.limits).await;
     tailing(open("tailing").await).await;
     concurrent_appends(open("concurrent-appends").await).await;
+    let log = open("atomic-batches").await;
+    if log.capabilities().atomic_batches {
+        atomic_batches(log).await;
+    } else {
+        tracing::info!("skipping the atomic_batches check: the log states it lacks them");
+    }
     consumer_groups(open("consumer-groups").await).await;
     retention(
         open("retention").await.as_ref(),

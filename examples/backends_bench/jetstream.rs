@@ -1,0 +1,271 @@
+//! The JetStream `Log` against raw `async-nats` JetStream publishing, and against `FileLog`.
+//!
+//! | key | what |
+//! |---|---|
+//! | `jetstream_append_rps` | records/s appended through `NatsLog`: one appender per partition, batches of `--batch` records of `--payload` bytes |
+//! | `jetstream_vs_raw` | `jetstream_append_rps` / the same through raw `async-nats`: one stream per partition, the same message count and size, one task per stream publishing a batch and awaiting all its acks before the next |
+//! | `jetstream_tail_rps` | records/s a `GroupConsumer` reads back from the start of the topic (reads through the log's ordered push consumers) |
+//! | `file_vs_jetstream` | `FileLog` (OS-buffered, the same durability class as a JetStream 2.9 ack: written, not fsync'ed) append records/s with the same workload / `jetstream_append_rps` |
+//!
+//! Log and raw run alternately, five rounds each (one with `--quick`); `jetstream_vs_raw` is the
+//! median of the rounds' ratios, each between neighbours exposed to the same drift of the shared
+//! machine, and the rates are the medians of the rounds. Each round uses streams of a prefix of its own, deleted
+//! at the end.
+
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_nats::jetstream::context::PublishAckFuture;
+use bytes::Bytes;
+use futures::TryStreamExt;
+use iot_sdk::core::{
+    Durability, FileLog, FileLogConfig, GroupConsumer, GroupName, Log, LogFactory, PartitionId,
+    Record, StartFrom, TopicName,
+};
+use iot_sdk::nats::{NatsLogConfig, NatsLogFactory};
+use serde_json::Value;
+
+use super::Report;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The NATS server (JetStream enabled).
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// Partitions, each with its own appender task.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    partitions: u32,
+    /// Records per appended batch.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    batch: u32,
+    /// Payload bytes per record.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(0..=65_536))]
+    payload: u32,
+}
+
+struct Workload {
+    partitions: u32,
+    batches_per_partition: usize,
+    batch: usize,
+    payload: Bytes,
+}
+
+impl Workload {
+    fn records(&self) -> usize {
+        self.partitions as usize * self.batches_per_partition * self.batch
+    }
+
+    fn batch_for(&self, p: u32) -> Vec<Record> {
+        (0..self.batch)
+            .map(|_| Record::new(format!("device-{p:04}"), self.payload.clone()))
+            .collect()
+    }
+}
+
+fn prefix() -> String {
+    let n = std::collections::hash_map::RandomState::new()
+        .hash_one((std::time::SystemTime::now(), std::process::id()));
+    format!("bench{:010x}", n & 0xff_ffff_ffff)
+}
+
+/// Measures and adds the JetStream keys to `report`; fails (without a panic) if NATS cannot be
+/// reached.
+pub(crate) async fn run(args: &Args, quick: bool, report: &mut Report) -> Result<(), String> {
+    let config = NatsLogConfig::from_url(&args.nats_url).map_err(|e| e.to_string())?;
+    NatsLogFactory::connect(config)
+        .await
+        .map_err(|e| format!("cannot use NATS at --nats-url: {e}"))?;
+    let records_per_round: usize = if quick { 4_000 } else { 200_000 };
+    let batches = (records_per_round / (args.partitions as usize * args.batch as usize)).max(1);
+    let work = Workload {
+        partitions: args.partitions,
+        batches_per_partition: batches,
+        batch: args.batch as usize,
+        payload: Bytes::from(vec![b'x'; args.payload as usize]),
+    };
+    println!(
+        "jetstream: {} records per round ({} partitions x {} batches x {} records of {} B)",
+        work.records(),
+        work.partitions,
+        work.batches_per_partition,
+        work.batch,
+        args.payload
+    );
+    let rounds = if quick { 1 } else { 5 };
+    let (mut log_rps, mut raw_rps, mut tail_rps, mut ratios) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let raw = raw_append(&args.nats_url, &work).await;
+        let (log, tail) = log_append_and_tail(&args.nats_url, &work).await;
+        println!(
+            "round {round}: raw publish {raw:.0} rec/s, NatsLog append {log:.0} rec/s, tail read {tail:.0} rec/s"
+        );
+        ratios.push(log / raw);
+        raw_rps.push(raw);
+        log_rps.push(log);
+        tail_rps.push(tail);
+    }
+    let file_dir = tempfile::tempdir().unwrap();
+    let file_rps = file_append(file_dir.path(), &work).await;
+    let (log, raw, tail) = (median(log_rps), median(raw_rps), median(tail_rps));
+    let vs_raw = median(ratios);
+    println!("FileLog (OS-buffered) append {file_rps:.0} rec/s");
+    println!(
+        "medians: NatsLog {log:.0} rec/s, raw {raw:.0} rec/s, NatsLog/raw per round {vs_raw:.2}; tail {tail:.0} rec/s; FileLog = {:.2} x NatsLog",
+        file_rps / log
+    );
+    let round2 = |x: f64| Value::from((x * 100.0).round() / 100.0);
+    report.insert("jetstream_append_rps".into(), Value::from(log.round()));
+    report.insert("jetstream_vs_raw".into(), round2(vs_raw));
+    report.insert("jetstream_tail_rps".into(), Value::from(tail.round()));
+    report.insert("file_vs_jetstream".into(), round2(file_rps / log));
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+async fn connect(url: &str, prefix: &str) -> NatsLogFactory {
+    let config = NatsLogConfig::from_url(url)
+        .unwrap()
+        .prefix(prefix)
+        .request_timeout(std::time::Duration::from_secs(30));
+    NatsLogFactory::connect(config).await.unwrap()
+}
+
+async fn delete_streams(client: &async_nats::Client, prefix: &str) {
+    let js = async_nats::jetstream::new(client.clone());
+    let names: Vec<String> = js.stream_names().try_collect().await.unwrap();
+    for name in names.iter().filter(|n| n.starts_with(prefix)) {
+        js.delete_stream(name).await.unwrap();
+    }
+}
+
+/// Appends the workload through `NatsLog`, then reads it all back with a consumer group.
+async fn log_append_and_tail(url: &str, work: &Workload) -> (f64, f64) {
+    let prefix = prefix();
+    let factory = connect(url, &prefix).await;
+    let topic = TopicName::new("bench").unwrap();
+    let log = factory.open_log(&topic, work.partitions).await.unwrap();
+    let batches: Vec<Vec<Vec<Record>>> = (0..work.partitions)
+        .map(|p| {
+            (0..work.batches_per_partition)
+                .map(|_| work.batch_for(p))
+                .collect()
+        })
+        .collect();
+    let started = Instant::now();
+    let tasks: Vec<_> = batches
+        .into_iter()
+        .enumerate()
+        .map(|(p, batches)| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                for batch in batches {
+                    log.append(PartitionId(p as u32), batch).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let append_rps = work.records() as f64 / started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let group = GroupName::new("bench").unwrap();
+    let mut consumer = GroupConsumer::new(log.clone(), group, StartFrom::Earliest)
+        .await
+        .unwrap();
+    let mut seen = 0;
+    while seen < work.records() {
+        seen += consumer.next_batch().await.unwrap().len();
+    }
+    let tail_rps = seen as f64 / started.elapsed().as_secs_f64();
+    drop(consumer);
+    drop(log);
+    delete_streams(factory.client(), &prefix).await;
+    (append_rps, tail_rps)
+}
+
+/// The same messages through `async-nats` directly: one stream per partition, publishes of a batch
+/// pipelined, all its acks awaited before the next batch — the log's ack mode and concurrency.
+async fn raw_append(url: &str, work: &Workload) -> f64 {
+    let prefix = prefix();
+    let client = async_nats::connect(url.split('?').next().unwrap())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    // The log's message is its encoded record; publish the same number of bytes.
+    let size = work.batch_for(0)[0].size_bytes() + 13;
+    let payload = Bytes::from(vec![b'r'; size]);
+    let mut subjects = Vec::new();
+    for p in 0..work.partitions {
+        let subject = format!("{prefix}.raw.{p}");
+        js.get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: format!("{prefix}-raw_p{p}"),
+            subjects: vec![subject.clone()],
+            deny_delete: true,
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        subjects.push(async_nats::Subject::from(subject));
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = subjects
+        .into_iter()
+        .map(|subject| {
+            let js = js.clone();
+            let payload = payload.clone();
+            let (batches, batch) = (work.batches_per_partition, work.batch);
+            tokio::spawn(async move {
+                for _ in 0..batches {
+                    let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(batch);
+                    for _ in 0..batch {
+                        acks.push(js.publish(subject.clone(), payload.clone()).await.unwrap());
+                    }
+                    for ack in
+                        futures::future::join_all(acks.into_iter().map(|a| a.into_future())).await
+                    {
+                        ack.unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rps = work.records() as f64 / started.elapsed().as_secs_f64();
+    delete_streams(&client, &prefix).await;
+    rps
+}
+
+/// The same workload appended to a `FileLog` (OS-buffered) in a temporary directory.
+async fn file_append(dir: &std::path::Path, work: &Workload) -> f64 {
+    let config = FileLogConfig::with_partitions(work.partitions).durability(Durability::OsBuffered);
+    let log: Arc<dyn Log> = Arc::new(FileLog::open(dir.join("bench"), config).await.unwrap());
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..work.partitions)
+        .map(|p| {
+            let log = log.clone();
+            let batches: Vec<Vec<Record>> = (0..work.batches_per_partition)
+                .map(|_| work.batch_for(p))
+                .collect();
+            tokio::spawn(async move {
+                for batch in batches {
+                    log.append(PartitionId(p), batch).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    work.records() as f64 / started.elapsed().as_secs_f64()
+}

@@ -1,0 +1,155 @@
+//! Appending a batch: one message per record, pipelined, each expecting the last sequence before
+//! it.
+//!
+//! JetStream 2.9 has no atomic multi-message publish, so a batch is published record by record.
+//! Appends to one partition are serialised in this process (the partition's tail lock), and
+//! every message carries `Nats-Expected-Last-Sequence`: the server stores record *i* only if
+//! record *i − 1* is the last message of the stream. So a batch is always contiguous — another
+//! writer (another process) can never put a record inside it — and a failure leaves a prefix of
+//! it, never a record after a gap.
+
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::message::PublishMessage;
+use iot_core::{Appended, Offset, Record, Result, Timestamp};
+
+use super::codec;
+use super::error::{AppendFailed, Inconsistent, Timeout, backend};
+use super::factory::Shared;
+use super::partition::{Partition, Tail};
+
+/// Attempts when another writer moved the tail before our first record was stored.
+const ATTEMPTS: usize = 3;
+
+pub(crate) async fn append(
+    shared: &Shared,
+    part: &Partition,
+    records: Vec<Record>,
+) -> Result<Appended> {
+    shared.limits.check_batch(&records)?;
+    let mut guard = part.tail.lock().await;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let tail = match guard.take() {
+            Some(tail) => tail,
+            None => part.load_tail(shared).await?,
+        };
+        // `guard` stays `None` unless the batch is stored whole: after any failure the next
+        // append reloads the tail from the server.
+        match publish(shared, part, &records, tail).await {
+            Ok((appended, tail)) => {
+                *guard = Some(tail);
+                return Ok(appended);
+            }
+            Err(Failure::Publish(e))
+                if e.acked == 0
+                    && e.kind == PublishErrorKind::WrongLastSequence
+                    && attempt < ATTEMPTS =>
+            {
+                // Another writer appended first; none of our records was stored (each expects
+                // the one before it), so the batch can go again after the new tail.
+                tracing::debug!(
+                    stream = part.name(),
+                    "tail moved by another writer; retrying"
+                );
+            }
+            Err(Failure::Publish(e)) => return Err(e.into()),
+            Err(Failure::Other(e)) => return Err(e),
+        }
+    }
+}
+
+enum Failure {
+    Publish(AppendFailed),
+    Other(iot_core::Error),
+}
+
+async fn publish(
+    shared: &Shared,
+    part: &Partition,
+    records: &[Record],
+    tail: Tail,
+) -> std::result::Result<(Appended, Tail), Failure> {
+    let enqueued_time = Timestamp::now().max(tail.last_time);
+    let first = Offset(tail.last_seq);
+    let total = records.len() as u64;
+    let mut size = tail.size_after;
+    let mut pending: Vec<PublishAckFuture> = Vec::with_capacity(records.len());
+    let mut send_error = None;
+    // Sending waits only for room in the client's buffer, but bound it too: a stuck connection
+    // must not hang the caller.
+    let send = async {
+        for (i, record) in records.iter().enumerate() {
+            let message = PublishMessage::build()
+                .payload(codec::encode(record, enqueued_time, size))
+                .expected_last_sequence(tail.last_seq + i as u64);
+            size += record.size_bytes() as u64;
+            match shared.js.send_publish(part.subject.clone(), message).await {
+                Ok(ack) => pending.push(ack),
+                Err(e) => {
+                    send_error = Some(e);
+                    break;
+                }
+            }
+        }
+    };
+    if tokio::time::timeout(shared.config.request_timeout, send)
+        .await
+        .is_err()
+    {
+        return Err(Failure::Other(backend(
+            Timeout {
+                what: "sending an append",
+                millis: shared.config.request_timeout.as_millis() as u64,
+            },
+            true,
+        )));
+    }
+    // All acknowledgements at once: each carries its own timeout, which then runs concurrently.
+    let acks = futures::future::join_all(pending.into_iter().map(|f| f.into_future())).await;
+    let mut acked = 0u64;
+    let mut failure = None;
+    for ack in acks {
+        match ack {
+            Ok(ack) if failure.is_none() => {
+                let expected = tail.last_seq + 1 + acked;
+                if ack.sequence != expected {
+                    return Err(Failure::Other(backend(
+                        Inconsistent {
+                            stream: part.name().to_owned(),
+                            reason: format!(
+                                "record stored at sequence {} where {expected} was expected (another writer on a stream that was empty?)",
+                                ack.sequence
+                            ),
+                        },
+                        false,
+                    )));
+                }
+                acked += 1;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if failure.is_none() {
+                    failure = Some(e);
+                }
+            }
+        }
+    }
+    if let Some(e) = failure.or(send_error) {
+        return Err(Failure::Publish(AppendFailed::new(
+            part.id, first, acked, total, e,
+        )));
+    }
+    let appended = Appended {
+        partition: part.id,
+        first,
+        count: total,
+        enqueued_time,
+    };
+    let tail = Tail {
+        last_seq: tail.last_seq + total,
+        size_after: size,
+        last_time: enqueued_time,
+    };
+    Ok((appended, tail))
+}

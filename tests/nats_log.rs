@@ -1,0 +1,524 @@
+//! The JetStream log (feature `nats`): the conformance suite against the shared NATS server, and
+//! faults against a nats-server of its own.
+//!
+//! The shared server is `NATS_URL` or `nats://127.0.0.1:4222`. When it cannot be reached, the tests
+//! print why and pass — unless `CI` is set, where they fail. The fault test starts `nats-server`
+//! (`NATS_SERVER`, else `nats-server` from `PATH`) on a spare port with its own store in a
+//! temporary directory; the shared server is not touched.
+#![cfg(feature = "nats")]
+#![allow(
+    clippy::print_stderr,
+    reason = "tests say why they skip and what they saw"
+)]
+#![allow(
+    clippy::unwrap_used,
+    reason = "the helpers are part of the tests: a failed unwrap is a failed test"
+)]
+
+use std::hash::BuildHasher;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use iot_core::testkit::{self, SuiteOptions};
+use iot_core::{Error, Log, Offset, PartitionId, ReadLimits, Record, TopicName};
+use iot_sdk::nats::{AppendFailed, NatsLog, NatsLogConfig, NatsLogFactory};
+
+const P0: PartitionId = PartitionId(0);
+
+fn shared_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
+}
+
+/// Skips (outside CI) or fails (under CI) for a missing service.
+fn unavailable(what: &str) {
+    assert!(!in_ci(), "{what} under CI");
+    eprintln!("skipping: {what}; CI is unset");
+}
+
+/// A prefix no other run uses, so runs never see each other's streams and buckets.
+fn run_prefix() -> String {
+    let n = std::collections::hash_map::RandomState::new()
+        .hash_one((std::time::SystemTime::now(), std::process::id()));
+    format!("t{:012x}", n & 0xffff_ffff_ffff)
+}
+
+/// A factory over the shared server with a prefix of its own; deletes its streams when dropped
+/// through [`Shared::clean_up`].
+struct Shared {
+    factory: NatsLogFactory,
+    prefix: String,
+}
+
+impl Shared {
+    async fn connect() -> Option<Shared> {
+        let prefix = run_prefix();
+        let config = NatsLogConfig::from_url(&format!("{}?prefix={prefix}", shared_url())).unwrap();
+        match NatsLogFactory::connect(config).await {
+            Ok(factory) => Some(Shared { factory, prefix }),
+            Err(e) => {
+                unavailable(&format!("NATS at {} is unreachable ({e})", shared_url()));
+                None
+            }
+        }
+    }
+
+    /// Deletes every stream and bucket of the run's prefix, so the shared server does not fill up.
+    async fn clean_up(self) {
+        delete_prefixed(&self.factory, &self.prefix).await;
+    }
+}
+
+async fn delete_prefixed(factory: &NatsLogFactory, prefix: &str) {
+    use futures::TryStreamExt;
+    let js = async_nats::jetstream::new(factory.client().clone());
+    let names: Vec<String> = js.stream_names().try_collect().await.unwrap();
+    for name in names {
+        if name.starts_with(&format!("{prefix}-")) || name.starts_with(&format!("KV_{prefix}-")) {
+            js.delete_stream(&name).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite_against_the_shared_server() {
+    let Some(shared) = Shared::connect().await else {
+        return;
+    };
+    let options = SuiteOptions::default().with_limits(shared.factory.limits());
+    // Twice against the same server and prefix: each run draws its own topic names.
+    testkit::run_all(&shared.factory, &options).await;
+    testkit::run_all(&shared.factory, &options.with_partitions(3)).await;
+    shared.clean_up().await;
+}
+
+#[tokio::test]
+async fn the_log_states_what_jetstream_lacks() {
+    let Some(shared) = Shared::connect().await else {
+        return;
+    };
+    let log = shared.factory.open(&topic("caps"), 2).await.unwrap();
+    let caps = log.capabilities();
+    assert!(!caps.atomic_batches && !caps.forced_sync, "{caps:?}");
+    drop(log);
+    shared.clean_up().await;
+}
+
+fn topic(label: &str) -> TopicName {
+    testkit::fresh_topic_name(label)
+}
+
+#[tokio::test]
+async fn a_topic_keeps_its_partition_count() {
+    let Some(shared) = Shared::connect().await else {
+        return;
+    };
+    let t = topic("count");
+    shared.factory.open(&t, 2).await.unwrap();
+    let e = shared.factory.open(&t, 3).await.unwrap_err();
+    assert!(matches!(e, Error::Config { .. }), "{e:?}");
+    assert_eq!(
+        shared.factory.open(&t, 2).await.unwrap().partition_count(),
+        2
+    );
+    shared.clean_up().await;
+}
+
+/// Two connections (as two processes would) append to one partition at once: every batch lands
+/// whole and contiguous, offsets stay dense, whichever writer wins each race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_stay_contiguous_with_two_writers() {
+    let Some(shared) = Shared::connect().await else {
+        return;
+    };
+    let second = NatsLogFactory::connect(
+        NatsLogConfig::from_url(&format!("{}?prefix={}", shared_url(), shared.prefix)).unwrap(),
+    )
+    .await
+    .unwrap();
+    let t = topic("two-writers");
+    let logs = [
+        Arc::new(shared.factory.open(&t, 1).await.unwrap()),
+        Arc::new(second.open(&t, 1).await.unwrap()),
+    ];
+    let writers: Vec<_> = logs
+        .iter()
+        .enumerate()
+        .map(|(w, log)| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut done = Vec::new();
+                for b in 0..30u64 {
+                    let batch = (0..4)
+                        .map(|i| testkit::sample_record(&format!("w{w}-b{b}"), i))
+                        .collect::<Vec<Record>>();
+                    // A lost race that left nothing behind is retryable; the log retries it
+                    // itself a few times, and so does this writer.
+                    loop {
+                        match log.append(P0, batch.clone()).await {
+                            Ok(a) => {
+                                done.push(a);
+                                break;
+                            }
+                            Err(e) if e.is_retryable() => continue,
+                            Err(e) => panic!("append failed: {e}"),
+                        }
+                    }
+                }
+                done
+            })
+        })
+        .collect();
+    let mut appended = Vec::new();
+    for w in writers {
+        appended.extend(w.await.unwrap());
+    }
+    appended.sort_by_key(|a| a.first);
+    let mut next = 0;
+    for a in &appended {
+        assert_eq!(a.first, Offset(next), "gap or overlap between batches");
+        next += a.count;
+    }
+    let back = testkit::read_records(logs[0].as_ref(), P0).await;
+    assert_eq!(back.len() as u64, next);
+    for a in &appended {
+        let keys: Vec<_> = a.offsets().map(|o| &back[o as usize].key).collect();
+        assert!(
+            keys.windows(2).all(|k| k[0] == k[1]),
+            "a batch was split: {keys:?}"
+        );
+    }
+    drop(logs);
+    shared.clean_up().await;
+}
+
+/// Retention as stream limits: the server expires records by itself, from the front only, and
+/// offsets carry on where they were.
+#[tokio::test]
+async fn stream_limits_expire_a_prefix_and_keep_offsets() {
+    let Some(shared) = Shared::connect().await else {
+        return;
+    };
+    let config = NatsLogConfig::from_url(&format!(
+        "{}?prefix={}&max_age_s=1",
+        shared_url(),
+        shared.prefix
+    ))
+    .unwrap();
+    let factory = NatsLogFactory::connect(config).await.unwrap();
+    let log = factory.open(&topic("stream-limits"), 1).await.unwrap();
+    let batch: Vec<Record> = (0..10).map(|i| testkit::sample_record("old", i)).collect();
+    log.append(P0, batch).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while log.earliest_offset(P0).await.unwrap() < Offset(10) {
+        assert!(
+            Instant::now() < deadline,
+            "the server did not expire old records"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(log.next_offset(P0).await.unwrap(), Offset(10));
+    assert!(matches!(
+        log.read(P0, Offset(3), ReadLimits::default()).await,
+        Err(Error::OffsetTruncated { .. })
+    ));
+    let a = log
+        .append(P0, vec![testkit::sample_record("new", 1)])
+        .await
+        .unwrap();
+    assert_eq!(a.first, Offset(10), "offsets went on after expiry");
+    let back = log
+        .read(P0, Offset(10), ReadLimits::default())
+        .await
+        .unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].record.key, "new");
+    drop(log);
+    shared.clean_up().await;
+}
+
+/// No server on the port: a typed, retryable error within the connect timeout, not a hang.
+#[tokio::test]
+async fn an_unreachable_server_is_a_typed_error() {
+    let port = spare_port();
+    let config = NatsLogConfig::from_url(&format!(
+        "nats://user:hunter2@127.0.0.1:{port}?connect_timeout_ms=500"
+    ))
+    .unwrap();
+    let started = Instant::now();
+    let e = tokio::time::timeout(Duration::from_secs(20), NatsLogFactory::connect(config))
+        .await
+        .expect("connect hung")
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Backend {
+                backend: "nats",
+                ..
+            }
+        ) && e.is_retryable(),
+        "{e:?}"
+    );
+    assert!(
+        !format!("{e} {e:?}").contains("hunter2"),
+        "a secret leaked: {e:?}"
+    );
+    eprintln!(
+        "unreachable server reported in {:?}: {e}",
+        started.elapsed()
+    );
+}
+
+// ---- Faults, against a server of our own ------------------------------------------------------
+
+/// Runs `call` until it succeeds or fails with an error that is not retryable, at most 10 times.
+async fn retry<T, F, Fut>(mut call: F) -> iot_core::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = iot_core::Result<T>>,
+{
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match call().await {
+            Err(e) if e.is_retryable() && attempts < 10 => {
+                eprintln!("retrying after a retryable error: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+fn spare_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn nats_server_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("NATS_SERVER") {
+        return Some(path.into());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/bin")])
+        .map(|dir| dir.join("nats-server"))
+        .find(|p| p.is_file())
+}
+
+/// A nats-server of the test's own: its port, its store directory, its config (the default
+/// JetStream file store, as documented in docs/log.md).
+struct OwnServer {
+    binary: PathBuf,
+    config: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl OwnServer {
+    fn start(binary: PathBuf, dir: &Path) -> OwnServer {
+        let port = spare_port();
+        let config = dir.join("nats.conf");
+        let store = dir.join("store");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: 127.0.0.1:{port}\nhttp: 0\njetstream {{\n  store_dir: {:?}\n}}\n",
+                store.display().to_string()
+            ),
+        )
+        .unwrap();
+        let mut server = OwnServer {
+            binary,
+            config,
+            port,
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(&self.binary)
+            .arg("-c")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: the server gets no chance to flush anything.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The server is killed (SIGKILL) while records are appended and brought back on the same port
+/// and store. Appends during the outage fail with typed errors in bounded time (no panic, no hung
+/// task); after the restart the same log — no new connection, no process restart — appends,
+/// reads and wakes tailers again; and every record whose append was acknowledged is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_dies_and_comes_back() {
+    let Some(binary) = nats_server_binary() else {
+        unavailable("nats-server not found (set NATS_SERVER)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = OwnServer::start(binary, dir.path());
+    let config = NatsLogConfig::from_url(&format!(
+        "{}?request_timeout_ms=1000&connect_timeout_ms=1000",
+        server.url()
+    ))
+    .unwrap();
+    let factory = NatsLogFactory::connect(config).await.unwrap();
+    let log: Arc<NatsLog> = Arc::new(factory.open(&topic("faults"), 2).await.unwrap());
+
+    // A tailer waiting on partition 1 across the outage.
+    let tailer = {
+        let log = log.clone();
+        tokio::spawn(async move { log.wait_for(PartitionId(1), Offset(0)).await })
+    };
+
+    // A writer appending batches of 5 until told to stop, recording what was acknowledged and
+    // how every failure looked.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let writer = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            let mut acked: Vec<(Offset, Record)> = Vec::new();
+            let mut failures: Vec<(Duration, Error)> = Vec::new();
+            let mut n = 0u64;
+            while !*stop_rx.borrow() {
+                let batch: Vec<Record> = (0..5)
+                    .map(|i| testkit::sample_record("w", n * 5 + i))
+                    .collect();
+                n += 1;
+                let started = Instant::now();
+                let outcome =
+                    tokio::time::timeout(Duration::from_secs(30), log.append(P0, batch.clone()))
+                        .await
+                        .expect("an append hung for 30 s");
+                match outcome {
+                    Ok(a) => acked.extend(a.offsets().map(Offset).zip(batch)),
+                    Err(e) => {
+                        failures.push((started.elapsed(), e));
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            (acked, failures)
+        })
+    };
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    server.spawn();
+    // Give the client time to reconnect, then let the writer run against the new server.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop_tx.send(true).unwrap();
+    let (acked, failures) = writer.await.expect("the writer panicked");
+
+    assert!(
+        !failures.is_empty(),
+        "no append failed while the server was down"
+    );
+    for (took, e) in &failures {
+        assert!(
+            matches!(
+                e,
+                Error::Backend {
+                    backend: "nats",
+                    ..
+                }
+            ),
+            "untyped failure: {e:?}"
+        );
+        assert!(
+            *took < Duration::from_secs(10),
+            "a failure took {took:?}: {e}"
+        );
+    }
+    let partial = failures
+        .iter()
+        .filter(|(_, e)| {
+            std::error::Error::source(e)
+                .and_then(|s| s.downcast_ref::<AppendFailed>())
+                .is_some_and(|f| f.acked > 0)
+        })
+        .count();
+    eprintln!(
+        "{} records acknowledged, {} appends failed ({partial} after a partial batch)",
+        acked.len(),
+        failures.len()
+    );
+
+    // The same log works after the restart. (On a loaded machine a call may still meet the 1 s
+    // request timeout; that is a retryable error, and retrying is what a caller does.)
+    let after = retry(|| log.append(P0, vec![testkit::sample_record("after", 1)]))
+        .await
+        .expect("append after the restart");
+    retry(|| log.append(PartitionId(1), vec![testkit::sample_record("wake", 1)]))
+        .await
+        .expect("append to partition 1 after the restart");
+    let woke = tokio::time::timeout(Duration::from_secs(20), tailer)
+        .await
+        .expect("the tailer did not wake after the restart")
+        .unwrap()
+        .unwrap();
+    assert_eq!(woke, Offset(1));
+
+    // Every acknowledged record is where its append said.
+    let last_acked = acked.last().map_or(0, |(o, _)| o.get());
+    assert!(
+        after.first.get() > last_acked,
+        "the log handed out an acknowledged offset again"
+    );
+    let mut stored = Vec::new();
+    let mut at = Offset(0);
+    while at < after.next() {
+        let batch = retry(|| log.read(P0, at, ReadLimits::records(1000)))
+            .await
+            .unwrap();
+        at = batch.last().map(|r| r.offset.next()).unwrap();
+        stored.extend(batch);
+    }
+    for (offset, record) in &acked {
+        let found = stored.get(offset.get() as usize).map(|r| &r.record);
+        assert_eq!(found, Some(record), "acknowledged record at {offset} lost");
+    }
+    assert!(
+        acked.len() > 10,
+        "too few appends went through to show anything"
+    );
+}

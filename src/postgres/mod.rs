@@ -11,15 +11,24 @@
 //!   retry may help (an engine that is down is retryable, a syntax error is not);
 //! * [`migrate`]: versioned, idempotent schema migrations that two processes may run at once.
 //!
+//! Store adapters:
+//!
+//! * [`PgInbox`]: the gateway's C2D inbox, shared by every gateway instance on the database.
+//!
 //! TLS to the database is not offered yet: a URL that asks for `sslmode=require` is refused by the
 //! driver with a clear error rather than silently connecting in plain text.
 
+mod call;
 mod config;
 mod error;
+mod errors;
+mod inbox;
 mod migrate;
 mod pool;
+mod values;
 
 pub use config::PgConfig;
 pub use error::PgError;
+pub use inbox::{PgInbox, PgInboxConfig};
 pub use migrate::{Migration, migrate};
 pub use pool::{PgClient, PgPool};

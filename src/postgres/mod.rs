@@ -14,6 +14,7 @@
 //! Store adapters:
 //!
 //! * [`PgInbox`]: the gateway's C2D inbox, shared by every gateway instance on the database.
+//! * [`PgTwinStore`]: the gateway's device twins.
 //!
 //! TLS to the database is not offered yet: a URL that asks for `sslmode=require` is refused by the
 //! driver with a clear error rather than silently connecting in plain text.
@@ -25,6 +26,7 @@ mod errors;
 mod inbox;
 mod migrate;
 mod pool;
+mod twins;
 mod values;
 
 pub use config::PgConfig;
@@ -32,3 +34,4 @@ pub use error::PgError;
 pub use inbox::{PgInbox, PgInboxConfig};
 pub use migrate::{Migration, migrate};
 pub use pool::{PgClient, PgPool};
+pub use twins::{PgTwinStore, PgTwinStoreConfig};

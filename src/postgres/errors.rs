@@ -28,3 +28,14 @@ pub(crate) fn gateway(e: PgError) -> iot_gateway::Error {
     let retryable = e.is_retryable();
     iot_gateway::Error::backend(BACKEND, e, retryable)
 }
+
+/// For the stream state store.
+pub(crate) fn stream(e: PgError) -> iot_stream::Error {
+    if unstorable_text(&e) {
+        return iot_stream::Error::InvalidInput {
+            reason: "text with a NUL character cannot be stored in PostgreSQL".into(),
+        };
+    }
+    let retryable = e.is_retryable();
+    iot_stream::Error::backend(BACKEND, e, retryable)
+}

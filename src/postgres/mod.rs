@@ -15,6 +15,7 @@
 //!
 //! * [`PgInbox`]: the gateway's C2D inbox, shared by every gateway instance on the database.
 //! * [`PgTwinStore`]: the gateway's device twins.
+//! * [`PgStateStore`]: the stream processors' event history and last known values.
 //!
 //! TLS to the database is not offered yet: a URL that asks for `sslmode=require` is refused by the
 //! driver with a clear error rather than silently connecting in plain text.
@@ -26,6 +27,7 @@ mod errors;
 mod inbox;
 mod migrate;
 mod pool;
+mod state;
 mod twins;
 mod values;
 
@@ -34,4 +36,5 @@ pub use error::PgError;
 pub use inbox::{PgInbox, PgInboxConfig};
 pub use migrate::{Migration, migrate};
 pub use pool::{PgClient, PgPool};
+pub use state::{PgStateStore, PgStateStoreConfig};
 pub use twins::{PgTwinStore, PgTwinStoreConfig};

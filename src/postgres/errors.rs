@@ -39,3 +39,9 @@ pub(crate) fn stream(e: PgError) -> iot_stream::Error {
     let retryable = e.is_retryable();
     iot_stream::Error::backend(BACKEND, e, retryable)
 }
+
+/// For the provisioning intent journal.
+pub(crate) fn provisioning(e: PgError) -> iot_provisioning::Error {
+    let retryable = e.is_retryable();
+    iot_provisioning::Error::backend(BACKEND, e, retryable)
+}

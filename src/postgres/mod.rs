@@ -16,6 +16,7 @@
 //! * [`PgInbox`]: the gateway's C2D inbox, shared by every gateway instance on the database.
 //! * [`PgTwinStore`]: the gateway's device twins.
 //! * [`PgStateStore`]: the stream processors' event history and last known values.
+//! * [`PgJournal`]: the provisioner's intent journal, when identities and registry live apart.
 //!
 //! TLS to the database is not offered yet: a URL that asks for `sslmode=require` is refused by the
 //! driver with a clear error rather than silently connecting in plain text.
@@ -25,6 +26,7 @@ mod config;
 mod error;
 mod errors;
 mod inbox;
+mod journal;
 mod migrate;
 mod pool;
 mod state;
@@ -34,6 +36,7 @@ mod values;
 pub use config::PgConfig;
 pub use error::PgError;
 pub use inbox::{PgInbox, PgInboxConfig};
+pub use journal::{PgJournal, PgJournalConfig};
 pub use migrate::{Migration, migrate};
 pub use pool::{PgClient, PgPool};
 pub use state::{PgStateStore, PgStateStoreConfig};

@@ -1,5 +1,6 @@
 //! Faults: a private PostgreSQL 15 (started here on a spare port, in a temporary directory, with
-//! fsync on) is stopped with `pg_ctl stop -m immediate` while the adapters write, then started
+//! fsync on) is stopped with `pg_ctl stop -m immediate` while the inbox, twin, state store and
+//! journal adapters write, then started
 //! again on the same port and data directory (feature `postgres`).
 //!
 //! What must hold: every call during the outage ends, within its timeout, with a typed retryable
@@ -14,17 +15,24 @@
 
 mod pg_support;
 
+use std::collections::HashSet;
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use iot_sdk::core::Timestamp;
+use iot_sdk::core::{DeviceId, Timestamp};
 use iot_sdk::gateway::inbox::InboxMessage;
 use iot_sdk::gateway::twins::Section;
-use iot_sdk::gateway::{Error, InboxLimits, InboxStore, TwinLimits, TwinStore};
-use iot_sdk::postgres::{PgConfig, PgInbox, PgInboxConfig, PgPool, PgTwinStore, PgTwinStoreConfig};
+use iot_sdk::gateway::{InboxLimits, InboxStore, TwinLimits, TwinStore};
+use iot_sdk::postgres::{
+    PgConfig, PgInbox, PgInboxConfig, PgJournal, PgJournalConfig, PgPool, PgStateStore,
+    PgStateStoreConfig, PgTwinStore, PgTwinStoreConfig,
+};
+use iot_sdk::provisioning::{Intent, Journal};
+use iot_sdk::stream::state::{Event, StateStore};
 
 /// How long one adapter call may take (its own deadline); the test's guard against a hung call
 /// is well above it.
@@ -211,16 +219,50 @@ fn now() -> Timestamp {
 /// What one writer saw.
 #[derive(Debug, Default)]
 struct Tally {
-    /// Writes that returned `Ok` (message ids, or patch numbers).
+    /// Writes that returned `Ok` (message ids, patch keys, event payloads, journal numbers).
     acked: Vec<String>,
     /// Calls that failed (each checked to be a retryable backend error).
     failed: usize,
 }
 
-/// Checks a failed call's error: typed, from the PostgreSQL backend, retryable.
-fn check_outage_error(e: &Error) {
+/// Which adapter a writer writes to.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Inbox,
+    Twin,
+    State,
+    Journal,
+}
+
+struct Writer {
+    name: String,
+    kind: Kind,
+    device: DeviceId,
+    tally: Arc<Mutex<Tally>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Checks a failed call's error: typed, from the PostgreSQL backend, retryable. Each crate has
+/// its own error type; all three carry the engine's error the same way.
+fn gateway_outage(e: &iot_sdk::gateway::Error) {
     assert!(
-        matches!(e, Error::Backend { backend, .. } if backend == "postgres"),
+        matches!(e, iot_sdk::gateway::Error::Backend { backend, .. } if backend == "postgres"),
+        "an outage is a backend error: {e:?}"
+    );
+    assert!(e.is_retryable(), "an outage is retryable: {e:?}");
+}
+
+fn stream_outage(e: &iot_sdk::stream::Error) {
+    assert!(
+        matches!(e, iot_sdk::stream::Error::Backend { backend, .. } if backend == "postgres"),
+        "an outage is a backend error: {e:?}"
+    );
+    assert!(e.is_retryable(), "an outage is retryable: {e:?}");
+}
+
+fn provisioning_outage(e: &iot_sdk::provisioning::Error) {
+    assert!(
+        matches!(e, iot_sdk::provisioning::Error::Backend { backend, .. } if backend == "postgres"),
         "an outage is a backend error: {e:?}"
     );
     assert!(e.is_retryable(), "an outage is retryable: {e:?}");
@@ -230,6 +272,39 @@ async fn guarded<T>(what: &str, call: impl std::future::Future<Output = T>) -> T
     tokio::time::timeout(HANG_GUARD, call)
         .await
         .unwrap_or_else(|_| panic!("{what} hung past {HANG_GUARD:?}"))
+}
+
+/// Writes `write(0)`, `write(1)`, … until `stop`, keeping the tally; a write returns the key
+/// of what it stored, or `None` after checking its error.
+fn spawn_writer<F, Fut>(
+    stop: Arc<AtomicBool>,
+    tally: Arc<Mutex<Tally>>,
+    write: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(u64) -> Fut + Send + 'static,
+    Fut: Future<Output = Option<String>> + Send,
+{
+    tokio::spawn(async move {
+        let mut i = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            match guarded("a write", write(i)).await {
+                Some(key) => tally.lock().expect("the tally").acked.push(key),
+                None => {
+                    tally.lock().expect("the tally").failed += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            i += 1;
+        }
+    })
+}
+
+fn acked_total(writers: &[Writer]) -> usize {
+    writers
+        .iter()
+        .map(|w| w.tally.lock().expect("the tally").acked.len())
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,148 +334,213 @@ async fn writes_survive_an_immediate_stop_and_the_adapters_carry_on() {
         .await
         .unwrap(),
     );
+    let state = Arc::new(
+        PgStateStore::open(
+            pool.clone(),
+            PgStateStoreConfig::default().call_timeout(CALL_TIMEOUT),
+        )
+        .await
+        .unwrap(),
+    );
+    let journal = Arc::new(
+        PgJournal::open(
+            pool.clone(),
+            PgJournalConfig::default().call_timeout(CALL_TIMEOUT),
+        )
+        .await
+        .unwrap(),
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let limits = InboxLimits::default().max_depth(1_000_000);
     let mut writers = Vec::new();
-    for w in 0..3 {
-        let (inbox, stop) = (Arc::clone(&inbox), Arc::clone(&stop));
+    let kinds = [
+        Kind::Inbox,
+        Kind::Inbox,
+        Kind::Twin,
+        Kind::Twin,
+        Kind::State,
+        Kind::Journal,
+    ];
+    for (w, kind) in kinds.into_iter().enumerate() {
+        let device: DeviceId = format!("fault-{w}").parse().unwrap();
         let tally = Arc::new(Mutex::new(Tally::default()));
-        let t = Arc::clone(&tally);
-        let device: iot_sdk::core::DeviceId = format!("fault-inbox-{w}").parse().unwrap();
-        writers.push((
-            format!("inbox writer {w}"),
-            device.clone(),
-            true,
-            tally,
-            tokio::spawn(async move {
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let id = format!("w{w}-{i}");
-                    let m = InboxMessage::new(&id, "x", now(), Duration::from_secs(86_400));
-                    match guarded("enqueue", inbox.enqueue(&device, m, now(), limits)).await {
-                        Ok(_) => t.lock().unwrap().acked.push(id),
-                        Err(e) => {
-                            check_outage_error(&e);
-                            t.lock().unwrap().failed += 1;
-                            tokio::time::sleep(Duration::from_millis(50)).await;
+        let (stop, t, d) = (Arc::clone(&stop), Arc::clone(&tally), device.clone());
+        let task = match kind {
+            Kind::Inbox => {
+                let inbox = Arc::clone(&inbox);
+                spawn_writer(stop, t, move |i| {
+                    let (inbox, device) = (Arc::clone(&inbox), d.clone());
+                    async move {
+                        let id = format!("m{i}");
+                        let m = InboxMessage::new(&id, "x", now(), Duration::from_secs(86_400));
+                        match inbox.enqueue(&device, m, now(), limits).await {
+                            Ok(_) => Some(id),
+                            Err(e) => {
+                                gateway_outage(&e);
+                                None
+                            }
                         }
                     }
-                    i += 1;
-                }
-            }),
-        ));
-    }
-    for w in 0..3 {
-        let (twins, stop) = (Arc::clone(&twins), Arc::clone(&stop));
-        let tally = Arc::new(Mutex::new(Tally::default()));
-        let t = Arc::clone(&tally);
-        let device: iot_sdk::core::DeviceId = format!("fault-twin-{w}").parse().unwrap();
-        writers.push((
-            format!("twin writer {w}"),
-            device.clone(),
-            false,
-            tally,
-            tokio::spawn(async move {
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let key = format!("n{i}");
-                    let patch = serde_json::json!({ key.clone(): i });
-                    let limits = TwinLimits::default().max_section_bytes(1 << 24);
-                    let call = twins.patch(&device, Section::Reported, &patch, None, limits);
-                    match guarded("twin patch", call).await {
-                        Ok(_) => t.lock().unwrap().acked.push(key),
-                        Err(e) => {
-                            check_outage_error(&e);
-                            t.lock().unwrap().failed += 1;
-                            tokio::time::sleep(Duration::from_millis(50)).await;
+                })
+            }
+            Kind::Twin => {
+                let twins = Arc::clone(&twins);
+                spawn_writer(stop, t, move |i| {
+                    let (twins, device) = (Arc::clone(&twins), d.clone());
+                    async move {
+                        let key = format!("n{i}");
+                        let patch = serde_json::json!({ key.clone(): i });
+                        let limits = TwinLimits::default().max_section_bytes(1 << 24);
+                        match twins
+                            .patch(&device, Section::Reported, &patch, None, limits)
+                            .await
+                        {
+                            Ok(_) => Some(key),
+                            Err(e) => {
+                                gateway_outage(&e);
+                                None
+                            }
                         }
                     }
-                    i += 1;
-                }
-            }),
-        ));
+                })
+            }
+            Kind::State => {
+                let state = Arc::clone(&state);
+                spawn_writer(stop, t, move |i| {
+                    let (state, device) = (Arc::clone(&state), d.clone());
+                    async move {
+                        let payload = format!("e{i}");
+                        let event = Event::new(now(), payload.clone());
+                        match state.append_events(&device, vec![event]).await {
+                            Ok(1) => Some(payload),
+                            Ok(n) => panic!("one new event stored as {n}"),
+                            Err(e) => {
+                                stream_outage(&e);
+                                None
+                            }
+                        }
+                    }
+                })
+            }
+            Kind::Journal => {
+                let journal = Arc::clone(&journal);
+                spawn_writer(stop, t, move |_| {
+                    let (journal, device) = (Arc::clone(&journal), d.clone());
+                    async move {
+                        match journal.begin(&Intent::Unregister { id: device }).await {
+                            Ok(seq) => Some(seq.to_string()),
+                            Err(e) => {
+                                provisioning_outage(&e);
+                                None
+                            }
+                        }
+                    }
+                })
+            }
+        };
+        writers.push(Writer {
+            name: format!("{kind:?} writer {w}"),
+            kind,
+            device,
+            tally,
+            task,
+        });
     }
 
-    let acked_total =
-        |writers: &[(String, iot_sdk::core::DeviceId, bool, Arc<Mutex<Tally>>, _)]| {
-            writers
-                .iter()
-                .map(|w| w.3.lock().unwrap().acked.len())
-                .sum::<usize>()
-        };
     // Let every writer get going, then pull the plug in the middle of their writes.
-    wait_for(|| acked_total(&writers) >= 300).await;
+    wait_for(|| {
+        writers
+            .iter()
+            .all(|w| w.tally.lock().expect("the tally").acked.len() >= 50)
+    })
+    .await;
     server.stop_immediately().unwrap();
-    wait_for(|| writers.iter().all(|w| w.3.lock().unwrap().failed > 0)).await;
+    wait_for(|| {
+        writers
+            .iter()
+            .all(|w| w.tally.lock().expect("the tally").failed > 0)
+    })
+    .await;
     let acked_before_restart = acked_total(&writers);
     server.start_again().unwrap();
     // The same adapter instances carry on: every writer gets writes through again.
     let progress: Vec<usize> = writers
         .iter()
-        .map(|w| w.3.lock().unwrap().acked.len())
+        .map(|w| w.tally.lock().expect("the tally").acked.len())
         .collect();
     wait_for(|| {
         writers
             .iter()
             .zip(&progress)
-            .all(|(w, before)| w.3.lock().unwrap().acked.len() >= before + 20)
+            .all(|(w, before)| w.tally.lock().expect("the tally").acked.len() >= before + 20)
     })
     .await;
     stop.store(true, Ordering::Relaxed);
-    for (name, _, _, _, task) in &mut writers {
-        guarded(name, task).await.unwrap();
+    for w in &mut writers {
+        guarded(&w.name, &mut w.task).await.unwrap();
     }
     assert!(acked_total(&writers) > acked_before_restart);
 
     // No acknowledged write is lost.
     let check = pool.get().await.unwrap();
-    for (name, device, is_inbox, tally, _) in &writers {
+    let pending: HashSet<String> = journal
+        .pending()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(seq, _)| seq.to_string())
+        .collect();
+    for w in &writers {
         let (acked, failed) = {
-            let tally = tally.lock().unwrap();
+            let tally = w.tally.lock().expect("the tally");
             (tally.acked.clone(), tally.failed)
         };
-        if *is_inbox {
-            let rows = check
+        let stored: HashSet<String> = match w.kind {
+            Kind::Inbox => check
                 .query(
                     "SELECT message_id FROM iot_inbox WHERE device = $1",
-                    &[&device.as_str()],
+                    &[&w.device.as_str()],
                 )
                 .await
-                .unwrap();
-            let stored: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
-            let lost: Vec<_> = acked.iter().filter(|id| !stored.contains(*id)).collect();
-            assert!(
-                lost.is_empty(),
-                "{name}: acknowledged messages lost: {lost:?}"
-            );
-        } else {
-            let twin = twins.get(device).await.unwrap();
-            let props = twin.reported.properties.as_object().unwrap();
-            let lost: Vec<_> = acked.iter().filter(|k| !props.contains_key(*k)).collect();
-            assert!(
-                lost.is_empty(),
-                "{name}: acknowledged patches lost: {lost:?}"
-            );
-            // Each committed patch counted once; a patch whose commit outcome was unknown may
-            // have landed too, so the version is at least the acknowledged count.
-            assert!(twin.reported.version >= acked.len() as u64);
-            assert_eq!(twin.reported.version as usize, props.len());
-        }
-        assert!(failed > 0, "{name} met the outage");
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect(),
+            Kind::Twin => {
+                let twin = twins.get(&w.device).await.unwrap();
+                let props = twin.reported.properties.as_object().unwrap();
+                // Each committed patch counted once; a patch whose commit outcome was unknown
+                // may have landed too, so the version is at least the acknowledged count.
+                assert_eq!(twin.reported.version as usize, props.len());
+                assert!(twin.reported.version as usize >= acked.len());
+                props.keys().cloned().collect()
+            }
+            Kind::State => state
+                .read_events(&w.device, Timestamp::EPOCH, Timestamp::now(), usize::MAX)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| String::from_utf8(e.payload.to_vec()).unwrap())
+                .collect(),
+            Kind::Journal => pending.clone(),
+        };
+        let lost: Vec<_> = acked.iter().filter(|k| !stored.contains(*k)).collect();
+        assert!(
+            lost.is_empty(),
+            "{}: acknowledged writes lost: {lost:?}",
+            w.name
+        );
+        assert!(failed > 0, "{} met the outage", w.name);
     }
-    // And the inbox still works end to end after the restart.
-    let device: iot_sdk::core::DeviceId = "fault-inbox-0".parse().unwrap();
+    // And the inbox still delivers, in order, after the restart.
     let first = inbox
-        .lock_next(&device, now(), limits)
+        .lock_next(&writers[0].device, now(), limits)
         .await
         .unwrap()
         .locked
         .expect("a message to deliver");
-    assert_eq!(
-        first.message.message_id,
-        writers[0].3.lock().unwrap().acked[0]
-    );
+    assert_eq!(first.message.message_id, "m0");
 }
 
 /// Waits (polling, with a hang guard) until `done` holds.

@@ -71,12 +71,19 @@ impl PgInboxConfig {
     }
 }
 
-/// An [`InboxStore`] in PostgreSQL (see the [module docs](self)).
+/// An [`InboxStore`] in PostgreSQL.
 ///
 /// Every acknowledged change is committed before the call returns, with the durability the
 /// server gives a commit (`synchronous_commit` as configured there). A call that fails because the
 /// server went away is retryable and may or may not have taken effect, as with any database: an
 /// enqueue retried after such a failure can queue the message twice.
+///
+/// The table is shared by every gateway instance that opens it. One row per queued message. The calls that must see a device's whole queue at once (queueing
+/// against the depth limit, locking the next message in FIFO order) take a transaction-scoped
+/// advisory lock on that device alone, so they serialise per device and never across devices.
+/// Settlements touch one row. `purge_expired` skips rows another transaction holds
+/// (`FOR UPDATE SKIP LOCKED`): whoever holds them meets the expiry itself and reports it, so
+/// every removal is reported exactly once.
 #[derive(Clone, Debug)]
 pub struct PgInbox {
     pool: PgPool,

@@ -62,7 +62,7 @@ const PENDING: &str = "SELECT seq, intent::text FROM iot_provisioning_journal \
 #[non_exhaustive]
 pub struct PgJournalConfig {
     /// This provisioner's name, stable across its restarts and different from every other
-    /// process sharing the table (see the [module docs](self)). Default `"default"`, right for a
+    /// process sharing the table (see [`PgJournal`]). Default `"default"`, right for a
     /// single process.
     pub instance: String,
     /// How long one call may take, waiting for a connection included, before it fails with a
@@ -93,7 +93,21 @@ impl PgJournalConfig {
     }
 }
 
-/// A provisioning [`Journal`] in PostgreSQL (see the [module docs](self)).
+/// A provisioning [`Journal`] in PostgreSQL, for when identities and registry live in different
+/// places (when both live in one PostgreSQL database, provisioning needs no journal: it changes
+/// both in one transaction).
+///
+/// One row per begun intent; `finish` deletes it. The sequence numbers come from an identity
+/// column: PostgreSQL logs a sequence's advance before any commit that used it, so a number is
+/// never handed out twice, not even after a crash. `begin` and `finish` return after their commit,
+/// durable as the server's `synchronous_commit` makes a commit; `finish_unsynced` is `finish`
+/// (the trait's default): always durable, one commit per finish.
+///
+/// Several provisioner processes may share the table. Each writes its intents in its own
+/// instance name, and `pending` (what recovery reads) returns only that instance's: a process
+/// that restarts recovers what *it* left unfinished and never rolls back a registration another
+/// live process is in the middle of. An instance that never comes back leaves its intents until a
+/// process opens the journal under its name.
 #[derive(Clone, Debug)]
 pub struct PgJournal {
     pool: PgPool,

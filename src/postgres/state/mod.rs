@@ -52,8 +52,13 @@ impl PgStateStoreConfig {
     }
 }
 
-/// A [`StateStore`] in PostgreSQL (see the [module docs](self)). Every acknowledged write is
-/// committed before the call returns.
+/// A [`StateStore`] in PostgreSQL: the event history by device and time, and the
+/// last-known-values records. Every acknowledged write is committed before the call returns.
+///
+/// Writes of one device serialise on its row in `iot_state_devices` (`FOR UPDATE`), where the
+/// redelivery position and the last-known-values record live; writes of different devices never
+/// wait for each other. The rules themselves are the stream crate's: [`LastKnown::apply`] for
+/// last known values, [`SourcePosition::is_covered_by`] for redeliveries.
 #[derive(Clone, Debug)]
 pub struct PgStateStore {
     pool: PgPool,

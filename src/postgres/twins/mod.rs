@@ -52,8 +52,13 @@ impl PgTwinStoreConfig {
     }
 }
 
-/// A [`TwinStore`] in PostgreSQL (see the [module docs](self)). Every acknowledged patch is
+/// A [`TwinStore`] in PostgreSQL. Every acknowledged patch is
 /// committed before the call returns.
+///
+/// A patch reads the device's row `FOR UPDATE`, applies [`Twin::patched`] (the one function that
+/// holds the twin rules for every store) and writes the result back in the same transaction: two
+/// patches of one device serialise on its row, patches of different devices never wait for each
+/// other. A refused patch rolls back and changes nothing.
 #[derive(Clone, Debug)]
 pub struct PgTwinStore {
     pool: PgPool,

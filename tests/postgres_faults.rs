@@ -541,6 +541,18 @@ async fn writes_survive_an_immediate_stop_and_the_adapters_carry_on() {
         .locked
         .expect("a message to deliver");
     assert_eq!(first.message.message_id, "m0");
+
+    // Opening an adapter while the server is down is a prompt retryable error too, and the same
+    // pool opens it once the server is back.
+    server.stop_immediately().unwrap();
+    let config = PgInboxConfig::default().call_timeout(CALL_TIMEOUT);
+    let down = guarded("open", PgInbox::open(pool.clone(), config.clone())).await;
+    gateway_outage(&down.expect_err("the server is down"));
+    server.start_again().unwrap();
+    let reopened = guarded("open", PgInbox::open(pool.clone(), config))
+        .await
+        .unwrap();
+    assert!(reopened.depth(&writers[0].device).await.unwrap() > 0);
 }
 
 /// Waits (polling, with a hang guard) until `done` holds.

@@ -43,8 +43,8 @@ pub struct PgInboxConfig {
     /// other instances' locks alone; those lapse at their lock time if their instance never comes
     /// back. Default `"default"`, right for a single instance.
     pub instance: String,
-    /// How long one call may take, waiting for a connection included, before it fails with a
-    /// retryable error. Default 30 s.
+    /// How long one call may work on its connection before it fails with a retryable error (the
+    /// wait for a connection is bounded by the pool's own timeouts). Default 30 s.
     pub call_timeout: Duration,
 }
 

@@ -31,8 +31,8 @@ use crate::postgres::{PgClient, PgError, PgPool, errors, migrate};
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PgStateStoreConfig {
-    /// How long one call may take, waiting for a connection included, before it fails with a
-    /// retryable error. Default 30 s.
+    /// How long one call may work on its connection before it fails with a retryable error (the
+    /// wait for a connection is bounded by the pool's own timeouts). Default 30 s.
     pub call_timeout: Duration,
 }
 

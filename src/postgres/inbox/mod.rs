@@ -364,11 +364,11 @@ impl InboxStore for PgInbox {
         token: LockToken,
         settlement: Settlement,
     ) -> Result<Option<Removed>> {
-        let (Some(seq), Some(delivery)) =
-            (to_bigint(token.sequence), Some(i64::from(token.delivery)))
-        else {
+        // A sequence number past bigint was never handed out: no row can hold that lock.
+        let Some(seq) = to_bigint(token.sequence) else {
             return Err(lock_lost(device, token));
         };
+        let delivery = i64::from(token.delivery);
         let device = device.clone();
         self.call(move |c| {
             Box::pin(async move {

@@ -11,15 +11,33 @@
 //!   retry may help (an engine that is down is retryable, a syntax error is not);
 //! * [`migrate`]: versioned, idempotent schema migrations that two processes may run at once.
 //!
+//! Store adapters:
+//!
+//! * [`PgInbox`]: the gateway's C2D inbox, shared by every gateway instance on the database.
+//! * [`PgTwinStore`]: the gateway's device twins.
+//! * [`PgStateStore`]: the stream processors' event history and last known values.
+//! * [`PgJournal`]: the provisioner's intent journal, when identities and registry live apart.
+//!
 //! TLS to the database is not offered yet: a URL that asks for `sslmode=require` is refused by the
 //! driver with a clear error rather than silently connecting in plain text.
 
+mod call;
 mod config;
 mod error;
+mod errors;
+mod inbox;
+mod journal;
 mod migrate;
 mod pool;
+mod state;
+mod twins;
+mod values;
 
 pub use config::PgConfig;
 pub use error::PgError;
+pub use inbox::{PgInbox, PgInboxConfig};
+pub use journal::{PgJournal, PgJournalConfig};
 pub use migrate::{Migration, migrate};
 pub use pool::{PgClient, PgPool};
+pub use state::{PgStateStore, PgStateStoreConfig};
+pub use twins::{PgTwinStore, PgTwinStoreConfig};

@@ -19,7 +19,9 @@
 //!   count); any other token is [`Error::LockLost`](crate::Error::LockLost) and changes nothing.
 //!   Sequence numbers are never reused, not even after a reopen.
 //! * A reopened durable store holds every message it acknowledged, with its delivery count, but
-//!   no locks: the sessions that held them are gone, so their messages are available again.
+//!   no locks: the sessions that held them are gone, so their messages are available again. A
+//!   store that several gateway instances share holds locks per instance: a restarted instance
+//!   releases its own, and opening one instance never releases another's.
 //! * A store outside this crate reports its own failures as
 //!   [`Error::Backend`](crate::Error::Backend), saying whether a retry may help.
 //!

@@ -29,10 +29,22 @@ pub trait InboxStoreFactory: Send + Sync {
         drop(previous);
         None
     }
+
+    /// Another instance over the same storage, open beside the first, as a second gateway process
+    /// sharing the database would open it; `None` (the provided method) for a store only one
+    /// process can open. When given, the suite checks [`peers_share_one_inbox`].
+    async fn open_peer(&self) -> Option<Result<Arc<dyn InboxStore>>> {
+        None
+    }
 }
 
-/// Runs every check on one store from `factory`, then [`survives_reopen`] through
-/// [`InboxStoreFactory::reopen`].
+/// Runs every check on one store from `factory`, [`peers_share_one_inbox`] when the factory opens
+/// peers, then [`survives_reopen`] through [`InboxStoreFactory::reopen`].
+///
+/// A reopen is the *same* instance restarting: the suite expects it to release the locks that
+/// instance held. A store several instances share must release only the restarted instance's
+/// locks (the others' sessions are alive); [`peers_share_one_inbox`] checks that opening a peer
+/// releases none.
 pub async fn run_all(factory: &dyn InboxStoreFactory) {
     let store = factory
         .open()
@@ -48,6 +60,10 @@ pub async fn run_all(factory: &dyn InboxStoreFactory) {
     max_delivery_count_dead_letters(s).await;
     queue_limit(s).await;
     remove_device(s).await;
+    if let Some(peer) = factory.open_peer().await {
+        let peer = peer.unwrap_or_else(|e| panic!("the factory could not open a peer: {e}"));
+        peers_share_one_inbox(s, peer.as_ref()).await;
+    }
     let written = write_for_reopen(s).await;
     let reopened = factory
         .reopen(store)
@@ -470,6 +486,40 @@ pub async fn remove_device(store: &dyn InboxStore) {
     ));
     assert_eq!(store.remove_device(&device).await.expect("remove again"), 0);
     assert_eq!(store.depth(&other).await.expect("depth"), 1);
+}
+
+/// Two instances over one storage (`peer` opened after `store` took a lock) see one inbox: the
+/// peer's opening released none of `store`'s locks, a message locked by one is not handed out by
+/// the other, and each settles its own deliveries.
+pub async fn peers_share_one_inbox(store: &dyn InboxStore, peer: &dyn InboxStore) {
+    let device = fresh_id("tk-inbox-peers");
+    for id in ["m1", "m2", "m3"] {
+        enqueue(store, &device, id).await;
+    }
+    let first = lock(store, &device, t(1)).await;
+    assert_eq!(first.message.message_id, "m1");
+    assert_eq!(peer.depth(&device).await.expect("depth"), 3, "one inbox");
+    let by_peer = lock(peer, &device, t(2)).await;
+    assert_eq!(
+        by_peer.message.message_id, "m2",
+        "a message locked by one instance is not handed out by another"
+    );
+    let third = lock(store, &device, t(3)).await;
+    assert_eq!(third.message.message_id, "m3");
+    let waiting = peer
+        .lock_next(&device, t(4), limits())
+        .await
+        .expect("lock_next");
+    assert!(waiting.locked.is_none(), "every message is locked");
+    assert_eq!(waiting.next_due, Some(first.locked_until));
+    peer.settle(&device, by_peer.token, Settlement::Complete)
+        .await
+        .expect("the peer settles its delivery");
+    store
+        .settle(&device, first.token, Settlement::Complete)
+        .await
+        .expect("a peer's opening released no lock of another instance");
+    assert_eq!(store.depth(&device).await.expect("depth"), 1);
 }
 
 /// What [`write_for_reopen`] left, for [`survives_reopen`].

@@ -47,10 +47,6 @@ async fn hub_with_postgres_inbox_and_twins_passes_the_gateway_suite() {
         telemetry: hub.telemetry_log().clone(),
         host: HOST.into(),
     };
-    let limits = Limits {
-        max_inbox_depth: hub.config().inbox.max_depth,
-        max_delivery_count: hub.config().inbox.max_delivery_count,
-        lock_duration: hub.config().inbox.lock_duration,
-    };
+    let limits = Limits::from(hub.config());
     testkit::run_all(&hub, &fx, limits).await;
 }

@@ -11,6 +11,10 @@
 //!   retry may help (an engine that is down is retryable, a syntax error is not);
 //! * [`migrate`]: versioned, idempotent schema migrations that two processes may run at once.
 //!
+//! The adapters:
+//!
+//! * [`PgRegistry`]: the device registry, documents as `jsonb`, queries translated to SQL.
+//!
 //! TLS to the database is not offered yet: a URL that asks for `sslmode=require` is refused by the
 //! driver with a clear error rather than silently connecting in plain text.
 
@@ -18,8 +22,10 @@ mod config;
 mod error;
 mod migrate;
 mod pool;
+mod registry;
 
 pub use config::PgConfig;
 pub use error::PgError;
 pub use migrate::{Migration, migrate};
 pub use pool::{PgClient, PgPool};
+pub use registry::{PgRegistry, PgRegistryConfig};

@@ -1,0 +1,563 @@
+//! From a parsed [`Query`] (read through iot-registry's public query view) to SQL.
+//!
+//! Every condition becomes a two-valued SQL expression (never `NULL`), so that `NOT`, `AND` and
+//! `OR` keep the query language's meaning:
+//!
+//! * a path is read with `->` only (object keys, never array positions, as the language does),
+//!   giving `NULL` where it is undefined;
+//! * a comparison reads the one class of value its literal has (`iot_registry_num`,
+//!   `iot_registry_str`, …: `NULL` for other classes) and is `coalesce`d to `false`;
+//! * `!=` is "defined and not equal";
+//! * numbers compare as `float8`, as the language compares them as `f64`; strings compare under
+//!   the `"C"` collation, i.e. by their UTF-8 bytes.
+//!
+//! Beside the exact condition, equalities and `IN` lists also yield a *hint*: a containment test
+//! (`doc @> '{"metadata": {"building": "B7"}}'`) that every match satisfies and that the GIN index
+//! answers. The hint only narrows the rows the exact condition is evaluated on.
+//!
+//! `ORDER BY` keys sort by class rank (undefined and composites first, then null, booleans,
+//! numbers, strings) and then by the value of their class; the device id breaks ties. A
+//! continuation token becomes the lexicographic "strictly after this position" condition.
+//!
+//! Whatever cannot be said exactly in SQL (a string literal holding U+0000, which PostgreSQL text
+//! cannot carry; a construct of the language this adapter does not know yet) makes
+//! [`translate`] return `None`; the registry then evaluates that query in Rust.
+
+use iot_registry::query::{CompareOp, Condition, Field, FieldRoot, Literal, OrderBy};
+use iot_registry::{PageToken, Query, SortValue};
+use tokio_postgres::types::ToSql;
+
+/// A statement parameter.
+#[derive(Debug, Clone)]
+pub(crate) enum Param {
+    Text(String),
+    Float(f64),
+    Bool(bool),
+}
+
+/// The parameters of one statement, numbered from 1 in the order they are added.
+#[derive(Debug, Default)]
+pub(crate) struct Params {
+    values: Vec<Param>,
+    /// A value PostgreSQL cannot take (text holding U+0000) was added: the statement is unusable.
+    unsendable: bool,
+}
+
+impl Params {
+    pub(crate) fn text(&mut self, s: &str) -> String {
+        if s.contains('\0') {
+            self.unsendable = true;
+        }
+        self.values.push(Param::Text(s.to_owned()));
+        format!("${}::text", self.values.len())
+    }
+
+    fn float(&mut self, f: f64) -> String {
+        self.values.push(Param::Float(f));
+        format!("${}::float8", self.values.len())
+    }
+
+    fn boolean(&mut self, b: bool) -> String {
+        self.values.push(Param::Bool(b));
+        format!("${}::boolean", self.values.len())
+    }
+
+    /// The values, as the driver takes them.
+    pub(crate) fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.values
+            .iter()
+            .map(|p| -> &(dyn ToSql + Sync) {
+                match p {
+                    Param::Text(s) => s,
+                    Param::Float(f) => f,
+                    Param::Bool(b) => b,
+                }
+            })
+            .collect()
+    }
+}
+
+/// What a field names in a row.
+#[derive(Debug, Clone)]
+enum Target {
+    /// The `device_id` column: always defined, always a string.
+    DeviceId,
+    /// A `jsonb` expression, `NULL` where the path is undefined.
+    Json(String),
+    /// A path that is never defined.
+    Undefined,
+}
+
+fn target(field: &Field<'_>, p: &mut Params) -> Option<Target> {
+    let segments = field.segments();
+    let (root, key) = match field.root() {
+        FieldRoot::DeviceId => {
+            return Some(if segments.is_empty() {
+                Target::DeviceId
+            } else {
+                Target::Undefined
+            });
+        }
+        FieldRoot::StateRef => {
+            return Some(if segments.is_empty() {
+                Target::Json("(doc -> 'stateRef')".to_owned())
+            } else {
+                Target::Undefined
+            });
+        }
+        FieldRoot::Metadata => ("metadata", "metadata"),
+        FieldRoot::Tags => ("tags", "tags"),
+        _ => return None,
+    };
+    debug_assert_eq!(root, key);
+    let mut expr = format!("(doc -> '{root}'");
+    for s in segments {
+        expr.push_str(" -> ");
+        expr.push_str(&p.text(s));
+    }
+    expr.push(')');
+    Some(Target::Json(expr))
+}
+
+fn op_sql(op: CompareOp) -> Option<&'static str> {
+    Some(match op {
+        CompareOp::Eq => "=",
+        CompareOp::Ne => "<>",
+        CompareOp::Lt => "<",
+        CompareOp::Le => "<=",
+        CompareOp::Gt => ">",
+        CompareOp::Ge => ">=",
+        _ => return None,
+    })
+}
+
+const TRUE: &str = "TRUE";
+const FALSE: &str = "FALSE";
+
+fn defined(t: &Target) -> String {
+    match t {
+        Target::DeviceId => TRUE.to_owned(),
+        Target::Json(v) => format!("({v} IS NOT NULL)"),
+        Target::Undefined => FALSE.to_owned(),
+    }
+}
+
+/// `path = literal`, two-valued.
+fn equals(t: &Target, lit: &Literal<'_>, p: &mut Params) -> Option<String> {
+    Some(match (t, lit) {
+        (Target::Undefined, _) => FALSE.to_owned(),
+        (Target::DeviceId, Literal::String(s)) => format!("(device_id = {})", p.text(s)),
+        (Target::DeviceId, _) => FALSE.to_owned(),
+        (Target::Json(v), Literal::Null) => format!("coalesce(jsonb_typeof({v}) = 'null', false)"),
+        (Target::Json(v), Literal::Bool(b)) => format!("coalesce({v} = '{b}'::jsonb, false)"),
+        (Target::Json(v), Literal::Number(x)) => {
+            format!("coalesce(iot_registry_num({v}) = {}, false)", p.float(*x))
+        }
+        (Target::Json(v), Literal::String(s)) => {
+            format!("coalesce({v} = to_jsonb({}), false)", p.text(s))
+        }
+        _ => return None,
+    })
+}
+
+/// `path op literal` for an ordering operator, two-valued.
+fn ordered(t: &Target, op: &str, lit: &Literal<'_>, p: &mut Params) -> Option<String> {
+    Some(match (t, lit) {
+        (Target::Undefined, _) => FALSE.to_owned(),
+        (Target::DeviceId, Literal::String(s)) => format!("(device_id {op} {})", p.text(s)),
+        (Target::DeviceId, _) => FALSE.to_owned(),
+        // null is equal to itself and ordered against nothing else.
+        (Target::Json(_), Literal::Null) if op == "<=" || op == ">=" => {
+            return equals(t, lit, p);
+        }
+        (Target::Json(_), Literal::Null) => FALSE.to_owned(),
+        (Target::Json(v), Literal::Bool(b)) => format!(
+            "coalesce(iot_registry_bool({v}) {op} {}, false)",
+            p.boolean(*b)
+        ),
+        (Target::Json(v), Literal::Number(x)) => format!(
+            "coalesce(iot_registry_num({v}) {op} {}, false)",
+            p.float(*x)
+        ),
+        (Target::Json(v), Literal::String(s)) => format!(
+            "coalesce(iot_registry_str({v}) COLLATE \"C\" {op} {}, false)",
+            p.text(s)
+        ),
+        _ => return None,
+    })
+}
+
+/// The exact SQL of a condition; `None` if some part cannot be said exactly.
+fn condition(c: &Condition<'_>, p: &mut Params) -> Option<String> {
+    Some(match c {
+        Condition::Const(b) => if *b { TRUE } else { FALSE }.to_owned(),
+        Condition::Compare { field, op, value } => {
+            let t = target(field, p)?;
+            match op {
+                CompareOp::Eq => equals(&t, value, p)?,
+                CompareOp::Ne => format!("({} AND NOT {})", defined(&t), equals(&t, value, p)?),
+                other => ordered(&t, op_sql(*other)?, value, p)?,
+            }
+        }
+        Condition::In { field, values } => {
+            let t = target(field, p)?;
+            let parts = values
+                .iter()
+                .map(|v| equals(&t, v, p))
+                .collect::<Option<Vec<_>>>()?;
+            join(parts, " OR ", FALSE)
+        }
+        Condition::StartsWith { field, prefix } => match target(field, p)? {
+            // The range lets the primary key's btree find the first candidate.
+            Target::DeviceId => {
+                let pre = p.text(prefix);
+                format!("(device_id >= {pre} AND starts_with(device_id, {pre}))")
+            }
+            Target::Json(v) => format!(
+                "coalesce(starts_with(iot_registry_str({v}), {}), false)",
+                p.text(prefix)
+            ),
+            Target::Undefined => FALSE.to_owned(),
+        },
+        Condition::IsDefined(field) => defined(&target(field, p)?),
+        Condition::Not(inner) => format!("(NOT {})", condition(inner, p)?),
+        Condition::And(cs) => join(
+            cs.iter()
+                .map(|c| condition(c, p))
+                .collect::<Option<Vec<_>>>()?,
+            " AND ",
+            TRUE,
+        ),
+        Condition::Or(cs) => join(
+            cs.iter()
+                .map(|c| condition(c, p))
+                .collect::<Option<Vec<_>>>()?,
+            " OR ",
+            FALSE,
+        ),
+        _ => return None,
+    })
+}
+
+fn join(parts: Vec<String>, sep: &str, empty: &str) -> String {
+    if parts.is_empty() {
+        empty.to_owned()
+    } else {
+        format!("({})", parts.join(sep))
+    }
+}
+
+/// The JSON a matching document contains for `field = lit`, when containment is implied by
+/// equality. Numbers are included only where `f64` equality and PostgreSQL's exact `numeric`
+/// equality agree on every value a document can hold: fractions, and integers below 2^53.
+fn containment(field: &Field<'_>, lit: &Literal<'_>) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    let leaf = match lit {
+        Literal::Null => Value::Null,
+        Literal::Bool(b) => Value::Bool(*b),
+        Literal::String(s) if !s.contains('\0') => Value::String((*s).to_owned()),
+        Literal::Number(x) if x.fract() != 0.0 => Value::from(*x),
+        Literal::Number(x) if x.abs() < 9_007_199_254_740_992.0 => {
+            // Exact: |x| < 2^53 and integral.
+            #[allow(clippy::cast_possible_truncation)]
+            Value::from(*x as i64)
+        }
+        _ => return None,
+    };
+    let segments = field.segments();
+    let root = match field.root() {
+        FieldRoot::StateRef if segments.is_empty() => {
+            return match leaf {
+                Value::String(_) => Some(serde_json::json!({ "stateRef": leaf })),
+                _ => None,
+            };
+        }
+        FieldRoot::Metadata if !segments.is_empty() => "metadata",
+        FieldRoot::Tags if !segments.is_empty() => "tags",
+        _ => return None,
+    };
+    let mut value = leaf;
+    for s in segments.iter().rev() {
+        let mut m = serde_json::Map::new();
+        m.insert(s.clone(), value);
+        value = Value::Object(m);
+    }
+    let mut m = serde_json::Map::new();
+    m.insert(root.to_owned(), value);
+    Some(Value::Object(m))
+}
+
+/// Whether [`hint`] has something for `c` (checked first, so that no parameter is added for a
+/// hint that is then dropped: PostgreSQL refuses parameters a statement does not use).
+fn hintable(c: &Condition<'_>) -> bool {
+    match c {
+        Condition::Compare {
+            field,
+            op: CompareOp::Eq,
+            value,
+        } => containment(field, value).is_some(),
+        Condition::In { field, values } => {
+            !values.is_empty() && values.iter().all(|v| containment(field, v).is_some())
+        }
+        Condition::And(cs) => cs.iter().any(hintable),
+        Condition::Or(cs) => !cs.is_empty() && cs.iter().all(hintable),
+        _ => false,
+    }
+}
+
+/// A condition every match satisfies and the GIN index can answer, if there is one.
+fn hint(c: &Condition<'_>, p: &mut Params) -> Option<String> {
+    if !hintable(c) {
+        return None;
+    }
+    let contains = |json: serde_json::Value, p: &mut Params| {
+        format!("(doc @> {}::jsonb)", p.text(&json.to_string()))
+    };
+    match c {
+        Condition::Compare { field, value, .. } => Some(contains(containment(field, value)?, p)),
+        Condition::In { field, values } => {
+            let docs = values
+                .iter()
+                .map(|v| containment(field, v))
+                .collect::<Option<Vec<_>>>()?;
+            let parts = docs.into_iter().map(|d| contains(d, p)).collect();
+            Some(join(parts, " OR ", FALSE))
+        }
+        Condition::And(cs) => {
+            let parts: Vec<String> = cs.iter().filter_map(|c| hint(c, p)).collect();
+            Some(join(parts, " AND ", TRUE))
+        }
+        Condition::Or(cs) => {
+            let parts = cs.iter().map(|c| hint(c, p)).collect::<Option<Vec<_>>>()?;
+            Some(join(parts, " OR ", FALSE))
+        }
+        _ => None,
+    }
+}
+
+/// One `ORDER BY` key as SQL expressions.
+struct SortExprs {
+    /// The class rank (0 undefined/composite … 4 string).
+    rank: String,
+    /// The value of each class, `None` where the key cannot hold that class.
+    boolean: Option<String>,
+    number: Option<String>,
+    string: Option<String>,
+    descending: bool,
+}
+
+fn sort_exprs(key: &OrderBy<'_>, p: &mut Params) -> Option<SortExprs> {
+    let descending = key.descending;
+    Some(match target(&key.field, p)? {
+        Target::DeviceId => SortExprs {
+            rank: "4".to_owned(),
+            boolean: None,
+            number: None,
+            string: Some("device_id".to_owned()),
+            descending,
+        },
+        Target::Json(v) => SortExprs {
+            rank: format!("iot_registry_rank({v})"),
+            boolean: Some(format!("iot_registry_bool({v})")),
+            number: Some(format!("iot_registry_num({v})")),
+            string: Some(format!("(iot_registry_str({v}) COLLATE \"C\")")),
+            descending,
+        },
+        Target::Undefined => SortExprs {
+            rank: "0".to_owned(),
+            boolean: None,
+            number: None,
+            string: None,
+            descending,
+        },
+    })
+}
+
+/// `ORDER BY` items (constants left out: PostgreSQL reads an integer there as a column number).
+fn order_items(keys: &[SortExprs]) -> Vec<String> {
+    let mut items = Vec::new();
+    for k in keys {
+        let dir = if k.descending { "DESC" } else { "ASC" };
+        if k.rank.parse::<i32>().is_err() {
+            items.push(format!("{} {dir}", k.rank));
+        }
+        for e in [&k.boolean, &k.number, &k.string].into_iter().flatten() {
+            items.push(format!("{e} {dir}"));
+        }
+    }
+    items.push("device_id ASC".to_owned());
+    items
+}
+
+/// "The row comes strictly after the token's position", lexicographically over the keys and
+/// then the device id.
+fn after_token(keys: &[SortExprs], token: &PageToken, p: &mut Params) -> Option<String> {
+    let values: Vec<SortValue<'_>> = token.last_sort_values().collect();
+    if values.len() != keys.len() {
+        return None;
+    }
+    let mut equal_so_far: Vec<String> = Vec::new();
+    let mut alternatives: Vec<String> = Vec::new();
+    for (k, v) in keys.iter().zip(values) {
+        let (rank, value): (i32, Option<(String, &Option<String>)>) = match v {
+            SortValue::Undefined => (0, None),
+            SortValue::Null => (1, None),
+            SortValue::Bool(b) => (2, Some((p.boolean(b), &k.boolean))),
+            SortValue::Number(x) => (3, Some((p.float(x), &k.number))),
+            SortValue::String(s) => (4, Some((p.text(s), &k.string))),
+            _ => return None,
+        };
+        let beyond = if k.descending { "<" } else { ">" };
+        let r = &k.rank;
+        let (after, equal) = match value {
+            Some((param, Some(expr))) => (
+                format!("({r} {beyond} {rank} OR ({r} = {rank} AND {expr} {beyond} {param}))"),
+                format!("({r} = {rank} AND {expr} = {param})"),
+            ),
+            _ => (format!("({r} {beyond} {rank})"), format!("({r} = {rank})")),
+        };
+        let mut alt = equal_so_far.clone();
+        alt.push(after);
+        alternatives.push(join(alt, " AND ", TRUE));
+        equal_so_far.push(equal);
+    }
+    let mut last = equal_so_far;
+    last.push(format!("(device_id > {})", p.text(token.last_device_id())));
+    alternatives.push(join(last, " AND ", TRUE));
+    Some(join(alternatives, " OR ", FALSE))
+}
+
+/// A statement and its parameters.
+#[derive(Debug)]
+pub(crate) struct Statement {
+    pub(crate) sql: String,
+    pub(crate) params: Params,
+}
+
+/// The columns every read selects, in this order.
+pub(crate) const COLUMNS: &str = "device_id, doc::text, etag, created_us, updated_us";
+
+/// The page query: matches of `query` in namespace `ns`, after `token`, in the query's order, at
+/// most `fetch` rows. `None` when the query must be evaluated in Rust instead.
+pub(crate) fn translate(
+    query: &Query,
+    ns: &str,
+    token: Option<&PageToken>,
+    fetch: u64,
+) -> Option<Statement> {
+    let mut p = Params::default();
+    let ns = p.text(ns);
+    let cond = query.condition();
+    let mut clauses = vec![format!("ns = {ns}")];
+    clauses.extend(hint(&cond, &mut p));
+    clauses.push(condition(&cond, &mut p)?);
+    let keys = query
+        .order_by()
+        .map(|k| sort_exprs(&k, &mut p))
+        .collect::<Option<Vec<_>>>()?;
+    if let Some(token) = token {
+        clauses.push(after_token(&keys, token, &mut p)?);
+    }
+    if p.unsendable {
+        return None;
+    }
+    let sql = format!(
+        "SELECT {COLUMNS} FROM iot_registry_devices WHERE {} ORDER BY {} LIMIT {fetch}",
+        clauses.join(" AND "),
+        order_items(&keys).join(", ")
+    );
+    Some(Statement { sql, params: p })
+}
+
+/// The count query of `query` in `ns`; `None` when it must be counted in Rust.
+pub(crate) fn translate_count(query: &Query, ns: &str) -> Option<Statement> {
+    let mut p = Params::default();
+    let ns = p.text(ns);
+    let cond = query.condition();
+    let mut clauses = vec![format!("ns = {ns}")];
+    clauses.extend(hint(&cond, &mut p));
+    clauses.push(condition(&cond, &mut p)?);
+    if p.unsendable {
+        return None;
+    }
+    let limit = match query.limit() {
+        Some(l) => format!(" LIMIT {l}"),
+        None => String::new(),
+    };
+    // Counting a subquery with the LIMIT lets PostgreSQL stop early.
+    let sql = format!(
+        "SELECT count(*) FROM (SELECT 1 FROM iot_registry_devices WHERE {}{limit}) AS matches",
+        clauses.join(" AND ")
+    );
+    Some(Statement { sql, params: p })
+}
+
+/// The candidates of a query evaluated in Rust: every row of `ns` that satisfies the index hint
+/// (a superset of the matches), when the hint itself can be sent.
+pub(crate) fn candidates(query: &Query, ns: &str) -> Statement {
+    let mut p = Params::default();
+    let ns_param = p.text(ns);
+    let mut clauses = vec![format!("ns = {ns_param}")];
+    clauses.extend(hint(&query.condition(), &mut p));
+    if p.unsendable {
+        let mut p = Params::default();
+        let ns_param = p.text(ns);
+        return Statement {
+            sql: format!("SELECT {COLUMNS} FROM iot_registry_devices WHERE ns = {ns_param}"),
+            params: p,
+        };
+    }
+    Statement {
+        sql: format!(
+            "SELECT {COLUMNS} FROM iot_registry_devices WHERE {}",
+            clauses.join(" AND ")
+        ),
+        params: p,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_construct_of_the_language_is_translated() {
+        for text in [
+            "SELECT * FROM devices",
+            "SELECT * FROM devices WHERE metadata.building = 'B1' AND metadata.floor >= 3 AND NOT IS_DEFINED(metadata.retired) ORDER BY metadata.room LIMIT 100",
+            "SELECT * FROM devices WHERE metadata.floor < 2 OR metadata.floor > 7",
+            "SELECT * FROM devices WHERE metadata.model NOT IN ['M1', 3, true, null]",
+            "SELECT * FROM devices WHERE STARTS_WITH(deviceId, 'dev-1') ORDER BY deviceId DESC",
+            "SELECT * FROM devices WHERE IS_DEFINED(stateRef) ORDER BY metadata.floor DESC, tags.room",
+            "SELECT * FROM devices WHERE true AND NOT false AND metadata != 1",
+        ] {
+            let q = Query::parse(text).expect("parses");
+            let s = translate(&q, "ns", None, 10).expect("translated");
+            assert!(s.sql.starts_with("SELECT"), "{text}: {}", s.sql);
+            assert!(translate_count(&q, "ns").is_some(), "{text}");
+        }
+    }
+
+    #[test]
+    fn equalities_get_an_index_hint_and_ranges_do_not() {
+        let q = Query::parse(
+            "SELECT * FROM devices WHERE metadata.building = 'B1' AND metadata.floor > 2",
+        )
+        .expect("parses");
+        let s = translate(&q, "ns", None, 10).expect("translated");
+        assert_eq!(s.sql.matches("@>").count(), 1, "{}", s.sql);
+        // An integer beyond 2^53 has no exact containment form.
+        let q = Query::parse("SELECT * FROM devices WHERE metadata.n = 9007199254740993")
+            .expect("parses");
+        let s = translate(&q, "ns", None, 10).expect("translated");
+        assert!(!s.sql.contains("@>"), "{}", s.sql);
+    }
+
+    #[test]
+    fn a_literal_holding_nul_is_left_to_rust() {
+        let q = Query::parse("SELECT * FROM devices WHERE metadata.s = 'a\u{0}'").expect("parses");
+        assert!(translate(&q, "ns", None, 10).is_none());
+        assert!(translate_count(&q, "ns").is_none());
+        assert!(!candidates(&q, "ns").sql.contains('\0'));
+    }
+}

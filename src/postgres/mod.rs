@@ -14,18 +14,22 @@
 //! The adapters:
 //!
 //! * [`PgRegistry`]: the device registry, documents as `jsonb`, queries translated to SQL.
+//! * [`PgIdentityStore`]: device identities, a change stream across processes (`LISTEN`/`NOTIFY`)
+//!   and a lookup cache the stream keeps honest.
 //!
 //! TLS to the database is not offered yet: a URL that asks for `sslmode=require` is refused by the
 //! driver with a clear error rather than silently connecting in plain text.
 
 mod config;
 mod error;
+mod identity;
 mod migrate;
 mod pool;
 mod registry;
 
 pub use config::PgConfig;
 pub use error::PgError;
+pub use identity::{MAX_NAMESPACE_BYTES, PgIdentityConfig, PgIdentityStore};
 pub use migrate::{Migration, migrate};
 pub use pool::{PgClient, PgPool};
 pub use registry::{PgRegistry, PgRegistryConfig};

@@ -16,6 +16,8 @@
 //! * [`PgRegistry`]: the device registry, documents as `jsonb`, queries translated to SQL.
 //! * [`PgIdentityStore`]: device identities, a change stream across processes (`LISTEN`/`NOTIFY`)
 //!   and a lookup cache the stream keeps honest.
+//! * [`PgProvisioning`]: registration and removal in one transaction when both stores share a
+//!   database.
 //!
 //! TLS to the database is not offered yet: a URL that asks for `sslmode=require` is refused by the
 //! driver with a clear error rather than silently connecting in plain text.
@@ -25,6 +27,7 @@ mod error;
 mod identity;
 mod migrate;
 mod pool;
+mod provisioning;
 mod registry;
 
 pub use config::PgConfig;
@@ -32,4 +35,5 @@ pub use error::PgError;
 pub use identity::{MAX_NAMESPACE_BYTES, PgIdentityConfig, PgIdentityStore};
 pub use migrate::{Migration, migrate};
 pub use pool::{PgClient, PgPool};
+pub use provisioning::PgProvisioning;
 pub use registry::{PgRegistry, PgRegistryConfig};

@@ -152,6 +152,17 @@ impl PgIdentityStore {
         &self.shared.namespace
     }
 
+    /// The pool the store uses.
+    pub fn pool(&self) -> &PgPool {
+        &self.shared.pool
+    }
+
+    /// Drops `id` from the lookup cache (after a write made outside the store's own methods,
+    /// such as a provisioning transaction).
+    pub(crate) fn forget(&self, id: &DeviceId) {
+        self.shared.cache.invalidate(id);
+    }
+
     /// How many identities the lookup cache holds now.
     pub fn cached(&self) -> usize {
         self.shared.cache.len()

@@ -176,3 +176,92 @@ async fn lookups_are_cached_and_secrets_stay_out_of_debug_output() {
         assert!(!text.contains(&secret), "a key in Debug output: {text}");
     }
 }
+
+/// Waits (up to 10 s) for a change of `id` of `kind` on `stream`.
+async fn change_of(
+    stream: &mut iot_identity::ChangeStream,
+    id: &iot_core::DeviceId,
+    kind: ChangeKind,
+) -> iot_identity::IdentityChange {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.recv().await.expect("the stream is open") {
+                ChangeEvent::Changed(c) if &c.id == id && c.kind == kind => return c,
+                ChangeEvent::Changed(_) => continue,
+                ChangeEvent::Lagged { missed } => panic!("lagged by {missed}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {kind:?} of {id} within 10 s"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_feed_reconnects_and_catches_up_after_its_connections_are_killed() {
+    let Some(pool_b) = own_pool().await else {
+        return;
+    };
+    // Store A's connections carry an application name of their own, so that the test can kill
+    // exactly them (the feed's LISTEN connection and the pool's) on the shared server.
+    let app = testkit::fresh_name("iot-feed-test");
+    let separator = if url().contains('?') { '&' } else { '?' };
+    let url_a = format!("{}{separator}application_name={app}", url());
+    let pool_a = PgPool::from_url(&url_a).expect("pool a");
+    let config = PgIdentityConfig::default().namespace(testkit::fresh_name("feed"));
+    let a = PgIdentityStore::open(pool_a, config.clone())
+        .await
+        .expect("open a");
+    let b = PgIdentityStore::open(pool_b.clone(), config)
+        .await
+        .expect("open b");
+    let mut stream = a.subscribe();
+    let x = testkit::fresh_id("feed-x");
+    b.create(NewIdentity::new(x.clone(), Credentials::None))
+        .await
+        .expect("create x");
+    change_of(&mut stream, &x, ChangeKind::Created).await;
+    assert!(a.get(&x).await.expect("get").is_some());
+
+    let killer = pool_b.get().await.expect("connection");
+    let killed: i64 = killer
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = $1",
+            &[&app],
+        )
+        .await
+        .expect("terminate")
+        .get(0);
+    assert!(killed >= 1, "store a's connections were found");
+    // Written while A's feed is down or reconnecting: they reach A live or by the catch-up.
+    b.set_status(&x, DeviceStatus::disabled("during the outage"), None)
+        .await
+        .expect("disable x");
+    let y = testkit::fresh_id("feed-y");
+    b.create(NewIdentity::new(y.clone(), Credentials::None))
+        .await
+        .expect("create y");
+    change_of(
+        &mut stream,
+        &x,
+        ChangeKind::StatusChanged { enabled: false },
+    )
+    .await;
+    change_of(&mut stream, &y, ChangeKind::Created).await;
+
+    // A's lookups carry on without a restart (a pooled connection killed under it may fail
+    // one call with a retryable error) and show the change.
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match a.get(&x).await {
+                Ok(Some(found)) if !found.status.is_enabled() => return found,
+                Ok(_) => {}
+                Err(e) => assert!(e.is_retryable(), "{e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("store a reads again after the outage");
+    assert_eq!(seen.status, DeviceStatus::disabled("during the outage"));
+}

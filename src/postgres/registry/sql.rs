@@ -27,18 +27,17 @@ use iot_registry::query::{CompareOp, Condition, Field, FieldRoot, Literal, Order
 use iot_registry::{PageToken, Query, SortValue};
 use tokio_postgres::types::ToSql;
 
-/// A statement parameter.
-#[derive(Debug, Clone)]
-pub(crate) enum Param {
-    Text(String),
-    Float(f64),
-    Bool(bool),
-}
-
-/// The parameters of one statement, numbered from 1 in the order they are added.
+/// The values of a statement, written into its text as literals.
+///
+/// Literals rather than bound parameters: PostgreSQL plans a prepared statement with parameters
+/// anew on each of its first runs and then generically, and a generic plan cannot see that
+/// `doc @> $n` is selective (measured: a scan of the namespace, 48 ms instead of 4 ms over
+/// 50 000 devices), while a statement without parameters is planned once, when it is prepared,
+/// and then only executed (the adapter caches it per connection). Strings are quoted by
+/// [`quote_literal`]; a string holding U+0000, which PostgreSQL text cannot carry, marks the
+/// statement unusable instead.
 #[derive(Debug, Default)]
 pub(crate) struct Params {
-    values: Vec<Param>,
     /// A value PostgreSQL cannot take (text holding U+0000) was added: the statement is unusable.
     unsendable: bool,
 }
@@ -47,33 +46,29 @@ impl Params {
     pub(crate) fn text(&mut self, s: &str) -> String {
         if s.contains('\0') {
             self.unsendable = true;
+            return "NULL::text".to_owned();
         }
-        self.values.push(Param::Text(s.to_owned()));
-        format!("${}::text", self.values.len())
+        format!("{}::text", quote_literal(s))
     }
 
     fn float(&mut self, f: f64) -> String {
-        self.values.push(Param::Float(f));
-        format!("${}::float8", self.values.len())
+        // `Debug` prints the shortest text that reads back as the same `f64` (`3.0`, `1e300`,
+        // `-0.0`); PostgreSQL reads it back exactly too. JSON numbers are finite.
+        if f.is_finite() {
+            format!("'{f:?}'::float8")
+        } else {
+            self.unsendable = true;
+            "NULL::float8".to_owned()
+        }
     }
 
     fn boolean(&mut self, b: bool) -> String {
-        self.values.push(Param::Bool(b));
-        format!("${}::boolean", self.values.len())
+        if b { "TRUE" } else { "FALSE" }.to_owned()
     }
 
-    /// The values, as the driver takes them.
+    /// The bound values: none, every value is in the text.
     pub(crate) fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
-        self.values
-            .iter()
-            .map(|p| -> &(dyn ToSql + Sync) {
-                match p {
-                    Param::Text(s) => s,
-                    Param::Float(f) => f,
-                    Param::Bool(b) => b,
-                }
-            })
-            .collect()
+        Vec::new()
     }
 }
 
@@ -287,6 +282,55 @@ fn containment(field: &Field<'_>, lit: &Literal<'_>) -> Option<serde_json::Value
     Some(Value::Object(m))
 }
 
+/// `text` as an SQL string literal that means the same whatever `standard_conforming_strings`
+/// says (an escape string: backslashes and quotes doubled). `text` holds no U+0000: containment
+/// documents are only made of literals without it.
+fn quote_literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 3);
+    out.push_str("E'");
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("''"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// Adds the paths of the containment document `doc` to `into`, if no path of `doc` holds a
+/// different value in `into` already (then `into` is left as it was and the result is false).
+/// Both are objects of objects down to one scalar leaf, as [`containment`] makes them.
+fn merge_into(into: &mut serde_json::Value, doc: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    fn compatible(into: &Value, doc: &Value) -> bool {
+        match (into, doc) {
+            (Value::Object(a), Value::Object(b)) => b
+                .iter()
+                .all(|(k, v)| a.get(k).is_none_or(|existing| compatible(existing, v))),
+            (a, b) => a == b,
+        }
+    }
+    fn merge(into: &mut Value, doc: &Value) {
+        if let (Value::Object(a), Value::Object(b)) = (into, doc) {
+            for (k, v) in b {
+                match a.get_mut(k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        a.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+    }
+    if !compatible(into, doc) {
+        return false;
+    }
+    merge(into, doc);
+    true
+}
+
 /// Whether [`hint`] has something for `c` (checked first, so that no parameter is added for a
 /// hint that is then dropped: PostgreSQL refuses parameters a statement does not use).
 fn hintable(c: &Condition<'_>) -> bool {
@@ -324,7 +368,34 @@ fn hint(c: &Condition<'_>, p: &mut Params) -> Option<String> {
             Some(join(parts, " OR ", FALSE))
         }
         Condition::And(cs) => {
-            let parts: Vec<String> = cs.iter().filter_map(|c| hint(c, p)).collect();
+            // The equalities of an AND become one containment document (one GIN condition
+            // rather than one per equality); the rest keep their own hints.
+            let mut merged: Option<serde_json::Value> = None;
+            let mut parts: Vec<String> = Vec::new();
+            for c in cs {
+                let single = match c {
+                    Condition::Compare {
+                        field,
+                        op: CompareOp::Eq,
+                        value,
+                    } => containment(field, value),
+                    _ => None,
+                };
+                let absorbed = match (single, merged.as_mut()) {
+                    (Some(doc), None) => {
+                        merged = Some(doc);
+                        true
+                    }
+                    (Some(doc), Some(into)) => merge_into(into, &doc),
+                    (None, _) => false,
+                };
+                if !absorbed {
+                    parts.extend(hint(c, p));
+                }
+            }
+            if let Some(doc) = merged {
+                parts.insert(0, contains(doc, p));
+            }
             Some(join(parts, " AND ", TRUE))
         }
         Condition::Or(cs) => {
@@ -551,6 +622,32 @@ mod tests {
             .expect("parses");
         let s = translate(&q, "ns", None, 10).expect("translated");
         assert!(!s.sql.contains("@>"), "{}", s.sql);
+    }
+
+    #[test]
+    fn the_equalities_of_an_and_share_one_containment() {
+        let q = Query::parse(
+            "SELECT * FROM devices WHERE metadata.b = 'B1' AND metadata.f = 3 AND tags.t = true \
+             AND metadata.b = 'B2' AND metadata.m IN ['x', 'y']",
+        )
+        .expect("parses");
+        let s = translate(&q, "ns", None, 10).expect("translated");
+        // One document for b, f and t; b = 'B2' conflicts and keeps its own; IN has its own OR.
+        assert_eq!(s.sql.matches("@>").count(), 4, "{}", s.sql);
+        assert!(
+            s.sql
+                .contains(r#"{"metadata":{"b":"B1","f":3},"tags":{"t":true}}"#),
+            "{}",
+            s.sql
+        );
+    }
+
+    #[test]
+    fn containment_literals_are_quoted() {
+        assert_eq!(
+            quote_literal(r#"{"a":"it's \\ ok"}"#),
+            r#"E'{"a":"it''s \\\\ ok"}'"#
+        );
     }
 
     #[test]

@@ -11,9 +11,13 @@
 //! * numbers compare as `float8`, as the language compares them as `f64`; strings compare under
 //!   the `"C"` collation, i.e. by their UTF-8 bytes.
 //!
-//! Beside the exact condition, equalities and `IN` lists also yield a *hint*: a containment test
-//! (`doc @> '{"metadata": {"building": "B7"}}'`) that every match satisfies and that the GIN index
-//! answers. The hint only narrows the rows the exact condition is evaluated on.
+//! An equality whose literal has a containment form (`metadata.building = 'B7'` is
+//! `doc @> '{"metadata": {"building": "B7"}}'`) is written as that containment: it means the same
+//! (containment follows object keys only and compares exactly; numbers get it only where
+//! `numeric` and `f64` equality agree) and the GIN index answers it. The equalities of an `AND`
+//! share one containment document.
+//!
+//! Values are written into the statement as literals, not bound (see [`Params`]).
 //!
 //! `ORDER BY` keys sort by class rank (undefined and composites first, then null, booleans,
 //! numbers, strings) and then by the value of their class; the device id breaks ties. A
@@ -137,8 +141,14 @@ fn defined(t: &Target) -> String {
     }
 }
 
-/// `path = literal`, two-valued.
-fn equals(t: &Target, lit: &Literal<'_>, p: &mut Params) -> Option<String> {
+/// `path = literal`, two-valued. Where the literal has a containment form (see
+/// [`containment`]) that form *is* the comparison: containment follows object keys only, compares
+/// strings, booleans and null exactly, and numbers where `numeric` and `f64` agree; it is also
+/// what the GIN index answers, and cheaper to evaluate than extracting the path.
+fn equals(t: &Target, field: &Field<'_>, lit: &Literal<'_>, p: &mut Params) -> Option<String> {
+    if let (Target::Json(_), Some(doc)) = (t, containment(field, lit)) {
+        return Some(format!("(doc @> {}::jsonb)", p.text(&doc.to_string())));
+    }
     Some(match (t, lit) {
         (Target::Undefined, _) => FALSE.to_owned(),
         (Target::DeviceId, Literal::String(s)) => format!("(device_id = {})", p.text(s)),
@@ -156,14 +166,20 @@ fn equals(t: &Target, lit: &Literal<'_>, p: &mut Params) -> Option<String> {
 }
 
 /// `path op literal` for an ordering operator, two-valued.
-fn ordered(t: &Target, op: &str, lit: &Literal<'_>, p: &mut Params) -> Option<String> {
+fn ordered(
+    t: &Target,
+    field: &Field<'_>,
+    op: &str,
+    lit: &Literal<'_>,
+    p: &mut Params,
+) -> Option<String> {
     Some(match (t, lit) {
         (Target::Undefined, _) => FALSE.to_owned(),
         (Target::DeviceId, Literal::String(s)) => format!("(device_id {op} {})", p.text(s)),
         (Target::DeviceId, _) => FALSE.to_owned(),
         // null is equal to itself and ordered against nothing else.
         (Target::Json(_), Literal::Null) if op == "<=" || op == ">=" => {
-            return equals(t, lit, p);
+            return equals(t, field, lit, p);
         }
         (Target::Json(_), Literal::Null) => FALSE.to_owned(),
         (Target::Json(v), Literal::Bool(b)) => format!(
@@ -189,16 +205,18 @@ fn condition(c: &Condition<'_>, p: &mut Params) -> Option<String> {
         Condition::Compare { field, op, value } => {
             let t = target(field, p)?;
             match op {
-                CompareOp::Eq => equals(&t, value, p)?,
-                CompareOp::Ne => format!("({} AND NOT {})", defined(&t), equals(&t, value, p)?),
-                other => ordered(&t, op_sql(*other)?, value, p)?,
+                CompareOp::Eq => equals(&t, field, value, p)?,
+                CompareOp::Ne => {
+                    format!("({} AND NOT {})", defined(&t), equals(&t, field, value, p)?)
+                }
+                other => ordered(&t, field, op_sql(*other)?, value, p)?,
             }
         }
         Condition::In { field, values } => {
             let t = target(field, p)?;
             let parts = values
                 .iter()
-                .map(|v| equals(&t, v, p))
+                .map(|v| equals(&t, field, v, p))
                 .collect::<Option<Vec<_>>>()?;
             join(parts, " OR ", FALSE)
         }
@@ -216,13 +234,38 @@ fn condition(c: &Condition<'_>, p: &mut Params) -> Option<String> {
         },
         Condition::IsDefined(field) => defined(&target(field, p)?),
         Condition::Not(inner) => format!("(NOT {})", condition(inner, p)?),
-        Condition::And(cs) => join(
-            cs.iter()
-                .map(|c| condition(c, p))
-                .collect::<Option<Vec<_>>>()?,
-            " AND ",
-            TRUE,
-        ),
+        Condition::And(cs) => {
+            // The equalities with a containment form share one document: one GIN condition
+            // rather than one per equality, and the same meaning (an AND of containments is the
+            // containment of their union, when no path gets two values).
+            let mut merged: Option<serde_json::Value> = None;
+            let mut parts: Vec<String> = Vec::new();
+            for c in cs {
+                let single = match c {
+                    Condition::Compare {
+                        field,
+                        op: CompareOp::Eq,
+                        value,
+                    } => containment(field, value),
+                    _ => None,
+                };
+                let absorbed = match (single, merged.as_mut()) {
+                    (Some(doc), None) => {
+                        merged = Some(doc);
+                        true
+                    }
+                    (Some(doc), Some(into)) => merge_into(into, &doc),
+                    (None, _) => false,
+                };
+                if !absorbed {
+                    parts.push(condition(c, p)?);
+                }
+            }
+            if let Some(doc) = merged {
+                parts.insert(0, format!("(doc @> {}::jsonb)", p.text(&doc.to_string())));
+            }
+            join(parts, " AND ", TRUE)
+        }
         Condition::Or(cs) => join(
             cs.iter()
                 .map(|c| condition(c, p))
@@ -331,8 +374,7 @@ fn merge_into(into: &mut serde_json::Value, doc: &serde_json::Value) -> bool {
     true
 }
 
-/// Whether [`hint`] has something for `c` (checked first, so that no parameter is added for a
-/// hint that is then dropped: PostgreSQL refuses parameters a statement does not use).
+/// Whether [`hint`] has something for `c` (an `OR` has a hint only if every branch has one).
 fn hintable(c: &Condition<'_>) -> bool {
     match c {
         Condition::Compare {
@@ -349,7 +391,8 @@ fn hintable(c: &Condition<'_>) -> bool {
     }
 }
 
-/// A condition every match satisfies and the GIN index can answer, if there is one.
+/// A condition every match satisfies and the GIN index can answer, if there is one: narrows the
+/// candidates of a query evaluated in Rust.
 fn hint(c: &Condition<'_>, p: &mut Params) -> Option<String> {
     if !hintable(c) {
         return None;
@@ -519,8 +562,9 @@ pub(crate) fn translate(
     let mut p = Params::default();
     let ns = p.text(ns);
     let cond = query.condition();
+    // Equalities are containments in the condition itself, which the GIN index answers: no
+    // separate hint is needed here.
     let mut clauses = vec![format!("ns = {ns}")];
-    clauses.extend(hint(&cond, &mut p));
     clauses.push(condition(&cond, &mut p)?);
     let keys = query
         .order_by()
@@ -546,7 +590,6 @@ pub(crate) fn translate_count(query: &Query, ns: &str) -> Option<Statement> {
     let ns = p.text(ns);
     let cond = query.condition();
     let mut clauses = vec![format!("ns = {ns}")];
-    clauses.extend(hint(&cond, &mut p));
     clauses.push(condition(&cond, &mut p)?);
     if p.unsendable {
         return None;

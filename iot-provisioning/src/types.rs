@@ -1,7 +1,7 @@
 //! What provisioning calls take and return.
 
 use iot_core::DeviceId;
-use iot_identity::{Credentials, DeviceStatus, GenerationId};
+use iot_identity::{Credentials, DeviceIdentity, DeviceStatus, GenerationId};
 use iot_registry::DeviceRecord;
 use serde_json::Value;
 
@@ -59,6 +59,20 @@ pub struct Device {
     pub record: DeviceRecord,
 }
 
+impl Device {
+    /// The device made of its identity (status and generation; never its credentials) and its
+    /// registry record. `Provisioning` implementations outside this crate build the devices they
+    /// return with it.
+    pub fn new(identity: &DeviceIdentity, record: DeviceRecord) -> Self {
+        Device {
+            id: identity.id.clone(),
+            status: identity.status.clone(),
+            generation_id: identity.generation_id,
+            record,
+        }
+    }
+}
+
 /// What [`register`](crate::Provisioning::register) returns: one of the two calls that ever
 /// return credentials. `Debug` redacts keys.
 #[derive(Clone, Debug)]
@@ -68,6 +82,17 @@ pub struct Registered {
     pub device: Device,
     /// Its credentials (generated ones, or those passed in). Hand them to the device.
     pub credentials: Credentials,
+}
+
+impl Registered {
+    /// A registered `device` with the `credentials` to hand to it (for `Provisioning`
+    /// implementations outside this crate).
+    pub fn new(device: Device, credentials: Credentials) -> Self {
+        Registered {
+            device,
+            credentials,
+        }
+    }
 }
 
 /// How [`bulk`](crate::Provisioning::bulk) treats a request with failing items.

@@ -11,8 +11,13 @@
 //!   retry may help (an engine that is down is retryable, a syntax error is not);
 //! * [`migrate`]: versioned, idempotent schema migrations that two processes may run at once.
 //!
-//! Store adapters:
+//! The adapters:
 //!
+//! * [`PgRegistry`]: the device registry, documents as `jsonb`, queries translated to SQL.
+//! * [`PgIdentityStore`]: device identities, a change stream across processes (`LISTEN`/`NOTIFY`)
+//!   and a lookup cache the stream keeps honest.
+//! * [`PgProvisioning`]: registration and removal in one transaction when both stores share a
+//!   database.
 //! * [`PgInbox`]: the gateway's C2D inbox, shared by every gateway instance on the database.
 //! * [`PgTwinStore`]: the gateway's device twins.
 //! * [`PgStateStore`]: the stream processors' event history and last known values.
@@ -25,19 +30,25 @@ mod call;
 mod config;
 mod error;
 mod errors;
+mod identity;
 mod inbox;
 mod journal;
 mod migrate;
 mod pool;
+mod provisioning;
+mod registry;
 mod state;
 mod twins;
 mod values;
 
 pub use config::PgConfig;
 pub use error::PgError;
+pub use identity::{MAX_NAMESPACE_BYTES, PgIdentityConfig, PgIdentityStore};
 pub use inbox::{PgInbox, PgInboxConfig};
 pub use journal::{PgJournal, PgJournalConfig};
 pub use migrate::{Migration, migrate};
 pub use pool::{PgClient, PgPool};
+pub use provisioning::PgProvisioning;
+pub use registry::{PgRegistry, PgRegistryConfig};
 pub use state::{PgStateStore, PgStateStoreConfig};
 pub use twins::{PgTwinStore, PgTwinStoreConfig};

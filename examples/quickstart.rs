@@ -14,6 +14,15 @@
 //!    tumbling windows and writes an alert when the average passes 80; a second consumer group
 //!    keeps each device's last known values.
 //! 5. Provisioning takes the overheating device out of service, and the registry shows it.
+//!
+//! The same scenario past one machine: `--nats URL` puts the log's topics on NATS JetStream
+//! (feature `nats`), `--postgres URL` the identities, registry, provisioning journal and state
+//! store in PostgreSQL (feature `postgres`). Application code does not change; only what is opened.
+//!
+//! ```sh
+//! cargo run --example quickstart --features nats,postgres -- \
+//!     --nats nats://127.0.0.1:4222 --postgres postgres://postgres@127.0.0.1:5432/test
+//! ```
 #![allow(clippy::print_stdout)]
 
 use std::error::Error;
@@ -24,11 +33,11 @@ use iot_sdk::core::{
     DeviceId, FileLogConfig, GroupConsumer, GroupName, Producer, Record, StartFrom, Timestamp,
     TopicName, Topics, headers,
 };
-use iot_sdk::identity::{FileIdentityStore, FileIdentityStoreConfig};
+use iot_sdk::identity::{FileIdentityStore, FileIdentityStoreConfig, IdentityStore};
 use iot_sdk::provisioning::{
-    BulkMode, FileJournal, FileJournalConfig, Provisioner, Provisioning, RegisterRequest,
+    BulkMode, FileJournal, FileJournalConfig, Journal, Provisioner, Provisioning, RegisterRequest,
 };
-use iot_sdk::registry::{FileRegistry, FileRegistryConfig, QueryOutput, RegistryExt};
+use iot_sdk::registry::{FileRegistry, FileRegistryConfig, QueryOutput, Registry, RegistryExt};
 use iot_sdk::stream::processors::LastKnownValues;
 use iot_sdk::stream::rules::RuleSet;
 use iot_sdk::stream::window::OrderingPolicy;
@@ -40,15 +49,101 @@ const RULE: &str = "SELECT deviceId, AVG(temperature) AS t INTO alerts FROM tele
 
 /// Quickstart: one small IoT solution on embedded defaults, everything file-backed in a
 /// temporary directory: provisioning, a registry query, telemetry into the log, a windowed rule,
-/// an alert, and the overheating device taken out of service. Takes no flags.
+/// an alert, and the overheating device taken out of service.
 #[derive(Debug, clap::Parser)]
-struct Cli {}
+struct Cli {
+    /// Put the log's topics on NATS JetStream at this URL (feature `nats`), under a prefix of
+    /// this run's own.
+    #[cfg(feature = "nats")]
+    #[arg(long, value_name = "URL")]
+    nats: Option<String>,
+    /// Keep identities, registry, provisioning journal and device state in PostgreSQL at this URL
+    /// (feature `postgres`), in a namespace of this run's own.
+    #[cfg(feature = "postgres")]
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
+}
+
+/// The stores and the log the scenario runs on.
+struct Backends {
+    topics: Arc<Topics>,
+    identity: Arc<dyn IdentityStore>,
+    registry: Arc<dyn Registry>,
+    journal: Arc<dyn Journal>,
+    state: Arc<dyn StateStore>,
+}
+
+/// Embedded, file-backed defaults in `dir`, replaced by the engines the flags name.
+async fn open_backends(cli: &Cli, dir: &std::path::Path) -> Result<Backends, Box<dyn Error>> {
+    // A name of this run's own, so that a second run over the same engines starts afresh.
+    #[cfg(any(feature = "nats", feature = "postgres"))]
+    let run = format!("quickstart-{}", Timestamp::now().as_unix_millis());
+    let topics = Arc::new(Topics::file(dir.join("log"), FileLogConfig::with_partitions(4)));
+    #[cfg(feature = "nats")]
+    let topics = match &cli.nats {
+        None => topics,
+        Some(url) => {
+            use iot_sdk::nats::{NatsLogConfig, NatsLogFactory};
+            let config = NatsLogConfig::from_url(url)?.prefix(run.clone());
+            println!("log: NATS JetStream, stream prefix {run}");
+            Arc::new(Topics::new(NatsLogFactory::connect(config).await?, 4))
+        }
+    };
+    let backends = Backends {
+        topics,
+        identity: Arc::new(
+            FileIdentityStore::open(dir.join("identity"), FileIdentityStoreConfig::default())
+                .await?,
+        ),
+        registry: Arc::new(
+            FileRegistry::open(dir.join("registry"), FileRegistryConfig::default()).await?,
+        ),
+        journal: Arc::new(
+            FileJournal::open(dir.join("journal"), FileJournalConfig::default()).await?,
+        ),
+        state: Arc::new(MemoryStateStore::new()),
+    };
+    #[cfg(feature = "postgres")]
+    let backends = match &cli.postgres {
+        None => backends,
+        Some(url) => {
+            use iot_sdk::postgres::{
+                PgIdentityConfig, PgIdentityStore, PgJournal, PgJournalConfig, PgPool, PgRegistry,
+                PgRegistryConfig, PgStateStore, PgStateStoreConfig,
+            };
+            let pool = PgPool::from_url(url)?;
+            println!(
+                "stores: PostgreSQL at {}, namespace {run}",
+                pool.config().target()
+            );
+            Backends {
+                identity: Arc::new(
+                    PgIdentityStore::open(pool.clone(), PgIdentityConfig::default().namespace(&run))
+                        .await?,
+                ),
+                registry: Arc::new(
+                    PgRegistry::open(pool.clone(), PgRegistryConfig::default().namespace(&run))
+                        .await?,
+                ),
+                journal: Arc::new(
+                    PgJournal::open(pool.clone(), PgJournalConfig::default().instance(&run))
+                        .await?,
+                ),
+                state: Arc::new(PgStateStore::open(pool, PgStateStoreConfig::default()).await?),
+                ..backends
+            }
+        }
+    };
+    #[cfg(not(any(feature = "nats", feature = "postgres")))]
+    let _ = cli;
+    Ok(backends)
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
     // No flags; parsing still answers --help and refuses anything else (exit status 2) rather
     // than ignoring a mistyped option.
-    let Cli {} = clap::Parser::parse();
+    let cli: Cli = clap::Parser::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -57,22 +152,17 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let data = tempfile::tempdir()?;
     println!("data directory: {}", data.path().display());
 
-    // 1. File-backed identity store, registry, journal and log topics; the provisioner over them.
-    let topics = Arc::new(Topics::file(
-        data.path().join("log"),
-        FileLogConfig::with_partitions(4),
-    ));
-    let identity = FileIdentityStore::open(
-        data.path().join("identity"),
-        FileIdentityStoreConfig::default(),
-    )
-    .await?;
-    let registry =
-        FileRegistry::open(data.path().join("registry"), FileRegistryConfig::default()).await?;
-    let provisioning = Provisioner::builder(Arc::new(identity), Arc::new(registry))
-        .journal(Arc::new(
-            FileJournal::open(data.path().join("journal"), FileJournalConfig::default()).await?,
-        ))
+    // 1. File-backed identity store, registry, journal and log topics (or the engines the flags
+    //    name); the provisioner over them.
+    let Backends {
+        topics,
+        identity,
+        registry,
+        journal,
+        state,
+    } = open_backends(&cli, data.path()).await?;
+    let provisioning = Provisioner::builder(identity, registry)
+        .journal(journal)
         .audit_log(topics.topic(TopicName::AUDIT).await?)
         .host("hub.example.net")
         .actor("quickstart")
@@ -138,7 +228,6 @@ async fn main() -> Result<(), Box<dyn Error>> {
             HostConfig::default(),
         )
         .await?;
-    let state = Arc::new(MemoryStateStore::new());
     let lkv_group = host
         .start(
             TopicName::TELEMETRY,

@@ -1,14 +1,15 @@
 //! The SDK's adapters to outside engines, each beside a peer measured in the same run.
 //!
 //! ```sh
-//! cargo run --release --features nats --example backends_bench              # full run
-//! cargo run --release --features nats --example backends_bench -- --quick   # smoke run (CI)
-//! cargo run --release --features nats --example backends_bench -- --nats-url nats://host:4222
+//! cargo run --release --features nats,postgres --example backends_bench              # full run
+//! cargo run --release --features nats,postgres --example backends_bench -- --quick   # smoke run (CI)
+//! cargo run --release --features nats,postgres --example backends_bench -- --nats-url nats://host:4222
 //! ```
 //!
 //! Prints one line per measurement and, as its last line, one JSON object. Each engine's part is a
 //! sibling module that adds its keys to that object (`jetstream.rs`: the `jetstream_*` keys and
-//! `file_vs_jetstream`, see its documentation). A module for another engine sits behind its own
+//! `file_vs_jetstream`; `postgres.rs`: the `pg_*` keys, PostgreSQL at `IOT_BENCH_POSTGRES_URL`,
+//! see their documentation). A module for another engine sits behind its own
 //! feature: `#[cfg(feature = "...")] mod ...;`, its `Args` flattened into [`Cli`] and its `run`
 //! called from `main` the same way.
 #![allow(
@@ -19,6 +20,7 @@
 )]
 
 mod jetstream;
+mod postgres;
 
 use serde_json::{Map, Value};
 
@@ -46,5 +48,6 @@ fn main() {
         eprintln!("backends_bench: {e}");
         std::process::exit(1);
     }
+    report.extend(rt.block_on(postgres::run(cli.quick)));
     println!("{}", Value::Object(report));
 }

@@ -373,3 +373,63 @@ async fn c2d_is_received_completed_abandoned_and_rejected_across_requests() {
     }
     assert_eq!(stack.hub.pending_c2d(&id("c1")).await.expect("pending"), 0);
 }
+
+#[tokio::test]
+async fn idle_sessions_close_and_a_taken_over_session_is_reopened() {
+    let stack = Stack::start_with(
+        iot_gateway::http::HttpConfig::default().device_session_idle(Duration::from_millis(300)),
+    )
+    .await;
+    let token = device(&stack, "i1").await;
+    let sent = raw(&stack, "POST", &events("i1"), &token, b"1", &[]).await;
+    assert_eq!(sent.status, 204);
+    assert!(stack.hub.is_connected(&id("i1")).await.expect("connected"));
+    // Unused for longer than the idle time: the sweep closes it.
+    let mut closed = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if !stack.hub.is_connected(&id("i1")).await.expect("connected") {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the idle HTTP session was not closed");
+
+    // Another session of the device takes the cached one over; the next request reopens.
+    let sent = raw(&stack, "POST", &events("i1"), &token, b"2", &[]).await;
+    assert_eq!(sent.status, 204);
+    let key = match &stack
+        .identity
+        .get(&id("i1"))
+        .await
+        .expect("get")
+        .expect("identity")
+        .credentials
+    {
+        iot_identity::Credentials::SymmetricKeys { primary, .. } => primary.clone(),
+        other => panic!("{other:?}"),
+    };
+    let other = sas::generate(
+        &format!("{HOST}/devices/i1"),
+        &key,
+        sas::unix_now() + 600,
+        None,
+    )
+    .expect("token");
+    let taker = stack
+        .hub
+        .connect(
+            &id("i1"),
+            iot_identity::Presented::SasToken(other.as_str()),
+            iot_gateway::SessionOptions::default(),
+        )
+        .await
+        .expect("connect");
+    let sent = raw(&stack, "POST", &events("i1"), &token, b"3", &[]).await;
+    assert_eq!(sent.status, 204, "{}", String::from_utf8_lossy(&sent.body));
+    assert!(
+        taker.close_reason().is_some(),
+        "the HTTP request took it back"
+    );
+    assert_eq!(records_of(stack.hub.telemetry_log(), "i1").await.len(), 3);
+}

@@ -361,3 +361,46 @@ async fn query_paging_headers_and_query_strings_are_checked() {
     assert_eq!(reply.status, 400);
     assert_eq!(reply.error_code(), "ArgumentInvalid");
 }
+
+#[tokio::test]
+async fn twin_documents_over_their_limits_change_nothing() {
+    let stack = Stack::start().await;
+    let created = stack
+        .owner(
+            "PUT",
+            &format!("/devices/tw1?{API}"),
+            Some(&json!({"deviceId": "tw1"})),
+        )
+        .await;
+    assert_eq!(created.status, 200);
+    let path = format!("/twins/tw1?{API}");
+    let before = stack.owner("GET", &path, None).await.json();
+    // Desired properties over the hub's 32 KiB section limit, tags over the registry's
+    // document limit, and nesting deeper than allowed.
+    let mut deep = json!(1);
+    for _ in 0..40 {
+        deep = json!({ "d": deep });
+    }
+    for patch in [
+        json!({"properties": {"desired": {"big": "x".repeat(40 * 1024)}}}),
+        json!({"tags": {"big": "x".repeat(600 * 1024)}}),
+        json!({"properties": {"desired": {"deep": deep.clone()}}}),
+        json!({"tags": {"deep": deep}}),
+    ] {
+        let reply = stack.owner("PATCH", &path, Some(&patch)).await;
+        assert!(
+            reply.status == 413 || reply.status == 400,
+            "{}: {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body)
+        );
+        reply.error_code();
+    }
+    let after = stack.owner("GET", &path, None).await.json();
+    assert_eq!(after["etag"], before["etag"]);
+    assert_eq!(after["tags"], before["tags"]);
+    assert_eq!(
+        after["properties"]["desired"]["$version"],
+        before["properties"]["desired"]["$version"]
+    );
+}

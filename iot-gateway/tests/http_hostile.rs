@@ -404,3 +404,28 @@ async fn twin_documents_over_their_limits_change_nothing() {
         before["properties"]["desired"]["$version"]
     );
 }
+
+#[tokio::test]
+async fn silent_and_idle_keep_alive_connections_are_closed() {
+    let stack =
+        Stack::start_with(HttpConfig::default().header_read_timeout(Duration::from_millis(500)))
+            .await;
+    // Connects and says nothing.
+    let mut silent = TcpStream::connect(stack.addr).await.expect("connect");
+    // One request with keep-alive, then nothing.
+    let mut idle = TcpStream::connect(stack.addr).await.expect("connect");
+    let token = stack.token("iothubowner");
+    let head = format!(
+        "GET /statistics/devices?{API} HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: {token}\r\n\r\n"
+    );
+    idle.write_all(head.as_bytes()).await.expect("request");
+    for stream in [&mut silent, &mut idle] {
+        let mut raw = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut raw))
+            .await
+            .expect("the server closes the connection")
+            .expect("read");
+    }
+    // Closed, and the server goes on serving.
+    assert_eq!(device_count(&stack).await, 0);
+}

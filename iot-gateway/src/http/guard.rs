@@ -36,6 +36,11 @@ pub(crate) async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return too_large(limit);
     }
+    // No body at all (most GETs and DELETEs): nothing to read or time.
+    let chunked = request.headers().contains_key(header::TRANSFER_ENCODING);
+    if !chunked && declared.unwrap_or(0) == 0 {
+        return next.run(request).await;
+    }
     let (parts, body) = request.into_parts();
     let read = tokio::time::timeout(state.config().body_read_timeout, collect(body, limit));
     let bytes = match read.await {

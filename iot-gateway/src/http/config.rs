@@ -45,6 +45,24 @@ pub struct HttpConfig {
     pub max_page_size: usize,
     /// The most devices in one bulk `POST /devices`. Default 100 (IoT Hub's limit).
     pub max_bulk_devices: usize,
+    /// The largest device-to-cloud message (or batch) of the device API, in bytes.
+    /// Default 256 KiB (IoT Hub's limit).
+    pub max_message_bytes: usize,
+    /// How long a client may take to send a request's body once its headers arrived; a slower
+    /// one is answered 408 and the connection closed. Default 30 s.
+    pub body_read_timeout: Duration,
+    /// The most header fields in one request; more is answered 431. Default 64.
+    pub max_headers: usize,
+    /// The most bytes of a request's line and headers (at least 8 192); more is answered 431.
+    /// Default 16 KiB.
+    pub max_header_bytes: usize,
+    /// How long the device API keeps a device's session open after its last request, so that
+    /// a C2D message locked by a `GET` stays locked for the `DELETE` that completes it.
+    /// Default 2 minutes (longer than the inbox's lock).
+    pub device_session_idle: Duration,
+    /// How long `GET …/messages/deviceBound` waits for a message the inbox says is queued
+    /// before answering 204. Default 200 ms.
+    pub c2d_receive_wait: Duration,
 }
 
 impl Default for HttpConfig {
@@ -61,6 +79,12 @@ impl Default for HttpConfig {
             max_body_bytes: 1 << 20,
             max_page_size: 1_000,
             max_bulk_devices: 100,
+            max_message_bytes: 256 * 1024,
+            body_read_timeout: Duration::from_secs(30),
+            max_headers: 64,
+            max_header_bytes: 16 * 1024,
+            device_session_idle: Duration::from_secs(120),
+            c2d_receive_wait: Duration::from_millis(200),
         }
     }
 }
@@ -113,6 +137,42 @@ impl HttpConfig {
         self.max_bulk_devices = max;
         self
     }
+
+    /// Sets [`max_message_bytes`](Self::max_message_bytes).
+    pub fn max_message_bytes(mut self, max: usize) -> Self {
+        self.max_message_bytes = max;
+        self
+    }
+
+    /// Sets [`body_read_timeout`](Self::body_read_timeout).
+    pub fn body_read_timeout(mut self, timeout: Duration) -> Self {
+        self.body_read_timeout = timeout;
+        self
+    }
+
+    /// Sets [`max_headers`](Self::max_headers).
+    pub fn max_headers(mut self, max: usize) -> Self {
+        self.max_headers = max;
+        self
+    }
+
+    /// Sets [`max_header_bytes`](Self::max_header_bytes).
+    pub fn max_header_bytes(mut self, max: usize) -> Self {
+        self.max_header_bytes = max;
+        self
+    }
+
+    /// Sets [`device_session_idle`](Self::device_session_idle).
+    pub fn device_session_idle(mut self, idle: Duration) -> Self {
+        self.device_session_idle = idle;
+        self
+    }
+
+    /// Sets [`c2d_receive_wait`](Self::c2d_receive_wait).
+    pub fn c2d_receive_wait(mut self, wait: Duration) -> Self {
+        self.c2d_receive_wait = wait;
+        self
+    }
 }
 
 #[cfg(test)]
@@ -129,7 +189,13 @@ mod tests {
             .max_connections(4)
             .max_body_bytes(5)
             .max_page_size(6)
-            .max_bulk_devices(7);
+            .max_bulk_devices(7)
+            .max_message_bytes(8)
+            .body_read_timeout(Duration::from_secs(9))
+            .max_headers(10)
+            .max_header_bytes(11)
+            .device_session_idle(Duration::from_secs(12))
+            .c2d_receive_wait(Duration::from_secs(13));
         assert_eq!(c.api_versions, ["x"]);
         assert_eq!(c.header_read_timeout, Duration::from_secs(1));
         assert_eq!(c.handshake_timeout, Duration::from_secs(2));
@@ -143,5 +209,12 @@ mod tests {
             ),
             (4, 5, 6, 7)
         );
+        assert_eq!(
+            (c.max_message_bytes, c.max_headers, c.max_header_bytes),
+            (8, 10, 11)
+        );
+        assert_eq!(c.body_read_timeout, Duration::from_secs(9));
+        assert_eq!(c.device_session_idle, Duration::from_secs(12));
+        assert_eq!(c.c2d_receive_wait, Duration::from_secs(13));
     }
 }

@@ -41,6 +41,10 @@ pub mod code {
     pub const PRECONDITION_FAILED: &str = "PreconditionFailed";
     /// 403: a bounded queue (the C2D inbox, pending methods) is full.
     pub const QUEUE_FULL: &str = "DeviceMaximumQueueDepthExceeded";
+    /// 408: the request body arrived too slowly.
+    pub const REQUEST_TIMEOUT: &str = "RequestTimeout";
+    /// 412: a C2D lock token that is not held (settled, expired, or never handed out).
+    pub const LOCK_LOST: &str = "DeviceMessageLockLost";
     /// 413: a body or document over its limit.
     pub const MESSAGE_TOO_LARGE: &str = "MessageTooLarge";
     /// 415: a body that is not JSON where JSON is required.

@@ -19,8 +19,10 @@
 mod api_version;
 pub mod auth;
 pub mod config;
+pub mod device;
 pub mod error;
 pub mod extract;
+mod guard;
 pub mod policy;
 pub mod server;
 pub mod service;
@@ -40,15 +42,17 @@ pub use policy::{PolicyError, PolicyStore, Rights, SharedAccessPolicy};
 pub use server::{HttpServer, PeerAddr};
 pub use state::HttpState;
 
-/// The whole HTTP API for `state`: the service routes, wrapped in the checks every route gets.
+/// The whole HTTP API for `state`: the service routes and the device routes, wrapped in the
+/// checks every route gets.
 pub fn router(state: HttpState) -> Router {
-    with_common_layers(service::routes(), state)
+    with_common_layers(service::routes().merge(device::routes()), state)
 }
 
 /// Wraps `routes` (any routes over [`HttpState`]) in what every route of the endpoint gets, in
-/// this order from the outside: a tracing span per request, the `api-version` check, the body
-/// limit, and IoT Hub's error answers for unknown paths (404) and methods (405). Use it to serve
-/// routes of your own beside (or instead of) [`service::routes`].
+/// this order from the outside: a tracing span per request, IoT Hub's error shape for every
+/// error answer, the `api-version` check, reading the body within its size limit and read
+/// timeout, and IoT Hub's error answers for unknown paths (404) and methods (405). Use it to
+/// serve routes of your own beside (or instead of) [`service::routes`].
 pub fn with_common_layers(routes: Router<HttpState>, state: HttpState) -> Router {
     let body_limit = state.config().max_body_bytes;
     routes
@@ -57,8 +61,13 @@ pub fn with_common_layers(routes: Router<HttpState>, state: HttpState) -> Router
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(
             state.clone(),
+            guard::read_body,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
             api_version::check,
         ))
+        .layer(middleware::from_fn(guard::error_shape))
         .layer(middleware::from_fn(trace))
         .with_state(state)
 }

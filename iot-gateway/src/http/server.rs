@@ -141,6 +141,10 @@ impl HttpServer {
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(self.config.header_read_timeout)
+            // Header limits: hyper answers 431 past either and closes the connection. Its
+            // buffer cannot be smaller than 8 KiB (it panics below that).
+            .max_headers(self.config.max_headers.max(1))
+            .max_buf_size(self.config.max_header_bytes.max(8 * 1024))
             .keep_alive(true);
         let connection = builder.serve_connection(TokioIo::new(io), service);
         let mut connection = std::pin::pin!(connection);

@@ -218,7 +218,7 @@ pub async fn send<S: AsyncRead + AsyncWrite + Unpin>(
     parse(&raw)
 }
 
-fn parse(raw: &[u8]) -> Reply {
+pub fn parse(raw: &[u8]) -> Reply {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

@@ -78,7 +78,10 @@ async fn open_backends(cli: &Cli, dir: &std::path::Path) -> Result<Backends, Box
     // A name of this run's own, so that a second run over the same engines starts afresh.
     #[cfg(any(feature = "nats", feature = "postgres"))]
     let run = format!("quickstart-{}", Timestamp::now().as_unix_millis());
-    let topics = Arc::new(Topics::file(dir.join("log"), FileLogConfig::with_partitions(4)));
+    let topics = Arc::new(Topics::file(
+        dir.join("log"),
+        FileLogConfig::with_partitions(4),
+    ));
     #[cfg(feature = "nats")]
     let topics = match &cli.nats {
         None => topics,
@@ -118,8 +121,11 @@ async fn open_backends(cli: &Cli, dir: &std::path::Path) -> Result<Backends, Box
             );
             Backends {
                 identity: Arc::new(
-                    PgIdentityStore::open(pool.clone(), PgIdentityConfig::default().namespace(&run))
-                        .await?,
+                    PgIdentityStore::open(
+                        pool.clone(),
+                        PgIdentityConfig::default().namespace(&run),
+                    )
+                    .await?,
                 ),
                 registry: Arc::new(
                     PgRegistry::open(pool.clone(), PgRegistryConfig::default().namespace(&run))

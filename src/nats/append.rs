@@ -1,12 +1,21 @@
-//! Appending a batch: one message per record, pipelined, each expecting the last sequence before
-//! it.
+//! Appending a batch: one message per record, pipelined, chained so that the server stores a
+//! prefix of the batch and nothing else.
 //!
 //! JetStream 2.9 has no atomic multi-message publish, so a batch is published record by record.
-//! Appends to one partition are serialised in this process (the partition's tail lock), and
-//! every message carries `Nats-Expected-Last-Sequence`: the server stores record *i* only if
-//! record *i − 1* is the last message of the stream. So a batch is always contiguous — another
-//! writer (another process) can never put a record inside it — and a failure leaves a prefix of
-//! it, never a record after a gap.
+//! Appends to one partition are serialised in this process (the partition's tail lock). The
+//! first message carries `Nats-Expected-Last-Sequence` (the tail this writer knows), and every
+//! later one `Nats-Expected-Last-Msg-Id` naming the message before it in the batch, each message
+//! having an id of its own (`Nats-Msg-Id`, unique per writer and batch). So the server stores
+//! record *i* only if record *i − 1* of the same batch is the last message of the stream:
+//!
+//! * with no other writer, a batch is stored whole and contiguous;
+//! * if it fails part-way (the server went away, or a writer in another process appended right
+//!   after one of its records), what is stored is exactly the acknowledged prefix, never a record
+//!   after a gap, and [`AppendFailed`] says how many. A sequence check alone would not give this:
+//!   record *i* expecting sequence *n* is also satisfied by another writer's record at *n*.
+//!
+//! Another process can therefore cut a batch short, but never put a record inside it. The
+//! contract's batch atomicity is a capability this log denies (`LogCapabilities`).
 
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
@@ -43,7 +52,10 @@ pub(crate) async fn append(
             }
             Err(Failure::Publish(e))
                 if e.acked == 0
-                    && e.kind == PublishErrorKind::WrongLastSequence
+                    && matches!(
+                        e.kind,
+                        PublishErrorKind::WrongLastSequence | PublishErrorKind::WrongLastMessageId
+                    )
                     && attempt < ATTEMPTS =>
             {
                 // Another writer appended first; none of our records was stored (each expects
@@ -76,13 +88,22 @@ async fn publish(
     let mut size = tail.size_after;
     let mut pending: Vec<PublishAckFuture> = Vec::with_capacity(records.len());
     let mut send_error = None;
+    // Ids only where a later record of the batch names them: a single record needs none.
+    let batch = (records.len() > 1).then(|| shared.next_batch_id());
+    let id = |i: usize| batch.as_ref().map(|b| format!("{b}.{i}"));
     // Sending waits only for room in the client's buffer, but bound it too: a stuck connection
     // must not hang the caller.
     let send = async {
         for (i, record) in records.iter().enumerate() {
-            let message = PublishMessage::build()
-                .payload(codec::encode(record, enqueued_time, size))
-                .expected_last_sequence(tail.last_seq + i as u64);
+            let mut message =
+                PublishMessage::build().payload(codec::encode(record, enqueued_time, size));
+            message = match i {
+                0 => message.expected_last_sequence(tail.last_seq),
+                _ => message.expected_last_message_id(id(i - 1).unwrap_or_default()),
+            };
+            if let Some(id) = id(i) {
+                message = message.message_id(id);
+            }
             size += record.size_bytes() as u64;
             match shared.js.send_publish(part.subject.clone(), message).await {
                 Ok(ack) => pending.push(ack),
@@ -127,7 +148,20 @@ async fn publish(
                 }
                 acked += 1;
             }
-            Ok(_) => {}
+            Ok(ack) => {
+                // Each record names the one before it, so none can be stored after one that was
+                // not: the server broke the chain.
+                return Err(Failure::Other(backend(
+                    Inconsistent {
+                        stream: part.name().to_owned(),
+                        reason: format!(
+                            "record stored at sequence {} after an earlier record of its batch failed",
+                            ack.sequence
+                        ),
+                    },
+                    false,
+                )));
+            }
             Err(e) => {
                 if failure.is_none() {
                     failure = Some(e);

@@ -85,6 +85,7 @@ impl AppendFailed {
                     | PublishErrorKind::BrokenPipe
                     | PublishErrorKind::MaxAckPending
                     | PublishErrorKind::WrongLastSequence
+                    | PublishErrorKind::WrongLastMessageId
                     | PublishErrorKind::StreamNotFound
                     | PublishErrorKind::Other
             )

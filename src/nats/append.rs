@@ -2,17 +2,18 @@
 //! prefix of the batch and nothing else.
 //!
 //! JetStream 2.9 has no atomic multi-message publish, so a batch is published record by record.
-//! Appends to one partition are serialised in this process (the partition's tail lock). The
-//! first message carries `Nats-Expected-Last-Sequence` (the tail this writer knows), and every
-//! later one `Nats-Expected-Last-Msg-Id` naming the message before it in the batch, each message
-//! having an id of its own (`Nats-Msg-Id`, unique per writer and batch). So the server stores
-//! record *i* only if record *i − 1* of the same batch is the last message of the stream:
+//! Appends to one partition are serialised in this process (the partition's tail lock), and each
+//! writer publishes to a subject of its own in the partition's stream. The first record carries
+//! `Nats-Expected-Last-Sequence` (the end this writer knows); every later one both
+//! `Nats-Expected-Last-Sequence` and `Nats-Expected-Last-Subject-Sequence` set to the sequence of
+//! the record before it. So the server stores record *i* only if the stream's last message is
+//! this writer's record *i − 1*:
 //!
 //! * with no other writer, a batch is stored whole and contiguous;
 //! * if it fails part-way (the server went away, or a writer in another process appended right
 //!   after one of its records), what is stored is exactly the acknowledged prefix, never a record
-//!   after a gap, and [`AppendFailed`] says how many. A sequence check alone would not give this:
-//!   record *i* expecting sequence *n* is also satisfied by another writer's record at *n*.
+//!   after a gap, and [`AppendFailed`] says how many. The stream sequence alone would not give
+//!   this: record *i* expecting sequence *n* is also satisfied by another writer's record at *n*.
 //!
 //! Another process can therefore cut a batch short, but never put a record inside it. The
 //! contract's batch atomicity is a capability this log denies (`LogCapabilities`).
@@ -88,24 +89,24 @@ async fn publish(
     let mut size = tail.size_after;
     let mut pending: Vec<PublishAckFuture> = Vec::with_capacity(records.len());
     let mut send_error = None;
-    // Ids only where a later record of the batch names them: a single record needs none.
-    let batch = (records.len() > 1).then(|| shared.next_batch_id());
-    let id = |i: usize| batch.as_ref().map(|b| format!("{b}.{i}"));
     // Sending waits only for room in the client's buffer, but bound it too: a stuck connection
     // must not hang the caller.
     let send = async {
         for (i, record) in records.iter().enumerate() {
-            let mut message =
-                PublishMessage::build().payload(codec::encode(record, enqueued_time, size));
-            message = match i {
-                0 => message.expected_last_sequence(tail.last_seq),
-                _ => message.expected_last_message_id(id(i - 1).unwrap_or_default()),
-            };
-            if let Some(id) = id(i) {
-                message = message.message_id(id);
+            let before = tail.last_seq + i as u64;
+            let mut message = PublishMessage::build()
+                .payload(codec::encode(record, enqueued_time, size))
+                .expected_last_sequence(before);
+            if i > 0 {
+                // ... and that last message is ours: record i − 1 of this batch.
+                message = message.expected_last_subject_sequence(before);
             }
             size += record.size_bytes() as u64;
-            match shared.js.send_publish(part.subject.clone(), message).await {
+            match shared
+                .js
+                .send_publish(part.publish_subject.clone(), message)
+                .await
+            {
                 Ok(ack) => pending.push(ack),
                 Err(e) => {
                     send_error = Some(e);

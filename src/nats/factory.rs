@@ -27,21 +27,12 @@ pub(crate) struct Shared {
     pub(crate) limits: LogLimits,
     /// The stream of topic partition counts and group commits (see [`meta_stream`]).
     pub(crate) meta: stream::Stream,
-    /// This writer's name in message ids (random, so that two processes never share ids).
+    /// This writer's subject token in every partition stream (random, so that two processes
+    /// never share one).
     pub(crate) writer: String,
-    /// Batches appended so far by this writer.
-    pub(crate) batches: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
-    /// A message-id prefix no other batch of any writer uses.
-    pub(crate) fn next_batch_id(&self) -> String {
-        let n = self
-            .batches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        format!("{}.{n}", self.writer)
-    }
-
     pub(crate) fn storage(&self) -> stream::StorageType {
         match self.config.storage {
             NatsStorage::File => stream::StorageType::File,
@@ -179,8 +170,7 @@ impl NatsLogFactory {
                 config,
                 limits,
                 meta,
-                writer: format!("{:016x}", rand::random::<u64>()),
-                batches: std::sync::atomic::AtomicU64::new(0),
+                writer: format!("w{:016x}", rand::random::<u64>()),
             }),
         })
     }
@@ -289,9 +279,6 @@ impl LogFactory for NatsLogFactory {
     }
 }
 
-/// How long the server remembers a message id (its default is two minutes).
-const DUPLICATE_WINDOW: Duration = Duration::from_secs(1);
-
 /// One partition's stream: one subject, limits-based retention (a prefix is all it ever drops),
 /// no deletes of single messages (a hole would break dense offsets), direct gets for reads by
 /// sequence.
@@ -299,7 +286,9 @@ fn stream_config(shared: &Shared, names: &TopicNames, p: PartitionId) -> stream:
     let limits = shared.config.stream_limits;
     stream::Config {
         name: names.stream(p),
-        subjects: vec![names.subject(p)],
+        // One subject per writer, so that a record can require the stream's last record to be
+        // the writer's own previous one (see `append`).
+        subjects: vec![format!("{}.*", names.subject(p))],
         retention: stream::RetentionPolicy::Limits,
         discard: stream::DiscardPolicy::Old,
         max_age: limits.max_age.unwrap_or(Duration::ZERO),
@@ -310,13 +299,6 @@ fn stream_config(shared: &Shared, names: &TopicNames, p: PartitionId) -> stream:
         num_replicas: shared.config.replicas,
         deny_delete: true,
         allow_direct: true,
-        // Batches chain their records by message id (see `append`); the ids are unique, so the
-        // server's duplicate tracking only costs memory: keep its window short (it may not
-        // exceed max_age).
-        duplicate_window: match limits.max_age {
-            Some(age) if !age.is_zero() => age.min(DUPLICATE_WINDOW),
-            _ => DUPLICATE_WINDOW,
-        },
         ..stream::Config::default()
     }
 }

@@ -41,7 +41,12 @@ impl NatsLog {
             .enumerate()
             .map(|(p, stream)| {
                 let id = PartitionId(p as u32);
-                Arc::new(Partition::new(id, stream, names.subject(id)))
+                Arc::new(Partition::new(
+                    id,
+                    stream,
+                    &names.subject(id),
+                    &shared.writer,
+                ))
             })
             .collect();
         NatsLog {

@@ -52,7 +52,8 @@ impl TopicNames {
         format!("{}-{}_p{}", self.prefix, self.topic, partition.get())
     }
 
-    /// `PREFIX.log.TOPIC.N`: the only subject of the partition's stream.
+    /// `PREFIX.log.TOPIC.N`: the partition's stream holds `PREFIX.log.TOPIC.N.*`, one subject
+    /// per writer.
     pub(crate) fn subject(&self, partition: PartitionId) -> String {
         format!("{}.log.{}.{}", self.prefix, self.topic, partition.get())
     }

@@ -33,7 +33,11 @@ pub(crate) struct Bounds {
 pub(crate) struct Partition {
     pub(crate) id: PartitionId,
     pub(crate) stream: Stream,
+    /// Every subject of the partition's stream (`BASE.*`), for consumers.
     pub(crate) subject: Subject,
+    /// This writer's own subject in the stream (`BASE.WRITER`), for appends: the server then
+    /// knows which of the stream's records are ours (see `append`).
+    pub(crate) publish_subject: Subject,
     /// `None` until loaded from the server, and again after any failed append (the server may
     /// hold more than we know).
     pub(crate) tail: Mutex<Option<Tail>>,
@@ -42,11 +46,12 @@ pub(crate) struct Partition {
 }
 
 impl Partition {
-    pub(crate) fn new(id: PartitionId, stream: Stream, subject: String) -> Self {
+    pub(crate) fn new(id: PartitionId, stream: Stream, base: &str, writer: &str) -> Self {
         Partition {
             id,
             stream,
-            subject: Subject::from(subject),
+            subject: Subject::from(format!("{base}.*")),
+            publish_subject: Subject::from(format!("{base}.{writer}")),
             tail: Mutex::new(None),
             cursor: Mutex::new(None),
             watcher: SyncMutex::new(None),

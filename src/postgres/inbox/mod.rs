@@ -177,6 +177,19 @@ fn plan_lock(queue: &[(i64, i64, i64, Option<i64>)], now: i64, max_delivery: i64
     plan
 }
 
+/// Takes the transaction-scoped lock on one device's queue: writers of that device wait for each
+/// other, other devices' writers do not.
+async fn lock_device(tx: &deadpool_postgres::Transaction<'_>, device: &str) -> Result<()> {
+    let st = tx
+        .prepare_cached(sql::LOCK_DEVICE)
+        .await
+        .map_err(query("prepare device lock"))?;
+    tx.execute(&st, &[&device])
+        .await
+        .map_err(query("lock the device's queue"))?;
+    Ok(())
+}
+
 fn lock_lost(device: &DeviceId, token: LockToken) -> Error {
     Error::LockLost {
         device: device.clone(),
@@ -211,13 +224,7 @@ impl InboxStore for PgInbox {
             Box::pin(async move {
                 let id = device.as_str();
                 let tx = c.transaction().await.map_err(query("begin enqueue"))?;
-                let st = tx
-                    .prepare_cached(sql::LOCK_DEVICE)
-                    .await
-                    .map_err(query("prepare device lock"))?;
-                tx.execute(&st, &[&id])
-                    .await
-                    .map_err(query("lock the device's queue"))?;
+                lock_device(&tx, id).await?;
                 let st = tx
                     .prepare_cached(sql::DELETE_EXPIRED_OF_DEVICE)
                     .await
@@ -292,13 +299,7 @@ impl InboxStore for PgInbox {
                 let id = device.as_str();
                 let now_us = to_micros(now);
                 let tx = c.transaction().await.map_err(query("begin lock_next"))?;
-                let st = tx
-                    .prepare_cached(sql::LOCK_DEVICE)
-                    .await
-                    .map_err(query("prepare device lock"))?;
-                tx.execute(&st, &[&id])
-                    .await
-                    .map_err(query("lock the device's queue"))?;
+                lock_device(&tx, id).await?;
                 let st = tx
                     .prepare_cached(sql::QUEUE_HEAD)
                     .await

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use iot_identity::{Credentials, IdentityStore, NewIdentity};
-use iot_provisioning::testkit::{self, ProvisioningFactory};
-use iot_provisioning::{Error, Provisioning, RegisterRequest};
+use iot_provisioning::testkit::{self, ProvisioningFactory, WorkflowFactory};
+use iot_provisioning::{Error, Provisioning, RegisterRequest, Workflow};
 use iot_registry::{DeviceDocument, Registry};
 use iot_sdk::postgres::{
     PgIdentityConfig, PgIdentityStore, PgPool, PgProvisioning, PgRegistry, PgRegistryConfig,
@@ -126,5 +126,83 @@ async fn a_removal_whose_identity_fails_keeps_the_record() {
     assert!(
         registry.get(&id).await.expect("get").is_some(),
         "the record is kept"
+    );
+}
+
+struct WorkflowOver {
+    identity: PgIdentityStore,
+    registry: PgRegistry,
+}
+
+#[async_trait::async_trait]
+impl WorkflowFactory for WorkflowOver {
+    async fn open(&self, workflow: Workflow) -> iot_provisioning::Result<Arc<dyn Provisioning>> {
+        let p = PgProvisioning::builder(self.identity.clone(), self.registry.clone())
+            .host(HOST)
+            .workflow(workflow)
+            .open()
+            .await?;
+        Ok(Arc::new(p))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_and_the_audit_trail_apply_as_in_the_provisioner() {
+    let Some(pool) = shared_pool().await else {
+        return;
+    };
+    let (identity, registry) = stores(&pool).await;
+    testkit::run_workflow(&WorkflowOver {
+        identity: identity.clone(),
+        registry: registry.clone(),
+    })
+    .await;
+    testkit::assert_agreement(&identity, &registry).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_change_with_metadata_is_one_transaction() {
+    let Some(pool) = shared_pool().await else {
+        return;
+    };
+    let (identity, registry) = stores(&pool).await;
+    let p = PgProvisioning::open(identity.clone(), registry.clone(), HOST)
+        .await
+        .expect("open");
+    // A record without an identity: the merge succeeds, the status change finds nothing, and
+    // the transaction rolls the merge back.
+    let orphan = iot_identity::testkit::fresh_id("orphan");
+    let before = registry
+        .create(&orphan, DeviceDocument::default())
+        .await
+        .expect("record");
+    let r = p.deactivate(&orphan, Some(json!({"state": "off"}))).await;
+    assert!(matches!(r, Err(Error::NotFound { .. })), "{r:?}");
+    let after = registry.get(&orphan).await.expect("get").expect("kept");
+    assert_eq!(after.etag, before.etag, "the merge was rolled back");
+    // A registered device: both change, and the result shows both.
+    let id = iot_identity::testkit::fresh_id("status");
+    p.register(RegisterRequest::new(id.clone(), json!({"site": "north"})))
+        .await
+        .expect("register");
+    let device = p
+        .deactivate(&id, Some(json!({"state": "off"})))
+        .await
+        .expect("deactivate");
+    assert!(!device.status.is_enabled());
+    assert_eq!(device.record.metadata.get("state"), Some(&json!("off")));
+    let stored = identity.get(&id).await.expect("get").expect("identity");
+    assert!(!stored.status.is_enabled(), "the identity store saw it");
+    let r = p.activate(&id, Some(json!(["not", "an", "object"]))).await;
+    assert!(matches!(r, Err(Error::MetadataNotAnObject { .. })), "{r:?}");
+    assert!(
+        !identity
+            .get(&id)
+            .await
+            .expect("get")
+            .expect("identity")
+            .status
+            .is_enabled(),
+        "a refused activation changes nothing"
     );
 }

@@ -49,6 +49,7 @@ pub mod provisioning;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod types;
+pub mod workflow;
 
 pub use audit::AuditRecord;
 pub use error::{Error, Result};
@@ -58,3 +59,4 @@ pub use journal::{FileJournal, FileJournalConfig, Intent, Journal, MemoryJournal
 pub use provisioner::{DEFAULT_BULK_BATCH, Provisioner, ProvisionerBuilder};
 pub use provisioning::Provisioning;
 pub use types::{BulkItemResult, BulkMode, Device, RegisterRequest, Registered};
+pub use workflow::Workflow;

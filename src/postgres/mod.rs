@@ -48,7 +48,7 @@ pub use inbox::{PgInbox, PgInboxConfig};
 pub use journal::{PgJournal, PgJournalConfig};
 pub use migrate::{Migration, migrate};
 pub use pool::{PgClient, PgPool};
-pub use provisioning::PgProvisioning;
+pub use provisioning::{PgProvisioning, PgProvisioningBuilder};
 pub use registry::{PgRegistry, PgRegistryConfig};
 pub use state::{PgStateStore, PgStateStoreConfig};
 pub use twins::{PgTwinStore, PgTwinStoreConfig};

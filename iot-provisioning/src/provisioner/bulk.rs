@@ -7,7 +7,6 @@ use iot_identity::{DeviceIdentity, NewIdentity};
 use iot_registry::{DeviceDocument, DeviceRecord};
 
 use super::{Prepared, Provisioner, Writer, error_device, view};
-use crate::audit::AuditRecord;
 use crate::error::{Error, Result};
 use crate::hooks::{HookContext, Operation};
 use crate::journal::Intent;
@@ -37,9 +36,11 @@ impl Provisioner {
             });
             let mut context = None;
             let prepared = match prepared {
-                Ok(p) if !self.inner.hooks.is_empty() => {
-                    let ctx = self.context(Operation::Register, &p.id, Some(&p.metadata));
-                    let agreed = self.before_hooks(&ctx).await;
+                Ok(p) if self.workflow.has_hooks() => {
+                    let ctx = self
+                        .workflow
+                        .context(Operation::Register, &p.id, Some(&p.metadata));
+                    let agreed = self.workflow.before(&ctx).await;
                     context = Some(ctx);
                     agreed.map(|()| p)
                 }
@@ -50,14 +51,14 @@ impl Provisioner {
                     ids.push(Some(p.id.clone()));
                     results.push(None);
                     todo.push(p);
-                    if !self.inner.hooks.is_empty() {
+                    if self.workflow.has_hooks() {
                         contexts.push(context);
                     }
                 }
                 Err(e) => {
                     ids.push(error_device(&e).cloned());
                     results.push(Some(Err(e)));
-                    if !self.inner.hooks.is_empty() {
+                    if self.workflow.has_hooks() {
                         // A refusing hook already told the others.
                         contexts.push(None);
                     }
@@ -122,23 +123,14 @@ impl Provisioner {
         };
         for (ctx, result) in contexts.iter().zip(&done) {
             if let Some(ctx) = ctx {
-                self.after_hooks(ctx, result).await;
+                self.workflow.after(ctx, result).await;
             }
         }
         let audit = ids
             .iter()
             .zip(&done)
-            .filter_map(|(id, r)| {
-                let id = id.as_ref()?;
-                Some(AuditRecord::new(
-                    &self.actor,
-                    Operation::Register,
-                    id,
-                    r.as_ref().map(drop),
-                ))
-            })
-            .collect();
-        self.inner.audit.write(audit).await;
+            .filter_map(|(id, r)| Some((id.as_ref()?, r.as_ref().map(drop))));
+        self.workflow.audit(Operation::Register, audit).await;
         Ok(done)
     }
 

@@ -37,12 +37,12 @@ use iot_registry::{DeviceDocument, DeviceRecord, ETag, Registry};
 use serde_json::{Value, json};
 use tracing::instrument;
 
-use crate::audit::{AuditRecord, AuditTrail};
 use crate::error::{Error, Result, json_type};
-use crate::hooks::{Hook, HookContext, HookError, Operation};
+use crate::hooks::{Hook, Operation};
 use crate::journal::{Intent, Journal, MemoryJournal};
 use crate::provisioning::Provisioning;
 use crate::types::{BulkItemResult, BulkMode, Device, RegisterRequest, Registered};
+use crate::workflow::Workflow;
 
 mod bulk;
 mod recovery;
@@ -56,10 +56,8 @@ pub struct ProvisionerBuilder {
     identity: Arc<dyn IdentityStore>,
     registry: Arc<dyn Registry>,
     journal: Option<Arc<dyn Journal>>,
-    audit: Option<Arc<dyn Log>>,
-    hooks: Vec<Arc<dyn Hook>>,
+    workflow: Workflow,
     host: String,
-    actor: String,
     bulk_batch: usize,
     sync: bool,
 }
@@ -82,13 +80,20 @@ impl ProvisionerBuilder {
 
     /// The log of the `audit` topic (default: no audit trail).
     pub fn audit_log(mut self, log: Arc<dyn Log>) -> Self {
-        self.audit = Some(log);
+        self.workflow = self.workflow.audit_log(log);
         self
     }
 
     /// Adds a workflow hook (called in the order added).
     pub fn hook(mut self, hook: Arc<dyn Hook>) -> Self {
-        self.hooks.push(hook);
+        self.workflow = self.workflow.hook(hook);
+        self
+    }
+
+    /// Hooks, audit trail and actor all at once (replacing what [`hook`](Self::hook),
+    /// [`audit_log`](Self::audit_log) and [`actor`](Self::actor) set before).
+    pub fn workflow(mut self, workflow: Workflow) -> Self {
+        self.workflow = workflow;
         self
     }
 
@@ -100,7 +105,7 @@ impl ProvisionerBuilder {
 
     /// Who the operations are attributed to in audit records (default `provisioning`).
     pub fn actor(mut self, actor: impl Into<String>) -> Self {
-        self.actor = actor.into();
+        self.workflow = self.workflow.actor(actor.into());
         self
     }
 
@@ -119,8 +124,6 @@ impl ProvisionerBuilder {
                 journal: self
                     .journal
                     .unwrap_or_else(|| Arc::new(MemoryJournal::new())),
-                audit: AuditTrail::new(self.audit),
-                hooks: self.hooks,
                 host: self.host,
                 bulk_batch: self.bulk_batch,
                 sync: self.sync,
@@ -128,7 +131,7 @@ impl ProvisionerBuilder {
                     needs_recovery: true,
                 }),
             }),
-            actor: Arc::from(self.actor.as_str()),
+            workflow: self.workflow,
         };
         provisioner.recover().await?;
         Ok(provisioner)
@@ -140,7 +143,7 @@ impl ProvisionerBuilder {
 #[derive(Debug, Clone)]
 pub struct Provisioner {
     inner: Arc<Inner>,
-    actor: Arc<str>,
+    workflow: Workflow,
 }
 
 #[derive(Debug)]
@@ -148,8 +151,6 @@ struct Inner {
     identity: Arc<dyn IdentityStore>,
     registry: Arc<dyn Registry>,
     journal: Arc<dyn Journal>,
-    audit: AuditTrail,
-    hooks: Vec<Arc<dyn Hook>>,
     host: String,
     bulk_batch: usize,
     /// Sync both stores before finishing an intent (see `ProvisionerBuilder::sync_stores`).
@@ -185,10 +186,8 @@ impl Provisioner {
             identity,
             registry,
             journal: None,
-            audit: None,
-            hooks: Vec::new(),
+            workflow: Workflow::new(),
             host: "localhost".to_owned(),
-            actor: "provisioning".to_owned(),
             bulk_batch: DEFAULT_BULK_BATCH,
             sync: false,
         }
@@ -198,7 +197,7 @@ impl Provisioner {
     pub fn with_actor(&self, actor: impl AsRef<str>) -> Provisioner {
         Provisioner {
             inner: Arc::clone(&self.inner),
-            actor: Arc::from(actor.as_ref()),
+            workflow: self.workflow.clone().actor(actor),
         }
     }
 
@@ -212,55 +211,9 @@ impl Provisioner {
         &self.inner.registry
     }
 
-    fn context(
-        &self,
-        operation: Operation,
-        id: &DeviceId,
-        metadata: Option<&Value>,
-    ) -> HookContext {
-        HookContext {
-            operation,
-            id: id.clone(),
-            actor: self.actor.to_string(),
-            metadata: metadata.cloned(),
-        }
-    }
-
-    /// Runs every hook's `before`; on a refusal, tells the hooks that had agreed.
-    async fn before_hooks(&self, ctx: &HookContext) -> Result<()> {
-        for (i, hook) in self.inner.hooks.iter().enumerate() {
-            if let Err(e) = hook.before(ctx).await {
-                let error = match e {
-                    HookError::Veto(reason) => Error::Vetoed {
-                        hook: hook.name().to_owned(),
-                        operation: ctx.operation.name(),
-                        id: ctx.id.clone(),
-                        reason,
-                    },
-                    HookError::Failed(reason) => Error::HookFailed {
-                        hook: hook.name().to_owned(),
-                        operation: ctx.operation.name(),
-                        id: ctx.id.clone(),
-                        reason,
-                    },
-                };
-                let reason = error.to_string();
-                for earlier in self.inner.hooks.iter().take(i) {
-                    earlier.aborted(ctx, &reason).await;
-                }
-                return Err(error);
-            }
-        }
-        Ok(())
-    }
-
-    async fn after_hooks<T>(&self, ctx: &HookContext, result: &Result<T>) {
-        for hook in &self.inner.hooks {
-            match result {
-                Ok(_) => hook.after(ctx).await,
-                Err(e) => hook.aborted(ctx, &e.to_string()).await,
-            }
-        }
+    /// The hooks, audit trail and actor this provisioner's operations run with.
+    pub fn workflow(&self) -> &Workflow {
+        &self.workflow
     }
 
     /// Hooks, the operation, hooks, audit: the frame of every single-device call.
@@ -274,25 +227,7 @@ impl Provisioner {
     where
         F: Future<Output = Result<T>> + Send,
     {
-        let ctx = self.context(operation, id, metadata);
-        let result = match self.before_hooks(&ctx).await {
-            Ok(()) => {
-                let result = op.await;
-                self.after_hooks(&ctx, &result).await;
-                result
-            }
-            Err(e) => Err(e),
-        };
-        self.inner
-            .audit
-            .write(vec![AuditRecord::new(
-                &self.actor,
-                operation,
-                id,
-                result.as_ref().map(drop),
-            )])
-            .await;
-        result
+        self.workflow.run(operation, id, metadata, op).await
     }
 
     async fn device(&self, id: &DeviceId) -> Result<Option<Device>> {
@@ -374,7 +309,7 @@ impl Provisioner {
         let reason = if enabled {
             String::new()
         } else {
-            format!("deactivated by {}", self.actor)
+            format!("deactivated by {}", self.workflow.actor_name())
         };
         let Some(patch) = patch else {
             self.inner
@@ -438,7 +373,7 @@ impl Provisioner {
             }
         };
         // Hooks are shown the metadata; without hooks it is not copied.
-        let metadata = if self.inner.hooks.is_empty() {
+        let metadata = if !self.workflow.has_hooks() {
             Value::Null
         } else {
             Value::Object(map.clone())
@@ -515,8 +450,9 @@ impl Provisioning for Provisioner {
             Ok(p) => p,
             Err(e) => {
                 if let Error::MetadataNotAnObject { id, .. } = &e {
-                    let record = AuditRecord::new(&self.actor, Operation::Register, id, Err(&e));
-                    self.inner.audit.write(vec![record]).await;
+                    self.workflow
+                        .audit(Operation::Register, [(id, Err(&e))])
+                        .await;
                 }
                 return Err(e);
             }

@@ -4,7 +4,8 @@
 //!
 //! An integrator runs [`run_all`] once against their `Provisioning` through a
 //! [`ProvisioningFactory`] (which may also hand over the stores, for the agreement check), and
-//! [`journal::run_all`] against their `Journal`. The checks use fresh random ids, so they run
+//! [`journal::run_all`] against their `Journal`, and [`run_workflow`] to check that it runs the
+//! solution's hooks and audit trail as a [`Workflow`](crate::Workflow) defines them. The checks use fresh random ids, so they run
 //! against instances that hold data already, and twice against the same database.
 //! [`assert_agreement`] checks the stores after any scenario of one's own.
 //!
@@ -15,6 +16,7 @@
 mod fault;
 pub mod journal;
 mod suite;
+pub mod workflow;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -31,6 +33,7 @@ pub use fault::FaultyJournal;
 pub use iot_identity::testkit::{FaultMode, FaultPlan, FaultyIdentityStore};
 pub use iot_registry::testkit::FaultyRegistry;
 pub use suite::*;
+pub use workflow::{WorkflowFactory, run_workflow};
 
 /// Opens the [`Provisioning`] implementation under test.
 #[async_trait]

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use crate::postgres::{PgError, PgPool, migrate};
 
 pub(crate) use codec::backend;
-pub(crate) use write::{create_in, delete_in};
+pub(crate) use write::{Change, create_in, delete_in, update_in};
 
 /// Longest namespace accepted, in bytes (it travels in every change notification, whose payload
 /// PostgreSQL caps at 8 000 bytes).

@@ -168,8 +168,21 @@ pub(crate) async fn update(
     if_match: Option<ETag>,
     change: Change,
 ) -> Result<DeviceIdentity> {
-    // Refuse bad input before the database is asked.
-    match &change {
+    let mut client = shared.pool.get().await.map_err(backend)?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(query_error("begin identity update"))?;
+    let record = update_in(&tx, &shared.namespace, id, if_match, change).await?;
+    tx.commit()
+        .await
+        .map_err(query_error("commit identity update"))?;
+    Ok(record)
+}
+
+/// Refuses a change the crate's rules refuse, before the database is asked.
+fn check_change(id: &DeviceId, change: &Change) -> Result<()> {
+    match change {
         Change::Status(status) => {
             let probe = DeviceIdentity::created(
                 NewIdentity::new(id.clone(), Credentials::None),
@@ -181,13 +194,20 @@ pub(crate) async fn update(
         }
         Change::Credentials(credentials) => codec::check_storable(credentials)?,
     }
-    let ns = shared.namespace.as_str();
-    let mut client = shared.pool.get().await.map_err(backend)?;
-    let tx = client
-        .transaction()
-        .await
-        .map_err(query_error("begin identity update"))?;
-    let current = locked(&tx, ns, id, if_match).await?;
+    Ok(())
+}
+
+/// [`update`] within the caller's transaction: the row is locked until it ends, and the change
+/// notification is sent when it commits.
+pub(crate) async fn update_in<C: GenericClient>(
+    client: &C,
+    ns: &str,
+    id: &DeviceId,
+    if_match: Option<ETag>,
+    change: Change,
+) -> Result<DeviceIdentity> {
+    check_change(id, &change)?;
+    let current = locked(client, ns, id, if_match).await?;
     let now = Timestamp::now();
     // The etag is set from the row below; `with_*` build the rest by the crate's rules.
     let (mut record, kind) = match change {
@@ -204,11 +224,11 @@ pub(crate) async fn update(
         ),
     };
     let creds = CredentialColumns::of(&record.credentials);
-    let statement = tx
+    let statement = client
         .prepare_cached(UPDATE)
         .await
         .map_err(query_error("prepare identity update"))?;
-    let row = tx
+    let row = client
         .query_one(
             &statement,
             &[
@@ -226,10 +246,7 @@ pub(crate) async fn update(
         .await
         .map_err(query_error("update identity"))?;
     record.etag = codec::etag_of(row.get(0));
-    announce(&tx, ns, &record.change(kind), now).await?;
-    tx.commit()
-        .await
-        .map_err(query_error("commit identity update"))?;
+    announce(client, ns, &record.change(kind), now).await?;
     Ok(record)
 }
 

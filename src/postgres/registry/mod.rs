@@ -25,7 +25,7 @@ use serde_json::Value;
 use crate::postgres::{PgError, PgPool, migrate};
 
 pub(crate) use row::backend;
-pub(crate) use write::{create_in, delete_in};
+pub(crate) use write::{create_in, delete_in, update_in};
 
 /// Statements kept prepared per connection before the cache is emptied: every query shape is a
 /// statement of its own, and a service running arbitrary queries must not grow it without end.

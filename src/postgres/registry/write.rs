@@ -107,26 +107,37 @@ pub(crate) async fn update(
         .transaction()
         .await
         .map_err(query_error("begin registry update"))?;
-    let current = locked(&tx, config, id, if_match).await?;
+    let record = update_in(&tx, config, id, if_match, change).await?;
+    tx.commit()
+        .await
+        .map_err(query_error("commit registry update"))?;
+    Ok(record)
+}
+
+/// [`update`] within the caller's transaction (the row stays locked until it ends).
+pub(crate) async fn update_in<C: GenericClient>(
+    client: &C,
+    config: &PgRegistryConfig,
+    id: &DeviceId,
+    if_match: Option<&ETag>,
+    change: impl FnOnce(DeviceDocument) -> Result<DeviceDocument> + Send,
+) -> Result<DeviceRecord> {
+    let current = locked(client, config, id, if_match).await?;
     let doc = change(current.into_document())?;
     config.limits.check_document(&doc)?;
     let text = row::document_text(&doc)?;
-    let statement = tx
+    let statement = client
         .prepare_cached(UPDATE)
         .await
         .map_err(query_error("prepare registry update"))?;
-    let row = tx
+    let row = client
         .query_one(
             &statement,
             &[&config.namespace, &id.as_str(), &text, &now_micros()],
         )
         .await
         .map_err(query_error("update registry record"))?;
-    let record = row::record(&row)?;
-    tx.commit()
-        .await
-        .map_err(query_error("commit registry update"))?;
-    Ok(record)
+    row::record(&row)
 }
 
 /// Deletes the record of `id` within the caller's transaction.

@@ -102,3 +102,22 @@ async fn an_unreachable_server_is_a_prompt_retryable_error() {
     assert!(!e.to_string().contains("pw"), "no password in errors: {e}");
     assert!(started.elapsed() < Duration::from_secs(30), "no hang");
 }
+
+#[tokio::test]
+async fn a_failed_statement_says_what_the_server_answered() {
+    let Some(pool) = shared_pool().await else {
+        return;
+    };
+    let client = pool.get().await.expect("client");
+    let e = client
+        .simple_query("SELECT * FROM a_table_that_does_not_exist")
+        .await
+        .expect_err("no such table");
+    let e = PgError::query("read the missing table", e);
+    let shown = e.to_string();
+    assert!(
+        shown.contains("a_table_that_does_not_exist") && shown.contains("42P01"),
+        "the message and SQLSTATE are shown: {shown}"
+    );
+    assert!(!e.is_retryable(), "a missing table is permanent");
+}

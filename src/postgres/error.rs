@@ -25,7 +25,7 @@ pub enum PgError {
     },
 
     /// A statement failed.
-    #[error("PostgreSQL {context} failed: {source}")]
+    #[error("PostgreSQL {context} failed: {}", describe(source))]
     Query {
         /// What was being done (`"insert identity"`, `"migrate registry to v2"`).
         context: &'static str,
@@ -58,6 +58,21 @@ impl PgError {
             PgError::Query { source, .. } => source.code(),
             _ => None,
         }
+    }
+}
+
+/// The driver's error as a person reads it. The driver shows a server's answer only as
+/// "db error" and keeps the server's message in its source; that message and the SQLSTATE are
+/// what tell a user what happened.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        ),
+        None => e.to_string(),
     }
 }
 

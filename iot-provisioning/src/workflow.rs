@@ -175,6 +175,28 @@ impl Workflow {
         self.audit.write(records).await;
     }
 
+    /// Closes a request of many items (a bulk registration): `after`/`aborted` for each item
+    /// whose `before` hooks all agreed (`contexts[i]` is `Some`), then one audit record per item
+    /// that names a device (`ids[i]` is `Some`), in one batch. The three slices run in step.
+    pub async fn finish_items<T>(
+        &self,
+        operation: Operation,
+        ids: &[Option<DeviceId>],
+        contexts: &[Option<HookContext>],
+        results: &[Result<T>],
+    ) {
+        for (ctx, result) in contexts.iter().zip(results) {
+            if let Some(ctx) = ctx {
+                self.after(ctx, result).await;
+            }
+        }
+        let outcomes = ids
+            .iter()
+            .zip(results)
+            .filter_map(|(id, r)| Some((id.as_ref()?, r.as_ref().map(drop))));
+        self.audit(operation, outcomes).await;
+    }
+
     /// The frame of a single-device operation: `before` hooks, then `op` if they all agreed,
     /// then `after`/`aborted`, then one audit record with the outcome.
     pub async fn run<T, F>(

@@ -602,16 +602,9 @@ impl Provisioning for PgProvisioning {
                 }));
             }
         };
-        for (ctx, result) in contexts.iter().zip(&results) {
-            if let Some(ctx) = ctx {
-                self.workflow.after(ctx, result).await;
-            }
-        }
-        let audit = ids
-            .iter()
-            .zip(&results)
-            .filter_map(|(id, r)| Some((id.as_ref()?, r.as_ref().map(drop))));
-        self.workflow.audit(Operation::Register, audit).await;
+        self.workflow
+            .finish_items(Operation::Register, &ids, &contexts, &results)
+            .await;
         Ok(results)
     }
 

@@ -121,16 +121,9 @@ impl Provisioner {
                 }
             }
         };
-        for (ctx, result) in contexts.iter().zip(&done) {
-            if let Some(ctx) = ctx {
-                self.workflow.after(ctx, result).await;
-            }
-        }
-        let audit = ids
-            .iter()
-            .zip(&done)
-            .filter_map(|(id, r)| Some((id.as_ref()?, r.as_ref().map(drop))));
-        self.workflow.audit(Operation::Register, audit).await;
+        self.workflow
+            .finish_items(Operation::Register, &ids, &contexts, &done)
+            .await;
         Ok(done)
     }
 

@@ -40,7 +40,7 @@ pub struct MqttConfig {
     /// Further ones from that address are closed at once, so that one host cannot hold every
     /// connection slot for the connect timeout. Default 4 096: far below `max_connections`, and
     /// above a legitimate burst from one address (a field gateway's leaf devices behind one NAT, or
-    /// `examples/mqtt_load.rs` starting 1 000 devices at once, which a cap of 512 cut short).
+    /// `examples/mqtt_load` starting 1 000 devices at once, which a cap of 512 cut short).
     pub max_unauthenticated_per_peer: usize,
     /// How long [`MqttServer::shutdown`](super::MqttServer::shutdown) waits for sessions to
     /// finish before it drops them. Default 5 s.

@@ -5,7 +5,8 @@
 //! cargo run --example mqtt_gateway -- --data-dir DIR --listen 127.0.0.1:1884 \
 //!     [--tls-listen 127.0.0.1:8883 (--tls-cert CERT.pem --tls-key KEY.pem | --self-signed)] \
 //!     [--client-certs] [--ws-listen ADDR] [--wss-listen ADDR] --host localhost \
-//!     --device DEVICE_ID [--fleet N] [--run-for SECONDS]
+//!     --device DEVICE_ID [--fleet N] [--run-for SECONDS] \
+//!     [--log fsync|buffered|memory] [--no-throttle] [--telemetry-stats ADDR]
 //! ```
 //!
 //! It opens (or creates) the identity store and the hub's stores under `DIR`, provisions
@@ -19,13 +20,23 @@
 //! `--fleet N` also provisions devices `fleet-0` … `fleet-{N-1}` for load tests, each with the key
 //! a symmetric-key group enrollment would give it: HMAC-SHA256 of its id under one group key,
 //! kept in `DIR/fleet.key` (made on first use, readable by the owner only). The load generator
-//! (`examples/mqtt_load.rs --mode connections --fleet-key-file DIR/fleet.key`) derives the same
+//! (`examples/mqtt_load --mode connections --fleet-key-file DIR/fleet.key`) derives the same
 //! keys. A greeting is queued for the device as a C2D message when its inbox is empty (an earlier
 //! start's greeting still waiting is not queued again, so any number of restarts while the device
 //! is offline work), and every telemetry record that lands in the log is printed
 //! (`telemetry: …`). It runs until Ctrl-C, or for `--run-for` seconds, then shuts down
 //! gracefully. `--help` lists the flags; usage errors exit with status 2.
+//!
+//! For benchmarks run from another process (`scripts/mqtt/bench.sh`): `--log` chooses where
+//! telemetry goes — `fsync` (the default: a `FileLog` that fsyncs before the PUBACK, with group
+//! commit), `buffered` (a `FileLog` left to the OS page cache: survives a crash of the process,
+//! not of the machine) or `memory`; `--no-throttle` lifts IoT Hub's per-device rate limits; and
+//! `--telemetry-stats ADDR` counts the telemetry instead of printing it and answers each TCP
+//! client of `ADDR` with one JSON line `{"received":N,"p50_ms":…,"p99_ms":…}` (see
+//! `telemetry.rs`), which `mqtt_load --target remote` polls.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod telemetry;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -34,9 +45,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
-use iot_core::{DeviceId, Log, Offset, ReadLimits};
+use iot_core::{DeviceId, FileLogConfig, Topics};
 use iot_gateway::mqtt::{MqttConfig, MqttServer, SelfSigned, TlsConfig};
-use iot_gateway::{C2dMessage, Gateway, Hub, HubConfig, InboxStore};
+use iot_gateway::{
+    C2dMessage, Durability, FileInbox, FileInboxConfig, FileTwinStore, FileTwinStoreConfig,
+    Gateway, Hub, HubConfig, InboxStore, ThrottleConfig,
+};
 use iot_identity::{
     Credentials, FileIdentityStore, FileIdentityStoreConfig, IdentityStore, NewIdentity,
     SymmetricKey, sas,
@@ -92,6 +106,27 @@ struct Args {
     /// Stop after this many seconds instead of waiting for Ctrl-C.
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     run_for: Option<Duration>,
+    /// Where telemetry is kept: a file log fsynced before each PUBACK, a file log left to the
+    /// OS page cache, or memory.
+    #[arg(long, value_enum, default_value_t = LogMode::Fsync)]
+    log: LogMode,
+    /// Lift IoT Hub's per-device rate limits (for load tests).
+    #[arg(long)]
+    no_throttle: bool,
+    /// Count telemetry instead of printing it, and answer TCP clients of ADDR with the counts.
+    #[arg(long, value_name = "ADDR")]
+    telemetry_stats: Option<SocketAddr>,
+}
+
+/// Where the hub's topics live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogMode {
+    /// `FileLog` under DIR/hub/log, fsync before acknowledging (group commit).
+    Fsync,
+    /// `FileLog` under DIR/hub/log, left to the OS page cache.
+    Buffered,
+    /// In memory: lost when the gateway stops.
+    Memory,
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, std::num::ParseIntError> {
@@ -152,13 +187,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .await?,
     );
     let key = device_key(identity.as_ref(), &args.device).await?;
-    let hub = Hub::open_dir(
-        args.data_dir.join("hub"),
-        identity.clone(),
-        args.host.clone(),
-        HubConfig::default(),
-    )
-    .await?;
+    let hub = open_hub(&args, identity.clone()).await?;
     let mut config = MqttConfig::default();
     config.state_dir = Some(args.data_dir.join("mqtt"));
     let server = MqttServer::new(Arc::new(hub.clone()), config)?;
@@ -249,7 +278,17 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         println!("queued: a C2D greeting for {device} was already waiting, not queued again");
     }
 
-    let tail = tokio::spawn(print_telemetry(hub.telemetry_log().clone()));
+    let tail = match args.telemetry_stats {
+        None => tokio::spawn(telemetry::tail(
+            hub.telemetry_log().clone(),
+            telemetry::print,
+        )),
+        Some(addr) => {
+            let (bound, task) = telemetry::serve_stats(hub.telemetry_log().clone(), addr).await?;
+            println!("telemetry-stats: {bound}");
+            task
+        }
+    };
     let run_for = args.run_for.unwrap_or(Duration::MAX);
     tokio::select! {
         () = tokio::time::sleep(run_for) => {}
@@ -260,6 +299,49 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     hub.shutdown().await;
     println!("stopped");
     Ok(())
+}
+
+/// The hub over the stores under DIR/hub: the inbox and twins as files (fsync before
+/// acknowledging), the topics as `--log` says.
+async fn open_hub(
+    args: &Args,
+    identity: Arc<dyn IdentityStore>,
+) -> Result<Hub, Box<dyn std::error::Error>> {
+    let dir = args.data_dir.join("hub");
+    let mut config = HubConfig::default();
+    if args.no_throttle {
+        config.throttle = ThrottleConfig::unlimited();
+    }
+    let file_log = |durability| {
+        Topics::file(
+            dir.join("log"),
+            FileLogConfig::default()
+                .partitions(config.partitions)
+                .durability(durability),
+        )
+    };
+    let topics = match args.log {
+        LogMode::Fsync => file_log(Durability::Fsync),
+        LogMode::Buffered => file_log(Durability::OsBuffered),
+        LogMode::Memory => Topics::memory(config.partitions),
+    };
+    let inbox = FileInbox::open(
+        dir.join("inbox"),
+        FileInboxConfig::default().recovery(config.recovery),
+    )
+    .await?;
+    let twins = FileTwinStore::open(
+        dir.join("twins"),
+        FileTwinStoreConfig::default().recovery(config.recovery),
+    )
+    .await?;
+    Ok(Hub::builder(identity, args.host.clone())
+        .topics(Arc::new(topics))
+        .inbox(Arc::new(inbox))
+        .twins(Arc::new(twins))
+        .config(config)
+        .build()
+        .await?)
 }
 
 /// Resolves on SIGINT (Ctrl-C); the handler is installed when this is called, not when the
@@ -381,44 +463,4 @@ fn write_owner_only(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut file = options.open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
-}
-
-/// Prints telemetry records as they land, from every partition.
-async fn print_telemetry(log: Arc<dyn Log>) {
-    let mut tasks = Vec::new();
-    for p in 0..log.partition_count() {
-        let log = log.clone();
-        tasks.push(tokio::spawn(async move {
-            let partition = iot_core::PartitionId(p);
-            let Ok(mut next) = log.next_offset(partition).await else {
-                return;
-            };
-            loop {
-                if log.wait_for(partition, next).await.is_err() {
-                    return;
-                }
-                let Ok(records) = log.read(partition, next, ReadLimits::default()).await else {
-                    return;
-                };
-                for stored in records {
-                    let headers: Vec<String> = stored
-                        .record
-                        .headers
-                        .iter()
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect();
-                    println!(
-                        "telemetry: device={} headers=[{}] payload={}",
-                        stored.record.key,
-                        headers.join(", "),
-                        String::from_utf8_lossy(&stored.record.payload)
-                    );
-                    next = Offset(stored.offset.0 + 1);
-                }
-            }
-        }));
-    }
-    for task in tasks {
-        let _ = task.await;
-    }
 }

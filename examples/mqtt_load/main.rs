@@ -6,6 +6,8 @@
 //! cargo run --release --example mqtt_load -- --target gateway [--devices 1000] [--messages 100] \
 //!     [--qos 1] [--payload 100]
 //! cargo run --release --example mqtt_load -- --target broker --broker 127.0.0.1:1885 [...]
+//! cargo run --release --example mqtt_load -- --target remote --broker 127.0.0.1:1884 \
+//!     --stats 127.0.0.1:1890 --fleet-key-file DIR/fleet.key [--host localhost] [...]
 //! cargo run --release --example mqtt_load -- --mode connections --broker 127.0.0.1:8884 \
 //!     --fleet-key-file DIR/fleet.key [--tls-ca DIR/tls/ca.pem --host localhost] \
 //!     [--devices 10000] [--hold 20]
@@ -16,9 +18,12 @@
 //!   log.
 //! * `broker`: a plain MQTT broker such as Mosquitto at `--broker`; the consumer subscribes to
 //!   `devices/#` at the same QoS.
+//! * `remote`: our gateway in another process at `--broker` (`mqtt_gateway --fleet N
+//!   --telemetry-stats ADDR`), driven as a broker is: the devices are its fleet, and the consumer
+//!   is its telemetry counter at `--stats`, polled until every message arrived (see `remote.rs`).
 //!
 //! * `--mode connections`: holds `--devices` connections to a running gateway
-//!   (`examples/mqtt_gateway.rs --fleet N`): devices `fleet-0` … authenticate with SAS tokens
+//!   (`examples/mqtt_gateway --fleet N`): devices `fleet-0` … authenticate with SAS tokens
 //!   signed by keys derived from the group key in `--fleet-key-file`. With `--tls-ca` the
 //!   connections are TLS, to `--host` (it names the certificate and must resolve to the broker's
 //!   address) at the broker's port. Each device subscribes to its C2D, method, twin-answer and
@@ -32,6 +37,9 @@
 //! from the device's `publish` call to the consumer. The last line is a JSON object with
 //! `target`, `devices`, `sent`, `received`, `msgs_per_s`, `p50_ms`, `p99_ms`.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod connections;
+mod remote;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,6 +66,7 @@ struct Args {
     mode: String,
     target: String,
     broker: Option<SocketAddr>,
+    stats: Option<SocketAddr>,
     devices: usize,
     messages: usize,
     qos: QoS,
@@ -77,9 +86,13 @@ struct Cli {
     /// What to measure.
     #[arg(long, default_value = "throughput", value_parser = ["throughput", "connections"])]
     mode: String,
-    /// Throughput mode: our gateway (started in-process) or a plain MQTT broker at --broker.
-    #[arg(long, default_value = "gateway", value_parser = ["gateway", "broker"])]
+    /// Throughput mode: our gateway (started in-process), a plain MQTT broker at --broker, or
+    /// our gateway running in another process at --broker (with --stats).
+    #[arg(long, default_value = "gateway", value_parser = ["gateway", "broker", "remote"])]
     target: String,
+    /// Remote target: the gateway's telemetry counter (mqtt_gateway --telemetry-stats ADDR).
+    #[arg(long, value_name = "HOST:PORT")]
+    stats: Option<SocketAddr>,
     /// The broker (or, with --mode connections, the running gateway) to connect to.
     #[arg(long, value_name = "HOST:PORT")]
     broker: Option<SocketAddr>,
@@ -95,13 +108,15 @@ struct Cli {
     /// Payload bytes (at least 8: the send time).
     #[arg(long, default_value_t = 100)]
     payload: usize,
-    /// Connections mode: the group key the gateway's fleet keys derive from (DIR/fleet.key).
+    /// Connections mode and remote target: the group key the gateway's fleet keys derive from
+    /// (DIR/fleet.key).
     #[arg(long, value_name = "FILE")]
     fleet_key_file: Option<std::path::PathBuf>,
     /// Connections mode: connect over TLS, trusting this CA certificate (PEM).
     #[arg(long, value_name = "CA.pem")]
     tls_ca: Option<std::path::PathBuf>,
-    /// Connections mode: the host name in SAS tokens and, with --tls-ca, the certificate's name.
+    /// Connections mode and remote target: the host name in SAS tokens and, with --tls-ca, the
+    /// certificate's name.
     #[arg(long, default_value = HOST)]
     host: String,
     /// Connections mode: seconds to hold the connections once all are up.
@@ -116,6 +131,7 @@ fn parse() -> Args {
         mode: cli.mode,
         target: cli.target,
         broker: cli.broker,
+        stats: cli.stats,
         devices: cli.devices,
         messages: cli.messages,
         qos: if cli.qos == "0" {
@@ -132,6 +148,10 @@ fn parse() -> Args {
     let problem = if args.mode == "connections" {
         (args.broker.is_none() || args.fleet_key_file.is_none())
             .then_some("--mode connections needs --broker HOST:PORT and --fleet-key-file")
+    } else if args.target == "remote" {
+        (args.broker.is_none() || args.stats.is_none() || args.fleet_key_file.is_none()).then_some(
+            "--target remote needs --broker HOST:PORT, --stats HOST:PORT and --fleet-key-file",
+        )
     } else {
         (args.target == "broker" && args.broker.is_none())
             .then_some("--target broker needs --broker HOST:PORT")
@@ -161,7 +181,7 @@ fn latency_of(payload: &[u8]) -> Option<u64> {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse();
     if args.mode == "connections" {
-        return hold_connections(&args).await;
+        return connections::hold_connections(&args).await;
     }
     let expected = (args.devices * args.messages) as u64;
     let (latency_tx, mut latency_rx) = mpsc::unbounded_channel::<u64>();
@@ -203,6 +223,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         gateway = Some((hub, server));
         (addr, devices)
+    } else if args.target == "remote" {
+        (
+            args.broker.ok_or("no broker")?,
+            remote::fleet_logins(&args)?,
+        )
     } else {
         let addr = args.broker.ok_or("no broker")?;
         let mut options = MqttOptions::new("load-consumer", addr.ip().to_string(), addr.port());
@@ -329,21 +354,36 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             client
         }));
     }
+    // What the remote gateway had counted before (its own start-up, an earlier run).
+    let base = match args.stats {
+        Some(stats) if args.target == "remote" => remote::counts(stats).await?.received,
+        _ => 0,
+    };
     start.wait().await;
     let began = Instant::now();
 
     let mut latencies = Vec::with_capacity(expected as usize);
     let deadline = Duration::from_secs(120);
-    while (latencies.len() as u64) < expected {
-        match tokio::time::timeout(Duration::from_secs(10), latency_rx.recv()).await {
-            Ok(Some(l)) => latencies.push(l),
-            _ => break,
+    let mut remote_counts = None;
+    let elapsed = match args.stats {
+        Some(stats) if args.target == "remote" => {
+            let (counts, at) = remote::wait_for(stats, base, expected, began, deadline).await?;
+            remote_counts = Some(counts);
+            at
         }
-        if began.elapsed() > deadline {
-            break;
+        _ => {
+            while (latencies.len() as u64) < expected {
+                match tokio::time::timeout(Duration::from_secs(10), latency_rx.recv()).await {
+                    Ok(Some(l)) => latencies.push(l),
+                    _ => break,
+                }
+                if began.elapsed() > deadline {
+                    break;
+                }
+            }
+            began.elapsed()
         }
-    }
-    let elapsed = began.elapsed();
+    };
     closing.store(true, Ordering::Relaxed);
     for publisher in publishers {
         if let Ok(client) = publisher.await {
@@ -363,9 +403,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
         latencies[i] as f64 / 1000.0
     };
-    let received = latencies.len() as u64;
+    let (received, p50, p99) = match remote_counts {
+        Some(c) => (c.received.saturating_sub(base), c.p50_ms, c.p99_ms),
+        None => (latencies.len() as u64, pct(0.50), pct(0.99)),
+    };
     let rate = received as f64 / elapsed.as_secs_f64();
-    let (p50, p99) = (pct(0.50), pct(0.99));
     println!(
         "{}: {} devices, QoS {}, sent {} received {} of {} in {:.2}s: {:.0} msgs/s, p50 {:.2} ms, p99 {:.2} ms",
         args.target,
@@ -426,185 +468,4 @@ async fn consume_log(log: Arc<dyn Log>, partition: PartitionId, tx: mpsc::Unboun
             next = Offset(stored.offset.0 + 1);
         }
     }
-}
-
-/// How many connections may be in their TCP/TLS/CONNECT handshake at once.
-const CONNECTING_AT_ONCE: usize = 128;
-/// How often a device refused at CONNECT (the hub's connect throttle, say) tries again.
-const CONNECT_ATTEMPTS: u32 = 10;
-
-/// `--mode connections`: opens `--devices` device connections to a running gateway, holds them
-/// for `--hold`, and reports how many stayed up.
-async fn hold_connections(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let broker = args.broker.ok_or("no broker")?;
-    let key_file = args.fleet_key_file.as_ref().ok_or("no fleet key file")?;
-    let group = SymmetricKey::from_base64(std::fs::read_to_string(key_file)?.trim())?;
-    let tls = match &args.tls_ca {
-        None => None,
-        Some(ca) => Some(client_tls(ca)?),
-    };
-    // With TLS the certificate names --host, so that is what the devices connect to.
-    let connect_host = if tls.is_some() {
-        args.host.clone()
-    } else {
-        broker.ip().to_string()
-    };
-
-    let connecting = Arc::new(tokio::sync::Semaphore::new(CONNECTING_AT_ONCE));
-    let up = Arc::new(AtomicU64::new(0));
-    let refusals = Arc::new(AtomicU64::new(0));
-    let (outcome_tx, mut outcome_rx) = mpsc::unbounded_channel::<Result<(), String>>();
-    let mut clients = Vec::with_capacity(args.devices);
-    let began = Instant::now();
-    for i in 0..args.devices {
-        let id = format!("fleet-{i}");
-        let key = group.derive_for_device(&id);
-        let token = sas::generate(
-            &format!("{}/devices/{id}", args.host),
-            &key,
-            sas::unix_now() + 86_400,
-            None,
-        )?;
-        let mut options = MqttOptions::new(id.clone(), connect_host.clone(), broker.port());
-        // Short enough that every device pings during the hold (at 1.5x the gateway drops it).
-        options
-            .set_keep_alive((args.hold / 2).clamp(Duration::from_secs(2), Duration::from_secs(30)));
-        options.set_inflight(1);
-        options.set_credentials(
-            format!("{}/{id}/?api-version=2021-04-12", args.host),
-            token.as_str(),
-        );
-        if let Some(config) = &tls {
-            options.set_transport(rumqttc::Transport::tls_with_config(
-                rumqttc::TlsConfiguration::Rustls(config.clone()),
-            ));
-        }
-        let permit = connecting.clone().acquire_owned().await?;
-        let (client, eventloop) = AsyncClient::new(options, 4);
-        tokio::spawn(hold_one(
-            eventloop,
-            client.clone(),
-            id,
-            permit,
-            up.clone(),
-            refusals.clone(),
-            outcome_tx.clone(),
-        ));
-        clients.push(client);
-    }
-    drop(outcome_tx);
-    let mut connected = 0u64;
-    let mut failed = Vec::new();
-    while let Some(outcome) = outcome_rx.recv().await {
-        match outcome {
-            Ok(()) => connected += 1,
-            Err(e) => failed.push(e),
-        }
-        if connected + failed.len() as u64 == args.devices as u64 {
-            break;
-        }
-    }
-    let connect_s = began.elapsed().as_secs_f64();
-    if let Some(first) = failed.first() {
-        eprintln!(
-            "{} devices could not connect; the first: {first}",
-            failed.len()
-        );
-    }
-    println!(
-        "connected: {connected} of {} in {connect_s:.1} s ({:.0}/s), {} refusals retried",
-        args.devices,
-        connected as f64 / connect_s,
-        refusals.load(Ordering::Relaxed)
-    );
-    println!("held: {connected}");
-    tokio::time::sleep(args.hold).await;
-    let still = up.load(Ordering::Relaxed);
-    println!("still connected after {} s: {still}", args.hold.as_secs());
-    for client in &clients {
-        let _ = client.try_disconnect();
-    }
-    println!(
-        "{{\"mode\":\"connections\",\"tls\":{},\"devices\":{},\"connected\":{connected},\"still_connected\":{still},\"connect_s\":{connect_s:.2},\"connects_per_s\":{:.0},\"refusals\":{}}}",
-        tls.is_some(),
-        args.devices,
-        connected as f64 / connect_s,
-        refusals.load(Ordering::Relaxed)
-    );
-    Ok(())
-}
-
-/// Drives one held device: reports when it is connected (or gave up), retries a refused
-/// CONNECT, and keeps `up` counting it while its connection lasts.
-async fn hold_one(
-    mut eventloop: rumqttc::EventLoop,
-    client: AsyncClient,
-    device: String,
-    permit: tokio::sync::OwnedSemaphorePermit,
-    up: Arc<AtomicU64>,
-    refusals: Arc<AtomicU64>,
-    outcome: mpsc::UnboundedSender<Result<(), String>>,
-) {
-    let mut permit = Some(permit);
-    let mut attempts = 0;
-    loop {
-        match eventloop.poll().await {
-            Ok(Event::Incoming(Incoming::ConnAck(_))) => {
-                // What the Azure IoT device SDKs subscribe to once connected.
-                let filters = [
-                    format!("devices/{device}/messages/devicebound/#"),
-                    "$iothub/methods/POST/#".to_string(),
-                    "$iothub/twin/res/#".to_string(),
-                    "$iothub/twin/PATCH/properties/desired/#".to_string(),
-                ]
-                .map(|path| rumqttc::SubscribeFilter::new(path, QoS::AtLeastOnce));
-                if let Err(e) = client.try_subscribe_many(filters) {
-                    let _ = outcome.send(Err(e.to_string()));
-                    return;
-                }
-            }
-            Ok(Event::Incoming(Incoming::SubAck(_))) if permit.is_some() => {
-                up.fetch_add(1, Ordering::Relaxed);
-                permit.take();
-                let _ = outcome.send(Ok(()));
-            }
-            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
-                up.fetch_sub(1, Ordering::Relaxed);
-                return;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                if permit.is_none() {
-                    // It was up and dropped: no longer held.
-                    up.fetch_sub(1, Ordering::Relaxed);
-                    return;
-                }
-                attempts += 1;
-                if attempts >= CONNECT_ATTEMPTS {
-                    let _ = outcome.send(Err(e.to_string()));
-                    return;
-                }
-                refusals.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
-}
-
-/// A rustls client configuration trusting the CA in `ca_pem` (the gateway's `--self-signed` CA).
-fn client_tls(
-    ca_pem: &std::path::Path,
-) -> Result<Arc<rustls::ClientConfig>, Box<dyn std::error::Error>> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca_pem)? {
-        roots.add(cert?)?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
 }

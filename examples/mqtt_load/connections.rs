@@ -10,6 +10,7 @@ use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tokio::sync::mpsc;
 
 use crate::Args;
+use crate::tls::client_tls;
 
 /// How many connections may be in their TCP/TLS/CONNECT handshake at once.
 const CONNECTING_AT_ONCE: usize = 128;
@@ -24,14 +25,11 @@ pub(crate) async fn hold_connections(args: &Args) -> Result<(), Box<dyn std::err
     let group = SymmetricKey::from_base64(std::fs::read_to_string(key_file)?.trim())?;
     let tls = match &args.tls_ca {
         None => None,
-        Some(ca) => Some(client_tls(ca)?),
+        Some(ca) => Some(client_tls(ca, &args.host)?),
     };
-    // With TLS the certificate names --host, so that is what the devices connect to.
-    let connect_host = if tls.is_some() {
-        args.host.clone()
-    } else {
-        broker.ip().to_string()
-    };
+    // The addresses the devices connect to: the broker's, and with --spread the ones after it.
+    // With TLS the certificate is checked against --host whatever address was dialled.
+    let targets = spread_addresses(broker.ip(), args.spread)?;
 
     let connecting = Arc::new(tokio::sync::Semaphore::new(CONNECTING_AT_ONCE));
     let up = Arc::new(AtomicU64::new(0));
@@ -48,7 +46,8 @@ pub(crate) async fn hold_connections(args: &Args) -> Result<(), Box<dyn std::err
             sas::unix_now() + 86_400,
             None,
         )?;
-        let mut options = MqttOptions::new(id.clone(), connect_host.clone(), broker.port());
+        let target = targets[i % targets.len()].to_string();
+        let mut options = MqttOptions::new(id.clone(), target, broker.port());
         // Short enough that every device pings during the hold (at 1.5x the gateway drops it).
         options
             .set_keep_alive((args.hold / 2).clamp(Duration::from_secs(2), Duration::from_secs(30)));
@@ -174,20 +173,22 @@ async fn hold_one(
     }
 }
 
-/// A rustls client configuration trusting the CA in `ca_pem` (the gateway's `--self-signed` CA).
-pub(crate) fn client_tls(
-    ca_pem: &std::path::Path,
-) -> Result<Arc<rustls::ClientConfig>, Box<dyn std::error::Error>> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca_pem)? {
-        roots.add(cert?)?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+/// `base` and the `count - 1` IPv4 addresses after it.
+fn spread_addresses(
+    base: std::net::IpAddr,
+    count: u8,
+) -> Result<Vec<std::net::IpAddr>, Box<dyn std::error::Error>> {
+    let std::net::IpAddr::V4(v4) = base else {
+        return Ok(vec![base]);
+    };
+    (0..u32::from(count))
+        .map(|k| {
+            u32::from(v4)
+                .checked_add(k)
+                .map(|n| std::net::IpAddr::V4(n.into()))
+                .ok_or_else(|| {
+                    format!("--spread {count} runs past the last address after {v4}").into()
+                })
+        })
+        .collect()
 }

@@ -40,6 +40,7 @@
 
 mod connections;
 mod remote;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,6 +76,7 @@ struct Args {
     tls_ca: Option<std::path::PathBuf>,
     host: String,
     hold: Duration,
+    spread: u8,
 }
 
 /// MQTT load generator: N devices (rumqttc clients) publish telemetry at full speed while a
@@ -122,6 +124,13 @@ struct Cli {
     /// Connections mode: seconds to hold the connections once all are up.
     #[arg(long, value_name = "SECONDS", default_value_t = 20)]
     hold: u64,
+    /// Connections mode: spread the devices over this many loopback addresses (the broker's
+    /// address and the ones after it, 127.0.0.1, 127.0.0.2, …), each with its own range of
+    /// source ports, for more connections than one address pair allows (about 28 000). The
+    /// gateway must listen on all of them (0.0.0.0); TLS still checks the certificate names
+    /// --host.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=64))]
+    spread: u8,
 }
 
 /// The flags, checked; a usage error is clap's (exit status 2).
@@ -144,6 +153,7 @@ fn parse() -> Args {
         tls_ca: cli.tls_ca,
         host: cli.host,
         hold: Duration::from_secs(cli.hold),
+        spread: cli.spread,
     };
     let problem = if args.mode == "connections" {
         (args.broker.is_none() || args.fleet_key_file.is_none())

@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 /// The stream discriminator naming what a record is about (for example `temperature`).
 pub const SUBJECT: &str = "subject";
@@ -38,25 +39,138 @@ pub const WELL_KNOWN: [&str; 7] = [
 ///
 /// Besides [`insert`](Headers::insert), which copies its strings, a producer that stamps the same
 /// names and values on every record can avoid the copies: [`insert_static`](Headers::insert_static)
-/// keeps `'static` strings as they are, and [`insert_shared`](Headers::insert_shared) shares a
-/// value between records, so that cloning a record (as an in-memory log does on every read) costs
-/// a reference count instead of an allocation per header.
+/// keeps `'static` strings as they are, [`insert_shared`](Headers::insert_shared) shares a value
+/// between records, [`insert_u64`](Headers::insert_u64) keeps a number's digits inline, and
+/// [`with_shared`](Headers::with_shared) starts a record with a whole [`SharedHeaders`] block,
+/// so that cloning a record (as an in-memory log does on every read) costs a reference count
+/// instead of an allocation per header.
 #[derive(Clone, Default)]
-pub struct Headers(Vec<(Text, Text)>);
+pub struct Headers {
+    /// Headers shared with other records, in front of `own`.
+    shared: Option<SharedHeaders>,
+    /// This record's own headers, after the shared ones. No name is in both. The first is
+    /// kept in place: a record that adds one header (a time) to a shared block allocates
+    /// nothing, neither when made nor when cloned.
+    own: Own,
+}
+
+type Own = SmallVec<[(Text, Text); 1]>;
+
+/// A block of headers that many records share (a device session's stamps, say), made once and
+/// put in front of each record's own headers by [`Headers::with_shared`] for the cost of a
+/// reference count.
+///
+/// ```
+/// use iot_core::headers::{Headers, SharedHeaders};
+///
+/// let mut stamps = Headers::new();
+/// stamps.insert_static("source", "telemetry");
+/// let stamps = SharedHeaders::from(stamps);
+/// let mut h = Headers::with_shared(&stamps, 1);
+/// h.insert_u64("sequence", 7);
+/// assert_eq!(h.iter().collect::<Vec<_>>(), [("source", "telemetry"), ("sequence", "7")]);
+/// ```
+#[derive(Clone)]
+pub struct SharedHeaders(Arc<Block>);
+
+/// The headers of a [`SharedHeaders`], with the bytes of their names and values counted once.
+struct Block {
+    pairs: Box<[(Text, Text)]>,
+    bytes: usize,
+}
+
+impl From<Headers> for SharedHeaders {
+    fn from(headers: Headers) -> Self {
+        let pairs: Box<[(Text, Text)]> = headers.into_pairs().into_iter().collect();
+        let bytes = pairs.iter().map(|(n, v)| n.len() + v.len()).sum();
+        SharedHeaders(Arc::new(Block { pairs, bytes }))
+    }
+}
+
+impl SharedHeaders {
+    /// The headers in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &str)> {
+        self.0.pairs.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+}
+
+impl fmt::Debug for SharedHeaders {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// Digits a number kept inline may have: enough for Unix milliseconds until the year 33658.
+const INLINE_DIGITS: usize = 15;
+/// The smallest number with more digits than that.
+const INLINE_LIMIT: u64 = 10u64.pow(INLINE_DIGITS as u32);
 
 /// A header name or value, owned or shared. Compared, hashed and serialized as the text it holds.
 #[derive(Clone)]
 enum Text {
     Static(&'static str),
     Shared(Arc<str>),
+    /// The decimal digits of a number, in place (`bytes[start..]`): no allocation to make or
+    /// to clone.
+    Digits {
+        start: u8,
+        bytes: [u8; INLINE_DIGITS],
+    },
     Owned(String),
 }
 
 impl Text {
+    /// `n` in decimal, inline when it is short enough.
+    fn number(n: u64) -> Text {
+        if n >= INLINE_LIMIT {
+            return Text::Owned(n.to_string());
+        }
+        // Right-aligned, written from the last digit, two at a time: a record's time is
+        // written on every telemetry message.
+        let mut bytes = [b'0'; INLINE_DIGITS];
+        let mut at = INLINE_DIGITS;
+        let mut rest = n;
+        while rest >= 100 {
+            // Below 100, so the cast keeps it.
+            let pair = (rest % 100) as usize;
+            rest /= 100;
+            at -= 2;
+            bytes[at] = b'0' + (pair / 10) as u8;
+            bytes[at + 1] = b'0' + (pair % 10) as u8;
+        }
+        if rest >= 10 {
+            at -= 2;
+            bytes[at] = b'0' + (rest / 10) as u8;
+            bytes[at + 1] = b'0' + (rest % 10) as u8;
+        } else {
+            at -= 1;
+            bytes[at] = b'0' + rest as u8;
+        }
+        Text::Digits {
+            start: at as u8,
+            bytes,
+        }
+    }
+
+    /// The length in bytes of [`as_str`](Text::as_str), without building it.
+    fn len(&self) -> usize {
+        match self {
+            Text::Static(s) => s.len(),
+            Text::Shared(s) => s.len(),
+            Text::Digits { start, .. } => INLINE_DIGITS - usize::from(*start),
+            Text::Owned(s) => s.len(),
+        }
+    }
+
     fn as_str(&self) -> &str {
         match self {
             Text::Static(s) => s,
             Text::Shared(s) => s,
+            Text::Digits { start, bytes } => {
+                // Only ASCII digits are ever written, so this is always valid UTF-8.
+                let digits = bytes.get(usize::from(*start)..).unwrap_or_default();
+                std::str::from_utf8(digits).unwrap_or_default()
+            }
             Text::Owned(s) => s,
         }
     }
@@ -72,12 +186,26 @@ impl Text {
 impl Headers {
     /// No headers.
     pub const fn new() -> Self {
-        Headers(Vec::new())
+        Headers {
+            shared: None,
+            own: SmallVec::new_const(),
+        }
     }
 
     /// No headers, with room for `n` before the first reallocation.
     pub fn with_capacity(n: usize) -> Self {
-        Headers(Vec::with_capacity(n))
+        Headers {
+            shared: None,
+            own: SmallVec::with_capacity(n),
+        }
+    }
+
+    /// The headers of `shared` (not copied), with room for `n` more of this record's own.
+    pub fn with_shared(shared: &SharedHeaders, n: usize) -> Self {
+        Headers {
+            shared: Some(shared.clone()),
+            own: SmallVec::with_capacity(n),
+        }
     }
 
     /// Sets `name` to `value`, replacing (in place) an earlier value of the same name.
@@ -85,7 +213,9 @@ impl Headers {
         let name = name.into();
         match self.slot(&name) {
             Some(slot) => *slot = Text::Owned(value.into()),
-            None => self.0.push((Text::Owned(name), Text::Owned(value.into()))),
+            None => self
+                .own
+                .push((Text::Owned(name), Text::Owned(value.into()))),
         }
     }
 
@@ -117,49 +247,126 @@ impl Headers {
         self.set(name, Text::Owned(value));
     }
 
+    /// [`insert`](Headers::insert) of `value` in decimal under a `'static` name. A number of up
+    /// to 15 digits (a Unix time in milliseconds, a version) is kept inline, so neither making
+    /// nor cloning the header allocates.
+    ///
+    /// ```
+    /// let mut h = iot_core::Headers::new();
+    /// h.insert_u64("enqueued", 1_700_000_000_000);
+    /// assert_eq!(h.get("enqueued"), Some("1700000000000"));
+    /// ```
+    pub fn insert_u64(&mut self, name: &'static str, value: u64) {
+        self.set(name, Text::number(value));
+    }
+
     fn set(&mut self, name: &'static str, value: Text) {
         match self.slot(name) {
             Some(slot) => *slot = value,
-            None => self.0.push((Text::Static(name), value)),
+            None => self.own.push((Text::Static(name), value)),
         }
     }
 
+    /// The value of `name` to overwrite. A name in the shared block makes the block this
+    /// record's own first (rare: producers share what they do not change).
     fn slot(&mut self, name: &str) -> Option<&mut Text> {
-        self.0
+        if self
+            .shared
+            .as_ref()
+            .is_some_and(|s| s.0.pairs.iter().any(|(n, _)| n.as_str() == name))
+        {
+            self.unshare();
+        }
+        self.own
             .iter_mut()
             .find(|(n, _)| n.as_str() == name)
             .map(|(_, v)| v)
     }
 
+    /// Copies the shared block in front of the own headers.
+    fn unshare(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            let mut pairs = Own::with_capacity(shared.0.pairs.len() + self.own.len());
+            pairs.extend(shared.0.pairs.iter().cloned());
+            pairs.extend(self.own.drain(..));
+            self.own = pairs;
+        }
+    }
+
+    fn into_pairs(mut self) -> Own {
+        self.unshare();
+        self.own
+    }
+
     /// The value of `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(n, _)| n.as_str() == name)
-            .map(|(_, v)| v.as_str())
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
     }
 
     /// Removes `name`, returning its value.
     pub fn remove(&mut self, name: &str) -> Option<String> {
-        let at = self.0.iter().position(|(n, _)| n.as_str() == name)?;
-        Some(self.0.remove(at).1.into_string())
+        self.slot(name)?;
+        let at = self.own.iter().position(|(n, _)| n.as_str() == name)?;
+        Some(self.own.remove(at).1.into_string())
     }
 
     /// The headers in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &str)> {
-        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+        let shared: &[(Text, Text)] = self.shared.as_ref().map_or(&[], |s| &s.0.pairs);
+        Iter {
+            first: shared.iter(),
+            then: self.own.iter(),
+        }
+    }
+
+    /// The bytes of every name and value, plus `per_header` for each header: what a record's
+    /// size counts for its headers. Cheaper than summing over [`iter`](Headers::iter), which
+    /// a log does for every record it appends and reads.
+    pub(crate) fn size_bytes(&self, per_header: usize) -> usize {
+        let shared = self
+            .shared
+            .as_ref()
+            .map_or(0, |s| s.0.bytes + per_header * s.0.pairs.len());
+        let own: usize = self
+            .own
+            .iter()
+            .map(|(n, v)| per_header + n.len() + v.len())
+            .sum();
+        shared + own
     }
 
     /// Number of headers.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.shared.as_ref().map_or(0, |s| s.0.pairs.len()) + self.own.len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len() == 0
     }
 }
+
+/// The shared block's headers, then the record's own.
+struct Iter<'a> {
+    first: std::slice::Iter<'a, (Text, Text)>,
+    then: std::slice::Iter<'a, (Text, Text)>,
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (n, v) = self.first.next().or_else(|| self.then.next())?;
+        Some((n.as_str(), v.as_str()))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.first.len() + self.then.len();
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for Iter<'_> {}
 
 impl PartialEq for Headers {
     fn eq(&self, other: &Self) -> bool {
@@ -185,12 +392,13 @@ impl Serialize for Headers {
 impl<'de> Deserialize<'de> for Headers {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let pairs = Vec::<(String, String)>::deserialize(deserializer)?;
-        Ok(Headers(
-            pairs
+        Ok(Headers {
+            shared: None,
+            own: pairs
                 .into_iter()
                 .map(|(n, v)| (Text::Owned(n), Text::Owned(v)))
                 .collect(),
-        ))
+        })
     }
 }
 
@@ -251,5 +459,90 @@ mod tests {
         fast.insert_shared(SUBJECT, &shared);
         assert_eq!(fast.get(SUBJECT), Some("dev-1"));
         assert_eq!(fast.len(), 2);
+    }
+
+    #[test]
+    fn shared_blocks_behave_as_copied_headers() {
+        let mut stamps = Headers::new();
+        stamps.insert_static(SUBJECT, "temp");
+        stamps.insert(STREAM_ID, "s-1");
+        let stamps = SharedHeaders::from(stamps);
+        assert_eq!(
+            format!("{stamps:?}"),
+            r#"[("subject", "temp"), ("stream-id", "s-1")]"#
+        );
+        let mut h = Headers::with_shared(&stamps, 2);
+        h.insert_u64(VERSION, 3);
+        h.insert(MESSAGE_ID, "m-1");
+        let copied: Headers = [
+            (SUBJECT, "temp"),
+            (STREAM_ID, "s-1"),
+            (VERSION, "3"),
+            (MESSAGE_ID, "m-1"),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(h, copied);
+        assert_eq!(h.len(), 4);
+        assert_eq!(h.iter().len(), 4);
+        assert_eq!(h.get(STREAM_ID), Some("s-1"));
+        assert_eq!(h.get(VERSION), Some("3"));
+        assert_eq!(
+            serde_json::to_string(&h).unwrap(),
+            serde_json::to_string(&copied).unwrap()
+        );
+        // Changing a shared name changes this record only, in place.
+        let mut changed = h.clone();
+        changed.insert(STREAM_ID, "s-2");
+        assert_eq!(
+            changed.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            [SUBJECT, STREAM_ID, VERSION, MESSAGE_ID]
+        );
+        assert_eq!(changed.get(STREAM_ID), Some("s-2"));
+        assert_eq!(h.get(STREAM_ID), Some("s-1"));
+        let mut removed = h.clone();
+        assert_eq!(removed.remove(SUBJECT).as_deref(), Some("temp"));
+        assert_eq!(removed.len(), 3);
+        assert_eq!(removed.get(SUBJECT), None);
+        assert_eq!(removed.remove(SUBJECT), None);
+        assert_eq!(h, copied);
+        // A block of a block is flat.
+        let again = SharedHeaders::from(h);
+        assert_eq!(again.iter().len(), 4);
+        assert!(Headers::with_shared(&again, 0).iter().eq(copied.iter()));
+    }
+
+    #[test]
+    fn size_bytes_counts_every_name_and_value() {
+        let mut stamps = Headers::new();
+        stamps.insert_static(SUBJECT, "temp");
+        let mut h = Headers::with_shared(&SharedHeaders::from(stamps), 1);
+        h.insert_u64(VERSION, 1_700_000_000_000);
+        h.insert(MESSAGE_ID, "m-1");
+        let by_iter: usize = h.iter().map(|(n, v)| 8 + n.len() + v.len()).sum();
+        assert_eq!(h.size_bytes(8), by_iter);
+        assert_eq!(Headers::new().size_bytes(8), 0);
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        for n in [
+            0,
+            7,
+            10,
+            99,
+            100,
+            101,
+            1_700_000_000_000,
+            999_999_999_999_999,
+            1_000_000_000_000_000,
+            u64::MAX,
+        ] {
+            let mut h = Headers::new();
+            h.insert_u64(VERSION, n);
+            assert_eq!(h.get(VERSION), Some(n.to_string().as_str()));
+            assert_eq!(h.size_bytes(0), VERSION.len() + n.to_string().len());
+            assert_eq!(h.clone().remove(VERSION), Some(n.to_string()));
+        }
     }
 }

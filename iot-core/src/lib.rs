@@ -40,7 +40,7 @@ pub use consumer::{GroupConsumer, StartFrom};
 pub use device_id::DeviceId;
 pub use error::{Error, Result};
 pub use file_log::{Durability, FileLog, FileLogConfig};
-pub use headers::Headers;
+pub use headers::{Headers, SharedHeaders};
 pub use limits::{LogLimits, ReadLimits};
 pub use log::{Appended, Log, LogExt, RetentionPolicy, RetentionReport};
 pub use memory_log::MemoryLog;

@@ -71,12 +71,10 @@ impl Record {
     /// header names and values, and payload, plus a small fixed overhead. This is also its encoded
     /// size in a `FileLog` segment.
     pub fn size_bytes(&self) -> usize {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(n, v)| HEADER_OVERHEAD + n.len() + v.len())
-            .sum();
-        RECORD_OVERHEAD + self.key.len() + headers + self.payload.len()
+        RECORD_OVERHEAD
+            + self.key.len()
+            + self.headers.size_bytes(HEADER_OVERHEAD)
+            + self.payload.len()
     }
 }
 

@@ -1,7 +1,7 @@
 //! The records the hub writes: telemetry, connection events, twin changes, feedback, dead letters.
 
 use bytes::Bytes;
-use iot_core::{DeviceId, Headers, Record, Timestamp};
+use iot_core::{DeviceId, Record, Timestamp};
 use serde_json::Value;
 
 use super::stamp::Stamp;
@@ -41,10 +41,25 @@ pub(crate) fn telemetry(message: Telemetry, stamp: &Stamp<'_>, max_bytes: usize)
             limit: max_bytes,
         });
     }
-    let mut headers = Headers::with_capacity(Stamp::MAX_HEADERS + 2 + message.properties.len());
-    // The stamps first, in the order IoT Hub's event endpoint shows them.
-    stamp.apply(&mut headers);
     let system = message.system;
+    let own = [
+        &system.message_id,
+        &system.correlation_id,
+        &system.content_type,
+        &system.content_encoding,
+        &system.user_id,
+        &system.interface_id,
+        &system.output_name,
+        &system.component,
+    ]
+    .iter()
+    .filter(|v| v.is_some())
+    .count()
+        + usize::from(system.expiry.is_some())
+        + usize::from(message.will)
+        + message.properties.len();
+    // The stamps first, in the order IoT Hub's event endpoint shows them.
+    let mut headers = stamp.headers(own);
     for (name, value) in [
         (header::MESSAGE_ID, system.message_id),
         (header::CORRELATION_ID, system.correlation_id),
@@ -60,7 +75,7 @@ pub(crate) fn telemetry(message: Telemetry, stamp: &Stamp<'_>, max_bytes: usize)
         }
     }
     if let Some(expiry) = system.expiry {
-        headers.insert_owned(header::EXPIRY_TIME, expiry.as_unix_millis().to_string());
+        headers.insert_u64(header::EXPIRY_TIME, expiry.as_unix_millis());
     }
     if message.will {
         headers.insert_static(header::MESSAGE_TYPE, header::MESSAGE_TYPE_WILL);

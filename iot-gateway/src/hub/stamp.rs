@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use iot_core::{DeviceId, Headers, Timestamp};
+use iot_core::{DeviceId, Headers, SharedHeaders, Timestamp};
 use iot_identity::{GenerationId, Presented};
 
 use crate::message::header;
@@ -27,16 +27,15 @@ impl AuthMethod {
     }
 }
 
-/// What a session stamps on each of its records, made once when the session opens: the device
-/// id, identity generation and model id are shared by every record instead of formatted and copied
-/// for each (at full speed the copies were most of the hub's cost per message).
+/// What a session stamps on each of its records, made once when the session opens: every stamp
+/// but the enqueued time is the same on all of them, so each record shares one block of them
+/// instead of holding (and the in-memory log's reads cloning) a copy of each.
 #[derive(Debug)]
 pub(crate) struct SessionStamps {
     device: Arc<str>,
-    auth_method: AuthMethod,
-    generation: Arc<str>,
-    /// The IoT Plug and Play model the session announced, if any.
-    model_id: Option<Arc<str>>,
+    /// The device id, auth method, generation, message source and model id, in the order IoT
+    /// Hub's event endpoint shows them.
+    block: SharedHeaders,
 }
 
 impl SessionStamps {
@@ -46,11 +45,18 @@ impl SessionStamps {
         generation: GenerationId,
         model_id: Option<&str>,
     ) -> Self {
+        let device: Arc<str> = Arc::from(device.as_str());
+        let mut block = Headers::with_capacity(5);
+        block.insert_shared(header::DEVICE_ID, &device);
+        block.insert_static(header::AUTH_METHOD, auth_method.as_str());
+        block.insert_owned(header::AUTH_GENERATION_ID, generation.to_string());
+        block.insert_static(header::MESSAGE_SOURCE, header::MESSAGE_SOURCE_TELEMETRY);
+        if let Some(model) = model_id {
+            block.insert_owned(header::MODEL_ID, model.to_owned());
+        }
         SessionStamps {
-            device: Arc::from(device.as_str()),
-            auth_method,
-            generation: Arc::from(generation.to_string()),
-            model_id: model_id.map(Arc::from),
+            device,
+            block: SharedHeaders::from(block),
         }
     }
 
@@ -73,29 +79,18 @@ pub(crate) struct Stamp<'a> {
 }
 
 impl Stamp<'_> {
-    /// How many headers [`apply`](Stamp::apply) writes at most.
-    pub(crate) const MAX_HEADERS: usize = 6;
-
     /// The device that sent the record.
     pub(crate) fn device(&self) -> &str {
         &self.session.device
     }
 
-    /// Writes the stamps, replacing any header of the same name (validation already refuses
-    /// custom properties with these names; replacing keeps that true even if it did not).
-    pub(crate) fn apply(&self, headers: &mut Headers) {
-        let s = self.session;
-        headers.insert_shared(header::DEVICE_ID, &s.device);
-        headers.insert_static(header::AUTH_METHOD, s.auth_method.as_str());
-        headers.insert_shared(header::AUTH_GENERATION_ID, &s.generation);
-        headers.insert_owned(
-            header::ENQUEUED_TIME,
-            self.accepted.as_unix_millis().to_string(),
-        );
-        headers.insert_static(header::MESSAGE_SOURCE, header::MESSAGE_SOURCE_TELEMETRY);
-        if let Some(model) = &s.model_id {
-            headers.insert_shared(header::MODEL_ID, model);
-        }
+    /// The record's headers so far: the session's stamps and the enqueued time, with room for
+    /// `more`. (Validation refuses custom properties with a stamp's name; were one inserted
+    /// anyway, it would replace the stamp in this record only.)
+    pub(crate) fn headers(&self, more: usize) -> Headers {
+        let mut headers = Headers::with_shared(&self.session.block, 1 + more);
+        headers.insert_u64(header::ENQUEUED_TIME, self.accepted.as_unix_millis());
+        headers
     }
 }
 

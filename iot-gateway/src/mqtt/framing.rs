@@ -343,7 +343,7 @@ fn check_subscribe(body: &[u8]) -> Result<(), ProtocolViolation> {
 /// No UTF-8 string of a packet may hold U+0000 [MQTT-1.5.3-2]. (Ill-formed UTF-8
 /// [MQTT-1.5.3-1] the codec refuses itself.)
 fn check_strings(packet: &Packet) -> Result<(), ProtocolViolation> {
-    let nul = |s: &str| s.contains('\0');
+    let nul = |s: &str| memchr::memchr(0, s.as_bytes()).is_some();
     let found = match packet {
         Packet::Connect(connect) => {
             nul(&connect.client_id)

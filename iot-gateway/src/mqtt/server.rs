@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use futures::FutureExt;
 use iot_identity::Thumbprint;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -210,9 +211,15 @@ impl Listener {
 }
 
 /// Serves a connection while holding its place in the connection limit.
-async fn holding(permit: OwnedSemaphorePermit, serve: impl Future<Output = ()>) {
-    serve.await;
-    drop(permit);
+///
+/// A combinator rather than an `async fn`: an `async fn` keeps its future argument and the
+/// future it awaits as two separate fields, which doubled the size of every connection's task
+/// (most of what an idle connection costs).
+fn holding(
+    permit: OwnedSemaphorePermit,
+    serve: impl Future<Output = ()>,
+) -> impl Future<Output = ()> {
+    serve.map(move |()| drop(permit))
 }
 
 /// Runs `step` within the connect timeout, unless the server shuts down first.
@@ -257,7 +264,10 @@ async fn serve_tls(
     shared: Arc<Shared>,
     unauthenticated: PendingGuard,
 ) {
-    let accept = tls.acceptor().accept(stream);
+    // Boxed: the handshake's state (rustls' connection, twice over in the timeout wrapper) is
+    // large and needed only until the handshake ends; inline, every connection's task would
+    // reserve room for it for its whole life.
+    let accept = Box::pin(tls.acceptor().accept(stream));
     let Some(stream) = within_connect_timeout(&shared, peer, "TLS handshake", accept).await else {
         return;
     };

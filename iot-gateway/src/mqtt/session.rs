@@ -114,8 +114,10 @@ where
     let Packet::Connect(connect) = packet else {
         return Err(ProtocolViolation::ExpectedConnect(packet.packet_type()).into());
     };
-    let Some(mut connection) = handshake(transport, *connect, shared, client_cert, peer).await?
-    else {
+    // Boxed: the handshake's state is needed once, and inline it would be part of every
+    // connection's task for the connection's whole life.
+    let handshaking = Box::pin(handshake(transport, *connect, shared, client_cert, peer));
+    let Some(mut connection) = handshaking.await? else {
         return Ok(());
     };
     // Authenticated: the connection no longer counts against its address's handshake cap.

@@ -81,13 +81,13 @@ fn check_topic_name(topic: &str) -> Result<(), ProtocolViolation> {
     if topic.is_empty() {
         return Err(invalid("empty"));
     }
-    if topic.contains(['+', '#']) {
-        return Err(invalid("wildcards are not allowed in a PUBLISH topic"));
+    // One pass for the three bytes: this runs on every PUBLISH.
+    let found = memchr::memchr3(b'+', b'#', 0, topic.as_bytes());
+    match found.and_then(|at| topic.as_bytes().get(at).copied()) {
+        Some(0) if !topic.contains(['+', '#']) => Err(invalid("contains NUL")),
+        Some(_) => Err(invalid("wildcards are not allowed in a PUBLISH topic")),
+        None => Ok(()),
     }
-    if topic.contains('\0') {
-        return Err(invalid("contains NUL"));
-    }
-    Ok(())
 }
 
 /// Classifies a PUBLISH topic from `device`.

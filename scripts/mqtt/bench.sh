@@ -26,10 +26,11 @@ devices=${DEVICES:-1000}
 messages=${MESSAGES:-100}
 qos=${QOS:-1}
 payload=${PAYLOAD:-100}
-mosquitto_port=${MOSQUITTO_PORT:-1885}
-rumqttd_port=${RUMQTTD_PORT:-1886}
-gateway_port=${GATEWAY_PORT:-1887}
-stats_port=${STATS_PORT:-1888}
+# Ports of their own (connections.sh and the examples use 1884-1886 and 8883-8884).
+mosquitto_port=${MOSQUITTO_PORT:-18850}
+rumqttd_port=${RUMQTTD_PORT:-18851}
+gateway_port=${GATEWAY_PORT:-18852}
+stats_port=${STATS_PORT:-18853}
 rumqttd_root=${RUMQTTD_ROOT:-$HOME/.cache/iot-sdk/rumqttd}
 with_rumqttd=${RUMQTTD:-1}
 profile=${PROFILE:-release}
@@ -44,10 +45,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Waits until something listens on 127.0.0.1:$1; stops with the log $3 if process $2 died.
+# Waits until something listens on 127.0.0.1:$1; stops with the log $3 if process $2 died. A
+# port already taken by someone else would look ready while our server failed to bind, so the
+# port must be free before the server starts (check_free) and the server alive once it listens.
+check_free() {
+  if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+    echo "bench.sh: port $1 is taken by another program; choose another (see the *_PORT variables)" >&2
+    exit 1
+  fi
+}
 wait_listening() {
   for _ in $(seq 300); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+      sleep 0.2
+      kill -0 "$2" 2>/dev/null && return 0
+      echo "the server for port $1 exited after it began listening:" >&2; cat "$3" >&2; exit 1
+    fi
     kill -0 "$2" 2>/dev/null || { echo "the server for port $1 did not start:" >&2; cat "$3" >&2; exit 1; }
     sleep 0.1
   done
@@ -64,6 +77,7 @@ else
   cargo build --example mqtt_load --example mqtt_gateway
 fi
 bin="${CARGO_TARGET_DIR:-target}/$profile/examples"
+for port in "$mosquitto_port" "$rumqttd_port" "$gateway_port" "$stats_port"; do check_free "$port"; done
 common=(--devices "$devices" --messages "$messages" --qos "$qos" --payload "$payload")
 
 # --- Mosquitto: queues without dropping for the slow consumer (max_queued_messages 0).

@@ -41,7 +41,7 @@ if [ "$(ulimit -Hn)" != unlimited ] && [ "$(ulimit -Hn)" -lt "$need" ]; then
 fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$need" ]; then
-  echo "connections.sh: the file-descriptor limit is $(ulimit -n) (hard $(ulimit -Hn)); $need are needed for $devices devices" >&2
+  echo "connections.sh: the file-descriptor limit is $(ulimit -n) (hard $(ulimit -Hn)); $need are needed for $devices devices in one process (raising the hard limit needs CAP_SYS_RESOURCE)" >&2
   exit 1
 fi
 

@@ -1,5 +1,6 @@
 //! `Hub`: the reference [`Gateway`](crate::Gateway) over a log, an identity store, an inbox and a twin store.
 
+mod activity;
 mod config;
 mod gateway_impl;
 mod records;
@@ -145,6 +146,7 @@ impl HubBuilder {
                 .twins
                 .unwrap_or_else(|| Arc::new(MemoryTwinStore::new())),
             sessions: Mutex::new(HashMap::new()),
+            activity: activity::ActivityLog::default(),
             connect_throttle: ConnectThrottle::new(config.throttle),
             telemetry_throttle: TelemetryThrottle::new(config.throttle),
             twin_throttle: DeviceThrottle::new(
@@ -309,6 +311,8 @@ pub(crate) struct HubInner {
     inbox: Arc<dyn InboxStore>,
     twins: Arc<dyn TwinStore>,
     sessions: Mutex<HashMap<DeviceId, Arc<SessionShared>>>,
+    /// Connects, disconnects and last activity per device (see `activity.rs`).
+    activity: activity::ActivityLog,
     connect_throttle: ConnectThrottle,
     telemetry_throttle: TelemetryThrottle,
     /// Twin reads and updates: a device's own operations take from its bucket and the hub's,
@@ -391,6 +395,8 @@ impl HubInner {
                 Err(e) => warn!(device = %s.device, error = %e, "could not release a C2D lock"),
             }
         }
+        self.activity
+            .disconnected(&s.device, Timestamp::now(), s.last_active.get());
         let event = records::connection_event(&s.device, "disconnected", Some(reason.as_str()));
         if let Err(e) = self.events.send(event).await {
             warn!(device = %s.device, error = %e, "could not write a disconnect event");
@@ -464,6 +470,7 @@ async fn watch_identities(hub: Weak<HubInner>, mut changes: ChangeStream) {
                     if let Err(e) = hub.twins.remove(&change.id).await {
                         warn!(device = %change.id, error = %e, "could not remove a deleted device's twin");
                     }
+                    hub.activity.forget(&change.id);
                 }
                 if !change.revokes_sessions() {
                     continue;
@@ -477,6 +484,11 @@ async fn watch_identities(hub: Weak<HubInner>, mut changes: ChangeStream) {
                     _ => CloseReason::Disabled,
                 };
                 hub.close_session(&s, reason).await;
+                if change.kind == ChangeKind::Deleted {
+                    // Again after the close, which recorded the disconnect: a deleted device has
+                    // no history, and one created again under its id starts without one.
+                    hub.activity.forget(&change.id);
+                }
             }
             ChangeEvent::Lagged { missed } => {
                 warn!(

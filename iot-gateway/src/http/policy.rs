@@ -360,6 +360,20 @@ impl PolicyStore {
     }
 }
 
+/// The hub's policies with `DeviceConnect` sign device tokens too: give the store to
+/// [`HubBuilder::device_connect_policies`](crate::HubBuilder::device_connect_policies) and such
+/// tokens authenticate devices on every endpoint (MQTT as well as HTTPS).
+impl iot_identity::DeviceConnectPolicies for PolicyStore {
+    fn device_connect_keys(&self, policy: &str) -> Option<(SymmetricKey, SymmetricKey)> {
+        let snapshot = self.snapshot();
+        let found = snapshot.get(policy)?;
+        found
+            .rights
+            .contains(Rights::DEVICE_CONNECT)
+            .then(|| (found.primary.clone(), found.secondary.clone()))
+    }
+}
+
 fn write_file(file: &Path, map: &PolicyMap) -> Result<(), PolicyError> {
     let stored = StoredFile {
         version: 1,

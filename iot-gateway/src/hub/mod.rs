@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use iot_core::{DeviceId, FileLogConfig, Log, PartitionId, Producer, Record, Timestamp, Topics};
 use iot_identity::{
-    Authenticator, ChangeEvent, ChangeKind, ChangeStream, DeviceStatus, IdentityStore, SasVerifier,
+    Authenticator, ChangeEvent, ChangeKind, ChangeStream, DeviceConnectPolicies, DeviceStatus,
+    IdentityStore, SasVerifier,
 };
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -80,10 +81,23 @@ pub struct HubBuilder {
     topics: Option<Arc<Topics>>,
     inbox: Option<Arc<dyn InboxStore>>,
     twins: Option<Arc<dyn TwinStore>>,
+    policies: Option<Arc<dyn DeviceConnectPolicies>>,
     config: HubConfig,
 }
 
 impl HubBuilder {
+    /// Also lets devices connect with SAS tokens signed by a shared access policy with the
+    /// `DeviceConnect` right (`sr={host}/devices/{id}`, `skn={policy}`), as protocol gateways
+    /// do — on every endpoint, since they all connect through [`Gateway::connect`]. Such a
+    /// session ends when its token expires; rotating the policy's key refuses the next connect
+    /// but does not cut sessions already open. Default: only the device's own credentials.
+    ///
+    /// [`Gateway::connect`]: crate::Gateway::connect
+    pub fn device_connect_policies(mut self, policies: Arc<dyn DeviceConnectPolicies>) -> Self {
+        self.policies = Some(policies);
+        self
+    }
+
     /// Uses `topics` for the log (default: in-memory topics).
     pub fn topics(mut self, topics: Arc<Topics>) -> Self {
         self.topics = Some(topics);
@@ -126,12 +140,15 @@ impl HubBuilder {
         let feedback = topics.topic_with_partitions(topic::C2D_FEEDBACK, 1).await?;
         // Subscribe before the hub exists, so no change made after `build` returns is missed.
         let changes = self.identity.subscribe();
-        let auth = Authenticator::new(self.identity.clone(), self.host.clone()).with_verifier(
+        let mut auth = Authenticator::new(self.identity.clone(), self.host.clone()).with_verifier(
             SasVerifier {
                 clock_skew: config.token_skew,
                 ..SasVerifier::default()
             },
         );
+        if let Some(policies) = self.policies {
+            auth = auth.with_device_connect_policies(policies);
+        }
         let inner = Arc::new(HubInner {
             auth,
             identity: self.identity,
@@ -185,6 +202,7 @@ impl Hub {
             topics: None,
             inbox: None,
             twins: None,
+            policies: None,
             config: HubConfig::default(),
         }
     }
@@ -203,6 +221,21 @@ impl Hub {
         host: impl Into<String>,
         config: HubConfig,
     ) -> Result<Hub> {
+        Self::builder_in_dir(dir, identity, host, config)
+            .await?
+            .build()
+            .await
+    }
+
+    /// The builder [`open_dir`](Self::open_dir) builds, with the file-backed parts already
+    /// open, for a hub that needs more (for example
+    /// [`device_connect_policies`](HubBuilder::device_connect_policies)).
+    pub async fn builder_in_dir(
+        dir: impl AsRef<Path>,
+        identity: Arc<dyn IdentityStore>,
+        host: impl Into<String>,
+        config: HubConfig,
+    ) -> Result<HubBuilder> {
         let dir = dir.as_ref();
         let topics = Topics::file(
             dir.join("log"),
@@ -212,13 +245,11 @@ impl Hub {
         let inbox = FileInbox::open(dir.join("inbox"), inbox).await?;
         let twins = FileTwinStoreConfig::default().recovery(config.recovery);
         let twins = FileTwinStore::open(dir.join("twins"), twins).await?;
-        Self::builder(identity, host)
+        Ok(Self::builder(identity, host)
             .topics(Arc::new(topics))
             .inbox(Arc::new(inbox))
             .twins(Arc::new(twins))
-            .config(config)
-            .build()
-            .await
+            .config(config))
     }
 
     /// The configuration.

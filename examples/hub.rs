@@ -153,14 +153,18 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .open()
             .await?,
     );
-    let hub = Hub::open_dir(
+    let policies = Arc::new(PolicyStore::open(dir.join("policies")).await?);
+    // Policies with DeviceConnect (`device`, `iothubowner`) sign device tokens on MQTT too.
+    let hub = Hub::builder_in_dir(
         dir.join("hub"),
         identity.clone(),
         args.host.clone(),
         HubConfig::default(),
     )
+    .await?
+    .device_connect_policies(policies.clone())
+    .build()
     .await?;
-    let policies = Arc::new(PolicyStore::open(dir.join("policies")).await?);
 
     let host = &args.host;
     if let Some(device) = &args.device {

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use iot_core::DeviceId;
+use iot_core::{DeviceId, Timestamp};
 use iot_identity::Presented;
 use serde_json::Value;
 
@@ -93,6 +93,32 @@ pub enum SessionEvent {
     Closed(CloseReason),
 }
 
+/// When a device's connection state last changed and when it was last active, as far as a
+/// gateway saw it (IoT Hub's `connectionStateUpdatedTime` and `lastActivityTime`). `None` is
+/// "never seen" (IoT Hub shows `0001-01-01T00:00:00Z`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeviceActivity {
+    /// The last connect or disconnect.
+    pub connection_state_updated: Option<Timestamp>,
+    /// The last connect, telemetry message, C2D settlement, reported-property patch or method
+    /// answer.
+    pub last_activity: Option<Timestamp>,
+}
+
+impl DeviceActivity {
+    /// An activity record from its two times.
+    pub fn new(
+        connection_state_updated: Option<Timestamp>,
+        last_activity: Option<Timestamp>,
+    ) -> Self {
+        DeviceActivity {
+            connection_state_updated,
+            last_activity,
+        }
+    }
+}
+
 /// The gateway: device sessions on one side, the back end's operations on the other.
 ///
 /// Endpoints authenticate a connection with [`connect`](Gateway::connect) and then drive the
@@ -160,6 +186,23 @@ pub trait Gateway: Send + Sync + Debug + 'static {
         if_version: Option<u64>,
     ) -> Result<Twin>;
 
+    /// Checks that [`patch_desired`](Gateway::patch_desired) with these arguments would be
+    /// accepted now — the device exists, `patch` is valid and the merged section within the
+    /// twin limits, `if_version` (when given) is the current version — without writing it. A
+    /// caller that must make another write together with the patch runs this first, so that a
+    /// patch refused for its content refuses the whole change. (The write itself can still
+    /// fail: a concurrent patch, a throttle, a store.) The provided method accepts everything
+    /// and leaves the checks to the write.
+    async fn check_desired(
+        &self,
+        device: &DeviceId,
+        patch: &Value,
+        if_version: Option<u64>,
+    ) -> Result<()> {
+        let _ = (device, patch, if_version);
+        Ok(())
+    }
+
     /// Invokes a direct method on `device` and waits for its answer.
     async fn invoke_method(&self, device: &DeviceId, call: MethodCall) -> Result<MethodResponse>;
 
@@ -175,6 +218,13 @@ pub trait Gateway: Send + Sync + Debug + 'static {
             .await?
             .binary_search(device)
             .is_ok())
+    }
+
+    /// When `device` last connected or disconnected and when it was last active. The provided
+    /// method knows nothing (both `None`).
+    async fn activity(&self, device: &DeviceId) -> Result<DeviceActivity> {
+        let _ = device;
+        Ok(DeviceActivity::default())
     }
 
     /// How many C2D messages wait for `device` (locked ones included). The provided method
@@ -309,12 +359,23 @@ macro_rules! forward_gateway {
             ) -> Result<Twin> {
                 (**self).patch_desired(device, patch, if_version).await
             }
+            async fn check_desired(
+                &self,
+                device: &DeviceId,
+                patch: &Value,
+                if_version: Option<u64>,
+            ) -> Result<()> {
+                (**self).check_desired(device, patch, if_version).await
+            }
             async fn invoke_method(
                 &self,
                 device: &DeviceId,
                 call: MethodCall,
             ) -> Result<MethodResponse> {
                 (**self).invoke_method(device, call).await
+            }
+            async fn activity(&self, device: &DeviceId) -> Result<DeviceActivity> {
+                (**self).activity(device).await
             }
             async fn connected_devices(&self) -> Result<Vec<DeviceId>> {
                 (**self).connected_devices().await

@@ -33,7 +33,9 @@ pub mod twins;
 pub mod validate;
 
 pub use error::{CloseReason, Error, Result, ThrottleScope, ThrottledOperation};
-pub use gateway::{DeviceSession, Gateway, SessionEvent, SessionOptions, Subscription};
+pub use gateway::{
+    DeviceActivity, DeviceSession, Gateway, SessionEvent, SessionOptions, Subscription,
+};
 pub use hub::{Hub, HubBuilder, HubConfig};
 pub use inbox::{FileInbox, FileInboxConfig, InboxLimits, InboxStore, MemoryInbox};
 // When a file store acknowledges a write, and what its recovery does with corruption: the

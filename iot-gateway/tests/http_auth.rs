@@ -321,3 +321,112 @@ async fn tls_serves_the_same_api_and_shutdown_stops_listening() {
     assert!(tokio::net::TcpStream::connect(stack.addr).await.is_err());
     assert!(tokio::net::TcpStream::connect(tls_addr).await.is_err());
 }
+
+// A verified service token is remembered (the token cache): these show that what it remembers
+// never outlives what the token proves.
+
+#[tokio::test]
+async fn a_remembered_token_is_refused_once_it_expires() {
+    let stack = Stack::start().await;
+    let owner = stack.policies.get("iothubowner").expect("policy");
+    let token = token_for(HOST, &owner.primary, "iothubowner", 30);
+    let now = sas::unix_now();
+    let auth = iot_gateway::http::auth::authenticate;
+    assert!(auth(&stack.state, &token, now).await.is_ok());
+    // Served from the cache a second time, still within the token's life and skew.
+    assert!(auth(&stack.state, &token, now + 30 + 60).await.is_ok());
+    let late = auth(&stack.state, &token, now + 30 + 61)
+        .await
+        .expect_err("expired");
+    assert_eq!(late.status.as_u16(), 401);
+    assert!(late.to_string().contains("expired"), "{late}");
+    // And it is not brought back by an earlier clock reading either: it is checked in full.
+    assert!(auth(&stack.state, &token, now).await.is_ok());
+}
+
+#[tokio::test]
+async fn rotating_either_key_refuses_its_remembered_tokens_at_once() {
+    let stack = Stack::start().await;
+    let path = format!("/statistics/devices?{API}");
+    let resource = format!("{HOST}:{}", stack.addr.port());
+    let before = stack.policies.get("registryRead").expect("policy");
+    let primary = token_for(&resource, &before.primary, "registryRead", 3600);
+    let secondary = token_for(&resource, &before.secondary, "registryRead", 3600);
+    for token in [&primary, &secondary] {
+        // Twice: the second answer comes from the cache.
+        for _ in 0..2 {
+            assert_eq!(
+                stack.call("GET", &path, Some(token), None).await.status,
+                200
+            );
+        }
+    }
+    stack
+        .policies
+        .rotate("registryRead", KeySlot::Secondary)
+        .await
+        .expect("rotate");
+    let reply = stack.call("GET", &path, Some(&secondary), None).await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(reply.error_code(), "IotHubUnauthorizedAccess");
+    // The primary was not rotated: its token still works (checked afresh).
+    assert_eq!(
+        stack.call("GET", &path, Some(&primary), None).await.status,
+        200
+    );
+    stack
+        .policies
+        .rotate("registryRead", KeySlot::Primary)
+        .await
+        .expect("rotate");
+    assert_eq!(
+        stack.call("GET", &path, Some(&primary), None).await.status,
+        401
+    );
+}
+
+#[tokio::test]
+async fn a_policy_that_loses_a_right_loses_it_for_remembered_tokens_too() {
+    let stack = Stack::start().await;
+    let path = format!("/statistics/devices?{API}");
+    let token = stack.token("registryReadWrite");
+    assert_eq!(
+        stack.call("GET", &path, Some(&token), None).await.status,
+        200
+    );
+    let mut policy = stack.policies.get("registryReadWrite").expect("policy");
+    policy.rights = Rights::REGISTRY_WRITE;
+    stack.policies.upsert(policy).await.expect("upsert");
+    let reply = stack.call("GET", &path, Some(&token), None).await;
+    assert_eq!(reply.status, 403, "same keys, fewer rights");
+    assert_eq!(reply.error_code(), "IotHubUnauthorized");
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_served_without_a_token() {
+    let stack = Stack::start().await;
+    let on_disk =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.yaml"))
+            .expect("docs/openapi.yaml");
+    // No token, no api-version; with one it is the same document.
+    for path in ["/openapi.yaml", &format!("/openapi.yaml?{API}")] {
+        let reply = stack.call("GET", path, None, None).await;
+        assert_eq!(reply.status, 200, "{path}");
+        assert!(
+            reply
+                .header("content-type")
+                .is_some_and(|t| t.starts_with("application/yaml")),
+            "{:?}",
+            reply.headers
+        );
+        assert_eq!(String::from_utf8_lossy(&reply.body), on_disk, "{path}");
+    }
+    // It describes itself, and is the only route without a token or version.
+    assert!(on_disk.contains("\n  /openapi.yaml:\n"));
+    let reply = stack.call("GET", "/statistics/devices", None, None).await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(
+        stack.call("POST", "/openapi.yaml", None, None).await.status,
+        405
+    );
+}

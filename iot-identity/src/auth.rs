@@ -62,7 +62,26 @@ pub struct Authenticated {
     pub key: Option<KeySlot>,
     /// When the credential stops being valid, Unix seconds (SAS tokens only).
     pub expires_at: Option<u64>,
+    /// The shared access policy that signed the token, when a `DeviceConnect` policy (see
+    /// [`DeviceConnectPolicies`]) rather than the device's own key authenticated it.
+    pub policy: Option<String>,
 }
+
+/// Hub-level shared access policies that may sign tokens for any device: IoT Hub's
+/// `DeviceConnect` right, which protocol gateways use. An [`Authenticator`] given one
+/// ([`Authenticator::with_device_connect_policies`]) also accepts a SAS token for
+/// `{host}/devices/{id}` that names such a policy in `skn` and is signed with one of its keys;
+/// the device must still exist and be enabled. The policies are asked at every authentication,
+/// so a rotated key or a removed policy stops working for the next connect.
+pub trait DeviceConnectPolicies: Send + Sync + fmt::Debug {
+    /// The keys of `policy` (primary, secondary) if it exists and holds the `DeviceConnect`
+    /// right; `None` otherwise.
+    fn device_connect_keys(&self, policy: &str) -> Option<(SymmetricKey, SymmetricKey)>;
+}
+
+/// What a checked credential established: the key slot that matched, the token's expiry and
+/// the policy that signed it.
+type Proof = (Option<KeySlot>, Option<u64>, Option<String>);
 
 /// Authenticates devices against any [`IdentityStore`]; used by the gateway.
 ///
@@ -77,6 +96,7 @@ pub struct Authenticator {
     store: Arc<dyn IdentityStore>,
     host: String,
     verifier: SasVerifier,
+    policies: Option<Arc<dyn DeviceConnectPolicies>>,
 }
 
 impl Authenticator {
@@ -87,7 +107,18 @@ impl Authenticator {
             store,
             host: host.into(),
             verifier: SasVerifier::default(),
+            policies: None,
         }
+    }
+
+    /// Also accepts SAS tokens signed by a `DeviceConnect` policy of `policies` (by default
+    /// only the device's own keys sign its tokens).
+    pub fn with_device_connect_policies(
+        mut self,
+        policies: Arc<dyn DeviceConnectPolicies>,
+    ) -> Self {
+        self.policies = Some(policies);
+        self
     }
 
     /// Uses `verifier` (clock skew, token size limit) for SAS tokens.
@@ -123,7 +154,7 @@ impl Authenticator {
             .get(id)
             .await?
             .ok_or_else(|| Error::UnknownDevice { id: id.clone() })?;
-        let (key, expires_at) = match self.check_credential(&record, presented, now).await {
+        let (key, expires_at, policy) = match self.check_credential(&record, presented, now).await {
             Ok(found) => found,
             Err(e) => {
                 debug!(kind = e.kind(), "authentication refused");
@@ -143,10 +174,61 @@ impl Authenticator {
             etag: record.etag,
             key,
             expires_at,
+            policy,
         })
     }
 
+    /// Checks a token that names a shared access policy, when this authenticator accepts them:
+    /// `None` for every other credential.
+    fn check_policy_token(
+        &self,
+        id: &DeviceId,
+        presented: Presented<'_>,
+        now: u64,
+    ) -> Option<Result<Proof>> {
+        let (Presented::SasToken(token), Some(policies)) = (presented, &self.policies) else {
+            return None;
+        };
+        // A token that does not parse is refused by the usual path, with the same error.
+        let parsed = sas::parse(token, self.verifier.max_token_len).ok()?;
+        let policy = parsed.policy()?;
+        let Some((primary, secondary)) = policies.device_connect_keys(policy) else {
+            // Unknown, or without DeviceConnect: alike to the caller.
+            return Some(Err(Error::UnknownPolicy {
+                presented: Some(policy.to_owned()),
+                expected: None,
+            }));
+        };
+        let resource = sas::device_resource(&self.host, id);
+        Some(
+            self.verifier
+                .verify(
+                    token,
+                    &resource,
+                    &primary,
+                    Some(&secondary),
+                    Some(policy),
+                    now,
+                )
+                .map(|v| (Some(v.key), Some(v.expiry), Some(policy.to_owned()))),
+        )
+    }
+
     async fn check_credential(
+        &self,
+        record: &DeviceIdentity,
+        presented: Presented<'_>,
+        now: u64,
+    ) -> Result<Proof> {
+        if let Some(checked) = self.check_policy_token(&record.id, presented, now) {
+            return checked;
+        }
+        let (key, expires_at) = self.check_own_credential(record, presented, now).await?;
+        Ok((key, expires_at, None))
+    }
+
+    /// Checks a credential of the device's own (its keys, certificate or passphrase).
+    async fn check_own_credential(
         &self,
         record: &DeviceIdentity,
         presented: Presented<'_>,

@@ -56,7 +56,7 @@ pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use auth::{Authenticated, Authenticator, Presented};
+pub use auth::{Authenticated, Authenticator, DeviceConnectPolicies, Presented};
 pub use credentials::{
     Credentials, KeySlot, PassphraseHash, PassphraseParams, SymmetricKey, Thumbprint,
 };

@@ -253,3 +253,134 @@ async fn each_failure_is_its_own_typed_error() {
         assert!(e.is_auth_failure());
     }
 }
+
+/// Policies as a protocol gateway's hub would have them: `gateway` holds DeviceConnect,
+/// `reader` does not (the store answers `None` for it, as for an unknown name).
+#[derive(Debug)]
+struct Policies {
+    gateway: (SymmetricKey, SymmetricKey),
+}
+
+impl iot_identity::DeviceConnectPolicies for Policies {
+    fn device_connect_keys(&self, policy: &str) -> Option<(SymmetricKey, SymmetricKey)> {
+        (policy == "gateway").then(|| self.gateway.clone())
+    }
+}
+
+fn policy_token(device: &str, key: &SymmetricKey, policy: &str, expiry: u64) -> String {
+    let resource = sas::device_resource(HOST, &id(device));
+    sas::generate(&resource, key, expiry, Some(policy))
+        .expect("token")
+        .as_str()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_device_connect_policy_signs_for_any_device_only_when_configured() {
+    let store = Arc::new(MemoryIdentityStore::new());
+    for name in ["keys", "x509"] {
+        let credentials = match name {
+            "keys" => Credentials::SymmetricKeys {
+                primary: SymmetricKey::generate(),
+                secondary: SymmetricKey::generate(),
+            },
+            _ => Credentials::X509 {
+                primary: Thumbprint::of_der_certificate(b"a"),
+                secondary: Thumbprint::of_der_certificate(b"b"),
+            },
+        };
+        store
+            .create(NewIdentity::new(id(name), credentials))
+            .await
+            .expect("create");
+    }
+    let gateway = (SymmetricKey::generate(), SymmetricKey::generate());
+    let plain = Authenticator::new(store.clone(), HOST);
+    let auth = plain
+        .clone()
+        .with_device_connect_policies(Arc::new(Policies {
+            gateway: gateway.clone(),
+        }));
+    let now = sas::unix_now();
+    let good = policy_token("keys", &gateway.0, "gateway", now + 600);
+
+    // Without policies the token is refused, as before.
+    assert!(matches!(
+        plain
+            .authenticate_at(&id("keys"), Presented::SasToken(&good), now)
+            .await,
+        Err(Error::UnknownPolicy { .. })
+    ));
+    // With them: any device, whatever its own credential kind; the policy is reported.
+    let who = auth
+        .authenticate_at(&id("keys"), Presented::SasToken(&good), now)
+        .await
+        .expect("policy token");
+    assert_eq!(who.policy.as_deref(), Some("gateway"));
+    assert_eq!(who.key, Some(KeySlot::Primary));
+    assert_eq!(who.expires_at, Some(now + 600));
+    let x509 = policy_token("x509", &gateway.1, "gateway", now + 600);
+    let who = auth
+        .authenticate_at(&id("x509"), Presented::SasToken(&x509), now)
+        .await
+        .expect("secondary key");
+    assert_eq!(who.key, Some(KeySlot::Secondary));
+    // The device's own token still works and names no policy.
+    let own = auth
+        .authenticate_at(
+            &id("x509"),
+            Presented::Thumbprint(Thumbprint::of_der_certificate(b"a")),
+            now,
+        )
+        .await
+        .expect("own credential");
+    assert_eq!(own.policy, None);
+
+    // Refusals: another policy (or one without DeviceConnect), a wrong key, another device's
+    // scope, expiry, an unknown device, a disabled one.
+    let refusals = [
+        (
+            "keys",
+            policy_token("keys", &gateway.0, "reader", now + 600),
+            "unknown_policy",
+        ),
+        (
+            "keys",
+            policy_token("keys", &SymmetricKey::generate(), "gateway", now + 600),
+            "bad_signature",
+        ),
+        ("x509", good.clone(), "wrong_scope"),
+        (
+            "keys",
+            policy_token("keys", &gateway.0, "gateway", now - 3600),
+            "expired",
+        ),
+        (
+            "ghost",
+            policy_token("ghost", &gateway.0, "gateway", now + 600),
+            "unknown_device",
+        ),
+    ];
+    for (device, token, kind) in refusals {
+        let e = auth
+            .authenticate_at(&id(device), Presented::SasToken(&token), now)
+            .await
+            .expect_err(kind);
+        assert_eq!(e.kind(), kind, "{device}: {e}");
+    }
+    store
+        .set_status(
+            &id("keys"),
+            DeviceStatus::Disabled {
+                reason: "test".into(),
+            },
+            None,
+        )
+        .await
+        .expect("disable");
+    let e = auth
+        .authenticate_at(&id("keys"), Presented::SasToken(&good), now)
+        .await
+        .expect_err("disabled");
+    assert_eq!(e.kind(), "disabled_device");
+}

@@ -9,12 +9,16 @@ use super::error::{ApiError, code};
 use super::state::HttpState;
 
 /// Passes requests whose `api-version` is one the endpoint speaks; answers any other (or none)
-/// with 400 `InvalidProtocolVersion`, as IoT Hub does.
+/// with 400 `InvalidProtocolVersion`, as IoT Hub does. The OpenAPI document
+/// ([`openapi::PATH`](super::openapi::PATH)) is not versioned and passes without one.
 pub(super) async fn check(
     State(state): State<HttpState>,
     request: Request,
     next: Next,
 ) -> Response {
+    if request.uri().path() == super::openapi::PATH {
+        return next.run(request).await;
+    }
     let version = request.uri().query().and_then(|query| {
         query
             .split('&')

@@ -128,7 +128,16 @@ fn scope(host: &str, resource: &str) -> Option<Scope> {
 }
 
 /// Authenticates `token` as of `now` (Unix seconds).
+///
+/// A token signed by a shared access policy that verified before is answered from the state's
+/// token cache while it has not expired and the policy set has not changed since (see
+/// `token_cache.rs`); every other token is checked in full.
 pub async fn authenticate(state: &HttpState, token: &str, now: u64) -> ApiResult<Caller> {
+    // Read before the policy: a verdict reached with the policies of this generation.
+    let generation = state.policies().generation();
+    if let Some(caller) = state.tokens().get(token, now, generation) {
+        return Ok(caller);
+    }
     let verifier = SasVerifier::default();
     let parsed = sas::parse(token, verifier.max_token_len)
         .map_err(|e| ApiError::unauthorized(format!("malformed SAS token: {e}")))?;
@@ -154,21 +163,28 @@ pub async fn authenticate(state: &HttpState, token: &str, now: u64) -> ApiResult
                 now,
             )
             .map_err(refused)?;
-        return match scope {
-            Scope::Hub => Ok(Caller::Service {
+        let caller = match scope {
+            Scope::Hub => Caller::Service {
                 policy: policy.name,
                 rights: policy.rights,
-            }),
-            Scope::Device(id) if policy.rights.contains(Rights::DEVICE_CONNECT) => {
-                Ok(Caller::Device {
-                    id,
-                    policy: Some(policy.name),
-                })
+            },
+            Scope::Device(id) if policy.rights.contains(Rights::DEVICE_CONNECT) => Caller::Device {
+                id,
+                policy: Some(policy.name),
+            },
+            Scope::Device(_) => {
+                return Err(ApiError::unauthorized(
+                    "a device-scoped token needs a policy with DeviceConnect",
+                ));
             }
-            Scope::Device(_) => Err(ApiError::unauthorized(
-                "a device-scoped token needs a policy with DeviceConnect",
-            )),
         };
+        let valid_until = parsed
+            .expiry()
+            .saturating_add(verifier.clock_skew.as_secs());
+        state
+            .tokens()
+            .insert(token, caller.clone(), valid_until, now, generation);
+        return Ok(caller);
     }
     let Scope::Device(id) = scope else {
         return Err(ApiError::unauthorized(

@@ -63,6 +63,11 @@ pub struct HttpConfig {
     /// How long `GET …/messages/deviceBound` waits for a message the inbox says is queued
     /// before answering 204. Default 200 ms.
     pub c2d_receive_wait: Duration,
+    /// How many verified service tokens (signed by a shared access policy) are remembered, so
+    /// that a back end's repeated token is not parsed and HMAC-checked on every request; 0
+    /// turns the cache off. An entry lasts until its token expires or any policy changes.
+    /// Default 1 024.
+    pub token_cache_size: usize,
 }
 
 impl Default for HttpConfig {
@@ -85,6 +90,7 @@ impl Default for HttpConfig {
             max_header_bytes: 16 * 1024,
             device_session_idle: Duration::from_secs(120),
             c2d_receive_wait: Duration::from_millis(200),
+            token_cache_size: 1024,
         }
     }
 }
@@ -173,6 +179,12 @@ impl HttpConfig {
         self.c2d_receive_wait = wait;
         self
     }
+
+    /// Sets [`token_cache_size`](Self::token_cache_size).
+    pub fn token_cache_size(mut self, size: usize) -> Self {
+        self.token_cache_size = size;
+        self
+    }
 }
 
 #[cfg(test)]
@@ -195,7 +207,8 @@ mod tests {
             .max_headers(10)
             .max_header_bytes(11)
             .device_session_idle(Duration::from_secs(12))
-            .c2d_receive_wait(Duration::from_secs(13));
+            .c2d_receive_wait(Duration::from_secs(13))
+            .token_cache_size(14);
         assert_eq!(c.api_versions, ["x"]);
         assert_eq!(c.header_read_timeout, Duration::from_secs(1));
         assert_eq!(c.handshake_timeout, Duration::from_secs(2));
@@ -216,5 +229,6 @@ mod tests {
         assert_eq!(c.body_read_timeout, Duration::from_secs(9));
         assert_eq!(c.device_session_idle, Duration::from_secs(12));
         assert_eq!(c.c2d_receive_wait, Duration::from_secs(13));
+        assert_eq!(c.token_cache_size, 14);
     }
 }

@@ -23,10 +23,12 @@ pub mod device;
 pub mod error;
 pub mod extract;
 mod guard;
+pub mod openapi;
 pub mod policy;
 pub mod server;
 pub mod service;
 pub mod state;
+mod token_cache;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
@@ -42,10 +44,15 @@ pub use policy::{PolicyError, PolicyStore, Rights, SharedAccessPolicy};
 pub use server::{HttpServer, PeerAddr};
 pub use state::HttpState;
 
-/// The whole HTTP API for `state`: the service routes and the device routes, wrapped in the
-/// checks every route gets.
+/// The whole HTTP API for `state`: the service routes, the device routes and the OpenAPI
+/// document ([`openapi::PATH`]), wrapped in the checks every route gets.
 pub fn router(state: HttpState) -> Router {
-    with_common_layers(service::routes().merge(device::routes()), state)
+    with_common_layers(
+        service::routes()
+            .merge(device::routes())
+            .merge(openapi::routes()),
+        state,
+    )
 }
 
 /// Wraps `routes` (any routes over [`HttpState`]) in what every route of the endpoint gets, in

@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use iot_core::storage::{self, StorageError};
@@ -205,6 +206,9 @@ type PolicyMap = BTreeMap<String, SharedAccessPolicy>;
 /// first, and only then made visible.
 pub struct PolicyStore {
     current: RwLock<Arc<PolicyMap>>,
+    /// Grows by one with every change, after the new set is visible: a verdict reached with the
+    /// set of generation `g` (read before the policy) is stale once this is past `g`.
+    generation: AtomicU64,
     file: Option<PathBuf>,
     writer: Mutex<()>,
 }
@@ -233,6 +237,7 @@ impl PolicyStore {
             current: RwLock::new(Arc::new(
                 policies.into_iter().map(|p| (p.name.clone(), p)).collect(),
             )),
+            generation: AtomicU64::new(0),
             file: None,
             writer: Mutex::new(()),
         }
@@ -262,6 +267,7 @@ impl PolicyStore {
         };
         Ok(PolicyStore {
             current: RwLock::new(Arc::new(map)),
+            generation: AtomicU64::new(0),
             file: Some(file),
             writer: Mutex::new(()),
         })
@@ -272,6 +278,13 @@ impl PolicyStore {
             Ok(guard) => guard.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// How many times the set changed (any upsert, removal or rotation) since the store was
+    /// opened. Read it *before* [`get`](Self::get): a decision made from the policy read then
+    /// holds only while the generation is still the one read.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The policy called `name`.
@@ -340,8 +353,24 @@ impl PolicyStore {
             Ok(mut guard) => *guard = map,
             Err(poisoned) => *poisoned.into_inner() = map,
         }
+        // After the swap: whoever reads the new generation reads the new set.
+        self.generation.fetch_add(1, Ordering::AcqRel);
         tracing::info!("shared access policies changed");
         Ok(())
+    }
+}
+
+/// The hub's policies with `DeviceConnect` sign device tokens too: give the store to
+/// [`HubBuilder::device_connect_policies`](crate::HubBuilder::device_connect_policies) and such
+/// tokens authenticate devices on every endpoint (MQTT as well as HTTPS).
+impl iot_identity::DeviceConnectPolicies for PolicyStore {
+    fn device_connect_keys(&self, policy: &str) -> Option<(SymmetricKey, SymmetricKey)> {
+        let snapshot = self.snapshot();
+        let found = snapshot.get(policy)?;
+        found
+            .rights
+            .contains(Rights::DEVICE_CONNECT)
+            .then(|| (found.primary.clone(), found.secondary.clone()))
     }
 }
 

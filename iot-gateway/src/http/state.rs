@@ -9,6 +9,7 @@ use iot_registry::Registry;
 
 use super::config::HttpConfig;
 use super::policy::PolicyStore;
+use super::token_cache::TokenCache;
 use crate::gateway::Gateway;
 
 /// What the HTTP handlers reach: the gateway (sessions, twins, methods, C2D), provisioning (the
@@ -29,6 +30,7 @@ struct Inner {
     policies: Arc<PolicyStore>,
     host: String,
     config: HttpConfig,
+    tokens: TokenCache,
 }
 
 impl fmt::Debug for HttpState {
@@ -60,6 +62,7 @@ impl HttpState {
             identity,
             policies,
             host: host.into(),
+            tokens: TokenCache::new(config.token_cache_size),
             config,
         }))
     }
@@ -97,5 +100,10 @@ impl HttpState {
     /// The configuration.
     pub fn config(&self) -> &HttpConfig {
         &self.0.config
+    }
+
+    /// Verified service tokens.
+    pub(crate) fn tokens(&self) -> &TokenCache {
+        &self.0.tokens
     }
 }

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, instrument};
 
 use crate::error::{CloseReason, Error, Result};
-use crate::gateway::{DeviceSession, Gateway, SessionOptions};
+use crate::gateway::{DeviceActivity, DeviceSession, Gateway, SessionOptions};
 use crate::inbox::{InboxMessage, InboxStore};
 use crate::message::{C2dMessage, C2dReceipt, Feedback};
 use crate::method::{MethodCall, MethodRequest, MethodResponse};
@@ -74,6 +74,8 @@ impl Gateway for Hub {
         if let Some(old) = old {
             hub.close_session(&old, CloseReason::TakenOver).await;
         }
+        // After the old session's close, which records its disconnect.
+        hub.activity.connected(device, Timestamp::now());
         hub.events
             .send(records::connection_event(device, "connected", None))
             .await?;
@@ -282,6 +284,31 @@ impl Gateway for Hub {
 
     async fn is_connected(&self, device: &DeviceId) -> Result<bool> {
         Ok(lock(&self.inner.sessions).contains_key(device))
+    }
+
+    async fn activity(&self, device: &DeviceId) -> Result<DeviceActivity> {
+        let hub = &self.inner;
+        let live = hub.session_of(device).and_then(|s| s.last_active.get());
+        Ok(hub.activity.get(device, live))
+    }
+
+    async fn check_desired(
+        &self,
+        device: &DeviceId,
+        patch: &Value,
+        if_version: Option<u64>,
+    ) -> Result<()> {
+        let hub = &self.inner;
+        hub.require_device(device).await?;
+        // The same pure rule every twin store applies when it writes (`Twin::patched`).
+        hub.twins.get(device).await?.patched(
+            device,
+            Section::Desired,
+            patch,
+            if_version,
+            hub.config.twin,
+        )?;
+        Ok(())
     }
 
     async fn pending_c2d(&self, device: &DeviceId) -> Result<usize> {

@@ -1,5 +1,6 @@
 //! `Hub`: the reference [`Gateway`](crate::Gateway) over a log, an identity store, an inbox and a twin store.
 
+mod activity;
 mod config;
 mod gateway_impl;
 mod records;
@@ -14,7 +15,8 @@ use std::time::Duration;
 
 use iot_core::{DeviceId, FileLogConfig, Log, PartitionId, Producer, Record, Timestamp, Topics};
 use iot_identity::{
-    Authenticator, ChangeEvent, ChangeKind, ChangeStream, DeviceStatus, IdentityStore, SasVerifier,
+    Authenticator, ChangeEvent, ChangeKind, ChangeStream, DeviceConnectPolicies, DeviceStatus,
+    IdentityStore, SasVerifier,
 };
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -79,10 +81,23 @@ pub struct HubBuilder {
     topics: Option<Arc<Topics>>,
     inbox: Option<Arc<dyn InboxStore>>,
     twins: Option<Arc<dyn TwinStore>>,
+    policies: Option<Arc<dyn DeviceConnectPolicies>>,
     config: HubConfig,
 }
 
 impl HubBuilder {
+    /// Also lets devices connect with SAS tokens signed by a shared access policy with the
+    /// `DeviceConnect` right (`sr={host}/devices/{id}`, `skn={policy}`), as protocol gateways
+    /// do — on every endpoint, since they all connect through [`Gateway::connect`]. Such a
+    /// session ends when its token expires; rotating the policy's key refuses the next connect
+    /// but does not cut sessions already open. Default: only the device's own credentials.
+    ///
+    /// [`Gateway::connect`]: crate::Gateway::connect
+    pub fn device_connect_policies(mut self, policies: Arc<dyn DeviceConnectPolicies>) -> Self {
+        self.policies = Some(policies);
+        self
+    }
+
     /// Uses `topics` for the log (default: in-memory topics).
     pub fn topics(mut self, topics: Arc<Topics>) -> Self {
         self.topics = Some(topics);
@@ -125,12 +140,15 @@ impl HubBuilder {
         let feedback = topics.topic_with_partitions(topic::C2D_FEEDBACK, 1).await?;
         // Subscribe before the hub exists, so no change made after `build` returns is missed.
         let changes = self.identity.subscribe();
-        let auth = Authenticator::new(self.identity.clone(), self.host.clone()).with_verifier(
+        let mut auth = Authenticator::new(self.identity.clone(), self.host.clone()).with_verifier(
             SasVerifier {
                 clock_skew: config.token_skew,
                 ..SasVerifier::default()
             },
         );
+        if let Some(policies) = self.policies {
+            auth = auth.with_device_connect_policies(policies);
+        }
         let inner = Arc::new(HubInner {
             auth,
             identity: self.identity,
@@ -145,6 +163,7 @@ impl HubBuilder {
                 .twins
                 .unwrap_or_else(|| Arc::new(MemoryTwinStore::new())),
             sessions: Mutex::new(HashMap::new()),
+            activity: activity::ActivityLog::default(),
             connect_throttle: ConnectThrottle::new(config.throttle),
             telemetry_throttle: TelemetryThrottle::new(config.throttle),
             twin_throttle: DeviceThrottle::new(
@@ -183,6 +202,7 @@ impl Hub {
             topics: None,
             inbox: None,
             twins: None,
+            policies: None,
             config: HubConfig::default(),
         }
     }
@@ -201,6 +221,21 @@ impl Hub {
         host: impl Into<String>,
         config: HubConfig,
     ) -> Result<Hub> {
+        Self::builder_in_dir(dir, identity, host, config)
+            .await?
+            .build()
+            .await
+    }
+
+    /// The builder [`open_dir`](Self::open_dir) builds, with the file-backed parts already
+    /// open, for a hub that needs more (for example
+    /// [`device_connect_policies`](HubBuilder::device_connect_policies)).
+    pub async fn builder_in_dir(
+        dir: impl AsRef<Path>,
+        identity: Arc<dyn IdentityStore>,
+        host: impl Into<String>,
+        config: HubConfig,
+    ) -> Result<HubBuilder> {
         let dir = dir.as_ref();
         let topics = Topics::file(
             dir.join("log"),
@@ -210,13 +245,11 @@ impl Hub {
         let inbox = FileInbox::open(dir.join("inbox"), inbox).await?;
         let twins = FileTwinStoreConfig::default().recovery(config.recovery);
         let twins = FileTwinStore::open(dir.join("twins"), twins).await?;
-        Self::builder(identity, host)
+        Ok(Self::builder(identity, host)
             .topics(Arc::new(topics))
             .inbox(Arc::new(inbox))
             .twins(Arc::new(twins))
-            .config(config)
-            .build()
-            .await
+            .config(config))
     }
 
     /// The configuration.
@@ -309,6 +342,8 @@ pub(crate) struct HubInner {
     inbox: Arc<dyn InboxStore>,
     twins: Arc<dyn TwinStore>,
     sessions: Mutex<HashMap<DeviceId, Arc<SessionShared>>>,
+    /// Connects, disconnects and last activity per device (see `activity.rs`).
+    activity: activity::ActivityLog,
     connect_throttle: ConnectThrottle,
     telemetry_throttle: TelemetryThrottle,
     /// Twin reads and updates: a device's own operations take from its bucket and the hub's,
@@ -391,6 +426,8 @@ impl HubInner {
                 Err(e) => warn!(device = %s.device, error = %e, "could not release a C2D lock"),
             }
         }
+        self.activity
+            .disconnected(&s.device, Timestamp::now(), s.last_active.get());
         let event = records::connection_event(&s.device, "disconnected", Some(reason.as_str()));
         if let Err(e) = self.events.send(event).await {
             warn!(device = %s.device, error = %e, "could not write a disconnect event");
@@ -464,6 +501,7 @@ async fn watch_identities(hub: Weak<HubInner>, mut changes: ChangeStream) {
                     if let Err(e) = hub.twins.remove(&change.id).await {
                         warn!(device = %change.id, error = %e, "could not remove a deleted device's twin");
                     }
+                    hub.activity.forget(&change.id);
                 }
                 if !change.revokes_sessions() {
                     continue;
@@ -477,6 +515,11 @@ async fn watch_identities(hub: Weak<HubInner>, mut changes: ChangeStream) {
                     _ => CloseReason::Disabled,
                 };
                 hub.close_session(&s, reason).await;
+                if change.kind == ChangeKind::Deleted {
+                    // Again after the close, which recorded the disconnect: a deleted device has
+                    // no history, and one created again under its id starts without one.
+                    hub.activity.forget(&change.id);
+                }
             }
             ChangeEvent::Lagged { missed } => {
                 warn!(

@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+use super::activity::LastActive;
 use super::stamp::{AuthMethod, SessionStamps};
 use super::{HubInner, records};
 use crate::error::{CloseReason, Error, Result};
@@ -40,6 +41,9 @@ pub(crate) struct SessionShared {
     state: Mutex<SessionState>,
     telemetry_bucket: Mutex<Option<Bucket>>,
     wake: Notify,
+    /// When the device last did something on this session (telemetry, settlements, reported
+    /// patches, method answers).
+    pub(crate) last_active: LastActive,
 }
 
 #[derive(Debug, Default)]
@@ -90,6 +94,7 @@ impl SessionShared {
             state: Mutex::new(SessionState::default()),
             telemetry_bucket: Mutex::new(throttle.device_bucket()),
             wake: Notify::new(),
+            last_active: LastActive::default(),
         }
     }
 
@@ -328,6 +333,7 @@ impl HubSession {
 
     async fn settle(&self, token: LockToken, settlement: Settlement) -> Result<()> {
         self.check_open()?;
+        self.shared.last_active.touch(Timestamp::now());
         let held = lock(&self.shared.state).in_flight.contains(&token);
         if !held {
             return Err(Error::LockLost {
@@ -369,12 +375,14 @@ impl DeviceSession for HubSession {
 
     async fn send_telemetry(&self, message: Telemetry) -> Result<()> {
         self.check_open()?;
-        let stamp = self.shared.stamps.at(Timestamp::now());
+        let now = Timestamp::now();
+        let stamp = self.shared.stamps.at(now);
         let record = records::telemetry(message, &stamp, self.hub.config.max_message_bytes)?;
         self.hub
             .telemetry_throttle
             .take(&self.shared.device, &self.shared.telemetry_bucket)?;
         self.hub.telemetry.send(record).await?;
+        self.shared.last_active.touch(now);
         Ok(())
     }
 
@@ -528,6 +536,7 @@ impl DeviceSession for HubSession {
 
     async fn patch_reported(&self, patch: Value) -> Result<u64> {
         self.check_open()?;
+        self.shared.last_active.touch(Timestamp::now());
         self.hub.twin_throttle.take(&self.shared.device)?;
         let twin = self
             .hub
@@ -555,6 +564,7 @@ impl DeviceSession for HubSession {
 
     async fn respond_method(&self, response: MethodResponse) -> Result<()> {
         self.check_open()?;
+        self.shared.last_active.touch(Timestamp::now());
         let request_id = response.request_id;
         let unknown = || Error::UnknownMethodRequest {
             device: self.shared.device.clone(),

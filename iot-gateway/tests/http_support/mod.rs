@@ -24,6 +24,7 @@ pub struct Stack {
     pub registry: Arc<dyn Registry>,
     pub provisioner: Arc<Provisioner>,
     pub policies: Arc<PolicyStore>,
+    pub state: HttpState,
     pub server: HttpServer,
     pub addr: SocketAddr,
 }
@@ -34,6 +35,10 @@ impl Stack {
     }
 
     pub async fn start_with(config: HttpConfig) -> Stack {
+        Self::start_with_hub(config, HubConfig::default()).await
+    }
+
+    pub async fn start_with_hub(config: HttpConfig, hub_config: HubConfig) -> Stack {
         let identity: Arc<dyn IdentityStore> = Arc::new(MemoryIdentityStore::new());
         let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
         let provisioner = Arc::new(
@@ -43,7 +48,7 @@ impl Stack {
                 .expect("provisioner"),
         );
         let hub = Hub::builder(identity.clone(), HOST)
-            .config(HubConfig::default())
+            .config(hub_config)
             .build()
             .await
             .expect("hub");
@@ -57,7 +62,7 @@ impl Stack {
             HOST,
             config.clone(),
         );
-        let server = HttpServer::new(iot_gateway::http::router(state), config);
+        let server = HttpServer::new(iot_gateway::http::router(state.clone()), config);
         let addr = server
             .listen_tcp("127.0.0.1:0".parse().expect("addr"))
             .await
@@ -68,6 +73,7 @@ impl Stack {
             registry,
             provisioner,
             policies,
+            state,
             server,
             addr,
         }

@@ -10,9 +10,11 @@ use iot_identity::{Credentials, DeviceIdentity, DeviceStatus};
 use iot_registry::DeviceRecord;
 use serde_json::{Map, Value, json};
 
-use crate::twins::{Twin, TwinSection};
+use super::twin_doc::TwinDoc;
+use crate::gateway::DeviceActivity;
+use crate::twins::Twin;
 
-/// IoT Hub's "never" (`DateTime.MinValue`), for times the hub does not track.
+/// IoT Hub's "never" (`DateTime.MinValue`), for times the hub did not see.
 pub(crate) const NEVER: &str = "0001-01-01T00:00:00Z";
 
 /// Everything a device or twin answer is made of.
@@ -21,6 +23,12 @@ pub(crate) struct DeviceView {
     pub(crate) record: DeviceRecord,
     pub(crate) connected: bool,
     pub(crate) c2d_pending: usize,
+    pub(crate) activity: DeviceActivity,
+}
+
+/// A time as IoT Hub writes it, or its "never".
+fn time_or_never(t: Option<Timestamp>) -> Value {
+    Value::String(t.map_or_else(|| NEVER.to_owned(), Timestamp::to_rfc3339))
 }
 
 /// The device's etag: the identity's and the registry record's, so that a change of either
@@ -39,14 +47,14 @@ pub(crate) fn twin_etag(record: &DeviceRecord, twin: &Twin) -> String {
     )
 }
 
-fn status(identity: &DeviceIdentity) -> (&'static str, Value) {
+pub(super) fn status(identity: &DeviceIdentity) -> (&'static str, Value) {
     match &identity.status {
         DeviceStatus::Disabled { reason } => ("disabled", Value::String(reason.clone())),
         _ => ("enabled", Value::Null),
     }
 }
 
-fn connection_state(connected: bool) -> &'static str {
+pub(super) fn connection_state(connected: bool) -> &'static str {
     if connected {
         "Connected"
     } else {
@@ -82,7 +90,7 @@ fn authentication(credentials: &Credentials) -> Value {
     }
 }
 
-fn auth_type(credentials: &Credentials) -> &'static str {
+pub(super) fn auth_type(credentials: &Credentials) -> &'static str {
     match credentials {
         Credentials::SymmetricKeys { .. } => "sas",
         Credentials::X509 { .. } => "selfSigned",
@@ -100,58 +108,19 @@ pub(crate) fn device_json(view: &DeviceView) -> Value {
         "connectionState": connection_state(view.connected),
         "status": status,
         "statusReason": reason,
-        "connectionStateUpdatedTime": NEVER,
+        "connectionStateUpdatedTime": time_or_never(view.activity.connection_state_updated),
         "statusUpdatedTime": view.identity.status_updated_at.to_rfc3339(),
-        "lastActivityTime": NEVER,
+        "lastActivityTime": time_or_never(view.activity.last_activity),
         "cloudToDeviceMessageCount": view.c2d_pending,
         "authentication": authentication(&view.identity.credentials),
         "capabilities": {"iotEdge": false},
     })
 }
 
-/// A twin section as IoT Hub shows it: the properties, `$metadata` and `$version`. The twin
-/// store keeps no per-property times, so `$metadata` carries the section's version and, as
-/// `$lastUpdated`, `last_updated` (the caller's best time; see `docs/http.md`).
-fn section_json(section: &TwinSection, last_updated: Timestamp) -> Value {
-    let mut doc = match &section.properties {
-        Value::Object(map) => map.clone(),
-        _ => Map::new(),
-    };
-    doc.insert(
-        "$metadata".into(),
-        json!({
-            "$lastUpdated": last_updated.to_rfc3339(),
-            "$lastUpdatedVersion": section.version,
-        }),
-    );
-    doc.insert("$version".into(), Value::from(section.version));
-    Value::Object(doc)
-}
-
-/// IoT Hub's twin JSON.
+/// IoT Hub's twin JSON as a value (for query pages, which collect twins); the twin routes
+/// write [`TwinDoc`] straight to bytes.
 pub(crate) fn twin_json(view: &DeviceView, twin: &Twin) -> Value {
-    let (status, reason) = status(&view.identity);
-    json!({
-        "deviceId": view.identity.id.as_str(),
-        "etag": twin_etag(&view.record, twin),
-        "deviceEtag": device_etag(&view.identity, &view.record),
-        "version": twin.desired.version + twin.reported.version + 1,
-        "status": status,
-        "statusReason": reason,
-        "statusUpdateTime": view.identity.status_updated_at.to_rfc3339(),
-        "connectionState": connection_state(view.connected),
-        "lastActivityTime": NEVER,
-        "cloudToDeviceMessageCount": view.c2d_pending,
-        "authenticationType": auth_type(&view.identity.credentials),
-        "x509Thumbprint": {"primaryThumbprint": null, "secondaryThumbprint": null},
-        "modelId": "",
-        "capabilities": {"iotEdge": false},
-        "tags": Value::Object(view.record.metadata.clone()),
-        "properties": {
-            "desired": section_json(&twin.desired, view.record.updated),
-            "reported": section_json(&twin.reported, view.identity.updated_at.max(view.record.updated)),
-        },
-    })
+    serde_json::to_value(TwinDoc::new(view, twin)).unwrap_or_else(|_| Value::Object(Map::new()))
 }
 
 /// The document the query engine evaluates IoT Hub queries on (see `query.rs`): the registry

@@ -27,10 +27,12 @@ pub(crate) async fn view_of(
     let connected = state.gateway().is_connected(&identity.id).await?;
     // A gateway that cannot count its queue shows 0, as IoT Hub does for an empty one.
     let c2d_pending = state.gateway().pending_c2d(&identity.id).await.unwrap_or(0);
+    let activity = state.gateway().activity(&identity.id).await?;
     Ok(DeviceView {
         identity,
         record,
         connected,
         c2d_pending,
+        activity,
     })
 }

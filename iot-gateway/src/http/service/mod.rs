@@ -20,6 +20,7 @@ mod lookup;
 mod methods;
 mod query;
 mod statistics;
+mod twin_doc;
 mod twins;
 
 use axum::Router;

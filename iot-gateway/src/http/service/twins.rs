@@ -5,15 +5,16 @@
 //! and reported properties are the gateway's twin (`Gateway::get_twin`, `patch_desired`, which
 //! also pushes the patch to the device). There is one copy of each.
 
-use axum::Json;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use iot_core::DeviceId;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::json::{replace_patch, strip_meta, twin_etag, twin_json};
+use super::json::{replace_patch, strip_meta, twin_etag};
 use super::lookup::device_view;
+use super::twin_doc::TwinDoc;
 use crate::http::auth::Caller;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{DevicePath, JsonBody, if_match};
@@ -32,11 +33,27 @@ struct PropertiesIn {
     desired: Option<Map<String, Value>>,
 }
 
+/// A twin answer: IoT Hub's twin JSON, written straight from its parts ([`TwinDoc`]).
+pub(super) struct TwinAnswer(Vec<u8>);
+
+impl IntoResponse for TwinAnswer {
+    fn into_response(self) -> Response {
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            self.0,
+        )
+            .into_response()
+    }
+}
+
 /// The twin of `id` as IoT Hub shows it.
-pub(super) async fn twin_of(state: &HttpState, id: &DeviceId) -> ApiResult<Value> {
+pub(super) async fn twin_of(state: &HttpState, id: &DeviceId) -> ApiResult<TwinAnswer> {
     let view = device_view(state, id).await?;
     let twin = state.gateway().get_twin(id).await?;
-    Ok(twin_json(&view, &twin))
+    Ok(TwinAnswer(TwinDoc::new(&view, &twin).to_vec()))
 }
 
 /// `GET /twins/{id}`.
@@ -44,9 +61,9 @@ pub(super) async fn get(
     caller: Caller,
     DevicePath(id): DevicePath,
     State(state): State<HttpState>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<TwinAnswer> {
     caller.require(Rights::REGISTRY_READ.union(Rights::SERVICE_CONNECT))?;
-    Ok(Json(twin_of(&state, &id).await?))
+    twin_of(&state, &id).await
 }
 
 /// How a write changes each part.
@@ -55,13 +72,41 @@ enum Write {
     Replace,
 }
 
+/// A patch worth writing: a non-empty object.
+fn non_empty(patch: Option<Value>) -> Option<Value> {
+    patch.filter(|p| p.as_object().is_some_and(|m| !m.is_empty()))
+}
+
+/// A refused desired patch, in IoT Hub's words.
+fn desired_error(id: &DeviceId, e: crate::Error) -> ApiError {
+    match e {
+        crate::Error::PreconditionFailed { .. } => ApiError::precondition_failed(format!(
+            "the desired properties of {id} changed meanwhile"
+        )),
+        other => other.into(),
+    }
+}
+
+/// Writes `tags` (the registry record, through provisioning) and `properties.desired` (the
+/// gateway's twin). They live in two stores, so this is two writes; it is arranged so that a
+/// refused request writes nothing and a failed one leaves a state the client can read and retry
+/// (see docs/http.md, "Twins"):
+///
+/// 1. the `If-Match` etag is checked against the twin read first;
+/// 2. the desired patch is checked as its write will check it (`Gateway::check_desired`:
+///    content, depth, size, version) before anything is written;
+/// 3. the tags are written — provisioning validates them (sizes, depth, keys, hooks) in the same
+///    step, so a refusal there has written nothing either;
+/// 4. the desired patch is written. It was checked in step 2, so it fails only for what cannot
+///    be checked ahead (a concurrent desired patch under `If-Match`, a throttle, a store); the
+///    answer then says that the tags were written, and the twin shows it.
 async fn write(
     state: &HttpState,
     id: &DeviceId,
     headers: &HeaderMap,
     input: TwinIn,
     how: Write,
-) -> ApiResult<Value> {
+) -> ApiResult<TwinAnswer> {
     let view = device_view(state, id).await?;
     let twin = state.gateway().get_twin(id).await?;
     let expected = if_match(headers)?;
@@ -94,24 +139,37 @@ async fn write(
             )
         }
     };
-    // Tags first: a refused tag patch (too large, bad key) leaves the desired section alone.
-    if let Some(patch) = tags_patch.filter(|p| p.as_object().is_some_and(|m| !m.is_empty())) {
+    let (tags_patch, desired_patch) = (non_empty(tags_patch), non_empty(desired_patch));
+    if let (Some(_), Some(patch)) = (&tags_patch, &desired_patch) {
+        state
+            .gateway()
+            .check_desired(id, patch, desired_version)
+            .await
+            .map_err(|e| desired_error(id, e))?;
+    }
+    let tags_written = tags_patch.is_some();
+    if let Some(patch) = tags_patch {
         state
             .provisioning()
             .update(id, patch, record_etag.as_ref())
             .await?;
     }
-    if let Some(patch) = desired_patch.filter(|p| p.as_object().is_some_and(|m| !m.is_empty())) {
-        state
+    if let Some(patch) = desired_patch {
+        let written = state
             .gateway()
             .patch_desired(id, patch, desired_version)
-            .await
-            .map_err(|e| match e {
-                crate::Error::PreconditionFailed { .. } => ApiError::precondition_failed(format!(
-                    "the desired properties of {id} changed meanwhile"
-                )),
-                other => other.into(),
-            })?;
+            .await;
+        if let Err(e) = written {
+            let mut error = desired_error(id, e);
+            if tags_written {
+                tracing::warn!(device = %id, error = %error, "twin tags written, desired properties not");
+                error.message = format!(
+                    "the tags were written, the desired properties were not: {}",
+                    error.message
+                );
+            }
+            return Err(error);
+        }
     }
     twin_of(state, id).await
 }
@@ -128,11 +186,9 @@ pub(super) async fn patch(
     State(state): State<HttpState>,
     headers: HeaderMap,
     JsonBody(input): JsonBody<TwinIn>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<TwinAnswer> {
     caller.require(required_for_write())?;
-    Ok(Json(
-        write(&state, &id, &headers, input, Write::Merge).await?,
-    ))
+    write(&state, &id, &headers, input, Write::Merge).await
 }
 
 /// `PUT /twins/{id}`: replaces `tags` and `properties.desired` (missing ones become empty).
@@ -142,9 +198,7 @@ pub(super) async fn put(
     State(state): State<HttpState>,
     headers: HeaderMap,
     JsonBody(input): JsonBody<TwinIn>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<TwinAnswer> {
     caller.require(required_for_write())?;
-    Ok(Json(
-        write(&state, &id, &headers, input, Write::Replace).await?,
-    ))
+    write(&state, &id, &headers, input, Write::Replace).await
 }

@@ -3,7 +3,7 @@
 //! | key | what |
 //! |---|---|
 //! | `jetstream_append_rps` | records/s appended through `NatsLog`: one appender per partition, batches of `--batch` records of `--payload` bytes |
-//! | `jetstream_vs_raw` | `jetstream_append_rps` / the same through raw `async-nats`: one stream per partition, the same message count and size, one task per stream publishing a batch and awaiting all its acks before the next |
+//! | `jetstream_vs_raw` | `jetstream_append_rps` / the same through raw `async-nats`: one stream per partition laid out like the log's, the same message count and bytes per message (the log's encoded record plus its header block, sent as payload without headers), one task per stream publishing a batch and awaiting all its acks before the next |
 //! | `jetstream_tail_rps` | records/s a `GroupConsumer` reads back from the start of the topic (reads through the log's ordered push consumers) |
 //! | `file_vs_jetstream` | `FileLog` (OS-buffered, the same durability class as a JetStream 2.9 ack: written, not fsync'ed) append records/s with the same workload / `jetstream_append_rps` |
 //!
@@ -199,22 +199,32 @@ async fn raw_append(url: &str, work: &Workload) -> f64 {
         .await
         .unwrap();
     let js = async_nats::jetstream::new(client.clone());
-    // The log's message is its encoded record; publish the same number of bytes.
-    let size = work.batch_for(0)[0].size_bytes() + 13;
-    let payload = Bytes::from(vec![b'r'; size]);
+    let record = &work.batch_for(0)[0];
+    let payload = Bytes::from(vec![b'r'; log_message_len(record, 1, usize::MAX)]);
+    let lens: Vec<Vec<usize>> = (0..work.batches_per_partition)
+        .map(|b| {
+            (0..work.batch)
+                .map(|i| log_message_len(record, i, b * work.batch + i))
+                .collect()
+        })
+        .collect();
+    let lens = Arc::new(lens);
     let mut subjects = Vec::new();
     for p in 0..work.partitions {
-        let subject = format!("{prefix}.raw.{p}");
+        // The log's layout: a stream holding `BASE.*`, a publisher on `BASE.WRITER`, names of
+        // the same lengths as the log's (`log.bench` / `raw.bench`, a 17-character writer), so
+        // that the server matches, stores and acknowledges as many bytes as for the log.
+        let base = format!("{prefix}.raw.bench.{p}");
         js.get_or_create_stream(async_nats::jetstream::stream::Config {
-            name: format!("{prefix}-raw_p{p}"),
-            subjects: vec![subject.clone()],
+            name: format!("{prefix}-rawbe_p{p}"),
+            subjects: vec![format!("{base}.*")],
             deny_delete: true,
             allow_direct: true,
             ..Default::default()
         })
         .await
         .unwrap();
-        subjects.push(async_nats::Subject::from(subject));
+        subjects.push(async_nats::Subject::from(format!("{base}.w{:016x}", 0)));
     }
     let started = Instant::now();
     let tasks: Vec<_> = subjects
@@ -222,12 +232,13 @@ async fn raw_append(url: &str, work: &Workload) -> f64 {
         .map(|subject| {
             let js = js.clone();
             let payload = payload.clone();
-            let (batches, batch) = (work.batches_per_partition, work.batch);
+            let lens = lens.clone();
             tokio::spawn(async move {
-                for _ in 0..batches {
-                    let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(batch);
-                    for _ in 0..batch {
-                        acks.push(js.publish(subject.clone(), payload.clone()).await.unwrap());
+                for batch in lens.iter() {
+                    let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(batch.len());
+                    for &len in batch {
+                        let payload = payload.slice(..len);
+                        acks.push(js.publish(subject.clone(), payload).await.unwrap());
                     }
                     for ack in
                         futures::future::join_all(acks.into_iter().map(|a| a.into_future())).await
@@ -244,6 +255,23 @@ async fn raw_append(url: &str, work: &Workload) -> f64 {
     let rps = work.records() as f64 / started.elapsed().as_secs_f64();
     delete_streams(&client, &prefix).await;
     rps
+}
+
+/// The bytes of the log's message for record `i` of a batch appended after stream sequence
+/// `before`, beyond its subject: the encoded record (`Record::size_bytes` plus 13, see
+/// `iot_sdk::nats`'s codec) and the NATS header block (`NATS/1.0`, `Nats-Expected-Last-Sequence`
+/// and, after the first record, `Nats-Expected-Last-Subject-Sequence`, sequences in decimal). The
+/// raw peer publishes payloads of exactly this length without headers, so both sides move and
+/// store the same bytes and the ratio measures only the work the log does with them (encoding,
+/// header checks on the server).
+fn log_message_len(record: &Record, i: usize, before: usize) -> usize {
+    let encoded = record.size_bytes() + 13;
+    let digits = before.to_string().len();
+    let mut headers = "NATS/1.0\r\n".len() + "Nats-Expected-Last-Sequence: \r\n".len() + digits;
+    if i > 0 {
+        headers += "Nats-Expected-Last-Subject-Sequence: \r\n".len() + digits;
+    }
+    encoded + headers + "\r\n".len()
 }
 
 /// The same workload appended to a `FileLog` (OS-buffered) in a temporary directory.

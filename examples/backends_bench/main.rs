@@ -32,6 +32,9 @@ struct Cli {
     /// A small smoke run, so that the benchmark cannot rot (figures come from full runs).
     #[arg(long)]
     quick: bool,
+    /// Skip the PostgreSQL part (for profiling the JetStream part alone).
+    #[arg(long)]
+    no_postgres: bool,
     #[command(flatten)]
     jetstream: jetstream::Args,
 }
@@ -48,6 +51,8 @@ fn main() {
         eprintln!("backends_bench: {e}");
         std::process::exit(1);
     }
-    report.extend(rt.block_on(postgres::run(cli.quick)));
+    if !cli.no_postgres {
+        report.extend(rt.block_on(postgres::run(cli.quick)));
+    }
     println!("{}", Value::Object(report));
 }

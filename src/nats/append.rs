@@ -20,6 +20,7 @@
 
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
+use bytes::BytesMut;
 use iot_core::{Appended, Offset, Record, Result, Timestamp};
 
 use super::codec;
@@ -89,13 +90,15 @@ async fn publish(
     let mut size = tail.size_after;
     let mut pending: Vec<PublishAckFuture> = Vec::with_capacity(records.len());
     let mut send_error = None;
+    // One allocation for the whole batch's encodings; each message's payload is a slice of it.
+    let mut buf = BytesMut::with_capacity(records.iter().map(codec::encoded_len).sum());
     // Sending waits only for room in the client's buffer, but bound it too: a stuck connection
     // must not hang the caller.
     let send = async {
         for (i, record) in records.iter().enumerate() {
             let before = tail.last_seq + i as u64;
             let mut message = PublishMessage::build()
-                .payload(codec::encode(record, enqueued_time, size))
+                .payload(codec::encode_into(&mut buf, record, enqueued_time, size))
                 .expected_last_sequence(before);
             if i > 0 {
                 // ... and that last message is ours: record i − 1 of this batch.

@@ -33,16 +33,41 @@ pub(crate) struct Decoded {
     pub(crate) record: Record,
 }
 
+/// The exact length of `record`'s encoding.
+pub(crate) fn encoded_len(record: &Record) -> usize {
+    let headers: usize = record
+        .headers
+        .iter()
+        .map(|(name, value)| 8 + name.len() + value.len())
+        .sum();
+    1 + 8 + 8 + 4 + record.key.len() + 4 + headers + 1 + 8 + record.payload.len()
+}
+
+/// Encodes a record into a buffer of its own (see [`encode_into`]).
+#[cfg(test)]
 pub(crate) fn encode(record: &Record, enqueued_time: Timestamp, size_before: u64) -> Bytes {
-    let mut out = BytesMut::with_capacity(record.size_bytes() + OVERHEAD + 16);
+    let mut buf = BytesMut::new();
+    encode_into(&mut buf, record, enqueued_time, size_before)
+}
+
+/// Encodes a record into `out` (empty: each call splits off all it holds) and splits it off. The
+/// returned bytes share `out`'s allocation, so a batch reserved once up front (the sum of
+/// [`encoded_len`]) costs one allocation, not one per record.
+pub(crate) fn encode_into(
+    out: &mut BytesMut,
+    record: &Record,
+    enqueued_time: Timestamp,
+    size_before: u64,
+) -> Bytes {
+    out.reserve(encoded_len(record));
     out.put_u8(VERSION);
     out.put_u64_le(enqueued_time.as_unix_micros());
     out.put_u64_le(size_before);
-    put_str(&mut out, &record.key);
+    put_str(out, &record.key);
     out.put_u32_le(record.headers.len() as u32);
     for (name, value) in record.headers.iter() {
-        put_str(&mut out, name);
-        put_str(&mut out, value);
+        put_str(out, name);
+        put_str(out, value);
     }
     match record.device_time {
         Some(t) => {
@@ -55,7 +80,7 @@ pub(crate) fn encode(record: &Record, enqueued_time: Timestamp, size_before: u64
         }
     }
     out.put_slice(&record.payload);
-    out.freeze()
+    out.split().freeze()
 }
 
 fn put_str(out: &mut BytesMut, s: &str) {
@@ -156,10 +181,32 @@ mod tests {
         assert_eq!(d.enqueued_time, Timestamp::from_unix_micros(7));
         assert_eq!(d.size_before, 99);
         assert!(bytes.len() <= record.size_bytes() + OVERHEAD);
+        assert_eq!(bytes.len(), encoded_len(&record));
         let bare = Record::new("", Bytes::new());
         assert_eq!(
             decode(&encode(&bare, Timestamp::EPOCH, 0)).unwrap().record,
             bare
+        );
+    }
+
+    #[test]
+    fn records_encoded_into_one_buffer_stay_apart() {
+        let a = Record::new("a", "first").with_header("h", "1");
+        let b = Record::new("bb", "second").with_device_time(Timestamp::from_unix_millis(9));
+        let mut buf = BytesMut::with_capacity(encoded_len(&a) + encoded_len(&b));
+        let ea = encode_into(&mut buf, &a, Timestamp::from_unix_micros(1), 0);
+        let eb = encode_into(&mut buf, &b, Timestamp::from_unix_micros(2), 40);
+        assert_eq!(ea, encode(&a, Timestamp::from_unix_micros(1), 0));
+        assert_eq!(decode(&ea).unwrap().record, a);
+        let db = decode(&eb).unwrap();
+        assert_eq!((db.record, db.size_before), (b, 40));
+        // A buffer too small for the next record grows instead of failing.
+        let c = Record::new("c", vec![7u8; 1000]);
+        assert_eq!(
+            decode(&encode_into(&mut buf, &c, Timestamp::EPOCH, 0))
+                .unwrap()
+                .record,
+            c
         );
     }
 

@@ -19,6 +19,7 @@ pub mod durability;
 pub mod error;
 pub mod frame;
 pub mod fs;
+pub mod group;
 pub mod journal;
 
 pub use blocking::run_blocking;
@@ -26,4 +27,5 @@ pub use dir_lock::DirLock;
 pub use durability::Durability;
 pub use error::{StorageError, StorageResult};
 pub use frame::{FrameReader, FrameScan, Recovery, TornTail};
+pub use group::{GroupCommit, WalFile};
 pub use journal::{Journal, JournalConfig, Journaled};

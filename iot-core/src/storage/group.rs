@@ -281,17 +281,18 @@ impl GroupCommit {
     /// replacement was not renamed into place). Then the taken bytes are appended to the old file
     /// as a normal batch instead and the error returned; otherwise, or if that fallback fails,
     /// the group fails.
-    pub fn rotate(
+    pub fn rotate<E: From<StorageError>>(
         &self,
-        write: impl FnOnce(&Path) -> Result<WalFile, (StorageError, bool)>,
-    ) -> StorageResult<()> {
+        write: impl FnOnce(&Path) -> Result<WalFile, (E, bool)>,
+    ) -> Result<(), E> {
         let mut file = lock(&self.file);
         let (taken, upto) = {
             let mut staged = lock(&self.staged);
             if staged.progress.failed {
                 return Err(StorageError::Failed {
                     path: file.path.clone(),
-                });
+                }
+                .into());
             }
             (std::mem::take(&mut staged.buf), staged.last)
         };

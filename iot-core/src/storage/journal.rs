@@ -330,7 +330,7 @@ impl<S: Journaled> Journal<S> {
         let ops = ordered.state.snapshot_ops();
         let last_seq = ordered.last_seq;
         let mut ordered = Some(ordered);
-        inner.group.rotate(|wal_path| {
+        inner.group.rotate::<StorageError>(|wal_path| {
             drop(ordered.take());
             let snapshot_len =
                 write_snapshot(&inner.dir, &inner.magic, last_seq, &ops).map_err(|e| (e, true))?;

@@ -16,6 +16,22 @@
 //!   stager's future cannot strand the bytes), else in its own [`wait_blocking`] call.
 //! * The flusher holds the file lock for a whole batch, so [`GroupCommit::rotate`] (a store's
 //!   compaction) never interleaves with a half-written batch.
+//! # Apply before the fsync, acknowledge after
+//!
+//! The stores built on this stage a write and apply it to memory under the lock that orders their
+//! writers, before the group's fsync, and acknowledge it after. Applying after the fsync instead
+//! would leave the next writer planning against state without the writes in flight (an ETag check,
+//! a create of an id just created, an inbox's next sequence number), unless the store kept a second
+//! copy of its state. The price is that memory runs ahead of the disk by at most one batch, so:
+//!
+//! * a writer whose plan saw a write in flight is acknowledged only after it (ticket order above);
+//! * a reader notes [`GroupCommit::last_staged`] with what it read and answers only once that ticket
+//!   is durable ([`GroupCommit::is_durable`] is the fast path), so no reader reports a write that a
+//!   crash could take back;
+//! * a failed batch cannot be taken back in memory, so the store fails (below).
+//!
+//! # Failures
+//!
 //! * Any failed write or fsync puts the group in the failed state: every waiter of that batch and
 //!   later gets [`StorageError::Failed`], staging is refused, and the store must be reopened.
 //!   (A store applies a write to memory before its ticket is durable, so a failed batch cannot be

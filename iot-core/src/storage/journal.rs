@@ -14,16 +14,21 @@
 //!
 //! # Invariants
 //!
-//! * An operation is appended (and, with [`Durability::Fsync`], fsynced) before the store applies
-//!   it in memory or acknowledges it, so a crash loses nothing acknowledged.
+//! * Writes use [group commit](super::group): a write plans its operations from the state, then
+//!   stages them and applies them under the state lock, and is acknowledged only once the batch
+//!   holding them is written (and, with [`Durability::Fsync`], fsynced), so a crash loses nothing
+//!   acknowledged. Concurrent writers share one fsync.
+//! * A read returns only once every write it may have seen is durable.
 //! * WAL sequence numbers strictly increase. Recovery follows the kit's torn-tail rule: a torn
 //!   last frame is cut off, damage followed by intact frames is refused with
 //!   [`StorageError::Corrupt`] (or cut off when the store is opened with [`Recovery::Repair`]).
 //! * A snapshot is renamed into place complete and fsynced, so any damage in it is corruption.
 //!   After a snapshot the WAL is replaced by an empty one; replay skips operations the snapshot
 //!   holds, so a crash between the two steps is harmless.
-//! * After a write that failed and could not be undone, the journal refuses writes
-//!   ([`StorageError::Failed`]) until the store is reopened.
+//! * After a failed batch (memory already holds its writes), the journal refuses writes and reads
+//!   that may have seen them ([`StorageError::Failed`]) until the store is reopened.
+//! * Compaction holds the state lock while [`GroupCommit::rotate`] takes what is staged, so the
+//!   snapshot covers every operation the old WAL was owed; it is written after the lock is released.
 
 #![allow(
     clippy::disallowed_methods,

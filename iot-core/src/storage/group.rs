@@ -102,6 +102,9 @@ pub struct GroupCommit {
     file_len: AtomicU64,
     /// How many batches were written (each one fsync under [`Durability::Fsync`]).
     batches: AtomicU64,
+    /// The current file's path, for errors; its own lock, taken with no other held, so that an
+    /// error can be built under the staging lock.
+    path: Mutex<PathBuf>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -113,7 +116,9 @@ impl GroupCommit {
     /// only writes it (to the page cache).
     pub fn new(file: WalFile, durability: Durability) -> Arc<Self> {
         let len = file.len;
+        let path = file.path.clone();
         Arc::new(GroupCommit {
+            path: Mutex::new(path),
             durability,
             staged: Mutex::new(Staged::default()),
             wake: Condvar::new(),
@@ -212,7 +217,7 @@ impl GroupCommit {
 
     fn failed(&self) -> StorageError {
         StorageError::Failed {
-            path: lock(&self.file).path.clone(),
+            path: lock(&self.path).clone(),
         }
     }
 
@@ -315,6 +320,7 @@ impl GroupCommit {
         let rotated = write(&file.path);
         let result = match rotated {
             Ok(new) => {
+                lock(&self.path).clone_from(&new.path);
                 *file = new;
                 self.file_len.store(file.len, Ordering::Release);
                 Ok(())

@@ -239,8 +239,10 @@ impl GroupCommit {
             let mut staged = lock(&self.staged);
             match result {
                 Ok(()) => {
-                    staged.progress.durable = upto;
-                    self.last_durable.store(upto, Ordering::Release);
+                    // A rotation between this batch and here may have published more already.
+                    staged.progress.durable = staged.progress.durable.max(upto);
+                    self.last_durable
+                        .store(staged.progress.durable, Ordering::Release);
                     // Hand the (now empty) allocation back for the next batch.
                     if staged.buf.is_empty() {
                         let mut batch = batch;

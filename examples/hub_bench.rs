@@ -20,7 +20,9 @@
 //! | `hub_telemetry_per_s` | messages/s through `DeviceSession::send_telemetry` into the FileLog |
 //! | `raw_log_per_s` | the same records appended to a FileLog directly |
 //! | `hub_vs_log` | `hub_telemetry_per_s / raw_log_per_s` (target ≥ 0.5) |
-//! | `c2d_roundtrip_per_s` | send_c2d → next_event → complete cycles/s, one loop per device, file inbox (fsync) |
+//! | `c2d_roundtrip_per_s` | send_c2d → next_event → complete cycles/s, one loop per device, file inbox (fsync before ack, group commit) |
+//! | `disk_fsync_per_s` | the disk's rate of sequential 100-byte append + fdatasync, in the same directory and run |
+//! | `c2d_vs_fsync` | `c2d_roundtrip_per_s / disk_fsync_per_s`: above 1/3 only because round trips share fsyncs (each is three inbox writes) |
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -53,6 +55,12 @@ struct Cli {
     /// Messages per device (default 100, or 20 with --quick).
     #[arg(long)]
     messages: Option<usize>,
+    /// Devices running C2D round trips concurrently (default 100, or 20 with --quick).
+    #[arg(long)]
+    c2d_devices: Option<usize>,
+    /// C2D round trips per device (default 50, or 10 with --quick).
+    #[arg(long)]
+    c2d_messages: Option<usize>,
     /// Where the logs and the inbox are written (default: the system's temporary directory).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -77,8 +85,8 @@ fn args() -> Args {
     Args {
         devices: cli.devices.unwrap_or(devices),
         messages: cli.messages.unwrap_or(messages),
-        c2d_devices,
-        c2d_per_device,
+        c2d_devices: cli.c2d_devices.unwrap_or(c2d_devices),
+        c2d_per_device: cli.c2d_messages.unwrap_or(c2d_per_device),
         dir: cli.dir.unwrap_or_else(std::env::temp_dir),
     }
 }
@@ -222,6 +230,26 @@ async fn c2d_roundtrip(
     rate
 }
 
+/// The disk's fsync rate: one writer appending 100 bytes and calling `fdatasync`, for about a
+/// second — what a store without group commit could acknowledge at most.
+#[allow(clippy::disallowed_methods, reason = "a benchmark's own measurement")]
+fn disk_fsync_rate(dir: &Path) -> f64 {
+    use std::io::Write;
+    let path = dir.join("fsync-probe");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < 1.0 {
+        file.write_all(&[b'f'; 100]).unwrap();
+        file.sync_data().unwrap();
+        n += 1;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    drop(file);
+    std::fs::remove_file(&path).unwrap();
+    rate
+}
+
 fn main() {
     let args = args();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -274,6 +302,7 @@ fn main() {
             raw = raw.max(r);
             hub = hub.max(h);
         }
+        let fsync = disk_fsync_rate(root.path());
         let c2d = c2d_roundtrip(
             &root.path().join("c2d"),
             identity.clone(),
@@ -282,12 +311,13 @@ fn main() {
         )
         .await;
         println!(
-            "C2D round trip ({} devices × {} messages, file inbox with fsync): {c2d:.0}/s",
+            "C2D round trip ({} devices × {} messages, file inbox with fsync): {c2d:.0}/s; disk fsync rate {fsync:.0}/s",
             args.c2d_devices, args.c2d_per_device
         );
         println!(
-            "{{\"hub_telemetry_per_s\":{hub:.0},\"raw_log_per_s\":{raw:.0},\"hub_vs_log\":{:.3},\"c2d_roundtrip_per_s\":{c2d:.0}}}",
-            hub / raw
+            "{{\"hub_telemetry_per_s\":{hub:.0},\"raw_log_per_s\":{raw:.0},\"hub_vs_log\":{:.3},\"c2d_roundtrip_per_s\":{c2d:.0},\"disk_fsync_per_s\":{fsync:.0},\"c2d_vs_fsync\":{:.2}}}",
+            hub / raw,
+            c2d / fsync
         );
     });
 }

@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run --release --example registry_bench                      # 1 000 000 devices
 //! cargo run --release --example registry_bench -- --devices 100000  # a quicker run
+//! cargo run --release --example registry_bench -- --only-file-fsync  # durable registrations only
 //! ```
 //!
 //! PostgreSQL is reached at `host=127.0.0.1 port=5432 dbname=test` as user `postgres` (then
@@ -145,11 +146,84 @@ struct Cli {
     /// Skip PostgreSQL (the ratios are then absent).
     #[arg(long)]
     no_pg: bool,
+    /// Run only the durable-registration part: `FSYNC_SAMPLE` registrations with fsync before
+    /// ack from `FSYNC_WRITERS` concurrent tasks, beside the disk's fsync rate.
+    #[arg(long)]
+    only_file_fsync: bool,
+}
+
+/// Registrations in the fsync sample.
+const FSYNC_SAMPLE: u64 = 20_000;
+/// Concurrent writers of the fsync sample (group commit shares their fsyncs).
+const FSYNC_WRITERS: u64 = 64;
+
+/// Registers `FSYNC_SAMPLE` devices into a fresh `FileRegistry` with `Durability::Fsync` from
+/// `FSYNC_WRITERS` concurrent tasks; returns registrations per second.
+async fn file_fsync_register() -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = FileRegistry::open(dir.path(), FileRegistryConfig::default())
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..FSYNC_WRITERS)
+        .map(|w| {
+            let registry = registry.clone();
+            tokio::spawn(async move {
+                let mut i = w;
+                while i < FSYNC_SAMPLE {
+                    registry
+                        .create(&DeviceId::new(device_id(i)).unwrap(), document(i))
+                        .await
+                        .unwrap();
+                    i += FSYNC_WRITERS;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rate = FSYNC_SAMPLE as f64 / start.elapsed().as_secs_f64();
+    assert_eq!(registry.len() as u64, FSYNC_SAMPLE);
+    rate
+}
+
+/// The disk's fsync rate in the temporary directory: one writer appending 100 bytes and calling
+/// `fdatasync` for about a second.
+#[allow(clippy::disallowed_methods, reason = "a benchmark's own measurement")]
+fn disk_fsync_rate() -> f64 {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = std::fs::File::create(dir.path().join("probe")).unwrap();
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < 1.0 {
+        file.write_all(&[b'f'; 100]).unwrap();
+        file.sync_data().unwrap();
+        n += 1;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
 }
 
 #[tokio::main]
 async fn main() {
     let cli = <Cli as clap::Parser>::parse();
+    if cli.only_file_fsync {
+        let fsync = disk_fsync_rate();
+        let rate = file_fsync_register().await;
+        println!(
+            "register, file, fsync before ack, {FSYNC_WRITERS} writers: {rate:.0}/s; disk fsync rate {fsync:.0}/s"
+        );
+        println!(
+            "{}",
+            json!({
+                "file_fsync_register_per_s": rate.round(),
+                "file_fsync_writers": FSYNC_WRITERS,
+                "disk_fsync_per_s": fsync.round(),
+            })
+        );
+        return;
+    }
     let devices = cli.devices;
     let with_pg = !cli.no_pg;
     eprintln!(
@@ -207,7 +281,7 @@ async fn main() {
         "".into(),
     );
     row(
-        "register, file, fsync each (devices/s)",
+        "register, file, fsync, 64 writers (/s)",
         format!("{:.0}", ours.file_fsync_register_per_s),
         "".into(),
     );
@@ -443,20 +517,7 @@ async fn bench_ours(devices: u64, params: &[(String, u64)]) -> (Ours, Vec<usize>
     }
     ours.file_merge_per_s = merges.min(100_000) as f64 / start.elapsed().as_secs_f64();
     drop(file);
-    let fsync_dir = tempfile::tempdir().unwrap();
-    let fsynced = FileRegistry::open(fsync_dir.path(), FileRegistryConfig::default())
-        .await
-        .unwrap();
-    let sample = 2000;
-    let start = Instant::now();
-    for i in 0..sample {
-        fsynced
-            .create(&DeviceId::new(device_id(i)).unwrap(), document(i))
-            .await
-            .unwrap();
-    }
-    ours.file_fsync_register_per_s = sample as f64 / start.elapsed().as_secs_f64();
-    drop(fsynced);
+    ours.file_fsync_register_per_s = file_fsync_register().await;
 
     // Reopen three times and keep the median: the machine is shared, and the first open may
     // also pay for reading files evicted from the page cache.

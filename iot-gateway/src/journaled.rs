@@ -1,129 +1,90 @@
 //! A store's in-memory state with the storage kit's journal behind it, shared by the file inbox,
 //! the file twin store and the MQTT endpoint's persistent sessions.
 //!
-//! The state and the journal have separate locks, so that a reader on the async executor (a twin
-//! read, an inbox depth) takes the state lock for a moment and never waits for a write or an
-//! fsync, which hold only the journal lock.
-//!
-//! # Invariants
-//!
-//! * Writers are serialised by the journal lock: a write plans its operations from the state,
-//!   appends them (the journal's durability decides whether that waits for an fsync) and only then
-//!   applies them, so the journal's order is the state's order and nothing is applied that is not
-//!   durable.
-//! * The state changes only under the journal lock (or before the store is shared, on open), so a
-//!   plan made under it is still valid when its operations are applied.
+//! The durable case is the kit's [`Journal`], which gives concurrent writers group commit: a write
+//! plans, stages and applies under one short state lock, then waits for the group fsync that
+//! covers it, so unrelated devices share fsyncs instead of queueing behind one writer. A read
+//! takes the state lock for a moment and returns once every write it may have seen is durable.
+//! The in-memory case (sessions without a state directory) is a plain lock.
 
 use std::path::Path;
 use std::sync::Mutex;
 
 use iot_core::storage::{Journal, JournalConfig, Journaled};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::sync_util::lock;
 
 /// State of type `S`, made durable by a journal, or kept only in memory.
 #[derive(Debug)]
-pub(crate) struct JournaledState<S> {
-    state: Mutex<S>,
-    journal: Mutex<Option<Journal>>,
-    /// Whether `journal` is `Some`, readable without waiting for a writer.
-    // Read only by `is_durable`, which only the MQTT endpoint's persistent sessions call.
+pub(crate) enum JournaledState<S> {
+    Durable(Journal<S>),
+    // Only the MQTT endpoint's persistent sessions (without a state directory) keep state in
+    // memory; the inbox and twin stores always journal.
     #[cfg_attr(not(feature = "mqtt"), allow(dead_code))]
-    durable: bool,
+    Memory(Mutex<S>),
 }
 
-impl<S: Journaled> JournaledState<S> {
+impl<S: Journaled + Send + 'static> JournaledState<S> {
     /// Opens (or creates) the journal in `dir` and replays it into `state`. Blocking.
     pub(crate) fn open(
         dir: &Path,
         magic: &[u8; 8],
-        mut state: S,
+        state: S,
         config: JournalConfig,
     ) -> Result<Self> {
-        let journal = Journal::open(dir, magic, &mut state, config)?;
-        Ok(JournaledState {
-            state: Mutex::new(state),
-            journal: Mutex::new(Some(journal)),
-            durable: true,
-        })
+        Ok(JournaledState::Durable(Journal::open(
+            dir, magic, state, config,
+        )?))
     }
 
     /// `state` kept in memory only.
-    // Only the MQTT endpoint's persistent sessions (without a state directory) keep state in
-    // memory; the inbox and twin stores always journal.
     #[cfg_attr(not(feature = "mqtt"), allow(dead_code))]
     pub(crate) fn in_memory(state: S) -> Self {
-        JournaledState {
-            state: Mutex::new(state),
-            journal: Mutex::new(None),
-            durable: false,
+        JournaledState::Memory(Mutex::new(state))
+    }
+
+    /// Reads the state, returning once every write the read may have seen is durable.
+    pub(crate) async fn read<T>(&self, f: impl FnOnce(&S) -> T) -> Result<T> {
+        match self {
+            JournaledState::Durable(journal) => Ok(journal.read(f).await?),
+            JournaledState::Memory(state) => Ok(f(&lock(state))),
         }
-    }
-
-    /// Whether writes go to a journal (and so are blocking work for
-    /// [`run_blocking`](iot_core::storage::run_blocking)).
-    #[cfg_attr(not(feature = "mqtt"), allow(dead_code))]
-    pub(crate) fn is_durable(&self) -> bool {
-        self.durable
-    }
-
-    /// Reads the state; never waits for file I/O.
-    pub(crate) fn read<T>(&self, f: impl FnOnce(&S) -> T) -> T {
-        f(&lock(&self.state))
     }
 
     /// Changes the state without journaling it, before the store is shared (e.g. releasing the
     /// locks of a previous process on open).
-    pub(crate) fn update_unjournaled<T>(&mut self, f: impl FnOnce(&mut S) -> T) -> T {
-        f(&mut lock(&self.state))
+    pub(crate) fn update_unjournaled<T>(&self, f: impl FnOnce(&mut S) -> T) -> T {
+        match self {
+            JournaledState::Durable(journal) => journal.update_unjournaled(f),
+            JournaledState::Memory(state) => f(&mut lock(state)),
+        }
     }
 
-    /// Plans operations from the state, makes them durable, applies them, and returns what the
-    /// plan returned. A plan that fails, or an append that fails, changes nothing. Blocking when
-    /// the state is journaled.
-    pub(crate) fn write<T>(&self, plan: impl FnOnce(&S) -> Result<(Vec<S::Op>, T)>) -> Result<T> {
-        let mut journal = lock(&self.journal);
-        let (ops, out) = plan(&lock(&self.state))?;
-        if ops.is_empty() {
-            return Ok(out);
-        }
-        if let Some(journal) = journal.as_mut() {
-            journal.append(&ops)?;
-        }
-        {
-            let mut state = lock(&self.state);
-            for op in ops {
-                state.apply(op);
+    /// Plans operations from the state, applies them and returns what the plan returned once
+    /// they are durable (group commit). A plan that fails changes nothing.
+    pub(crate) async fn write<T>(
+        &self,
+        plan: impl FnOnce(&S) -> Result<(Vec<S::Op>, T)>,
+    ) -> Result<T> {
+        match self {
+            JournaledState::Durable(journal) => journal.write::<T, Error>(plan).await,
+            JournaledState::Memory(state) => {
+                let mut state = lock(state);
+                let (ops, out) = plan(&state)?;
+                for op in ops {
+                    state.apply(op);
+                }
+                Ok(out)
             }
         }
-        if let Some(journal) = journal.as_mut() {
-            journal.maybe_compact(&Shared(&self.state));
+    }
+
+    /// Makes every acknowledged operation durable (with `Durability::OsBuffered`).
+    pub(crate) async fn sync(&self) -> Result<()> {
+        match self {
+            JournaledState::Durable(journal) => Ok(journal.sync().await?),
+            JournaledState::Memory(_) => Ok(()),
         }
-        Ok(out)
-    }
-
-    /// Makes every appended operation durable (with `Durability::OsBuffered`). Blocking.
-    pub(crate) fn sync(&self) -> Result<()> {
-        match lock(&self.journal).as_ref() {
-            Some(journal) => Ok(journal.sync()?),
-            None => Ok(()),
-        }
-    }
-}
-
-/// The state behind its lock, as the journal's compaction sees it: the snapshot's operations are
-/// collected under the state lock (a copy in memory) and written after it is released.
-struct Shared<'a, S>(&'a Mutex<S>);
-
-impl<S: Journaled> Journaled for Shared<'_, S> {
-    type Op = S::Op;
-
-    fn apply(&mut self, op: S::Op) {
-        lock(self.0).apply(op);
-    }
-
-    fn snapshot_ops(&self) -> Vec<S::Op> {
-        lock(self.0).snapshot_ops()
     }
 }

@@ -14,34 +14,42 @@
 //!
 //! # Invariants
 //!
-//! * An operation is appended (and, with [`Durability::Fsync`], fsynced) before the store applies
-//!   it in memory or acknowledges it, so a crash loses nothing acknowledged.
+//! * Writes use [group commit](super::group): a write plans its operations from the state, then
+//!   stages them and applies them under the state lock, and is acknowledged only once the batch
+//!   holding them is written (and, with [`Durability::Fsync`], fsynced), so a crash loses nothing
+//!   acknowledged. Concurrent writers share one fsync.
+//! * A read returns only once every write it may have seen is durable.
 //! * WAL sequence numbers strictly increase. Recovery follows the kit's torn-tail rule: a torn
 //!   last frame is cut off, damage followed by intact frames is refused with
 //!   [`StorageError::Corrupt`] (or cut off when the store is opened with [`Recovery::Repair`]).
 //! * A snapshot is renamed into place complete and fsynced, so any damage in it is corruption.
 //!   After a snapshot the WAL is replaced by an empty one; replay skips operations the snapshot
 //!   holds, so a crash between the two steps is harmless.
-//! * After a write that failed and could not be undone, the journal refuses writes
-//!   ([`StorageError::Failed`]) until the store is reopened.
+//! * After a failed batch (memory already holds its writes), the journal refuses writes and reads
+//!   that may have seen them ([`StorageError::Failed`]) until the store is reopened.
+//! * Compaction holds the state lock while [`GroupCommit::rotate`] takes what is staged, so the
+//!   snapshot covers every operation the old WAL was owed; it is written after the lock is released.
 
 #![allow(
     clippy::disallowed_methods,
     reason = "the kit's blocking primitives; async callers reach them through run_blocking"
 )]
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
+use crate::storage::blocking::run_blocking_storage;
 use crate::storage::dir_lock::DirLock;
 use crate::storage::durability::Durability;
 use crate::storage::error::{StorageError, StorageResult};
 use crate::storage::frame::{self, FrameReader, Recovery};
 use crate::storage::fs;
+use crate::storage::group::{GroupCommit, WalFile};
 
 const SNAPSHOT_FILE: &str = "snapshot";
 const WAL_FILE: &str = "wal";
@@ -114,30 +122,54 @@ impl JournalConfig {
     }
 }
 
-/// A write-ahead journal with snapshots over one directory; see the [module docs](self).
+/// A store's state in memory with a write-ahead journal behind it; see the [module docs](self).
+/// Cloning is cheap and shares the store.
 #[derive(Debug)]
-pub struct Journal {
+pub struct Journal<S> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S> Clone for Journal<S> {
+    fn clone(&self) -> Self {
+        Journal {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner<S> {
     dir: PathBuf,
     magic: [u8; 8],
-    wal: std::fs::File,
-    wal_len: u64,
-    snapshot_len: u64,
-    last_seq: u64,
     config: JournalConfig,
-    failed: bool,
-    buf: Vec<u8>,
+    /// The state and the last operation sequence number, changed only together with staging.
+    state: Mutex<Ordered<S>>,
+    group: Arc<GroupCommit>,
+    snapshot_len: AtomicU64,
+    compacting: AtomicBool,
+    /// Held for the journal's life: dropping it releases the directory.
     _lock: DirLock,
 }
 
-impl Journal {
+#[derive(Debug)]
+struct Ordered<S> {
+    state: S,
+    last_seq: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<S: Journaled> Journal<S> {
     /// Opens (or creates) the journal in `dir` and replays it into `state`. Blocking: async
     /// callers run it through [`run_blocking`](super::run_blocking).
-    pub fn open<S: Journaled>(
+    pub fn open(
         dir: &Path,
         magic: &[u8; 8],
-        state: &mut S,
+        mut state: S,
         config: JournalConfig,
-    ) -> StorageResult<Journal> {
+    ) -> StorageResult<Journal<S>> {
         config
             .durability
             .require_no_background_sync("a journal store")?;
@@ -148,137 +180,239 @@ impl Journal {
         let wal_path = dir.join(WAL_FILE);
         fs::remove_leftover_temp(&wal_path)?;
         let (snapshot_seq, snapshot_len) =
-            load_snapshot(&snapshot_path, magic, state, config.max_op_bytes + 8)?;
-        let (last_seq, wal_len) = replay_wal(&wal_path, magic, state, snapshot_seq, &config)?;
-        let wal = fs::open_append(&wal_path, false)?;
+            load_snapshot(&snapshot_path, magic, &mut state, config.max_op_bytes + 8)?;
+        let (last_seq, wal_len) = replay_wal(&wal_path, magic, &mut state, snapshot_seq, &config)?;
+        let file = fs::open_append(&wal_path, false)?;
+        let group = GroupCommit::new(
+            WalFile {
+                file,
+                path: wal_path,
+                len: wal_len,
+            },
+            config.durability,
+        );
         Ok(Journal {
-            dir: dir.to_owned(),
-            magic: *magic,
-            wal,
-            wal_len,
-            snapshot_len,
-            last_seq: last_seq.max(snapshot_seq),
-            config,
-            failed: false,
-            buf: Vec::new(),
-            _lock: lock,
+            inner: Arc::new(Inner {
+                dir: dir.to_owned(),
+                magic: *magic,
+                config,
+                state: Mutex::new(Ordered {
+                    state,
+                    last_seq: last_seq.max(snapshot_seq),
+                }),
+                group,
+                snapshot_len: AtomicU64::new(snapshot_len),
+                compacting: AtomicBool::new(false),
+                _lock: lock,
+            }),
         })
     }
 
     /// The journal's directory.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.inner.dir
     }
 
-    /// Appends `ops` as one write (one fsync with [`Durability::Fsync`]). On error nothing of
-    /// `ops` is durable and the caller must not apply them.
-    pub fn append<O: Serialize>(&mut self, ops: &[O]) -> StorageResult<()> {
+    /// How many batches the journal has written (each one fsync under [`Durability::Fsync`]).
+    pub fn batches(&self) -> u64 {
+        self.inner.group.batches()
+    }
+
+    /// Reads the state. What `f` sees may include writes still in their group's fsync, so the
+    /// result is returned only once they are durable: a reader never reports a write that a
+    /// crash could take back.
+    pub async fn read<T>(&self, f: impl FnOnce(&S) -> T) -> StorageResult<T> {
+        let (out, ticket) = self.read_now(f);
+        self.inner.group.wait(ticket).await?;
+        Ok(out)
+    }
+
+    /// [`read`](Self::read) for a synchronous caller.
+    pub fn read_blocking<T>(&self, f: impl FnOnce(&S) -> T) -> StorageResult<T> {
+        let (out, ticket) = self.read_now(f);
+        self.inner.group.wait_blocking(ticket)?;
+        Ok(out)
+    }
+
+    fn read_now<T>(&self, f: impl FnOnce(&S) -> T) -> (T, u64) {
+        let ordered = lock(&self.inner.state);
+        (f(&ordered.state), self.inner.group.last_staged())
+    }
+
+    /// Changes the state without journaling it, before the store is shared (e.g. releasing the
+    /// locks of a previous process on open).
+    pub fn update_unjournaled<T>(&self, f: impl FnOnce(&mut S) -> T) -> T {
+        f(&mut lock(&self.inner.state).state)
+    }
+
+    /// Plans operations from the state, stages them for the next group commit, applies them, and
+    /// returns what the plan returned once they are durable. A plan that fails changes nothing;
+    /// an error after staging (a failed batch) leaves the journal failed (see the module docs).
+    pub async fn write<T, E: From<StorageError>>(
+        &self,
+        plan: impl FnOnce(&S) -> Result<(Vec<S::Op>, T), E>,
+    ) -> Result<T, E>
+    where
+        S: Send + 'static,
+    {
+        let (ticket, out) = self.stage(plan)?;
+        self.inner.group.wait(ticket).await?;
+        if self.wants_compaction() {
+            let this = self.clone();
+            run_blocking_storage(move || {
+                this.compact_if_wanted();
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(out)
+    }
+
+    /// [`write`](Self::write) for a synchronous caller.
+    pub fn write_blocking<T, E: From<StorageError>>(
+        &self,
+        plan: impl FnOnce(&S) -> Result<(Vec<S::Op>, T), E>,
+    ) -> Result<T, E> {
+        let (ticket, out) = self.stage(plan)?;
+        self.inner.group.wait_blocking(ticket)?;
+        self.compact_if_wanted();
+        Ok(out)
+    }
+
+    fn stage<T, E: From<StorageError>>(
+        &self,
+        plan: impl FnOnce(&S) -> Result<(Vec<S::Op>, T), E>,
+    ) -> Result<(u64, T), E> {
+        let inner = &*self.inner;
+        let mut ordered = lock(&inner.state);
+        let (ops, out) = plan(&ordered.state)?;
         if ops.is_empty() {
-            return Ok(());
+            // The plan read state that may include writes still in flight.
+            return Ok((inner.group.last_staged(), out));
         }
-        let path = self.dir.join(WAL_FILE);
-        if self.failed {
-            return Err(StorageError::Failed { path });
-        }
-        self.buf.clear();
-        let mut seq = self.last_seq;
+        let mut seq = ordered.last_seq;
+        let ticket = inner.group.stage(|buf| {
+            for op in &ops {
+                seq += 1;
+                encode_op(buf, seq, op, inner.config.max_op_bytes, &inner.dir)?;
+            }
+            Ok::<_, StorageError>(())
+        })?;
+        ordered.last_seq = seq;
         for op in ops {
-            seq += 1;
-            let start = frame::begin(&mut self.buf);
-            self.buf.extend_from_slice(&seq.to_le_bytes());
-            let op_start = self.buf.len();
-            serde_json::to_writer(&mut self.buf, op)
-                .map_err(|e| StorageError::io("encode", &path, std::io::Error::other(e)))?;
-            let size = self.buf.len() - op_start;
-            if size > self.config.max_op_bytes {
-                return Err(StorageError::TooLarge {
-                    what: "journal operation",
-                    size,
-                    limit: self.config.max_op_bytes,
-                });
-            }
-            frame::finish(&mut self.buf, start)?;
+            ordered.state.apply(op);
         }
-        let written = self.wal.write_all(&self.buf).map_err(|e| ("write", e));
-        let synced = written.and_then(|()| {
-            if self.config.durability.syncs_each_write() {
-                self.wal.sync_data().map_err(|e| ("fsync", e))
-            } else {
-                Ok(())
-            }
-        });
-        match synced {
-            Ok(()) => {
-                self.wal_len += self.buf.len() as u64;
-                self.last_seq = seq;
-                Ok(())
-            }
-            Err((operation, e)) => {
-                // After a failed fsync the page cache cannot be trusted: reopen either way.
-                let rolled_back = operation == "write" && self.wal.set_len(self.wal_len).is_ok();
-                self.failed |= !rolled_back;
-                Err(StorageError::io(operation, path, e))
-            }
-        }
+        Ok((ticket, out))
     }
 
-    /// Writes a snapshot and empties the WAL once the WAL has outgrown the snapshot and the
-    /// configured size. A failure is logged, not returned: the writes are durable already.
-    pub fn maybe_compact<S: Journaled>(&mut self, state: &S) {
-        if self.wal_len <= self.config.compact_after_bytes.max(self.snapshot_len) {
+    fn wants_compaction(&self) -> bool {
+        let inner = &*self.inner;
+        let limit = inner
+            .config
+            .compact_after_bytes
+            .max(inner.snapshot_len.load(Ordering::Relaxed));
+        inner.group.file_len() > limit && !inner.compacting.load(Ordering::Relaxed)
+    }
+
+    /// Compacts when the WAL has outgrown the snapshot and the configured size, unless another
+    /// writer is compacting. A failure is logged, not returned: the writes are durable already.
+    fn compact_if_wanted(&self) {
+        if !self.wants_compaction() || self.inner.compacting.swap(true, Ordering::AcqRel) {
             return;
         }
-        if let Err(e) = self.compact(state) {
-            warn!(dir = %self.dir.display(), error = %e, "journal compaction failed");
+        if let Err(e) = self.compact_blocking() {
+            warn!(dir = %self.inner.dir.display(), error = %e, "journal compaction failed");
         }
+        self.inner.compacting.store(false, Ordering::Release);
     }
 
-    /// Writes a snapshot of `state` and empties the WAL.
-    pub fn compact<S: Journaled>(&mut self, state: &S) -> StorageResult<()> {
-        let ops = state.snapshot_ops();
-        let last_seq = self.last_seq;
-        let magic = self.magic;
-        let snapshot_path = self.dir.join(SNAPSHOT_FILE);
-        self.snapshot_len = fs::replace_atomically(&snapshot_path, |out| {
-            out.write_all(&magic)?;
-            out.write_all(SNAP_KIND)?;
-            let mut buf = Vec::new();
-            let mut header = Vec::with_capacity(16);
-            header.extend_from_slice(&last_seq.to_le_bytes());
-            header.extend_from_slice(&(ops.len() as u64).to_le_bytes());
-            frame::encode(&mut buf, &header).map_err(std::io::Error::other)?;
-            out.write_all(&buf)?;
-            for op in &ops {
-                buf.clear();
-                let start = frame::begin(&mut buf);
-                serde_json::to_writer(&mut buf, op).map_err(std::io::Error::other)?;
-                frame::finish(&mut buf, start).map_err(std::io::Error::other)?;
-                out.write_all(&buf)?;
-            }
-            Ok(())
-        })?;
-        let wal_path = self.dir.join(WAL_FILE);
-        // Once the empty WAL may have been renamed into place, `self.wal` may be an unlinked
-        // file: appending to it would acknowledge writes that a restart never sees.
-        let reopened = new_wal(&wal_path, &magic).and_then(|()| fs::open_append(&wal_path, false));
-        self.wal = match reopened {
-            Ok(wal) => wal,
-            Err(e) => {
-                self.failed = true;
-                return Err(e);
-            }
-        };
-        self.wal_len = PREFIX_LEN as u64;
-        info!(dir = %self.dir.display(), snapshot_bytes = self.snapshot_len, "journal compacted");
-        Ok(())
+    /// Writes a snapshot of the state and empties the WAL. Blocking.
+    pub fn compact_blocking(&self) -> StorageResult<()> {
+        let inner = &*self.inner;
+        // Under the state lock nothing is staged: the snapshot taken here covers every ticket
+        // that `rotate` takes over. The lock is released before the files are written.
+        let ordered = lock(&inner.state);
+        let ops = ordered.state.snapshot_ops();
+        let last_seq = ordered.last_seq;
+        let mut ordered = Some(ordered);
+        inner.group.rotate::<StorageError>(|wal_path| {
+            drop(ordered.take());
+            let snapshot_len =
+                write_snapshot(&inner.dir, &inner.magic, last_seq, &ops).map_err(|e| (e, true))?;
+            inner.snapshot_len.store(snapshot_len, Ordering::Relaxed);
+            // Once the empty WAL may have been renamed into place, the old file may be unlinked:
+            // appending to it would acknowledge writes that a restart never sees.
+            let file = new_wal(wal_path, &inner.magic)
+                .and_then(|()| fs::open_append(wal_path, false))
+                .map_err(|e| (e, false))?;
+            info!(dir = %inner.dir.display(), snapshot_bytes = snapshot_len, "journal compacted");
+            Ok(WalFile {
+                file,
+                path: wal_path.to_owned(),
+                len: PREFIX_LEN as u64,
+            })
+        })
+    }
+
+    /// Makes every appended operation durable (with [`Durability::OsBuffered`]). Blocking.
+    pub fn sync_blocking(&self) -> StorageResult<()> {
+        self.inner.group.sync_blocking()
     }
 
     /// Makes every appended operation durable (with [`Durability::OsBuffered`]).
-    pub fn sync(&self) -> StorageResult<()> {
-        self.wal
-            .sync_data()
-            .map_err(|e| StorageError::io("fsync", self.dir.join(WAL_FILE), e))
+    pub async fn sync(&self) -> StorageResult<()> {
+        let group = Arc::clone(&self.inner.group);
+        run_blocking_storage(move || group.sync_blocking()).await
     }
+}
+
+fn encode_op<O: Serialize>(
+    buf: &mut Vec<u8>,
+    seq: u64,
+    op: &O,
+    max_op_bytes: usize,
+    dir: &Path,
+) -> StorageResult<()> {
+    let start = frame::begin(buf);
+    buf.extend_from_slice(&seq.to_le_bytes());
+    let op_start = buf.len();
+    serde_json::to_writer(&mut *buf, op)
+        .map_err(|e| StorageError::io("encode", dir.join(WAL_FILE), std::io::Error::other(e)))?;
+    let size = buf.len() - op_start;
+    if size > max_op_bytes {
+        return Err(StorageError::TooLarge {
+            what: "journal operation",
+            size,
+            limit: max_op_bytes,
+        });
+    }
+    frame::finish(buf, start)
+}
+
+fn write_snapshot<O: Serialize>(
+    dir: &Path,
+    magic: &[u8; 8],
+    last_seq: u64,
+    ops: &[O],
+) -> StorageResult<u64> {
+    fs::replace_atomically(&dir.join(SNAPSHOT_FILE), |out| {
+        out.write_all(magic)?;
+        out.write_all(SNAP_KIND)?;
+        let mut buf = Vec::new();
+        let mut header = Vec::with_capacity(16);
+        header.extend_from_slice(&last_seq.to_le_bytes());
+        header.extend_from_slice(&(ops.len() as u64).to_le_bytes());
+        frame::encode(&mut buf, &header).map_err(std::io::Error::other)?;
+        out.write_all(&buf)?;
+        for op in ops {
+            buf.clear();
+            let start = frame::begin(&mut buf);
+            serde_json::to_writer(&mut buf, op).map_err(std::io::Error::other)?;
+            frame::finish(&mut buf, start).map_err(std::io::Error::other)?;
+            out.write_all(&buf)?;
+        }
+        Ok(())
+    })
 }
 
 fn new_wal(path: &Path, magic: &[u8; 8]) -> StorageResult<()> {
@@ -408,8 +542,9 @@ fn le_u64(buf: &[u8], at: usize) -> Option<u64> {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+    use std::io::Write;
 
-    #[derive(Default)]
+    #[derive(Debug, Default)]
     struct Kv(BTreeMap<u32, u32>);
 
     impl Journaled for Kv {
@@ -425,19 +560,25 @@ mod tests {
     const MAGIC: &[u8; 8] = b"TESTJRN1";
 
     fn buffered() -> JournalConfig {
-        JournalConfig::with_durability(Durability::OsBuffered).compact_after_bytes(0)
+        JournalConfig::with_durability(Durability::OsBuffered)
     }
 
-    fn open(dir: &Path, kv: &mut Kv) -> StorageResult<Journal> {
-        Journal::open(dir, MAGIC, kv, buffered())
+    fn open(dir: &Path) -> StorageResult<Journal<Kv>> {
+        Journal::open(dir, MAGIC, Kv::default(), buffered())
+    }
+
+    fn put(j: &Journal<Kv>, k: u32, v: u32) -> StorageResult<()> {
+        j.write_blocking(|_| Ok::<_, StorageError>((vec![(k, v)], ())))
+    }
+
+    fn entries(j: &Journal<Kv>) -> usize {
+        j.read_blocking(|kv| kv.0.len()).expect("read")
     }
 
     fn write_n(dir: &Path, n: u32) {
-        let mut kv = Kv::default();
-        let mut j = open(dir, &mut kv).expect("open");
+        let j = open(dir).expect("open");
         for i in 0..n {
-            j.append(&[(i, i * 2)]).expect("append");
-            kv.apply((i, i * 2));
+            put(&j, i, i * 2).expect("append");
         }
     }
 
@@ -449,18 +590,20 @@ mod tests {
         let mut f = fs::open_append(&wal, false).expect("wal");
         f.write_all(&[200, 0, 0, 0, 1, 2]).expect("torn");
         drop(f);
-        let mut kv = Kv::default();
-        let mut j = open(dir.path(), &mut kv).expect("reopen");
-        assert_eq!(kv.0.len(), 10);
-        j.append(&[(100, 1)]).expect("append after recovery");
-        kv.apply((100, 1));
-        j.compact(&kv).expect("compact");
-        j.append(&[(101, 2)]).expect("append after compaction");
+        let j = open(dir.path()).expect("reopen");
+        assert_eq!(entries(&j), 10);
+        put(&j, 100, 1).expect("append after recovery");
+        j.compact_blocking().expect("compact");
+        put(&j, 101, 2).expect("append after compaction");
         drop(j);
-        let mut again = Kv::default();
-        let _j = open(dir.path(), &mut again).expect("open");
-        assert_eq!(again.0.len(), 12);
-        assert_eq!(again.0.get(&101), Some(&2));
+        let again = open(dir.path()).expect("open");
+        assert_eq!(entries(&again), 12);
+        assert_eq!(
+            again
+                .read_blocking(|kv| kv.0.get(&101).copied())
+                .expect("read"),
+            Some(2)
+        );
     }
 
     #[test]
@@ -472,9 +615,8 @@ mod tests {
         let len = data.len();
         data.extend_from_slice(&[0; 8192]);
         std::fs::write(&wal, data).expect("write");
-        let mut kv = Kv::default();
-        let _j = open(dir.path(), &mut kv).expect("reopen");
-        assert_eq!(kv.0.len(), 3);
+        let j = open(dir.path()).expect("reopen");
+        assert_eq!(entries(&j), 3);
         assert_eq!(std::fs::metadata(&wal).expect("stat").len(), len as u64);
     }
 
@@ -490,20 +632,19 @@ mod tests {
             let mut data = original.clone();
             data[i] ^= 0x10;
             std::fs::write(&wal, &data).expect("write");
-            match open(dir.path(), &mut Kv::default()) {
+            match open(dir.path()) {
                 Err(StorageError::Corrupt { path, .. }) => assert_eq!(path, wal),
                 other => panic!("byte {i}: {other:?}"),
             }
         }
-        let mut kv = Kv::default();
-        let _j = Journal::open(
+        let j = Journal::open(
             dir.path(),
             MAGIC,
-            &mut kv,
+            Kv::default(),
             buffered().recovery(Recovery::Repair),
         )
         .expect("repair");
-        assert_eq!(kv.0.len(), 1, "repair keeps what precedes the damage");
+        assert_eq!(entries(&j), 1, "repair keeps what precedes the damage");
     }
 
     #[test]
@@ -519,7 +660,7 @@ mod tests {
         data[at + 8..at + 12].copy_from_slice(&crc32c::crc32c(&header).to_le_bytes());
         std::fs::write(&wal, &data).expect("write");
         assert!(matches!(
-            open(dir.path(), &mut Kv::default()),
+            open(dir.path()),
             Err(StorageError::Corrupt { .. })
         ));
     }
@@ -527,16 +668,13 @@ mod tests {
     #[test]
     fn refuses_a_second_opener_and_interval_durability() {
         let dir = tempfile::tempdir().expect("dir");
-        let _j = open(dir.path(), &mut Kv::default()).expect("open");
-        assert!(matches!(
-            open(dir.path(), &mut Kv::default()),
-            Err(StorageError::Locked { .. })
-        ));
+        let _j = open(dir.path()).expect("open");
+        assert!(matches!(open(dir.path()), Err(StorageError::Locked { .. })));
         let other = tempfile::tempdir().expect("dir");
         let config =
             JournalConfig::with_durability(Durability::Interval(std::time::Duration::from_secs(1)));
         assert!(matches!(
-            Journal::open(other.path(), MAGIC, &mut Kv::default(), config),
+            Journal::open(other.path(), MAGIC, Kv::default(), config),
             Err(StorageError::Config { .. })
         ));
     }
@@ -545,13 +683,11 @@ mod tests {
     fn a_damaged_snapshot_is_refused() {
         let dir = tempfile::tempdir().expect("dir");
         {
-            let mut kv = Kv::default();
-            let mut j = open(dir.path(), &mut kv).expect("open");
+            let j = open(dir.path()).expect("open");
             for i in 0..5 {
-                j.append(&[(i, i)]).expect("append");
-                kv.apply((i, i));
+                put(&j, i, i).expect("append");
             }
-            j.compact(&kv).expect("compact");
+            j.compact_blocking().expect("compact");
         }
         let snap = dir.path().join(SNAPSHOT_FILE);
         let mut data = std::fs::read(&snap).expect("read");
@@ -559,8 +695,46 @@ mod tests {
         data[last] ^= 1;
         std::fs::write(&snap, &data).expect("write");
         assert!(matches!(
-            open(dir.path(), &mut Kv::default()),
+            open(dir.path()),
             Err(StorageError::Corrupt { .. })
         ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_fsync_writers_are_all_acknowledged_and_a_reopen_shows_exactly_them() {
+        let dir = tempfile::tempdir().expect("dir");
+        // A tiny compaction threshold, so snapshots are written while writers keep staging.
+        let config = JournalConfig::default().compact_after_bytes(2048);
+        let j = Journal::open(dir.path(), MAGIC, Kv::default(), config.clone()).expect("open");
+        let tasks: Vec<_> = (0..32u32)
+            .map(|w| {
+                let j = j.clone();
+                tokio::spawn(async move {
+                    let mut acked = Vec::new();
+                    for i in 0..25u32 {
+                        let key = w * 1000 + i;
+                        j.write(|_| Ok::<_, StorageError>((vec![(key, i)], ())))
+                            .await
+                            .expect("acknowledged");
+                        acked.push(key);
+                    }
+                    acked
+                })
+            })
+            .collect();
+        let mut acked = Vec::new();
+        for t in tasks {
+            acked.extend(t.await.expect("task"));
+        }
+        assert!(j.batches() <= 32 * 25);
+        drop(j);
+        let again = Journal::open(dir.path(), MAGIC, Kv::default(), config).expect("reopen");
+        let keys = again
+            .read(|kv| kv.0.keys().copied().collect::<Vec<_>>())
+            .await
+            .expect("read");
+        acked.sort_unstable();
+        assert_eq!(keys, acked);
+        assert!(dir.path().join(SNAPSHOT_FILE).exists(), "compaction ran");
     }
 }

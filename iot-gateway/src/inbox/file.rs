@@ -103,7 +103,7 @@ impl FileInbox {
 
     /// [`open`](Self::open) on the calling thread.
     pub fn open_blocking(dir: &Path, config: FileInboxConfig) -> Result<Self> {
-        let mut inner = JournaledState::open(dir, MAGIC, InboxState::default(), config.journal())?;
+        let inner = JournaledState::open(dir, MAGIC, InboxState::default(), config.journal())?;
         let released = inner.update_unjournaled(InboxState::release_all_locks);
         info!(dir = %dir.display(), released, "inbox opened");
         Ok(FileInbox {
@@ -119,17 +119,12 @@ impl FileInbox {
 
     /// Makes every acknowledged change durable (useful with [`Durability::OsBuffered`]).
     pub async fn sync(&self) -> Result<()> {
-        let inner = Arc::clone(&self.inner);
-        run_blocking(move || inner.sync()).await
+        self.inner.sync().await
     }
 
-    /// Plans, journals and applies a change on the blocking pool.
-    async fn write<T: Send + 'static>(
-        &self,
-        plan: impl FnOnce(&InboxState) -> Result<(Vec<Op>, T)> + Send + 'static,
-    ) -> Result<T> {
-        let inner = Arc::clone(&self.inner);
-        run_blocking(move || inner.write(plan)).await
+    /// Plans, applies and journals a change; returns once it is durable (group commit).
+    async fn write<T>(&self, plan: impl FnOnce(&InboxState) -> Result<(Vec<Op>, T)>) -> Result<T> {
+        self.inner.write(plan).await
     }
 }
 
@@ -190,7 +185,7 @@ impl InboxStore for FileInbox {
     }
 
     async fn depth(&self, device: &DeviceId) -> Result<usize> {
-        Ok(self.inner.read(|state| state.depth(device)))
+        self.inner.read(|state| state.depth(device)).await
     }
 }
 

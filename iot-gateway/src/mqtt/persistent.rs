@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use iot_core::DeviceId;
-use iot_core::storage::{JournalConfig, Journaled, Recovery, run_blocking};
+use iot_core::storage::{JournalConfig, Journaled, Recovery};
 use serde::{Deserialize, Serialize};
 
 use super::error::Error;
@@ -114,9 +114,13 @@ impl PersistentSessions {
             self.store(device, Subscriptions::default()).await;
             Subscriptions::default()
         } else {
-            self.kept
-                .read(|kept| kept.0.get(device).copied())
-                .unwrap_or_default()
+            match self.kept.read(|kept| kept.0.get(device).copied()).await {
+                Ok(kept) => kept.unwrap_or_default(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read MQTT session subscriptions");
+                    Subscriptions::default()
+                }
+            }
         }
     }
 
@@ -146,13 +150,7 @@ impl PersistentSessions {
             };
             Ok((ops, ()))
         };
-        let kept = Arc::clone(&self.kept);
-        let written = if kept.is_durable() {
-            run_blocking(move || kept.write(plan)).await
-        } else {
-            kept.write(plan)
-        };
-        if let Err(e) = written {
+        if let Err(e) = self.kept.write(plan).await {
             tracing::warn!(error = %e, "could not save MQTT session subscriptions");
         }
     }

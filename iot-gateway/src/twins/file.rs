@@ -108,24 +108,19 @@ impl FileTwinStore {
 
     /// Makes every acknowledged change durable (useful with [`Durability::OsBuffered`]).
     pub async fn sync(&self) -> Result<()> {
-        let inner = Arc::clone(&self.inner);
-        run_blocking(move || inner.sync()).await
+        self.inner.sync().await
     }
 
-    /// Plans, journals and applies a change on the blocking pool.
-    async fn write<T: Send + 'static>(
-        &self,
-        plan: impl FnOnce(&TwinState) -> Result<(Vec<Op>, T)> + Send + 'static,
-    ) -> Result<T> {
-        let inner = Arc::clone(&self.inner);
-        run_blocking(move || inner.write(plan)).await
+    /// Plans, applies and journals a change; returns once it is durable (group commit).
+    async fn write<T>(&self, plan: impl FnOnce(&TwinState) -> Result<(Vec<Op>, T)>) -> Result<T> {
+        self.inner.write(plan).await
     }
 }
 
 #[async_trait]
 impl TwinStore for FileTwinStore {
     async fn get(&self, device: &DeviceId) -> Result<Twin> {
-        Ok(self.inner.read(|state| state.get(device)))
+        self.inner.read(|state| state.get(device)).await
     }
 
     async fn patch(
@@ -150,7 +145,7 @@ impl TwinStore for FileTwinStore {
     }
 
     async fn remove(&self, device: &DeviceId) -> Result<()> {
-        if !self.inner.read(|state| state.has(device)) {
+        if !self.inner.read(|state| state.has(device)).await? {
             return Ok(());
         }
         let device = device.clone();

@@ -11,9 +11,13 @@
 //!
 //! # Crash safety
 //!
-//! A write is appended to the log (and, with [`Durability::Fsync`], fsynced) before it is applied
-//! in memory, published, or acknowledged, so every acknowledged write survives a crash and no
-//! reader sees a write that may be lost. On open, the snapshot is loaded, log entries newer than
+//! Writes use the kit's group commit ([`GroupCommit`]): a write is planned, staged into the log's
+//! buffer and applied in memory under the planner lock (no I/O there), and acknowledged and
+//! published to subscribers only once the batch holding it is written and, with
+//! [`Durability::Fsync`], fsynced — concurrent writers share one fsync. A lookup that may have
+//! seen a write still in flight waits for it before answering, so no reader (except
+//! [`FileIdentityStore::get_now`] and `len`) reports a write that may be lost. A failed batch
+//! fails the store ([`Error::Failed`]) until it is reopened. On open, the snapshot is loaded, log entries newer than
 //! it are replayed, and a torn tail is cut off by the kit's rule; corruption is refused unless the
 //! store is opened with [`Recovery::Repair`]. When the log outgrows the snapshot (and
 //! [`FileIdentityStoreConfig::compact_after_wal_bytes`]), a new snapshot is written atomically and then
@@ -24,17 +28,21 @@ mod codec;
 mod snapshot;
 mod wal;
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
-use iot_core::storage::{DirLock, fs, run_blocking};
+use iot_core::storage::{DirLock, GroupCommit, fs, run_blocking};
 use iot_core::{DeviceId, Timestamp};
 use tracing::{info, instrument, warn};
 
 use crate::credentials::Credentials;
 use crate::error::{Error, Result};
-use crate::identity::{DeviceIdentity, DeviceStatus, ETag, IdentityPage, NewIdentity};
+use crate::identity::{
+    DeviceIdentity, DeviceStatus, ETag, IdentityChange, IdentityPage, NewIdentity,
+};
 use crate::index::Index;
 use crate::store::{ChangeSender, ChangeStream, IdentityStore, Lookup};
 
@@ -134,18 +142,15 @@ struct Inner {
     dir: PathBuf,
     options: FileIdentityStoreConfig,
     index: RwLock<Index>,
-    writer: Mutex<Writer>,
+    /// Orders writers; holds the snapshot's size. Planning, staging and applying happen under
+    /// it, file I/O does not (except compaction).
+    planner: Mutex<u64>,
+    group: Arc<GroupCommit>,
+    compacting: AtomicBool,
+    /// Changes staged but not yet published, in ticket order; published once durable.
+    pending: Mutex<VecDeque<(u64, IdentityChange)>>,
     changes: ChangeSender,
     _lock: DirLock,
-}
-
-#[derive(Debug)]
-struct Writer {
-    wal: Wal,
-    snapshot_len: u64,
-    /// Set when a failed write could not be rolled back, or a compaction may have left the log
-    /// handle on an unlinked file: later writes are refused (`Error::Failed`) until reopen.
-    failed: bool,
 }
 
 enum WriteOp {
@@ -193,19 +198,15 @@ impl FileIdentityStore {
             dir: dir.to_owned(),
             options,
             index: RwLock::new(index),
-            writer: Mutex::new(Writer {
-                wal,
-                snapshot_len,
-                failed: false,
-            }),
+            planner: Mutex::new(snapshot_len),
+            group: GroupCommit::new(wal.into_wal_file(), options.durability),
+            compacting: AtomicBool::new(false),
+            pending: Mutex::new(VecDeque::new()),
             changes: ChangeSender::new(options.change_capacity),
             _lock: lock,
         });
-        {
-            let mut writer = inner.lock_writer();
-            if inner.needs_compaction(&writer) {
-                inner.compact_locked(&mut writer)?;
-            }
+        if inner.needs_compaction() {
+            inner.compact()?;
         }
         Ok(FileIdentityStore { inner })
     }
@@ -225,7 +226,8 @@ impl FileIdentityStore {
         self.len() == 0
     }
 
-    /// The identity of `id`, without going through an async call.
+    /// The identity of `id`, without going through an async call. Unlike
+    /// [`get`](IdentityStore::get) it does not wait for a write in flight to become durable.
     pub fn get_now(&self, id: &DeviceId) -> Option<Arc<DeviceIdentity>> {
         self.inner.read_index().get(id).map(Arc::clone)
     }
@@ -233,22 +235,30 @@ impl FileIdentityStore {
     /// Makes every acknowledged write durable (useful with [`Durability::OsBuffered`]).
     pub async fn sync(&self) -> Result<()> {
         let inner = Arc::clone(&self.inner);
-        run_blocking(move || inner.lock_writer().wal.sync()).await
+        run_blocking(move || Ok(inner.group.sync_blocking()?)).await
     }
 
     /// Writes a snapshot and empties the log now.
     pub async fn compact(&self) -> Result<()> {
         let inner = Arc::clone(&self.inner);
-        run_blocking(move || {
-            let mut writer = inner.lock_writer();
-            inner.compact_locked(&mut writer)
-        })
-        .await
+        run_blocking(move || inner.compact()).await
     }
 
+    /// Stages one write, waits for the group commit that makes it durable, publishes what became
+    /// durable, and compacts when the log has grown.
     async fn write(&self, op: WriteOp) -> Result<Option<DeviceIdentity>> {
-        let inner = Arc::clone(&self.inner);
-        run_blocking(move || inner.write(op)).await
+        let (ticket, record) = self.inner.stage(op)?;
+        self.inner.group.wait(ticket).await?;
+        self.inner.publish_durable();
+        if self.inner.needs_compaction() {
+            let inner = Arc::clone(&self.inner);
+            run_blocking(move || {
+                inner.compact_if_wanted();
+                Ok::<_, Error>(())
+            })
+            .await?;
+        }
+        Ok(record)
     }
 }
 
@@ -261,19 +271,15 @@ impl Inner {
         self.index.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn lock_writer(&self) -> std::sync::MutexGuard<'_, Writer> {
-        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock_planner(&self) -> MutexGuard<'_, u64> {
+        self.planner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Plans, logs, applies and publishes one write. The writer lock serialises writes, so the
-    /// plan made under the read lock is still valid when it is applied.
-    fn write(&self, op: WriteOp) -> Result<Option<DeviceIdentity>> {
-        let mut writer = self.lock_writer();
-        if writer.failed {
-            return Err(Error::Failed {
-                path: writer.wal.path().to_owned(),
-            });
-        }
+    /// Plans, stages and applies one write; returns its ticket and the record written. The
+    /// planner lock orders writers, so the plan made under the read lock is still valid when it
+    /// is applied, and ticket order is apply order.
+    fn stage(&self, op: WriteOp) -> Result<(u64, Option<DeviceIdentity>)> {
+        let _planner = self.lock_planner();
         let now = Timestamp::now();
         let (mutation, change, record) = {
             let index = self.read_index();
@@ -296,56 +302,79 @@ impl Inner {
                 }
             }
         };
-        let fsync = self.options.durability.syncs_each_write();
-        if let Err((error, unrecoverable)) = writer.wal.append(&mutation, fsync) {
-            writer.failed |= unrecoverable;
-            return Err(error);
-        }
+        let ticket = self.group.stage(|buf| wal::encode(&mutation, buf))?;
         self.write_index().apply(mutation);
-        self.changes.send(change);
-        if self.needs_compaction(&writer)
-            && let Err(e) = self.compact_locked(&mut writer)
-        {
-            // The write itself is durable; compaction is retried after the next write.
-            warn!(error = %e, "identity store compaction failed");
-        }
-        Ok(record.map(|r| DeviceIdentity::clone(&r)))
+        lock(&self.pending).push_back((ticket, change));
+        Ok((ticket, record.map(|r| DeviceIdentity::clone(&r))))
     }
 
-    fn needs_compaction(&self, writer: &Writer) -> bool {
-        writer.wal.len()
-            > self
-                .options
-                .compact_after_wal_bytes
-                .max(writer.snapshot_len)
+    /// A write for a synchronous caller (the unit tests): flushes on the calling thread.
+    #[cfg(test)]
+    fn write_blocking(&self, op: WriteOp) -> Result<Option<DeviceIdentity>> {
+        let (ticket, record) = self.stage(op)?;
+        self.group.wait_blocking(ticket)?;
+        self.publish_durable();
+        Ok(record)
     }
 
-    #[instrument(level = "info", skip_all, fields(dir = %self.dir.display()))]
-    fn compact_locked(&self, writer: &mut Writer) -> Result<()> {
-        if writer.failed {
-            return Err(Error::Failed {
-                path: writer.wal.path().to_owned(),
-            });
-        }
-        let snapshot_len = {
-            let index = self.read_index();
-            snapshot::write(&self.dir.join(SNAPSHOT_FILE), &index)?
-        };
-        writer.snapshot_len = snapshot_len;
-        // If this fails before its rename, the old log stays in use (replay skips what the
-        // snapshot holds). Once the empty log may have been renamed into place, the old handle
-        // may point at an unlinked file: appending to it would acknowledge writes that a restart
-        // never sees, so the store refuses writes until reopened.
-        match Wal::create_empty(&self.dir.join(WAL_FILE)) {
-            Ok(wal) => writer.wal = wal,
-            Err(e) => {
-                writer.failed = true;
-                return Err(e);
+    /// Publishes, in ticket order, every staged change that is durable now.
+    fn publish_durable(&self) {
+        let mut pending = lock(&self.pending);
+        while let Some((ticket, _)) = pending.front() {
+            if !self.group.is_durable(*ticket) {
+                break;
+            }
+            if let Some((_, change)) = pending.pop_front() {
+                self.changes.send(change);
             }
         }
+    }
+
+    fn needs_compaction(&self) -> bool {
+        let snapshot_len = *self.lock_planner();
+        self.group.file_len() > self.options.compact_after_wal_bytes.max(snapshot_len)
+            && !self.compacting.load(Ordering::Relaxed)
+    }
+
+    /// Compacts unless another writer is; a failure is logged (the writes are durable already)
+    /// and compaction is retried after a later write.
+    fn compact_if_wanted(&self) {
+        if !self.needs_compaction() || self.compacting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Err(e) = self.compact() {
+            warn!(error = %e, "identity store compaction failed");
+        }
+        self.compacting.store(false, Ordering::Release);
+    }
+
+    /// Writes a snapshot and replaces the log by an empty one. Holds the planner lock, so nothing
+    /// is staged meanwhile and the snapshot covers every ticket the log has taken.
+    #[instrument(level = "info", skip_all, fields(dir = %self.dir.display()))]
+    fn compact(&self) -> Result<()> {
+        let mut planner = self.lock_planner();
+        let mut snapshot_len = 0;
+        self.group.rotate(|_| {
+            snapshot_len = {
+                let index = self.read_index();
+                snapshot::write(&self.dir.join(SNAPSHOT_FILE), &index).map_err(|e| (e, true))?
+            };
+            // If the snapshot failed before its rename, the old log stays in use (replay skips
+            // what the snapshot holds). Once the empty log may have been renamed into place, the
+            // old handle may point at an unlinked file: the store then fails until reopened.
+            let wal = Wal::create_empty(&self.dir.join(WAL_FILE)).map_err(|e| (e, false))?;
+            Ok(wal.into_wal_file())
+        })?;
+        *planner = snapshot_len;
+        drop(planner);
+        self.publish_durable();
         info!(snapshot_bytes = snapshot_len, "identity store compacted");
         Ok(())
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[async_trait]
@@ -357,7 +386,21 @@ impl IdentityStore for FileIdentityStore {
     }
 
     fn get<'a>(&'a self, id: &'a DeviceId) -> Lookup<'a> {
-        Lookup::ready(Ok(self.get_now(id)))
+        let (found, ticket) = {
+            let index = self.inner.read_index();
+            (
+                index.get(id).map(Arc::clone),
+                self.inner.group.last_staged(),
+            )
+        };
+        if self.inner.group.is_durable(ticket) {
+            return Lookup::ready(Ok(found));
+        }
+        // The answer may show a write still in its group's fsync: answer once it is durable.
+        Lookup::new(async move {
+            self.inner.group.wait(ticket).await?;
+            Ok(found)
+        })
     }
 
     #[instrument(level = "debug", skip_all, fields(device = %id, enabled = status.is_enabled()))]
@@ -398,7 +441,12 @@ impl IdentityStore for FileIdentityStore {
     }
 
     async fn list(&self, after: Option<&DeviceId>, limit: usize) -> Result<IdentityPage> {
-        self.inner.read_index().list(after, limit)
+        let (page, ticket) = {
+            let index = self.inner.read_index();
+            (index.list(after, limit), self.inner.group.last_staged())
+        };
+        self.inner.group.wait(ticket).await?;
+        page
     }
 
     fn subscribe(&self) -> ChangeStream {

@@ -16,7 +16,7 @@ fn open(dir: &Path) -> Result<FileIdentityStore> {
 
 fn create(store: &FileIdentityStore, name: &str) {
     let new = NewIdentity::new(id(name), Credentials::generate_symmetric_keys());
-    store.inner.write(WriteOp::Create(new)).unwrap();
+    store.inner.write_blocking(WriteOp::Create(new)).unwrap();
 }
 
 #[test]
@@ -75,8 +75,7 @@ fn damaged_snapshot_is_refused() {
     {
         let store = open(dir.path()).unwrap();
         create(&store, "a");
-        let mut w = store.inner.lock_writer();
-        store.inner.compact_locked(&mut w).unwrap();
+        store.inner.compact().unwrap();
     }
     let snap = dir.path().join(SNAPSHOT_FILE);
     let good = fs::read(&snap).unwrap();
@@ -113,8 +112,7 @@ fn compaction_keeps_everything_and_crash_between_steps_is_harmless() {
         old_wal = fs::read(dir.path().join(WAL_FILE)).unwrap();
         // Compact, then put back the old log: as if the crash came after the snapshot's rename
         // but before the log was replaced.
-        let mut w = store.inner.lock_writer();
-        store.inner.compact_locked(&mut w).unwrap();
+        store.inner.compact().unwrap();
     }
     assert!(fs::metadata(dir.path().join(SNAPSHOT_FILE)).is_ok());
     fs::write(dir.path().join(WAL_FILE), &old_wal).unwrap();
@@ -149,9 +147,7 @@ fn files_are_private() {
     let root = dir.path().join("store");
     let store = open(&root).unwrap();
     create(&store, "a");
-    let mut w = store.inner.lock_writer();
-    store.inner.compact_locked(&mut w).unwrap();
-    drop(w);
+    store.inner.compact().unwrap();
     let mode = |p: &Path| fs::metadata(p).map(|m| m.permissions().mode() & 0o777).ok();
     assert_eq!(mode(&root), Some(0o700));
     for f in [
@@ -168,7 +164,7 @@ fn wal_length_is_tracked_and_garbage_at_the_end_is_cut_but_refused_before_a_fram
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path()).unwrap();
     create(&store, "a");
-    let len = store.inner.lock_writer().wal.len();
+    let len = store.inner.group.file_len();
     let on_disk = fs::metadata(dir.path().join(WAL_FILE))
         .map(|m| m.len())
         .ok();
@@ -186,7 +182,7 @@ fn wal_length_is_tracked_and_garbage_at_the_end_is_cut_but_refused_before_a_fram
     drop(f);
     let store = open(dir.path()).unwrap();
     assert!(store.get_now(&id("a")).is_some());
-    assert_eq!(store.inner.lock_writer().wal.len(), len);
+    assert_eq!(store.inner.group.file_len(), len);
     // Followed by an intact frame (a later write), the same garbage is corruption.
     create(&store, "b");
     drop(store);

@@ -8,8 +8,8 @@
 //! # Invariants
 //!
 //! * Frames hold strictly increasing sequence numbers.
-//! * Only the last frame can be torn (writes are appended one at a time, and a failed append is
-//!   cut off before the next one starts). Recovery follows the kit's rule
+//! * Only the last frames can be torn (frames are appended in batches by the kit's group commit,
+//!   and a failed batch fails the store until it is reopened). Recovery follows the kit's rule
 //!   ([`iot_core::storage::frame`]): a bad frame with no intact frame after it is a torn tail and
 //!   is cut off; damage followed by intact frames is refused with [`Error::Corrupt`], or cut off
 //!   there when the store is opened with [`Recovery::Repair`].
@@ -19,11 +19,10 @@
 //!   so the file always starts with its magic.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use iot_core::storage::frame;
-use iot_core::storage::{Recovery, StorageError, fs};
+use iot_core::storage::{Recovery, StorageError, WalFile, fs};
 
 use crate::error::{Error, Result};
 use crate::file::codec::{self, MAX_PAYLOAD};
@@ -36,7 +35,6 @@ pub(crate) struct Wal {
     file: File,
     path: PathBuf,
     len: u64,
-    buf: Vec<u8>,
 }
 
 impl Wal {
@@ -47,7 +45,6 @@ impl Wal {
             file: fs::open_append(path, false)?,
             path: path.to_owned(),
             len: MAGIC.len() as u64,
-            buf: Vec::new(),
         })
     }
 
@@ -93,7 +90,6 @@ impl Wal {
             file: fs::open_append(path, false)?,
             path: path.to_owned(),
             len: scan.valid_end,
-            buf: Vec::new(),
         })
     }
 
@@ -102,65 +98,31 @@ impl Wal {
         self.len
     }
 
-    /// The log file.
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Appends one mutation and, if `fsync`, makes it durable before returning.
-    ///
-    /// On failure the log is cut back to its previous length; if even that fails the error says
-    /// so and the caller must stop writing (`true` in the second tuple field).
-    #[allow(
-        clippy::disallowed_methods,
-        reason = "the store calls it inside run_blocking"
-    )]
-    pub(crate) fn append(&mut self, mutation: &Mutation, fsync: bool) -> Result<(), (Error, bool)> {
-        self.buf.clear();
-        let start = frame::begin(&mut self.buf);
-        codec::encode(mutation, &mut self.buf);
-        let payload = self.buf.len() - frame::HEADER_LEN;
-        // Recovery refuses frames over the limit, so one must never be written.
-        if payload > MAX_PAYLOAD {
-            let too_large = StorageError::TooLarge {
-                what: "identity record",
-                size: payload,
-                limit: MAX_PAYLOAD,
-            };
-            return Err((too_large.into(), false));
-        }
-        frame::finish(&mut self.buf, start).map_err(|e| (e.into(), false))?;
-        let written = self.file.write_all(&self.buf).map_err(|e| ("write", e));
-        let synced = written.and_then(|()| {
-            if fsync {
-                self.file.sync_data().map_err(|e| ("fsync", e))
-            } else {
-                Ok(())
-            }
-        });
-        match synced {
-            Ok(()) => {
-                self.len += self.buf.len() as u64;
-                Ok(())
-            }
-            Err((operation, e)) => {
-                let error = StorageError::io(operation, &self.path, e).into();
-                // After a failed fsync the page cache can no longer be trusted (the kernel may
-                // have dropped the dirty pages), so the store must be reopened either way.
-                let rolled_back = operation == "write" && self.file.set_len(self.len).is_ok();
-                Err((error, !rolled_back))
-            }
+    /// The log as the storage kit's group commit writes it.
+    pub(crate) fn into_wal_file(self) -> WalFile {
+        WalFile {
+            file: self.file,
+            path: self.path,
+            len: self.len,
         }
     }
+}
 
-    /// Makes every appended mutation durable.
-    #[allow(
-        clippy::disallowed_methods,
-        reason = "the store calls it inside run_blocking"
-    )]
-    pub(crate) fn sync(&self) -> Result<()> {
-        self.file
-            .sync_data()
-            .map_err(|e| StorageError::io("fsync", &self.path, e).into())
+/// Appends the frame of `mutation` to `buf` (a group commit's staging buffer). A record over
+/// the limit is refused: recovery refuses such frames, so one must never be written.
+pub(crate) fn encode(mutation: &Mutation, buf: &mut Vec<u8>) -> Result<()> {
+    let start = frame::begin(buf);
+    let body_start = buf.len();
+    codec::encode(mutation, buf);
+    let payload = buf.len() - body_start;
+    if payload > MAX_PAYLOAD {
+        return Err(StorageError::TooLarge {
+            what: "identity record",
+            size: payload,
+            limit: MAX_PAYLOAD,
+        }
+        .into());
     }
+    frame::finish(buf, start)?;
+    Ok(())
 }

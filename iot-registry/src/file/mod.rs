@@ -17,11 +17,17 @@
 //! Files of older generations are deleted.
 //!
 //! # Invariants
-//! * A write is appended to the log (and, with [`Durability::Fsync`], synced) before it is
-//!   applied to memory and acknowledged, and writers are serialised, so readers never see a
-//!   write that a crash could take back.
+//! * Group commit ([`GroupCommit`]): a write is prepared, staged into the log's buffer and applied
+//!   to memory under the planner lock (no I/O there), then acknowledged once the batch holding it
+//!   is written and, with [`Durability::Fsync`], fsynced. Concurrent writers share one fsync.
+//! * A write's ticket is durable only after every earlier ticket, so a write prepared against an
+//!   earlier one (an ETag, a create after a delete) is never acknowledged before it.
+//! * Readers (`get`, `query`, `count`) return only once every write they may have seen is
+//!   durable, so no reader reports a write that a crash could take back. (`len` does not wait.)
+//! * A failed batch fails the registry ([`Error::Poisoned`]) until it is reopened: memory may
+//!   hold writes that never reached the disk.
 //! * `snapshot-G` holds every write of `wal-(G-1)` and before; `wal-G` starts empty when
-//!   `snapshot-G` is written. Compaction holds the writer lock, so no write falls between.
+//!   `snapshot-G` is written. Compaction holds the planner lock, so no write falls between.
 
 pub(crate) mod binary;
 mod config;
@@ -29,13 +35,12 @@ mod recovery;
 mod snapshot;
 mod wal;
 
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
-use iot_core::storage::{DirLock, StorageError, fs as sfs, run_blocking};
+use iot_core::storage::{DirLock, GroupCommit, StorageError, WalFile, fs as sfs, run_blocking};
 use iot_core::{DeviceId, Timestamp};
 use serde_json::Value;
 use tracing::{debug, info, instrument, warn};
@@ -63,20 +68,19 @@ struct Shared {
     dir: PathBuf,
     config: FileRegistryConfig,
     engine: RwLock<Engine>,
-    writer: Mutex<Writer>,
+    /// Orders writers: a write is prepared, staged and applied under it (memory only, no I/O).
+    planner: Mutex<Planner>,
+    /// The log of the current generation, shared by concurrent writers (group commit).
+    group: Arc<GroupCommit>,
+    compacting: AtomicBool,
+    /// Held for the registry's life: dropping it releases the directory lock.
+    _lock: DirLock,
 }
 
 #[derive(Debug)]
-struct Writer {
-    file: File,
-    path: PathBuf,
+struct Planner {
     generation: u64,
-    wal_bytes: u64,
     snapshot_bytes: u64,
-    /// Set when a failed write may have left bytes in the log that memory does not reflect.
-    poisoned: bool,
-    /// Held for the registry's life: dropping it releases the directory lock.
-    _lock: DirLock,
 }
 
 fn snapshot_name(g: u64) -> String {
@@ -109,32 +113,36 @@ impl FileRegistry {
         let file = sfs::open_append(&wal_path, true)?;
         sfs::sync_dir(&dir)?;
         let snapshot_repaired = recovered.snapshot_repaired;
+        let group = GroupCommit::new(
+            WalFile {
+                file,
+                path: wal_path,
+                len: recovered.wal_bytes,
+            },
+            config.durability,
+        );
         let registry = FileRegistry {
             shared: Arc::new(Shared {
                 dir,
                 engine: RwLock::new(recovered.engine),
-                writer: Mutex::new(Writer {
-                    file,
-                    path: wal_path,
+                planner: Mutex::new(Planner {
                     generation: recovered.generation,
-                    wal_bytes: recovered.wal_bytes,
                     snapshot_bytes: recovered.snapshot_bytes,
-                    poisoned: false,
-                    _lock: lock,
                 }),
+                group,
+                compacting: AtomicBool::new(false),
                 config,
+                _lock: lock,
             }),
         };
         if snapshot_repaired {
             // The damaged snapshot would be refused again by the next strict open.
-            let shared = &registry.shared;
-            let mut writer = shared.lock_writer()?;
-            shared.compact(&mut writer)?;
+            registry.shared.compact()?;
         }
         Ok(registry)
     }
 
-    /// How many records the registry holds.
+    /// How many records the registry holds (including writes still in their group's fsync).
     pub fn len(&self) -> usize {
         self.shared.read().len()
     }
@@ -153,20 +161,41 @@ impl FileRegistry {
     /// automatically, see [`FileRegistryConfig::compact_after_bytes`]).
     pub async fn compact(&self) -> Result<()> {
         let shared = self.shared.clone();
-        run_blocking(move || {
-            let mut writer = shared.lock_writer()?;
-            shared.compact(&mut writer)
-        })
-        .await
+        run_blocking(move || shared.compact()).await
     }
 
+    /// Prepares, stages and applies a write under the planner lock, then waits for the group
+    /// commit that makes it durable; compacts afterwards when the log has grown.
     async fn write(
         &self,
-        prepare: impl FnOnce(&Engine, Timestamp) -> Result<Change> + Send + 'static,
+        prepare: impl FnOnce(&Engine, Timestamp) -> Result<Change>,
         id: DeviceId,
     ) -> Result<Option<DeviceRecord>> {
-        let shared = self.shared.clone();
-        run_blocking(move || shared.write(prepare, &id)).await
+        let (ticket, record) = self.shared.stage(prepare, &id)?;
+        self.shared.group.wait(ticket).await?;
+        if self.shared.wants_compaction() {
+            let shared = self.shared.clone();
+            run_blocking(move || {
+                shared.compact_if_wanted();
+                Ok::<_, Error>(())
+            })
+            .await?;
+        }
+        Ok(record)
+    }
+
+    /// Reads from memory and returns once every write the read may have seen is durable, so a
+    /// reader never reports a write that a crash could take back.
+    async fn read_durable<T>(&self, f: impl FnOnce(&Engine) -> Result<T>) -> Result<T> {
+        let (out, ticket) = {
+            let engine = self.shared.read();
+            (f(&engine), self.shared.group.last_staged())
+        };
+        let out = out?;
+        if !self.shared.group.is_durable(ticket) {
+            self.shared.group.wait(ticket).await?;
+        }
+        Ok(out)
     }
 }
 
@@ -180,84 +209,83 @@ impl Shared {
         self.engine.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn lock_writer(&self) -> Result<MutexGuard<'_, Writer>> {
-        let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        if writer.poisoned {
-            return Err(Error::Poisoned);
-        }
-        Ok(writer)
+    fn lock_planner(&self) -> MutexGuard<'_, Planner> {
+        self.planner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Validates, logs, applies. The writer lock serialises writers, so the change prepared
-    /// under the read lock is still valid when it is applied.
-    #[allow(
-        clippy::disallowed_methods,
-        reason = "called only through run_blocking"
-    )]
-    fn write(
+    /// Validates, stages and applies one write; returns its ticket and the record as written.
+    /// The planner lock orders writers, so the change prepared under the read lock is still valid
+    /// when it is applied, and ticket order is apply order. Readers of the engine may see the
+    /// write before its ticket is durable; they wait for it (see `read_durable`).
+    fn stage(
         &self,
         prepare: impl FnOnce(&Engine, Timestamp) -> Result<Change>,
         id: &DeviceId,
-    ) -> Result<Option<DeviceRecord>> {
-        let mut writer = self.lock_writer()?;
+    ) -> Result<(u64, Option<DeviceRecord>)> {
+        let _planner = self.lock_planner();
         let (change, version) = {
             let engine = self.read();
             (prepare(&engine, Timestamp::now())?, engine.next_version())
         };
-        let mut frame = Vec::new();
-        wal::encode_change(&mut frame, &change, version)?;
-        let before = writer.wal_bytes;
-        let appended = writer.file.write_all(&frame).and_then(|()| {
-            if self.config.durability.syncs_each_write() {
-                writer.file.sync_data()
-            } else {
-                Ok(())
-            }
-        });
-        if let Err(e) = appended {
-            // Take the partial frame back so that the log matches memory; if even that fails,
-            // refuse further writes until a reopen recovers from the file.
-            if writer.file.set_len(before).is_err() {
-                writer.poisoned = true;
-            }
-            warn!(error = %e, "registry log append failed");
-            return Err(StorageError::io("append", &writer.path, e).into());
-        }
-        writer.wal_bytes += frame.len() as u64;
-        let record = {
-            let mut engine = self.write_engine();
-            engine.apply(change, version);
-            engine.get(id)?
-        };
-        if writer.wal_bytes >= self.config.compact_after_bytes
-            && writer.wal_bytes >= writer.snapshot_bytes / 2
-        {
-            // The write is durable already; a failed compaction leaves the old generation in
-            // place and is retried after the next write.
-            if let Err(e) = self.compact(&mut writer) {
-                warn!(error = %e, "registry compaction failed");
-            }
-        }
-        Ok(record)
+        let ticket = self
+            .group
+            .stage(|buf| wal::encode_change(buf, &change, version))?;
+        let mut engine = self.write_engine();
+        engine.apply(change, version);
+        Ok((ticket, engine.get(id)?))
     }
 
-    fn compact(&self, writer: &mut Writer) -> Result<()> {
-        let next = writer.generation + 1;
-        let bytes = {
-            let engine = self.read();
-            snapshot::write_snapshot(&self.dir.join(snapshot_name(next)), &engine)?
-        };
-        let wal_path = self.dir.join(wal_name(next));
-        let file = sfs::open_append(&wal_path, true)?;
-        file.set_len(0)
-            .map_err(|e| StorageError::io("truncate", &wal_path, e))?;
-        sfs::sync_dir(&self.dir)?;
-        let old = writer.generation;
-        writer.file = file;
-        writer.path = wal_path;
-        writer.generation = next;
-        writer.wal_bytes = 0;
-        writer.snapshot_bytes = bytes;
+    fn wants_compaction(&self) -> bool {
+        let wal_bytes = self.group.file_len();
+        wal_bytes >= self.config.compact_after_bytes
+            && wal_bytes >= self.lock_planner().snapshot_bytes / 2
+            && !self.compacting.load(Ordering::Relaxed)
+    }
+
+    /// Compacts unless another writer is. The writes are durable already; a failed compaction
+    /// leaves the old generation in place and is retried after a later write.
+    fn compact_if_wanted(&self) {
+        if !self.wants_compaction() || self.compacting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Err(e) = self.compact() {
+            warn!(error = %e, "registry compaction failed");
+        }
+        self.compacting.store(false, Ordering::Release);
+    }
+
+    /// Writes `snapshot-(G+1)` and starts the empty `wal-(G+1)`. Holds the planner lock, so
+    /// nothing is staged meanwhile and the snapshot covers every ticket the log has taken.
+    fn compact(&self) -> Result<()> {
+        let mut planner = self.lock_planner();
+        let next = planner.generation + 1;
+        let mut bytes = 0;
+        self.group.rotate(|_old| {
+            bytes = {
+                let engine = self.read();
+                snapshot::write_snapshot(&self.dir.join(snapshot_name(next)), &engine)
+                    .map_err(|e| (e, true))?
+            };
+            // From here `snapshot-(G+1)` is the newest: the old log is no longer read on open,
+            // so a failure leaves the registry failed rather than appending to it.
+            let wal_path = self.dir.join(wal_name(next));
+            let file = sfs::open_append(&wal_path, true)
+                .and_then(|file| {
+                    file.set_len(0)
+                        .map_err(|e| StorageError::io("truncate", &wal_path, e))?;
+                    sfs::sync_dir(&self.dir)?;
+                    Ok(file)
+                })
+                .map_err(|e| (Error::from(e), false))?;
+            Ok(WalFile {
+                file,
+                path: wal_path,
+                len: 0,
+            })
+        })?;
+        let old = planner.generation;
+        planner.generation = next;
+        planner.snapshot_bytes = bytes;
         // From here the new generation is authoritative; leftovers are removed on the next open.
         for name in [snapshot_name(old), wal_name(old)] {
             let path = self.dir.join(name);
@@ -286,7 +314,7 @@ impl Registry for FileRegistry {
     }
 
     async fn get(&self, id: &DeviceId) -> Result<Option<DeviceRecord>> {
-        self.shared.read().get(id)
+        self.read_durable(|engine| engine.get(id)).await
     }
 
     #[instrument(skip_all, fields(device = %id))]
@@ -341,29 +369,18 @@ impl Registry for FileRegistry {
     }
 
     async fn query(&self, query: &Query, page: &PageRequest) -> Result<Page> {
-        self.shared.read().query(query, page)
+        self.read_durable(|engine| engine.query(query, page)).await
     }
 
     async fn count(&self, query: &Query) -> Result<u64> {
-        Ok(self.shared.read().count(query))
+        self.read_durable(|engine| Ok(engine.count(query))).await
     }
 
     /// Makes every acknowledged write durable now (useful after writes with
     /// [`Durability::OsBuffered`]; with [`Durability::Fsync`] every write already is).
-    #[allow(
-        clippy::disallowed_methods,
-        reason = "the fsync runs inside run_blocking"
-    )]
     async fn sync(&self) -> Result<()> {
         let shared = self.shared.clone();
-        run_blocking(move || {
-            let writer = shared.lock_writer()?;
-            writer
-                .file
-                .sync_data()
-                .map_err(|e| StorageError::io("fsync", &writer.path, e).into())
-        })
-        .await
+        run_blocking(move || Ok(shared.group.sync_blocking()?)).await
     }
 }
 

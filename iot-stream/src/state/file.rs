@@ -16,8 +16,11 @@
 //!
 //! * The state of the store is the snapshot of generation *g* with `journal-g.log` replayed over
 //!   it; journals of other generations are leftovers of a compaction and are deleted on open.
-//! * An operation is written (and, with [`Durability::Fsync`], synced) to the journal **before** it
-//!   is applied in memory, so a reader never sees what a crash could take back.
+//! * Writes use the kit's group commit ([`GroupCommit`]): an operation is staged for the journal
+//!   and applied in memory under the data lock, and acknowledged only once the batch holding it is
+//!   written (and, with [`Durability::Fsync`], synced); concurrent writers share one fsync. A
+//!   reader returns only once every write it may have seen is durable, so it never reports what
+//!   a crash could take back.
 //! * The journal is recovered by the kit's one rule: a bad frame with no intact frame after it is
 //!   a torn tail (a short, damaged or zero-filled end) and is cut off; damage followed by intact
 //!   frames is refused as [`Error::Corrupt`] unless the config asks for [`Recovery::Repair`].
@@ -25,18 +28,19 @@
 //!   cannot be torn: any damage in it is refused (or, under `Repair`, cut off with a warning).
 //! * After a failed write or fsync the store refuses further writes (`Error::Unavailable`);
 //!   reopening runs recovery.
-//! * Writers are serialised by the writer lock, which they hold across the journal write and
-//!   fsync; readers take only the data lock, which is never held across file I/O, so a read never
-//!   waits for a disk.
+//! * Writers are ordered by the data lock, held only for in-memory work (and compaction's capture
+//!   of the state): no writer or reader holds it across an fsync.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use iot_core::storage::frame::{self, FrameReader};
-use iot_core::storage::{DirLock, Durability, Recovery, StorageError, fs as sfs, run_blocking};
+use iot_core::storage::{
+    DirLock, Durability, GroupCommit, Recovery, StorageError, WalFile, fs as sfs, run_blocking,
+};
 use iot_core::{DeviceId, Timestamp};
 use serde::{Deserialize, Serialize};
 use tracing::{info, instrument, warn};
@@ -166,20 +170,17 @@ pub struct FileStateStore {
 
 #[derive(Debug)]
 struct Shared {
-    /// Held by writers across the journal write (and fsync); taken before `data`.
-    writer: Mutex<Writer>,
-    /// The state; held only for in-memory work.
+    /// The state. Also orders writers: a write is planned, staged for the group commit and
+    /// applied under it (memory only); never held across file I/O except by compaction's capture.
     data: Mutex<StateData>,
-}
-
-#[derive(Debug)]
-struct Writer {
+    /// The journal of the current generation, shared by concurrent writers (group commit).
+    group: Arc<GroupCommit>,
     dir: PathBuf,
     config: FileStateStoreConfig,
-    generation: u64,
-    journal: File,
-    journal_bytes: u64,
-    failed: Option<String>,
+    /// The current generation; changed only by compaction, under `data`.
+    generation: Mutex<u64>,
+    compacting: AtomicBool,
+    /// Held while the store is open.
     _lock: DirLock,
 }
 
@@ -302,111 +303,126 @@ impl Shared {
                 warn!(error = %e, "could not remove a stale journal");
             }
         }
+        let group = GroupCommit::new(
+            WalFile {
+                file: journal,
+                path: journal_path,
+                len: journal_bytes,
+            },
+            config.durability,
+        );
         let shared = Shared {
-            writer: Mutex::new(Writer {
-                dir: dir.to_owned(),
-                config,
-                generation,
-                journal,
-                journal_bytes,
-                failed: None,
-                _lock: dir_lock,
-            }),
             data: Mutex::new(data),
+            group,
+            dir: dir.to_owned(),
+            config,
+            generation: Mutex::new(generation),
+            compacting: AtomicBool::new(false),
+            _lock: dir_lock,
         };
         if repaired {
             // Rewrite the repaired snapshot, so that the repair lasts.
-            let mut writer = lock(&shared.writer);
-            shared.compact(&mut writer)?;
+            shared.compact()?;
         }
         Ok(shared)
     }
 
-    /// Journals `op` (durably if configured), then applies it. The caller holds `writer`.
-    #[allow(
-        clippy::disallowed_methods,
-        reason = "writers run on the blocking pool"
-    )]
-    fn commit(&self, writer: &mut Writer, op: Op) -> Result<()> {
-        if let Some(reason) = &writer.failed {
-            return Err(Error::Unavailable {
-                reason: reason.clone(),
-            });
-        }
-        let body = serde_json::to_vec(&op).map_err(|e| Error::invalid(e.to_string()))?;
-        let mut bytes = Vec::with_capacity(frame::frame_len(body.len()));
-        frame::encode(&mut bytes, &body)?;
-        let written = writer.journal.write_all(&bytes).and_then(|()| {
-            if writer.config.durability.syncs_each_write() {
-                writer.journal.sync_data()
-            } else {
-                Ok(())
+    /// Stages `op` for the next group commit and applies it; the caller holds `data` (which
+    /// orders writers). Returns the ticket to wait for. An operation that cannot be applied is
+    /// refused before it is staged, so the journal never holds what memory does not.
+    fn commit(&self, data: &mut StateData, op: Op) -> Result<u64> {
+        let mut body = Vec::new();
+        encode_json(&mut body, &op)?;
+        // Last-known values can refuse an update (a patch too deep, say): try it on a copy first.
+        let lkv = match &op {
+            Op::Lkv { device, update } => {
+                let mut lkv = data
+                    .devices
+                    .get(device)
+                    .and_then(|d| d.lkv.clone())
+                    .unwrap_or_default();
+                lkv.apply(update)?;
+                Some(lkv)
             }
-        });
-        if let Err(e) = written {
-            // What reached the file is unknown: only a reopen (recovery) can tell.
-            writer.failed = Some(format!("journal write failed: {e}"));
-            return Err(StorageError::io(
-                "write",
-                writer.dir.join(journal_name(writer.generation)),
-                e,
-            )
-            .into());
+            _ => None,
+        };
+        let ticket = self.group.stage(|buf| {
+            buf.extend_from_slice(&body);
+            Ok::<_, Error>(())
+        })?;
+        match (op, lkv) {
+            (Op::Lkv { device, .. }, Some(lkv)) => {
+                data.devices.entry(device).or_default().lkv = Some(lkv);
+            }
+            (op, _) => apply(data, op)?,
         }
-        writer.journal_bytes += bytes.len() as u64;
-        apply(&mut lock(&self.data), op)?;
-        if writer.journal_bytes > writer.config.compact_after_bytes {
-            self.compact(writer)?;
-        }
-        Ok(())
+        Ok(ticket)
     }
 
-    /// Writes a snapshot of the next generation and starts its empty journal. The caller holds
-    /// `writer`, so the state cannot change meanwhile; the data lock is held only to encode it.
-    fn compact(&self, writer: &mut Writer) -> Result<()> {
-        let next = writer.generation + 1;
-        let (out, devices) = {
-            let data = lock(&self.data);
-            let mut out = Vec::new();
-            let header = SnapshotFrame::Header {
+    fn wants_compaction(&self) -> bool {
+        self.group.file_len() > self.config.compact_after_bytes
+            && !self.compacting.load(Ordering::Relaxed)
+    }
+
+    /// Compacts unless another writer is. The writes are durable already: a failure is logged.
+    fn compact_if_wanted(&self) {
+        if !self.wants_compaction() || self.compacting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Err(e) = self.compact() {
+            warn!(error = %e, "state store compaction failed");
+        }
+        self.compacting.store(false, Ordering::Release);
+    }
+
+    /// Writes a snapshot of the next generation and starts its empty journal. The state is
+    /// encoded under `data` (so nothing is staged meanwhile and the snapshot covers every ticket
+    /// the old journal was owed); the files are written after it is released.
+    fn compact(&self) -> Result<()> {
+        let data = lock(&self.data);
+        let next = *lock(&self.generation) + 1;
+        let mut out = Vec::new();
+        encode_json(
+            &mut out,
+            &SnapshotFrame::Header {
                 format: FORMAT,
                 generation: next,
-            };
-            encode_json(&mut out, &header)?;
-            for (device, state) in &data.devices {
-                encode_json(
-                    &mut out,
-                    &SnapshotFrame::Device {
-                        device: device.clone(),
-                        state: state.clone(),
-                    },
-                )?;
-            }
-            (out, data.devices.len())
-        };
-        sfs::write_atomically(&writer.dir.join(SNAPSHOT), &out)?;
-        // From here the snapshot names the new generation: failing to start its journal must stop
-        // writes, or they would go to a journal the next open ignores.
-        let started = sfs::open_append(&writer.dir.join(journal_name(next)), true)
-            .and_then(|journal| sfs::sync_dir(&writer.dir).map(|()| journal));
-        match started {
-            Ok(journal) => {
-                let old = writer.dir.join(journal_name(writer.generation));
-                writer.journal = journal;
-                writer.generation = next;
-                writer.journal_bytes = 0;
-                if let Err(e) = sfs::remove_durably(&old) {
-                    // Harmless: the next open removes journals of other generations.
-                    warn!(error = %e, "could not remove the compacted journal");
-                }
-                info!(generation = next, devices, "state store compacted");
-                Ok(())
-            }
-            Err(e) => {
-                writer.failed = Some(format!("compaction failed: {e}"));
-                Err(e.into())
-            }
+            },
+        )?;
+        for (device, state) in &data.devices {
+            encode_json(
+                &mut out,
+                &SnapshotFrame::Device {
+                    device: device.clone(),
+                    state: state.clone(),
+                },
+            )?;
         }
+        let devices = data.devices.len();
+        let mut data = Some(data);
+        self.group.rotate(|old| {
+            drop(data.take());
+            sfs::write_atomically(&self.dir.join(SNAPSHOT), &out)
+                .map_err(|e| (Error::from(e), true))?;
+            // From here the snapshot names the new generation: failing to start its journal
+            // fails the store, or writes would go to a journal the next open ignores.
+            let path = self.dir.join(journal_name(next));
+            let journal = sfs::open_append(&path, true)
+                .and_then(|journal| sfs::sync_dir(&self.dir).map(|()| journal))
+                .map_err(|e| (Error::from(e), false))?;
+            if let Err(e) = sfs::remove_durably(old) {
+                // Harmless: the next open removes journals of other generations.
+                warn!(error = %e, "could not remove the compacted journal");
+            }
+            Ok(WalFile {
+                file: journal,
+                path,
+                len: 0,
+            })
+        })?;
+        *lock(&self.generation) = next;
+        info!(generation = next, devices, "state store compacted");
+        Ok(())
     }
 }
 
@@ -448,24 +464,45 @@ impl FileStateStore {
 
     /// Folds the journal into a new snapshot now.
     pub async fn compact(&self) -> Result<()> {
-        self.write(|shared, writer| shared.compact(writer)).await
-    }
-
-    fn data(&self) -> MutexGuard<'_, StateData> {
-        lock(&self.shared.data)
-    }
-
-    /// Runs the write `f` under the writer lock on the blocking pool (it writes and fsyncs).
-    async fn write<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Shared, &mut Writer) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
         let shared = self.shared.clone();
-        run_blocking(move || {
-            let mut writer = lock(&shared.writer);
-            f(&shared, &mut writer)
-        })
-        .await
+        run_blocking(move || shared.compact()).await
+    }
+
+    /// Reads the state and returns once every write the read may have seen is durable.
+    async fn read<T>(&self, f: impl FnOnce(&StateData) -> T) -> Result<T> {
+        let (out, ticket) = {
+            let data = lock(&self.shared.data);
+            (f(&data), self.shared.group.last_staged())
+        };
+        self.shared.group.wait(ticket).await?;
+        Ok(out)
+    }
+
+    /// Plans (and stages and applies, through `Shared::commit`) a write under the data lock,
+    /// then waits for the group commit that makes it durable; compacts when the journal grew.
+    async fn write<T>(
+        &self,
+        f: impl FnOnce(&Shared, &mut StateData) -> Result<(Option<u64>, T)>,
+    ) -> Result<T> {
+        let (ticket, out) = {
+            let mut data = lock(&self.shared.data);
+            let (ticket, out) = f(&self.shared, &mut data)?;
+            // A write that changed nothing still read state that may be in flight.
+            (
+                ticket.unwrap_or_else(|| self.shared.group.last_staged()),
+                out,
+            )
+        };
+        self.shared.group.wait(ticket).await?;
+        if self.shared.wants_compaction() {
+            let shared = self.shared.clone();
+            run_blocking(move || {
+                shared.compact_if_wanted();
+                Ok::<_, Error>(())
+            })
+            .await?;
+        }
+        Ok(out)
     }
 }
 
@@ -473,19 +510,20 @@ impl FileStateStore {
 impl StateStore for FileStateStore {
     async fn append_events(&self, device: &DeviceId, events: Vec<Event>) -> Result<usize> {
         let device = device.clone();
-        self.write(move |shared, writer| {
-            let fresh = lock(&shared.data).fresh_events(&device, events);
+        self.write(move |shared, data| {
+            let fresh = data.fresh_events(&device, events);
             let n = fresh.len();
-            if n > 0 {
-                shared.commit(
-                    writer,
-                    Op::Events {
-                        device,
-                        events: fresh,
-                    },
-                )?;
+            if n == 0 {
+                return Ok((None, 0));
             }
-            Ok(n)
+            let ticket = shared.commit(
+                data,
+                Op::Events {
+                    device,
+                    events: fresh,
+                },
+            )?;
+            Ok((Some(ticket), n))
         })
         .await
     }
@@ -497,42 +535,44 @@ impl StateStore for FileStateStore {
         to: Timestamp,
         limit: usize,
     ) -> Result<Vec<Event>> {
-        Ok(self.data().read(device, from, to, limit))
+        self.read(|data| data.read(device, from, to, limit)).await
     }
 
     async fn enforce_retention(&self, before: Timestamp) -> Result<u64> {
-        self.write(move |shared, writer| {
-            let removed: u64 = lock(&shared.data)
+        self.write(move |shared, data| {
+            let removed: u64 = data
                 .devices
                 .values()
                 .map(|d| d.events.partition_point(|e| e.time < before) as u64)
                 .sum();
-            if removed > 0 {
-                shared.commit(writer, Op::Retention { before })?;
+            if removed == 0 {
+                return Ok((None, 0));
             }
-            Ok(removed)
+            let ticket = shared.commit(data, Op::Retention { before })?;
+            Ok((Some(ticket), removed))
         })
         .await
     }
 
     async fn last_known(&self, device: &DeviceId) -> Result<Option<LastKnown>> {
-        Ok(self.data().devices.get(device).and_then(|d| d.lkv.clone()))
+        self.read(|data| data.devices.get(device).and_then(|d| d.lkv.clone()))
+            .await
     }
 
     async fn merge_last_known(&self, device: &DeviceId, update: LkvUpdate) -> Result<bool> {
         let device = device.clone();
-        self.write(move |shared, writer| {
-            if !lock(&shared.data).would_apply(&device, &update)? {
-                return Ok(false);
+        self.write(move |shared, data| {
+            if !data.would_apply(&device, &update)? {
+                return Ok((None, false));
             }
-            shared.commit(writer, Op::Lkv { device, update })?;
-            Ok(true)
+            let ticket = shared.commit(data, Op::Lkv { device, update })?;
+            Ok((Some(ticket), true))
         })
         .await
     }
 
     async fn devices(&self) -> Result<Vec<DeviceId>> {
-        Ok(self.data().devices())
+        self.read(StateData::devices).await
     }
 }
 

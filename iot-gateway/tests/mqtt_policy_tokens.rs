@@ -107,6 +107,11 @@ async fn a_device_connect_policy_token_connects_a_device_over_mqtt() {
     let records = s.fixture.telemetry(&id, 1).await;
     assert_eq!(records[0].record.payload.as_ref(), b"hello");
     assert_eq!(records[0].record.headers.get(header::DEVICE_ID), Some("d1"));
+    let method = records[0].record.headers.get(header::AUTH_METHOD);
+    assert!(
+        method.is_some_and(|m| m.contains(r#""scope":"hub""#) && m.contains(r#""type":"sas""#)),
+        "a policy token is stamped as IoT Hub stamps it: {method:?}"
+    );
     assert!(s.fixture.hub.is_connected(&id).await.expect("connected"));
     drop(client);
 

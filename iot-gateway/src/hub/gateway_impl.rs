@@ -62,6 +62,12 @@ impl Gateway for Hub {
             }
         };
         hub.connect_throttle.take(device)?;
+        // A policy's token proves the hub's key, not the device's: IoT Hub stamps scope `hub`.
+        let auth_method = if who.policy.is_some() {
+            stamp::AuthMethod::HUB_SAS
+        } else {
+            auth_method
+        };
         let shared = Arc::new(SessionShared::new(
             hub.next_session.fetch_add(1, Ordering::Relaxed),
             who,

@@ -22,6 +22,12 @@ impl AuthMethod {
         AuthMethod(header::auth_method(credential))
     }
 
+    /// A device that authenticated with a token signed by a hub-level shared access policy (a
+    /// protocol gateway's `DeviceConnect` token): IoT Hub's scope `hub`.
+    pub(crate) const HUB_SAS: AuthMethod = AuthMethod(
+        r#"{"scope":"hub","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}"#,
+    );
+
     pub(crate) fn as_str(self) -> &'static str {
         self.0
     }

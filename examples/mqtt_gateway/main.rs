@@ -48,10 +48,7 @@ use clap::{CommandFactory, Parser};
 use futures::{StreamExt, TryStreamExt};
 use iot_core::{DeviceId, FileLogConfig, Topics};
 use iot_gateway::mqtt::{MqttConfig, MqttServer, SelfSigned, TlsConfig};
-use iot_gateway::{
-    C2dMessage, Durability, FileInbox, FileInboxConfig, FileTwinStore, FileTwinStoreConfig,
-    Gateway, Hub, HubConfig, InboxStore, ThrottleConfig,
-};
+use iot_gateway::{C2dMessage, Durability, Gateway, Hub, HubConfig, InboxStore, ThrottleConfig};
 use iot_identity::{
     Credentials, FileIdentityStore, FileIdentityStoreConfig, IdentityStore, NewIdentity,
     SymmetricKey, sas,
@@ -313,36 +310,21 @@ async fn open_hub(
     if args.no_throttle {
         config.throttle = ThrottleConfig::unlimited();
     }
-    let file_log = |durability| {
-        Topics::file(
+    let partitions = config.partitions;
+    // The file-backed hub of `Hub::open_dir`, whose topics fsync before acknowledging; the
+    // other modes replace its topics (nothing of the log is opened before the build).
+    let builder = Hub::builder_in_dir(&dir, identity, args.host.clone(), config).await?;
+    let builder = match args.log {
+        LogMode::Fsync => builder,
+        LogMode::Buffered => builder.topics(Arc::new(Topics::file(
             dir.join("log"),
             FileLogConfig::default()
-                .partitions(config.partitions)
-                .durability(durability),
-        )
+                .partitions(partitions)
+                .durability(Durability::OsBuffered),
+        ))),
+        LogMode::Memory => builder.topics(Arc::new(Topics::memory(partitions))),
     };
-    let topics = match args.log {
-        LogMode::Fsync => file_log(Durability::Fsync),
-        LogMode::Buffered => file_log(Durability::OsBuffered),
-        LogMode::Memory => Topics::memory(config.partitions),
-    };
-    let inbox = FileInbox::open(
-        dir.join("inbox"),
-        FileInboxConfig::default().recovery(config.recovery),
-    )
-    .await?;
-    let twins = FileTwinStore::open(
-        dir.join("twins"),
-        FileTwinStoreConfig::default().recovery(config.recovery),
-    )
-    .await?;
-    Ok(Hub::builder(identity, args.host.clone())
-        .topics(Arc::new(topics))
-        .inbox(Arc::new(inbox))
-        .twins(Arc::new(twins))
-        .config(config)
-        .build()
-        .await?)
+    Ok(builder.build().await?)
 }
 
 /// Resolves on SIGINT (Ctrl-C); the handler is installed when this is called, not when the

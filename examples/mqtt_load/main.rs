@@ -25,8 +25,9 @@
 //! * `--mode connections`: holds `--devices` connections to a running gateway
 //!   (`examples/mqtt_gateway --fleet N`): devices `fleet-0` … authenticate with SAS tokens
 //!   signed by keys derived from the group key in `--fleet-key-file`. With `--tls-ca` the
-//!   connections are TLS, to `--host` (it names the certificate and must resolve to the broker's
-//!   address) at the broker's port. Each device subscribes to its C2D, method, twin-answer and
+//!   connections are TLS to the broker's address, and the certificate must name `--host`
+//!   (`--spread N` dials N loopback addresses from the broker's on; see `tls.rs`). Each device
+//!   subscribes to its C2D, method, twin-answer and
 //!   desired-patch topics, as the Azure SDKs do. Once every device is connected and subscribed it
 //!   prints `held: N` and keeps
 //!   them open for `--hold` seconds (keep-alive pings included), then counts how many are still

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use iot_identity::{SymmetricKey, sas};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tokio::sync::mpsc;
 
@@ -21,8 +20,6 @@ const CONNECT_ATTEMPTS: u32 = 10;
 /// for `--hold`, and reports how many stayed up.
 pub(crate) async fn hold_connections(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let broker = args.broker.ok_or("no broker")?;
-    let key_file = args.fleet_key_file.as_ref().ok_or("no fleet key file")?;
-    let group = SymmetricKey::from_base64(std::fs::read_to_string(key_file)?.trim())?;
     let tls = match &args.tls_ca {
         None => None,
         Some(ca) => Some(client_tls(ca, &args.host)?),
@@ -37,25 +34,16 @@ pub(crate) async fn hold_connections(args: &Args) -> Result<(), Box<dyn std::err
     let (outcome_tx, mut outcome_rx) = mpsc::unbounded_channel::<Result<(), String>>();
     let mut clients = Vec::with_capacity(args.devices);
     let began = Instant::now();
-    for i in 0..args.devices {
-        let id = format!("fleet-{i}");
-        let key = group.derive_for_device(&id);
-        let token = sas::generate(
-            &format!("{}/devices/{id}", args.host),
-            &key,
-            sas::unix_now() + 86_400,
-            None,
-        )?;
+    let logins = crate::fleet::fleet_logins(args)?;
+    for (i, (id, login)) in logins.into_iter().enumerate() {
+        let (username, token) = login.ok_or("a fleet login without credentials")?;
         let target = targets[i % targets.len()].to_string();
         let mut options = MqttOptions::new(id.clone(), target, broker.port());
         // Short enough that every device pings during the hold (at 1.5x the gateway drops it).
         options
             .set_keep_alive((args.hold / 2).clamp(Duration::from_secs(2), Duration::from_secs(30)));
         options.set_inflight(1);
-        options.set_credentials(
-            format!("{}/{id}/?api-version=2021-04-12", args.host),
-            token.as_str(),
-        );
+        options.set_credentials(username, token);
         if let Some(config) = &tls {
             options.set_transport(rumqttc::Transport::tls_with_config(
                 rumqttc::TlsConfiguration::Rustls(config.clone()),

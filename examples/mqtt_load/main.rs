@@ -40,6 +40,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod connections;
+mod fleet;
 mod remote;
 mod tls;
 
@@ -235,10 +236,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         gateway = Some((hub, server));
         (addr, devices)
     } else if args.target == "remote" {
-        (
-            args.broker.ok_or("no broker")?,
-            remote::fleet_logins(&args)?,
-        )
+        (args.broker.ok_or("no broker")?, fleet::fleet_logins(&args)?)
     } else {
         let addr = args.broker.ok_or("no broker")?;
         let mut options = MqttOptions::new("load-consumer", addr.ip().to_string(), addr.port());

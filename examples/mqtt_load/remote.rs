@@ -7,11 +7,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use iot_identity::{SymmetricKey, sas};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-
-use crate::{Args, Login};
 
 /// How often the gateway's counter is asked.
 const POLL: Duration = Duration::from_millis(20);
@@ -24,29 +21,6 @@ pub(crate) struct Counts {
     pub(crate) received: u64,
     pub(crate) p50_ms: f64,
     pub(crate) p99_ms: f64,
-}
-
-/// The fleet's logins: `fleet-{i}` with a SAS token from its derived key, for `--host`.
-pub(crate) fn fleet_logins(args: &Args) -> Result<Vec<Login>, Box<dyn std::error::Error>> {
-    let key_file = args
-        .fleet_key_file
-        .as_ref()
-        .ok_or("--target remote needs --fleet-key-file")?;
-    let group = SymmetricKey::from_base64(std::fs::read_to_string(key_file)?.trim())?;
-    (0..args.devices)
-        .map(|i| {
-            let id = format!("fleet-{i}");
-            let key = group.derive_for_device(&id);
-            let token = sas::generate(
-                &format!("{}/devices/{id}", args.host),
-                &key,
-                sas::unix_now() + 86_400,
-                None,
-            )?;
-            let username = format!("{}/{id}/?api-version=2021-04-12", args.host);
-            Ok((id, Some((username, token.as_str().to_owned()))))
-        })
-        .collect()
 }
 
 /// One reading of the gateway's counter.

@@ -216,20 +216,6 @@ impl Provisioner {
         &self.workflow
     }
 
-    /// Hooks, the operation, hooks, audit: the frame of every single-device call.
-    async fn run<T, F>(
-        &self,
-        operation: Operation,
-        id: &DeviceId,
-        metadata: Option<&Value>,
-        op: F,
-    ) -> Result<T>
-    where
-        F: Future<Output = Result<T>> + Send,
-    {
-        self.workflow.run(operation, id, metadata, op).await
-    }
-
     async fn device(&self, id: &DeviceId) -> Result<Option<Device>> {
         let identity = self.inner.identity.get(id).await.map_err(Error::Identity)?;
         let record = self.inner.registry.get(id).await.map_err(Error::Registry)?;
@@ -459,68 +445,74 @@ impl Provisioning for Provisioner {
         };
         let id = prepared.id.clone();
         let metadata = prepared.metadata.clone();
-        self.run(Operation::Register, &id, Some(&metadata), async {
-            let mut writer = self.lock().await?;
-            self.register_locked(&mut writer, prepared).await
-        })
-        .await
+        self.workflow
+            .run(Operation::Register, &id, Some(&metadata), async {
+                let mut writer = self.lock().await?;
+                self.register_locked(&mut writer, prepared).await
+            })
+            .await
     }
 
     #[instrument(level = "debug", skip_all, fields(device = %id))]
     async fn unregister(&self, id: &DeviceId, if_match: Option<&ETag>) -> Result<()> {
-        self.run(Operation::Unregister, id, None, async {
-            let mut writer = self.lock().await?;
-            let record = self.inner.registry.get(id).await.map_err(Error::Registry)?;
-            let identity = self.inner.identity.get(id).await.map_err(Error::Identity)?;
-            match (&record, if_match) {
-                (None, _) if identity.is_none() => return Err(Error::NotFound { id: id.clone() }),
-                (Some(r), Some(expected)) if &r.etag != expected => {
-                    return Err(Error::PreconditionFailed {
-                        id: id.clone(),
-                        expected: expected.as_str().to_owned(),
-                        actual: r.etag.as_str().to_owned(),
-                    });
+        self.workflow
+            .run(Operation::Unregister, id, None, async {
+                let mut writer = self.lock().await?;
+                let record = self.inner.registry.get(id).await.map_err(Error::Registry)?;
+                let identity = self.inner.identity.get(id).await.map_err(Error::Identity)?;
+                match (&record, if_match) {
+                    (None, _) if identity.is_none() => {
+                        return Err(Error::NotFound { id: id.clone() });
+                    }
+                    (Some(r), Some(expected)) if &r.etag != expected => {
+                        return Err(Error::PreconditionFailed {
+                            id: id.clone(),
+                            expected: expected.as_str().to_owned(),
+                            actual: r.etag.as_str().to_owned(),
+                        });
+                    }
+                    (None, Some(_)) => return Err(Error::NotFound { id: id.clone() }),
+                    _ => {}
                 }
-                (None, Some(_)) => return Err(Error::NotFound { id: id.clone() }),
-                _ => {}
-            }
-            let intent = Intent::Unregister { id: id.clone() };
-            let seq = self.begin(&mut writer, &intent).await?;
-            let done = match self.delete_identity(id).await {
-                Ok(()) => self.delete_record(id).await,
-                Err(e) => Err(e),
-            };
-            match done {
-                Ok(()) if self.finish(seq).await.is_ok() => Ok(()),
-                // Roll forward now; when that works the device is gone, as asked.
-                _ => self.settle(&mut writer, seq, &intent, id).await,
-            }
-        })
-        .await
+                let intent = Intent::Unregister { id: id.clone() };
+                let seq = self.begin(&mut writer, &intent).await?;
+                let done = match self.delete_identity(id).await {
+                    Ok(()) => self.delete_record(id).await,
+                    Err(e) => Err(e),
+                };
+                match done {
+                    Ok(()) if self.finish(seq).await.is_ok() => Ok(()),
+                    // Roll forward now; when that works the device is gone, as asked.
+                    _ => self.settle(&mut writer, seq, &intent, id).await,
+                }
+            })
+            .await
     }
 
     #[instrument(level = "debug", skip_all, fields(device = %id))]
     async fn activate(&self, id: &DeviceId, metadata: Option<Value>) -> Result<Device> {
         let shown = metadata.clone();
-        self.run(
-            Operation::Activate,
-            id,
-            shown.as_ref(),
-            self.set_status(id, true, metadata),
-        )
-        .await
+        self.workflow
+            .run(
+                Operation::Activate,
+                id,
+                shown.as_ref(),
+                self.set_status(id, true, metadata),
+            )
+            .await
     }
 
     #[instrument(level = "debug", skip_all, fields(device = %id))]
     async fn deactivate(&self, id: &DeviceId, metadata: Option<Value>) -> Result<Device> {
         let shown = metadata.clone();
-        self.run(
-            Operation::Deactivate,
-            id,
-            shown.as_ref(),
-            self.set_status(id, false, metadata),
-        )
-        .await
+        self.workflow
+            .run(
+                Operation::Deactivate,
+                id,
+                shown.as_ref(),
+                self.set_status(id, false, metadata),
+            )
+            .await
     }
 
     #[instrument(level = "debug", skip_all, fields(device = %id))]
@@ -531,19 +523,20 @@ impl Provisioning for Provisioner {
         if_match: Option<&ETag>,
     ) -> Result<Device> {
         let shown = metadata.clone();
-        self.run(Operation::Update, id, Some(&shown), async {
-            let patch = metadata_patch(id, metadata)?;
-            let writer = self.lock().await?;
-            self.existing(id).await?;
-            self.inner
-                .registry
-                .merge(id, &patch, if_match)
-                .await
-                .map_err(Error::from_registry)?;
-            drop(writer);
-            self.existing(id).await
-        })
-        .await
+        self.workflow
+            .run(Operation::Update, id, Some(&shown), async {
+                let patch = metadata_patch(id, metadata)?;
+                let writer = self.lock().await?;
+                self.existing(id).await?;
+                self.inner
+                    .registry
+                    .merge(id, &patch, if_match)
+                    .await
+                    .map_err(Error::from_registry)?;
+                drop(writer);
+                self.existing(id).await
+            })
+            .await
     }
 
     #[instrument(level = "debug", skip_all, fields(device = %id))]
@@ -552,22 +545,23 @@ impl Provisioning for Provisioner {
         id: &DeviceId,
         credentials: Option<Credentials>,
     ) -> Result<Credentials> {
-        self.run(Operation::ResetCredentials, id, None, async {
-            let writer = self.lock().await?;
-            let current = self.existing(id).await?;
-            if !current.status.is_enabled() {
-                return Err(Error::DeviceDisabled { id: id.clone() });
-            }
-            let credentials = credentials.unwrap_or_else(Credentials::generate_symmetric_keys);
-            self.inner
-                .identity
-                .replace_credentials(id, credentials.clone(), None)
-                .await
-                .map_err(Error::from_identity)?;
-            drop(writer);
-            Ok(credentials)
-        })
-        .await
+        self.workflow
+            .run(Operation::ResetCredentials, id, None, async {
+                let writer = self.lock().await?;
+                let current = self.existing(id).await?;
+                if !current.status.is_enabled() {
+                    return Err(Error::DeviceDisabled { id: id.clone() });
+                }
+                let credentials = credentials.unwrap_or_else(Credentials::generate_symmetric_keys);
+                self.inner
+                    .identity
+                    .replace_credentials(id, credentials.clone(), None)
+                    .await
+                    .map_err(Error::from_identity)?;
+                drop(writer);
+                Ok(credentials)
+            })
+            .await
     }
 
     #[instrument(level = "debug", skip_all, fields(items = requests.len(), ?mode))]
@@ -585,31 +579,32 @@ impl Provisioning for Provisioner {
 
     #[instrument(level = "debug", skip_all, fields(device = %id))]
     async fn issue_token(&self, id: &DeviceId, lifetime: Duration) -> Result<SasToken> {
-        self.run(Operation::IssueToken, id, None, async {
-            if lifetime.as_secs() == 0 {
-                return Err(Error::invalid("a token lifetime is at least one second"));
-            }
-            let identity = self
-                .inner
-                .identity
-                .get(id)
-                .await
-                .map_err(Error::Identity)?
-                .ok_or_else(|| Error::NotFound { id: id.clone() })?;
-            if !identity.status.is_enabled() {
-                return Err(Error::DeviceDisabled { id: id.clone() });
-            }
-            let Credentials::SymmetricKeys { primary, .. } = &identity.credentials else {
-                return Err(Error::invalid(format!(
-                    "device {id} has no symmetric keys to sign a token with (it uses {})",
-                    identity.credentials.kind_name()
-                )));
-            };
-            let resource = sas::device_resource(&self.inner.host, id);
-            let expiry = sas::unix_now().saturating_add(lifetime.as_secs());
-            sas::generate(&resource, primary, expiry, None).map_err(Error::Identity)
-        })
-        .await
+        self.workflow
+            .run(Operation::IssueToken, id, None, async {
+                if lifetime.as_secs() == 0 {
+                    return Err(Error::invalid("a token lifetime is at least one second"));
+                }
+                let identity = self
+                    .inner
+                    .identity
+                    .get(id)
+                    .await
+                    .map_err(Error::Identity)?
+                    .ok_or_else(|| Error::NotFound { id: id.clone() })?;
+                if !identity.status.is_enabled() {
+                    return Err(Error::DeviceDisabled { id: id.clone() });
+                }
+                let Credentials::SymmetricKeys { primary, .. } = &identity.credentials else {
+                    return Err(Error::invalid(format!(
+                        "device {id} has no symmetric keys to sign a token with (it uses {})",
+                        identity.credentials.kind_name()
+                    )));
+                };
+                let resource = sas::device_resource(&self.inner.host, id);
+                let expiry = sas::unix_now().saturating_add(lifetime.as_secs());
+                sas::generate(&resource, primary, expiry, None).map_err(Error::Identity)
+            })
+            .await
     }
 }
 

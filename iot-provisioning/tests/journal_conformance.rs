@@ -81,7 +81,7 @@ async fn fault_wrapper_without_faults() {
     assert!(plan.calls() > 20, "{} calls counted", plan.calls());
 }
 
-/// Compaction empties the file once nothing is pending; the numbers given out before must still
+/// Compaction empties the WAL into a snapshot; the numbers given out before must still
 /// bound the next ones after a reopen (the contract: every `begin` numbers above every earlier).
 #[tokio::test]
 async fn file_journal_numbers_keep_growing_across_compaction_and_reopen() {
@@ -100,7 +100,7 @@ async fn file_journal_numbers_keep_growing_across_compaction_and_reopen() {
         let seq = first.begin(&big).await.expect("begin");
         first.finish(seq).await.expect("finish");
         highest = seq;
-        let len = std::fs::metadata(factory.path().join("journal"))
+        let len = std::fs::metadata(factory.path().join("wal"))
             .expect("journal file")
             .len();
         if len < previous_len {

@@ -10,8 +10,8 @@ use iot_core::DeviceId;
 use iot_core::storage::frame;
 use iot_provisioning::{Error, FileJournal, FileJournalConfig, Intent, Journal, Recovery};
 
-/// The journal's magic: frames start after it.
-const MAGIC_LEN: usize = 8;
+/// The WAL's magic and kind: frames start after them.
+const MAGIC_LEN: usize = 12;
 
 fn intent(n: u32) -> Intent {
     Intent::Unregister {
@@ -36,7 +36,7 @@ async fn begin_intents(dir: &Path, n: u32) -> (Vec<u64>, Vec<u64>) {
     let mut seqs = Vec::new();
     let mut starts = Vec::new();
     for i in 0..n {
-        starts.push(size(journal.path()));
+        starts.push(size(&journal.path()));
         seqs.push(journal.begin(&intent(i)).await.expect("begin"));
     }
     (seqs, starts)
@@ -57,7 +57,7 @@ fn expected(seqs: &[u64], n: usize) -> Vec<(u64, Intent)> {
 async fn a_torn_last_frame_is_cut_off() {
     let dir = tempfile::tempdir().expect("dir");
     let (seqs, starts) = begin_intents(dir.path(), 3).await;
-    let path = dir.path().join("journal");
+    let path = dir.path().join("wal");
     let full = std::fs::read(&path).expect("read");
     let last = usize::try_from(starts[2]).expect("position");
     for cut in last + 1..full.len() {
@@ -74,7 +74,7 @@ async fn a_torn_last_frame_is_cut_off() {
 async fn a_flipped_byte_in_a_middle_frame_is_refused_and_repaired_only_on_request() {
     let dir = tempfile::tempdir().expect("dir");
     let (seqs, starts) = begin_intents(dir.path(), 4).await;
-    let path = dir.path().join("journal");
+    let path = dir.path().join("wal");
     let good = std::fs::read(&path).expect("read");
     let middle = usize::try_from(starts[1]).expect("position");
     // A byte of the body, and a byte of the length: a length pointing past the end of the file
@@ -115,7 +115,7 @@ async fn a_flipped_byte_in_a_middle_frame_is_refused_and_repaired_only_on_reques
 async fn a_zero_filled_tail_is_cut_off() {
     let dir = tempfile::tempdir().expect("dir");
     let (seqs, starts) = begin_intents(dir.path(), 3).await;
-    let path = dir.path().join("journal");
+    let path = dir.path().join("wal");
     let full = std::fs::read(&path).expect("read");
     let last = usize::try_from(starts[2]).expect("position");
     let mut zeros = full.clone();
@@ -147,7 +147,7 @@ async fn a_zero_filled_tail_is_cut_off() {
 async fn crafted_frames_with_valid_checksums_are_typed_errors() {
     let dir = tempfile::tempdir().expect("dir");
     let (seqs, _) = begin_intents(dir.path(), 2).await;
-    let path = dir.path().join("journal");
+    let path = dir.path().join("wal");
     let good = std::fs::read(&path).expect("read");
 
     // A header claiming 4 GiB, with a correct header checksum: over the 64 MiB limit, refused.
@@ -171,9 +171,14 @@ async fn crafted_frames_with_valid_checksums_are_typed_errors() {
     assert_eq!(size(&path), good.len() as u64);
 
     // Intact frames whose bodies are not journal entries: refused even under Repair.
-    for body in [&b"not json"[..], br#"{"seq":"huge","begin":[1,2,3]}"#] {
+    let numbered = |json: &[u8]| [&3u64.to_le_bytes()[..], json].concat();
+    for body in [
+        b"not json".to_vec(),
+        numbered(b"not json"),
+        numbered(br#"{"kind":"begin","seq":"huge","intent":[1,2,3]}"#),
+    ] {
         let mut data = good.clone();
-        frame::encode(&mut data, body).expect("frame");
+        frame::encode(&mut data, &body).expect("frame");
         std::fs::write(&path, &data).expect("write");
         for recovery in [Recovery::Strict, Recovery::Repair] {
             assert!(
@@ -188,12 +193,17 @@ async fn crafted_frames_with_valid_checksums_are_typed_errors() {
 
     // An intact entry at the very top of the sequence space: opens, and the next begin is a
     // typed error instead of an overflow.
+    // (A WAL frame's body is the kit's operation number, 3 after the two begins, then the JSON.)
     let mut data = good.clone();
-    let body = format!(
-        r#"{{"seq":{},"begin":{{"op":"unregister","id":"device-top"}}}}"#,
-        u64::MAX
+    let mut body = 3u64.to_le_bytes().to_vec();
+    body.extend_from_slice(
+        format!(
+            r#"{{"kind":"begin","seq":{},"intent":{{"op":"unregister","id":"device-top"}}}}"#,
+            u64::MAX
+        )
+        .as_bytes(),
     );
-    frame::encode(&mut data, body.as_bytes()).expect("frame");
+    frame::encode(&mut data, &body).expect("frame");
     std::fs::write(&path, &data).expect("write");
     let journal = FileJournal::open(dir.path(), config(Recovery::Strict))
         .await
@@ -203,7 +213,7 @@ async fn crafted_frames_with_valid_checksums_are_typed_errors() {
         journal.begin(&intent(7)).await,
         Err(Error::InvalidInput { .. })
     ));
-    assert_eq!(&good[..MAGIC_LEN], b"IOTPJNL2");
+    assert_eq!(&good[..MAGIC_LEN], b"IOTPJNL3WAL_");
 }
 
 /// CRC32C, as the kit's frames use it (written out so the test crafts its input independently

@@ -213,6 +213,11 @@ impl<S: Journaled> Journal<S> {
         &self.inner.dir
     }
 
+    /// The write-ahead file in [`dir`](Self::dir) (what recovery reads after the snapshot).
+    pub fn wal_path(&self) -> PathBuf {
+        self.inner.dir.join(WAL_FILE)
+    }
+
     /// How many batches the journal has written (each one fsync under [`Durability::Fsync`]).
     pub fn batches(&self) -> u64 {
         self.inner.group.batches()
@@ -276,6 +281,20 @@ impl<S: Journaled> Journal<S> {
         let (ticket, out) = self.stage(plan)?;
         self.inner.group.wait_blocking(ticket)?;
         self.compact_if_wanted();
+        Ok(out)
+    }
+
+    /// Plans, stages and applies like [`write`](Self::write), but returns without waiting for
+    /// the batch: the write is durable once any later `write`, `read` or their blocking forms
+    /// return (they wait for every earlier ticket). With [`Durability::Fsync`] the group's
+    /// flusher writes and fsyncs it in the background meanwhile. For a caller that makes many
+    /// writes durable with one wait at the end (a bulk request's finishes), or a write whose loss
+    /// in a crash is harmless.
+    pub fn write_deferred<T, E: From<StorageError>>(
+        &self,
+        plan: impl FnOnce(&S) -> Result<(Vec<S::Op>, T), E>,
+    ) -> Result<T, E> {
+        let (_ticket, out) = self.stage(plan)?;
         Ok(out)
     }
 

@@ -25,6 +25,9 @@
 //! | `c2d_vs_fsync` | `c2d_roundtrip_per_s / disk_fsync_per_s`: above 1/3 only because round trips share fsyncs (each is three inbox writes) |
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
+#[path = "support/disk_probe.rs"]
+mod disk_probe;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -230,26 +233,6 @@ async fn c2d_roundtrip(
     rate
 }
 
-/// The disk's fsync rate: one writer appending 100 bytes and calling `fdatasync`, for about a
-/// second — what a store without group commit could acknowledge at most.
-#[allow(clippy::disallowed_methods, reason = "a benchmark's own measurement")]
-fn disk_fsync_rate(dir: &Path) -> f64 {
-    use std::io::Write;
-    let path = dir.join("fsync-probe");
-    let mut file = std::fs::File::create(&path).unwrap();
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed().as_secs_f64() < 1.0 {
-        file.write_all(&[b'f'; 100]).unwrap();
-        file.sync_data().unwrap();
-        n += 1;
-    }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    drop(file);
-    std::fs::remove_file(&path).unwrap();
-    rate
-}
-
 fn main() {
     let args = args();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -302,7 +285,7 @@ fn main() {
             raw = raw.max(r);
             hub = hub.max(h);
         }
-        let fsync = disk_fsync_rate(root.path());
+        let fsync = disk_probe::fsync_rate(root.path(), 1.0);
         let c2d = c2d_roundtrip(
             &root.path().join("c2d"),
             identity.clone(),

@@ -25,6 +25,9 @@
 //! | `tail_read_rps` | a consumer group tailing a FileLog while a producer appends 100-byte records |
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
+#[path = "support/disk_probe.rs"]
+mod disk_probe;
+
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -130,27 +133,6 @@ async fn file_append(dir: &Path, bytes: usize) -> f64 {
     drop(log);
     std::fs::remove_dir_all(&path).unwrap();
     (per_appender * FILE_APPENDERS as usize * 1000 * 1024) as f64 / MIB / secs
-}
-
-/// One writer: append 100 bytes, fdatasync, repeat.
-#[allow(
-    clippy::disallowed_methods,
-    reason = "the synchronous fsync baseline the benchmark compares against"
-)]
-fn fsync_rate(dir: &Path, secs: f64) -> f64 {
-    let path = dir.join("fsync-rate.bin");
-    let mut f = File::create(&path).unwrap();
-    let buf = [0x5Au8; 100];
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed().as_secs_f64() < secs {
-        f.write_all(&buf).unwrap();
-        f.sync_data().unwrap();
-        n += 1;
-    }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    std::fs::remove_file(&path).unwrap();
-    rate
 }
 
 async fn group_commit(dir: &Path, secs: f64) -> (f64, f64) {
@@ -284,7 +266,7 @@ fn main() {
         file.push(rt.block_on(file_append(scratch.path(), sizes.file_bytes)));
     }
     let (disk_mbps, file_mbps) = (median(disk), median(file));
-    let fsync_per_s = fsync_rate(scratch.path(), sizes.group_commit_secs);
+    let fsync_per_s = disk_probe::fsync_rate(scratch.path(), sizes.group_commit_secs);
     let (group_rps, per_fsync) = rt.block_on(group_commit(scratch.path(), sizes.group_commit_secs));
     let tail_rps = rt.block_on(tail_read(scratch.path(), sizes.tail_records));
 

@@ -69,7 +69,7 @@ impl Provisioner {
         // stores, so that every item reports its own error.
         let doomed = mode == BulkMode::AllOrNothing && results.iter().any(Option::is_some);
         let done = {
-            match self.lock().await {
+            match self.lock_exclusive().await {
                 Ok(mut writer) => {
                     let batch_size = match mode {
                         BulkMode::AllOrNothing => todo.len().max(1),
@@ -89,7 +89,7 @@ impl Provisioner {
                         // Whether each finish survived is unknown: recovery after a restart
                         // keeps the batches whose finish did and rolls back the others, so the
                         // stores agree either way, but the outcome is not known yet.
-                        writer.needs_recovery = true;
+                        writer.need_recovery();
                         let reason = e.to_string();
                         outcomes = outcomes
                             .into_iter()
@@ -233,7 +233,7 @@ impl Provisioner {
             .collect();
         let settled = if failed.is_empty() {
             // Made durable by the next batch's intent, or by the sync that ends the request.
-            self.finish_unsynced(seq).await
+            self.finish_unsynced(writer, seq).await
         } else {
             // Undo what must not stay: the failed items, or every item when all-or-nothing.
             let undo = match mode {
@@ -243,7 +243,7 @@ impl Provisioner {
                 },
             };
             match self.resolve(&undo).await {
-                Ok(()) => self.finish(seq).await,
+                Ok(()) => self.finish(writer, seq).await,
                 Err(e) => Err(e),
             }
         };
@@ -251,11 +251,11 @@ impl Provisioner {
             // The whole batch rolls back (now if possible, else at recovery): no item stands.
             let reason = e.to_string();
             let pending = match self.resolve(&intent).await {
-                Ok(()) => self.finish(seq).await.is_err(),
+                Ok(()) => self.finish(writer, seq).await.is_err(),
                 Err(_) => true,
             };
             if pending {
-                writer.needs_recovery = true;
+                writer.need_recovery();
             }
             return fill(
                 results,

@@ -2,12 +2,14 @@
 //!
 //! # Order of writes and recovery
 //!
-//! Writes are serialised (one operation or bulk batch at a time; reads are not). An operation
-//! that touches both stores first records an [`Intent`] in the journal (durably), then writes
-//! the stores, then marks the intent finished (durably) — and only then returns. So the
-//! unfinished intents all belong to the one call in flight (a bulk request has one per batch,
-//! over distinct devices), no later operation has touched their devices, and recovery can decide
-//! from each intent alone:
+//! Writes to one device are serialised; writes to different devices run side by side (and share
+//! the journal's and the stores' fsyncs), while recovery and bulk batches run alone (see
+//! `writer.rs`; reads take no lock). An operation that touches both stores first records an
+//! [`Intent`] in the journal (durably), then writes the stores, then marks the intent finished
+//! (durably) — and only then returns. Recovery runs only when no write is in flight, and before
+//! any later write once an operation left its intent unfinished; so the unfinished intents it
+//! finds were all left by calls that are over, no later operation has touched their devices, and
+//! recovery can decide from each intent alone:
 //!
 //! | intent | store order | recovery |
 //! | --- | --- | --- |
@@ -46,6 +48,9 @@ use crate::workflow::Workflow;
 
 mod bulk;
 mod recovery;
+mod writer;
+
+use writer::{Gate, Writer};
 
 /// Default number of registrations per journal intent in a best-effort bulk request.
 pub const DEFAULT_BULK_BATCH: usize = 1024;
@@ -127,9 +132,7 @@ impl ProvisionerBuilder {
                 host: self.host,
                 bulk_batch: self.bulk_batch,
                 sync: self.sync,
-                writer: tokio::sync::Mutex::new(WriterState {
-                    needs_recovery: true,
-                }),
+                gate: Gate::new(),
             }),
             workflow: self.workflow,
         };
@@ -155,16 +158,9 @@ struct Inner {
     bulk_batch: usize,
     /// Sync both stores before finishing an intent (see `ProvisionerBuilder::sync_stores`).
     sync: bool,
-    writer: tokio::sync::Mutex<WriterState>,
+    /// Who may write when (see `writer.rs`).
+    gate: Gate,
 }
-
-#[derive(Debug)]
-struct WriterState {
-    /// The journal may hold an unfinished intent: resolve it before the next write.
-    needs_recovery: bool,
-}
-
-type Writer<'a> = tokio::sync::MutexGuard<'a, WriterState>;
 
 /// One validated registration, ready to write.
 struct Prepared {
@@ -269,7 +265,7 @@ impl Provisioner {
                 return Err(Error::from_identity(e));
             }
         };
-        if let Err(e) = self.finish(seq).await {
+        if let Err(e) = self.finish(writer, seq).await {
             // Not durably finished: undo, as recovery would.
             self.settle(writer, seq, &intent, &p.id).await?;
             return Err(e);
@@ -290,7 +286,7 @@ impl Provisioner {
             Some(m) => Some(metadata_patch(id, m)?),
             None => None,
         };
-        let mut writer = self.lock().await?;
+        let mut writer = self.lock(id).await?;
         self.existing(id).await?;
         let reason = if enabled {
             String::new()
@@ -333,7 +329,7 @@ impl Provisioner {
         };
         match outcome {
             Ok(()) => {
-                if self.finish(seq).await.is_err() {
+                if self.finish(&mut writer, seq).await.is_err() {
                     self.settle(&mut writer, seq, &intent, id).await?;
                 }
             }
@@ -447,7 +443,7 @@ impl Provisioning for Provisioner {
         let metadata = prepared.metadata.clone();
         self.workflow
             .run(Operation::Register, &id, Some(&metadata), async {
-                let mut writer = self.lock().await?;
+                let mut writer = self.lock(&id).await?;
                 self.register_locked(&mut writer, prepared).await
             })
             .await
@@ -457,7 +453,7 @@ impl Provisioning for Provisioner {
     async fn unregister(&self, id: &DeviceId, if_match: Option<&ETag>) -> Result<()> {
         self.workflow
             .run(Operation::Unregister, id, None, async {
-                let mut writer = self.lock().await?;
+                let mut writer = self.lock(id).await?;
                 let record = self.inner.registry.get(id).await.map_err(Error::Registry)?;
                 let identity = self.inner.identity.get(id).await.map_err(Error::Identity)?;
                 match (&record, if_match) {
@@ -481,7 +477,7 @@ impl Provisioning for Provisioner {
                     Err(e) => Err(e),
                 };
                 match done {
-                    Ok(()) if self.finish(seq).await.is_ok() => Ok(()),
+                    Ok(()) if self.finish(&mut writer, seq).await.is_ok() => Ok(()),
                     // Roll forward now; when that works the device is gone, as asked.
                     _ => self.settle(&mut writer, seq, &intent, id).await,
                 }
@@ -526,7 +522,7 @@ impl Provisioning for Provisioner {
         self.workflow
             .run(Operation::Update, id, Some(&shown), async {
                 let patch = metadata_patch(id, metadata)?;
-                let writer = self.lock().await?;
+                let writer = self.lock(id).await?;
                 self.existing(id).await?;
                 self.inner
                     .registry
@@ -547,7 +543,7 @@ impl Provisioning for Provisioner {
     ) -> Result<Credentials> {
         self.workflow
             .run(Operation::ResetCredentials, id, None, async {
-                let writer = self.lock().await?;
+                let writer = self.lock(id).await?;
                 let current = self.existing(id).await?;
                 if !current.status.is_enabled() {
                     return Err(Error::DeviceDisabled { id: id.clone() });

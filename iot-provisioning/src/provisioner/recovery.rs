@@ -9,43 +9,66 @@ use crate::journal::Intent;
 
 impl Provisioner {
     /// Finishes or undoes every intent the journal holds unfinished. Runs on open and before the
-    /// next write after a failure; callable at any time.
+    /// next write after a failure; callable at any time (it waits for the writes in flight).
     pub async fn recover(&self) -> Result<()> {
-        let mut writer = self.inner.writer.lock().await;
-        writer.needs_recovery = true;
+        self.inner.gate.require_recovery();
+        let mut writer = self.inner.gate.exclusive().await;
         self.recover_locked(&mut writer).await
     }
 
+    /// Resolves the journal's unfinished intents if a writer left any. Only under the exclusive
+    /// lock: then no intent in the journal belongs to an operation still running.
     pub(super) async fn recover_locked(&self, writer: &mut Writer<'_>) -> Result<()> {
-        if !writer.needs_recovery {
+        if !writer.recovery_needed() {
             return Ok(());
+        }
+        if !writer.is_exclusive() {
+            return Err(Error::invalid(
+                "internal error: recovery without the exclusive write lock",
+            ));
         }
         for (seq, intent) in self.inner.journal.pending().await? {
             warn!(seq, ?intent, "resolving an unfinished provisioning intent");
             self.resolve(&intent).await?;
-            self.finish(seq).await?;
+            self.finish(writer, seq).await?;
         }
-        writer.needs_recovery = false;
+        writer.recovered();
         Ok(())
     }
 
-    /// The write lock, after resolving anything a failure left behind.
-    pub(super) async fn lock(&self) -> Result<Writer<'_>> {
-        let mut writer = self.inner.writer.lock().await;
+    /// Permission to write device `id`, after resolving anything a failure left behind.
+    pub(super) async fn lock(&self, id: &DeviceId) -> Result<Writer<'_>> {
+        loop {
+            if let Some(writer) = self.inner.gate.device(id).await {
+                return Ok(writer);
+            }
+            let mut writer = self.inner.gate.exclusive().await;
+            self.recover_locked(&mut writer).await?;
+        }
+    }
+
+    /// Permission to write anything (a bulk batch), after resolving anything a failure left
+    /// behind.
+    pub(super) async fn lock_exclusive(&self) -> Result<Writer<'_>> {
+        let mut writer = self.inner.gate.exclusive().await;
         self.recover_locked(&mut writer).await?;
         Ok(writer)
     }
 
     /// Marks intent `seq` finished, after making the stores' writes durable if so configured.
-    pub(super) async fn finish(&self, seq: u64) -> Result<()> {
+    pub(super) async fn finish(&self, writer: &mut Writer<'_>, seq: u64) -> Result<()> {
         self.sync_stores_if_configured().await?;
-        self.inner.journal.finish(seq).await
+        self.inner.journal.finish(seq).await?;
+        writer.finished();
+        Ok(())
     }
 
     /// [`finish`](Self::finish) without waiting for the journal's sync (bulk batches).
-    pub(super) async fn finish_unsynced(&self, seq: u64) -> Result<()> {
+    pub(super) async fn finish_unsynced(&self, writer: &mut Writer<'_>, seq: u64) -> Result<()> {
         self.sync_stores_if_configured().await?;
-        self.inner.journal.finish_unsynced(seq).await
+        self.inner.journal.finish_unsynced(seq).await?;
+        writer.finished();
+        Ok(())
     }
 
     /// Syncs both stores, at once, when the builder asked for it.
@@ -119,11 +142,11 @@ impl Provisioner {
         id: &DeviceId,
     ) -> Result<()> {
         let settled = match self.resolve(intent).await {
-            Ok(()) => self.finish(seq).await,
+            Ok(()) => self.finish(writer, seq).await,
             Err(e) => Err(e),
         };
         settled.map_err(|e| {
-            writer.needs_recovery = true;
+            writer.need_recovery();
             Error::RecoveryPending {
                 id: id.clone(),
                 reason: e.to_string(),
@@ -131,14 +154,13 @@ impl Provisioner {
         })
     }
 
-    /// Records `intent`. Recovery is marked as needed before the intent is written and stays so:
-    /// if the caller drops this operation's future (a timeout, a disconnected client) between
-    /// here and the intent's finish, the write lock is released with the intent unfinished, and
-    /// the next write must resolve it before touching the stores, not a later restart (which
-    /// could undo a registration that later calls had built upon). When every intent was
-    /// finished, that recovery is one `pending()` call.
+    /// Records `intent`. The writer counts it unfinished from before it is written until its
+    /// finish: if the caller drops this operation's future (a timeout, a disconnected client) in
+    /// between, the writer raises the recovery flag as it is dropped, and the next write resolves
+    /// the intent before touching the stores — not a later restart, which could undo a
+    /// registration that later calls had built upon.
     pub(super) async fn begin(&self, writer: &mut Writer<'_>, intent: &Intent) -> Result<u64> {
-        writer.needs_recovery = true;
+        writer.begun();
         self.inner.journal.begin(intent).await
     }
 }

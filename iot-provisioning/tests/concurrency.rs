@@ -8,22 +8,20 @@
 //!   random points, leave the stores in agreement, and every acknowledged registration of a
 //!   device that nobody unregisters survives a restart's recovery.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::{Stores, faulty};
 use iot_core::DeviceId;
-use iot_identity::{
-    Durability, FileIdentityStore, FileIdentityStoreConfig, IdentityStore, MemoryIdentityStore,
-};
-use iot_provisioning::testkit::{
-    self, FaultMode, FaultPlan, FaultyIdentityStore, FaultyJournal, FaultyRegistry,
-};
+use iot_identity::{Durability, FileIdentityStore, FileIdentityStoreConfig};
+use iot_provisioning::testkit::{self, FaultMode, FaultPlan};
 use iot_provisioning::{
-    FileJournal, FileJournalConfig, Journal, MemoryJournal, Provisioner, Provisioning,
-    RegisterRequest,
+    FileJournal, FileJournalConfig, Provisioner, Provisioning, RegisterRequest,
 };
-use iot_registry::{FileRegistry, FileRegistryConfig, MemoryRegistry, Registry};
+use iot_registry::{FileRegistry, FileRegistryConfig};
 use rand::Rng;
 use serde_json::json;
 
@@ -33,25 +31,6 @@ fn id(s: &str) -> DeviceId {
 
 fn req(s: &str) -> RegisterRequest {
     RegisterRequest::new(id(s), json!({"name": s}))
-}
-
-struct Stores {
-    identity: Arc<dyn IdentityStore>,
-    registry: Arc<dyn Registry>,
-    journal: Arc<dyn Journal>,
-    plan: Arc<FaultPlan>,
-}
-
-fn faulty(plan: Arc<FaultPlan>) -> Stores {
-    Stores {
-        identity: Arc::new(FaultyIdentityStore::new(
-            MemoryIdentityStore::new(),
-            plan.clone(),
-        )),
-        registry: Arc::new(FaultyRegistry::new(MemoryRegistry::new(), plan.clone())),
-        journal: Arc::new(FaultyJournal::new(MemoryJournal::new(), plan.clone())),
-        plan,
-    }
 }
 
 async fn open(s: &Stores) -> Provisioner {

@@ -4,19 +4,15 @@
 //! failure. After each run, and again after a restart's recovery, the two stores must agree, and
 //! every registration that was acknowledged (and not later undone by the scenario) must exist.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::{Stores, faulty};
 use iot_core::DeviceId;
-use iot_identity::{IdentityStore, MemoryIdentityStore};
-use iot_provisioning::testkit::{
-    self, FaultMode, FaultPlan, FaultyIdentityStore, FaultyJournal, FaultyRegistry,
-};
-use iot_provisioning::{
-    BulkMode, Journal, MemoryJournal, Provisioner, Provisioning, RegisterRequest,
-};
-use iot_registry::{MemoryRegistry, Registry};
+use iot_provisioning::testkit::{self, FaultMode, FaultPlan};
+use iot_provisioning::{BulkMode, Provisioner, Provisioning, RegisterRequest};
 use serde_json::json;
 
 fn id(s: &str) -> DeviceId {
@@ -80,26 +76,7 @@ async fn scenario(p: &dyn Provisioning) -> BTreeSet<DeviceId> {
     acked
 }
 
-struct Run {
-    identity: Arc<dyn IdentityStore>,
-    registry: Arc<dyn Registry>,
-    journal: Arc<dyn Journal>,
-    plan: Arc<FaultPlan>,
-}
-
-fn stores(plan: Arc<FaultPlan>) -> Run {
-    Run {
-        identity: Arc::new(FaultyIdentityStore::new(
-            MemoryIdentityStore::new(),
-            plan.clone(),
-        )),
-        registry: Arc::new(FaultyRegistry::new(MemoryRegistry::new(), plan.clone())),
-        journal: Arc::new(FaultyJournal::new(MemoryJournal::new(), plan.clone())),
-        plan,
-    }
-}
-
-async fn provisioner(run: &Run) -> iot_provisioning::Result<Provisioner> {
+async fn provisioner(run: &Stores) -> iot_provisioning::Result<Provisioner> {
     Provisioner::builder(run.identity.clone(), run.registry.clone())
         .journal(run.journal.clone())
         // Several batches per bulk request, so that faults also hit between batches.
@@ -111,7 +88,7 @@ async fn provisioner(run: &Run) -> iot_provisioning::Result<Provisioner> {
 #[tokio::test]
 async fn every_single_failure_leaves_the_stores_in_agreement() {
     // A clean run counts the calls (the scenario's size).
-    let clean = stores(FaultPlan::counting());
+    let clean = faulty(FaultPlan::counting());
     let p = provisioner(&clean).await.expect("open");
     let before = clean.plan.calls();
     let acked = scenario(&p).await;
@@ -124,7 +101,7 @@ async fn every_single_failure_leaves_the_stores_in_agreement() {
     for mode in [FaultMode::Before, FaultMode::After] {
         // Open's own recovery makes calls first; count past them.
         for n in 1..=calls + before {
-            let run = stores(FaultPlan::fail_at(n, mode));
+            let run = faulty(FaultPlan::fail_at(n, mode));
             let p = match provisioner(&run).await {
                 Ok(p) => p,
                 // The fault hit open's recovery: opening again (as a restart would) must work.
@@ -198,7 +175,7 @@ async fn a_cancelled_call_is_resolved_before_the_next_write() {
         acked
     }
 
-    let clean = stores(FaultPlan::counting());
+    let clean = faulty(FaultPlan::counting());
     let p = provisioner(&clean).await.expect("open");
     let before = clean.plan.calls();
     assert_eq!(scenario(&p).await.len(), 5);
@@ -206,7 +183,7 @@ async fn a_cancelled_call_is_resolved_before_the_next_write() {
 
     let mut hung = 0;
     for n in before + 1..=before + calls {
-        let run = stores(FaultPlan::fail_at(n, FaultMode::Hang));
+        let run = faulty(FaultPlan::fail_at(n, FaultMode::Hang));
         let p = provisioner(&run).await.expect("open");
         let acked = scenario(&p).await;
         hung += usize::from(run.plan.calls() >= n);

@@ -1,0 +1,381 @@
+//! Who holds which device: this instance's sessions, and what the others announced.
+//!
+//! Pure state with no I/O, so that the rules are tested on their own: the node feeds it what it
+//! hears on the presence subject and what its hub's observer reports, and acts on what it
+//! returns (messages to publish, sessions to close, instances to ask for their whole list).
+//!
+//! The rules:
+//!
+//! * A device's holder is the instance whose session of it opened last, ordered by (open time,
+//!   instance id). Open times are each instance's clock (µs), made strictly increasing per
+//!   instance; across instances they are compared as they are, so clocks must agree to better
+//!   than the time between two connects of one device (see docs/cluster.md).
+//! * An instance's entries live as long as its lease: each message from it renews it; an
+//!   instance not heard from for the lease is dropped with all its devices.
+//! * Each instance numbers its opens and closes (`seq`). A receiver that sees a gap, or hears of
+//!   an instance for the first time, asks that instance for its whole list and replaces what it
+//!   had with it, unless the list is older than what it has applied since.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use iot_core::DeviceId;
+
+use super::wire::{Held, Presence, PresenceKind};
+
+/// A device's session on some instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Holding {
+    /// The hub's session id (this instance's sessions only; 0 for others').
+    pub(crate) session: u64,
+    /// When it opened, µs since the epoch on its instance's clock.
+    pub(crate) at: u64,
+}
+
+#[derive(Debug)]
+struct Peer {
+    seq: u64,
+    heard: Instant,
+    devices: HashMap<DeviceId, u64>,
+}
+
+/// What the node must do after a change.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Actions {
+    /// This instance's sessions to close because a newer one opened elsewhere: (device, session).
+    pub(crate) take_over: Vec<(DeviceId, u64)>,
+    /// Instances to ask for their whole list.
+    pub(crate) resync: Vec<String>,
+}
+
+/// The directory of one instance.
+#[derive(Debug)]
+pub(crate) struct Directory {
+    me: String,
+    seq: u64,
+    last_at: u64,
+    local: HashMap<DeviceId, Holding>,
+    peers: HashMap<String, Peer>,
+}
+
+impl Directory {
+    pub(crate) fn new(me: impl Into<String>) -> Self {
+        Directory {
+            me: me.into(),
+            seq: 0,
+            last_at: 0,
+            local: HashMap::new(),
+            peers: HashMap::new(),
+        }
+    }
+
+    /// A session of `device` opened here at `now_us`: records it and returns the announcement,
+    /// and the session itself if another instance already holds the device with a newer
+    /// session (then this one must close at once: it lost the race).
+    pub(crate) fn opened_here(
+        &mut self,
+        device: &DeviceId,
+        session: u64,
+        now_us: u64,
+    ) -> (Presence, Option<u64>) {
+        let at = now_us.max(self.last_at + 1);
+        self.last_at = at;
+        self.local.insert(device.clone(), Holding { session, at });
+        self.seq += 1;
+        let newer_elsewhere = self.peers.iter().any(|(id, p)| {
+            p.devices
+                .get(device)
+                .is_some_and(|&t| (t, id.as_str()) > (at, self.me.as_str()))
+        });
+        let announce = Presence {
+            instance: self.me.clone(),
+            seq: self.seq,
+            what: PresenceKind::Opened {
+                device: device.clone(),
+                at,
+            },
+        };
+        (announce, newer_elsewhere.then_some(session))
+    }
+
+    /// The session `session` of `device` closed here: forgets it and returns the announcement
+    /// (`None` if a newer session of the device replaced it here already).
+    pub(crate) fn closed_here(&mut self, device: &DeviceId, session: u64) -> Option<Presence> {
+        let holding = *self.local.get(device).filter(|h| h.session == session)?;
+        self.local.remove(device);
+        self.seq += 1;
+        Some(Presence {
+            instance: self.me.clone(),
+            seq: self.seq,
+            what: PresenceKind::Closed {
+                device: device.clone(),
+                at: holding.at,
+            },
+        })
+    }
+
+    /// A heartbeat of this instance.
+    pub(crate) fn beat(&self) -> Presence {
+        Presence {
+            instance: self.me.clone(),
+            seq: self.seq,
+            what: PresenceKind::Beat,
+        }
+    }
+
+    /// This instance's list, for a peer that asked.
+    pub(crate) fn held(&self) -> Held {
+        let mut devices: Vec<_> = self.local.iter().map(|(d, h)| (d.clone(), h.at)).collect();
+        devices.sort();
+        Held {
+            seq: self.seq,
+            devices,
+        }
+    }
+
+    /// Applies a message heard on the presence subject at `now`.
+    pub(crate) fn heard(&mut self, message: Presence, now: Instant) -> Actions {
+        let mut actions = Actions::default();
+        if message.instance == self.me {
+            return actions;
+        }
+        if message.what == PresenceKind::Bye {
+            self.peers.remove(&message.instance);
+            return actions;
+        }
+        let known = self.peers.contains_key(&message.instance);
+        let peer = self
+            .peers
+            .entry(message.instance.clone())
+            .or_insert_with(|| Peer {
+                seq: 0,
+                heard: now,
+                devices: HashMap::new(),
+            });
+        peer.heard = now;
+        match message.what {
+            PresenceKind::Beat => {
+                if !known || message.seq > peer.seq {
+                    actions.resync.push(message.instance.clone());
+                }
+            }
+            PresenceKind::Opened { device, at } => {
+                if message.seq <= peer.seq && known {
+                    return actions; // already covered by a list we applied
+                }
+                if !known || message.seq != peer.seq + 1 {
+                    actions.resync.push(message.instance.clone());
+                }
+                peer.seq = message.seq;
+                peer.devices.insert(device.clone(), at);
+                if let Some(h) = self.local.get(&device)
+                    && (h.at, self.me.as_str()) < (at, message.instance.as_str())
+                {
+                    actions.take_over.push((device, h.session));
+                }
+            }
+            PresenceKind::Closed { device, at } => {
+                if message.seq <= peer.seq && known {
+                    return actions;
+                }
+                if !known || message.seq != peer.seq + 1 {
+                    actions.resync.push(message.instance.clone());
+                }
+                peer.seq = message.seq;
+                if peer.devices.get(&device) == Some(&at) {
+                    peer.devices.remove(&device);
+                }
+            }
+            PresenceKind::Bye => {}
+        }
+        actions
+    }
+
+    /// Applies `instance`'s whole list, unless it is older than what was applied since it was
+    /// asked for (then returns that instance again, to be asked once more).
+    pub(crate) fn apply_held(&mut self, instance: &str, held: Held, now: Instant) -> Actions {
+        let mut actions = Actions::default();
+        if instance == self.me {
+            return actions;
+        }
+        let peer = self
+            .peers
+            .entry(instance.to_owned())
+            .or_insert_with(|| Peer {
+                seq: 0,
+                heard: now,
+                devices: HashMap::new(),
+            });
+        if held.seq < peer.seq {
+            actions.resync.push(instance.to_owned());
+            return actions;
+        }
+        peer.seq = held.seq;
+        peer.heard = now;
+        peer.devices = held.devices.into_iter().collect();
+        for (device, &at) in &peer.devices {
+            if let Some(h) = self.local.get(device)
+                && (h.at, self.me.as_str()) < (at, instance)
+            {
+                actions.take_over.push((device.clone(), h.session));
+            }
+        }
+        actions
+    }
+
+    /// Drops the instances not heard from within `lease` before `now`; returns their ids.
+    pub(crate) fn expire(&mut self, now: Instant, lease: Duration) -> Vec<String> {
+        let gone: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.heard) > lease)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &gone {
+            self.peers.remove(id);
+        }
+        gone
+    }
+
+    /// The instance holding `device`: `Some(None)` for this one, `Some(Some(id))` for another,
+    /// `None` when no live instance holds it.
+    pub(crate) fn holder(&self, device: &DeviceId) -> Option<Option<String>> {
+        let mut best: Option<(u64, &str)> =
+            self.local.get(device).map(|h| (h.at, self.me.as_str()));
+        for (id, peer) in &self.peers {
+            if let Some(&at) = peer.devices.get(device) {
+                let candidate = (at, id.as_str());
+                if best.is_none_or(|b| candidate > b) {
+                    best = Some(candidate);
+                }
+            }
+        }
+        best.map(|(_, id)| (id != self.me).then(|| id.to_owned()))
+    }
+
+    /// Every device some live instance holds, in id order.
+    pub(crate) fn devices(&self) -> Vec<DeviceId> {
+        let mut all: Vec<DeviceId> = self.local.keys().cloned().collect();
+        for peer in self.peers.values() {
+            all.extend(peer.devices.keys().cloned());
+        }
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    /// The live instances other than this one, in id order.
+    pub(crate) fn peers(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.peers.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(s: &str) -> DeviceId {
+        s.parse().unwrap()
+    }
+
+    fn opened(instance: &str, seq: u64, device: &str, at: u64) -> Presence {
+        Presence {
+            instance: instance.into(),
+            seq,
+            what: PresenceKind::Opened {
+                device: dev(device),
+                at,
+            },
+        }
+    }
+
+    #[test]
+    fn the_newest_session_holds_the_device_and_the_older_one_is_taken_over() {
+        let now = Instant::now();
+        let mut a = Directory::new("a");
+        let (_, lost) = a.opened_here(&dev("d"), 7, 100);
+        assert_eq!(lost, None);
+        assert_eq!(a.holder(&dev("d")), Some(None));
+        // b's session opened later: a must close its own.
+        let actions = a.heard(opened("b", 1, "d", 200), now);
+        assert_eq!(actions.take_over, vec![(dev("d"), 7)]);
+        assert_eq!(a.holder(&dev("d")), Some(Some("b".into())));
+        // An announcement of an older session elsewhere takes nothing over.
+        let mut c = Directory::new("c");
+        c.opened_here(&dev("e"), 1, 500);
+        let actions = c.heard(opened("b", 1, "e", 400), now);
+        assert!(actions.take_over.is_empty());
+        assert_eq!(c.holder(&dev("e")), Some(None));
+    }
+
+    #[test]
+    fn a_session_that_opens_after_a_newer_one_elsewhere_was_heard_of_loses() {
+        let now = Instant::now();
+        let mut a = Directory::new("a");
+        a.heard(opened("b", 1, "d", 1_000), now);
+        let (_, lost) = a.opened_here(&dev("d"), 3, 900);
+        assert_eq!(lost, Some(3));
+    }
+
+    #[test]
+    fn a_gap_or_a_new_instance_asks_for_the_whole_list_and_an_older_list_is_refused() {
+        let now = Instant::now();
+        let mut a = Directory::new("a");
+        assert_eq!(
+            a.heard(opened("b", 5, "d", 1), now).resync,
+            vec!["b".to_owned()]
+        );
+        assert!(a.heard(opened("b", 6, "e", 2), now).resync.is_empty());
+        assert_eq!(
+            a.heard(opened("b", 8, "f", 3), now).resync,
+            vec!["b".to_owned()]
+        );
+        // A list as of seq 7 is older than what was applied (8): ask again.
+        let stale = Held {
+            seq: 7,
+            devices: vec![(dev("d"), 1)],
+        };
+        assert_eq!(a.apply_held("b", stale, now).resync, vec!["b".to_owned()]);
+        let fresh = Held {
+            seq: 8,
+            devices: vec![(dev("d"), 1), (dev("f"), 3)],
+        };
+        assert!(a.apply_held("b", fresh, now).resync.is_empty());
+        assert_eq!(a.devices(), vec![dev("d"), dev("f")]);
+        // A beat with a newer seq than applied means a change was missed.
+        let beat = Presence {
+            instance: "b".into(),
+            seq: 9,
+            what: PresenceKind::Beat,
+        };
+        assert_eq!(a.heard(beat, now).resync, vec!["b".to_owned()]);
+    }
+
+    #[test]
+    fn an_instance_not_heard_from_within_its_lease_is_dropped_with_its_devices() {
+        let t0 = Instant::now();
+        let mut a = Directory::new("a");
+        a.heard(opened("b", 1, "d", 1), t0);
+        let lease = Duration::from_secs(3);
+        assert!(a.expire(t0 + Duration::from_secs(2), lease).is_empty());
+        assert_eq!(a.holder(&dev("d")), Some(Some("b".into())));
+        assert_eq!(
+            a.expire(t0 + Duration::from_secs(4), lease),
+            vec!["b".to_owned()]
+        );
+        assert_eq!(a.holder(&dev("d")), None);
+        assert!(a.devices().is_empty());
+    }
+
+    #[test]
+    fn closing_forgets_only_the_session_it_names() {
+        let mut a = Directory::new("a");
+        a.opened_here(&dev("d"), 1, 10);
+        a.opened_here(&dev("d"), 2, 20);
+        assert_eq!(a.closed_here(&dev("d"), 1), None);
+        assert!(a.closed_here(&dev("d"), 2).is_some());
+        assert_eq!(a.holder(&dev("d")), None);
+    }
+}

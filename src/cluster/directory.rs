@@ -12,6 +12,8 @@
 //!   than the time between two connects of one device (see docs/cluster.md).
 //! * An instance's entries live as long as its lease: each message from it renews it; an
 //!   instance not heard from for the lease is dropped with all its devices.
+//! * A restarted instance (same id, a later `run`) replaces what its earlier run announced;
+//!   messages of an earlier run than the one known are ignored.
 //! * Each instance numbers its opens and closes (`seq`). A receiver that sees a gap, or hears of
 //!   an instance for the first time, asks that instance for its whole list and replaces what it
 //!   had with it, unless the list is older than what it has applied since.
@@ -34,6 +36,7 @@ pub(crate) struct Holding {
 
 #[derive(Debug)]
 struct Peer {
+    run: u64,
     seq: u64,
     heard: Instant,
     devices: HashMap<DeviceId, u64>,
@@ -52,6 +55,7 @@ pub(crate) struct Actions {
 #[derive(Debug)]
 pub(crate) struct Directory {
     me: String,
+    run: u64,
     seq: u64,
     last_at: u64,
     local: HashMap<DeviceId, Holding>,
@@ -59,9 +63,11 @@ pub(crate) struct Directory {
 }
 
 impl Directory {
-    pub(crate) fn new(me: impl Into<String>) -> Self {
+    /// The directory of instance `me` in its run `run` (a start time, µs).
+    pub(crate) fn new(me: impl Into<String>, run: u64) -> Self {
         Directory {
             me: me.into(),
+            run,
             seq: 0,
             last_at: 0,
             local: HashMap::new(),
@@ -89,6 +95,7 @@ impl Directory {
         });
         let announce = Presence {
             instance: self.me.clone(),
+            run: self.run,
             seq: self.seq,
             what: PresenceKind::Opened {
                 device: device.clone(),
@@ -106,6 +113,7 @@ impl Directory {
         self.seq += 1;
         Some(Presence {
             instance: self.me.clone(),
+            run: self.run,
             seq: self.seq,
             what: PresenceKind::Closed {
                 device: device.clone(),
@@ -118,6 +126,7 @@ impl Directory {
     pub(crate) fn beat(&self) -> Presence {
         Presence {
             instance: self.me.clone(),
+            run: self.run,
             seq: self.seq,
             what: PresenceKind::Beat,
         }
@@ -128,6 +137,7 @@ impl Directory {
         let mut devices: Vec<_> = self.local.iter().map(|(d, h)| (d.clone(), h.at)).collect();
         devices.sort();
         Held {
+            run: self.run,
             seq: self.seq,
             devices,
         }
@@ -139,6 +149,14 @@ impl Directory {
         if message.instance == self.me {
             return actions;
         }
+        match self.peers.get(&message.instance).map(|p| p.run) {
+            Some(run) if run > message.run => return actions, // from a run that has ended
+            Some(run) if run < message.run => {
+                // The instance restarted: what its earlier run held is gone.
+                self.peers.remove(&message.instance);
+            }
+            _ => {}
+        }
         if message.what == PresenceKind::Bye {
             self.peers.remove(&message.instance);
             return actions;
@@ -148,6 +166,7 @@ impl Directory {
             .peers
             .entry(message.instance.clone())
             .or_insert_with(|| Peer {
+                run: message.run,
                 seq: 0,
                 heard: now,
                 devices: HashMap::new(),
@@ -198,10 +217,18 @@ impl Directory {
         if instance == self.me {
             return actions;
         }
+        match self.peers.get(instance).map(|p| p.run) {
+            Some(run) if run > held.run => return actions,
+            Some(run) if run < held.run => {
+                self.peers.remove(instance);
+            }
+            _ => {}
+        }
         let peer = self
             .peers
             .entry(instance.to_owned())
             .or_insert_with(|| Peer {
+                run: held.run,
                 seq: 0,
                 heard: now,
                 devices: HashMap::new(),
@@ -283,6 +310,7 @@ mod tests {
     fn opened(instance: &str, seq: u64, device: &str, at: u64) -> Presence {
         Presence {
             instance: instance.into(),
+            run: 1,
             seq,
             what: PresenceKind::Opened {
                 device: dev(device),
@@ -294,7 +322,7 @@ mod tests {
     #[test]
     fn the_newest_session_holds_the_device_and_the_older_one_is_taken_over() {
         let now = Instant::now();
-        let mut a = Directory::new("a");
+        let mut a = Directory::new("a", 1);
         let (_, lost) = a.opened_here(&dev("d"), 7, 100);
         assert_eq!(lost, None);
         assert_eq!(a.holder(&dev("d")), Some(None));
@@ -303,7 +331,7 @@ mod tests {
         assert_eq!(actions.take_over, vec![(dev("d"), 7)]);
         assert_eq!(a.holder(&dev("d")), Some(Some("b".into())));
         // An announcement of an older session elsewhere takes nothing over.
-        let mut c = Directory::new("c");
+        let mut c = Directory::new("c", 1);
         c.opened_here(&dev("e"), 1, 500);
         let actions = c.heard(opened("b", 1, "e", 400), now);
         assert!(actions.take_over.is_empty());
@@ -313,7 +341,7 @@ mod tests {
     #[test]
     fn a_session_that_opens_after_a_newer_one_elsewhere_was_heard_of_loses() {
         let now = Instant::now();
-        let mut a = Directory::new("a");
+        let mut a = Directory::new("a", 1);
         a.heard(opened("b", 1, "d", 1_000), now);
         let (_, lost) = a.opened_here(&dev("d"), 3, 900);
         assert_eq!(lost, Some(3));
@@ -322,7 +350,7 @@ mod tests {
     #[test]
     fn a_gap_or_a_new_instance_asks_for_the_whole_list_and_an_older_list_is_refused() {
         let now = Instant::now();
-        let mut a = Directory::new("a");
+        let mut a = Directory::new("a", 1);
         assert_eq!(
             a.heard(opened("b", 5, "d", 1), now).resync,
             vec!["b".to_owned()]
@@ -334,11 +362,13 @@ mod tests {
         );
         // A list as of seq 7 is older than what was applied (8): ask again.
         let stale = Held {
+            run: 1,
             seq: 7,
             devices: vec![(dev("d"), 1)],
         };
         assert_eq!(a.apply_held("b", stale, now).resync, vec!["b".to_owned()]);
         let fresh = Held {
+            run: 1,
             seq: 8,
             devices: vec![(dev("d"), 1), (dev("f"), 3)],
         };
@@ -347,6 +377,7 @@ mod tests {
         // A beat with a newer seq than applied means a change was missed.
         let beat = Presence {
             instance: "b".into(),
+            run: 1,
             seq: 9,
             what: PresenceKind::Beat,
         };
@@ -356,7 +387,7 @@ mod tests {
     #[test]
     fn an_instance_not_heard_from_within_its_lease_is_dropped_with_its_devices() {
         let t0 = Instant::now();
-        let mut a = Directory::new("a");
+        let mut a = Directory::new("a", 1);
         a.heard(opened("b", 1, "d", 1), t0);
         let lease = Duration::from_secs(3);
         assert!(a.expire(t0 + Duration::from_secs(2), lease).is_empty());
@@ -371,11 +402,28 @@ mod tests {
 
     #[test]
     fn closing_forgets_only_the_session_it_names() {
-        let mut a = Directory::new("a");
+        let mut a = Directory::new("a", 1);
         a.opened_here(&dev("d"), 1, 10);
         a.opened_here(&dev("d"), 2, 20);
         assert_eq!(a.closed_here(&dev("d"), 1), None);
         assert!(a.closed_here(&dev("d"), 2).is_some());
         assert_eq!(a.holder(&dev("d")), None);
+    }
+
+    #[test]
+    fn a_restarted_instance_replaces_what_its_earlier_run_held() {
+        let now = Instant::now();
+        let mut a = Directory::new("a", 1);
+        a.heard(opened("b", 1, "d", 1), now);
+        a.heard(opened("b", 2, "e", 2), now);
+        // b restarts: its counter starts again, in a later run.
+        let mut restarted = opened("b", 1, "f", 3);
+        restarted.run = 2;
+        let actions = a.heard(restarted, now);
+        assert_eq!(actions.resync, vec!["b".to_owned()]);
+        assert_eq!(a.devices(), vec![dev("f")]);
+        // A late message of the run that ended changes nothing.
+        a.heard(opened("b", 3, "g", 4), now);
+        assert_eq!(a.devices(), vec![dev("f")]);
     }
 }

@@ -71,7 +71,7 @@ impl Node {
         let (take_over, take_over_rx) = mpsc::unbounded_channel();
         let node = Node {
             subjects: Subjects::new(&config.prefix),
-            directory: Mutex::new(Directory::new(config.instance.clone())),
+            directory: Mutex::new(Directory::new(config.instance.clone(), now_us())),
             config,
             client,
             changed: watch::channel(0).0,

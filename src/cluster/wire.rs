@@ -57,6 +57,9 @@ impl Subjects {
 pub(crate) struct Presence {
     /// The sender.
     pub(crate) instance: String,
+    /// The sender's run: when its process started (µs). A restarted instance keeps its id but
+    /// starts a new run and counts from 0 again; receivers forget what the old run announced.
+    pub(crate) run: u64,
     /// The sender's change counter: one more for every open and close it announces. A
     /// receiver that sees a gap asks for the whole list.
     pub(crate) seq: u64,
@@ -79,6 +82,8 @@ pub(crate) enum PresenceKind {
 /// The answer to a `held` request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Held {
+    /// The sender's run (see [`Presence::run`]).
+    pub(crate) run: u64,
     /// The change counter the list is as of.
     pub(crate) seq: u64,
     /// Each device and when its session opened.

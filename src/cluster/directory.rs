@@ -15,10 +15,10 @@
 //! * A restarted instance (same id, a later `run`) replaces what its earlier run announced;
 //!   messages of an earlier run than the one known are ignored.
 //! * Each instance numbers its opens and closes (`seq`). A receiver that sees a gap, or hears of
-//!   an instance for the first time, asks that instance for its whole list and replaces what it
-//!   had with it, unless the list is older than what it has applied since.
+//!   an instance for the first time, asks that instance for its whole list (in pages), replaces
+//!   what it had with it, and replays the announcements it heard since the list was taken.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use iot_core::DeviceId;
@@ -34,12 +34,43 @@ pub(crate) struct Holding {
     pub(crate) at: u64,
 }
 
+/// How many announcements of each peer are remembered, to bring a device list taken a moment
+/// ago up to date.
+const RECENT: usize = 4096;
+
 #[derive(Debug)]
 struct Peer {
     run: u64,
     seq: u64,
     heard: Instant,
     devices: HashMap<DeviceId, u64>,
+    /// The last [`RECENT`] announcements, by seq.
+    recent: VecDeque<(u64, Change)>,
+}
+
+/// One announced open or close.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Change {
+    device: DeviceId,
+    at: u64,
+    open: bool,
+}
+
+impl Peer {
+    fn remember(&mut self, seq: u64, change: Change) {
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((seq, change));
+    }
+
+    fn apply(&mut self, change: &Change) {
+        if change.open {
+            self.devices.insert(change.device.clone(), change.at);
+        } else if self.devices.get(&change.device) == Some(&change.at) {
+            self.devices.remove(&change.device);
+        }
+    }
 }
 
 /// What the node must do after a change.
@@ -132,122 +163,153 @@ impl Directory {
         }
     }
 
-    /// This instance's list, for a peer that asked.
-    pub(crate) fn held(&self) -> Held {
-        let mut devices: Vec<_> = self.local.iter().map(|(d, h)| (d.clone(), h.at)).collect();
-        devices.sort();
-        Held {
-            run: self.run,
-            seq: self.seq,
-            devices,
-        }
-    }
-
     /// Applies a message heard on the presence subject at `now`.
     pub(crate) fn heard(&mut self, message: Presence, now: Instant) -> Actions {
         let mut actions = Actions::default();
         if message.instance == self.me {
             return actions;
         }
-        match self.peers.get(&message.instance).map(|p| p.run) {
-            Some(run) if run > message.run => return actions, // from a run that has ended
-            Some(run) if run < message.run => {
-                // The instance restarted: what its earlier run held is gone.
-                self.peers.remove(&message.instance);
-            }
-            _ => {}
+        if !self.same_run(&message.instance, message.run) {
+            return actions;
         }
         if message.what == PresenceKind::Bye {
             self.peers.remove(&message.instance);
             return actions;
         }
         let known = self.peers.contains_key(&message.instance);
-        let peer = self
-            .peers
-            .entry(message.instance.clone())
-            .or_insert_with(|| Peer {
-                run: message.run,
-                seq: 0,
-                heard: now,
-                devices: HashMap::new(),
-            });
+        let peer = self.peer(&message.instance, message.run, now);
         peer.heard = now;
-        match message.what {
+        let change = match message.what {
             PresenceKind::Beat => {
                 if !known || message.seq > peer.seq {
-                    actions.resync.push(message.instance.clone());
+                    actions.resync.push(message.instance);
                 }
+                return actions;
             }
-            PresenceKind::Opened { device, at } => {
-                if message.seq <= peer.seq && known {
-                    return actions; // already covered by a list we applied
-                }
-                if !known || message.seq != peer.seq + 1 {
-                    actions.resync.push(message.instance.clone());
-                }
-                peer.seq = message.seq;
-                peer.devices.insert(device.clone(), at);
-                if let Some(h) = self.local.get(&device)
-                    && (h.at, self.me.as_str()) < (at, message.instance.as_str())
-                {
-                    actions.take_over.push((device, h.session));
-                }
-            }
-            PresenceKind::Closed { device, at } => {
-                if message.seq <= peer.seq && known {
-                    return actions;
-                }
-                if !known || message.seq != peer.seq + 1 {
-                    actions.resync.push(message.instance.clone());
-                }
-                peer.seq = message.seq;
-                if peer.devices.get(&device) == Some(&at) {
-                    peer.devices.remove(&device);
-                }
-            }
-            PresenceKind::Bye => {}
+            PresenceKind::Opened { device, at } => Change {
+                device,
+                at,
+                open: true,
+            },
+            PresenceKind::Closed { device, at } => Change {
+                device,
+                at,
+                open: false,
+            },
+            PresenceKind::Bye => return actions,
+        };
+        if known && message.seq <= peer.seq {
+            return actions; // already covered by a list applied since
+        }
+        if !known || message.seq != peer.seq + 1 {
+            actions.resync.push(message.instance.clone());
+        }
+        peer.seq = message.seq;
+        peer.remember(message.seq, change.clone());
+        peer.apply(&change);
+        self.check_take_over(&message.instance, &change, &mut actions);
+        actions
+    }
+
+    /// Applies `instance`'s whole list (its pages joined), then the changes heard since the
+    /// first page was taken, so that the result is as new as the newest announcement. If the
+    /// changes remembered do not reach back that far, asks for the list again.
+    pub(crate) fn apply_held(&mut self, instance: &str, held: Held, now: Instant) -> Actions {
+        let mut actions = Actions::default();
+        if instance == self.me || !self.same_run(instance, held.run) {
+            return actions;
+        }
+        let peer = self.peer(instance, held.run, now);
+        peer.heard = now;
+        peer.devices = held.devices.into_iter().collect();
+        let oldest = peer.recent.front().map_or(u64::MAX, |(seq, _)| *seq);
+        if peer.seq > held.seq && oldest > held.seq + 1 {
+            actions.resync.push(instance.to_owned());
+        }
+        let replay: Vec<Change> = peer
+            .recent
+            .iter()
+            .filter(|(seq, _)| *seq > held.seq)
+            .map(|(_, c)| c.clone())
+            .collect();
+        for change in &replay {
+            peer.apply(change);
+        }
+        peer.seq = peer.seq.max(held.seq);
+        let devices: Vec<Change> = peer
+            .devices
+            .iter()
+            .map(|(d, &at)| Change {
+                device: d.clone(),
+                at,
+                open: true,
+            })
+            .collect();
+        for change in &devices {
+            self.check_take_over(instance, change, &mut actions);
         }
         actions
     }
 
-    /// Applies `instance`'s whole list, unless it is older than what was applied since it was
-    /// asked for (then returns that instance again, to be asked once more).
-    pub(crate) fn apply_held(&mut self, instance: &str, held: Held, now: Instant) -> Actions {
-        let mut actions = Actions::default();
-        if instance == self.me {
-            return actions;
-        }
+    /// Whether a message of `instance`'s run `run` is to be applied: not from a run that has
+    /// ended. A later run replaces the instance (it restarted: what it held is gone).
+    fn same_run(&mut self, instance: &str, run: u64) -> bool {
         match self.peers.get(instance).map(|p| p.run) {
-            Some(run) if run > held.run => return actions,
-            Some(run) if run < held.run => {
+            Some(known) if known > run => false,
+            Some(known) if known < run => {
                 self.peers.remove(instance);
+                true
             }
-            _ => {}
+            _ => true,
         }
-        let peer = self
-            .peers
+    }
+
+    fn peer(&mut self, instance: &str, run: u64, now: Instant) -> &mut Peer {
+        self.peers
             .entry(instance.to_owned())
             .or_insert_with(|| Peer {
-                run: held.run,
+                run,
                 seq: 0,
                 heard: now,
                 devices: HashMap::new(),
-            });
-        if held.seq < peer.seq {
-            actions.resync.push(instance.to_owned());
-            return actions;
+                recent: VecDeque::new(),
+            })
+    }
+
+    /// A session opened on `instance` takes over an older one here.
+    fn check_take_over(&self, instance: &str, change: &Change, actions: &mut Actions) {
+        if !change.open {
+            return;
         }
-        peer.seq = held.seq;
-        peer.heard = now;
-        peer.devices = held.devices.into_iter().collect();
-        for (device, &at) in &peer.devices {
-            if let Some(h) = self.local.get(device)
-                && (h.at, self.me.as_str()) < (at, instance)
-            {
-                actions.take_over.push((device.clone(), h.session));
-            }
+        if let Some(h) = self.local.get(&change.device)
+            && (h.at, self.me.as_str()) < (change.at, instance)
+        {
+            actions.take_over.push((change.device.clone(), h.session));
         }
-        actions
+    }
+
+    /// This instance's devices after `after` (all from the start when `None`), at most `limit`,
+    /// for a peer that asked.
+    pub(crate) fn held(&self, after: Option<&DeviceId>, limit: usize) -> Held {
+        let mut devices: Vec<_> = self
+            .local
+            .iter()
+            .filter(|(d, _)| after.is_none_or(|a| *d > a))
+            .map(|(d, h)| (d.clone(), h.at))
+            .collect();
+        devices.sort();
+        let more = devices.len() > limit;
+        devices.truncate(limit);
+        Held {
+            run: self.run,
+            seq: self.seq,
+            next: if more {
+                devices.last().map(|(d, _)| d.clone())
+            } else {
+                None
+            },
+            devices,
+        }
     }
 
     /// Drops the instances not heard from within `lease` before `now`; returns their ids.
@@ -348,7 +410,7 @@ mod tests {
     }
 
     #[test]
-    fn a_gap_or_a_new_instance_asks_for_the_whole_list_and_an_older_list_is_refused() {
+    fn a_gap_or_a_new_instance_asks_for_the_list_which_is_brought_up_to_date() {
         let now = Instant::now();
         let mut a = Directory::new("a", 1);
         assert_eq!(
@@ -356,23 +418,19 @@ mod tests {
             vec!["b".to_owned()]
         );
         assert!(a.heard(opened("b", 6, "e", 2), now).resync.is_empty());
+        // Seq 7 (e closing) is lost.
         assert_eq!(
             a.heard(opened("b", 8, "f", 3), now).resync,
             vec!["b".to_owned()]
         );
-        // A list as of seq 7 is older than what was applied (8): ask again.
-        let stale = Held {
+        // The list was taken at 7: it lacks f, announced since, which the replay adds.
+        let list = Held {
             run: 1,
             seq: 7,
             devices: vec![(dev("d"), 1)],
+            next: None,
         };
-        assert_eq!(a.apply_held("b", stale, now).resync, vec!["b".to_owned()]);
-        let fresh = Held {
-            run: 1,
-            seq: 8,
-            devices: vec![(dev("d"), 1), (dev("f"), 3)],
-        };
-        assert!(a.apply_held("b", fresh, now).resync.is_empty());
+        assert!(a.apply_held("b", list, now).resync.is_empty());
         assert_eq!(a.devices(), vec![dev("d"), dev("f")]);
         // A beat with a newer seq than applied means a change was missed.
         let beat = Presence {
@@ -382,6 +440,35 @@ mod tests {
             what: PresenceKind::Beat,
         };
         assert_eq!(a.heard(beat, now).resync, vec!["b".to_owned()]);
+        // A list older than the announcements remembered cannot be brought up to date.
+        let old = Held {
+            run: 1,
+            seq: 2,
+            devices: Vec::new(),
+            next: None,
+        };
+        assert_eq!(a.apply_held("b", old, now).resync, vec!["b".to_owned()]);
+    }
+
+    #[test]
+    fn the_list_comes_in_pages_in_id_order() {
+        let mut a = Directory::new("a", 1);
+        for (i, d) in ["x", "y", "z"].into_iter().enumerate() {
+            a.opened_here(&dev(d), i as u64, 10);
+        }
+        let first = a.held(None, 2);
+        assert_eq!(first.devices.len(), 2);
+        assert_eq!(first.next, Some(dev("y")));
+        let second = a.held(first.next.as_ref(), 2);
+        assert_eq!(
+            second
+                .devices
+                .iter()
+                .map(|(d, _)| d.clone())
+                .collect::<Vec<_>>(),
+            vec![dev("z")]
+        );
+        assert_eq!(second.next, None);
     }
 
     #[test]

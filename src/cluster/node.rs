@@ -2,6 +2,7 @@
 //! tasks that publish its presence, listen to the others and serve their requests.
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -18,7 +19,9 @@ use tracing::{debug, warn};
 
 use super::config::ClusterConfig;
 use super::directory::{Actions, Directory};
-use super::wire::{self, Held, MethodAnswer, MethodAsk, Notice, Presence, Subjects, WireError};
+use super::wire::{
+    self, Held, HeldAsk, MethodAnswer, MethodAsk, Notice, Presence, Subjects, WireError,
+};
 
 /// What the publishing task sends, in order.
 #[derive(Debug)]
@@ -142,23 +145,10 @@ impl Node {
         }
         let node = self.clone();
         tokio::spawn(async move {
-            // A list older than what arrived meanwhile is refused; a fresh ask returns a newer
-            // one, since an instance's counter only grows.
+            // Asked again (a few times) only if the announcements remembered since the list was
+            // taken do not reach back to it.
             for _ in 0..3 {
-                let request = Request::new().timeout(Some(node.config.request_timeout));
-                let held = match node
-                    .client
-                    .send_request(node.subjects.held(&peer), request)
-                    .await
-                {
-                    Ok(reply) => wire::decode::<Held>(&reply.payload).map(|(h, _)| h),
-                    Err(e) => {
-                        debug!(peer = %peer, error = %e, "could not get an instance's devices");
-                        break;
-                    }
-                };
-                let Ok(held) = held else {
-                    warn!(peer = %peer, "an instance sent a malformed device list");
+                let Some(held) = node.fetch_held(&peer).await else {
                     break;
                 };
                 let actions = lock(&node.directory).apply_held(&peer, held, Instant::now());
@@ -173,6 +163,46 @@ impl Node {
             }
             lock(&node.syncing).remove(&peer);
         });
+    }
+}
+
+impl Node {
+    /// `peer`'s whole list, its pages joined: as of the first page's counter (later pages may
+    /// be newer, which the replay of announcements makes consistent).
+    async fn fetch_held(&self, peer: &str) -> Option<Held> {
+        let mut all: Option<Held> = None;
+        let mut after = None;
+        loop {
+            let ask = wire::encode(&HeldAsk { after }, &[]);
+            let request = Request::new()
+                .payload(ask)
+                .timeout(Some(self.config.request_timeout));
+            let reply = match self
+                .client
+                .send_request(self.subjects.held(peer), request)
+                .await
+            {
+                Ok(reply) => reply,
+                Err(e) => {
+                    debug!(peer = %peer, error = %e, "could not get an instance's devices");
+                    return None;
+                }
+            };
+            let Ok((page, _)) = wire::decode::<Held>(&reply.payload) else {
+                warn!(peer = %peer, "an instance sent a malformed device list");
+                return None;
+            };
+            after = page.next.clone();
+            match &mut all {
+                None => all = Some(page),
+                // It restarted while being listed: start again with the new run.
+                Some(first) if first.run != page.run => return None,
+                Some(first) => first.devices.extend(page.devices),
+            }
+            if after.is_none() {
+                return all;
+            }
+        }
     }
 }
 
@@ -234,7 +264,7 @@ pub(crate) async fn start(
         .map_err(nats_error)?;
     let tasks = vec![
         tokio::spawn(publish(node.clone(), queues.outbox)),
-        tokio::spawn(heartbeat(node.clone())),
+        tokio::spawn(heartbeat(node.clone(), hub.clone())),
         tokio::spawn(listen_presence(node.clone(), presence)),
         tokio::spawn(take_over(hub.clone(), queues.take_over)),
         tokio::spawn(listen_notices(node.clone(), hub.clone(), wakes)),
@@ -267,11 +297,29 @@ async fn publish(node: Arc<Node>, mut outbox: mpsc::UnboundedReceiver<Outgoing>)
     }
 }
 
-async fn heartbeat(node: Arc<Node>) {
+async fn heartbeat(node: Arc<Node>, hub: Hub) {
     let mut ticks = tokio::time::interval(node.config.heartbeat);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stats = node.client.statistics();
+    let mut connects = stats.connects.load(Ordering::Relaxed);
     loop {
         ticks.tick().await;
+        // Core NATS drops what is published to a client while it is disconnected: after a
+        // reconnect, every session here looks in the inbox once, for wake-ups it may have
+        // missed. (Lost presence is repaired by the counters; lost desired patches are not,
+        // see docs/cluster.md.)
+        let now_connects = stats.connects.load(Ordering::Relaxed);
+        if now_connects != connects {
+            connects = now_connects;
+            let held = lock(&node.directory).held(None, usize::MAX);
+            warn!(
+                sessions = held.devices.len(),
+                "reconnected to NATS; waking every session for C2D messages it may have missed"
+            );
+            for (device, _) in held.devices {
+                hub.wake_c2d(&device);
+            }
+        }
         let (beat, gone) = {
             let mut dir = lock(&node.directory);
             let gone = dir.expire(Instant::now(), node.config.lease);
@@ -382,7 +430,10 @@ async fn serve_methods(node: Arc<Node>, hub: Hub, mut requests: Subscriber) {
 async fn serve_held(node: Arc<Node>, mut requests: Subscriber) {
     while let Some(message) = requests.next().await {
         let Some(reply) = message.reply else { continue };
-        let held = lock(&node.directory).held();
+        let after = wire::decode::<HeldAsk>(&message.payload)
+            .ok()
+            .and_then(|(ask, _)| ask.after);
+        let held = lock(&node.directory).held(after.as_ref(), wire::HELD_PAGE);
         if let Err(e) = node.client.publish(reply, wire::encode(&held, &[])).await {
             warn!(error = %e, "could not answer a device-list request");
         }

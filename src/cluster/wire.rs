@@ -79,15 +79,28 @@ pub(crate) enum PresenceKind {
     Bye,
 }
 
-/// The answer to a `held` request.
+/// A `held` request: the devices after `after` (from the start when `None`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct HeldAsk {
+    pub(crate) after: Option<DeviceId>,
+}
+
+/// How many devices one `held` answer lists (a page stays far below NATS's 1 MB payload limit
+/// with ids of up to 128 bytes).
+pub(crate) const HELD_PAGE: usize = 2000;
+
+/// The answer to a `held` request: one page of the list.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Held {
     /// The sender's run (see [`Presence::run`]).
     pub(crate) run: u64,
-    /// The change counter the list is as of.
+    /// The change counter the page is as of.
     pub(crate) seq: u64,
-    /// Each device and when its session opened.
+    /// Each device and when its session opened, in id order.
     pub(crate) devices: Vec<(DeviceId, u64)>,
+    /// Where the next page starts (`None` on the last page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) next: Option<DeviceId>,
 }
 
 /// A wake-up or desired-patch notice.

@@ -1,7 +1,8 @@
 //! Three `Hub` instances in one process as one cluster (feature `cluster`): each with its own
 //! PostgreSQL identity store, inbox and twin store on the machine's server, its own NATS log and
 //! its own NATS connection, as three processes would have. One test per promise of
-//! docs/cluster.md, all through the `Gateway` and `DeviceSession` API.
+//! docs/cluster.md, all through the `Gateway` and `DeviceSession` API, and one NATS outage (on a
+//! nats-server of the test's own).
 //!
 //! Every test has its own NATS subject and stream prefix and its own identity namespace and
 //! device ids, so runs never see each other. Outside CI a missing server skips the test (it
@@ -33,7 +34,8 @@ use iot_sdk::identity::{
 };
 use iot_sdk::nats::{NatsLogConfig, NatsLogFactory, NatsStorage};
 use iot_sdk::postgres::{
-    PgIdentityConfig, PgIdentityStore, PgInbox, PgInboxConfig, PgTwinStore, PgTwinStoreConfig,
+    PgIdentityConfig, PgIdentityStore, PgInbox, PgInboxConfig, PgPool, PgTwinStore,
+    PgTwinStoreConfig,
 };
 
 const HOST: &str = "cluster.test.local";
@@ -67,7 +69,13 @@ impl Cluster {
     /// Three instances, each with its own stores and connections, that all hear each other.
     async fn start() -> Option<Cluster> {
         let pool = pg_support::shared_pool().await?;
-        let client = match async_nats::connect(nats_url()).await {
+        Self::start_on(pool, 3, &nats_url(), true).await
+    }
+
+    /// `n` instances coordinating over the NATS server at `url`; their log is on it too when
+    /// `nats_log`, else in memory (per instance).
+    async fn start_on(pool: PgPool, n: usize, url: &str, nats_log: bool) -> Option<Cluster> {
+        let client = match async_nats::connect(url).await {
             Ok(c) => c,
             Err(e) => {
                 assert!(
@@ -83,7 +91,7 @@ impl Cluster {
         };
         let prefix = run_prefix();
         let mut nodes = Vec::new();
-        for i in 0..3 {
+        for i in 0..n {
             let identity = Arc::new(
                 PgIdentityStore::open(pool.clone(), PgIdentityConfig::default().namespace(&prefix))
                     .await
@@ -98,11 +106,15 @@ impl Cluster {
             let twins = PgTwinStore::open(pool.clone(), PgTwinStoreConfig::default())
                 .await
                 .unwrap();
-            let log = NatsLogConfig::from_url(&nats_url())
-                .unwrap()
-                .prefix(prefix.clone())
-                .storage(NatsStorage::Memory);
-            let topics = Topics::new(NatsLogFactory::connect(log).await.unwrap(), 1);
+            let topics = if nats_log {
+                let log = NatsLogConfig::from_url(url)
+                    .unwrap()
+                    .prefix(prefix.clone())
+                    .storage(NatsStorage::Memory);
+                Topics::new(NatsLogFactory::connect(log).await.unwrap(), 1)
+            } else {
+                Topics::memory(1)
+            };
             let mut config = HubConfig::default();
             config.partitions = 1;
             let builder = Hub::builder(identity.clone(), HOST)
@@ -111,7 +123,7 @@ impl Cluster {
                 .twins(Arc::new(twins))
                 .config(config);
             // Each instance on its own connection, as a process would be.
-            let own = async_nats::connect(nats_url()).await.unwrap();
+            let own = async_nats::connect(url).await.unwrap();
             let cluster = ClusterConfig::new(format!("gw{i}"))
                 .prefix(format!("{prefix}.cluster"))
                 .timing(Duration::from_millis(100), Duration::from_millis(1000));
@@ -124,8 +136,8 @@ impl Cluster {
             client,
         };
         for node in &cluster.nodes {
-            eventually("every instance hears the two others", || async {
-                node.gateway.peers().len() == 2
+            eventually("every instance hears the others", || async {
+                node.gateway.peers().len() == n - 1
             })
             .await;
         }
@@ -173,6 +185,10 @@ impl Cluster {
         for node in &self.nodes {
             node.gateway.shutdown().await;
         }
+        self.delete_streams().await;
+    }
+
+    async fn delete_streams(&self) {
         use futures::TryStreamExt;
         let js = async_nats::jetstream::new(self.client.clone());
         let names: Vec<String> = js.stream_names().try_collect().await.unwrap();
@@ -551,4 +567,148 @@ async fn connection_state_is_cluster_wide_and_lapses_with_an_instance_lease() {
     s0.close().await;
     s2.close().await;
     cluster.stop().await;
+}
+
+fn nats_server_binary() -> Option<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("NATS_SERVER") {
+        return Some(path.into());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([std::path::PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join("nats-server"))
+        .find(|p| p.is_file())
+}
+
+/// A core-NATS server of the test's own on a spare port, killed when dropped.
+struct OwnServer {
+    binary: std::path::PathBuf,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnServer {
+    fn start(binary: std::path::PathBuf) -> OwnServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = OwnServer {
+            binary,
+            port,
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    fn restart(&mut self) {
+        let child = std::process::Command::new(&self.binary)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + PATIENCE;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// NATS (a server of the test's own, the coordination's only one; the logs are in memory) dies
+/// and comes back. What was published during the outage is lost: here a wake-up (the message is
+/// written into the shared inbox behind the hub's back, as a `send_c2d` whose notice was lost)
+/// and a takeover (the device connects to the other instance while NATS is down). Once NATS is
+/// back, the message reaches the waiting session and the older session is closed, with no
+/// restart of anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_was_lost_while_nats_was_down_is_repaired_when_it_is_back() {
+    let Some(pool) = pg_support::shared_pool().await else {
+        return;
+    };
+    let Some(binary) = nats_server_binary() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "nats-server missing under CI"
+        );
+        eprintln!("skipped: no nats-server binary (NATS_SERVER or PATH); CI runs this test");
+        return;
+    };
+    let mut server = OwnServer::start(binary);
+    let cluster = Cluster::start_on(pool, 2, &server.url(), false)
+        .await
+        .unwrap();
+    let (waiting_for_c2d, k1) = cluster.device("c2d").await;
+    let (moving, k2) = cluster.device("moving").await;
+    let s1: Arc<dyn DeviceSession> = cluster.connect(0, &waiting_for_c2d, &k1).await.into();
+    s1.subscribe(Subscription::C2d).await.unwrap();
+    let old = cluster.connect(0, &moving, &k2).await;
+    held_by(&cluster, &moving, 0).await;
+    let waiting = {
+        let s1 = s1.clone();
+        tokio::spawn(async move { next(s1.as_ref()).await })
+    };
+
+    server.kill();
+    let now = iot_sdk::core::Timestamp::now();
+    let inbox = cluster.at(1).hub().inbox();
+    inbox
+        .enqueue(
+            &waiting_for_c2d,
+            iot_sdk::gateway::inbox::InboxMessage::new(
+                "m-1",
+                "during",
+                now,
+                Duration::from_secs(60),
+            ),
+            now,
+            cluster.at(1).hub().config().inbox,
+        )
+        .await
+        .unwrap();
+    let new = cluster.connect(1, &moving, &k2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        old.close_reason(),
+        None,
+        "nobody could have told instance 0 yet"
+    );
+    server.restart();
+
+    let SessionEvent::C2d(message) = waiting.await.unwrap() else {
+        panic!("expected the C2D message queued during the outage");
+    };
+    assert_eq!(&message.payload[..], b"during");
+    assert_eq!(
+        next(old.as_ref()).await,
+        SessionEvent::Closed(CloseReason::TakenOver)
+    );
+    held_by(&cluster, &moving, 1).await;
+    assert_eq!(new.close_reason(), None);
+    s1.close().await;
+    new.close().await;
+    for node in &cluster.nodes {
+        node.gateway.shutdown().await;
+    }
 }

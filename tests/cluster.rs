@@ -398,16 +398,31 @@ async fn a_desired_patch_made_on_any_instance_is_pushed_by_the_holder() {
     };
     assert_eq!(patch.version, 1);
     assert_eq!(patch.patch, serde_json::json!({"fan": "on"}));
+    // One caller's patches arrive in version order.
+    for level in 2..=4 {
+        cluster
+            .at(1)
+            .patch_desired(&device, serde_json::json!({ "level": level }), None)
+            .await
+            .unwrap();
+    }
+    for version in 2..=4 {
+        let SessionEvent::DesiredPatch(patch) = next(session.as_ref()).await else {
+            panic!("expected a desired patch");
+        };
+        assert_eq!(patch.version, version);
+        assert_eq!(patch.patch, serde_json::json!({ "level": version }));
+    }
     // The twin is the shared store's: every instance reads the same.
     assert_eq!(
         cluster
-            .at(1)
+            .at(0)
             .get_twin(&device)
             .await
             .unwrap()
             .desired
             .version,
-        1
+        4
     );
     session.close().await;
     cluster.stop().await;

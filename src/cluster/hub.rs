@@ -128,7 +128,7 @@ impl ClusterHub {
         }
     }
 
-    fn notify(&self, device: &DeviceId, version: Option<u64>, body: &[u8]) {
+    async fn notify(&self, device: &DeviceId, version: Option<u64>, body: &[u8]) {
         let node = &self.inner.node;
         let notice = Notice {
             origin: node.config.instance.clone(),
@@ -140,15 +140,17 @@ impl ClusterHub {
             Some(_) => node.subjects.desired(),
         };
         let frame = wire::encode(&notice, body);
-        let client = node.client.clone();
-        // The write is done and durable; the notice only makes it arrive sooner, so a lost one
-        // is logged, not returned (the device gets the message on its next subscribe or
-        // connect, the patch with its next twin read).
-        tokio::spawn(async move {
-            if let Err(e) = client.publish(subject, frame).await {
-                warn!(error = %e, "could not notify the cluster");
-            }
-        });
+        // Published before the call returns, so that one caller's patches leave in version
+        // order. The write is done and durable; the notice only makes it arrive sooner, so a
+        // lost one is logged, not returned (the device gets the message on its next subscribe
+        // or connect, the patch with its next twin read). Bounded: while NATS is down the
+        // client's buffer fills and would hold the caller.
+        let publish = node.client.publish(subject, frame);
+        match tokio::time::timeout(node.config.request_timeout, publish).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(%device, error = %e, "could not notify the cluster"),
+            Err(_) => warn!(%device, "could not notify the cluster in time"),
+        }
     }
 
     /// Sends `call` to `peer`, which holds `device`.
@@ -223,7 +225,7 @@ impl Gateway for ClusterHub {
         let receipt = self.inner.hub.send_c2d(device, message).await?;
         // Every instance hears it and wakes its session of the device, if it has one: the holder
         // as the directory says may be out of date by a connect that is still being announced.
-        self.notify(device, None, &[]);
+        self.notify(device, None, &[]).await;
         Ok(receipt)
     }
 
@@ -249,7 +251,7 @@ impl Gateway for ClusterHub {
             .hub
             .patch_desired(device, patch, if_version)
             .await?;
-        self.notify(device, Some(twin.desired.version), &body);
+        self.notify(device, Some(twin.desired.version), &body).await;
         Ok(twin)
     }
 

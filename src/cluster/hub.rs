@@ -38,6 +38,10 @@ use super::wire::{self, MethodAsk, Notice};
 /// Revocation needs nothing more: each hub follows the shared identity store's change stream
 /// (`PgIdentityStore` carries it across processes with `LISTEN`/`NOTIFY`) and cuts its own
 /// sessions. docs/cluster.md has the design.
+///
+/// `ClusterHub` is cheap to clone (all clones are one instance). Dropping the last clone without
+/// [`shutdown`](ClusterHub::shutdown) stops the coordination without a goodbye, as a crash
+/// would: the others drop its devices when its lease lapses.
 #[derive(Clone, Debug)]
 pub struct ClusterHub {
     inner: Arc<Inner>,

@@ -251,6 +251,14 @@ impl Directory {
         actions
     }
 
+    /// `instance`'s list could not be fetched: its next heartbeat (any counter is ahead of 0)
+    /// or announcement (a gap from 0) asks for it again.
+    pub(crate) fn needs_list(&mut self, instance: &str) {
+        if let Some(peer) = self.peers.get_mut(instance) {
+            peer.seq = 0;
+        }
+    }
+
     /// Whether a message of `instance`'s run `run` is to be applied: not from a run that has
     /// ended. A later run replaces the instance (it restarted: what it held is gone).
     fn same_run(&mut self, instance: &str, run: u64) -> bool {
@@ -512,5 +520,21 @@ mod tests {
         // A late message of the run that ended changes nothing.
         a.heard(opened("b", 3, "g", 4), now);
         assert_eq!(a.devices(), vec![dev("f")]);
+    }
+
+    #[test]
+    fn a_list_that_could_not_be_fetched_is_asked_for_at_the_next_heartbeat() {
+        let now = Instant::now();
+        let mut a = Directory::new("a", 1);
+        a.heard(opened("b", 1, "d", 1), now);
+        let beat = Presence {
+            instance: "b".into(),
+            run: 1,
+            seq: 1,
+            what: PresenceKind::Beat,
+        };
+        assert!(a.heard(beat.clone(), now).resync.is_empty());
+        a.needs_list("b");
+        assert_eq!(a.heard(beat, now).resync, vec!["b".to_owned()]);
     }
 }

@@ -1,7 +1,7 @@
 //! One instance's side of the coordination: the observer its hub reports sessions to, and the
 //! tasks that publish its presence, listen to the others and serve their requests.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
@@ -44,8 +44,9 @@ pub(crate) struct Node {
     outbox: mpsc::UnboundedSender<Outgoing>,
     /// Sessions of this instance to close: another instance has a newer one.
     take_over: mpsc::UnboundedSender<(DeviceId, u64)>,
-    /// Instances whose list is being asked for.
-    syncing: Mutex<HashSet<String>>,
+    /// Instances whose list is being asked for, and whether it must be asked for again when
+    /// that is done (a gap was seen meanwhile, which the list being fetched may predate).
+    syncing: Mutex<HashMap<String, bool>>,
 }
 
 /// The receiving ends the tasks take.
@@ -80,7 +81,7 @@ impl Node {
             changed: watch::channel(0).0,
             outbox,
             take_over,
-            syncing: Mutex::new(HashSet::new()),
+            syncing: Mutex::new(HashMap::new()),
         };
         let queues = Queues {
             outbox: outbox_rx,
@@ -138,30 +139,41 @@ impl Node {
         }
     }
 
-    /// Asks `peer` for its whole list (once at a time per peer) and applies it.
+    /// Asks `peer` for its whole list and applies it; one request at a time per peer, repeated
+    /// while gaps were seen during the last one.
     fn resync(self: &Arc<Self>, peer: String) {
-        if !lock(&self.syncing).insert(peer.clone()) {
-            return;
+        {
+            let mut syncing = lock(&self.syncing);
+            if let Some(again) = syncing.get_mut(&peer) {
+                *again = true;
+                return;
+            }
+            syncing.insert(peer.clone(), false);
         }
         let node = self.clone();
         tokio::spawn(async move {
-            // Asked again (a few times) only if the announcements remembered since the list was
-            // taken do not reach back to it.
-            for _ in 0..3 {
+            loop {
+                // Unreachable or malformed: the peer's next heartbeat asks again.
                 let Some(held) = node.fetch_held(&peer).await else {
-                    break;
+                    lock(&node.directory).needs_list(&peer);
+                    lock(&node.syncing).remove(&peer);
+                    return;
                 };
                 let actions = lock(&node.directory).apply_held(&peer, held, Instant::now());
                 node.bump();
-                let again = !actions.resync.is_empty();
                 for t in actions.take_over {
                     let _ = node.take_over.send(t);
                 }
-                if !again {
-                    break;
+                let mut syncing = lock(&node.syncing);
+                let again = syncing.get(&peer).copied().unwrap_or(false);
+                // The list could not be brought up to date from the announcements remembered.
+                if again || !actions.resync.is_empty() {
+                    syncing.insert(peer.clone(), false);
+                } else {
+                    syncing.remove(&peer);
+                    return;
                 }
             }
-            lock(&node.syncing).remove(&peer);
         });
     }
 }

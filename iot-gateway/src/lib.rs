@@ -36,7 +36,7 @@ pub use error::{CloseReason, Error, Result, ThrottleScope, ThrottledOperation};
 pub use gateway::{
     DeviceActivity, DeviceSession, Gateway, SessionEvent, SessionOptions, Subscription,
 };
-pub use hub::{Hub, HubBuilder, HubConfig};
+pub use hub::{Hub, HubBuilder, HubConfig, SessionObserver};
 pub use inbox::{FileInbox, FileInboxConfig, InboxLimits, InboxStore, MemoryInbox};
 // When a file store acknowledges a write, and what its recovery does with corruption: the
 // storage kit's types, shared by every store of the SDK.

@@ -77,6 +77,9 @@ impl Gateway for Hub {
             hub.config.token_skew,
         ));
         let old = lock(&hub.sessions).insert(device.clone(), shared.clone());
+        if let Some(observer) = &hub.observer {
+            observer.opened(device, shared.id);
+        }
         if let Some(old) = old {
             hub.close_session(&old, CloseReason::TakenOver).await;
         }

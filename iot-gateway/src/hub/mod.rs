@@ -3,6 +3,7 @@
 mod activity;
 mod config;
 mod gateway_impl;
+mod hooks;
 mod records;
 mod session;
 mod stamp;
@@ -30,6 +31,7 @@ use crate::throttle::{ConnectThrottle, DeviceThrottle, TelemetryThrottle};
 use crate::twins::{FileTwinStore, FileTwinStoreConfig, MemoryTwinStore, TwinStore};
 
 pub use config::{HubConfig, topic};
+pub use hooks::SessionObserver;
 use session::SessionShared;
 
 /// The reference gateway.
@@ -82,6 +84,7 @@ pub struct HubBuilder {
     inbox: Option<Arc<dyn InboxStore>>,
     twins: Option<Arc<dyn TwinStore>>,
     policies: Option<Arc<dyn DeviceConnectPolicies>>,
+    observer: Option<Arc<dyn SessionObserver>>,
     config: HubConfig,
 }
 
@@ -181,6 +184,7 @@ impl HubBuilder {
             next_session: AtomicU64::new(1),
             sessions_changed: watch::channel(0).0,
             desired_lock: tokio::sync::Mutex::new(()),
+            observer: self.observer,
             tasks: Mutex::new(Vec::new()),
             shut: AtomicBool::new(false),
             config,
@@ -203,6 +207,7 @@ impl Hub {
             inbox: None,
             twins: None,
             policies: None,
+            observer: None,
             config: HubConfig::default(),
         }
     }
@@ -359,6 +364,8 @@ pub(crate) struct HubInner {
     sessions_changed: watch::Sender<u64>,
     /// Serialises desired patches so sessions get them in version order.
     desired_lock: tokio::sync::Mutex<()>,
+    /// Told when sessions open and close (see `hooks.rs`).
+    observer: Option<Arc<dyn SessionObserver>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     shut: AtomicBool,
 }
@@ -416,6 +423,9 @@ impl HubInner {
         };
         lock(&self.methods).retain(|_, p| p.session != s.id);
         self.bump_sessions();
+        if let Some(observer) = &self.observer {
+            observer.closed(&s.device, s.id, &reason);
+        }
         for token in held {
             match self
                 .inbox

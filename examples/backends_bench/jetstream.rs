@@ -13,8 +13,8 @@
 //! Each round uses streams of a prefix of its own, deleted at the end. Each round's line also
 //! gives the bytes the server stored for each side (equal but for 4 bytes a record: the store's
 //! length field of a header block) and, with `--nats-server-pid` on the server's machine, the CPU
-//! time per record of the server and of this process for each side, the figures a busy machine
-//! does not blur as much as throughput.
+//! time per record of the server and of this process for each side and for the tail read, the
+//! figures a busy machine does not blur as much as throughput.
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -117,10 +117,10 @@ pub(crate) async fn run(args: &Args, quick: bool, report: &mut Report) -> Result
             (raw_append(&args.nats_url, &work, &cpu).await, log)
         };
         println!(
-            "round {round}: raw publish {:.0} rec/s{}, NatsLog append {:.0} rec/s{}, tail read {tail:.0} rec/s; stored bytes raw {}, log {}",
-            raw.rps, raw.cpu, log.rps, log.cpu, raw.stored, log.stored
+            "round {round}: raw publish {:.0} rec/s{}, NatsLog append {:.0} rec/s{}, tail read {:.0} rec/s{}; stored bytes raw {}, log {}",
+            raw.rps, raw.cpu, log.rps, log.cpu, tail.rps, tail.cpu, raw.stored, log.stored
         );
-        let (raw, log) = (raw.rps, log.rps);
+        let (raw, log, tail) = (raw.rps, log.rps, tail.rps);
         ratios.push(log / raw);
         raw_rps.push(raw);
         log_rps.push(log);
@@ -222,7 +222,7 @@ fn cpu_ticks(pid: &str) -> Option<u64> {
 }
 
 /// Appends the workload through `NatsLog`, then reads it all back with a consumer group.
-async fn log_append_and_tail(url: &str, work: &Workload, cpu: &CpuProbe) -> (Phase, f64) {
+async fn log_append_and_tail(url: &str, work: &Workload, cpu: &CpuProbe) -> (Phase, Phase) {
     let prefix = prefix();
     let factory = connect(url, &prefix).await;
     let topic = TopicName::new("bench").unwrap();
@@ -257,6 +257,7 @@ async fn log_append_and_tail(url: &str, work: &Workload, cpu: &CpuProbe) -> (Pha
         stored: 0,
     };
 
+    let mark = cpu.mark();
     let started = Instant::now();
     let group = GroupName::new("bench").unwrap();
     let mut consumer = GroupConsumer::new(log.clone(), group, StartFrom::Earliest)
@@ -266,11 +267,15 @@ async fn log_append_and_tail(url: &str, work: &Workload, cpu: &CpuProbe) -> (Pha
     while seen < work.records() {
         seen += consumer.next_batch().await.unwrap().len();
     }
-    let tail_rps = seen as f64 / started.elapsed().as_secs_f64();
+    let tail = Phase {
+        rps: seen as f64 / started.elapsed().as_secs_f64(),
+        cpu: cpu.per_record(&mark, seen),
+        stored: 0,
+    };
     drop(consumer);
     drop(log);
     append.stored = delete_streams(factory.client(), &prefix).await;
-    (append, tail_rps)
+    (append, tail)
 }
 
 /// The same messages through `async-nats` directly: one stream per partition, publishes of a batch

@@ -185,6 +185,54 @@ async fn opening_shortens_a_long_duplicate_window() {
     shared.clean_up().await;
 }
 
+/// What the append chain rests on (docs/log.md, *Appends*), pinned against the server: a record
+/// naming the previous record's message id is refused once any other message was stored after
+/// that record, whether the other message has an id of its own or none.
+#[tokio::test]
+async fn a_foreign_message_breaks_the_chain() {
+    use async_nats::jetstream::context::PublishErrorKind;
+    use async_nats::jetstream::message::PublishMessage;
+    let Some(shared) = Shared::connect().await else {
+        return;
+    };
+    let log = shared.factory.open(&topic("chain"), 1).await.unwrap();
+    let js = async_nats::jetstream::new(shared.factory.client().clone());
+    let stream = js.get_stream(log.stream_name(P0).unwrap()).await.unwrap();
+    // The partition's subjects end in `*`: a writer subject of the log's form.
+    let subject = stream.cached_info().config.subjects[0].replace('*', "wffffffffffffffff");
+    let publish = |message: PublishMessage| {
+        let (js, subject) = (js.clone(), subject.clone());
+        async move { js.send_publish(subject, message).await.unwrap().await }
+    };
+    let ours = |id: &str| {
+        PublishMessage::build()
+            .payload("ours".into())
+            .message_id(id)
+    };
+    // The chain holds while nothing comes between.
+    publish(ours("w.1")).await.unwrap();
+    publish(ours("w.2").expected_last_message_id("w.1"))
+        .await
+        .unwrap();
+    let foreign = [
+        PublishMessage::build().payload("no id".into()),
+        PublishMessage::build()
+            .payload("an id".into())
+            .message_id("other.1"),
+    ];
+    for (n, other) in foreign.into_iter().enumerate() {
+        let id = format!("w.{}", 3 + n);
+        publish(ours(&id)).await.unwrap();
+        publish(other).await.unwrap();
+        let refused = publish(ours("w.next").expected_last_message_id(&id))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.kind(), PublishErrorKind::WrongLastMessageId);
+    }
+    drop(log);
+    shared.clean_up().await;
+}
+
 /// Two connections (as two processes would) append to one partition at once. What the log
 /// promises across processes: a batch acknowledged whole is contiguous; a batch cut short by the
 /// other writer fails with the exact number of records stored, which are its prefix; no record

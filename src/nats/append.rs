@@ -18,14 +18,12 @@
 //! Another process can therefore cut a batch short, but never put a record inside it. The
 //! contract's batch atomicity is a capability this log denies (`LogCapabilities`).
 //!
-//! Why message ids rather than each writer's subject sequence (the previous chain): nats-server
-//! 2.9 checks a message id against the id of the last message it stored (a string compare), but
-//! `Nats-Expected-Last-Subject-Sequence` by loading the subject's last message from the store —
-//! which also marks the block as being read, so that the store keeps the whole block (up to
-//! 8 MiB) in memory instead of recycling its write buffer. And in a cluster it checks the subject
-//! sequence before replicating, against the leader's store, where a pipelined record's
-//! predecessor is not yet; message ids are checked where the message is stored.
-//! `docs/log.md` (*Appends*) has the argument and the figures.
+//! Why message ids rather than each writer's subject sequence (the previous chain, as safe on one
+//! server and as costly): in a cluster nats-server 2.9 checks a subject sequence before
+//! replicating, against the leader's store, where a pipelined record's predecessor is not yet,
+//! so every batch failed after its first record; message ids are checked where each replica
+//! stores the message. `docs/log.md` (*Appends*) has the argument, `docs/performance.md` the
+//! figures.
 
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;

@@ -1,7 +1,8 @@
 //! The JetStream log (feature `nats`): the conformance suite against the shared NATS server, and
 //! faults against a nats-server of its own.
 //!
-//! The shared server is `NATS_URL` or `nats://127.0.0.1:4222`. When it cannot be reached, the tests
+//! The shared server is `NATS_URL` (which may carry a query, e.g. `?replicas=3` against a cluster)
+//! or `nats://127.0.0.1:4222`. When it cannot be reached, the tests
 //! print why and pass — unless `CI` is set, where they fail. The fault test starts `nats-server`
 //! (`NATS_SERVER`, else `nats-server` from `PATH`) on a spare port with its own store in a
 //! temporary directory; the shared server is not touched.
@@ -32,6 +33,14 @@ fn shared_url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
+/// The shared server's URL with `prefix` added to its query (`NATS_URL` may carry one, such as
+/// `?replicas=3` for a cluster).
+fn with_prefix(prefix: &str) -> String {
+    let url = shared_url();
+    let joint = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{joint}prefix={prefix}")
+}
+
 fn in_ci() -> bool {
     std::env::var_os("CI").is_some_and(|v| !v.is_empty())
 }
@@ -59,7 +68,7 @@ struct Shared {
 impl Shared {
     async fn connect() -> Option<Shared> {
         let prefix = run_prefix();
-        let config = NatsLogConfig::from_url(&format!("{}?prefix={prefix}", shared_url())).unwrap();
+        let config = NatsLogConfig::from_url(&with_prefix(&prefix)).unwrap();
         match NatsLogFactory::connect(config).await {
             Ok(factory) => Some(Shared { factory, prefix }),
             Err(e) => {
@@ -130,6 +139,100 @@ async fn a_topic_keeps_its_partition_count() {
     shared.clean_up().await;
 }
 
+/// Appends chain records by message id, and the server keeps every id of its duplicate window in
+/// memory: a stream created with the server's default window (two minutes) gets the log's short
+/// one when opened, and appends carry on.
+#[tokio::test]
+async fn opening_shortens_a_long_duplicate_window() {
+    let Some(shared) = Shared::connect().await else {
+        return;
+    };
+    let t = topic("window");
+    let log = shared.factory.open(&t, 1).await.unwrap();
+    log.append(P0, vec![Record::new("k", "before")])
+        .await
+        .unwrap();
+    let name = log.stream_name(P0).unwrap();
+    drop(log);
+    let js = async_nats::jetstream::new(shared.factory.client().clone());
+    let window = |js: async_nats::jetstream::Context, name: String| async move {
+        let stream = js.get_stream(&name).await.unwrap();
+        stream.cached_info().config.clone()
+    };
+    let short = window(js.clone(), name.clone()).await;
+    assert!(
+        short.duplicate_window <= Duration::from_secs(1),
+        "{:?}",
+        short.duplicate_window
+    );
+    js.update_stream(async_nats::jetstream::stream::Config {
+        duplicate_window: Duration::from_secs(120),
+        ..short.clone()
+    })
+    .await
+    .unwrap();
+    let log = shared.factory.open(&t, 1).await.unwrap();
+    assert_eq!(
+        window(js.clone(), name.clone()).await.duplicate_window,
+        short.duplicate_window
+    );
+    let a = log
+        .append(P0, vec![Record::new("k", "a"), Record::new("k", "b")])
+        .await
+        .unwrap();
+    assert_eq!((a.first, a.count), (Offset(1), 2));
+    drop(log);
+    shared.clean_up().await;
+}
+
+/// What the append chain rests on (docs/log.md, *Appends*), pinned against the server: a record
+/// naming the previous record's message id is refused once any other message was stored after
+/// that record, whether the other message has an id of its own or none.
+#[tokio::test]
+async fn a_foreign_message_breaks_the_chain() {
+    use async_nats::jetstream::context::PublishErrorKind;
+    use async_nats::jetstream::message::PublishMessage;
+    let Some(shared) = Shared::connect().await else {
+        return;
+    };
+    let log = shared.factory.open(&topic("chain"), 1).await.unwrap();
+    let js = async_nats::jetstream::new(shared.factory.client().clone());
+    let stream = js.get_stream(log.stream_name(P0).unwrap()).await.unwrap();
+    // The partition's subjects end in `*`: a writer subject of the log's form.
+    let subject = stream.cached_info().config.subjects[0].replace('*', "wffffffffffffffff");
+    let publish = |message: PublishMessage| {
+        let (js, subject) = (js.clone(), subject.clone());
+        async move { js.send_publish(subject, message).await.unwrap().await }
+    };
+    let ours = |id: &str| {
+        PublishMessage::build()
+            .payload("ours".into())
+            .message_id(id)
+    };
+    // The chain holds while nothing comes between.
+    publish(ours("w.1")).await.unwrap();
+    publish(ours("w.2").expected_last_message_id("w.1"))
+        .await
+        .unwrap();
+    let foreign = [
+        PublishMessage::build().payload("no id".into()),
+        PublishMessage::build()
+            .payload("an id".into())
+            .message_id("other.1"),
+    ];
+    for (n, other) in foreign.into_iter().enumerate() {
+        let id = format!("w.{}", 3 + n);
+        publish(ours(&id)).await.unwrap();
+        publish(other).await.unwrap();
+        let refused = publish(ours("w.next").expected_last_message_id(&id))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.kind(), PublishErrorKind::WrongLastMessageId);
+    }
+    drop(log);
+    shared.clean_up().await;
+}
+
 /// Two connections (as two processes would) append to one partition at once. What the log
 /// promises across processes: a batch acknowledged whole is contiguous; a batch cut short by the
 /// other writer fails with the exact number of records stored, which are its prefix; no record
@@ -139,11 +242,10 @@ async fn batches_stay_contiguous_with_two_writers() {
     let Some(shared) = Shared::connect().await else {
         return;
     };
-    let second = NatsLogFactory::connect(
-        NatsLogConfig::from_url(&format!("{}?prefix={}", shared_url(), shared.prefix)).unwrap(),
-    )
-    .await
-    .unwrap();
+    let second =
+        NatsLogFactory::connect(NatsLogConfig::from_url(&with_prefix(&shared.prefix)).unwrap())
+            .await
+            .unwrap();
     let t = topic("two-writers");
     let logs = [
         Arc::new(shared.factory.open(&t, 1).await.unwrap()),
@@ -230,12 +332,8 @@ async fn stream_limits_expire_a_prefix_and_keep_offsets() {
     let Some(shared) = Shared::connect().await else {
         return;
     };
-    let config = NatsLogConfig::from_url(&format!(
-        "{}?prefix={}&max_age_s=1",
-        shared_url(),
-        shared.prefix
-    ))
-    .unwrap();
+    let config =
+        NatsLogConfig::from_url(&format!("{}&max_age_s=1", with_prefix(&shared.prefix))).unwrap();
     let factory = NatsLogFactory::connect(config).await.unwrap();
     let log = factory.open(&topic("stream-limits"), 1).await.unwrap();
     let batch: Vec<Record> = (0..10).map(|i| testkit::sample_record("old", i)).collect();

@@ -7,10 +7,14 @@
 //! | `jetstream_tail_rps` | records/s a `GroupConsumer` reads back from the start of the topic (reads through the log's ordered push consumers) |
 //! | `file_vs_jetstream` | `FileLog` (OS-buffered, the same durability class as a JetStream 2.9 ack: written, not fsync'ed) append records/s with the same workload / `jetstream_append_rps` |
 //!
-//! Log and raw run alternately, five rounds each (one with `--quick`); `jetstream_vs_raw` is the
-//! median of the rounds' ratios, each between neighbours exposed to the same drift of the shared
-//! machine, and the rates are the medians of the rounds. Each round uses streams of a prefix of its own, deleted
-//! at the end.
+//! Log and raw run alternately, five rounds each (one with `--quick`), each side first in every
+//! other round; `jetstream_vs_raw` is the median of the rounds' ratios, each between neighbours
+//! exposed to the same drift of the shared machine, and the rates are the medians of the rounds.
+//! Each round uses streams of a prefix of its own, deleted at the end. Each round's line also
+//! gives the bytes the server stored for each side (equal but for 4 bytes a record: the store's
+//! length field of a header block) and, with `--nats-server-pid` on the server's machine, the CPU
+//! time per record of the server and of this process for each side and for the tail read, the
+//! figures a busy machine does not blur as much as throughput.
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -42,6 +46,10 @@ pub(crate) struct Args {
     /// Payload bytes per record.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(0..=65_536))]
     payload: u32,
+    /// The nats-server's process id, when it runs on this machine: each round then also prints
+    /// the server's and this process's CPU time per record (from `/proc`) for both sides.
+    #[arg(long)]
+    nats_server_pid: Option<u32>,
 }
 
 struct Workload {
@@ -95,12 +103,24 @@ pub(crate) async fn run(args: &Args, quick: bool, report: &mut Report) -> Result
     let rounds = if quick { 1 } else { 5 };
     let (mut log_rps, mut raw_rps, mut tail_rps, mut ratios) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let cpu = CpuProbe {
+        server: args.nats_server_pid,
+    };
     for round in 0..rounds {
-        let raw = raw_append(&args.nats_url, &work).await;
-        let (log, tail) = log_append_and_tail(&args.nats_url, &work).await;
+        // Each side goes first in every other round, so that neither always inherits what the
+        // other left behind (deleted streams, the server's garbage, written-back pages).
+        let (raw, (log, tail)) = if round % 2 == 0 {
+            let raw = raw_append(&args.nats_url, &work, &cpu).await;
+            (raw, log_append_and_tail(&args.nats_url, &work, &cpu).await)
+        } else {
+            let log = log_append_and_tail(&args.nats_url, &work, &cpu).await;
+            (raw_append(&args.nats_url, &work, &cpu).await, log)
+        };
         println!(
-            "round {round}: raw publish {raw:.0} rec/s, NatsLog append {log:.0} rec/s, tail read {tail:.0} rec/s"
+            "round {round}: raw publish {:.0} rec/s{}, NatsLog append {:.0} rec/s{}, tail read {:.0} rec/s{}; stored bytes raw {}, log {}",
+            raw.rps, raw.cpu, log.rps, log.cpu, tail.rps, tail.cpu, raw.stored, log.stored
         );
+        let (raw, log, tail) = (raw.rps, log.rps, tail.rps);
         ratios.push(log / raw);
         raw_rps.push(raw);
         log_rps.push(log);
@@ -136,16 +156,73 @@ async fn connect(url: &str, prefix: &str) -> NatsLogFactory {
     NatsLogFactory::connect(config).await.unwrap()
 }
 
-async fn delete_streams(client: &async_nats::Client, prefix: &str) {
+/// Deletes the streams of `prefix`, returning the bytes the server stored in the partition
+/// streams (the metadata stream aside): the same for both sides when the peer is fair.
+async fn delete_streams(client: &async_nats::Client, prefix: &str) -> u64 {
     let js = async_nats::jetstream::new(client.clone());
     let names: Vec<String> = js.stream_names().try_collect().await.unwrap();
+    let mut stored = 0;
     for name in names.iter().filter(|n| n.starts_with(prefix)) {
+        if !name.ends_with("-meta") {
+            stored += js.get_stream(name).await.unwrap().cached_info().state.bytes;
+        }
         js.delete_stream(name).await.unwrap();
+    }
+    stored
+}
+
+/// Where a phase's CPU time went, per record: the server's (when its pid is known) and this
+/// process's.
+struct CpuProbe {
+    server: Option<u32>,
+}
+
+struct CpuMark {
+    server: Option<u64>,
+    client: Option<u64>,
+}
+
+/// A phase's throughput and, when measured, its CPU per record (printed as `, CPU …`).
+struct Phase {
+    rps: f64,
+    cpu: String,
+    /// Bytes the server stored.
+    stored: u64,
+}
+
+impl CpuProbe {
+    fn mark(&self) -> CpuMark {
+        CpuMark {
+            server: self.server.and_then(|pid| cpu_ticks(&pid.to_string())),
+            client: cpu_ticks("self"),
+        }
+    }
+
+    fn per_record(&self, start: &CpuMark, records: usize) -> String {
+        let end = self.mark();
+        // Clock ticks are 10 ms on Linux (`getconf CLK_TCK` = 100).
+        let us = |a: Option<u64>, b: Option<u64>| {
+            a.zip(b)
+                .map(|(a, b)| b.saturating_sub(a) as f64 * 10_000.0 / records as f64)
+        };
+        match (us(start.server, end.server), us(start.client, end.client)) {
+            (Some(s), Some(c)) => format!(" (CPU/record: server {s:.2} us, client {c:.2} us)"),
+            (None, Some(c)) => format!(" (CPU/record: client {c:.2} us)"),
+            _ => String::new(),
+        }
     }
 }
 
+/// User plus system CPU time of a process in clock ticks, from `/proc/PID/stat`.
+fn cpu_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces but ends with the last ')'.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
 /// Appends the workload through `NatsLog`, then reads it all back with a consumer group.
-async fn log_append_and_tail(url: &str, work: &Workload) -> (f64, f64) {
+async fn log_append_and_tail(url: &str, work: &Workload, cpu: &CpuProbe) -> (Phase, Phase) {
     let prefix = prefix();
     let factory = connect(url, &prefix).await;
     let topic = TopicName::new("bench").unwrap();
@@ -157,6 +234,7 @@ async fn log_append_and_tail(url: &str, work: &Workload) -> (f64, f64) {
                 .collect()
         })
         .collect();
+    let mark = cpu.mark();
     let started = Instant::now();
     let tasks: Vec<_> = batches
         .into_iter()
@@ -173,8 +251,13 @@ async fn log_append_and_tail(url: &str, work: &Workload) -> (f64, f64) {
     for t in tasks {
         t.await.unwrap();
     }
-    let append_rps = work.records() as f64 / started.elapsed().as_secs_f64();
+    let mut append = Phase {
+        rps: work.records() as f64 / started.elapsed().as_secs_f64(),
+        cpu: cpu.per_record(&mark, work.records()),
+        stored: 0,
+    };
 
+    let mark = cpu.mark();
     let started = Instant::now();
     let group = GroupName::new("bench").unwrap();
     let mut consumer = GroupConsumer::new(log.clone(), group, StartFrom::Earliest)
@@ -184,27 +267,31 @@ async fn log_append_and_tail(url: &str, work: &Workload) -> (f64, f64) {
     while seen < work.records() {
         seen += consumer.next_batch().await.unwrap().len();
     }
-    let tail_rps = seen as f64 / started.elapsed().as_secs_f64();
+    let tail = Phase {
+        rps: seen as f64 / started.elapsed().as_secs_f64(),
+        cpu: cpu.per_record(&mark, seen),
+        stored: 0,
+    };
     drop(consumer);
     drop(log);
-    delete_streams(factory.client(), &prefix).await;
-    (append_rps, tail_rps)
+    append.stored = delete_streams(factory.client(), &prefix).await;
+    (append, tail)
 }
 
 /// The same messages through `async-nats` directly: one stream per partition, publishes of a batch
 /// pipelined, all its acks awaited before the next batch — the log's ack mode and concurrency.
-async fn raw_append(url: &str, work: &Workload) -> f64 {
+async fn raw_append(url: &str, work: &Workload, cpu: &CpuProbe) -> Phase {
     let prefix = prefix();
     let client = async_nats::connect(url.split('?').next().unwrap())
         .await
         .unwrap();
     let js = async_nats::jetstream::new(client.clone());
     let record = &work.batch_for(0)[0];
-    let payload = Bytes::from(vec![b'r'; log_message_len(record, 1, usize::MAX)]);
+    let payload = Bytes::from(vec![b'r'; log_message_len(record, 1, 3, usize::MAX - 1)]);
     let lens: Vec<Vec<usize>> = (0..work.batches_per_partition)
         .map(|b| {
             (0..work.batch)
-                .map(|i| log_message_len(record, i, b * work.batch + i))
+                .map(|i| log_message_len(record, i, work.batch, b * work.batch + i))
                 .collect()
         })
         .collect();
@@ -226,6 +313,7 @@ async fn raw_append(url: &str, work: &Workload) -> f64 {
         .unwrap();
         subjects.push(async_nats::Subject::from(format!("{base}.w{:016x}", 0)));
     }
+    let mark = cpu.mark();
     let started = Instant::now();
     let tasks: Vec<_> = subjects
         .into_iter()
@@ -252,24 +340,35 @@ async fn raw_append(url: &str, work: &Workload) -> f64 {
     for t in tasks {
         t.await.unwrap();
     }
-    let rps = work.records() as f64 / started.elapsed().as_secs_f64();
-    delete_streams(&client, &prefix).await;
-    rps
+    let mut phase = Phase {
+        rps: work.records() as f64 / started.elapsed().as_secs_f64(),
+        cpu: cpu.per_record(&mark, work.records()),
+        stored: 0,
+    };
+    phase.stored = delete_streams(&client, &prefix).await;
+    phase
 }
 
-/// The bytes of the log's message for record `i` of a batch appended after stream sequence
-/// `before`, beyond its subject: the encoded record (`Record::size_bytes` plus 13, see
-/// `iot_sdk::nats`'s codec) and the NATS header block (`NATS/1.0`, `Nats-Expected-Last-Sequence`
-/// and, after the first record, `Nats-Expected-Last-Subject-Sequence`, sequences in decimal). The
-/// raw peer publishes payloads of exactly this length without headers, so both sides move and
-/// store the same bytes and the ratio measures only the work the log does with them (encoding,
-/// header checks on the server).
-fn log_message_len(record: &Record, i: usize, before: usize) -> usize {
+/// The bytes of the log's message for record `i` of a batch of `batch` records, appended after
+/// stream sequence `before`, beyond its subject: the encoded record (`Record::size_bytes` plus 13,
+/// see `iot_sdk::nats`'s codec) and the NATS header block: `NATS/1.0`,
+/// `Nats-Expected-Last-Sequence`, on every record but the first `Nats-Expected-Last-Msg-Id`
+/// naming the record before, and on every record but the last a `Nats-Msg-Id` (the writer's
+/// 17-character name, a dot and the record's sequence; sequences in decimal). The raw peer
+/// publishes payloads of exactly this length without headers, so both sides move and store the
+/// same bytes and the ratio measures only the work the log does with them (encoding, header
+/// checks on the server).
+fn log_message_len(record: &Record, i: usize, batch: usize, before: usize) -> usize {
+    const WRITER: usize = 17;
     let encoded = record.size_bytes() + 13;
-    let digits = before.to_string().len();
-    let mut headers = "NATS/1.0\r\n".len() + "Nats-Expected-Last-Sequence: \r\n".len() + digits;
+    let digits = |n: usize| n.to_string().len();
+    let mut headers =
+        "NATS/1.0\r\n".len() + "Nats-Expected-Last-Sequence: \r\n".len() + digits(before);
     if i > 0 {
-        headers += "Nats-Expected-Last-Subject-Sequence: \r\n".len() + digits;
+        headers += "Nats-Expected-Last-Msg-Id: .\r\n".len() + WRITER + digits(before);
+    }
+    if i + 1 < batch {
+        headers += "Nats-Msg-Id: .\r\n".len() + WRITER + digits(before + 1);
     }
     encoded + headers + "\r\n".len()
 }

@@ -2,12 +2,12 @@
 //! prefix of the batch and nothing else.
 //!
 //! JetStream 2.9 has no atomic multi-message publish, so a batch is published record by record.
-//! Appends to one partition are serialised in this process (the partition's tail lock), and each
-//! writer publishes to a subject of its own in the partition's stream. The first record carries
-//! `Nats-Expected-Last-Sequence` (the end this writer knows); every later one both
-//! `Nats-Expected-Last-Sequence` and `Nats-Expected-Last-Subject-Sequence` set to the sequence of
-//! the record before it. So the server stores record *i* only if the stream's last message is
-//! this writer's record *i − 1*:
+//! Appends to one partition are serialised in this process (the partition's tail lock). Every
+//! record carries `Nats-Expected-Last-Sequence` (the end this writer knows, plus the records of
+//! the batch before it); every record a later one follows carries a `Nats-Msg-Id` of its own
+//! ([`message_id`]: the writer's random name and the sequence the record is meant for), and every
+//! record after the first `Nats-Expected-Last-Msg-Id` naming the record before it. So the server
+//! stores record *i* only if the stream's last message is this writer's record *i − 1*:
 //!
 //! * with no other writer, a batch is stored whole and contiguous;
 //! * if it fails part-way (the server went away, or a writer in another process appended right
@@ -17,6 +17,13 @@
 //!
 //! Another process can therefore cut a batch short, but never put a record inside it. The
 //! contract's batch atomicity is a capability this log denies (`LogCapabilities`).
+//!
+//! Why message ids rather than each writer's subject sequence (the previous chain, as safe on one
+//! server and as costly): in a cluster nats-server 2.9 checks a subject sequence before
+//! replicating, against the leader's store, where a pipelined record's predecessor is not yet,
+//! so every batch failed after its first record; message ids are checked where each replica
+//! stores the message. `docs/log.md` (*Appends*) has the argument, `docs/performance.md` the
+//! figures.
 
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
@@ -73,6 +80,13 @@ pub(crate) async fn append(
     }
 }
 
+/// The message id of this writer's record meant for stream sequence `seq`. No other message
+/// ever has it within the server's duplicate window (which drops a message whose id it already
+/// holds): writers' names are random, and a writer stores at most one record at a sequence.
+fn message_id(writer: &str, seq: u64) -> String {
+    format!("{writer}.{seq}")
+}
+
 enum Failure {
     Publish(AppendFailed),
     Other(iot_core::Error),
@@ -95,14 +109,23 @@ async fn publish(
     // Sending waits only for room in the client's buffer, but bound it too: a stuck connection
     // must not hang the caller.
     let send = async {
+        // The id of record i − 1, which record i names.
+        let mut previous: Option<String> = None;
         for (i, record) in records.iter().enumerate() {
+            // The stream's last sequence before record i: record i − 1's, if it was stored.
             let before = tail.last_seq + i as u64;
             let mut message = PublishMessage::build()
                 .payload(codec::encode_into(&mut buf, record, enqueued_time, size))
                 .expected_last_sequence(before);
-            if i > 0 {
+            if let Some(id) = previous.take() {
                 // ... and that last message is ours: record i − 1 of this batch.
-                message = message.expected_last_subject_sequence(before);
+                message = message.expected_last_message_id(id);
+            }
+            if i + 1 < records.len() {
+                // Only a record that a later one names needs an id.
+                let id = message_id(&shared.writer, before + 1);
+                message = message.message_id(id.clone());
+                previous = Some(id);
             }
             size += record.size_bytes() as u64;
             match shared

@@ -201,6 +201,7 @@ impl NatsLogFactory {
         for p in 0..partitions {
             let p = PartitionId(p);
             let config = stream_config(&self.shared, &names, p);
+            let window = config.duplicate_window;
             let stream = self
                 .shared
                 .timed("creating a stream", async {
@@ -211,7 +212,7 @@ impl NatsLogFactory {
                         .map_err(request)
                 })
                 .await?;
-            streams.push(stream);
+            streams.push(self.shorten_duplicate_window(stream, window).await?);
         }
         Ok(NatsLog::new(
             self.shared.clone(),
@@ -219,6 +220,34 @@ impl NatsLogFactory {
             names,
             streams,
         ))
+    }
+
+    /// A stream created before appends chained by message id keeps ids for the server's default
+    /// two minutes: every id appended in that time, in the server's memory. Shorten its window.
+    async fn shorten_duplicate_window(
+        &self,
+        mut stream: stream::Stream,
+        window: Duration,
+    ) -> Result<stream::Stream> {
+        let current = stream.cached_info().config.clone();
+        if current.duplicate_window <= window {
+            return Ok(stream);
+        }
+        let config = stream::Config {
+            duplicate_window: window,
+            ..current
+        };
+        self.shared
+            .timed("shortening a stream's duplicate window", async {
+                self.shared.js.update_stream(config).await.map_err(request)
+            })
+            .await?;
+        self.shared
+            .timed("reading stream state", async {
+                stream.info().await.map(|_| ()).map_err(request)
+            })
+            .await?;
+        Ok(stream)
     }
 
     async fn check_partition_count(
@@ -286,8 +315,7 @@ fn stream_config(shared: &Shared, names: &TopicNames, p: PartitionId) -> stream:
     let limits = shared.config.stream_limits;
     stream::Config {
         name: names.stream(p),
-        // One subject per writer, so that a record can require the stream's last record to be
-        // the writer's own previous one (see `append`).
+        // One subject per writer, so that each message says which writer stored it.
         subjects: vec![format!("{}.*", names.subject(p))],
         retention: stream::RetentionPolicy::Limits,
         discard: stream::DiscardPolicy::Old,
@@ -299,6 +327,20 @@ fn stream_config(shared: &Shared, names: &TopicNames, p: PartitionId) -> stream:
         num_replicas: shared.config.replicas,
         deny_delete: true,
         allow_direct: true,
+        duplicate_window: duplicate_window(shared),
         ..stream::Config::default()
+    }
+}
+
+/// How long the server remembers a message id (its default is two minutes).
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(1);
+
+/// Appends chain their records by message id (see `append`), and the ids are unique, so the
+/// server's duplicate tracking buys nothing and costs memory for every id in the window: keep it
+/// short. It may not exceed `max_age`.
+fn duplicate_window(shared: &Shared) -> Duration {
+    match shared.config.stream_limits.max_age {
+        Some(age) if !age.is_zero() => age.min(DUPLICATE_WINDOW),
+        _ => DUPLICATE_WINDOW,
     }
 }

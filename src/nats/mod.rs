@@ -8,9 +8,9 @@
 //!   messages are denied, and retention only purges a prefix;
 //! * each record is one message (the whole record, headers in order, in the payload), published
 //!   chained to the record before it (`Nats-Expected-Last-Sequence`, and on every record after
-//!   the first `Nats-Expected-Last-Subject-Sequence` on the writer's own subject), so that what the
-//!   server stores of a batch is always the prefix it acknowledged, even with writers in other
-//!   processes;
+//!   the first `Nats-Expected-Last-Msg-Id` naming the record before, which carries a
+//!   `Nats-Msg-Id`), so that what the server stores of a batch is always the prefix it
+//!   acknowledged, even with writers in other processes, and on a cluster;
 //! * consumer-group commits in a JetStream key-value bucket;
 //! * `wait_for` follows the stream with a headers-only push consumer (no polling);
 //! * retention as a purge of a prefix, or as stream limits the server enforces by itself.

@@ -35,8 +35,8 @@ pub(crate) struct Partition {
     pub(crate) stream: Stream,
     /// Every subject of the partition's stream (`BASE.*`), for consumers.
     pub(crate) subject: Subject,
-    /// This writer's own subject in the stream (`BASE.WRITER`), for appends: the server then
-    /// knows which of the stream's records are ours (see `append`).
+    /// This writer's own subject in the stream (`BASE.WRITER`), for appends: each message says
+    /// which writer stored it.
     pub(crate) publish_subject: Subject,
     /// `None` until loaded from the server, and again after any failed append (the server may
     /// hold more than we know).

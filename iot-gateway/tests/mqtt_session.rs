@@ -857,20 +857,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for CountingWrites<IO> {
     }
 }
 
-/// Packets that arrive together are answered together: a device that sends a window of QoS 1
-/// PUBLISHes gets their PUBACKs in one write (one system call on a socket), not one each.
-#[tokio::test]
-async fn replies_to_a_burst_of_packets_go_out_in_one_write() {
-    let fx = Fixture::start().await;
-    let device = fx.device("burst").await;
+/// Serves one connection whose device sent all of `input` before the session reads anything;
+/// returns what the endpoint wrote and in how many writes.
+async fn serve_all_at_once(fx: &Fixture, input: &[u8]) -> (Vec<u8>, usize) {
     let (mut client, server_end) = tokio::io::duplex(1 << 16);
-    // CONNECT, ten QoS 1 PUBLISHes and DISCONNECT, all waiting before the session reads.
-    let mut input = raw::connect(&device);
-    for _ in 0..10 {
-        input.extend(raw::publish(b"devices/burst/messages/events/", 1, b"x"));
-    }
-    input.extend(raw::packet(0xE0, &[]));
-    client.write_all(&input).await.expect("write");
+    client.write_all(input).await.expect("write");
     let writes = Arc::new(AtomicUsize::new(0));
     let served = fx.server.serve(CountingWrites {
         inner: server_end,
@@ -882,11 +873,49 @@ async fn replies_to_a_burst_of_packets_go_out_in_one_write() {
         .expect("a clean end");
     let mut answers = Vec::new();
     client.read_to_end(&mut answers).await.expect("read");
+    (answers, writes.load(Ordering::Relaxed))
+}
+
+/// CONNECT, `n` QoS 1 telemetry PUBLISHes and DISCONNECT.
+fn connect_publish_disconnect(device: &mqtt_support::Device, n: usize) -> Vec<u8> {
+    let topic = format!("devices/{}/messages/events/", device.id);
+    let mut input = raw::connect(device);
+    for _ in 0..n {
+        input.extend(raw::publish(topic.as_bytes(), 1, b"x"));
+    }
+    input.extend(raw::packet(0xE0, &[]));
+    input
+}
+
+/// CONNACK, then a PUBACK (of packet id 1, as `raw::publish` numbers them) per PUBLISH.
+fn connack_and_pubacks(n: usize) -> Vec<u8> {
     let mut expected = vec![0x20, 2, 0, 0];
-    for _ in 0..10 {
+    for _ in 0..n {
         expected.extend([0x40, 2, 0, 1]);
     }
-    assert_eq!(answers, expected, "CONNACK, then a PUBACK per PUBLISH");
-    assert_eq!(writes.load(Ordering::Relaxed), 1, "all in one write");
+    expected
+}
+
+/// Packets that arrive together are answered together: a device that sends a window of QoS 1
+/// PUBLISHes gets their PUBACKs in one write (one system call on a socket), not one each.
+#[tokio::test]
+async fn replies_to_a_burst_of_packets_go_out_in_one_write() {
+    let fx = Fixture::start().await;
+    let device = fx.device("burst").await;
+    let (answers, writes) = serve_all_at_once(&fx, &connect_publish_disconnect(&device, 10)).await;
+    assert_eq!(answers, connack_and_pubacks(10));
+    assert_eq!(writes, 1, "CONNACK and the ten PUBACKs in one write");
     assert_eq!(fx.telemetry(&device.id, 10).await.len(), 10);
+}
+
+/// Replies do not wait for a device that never pauses: after 64 packets they go out even
+/// though more are ready.
+#[tokio::test]
+async fn replies_wait_for_at_most_64_packets() {
+    let fx = Fixture::start().await;
+    let device = fx.device("stream").await;
+    let (answers, writes) = serve_all_at_once(&fx, &connect_publish_disconnect(&device, 200)).await;
+    assert_eq!(answers, connack_and_pubacks(200));
+    // After the 64th, 128th and 192nd PUBLISH, and the last eight at DISCONNECT.
+    assert_eq!(writes, 4);
 }

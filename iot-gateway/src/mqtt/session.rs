@@ -271,6 +271,8 @@ where
         tokio::pin!(keep_alive);
         let session = Arc::clone(&self.session);
         let mut event: Option<NextEvent> = None;
+        // Packets handled since the write buffer was last written out.
+        let mut handled = 0;
         loop {
             let window_open = self.inflight.len() < self.shared.config.inflight_window;
             if !window_open {
@@ -289,13 +291,17 @@ where
                     }
                     keep_alive.as_mut().reset(due);
                 }
-                input = next_input(&mut self.transport) => match input {
-                    Input::Idle => self.flush().await?,
+                input = next_input(&mut self.transport, handled) => match input {
+                    Input::Idle => {
+                        self.flush().await?;
+                        handled = 0;
+                    }
                     Input::Closed => return Ok(Ending::Abnormal),
                     Input::Packet(read) => {
                         if !self.handle(read?).await? {
                             return Ok(Ending::Clean);
                         }
+                        handled += 1;
                         // Measured from the end of handling: a throttled append is not idleness.
                         last_packet = Instant::now();
                     }

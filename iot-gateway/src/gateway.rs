@@ -260,6 +260,14 @@ pub trait DeviceSession: Send + Sync + Debug {
     /// Sends telemetry; returns once it is in the log.
     async fn send_telemetry(&self, message: Telemetry) -> Result<()>;
 
+    /// Whether [`send_telemetry`](DeviceSession::send_telemetry) may refuse a message with
+    /// [`Error::Throttled`](crate::Error::Throttled). An endpoint that retries throttled
+    /// messages keeps a copy of each message only while this is `true`. The provided method
+    /// says `true`, which is always safe.
+    fn throttles_telemetry(&self) -> bool {
+        true
+    }
+
     /// Starts delivering a kind of traffic. Until it is called for a kind, nothing of that kind
     /// is delivered and nothing is lost (C2D messages wait in the inbox; desired patches and
     /// method requests made since the session opened wait in the session). Idempotent.

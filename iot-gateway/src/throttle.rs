@@ -484,8 +484,17 @@ impl TelemetryThrottle {
             .map(|r| Bucket::full(r, Instant::now()))
     }
 
+    /// Whether either rate is set: if not, [`take`](TelemetryThrottle::take) refuses nothing.
+    pub(crate) fn limits(&self) -> bool {
+        self.config.device_telemetry.is_some() || self.config.hub_telemetry.is_some()
+    }
+
     /// Takes a telemetry token from the device's bucket and the hub's.
     pub(crate) fn take(&self, device: &DeviceId, bucket: &Mutex<Option<Bucket>>) -> Result<()> {
+        if !self.limits() {
+            // Neither the clock nor the two locks for nothing to count.
+            return Ok(());
+        }
         let now = Instant::now();
         let refuse = |scope, retry_after| Error::Throttled {
             device: device.clone(),

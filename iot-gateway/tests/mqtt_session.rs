@@ -4,14 +4,20 @@
 
 mod mqtt_support;
 
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use iot_core::headers;
 use iot_gateway::message::header;
 use iot_gateway::{AckRequest, C2dMessage, FeedbackStatus, MethodCall};
 use iot_identity::IdentityStore;
-use mqtt_support::{Client, Fixture, PATIENCE};
+use mqtt_support::{Client, Fixture, PATIENCE, raw};
 use rumqttc::{QoS, SubscribeReasonCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 #[tokio::test]
 async fn telemetry_properties_become_record_headers() {
@@ -811,4 +817,105 @@ async fn a_non_json_method_answer_fails_the_call_and_keeps_the_connection() {
     assert_eq!(response.status, 200);
     assert_eq!(response.payload.as_ref(), b"{\"ok\":true}");
     task.abort();
+}
+
+/// A connection's server end that counts the writes the endpoint makes on it.
+struct CountingWrites<IO> {
+    inner: IO,
+    writes: Arc<AtomicUsize>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for CountingWrites<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for CountingWrites<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+        }
+        written
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Serves one connection whose device sent all of `input` before the session reads anything;
+/// returns what the endpoint wrote and in how many writes.
+async fn serve_all_at_once(fx: &Fixture, input: &[u8]) -> (Vec<u8>, usize) {
+    let (mut client, server_end) = tokio::io::duplex(1 << 16);
+    client.write_all(input).await.expect("write");
+    let writes = Arc::new(AtomicUsize::new(0));
+    let served = fx.server.serve(CountingWrites {
+        inner: server_end,
+        writes: writes.clone(),
+    });
+    tokio::time::timeout(PATIENCE, served)
+        .await
+        .expect("the session ends at DISCONNECT")
+        .expect("a clean end");
+    let mut answers = Vec::new();
+    client.read_to_end(&mut answers).await.expect("read");
+    (answers, writes.load(Ordering::Relaxed))
+}
+
+/// CONNECT, `n` QoS 1 telemetry PUBLISHes and DISCONNECT.
+fn connect_publish_disconnect(device: &mqtt_support::Device, n: usize) -> Vec<u8> {
+    let topic = format!("devices/{}/messages/events/", device.id);
+    let mut input = raw::connect(device);
+    for _ in 0..n {
+        input.extend(raw::publish(topic.as_bytes(), 1, b"x"));
+    }
+    input.extend(raw::packet(0xE0, &[]));
+    input
+}
+
+/// CONNACK, then a PUBACK (of packet id 1, as `raw::publish` numbers them) per PUBLISH.
+fn connack_and_pubacks(n: usize) -> Vec<u8> {
+    let mut expected = vec![0x20, 2, 0, 0];
+    for _ in 0..n {
+        expected.extend([0x40, 2, 0, 1]);
+    }
+    expected
+}
+
+/// Packets that arrive together are answered together: a device that sends a window of QoS 1
+/// PUBLISHes gets their PUBACKs in one write (one system call on a socket), not one each.
+#[tokio::test]
+async fn replies_to_a_burst_of_packets_go_out_in_one_write() {
+    let fx = Fixture::start().await;
+    let device = fx.device("burst").await;
+    let (answers, writes) = serve_all_at_once(&fx, &connect_publish_disconnect(&device, 10)).await;
+    assert_eq!(answers, connack_and_pubacks(10));
+    assert_eq!(writes, 1, "CONNACK and the ten PUBACKs in one write");
+    assert_eq!(fx.telemetry(&device.id, 10).await.len(), 10);
+}
+
+/// Replies do not wait for a device that never pauses: after 64 packets they go out even
+/// though more are ready.
+#[tokio::test]
+async fn replies_wait_for_at_most_64_packets() {
+    let fx = Fixture::start().await;
+    let device = fx.device("stream").await;
+    let (answers, writes) = serve_all_at_once(&fx, &connect_publish_disconnect(&device, 200)).await;
+    assert_eq!(answers, connack_and_pubacks(200));
+    // After the 64th, 128th and 192nd PUBLISH, and the last eight at DISCONNECT.
+    assert_eq!(writes, 4);
 }

@@ -386,6 +386,10 @@ impl DeviceSession for HubSession {
         Ok(())
     }
 
+    fn throttles_telemetry(&self) -> bool {
+        self.hub.telemetry_throttle.limits()
+    }
+
     async fn subscribe(&self, subscription: Subscription) -> Result<()> {
         {
             let mut st = lock(&self.shared.state);

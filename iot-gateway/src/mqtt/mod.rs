@@ -41,6 +41,7 @@ mod subscriptions;
 mod telemetry;
 mod tls;
 mod topics;
+mod transport;
 mod username;
 mod websocket;
 

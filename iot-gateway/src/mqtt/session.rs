@@ -9,29 +9,30 @@
 //! longer than `write_timeout` closes the connection.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::io;
 use std::num::NonZeroU16;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use bytestring::ByteString;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use iot_core::DeviceId;
 use iot_identity::Thumbprint;
 use rmqtt_codec::types::Publish;
 use rmqtt_codec::v3::{Connect, ConnectAck, ConnectAckReason, Packet, QoS, SubscribeReturnCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, sleep_until, timeout};
-use tokio_util::codec::Framed;
 
 use super::connect::check_connect;
 use super::error::{Error, ProtocolViolation};
-use super::framing::StrictCodec;
 use super::shared::Shared;
 use super::subscriptions::Subscriptions;
 use super::telemetry;
 use super::topics::{self, Inbound, Subscription};
+use super::transport::{self, Input, Transport, next_input, write_now};
 use crate::error::Error as GatewayError;
 use crate::gateway::{
     DeviceSession, SessionEvent, SessionOptions, Subscription as GatewaySubscription,
@@ -39,15 +40,11 @@ use crate::gateway::{
 use crate::message::{LockToken, Telemetry};
 use crate::method::MethodResponse;
 
-/// Starting size of a connection's read and write buffers. tokio-util's default is 8 KiB each,
-/// which at 10 000 mostly idle devices is most of the endpoint's memory; MQTT packets of an idle
-/// device (CONNECT, PINGREQ, PUBACK) are far smaller, and a buffer grows when a packet needs it.
-const IO_BUFFER_BYTES: usize = 1024;
-
 /// Twin answers kept for a device that asked before subscribing to `$iothub/twin/res/#`.
 const MAX_PENDING_TWIN_ANSWERS: usize = 8;
 
-type Transport<IO> = Framed<IO, StrictCodec>;
+/// A pending [`DeviceSession::next_event`], kept from one packet to the next.
+type NextEvent = Pin<Box<dyn Future<Output = Result<SessionEvent, GatewayError>> + Send>>;
 
 /// How a connection ended, which decides whether the will is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,11 +72,7 @@ pub(crate) async fn serve<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut transport = Framed::with_capacity(
-        io,
-        StrictCodec::new(shared.config.max_packet_size),
-        IO_BUFFER_BYTES,
-    );
+    let mut transport = transport::framed(io, shared.config.max_packet_size);
     let first = tokio::select! {
         first = timeout(shared.config.connect_timeout, transport.next()) => first,
         () = shared.shutdown.cancelled() => return Ok(()),
@@ -103,7 +96,7 @@ where
                     return_code,
                     session_present: false,
                 });
-                write(&mut transport, refuse, shared.config.write_timeout).await?;
+                write_now(&mut transport, refuse, shared.config.write_timeout).await?;
             }
             return Err(violation.into());
         }
@@ -155,7 +148,7 @@ where
     if connect.protocol.0 != 4 {
         // The framing answers other levels before decoding; kept so that the handshake never
         // serves another protocol level.
-        write(
+        write_now(
             &mut transport,
             refuse(ConnectAckReason::UnacceptableProtocolVersion),
             write_timeout,
@@ -169,7 +162,7 @@ where
             // Debug, not info: a flood of bad CONNECTs must not become a flood of log lines
             // (the throttle's budgets already bound and count them).
             tracing::debug!(client_id = %super::error::shorten(&connect.client_id), %why, "CONNECT refused");
-            write(&mut transport, refuse(code), write_timeout).await?;
+            write_now(&mut transport, refuse(code), write_timeout).await?;
             return Ok(None);
         }
     };
@@ -185,7 +178,8 @@ where
         .connect(&checked.device, checked.credential, options)
         .await
     {
-        Ok(session) => session,
+        // Shared with the pending `next_event` of the connection's loop.
+        Ok(session) => Arc::from(session),
         Err(e) => {
             let code = match e {
                 GatewayError::Unauthorized { .. } | GatewayError::DeviceNotFound { .. } => {
@@ -194,7 +188,7 @@ where
                 _ => ConnectAckReason::ServiceUnavailable,
             };
             tracing::debug!(device = %checked.device, error = %e, "CONNECT refused by the gateway");
-            write(&mut transport, refuse(code), write_timeout).await?;
+            write_now(&mut transport, refuse(code), write_timeout).await?;
             return Ok(None);
         }
     };
@@ -241,7 +235,7 @@ enum Inflight {
 /// An authenticated connection.
 struct Connection<IO> {
     transport: Transport<IO>,
-    session: Box<dyn DeviceSession>,
+    session: Arc<dyn DeviceSession>,
     device: DeviceId,
     clean_session: bool,
     /// 1.5 × the keep-alive.
@@ -262,28 +256,62 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
     /// Reads packets and hands out gateway events until the connection ends.
+    ///
+    /// What the loop waits on is made once and kept from one packet to the next (the shutdown
+    /// signal, the keep-alive timer, a pending `next_event`): made per packet, they would be a
+    /// timer armed and cancelled, a waiter registered and removed and an allocation for every
+    /// telemetry message. Replies are buffered and written when the device has nothing more
+    /// ready to read (see `transport`).
     async fn run(&mut self) -> Result<Ending, Error> {
-        let mut deadline = Instant::now() + self.idle;
+        let shutdown = self.shared.shutdown.clone();
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let mut last_packet = Instant::now();
+        let keep_alive = sleep_until(last_packet + self.idle);
+        tokio::pin!(keep_alive);
+        let session = Arc::clone(&self.session);
+        let mut event: Option<NextEvent> = None;
+        // Packets handled since the write buffer was last written out.
+        let mut handled = 0;
         loop {
             let window_open = self.inflight.len() < self.shared.config.inflight_window;
+            if !window_open {
+                // Not polled until the device acknowledges: dropped (it is cancel safe), so that
+                // it holds nothing of the session meanwhile, as no call at all did before.
+                event = None;
+            }
             tokio::select! {
-                () = self.shared.shutdown.cancelled() => return Ok(Ending::ByServer),
-                () = sleep_until(deadline) => {
-                    return Err(ProtocolViolation::KeepAliveExpired.into());
-                }
-                read = self.transport.next() => {
-                    let packet = match read {
-                        None => return Ok(Ending::Abnormal),
-                        Some(read) => read?,
-                    };
-                    if !self.handle(packet).await? {
-                        return Ok(Ending::Clean);
+                () = &mut cancelled => return Ok(Ending::ByServer),
+                () = &mut keep_alive => {
+                    // Armed for the deadline of an earlier packet: re-armed until no packet
+                    // came for a whole idle time.
+                    let due = last_packet + self.idle;
+                    if Instant::now() >= due {
+                        return Err(ProtocolViolation::KeepAliveExpired.into());
                     }
-                    // Measured from the end of handling: a throttled append is not idleness.
-                    deadline = Instant::now() + self.idle;
+                    keep_alive.as_mut().reset(due);
                 }
-                event = self.session.next_event(), if window_open => {
-                    if !self.deliver(event?).await? {
+                input = next_input(&mut self.transport, handled) => match input {
+                    Input::Idle => {
+                        self.flush().await?;
+                        handled = 0;
+                    }
+                    Input::Closed => return Ok(Ending::Abnormal),
+                    Input::Packet(read) => {
+                        if !self.handle(read?).await? {
+                            return Ok(Ending::Clean);
+                        }
+                        handled += 1;
+                        // Measured from the end of handling: a throttled append is not idleness.
+                        last_packet = Instant::now();
+                    }
+                },
+                // In a block: made (and the session called) only when the branch is polled.
+                handed = async { event.get_or_insert_with(|| next_event(&session)).await },
+                    if window_open =>
+                {
+                    event = None;
+                    if !self.deliver(handed?).await? {
                         return Ok(Ending::ByServer);
                     }
                 }
@@ -408,6 +436,10 @@ where
     /// Appends telemetry, waiting out throttling (backpressure on the device) a bounded number of
     /// times.
     async fn send_telemetry(&mut self, message: Telemetry) -> Result<(), Error> {
+        if self.shared.config.throttle_retries == 0 || !self.session.throttles_telemetry() {
+            // Nothing to retry: no copy of the message to keep.
+            return Ok(self.session.send_telemetry(message).await?);
+        }
         let mut attempts = 0;
         loop {
             match self.session.send_telemetry(message.clone()).await {
@@ -597,13 +629,20 @@ where
         }
     }
 
+    /// Puts a packet in the write buffer; the loop writes the buffer out when the device has
+    /// nothing more to read ([`Input::Idle`]), and `finish` when the connection ends.
     async fn write(&mut self, packet: Packet) -> Result<(), Error> {
-        write(
+        transport::buffer(
             &mut self.transport,
             packet,
             self.shared.config.write_timeout,
         )
         .await
+    }
+
+    /// Writes out what [`write`](Connection::write) buffered.
+    async fn flush(&mut self) -> Result<(), Error> {
+        transport::flush(&mut self.transport, self.shared.config.write_timeout).await
     }
 
     /// Ends the connection: the will if the device vanished, subscriptions kept for a persistent
@@ -620,9 +659,16 @@ where
             .keep(&self.device, self.clean_session, self.subscriptions)
             .await;
         self.session.close().await;
-        let _ = timeout(self.shared.config.write_timeout, self.transport.close()).await;
+        transport::close(&mut self.transport, self.shared.config.write_timeout).await;
         tracing::debug!(device = %self.device, ?ending, "MQTT session closed");
     }
+}
+
+/// A `next_event` that owns its session, so that it can wait across packets while the
+/// connection handles them.
+fn next_event(session: &Arc<dyn DeviceSession>) -> NextEvent {
+    let session = Arc::clone(session);
+    Box::pin(async move { session.next_event().await })
 }
 
 /// The gateway subscription behind an MQTT one; `None` for twin answers, which the endpoint
@@ -633,25 +679,6 @@ fn delivered_by_gateway(kind: Subscription) -> Option<GatewaySubscription> {
         Subscription::DesiredPatches => Some(GatewaySubscription::DesiredPatches),
         Subscription::Methods => Some(GatewaySubscription::Methods),
         Subscription::TwinResponses => None,
-    }
-}
-
-/// Writes one packet, giving up after `limit`.
-async fn write<IO>(
-    transport: &mut Transport<IO>,
-    packet: Packet,
-    limit: Duration,
-) -> Result<(), Error>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    match timeout(limit, transport.send(packet)).await {
-        Err(_) => Err(Error::Io(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "the client did not read for the whole write timeout",
-        ))),
-        Ok(Err(e)) => Err(Error::Io(io::Error::other(e.to_string()))),
-        Ok(Ok(())) => Ok(()),
     }
 }
 

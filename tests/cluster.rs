@@ -727,3 +727,34 @@ async fn what_was_lost_while_nats_was_down_is_repaired_when_it_is_back() {
         node.gateway.shutdown().await;
     }
 }
+
+/// Hub-wide throttling quotas are split between the instances by the devices each holds
+/// (`(held here + 1) / (held by all + instances)`, renewed every heartbeat): the parts add up to
+/// the whole quota, and follow the devices as they come and go.
+#[tokio::test]
+async fn hub_wide_quotas_are_split_between_the_instances_by_the_devices_they_hold() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let share = |i: usize| cluster.nodes[i].gateway.hub().hub_quota_share();
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+    eventually("three instances, no devices: a third each", || async {
+        (0..3).all(|i| close(share(i), 1.0 / 3.0))
+    })
+    .await;
+    let (d0, k0) = cluster.device("q0").await;
+    let (d1, k1) = cluster.device("q1").await;
+    let _s0 = cluster.connect(0, &d0, &k0).await;
+    let s1 = cluster.connect(0, &d1, &k1).await;
+    // Two devices on instance 0: (2 + 1) / (2 + 3) there, 1/5 on each other.
+    eventually("instance 0 holds two devices: 3/5, 1/5, 1/5", || async {
+        close(share(0), 0.6) && close(share(1), 0.2) && close(share(2), 0.2)
+    })
+    .await;
+    assert!(close(share(0) + share(1) + share(2), 1.0));
+    s1.close().await;
+    eventually("one device left: 2/4, 1/4, 1/4", || async {
+        close(share(0), 0.5) && close(share(1), 0.25) && close(share(2), 0.25)
+    })
+    .await;
+}

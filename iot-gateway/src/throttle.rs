@@ -9,7 +9,8 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use iot_core::DeviceId;
@@ -30,6 +31,43 @@ impl Rate {
     /// `per_second` tokens per second with a bucket of `burst`.
     pub fn new(per_second: f64, burst: f64) -> Self {
         Rate { per_second, burst }
+    }
+
+    /// This rate times `share` (refill and capacity both).
+    fn scaled(self, share: f64) -> Self {
+        if share >= 1.0 {
+            return self;
+        }
+        Rate {
+            per_second: self.per_second * share,
+            burst: self.burst * share,
+        }
+    }
+}
+
+/// The part of each hub-wide quota this hub enforces: 1 alone, less when several hubs serve one
+/// fleet and split the quotas between them (`Hub::set_hub_quota_share`). Per-device, per-peer
+/// budgets are not split: a device is served by one hub at a time.
+#[derive(Debug)]
+pub(crate) struct HubShare(AtomicU64);
+
+impl HubShare {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(HubShare(AtomicU64::new(1.0f64.to_bits())))
+    }
+
+    pub(crate) fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+
+    /// Sets the share; the caller checked that it is in (0, 1].
+    pub(crate) fn set(&self, share: f64) {
+        self.0.store(share.to_bits(), Ordering::Relaxed);
+    }
+
+    /// `rate`, scaled by the share.
+    fn of(&self, rate: Option<Rate>) -> Option<Rate> {
+        rate.map(|r| r.scaled(self.get()))
     }
 }
 
@@ -265,6 +303,7 @@ pub(crate) struct DeviceThrottle {
     operation: ThrottledOperation,
     device_rate: Option<Rate>,
     hub_rate: Option<Rate>,
+    share: Arc<HubShare>,
     devices: Mutex<KeyedBuckets<DeviceId>>,
     hub: Mutex<Option<Bucket>>,
 }
@@ -274,11 +313,13 @@ impl DeviceThrottle {
         operation: ThrottledOperation,
         device_rate: Option<Rate>,
         hub_rate: Option<Rate>,
+        share: Arc<HubShare>,
     ) -> Self {
         DeviceThrottle {
             operation,
             device_rate,
             hub_rate,
+            share,
             devices: Mutex::new(KeyedBuckets::new()),
             hub: Mutex::new(hub_rate.map(|r| Bucket::full(r, Instant::now()))),
         }
@@ -299,7 +340,7 @@ impl DeviceThrottle {
                 .take(rate, now)
                 .map_err(|wait| refuse(ThrottleScope::Device, wait))?;
         }
-        let hub = match (self.hub_rate, &mut *lock(&self.hub)) {
+        let hub = match (self.share.of(self.hub_rate), &mut *lock(&self.hub)) {
             (Some(rate), Some(bucket)) => bucket.take(rate, now),
             _ => Ok(()),
         };
@@ -320,7 +361,7 @@ impl DeviceThrottle {
     /// which must not spend the device's own budget.
     pub(crate) fn take_hub(&self, device: &DeviceId) -> Result<()> {
         let now = Instant::now();
-        match (self.hub_rate, &mut *lock(&self.hub)) {
+        match (self.share.of(self.hub_rate), &mut *lock(&self.hub)) {
             (Some(rate), Some(bucket)) => {
                 bucket
                     .take(rate, now)
@@ -362,15 +403,17 @@ impl PeerKey {
 struct FailureThrottle {
     peer_rate: Option<Rate>,
     hub_rate: Option<Rate>,
+    share: Arc<HubShare>,
     peers: Mutex<KeyedBuckets<PeerKey>>,
     hub: Mutex<Option<Bucket>>,
 }
 
 impl FailureThrottle {
-    fn new(peer_rate: Option<Rate>, hub_rate: Option<Rate>) -> Self {
+    fn new(peer_rate: Option<Rate>, hub_rate: Option<Rate>, share: Arc<HubShare>) -> Self {
         FailureThrottle {
             peer_rate,
             hub_rate,
+            share,
             peers: Mutex::new(KeyedBuckets::new()),
             hub: Mutex::new(hub_rate.map(|r| Bucket::full(r, Instant::now()))),
         }
@@ -390,7 +433,7 @@ impl FailureThrottle {
             return None;
         }
         drop(peers);
-        match (self.hub_rate, &mut *lock(&self.hub)) {
+        match (self.share.of(self.hub_rate), &mut *lock(&self.hub)) {
             (Some(hub_rate), Some(hub)) => hub
                 .wait(hub_rate, now)
                 .map(|wait| (ThrottleScope::Hub, wait)),
@@ -404,7 +447,7 @@ impl FailureThrottle {
         if let (Some(rate), Some(peer)) = (self.peer_rate, peer) {
             let _ = lock(&self.peers).bucket(&peer, rate, now).take(rate, now);
         }
-        if let (Some(rate), Some(hub)) = (self.hub_rate, &mut *lock(&self.hub)) {
+        if let (Some(rate), Some(hub)) = (self.share.of(self.hub_rate), &mut *lock(&self.hub)) {
             let _ = hub.take(rate, now);
         }
     }
@@ -421,14 +464,19 @@ pub(crate) struct ConnectThrottle {
 }
 
 impl ConnectThrottle {
-    pub(crate) fn new(config: ThrottleConfig) -> Self {
+    pub(crate) fn new(config: ThrottleConfig, share: &Arc<HubShare>) -> Self {
         ConnectThrottle {
             succeeded: DeviceThrottle::new(
                 ThrottledOperation::Connect,
                 config.device_connects,
                 config.hub_connects,
+                Arc::clone(share),
             ),
-            failed: FailureThrottle::new(config.peer_failed_connects, config.hub_failed_connects),
+            failed: FailureThrottle::new(
+                config.peer_failed_connects,
+                config.hub_failed_connects,
+                Arc::clone(share),
+            ),
         }
     }
 
@@ -462,13 +510,15 @@ impl ConnectThrottle {
 #[derive(Debug)]
 pub(crate) struct TelemetryThrottle {
     config: ThrottleConfig,
+    share: Arc<HubShare>,
     hub: Mutex<Option<Bucket>>,
 }
 
 impl TelemetryThrottle {
-    pub(crate) fn new(config: ThrottleConfig) -> Self {
+    pub(crate) fn new(config: ThrottleConfig, share: Arc<HubShare>) -> Self {
         TelemetryThrottle {
             config,
+            share,
             hub: Mutex::new(
                 config
                     .hub_telemetry
@@ -506,7 +556,10 @@ impl TelemetryThrottle {
             b.take(rate, now)
                 .map_err(|wait| refuse(ThrottleScope::Device, wait))?;
         }
-        let hub = match (self.config.hub_telemetry, &mut *lock(&self.hub)) {
+        let hub = match (
+            self.share.of(self.config.hub_telemetry),
+            &mut *lock(&self.hub),
+        ) {
             (Some(rate), Some(b)) => b.take(rate, now),
             _ => Ok(()),
         };
@@ -571,11 +624,14 @@ mod tests {
 
     #[test]
     fn device_limit_is_per_device() {
-        let t = ConnectThrottle::new(ThrottleConfig {
-            device_connects: Some(Rate::new(0.0, 2.0)),
-            hub_connects: None,
-            ..ThrottleConfig::unlimited()
-        });
+        let t = ConnectThrottle::new(
+            ThrottleConfig {
+                device_connects: Some(Rate::new(0.0, 2.0)),
+                hub_connects: None,
+                ..ThrottleConfig::unlimited()
+            },
+            &HubShare::new(),
+        );
         let a: DeviceId = "a".parse().expect("id");
         let b: DeviceId = "b".parse().expect("id");
         assert!(t.take(&a).is_ok());
@@ -628,11 +684,14 @@ mod tests {
 
     #[test]
     fn failures_count_per_peer_and_refuse_only_recent_offenders_hub_wide() {
-        let t = ConnectThrottle::new(ThrottleConfig {
-            peer_failed_connects: Some(Rate::new(0.0, 2.0)),
-            hub_failed_connects: Some(Rate::new(0.0, 1.0)),
-            ..ThrottleConfig::unlimited()
-        });
+        let t = ConnectThrottle::new(
+            ThrottleConfig {
+                peer_failed_connects: Some(Rate::new(0.0, 2.0)),
+                hub_failed_connects: Some(Rate::new(0.0, 1.0)),
+                ..ThrottleConfig::unlimited()
+            },
+            &HubShare::new(),
+        );
         let d: DeviceId = "d".parse().expect("id");
         let (a, b, c): (IpAddr, IpAddr, IpAddr) = (
             "192.0.2.1".parse().expect("ip"),
@@ -675,10 +734,13 @@ mod tests {
 
     #[test]
     fn hub_limit_is_shared() {
-        let t = ConnectThrottle::new(ThrottleConfig {
-            hub_connects: Some(Rate::new(0.0, 2.0)),
-            ..ThrottleConfig::unlimited()
-        });
+        let t = ConnectThrottle::new(
+            ThrottleConfig {
+                hub_connects: Some(Rate::new(0.0, 2.0)),
+                ..ThrottleConfig::unlimited()
+            },
+            &HubShare::new(),
+        );
         for d in ["a", "b"] {
             assert!(t.take(&d.parse().expect("id")).is_ok());
         }

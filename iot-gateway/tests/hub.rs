@@ -108,6 +108,47 @@ async fn telemetry_is_throttled_per_device_and_hub_wide() {
     assert_eq!(records_of(hub.telemetry_log(), b.as_str()).await.len(), 2);
 }
 
+/// Hubs serving one fleet together split the hub-wide quotas (`Hub::set_hub_quota_share`): a
+/// hub with 0.3 of a 10-message budget takes 3, and per-device budgets are not split.
+#[tokio::test]
+async fn a_hub_enforces_its_share_of_the_hub_wide_quotas() {
+    let mut config = HubConfig::default();
+    config.throttle = ThrottleConfig::unlimited()
+        .device_telemetry(Some(Rate::new(0.0, 4.0)))
+        .hub_telemetry(Some(Rate::new(0.0, 10.0)));
+    let (hub, fx) = hub_with(config).await;
+    assert!((hub.hub_quota_share() - 1.0).abs() < f64::EPSILON);
+    for bad in [0.0, -0.5, 1.5, f64::NAN, f64::INFINITY] {
+        assert!(
+            matches!(
+                hub.set_hub_quota_share(bad),
+                Err(Error::InvalidInput { .. })
+            ),
+            "{bad}"
+        );
+    }
+    hub.set_hub_quota_share(0.3).expect("a share");
+    let (a, ta) = fx.provision("a").await;
+    let sa = connect(&hub, &a, &ta).await;
+    for _ in 0..3 {
+        sa.send_telemetry(Telemetry::new("x"))
+            .await
+            .expect("within the hub's share");
+    }
+    let refused = sa.send_telemetry(Telemetry::new("x")).await;
+    assert!(
+        matches!(
+            refused,
+            Err(Error::Throttled {
+                scope: ThrottleScope::Hub,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(records_of(hub.telemetry_log(), a.as_str()).await.len(), 3);
+}
+
 #[tokio::test]
 async fn connects_are_throttled() {
     let mut config = HubConfig::default();

@@ -361,6 +361,18 @@ impl Directory {
         all
     }
 
+    /// This instance's part of the hub-wide throttling quotas: `(held here + 1) / (held by all +
+    /// instances)`. The parts of all live instances add up to 1 when their directories agree;
+    /// an instance holding more devices gets more, and one holding none still gets a little
+    /// (for the connects that bring devices to it).
+    pub(crate) fn quota_share(&self) -> f64 {
+        let held_here = self.local.len();
+        let held_all = held_here + self.peers.values().map(|p| p.devices.len()).sum::<usize>();
+        let instances = 1 + self.peers.len();
+        // Counts far below 2^52: exact as f64.
+        (held_here + 1) as f64 / (held_all + instances) as f64
+    }
+
     /// The live instances other than this one, in id order.
     pub(crate) fn peers(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.peers.keys().cloned().collect();
@@ -406,6 +418,37 @@ mod tests {
         let actions = c.heard(opened("b", 1, "e", 400), now);
         assert!(actions.take_over.is_empty());
         assert_eq!(c.holder(&dev("e")), Some(None));
+    }
+
+    #[test]
+    fn quota_shares_follow_the_devices_held_and_add_up_to_one() {
+        let now = Instant::now();
+        // a holds 3 devices, b (heard of) holds 1: a's share 4/6, b's 2/6.
+        let mut a = Directory::new("a", 1);
+        assert!(
+            (a.quota_share() - 1.0).abs() < 1e-12,
+            "alone: the whole quota"
+        );
+        for (i, d) in ["d1", "d2", "d3"].into_iter().enumerate() {
+            a.opened_here(&dev(d), i as u64, 10 + i as u64);
+        }
+        a.heard(opened("b", 1, "e1", 20), now);
+        let mut b = Directory::new("b", 1);
+        b.opened_here(&dev("e1"), 1, 20);
+        for (i, d) in ["d1", "d2", "d3"].into_iter().enumerate() {
+            b.heard(opened("a", i as u64 + 1, d, 10 + i as u64), now);
+        }
+        assert!(
+            (a.quota_share() - 4.0 / 6.0).abs() < 1e-12,
+            "{}",
+            a.quota_share()
+        );
+        assert!(
+            (b.quota_share() - 2.0 / 6.0).abs() < 1e-12,
+            "{}",
+            b.quota_share()
+        );
+        assert!((a.quota_share() + b.quota_share() - 1.0).abs() < 1e-12);
     }
 
     #[test]

@@ -332,12 +332,16 @@ async fn heartbeat(node: Arc<Node>, hub: Hub) {
                 hub.wake_c2d(&device);
             }
         }
-        let (beat, gone) = {
+        let (beat, gone, share) = {
             let mut dir = lock(&node.directory);
             let gone = dir.expire(Instant::now(), node.config.lease);
-            (dir.beat(), gone)
+            (dir.beat(), gone, dir.quota_share())
         };
         node.send(beat);
+        // Hub-wide quotas are split by the devices each instance holds, renewed every beat.
+        if let Err(e) = hub.set_hub_quota_share(share) {
+            warn!(error = %e, share, "could not set this instance's share of the hub-wide quotas");
+        }
         if !gone.is_empty() {
             warn!(instances = ?gone, "cluster instances' leases lapsed; their devices are offline");
             node.bump();

@@ -3,7 +3,9 @@
 //! the [`Gateway`](crate::Gateway) calls — close it, wake its C2D delivery, hand it a desired
 //! patch written elsewhere.
 //!
-//! These act on this hub's own session of a device only; none of them touches a store.
+//! These act on this hub's own session of a device only; none of them touches a store. And
+//! several hubs serving one fleet can split the hub-wide throttling quotas between them
+//! ([`Hub::set_hub_quota_share`]).
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use std::sync::Arc;
 use iot_core::DeviceId;
 
 use super::{Hub, HubBuilder};
-use crate::error::CloseReason;
+use crate::error::{CloseReason, Error, Result};
 use crate::twins::DesiredPatch;
 
 /// Told when a session of the hub opens or closes.
@@ -89,5 +91,27 @@ impl Hub {
             }
             None => false,
         }
+    }
+
+    /// Makes this hub enforce `share` of each hub-wide quota of its
+    /// [`ThrottleConfig`](crate::ThrottleConfig) (`hub_connects`, `hub_failed_connects`,
+    /// `hub_telemetry`, `hub_twin`, `hub_methods`: refill rate and burst both), for hubs that
+    /// serve one fleet together and give each its part so that the parts add up to the quota.
+    /// Per-device and per-address budgets are not split (a device is served by one hub at a
+    /// time). A bucket holding more than its new capacity is cut down at its next use; a larger
+    /// share refills at the new rate. Refused unless `0 < share <= 1`.
+    pub fn set_hub_quota_share(&self, share: f64) -> Result<()> {
+        if !(share > 0.0 && share <= 1.0) {
+            return Err(Error::invalid(format!(
+                "a hub's share of the hub-wide quotas must be in (0, 1], not {share}"
+            )));
+        }
+        self.inner.hub_share.set(share);
+        Ok(())
+    }
+
+    /// The part of each hub-wide quota this hub enforces (1 unless set).
+    pub fn hub_quota_share(&self) -> f64 {
+        self.inner.hub_share.get()
     }
 }

@@ -27,7 +27,7 @@ use crate::error::{CloseReason, Error, Result, ThrottledOperation};
 use crate::inbox::{FileInbox, FileInboxConfig, InboxStore, MemoryInbox, Removed};
 use crate::method::MethodResponse;
 use crate::sync_util::lock;
-use crate::throttle::{ConnectThrottle, DeviceThrottle, TelemetryThrottle};
+use crate::throttle::{ConnectThrottle, DeviceThrottle, HubShare, TelemetryThrottle};
 use crate::twins::{FileTwinStore, FileTwinStoreConfig, MemoryTwinStore, TwinStore};
 
 pub use config::{HubConfig, topic};
@@ -143,6 +143,7 @@ impl HubBuilder {
         let feedback = topics.topic_with_partitions(topic::C2D_FEEDBACK, 1).await?;
         // Subscribe before the hub exists, so no change made after `build` returns is missed.
         let changes = self.identity.subscribe();
+        let hub_share = HubShare::new();
         let mut auth = Authenticator::new(self.identity.clone(), self.host.clone()).with_verifier(
             SasVerifier {
                 clock_skew: config.token_skew,
@@ -167,18 +168,21 @@ impl HubBuilder {
                 .unwrap_or_else(|| Arc::new(MemoryTwinStore::new())),
             sessions: Mutex::new(HashMap::new()),
             activity: activity::ActivityLog::default(),
-            connect_throttle: ConnectThrottle::new(config.throttle),
-            telemetry_throttle: TelemetryThrottle::new(config.throttle),
+            connect_throttle: ConnectThrottle::new(config.throttle, &hub_share),
+            telemetry_throttle: TelemetryThrottle::new(config.throttle, Arc::clone(&hub_share)),
             twin_throttle: DeviceThrottle::new(
                 ThrottledOperation::Twin,
                 config.throttle.device_twin,
                 config.throttle.hub_twin,
+                Arc::clone(&hub_share),
             ),
             method_throttle: DeviceThrottle::new(
                 ThrottledOperation::Method,
                 config.throttle.device_methods,
                 config.throttle.hub_methods,
+                Arc::clone(&hub_share),
             ),
+            hub_share,
             methods: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             next_session: AtomicU64::new(1),
@@ -356,6 +360,9 @@ pub(crate) struct HubInner {
     twin_throttle: DeviceThrottle,
     /// Direct-method invocations, per target device and hub-wide.
     method_throttle: DeviceThrottle,
+    /// The part of the hub-wide quotas this hub enforces (1 unless it shares them with other
+    /// hubs: `Hub::set_hub_quota_share`).
+    hub_share: Arc<HubShare>,
     methods: Mutex<HashMap<u64, PendingMethod>>,
     next_request: AtomicU64,
     next_session: AtomicU64,

@@ -143,6 +143,10 @@ impl Engine {
         self.slots.get(slot as usize)?.as_ref()
     }
 
+    fn record_at(&self, slot: u32) -> Option<&Stored> {
+        self.slots.get(slot as usize)?.as_ref()
+    }
+
     /// Every record, in no particular order.
     #[cfg(test)]
     pub(crate) fn records(&self) -> impl Iterator<Item = &Stored> {

@@ -43,14 +43,16 @@ impl Engine {
                         residual = true;
                         continue;
                     }
-                    match self.indexes.exact(c, all) {
-                        Some(set) => {
-                            acc = Some(match acc {
-                                None => set,
-                                Some(a) => a & set,
-                            });
+                    match &mut acc {
+                        None => match self.indexes.exact(c, all) {
+                            Some(set) => acc = Some(set),
+                            None => residual = true,
+                        },
+                        Some(a) => {
+                            if !self.indexes.intersect(a, c, all) {
+                                residual = true;
+                            }
                         }
-                        None => residual = true,
                     }
                 }
                 match acc {
@@ -63,10 +65,6 @@ impl Engine {
                 None => (all.clone(), true),
             },
         }
-    }
-
-    fn record_at(&self, slot: u32) -> Option<&Stored> {
-        self.slots.get(slot as usize)?.as_ref()
     }
 
     pub(crate) fn count(&self, query: &Query) -> u64 {
@@ -155,25 +153,45 @@ impl Engine {
                 }
                 _ => None,
             };
+            std::hint::black_box(touch(items.iter().copied(), usize::MAX));
             let items = items.into_iter().map(decode).collect::<Result<_>>()?;
             return Ok(Page::new(items, continuation));
         }
         let mut hits: Vec<(Vec<SortKey<'_>>, &Stored)> = Vec::new();
-        for slot in &candidates {
-            let Some(record) = self.record_at(slot) else {
-                continue;
-            };
-            if residual && !query.filter.matches(record) {
-                continue;
+        // Every line of a candidate is touched with its slot (filtering, ORDER BY keys and
+        // decoding read them) unless most candidates will only be compared by id: then only
+        // the page's records, once chosen.
+        let id_only = !residual && query.order_by.is_empty() && candidates.len() > take as u64;
+        let lines = if id_only { 1 } else { usize::MAX };
+        let mut slots = candidates.iter();
+        let mut numbers: Vec<u32> = Vec::with_capacity(CHUNK);
+        let mut records: Vec<&Stored> = Vec::with_capacity(CHUNK);
+        loop {
+            // A chunk of slots at a time: their numbers from the bitmap, then their records
+            // in a loop that does nothing else. The slot table is large, so these loads miss
+            // the cache; kept apart from the work on each record, many are in flight at once.
+            numbers.clear();
+            numbers.extend(slots.by_ref().take(CHUNK));
+            if numbers.is_empty() {
+                break;
             }
-            let keys = query.sort_keys(record);
-            if let Some((after_keys, after_id)) = &after
-                && query.cmp_positions((&keys, record.device_id().as_str()), (after_keys, after_id))
-                    != Ordering::Greater
-            {
-                continue;
+            records.clear();
+            records.extend(numbers.iter().filter_map(|&slot| self.record_at(slot)));
+            std::hint::black_box(touch(records.iter().copied(), lines));
+            for &record in &records {
+                if residual && !query.filter.matches(record) {
+                    continue;
+                }
+                let keys = query.sort_keys(record);
+                if let Some((after_keys, after_id)) = &after
+                    && query
+                        .cmp_positions((&keys, record.device_id().as_str()), (after_keys, after_id))
+                        != Ordering::Greater
+                {
+                    continue;
+                }
+                hits.push((keys, record));
             }
-            hits.push((keys, record));
         }
         let cmp = |a: &(Vec<SortKey<'_>>, &Stored), b: &(Vec<SortKey<'_>>, &Stored)| {
             query.cmp_positions(
@@ -185,6 +203,9 @@ impl Engine {
         if more {
             hits.select_nth_unstable_by(take, cmp);
             hits.truncate(take);
+        }
+        if id_only {
+            std::hint::black_box(touch(hits.iter().map(|(_, r)| *r), usize::MAX));
         }
         hits.sort_unstable_by(cmp);
         let continuation = match hits.last() {
@@ -209,4 +230,30 @@ impl Engine {
             .collect::<Result<_>>()?;
         Ok(Page::new(items, continuation))
     }
+}
+
+/// Slots whose records are looked up together (see [`Engine::query`]).
+const CHUNK: usize = 256;
+
+/// Bytes of a cache line.
+const LINE: usize = 64;
+
+/// Loads one byte of each of the first `lines` cache lines of each record's encoding, and the
+/// first byte of its id, in one tight pass; returns a value made of them (for `black_box`, so
+/// that the loads are kept).
+///
+/// The records of a query lie anywhere in a heap of hundreds of megabytes, so nearly every one
+/// is a cache miss (and a TLB miss). Sorting by id and decoding would meet those misses one at
+/// a time, each stalling the work that needs it; here the loads do not depend on each other,
+/// so the CPU keeps many in flight and their waits overlap.
+fn touch<'a>(records: impl Iterator<Item = &'a Stored>, lines: usize) -> u8 {
+    let mut acc = 0u8;
+    for record in records {
+        let id = record.device_id().as_str().as_bytes();
+        acc ^= id.first().copied().unwrap_or(0);
+        for byte in record.bytes().iter().step_by(LINE).take(lines) {
+            acc ^= *byte;
+        }
+    }
+    acc
 }

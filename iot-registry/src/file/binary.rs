@@ -280,6 +280,9 @@ impl<'a> Fields<'a> {
 /// The fewest bytes an encoded value takes (a tag alone: null, false, true).
 const MIN_VALUE_BYTES: usize = 1;
 
+/// The fewest bytes an object entry takes (a key's length and a value's tag).
+const MIN_ENTRY_BYTES: usize = 4 + MIN_VALUE_BYTES;
+
 struct Reader<'a> {
     bytes: &'a [u8],
 }
@@ -452,13 +455,18 @@ impl<'a> Reader<'a> {
             return Err("document nested too deep".into());
         }
         let count = self.len()?;
-        let mut map = Map::new();
+        // Entries are gathered and the map built once: `Map` is a B-tree, and building it from
+        // a list (sorted first: encodings written from a `Map` already are, so that is one
+        // comparison an entry) costs less than inserting key by key, which compares each new
+        // key with every key already in the node. A key repeated by damaged bytes keeps its
+        // last value, as inserting would. Reserve no more than the bytes left can hold.
+        let mut entries = Vec::with_capacity(count.min(self.bytes.len() / MIN_ENTRY_BYTES));
         for _ in 0..count {
             let key = self.str()?.to_owned();
             let value = self.value(depth)?;
-            map.insert(key, value);
+            entries.push((key, value));
         }
-        Ok(map)
+        Ok(entries.into_iter().collect())
     }
 
     /// `depth` is that of the container holding the value.

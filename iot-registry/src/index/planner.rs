@@ -83,11 +83,14 @@ impl Indexes {
                 ordered.sort_by_key(|(estimate, _)| *estimate);
                 let mut acc: Option<RoaringBitmap> = None;
                 for (_, c) in ordered {
-                    let set = self.exact(c, all)?;
-                    acc = Some(match acc {
-                        None => set,
-                        Some(a) => a & set,
-                    });
+                    match &mut acc {
+                        None => acc = Some(self.exact(c, all)?),
+                        Some(a) => {
+                            if !self.intersect(a, c, all) {
+                                return None;
+                            }
+                        }
+                    }
                     if acc.as_ref().is_some_and(RoaringBitmap::is_empty) {
                         break;
                     }
@@ -102,6 +105,38 @@ impl Indexes {
                 out
             }
         })
+    }
+
+    /// Narrows `acc` to the slots satisfying `cond`; false (and `acc` unchanged) if some part
+    /// of `cond` is not indexed, as [`Indexes::exact`] would say. An equality is intersected
+    /// with its posting in place: copying the posting of a common value (a tenth of a million
+    /// devices) first would cost more than the intersection itself.
+    pub(crate) fn intersect(
+        &self,
+        acc: &mut RoaringBitmap,
+        cond: &Cond,
+        all: &RoaringBitmap,
+    ) -> bool {
+        if let Cond::Cmp {
+            path,
+            op: CmpOp::Eq,
+            value,
+        } = cond
+            && self.is_indexed(&path.text)
+        {
+            match self.path(path).and_then(|index| index.values.get(value)) {
+                None => acc.clear(),
+                Some(posting) => posting.retain_in(acc),
+            }
+            return true;
+        }
+        match self.exact(cond, all) {
+            Some(set) => {
+                *acc &= set;
+                true
+            }
+            None => false,
+        }
     }
 
     /// A cheap upper-bound estimate of how many slots satisfy `cond`, or `None` if it cannot be

@@ -74,6 +74,20 @@ impl Posting {
         }
     }
 
+    /// Keeps in `set` only the slots of this posting.
+    pub(super) fn retain_in(&self, set: &mut RoaringBitmap) {
+        match self {
+            Posting::One(s) => {
+                let kept = set.contains(*s);
+                set.clear();
+                if kept {
+                    set.insert(*s);
+                }
+            }
+            Posting::Many(b) => *set &= b,
+        }
+    }
+
     pub(super) fn add_to(&self, out: &mut RoaringBitmap) {
         match self {
             Posting::One(s) => {

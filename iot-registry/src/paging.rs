@@ -17,6 +17,10 @@ use crate::value::{OwnedSortKey, SortKey};
 /// Default and largest page size.
 pub const DEFAULT_PAGE_SIZE: usize = 1000;
 
+/// The token format: 2 carries numbers as `f64` bits (1, their decimal form, could be read back
+/// a unit in the last place off).
+const TOKEN_VERSION: u8 = 2;
+
 /// Longest continuation token accepted (a token holds at most a few sort keys and an id).
 const MAX_TOKEN_BYTES: usize = 64 * 1024;
 
@@ -95,7 +99,13 @@ pub(crate) struct Token {
 
 impl Token {
     pub(crate) fn new(q: u32, n: u64, k: Vec<OwnedSortKey>, id: String) -> Self {
-        Token { v: 1, q, n, k, id }
+        Token {
+            v: TOKEN_VERSION,
+            q,
+            n,
+            k,
+            id,
+        }
     }
 
     pub(crate) fn encode(&self) -> String {
@@ -115,7 +125,7 @@ impl Token {
             .decode(text)
             .map_err(|_| invalid("not base64"))?;
         let token: Token = serde_json::from_slice(&json).map_err(|_| invalid("malformed"))?;
-        if token.v != 1 {
+        if token.v != TOKEN_VERSION {
             return Err(invalid("unknown version"));
         }
         if token.q != fingerprint || token.k.len() != order_keys {

@@ -198,19 +198,22 @@ impl<'a> SortKey<'a> {
             SortKey::Undefined => OwnedSortKey::U,
             SortKey::Null => OwnedSortKey::N,
             SortKey::Bool(b) => OwnedSortKey::B(b),
-            SortKey::Num(n) => OwnedSortKey::F(n.get()),
+            SortKey::Num(n) => OwnedSortKey::F(n.get().to_bits()),
             SortKey::Str(s) => OwnedSortKey::S(s.to_owned()),
         }
     }
 }
 
-/// A sort key as a continuation token carries it.
+/// A sort key as a continuation token carries it. A number travels as the bits of its `f64`:
+/// a decimal form would have to be read back exactly, and serde_json's default float parser may
+/// land one unit in the last place off, which moves the next page's start past or before the
+/// record it names.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) enum OwnedSortKey {
     U,
     N,
     B(bool),
-    F(f64),
+    F(u64),
     S(String),
 }
 
@@ -220,7 +223,7 @@ impl OwnedSortKey {
             OwnedSortKey::U => SortKey::Undefined,
             OwnedSortKey::N => SortKey::Null,
             OwnedSortKey::B(b) => SortKey::Bool(*b),
-            OwnedSortKey::F(f) => SortKey::Num(F64Key::new(*f)),
+            OwnedSortKey::F(bits) => SortKey::Num(F64Key::new(f64::from_bits(*bits))),
             OwnedSortKey::S(s) => SortKey::Str(s),
         }
     }

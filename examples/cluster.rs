@@ -20,6 +20,9 @@
 //! Ctrl-C, or for `--run-for` seconds. `--help` lists the flags; usage errors exit with status 2.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+#[path = "support/device_key.rs"]
+mod device_key;
+
 #[path = "mqtt_gateway/telemetry.rs"]
 #[allow(
     dead_code,
@@ -37,7 +40,7 @@ use iot_sdk::cluster::{ClusterConfig, ClusterHub};
 use iot_sdk::core::{DeviceId, Topics};
 use iot_sdk::gateway::mqtt::{MqttConfig, MqttServer};
 use iot_sdk::gateway::{C2dMessage, Gateway, Hub};
-use iot_sdk::identity::{Credentials, IdentityStore, NewIdentity, SymmetricKey, sas};
+use iot_sdk::identity::sas;
 use iot_sdk::nats::{NatsLogConfig, NatsLogFactory};
 use iot_sdk::postgres::{
     PgIdentityConfig, PgIdentityStore, PgInbox, PgInboxConfig, PgPool, PgTwinStore,
@@ -108,7 +111,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let identity_config = PgIdentityConfig::default().namespace(&args.name);
     let key = {
         let identity = PgIdentityStore::open(pool.clone(), identity_config.clone()).await?;
-        device_key(&identity, &args.device).await?
+        device_key::device_key(&identity, &args.device).await?
     };
 
     let mut instances = Vec::new();
@@ -237,33 +240,4 @@ async fn wait_for_peers(instances: &[Instance]) -> Result<(), Box<dyn std::error
         started.elapsed().as_millis()
     );
     Ok(())
-}
-
-/// The device's primary key, provisioning the device first if it does not exist.
-async fn device_key(
-    identity: &PgIdentityStore,
-    device: &DeviceId,
-) -> Result<SymmetricKey, Box<dyn std::error::Error>> {
-    if let Some(existing) = identity.get(device).await? {
-        return match &existing.credentials {
-            Credentials::SymmetricKeys { primary, .. } => Ok(primary.clone()),
-            other => Err(format!(
-                "{device} authenticates with a {}, not a key",
-                other.kind_name()
-            )
-            .into()),
-        };
-    }
-    let key = SymmetricKey::generate();
-    identity
-        .create(NewIdentity::new(
-            device.clone(),
-            Credentials::SymmetricKeys {
-                primary: key.clone(),
-                secondary: SymmetricKey::generate(),
-            },
-        ))
-        .await?;
-    println!("provisioned: {device}");
-    Ok(key)
 }

@@ -17,6 +17,7 @@
     reason = "the helpers are part of the tests: a failed unwrap is a failed test"
 )]
 
+mod nats_support;
 mod pg_support;
 
 use std::hash::BuildHasher;
@@ -37,6 +38,7 @@ use iot_sdk::postgres::{
     PgIdentityConfig, PgIdentityStore, PgInbox, PgInboxConfig, PgPool, PgTwinStore,
     PgTwinStoreConfig,
 };
+use nats_support::{OwnServer, nats_server_binary};
 
 const HOST: &str = "cluster.test.local";
 /// How long a test waits for something that should take milliseconds before it fails: a guard
@@ -584,73 +586,6 @@ async fn connection_state_is_cluster_wide_and_lapses_with_an_instance_lease() {
     cluster.stop().await;
 }
 
-fn nats_server_binary() -> Option<std::path::PathBuf> {
-    if let Some(path) = std::env::var_os("NATS_SERVER") {
-        return Some(path.into());
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain([std::path::PathBuf::from("/usr/sbin")])
-        .map(|dir| dir.join("nats-server"))
-        .find(|p| p.is_file())
-}
-
-/// A core-NATS server of the test's own on a spare port, killed when dropped.
-struct OwnServer {
-    binary: std::path::PathBuf,
-    port: u16,
-    child: Option<std::process::Child>,
-}
-
-impl OwnServer {
-    fn start(binary: std::path::PathBuf) -> OwnServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = OwnServer {
-            binary,
-            port,
-            child: None,
-        };
-        server.restart();
-        server
-    }
-
-    fn restart(&mut self) {
-        let child = std::process::Command::new(&self.binary)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + PATIENCE;
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for OwnServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// NATS (a server of the test's own, the coordination's only one; the logs are in memory) dies
 /// and comes back. What was published during the outage is lost: here a wake-up (the message is
 /// written into the shared inbox behind the hub's back, as a `send_c2d` whose notice was lost)
@@ -670,7 +605,8 @@ async fn what_was_lost_while_nats_was_down_is_repaired_when_it_is_back() {
         eprintln!("skipped: no nats-server binary (NATS_SERVER or PATH); CI runs this test");
         return;
     };
-    let mut server = OwnServer::start(binary);
+    let store = tempfile::tempdir().unwrap();
+    let mut server = OwnServer::start(binary, store.path());
     let cluster = Cluster::start_on(pool, 2, &server.url(), false)
         .await
         .unwrap();
@@ -709,7 +645,7 @@ async fn what_was_lost_while_nats_was_down_is_repaired_when_it_is_back() {
         None,
         "nobody could have told instance 0 yet"
     );
-    server.restart();
+    server.spawn();
 
     let SessionEvent::C2d(message) = waiting.await.unwrap() else {
         panic!("expected the C2D message queued during the outage");

@@ -16,16 +16,16 @@
     reason = "the helpers are part of the tests: a failed unwrap is a failed test"
 )]
 
+mod nats_support;
+
 use std::hash::BuildHasher;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use iot_core::testkit::{self, SuiteOptions};
 use iot_core::{Error, Log, Offset, PartitionId, ReadLimits, Record, TopicName};
 use iot_sdk::nats::{AppendFailed, NatsLog, NatsLogConfig, NatsLogFactory};
+use nats_support::{OwnServer, nats_server_binary, spare_port};
 
 const P0: PartitionId = PartitionId(0);
 
@@ -417,92 +417,6 @@ where
             }
             outcome => return outcome,
         }
-    }
-}
-
-fn spare_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn nats_server_binary() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("NATS_SERVER") {
-        return Some(path.into());
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/bin")])
-        .map(|dir| dir.join("nats-server"))
-        .find(|p| p.is_file())
-}
-
-/// A nats-server of the test's own: its port, its store directory, its config (the default
-/// JetStream file store, as documented in docs/log.md).
-struct OwnServer {
-    binary: PathBuf,
-    config: PathBuf,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl OwnServer {
-    fn start(binary: PathBuf, dir: &Path) -> OwnServer {
-        let port = spare_port();
-        let config = dir.join("nats.conf");
-        let store = dir.join("store");
-        std::fs::write(
-            &config,
-            format!(
-                "listen: 127.0.0.1:{port}\nhttp: 0\njetstream {{\n  store_dir: {:?}\n}}\n",
-                store.display().to_string()
-            ),
-        )
-        .unwrap();
-        let mut server = OwnServer {
-            binary,
-            config,
-            port,
-            child: None,
-        };
-        server.spawn();
-        server
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new(&self.binary)
-            .arg("-c")
-            .arg(&self.config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGKILL: the server gets no chance to flush anything.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for OwnServer {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

@@ -36,6 +36,9 @@
 //! `telemetry.rs`), which `mqtt_load --target remote` polls.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+#[path = "../support/device_key.rs"]
+mod device_key;
+
 mod telemetry;
 
 use std::net::SocketAddr;
@@ -184,7 +187,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         )
         .await?,
     );
-    let key = device_key(identity.as_ref(), &args.device).await?;
+    let key = device_key::device_key(identity.as_ref(), &args.device).await?;
     let hub = open_hub(&args, identity.clone()).await?;
     let mut config = MqttConfig::default();
     config.state_dir = Some(args.data_dir.join("mqtt"));
@@ -344,35 +347,6 @@ fn interrupt() -> std::io::Result<impl Future<Output = ()>> {
     Ok(async {
         let _ = tokio::signal::ctrl_c().await;
     })
-}
-
-/// The device's primary key, provisioning the device first if it does not exist.
-async fn device_key(
-    identity: &FileIdentityStore,
-    device: &DeviceId,
-) -> Result<SymmetricKey, Box<dyn std::error::Error>> {
-    if let Some(existing) = identity.get(device).await? {
-        return match &existing.credentials {
-            Credentials::SymmetricKeys { primary, .. } => Ok(primary.clone()),
-            other => Err(format!(
-                "{device} authenticates with a {}, not a key",
-                other.kind_name()
-            )
-            .into()),
-        };
-    }
-    let key = SymmetricKey::generate();
-    identity
-        .create(NewIdentity::new(
-            device.clone(),
-            Credentials::SymmetricKeys {
-                primary: key.clone(),
-                secondary: SymmetricKey::generate(),
-            },
-        ))
-        .await?;
-    println!("provisioned: {device}");
-    Ok(key)
 }
 
 /// Fleet identities written at once.

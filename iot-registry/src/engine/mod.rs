@@ -184,14 +184,25 @@ impl Engine {
             return Err(Error::AlreadyExists { id: id.clone() });
         }
         self.config.limits.check_document(&doc)?;
+        Ok(self.put_new_version(id, doc, now, now))
+    }
+
+    /// The write of `doc` as `id`'s record under the next version.
+    fn put_new_version(
+        &self,
+        id: &DeviceId,
+        doc: DeviceDocument,
+        created: Timestamp,
+        now: Timestamp,
+    ) -> Change {
         let etag = ETag::from_version(self.next_version);
-        Ok(Change::Put(Stored::encode(&DeviceRecord::new(
+        Change::Put(Stored::encode(&DeviceRecord::new(
             id.clone(),
             doc,
             etag,
+            created,
             now,
-            now,
-        ))))
+        )))
     }
 
     pub(crate) fn prepare_replace(
@@ -204,14 +215,7 @@ impl Engine {
         let current = self.existing(id)?;
         self.check_match(id, &current, if_match)?;
         self.config.limits.check_document(&doc)?;
-        let etag = ETag::from_version(self.next_version);
-        Ok(Change::Put(Stored::encode(&DeviceRecord::new(
-            id.clone(),
-            doc,
-            etag,
-            current.created,
-            now,
-        ))))
+        Ok(self.put_new_version(id, doc, current.created, now))
     }
 
     pub(crate) fn prepare_merge(
@@ -226,14 +230,7 @@ impl Engine {
         let created = current.created;
         let doc = current.into_document().merged(patch, &self.config.limits)?;
         self.config.limits.check_document(&doc)?;
-        let etag = ETag::from_version(self.next_version);
-        Ok(Change::Put(Stored::encode(&DeviceRecord::new(
-            id.clone(),
-            doc,
-            etag,
-            created,
-            now,
-        ))))
+        Ok(self.put_new_version(id, doc, created, now))
     }
 
     pub(crate) fn prepare_delete(&self, id: &DeviceId, if_match: Option<&ETag>) -> Result<Change> {

@@ -108,6 +108,38 @@ pub enum Error {
         reason: String,
     },
 
+    /// No enrollment (individual or group, as `kind` says) has this id.
+    #[error("{kind} {id} does not exist")]
+    EnrollmentNotFound {
+        /// `"individual enrollment"` or `"enrollment group"`.
+        kind: &'static str,
+        /// The registration id or group id.
+        id: String,
+    },
+
+    /// A create-only write found an enrollment under this id.
+    #[error("{kind} {id} already exists")]
+    EnrollmentExists {
+        /// `"individual enrollment"` or `"enrollment group"`.
+        kind: &'static str,
+        /// The registration id or group id.
+        id: String,
+    },
+
+    /// A write conditioned on a version found another one: the enrollment changed since it
+    /// was read.
+    #[error("{kind} {id} has version {actual}, not {expected}: it changed since it was read")]
+    EnrollmentChanged {
+        /// `"individual enrollment"` or `"enrollment group"`.
+        kind: &'static str,
+        /// The registration id or group id.
+        id: String,
+        /// The version the caller passed.
+        expected: u64,
+        /// The stored version.
+        actual: u64,
+    },
+
     /// The identity store failed.
     #[error("identity store: {0}")]
     Identity(#[source] iot_identity::Error),
@@ -224,6 +256,9 @@ impl Error {
             Error::HookFailed { .. } => "hook_failed",
             Error::Aborted { .. } => "aborted",
             Error::RecoveryPending { .. } => "recovery_pending",
+            Error::EnrollmentNotFound { .. } => "enrollment_not_found",
+            Error::EnrollmentExists { .. } => "enrollment_exists",
+            Error::EnrollmentChanged { .. } => "enrollment_changed",
             Error::Identity(_) => "identity_store",
             Error::Registry(_) => "registry",
             Error::Journal { .. } => "journal",

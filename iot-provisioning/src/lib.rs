@@ -41,6 +41,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod enrollment;
 pub mod error;
 pub mod hooks;
 pub mod journal;

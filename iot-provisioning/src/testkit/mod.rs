@@ -13,6 +13,7 @@
 //! registry's wrapper from `iot_registry::testkit` (all re-exported here), so one [`FaultPlan`]
 //! numbers the calls to all three wrapped parts.
 
+pub mod enrollment;
 mod fault;
 pub mod journal;
 mod suite;

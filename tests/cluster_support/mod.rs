@@ -297,12 +297,21 @@ impl Starting {
                         break;
                     }
                 }
-                Err(_) => {
+                Err(e) => {
                     let mut child = self.child.take().unwrap();
                     let _ = child.kill();
-                    let _ = child.wait();
+                    let status = child.wait();
+                    // Disconnected: the node closed its output, i.e. it exited (a port in use,
+                    // an unreachable store), which is not the same failure as a slow start.
+                    let why = match e {
+                        mpsc::RecvTimeoutError::Timeout => "not ready within 60 s".to_owned(),
+                        mpsc::RecvTimeoutError::Disconnected => {
+                            let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                            format!("exited before it was ready ({status})")
+                        }
+                    };
                     panic!(
-                        "node {} not ready within 60 s; it printed:\n{}",
+                        "node {} {why}; it printed:\n{}",
                         self.instance,
                         self.output.lock().unwrap().join("\n")
                     );

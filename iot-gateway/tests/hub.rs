@@ -720,3 +720,52 @@ async fn a_malformed_model_id_is_refused() {
     }
     assert!(hub.connected_devices().await.expect("list").is_empty());
 }
+
+/// Topics in memory, except that the connection-events topic fails its first append.
+#[derive(Debug, Default)]
+struct EventsFailOnce;
+
+#[async_trait::async_trait]
+impl iot_core::LogFactory for EventsFailOnce {
+    async fn open_log(
+        &self,
+        topic: &iot_core::TopicName,
+        partitions: u32,
+    ) -> iot_core::Result<Arc<dyn Log>> {
+        let log = iot_core::MemoryLog::new(partitions)?;
+        if topic.as_str() != iot_gateway::hub::topic::CONNECTION_EVENTS {
+            return Ok(Arc::new(log));
+        }
+        let faulty = iot_core::testkit::FaultyLog::new(log);
+        faulty.fail_nth(
+            Some(iot_core::testkit::Operation::Append),
+            1,
+            iot_core::testkit::FaultKind::Refuse,
+        );
+        Ok(Arc::new(faulty))
+    }
+}
+
+#[tokio::test]
+async fn a_connect_whose_event_cannot_be_written_leaves_no_session_behind() {
+    let (hub, fx) =
+        hub_built(|builder| builder.topics(Arc::new(iot_core::Topics::new(EventsFailOnce, 4))))
+            .await;
+    let (id, token) = fx.provision("event-fails").await;
+    let failed = hub
+        .connect(&id, Presented::SasToken(&token), SessionOptions::default())
+        .await;
+    assert!(
+        failed.is_err(),
+        "the connect reports the failed event write"
+    );
+    assert!(
+        !hub.is_connected(&id).await.expect("is_connected"),
+        "a failed connect leaves the device disconnected"
+    );
+    assert!(hub.connected_devices().await.expect("list").is_empty());
+    // The next connect (the log works again) is an ordinary one.
+    let session = connect(&hub, &id, &token).await;
+    assert!(hub.is_connected(&id).await.expect("is_connected"));
+    session.close().await;
+}

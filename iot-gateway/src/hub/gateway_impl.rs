@@ -85,9 +85,16 @@ impl Gateway for Hub {
         }
         // After the old session's close, which records its disconnect.
         hub.activity.connected(device, Timestamp::now());
-        hub.events
+        if let Err(e) = hub
+            .events
             .send(records::connection_event(device, "connected", None))
-            .await?;
+            .await
+        {
+            // The device gets an error, so it holds no session: unlist this one (and tell the
+            // observer), or the device would stay "connected" with nobody to close it.
+            hub.close_session(&shared, CloseReason::ClientClosed).await;
+            return Err(e.into());
+        }
         // A change published between authentication and registration found no session to
         // close: look again now that the session is visible.
         hub.recheck(&shared).await;

@@ -35,8 +35,14 @@ use super::error::{AppendFailed, Inconsistent, Timeout, backend};
 use super::factory::Shared;
 use super::partition::{Partition, Tail};
 
-/// Attempts when another writer moved the tail before our first record was stored.
-const ATTEMPTS: usize = 3;
+/// Attempts when another writer moved the tail before our first record was stored. Several
+/// gateway instances append to the same partitions (docs/cluster.md): with three, a device's
+/// telemetry failed under two instances' load (a kill -9 test counted 19–163 sessions closed for
+/// it in one run), so a writer that lost the race tries again after a random pause that grows
+/// with each loss, which lets the writers fall out of step.
+const ATTEMPTS: u32 = 16;
+/// The longest pause between two attempts.
+const MAX_PAUSE_US: u64 = 20_000;
 
 pub(crate) async fn append(
     shared: &Shared,
@@ -45,7 +51,7 @@ pub(crate) async fn append(
 ) -> Result<Appended> {
     shared.limits.check_batch(&records)?;
     let mut guard = part.tail.lock().await;
-    let mut attempt = 0;
+    let mut attempt: u32 = 0;
     loop {
         attempt += 1;
         let tail = match guard.take() {
@@ -71,13 +77,24 @@ pub(crate) async fn append(
                 // the one before it), so the batch can go again after the new tail.
                 tracing::debug!(
                     stream = part.name(),
+                    attempt,
                     "tail moved by another writer; retrying"
                 );
+                tokio::time::sleep(pause_after_lost_race(attempt)).await;
             }
             Err(Failure::Publish(e)) => return Err(e.into()),
             Err(Failure::Other(e)) => return Err(e),
         }
     }
+}
+
+/// A random pause of up to 200 µs · 2^attempt (at most 20 ms): short against an append's round
+/// trip at first, then long enough that two writers stop colliding.
+fn pause_after_lost_race(attempt: u32) -> std::time::Duration {
+    let cap = 200u64
+        .saturating_mul(1u64 << attempt.min(16))
+        .min(MAX_PAUSE_US);
+    std::time::Duration::from_micros(rand::random::<u64>() % cap.max(1))
 }
 
 /// The message id of this writer's record meant for stream sequence `seq`. No other message

@@ -4,7 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use iot_core::{Log, PartitionId, ReadLimits, Record, partition_for_key};
+use iot_core::testkit::{FaultKind, FaultyLog, Operation};
+use iot_core::{
+    Log, LogFactory, MemoryLog, PartitionId, ReadLimits, Record, TopicName, Topics,
+    partition_for_key,
+};
 use iot_gateway::message::header;
 use iot_gateway::testkit::{Fixture, StoreFixture, within};
 use iot_gateway::{
@@ -719,4 +723,69 @@ async fn a_malformed_model_id_is_refused() {
         );
     }
     assert!(hub.connected_devices().await.expect("list").is_empty());
+}
+
+/// Topics in memory, except that the connection-event log fails the appends it is told to.
+#[derive(Debug, Clone, Default)]
+struct FaultyEvents {
+    events: Arc<std::sync::Mutex<Option<Arc<FaultyLog<MemoryLog>>>>>,
+}
+
+impl FaultyEvents {
+    fn log(&self) -> Arc<FaultyLog<MemoryLog>> {
+        self.events
+            .lock()
+            .expect("lock")
+            .clone()
+            .expect("the hub opened its connection-event topic")
+    }
+}
+
+#[async_trait::async_trait]
+impl LogFactory for FaultyEvents {
+    async fn open_log(&self, topic: &TopicName, partitions: u32) -> iot_core::Result<Arc<dyn Log>> {
+        if topic.as_str() != iot_gateway::hub::topic::CONNECTION_EVENTS {
+            return Ok(Arc::new(MemoryLog::new(partitions)?));
+        }
+        let log = Arc::new(FaultyLog::new(MemoryLog::new(partitions)?));
+        *self.events.lock().expect("lock") = Some(log.clone());
+        Ok(log)
+    }
+}
+
+/// A connect that fails after the session was registered (its "connected" event could not be
+/// written: the log is unreachable, or another writer kept winning the append) leaves no
+/// session behind: the device is not connected, and a method to it is offline at once rather
+/// than waiting for a session nobody serves.
+#[tokio::test]
+async fn a_connect_whose_event_cannot_be_written_leaves_no_session() {
+    let factory = FaultyEvents::default();
+    let topics = Arc::new(Topics::new(factory.clone(), 1));
+    let (hub, fx) = hub_built(|b| b.topics(topics)).await;
+    let (id, token) = fx.provision("phantom").await;
+
+    factory
+        .log()
+        .fail_nth(Some(Operation::Append), 1, FaultKind::Refuse);
+    let refused = hub
+        .connect(&id, Presented::SasToken(&token), SessionOptions::default())
+        .await;
+    assert!(
+        refused.is_err(),
+        "the event append failed, so the connect did"
+    );
+    assert!(!hub.is_connected(&id).await.expect("is_connected"));
+    assert!(hub.connected_devices().await.expect("list").is_empty());
+    let mut call = MethodCall::new("ping", b"{}".to_vec());
+    call.connect_timeout = Duration::ZERO;
+    call.response_timeout = Duration::from_secs(5);
+    let offline = within(hub.invoke_method(&id, call)).await;
+    assert!(
+        matches!(offline, Err(Error::DeviceOffline { .. })),
+        "{offline:?}"
+    );
+
+    // The device's next connect works as usual.
+    let _session = connect(&hub, &id, &token).await;
+    assert!(hub.is_connected(&id).await.expect("is_connected"));
 }

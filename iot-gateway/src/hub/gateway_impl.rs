@@ -85,9 +85,18 @@ impl Gateway for Hub {
         }
         // After the old session's close, which records its disconnect.
         hub.activity.connected(device, Timestamp::now());
-        hub.events
+        if let Err(e) = hub
+            .events
             .send(records::connection_event(device, "connected", None))
-            .await?;
+            .await
+        {
+            // The caller gets an error, so nobody will ever use or close this session: take it
+            // out again (the observer hears it closed). Left in, it would stay listed as
+            // connected, holding methods and wake-ups nobody serves, until the device's next
+            // connect took it over.
+            hub.close_session(&shared, CloseReason::ClientClosed).await;
+            return Err(e.into());
+        }
         // A change published between authentication and registration found no session to
         // close: look again now that the session is visible.
         hub.recheck(&shared).await;

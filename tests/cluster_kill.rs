@@ -320,6 +320,11 @@ async fn kill_9_of_the_instance_holding_100_devices() {
     seen.drain();
     for s in &sent {
         assert!(
+            s.acked.len() as u64 > s.acked_after_reconnect,
+            "device {}: no telemetry acknowledged on gw0 before the kill",
+            s.device
+        );
+        assert!(
             s.acked_after_reconnect > 0,
             "device {}: no telemetry acknowledged on its new instance",
             s.device

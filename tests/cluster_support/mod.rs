@@ -15,6 +15,8 @@
     reason = "test support: a failed unwrap is a failed test; it reports what a node printed"
 )]
 
+pub mod http;
+
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::io::{BufRead, BufReader};

@@ -150,19 +150,18 @@ impl NatsLogFactory {
             allow_direct: true,
             ..stream::Config::default()
         };
-        let meta =
-            tokio::time::timeout(config.request_timeout, js.get_or_create_stream(meta_config))
-                .await
-                .map_err(|_| {
-                    backend(
-                        Timeout {
-                            what: "creating the metadata stream",
-                            millis: config.request_timeout.as_millis() as u64,
-                        },
-                        true,
-                    )
-                })?
-                .map_err(request)?;
+        let meta = tokio::time::timeout(config.request_timeout, get_or_create(&js, meta_config))
+            .await
+            .map_err(|_| {
+                backend(
+                    Timeout {
+                        what: "creating the metadata stream",
+                        millis: config.request_timeout.as_millis() as u64,
+                    },
+                    true,
+                )
+            })?
+            .map_err(request)?;
         Ok(NatsLogFactory {
             shared: Arc::new(Shared {
                 client,
@@ -205,9 +204,7 @@ impl NatsLogFactory {
             let stream = self
                 .shared
                 .timed("creating a stream", async {
-                    self.shared
-                        .js
-                        .get_or_create_stream(config)
+                    get_or_create(&self.shared.js, config)
                         .await
                         .map_err(request)
                 })
@@ -342,5 +339,26 @@ fn duplicate_window(shared: &Shared) -> Duration {
     match shared.config.stream_limits.max_age {
         Some(age) if !age.is_zero() => age.min(DUPLICATE_WINDOW),
         _ => DUPLICATE_WINDOW,
+    }
+}
+
+/// `get_or_create_stream`, tolerant of a race with another process creating the same stream:
+/// both find it missing, both create it, and nats-server 2.9 may refuse the second create (seen:
+/// "subjects overlap with an existing stream", when gateway instances of one cluster start
+/// together). Whatever the create's error, a stream of that name that now exists is the one.
+async fn get_or_create(
+    js: &async_nats::jetstream::Context,
+    config: stream::Config,
+) -> std::result::Result<stream::Stream, async_nats::jetstream::context::CreateStreamError> {
+    let name = config.name.clone();
+    match js.get_or_create_stream(config).await {
+        Ok(stream) => Ok(stream),
+        Err(create) => match js.get_stream(&name).await {
+            Ok(stream) => {
+                tracing::debug!(stream = %name, error = %create, "another process created the stream first");
+                Ok(stream)
+            }
+            Err(_) => Err(create),
+        },
     }
 }

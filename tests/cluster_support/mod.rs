@@ -140,7 +140,8 @@ impl Drop for NodeProcess {
     }
 }
 
-/// N nodes of one hub.
+/// N nodes of one hub. Dropping it kills the nodes and deletes the hub's streams from NATS, so
+/// runs (each under a fresh name) do not fill the shared server.
 #[derive(Debug)]
 pub struct ProcessCluster {
     /// The hub name: identity/registry namespace, NATS stream prefix, `{name}.cluster` subjects.
@@ -149,6 +150,41 @@ pub struct ProcessCluster {
     pub service_key: String,
     pub options: NodeOptions,
     pub nodes: Vec<NodeProcess>,
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        // On a thread of its own: the drop may run inside a test's tokio runtime.
+        let (url, name) = (self.options.nats.clone(), self.name.clone());
+        let cleaned = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(delete_streams(&url, &name))
+        })
+        .join();
+        if let Ok(Err(e)) = cleaned {
+            eprintln!("could not delete the streams of {}: {e}", self.name);
+        }
+    }
+}
+
+/// Deletes the streams (log partitions, key-value buckets) of hub `name`.
+async fn delete_streams(
+    url: &str,
+    name: &str,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    use futures::TryStreamExt;
+    let client = async_nats::connect(url).await?;
+    let js = async_nats::jetstream::new(client);
+    let names: Vec<String> = js.stream_names().try_collect().await?;
+    for stream in names {
+        if stream.starts_with(&format!("{name}-")) || stream.starts_with(&format!("KV_{name}-")) {
+            js.delete_stream(&stream).await?;
+        }
+    }
+    Ok(())
 }
 
 impl ProcessCluster {

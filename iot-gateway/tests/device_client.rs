@@ -9,14 +9,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use iot_core::storage::Durability;
 use iot_gateway::client::{
     Backoff, ClientError, ClientOptions, ConnectionState, DeviceClient, Message, OutboxConfig,
     Transport, WhenFull,
 };
 use iot_gateway::mqtt::{MqttConfig, MqttServer, SelfSigned, TlsConfig};
 use iot_gateway::{AckRequest, FeedbackStatus, Gateway, Hub, HubConfig, MethodCall};
-use iot_identity::MemoryIdentityStore;
-use iot_core::storage::Durability;
+use iot_identity::{Credentials, IdentityStore, MemoryIdentityStore, NewIdentity, Thumbprint};
 use mqtt_support::{Device, Fixture, HOST, PATIENCE};
 use serde_json::json;
 
@@ -126,7 +126,10 @@ async fn telemetry_arrives_with_properties(transport: Transport) {
     assert_eq!(r.headers.get("content-type"), Some("application/json"));
     assert_eq!(r.headers.get("unit"), Some("°C"));
     assert_eq!(r.headers.get("path"), Some("a/b&c=d"));
-    assert_eq!(r.headers.get("iothub-connection-device-id"), Some("dc-telemetry"));
+    assert_eq!(
+        r.headers.get("iothub-connection-device-id"),
+        Some("dc-telemetry")
+    );
     client.close().await;
 }
 
@@ -154,7 +157,9 @@ async fn a_connection_string_client_connects() {
         .port(hub.tls.port())
         .ca_roots_pem(hub.pair.ca_pem.as_bytes());
     let client = DeviceClient::connect(options).await.expect("client");
-    within("connected", client.connected()).await.expect("connected");
+    within("connected", client.connected())
+        .await
+        .expect("connected");
     within("the PUBACK", client.send_telemetry(Message::new("x")))
         .await
         .expect("sent");
@@ -175,9 +180,15 @@ async fn c2d_is_delivered_and_completed() {
     message.message_id = Some("c-1".into());
     message.ack = AckRequest::Full;
     message.properties = vec![("valve".into(), "a/b 1".into())];
-    hub.fx.gateway.send_c2d(&device.id, message).await.expect("send c2d");
+    hub.fx
+        .gateway
+        .send_c2d(&device.id, message)
+        .await
+        .expect("send c2d");
 
-    let received = within("the C2D message", c2d.recv()).await.expect("message");
+    let received = within("the C2D message", c2d.recv())
+        .await
+        .expect("message");
     assert_eq!(received.payload.as_ref(), b"open valve");
     assert_eq!(received.message_id(), Some("c-1"));
     assert_eq!(received.property("valve"), Some("a/b 1"));
@@ -195,7 +206,14 @@ async fn c2d_is_delivered_and_completed() {
     .await;
     assert_eq!(feedback[0].status, FeedbackStatus::Success);
     assert_eq!(feedback[0].message_id, "c-1");
-    assert_eq!(hub.fx.gateway.pending_c2d(&device.id).await.expect("pending"), 0);
+    assert_eq!(
+        hub.fx
+            .gateway
+            .pending_c2d(&device.id)
+            .await
+            .expect("pending"),
+        0
+    );
 }
 
 #[tokio::test]
@@ -205,9 +223,12 @@ async fn twin_get_reported_patch_and_desired_patches() {
     let client = DeviceClient::connect(hub.options(&device, hub.tls.port()))
         .await
         .expect("client");
-    let version = within("the reported patch", client.patch_reported(&json!({"fw": "1.2"})))
-        .await
-        .expect("patched");
+    let version = within(
+        "the reported patch",
+        client.patch_reported(&json!({"fw": "1.2"})),
+    )
+    .await
+    .expect("patched");
     let twin = within("the twin", client.twin()).await.expect("twin");
     assert_eq!(twin.reported["fw"], "1.2");
     assert_eq!(twin.reported["$version"], json!(version));
@@ -220,7 +241,9 @@ async fn twin_get_reported_patch_and_desired_patches() {
         .patch_desired(&device.id, json!({"interval": 5}), None)
         .await
         .expect("patch desired");
-    let patch = within("the desired patch", desired.recv()).await.expect("patch");
+    let patch = within("the desired patch", desired.recv())
+        .await
+        .expect("patch");
     assert_eq!(patch.patch["interval"], 5);
     assert!(patch.version.is_some());
     let twin = within("the twin", client.twin()).await.expect("twin");
@@ -261,6 +284,7 @@ async fn a_direct_method_is_answered() {
 /// must connect four times (three renewals, the later ones long after the first token expired)
 /// and every message sent meanwhile must be acknowledged and in the log, in order.
 #[tokio::test]
+#[allow(clippy::print_stdout)] // the figure is printed, not asserted
 async fn tokens_are_renewed_by_reconnecting() {
     let mut config = HubConfig::default();
     config.token_skew = Duration::ZERO;
@@ -295,7 +319,10 @@ async fn tokens_are_renewed_by_reconnecting() {
     })
     .await
     .expect("three renewals within 40 s");
-    println!("three renewals after {:?}, {sent} messages", started.elapsed());
+    println!(
+        "three renewals after {:?}, {sent} messages",
+        started.elapsed()
+    );
     let records = hub.fx.telemetry(&device.id, sent).await;
     let payloads: Vec<String> = records
         .iter()
@@ -309,7 +336,9 @@ async fn tokens_are_renewed_by_reconnecting() {
         .send_c2d(&device.id, iot_gateway::C2dMessage::new("after renewals"))
         .await
         .expect("c2d");
-    let m = within("C2D after renewals", c2d.recv()).await.expect("message");
+    let m = within("C2D after renewals", c2d.recv())
+        .await
+        .expect("message");
     assert_eq!(m.payload.as_ref(), b"after renewals");
     m.complete().expect("complete");
 }
@@ -333,9 +362,17 @@ async fn reconnects_after_the_endpoint_restarts_and_delivers_the_outbox_in_order
 
     hub.fx.server.shutdown().await;
     let mut state = client.connection_state();
-    within("the client noticing", state.wait_for(|s| matches!(s, ConnectionState::Disconnected { .. } | ConnectionState::Connecting)))
-        .await
-        .expect("state");
+    within(
+        "the client noticing",
+        state.wait_for(|s| {
+            matches!(
+                s,
+                ConnectionState::Disconnected { .. } | ConnectionState::Connecting
+            )
+        }),
+    )
+    .await
+    .expect("state");
 
     let mut deliveries = Vec::new();
     for i in 1..=20 {
@@ -361,7 +398,9 @@ async fn reconnects_after_the_endpoint_restarts_and_delivers_the_outbox_in_order
     assert_eq!(bound, hub.tls);
 
     for d in deliveries {
-        within("an outbox PUBACK", d.acknowledged()).await.expect("acknowledged");
+        within("an outbox PUBACK", d.acknowledged())
+            .await
+            .expect("acknowledged");
     }
     let records = hub.fx.telemetry(&device.id, 21).await;
     let payloads: Vec<String> = records
@@ -385,7 +424,9 @@ async fn reconnects_after_the_endpoint_restarts_and_delivers_the_outbox_in_order
         .send_c2d(&device.id, iot_gateway::C2dMessage::new("after restart"))
         .await
         .expect("c2d");
-    let m = within("C2D after the restart", c2d.recv()).await.expect("message");
+    let m = within("C2D after the restart", c2d.recv())
+        .await
+        .expect("message");
     assert_eq!(m.payload.as_ref(), b"after restart");
     m.complete().expect("complete");
     server.shutdown().await;
@@ -440,7 +481,11 @@ async fn the_file_outbox_survives_a_new_client() {
     let again = DeviceClient::connect(hub.options(&device, dead_port()).outbox(outbox))
         .await
         .expect("client");
-    assert_eq!(again.outbox_len().await, 0, "delivered messages are not sent again");
+    assert_eq!(
+        again.outbox_len().await,
+        0,
+        "delivered messages are not sent again"
+    );
 }
 
 #[tokio::test]
@@ -465,7 +510,10 @@ async fn a_full_outbox_is_a_typed_error() {
         .enqueue_telemetry(Message::new("one too many"))
         .await
         .expect_err("full");
-    assert!(matches!(err, ClientError::OutboxFull { capacity: 3 }), "{err:?}");
+    assert!(
+        matches!(err, ClientError::OutboxFull { capacity: 3 }),
+        "{err:?}"
+    );
     assert_eq!(client.outbox_len().await, 3);
 }
 
@@ -494,4 +542,137 @@ async fn refused_credentials_are_reported_as_connection_state() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_full_outbox_that_waits_lets_every_message_through() {
+    let hub = TlsHub::start().await;
+    let device = hub.fx.device("dc-wait").await;
+    let client = DeviceClient::connect(hub.options(&device, hub.tls.port()).outbox(
+        OutboxConfig::Memory {
+            capacity: 2,
+            when_full: WhenFull::Wait,
+        },
+    ))
+    .await
+    .expect("client");
+    let mut deliveries = Vec::new();
+    for i in 0..10 {
+        let d = within(
+            "room in the outbox",
+            client.enqueue_telemetry(Message::new(i.to_string())),
+        )
+        .await
+        .expect("enqueued");
+        deliveries.push(d);
+        assert!(client.outbox_len().await <= 2);
+    }
+    for d in deliveries {
+        within("a PUBACK", d.acknowledged())
+            .await
+            .expect("acknowledged");
+    }
+    let records = hub.fx.telemetry(&device.id, 10).await;
+    let payloads: Vec<String> = records
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.record.payload).into_owned())
+        .collect();
+    assert_eq!(payloads, (0..10).map(|i| i.to_string()).collect::<Vec<_>>());
+}
+
+/// A device authenticated by its certificate's thumbprint (no password).
+#[tokio::test]
+async fn an_x509_device_connects_with_its_certificate() {
+    let hub = TlsHub::start().await;
+    let addr = hub
+        .fx
+        .server
+        .listen_tls(loopback(), hub.pair.tls_config(true).expect("tls"))
+        .await
+        .expect("listen tls with client certificates");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["dc-x509".to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("certificate");
+    hub.fx
+        .identity
+        .create(NewIdentity::new(
+            "dc-x509".parse().expect("id"),
+            Credentials::X509 {
+                primary: Thumbprint::of_der_certificate(cert.der()),
+                secondary: Thumbprint::of_der_certificate(cert.der()),
+            },
+        ))
+        .await
+        .expect("identity");
+    let options = ClientOptions::with_x509(
+        HOST,
+        "dc-x509",
+        cert.pem().as_bytes(),
+        key.serialize_pem().as_bytes(),
+    )
+    .port(addr.port())
+    .ca_roots_pem(hub.pair.ca_pem.as_bytes());
+    let client = DeviceClient::connect(options).await.expect("client");
+    within(
+        "the PUBACK",
+        client.send_telemetry(Message::new("by certificate")),
+    )
+    .await
+    .expect("sent");
+    let id = "dc-x509".parse().expect("id");
+    let records = hub.fx.telemetry(&id, 1).await;
+    assert_eq!(records[0].record.payload.as_ref(), b"by certificate");
+}
+
+/// A thousand messages through the in-flight window at once: all acknowledged, in the log in order.
+/// Prints the rate (debug build, one process: a smoke figure, not a benchmark).
+#[tokio::test]
+#[allow(clippy::print_stdout)] // the figure is printed, not asserted
+async fn a_burst_through_the_window_arrives_in_order() {
+    // At most one read of the fixture's log reader (1000 records).
+    const N: usize = 1000;
+    // The hub's per-device telemetry throttle (100/s) would set the pace otherwise.
+    let mut config = HubConfig::default();
+    config.throttle = config.throttle.device_telemetry(None);
+    let hub = TlsHub::start_with(config).await;
+    let device = hub.fx.device("dc-burst").await;
+    let client = DeviceClient::connect(hub.options(&device, hub.tls.port()).outbox(
+        OutboxConfig::Memory {
+            capacity: N,
+            when_full: WhenFull::Error,
+        },
+    ))
+    .await
+    .expect("client");
+    within("connected", client.connected())
+        .await
+        .expect("connected");
+    let started = std::time::Instant::now();
+    let mut deliveries = Vec::with_capacity(N);
+    for i in 0..N {
+        deliveries.push(
+            client
+                .enqueue_telemetry(Message::new(i.to_string()))
+                .await
+                .expect("enqueued"),
+        );
+    }
+    for d in deliveries {
+        within("a PUBACK", d.acknowledged())
+            .await
+            .expect("acknowledged");
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "{N} messages acknowledged in {elapsed:?}: {:.0} msg/s",
+        N as f64 / elapsed.as_secs_f64()
+    );
+    let records = hub.fx.telemetry(&device.id, N).await;
+    let payloads: Vec<String> = records
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.record.payload).into_owned())
+        .collect();
+    assert_eq!(payloads, (0..N).map(|i| i.to_string()).collect::<Vec<_>>());
 }

@@ -44,6 +44,10 @@ pub enum ConnectionState {
     Closed,
 }
 
+/// How long a token renewal waits for the in-flight telemetry to be acknowledged before it
+/// reconnects anyway (well inside the fifth of the token's life left at that point).
+const DRAIN_PATIENCE: Duration = Duration::from_secs(2);
+
 /// Requests from the client handles to the connection task.
 #[derive(Debug)]
 pub(crate) enum Command {
@@ -292,14 +296,26 @@ impl Driver {
         let keep_alive = self.options.keep_alive.max(Duration::from_secs(1));
         let mut ping_at = Instant::now() + keep_alive;
         let mut awaiting_pong = false;
-        let renew_at =
+        let mut draining = false;
+        let mut renew_at =
             renew_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 3600));
 
         loop {
+            // Renewing: the window is drained before reconnecting, so that a renewal does not
+            // turn in-flight messages into duplicates.
+            if draining && in_flight.is_empty() {
+                tracing::debug!(device = %self.options.device_id, "renewing the SAS token: reconnecting");
+                let _ = link.writer.send(Packet::Disconnect).await;
+                return Ok(End::Renew);
+            }
             // Fill the in-flight window from the outbox, oldest first.
-            let room = self.options.max_in_flight.saturating_sub(in_flight.len());
+            let room = if draining {
+                0
+            } else {
+                self.options.max_in_flight.saturating_sub(in_flight.len())
+            };
             if room > 0 {
-                for entry in self.outbox.from_seq(next_seq, room).await {
+                for entry in self.outbox.entries_from(next_seq, room).await {
                     let id = self.next_packet_id(&in_flight);
                     in_flight.insert(id, entry.seq);
                     next_seq = entry.seq + 1;
@@ -400,9 +416,14 @@ impl Driver {
                     ping_at = Instant::now() + keep_alive;
                 }
                 _ = sleep_until(renew_at) => {
-                    tracing::debug!(device = %self.options.device_id, "renewing the SAS token: reconnecting");
-                    let _ = link.writer.send(Packet::Disconnect).await;
-                    return Ok(End::Renew);
+                    if draining {
+                        // The window did not drain in time: reconnect anyway (what is still in
+                        // flight is sent again, marked DUP).
+                        let _ = link.writer.send(Packet::Disconnect).await;
+                        return Ok(End::Renew);
+                    }
+                    draining = true;
+                    renew_at = Instant::now() + DRAIN_PATIENCE;
                 }
             }
         }

@@ -9,9 +9,12 @@
 //! entry when its PUBACK arrives; on a new connection it sends again everything still queued.
 
 use std::collections::{HashMap, VecDeque};
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use iot_core::storage::Durability;
 use iot_core::{FileLog, FileLogConfig, GroupName, Log, Offset, PartitionId, ReadLimits, Record};
 use tokio::sync::{Mutex, Notify, oneshot};
 
@@ -61,6 +64,25 @@ pub(crate) struct Outbox {
 }
 
 const PARTITION: PartitionId = PartitionId(0);
+
+/// How long opening waits for a directory that is still locked. A dropped client's connection
+/// task is cancelled asynchronously, so its log (and lock) can outlive the drop by a moment; a
+/// new client on the same directory waits for that instead of failing.
+const LOCK_PATIENCE: Duration = Duration::from_secs(2);
+
+async fn open_log(dir: &Path, durability: Durability) -> Result<FileLog, ClientError> {
+    let config = FileLogConfig::with_partitions(1).durability(durability);
+    let give_up = tokio::time::Instant::now() + LOCK_PATIENCE;
+    loop {
+        match FileLog::open(dir, config.clone()).await {
+            Ok(log) => return Ok(log),
+            Err(iot_core::Error::Locked { .. }) if tokio::time::Instant::now() < give_up => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(ClientError::Outbox(e)),
+        }
+    }
+}
 const TOPIC_HEADER: &str = "topic";
 
 fn delivered_group() -> Result<GroupName, ClientError> {
@@ -79,13 +101,11 @@ impl Outbox {
                 capacity,
                 when_full,
                 durability,
-            } => {
-                let config = FileLogConfig::with_partitions(1).durability(*durability);
-                let log = FileLog::open(dir, config)
-                    .await
-                    .map_err(ClientError::Outbox)?;
-                (Some(log), *capacity, *when_full)
-            }
+            } => (
+                Some(open_log(dir, *durability).await?),
+                *capacity,
+                *when_full,
+            ),
         };
         let mut state = State::default();
         if let Some(log) = &log {
@@ -189,15 +209,11 @@ impl Outbox {
     }
 
     /// Up to `n` queued messages with sequence numbers from `from` on, oldest first.
-    pub(crate) async fn from_seq(&self, from: u64, n: usize) -> Vec<Entry> {
+    pub(crate) async fn entries_from(&self, from: u64, n: usize) -> Vec<Entry> {
         let state = self.state.lock().await;
-        state
-            .queue
-            .iter()
-            .filter(|e| e.seq >= from)
-            .take(n)
-            .cloned()
-            .collect()
+        // The queue is in sequence order (entries leave it, never move in it).
+        let start = state.queue.partition_point(|e| e.seq < from);
+        state.queue.range(start..).take(n).cloned().collect()
     }
 
     /// The oldest unacknowledged sequence number (where a new connection starts sending).

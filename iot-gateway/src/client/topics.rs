@@ -79,13 +79,13 @@ pub(crate) fn classify<'a>(topic: &'a str, c2d_prefix: &str) -> Incoming<'a> {
     if topic.starts_with("$iothub/twin/PATCH/properties/desired/") {
         return Incoming::DesiredPatch;
     }
-    if let Some(rest) = topic.strip_prefix("$iothub/methods/POST/") {
-        if let Some((name, bag)) = rest.split_once('/') {
-            return Incoming::Method {
-                name,
-                bag: bag.strip_prefix('?').unwrap_or(bag),
-            };
-        }
+    if let Some(rest) = topic.strip_prefix("$iothub/methods/POST/")
+        && let Some((name, bag)) = rest.split_once('/')
+    {
+        return Incoming::Method {
+            name,
+            bag: bag.strip_prefix('?').unwrap_or(bag),
+        };
     }
     Incoming::Unknown
 }

@@ -373,13 +373,18 @@ impl Driver {
                         return Ok(End::Closed(Some(done)));
                     }
                     Some(Command::Subscribe { filter, qos, done }) => {
-                        self.sub_waiters.push(done);
-                        // A new filter, or no SUBSCRIBE outstanding to answer the waiter: send
-                        // the whole set (re-subscribing is harmless).
-                        if self.subscriptions.insert((filter, qos_u8(qos))) || subscribe_id.is_none() {
+                        if self.subscriptions.insert((filter, qos_u8(qos))) {
+                            // A new filter: SUBSCRIBE the whole set (re-subscribing the others
+                            // is harmless) and answer every waiter with its SUBACK.
+                            self.sub_waiters.push(done);
                             let id = self.next_packet_id(&in_flight);
                             self.send_subscribe(link, id).await?;
                             subscribe_id = Some(id);
+                        } else if subscribe_id.is_some() {
+                            self.sub_waiters.push(done);
+                        } else {
+                            // Already acknowledged on this connection.
+                            let _ = done.send(());
                         }
                     }
                     Some(Command::Twin { topic, body, reply }) => {

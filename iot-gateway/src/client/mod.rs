@@ -61,6 +61,11 @@ pub use options::{ClientOptions, OutboxConfig, Transport, WhenFull};
 pub use outbox::Delivery;
 
 use driver::{Command, Driver, Sinks};
+
+/// Compiles the example of `docs/device-client.md`.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/device-client.md")]
+pub struct DeviceClientDoc;
 use outbox::Outbox;
 
 /// A connected device. Cheap to share behind an `Arc`; [`close`](Self::close) (or dropping it)

@@ -348,9 +348,22 @@ async fn tokens_are_renewed_by_reconnecting() {
 /// delivered, in order, once it is back; the C2D subscription is restored.
 #[tokio::test]
 async fn reconnects_after_the_endpoint_restarts_and_delivers_the_outbox_in_order() {
+    restart_and_deliver(Transport::Mqtt).await;
+}
+
+#[tokio::test]
+async fn reconnects_over_websocket_after_the_endpoint_restarts() {
+    restart_and_deliver(Transport::WebSocket).await;
+}
+
+async fn restart_and_deliver(transport: Transport) {
     let hub = TlsHub::start().await;
     let device = hub.fx.device("dc-restart").await;
-    let client = DeviceClient::connect(hub.options(&device, hub.tls.port()))
+    let addr = match transport {
+        Transport::Mqtt => hub.tls,
+        Transport::WebSocket => hub.wss,
+    };
+    let client = DeviceClient::connect(hub.options(&device, addr.port()).transport(transport))
         .await
         .expect("client");
     let mut c2d = within("the C2D subscription", client.c2d_messages())
@@ -388,14 +401,18 @@ async fn reconnects_after_the_endpoint_restarts_and_delivers_the_outbox_in_order
     let server = MqttServer::new(hub.fx.gateway.clone(), MqttConfig::default()).expect("server");
     let bound = within("the listener on the old port", async {
         loop {
-            match server.listen_tls(hub.tls, hub.tls_config()).await {
+            let listening = match transport {
+                Transport::Mqtt => server.listen_tls(addr, hub.tls_config()).await,
+                Transport::WebSocket => server.listen_websocket(addr, Some(hub.tls_config())).await,
+            };
+            match listening {
                 Ok(addr) => return addr,
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
     })
     .await;
-    assert_eq!(bound, hub.tls);
+    assert_eq!(bound, addr);
 
     for d in deliveries {
         within("an outbox PUBACK", d.acknowledged())
@@ -675,4 +692,31 @@ async fn a_burst_through_the_window_arrives_in_order() {
         .map(|r| String::from_utf8_lossy(&r.record.payload).into_owned())
         .collect();
     assert_eq!(payloads, (0..N).map(|i| i.to_string()).collect::<Vec<_>>());
+}
+
+/// A message the hub would refuse (and answer by closing the connection) is refused before it
+/// enters the outbox, where it would block every message behind it.
+#[tokio::test]
+async fn a_message_the_hub_would_refuse_never_enters_the_outbox() {
+    let hub = TlsHub::start().await;
+    let device = hub.fx.device("dc-invalid").await;
+    let client = DeviceClient::connect(hub.options(&device, hub.tls.port()))
+        .await
+        .expect("client");
+    for bad in [
+        Message::new("x").property("iothub-forged", "1"),
+        Message::new("x").property("a=b", "1"),
+        Message::new("x").property("ok", "line\nbreak"),
+        Message::new(vec![0u8; iot_gateway::client::MAX_MESSAGE_BYTES + 1]),
+    ] {
+        let err = client.enqueue_telemetry(bad).await.expect_err("refused");
+        assert!(matches!(err, ClientError::InvalidMessage(_)), "{err:?}");
+    }
+    assert_eq!(client.outbox_len().await, 0);
+    within("the PUBACK", client.send_telemetry(Message::new("fine")))
+        .await
+        .expect("a valid message still goes through");
+    let records = hub.fx.telemetry(&device.id, 1).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].record.payload.as_ref(), b"fine");
 }

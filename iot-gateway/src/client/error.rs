@@ -18,6 +18,10 @@ pub enum ClientError {
         /// The outbox's bound.
         capacity: usize,
     },
+    /// The message would be refused by the hub (a property name or value, their number, the
+    /// size); it was not queued. (Queued, it would close the connection at every attempt.)
+    #[error("the hub would refuse this message: {0}")]
+    InvalidMessage(String),
     /// The file-backed outbox could not be read or written.
     #[error("outbox storage: {0}")]
     Outbox(#[source] iot_core::Error),

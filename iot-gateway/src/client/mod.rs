@@ -68,6 +68,30 @@ use driver::{Command, Driver, Sinks};
 pub struct DeviceClientDoc;
 use outbox::Outbox;
 
+/// IoT Hub's largest device-to-cloud message, payload and properties.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// Refuses what the hub would refuse by closing the connection: such a message at the head of
+/// the outbox would be sent again after every reconnect and block everything behind it.
+fn check(message: &Message) -> Result<(), ClientError> {
+    let invalid = |e: crate::Error| ClientError::InvalidMessage(e.to_string());
+    let custom = crate::validate::check_properties(&message.properties).map_err(invalid)?;
+    let system = crate::validate::check_system(&[
+        ("message-id", &message.message_id),
+        ("correlation-id", &message.correlation_id),
+        ("content-type", &message.content_type),
+        ("content-encoding", &message.content_encoding),
+    ])
+    .map_err(invalid)?;
+    let size = message.payload.len() + custom + system;
+    if size > MAX_MESSAGE_BYTES {
+        return Err(ClientError::InvalidMessage(format!(
+            "{size} bytes of payload and properties; at most {MAX_MESSAGE_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
 /// A connected device. Cheap to share behind an `Arc`; [`close`](Self::close) (or dropping it)
 /// ends the connection task.
 #[derive(Debug)]
@@ -166,11 +190,13 @@ impl DeviceClient {
     /// Puts a telemetry message in the outbox and returns once it is there (on disk for a file
     /// outbox); await the [`Delivery`] for the hub's PUBACK. Fails with
     /// [`ClientError::OutboxFull`] when the outbox is full and its policy is
-    /// [`WhenFull::Error`].
+    /// [`WhenFull::Error`], and with [`ClientError::InvalidMessage`] for a message the hub would
+    /// refuse (IoT Hub's property rules, [`MAX_MESSAGE_BYTES`]).
     pub async fn enqueue_telemetry(&self, message: Message) -> Result<Delivery, ClientError> {
         if self.task.is_finished() {
             return Err(ClientError::Closed);
         }
+        check(&message)?;
         let topic = format!("{}{}", self.telemetry_topic, message.bag());
         self.outbox.enqueue(topic, message.payload).await
     }

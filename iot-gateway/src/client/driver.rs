@@ -48,6 +48,9 @@ pub enum ConnectionState {
 /// reconnects anyway (well inside the fifth of the token's life left at that point).
 const DRAIN_PATIENCE: Duration = Duration::from_secs(2);
 
+/// How long a connection must last for the backoff to start again from its first delay.
+const STABLE: Duration = Duration::from_secs(10);
+
 /// Requests from the client handles to the connection task.
 #[derive(Debug)]
 pub(crate) enum Command {
@@ -148,14 +151,25 @@ impl Driver {
                 };
             let reason = match connected {
                 Ok((link, token_expiry)) => {
-                    attempt = 0;
+                    let since = Instant::now();
                     match self.connected(link, token_expiry).await {
-                        End::Renew => continue,
+                        End::Renew => {
+                            attempt = 0;
+                            continue;
+                        }
                         End::Closed(done) => {
                             self.finish(done);
                             return;
                         }
-                        End::Lost(reason) => reason,
+                        End::Lost(reason) => {
+                            // Only a connection that held counts as recovered: one the hub
+                            // accepts and then drops at once must not be retried at the
+                            // shortest delay forever.
+                            if since.elapsed() >= STABLE {
+                                attempt = 0;
+                            }
+                            reason
+                        }
                     }
                 }
                 Err(reason) => reason,

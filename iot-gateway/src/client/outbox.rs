@@ -249,3 +249,89 @@ impl Outbox {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn enqueue_n(outbox: &Outbox, n: usize) -> Vec<Delivery> {
+        let mut d = Vec::new();
+        for i in 0..n {
+            d.push(
+                outbox
+                    .enqueue(format!("t/{i}"), Bytes::from(i.to_string()))
+                    .await
+                    .expect("enqueue"),
+            );
+        }
+        d
+    }
+
+    fn payloads(entries: &[Entry]) -> Vec<String> {
+        entries
+            .iter()
+            .map(|e| String::from_utf8_lossy(&e.payload).into_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn acknowledgements_in_any_order_leave_the_rest_in_order() {
+        let outbox = Outbox::open(&OutboxConfig::Memory {
+            capacity: 10,
+            when_full: WhenFull::Error,
+        })
+        .await
+        .expect("open");
+        let mut deliveries = enqueue_n(&outbox, 4).await;
+        outbox.acknowledge(2).await.expect("ack");
+        outbox.acknowledge(0).await.expect("ack");
+        let d3 = deliveries.pop().expect("d3");
+        let d2 = deliveries.pop().expect("d2");
+        d2.acknowledged().await.expect("2 acknowledged");
+        assert_eq!(outbox.oldest().await, 1);
+        assert_eq!(payloads(&outbox.entries_from(0, 10).await), ["1", "3"]);
+        assert_eq!(payloads(&outbox.entries_from(2, 10).await), ["3"]);
+        assert_eq!(payloads(&outbox.entries_from(0, 1).await), ["1"]);
+        // Acknowledging twice (a duplicate PUBACK) changes nothing.
+        outbox.acknowledge(2).await.expect("ack");
+        assert_eq!(outbox.len().await, 2);
+        drop(d3);
+        let dropped_sender = outbox.acknowledge(3).await;
+        assert!(
+            dropped_sender.is_ok(),
+            "a sender that stopped waiting is fine"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_file_outbox_reopens_at_the_oldest_unacknowledged_message() {
+        let dir = tempfile::tempdir().expect("dir");
+        let config = OutboxConfig::File {
+            dir: dir.path().to_path_buf(),
+            capacity: 10,
+            when_full: WhenFull::Error,
+            durability: Durability::Fsync,
+        };
+        {
+            let outbox = Outbox::open(&config).await.expect("open");
+            let _d = enqueue_n(&outbox, 5).await;
+            outbox.acknowledge(0).await.expect("ack");
+            outbox.acknowledge(1).await.expect("ack");
+            // Out of order: 3 is acknowledged but 2 is not, so 3 comes back (at least once).
+            outbox.acknowledge(3).await.expect("ack");
+        }
+        let outbox = Outbox::open(&config).await.expect("reopen");
+        let entries = outbox.entries_from(0, 10).await;
+        assert_eq!(payloads(&entries), ["2", "3", "4"]);
+        assert_eq!(entries[0].topic, "t/2");
+        // New messages continue the sequence after the old ones.
+        let _d = outbox
+            .enqueue("t/5".into(), Bytes::from("5"))
+            .await
+            .expect("enqueue");
+        assert_eq!(
+            payloads(&outbox.entries_from(0, 10).await),
+            ["2", "3", "4", "5"]
+        );
+    }
+}

@@ -16,6 +16,8 @@
 //! * `mqtt` (default) — the MQTT 3.1.1 endpoint.
 //! * `http` — the HTTP endpoint: IoT Hub's service REST API and shared access policies
 //!   (module `http`; it turns on `mqtt` for the shared TLS configuration).
+//! * `client` — a device client for IoT Hub's MQTT protocol (module `client`), with an outbox
+//!   for store-and-forward.
 #![forbid(unsafe_code)]
 
 pub mod error;
@@ -58,3 +60,6 @@ pub mod mqtt;
 
 #[cfg(feature = "http")]
 pub mod http;
+
+#[cfg(feature = "client")]
+pub mod client;

@@ -1,0 +1,149 @@
+//! IoT Hub's MQTT topics, from the device's side, and their URL-encoded property bags.
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+
+/// Everything but RFC 3986's unreserved characters is escaped, so a bag never holds a `/`.
+const ESCAPED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+pub(crate) fn escape(s: &str) -> String {
+    utf8_percent_encode(s, ESCAPED).to_string()
+}
+
+/// `k=v&k=v`, each part escaped.
+pub(crate) fn encode_bag<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut out = String::new();
+    for (k, v) in pairs {
+        if !out.is_empty() {
+            out.push('&');
+        }
+        out.push_str(&escape(k));
+        out.push('=');
+        out.push_str(&escape(v));
+    }
+    out
+}
+
+/// The pairs of a bag; undecodable parts are kept as they are (the hub writes valid UTF-8).
+pub(crate) fn decode_bag(bag: &str) -> Vec<(String, String)> {
+    bag.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|part| {
+            let (k, v) = part.split_once('=').unwrap_or((part, ""));
+            (unescape(k), unescape(v))
+        })
+        .collect()
+}
+
+fn unescape(s: &str) -> String {
+    percent_decode_str(s).decode_utf8_lossy().into_owned()
+}
+
+/// The topic prefix of the identity: `devices/{id}` or `devices/{id}/modules/{module}`.
+pub(crate) fn identity_prefix(device: &str, module: Option<&str>) -> String {
+    match module {
+        Some(m) => format!("devices/{device}/modules/{m}"),
+        None => format!("devices/{device}"),
+    }
+}
+
+pub(crate) const TWIN_RESPONSES: &str = "$iothub/twin/res/#";
+pub(crate) const DESIRED_PATCHES: &str = "$iothub/twin/PATCH/properties/desired/#";
+pub(crate) const METHODS: &str = "$iothub/methods/POST/#";
+
+/// What an incoming PUBLISH is.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Incoming<'a> {
+    C2d { bag: &'a str },
+    TwinResponse { status: u16, bag: &'a str },
+    DesiredPatch,
+    Method { name: &'a str, bag: &'a str },
+    Unknown,
+}
+
+pub(crate) fn classify<'a>(topic: &'a str, c2d_prefix: &str) -> Incoming<'a> {
+    if let Some(bag) = topic.strip_prefix(c2d_prefix) {
+        return Incoming::C2d { bag };
+    }
+    if let Some(rest) = topic.strip_prefix("$iothub/twin/res/") {
+        let (status, bag) = rest.split_once('/').unwrap_or((rest, ""));
+        let bag = bag.strip_prefix('?').unwrap_or(bag);
+        return match status.parse() {
+            Ok(status) => Incoming::TwinResponse { status, bag },
+            Err(_) => Incoming::Unknown,
+        };
+    }
+    if topic.starts_with("$iothub/twin/PATCH/properties/desired/") {
+        return Incoming::DesiredPatch;
+    }
+    if let Some(rest) = topic.strip_prefix("$iothub/methods/POST/")
+        && let Some((name, bag)) = rest.split_once('/')
+    {
+        return Incoming::Method {
+            name,
+            bag: bag.strip_prefix('?').unwrap_or(bag),
+        };
+    }
+    Incoming::Unknown
+}
+
+/// The value of `key` in a bag.
+pub(crate) fn bag_value(bag: &str, key: &str) -> Option<String> {
+    decode_bag(bag)
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bags_round_trip_and_never_hold_a_slash() {
+        let bag = encode_bag([("$.mid", "a/b"), ("temp unit", "°C&x=1")]);
+        assert!(!bag.contains('/'));
+        assert_eq!(
+            decode_bag(&bag),
+            vec![
+                ("$.mid".to_string(), "a/b".to_string()),
+                ("temp unit".to_string(), "°C&x=1".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn classifies_the_hubs_topics() {
+        let c2d = "devices/d/messages/devicebound/";
+        assert_eq!(
+            classify("devices/d/messages/devicebound/%24.mid=1", c2d),
+            Incoming::C2d { bag: "%24.mid=1" }
+        );
+        assert_eq!(
+            classify("$iothub/twin/res/204/?$rid=3&$version=2", c2d),
+            Incoming::TwinResponse {
+                status: 204,
+                bag: "$rid=3&$version=2"
+            }
+        );
+        assert_eq!(
+            classify("$iothub/twin/PATCH/properties/desired/?$version=4", c2d),
+            Incoming::DesiredPatch
+        );
+        assert_eq!(
+            classify("$iothub/methods/POST/reboot/?$rid=9", c2d),
+            Incoming::Method {
+                name: "reboot",
+                bag: "$rid=9"
+            }
+        );
+        assert_eq!(classify("elsewhere", c2d), Incoming::Unknown);
+        assert_eq!(
+            bag_value("$rid=3&$version=2", "$version").as_deref(),
+            Some("2")
+        );
+    }
+}

@@ -28,6 +28,7 @@
 
 mod config;
 mod connect;
+mod dps;
 mod error;
 mod framing;
 mod pending;

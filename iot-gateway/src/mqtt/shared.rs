@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use iot_provisioning::onboarding::Onboarding;
 use tokio_util::sync::CancellationToken;
 
 use super::config::MqttConfig;
@@ -20,4 +21,7 @@ pub(crate) struct Shared {
     pub(crate) persistent: PersistentSessions,
     /// Connections accepted and not yet authenticated, per peer address.
     pub(crate) unauthenticated: Arc<PendingPeers>,
+    /// Registration through enrollments (DPS's device protocol); `None`: registrations are
+    /// refused.
+    pub(crate) onboarding: Option<Arc<Onboarding>>,
 }

@@ -68,6 +68,7 @@ impl MqttServer {
                 persistent,
                 unauthenticated: PendingPeers::new(config_unauthenticated),
                 onboarding,
+                dps_refusal_logged: Default::default(),
             }),
             tasks: TaskTracker::new(),
             permits,

@@ -2,6 +2,7 @@
 //! (`session`) can hold it without depending on the listener (`server`) that creates it.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use iot_provisioning::onboarding::Onboarding;
 use tokio_util::sync::CancellationToken;
@@ -24,4 +25,8 @@ pub(crate) struct Shared {
     /// Registration through enrollments (DPS's device protocol); `None`: registrations are
     /// refused.
     pub(crate) onboarding: Option<Arc<Onboarding>>,
+    /// Whether a registration refused for want of `onboarding` was logged at `info` yet: the
+    /// first is, so that a misconfiguration shows; later ones go to `debug`, so that devices
+    /// retrying cannot flood the log.
+    pub(crate) dps_refusal_logged: AtomicBool,
 }

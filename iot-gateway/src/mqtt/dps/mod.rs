@@ -19,7 +19,8 @@
 //!   `404` (an unknown operation). Anything outside these topics closes the connection.
 //!
 //! A server without an onboarding service ([`MqttServer::with_onboarding`](super::MqttServer::with_onboarding))
-//! refuses every registration with CONNACK 5 and an `info` log line saying why.
+//! refuses every registration with CONNACK 5 and a log line saying why (`info` for the first,
+//! `debug` after).
 
 mod answer;
 mod topics;
@@ -27,6 +28,7 @@ pub(crate) mod username;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -119,12 +121,15 @@ async fn check(
     let name = connect.username.as_deref().unwrap_or_default();
     let parsed = username::parse(name).map_err(|e| (BadUserNameOrPassword, e.to_string()))?;
     let Some(onboarding) = shared.onboarding.clone() else {
-        // Info, not debug: a fleet pointed at an endpoint that was not set up for it should be
-        // obvious in the log.
-        tracing::info!(
-            registration = %shorten(parsed.registration_id),
-            "DPS registration refused: this MQTT endpoint has no onboarding service (MqttServer::with_onboarding)"
-        );
+        // The first at info: a fleet pointed at an endpoint that was not set up for it should
+        // be obvious in the log. The rest at debug: retrying devices must not flood it.
+        let registration = shorten(parsed.registration_id);
+        let why = "DPS registration refused: this MQTT endpoint has no onboarding service (MqttServer::with_onboarding)";
+        if shared.dps_refusal_logged.swap(true, Ordering::Relaxed) {
+            tracing::debug!(%registration, "{why}");
+        } else {
+            tracing::info!(%registration, "{why} (further ones are logged at debug)");
+        }
         return Err((NotAuthorized, "no onboarding service".into()));
     };
     if parsed.id_scope != onboarding.config().id_scope {

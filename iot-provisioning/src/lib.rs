@@ -45,6 +45,7 @@ pub mod enrollment;
 pub mod error;
 pub mod hooks;
 pub mod journal;
+pub mod onboarding;
 pub mod provisioner;
 pub mod provisioning;
 #[cfg(feature = "testkit")]

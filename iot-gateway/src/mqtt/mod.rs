@@ -8,6 +8,9 @@
 //!   `devices/{id}/messages/devicebound/{property bag}` at the subscription's QoS (PUBACK
 //!   completes the message); twin GET and reported PATCH with `$rid`; desired patches;
 //!   direct methods.
+//! * Made with [`MqttServer::with_onboarding`], the same listeners serve DPS's device protocol
+//!   too: a CONNECT whose username is `{idScope}/registrations/{registrationId}/…` is a
+//!   registration through an enrollment (`$dps/registrations/…` topics), answered as DPS answers.
 //! * Anything outside the device's own topics, QoS 2, a second CONNECT, malformed packets and
 //!   packets that break MQTT 3.1.1's rules on flags and reserved bits close that one connection;
 //!   bytes that cannot start a CONNECT close it at the first byte.
@@ -28,6 +31,7 @@
 
 mod config;
 mod connect;
+mod dps;
 mod error;
 mod framing;
 mod pending;

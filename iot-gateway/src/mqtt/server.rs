@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 use iot_identity::Thumbprint;
+use iot_provisioning::onboarding::Onboarding;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -34,6 +35,26 @@ pub struct MqttServer {
 impl MqttServer {
     /// A server over `gateway` with `config`'s limits.
     pub fn new(gateway: Arc<dyn Gateway>, config: MqttConfig) -> Result<Self, Error> {
+        MqttServer::build(gateway, config, None)
+    }
+
+    /// A server over `gateway` that also serves DPS's device protocol: devices whose CONNECT
+    /// username is `{idScope}/registrations/{registrationId}/…` register through `onboarding`
+    /// on the same listeners (see `docs/mqtt.md`, "Device provisioning (DPS)"). A server made
+    /// with [`new`](Self::new) refuses such connections.
+    pub fn with_onboarding(
+        gateway: Arc<dyn Gateway>,
+        config: MqttConfig,
+        onboarding: Arc<Onboarding>,
+    ) -> Result<Self, Error> {
+        MqttServer::build(gateway, config, Some(onboarding))
+    }
+
+    fn build(
+        gateway: Arc<dyn Gateway>,
+        config: MqttConfig,
+        onboarding: Option<Arc<Onboarding>>,
+    ) -> Result<Self, Error> {
         config.validate()?;
         let permits = Arc::new(Semaphore::new(config.max_connections));
         let config_unauthenticated = config.max_unauthenticated_per_peer;
@@ -46,6 +67,8 @@ impl MqttServer {
                 shutdown: CancellationToken::new(),
                 persistent,
                 unauthenticated: PendingPeers::new(config_unauthenticated),
+                onboarding,
+                dps_refusal_logged: Default::default(),
             }),
             tasks: TaskTracker::new(),
             permits,

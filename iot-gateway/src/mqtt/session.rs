@@ -107,6 +107,16 @@ where
     let Packet::Connect(connect) = packet else {
         return Err(ProtocolViolation::ExpectedConnect(packet.packet_type()).into());
     };
+    if super::dps::is_registration(&connect) {
+        // Boxed for the same reason as the handshake below.
+        return Box::pin(super::dps::serve(
+            transport,
+            *connect,
+            shared,
+            unauthenticated,
+        ))
+        .await;
+    }
     // Boxed: the handshake's state is needed once, and inline it would be part of every
     // connection's task for the connection's whole life.
     let handshaking = Box::pin(handshake(transport, *connect, shared, client_cert, peer));

@@ -19,6 +19,7 @@ use roaring::RoaringBitmap;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::file::binary::BatchDecoder;
 use crate::index::{Indexes, Part};
 use crate::limits::DocumentLimits;
 use crate::record::{DeviceDocument, DeviceRecord, ETag};
@@ -510,11 +511,31 @@ impl Engine {
 /// Decodes a stored record. Stored bytes were validated when stored, so this does not fail; if
 /// it ever did, the caller gets a typed error rather than a panic.
 fn decode(stored: &Stored) -> Result<DeviceRecord> {
-    stored.decode().map_err(|reason| Error::Corrupt {
+    stored.decode().map_err(|reason| unreadable(stored, reason))
+}
+
+/// Decodes the records of a page, in order (see [`BatchDecoder`] for why together).
+fn decode_page<'a>(
+    records: impl ExactSizeIterator<Item = &'a Stored>,
+) -> Result<Vec<DeviceRecord>> {
+    let mut decoder = BatchDecoder::new();
+    let mut items = Vec::with_capacity(records.len());
+    for stored in records {
+        items.push(
+            stored
+                .decode_with(&mut decoder)
+                .map_err(|reason| unreadable(stored, reason))?,
+        );
+    }
+    Ok(items)
+}
+
+fn unreadable(stored: &Stored, reason: String) -> Error {
+    Error::Corrupt {
         path: std::path::PathBuf::from("<memory>"),
         position: 0,
         reason: format!("record of {} unreadable: {reason}", stored.device_id()),
-    })
+    }
 }
 
 // The setters are the only way other crates can build these (`non_exhaustive`): each must set

@@ -5,7 +5,7 @@ use std::cmp::Ordering;
 
 use roaring::RoaringBitmap;
 
-use super::{Engine, decode};
+use super::{Engine, decode_page};
 use crate::error::{Error, Result};
 use crate::paging::{Page, PageRequest, Token};
 use crate::query::{Query, Select};
@@ -154,7 +154,7 @@ impl Engine {
                 _ => None,
             };
             std::hint::black_box(touch(items.iter().copied(), usize::MAX));
-            let items = items.into_iter().map(decode).collect::<Result<_>>()?;
+            let items = decode_page(items.into_iter())?;
             return Ok(Page::new(items, continuation));
         }
         let mut hits: Vec<(Vec<SortKey<'_>>, &Stored)> = Vec::new();
@@ -224,10 +224,7 @@ impl Engine {
             }
             _ => None,
         };
-        let items = hits
-            .into_iter()
-            .map(|(_, r)| decode(r))
-            .collect::<Result<_>>()?;
+        let items = decode_page(hits.into_iter().map(|(_, r)| r))?;
         Ok(Page::new(items, continuation))
     }
 }

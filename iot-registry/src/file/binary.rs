@@ -26,6 +26,10 @@ use crate::limits::MAX_SUPPORTED_DEPTH;
 use crate::record::{DeviceRecord, ETag};
 use crate::value::{Node, ScalarRef};
 
+mod batch;
+
+pub(crate) use batch::BatchDecoder;
+
 const NULL: u8 = 0;
 const FALSE: u8 = 1;
 const TRUE: u8 = 2;
@@ -283,6 +287,7 @@ const MIN_VALUE_BYTES: usize = 1;
 /// The fewest bytes an object entry takes (a key's length and a value's tag).
 const MIN_ENTRY_BYTES: usize = 4 + MIN_VALUE_BYTES;
 
+#[derive(Clone, Copy)]
 struct Reader<'a> {
     bytes: &'a [u8],
 }

@@ -1,0 +1,290 @@
+//! `cluster_bench` (issue 16): the same QoS 1 telemetry load on one `iot-cluster-node` process
+//! and on two, and direct methods through the devices' own node against through the other one.
+//!
+//! ```sh
+//! cargo bench --features cluster-node --bench cluster_bench                 # 1 000 devices
+//! cargo test --features cluster-node --bench cluster_bench -- --quick        # CI: tiny, debug
+//! ```
+//!
+//! * **Single**: one node (`--no-throttle`); 1 000 devices connect to it (untimed), then each
+//!   publishes 100 QoS 1 messages of 100 bytes with 16 in flight (as `examples/mqtt_load`
+//!   does); msgs/s from the first send to the last PUBACK.
+//! * **Cluster**: two nodes of a new hub, the devices split half and half, the same load.
+//!   `cluster_vs_single` is the ratio of the two rates. On a 2-core machine the nodes, NATS,
+//!   PostgreSQL and this load generator share the cores in both runs.
+//! * **Lost**: after each run the hub's telemetry log is read back from JetStream; every
+//!   PUBACKed message must be there (`lost` sums both runs).
+//! * **Methods**: with the two nodes up and idle, devices on node 0 answer direct methods;
+//!   `POST /twins/{id}/methods` through node 0's REST API (local) and through node 1's (routed
+//!   to node 0 over NATS), one call at a time, alternating; p50/p99 of each in ms.
+//!
+//! Each run has a hub name of its own (identity namespace, stream prefix, subjects); its
+//! identities are created before the nodes start, and its streams are deleted after it.
+//! Progress goes to stderr, the table to stdout, and the last line is one JSON object.
+//!
+//! Flags (anything else, such as the `--bench` cargo passes, is ignored): `--quick`,
+//! `--devices N`, `--messages N` (per device), `--methods N`, `--nats-server-pid PID` (for the
+//! CPU accounting when several nats-servers run).
+#![forbid(unsafe_code)]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::unwrap_used,
+    reason = "a benchmark reports on stdout and stops on setup failures"
+)]
+
+#[path = "../../tests/cluster_support/mod.rs"]
+mod cluster_support;
+mod cpu;
+mod fleet;
+mod http;
+mod load;
+mod lost;
+mod methods;
+
+use cluster_support::{NodeOptions, ProcessCluster, unique_name};
+use iot_sdk::postgres::PgPool;
+
+use crate::cpu::{Probe, Tracked};
+use crate::fleet::Fleet;
+use crate::load::Outcome;
+use crate::methods::{Latencies, Responder, percentile};
+
+#[derive(Debug, Clone)]
+struct Settings {
+    quick: bool,
+    devices: usize,
+    messages: u32,
+    methods: usize,
+    /// Devices on node 0 answering methods.
+    responders: usize,
+    nats_server_pid: Option<u32>,
+}
+
+impl Settings {
+    fn parse() -> Self {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let quick = args.iter().any(|a| a == "--quick");
+        let value = |name: &str| -> Option<u64> {
+            let at = args.iter().position(|a| a == name)?;
+            args.get(at + 1)?.parse().ok()
+        };
+        Settings {
+            quick,
+            devices: value("--devices").map_or(if quick { 20 } else { 1000 }, |v| v as usize),
+            messages: value("--messages").map_or(if quick { 10 } else { 100 }, |v| v as u32),
+            methods: value("--methods").map_or(if quick { 10 } else { 200 }, |v| v as usize),
+            responders: if quick { 2 } else { 4 },
+            nats_server_pid: value("--nats-server-pid").map(|v| v as u32),
+        }
+    }
+}
+
+/// One throughput run.
+#[derive(Debug)]
+struct Run {
+    nodes: usize,
+    outcome: Outcome,
+    lost: u64,
+    cpu: Vec<(String, f64)>,
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let settings = Settings::parse();
+    let options = NodeOptions {
+        no_throttle: true,
+        ..NodeOptions::default()
+    };
+    let pool = PgPool::from_url(&options.postgres)?;
+    let load_before = load_average();
+    eprintln!(
+        "cluster_bench: {} devices x {} messages; load average {load_before}",
+        settings.devices, settings.messages
+    );
+
+    let (single, _) = run_hub(&settings, &options, &pool, 1).await?;
+    let (cluster, latencies) = run_hub(&settings, &options, &pool, 2).await?;
+    let mut latencies = latencies.ok_or("the cluster run measured no methods")?;
+    let load_after = load_average();
+
+    let single_rate = single.outcome.msgs_per_s();
+    let cluster_rate = cluster.outcome.msgs_per_s();
+    let ratio = cluster_rate / single_rate;
+    let lost = single.lost + cluster.lost;
+    let (local_p50, local_p99) = (
+        percentile(&mut latencies.local, 0.50),
+        percentile(&mut latencies.local, 0.99),
+    );
+    let (cross_p50, cross_p99) = (
+        percentile(&mut latencies.cross, 0.50),
+        percentile(&mut latencies.cross, 0.99),
+    );
+
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "cluster_bench{}: {} devices x {} QoS 1 messages of {} B (16 in flight per device), \
+         nodes with --no-throttle; nodes, NATS, PostgreSQL and the load generator share {cores} cores",
+        if settings.quick { " --quick" } else { "" },
+        settings.devices,
+        settings.messages,
+        load::PAYLOAD
+    );
+    println!("load average before: {load_before}; after: {load_after}");
+    println!();
+    println!(
+        "| run | nodes | sent | acked | msgs/s | timed s | connect s | lost | errors | CPU s over the timed part |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (label, run) in [("single", &single), ("cluster", &cluster)] {
+        let cpu: Vec<String> = run
+            .cpu
+            .iter()
+            .map(|(name, s)| format!("{name} {s:.2}"))
+            .collect();
+        println!(
+            "| {label} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} |",
+            run.nodes,
+            run.outcome.sent,
+            run.outcome.acked,
+            run.outcome.msgs_per_s(),
+            run.outcome.elapsed.as_secs_f64(),
+            run.outcome.connect.as_secs_f64(),
+            run.lost,
+            run.outcome.errors,
+            cpu.join(", ")
+        );
+    }
+    println!();
+    println!("cluster / single: {ratio:.3}");
+    println!(
+        "direct methods, {} calls each way: local p50 {local_p50:.2} ms p99 {local_p99:.2} ms; \
+         cross-instance p50 {cross_p50:.2} ms p99 {cross_p99:.2} ms",
+        settings.methods
+    );
+    println!(
+        "{{\"single_msgs_per_s\":{single_rate:.0},\"cluster_msgs_per_s\":{cluster_rate:.0},\
+         \"cluster_vs_single\":{ratio:.3},\"method_local_p50_ms\":{local_p50:.3},\
+         \"method_cross_p50_ms\":{cross_p50:.3},\"method_local_p99_ms\":{local_p99:.3},\
+         \"method_cross_p99_ms\":{cross_p99:.3},\"lost\":{lost},\"devices\":{},\
+         \"messages_per_device\":{}}}",
+        settings.devices, settings.messages
+    );
+    if lost > 0 || single.outcome.errors + cluster.outcome.errors > 0 {
+        return Err(format!(
+            "{lost} acknowledged messages missing from the log, {} connection errors",
+            single.outcome.errors + cluster.outcome.errors
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// One hub of `nodes` node processes: identities, nodes, the load, the log check, and with two
+/// nodes the method round trips; then the nodes stop and the hub's streams go.
+async fn run_hub(
+    settings: &Settings,
+    options: &NodeOptions,
+    pool: &PgPool,
+    nodes: usize,
+) -> Result<(Run, Option<Latencies>), Box<dyn std::error::Error>> {
+    let name = unique_name("cb");
+    let devices = Fleet::new("dev");
+    let responders = Fleet::new("meth");
+    eprintln!("[{name}] creating {} identities", settings.devices);
+    devices.create(pool, &name, settings.devices).await?;
+    eprintln!("[{name}] starting {nodes} node(s)");
+    let mut cluster = {
+        let (name, options) = (name.clone(), options.clone());
+        tokio::task::spawn_blocking(move || ProcessCluster::start(&name, nodes, options, &[]))
+            .await?
+    };
+
+    // Devices 0..n/2 on node 0, the rest on node 1 (all on node 0 when it is alone).
+    let logins = (0..settings.devices)
+        .map(|i| {
+            let node = (i * nodes / settings.devices).min(nodes - 1);
+            devices.login(i, cluster.nodes[node].addrs.mqtt)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let ids: Vec<String> = logins.iter().map(|l| l.id.clone()).collect();
+    let mut tracked: Vec<Tracked> = cluster
+        .nodes
+        .iter()
+        .map(|n| Tracked {
+            name: format!("node {}", n.instance),
+            pid: n.pid(),
+        })
+        .collect();
+    if let Some(pid) = cpu::nats_server_pid(settings.nats_server_pid) {
+        tracked.push(Tracked {
+            name: "nats".into(),
+            pid,
+        });
+    }
+    tracked.push(Tracked {
+        name: "bench".into(),
+        pid: std::process::id(),
+    });
+    let mut probe = Probe::new(tracked);
+    eprintln!(
+        "[{name}] load: {} devices on {nodes} node(s)",
+        settings.devices
+    );
+    let outcome = load::run(logins, settings.messages, &mut probe).await?;
+    eprintln!(
+        "[{name}] {} acked in {:.2} s: {:.0} msgs/s; checking the log",
+        outcome.acked,
+        outcome.elapsed.as_secs_f64(),
+        outcome.msgs_per_s()
+    );
+    let lost = lost::count(&options.nats, &name, &ids, &outcome).await?;
+    let cpu = probe.result.take().map(|(cpu, _)| cpu).unwrap_or_default();
+
+    let latencies = if nodes > 1 {
+        eprintln!("[{name}] methods: {} each way", settings.methods);
+        let token = methods::service_token(&cluster.service_key)?;
+        let mut local = http::Connection::open(cluster.nodes[0].addrs.http).await?;
+        let mut cross = http::Connection::open(cluster.nodes[1].addrs.http).await?;
+        let mut answering = Vec::new();
+        let mut ids = Vec::new();
+        for i in 0..settings.responders {
+            let id = responders.id(i);
+            methods::register(&mut local, &token, &id, &responders.key(i)).await?;
+            let login = responders.login(i, cluster.nodes[0].addrs.mqtt)?;
+            answering.push(Responder::start(login).await?);
+            ids.push(id);
+        }
+        let latencies =
+            methods::measure(&mut local, &mut cross, &token, &ids, settings.methods).await?;
+        for responder in &answering {
+            responder.stop();
+        }
+        Some(latencies)
+    } else {
+        None
+    };
+
+    tokio::task::block_in_place(|| {
+        for node in &mut cluster.nodes {
+            node.terminate();
+        }
+    });
+    lost::delete_streams(&options.nats, &name).await?;
+    Ok((
+        Run {
+            nodes,
+            outcome,
+            lost,
+            cpu,
+        },
+        latencies,
+    ))
+}
+
+/// The first three fields of /proc/loadavg.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}

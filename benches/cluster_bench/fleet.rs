@@ -53,12 +53,22 @@ impl Fleet {
         namespace: &str,
         count: usize,
     ) -> Result<(), Box<dyn std::error::Error>> {
+        self.create_range(pool, namespace, 0..count).await
+    }
+
+    /// Creates devices `range` in the hub's identity namespace.
+    pub(crate) async fn create_range(
+        &self,
+        pool: &PgPool,
+        namespace: &str,
+        range: std::ops::Range<usize>,
+    ) -> Result<(), Box<dyn std::error::Error>> {
         let store = PgIdentityStore::open(
             pool.clone(),
             PgIdentityConfig::default().namespace(namespace),
         )
         .await?;
-        let results: Vec<_> = futures::stream::iter(0..count)
+        let results: Vec<_> = futures::stream::iter(range)
             .map(|i| {
                 let store = &store;
                 let id = self.id(i);

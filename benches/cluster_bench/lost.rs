@@ -8,7 +8,7 @@ use iot_sdk::core::{Log, Offset, PartitionId, ReadLimits, TopicName};
 use iot_sdk::gateway::hub::topic;
 use iot_sdk::nats::{NatsLogConfig, NatsLogFactory};
 
-use crate::load::{Outcome, seq_of};
+use crate::load::seq_of;
 
 /// The node's `--partitions` default: the log must be opened with the count it was created with.
 pub(crate) const NODE_PARTITIONS: u32 = 4;
@@ -20,7 +20,7 @@ pub(crate) async fn count(
     nats: &str,
     hub: &str,
     ids: &[String],
-    outcome: &Outcome,
+    acked_per_device: &[u64],
 ) -> Result<u64, Box<dyn std::error::Error>> {
     let factory = NatsLogFactory::connect(NatsLogConfig::from_url(nats)?.prefix(hub)).await?;
     let log = factory
@@ -46,7 +46,7 @@ pub(crate) async fn count(
         }
     }
     let mut lost = 0;
-    for (id, &acked) in ids.iter().zip(&outcome.acked_per_device) {
+    for (id, &acked) in ids.iter().zip(acked_per_device) {
         let found = landed.get(id).map_or(0, |seqs| {
             seqs.iter().filter(|&&s| u64::from(s) < acked).count() as u64
         });

@@ -24,7 +24,9 @@
 //!
 //! Flags (anything else, such as the `--bench` cargo passes, is ignored): `--quick`,
 //! `--devices N`, `--messages N` (per device), `--methods N`, `--nats-server-pid PID` (for the
-//! CPU accounting when several nats-servers run).
+//! CPU accounting when several nats-servers run), `--independent` (a third run: two single-node
+//! hubs side by side, the same two processes without shared log streams, for comparison).
+//! `CLUSTER_BENCH_NODE_LOG` sets the nodes' `RUST_LOG`.
 #![forbid(unsafe_code)]
 #![allow(
     clippy::print_stdout,
@@ -59,6 +61,8 @@ struct Settings {
     /// Devices on node 0 answering methods.
     responders: usize,
     nats_server_pid: Option<u32>,
+    /// Also run two single-node hubs side by side (see [`run_independent`]).
+    independent: bool,
 }
 
 impl Settings {
@@ -76,6 +80,7 @@ impl Settings {
             methods: value("--methods").map_or(if quick { 10 } else { 200 }, |v| v as usize),
             responders: if quick { 2 } else { 4 },
             nats_server_pid: value("--nats-server-pid").map(|v| v as u32),
+            independent: args.iter().any(|a| a == "--independent"),
         }
     }
 }
@@ -111,13 +116,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let (single, _) = run_hub(&settings, &options, &pool, 1).await?;
     let (cluster, latencies) = run_hub(&settings, &options, &pool, 2).await?;
+    let independent = if settings.independent {
+        Some(run_independent(&settings, &options, &pool).await?)
+    } else {
+        None
+    };
     let mut latencies = latencies.ok_or("the cluster run measured no methods")?;
     let load_after = load_average();
 
     let single_rate = single.outcome.msgs_per_s();
     let cluster_rate = cluster.outcome.msgs_per_s();
     let ratio = cluster_rate / single_rate;
-    let lost = single.lost + cluster.lost;
+    let lost = single.lost + cluster.lost + independent.as_ref().map_or(0, |r| r.lost);
     let (local_p50, local_p99) = (
         percentile(&mut latencies.local, 0.50),
         percentile(&mut latencies.local, 0.99),
@@ -142,7 +152,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "| run | nodes | sent | acked | msgs/s | timed s | connect s | lost | refused at connect | closed during run | CPU s over the timed part |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    for (label, run) in [("single", &single), ("cluster", &cluster)] {
+    let mut runs = vec![("single", &single), ("cluster", &cluster)];
+    if let Some(run) = &independent {
+        runs.push(("2 independent hubs", run));
+    }
+    for (label, run) in runs {
         let cpu: Vec<String> = run
             .cpu
             .iter()
@@ -164,6 +178,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!();
     println!("cluster / single: {ratio:.3}");
+    if let Some(run) = &independent {
+        println!(
+            "2 independent single-node hubs / single: {:.3} (what two processes get from this \
+             machine when they share no stream)",
+            run.outcome.msgs_per_s() / single_rate
+        );
+    }
     if single.outcome.errors + cluster.outcome.errors > 0 {
         println!(
             "(not a like-for-like ratio: devices were refused or cut off, so fewer messages were \
@@ -270,7 +291,7 @@ async fn run_hub(
             report_node_warnings(node);
         }
     }
-    let lost = lost::count(&options.nats, &name, &ids, &outcome).await?;
+    let lost = lost::count(&options.nats, &name, &ids, &outcome.acked_per_device).await?;
     let cpu = probe.result.take().map(|(cpu, _)| cpu).unwrap_or_default();
 
     let latencies = if nodes > 1 {
@@ -312,6 +333,97 @@ async fn run_hub(
         },
         latencies,
     ))
+}
+
+/// `--independent`: two hubs of one node each (names, streams and identities of their own), the
+/// devices split half and half, the same load at the same time. Not a cluster — nothing is
+/// shared but the machine and the NATS and PostgreSQL servers — but the same two node processes
+/// without the shared log partitions: the ceiling the cluster run could reach here.
+async fn run_independent(
+    settings: &Settings,
+    options: &NodeOptions,
+    pool: &PgPool,
+) -> Result<Run, Box<dyn std::error::Error>> {
+    let names = [unique_name("cb"), unique_name("cb")];
+    let devices = Fleet::new("dev");
+    let half = settings.devices / 2;
+    let ranges = [0..half, half..settings.devices];
+    let mut hubs = Vec::new();
+    for (name, range) in names.iter().zip(&ranges) {
+        eprintln!("[{name}] creating {} identities", range.len());
+        devices.create_range(pool, name, range.clone()).await?;
+    }
+    for name in &names {
+        eprintln!("[{name}] starting 1 node");
+        let (name, options) = (name.clone(), options.clone());
+        hubs.push(
+            tokio::task::spawn_blocking(move || ProcessCluster::start(&name, 1, options, &[]))
+                .await?,
+        );
+    }
+    let mut logins = Vec::new();
+    for (hub, range) in hubs.iter().zip(&ranges) {
+        for i in range.clone() {
+            logins.push(devices.login(i, hub.nodes[0].addrs.mqtt)?);
+        }
+    }
+    let ids: Vec<String> = logins.iter().map(|l| l.id.clone()).collect();
+    let mut tracked: Vec<Tracked> = hubs
+        .iter()
+        .map(|h| Tracked {
+            name: format!("node {}", h.name),
+            pid: h.nodes[0].pid(),
+        })
+        .collect();
+    if let Some(pid) = cpu::nats_server_pid(settings.nats_server_pid) {
+        tracked.push(Tracked {
+            name: "nats".into(),
+            pid,
+        });
+    }
+    tracked.push(Tracked {
+        name: "bench".into(),
+        pid: std::process::id(),
+    });
+    let mut probe = Probe::new(tracked);
+    eprintln!("load: {} devices on two independent hubs", settings.devices);
+    let outcome = load::run(logins, settings.messages, &mut probe).await?;
+    eprintln!(
+        "{} acked in {:.2} s: {:.0} msgs/s; checking the logs",
+        outcome.acked,
+        outcome.elapsed.as_secs_f64(),
+        outcome.msgs_per_s()
+    );
+    let mut lost = 0;
+    for ((name, range), hub) in names.iter().zip(&ranges).zip(&hubs) {
+        if outcome.errors > 0 {
+            report_node_warnings(&hub.nodes[0]);
+        }
+        lost += lost::count(
+            &options.nats,
+            name,
+            &ids[range.clone()],
+            &outcome.acked_per_device[range.clone()],
+        )
+        .await?;
+    }
+    let cpu = probe.result.take().map(|(cpu, _)| cpu).unwrap_or_default();
+    tokio::task::block_in_place(|| {
+        for hub in &mut hubs {
+            for node in &mut hub.nodes {
+                node.terminate();
+            }
+        }
+    });
+    for name in &names {
+        lost::delete_streams(&options.nats, name).await?;
+    }
+    Ok(Run {
+        nodes: 2,
+        outcome,
+        lost,
+        cpu,
+    })
 }
 
 /// What a node logged at `warn` and `error`, and the connections its MQTT endpoint closed with

@@ -178,17 +178,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!();
     println!("cluster / single: {ratio:.3}");
+    if single.outcome.errors + cluster.outcome.errors > 0 {
+        println!(
+            "(not a like-for-like ratio: devices were refused or cut off, so fewer messages were \
+             sent in that run)"
+        );
+    }
     if let Some(run) = &independent {
         println!(
             "2 independent single-node hubs / single: {:.3} (what two processes get from this \
              machine when they share no stream)",
             run.outcome.msgs_per_s() / single_rate
-        );
-    }
-    if single.outcome.errors + cluster.outcome.errors > 0 {
-        println!(
-            "(not a like-for-like ratio: devices were refused or cut off, so fewer messages were \
-             sent in that run)"
         );
     }
     println!(

@@ -239,7 +239,27 @@ async fn run_hub(
         tokio::task::spawn_blocking(move || ProcessCluster::start(&name, nodes, options, &[]))
             .await?
     };
+    let measured = measure_hub(settings, options, &name, &devices, &responders, &cluster).await;
+    tokio::task::block_in_place(|| {
+        for node in &mut cluster.nodes {
+            node.terminate();
+        }
+    });
+    // Whatever happened, the run's streams go.
+    lost::delete_streams(&options.nats, &name).await?;
+    measured
+}
 
+/// The load, the log check and (with two nodes) the methods, on a started hub.
+async fn measure_hub(
+    settings: &Settings,
+    options: &NodeOptions,
+    name: &str,
+    devices: &Fleet,
+    responders: &Fleet,
+    cluster: &ProcessCluster,
+) -> Result<(Run, Option<Latencies>), Box<dyn std::error::Error>> {
+    let nodes = cluster.nodes.len();
     // Devices 0..n/2 on node 0, the rest on node 1 (all on node 0 when it is alone).
     let logins = (0..settings.devices)
         .map(|i| {
@@ -291,7 +311,7 @@ async fn run_hub(
             report_node_warnings(node);
         }
     }
-    let lost = lost::count(&options.nats, &name, &ids, &outcome.acked_per_device).await?;
+    let lost = lost::count(&options.nats, name, &ids, &outcome.acked_per_device).await?;
     let cpu = probe.result.take().map(|(cpu, _)| cpu).unwrap_or_default();
 
     let latencies = if nodes > 1 {
@@ -318,12 +338,6 @@ async fn run_hub(
         None
     };
 
-    tokio::task::block_in_place(|| {
-        for node in &mut cluster.nodes {
-            node.terminate();
-        }
-    });
-    lost::delete_streams(&options.nats, &name).await?;
     Ok((
         Run {
             nodes,

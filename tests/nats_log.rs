@@ -367,6 +367,61 @@ async fn stream_limits_expire_a_prefix_and_keep_offsets() {
 }
 
 /// No server on the port: a typed, retryable error within the connect timeout, not a hang.
+/// Concurrent appends to one partition are committed together (group commit): each caller gets
+/// offsets of its own, dense across callers, and the records it appended are stored at them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_are_committed_together_and_each_gets_its_offsets() {
+    let Some(shared) = Shared::connect().await else {
+        return;
+    };
+    let log = Arc::new(
+        shared
+            .factory
+            .open(&topic("group-commit"), 1)
+            .await
+            .unwrap(),
+    );
+    let callers: Vec<_> = (0..200u64)
+        .map(|c| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let key = format!("caller-{c}");
+                let records: Vec<Record> = (0..1 + c % 3)
+                    .map(|i| testkit::sample_record(&key, i))
+                    .collect();
+                let appended = log.append(P0, records.clone()).await.unwrap();
+                assert_eq!(appended.count, records.len() as u64);
+                (appended.first.0, records)
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for caller in callers {
+        answers.push(caller.await.unwrap());
+    }
+    answers.sort_by_key(|(first, _)| *first);
+    let mut next = answers[0].0;
+    for (first, records) in &answers {
+        assert_eq!(*first, next, "offsets are dense across callers");
+        let stored = log
+            .read(
+                P0,
+                Offset(*first),
+                ReadLimits {
+                    max_records: records.len(),
+                    ..ReadLimits::default()
+                },
+            )
+            .await
+            .unwrap();
+        let got: Vec<_> = stored.iter().map(|s| s.record.payload.clone()).collect();
+        let sent: Vec<_> = records.iter().map(|r| r.payload.clone()).collect();
+        assert_eq!(got, sent, "each caller's records are at its offsets");
+        next += records.len() as u64;
+    }
+    shared.clean_up().await;
+}
+
 #[tokio::test]
 async fn an_unreachable_server_is_a_typed_error() {
     let port = spare_port();

@@ -2,7 +2,9 @@
 //! prefix of the batch and nothing else.
 //!
 //! JetStream 2.9 has no atomic multi-message publish, so a batch is published record by record.
-//! Appends to one partition are serialised in this process (the partition's tail lock). Every
+//! Appends to one partition are serialised in this process (the partition's tail lock), and
+//! concurrent ones are committed together: one flusher task per partition publishes everything
+//! queued as one batch ([`append`]). Every
 //! record carries `Nats-Expected-Last-Sequence` (the end this writer knows, plus the records of
 //! the batch before it); every record a later one follows carries a `Nats-Msg-Id` of its own
 //! ([`message_id`]: the writer's random name and the sequence the record is meant for), and every
@@ -25,10 +27,14 @@
 //! stores the message. `docs/log.md` (*Appends*) has the argument, `docs/performance.md` the
 //! figures.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use bytes::BytesMut;
 use iot_core::{Appended, Offset, Record, Result, Timestamp};
+use tokio::sync::oneshot;
 
 use super::codec;
 use super::error::{AppendFailed, Inconsistent, Timeout, backend};
@@ -44,23 +50,154 @@ const ATTEMPTS: u32 = 16;
 /// The longest pause between two attempts.
 const MAX_PAUSE_US: u64 = 20_000;
 
+/// One `append` call waiting for its partition's flusher.
+#[derive(Debug)]
+pub(crate) struct Waiting {
+    records: Vec<Record>,
+    bytes: usize,
+    reply: oneshot::Sender<Result<Appended>>,
+}
+
+/// Appends `records` to `part`. Concurrent appends to one partition are committed together
+/// (group commit): each call queues its batch; one flusher task per partition takes everything
+/// queued (up to the batch limits), publishes it as one chained batch and answers each call with
+/// its own part. While a batch is on its way the next one gathers, so a partition has one
+/// publish round trip in flight however many devices write it, and writers in other processes
+/// meet fewer, larger batches. The flusher is a task of its own: a caller that stops waiting
+/// does not cut short a batch that also carries other callers' records.
 pub(crate) async fn append(
-    shared: &Shared,
-    part: &Partition,
+    shared: &Arc<Shared>,
+    part: &Arc<Partition>,
     records: Vec<Record>,
 ) -> Result<Appended> {
-    shared.limits.check_batch(&records)?;
+    let bytes = shared.limits.check_batch(&records)?;
+    let (reply, answer) = oneshot::channel();
+    lock(&part.queue).push(Waiting {
+        records,
+        bytes,
+        reply,
+    });
+    if !part.flushing.swap(true, Ordering::AcqRel) {
+        tokio::spawn(flush_queue(Arc::clone(shared), Arc::clone(part)));
+    }
+    answer.await.map_err(|_| {
+        backend(
+            Inconsistent {
+                stream: part.name().to_owned(),
+                reason: "the partition's flusher stopped without answering".into(),
+            },
+            true,
+        )
+    })?
+}
+
+fn lock(queue: &std::sync::Mutex<Vec<Waiting>>) -> std::sync::MutexGuard<'_, Vec<Waiting>> {
+    // Pushing and draining a vector cannot leave it half-changed: a poisoned lock is still sound.
+    queue
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The flusher: commits what is queued, batch after batch, until the queue is empty.
+async fn flush_queue(shared: Arc<Shared>, part: Arc<Partition>) {
+    loop {
+        let batch = take_batch(&shared, &part);
+        if batch.is_empty() {
+            part.flushing.store(false, Ordering::Release);
+            // An append that queued after `take_batch` but saw `flushing` still set spawned no
+            // flusher: look again, and carry on unless another flusher has started since.
+            if lock(&part.queue).is_empty() || part.flushing.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            continue;
+        }
+        commit(&shared, &part, batch).await;
+    }
+}
+
+/// The queued appends, oldest first, that fit one batch (at least one).
+fn take_batch(shared: &Shared, part: &Partition) -> Vec<Waiting> {
+    let mut queue = lock(&part.queue);
+    let (mut records, mut bytes, mut take) = (0usize, 0usize, 0usize);
+    for waiting in queue.iter() {
+        let (r, b) = (records + waiting.records.len(), bytes + waiting.bytes);
+        if take > 0 && (r > shared.limits.max_batch_records || b > shared.limits.max_batch_bytes) {
+            break;
+        }
+        (records, bytes, take) = (r, b, take + 1);
+    }
+    queue.drain(..take).collect()
+}
+
+/// Publishes the appends of `batch` as one batch and answers each.
+async fn commit(shared: &Shared, part: &Partition, batch: Vec<Waiting>) {
+    let mut counts = Vec::with_capacity(batch.len());
+    let mut replies: Vec<oneshot::Sender<Result<Appended>>> = Vec::with_capacity(batch.len());
+    let mut records = Vec::with_capacity(batch.iter().map(|w| w.records.len()).sum());
+    for waiting in batch {
+        counts.push(waiting.records.len() as u64);
+        replies.push(waiting.reply);
+        records.extend(waiting.records);
+    }
+    let result = append_batch(shared, part, &records).await;
+    if replies.len() == 1 {
+        // Alone in its batch (no concurrent appends): the failure as it is, source and all.
+        let answer = match result {
+            Ok(appended) => Ok(appended),
+            Err(Failure::Publish(failed)) => Err(failed.into()),
+            Err(Failure::Other(e)) => Err(e),
+        };
+        if let Some(reply) = replies.pop() {
+            let _ = reply.send(answer);
+        }
+        return;
+    }
+    let mut skip = 0u64;
+    for (count, reply) in counts.into_iter().zip(replies) {
+        let answer = match &result {
+            Ok(appended) => Ok(Appended {
+                partition: appended.partition,
+                first: Offset(appended.first.0 + skip),
+                count,
+                enqueued_time: appended.enqueued_time,
+            }),
+            Err(Failure::Publish(failed)) => Err(failed.for_part(skip, count).into()),
+            Err(Failure::Other(e)) => Err(clone_error(e)),
+        };
+        skip += count;
+        // The caller may have stopped waiting; what it appended is stored (or not) all the same.
+        let _ = reply.send(answer);
+    }
+}
+
+/// Another failure than a refused publish (a timeout, an inconsistent stream), as each append
+/// of the batch reports it: the same message and retryability, the original as the source.
+fn clone_error(e: &iot_core::Error) -> iot_core::Error {
+    backend(SharedFailure(e.to_string()), e.is_retryable())
+}
+
+/// The failure of a group-committed batch, as one of its appends sees it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct SharedFailure(String);
+
+/// Appends one (combined) batch, retrying when another writer moved the tail first.
+async fn append_batch(
+    shared: &Shared,
+    part: &Partition,
+    records: &[Record],
+) -> std::result::Result<Appended, Failure> {
     let mut guard = part.tail.lock().await;
     let mut attempt: u32 = 0;
     loop {
         attempt += 1;
         let tail = match guard.take() {
             Some(tail) => tail,
-            None => part.load_tail(shared).await?,
+            None => part.load_tail(shared).await.map_err(Failure::Other)?,
         };
         // `guard` stays `None` unless the batch is stored whole: after any failure the next
         // append reloads the tail from the server.
-        match publish(shared, part, &records, tail).await {
+        match publish(shared, part, records, tail).await {
             Ok((appended, tail)) => {
                 *guard = Some(tail);
                 return Ok(appended);
@@ -82,8 +219,7 @@ pub(crate) async fn append(
                 );
                 tokio::time::sleep(pause_after_lost_race(attempt)).await;
             }
-            Err(Failure::Publish(e)) => return Err(e.into()),
-            Err(Failure::Other(e)) => return Err(e),
+            Err(failure) => return Err(failure),
         }
     }
 }

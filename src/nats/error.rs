@@ -2,6 +2,7 @@
 //! own error as the source, and whether a retry may help.
 
 use std::fmt;
+use std::sync::Arc;
 
 use async_nats::jetstream::context::PublishErrorKind;
 use iot_core::{Error, Offset, PartitionId};
@@ -53,7 +54,8 @@ pub struct AppendFailed {
     pub total: u64,
     /// What the server or the client said about the first record that failed.
     pub kind: PublishErrorKind,
-    source: async_nats::jetstream::context::PublishError,
+    /// Shared: one failure of a group-committed batch is reported to each append in it.
+    source: Arc<async_nats::jetstream::context::PublishError>,
 }
 
 impl AppendFailed {
@@ -70,7 +72,20 @@ impl AppendFailed {
             acked,
             total,
             kind: source.kind(),
-            source,
+            source: Arc::new(source),
+        }
+    }
+
+    /// The same failure as seen by the part of the batch that starts `skip` records in and holds
+    /// `total` records: how many of those were acknowledged.
+    pub(crate) fn for_part(&self, skip: u64, total: u64) -> Self {
+        AppendFailed {
+            partition: self.partition,
+            first: Offset(self.first.0 + skip),
+            acked: self.acked.saturating_sub(skip).min(total),
+            total,
+            kind: self.kind,
+            source: Arc::clone(&self.source),
         }
     }
 
@@ -104,7 +119,7 @@ impl fmt::Display for AppendFailed {
 
 impl std::error::Error for AppendFailed {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
+        Some(self.source.as_ref())
     }
 }
 

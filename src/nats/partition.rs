@@ -1,12 +1,14 @@
 //! One partition: its stream, its append state and its read cursor.
 
 use std::sync::Mutex as SyncMutex;
+use std::sync::atomic::AtomicBool;
 
 use async_nats::Subject;
 use async_nats::jetstream::stream::Stream;
 use iot_core::{Error, Offset, PartitionId, Result, Timestamp};
 use tokio::sync::Mutex;
 
+use super::append::Waiting;
 use super::codec;
 use super::cursor::Cursor;
 use super::error::{Inconsistent, request};
@@ -43,6 +45,10 @@ pub(crate) struct Partition {
     pub(crate) tail: Mutex<Option<Tail>>,
     pub(crate) cursor: Mutex<Option<Cursor>>,
     pub(crate) watcher: SyncMutex<Option<Watcher>>,
+    /// Appends waiting for the partition's flusher (group commit, see `append`).
+    pub(crate) queue: SyncMutex<Vec<Waiting>>,
+    /// Whether a flusher task is running for this partition.
+    pub(crate) flushing: AtomicBool,
 }
 
 impl Partition {
@@ -55,6 +61,8 @@ impl Partition {
             tail: Mutex::new(None),
             cursor: Mutex::new(None),
             watcher: SyncMutex::new(None),
+            queue: SyncMutex::new(Vec::new()),
+            flushing: AtomicBool::new(false),
         }
     }
 

@@ -367,43 +367,61 @@ async fn stream_limits_expire_a_prefix_and_keep_offsets() {
 }
 
 /// No server on the port: a typed, retryable error within the connect timeout, not a hang.
-/// Concurrent appends to one partition are committed together (group commit): each caller gets
-/// offsets of its own, dense across callers, and the records it appended are stored at them.
+/// Concurrent appends to one partition are committed together (group commit), by two writers
+/// (two factories, as two gateway instances) at once: each caller gets offsets of its own and its
+/// records are stored there; a caller whose append failed has exactly its acknowledged prefix
+/// stored; offsets are dense across both writers; nothing else is in the partition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_appends_are_committed_together_and_each_gets_its_offsets() {
+async fn concurrent_appends_of_two_writers_are_committed_together_and_each_gets_its_offsets() {
     let Some(shared) = Shared::connect().await else {
         return;
     };
-    let log = Arc::new(
-        shared
-            .factory
-            .open(&topic("group-commit"), 1)
+    let second =
+        NatsLogFactory::connect(NatsLogConfig::from_url(&with_prefix(&shared.prefix)).unwrap())
             .await
-            .unwrap(),
-    );
-    let callers: Vec<_> = (0..200u64)
+            .unwrap();
+    let t = topic("group-commit");
+    let logs = [
+        Arc::new(shared.factory.open(&t, 1).await.unwrap()),
+        Arc::new(second.open(&t, 1).await.unwrap()),
+    ];
+    let callers: Vec<_> = (0..400u64)
         .map(|c| {
-            let log = log.clone();
+            let log = logs[(c % 2) as usize].clone();
             tokio::spawn(async move {
                 let key = format!("caller-{c}");
                 let records: Vec<Record> = (0..1 + c % 3)
                     .map(|i| testkit::sample_record(&key, i))
                     .collect();
-                let appended = log.append(P0, records.clone()).await.unwrap();
-                assert_eq!(appended.count, records.len() as u64);
-                (appended.first.0, records)
+                match log.append(P0, records.clone()).await {
+                    Ok(appended) => {
+                        assert_eq!(appended.count, records.len() as u64);
+                        Some((appended.first.0, records))
+                    }
+                    Err(e) => {
+                        let cut = append_failed(&e).unwrap_or_else(|| panic!("append: {e}"));
+                        assert!(cut.acked < cut.total, "{e}");
+                        (cut.acked > 0)
+                            .then(|| (cut.first.0, records[..cut.acked as usize].to_vec()))
+                    }
+                }
             })
         })
         .collect();
-    let mut answers = Vec::new();
+    let mut stored = Vec::new();
+    let mut failed = 0;
     for caller in callers {
-        answers.push(caller.await.unwrap());
+        match caller.await.unwrap() {
+            Some(answer) => stored.push(answer),
+            None => failed += 1,
+        }
     }
-    answers.sort_by_key(|(first, _)| *first);
-    let mut next = answers[0].0;
-    for (first, records) in &answers {
-        assert_eq!(*first, next, "offsets are dense across callers");
-        let stored = log
+    stored.sort_by_key(|(first, _)| *first);
+    let start = logs[0].earliest_offset(P0).await.unwrap().0;
+    let mut next = start;
+    for (first, records) in &stored {
+        assert_eq!(*first, next, "offsets are dense across callers and writers");
+        let got = logs[0]
             .read(
                 P0,
                 Offset(*first),
@@ -414,11 +432,20 @@ async fn concurrent_appends_are_committed_together_and_each_gets_its_offsets() {
             )
             .await
             .unwrap();
-        let got: Vec<_> = stored.iter().map(|s| s.record.payload.clone()).collect();
+        let got: Vec<_> = got.iter().map(|s| s.record.payload.clone()).collect();
         let sent: Vec<_> = records.iter().map(|r| r.payload.clone()).collect();
         assert_eq!(got, sent, "each caller's records are at its offsets");
         next += records.len() as u64;
     }
+    assert_eq!(
+        logs[0].next_offset(P0).await.unwrap().0,
+        next,
+        "nothing but the acknowledged records is stored"
+    );
+    eprintln!(
+        "group commit, two writers: {} of 400 appends stored, {failed} refused with nothing stored",
+        stored.len()
+    );
     shared.clean_up().await;
 }
 

@@ -47,6 +47,9 @@ use super::partition::{Partition, Tail};
 /// it in one run), so a writer that lost the race tries again after a random pause that grows
 /// with each loss, which lets the writers fall out of step.
 const ATTEMPTS: u32 = 16;
+/// How often an append goes back to the queue when another writer cut in after part of its
+/// group's batch was stored (none of its own records being stored).
+const REQUEUES: u32 = 8;
 /// The longest pause between two attempts.
 const MAX_PAUSE_US: u64 = 20_000;
 
@@ -55,6 +58,8 @@ const MAX_PAUSE_US: u64 = 20_000;
 pub(crate) struct Waiting {
     records: Vec<Record>,
     bytes: usize,
+    /// How often it went back to the queue after another writer cut its batch short.
+    requeued: u32,
     reply: oneshot::Sender<Result<Appended>>,
 }
 
@@ -75,6 +80,7 @@ pub(crate) async fn append(
     lock(&part.queue).push(Waiting {
         records,
         bytes,
+        requeued: 0,
         reply,
     });
     if !part.flushing.swap(true, Ordering::AcqRel) {
@@ -129,31 +135,57 @@ fn take_batch(shared: &Shared, part: &Partition) -> Vec<Waiting> {
     queue.drain(..take).collect()
 }
 
-/// Publishes the appends of `batch` as one batch and answers each.
+/// Publishes the appends of `batch` as one batch and answers each. When another writer cut in
+/// after part of it was stored, the appends wholly after the cut stored nothing: they go back to
+/// the front of the queue (a few times at most) instead of failing, so a device's message is
+/// refused only when the partition stays contested.
 async fn commit(shared: &Shared, part: &Partition, batch: Vec<Waiting>) {
-    let mut counts = Vec::with_capacity(batch.len());
-    let mut replies: Vec<oneshot::Sender<Result<Appended>>> = Vec::with_capacity(batch.len());
+    let mut parts = Vec::with_capacity(batch.len());
     let mut records = Vec::with_capacity(batch.iter().map(|w| w.records.len()).sum());
     for waiting in batch {
-        counts.push(waiting.records.len() as u64);
-        replies.push(waiting.reply);
+        parts.push((
+            waiting.records.len() as u64,
+            waiting.bytes,
+            waiting.requeued,
+            waiting.reply,
+        ));
         records.extend(waiting.records);
     }
     let result = append_batch(shared, part, &records).await;
-    if replies.len() == 1 {
-        // Alone in its batch (no concurrent appends): the failure as it is, source and all.
+    // Where another writer cut in, if it did after some of ours was stored.
+    let cut_at = match &result {
+        Err(Failure::Publish(failed, _)) if failed.acked > 0 && lost_race(failed.kind) => {
+            Some(failed.acked)
+        }
+        _ => None,
+    };
+    if parts.len() == 1 && cut_at.is_none() {
+        // Alone in its batch (no concurrent appends): the outcome as it is, source and all.
         let answer = match result {
             Ok(appended) => Ok(appended),
-            Err(Failure::Publish(failed)) => Err(failed.into()),
+            Err(Failure::Publish(failed, _)) => Err(failed.into()),
             Err(Failure::Other(e)) => Err(e),
         };
-        if let Some(reply) = replies.pop() {
+        if let Some((_, _, _, reply)) = parts.pop() {
             let _ = reply.send(answer);
         }
         return;
     }
     let mut skip = 0u64;
-    for (count, reply) in counts.into_iter().zip(replies) {
+    let mut rest = records.into_iter();
+    let mut again = Vec::new();
+    for (count, bytes, requeued, reply) in parts {
+        let own: Vec<Record> = rest.by_ref().take(count as usize).collect();
+        if cut_at.is_some_and(|acked| skip >= acked) && requeued < REQUEUES {
+            again.push(Waiting {
+                records: own,
+                bytes,
+                requeued: requeued + 1,
+                reply,
+            });
+            skip += count;
+            continue;
+        }
         let answer = match &result {
             Ok(appended) => Ok(Appended {
                 partition: appended.partition,
@@ -161,13 +193,41 @@ async fn commit(shared: &Shared, part: &Partition, batch: Vec<Waiting>) {
                 count,
                 enqueued_time: appended.enqueued_time,
             }),
-            Err(Failure::Publish(failed)) => Err(failed.for_part(skip, count).into()),
+            Err(Failure::Publish(failed, enqueued_time)) => {
+                let mine = failed.for_part(skip, count);
+                if mine.acked == count {
+                    // Wholly before the cut: stored, and that is all this append asked.
+                    Ok(Appended {
+                        partition: mine.partition,
+                        first: mine.first,
+                        count,
+                        enqueued_time: *enqueued_time,
+                    })
+                } else {
+                    Err(mine.into())
+                }
+            }
             Err(Failure::Other(e)) => Err(clone_error(e)),
         };
         skip += count;
         // The caller may have stopped waiting; what it appended is stored (or not) all the same.
         let _ = reply.send(answer);
     }
+    if !again.is_empty() {
+        tracing::debug!(
+            stream = part.name(),
+            appends = again.len(),
+            "another writer cut in; the appends after the cut go again"
+        );
+        lock(&part.queue).splice(0..0, again);
+    }
+}
+
+fn lost_race(kind: PublishErrorKind) -> bool {
+    matches!(
+        kind,
+        PublishErrorKind::WrongLastSequence | PublishErrorKind::WrongLastMessageId
+    )
 }
 
 /// Another failure than a refused publish (a timeout, an inconsistent stream), as each append
@@ -202,13 +262,8 @@ async fn append_batch(
                 *guard = Some(tail);
                 return Ok(appended);
             }
-            Err(Failure::Publish(e))
-                if e.acked == 0
-                    && matches!(
-                        e.kind,
-                        PublishErrorKind::WrongLastSequence | PublishErrorKind::WrongLastMessageId
-                    )
-                    && attempt < ATTEMPTS =>
+            Err(Failure::Publish(e, _))
+                if e.acked == 0 && lost_race(e.kind) && attempt < ATTEMPTS =>
             {
                 // Another writer appended first; none of our records was stored (each expects
                 // the one before it), so the batch can go again after the new tail.
@@ -241,7 +296,8 @@ fn message_id(writer: &str, seq: u64) -> String {
 }
 
 enum Failure {
-    Publish(AppendFailed),
+    /// The batch failed; the enqueued time its records were given.
+    Publish(AppendFailed, Timestamp),
     Other(iot_core::Error),
 }
 
@@ -350,9 +406,10 @@ async fn publish(
         }
     }
     if let Some(e) = failure.or(send_error) {
-        return Err(Failure::Publish(AppendFailed::new(
-            part.id, first, acked, total, e,
-        )));
+        return Err(Failure::Publish(
+            AppendFailed::new(part.id, first, acked, total, e),
+            enqueued_time,
+        ));
     }
     let appended = Appended {
         partition: part.id,

@@ -47,8 +47,9 @@ use super::partition::{Partition, Tail};
 /// it in one run), so a writer that lost the race tries again after a random pause that grows
 /// with each loss, which lets the writers fall out of step.
 const ATTEMPTS: u32 = 16;
-/// How often an append goes back to the queue when another writer cut in after part of its
-/// group's batch was stored (none of its own records being stored).
+/// How often an append that stored nothing goes back to the queue when another writer cut its
+/// group's batch short or kept winning the partition (each round is up to [`ATTEMPTS`] attempts):
+/// a contested partition then costs the device time, not its connection.
 const REQUEUES: u32 = 8;
 /// The longest pause between two attempts.
 const MAX_PAUSE_US: u64 = 20_000;
@@ -136,9 +137,9 @@ fn take_batch(shared: &Shared, part: &Partition) -> Vec<Waiting> {
 }
 
 /// Publishes the appends of `batch` as one batch and answers each. When another writer cut in
-/// after part of it was stored, the appends wholly after the cut stored nothing: they go back to
-/// the front of the queue (a few times at most) instead of failing, so a device's message is
-/// refused only when the partition stays contested.
+/// (after part of it was stored, or before any), the appends wholly after the cut stored
+/// nothing: they go back to the front of the queue (a few times at most) instead of failing, so
+/// a device's message is refused only when the partition stays contested.
 async fn commit(shared: &Shared, part: &Partition, batch: Vec<Waiting>) {
     let mut parts = Vec::with_capacity(batch.len());
     let mut records = Vec::with_capacity(batch.iter().map(|w| w.records.len()).sum());
@@ -152,11 +153,10 @@ async fn commit(shared: &Shared, part: &Partition, batch: Vec<Waiting>) {
         records.extend(waiting.records);
     }
     let result = append_batch(shared, part, &records).await;
-    // Where another writer cut in, if it did after some of ours was stored.
+    // Where another writer cut in: after some of ours was stored, or before any of it (once
+    // `append_batch` has lost every attempt, under another writer that keeps the stream busy).
     let cut_at = match &result {
-        Err(Failure::Publish(failed, _)) if failed.acked > 0 && lost_race(failed.kind) => {
-            Some(failed.acked)
-        }
+        Err(Failure::Publish(failed, _)) if lost_race(failed.kind) => Some(failed.acked),
         _ => None,
     };
     if parts.len() == 1 && cut_at.is_none() {

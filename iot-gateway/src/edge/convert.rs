@@ -1,0 +1,90 @@
+//! Between the local hub's records and the device client's messages, both ways.
+
+use std::time::Duration;
+
+use iot_core::{Record, Timestamp};
+
+use crate::client;
+use crate::message::{C2dMessage, header};
+use crate::validate;
+
+/// The upstream message of a local telemetry record: its payload, the system properties the
+/// device client carries (`$.mid`, `$.cid`, `$.ct`, `$.ce`) and its custom properties, in order.
+/// The local hub's stamps (`iothub-…`, `$…`, `dt-dataschema`) stay behind: the cloud hub stamps
+/// its own, as the leaf device. So do the system properties the client cannot send yet
+/// (`expiry-time`, `user-id`, `iothub-interface-id`, `iothub-outputname`, `dt-subject`) and the
+/// retain flag (docs/field-gateway.md, limits).
+pub(crate) fn upstream_message(record: &Record) -> client::Message {
+    let headers = &record.headers;
+    let owned = |name: &str| headers.get(name).map(str::to_owned);
+    let mut message = client::Message::new(record.payload.clone());
+    message.message_id = owned(header::MESSAGE_ID);
+    message.correlation_id = owned(header::CORRELATION_ID);
+    message.content_type = owned(header::CONTENT_TYPE);
+    message.content_encoding = owned(header::CONTENT_ENCODING);
+    message.properties = headers
+        .iter()
+        .filter(|(name, _)| !validate::is_reserved_name(name) && *name != header::RETAIN)
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect();
+    message
+}
+
+/// The local C2D message of one the cloud hub sent to a leaf: id, correlation id, content type
+/// and encoding, custom properties, and the time left before `$.exp`. The local hub writes no
+/// feedback (the upstream message is completed once the local inbox holds it).
+pub(crate) fn local_c2d(upstream: &client::C2dMessage, now: Timestamp) -> C2dMessage {
+    let owned = |name: &str| upstream.property(name).map(str::to_owned);
+    let ttl = upstream
+        .property("$.exp")
+        .and_then(crate::mqtt::rfc3339::parse_expiry)
+        .map(|expiry| {
+            // An already expired message still gets a moment: the cloud hub sent it, so it was
+            // alive there; the local hub refuses a zero time to live.
+            let left = expiry.as_unix_millis().saturating_sub(now.as_unix_millis());
+            Duration::from_millis(left.max(1000))
+        });
+    let mut message = C2dMessage::new(upstream.payload.clone());
+    message.message_id = owned("$.mid");
+    message.correlation_id = owned("$.cid");
+    message.content_type = owned("$.ct");
+    message.content_encoding = owned("$.ce");
+    message.ttl = ttl;
+    message.properties = upstream
+        .properties
+        .iter()
+        .filter(|(name, _)| !validate::is_reserved_name(name))
+        .cloned()
+        .collect();
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_keeps_its_ids_and_custom_properties_and_loses_the_stamps() {
+        let record = Record::new("leaf-1", "42")
+            .with_header(header::DEVICE_ID, "leaf-1")
+            .with_header(header::ENQUEUED_TIME, "1")
+            .with_header(header::MESSAGE_ID, "m-7")
+            .with_header(header::CORRELATION_ID, "c-7")
+            .with_header(header::CONTENT_TYPE, "application/json")
+            .with_header(header::CONTENT_ENCODING, "utf-8")
+            .with_header(header::MODEL_ID, "dtmi:x;1")
+            .with_header(header::RETAIN, "true")
+            .with_header("unit", "C")
+            .with_header("zone", "a/b");
+        let m = upstream_message(&record);
+        assert_eq!(m.payload.as_ref(), b"42");
+        assert_eq!(m.message_id.as_deref(), Some("m-7"));
+        assert_eq!(m.correlation_id.as_deref(), Some("c-7"));
+        assert_eq!(m.content_type.as_deref(), Some("application/json"));
+        assert_eq!(m.content_encoding.as_deref(), Some("utf-8"));
+        assert_eq!(
+            m.properties,
+            vec![("unit".into(), "C".into()), ("zone".into(), "a/b".into())]
+        );
+    }
+}

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use iot_core::{DeviceId, LogExt, Offset, ReadLimits, StoredRecord};
 use iot_gateway::client::{Backoff, ClientOptions};
-use iot_gateway::edge::{Forwarder, ForwarderOptions, IdentityMap};
+use iot_gateway::edge::{Forwarder, ForwarderOptions, IdentityFn, IdentityMap};
 use iot_gateway::mqtt::{MqttConfig, MqttServer, SelfSigned};
 use iot_gateway::{
     DeviceSession, Gateway, Hub, HubConfig, MethodCall, MethodResponse, SessionEvent,
@@ -279,6 +279,7 @@ fn check_leaf(all: &HashMap<String, Vec<StoredRecord>>, leaf: &Leaf, count: u32)
 const LEAVES: usize = 5;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::print_stdout)] // the figures are printed, not asserted
 async fn telemetry_reaches_the_cloud_in_order_across_an_outage_and_a_forwarder_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cloud = Cloud::start().await;
@@ -431,11 +432,9 @@ async fn c2d_methods_and_desired_patches_from_the_cloud_reach_a_leaf_behind_the_
         .await
         .expect("send c2d");
     let delivery = within("the C2D message at the leaf", PATIENCE, async {
-        loop {
-            match leaf.session().next_event().await.expect("event") {
-                SessionEvent::C2d(delivery) => return delivery,
-                other => panic!("unexpected {other:?}"),
-            }
+        match leaf.session().next_event().await.expect("event") {
+            SessionEvent::C2d(delivery) => delivery,
+            other => panic!("unexpected {other:?}"),
         }
     })
     .await;
@@ -466,11 +465,9 @@ async fn c2d_methods_and_desired_patches_from_the_cloud_reach_a_leaf_behind_the_
         cloud_hub.invoke_method(&leaf_id, call).await
     });
     let request = within("the method at the leaf", PATIENCE, async {
-        loop {
-            match leaf.session().next_event().await.expect("event") {
-                SessionEvent::Method(request) => return request,
-                other => panic!("unexpected {other:?}"),
-            }
+        match leaf.session().next_event().await.expect("event") {
+            SessionEvent::Method(request) => request,
+            other => panic!("unexpected {other:?}"),
         }
     })
     .await;
@@ -499,11 +496,9 @@ async fn c2d_methods_and_desired_patches_from_the_cloud_reach_a_leaf_behind_the_
         .await
         .expect("patch desired");
     let patch = within("the desired patch at the leaf", PATIENCE, async {
-        loop {
-            match leaf.session().next_event().await.expect("event") {
-                SessionEvent::DesiredPatch(patch) => return patch,
-                other => panic!("unexpected {other:?}"),
-            }
+        match leaf.session().next_event().await.expect("event") {
+            SessionEvent::DesiredPatch(patch) => patch,
+            other => panic!("unexpected {other:?}"),
         }
     })
     .await;
@@ -530,4 +525,43 @@ async fn c2d_methods_and_desired_patches_from_the_cloud_reach_a_leaf_behind_the_
     forwarder.shutdown().await;
     edge.shutdown().await;
     cloud.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identities_from_a_function_connect_leaves_on_first_message_and_skip_strangers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cloud = Cloud::start().await;
+    let edge_identity = Arc::new(MemoryIdentityStore::new());
+    let edge = open_edge(dir.path(), edge_identity.clone()).await;
+    let mut known = Leaf::provision(&edge_identity, "leaf-known").await;
+    let mut stranger = Leaf::provision(&edge_identity, "leaf-stranger").await;
+    known.connect(&edge).await;
+    stranger.connect(&edge).await;
+    let known_options = cloud.provision(&known.id).await;
+    let known_id = known.id.clone();
+    let identities =
+        IdentityFn(move |leaf: &DeviceId| (*leaf == known_id).then(|| known_options.clone()));
+    let forwarder = Forwarder::start(&edge, Arc::new(identities), ForwarderOptions::default())
+        .await
+        .expect("forwarder");
+    // Nobody is connected upstream before sending: a function names no leaves in advance.
+    assert!(forwarder.leaves().is_empty());
+
+    stranger.send(1..=3).await;
+    known.send(1..=5).await;
+    let all = cloud.wait_for(std::slice::from_ref(&known), 5).await;
+    assert_eq!(check_leaf(&all, &known, 5), 0);
+    within("the backlog forwarded or skipped", PATIENCE, async {
+        while forwarder.backlog().await.expect("backlog") > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(!all.contains_key(stranger.id.as_str()));
+    let stats = forwarder.stats();
+    assert_eq!(stats.skipped, 3, "{stats:?}");
+    assert_eq!(stats.forwarded, 5, "{stats:?}");
+    assert_eq!(forwarder.leaves(), vec![known.id.clone()]);
+    forwarder.shutdown().await;
+    edge.shutdown().await;
 }

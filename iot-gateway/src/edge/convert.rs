@@ -87,4 +87,33 @@ mod tests {
             vec![("unit".into(), "C".into()), ("zone".into(), "a/b".into())]
         );
     }
+
+    #[test]
+    fn a_c2d_message_keeps_its_ids_properties_and_remaining_lifetime() {
+        let upstream = client::C2dMessage {
+            payload: "open".into(),
+            properties: vec![
+                ("$.mid".into(), "c-1".into()),
+                ("$.cid".into(), "r-1".into()),
+                ("$.ct".into(), "text/plain".into()),
+                ("$.ce".into(), "utf-8".into()),
+                ("$.to".into(), "/devices/leaf-1/messages/devicebound".into()),
+                ("$.exp".into(), "1970-01-01T00:01:40.000Z".into()),
+                ("iothub-ack".into(), "full".into()),
+                ("valve".into(), "3".into()),
+            ],
+            ack: None,
+        };
+        let local = local_c2d(&upstream, Timestamp::from_unix_millis(40_000));
+        assert_eq!(local.payload.as_ref(), b"open");
+        assert_eq!(local.message_id.as_deref(), Some("c-1"));
+        assert_eq!(local.correlation_id.as_deref(), Some("r-1"));
+        assert_eq!(local.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(local.content_encoding.as_deref(), Some("utf-8"));
+        assert_eq!(local.ttl, Some(Duration::from_secs(60)));
+        assert_eq!(local.properties, vec![("valve".into(), "3".into())]);
+
+        let late = local_c2d(&upstream, Timestamp::from_unix_millis(500_000));
+        assert_eq!(late.ttl, Some(Duration::from_secs(1)));
+    }
 }

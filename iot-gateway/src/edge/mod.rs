@@ -18,6 +18,11 @@
 //!
 //! See `docs/field-gateway.md` for the design, delivery guarantees and the retention bound.
 
+/// Compiles the example of `docs/field-gateway.md`.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/field-gateway.md")]
+pub struct FieldGatewayDoc;
+
 mod convert;
 mod downlink;
 mod error;

@@ -237,6 +237,10 @@ impl Leaf {
             let mut message = Telemetry::new(format!(r#"{{"n":{n}}}"#));
             message.system.message_id = Some(format!("{}-{n}", self.id));
             message.system.content_type = Some("application/json".into());
+            message.system.component = Some("thermostat1".into());
+            message.system.expiry = Some(iot_core::Timestamp::from_unix_millis(
+                4_000_000_000_000 + u64::from(n),
+            ));
             message.properties = vec![("seq".into(), n.to_string())];
             self.session()
                 .send_telemetry(message)
@@ -267,7 +271,13 @@ fn check_leaf(all: &HashMap<String, Vec<StoredRecord>>, leaf: &Leaf, count: u32)
             r.record.headers.get("content-type"),
             Some("application/json")
         );
+        assert_eq!(r.record.headers.get("dt-subject"), Some("thermostat1"));
         let seq = r.record.headers.get("seq").expect("seq property");
+        let expiry = 4_000_000_000_000 + seq.parse::<u64>().expect("seq");
+        assert_eq!(
+            r.record.headers.get("expiry-time"),
+            Some(expiry.to_string().as_str())
+        );
         assert_eq!(
             r.record.payload.as_ref(),
             format!(r#"{{"n":{seq}}}"#).as_bytes()

@@ -8,12 +8,11 @@ use crate::client;
 use crate::message::{C2dMessage, header};
 use crate::validate;
 
-/// The upstream message of a local telemetry record: its payload, the system properties the
-/// device client carries (`$.mid`, `$.cid`, `$.ct`, `$.ce`) and its custom properties, in order.
-/// The local hub's stamps (`iothub-…`, `$…`, `dt-dataschema`) stay behind: the cloud hub stamps
-/// its own, as the leaf device. So do the system properties the client cannot send yet
-/// (`expiry-time`, `user-id`, `iothub-interface-id`, `iothub-outputname`, `dt-subject`) and the
-/// retain flag (docs/field-gateway.md, limits).
+/// The upstream message of a local telemetry record: its payload, its system properties (message
+/// and correlation id, content type and encoding, expiry, user id, interface id, output name,
+/// component) and its custom properties, in order. The local hub's stamps (`iothub-connection-…`,
+/// `iothub-enqueuedtime`, `$…`, `dt-dataschema`) stay behind: the cloud hub stamps its own, as
+/// the leaf device. So do the retain flag and the will marker (docs/field-gateway.md, limits).
 pub(crate) fn upstream_message(record: &Record) -> client::Message {
     let headers = &record.headers;
     let owned = |name: &str| headers.get(name).map(str::to_owned);
@@ -22,6 +21,14 @@ pub(crate) fn upstream_message(record: &Record) -> client::Message {
     message.correlation_id = owned(header::CORRELATION_ID);
     message.content_type = owned(header::CONTENT_TYPE);
     message.content_encoding = owned(header::CONTENT_ENCODING);
+    message.expiry = headers
+        .get(header::EXPIRY_TIME)
+        .and_then(|millis| millis.parse().ok())
+        .map(Timestamp::from_unix_millis);
+    message.user_id = owned(header::USER_ID);
+    message.interface_id = owned(header::INTERFACE_ID);
+    message.output_name = owned(header::OUTPUT_NAME);
+    message.component = owned(header::COMPONENT);
     message.properties = headers
         .iter()
         .filter(|(name, _)| !validate::is_reserved_name(name) && *name != header::RETAIN)
@@ -72,6 +79,11 @@ mod tests {
             .with_header(header::CORRELATION_ID, "c-7")
             .with_header(header::CONTENT_TYPE, "application/json")
             .with_header(header::CONTENT_ENCODING, "utf-8")
+            .with_header(header::EXPIRY_TIME, "1700000000123")
+            .with_header(header::USER_ID, "u-1")
+            .with_header(header::INTERFACE_ID, "if-1")
+            .with_header(header::OUTPUT_NAME, "out-1")
+            .with_header(header::COMPONENT, "thermostat1")
             .with_header(header::MODEL_ID, "dtmi:x;1")
             .with_header(header::RETAIN, "true")
             .with_header("unit", "C")
@@ -82,6 +94,14 @@ mod tests {
         assert_eq!(m.correlation_id.as_deref(), Some("c-7"));
         assert_eq!(m.content_type.as_deref(), Some("application/json"));
         assert_eq!(m.content_encoding.as_deref(), Some("utf-8"));
+        assert_eq!(
+            m.expiry,
+            Some(Timestamp::from_unix_millis(1_700_000_000_123))
+        );
+        assert_eq!(m.user_id.as_deref(), Some("u-1"));
+        assert_eq!(m.interface_id.as_deref(), Some("if-1"));
+        assert_eq!(m.output_name.as_deref(), Some("out-1"));
+        assert_eq!(m.component.as_deref(), Some("thermostat1"));
         assert_eq!(
             m.properties,
             vec![("unit".into(), "C".into()), ("zone".into(), "a/b".into())]

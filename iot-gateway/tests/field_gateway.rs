@@ -594,3 +594,100 @@ async fn identities_from_a_function_connect_leaves_on_first_message_and_skip_str
     forwarder.shutdown().await;
     edge.shutdown().await;
 }
+
+/// Edge processing with the cloud's processing model: an `iot-stream` processor on the edge
+/// hub's telemetry topic decides what goes upstream (here a router keeps debug messages at the
+/// edge), and the forwarder forwards its output topic instead of the raw telemetry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_processor_at_the_edge_decides_what_is_forwarded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cloud = Cloud::start().await;
+    let edge_identity = Arc::new(MemoryIdentityStore::new());
+    // The edge hub's topics, shared with the processor host.
+    let topics = Arc::new(iot_core::Topics::file(
+        dir.path().join("log"),
+        iot_core::FileLogConfig::default().partitions(HubConfig::default().partitions),
+    ));
+    let edge = Hub::builder_in_dir(
+        dir.path(),
+        edge_identity.clone(),
+        EDGE_HOST,
+        HubConfig::default(),
+    )
+    .await
+    .expect("edge builder")
+    .topics(topics.clone())
+    .build()
+    .await
+    .expect("edge hub");
+    let host = iot_stream::ProcessorHost::new(topics.clone());
+    let router = iot_stream::processors::Router::by_header("class")
+        .route("debug", "edge-debug")
+        .otherwise("to-cloud");
+    let routing = host
+        .start(
+            "telemetry",
+            iot_core::GroupName::new("edge-router").expect("group"),
+            Arc::new(router),
+            iot_stream::HostConfig::default(),
+        )
+        .await
+        .expect("router");
+
+    let mut leaf = Leaf::provision(&edge_identity, "leaf-filtered").await;
+    leaf.connect(&edge).await;
+    let upstream = IdentityMap::new().with(leaf.id.clone(), cloud.provision(&leaf.id).await);
+    let forwarder = Forwarder::start_with(
+        topics.topic("to-cloud").await.expect("output topic"),
+        Arc::new(edge.clone()),
+        Arc::new(upstream),
+        ForwarderOptions::default(),
+    )
+    .await
+    .expect("forwarder");
+
+    // Odd messages are debug output, even ones readings.
+    for n in 1..=20u32 {
+        let class = if n % 2 == 1 { "debug" } else { "reading" };
+        let mut message = Telemetry::new(format!(r#"{{"n":{n}}}"#));
+        message.system.message_id = Some(format!("{}-{n}", leaf.id));
+        message.properties = vec![
+            ("seq".into(), n.to_string()),
+            ("class".into(), class.into()),
+        ];
+        leaf.session()
+            .send_telemetry(message)
+            .await
+            .expect("edge accepted the telemetry");
+    }
+    routing.wait_caught_up().await.expect("router caught up");
+    within("the readings in the cloud", LONG_PATIENCE, async {
+        loop {
+            let all = cloud.telemetry().await;
+            if all.get(leaf.id.as_str()).map_or(0, Vec::len) >= 10 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    within("an empty backlog", PATIENCE, async {
+        while forwarder.backlog().await.expect("backlog") > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let all = cloud.telemetry().await;
+    let seqs = first_appearances(all.get(leaf.id.as_str()).expect("records"));
+    assert_eq!(seqs, (2..=20).step_by(2).collect::<Vec<u32>>());
+    let debug = topics.topic("edge-debug").await.expect("debug topic");
+    let mut kept = 0;
+    for p in debug.partitions() {
+        kept += debug.next_offset(p).await.expect("next").get()
+            - debug.earliest_offset(p).await.expect("earliest").get();
+    }
+    assert_eq!(kept, 10, "the debug messages stay at the edge");
+    forwarder.shutdown().await;
+    routing.shutdown().await.expect("router shutdown");
+    edge.shutdown().await;
+}

@@ -257,6 +257,30 @@ impl Shared {
             why, "telemetry record not forwarded");
     }
 
+    /// Like [`skip`](Self::skip) for a device already reported as having no upstream client
+    /// (when its link was first looked up): one warning per device, not one per record.
+    fn skip_quietly(&self, record: &StoredRecord) {
+        self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+        debug!(key = %record.record.key, offset = %record.offset,
+            "telemetry record of a device without upstream client not forwarded");
+    }
+
+    /// After a client error: a closed client is replaced on the next attempt (the batch is
+    /// then read again from the last commit).
+    fn closed(&self, leaf: &DeviceId, error: &ClientError) {
+        if matches!(error, ClientError::Closed) {
+            warn!(leaf = %leaf, "upstream client ended; reconnecting it");
+            self.forget(leaf);
+        }
+    }
+
+    /// Forgets `leaf`'s link (its client ended), so that the next batch connects it anew.
+    fn forget(&self, leaf: &DeviceId) {
+        if let Some(Some(link)) = lock(&self.links).remove(leaf) {
+            link.downlink.abort();
+        }
+    }
+
     /// Sends one batch upstream and waits until the cloud hub acknowledged all of it. Records of
     /// one device come from one partition in offset order, and each leaf's client sends in
     /// enqueue order, so per-device order holds upstream.
@@ -268,21 +292,27 @@ impl Shared {
                 continue;
             };
             let Some(client) = self.link(&leaf).await else {
-                self.skip(stored, "no upstream client for the device");
+                self.skip_quietly(stored);
                 continue;
             };
             match client
                 .enqueue_telemetry(convert::upstream_message(&stored.record))
                 .await
             {
-                Ok(delivery) => pending.push(delivery),
+                Ok(delivery) => pending.push((leaf, delivery)),
                 Err(ClientError::InvalidMessage(reason)) => self.skip(stored, &reason),
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    self.closed(&leaf, &e);
+                    return Err(e.into());
+                }
             }
         }
         let sent = pending.len() as u64;
-        for delivery in pending {
-            delivery.acknowledged().await?;
+        for (leaf, delivery) in pending {
+            if let Err(e) = delivery.acknowledged().await {
+                self.closed(&leaf, &e);
+                return Err(e.into());
+            }
         }
         self.counters.forwarded.fetch_add(sent, Ordering::Relaxed);
         Ok(())

@@ -424,7 +424,7 @@ async fn telemetry_reaches_the_cloud_in_order_across_an_outage_and_a_forwarder_r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn c2d_methods_and_desired_patches_from_the_cloud_reach_a_leaf_behind_the_field_gateway() {
+async fn c2d_methods_and_desired_patches_reach_a_leaf_and_its_reported_properties_go_up() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cloud = Cloud::start().await;
     let edge_identity = Arc::new(MemoryIdentityStore::new());
@@ -537,6 +537,22 @@ async fn c2d_methods_and_desired_patches_from_the_cloud_reach_a_leaf_behind_the_
         twin.desired.properties,
         serde_json::json!({ "interval": 5 })
     );
+
+    // The leaf reports properties to the edge hub; the forwarder reports them upstream.
+    leaf.session()
+        .patch_reported(serde_json::json!({ "firmware": "1.2", "interval": 5 }))
+        .await
+        .expect("reported at the edge");
+    within("the reported properties in the cloud", PATIENCE, async {
+        loop {
+            let twin = cloud.hub.get_twin(&leaf.id).await.expect("cloud twin");
+            if twin.reported.properties == serde_json::json!({ "firmware": "1.2", "interval": 5 }) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
 
     // A method for a leaf that is not connected to the edge hub: the cloud hears 404.
     leaf.session().close().await;

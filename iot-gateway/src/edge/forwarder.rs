@@ -21,6 +21,9 @@ use crate::client::{ClientError, DeviceClient, OutboxConfig, WhenFull};
 use crate::gateway::Gateway;
 use crate::hub::Hub;
 
+/// The consumer group of the twin-change log is the forwarder's group with this suffix.
+pub(crate) const REPORTED_SUFFIX: &str = "-reported";
+
 /// How long the forwarder waits before reading the local log again after an error (a read or a
 /// commit failed): it starts over from the committed offsets.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
@@ -79,12 +82,16 @@ pub struct Forwarder {
     shared: Arc<Shared>,
     task: JoinHandle<()>,
     retention: JoinHandle<()>,
+    reported: Option<JoinHandle<()>>,
 }
 
 impl Drop for Forwarder {
     fn drop(&mut self) {
         self.task.abort();
         self.retention.abort();
+        if let Some(reported) = &self.reported {
+            reported.abort();
+        }
         for link in lock(&self.shared.links).drain().filter_map(|(_, l)| l) {
             link.downlink.abort();
         }
@@ -97,7 +104,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Forwarder {
-    /// Starts forwarding `hub`'s telemetry log; C2D messages and methods from the cloud go to
+    /// Starts forwarding `hub`'s telemetry log and its leaves' reported-property patches (from
+    /// its twin-change log); C2D messages, methods and desired patches from the cloud go to
     /// `hub`. The leaves [`identities`](UpstreamIdentities::devices) names are connected
     /// upstream at once, others on their first message.
     pub async fn start(
@@ -105,8 +113,9 @@ impl Forwarder {
         identities: Arc<dyn UpstreamIdentities>,
         options: ForwarderOptions,
     ) -> Result<Forwarder, EdgeError> {
-        Forwarder::start_with(
+        Forwarder::launch(
             hub.telemetry_log().clone(),
+            Some(hub.twin_changes_log().clone()),
             Arc::new(hub.clone()),
             identities,
             options,
@@ -115,9 +124,21 @@ impl Forwarder {
     }
 
     /// Starts forwarding the telemetry records of `log` (keyed by device id, as a hub writes
-    /// them), with `local` as the gateway the cloud's traffic goes to.
+    /// them; for example a stream processor's output topic), with `local` as the gateway the
+    /// cloud's traffic goes to. Reported properties are not forwarded (there is no twin-change
+    /// log to read).
     pub async fn start_with(
         log: Arc<dyn Log>,
+        local: Arc<dyn Gateway>,
+        identities: Arc<dyn UpstreamIdentities>,
+        options: ForwarderOptions,
+    ) -> Result<Forwarder, EdgeError> {
+        Forwarder::launch(log, None, local, identities, options).await
+    }
+
+    async fn launch(
+        log: Arc<dyn Log>,
+        twin_changes: Option<Arc<dyn Log>>,
         local: Arc<dyn Gateway>,
         identities: Arc<dyn UpstreamIdentities>,
         options: ForwarderOptions,
@@ -143,12 +164,17 @@ impl Forwarder {
         for leaf in shared.identities.devices() {
             shared.link(&leaf).await;
         }
+        let reported_group = GroupName::new(format!("{}{REPORTED_SUFFIX}", shared.group))
+            .map_err(|e| EdgeError::Config(format!("group {:?}: {e}", shared.group)))?;
         let task = tokio::spawn(forward_forever(shared.clone()));
         let retention = tokio::spawn(retain_forever(shared.clone()));
+        let reported = twin_changes
+            .map(|log| tokio::spawn(report_forever(shared.clone(), log, reported_group)));
         Ok(Forwarder {
             shared,
             task,
             retention,
+            reported,
         })
     }
 
@@ -194,6 +220,9 @@ impl Forwarder {
     pub async fn shutdown(self) {
         self.task.abort();
         self.retention.abort();
+        if let Some(reported) = &self.reported {
+            reported.abort();
+        }
         let links: Vec<Link> = lock(&self.shared.links)
             .drain()
             .filter_map(|(_, l)| l)
@@ -378,5 +407,59 @@ async fn retain_forever(shared: Arc<Shared>) {
             Ok(_) => {}
             Err(e) => warn!(error = %e, "retention pass on the edge log failed"),
         }
+    }
+}
+
+/// Sends the leaves' reported-property patches upstream, in order, from the local twin-change
+/// log; after an error (typically the link is down and a patch timed out) it waits a moment
+/// and starts over from the committed offsets. Sending a merge patch again gives the same
+/// result, so at-least-once is harmless here.
+async fn report_forever(shared: Arc<Shared>, log: Arc<dyn Log>, group: GroupName) {
+    loop {
+        if let Err(e) = report_from_committed(&shared, &log, &group).await {
+            debug!(error = %e, "reported properties: resuming from the committed offsets");
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+}
+
+async fn report_from_committed(
+    shared: &Shared,
+    log: &Arc<dyn Log>,
+    group: &GroupName,
+) -> Result<(), EdgeError> {
+    let mut consumer = GroupConsumer::new(log.clone(), group.clone(), StartFrom::Earliest)
+        .await?
+        .with_read_limits(shared.options.read_limits);
+    loop {
+        let batch = consumer.next_batch().await?;
+        for stored in &batch {
+            let record = &stored.record;
+            if record.headers.get(crate::message::header::SECTION) != Some("reported") {
+                continue;
+            }
+            let Ok(leaf) = DeviceId::new(&record.key) else {
+                continue;
+            };
+            let Some(client) = shared.link(&leaf).await else {
+                continue;
+            };
+            let Ok(patch) = serde_json::from_slice::<serde_json::Value>(&record.payload) else {
+                warn!(leaf = %leaf, offset = %stored.offset, "a reported patch that is not JSON");
+                continue;
+            };
+            match client.patch_reported(&patch).await {
+                Ok(_) => {}
+                // The cloud refused the patch itself (too large, too deep): retrying cannot help.
+                Err(ClientError::TwinStatus { status }) if status < 500 && status != 429 => {
+                    warn!(leaf = %leaf, status, "the cloud refused a reported patch");
+                }
+                Err(e) => {
+                    shared.closed(&leaf, &e);
+                    return Err(e.into());
+                }
+            }
+        }
+        consumer.commit().await?;
     }
 }

@@ -14,7 +14,8 @@
 //! Downstream, each upstream client passes what the cloud sends for its leaf to the local hub:
 //! C2D messages ([`Gateway::send_c2d`](crate::Gateway::send_c2d)), direct methods
 //! ([`Gateway::invoke_method`](crate::Gateway::invoke_method), the answer goes back up) and
-//! desired-property patches ([`Gateway::patch_desired`](crate::Gateway::patch_desired)).
+//! desired-property patches ([`Gateway::patch_desired`](crate::Gateway::patch_desired)); the
+//! leaves' reported-property patches go up from the local hub's twin-change log.
 //!
 //! See `docs/field-gateway.md` for the design, delivery guarantees and the retention bound.
 

@@ -145,13 +145,18 @@ impl Forwarder {
     ) -> Result<Forwarder, EdgeError> {
         let group = GroupName::new(&options.group)
             .map_err(|e| EdgeError::Config(format!("group {:?}: {e}", options.group)))?;
+        // Checked before any leaf is connected, so that a refusal leaves nothing running.
+        let reported_group = GroupName::new(format!("{group}{REPORTED_SUFFIX}"))
+            .map_err(|e| EdgeError::Config(format!("group {:?}: {e}", options.group)))?;
         if options.outbox_capacity == 0 {
             return Err(EdgeError::Config("outbox_capacity must be positive".into()));
         }
-        // Checked here so that a bad limit fails the start, not every read.
-        GroupConsumer::new(log.clone(), group.clone(), StartFrom::Earliest)
-            .await?
-            .with_read_limits(options.read_limits);
+        if options.read_limits.max_records == 0 || options.read_limits.max_bytes == 0 {
+            return Err(EdgeError::Config("read_limits must be positive".into()));
+        }
+        // A log that cannot tell the group's offsets fails the start rather than the first
+        // batch, in the background.
+        GroupConsumer::new(log.clone(), group.clone(), StartFrom::Earliest).await?;
         let shared = Arc::new(Shared {
             log,
             local,
@@ -164,8 +169,6 @@ impl Forwarder {
         for leaf in shared.identities.devices() {
             shared.link(&leaf).await;
         }
-        let reported_group = GroupName::new(format!("{}{REPORTED_SUFFIX}", shared.group))
-            .map_err(|e| EdgeError::Config(format!("group {:?}: {e}", shared.group)))?;
         let task = tokio::spawn(forward_forever(shared.clone()));
         let retention = tokio::spawn(retain_forever(shared.clone()));
         let reported = twin_changes

@@ -11,13 +11,13 @@ cd "$(dirname "$0")/.."
 if [ -n "${EXAMPLES_BIN:-}" ]; then
   bin=$EXAMPLES_BIN
 else
-  cargo build -q --examples -p iot-sdk -p iot-registry --features iot-sdk/http,iot-sdk/nats,iot-sdk/postgres,iot-sdk/cluster
+  cargo build -q --examples -p iot-sdk -p iot-registry --features iot-sdk/http,iot-sdk/nats,iot-sdk/postgres,iot-sdk/cluster,iot-sdk/edge
   # Wherever this cargo puts them (CARGO_TARGET_DIR, a config's target-dir, or target/).
   target=$(cargo metadata -q --format-version 1 --no-deps |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
   bin="$target/debug/examples"
 fi
-examples=(backends_bench cluster hub hub_bench service_bench identity_bench log_bench mqtt_gateway mqtt_load provisioning_bench quickstart
+examples=(backends_bench cluster field_gateway hub hub_bench service_bench identity_bench log_bench mqtt_gateway mqtt_load provisioning_bench quickstart
   registry_bench rules sas stream_bench registry_reopen)
 dir=$(mktemp -d)
 gateway=
@@ -48,6 +48,10 @@ for name in "${examples[@]}"; do
   expect 2 "$name" "$bad"
 done
 expect 2 quickstart --bogus
+expect 2 field_gateway --data-dir "$dir/edge"
+expect 2 field_gateway --data-dir "$dir/edge" --upstream "$bad" --tls-ca ca.pem --fleet-key-file k
+# A missing key file is a run-time error (exit 1 with a message), not a usage error or a panic.
+expect 1 field_gateway --data-dir "$dir/edge" --upstream 127.0.0.1:9 --tls-ca "$dir/none.pem" --fleet-key-file "$dir/none.key"
 key=$(printf '%032d' 0 | base64 -w0)
 expect 2 sas generate --resource "$bad" --key "$key" --expiry +60
 expect 2 sas verify --resource hub/devices/d --key "$key" --token "$bad"

@@ -18,6 +18,8 @@
 //!   (module `http`; it turns on `mqtt` for the shared TLS configuration).
 //! * `client` — a device client for IoT Hub's MQTT protocol (module `client`), with an outbox
 //!   for store-and-forward.
+//! * `edge` — the field gateway's upstream forwarder (module `edge`): a local hub's telemetry
+//!   forwarded to a cloud hub, one device client per leaf device; C2D and methods back down.
 #![forbid(unsafe_code)]
 
 pub mod error;
@@ -63,3 +65,6 @@ pub mod http;
 
 #[cfg(feature = "client")]
 pub mod client;
+
+#[cfg(feature = "edge")]
+pub mod edge;

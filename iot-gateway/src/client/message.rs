@@ -22,6 +22,16 @@ pub struct Message {
     pub content_type: Option<String>,
     /// `$.ce`, e.g. `utf-8`.
     pub content_encoding: Option<String>,
+    /// `$.exp`: when the message stops being meaningful (sent as RFC 3339 with milliseconds).
+    pub expiry: Option<iot_core::Timestamp>,
+    /// `$.uid`: who the sender says originated the message.
+    pub user_id: Option<String>,
+    /// `$.ifid`: the interface the message belongs to.
+    pub interface_id: Option<String>,
+    /// `$.on`: the output a module sent it on.
+    pub output_name: Option<String>,
+    /// `$.sub`: the IoT Plug and Play component that sent it.
+    pub component: Option<String>,
 }
 
 impl Message {
@@ -60,11 +70,17 @@ impl Message {
 
     /// The property bag of the telemetry topic.
     pub(crate) fn bag(&self) -> String {
+        let expiry = self.expiry.map(crate::mqtt::rfc3339::format_millis);
         let system = [
             ("$.mid", &self.message_id),
             ("$.cid", &self.correlation_id),
             ("$.ct", &self.content_type),
             ("$.ce", &self.content_encoding),
+            ("$.exp", &expiry),
+            ("$.uid", &self.user_id),
+            ("$.ifid", &self.interface_id),
+            ("$.on", &self.output_name),
+            ("$.sub", &self.component),
         ];
         let pairs = system
             .iter()

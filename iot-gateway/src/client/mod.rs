@@ -81,6 +81,10 @@ fn check(message: &Message) -> Result<(), ClientError> {
         ("correlation-id", &message.correlation_id),
         ("content-type", &message.content_type),
         ("content-encoding", &message.content_encoding),
+        ("user-id", &message.user_id),
+        ("iothub-interface-id", &message.interface_id),
+        ("iothub-outputname", &message.output_name),
+        ("dt-subject", &message.component),
     ])
     .map_err(invalid)?;
     let size = message.payload.len() + custom + system;

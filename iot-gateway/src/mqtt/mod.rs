@@ -37,7 +37,7 @@ mod framing;
 mod pending;
 mod persistent;
 mod property_bag;
-mod rfc3339;
+pub(crate) mod rfc3339;
 mod server;
 mod session;
 mod shared;

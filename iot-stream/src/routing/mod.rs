@@ -61,3 +61,6 @@ impl Condition {
         self.expr.eval(&eval::Scope { message, twin })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -388,7 +388,7 @@ impl Parser<'_> {
     }
 }
 
-fn number(n: f64) -> Value {
+pub(crate) fn number(n: f64) -> Value {
     // Whole numbers stay integers, so that printing a constant gives back the same JSON.
     if n.fract() == 0.0 && n.abs() < 9.0e15 {
         Value::from(n as i64)

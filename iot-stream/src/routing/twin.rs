@@ -38,8 +38,11 @@ impl<T: TwinLookup + ?Sized> TwinLookup for Arc<T> {
 /// Twins held in memory, for tests and for hubs that keep tags in configuration.
 #[derive(Clone, Debug, Default)]
 pub struct MemoryTwins {
-    twins: Arc<RwLock<HashMap<(String, Option<String>), Value>>>,
+    twins: Arc<RwLock<HashMap<TwinKey, Value>>>,
 }
+
+/// A device and, for a module twin, the module.
+type TwinKey = (String, Option<String>);
 
 impl MemoryTwins {
     /// No twins.

@@ -659,7 +659,15 @@ fn a_parse_error_names_its_position() {
     assert!(reason.contains("byte 16"), "{reason}");
 
     // Nesting is bounded, so a hostile condition is an error, not a stack overflow.
-    let deep = format!("{}1{}", "(".repeat(10_000), ")".repeat(10_000));
+    let deep = format!("{}1{}", "(".repeat(1_000), ")".repeat(1_000));
     let (_, _, reason) = position(&deep);
     assert!(reason.contains("nested deeper"), "{reason}");
+    // Long chains are bounded too (they make left-deep trees); one under the bound evaluates.
+    let (_, _, reason) = position(&format!("1{} = 0", " + 1".repeat(5_000)));
+    assert!(reason.contains("tokens"), "{reason}");
+    let sum = Condition::parse(&format!("1{} = 1000", " + 1".repeat(999))).unwrap();
+    let ands = Condition::parse(&vec!["processingPath = 'hot'"; 500].join(" AND ")).unwrap();
+    let record = doc_message();
+    assert_eq!(sum.evaluate(&MessageView::new(&record), None), Some(true));
+    assert_eq!(ands.evaluate(&MessageView::new(&record), None), Some(true));
 }

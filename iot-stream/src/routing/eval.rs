@@ -119,11 +119,6 @@ impl Expr {
         }
     }
 
-    /// Whether the condition holds: `true`, and nothing else, routes.
-    pub(crate) fn holds(&self, s: &Scope<'_, '_>) -> bool {
-        matches!(self.eval(s), Some(Value::Bool(true)))
-    }
-
     /// Whether the expression reads the twin anywhere.
     pub(crate) fn reads_twin(&self) -> bool {
         match self {

@@ -13,6 +13,10 @@ use crate::error::{Error, Result};
 /// Longest condition accepted, in bytes (IoT Hub limits a route's condition to about 1 KB; this
 /// is generous and only bounds the work).
 pub(crate) const MAX_CONDITION_BYTES: usize = 64 * 1024;
+/// Most tokens: `a + b + …` and `a AND b AND …` chains build left-deep trees that evaluation,
+/// printing and dropping walk recursively, so their length is bounded here (as the registry's
+/// queries bound theirs) and a condition cannot exhaust the stack.
+pub(crate) const MAX_TOKENS: usize = 4096;
 /// Deepest nesting of parentheses, `NOT`s and unary minuses: bounds the recursion.
 pub(crate) const MAX_DEPTH: usize = 64;
 
@@ -33,6 +37,14 @@ pub(crate) fn parse(text: &str) -> Result<Expr> {
         ));
     }
     let tokens = tokenize(text)?;
+    if tokens.len() > MAX_TOKENS {
+        let at = tokens.get(MAX_TOKENS).map_or(text.len(), |t| t.at);
+        return Err(error_at(
+            text,
+            at,
+            format!("the condition has more than {MAX_TOKENS} tokens"),
+        ));
+    }
     let mut p = Parser {
         text,
         tokens,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use iot_core::{PartitionId, Record, StoredRecord};
 use serde_json::Value;
-use tracing::debug;
+use tracing::{debug, trace};
 
 use super::eval::Scope;
 use super::message::MessageView;
@@ -79,8 +79,20 @@ impl RoutingProcessor {
                 message,
                 twin: twin.as_deref(),
             };
-            if route.condition.expr.holds(&scope) && !endpoints.contains(&route.endpoint) {
-                endpoints.push(route.endpoint.clone());
+            match route.condition.expr.eval(&scope) {
+                Some(Value::Bool(true)) => {
+                    if !endpoints.contains(&route.endpoint) {
+                        endpoints.push(route.endpoint.clone());
+                    }
+                }
+                Some(Value::Bool(false)) => {}
+                // IoT Hub logs an error in its routes resource log for these; a trace here.
+                other => trace!(
+                    route = route.name.as_str(),
+                    offset = message.record().offset.0,
+                    undefined = other.is_none(),
+                    "condition is not a Boolean: the route does not match"
+                ),
             }
         }
         if endpoints.is_empty()

@@ -24,15 +24,19 @@ use crate::error::{Error, Result};
 pub struct Condition {
     text: String,
     pub(crate) expr: Expr,
+    /// Whether `expr` reads `$twin` (worked out once: the processor asks for every record).
+    reads_twin: bool,
 }
 
 impl Condition {
     /// Parses `text`; a syntax error is [`Error::Rule`] with the line and column (and the byte
     /// offset in the reason) of the offending text.
     pub fn parse(text: &str) -> Result<Self> {
+        let expr = parser::parse(text)?;
         Ok(Condition {
             text: text.to_owned(),
-            expr: parser::parse(text)?,
+            reads_twin: expr.reads_twin(),
+            expr,
         })
     }
 
@@ -41,6 +45,7 @@ impl Condition {
         Condition {
             text: "true".to_owned(),
             expr: Expr::Const(Value::Bool(true)),
+            reads_twin: false,
         }
     }
 
@@ -51,7 +56,7 @@ impl Condition {
 
     /// Whether it reads the twin (`$twin…`).
     pub fn reads_twin(&self) -> bool {
-        self.expr.reads_twin()
+        self.reads_twin
     }
 }
 

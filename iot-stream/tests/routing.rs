@@ -412,3 +412,61 @@ impl TwinLookup for SlowTwins {
         self.0.twin(device, module).await
     }
 }
+
+/// Twins whose store fails its first `failures` lookups with a retryable error.
+#[derive(Debug)]
+struct FlakyTwins {
+    twins: MemoryTwins,
+    failures: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl TwinLookup for FlakyTwins {
+    async fn twin(
+        &self,
+        device: &str,
+        module: Option<&str>,
+    ) -> iot_stream::Result<Option<serde_json::Value>> {
+        use std::sync::atomic::Ordering;
+        if self
+            .failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(iot_stream::Error::External {
+                what: "twin store",
+                reason: "unavailable".into(),
+            });
+        }
+        self.twins.twin(device, module).await
+    }
+}
+
+#[tokio::test]
+async fn a_failing_twin_store_is_retried_and_the_message_routed_once() {
+    let topics = Arc::new(Topics::memory(1));
+    let twins = MemoryTwins::new();
+    twins.set("dev-1", json!({"site": "north"}), json!({}), json!({}));
+    let table = RouteTable::new();
+    table
+        .add(Route::new("north", "$twin.tags.site = 'north'", "north").unwrap())
+        .unwrap();
+    table
+        .add_enrichment(Enrichment::new("site", "$twin.tags.site", &["north"]).unwrap())
+        .unwrap();
+    send(&topics, vec![json_message("1", "dev-1", json!({}))]).await;
+    let flaky = FlakyTwins {
+        twins,
+        failures: std::sync::atomic::AtomicUsize::new(2),
+    };
+    let processor = RoutingProcessor::new(table, "hub").with_twins(Arc::new(flaky));
+    let mut config = HostConfig::default();
+    config.initial_backoff = std::time::Duration::from_millis(1);
+    let group = start(&topics, processor, config).await;
+    group.wait_caught_up().await.unwrap();
+    group.shutdown().await.unwrap();
+    let north = all(&topics, "north").await;
+    assert_eq!(north.len(), 1, "routed once after two failed lookups");
+    assert_eq!(north[0].headers.get("site"), Some("north"));
+    assert!(all(&topics, "deadletter").await.is_empty());
+}

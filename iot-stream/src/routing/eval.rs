@@ -2,6 +2,7 @@
 //! value or *undefined* (`None`). A missing property is undefined; comparing or computing with
 //! undefined, or across types, is undefined; a condition routes only when it is `true`.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 
 use serde_json::Value;
@@ -11,6 +12,10 @@ use super::message::MessageView;
 
 /// What a condition reads: the message and, when the route needs it, the twin
 /// (`{"tags": …, "properties": {"desired": …, "reported": …}}`).
+/// A value while evaluating: borrowed from the condition, the body or the twin where possible
+/// (no copy per comparison), owned when computed; `None` is undefined.
+pub(crate) type Val<'s> = Option<Cow<'s, Value>>;
+
 pub(crate) struct Scope<'s, 'a> {
     pub(crate) message: &'s MessageView<'a>,
     pub(crate) twin: Option<&'s Value>,
@@ -19,6 +24,14 @@ pub(crate) struct Scope<'s, 'a> {
 fn num(x: f64) -> Option<Value> {
     // NaN and infinities are not JSON numbers: the result is undefined.
     serde_json::Number::from_f64(x).map(Value::Number)
+}
+
+fn owned<'s>(v: Option<Value>) -> Val<'s> {
+    v.map(Cow::Owned)
+}
+
+fn boolean<'s>(b: bool) -> Val<'s> {
+    Some(Cow::Owned(Value::Bool(b)))
 }
 
 fn walk<'v>(mut v: &'v Value, steps: &[Step]) -> Option<&'v Value> {
@@ -72,8 +85,8 @@ fn equal(a: &Value, b: &Value) -> Option<bool> {
     }
 }
 
-fn as_bool(v: &Option<Value>) -> Option<bool> {
-    match v {
+fn as_bool(v: &Val<'_>) -> Option<bool> {
+    match v.as_deref() {
         Some(Value::Bool(b)) => Some(*b),
         _ => None,
     }
@@ -81,41 +94,41 @@ fn as_bool(v: &Option<Value>) -> Option<bool> {
 
 impl Expr {
     /// The expression's value; `None` is undefined.
-    pub(crate) fn eval(&self, s: &Scope<'_, '_>) -> Option<Value> {
+    pub(crate) fn eval<'s>(&'s self, s: &Scope<'s, '_>) -> Val<'s> {
         match self {
-            Expr::Const(v) => Some(v.clone()),
+            Expr::Const(v) => Some(Cow::Borrowed(v)),
             Expr::Undefined => None,
             Expr::Path(root, steps) => path(root, steps, s),
-            Expr::Not(e) => as_bool(&e.eval(s)).map(|b| Value::Bool(!b)),
-            Expr::Neg(e) => num(-e.eval(s)?.as_f64()?),
+            Expr::Not(e) => as_bool(&e.eval(s)).map(|b| Cow::Owned(Value::Bool(!b))),
+            Expr::Neg(e) => owned(num(-e.eval(s)?.as_f64()?)),
             Expr::Binary(BinOp::And, a, b) => {
                 let a = as_bool(&a.eval(s));
                 if a == Some(false) {
-                    return Some(Value::Bool(false));
+                    return boolean(false);
                 }
                 match (a, as_bool(&b.eval(s))) {
-                    (_, Some(false)) => Some(Value::Bool(false)),
-                    (Some(true), Some(true)) => Some(Value::Bool(true)),
+                    (_, Some(false)) => boolean(false),
+                    (Some(true), Some(true)) => boolean(true),
                     _ => None,
                 }
             }
             Expr::Binary(BinOp::Or, a, b) => {
                 let a = as_bool(&a.eval(s));
                 if a == Some(true) {
-                    return Some(Value::Bool(true));
+                    return boolean(true);
                 }
                 match (a, as_bool(&b.eval(s))) {
-                    (_, Some(true)) => Some(Value::Bool(true)),
-                    (Some(false), Some(false)) => Some(Value::Bool(false)),
+                    (_, Some(true)) => boolean(true),
+                    (Some(false), Some(false)) => boolean(false),
                     _ => None,
                 }
             }
             Expr::Binary(op, a, b) => {
                 let a = a.eval(s)?;
                 let b = b.eval(s)?;
-                binary(*op, &a, &b)
+                owned(binary(*op, &a, &b))
             }
-            Expr::Call(func, args) => call(*func, args, s),
+            Expr::Call(func, args) => owned(call(*func, args, s)),
         }
     }
 
@@ -159,47 +172,47 @@ pub(crate) fn binary(op: BinOp, a: &Value, b: &Value) -> Option<Value> {
     }
 }
 
-fn path(root: &Root, steps: &[Step], s: &Scope<'_, '_>) -> Option<Value> {
+fn path<'s>(root: &Root, steps: &[Step], s: &Scope<'s, '_>) -> Val<'s> {
     match root {
         Root::App(name) => {
             let v = s.message.app_property(name)?;
             // Application properties are strings; a path into one is undefined.
-            steps.is_empty().then(|| Value::from(v))
+            steps.is_empty().then(|| Cow::Owned(Value::from(v)))
         }
         Root::System(name) => {
             let v = s
                 .message
                 .system_property(name)
                 .or_else(|| s.message.app_property(&format!("${name}")).map(Value::from))?;
-            steps.is_empty().then_some(v)
+            steps.is_empty().then_some(Cow::Owned(v))
         }
         // A query on the whole body (`$body`, `$body[0]`) is undefined, as IoT Hub documents:
         // only properties in the body can be read.
         Root::Body => match steps.first() {
-            Some(Step::Field(_)) => walk(s.message.body()?, steps).cloned(),
+            Some(Step::Field(_)) => walk(s.message.body()?, steps).map(Cow::Borrowed),
             _ => None,
         },
         Root::Twin => match steps.first() {
-            Some(Step::Field(_)) => walk(s.twin?, steps).cloned(),
+            Some(Step::Field(_)) => walk(s.twin?, steps).map(Cow::Borrowed),
             _ => None,
         },
     }
 }
 
-fn string(v: &Option<Value>) -> Option<&str> {
-    v.as_ref()?.as_str()
+fn string<'v>(v: &'v Val<'_>) -> Option<&'v str> {
+    v.as_deref()?.as_str()
 }
 
-fn integer(v: &Option<Value>) -> Option<i64> {
-    let x = v.as_ref()?.as_f64()?;
+fn integer(v: &Val<'_>) -> Option<i64> {
+    let x = v.as_deref()?.as_f64()?;
     (x.fract() == 0.0).then_some(x as i64)
 }
 
-fn call(func: Func, args: &[Expr], s: &Scope<'_, '_>) -> Option<Value> {
-    let values: Vec<Option<Value>> = args.iter().map(|a| a.eval(s)).collect();
-    let first = values.first().cloned().flatten();
-    let is = |test: fn(&Value) -> bool| Some(Value::Bool(first.as_ref().is_some_and(test)));
-    let math = |f: fn(f64) -> f64| num(f(first.as_ref()?.as_f64()?));
+fn call<'s>(func: Func, args: &'s [Expr], s: &Scope<'s, '_>) -> Option<Value> {
+    let values: Vec<Val<'s>> = args.iter().map(|a| a.eval(s)).collect();
+    let first: Option<&Value> = values.first().and_then(|v| v.as_deref());
+    let is = |test: fn(&Value) -> bool| Some(Value::Bool(first.is_some_and(test)));
+    let math = |f: fn(f64) -> f64| num(f(first?.as_f64()?));
     match func {
         Func::IsDefined => Some(Value::Bool(first.is_some())),
         Func::IsString => is(Value::is_string),
@@ -210,7 +223,7 @@ fn call(func: Func, args: &[Expr], s: &Scope<'_, '_>) -> Option<Value> {
         Func::IsArray => is(Value::is_array),
         Func::IsPrimitive => is(|v| !v.is_object() && !v.is_array()),
         Func::AsNumber => match first? {
-            v @ Value::Number(_) => Some(v),
+            v @ Value::Number(_) => Some(v.clone()),
             Value::String(text) => num(text.trim().parse::<f64>().ok()?),
             _ => None,
         },
@@ -269,6 +282,6 @@ fn call(func: Func, args: &[Expr], s: &Scope<'_, '_>) -> Option<Value> {
         Func::Square => math(|x| x * x),
         Func::Sqrt => math(f64::sqrt),
         Func::Exp => math(f64::exp),
-        Func::Power => num(first?.as_f64()?.powf(values[1].as_ref()?.as_f64()?)),
+        Func::Power => num(first?.as_f64()?.powf(values[1].as_deref()?.as_f64()?)),
     }
 }

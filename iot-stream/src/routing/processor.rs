@@ -79,7 +79,7 @@ impl RoutingProcessor {
                 message,
                 twin: twin.as_deref(),
             };
-            match route.condition.expr.eval(&scope) {
+            match route.condition.expr.eval(&scope).as_deref() {
                 Some(Value::Bool(true)) => {
                     if !endpoints.contains(&route.endpoint) {
                         endpoints.push(route.endpoint.clone());

@@ -12,6 +12,9 @@
 //! | [`stream`] | `iot-stream` | stream processors and the device state store |
 //! | [`gateway`] | `iot-gateway` | the cloud gateway |
 //!
+//! [`routing`] adapts the hub's registry and twin store to IoT Hub message routing
+//! (`stream::routing`, `docs/routing.md`).
+//!
 //! See `examples/quickstart.rs` for a tour (`cargo run --example quickstart`).
 //!
 //! ## Feature flags
@@ -40,3 +43,4 @@ pub use iot_stream as stream;
 
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod routing;

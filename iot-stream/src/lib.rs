@@ -39,6 +39,7 @@ pub mod error;
 pub mod host;
 pub mod processor;
 pub mod processors;
+pub mod routing;
 pub mod rules;
 pub mod state;
 #[cfg(feature = "testkit")]

@@ -449,6 +449,54 @@ async fn concurrent_appends_of_two_writers_are_committed_together_and_each_gets_
     shared.clean_up().await;
 }
 
+/// A flusher cut off mid-batch (here: its runtime shut down under it) does not leave the
+/// partition stuck: the next append, from another runtime, is answered (with an error, since the
+/// client died with the first runtime) instead of waiting forever for a flusher nobody starts.
+#[test]
+fn an_append_after_the_flushers_runtime_died_is_answered() {
+    let first = tokio::runtime::Runtime::new().unwrap();
+    let opened = first.block_on(async {
+        let shared = Shared::connect().await?;
+        let log = Arc::new(shared.factory.open(&topic("stranded"), 1).await.unwrap());
+        for c in 0..200u64 {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let _ = log
+                    .append(P0, vec![testkit::sample_record(&format!("s{c}"), 0)])
+                    .await;
+            });
+        }
+        // Let the flusher start a batch, then pull the runtime from under it.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        Some((shared, log))
+    });
+    let Some((shared, log)) = opened else {
+        return;
+    };
+    first.shutdown_timeout(Duration::from_millis(50));
+    let second = tokio::runtime::Runtime::new().unwrap();
+    let answered = second.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            log.append(P0, vec![testkit::sample_record("after", 0)]),
+        )
+        .await
+    });
+    assert!(
+        answered.is_ok(),
+        "the append after the shutdown waited forever"
+    );
+    drop(log);
+    // The first runtime's connection is gone: clean up with a new one.
+    second.block_on(async {
+        let cleaner =
+            NatsLogFactory::connect(NatsLogConfig::from_url(&with_prefix(&shared.prefix)).unwrap())
+                .await
+                .unwrap();
+        delete_prefixed(&cleaner, &shared.prefix).await;
+    });
+}
+
 #[tokio::test]
 async fn an_unreachable_server_is_a_typed_error() {
     let port = spare_port();

@@ -107,6 +107,10 @@ fn lock(queue: &std::sync::Mutex<Vec<Waiting>>) -> std::sync::MutexGuard<'_, Vec
 
 /// The flusher: commits what is queued, batch after batch, until the queue is empty.
 async fn flush_queue(shared: Arc<Shared>, part: Arc<Partition>) {
+    let mut guard = Stranded {
+        part: &part,
+        armed: true,
+    };
     loop {
         let batch = take_batch(&shared, &part);
         if batch.is_empty() {
@@ -114,11 +118,30 @@ async fn flush_queue(shared: Arc<Shared>, part: Arc<Partition>) {
             // An append that queued after `take_batch` but saw `flushing` still set spawned no
             // flusher: look again, and carry on unless another flusher has started since.
             if lock(&part.queue).is_empty() || part.flushing.swap(true, Ordering::AcqRel) {
+                guard.armed = false;
                 return;
             }
             continue;
         }
         commit(&shared, &part, batch).await;
+    }
+}
+
+/// A flusher that ends any other way than by finding the queue empty (its runtime shut down,
+/// or a panic) must not leave `flushing` set: no append would start another, and every later one
+/// would wait forever. It fails what is queued (their callers get an error at once) and lets the
+/// next append start a flusher.
+struct Stranded<'a> {
+    part: &'a Partition,
+    armed: bool,
+}
+
+impl Drop for Stranded<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            drop(std::mem::take(&mut *lock(&self.part.queue)));
+            self.part.flushing.store(false, Ordering::Release);
+        }
     }
 }
 

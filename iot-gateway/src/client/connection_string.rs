@@ -199,31 +199,8 @@ fn check_host(part: &'static str, host: &str) -> Result<(), ConnectionStringErro
 }
 
 fn check_id(part: &'static str, id: &str) -> Result<(), ConnectionStringError> {
-    // IoT Hub's id alphabet (the same one `iot_core::DeviceId` enforces for device ids).
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id.chars().all(|c| {
-            c.is_ascii_alphanumeric()
-                || matches!(
-                    c,
-                    '-' | '.'
-                        | '+'
-                        | '%'
-                        | '_'
-                        | '#'
-                        | '*'
-                        | '?'
-                        | '!'
-                        | '('
-                        | ')'
-                        | ','
-                        | ':'
-                        | '='
-                        | '@'
-                        | '$'
-                        | '\''
-                )
-        });
+    // IoT Hub's id alphabet, for module ids too: the rule `iot_core::DeviceId` enforces.
+    let ok = iot_core::DeviceId::validate(id).is_ok();
     if ok {
         Ok(())
     } else {

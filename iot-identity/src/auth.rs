@@ -7,6 +7,9 @@ use iot_core::DeviceId;
 use tracing::{debug, instrument};
 use zeroize::Zeroizing;
 
+use rustls_pki_types::CertificateDer;
+
+use crate::ca::{CertificateAuthorities, ChainValidation};
 use crate::credentials::{
     Credentials, KeySlot, MAX_PASSPHRASE_LEN, PassphraseHash, SymmetricKey, Thumbprint,
 };
@@ -26,6 +29,11 @@ pub enum Presented<'a> {
     Thumbprint(Thumbprint),
     /// Its passphrase.
     Passphrase(&'a str),
+    /// The certificate chain (leaf first, then intermediates) it completed a TLS handshake
+    /// with. A device with thumbprint credentials is checked by the leaf's thumbprint; one with
+    /// [`Credentials::CertificateAuthority`] by validating the chain against the verified CAs
+    /// ([`Authenticator::with_certificate_authorities`]).
+    CertificateChain(&'a [CertificateDer<'a>]),
 }
 
 impl Presented<'_> {
@@ -35,6 +43,7 @@ impl Presented<'_> {
             Presented::SymmetricKey(_) => "symmetric key",
             Presented::Thumbprint(_) => "thumbprint",
             Presented::Passphrase(_) => "passphrase",
+            Presented::CertificateChain(_) => "certificate chain",
         }
     }
 }
@@ -43,6 +52,15 @@ impl fmt::Debug for Presented<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Presented::Thumbprint(t) => write!(f, "Thumbprint({t})"),
+            Presented::CertificateChain(chain) => match chain.first() {
+                Some(leaf) => write!(
+                    f,
+                    "CertificateChain(leaf {}, {} more)",
+                    Thumbprint::of_der_certificate(leaf),
+                    chain.len() - 1
+                ),
+                None => f.write_str("CertificateChain(empty)"),
+            },
             other => write!(f, "{}(<redacted>)", other.kind_name()),
         }
     }
@@ -97,6 +115,7 @@ pub struct Authenticator {
     host: String,
     verifier: SasVerifier,
     policies: Option<Arc<dyn DeviceConnectPolicies>>,
+    authorities: Option<CertificateAuthorities>,
 }
 
 impl Authenticator {
@@ -108,7 +127,16 @@ impl Authenticator {
             host: host.into(),
             verifier: SasVerifier::default(),
             policies: None,
+            authorities: None,
         }
+    }
+
+    /// Authenticates devices with [`Credentials::CertificateAuthority`] by their certificate
+    /// chain against the verified CAs of `authorities` (read at every authentication, so a
+    /// deleted CA stops working for the next connect). Without it such devices are refused.
+    pub fn with_certificate_authorities(mut self, authorities: CertificateAuthorities) -> Self {
+        self.authorities = Some(authorities);
+        self
     }
 
     /// Also accepts SAS tokens signed by a `DeviceConnect` policy of `policies` (by default
@@ -263,18 +291,19 @@ impl Authenticator {
                     _ => Err(bad()),
                 }
             }
+            (Credentials::X509 { primary, secondary }, Presented::CertificateChain(chain)) => {
+                let leaf = chain.first().ok_or_else(|| Error::BadCredential {
+                    id: id.clone(),
+                    kind: "certificate chain",
+                })?;
+                let t = Thumbprint::of_der_certificate(leaf);
+                thumbprint_slot(id, primary, secondary, t).map(|slot| (Some(slot), None))
+            }
+            (Credentials::CertificateAuthority, Presented::CertificateChain(chain)) => {
+                self.check_ca_chain(id, chain, now).await
+            }
             (Credentials::X509 { primary, secondary }, Presented::Thumbprint(t)) => {
-                // Thumbprints are public; plain comparison is fine.
-                if *primary == t {
-                    Ok((Some(KeySlot::Primary), None))
-                } else if *secondary == t {
-                    Ok((Some(KeySlot::Secondary), None))
-                } else {
-                    Err(Error::BadCredential {
-                        id: id.clone(),
-                        kind: "thumbprint",
-                    })
-                }
+                thumbprint_slot(id, primary, secondary, t).map(|slot| (Some(slot), None))
             }
             (Credentials::Passphrase(hash), Presented::Passphrase(text)) => {
                 if verify_passphrase(hash.clone(), text).await {
@@ -287,6 +316,61 @@ impl Authenticator {
                 }
             }
             _ => Err(wrong_kind()),
+        }
+    }
+}
+
+/// Which of the two thumbprints `t` is.
+fn thumbprint_slot(
+    id: &DeviceId,
+    primary: &Thumbprint,
+    secondary: &Thumbprint,
+    t: Thumbprint,
+) -> Result<KeySlot> {
+    // Thumbprints are public; plain comparison is fine.
+    if *primary == t {
+        Ok(KeySlot::Primary)
+    } else if *secondary == t {
+        Ok(KeySlot::Secondary)
+    } else {
+        Err(Error::BadCredential {
+            id: id.clone(),
+            kind: "thumbprint",
+        })
+    }
+}
+
+impl Authenticator {
+    /// A CA-signed device: its chain must lead to a verified CA and name it as common name.
+    async fn check_ca_chain(
+        &self,
+        id: &DeviceId,
+        chain: &[CertificateDer<'_>],
+        now: u64,
+    ) -> Result<(Option<KeySlot>, Option<u64>)> {
+        let refused = || Error::BadCredential {
+            id: id.clone(),
+            kind: "certificate chain",
+        };
+        let Some(authorities) = &self.authorities else {
+            debug!("certificate chain refused: no certificate authorities configured");
+            return Err(refused());
+        };
+        match authorities.validate(chain, id.as_str(), now).await {
+            Ok(_) => Ok((Some(KeySlot::Primary), None)),
+            Err(ChainValidation::Refused(reason)) => {
+                // Certificates are public; the reason helps the operator and reveals nothing.
+                debug!(%reason, "certificate chain refused");
+                Err(refused())
+            }
+            Err(ChainValidation::Store(e)) => {
+                tracing::warn!(error = %e, "the CA store could not be read");
+                Err(Error::Backend {
+                    backend: "CA store".into(),
+                    source: Box::new(e),
+                    retryable: true,
+                })
+            }
         }
     }
 }

@@ -41,6 +41,11 @@ pub enum Credentials {
     },
     /// An argon2id hash of a passphrase (the passphrase itself is never stored).
     Passphrase(PassphraseHash),
+    /// A certificate issued by a CA the hub holds verified (IoT Hub's `certificateAuthority`):
+    /// the device presents its chain in the TLS handshake, the chain must lead to a verified CA
+    /// and the leaf's common name must be the device id (see [`crate::ca`]). Nothing secret is
+    /// stored: deleting the CA, or disabling the device, revokes it.
+    CertificateAuthority,
 }
 
 impl Credentials {
@@ -59,13 +64,15 @@ impl Credentials {
         )?))
     }
 
-    /// A short name of the kind: `"none"`, `"symmetric key"`, `"thumbprint"`, `"passphrase"`.
+    /// A short name of the kind: `"none"`, `"symmetric key"`, `"thumbprint"`, `"passphrase"`,
+    /// `"certificate authority"`.
     pub fn kind_name(&self) -> &'static str {
         match self {
             Credentials::None => "none",
             Credentials::SymmetricKeys { .. } => "symmetric key",
             Credentials::X509 { .. } => "thumbprint",
             Credentials::Passphrase(_) => "passphrase",
+            Credentials::CertificateAuthority => "certificate authority",
         }
     }
 }

@@ -45,6 +45,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod ca;
 pub mod credentials;
 pub mod error;
 pub mod file;
@@ -57,6 +58,10 @@ pub mod store;
 pub mod testkit;
 
 pub use auth::{Authenticated, Authenticator, DeviceConnectPolicies, Presented};
+pub use ca::{
+    CaCertificate, CaCondition, CaError, CaStore, CertificateAuthorities, FileCaStore,
+    MemoryCaStore,
+};
 pub use credentials::{
     Credentials, KeySlot, PassphraseHash, PassphraseParams, SymmetricKey, Thumbprint,
 };

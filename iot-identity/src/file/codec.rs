@@ -10,6 +10,7 @@
 //!            | 0x01 u8 len + primary key, u8 len + secondary key
 //!            | 0x02 32-byte primary thumbprint, 32-byte secondary thumbprint
 //!            | 0x03 u16 len + argon2id PHC string
+//!            | 0x04 (certificate authority: nothing stored)
 //! ```
 //!
 //! All integers are little-endian; timestamps are microseconds since the Unix epoch; a Put's seq is
@@ -75,6 +76,7 @@ pub(crate) fn encode(mutation: &Mutation, out: &mut Vec<u8>) {
                     out.push(3);
                     put_u16_bytes(out, hash.expose_phc().as_bytes());
                 }
+                Credentials::CertificateAuthority => out.push(4),
             }
         }
         Mutation::Delete { id, seq } => {
@@ -144,6 +146,7 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Mutation, String> {
                         PassphraseHash::from_phc(&phc).map_err(|e| e.to_string())?,
                     )
                 }
+                4 => Credentials::CertificateAuthority,
                 other => return Err(format!("unknown credential tag {other}")),
             };
             Mutation::Put(Arc::new(DeviceIdentity {

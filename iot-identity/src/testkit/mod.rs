@@ -32,6 +32,7 @@
 //! [`FaultyIdentityStore`] wraps any store and fails the call a [`FaultPlan`] chooses, before or
 //! after forwarding it; the suite passes over it when the plan only counts.
 
+pub mod ca;
 mod fault;
 mod suite;
 

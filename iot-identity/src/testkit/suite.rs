@@ -201,6 +201,7 @@ pub async fn credentials_round_trip(store: &dyn IdentityStore) {
             primary: SymmetricKey::from_bytes(&[0xA5; 64]).expect("64-byte key"),
             secondary: SymmetricKey::from_bytes(&[0x5A; 32]).expect("32-byte key"),
         },
+        Credentials::CertificateAuthority,
     ];
     let prefix = fresh_name("tk-cred");
     for (i, credentials) in kinds.iter().enumerate() {

@@ -93,6 +93,7 @@ impl Row {
                 hash.expose_phc().as_bytes().to_vec(),
                 Vec::new(),
             ),
+            Credentials::CertificateAuthority => ("ca", Vec::new(), Vec::new()),
             // A kind added to the SDK later has no column here yet: refuse rather than lose it.
             other => {
                 return Err(Error::backend(
@@ -142,6 +143,7 @@ impl Row {
                     .map_err(|_| unreadable("passphrase"))?;
                 Credentials::Passphrase(PassphraseHash::from_phc(phc)?)
             }
+            "ca" => Credentials::CertificateAuthority,
             _ => return Err(unreadable("credential kind")),
         };
         let status = match &self.disabled_reason {

@@ -60,6 +60,7 @@ impl<'a> CredentialColumns<'a> {
                 phc: Some(hash.expose_phc()),
                 ..none
             },
+            Credentials::CertificateAuthority => CredentialColumns { kind: 4, ..none },
             // `None`, and any kind a later version of the crate adds, which this store cannot
             // keep: `create`/`replace_credentials` refuse those first.
             _ => none,
@@ -73,7 +74,8 @@ pub(crate) fn check_storable(credentials: &Credentials) -> Result<()> {
         Credentials::None
         | Credentials::SymmetricKeys { .. }
         | Credentials::X509 { .. }
-        | Credentials::Passphrase(_) => Ok(()),
+        | Credentials::Passphrase(_)
+        | Credentials::CertificateAuthority => Ok(()),
         other => Err(Error::InvalidInput {
             reason: format!(
                 "the PostgreSQL identity store cannot keep {} credentials",
@@ -141,6 +143,7 @@ pub(crate) fn record(row: &Row) -> Result<DeviceIdentity> {
         (3, _, _, Some(phc)) => Credentials::Passphrase(
             PassphraseHash::from_phc(phc).map_err(|_| corrupt(id_text, "the passphrase hash"))?,
         ),
+        (4, _, _, _) => Credentials::CertificateAuthority,
         _ => return Err(corrupt(id_text, "the credentials")),
     };
     let new = NewIdentity {

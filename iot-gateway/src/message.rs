@@ -58,7 +58,7 @@ pub mod header {
             Presented::SymmetricKey(_) => {
                 r#"{"scope":"device","type":"symkey","issuer":"iothub","acceptingIpFilterRule":null}"#
             }
-            Presented::Thumbprint(_) => {
+            Presented::Thumbprint(_) | Presented::CertificateChain(_) => {
                 r#"{"scope":"device","type":"x509Certificate","issuer":"iothub","acceptingIpFilterRule":null}"#
             }
             Presented::Passphrase(_) => {

@@ -3,7 +3,10 @@
 use std::fmt;
 use std::sync::Arc;
 
+use std::sync::OnceLock;
+
 use iot_identity::IdentityStore;
+use iot_identity::ca::CertificateAuthorities;
 use iot_provisioning::Provisioning;
 use iot_registry::Registry;
 
@@ -31,6 +34,8 @@ struct Inner {
     host: String,
     config: HttpConfig,
     tokens: TokenCache,
+    /// The CA certificates the `/certificates` routes manage, when set.
+    authorities: OnceLock<CertificateAuthorities>,
 }
 
 impl fmt::Debug for HttpState {
@@ -63,6 +68,7 @@ impl HttpState {
             policies,
             host: host.into(),
             tokens: TokenCache::new(config.token_cache_size),
+            authorities: OnceLock::new(),
             config,
         }))
     }
@@ -95,6 +101,22 @@ impl HttpState {
     /// The host name tokens are scoped to.
     pub fn host(&self) -> &str {
         &self.0.host
+    }
+
+    /// Serves IoT Hub's `/certificates` routes over `authorities` — give it the same value as
+    /// the hub's [`HubBuilder::certificate_authorities`](crate::HubBuilder::certificate_authorities),
+    /// so that a CA verified here authenticates devices there. Set once, before serving (a
+    /// second call is ignored). Without it those routes answer 404.
+    pub fn with_certificate_authorities(self, authorities: CertificateAuthorities) -> Self {
+        if self.0.authorities.set(authorities).is_err() {
+            tracing::warn!("certificate authorities were set already; the first stay");
+        }
+        self
+    }
+
+    /// The CA certificates of the `/certificates` routes, if set.
+    pub fn certificate_authorities(&self) -> Option<&CertificateAuthorities> {
+        self.0.authorities.get()
     }
 
     /// The configuration.

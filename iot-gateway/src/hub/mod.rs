@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use iot_core::{DeviceId, FileLogConfig, Log, PartitionId, Producer, Record, Timestamp, Topics};
 use iot_identity::{
-    Authenticator, ChangeEvent, ChangeKind, ChangeStream, DeviceConnectPolicies, DeviceStatus,
-    IdentityStore, SasVerifier,
+    Authenticator, CertificateAuthorities, ChangeEvent, ChangeKind, ChangeStream,
+    DeviceConnectPolicies, DeviceStatus, IdentityStore, SasVerifier,
 };
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -84,11 +84,24 @@ pub struct HubBuilder {
     inbox: Option<Arc<dyn InboxStore>>,
     twins: Option<Arc<dyn TwinStore>>,
     policies: Option<Arc<dyn DeviceConnectPolicies>>,
+    authorities: Option<CertificateAuthorities>,
     observer: Option<Arc<dyn SessionObserver>>,
     config: HubConfig,
 }
 
 impl HubBuilder {
+    /// Lets devices whose credentials are [`Credentials::CertificateAuthority`] connect with a
+    /// certificate chain that leads to a CA `authorities` holds verified, with the device id
+    /// as the leaf's common name (IoT Hub's X.509 CA authentication). The CAs are read at every
+    /// connect: deleting one refuses its devices' next connection. Default: such devices are
+    /// refused.
+    ///
+    /// [`Credentials::CertificateAuthority`]: iot_identity::Credentials::CertificateAuthority
+    pub fn certificate_authorities(mut self, authorities: CertificateAuthorities) -> Self {
+        self.authorities = Some(authorities);
+        self
+    }
+
     /// Also lets devices connect with SAS tokens signed by a shared access policy with the
     /// `DeviceConnect` right (`sr={host}/devices/{id}`, `skn={policy}`), as protocol gateways
     /// do — on every endpoint, since they all connect through [`Gateway::connect`]. Such a
@@ -153,9 +166,13 @@ impl HubBuilder {
         if let Some(policies) = self.policies {
             auth = auth.with_device_connect_policies(policies);
         }
+        if let Some(authorities) = self.authorities.clone() {
+            auth = auth.with_certificate_authorities(authorities);
+        }
         let inner = Arc::new(HubInner {
             auth,
             identity: self.identity,
+            authorities: self.authorities,
             host: self.host,
             telemetry,
             twin_changes,
@@ -211,6 +228,7 @@ impl Hub {
             inbox: None,
             twins: None,
             policies: None,
+            authorities: None,
             observer: None,
             config: HubConfig::default(),
         }
@@ -269,6 +287,12 @@ impl Hub {
     /// The host SAS tokens are scoped to.
     pub fn host(&self) -> &str {
         &self.inner.host
+    }
+
+    /// The CAs CA-signed devices authenticate against
+    /// ([`HubBuilder::certificate_authorities`]), if any.
+    pub fn certificate_authorities(&self) -> Option<&CertificateAuthorities> {
+        self.inner.authorities.as_ref()
     }
 
     /// The telemetry topic.
@@ -342,6 +366,8 @@ pub(crate) struct HubInner {
     config: HubConfig,
     auth: Authenticator,
     identity: Arc<dyn IdentityStore>,
+    /// The verified CAs CA-signed devices authenticate against, when configured.
+    authorities: Option<CertificateAuthorities>,
     host: String,
     telemetry: Producer,
     twin_changes: Producer,

@@ -2,9 +2,10 @@
 //! (`session`) keeps to the running session.
 
 use iot_core::DeviceId;
-use iot_identity::{Presented, Thumbprint};
+use iot_identity::Presented;
 use rmqtt_codec::v3::{Connect, ConnectAckReason, QoS};
 
+use super::client_chain::ClientChain;
 use super::topics::{self, Inbound};
 use super::{telemetry, username};
 use crate::message::Telemetry;
@@ -21,10 +22,10 @@ pub(super) struct CheckedConnect<'a> {
 /// The checks of CONNECT that need no gateway: username form, client id = device id, a
 /// credential (the password as a SAS token, else the TLS client certificate), and a will that
 /// goes to the device's own telemetry topic at QoS 0 or 1.
-pub(super) fn check_connect(
-    connect: &Connect,
-    client_cert: Option<Thumbprint>,
-) -> Result<CheckedConnect<'_>, (ConnectAckReason, String)> {
+pub(super) fn check_connect<'a>(
+    connect: &'a Connect,
+    client_cert: Option<&'a ClientChain>,
+) -> Result<CheckedConnect<'a>, (ConnectAckReason, String)> {
     use ConnectAckReason::{BadUserNameOrPassword, IdentifierRejected, NotAuthorized};
     let username = connect
         .username
@@ -48,7 +49,7 @@ pub(super) fn check_connect(
                 )
             })?)
         }
-        (None, Some(thumbprint)) => Presented::Thumbprint(thumbprint),
+        (None, Some(chain)) => Presented::CertificateChain(chain.certificates()),
         (None, None) => {
             return Err((
                 BadUserNameOrPassword,

@@ -29,6 +29,7 @@
 //! # Ok(()) }
 //! ```
 
+mod client_chain;
 mod config;
 mod connect;
 mod dps;

@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures::FutureExt;
-use iot_identity::Thumbprint;
 use iot_provisioning::onboarding::Onboarding;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -12,6 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::client_chain::ClientChain;
 use super::config::MqttConfig;
 use super::error::Error;
 use super::pending::{PendingGuard, PendingPeers};
@@ -269,16 +269,6 @@ async fn within_connect_timeout<T, E: std::fmt::Display>(
     }
 }
 
-/// The thumbprint of the client certificate of a TLS connection, if one was presented.
-fn client_thumbprint<S>(stream: &tokio_rustls::server::TlsStream<S>) -> Option<Thumbprint> {
-    stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .map(|leaf| Thumbprint::of_der_certificate(leaf))
-}
-
 /// Completes the TLS handshake (bounded by the connect timeout), then serves MQTT inside it.
 async fn serve_tls(
     tls: TlsConfig,
@@ -294,7 +284,7 @@ async fn serve_tls(
     let Some(stream) = within_connect_timeout(&shared, peer, "TLS handshake", accept).await else {
         return;
     };
-    let client_cert = client_thumbprint(&stream);
+    let client_cert = ClientChain::of(&stream);
     // The TLS state (about 1 KiB) lives on the heap once instead of being moved through every
     // stage of the session's future.
     serve_logged(Box::new(stream), peer, shared, client_cert, unauthenticated).await;
@@ -328,7 +318,7 @@ async fn serve_websocket(
         Some(tls) => {
             let setup = Box::pin(async {
                 let stream = tls.acceptor().accept(stream).await?;
-                let client_cert = client_thumbprint(&stream);
+                let client_cert = ClientChain::of(&stream);
                 let ws = websocket::accept(stream, max_message)
                     .await
                     .map_err(std::io::Error::other)?;
@@ -352,7 +342,7 @@ async fn serve_logged<IO>(
     io: IO,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    client_cert: Option<Thumbprint>,
+    client_cert: Option<ClientChain>,
     unauthenticated: PendingGuard,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send,

@@ -16,11 +16,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::client_chain::ClientChain;
 use bytes::Bytes;
 use bytestring::ByteString;
 use futures::StreamExt;
 use iot_core::DeviceId;
-use iot_identity::Thumbprint;
 use rmqtt_codec::types::Publish;
 use rmqtt_codec::v3::{Connect, ConnectAck, ConnectAckReason, Packet, QoS, SubscribeReturnCode};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -60,12 +60,12 @@ enum Ending {
 
 /// Serves one connection to its end. Errors are the reason it ended; the caller logs them.
 ///
-/// `client_cert` is the thumbprint of the certificate the device presented in the TLS
-/// handshake, if any: it authenticates a device that sends no password.
+/// `client_cert` is the certificate chain the device presented in the TLS handshake, if any:
+/// it authenticates a device that sends no password (by thumbprint, or as CA-signed).
 pub(crate) async fn serve<IO>(
     io: IO,
     shared: Arc<Shared>,
-    client_cert: Option<Thumbprint>,
+    client_cert: Option<ClientChain>,
     peer: Option<std::net::SocketAddr>,
     unauthenticated: Option<super::pending::PendingGuard>,
 ) -> Result<(), Error>
@@ -113,6 +113,7 @@ where
             transport,
             *connect,
             shared,
+            client_cert,
             unauthenticated,
         ))
         .await;
@@ -142,7 +143,7 @@ async fn handshake<IO>(
     mut transport: Transport<IO>,
     connect: Connect,
     shared: Arc<Shared>,
-    client_cert: Option<Thumbprint>,
+    client_cert: Option<ClientChain>,
     peer: Option<std::net::SocketAddr>,
 ) -> Result<Option<Connection<IO>>, Error>
 where
@@ -166,7 +167,7 @@ where
         .await?;
         return Err(ProtocolViolation::ProtocolLevel(connect.protocol.0).into());
     }
-    let checked = match check_connect(&connect, client_cert) {
+    let checked = match check_connect(&connect, client_cert.as_ref()) {
         Ok(checked) => checked,
         Err((code, why)) => {
             // Debug, not info: a flood of bad CONNECTs must not become a flood of log lines

@@ -57,6 +57,25 @@ impl Dps {
         }
     }
 
+    /// Admits X.509 enrollment groups' devices whose chains lead to a CA `authorities` holds
+    /// verified (the onboarding service is rebuilt over the same stores).
+    pub fn with_certificate_authorities(
+        mut self,
+        authorities: iot_identity::ca::CertificateAuthorities,
+    ) -> Dps {
+        let config = self.onboarding.config().clone();
+        self.onboarding = Arc::new(
+            Onboarding::new(
+                self.enrollments.clone(),
+                Arc::new(self.provisioner.clone()),
+                config,
+            )
+            .expect("onboarding")
+            .with_certificate_authorities(authorities),
+        );
+        self
+    }
+
     /// An MQTT server over the hub serving DPS too.
     pub fn server(&self, config: MqttConfig) -> MqttServer {
         MqttServer::with_onboarding(Arc::new(self.hub.clone()), config, self.onboarding.clone())

@@ -25,6 +25,8 @@ pub struct Stack {
     pub provisioner: Arc<Provisioner>,
     pub policies: Arc<PolicyStore>,
     pub state: HttpState,
+    /// The CA certificates the `/certificates` routes manage and the hub authenticates with.
+    pub cas: iot_identity::ca::CertificateAuthorities,
     pub server: HttpServer,
     pub addr: SocketAddr,
 }
@@ -47,7 +49,11 @@ impl Stack {
                 .await
                 .expect("provisioner"),
         );
+        let cas = iot_identity::ca::CertificateAuthorities::new(Arc::new(
+            iot_identity::ca::MemoryCaStore::new(),
+        ));
         let hub = Hub::builder(identity.clone(), HOST)
+            .certificate_authorities(cas.clone())
             .config(hub_config)
             .build()
             .await
@@ -61,7 +67,8 @@ impl Stack {
             policies.clone(),
             HOST,
             config.clone(),
-        );
+        )
+        .with_certificate_authorities(cas.clone());
         let server = HttpServer::new(iot_gateway::http::router(state.clone()), config);
         let addr = server
             .listen_tcp("127.0.0.1:0".parse().expect("addr"))
@@ -74,6 +81,7 @@ impl Stack {
             provisioner,
             policies,
             state,
+            cas,
             server,
             addr,
         }

@@ -7,7 +7,7 @@
 //! ([`SasVerifier`]).
 
 use iot_core::DeviceId;
-use iot_identity::{SasVerifier, SymmetricKey, VerifiedToken, sas};
+use iot_identity::{Credentials, SasVerifier, SymmetricKey, VerifiedToken, sas};
 
 use super::error::OnboardingError;
 use super::types::{Attested, EnrollmentRef};
@@ -174,6 +174,9 @@ fn attested(
         settings,
         key: verified.key,
         expiry: verified.expiry,
-        keys,
+        credentials: Credentials::SymmetricKeys {
+            primary: keys.0,
+            secondary: keys.1,
+        },
     }
 }

@@ -59,6 +59,7 @@
 //! ```
 
 mod attest;
+mod attest_x509;
 mod error;
 mod serialize;
 mod service;

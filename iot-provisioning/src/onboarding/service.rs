@@ -3,10 +3,13 @@
 use std::sync::Arc;
 
 use iot_core::DeviceId;
-use iot_identity::{Credentials, SasVerifier, sas};
+use iot_identity::ca::CertificateAuthorities;
+use iot_identity::{SasVerifier, sas};
+use rustls_pki_types::CertificateDer;
 use serde_json::Value;
 
 use super::attest::attest;
+use super::attest_x509::attest_x509;
 use super::error::OnboardingError;
 use super::serialize::PerDevice;
 use super::types::{Assignment, Attested, Substatus};
@@ -53,6 +56,8 @@ pub struct Onboarding {
     config: OnboardingConfig,
     /// Registrations of one device wait for each other (see `serialize`).
     in_progress: Arc<PerDevice>,
+    /// The verified CAs X.509 group registrations must chain to.
+    authorities: Option<CertificateAuthorities>,
 }
 
 impl Onboarding {
@@ -88,7 +93,49 @@ impl Onboarding {
             provisioning,
             config,
             in_progress: Arc::default(),
+            authorities: None,
         })
+    }
+
+    /// Admits X.509 enrollment groups' devices only with a chain that also leads to a CA
+    /// `authorities` holds verified (DPS's proof of possession). Without it, X.509 groups
+    /// admit nobody; individual X.509 enrollments (by thumbprint) need no CA.
+    pub fn with_certificate_authorities(mut self, authorities: CertificateAuthorities) -> Self {
+        self.authorities = Some(authorities);
+        self
+    }
+
+    /// Checks that the certificate chain a device completed its TLS handshake with (leaf
+    /// first) proves `registration_id` belongs to an enabled X.509 enrollment: the leaf's
+    /// common name is the registration id; an individual enrollment's thumbprint matches the
+    /// leaf, or the chain leads to an X.509 group's certificate and to a verified CA.
+    pub async fn attest_x509(
+        &self,
+        registration_id: &str,
+        chain: &[CertificateDer<'_>],
+    ) -> Result<Attested, OnboardingError> {
+        let registration_id = parse_registration_id(registration_id)?;
+        attest_x509(
+            self.enrollments.as_ref(),
+            self.authorities.as_ref(),
+            &registration_id,
+            chain,
+            sas::unix_now(),
+        )
+        .await
+    }
+
+    /// [`register`](Self::register) for a device that attests with its certificate chain
+    /// ([`attest_x509`](Self::attest_x509)). Its identity is registered CA-signed
+    /// (`Credentials::CertificateAuthority`) for a group, or with the individual enrollment's
+    /// thumbprints.
+    pub async fn register_x509(
+        &self,
+        registration_id: &str,
+        chain: &[CertificateDer<'_>],
+    ) -> Result<Assignment, OnboardingError> {
+        let attested = self.attest_x509(registration_id, chain).await?;
+        self.register_attested(attested).await
     }
 
     /// What the service answers for.
@@ -141,6 +188,11 @@ impl Onboarding {
         token: &str,
     ) -> Result<Assignment, OnboardingError> {
         let attested = self.attest(registration_id, token).await?;
+        self.register_attested(attested).await
+    }
+
+    /// Registers (or answers again for) a device that proved its enrollment.
+    async fn register_attested(&self, attested: Attested) -> Result<Assignment, OnboardingError> {
         let _turn = self.in_progress.turn(&attested.device_id).await;
         let failed = |source: Error| OnboardingError::Provisioning {
             registration_id: attested.registration_id.clone(),
@@ -154,12 +206,11 @@ impl Onboarding {
         let existing = match existing {
             Some(device) => device,
             None => {
-                let (primary, secondary) = attested.keys.clone();
                 let request = RegisterRequest::new(
                     attested.device_id.clone(),
                     attested.settings.tags.clone(),
                 )
-                .with_credentials(Credentials::SymmetricKeys { primary, secondary });
+                .with_credentials(attested.credentials.clone());
                 match self.provisioning.register(request).await {
                     Ok(registered) => {
                         tracing::info!(

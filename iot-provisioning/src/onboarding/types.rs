@@ -3,7 +3,7 @@
 use std::fmt;
 
 use iot_core::{DeviceId, Timestamp};
-use iot_identity::{KeySlot, SymmetricKey};
+use iot_identity::{Credentials, KeySlot};
 use iot_registry::ETag;
 use serde_json::Value;
 
@@ -38,12 +38,14 @@ pub struct Attested {
     pub enrollment: EnrollmentRef,
     /// That enrollment's settings (initial twin, tags, reprovisioning).
     pub settings: EnrollmentSettings,
-    /// Which of the device's two keys signed the token.
+    /// Which of the device's two keys signed the token (or which certificate matched; the
+    /// primary for a CA-signed chain).
     pub key: KeySlot,
-    /// When the token expires, Unix seconds.
+    /// When the token (or the leaf certificate) expires, Unix seconds.
     pub expiry: u64,
-    /// The device's two keys: the enrollment's own, or the group keys derived for it.
-    pub(crate) keys: (SymmetricKey, SymmetricKey),
+    /// What the device's identity is registered with: its two keys (the enrollment's own, or
+    /// the group keys derived for it), its certificates' thumbprints, or CA-signed.
+    pub(crate) credentials: Credentials,
 }
 
 impl fmt::Debug for Attested {

@@ -104,8 +104,9 @@ fn credentials(auth: Option<&AuthIn>) -> ApiResult<Option<Credentials>> {
                 parse(prints.and_then(|p| non_empty(&p.secondary_thumbprint)))?.unwrap_or(primary);
             Ok(Some(Credentials::X509 { primary, secondary }))
         }
+        "certificateAuthority" => Ok(Some(Credentials::CertificateAuthority)),
         other => Err(ApiError::bad_request(format!(
-            "authentication type {:?} is not supported (use sas or selfSigned)",
+            "authentication type {:?} is not supported (use sas, selfSigned or certificateAuthority)",
             other.chars().take(32).collect::<String>()
         ))),
     }

@@ -81,6 +81,11 @@ fn authentication(credentials: &Credentials) -> Value {
             },
             "type": "selfSigned",
         }),
+        Credentials::CertificateAuthority => json!({
+            "symmetricKey": {"primaryKey": null, "secondaryKey": null},
+            "x509Thumbprint": no_thumbprints,
+            "type": "certificateAuthority",
+        }),
         // Passphrases (ours) and no credentials have no IoT Hub counterpart.
         _ => json!({
             "symmetricKey": {"primaryKey": null, "secondaryKey": null},
@@ -94,6 +99,7 @@ pub(super) fn auth_type(credentials: &Credentials) -> &'static str {
     match credentials {
         Credentials::SymmetricKeys { .. } => "sas",
         Credentials::X509 { .. } => "selfSigned",
+        Credentials::CertificateAuthority => "certificateAuthority",
         _ => "none",
     }
 }

@@ -11,9 +11,12 @@
 //! | `DELETE /devices/{id}/commands` | purge the C2D queue | ServiceConnect |
 //! | `POST /devices/{id}/messages/cloudToDevice` | send C2D (our extension) | ServiceConnect |
 //! | `GET /messages/serviceBound/feedback` | read C2D feedback (our extension) | ServiceConnect |
+//! | `PUT/GET/DELETE /certificates/{name}`, `GET /certificates` | CA certificates (X.509 CA authentication) | RegistryWrite / RegistryRead |
+//! | `POST /certificates/{name}/generateVerificationCode`, `POST /certificates/{name}/verify` | proof of possession | RegistryWrite |
 
 mod c2d;
 mod c2d_send;
+mod certificates;
 mod devices;
 mod json;
 mod lookup;
@@ -50,4 +53,16 @@ pub fn routes() -> Router<HttpState> {
         .route("/twins/{id}/methods", post(methods::invoke))
         .route("/devices/{id}/messages/cloudToDevice", post(c2d_send::send))
         .route("/messages/serviceBound/feedback", get(c2d_send::feedback))
+        .route("/certificates", get(certificates::list))
+        .route(
+            "/certificates/{name}",
+            put(certificates::put)
+                .get(certificates::get)
+                .delete(certificates::delete),
+        )
+        .route(
+            "/certificates/{name}/generateVerificationCode",
+            post(certificates::generate_verification_code),
+        )
+        .route("/certificates/{name}/verify", post(certificates::verify))
 }

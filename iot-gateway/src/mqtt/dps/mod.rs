@@ -3,9 +3,11 @@
 //! (`{idScope}/registrations/{registrationId}/api-version=…`, see [`username::is_dps`]).
 //!
 //! * CONNECT: client id = registration id, password = the SAS token DPS's symmetric-key
-//!   attestation uses. The token is checked against the enrollments at once: a token no
-//!   enrollment accepts is refused with CONNACK 5 (not authorized); one that only a disabled
-//!   enrollment accepts is let in, and its registration answered 401.
+//!   attestation uses — or no password and the certificate chain of the TLS handshake (X.509
+//!   attestation: the leaf's common name is the registration id, see
+//!   [`Onboarding::attest_x509`]). The credential is checked against the enrollments at once:
+//!   one no enrollment accepts is refused with CONNACK 5 (not authorized); one that only a
+//!   disabled enrollment accepts is let in, and its registration answered 401.
 //! * The device subscribes `$dps/registrations/res/#` and publishes
 //!   `$dps/registrations/PUT/iotdps-register/?$rid={rid}` with `{"registrationId", "payload"?}`.
 //!   The registration runs through [`Onboarding::register`] (the provisioner: hooks, audit);
@@ -42,6 +44,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, sleep_until};
 use zeroize::Zeroizing;
 
+use super::client_chain::ClientChain;
 use super::error::{Error, ProtocolViolation, shorten};
 use super::pending::PendingGuard;
 use super::shared::Shared;
@@ -69,12 +72,14 @@ pub(crate) async fn serve<IO>(
     mut transport: Transport<IO>,
     connect: Connect,
     shared: Arc<Shared>,
+    client_cert: Option<ClientChain>,
     unauthenticated: Option<PendingGuard>,
 ) -> Result<(), Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let Some(mut registration) = handshake(&mut transport, &connect, &shared).await? else {
+    let Some(mut registration) = handshake(&mut transport, &connect, &shared, client_cert).await?
+    else {
         return Ok(());
     };
     drop(unauthenticated);
@@ -89,12 +94,13 @@ async fn handshake<IO>(
     transport: &mut Transport<IO>,
     connect: &Connect,
     shared: &Shared,
+    client_cert: Option<ClientChain>,
 ) -> Result<Option<Registration>, Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let write_timeout = shared.config.write_timeout;
-    let decision = check(connect, shared).await;
+    let decision = check(connect, shared, client_cert).await;
     let return_code = match &decision {
         Ok(_) => ConnectAckReason::ConnectionAccepted,
         Err((code, _)) => *code,
@@ -116,6 +122,7 @@ where
 async fn check(
     connect: &Connect,
     shared: &Shared,
+    client_cert: Option<ClientChain>,
 ) -> Result<Registration, (ConnectAckReason, String)> {
     use ConnectAckReason::{BadUserNameOrPassword, NotAuthorized, ServiceUnavailable};
     let name = connect.username.as_deref().unwrap_or_default();
@@ -138,16 +145,34 @@ async fn check(
             format!("unknown id scope {:?}", shorten(parsed.id_scope)),
         ));
     }
-    let token = match connect.password.as_deref() {
-        None => return Err((BadUserNameOrPassword, "no password (SAS token)".into())),
-        Some(p) => std::str::from_utf8(p).map_err(|_| {
-            (
+    let credential = match (connect.password.as_deref(), client_cert) {
+        (Some(p), _) => Credential::Token(Zeroizing::new(
+            std::str::from_utf8(p)
+                .map_err(|_| {
+                    (
+                        BadUserNameOrPassword,
+                        "the password is not UTF-8".to_string(),
+                    )
+                })?
+                .to_owned(),
+        )),
+        (None, Some(chain)) => Credential::Chain(chain),
+        (None, None) => {
+            return Err((
                 BadUserNameOrPassword,
-                "the password is not UTF-8".to_string(),
-            )
-        })?,
+                "neither a password (SAS token) nor a client certificate".into(),
+            ));
+        }
     };
-    match onboarding.attest(parsed.registration_id, token).await {
+    let attested = match &credential {
+        Credential::Token(token) => onboarding.attest(parsed.registration_id, token).await,
+        Credential::Chain(chain) => {
+            onboarding
+                .attest_x509(parsed.registration_id, chain.certificates())
+                .await
+        }
+    };
+    match attested {
         // A disabled enrollment's device is let in: its registration is answered 401 with the
         // reason, which tells more than a bare CONNACK.
         Ok(_) | Err(OnboardingError::EnrollmentDisabled { .. }) => {}
@@ -163,7 +188,7 @@ async fn check(
     );
     Ok(Registration {
         registration_id: parsed.registration_id.to_owned(),
-        token: Zeroizing::new(token.to_owned()),
+        credential,
         onboarding,
         idle: shared.config.idle_timeout(connect.keep_alive),
         subscribed: false,
@@ -171,12 +196,20 @@ async fn check(
     })
 }
 
+/// How a registration connection attests.
+enum Credential {
+    /// DPS's symmetric-key attestation: a SAS token (the CONNECT password).
+    Token(Zeroizing<String>),
+    /// X.509 attestation: the TLS handshake's certificate chain.
+    Chain(ClientChain),
+}
+
 /// An accepted registration connection.
 struct Registration {
     registration_id: String,
-    /// The SAS token of CONNECT: each registration is checked with it again, against the
-    /// enrollments as they are then.
-    token: Zeroizing<String>,
+    /// The SAS token or certificate chain of CONNECT: each registration is checked with it
+    /// again, against the enrollments as they are then.
+    credential: Credential,
     onboarding: Arc<Onboarding>,
     /// 1.5 × the keep-alive.
     idle: Duration,
@@ -310,11 +343,17 @@ impl Registration {
             let message = "the body must be a JSON object whose registrationId is the client id";
             return (400, answer::error_body(400004, message), None);
         }
-        match self
-            .onboarding
-            .register(&self.registration_id, &self.token)
-            .await
-        {
+        let registered = match &self.credential {
+            Credential::Token(token) => {
+                self.onboarding.register(&self.registration_id, token).await
+            }
+            Credential::Chain(chain) => {
+                self.onboarding
+                    .register_x509(&self.registration_id, chain.certificates())
+                    .await
+            }
+        };
+        match registered {
             Ok(assignment) => {
                 if assignment.apply_initial_twin {
                     write_initial_twin(shared.gateway.as_ref(), &assignment).await;

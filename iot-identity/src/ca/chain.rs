@@ -70,6 +70,22 @@ pub fn validate_chain(
     })
 }
 
+/// Checks that `cert` is one X.509 certificate whose validity dates (inclusive) contain `now`,
+/// Unix seconds; its `notAfter` on success. For certificates known by thumbprint, where no
+/// chain is built.
+pub fn check_dates(cert: &CertificateDer<'_>, now: u64) -> Result<i64, ChainError> {
+    let parsed = parse(cert)?;
+    let validity = parsed.validity();
+    let now = i64::try_from(now).unwrap_or(i64::MAX);
+    if now < validity.not_before.timestamp() {
+        return Err(ChainError::NotValidYet);
+    }
+    if now > validity.not_after.timestamp() {
+        return Err(ChainError::Expired);
+    }
+    Ok(validity.not_after.timestamp())
+}
+
 /// The single common name of a certificate's subject.
 pub fn common_name(cert: &CertificateDer<'_>) -> Result<String, ChainError> {
     single_common_name(&parse(cert)?)

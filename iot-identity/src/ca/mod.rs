@@ -25,7 +25,7 @@ mod state;
 mod store;
 
 pub use authority::{CertificateAuthorities, ChainValidation};
-pub use chain::{ValidatedChain, common_name, validate_chain};
+pub use chain::{ValidatedChain, check_dates, common_name, validate_chain};
 pub use error::{CaError, ChainError};
 pub use file::FileCaStore;
 pub use memory::MemoryCaStore;

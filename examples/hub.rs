@@ -9,8 +9,10 @@
 //! ```
 //!
 //! It opens (or creates) under `DIR` the identity store, the registry, the provisioning journal,
-//! the hub's stores, the MQTT endpoint's sessions and the shared access policies (IoT Hub's five
-//! defaults, with keys made on first start and kept). `--device` is registered through the
+//! the hub's stores, the MQTT endpoint's sessions, the shared access policies (IoT Hub's five
+//! defaults, with keys made on first start and kept) and the CA certificates of X.509 CA
+//! authentication (`DIR/cas`, managed with the `/certificates` routes; the MQTT TLS listener
+//! offers client certificates). `--device` is registered through the
 //! provisioner if new. It prints:
 //!
 //! * `connection-string: HostName=…;DeviceId=…;SharedAccessKey=…` for the Azure IoT device SDKs,
@@ -37,6 +39,7 @@ use iot_core::{DeviceId, Log, Offset, ReadLimits};
 use iot_gateway::http::{HttpConfig, HttpServer, HttpState, PolicyStore};
 use iot_gateway::mqtt::{MqttConfig, MqttServer, SelfSigned, TlsConfig};
 use iot_gateway::{Hub, HubConfig};
+use iot_identity::ca::{CertificateAuthorities, FileCaStore};
 use iot_identity::{Credentials, FileIdentityStore, FileIdentityStoreConfig, IdentityStore};
 use iot_provisioning::{
     FileJournal, FileJournalConfig, Provisioner, Provisioning, RegisterRequest,
@@ -154,6 +157,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .await?,
     );
     let policies = Arc::new(PolicyStore::open(dir.join("policies")).await?);
+    // CA certificates for X.509 CA authentication, managed through `/certificates`.
+    let cas = CertificateAuthorities::new(FileCaStore::open(dir.join("cas")).await?);
     // Policies with DeviceConnect (`device`, `iothubowner`) sign device tokens on MQTT too.
     let hub = Hub::builder_in_dir(
         dir.join("hub"),
@@ -163,6 +168,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     )
     .await?
     .device_connect_policies(policies.clone())
+    .certificate_authorities(cas.clone())
     .build()
     .await?;
 
@@ -172,23 +178,27 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         println!("connection-string: HostName={host};DeviceId={device};SharedAccessKey={key}");
     }
 
-    let tls = if args.self_signed {
+    // MQTT offers client certificates (X.509 devices: thumbprint or CA-signed); HTTPS does not.
+    let (tls, mqtt_tls) = if args.self_signed {
         let pair = SelfSigned::generate(host)?;
         let (ca, _, _) = pair.write_to(&dir.join("tls"))?;
         println!("ca-certificate: {}", ca.display());
-        Some(pair.tls_config(false)?)
+        (Some(pair.tls_config(false)?), Some(pair.tls_config(true)?))
     } else if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        Some(TlsConfig::from_pem_files(cert, key, false)?)
+        (
+            Some(TlsConfig::from_pem_files(cert, key, false)?),
+            Some(TlsConfig::from_pem_files(cert, key, true)?),
+        )
     } else {
-        None
+        (None, None)
     };
 
     let mut mqtt_config = MqttConfig::default();
     mqtt_config.state_dir = Some(dir.join("mqtt"));
     let mqtt = MqttServer::new(Arc::new(hub.clone()), mqtt_config)?;
     println!("mqtt: {} (plain TCP)", mqtt.listen_tcp(args.listen).await?);
-    if let (Some(addr), Some(tls)) = (args.tls_listen, &tls) {
-        let bound = mqtt.listen_tls(addr, tls.clone()).await?;
+    if let (Some(addr), Some(tls)) = (args.tls_listen, mqtt_tls) {
+        let bound = mqtt.listen_tls(addr, tls).await?;
         println!("mqtts: {host}:{} (TLS)", bound.port());
     }
     if let Some(addr) = args.ws_listen {
@@ -205,7 +215,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         policies.clone(),
         host.clone(),
         http_config.clone(),
-    );
+    )
+    .with_certificate_authorities(cas);
     let http = HttpServer::new(iot_gateway::http::router(state), http_config);
     let owner = policies
         .get("iothubowner")

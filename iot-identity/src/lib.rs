@@ -41,7 +41,9 @@
 //! ## Feature flags
 //!
 //! * `testkit` — the public conformance suite [`testkit`] for `IdentityStore` implementations
-//!   (`run_all` over a `StoreFactory`), and a fault-injecting wrapper.
+//!   (`run_all` over a `StoreFactory`), and a fault-injecting wrapper; `testkit::ca` is the
+//!   suite for `CaStore` implementations (the CA certificates of X.509 CA authentication,
+//!   [`ca`]).
 #![forbid(unsafe_code)]
 
 pub mod auth;

@@ -11,6 +11,11 @@
 //! device id, the assigned hub, the substatus, the registry record's times and etag, and the
 //! initial twin, which the endpoint writes through the hub (provisioning holds no twins).
 //!
+//! Devices with certificates attest with the chain of their TLS handshake instead
+//! ([`Onboarding::attest_x509`], [`Onboarding::register_x509`]): an individual enrollment by the
+//! leaf's thumbprint, an X.509 group by a chain to its certificate and to a CA held verified
+//! ([`Onboarding::with_certificate_authorities`]); the registration id is the leaf's CN.
+//!
 //! The MQTT form of DPS's device protocol is served by `iot-gateway`'s MQTT endpoint; see
 //! `docs/provisioning.md`, "Registration through an enrollment (DPS)".
 //!

@@ -230,7 +230,15 @@ async fn connection_events_and_twin_changes_reach_their_topics() {
             (
                 r.headers.get(header::SECTION).map(str::to_owned),
                 r.headers.get(header::VERSION).map(str::to_owned),
-                String::from_utf8(r.payload.to_vec()).expect("utf-8"),
+                {
+                    // The body is IoT Hub's twin change notification; the patch is inside it.
+                    let body: serde_json::Value =
+                        serde_json::from_slice(&r.payload).expect("JSON body");
+                    let section = r.headers.get(header::SECTION).unwrap_or_default();
+                    iot_gateway::events::twin_change_patch(&body, section)
+                        .expect("patch")
+                        .to_string()
+                },
             )
         })
         .collect();

@@ -5,7 +5,7 @@
 //! cargo run --example hub --features http -- --data-dir DIR --host localhost --device DEVICE_ID --self-signed
 //!     [--listen 127.0.0.1:1884] [--tls-listen 127.0.0.1:8884] [--https-listen 127.0.0.1:8443]
 //!     [--http-listen ADDR] [--ws-listen ADDR] [--tls-cert CERT.pem --tls-key KEY.pem]
-//!     [--run-for SECONDS]
+//!     [--metrics-listen ADDR] [--run-for SECONDS]
 //! ```
 //!
 //! It opens (or creates) under `DIR` the identity store, the registry, the provisioning journal,
@@ -21,7 +21,9 @@
 //! * where each listener is (`mqtt:`, `mqtts:`, `https:`, …) and, with `--self-signed`, the CA
 //!   certificate clients must trust (`ca-certificate:`),
 //!
-//! then every telemetry record that lands in the log (`telemetry: …`). Default ports stay off
+//! and `metrics: http://ADDR/metrics` with `--metrics-listen` (the hub's metrics in the
+//! Prometheus text format, docs/metrics.md), then every telemetry record that lands in the log
+//! (`telemetry: …`). Default ports stay off
 //! IoT Hub's 1883/8883/443 so a hub runs beside a local broker; pass `--tls-listen
 //! 127.0.0.1:8883` or `--https-listen 127.0.0.1:443` to use them. Runs until Ctrl-C or for
 //! `--run-for` seconds, then shuts down gracefully (`stopped`). `--help` lists the flags; usage
@@ -35,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
-use iot_core::{DeviceId, Log, Offset, ReadLimits};
+use iot_core::{DeviceId, GroupName, Log, Offset, ReadLimits};
 use iot_gateway::http::{HttpConfig, HttpServer, HttpState, PolicyStore};
 use iot_gateway::mqtt::{MqttConfig, MqttServer, SelfSigned, TlsConfig};
 use iot_gateway::{Hub, HubConfig};
@@ -45,6 +47,10 @@ use iot_provisioning::{
     FileJournal, FileJournalConfig, Provisioner, Provisioning, RegisterRequest,
 };
 use iot_registry::{FileRegistry, FileRegistryConfig};
+use iot_sdk::events::LifecycleEvents;
+use iot_sdk::metrics::HubMetrics;
+use iot_sdk::routing::HubTwins;
+use iot_stream::{HostConfig, ProcessorHost};
 use serde_json::json;
 
 /// One runnable hub: MQTT for devices and IoT Hub's service REST API over HTTPS, over
@@ -89,6 +95,9 @@ struct Args {
     /// A device to register (if new) and print the connection string of.
     #[arg(long, value_name = "DEVICE_ID")]
     device: Option<DeviceId>,
+    /// Serve the hub's metrics in the Prometheus text format at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// Stop after this many seconds instead of waiting for Ctrl-C.
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     run_for: Option<Duration>,
@@ -149,13 +158,6 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         Arc::new(FileRegistry::open(dir.join("registry"), FileRegistryConfig::default()).await?);
     let journal =
         Arc::new(FileJournal::open(dir.join("provisioning"), FileJournalConfig::default()).await?);
-    let provisioner = Arc::new(
-        Provisioner::builder(identity.clone(), registry.clone())
-            .journal(journal)
-            .host(args.host.clone())
-            .open()
-            .await?,
-    );
     let policies = Arc::new(PolicyStore::open(dir.join("policies")).await?);
     // CA certificates for X.509 CA authentication, managed through `/certificates`.
     let cas = CertificateAuthorities::new(FileCaStore::open(dir.join("cas")).await?);
@@ -171,6 +173,27 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     .certificate_authorities(cas.clone())
     .build()
     .await?;
+    // Every provisioning operation on the hub's `audit` topic, and IoT Hub's lifecycle events
+    // (`device-lifecycle-events`) made from it by a processor (docs/routing.md).
+    let provisioner = Arc::new(
+        Provisioner::builder(identity.clone(), registry.clone())
+            .journal(journal)
+            .host(args.host.clone())
+            .audit_log(hub.topics().topic("audit").await?)
+            .open()
+            .await?,
+    );
+    let lifecycle = LifecycleEvents::new(iot_gateway::events::hub_name(&args.host)).with_twins(
+        Arc::new(HubTwins::new(registry.clone(), hub.twins().clone())),
+    );
+    let lifecycle = ProcessorHost::new(hub.topics().clone())
+        .start(
+            "audit",
+            GroupName::new("lifecycle-events")?,
+            Arc::new(lifecycle),
+            HostConfig::default(),
+        )
+        .await?;
 
     let host = &args.host;
     if let Some(device) = &args.device {
@@ -246,6 +269,21 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
+    let metrics_server = match args.metrics_listen {
+        Some(addr) => {
+            // The lifecycle processor's lag; routing and sink groups are added the same way.
+            let metrics = HubMetrics::new(hub.clone()).lag_of("audit", "lifecycle-events")?;
+            if let Some(device) = &args.device {
+                metrics.watch_inbox(device.clone());
+            }
+            let server = HttpServer::new(metrics_router(metrics), HttpConfig::default());
+            let bound = server.listen_tcp(addr).await?;
+            println!("metrics: http://{bound}/metrics");
+            Some(server)
+        }
+        None => None,
+    };
+
     let tail = tokio::spawn(print_telemetry(hub.telemetry_log().clone()));
     let run_for = args.run_for.unwrap_or(Duration::MAX);
     tokio::select! {
@@ -254,10 +292,39 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     tail.abort();
     http.shutdown().await;
+    if let Some(server) = metrics_server {
+        server.shutdown().await;
+    }
     mqtt.shutdown().await;
+    lifecycle.shutdown().await?;
     hub.shutdown().await;
     println!("stopped");
     Ok(())
+}
+
+/// `GET /metrics`: the hub's metrics, rendered when scraped.
+fn metrics_router(metrics: HubMetrics) -> axum::Router {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                match metrics.render().await {
+                    Ok(text) => (
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        text,
+                    )
+                        .into_response(),
+                    Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+                }
+            }
+        }),
+    )
 }
 
 /// Resolves on SIGINT (Ctrl-C); the handler is installed when this is called.

@@ -41,6 +41,9 @@ pub use iot_provisioning as provisioning;
 pub use iot_registry as registry;
 pub use iot_stream as stream;
 
+pub mod events;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod routing;

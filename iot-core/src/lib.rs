@@ -27,6 +27,7 @@ pub mod offset;
 pub mod partitioner;
 pub mod producer;
 pub mod record;
+pub mod retention;
 pub mod storage;
 mod sync_util;
 #[cfg(feature = "testkit")]

@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod events;
 pub mod gateway;
 pub mod hub;
 pub mod inbox;

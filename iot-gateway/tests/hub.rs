@@ -230,7 +230,15 @@ async fn connection_events_and_twin_changes_reach_their_topics() {
             (
                 r.headers.get(header::SECTION).map(str::to_owned),
                 r.headers.get(header::VERSION).map(str::to_owned),
-                String::from_utf8(r.payload.to_vec()).expect("utf-8"),
+                {
+                    // The body is IoT Hub's twin change notification; the patch is inside it.
+                    let body: serde_json::Value =
+                        serde_json::from_slice(&r.payload).expect("JSON body");
+                    let section = r.headers.get(header::SECTION).unwrap_or_default();
+                    iot_gateway::events::twin_change_patch(&body, section)
+                        .expect("patch")
+                        .to_string()
+                },
             )
         })
         .collect();
@@ -768,4 +776,47 @@ async fn a_connect_whose_event_cannot_be_written_leaves_no_session_behind() {
     let session = connect(&hub, &id, &token).await;
     assert!(hub.is_connected(&id).await.expect("is_connected"));
     session.close().await;
+}
+
+#[tokio::test]
+async fn retention_configured_in_the_hub_config_runs_by_itself() {
+    use iot_core::retention::{RetentionRule, RetentionSchedule};
+    use iot_core::{GroupName, Offset, RetentionPolicy};
+    let mut config = HubConfig::default();
+    config.partitions = 1;
+    let monitor = GroupName::new("monitor").expect("group");
+    config.retention = RetentionSchedule::new(
+        Duration::from_millis(20),
+        vec![
+            RetentionRule::new(
+                iot_gateway::hub::topic::CONNECTION_EVENTS,
+                RetentionPolicy {
+                    max_age: Some(Duration::from_millis(1)),
+                    max_bytes: None,
+                },
+            )
+            .protect(monitor.clone()),
+        ],
+    );
+    let (hub, fx) = hub_with(config).await;
+    let (id, token) = fx.provision("retained").await;
+    for _ in 0..3 {
+        connect(&hub, &id, &token).await.close().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let log = hub.connection_events_log().clone();
+    let p = PartitionId(0);
+    assert_eq!(log.next_offset(p).await.expect("next"), Offset(6));
+    // Nothing goes while the protected group has committed nothing; then up to its commit.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(log.earliest_offset(p).await.expect("earliest"), Offset(0));
+    log.commit(&monitor, p, Offset(4)).await.expect("commit");
+    within(async {
+        while log.earliest_offset(p).await.expect("earliest") < Offset(4) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(log.earliest_offset(p).await.expect("earliest"), Offset(4));
 }

@@ -447,8 +447,12 @@ async fn report_from_committed(
             let Some(client) = shared.link(&leaf).await else {
                 continue;
             };
-            let Ok(patch) = serde_json::from_slice::<serde_json::Value>(&record.payload) else {
-                warn!(leaf = %leaf, offset = %stored.offset, "a reported patch that is not JSON");
+            // The record is a twin change event: the patch is the body's `properties.reported`.
+            let Some(patch) = serde_json::from_slice::<serde_json::Value>(&record.payload)
+                .ok()
+                .and_then(|body| crate::events::twin_change_patch(&body, "reported"))
+            else {
+                warn!(leaf = %leaf, offset = %stored.offset, "a reported change without a JSON patch");
                 continue;
             };
             match client.patch_reported(&patch).await {

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use iot_core::retention::RetentionSchedule;
 use iot_core::storage::Recovery;
 
 use crate::inbox::InboxLimits;
@@ -59,6 +60,10 @@ pub struct HubConfig {
     /// [`Error::Corrupt`](crate::Error::Corrupt) naming the file and position; set
     /// [`Recovery::Repair`] to cut the journal there and drop what follows.
     pub recovery: Recovery,
+    /// Retention of the hub's topics, run by a task of the hub every `retention.interval`
+    /// (`iot_core::retention`: a rule per topic; records a protected consumer group has not
+    /// committed stay unless the rule allows removing them). Default: no rule.
+    pub retention: RetentionSchedule,
 }
 
 impl Default for HubConfig {
@@ -78,6 +83,7 @@ impl Default for HubConfig {
             sweep_interval: Duration::from_secs(30),
             token_skew: Duration::from_secs(60),
             recovery: Recovery::Strict,
+            retention: RetentionSchedule::default(),
         }
     }
 }

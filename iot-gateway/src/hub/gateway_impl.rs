@@ -22,6 +22,7 @@ use crate::twins::{Section, TwinStore};
 use crate::validate;
 
 use super::session::{HubSession, SessionShared};
+use super::stats::InKind;
 use super::{ForgetMethod, Hub, PendingMethod, check_json, check_method_name, records, stamp};
 
 #[async_trait]
@@ -61,7 +62,7 @@ impl Gateway for Hub {
                 return Err(e);
             }
         };
-        hub.connect_throttle.take(device)?;
+        hub.stats.throttled(hub.connect_throttle.take(device))?;
         // A policy's token proves the hub's key, not the device's: IoT Hub stamps scope `hub`.
         let auth_method = if who.policy.is_some() {
             stamp::AuthMethod::HUB_SAS
@@ -87,7 +88,13 @@ impl Gateway for Hub {
         hub.activity.connected(device, Timestamp::now());
         if let Err(e) = hub
             .events
-            .send(records::connection_event(device, "connected", None))
+            .send(records::connection_event(
+                &hub.hub_name,
+                device,
+                true,
+                None,
+                hub.event_seq.fetch_add(1, Ordering::Relaxed),
+            ))
             .await
         {
             // The device gets an error, so it holds no session: unlist this one (and tell the
@@ -99,6 +106,7 @@ impl Gateway for Hub {
         // close: look again now that the session is visible.
         hub.recheck(&shared).await;
         hub.bump_sessions();
+        hub.stats.opened();
         debug!(session = shared.id, "session opened");
         Ok(Box::new(HubSession::new(self.inner.clone(), shared)))
     }
@@ -151,6 +159,7 @@ impl Gateway for Hub {
             .enqueue(device, stored, now, hub.config.inbox)
             .await?;
         hub.report(&removed).await?;
+        hub.stats.message_in(InKind::C2d, size, Some(device));
         if let Some(s) = hub.session_of(device) {
             s.wake();
         }
@@ -178,7 +187,7 @@ impl Gateway for Hub {
     async fn get_twin(&self, device: &DeviceId) -> Result<Twin> {
         let hub = &self.inner;
         hub.require_device(device).await?;
-        hub.twin_throttle.take_hub(device)?;
+        hub.stats.throttled(hub.twin_throttle.take_hub(device))?;
         hub.twins.get(device).await
     }
 
@@ -191,7 +200,7 @@ impl Gateway for Hub {
     ) -> Result<Twin> {
         let hub = &self.inner;
         hub.require_device(device).await?;
-        hub.twin_throttle.take_hub(device)?;
+        hub.stats.throttled(hub.twin_throttle.take_hub(device))?;
         let _order = hub.desired_lock.lock().await;
         let twin = hub
             .twins
@@ -205,8 +214,16 @@ impl Gateway for Hub {
             .await?;
         let version = twin.desired.version;
         hub.twin_changes
-            .send(records::twin_change(device, "desired", version, &patch))
+            .send(records::twin_change(
+                &hub.hub_name,
+                device,
+                "desired",
+                version,
+                &patch,
+            ))
             .await?;
+        hub.stats
+            .message_in(InKind::DesiredPatch, patch.to_string().len(), None);
         if let Some(s) = hub.session_of(device) {
             s.push_desired(DesiredPatch::new(version, patch), hub.config.desired_queue);
         }
@@ -233,7 +250,9 @@ impl Gateway for Hub {
         }
         hub.require_device(device).await?;
         // Charged before waiting, so that calls queued for an offline device count too.
-        hub.method_throttle.take(device)?;
+        hub.stats.throttled(hub.method_throttle.take(device))?;
+        hub.stats
+            .message_in(InKind::MethodInvoke, call.payload.len(), Some(device));
         // Wait (up to the connect timeout) for a session that takes method requests.
         let deadline = tokio::time::Instant::now() + call.connect_timeout;
         let mut changed = hub.sessions_changed.subscribe();

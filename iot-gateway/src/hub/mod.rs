@@ -7,6 +7,7 @@ mod hooks;
 mod records;
 mod session;
 mod stamp;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -173,6 +174,8 @@ impl HubBuilder {
             auth,
             identity: self.identity,
             authorities: self.authorities,
+            hub_name: crate::events::hub_name(&self.host).to_owned(),
+            event_seq: AtomicU64::new(0),
             host: self.host,
             telemetry,
             twin_changes,
@@ -200,6 +203,8 @@ impl HubBuilder {
                 Arc::clone(&hub_share),
             ),
             hub_share,
+            stats: stats::HubStats::default(),
+            topics: topics.clone(),
             methods: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             next_session: AtomicU64::new(1),
@@ -212,7 +217,9 @@ impl HubBuilder {
         });
         let watcher = tokio::spawn(watch_identities(Arc::downgrade(&inner), changes));
         let sweeper = tokio::spawn(sweep(Arc::downgrade(&inner)));
-        lock(&inner.tasks).extend([watcher, sweeper]);
+        // Retention of the hub's topics (none unless configured).
+        let retention = iot_core::retention::spawn(topics.clone(), inner.config.retention.clone());
+        lock(&inner.tasks).extend([watcher, sweeper, retention]);
         Ok(Hub { inner })
     }
 }
@@ -320,6 +327,26 @@ impl Hub {
         &self.inner.inbox
     }
 
+    /// The twin store.
+    pub fn twins(&self) -> &Arc<dyn TwinStore> {
+        &self.inner.twins
+    }
+
+    /// The topics the hub's logs live in (those of [`HubBuilder::topics`]).
+    pub fn topics(&self) -> &Arc<Topics> {
+        &self.inner.topics
+    }
+
+    /// A snapshot of the hub's counters and today's metering ([`stats`]).
+    pub fn stats(&self) -> stats::StatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    /// The devices with an open session.
+    pub fn session_devices(&self) -> Vec<DeviceId> {
+        lock(&self.inner.sessions).keys().cloned().collect()
+    }
+
     /// Removes expired C2D messages now (and writes their feedback); the hub also does this
     /// every [`HubConfig::sweep_interval`].
     pub async fn purge_expired(&self) -> Result<usize> {
@@ -369,6 +396,10 @@ pub(crate) struct HubInner {
     /// The verified CAs CA-signed devices authenticate against, when configured.
     authorities: Option<CertificateAuthorities>,
     host: String,
+    /// `hubName` of the events the hub writes (`crate::events::hub_name` of `host`).
+    hub_name: String,
+    /// Orders connection state events (`sequenceNumber`) within one time tick.
+    event_seq: AtomicU64,
     telemetry: Producer,
     twin_changes: Producer,
     events: Producer,
@@ -389,6 +420,10 @@ pub(crate) struct HubInner {
     /// The part of the hub-wide quotas this hub enforces (1 unless it shares them with other
     /// hubs: `Hub::set_hub_quota_share`).
     hub_share: Arc<HubShare>,
+    /// Counters and metering for operators (see `stats.rs`).
+    stats: stats::HubStats,
+    /// The topics the hub's logs are in (retention runs over them).
+    topics: Arc<Topics>,
     methods: Mutex<HashMap<u64, PendingMethod>>,
     next_request: AtomicU64,
     next_session: AtomicU64,
@@ -455,6 +490,7 @@ impl HubInner {
             return;
         };
         lock(&self.methods).retain(|_, p| p.session != s.id);
+        self.stats.closed();
         self.bump_sessions();
         if let Some(observer) = &self.observer {
             observer.closed(&s.device, s.id, &reason);
@@ -471,7 +507,13 @@ impl HubInner {
         }
         self.activity
             .disconnected(&s.device, Timestamp::now(), s.last_active.get());
-        let event = records::connection_event(&s.device, "disconnected", Some(reason.as_str()));
+        let event = records::connection_event(
+            &self.hub_name,
+            &s.device,
+            false,
+            Some(reason.as_str()),
+            self.event_seq.fetch_add(1, Ordering::Relaxed),
+        );
         if let Err(e) = self.events.send(event).await {
             warn!(device = %s.device, error = %e, "could not write a disconnect event");
         }

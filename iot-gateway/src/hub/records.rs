@@ -1,11 +1,11 @@
 //! The records the hub writes: telemetry, connection events, twin changes, feedback, dead letters.
 
-use bytes::Bytes;
 use iot_core::{DeviceId, Record, Timestamp};
 use serde_json::Value;
 
 use super::stamp::Stamp;
 use crate::error::{Error, Result};
+use crate::events::{self, EventKind};
 use crate::inbox::Removed;
 use crate::message::{Feedback, FeedbackStatus, Telemetry, header};
 use crate::validate;
@@ -90,21 +90,63 @@ pub(crate) fn telemetry(message: Telemetry, stamp: &Stamp<'_>, max_bytes: usize)
     Ok(record)
 }
 
-/// A connect or disconnect event.
-pub(crate) fn connection_event(device: &DeviceId, event: &str, reason: Option<&str>) -> Record {
-    let mut r = Record::new(device.as_str(), Bytes::new()).with_header(header::EVENT, event);
+/// A connect or disconnect event in IoT Hub's shape (`crate::events`), plus the hub's own
+/// `$event` (`"connected"`, `"disconnected"`) and, on a disconnect, `$reason`.
+pub(crate) fn connection_event(
+    hub: &str,
+    device: &DeviceId,
+    connected: bool,
+    reason: Option<&str>,
+    seq: u64,
+) -> Record {
+    let at = Timestamp::now();
+    let kind = if connected {
+        EventKind::DeviceConnected
+    } else {
+        EventKind::DeviceDisconnected
+    };
+    let body = events::connection_body(at, seq);
+    let mut r = events::event_record(kind, hub, device.as_str(), at, correlation_id(), &body)
+        .with_header(
+            header::EVENT,
+            if connected {
+                "connected"
+            } else {
+                "disconnected"
+            },
+        );
     if let Some(reason) = reason {
         r = r.with_header(header::REASON, reason);
     }
     r
 }
 
-/// A twin change: the patch, with the section and its new version.
-pub(crate) fn twin_change(device: &DeviceId, section: &str, version: u64, patch: &Value) -> Record {
-    Record::new(device.as_str(), Bytes::from(patch.to_string()))
-        .with_header(header::SECTION, section)
-        .with_header(header::VERSION, version.to_string())
-        .with_header(header::CONTENT_TYPE, "application/json")
+/// A twin change in IoT Hub's shape (`updateTwin`, body `{"version", "properties": {section:
+/// …}}`), plus the hub's own `$section` and `$version` headers.
+pub(crate) fn twin_change(
+    hub: &str,
+    device: &DeviceId,
+    section: &str,
+    version: u64,
+    patch: &Value,
+) -> Record {
+    let at = Timestamp::now();
+    let body = events::twin_change_body(section, version, patch, at);
+    events::event_record(
+        EventKind::UpdateTwin,
+        hub,
+        device.as_str(),
+        at,
+        correlation_id(),
+        &body,
+    )
+    .with_header(header::SECTION, section)
+    .with_header(header::VERSION, version.to_string())
+}
+
+/// A random 128-bit id in hexadecimal, unique per event.
+fn correlation_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 /// The feedback record of a settled message, if its sender asked for one.

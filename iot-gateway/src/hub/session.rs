@@ -14,6 +14,7 @@ use tracing::{debug, warn};
 
 use super::activity::LastActive;
 use super::stamp::{AuthMethod, SessionStamps};
+use super::stats::{InKind, OutKind};
 use super::{HubInner, records};
 use crate::error::{CloseReason, Error, Result};
 use crate::gateway::{DeviceSession, SessionEvent, SessionOptions, Subscription};
@@ -353,98 +354,9 @@ impl HubSession {
         }
         Ok(())
     }
-}
 
-/// Sleeps until `t` (wall clock), or forever for `None`.
-async fn sleep_until(t: Option<Timestamp>) {
-    match t {
-        Some(t) => {
-            let now = Timestamp::now().as_unix_micros();
-            let wait = Duration::from_micros(t.as_unix_micros().saturating_sub(now));
-            tokio::time::sleep(wait).await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
-#[async_trait]
-impl DeviceSession for HubSession {
-    fn device_id(&self) -> &DeviceId {
-        &self.shared.device
-    }
-
-    async fn send_telemetry(&self, message: Telemetry) -> Result<()> {
-        self.check_open()?;
-        let now = Timestamp::now();
-        let stamp = self.shared.stamps.at(now);
-        let record = records::telemetry(message, &stamp, self.hub.config.max_message_bytes)?;
-        self.hub
-            .telemetry_throttle
-            .take(&self.shared.device, &self.shared.telemetry_bucket)?;
-        self.hub.telemetry.send(record).await?;
-        self.shared.last_active.touch(now);
-        Ok(())
-    }
-
-    fn throttles_telemetry(&self) -> bool {
-        self.hub.telemetry_throttle.limits()
-    }
-
-    async fn subscribe(&self, subscription: Subscription) -> Result<()> {
-        {
-            let mut st = lock(&self.shared.state);
-            if let Some(reason) = st.closed.clone() {
-                return Err(Error::SessionClosed {
-                    device: self.shared.device.clone(),
-                    reason,
-                });
-            }
-            match subscription {
-                Subscription::C2d => st.c2d = true,
-                Subscription::DesiredPatches => st.desired = true,
-                Subscription::Methods => st.methods = true,
-            }
-        }
-        self.shared.wake();
-        self.hub.bump_sessions();
-        Ok(())
-    }
-
-    async fn unsubscribe(&self, subscription: Subscription) -> Result<()> {
-        self.check_open()?;
-        match subscription {
-            Subscription::C2d => {
-                lock(&self.shared.state).c2d = false;
-                // Deliveries already handed out stay in `in_flight`, so the device can still
-                // settle them. A lookup left behind by a cancelled `next_event` may hold a lock
-                // that was never handed out: give it back now if no `next_event` is running
-                // (one that is running does it itself once woken below).
-                if let Ok(mut ev) = self.events.try_lock() {
-                    self.discard_lookup(&mut ev).await;
-                }
-            }
-            // Patches keep queueing in the session, as before the first `subscribe`, so that a
-            // later subscription misses no version.
-            Subscription::DesiredPatches => lock(&self.shared.state).desired = false,
-            Subscription::Methods => {
-                let queued = self.shared.stop_methods();
-                if !queued.is_empty() {
-                    // Dropping the reply channels makes those invocations fail with
-                    // `DeviceOffline`, as when a session closes with requests queued. A request
-                    // can no longer reach this session: `push_method` checks the flag.
-                    let mut pending = lock(&self.hub.methods);
-                    for request_id in queued {
-                        pending.remove(&request_id);
-                    }
-                }
-            }
-        }
-        self.shared.wake();
-        self.hub.bump_sessions();
-        Ok(())
-    }
-
-    async fn next_event(&self) -> Result<SessionEvent> {
+    /// The next event for the device, not yet counted in the hub's statistics.
+    async fn next_event_uncounted(&self) -> Result<SessionEvent> {
         let mut ev = self.events.lock().await;
         loop {
             if let Some(expiry) = self.shared.expires_at
@@ -519,6 +431,122 @@ impl DeviceSession for HubSession {
             ev.idle = false;
         }
     }
+}
+
+/// Sleeps until `t` (wall clock), or forever for `None`.
+async fn sleep_until(t: Option<Timestamp>) {
+    match t {
+        Some(t) => {
+            let now = Timestamp::now().as_unix_micros();
+            let wait = Duration::from_micros(t.as_unix_micros().saturating_sub(now));
+            tokio::time::sleep(wait).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+#[async_trait]
+impl DeviceSession for HubSession {
+    fn device_id(&self) -> &DeviceId {
+        &self.shared.device
+    }
+
+    async fn send_telemetry(&self, message: Telemetry) -> Result<()> {
+        self.check_open()?;
+        let now = Timestamp::now();
+        let stamp = self.shared.stamps.at(now);
+        // Metered as IoT Hub meters it: payload and application properties.
+        let size = message.payload.len()
+            + message
+                .properties
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        let record = records::telemetry(message, &stamp, self.hub.config.max_message_bytes)?;
+        self.hub.stats.throttled(
+            self.hub
+                .telemetry_throttle
+                .take(&self.shared.device, &self.shared.telemetry_bucket),
+        )?;
+        self.hub.telemetry.send(record).await?;
+        self.hub
+            .stats
+            .message_in(InKind::Telemetry, size, Some(&self.shared.device));
+        self.shared.last_active.touch(now);
+        Ok(())
+    }
+
+    fn throttles_telemetry(&self) -> bool {
+        self.hub.telemetry_throttle.limits()
+    }
+
+    async fn subscribe(&self, subscription: Subscription) -> Result<()> {
+        {
+            let mut st = lock(&self.shared.state);
+            if let Some(reason) = st.closed.clone() {
+                return Err(Error::SessionClosed {
+                    device: self.shared.device.clone(),
+                    reason,
+                });
+            }
+            match subscription {
+                Subscription::C2d => st.c2d = true,
+                Subscription::DesiredPatches => st.desired = true,
+                Subscription::Methods => st.methods = true,
+            }
+        }
+        self.shared.wake();
+        self.hub.bump_sessions();
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, subscription: Subscription) -> Result<()> {
+        self.check_open()?;
+        match subscription {
+            Subscription::C2d => {
+                lock(&self.shared.state).c2d = false;
+                // Deliveries already handed out stay in `in_flight`, so the device can still
+                // settle them. A lookup left behind by a cancelled `next_event` may hold a lock
+                // that was never handed out: give it back now if no `next_event` is running
+                // (one that is running does it itself once woken below).
+                if let Ok(mut ev) = self.events.try_lock() {
+                    self.discard_lookup(&mut ev).await;
+                }
+            }
+            // Patches keep queueing in the session, as before the first `subscribe`, so that a
+            // later subscription misses no version.
+            Subscription::DesiredPatches => lock(&self.shared.state).desired = false,
+            Subscription::Methods => {
+                let queued = self.shared.stop_methods();
+                if !queued.is_empty() {
+                    // Dropping the reply channels makes those invocations fail with
+                    // `DeviceOffline`, as when a session closes with requests queued. A request
+                    // can no longer reach this session: `push_method` checks the flag.
+                    let mut pending = lock(&self.hub.methods);
+                    for request_id in queued {
+                        pending.remove(&request_id);
+                    }
+                }
+            }
+        }
+        self.shared.wake();
+        self.hub.bump_sessions();
+        Ok(())
+    }
+
+    async fn next_event(&self) -> Result<SessionEvent> {
+        let event = self.next_event_uncounted().await?;
+        let out = match &event {
+            SessionEvent::C2d(_) => Some(OutKind::C2d),
+            SessionEvent::DesiredPatch(_) => Some(OutKind::DesiredPatch),
+            SessionEvent::Method(_) => Some(OutKind::MethodRequest),
+            _ => None,
+        };
+        if let Some(kind) = out {
+            self.hub.stats.message_out(kind);
+        }
+        Ok(event)
+    }
 
     async fn complete(&self, token: LockToken) -> Result<()> {
         self.settle(token, Settlement::Complete).await
@@ -534,14 +562,18 @@ impl DeviceSession for HubSession {
 
     async fn get_twin(&self) -> Result<Twin> {
         self.check_open()?;
-        self.hub.twin_throttle.take(&self.shared.device)?;
+        self.hub
+            .stats
+            .throttled(self.hub.twin_throttle.take(&self.shared.device))?;
         self.hub.twins.get(&self.shared.device).await
     }
 
     async fn patch_reported(&self, patch: Value) -> Result<u64> {
         self.check_open()?;
         self.shared.last_active.touch(Timestamp::now());
-        self.hub.twin_throttle.take(&self.shared.device)?;
+        self.hub
+            .stats
+            .throttled(self.hub.twin_throttle.take(&self.shared.device))?;
         let twin = self
             .hub
             .twins
@@ -557,12 +589,16 @@ impl DeviceSession for HubSession {
         self.hub
             .twin_changes
             .send(records::twin_change(
+                &self.hub.hub_name,
                 &self.shared.device,
                 "reported",
                 version,
                 &patch,
             ))
             .await?;
+        self.hub
+            .stats
+            .message_in(InKind::ReportedPatch, patch.to_string().len(), None);
         Ok(version)
     }
 
@@ -601,6 +637,11 @@ impl DeviceSession for HubSession {
                 // A refused answer still ends the call: the invoker learns at once why, instead
                 // of waiting out its timeout for an answer that will not come. The invoker may
                 // have given up a moment ago; that is not the device's fault.
+                self.hub.stats.message_in(
+                    InKind::MethodResponse,
+                    response.payload.len(),
+                    Some(&self.shared.device),
+                );
                 match refusal {
                     None => {
                         let _ = p.reply.send(Ok(response));

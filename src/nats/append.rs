@@ -4,7 +4,8 @@
 //! JetStream 2.9 has no atomic multi-message publish, so a batch is published record by record.
 //! Appends to one partition are serialised in this process (the partition's tail lock), and
 //! concurrent ones are committed together: one flusher task per partition publishes everything
-//! queued as one batch ([`append`]). Every
+//! queued as one batch, and an append that finds its partition idle publishes its own
+//! ([`append`]). Every
 //! record carries `Nats-Expected-Last-Sequence` (the end this writer knows, plus the records of
 //! the batch before it); every record a later one follows carries a `Nats-Msg-Id` of its own
 //! ([`message_id`]: the writer's random name and the sequence the record is meant for), and every
@@ -30,6 +31,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use async_nats::header;
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use bytes::BytesMut;
@@ -71,12 +73,30 @@ pub(crate) struct Waiting {
 /// publish round trip in flight however many devices write it, and writers in other processes
 /// meet fewer, larger batches. The flusher is a task of its own: a caller that stops waiting
 /// does not cut short a batch that also carries other callers' records.
+///
+/// An append that finds the partition idle (no flusher, nothing queued) publishes its batch
+/// itself, in its own task, holding the partition's writer slot as a flusher would: there is no
+/// one to gather with, and handing a lone batch to a new task and waiting for its answer is a
+/// cost a sequential appender pays on every batch (`docs/performance.md`). Appends that arrive
+/// meanwhile queue as usual and get a flusher when it is done ([`Slot`]).
 pub(crate) async fn append(
     shared: &Arc<Shared>,
     part: &Arc<Partition>,
     records: Vec<Record>,
 ) -> Result<Appended> {
     let bytes = shared.limits.check_batch(&records)?;
+    // Taking the slot under the queue's lock: nobody queued ahead of this append.
+    let idle = {
+        let queue = lock(&part.queue);
+        queue.is_empty() && !part.flushing.swap(true, Ordering::AcqRel)
+    };
+    if idle {
+        let _slot = Slot {
+            shared: Arc::clone(shared),
+            part: Arc::clone(part),
+        };
+        return append_alone(shared, part, &records).await;
+    }
     let (reply, answer) = oneshot::channel();
     lock(&part.queue).push(Waiting {
         records,
@@ -85,7 +105,7 @@ pub(crate) async fn append(
         reply,
     });
     if !part.flushing.swap(true, Ordering::AcqRel) {
-        tokio::spawn(flush_queue(Arc::clone(shared), Arc::clone(part)));
+        spawn_flusher(Arc::clone(shared), Arc::clone(part));
     }
     answer.await.map_err(|_| {
         backend(
@@ -98,6 +118,49 @@ pub(crate) async fn append(
     })?
 }
 
+/// A batch published by its own caller, answered as the flusher answers an append alone in its
+/// batch: as it came out, except that losing the partition to another writer before any record
+/// was stored goes round again, as a requeued append would.
+async fn append_alone(shared: &Shared, part: &Partition, records: &[Record]) -> Result<Appended> {
+    let mut rounds = 0;
+    loop {
+        match append_batch(shared, part, records).await {
+            Ok(appended) => return Ok(appended),
+            Err(Failure::Publish(failed, _))
+                if failed.acked == 0 && lost_race(failed.kind) && rounds < REQUEUES =>
+            {
+                rounds += 1;
+                tracing::debug!(
+                    stream = part.name(),
+                    rounds,
+                    "another writer kept the partition; the append goes again"
+                );
+            }
+            Err(Failure::Publish(failed, _)) => return Err(failed.into()),
+            Err(Failure::Other(e)) => return Err(e),
+        }
+    }
+}
+
+/// The partition's writer slot held by an append publishing its own batch. Released when that
+/// append is done or its caller stops waiting (the tail is then reloaded before the next batch,
+/// as after any failure): appends that queued meanwhile are handed to a flusher.
+struct Slot {
+    shared: Arc<Shared>,
+    part: Arc<Partition>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.part.flushing.store(false, Ordering::Release);
+        // As at a flusher's end: an append that queued while the slot was held started no
+        // flusher; start one unless another has started since.
+        if !lock(&self.part.queue).is_empty() && !self.part.flushing.swap(true, Ordering::AcqRel) {
+            spawn_flusher(Arc::clone(&self.shared), Arc::clone(&self.part));
+        }
+    }
+}
+
 fn lock(queue: &std::sync::Mutex<Vec<Waiting>>) -> std::sync::MutexGuard<'_, Vec<Waiting>> {
     // Pushing and draining a vector cannot leave it half-changed: a poisoned lock is still sound.
     queue
@@ -105,12 +168,21 @@ fn lock(queue: &std::sync::Mutex<Vec<Waiting>>) -> std::sync::MutexGuard<'_, Vec
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The flusher: commits what is queued, batch after batch, until the queue is empty.
-async fn flush_queue(shared: Arc<Shared>, part: Arc<Partition>) {
-    let mut guard = Stranded {
-        part: &part,
+/// Starts a flusher for `part`, whose `flushing` flag the caller has just set. Outside a runtime
+/// (a slot dropped while its runtime shuts down) or if the task never runs, its guard fails what
+/// is queued and clears the flag.
+fn spawn_flusher(shared: Arc<Shared>, part: Arc<Partition>) {
+    let guard = Stranded {
+        part: Arc::clone(&part),
         armed: true,
     };
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(flush_queue(shared, part, guard));
+    }
+}
+
+/// The flusher: commits what is queued, batch after batch, until the queue is empty.
+async fn flush_queue(shared: Arc<Shared>, part: Arc<Partition>, mut guard: Stranded) {
     loop {
         let batch = take_batch(&shared, &part);
         if batch.is_empty() {
@@ -128,15 +200,15 @@ async fn flush_queue(shared: Arc<Shared>, part: Arc<Partition>) {
 }
 
 /// A flusher that ends any other way than by finding the queue empty (its runtime shut down,
-/// or a panic) must not leave `flushing` set: no append would start another, and every later one
-/// would wait forever. It fails what is queued (their callers get an error at once) and lets the
-/// next append start a flusher.
-struct Stranded<'a> {
-    part: &'a Partition,
+/// or a panic, or it never ran) must not leave `flushing` set: no append would start another,
+/// and every later one would wait forever. It fails what is queued (their callers get an error
+/// at once) and lets the next append start a flusher.
+struct Stranded {
+    part: Arc<Partition>,
     armed: bool,
 }
 
-impl Drop for Stranded<'_> {
+impl Drop for Stranded {
     fn drop(&mut self) {
         if self.armed {
             drop(std::mem::take(&mut *lock(&self.part.queue)));
@@ -349,14 +421,16 @@ async fn publish(
             let mut message = PublishMessage::build()
                 .payload(codec::encode_into(&mut buf, record, enqueued_time, size))
                 .expected_last_sequence(before);
+            // Ids go in as `String`s, which the header map keeps as they are (the `message_id`
+            // and `expected_last_message_id` shorthands copy each one once more).
             if let Some(id) = previous.take() {
                 // ... and that last message is ours: record i − 1 of this batch.
-                message = message.expected_last_message_id(id);
+                message = message.header(header::NATS_EXPECTED_LAST_MESSAGE_ID, id);
             }
             if i + 1 < records.len() {
                 // Only a record that a later one names needs an id.
                 let id = message_id(&shared.writer, before + 1);
-                message = message.message_id(id.clone());
+                message = message.header(header::NATS_MESSAGE_ID, id.clone());
                 previous = Some(id);
             }
             size += record.size_bytes() as u64;

@@ -33,6 +33,7 @@
 //! after forwarding it; the suite passes over it when the plan only counts.
 
 mod fault;
+mod modules;
 mod suite;
 
 use std::sync::Arc;
@@ -44,6 +45,7 @@ use crate::error::Result;
 use crate::store::IdentityStore;
 
 pub use fault::{FaultMode, FaultPlan, FaultyIdentityStore, inject, injected_fault};
+pub use modules::*;
 pub use suite::*;
 
 /// Opens the store under test, and opens it again for the durability check.

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use iot_identity::IdentityStore;
+use iot_identity::{IdentityStore, ModuleStore};
 use iot_provisioning::Provisioning;
 use iot_registry::Registry;
 
@@ -31,6 +31,8 @@ struct Inner {
     host: String,
     config: HttpConfig,
     tokens: TokenCache,
+    /// Module identities, once set ([`HttpState::with_modules`]).
+    modules: std::sync::OnceLock<Arc<dyn ModuleStore>>,
 }
 
 impl fmt::Debug for HttpState {
@@ -64,7 +66,24 @@ impl HttpState {
             host: host.into(),
             tokens: TokenCache::new(config.token_cache_size),
             config,
+            modules: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Serves the module routes (`/devices/{id}/modules/…`, `/twins/{id}/modules/…`) over
+    /// `modules`, the store the gateway authenticates modules against (a [`Hub`]'s
+    /// [`modules`](crate::Hub::modules)). Without it those routes answer 404 `ModuleNotFound`.
+    /// Set once: a second call keeps the first store.
+    ///
+    /// [`Hub`]: crate::Hub
+    pub fn with_modules(self, modules: Arc<dyn ModuleStore>) -> Self {
+        let _ = self.0.modules.set(modules);
+        self
+    }
+
+    /// The module identities, if [`with_modules`](Self::with_modules) gave them.
+    pub fn modules(&self) -> Option<&Arc<dyn ModuleStore>> {
+        self.0.modules.get()
     }
 
     /// The gateway.

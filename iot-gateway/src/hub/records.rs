@@ -1,7 +1,7 @@
 //! The records the hub writes: telemetry, connection events, twin changes, feedback, dead letters.
 
 use bytes::Bytes;
-use iot_core::{DeviceId, Record, Timestamp};
+use iot_core::{EndpointId, Record, Timestamp};
 use serde_json::Value;
 
 use super::stamp::Stamp;
@@ -91,20 +91,31 @@ pub(crate) fn telemetry(message: Telemetry, stamp: &Stamp<'_>, max_bytes: usize)
 }
 
 /// A connect or disconnect event.
-pub(crate) fn connection_event(device: &DeviceId, event: &str, reason: Option<&str>) -> Record {
-    let mut r = Record::new(device.as_str(), Bytes::new()).with_header(header::EVENT, event);
+pub(crate) fn connection_event(who: &EndpointId, event: &str, reason: Option<&str>) -> Record {
+    let mut r = Record::new(who.device.as_str(), Bytes::new()).with_header(header::EVENT, event);
     if let Some(reason) = reason {
         r = r.with_header(header::REASON, reason);
+    }
+    // A module's connect and disconnect name the module (keyed by its device, like its twin
+    // changes).
+    if let Some(module) = &who.module {
+        r = r.with_header(header::MODULE_ID, module.as_str());
     }
     r
 }
 
 /// A twin change: the patch, with the section and its new version.
-pub(crate) fn twin_change(device: &DeviceId, section: &str, version: u64, patch: &Value) -> Record {
-    Record::new(device.as_str(), Bytes::from(patch.to_string()))
+pub(crate) fn twin_change(twin: &EndpointId, section: &str, version: u64, patch: &Value) -> Record {
+    let record = Record::new(twin.device.as_str(), Bytes::from(patch.to_string()))
         .with_header(header::SECTION, section)
         .with_header(header::VERSION, version.to_string())
-        .with_header(header::CONTENT_TYPE, "application/json")
+        .with_header(header::CONTENT_TYPE, "application/json");
+    // Keyed by the device (one partition per device, modules included); a module's change
+    // names the module, as IoT Hub's twin change events do.
+    match &twin.module {
+        Some(module) => record.with_header(header::MODULE_ID, module.as_str()),
+        None => record,
+    }
 }
 
 /// The feedback record of a settled message, if its sender asked for one.

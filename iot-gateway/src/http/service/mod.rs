@@ -11,6 +11,7 @@
 //! | `DELETE /devices/{id}/commands` | purge the C2D queue | ServiceConnect |
 //! | `POST /devices/{id}/messages/cloudToDevice` | send C2D (our extension) | ServiceConnect |
 //! | `GET /messages/serviceBound/feedback` | read C2D feedback (our extension) | ServiceConnect |
+//! | `/devices/{id}/modules…`, `/twins/{id}/modules/{mid}…` | module identities, twins, methods | see `modules.rs` |
 
 mod c2d;
 mod c2d_send;
@@ -18,6 +19,7 @@ mod devices;
 mod json;
 mod lookup;
 mod methods;
+mod modules;
 mod query;
 mod statistics;
 mod twin_doc;
@@ -48,6 +50,18 @@ pub fn routes() -> Router<HttpState> {
             get(twins::get).patch(twins::patch).put(twins::put),
         )
         .route("/twins/{id}/methods", post(methods::invoke))
+        .route("/devices/{id}/modules", get(modules::list))
+        .route(
+            "/devices/{id}/modules/{mid}",
+            put(modules::put).get(modules::get).delete(modules::delete),
+        )
+        .route(
+            "/twins/{id}/modules/{mid}",
+            get(modules::get_twin)
+                .patch(modules::patch_twin)
+                .put(modules::put_twin),
+        )
+        .route("/twins/{id}/modules/{mid}/methods", post(modules::invoke))
         .route("/devices/{id}/messages/cloudToDevice", post(c2d_send::send))
         .route("/messages/serviceBound/feedback", get(c2d_send::feedback))
 }

@@ -35,7 +35,10 @@ impl Module {
     }
 
     fn username(&self) -> String {
-        format!("{HOST}/{}/{}/?api-version=2021-04-12", self.device.id, self.id)
+        format!(
+            "{HOST}/{}/{}/?api-version=2021-04-12",
+            self.device.id, self.id
+        )
     }
 
     /// A token for this module's resource signed with `key`.
@@ -132,8 +135,14 @@ async fn module_telemetry_twin_and_methods_are_its_own() {
             .expect("record")
     };
     let from_module = by_payload(b"from the module");
-    assert_eq!(from_module.record.headers.get(header::MODULE_ID), Some("filter"));
-    assert_eq!(from_module.record.headers.get(header::DEVICE_ID), Some("edge-1"));
+    assert_eq!(
+        from_module.record.headers.get(header::MODULE_ID),
+        Some("filter")
+    );
+    assert_eq!(
+        from_module.record.headers.get(header::DEVICE_ID),
+        Some("edge-1")
+    );
     assert_eq!(from_module.record.headers.get("kind"), Some("filtered"));
     assert!(
         from_module
@@ -169,7 +178,10 @@ async fn module_telemetry_twin_and_methods_are_its_own() {
         .expect("module twin");
     assert_eq!(module_twin.reported.properties, json!({"role": "filter"}));
     let device_twin = fx.gateway.get_twin(&device.id).await.expect("device twin");
-    assert_eq!(device_twin.reported.version, 0, "the device's twin is untouched");
+    assert_eq!(
+        device_twin.reported.version, 0,
+        "the device's twin is untouched"
+    );
 
     // A desired patch of the module reaches the module only.
     fx.gateway
@@ -177,7 +189,10 @@ async fn module_telemetry_twin_and_methods_are_its_own() {
         .await
         .expect("module desired");
     let pushed = m.next_publish().await;
-    assert_eq!(pushed.topic, "$iothub/twin/PATCH/properties/desired/?$version=1");
+    assert_eq!(
+        pushed.topic,
+        "$iothub/twin/PATCH/properties/desired/?$version=1"
+    );
     let body: serde_json::Value = serde_json::from_slice(&pushed.payload).expect("JSON");
     assert_eq!(body, json!({"threshold": 3, "$version": 1}));
     fx.gateway
@@ -189,7 +204,8 @@ async fn module_telemetry_twin_and_methods_are_its_own() {
     assert_eq!(body, json!({"device": true, "$version": 1}));
 
     // Methods: one on the module reaches the module; the device, not subscribed, is offline.
-    m.subscribe("$iothub/methods/POST/#", QoS::AtLeastOnce).await;
+    m.subscribe("$iothub/methods/POST/#", QoS::AtLeastOnce)
+        .await;
     let gateway = fx.gateway.clone();
     let (d, mid) = (device.id.clone(), filter.id.clone());
     let call = tokio::spawn(async move {
@@ -303,7 +319,10 @@ async fn a_module_cannot_act_as_its_device_or_a_sibling_and_vice_versa() {
         .into_iter()
         .filter(|r| &r.record.payload[..] == b"spoof")
         .count();
-    assert_eq!(spoofed, 0, "nothing published on another's topic reached the log");
+    assert_eq!(
+        spoofed, 0,
+        "nothing published on another's topic reached the log"
+    );
 }
 
 #[tokio::test]
@@ -359,7 +378,14 @@ async fn module_sessions_end_with_the_module_or_its_device() {
     fx.identity.delete(&device.id, None).await.expect("delete");
     mb.closed().await;
     tokio::time::timeout(PATIENCE, async {
-        while !fx.hub.modules().list(&device.id).await.expect("list").is_empty() {
+        while !fx
+            .hub
+            .modules()
+            .list(&device.id)
+            .await
+            .expect("list")
+            .is_empty()
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })

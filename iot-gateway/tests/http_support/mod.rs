@@ -61,7 +61,8 @@ impl Stack {
             policies.clone(),
             HOST,
             config.clone(),
-        );
+        )
+        .with_modules(hub.modules().clone());
         let server = HttpServer::new(iot_gateway::http::router(state.clone()), config);
         let addr = server
             .listen_tcp("127.0.0.1:0".parse().expect("addr"))

@@ -20,6 +20,31 @@ use crate::sas;
 /// sibling. The credential is checked before the device's status, so a caller without valid
 /// credentials cannot learn whether the device is disabled. The result names the device and
 /// carries the module record's generation and etag (a session ends when they change).
+///
+/// ```
+/// use std::sync::Arc;
+/// use iot_identity::{authenticate_module, sas, Authenticator, Credentials, IdentityStore,
+///     MemoryIdentityStore, MemoryModuleStore, ModuleStore, NewIdentity, NewModule, Presented,
+///     SymmetricKey};
+///
+/// # tokio::runtime::Builder::new_current_thread().build().expect("rt").block_on(async {
+/// let devices = Arc::new(MemoryIdentityStore::new());
+/// let modules = MemoryModuleStore::new();
+/// let device = "edge-1".parse()?;
+/// devices.create(NewIdentity::new(device, Credentials::generate_symmetric_keys())).await?;
+/// let key = SymmetricKey::generate();
+/// let credentials = Credentials::SymmetricKeys { primary: key.clone(), secondary: SymmetricKey::generate() };
+/// modules.create(NewModule::new("edge-1".parse()?, "filter".parse()?, credentials)).await?;
+///
+/// let resource = sas::module_resource("hub.example.net", &"edge-1".parse()?, &"filter".parse()?);
+/// let token = sas::generate(&resource, &key, sas::unix_now() + 600, None)?;
+/// let auth = Authenticator::new(devices, "hub.example.net");
+/// let who = authenticate_module(&auth, &modules, &"edge-1".parse()?, &"filter".parse()?,
+///     Presented::SasToken(token.as_str()), sas::unix_now()).await?;
+/// assert_eq!(who.id.as_str(), "edge-1");
+/// # Ok::<(), iot_identity::Error>(())
+/// # }).expect("example");
+/// ```
 pub async fn authenticate_module(
     auth: &Authenticator,
     modules: &dyn ModuleStore,

@@ -225,6 +225,9 @@ fn section(properties: &Value, version: u64) -> Value {
         _ => Map::new(),
     };
     out.insert("$version".into(), Value::from(version));
+    // IoT Hub's per-property update times are not kept for module twins: an empty object, so
+    // the document has the shape every twin reader expects.
+    out.insert("$metadata".into(), Value::Object(Map::new()));
     Value::Object(out)
 }
 

@@ -236,23 +236,20 @@ async fn module_twins_and_methods() {
     assert_eq!(tags.status, 400);
 
     // A method on the module is answered by its session; on an unknown module it is 404.
-    let answer = tokio::spawn({
-        let session_events = async move {
-            let SessionEvent::Method(request) = session.next_event().await.expect("event") else {
-                panic!("expected a method");
-            };
-            assert_eq!(request.name, "recalibrate");
-            session
-                .respond_method(MethodResponse {
-                    request_id: request.request_id,
-                    status: 200,
-                    payload: bytes::Bytes::from_static(b"{\"ok\":1}"),
-                })
-                .await
-                .expect("respond");
-            session
+    let answer = tokio::spawn(async move {
+        let SessionEvent::Method(request) = session.next_event().await.expect("event") else {
+            panic!("expected a method");
         };
-        session_events
+        assert_eq!(request.name, "recalibrate");
+        session
+            .respond_method(MethodResponse {
+                request_id: request.request_id,
+                status: 200,
+                payload: bytes::Bytes::from_static(b"{\"ok\":1}"),
+            })
+            .await
+            .expect("respond");
+        session
     });
     let invoked = stack
         .owner(

@@ -239,7 +239,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         host.clone(),
         http_config.clone(),
     )
-    .with_certificate_authorities(cas);
+    .with_certificate_authorities(cas)
+    // Module identities (`/devices/{id}/modules/{mid}`) in the hub's own store (DIR/hub/modules).
+    .with_modules(hub.modules().clone());
     let http = HttpServer::new(iot_gateway::http::router(state), http_config);
     let owner = policies
         .get("iothubowner")

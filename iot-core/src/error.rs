@@ -22,6 +22,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// A module id broke the rules of [`ModuleId`](crate::ModuleId).
+    #[error("invalid module id {id:?}: {reason}")]
+    InvalidModuleId {
+        /// The refused id (at most its first 140 characters).
+        id: String,
+        /// Which rule it broke.
+        reason: String,
+    },
+
     /// A topic or consumer-group name broke the naming rules.
     #[error("invalid {kind} name {name:?}: {reason}")]
     InvalidName {

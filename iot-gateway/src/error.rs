@@ -4,8 +4,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use iot_core::DeviceId;
 use iot_core::storage::StorageError;
+use iot_core::{DeviceId, EndpointId};
 
 /// Why a device session ended. Endpoints turn it into their protocol's way of closing (an MQTT
 /// endpoint simply drops the connection).
@@ -95,6 +95,13 @@ pub enum Error {
     DeviceNotFound {
         /// The device asked for.
         device: DeviceId,
+    },
+
+    /// The module has no identity (IoT Hub's `ModuleNotFound`).
+    #[error("module {module} does not exist")]
+    ModuleNotFound {
+        /// The module asked for (`device/module`).
+        module: EndpointId,
     },
 
     /// The device has no live session (or the session does not take this kind of request).

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use iot_core::{DeviceId, Timestamp};
+use iot_core::{DeviceId, ModuleId, Timestamp};
 use iot_identity::Presented;
 use serde_json::Value;
 
@@ -235,6 +235,58 @@ pub trait Gateway: Send + Sync + Debug + 'static {
         })
     }
 
+    /// Authenticates module `module` of `device` with the module's own credential and opens
+    /// its session (IoT Hub's module identities), closing any older session of the same module.
+    /// A module session is apart from its device's and its siblings': it never takes one over,
+    /// and has a twin of its own. It takes no C2D messages. The provided method refuses
+    /// ([`Error::InvalidInput`](crate::Error::InvalidInput)): this gateway has no modules.
+    async fn connect_module(
+        &self,
+        device: &DeviceId,
+        module: &ModuleId,
+        credential: Presented<'_>,
+        options: SessionOptions,
+    ) -> Result<Box<dyn DeviceSession>> {
+        let _ = (credential, options);
+        Err(no_modules(device, module))
+    }
+
+    /// The twin of module `module` of `device`; the provided method refuses.
+    async fn get_module_twin(&self, device: &DeviceId, module: &ModuleId) -> Result<Twin> {
+        Err(no_modules(device, module))
+    }
+
+    /// [`patch_desired`](Gateway::patch_desired) for a module's twin (pushed to the module's
+    /// session); the provided method refuses.
+    async fn patch_module_desired(
+        &self,
+        device: &DeviceId,
+        module: &ModuleId,
+        patch: Value,
+        if_version: Option<u64>,
+    ) -> Result<Twin> {
+        let _ = (patch, if_version);
+        Err(no_modules(device, module))
+    }
+
+    /// [`invoke_method`](Gateway::invoke_method) on a module's session; the provided method
+    /// refuses.
+    async fn invoke_module_method(
+        &self,
+        device: &DeviceId,
+        module: &ModuleId,
+        call: MethodCall,
+    ) -> Result<MethodResponse> {
+        let _ = call;
+        Err(no_modules(device, module))
+    }
+
+    /// Whether module `module` of `device` has a live session; the provided method says no.
+    async fn is_module_connected(&self, device: &DeviceId, module: &ModuleId) -> Result<bool> {
+        let _ = (device, module);
+        Ok(false)
+    }
+
     /// Removes every C2D message queued for `device` (IoT Hub's queue purge); returns how many.
     /// No feedback is written for them. The provided method refuses
     /// ([`Error::InvalidInput`](crate::Error::InvalidInput)).
@@ -243,6 +295,12 @@ pub trait Gateway: Send + Sync + Debug + 'static {
             reason: format!("this gateway cannot purge the C2D queue of {device}"),
         })
     }
+}
+
+fn no_modules(device: &DeviceId, module: &ModuleId) -> crate::Error {
+    crate::Error::invalid(format!(
+        "this gateway has no module identities (module {device}/{module})"
+    ))
 }
 
 /// One device's live session, as an endpoint drives it. All methods take `&self`, so one task can
@@ -254,8 +312,14 @@ pub trait Gateway: Send + Sync + Debug + 'static {
 /// [`SessionEvent::Closed`].
 #[async_trait]
 pub trait DeviceSession: Send + Sync + Debug {
-    /// The authenticated device.
+    /// The authenticated device (the module's device, for a module's session).
     fn device_id(&self) -> &DeviceId;
+
+    /// The authenticated module, for a module's session
+    /// ([`Gateway::connect_module`]); the provided method says `None` (a device's session).
+    fn module_id(&self) -> Option<&ModuleId> {
+        None
+    }
 
     /// Sends telemetry; returns once it is in the log.
     async fn send_telemetry(&self, message: Telemetry) -> Result<()>;
@@ -396,6 +460,46 @@ macro_rules! forward_gateway {
             }
             async fn purge_c2d(&self, device: &DeviceId) -> Result<usize> {
                 (**self).purge_c2d(device).await
+            }
+            async fn connect_module(
+                &self,
+                device: &DeviceId,
+                module: &ModuleId,
+                credential: Presented<'_>,
+                options: SessionOptions,
+            ) -> Result<Box<dyn DeviceSession>> {
+                (**self)
+                    .connect_module(device, module, credential, options)
+                    .await
+            }
+            async fn get_module_twin(&self, device: &DeviceId, module: &ModuleId) -> Result<Twin> {
+                (**self).get_module_twin(device, module).await
+            }
+            async fn patch_module_desired(
+                &self,
+                device: &DeviceId,
+                module: &ModuleId,
+                patch: Value,
+                if_version: Option<u64>,
+            ) -> Result<Twin> {
+                (**self)
+                    .patch_module_desired(device, module, patch, if_version)
+                    .await
+            }
+            async fn invoke_module_method(
+                &self,
+                device: &DeviceId,
+                module: &ModuleId,
+                call: MethodCall,
+            ) -> Result<MethodResponse> {
+                (**self).invoke_module_method(device, module, call).await
+            }
+            async fn is_module_connected(
+                &self,
+                device: &DeviceId,
+                module: &ModuleId,
+            ) -> Result<bool> {
+                (**self).is_module_connected(device, module).await
             }
         }
     };

@@ -41,6 +41,9 @@ pub mod header {
     pub const RETAIN: &str = "mqtt-retain";
     /// The device that sent the message (also the record key); stamped by the gateway.
     pub const DEVICE_ID: &str = "iothub-connection-device-id";
+    /// The module that sent the message, on telemetry of a module's session (IoT Hub's
+    /// `iothub-connection-module-id`; absent on a device's own telemetry).
+    pub const MODULE_ID: &str = "iothub-connection-module-id";
     /// How the sending device authenticated, a JSON object as IoT Hub writes it
     /// (`{"scope":"device","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}`;
     /// [`auth_method`] gives it for each kind of credential); stamped by the gateway.

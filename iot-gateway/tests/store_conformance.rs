@@ -146,3 +146,17 @@ async fn file_stores_buffered_compacting_often() {
     inbox_store::run_all(&files).await;
     twin_store::run_all(&files).await;
 }
+
+#[tokio::test]
+async fn memory_module_twins() {
+    twin_store::run_module_twins(&MemoryStores).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_module_twins_fsync_and_compacting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    twin_store::run_module_twins(&Files::new(&dir, Durability::Fsync, 1 << 20)).await;
+    // Nearly every write through a snapshot: module twins are in the snapshot too.
+    let dir = tempfile::tempdir().expect("tempdir");
+    twin_store::run_module_twins(&Files::new(&dir, Durability::OsBuffered, 1)).await;
+}

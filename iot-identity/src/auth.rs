@@ -160,6 +160,16 @@ impl Authenticator {
         &self.store
     }
 
+    /// The hub's host name (the first part of every SAS resource).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The SAS verifier in use.
+    pub fn verifier(&self) -> &SasVerifier {
+        &self.verifier
+    }
+
     /// Authenticates `id` with `presented` at the current time.
     pub async fn authenticate(
         &self,

@@ -3,8 +3,8 @@
 use std::io;
 use std::path::PathBuf;
 
-use iot_core::DeviceId;
 use iot_core::storage::StorageError;
+use iot_core::{DeviceId, EndpointId};
 
 use crate::identity::ETag;
 
@@ -40,6 +40,42 @@ pub enum Error {
         expected: ETag,
         /// The etag the record has.
         actual: ETag,
+    },
+
+    /// No module with this id exists (module store operations).
+    #[error("module {id} does not exist")]
+    ModuleNotFound {
+        /// The module asked for (`device/module`).
+        id: EndpointId,
+    },
+
+    /// A module `create` named a module that already exists.
+    #[error("module {id} already exists")]
+    ModuleAlreadyExists {
+        /// The module that exists.
+        id: EndpointId,
+    },
+
+    /// An `if_match` etag did not match a module's stored one.
+    #[error("module {id} has etag {actual}, not the expected {expected}")]
+    ModulePreconditionFailed {
+        /// The module written.
+        id: EndpointId,
+        /// The etag the caller expected.
+        expected: ETag,
+        /// The etag the record has.
+        actual: ETag,
+    },
+
+    /// A module did not prove its identity: unknown module, a credential that does not match,
+    /// or a kind of credential it is not set up for (`what` says which, for logs).
+    #[error("module {id} was refused: {what}")]
+    ModuleRefused {
+        /// The module that tried to authenticate.
+        id: EndpointId,
+        /// Why: `"unknown module"`, `"bad symmetric key"`, `"bad thumbprint"`,
+        /// `"wrong credential kind"`.
+        what: &'static str,
     },
 
     /// An argument was refused (for example a zero page size, an over-long disable reason or a key
@@ -294,6 +330,10 @@ impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             Error::NotFound { .. } => "not_found",
+            Error::ModuleNotFound { .. } => "module_not_found",
+            Error::ModuleAlreadyExists { .. } => "module_already_exists",
+            Error::ModulePreconditionFailed { .. } => "module_precondition_failed",
+            Error::ModuleRefused { .. } => "module_refused",
             Error::AlreadyExists { .. } => "already_exists",
             Error::PreconditionFailed { .. } => "precondition_failed",
             Error::InvalidInput { .. } => "invalid_input",
@@ -330,6 +370,7 @@ impl Error {
                 | Error::DeviceDisabled { .. }
                 | Error::BadCredential { .. }
                 | Error::WrongCredentialKind { .. }
+                | Error::ModuleRefused { .. }
         )
     }
 

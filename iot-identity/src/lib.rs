@@ -12,6 +12,8 @@
 //!   Secrets are zeroized on drop and redacted in `Debug`; comparisons are constant-time.
 //! * [`sas`] — SAS tokens byte-compatible with Azure IoT Hub and its device SDKs.
 //! * [`Authenticator`] — checks a device's SAS token, key, certificate thumbprint or passphrase.
+//! * [`ModuleStore`] — module identities (`devices/{id}/modules/{moduleId}`) with keys of their
+//!   own, [`MemoryModuleStore`] and the journaled [`FileModuleStore`]; [`authenticate_module`].
 //!
 //! ```
 //! use std::sync::Arc;
@@ -54,6 +56,7 @@ pub mod file;
 pub mod identity;
 mod index;
 pub mod memory;
+pub mod module;
 pub mod sas;
 pub mod store;
 #[cfg(feature = "testkit")]
@@ -74,6 +77,10 @@ pub use identity::{
     NewIdentity,
 };
 pub use memory::MemoryIdentityStore;
+pub use module::{
+    FileModuleStore, FileModuleStoreConfig, MemoryModuleStore, ModuleChange, ModuleChangeKind,
+    ModuleChanges, ModuleIdentity, ModuleStore, NewModule, authenticate_module,
+};
 pub use sas::{SasToken, SasVerifier, VerifiedToken};
 pub use store::{
     ChangeEvent, ChangeSender, ChangeStream, IdentityStore, Lookup, LookupResult, MAX_PAGE_SIZE,

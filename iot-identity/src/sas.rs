@@ -45,6 +45,11 @@ pub fn device_resource(host: &str, id: &DeviceId) -> String {
     format!("{host}/devices/{id}")
 }
 
+/// The resource a module's tokens are scoped to: `{host}/devices/{deviceId}/modules/{moduleId}`.
+pub fn module_resource(host: &str, device: &DeviceId, module: &iot_core::ModuleId) -> String {
+    format!("{host}/devices/{device}/modules/{module}")
+}
+
 /// The current time in Unix seconds (0 if the clock is before 1970).
 pub fn unix_now() -> u64 {
     SystemTime::now()

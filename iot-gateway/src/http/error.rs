@@ -29,6 +29,10 @@ pub mod code {
     pub const FORBIDDEN: &str = "IotHubUnauthorized";
     /// 404: the device does not exist.
     pub const DEVICE_NOT_FOUND: &str = "DeviceNotFound";
+    /// 404: the module does not exist.
+    pub const MODULE_NOT_FOUND: &str = "ModuleNotFound";
+    /// 409: the module exists already.
+    pub const MODULE_ALREADY_EXISTS: &str = "ModuleAlreadyExistsOnDevice";
     /// 404: a direct method found no connected device (IoT Hub's 404103).
     pub const DEVICE_NOT_ONLINE: &str = "DeviceNotOnline";
     /// 404: no such route.
@@ -96,6 +100,15 @@ impl ApiError {
     /// 403 `IotHubUnauthorized`.
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, code::FORBIDDEN, message)
+    }
+
+    /// 404 `ModuleNotFound`.
+    pub fn module_not_found(module: &iot_core::EndpointId) -> Self {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            code::MODULE_NOT_FOUND,
+            format!("Module {module} not found."),
+        )
     }
 
     /// 404 `DeviceNotFound`.
@@ -183,6 +196,7 @@ impl From<crate::Error> for ApiError {
         match &error {
             E::Unauthorized { .. } => ApiError::unauthorized(error.to_string()),
             E::DeviceNotFound { device } => ApiError::device_not_found(device.as_str()),
+            E::ModuleNotFound { module } => ApiError::module_not_found(module),
             E::DeviceOffline { device } => ApiError::new(
                 StatusCode::NOT_FOUND,
                 code::DEVICE_NOT_ONLINE,
@@ -268,6 +282,19 @@ impl From<iot_registry::Error> for ApiError {
 
 impl From<iot_identity::Error> for ApiError {
     fn from(error: iot_identity::Error) -> Self {
-        ApiError::internal(error.is_retryable(), "identity store", &error)
+        use iot_identity::Error as E;
+        // Only the module store's answers reach a caller as such; device identities are
+        // written through provisioning, whose errors say it in its own words.
+        match &error {
+            E::ModuleNotFound { id } => ApiError::module_not_found(id),
+            E::ModuleAlreadyExists { id } => ApiError::new(
+                StatusCode::CONFLICT,
+                code::MODULE_ALREADY_EXISTS,
+                format!("A module with ID '{id}' is already registered."),
+            ),
+            E::ModulePreconditionFailed { .. } => ApiError::precondition_failed(error.to_string()),
+            E::InvalidInput { .. } => ApiError::bad_request(error.to_string()),
+            _ => ApiError::internal(error.is_retryable(), "identity store", &error),
+        }
     }
 }

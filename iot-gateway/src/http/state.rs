@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use std::sync::OnceLock;
 
-use iot_identity::IdentityStore;
 use iot_identity::ca::CertificateAuthorities;
+use iot_identity::{IdentityStore, ModuleStore};
 use iot_provisioning::Provisioning;
 use iot_registry::Registry;
 
@@ -36,6 +36,8 @@ struct Inner {
     tokens: TokenCache,
     /// The CA certificates the `/certificates` routes manage, when set.
     authorities: OnceLock<CertificateAuthorities>,
+    /// Module identities, once set ([`HttpState::with_modules`]).
+    modules: OnceLock<Arc<dyn ModuleStore>>,
 }
 
 impl fmt::Debug for HttpState {
@@ -70,7 +72,24 @@ impl HttpState {
             tokens: TokenCache::new(config.token_cache_size),
             authorities: OnceLock::new(),
             config,
+            modules: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Serves the module routes (`/devices/{id}/modules/…`, `/twins/{id}/modules/…`) over
+    /// `modules`, the store the gateway authenticates modules against (a [`Hub`]'s
+    /// [`modules`](crate::Hub::modules)). Without it those routes answer 404 `ModuleNotFound`.
+    /// Set once: a second call keeps the first store.
+    ///
+    /// [`Hub`]: crate::Hub
+    pub fn with_modules(self, modules: Arc<dyn ModuleStore>) -> Self {
+        let _ = self.0.modules.set(modules);
+        self
+    }
+
+    /// The module identities, if [`with_modules`](Self::with_modules) gave them.
+    pub fn modules(&self) -> Option<&Arc<dyn ModuleStore>> {
+        self.0.modules.get()
     }
 
     /// The gateway.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
-use iot_core::{DeviceId, Log, Offset, PartitionId, ReadLimits, Timestamp};
+use iot_core::{DeviceId, EndpointId, Log, ModuleId, Offset, PartitionId, ReadLimits, Timestamp};
 use iot_identity::Presented;
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -25,12 +25,15 @@ use super::session::{HubSession, SessionShared};
 use super::stats::InKind;
 use super::{ForgetMethod, Hub, PendingMethod, check_json, check_method_name, records, stamp};
 
-#[async_trait]
-impl Gateway for Hub {
-    #[instrument(level = "debug", skip_all, fields(device = %device))]
-    async fn connect(
+impl Hub {
+    /// Opens the session of a device (`module: None`) or of one of its modules: the one path of
+    /// [`Gateway::connect`] and [`Gateway::connect_module`], so both get the same throttling,
+    /// takeover, events and re-check. A module's session is listed under its own key, so it
+    /// never takes over its device's session or a sibling's.
+    async fn open_session(
         &self,
         device: &DeviceId,
+        module: Option<&ModuleId>,
         credential: Presented<'_>,
         options: SessionOptions,
     ) -> Result<Box<dyn DeviceSession>> {
@@ -51,8 +54,25 @@ impl Gateway for Hub {
         // Before authenticating, only the address's failure record counts: the device named
         // may be anyone's claim. Its own budget is spent once it proved who it is.
         hub.connect_throttle.admit(device, options.peer)?;
-        let auth_method = stamp::AuthMethod::of(&credential);
-        let who = match hub.auth.authenticate(device, credential).await {
+        let auth_method = match module {
+            Some(_) => stamp::AuthMethod::of_module(&credential),
+            None => stamp::AuthMethod::of(&credential),
+        };
+        let authenticated = match module {
+            Some(module) => {
+                iot_identity::authenticate_module(
+                    &hub.auth,
+                    hub.modules.as_ref(),
+                    device,
+                    module,
+                    credential,
+                    iot_identity::sas::unix_now(),
+                )
+                .await
+            }
+            None => hub.auth.authenticate(device, credential).await,
+        };
+        let who = match authenticated {
             Ok(who) => who,
             Err(e) => {
                 let e = Error::from_auth(device, e);
@@ -72,25 +92,28 @@ impl Gateway for Hub {
         let shared = Arc::new(SessionShared::new(
             hub.next_session.fetch_add(1, Ordering::Relaxed),
             who,
+            module.cloned(),
             auth_method,
             options,
             &hub.telemetry_throttle,
             hub.config.token_skew,
         ));
-        let old = lock(&hub.sessions).insert(device.clone(), shared.clone());
-        if let Some(observer) = &hub.observer {
+        let old = lock(&hub.sessions).insert(shared.key.clone(), shared.clone());
+        if let Some(observer) = hub.observer.as_ref().filter(|_| module.is_none()) {
             observer.opened(device, shared.id);
         }
         if let Some(old) = old {
             hub.close_session(&old, CloseReason::TakenOver).await;
         }
         // After the old session's close, which records its disconnect.
-        hub.activity.connected(device, Timestamp::now());
+        if module.is_none() {
+            hub.activity.connected(device, Timestamp::now());
+        }
         if let Err(e) = hub
             .events
             .send(records::connection_event(
                 &hub.hub_name,
-                device,
+                &shared.key,
                 true,
                 None,
                 hub.event_seq.fetch_add(1, Ordering::Relaxed),
@@ -109,6 +132,185 @@ impl Gateway for Hub {
         hub.stats.opened();
         debug!(session = shared.id, "session opened");
         Ok(Box::new(HubSession::new(self.inner.clone(), shared)))
+    }
+
+    /// Pushes a desired patch to the session of a device or of a module, after writing it.
+    async fn patch_desired_of(
+        &self,
+        key: &EndpointId,
+        patch: Value,
+        if_version: Option<u64>,
+    ) -> Result<Twin> {
+        let hub = &self.inner;
+        hub.stats
+            .throttled(hub.twin_throttle.take_hub(&key.device))?;
+        let _order = hub.desired_lock.lock().await;
+        let twin = hub
+            .patch_twin_of(key, Section::Desired, &patch, if_version)
+            .await?;
+        let version = twin.desired.version;
+        hub.twin_changes
+            .send(records::twin_change(
+                &hub.hub_name,
+                key,
+                "desired",
+                version,
+                &patch,
+            ))
+            .await?;
+        hub.stats
+            .message_in(InKind::DesiredPatch, patch.to_string().len(), None);
+        if let Some(s) = hub.endpoint_session(key) {
+            s.push_desired(DesiredPatch::new(version, patch), hub.config.desired_queue);
+        }
+        Ok(twin)
+    }
+
+    /// Invokes a method on the session of a device or of a module.
+    async fn invoke_on(&self, key: &EndpointId, call: MethodCall) -> Result<MethodResponse> {
+        let hub = &self.inner;
+        let device = &key.device;
+        // Charged before waiting, so that calls queued for an offline device count too (a
+        // module's calls count against its device's budget).
+        hub.stats.throttled(hub.method_throttle.take(device))?;
+        hub.stats
+            .message_in(InKind::MethodInvoke, call.payload.len(), Some(device));
+        // Wait (up to the connect timeout) for a session that takes method requests.
+        let deadline = tokio::time::Instant::now() + call.connect_timeout;
+        let mut changed = hub.sessions_changed.subscribe();
+        let session = loop {
+            changed.borrow_and_update();
+            if let Some(s) = hub.endpoint_session(key).filter(|s| s.takes_methods()) {
+                break s;
+            }
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => {
+                    return Err(Error::DeviceOffline {
+                        device: device.clone(),
+                    });
+                }
+            }
+        };
+        let request_id = hub.next_request.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        // However this call ends (answer, timeout, or the caller dropping it), the request is
+        // forgotten, so that abandoned calls cannot pile up for a device that never answers.
+        let _forget = ForgetMethod {
+            hub,
+            session: &session,
+            request_id,
+        };
+        lock(&hub.methods).insert(
+            request_id,
+            PendingMethod {
+                device: device.clone(),
+                session: session.id,
+                reply,
+            },
+        );
+        let request = MethodRequest::new(request_id, call.name, call.payload);
+        if let Err(e) = session.push_method(request, hub.config.method_queue) {
+            lock(&hub.methods).remove(&request_id);
+            return Err(e);
+        }
+        match tokio::time::timeout(call.response_timeout, answer).await {
+            // The answer, or why the device's answer was refused.
+            Ok(Ok(answer)) => answer,
+            // The session closed before answering.
+            Ok(Err(_)) => Err(Error::DeviceOffline {
+                device: device.clone(),
+            }),
+            Err(_) => {
+                lock(&hub.methods).remove(&request_id);
+                session.forget_method(request_id);
+                Err(Error::TimedOut {
+                    device: device.clone(),
+                    operation: "method response",
+                    after: call.response_timeout,
+                })
+            }
+        }
+    }
+
+    /// The checks every method call passes before it looks for a session.
+    fn check_call(&self, call: &MethodCall) -> Result<()> {
+        let config = &self.inner.config;
+        check_method_name(&call.name)?;
+        check_json("method payload", &call.payload, config.max_method_payload)?;
+        let max = config.max_method_timeout;
+        if call.response_timeout.is_zero()
+            || call.response_timeout > max
+            || call.connect_timeout > max
+        {
+            return Err(Error::invalid(format!(
+                "method timeouts are at most {max:?} and the response timeout is positive"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Gateway for Hub {
+    #[instrument(level = "debug", skip_all, fields(device = %device))]
+    async fn connect(
+        &self,
+        device: &DeviceId,
+        credential: Presented<'_>,
+        options: SessionOptions,
+    ) -> Result<Box<dyn DeviceSession>> {
+        self.open_session(device, None, credential, options).await
+    }
+
+    #[instrument(level = "debug", skip_all, fields(device = %device, module = %module))]
+    async fn connect_module(
+        &self,
+        device: &DeviceId,
+        module: &ModuleId,
+        credential: Presented<'_>,
+        options: SessionOptions,
+    ) -> Result<Box<dyn DeviceSession>> {
+        self.open_session(device, Some(module), credential, options)
+            .await
+    }
+
+    async fn get_module_twin(&self, device: &DeviceId, module: &ModuleId) -> Result<Twin> {
+        let hub = &self.inner;
+        hub.require_module(device, module).await?;
+        hub.stats.throttled(hub.twin_throttle.take_hub(device))?;
+        hub.twins.get_module(device, module).await
+    }
+
+    #[instrument(level = "debug", skip_all, fields(device = %device, module = %module))]
+    async fn patch_module_desired(
+        &self,
+        device: &DeviceId,
+        module: &ModuleId,
+        patch: Value,
+        if_version: Option<u64>,
+    ) -> Result<Twin> {
+        self.inner.require_module(device, module).await?;
+        let key = EndpointId::module(device.clone(), module.clone());
+        self.patch_desired_of(&key, patch, if_version).await
+    }
+
+    #[instrument(level = "debug", skip_all, fields(device = %device, module = %module, method = %call.name))]
+    async fn invoke_module_method(
+        &self,
+        device: &DeviceId,
+        module: &ModuleId,
+        call: MethodCall,
+    ) -> Result<MethodResponse> {
+        self.check_call(&call)?;
+        self.inner.require_module(device, module).await?;
+        let key = EndpointId::module(device.clone(), module.clone());
+        self.invoke_on(&key, call).await
+    }
+
+    async fn is_module_connected(&self, device: &DeviceId, module: &ModuleId) -> Result<bool> {
+        let key = EndpointId::module(device.clone(), module.clone());
+        Ok(lock(&self.inner.sessions).contains_key(&key))
     }
 
     #[instrument(level = "debug", skip_all, fields(device = %device))]
@@ -198,127 +400,31 @@ impl Gateway for Hub {
         patch: Value,
         if_version: Option<u64>,
     ) -> Result<Twin> {
-        let hub = &self.inner;
-        hub.require_device(device).await?;
-        hub.stats.throttled(hub.twin_throttle.take_hub(device))?;
-        let _order = hub.desired_lock.lock().await;
-        let twin = hub
-            .twins
-            .patch(
-                device,
-                Section::Desired,
-                &patch,
-                if_version,
-                hub.config.twin,
-            )
-            .await?;
-        let version = twin.desired.version;
-        hub.twin_changes
-            .send(records::twin_change(
-                &hub.hub_name,
-                device,
-                "desired",
-                version,
-                &patch,
-            ))
-            .await?;
-        hub.stats
-            .message_in(InKind::DesiredPatch, patch.to_string().len(), None);
-        if let Some(s) = hub.session_of(device) {
-            s.push_desired(DesiredPatch::new(version, patch), hub.config.desired_queue);
-        }
-        Ok(twin)
+        self.inner.require_device(device).await?;
+        let key = EndpointId::device(device.clone());
+        self.patch_desired_of(&key, patch, if_version).await
     }
 
     #[instrument(level = "debug", skip_all, fields(device = %device, method = %call.name))]
     async fn invoke_method(&self, device: &DeviceId, call: MethodCall) -> Result<MethodResponse> {
-        let hub = &self.inner;
-        check_method_name(&call.name)?;
-        check_json(
-            "method payload",
-            &call.payload,
-            hub.config.max_method_payload,
-        )?;
-        let max = hub.config.max_method_timeout;
-        if call.response_timeout.is_zero()
-            || call.response_timeout > max
-            || call.connect_timeout > max
-        {
-            return Err(Error::invalid(format!(
-                "method timeouts are at most {max:?} and the response timeout is positive"
-            )));
-        }
-        hub.require_device(device).await?;
-        // Charged before waiting, so that calls queued for an offline device count too.
-        hub.stats.throttled(hub.method_throttle.take(device))?;
-        hub.stats
-            .message_in(InKind::MethodInvoke, call.payload.len(), Some(device));
-        // Wait (up to the connect timeout) for a session that takes method requests.
-        let deadline = tokio::time::Instant::now() + call.connect_timeout;
-        let mut changed = hub.sessions_changed.subscribe();
-        let session = loop {
-            changed.borrow_and_update();
-            if let Some(s) = hub.session_of(device).filter(|s| s.takes_methods()) {
-                break s;
-            }
-            match tokio::time::timeout_at(deadline, changed.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => {
-                    return Err(Error::DeviceOffline {
-                        device: device.clone(),
-                    });
-                }
-            }
-        };
-        let request_id = hub.next_request.fetch_add(1, Ordering::Relaxed);
-        let (reply, answer) = oneshot::channel();
-        // However this call ends (answer, timeout, or the caller dropping it), the request is
-        // forgotten, so that abandoned calls cannot pile up for a device that never answers.
-        let _forget = ForgetMethod {
-            hub,
-            session: &session,
-            request_id,
-        };
-        lock(&hub.methods).insert(
-            request_id,
-            PendingMethod {
-                device: device.clone(),
-                session: session.id,
-                reply,
-            },
-        );
-        let request = MethodRequest::new(request_id, call.name, call.payload);
-        if let Err(e) = session.push_method(request, hub.config.method_queue) {
-            lock(&hub.methods).remove(&request_id);
-            return Err(e);
-        }
-        match tokio::time::timeout(call.response_timeout, answer).await {
-            // The answer, or why the device's answer was refused.
-            Ok(Ok(answer)) => answer,
-            // The session closed before answering.
-            Ok(Err(_)) => Err(Error::DeviceOffline {
-                device: device.clone(),
-            }),
-            Err(_) => {
-                lock(&hub.methods).remove(&request_id);
-                session.forget_method(request_id);
-                Err(Error::TimedOut {
-                    device: device.clone(),
-                    operation: "method response",
-                    after: call.response_timeout,
-                })
-            }
-        }
+        self.check_call(&call)?;
+        self.inner.require_device(device).await?;
+        self.invoke_on(&EndpointId::device(device.clone()), call)
+            .await
     }
 
     async fn connected_devices(&self) -> Result<Vec<DeviceId>> {
-        let mut devices: Vec<_> = lock(&self.inner.sessions).keys().cloned().collect();
+        let mut devices: Vec<_> = lock(&self.inner.sessions)
+            .keys()
+            .filter(|k| k.module.is_none())
+            .map(|k| k.device.clone())
+            .collect();
         devices.sort();
         Ok(devices)
     }
 
     async fn is_connected(&self, device: &DeviceId) -> Result<bool> {
-        Ok(lock(&self.inner.sessions).contains_key(device))
+        Ok(self.inner.session_of(device).is_some())
     }
 
     async fn activity(&self, device: &DeviceId) -> Result<DeviceActivity> {

@@ -4,6 +4,7 @@ mod activity;
 mod config;
 mod gateway_impl;
 mod hooks;
+mod modules;
 mod records;
 mod session;
 mod stamp;
@@ -15,10 +16,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use iot_core::{DeviceId, FileLogConfig, Log, PartitionId, Producer, Record, Timestamp, Topics};
+use iot_core::{
+    DeviceId, EndpointId, FileLogConfig, Log, PartitionId, Producer, Record, Timestamp, Topics,
+};
 use iot_identity::{
     Authenticator, CertificateAuthorities, ChangeEvent, ChangeKind, ChangeStream,
-    DeviceConnectPolicies, DeviceStatus, IdentityStore, SasVerifier,
+    DeviceConnectPolicies, DeviceStatus, FileModuleStore, FileModuleStoreConfig, IdentityStore,
+    MemoryModuleStore, ModuleStore, SasVerifier,
 };
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -33,6 +37,7 @@ use crate::twins::{FileTwinStore, FileTwinStoreConfig, MemoryTwinStore, TwinStor
 
 pub use config::{HubConfig, topic};
 pub use hooks::SessionObserver;
+use modules::watch_modules;
 use session::SessionShared;
 
 /// The reference gateway.
@@ -84,6 +89,7 @@ pub struct HubBuilder {
     topics: Option<Arc<Topics>>,
     inbox: Option<Arc<dyn InboxStore>>,
     twins: Option<Arc<dyn TwinStore>>,
+    modules: Option<Arc<dyn ModuleStore>>,
     policies: Option<Arc<dyn DeviceConnectPolicies>>,
     authorities: Option<CertificateAuthorities>,
     observer: Option<Arc<dyn SessionObserver>>,
@@ -133,6 +139,14 @@ impl HubBuilder {
         self
     }
 
+    /// Uses `modules` for module identities (default: [`MemoryModuleStore`]). Modules
+    /// authenticate against it ([`Gateway::connect_module`](crate::Gateway::connect_module)),
+    /// and the hub follows its changes to end the sessions of deleted or re-keyed modules.
+    pub fn modules(mut self, modules: Arc<dyn ModuleStore>) -> Self {
+        self.modules = Some(modules);
+        self
+    }
+
     /// Uses `config` (default: [`HubConfig::default`]).
     pub fn config(mut self, config: HubConfig) -> Self {
         self.config = config;
@@ -157,6 +171,10 @@ impl HubBuilder {
         let feedback = topics.topic_with_partitions(topic::C2D_FEEDBACK, 1).await?;
         // Subscribe before the hub exists, so no change made after `build` returns is missed.
         let changes = self.identity.subscribe();
+        let modules = self
+            .modules
+            .unwrap_or_else(|| Arc::new(MemoryModuleStore::new()));
+        let module_changes = modules.subscribe();
         let hub_share = HubShare::new();
         let mut auth = Authenticator::new(self.identity.clone(), self.host.clone()).with_verifier(
             SasVerifier {
@@ -186,6 +204,7 @@ impl HubBuilder {
             twins: self
                 .twins
                 .unwrap_or_else(|| Arc::new(MemoryTwinStore::new())),
+            modules,
             sessions: Mutex::new(HashMap::new()),
             activity: activity::ActivityLog::default(),
             connect_throttle: ConnectThrottle::new(config.throttle, &hub_share),
@@ -219,7 +238,8 @@ impl HubBuilder {
         let sweeper = tokio::spawn(sweep(Arc::downgrade(&inner)));
         // Retention of the hub's topics (none unless configured).
         let retention = iot_core::retention::spawn(topics.clone(), inner.config.retention.clone());
-        lock(&inner.tasks).extend([watcher, sweeper, retention]);
+        let module_watcher = tokio::spawn(watch_modules(Arc::downgrade(&inner), module_changes));
+        lock(&inner.tasks).extend([watcher, sweeper, retention, module_watcher]);
         Ok(Hub { inner })
     }
 }
@@ -234,6 +254,7 @@ impl Hub {
             topics: None,
             inbox: None,
             twins: None,
+            modules: None,
             policies: None,
             authorities: None,
             observer: None,
@@ -247,7 +268,8 @@ impl Hub {
     }
 
     /// A hub with file-backed parts under `dir`: topics as `FileLog`s in `dir/log`, the inbox in
-    /// `dir/inbox`, twins in `dir/twins` (all fsync before acknowledging). The inbox and twins
+    /// `dir/inbox`, twins in `dir/twins`, module identities in `dir/modules` (all fsync before
+    /// acknowledging). The inbox and twins
     /// open with `config.recovery`.
     pub async fn open_dir(
         dir: impl AsRef<Path>,
@@ -279,10 +301,15 @@ impl Hub {
         let inbox = FileInbox::open(dir.join("inbox"), inbox).await?;
         let twins = FileTwinStoreConfig::default().recovery(config.recovery);
         let twins = FileTwinStore::open(dir.join("twins"), twins).await?;
+        let modules = FileModuleStoreConfig::default().recovery(config.recovery);
+        let modules = FileModuleStore::open(dir.join("modules"), modules)
+            .await
+            .map_err(Error::Identity)?;
         Ok(Self::builder(identity, host)
             .topics(Arc::new(topics))
             .inbox(Arc::new(inbox))
             .twins(Arc::new(twins))
+            .modules(Arc::new(modules))
             .config(config))
     }
 
@@ -342,9 +369,13 @@ impl Hub {
         self.inner.stats.snapshot()
     }
 
-    /// The devices with an open session.
+    /// The devices with an open session (of the device itself; module sessions are not listed).
     pub fn session_devices(&self) -> Vec<DeviceId> {
-        lock(&self.inner.sessions).keys().cloned().collect()
+        lock(&self.inner.sessions)
+            .keys()
+            .filter(|k| k.module.is_none())
+            .map(|k| k.device.clone())
+            .collect()
     }
 
     /// Removes expired C2D messages now (and writes their feedback); the hub also does this
@@ -407,7 +438,9 @@ pub(crate) struct HubInner {
     feedback: Arc<dyn Log>,
     inbox: Arc<dyn InboxStore>,
     twins: Arc<dyn TwinStore>,
-    sessions: Mutex<HashMap<DeviceId, Arc<SessionShared>>>,
+    modules: Arc<dyn ModuleStore>,
+    /// Live sessions of devices and of modules, each under its own key.
+    sessions: Mutex<HashMap<EndpointId, Arc<SessionShared>>>,
     /// Connects, disconnects and last activity per device (see `activity.rs`).
     activity: activity::ActivityLog,
     connect_throttle: ConnectThrottle,
@@ -467,8 +500,13 @@ impl HubInner {
         }
     }
 
+    /// The live session of `device` itself (not of its modules).
     fn session_of(&self, device: &DeviceId) -> Option<Arc<SessionShared>> {
-        lock(&self.sessions).get(device).cloned()
+        self.endpoint_session(&EndpointId::device(device.clone()))
+    }
+
+    fn endpoint_session(&self, key: &EndpointId) -> Option<Arc<SessionShared>> {
+        lock(&self.sessions).get(key).cloned()
     }
 
     fn bump_sessions(&self) {
@@ -482,8 +520,8 @@ impl HubInner {
         // Forget it first, so that nobody who sees it closed still finds it listed.
         {
             let mut sessions = lock(&self.sessions);
-            if sessions.get(&s.device).is_some_and(|cur| cur.id == s.id) {
-                sessions.remove(&s.device);
+            if sessions.get(&s.key).is_some_and(|cur| cur.id == s.id) {
+                sessions.remove(&s.key);
             }
         }
         let Some(held) = s.mark_closed(reason.clone()) else {
@@ -492,7 +530,9 @@ impl HubInner {
         lock(&self.methods).retain(|_, p| p.session != s.id);
         self.stats.closed();
         self.bump_sessions();
-        if let Some(observer) = &self.observer {
+        // Observers follow device sessions (the cluster's presence); module sessions are
+        // this hub's own.
+        if let Some(observer) = self.observer.as_ref().filter(|_| s.module.is_none()) {
             observer.closed(&s.device, s.id, &reason);
         }
         for token in held {
@@ -505,19 +545,21 @@ impl HubInner {
                 Err(e) => warn!(device = %s.device, error = %e, "could not release a C2D lock"),
             }
         }
-        self.activity
-            .disconnected(&s.device, Timestamp::now(), s.last_active.get());
+        if s.module.is_none() {
+            self.activity
+                .disconnected(&s.device, Timestamp::now(), s.last_active.get());
+        }
         let event = records::connection_event(
             &self.hub_name,
-            &s.device,
+            &s.key,
             false,
             Some(reason.as_str()),
             self.event_seq.fetch_add(1, Ordering::Relaxed),
         );
         if let Err(e) = self.events.send(event).await {
-            warn!(device = %s.device, error = %e, "could not write a disconnect event");
+            warn!(device = %s.key, error = %e, "could not write a disconnect event");
         }
-        info!(device = %s.device, reason = %reason, "session closed");
+        info!(device = %s.key, reason = %reason, "session closed");
     }
 
     /// Writes feedback and dead letters for messages that left the inbox.
@@ -548,6 +590,9 @@ impl HubInner {
 
     /// Closes the session of `device` if the identity store no longer lets it in.
     async fn recheck(&self, s: &Arc<SessionShared>) {
+        if s.module.is_some() {
+            return self.recheck_module(s).await;
+        }
         let reason = match self.identity.get(&s.device).await {
             Ok(None) => Some(CloseReason::Deleted),
             Ok(Some(identity)) if identity.generation_id != s.generation => {
@@ -580,6 +625,10 @@ async fn watch_identities(hub: Weak<HubInner>, mut changes: ChangeStream) {
         match event {
             ChangeEvent::Changed(change) => {
                 if change.kind == ChangeKind::Deleted {
+                    // Its modules go with it; their own changes end their sessions and twins.
+                    if let Err(e) = hub.modules.delete_device(&change.id).await {
+                        warn!(device = %change.id, error = %e, "could not remove a deleted device's modules");
+                    }
                     if let Err(e) = hub.inbox.remove_device(&change.id).await {
                         warn!(device = %change.id, error = %e, "could not empty a deleted device's inbox");
                     }
@@ -590,6 +639,11 @@ async fn watch_identities(hub: Weak<HubInner>, mut changes: ChangeStream) {
                 }
                 if !change.revokes_sessions() {
                     continue;
+                }
+                if change.kind != ChangeKind::CredentialsReplaced {
+                    // A disabled (or deleted) device's modules may not stay connected; new
+                    // device keys are not the modules' keys and leave them be.
+                    hub.close_module_sessions(&change.id, &change.kind).await;
                 }
                 let Some(s) = hub.session_of(&change.id) else {
                     continue;

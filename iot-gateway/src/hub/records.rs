@@ -1,6 +1,6 @@
 //! The records the hub writes: telemetry, connection events, twin changes, feedback, dead letters.
 
-use iot_core::{DeviceId, Record, Timestamp};
+use iot_core::{EndpointId, Record, Timestamp};
 use serde_json::Value;
 
 use super::stamp::Stamp;
@@ -94,7 +94,7 @@ pub(crate) fn telemetry(message: Telemetry, stamp: &Stamp<'_>, max_bytes: usize)
 /// `$event` (`"connected"`, `"disconnected"`) and, on a disconnect, `$reason`.
 pub(crate) fn connection_event(
     hub: &str,
-    device: &DeviceId,
+    who: &EndpointId,
     connected: bool,
     reason: Option<&str>,
     seq: u64,
@@ -106,7 +106,7 @@ pub(crate) fn connection_event(
         EventKind::DeviceDisconnected
     };
     let body = events::connection_body(at, seq);
-    let mut r = events::event_record(kind, hub, device.as_str(), at, correlation_id(), &body)
+    let mut r = events::event_record(kind, hub, who.device.as_str(), at, correlation_id(), &body)
         .with_header(
             header::EVENT,
             if connected {
@@ -118,6 +118,11 @@ pub(crate) fn connection_event(
     if let Some(reason) = reason {
         r = r.with_header(header::REASON, reason);
     }
+    // A module's connect and disconnect name the module (keyed by its device, like its twin
+    // changes).
+    if let Some(module) = &who.module {
+        r = r.with_header(header::MODULE_ID, module.as_str());
+    }
     r
 }
 
@@ -125,23 +130,29 @@ pub(crate) fn connection_event(
 /// …}}`), plus the hub's own `$section` and `$version` headers.
 pub(crate) fn twin_change(
     hub: &str,
-    device: &DeviceId,
+    twin: &EndpointId,
     section: &str,
     version: u64,
     patch: &Value,
 ) -> Record {
     let at = Timestamp::now();
     let body = events::twin_change_body(section, version, patch, at);
-    events::event_record(
+    let record = events::event_record(
         EventKind::UpdateTwin,
         hub,
-        device.as_str(),
+        twin.device.as_str(),
         at,
         correlation_id(),
         &body,
     )
     .with_header(header::SECTION, section)
-    .with_header(header::VERSION, version.to_string())
+    .with_header(header::VERSION, version.to_string());
+    // Keyed by the device (one partition per device, modules included); a module's change
+    // names the module, as IoT Hub's twin change events do.
+    match &twin.module {
+        Some(module) => record.with_header(header::MODULE_ID, module.as_str()),
+        None => record,
+    }
 }
 
 /// A random 128-bit id in hexadecimal, unique per event.

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use iot_core::{DeviceId, Timestamp};
+use iot_core::{DeviceId, EndpointId, ModuleId, Timestamp};
 use iot_identity::{Authenticated, ETag, GenerationId};
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -31,6 +31,10 @@ use crate::twins::{DesiredPatch, Twin};
 pub(crate) struct SessionShared {
     pub(crate) id: u64,
     pub(crate) device: DeviceId,
+    /// The module, for a module's session.
+    pub(crate) module: Option<ModuleId>,
+    /// Where the hub lists the session: the device, or the device and module.
+    pub(crate) key: EndpointId,
     pub(crate) generation: GenerationId,
     pub(crate) etag: ETag,
     /// What its telemetry is stamped with: who, how it authenticated, which generation, which
@@ -71,6 +75,7 @@ impl SessionShared {
     pub(crate) fn new(
         id: u64,
         who: Authenticated,
+        module: Option<ModuleId>,
         auth_method: AuthMethod,
         options: SessionOptions,
         throttle: &TelemetryThrottle,
@@ -78,12 +83,18 @@ impl SessionShared {
     ) -> Self {
         let stamps = SessionStamps::new(
             &who.id,
+            module.as_ref(),
             auth_method,
             who.generation_id,
             options.model_id.as_deref(),
         );
         SessionShared {
             id,
+            key: EndpointId {
+                device: who.id.clone(),
+                module: module.clone(),
+            },
+            module,
             device: who.id,
             generation: who.generation_id,
             etag: who.etag,
@@ -393,7 +404,7 @@ impl HubSession {
                 self.discard_lookup(&mut ev).await;
             }
             if resync {
-                let twin = self.hub.twins.get(&self.shared.device).await?;
+                let twin = self.hub.twin_of(&self.shared.key).await?;
                 return Ok(SessionEvent::DesiredPatch(DesiredPatch::full(
                     twin.desired.version,
                     twin.desired.properties,
@@ -451,6 +462,10 @@ impl DeviceSession for HubSession {
         &self.shared.device
     }
 
+    fn module_id(&self) -> Option<&ModuleId> {
+        self.shared.module.as_ref()
+    }
+
     async fn send_telemetry(&self, message: Telemetry) -> Result<()> {
         self.check_open()?;
         let now = Timestamp::now();
@@ -490,6 +505,14 @@ impl DeviceSession for HubSession {
                 });
             }
             match subscription {
+                // IoT Hub sends cloud-to-device messages to devices only; a module's messages
+                // come through its inputs, from IoT Edge's routes (which this hub has not).
+                Subscription::C2d if self.shared.module.is_some() => {
+                    return Err(Error::invalid(format!(
+                        "module {} takes no cloud-to-device messages",
+                        self.shared.key
+                    )));
+                }
                 Subscription::C2d => st.c2d = true,
                 Subscription::DesiredPatches => st.desired = true,
                 Subscription::Methods => st.methods = true,
@@ -565,7 +588,7 @@ impl DeviceSession for HubSession {
         self.hub
             .stats
             .throttled(self.hub.twin_throttle.take(&self.shared.device))?;
-        self.hub.twins.get(&self.shared.device).await
+        self.hub.twin_of(&self.shared.key).await
     }
 
     async fn patch_reported(&self, patch: Value) -> Result<u64> {
@@ -576,21 +599,14 @@ impl DeviceSession for HubSession {
             .throttled(self.hub.twin_throttle.take(&self.shared.device))?;
         let twin = self
             .hub
-            .twins
-            .patch(
-                &self.shared.device,
-                Section::Reported,
-                &patch,
-                None,
-                self.hub.config.twin,
-            )
+            .patch_twin_of(&self.shared.key, Section::Reported, &patch, None)
             .await?;
         let version = twin.reported.version;
         self.hub
             .twin_changes
             .send(records::twin_change(
                 &self.hub.hub_name,
-                &self.shared.device,
+                &self.shared.key,
                 "reported",
                 version,
                 &patch,
@@ -686,11 +702,8 @@ impl Drop for HubSession {
                 if shared.mark_closed(CloseReason::ClientClosed).is_some() {
                     warn!(device = %shared.device, "session dropped outside a runtime; its C2D locks lapse on expiry");
                     let mut sessions = lock(&hub.sessions);
-                    if sessions
-                        .get(&shared.device)
-                        .is_some_and(|s| s.id == shared.id)
-                    {
-                        sessions.remove(&shared.device);
+                    if sessions.get(&shared.key).is_some_and(|s| s.id == shared.id) {
+                        sessions.remove(&shared.key);
                     }
                 }
             }

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use iot_core::{DeviceId, Headers, SharedHeaders, Timestamp};
+use iot_core::{DeviceId, Headers, ModuleId, SharedHeaders, Timestamp};
 use iot_identity::{GenerationId, Presented};
 
 use crate::message::header;
@@ -28,6 +28,25 @@ impl AuthMethod {
         r#"{"scope":"hub","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}"#,
     );
 
+    /// The method of a module that presented `credential`: IoT Hub's scope `module`.
+    pub(crate) fn of_module(credential: &Presented<'_>) -> Self {
+        AuthMethod(match credential {
+            Presented::SasToken(_) => {
+                r#"{"scope":"module","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}"#
+            }
+            Presented::SymmetricKey(_) => {
+                r#"{"scope":"module","type":"symkey","issuer":"iothub","acceptingIpFilterRule":null}"#
+            }
+            Presented::Thumbprint(_) | Presented::CertificateChain(_) => {
+                r#"{"scope":"module","type":"x509Certificate","issuer":"iothub","acceptingIpFilterRule":null}"#
+            }
+            // Refused by module authentication; never stamped.
+            Presented::Passphrase(_) => {
+                r#"{"scope":"module","type":"passphrase","issuer":"iothub","acceptingIpFilterRule":null}"#
+            }
+        })
+    }
+
     pub(crate) fn as_str(self) -> &'static str {
         self.0
     }
@@ -47,13 +66,17 @@ pub(crate) struct SessionStamps {
 impl SessionStamps {
     pub(crate) fn new(
         device: &DeviceId,
+        module: Option<&ModuleId>,
         auth_method: AuthMethod,
         generation: GenerationId,
         model_id: Option<&str>,
     ) -> Self {
         let device: Arc<str> = Arc::from(device.as_str());
-        let mut block = Headers::with_capacity(5);
+        let mut block = Headers::with_capacity(6);
         block.insert_shared(header::DEVICE_ID, &device);
+        if let Some(module) = module {
+            block.insert_owned(header::MODULE_ID, module.as_str().to_owned());
+        }
         block.insert_static(header::AUTH_METHOD, auth_method.as_str());
         block.insert_owned(header::AUTH_GENERATION_ID, generation.to_string());
         block.insert_static(header::MESSAGE_SOURCE, header::MESSAGE_SOURCE_TELEMETRY);

@@ -184,18 +184,28 @@ where
         model_id: checked.model_id,
         ..SessionOptions::default()
     };
-    let session = match shared
-        .gateway
-        .connect(&checked.device, checked.credential, options)
-        .await
-    {
+    let opened = match &checked.module {
+        Some(module) => {
+            shared
+                .gateway
+                .connect_module(&checked.device, module, checked.credential, options)
+                .await
+        }
+        None => {
+            shared
+                .gateway
+                .connect(&checked.device, checked.credential, options)
+                .await
+        }
+    };
+    let session = match opened {
         // Shared with the pending `next_event` of the connection's loop.
         Ok(session) => Arc::from(session),
         Err(e) => {
             let code = match e {
-                GatewayError::Unauthorized { .. } | GatewayError::DeviceNotFound { .. } => {
-                    ConnectAckReason::NotAuthorized
-                }
+                GatewayError::Unauthorized { .. }
+                | GatewayError::DeviceNotFound { .. }
+                | GatewayError::ModuleNotFound { .. } => ConnectAckReason::NotAuthorized,
                 _ => ConnectAckReason::ServiceUnavailable,
             };
             tracing::debug!(device = %checked.device, error = %e, "CONNECT refused by the gateway");
@@ -206,13 +216,22 @@ where
     let device = checked.device;
     let clean_session = connect.clean_session;
     // A persistent session gets back the subscriptions it had; a clean one forgets them.
-    let restored = shared.persistent.resume(&device, clean_session).await;
+    // Persistent sessions are kept per device: a module's connection is always clean, so that
+    // it never gets (or overwrites) its device's subscriptions.
+    let persistent = checked.module.is_none();
+    let restored = if persistent {
+        shared.persistent.resume(&device, clean_session).await
+    } else {
+        Subscriptions::default()
+    };
     let mut connection = Connection {
         transport,
         idle: shared.config.idle_timeout(connect.keep_alive),
         c2d_to: format!("/devices/{device}/messages/deviceBound"),
         session,
         device,
+        owner: checked.owner,
+        module: checked.module.is_some(),
         clean_session,
         subscriptions: Subscriptions::default(),
         inflight: HashMap::new(),
@@ -226,7 +245,7 @@ where
     }
     let connack = Packet::ConnectAck(ConnectAck {
         return_code: ConnectAckReason::ConnectionAccepted,
-        session_present: !clean_session && !restored.is_empty(),
+        session_present: persistent && !clean_session && !restored.is_empty(),
     });
     if let Err(e) = connection.write(connack).await {
         connection.finish(Ending::ByServer).await;
@@ -248,6 +267,10 @@ struct Connection<IO> {
     transport: Transport<IO>,
     session: Arc<dyn DeviceSession>,
     device: DeviceId,
+    /// Whose topics the connection may use: the device id, or `{deviceId}/modules/{moduleId}`.
+    owner: String,
+    /// Whether a module connected (its subscriptions are not kept for the device).
+    module: bool,
     clean_session: bool,
     /// 1.5 × the keep-alive.
     idle: Duration,
@@ -344,7 +367,10 @@ where
                 topic_filters,
             } => {
                 for filter in &topic_filters {
-                    let kind = topics::classify_filter(filter, self.device.as_str())?;
+                    if self.module && topics::is_inputs_filter(filter, &self.owner) {
+                        continue;
+                    }
+                    let kind = topics::classify_filter(filter, &self.owner)?;
                     self.unsubscribe(kind).await?;
                 }
                 self.write(Packet::UnsubscribeAck { packet_id }).await?;
@@ -371,7 +397,7 @@ where
         if publish.qos == QoS::ExactlyOnce {
             return Err(ProtocolViolation::QoS2.into());
         }
-        match topics::classify_publish(&publish.topic, self.device.as_str())? {
+        match topics::classify_publish(&publish.topic, &self.owner)? {
             Inbound::Telemetry { bag } => {
                 // Nothing is stored for later subscribers; a retained message is passed on
                 // marked `mqtt-retain: true`, as IoT Hub does.
@@ -488,13 +514,19 @@ where
     ) -> Result<(), Error> {
         let mut status = Vec::with_capacity(filters.len());
         for (filter, asked) in &filters {
-            let kind = topics::classify_filter(filter, self.device.as_str())?;
             // The device protocol has no QoS 2: grant at most 1.
             let granted = if *asked == QoS::AtMostOnce {
                 QoS::AtMostOnce
             } else {
                 QoS::AtLeastOnce
             };
+            if self.module && topics::is_inputs_filter(filter, &self.owner) {
+                // Granted, as IoT Hub does, but nothing arrives: a module's inputs are fed by
+                // IoT Edge's routes between modules, which this hub does not run.
+                status.push(SubscribeReturnCode::Success(granted));
+                continue;
+            }
+            let kind = topics::classify_filter(filter, &self.owner)?;
             self.subscribe(kind, granted).await?;
             status.push(SubscribeReturnCode::Success(granted));
         }
@@ -665,10 +697,12 @@ where
         {
             tracing::info!(device = %self.device, error = %e, "the will could not be sent");
         }
-        self.shared
-            .persistent
-            .keep(&self.device, self.clean_session, self.subscriptions)
-            .await;
+        if !self.module {
+            self.shared
+                .persistent
+                .keep(&self.device, self.clean_session, self.subscriptions)
+                .await;
+        }
         self.session.close().await;
         transport::close(&mut self.transport, self.shared.config.write_timeout).await;
         tracing::debug!(device = %self.device, ?ending, "MQTT session closed");

@@ -193,6 +193,16 @@ pub(crate) fn classify_filter(
     }
 }
 
+/// Whether `filter` is IoT Edge's `devices/{deviceId}/modules/{moduleId}/inputs/#` of the module
+/// whose topics are `owner` (`{deviceId}/modules/{moduleId}`): messages routed to the module's
+/// inputs.
+pub(crate) fn is_inputs_filter(filter: &str, owner: &str) -> bool {
+    filter
+        .strip_prefix("devices/")
+        .and_then(|t| t.strip_prefix(owner))
+        .is_some_and(|rest| rest == "/inputs/#")
+}
+
 /// `devices/{id}/messages/devicebound/{bag}` for a cloud-to-device message.
 pub(crate) fn c2d_topic<'a>(
     device: &str,

@@ -1,4 +1,5 @@
-//! The CONNECT username of IoT Hub's device protocol: `{host}/{deviceId}/?api-version=…`.
+//! The CONNECT username of IoT Hub's device protocol: `{host}/{deviceId}/?api-version=…`, or a
+//! module's `{host}/{deviceId}/{moduleId}/?api-version=…`.
 
 use percent_encoding::percent_decode_str;
 
@@ -14,6 +15,8 @@ pub(crate) struct Username<'a> {
     pub(crate) host: &'a str,
     /// The device id.
     pub(crate) device_id: &'a str,
+    /// The module id, for a module identity.
+    pub(crate) module_id: Option<&'a str>,
     /// The `api-version` parameter, if any.
     pub(crate) api_version: Option<&'a str>,
     /// The `model-id` parameter, percent-decoded, if any (and not empty).
@@ -22,7 +25,8 @@ pub(crate) struct Username<'a> {
 
 /// Parses `{host}/{deviceId}/?{query}`; also accepts `{host}/{deviceId}` and
 /// `{host}/{deviceId}/{query}` (older SDKs leave out the `?`), and a module identity's
-/// `{host}/{deviceId}/{moduleId}/?…` is refused because modules are not supported.
+/// `{host}/{deviceId}/{moduleId}/?{query}` (a query never holds a `/`: SDKs percent-encode
+/// theirs, so a segment before a second `/` is the module id).
 pub(crate) fn parse(username: &str) -> Result<Username<'_>, ProtocolViolation> {
     let bad = |reason: &str| {
         ProtocolViolation::Malformed(format!("username {:?}: {reason}", shorten(username)))
@@ -37,9 +41,16 @@ pub(crate) fn parse(username: &str) -> Result<Username<'_>, ProtocolViolation> {
     if host.is_empty() || device_id.is_empty() {
         return Err(bad("empty host or device id"));
     }
+    let (module_id, query) = match query.split_once('/') {
+        Some((module_id, query)) => (Some(module_id), query),
+        None => (None, query),
+    };
+    if module_id.is_some_and(|m| m.is_empty() || m.starts_with('?')) {
+        return Err(bad("empty module id"));
+    }
     let query = query.strip_prefix('?').unwrap_or(query);
     if query.contains('/') {
-        return Err(bad("module identities are not supported"));
+        return Err(bad("a '/' after the module id"));
     }
     let api_version = query
         .split('&')
@@ -63,6 +74,7 @@ pub(crate) fn parse(username: &str) -> Result<Username<'_>, ProtocolViolation> {
     Ok(Username {
         host,
         device_id,
+        module_id,
         api_version,
         model_id,
     })
@@ -83,6 +95,7 @@ mod tests {
             Username {
                 host: "localhost",
                 device_id: "dev-1",
+                module_id: None,
                 api_version: Some("2019-10-01"),
                 model_id: None,
             }
@@ -112,6 +125,22 @@ mod tests {
         assert!(parse(&long).is_err(), "too long");
     }
 
+    /// What `IoTHubModuleClient` sends: the module id between the device id and the query.
+    #[test]
+    fn parses_a_module_username() {
+        let u = parse("localhost/edge-1/filter/?api-version=2019-10-01&DeviceClientType=x%2F1")
+            .expect("python module client");
+        assert_eq!(
+            (u.device_id, u.module_id, u.api_version),
+            ("edge-1", Some("filter"), Some("2019-10-01"))
+        );
+        assert_eq!(
+            parse("h/d/$edgeHub/").expect("no query").module_id,
+            Some("$edgeHub")
+        );
+        assert_eq!(parse("h/d/?api-version=1").expect("device").module_id, None);
+    }
+
     #[test]
     fn refuses_malformed() {
         for bad in [
@@ -119,7 +148,8 @@ mod tests {
             "localhost",
             "/dev/?api-version=1",
             "localhost//?a=b",
-            "h/d/module/?api-version=1",
+            "h/d//?api-version=1",
+            "h/d/m/x/?api-version=1",
         ] {
             assert!(parse(bad).is_err(), "{bad:?} must be refused");
         }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use iot_core::{DeviceId, Timestamp};
+use iot_core::{DeviceId, ModuleId, Timestamp};
 use iot_identity::testkit::{FaultPlan, inject};
 use serde_json::Value;
 
@@ -149,5 +149,41 @@ impl<T: TwinStore> TwinStore for FaultyTwinStore<T> {
 
     async fn remove(&self, device: &DeviceId) -> Result<()> {
         inject(&self.plan, injected_fault, self.inner.remove(device)).await
+    }
+
+    async fn get_module(&self, device: &DeviceId, module: &ModuleId) -> Result<Twin> {
+        inject(
+            &self.plan,
+            injected_fault,
+            self.inner.get_module(device, module),
+        )
+        .await
+    }
+
+    async fn patch_module(
+        &self,
+        device: &DeviceId,
+        module: &ModuleId,
+        section: Section,
+        patch: &Value,
+        if_version: Option<u64>,
+        limits: TwinLimits,
+    ) -> Result<Twin> {
+        inject(
+            &self.plan,
+            injected_fault,
+            self.inner
+                .patch_module(device, module, section, patch, if_version, limits),
+        )
+        .await
+    }
+
+    async fn remove_module(&self, device: &DeviceId, module: &ModuleId) -> Result<()> {
+        inject(
+            &self.plan,
+            injected_fault,
+            self.inner.remove_module(device, module),
+        )
+        .await
     }
 }

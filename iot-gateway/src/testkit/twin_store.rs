@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use iot_core::DeviceId;
+use iot_core::{DeviceId, ModuleId};
 use serde_json::{Value, json};
 
 use super::fresh_id;
@@ -236,4 +236,110 @@ pub async fn survives_reopen(store: &dyn TwinStore, written: &Written) {
         .await
         .expect("the version survives a reopen");
     assert_eq!(next.desired.version, written.twin.desired.version + 1);
+}
+
+/// Module twins (for stores that keep them: the provided methods refuse): a module's twin is
+/// its own — not its device's, not a sibling's, not the same module id's on another device —
+/// follows the twin rules, is forgotten by `remove_module`, and, when `reopen` gives the same
+/// storage again, survives it.
+pub async fn run_module_twins(factory: &dyn TwinStoreFactory) {
+    let store = factory
+        .open()
+        .await
+        .unwrap_or_else(|e| panic!("the factory could not open a twin store: {e}"));
+    let s = store.as_ref();
+    let (device, other) = (fresh_id("tk-mtwin"), fresh_id("tk-mtwin-other"));
+    let (m, sibling) = (
+        ModuleId::new("filter").expect("id"),
+        ModuleId::new("$edgeHub").expect("id"),
+    );
+    let limits = TwinLimits::default();
+    let twin = s
+        .patch_module(
+            &device,
+            &m,
+            Section::Desired,
+            &json!({"rate": 5}),
+            Some(0),
+            limits,
+        )
+        .await
+        .expect("patch a module twin");
+    assert_eq!(twin.desired.version, 1);
+    let twin = s
+        .patch_module(
+            &device,
+            &m,
+            Section::Reported,
+            &json!({"ok": true}),
+            None,
+            limits,
+        )
+        .await
+        .expect("patch reported");
+    assert_eq!(twin.reported.properties, json!({"ok": true}));
+    assert_eq!(s.get_module(&device, &m).await.expect("get"), twin);
+    assert_eq!(
+        s.get(&device).await.expect("get"),
+        Twin::default(),
+        "not the device's twin"
+    );
+    for (d, module) in [(&device, &sibling), (&other, &m)] {
+        assert_eq!(
+            s.get_module(d, module).await.expect("get"),
+            Twin::default(),
+            "not another module's twin"
+        );
+    }
+    patch(s, &device, Section::Desired, json!({"device": 1})).await;
+    assert_eq!(
+        s.get_module(&device, &m).await.expect("get"),
+        twin,
+        "device patches stay apart"
+    );
+    assert!(matches!(
+        s.patch_module(
+            &device,
+            &m,
+            Section::Desired,
+            &json!({"x": 1}),
+            Some(0),
+            limits
+        )
+        .await,
+        Err(Error::PreconditionFailed { .. })
+    ));
+    s.patch_module(
+        &device,
+        &sibling,
+        Section::Desired,
+        &json!({"gone": 1}),
+        None,
+        limits,
+    )
+    .await
+    .expect("patch sibling");
+    s.remove_module(&device, &sibling)
+        .await
+        .expect("remove module");
+    assert_eq!(
+        s.get_module(&device, &sibling).await.expect("get"),
+        Twin::default()
+    );
+    let reopened = factory
+        .reopen(store)
+        .await
+        .map(|r| r.unwrap_or_else(|e| panic!("the factory could not reopen the twin store: {e}")));
+    if let Some(reopened) = reopened {
+        let r = reopened.as_ref();
+        assert_eq!(
+            r.get_module(&device, &m).await.expect("get"),
+            twin,
+            "survives a reopen"
+        );
+        assert_eq!(
+            r.get_module(&device, &sibling).await.expect("get"),
+            Twin::default()
+        );
+    }
 }

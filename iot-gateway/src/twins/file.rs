@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use iot_core::DeviceId;
 use iot_core::storage::{Durability, JournalConfig, Recovery, run_blocking};
+use iot_core::{DeviceId, ModuleId};
 use serde_json::Value;
 
 use super::state::{Op, TwinState};
@@ -153,6 +153,48 @@ impl TwinStore for FileTwinStore {
             // Planned again under the writer lock: another writer may have removed it meanwhile.
             let ops = if state.has(&device) {
                 vec![Op::Remove { device }]
+            } else {
+                Vec::new()
+            };
+            Ok((ops, ()))
+        })
+        .await
+    }
+
+    async fn get_module(&self, device: &DeviceId, module: &ModuleId) -> Result<Twin> {
+        self.inner
+            .read(|state| state.get_module(device, module))
+            .await
+    }
+
+    async fn patch_module(
+        &self,
+        device: &DeviceId,
+        module: &ModuleId,
+        section: Section,
+        patch: &Value,
+        if_version: Option<u64>,
+        limits: TwinLimits,
+    ) -> Result<Twin> {
+        let (device, module, patch) = (device.clone(), module.clone(), patch.clone());
+        self.write(move |state| {
+            let twin =
+                state.plan_module_patch(&device, &module, section, &patch, if_version, limits)?;
+            let op = Op::PutModule {
+                device,
+                module,
+                twin: twin.clone(),
+            };
+            Ok((vec![op], twin))
+        })
+        .await
+    }
+
+    async fn remove_module(&self, device: &DeviceId, module: &ModuleId) -> Result<()> {
+        let (device, module) = (device.clone(), module.clone());
+        self.write(move |state| {
+            let ops = if state.has_module(&device, &module) {
+                vec![Op::RemoveModule { device, module }]
             } else {
                 Vec::new()
             };

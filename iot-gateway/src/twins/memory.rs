@@ -3,7 +3,7 @@
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use iot_core::DeviceId;
+use iot_core::{DeviceId, ModuleId};
 use serde_json::Value;
 
 use super::Twin;
@@ -52,6 +52,37 @@ impl TwinStore for MemoryTwinStore {
     async fn remove(&self, device: &DeviceId) -> Result<()> {
         lock(&self.state).apply(Op::Remove {
             device: device.clone(),
+        });
+        Ok(())
+    }
+
+    async fn get_module(&self, device: &DeviceId, module: &ModuleId) -> Result<Twin> {
+        Ok(lock(&self.state).get_module(device, module))
+    }
+
+    async fn patch_module(
+        &self,
+        device: &DeviceId,
+        module: &ModuleId,
+        section: Section,
+        patch: &Value,
+        if_version: Option<u64>,
+        limits: TwinLimits,
+    ) -> Result<Twin> {
+        let mut state = lock(&self.state);
+        let twin = state.plan_module_patch(device, module, section, patch, if_version, limits)?;
+        state.apply(Op::PutModule {
+            device: device.clone(),
+            module: module.clone(),
+            twin: twin.clone(),
+        });
+        Ok(twin)
+    }
+
+    async fn remove_module(&self, device: &DeviceId, module: &ModuleId) -> Result<()> {
+        lock(&self.state).apply(Op::RemoveModule {
+            device: device.clone(),
+            module: module.clone(),
         });
         Ok(())
     }

@@ -26,7 +26,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use iot_core::DeviceId;
+use iot_core::{DeviceId, ModuleId};
 use serde_json::Value;
 
 use crate::error::Result;
@@ -110,6 +110,40 @@ pub trait TwinStore: Send + Sync + Debug + 'static {
 
     /// Forgets the twin of `device` (it was deleted).
     async fn remove(&self, device: &DeviceId) -> Result<()>;
+
+    /// The twin of module `module` of `device` (IoT Hub's module twin; the empty twin if none
+    /// is stored). Module twins follow the same rules as device twins and are kept apart from
+    /// them: no module twin is ever a device's twin or another module's. The provided method
+    /// refuses ([`Error::InvalidInput`](crate::Error::InvalidInput)): a store that keeps no
+    /// module twins says so instead of mixing them up.
+    async fn get_module(&self, device: &DeviceId, module: &ModuleId) -> Result<Twin> {
+        Err(no_module_twins(device, module))
+    }
+
+    /// [`patch`](Self::patch) for a module's twin; the provided method refuses.
+    async fn patch_module(
+        &self,
+        device: &DeviceId,
+        module: &ModuleId,
+        section: Section,
+        patch: &Value,
+        if_version: Option<u64>,
+        limits: TwinLimits,
+    ) -> Result<Twin> {
+        let _ = (section, patch, if_version, limits);
+        Err(no_module_twins(device, module))
+    }
+
+    /// Forgets a module's twin (the module was deleted); the provided method refuses.
+    async fn remove_module(&self, device: &DeviceId, module: &ModuleId) -> Result<()> {
+        Err(no_module_twins(device, module))
+    }
+}
+
+fn no_module_twins(device: &DeviceId, module: &ModuleId) -> crate::Error {
+    crate::Error::invalid(format!(
+        "this twin store keeps no module twins (module {device}/{module})"
+    ))
 }
 
 macro_rules! forward_twins {
@@ -134,6 +168,25 @@ macro_rules! forward_twins {
             }
             async fn remove(&self, device: &DeviceId) -> Result<()> {
                 (**self).remove(device).await
+            }
+            async fn get_module(&self, device: &DeviceId, module: &ModuleId) -> Result<Twin> {
+                (**self).get_module(device, module).await
+            }
+            async fn patch_module(
+                &self,
+                device: &DeviceId,
+                module: &ModuleId,
+                section: Section,
+                patch: &Value,
+                if_version: Option<u64>,
+                limits: TwinLimits,
+            ) -> Result<Twin> {
+                (**self)
+                    .patch_module(device, module, section, patch, if_version, limits)
+                    .await
+            }
+            async fn remove_module(&self, device: &DeviceId, module: &ModuleId) -> Result<()> {
+                (**self).remove_module(device, module).await
             }
         }
     };

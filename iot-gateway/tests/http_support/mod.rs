@@ -68,7 +68,8 @@ impl Stack {
             HOST,
             config.clone(),
         )
-        .with_certificate_authorities(cas.clone());
+        .with_certificate_authorities(cas.clone())
+        .with_modules(hub.modules().clone());
         let server = HttpServer::new(iot_gateway::http::router(state.clone()), config);
         let addr = server
             .listen_tcp("127.0.0.1:0".parse().expect("addr"))

@@ -34,6 +34,7 @@
 
 pub mod ca;
 mod fault;
+mod modules;
 mod suite;
 
 use std::sync::Arc;
@@ -45,6 +46,7 @@ use crate::error::Result;
 use crate::store::IdentityStore;
 
 pub use fault::{FaultMode, FaultPlan, FaultyIdentityStore, inject, injected_fault};
+pub use modules::*;
 pub use suite::*;
 
 /// Opens the store under test, and opens it again for the durability check.

@@ -32,7 +32,7 @@ pub(super) struct DeviceIn {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct AuthIn {
+pub(super) struct AuthIn {
     #[serde(rename = "type")]
     kind: Option<String>,
     symmetric_key: Option<KeysIn>,
@@ -64,7 +64,7 @@ fn non_empty(s: &Option<String>) -> Option<&str> {
 }
 
 /// The credentials a body asks for: `None` to keep (or, for a new device, generate) keys.
-fn credentials(auth: Option<&AuthIn>) -> ApiResult<Option<Credentials>> {
+pub(super) fn credentials(auth: Option<&AuthIn>) -> ApiResult<Option<Credentials>> {
     let Some(auth) = auth else { return Ok(None) };
     let kind = auth.kind.as_deref().unwrap_or("sas");
     match kind {

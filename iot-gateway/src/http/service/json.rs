@@ -27,7 +27,7 @@ pub(crate) struct DeviceView {
 }
 
 /// A time as IoT Hub writes it, or its "never".
-fn time_or_never(t: Option<Timestamp>) -> Value {
+pub(super) fn time_or_never(t: Option<Timestamp>) -> Value {
     Value::String(t.map_or_else(|| NEVER.to_owned(), Timestamp::to_rfc3339))
 }
 
@@ -62,7 +62,7 @@ pub(super) fn connection_state(connected: bool) -> &'static str {
     }
 }
 
-fn authentication(credentials: &Credentials) -> Value {
+pub(super) fn authentication(credentials: &Credentials) -> Value {
     let no_thumbprints = json!({"primaryThumbprint": null, "secondaryThumbprint": null});
     match credentials {
         Credentials::SymmetricKeys { primary, secondary } => json!({

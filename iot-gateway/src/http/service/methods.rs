@@ -13,7 +13,7 @@ use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{DevicePath, JsonBody};
 use crate::http::policy::Rights;
 use crate::http::state::HttpState;
-use crate::method::MethodCall;
+use crate::method::{MethodCall, MethodResponse};
 
 /// IoT Hub's `CloudToDeviceMethod`.
 #[derive(Debug, Deserialize)]
@@ -42,6 +42,15 @@ pub(super) async fn invoke(
     JsonBody(input): JsonBody<MethodIn>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Rights::SERVICE_CONNECT)?;
+    // 404 DeviceNotFound for an unknown device, before waiting for it to connect.
+    let call = method_call(input)?;
+    device_view(&state, &id).await?;
+    let answer = state.gateway().invoke_method(&id, call).await?;
+    Ok(Json(answer_json(&answer)))
+}
+
+/// The call a `CloudToDeviceMethod` asks for, within IoT Hub's bounds.
+pub(super) fn method_call(input: MethodIn) -> ApiResult<MethodCall> {
     if input.method_name.is_empty() || input.method_name.len() > 256 {
         return Err(ApiError::bad_request(
             "methodName must be 1 to 256 characters",
@@ -61,19 +70,20 @@ pub(super) async fn invoke(
             "connectTimeoutInSeconds must be between 0 and 300",
         ));
     }
-    // 404 DeviceNotFound for an unknown device, before waiting for it to connect.
-    device_view(&state, &id).await?;
     let payload = serde_json::to_vec(&input.payload)
         .map_err(|e| ApiError::bad_request(format!("payload: {e}")))?;
     let mut call = MethodCall::new(input.method_name, payload);
     call.response_timeout = Duration::from_secs(response);
     call.connect_timeout = Duration::from_secs(connect);
-    let answer = state.gateway().invoke_method(&id, call).await?;
-    // The hub only passes JSON answers on; an empty one is null.
+    Ok(call)
+}
+
+/// `{"status": …, "payload": …}`: the hub only passes JSON answers on; an empty one is null.
+pub(super) fn answer_json(answer: &MethodResponse) -> Value {
     let payload = if answer.payload.is_empty() {
         Value::Null
     } else {
         serde_json::from_slice(&answer.payload).unwrap_or(Value::Null)
     };
-    Ok(Json(json!({"status": answer.status, "payload": payload})))
+    json!({"status": answer.status, "payload": payload})
 }

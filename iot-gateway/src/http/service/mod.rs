@@ -13,6 +13,7 @@
 //! | `GET /messages/serviceBound/feedback` | read C2D feedback (our extension) | ServiceConnect |
 //! | `PUT/GET/DELETE /certificates/{name}`, `GET /certificates` | CA certificates (X.509 CA authentication) | RegistryWrite / RegistryRead |
 //! | `POST /certificates/{name}/generateVerificationCode`, `POST /certificates/{name}/verify` | proof of possession | RegistryWrite |
+//! | `/devices/{id}/modules…`, `/twins/{id}/modules/{mid}…` | module identities, twins, methods | see `modules.rs` |
 
 mod c2d;
 mod c2d_send;
@@ -21,6 +22,7 @@ mod devices;
 mod json;
 mod lookup;
 mod methods;
+mod modules;
 mod query;
 mod statistics;
 mod twin_doc;
@@ -51,6 +53,18 @@ pub fn routes() -> Router<HttpState> {
             get(twins::get).patch(twins::patch).put(twins::put),
         )
         .route("/twins/{id}/methods", post(methods::invoke))
+        .route("/devices/{id}/modules", get(modules::list))
+        .route(
+            "/devices/{id}/modules/{mid}",
+            put(modules::put).get(modules::get).delete(modules::delete),
+        )
+        .route(
+            "/twins/{id}/modules/{mid}",
+            get(modules::get_twin)
+                .patch(modules::patch_twin)
+                .put(modules::put_twin),
+        )
+        .route("/twins/{id}/modules/{mid}/methods", post(modules::invoke))
         .route("/devices/{id}/messages/cloudToDevice", post(c2d_send::send))
         .route("/messages/serviceBound/feedback", get(c2d_send::feedback))
         .route("/certificates", get(certificates::list))

@@ -6,6 +6,7 @@ mod gateway_impl;
 mod hooks;
 mod records;
 mod session;
+mod settle;
 mod stamp;
 
 use std::collections::HashMap;

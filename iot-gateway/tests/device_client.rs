@@ -1,7 +1,7 @@
 //! The device client (`iot_gateway::client`, feature `client`) against the project's own hub:
 //! a `Hub` with an `MqttServer` over TLS (self-signed CA) and WebSocket/TLS, in this process.
 //!
-//! `cargo test -p iot-gateway --features client --test device_client`
+//! `cargo test -p iot-gateway --features client-tests --test device_client`
 
 mod dps_support;
 mod mqtt_support;

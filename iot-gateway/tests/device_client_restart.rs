@@ -8,7 +8,7 @@
 //! the restarted hub's log, in order of first appearance (QoS 1 in-flight messages resent), and
 //! the queued C2D message must reach it.
 //!
-//! `cargo test -p iot-gateway --features client --test device_client_restart`
+//! `cargo test -p iot-gateway --features client-tests --test device_client_restart`
 
 mod mqtt_support;
 

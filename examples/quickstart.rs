@@ -9,11 +9,18 @@
 //!    generated keys, returned once) and a registry record, kept in agreement by an intent
 //!    journal; every operation lands on the `audit` topic.
 //! 2. The registry answers a query over the devices' metadata.
-//! 3. The devices send 30 simulated seconds of telemetry into the log; `thermostat-3` overheats.
+//! 3. A hub over the same identity store and log serves MQTT over TLS on loopback (a throw-away
+//!    CA and certificate for `localhost`, made at start). Each device is a device client
+//!    (`iot_sdk::gateway::client`) signing its SAS tokens with the key provisioning gave it; they
+//!    send 30 simulated seconds of telemetry, each reading acknowledged by the hub once it is in
+//!    the log; `thermostat-3` overheats.
 //! 4. A rule in the Stream Analytics SQL subset averages each device's temperature over 10 s
 //!    tumbling windows and writes an alert when the average passes 80; a second consumer group
 //!    keeps each device's last known values.
-//! 5. Provisioning takes the overheating device out of service, and the registry shows it.
+//! 5. The back end reads the alert and sends the device a cloud-to-device command with full
+//!    acknowledgement; the device receives it over its MQTT connection and completes it, and
+//!    the back end reads the `success` feedback.
+//! 6. Provisioning takes the overheating device out of service, and the registry shows it.
 //!
 //! The same scenario past one machine: `--nats URL` puts the log's topics on NATS JetStream
 //! (feature `nats`), `--postgres URL` the identities, registry, provisioning journal and state
@@ -30,10 +37,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iot_sdk::core::{
-    DeviceId, FileLogConfig, GroupConsumer, GroupName, Producer, Record, StartFrom, Timestamp,
-    TopicName, Topics, headers,
+    DeviceId, FileLogConfig, GroupConsumer, GroupName, StartFrom, Timestamp, TopicName, Topics,
 };
-use iot_sdk::identity::{FileIdentityStore, FileIdentityStoreConfig, IdentityStore};
+use iot_sdk::gateway::client::{ClientOptions, DeviceClient, Message};
+use iot_sdk::gateway::mqtt::{MqttConfig, MqttServer, SelfSigned};
+use iot_sdk::gateway::{AckRequest, C2dMessage, Gateway, Hub};
+use iot_sdk::identity::{Credentials, FileIdentityStore, FileIdentityStoreConfig, IdentityStore};
 use iot_sdk::provisioning::{
     BulkMode, FileJournal, FileJournalConfig, Journal, Provisioner, Provisioning, RegisterRequest,
 };
@@ -44,12 +53,17 @@ use iot_sdk::stream::window::OrderingPolicy;
 use iot_sdk::stream::{HostConfig, MemoryStateStore, ProcessorHost, StateStore};
 use serde_json::json;
 
+/// The host name devices connect to and sign their tokens for: the hub's certificate is made
+/// for it, and it resolves to loopback.
+const HOST: &str = "localhost";
+
 const RULE: &str = "SELECT deviceId, AVG(temperature) AS t INTO alerts FROM telemetry \
     TIMESTAMP BY time GROUP BY deviceId, TumblingWindow(second, 10) HAVING t > 80";
 
 /// Quickstart: one small IoT solution on embedded defaults, everything file-backed in a
-/// temporary directory: provisioning, a registry query, telemetry into the log, a windowed rule,
-/// an alert, and the overheating device taken out of service.
+/// temporary directory: provisioning, a registry query, device clients sending telemetry over
+/// MQTT/TLS to a hub on loopback, a windowed rule, an alert, a command the overheating device
+/// completes, and that device taken out of service.
 #[derive(Debug, clap::Parser)]
 struct Cli {
     /// Put the log's topics on NATS JetStream at this URL (feature `nats`), under a prefix of
@@ -167,10 +181,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
         journal,
         state,
     } = open_backends(&cli, data.path()).await?;
-    let provisioning = Provisioner::builder(identity, registry)
+    let provisioning = Provisioner::builder(identity.clone(), registry)
         .journal(journal)
         .audit_log(topics.topic(TopicName::AUDIT).await?)
-        .host("hub.example.net")
+        .host(HOST)
         .actor("quickstart")
         .open()
         .await?;
@@ -186,8 +200,12 @@ async fn main() -> Result<(), Box<dyn Error>> {
         "\nregistering {} devices in one bulk request:",
         requests.len()
     );
+    let mut keys = Vec::new();
     for result in provisioning.bulk(requests, BulkMode::AllOrNothing).await? {
         let device = result?;
+        if let Credentials::SymmetricKeys { primary, .. } = &device.credentials {
+            keys.push((device.device.id.clone(), primary.clone()));
+        }
         // The keys are returned here, once; their Debug output is redacted.
         println!(
             "  {:<14} etag {} credentials: {}",
@@ -243,14 +261,42 @@ async fn main() -> Result<(), Box<dyn Error>> {
         )
         .await?;
 
-    // Simulated devices: a reading per simulated second, from a 10 s boundary a minute ago
-    // (event time, so the windows close as the readings arrive, not in real time).
+    // The hub, over the same identity store (the keys provisioning issued are the ones it
+    // checks) and the same log topics (its telemetry is what the rule reads), with MQTT over TLS
+    // on a loopback port. The CA and certificate are made now and trusted by the devices only.
+    let hub = Hub::builder(identity, HOST)
+        .topics(topics.clone())
+        .build()
+        .await?;
+    let server = MqttServer::new(Arc::new(hub.clone()), MqttConfig::default())?;
+    let tls = SelfSigned::generate(HOST)?;
+    let mqtts = server
+        .listen_tls("127.0.0.1:0".parse()?, tls.tls_config(false)?)
+        .await?;
+    println!("\nhub: MQTT over TLS on {mqtts} (self-signed CA made for this run)");
+
+    // Each simulated device is a device client with its own key.
+    let mut clients = Vec::new();
+    for (id, key) in keys {
+        let options = ClientOptions::with_key(HOST, id.as_str(), key)
+            .port(mqtts.port())
+            .ca_roots_pem(tls.ca_pem.as_bytes());
+        clients.push((id, DeviceClient::connect(options).await?));
+    }
+    let hot = &devices[2];
+    // The overheating device listens for commands before it sends anything, so the back end's
+    // command finds it subscribed.
+    let mut commands = clients[2].1.c2d_messages().await?;
+
+    // A reading per simulated second, from a 10 s boundary a minute ago (event time, so the
+    // windows close as the readings arrive, not in real time). Each client queues its readings
+    // and the hub acknowledges each once it is in the log.
     let start = (Timestamp::now().as_unix_millis() / 1000 - 60) / 10 * 10;
-    let mut batch = Vec::new();
+    let mut deliveries = Vec::new();
     for second in 0..30u64 {
-        for (n, device) in devices.iter().enumerate() {
-            let hot = n == 2 && (10..20).contains(&second);
-            let temperature = if hot {
+        for (n, (device, client)) in clients.iter().enumerate() {
+            let heating = n == 2 && (10..20).contains(&second);
+            let temperature = if heating {
                 85.0 + (second % 3) as f64
             } else {
                 20.0 + n as f64
@@ -261,17 +307,20 @@ async fn main() -> Result<(), Box<dyn Error>> {
                 "temperature": temperature,
                 "time": Timestamp::from_unix_millis(time * 1000).to_rfc3339(),
             });
-            batch.push(
-                Record::new(device.as_str(), body.to_string())
-                    .with_header(headers::SUBJECT, "telemetry")
-                    .with_device_time(Timestamp::from_unix_millis(time * 1000)),
-            );
+            let reading = Message::new(body.to_string())
+                .message_id(format!("{device}-{second}"))
+                .content("application/json", "utf-8");
+            deliveries.push(client.enqueue_telemetry(reading).await?);
         }
     }
-    let sent = Producer::new(topics.topic(TopicName::TELEMETRY).await?)
-        .send_batch(batch)
-        .await?;
-    println!("{} devices sent {} readings", devices.len(), sent.len());
+    let sent = deliveries.len();
+    for delivery in deliveries {
+        tokio::time::timeout(Duration::from_secs(10), delivery.acknowledged()).await??;
+    }
+    println!(
+        "{} device clients sent {sent} readings over MQTT/TLS, each acknowledged",
+        clients.len()
+    );
     rule_group.wait_caught_up().await?;
     lkv_group.wait_caught_up().await?;
 
@@ -283,17 +332,68 @@ async fn main() -> Result<(), Box<dyn Error>> {
     )
     .await?;
     let raised = tokio::time::timeout(Duration::from_secs(5), alerts.next_batch()).await??;
+    let mut alerted = Vec::new();
     for alert in &raised {
         println!("ALERT {}", String::from_utf8_lossy(&alert.record.payload));
+        let body: serde_json::Value = serde_json::from_slice(&alert.record.payload)?;
+        if let Some(device) = body["deviceId"].as_str() {
+            alerted.push(DeviceId::new(device)?);
+        }
     }
-    let hot = &devices[2];
     if let Some(values) = state.last_known(hot).await? {
         println!("last known values of {hot}: {}", values.values());
     }
     rule_group.shutdown().await?;
     lkv_group.shutdown().await?;
 
-    // 5. Take the device out of service: access revoked at once, the reason in its metadata.
+    // 5. The back end answers each alerted device with a command, asking for full feedback;
+    //    the device receives it over MQTT and completes it.
+    alerted.dedup();
+    for device in &alerted {
+        let mut command = C2dMessage::new(json!({"command": "fan", "speed": "max"}).to_string());
+        command.message_id = Some(format!("cool-{device}"));
+        command.content_type = Some("application/json".into());
+        command.ack = AckRequest::Full;
+        hub.send_c2d(device, command).await?;
+        println!("back end -> {device}: command queued");
+    }
+    if alerted.contains(hot) {
+        let received = tokio::time::timeout(Duration::from_secs(5), commands.recv())
+            .await?
+            .ok_or("the device's command stream ended")?;
+        println!(
+            "{hot} received command {} {}: completing it",
+            received.message_id().unwrap_or("-"),
+            String::from_utf8_lossy(&received.payload)
+        );
+        received.complete()?;
+        let feedback = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let records = hub.read_feedback(0, 10).await?;
+                if !records.is_empty() {
+                    return Ok::<_, iot_sdk::gateway::Error>(records);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await??;
+        for f in feedback {
+            println!(
+                "feedback: {} {} {} after {} delivery",
+                f.device_id,
+                f.message_id,
+                f.status.as_str(),
+                f.delivery_count
+            );
+        }
+    }
+    for (_, client) in clients {
+        client.close().await;
+    }
+    server.shutdown().await;
+    hub.shutdown().await;
+
+    // 6. Take the device out of service: access revoked at once, the reason in its metadata.
     provisioning
         .deactivate(hot, Some(json!({"maintenance": "overheated"})))
         .await?;
@@ -311,6 +411,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
         "audit topic: {} records",
         audit.try_next_batch().await?.len()
     );
-    println!("\nnext: docs/provisioning.md, docs/registry.md, docs/stream.md, docs/log.md");
+    println!(
+        "\nnext: docs/provisioning.md, docs/registry.md, docs/stream.md, docs/log.md, docs/device-client.md"
+    );
     Ok(())
 }

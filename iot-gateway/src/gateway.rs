@@ -10,6 +10,7 @@ use iot_identity::Presented;
 use serde_json::Value;
 
 use crate::error::{CloseReason, Result};
+use crate::inbox::Settlement;
 use crate::message::{C2dDelivery, C2dMessage, C2dReceipt, Feedback, LockToken, Telemetry};
 use crate::method::{MethodCall, MethodRequest, MethodResponse};
 use crate::twins::{DesiredPatch, Twin};
@@ -295,6 +296,32 @@ pub trait Gateway: Send + Sync + Debug + 'static {
             reason: format!("this gateway cannot purge the C2D queue of {device}"),
         })
     }
+
+    /// Whether [`settle_c2d`](Gateway::settle_c2d) works: endpoints settle through it when it
+    /// does, and through a session of the device otherwise. The provided method says no.
+    fn settles_c2d_by_token(&self) -> bool {
+        false
+    }
+
+    /// Settles a C2D delivery by its lock token, outside the session it was handed to (the
+    /// HTTPS device API's complete, reject and abandon, for a device whose MQTT connection
+    /// received the message; docs/device-client.md). A token that is not the message's current
+    /// lock is [`Error::LockLost`](crate::Error::LockLost). The provided method refuses
+    /// ([`Error::InvalidInput`](crate::Error::InvalidInput)); see
+    /// [`settles_c2d_by_token`](Gateway::settles_c2d_by_token).
+    async fn settle_c2d(
+        &self,
+        device: &DeviceId,
+        token: LockToken,
+        settlement: Settlement,
+    ) -> Result<()> {
+        let _ = (token, settlement);
+        Err(crate::Error::InvalidInput {
+            reason: format!(
+                "this gateway settles the C2D messages of {device} on their session only"
+            ),
+        })
+    }
 }
 
 fn no_modules(device: &DeviceId, module: &ModuleId) -> crate::Error {
@@ -500,6 +527,17 @@ macro_rules! forward_gateway {
                 module: &ModuleId,
             ) -> Result<bool> {
                 (**self).is_module_connected(device, module).await
+            }
+            fn settles_c2d_by_token(&self) -> bool {
+                (**self).settles_c2d_by_token()
+            }
+            async fn settle_c2d(
+                &self,
+                device: &DeviceId,
+                token: LockToken,
+                settlement: Settlement,
+            ) -> Result<()> {
+                (**self).settle_c2d(device, token, settlement).await
             }
         }
     };

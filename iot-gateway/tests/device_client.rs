@@ -1,22 +1,27 @@
 //! The device client (`iot_gateway::client`, feature `client`) against the project's own hub:
 //! a `Hub` with an `MqttServer` over TLS (self-signed CA) and WebSocket/TLS, in this process.
 //!
-//! `cargo test -p iot-gateway --features client --test device_client`
+//! `cargo test -p iot-gateway --features client-tests --test device_client`
 
+mod dps_support;
 mod mqtt_support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dps_support::{Dps, SCOPE};
 use iot_core::storage::Durability;
+use iot_gateway::client::DpsOptions;
 use iot_gateway::client::{
     Backoff, ClientError, ClientOptions, ConnectionState, DeviceClient, Message, OutboxConfig,
     Transport, WhenFull,
 };
 use iot_gateway::mqtt::{MqttConfig, MqttServer, SelfSigned, TlsConfig};
 use iot_gateway::{AckRequest, FeedbackStatus, Gateway, Hub, HubConfig, MethodCall};
+use iot_identity::SymmetricKey;
 use iot_identity::{Credentials, IdentityStore, MemoryIdentityStore, NewIdentity, Thumbprint};
+use iot_provisioning::enrollment::EnrollmentStatus;
 use mqtt_support::{Device, Fixture, HOST, PATIENCE};
 use serde_json::json;
 
@@ -719,4 +724,112 @@ async fn a_message_the_hub_would_refuse_never_enters_the_outbox() {
     let records = hub.fx.telemetry(&device.id, 1).await;
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].record.payload.as_ref(), b"fine");
+}
+
+/// A hub whose MQTT/TLS listener serves DPS's device protocol too, with a symmetric-key group
+/// enrollment `fleet-a` (initial twin `{"interval": 15}`); the group key and the CA.
+async fn dps_hub(status: EnrollmentStatus) -> (Fixture, Dps, SymmetricKey, SelfSigned) {
+    let identity = Arc::new(MemoryIdentityStore::new());
+    let hub = Hub::memory(identity.clone(), HOST).await.expect("hub");
+    let dps = Dps::new(hub.clone(), identity.clone(), HOST).await;
+    let group_key = dps
+        .group("fleet-a", |g| {
+            g.settings.initial_twin = json!({"interval": 15});
+            g.settings.status = status;
+        })
+        .await;
+    let server = dps.server(MqttConfig::default());
+    let pair = SelfSigned::generate(HOST).expect("certificates");
+    let addr = server
+        .listen_tls(loopback(), pair.tls_config(false).expect("tls"))
+        .await
+        .expect("listen tls");
+    let fx = Fixture {
+        gateway: Arc::new(hub.clone()),
+        hub,
+        identity,
+        server,
+        addr,
+    };
+    (fx, dps, group_key, pair)
+}
+
+fn dps_options(
+    fx: &Fixture,
+    pair: &SelfSigned,
+    registration_id: &str,
+    group_key: &SymmetricKey,
+) -> ClientOptions {
+    let ca = pair.ca_pem.as_bytes();
+    let dps = DpsOptions::group_key(HOST, SCOPE, registration_id, group_key)
+        .port(fx.addr.port())
+        .ca_roots_pem(ca);
+    ClientOptions::with_dps(dps)
+        .port(fx.addr.port())
+        .ca_roots_pem(ca)
+}
+
+#[tokio::test]
+async fn a_group_device_registers_through_dps_then_connects_as_the_assigned_device() {
+    let (fx, dps, group_key, pair) = dps_hub(EnrollmentStatus::Enabled).await;
+    let client = within(
+        "the registration",
+        DeviceClient::connect(dps_options(&fx, &pair, "sensor-9", &group_key)),
+    )
+    .await
+    .expect("registered");
+    let registration = client.registration().expect("a registration");
+    assert_eq!(registration.assigned_hub, HOST);
+    assert_eq!(registration.device_id, "sensor-9");
+    assert_eq!(registration.state["status"], "assigned");
+    assert_eq!(dps.registers().await.get("sensor-9"), Some(&1));
+
+    // Connected to the hub as the assigned device, with the key derived from the group's.
+    within(
+        "the PUBACK",
+        client.send_telemetry(Message::new("after dps")),
+    )
+    .await
+    .expect("sent");
+    let device: iot_core::DeviceId = "sensor-9".parse().expect("id");
+    let records = fx.telemetry(&device, 1).await;
+    assert_eq!(records[0].record.payload.as_ref(), b"after dps");
+    assert_eq!(
+        records[0].record.headers.get("iothub-connection-device-id"),
+        Some("sensor-9")
+    );
+    // The enrollment's initial twin reached the device's twin.
+    let twin = within("the twin", client.twin()).await.expect("twin");
+    assert_eq!(twin.desired["interval"], 15);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn dps_refusals_are_errors_of_connect() {
+    // A key that is not the group's: no enrollment accepts the token, CONNACK refused.
+    let (fx, _dps, _group_key, pair) = dps_hub(EnrollmentStatus::Enabled).await;
+    let wrong = SymmetricKey::generate();
+    let err = within(
+        "the refusal",
+        DeviceClient::connect(dps_options(&fx, &pair, "sensor-x", &wrong)),
+    )
+    .await
+    .expect_err("refused");
+    assert!(
+        matches!(&err, ClientError::Connect(reason) if reason.contains("refused")),
+        "{err:?}"
+    );
+
+    // A disabled enrollment: DPS answers the registration 401.
+    let (fx, _dps, group_key, pair) = dps_hub(EnrollmentStatus::Disabled).await;
+    let err = within(
+        "the refusal",
+        DeviceClient::connect(dps_options(&fx, &pair, "sensor-y", &group_key)),
+    )
+    .await
+    .expect_err("refused");
+    assert!(
+        matches!(err, ClientError::Dps { status: 401, .. }),
+        "{err:?}"
+    );
 }

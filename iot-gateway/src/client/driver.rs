@@ -100,6 +100,9 @@ pub(crate) struct Driver {
     packet_id: u16,
     /// One past the highest sequence number ever sent: lower ones sent again carry DUP.
     high_water: u64,
+    /// Handed to C2D messages so that they can be rejected and abandoned over HTTPS.
+    #[cfg(feature = "client-https")]
+    https: Option<super::https::HttpsSettler>,
 }
 
 /// How a connection ended.
@@ -120,6 +123,8 @@ impl Driver {
         sinks: Sinks,
     ) -> Self {
         Driver {
+            #[cfg(feature = "client-https")]
+            https: super::https::HttpsSettler::new(&options, &tls),
             options,
             tls,
             outbox,
@@ -508,6 +513,8 @@ impl Driver {
                         packet_id,
                         commands: self.command_tx.clone(),
                     }),
+                    #[cfg(feature = "client-https")]
+                    https: self.https.clone(),
                 };
                 if self.sinks.c2d.send(message).is_err() {
                     tracing::debug!("C2D message with nobody listening; left to the hub");

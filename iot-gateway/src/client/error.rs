@@ -37,6 +37,32 @@ pub enum ClientError {
         /// The HTTP-like status of `$iothub/twin/res/{status}`.
         status: u16,
     },
+    /// An HTTPS request to the hub's device API failed before an answer (connection, TLS).
+    #[error("HTTPS device API: {0}")]
+    Https(String),
+    /// The hub's HTTPS device API refused a settlement: 412 means the lock token is not the
+    /// message's current lock (settled already, its lock expired, or redelivered since).
+    #[error("the hub answered the HTTPS settlement with status {status}")]
+    HttpsStatus {
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The operation needs something the options do not give (reject and abandon need
+    /// [`https_port`](super::ClientOptions::https_port)), or the hub did not send what it
+    /// needs (a C2D message without `iothub-locktoken`).
+    #[error("not possible here: {0}")]
+    Unsupported(&'static str),
+    /// A connection failed before the protocol's answer (DPS registration: TCP, TLS, CONNACK).
+    #[error("connection: {0}")]
+    Connect(String),
+    /// DPS refused the registration (`401` bad key or disabled enrollment, `403`, `404`, ...).
+    #[error("DPS refused the registration with status {status}: {message}")]
+    Dps {
+        /// DPS's status.
+        status: u16,
+        /// DPS's message.
+        message: String,
+    },
     /// The hub's answer could not be understood.
     #[error("unexpected answer from the hub: {0}")]
     Protocol(String),

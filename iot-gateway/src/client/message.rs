@@ -105,6 +105,8 @@ pub struct C2dMessage {
     /// included, in order.
     pub properties: Vec<(String, String)>,
     pub(crate) ack: Option<Ack>,
+    #[cfg(feature = "client-https")]
+    pub(crate) https: Option<super::https::HttpsSettler>,
 }
 
 #[derive(Debug)]
@@ -142,6 +144,44 @@ impl C2dMessage {
                 .map_err(|_| ClientError::Closed),
             None => Ok(()),
         }
+    }
+
+    /// This hub's lock token of the delivery (`iothub-locktoken`), the `ETag` of the HTTPS
+    /// device API's settlement calls. Azure IoT Hub does not send one over MQTT.
+    pub fn lock_token(&self) -> Option<&str> {
+        self.property(crate::mqtt::LOCK_TOKEN_PROPERTY)
+    }
+
+    /// Rejects the message: the hub dead-letters it and writes `rejected` feedback if the
+    /// sender asked for it. Sent over the hub's HTTPS device API
+    /// ([`ClientOptions::https_port`](super::ClientOptions::https_port)), then the PUBACK frees
+    /// the MQTT packet id. A lock the hub no longer holds is
+    /// [`ClientError::HttpsStatus`] 412.
+    #[cfg(feature = "client-https")]
+    pub async fn reject(self) -> Result<(), ClientError> {
+        self.settle_over_https(super::https::Settle::Reject).await
+    }
+
+    /// Abandons the message: the hub makes it available again and delivers it anew (counting
+    /// the delivery; dead-lettered after its maximum delivery count). Over HTTPS, as
+    /// [`reject`](Self::reject).
+    #[cfg(feature = "client-https")]
+    pub async fn abandon(self) -> Result<(), ClientError> {
+        self.settle_over_https(super::https::Settle::Abandon).await
+    }
+
+    #[cfg(feature = "client-https")]
+    async fn settle_over_https(self, how: super::https::Settle) -> Result<(), ClientError> {
+        let https = self.https.as_ref().ok_or(ClientError::Unsupported(
+            "reject and abandon go over the HTTPS device API: set ClientOptions::https_port",
+        ))?;
+        let token = self.lock_token().ok_or(ClientError::Unsupported(
+            "the hub sent no iothub-locktoken with this message",
+        ))?;
+        https.settle(token, how).await?;
+        // Settled: the PUBACK only frees the packet id (the hub ignores it for a settled
+        // delivery). A message that came at QoS 0 has none.
+        self.complete()
     }
 }
 

@@ -37,8 +37,11 @@
 
 mod backoff;
 mod connection_string;
+mod dps;
 mod driver;
 mod error;
+#[cfg(feature = "client-https")]
+mod https;
 mod link;
 mod message;
 mod options;
@@ -54,6 +57,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use backoff::Backoff;
 pub use connection_string::{ConnectionString, ConnectionStringError, Credential};
+pub use dps::{DpsOptions, GLOBAL_ENDPOINT, Registration, register};
 pub use driver::ConnectionState;
 pub use error::ClientError;
 pub use message::{C2dMessage, DesiredPatch, Message, MethodCall, Twin};
@@ -107,6 +111,7 @@ pub struct DeviceClient {
     telemetry_topic: String,
     streams: Mutex<Streams>,
     task: tokio::task::JoinHandle<()>,
+    registration: Option<Registration>,
 }
 
 #[derive(Debug)]
@@ -125,8 +130,24 @@ impl Drop for DeviceClient {
 impl DeviceClient {
     /// Opens the outbox and starts the connection task. Returns at once: the first connection is
     /// made in the background (watch [`connection_state`](Self::connection_state), or simply
-    /// send: messages wait in the outbox). Fails only on options that cannot work.
-    pub async fn connect(options: ClientOptions) -> Result<DeviceClient, ClientError> {
+    /// send: messages wait in the outbox). Fails only on options that cannot work — and, with
+    /// [`ClientOptions::with_dps`], when the DPS registration (made here, before anything
+    /// else) fails: a refusal is [`ClientError::Dps`], an unreachable endpoint
+    /// [`ClientError::Connect`] or [`ClientError::Timeout`].
+    pub async fn connect(mut options: ClientOptions) -> Result<DeviceClient, ClientError> {
+        let registration = match &options.dps {
+            Some(dps) => {
+                let registration = dps::register(dps).await?;
+                tracing::debug!(
+                    hub = %registration.assigned_hub,
+                    device = %registration.device_id,
+                    "registered through DPS"
+                );
+                options.assigned(&registration);
+                Some(registration)
+            }
+            None => None,
+        };
         let tls = link::tls_config(&options)?;
         let outbox = Outbox::open(&options.outbox).await?;
         let options = Arc::new(options);
@@ -165,7 +186,14 @@ impl DeviceClient {
                 methods: Some(methods),
             }),
             task,
+            registration,
         })
+    }
+
+    /// What DPS assigned, when the client registered through it
+    /// ([`ClientOptions::with_dps`]).
+    pub fn registration(&self) -> Option<&Registration> {
+        self.registration.as_ref()
     }
 
     /// The connection's state now and its changes.

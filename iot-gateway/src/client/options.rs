@@ -117,6 +117,10 @@ pub struct ClientOptions {
     pub(crate) backoff: Backoff,
     pub(crate) outbox: OutboxConfig,
     pub(crate) model_id: Option<String>,
+    #[cfg(feature = "client-https")]
+    pub(crate) https_port: Option<u16>,
+    /// Register through DPS first (see [`with_dps`](Self::with_dps)).
+    pub(crate) dps: Option<super::dps::DpsOptions>,
 }
 
 impl ClientOptions {
@@ -138,6 +142,9 @@ impl ClientOptions {
             backoff: Backoff::default(),
             outbox: OutboxConfig::default(),
             model_id: None,
+            #[cfg(feature = "client-https")]
+            https_port: None,
+            dps: None,
         }
     }
 
@@ -169,6 +176,31 @@ impl ClientOptions {
     /// A device that signs its tokens with `key`.
     pub fn with_key(host_name: &str, device_id: &str, key: SymmetricKey) -> Self {
         ClientOptions::new(host_name.into(), device_id.into(), Auth::Key(key))
+    }
+
+    /// A device that registers through DPS first: [`DeviceClient::connect`](super::DeviceClient::connect)
+    /// registers with `dps`, then connects to the assigned hub as the assigned device, signing
+    /// its tokens with the registration's key. [`connect_host`](Self::connect_host) and
+    /// [`port`](Self::port) still apply to the hub (the assigned hub by default); give the hub's
+    /// CA with [`ca_roots_pem`](Self::ca_roots_pem) as for any hub.
+    pub fn with_dps(dps: super::dps::DpsOptions) -> Self {
+        let mut options = ClientOptions::new(
+            dps.endpoint.clone(),
+            dps.registration_id.clone(),
+            Auth::Key(dps.key.clone()),
+        );
+        options.dps = Some(dps);
+        options
+    }
+
+    /// After a DPS registration: the assigned hub (also the connect host, unless another was
+    /// set) and device id.
+    pub(crate) fn assigned(&mut self, registration: &super::dps::Registration) {
+        if self.connect_host == self.host_name {
+            self.connect_host = registration.assigned_hub.clone();
+        }
+        self.host_name = registration.assigned_hub.clone();
+        self.device_id = registration.device_id.clone();
     }
 
     /// A device that authenticates with an X.509 certificate (PEM chain and PEM private key).
@@ -214,6 +246,16 @@ impl ClientOptions {
     /// for `HostName`.
     pub fn connect_host(mut self, host: &str) -> Self {
         self.connect_host = host.into();
+        self
+    }
+
+    /// The hub's HTTPS device API on this port of the connect host (IoT Hub: 443), with the
+    /// same TLS trust. Enables [`C2dMessage::reject`](super::C2dMessage::reject) and
+    /// [`abandon`](super::C2dMessage::abandon), which MQTT cannot express (feature
+    /// `client-https`; docs/device-client.md).
+    #[cfg(feature = "client-https")]
+    pub fn https_port(mut self, port: u16) -> Self {
+        self.https_port = Some(port);
         self
     }
 

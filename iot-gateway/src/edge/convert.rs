@@ -120,9 +120,12 @@ mod tests {
                 ("$.to".into(), "/devices/leaf-1/messages/devicebound".into()),
                 ("$.exp".into(), "1970-01-01T00:01:40.000Z".into()),
                 ("iothub-ack".into(), "full".into()),
+                ("iothub-locktoken".into(), "1.1".into()),
                 ("valve".into(), "3".into()),
             ],
             ack: None,
+            #[cfg(feature = "client-https")]
+            https: None,
         };
         let local = local_c2d(&upstream, Timestamp::from_unix_millis(40_000));
         assert_eq!(local.payload.as_ref(), b"open");

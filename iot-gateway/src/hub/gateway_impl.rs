@@ -13,8 +13,8 @@ use tracing::{debug, instrument};
 
 use crate::error::{CloseReason, Error, Result};
 use crate::gateway::{DeviceActivity, DeviceSession, Gateway, SessionOptions};
-use crate::inbox::{InboxMessage, InboxStore};
-use crate::message::{C2dMessage, C2dReceipt, Feedback};
+use crate::inbox::{InboxMessage, InboxStore, Settlement};
+use crate::message::{C2dMessage, C2dReceipt, Feedback, LockToken};
 use crate::method::{MethodCall, MethodRequest, MethodResponse};
 use crate::sync_util::lock;
 use crate::twins::{DesiredPatch, Twin};
@@ -460,5 +460,18 @@ impl Gateway for Hub {
         let removed = self.inner.inbox.remove_device(device).await?;
         tracing::info!(%device, removed, "C2D queue purged");
         Ok(removed)
+    }
+
+    fn settles_c2d_by_token(&self) -> bool {
+        true
+    }
+
+    async fn settle_c2d(
+        &self,
+        device: &DeviceId,
+        token: LockToken,
+        settlement: Settlement,
+    ) -> Result<()> {
+        Hub::settle_c2d(self, device, token, settlement).await
     }
 }

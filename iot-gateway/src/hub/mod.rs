@@ -7,6 +7,7 @@ mod hooks;
 mod modules;
 mod records;
 mod session;
+mod settle;
 mod stamp;
 pub mod stats;
 

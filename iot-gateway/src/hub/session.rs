@@ -131,6 +131,14 @@ impl SessionShared {
         Some(held)
     }
 
+    /// Drops a delivery settled outside the session (see `settle.rs`) from the ones it holds,
+    /// and wakes it so that the freed window slot is used.
+    pub(crate) fn forget_delivery(&self, token: LockToken) {
+        if lock(&self.state).in_flight.remove(&token) {
+            self.wake();
+        }
+    }
+
     fn closed(&self) -> Option<CloseReason> {
         lock(&self.state).closed.clone()
     }

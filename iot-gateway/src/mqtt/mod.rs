@@ -53,4 +53,5 @@ mod websocket;
 pub use config::MqttConfig;
 pub use error::{Error, ProtocolViolation};
 pub use server::MqttServer;
+pub use telemetry::LOCK_TOKEN_PROPERTY;
 pub use tls::{SelfSigned, TlsConfig};

@@ -79,8 +79,12 @@ fn stamped_by_gateway(name: &str) -> bool {
     name == header::RETAIN || name == header::MODEL_ID || name.starts_with(header::IOTHUB_PREFIX)
 }
 
+/// The C2D property that carries the delivery's lock token (the HTTPS device API's `ETag`).
+pub const LOCK_TOKEN_PROPERTY: &str = "iothub-locktoken";
+
 /// The property bag of a C2D delivery's topic: `$.mid`, `$.cid`, `$.ct`, `$.ce`, `$.to`,
-/// `$.exp` (RFC 3339 UTC), `iothub-ack`, then the custom properties — what IoT Hub sends.
+/// `$.exp` (RFC 3339 UTC), `iothub-ack` — what IoT Hub sends — then this hub's
+/// [`LOCK_TOKEN_PROPERTY`] and the custom properties.
 pub(crate) fn c2d_bag(delivery: &C2dDelivery, to: &str) -> Vec<(String, String)> {
     let mut pairs = vec![("$.mid".to_string(), delivery.message_id.clone())];
     let optional = [
@@ -99,6 +103,13 @@ pub(crate) fn c2d_bag(delivery: &C2dDelivery, to: &str) -> Vec<(String, String)>
         rfc3339::format_millis(delivery.expires_at),
     ));
     pairs.push(("iothub-ack".to_string(), delivery.ack.as_str().to_string()));
+    // Not an IoT Hub property: the delivery's lock token, the `ETag` the HTTPS device API takes,
+    // so that a device can reject or abandon over HTTPS what it received here (MQTT can only
+    // complete). An `iothub-` name cannot clash with an application property.
+    pairs.push((
+        LOCK_TOKEN_PROPERTY.to_string(),
+        delivery.lock_token.to_string(),
+    ));
     pairs.extend(delivery.properties.iter().cloned());
     pairs
 }

@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use iot_core::DeviceId;
 
 use super::sessions::DeviceSessions;
-use super::with_session;
+use super::{lock_lost, with_session};
 use crate::error::Error;
 use crate::gateway::{SessionEvent, Subscription};
 use crate::http::auth::Caller;
@@ -30,6 +30,7 @@ use crate::http::error::{ApiError, ApiResult, code};
 use crate::http::extract::DevicePath;
 use crate::http::server::PeerAddr;
 use crate::http::state::HttpState;
+use crate::inbox::Settlement as InboxSettlement;
 use crate::message::{C2dDelivery, LockToken};
 
 /// `GET /devices/{id}/messages/deviceBound`.
@@ -171,6 +172,21 @@ async fn settle_with(
 ) -> ApiResult<StatusCode> {
     let id = caller.device(&device_id(id)?)?.clone();
     let token = lock_token(etag)?;
+    let gateway = state.gateway();
+    if gateway.settles_c2d_by_token() {
+        // The lock token names the delivery: settle it in the inbox, leaving whichever session
+        // holds it (this cache's, or the device's MQTT connection) in place.
+        let settlement = match how {
+            Settlement::Complete => InboxSettlement::Complete,
+            Settlement::Reject => InboxSettlement::Reject,
+            Settlement::Abandon => InboxSettlement::Abandon,
+        };
+        return match gateway.settle_c2d(&id, token, settlement).await {
+            Ok(()) => Ok(StatusCode::NO_CONTENT),
+            Err(Error::LockLost { .. }) => Err(lock_lost()),
+            Err(e) => Err(e.into()),
+        };
+    }
     let peer = peer.map(|Extension(PeerAddr(addr))| addr.ip());
     with_session(sessions, state, &id, peer, |session| async move {
         match how {

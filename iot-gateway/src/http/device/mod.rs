@@ -59,6 +59,15 @@ pub fn routes() -> Router<HttpState> {
     router.layer(Extension(sessions))
 }
 
+/// 412 `DeviceMessageLockLost`: the lock token is not the message's current lock.
+fn lock_lost() -> ApiError {
+    ApiError::new(
+        StatusCode::PRECONDITION_FAILED,
+        code::LOCK_LOST,
+        "the lock token is not held (settled, expired, or its session ended)",
+    )
+}
+
 /// Runs `op` on the device's cached session. If the session turns out to have closed under the
 /// cache (taken over, token expired), it is dropped and `op` runs once more on a new one.
 async fn with_session<T, F, Fut>(
@@ -81,13 +90,7 @@ where
                 sessions.evict(&session).await;
                 retried = true;
             }
-            Err(Error::LockLost { .. }) => {
-                return Err(ApiError::new(
-                    StatusCode::PRECONDITION_FAILED,
-                    code::LOCK_LOST,
-                    "the lock token is not held (settled, expired, or its session ended)",
-                ));
-            }
+            Err(Error::LockLost { .. }) => return Err(lock_lost()),
             Err(e) => return Err(e.into()),
         }
     }

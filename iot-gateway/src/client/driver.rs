@@ -334,7 +334,9 @@ impl Driver {
                 self.options.max_in_flight.saturating_sub(in_flight.len())
             };
             if room > 0 {
-                for entry in self.outbox.entries_from(next_seq, room).await {
+                let entries = self.outbox.entries_from(next_seq, room).await;
+                let mut publishes = Vec::with_capacity(entries.len());
+                for entry in entries {
                     let id = self.next_packet_id(&in_flight);
                     in_flight.insert(id, entry.seq);
                     next_seq = entry.seq + 1;
@@ -349,13 +351,19 @@ impl Driver {
                         payload: entry.payload,
                         properties: None,
                     };
-                    link.writer.send(Packet::Publish(Box::new(publish))).await?;
+                    publishes.push(Packet::Publish(Box::new(publish)));
                 }
+                // The whole refill in one write.
+                link.writer.send_all(publishes).await?;
             }
 
             tokio::select! {
-                packet = link.packets.recv() => {
-                    let packet = match packet {
+                first = link.packets.recv() => {
+                    // Every packet already decoded is handled before the window is refilled,
+                    // so that a run of PUBACKs refills it in one write, not one per PUBACK.
+                    let mut received = first;
+                    loop {
+                    let packet = match received {
                         Some(Ok(p)) => p,
                         Some(Err(reason)) => return Err(reason),
                         None => return Err("connection closed".into()),
@@ -380,6 +388,12 @@ impl Driver {
                         Packet::Publish(publish) => self.dispatch(link, *publish).await?,
                         Packet::PingResponse | Packet::UnsubscribeAck { .. } => {}
                         other => return Err(format!("unexpected packet from the hub: {other:?}")),
+                    }
+                    received = match link.packets.try_recv() {
+                        Ok(next) => Some(next),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => None,
+                    };
                     }
                 }
                 command = self.commands.recv() => match command {

@@ -47,21 +47,46 @@ impl std::fmt::Debug for Writer {
 }
 
 impl Writer {
-    /// Encodes and writes one packet (flushed: the client never has much to batch).
+    /// Encodes and writes one packet (flushed).
     pub(crate) async fn send(&mut self, packet: Packet) -> Result<(), String> {
-        let mut buf = BytesMut::new();
-        Codec::new(0)
-            .encode(packet, &mut buf)
-            .map_err(|e| format!("encode: {e:?}"))?;
+        self.send_all(std::iter::once(packet)).await
+    }
+
+    /// Encodes `packets` and writes them with one flush: over TLS one write (so one record
+    /// where they fit, and one system call) instead of one per packet. The window of telemetry
+    /// refilled after a run of PUBACKs goes out this way.
+    pub(crate) async fn send_all(
+        &mut self,
+        packets: impl IntoIterator<Item = Packet>,
+    ) -> Result<(), String> {
+        let mut codec = Codec::new(0);
         match self {
             Writer::Stream(w) => {
+                let mut buf = BytesMut::new();
+                for packet in packets {
+                    codec
+                        .encode(packet, &mut buf)
+                        .map_err(|e| format!("encode: {e:?}"))?;
+                }
+                if buf.is_empty() {
+                    return Ok(());
+                }
                 w.write_all(&buf).await.map_err(|e| e.to_string())?;
                 w.flush().await.map_err(|e| e.to_string())
             }
-            Writer::WebSocket(w) => w
-                .send(WsMessage::binary(buf.freeze()))
-                .await
-                .map_err(|e| e.to_string()),
+            // One WebSocket message per packet (a receiver may expect them aligned), one flush.
+            Writer::WebSocket(w) => {
+                for packet in packets {
+                    let mut buf = BytesMut::new();
+                    codec
+                        .encode(packet, &mut buf)
+                        .map_err(|e| format!("encode: {e:?}"))?;
+                    w.feed(WsMessage::binary(buf.freeze()))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                w.flush().await.map_err(|e| e.to_string())
+            }
         }
     }
 }

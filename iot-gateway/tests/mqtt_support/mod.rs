@@ -112,6 +112,7 @@ impl Fixture {
     }
 }
 
+#[derive(Clone)]
 pub struct Device {
     pub id: DeviceId,
     pub key: SymmetricKey,

@@ -1,0 +1,595 @@
+//! Field-gateway benchmark (issue 18): forwarding through a field gateway against sending to the
+//! hub directly, the edge log's drain rate after an outage, and the device client against the
+//! rumqttc-based load generator, all in one run on loopback.
+//!
+//! ```text
+//! cargo run --release --example edge_bench --features edge              # the figures
+//! cargo run --example edge_bench --features edge -- --quick             # a small smoke run (CI)
+//! ```
+//!
+//! One "cloud" hub (in memory, throttling off) with an MQTT/TLS listener (self-signed CA) and a
+//! plain listener; one "edge" hub on a temporary directory (`Hub::open_dir`: a `FileLog`
+//! fsynced before each PUBACK, as a field gateway runs) with a plain MQTT listener and a
+//! `Forwarder` to the cloud (one device client per leaf over TLS).
+//!
+//! 1. **direct**: the leaves (rumqttc, QoS 1, 16 in flight each, as `examples/mqtt_load`) send
+//!    `--messages` each to the cloud hub over TLS; the rate is messages over the time until all
+//!    are in the cloud's log.
+//! 2. **forward**: the same leaves send as many to the edge hub; the rate is messages over the time
+//!    until all are in the cloud's log (leaf → edge log → forwarder → cloud). `forward_vs_direct`
+//!    is forward's rate over direct's.
+//! 3. **drain**: the cloud's TLS listener is stopped; the leaves send `--drain` messages each to
+//!    the edge (all PUBACKed there); the listener starts again, and `drain_msgs_per_s` is those
+//!    messages over the time from the restart until the last is in the cloud's log (the upstream
+//!    clients' reconnect backoff, at most 1 s here, included).
+//! 4. **client vs rumqttc**: `--clients` devices send `--messages` each to the cloud hub over TLS,
+//!    first with rumqttc (16 in flight), then with our `DeviceClient` (16 in flight); each rate is
+//!    messages over the time until every PUBACK arrived, connections made beforehand.
+//!    `client_vs_rumqttc` is ours over rumqttc's.
+//!
+//! `lost` counts messages PUBACKed by the edge hub (phases 2 and 3) whose message id is missing
+//! from the cloud's log after a wait. The last line is a JSON object with exactly the keys
+//! `forward_vs_direct`, `drain_msgs_per_s`, `client_vs_rumqttc`, `lost`.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+#[path = "mqtt_load/tls.rs"]
+mod tls;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use iot_core::{Log, LogExt, Offset, ReadLimits};
+use iot_gateway::client::{Backoff, ClientOptions, DeviceClient, Message, OutboxConfig, WhenFull};
+use iot_gateway::edge::{Forwarder, ForwarderOptions, IdentityMap};
+use iot_gateway::mqtt::{MqttConfig, MqttServer, SelfSigned};
+use iot_gateway::{Gateway, Hub, HubConfig, ThrottleConfig};
+use iot_identity::{
+    Credentials, IdentityStore, MemoryIdentityStore, NewIdentity, SymmetricKey, sas,
+};
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+
+const HOST: &str = "localhost";
+/// Messages a rumqttc device and a device client keep unacknowledged (`mqtt_load`'s setting and
+/// the client's default).
+const IN_FLIGHT: usize = 16;
+/// How long the bench waits for something that should have happened, before it reports what
+/// is missing instead.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Field-gateway benchmark: forward vs direct, the drain rate after an outage, and the device
+/// client vs rumqttc. Last line: JSON with forward_vs_direct, drain_msgs_per_s,
+/// client_vs_rumqttc, lost.
+#[derive(Debug, Parser)]
+#[command(name = "edge_bench")]
+struct Cli {
+    /// A small run (20 leaves, 50 messages each, 50 each for the drain, 20 client devices).
+    #[arg(long)]
+    quick: bool,
+    /// Leaf devices behind the field gateway (default 100).
+    #[arg(long, value_name = "N")]
+    leaves: Option<usize>,
+    /// Messages per leaf in the direct and forward phases, and per device in the client phase
+    /// (default 200).
+    #[arg(long, value_name = "N")]
+    messages: Option<usize>,
+    /// Messages per leaf sent while the cloud is unreachable (default 200).
+    #[arg(long, value_name = "N")]
+    drain: Option<usize>,
+    /// Devices in the client-vs-rumqttc phase (default 100).
+    #[arg(long, value_name = "N")]
+    clients: Option<usize>,
+    /// Payload bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 100)]
+    payload: usize,
+}
+
+/// One device: its id, key, and MQTT login for a hub signing for `HOST`.
+#[derive(Clone)]
+struct Device {
+    id: String,
+    key: SymmetricKey,
+}
+
+impl Device {
+    fn login(&self) -> Result<(String, String), Error> {
+        let token = sas::generate(
+            &format!("{HOST}/devices/{}", self.id),
+            &self.key,
+            sas::unix_now() + 3600,
+            None,
+        )?;
+        Ok((
+            format!("{HOST}/{}/?api-version=2021-04-12", self.id),
+            token.as_str().to_owned(),
+        ))
+    }
+}
+
+fn unlimited() -> HubConfig {
+    let mut config = HubConfig::default();
+    config.throttle = ThrottleConfig::unlimited();
+    config
+}
+
+async fn provision(store: &MemoryIdentityStore, devices: &[Device]) -> Result<(), Error> {
+    for d in devices {
+        store
+            .create(NewIdentity::new(
+                d.id.parse()?,
+                Credentials::SymmetricKeys {
+                    primary: d.key.clone(),
+                    secondary: SymmetricKey::generate(),
+                },
+            ))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Records in all partitions of `log`.
+async fn count(log: &Arc<dyn Log>) -> Result<u64, Error> {
+    let mut n = 0;
+    for p in log.partitions() {
+        n += log.next_offset(p).await?.get();
+    }
+    Ok(n)
+}
+
+/// Waits until `log` holds `target` records; returns when (or `None` after `PATIENCE`).
+async fn until_count(log: &Arc<dyn Log>, target: u64) -> Result<Option<Instant>, Error> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if count(log).await? >= target {
+            return Ok(Some(Instant::now()));
+        }
+        if Instant::now() > deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Every message id in `log`.
+async fn message_ids(log: &Arc<dyn Log>) -> Result<HashSet<String>, Error> {
+    let mut ids = HashSet::new();
+    for p in log.partitions() {
+        let mut from = Offset(0);
+        loop {
+            let records = log.read(p, from, ReadLimits::default()).await?;
+            let Some(last) = records.last() else { break };
+            from = last.offset.next();
+            for r in records {
+                if let Some(id) = r.record.headers.get("message-id") {
+                    ids.insert(id.to_owned());
+                }
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// The cloud: an in-memory hub with a TLS listener that can be stopped and started on the same
+/// port, and a plain one.
+struct Cloud {
+    hub: Hub,
+    pair: SelfSigned,
+    tls: Option<MqttServer>,
+    tls_addr: SocketAddr,
+}
+
+impl Cloud {
+    async fn listen(&mut self) -> Result<(), Error> {
+        let server = MqttServer::new(Arc::new(self.hub.clone()), MqttConfig::default())?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match server
+                .listen_tls(self.tls_addr, self.pair.tls_config(false)?)
+                .await
+            {
+                Ok(bound) => {
+                    self.tls_addr = bound;
+                    break;
+                }
+                Err(e) if Instant::now() > deadline => return Err(e.into()),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        self.tls = Some(server);
+        Ok(())
+    }
+
+    async fn stop(&mut self) {
+        if let Some(server) = self.tls.take() {
+            server.shutdown().await;
+        }
+    }
+}
+
+/// Connected rumqttc devices, each with its event loop in a task counting PUBACKs.
+struct Fleet {
+    devices: Vec<(
+        String,
+        AsyncClient,
+        Arc<AtomicU64>,
+        Arc<tokio::sync::Notify>,
+    )>,
+}
+
+impl Fleet {
+    /// Connects `devices` to `addr` (TLS with `tls`, else plain MQTT).
+    async fn connect(
+        devices: &[Device],
+        addr: SocketAddr,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Fleet, Error> {
+        let mut out = Vec::with_capacity(devices.len());
+        for d in devices {
+            let mut options = MqttOptions::new(d.id.clone(), addr.ip().to_string(), addr.port());
+            options.set_keep_alive(Duration::from_secs(60));
+            options.set_inflight(IN_FLIGHT as u16);
+            let (username, password) = d.login()?;
+            options.set_credentials(username, password);
+            if let Some(config) = &tls {
+                options.set_transport(rumqttc::Transport::tls_with_config(
+                    rumqttc::TlsConfiguration::Rustls(config.clone()),
+                ));
+            }
+            let (client, mut eventloop) = AsyncClient::new(options, 64);
+            let acked = Arc::new(AtomicU64::new(0));
+            let notify = Arc::new(tokio::sync::Notify::new());
+            let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
+            let mut connected_tx = Some(connected_tx);
+            let (acked_in_loop, notify_in_loop) = (acked.clone(), notify.clone());
+            tokio::spawn(async move {
+                loop {
+                    match eventloop.poll().await {
+                        Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                            if let Some(tx) = connected_tx.take() {
+                                let _ = tx.send(());
+                            }
+                        }
+                        Ok(Event::Incoming(Incoming::PubAck(_))) => {
+                            acked_in_loop.fetch_add(1, Ordering::Relaxed);
+                            notify_in_loop.notify_one();
+                        }
+                        Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+                        Ok(_) => {}
+                        Err(_) => {
+                            // Wake the sender, which then sees the count stuck and gives up.
+                            notify_in_loop.notify_one();
+                            return;
+                        }
+                    }
+                }
+            });
+            tokio::time::timeout(Duration::from_secs(30), connected_rx)
+                .await
+                .map_err(|_| format!("{}: no CONNACK", d.id))?
+                .map_err(|_| format!("{}: connection failed", d.id))?;
+            out.push((d.id.clone(), client, acked, notify));
+        }
+        Ok(Fleet { devices: out })
+    }
+
+    /// Every device sends `messages` (message ids `{device}-{tag}-{n}`) at once; returns when
+    /// all are PUBACKed, with the number PUBACKed (fewer if a connection failed).
+    async fn send(&self, messages: usize, payload: usize, tag: &str) -> u64 {
+        let mut tasks = Vec::with_capacity(self.devices.len());
+        for (id, client, acked, notify) in &self.devices {
+            let (id, client, acked, notify) =
+                (id.clone(), client.clone(), acked.clone(), notify.clone());
+            let tag = tag.to_owned();
+            tasks.push(tokio::spawn(async move {
+                let base = acked.load(Ordering::Relaxed);
+                let mut sent = 0u64;
+                for n in 0..messages {
+                    let topic = format!("devices/{id}/messages/events/$.mid={id}-{tag}-{n}");
+                    if client
+                        .publish(topic, QoS::AtLeastOnce, false, vec![b'x'; payload])
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    sent += 1;
+                }
+                loop {
+                    let done = acked.load(Ordering::Relaxed) - base;
+                    if done >= sent {
+                        return done;
+                    }
+                    // A lost connection stops the PUBACKs: give up after a quiet second.
+                    if tokio::time::timeout(Duration::from_secs(10), notify.notified())
+                        .await
+                        .is_err()
+                    {
+                        return done;
+                    }
+                }
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.unwrap_or(0);
+        }
+        total
+    }
+
+    async fn disconnect(self) {
+        for (_, client, _, _) in self.devices {
+            let _ = client.disconnect().await;
+        }
+    }
+}
+
+/// Our device clients for `devices`, connected to the cloud's TLS listener.
+async fn device_clients(
+    devices: &[Device],
+    cloud: &Cloud,
+    messages: usize,
+) -> Result<Vec<(String, DeviceClient)>, Error> {
+    let mut out = Vec::with_capacity(devices.len());
+    for d in devices {
+        let client = DeviceClient::connect(
+            ClientOptions::with_key(HOST, &d.id, d.key.clone())
+                .port(cloud.tls_addr.port())
+                .connect_host("127.0.0.1")
+                .ca_roots_pem(cloud.pair.ca_pem.as_bytes())
+                .max_in_flight(IN_FLIGHT)
+                .outbox(OutboxConfig::Memory {
+                    capacity: messages.max(1),
+                    when_full: WhenFull::Wait,
+                }),
+        )
+        .await?;
+        tokio::time::timeout(Duration::from_secs(30), client.connected())
+            .await
+            .map_err(|_| format!("{}: the device client did not connect", d.id))??;
+        out.push((d.id.clone(), client));
+    }
+    Ok(out)
+}
+
+/// Every client enqueues `messages` at once and waits for all acknowledgements; returns how
+/// many were acknowledged.
+async fn client_send(clients: &[(String, DeviceClient)], messages: usize, payload: usize) -> u64 {
+    let sends = clients.iter().map(|(id, client)| async move {
+        let mut deliveries = Vec::with_capacity(messages);
+        for n in 0..messages {
+            let message = Message::new(vec![b'x'; payload]).message_id(format!("{id}-client-{n}"));
+            match client.enqueue_telemetry(message).await {
+                Ok(d) => deliveries.push(d),
+                Err(_) => break,
+            }
+        }
+        let mut acked = 0u64;
+        for d in deliveries {
+            if d.acknowledged().await.is_ok() {
+                acked += 1;
+            }
+        }
+        acked
+    });
+    futures::future::join_all(sends).await.into_iter().sum()
+}
+
+fn rate(messages: u64, elapsed: Duration) -> f64 {
+    messages as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let cli = Cli::parse();
+    let (leaves, messages, drain, clients) = if cli.quick {
+        (20, 50, 50, 20)
+    } else {
+        (100, 200, 200, 100)
+    };
+    let leaves = cli.leaves.unwrap_or(leaves).max(1);
+    let messages = cli.messages.unwrap_or(messages).max(1);
+    let drain = cli.drain.unwrap_or(drain).max(1);
+    let clients = cli.clients.unwrap_or(clients).max(1);
+    let payload = cli.payload;
+
+    let group = SymmetricKey::generate();
+    let leaf_devices: Vec<Device> = (0..leaves)
+        .map(|i| {
+            let id = format!("leaf-{i:04}");
+            let key = group.derive_for_device(&id);
+            Device { id, key }
+        })
+        .collect();
+    let load_devices: Vec<Device> = (0..clients)
+        .map(|i| Device {
+            id: format!("load-{i:04}"),
+            key: SymmetricKey::generate(),
+        })
+        .collect();
+
+    // The cloud.
+    let cloud_identity = Arc::new(MemoryIdentityStore::new());
+    provision(&cloud_identity, &leaf_devices).await?;
+    provision(&cloud_identity, &load_devices).await?;
+    let hub = Hub::builder(cloud_identity, HOST)
+        .config(unlimited())
+        .build()
+        .await?;
+    let mut cloud = Cloud {
+        hub,
+        pair: SelfSigned::generate(HOST)?,
+        tls: None,
+        tls_addr: "127.0.0.1:0".parse()?,
+    };
+    cloud.listen().await?;
+    let cloud_log = cloud.hub.telemetry_log().clone();
+    let dir = tempfile::tempdir()?;
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &cloud.pair.ca_pem)?;
+    let rumqttc_tls = tls::client_tls(&ca_file, HOST).map_err(|e| e.to_string())?;
+
+    // The field gateway: the edge hub with the leaves' local identities, and the forwarder.
+    let edge_identity = Arc::new(MemoryIdentityStore::new());
+    provision(&edge_identity, &leaf_devices).await?;
+    let edge = Hub::open_dir(dir.path().join("edge"), edge_identity, HOST, unlimited()).await?;
+    let edge_server = MqttServer::new(
+        Arc::new(edge.clone()) as Arc<dyn Gateway>,
+        MqttConfig::default(),
+    )?;
+    let edge_addr = edge_server.listen_tcp("127.0.0.1:0".parse()?).await?;
+    println!(
+        "edge_bench: {leaves} leaves, {messages} messages each ({payload} bytes), {drain} each during the outage, {clients} client devices"
+    );
+
+    // 1. Direct: the leaves to the cloud over TLS.
+    let per_phase = (leaves * messages) as u64;
+    let before = count(&cloud_log).await?;
+    let fleet = Fleet::connect(&leaf_devices, cloud.tls_addr, Some(rumqttc_tls.clone())).await?;
+    let began = Instant::now();
+    let acked = fleet.send(messages, payload, "direct").await;
+    let direct_end = until_count(&cloud_log, before + acked).await?;
+    fleet.disconnect().await;
+    if acked < per_phase {
+        return Err(format!("direct: only {acked} of {per_phase} acknowledged").into());
+    }
+    let direct_elapsed = direct_end.ok_or("direct: not every message reached the log")? - began;
+    let direct_rate = rate(acked, direct_elapsed);
+    println!(
+        "direct:  {acked}/{per_phase} acknowledged, in the cloud's log in {:.2} s: {direct_rate:.0} msgs/s",
+        direct_elapsed.as_secs_f64()
+    );
+    // The forwarder connects every leaf upstream as itself: after the direct phase, whose
+    // connections use the same device ids (a second connection of a device ends the first).
+    let mut upstream = IdentityMap::new();
+    for d in &leaf_devices {
+        upstream.insert(
+            d.id.parse()?,
+            ClientOptions::with_key(HOST, &d.id, d.key.clone())
+                .port(cloud.tls_addr.port())
+                .connect_host("127.0.0.1")
+                .ca_roots_pem(cloud.pair.ca_pem.as_bytes())
+                .backoff(Backoff {
+                    initial: Duration::from_millis(100),
+                    max: Duration::from_secs(1),
+                }),
+        );
+    }
+    let forwarder =
+        Forwarder::start(&edge, Arc::new(upstream), ForwarderOptions::default()).await?;
+    let leaf_ids: Vec<iot_core::DeviceId> = leaf_devices
+        .iter()
+        .map(|d| d.id.parse())
+        .collect::<Result<_, _>>()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for id in &leaf_ids {
+        while !cloud.hub.is_connected(id).await? {
+            if Instant::now() > deadline {
+                return Err(
+                    format!("{id}: the forwarder's upstream client did not connect").into(),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    // 2. Forward: the leaves to the edge; the forwarder to the cloud.
+    let before = count(&cloud_log).await?;
+    let fleet = Fleet::connect(&leaf_devices, edge_addr, None).await?;
+    let began = Instant::now();
+    let forward_acked = fleet.send(messages, payload, "forward").await;
+    let edge_acked_at = began.elapsed();
+    let forward_end = until_count(&cloud_log, before + forward_acked).await?;
+    let forward_elapsed = forward_end.map(|t| t - began).unwrap_or(PATIENCE);
+    let forward_rate = rate(forward_acked, forward_elapsed);
+    println!(
+        "forward: {forward_acked}/{per_phase} PUBACKed by the edge in {:.2} s, in the cloud's log in {:.2} s: {forward_rate:.0} msgs/s",
+        edge_acked_at.as_secs_f64(),
+        forward_elapsed.as_secs_f64()
+    );
+
+    // 3. Drain: the cloud unreachable while the leaves send, then back.
+    cloud.stop().await;
+    let before = count(&cloud_log).await?;
+    let drain_acked = fleet.send(drain, payload, "drain").await;
+    fleet.disconnect().await;
+    let backlog = forwarder.backlog().await?;
+    println!(
+        "drain:   {drain_acked} PUBACKed by the edge while the cloud was down; backlog {backlog}"
+    );
+    cloud.listen().await?;
+    let back = Instant::now();
+    let drain_end = until_count(&cloud_log, before + drain_acked).await?;
+    let drain_elapsed = drain_end.map(|t| t - back).unwrap_or(PATIENCE);
+    let drain_rate = rate(drain_acked, drain_elapsed);
+    println!(
+        "drain:   in the cloud's log {:.2} s after it came back: {drain_rate:.0} msgs/s",
+        drain_elapsed.as_secs_f64()
+    );
+
+    // Lost: PUBACKed by the edge, missing upstream (by message id).
+    let ids = message_ids(&cloud_log).await?;
+    let mut lost = 0u64;
+    for d in &leaf_devices {
+        // Each leaf's messages are PUBACKed in order; a fleet whose connection failed PUBACKed
+        // fewer in total, and those were not counted as acknowledged.
+        for (tag, n) in [("forward", messages), ("drain", drain)] {
+            lost += (0..n)
+                .filter(|i| !ids.contains(&format!("{}-{tag}-{i}", d.id)))
+                .count() as u64;
+        }
+    }
+    // Messages a failed connection never got PUBACKed are not losses.
+    let unacked = (per_phase - forward_acked) + ((leaves * drain) as u64 - drain_acked);
+    let lost = lost.saturating_sub(unacked);
+    println!("lost:    {lost} PUBACKed by the edge but missing in the cloud");
+    let stats = forwarder.stats();
+    println!(
+        "forwarder: {} forwarded, {} batches, {} skipped",
+        stats.forwarded, stats.batches, stats.skipped
+    );
+    forwarder.shutdown().await;
+    edge_server.shutdown().await;
+    edge.shutdown().await;
+
+    // 4. Our device client against rumqttc, both over TLS to the cloud.
+    let load_total = (clients * messages) as u64;
+    let fleet = Fleet::connect(&load_devices, cloud.tls_addr, Some(rumqttc_tls)).await?;
+    let began = Instant::now();
+    let rumqttc_acked = fleet.send(messages, payload, "rumqttc").await;
+    let rumqttc_rate = rate(rumqttc_acked, began.elapsed());
+    fleet.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let device_clients = device_clients(&load_devices, &cloud, messages).await?;
+    let began = Instant::now();
+    let client_acked = client_send(&device_clients, messages, payload).await;
+    let client_rate = rate(client_acked, began.elapsed());
+    for (_, client) in device_clients {
+        client.close().await;
+    }
+    println!(
+        "rumqttc: {rumqttc_acked}/{load_total} PUBACKed: {rumqttc_rate:.0} msgs/s; device client: {client_acked}/{load_total}: {client_rate:.0} msgs/s"
+    );
+    cloud.stop().await;
+    cloud.hub.shutdown().await;
+
+    let forward_vs_direct = forward_rate / direct_rate;
+    let client_vs_rumqttc = client_rate / rumqttc_rate;
+    println!(
+        "forward_vs_direct {forward_vs_direct:.2} (target >= 0.7), client_vs_rumqttc {client_vs_rumqttc:.2} (target >= 0.8)"
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "forward_vs_direct": (forward_vs_direct * 1000.0).round() / 1000.0,
+            "drain_msgs_per_s": drain_rate.round(),
+            "client_vs_rumqttc": (client_vs_rumqttc * 1000.0).round() / 1000.0,
+            "lost": lost,
+        })
+    );
+    Ok(())
+}

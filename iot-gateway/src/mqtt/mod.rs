@@ -31,7 +31,7 @@
 
 mod config;
 mod connect;
-mod dps;
+pub(crate) mod dps;
 mod error;
 mod framing;
 mod pending;

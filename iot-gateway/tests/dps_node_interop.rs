@@ -24,7 +24,7 @@ use std::time::Duration;
 use dps_support::{Dps, SCOPE};
 use iot_gateway::http::dps::{DpsEndpoint, DpsHttpConfig};
 use iot_gateway::http::{HttpConfig, HttpServer, HttpState, PolicyStore, SharedAccessPolicy};
-use iot_gateway::mqtt::{MqttConfig, MqttServer, SelfSigned, TlsConfig};
+use iot_gateway::mqtt::{MqttConfig, SelfSigned, TlsConfig};
 use iot_gateway::{Gateway, Hub};
 use iot_identity::{IdentityStore, MemoryIdentityStore, SymmetricKey};
 use iot_provisioning::Provisioning;
@@ -83,10 +83,11 @@ async fn node(ca_file: &std::path::Path, args: &[&str]) -> (bool, Vec<String>) {
 }
 
 /// Binds a fixed port, waiting a little for a previous run's socket to go.
-async fn bind_retrying<F, Fut>(what: &str, mut bind: F)
+async fn bind_retrying<F, Fut, E>(what: &str, mut bind: F)
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = std::io::Result<SocketAddr>>,
+    Fut: std::future::Future<Output = Result<SocketAddr, E>>,
+    E: std::fmt::Display,
 {
     for attempt in 0.. {
         match bind().await {

@@ -51,6 +51,10 @@ fn node_modules() -> PathBuf {
 }
 
 /// Runs `scripts/http/dps_node.js` with `args`; its status and stdout lines.
+#[allow(
+    clippy::print_stderr,
+    reason = "a failed script's output, for the CI log"
+)]
 async fn node(ca_file: &std::path::Path, args: &[&str]) -> (bool, Vec<String>) {
     let mut command = Command::new("node");
     command

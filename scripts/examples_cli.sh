@@ -17,7 +17,7 @@ else
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
   bin="$target/debug/examples"
 fi
-examples=(backends_bench cluster edge_bench field_gateway hub hub_bench service_bench identity_bench log_bench mqtt_gateway mqtt_load provisioning_bench quickstart
+examples=(backends_bench cluster edge_bench field_gateway hub hub_bench service_bench identity_bench log_bench mqtt_gateway mqtt_load provisioning_bench onboarding_bench quickstart
   registry_bench rules sas stream_bench registry_reopen)
 dir=$(mktemp -d)
 gateway=

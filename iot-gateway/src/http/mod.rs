@@ -20,6 +20,7 @@ mod api_version;
 pub mod auth;
 pub mod config;
 pub mod device;
+pub mod dps;
 pub mod error;
 pub mod extract;
 mod guard;

@@ -32,7 +32,7 @@
 mod client_chain;
 mod config;
 mod connect;
-mod dps;
+pub(crate) mod dps;
 mod error;
 mod framing;
 mod pending;

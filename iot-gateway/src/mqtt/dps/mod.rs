@@ -24,7 +24,7 @@
 //! refuses every registration with CONNACK 5 and a log line saying why (`info` for the first,
 //! `debug` after).
 
-mod answer;
+pub(crate) mod answer;
 mod topics;
 pub(crate) mod username;
 
@@ -421,7 +421,7 @@ impl Registration {
 /// Gives a newly registered (or reset) device's twin the enrollment's desired properties,
 /// merged as a desired patch. A failure is logged and the assignment stands: the device can
 /// register, and the back end can patch the twin, again.
-async fn write_initial_twin(gateway: &dyn Gateway, assignment: &Assignment) {
+pub(crate) async fn write_initial_twin(gateway: &dyn Gateway, assignment: &Assignment) {
     if let Err(e) = gateway
         .patch_desired(&assignment.device_id, assignment.initial_twin.clone(), None)
         .await

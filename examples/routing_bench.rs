@@ -90,7 +90,14 @@ fn telemetry(i: usize) -> Record {
     Record::new(format!("dev-{}", i % 500), body)
         .with_header("content-type", "application/json")
         .with_header("content-encoding", "utf-8")
-        .with_header("level", if i % 10 == 0 { "critical" } else { "info" })
+        .with_header(
+            "level",
+            if i.is_multiple_of(10) {
+                "critical"
+            } else {
+                "info"
+            },
+        )
 }
 
 /// Messages per second of `factory` over all of `telemetry`, as group `group`.

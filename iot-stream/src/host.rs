@@ -487,7 +487,7 @@ impl Worker {
             return Ok(());
         };
         let end = last.offset.0 + 1;
-        let (emitted, dead) = self.process_with_retries(&records).await;
+        let (emitted, dead) = self.process_with_retries(&records, rebuilding).await;
         if rebuilding {
             debug!(
                 records = records.len(),
@@ -505,8 +505,9 @@ impl Worker {
     async fn process_with_retries(
         &mut self,
         records: &[StoredRecord],
+        rebuilding: bool,
     ) -> (Vec<(String, Record)>, Vec<(String, Record)>) {
-        match self.attempts(records).await {
+        match self.attempts(records, rebuilding).await {
             Ok(emitted) => return (emitted, Vec::new()),
             Err(e) if records.len() == 1 => {
                 return (Vec::new(), vec![self.dead_letter(&records[0], &e)]);
@@ -517,7 +518,10 @@ impl Worker {
         let mut emitted = Vec::new();
         let mut dead = Vec::new();
         for record in records {
-            match self.attempts(std::slice::from_ref(record)).await {
+            match self
+                .attempts(std::slice::from_ref(record), rebuilding)
+                .await
+            {
                 Ok(out) => emitted.extend(out),
                 Err(e) => dead.push(self.dead_letter(record, &e)),
             }
@@ -525,11 +529,16 @@ impl Worker {
         (emitted, dead)
     }
 
-    async fn attempts(&mut self, records: &[StoredRecord]) -> Result<Vec<(String, Record)>> {
+    async fn attempts(
+        &mut self,
+        records: &[StoredRecord],
+        rebuilding: bool,
+    ) -> Result<Vec<(String, Record)>> {
         let mut backoff = self.config.initial_backoff;
         let mut attempt = 1;
         loop {
-            let mut ctx = Context::new(self.partition, self.reference.clone());
+            let mut ctx =
+                Context::new(self.partition, self.reference.clone()).with_rebuilding(rebuilding);
             match self.processor.process(records, &mut ctx).await {
                 Ok(()) => return Ok(ctx.take_emitted()),
                 // Retrying cannot fix bad input.

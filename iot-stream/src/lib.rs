@@ -33,6 +33,9 @@
 //!
 //! * `testkit`: the public conformance suite `iot_stream::testkit` for `StateStore` implementations
 //!   (`run_all` over a `StateStoreFactory`) and the fault-injecting `FaultyStateStore`.
+//! * `object-store`: the object-storage endpoint `sinks::object` (arrow-rs `object_store`; local
+//!   files built in), writing batches as JSON lines.
+//! * `parquet`: Parquet as that endpoint's format (arrow-rs `parquet`; implies `object-store`).
 #![forbid(unsafe_code)]
 
 pub mod error;
@@ -41,6 +44,7 @@ pub mod processor;
 pub mod processors;
 pub mod routing;
 pub mod rules;
+pub mod sinks;
 pub mod state;
 #[cfg(feature = "testkit")]
 pub mod testkit;

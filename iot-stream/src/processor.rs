@@ -160,6 +160,7 @@ pub struct Context {
     partition: PartitionId,
     reference: ReferenceData,
     emitted: Vec<(String, Record)>,
+    rebuilding: bool,
 }
 
 impl Context {
@@ -169,7 +170,22 @@ impl Context {
             partition,
             reference,
             emitted: Vec::new(),
+            rebuilding: false,
         }
+    }
+
+    /// Marks the context as one of a rebuild: the host replays records processed before a
+    /// restart and discards what is emitted for them (see [`ProcessorHost`](crate::ProcessorHost)).
+    pub fn with_rebuilding(mut self, rebuilding: bool) -> Self {
+        self.rebuilding = rebuilding;
+        self
+    }
+
+    /// Whether the records being processed were processed before a restart and are only replayed
+    /// to rebuild state: whatever is emitted now is discarded, so a processor with side effects
+    /// outside the log (a sink) should defer them until this is `false`.
+    pub fn is_rebuilding(&self) -> bool {
+        self.rebuilding
     }
 
     /// The partition being processed.

@@ -23,7 +23,7 @@ if [ ! -d "$npm_dir/node_modules/azure-iot-provisioning-device-http" ]; then
          azure-iot-security-symmetric-key@1)
 fi
 
-cargo build -q -p iot-gateway --features http-interop --test dps_node_interop
+cargo build -q -p iot-gateway --all-features --test dps_node_interop
 DPS_NODE_MODULES="$PWD/$npm_dir/node_modules" \
   flock /tmp/port8883.lock flock /tmp/port443.lock \
-  cargo test -q -p iot-gateway --features http-interop --test dps_node_interop
+  cargo test -q -p iot-gateway --all-features --test dps_node_interop

@@ -25,7 +25,7 @@ fi
 (cd "$node_dir" && npm install --no-audit --no-fund --silent azure-iothub@1)
 
 HTTP_INTEROP_NODE_MODULES="$PWD/$node_dir/node_modules" \
-  cargo test -p iot-gateway --features http-interop --test http_interop -- --test-threads=1
+  cargo test -p iot-gateway --all-features --test http_interop -- --test-threads=1
 
 # The hub example with the service connection string it prints: the Python SDK on the port in
 # HostName, the Node SDK on 443.

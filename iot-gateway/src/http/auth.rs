@@ -19,17 +19,36 @@
 //! string. The port is not compared — the scope check is about which hub, and a hub is one host
 //! name. Host names compare case-insensitively. Signatures are compared in constant time
 //! (`iot_identity::sas`), and a token never reaches a log or an error.
+//!
+//! **X.509.** Over HTTPS with client certificates asked for (see
+//! [`HttpServer::listen_tls`](super::HttpServer::listen_tls)), a request *without* an
+//! `Authorization` header whose connection presented a certificate chain is authenticated as
+//! the device its path names (`/devices/{id}/…`) by that chain, with the same
+//! [`Authenticator`] the MQTT endpoint uses: a thumbprint device by its leaf's thumbprint, a
+//! CA-signed device by a chain to a verified CA of
+//! [`HttpState::certificate_authorities`] with its id as the leaf's common name, within its
+//! dates and key usage. Every request is checked afresh (the store and the CAs are read each
+//! time), so disabling the device or deleting its CA refuses the next request. A request that
+//! carries a token is checked by its token alone, certificate or not.
 
 use axum::extract::FromRequestParts;
+use axum::extract::RawPathParams;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use iot_core::DeviceId;
 use iot_identity::sas::{self, SasVerifier};
-use iot_identity::{Credentials, DeviceStatus};
+use iot_identity::{Authenticator, Credentials, DeviceStatus, Presented};
 
 use super::error::{ApiError, ApiResult};
 use super::policy::Rights;
 use super::state::HttpState;
+use crate::mqtt::client_chain::ClientChain;
+
+/// Put into a request's extensions when its caller was authenticated by the certificate chain
+/// of its TLS connection (not by a token): the device API then opens the device's session
+/// with that chain, as the MQTT endpoint does, instead of a token it signs.
+#[derive(Clone, Debug)]
+pub(crate) struct ByCertificate(pub(crate) ClientChain);
 
 /// An authenticated caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,10 +104,19 @@ impl FromRequestParts<HttpState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &HttpState) -> ApiResult<Self> {
-        let token = parts
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthorized("the Authorization header is missing"))?
+        let Some(header) = parts.headers.get(AUTHORIZATION) else {
+            let Some(chain) = parts.extensions.get::<ClientChain>().cloned() else {
+                return Err(ApiError::unauthorized(
+                    "the Authorization header is missing",
+                ));
+            };
+            let id = path_device(parts, state).await?;
+            let caller = authenticate_chain(state, &id, &chain).await?;
+            tracing::debug!(device = %id, "authenticated by client certificate");
+            parts.extensions.insert(ByCertificate(chain));
+            return Ok(caller);
+        };
+        let token = header
             .to_str()
             .map_err(|_| ApiError::unauthorized("the Authorization header is not ASCII"))?;
         let caller = authenticate(state, token, sas::unix_now()).await?;
@@ -97,6 +125,49 @@ impl FromRequestParts<HttpState> for Caller {
             Caller::Device { id, .. } => tracing::debug!(device = %id, "authenticated"),
         }
         Ok(caller)
+    }
+}
+
+/// The device a request's path names (its `{id}`): whom a certificate chain must prove.
+async fn path_device(parts: &mut Parts, state: &HttpState) -> ApiResult<DeviceId> {
+    let no_device =
+        || ApiError::unauthorized("a client certificate authenticates device routes only");
+    let params = RawPathParams::from_request_parts(parts, state)
+        .await
+        .map_err(|_| no_device())?;
+    let raw = params
+        .iter()
+        .find_map(|(name, value)| (name == "id").then_some(value))
+        .ok_or_else(no_device)?;
+    DeviceId::new(raw).map_err(|e| ApiError::bad_request(format!("invalid device id: {e}")))
+}
+
+/// Authenticates device `id` by the certificate chain of the request's connection.
+///
+/// The authenticator is built per request over the state's identity store and CAs: both are
+/// shared handles onto the hub's stores, so this is the check the hub makes at connect.
+pub(crate) async fn authenticate_chain(
+    state: &HttpState,
+    id: &DeviceId,
+    chain: &ClientChain,
+) -> ApiResult<Caller> {
+    let mut authenticator = Authenticator::new(state.identity().clone(), state.host());
+    if let Some(authorities) = state.certificate_authorities() {
+        authenticator = authenticator.with_certificate_authorities(authorities.clone());
+    }
+    match authenticator
+        .authenticate(id, Presented::CertificateChain(chain.certificates()))
+        .await
+    {
+        Ok(_) => Ok(Caller::Device {
+            id: id.clone(),
+            policy: None,
+        }),
+        // All refusals alike: the caller learns nothing about the device or its CA.
+        Err(e) if e.is_auth_failure() => Err(ApiError::unauthorized(
+            "the client certificate does not authenticate this device",
+        )),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -18,6 +18,7 @@ use tower_service::Service as _;
 
 use super::config::HttpConfig;
 use crate::mqtt::TlsConfig;
+use crate::mqtt::client_chain::ClientChain;
 
 /// The address a request came from, put into every request's extensions (handlers read it
 /// with `Extension<PeerAddr>`).
@@ -56,6 +57,13 @@ impl HttpServer {
 
     /// Binds `addr` and serves HTTPS until [`shutdown`](Self::shutdown). The TLS handshake must
     /// finish within [`HttpConfig::handshake_timeout`].
+    ///
+    /// With a `tls` that asks for client certificates
+    /// ([`TlsConfig::from_pem`]'s `client_certificates`; asked, never required), the chain a
+    /// client presents is kept with each request of its connection, and the device API
+    /// authenticates a request without an `Authorization` header by it (see [`Caller`]).
+    ///
+    /// [`Caller`]: super::Caller
     pub async fn listen_tls(
         &self,
         addr: SocketAddr,
@@ -99,14 +107,19 @@ impl HttpServer {
                     self.tasks.spawn(async move {
                         let _permit = permit;
                         match tls {
-                            None => server.serve_io(stream, peer).await,
+                            None => server.serve_io(stream, peer, None).await,
                             Some(tls) => {
                                 let handshake = tokio::time::timeout(
                                     server.config.handshake_timeout,
                                     tls.acceptor().accept(stream),
                                 );
                                 match handshake.await {
-                                    Ok(Ok(stream)) => server.serve_io(stream, peer).await,
+                                    Ok(Ok(stream)) => {
+                                        // Kept for the device API: a device may authenticate
+                                        // with the certificate chain of its handshake.
+                                        let chain = ClientChain::of(&stream);
+                                        server.serve_io(stream, peer, chain).await;
+                                    }
                                     Ok(Err(e)) => {
                                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
                                     }
@@ -127,13 +140,16 @@ impl HttpServer {
 
     /// Serves HTTP/1.1 on one connection until the client closes it, a timeout ends it, or the
     /// server shuts down (then the request in flight is finished first).
-    async fn serve_io<IO>(&self, io: IO, peer: SocketAddr)
+    async fn serve_io<IO>(&self, io: IO, peer: SocketAddr, chain: Option<ClientChain>)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let router = self.router.clone();
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(PeerAddr(peer));
+            if let Some(chain) = &chain {
+                request.extensions_mut().insert(chain.clone());
+            }
             let mut router = router.clone();
             async move { Ok::<_, Infallible>(router.call(request).await.into_ok_response()) }
         });

@@ -29,7 +29,7 @@
 //! # Ok(()) }
 //! ```
 
-mod client_chain;
+pub(crate) mod client_chain;
 mod config;
 mod connect;
 pub(crate) mod dps;

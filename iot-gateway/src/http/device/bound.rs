@@ -25,7 +25,7 @@ use super::sessions::DeviceSessions;
 use super::{lock_lost, with_session};
 use crate::error::Error;
 use crate::gateway::{SessionEvent, Subscription};
-use crate::http::auth::Caller;
+use crate::http::auth::{ByCertificate, Caller};
 use crate::http::error::{ApiError, ApiResult, code};
 use crate::http::extract::DevicePath;
 use crate::http::server::PeerAddr;
@@ -40,6 +40,7 @@ pub(super) async fn receive(
     State(state): State<HttpState>,
     Extension(sessions): Extension<DeviceSessions>,
     peer: Option<Extension<PeerAddr>>,
+    by_certificate: Option<Extension<ByCertificate>>,
 ) -> ApiResult<Response> {
     let id = caller.device(&id)?.clone();
     // Nothing waiting (locked messages count as waiting): answer at once without a session.
@@ -48,27 +49,35 @@ pub(super) async fn receive(
     }
     let wait = state.config().c2d_receive_wait;
     let peer = peer.map(|Extension(PeerAddr(addr))| addr.ip());
-    let delivery = with_session(&sessions, &state, &id, peer, |session| async move {
-        session.subscribe(Subscription::C2d).await?;
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            // `next_event` is cancel safe: a lock taken after the deadline is handed out by
-            // the next GET.
-            match tokio::time::timeout_at(deadline, session.next_event()).await {
-                Err(_) => return Ok(None),
-                Ok(Ok(SessionEvent::C2d(delivery))) => return Ok(Some(delivery)),
-                Ok(Ok(SessionEvent::Closed(reason))) => {
-                    return Err(Error::SessionClosed {
-                        device: session.device_id().clone(),
-                        reason,
-                    });
+    let by_certificate = by_certificate.map(|Extension(c)| c);
+    let delivery = with_session(
+        &sessions,
+        &state,
+        &id,
+        peer,
+        by_certificate.as_ref(),
+        |session| async move {
+            session.subscribe(Subscription::C2d).await?;
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                // `next_event` is cancel safe: a lock taken after the deadline is handed out by
+                // the next GET.
+                match tokio::time::timeout_at(deadline, session.next_event()).await {
+                    Err(_) => return Ok(None),
+                    Ok(Ok(SessionEvent::C2d(delivery))) => return Ok(Some(delivery)),
+                    Ok(Ok(SessionEvent::Closed(reason))) => {
+                        return Err(Error::SessionClosed {
+                            device: session.device_id().clone(),
+                            reason,
+                        });
+                    }
+                    // The session subscribes to C2D only; nothing else is handed out.
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(e),
                 }
-                // The session subscribes to C2D only; nothing else is handed out.
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e),
             }
-        }
-    })
+        },
+    )
     .await?;
     Ok(match delivery {
         None => StatusCode::NO_CONTENT.into_response(),
@@ -132,13 +141,18 @@ pub(super) async fn settle(
     State(state): State<HttpState>,
     Extension(sessions): Extension<DeviceSessions>,
     peer: Option<Extension<PeerAddr>>,
+    by_certificate: Option<Extension<ByCertificate>>,
 ) -> ApiResult<StatusCode> {
     let how = if query.contains_key("reject") {
         Settlement::Reject
     } else {
         Settlement::Complete
     };
-    settle_with(caller, &id, &etag, &state, &sessions, peer, how).await
+    let via = Via {
+        peer,
+        by_certificate,
+    };
+    settle_with(caller, &id, &etag, &state, &sessions, via, how).await
 }
 
 /// `POST /devices/{id}/messages/deviceBound/{etag}/abandon`.
@@ -148,17 +162,28 @@ pub(super) async fn abandon(
     State(state): State<HttpState>,
     Extension(sessions): Extension<DeviceSessions>,
     peer: Option<Extension<PeerAddr>>,
+    by_certificate: Option<Extension<ByCertificate>>,
 ) -> ApiResult<StatusCode> {
+    let via = Via {
+        peer,
+        by_certificate,
+    };
     settle_with(
         caller,
         &id,
         &etag,
         &state,
         &sessions,
-        peer,
+        via,
         Settlement::Abandon,
     )
     .await
+}
+
+/// How a settling request reached the endpoint: its peer, and the chain it authenticated with.
+struct Via {
+    peer: Option<Extension<PeerAddr>>,
+    by_certificate: Option<Extension<ByCertificate>>,
 }
 
 async fn settle_with(
@@ -167,7 +192,7 @@ async fn settle_with(
     etag: &str,
     state: &HttpState,
     sessions: &DeviceSessions,
-    peer: Option<Extension<PeerAddr>>,
+    via: Via,
     how: Settlement,
 ) -> ApiResult<StatusCode> {
     let id = caller.device(&device_id(id)?)?.clone();
@@ -187,14 +212,22 @@ async fn settle_with(
             Err(e) => Err(e.into()),
         };
     }
-    let peer = peer.map(|Extension(PeerAddr(addr))| addr.ip());
-    with_session(sessions, state, &id, peer, |session| async move {
-        match how {
-            Settlement::Complete => session.complete(token).await,
-            Settlement::Reject => session.reject(token).await,
-            Settlement::Abandon => session.abandon(token).await,
-        }
-    })
+    let peer = via.peer.map(|Extension(PeerAddr(addr))| addr.ip());
+    let by_certificate = via.by_certificate.map(|Extension(c)| c);
+    with_session(
+        sessions,
+        state,
+        &id,
+        peer,
+        by_certificate.as_ref(),
+        |session| async move {
+            match how {
+                Settlement::Complete => session.complete(token).await,
+                Settlement::Reject => session.reject(token).await,
+                Settlement::Abandon => session.abandon(token).await,
+            }
+        },
+    )
     .await?;
     Ok(StatusCode::NO_CONTENT)
 }

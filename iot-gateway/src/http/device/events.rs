@@ -34,6 +34,7 @@ use serde::Deserialize;
 
 use super::sessions::DeviceSessions;
 use super::with_session;
+use crate::http::auth::ByCertificate;
 use crate::http::auth::Caller;
 use crate::http::error::{ApiError, ApiResult, code};
 use crate::http::extract::DevicePath;
@@ -53,6 +54,7 @@ pub(super) async fn send(
     State(state): State<HttpState>,
     Extension(sessions): Extension<DeviceSessions>,
     peer: Option<Extension<PeerAddr>>,
+    by_certificate: Option<Extension<ByCertificate>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
@@ -81,15 +83,23 @@ pub(super) async fn send(
         check(message)?;
     }
     let peer = peer.map(|Extension(PeerAddr(addr))| addr.ip());
-    with_session(&sessions, &state, &id, peer, |session| {
-        let messages = messages.clone();
-        async move {
-            for message in messages {
-                session.send_telemetry(message).await?;
+    let by_certificate = by_certificate.map(|Extension(c)| c);
+    with_session(
+        &sessions,
+        &state,
+        &id,
+        peer,
+        by_certificate.as_ref(),
+        |session| {
+            let messages = messages.clone();
+            async move {
+                for message in messages {
+                    session.send_telemetry(message).await?;
+                }
+                Ok(())
             }
-            Ok(())
-        }
-    })
+        },
+    )
     .await?;
     Ok(StatusCode::NO_CONTENT)
 }

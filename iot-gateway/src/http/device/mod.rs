@@ -9,7 +9,8 @@
 //! | `POST /devices/{id}/messages/deviceBound/{etag}/abandon` | abandon it |
 //!
 //! Each request is authenticated by [`Caller`](super::Caller) and must name the device its
-//! token is for. The hub is reached through a cached gateway session per device
+//! token is for — or, over HTTPS without a token, the device its client certificate chain
+//! proves. The hub is reached through a cached gateway session per device
 //! ([`sessions`]), so that a C2D lock taken by one request can be settled by the next.
 
 mod bound;
@@ -27,6 +28,7 @@ use axum::routing::{delete, get, post};
 use iot_core::DeviceId;
 
 use self::sessions::DeviceSessions;
+use super::auth::ByCertificate;
 use super::error::{ApiError, ApiResult, code};
 use super::state::HttpState;
 use crate::error::Error;
@@ -75,6 +77,7 @@ async fn with_session<T, F, Fut>(
     state: &HttpState,
     id: &DeviceId,
     peer: Option<IpAddr>,
+    by_certificate: Option<&ByCertificate>,
     op: F,
 ) -> ApiResult<T>
 where
@@ -83,7 +86,7 @@ where
 {
     let mut retried = false;
     loop {
-        let session = sessions.session(state, id, peer).await?;
+        let session = sessions.session(state, id, peer, by_certificate).await?;
         match op(session.clone()).await {
             Ok(value) => return Ok(value),
             Err(Error::SessionClosed { .. }) if !retried => {

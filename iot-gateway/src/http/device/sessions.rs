@@ -12,7 +12,10 @@
 //! the session itself is opened with a short SAS token the endpoint signs with the device's own
 //! key (scoped to `{host}/devices/{id}`, as the hub's authenticator wants), so a request
 //! authenticated with a `DeviceConnect` policy or with a token signed for `host:port` opens the
-//! same kind of session. A device without symmetric keys cannot use the HTTP device API.
+//! same kind of session. A request authenticated by its client certificate chain (over HTTPS,
+//! see [`Caller`](crate::http::Caller)) opens it with that chain instead, as an MQTT device
+//! would; an X.509 device (thumbprint or CA-signed) therefore uses the device API with its
+//! certificate, and cannot with a token (it has no key to sign one).
 //!
 //! A session closed under the cache (the device connected over MQTT and took it over, was
 //! disabled, deleted or re-keyed) is dropped and the next request opens a new one.
@@ -27,6 +30,7 @@ use iot_identity::{Credentials, Presented, sas};
 
 use crate::error::Error;
 use crate::gateway::{DeviceSession, SessionOptions};
+use crate::http::auth::ByCertificate;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::state::HttpState;
 
@@ -72,6 +76,7 @@ impl DeviceSessions {
         state: &HttpState,
         id: &DeviceId,
         peer: Option<std::net::IpAddr>,
+        by_certificate: Option<&ByCertificate>,
     ) -> ApiResult<Shared> {
         self.start_reaper(state.config().device_session_idle);
         let slot = {
@@ -96,7 +101,7 @@ impl DeviceSessions {
             }
             tracing::debug!(device = %id, reason = ?session.close_reason(), "cached session closed");
         }
-        let session: Shared = Arc::from(open(state, id, peer).await?);
+        let session: Shared = Arc::from(open(state, id, peer, by_certificate).await?);
         *held = Some(session.clone());
         Ok(session)
     }
@@ -149,12 +154,27 @@ async fn reap(inner: Weak<Inner>, idle: Duration) {
     }
 }
 
-/// Opens a session of `id` with a token signed by one of its own keys.
+/// Opens a session of `id`: with the request's certificate chain when it authenticated with
+/// one, else with a token signed by one of the device's own keys.
 async fn open(
     state: &HttpState,
     id: &DeviceId,
     peer: Option<std::net::IpAddr>,
+    by_certificate: Option<&ByCertificate>,
 ) -> ApiResult<Box<dyn DeviceSession>> {
+    let options = SessionOptions {
+        peer,
+        ..SessionOptions::default()
+    };
+    if let Some(ByCertificate(chain)) = by_certificate {
+        return connect(
+            state,
+            id,
+            Presented::CertificateChain(chain.certificates()),
+            options,
+        )
+        .await;
+    }
     let identity = state
         .identity()
         .get(id)
@@ -162,7 +182,7 @@ async fn open(
         .ok_or_else(|| ApiError::device_not_found(id.as_str()))?;
     let Credentials::SymmetricKeys { primary, .. } = &identity.credentials else {
         return Err(ApiError::unauthorized(
-            "the HTTP device API serves devices with symmetric keys",
+            "an X.509 device authenticates to the HTTP device API with its client certificate",
         ));
     };
     let token = sas::generate(
@@ -172,17 +192,22 @@ async fn open(
         None,
     )
     .map_err(|e| ApiError::internal(false, "signing a session token", &e))?;
-    let options = SessionOptions {
-        peer,
-        ..SessionOptions::default()
-    };
+    connect(state, id, Presented::SasToken(token.as_str()), options).await
+}
+
+async fn connect(
+    state: &HttpState,
+    id: &DeviceId,
+    presented: Presented<'_>,
+    options: SessionOptions,
+) -> ApiResult<Box<dyn DeviceSession>> {
     state
         .gateway()
-        .connect(id, Presented::SasToken(token.as_str()), options)
+        .connect(id, presented, options)
         .await
         .map_err(|e| match e {
-            // The request's own token was good: a refusal here means the device changed
-            // (disabled, re-keyed) since, which the device should hear as 401.
+            // The request's own credential was good: a refusal here means the device changed
+            // (disabled, re-keyed, its CA deleted) since, which the device should hear as 401.
             Error::Unauthorized { .. } => ApiError::unauthorized("the device may not connect"),
             other => other.into(),
         })

@@ -11,8 +11,8 @@
 //! It opens (or creates) under `DIR` the identity store, the registry, the provisioning journal,
 //! the hub's stores, the MQTT endpoint's sessions, the shared access policies (IoT Hub's five
 //! defaults, with keys made on first start and kept) and the CA certificates of X.509 CA
-//! authentication (`DIR/cas`, managed with the `/certificates` routes; the MQTT TLS listener
-//! offers client certificates). `--device` is registered through the
+//! authentication (`DIR/cas`, managed with the `/certificates` routes; the MQTT and HTTPS
+//! listeners offer client certificates). `--device` is registered through the
 //! provisioner if new. It prints:
 //!
 //! * `connection-string: HostName=…;DeviceId=…;SharedAccessKey=…` for the Azure IoT device SDKs,
@@ -201,26 +201,25 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         println!("connection-string: HostName={host};DeviceId={device};SharedAccessKey={key}");
     }
 
-    // MQTT offers client certificates (X.509 devices: thumbprint or CA-signed); HTTPS does not.
-    let (tls, mqtt_tls) = if args.self_signed {
+    // Both TLS listeners offer (never require) client certificates: X.509 devices (thumbprint
+    // or CA-signed) authenticate with them over MQTT and on the HTTPS device API; back ends and
+    // SAS devices connect without one.
+    let tls = if args.self_signed {
         let pair = SelfSigned::generate(host)?;
         let (ca, _, _) = pair.write_to(&dir.join("tls"))?;
         println!("ca-certificate: {}", ca.display());
-        (Some(pair.tls_config(false)?), Some(pair.tls_config(true)?))
+        Some(pair.tls_config(true)?)
     } else if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        (
-            Some(TlsConfig::from_pem_files(cert, key, false)?),
-            Some(TlsConfig::from_pem_files(cert, key, true)?),
-        )
+        Some(TlsConfig::from_pem_files(cert, key, true)?)
     } else {
-        (None, None)
+        None
     };
 
     let mut mqtt_config = MqttConfig::default();
     mqtt_config.state_dir = Some(dir.join("mqtt"));
     let mqtt = MqttServer::new(Arc::new(hub.clone()), mqtt_config)?;
     println!("mqtt: {} (plain TCP)", mqtt.listen_tcp(args.listen).await?);
-    if let (Some(addr), Some(tls)) = (args.tls_listen, mqtt_tls) {
+    if let (Some(addr), Some(tls)) = (args.tls_listen, tls.clone()) {
         let bound = mqtt.listen_tls(addr, tls).await?;
         println!("mqtts: {host}:{} (TLS)", bound.port());
     }

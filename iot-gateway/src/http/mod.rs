@@ -10,7 +10,8 @@
 //! * [`HttpServer`] — serves a router over plain TCP and TLS (rustls with ring, the MQTT
 //!   endpoint's [`TlsConfig`](crate::mqtt::TlsConfig)), with graceful shutdown.
 //! * [`Caller`] — the authentication extractor: a handler that takes a `Caller` runs only for a
-//!   valid SAS token, and asks for rights with [`Caller::require`].
+//!   valid SAS token (or, over HTTPS, a device's client certificate chain), and asks for rights
+//!   with [`Caller::require`].
 //!
 //! The routes and the JSON they speak are described in `docs/http.md`.
 //!

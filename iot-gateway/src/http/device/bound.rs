@@ -22,13 +22,12 @@ use axum::response::{IntoResponse, Response};
 use iot_core::DeviceId;
 
 use super::sessions::DeviceSessions;
-use super::{lock_lost, with_session};
+use super::{Via, lock_lost, with_session};
 use crate::error::Error;
 use crate::gateway::{SessionEvent, Subscription};
-use crate::http::auth::{ByCertificate, Caller};
+use crate::http::auth::Caller;
 use crate::http::error::{ApiError, ApiResult, code};
 use crate::http::extract::DevicePath;
-use crate::http::server::PeerAddr;
 use crate::http::state::HttpState;
 use crate::inbox::Settlement as InboxSettlement;
 use crate::message::{C2dDelivery, LockToken};
@@ -39,8 +38,7 @@ pub(super) async fn receive(
     DevicePath(id): DevicePath,
     State(state): State<HttpState>,
     Extension(sessions): Extension<DeviceSessions>,
-    peer: Option<Extension<PeerAddr>>,
-    by_certificate: Option<Extension<ByCertificate>>,
+    via: Via,
 ) -> ApiResult<Response> {
     let id = caller.device(&id)?.clone();
     // Nothing waiting (locked messages count as waiting): answer at once without a session.
@@ -48,36 +46,27 @@ pub(super) async fn receive(
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let wait = state.config().c2d_receive_wait;
-    let peer = peer.map(|Extension(PeerAddr(addr))| addr.ip());
-    let by_certificate = by_certificate.map(|Extension(c)| c);
-    let delivery = with_session(
-        &sessions,
-        &state,
-        &id,
-        peer,
-        by_certificate.as_ref(),
-        |session| async move {
-            session.subscribe(Subscription::C2d).await?;
-            let deadline = tokio::time::Instant::now() + wait;
-            loop {
-                // `next_event` is cancel safe: a lock taken after the deadline is handed out by
-                // the next GET.
-                match tokio::time::timeout_at(deadline, session.next_event()).await {
-                    Err(_) => return Ok(None),
-                    Ok(Ok(SessionEvent::C2d(delivery))) => return Ok(Some(delivery)),
-                    Ok(Ok(SessionEvent::Closed(reason))) => {
-                        return Err(Error::SessionClosed {
-                            device: session.device_id().clone(),
-                            reason,
-                        });
-                    }
-                    // The session subscribes to C2D only; nothing else is handed out.
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Err(e),
+    let delivery = with_session(&sessions, &state, &id, &via, |session| async move {
+        session.subscribe(Subscription::C2d).await?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // `next_event` is cancel safe: a lock taken after the deadline is handed out by
+            // the next GET.
+            match tokio::time::timeout_at(deadline, session.next_event()).await {
+                Err(_) => return Ok(None),
+                Ok(Ok(SessionEvent::C2d(delivery))) => return Ok(Some(delivery)),
+                Ok(Ok(SessionEvent::Closed(reason))) => {
+                    return Err(Error::SessionClosed {
+                        device: session.device_id().clone(),
+                        reason,
+                    });
                 }
+                // The session subscribes to C2D only; nothing else is handed out.
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
             }
-        },
-    )
+        }
+    })
     .await?;
     Ok(match delivery {
         None => StatusCode::NO_CONTENT.into_response(),
@@ -140,17 +129,12 @@ pub(super) async fn settle(
     Query(query): Query<HashMap<String, String>>,
     State(state): State<HttpState>,
     Extension(sessions): Extension<DeviceSessions>,
-    peer: Option<Extension<PeerAddr>>,
-    by_certificate: Option<Extension<ByCertificate>>,
+    via: Via,
 ) -> ApiResult<StatusCode> {
     let how = if query.contains_key("reject") {
         Settlement::Reject
     } else {
         Settlement::Complete
-    };
-    let via = Via {
-        peer,
-        by_certificate,
     };
     settle_with(caller, &id, &etag, &state, &sessions, via, how).await
 }
@@ -161,13 +145,8 @@ pub(super) async fn abandon(
     Path((id, etag)): Path<(String, String)>,
     State(state): State<HttpState>,
     Extension(sessions): Extension<DeviceSessions>,
-    peer: Option<Extension<PeerAddr>>,
-    by_certificate: Option<Extension<ByCertificate>>,
+    via: Via,
 ) -> ApiResult<StatusCode> {
-    let via = Via {
-        peer,
-        by_certificate,
-    };
     settle_with(
         caller,
         &id,
@@ -178,12 +157,6 @@ pub(super) async fn abandon(
         Settlement::Abandon,
     )
     .await
-}
-
-/// How a settling request reached the endpoint: its peer, and the chain it authenticated with.
-struct Via {
-    peer: Option<Extension<PeerAddr>>,
-    by_certificate: Option<Extension<ByCertificate>>,
 }
 
 async fn settle_with(
@@ -212,22 +185,13 @@ async fn settle_with(
             Err(e) => Err(e.into()),
         };
     }
-    let peer = via.peer.map(|Extension(PeerAddr(addr))| addr.ip());
-    let by_certificate = via.by_certificate.map(|Extension(c)| c);
-    with_session(
-        sessions,
-        state,
-        &id,
-        peer,
-        by_certificate.as_ref(),
-        |session| async move {
-            match how {
-                Settlement::Complete => session.complete(token).await,
-                Settlement::Reject => session.reject(token).await,
-                Settlement::Abandon => session.abandon(token).await,
-            }
-        },
-    )
+    with_session(sessions, state, &id, &via, |session| async move {
+        match how {
+            Settlement::Complete => session.complete(token).await,
+            Settlement::Reject => session.reject(token).await,
+            Settlement::Abandon => session.abandon(token).await,
+        }
+    })
     .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -33,12 +33,10 @@ use iot_core::Timestamp;
 use serde::Deserialize;
 
 use super::sessions::DeviceSessions;
-use super::with_session;
-use crate::http::auth::ByCertificate;
+use super::{Via, with_session};
 use crate::http::auth::Caller;
 use crate::http::error::{ApiError, ApiResult, code};
 use crate::http::extract::DevicePath;
-use crate::http::server::PeerAddr;
 use crate::http::state::HttpState;
 use crate::message::Telemetry;
 use crate::validate;
@@ -53,8 +51,7 @@ pub(super) async fn send(
     DevicePath(id): DevicePath,
     State(state): State<HttpState>,
     Extension(sessions): Extension<DeviceSessions>,
-    peer: Option<Extension<PeerAddr>>,
-    by_certificate: Option<Extension<ByCertificate>>,
+    via: Via,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
@@ -82,24 +79,15 @@ pub(super) async fn send(
     for message in &messages {
         check(message)?;
     }
-    let peer = peer.map(|Extension(PeerAddr(addr))| addr.ip());
-    let by_certificate = by_certificate.map(|Extension(c)| c);
-    with_session(
-        &sessions,
-        &state,
-        &id,
-        peer,
-        by_certificate.as_ref(),
-        |session| {
-            let messages = messages.clone();
-            async move {
-                for message in messages {
-                    session.send_telemetry(message).await?;
-                }
-                Ok(())
+    with_session(&sessions, &state, &id, &via, |session| {
+        let messages = messages.clone();
+        async move {
+            for message in messages {
+                session.send_telemetry(message).await?;
             }
-        },
-    )
+            Ok(())
+        }
+    })
     .await?;
     Ok(StatusCode::NO_CONTENT)
 }

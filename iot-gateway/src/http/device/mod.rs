@@ -17,19 +17,22 @@ mod bound;
 mod events;
 mod sessions;
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::Extension;
+use axum::extract::{Extension, FromRequestParts};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::routing::{delete, get, post};
 use iot_core::DeviceId;
 
 use self::sessions::DeviceSessions;
 use super::auth::ByCertificate;
 use super::error::{ApiError, ApiResult, code};
+use super::server::PeerAddr;
 use super::state::HttpState;
 use crate::error::Error;
 use crate::gateway::DeviceSession;
@@ -61,6 +64,26 @@ pub fn routes() -> Router<HttpState> {
     router.layer(Extension(sessions))
 }
 
+/// How a request reached the endpoint: its peer's address (recorded with the device's
+/// session) and the certificate chain it authenticated with, if it did. Take it after
+/// [`Caller`](super::Caller), which puts the chain there.
+#[derive(Clone, Debug, Default)]
+struct Via {
+    peer: Option<IpAddr>,
+    by_certificate: Option<ByCertificate>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Via {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Infallible> {
+        Ok(Via {
+            peer: parts.extensions.get::<PeerAddr>().map(|p| p.0.ip()),
+            by_certificate: parts.extensions.get::<ByCertificate>().cloned(),
+        })
+    }
+}
+
 /// 412 `DeviceMessageLockLost`: the lock token is not the message's current lock.
 fn lock_lost() -> ApiError {
     ApiError::new(
@@ -76,8 +99,7 @@ async fn with_session<T, F, Fut>(
     sessions: &DeviceSessions,
     state: &HttpState,
     id: &DeviceId,
-    peer: Option<IpAddr>,
-    by_certificate: Option<&ByCertificate>,
+    via: &Via,
     op: F,
 ) -> ApiResult<T>
 where
@@ -86,7 +108,9 @@ where
 {
     let mut retried = false;
     loop {
-        let session = sessions.session(state, id, peer, by_certificate).await?;
+        let session = sessions
+            .session(state, id, via.peer, via.by_certificate.as_ref())
+            .await?;
         match op(session.clone()).await {
             Ok(value) => return Ok(value),
             Err(Error::SessionClosed { .. }) if !retried => {

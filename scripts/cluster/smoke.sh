@@ -6,7 +6,9 @@
 # namespace, streams, subjects), so runs never see each other. Needs mosquitto-clients.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-cargo build -q --example cluster --features cluster
+# CARGO_FLAGS: the packages and features to build with (CI passes its one all-features selection).
+# shellcheck disable=SC2086
+cargo build -q ${CARGO_FLAGS:---features cluster} --example cluster
 target=$(cargo metadata -q --format-version 1 --no-deps |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 dir=$(mktemp -d)

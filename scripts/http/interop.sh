@@ -24,12 +24,15 @@ if [ ! -f "$node_dir/package.json" ]; then
 fi
 (cd "$node_dir" && npm install --no-audit --no-fund --silent azure-iothub@1)
 
+# CARGO_FLAGS: the packages and features to build with (CI passes its one all-features selection).
+# shellcheck disable=SC2086
 HTTP_INTEROP_NODE_MODULES="$PWD/$node_dir/node_modules" \
-  cargo test -p iot-gateway --all-features --test http_interop -- --test-threads=1
+  cargo test ${CARGO_FLAGS:--p iot-gateway --all-features} --test http_interop -- --test-threads=1
 
 # The hub example with the service connection string it prints: the Python SDK on the port in
 # HostName, the Node SDK on 443.
-cargo build -q --example hub --features http
+# shellcheck disable=SC2086
+cargo build -q ${CARGO_FLAGS:---features http} --example hub
 target=$(cargo metadata -q --format-version 1 --no-deps |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 dir=$(mktemp -d)

@@ -36,6 +36,10 @@
 //! * `object-store`: the object-storage endpoint `sinks::object` (arrow-rs `object_store`; local
 //!   files built in), writing batches as JSON lines.
 //! * `parquet`: Parquet as that endpoint's format (arrow-rs `parquet`; implies `object-store`).
+//! * `webhook`: the HTTP webhook endpoint `sinks::webhook` (hyper's client, rustls on ring;
+//!   HMAC-SHA256 signatures).
+//! * `nats`: the NATS endpoint `sinks::nats` (async-nats; core NATS or JetStream with acks).
+//! * `rabbitmq`: the RabbitMQ endpoint `sinks::rabbitmq` (lapin; publisher confirms).
 #![forbid(unsafe_code)]
 
 pub mod error;

@@ -46,11 +46,19 @@
 //! See `docs/routing.md` ("Endpoints") for the sinks and their delivery guarantees.
 
 mod batch;
+mod event;
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "object-store")]
 pub mod object;
 mod processor;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 mod sink;
+#[cfg(feature = "webhook")]
+pub mod webhook;
 
 pub use batch::BatchPolicy;
+pub use event::{MissingProperty, Template, event_id};
 pub use processor::{SINK_HEADER, SinkConfig, SinkFactory, SinkProcessor};
 pub use sink::{Sink, SinkBatch, SinkError};

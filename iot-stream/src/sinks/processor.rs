@@ -25,7 +25,8 @@ pub struct SinkConfig {
     pub batch: BatchPolicy,
     /// Attempts per batch before its records are dead-lettered. Default 8.
     pub max_attempts: u32,
-    /// Backoff before the second attempt, doubled for each further one. Default 100 ms.
+    /// Backoff before the second attempt, doubled for each further one (each wait drawn between
+    /// half and all of it, so that endpoints are not retried in lockstep). Default 100 ms.
     pub initial_backoff: Duration,
     /// Largest backoff. Default 10 s.
     pub max_backoff: Duration,
@@ -174,7 +175,7 @@ impl SinkProcessor {
                 Err(e) if e.is_retryable() && attempt < self.config.max_attempts => {
                     warn!(sink = self.sink.name(), partition = self.partition.0, attempt,
                         error = %e, "batch not written; retrying");
-                    tokio::time::sleep(backoff).await;
+                    tokio::time::sleep(jittered(backoff)).await;
                     backoff = (backoff * 2).min(self.config.max_backoff);
                     attempt += 1;
                 }
@@ -234,6 +235,18 @@ impl StreamProcessor for SinkProcessor {
         self.write_complete(ctx).await;
         Ok(())
     }
+}
+
+/// A wait drawn uniformly from `[backoff / 2, backoff]`: partitions (and hub instances) that
+/// failed together against one endpoint do not all retry in the same instant.
+fn jittered(backoff: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // `RandomState` is seeded afresh per call (per-thread keys, advanced each time): plenty of
+    // randomness for spreading retries, with no RNG dependency.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(backoff.as_nanos());
+    let fraction = (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64;
+    backoff.mul_f64(0.5 + fraction / 2.0)
 }
 
 /// Makes the [`SinkProcessor`] of each partition; see [`SinkProcessor::factory`].

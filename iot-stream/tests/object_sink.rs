@@ -1,6 +1,9 @@
 //! The object-storage endpoint behind routing: JSON lines and Parquet objects under IoT Hub's
 //! names; pyarrow reads every Parquet file and counts exactly the telemetry sent, also after the
-//! archiving process is killed with SIGKILL in the middle of a batch.
+//! archiving process is killed with SIGKILL in the middle of a batch. The Parquet scenarios run
+//! on the local file system and (features `s3`, `azure`) on S3 and Azure Blob emulators that
+//! `scripts/object_store_emulators.sh` starts (moto, Azurite); their objects are read back with
+//! each service's own Python client (boto3, azure-storage-blob) before pyarrow counts them.
 #![cfg(feature = "object-store")]
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
@@ -10,7 +13,7 @@ use std::time::Duration;
 
 use iot_core::{GroupName, PartitionId, Producer, ReadLimits, Record, Topics};
 use iot_stream::routing::{Route, RouteTable, RoutingProcessor};
-use iot_stream::sinks::object::{BatchEncoder, JsonLines, ObjectNaming, ObjectSink};
+use iot_stream::sinks::object::{BatchEncoder, JsonLines, ObjectNaming, ObjectSink, StoreConfig};
 use iot_stream::sinks::{BatchPolicy, SinkConfig, SinkProcessor};
 use iot_stream::{HostConfig, ProcessorHost, RunningGroup};
 use serde_json::json;
@@ -66,13 +69,13 @@ fn sink_config(max_records: usize) -> SinkConfig {
 
 async fn archive(
     topics: &Arc<Topics>,
-    root: &Path,
+    store: &StoreConfig,
     encoder: Arc<dyn BatchEncoder>,
     max_records: usize,
 ) -> RunningGroup {
-    let sink = ObjectSink::local(
+    let sink = ObjectSink::from_config(
         "archive",
-        root,
+        store,
         ObjectNaming::new("my-hub").unwrap(),
         encoder,
     )
@@ -112,6 +115,32 @@ async fn wait_archived(topics: &Topics, group: &RunningGroup) {
     }
 }
 
+/// `file://` URL of `dir`.
+fn local(dir: &Path) -> StoreConfig {
+    StoreConfig::new(format!("file://{}", dir.display()))
+}
+
+/// Checks that `path` below `root` has IoT Hub's default name
+/// `my-hub/<partition>/YYYY/MM/DD/HH/mm` and the sink's `_<20-digit first offset>.<ext>`, and
+/// returns that last part.
+fn check_name(root: &Path, path: &Path, partitions: u32) -> String {
+    let name = path.strip_prefix(root).unwrap().to_str().unwrap();
+    let parts: Vec<&str> = name.split('/').collect();
+    assert_eq!(parts.len(), 7, "{name}");
+    assert_eq!(parts[0], "my-hub");
+    assert!(parts[1].parse::<u32>().unwrap() < partitions, "{name}");
+    assert_eq!(parts[2].len(), 4, "{name}");
+    for part in &parts[3..6] {
+        assert_eq!(part.len(), 2, "{name}");
+        part.parse::<u32>().unwrap();
+    }
+    let (minute, rest) = parts[6].split_once('_').unwrap();
+    assert_eq!(minute.len(), 2);
+    let ext = path.extension().unwrap().to_str().unwrap();
+    assert_eq!(rest.len(), 21 + ext.len(), "{name}");
+    rest.to_owned()
+}
+
 fn files(root: &Path, ext: &str) -> Vec<PathBuf> {
     fn walk(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -134,23 +163,14 @@ async fn json_lines_objects_hold_every_routed_telemetry_message_under_iot_hub_na
     let dir = tempfile::tempdir().unwrap();
     let topics = Arc::new(Topics::memory(2));
     route(&topics, 0..300).await;
-    let group = archive(&topics, dir.path(), Arc::new(JsonLines), 50).await;
+    let group = archive(&topics, &local(dir.path()), Arc::new(JsonLines), 50).await;
     wait_archived(&topics, &group).await;
     group.shutdown().await.unwrap();
 
     let objects = files(dir.path(), "json");
     let mut numbers = Vec::new();
     for path in &objects {
-        let name = path.strip_prefix(dir.path()).unwrap().to_str().unwrap();
-        // my-hub/<partition>/YYYY/MM/DD/HH/mm_<20-digit first offset>.json
-        let parts: Vec<&str> = name.split('/').collect();
-        assert_eq!(parts.len(), 7, "{name}");
-        assert_eq!(parts[0], "my-hub");
-        assert!(parts[1] == "0" || parts[1] == "1", "{name}");
-        assert_eq!(parts[2].len(), 4, "{name}");
-        let (minute, rest) = parts[6].split_once('_').unwrap();
-        assert_eq!(minute.len(), 2);
-        assert_eq!(rest.len(), "00000000000000000000.json".len(), "{name}");
+        let rest = check_name(dir.path(), path, 2);
         let text = std::fs::read_to_string(path).unwrap();
         let mut first = true;
         for line in text.lines() {
@@ -180,6 +200,7 @@ async fn json_lines_objects_hold_every_routed_telemetry_message_under_iot_hub_na
 mod parquet {
     use std::process::{Command, Stdio};
 
+    use futures::TryStreamExt;
     use iot_core::FileLogConfig;
     use iot_stream::sinks::object::Parquet;
 
@@ -194,6 +215,127 @@ mod parquet {
             })
     }
 
+    fn script(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/object_sink")
+            .join(name)
+    }
+
+    /// Where a scenario archives to: the local file system, or a bucket (container) of an
+    /// emulator. The sink's side is a [`StoreConfig`]; reading back is the backend's own client.
+    #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+    pub(super) struct Target {
+        /// `local`, `s3` or `az`.
+        kind: String,
+        /// The directory (local) or the emulator's endpoint.
+        endpoint: String,
+        bucket: String,
+        prefix: String,
+    }
+
+    /// Azurite's well-known development account (public, in its documentation).
+    #[cfg(feature = "azure")]
+    const AZURITE_KEY: &str =
+        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+    impl Target {
+        pub(super) fn local(dir: &Path) -> Target {
+            Target {
+                kind: "local".into(),
+                endpoint: dir.display().to_string(),
+                bucket: String::new(),
+                prefix: String::new(),
+            }
+        }
+
+        /// A fresh bucket (container) on the emulator whose endpoint is in `$var`.
+        #[cfg(any(feature = "s3", feature = "azure"))]
+        pub(super) fn emulator(kind: &str, var: &str) -> Target {
+            let endpoint = std::env::var(var).unwrap_or_else(|_| {
+                panic!("${var} is unset: run scripts/object_store_emulators.sh, which starts the emulator and these tests")
+            });
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            let bucket = format!("t{}-{}", std::process::id(), nanos % 1_000_000_000_000);
+            let target = Target {
+                kind: kind.into(),
+                endpoint,
+                bucket,
+                prefix: "archive/telemetry".into(),
+            };
+            target.cloud(&["create", &target.bucket]);
+            target
+        }
+
+        #[cfg(any(feature = "s3", feature = "azure"))]
+        fn cloud(&self, args: &[&str]) -> String {
+            let out = Command::new(python())
+                .arg(script("cloud.py"))
+                .args([&self.kind, &self.endpoint])
+                .args(args)
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("python with boto3 / azure-storage-blob (.venv/bin/python, or $PYTHON)");
+            assert!(out.status.success(), "cloud.py {args:?} failed");
+            String::from_utf8(out.stdout).unwrap()
+        }
+
+        pub(super) fn config(&self) -> StoreConfig {
+            match self.kind.as_str() {
+                "local" => local(Path::new(&self.endpoint)),
+                #[cfg(feature = "s3")]
+                "s3" => StoreConfig::new(format!("s3://{}/{}", self.bucket, self.prefix))
+                    .with_options([
+                        ("endpoint", self.endpoint.as_str()),
+                        ("allow_http", "true"),
+                        ("region", "us-east-1"),
+                        ("access_key_id", "testing"),
+                        ("secret_access_key", "testing"),
+                    ]),
+                #[cfg(feature = "azure")]
+                "az" => StoreConfig::new(format!("az://{}/{}", self.bucket, self.prefix))
+                    .with_options([
+                        ("endpoint", self.endpoint.as_str()),
+                        ("allow_http", "true"),
+                        ("account_name", "devstoreaccount1"),
+                        ("access_key", AZURITE_KEY),
+                    ]),
+                other => panic!("target {other} needs its feature"),
+            }
+        }
+
+        /// Objects with extension `ext` in the store now (through object_store: only to see
+        /// progress, never to count the result).
+        async fn objects(&self, ext: &str) -> usize {
+            let store = self.config().build().unwrap();
+            let all: Vec<_> = store.list(None).try_collect().await.unwrap();
+            all.iter()
+                .filter(|m| m.location.extension() == Some(ext))
+                .count()
+        }
+
+        /// Every object in a local directory: the directory itself, or a fresh download below
+        /// `scratch` with the service's own client.
+        fn read_back(&self, scratch: &Path) -> PathBuf {
+            if self.kind == "local" {
+                return PathBuf::from(&self.endpoint);
+            }
+            #[cfg(any(feature = "s3", feature = "azure"))]
+            {
+                let dest = scratch.join("download");
+                let _ = std::fs::remove_dir_all(&dest);
+                std::fs::create_dir_all(&dest).unwrap();
+                let dest_str = dest.to_str().unwrap();
+                self.cloud(&["download", &self.bucket, &self.prefix, dest_str]);
+                dest
+            }
+            #[cfg(not(any(feature = "s3", feature = "azure")))]
+            unreachable!("{scratch:?}")
+        }
+    }
+
     #[derive(Debug, serde::Deserialize, PartialEq)]
     struct Counted {
         files: usize,
@@ -205,10 +347,8 @@ mod parquet {
 
     /// What pyarrow reads in every Parquet file under `root`.
     fn pyarrow_count(root: &Path) -> Counted {
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/object_sink/count_parquet.py");
         let out = Command::new(python())
-            .arg(script)
+            .arg(script("count_parquet.py"))
             .arg(root)
             .stderr(Stdio::inherit())
             .output()
@@ -223,15 +363,19 @@ mod parquet {
         (count, sum)
     }
 
-    #[tokio::test]
-    async fn pyarrow_reads_every_parquet_file_and_counts_exactly_the_telemetry_sent() {
-        let dir = tempfile::tempdir().unwrap();
+    /// Routes 2000 messages, archives the telemetry to `target` in batches of 100, reads every
+    /// object back and counts it with pyarrow.
+    pub(super) async fn every_telemetry_message_once(target: &Target, scratch: &Path) {
         let topics = Arc::new(Topics::memory(4));
         route(&topics, 0..2_000).await;
-        let group = archive(&topics, dir.path(), Arc::new(Parquet), 100).await;
+        let group = archive(&topics, &target.config(), Arc::new(Parquet), 100).await;
         wait_archived(&topics, &group).await;
         group.shutdown().await.unwrap();
-        let counted = pyarrow_count(dir.path());
+        let root = target.read_back(scratch);
+        for path in files(&root, "parquet") {
+            check_name(&root, &path, 4);
+        }
+        let counted = pyarrow_count(&root);
         let (count, sum) = expected(2_000);
         assert_eq!(counted.rows, count, "{counted:?}");
         assert_eq!(counted.distinct, count);
@@ -240,24 +384,33 @@ mod parquet {
         assert!(counted.files >= count / 100, "{counted:?}");
     }
 
-    const CHILD_ENV: &str = "IOT_STREAM_ARCHIVE_CHILD";
+    #[tokio::test]
+    async fn pyarrow_reads_every_parquet_file_and_counts_exactly_the_telemetry_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        every_telemetry_message_once(&Target::local(dir.path()), dir.path()).await;
+    }
 
-    /// The archiving process of the SIGKILL test (run by it; does nothing on its own): archives
-    /// the `archive` topic of the file log under `$CHILD_ENV` to `<dir>/objects` in batches of 40,
-    /// each write slowed down, and exits once every record is in an object.
+    const CHILD_ENV: &str = "IOT_STREAM_ARCHIVE_CHILD";
+    const TARGET_ENV: &str = "IOT_STREAM_ARCHIVE_TARGET";
+
+    /// The archiving process of the SIGKILL tests (run by them; does nothing on its own):
+    /// archives the `archive` topic of the file log under `$CHILD_ENV` to the target in
+    /// `$TARGET_ENV` in batches of 40, each write slowed down, and exits once every record is in
+    /// an object.
     #[test]
-    #[ignore = "the SIGKILL test's child process"]
+    #[ignore = "the SIGKILL tests' child process"]
     fn archiver_child() {
         let Some(dir) = std::env::var_os(CHILD_ENV).map(PathBuf::from) else {
             return;
         };
+        let target: Target = serde_json::from_str(&std::env::var(TARGET_ENV).unwrap()).unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .unwrap();
         runtime.block_on(async {
             let topics = Arc::new(Topics::file(dir.join("log"), FileLogConfig::default()));
-            let group = archive(&topics, &dir.join("objects"), Arc::new(SlowParquet), 40).await;
+            let group = archive(&topics, &target.config(), Arc::new(SlowParquet), 40).await;
             wait_archived(&topics, &group).await;
             group.shutdown().await.unwrap();
         });
@@ -281,7 +434,7 @@ mod parquet {
         }
     }
 
-    fn child(dir: &Path) -> std::process::Child {
+    fn child(dir: &Path, target: &Target) -> std::process::Child {
         Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
@@ -290,28 +443,24 @@ mod parquet {
                 "--nocapture",
             ])
             .env(CHILD_ENV, dir)
+            .env(TARGET_ENV, serde_json::to_string(target).unwrap())
             .stdout(Stdio::null())
             .spawn()
             .unwrap()
     }
 
-    #[tokio::test]
-    async fn a_sigkill_mid_batch_loses_no_telemetry_and_stores_none_twice() {
-        let dir = tempfile::tempdir().unwrap();
+    /// Routes 3000 messages into a file log, starts the archiving process, kills it with
+    /// SIGKILL once 8 objects are in `target`, restarts it to the end, and counts with pyarrow.
+    pub(super) async fn sigkill_mid_batch(target: &Target, dir: &Path) {
         let sent = 3_000;
         {
-            let topics = Arc::new(Topics::file(
-                dir.path().join("log"),
-                FileLogConfig::default(),
-            ));
+            let topics = Arc::new(Topics::file(dir.join("log"), FileLogConfig::default()));
             route(&topics, 0..sent).await;
         } // the log closes (its directory lock is released) before the child opens it
-        std::fs::create_dir_all(dir.path().join("objects")).unwrap();
-        let objects = dir.path().join("objects");
 
-        let mut first = child(dir.path());
+        let mut first = child(dir, target);
         let guard = std::time::Instant::now() + Duration::from_secs(60);
-        while files(&objects, "parquet").len() < 8 {
+        while target.objects("parquet").await < 8 {
             assert!(
                 std::time::Instant::now() < guard,
                 "the archiver made no progress"
@@ -320,24 +469,117 @@ mod parquet {
                 first.try_wait().unwrap().is_none(),
                 "the archiver ended early"
             );
-            std::thread::sleep(Duration::from_millis(5));
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         first.kill().unwrap(); // SIGKILL
         first.wait().unwrap();
-        let at_kill = files(&objects, "parquet").len();
+        let at_kill = target.objects("parquet").await;
         let (count, sum) = expected(sent);
         assert!(
-            pyarrow_count(&objects).rows < count,
+            pyarrow_count(&target.read_back(dir)).rows < count,
             "killed after it finished"
         );
 
-        let status = child(dir.path()).wait().unwrap();
+        let status = child(dir, target).wait().unwrap();
         assert!(status.success(), "the restarted archiver failed");
-        let counted = pyarrow_count(&objects);
-        eprintln!("killed with {at_kill} objects written; after the restart: {counted:?}");
+        let counted = pyarrow_count(&target.read_back(dir));
+        eprintln!(
+            "{}: killed with {at_kill} objects written; after the restart: {counted:?}",
+            target.kind
+        );
         assert_eq!(counted.rows, count, "{counted:?}");
         assert_eq!(counted.distinct, count, "a record in two objects");
         assert_eq!(counted.numbers, count);
         assert_eq!(counted.sum, sum);
+    }
+
+    #[tokio::test]
+    async fn a_sigkill_mid_batch_loses_no_telemetry_and_stores_none_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let objects = dir.path().join("objects");
+        std::fs::create_dir_all(&objects).unwrap();
+        sigkill_mid_batch(&Target::local(&objects), dir.path()).await;
+    }
+}
+
+/// The Parquet scenarios on S3 (moto in server mode, started by
+/// `scripts/object_store_emulators.sh`; `$IOT_STREAM_S3_ENDPOINT`).
+#[cfg(all(feature = "parquet", feature = "s3"))]
+mod s3 {
+    use iot_stream::sinks::object::StoreConfigError;
+
+    use super::parquet::{Target, every_telemetry_message_once, sigkill_mid_batch};
+    use super::*;
+
+    const ENDPOINT: &str = "IOT_STREAM_S3_ENDPOINT";
+
+    #[tokio::test]
+    async fn s3_holds_every_telemetry_message_once() {
+        let dir = tempfile::tempdir().unwrap();
+        every_telemetry_message_once(&Target::emulator("s3", ENDPOINT), dir.path()).await;
+    }
+
+    #[tokio::test]
+    async fn s3_a_sigkill_mid_batch_loses_no_telemetry_and_stores_none_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        sigkill_mid_batch(&Target::emulator("s3", ENDPOINT), dir.path()).await;
+    }
+
+    #[tokio::test]
+    async fn s3_a_missing_bucket_is_a_typed_error_at_connect() {
+        let endpoint = std::env::var(ENDPOINT).unwrap();
+        let e = StoreConfig::new("s3://no-such-bucket-here/p")
+            .with_options([
+                ("endpoint", endpoint.as_str()),
+                ("allow_http", "true"),
+                ("access_key_id", "testing"),
+                ("secret_access_key", "SECRETTESTINGVALUE"),
+            ])
+            .connect()
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(e, StoreConfigError::NotFound { .. }), "{e}");
+        assert!(!e.to_string().contains("SECRETTESTINGVALUE"), "{e}");
+    }
+}
+
+/// The Parquet scenarios on Azure Blob Storage (Azurite, started by
+/// `scripts/object_store_emulators.sh`; `$IOT_STREAM_AZURITE_ENDPOINT`).
+#[cfg(all(feature = "parquet", feature = "azure"))]
+mod azure {
+    use iot_stream::sinks::object::StoreConfigError;
+
+    use super::parquet::{Target, every_telemetry_message_once, sigkill_mid_batch};
+
+    const ENDPOINT: &str = "IOT_STREAM_AZURITE_ENDPOINT";
+
+    #[tokio::test]
+    async fn azure_holds_every_telemetry_message_once() {
+        let dir = tempfile::tempdir().unwrap();
+        every_telemetry_message_once(&Target::emulator("az", ENDPOINT), dir.path()).await;
+    }
+
+    #[tokio::test]
+    async fn azure_a_sigkill_mid_batch_loses_no_telemetry_and_stores_none_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        sigkill_mid_batch(&Target::emulator("az", ENDPOINT), dir.path()).await;
+    }
+
+    #[tokio::test]
+    async fn azure_a_wrong_account_key_is_a_credentials_error_without_the_key() {
+        let target = Target::emulator("az", ENDPOINT);
+        // A well-formed key that is not the account's: Azurite checks every signature.
+        let wrong = "V3JvbmdLZXlXcm9uZ0tleVdyb25nS2V5V3JvbmdLZXk=";
+        let e = target
+            .config()
+            .with_option("access_key", wrong)
+            .connect()
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(e, StoreConfigError::Credentials { .. }), "{e}");
+        assert!(!e.to_string().contains(wrong), "{e}");
+        assert!(target.config().connect().await.is_ok());
     }
 }

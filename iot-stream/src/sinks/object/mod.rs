@@ -1,12 +1,14 @@
 //! The object-storage endpoint: an endpoint's batches as objects in any `object_store` store
-//! (local files built in; S3, Azure Blob or GCS from `object_store`'s own features), named as
-//! IoT Hub names blobs, encoded as JSON lines or (feature `parquet`) Parquet.
+//! (local files built in; S3 and Azure Blob with features `s3` and `azure`, configured by a
+//! [`StoreConfig`] URL), named as IoT Hub names blobs, encoded as JSON lines or (feature
+//! `parquet`) Parquet.
 
 mod encoding;
 mod json_lines;
 mod naming;
 #[cfg(feature = "parquet")]
 mod parquet;
+mod store;
 
 use std::fmt;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ pub use json_lines::JsonLines;
 pub use naming::ObjectNaming;
 #[cfg(feature = "parquet")]
 pub use parquet::Parquet;
+pub use store::{StoreConfig, StoreConfigError};
 
 use super::{Sink, SinkBatch, SinkError};
 
@@ -78,6 +81,18 @@ impl ObjectSink {
             .map_err(|e| crate::Error::invalid(format!("object store at {}: {e}", root.display())))?
             .with_fsync(true);
         Ok(Self::new(name, Arc::new(store), naming, encoder))
+    }
+
+    /// A sink writing to the store `config` names (`file:///dir`, `s3://bucket/prefix`,
+    /// `az://container/prefix`). No request is made here; [`StoreConfig::connect`] checks the
+    /// store first.
+    pub fn from_config(
+        name: impl Into<String>,
+        config: &StoreConfig,
+        naming: ObjectNaming,
+        encoder: Arc<dyn BatchEncoder>,
+    ) -> Result<Self, StoreConfigError> {
+        Ok(Self::new(name, config.build()?, naming, encoder))
     }
 
     /// The name the batch starting with `first` is stored under.

@@ -660,10 +660,10 @@ async fn main() -> Result<(), Error> {
         client.close().await;
     }
     // Every PUBACK counted above stands for a record in the hub's log: nothing was counted
-    // that the hub did not take.
+    // that the hub did not take (more records would be resends after a reconnect).
     let stored = count(cloud.hub.telemetry_log()).await?;
     let expected = 2 * CLIENT_ROUNDS as u64 * load_total;
-    if stored != expected {
+    if stored < expected {
         return Err(
             format!("client phase: {stored} records in the hub's log, {expected} sent").into(),
         );

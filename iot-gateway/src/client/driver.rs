@@ -346,7 +346,7 @@ impl Driver {
                         dup,
                         retain: false,
                         qos: QoS::AtLeastOnce,
-                        topic: ByteString::from(entry.topic),
+                        topic: entry.topic,
                         packet_id: Some(id),
                         payload: entry.payload,
                         properties: None,
@@ -360,21 +360,21 @@ impl Driver {
             tokio::select! {
                 first = link.packets.recv() => {
                     // Every packet already decoded is handled before the window is refilled,
-                    // so that a run of PUBACKs refills it in one write, not one per PUBACK.
+                    // so that a run of PUBACKs refills it in one write, not one per PUBACK, and
+                    // is recorded in the outbox at once.
                     let mut received = first;
-                    loop {
+                    let mut acked = Vec::new();
+                    let handled = loop {
                     let packet = match received {
                         Some(Ok(p)) => p,
-                        Some(Err(reason)) => return Err(reason),
-                        None => return Err("connection closed".into()),
+                        Some(Err(reason)) => break Err(reason),
+                        None => break Err("connection closed".into()),
                     };
                     awaiting_pong = false;
                     match packet {
                         Packet::PublishAck { packet_id } => {
-                            if let Some(seq) = in_flight.remove(&packet_id)
-                                && let Err(e) = self.outbox.acknowledge(seq).await
-                            {
-                                tracing::warn!(error = %e, "outbox: recording an acknowledgement failed");
+                            if let Some(seq) = in_flight.remove(&packet_id) {
+                                acked.push(seq);
                             }
                         }
                         Packet::SubscribeAck { packet_id, .. } => {
@@ -385,16 +385,25 @@ impl Driver {
                                 }
                             }
                         }
-                        Packet::Publish(publish) => self.dispatch(link, *publish).await?,
+                        Packet::Publish(publish) => {
+                            if let Err(e) = self.dispatch(link, *publish).await {
+                                break Err(e);
+                            }
+                        }
                         Packet::PingResponse | Packet::UnsubscribeAck { .. } => {}
-                        other => return Err(format!("unexpected packet from the hub: {other:?}")),
+                        other => break Err(format!("unexpected packet from the hub: {other:?}")),
                     }
                     received = match link.packets.try_recv() {
                         Ok(next) => Some(next),
-                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Empty) => break Ok(()),
                         Err(mpsc::error::TryRecvError::Disconnected) => None,
                     };
+                    };
+                    // Recorded even when the connection just ended: those need no resend.
+                    if let Err(e) = self.outbox.acknowledge_all(&acked).await {
+                        tracing::warn!(error = %e, "outbox: recording acknowledgements failed");
                     }
+                    handled?;
                 }
                 command = self.commands.recv() => match command {
                     None => {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use bytestring::ByteString;
 use iot_core::storage::Durability;
 use iot_core::{FileLog, FileLogConfig, GroupName, Log, Offset, PartitionId, ReadLimits, Record};
 use tokio::sync::{Mutex, Notify, oneshot};
@@ -25,7 +26,8 @@ use super::options::{OutboxConfig, WhenFull};
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
     pub(crate) seq: u64,
-    pub(crate) topic: String,
+    /// Shared, not copied, when the entry is sent (again).
+    pub(crate) topic: ByteString,
     pub(crate) payload: Bytes,
 }
 
@@ -138,7 +140,7 @@ impl Outbox {
                         .to_string();
                     state.queue.push_back(Entry {
                         seq: r.offset.0,
-                        topic,
+                        topic: ByteString::from(topic),
                         payload: r.record.payload,
                     });
                 }
@@ -189,7 +191,7 @@ impl Outbox {
                     state.next_seq = seq + 1;
                     state.queue.push_back(Entry {
                         seq,
-                        topic,
+                        topic: ByteString::from(topic),
                         payload,
                     });
                     let (tx, rx) = oneshot::channel();
@@ -229,14 +231,32 @@ impl Outbox {
 
     /// The hub acknowledged `seq`: forget it, tell its sender, and (file) move the committed
     /// position to the oldest message still unacknowledged.
+    #[cfg(test)]
     pub(crate) async fn acknowledge(&self, seq: u64) -> Result<(), ClientError> {
-        let mut state = self.state.lock().await;
-        let Some(index) = state.queue.iter().position(|e| e.seq == seq) else {
+        self.acknowledge_all(&[seq]).await
+    }
+
+    /// [`acknowledge`](Self::acknowledge) for a run of PUBACKs read together: one lock, one
+    /// wake-up of senders waiting for room and (file) one commit for all of them.
+    pub(crate) async fn acknowledge_all(&self, seqs: &[u64]) -> Result<(), ClientError> {
+        if seqs.is_empty() {
             return Ok(());
-        };
-        state.queue.remove(index);
-        if let Some(waiter) = state.waiters.remove(&seq) {
-            let _ = waiter.send(());
+        }
+        let mut state = self.state.lock().await;
+        let mut removed = false;
+        for &seq in seqs {
+            // PUBACKs come in send order, so the entry is nearly always at the front.
+            let Some(index) = state.queue.iter().position(|e| e.seq == seq) else {
+                continue;
+            };
+            state.queue.remove(index);
+            removed = true;
+            if let Some(waiter) = state.waiters.remove(&seq) {
+                let _ = waiter.send(());
+            }
+        }
+        if !removed {
+            return Ok(());
         }
         let oldest = state.queue.front().map_or(state.next_seq, |e| e.seq);
         drop(state);

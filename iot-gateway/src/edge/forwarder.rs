@@ -7,8 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use iot_core::{
-    DeviceId, GroupConsumer, GroupName, Log, LogExt, StartFrom, StoredRecord, Timestamp,
+    DeviceId, GroupConsumer, GroupName, Log, LogExt, Offset, PartitionId, StartFrom, StoredRecord,
+    Timestamp,
 };
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
@@ -17,7 +19,7 @@ use super::downlink;
 use super::error::EdgeError;
 use super::identities::UpstreamIdentities;
 use super::options::ForwarderOptions;
-use crate::client::{ClientError, DeviceClient, OutboxConfig, WhenFull};
+use crate::client::{ClientError, Delivery, DeviceClient, OutboxConfig, WhenFull};
 use crate::gateway::Gateway;
 use crate::hub::Hub;
 
@@ -150,6 +152,11 @@ impl Forwarder {
             .map_err(|e| EdgeError::Config(format!("group {:?}: {e}", options.group)))?;
         if options.outbox_capacity == 0 {
             return Err(EdgeError::Config("outbox_capacity must be positive".into()));
+        }
+        if options.batches_in_flight == 0 {
+            return Err(EdgeError::Config(
+                "batches_in_flight must be positive".into(),
+            ));
         }
         if options.read_limits.max_records == 0 || options.read_limits.max_bytes == 0 {
             return Err(EdgeError::Config("read_limits must be positive".into()));
@@ -313,12 +320,12 @@ impl Shared {
         }
     }
 
-    /// Sends one batch upstream and waits until the cloud hub acknowledged all of it. Records of
-    /// one device come from one partition in offset order, and each leaf's client sends in
-    /// enqueue order, so per-device order holds upstream.
-    async fn forward(&self, batch: Vec<StoredRecord>) -> Result<(), EdgeError> {
+    /// Hands one batch to the leaves' upstream clients (each sends in enqueue order) and returns
+    /// the acknowledgements to wait for, without waiting for them. Records of one device come
+    /// from one partition in offset order, so per-device order holds upstream.
+    async fn send(&self, batch: &[StoredRecord]) -> Result<Vec<(DeviceId, Delivery)>, EdgeError> {
         let mut pending = Vec::with_capacity(batch.len());
-        for stored in &batch {
+        for stored in batch {
             let Ok(leaf) = DeviceId::new(&stored.record.key) else {
                 self.skip(stored, "the key is not a device id");
                 continue;
@@ -339,6 +346,11 @@ impl Shared {
                 }
             }
         }
+        Ok(pending)
+    }
+
+    /// Waits until the cloud hub acknowledged every message of a sent batch.
+    async fn acknowledged(&self, pending: Vec<(DeviceId, Delivery)>) -> Result<u64, EdgeError> {
         let sent = pending.len() as u64;
         for (leaf, delivery) in pending {
             if let Err(e) = delivery.acknowledged().await {
@@ -346,9 +358,18 @@ impl Shared {
                 return Err(e.into());
             }
         }
-        self.counters.forwarded.fetch_add(sent, Ordering::Relaxed);
-        Ok(())
+        Ok(sent)
     }
+}
+
+/// A batch handed to the upstream clients and not yet committed.
+struct InFlight {
+    /// The consumer's position in every partition just after reading the batch: what committing
+    /// it (and every batch before it) means.
+    positions: Vec<Offset>,
+    pending: Vec<(DeviceId, Delivery)>,
+    /// One of the window's `batches_in_flight` permits, returned once the batch is committed.
+    _permit: OwnedSemaphorePermit,
 }
 
 /// Reads, forwards and commits batch after batch; after an error it waits a moment and starts
@@ -362,6 +383,13 @@ async fn forward_forever(shared: Arc<Shared>) {
     }
 }
 
+/// Two halves joined: the reader hands batch after batch to the upstream clients without
+/// waiting for their acknowledgements (up to `batches_in_flight` uncommitted batches), so the
+/// upstream connections stay busy while earlier batches are acknowledged; the committer waits
+/// for the batches' acknowledgements in read order and commits the position after the last one
+/// acknowledged, several batches with one commit when they are ready together (a commit of the
+/// `FileLog` fsyncs a file per partition). Either half failing ends both; the caller starts over
+/// from the committed offsets.
 async fn forward_from_committed(shared: &Shared) -> Result<(), EdgeError> {
     let mut consumer = GroupConsumer::new(
         shared.log.clone(),
@@ -370,14 +398,69 @@ async fn forward_from_committed(shared: &Shared) -> Result<(), EdgeError> {
     )
     .await?
     .with_read_limits(shared.options.read_limits);
-    loop {
-        let batch = consumer.next_batch().await?;
-        let n = batch.len();
-        shared.forward(batch).await?;
-        consumer.commit().await?;
-        shared.counters.batches.fetch_add(1, Ordering::Relaxed);
-        debug!(records = n, "batch forwarded and committed");
-    }
+    let partitions: Vec<PartitionId> = shared.log.partitions().collect();
+    let start: Vec<Offset> = partitions.iter().map(|p| consumer.position(*p)).collect();
+    let window = Arc::new(Semaphore::new(shared.options.batches_in_flight));
+    let (tx, mut rx) = mpsc::unbounded_channel::<InFlight>();
+
+    let read = async {
+        loop {
+            let permit = window
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| EdgeError::Config("the batch window closed".into()))?;
+            let batch = consumer.next_batch().await?;
+            let positions = partitions.iter().map(|p| consumer.position(*p)).collect();
+            let pending = shared.send(&batch).await?;
+            let in_flight = InFlight {
+                positions,
+                pending,
+                _permit: permit,
+            };
+            if tx.send(in_flight).is_err() {
+                // The committer ended; its error is the one try_join reports.
+                return Ok(());
+            }
+        }
+    };
+
+    let commit = async {
+        let mut committed = start;
+        while let Some(first) = rx.recv().await {
+            let mut done = vec![first];
+            let mut forwarded = shared.acknowledged(take_pending(&mut done[0])).await?;
+            // Batches read meanwhile are usually acknowledged by now, or nearly: one commit
+            // for all of them.
+            while let Ok(mut next) = rx.try_recv() {
+                forwarded += shared.acknowledged(take_pending(&mut next)).await?;
+                done.push(next);
+            }
+            let Some(last) = done.last() else { continue };
+            for ((p, at), was) in partitions.iter().zip(&last.positions).zip(&mut committed) {
+                if at != was {
+                    shared.log.commit(&shared.group, *p, *at).await?;
+                    *was = *at;
+                }
+            }
+            let c = &shared.counters;
+            c.forwarded.fetch_add(forwarded, Ordering::Relaxed);
+            c.batches.fetch_add(done.len() as u64, Ordering::Relaxed);
+            debug!(
+                batches = done.len(),
+                records = forwarded,
+                "batches forwarded and committed"
+            );
+        }
+        Ok::<(), EdgeError>(())
+    };
+
+    tokio::try_join!(read, commit)?;
+    Ok(())
+}
+
+fn take_pending(batch: &mut InFlight) -> Vec<(DeviceId, Delivery)> {
+    std::mem::take(&mut batch.pending)
 }
 
 /// Applies the retention policy to the local log now and then. It runs beside the forwarding

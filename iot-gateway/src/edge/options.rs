@@ -16,6 +16,12 @@ pub struct ForwarderOptions {
     /// batch is committed once all of it is acknowledged upstream, so this bounds what a
     /// restart may send twice.
     pub read_limits: ReadLimits,
+    /// How many batches may be sent upstream and not yet committed (default 4). The forwarder
+    /// reads the next batch while earlier ones wait for their acknowledgements, so the upstream
+    /// connections never idle between batches; after an interruption up to this many batches'
+    /// worth per partition (`batches_in_flight` × `read_limits`) may be sent again. 1 forwards
+    /// one batch at a time.
+    pub batches_in_flight: usize,
     /// Each leaf's upstream outbox, in messages (default 1000; the forwarder waits when full).
     /// Memory only: the local log is the durable store.
     pub outbox_capacity: usize,
@@ -40,6 +46,7 @@ impl Default for ForwarderOptions {
                 max_records: 500,
                 max_bytes: 1024 * 1024,
             },
+            batches_in_flight: 4,
             outbox_capacity: 1000,
             retention: RetentionPolicy {
                 max_age: Some(Duration::from_secs(7 * 24 * 3600)),
@@ -62,6 +69,12 @@ impl ForwarderOptions {
     /// Sets [`read_limits`](Self::read_limits).
     pub fn read_limits(mut self, limits: ReadLimits) -> Self {
         self.read_limits = limits;
+        self
+    }
+
+    /// Sets [`batches_in_flight`](Self::batches_in_flight).
+    pub fn batches_in_flight(mut self, batches: usize) -> Self {
+        self.batches_in_flight = batches;
         self
     }
 

@@ -371,7 +371,7 @@ async fn query_inprocess(registry: &Arc<dyn Registry>, runs: usize) -> f64 {
             .await
             .unwrap();
         samples.push(start.elapsed().as_secs_f64() * 1000.0);
-        assert_eq!(page.items.len(), 100);
+        assert_eq!(page.len(), 100);
     }
     p50(samples)
 }

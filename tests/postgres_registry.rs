@@ -185,13 +185,13 @@ fn a_string_holding_nul_is_refused_in_documents_and_evaluated_in_rust_in_queries
         );
         assert_eq!(pg.count(&q).await.expect("count"), 2);
         let first = pg.query(&q, &PageRequest::first(1)).await.expect("page");
-        assert_eq!(ids(&first.items), ["nul-b"]);
+        assert_eq!(ids(&first.records().expect("records")), ["nul-b"]);
         let token = first.continuation.expect("more");
         let second = pg
             .query(&q, &PageRequest::next(1, token))
             .await
             .expect("page");
-        assert_eq!(ids(&second.items), ["nul-a"]);
+        assert_eq!(ids(&second.into_records().expect("records")), ["nul-a"]);
     });
 }
 
@@ -389,10 +389,11 @@ async fn paged(r: &dyn Registry, q: &Query, page_size: usize) -> Vec<DeviceRecor
     let mut out = Vec::new();
     let mut page = PageRequest::first(page_size);
     loop {
-        let p = r.query(q, &page).await.unwrap();
-        assert!(p.items.len() <= page_size);
-        out.extend(p.items);
-        match p.continuation {
+        let mut p = r.query(q, &page).await.unwrap();
+        assert!(p.len() <= page_size);
+        let continuation = p.continuation.take();
+        out.extend(p.into_records().unwrap());
+        match continuation {
             Some(t) => page = PageRequest::next(page_size, t),
             None => return out,
         }

@@ -91,7 +91,7 @@ async fn time_queries(r: &dyn Registry, q: &Query, samples: usize) -> (f64, usiz
     for _ in 0..samples {
         let start = Instant::now();
         match r.query(q, &PageRequest::default()).await {
-            Ok(page) => found = page.items.len(),
+            Ok(page) => found = page.len(),
             Err(e) => eprintln!("query: {e}"),
         }
         times.push(start.elapsed());
@@ -126,7 +126,7 @@ async fn time_against_hand(
     for _ in 0..samples {
         let start = Instant::now();
         match r.query(q, &PageRequest::default()).await {
-            Ok(page) => adapter_found = page.items.len(),
+            Ok(page) => adapter_found = page.len(),
             Err(e) => eprintln!("query: {e}"),
         }
         adapter.push(start.elapsed());

@@ -22,7 +22,9 @@
 use std::time::{Duration, Instant};
 
 use iot_core::DeviceId;
-use iot_registry::{DeviceDocument, MemoryRegistry, Page, PageRequest, Query, Registry};
+use iot_registry::{
+    DeviceDocument, DeviceRecord, MemoryRegistry, Page, PageRequest, Query, Registry,
+};
 use serde_json::{Value, json};
 
 /// splitmix64, the generator of `registry_bench`, so the fleet is the same.
@@ -69,11 +71,19 @@ struct Cli {
     /// Rounds of the 300 queries.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Also decode each page into `DeviceRecord`s inside the timed part (a page keeps its
+    /// records encoded until asked; `registry_bench`'s `selective_decoded_p50_us`).
+    #[arg(long)]
+    decode: bool,
 }
 
 /// The benchmark's 300 queries, timed one by one as `registry_bench` times them (parse, plan,
 /// fetch, one page of at most 1 000); returns the samples and the rows returned.
-fn run_queries(registry: &MemoryRegistry, params: &[(String, u64)]) -> (Vec<Duration>, usize) {
+fn run_queries(
+    registry: &MemoryRegistry,
+    params: &[(String, u64)],
+    decode: bool,
+) -> (Vec<Duration>, usize) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -84,21 +94,34 @@ fn run_queries(registry: &MemoryRegistry, params: &[(String, u64)]) -> (Vec<Dura
             "SELECT * FROM devices WHERE metadata.building = '{building}' AND metadata.floor = {floor}"
         );
         let start = Instant::now();
-        let page = one_query(registry, &rt, &text);
+        let page = one_query(registry, &rt, &text, decode);
         samples.push(start.elapsed());
-        assert!(page.continuation.is_none());
-        rows += page.items.len();
+        assert!(page.0.continuation.is_none());
+        rows += page.0.len();
     }
     (samples, rows)
 }
 
-/// The timed part of one query (the page is dropped by the caller, after the clock stops, as
-/// `registry_bench` drops it): the function callgrind's `--toggle-collect` names.
+/// The timed part of one query (the page, and its decoded records with `decode`, are dropped
+/// by the caller, after the clock stops, as `registry_bench` drops them): the function
+/// callgrind's `--toggle-collect` names.
 #[inline(never)]
-fn one_query(registry: &MemoryRegistry, rt: &tokio::runtime::Runtime, text: &str) -> Page {
+fn one_query(
+    registry: &MemoryRegistry,
+    rt: &tokio::runtime::Runtime,
+    text: &str,
+    decode: bool,
+) -> (Page, Vec<DeviceRecord>) {
     let q = Query::parse(text).unwrap();
-    rt.block_on(registry.query(&q, &PageRequest::first(1000)))
-        .unwrap()
+    let page = rt
+        .block_on(registry.query(&q, &PageRequest::first(1000)))
+        .unwrap();
+    let records = if decode {
+        page.records().unwrap()
+    } else {
+        Vec::new()
+    };
+    (page, records)
 }
 
 fn main() {
@@ -129,7 +152,7 @@ fn main() {
     let mut p50s = Vec::new();
     let mut rows = 0;
     for round in 0..cli.rounds {
-        let (mut samples, n) = run_queries(&registry, &params);
+        let (mut samples, n) = run_queries(&registry, &params, cli.decode);
         samples.sort();
         let p50 = samples[samples.len() / 2].as_secs_f64() * 1e6;
         rows = n;
@@ -141,7 +164,7 @@ fn main() {
     }
     println!(
         "{}",
-        json!({"devices": cli.devices, "buildings": cli.buildings,
+        json!({"devices": cli.devices, "buildings": cli.buildings, "decode": cli.decode,
                "rows_per_query": rows as f64 / 300.0, "p50_us": p50s})
     );
 }

@@ -9,7 +9,12 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
+use std::fmt;
+
+use iot_core::DeviceId;
+
 use crate::error::{Error, Result};
+use crate::file::binary::BatchDecoder;
 use crate::query::Query;
 use crate::record::DeviceRecord;
 use crate::value::{OwnedSortKey, SortKey};
@@ -61,13 +66,90 @@ impl PageRequest {
 }
 
 /// One page of query results.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// A page of this crate's registries keeps its records *encoded* (one buffer for the whole page,
+/// in the compact form the registry stores them in) and decodes them only when asked: a
+/// `DeviceRecord` is a tree of JSON values, about seventeen allocations for a typical device,
+/// and building 500 of them is most of what a selective query would otherwise cost. Counting
+/// the results, reading their device ids or following the continuation token decode nothing.
+///
+/// ```
+/// # use iot_registry::{MemoryRegistry, PageRequest, Query, Registry};
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// # let registry = MemoryRegistry::new();
+/// let q = Query::parse("SELECT * FROM devices WHERE metadata.floor = 3")?;
+/// let page = registry.query(&q, &PageRequest::first(100)).await?;
+/// println!("{} devices", page.len());                 // no decoding
+/// for id in page.device_ids() { println!("{id}"); }   // no decoding
+/// for record in page.into_records()? {                // decoded here
+///     println!("{} {:?}", record.device_id, record.metadata.get("room"));
+/// }
+/// # Ok::<(), iot_registry::Error>(())
+/// # }).unwrap();
+/// ```
+///
+/// Registries outside this crate build pages of decoded records with [`Page::new`].
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct Page {
-    /// The records, in the query's order.
-    pub items: Vec<DeviceRecord>,
+    items: Items,
     /// Pass this back for the next page; `None` when there are no more results.
     pub continuation: Option<String>,
+}
+
+#[derive(Clone)]
+enum Items {
+    Decoded(Vec<DeviceRecord>),
+    Encoded(EncodedRecords),
+}
+
+/// The records of a page as the engine stores them: each record's encoding copied into one
+/// buffer (two allocations for the page), with each one's device id (shared with the engine's
+/// id map: a reference count, not a copy) and where its encoding ends.
+#[derive(Clone, Default)]
+pub(crate) struct EncodedRecords {
+    bytes: Vec<u8>,
+    records: Vec<(DeviceId, usize)>,
+}
+
+impl EncodedRecords {
+    pub(crate) fn with_capacity(records: usize, bytes: usize) -> Self {
+        EncodedRecords {
+            bytes: Vec::with_capacity(bytes),
+            records: Vec::with_capacity(records),
+        }
+    }
+
+    /// Appends a record: `bytes` must be a valid encoding of the record of `id` (the engine's
+    /// stored bytes are, see `crate::stored`).
+    pub(crate) fn push(&mut self, id: &DeviceId, bytes: &[u8]) {
+        self.bytes.extend_from_slice(bytes);
+        self.records.push((id.clone(), self.bytes.len()));
+    }
+
+    fn iter(&self) -> impl ExactSizeIterator<Item = (&DeviceId, &[u8])> + '_ {
+        let mut start = 0;
+        self.records.iter().map(move |(id, end)| {
+            let bytes = self.bytes.get(start..*end).unwrap_or_default();
+            start = *end;
+            (id, bytes)
+        })
+    }
+
+    fn decode(&self) -> Result<Vec<DeviceRecord>> {
+        let mut decoder = BatchDecoder::new();
+        let mut out = Vec::with_capacity(self.records.len());
+        for (id, bytes) in self.iter() {
+            // The bytes were validated when the registry stored them, so this does not fail
+            // unless that invariant is broken; then it is reported, not a panic.
+            out.push(decoder.decode(bytes, id).map_err(|reason| Error::Corrupt {
+                path: std::path::PathBuf::from("<page>"),
+                position: 0,
+                reason: format!("record of {id} unreadable: {reason}"),
+            })?);
+        }
+        Ok(out)
+    }
 }
 
 impl Page {
@@ -76,9 +158,113 @@ impl Page {
     /// [`PageToken`](crate::PageToken).
     pub fn new(items: Vec<DeviceRecord>, continuation: Option<String>) -> Self {
         Page {
-            items,
+            items: Items::Decoded(items),
             continuation,
         }
+    }
+
+    /// A page of records kept encoded (this crate's registries).
+    pub(crate) fn encoded(items: EncodedRecords, continuation: Option<String>) -> Self {
+        Page {
+            items: Items::Encoded(items),
+            continuation,
+        }
+    }
+
+    /// How many records the page holds.
+    pub fn len(&self) -> usize {
+        match &self.items {
+            Items::Decoded(v) => v.len(),
+            Items::Encoded(e) => e.records.len(),
+        }
+    }
+
+    /// Whether the page holds no record (the last page of a query may be empty).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The records' device ids, in the page's order, without decoding the records.
+    pub fn device_ids(&self) -> impl ExactSizeIterator<Item = &DeviceId> + '_ {
+        let (decoded, encoded): (&[DeviceRecord], &[(DeviceId, usize)]) = match &self.items {
+            Items::Decoded(v) => (v, &[]),
+            Items::Encoded(e) => (&[], &e.records),
+        };
+        PageIds {
+            decoded: decoded.iter(),
+            encoded: encoded.iter(),
+        }
+    }
+
+    /// The records, decoded, leaving the page as it is.
+    ///
+    /// Fails only with [`Error::Corrupt`] if a stored record cannot be read (which the
+    /// registries' checks on every write and every reopen rule out).
+    pub fn records(&self) -> Result<Vec<DeviceRecord>> {
+        match &self.items {
+            Items::Decoded(v) => Ok(v.clone()),
+            Items::Encoded(e) => e.decode(),
+        }
+    }
+
+    /// The records, decoded (a page built with [`Page::new`] hands its vector back as it is).
+    /// Errors as [`Page::records`].
+    pub fn into_records(self) -> Result<Vec<DeviceRecord>> {
+        match self.items {
+            Items::Decoded(v) => Ok(v),
+            Items::Encoded(e) => e.decode(),
+        }
+    }
+}
+
+/// [`Page::device_ids`]: one of the two slices is empty.
+struct PageIds<'a> {
+    decoded: std::slice::Iter<'a, DeviceRecord>,
+    encoded: std::slice::Iter<'a, (DeviceId, usize)>,
+}
+
+impl<'a> Iterator for PageIds<'a> {
+    type Item = &'a DeviceId;
+
+    fn next(&mut self) -> Option<&'a DeviceId> {
+        match self.decoded.next() {
+            Some(r) => Some(&r.device_id),
+            None => self.encoded.next().map(|(id, _)| id),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.decoded.len() + self.encoded.len();
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for PageIds<'_> {}
+
+/// Compares the records (decoded: an encoded page equals a page of the same records built with
+/// [`Page::new`]) and the continuation token. A page whose records cannot be read equals none.
+impl PartialEq for Page {
+    fn eq(&self, other: &Self) -> bool {
+        if self.continuation != other.continuation || self.len() != other.len() {
+            return false;
+        }
+        match (self.records(), other.records()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// Shows the device ids, not the records (which a page may hold thousands of).
+impl fmt::Debug for Page {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let encoded = matches!(self.items, Items::Encoded(_));
+        f.debug_struct("Page")
+            .field("len", &self.len())
+            .field("encoded", &encoded)
+            .field("device_ids", &self.device_ids().collect::<Vec<_>>())
+            .field("continuation", &self.continuation)
+            .finish()
     }
 }
 
@@ -242,5 +428,79 @@ impl PageToken {
             (&keys, record.device_id.as_str()),
             (&last, self.0.id.as_str()),
         ) == std::cmp::Ordering::Greater
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{DeviceDocument, ETag};
+    use crate::stored::Stored;
+    use iot_core::Timestamp;
+    use serde_json::json;
+
+    fn record(id: &str, n: u64) -> DeviceRecord {
+        let doc = DeviceDocument::with_metadata(json!({"n": n, "room": format!("R{n}")}))
+            .expect("an object");
+        DeviceRecord::new(
+            DeviceId::new(id).expect("a valid id"),
+            doc,
+            ETag::new(format!("{n:x}")),
+            Timestamp::from_unix_micros(n),
+            Timestamp::from_unix_micros(n + 1),
+        )
+    }
+
+    fn encoded(records: &[DeviceRecord]) -> EncodedRecords {
+        let mut page = EncodedRecords::with_capacity(records.len(), 0);
+        for r in records {
+            let stored = Stored::encode(r);
+            page.push(stored.device_id(), stored.bytes());
+        }
+        page
+    }
+
+    /// An encoded page reads as the page of the same records built with `Page::new`.
+    #[test]
+    fn an_encoded_page_reads_as_its_records() {
+        let records: Vec<DeviceRecord> = (0..5).map(|n| record(&format!("d{n}"), n)).collect();
+        let lazy = Page::encoded(encoded(&records), Some("t".into()));
+        let plain = Page::new(records.clone(), Some("t".into()));
+        for page in [&lazy, &plain] {
+            assert_eq!(page.len(), 5);
+            assert!(!page.is_empty());
+            assert_eq!(page.device_ids().len(), 5);
+            let ids: Vec<&str> = page.device_ids().map(DeviceId::as_str).collect();
+            assert_eq!(ids, ["d0", "d1", "d2", "d3", "d4"]);
+            assert_eq!(page.records().expect("records"), records);
+        }
+        assert_eq!(lazy, plain);
+        assert_ne!(lazy, Page::new(records[..4].to_vec(), Some("t".into())));
+        assert_ne!(lazy, Page::new(records.clone(), None));
+        assert_eq!(lazy.clone().into_records().expect("records"), records);
+        assert_eq!(plain.into_records().expect("records"), records);
+        let empty = Page::encoded(EncodedRecords::default(), None);
+        assert!(empty.is_empty());
+        assert_eq!(empty.into_records().expect("records"), Vec::new());
+        // Debug names the records, not their contents.
+        let shown = format!("{lazy:?}");
+        assert!(shown.contains("d3") && !shown.contains("R3"), "{shown}");
+    }
+
+    /// A damaged encoding (which the registries never store) is an error, not a panic.
+    #[test]
+    fn a_damaged_record_is_reported() {
+        let r = record("d0", 1);
+        let stored = Stored::encode(&r);
+        let bytes = stored.bytes();
+        let mut page = EncodedRecords::default();
+        page.push(
+            stored.device_id(),
+            bytes.get(..bytes.len() - 3).expect("shorter"),
+        );
+        let page = Page::encoded(page, None);
+        assert_eq!(page.len(), 1);
+        assert!(matches!(page.records(), Err(Error::Corrupt { .. })));
+        assert!(matches!(page.into_records(), Err(Error::Corrupt { .. })));
     }
 }

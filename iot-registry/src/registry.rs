@@ -158,9 +158,10 @@ pub trait RegistryExt: Registry {
         let mut out = Vec::new();
         let mut page = PageRequest::default();
         loop {
-            let result = self.query(query, &page).await?;
-            out.extend(result.items);
-            match result.continuation {
+            let mut result = self.query(query, &page).await?;
+            let continuation = result.continuation.take();
+            out.extend(result.into_records()?);
+            match continuation {
                 Some(token) => page.continuation = Some(token),
                 None => return Ok(out),
             }

@@ -17,7 +17,7 @@
 use bytes::Bytes;
 use iot_core::DeviceId;
 
-use crate::file::binary::{self, BatchDecoder, Document};
+use crate::file::binary::{self, Document};
 use crate::query::{Path, Root};
 use crate::record::DeviceRecord;
 use crate::value::{Node, Resolve, ScalarRef};
@@ -62,12 +62,6 @@ impl Stored {
     /// The record, decoded.
     pub(crate) fn decode(&self) -> Result<DeviceRecord, String> {
         binary::decode_with_id(&self.bytes, Some(&self.id))
-    }
-
-    /// The record, decoded by `decoder` (which is quicker than [`Stored::decode`] over many
-    /// records with the same keys).
-    pub(crate) fn decode_with(&self, decoder: &mut BatchDecoder) -> Result<DeviceRecord, String> {
-        decoder.decode(&self.bytes, &self.id)
     }
 
     pub(crate) fn fields(&self) -> Result<binary::Fields<'_>, String> {

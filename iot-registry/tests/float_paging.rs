@@ -32,7 +32,7 @@ async fn float_keys_page_one_record_at_a_time_to_the_end_in_both_directions() {
             .await
             .unwrap();
         loop {
-            seen.extend(page.items.iter().map(|r| r.device_id.to_string()));
+            seen.extend(page.device_ids().map(|id| id.to_string()));
             assert!(
                 seen.len() <= DEVICES as usize,
                 "{order}: more pages than devices (a token repeats its record): {:?}",

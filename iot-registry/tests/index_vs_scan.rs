@@ -193,9 +193,10 @@ async fn paged(r: &dyn Registry, q: &Query, page_size: usize) -> Vec<DeviceRecor
     let mut out = Vec::new();
     let mut page = PageRequest::first(page_size);
     loop {
-        let p = r.query(q, &page).await.unwrap();
-        out.extend(p.items);
-        match p.continuation {
+        let mut p = r.query(q, &page).await.unwrap();
+        let continuation = p.continuation.take();
+        out.extend(p.into_records().unwrap());
+        match continuation {
             Some(t) => page = PageRequest::next(page_size, t),
             None => return out,
         }

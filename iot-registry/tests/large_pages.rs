@@ -60,8 +60,8 @@ async fn check(registry: &MemoryRegistry, all: &[DeviceRecord], text: &str, page
     let mut request = PageRequest::first(page_size);
     loop {
         let page = registry.query(&query, &request).await.unwrap();
-        assert!(page.items.len() <= page_size, "{text}");
-        got.extend(page.items);
+        assert!(page.len() <= page_size, "{text}");
+        got.extend(page.records().unwrap());
         assert!(
             got.len() <= expected.len() + page_size,
             "{text} {page_size}: runaway paging"

@@ -19,9 +19,9 @@ use roaring::RoaringBitmap;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::file::binary::BatchDecoder;
 use crate::index::{Indexes, Part};
 use crate::limits::DocumentLimits;
+use crate::paging::EncodedRecords;
 use crate::record::{DeviceDocument, DeviceRecord, ETag};
 use crate::stored::Stored;
 
@@ -514,20 +514,15 @@ fn decode(stored: &Stored) -> Result<DeviceRecord> {
     stored.decode().map_err(|reason| unreadable(stored, reason))
 }
 
-/// Decodes the records of a page, in order (see [`BatchDecoder`] for why together).
-fn decode_page<'a>(
-    records: impl ExactSizeIterator<Item = &'a Stored>,
-) -> Result<Vec<DeviceRecord>> {
-    let mut decoder = BatchDecoder::new();
-    let mut items = Vec::with_capacity(records.len());
+/// Copies the encodings of a page's records, in order, into one buffer: the page decodes them
+/// only when its caller asks (see [`Page`](crate::Page)).
+fn encode_page<'a>(records: impl ExactSizeIterator<Item = &'a Stored> + Clone) -> EncodedRecords {
+    let bytes = records.clone().map(|r| r.bytes().len()).sum();
+    let mut page = EncodedRecords::with_capacity(records.len(), bytes);
     for stored in records {
-        items.push(
-            stored
-                .decode_with(&mut decoder)
-                .map_err(|reason| unreadable(stored, reason))?,
-        );
+        page.push(stored.device_id(), stored.bytes());
     }
-    Ok(items)
+    page
 }
 
 fn unreadable(stored: &Stored, reason: String) -> Error {

@@ -5,7 +5,7 @@ use std::cmp::Ordering;
 
 use roaring::RoaringBitmap;
 
-use super::{Engine, decode_page};
+use super::{Engine, encode_page};
 use crate::error::{Error, Result};
 use crate::paging::{Page, PageRequest, Token};
 use crate::query::{Query, Select};
@@ -154,8 +154,7 @@ impl Engine {
                 _ => None,
             };
             std::hint::black_box(touch(items.iter().copied(), usize::MAX));
-            let items = decode_page(items.into_iter())?;
-            return Ok(Page::new(items, continuation));
+            return Ok(Page::encoded(encode_page(items.into_iter()), continuation));
         }
         let mut hits: Vec<(Vec<SortKey<'_>>, &Stored)> = Vec::new();
         // Every line of a candidate is touched with its slot (filtering, ORDER BY keys and
@@ -224,8 +223,10 @@ impl Engine {
             }
             _ => None,
         };
-        let items = decode_page(hits.into_iter().map(|(_, r)| r))?;
-        Ok(Page::new(items, continuation))
+        Ok(Page::encoded(
+            encode_page(hits.iter().map(|(_, r)| *r)),
+            continuation,
+        ))
     }
 }
 

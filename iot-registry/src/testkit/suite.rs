@@ -498,11 +498,21 @@ pub async fn queries_match_brute_force(r: &dyn Registry) {
             let mut paged = Vec::new();
             let mut page = PageRequest::first(page_size);
             loop {
-                let result = r.query(&q, &page).await.expect("page");
-                assert!(result.items.len() <= page_size);
-                assert!(!result.items.is_empty() || result.continuation.is_none());
-                paged.extend(result.items);
-                match result.continuation {
+                let mut result = r.query(&q, &page).await.expect("page");
+                assert!(result.len() <= page_size);
+                assert!(!result.is_empty() || result.continuation.is_none());
+                // The page's accessors agree with its decoded records.
+                let records = result.records().expect("records");
+                assert_eq!(records.len(), result.len(), "{text}");
+                assert_eq!(
+                    result.device_ids().map(|i| i.as_str()).collect::<Vec<_>>(),
+                    ids(&records),
+                    "{text}"
+                );
+                let continuation = result.continuation.take();
+                assert_eq!(result.into_records().expect("records"), records);
+                paged.extend(records);
+                match continuation {
                     Some(t) => page = PageRequest::next(page_size, t),
                     None => break,
                 }
@@ -567,7 +577,7 @@ pub async fn query_misuse(r: &dyn Registry) {
         .await
         .expect("page");
     assert_eq!(
-        ids(&second.items),
+        ids(&second.into_records().expect("records")),
         vec![format!("{run}-2"), format!("{run}-3")]
     );
 }

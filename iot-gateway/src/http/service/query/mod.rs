@@ -179,14 +179,15 @@ async fn twins(
             None => translated.registry_text.clone(),
         };
         let paged = parse(&text)?;
-        let result = state.registry().query(&paged, &page).await?;
-        let mut items = Vec::with_capacity(result.items.len());
-        for record in result.items {
+        let mut result = state.registry().query(&paged, &page).await?;
+        let continuation = result.continuation.take();
+        let mut items = Vec::with_capacity(result.len());
+        for record in result.into_records()? {
             if let Some(c) = candidate(state, record).await? {
                 items.push(c.twin_json);
             }
         }
-        return Ok(answer(items, result.continuation, "twin"));
+        return Ok(answer(items, continuation, "twin"));
     }
     let pre = prefilter_query(full)?;
     let wanted = translated.top.map_or(page.max_items, |n| {
@@ -195,15 +196,16 @@ async fn twins(
     let mut items = Vec::new();
     loop {
         page.max_items = (wanted - items.len()).max(1);
-        let result = state.registry().query(&pre, &page).await?;
-        for record in result.items {
+        let mut result = state.registry().query(&pre, &page).await?;
+        let continuation = result.continuation.take();
+        for record in result.into_records()? {
             if let Some(c) = candidate(state, record).await?
                 && full.matches(&c.view)
             {
                 items.push(c.twin_json);
             }
         }
-        match result.continuation {
+        match continuation {
             Some(token) if items.len() < wanted => page.continuation = Some(token),
             // TOP ends the answer; otherwise the registry's token resumes after the last
             // record examined (the page was asked for no more than the items still wanted).
@@ -243,15 +245,16 @@ async fn scan(state: &HttpState, full: &Query) -> ApiResult<Vec<Candidate>> {
     };
     let mut out = Vec::new();
     loop {
-        let result = state.registry().query(&pre, &page).await?;
-        for record in result.items {
+        let mut result = state.registry().query(&pre, &page).await?;
+        let continuation = result.continuation.take();
+        for record in result.into_records()? {
             if let Some(c) = candidate(state, record).await?
                 && full.matches(&c.view)
             {
                 out.push(c);
             }
         }
-        match result.continuation {
+        match continuation {
             Some(token) => page.continuation = Some(token),
             None => return Ok(out),
         }

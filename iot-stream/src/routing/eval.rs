@@ -402,7 +402,11 @@ fn call<'s>(func: Func, args: &'s [Expr], s: &Scope<'s, '_>) -> Option<Value> {
                 None => usize::MAX,
             };
             Some(Value::from(
-                str_of(&a).chars().skip(start).take(length).collect::<String>(),
+                str_of(&a)
+                    .chars()
+                    .skip(start)
+                    .take(length)
+                    .collect::<String>(),
             ))
         }
         Func::Abs => math(f64::abs),

@@ -177,8 +177,7 @@ impl<'a> MessageView<'a> {
             let micros =
                 i64::try_from(self.record.enqueued_time.as_unix_micros()).unwrap_or(i64::MAX);
             return Some(Cow::Owned(format_rfc3339(micros)));
-        } else if starts_with_ignore_case(name, "iothub-") || starts_with_ignore_case(name, "dt-")
-        {
+        } else if starts_with_ignore_case(name, "iothub-") || starts_with_ignore_case(name, "dt-") {
             return self
                 .record
                 .record

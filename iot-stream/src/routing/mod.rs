@@ -50,9 +50,7 @@ impl Condition {
     /// `Some(false)` when it evaluates to a Boolean, `None` when it is undefined or not a Boolean
     /// (a route then does not match).
     pub fn evaluate(&self, message: &MessageView<'_>, twin: Option<&Value>) -> Option<bool> {
-        self.expr
-            .eval(&eval::Scope { message, twin })?
-            .as_bool()
+        self.expr.eval(&eval::Scope { message, twin })?.as_bool()
     }
 
     /// The value of the expression (a condition is an expression): `None` is undefined.

@@ -154,8 +154,7 @@ impl SinkProcessor {
         let mut cuts = Vec::new();
         while let Some(first) = rest.first() {
             let (mut count, mut bytes) = (1, first.record.size_bytes());
-            while count < rest.len()
-                && self.config.batch.admits(first, count, bytes, &rest[count])
+            while count < rest.len() && self.config.batch.admits(first, count, bytes, &rest[count])
             {
                 bytes += rest[count].record.size_bytes();
                 count += 1;
@@ -243,7 +242,8 @@ impl StreamProcessor for SinkProcessor {
         if ctx.is_rebuilding() {
             // Nothing is written while rebuilding: the batches cut wait, in order, after those
             // already waiting.
-            self.complete.extend(cuts.into_iter().map(<[StoredRecord]>::to_vec));
+            self.complete
+                .extend(cuts.into_iter().map(<[StoredRecord]>::to_vec));
             return Ok(());
         }
         // Batches completed earlier are older than those cut from this read.

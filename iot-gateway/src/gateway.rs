@@ -187,6 +187,20 @@ pub trait Gateway: Send + Sync + Debug + 'static {
         if_version: Option<u64>,
     ) -> Result<Twin>;
 
+    /// [`patch_desired`](Gateway::patch_desired) for a replacement of the whole desired section
+    /// (the service API's `PUT /twins/{id}`): `patch` turns the current desired properties into
+    /// the new ones (`null` for each one removed). A hub that writes twin change events writes
+    /// this one as `replaceTwin` (IoT Hub's `opType` for a replaced twin) rather than
+    /// `updateTwin`. The provided method is `patch_desired`.
+    async fn replace_desired(
+        &self,
+        device: &DeviceId,
+        patch: Value,
+        if_version: Option<u64>,
+    ) -> Result<Twin> {
+        self.patch_desired(device, patch, if_version).await
+    }
+
     /// Checks that [`patch_desired`](Gateway::patch_desired) with these arguments would be
     /// accepted now — the device exists, `patch` is valid and the merged section within the
     /// twin limits, `if_version` (when given) is the current version — without writing it. A
@@ -457,6 +471,14 @@ macro_rules! forward_gateway {
                 if_version: Option<u64>,
             ) -> Result<Twin> {
                 (**self).patch_desired(device, patch, if_version).await
+            }
+            async fn replace_desired(
+                &self,
+                device: &DeviceId,
+                patch: Value,
+                if_version: Option<u64>,
+            ) -> Result<Twin> {
+                (**self).replace_desired(device, patch, if_version).await
             }
             async fn check_desired(
                 &self,

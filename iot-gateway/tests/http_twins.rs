@@ -283,3 +283,64 @@ async fn a_desired_write_that_fails_after_the_tags_says_so_and_the_twin_shows_it
     let record = stack.registry.get(&id("w3")).await.unwrap().unwrap();
     assert_eq!(record.metadata["site"], "s9");
 }
+
+/// The twin change events on the hub's topic, oldest first (one device: one partition).
+async fn twin_changes(stack: &Stack) -> Vec<iot_core::Record> {
+    let log = stack.hub.twin_changes_log();
+    let mut out = Vec::new();
+    for p in 0..log.partition_count() {
+        let read = log
+            .read(
+                iot_core::PartitionId(p),
+                iot_core::Offset(0),
+                iot_core::ReadLimits::default(),
+            )
+            .await
+            .expect("read twin changes");
+        out.extend(read.into_iter().map(|r| r.record));
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_put_of_the_twin_is_a_replace_twin_event_and_a_patch_an_update_twin_event() {
+    let stack = Stack::start().await;
+    create(&stack, "r1").await;
+    let path = format!("/twins/r1?{API}");
+    let patched = stack
+        .owner(
+            "PATCH",
+            &path,
+            Some(&json!({"properties": {"desired": {"a": 1, "b": 2}}})),
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{}", patched.json());
+    let replaced = stack
+        .owner(
+            "PUT",
+            &path,
+            Some(&json!({"properties": {"desired": {"a": 5}}})),
+        )
+        .await;
+    assert_eq!(replaced.status, 200, "{}", replaced.json());
+
+    let changes = twin_changes(&stack).await;
+    assert_eq!(changes.len(), 2);
+    let op = |r: &iot_core::Record| r.headers.get("opType").map(str::to_owned);
+    let body = |r: &iot_core::Record| -> Value {
+        serde_json::from_slice(&r.payload).expect("a JSON body")
+    };
+    assert_eq!(op(&changes[0]).as_deref(), Some("updateTwin"));
+    assert_eq!(body(&changes[0])["properties"]["desired"]["b"], 2);
+    assert_eq!(op(&changes[1]).as_deref(), Some("replaceTwin"));
+    assert_eq!(
+        changes[1].headers.get("iothub-message-schema"),
+        Some("twinChangeNotification")
+    );
+    // A replace shows the desired properties as the replace left them: `b` is gone, not null.
+    let desired = &body(&changes[1])["properties"]["desired"];
+    assert_eq!(desired["a"], 5);
+    assert!(desired.get("b").is_none(), "{desired}");
+    assert_eq!(desired["$version"], 2);
+    assert_eq!(body(&changes[1])["version"], 2);
+}

@@ -259,6 +259,24 @@ impl Gateway for ClusterHub {
         Ok(twin)
     }
 
+    async fn replace_desired(
+        &self,
+        device: &DeviceId,
+        patch: Value,
+        if_version: Option<u64>,
+    ) -> Result<Twin> {
+        let body = serde_json::to_vec(&patch).map_err(|e| Error::InvalidInput {
+            reason: e.to_string(),
+        })?;
+        let twin = self
+            .inner
+            .hub
+            .replace_desired(device, patch, if_version)
+            .await?;
+        self.notify(device, Some(twin.desired.version), &body).await;
+        Ok(twin)
+    }
+
     async fn check_desired(
         &self,
         device: &DeviceId,

@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, instrument};
 
 use crate::error::{CloseReason, Error, Result};
+use crate::events::EventKind;
 use crate::gateway::{DeviceActivity, DeviceSession, Gateway, SessionOptions};
 use crate::inbox::{InboxMessage, InboxStore, Settlement};
 use crate::message::{C2dMessage, C2dReceipt, Feedback, LockToken};
@@ -134,12 +135,15 @@ impl Hub {
         Ok(Box::new(HubSession::new(self.inner.clone(), shared)))
     }
 
-    /// Pushes a desired patch to the session of a device or of a module, after writing it.
+    /// Pushes a desired patch to the session of a device or of a module, after writing it. The
+    /// twin change event is `kind`: `updateTwin` carries the patch, `replaceTwin` the desired
+    /// properties as they are now.
     async fn patch_desired_of(
         &self,
         key: &EndpointId,
         patch: Value,
         if_version: Option<u64>,
+        kind: EventKind,
     ) -> Result<Twin> {
         let hub = &self.inner;
         hub.stats
@@ -149,13 +153,18 @@ impl Hub {
             .patch_twin_of(key, Section::Desired, &patch, if_version)
             .await?;
         let version = twin.desired.version;
+        let changed = match kind {
+            EventKind::ReplaceTwin => &twin.desired.properties,
+            _ => &patch,
+        };
         hub.twin_changes
             .send(records::twin_change(
                 &hub.hub_name,
                 key,
+                kind,
                 "desired",
                 version,
-                &patch,
+                changed,
             ))
             .await?;
         hub.stats
@@ -292,7 +301,8 @@ impl Gateway for Hub {
     ) -> Result<Twin> {
         self.inner.require_module(device, module).await?;
         let key = EndpointId::module(device.clone(), module.clone());
-        self.patch_desired_of(&key, patch, if_version).await
+        self.patch_desired_of(&key, patch, if_version, EventKind::UpdateTwin)
+            .await
     }
 
     #[instrument(level = "debug", skip_all, fields(device = %device, module = %module, method = %call.name))]
@@ -402,7 +412,21 @@ impl Gateway for Hub {
     ) -> Result<Twin> {
         self.inner.require_device(device).await?;
         let key = EndpointId::device(device.clone());
-        self.patch_desired_of(&key, patch, if_version).await
+        self.patch_desired_of(&key, patch, if_version, EventKind::UpdateTwin)
+            .await
+    }
+
+    #[instrument(level = "debug", skip_all, fields(device = %device))]
+    async fn replace_desired(
+        &self,
+        device: &DeviceId,
+        patch: Value,
+        if_version: Option<u64>,
+    ) -> Result<Twin> {
+        self.inner.require_device(device).await?;
+        let key = EndpointId::device(device.clone());
+        self.patch_desired_of(&key, patch, if_version, EventKind::ReplaceTwin)
+            .await
     }
 
     #[instrument(level = "debug", skip_all, fields(device = %device, method = %call.name))]

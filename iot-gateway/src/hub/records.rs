@@ -126,27 +126,22 @@ pub(crate) fn connection_event(
     r
 }
 
-/// A twin change in IoT Hub's shape (`updateTwin`, body `{"version", "properties": {section:
-/// …}}`), plus the hub's own `$section` and `$version` headers.
+/// A twin change in IoT Hub's shape (`opType` `kind`: `updateTwin` with the patch, or
+/// `replaceTwin` with the section as the replacement made it; body `{"version", "properties":
+/// {section: …}}`), plus the hub's own `$section` and `$version` headers.
 pub(crate) fn twin_change(
     hub: &str,
     twin: &EndpointId,
+    kind: EventKind,
     section: &str,
     version: u64,
-    patch: &Value,
+    properties: &Value,
 ) -> Record {
     let at = Timestamp::now();
-    let body = events::twin_change_body(section, version, patch, at);
-    let record = events::event_record(
-        EventKind::UpdateTwin,
-        hub,
-        twin.device.as_str(),
-        at,
-        correlation_id(),
-        &body,
-    )
-    .with_header(header::SECTION, section)
-    .with_header(header::VERSION, version.to_string());
+    let body = events::twin_change_body(section, version, properties, at);
+    let record = events::event_record(kind, hub, twin.device.as_str(), at, correlation_id(), &body)
+        .with_header(header::SECTION, section)
+        .with_header(header::VERSION, version.to_string());
     // Keyed by the device (one partition per device, modules included); a module's change
     // names the module, as IoT Hub's twin change events do.
     match &twin.module {

@@ -17,6 +17,7 @@ use super::stamp::{AuthMethod, SessionStamps};
 use super::stats::{InKind, OutKind};
 use super::{HubInner, records};
 use crate::error::{CloseReason, Error, Result};
+use crate::events::EventKind;
 use crate::gateway::{DeviceSession, SessionEvent, SessionOptions, Subscription};
 use crate::inbox::{Locked, Settlement};
 use crate::message::{C2dDelivery, LockToken, Telemetry};
@@ -615,6 +616,7 @@ impl DeviceSession for HubSession {
             .send(records::twin_change(
                 &self.hub.hub_name,
                 &self.shared.key,
+                EventKind::UpdateTwin,
                 "reported",
                 version,
                 &patch,

@@ -8,14 +8,89 @@ use std::cmp::Ordering;
 use serde_json::Value;
 
 use super::ast::{BinOp, Expr, Func, Root, Step};
-use super::message::MessageView;
+use super::message::{Member, MessageView};
+use crate::rules::project::Field;
+
+/// A defined value while evaluating. Borrowed wherever it can be — from the condition, the body,
+/// the twin, or (as text) from the record's headers — so that reading a property or a constant
+/// copies nothing; owned only when computed.
+#[derive(Clone, Debug)]
+pub(crate) enum V<'s> {
+    /// A JSON value of the condition, the body or the twin.
+    Ref(&'s Value),
+    /// A string property's text in the record (an application or a system property).
+    Str(&'s str),
+    /// A computed value.
+    Own(Value),
+}
+
+/// A value or *undefined* (`None`).
+pub(crate) type Val<'s> = Option<V<'s>>;
+
+/// What comparisons look at: a string (wherever it lives) or any other JSON value.
+enum Kind<'v> {
+    Str(&'v str),
+    Json(&'v Value),
+}
+
+impl<'s> V<'s> {
+    fn json(&self) -> Option<&Value> {
+        match self {
+            V::Ref(v) => Some(v),
+            V::Own(v) => Some(v),
+            V::Str(_) => None,
+        }
+    }
+
+    fn kind(&self) -> Kind<'_> {
+        match self {
+            V::Str(s) => Kind::Str(s),
+            V::Ref(Value::String(s)) | V::Own(Value::String(s)) => Kind::Str(s),
+            V::Ref(v) => Kind::Json(v),
+            V::Own(v) => Kind::Json(v),
+        }
+    }
+
+    pub(crate) fn as_bool(&self) -> Option<bool> {
+        self.json()?.as_bool()
+    }
+
+    fn as_str(&self) -> Option<&str> {
+        match self.kind() {
+            Kind::Str(s) => Some(s),
+            Kind::Json(_) => None,
+        }
+    }
+
+    fn as_f64(&self) -> Option<f64> {
+        self.json()?.as_f64()
+    }
+
+    fn is_number(&self) -> bool {
+        self.json().is_some_and(Value::is_number)
+    }
+
+    /// Whether `test` holds for the value (a header's text is a JSON string).
+    fn is(&self, test: fn(&Value) -> bool) -> bool {
+        match self {
+            V::Str(_) => test(&Value::String(String::new())),
+            V::Ref(v) => test(v),
+            V::Own(v) => test(v),
+        }
+    }
+
+    /// The value as JSON.
+    pub(crate) fn into_owned(self) -> Value {
+        match self {
+            V::Ref(v) => v.clone(),
+            V::Str(s) => Value::from(s),
+            V::Own(v) => v,
+        }
+    }
+}
 
 /// What a condition reads: the message and, when the route needs it, the twin
 /// (`{"tags": …, "properties": {"desired": …, "reported": …}}`).
-/// A value while evaluating: borrowed from the condition, the body or the twin where possible
-/// (no copy per comparison), owned when computed; `None` is undefined.
-pub(crate) type Val<'s> = Option<Cow<'s, Value>>;
-
 pub(crate) struct Scope<'s, 'a> {
     pub(crate) message: &'s MessageView<'a>,
     pub(crate) twin: Option<&'s Value>,
@@ -27,11 +102,11 @@ fn num(x: f64) -> Option<Value> {
 }
 
 fn owned<'s>(v: Option<Value>) -> Val<'s> {
-    v.map(Cow::Owned)
+    v.map(V::Own)
 }
 
 fn boolean<'s>(b: bool) -> Val<'s> {
-    Some(Cow::Owned(Value::Bool(b)))
+    Some(V::Own(Value::Bool(b)))
 }
 
 fn walk<'v>(mut v: &'v Value, steps: &[Step]) -> Option<&'v Value> {
@@ -44,7 +119,7 @@ fn walk<'v>(mut v: &'v Value, steps: &[Step]) -> Option<&'v Value> {
     Some(v)
 }
 
-fn compare(a: &Value, b: &Value) -> Option<Ordering> {
+fn compare_json(a: &Value, b: &Value) -> Option<Ordering> {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x.as_f64()?.partial_cmp(&y.as_f64()?),
         (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
@@ -54,16 +129,25 @@ fn compare(a: &Value, b: &Value) -> Option<Ordering> {
     }
 }
 
+fn compare(a: &Kind<'_>, b: &Kind<'_>) -> Option<Ordering> {
+    match (a, b) {
+        (Kind::Str(x), Kind::Str(y)) => Some(x.cmp(y)),
+        (Kind::Json(x), Kind::Json(y)) => compare_json(x, y),
+        // A string and anything else.
+        _ => None,
+    }
+}
+
 /// `=` and `!=` also hold between arrays and between objects (deep equality); numbers compare
 /// as numbers (`1 = 1.0`).
-fn equal(a: &Value, b: &Value) -> Option<bool> {
+fn equal_json(a: &Value, b: &Value) -> Option<bool> {
     match (a, b) {
         (Value::Array(x), Value::Array(y)) => {
             if x.len() != y.len() {
                 return Some(false);
             }
             for (p, q) in x.iter().zip(y) {
-                if !equal(p, q)? {
+                if !equal_json(p, q)? {
                     return Some(false);
                 }
             }
@@ -75,31 +159,35 @@ fn equal(a: &Value, b: &Value) -> Option<bool> {
             }
             for (k, p) in x {
                 match y.get(k) {
-                    Some(q) if equal(p, q)? => {}
+                    Some(q) if equal_json(p, q)? => {}
                     _ => return Some(false),
                 }
             }
             Some(true)
         }
+        _ => compare_json(a, b).map(|o| o == Ordering::Equal),
+    }
+}
+
+fn equal(a: &Kind<'_>, b: &Kind<'_>) -> Option<bool> {
+    match (a, b) {
+        (Kind::Json(x), Kind::Json(y)) => equal_json(x, y),
         _ => compare(a, b).map(|o| o == Ordering::Equal),
     }
 }
 
 fn as_bool(v: &Val<'_>) -> Option<bool> {
-    match v.as_deref() {
-        Some(Value::Bool(b)) => Some(*b),
-        _ => None,
-    }
+    v.as_ref()?.as_bool()
 }
 
 impl Expr {
     /// The expression's value; `None` is undefined.
     pub(crate) fn eval<'s>(&'s self, s: &Scope<'s, '_>) -> Val<'s> {
         match self {
-            Expr::Const(v) => Some(Cow::Borrowed(v)),
+            Expr::Const(v) => Some(V::Ref(v)),
             Expr::Undefined => None,
             Expr::Path(root, steps) => path(root, steps, s),
-            Expr::Not(e) => as_bool(&e.eval(s)).map(|b| Cow::Owned(Value::Bool(!b))),
+            Expr::Not(e) => as_bool(&e.eval(s)).map(|b| V::Own(Value::Bool(!b))),
             Expr::Neg(e) => owned(num(-e.eval(s)?.as_f64()?)),
             Expr::Binary(BinOp::And, a, b) => {
                 let a = as_bool(&a.eval(s));
@@ -132,6 +220,24 @@ impl Expr {
         }
     }
 
+    /// Adds the top-level body members the expression reads (`a` of `$body.a.b`) to `out`.
+    pub(crate) fn body_members(&self, out: &mut Vec<String>) {
+        match self {
+            Expr::Path(Root::Body, steps) => {
+                if let Some(Step::Field(name)) = steps.first() {
+                    out.push(name.clone());
+                }
+            }
+            Expr::Path(..) | Expr::Const(_) | Expr::Undefined => {}
+            Expr::Not(e) | Expr::Neg(e) => e.body_members(out),
+            Expr::Binary(_, a, b) => {
+                a.body_members(out);
+                b.body_members(out);
+            }
+            Expr::Call(_, args) => args.iter().for_each(|a| a.body_members(out)),
+        }
+    }
+
     /// Whether the expression reads the twin anywhere.
     pub(crate) fn reads_twin(&self) -> bool {
         match self {
@@ -145,11 +251,12 @@ impl Expr {
 }
 
 /// A comparison or arithmetic on two defined values.
-pub(crate) fn binary(op: BinOp, a: &Value, b: &Value) -> Option<Value> {
-    let cmp = |want: fn(Ordering) -> bool| compare(a, b).map(|o| Value::Bool(want(o)));
+fn binary(op: BinOp, a: &V<'_>, b: &V<'_>) -> Option<Value> {
+    let (ka, kb) = (a.kind(), b.kind());
+    let cmp = |want: fn(Ordering) -> bool| compare(&ka, &kb).map(|o| Value::Bool(want(o)));
     match op {
-        BinOp::Eq => equal(a, b).map(Value::Bool),
-        BinOp::NotEq => equal(a, b).map(|e| Value::Bool(!e)),
+        BinOp::Eq => equal(&ka, &kb).map(Value::Bool),
+        BinOp::NotEq => equal(&ka, &kb).map(|e| Value::Bool(!e)),
         BinOp::Lt => cmp(Ordering::is_lt),
         BinOp::LtEq => cmp(Ordering::is_le),
         BinOp::Gt => cmp(Ordering::is_gt),
@@ -177,44 +284,70 @@ fn path<'s>(root: &Root, steps: &[Step], s: &Scope<'s, '_>) -> Val<'s> {
         Root::App(name) => {
             let v = s.message.app_property(name)?;
             // Application properties are strings; a path into one is undefined.
-            steps.is_empty().then(|| Cow::Owned(Value::from(v)))
+            steps.is_empty().then_some(V::Str(v))
         }
         Root::System(name) => {
-            let v = s
-                .message
-                .system_property(name)
-                .or_else(|| s.message.app_property(&format!("${name}")).map(Value::from))?;
-            steps.is_empty().then_some(Cow::Owned(v))
+            if !steps.is_empty() {
+                return None;
+            }
+            match s.message.system_text(name) {
+                Some(Cow::Borrowed(v)) => Some(V::Str(v)),
+                Some(Cow::Owned(v)) => Some(V::Own(Value::String(v))),
+                None => s.message.app_property(&format!("${name}")).map(V::Str),
+            }
         }
         // A query on the whole body (`$body`, `$body[0]`) is undefined, as IoT Hub documents:
         // only properties in the body can be read.
-        Root::Body => match steps.first() {
-            Some(Step::Field(_)) => walk(s.message.body()?, steps).map(Cow::Borrowed),
+        Root::Body => match steps.split_first() {
+            Some((Step::Field(name), rest)) => match s.message.member(name)? {
+                Member::Value(v) => walk(v, rest).map(V::Ref),
+                Member::Field(field) => match field {
+                    Field::Json(v) => walk(v, rest).map(V::Ref),
+                    // A path into a scalar is undefined.
+                    _ if !rest.is_empty() => None,
+                    Field::Str(text) => Some(V::Str(text)),
+                    Field::Number(n) => Some(V::Own(Value::Number(n.clone()))),
+                    Field::Bool(b) => Some(V::Own(Value::Bool(*b))),
+                    Field::Null => Some(V::Own(Value::Null)),
+                },
+            },
             _ => None,
         },
         Root::Twin => match steps.first() {
-            Some(Step::Field(_)) => walk(s.twin?, steps).map(Cow::Borrowed),
+            Some(Step::Field(_)) => walk(s.twin?, steps).map(V::Ref),
             _ => None,
         },
     }
 }
 
-fn string<'v>(v: &'v Val<'_>) -> Option<&'v str> {
-    v.as_deref()?.as_str()
-}
-
-fn integer(v: &Val<'_>) -> Option<i64> {
-    let x = v.as_deref()?.as_f64()?;
+fn integer(v: &V<'_>) -> Option<i64> {
+    let x = v.as_f64()?;
     (x.fract() == 0.0).then_some(x as i64)
 }
 
+/// A function's value. Arguments are evaluated when the function needs them (evaluation has no
+/// side effects, so this only saves work), and none is collected into a list.
 fn call<'s>(func: Func, args: &'s [Expr], s: &Scope<'s, '_>) -> Option<Value> {
-    let values: Vec<Val<'s>> = args.iter().map(|a| a.eval(s)).collect();
-    let first: Option<&Value> = values.first().and_then(|v| v.as_deref());
-    let is = |test: fn(&Value) -> bool| Some(Value::Bool(first.is_some_and(test)));
-    let math = |f: fn(f64) -> f64| num(f(first?.as_f64()?));
+    let arg = |i: usize| args.get(i).and_then(|a| a.eval(s));
+    let is = |test: fn(&Value) -> bool| Some(Value::Bool(arg(0).is_some_and(|v| v.is(test))));
+    let math = |f: fn(f64) -> f64| num(f(arg(0)?.as_f64()?));
+    // The text of a string argument, else undefined.
+    macro_rules! text {
+        ($v:expr) => {
+            match $v {
+                Some(v) => match v.as_str() {
+                    Some(_) => v,
+                    None => return None,
+                },
+                None => return None,
+            }
+        };
+    }
+    fn str_of<'v>(v: &'v V<'_>) -> &'v str {
+        v.as_str().unwrap_or_default()
+    }
     match func {
-        Func::IsDefined => Some(Value::Bool(first.is_some())),
+        Func::IsDefined => Some(Value::Bool(arg(0).is_some())),
         Func::IsString => is(Value::is_string),
         Func::IsNumber => is(Value::is_number),
         Func::IsBool => is(Value::is_boolean),
@@ -222,33 +355,39 @@ fn call<'s>(func: Func, args: &'s [Expr], s: &Scope<'s, '_>) -> Option<Value> {
         Func::IsObject => is(Value::is_object),
         Func::IsArray => is(Value::is_array),
         Func::IsPrimitive => is(|v| !v.is_object() && !v.is_array()),
-        Func::AsNumber => match first? {
-            v @ Value::Number(_) => Some(v.clone()),
-            Value::String(text) => num(text.trim().parse::<f64>().ok()?),
-            _ => None,
-        },
-        Func::Length => Some(Value::from(string(&values[0])?.chars().count())),
-        Func::Lower => Some(Value::from(string(&values[0])?.to_lowercase())),
-        Func::Upper => Some(Value::from(string(&values[0])?.to_uppercase())),
+        Func::AsNumber => {
+            let first = arg(0)?;
+            match first.kind() {
+                Kind::Json(v @ Value::Number(_)) => Some(v.clone()),
+                Kind::Str(text) => num(text.trim().parse::<f64>().ok()?),
+                Kind::Json(_) => None,
+            }
+        }
+        Func::Length => Some(Value::from(str_of(&text!(arg(0))).chars().count())),
+        Func::Lower => Some(Value::from(str_of(&text!(arg(0))).to_lowercase())),
+        Func::Upper => Some(Value::from(str_of(&text!(arg(0))).to_uppercase())),
         Func::Concat => {
             let mut out = String::new();
-            for v in &values {
-                out.push_str(string(v)?);
+            for a in args {
+                out.push_str(str_of(&text!(a.eval(s))));
             }
             Some(Value::from(out))
         }
-        Func::Contains => Some(Value::Bool(
-            string(&values[0])?.contains(string(&values[1])?),
-        )),
-        Func::StartsWith => Some(Value::Bool(
-            string(&values[0])?.starts_with(string(&values[1])?),
-        )),
-        Func::EndsWith => Some(Value::Bool(
-            string(&values[0])?.ends_with(string(&values[1])?),
-        )),
+        Func::Contains => {
+            let (a, b) = (text!(arg(0)), text!(arg(1)));
+            Some(Value::Bool(str_of(&a).contains(str_of(&b))))
+        }
+        Func::StartsWith => {
+            let (a, b) = (text!(arg(0)), text!(arg(1)));
+            Some(Value::Bool(str_of(&a).starts_with(str_of(&b))))
+        }
+        Func::EndsWith => {
+            let (a, b) = (text!(arg(0)), text!(arg(1)));
+            Some(Value::Bool(str_of(&a).ends_with(str_of(&b))))
+        }
         Func::IndexOf => {
-            let text = string(&values[0])?;
-            let fragment = string(&values[1])?;
+            let (a, b) = (text!(arg(0)), text!(arg(1)));
+            let (text, fragment) = (str_of(&a), str_of(&b));
             // Positions in characters, like LENGTH and SUBSTRING.
             let index = text
                 .find(fragment)
@@ -256,14 +395,18 @@ fn call<'s>(func: Func, args: &'s [Expr], s: &Scope<'s, '_>) -> Option<Value> {
             Some(Value::from(index))
         }
         Func::Substring => {
-            let text = string(&values[0])?;
-            let start = usize::try_from(integer(&values[1])?.max(0)).ok()?;
-            let length = match values.get(2) {
-                Some(v) => usize::try_from(integer(v)?.max(0)).ok()?,
+            let a = text!(arg(0));
+            let start = usize::try_from(integer(&arg(1)?)?.max(0)).ok()?;
+            let length = match args.get(2) {
+                Some(e) => usize::try_from(integer(&e.eval(s)?)?.max(0)).ok()?,
                 None => usize::MAX,
             };
             Some(Value::from(
-                text.chars().skip(start).take(length).collect::<String>(),
+                str_of(&a)
+                    .chars()
+                    .skip(start)
+                    .take(length)
+                    .collect::<String>(),
             ))
         }
         Func::Abs => math(f64::abs),
@@ -282,6 +425,6 @@ fn call<'s>(func: Func, args: &'s [Expr], s: &Scope<'s, '_>) -> Option<Value> {
         Func::Square => math(|x| x * x),
         Func::Sqrt => math(f64::sqrt),
         Func::Exp => math(f64::exp),
-        Func::Power => num(first?.as_f64()?.powf(values[1].as_deref()?.as_f64()?)),
+        Func::Power => num(arg(0)?.as_f64()?.powf(arg(1)?.as_f64()?)),
     }
 }

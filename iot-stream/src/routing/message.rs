@@ -1,12 +1,16 @@
 //! A log record seen as an IoT Hub message: system properties, application properties and a
 //! JSON body, as the routing query language names them.
 
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use iot_core::StoredRecord;
 use iot_core::headers::{CONTENT_ENCODING, CONTENT_TYPE, CORRELATION_ID, MESSAGE_ID};
 use iot_core::time::format_rfc3339;
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
+
+use crate::rules::project::Field;
 
 /// The header the gateway stamps with the sending device's id.
 pub const DEVICE_ID_HEADER: &str = "iothub-connection-device-id";
@@ -29,15 +33,77 @@ const SYSTEM_HEADERS: [&str; 6] = [
 pub struct MessageView<'a> {
     record: &'a StoredRecord,
     body: OnceLock<Option<Value>>,
+    /// The top-level body members conditions read (sorted), when the routing processor knows
+    /// them: then only those are parsed ([`member`](Self::member)).
+    members: &'a [String],
+    /// Their values (`None`: absent), once parsed; `None` when the body is not UTF-8 (read
+    /// through [`body`](Self::body) then).
+    projected: OnceLock<Option<Vec<Option<Field<'a>>>>>,
+}
+
+/// A top-level member of the body.
+pub(crate) enum Member<'v, 'a> {
+    /// From the parsed body.
+    Value(&'v Value),
+    /// From the projection: scalars as they are in the payload.
+    Field(&'v Field<'a>),
 }
 
 impl<'a> MessageView<'a> {
     /// The message `record` holds.
     pub fn new(record: &'a StoredRecord) -> Self {
+        Self::projected(record, &[])
+    }
+
+    /// The message `record` holds, of whose body conditions read only the top-level members
+    /// `members` (sorted, no duplicates): a scan of the body fills those alone, skipping the
+    /// rest, with strings borrowed from the payload, instead of building the whole body as a
+    /// JSON value. This is the routing processor's view; conditions behave the same either way.
+    pub(crate) fn projected(record: &'a StoredRecord, members: &'a [String]) -> Self {
         MessageView {
             record,
             body: OnceLock::new(),
+            members,
+            projected: OnceLock::new(),
         }
+    }
+
+    /// Top-level body member `name`, when the body may be queried, parses and has it.
+    pub(crate) fn member(&self, name: &str) -> Option<Member<'_, 'a>> {
+        if let Ok(i) = self.members.binary_search_by(|m| m.as_str().cmp(name))
+            && let Some(slots) = self.projected.get_or_init(|| self.project()).as_ref()
+        {
+            return slots.get(i)?.as_ref().map(Member::Field);
+        }
+        self.body()?.as_object()?.get(name).map(Member::Value)
+    }
+
+    /// The projection's slots; `None` when the body is not UTF-8 text (its text is decoded into a
+    /// new string, which slots borrowing from it cannot outlive).
+    fn project(&self) -> Option<Vec<Option<Field<'a>>>> {
+        let mut slots = vec![None; self.members.len()];
+        let Some(encoding) = self.encoding() else {
+            // Not queryable: every member is undefined.
+            return Some(slots);
+        };
+        let text = match decode(&self.record.record.payload, encoding) {
+            Some(Cow::Borrowed(text)) => text,
+            Some(Cow::Owned(_)) => return None,
+            None => return Some(slots),
+        };
+        let mut de = serde_json::Deserializer::from_str(text);
+        let parsed = Slots {
+            names: self.members,
+            values: &mut slots,
+        }
+        .deserialize(&mut de)
+        .is_ok()
+            && de.end().is_ok();
+        if !parsed {
+            // A body that does not parse has no members, as when parsed whole.
+            slots.fill(None);
+        }
+        Some(slots)
     }
 
     /// The record.
@@ -86,34 +152,43 @@ impl<'a> MessageView<'a> {
     /// a header name IoT Hub uses (`iothub-enqueuedtime`, `dt-dataschema`, `dt-subject`, …).
     /// `None` when the name is no system property or the message does not have it.
     pub fn system_property(&self, name: &str) -> Option<Value> {
-        let lower = name.to_ascii_lowercase();
-        let header = match lower.as_str() {
-            "contenttype" | "content-type" => CONTENT_TYPE,
-            "contentencoding" | "content-encoding" => CONTENT_ENCODING,
-            "messageid" | "message-id" => MESSAGE_ID,
-            "correlationid" | "correlation-id" => CORRELATION_ID,
-            "userid" | "user-id" => "user-id",
-            "connectiondeviceid" | "iothub-connection-device-id" => {
-                return Some(Value::from(self.device_id()));
-            }
-            "connectionmoduleid" | "iothub-connection-module-id" => MODULE_ID_HEADER,
-            "enqueuedtime" | "iothub-enqueuedtime" => {
-                let micros =
-                    i64::try_from(self.record.enqueued_time.as_unix_micros()).unwrap_or(i64::MAX);
-                return Some(Value::from(format_rfc3339(micros)));
-            }
-            other if other.starts_with("iothub-") || other.starts_with("dt-") => {
-                return self
-                    .record
-                    .record
-                    .headers
-                    .iter()
-                    .find(|(n, _)| n.eq_ignore_ascii_case(other))
-                    .map(|(_, v)| Value::from(v));
-            }
-            _ => return None,
+        self.system_text(name).map(Value::from)
+    }
+
+    /// [`system_property`](Self::system_property) as text, borrowed from the record except for
+    /// `enqueuedTime` (conditions read it for every message: no copy, no lower-cased name).
+    pub(crate) fn system_text(&self, name: &str) -> Option<Cow<'a, str>> {
+        let is = |a: &str, b: &str| name.eq_ignore_ascii_case(a) || name.eq_ignore_ascii_case(b);
+        let header = if is("contenttype", "content-type") {
+            CONTENT_TYPE
+        } else if is("contentencoding", "content-encoding") {
+            CONTENT_ENCODING
+        } else if is("messageid", "message-id") {
+            MESSAGE_ID
+        } else if is("correlationid", "correlation-id") {
+            CORRELATION_ID
+        } else if is("userid", "user-id") {
+            "user-id"
+        } else if is("connectiondeviceid", DEVICE_ID_HEADER) {
+            return Some(Cow::Borrowed(self.device_id()));
+        } else if is("connectionmoduleid", MODULE_ID_HEADER) {
+            MODULE_ID_HEADER
+        } else if is("enqueuedtime", "iothub-enqueuedtime") {
+            let micros =
+                i64::try_from(self.record.enqueued_time.as_unix_micros()).unwrap_or(i64::MAX);
+            return Some(Cow::Owned(format_rfc3339(micros)));
+        } else if starts_with_ignore_case(name, "iothub-") || starts_with_ignore_case(name, "dt-") {
+            return self
+                .record
+                .record
+                .headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| Cow::Borrowed(v));
+        } else {
+            return None;
         };
-        self.header(header).map(Value::from)
+        self.header(header).map(Cow::Borrowed)
     }
 
     /// Whether the body may be queried: content type `application/json` and content encoding
@@ -127,13 +202,15 @@ impl<'a> MessageView<'a> {
         if !media.eq_ignore_ascii_case("application/json") {
             return None;
         }
-        let encoding = self.header(CONTENT_ENCODING)?.trim().to_ascii_lowercase();
-        match encoding.as_str() {
-            "utf-8" => Some(Encoding::Utf8),
-            "utf-16" => Some(Encoding::Utf16),
-            "utf-32" => Some(Encoding::Utf32),
-            _ => None,
-        }
+        let encoding = self.header(CONTENT_ENCODING)?.trim();
+        [
+            ("utf-8", Encoding::Utf8),
+            ("utf-16", Encoding::Utf16),
+            ("utf-32", Encoding::Utf32),
+        ]
+        .into_iter()
+        .find(|(name, _)| encoding.eq_ignore_ascii_case(name))
+        .map(|(_, e)| e)
     }
 
     /// The body as JSON, when it may be queried and parses.
@@ -154,13 +231,19 @@ enum Encoding {
     Utf32,
 }
 
-/// The body's text. UTF-16 and UTF-32 are little-endian unless a byte order mark says
-/// otherwise (as .NET, whose names these are, reads them).
-fn decode(bytes: &[u8], encoding: Encoding) -> Option<String> {
+fn starts_with_ignore_case(text: &str, prefix: &str) -> bool {
+    text.get(..prefix.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+}
+
+/// The body's text: UTF-8 as it is in the record (no copy). UTF-16 and UTF-32 are
+/// little-endian unless a byte order mark says otherwise (as .NET, whose names these are, reads
+/// them).
+fn decode(bytes: &[u8], encoding: Encoding) -> Option<Cow<'_, str>> {
     match encoding {
         Encoding::Utf8 => {
             let bytes = bytes.strip_prefix(&[0xEF, 0xBB, 0xBF]).unwrap_or(bytes);
-            std::str::from_utf8(bytes).ok().map(str::to_owned)
+            std::str::from_utf8(bytes).ok().map(Cow::Borrowed)
         }
         Encoding::Utf16 => {
             let (big, bytes) = match bytes {
@@ -182,6 +265,7 @@ fn decode(bytes: &[u8], encoding: Encoding) -> Option<String> {
             char::decode_utf16(units)
                 .collect::<Result<String, _>>()
                 .ok()
+                .map(Cow::Owned)
         }
         Encoding::Utf32 => {
             let (big, bytes) = match bytes {
@@ -202,7 +286,131 @@ fn decode(bytes: &[u8], encoding: Encoding) -> Option<String> {
                         u32::from_le_bytes(quad)
                     })
                 })
-                .collect()
+                .collect::<Option<String>>()
+                .map(Cow::Owned)
         }
+    }
+}
+
+/// A member name, borrowed from the payload unless it has escapes.
+struct Name<'a>(Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for Name<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match <Field<'de> as serde::Deserialize<'de>>::deserialize(d)? {
+            Field::Str(s) => Ok(Name(s)),
+            _ => Err(serde::de::Error::custom("a member name must be a string")),
+        }
+    }
+}
+
+/// Fills the slots of the named top-level members of a body; anything but an object has none.
+struct Slots<'s, 'a> {
+    names: &'a [String],
+    values: &'s mut [Option<Field<'a>>],
+}
+
+impl<'de: 'a, 'a> DeserializeSeed<'de> for Slots<'_, 'a> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de: 'a, 'a> Visitor<'de> for Slots<'_, 'a> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Name<'de>>()? {
+            match self
+                .names
+                .binary_search_by(|n| n.as_str().cmp(key.0.as_ref()))
+            {
+                // A repeated member: the last one counts, as in a parsed `Value`.
+                Ok(i) => self.values[i] = Some(map.next_value::<Field<'de>>()?),
+                Err(_) => {
+                    map.next_value::<Skip>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok(())
+    }
+}
+
+/// A value read and dropped. Unlike `IgnoredAny` (which only scans: `1e400` passes), it is read
+/// as a parse into a `Value` reads it, so a body the full parse refuses is refused here too;
+/// it keeps nothing.
+struct Skip;
+
+impl<'de> serde::Deserialize<'de> for Skip {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(SkipVisitor)
+    }
+}
+
+struct SkipVisitor;
+
+impl<'de> Visitor<'de> for SkipVisitor {
+    type Value = Skip;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_unit<E>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_none<E>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
+        while map.next_entry::<Skip, Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok(Skip)
     }
 }

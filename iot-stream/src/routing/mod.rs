@@ -50,17 +50,14 @@ impl Condition {
     /// `Some(false)` when it evaluates to a Boolean, `None` when it is undefined or not a Boolean
     /// (a route then does not match).
     pub fn evaluate(&self, message: &MessageView<'_>, twin: Option<&Value>) -> Option<bool> {
-        match self.expr.eval(&eval::Scope { message, twin }).as_deref() {
-            Some(Value::Bool(b)) => Some(*b),
-            _ => None,
-        }
+        self.expr.eval(&eval::Scope { message, twin })?.as_bool()
     }
 
     /// The value of the expression (a condition is an expression): `None` is undefined.
     pub fn value(&self, message: &MessageView<'_>, twin: Option<&Value>) -> Option<Value> {
         self.expr
             .eval(&eval::Scope { message, twin })
-            .map(std::borrow::Cow::into_owned)
+            .map(eval::V::into_owned)
     }
 }
 

@@ -29,7 +29,87 @@ pub struct RoutingProcessor {
     source: RouteSource,
     hub_name: String,
     twins: Option<Arc<dyn TwinLookup>>,
-    seen: Option<Arc<RoutingSnapshot>>,
+    plan: Option<Arc<Plan>>,
+}
+
+/// A snapshot worked out for this processor's source once, when it is picked up, rather than
+/// for every record: which routes run, their endpoints (each once, by index) and each
+/// endpoint's enrichments, with the values that do not depend on the message.
+#[derive(Debug)]
+struct Plan {
+    snapshot: Arc<RoutingSnapshot>,
+    /// Index into `snapshot.routes` and into `endpoints` of each route that runs, in order.
+    routes: Vec<(usize, usize)>,
+    /// The endpoints of the running routes, then the fallback.
+    endpoints: Vec<Endpoint>,
+    /// Index into `endpoints` of the fallback (device messages only).
+    fallback: Option<usize>,
+    /// The top-level body members the running routes read, sorted: only these are parsed.
+    members: Vec<String>,
+}
+
+#[derive(Debug)]
+struct Endpoint {
+    topic: String,
+    /// The enrichments of messages sent here: their keys and values.
+    enrichments: Vec<(String, Stamp)>,
+}
+
+/// An enrichment's value, as far as it is known without the message.
+#[derive(Debug)]
+enum Stamp {
+    Fixed(String),
+    Twin(Vec<String>),
+}
+
+impl Plan {
+    fn new(snapshot: Arc<RoutingSnapshot>, source: RouteSource, hub_name: &str) -> Self {
+        let mut endpoints: Vec<Endpoint> = Vec::new();
+        let mut index = |topic: &str| match endpoints.iter().position(|e| e.topic == topic) {
+            Some(i) => i,
+            None => {
+                let enrichments = snapshot
+                    .enrichments
+                    .iter()
+                    .filter(|e| e.endpoints.iter().any(|t| t == topic))
+                    .map(|e| {
+                        let stamp = match &e.value {
+                            EnrichmentValue::Static(v) => Stamp::Fixed(v.clone()),
+                            EnrichmentValue::HubName => Stamp::Fixed(hub_name.to_owned()),
+                            EnrichmentValue::Twin(steps) => Stamp::Twin(steps.clone()),
+                        };
+                        (e.key.clone(), stamp)
+                    })
+                    .collect();
+                endpoints.push(Endpoint {
+                    topic: topic.to_owned(),
+                    enrichments,
+                });
+                endpoints.len() - 1
+            }
+        };
+        let mut routes = Vec::new();
+        let mut members = Vec::new();
+        for (i, route) in snapshot.routes.iter().enumerate() {
+            if route.enabled && route.source == source {
+                routes.push((i, index(&route.endpoint)));
+                route.condition.expr.body_members(&mut members);
+            }
+        }
+        members.sort_unstable();
+        members.dedup();
+        let fallback = match &snapshot.fallback {
+            Some(topic) if source == RouteSource::DeviceMessages => Some(index(topic)),
+            _ => None,
+        };
+        Plan {
+            snapshot,
+            routes,
+            endpoints,
+            fallback,
+            members,
+        }
+    }
 }
 
 impl RoutingProcessor {
@@ -40,7 +120,7 @@ impl RoutingProcessor {
             source: RouteSource::DeviceMessages,
             hub_name: hub_name.to_owned(),
             twins: None,
-            seen: None,
+            plan: None,
         }
     }
 
@@ -57,35 +137,31 @@ impl RoutingProcessor {
         self
     }
 
-    /// The endpoints `record` goes to under `snapshot`, in route order, each once; `twins`
-    /// caches this batch's lookups.
+    /// Puts in `matched` the endpoints (indices into `plan.endpoints`) `message` goes to, in
+    /// route order, each once. `twin` is the message's twin, looked up on first need.
     async fn endpoints(
         &self,
-        snapshot: &RoutingSnapshot,
+        plan: &Plan,
         message: &MessageView<'_>,
-        twins: &mut TwinCache,
-    ) -> Result<Vec<String>> {
-        let mut endpoints: Vec<String> = Vec::new();
-        for route in &snapshot.routes {
-            if !route.enabled || route.source != self.source {
-                continue;
-            }
+        twin: &mut MessageTwin<'_>,
+        matched: &mut Vec<usize>,
+    ) -> Result<()> {
+        matched.clear();
+        for &(route, endpoint) in &plan.routes {
+            let route = &plan.snapshot.routes[route];
             let twin = if route.condition.reads_twin() {
-                self.twin(message, twins).await?
+                twin.get(self, message).await?
             } else {
                 None
             };
-            let scope = Scope {
-                message,
-                twin: twin.as_deref(),
-            };
-            match route.condition.expr.eval(&scope).as_deref() {
-                Some(Value::Bool(true)) => {
-                    if !endpoints.contains(&route.endpoint) {
-                        endpoints.push(route.endpoint.clone());
+            let scope = Scope { message, twin };
+            match route.condition.expr.eval(&scope).map(|v| v.as_bool()) {
+                Some(Some(true)) => {
+                    if !matched.contains(&endpoint) {
+                        matched.push(endpoint);
                     }
                 }
-                Some(Value::Bool(false)) => {}
+                Some(Some(false)) => {}
                 // IoT Hub logs an error in its routes resource log for these; a trace here.
                 other => trace!(
                     route = route.name.as_str(),
@@ -95,13 +171,12 @@ impl RoutingProcessor {
                 ),
             }
         }
-        if endpoints.is_empty()
-            && self.source == RouteSource::DeviceMessages
-            && let Some(fallback) = &snapshot.fallback
+        if matched.is_empty()
+            && let Some(fallback) = plan.fallback
         {
-            endpoints.push(fallback.clone());
+            matched.push(fallback);
         }
-        Ok(endpoints)
+        Ok(())
     }
 
     async fn twin(
@@ -124,25 +199,19 @@ impl RoutingProcessor {
         Ok(twin)
     }
 
-    /// `record` as sent to `endpoint`: with that endpoint's enrichments.
+    /// `message` as sent to `endpoint`: with that endpoint's enrichments.
     async fn enriched(
         &self,
-        snapshot: &RoutingSnapshot,
-        endpoint: &str,
+        endpoint: &Endpoint,
         message: &MessageView<'_>,
-        twins: &mut TwinCache,
+        twin: &mut MessageTwin<'_>,
     ) -> Result<Record> {
         let mut record = message.record().record.clone();
-        for enrichment in &snapshot.enrichments {
-            if !enrichment.endpoints.iter().any(|e| e == endpoint) {
-                continue;
-            }
-            let value = match &enrichment.value {
-                EnrichmentValue::Static(v) => v.clone(),
-                EnrichmentValue::HubName => self.hub_name.clone(),
-                EnrichmentValue::Twin(steps) => {
-                    let twin = self.twin(message, twins).await?;
-                    let found = twin.as_deref().and_then(|t| {
+        for (key, stamp) in &endpoint.enrichments {
+            let value = match stamp {
+                Stamp::Fixed(v) => v.clone(),
+                Stamp::Twin(steps) => {
+                    let found = twin.get(self, message).await?.and_then(|t| {
                         steps
                             .iter()
                             .try_fold(t, |v, step| v.as_object()?.get(step.as_str()))
@@ -155,7 +224,7 @@ impl RoutingProcessor {
                     }
                 }
             };
-            record.headers.insert(enrichment.key.as_str(), value);
+            record.headers.insert(key.as_str(), value);
         }
         Ok(record)
     }
@@ -163,33 +232,59 @@ impl RoutingProcessor {
 
 type TwinCache = HashMap<(String, Option<String>), Option<Arc<Value>>>;
 
+/// One message's twin: looked up (through the batch's cache) on first need, then kept, so that
+/// routes and enrichments that read it do not look it up again.
+struct MessageTwin<'c> {
+    cache: &'c mut TwinCache,
+    twin: Option<Option<Arc<Value>>>,
+}
+
+impl MessageTwin<'_> {
+    async fn get(
+        &mut self,
+        processor: &RoutingProcessor,
+        message: &MessageView<'_>,
+    ) -> Result<Option<&Value>> {
+        if self.twin.is_none() {
+            self.twin = Some(processor.twin(message, self.cache).await?);
+        }
+        Ok(self.twin.as_ref().and_then(|t| t.as_deref()))
+    }
+}
+
 #[async_trait]
 impl StreamProcessor for RoutingProcessor {
     async fn process(&mut self, batch: &[StoredRecord], ctx: &mut Context) -> Result<()> {
         let snapshot = self.table.snapshot();
-        if !self
-            .seen
-            .as_ref()
-            .is_some_and(|seen| Arc::ptr_eq(seen, &snapshot))
-        {
-            debug!(
-                partition = ctx.partition().0,
-                routes = snapshot.routes.len(),
-                enrichments = snapshot.enrichments.len(),
-                fallback = snapshot.fallback.as_deref().unwrap_or("-"),
-                "routing table picked up"
-            );
-            self.seen = Some(snapshot.clone());
-        }
-        let mut twins = TwinCache::new();
+        let plan = match &self.plan {
+            Some(plan) if Arc::ptr_eq(&plan.snapshot, &snapshot) => plan.clone(),
+            _ => {
+                debug!(
+                    partition = ctx.partition().0,
+                    routes = snapshot.routes.len(),
+                    enrichments = snapshot.enrichments.len(),
+                    fallback = snapshot.fallback.as_deref().unwrap_or("-"),
+                    "routing table picked up"
+                );
+                let plan = Arc::new(Plan::new(snapshot, self.source, &self.hub_name));
+                self.plan = Some(plan.clone());
+                plan
+            }
+        };
+        let mut cache = TwinCache::new();
+        let mut matched = Vec::with_capacity(plan.endpoints.len());
         for stored in batch {
-            let message = MessageView::new(stored);
-            let endpoints = self.endpoints(&snapshot, &message, &mut twins).await?;
-            for endpoint in endpoints {
-                let record = self
-                    .enriched(&snapshot, &endpoint, &message, &mut twins)
-                    .await?;
-                ctx.emit(&endpoint, record);
+            let message = MessageView::projected(stored, &plan.members);
+            let mut twin = MessageTwin {
+                cache: &mut cache,
+                twin: None,
+            };
+            self.endpoints(&plan, &message, &mut twin, &mut matched)
+                .await?;
+            for &endpoint in &matched {
+                let endpoint = &plan.endpoints[endpoint];
+                let record = self.enriched(endpoint, &message, &mut twin).await?;
+                ctx.emit(&endpoint.topic, record);
             }
         }
         Ok(())
@@ -199,7 +294,7 @@ impl StreamProcessor for RoutingProcessor {
 impl ProcessorFactory for RoutingProcessor {
     fn create(&self, _partition: PartitionId) -> Result<Box<dyn StreamProcessor>> {
         let mut processor = self.clone();
-        processor.seen = None;
+        processor.plan = None;
         Ok(Box::new(processor))
     }
 }

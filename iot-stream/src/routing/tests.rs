@@ -116,7 +116,7 @@ fn eval(text: &str, body: &Value) -> Option<Value> {
         message: &message,
         twin: None,
     })
-    .map(std::borrow::Cow::into_owned)
+    .map(super::eval::V::into_owned)
 }
 
 /// Kleene's three-valued logic, which IoT Hub's AND, OR and NOT follow with undefined as

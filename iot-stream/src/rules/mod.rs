@@ -31,7 +31,7 @@
 
 mod compile;
 mod expr;
-mod project;
+pub(crate) mod project;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};

@@ -117,25 +117,59 @@ impl SinkProcessor {
         Ok(SinkFactory { sink, config })
     }
 
-    fn take(&mut self, record: &StoredRecord) {
-        if self.next.is_some_and(|n| record.offset.0 < n) {
-            return;
-        }
-        self.next = Some(record.offset.0 + 1);
-        let admits = self.open.first().is_none_or(|first| {
-            self.config
+    /// Cuts `batch` (the host's read) into batches. Records that join the open batch left from
+    /// an earlier read are copied into it; batches that start and end inside `batch` are returned
+    /// as slices of it, so that they are written from the host's read without a copy of each
+    /// record; the records of a batch still open at the end are copied into `open`. The cuts are
+    /// those a record-by-record walk makes (see [`BatchPolicy`]), so a replay cuts the same.
+    fn cut<'b>(&mut self, batch: &'b [StoredRecord]) -> Vec<&'b [StoredRecord]> {
+        // A retried or replayed read starts with records already taken.
+        let skip = self
+            .next
+            .map_or(0, |n| batch.partition_point(|r| r.offset.0 < n));
+        let mut rest = batch.get(skip..).unwrap_or_default();
+        let Some(last) = rest.last() else {
+            return Vec::new();
+        };
+        self.next = Some(last.offset.0 + 1);
+        // First the records that continue the open batch, copied.
+        while let (Some(first), Some(next)) = (self.open.first(), rest.first()) {
+            if !self
+                .config
                 .batch
-                .admits(first, self.open.len(), self.open_bytes, record)
-        });
-        if !admits {
-            self.close_open();
+                .admits(first, self.open.len(), self.open_bytes, next)
+            {
+                self.close_open();
+                break;
+            }
+            self.open_bytes += next.record.size_bytes();
+            self.open.push(next.clone());
+            rest = &rest[1..];
+            // A full batch is written now rather than when the next record arrives (same cut).
+            if self.open.len() >= self.config.batch.max_records {
+                self.close_open();
+                break;
+            }
         }
-        self.open_bytes += record.record.size_bytes();
-        self.open.push(record.clone());
-        // A full batch is written now rather than when the next record arrives (same cut).
-        if self.open.len() >= self.config.batch.max_records {
-            self.close_open();
+        // Then whole batches inside this read, borrowed.
+        let mut cuts = Vec::new();
+        while let Some(first) = rest.first() {
+            let (mut count, mut bytes) = (1, first.record.size_bytes());
+            while count < rest.len() && self.config.batch.admits(first, count, bytes, &rest[count])
+            {
+                bytes += rest[count].record.size_bytes();
+                count += 1;
+            }
+            if count == rest.len() && count < self.config.batch.max_records {
+                // Still open: a later record may join it.
+                self.open.extend_from_slice(rest);
+                self.open_bytes = bytes;
+                break;
+            }
+            cuts.push(&rest[..count]);
+            rest = &rest[count..];
         }
+        cuts
     }
 
     fn close_open(&mut self) {
@@ -205,11 +239,18 @@ impl SinkProcessor {
 #[async_trait]
 impl StreamProcessor for SinkProcessor {
     async fn process(&mut self, batch: &[StoredRecord], ctx: &mut Context) -> Result<()> {
-        for record in batch {
-            self.take(record);
+        let cuts = self.cut(batch);
+        if ctx.is_rebuilding() {
+            // Nothing is written while rebuilding: the batches cut wait, in order, after those
+            // already waiting.
+            self.complete
+                .extend(cuts.into_iter().map(<[StoredRecord]>::to_vec));
+            return Ok(());
         }
-        if !ctx.is_rebuilding() {
-            self.write_complete(ctx).await;
+        // Batches completed earlier are older than those cut from this read.
+        self.write_complete(ctx).await;
+        for records in cuts {
+            self.write(records, ctx).await;
         }
         Ok(())
     }

@@ -155,10 +155,12 @@ async fn write(
             .await?;
     }
     if let Some(patch) = desired_patch {
-        let written = state
-            .gateway()
-            .patch_desired(id, patch, desired_version)
-            .await;
+        let gateway = state.gateway();
+        let written = match how {
+            Write::Merge => gateway.patch_desired(id, patch, desired_version).await,
+            // IoT Hub's twin change event for a PUT says `replaceTwin`.
+            Write::Replace => gateway.replace_desired(id, patch, desired_version).await,
+        };
         if let Err(e) = written {
             let mut error = desired_error(id, e);
             if tags_written {

@@ -22,9 +22,47 @@ fn scalar() -> impl Strategy<Value = Value> {
     ]
 }
 
+/// Positions for the geo conditions: values on and near box edges, both poles and the
+/// antimeridian, and members that are not positions (out of range, strings).
+fn position() -> impl Strategy<Value = Value> {
+    let lat = prop::sample::select(vec![
+        json!(10),
+        json!(10),
+        json!(10.001),
+        json!(10.001),
+        json!(-90),
+        json!(0),
+        json!(45),
+        json!(89.9),
+        json!(90),
+        json!(95),
+        json!("10"),
+    ]);
+    let lon = prop::sample::select(vec![
+        json!(10),
+        json!(10),
+        json!(10.001),
+        json!(10.001),
+        json!(-180),
+        json!(-179.9),
+        json!(0),
+        json!(179.9),
+        json!(180),
+        json!(200),
+    ]);
+    (lat, lon, any::<bool>()).prop_map(|(lat, lon, extra)| {
+        if extra {
+            json!({"lat": lat, "lon": lon, "x": 1})
+        } else {
+            json!({"lat": lat, "lon": lon})
+        }
+    })
+}
+
 fn value() -> impl Strategy<Value = Value> {
     prop_oneof![
         4 => scalar(),
+        2 => position(),
         1 => prop::collection::vec(scalar(), 0..3).prop_map(Value::Array),
         2 => prop::collection::btree_map(prop::sample::select(vec!["x", "y"]), scalar(), 0..3)
             .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())),
@@ -106,6 +144,20 @@ fn path() -> impl Strategy<Value = String> {
     .prop_map(str::to_owned)
 }
 
+/// Paths a geo condition may name (an object in metadata or tags).
+fn geo_path() -> impl Strategy<Value = String> {
+    prop::sample::select(vec![
+        "metadata.a",
+        "metadata.a",
+        "metadata.b",
+        "metadata.g",
+        "metadata.missing",
+        "tags.t",
+        "metadata",
+    ])
+    .prop_map(str::to_owned)
+}
+
 fn leaf() -> impl Strategy<Value = String> {
     prop_oneof![
         4 => (path(), prop::sample::select(vec!["=", "!=", "<", "<=", ">", ">="]), literal())
@@ -118,6 +170,20 @@ fn leaf() -> impl Strategy<Value = String> {
         1 => (path(), prop::sample::select(vec!["s", "s1", "", "dev-1", "st"]))
             .prop_map(|(p, s)| format!("STARTS_WITH({p}, '{s}')")),
         1 => path().prop_map(|p| format!("IS_DEFINED({p})")),
+        1 => (
+            geo_path(),
+            prop::sample::select(vec![
+                "-90, -180, 90, 180", "0, 0, 10, 10", "10, 10, 10, 10", "-50, 170, 50, -170",
+                "45, 179.9, 90, -179.9", "10.0005, 0, 89.9, 10.0005",
+            ]),
+        )
+            .prop_map(|(p, b)| format!("WITHIN_BOX({p}, {b})")),
+        2 => (
+            geo_path(),
+            prop::sample::select(vec!["10, 10", "10, 10", "10, 10", "0, 0", "90, 0", "45, 179.9", "10.001, -180"]),
+            prop::sample::select(vec!["0", "150", "150", "1000", "200000", "5000000", "30000000"]),
+        )
+            .prop_map(|(p, c, r)| format!("WITHIN_DISTANCE({p}, {c}, {r})")),
         1 => prop::sample::select(vec!["true", "false"]).prop_map(str::to_owned),
     ]
 }

@@ -246,3 +246,89 @@ fn huge_text_is_refused_before_lexing() {
     );
     assert_eq!(err(&q).kind, QueryErrorKind::TooComplex);
 }
+
+#[test]
+fn geo_conditions_parse_and_bad_areas_are_refused_where_they_are() {
+    use iot_registry::query::{Condition, GeoArea};
+    let q =
+        ok("SELECT * FROM devices WHERE WITHIN_DISTANCE(metadata.location, 47.62, -122.35, 5000)");
+    let Condition::Within {
+        field, lat, area, ..
+    } = q.condition()
+    else {
+        panic!("{:?}", q.condition())
+    };
+    assert_eq!(field.as_str(), "metadata.location");
+    assert_eq!(lat.as_str(), "metadata.location.lat");
+    assert_eq!(area, GeoArea::circle(47.62, -122.35, 5000.0).unwrap());
+    ok("select * from devices where within_box(tags.site, -21, 176, -12, -178) and metadata.x = 1");
+
+    let e = err("SELECT * FROM devices WHERE WITHIN_BOX(metadata.p, 10, 0, 5, 1)");
+    assert_eq!((e.kind, e.column), (QueryErrorKind::TypeMismatch, 52));
+    assert!(e.message.contains("south edge 10"), "{e}");
+    let e = err("SELECT * FROM devices WHERE WITHIN_DISTANCE(metadata.p, 0, 0, -5)");
+    assert!(e.message.contains("not negative"), "{e}");
+    let e = err("SELECT * FROM devices WHERE WITHIN_DISTANCE(metadata.p, 91, 0, 5)");
+    assert!(e.message.contains("latitude from -90 to 90"), "{e}");
+    let e = err("SELECT * FROM devices WHERE WITHIN_DISTANCE(deviceId, 0, 0, 5)");
+    assert_eq!((e.kind, e.column), (QueryErrorKind::TypeMismatch, 45));
+    let e = err("SELECT * FROM devices WHERE WITHIN_DISTANCE(metadata.p, '0', 0, 5)");
+    assert!(e.message.contains("expects a number for lat"), "{e}");
+    let e = err("SELECT * FROM devices WHERE WITHIN_BOX(metadata.p, 0, 0, 5)");
+    assert_eq!(e.kind, QueryErrorKind::Syntax);
+    assert!(e.message.contains("five arguments"), "{e}");
+}
+
+#[tokio::test]
+async fn geo_conditions_find_the_devices_near_a_point_or_in_a_box() {
+    use iot_core::DeviceId;
+    use iot_registry::{DeviceDocument, MemoryRegistry, PageRequest, Registry};
+    use serde_json::json;
+    let r = MemoryRegistry::new();
+    let places = [
+        ("space-needle", json!({"lat": 47.6205, "lon": -122.3493})),
+        ("pike-place", json!({"lat": 47.6097, "lon": -122.3422})),
+        ("sea-tac", json!({"lat": 47.4502, "lon": -122.3088})),
+        ("suva", json!({"lat": -18.1416, "lon": 178.4419})),
+        ("taveuni", json!({"lat": -16.8, "lon": -179.97})),
+        ("not-a-position", json!({"lat": "47.62", "lon": -122.35})),
+    ];
+    for (id, location) in places {
+        let doc = DeviceDocument {
+            metadata: json!({ "location": location })
+                .as_object()
+                .cloned()
+                .unwrap(),
+            ..DeviceDocument::default()
+        };
+        r.create(&DeviceId::new(id).unwrap(), doc).await.unwrap();
+    }
+    let ids = |q: &str| {
+        let q = ok(q);
+        let r = &r;
+        async move {
+            let page = r.query(&q, &PageRequest::first(100)).await.unwrap();
+            page.device_ids()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        ids("SELECT * FROM devices WHERE WITHIN_DISTANCE(metadata.location, 47.6205, -122.3493, 5000)").await,
+        ["pike-place", "space-needle"]
+    );
+    assert_eq!(
+        ids("SELECT * FROM devices WHERE WITHIN_DISTANCE(metadata.location, 47.6205, -122.3493, 20000)").await,
+        ["pike-place", "sea-tac", "space-needle"]
+    );
+    // Fiji, across the antimeridian.
+    assert_eq!(
+        ids("SELECT * FROM devices WHERE WITHIN_BOX(metadata.location, -21, 176, -12, -178)").await,
+        ["suva", "taveuni"]
+    );
+    assert_eq!(
+        ids("SELECT * FROM devices WHERE WITHIN_DISTANCE(metadata.location, -17, 180, 50000)")
+            .await,
+        ["taveuni"]
+    );
+}

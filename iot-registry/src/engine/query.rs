@@ -44,12 +44,15 @@ impl Engine {
                         continue;
                     }
                     match &mut acc {
-                        None => match self.indexes.exact(c, all) {
-                            Some(set) => acc = Some(set),
+                        None => match self.indexes.cover(c, all) {
+                            Some(cover) => {
+                                residual |= !cover.exact;
+                                acc = Some(cover.set);
+                            }
                             None => residual = true,
                         },
                         Some(a) => {
-                            if !self.indexes.intersect(a, c, all) {
+                            if self.indexes.intersect(a, c, all) != Some(true) {
                                 residual = true;
                             }
                         }
@@ -60,8 +63,8 @@ impl Engine {
                     None => (all.clone(), true),
                 }
             }
-            filter => match self.indexes.exact(filter, all) {
-                Some(set) => (set, false),
+            filter => match self.indexes.cover(filter, all) {
+                Some(cover) => (cover.set, !cover.exact),
                 None => (all.clone(), true),
             },
         }
@@ -254,4 +257,79 @@ fn touch<'a>(records: impl Iterator<Item = &'a Stored>, lines: usize) -> u8 {
         }
     }
     acc
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use iot_core::{DeviceId, Timestamp};
+    use serde_json::json;
+
+    use super::*;
+    use crate::{DeviceDocument, RegistryConfig};
+
+    /// A 100 × 100 grid of devices one degree apart, from (−50, −50) to (49, 49).
+    fn grid() -> Engine {
+        let mut engine = Engine::new(RegistryConfig::default()).unwrap();
+        let mut version = 0;
+        for i in 0..100i32 {
+            for j in 0..100i32 {
+                let id = DeviceId::new(format!("d-{i}-{j}")).unwrap();
+                let doc = DeviceDocument {
+                    metadata: json!({"location": {"lat": i - 50, "lon": j - 50}})
+                        .as_object()
+                        .cloned()
+                        .unwrap(),
+                    ..DeviceDocument::default()
+                };
+                let change = engine
+                    .prepare_create(&id, doc, Timestamp::from_unix_millis(0))
+                    .unwrap();
+                version += 1;
+                engine.apply(change, version);
+            }
+        }
+        engine
+    }
+
+    #[test]
+    fn geo_conditions_are_answered_from_the_indexes() {
+        let engine = grid();
+        // A box: exactly its 3 × 4 grid points, no check needed.
+        let q: Query = "SELECT * FROM devices WHERE WITHIN_BOX(metadata.location, 0, 0, 2, 3)"
+            .parse()
+            .unwrap();
+        let (candidates, residual) = engine.candidates(&q);
+        assert_eq!((candidates.len(), residual), (12, false));
+        assert_eq!(engine.count(&q), 12);
+        // 150 km around (10, 10): the bounding box's 3 × 3 points are the candidates (of
+        // 10 000), checked exactly: the four corners are 157 km away.
+        let q: Query =
+            "SELECT * FROM devices WHERE WITHIN_DISTANCE(metadata.location, 10, 10, 150000)"
+                .parse()
+                .unwrap();
+        let (candidates, residual) = engine.candidates(&q);
+        assert_eq!((candidates.len(), residual), (9, true));
+        assert_eq!(engine.count(&q), 5);
+        let q: Query =
+            "SELECT * FROM devices WHERE WITHIN_BOX(metadata.location, -50, -50, -50, -50)"
+                .parse()
+                .unwrap();
+        assert_eq!(engine.count(&q), 1);
+        let q: Query = "SELECT * FROM devices WHERE deviceId != 'd-60-60' AND WITHIN_BOX(metadata.location, -50, -50, -50, -50)"
+            .parse()
+            .unwrap();
+        assert_eq!(engine.count(&q), 1);
+        // Beside another condition, and inside an OR (with the box holding the grid's corner), the
+        // indexes still answer.
+        let q: Query = "SELECT * FROM devices WHERE deviceId != 'd-60-60' AND \
+             (WITHIN_DISTANCE(metadata.location, 10, 10, 150000) OR WITHIN_BOX(metadata.location, -50, -50, -50, -50))"
+            .parse()
+            .unwrap();
+        let (candidates, residual) = engine.candidates(&q);
+        assert_eq!((candidates.len(), residual), (10, true));
+        // The circle's five less its centre (d-60-60), and the corner.
+        assert_eq!(engine.count(&q), 5);
+    }
 }

@@ -7,8 +7,16 @@ use roaring::RoaringBitmap;
 
 use super::Indexes;
 use super::postings::{PathIndex, Posting};
-use crate::query::{CmpOp, Cond};
-use crate::value::{ScalarKey, class_bounds};
+use crate::query::{CmpOp, Cond, GeoArea, Path};
+use crate::value::{F64Key, ScalarKey, class_bounds};
+
+/// A set of slots holding every slot that satisfies a condition; `exact` when it holds no
+/// other.
+#[derive(Debug)]
+pub(crate) struct Cover {
+    pub(crate) set: RoaringBitmap,
+    pub(crate) exact: bool,
+}
 
 /// How many keys of a range the planner reads to estimate its size before giving up and
 /// assuming it is large.
@@ -73,6 +81,12 @@ impl Indexes {
                 }
                 self.path(path).map_or_else(empty, |i| i.defined.clone())
             }
+            Cond::Within { lat, lon, area, .. } => {
+                if !area.bounds_are_exact() {
+                    return None;
+                }
+                self.geo_bounds(lat, lon, area)?
+            }
             Cond::Not(inner) => all - &self.exact(inner, all)?,
             Cond::And(children) => {
                 // Smallest first, so that the running intersection stays small.
@@ -86,7 +100,7 @@ impl Indexes {
                     match &mut acc {
                         None => acc = Some(self.exact(c, all)?),
                         Some(a) => {
-                            if !self.intersect(a, c, all) {
+                            if self.intersect(a, c, all) != Some(true) {
                                 return None;
                             }
                         }
@@ -107,16 +121,17 @@ impl Indexes {
         })
     }
 
-    /// Narrows `acc` to the slots satisfying `cond`; false (and `acc` unchanged) if some part
-    /// of `cond` is not indexed, as [`Indexes::exact`] would say. An equality is intersected
-    /// with its posting in place: copying the posting of a common value (a tenth of a million
-    /// devices) first would cost more than the intersection itself.
+    /// Narrows `acc` to the slots satisfying `cond`: `Some(true)` if exactly, `Some(false)` if
+    /// to a superset (a distance condition's bounding box: the candidates must still be
+    /// checked), `None` (and `acc` unchanged) if some part of `cond` is not indexed. An equality
+    /// is intersected with its posting in place: copying the posting of a common value (a tenth
+    /// of a million devices) first would cost more than the intersection itself.
     pub(crate) fn intersect(
         &self,
         acc: &mut RoaringBitmap,
         cond: &Cond,
         all: &RoaringBitmap,
-    ) -> bool {
+    ) -> Option<bool> {
         if let Cond::Cmp {
             path,
             op: CmpOp::Eq,
@@ -128,15 +143,90 @@ impl Indexes {
                 None => acc.clear(),
                 Some(posting) => posting.retain_in(acc),
             }
-            return true;
+            return Some(true);
         }
-        match self.exact(cond, all) {
-            Some(set) => {
-                *acc &= set;
-                true
+        let cover = self.cover(cond, all)?;
+        *acc &= cover.set;
+        Some(cover.exact)
+    }
+
+    /// A set holding every slot that satisfies `cond`, and whether it holds only those; `None`
+    /// if some part of `cond` is not indexed. Beyond [`Indexes::exact`], it answers a distance
+    /// condition (with its bounding box) and `AND`s and `OR`s over one.
+    pub(crate) fn cover(&self, cond: &Cond, all: &RoaringBitmap) -> Option<Cover> {
+        match cond {
+            Cond::Within { lat, lon, area, .. } => Some(Cover {
+                set: self.geo_bounds(lat, lon, area)?,
+                exact: area.bounds_are_exact(),
+            }),
+            Cond::And(children) => {
+                // A child without a set is left for the check of the candidates; the others'
+                // intersection still holds every match.
+                let mut acc: Option<RoaringBitmap> = None;
+                let mut exact = true;
+                for c in children {
+                    match &mut acc {
+                        None => match self.cover(c, all) {
+                            Some(cover) => {
+                                exact &= cover.exact;
+                                acc = Some(cover.set);
+                            }
+                            None => exact = false,
+                        },
+                        Some(a) => exact &= self.intersect(a, c, all) == Some(true),
+                    }
+                }
+                match acc {
+                    Some(set) => Some(Cover { set, exact }),
+                    None if children.is_empty() => Some(Cover {
+                        set: all.clone(),
+                        exact: true,
+                    }),
+                    None => None,
+                }
             }
-            None => false,
+            Cond::Or(children) => {
+                let mut set = RoaringBitmap::new();
+                let mut exact = true;
+                for c in children {
+                    let cover = self.cover(c, all)?;
+                    exact &= cover.exact;
+                    set |= cover.set;
+                }
+                Some(Cover { set, exact })
+            }
+            _ => Some(Cover {
+                set: self.exact(cond, all)?,
+                exact: true,
+            }),
         }
+    }
+
+    /// The slots whose `lat` and `lon` lie in `area`'s bounds; `None` if either member is not
+    /// indexed.
+    fn geo_bounds(&self, lat: &Path, lon: &Path, area: &GeoArea) -> Option<RoaringBitmap> {
+        if !self.is_indexed(&lat.text) || !self.is_indexed(&lon.text) {
+            return None;
+        }
+        let (Some(lat_index), Some(lon_index)) = (self.path(lat), self.path(lon)) else {
+            return Some(RoaringBitmap::new());
+        };
+        let bounds = area.bounds();
+        let mut out = RoaringBitmap::new();
+        for (_, posting) in lat_index.values.range(number_range(bounds.lat)) {
+            posting.add_to(&mut out);
+        }
+        if out.is_empty() {
+            return Some(out);
+        }
+        let mut lons = RoaringBitmap::new();
+        for range in bounds.lon.into_iter().flatten() {
+            for (_, posting) in lon_index.values.range(number_range(range)) {
+                posting.add_to(&mut lons);
+            }
+        }
+        out &= lons;
+        Some(out)
     }
 
     /// A cheap upper-bound estimate of how many slots satisfy `cond`, or `None` if it cannot be
@@ -177,6 +267,23 @@ impl Indexes {
                     return None;
                 }
                 self.path(path).map_or(0, |i| i.defined.len())
+            }
+            Cond::Within { lat, lon, area, .. } => {
+                if !self.is_indexed(&lat.text) || !self.is_indexed(&lon.text) {
+                    return None;
+                }
+                let (Some(lat_index), Some(lon_index)) = (self.path(lat), self.path(lon)) else {
+                    return Some(0);
+                };
+                let bounds = area.bounds();
+                let by_lat = bounded_sum(lat_index.values.range(number_range(bounds.lat)), all);
+                let by_lon = bounds
+                    .lon
+                    .into_iter()
+                    .flatten()
+                    .map(|r| bounded_sum(lon_index.values.range(number_range(r)), all))
+                    .fold(0u64, u64::saturating_add);
+                by_lat.min(by_lon)
             }
             Cond::Not(inner) => {
                 self.estimate(inner, all)?;
@@ -221,6 +328,14 @@ impl Indexes {
                 .flat_map(|(_, posting)| posting.iter()),
         )
     }
+}
+
+/// A closed range of numbers as index keys.
+fn number_range((low, high): (f64, f64)) -> (Bound<ScalarKey>, Bound<ScalarKey>) {
+    (
+        Bound::Included(ScalarKey::Num(F64Key::new(low))),
+        Bound::Included(ScalarKey::Num(F64Key::new(high.max(low)))),
+    )
 }
 
 /// The key range of `path <op> value` within the value's class (never a reversed range, which

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::geo::GeoArea;
 use crate::error::QueryError;
 use crate::limits::QueryLimits;
 use crate::value::ScalarKey;
@@ -59,6 +60,13 @@ impl Path {
             text,
         }
     }
+
+    /// The path of member `key` of the object this path names.
+    pub(crate) fn member(&self, key: &str) -> Path {
+        let mut segments = self.segments.clone();
+        segments.push(key.to_owned());
+        Path::new(self.root, segments)
+    }
 }
 
 /// A comparison operator, with the path on the left.
@@ -105,6 +113,14 @@ pub(crate) enum Cond {
         prefix: String,
     },
     IsDefined(Path),
+    /// `WITHIN_BOX` / `WITHIN_DISTANCE`: `path` holds a position (`lat` and `lon` are its two
+    /// members' paths, kept so that evaluation and the indexes need not build them).
+    Within {
+        path: Path,
+        lat: Path,
+        lon: Path,
+        area: GeoArea,
+    },
     Not(Box<Cond>),
     And(Vec<Cond>),
     Or(Vec<Cond>),

@@ -8,6 +8,7 @@ use sqlparser::ast::{
 use sqlparser::tokenizer::Location;
 
 use super::ast::{CmpOp, Cond, Path, Root};
+use super::geo::GeoArea;
 use super::parse::{Res, err_at};
 use crate::error::{QueryError, QueryErrorKind as Kind};
 use crate::limits::{check_key, shorten};
@@ -210,7 +211,7 @@ fn function(f: &sqlparser::ast::Function, at: Location) -> Res<Cond> {
             return Err(err_at(
                 Kind::UnknownFunction,
                 at,
-                "unknown function: expected STARTS_WITH or IS_DEFINED",
+                format!("unknown function: expected {FUNCTIONS}"),
             ));
         }
     };
@@ -270,6 +271,38 @@ fn function(f: &sqlparser::ast::Function, at: Location) -> Res<Cond> {
                 )),
             }
         }
+        ("WITHIN_BOX", [arg, south, west, north, east]) => {
+            let path = geo_path(arg, at, "WITHIN_BOX")?;
+            let edges = [
+                number_arg(south, at, "WITHIN_BOX", "south")?,
+                number_arg(west, at, "WITHIN_BOX", "west")?,
+                number_arg(north, at, "WITHIN_BOX", "north")?,
+                number_arg(east, at, "WITHIN_BOX", "east")?,
+            ];
+            let area = GeoArea::bbox(edges[0], edges[1], edges[2], edges[3])
+                .map_err(|e| err_at(Kind::TypeMismatch, position(south, at), e.to_string()))?;
+            Ok(within(path, area))
+        }
+        ("WITHIN_DISTANCE", [arg, lat, lon, metres]) => {
+            let path = geo_path(arg, at, "WITHIN_DISTANCE")?;
+            let area = GeoArea::circle(
+                number_arg(lat, at, "WITHIN_DISTANCE", "lat")?,
+                number_arg(lon, at, "WITHIN_DISTANCE", "lon")?,
+                number_arg(metres, at, "WITHIN_DISTANCE", "metres")?,
+            )
+            .map_err(|e| err_at(Kind::TypeMismatch, position(lat, at), e.to_string()))?;
+            Ok(within(path, area))
+        }
+        ("WITHIN_BOX", _) => Err(err_at(
+            Kind::Syntax,
+            at,
+            "WITHIN_BOX takes five arguments: a field path, then south, west, north, east in degrees",
+        )),
+        ("WITHIN_DISTANCE", _) => Err(err_at(
+            Kind::Syntax,
+            at,
+            "WITHIN_DISTANCE takes four arguments: a field path, then lat, lon in degrees and a distance in metres",
+        )),
         ("IS_DEFINED", _) => Err(err_at(
             Kind::Syntax,
             at,
@@ -283,10 +316,47 @@ fn function(f: &sqlparser::ast::Function, at: Location) -> Res<Cond> {
         _ => Err(err_at(
             Kind::UnknownFunction,
             at,
+            format!("unknown function {}: expected {FUNCTIONS}", shorten(&name)),
+        )),
+    }
+}
+
+/// The functions a condition may call, for error messages.
+const FUNCTIONS: &str = "STARTS_WITH, IS_DEFINED, WITHIN_BOX or WITHIN_DISTANCE";
+
+fn within(path: Path, area: GeoArea) -> Cond {
+    Cond::Within {
+        lat: path.member("lat"),
+        lon: path.member("lon"),
+        path,
+        area,
+    }
+}
+
+/// The position argument of a geo function: a path into `metadata` or `tags` (the object holding
+/// `lat` and `lon`).
+fn geo_path(arg: &Expr, at: Location, function: &str) -> Res<Path> {
+    let arg_at = position(arg, at);
+    match as_path(arg, at)? {
+        Some(path) if matches!(path.root, Root::Metadata | Root::Tags) => Ok(path),
+        _ => Err(err_at(
+            Kind::TypeMismatch,
+            arg_at,
             format!(
-                "unknown function {}: expected STARTS_WITH or IS_DEFINED",
-                shorten(&name)
+                "{function} expects a field path in metadata or tags first, naming an object with lat and lon"
             ),
+        )),
+    }
+}
+
+fn number_arg(e: &Expr, at: Location, function: &str, what: &str) -> Res<f64> {
+    let arg_at = position(e, at);
+    match literal_of(e, arg_at)? {
+        ScalarKey::Num(n) => Ok(n.get()),
+        _ => Err(err_at(
+            Kind::TypeMismatch,
+            arg_at,
+            format!("{function} expects a number for {what}"),
         )),
     }
 }

@@ -41,6 +41,15 @@ impl Cond {
                 Some(Node::Scalar(ScalarRef::Str(s))) if s.starts_with(prefix.as_str())
             ),
             Cond::IsDefined(path) => record.resolve(path).is_some(),
+            Cond::Within { lat, lon, area, .. } => {
+                match (record.resolve(lat), record.resolve(lon)) {
+                    (
+                        Some(Node::Scalar(ScalarRef::Num(lat))),
+                        Some(Node::Scalar(ScalarRef::Num(lon))),
+                    ) => area.contains(lat, lon),
+                    _ => false,
+                }
+            }
             Cond::Not(c) => !c.matches(record),
             Cond::And(cs) => cs.iter().all(|c| c.matches(record)),
             Cond::Or(cs) => cs.iter().any(|c| c.matches(record)),

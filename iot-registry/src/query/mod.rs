@@ -30,6 +30,10 @@
 //!   `IN` is true when the path holds a scalar equal to one of the literals. `STARTS_WITH` is
 //!   true when the path holds a string starting with the prefix. `NOT` negates; `AND` holds when all
 //!   of its conditions hold, `OR` when any does (chains are flattened into one list).
+//! * **Positions.** `WITHIN_BOX` and `WITHIN_DISTANCE` ([`Condition::Within`]) hold when the
+//!   path names an object whose `lat` and `lon` are numbers forming a position
+//!   ([`is_position`]) inside the [`GeoArea`] ([`GeoArea::contains`]); distances are
+//!   great-circle distances on a sphere of [`EARTH_RADIUS_M`] ([`geo_distance_m`]).
 //! * **Order.** [`Query::order_by`] keys in turn, each ascending unless `descending`: undefined
 //!   (or composite) values first, then null, booleans, numbers, strings; ties broken by device id,
 //!   ascending. Without `ORDER BY`, records come in device-id order ([`Query::cmp_records`]).
@@ -39,9 +43,13 @@
 mod ast;
 mod compile;
 mod eval;
+mod geo;
 mod parse;
 mod view;
 
 pub(crate) use ast::{CmpOp, Cond, Path, Root};
 pub use ast::{Query, Select};
+pub use geo::{
+    EARTH_RADIUS_M, GeoArea, GeoBounds, InvalidArea, distance_m as geo_distance_m, is_position,
+};
 pub use view::{CompareOp, Condition, Field, FieldRoot, Literal, OrderBy};

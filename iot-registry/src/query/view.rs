@@ -12,6 +12,7 @@ use std::cmp::Ordering;
 use serde_json::Value;
 
 use super::ast::{CmpOp, Cond, OrderKey, Path, Query, Root};
+use super::geo::GeoArea;
 use crate::value::ScalarKey;
 
 /// Where a [`Field`] starts.
@@ -174,6 +175,18 @@ pub enum Condition<'q> {
     },
     /// `IS_DEFINED(field)`.
     IsDefined(Field<'q>),
+    /// `WITHIN_BOX(field, …)` or `WITHIN_DISTANCE(field, …)`: `field` names an object whose
+    /// numeric `lat` and `lon` members (`lat`, `lon` below) form a position inside `area`.
+    Within {
+        /// The object holding the position.
+        field: Field<'q>,
+        /// Its `lat` member.
+        lat: Field<'q>,
+        /// Its `lon` member.
+        lon: Field<'q>,
+        /// The area.
+        area: GeoArea,
+    },
     /// `NOT c`.
     Not(Box<Condition<'q>>),
     /// All of them.
@@ -207,6 +220,17 @@ impl<'q> Condition<'q> {
                 prefix,
             },
             Cond::IsDefined(path) => Condition::IsDefined(Field(path)),
+            Cond::Within {
+                path,
+                lat,
+                lon,
+                area,
+            } => Condition::Within {
+                field: Field(path),
+                lat: Field(lat),
+                lon: Field(lon),
+                area: *area,
+            },
             Cond::Not(c) => Condition::Not(Box::new(Condition::of(c))),
             Cond::And(cs) => Condition::And(cs.iter().map(Condition::of).collect()),
             Cond::Or(cs) => Condition::Or(cs.iter().map(Condition::of).collect()),

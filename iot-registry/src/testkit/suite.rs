@@ -377,6 +377,20 @@ pub fn sample_fleet(run: &str) -> Vec<(DeviceId, DeviceDocument)> {
                 "geo".into(),
                 json!({"lat": 47.0 + f64::from(i) / 1000.0, "lon": 8.5}),
             );
+            // A 16 × 15 grid 0.01° apart (about 1.1 km × 0.76 km), a few devices either side of
+            // the antimeridian, and some positions that are not positions.
+            let position = match i {
+                _ if i % 23 == 0 => {
+                    json!({"lat": -17.7, "lon": if i % 2 == 0 { 179.99 } else { -179.99 }})
+                }
+                _ if i % 19 == 0 => json!({"lat": "47.01", "lon": 8.5}),
+                _ if i % 29 == 0 => json!({"lat": 95, "lon": 8.5}),
+                _ => json!({
+                    "lat": 47.0 + f64::from(i % 16) / 100.0,
+                    "lon": 8.5 + f64::from(i / 16) / 100.0,
+                }),
+            };
+            m.insert("position".into(), position);
             if i % 5 == 0 {
                 m.insert("retired".into(), json!(i % 10 == 0));
             }
@@ -427,6 +441,12 @@ pub const SAMPLE_QUERIES: &[&str] = &[
     "SELECT * FROM devices ORDER BY metadata.retired, metadata.floor LIMIT 37",
     "SELECT * FROM devices WHERE true AND NOT false",
     "SELECT * FROM devices WHERE metadata.floor IS NOT NULL AND metadata.missing IS NULL",
+    "SELECT * FROM devices WHERE WITHIN_BOX(metadata.position, 47.02, 8.52, 47.085, 8.6)",
+    "SELECT * FROM devices WHERE WITHIN_DISTANCE(metadata.position, 47.055, 8.555, 3000) ORDER BY metadata.room",
+    "SELECT * FROM devices WHERE metadata.building = 'B1' AND WITHIN_DISTANCE(metadata.geo, 47.1, 8.5, 5000)",
+    "SELECT * FROM devices WHERE NOT WITHIN_BOX(metadata.position, 47.0, 8.5, 47.05, 8.55)",
+    "SELECT * FROM devices WHERE WITHIN_BOX(metadata.position, -20, 179, -15, -179) OR WITHIN_DISTANCE(metadata.position, 47, 8.5, 0)",
+    "SELECT * FROM devices WHERE WITHIN_DISTANCE(metadata.position, -17.7, 180, 5000)",
 ];
 
 /// `text` (a `SELECT` of the shape of [`SAMPLE_QUERIES`]) restricted to the records tagged

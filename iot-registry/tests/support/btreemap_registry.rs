@@ -188,6 +188,17 @@ fn matches(condition: &Condition<'_>, record: &DeviceRecord) -> bool {
             Some(Value::String(s)) if s.starts_with(prefix)
         ),
         Condition::IsDefined(field) => resolve(field, record).is_some(),
+        Condition::Within { lat, lon, area, .. } => {
+            match (resolve(lat, record), resolve(lon, record)) {
+                (Some(Value::Number(lat)), Some(Value::Number(lon))) => {
+                    match (lat.as_f64(), lon.as_f64()) {
+                        (Some(lat), Some(lon)) => area.contains(lat, lon),
+                        _ => false,
+                    }
+                }
+                _ => false,
+            }
+        }
         Condition::Not(c) => !matches(c, record),
         Condition::And(cs) => cs.iter().all(|c| matches(c, record)),
         Condition::Or(cs) => cs.iter().any(|c| matches(c, record)),

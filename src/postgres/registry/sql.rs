@@ -27,7 +27,9 @@
 //! cannot carry; a construct of the language this adapter does not know yet) makes
 //! [`translate`] return `None`; the registry then evaluates that query in Rust.
 
-use iot_registry::query::{CompareOp, Condition, Field, FieldRoot, Literal, OrderBy};
+use iot_registry::query::{
+    CompareOp, Condition, EARTH_RADIUS_M, Field, FieldRoot, GeoArea, Literal, OrderBy,
+};
 use iot_registry::{PageToken, Query, SortValue};
 use tokio_postgres::types::ToSql;
 
@@ -233,6 +235,10 @@ fn condition(c: &Condition<'_>, p: &mut Params) -> Option<String> {
             Target::Undefined => FALSE.to_owned(),
         },
         Condition::IsDefined(field) => defined(&target(field, p)?),
+        Condition::Within { lat, lon, area, .. } => match (target(lat, p)?, target(lon, p)?) {
+            (Target::Json(lat), Target::Json(lon)) => within(&lat, &lon, area, p),
+            _ => FALSE.to_owned(),
+        },
         Condition::Not(inner) => format!("(NOT {})", condition(inner, p)?),
         Condition::And(cs) => {
             // The equalities with a containment form share one document: one GIN condition
@@ -275,6 +281,50 @@ fn condition(c: &Condition<'_>, p: &mut Params) -> Option<String> {
         ),
         _ => return None,
     })
+}
+
+/// A position inside `area`: the two members are numbers inside the area's bounds and, for a
+/// circle, at most its radius away by the haversine formula, computed in `float8` in the order
+/// `iot_registry::query::geo_distance_m` computes it (radians first, then differences), so that
+/// both sides round alike.
+fn within(lat: &str, lon: &str, area: &GeoArea, p: &mut Params) -> String {
+    let (lat, lon) = (
+        format!("iot_registry_num({lat})"),
+        format!("iot_registry_num({lon})"),
+    );
+    let bounds = area.bounds();
+    let mut parts = vec![format!(
+        "{lat} BETWEEN {} AND {}",
+        p.float(bounds.lat.0),
+        p.float(bounds.lat.1)
+    )];
+    let lons: Vec<String> = bounds
+        .lon
+        .into_iter()
+        .flatten()
+        .map(|(w, e)| format!("{lon} BETWEEN {} AND {}", p.float(w), p.float(e)))
+        .collect();
+    parts.push(format!("({})", lons.join(" OR ")));
+    if let GeoArea::Circle {
+        lat: clat,
+        lon: clon,
+        radius_m,
+    } = *area
+    {
+        let (clat, clon) = (p.float(clat), p.float(clon));
+        let half_dp = format!("((radians({lat}) - radians({clat})) / 2)");
+        let half_dl = format!("(radians({lon} - {clon}) / 2)");
+        let a = format!(
+            "(sin({half_dp}) * sin({half_dp}) + cos(radians({clat})) * cos(radians({lat})) \
+             * (sin({half_dl}) * sin({half_dl})))"
+        );
+        parts.push(format!(
+            "2.0::float8 * {} * asin(least(sqrt({a}), 1.0::float8)) <= {}",
+            p.float(EARTH_RADIUS_M),
+            p.float(radius_m)
+        ));
+    }
+    format!("coalesce(({}), false)", parts.join(" AND "))
 }
 
 fn join(parts: Vec<String>, sep: &str, empty: &str) -> String {
@@ -644,12 +694,30 @@ mod tests {
             "SELECT * FROM devices WHERE STARTS_WITH(deviceId, 'dev-1') ORDER BY deviceId DESC",
             "SELECT * FROM devices WHERE IS_DEFINED(stateRef) ORDER BY metadata.floor DESC, tags.room",
             "SELECT * FROM devices WHERE true AND NOT false AND metadata != 1",
+            "SELECT * FROM devices WHERE WITHIN_BOX(metadata.p, -21, 176, -12, -178)",
+            "SELECT * FROM devices WHERE WITHIN_DISTANCE(tags.p, 47.6, -122.3, 5000) OR WITHIN_DISTANCE(metadata, 0, 0, 1)",
         ] {
             let q = Query::parse(text).expect("parses");
             let s = translate(&q, "ns", None, 10).expect("translated");
             assert!(s.sql.starts_with("SELECT"), "{text}: {}", s.sql);
             assert!(translate_count(&q, "ns").is_some(), "{text}");
         }
+    }
+
+    #[test]
+    fn geo_conditions_become_ranges_and_a_haversine_check() {
+        let q = Query::parse(
+            "SELECT * FROM devices WHERE WITHIN_DISTANCE(metadata.location, 0, 179.99, 5000)",
+        )
+        .expect("parses");
+        let s = translate(&q, "ns", None, 10).expect("translated");
+        // The cap crosses the antimeridian: two longitude ranges, then the exact distance.
+        assert_eq!(s.sql.matches("BETWEEN").count(), 3, "{}", s.sql);
+        assert!(s.sql.contains("asin(least(sqrt("), "{}", s.sql);
+        let q = Query::parse("SELECT * FROM devices WHERE WITHIN_BOX(metadata.l, 1, 2, 3, 4)")
+            .expect("parses");
+        let s = translate(&q, "ns", None, 10).expect("translated");
+        assert!(!s.sql.contains("asin"), "{}", s.sql);
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! path`) is read here; the rest (`WHERE`, `ORDER BY`) goes to the registry's parser, so its
 //! grammar and errors are the registry's.
 
-use iot_registry::query::{CompareOp, Condition, Field, FieldRoot, Literal};
+use iot_registry::query::{CompareOp, Condition, Field, FieldRoot, GeoArea, Literal};
 
 use crate::http::error::{ApiError, ApiResult, code};
 
@@ -298,7 +298,8 @@ pub(super) fn uses_derived(condition: &Condition<'_>) -> bool {
         Condition::Compare { field, .. }
         | Condition::In { field, .. }
         | Condition::StartsWith { field, .. }
-        | Condition::IsDefined(field) => field.root() == FieldRoot::Tags,
+        | Condition::IsDefined(field)
+        | Condition::Within { field, .. } => field.root() == FieldRoot::Tags,
         Condition::Not(inner) => uses_derived(inner),
         Condition::And(all) | Condition::Or(all) => all.iter().any(uses_derived),
         _ => true,
@@ -373,6 +374,31 @@ fn print(condition: &Condition<'_>) -> Option<String> {
             )
         }
         Condition::IsDefined(field) => format!("IS_DEFINED({})", print_field(field)?),
+        Condition::Within { field, area, .. } => {
+            let field = print_field(field)?;
+            let n = |x: f64| print_literal(&Literal::Number(x));
+            match *area {
+                GeoArea::Box {
+                    south,
+                    west,
+                    north,
+                    east,
+                } => format!(
+                    "WITHIN_BOX({field}, {}, {}, {}, {})",
+                    n(south)?,
+                    n(west)?,
+                    n(north)?,
+                    n(east)?
+                ),
+                GeoArea::Circle { lat, lon, radius_m } => format!(
+                    "WITHIN_DISTANCE({field}, {}, {}, {})",
+                    n(lat)?,
+                    n(lon)?,
+                    n(radius_m)?
+                ),
+                _ => return None,
+            }
+        }
         Condition::Not(inner) => format!("NOT ({})", print(inner)?),
         Condition::And(all) => {
             let parts: Option<Vec<String>> = all.iter().map(print).collect();
@@ -502,6 +528,23 @@ mod tests {
             p,
             "SELECT * FROM devices WHERE metadata.`odd key` = 1.5 AND NOT (metadata.b IN (1.0, 'x')) \
              AND STARTS_WITH(deviceId, 'dev')"
+        );
+        Query::parse(&p).unwrap();
+    }
+
+    #[test]
+    fn prefilter_keeps_geo_conditions_on_the_record() {
+        let q = Query::parse(
+            "SELECT * FROM devices WHERE WITHIN_DISTANCE(metadata.location, 47.6, -122.3, 5000) \
+             AND WITHIN_BOX(metadata.location, -21, 176, -12, -178) \
+             AND WITHIN_BOX(tags.properties.reported.gps, 0, 0, 1, 1)",
+        )
+        .unwrap();
+        let p = prefilter(&q.condition());
+        assert_eq!(
+            p,
+            "SELECT * FROM devices WHERE WITHIN_DISTANCE(metadata.location, 47.6, -122.3, 5000.0) \
+             AND WITHIN_BOX(metadata.location, -21.0, 176.0, -12.0, -178.0)"
         );
         Query::parse(&p).unwrap();
     }

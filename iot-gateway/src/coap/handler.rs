@@ -1,0 +1,197 @@
+//! What each request does at the gateway: telemetry, the next C2D message, settlement. The
+//! gateway is reached only through the public adapter kit ([`TokenSessions`]) and the
+//! [`Gateway`](crate::Gateway) / [`DeviceSession`](crate::DeviceSession) API, as an adapter
+//! outside this crate would.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use coap_lite::{RequestType, ResponseType};
+use iot_core::DeviceId;
+
+use super::request::{PROPERTIES_OPTION, REJECT_QUERY, Refusal, Request, media_type};
+use crate::adapter::{Address, SharedSession, TokenSessions, properties};
+use crate::error::Error;
+use crate::gateway::{SessionEvent, SessionOptions, Subscription};
+use crate::message::LockToken;
+
+/// A successful answer: the code, the payload and extra options.
+#[derive(Debug)]
+pub(super) struct Answer {
+    pub(super) code: ResponseType,
+    pub(super) payload: Vec<u8>,
+    pub(super) options: Vec<(u16, Vec<u8>)>,
+}
+
+impl Answer {
+    fn empty(code: ResponseType) -> Self {
+        Answer {
+            code,
+            payload: Vec::new(),
+            options: Vec::new(),
+        }
+    }
+}
+
+/// The per-server state requests share.
+#[derive(Debug)]
+pub(super) struct Handler {
+    sessions: TokenSessions,
+    c2d_wait: Duration,
+    /// One C2D poll at a time per device: `DeviceSession::next_event` is for one task at a time.
+    polls: Mutex<HashMap<DeviceId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Handler {
+    pub(super) fn new(sessions: TokenSessions, c2d_wait: Duration) -> Self {
+        Handler {
+            sessions,
+            c2d_wait,
+            polls: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(super) fn sessions(&self) -> &TokenSessions {
+        &self.sessions
+    }
+
+    /// Carries out a parsed request from `peer`.
+    pub(super) async fn handle(
+        &self,
+        request: Request,
+        payload: Vec<u8>,
+        peer: SocketAddr,
+    ) -> Result<Answer, Refusal> {
+        let Some(token) = request.token.as_deref() else {
+            return Err(Refusal::new(
+                ResponseType::Unauthorized,
+                "no SAS token (Uri-Query sas=…)",
+            ));
+        };
+        let options = SessionOptions::default().peer(Some(peer.ip()));
+        let device = request.address.device().clone();
+        // The address names the device whose session is opened, with the caller's token: a
+        // token for another device is refused by the gateway, like a bad one.
+        let session = self
+            .sessions
+            .session(&device, token, options)
+            .await
+            .map_err(refusal)?;
+        match (&request.address, request.method) {
+            (Address::Telemetry { .. }, RequestType::Post) => {
+                self.telemetry(&session, request, payload).await
+            }
+            (Address::DeviceBound { .. }, RequestType::Get) => self.next_c2d(&session).await,
+            (Address::DeviceBoundMessage { lock, .. }, RequestType::Delete) => {
+                let reject = request.query.iter().any(|(k, _)| k == REJECT_QUERY);
+                settle(&session, *lock, reject).await
+            }
+            (Address::Abandon { lock, .. }, RequestType::Post) => {
+                session.abandon(*lock).await.map_err(refusal)?;
+                Ok(Answer::empty(ResponseType::Changed))
+            }
+            _ => Err(Refusal::new(
+                ResponseType::MethodNotAllowed,
+                "method not allowed on this address",
+            )),
+        }
+    }
+
+    async fn telemetry(
+        &self,
+        session: &SharedSession,
+        request: Request,
+        payload: Vec<u8>,
+    ) -> Result<Answer, Refusal> {
+        let mut telemetry = properties::telemetry_from_properties(request.query, payload)?;
+        if telemetry.system.content_type.is_none() {
+            telemetry.system.content_type = request
+                .content_format
+                .and_then(media_type)
+                .map(str::to_owned);
+        }
+        // Answered only once the message is in the log: the acknowledgement of a confirmable
+        // request is the at-least-once promise.
+        session.send_telemetry(telemetry).await.map_err(refusal)?;
+        Ok(Answer::empty(ResponseType::Changed))
+    }
+
+    async fn next_c2d(&self, session: &SharedSession) -> Result<Answer, Refusal> {
+        let poll = {
+            let mut polls = self
+                .polls
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            polls.retain(|_, p| Arc::strong_count(p) > 1);
+            polls
+                .entry(session.device_id().clone())
+                .or_default()
+                .clone()
+        };
+        let _one_at_a_time = poll.lock().await;
+        session
+            .subscribe(Subscription::C2d)
+            .await
+            .map_err(refusal)?;
+        // Cancel safe (the `DeviceSession` contract): a message locked as the wait ends is
+        // handed out by the next GET.
+        let event = match tokio::time::timeout(self.c2d_wait, session.next_event()).await {
+            Err(_) => return Ok(Answer::empty(ResponseType::Content)),
+            Ok(event) => event.map_err(refusal)?,
+        };
+        match event {
+            SessionEvent::C2d(delivery) => {
+                let to = Address::device_bound_of(session.device_id());
+                let pairs = properties::c2d_properties(&delivery, &to);
+                let bag =
+                    properties::encode_bag(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                Ok(Answer {
+                    code: ResponseType::Content,
+                    payload: delivery.payload.to_vec(),
+                    options: vec![(PROPERTIES_OPTION, bag.into_bytes())],
+                })
+            }
+            SessionEvent::Closed(reason) => Err(Refusal::new(
+                ResponseType::ServiceUnavailable,
+                format!("the session closed: {reason:?}"),
+            )),
+            // Only C2D is subscribed; nothing else is handed out.
+            _ => Ok(Answer::empty(ResponseType::Content)),
+        }
+    }
+}
+
+async fn settle(session: &SharedSession, lock: LockToken, reject: bool) -> Result<Answer, Refusal> {
+    if reject {
+        session.reject(lock).await
+    } else {
+        session.complete(lock).await
+    }
+    .map_err(refusal)?;
+    Ok(Answer::empty(ResponseType::Deleted))
+}
+
+/// The response code of a gateway error. Refusals of credentials all read alike.
+fn refusal(e: Error) -> Refusal {
+    use ResponseType as R;
+    let (code, text) = match &e {
+        Error::Unauthorized { .. } => (R::Unauthorized, "unauthorized".to_string()),
+        Error::Throttled { .. } => (R::TooManyRequests, e.to_string()),
+        Error::TooLarge { .. } => (R::RequestEntityTooLarge, e.to_string()),
+        Error::InvalidProperty { .. } | Error::InvalidInput { .. } => {
+            (R::BadRequest, e.to_string())
+        }
+        Error::LockLost { .. } => (R::PreconditionFailed, e.to_string()),
+        Error::QueueFull { .. } => (R::ServiceUnavailable, e.to_string()),
+        Error::SessionClosed { .. } | Error::Shutdown => {
+            (R::ServiceUnavailable, "the session closed".to_string())
+        }
+        _ => {
+            tracing::warn!(error = %e, "CoAP request failed at the gateway");
+            (R::InternalServerError, "internal error".to_string())
+        }
+    };
+    Refusal::new(code, text)
+}

@@ -105,15 +105,27 @@ impl Client {
         self.recv_within(PATIENCE).await.expect("an answer in time")
     }
 
-    /// Sends `request` and returns the response to it (matched by token).
+    /// Sends `request` and returns the response to it (matched by token), sending it again
+    /// every second until then, as a CoAP client retransmits a confirmable request (RFC 7252
+    /// §4.2; the adapter may drop a request under load and deduplicates the copies).
     pub async fn exchange(&self, request: &Packet) -> Packet {
-        self.send_raw(&request.to_bytes().expect("encode")).await;
-        loop {
-            let answer = self.recv().await;
-            if answer.get_token() == request.get_token() {
-                return answer;
+        let bytes = request.to_bytes().expect("encode");
+        let answer = tokio::time::timeout(PATIENCE, async {
+            loop {
+                self.send_raw(&bytes).await;
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+                while let Some(answer) = self
+                    .recv_within(deadline.saturating_duration_since(tokio::time::Instant::now()))
+                    .await
+                {
+                    if answer.get_token() == request.get_token() {
+                        return answer;
+                    }
+                }
             }
-        }
+        })
+        .await;
+        answer.expect("an answer in time")
     }
 }
 

@@ -725,3 +725,42 @@ async fn gateway_testkit_adapter_checks() {
     testkit::adapter::run_adapter_checks(&*fx.hub, &fx.store, &device).await;
     fx.server.shutdown().await;
 }
+
+/// A C2D message too large for one datagram (no block-wise transfer) is rejected with feedback
+/// and the device hears 5.00; it does not hold up the next message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c2d_too_large_for_a_datagram_is_rejected() {
+    let fx = Fixture::start().await;
+    let (id, token) = fx.device("coap-large").await;
+    let mut large = C2dMessage::new(vec![b'x'; 100_000]);
+    large.ack = AckRequest::Full;
+    let large = fx.hub.send_c2d(&id, large).await.expect("c2d");
+    fx.hub
+        .send_c2d(&id, C2dMessage::new("small"))
+        .await
+        .expect("c2d");
+    let mut client = fx.client().await;
+    let get = request(
+        RequestType::Get,
+        client.next_id(),
+        &bound(&id),
+        &[sas(&token)],
+        b"",
+    );
+    assert_eq!(
+        code(&client.exchange(&get).await),
+        ResponseType::InternalServerError
+    );
+    let get = request(
+        RequestType::Get,
+        client.next_id(),
+        &bound(&id),
+        &[sas(&token)],
+        b"",
+    );
+    assert_eq!(client.exchange(&get).await.payload, b"small");
+    let feedback = fx.hub.read_feedback(0, 10).await.expect("feedback");
+    assert_eq!(feedback.len(), 1, "{feedback:?}");
+    assert_eq!(feedback[0].message_id, large.message_id);
+    assert_eq!(feedback[0].status, FeedbackStatus::Rejected);
+}

@@ -17,6 +17,10 @@ use crate::error::Error;
 use crate::gateway::{SessionEvent, SessionOptions, Subscription};
 use crate::message::LockToken;
 
+/// The most bytes of body and property bag a C2D answer carries: a UDP datagram holds at most
+/// 65 507, and the header, token and option headers need some.
+const MAX_C2D_DATAGRAM: usize = 64_000;
+
 /// A successful answer: the code, the payload and extra options.
 #[derive(Debug)]
 pub(super) struct Answer {
@@ -147,6 +151,17 @@ impl Handler {
                 let pairs = properties::c2d_properties(&delivery, &to);
                 let bag =
                     properties::encode_bag(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                if delivery.payload.len() + bag.len() > MAX_C2D_DATAGRAM {
+                    // No block-wise transfer: it can never reach the device this way. Dead-letter
+                    // it (rejected, with that feedback) rather than give it back, which would
+                    // hold up the device's queue until the maximum delivery count.
+                    tracing::warn!(device = %session.device_id(), "a C2D message does not fit in a CoAP datagram; rejected");
+                    session.reject(delivery.lock_token).await.map_err(refusal)?;
+                    return Err(Refusal::new(
+                        ResponseType::InternalServerError,
+                        "the message does not fit in a datagram",
+                    ));
+                }
                 Ok(Answer {
                     code: ResponseType::Content,
                     payload: delivery.payload.to_vec(),

@@ -764,3 +764,116 @@ async fn c2d_too_large_for_a_datagram_is_rejected() {
     assert_eq!(feedback[0].message_id, large.message_id);
     assert_eq!(feedback[0].status, FeedbackStatus::Rejected);
 }
+
+/// Observe (RFC 7641) on `…/devicebound`: the registration is answered at once, each C2D
+/// message comes as a confirmable notification with a growing Observe value once the last was
+/// acknowledged, and a Reset ends the observation and gives the message back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c2d_by_observe() {
+    let fx = Fixture::start().await;
+    let (id, token) = fx.device("coap-observe").await;
+    let mut client = fx.client().await;
+    let mut register = request(
+        RequestType::Get,
+        client.next_id(),
+        &bound(&id),
+        &[sas(&token)],
+        b"",
+    );
+    register.set_observe_value(0);
+    let registered = client.exchange(&register).await;
+    assert_eq!(code(&registered), ResponseType::Content);
+    assert!(registered.get_observe_value().is_some(), "an observation");
+    assert!(registered.payload.is_empty());
+
+    let notification = async |expected: &str| {
+        let n = client.recv().await;
+        assert_eq!(n.get_token(), register.get_token());
+        assert_eq!(n.header.get_type(), MessageType::Confirmable);
+        assert_eq!(code(&n), ResponseType::Content);
+        assert_eq!(n.payload, expected.as_bytes());
+        n
+    };
+    fx.hub
+        .send_c2d(&id, C2dMessage::new("one"))
+        .await
+        .expect("c2d");
+    fx.hub
+        .send_c2d(&id, C2dMessage::new("two"))
+        .await
+        .expect("c2d");
+    let first = notification("one").await;
+    let first_seq = first.get_observe_value().expect("Observe").expect("a uint");
+    let bag = first
+        .get_first_option(CoapOption::Unknown(PROPERTIES_OPTION))
+        .expect("properties");
+    let pairs = properties::decode_bag(std::str::from_utf8(bag).expect("utf-8")).expect("bag");
+    let lock = pairs
+        .iter()
+        .find(|(k, _)| k == LOCK_TOKEN_PROPERTY)
+        .map(|(_, v)| v.clone())
+        .expect("lock token");
+    // Nothing more until it is acknowledged.
+    assert!(
+        client
+            .recv_within(Duration::from_millis(500))
+            .await
+            .is_none()
+    );
+    let mut ack = coap_lite::Packet::new();
+    ack.header.set_version(1);
+    ack.header.set_type(MessageType::Acknowledgement);
+    ack.header.code = MessageClass::Empty;
+    ack.header.message_id = first.header.message_id;
+    client.send_raw(&ack.to_bytes().expect("ack")).await;
+    let second = notification("two").await;
+    assert!(
+        second
+            .get_observe_value()
+            .expect("Observe")
+            .expect("a uint")
+            > first_seq,
+        "notifications are ordered"
+    );
+    // The first one is settled as a GET's would be, beside the observation.
+    let mut settler = fx.client().await;
+    let done = request(
+        RequestType::Delete,
+        settler.next_id(),
+        &format!("{}/{lock}", bound(&id)),
+        &[sas(&token)],
+        b"",
+    );
+    assert_eq!(code(&settler.exchange(&done).await), ResponseType::Deleted);
+
+    // A Reset ends the observation; the unacknowledged message goes back to the inbox.
+    let mut reset = ack.clone();
+    reset.header.set_type(MessageType::Reset);
+    reset.header.message_id = second.header.message_id;
+    client.send_raw(&reset.to_bytes().expect("reset")).await;
+    let again = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let get = request(
+                RequestType::Get,
+                settler.next_id(),
+                &bound(&id),
+                &[sas(&token)],
+                b"",
+            );
+            let answer = settler.exchange(&get).await;
+            if !answer.payload.is_empty() {
+                return answer;
+            }
+        }
+    })
+    .await
+    .expect("the message comes back");
+    assert_eq!(again.payload, b"two");
+    assert!(
+        client
+            .recv_within(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "no more notifications"
+    );
+}

@@ -1,6 +1,7 @@
 //! The CoAP adapter against a CoAP client nobody here wrote: aiocoap (Python), run as a
-//! subprocess (`scripts/coap/aiocoap_device.py`). It sends telemetry with properties, then
-//! receives a C2D message and completes it.
+//! subprocess (`scripts/coap/aiocoap_device.py`). It sends telemetry with properties, receives
+//! a C2D message by GET and completes it, then observes its C2D address and completes the
+//! message that arrives as a notification.
 //!
 //! Behind the `coap-interop` feature: `scripts/coap/interop.sh` installs aiocoap into `.venv`
 //! and runs this test. The Python used is `$COAP_INTEROP_PYTHON`, else the workspace's
@@ -31,7 +32,7 @@ fn python() -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aiocoap_sends_telemetry_and_completes_a_c2d_message() {
+async fn aiocoap_sends_telemetry_and_receives_c2d_by_get_and_by_observe() {
     let fx = Fixture::start().await;
     let (id, token) = fx.device("aiocoap").await;
     let mut child = Command::new(python())
@@ -78,6 +79,21 @@ async fn aiocoap_sends_telemetry_and_completes_a_c2d_message() {
         r#"c2d payload={"cmd":"blink"} mid=c2d-aiocoap priority=high"#
     );
     assert_eq!(next_line().await, "complete code=2.02 Deleted");
+
+    // Observe: the next message arrives as a notification.
+    assert_eq!(
+        next_line().await,
+        "observing code=2.05 Content observe=True"
+    );
+    let mut message = C2dMessage::new(&b"{\"cmd\":\"dim\"}"[..]);
+    message.message_id = Some("c2d-observed".into());
+    message.ack = AckRequest::Positive;
+    fx.hub.send_c2d(&id, message).await.expect("queue");
+    assert_eq!(
+        next_line().await,
+        r#"notification payload={"cmd":"dim"} mid=c2d-observed"#
+    );
+    assert_eq!(next_line().await, "complete code=2.02 Deleted");
     let status = tokio::time::timeout(PATIENCE, child.wait())
         .await
         .expect("the client exits")
@@ -85,9 +101,17 @@ async fn aiocoap_sends_telemetry_and_completes_a_c2d_message() {
     assert!(status.success(), "{status}");
 
     let feedback = fx.hub.read_feedback(0, 10).await.expect("feedback");
-    assert_eq!(feedback.len(), 1, "{feedback:?}");
-    assert_eq!(feedback[0].message_id, "c2d-aiocoap");
-    assert_eq!(feedback[0].status, FeedbackStatus::Success);
+    let settled: Vec<_> = feedback
+        .iter()
+        .map(|f| (f.message_id.as_str(), f.status))
+        .collect();
+    assert_eq!(
+        settled,
+        vec![
+            ("c2d-aiocoap", FeedbackStatus::Success),
+            ("c2d-observed", FeedbackStatus::Success)
+        ]
+    );
     assert_eq!(fx.hub.pending_c2d(&id).await.expect("pending"), 0);
     fx.server.shutdown().await;
 }

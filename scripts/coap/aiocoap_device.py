@@ -1,7 +1,9 @@
 """A CoAP device written with aiocoap (unmodified, from PyPI) against the hub's CoAP adapter.
 
-Requests are confirmable (aiocoap's default). Sends one telemetry POST with properties, then polls for a C2D message with GET,
-prints it and completes it with DELETE. Prints one line per step for the Rust test
+Requests are confirmable (aiocoap's default). Sends one telemetry POST with properties, polls
+for a C2D message with GET, prints it and completes it with DELETE; then observes
+`…/devicebound` (RFC 7641), prints the next message's notification, cancels the observation
+and completes that message too. Prints one line per step for the Rust test
 (iot-gateway/tests/coap_interop.rs) to check; exits non-zero on any unexpected answer.
 """
 
@@ -70,6 +72,32 @@ async def main():
         % (answer.payload.decode(), properties.get("$.mid"), properties.get("priority")),
         flush=True,
     )
+    if not await complete(context, args, device, properties):
+        return 1
+
+    # Observe (RFC 7641): the next message comes as a notification.
+    observe = context.request(
+        Message(code=Code.GET, observe=0, uri=address(args, "devices/%s/messages/devicebound" % device))
+    )
+    first = await observe.response
+    print("observing code=%s observe=%s" % (first.code, first.opt.observe is not None), flush=True)
+    async for notification in observe.observation:
+        bags = [o.value for o in notification.opt.option_list() if o.number == PROPERTIES_OPTION]
+        if not bags:
+            continue
+        properties = dict(urllib.parse.parse_qsl(bags[0].decode(), keep_blank_values=True))
+        print(
+            "notification payload=%s mid=%s" % (notification.payload.decode(), properties.get("$.mid")),
+            flush=True,
+        )
+        observe.observation.cancel()
+        break
+    ok = await complete(context, args, device, properties)
+    await context.shutdown()
+    return 0 if ok else 1
+
+
+async def complete(context, args, device, properties):
     lock = properties["iothub-locktoken"]
     delete = Message(
         code=Code.DELETE,
@@ -77,8 +105,7 @@ async def main():
     )
     answer = await context.request(delete).response
     print("complete code=%s" % answer.code, flush=True)
-    await context.shutdown()
-    return 0 if answer.code == Code.DELETED else 1
+    return answer.code == Code.DELETED
 
 
 if __name__ == "__main__":

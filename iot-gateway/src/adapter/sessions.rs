@@ -155,6 +155,14 @@ impl TokenSessions {
         Ok(session)
     }
 
+    /// Counts as a request of `device` for the idle timer: an adapter that holds a device's
+    /// session for a long wait of its own (an observation, a long poll) keeps it open so.
+    pub fn keep_alive(&self, device: &DeviceId) {
+        if let Some(slot) = lock(&self.inner.slots).get(device) {
+            *lock(&slot.last_used) = Instant::now();
+        }
+    }
+
     /// Closes every cached session (the adapter shuts down).
     pub async fn close_all(&self) {
         let slots: Vec<Arc<Slot>> = lock(&self.inner.slots).drain().map(|(_, s)| s).collect();

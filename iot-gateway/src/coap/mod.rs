@@ -9,6 +9,7 @@
 //! | --- | --- |
 //! | `POST /devices/{id}/messages/events?sas=…&{properties}` | telemetry; 2.04 once it is in the log |
 //! | `GET /devices/{id}/messages/devicebound?sas=…` | the next C2D message, locked (2.05; empty and without properties when there is none) |
+//! | the same GET with Observe 0 | observe it (RFC 7641): each C2D message as a confirmable notification, the next once the last is acknowledged |
 //! | `DELETE /devices/{id}/messages/devicebound/{lockToken}?sas=…` | complete it (`&reject`: reject); 2.02 |
 //! | `POST /devices/{id}/messages/devicebound/{lockToken}/abandon?sas=…` | abandon it; 2.04 |
 //!
@@ -26,8 +27,8 @@
 //!   retransmission (same peer and message id within the exchange lifetime) is answered from
 //!   memory, never carried out twice.
 //! * **Not supported**: DTLS (so the token travels in the clear: use it on trusted networks or
-//!   under a VPN, see the guide), observe (a GET is answered once), block-wise transfer,
-//!   twins, direct methods, module identities.
+//!   under a VPN, see the guide), block-wise transfer, twins, direct methods, module
+//!   identities.
 //!
 //! ```no_run
 //! # async fn run(gateway: std::sync::Arc<dyn iot_gateway::Gateway>) -> Result<(), iot_gateway::coap::Error> {

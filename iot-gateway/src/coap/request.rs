@@ -26,7 +26,7 @@ pub const PROPERTIES_OPTION: u16 = 65000;
 const UNDERSTOOD: [u16; 9] = [
     3,   // Uri-Host
     4,   // ETag (elective)
-    6,   // Observe (elective; a GET is answered once)
+    6,   // Observe (elective): GET …/devicebound with 0 registers, 1 deregisters
     7,   // Uri-Port
     11,  // Uri-Path
     12,  // Content-Format
@@ -46,6 +46,8 @@ pub(super) struct Request {
     pub(super) query: Vec<(String, String)>,
     /// The Content-Format option, when present.
     pub(super) content_format: Option<u16>,
+    /// The Observe option (RFC 7641): 0 registers, 1 deregisters.
+    pub(super) observe: Option<u32>,
 }
 
 /// Why a request is refused: the response code and a short diagnostic payload.
@@ -120,12 +122,17 @@ pub(super) fn parse(packet: &Packet) -> Result<Request, Refusal> {
             Refusal::new(ResponseType::BadRequest, "Content-Format is not a uint")
         })?),
     };
+    let observe = packet
+        .get_observe_value()
+        .transpose()
+        .map_err(|_| Refusal::new(ResponseType::BadRequest, "Observe is not a uint"))?;
     Ok(Request {
         method,
         address,
         token,
         query,
         content_format,
+        observe,
     })
 }
 

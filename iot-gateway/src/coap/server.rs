@@ -24,13 +24,18 @@ use tokio::task::JoinHandle;
 use super::config::CoapConfig;
 use super::dedup::{Dedup, Seen};
 use super::error::Error;
-use super::handler::{Answer, Handler};
+use super::handler::{Answer, Handler, Observation, c2d_answer};
 use super::request::{self, Refusal};
 use crate::adapter::TokenSessions;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, SessionEvent};
 
 /// The largest response encoded (a C2D payload must fit in one datagram).
 const MAX_RESPONSE: usize = 65_000;
+
+/// RFC 7252's `ACK_TIMEOUT` and `MAX_RETRANSMIT` for the confirmable notifications this
+/// adapter sends (§4.8); the wait doubles with each retransmission.
+const ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+const MAX_RETRANSMIT: u32 = 4;
 
 /// A running CoAP adapter on one UDP socket.
 #[derive(Debug)]
@@ -47,8 +52,13 @@ struct Shared {
     dedup: Mutex<Dedup>,
     in_flight: Arc<Semaphore>,
     max_datagram: usize,
-    /// Message ids of our non-confirmable responses.
+    /// Message ids of the messages this adapter originates (non-confirmable responses,
+    /// notifications).
     next_id: std::sync::atomic::AtomicU16,
+    /// Confirmable notifications waiting for their acknowledgement, by (peer, message id):
+    /// `true` for an ACK, `false` for a Reset.
+    acks: Mutex<std::collections::HashMap<(SocketAddr, u16), tokio::sync::oneshot::Sender<bool>>>,
+    session_idle: std::time::Duration,
 }
 
 impl CoapServer {
@@ -80,6 +90,8 @@ impl CoapServer {
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
             max_datagram: config.max_datagram,
             next_id: std::sync::atomic::AtomicU16::new(rand::random()),
+            acks: Mutex::new(std::collections::HashMap::new()),
+            session_idle: config.session_idle,
         });
         let (shutdown, stop) = watch::channel(false);
         let task = tokio::spawn(receive(shared, stop));
@@ -156,7 +168,13 @@ async fn datagram(shared: &Arc<Shared>, bytes: &[u8], peer: SocketAddr) {
         }
     };
     match (packet.header.get_type(), packet.header.code) {
-        (MessageType::Acknowledgement | MessageType::Reset, _) => return,
+        (kind @ (MessageType::Acknowledgement | MessageType::Reset), _) => {
+            // The answer to a notification of ours, if one waits for it.
+            if let Some(waiting) = lock(&shared.acks).remove(&(peer, message_id)) {
+                let _ = waiting.send(kind == MessageType::Acknowledgement);
+            }
+            return;
+        }
         (MessageType::Confirmable, MessageClass::Empty) => {
             send(shared, &reset(message_id), peer).await;
             return;
@@ -191,7 +209,7 @@ async fn datagram(shared: &Arc<Shared>, bytes: &[u8], peer: SocketAddr) {
     let shared = shared.clone();
     let mut packet = packet;
     tokio::spawn(async move {
-        let _permit = permit;
+        let permit = permit;
         let result = match request::parse(&packet) {
             Ok(request) => {
                 let payload = std::mem::take(&mut packet.payload);
@@ -199,7 +217,17 @@ async fn datagram(shared: &Arc<Shared>, bytes: &[u8], peer: SocketAddr) {
             }
             Err(refusal) => Err(refusal),
         };
-        let response = response(&shared, &packet, result);
+        let (result, observation) = match result {
+            Ok(mut answer) => {
+                let observation = answer.observe.take();
+                (Ok(answer), observation)
+            }
+            Err(refusal) => (Err(refusal), None),
+        };
+        let mut response = response(&shared, &packet, result);
+        if observation.is_some() {
+            response.set_observe_value(1);
+        }
         match response.to_bytes_with_limit(MAX_RESPONSE) {
             Ok(bytes) => {
                 lock(&shared.dedup).answered(peer, message_id, bytes.clone());
@@ -208,9 +236,108 @@ async fn datagram(shared: &Arc<Shared>, bytes: &[u8], peer: SocketAddr) {
             Err(e) => {
                 tracing::warn!(%peer, error = ?e, "a CoAP response could not be encoded");
                 lock(&shared.dedup).forget(peer, message_id);
+                return;
             }
         }
+        // An observation lasts as long as the device wants: it holds no request slot.
+        drop(permit);
+        if let Some(observation) = observation {
+            notify(shared, observation, peer, packet.get_token().to_vec()).await;
+        }
     });
+}
+
+/// Sends the device's C2D messages to an observer as confirmable notifications (RFC 7641),
+/// one at a time: the next is fetched once the last is acknowledged. The device settles them
+/// as it settles what a GET returned. A Reset, or no acknowledgement after `MAX_RETRANSMIT`
+/// retransmissions, ends the observation and gives the message back; so does a newer
+/// registration or a deregistration. A closed session ends it with a 5.03 notification.
+async fn notify(shared: Arc<Shared>, observation: Observation, peer: SocketAddr, token: Vec<u8>) {
+    let Observation {
+        session,
+        mut cancelled,
+    } = observation;
+    let device = session.device_id().clone();
+    let mut sequence: u32 = 1;
+    let mut keep_alive = tokio::time::interval((shared.session_idle / 2).max(ACK_TIMEOUT));
+    loop {
+        let poll = shared.handler.poll_lock(&device);
+        let event = {
+            let _one_at_a_time = tokio::select! {
+                _ = &mut cancelled => return,
+                guard = poll.lock() => guard,
+            };
+            loop {
+                tokio::select! {
+                    _ = &mut cancelled => return,
+                    _ = keep_alive.tick() => shared.handler.sessions().keep_alive(&device),
+                    event = session.next_event() => break event,
+                }
+            }
+        };
+        let delivery = match event {
+            Ok(SessionEvent::C2d(delivery)) => delivery,
+            Ok(SessionEvent::Closed(_)) | Err(_) => {
+                let mut end = notification(&shared, &token, MessageType::NonConfirmable);
+                end.header.code = MessageClass::Response(ResponseType::ServiceUnavailable);
+                if let Ok(bytes) = end.to_bytes() {
+                    send(&shared, &bytes, peer).await;
+                }
+                return;
+            }
+            Ok(_) => continue,
+        };
+        let lock_token = delivery.lock_token;
+        let Ok(answer) = c2d_answer(&session, delivery).await else {
+            continue; // too large: rejected
+        };
+        sequence = (sequence + 1) & 0x00FF_FFFF;
+        let mut packet = notification(&shared, &token, MessageType::Confirmable);
+        packet.header.code = MessageClass::Response(answer.code);
+        packet.set_observe_value(sequence);
+        for (number, value) in answer.options {
+            packet.add_option(CoapOption::Unknown(number), value);
+        }
+        packet.payload = answer.payload;
+        let acknowledged = match packet.to_bytes_with_limit(MAX_RESPONSE) {
+            Ok(bytes) => confirm(&shared, &bytes, peer, packet.header.message_id).await,
+            Err(_) => false,
+        };
+        if !acknowledged {
+            tracing::debug!(%peer, device = %device, "observation ended by the observer");
+            let _ = session.abandon(lock_token).await;
+            return;
+        }
+    }
+}
+
+/// A message of ours to `token`'s exchange, with a fresh message id.
+fn notification(shared: &Shared, token: &[u8], kind: MessageType) -> Packet {
+    let mut packet = Packet::new();
+    packet.header.set_version(1);
+    packet.header.set_type(kind);
+    packet.header.message_id = shared
+        .next_id
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    packet.set_token(token.to_vec());
+    packet
+}
+
+/// Sends a confirmable message until it is acknowledged (`true`), reset or unanswered after
+/// `MAX_RETRANSMIT` retransmissions (`false`).
+async fn confirm(shared: &Shared, bytes: &[u8], peer: SocketAddr, message_id: u16) -> bool {
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    lock(&shared.acks).insert((peer, message_id), tx);
+    let mut wait = ACK_TIMEOUT;
+    for _ in 0..=MAX_RETRANSMIT {
+        send(shared, bytes, peer).await;
+        match tokio::time::timeout(wait, &mut rx).await {
+            Ok(answer) => return answer.unwrap_or(false),
+            Err(_) => wait *= 2,
+        }
+    }
+    lock(&shared.acks).remove(&(peer, message_id));
+    false
 }
 
 /// Checks coap-lite leaves to the caller. The CoAP encoding of a message is unique (options in

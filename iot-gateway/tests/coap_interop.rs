@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 
 use coap_support::{Fixture, PATIENCE};
+use iot_gateway::adapter::{LOCK_TOKEN_PROPERTY, properties};
 use iot_gateway::message::header;
 use iot_gateway::{AckRequest, C2dMessage, FeedbackStatus, Gateway};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -114,4 +115,141 @@ async fn aiocoap_sends_telemetry_and_receives_c2d_by_get_and_by_observe() {
     );
     assert_eq!(fx.hub.pending_c2d(&id).await.expect("pending"), 0);
     fx.server.shutdown().await;
+}
+
+/// The command-line client of libcoap (Debian's `libcoap3-bin`, `coap-client-notls`), a C
+/// implementation: telemetry with properties, then the C2D message by GET, completed by
+/// DELETE with the lock token it printed (the property option shows in its verbose dump).
+///
+/// The token goes in with `-O 15,sas=…` (option 15 is Uri-Query): coap-client 4.3's URI
+/// parser has a fixed option buffer that silently drops a query parameter as long as a SAS
+/// token ("buffer too small for option").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libcoap_client_sends_telemetry_and_completes_a_c2d_message() {
+    let fx = Fixture::start().await;
+    let (id, token) = fx.device("libcoap").await;
+    let base = format!(
+        "coap://127.0.0.1:{}/devices/{id}/messages",
+        fx.server.local_addr().port()
+    );
+    let run = async |args: &[&str]| {
+        let output = tokio::time::timeout(
+            PATIENCE,
+            Command::new("coap-client-notls")
+                .args(args)
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("coap-client finished in time")
+        .expect("coap-client (apt-get install libcoap3-bin)");
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        (
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let sas_option = format!("15,sas={token}");
+    let telemetry = format!("{base}/events?%24.mid=libcoap-1&temp=19");
+    // coap-client exits 0 whatever the answer; its verbose dump (`-v 7`) shows the answer.
+    let (dump, _) = run(&[
+        "-v",
+        "7",
+        "-O",
+        &sas_option,
+        "-m",
+        "post",
+        "-t",
+        "50",
+        "-e",
+        r#"{"temp":19}"#,
+        &telemetry,
+    ])
+    .await;
+    assert!(dump.contains("t:ACK c:2.04"), "{dump}");
+    let records = fx.telemetry_of(&id).await;
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert_eq!(r.payload, &br#"{"temp":19}"#[..]);
+    assert_eq!(r.headers.get(header::DEVICE_ID), Some(id.as_str()));
+    assert_eq!(r.headers.get(header::MESSAGE_ID), Some("libcoap-1"));
+    assert_eq!(
+        r.headers.get(header::CONTENT_TYPE),
+        Some("application/json")
+    );
+    assert_eq!(r.headers.get("temp"), Some("19"));
+
+    let mut message = C2dMessage::new(&b"reboot"[..]);
+    message.message_id = Some("c2d-libcoap".into());
+    message.ack = AckRequest::Positive;
+    fx.hub.send_c2d(&id, message).await.expect("queue");
+    let (dump, _) = run(&[
+        "-v",
+        "7",
+        "-O",
+        &sas_option,
+        "-m",
+        "get",
+        &format!("{base}/devicebound"),
+    ])
+    .await;
+    let answer = dump
+        .lines()
+        .find(|l| l.contains("t:ACK c:2.05"))
+        .unwrap_or_else(|| panic!("no 2.05 answer: {dump}"));
+    assert!(answer.ends_with(":: 'reboot'"), "{answer}");
+    // The property option, as the dump shows an unknown option: `65000:\xNN\xNN…`.
+    let escaped = answer
+        .split_once("65000:")
+        .and_then(|(_, rest)| rest.split([' ', ',']).next())
+        .unwrap_or_else(|| panic!("no property option: {answer}"));
+    let bag = unescape_dump(escaped);
+    let pairs = properties::decode_bag(&bag).expect("bag");
+    let property = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {name} in {pairs:?}"))
+    };
+    assert_eq!(property("$.mid"), "c2d-libcoap");
+    let lock = property(LOCK_TOKEN_PROPERTY);
+    let (dump, _) = run(&[
+        "-v",
+        "7",
+        "-O",
+        &sas_option,
+        "-m",
+        "delete",
+        &format!("{base}/devicebound/{lock}"),
+    ])
+    .await;
+    assert!(dump.contains("t:ACK c:2.02"), "{dump}");
+
+    let feedback = fx.hub.read_feedback(0, 10).await.expect("feedback");
+    assert_eq!(feedback.len(), 1, "{feedback:?}");
+    assert_eq!(feedback[0].message_id, "c2d-libcoap");
+    assert_eq!(feedback[0].status, FeedbackStatus::Success);
+    fx.server.shutdown().await;
+}
+
+/// libcoap's dump of option bytes: `\xNN` escapes (printable ASCII may stand as itself).
+fn unescape_dump(text: &str) -> String {
+    let mut bytes = Vec::new();
+    let mut rest = text.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        match (b, tail) {
+            (b'\\', [b'x', hi, lo, more @ ..]) => {
+                let hex = std::str::from_utf8(&[*hi, *lo]).expect("ascii").to_owned();
+                bytes.push(u8::from_str_radix(&hex, 16).expect("hex escape"));
+                rest = more;
+            }
+            _ => {
+                bytes.push(b);
+                rest = tail;
+            }
+        }
+    }
+    String::from_utf8(bytes).expect("UTF-8 property bag")
 }

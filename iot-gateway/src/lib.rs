@@ -5,6 +5,8 @@
 //! durable inbox, and carries twins and direct methods.
 //!
 //! * [`Gateway`] / [`DeviceSession`] — the contract protocol endpoints (MQTT, HTTP) sit on.
+//! * [`adapter`] — the kit for protocol adapters of one's own (property bags, device addresses,
+//!   sessions for connectionless protocols); see `docs/protocol-adapters.md`.
 //! * [`Hub`] — the reference gateway over a log ([`iot_core::Topics`]), an
 //!   [`iot_identity::IdentityStore`], an [`InboxStore`] and a [`TwinStore`] (memory and
 //!   file-backed implementations of each).
@@ -18,10 +20,13 @@
 //!   (module `http`; it turns on `mqtt` for the shared TLS configuration).
 //! * `client` — a device client for IoT Hub's MQTT protocol (module `client`), with an outbox
 //!   for store-and-forward.
+//! * `coap` — a CoAP adapter (module `coap`, RFC 7252 over UDP): telemetry, C2D and SAS
+//!   authentication, written on the public adapter kit ([`adapter`]) alone.
 //! * `edge` — the field gateway's upstream forwarder (module `edge`): a local hub's telemetry
 //!   forwarded to a cloud hub, one device client per leaf device; C2D and methods back down.
 #![forbid(unsafe_code)]
 
+pub mod adapter;
 pub mod error;
 pub mod events;
 pub mod gateway;
@@ -30,6 +35,7 @@ pub mod inbox;
 mod journaled;
 pub mod message;
 pub mod method;
+mod rfc3339;
 mod sync_util;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -69,3 +75,6 @@ pub mod client;
 
 #[cfg(feature = "edge")]
 pub mod edge;
+
+#[cfg(feature = "coap")]
+pub mod coap;

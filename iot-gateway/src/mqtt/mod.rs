@@ -38,7 +38,7 @@ mod framing;
 mod pending;
 mod persistent;
 mod property_bag;
-pub(crate) mod rfc3339;
+pub(crate) use crate::rfc3339;
 mod server;
 mod session;
 mod shared;

@@ -33,6 +33,12 @@
 //! `iot-gateway/tests/out_of_crate_gateway.rs` is a gateway written outside this crate against the
 //! public API alone that passes them.
 //!
+//! # Protocol adapters
+//!
+//! [`adapter`] checks an adapter in front of a gateway through a client of its protocol: the
+//! adapter writer implements [`adapter::AdapterDevice`] and runs [`adapter::run_adapter_checks`]
+//! (docs/protocol-adapters.md).
+//!
 //! # Stores
 //!
 //! An integrator with an inbox or twin store of their own runs its suite once, through a factory
@@ -63,6 +69,7 @@
 //! forwarding it (the plan is the identity testkit's, shared across crates); the suites pass over
 //! them when the plan only counts.
 
+pub mod adapter;
 mod c2d;
 mod fault;
 mod fixture;

@@ -22,6 +22,26 @@ pub struct User {
     pub updated_at: Timestamp,
 }
 
+impl User {
+    /// A user record as a store keeps it (for stores outside this crate: the times are the
+    /// store's to keep; `create_user` sets both to now, every write sets `updated_at`).
+    pub fn new(
+        name: UserName,
+        password: PassphraseHash,
+        disabled: bool,
+        created_at: Timestamp,
+        updated_at: Timestamp,
+    ) -> Self {
+        User {
+            name,
+            password,
+            disabled,
+            created_at,
+            updated_at,
+        }
+    }
+}
+
 /// What [`AccessStore::create_user`](super::AccessStore::create_user) needs: the password is
 /// already hashed ([`AccessControl::create_user`](super::AccessControl::create_user) hashes it),
 /// so a store never sees one.

@@ -71,7 +71,9 @@ where
     grants_follow_users_and_roles(s).await;
     sessions_expire_are_revoked_and_bounded(s).await;
     access_bad_input(s).await;
+    concurrent_creates_of_one_user(Arc::clone(&store)).await;
     checks_through_access_control(Arc::clone(&store)).await;
+    checks_fail_closed(Arc::clone(&store)).await;
     access_survives_reopen(store, reopen).await;
 }
 
@@ -462,6 +464,83 @@ pub async fn access_bad_input(store: &dyn AccessStore) {
         Err(Error::InvalidInput { .. })
     ));
     assert!(store.grants_of(&user).await.expect("grants").is_empty());
+    store.delete_user(&user).await.expect("cleanup");
+}
+
+/// Of concurrent creates of one user, exactly one succeeds.
+pub async fn concurrent_creates_of_one_user(store: Arc<dyn AccessStore>) {
+    let name = fresh_user("acc-race");
+    let password = hash("pw");
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (store, name, password) = (Arc::clone(&store), name.clone(), password.clone());
+            tokio::spawn(async move { store.create_user(NewUser::new(name, password)).await })
+        })
+        .collect();
+    let mut created = 0;
+    for task in tasks {
+        match task.await.expect("task") {
+            Ok(_) => created += 1,
+            Err(Error::UserAlreadyExists { .. }) => {}
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert_eq!(created, 1);
+    store.delete_user(&name).await.expect("cleanup");
+}
+
+/// A resolver that cannot answer (an unreachable registry).
+#[derive(Debug)]
+struct Unreachable;
+
+#[async_trait::async_trait]
+impl crate::access::DeviceSets for Unreachable {
+    async fn matches_query(&self, _: &iot_core::DeviceId, _: &str) -> crate::Result<bool> {
+        Err(Error::backend("registry", "connection refused", true))
+    }
+    async fn under_node(
+        &self,
+        _: &iot_core::DeviceId,
+        _: &crate::access::HierarchyNode,
+    ) -> crate::Result<bool> {
+        Err(Error::backend("registry", "connection refused", true))
+    }
+}
+
+/// When the resolver fails, a check that needs it denies (`unavailable`, audited); grants it
+/// does not need still allow.
+pub async fn checks_fail_closed(store: Arc<dyn AccessStore>) {
+    let user = fresh_user("acc-closed");
+    let (mine, other) = (fresh_id("acc-closed-mine"), fresh_id("acc-closed-other"));
+    store
+        .create_user(NewUser::new(user.clone(), hash("pw")))
+        .await
+        .expect("create");
+    for devices in [
+        DeviceSet::Device(mine.clone()),
+        DeviceSet::Node("building=HQ".parse().expect("node")),
+    ] {
+        store
+            .add_grant(Grant::new(user.clone(), role("operator"), devices))
+            .await
+            .expect("grant");
+    }
+    let audit = MemoryAuditSink::new();
+    let access = AccessControl::new(Arc::clone(&store), Arc::new(Unreachable))
+        .with_audit(Arc::new(audit.clone()));
+    let invoke = Permission::InvokeMethod;
+    assert_eq!(
+        access.check(&user, invoke, &Target::Device(mine)).await,
+        Decision::Allow,
+        "a device grant needs no resolver"
+    );
+    assert_eq!(
+        access.check(&user, invoke, &Target::Device(other)).await,
+        Decision::Deny(DenyReason::Unavailable)
+    );
+    let records = audit.records();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].error, "unavailable");
     store.delete_user(&user).await.expect("cleanup");
 }
 

@@ -118,3 +118,47 @@ async fn files_hold_no_password_or_token() {
     assert!(!text.contains(password));
     assert!(!text.contains(token.expose()));
 }
+
+/// Passwords, hashes and tokens stay out of `Debug`, errors and audit records.
+#[tokio::test]
+async fn secrets_stay_out_of_debug_errors_and_audit() {
+    use iot_identity::PassphraseParams;
+    use iot_identity::access::{AccessConfig, AccessControl, MemoryAuditSink, StaticDeviceSets};
+
+    let store = Arc::new(MemoryAccessStore::new());
+    let audit = MemoryAuditSink::new();
+    let access = AccessControl::new(store.clone(), Arc::new(StaticDeviceSets::new()))
+        .with_audit(Arc::new(audit.clone()))
+        .with_config(AccessConfig::default().password_params(PassphraseParams::INSECURE_FOR_TESTS))
+        .expect("config");
+    let password = "hunter2-unique-marker";
+    let user = access
+        .create_user("ada".parse().expect("name"), password)
+        .await
+        .expect("create");
+    let (token, session) = access.login("ada", password).await.expect("login");
+    let refused = access
+        .login("ada", "wrong-password-marker")
+        .await
+        .expect_err("refused");
+    let bad_session = access
+        .session(&format!("{}x", &token.expose()[1..]))
+        .await
+        .expect_err("refused");
+    let shown = format!(
+        "{user:?} {session:?} {token:?} {access:?} {store:?} {refused} {refused:?} {bad_session} {:?}",
+        audit.records()
+    );
+    for secret in [
+        password,
+        "wrong-password-marker",
+        token.expose(),
+        "$argon2id",
+    ] {
+        assert!(!shown.contains(secret), "{secret} shown in {shown}");
+    }
+    assert!(
+        !shown.contains(&session.digest.to_hex()),
+        "the full digest is not shown"
+    );
+}

@@ -641,6 +641,25 @@ pub async fn checks_through_access_control(store: Arc<dyn AccessStore>) {
     assert_eq!(denied[3].operation, "invokeMethod");
     assert_eq!(denied[3].device_id.as_deref(), Some(pump.as_str()));
     assert_eq!(denied[3].error, "not_granted");
+    let listed = access
+        .allowed_devices(&olga, invoke, [fan.clone(), pump.clone(), tank.clone()])
+        .await;
+    assert_eq!(
+        listed,
+        [pump.clone(), tank.clone()],
+        "a listing keeps what the user may use"
+    );
+    assert!(
+        access
+            .allowed_devices(&ghost, Permission::Read, [pump.clone()])
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        audit.records().len(),
+        5,
+        "filtering a listing audits nothing"
+    );
 
     // Sessions.
     let (token, session) = access

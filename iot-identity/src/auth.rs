@@ -387,7 +387,7 @@ impl Authenticator {
 
 /// argon2 takes tens of milliseconds of CPU: run it on tokio's blocking pool when there is one, so
 /// it does not stall other connections.
-async fn verify_passphrase(hash: PassphraseHash, passphrase: &str) -> bool {
+pub(crate) async fn verify_passphrase(hash: PassphraseHash, passphrase: &str) -> bool {
     // Refuse over-long input before copying it anywhere.
     if passphrase.is_empty() || passphrase.len() > MAX_PASSPHRASE_LEN {
         return false;

@@ -78,6 +78,42 @@ pub enum Error {
         what: &'static str,
     },
 
+    /// No user with this name exists (access store operations).
+    #[error("user {user} does not exist")]
+    UserNotFound {
+        /// The user asked for.
+        user: crate::access::UserName,
+    },
+
+    /// `create_user` named a user that already exists.
+    #[error("user {user} already exists")]
+    UserAlreadyExists {
+        /// The user that exists.
+        user: crate::access::UserName,
+    },
+
+    /// A grant or a delete named a role that does not exist.
+    #[error("role {role} does not exist")]
+    RoleNotFound {
+        /// The role asked for.
+        role: crate::access::RoleName,
+    },
+
+    /// A login was refused: unknown user, wrong password or disabled user, on purpose not told
+    /// apart (the audit record and the logs do not tell them apart either).
+    #[error("login of {user:?} refused: wrong user name or password, or the user is disabled")]
+    LoginRefused {
+        /// The user name as presented (shortened).
+        user: String,
+    },
+
+    /// A session token was not accepted. Never contains the token.
+    #[error("session refused: {what}")]
+    SessionRefused {
+        /// Why: `"malformed token"`, `"unknown or ended session"`, `"expired session"`.
+        what: &'static str,
+    },
+
     /// An argument was refused (for example a zero page size, an over-long disable reason or a key
     /// shorter than 32 bytes).
     #[error("invalid input: {reason}")]
@@ -337,6 +373,11 @@ impl Error {
             Error::AlreadyExists { .. } => "already_exists",
             Error::PreconditionFailed { .. } => "precondition_failed",
             Error::InvalidInput { .. } => "invalid_input",
+            Error::UserNotFound { .. } => "user_not_found",
+            Error::UserAlreadyExists { .. } => "user_already_exists",
+            Error::RoleNotFound { .. } => "role_not_found",
+            Error::LoginRefused { .. } => "login_refused",
+            Error::SessionRefused { .. } => "session_refused",
             Error::MalformedToken { .. } => "malformed",
             Error::TokenExpired { .. } => "expired",
             Error::WrongScope { .. } => "wrong_scope",
@@ -371,6 +412,8 @@ impl Error {
                 | Error::BadCredential { .. }
                 | Error::WrongCredentialKind { .. }
                 | Error::ModuleRefused { .. }
+                | Error::LoginRefused { .. }
+                | Error::SessionRefused { .. }
         )
     }
 

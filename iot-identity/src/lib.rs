@@ -12,6 +12,9 @@
 //!   Secrets are zeroized on drop and redacted in `Debug`; comparisons are constant-time.
 //! * [`sas`] — SAS tokens byte-compatible with Azure IoT Hub and its device SDKs.
 //! * [`Authenticator`] — checks a device's SAS token, key, certificate thumbprint or passphrase.
+//! * [`access`] — the access matrix of the solution layer: users with argon2id passwords and
+//!   sessions, roles, grants of roles over device sets, and checks whose denials are audited
+//!   ([`AccessControl`], [`MemoryAccessStore`], [`FileAccessStore`]).
 //! * [`ModuleStore`] — module identities (`devices/{id}/modules/{moduleId}`) with keys of their
 //!   own, [`MemoryModuleStore`] and the journaled [`FileModuleStore`]; [`authenticate_module`].
 //!
@@ -48,6 +51,7 @@
 //!   [`ca`]).
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod auth;
 pub mod ca;
 pub mod credentials;
@@ -62,6 +66,10 @@ pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use access::{
+    AccessControl, AccessStore, Decision, DeviceSet, FileAccessStore, Grant, MemoryAccessStore,
+    Permission, Role, Target,
+};
 pub use auth::{Authenticated, Authenticator, DeviceConnectPolicies, Presented};
 pub use ca::{
     CaCertificate, CaCondition, CaError, CaStore, CertificateAuthorities, FileCaStore,

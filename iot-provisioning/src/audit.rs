@@ -26,7 +26,9 @@ pub struct AuditRecord {
     pub actor: String,
     /// What was asked (`"register"`, …).
     pub operation: String,
-    /// The device.
+    /// The device (empty in the access matrix's records of hub-wide denials and logins, which
+    /// leave it out: `iot_identity::access::AccessAuditRecord` writes the same shape).
+    #[serde(default)]
     pub device_id: String,
     /// `"ok"` or `"error"`.
     pub outcome: String,

@@ -40,6 +40,7 @@
 //!   the agreement check, and fault-injecting store wrappers.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod audit;
 pub mod enrollment;
 pub mod error;
@@ -53,6 +54,7 @@ pub mod testkit;
 pub mod types;
 pub mod workflow;
 
+pub use access::RegistryDeviceSets;
 pub use audit::AuditRecord;
 pub use error::{Error, Result};
 pub use hooks::{Hook, HookContext, HookError, Operation};

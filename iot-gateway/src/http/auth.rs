@@ -20,6 +20,11 @@
 //! name. Host names compare case-insensitively. Signatures are compared in constant time
 //! (`iot_identity::sas`), and a token never reaches a log or an error.
 //!
+//! **User sessions.** `Authorization: Bearer {token}` carries a session of the access matrix
+//! (`iot_identity::access`), accepted when the state has one ([`HttpState::with_access`]);
+//! the route's permission is checked for the device it names before the handler runs (see
+//! [`user_access`](super::user_access)).
+//!
 //! **X.509.** Over HTTPS with client certificates asked for (see
 //! [`HttpServer::listen_tls`](super::HttpServer::listen_tls)), a request *without* an
 //! `Authorization` header whose connection presented a certificate chain is authenticated as
@@ -68,6 +73,15 @@ pub enum Caller {
         /// The policy that signed the token, when not the device's own key.
         policy: Option<String>,
     },
+    /// A user of the access matrix, by a session token (`Authorization: Bearer …`), already
+    /// allowed `permission` on the route's device by the matrix (see
+    /// [`user_access`](super::user_access)).
+    User {
+        /// The user's name.
+        name: String,
+        /// The permission the route needed and the matrix granted.
+        permission: iot_identity::access::Permission,
+    },
 }
 
 impl Caller {
@@ -82,6 +96,9 @@ impl Caller {
             Caller::Device { .. } => Err(ApiError::forbidden(
                 "a device token cannot call the service API",
             )),
+            // The route's permission was checked against the access matrix, for the device
+            // the route names, before the handler ran: a user reaching a handler is allowed.
+            Caller::User { .. } => Ok(()),
         }
     }
 
@@ -93,7 +110,7 @@ impl Caller {
             Caller::Device { .. } => Err(ApiError::unauthorized(
                 "the token is scoped to another device",
             )),
-            Caller::Service { .. } => Err(ApiError::unauthorized(
+            Caller::Service { .. } | Caller::User { .. } => Err(ApiError::unauthorized(
                 "the device API needs a device-scoped token",
             )),
         }
@@ -119,13 +136,55 @@ impl FromRequestParts<HttpState> for Caller {
         let token = header
             .to_str()
             .map_err(|_| ApiError::unauthorized("the Authorization header is not ASCII"))?;
+        if let Some(session) = bearer(token) {
+            // Owned (and wiped after), since reading the path's parameters needs `parts`.
+            let session = zeroize::Zeroizing::new(session.to_owned());
+            return user(parts, state, &session).await;
+        }
         let caller = authenticate(state, token, sas::unix_now()).await?;
         match &caller {
             Caller::Service { policy, .. } => tracing::debug!(policy, "authenticated"),
             Caller::Device { id, .. } => tracing::debug!(device = %id, "authenticated"),
+            Caller::User { .. } => {}
         }
         Ok(caller)
     }
+}
+
+/// The session token of `Bearer {token}` (scheme case-insensitive), if that is the header.
+fn bearer(header: &str) -> Option<&str> {
+    let (scheme, token) = header.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+/// A user session: checked against the access matrix for this route and its device.
+async fn user(parts: &mut Parts, state: &HttpState, token: &str) -> ApiResult<Caller> {
+    let Some(access) = state.access() else {
+        return Err(ApiError::unauthorized(
+            "user sessions are not enabled on this hub",
+        ));
+    };
+    let pattern = parts
+        .extensions
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let device = match RawPathParams::from_request_parts(parts, state).await {
+        Ok(params) => params
+            .iter()
+            .find_map(|(name, value)| (name == "id").then(|| DeviceId::new(value)))
+            .transpose()
+            .map_err(|e| ApiError::bad_request(format!("invalid device id: {e}")))?,
+        Err(_) => None,
+    };
+    let caller =
+        super::user_access::authorize(access, token, &parts.method, pattern.as_deref(), device)
+            .await?;
+    if let Caller::User { name, permission } = &caller {
+        tracing::debug!(user = %name, %permission, "user session allowed");
+    }
+    Ok(caller)
 }
 
 /// The device a request's path names (its `{id}`): whom a certificate chain must prove.

@@ -31,6 +31,7 @@ pub mod server;
 pub mod service;
 pub mod state;
 mod token_cache;
+pub mod user_access;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use std::sync::OnceLock;
 
+use iot_identity::access::AccessControl;
 use iot_identity::ca::CertificateAuthorities;
 use iot_identity::{IdentityStore, ModuleStore};
 use iot_provisioning::Provisioning;
@@ -38,6 +39,9 @@ struct Inner {
     authorities: OnceLock<CertificateAuthorities>,
     /// Module identities, once set ([`HttpState::with_modules`]).
     modules: OnceLock<Arc<dyn ModuleStore>>,
+    /// The access matrix user sessions are checked against, once set
+    /// ([`HttpState::with_access`]).
+    access: OnceLock<AccessControl>,
 }
 
 impl fmt::Debug for HttpState {
@@ -73,6 +77,7 @@ impl HttpState {
             authorities: OnceLock::new(),
             config,
             modules: std::sync::OnceLock::new(),
+            access: OnceLock::new(),
         }))
     }
 
@@ -85,6 +90,19 @@ impl HttpState {
     pub fn with_modules(self, modules: Arc<dyn ModuleStore>) -> Self {
         let _ = self.0.modules.set(modules);
         self
+    }
+
+    /// Accepts user sessions of `access` (`Authorization: Bearer {token}`) beside shared access
+    /// policies, each route checked against the access matrix (see
+    /// [`user_access`](super::user_access)). Set once; later calls change nothing.
+    pub fn with_access(self, access: AccessControl) -> Self {
+        let _ = self.0.access.set(access);
+        self
+    }
+
+    /// The access matrix, if [`with_access`](Self::with_access) gave one.
+    pub fn access(&self) -> Option<&AccessControl> {
+        self.0.access.get()
     }
 
     /// The module identities, if [`with_modules`](Self::with_modules) gave them.

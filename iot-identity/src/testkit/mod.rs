@@ -29,9 +29,13 @@
 //! check one part of the contract each, for a test per part. They need a tokio runtime with
 //! timers enabled.
 //!
+//! [`access`] is the suite for [`AccessStore`](crate::access::AccessStore) implementations
+//! (users, roles, grants, sessions).
+//!
 //! [`FaultyIdentityStore`] wraps any store and fails the call a [`FaultPlan`] chooses, before or
 //! after forwarding it; the suite passes over it when the plan only counts.
 
+pub mod access;
 pub mod ca;
 mod fault;
 mod modules;

@@ -1,0 +1,124 @@
+//! User sessions on the service API: a bearer token from the access matrix
+//! (`iot_identity::access`) accepted beside shared access policies, each route's permission
+//! checked for the device it targets.
+//!
+//! A request with `Authorization: Bearer {session token}` is checked, before its handler runs,
+//! against [`ROUTES`]: the route's [`Permission`] on its `{id}` device (or on the hub for routes
+//! without one). A session that is not accepted is 401; a denial is 403 (and audited by the
+//! access control's sink). A route missing from the table is 403 for every user: the table fails
+//! closed, so a route added later is not open to users until someone decides its permission.
+//!
+//! Routes that return keys (`GET /devices/{id}`, the module routes) need `manageDevices`, not
+//! `read`: reading a device's keys is as good as managing it.
+
+use axum::http::Method;
+use iot_core::DeviceId;
+use iot_identity::Decision;
+use iot_identity::access::{AccessControl, Permission, Target};
+
+use super::auth::Caller;
+use super::error::{ApiError, ApiResult};
+
+/// (HTTP method, route pattern, permission) of every service route a user session may call.
+pub const ROUTES: &[(&str, &str, Permission)] = {
+    use Permission::*;
+    &[
+        ("GET", "/statistics/service", Read),
+        ("GET", "/statistics/devices", Read),
+        ("GET", "/devices", Read),
+        ("GET", "/devices/", Read),
+        ("POST", "/devices", ManageDevices),
+        ("POST", "/devices/query", Read),
+        ("PUT", "/devices/{id}", ManageDevices),
+        ("GET", "/devices/{id}", ManageDevices),
+        ("DELETE", "/devices/{id}", ManageDevices),
+        ("DELETE", "/devices/{id}/commands", SendC2d),
+        ("GET", "/twins/{id}", Read),
+        ("PATCH", "/twins/{id}", UpdateTwin),
+        ("PUT", "/twins/{id}", UpdateTwin),
+        ("POST", "/twins/{id}/methods", InvokeMethod),
+        ("GET", "/devices/{id}/modules", ManageDevices),
+        ("PUT", "/devices/{id}/modules/{mid}", ManageDevices),
+        ("GET", "/devices/{id}/modules/{mid}", ManageDevices),
+        ("DELETE", "/devices/{id}/modules/{mid}", ManageDevices),
+        ("GET", "/twins/{id}/modules/{mid}", Read),
+        ("PATCH", "/twins/{id}/modules/{mid}", UpdateTwin),
+        ("PUT", "/twins/{id}/modules/{mid}", UpdateTwin),
+        ("POST", "/twins/{id}/modules/{mid}/methods", InvokeMethod),
+        ("POST", "/devices/{id}/messages/cloudToDevice", SendC2d),
+        ("GET", "/messages/serviceBound/feedback", SendC2d),
+        ("GET", "/certificates", ManageDevices),
+        ("PUT", "/certificates/{name}", ManageDevices),
+        ("GET", "/certificates/{name}", ManageDevices),
+        ("DELETE", "/certificates/{name}", ManageDevices),
+        (
+            "POST",
+            "/certificates/{name}/generateVerificationCode",
+            ManageDevices,
+        ),
+        ("POST", "/certificates/{name}/verify", ManageDevices),
+    ]
+};
+
+/// The permission a user needs for `method` on the route `pattern`, if users may call it.
+pub fn permission_for(method: &Method, pattern: &str) -> Option<Permission> {
+    ROUTES
+        .iter()
+        .find(|(m, p, _)| *m == method.as_str() && *p == pattern)
+        .map(|(_, _, permission)| *permission)
+}
+
+/// Checks the session `token` for `method` on the route `pattern` with path device `device`.
+pub(crate) async fn authorize(
+    access: &AccessControl,
+    token: &str,
+    method: &Method,
+    pattern: Option<&str>,
+    device: Option<DeviceId>,
+) -> ApiResult<Caller> {
+    // The session first: an unusable token is 401 whatever the route.
+    let session = access.session(token).await.map_err(|e| {
+        if e.is_auth_failure() {
+            ApiError::unauthorized("the session token is not accepted")
+        } else {
+            ApiError::internal(e.is_retryable(), "access store", &e)
+        }
+    })?;
+    let Some(permission) = pattern.and_then(|p| permission_for(method, p)) else {
+        return Err(ApiError::forbidden("a user session cannot call this route"));
+    };
+    let target = device.map_or(Target::Hub, Target::Device);
+    match access.check(&session.user, permission, &target).await {
+        Decision::Allow => Ok(Caller::User {
+            name: session.user.to_string(),
+            permission,
+        }),
+        Decision::Deny(reason) => Err(ApiError::forbidden(format!(
+            "user {} may not {permission} on {target}: {reason}",
+            session.user
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_service_route_has_one_permission() {
+        for (i, (m, p, _)) in ROUTES.iter().enumerate() {
+            assert!(
+                ROUTES[..i].iter().all(|(m2, p2, _)| (m2, p2) != (m, p)),
+                "{m} {p} twice"
+            );
+        }
+        assert_eq!(
+            permission_for(&Method::POST, "/twins/{id}/methods"),
+            Some(Permission::InvokeMethod)
+        );
+        assert_eq!(
+            permission_for(&Method::POST, "/devices/{id}/messages/events"),
+            None
+        );
+    }
+}

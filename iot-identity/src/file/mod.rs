@@ -6,8 +6,8 @@
 //! A store is one directory (mode 0700) holding, each with mode 0600:
 //!
 //! * `LOCK` — the kit's [`DirLock`], held while a store has the directory open;
-//! * `snapshot` — every record as of a sequence number ([`snapshot`] format), replaced atomically;
-//! * `wal` — every write since, one checksummed frame each ([`wal`] format).
+//! * `snapshot` — every record as of a sequence number (format in the private `snapshot` module), replaced atomically;
+//! * `wal` — every write since, one checksummed frame each (format in the private `wal` module).
 //!
 //! # Crash safety
 //!

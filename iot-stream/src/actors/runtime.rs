@@ -40,8 +40,8 @@ pub struct ActorConfig {
     /// until then the checkpoint stays at the oldest message not yet written, and a restart
     /// replays from there. Default 1 s.
     pub flush_interval: Duration,
-    /// Changed states are also written once this many actors of a shard are changed.
-    /// Default 10 000.
+    /// Changed states are also written once this many actors of a shard are changed (bounding
+    /// the replay after a crash and the bookkeeping of changed actors). Default 100 000.
     pub max_dirty: usize,
     /// Where [`ActorContext::send_command`] appends commands. Default `commands`.
     pub commands_topic: String,
@@ -61,7 +61,7 @@ impl Default for ActorConfig {
             namespace: "actor".into(),
             idle_timeout: Duration::from_secs(300),
             flush_interval: Duration::from_secs(1),
-            max_dirty: 10_000,
+            max_dirty: 100_000,
             commands_topic: "commands".into(),
             messages_topic: "actor-messages".into(),
             reply_topic: None,
@@ -562,5 +562,36 @@ impl<A: Actor> StreamProcessor for Shard<A> {
     async fn tick(&mut self, now: Timestamp, ctx: &mut Context) -> Result<()> {
         self.load_reminders().await?;
         self.housekeeping(now, ctx).await
+    }
+}
+
+// The setters are the only way other crates can build an `ActorConfig` (`non_exhaustive`): each
+// must set its own field and nothing else.
+#[cfg(test)]
+mod setter_tests {
+    use super::*;
+
+    #[test]
+    fn each_setter_sets_its_own_field() {
+        let built = ActorConfig::default()
+            .namespace("n")
+            .idle_timeout(Duration::from_millis(3))
+            .flush_interval(Duration::from_millis(5))
+            .max_dirty(7)
+            .commands_topic("c")
+            .messages_topic("m")
+            .reply_topic("r")
+            .dead_letter_topic("d");
+        let expected = ActorConfig {
+            namespace: "n".into(),
+            idle_timeout: Duration::from_millis(3),
+            flush_interval: Duration::from_millis(5),
+            max_dirty: 7,
+            commands_topic: "c".into(),
+            messages_topic: "m".into(),
+            reply_topic: Some("r".into()),
+            dead_letter_topic: "d".into(),
+        };
+        assert_eq!(format!("{built:?}"), format!("{expected:?}"));
     }
 }

@@ -450,13 +450,12 @@ impl<A: Actor> Shard<A> {
     }
 
     /// At the start of a batch or a tick, when the host has delivered everything the previous
-    /// calls emitted: writes the changed states if due, passivates idle actors, then fires due
-    /// reminders (not while rebuilding: their outputs would be discarded).
+    /// calls emitted: writes the changed states if due and passivates idle actors.
     ///
     /// States are written only here, never after handlers ran in the same call: a state written
     /// before the outputs of its messages are appended would, after a crash between the two,
     /// make the replay skip those messages and their outputs would be lost.
-    async fn housekeeping(&mut self, now: Timestamp, ctx: &mut Context) -> Result<()> {
+    async fn housekeeping(&mut self) -> Result<()> {
         if self.flush_soon
             || self.dirty.len() >= self.config.max_dirty
             || self.last_flush.elapsed() >= self.config.flush_interval
@@ -467,11 +466,16 @@ impl<A: Actor> Shard<A> {
         if self.last_sweep.elapsed() >= self.config.idle_timeout / 4 {
             self.passivate_idle();
         }
+        Ok(())
+    }
+
+    /// Fires due reminders at the end of a call, when nothing can fail any more (the host would
+    /// discard their outputs), and not while rebuilding (it discards outputs then too).
+    async fn remind(&mut self, now: Timestamp, ctx: &mut Context) {
         if !ctx.is_rebuilding() && self.fire_reminders(now, ctx).await > 0 {
             // A reminder's effects are in no input record: written at the next call.
             self.flush_soon = true;
         }
-        Ok(())
     }
 
     /// Drops written actors idle for the idle timeout.
@@ -494,7 +498,7 @@ impl<A: Actor> Shard<A> {
 impl<A: Actor> StreamProcessor for Shard<A> {
     async fn process(&mut self, batch: &[StoredRecord], ctx: &mut Context) -> Result<()> {
         self.load_reminders().await?;
-        self.housekeeping(Timestamp::now(), ctx).await?;
+        self.housekeeping().await?;
         let now_ms = self.clock();
         // Activation is the only step that can fail for a reason a retry may fix (the store),
         // so it runs for the whole batch before any handler: a failed attempt has applied
@@ -552,6 +556,7 @@ impl<A: Actor> StreamProcessor for Shard<A> {
         }
         ActorStats::add(&self.stats.messages, handled);
         ActorStats::add(&self.stats.redeliveries, skipped);
+        self.remind(Timestamp::now(), ctx).await;
         Ok(())
     }
 
@@ -561,7 +566,9 @@ impl<A: Actor> StreamProcessor for Shard<A> {
 
     async fn tick(&mut self, now: Timestamp, ctx: &mut Context) -> Result<()> {
         self.load_reminders().await?;
-        self.housekeeping(now, ctx).await
+        self.housekeeping().await?;
+        self.remind(now, ctx).await;
+        Ok(())
     }
 }
 

@@ -86,6 +86,20 @@ async fn run_building(topics: Arc<Topics>, store: Arc<dyn StateStore>, linger: D
             break;
         }
     }
+    // Every state written (the checkpoints reach the ends only then).
+    for (group, topic) in [(&sensors, "telemetry"), (&nodes, "actor-messages")] {
+        let log = topics.topic(topic).await.unwrap();
+        loop {
+            let mut ends = Vec::new();
+            for p in 0..log.partition_count() {
+                ends.push(log.next_offset(PartitionId(p)).await.unwrap());
+            }
+            if group.committed() == ends {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
     // Past a flush interval and the idle timeout: states written, actors passivated, and the
     // heartbeats firing on passivated actors.
     tokio::time::sleep(linger).await;

@@ -139,3 +139,55 @@ impl Hierarchy {
         Ok(tree)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iot_core::DeviceId;
+    use iot_registry::{DeviceDocument, MemoryRegistry};
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn paths_are_cut_at_missing_or_unusable_levels() {
+        let registry = MemoryRegistry::new();
+        for (id, metadata) in [
+            ("full", json!({"building": "B", "floor": 1, "room": "R1"})),
+            ("no-room", json!({"building": "B", "floor": 2})),
+            ("gap", json!({"building": "B", "room": "R9"})),
+            (
+                "comma",
+                json!({"building": "B", "floor": "1,2", "room": "R1"}),
+            ),
+            ("equals", json!({"building": "B=C"})),
+            ("nothing", json!({"kind": "temp"})),
+            ("object", json!({"building": {"name": "B"}})),
+        ] {
+            let doc = DeviceDocument::with_metadata(metadata).expect("an object");
+            registry
+                .create(&DeviceId::new(id).expect("valid"), doc)
+                .await
+                .expect("created");
+        }
+        let tree = Hierarchy::from_registry(&registry, &["building", "floor", "room"])
+            .await
+            .expect("read");
+        assert_eq!(tree.parent("full"), Some("building=B,floor=1,room=R1"));
+        assert_eq!(
+            tree.parent("building=B,floor=1,room=R1"),
+            Some("building=B,floor=1")
+        );
+        assert_eq!(tree.parent("building=B,floor=1"), Some("building=B"));
+        assert_eq!(tree.parent("building=B"), None);
+        assert_eq!(tree.parent("no-room"), Some("building=B,floor=2"));
+        // A missing level ends the path: a room without a floor hangs off the building.
+        assert_eq!(tree.parent("gap"), Some("building=B"));
+        assert_eq!(tree.parent("comma"), Some("building=B"));
+        for id in ["equals", "nothing", "object"] {
+            assert_eq!(tree.parent(id), None, "{id}");
+        }
+        assert_eq!(
+            tree.children("building=B"),
+            vec!["building=B,floor=1", "building=B,floor=2", "comma", "gap"]
+        );
+    }
+}

@@ -3,7 +3,8 @@
 //! Stream processing over the partitioned log of [`iot_core`]: the [`StreamProcessor`] trait and
 //! the [`ProcessorHost`] that runs processors as consumer groups (one worker per partition,
 //! checkpoint after success, retries, dead letters), the device [`StateStore`] (raw event history
-//! and last known values) with memory and file implementations, and built-in processors.
+//! and last known values) with memory and file implementations, built-in processors, and
+//! virtual device [`actors`] on top of them.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
@@ -42,6 +43,8 @@
 //! * `rabbitmq`: the RabbitMQ endpoint `sinks::rabbitmq` (lapin; publisher confirms).
 #![forbid(unsafe_code)]
 
+#[doc = include_str!("../../docs/actors.md")]
+pub mod actors;
 pub mod error;
 pub mod host;
 pub mod processor;

@@ -18,7 +18,7 @@ else
   bin="$target/debug/examples"
 fi
 examples=(backends_bench cluster edge_bench field_gateway hub hub_bench service_bench identity_bench log_bench mqtt_gateway mqtt_load provisioning_bench onboarding_bench quickstart
-  registry_bench rules sas stream_bench registry_reopen)
+  registry_bench rules sas stream_bench registry_reopen actors_bench)
 dir=$(mktemp -d)
 gateway=
 trap '[ -n "$gateway" ] && kill "$gateway" 2>/dev/null; rm -rf "$dir"' EXIT

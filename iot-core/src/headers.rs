@@ -40,7 +40,9 @@ pub const WELL_KNOWN: [&str; 7] = [
 /// Besides [`insert`](Headers::insert), which copies its strings, a producer that stamps the same
 /// names and values on every record can avoid the copies: [`insert_static`](Headers::insert_static)
 /// keeps `'static` strings as they are, [`insert_shared`](Headers::insert_shared) shares a value
-/// between records, [`insert_u64`](Headers::insert_u64) keeps a number's digits inline, and
+/// between records ([`insert_shared_pair`](Headers::insert_shared_pair) a name and a value, for
+/// names only known at run time), [`insert_u64`](Headers::insert_u64) keeps a number's digits
+/// inline, and
 /// [`with_shared`](Headers::with_shared) starts a record with a whole [`SharedHeaders`] block,
 /// so that cloning a record (as an in-memory log does on every read) costs a reference count
 /// instead of an allocation per header.

@@ -329,7 +329,14 @@ impl Headers {
 
     /// The value of `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+        // Compared in place, lengths first, and only the found value turned into text: routing
+        // looks several names up in every message.
+        let shared: &[(Text, Text)] = self.shared.as_ref().map_or(&[], |s| &s.0.pairs);
+        shared
+            .iter()
+            .chain(self.own.iter())
+            .find(|(n, _)| n.len() == name.len() && n.as_str() == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Removes `name`, returning its value.

@@ -40,7 +40,9 @@ pub const WELL_KNOWN: [&str; 7] = [
 /// Besides [`insert`](Headers::insert), which copies its strings, a producer that stamps the same
 /// names and values on every record can avoid the copies: [`insert_static`](Headers::insert_static)
 /// keeps `'static` strings as they are, [`insert_shared`](Headers::insert_shared) shares a value
-/// between records, [`insert_u64`](Headers::insert_u64) keeps a number's digits inline, and
+/// between records ([`insert_shared_pair`](Headers::insert_shared_pair) a name and a value, for
+/// names only known at run time), [`insert_u64`](Headers::insert_u64) keeps a number's digits
+/// inline, and
 /// [`with_shared`](Headers::with_shared) starts a record with a whole [`SharedHeaders`] block,
 /// so that cloning a record (as an in-memory log does on every read) costs a reference count
 /// instead of an allocation per header.
@@ -241,6 +243,33 @@ impl Headers {
         self.set(name, Text::Shared(Arc::clone(value)));
     }
 
+    /// [`insert`](Headers::insert) for a name and a value that many records share (an enrichment a
+    /// router stamps on every message it sends to an endpoint): neither is copied, the record
+    /// holds a reference to each.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use iot_core::Headers;
+    ///
+    /// let (name, value): (Arc<str>, Arc<str>) = (Arc::from("customer"), Arc::from("contoso"));
+    /// let mut h = Headers::new();
+    /// h.insert_shared_pair(&name, &value);
+    /// assert_eq!(h.get("customer"), Some("contoso"));
+    /// ```
+    pub fn insert_shared_pair(&mut self, name: &Arc<str>, value: &Arc<str>) {
+        let value = Text::Shared(Arc::clone(value));
+        match self.slot(name) {
+            Some(slot) => *slot = value,
+            None => self.own.push((Text::Shared(Arc::clone(name)), value)),
+        }
+    }
+
+    /// Makes room for `additional` more headers of this record's own, so that inserting that
+    /// many new names does not reallocate.
+    pub fn reserve(&mut self, additional: usize) {
+        self.own.reserve(additional);
+    }
+
     /// [`insert`](Headers::insert) for a `'static` name and a value made for this record: only the
     /// value is kept as given (no copy of the name).
     pub fn insert_owned(&mut self, name: &'static str, value: String) {
@@ -300,7 +329,14 @@ impl Headers {
 
     /// The value of `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+        // Compared in place, lengths first, and only the found value turned into text: routing
+        // looks several names up in every message.
+        let shared: &[(Text, Text)] = self.shared.as_ref().map_or(&[], |s| &s.0.pairs);
+        shared
+            .iter()
+            .chain(self.own.iter())
+            .find(|(n, _)| n.len() == name.len() && n.as_str() == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Removes `name`, returning its value.
@@ -510,6 +546,51 @@ mod tests {
         let again = SharedHeaders::from(h);
         assert_eq!(again.iter().len(), 4);
         assert!(Headers::with_shared(&again, 0).iter().eq(copied.iter()));
+    }
+
+    #[test]
+    fn shared_pairs_behave_as_copied_headers() {
+        let (name, value): (Arc<str>, Arc<str>) = (Arc::from("customer"), Arc::from("contoso"));
+        let mut h: Headers = [(SUBJECT, "temp"), ("customer", "old")]
+            .into_iter()
+            .collect();
+        h.reserve(2);
+        h.insert_shared_pair(&name, &value);
+        let hub: Arc<str> = Arc::from("hub");
+        h.insert_shared_pair(&hub, &value);
+        let copied: Headers = [
+            (SUBJECT, "temp"),
+            ("customer", "contoso"),
+            ("hub", "contoso"),
+        ]
+        .into_iter()
+        .collect();
+        // Replaced in place, then appended; equal, printed and serialized as copied text.
+        assert_eq!(h, copied);
+        assert_eq!(format!("{h:?}"), format!("{copied:?}"));
+        assert_eq!(
+            serde_json::to_string(&h).unwrap(),
+            serde_json::to_string(&copied).unwrap()
+        );
+        assert_eq!(h.size_bytes(8), copied.size_bytes(8));
+        assert_eq!(h.clone().remove("hub").as_deref(), Some("contoso"));
+        // A name in a shared block is replaced in this record only.
+        let block = SharedHeaders::from(copied.clone());
+        let mut on_block = Headers::with_shared(&block, 0);
+        on_block.insert_shared_pair(&name, &hub);
+        assert_eq!(on_block.get("customer"), Some("hub"));
+        assert_eq!(on_block.len(), 3);
+        assert!(Headers::with_shared(&block, 0).iter().eq(copied.iter()));
+    }
+
+    #[test]
+    fn reserve_keeps_the_headers() {
+        let mut h: Headers = [(SUBJECT, "temp")].into_iter().collect();
+        let before = h.clone();
+        h.reserve(4);
+        assert_eq!(h, before);
+        h.reserve(0);
+        assert_eq!(h, before);
     }
 
     #[test]

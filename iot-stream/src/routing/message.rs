@@ -9,7 +9,9 @@ use iot_core::headers::{CONTENT_ENCODING, CONTENT_TYPE, CORRELATION_ID, MESSAGE_
 use iot_core::time::format_rfc3339;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
+use smallvec::SmallVec;
 
+use super::scan;
 use crate::rules::project::Field;
 
 /// The header the gateway stamps with the sending device's id.
@@ -38,8 +40,12 @@ pub struct MessageView<'a> {
     members: &'a [String],
     /// Their values (`None`: absent), once parsed; `None` when the body is not UTF-8 (read
     /// through [`body`](Self::body) then).
-    projected: OnceLock<Option<Vec<Option<Field<'a>>>>>,
+    projected: OnceLock<Option<MemberSlots<'a>>>,
 }
+
+/// The values of the members a projection reads, in place for as many as conditions commonly
+/// read: one fewer allocation per message.
+type MemberSlots<'a> = SmallVec<[Option<Field<'a>>; 8]>;
 
 /// A top-level member of the body.
 pub(crate) enum Member<'v, 'a> {
@@ -70,7 +76,7 @@ impl<'a> MessageView<'a> {
 
     /// Top-level body member `name`, when the body may be queried, parses and has it.
     pub(crate) fn member(&self, name: &str) -> Option<Member<'_, 'a>> {
-        if let Ok(i) = self.members.binary_search_by(|m| m.as_str().cmp(name))
+        if let Some(i) = scan::find(self.members, name)
             && let Some(slots) = self.projected.get_or_init(|| self.project()).as_ref()
         {
             return slots.get(i)?.as_ref().map(Member::Field);
@@ -80,8 +86,8 @@ impl<'a> MessageView<'a> {
 
     /// The projection's slots; `None` when the body is not UTF-8 text (its text is decoded into a
     /// new string, which slots borrowing from it cannot outlive).
-    fn project(&self) -> Option<Vec<Option<Field<'a>>>> {
-        let mut slots = vec![None; self.members.len()];
+    fn project(&self) -> Option<MemberSlots<'a>> {
+        let mut slots = MemberSlots::from_elem(None, self.members.len());
         let Some(encoding) = self.encoding() else {
             // Not queryable: every member is undefined.
             return Some(slots);
@@ -91,17 +97,13 @@ impl<'a> MessageView<'a> {
             Some(Cow::Owned(_)) => return None,
             None => return Some(slots),
         };
-        let mut de = serde_json::Deserializer::from_str(text);
-        let parsed = Slots {
-            names: self.members,
-            values: &mut slots,
-        }
-        .deserialize(&mut de)
-        .is_ok()
-            && de.end().is_ok();
-        if !parsed {
-            // A body that does not parse has no members, as when parsed whole.
+        if scan::flat_object(text, self.members, &mut slots).is_none() {
+            // Not a body the fast scan reads (it may have filled some slots): serde_json's.
             slots.fill(None);
+            if !scan_members(text, self.members, &mut slots) {
+                // A body that does not parse has no members, as when parsed whole.
+                slots.fill(None);
+            }
         }
         Some(slots)
     }
@@ -292,6 +294,23 @@ fn decode(bytes: &[u8], encoding: Encoding) -> Option<Cow<'_, str>> {
     }
 }
 
+/// Fills `slots` with the top-level members `names` (sorted) of `text` with serde_json, each
+/// value read as a parse into a `Value` reads it; whether the whole text parsed.
+pub(crate) fn scan_members<'a>(
+    text: &'a str,
+    names: &'a [String],
+    slots: &mut [Option<Field<'a>>],
+) -> bool {
+    let mut de = serde_json::Deserializer::from_str(text);
+    Slots {
+        names,
+        values: slots,
+    }
+    .deserialize(&mut de)
+    .is_ok()
+        && de.end().is_ok()
+}
+
 /// A member name, borrowed from the payload unless it has escapes.
 struct Name<'a>(Cow<'a, str>);
 
@@ -327,13 +346,10 @@ impl<'de: 'a, 'a> Visitor<'de> for Slots<'_, 'a> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(key) = map.next_key::<Name<'de>>()? {
-            match self
-                .names
-                .binary_search_by(|n| n.as_str().cmp(key.0.as_ref()))
-            {
+            match scan::find(self.names, key.0.as_ref()) {
                 // A repeated member: the last one counts, as in a parsed `Value`.
-                Ok(i) => self.values[i] = Some(map.next_value::<Field<'de>>()?),
-                Err(_) => {
+                Some(i) => self.values[i] = Some(map.next_value::<Field<'de>>()?),
+                None => {
                     map.next_value::<Skip>()?;
                 }
             }

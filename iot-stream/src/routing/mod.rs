@@ -32,6 +32,7 @@ mod message;
 mod parser;
 mod processor;
 mod route;
+mod scan;
 mod twin;
 
 pub use message::{DEVICE_ID_HEADER, MODULE_ID_HEADER, MessageView};

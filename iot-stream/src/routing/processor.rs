@@ -51,14 +51,15 @@ struct Plan {
 #[derive(Debug)]
 struct Endpoint {
     topic: String,
-    /// The enrichments of messages sent here: their keys and values.
-    enrichments: Vec<(String, Stamp)>,
+    /// The enrichments of messages sent here: their keys and values. Shared (`Arc`), so that
+    /// stamping them on a record copies no text.
+    enrichments: Vec<(Arc<str>, Stamp)>,
 }
 
 /// An enrichment's value, as far as it is known without the message.
 #[derive(Debug)]
 enum Stamp {
-    Fixed(String),
+    Fixed(Arc<str>),
     Twin(Vec<String>),
 }
 
@@ -74,11 +75,11 @@ impl Plan {
                     .filter(|e| e.endpoints.iter().any(|t| t == topic))
                     .map(|e| {
                         let stamp = match &e.value {
-                            EnrichmentValue::Static(v) => Stamp::Fixed(v.clone()),
-                            EnrichmentValue::HubName => Stamp::Fixed(hub_name.to_owned()),
+                            EnrichmentValue::Static(v) => Stamp::Fixed(Arc::from(v.as_str())),
+                            EnrichmentValue::HubName => Stamp::Fixed(Arc::from(hub_name)),
                             EnrichmentValue::Twin(steps) => Stamp::Twin(steps.clone()),
                         };
-                        (e.key.clone(), stamp)
+                        (Arc::from(e.key.as_str()), stamp)
                     })
                     .collect();
                 endpoints.push(Endpoint {
@@ -207,9 +208,13 @@ impl RoutingProcessor {
         twin: &mut MessageTwin<'_>,
     ) -> Result<Record> {
         let mut record = message.record().record.clone();
+        record.headers.reserve(endpoint.enrichments.len());
         for (key, stamp) in &endpoint.enrichments {
             let value = match stamp {
-                Stamp::Fixed(v) => v.clone(),
+                Stamp::Fixed(v) => {
+                    record.headers.insert_shared_pair(key, v);
+                    continue;
+                }
                 Stamp::Twin(steps) => {
                     let found = twin.get(self, message).await?.and_then(|t| {
                         steps
@@ -224,7 +229,7 @@ impl RoutingProcessor {
                     }
                 }
             };
-            record.headers.insert(key.as_str(), value);
+            record.headers.insert(key.as_ref(), value);
         }
         Ok(record)
     }

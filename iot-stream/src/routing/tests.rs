@@ -241,3 +241,145 @@ proptest! {
         );
     }
 }
+
+/// A member value as a body may write it: inside and outside what the fast scan reads.
+fn body_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        // Integers the fast scan reads, and the edges it leaves to serde_json.
+        any::<i64>().prop_map(|n| n.to_string()),
+        (0u64..1000).prop_map(|n| n.to_string()),
+        any::<u64>().prop_map(|n| n.to_string()),
+        Just("-0".to_owned()),
+        Just("01".to_owned()),
+        Just("-".to_owned()),
+        Just("123456789012345678".to_owned()),
+        Just("-123456789012345678".to_owned()),
+        Just("1234567890123456789".to_owned()),
+        Just("99999999999999999999".to_owned()),
+        // Fractions and exponents: serde_json's.
+        (-1e6f64..1e6).prop_map(|x| x.to_string()),
+        Just("1e3".to_owned()),
+        Just("2E-1".to_owned()),
+        Just("1.".to_owned()),
+        // Strings with and without escapes, control characters and other scripts.
+        "[a-z é🦀]{0,6}".prop_map(|s| format!("\"{s}\"")),
+        "[a-z\\\\\"\\n\\t\u{1}]{0,4}".prop_map(|s| format!("\"{s}\"")),
+        Just(r#""a\"b""#.to_owned()),
+        Just(r#""\u00e9""#.to_owned()),
+        Just("true".to_owned()),
+        Just("false".to_owned()),
+        Just("null".to_owned()),
+        Just("tru".to_owned()),
+        Just("nulls".to_owned()),
+        // Nested values.
+        Just("{}".to_owned()),
+        Just(r#"{"a": [1, {"b": 2}]}"#.to_owned()),
+        Just("[1, 2]".to_owned()),
+    ]
+}
+
+fn whitespace() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => Just(String::new()),
+        2 => Just(" ".to_owned()),
+        1 => "[ \t\n\r]{1,3}",
+        // Not JSON whitespace.
+        1 => Just("\u{b}".to_owned()),
+    ]
+}
+
+/// A body: an object of members (names repeat), sometimes broken at the end.
+fn body_text() -> impl Strategy<Value = String> {
+    let name = prop_oneof![
+        Just("a".to_owned()),
+        Just("b".to_owned()),
+        Just("é".to_owned()),
+        Just("zz".to_owned()),
+        Just(String::new()),
+        Just(r"a\u0062".to_owned()),
+    ];
+    let member = (whitespace(), name, whitespace(), whitespace(), body_value());
+    let tail = prop_oneof![
+        8 => Just(String::new()),
+        1 => Just(",".to_owned()),
+        1 => Just("}".to_owned()),
+        1 => Just("x".to_owned()),
+    ];
+    (
+        whitespace(),
+        prop::collection::vec(member, 0..5),
+        whitespace(),
+        tail,
+        any::<bool>(),
+    )
+        .prop_map(|(lead, members, end, tail, cut)| {
+            let members: Vec<String> = members
+                .into_iter()
+                .map(|(w1, n, w2, w3, v)| format!("{w1}\"{n}\"{w2}:{w3}{v}"))
+                .collect();
+            let mut text = format!("{lead}{{{}}}{end}{tail}", members.join(","));
+            if cut {
+                let mut at = text.len() / 2;
+                while !text.is_char_boundary(at) {
+                    at -= 1;
+                }
+                text.truncate(at);
+            }
+            text
+        })
+}
+
+/// Members of bodies the fast scan is for: strings without escapes, integers, Booleans, null.
+fn fast_body() -> impl Strategy<Value = String> {
+    let value = prop_oneof![
+        (-1_000_000i64..1_000_000).prop_map(|n| n.to_string()),
+        "[a-z é]{0,6}".prop_map(|s| format!("\"{s}\"")),
+        Just("true".to_owned()),
+        Just("false".to_owned()),
+        Just("null".to_owned()),
+    ];
+    let member = (
+        prop_oneof![Just("a"), Just("b"), Just("é"), Just("zz")],
+        "[ \t\n\r]{0,2}",
+        value,
+    );
+    prop::collection::vec(member, 0..5).prop_map(|members| {
+        let members: Vec<String> = members
+            .into_iter()
+            .map(|(n, w, v)| format!("{w}\"{n}\"{w}:{w}{v}{w}"))
+            .collect();
+        format!(" {{{}}}\n", members.join(","))
+    })
+}
+
+fn members() -> Vec<String> {
+    ["a", "b", "missing", "é"].map(str::to_owned).to_vec()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    /// Whatever the fast scan accepts, serde_json parses, to the same members.
+    #[test]
+    fn the_fast_body_scan_reads_what_serde_json_reads(text in body_text()) {
+        let names = members();
+        let mut fast = vec![None; names.len()];
+        let mut slow = vec![None; names.len()];
+        let parsed = super::message::scan_members(&text, &names, &mut slow);
+        if super::scan::flat_object(&text, &names, &mut fast).is_some() {
+            prop_assert!(parsed, "{:?}: the fast scan read what serde_json refuses", text);
+            prop_assert_eq!(fast, slow, "{:?}", text);
+        }
+    }
+
+    /// The fast scan reads the common bodies (otherwise it would only cost time).
+    #[test]
+    fn the_fast_body_scan_reads_flat_telemetry(text in fast_body()) {
+        let names = members();
+        let mut fast = vec![None; names.len()];
+        let mut slow = vec![None; names.len()];
+        prop_assert!(super::message::scan_members(&text, &names, &mut slow));
+        prop_assert!(super::scan::flat_object(&text, &names, &mut fast).is_some(), "{:?}", text);
+        prop_assert_eq!(fast, slow, "{:?}", text);
+    }
+}

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iot_sdk::commands::{CommandConfig, CommandExecutor};
-use iot_sdk::core::{GroupName, PartitionId, Producer, ReadLimits, Record, Topics};
+use iot_sdk::core::{
+    GroupName, PartitionId, Producer, ReadLimits, Record, Topics, partition_for_key,
+};
 use iot_sdk::gateway::testkit::{Fixture, StoreFixture, within};
 use iot_sdk::gateway::{DeviceSession, Gateway, Hub, SessionEvent, SessionOptions, Subscription};
 use iot_sdk::identity::{IdentityStore, MemoryIdentityStore, Presented};
@@ -288,8 +290,18 @@ async fn an_unanswered_method_times_out_without_holding_other_devices() {
         telemetry: hub.telemetry_log().clone(),
         host: HOST.into(),
     };
+    let topics = hub.topics().clone();
+    let partitions = topics.topic("commands").await.unwrap().partition_count();
     let (mute, mute_token) = fx.provision("mute").await;
-    let (chatty, chatty_token) = fx.provision("chatty").await;
+    // Both devices in one partition, so that their commands share a worker (and a batch).
+    let (chatty, chatty_token) = loop {
+        let (id, token) = fx.provision("chatty").await;
+        if partition_for_key(id.as_str(), partitions)
+            == partition_for_key(mute.as_str(), partitions)
+        {
+            break (id, token);
+        }
+    };
     // The mute device listens for methods and never answers.
     let mute_session = hub
         .connect(
@@ -320,11 +332,7 @@ async fn an_unanswered_method_times_out_without_holding_other_devices() {
         .await
         .unwrap();
     let mut seen = run_device(chatty_session);
-    let topics = hub.topics().clone();
-    let host = ProcessorHost::new(topics.clone());
-    let group = start(&host, &hub).await;
 
-    let started = tokio::time::Instant::now();
     for (device, id) in [(&mute, "a@p0:o1#0"), (&chatty, "a@p0:o2#0")] {
         send(
             &topics,
@@ -334,12 +342,16 @@ async fn an_unanswered_method_times_out_without_holding_other_devices() {
                 Command::DirectMethod {
                     method: "ping".into(),
                     payload: json!(null),
-                    timeout_ms: 1_500,
+                    timeout_ms: 3_000,
                 },
             ),
         )
         .await;
     }
+    // Written before the consumer starts: one batch, the mute device's call first.
+    let host = ProcessorHost::new(topics.clone());
+    let started = tokio::time::Instant::now();
+    let group = start(&host, &hub).await;
     // The chatty device gets its call while the mute one's is still pending.
     assert_eq!(
         within(seen.recv()).await.unwrap(),
@@ -347,7 +359,7 @@ async fn an_unanswered_method_times_out_without_holding_other_devices() {
             name: "ping".into()
         }
     );
-    assert!(started.elapsed() < Duration::from_millis(1_500));
+    assert!(started.elapsed() < Duration::from_millis(3_000));
     within(group.wait_caught_up()).await.unwrap();
     let statuses: Vec<(String, i32)> = replies(&topics)
         .await

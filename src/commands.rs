@@ -11,7 +11,7 @@
 //! `commands` topic: the host commits a batch only after the commands were executed and their
 //! answers appended.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -187,6 +187,8 @@ impl StreamProcessor for CommandProcessor {
         let mut answers: Vec<Answer> = vec![None; batch.len()];
         let mut by_device: HashMap<&str, Vec<(usize, CommandRecord)>> = HashMap::new();
         let mut order: Vec<&str> = Vec::new();
+        // An actor's re-emission can sit in the same batch as the original: run it once.
+        let mut in_batch: HashSet<String> = HashSet::new();
         let mut malformed = None;
         for (i, stored) in batch.iter().enumerate() {
             let command = match CommandRecord::from_record(&stored.record) {
@@ -200,6 +202,9 @@ impl StreamProcessor for CommandProcessor {
             };
             if let Some(answer) = self.done.get(&command.id) {
                 answers[i] = answer.clone();
+                continue;
+            }
+            if !in_batch.insert(command.id.clone()) {
                 continue;
             }
             let key = stored.record.key.as_str();
@@ -410,8 +415,6 @@ impl Remembered {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
-
     use super::*;
 
     #[test]

@@ -12,6 +12,9 @@
 //! | [`stream`] | `iot-stream` | stream processors and the device state store |
 //! | [`gateway`] | `iot-gateway` | the cloud gateway |
 //!
+//! [`commands`] executes the actors' commands topic on the hub (`docs/actors.md`, "The hub
+//! side").
+//!
 //! [`routing`] adapts the hub's registry and twin store to IoT Hub message routing
 //! (`stream::routing`, `docs/routing.md`).
 //!
@@ -41,6 +44,7 @@ pub use iot_provisioning as provisioning;
 pub use iot_registry as registry;
 pub use iot_stream as stream;
 
+pub mod commands;
 pub mod events;
 #[cfg(feature = "metrics")]
 pub mod metrics;

@@ -25,8 +25,8 @@
 //! * `testkit` — turns on the `testkit` feature of every crate: the conformance suites an
 //!   integrator runs against their own implementation of a trait, and fault-injecting wrappers.
 //!   `docs/integrating.md` walks through it.
-//! * `postgres` — the [`postgres`] module: the store traits over PostgreSQL.
-//! * `cluster` — the [`cluster`] module: several gateway instances as one hub over NATS and
+//! * `postgres` — the `postgres` module: the store traits over PostgreSQL.
+//! * `cluster` — the `cluster` module: several gateway instances as one hub over NATS and
 //!   PostgreSQL (`docs/cluster.md`); turns on `nats` and `postgres`.
 //! * `http` — the gateway's HTTP endpoint (`gateway::http`): IoT Hub's service REST API with
 //!   shared access policies; `docs/http.md` describes it, and `examples/hub.rs` runs it.

@@ -12,8 +12,9 @@
 //!   [`login_throttle`](super::login_throttle)); over budget is 429 with `Retry-After`, before
 //!   any password is hashed.
 //! * The login body is at most [`LOGIN_BODY_MAX`] bytes. The password is wiped from the parsed
-//!   body when it is dropped, and neither it nor a token reaches a log, a `Debug` or an error.
-//!   Answers carrying a token say `Cache-Control: no-store`.
+//!   body when it is dropped (the request's raw bytes pass through hyper's buffers, which
+//!   nothing here can wipe), and neither it nor a token reaches a log, a `Debug` or an error.
+//!   Answers carrying a token or grants say `Cache-Control: no-store`.
 
 use std::fmt;
 
@@ -130,25 +131,15 @@ async fn login(State(state): State<HttpState>, request: Request) -> ApiResult<Re
     };
     match access.login(&body.user, &body.password).await {
         Ok((token, session)) => {
-            state.logins().succeeded(attempt);
+            state.logins().give_back(attempt);
             tracing::info!(user = %session.user, "user logged in");
             let answer = LoginAnswer {
                 token: token.expose(),
                 expires_at: session.expires_at.to_rfc3339(),
             };
-            // Serialized into a buffer wiped on drop: the token's text is the session.
-            let json = Zeroizing::new(
-                serde_json::to_vec(&answer)
-                    .map_err(|e| ApiError::internal(false, "login answer", &e))?,
-            );
-            let mut response = (
-                [(
-                    axum::http::header::CONTENT_TYPE,
-                    "application/json; charset=utf-8",
-                )],
-                json.to_vec(),
-            )
-                .into_response();
+            // The token leaves through hyper's buffers, which nothing here can wipe; the
+            // `SessionToken` itself is zeroized when it drops at the end of this arm.
+            let mut response = axum::Json(answer).into_response();
             no_store(&mut response);
             Ok(response)
         }
@@ -156,7 +147,7 @@ async fn login(State(state): State<HttpState>, request: Request) -> ApiResult<Re
         Err(e) if e.is_auth_failure() => Err(ApiError::unauthorized(REFUSED)),
         Err(e) => {
             // The store failed, not the guess: that attempt does not count against anyone.
-            state.logins().succeeded(attempt);
+            state.logins().give_back(attempt);
             Err(ApiError::internal(e.is_retryable(), "access store", &e))
         }
     }

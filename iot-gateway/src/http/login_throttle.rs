@@ -31,7 +31,7 @@ pub(crate) struct LoginThrottle {
 }
 
 /// An attempt that holds a token of its user's and its peer's bucket: give it back with
-/// [`LoginThrottle::succeeded`] when the login succeeds.
+/// [`LoginThrottle::give_back`] when the login succeeds.
 #[derive(Debug)]
 pub(crate) struct Attempt {
     user: Option<UserName>,
@@ -77,8 +77,8 @@ impl LoginThrottle {
         Ok(Attempt { user, peer })
     }
 
-    /// The login of `attempt` succeeded: its tokens go back.
-    pub(crate) fn succeeded(&self, attempt: Attempt) {
+    /// `attempt` does not count (the login succeeded, or the store failed): its tokens go back.
+    pub(crate) fn give_back(&self, attempt: Attempt) {
         self.refund_peer(attempt.peer.as_ref());
         if let (Some(rate), Some(key)) = (self.user_rate, &attempt.user) {
             lock(&self.users).refund(key, rate);
@@ -116,7 +116,7 @@ mod tests {
             let Ok(attempt) = throttle.attempt("bob", ip("192.0.2.1")) else {
                 panic!("a success must give its tokens back")
             };
-            throttle.succeeded(attempt);
+            throttle.give_back(attempt);
         }
         assert!(throttle.attempt("bob", ip("192.0.2.1")).is_ok());
         assert!(throttle.attempt("carl", ip("192.0.2.1")).is_ok());

@@ -271,13 +271,13 @@ const SWEEP_FLOOR: usize = 10_000;
 /// a fixed size would scan the whole map every time once more keys than that were active.
 /// Memory follows the keys with a bucket that is not full: those active within one refill time.
 #[derive(Debug)]
-struct KeyedBuckets<K> {
+pub(crate) struct KeyedBuckets<K> {
     buckets: HashMap<K, Bucket>,
     sweep_at: usize,
 }
 
 impl<K: Hash + Eq + Clone> KeyedBuckets<K> {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         KeyedBuckets {
             buckets: HashMap::new(),
             sweep_at: SWEEP_FLOOR,
@@ -285,7 +285,7 @@ impl<K: Hash + Eq + Clone> KeyedBuckets<K> {
     }
 
     /// The bucket of `key`, made full if it has none, sweeping first when it is time.
-    fn bucket(&mut self, key: &K, rate: Rate, now: Instant) -> &mut Bucket {
+    pub(crate) fn bucket(&mut self, key: &K, rate: Rate, now: Instant) -> &mut Bucket {
         if self.buckets.len() >= self.sweep_at && !self.buckets.contains_key(key) {
             self.buckets.retain(|_, b| !b.is_full(rate, now));
             self.sweep_at = (self.buckets.len() * 2).max(SWEEP_FLOOR);
@@ -293,6 +293,13 @@ impl<K: Hash + Eq + Clone> KeyedBuckets<K> {
         self.buckets
             .entry(key.clone())
             .or_insert_with(|| Bucket::full(rate, now))
+    }
+
+    /// Gives `key` back a token taken for an operation that then did not count.
+    pub(crate) fn refund(&mut self, key: &K, rate: Rate) {
+        if let Some(bucket) = self.buckets.get_mut(key) {
+            bucket.refund(rate);
+        }
     }
 }
 

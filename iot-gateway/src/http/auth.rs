@@ -152,7 +152,7 @@ impl FromRequestParts<HttpState> for Caller {
 }
 
 /// The session token of `Bearer {token}` (scheme case-insensitive), if that is the header.
-fn bearer(header: &str) -> Option<&str> {
+pub(super) fn bearer(header: &str) -> Option<&str> {
     let (scheme, token) = header.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")

@@ -68,6 +68,49 @@ pub struct HttpConfig {
     /// turns the cache off. An entry lasts until its token expires or any policy changes.
     /// Default 1 024.
     pub token_cache_size: usize,
+    /// Failed logins allowed on `POST /auth/login` (user sessions, see
+    /// [`HttpState::with_access`](super::HttpState::with_access)) per user name and per peer
+    /// address. Default [`LoginLimit::default`].
+    pub login_limit: LoginLimit,
+}
+
+/// Budgets of failed logins: a token bucket per user name and one per peer address (IPv4, or
+/// the /64 of IPv6), both spent by every refused login and refilled at one attempt per
+/// `refill_every`. A login is tried only when both buckets hold an attempt; otherwise it is
+/// answered 429 without checking the password, so guessing costs the guesser time and the hub no
+/// hashing. A successful login gives its attempt back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LoginLimit {
+    /// Failed logins in a row one user name may take; 0 turns the per-user budget off.
+    /// Default 10.
+    pub per_user: u32,
+    /// Failed logins in a row one peer address may take; 0 turns the per-peer budget off.
+    /// Default 30.
+    pub per_peer: u32,
+    /// How long one attempt takes to come back to each bucket. Default 30 s.
+    pub refill_every: Duration,
+}
+
+impl Default for LoginLimit {
+    fn default() -> Self {
+        LoginLimit {
+            per_user: 10,
+            per_peer: 30,
+            refill_every: Duration::from_secs(30),
+        }
+    }
+}
+
+impl LoginLimit {
+    /// `per_user` and `per_peer` failed logins in a row, one more every `refill_every`.
+    pub fn new(per_user: u32, per_peer: u32, refill_every: Duration) -> Self {
+        LoginLimit {
+            per_user,
+            per_peer,
+            refill_every,
+        }
+    }
 }
 
 impl Default for HttpConfig {
@@ -91,6 +134,7 @@ impl Default for HttpConfig {
             device_session_idle: Duration::from_secs(120),
             c2d_receive_wait: Duration::from_millis(200),
             token_cache_size: 1024,
+            login_limit: LoginLimit::default(),
         }
     }
 }
@@ -185,6 +229,12 @@ impl HttpConfig {
         self.token_cache_size = size;
         self
     }
+
+    /// Sets [`login_limit`](Self::login_limit).
+    pub fn login_limit(mut self, limit: LoginLimit) -> Self {
+        self.login_limit = limit;
+        self
+    }
 }
 
 #[cfg(test)]
@@ -208,7 +258,8 @@ mod tests {
             .max_header_bytes(11)
             .device_session_idle(Duration::from_secs(12))
             .c2d_receive_wait(Duration::from_secs(13))
-            .token_cache_size(14);
+            .token_cache_size(14)
+            .login_limit(LoginLimit::new(15, 16, Duration::from_secs(17)));
         assert_eq!(c.api_versions, ["x"]);
         assert_eq!(c.header_read_timeout, Duration::from_secs(1));
         assert_eq!(c.handshake_timeout, Duration::from_secs(2));
@@ -230,5 +281,9 @@ mod tests {
         assert_eq!(c.device_session_idle, Duration::from_secs(12));
         assert_eq!(c.c2d_receive_wait, Duration::from_secs(13));
         assert_eq!(c.token_cache_size, 14);
+        assert_eq!(
+            c.login_limit,
+            LoginLimit::new(15, 16, Duration::from_secs(17))
+        );
     }
 }

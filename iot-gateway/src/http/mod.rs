@@ -7,6 +7,8 @@
 //! * [`router`] — the whole API as one axum [`Router`]: every route of [`service::routes`], the
 //!   `api-version` check, a tracing span per request, IoT Hub's error shape for unknown routes
 //!   and methods, and the body limit.
+//! * [`login`] — `POST /auth/login`, `POST /auth/logout`, `GET /auth/me`: user sessions of
+//!   the access matrix, when [`HttpState::with_access`] gave one.
 //! * [`HttpServer`] — serves a router over plain TCP and TLS (rustls with ring, the MQTT
 //!   endpoint's [`TlsConfig`](crate::mqtt::TlsConfig)), with graceful shutdown.
 //! * [`Caller`] — the authentication extractor: a handler that takes a `Caller` runs only for a
@@ -25,6 +27,8 @@ pub mod dps;
 pub mod error;
 pub mod extract;
 mod guard;
+pub mod login;
+mod login_throttle;
 pub mod openapi;
 pub mod policy;
 pub mod server;
@@ -41,7 +45,7 @@ use axum::response::Response;
 use tracing::Instrument as _;
 
 pub use auth::Caller;
-pub use config::{DEFAULT_API_VERSIONS, HttpConfig};
+pub use config::{DEFAULT_API_VERSIONS, HttpConfig, LoginLimit};
 pub use error::{ApiError, ApiResult};
 pub use policy::{PolicyError, PolicyStore, Rights, SharedAccessPolicy};
 pub use server::{HttpServer, PeerAddr};
@@ -53,6 +57,7 @@ pub fn router(state: HttpState) -> Router {
     with_common_layers(
         service::routes()
             .merge(device::routes())
+            .merge(login::routes())
             .merge(openapi::routes()),
         state,
     )

@@ -12,6 +12,7 @@ use iot_provisioning::Provisioning;
 use iot_registry::Registry;
 
 use super::config::HttpConfig;
+use super::login_throttle::LoginThrottle;
 use super::policy::PolicyStore;
 use super::token_cache::TokenCache;
 use crate::gateway::Gateway;
@@ -42,6 +43,8 @@ struct Inner {
     /// The access matrix user sessions are checked against, once set
     /// ([`HttpState::with_access`]).
     access: OnceLock<AccessControl>,
+    /// Failed-login budgets of `POST /auth/login`.
+    logins: LoginThrottle,
 }
 
 impl fmt::Debug for HttpState {
@@ -74,6 +77,7 @@ impl HttpState {
             policies,
             host: host.into(),
             tokens: TokenCache::new(config.token_cache_size),
+            logins: LoginThrottle::new(config.login_limit),
             authorities: OnceLock::new(),
             config,
             modules: std::sync::OnceLock::new(),
@@ -159,6 +163,11 @@ impl HttpState {
     /// The configuration.
     pub fn config(&self) -> &HttpConfig {
         &self.0.config
+    }
+
+    /// Failed-login budgets.
+    pub(crate) fn logins(&self) -> &LoginThrottle {
+        &self.0.logins
     }
 
     /// Verified service tokens.

@@ -421,7 +421,8 @@ async fn the_openapi_document_is_served_without_a_token() {
         );
         assert_eq!(String::from_utf8_lossy(&reply.body), on_disk, "{path}");
     }
-    // It describes itself, and is the only route without a token or version.
+    // It describes itself, and is the only route that needs neither a token nor an api-version
+    // (`/auth/login` needs no token either, but it takes an api-version like the others).
     assert!(on_disk.contains("\n  /openapi.yaml:\n"));
     let reply = stack.call("GET", "/statistics/devices", None, None).await;
     assert_eq!(reply.status, 400);

@@ -295,7 +295,9 @@ impl<K: Hash + Eq + Clone> KeyedBuckets<K> {
             .or_insert_with(|| Bucket::full(rate, now))
     }
 
-    /// Gives `key` back a token taken for an operation that then did not count.
+    /// Gives `key` back a token taken for an operation that then did not count (a successful
+    /// log-in, the one user: feature `http`).
+    #[cfg(feature = "http")]
     pub(crate) fn refund(&mut self, key: &K, rate: Rate) {
         if let Some(bucket) = self.buckets.get_mut(key) {
             bucket.refund(rate);

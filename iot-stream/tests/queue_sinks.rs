@@ -127,12 +127,22 @@ async fn routed(topics: &Topics) -> Vec<iot_core::StoredRecord> {
 type Received = Arc<Mutex<Vec<(String, String, Value)>>>;
 
 async fn wait_received(received: &Received, at_least: usize) {
+    // Distinct event ids: copies sent again after the restart must not count towards the
+    // total, or the wait ends before the last messages arrive.
+    let distinct = || {
+        let received = received.lock().unwrap();
+        received
+            .iter()
+            .map(|(id, _, _)| id.as_str())
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    };
     let guard = tokio::time::Instant::now() + Duration::from_secs(30);
-    while received.lock().unwrap().len() < at_least {
+    while distinct() < at_least {
         assert!(
             tokio::time::Instant::now() < guard,
             "the consumer got {} of {at_least}",
-            received.lock().unwrap().len()
+            distinct()
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -1,45 +1,23 @@
 //! IoT Hub's MQTT topics, from the device's side, and their URL-encoded property bags.
 
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use crate::adapter::properties;
 
-/// Everything but RFC 3986's unreserved characters is escaped, so a bag never holds a `/`.
-const ESCAPED: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
+/// One key or value escaped as in a bag (everything but RFC 3986's unreserved characters, so it
+/// never holds a `/`): the adapter kit's encoding, shared with the hub's side.
 pub(crate) fn escape(s: &str) -> String {
-    utf8_percent_encode(s, ESCAPED).to_string()
+    properties::encode_value(s)
 }
 
-/// `k=v&k=v`, each part escaped.
-pub(crate) fn encode_bag<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
-    let mut out = String::new();
-    for (k, v) in pairs {
-        if !out.is_empty() {
-            out.push('&');
-        }
-        out.push_str(&escape(k));
-        out.push('=');
-        out.push_str(&escape(v));
-    }
-    out
-}
+pub(crate) use properties::encode_bag;
 
-/// The pairs of a bag; undecodable parts are kept as they are (the hub writes valid UTF-8).
+/// The pairs of a bag from the hub, by the adapter kit's rules. A bag that breaks them (not
+/// UTF-8, NUL, too many pairs: neither our hub nor IoT Hub writes one) yields no pairs and a
+/// warning, rather than half-decoded text passed off as the hub's properties.
 pub(crate) fn decode_bag(bag: &str) -> Vec<(String, String)> {
-    bag.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|part| {
-            let (k, v) = part.split_once('=').unwrap_or((part, ""));
-            (unescape(k), unescape(v))
-        })
-        .collect()
-}
-
-fn unescape(s: &str) -> String {
-    percent_decode_str(s).decode_utf8_lossy().into_owned()
+    properties::decode_bag(bag).unwrap_or_else(|e| {
+        tracing::warn!(reason = e.reason(), "property bag from the hub refused");
+        Vec::new()
+    })
 }
 
 /// The topic prefix of the identity: `devices/{id}` or `devices/{id}/modules/{module}`.
@@ -113,6 +91,13 @@ mod tests {
                 ("temp unit".to_string(), "°C&x=1".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn a_bag_that_breaks_the_kits_rules_yields_no_pairs() {
+        assert!(decode_bag("%FF=1&a=b").is_empty());
+        assert!(decode_bag("=value").is_empty());
+        assert_eq!(bag_value("%FF=1&$rid=3", "$rid"), None);
     }
 
     #[test]

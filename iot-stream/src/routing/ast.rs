@@ -5,6 +5,8 @@ use std::fmt::{self, Display, Formatter, Write as _};
 
 use serde_json::Value;
 
+use super::message::{SystemName, is_reserved};
+
 /// Binary operators, loosest first within each family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum BinOp {
@@ -47,14 +49,49 @@ impl BinOp {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Root {
     /// An application property (a header the device set), by name.
-    App(String),
+    App(AppName),
     /// `$name`: a system property, else an application property of that name (as IoT Hub
-    /// documents). The name is kept as written, without the `$`.
-    System(String),
+    /// documents).
+    System(SystemPath),
     /// `$body`: the message body, when it is JSON.
     Body,
     /// `$twin`: the device's (or module's) twin.
     Twin,
+}
+
+/// An application property's name, with what evaluation would otherwise work out for every
+/// message: whether the name is one a system header reserves (then no header is that property).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct AppName {
+    pub(crate) name: String,
+    pub(crate) reserved: bool,
+}
+
+impl From<String> for AppName {
+    fn from(name: String) -> Self {
+        let reserved = is_reserved(&name);
+        AppName { name, reserved }
+    }
+}
+
+/// `$name` as written (without the `$`), resolved to the system property it names once, when
+/// the condition is parsed, rather than by comparing names for every message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SystemPath {
+    pub(crate) name: String,
+    pub(crate) property: SystemName,
+    /// The application property `$name`, read when `name` is no system property.
+    pub(crate) fallback: AppName,
+}
+
+impl From<String> for SystemPath {
+    fn from(name: String) -> Self {
+        SystemPath {
+            property: SystemName::resolve(&name),
+            fallback: AppName::from(format!("${name}")),
+            name,
+        }
+    }
 }
 
 /// One step into a JSON value.
@@ -193,8 +230,8 @@ impl Display for Expr {
             Expr::Undefined => f.write_str("undefined"),
             Expr::Path(root, steps) => {
                 match root {
-                    Root::App(name) => f.write_str(name)?,
-                    Root::System(name) => write!(f, "${name}")?,
+                    Root::App(app) => f.write_str(&app.name)?,
+                    Root::System(system) => write!(f, "${}", system.name)?,
                     Root::Body => f.write_str("$body")?,
                     Root::Twin => f.write_str("$twin")?,
                 }

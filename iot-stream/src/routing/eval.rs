@@ -216,7 +216,7 @@ impl Expr {
                 let b = b.eval(s)?;
                 owned(binary(*op, &a, &b))
             }
-            Expr::Call(func, args) => owned(call(*func, args, s)),
+            Expr::Call(func, args) => call(*func, args, s),
         }
     }
 
@@ -281,19 +281,24 @@ fn binary(op: BinOp, a: &V<'_>, b: &V<'_>) -> Option<Value> {
 
 fn path<'s>(root: &Root, steps: &[Step], s: &Scope<'s, '_>) -> Val<'s> {
     match root {
-        Root::App(name) => {
-            let v = s.message.app_property(name)?;
+        Root::App(app) => {
+            let v = s.message.app_property_named(&app.name, app.reserved)?;
             // Application properties are strings; a path into one is undefined.
             steps.is_empty().then_some(V::Str(v))
         }
-        Root::System(name) => {
+        Root::System(system) => {
             if !steps.is_empty() {
                 return None;
             }
-            match s.message.system_text(name) {
+            match s.message.system_text_of(system.property, &system.name) {
                 Some(Cow::Borrowed(v)) => Some(V::Str(v)),
                 Some(Cow::Owned(v)) => Some(V::Own(Value::String(v))),
-                None => s.message.app_property(&format!("${name}")).map(V::Str),
+                None => {
+                    let app = &system.fallback;
+                    s.message
+                        .app_property_named(&app.name, app.reserved)
+                        .map(V::Str)
+                }
             }
         }
         // A query on the whole body (`$body`, `$body[0]`) is undefined, as IoT Hub documents:
@@ -325,9 +330,40 @@ fn integer(v: &V<'_>) -> Option<i64> {
     (x.fract() == 0.0).then_some(x as i64)
 }
 
-/// A function's value. Arguments are evaluated when the function needs them (evaluation has no
-/// side effects, so this only saves work), and none is collected into a list.
-fn call<'s>(func: Func, args: &'s [Expr], s: &Scope<'s, '_>) -> Option<Value> {
+/// A function's value.
+fn call<'s>(func: Func, args: &'s [Expr], s: &Scope<'s, '_>) -> Val<'s> {
+    if let Func::Lower | Func::Upper = func {
+        // ASCII text already in the wanted case (the usual lowered property) is its own result:
+        // no copy. (Beyond ASCII a character that is not upper case may still change.)
+        let v = args.first()?.eval(s)?;
+        let lower = func == Func::Lower;
+        // Not a string: undefined.
+        let text = v.as_str()?;
+        let unchanged = text.is_ascii()
+            && !text.bytes().any(|b| {
+                if lower {
+                    b.is_ascii_uppercase()
+                } else {
+                    b.is_ascii_lowercase()
+                }
+            });
+        if unchanged {
+            return Some(v);
+        }
+        let changed = if lower {
+            text.to_lowercase()
+        } else {
+            text.to_uppercase()
+        };
+        return Some(V::Own(Value::String(changed)));
+    }
+    owned(computed(func, args, s))
+}
+
+/// A function's value, computed. Arguments are evaluated when the function needs them
+/// (evaluation has no side effects, so this only saves work), and none is collected into a
+/// list.
+fn computed<'s>(func: Func, args: &'s [Expr], s: &Scope<'s, '_>) -> Option<Value> {
     let arg = |i: usize| args.get(i).and_then(|a| a.eval(s));
     let is = |test: fn(&Value) -> bool| Some(Value::Bool(arg(0).is_some_and(|v| v.is(test))));
     let math = |f: fn(f64) -> f64| num(f(arg(0)?.as_f64()?));
@@ -364,8 +400,8 @@ fn call<'s>(func: Func, args: &'s [Expr], s: &Scope<'s, '_>) -> Option<Value> {
             }
         }
         Func::Length => Some(Value::from(str_of(&text!(arg(0))).chars().count())),
-        Func::Lower => Some(Value::from(str_of(&text!(arg(0))).to_lowercase())),
-        Func::Upper => Some(Value::from(str_of(&text!(arg(0))).to_uppercase())),
+        // Answered by `call`.
+        Func::Lower | Func::Upper => None,
         Func::Concat => {
             let mut out = String::new();
             for a in args {

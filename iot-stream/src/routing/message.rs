@@ -30,6 +30,58 @@ const SYSTEM_HEADERS: [&str; 6] = [
     "expiry-time",
 ];
 
+/// Whether `name` is reserved for system properties (any ASCII case): such a header is never an
+/// application property.
+pub(crate) fn is_reserved(name: &str) -> bool {
+    SYSTEM_HEADERS.iter().any(|s| s.eq_ignore_ascii_case(name))
+        || name.starts_with('$')
+        || starts_with_ignore_case(name, "iothub-")
+        || starts_with_ignore_case(name, "dt-")
+}
+
+/// What a system property's name (as the query language writes it after `$`) reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SystemName {
+    /// The header of that name.
+    Header(&'static str),
+    /// `connectionDeviceId`: the gateway's stamp, else the record key.
+    DeviceId,
+    /// `enqueuedTime`: the log's time, as RFC 3339.
+    EnqueuedTime,
+    /// A header name IoT Hub uses (`iothub-…`, `dt-…`), read in any ASCII case.
+    Prefixed,
+    /// No system property.
+    None,
+}
+
+impl SystemName {
+    /// The system property `name` names (any ASCII case).
+    pub(crate) fn resolve(name: &str) -> Self {
+        let is = |a: &str, b: &str| name.eq_ignore_ascii_case(a) || name.eq_ignore_ascii_case(b);
+        if is("contenttype", "content-type") {
+            SystemName::Header(CONTENT_TYPE)
+        } else if is("contentencoding", "content-encoding") {
+            SystemName::Header(CONTENT_ENCODING)
+        } else if is("messageid", "message-id") {
+            SystemName::Header(MESSAGE_ID)
+        } else if is("correlationid", "correlation-id") {
+            SystemName::Header(CORRELATION_ID)
+        } else if is("userid", "user-id") {
+            SystemName::Header("user-id")
+        } else if is("connectiondeviceid", DEVICE_ID_HEADER) {
+            SystemName::DeviceId
+        } else if is("connectionmoduleid", MODULE_ID_HEADER) {
+            SystemName::Header(MODULE_ID_HEADER)
+        } else if is("enqueuedtime", "iothub-enqueuedtime") {
+            SystemName::EnqueuedTime
+        } else if starts_with_ignore_case(name, "iothub-") || starts_with_ignore_case(name, "dt-") {
+            SystemName::Prefixed
+        } else {
+            SystemName::None
+        }
+    }
+}
+
 /// A record read as a message. The body is decoded at most once, on first use.
 #[derive(Debug)]
 pub struct MessageView<'a> {
@@ -132,18 +184,21 @@ impl<'a> MessageView<'a> {
     /// message properties are not case-sensitive). System headers are never application
     /// properties.
     pub fn app_property(&self, name: &str) -> Option<&'a str> {
-        let is_system = |n: &str| {
-            SYSTEM_HEADERS.iter().any(|s| s.eq_ignore_ascii_case(n))
-                || n.starts_with('$')
-                || n.get(..7)
-                    .is_some_and(|p| p.eq_ignore_ascii_case("iothub-"))
-                || n.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("dt-"))
-        };
+        self.app_property_named(name, is_reserved(name))
+    }
+
+    /// [`app_property`](Self::app_property) with `reserved` = [`is_reserved`]`(name)` worked
+    /// out beforehand (a condition's names are known when it is parsed).
+    pub(crate) fn app_property_named(&self, name: &str, reserved: bool) -> Option<&'a str> {
+        if reserved {
+            // Every header matching a reserved name, in any case, is reserved too.
+            return None;
+        }
         let headers = &self.record.record.headers;
-        headers.get(name).filter(|_| !is_system(name)).or_else(|| {
+        headers.get(name).or_else(|| {
             headers
                 .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name) && !is_system(n))
+                .find(|(n, _)| n.eq_ignore_ascii_case(name) && !is_reserved(n))
                 .map(|(_, v)| v)
         })
     }
@@ -160,37 +215,28 @@ impl<'a> MessageView<'a> {
     /// [`system_property`](Self::system_property) as text, borrowed from the record except for
     /// `enqueuedTime` (conditions read it for every message: no copy, no lower-cased name).
     pub(crate) fn system_text(&self, name: &str) -> Option<Cow<'a, str>> {
-        let is = |a: &str, b: &str| name.eq_ignore_ascii_case(a) || name.eq_ignore_ascii_case(b);
-        let header = if is("contenttype", "content-type") {
-            CONTENT_TYPE
-        } else if is("contentencoding", "content-encoding") {
-            CONTENT_ENCODING
-        } else if is("messageid", "message-id") {
-            MESSAGE_ID
-        } else if is("correlationid", "correlation-id") {
-            CORRELATION_ID
-        } else if is("userid", "user-id") {
-            "user-id"
-        } else if is("connectiondeviceid", DEVICE_ID_HEADER) {
-            return Some(Cow::Borrowed(self.device_id()));
-        } else if is("connectionmoduleid", MODULE_ID_HEADER) {
-            MODULE_ID_HEADER
-        } else if is("enqueuedtime", "iothub-enqueuedtime") {
-            let micros =
-                i64::try_from(self.record.enqueued_time.as_unix_micros()).unwrap_or(i64::MAX);
-            return Some(Cow::Owned(format_rfc3339(micros)));
-        } else if starts_with_ignore_case(name, "iothub-") || starts_with_ignore_case(name, "dt-") {
-            return self
+        self.system_text_of(SystemName::resolve(name), name)
+    }
+
+    /// [`system_text`](Self::system_text) of `name`, already resolved to `property`.
+    pub(crate) fn system_text_of(&self, property: SystemName, name: &str) -> Option<Cow<'a, str>> {
+        match property {
+            SystemName::Header(header) => self.header(header).map(Cow::Borrowed),
+            SystemName::DeviceId => Some(Cow::Borrowed(self.device_id())),
+            SystemName::EnqueuedTime => {
+                let micros =
+                    i64::try_from(self.record.enqueued_time.as_unix_micros()).unwrap_or(i64::MAX);
+                Some(Cow::Owned(format_rfc3339(micros)))
+            }
+            SystemName::Prefixed => self
                 .record
                 .record
                 .headers
                 .iter()
                 .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| Cow::Borrowed(v));
-        } else {
-            return None;
-        };
-        self.header(header).map(Cow::Borrowed)
+                .map(|(_, v)| Cow::Borrowed(v)),
+            SystemName::None => None,
+        }
     }
 
     /// Whether the body may be queried: content type `application/json` and content encoding

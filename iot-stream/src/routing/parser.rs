@@ -320,8 +320,8 @@ impl Parser<'_> {
             "$twin" => Root::Twin,
             _ => match name.strip_prefix('$') {
                 Some("") => return Err(error_at(self.text, self.at(), "a '$' needs a name")),
-                Some(system) => Root::System(system.to_owned()),
-                None => Root::App(name.to_owned()),
+                Some(system) => Root::System(system.to_owned().into()),
+                None => Root::App(name.to_owned().into()),
             },
         };
         let mut steps = Vec::new();

@@ -39,12 +39,12 @@ fn constant() -> impl Strategy<Value = Value> {
 
 fn path() -> impl Strategy<Value = Expr> {
     let root = prop_oneof![
-        name().prop_map(Root::App),
+        name().prop_map(|n| Root::App(n.into())),
         name()
             .prop_filter("not $body or $twin", |n| {
                 !n.eq_ignore_ascii_case("body") && !n.eq_ignore_ascii_case("twin")
             })
-            .prop_map(Root::System),
+            .prop_map(|n| Root::System(n.into())),
         Just(Root::Body),
         Just(Root::Twin),
     ];
@@ -227,6 +227,13 @@ proptest! {
     fn and_or_not_follow_three_valued_logic(l in logic()) {
         let got = eval(&l.text(), &json!({}));
         prop_assert_eq!(got, l.reference().map(Value::Bool), "{}", l.text());
+    }
+
+    #[test]
+    fn lower_and_upper_match_the_standard_library(text in "[a-zA-Z0-9 \u{1c4}-\u{1c6}\u{130}ß]{0,6}") {
+        let body = json!({ "s": text });
+        prop_assert_eq!(eval("LOWER($body.s)", &body), Some(Value::String(text.to_lowercase())));
+        prop_assert_eq!(eval("UPPER($body.s)", &body), Some(Value::String(text.to_uppercase())));
     }
 
     #[test]

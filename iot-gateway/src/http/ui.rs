@@ -119,7 +119,8 @@ mod tests {
     #[test]
     fn the_pages_load_nothing_from_elsewhere() {
         for (name, _, bytes) in ASSETS {
-            let text = String::from_utf8_lossy(bytes);
+            // The SVG namespace is a name, not a place anything is fetched from.
+            let text = String::from_utf8_lossy(bytes).replace("http://www.w3.org/2000/svg", "");
             assert!(!text.contains("http://"), "{name} names an http:// URL");
             assert!(!text.contains("https://"), "{name} names an https:// URL");
         }

@@ -274,6 +274,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     .with_access(access)
     .with_telemetry_stream(hub.telemetry_log().clone())
     .with_alerts_stream(hub.topics().topic(dashboard::ALERTS_TOPIC).await?);
+    let streams = state.clone();
     let router = if args.ui {
         iot_gateway::http::router_with_ui(state)
     } else {
@@ -336,6 +337,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         () = interrupted => {}
     }
     tail.abort();
+    // Live streams (the dashboard's SSE) never end on their own: end them before the grace.
+    streams.close_streams();
     http.shutdown().await;
     if let Some(server) = metrics_server {
         server.shutdown().await;

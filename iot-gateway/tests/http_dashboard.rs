@@ -278,6 +278,10 @@ async fn the_alerts_stream_follows_its_topic_and_needs_read_on_the_hub() {
     let seen = events.until(r#""temperature":90"#).await.to_owned();
     assert_eq!(event_data(&seen, "alert", "90")["deviceId"], "fan-1");
 
+    // close_streams ends the open stream (the last chunk of the chunked body arrives).
+    stack.state.close_streams();
+    events.until("\r\n0\r\n\r\n").await;
+
     // A grant over one device does not cover the fleet's alerts: 403, audited.
     let denied = stack
         .call("GET", &path, Some(&bearer(&access, "fred").await), None)

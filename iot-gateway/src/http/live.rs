@@ -23,6 +23,8 @@
 //! (`: keep-alive`) every [`KEEP_ALIVE`] keeps proxies from closing an idle stream and finds a
 //! closed client: the tasks reading the log end with the response.
 //!
+//! [`HttpState::close_streams`] ends every stream (before a graceful shutdown).
+//!
 //! Browsers' `EventSource` cannot send an `Authorization` header, and a session token in a URL
 //! would land in logs and history; the dashboard reads the stream with `fetch` and parses the
 //! events itself (`ui/sse.js`).
@@ -43,6 +45,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult, code};
@@ -120,6 +123,7 @@ async fn telemetry(
         "telemetry",
         move |stored| stored.record.key == key,
         tx,
+        state.streams_closed().clone(),
     ));
     tracing::debug!(device = %device, "telemetry stream opened");
     Ok(event_stream(rx, vec![task]))
@@ -148,13 +152,14 @@ async fn alerts(
             "alert",
             move |stored| stored.enqueued_time >= since,
             tx.clone(),
+            state.streams_closed().clone(),
         )));
     }
     Ok(event_stream(rx, tasks))
 }
 
 /// Reads `partition` from `from` on, forever, sending each record `keep` accepts as an event
-/// named `event`; ends when the client is gone or the log fails.
+/// named `event`; ends when the client is gone, the log fails or `closed` is cancelled.
 async fn follow(
     log: Arc<dyn Log>,
     partition: PartitionId,
@@ -162,8 +167,12 @@ async fn follow(
     event: &'static str,
     keep: impl Fn(&StoredRecord) -> bool + Send + 'static,
     tx: mpsc::Sender<Bytes>,
+    closed: CancellationToken,
 ) {
     loop {
+        if closed.is_cancelled() {
+            return;
+        }
         let records = match log.read(partition, next, ReadLimits::default()).await {
             Ok(records) => records,
             Err(e) => {
@@ -187,6 +196,7 @@ async fn follow(
                     return;
                 }
             }
+            () = closed.cancelled() => return,
             () = tokio::time::sleep(KEEP_ALIVE) => {
                 if tx.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
                     return;

@@ -11,6 +11,7 @@ use iot_identity::ca::CertificateAuthorities;
 use iot_identity::{IdentityStore, ModuleStore};
 use iot_provisioning::Provisioning;
 use iot_registry::Registry;
+use tokio_util::sync::CancellationToken;
 
 use super::config::HttpConfig;
 use super::login_throttle::LoginThrottle;
@@ -50,6 +51,8 @@ struct Inner {
     telemetry_stream: OnceLock<Arc<dyn Log>>,
     /// The alerts topic of `GET /alerts/stream`, once set.
     alerts_stream: OnceLock<Arc<dyn Log>>,
+    /// Cancelled by [`HttpState::close_streams`]: every live stream ends.
+    streams_closed: CancellationToken,
 }
 
 impl fmt::Debug for HttpState {
@@ -89,6 +92,7 @@ impl HttpState {
             access: OnceLock::new(),
             telemetry_stream: OnceLock::new(),
             alerts_stream: OnceLock::new(),
+            streams_closed: CancellationToken::new(),
         }))
     }
 
@@ -126,6 +130,18 @@ impl HttpState {
     pub fn with_alerts_stream(self, log: Arc<dyn Log>) -> Self {
         let _ = self.0.alerts_stream.set(log);
         self
+    }
+
+    /// Ends every live stream now, and each one opened later at once: call it before
+    /// [`HttpServer::shutdown`](super::HttpServer::shutdown), whose graceful shutdown otherwise
+    /// waits its whole grace period for stream clients, which never leave on their own.
+    pub fn close_streams(&self) {
+        self.0.streams_closed.cancel();
+    }
+
+    /// Cancelled once [`close_streams`](Self::close_streams) was called.
+    pub(crate) fn streams_closed(&self) -> &CancellationToken {
+        &self.0.streams_closed
     }
 
     /// The telemetry log of the live stream, if set.

@@ -6,7 +6,8 @@
 // (the 403 shown on the page); the operator invokes the method and sees the device's answer,
 // and is refused registering a device; the admin registers one, a second simulated device
 // connects with the connection string the page showed once, and its live points arrive; the
-// alerts feed shows the overheat alerts. Screenshots go to $SCREENSHOTS.
+// alerts feed shows the overheat alerts; the admin deactivates, activates and resets the keys of
+// the new device. Screenshots go to $SCREENSHOTS.
 import { createRequire } from 'node:module';
 import { spawn } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
@@ -150,6 +151,21 @@ async function main() {
     await a.waitForSelector('#alerts-feed li', { timeout: T });
     step(`alerts shown: ${await a.locator('#alerts-feed li').count()}`);
     await shot(a, '10-alerts');
+
+    // 6. Provisioning: deactivate, activate, reset keys (a new key, shown once).
+    await a.goto(`${UI}#/provision`);
+    await a.fill('#target-device-id', 'sensor-new');
+    for (const [button, status] of [['#deactivate', 'disabled'], ['#activate', 'enabled']]) {
+      await a.click(button);
+      await a.waitForFunction((s) => document.querySelector('#provision-result .ok')?.textContent.endsWith(`is ${s}`), status, { timeout: T });
+      step(`sensor-new ${status}`);
+    }
+    await a.click('#reset-keys');
+    await a.waitForSelector('#connection-string', { timeout: T });
+    const reset = (await a.textContent('#connection-string')).trim();
+    if (reset === connectionString || !reset.includes('DeviceId=sensor-new;SharedAccessKey=')) throw new Error('no new key shown');
+    step('keys reset; the new connection string shown once');
+    await shot(a, '11-keys-reset');
     step('passed');
   } finally {
     for (const c of children) c.kill('SIGTERM');

@@ -6,6 +6,7 @@
 //!     [--listen 127.0.0.1:1884] [--tls-listen 127.0.0.1:8884] [--https-listen 127.0.0.1:8443]
 //!     [--http-listen ADDR] [--ws-listen ADDR] [--tls-cert CERT.pem --tls-key KEY.pem]
 //!     [--metrics-listen ADDR] [--run-for SECONDS]
+//!     [--ui] [--admin-user NAME] [--admin-password-file FILE]
 //! ```
 //!
 //! It opens (or creates) under `DIR` the identity store, the registry, the provisioning journal,
@@ -28,6 +29,12 @@
 //! 127.0.0.1:8883` or `--https-listen 127.0.0.1:443` to use them. Runs until Ctrl-C or for
 //! `--run-for` seconds, then shuts down gracefully (`stopped`). `--help` lists the flags; usage
 //! errors exit with status 2.
+//!
+//! The solution layer (docs/dashboard.md): the access matrix of users over `DIR/access` is
+//! wired into the service API (`/auth/login`, bearer sessions, `/access/users`), the rule
+//! `overheat` writes alerts to the `alerts` topic, and `--ui` serves the dashboard at
+//! `/ui/` on the HTTP(S) listeners. The first admin is created from `--admin-password-file` or
+//! the `IOT_ADMIN_PASSWORD` environment variable (never a flag's value), if not there yet.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::net::SocketAddr;
@@ -52,6 +59,9 @@ use iot_sdk::metrics::HubMetrics;
 use iot_sdk::routing::HubTwins;
 use iot_stream::{HostConfig, ProcessorHost};
 use serde_json::json;
+
+#[path = "support/hub_dashboard.rs"]
+mod dashboard;
 
 /// One runnable hub: MQTT for devices and IoT Hub's service REST API over HTTPS, over
 /// file-backed stores.
@@ -101,6 +111,15 @@ struct Args {
     /// Stop after this many seconds instead of waiting for Ctrl-C.
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     run_for: Option<Duration>,
+    /// Serve the dashboard at /ui/ on the HTTP(S) listeners (docs/dashboard.md).
+    #[arg(long)]
+    ui: bool,
+    /// The first admin's user name (created if missing, when a password is given).
+    #[arg(long, value_name = "NAME", default_value = "admin")]
+    admin_user: String,
+    /// A file holding the first admin's password (or set IOT_ADMIN_PASSWORD).
+    #[arg(long, value_name = "FILE")]
+    admin_password_file: Option<PathBuf>,
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, std::num::ParseIntError> {
@@ -118,6 +137,9 @@ impl Args {
         }
         if !needs_tls && (files || self.self_signed) {
             return Err("TLS flags need --tls-listen or --https-listen");
+        }
+        if self.ui && self.https_listen.is_none() && self.http_listen.is_none() {
+            return Err("--ui needs --https-listen or --http-listen");
         }
         Ok(())
     }
@@ -228,6 +250,14 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         println!("mqtt-ws: ws://{bound}/$iothub/websocket");
     }
 
+    // The access matrix (users, sessions, grants) and the alert rule the dashboard follows.
+    let admin_password = dashboard::admin_password(args.admin_password_file.as_deref())
+        .map_err(|e| e.to_string())?;
+    let access = dashboard::open_access(dir, registry.clone(), hub.topics()).await?;
+    dashboard::ensure_admin(&access, &args.admin_user, admin_password.as_deref()).await?;
+    drop(admin_password);
+    let rules = dashboard::start_rules(hub.topics().clone()).await?;
+
     let http_config = HttpConfig::default();
     let state = HttpState::new(
         Arc::new(hub.clone()),
@@ -240,14 +270,26 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     )
     .with_certificate_authorities(cas)
     // Module identities (`/devices/{id}/modules/{mid}`) in the hub's own store (DIR/hub/modules).
-    .with_modules(hub.modules().clone());
-    let http = HttpServer::new(iot_gateway::http::router(state), http_config);
+    .with_modules(hub.modules().clone())
+    .with_access(access)
+    .with_telemetry_stream(hub.telemetry_log().clone())
+    .with_alerts_stream(hub.topics().topic(dashboard::ALERTS_TOPIC).await?);
+    let streams = state.clone();
+    let router = if args.ui {
+        iot_gateway::http::router_with_ui(state)
+    } else {
+        iot_gateway::http::router(state)
+    };
+    let http = HttpServer::new(router, http_config);
     let owner = policies
         .get("iothubowner")
         .ok_or("the iothubowner policy was removed from DIR/policies")?;
     if let (Some(addr), Some(tls)) = (args.https_listen, tls) {
         let bound = http.listen_tls(addr, tls).await?;
         println!("https: https://{host}:{}", bound.port());
+        if args.ui {
+            println!("ui: https://{host}:{}/ui/", bound.port());
+        }
         let authority = if bound.port() == 443 {
             host.clone()
         } else {
@@ -261,6 +303,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(addr) = args.http_listen {
         let bound = http.listen_tcp(addr).await?;
         println!("http: http://{bound} (plain HTTP)");
+        if args.ui {
+            println!("ui: http://{bound}/ui/");
+        }
         if args.https_listen.is_none() {
             let authority = format!("{host}:{}", bound.port());
             println!(
@@ -292,11 +337,14 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         () = interrupted => {}
     }
     tail.abort();
+    // Live streams (the dashboard's SSE) never end on their own: end them before the grace.
+    streams.close_streams();
     http.shutdown().await;
     if let Some(server) = metrics_server {
         server.shutdown().await;
     }
     mqtt.shutdown().await;
+    rules.shutdown().await?;
     lifecycle.shutdown().await?;
     hub.shutdown().await;
     println!("stopped");

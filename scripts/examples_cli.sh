@@ -70,6 +70,7 @@ expect 2 mqtt_load --qos 2
 expect 2 hub --data-dir "$dir/hub" --https-listen 127.0.0.1:0
 expect 2 hub --data-dir "$dir/hub" --self-signed
 expect 2 hub --data-dir "$dir/hub" --device "$bad"
+expect 2 hub --data-dir "$dir/hub" --ui
 # The generate/verify round trip still works with clap's parsing.
 token=$("$bin/sas" generate --resource hub/devices/d --key "$key" --expiry +60)
 verdict=$("$bin/sas" verify --resource hub/devices/d --key "$key" --token "$token")

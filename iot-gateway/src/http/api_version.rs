@@ -10,13 +10,15 @@ use super::state::HttpState;
 
 /// Passes requests whose `api-version` is one the endpoint speaks; answers any other (or none)
 /// with 400 `InvalidProtocolVersion`, as IoT Hub does. The OpenAPI document
-/// ([`openapi::PATH`](super::openapi::PATH)) is not versioned and passes without one.
+/// ([`openapi::PATH`](super::openapi::PATH)) and the dashboard's static assets
+/// ([`ui`](super::ui)) are not versioned and pass without one.
 pub(super) async fn check(
     State(state): State<HttpState>,
     request: Request,
     next: Next,
 ) -> Response {
-    if request.uri().path() == super::openapi::PATH {
+    let path = request.uri().path();
+    if path == super::openapi::PATH || super::ui::is_ui_path(path) {
         return next.run(request).await;
     }
     let version = request.uri().query().and_then(|query| {

@@ -187,6 +187,8 @@ async fn logout(State(state): State<HttpState>, headers: HeaderMap) -> ApiResult
 #[serde(rename_all = "camelCase")]
 struct Me {
     user: String,
+    /// The hub's host name, as device connection strings name it (`HostName=`).
+    hub: String,
     expires_at: String,
     /// The distinct roles of the user's grants, by name.
     roles: Vec<String>,
@@ -210,7 +212,8 @@ async fn me(State(state): State<HttpState>, headers: HeaderMap) -> ApiResult<Res
         .session(&token)
         .await
         .map_err(|e| session_error(&e))?;
-    let me = describe(access, &session).await?;
+    let mut me = describe(access, &session).await?;
+    state.host().clone_into(&mut me.hub);
     let mut response = axum::Json(me).into_response();
     no_store(&mut response);
     Ok(response)
@@ -244,6 +247,7 @@ async fn describe(access: &AccessControl, session: &Session) -> ApiResult<Me> {
     roles.sort();
     Ok(Me {
         user: session.user.to_string(),
+        hub: String::new(),
         expires_at: session.expires_at.to_rfc3339(),
         roles,
         permissions,

@@ -9,6 +9,9 @@
 //!   and methods, and the body limit.
 //! * [`login`] — `POST /auth/login`, `POST /auth/logout`, `GET /auth/me`: user sessions of
 //!   the access matrix, when [`HttpState::with_access`] gave one.
+//! * [`users`] — `/access/users…`, `/access/roles`: user management for admins.
+//! * [`live`] — Server-Sent Events: a device's telemetry, the alerts feed.
+//! * [`ui`] — the dashboard's static assets ([`router_with_ui`]).
 //! * [`HttpServer`] — serves a router over plain TCP and TLS (rustls with ring, the MQTT
 //!   endpoint's [`TlsConfig`](crate::mqtt::TlsConfig)), with graceful shutdown.
 //! * [`Caller`] — the authentication extractor: a handler that takes a `Caller` runs only for a
@@ -27,6 +30,7 @@ pub mod dps;
 pub mod error;
 pub mod extract;
 mod guard;
+pub mod live;
 pub mod login;
 mod login_throttle;
 pub mod openapi;
@@ -35,7 +39,9 @@ pub mod server;
 pub mod service;
 pub mod state;
 mod token_cache;
+pub mod ui;
 pub mod user_access;
+pub mod users;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
@@ -58,7 +64,23 @@ pub fn router(state: HttpState) -> Router {
         service::routes()
             .merge(device::routes())
             .merge(login::routes())
+            .merge(users::routes())
+            .merge(live::routes())
             .merge(openapi::routes()),
+        state,
+    )
+}
+
+/// [`router`] plus the dashboard's static assets under [`ui::UI_PATH`] (`/` redirects there).
+pub fn router_with_ui(state: HttpState) -> Router {
+    with_common_layers(
+        service::routes()
+            .merge(device::routes())
+            .merge(login::routes())
+            .merge(users::routes())
+            .merge(live::routes())
+            .merge(openapi::routes())
+            .merge(ui::routes()),
         state,
     )
 }

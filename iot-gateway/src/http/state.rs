@@ -5,11 +5,13 @@ use std::sync::Arc;
 
 use std::sync::OnceLock;
 
+use iot_core::Log;
 use iot_identity::access::AccessControl;
 use iot_identity::ca::CertificateAuthorities;
 use iot_identity::{IdentityStore, ModuleStore};
 use iot_provisioning::Provisioning;
 use iot_registry::Registry;
+use tokio_util::sync::CancellationToken;
 
 use super::config::HttpConfig;
 use super::login_throttle::LoginThrottle;
@@ -45,6 +47,12 @@ struct Inner {
     access: OnceLock<AccessControl>,
     /// Failed-login budgets of `POST /auth/login`.
     logins: LoginThrottle,
+    /// The telemetry log of `GET /devices/{id}/telemetry/stream`, once set.
+    telemetry_stream: OnceLock<Arc<dyn Log>>,
+    /// The alerts topic of `GET /alerts/stream`, once set.
+    alerts_stream: OnceLock<Arc<dyn Log>>,
+    /// Cancelled by [`HttpState::close_streams`]: every live stream ends.
+    streams_closed: CancellationToken,
 }
 
 impl fmt::Debug for HttpState {
@@ -82,6 +90,9 @@ impl HttpState {
             config,
             modules: std::sync::OnceLock::new(),
             access: OnceLock::new(),
+            telemetry_stream: OnceLock::new(),
+            alerts_stream: OnceLock::new(),
+            streams_closed: CancellationToken::new(),
         }))
     }
 
@@ -102,6 +113,45 @@ impl HttpState {
     pub fn with_access(self, access: AccessControl) -> Self {
         let _ = self.0.access.set(access);
         self
+    }
+
+    /// Serves `GET /devices/{id}/telemetry/stream` (Server-Sent Events, see
+    /// [`live`](super::live)) over `log`, the gateway's telemetry log (a [`Hub`]'s
+    /// [`telemetry_log`](crate::Hub::telemetry_log)). Without it the route answers 404. Set once.
+    ///
+    /// [`Hub`]: crate::Hub
+    pub fn with_telemetry_stream(self, log: Arc<dyn Log>) -> Self {
+        let _ = self.0.telemetry_stream.set(log);
+        self
+    }
+
+    /// Serves `GET /alerts/stream` (Server-Sent Events) over `log`, the topic a rule writes its
+    /// alerts to. Without it the route answers 404. Set once.
+    pub fn with_alerts_stream(self, log: Arc<dyn Log>) -> Self {
+        let _ = self.0.alerts_stream.set(log);
+        self
+    }
+
+    /// Ends every live stream now, and each one opened later at once: call it before
+    /// [`HttpServer::shutdown`](super::HttpServer::shutdown), whose graceful shutdown otherwise
+    /// waits its whole grace period for stream clients, which never leave on their own.
+    pub fn close_streams(&self) {
+        self.0.streams_closed.cancel();
+    }
+
+    /// Cancelled once [`close_streams`](Self::close_streams) was called.
+    pub(crate) fn streams_closed(&self) -> &CancellationToken {
+        &self.0.streams_closed
+    }
+
+    /// The telemetry log of the live stream, if set.
+    pub fn telemetry_stream(&self) -> Option<&Arc<dyn Log>> {
+        self.0.telemetry_stream.get()
+    }
+
+    /// The alerts topic of the live feed, if set.
+    pub fn alerts_stream(&self) -> Option<&Arc<dyn Log>> {
+        self.0.alerts_stream.get()
     }
 
     /// The access matrix, if [`with_access`](Self::with_access) gave one.

@@ -57,6 +57,17 @@ pub const ROUTES: &[(&str, &str, Permission)] = {
             ManageDevices,
         ),
         ("POST", "/certificates/{name}/verify", ManageDevices),
+        // The dashboard's live streams (http/live.rs) and user management (http/users.rs).
+        ("GET", "/devices/{id}/telemetry/stream", Read),
+        ("GET", "/alerts/stream", Read),
+        ("GET", "/access/users", ManageUsers),
+        ("POST", "/access/users", ManageUsers),
+        ("GET", "/access/users/{name}", ManageUsers),
+        ("PATCH", "/access/users/{name}", ManageUsers),
+        ("DELETE", "/access/users/{name}", ManageUsers),
+        ("GET", "/access/users/{name}/grants", ManageUsers),
+        ("PUT", "/access/users/{name}/grants", ManageUsers),
+        ("GET", "/access/roles", ManageUsers),
     ]
 };
 

@@ -45,6 +45,8 @@ struct Inner {
     access: OnceLock<AccessControl>,
     /// Failed-login budgets of `POST /auth/login`.
     logins: LoginThrottle,
+    /// Jobs and configurations, once set ([`HttpState::with_fleet`]).
+    fleet: OnceLock<crate::fleet::Fleet>,
 }
 
 impl fmt::Debug for HttpState {
@@ -82,7 +84,41 @@ impl HttpState {
             config,
             modules: std::sync::OnceLock::new(),
             access: OnceLock::new(),
+            fleet: OnceLock::new(),
         }))
+    }
+
+    /// Serves IoT Hub's `/jobs/v2` and `/configurations` routes over `fleet` (see
+    /// [`crate::fleet`] and [`fleet_devices`](Self::fleet_devices) for the engines' view of
+    /// the devices). Without it those routes answer 404. Set once; later calls change nothing.
+    pub fn with_fleet(self, fleet: crate::fleet::Fleet) -> Self {
+        let _ = self.0.fleet.set(fleet);
+        self
+    }
+
+    /// The fleet engines, if [`with_fleet`](Self::with_fleet) gave them.
+    pub fn fleet(&self) -> Option<&crate::fleet::Fleet> {
+        self.0.fleet.get()
+    }
+
+    /// The devices as the fleet engines see them: queries in IoT Hub's language answered as
+    /// `POST /devices/query` answers them, methods through the gateway, twin writes as
+    /// `PATCH /twins/{id}` makes them. It holds a copy of this state's parts without the fleet,
+    /// so engines and state do not hold each other.
+    pub fn fleet_devices(&self) -> std::sync::Arc<dyn crate::fleet::FleetDevices> {
+        let copy = HttpState::new(
+            self.0.gateway.clone(),
+            self.0.provisioning.clone(),
+            self.0.registry.clone(),
+            self.0.identity.clone(),
+            self.0.policies.clone(),
+            self.0.host.clone(),
+            self.0.config.clone(),
+        );
+        if let Some(modules) = self.modules() {
+            let _ = copy.0.modules.set(modules.clone());
+        }
+        std::sync::Arc::new(super::service::HubDevices::new(copy))
     }
 
     /// Serves the module routes (`/devices/{id}/modules/…`, `/twins/{id}/modules/…`) over

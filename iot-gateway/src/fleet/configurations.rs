@@ -110,6 +110,8 @@ impl ConfigurationEngine {
             devices_due: Mutex::new(BTreeSet::new()),
             wake: Notify::new(),
         });
+        // The first evaluation at once (the permit waits for the worker).
+        inner.wake.notify_one();
         tokio::spawn(worker(Arc::downgrade(&inner)));
         Ok(ConfigurationEngine { inner })
     }

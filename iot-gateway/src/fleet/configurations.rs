@@ -324,6 +324,18 @@ fn validate(spec: &ConfigurationSpec, devices: &dyn FleetDevices) -> FleetResult
     Ok(())
 }
 
+/// The configuration that wins `device`: the first of `ordered` (highest precedence first)
+/// whose targeted set holds it.
+fn winner<'a>(
+    ordered: &'a [Configuration],
+    targeted: &BTreeMap<String, BTreeSet<String>>,
+    device: &str,
+) -> Option<&'a Configuration> {
+    ordered
+        .iter()
+        .find(|c| targeted.get(&c.spec.id).is_some_and(|s| s.contains(device)))
+}
+
 async fn worker(inner: Weak<Inner>) {
     loop {
         let Some(strong) = inner.upgrade() else {
@@ -366,7 +378,7 @@ impl Inner {
     /// Configurations in precedence order (the winner first).
     fn ordered(&self) -> Vec<Configuration> {
         let mut all: Vec<Configuration> = lock(&self.configurations).values().cloned().collect();
-        all.sort_by(|a, b| b.precedence().cmp(&a.precedence()));
+        all.sort_by_key(|c| std::cmp::Reverse(c.precedence()));
         all
     }
 
@@ -392,11 +404,7 @@ impl Inner {
         everyone.extend(lock(&self.applied).keys().cloned());
         *lock(&self.targeted) = targeted.clone();
         for device in everyone {
-            let winner = ordered.iter().find(|c| {
-                targeted
-                    .get(&c.spec.id)
-                    .is_some_and(|s| s.contains(&device))
-            });
+            let winner = winner(&ordered, &targeted, &device);
             self.settle(&device, winner).await?;
         }
         let applied = lock(&self.applied).clone();
@@ -464,5 +472,63 @@ impl Inner {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn configuration(i: usize, priority: i64, created_ms: u64) -> Configuration {
+        Configuration {
+            spec: ConfigurationSpec {
+                id: format!("c{i}"),
+                labels: BTreeMap::new(),
+                device_content: serde_json::Map::new(),
+                target_condition: "tags.x = 1".into(),
+                priority,
+                metrics_queries: BTreeMap::new(),
+            },
+            created_ms,
+            updated_ms: created_ms,
+            etag: String::new(),
+            sequence: i as u64,
+        }
+    }
+
+    proptest! {
+        /// The model: among the configurations that target a device, the highest priority,
+        /// then the latest creation (then the latest sequence) wins; none targets, none wins.
+        #[test]
+        fn the_winner_is_the_highest_priority_then_the_newest(
+            configs in proptest::collection::vec((0i64..4, 0u64..5, proptest::collection::btree_set(0usize..6, 0..6)), 0..8),
+        ) {
+            let all: Vec<Configuration> = configs
+                .iter()
+                .enumerate()
+                .map(|(i, (p, t, _))| configuration(i, *p, *t))
+                .collect();
+            let targeted: BTreeMap<String, BTreeSet<String>> = configs
+                .iter()
+                .enumerate()
+                .map(|(i, (_, _, devices))| {
+                    (format!("c{i}"), devices.iter().map(|d| format!("d{d}")).collect())
+                })
+                .collect();
+            let mut ordered = all.clone();
+            ordered.sort_by_key(|c| std::cmp::Reverse(c.precedence()));
+            for d in 0..6 {
+                let device = format!("d{d}");
+                let model = all
+                    .iter()
+                    .filter(|c| targeted[&c.spec.id].contains(&device))
+                    .max_by_key(|c| (c.spec.priority, c.created_ms, c.sequence));
+                prop_assert_eq!(
+                    winner(&ordered, &targeted, &device).map(|c| &c.spec.id),
+                    model.map(|c| &c.spec.id)
+                );
+            }
+        }
     }
 }

@@ -243,3 +243,59 @@ impl Job {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn outcome(ok: bool) -> DeviceOutcome {
+        DeviceOutcome {
+            status: if ok {
+                DeviceJobStatus::Completed
+            } else {
+                DeviceJobStatus::Failed
+            },
+            start_ms: 0,
+            end_ms: 0,
+            method_response: None,
+            error: None,
+        }
+    }
+
+    proptest! {
+        /// Every target is counted once: succeeded + failed + running + pending = devices, and
+        /// `pending()` lists exactly the targets without an outcome.
+        #[test]
+        fn statistics_account_for_every_device(
+            n in 0usize..40,
+            done in proptest::collection::vec(proptest::option::of(any::<bool>()), 0..40),
+            running in 0u64..50,
+        ) {
+            let spec = JobSpec {
+                id: "j".into(),
+                kind: JobKind::UpdateTwin(TwinUpdate { tags: None, desired: None }),
+                query_condition: "deviceId = 'x'".into(),
+                start_ms: 0,
+                max_execution_s: 0,
+                max_devices_per_second: None,
+            };
+            let mut job = Job::new(spec, 0);
+            let targets: Vec<String> = (0..n).map(|i| format!("d{i}")).collect();
+            job.targets = Some(targets.clone());
+            for (t, o) in targets.iter().zip(&done) {
+                if let Some(ok) = o {
+                    job.outcomes.insert(t.clone(), outcome(*ok));
+                }
+            }
+            let s = job.statistics(running);
+            prop_assert_eq!(s.device_count, n as u64);
+            prop_assert_eq!(
+                s.succeeded_count + s.failed_count + s.running_count + s.pending_count,
+                n as u64
+            );
+            prop_assert_eq!(job.pending().len() as u64, n as u64 - job.outcomes.len() as u64);
+            prop_assert!(job.pending().iter().all(|d| !job.outcomes.contains_key(d)));
+        }
+    }
+}

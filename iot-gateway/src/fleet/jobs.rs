@@ -204,7 +204,7 @@ impl JobEngine {
             .filter(|e| status.is_none_or(|s| e.job.status == s))
             .map(|e| (e.job.clone(), e.running.len() as u64))
             .collect();
-        out.sort_by(|a, b| b.0.created_ms.cmp(&a.0.created_ms));
+        out.sort_by_key(|j| std::cmp::Reverse(j.0.created_ms));
         out
     }
 

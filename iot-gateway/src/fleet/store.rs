@@ -151,12 +151,7 @@ impl DocDir {
 
     async fn remove(&self, id: &str) -> FleetResult<()> {
         let path = self.dir.join(file_name(id));
-        run_blocking(move || match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(FleetError::from(StorageError::io("remove", &path, e))),
-        })
-        .await
+        run_blocking(move || sfs::remove_durably(&path).map_err(FleetError::from)).await
     }
 
     async fn read_all<T: DeserializeOwned + Send + 'static>(&self) -> FleetResult<Vec<T>> {

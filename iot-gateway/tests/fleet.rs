@@ -796,3 +796,145 @@ async fn the_highest_priority_configuration_wins_each_device() {
     assert_ne!(tested["targetConditionError"], "");
     assert_eq!(tested["customMetricQueryErrors"], json!({}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_sessions_need_grants_over_the_whole_hub() {
+    use iot_identity::PassphraseParams;
+    use iot_identity::access::{
+        AccessConfig, AccessControl, AccessStore, DeviceSet, Grant, MemoryAccessStore, Permission,
+        Role, StaticDeviceSets,
+    };
+    let mut rig = rig(Arc::new(MemoryJobStore::new()), JobsConfig::default()).await;
+    rig.device("h1", json!({"zone": "h"}), true, Duration::ZERO)
+        .await;
+    let store = Arc::new(MemoryAccessStore::new());
+    store
+        .put_role(Role::new(
+            "caller".parse().expect("role"),
+            [Permission::Read, Permission::InvokeMethod],
+        ))
+        .await
+        .expect("role");
+    let access = AccessControl::new(store, Arc::new(StaticDeviceSets::new()))
+        .with_config(AccessConfig::default().password_params(PassphraseParams::INSECURE_FOR_TESTS))
+        .expect("config");
+    let mut tokens = BTreeMap::new();
+    for (user, role, devices) in [
+        ("vera", "viewer", DeviceSet::All),
+        ("olga", "operator", DeviceSet::Device(id("h1"))),
+        ("carl", "caller", DeviceSet::All),
+        ("otto", "operator", DeviceSet::All),
+    ] {
+        access
+            .create_user(user.parse().expect("name"), &format!("{user}'s password"))
+            .await
+            .expect("user");
+        access
+            .grant(Grant::new(
+                user.parse().expect("name"),
+                role.parse().expect("role"),
+                devices,
+            ))
+            .await
+            .expect("grant");
+        let (token, _) = access
+            .login(user, &format!("{user}'s password"))
+            .await
+            .expect("login");
+        tokens.insert(user, format!("Bearer {}", token.expose()));
+    }
+    let _ = rig.stack.state.clone().with_access(access);
+    let twin_job = json!({
+        "type": "scheduleUpdateTwin",
+        "updateTwin": {"properties": {"desired": {"x": 1}}},
+        "queryCondition": "tags.zone = 'h'",
+    });
+    let call = |user: &'static str, method: &'static str, path: String, body: Option<Value>| {
+        let stack = &rig.stack;
+        let token = tokens[user].clone();
+        async move {
+            stack
+                .call(method, &path, Some(&token), body.as_ref())
+                .await
+                .status
+        }
+    };
+    // The viewer reads jobs and configurations but creates neither.
+    assert_eq!(
+        call("vera", "GET", format!("/jobs/v2/query?{API}"), None).await,
+        200
+    );
+    assert_eq!(
+        call("vera", "GET", format!("/configurations?{API}"), None).await,
+        200
+    );
+    assert_eq!(
+        call(
+            "vera",
+            "PUT",
+            format!("/jobs/v2/v1?{API}"),
+            Some(method_job("tags.zone = 'h'"))
+        )
+        .await,
+        403
+    );
+    // An operator of one device may invoke it, but not run a job (a job is hub-wide).
+    assert_eq!(
+        call(
+            "olga",
+            "PUT",
+            format!("/jobs/v2/o1?{API}"),
+            Some(method_job("tags.zone = 'h'"))
+        )
+        .await,
+        403
+    );
+    // invokeMethod over every device runs a method job, not a twin job (that needs updateTwin).
+    assert_eq!(
+        call(
+            "carl",
+            "PUT",
+            format!("/jobs/v2/c1?{API}"),
+            Some(method_job("tags.zone = 'h'"))
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        call(
+            "carl",
+            "PUT",
+            format!("/jobs/v2/c2?{API}"),
+            Some(twin_job.clone())
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        call(
+            "carl",
+            "PUT",
+            format!("/configurations/c3?{API}"),
+            Some(json!({"targetCondition": "tags.zone = 'h'", "content": {"deviceContent": {}}}))
+        )
+        .await,
+        403
+    );
+    // The hub-wide operator does both.
+    assert_eq!(
+        call("otto", "PUT", format!("/jobs/v2/t1?{API}"), Some(twin_job)).await,
+        200
+    );
+    assert_eq!(
+        call(
+            "otto",
+            "PUT",
+            format!("/configurations/t2?{API}"),
+            Some(json!({"targetCondition": "tags.zone = 'h'", "content": {"deviceContent": {}}}))
+        )
+        .await,
+        200
+    );
+    rig.jobs.wait("c1", PATIENCE).await.expect("c1 ends");
+    assert_eq!(rig.invoked(), BTreeMap::from([("h1".into(), 1)]));
+}

@@ -578,6 +578,16 @@ async fn a_twin_update_job_writes_tags_and_desired_properties() {
         .await;
     rig.device("u3", json!({"site": "b"}), false, Duration::ZERO)
         .await;
+    // A configuration for the ring the job will put devices in.
+    put_configuration(
+        &rig,
+        "early-ring",
+        "tags.ring = 'early'",
+        1,
+        json!({"properties.desired.ring": {"cadence": "fast"}}),
+    )
+    .await;
+    rig.configurations.evaluate_all().await.expect("evaluate");
     rig.put_job(
         "twin",
         json!({
@@ -602,6 +612,19 @@ async fn a_twin_update_job_writes_tags_and_desired_properties() {
             "{twin}"
         );
     }
+    // The job's tag change re-evaluated the configurations for those devices (not waiting for
+    // the sweep, which is a minute away).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for d in ["u1", "u2"] {
+        while desired_of(&rig, d).await["ring"]["cadence"] != "fast" {
+            assert!(
+                Instant::now() < deadline,
+                "{d} got the early-ring configuration"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(desired_of(&rig, "u3").await.get("ring").is_none());
     // The connected device got the desired patch.
     let deadline = Instant::now() + PATIENCE;
     loop {

@@ -58,6 +58,24 @@ impl fmt::Debug for HttpState {
     }
 }
 
+/// A state that does not keep its parts alive: the fleet engines' way back to the state that
+/// holds them (a twin job's tag change re-evaluates configurations) without a cycle.
+#[derive(Clone)]
+pub(crate) struct WeakState(std::sync::Weak<Inner>);
+
+impl WeakState {
+    /// The state, while something else holds it.
+    pub(crate) fn upgrade(&self) -> Option<HttpState> {
+        self.0.upgrade().map(HttpState)
+    }
+}
+
+impl fmt::Debug for WeakState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WeakState")
+    }
+}
+
 impl HttpState {
     /// The state over these parts. `registry` and `identity` must be the stores `provisioning`
     /// writes (the handlers read them directly and write only through `provisioning`); `host` is
@@ -118,7 +136,9 @@ impl HttpState {
         if let Some(modules) = self.modules() {
             let _ = copy.0.modules.set(modules.clone());
         }
-        std::sync::Arc::new(super::service::HubDevices::new(copy))
+        std::sync::Arc::new(
+            super::service::HubDevices::new(copy).notifying(WeakState(Arc::downgrade(&self.0))),
+        )
     }
 
     /// Serves the module routes (`/devices/{id}/modules/…`, `/twins/{id}/modules/…`) over

@@ -197,7 +197,7 @@ pub(super) async fn patch(
 
 /// Tells the configuration engine that the twin of `id` changed (its tags may now match
 /// another target condition).
-pub(super) fn fleet_notify(state: &HttpState, id: &DeviceId) {
+pub(crate) fn fleet_notify(state: &HttpState, id: &DeviceId) {
     if let Some(fleet) = state.fleet() {
         fleet.configurations.device_changed(id);
     }

@@ -9,20 +9,32 @@ use serde_json::Value;
 use crate::fleet::{FleetDevices, FleetError, FleetResult};
 use crate::http::error::{ApiError, code};
 use crate::http::service::query::{condition_query, count_devices, select_ids};
-use crate::http::service::twins::merge;
-use crate::http::state::HttpState;
+use crate::http::service::twins::{fleet_notify, merge};
+use crate::http::state::{HttpState, WeakState};
 use crate::method::{MethodCall, MethodResponse};
 
 /// The devices of a hub, as its service API sees them.
 #[derive(Debug, Clone)]
 pub struct HubDevices {
     state: HttpState,
+    /// The state serving the fleet, told when a job changes a device's tags.
+    origin: Option<WeakState>,
 }
 
 impl HubDevices {
     /// Over `state` (use [`HttpState::fleet_devices`], which gives a copy without the fleet).
     pub fn new(state: HttpState) -> Self {
-        HubDevices { state }
+        HubDevices {
+            state,
+            origin: None,
+        }
+    }
+
+    /// Tells the configuration engine of `origin` (when it still exists) about twin writes
+    /// that change tags, as `PATCH /twins/{id}` does.
+    pub(crate) fn notifying(mut self, origin: WeakState) -> Self {
+        self.origin = Some(origin);
+        self
     }
 }
 
@@ -84,8 +96,13 @@ impl FleetDevices for HubDevices {
         tags: Option<Value>,
         desired: Option<Value>,
     ) -> FleetResult<()> {
+        let tags_changed = tags.is_some();
         merge(&self.state, device, tags, desired)
             .await
-            .map_err(fleet_error)
+            .map_err(fleet_error)?;
+        if tags_changed && let Some(origin) = self.origin.as_ref().and_then(WeakState::upgrade) {
+            fleet_notify(&origin, device);
+        }
+        Ok(())
     }
 }

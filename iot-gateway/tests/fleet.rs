@@ -961,3 +961,41 @@ async fn user_sessions_need_grants_over_the_whole_hub() {
     rig.jobs.wait("c1", PATIENCE).await.expect("c1 ends");
     assert_eq!(rig.invoked(), BTreeMap::from([("h1".into(), 1)]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_past_its_maximum_execution_time_fails_the_devices_not_reached() {
+    let mut rig = rig(Arc::new(MemoryJobStore::new()), JobsConfig::default()).await;
+    for i in 0..5 {
+        rig.device(
+            &format!("m{i}"),
+            json!({"fleet": "m"}),
+            true,
+            Duration::ZERO,
+        )
+        .await;
+    }
+    // Two devices per second for at most one second: the fourth and fifth are never started.
+    let mut body = method_job("tags.fleet = 'm'");
+    body["maxDevicesPerSecond"] = json!(2);
+    body["maxExecutionTimeInSeconds"] = json!(1);
+    rig.put_job("short", body).await;
+    rig.jobs.wait("short", PATIENCE).await.expect("ends");
+    let job = rig.get_job("short").await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(job["failureReason"].is_string());
+    let (count, succeeded, failed, running, pending) = stats(&job);
+    assert_eq!((count, running, pending), (5, 0, 0), "{job}");
+    assert_eq!(succeeded + failed, 5);
+    assert!((2..=3).contains(&succeeded), "{job}");
+    let outcomes = rig.device_jobs("short").await;
+    let timed_out = outcomes
+        .values()
+        .filter(|o| o["error"]["code"] == "JobTimeout")
+        .count() as u64;
+    assert_eq!(timed_out, failed);
+    let invoked: usize = rig.invoked().values().sum();
+    assert_eq!(
+        invoked as u64, succeeded,
+        "devices past the deadline were not invoked"
+    );
+}

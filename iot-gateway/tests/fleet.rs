@@ -417,16 +417,14 @@ async fn the_throttle_spaces_device_steps() {
         .collect();
     times.sort();
     assert_eq!(times.len(), 6);
-    // Six starts at 5 per second span at least a second (five gaps of 200 ms), each gap
-    // close to 200 ms.
-    assert!(
-        times[5] - times[0] >= Duration::from_millis(950),
-        "{:?}",
-        times[5] - times[0]
-    );
+    // Six starts at 5 per second are five 200 ms slots apart; the devices see them a little
+    // later each (scheduling), so the bounds leave room for a loaded machine. Unthrottled, all
+    // six arrive within a few milliseconds.
+    let span = times[5] - times[0];
+    assert!(span >= Duration::from_millis(800), "{span:?}");
     for w in times.windows(2) {
         assert!(
-            w[1] - w[0] >= Duration::from_millis(150),
+            w[1] - w[0] >= Duration::from_millis(100),
             "{:?}",
             w[1] - w[0]
         );

@@ -364,6 +364,10 @@ async fn a_method_job_reaches_the_matched_devices_with_outcomes() {
             .error_code(),
         "JobNotFound"
     );
+    // api-version is checked as on every service route.
+    let unversioned = rig.stack.owner("GET", "/jobs/v2/j1", None).await;
+    assert_eq!(unversioned.status, 400);
+    assert_eq!(unversioned.error_code(), "InvalidProtocolVersion");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

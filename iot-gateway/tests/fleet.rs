@@ -1001,3 +1001,39 @@ async fn a_job_past_its_maximum_execution_time_fails_the_devices_not_reached() {
         "devices past the deadline were not invoked"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cancelled_before_a_stop_closes_its_devices_on_open() {
+    let rig = rig(Arc::new(MemoryJobStore::new()), JobsConfig::default()).await;
+    let store = Arc::new(MemoryJobStore::new());
+    let spec = JobSpec {
+        id: "was-cancelled".into(),
+        kind: JobKind::DeviceMethod(MethodSpec {
+            method_name: "reboot".into(),
+            payload: json!(null),
+            response_timeout_s: 5,
+            connect_timeout_s: 0,
+        }),
+        query_condition: "deviceId = 'x'".into(),
+        start_ms: 0,
+        max_execution_s: 0,
+        max_devices_per_second: None,
+    };
+    let mut job = iot_gateway::fleet::Job::new(spec, 0);
+    job.targets = Some(vec!["x".into(), "y".into()]);
+    job.status = iot_gateway::fleet::JobStatus::Cancelled;
+    store.save(&job).await.expect("save");
+    let jobs = JobEngine::open(
+        store.clone(),
+        rig.stack.state.fleet_devices(),
+        JobsConfig::default(),
+    )
+    .await
+    .expect("open");
+    let (job, _) = jobs.get("was-cancelled").expect("job");
+    assert_eq!(job.statistics(0).pending_count, 0);
+    assert_eq!(job.statistics(0).failed_count, 2);
+    let saved = store.load_all().await.expect("load");
+    assert!(saved[0].pending().is_empty(), "written back");
+    assert!(rig.invoked().is_empty());
+}

@@ -97,12 +97,16 @@ impl JobEngine {
             }),
         };
         let mut resume = Vec::new();
+        let mut finish_cancelled = Vec::new();
         {
             let mut jobs = lock(&engine.inner.jobs);
             for job in saved {
                 let (cancel, _) = watch::channel(false);
                 if !job.status.is_terminal() {
                     resume.push(job.spec.id.clone());
+                } else if job.status == JobStatus::Cancelled && !job.pending().is_empty() {
+                    // Cancelled while the process stopped, before its devices were closed.
+                    finish_cancelled.push(job.spec.id.clone());
                 }
                 jobs.insert(
                     job.spec.id.clone(),
@@ -113,6 +117,15 @@ impl JobEngine {
                     },
                 );
             }
+        }
+        for id in finish_cancelled {
+            engine.inner.close_pending(
+                &id,
+                DeviceJobStatus::Canceled,
+                "JobCancelled",
+                "the job was cancelled",
+            );
+            engine.inner.save(&id).await?;
         }
         for id in resume {
             tracing::info!(job = %id, "resuming job");

@@ -13,7 +13,8 @@
 //! the hub's stores, the MQTT endpoint's sessions, the shared access policies (IoT Hub's five
 //! defaults, with keys made on first start and kept) and the CA certificates of X.509 CA
 //! authentication (`DIR/cas`, managed with the `/certificates` routes; the MQTT and HTTPS
-//! listeners offer client certificates). `--device` is registered through the
+//! listeners offer client certificates) and the jobs and automatic device configurations of
+//! `/jobs/v2` and `/configurations` (`DIR/fleet`, docs/fleet.md). `--device` is registered through the
 //! provisioner if new. It prints:
 //!
 //! * `connection-string: HostName=…;DeviceId=…;SharedAccessKey=…` for the Azure IoT device SDKs,
@@ -274,6 +275,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     .with_access(access)
     .with_telemetry_stream(hub.telemetry_log().clone())
     .with_alerts_stream(hub.topics().topic(dashboard::ALERTS_TOPIC).await?);
+    // Jobs and automatic device configurations (`/jobs/v2`, `/configurations`) over files
+    // under DIR/fleet; a job that was running resumes here (docs/fleet.md).
+    let fleet = open_fleet(&state, dir).await?;
+    let state = state.with_fleet(fleet.clone());
     let streams = state.clone();
     let router = if args.ui {
         iot_gateway::http::router_with_ui(state)
@@ -340,6 +345,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // Live streams (the dashboard's SSE) never end on their own: end them before the grace.
     streams.close_streams();
     http.shutdown().await;
+    fleet.jobs.shutdown();
     if let Some(server) = metrics_server {
         server.shutdown().await;
     }
@@ -349,6 +355,28 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     hub.shutdown().await;
     println!("stopped");
     Ok(())
+}
+
+/// The job and configuration engines over DIR/fleet/jobs and DIR/fleet/configurations.
+async fn open_fleet(
+    state: &HttpState,
+    dir: &std::path::Path,
+) -> Result<iot_gateway::fleet::Fleet, Box<dyn std::error::Error>> {
+    use iot_gateway::fleet::{
+        ConfigurationEngine, FileConfigurationStore, FileJobStore, Fleet, JobEngine,
+    };
+    let devices = state.fleet_devices();
+    let jobs = FileJobStore::open(dir.join("fleet/jobs")).await?;
+    let configurations = FileConfigurationStore::open(dir.join("fleet/configurations")).await?;
+    Ok(Fleet {
+        jobs: JobEngine::open(Arc::new(jobs), devices.clone(), Default::default()).await?,
+        configurations: ConfigurationEngine::open(
+            Arc::new(configurations),
+            devices,
+            Default::default(),
+        )
+        .await?,
+    })
 }
 
 /// `GET /metrics`: the hub's metrics, rendered when scraped.

@@ -70,6 +70,9 @@ pub mod mqtt;
 #[cfg(feature = "http")]
 pub mod http;
 
+#[cfg(feature = "http")]
+pub mod fleet;
+
 #[cfg(feature = "client")]
 pub mod client;
 

@@ -53,6 +53,8 @@ struct Inner {
     alerts_stream: OnceLock<Arc<dyn Log>>,
     /// Cancelled by [`HttpState::close_streams`]: every live stream ends.
     streams_closed: CancellationToken,
+    /// Jobs and configurations, once set ([`HttpState::with_fleet`]).
+    fleet: OnceLock<crate::fleet::Fleet>,
 }
 
 impl fmt::Debug for HttpState {
@@ -61,6 +63,24 @@ impl fmt::Debug for HttpState {
             .field("host", &self.0.host)
             .field("gateway", &self.0.gateway)
             .finish_non_exhaustive()
+    }
+}
+
+/// A state that does not keep its parts alive: the fleet engines' way back to the state that
+/// holds them (a twin job's tag change re-evaluates configurations) without a cycle.
+#[derive(Clone)]
+pub(crate) struct WeakState(std::sync::Weak<Inner>);
+
+impl WeakState {
+    /// The state, while something else holds it.
+    pub(crate) fn upgrade(&self) -> Option<HttpState> {
+        self.0.upgrade().map(HttpState)
+    }
+}
+
+impl fmt::Debug for WeakState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WeakState")
     }
 }
 
@@ -93,7 +113,43 @@ impl HttpState {
             telemetry_stream: OnceLock::new(),
             alerts_stream: OnceLock::new(),
             streams_closed: CancellationToken::new(),
+            fleet: OnceLock::new(),
         }))
+    }
+
+    /// Serves IoT Hub's `/jobs/v2` and `/configurations` routes over `fleet` (see
+    /// [`crate::fleet`] and [`fleet_devices`](Self::fleet_devices) for the engines' view of
+    /// the devices). Without it those routes answer 404. Set once; later calls change nothing.
+    pub fn with_fleet(self, fleet: crate::fleet::Fleet) -> Self {
+        let _ = self.0.fleet.set(fleet);
+        self
+    }
+
+    /// The fleet engines, if [`with_fleet`](Self::with_fleet) gave them.
+    pub fn fleet(&self) -> Option<&crate::fleet::Fleet> {
+        self.0.fleet.get()
+    }
+
+    /// The devices as the fleet engines see them: queries in IoT Hub's language answered as
+    /// `POST /devices/query` answers them, methods through the gateway, twin writes as
+    /// `PATCH /twins/{id}` makes them. It holds a copy of this state's parts without the fleet,
+    /// so engines and state do not hold each other.
+    pub fn fleet_devices(&self) -> std::sync::Arc<dyn crate::fleet::FleetDevices> {
+        let copy = HttpState::new(
+            self.0.gateway.clone(),
+            self.0.provisioning.clone(),
+            self.0.registry.clone(),
+            self.0.identity.clone(),
+            self.0.policies.clone(),
+            self.0.host.clone(),
+            self.0.config.clone(),
+        );
+        if let Some(modules) = self.modules() {
+            let _ = copy.0.modules.set(modules.clone());
+        }
+        std::sync::Arc::new(
+            super::service::HubDevices::new(copy).notifying(WeakState(Arc::downgrade(&self.0))),
+        )
     }
 
     /// Serves the module routes (`/devices/{id}/modules/…`, `/twins/{id}/modules/…`) over

@@ -68,6 +68,18 @@ pub const ROUTES: &[(&str, &str, Permission)] = {
         ("GET", "/access/users/{name}/grants", ManageUsers),
         ("PUT", "/access/users/{name}/grants", ManageUsers),
         ("GET", "/access/roles", ManageUsers),
+        // Fleet operations act on whatever devices a query matches, so they are checked on
+        // the hub (a grant over every device); a twin-update job also needs updateTwin there
+        // (checked in its handler). docs/fleet.md.
+        ("GET", "/jobs/v2/query", Read),
+        ("PUT", "/jobs/v2/{jobId}", InvokeMethod),
+        ("GET", "/jobs/v2/{jobId}", Read),
+        ("POST", "/jobs/v2/{jobId}/cancel", InvokeMethod),
+        ("GET", "/configurations", Read),
+        ("POST", "/configurations/testQueries", Read),
+        ("PUT", "/configurations/{configurationId}", UpdateTwin),
+        ("GET", "/configurations/{configurationId}", Read),
+        ("DELETE", "/configurations/{configurationId}", UpdateTwin),
     ]
 };
 

@@ -131,8 +131,20 @@ pub(super) enum WriteMode {
     IfMatch(String),
 }
 
-/// Creates or updates `id` as `input` asks, through provisioning.
+/// Creates or updates `id` as `input` asks, through provisioning, and tells the configuration
+/// engine (a new device may be the target of a configuration).
 pub(super) async fn write_device(
+    state: &HttpState,
+    id: &DeviceId,
+    input: &DeviceIn,
+    mode: WriteMode,
+) -> ApiResult<DeviceView> {
+    let view = write_device_record(state, id, input, mode).await?;
+    super::twins::fleet_notify(state, id);
+    Ok(view)
+}
+
+async fn write_device_record(
     state: &HttpState,
     id: &DeviceId,
     input: &DeviceIn,

@@ -13,25 +13,30 @@
 //! | `GET /messages/serviceBound/feedback` | read C2D feedback (our extension) | ServiceConnect |
 //! | `PUT/GET/DELETE /certificates/{name}`, `GET /certificates` | CA certificates (X.509 CA authentication) | RegistryWrite / RegistryRead |
 //! | `POST /certificates/{name}/generateVerificationCode`, `POST /certificates/{name}/verify` | proof of possession | RegistryWrite |
+//! | `PUT/GET /jobs/v2/{jobId}`, `POST /jobs/v2/{jobId}/cancel`, `GET /jobs/v2/query` | jobs (docs/fleet.md) | create: ServiceConnect (methods) or ServiceConnect/RegistryWrite (twins); read: RegistryRead or ServiceConnect |
+//! | `PUT/GET/DELETE /configurations/{configurationId}`, `GET /configurations`, `POST /configurations/testQueries` | automatic device configurations | RegistryWrite / RegistryRead |
 //! | `/devices/{id}/modules…`, `/twins/{id}/modules/{mid}…` | module identities, twins, methods | see `modules.rs` |
 
 mod c2d;
 mod c2d_send;
 mod certificates;
 mod devices;
+mod fleet;
 mod json;
 mod lookup;
 mod methods;
 mod modules;
-mod query;
+pub(crate) mod query;
 mod statistics;
 mod twin_doc;
-mod twins;
+pub(crate) mod twins;
 
 use axum::Router;
 use axum::routing::{get, post, put};
 
 use super::state::HttpState;
+
+pub use fleet::HubDevices;
 
 /// Every service route, over [`HttpState`]. Wrap it with
 /// [`with_common_layers`](super::with_common_layers) (as [`router`](super::router) does).
@@ -79,4 +84,23 @@ pub fn routes() -> Router<HttpState> {
             post(certificates::generate_verification_code),
         )
         .route("/certificates/{name}/verify", post(certificates::verify))
+        // Fleet operations (docs/fleet.md). The path parameters are not `{id}`: a user
+        // session's permission is checked on the hub, not on a device of that name.
+        .route("/jobs/v2/query", get(fleet::jobs::query))
+        .route(
+            "/jobs/v2/{jobId}",
+            put(fleet::jobs::put).get(fleet::jobs::get),
+        )
+        .route("/jobs/v2/{jobId}/cancel", post(fleet::jobs::cancel))
+        .route("/configurations", get(fleet::configurations::list))
+        .route(
+            "/configurations/testQueries",
+            post(fleet::configurations::test_queries),
+        )
+        .route(
+            "/configurations/{configurationId}",
+            put(fleet::configurations::put)
+                .get(fleet::configurations::get)
+                .delete(fleet::configurations::delete),
+        )
 }

@@ -190,7 +190,48 @@ pub(super) async fn patch(
     JsonBody(input): JsonBody<TwinIn>,
 ) -> ApiResult<TwinAnswer> {
     caller.require(required_for_write())?;
-    write(&state, &id, &headers, input, Write::Merge).await
+    let answer = write(&state, &id, &headers, input, Write::Merge).await?;
+    fleet_notify(&state, &id);
+    Ok(answer)
+}
+
+/// Tells the configuration engine that the twin of `id` changed (its tags may now match
+/// another target condition).
+pub(crate) fn fleet_notify(state: &HttpState, id: &DeviceId) {
+    if let Some(fleet) = state.fleet() {
+        fleet.configurations.device_changed(id);
+    }
+}
+
+/// Merges `tags` and `desired` into the twin of `id` as `PATCH /twins/{id}` does, without
+/// `If-Match` (a job's twin update, a configuration's content).
+pub(crate) async fn merge(
+    state: &HttpState,
+    id: &DeviceId,
+    tags: Option<Value>,
+    desired: Option<Value>,
+) -> ApiResult<()> {
+    let mut input = TwinIn::default();
+    if let Some(tags) = tags {
+        input.tags = Some(match tags {
+            Value::Object(m) => m,
+            _ => return Err(ApiError::bad_request("updateTwin.tags must be an object")),
+        });
+    }
+    if let Some(desired) = desired {
+        input.properties = Some(PropertiesIn {
+            desired: Some(match desired {
+                Value::Object(m) => m,
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "properties.desired must be an object",
+                    ));
+                }
+            }),
+        });
+    }
+    write(state, id, &HeaderMap::new(), input, Write::Merge).await?;
+    Ok(())
 }
 
 /// `PUT /twins/{id}`: replaces `tags` and `properties.desired` (missing ones become empty).
@@ -202,5 +243,7 @@ pub(super) async fn put(
     JsonBody(input): JsonBody<TwinIn>,
 ) -> ApiResult<TwinAnswer> {
     caller.require(required_for_write())?;
-    write(&state, &id, &headers, input, Write::Replace).await
+    let answer = write(&state, &id, &headers, input, Write::Replace).await?;
+    fleet_notify(&state, &id);
+    Ok(answer)
 }

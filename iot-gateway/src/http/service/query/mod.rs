@@ -16,6 +16,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use iot_core::DeviceId;
 use iot_registry::{DeviceRecord, PageRequest, Query};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -107,6 +108,10 @@ pub(crate) async fn query(
     JsonBody(input): JsonBody<QueryIn>,
 ) -> ApiResult<Response> {
     caller.require(Rights::REGISTRY_READ.union(Rights::SERVICE_CONNECT))?;
+    if super::fleet::device_jobs::is_device_jobs_query(&input.query) {
+        let items = super::fleet::device_jobs::answer(&state, &input.query)?;
+        return Ok(answer(items, None, "deviceJob"));
+    }
     let translated = translate(&input.query)?;
     let full = parse(&translated.registry_text)?;
     if full
@@ -259,6 +264,44 @@ async fn scan(state: &HttpState, full: &Query) -> ApiResult<Vec<Candidate>> {
             None => return Ok(out),
         }
     }
+}
+
+/// The registry query for an IoT Hub condition (the `WHERE` of `SELECT * FROM devices`).
+pub(crate) fn condition_query(condition: &str) -> ApiResult<Query> {
+    let translated = translate(&format!("SELECT * FROM devices WHERE {condition}"))?;
+    parse(&translated.registry_text)
+}
+
+/// Every device the IoT Hub condition matches, in registry order (what a job or a
+/// configuration targets): the same two steps as `POST /devices/query`.
+pub(crate) async fn select_ids(state: &HttpState, condition: &str) -> ApiResult<Vec<DeviceId>> {
+    let full = condition_query(condition)?;
+    Ok(scan(state, &full)
+        .await?
+        .into_iter()
+        .map(|c| c.view.device_id)
+        .collect())
+}
+
+/// How many devices a whole IoT Hub query over `devices` answers (its select list is not
+/// read: a configuration's metric counts the devices its condition matches).
+pub(crate) async fn count_devices(state: &HttpState, query: &str) -> ApiResult<u64> {
+    let lower = query.to_ascii_lowercase();
+    let from = lower
+        .find(" from ")
+        .ok_or_else(|| ApiError::bad_request("a metric query needs SELECT … FROM devices"))?;
+    let after = lower[from + 6..].trim_start();
+    let source_end = after.find(char::is_whitespace).unwrap_or(after.len());
+    if &after[..source_end] != "devices" {
+        return Err(ApiError::bad_request(
+            "a metric query reads FROM devices (modules and jobs are not counted)",
+        ));
+    }
+    let full = match lower.find(" where ") {
+        Some(at) => condition_query(&query[at + 7..])?,
+        None => parse(&translate("SELECT * FROM devices")?.registry_text)?,
+    };
+    Ok(scan(state, &full).await?.len() as u64)
 }
 
 /// The value at a rewritten path of the query view (`deviceId`, `metadata.…`, `tags.…`).

@@ -34,6 +34,7 @@ pub mod policy;
 pub mod server;
 pub mod service;
 pub mod state;
+pub mod subscriptions;
 mod token_cache;
 pub mod user_access;
 
@@ -58,6 +59,7 @@ pub fn router(state: HttpState) -> Router {
         service::routes()
             .merge(device::routes())
             .merge(login::routes())
+            .merge(subscriptions::routes())
             .merge(openapi::routes()),
         state,
     )

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use std::sync::OnceLock;
 
-use iot_identity::access::AccessControl;
+use iot_identity::access::{AccessControl, SubscriptionStore};
 use iot_identity::ca::CertificateAuthorities;
 use iot_identity::{IdentityStore, ModuleStore};
 use iot_provisioning::Provisioning;
@@ -43,6 +43,8 @@ struct Inner {
     /// The access matrix user sessions are checked against, once set
     /// ([`HttpState::with_access`]).
     access: OnceLock<AccessControl>,
+    /// Users' alert subscriptions, once set ([`HttpState::with_subscriptions`]).
+    subscriptions: OnceLock<Arc<dyn SubscriptionStore>>,
     /// Failed-login budgets of `POST /auth/login`.
     logins: LoginThrottle,
 }
@@ -82,6 +84,7 @@ impl HttpState {
             config,
             modules: std::sync::OnceLock::new(),
             access: OnceLock::new(),
+            subscriptions: OnceLock::new(),
         }))
     }
 
@@ -102,6 +105,18 @@ impl HttpState {
     pub fn with_access(self, access: AccessControl) -> Self {
         let _ = self.0.access.set(access);
         self
+    }
+
+    /// Serves `/access/me/subscriptions` over `subscriptions`: each user's own alert
+    /// subscriptions (see [`subscriptions`](super::subscriptions)). Set once.
+    pub fn with_subscriptions(self, subscriptions: Arc<dyn SubscriptionStore>) -> Self {
+        let _ = self.0.subscriptions.set(subscriptions);
+        self
+    }
+
+    /// The alert subscriptions, if [`with_subscriptions`](Self::with_subscriptions) gave them.
+    pub fn subscriptions(&self) -> Option<&Arc<dyn SubscriptionStore>> {
+        self.0.subscriptions.get()
     }
 
     /// The access matrix, if [`with_access`](Self::with_access) gave one.

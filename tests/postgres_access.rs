@@ -6,14 +6,16 @@
 
 mod pg_support;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use iot_sdk::identity::access::{
-    AccessConfig, AccessControl, AccessStore, Decision, DeviceSet, Grant, Permission, RoleName,
-    StaticDeviceSets, Target,
+    AccessConfig, AccessControl, AccessStore, Decision, DeviceSet, Grant,
+    MAX_SUBSCRIPTIONS_PER_USER, NewUser, Permission, RoleName, StaticDeviceSets, Subscription,
+    SubscriptionSecret, SubscriptionStore, Target,
 };
 use iot_sdk::identity::testkit::{self, access::fresh_user};
-use iot_sdk::identity::{Error, PassphraseParams};
+use iot_sdk::identity::{Error, PassphraseHash, PassphraseParams};
 use iot_sdk::postgres::{PgAccessStore, PgAccessStoreConfig, PgConfig, PgPool};
 
 /// A fresh schema on the shared server, and the URL whose connections use it.
@@ -84,7 +86,7 @@ async fn pg_access_store_passes_the_access_suite() {
         .await
         .expect("count tables")
         .get(0);
-    assert_eq!(tables, 4);
+    assert_eq!(tables, 5);
     let reopened = &schema;
     testkit::access::run_access(store, |previous| async move {
         drop(previous);
@@ -148,5 +150,62 @@ async fn sessions_and_grants_cross_between_processes() {
         .expect("login");
     here.set_password(&olga, "a new one").await.expect("set");
     assert!(there.session(token.expose()).await.is_err());
+    schema.drop_it().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_are_shared_bounded_and_go_with_their_user() {
+    let Some(schema) = Schema::fresh().await else {
+        return;
+    };
+    let (a, b) = (schema.open().await, schema.open().await);
+    let (here, there) = (a.subscriptions(), b.subscriptions());
+    let vera = fresh_user("subs");
+    let secret = || SubscriptionSecret::new("a secret of sixteen+ bytes").expect("secret");
+    let orphan = Subscription::new(vera.clone(), "http://x/", None, secret()).expect("valid");
+    assert!(matches!(
+        here.add(orphan).await,
+        Err(Error::UserNotFound { .. })
+    ));
+    a.create_user(NewUser::new(
+        vera.clone(),
+        PassphraseHash::hash("pw", &PassphraseParams::INSECURE_FOR_TESTS).expect("hash"),
+    ))
+    .await
+    .expect("user");
+    let devices = BTreeSet::from(["pump-7".parse().expect("id")]);
+    let first = Subscription::new(
+        vera.clone(),
+        "https://hooks.example/vera",
+        Some(devices),
+        secret(),
+    )
+    .expect("valid");
+    here.add(first.clone()).await.expect("add");
+    assert_eq!(
+        there.of_user(&vera).await.expect("of"),
+        std::slice::from_ref(&first),
+        "another process reads it back whole, secret included"
+    );
+    for _ in 1..MAX_SUBSCRIPTIONS_PER_USER {
+        let s = Subscription::new(vera.clone(), "http://x/", None, secret()).expect("valid");
+        there.add(s).await.expect("add");
+    }
+    let over = Subscription::new(vera.clone(), "http://x/", None, secret()).expect("valid");
+    assert!(matches!(
+        here.add(over).await,
+        Err(Error::InvalidInput { .. })
+    ));
+    assert!(there.remove(&vera, &first.id).await.expect("remove"));
+    assert!(!here.remove(&vera, &first.id).await.expect("again"));
+    assert_eq!(
+        here.all().await.expect("all").len(),
+        MAX_SUBSCRIPTIONS_PER_USER - 1
+    );
+    a.delete_user(&vera).await.expect("delete user");
+    assert!(
+        there.of_user(&vera).await.expect("of").is_empty(),
+        "deleting a user deletes their subscriptions"
+    );
     schema.drop_it().await;
 }

@@ -43,7 +43,7 @@ mod state;
 mod twins;
 mod values;
 
-pub use access::{PgAccessStore, PgAccessStoreConfig};
+pub use access::{PgAccessStore, PgAccessStoreConfig, PgSubscriptionStore};
 pub use config::PgConfig;
 pub use error::PgError;
 pub use identity::{MAX_NAMESPACE_BYTES, PgIdentityConfig, PgIdentityStore};

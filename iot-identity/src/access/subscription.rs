@@ -120,6 +120,26 @@ impl Subscription {
         })
     }
 
+    /// A subscription as a store outside this crate read it back (no checks: the store wrote
+    /// what [`new`](Self::new) checked).
+    pub fn from_parts(
+        id: String,
+        user: UserName,
+        url: String,
+        devices: Option<BTreeSet<DeviceId>>,
+        secret: SubscriptionSecret,
+        created_at: Timestamp,
+    ) -> Self {
+        Subscription {
+            id,
+            user,
+            url,
+            devices,
+            secret,
+            created_at,
+        }
+    }
+
     /// Whether the subscription's own device filter lets `device` through (the user's grants
     /// are checked apart).
     pub fn wants(&self, device: &DeviceId) -> bool {

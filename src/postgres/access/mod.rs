@@ -8,6 +8,9 @@
 
 mod rows;
 mod schema;
+mod subscriptions;
+
+pub use subscriptions::PgSubscriptionStore;
 
 use std::time::Duration;
 

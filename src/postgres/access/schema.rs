@@ -17,10 +17,14 @@ pub(super) const COMPONENT: &str = "access";
 ///   (`"all"`, `{"device":"pump-7"}`, `{"query":"…"}`, `{"node":"building=HQ"}`).
 /// * `iot_access_sessions`: keyed by the token's SHA-256 digest; the token is never stored.
 ///
+/// Version 2: `iot_access_subscriptions`, users' alert subscriptions (their webhook's HMAC
+/// secret in clear: the hub must sign with it), deleted with their user.
+///
 /// Names are `COLLATE "C"`: byte order, as the crate orders them.
-pub(super) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: r#"
+pub(super) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: r#"
         CREATE TABLE iot_access_users (
             name        text COLLATE "C" PRIMARY KEY,
             password    text    NOT NULL,
@@ -54,4 +58,20 @@ pub(super) const MIGRATIONS: &[Migration] = &[Migration {
         CREATE INDEX iot_access_sessions_user ON iot_access_sessions (user_name, created_us);
         CREATE INDEX iot_access_sessions_expiry ON iot_access_sessions (expires_us);
     "#,
-}];
+    },
+    Migration {
+        version: 2,
+        sql: r#"
+        CREATE TABLE iot_access_subscriptions (
+            id          text PRIMARY KEY,
+            user_name   text COLLATE "C" NOT NULL
+                        REFERENCES iot_access_users (name) ON DELETE CASCADE,
+            url         text   NOT NULL,
+            devices     text,
+            secret      text   NOT NULL,
+            created_us  bigint NOT NULL
+        );
+        CREATE INDEX iot_access_subscriptions_user ON iot_access_subscriptions (user_name, id);
+    "#,
+    },
+];

@@ -30,12 +30,17 @@
 //!   PostgreSQL (`docs/cluster.md`); turns on `nats` and `postgres`.
 //! * `http` — the gateway's HTTP endpoint (`gateway::http`): IoT Hub's service REST API with
 //!   shared access policies; `docs/http.md` describes it, and `examples/hub.rs` runs it.
+//! * `alert-push` — push notifications of alerts to users' webhooks, filtered by the access
+//!   matrix (`alert_push`, docs/access.md).
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "cluster")]
 pub mod cluster;
 #[cfg(feature = "nats")]
 pub mod nats;
+
+#[cfg(feature = "alert-push")]
+pub mod alert_push;
 
 pub use iot_core as core;
 pub use iot_gateway as gateway;

@@ -14,7 +14,7 @@ use iot_identity::access::{
     AccessConfig, AccessControl, DeviceSet, Grant, MemoryAccessStore, MemoryAuditSink,
     StaticDeviceSets,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 
 const LOGIN: &str = "/auth/login?api-version=2021-04-12";
 const LOGOUT: &str = "/auth/logout?api-version=2021-04-12";
@@ -105,9 +105,18 @@ async fn log_in_call_the_api_log_out() {
     let read = stack.call("GET", &twin, Some(&bearer), None).await;
     assert_eq!(read.status, 200, "{}", String::from_utf8_lossy(&read.body));
     assert_eq!(read.json()["deviceId"], "pump-1");
+    // A listing shows what the grant covers; a hub-wide route is refused.
     let list = format!("/devices?{API}");
+    let listed = stack.call("GET", &list, Some(&bearer), None).await;
+    assert_eq!(listed.status, 200);
+    let ids: Vec<Value> = listed.json().as_array().cloned().unwrap_or_default();
+    assert!(ids.iter().all(|d| d["deviceId"] == "pump-1"), "{ids:?}");
+    let service = format!("/statistics/service?{API}");
     assert_eq!(
-        stack.call("GET", &list, Some(&bearer), None).await.status,
+        stack
+            .call("GET", &service, Some(&bearer), None)
+            .await
+            .status,
         403
     );
 

@@ -1,14 +1,15 @@
 //! [`RegistryDeviceSets`]: the access matrix's query and hierarchy grants decided by the
-//! registry. It lives here because this crate already depends on both the identity store (which
+//! registry, and [`RecordFilter`]: the same rules applied to records already in hand (a listing's
+//! page). They live here because this crate already depends on both the identity store (which
 //! defines [`DeviceSets`]) and the registry; neither of those depends on the other.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use iot_core::DeviceId;
-use iot_identity::access::{DeviceSets, HierarchyNode};
+use iot_identity::access::{DeviceSet, DeviceSets, HierarchyNode};
 use iot_registry::{DeviceRecord, Query, Registry};
 use serde_json::Value;
 
@@ -23,7 +24,7 @@ const QUERY_CACHE: usize = 1024;
 ///
 /// ```
 /// use std::sync::Arc;
-/// use iot_identity::access::{DeviceSets, HierarchyNode};
+/// use iot_identity::access::{DeviceSet, DeviceSets, HierarchyNode};
 /// use iot_provisioning::access::RegistryDeviceSets;
 /// use iot_registry::{DeviceDocument, MemoryRegistry, Registry};
 /// use serde_json::json;
@@ -108,6 +109,101 @@ fn lookup<'a>(metadata: &'a serde_json::Map<String, Value>, path: &str) -> Optio
     Some(value)
 }
 
+/// Whether `record` lies under `node`: each level's metadata value, compared as text.
+fn node_holds(node: &HierarchyNode, record: &DeviceRecord) -> bool {
+    node.levels().iter().all(|(key, want)| {
+        lookup(&record.metadata, key)
+            .and_then(text_of)
+            .is_some_and(|have| have == *want)
+    })
+}
+
+/// A user's device sets (the sets of their grants that give one permission), decided on
+/// registry records already in hand by [`RegistryDeviceSets`]' rules, with no registry read:
+/// what a listing (`GET /devices`, a twin query, a count) needs to keep only the devices the
+/// user may see while it pages through the registry.
+///
+/// ```
+/// use iot_identity::access::DeviceSet;
+/// use iot_provisioning::access::RecordFilter;
+/// use iot_core::Timestamp;
+/// use iot_registry::{DeviceDocument, DeviceRecord, ETag};
+/// use serde_json::json;
+///
+/// let filter = RecordFilter::new([
+///     DeviceSet::Node("building=HQ".parse()?),
+///     DeviceSet::query("SELECT * FROM devices WHERE metadata.kind = 'tank'")?,
+/// ]);
+/// let doc = DeviceDocument::with_metadata(json!({"building": "HQ"})).ok_or("an object")?;
+/// let now = Timestamp::now();
+/// let record = DeviceRecord::new("pump-7".parse()?, doc, ETag::new("1"), now, now);
+/// assert!(filter.holds(&record));
+/// assert!(!filter.is_everything());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct RecordFilter {
+    everything: bool,
+    devices: HashSet<DeviceId>,
+    queries: Vec<Arc<Query>>,
+    nodes: Vec<HierarchyNode>,
+}
+
+impl RecordFilter {
+    /// Holds every device.
+    pub fn everything() -> Self {
+        RecordFilter {
+            everything: true,
+            ..RecordFilter::default()
+        }
+    }
+
+    /// Holds the devices of any of `sets`. A query that does not parse holds nothing (grants
+    /// are checked when given, so only a grant written by an older program can be one).
+    pub fn new(sets: impl IntoIterator<Item = DeviceSet>) -> Self {
+        let mut filter = RecordFilter::default();
+        for set in sets {
+            match set {
+                DeviceSet::All => filter.everything = true,
+                DeviceSet::Device(id) => {
+                    filter.devices.insert(id);
+                }
+                DeviceSet::Query(text) => match Query::parse(&text) {
+                    Ok(query) => filter.queries.push(Arc::new(query)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a grant's query does not parse; it holds no device")
+                    }
+                },
+                DeviceSet::Node(node) => filter.nodes.push(node),
+                // A kind of set this build does not know holds nothing: fail closed.
+                _ => {}
+            }
+        }
+        filter
+    }
+
+    /// Whether it holds every device (a grant over all devices): a listing needs no filtering.
+    pub fn is_everything(&self) -> bool {
+        self.everything
+    }
+
+    /// Whether it holds nothing at all.
+    pub fn is_empty(&self) -> bool {
+        !self.everything
+            && self.devices.is_empty()
+            && self.queries.is_empty()
+            && self.nodes.is_empty()
+    }
+
+    /// Whether the device of `record` is in one of the sets.
+    pub fn holds(&self, record: &DeviceRecord) -> bool {
+        self.everything
+            || self.devices.contains(&record.device_id)
+            || self.queries.iter().any(|q| q.matches(record))
+            || self.nodes.iter().any(|n| node_holds(n, record))
+    }
+}
+
 #[async_trait]
 impl DeviceSets for RegistryDeviceSets {
     async fn matches_query(&self, device: &DeviceId, query: &str) -> iot_identity::Result<bool> {
@@ -123,13 +219,10 @@ impl DeviceSets for RegistryDeviceSets {
         device: &DeviceId,
         node: &HierarchyNode,
     ) -> iot_identity::Result<bool> {
-        Ok(self.record(device).await?.is_some_and(|record| {
-            node.levels().iter().all(|(key, want)| {
-                lookup(&record.metadata, key)
-                    .and_then(text_of)
-                    .is_some_and(|have| have == *want)
-            })
-        }))
+        Ok(self
+            .record(device)
+            .await?
+            .is_some_and(|record| node_holds(node, &record)))
     }
 
     fn check_query(&self, query: &str) -> iot_identity::Result<()> {

@@ -54,7 +54,7 @@ pub mod testkit;
 pub mod types;
 pub mod workflow;
 
-pub use access::RegistryDeviceSets;
+pub use access::{RecordFilter, RegistryDeviceSets};
 pub use audit::AuditRecord;
 pub use error::{Error, Result};
 pub use hooks::{Hook, HookContext, HookError, Operation};

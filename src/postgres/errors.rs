@@ -45,3 +45,14 @@ pub(crate) fn provisioning(e: PgError) -> iot_provisioning::Error {
     let retryable = e.is_retryable();
     iot_provisioning::Error::backend(BACKEND, e, retryable)
 }
+
+/// For the identity crate's stores (the access store).
+pub(crate) fn identity(e: PgError) -> iot_identity::Error {
+    if unstorable_text(&e) {
+        return iot_identity::Error::InvalidInput {
+            reason: "text with a NUL character cannot be stored in PostgreSQL".into(),
+        };
+    }
+    let retryable = e.is_retryable();
+    iot_identity::Error::backend(BACKEND, e, retryable)
+}

@@ -21,11 +21,13 @@
 //! * [`PgInbox`]: the gateway's C2D inbox, shared by every gateway instance on the database.
 //! * [`PgTwinStore`]: the gateway's device twins.
 //! * [`PgStateStore`]: the stream processors' event history and last known values.
+//! * [`PgAccessStore`]: the access matrix (users, roles, grants, sessions) of `iot_identity::access`.
 //! * [`PgJournal`]: the provisioner's intent journal, when identities and registry live apart.
 //!
 //! TLS to the database is not offered yet: a URL that asks for `sslmode=require` is refused by the
 //! driver with a clear error rather than silently connecting in plain text.
 
+mod access;
 mod call;
 mod config;
 mod error;
@@ -41,6 +43,7 @@ mod state;
 mod twins;
 mod values;
 
+pub use access::{PgAccessStore, PgAccessStoreConfig, PgSubscriptionStore};
 pub use config::PgConfig;
 pub use error::PgError;
 pub use identity::{MAX_NAMESPACE_BYTES, PgIdentityConfig, PgIdentityStore};

@@ -81,6 +81,9 @@ pub enum Caller {
         name: String,
         /// The permission the route needed and the matrix granted.
         permission: iot_identity::access::Permission,
+        /// On listing routes (`GET /devices`, twin queries, counts), the devices the user may
+        /// see; `None` on every other route.
+        scope: Option<super::user_access::DeviceScope>,
     },
 }
 
@@ -99,6 +102,21 @@ impl Caller {
             // The route's permission was checked against the access matrix, for the device
             // the route names, before the handler ran: a user reaching a handler is allowed.
             Caller::User { .. } => Ok(()),
+        }
+    }
+
+    /// The devices a listing may show this caller, or `None` for every device: a back end's
+    /// policy and a user with a grant over all devices see the whole fleet. A user on a route
+    /// with no scope set (never a listing route) sees nothing: the filter fails closed.
+    pub fn listing_filter(&self) -> Option<&iot_provisioning::access::RecordFilter> {
+        static NOTHING: std::sync::LazyLock<iot_provisioning::access::RecordFilter> =
+            std::sync::LazyLock::new(iot_provisioning::access::RecordFilter::default);
+        match self {
+            Caller::User { scope: Some(s), .. } => {
+                (!s.filter().is_everything()).then(|| s.filter())
+            }
+            Caller::User { scope: None, .. } => Some(&NOTHING),
+            Caller::Service { .. } | Caller::Device { .. } => None,
         }
     }
 
@@ -181,7 +199,10 @@ async fn user(parts: &mut Parts, state: &HttpState, token: &str) -> ApiResult<Ca
     let caller =
         super::user_access::authorize(access, token, &parts.method, pattern.as_deref(), device)
             .await?;
-    if let Caller::User { name, permission } = &caller {
+    if let Caller::User {
+        name, permission, ..
+    } = &caller
+    {
         tracing::debug!(user = %name, %permission, "user session allowed");
     }
     Ok(caller)

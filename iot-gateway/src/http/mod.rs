@@ -38,6 +38,7 @@ pub mod policy;
 pub mod server;
 pub mod service;
 pub mod state;
+pub mod subscriptions;
 mod token_cache;
 pub mod ui;
 pub mod user_access;
@@ -66,6 +67,7 @@ pub fn router(state: HttpState) -> Router {
             .merge(login::routes())
             .merge(users::routes())
             .merge(live::routes())
+            .merge(subscriptions::routes())
             .merge(openapi::routes()),
         state,
     )

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::OnceLock;
 
 use iot_core::Log;
-use iot_identity::access::AccessControl;
+use iot_identity::access::{AccessControl, SubscriptionStore};
 use iot_identity::ca::CertificateAuthorities;
 use iot_identity::{IdentityStore, ModuleStore};
 use iot_provisioning::Provisioning;
@@ -45,6 +45,8 @@ struct Inner {
     /// The access matrix user sessions are checked against, once set
     /// ([`HttpState::with_access`]).
     access: OnceLock<AccessControl>,
+    /// Users' alert subscriptions, once set ([`HttpState::with_subscriptions`]).
+    subscriptions: OnceLock<Arc<dyn SubscriptionStore>>,
     /// Failed-login budgets of `POST /auth/login`.
     logins: LoginThrottle,
     /// The telemetry log of `GET /devices/{id}/telemetry/stream`, once set.
@@ -114,6 +116,7 @@ impl HttpState {
             alerts_stream: OnceLock::new(),
             streams_closed: CancellationToken::new(),
             fleet: OnceLock::new(),
+            subscriptions: OnceLock::new(),
         }))
     }
 
@@ -208,6 +211,18 @@ impl HttpState {
     /// The alerts topic of the live feed, if set.
     pub fn alerts_stream(&self) -> Option<&Arc<dyn Log>> {
         self.0.alerts_stream.get()
+    }
+
+    /// Serves `/access/me/subscriptions` over `subscriptions`: each user's own alert
+    /// subscriptions (see [`subscriptions`](super::subscriptions)). Set once.
+    pub fn with_subscriptions(self, subscriptions: Arc<dyn SubscriptionStore>) -> Self {
+        let _ = self.0.subscriptions.set(subscriptions);
+        self
+    }
+
+    /// The alert subscriptions, if [`with_subscriptions`](Self::with_subscriptions) gave them.
+    pub fn subscriptions(&self) -> Option<&Arc<dyn SubscriptionStore>> {
+        self.0.subscriptions.get()
     }
 
     /// The access matrix, if [`with_access`](Self::with_access) gave one.

@@ -8,13 +8,22 @@
 //! access control's sink). A route missing from the table is 403 for every user: the table fails
 //! closed, so a route added later is not open to users until someone decides its permission.
 //!
+//! **Listings.** `GET /devices`, `POST /devices/query` and `GET /statistics/devices` ([`LISTINGS`])
+//! are open to every user with `read` somewhere: a user with a grant over all devices sees the
+//! fleet (no per-device work); any other user sees only the devices their `read` grants hold,
+//! decided on each registry record as the listing pages through the registry
+//! ([`RecordFilter`]: `RegistryDeviceSets`' rules, without a registry read per device).
+//!
 //! Routes that return keys (`GET /devices/{id}`, the module routes) need `manageDevices`, not
 //! `read`: reading a device's keys is as good as managing it.
+
+use std::sync::Arc;
 
 use axum::http::Method;
 use iot_core::DeviceId;
 use iot_identity::Decision;
-use iot_identity::access::{AccessControl, Permission, Target};
+use iot_identity::access::{AccessControl, DeviceSet, Permission, Target, UserName};
+use iot_provisioning::access::RecordFilter;
 
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
@@ -80,8 +89,86 @@ pub const ROUTES: &[(&str, &str, Permission)] = {
         ("PUT", "/configurations/{configurationId}", UpdateTwin),
         ("GET", "/configurations/{configurationId}", Read),
         ("DELETE", "/configurations/{configurationId}", UpdateTwin),
+        // A user's own alert subscriptions ([`OWN`]): alerts reach them only for devices
+        // their `read` grants cover.
+        ("GET", "/access/me/subscriptions", Read),
+        ("POST", "/access/me/subscriptions", Read),
+        ("DELETE", "/access/me/subscriptions/{sid}", Read),
     ]
 };
+
+/// The routes that list, query or count devices: a user sees what their grants hold there
+/// rather than being refused for lacking a grant over the whole hub.
+pub const LISTINGS: &[(&str, &str)] = &[
+    ("GET", "/statistics/devices"),
+    ("GET", "/devices"),
+    ("GET", "/devices/"),
+    ("POST", "/devices/query"),
+];
+
+/// Routes about the calling user's own records: any enabled user with a session may call them
+/// (what they reach is decided by their grants elsewhere).
+pub const OWN: &[(&str, &str)] = &[
+    ("GET", "/access/me/subscriptions"),
+    ("POST", "/access/me/subscriptions"),
+    ("DELETE", "/access/me/subscriptions/{sid}"),
+];
+
+/// The devices a user may see on a listing route (see [`LISTINGS`]).
+#[derive(Clone, Debug)]
+pub struct DeviceScope(Arc<RecordFilter>);
+
+impl DeviceScope {
+    /// The filter deciding each registry record.
+    pub fn filter(&self) -> &RecordFilter {
+        &self.0
+    }
+}
+
+impl PartialEq for DeviceScope {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for DeviceScope {}
+
+fn is_listing(method: &Method, pattern: &str) -> bool {
+    LISTINGS
+        .iter()
+        .any(|(m, p)| *m == method.as_str() && *p == pattern)
+}
+
+/// The devices `user` may use `permission` on, read once from the store: everything when a
+/// grant over all devices gives it. An unknown or disabled user is refused (403).
+async fn scope(
+    access: &AccessControl,
+    user: &UserName,
+    permission: Permission,
+) -> ApiResult<DeviceScope> {
+    let found = access
+        .store()
+        .access_of(user)
+        .await
+        .map_err(|e| ApiError::internal(e.is_retryable(), "access store", &e))?;
+    let Some(found) = found.filter(|a| !a.user.disabled) else {
+        return Err(ApiError::forbidden(format!(
+            "user {user} is unknown or disabled"
+        )));
+    };
+    let sets: Vec<DeviceSet> = found
+        .grants
+        .into_iter()
+        .filter(|(_, granted)| granted.contains(permission))
+        .map(|(grant, _)| grant.devices)
+        .collect();
+    let filter = if sets.contains(&DeviceSet::All) {
+        RecordFilter::everything()
+    } else {
+        RecordFilter::new(sets)
+    };
+    Ok(DeviceScope(Arc::new(filter)))
+}
 
 /// The permission a user needs for `method` on the route `pattern`, if users may call it.
 pub fn permission_for(method: &Method, pattern: &str) -> Option<Permission> {
@@ -110,11 +197,38 @@ pub(crate) async fn authorize(
     let Some(permission) = pattern.and_then(|p| permission_for(method, p)) else {
         return Err(ApiError::forbidden("a user session cannot call this route"));
     };
+    if pattern.is_some_and(|p| OWN.iter().any(|(m, o)| *m == method.as_str() && *o == p)) {
+        let user = access
+            .store()
+            .get_user(&session.user)
+            .await
+            .map_err(|e| ApiError::internal(e.is_retryable(), "access store", &e))?;
+        if user.is_none_or(|u| u.disabled) {
+            return Err(ApiError::forbidden(format!(
+                "user {} is unknown or disabled",
+                session.user
+            )));
+        }
+        return Ok(Caller::User {
+            name: session.user.to_string(),
+            permission,
+            scope: None,
+        });
+    }
+    if device.is_none() && pattern.is_some_and(|p| is_listing(method, p)) {
+        let scope = scope(access, &session.user, permission).await?;
+        return Ok(Caller::User {
+            name: session.user.to_string(),
+            permission,
+            scope: Some(scope),
+        });
+    }
     let target = device.map_or(Target::Hub, Target::Device);
     match access.check(&session.user, permission, &target).await {
         Decision::Allow => Ok(Caller::User {
             name: session.user.to_string(),
             permission,
+            scope: None,
         }),
         Decision::Deny(reason) => Err(ApiError::forbidden(format!(
             "user {} may not {permission} on {target}: {reason}",

@@ -12,6 +12,7 @@ mod permission;
 mod role;
 mod session;
 mod state;
+mod subscription;
 mod user;
 
 use std::fmt::Debug;
@@ -34,6 +35,11 @@ pub use names::{MAX_ROLE_NAME_LEN, MAX_USER_NAME_LEN, RoleName, UserName};
 pub use permission::{Permission, Permissions};
 pub use role::{ADMIN, OPERATOR, Role, VIEWER};
 pub use session::{Session, SessionDigest, SessionToken, TOKEN_LEN};
+pub use subscription::{
+    MAX_SUBSCRIPTION_DEVICES, MAX_SUBSCRIPTIONS_PER_USER, MAX_WEBHOOK_URL_LEN,
+    MemorySubscriptionStore, Subscription, SubscriptionSecret, SubscriptionStore, SubscriptionView,
+    WEBHOOK_SECRET_LEN,
+};
 pub use user::{NewUser, User};
 
 /// The most grants one user may hold.

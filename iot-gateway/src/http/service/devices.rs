@@ -287,15 +287,30 @@ pub(super) async fn list(
         .top
         .unwrap_or(iot_identity::MAX_PAGE_SIZE)
         .clamp(1, iot_identity::MAX_PAGE_SIZE);
-    let page = state.identity().list(None, top).await?;
-    let mut out = Vec::with_capacity(page.items.len());
-    for identity in page.items {
-        let Some(record) = state.registry().get(&identity.id).await? else {
-            continue;
-        };
-        out.push(device_json(&view_of(&state, identity, record).await?));
+    // A user who may see only some devices: identity pages are walked until `top` of theirs
+    // are found (or the fleet ends); everyone else gets the first page as it is.
+    let filter = caller.listing_filter();
+    let mut out = Vec::with_capacity(top.min(64));
+    let mut after = None;
+    loop {
+        let page = state.identity().list(after.as_ref(), top).await?;
+        for identity in page.items {
+            let Some(record) = state.registry().get(&identity.id).await? else {
+                continue;
+            };
+            if filter.is_some_and(|f| !f.holds(&record)) {
+                continue;
+            }
+            out.push(device_json(&view_of(&state, identity, record).await?));
+            if out.len() == top {
+                return Ok(Json(Value::Array(out)));
+            }
+        }
+        match page.next {
+            Some(next) if filter.is_some() => after = Some(next),
+            _ => return Ok(Json(Value::Array(out))),
+        }
     }
-    Ok(Json(Value::Array(out)))
 }
 
 /// One item of a bulk request (IoT Hub's `ExportImportDevice`).

@@ -7,6 +7,12 @@
 //! whole condition with the registry's own evaluator (`Query::matches`), so the semantics are
 //! the registry's in both cases. Twin properties are not indexed (they live in the gateway's
 //! twin store, not in the registry), so such a query costs a twin read per candidate.
+//!
+//! A user session that may read only some devices ([`Caller::listing_filter`]) gets the same
+//! answers over those devices alone: each registry record is decided by the user's grants before
+//! anything else is read for it, pages are filled from as many registry pages as it takes, and
+//! the continuation token resumes after the last record examined. Counts are then counted from
+//! the records rather than asked of the registry.
 
 mod translate;
 
@@ -28,6 +34,7 @@ use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::JsonBody;
 use crate::http::policy::Rights;
 use crate::http::state::HttpState;
+use iot_provisioning::access::RecordFilter;
 use translate::{Selection, Translated, prefilter, translate, uses_derived};
 
 /// IoT Hub's `QuerySpecification`.
@@ -124,11 +131,14 @@ pub(crate) async fn query(
     }
     let derived = uses_derived(&full.condition());
     let page = page_request(&headers, state.config().max_page_size)?;
+    let filter = caller.listing_filter();
     match &translated.selection {
-        Selection::Twins => twins(&state, &translated, &full, derived, page).await,
+        Selection::Twins => twins(&state, &translated, &full, derived, page, filter).await,
         Selection::Count(alias) => {
             let n = if derived {
-                scan(&state, &full).await?.len() as u64
+                scan(&state, &full, filter).await?.len() as u64
+            } else if let Some(filter) = filter {
+                count_held(&state, &full, filter).await?
             } else {
                 state.registry().count(&full).await?
             };
@@ -139,7 +149,7 @@ pub(crate) async fn query(
         }
         Selection::GroupCount { path, name, alias } => {
             let mut groups: BTreeMap<String, (Option<Value>, u64)> = BTreeMap::new();
-            for c in scan(&state, &full).await? {
+            for c in scan(&state, &full, filter).await? {
                 let value = value_at(&c.view, path);
                 let key = value.as_ref().map(Value::to_string).unwrap_or_default();
                 groups.entry(key).or_insert((value, 0)).1 += 1;
@@ -176,8 +186,9 @@ async fn twins(
     full: &Query,
     derived: bool,
     mut page: PageRequest,
+    filter: Option<&RecordFilter>,
 ) -> ApiResult<Response> {
-    if !derived {
+    if !derived && filter.is_none() {
         // The registry pages (and applies TOP as LIMIT) itself.
         let text = match translated.top {
             Some(n) => format!("{} LIMIT {n}", translated.registry_text),
@@ -194,7 +205,13 @@ async fn twins(
         }
         return Ok(answer(items, continuation, "twin"));
     }
-    let pre = prefilter_query(full)?;
+    // The registry answers what it can; the rest (derived fields, the user's grants) is decided
+    // here, record by record.
+    let pre = if derived {
+        prefilter_query(full)?
+    } else {
+        parse(&translated.registry_text)?
+    };
     let wanted = translated.top.map_or(page.max_items, |n| {
         page.max_items.min(usize::try_from(n).unwrap_or(usize::MAX))
     });
@@ -204,8 +221,11 @@ async fn twins(
         let mut result = state.registry().query(&pre, &page).await?;
         let continuation = result.continuation.take();
         for record in result.into_records()? {
+            if !held(filter, &record) {
+                continue;
+            }
             if let Some(c) = candidate(state, record).await?
-                && full.matches(&c.view)
+                && (!derived || full.matches(&c.view))
             {
                 items.push(c.twin_json);
             }
@@ -241,8 +261,39 @@ fn prefilter_query(full: &Query) -> ApiResult<Query> {
     parse(&text)
 }
 
-/// Every candidate matching `full`, in registry order.
-async fn scan(state: &HttpState, full: &Query) -> ApiResult<Vec<Candidate>> {
+/// Whether a listing may show `record` (no filter: every record).
+fn held(filter: Option<&RecordFilter>, record: &DeviceRecord) -> bool {
+    filter.is_none_or(|f| f.holds(record))
+}
+
+/// How many records of `full` (a query the registry answers alone) `filter` holds.
+async fn count_held(state: &HttpState, full: &Query, filter: &RecordFilter) -> ApiResult<u64> {
+    let mut page = PageRequest {
+        max_items: SCAN_PAGE,
+        continuation: None,
+    };
+    let mut n = 0u64;
+    loop {
+        let mut result = state.registry().query(full, &page).await?;
+        let continuation = result.continuation.take();
+        n += result
+            .into_records()?
+            .iter()
+            .filter(|r| filter.holds(r))
+            .count() as u64;
+        match continuation {
+            Some(token) => page.continuation = Some(token),
+            None => return Ok(n),
+        }
+    }
+}
+
+/// Every candidate matching `full` that `filter` holds, in registry order.
+async fn scan(
+    state: &HttpState,
+    full: &Query,
+    filter: Option<&RecordFilter>,
+) -> ApiResult<Vec<Candidate>> {
     let pre = prefilter_query(full)?;
     let mut page = PageRequest {
         max_items: SCAN_PAGE,
@@ -253,6 +304,9 @@ async fn scan(state: &HttpState, full: &Query) -> ApiResult<Vec<Candidate>> {
         let mut result = state.registry().query(&pre, &page).await?;
         let continuation = result.continuation.take();
         for record in result.into_records()? {
+            if !held(filter, &record) {
+                continue;
+            }
             if let Some(c) = candidate(state, record).await?
                 && full.matches(&c.view)
             {

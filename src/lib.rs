@@ -30,6 +30,8 @@
 //!   PostgreSQL (`docs/cluster.md`); turns on `nats` and `postgres`.
 //! * `http` — the gateway's HTTP endpoint (`gateway::http`): IoT Hub's service REST API with
 //!   shared access policies; `docs/http.md` describes it, and `examples/hub.rs` runs it.
+//! * `eventhubs` — the `eventhubs` module: an Event Hubs-compatible endpoint over the hub's
+//!   telemetry log (AMQP 1.0, `docs/eventhubs.md`); turns on `http`.
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "cluster")]
@@ -45,6 +47,8 @@ pub use iot_registry as registry;
 pub use iot_stream as stream;
 
 pub mod commands;
+#[cfg(feature = "eventhubs")]
+pub mod eventhubs;
 pub mod events;
 #[cfg(feature = "metrics")]
 pub mod metrics;

@@ -9,7 +9,7 @@ EventHubConsumerClient, unmodified, and prints one JSON line per event.
 `--start` maps partition ids to the offset to resume after (a checkpoint); without it every
 partition is read from its start ("-1"). First it prints the entity's and each partition's
 properties (the `$management` node), as lines `{"eventhub": …}` and `{"partition_properties": …}`.
-Exits 0 once `--expect` events arrived, 1 on a timeout (having printed what it got).
+With `--expect 0` it stops there. Exits 0 once `--expect` events arrived, 1 on a timeout (having printed what it got).
 """
 import argparse
 import json
@@ -55,6 +55,9 @@ def main():
             "is_empty": p["is_empty"],
         }}), flush=True)
 
+    if args.expect == 0:
+        client.close()
+        return 0
     start = json.loads(args.start) if args.start else "-1"
     lock = threading.Lock()
     count = [0]
@@ -86,7 +89,9 @@ def main():
     worker = threading.Thread(
         target=client.receive,
         kwargs={"on_event": on_event, "starting_position": start,
-                "starting_position_inclusive": False},
+                "starting_position_inclusive": False,
+                # Claim every partition at once rather than one per balancing round.
+                "load_balancing_strategy": "greedy"},
         daemon=True,
     )
     worker.start()

@@ -7,7 +7,7 @@
 //! | enqueued time | annotations `x-opt-enqueued-time` and `iothub-enqueuedtime` (timestamps) |
 //! | key (the device id) | annotation `x-opt-partition-key` |
 //! | `iothub-*`, `dt-*` headers (the hub's stamps) | annotations of the same name (strings) |
-//! | `message-id`, `correlation-id`, `user-id`, `content-type`, `content-encoding` | the properties section |
+//! | `message-id`, `correlation-id`, `user-id`, `content-type`, `content-encoding`, `expiry-time` | the properties section (`absolute-expiry-time` for the last) |
 //! | every other header (the device's application properties) | application properties (strings) |
 
 use fe2o3_amqp::types::messaging::{
@@ -20,6 +20,8 @@ use iot_core::headers::{CONTENT_ENCODING, CONTENT_TYPE, CORRELATION_ID, MESSAGE_
 /// IoT Hub's stamp of the enqueued time, as an annotation.
 const IOTHUB_ENQUEUED_TIME: &str = "iothub-enqueuedtime";
 const USER_ID: &str = "user-id";
+/// The message's expiry (Unix milliseconds), as the hub stores it.
+const EXPIRY_TIME: &str = "expiry-time";
 
 /// Whether a header is a system property (never an application property), as the routing
 /// query language decides it (`iot_stream::routing::MessageView::app_property`).
@@ -34,7 +36,7 @@ fn is_system(name: &str) -> bool {
         MESSAGE_ID,
         CORRELATION_ID,
         USER_ID,
-        "expiry-time",
+        EXPIRY_TIME,
     ]
     .iter()
     .any(|s| s.eq_ignore_ascii_case(name))
@@ -72,6 +74,11 @@ pub(crate) fn to_message(stored: &StoredRecord) -> Message<Data> {
             has_properties = true;
         } else if name == CONTENT_ENCODING {
             properties.content_encoding = Some(Symbol::from(value));
+            has_properties = true;
+        } else if name == EXPIRY_TIME
+            && let Ok(ms) = value.parse::<i64>()
+        {
+            properties.absolute_expiry_time = Some(Timestamp::from_milliseconds(ms));
             has_properties = true;
         } else if name == USER_ID {
             properties.user_id = Some(Binary::from(value.as_bytes().to_vec()));

@@ -7,6 +7,7 @@
 //!     [--http-listen ADDR] [--ws-listen ADDR] [--tls-cert CERT.pem --tls-key KEY.pem]
 //!     [--metrics-listen ADDR] [--run-for SECONDS]
 //!     [--ui] [--admin-user NAME] [--admin-password-file FILE]
+//!     [--eventhubs-listen 127.0.0.1:5671]   # with --features eventhubs
 //! ```
 //!
 //! It opens (or creates) under `DIR` the identity store, the registry, the provisioning journal,
@@ -23,6 +24,9 @@
 //! * where each listener is (`mqtt:`, `mqtts:`, `https:`, …) and, with `--self-signed`, the CA
 //!   certificate clients must trust (`ca-certificate:`),
 //!
+//! and, with `--eventhubs-listen` (feature `eventhubs`, docs/eventhubs.md), `eventhubs: amqps://…`
+//! and `eventhubs-connection-string: Endpoint=sb://…/;SharedAccessKeyName=service;…;EntityPath=…`
+//! for Event Hubs clients reading the telemetry,
 //! and `metrics: http://ADDR/metrics` with `--metrics-listen` (the hub's metrics in the
 //! Prometheus text format, docs/metrics.md), then every telemetry record that lands in the log
 //! (`telemetry: …`). Default ports stay off
@@ -109,6 +113,11 @@ struct Args {
     /// Serve the hub's metrics in the Prometheus text format at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// The Event Hubs-compatible endpoint over the telemetry log (feature `eventhubs`): AMQP
+    /// over TLS with the TLS flags, else plain AMQP (development only).
+    #[cfg(feature = "eventhubs")]
+    #[arg(long, value_name = "ADDR")]
+    eventhubs_listen: Option<SocketAddr>,
     /// Stop after this many seconds instead of waiting for Ctrl-C.
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     run_for: Option<Duration>,
@@ -136,8 +145,12 @@ impl Args {
                 "--tls-listen and --https-listen need --tls-cert and --tls-key, or --self-signed",
             );
         }
-        if !needs_tls && (files || self.self_signed) {
-            return Err("TLS flags need --tls-listen or --https-listen");
+        #[cfg(feature = "eventhubs")]
+        let eventhubs = self.eventhubs_listen.is_some();
+        #[cfg(not(feature = "eventhubs"))]
+        let eventhubs = false;
+        if !needs_tls && !eventhubs && (files || self.self_signed) {
+            return Err("TLS flags need --tls-listen, --https-listen or --eventhubs-listen");
         }
         if self.ui && self.https_listen.is_none() && self.http_listen.is_none() {
             return Err("--ui needs --https-listen or --http-listen");
@@ -227,16 +240,22 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // Both TLS listeners offer (never require) client certificates: X.509 devices (thumbprint
     // or CA-signed) authenticate with them over MQTT and on the HTTPS device API; back ends and
     // SAS devices connect without one.
+    // The PEM text too: the Event Hubs endpoint builds its own rustls configuration from it.
+    let mut pem: Option<(Vec<u8>, Vec<u8>)> = None;
     let tls = if args.self_signed {
         let pair = SelfSigned::generate(host)?;
         let (ca, _, _) = pair.write_to(&dir.join("tls"))?;
         println!("ca-certificate: {}", ca.display());
+        pem = Some((pair.cert_pem.clone().into(), pair.key_pem.clone().into()));
         Some(pair.tls_config(true)?)
     } else if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        pem = Some((std::fs::read(cert)?, std::fs::read(key)?));
         Some(TlsConfig::from_pem_files(cert, key, true)?)
     } else {
         None
     };
+    #[cfg(not(feature = "eventhubs"))]
+    let _ = &pem;
 
     let mut mqtt_config = MqttConfig::default();
     mqtt_config.state_dir = Some(dir.join("mqtt"));
@@ -335,6 +354,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         None => None,
     };
 
+    #[cfg(feature = "eventhubs")]
+    let eventhubs = match args.eventhubs_listen {
+        Some(addr) => Some(listen_eventhubs(&hub, &policies, host, addr, pem.as_ref()).await?),
+        None => None,
+    };
+
     let tail = tokio::spawn(print_telemetry(hub.telemetry_log().clone()));
     let run_for = args.run_for.unwrap_or(Duration::MAX);
     tokio::select! {
@@ -344,6 +369,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     tail.abort();
     // Live streams (the dashboard's SSE) never end on their own: end them before the grace.
     streams.close_streams();
+    #[cfg(feature = "eventhubs")]
+    if let Some(endpoint) = eventhubs {
+        endpoint.stop();
+    }
     http.shutdown().await;
     fleet.jobs.shutdown();
     if let Some(server) = metrics_server {
@@ -377,6 +406,42 @@ async fn open_fleet(
         )
         .await?,
     })
+}
+
+/// The Event Hubs-compatible endpoint over the telemetry log (entity: the hub's name), for
+/// back ends with the `service` policy's connection string. With a certificate it speaks TLS
+/// (`amqps`); a port other than 5671 is given to clients as their custom endpoint address.
+#[cfg(feature = "eventhubs")]
+async fn listen_eventhubs(
+    hub: &Hub,
+    policies: &Arc<PolicyStore>,
+    host: &str,
+    addr: SocketAddr,
+    pem: Option<&(Vec<u8>, Vec<u8>)>,
+) -> Result<iot_sdk::eventhubs::EventHubsEndpoint, Box<dyn std::error::Error>> {
+    use iot_sdk::eventhubs::{EventHubsConfig, EventHubsEndpoint, tls_config_from_pem};
+    let config = EventHubsConfig::new(host, iot_gateway::events::hub_name(host));
+    let endpoint = EventHubsEndpoint::new(hub.telemetry_log().clone(), policies.clone(), config);
+    let (scheme, bound) = match pem {
+        Some((cert, key)) => {
+            let tls = tls_config_from_pem(cert, key)?;
+            ("amqps", endpoint.listen_tls(addr, tls).await?)
+        }
+        None => ("amqp", endpoint.listen_tcp(addr).await?),
+    };
+    println!(
+        "eventhubs: {scheme}://{host}:{} (custom endpoint address sb://{host}:{})",
+        bound.port(),
+        bound.port()
+    );
+    let service = policies
+        .get("service")
+        .ok_or("the service policy was removed from DIR/policies")?;
+    println!(
+        "eventhubs-connection-string: {}",
+        endpoint.config().connection_string(&service)
+    );
+    Ok(endpoint)
 }
 
 /// `GET /metrics`: the hub's metrics, rendered when scraped.

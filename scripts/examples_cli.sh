@@ -11,14 +11,14 @@ cd "$(dirname "$0")/.."
 if [ -n "${EXAMPLES_BIN:-}" ]; then
   bin=$EXAMPLES_BIN
 else
-  cargo build -q --examples -p iot-sdk -p iot-registry --features iot-sdk/http,iot-sdk/nats,iot-sdk/postgres,iot-sdk/cluster,iot-sdk/edge
+  cargo build -q --examples -p iot-sdk -p iot-registry --features iot-sdk/http,iot-sdk/nats,iot-sdk/postgres,iot-sdk/cluster,iot-sdk/edge,iot-sdk/eventhubs
   # Wherever this cargo puts them (CARGO_TARGET_DIR, a config's target-dir, or target/).
   target=$(cargo metadata -q --format-version 1 --no-deps |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
   bin="$target/debug/examples"
 fi
 examples=(backends_bench cluster edge_bench field_gateway hub hub_bench service_bench identity_bench log_bench mqtt_gateway mqtt_load provisioning_bench onboarding_bench quickstart
-  registry_bench rules sas stream_bench registry_reopen actors_bench)
+  registry_bench rules sas stream_bench registry_reopen actors_bench eventhubs_bench)
 dir=$(mktemp -d)
 gateway=
 trap '[ -n "$gateway" ] && kill "$gateway" 2>/dev/null; rm -rf "$dir"' EXIT

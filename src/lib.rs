@@ -32,6 +32,8 @@
 //!   shared access policies; `docs/http.md` describes it, and `examples/hub.rs` runs it.
 //! * `alert-push` — push notifications of alerts to users' webhooks, filtered by the access
 //!   matrix (`alert_push`, docs/access.md).
+//! * `eventhubs` — the `eventhubs` module: an Event Hubs-compatible endpoint over the hub's
+//!   telemetry log (AMQP 1.0, `docs/eventhubs.md`); turns on `http`.
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "cluster")]
@@ -50,6 +52,8 @@ pub use iot_registry as registry;
 pub use iot_stream as stream;
 
 pub mod commands;
+#[cfg(feature = "eventhubs")]
+pub mod eventhubs;
 pub mod events;
 #[cfg(feature = "metrics")]
 pub mod metrics;

@@ -5,7 +5,7 @@
 //! cargo run --example hub --features http -- --data-dir DIR --host localhost --device DEVICE_ID --self-signed
 //!     [--listen 127.0.0.1:1884] [--tls-listen 127.0.0.1:8884] [--https-listen 127.0.0.1:8443]
 //!     [--http-listen ADDR] [--ws-listen ADDR] [--tls-cert CERT.pem --tls-key KEY.pem]
-//!     [--metrics-listen ADDR] [--run-for SECONDS]
+//!     [--metrics-listen ADDR] [--amqp-listen ADDR (feature amqp)] [--run-for SECONDS]
 //! ```
 //!
 //! It opens (or creates) under `DIR` the identity store, the registry, the provisioning journal,
@@ -80,6 +80,11 @@ struct Args {
     /// MQTT over WebSocket (ws://ADDR/$iothub/websocket).
     #[arg(long, value_name = "ADDR")]
     ws_listen: Option<SocketAddr>,
+    /// IoT Hub's AMQP 1.0 endpoint over TLS (IoT Hub's 5671; needs the TLS flags; feature
+    /// `amqp`, docs/amqp.md).
+    #[cfg(feature = "amqp")]
+    #[arg(long, value_name = "ADDR")]
+    amqp_listen: Option<SocketAddr>,
     /// The server certificate chain (PEM).
     #[arg(long, value_name = "CERT.pem", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -103,6 +108,18 @@ struct Args {
     run_for: Option<Duration>,
 }
 
+impl Args {
+    #[cfg(feature = "amqp")]
+    fn amqp_listen(&self) -> Option<SocketAddr> {
+        self.amqp_listen
+    }
+
+    #[cfg(not(feature = "amqp"))]
+    fn amqp_listen(&self) -> Option<SocketAddr> {
+        None
+    }
+}
+
 fn parse_seconds(text: &str) -> Result<Duration, std::num::ParseIntError> {
     text.parse().map(Duration::from_secs)
 }
@@ -110,14 +127,15 @@ fn parse_seconds(text: &str) -> Result<Duration, std::num::ParseIntError> {
 impl Args {
     fn check(&self) -> Result<(), &'static str> {
         let files = self.tls_cert.is_some() && self.tls_key.is_some();
-        let needs_tls = self.tls_listen.is_some() || self.https_listen.is_some();
+        let needs_tls =
+            self.tls_listen.is_some() || self.https_listen.is_some() || self.amqp_listen().is_some();
         if needs_tls && !(self.self_signed || files) {
             return Err(
                 "--tls-listen and --https-listen need --tls-cert and --tls-key, or --self-signed",
             );
         }
         if !needs_tls && (files || self.self_signed) {
-            return Err("TLS flags need --tls-listen or --https-listen");
+            return Err("TLS flags need --tls-listen, --https-listen or --amqp-listen");
         }
         Ok(())
     }
@@ -241,6 +259,20 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     .with_certificate_authorities(cas)
     // Module identities (`/devices/{id}/modules/{mid}`) in the hub's own store (DIR/hub/modules).
     .with_modules(hub.modules().clone());
+    #[cfg(feature = "amqp")]
+    let amqp = match (args.amqp_listen, tls.clone()) {
+        (Some(addr), Some(tls)) => {
+            let server = iot_gateway::amqp::AmqpServer::new(
+                Arc::new(hub.clone()),
+                iot_gateway::amqp::AmqpConfig::default(),
+            )?
+            .with_service_auth(state.clone());
+            let bound = server.listen_tls(addr, tls).await?;
+            println!("amqps: {host}:{} (AMQP over TLS)", bound.port());
+            Some(server)
+        }
+        _ => None,
+    };
     let http = HttpServer::new(iot_gateway::http::router(state), http_config);
     let owner = policies
         .get("iothubowner")
@@ -292,6 +324,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         () = interrupted => {}
     }
     tail.abort();
+    #[cfg(feature = "amqp")]
+    if let Some(amqp) = amqp {
+        amqp.shutdown().await;
+    }
     http.shutdown().await;
     if let Some(server) = metrics_server {
         server.shutdown().await;

@@ -1,4 +1,4 @@
-//! One AMQP connection: TLS, SASL and `open` within the handshake timeout, the PLAIN token
+//! One AMQP connection: TLS, SASL (or none: the header says) and `open` within the handshake timeout, the PLAIN token
 //! checked before any session, then each session's links served until the connection ends.
 //! Whatever goes wrong here (a malformed or oversized frame, a bad performative, a timeout)
 //! ends this connection only.
@@ -8,13 +8,15 @@ use std::sync::{Arc, Mutex};
 
 use fe2o3_amqp::acceptor::{ConnectionAcceptor, ListenerSessionHandle};
 use fe2o3_amqp::types::definitions::AmqpError;
-use tokio::io::{AsyncRead, AsyncWrite};
+use fe2o3_amqp::connection::OpenError;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::claims::Claims;
 use super::conn::{Conn, amqp_error};
 use super::links;
+use super::replay::Replay;
 use super::sasl::{Offered, Sasl};
 use super::server::Shared;
 
@@ -31,14 +33,35 @@ pub(super) async fn serve<Io>(
     Io: AsyncRead + AsyncWrite + std::fmt::Debug + Send + Unpin + 'static,
 {
     let sasl = Sasl::default();
-    let acceptor = ConnectionAcceptor {
-        local_open: shared.open.clone(),
-        tls_acceptor: (),
-        sasl_acceptor: sasl.clone(),
-        buffer_size: shared.buffer_size,
+    let handshake = async {
+        // The protocol header says whether SASL comes first (id 3) or not (id 0); anything
+        // else is answered by the acceptor with the header it supports, then closed.
+        let mut stream = stream;
+        let mut header = [0u8; 8];
+        stream.read_exact(&mut header).await.map_err(OpenError::Io)?;
+        let stream = Replay::new(header.to_vec(), stream);
+        if header[4] == 0 {
+            ConnectionAcceptor {
+                local_open: shared.open.clone(),
+                tls_acceptor: (),
+                sasl_acceptor: (),
+                buffer_size: shared.buffer_size,
+            }
+            .accept(stream)
+            .await
+        } else {
+            ConnectionAcceptor {
+                local_open: shared.open.clone(),
+                tls_acceptor: (),
+                sasl_acceptor: sasl.clone(),
+                buffer_size: shared.buffer_size,
+            }
+            .accept(stream)
+            .await
+        }
     };
     let mut connection = tokio::select! {
-        opened = tokio::time::timeout(shared.config.handshake_timeout, acceptor.accept(stream)) => match opened {
+        opened = tokio::time::timeout(shared.config.handshake_timeout, handshake) => match opened {
             Ok(Ok(connection)) => connection,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "AMQP handshake failed");

@@ -38,6 +38,7 @@ mod connection;
 mod convert;
 mod error;
 mod links;
+mod replay;
 mod sasl;
 mod server;
 mod service;

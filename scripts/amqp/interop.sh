@@ -76,8 +76,13 @@ for want in 'message-id=node-amqp-' 'content-type=application/json' 'correlation
 done
 
 if [ "${AMQP_INTEROP_PYTHON:-1}" = 1 ]; then
-  IOT_DEVICE_CS="$device_cs" IOT_SERVICE_CS="$service_cs" IOT_CA="$ca" \
-    .venv/bin/python scripts/amqp/python_c2d.py
+  py_out=$(IOT_DEVICE_CS="$device_cs" IOT_SERVICE_CS="$service_cs" IOT_CA="$ca" \
+    .venv/bin/python scripts/amqp/python_c2d.py)
+  echo "$py_out"
+  message_id=$(echo "$py_out" | sed -n 's/^message-id: //p')
+  # azure-iot-hub has no feedback receiver: Node's reads the completion over AMQP.
+  IOT_SERVICE_CS="$service_cs" IOT_MESSAGE_ID="$message_id" NODE_EXTRA_CA_CERTS="$ca" \
+    NODE_PATH="$PWD/$node_dir/node_modules" node scripts/amqp/node_feedback.js
 fi
 
 kill -INT "$hub"

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use fe2o3_amqp::acceptor::{ConnectionAcceptor, ListenerSessionHandle};
-use fe2o3_amqp::types::definitions::AmqpError;
 use fe2o3_amqp::connection::OpenError;
+use fe2o3_amqp::types::definitions::AmqpError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -38,7 +38,10 @@ pub(super) async fn serve<Io>(
         // else is answered by the acceptor with the header it supports, then closed.
         let mut stream = stream;
         let mut header = [0u8; 8];
-        stream.read_exact(&mut header).await.map_err(OpenError::Io)?;
+        stream
+            .read_exact(&mut header)
+            .await
+            .map_err(OpenError::Io)?;
         let stream = Replay::new(header.to_vec(), stream);
         if header[4] == 0 {
             ConnectionAcceptor {

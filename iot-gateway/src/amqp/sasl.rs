@@ -1,5 +1,5 @@
-//! SASL as IoT Hub offers it: ANONYMOUS (the client then authenticates with claims-based
-//! security on `$cbs`) and PLAIN (user `{deviceId}@sas.{hub}` or `{policy}@sas.root.{hub}`,
+//! SASL as IoT Hub offers it: MSSBCBS and ANONYMOUS (the client then authenticates with
+//! claims-based security on `$cbs`) and PLAIN (user `{deviceId}@sas.{hub}` or `{policy}@sas.root.{hub}`,
 //! password a SAS token).
 //!
 //! fe2o3-amqp's SASL hook is synchronous, so it cannot ask the identity store; PLAIN is therefore
@@ -19,6 +19,9 @@ use zeroize::Zeroizing;
 
 const ANONYMOUS: &str = "ANONYMOUS";
 const PLAIN: &str = "PLAIN";
+/// Microsoft's mechanism for "authenticates with `$cbs` next" (uamqp, the Python service SDK's
+/// AMQP stack, asks for it); it carries no credential, so it is ANONYMOUS by another name.
+const MSSBCBS: &str = "MSSBCBS";
 /// The longest PLAIN response taken (user, password and separators); SAS tokens are a few
 /// hundred bytes.
 const MAX_PLAIN: usize = 4096;
@@ -89,12 +92,16 @@ fn plain_password(response: &[u8]) -> Option<Zeroizing<String>> {
 
 impl SaslAcceptor for Sasl {
     fn mechanisms(&self) -> Array<Symbol> {
-        Array::from(vec![Symbol::from(ANONYMOUS), Symbol::from(PLAIN)])
+        Array::from(vec![
+            Symbol::from(MSSBCBS),
+            Symbol::from(PLAIN),
+            Symbol::from(ANONYMOUS),
+        ])
     }
 
     fn on_init(&mut self, init: SaslInit) -> SaslServerFrame {
         match init.mechanism.as_str() {
-            ANONYMOUS => {
+            ANONYMOUS | MSSBCBS => {
                 self.set(Offered::Anonymous);
                 outcome(SaslCode::Ok)
             }

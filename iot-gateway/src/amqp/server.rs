@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use fe2o3_amqp::acceptor::LinkAcceptor;
+use fe2o3_amqp::acceptor::SupportedReceiverSettleModes;
+use fe2o3_amqp::types::definitions::ReceiverSettleMode;
 use fe2o3_amqp::types::performatives::Open;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -56,8 +58,12 @@ impl AmqpServer {
             .max_frame_size(config.max_frame_size)
             .idle_time_out(u32::try_from(config.idle_timeout.as_millis()).unwrap_or(u32::MAX))
             .build();
+        // Deliveries are settled at once when accepted (receiver settle mode `first`), as IoT
+        // Hub does: uamqp asks for `second` but waits for a settled disposition.
         let links = LinkAcceptor::builder()
             .max_message_size(config.max_message_size)
+            .supported_receiver_settle_modes(SupportedReceiverSettleModes::First)
+            .fallback_receiver_settle_mode(ReceiverSettleMode::First)
             .build();
         let slots = Arc::new(Semaphore::new(config.max_connections));
         Ok(AmqpServer {

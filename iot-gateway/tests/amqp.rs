@@ -446,3 +446,100 @@ async fn expiry_closes_the_links_a_token_authorized_and_renewal_keeps_them() {
     assert_eq!(fx.telemetry_of(&lapsing).await.len(), 1);
     let _ = sas::unix_now();
 }
+
+/// Writes `bytes` on a fresh TLS connection and reports whether the endpoint then closes it
+/// (EOF or an error) within `PATIENCE`.
+async fn closes_after(fx: &Fixture, bytes: &[u8]) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = fx.tls().await;
+    if stream.write_all(bytes).await.is_err() {
+        return true;
+    }
+    let _ = stream.flush().await;
+    let mut buf = vec![0u8; 4096];
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// An AMQP frame: size, data offset 2, type 0 (AMQP), channel 0, then `body`.
+fn frame(body: &[u8]) -> Vec<u8> {
+    let size = u32::try_from(8 + body.len()).expect("size");
+    let mut out = size.to_be_bytes().to_vec();
+    out.extend_from_slice(&[2, 0, 0, 0]);
+    out.extend_from_slice(body);
+    out
+}
+
+const AMQP_HEADER: &[u8] = b"AMQP\x00\x01\x00\x00";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_closes_that_connection_and_leaves_others_alone() {
+    let mut config = iot_gateway::amqp::AmqpConfig::default();
+    config.handshake_timeout = Duration::from_secs(1);
+    let fx = Fixture::with_config(config).await;
+    let (id, key) = fx.device("amqp-hostile").await;
+    let mut good = fx.client().await;
+    assert_eq!(
+        good.put_token(&audience(&id), &fx.device_token(&id, &key, 3600))
+            .await,
+        200
+    );
+    let mut sender = Sender::attach(&mut good.session, "tel", events(&id))
+        .await
+        .expect("attach");
+
+    // Not AMQP at all.
+    assert!(
+        closes_after(&fx, b"GET / HTTP/1.1\r\n\r\n").await,
+        "a non-AMQP header"
+    );
+    // A truncated frame: the header promises 100 bytes, 10 come, then nothing (the handshake
+    // timeout ends it).
+    let mut truncated = AMQP_HEADER.to_vec();
+    truncated.extend_from_slice(&frame(&[0u8; 92])[..18]);
+    assert!(closes_after(&fx, &truncated).await, "a truncated frame");
+    // An oversized frame (2 GiB announced).
+    let mut oversized = AMQP_HEADER.to_vec();
+    oversized.extend_from_slice(&[0x7f, 0xff, 0xff, 0xff, 2, 0, 0, 0]);
+    oversized.extend_from_slice(&[0u8; 64]);
+    assert!(closes_after(&fx, &oversized).await, "an oversized frame");
+    // A frame size below the header's own 8 bytes.
+    let mut undersized = AMQP_HEADER.to_vec();
+    undersized.extend_from_slice(&[0, 0, 0, 4, 2, 0, 0, 0]);
+    assert!(closes_after(&fx, &undersized).await, "an undersized frame");
+    // A performative that does not exist (descriptor 0x77), and garbage in place of `open`.
+    let mut bad = AMQP_HEADER.to_vec();
+    bad.extend_from_slice(&frame(&[0x00, 0x53, 0x77, 0x45]));
+    assert!(closes_after(&fx, &bad).await, "an unknown performative");
+    let mut garbage = AMQP_HEADER.to_vec();
+    garbage.extend_from_slice(&frame(&[0xde, 0xad, 0xbe, 0xef, 0x01, 0x02]));
+    assert!(closes_after(&fx, &garbage).await, "garbage in a frame");
+    // A slow handshake: TCP connected, nothing sent (not even TLS).
+    let mut slow = tokio::net::TcpStream::connect(fx.addr).await.expect("tcp");
+    let started = tokio::time::Instant::now();
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(
+        PATIENCE,
+        tokio::io::AsyncReadExt::read(&mut slow, &mut byte),
+    )
+    .await
+    .expect("the slow connection is closed in time");
+    assert!(matches!(closed, Ok(0) | Err(_)));
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // The good connection was untouched.
+    let outcome = sender
+        .send(message(b"still here", Properties::default(), app(&[])))
+        .await
+        .expect("send");
+    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+    assert_eq!(fx.telemetry_of(&id).await.len(), 1);
+}

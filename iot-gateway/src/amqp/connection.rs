@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::claims::Claims;
 use super::conn::{Conn, amqp_error};
+use super::guard::Guarded;
 use super::links;
 use super::replay::Replay;
 use super::sasl::{Offered, Sasl};
@@ -42,7 +43,7 @@ pub(super) async fn serve<Io>(
             .read_exact(&mut header)
             .await
             .map_err(OpenError::Io)?;
-        let stream = Replay::new(header.to_vec(), stream);
+        let stream = Guarded::new(Replay::new(header.to_vec(), stream));
         if header[4] == 0 {
             ConnectionAcceptor {
                 local_open: shared.open.clone(),

@@ -37,6 +37,7 @@ mod conn;
 mod connection;
 mod convert;
 mod error;
+mod guard;
 mod links;
 mod replay;
 mod sasl;

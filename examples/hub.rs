@@ -127,8 +127,9 @@ fn parse_seconds(text: &str) -> Result<Duration, std::num::ParseIntError> {
 impl Args {
     fn check(&self) -> Result<(), &'static str> {
         let files = self.tls_cert.is_some() && self.tls_key.is_some();
-        let needs_tls =
-            self.tls_listen.is_some() || self.https_listen.is_some() || self.amqp_listen().is_some();
+        let needs_tls = self.tls_listen.is_some()
+            || self.https_listen.is_some()
+            || self.amqp_listen().is_some();
         if needs_tls && !(self.self_signed || files) {
             return Err(
                 "--tls-listen and --https-listen need --tls-cert and --tls-key, or --self-signed",

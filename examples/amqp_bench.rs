@@ -167,7 +167,8 @@ async fn amqp_phase(
 ) -> Result<Duration, Error> {
     let start = Arc::new(tokio::sync::Barrier::new(devices.len() + 1));
     let mut tasks = Vec::new();
-    for (id, token) in devices.iter().cloned() {
+    for (id, token) in devices {
+        let (id, token) = (id.clone(), token.clone());
         let start = start.clone();
         let (messages, payload) = (args.messages, args.payload);
         tasks.push(tokio::spawn(async move {
@@ -279,7 +280,8 @@ async fn mqtt_phase(
 ) -> Result<Duration, Error> {
     let start = Arc::new(tokio::sync::Barrier::new(devices.len() + 1));
     let mut tasks = Vec::new();
-    for (id, token) in devices.iter().cloned() {
+    for (id, token) in devices {
+        let (id, token) = (id.clone(), token.clone());
         let start = start.clone();
         let (messages, payload) = (args.messages, args.payload);
         tasks.push(tokio::spawn(async move {

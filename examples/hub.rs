@@ -8,6 +8,7 @@
 //!     [--metrics-listen ADDR] [--run-for SECONDS]
 //!     [--ui] [--admin-user NAME] [--admin-password-file FILE]
 //!     [--eventhubs-listen 127.0.0.1:5671]   # with --features eventhubs
+//!     [--amqp-listen ADDR]                  # with --features amqp (needs the TLS flags)
 //! ```
 //!
 //! It opens (or creates) under `DIR` the identity store, the registry, the provisioning journal,
@@ -95,6 +96,11 @@ struct Args {
     /// MQTT over WebSocket (ws://ADDR/$iothub/websocket).
     #[arg(long, value_name = "ADDR")]
     ws_listen: Option<SocketAddr>,
+    /// IoT Hub's AMQP 1.0 endpoint over TLS (IoT Hub's 5671; needs the TLS flags; feature
+    /// `amqp`, docs/amqp.md).
+    #[cfg(feature = "amqp")]
+    #[arg(long, value_name = "ADDR")]
+    amqp_listen: Option<SocketAddr>,
     /// The server certificate chain (PEM).
     #[arg(long, value_name = "CERT.pem", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -132,6 +138,18 @@ struct Args {
     admin_password_file: Option<PathBuf>,
 }
 
+impl Args {
+    #[cfg(feature = "amqp")]
+    fn amqp_listen(&self) -> Option<SocketAddr> {
+        self.amqp_listen
+    }
+
+    #[cfg(not(feature = "amqp"))]
+    fn amqp_listen(&self) -> Option<SocketAddr> {
+        None
+    }
+}
+
 fn parse_seconds(text: &str) -> Result<Duration, std::num::ParseIntError> {
     text.parse().map(Duration::from_secs)
 }
@@ -139,7 +157,9 @@ fn parse_seconds(text: &str) -> Result<Duration, std::num::ParseIntError> {
 impl Args {
     fn check(&self) -> Result<(), &'static str> {
         let files = self.tls_cert.is_some() && self.tls_key.is_some();
-        let needs_tls = self.tls_listen.is_some() || self.https_listen.is_some();
+        let needs_tls = self.tls_listen.is_some()
+            || self.https_listen.is_some()
+            || self.amqp_listen().is_some();
         if needs_tls && !(self.self_signed || files) {
             return Err(
                 "--tls-listen and --https-listen need --tls-cert and --tls-key, or --self-signed",
@@ -150,7 +170,9 @@ impl Args {
         #[cfg(not(feature = "eventhubs"))]
         let eventhubs = false;
         if !needs_tls && !eventhubs && (files || self.self_signed) {
-            return Err("TLS flags need --tls-listen, --https-listen or --eventhubs-listen");
+            return Err(
+                "TLS flags need --tls-listen, --https-listen, --amqp-listen or --eventhubs-listen",
+            );
         }
         if self.ui && self.https_listen.is_none() && self.http_listen.is_none() {
             return Err("--ui needs --https-listen or --http-listen");
@@ -298,6 +320,20 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // under DIR/fleet; a job that was running resumes here (docs/fleet.md).
     let fleet = open_fleet(&state, dir).await?;
     let state = state.with_fleet(fleet.clone());
+    #[cfg(feature = "amqp")]
+    let amqp = match (args.amqp_listen, tls.clone()) {
+        (Some(addr), Some(tls)) => {
+            let server = iot_gateway::amqp::AmqpServer::new(
+                Arc::new(hub.clone()),
+                iot_gateway::amqp::AmqpConfig::default(),
+            )?
+            .with_service_auth(state.clone());
+            let bound = server.listen_tls(addr, tls).await?;
+            println!("amqps: {host}:{} (AMQP over TLS)", bound.port());
+            Some(server)
+        }
+        _ => None,
+    };
     let streams = state.clone();
     let router = if args.ui {
         iot_gateway::http::router_with_ui(state)
@@ -372,6 +408,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     #[cfg(feature = "eventhubs")]
     if let Some(endpoint) = eventhubs {
         endpoint.stop();
+    }
+    #[cfg(feature = "amqp")]
+    if let Some(amqp) = amqp {
+        amqp.shutdown().await;
     }
     http.shutdown().await;
     fleet.jobs.shutdown();

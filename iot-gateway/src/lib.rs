@@ -79,5 +79,7 @@ pub mod client;
 #[cfg(feature = "edge")]
 pub mod edge;
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 #[cfg(feature = "coap")]
 pub mod coap;

@@ -1,0 +1,330 @@
+//! AMQP telemetry throughput against the MQTT endpoint, in the same run on the same hub:
+//! `--devices` devices (100) each send `--messages` messages (300; 30 with `--quick`) of
+//! `--payload` bytes (100) at once, over the AMQP endpoint (fe2o3-amqp clients: `$cbs`
+//! put-token, one sender link, up to 16 messages awaiting their disposition) and then over
+//! the MQTT endpoint (rumqttc clients, QoS 1, 16 in flight). Both on plain TCP loopback, the
+//! hub in memory with throttling off; a message counts once the endpoint acknowledged it
+//! (accepted / PUBACK), which it does once the message is in the log.
+//!
+//! ```text
+//! cargo run --release --example amqp_bench --features amqp [-- --quick] [--devices N] [--messages N]
+//! ```
+//!
+//! The last line is a JSON object with `amqp_msgs_per_s`, `mqtt_msgs_per_s` and `amqp_vs_mqtt`
+//! (the goal is at least 0.5); the Event Hubs endpoint's figures are another benchmark's.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fe2o3_amqp::types::messaging::{
+    AmqpValue, ApplicationProperties, Body, Data, Message, MessageId, Properties,
+};
+use fe2o3_amqp::types::primitives::{OrderedMap, SimpleValue, Value};
+use fe2o3_amqp::{Connection, Receiver, Sender, Session};
+use iot_core::DeviceId;
+use iot_gateway::amqp::{AmqpConfig, AmqpServer};
+use iot_gateway::mqtt::{MqttConfig, MqttServer};
+use iot_gateway::{Hub, HubConfig, ThrottleConfig};
+use iot_identity::{
+    Credentials, IdentityStore, MemoryIdentityStore, NewIdentity, SymmetricKey, sas,
+};
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+
+const HOST: &str = "bench.local";
+/// Messages a device has awaiting acknowledgement at once, on both protocols.
+const WINDOW: usize = 16;
+
+struct Args {
+    devices: usize,
+    messages: usize,
+    payload: usize,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut args = Args {
+        devices: 100,
+        messages: 300,
+        payload: 100,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut number = |name: &str| -> Result<usize, String> {
+            it.next()
+                .and_then(|v| v.parse().ok())
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{name} needs a positive number"))
+        };
+        match flag.as_str() {
+            "--quick" => args.messages = 30,
+            "--devices" => args.devices = number("--devices")?,
+            "--messages" => args.messages = number("--messages")?,
+            "--payload" => args.payload = number("--payload")?,
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(args)
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = match parse() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!(
+                "usage: amqp_bench [--quick] [--devices N] [--messages N] [--payload BYTES]\n{e}"
+            );
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Error> {
+    let identity = Arc::new(MemoryIdentityStore::new());
+    let mut config = HubConfig::default();
+    config.throttle = ThrottleConfig::unlimited();
+    let hub = Hub::builder(identity.clone() as Arc<dyn IdentityStore>, HOST)
+        .config(config)
+        .build()
+        .await?;
+    let mut devices = Vec::with_capacity(args.devices);
+    for i in 0..args.devices {
+        let id: DeviceId = format!("bench-{i}").parse()?;
+        let key = SymmetricKey::generate();
+        identity
+            .create(NewIdentity::new(
+                id.clone(),
+                Credentials::SymmetricKeys {
+                    primary: key.clone(),
+                    secondary: SymmetricKey::generate(),
+                },
+            ))
+            .await?;
+        let token = sas::generate(
+            &sas::device_resource(HOST, &id),
+            &key,
+            sas::unix_now() + 3600,
+            None,
+        )?;
+        devices.push((id, token.as_str().to_owned()));
+    }
+    let total = (args.devices * args.messages) as f64;
+
+    let amqp = AmqpServer::new(Arc::new(hub.clone()), AmqpConfig::default())?;
+    let amqp_addr = amqp.listen_tcp("127.0.0.1:0".parse()?).await?;
+    let amqp_elapsed = amqp_phase(amqp_addr, &devices, &args).await?;
+    amqp.shutdown().await;
+    let amqp_rate = total / amqp_elapsed.as_secs_f64();
+    println!(
+        "amqp: {} devices x {} messages in {:.2} s: {:.0} msgs/s",
+        args.devices,
+        args.messages,
+        amqp_elapsed.as_secs_f64(),
+        amqp_rate
+    );
+
+    let mqtt = MqttServer::new(Arc::new(hub.clone()), MqttConfig::default())?;
+    let mqtt_addr = mqtt.listen_tcp("127.0.0.1:0".parse()?).await?;
+    let mqtt_elapsed = mqtt_phase(mqtt_addr, &devices, &args).await?;
+    mqtt.shutdown().await;
+    let mqtt_rate = total / mqtt_elapsed.as_secs_f64();
+    println!(
+        "mqtt: {} devices x {} messages in {:.2} s: {:.0} msgs/s",
+        args.devices,
+        args.messages,
+        mqtt_elapsed.as_secs_f64(),
+        mqtt_rate
+    );
+    hub.shutdown().await;
+    println!(
+        "{}",
+        serde_json::json!({
+            "devices": args.devices,
+            "messages_per_device": args.messages,
+            "payload_bytes": args.payload,
+            "amqp_msgs_per_s": amqp_rate.round(),
+            "mqtt_msgs_per_s": mqtt_rate.round(),
+            "amqp_vs_mqtt": (amqp_rate / mqtt_rate * 100.0).round() / 100.0,
+        })
+    );
+    Ok(())
+}
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Connects every device (put-token, sender link), then times them all sending at once.
+async fn amqp_phase(
+    addr: std::net::SocketAddr,
+    devices: &[(DeviceId, String)],
+    args: &Args,
+) -> Result<Duration, Error> {
+    let start = Arc::new(tokio::sync::Barrier::new(devices.len() + 1));
+    let mut tasks = Vec::new();
+    for (id, token) in devices {
+        let (id, token) = (id.clone(), token.clone());
+        let start = start.clone();
+        let (messages, payload) = (args.messages, args.payload);
+        tasks.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let mut connection = Connection::builder()
+                .container_id(id.as_str())
+                .open_with_stream(stream)
+                .await?;
+            let mut session = Session::begin(&mut connection).await?;
+            put_token(&mut session, &id, &token).await?;
+            let mut sender = Sender::attach(
+                &mut session,
+                "events",
+                format!("/devices/{id}/messages/events"),
+            )
+            .await?;
+            start.wait().await;
+            let mut pending = std::collections::VecDeque::new();
+            for n in 0..messages {
+                let message = Message::builder()
+                    .properties(Properties {
+                        message_id: Some(MessageId::String(format!("{id}-{n}"))),
+                        ..Properties::default()
+                    })
+                    .body(Body::<Value>::Data(
+                        vec![Data(vec![7u8; payload].into())].into(),
+                    ))
+                    .build();
+                pending.push_back(sender.send_batchable(message).await?);
+                if pending.len() >= WINDOW
+                    && let Some(oldest) = pending.pop_front()
+                {
+                    oldest.await?;
+                }
+            }
+            for outcome in pending {
+                outcome.await?;
+            }
+            let _ = sender.close().await;
+            let _ = session.end().await;
+            let _ = connection.close().await;
+            Ok::<(), Error>(())
+        }));
+    }
+    start.wait().await;
+    let began = Instant::now();
+    for task in tasks {
+        task.await??;
+    }
+    Ok(began.elapsed())
+}
+
+async fn put_token(
+    session: &mut fe2o3_amqp::session::SessionHandle<()>,
+    id: &DeviceId,
+    token: &str,
+) -> Result<(), Error> {
+    let mut sender = Sender::attach(session, "cbs-sender", "$cbs").await?;
+    let mut receiver = Receiver::builder()
+        .name("cbs-receiver")
+        .source("$cbs")
+        .target("cbs")
+        .attach(session)
+        .await?;
+    let mut app = OrderedMap::new();
+    app.insert(
+        "operation".to_string(),
+        SimpleValue::String("put-token".into()),
+    );
+    app.insert(
+        "type".to_string(),
+        SimpleValue::String("servicebus.windows.net:sastoken".into()),
+    );
+    app.insert(
+        "name".to_string(),
+        SimpleValue::String(format!("{HOST}/devices/{id}")),
+    );
+    let request = Message::builder()
+        .properties(Properties {
+            message_id: Some(MessageId::String("put".into())),
+            reply_to: Some("cbs".into()),
+            ..Properties::default()
+        })
+        .application_properties(ApplicationProperties(app))
+        .body(Body::Value(AmqpValue(Value::String(token.to_owned()))))
+        .build();
+    sender.send(request).await?;
+    let reply = receiver.recv::<Body<Value>>().await?;
+    receiver.accept(&reply).await?;
+    let status = reply
+        .message()
+        .application_properties
+        .as_ref()
+        .and_then(|ApplicationProperties(map)| map.get("status-code").cloned());
+    if status != Some(SimpleValue::Int(200)) {
+        return Err(format!("put-token for {id} answered {status:?}").into());
+    }
+    let _ = sender.close().await;
+    let _ = receiver.close().await;
+    Ok(())
+}
+
+/// Connects every device over MQTT, then times them all publishing at QoS 1.
+async fn mqtt_phase(
+    addr: std::net::SocketAddr,
+    devices: &[(DeviceId, String)],
+    args: &Args,
+) -> Result<Duration, Error> {
+    let start = Arc::new(tokio::sync::Barrier::new(devices.len() + 1));
+    let mut tasks = Vec::new();
+    for (id, token) in devices {
+        let (id, token) = (id.clone(), token.clone());
+        let start = start.clone();
+        let (messages, payload) = (args.messages, args.payload);
+        tasks.push(tokio::spawn(async move {
+            let mut options = MqttOptions::new(id.as_str(), addr.ip().to_string(), addr.port());
+            options.set_keep_alive(Duration::from_secs(60));
+            options.set_inflight(WINDOW as u16);
+            options.set_credentials(format!("{HOST}/{id}/?api-version=2021-04-12"), token);
+            let (client, mut eventloop) = AsyncClient::new(options, 64);
+            // Wait for the CONNACK before the clock starts.
+            loop {
+                if let Event::Incoming(Incoming::ConnAck(_)) = eventloop.poll().await? {
+                    break;
+                }
+            }
+            start.wait().await;
+            let topic = format!("devices/{id}/messages/events/");
+            let publisher = tokio::spawn(async move {
+                for _ in 0..messages {
+                    if client
+                        .publish(topic.as_str(), QoS::AtLeastOnce, false, vec![7u8; payload])
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                client
+            });
+            let mut acked = 0;
+            while acked < messages {
+                if let Event::Incoming(Incoming::PubAck(_)) = eventloop.poll().await? {
+                    acked += 1;
+                }
+            }
+            let client = publisher.await?;
+            let _ = client.disconnect().await;
+            Ok::<(), Error>(())
+        }));
+    }
+    start.wait().await;
+    let began = Instant::now();
+    for task in tasks {
+        task.await??;
+    }
+    Ok(began.elapsed())
+}

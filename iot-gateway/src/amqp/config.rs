@@ -1,0 +1,44 @@
+//! Limits and timeouts of the AMQP endpoint.
+
+use std::time::Duration;
+
+/// How the AMQP endpoint behaves. `Default` gives IoT Hub's figures where it publishes them.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct AmqpConfig {
+    /// The container id in the endpoint's `open` performative.
+    pub container_id: String,
+    /// The largest frame a peer may send (and the endpoint sends); a larger frame closes the
+    /// connection with `amqp:connection:framing-error`. 64 KiB.
+    pub max_frame_size: u32,
+    /// The largest message (a multi-frame transfer) a link takes: IoT Hub's 256 KiB message
+    /// limit plus room for the AMQP sections around the body.
+    pub max_message_size: u64,
+    /// The idle timeout announced in `open`: a peer that sends nothing (not even an empty
+    /// frame) for twice this long is disconnected. IoT Hub announces 240 s.
+    pub idle_timeout: Duration,
+    /// How long the TLS handshake, the SASL exchange and the `open` may take together before
+    /// the connection is dropped (slow handshakes hold no resources for long).
+    pub handshake_timeout: Duration,
+    /// Connections served at once; more are closed at accept.
+    pub max_connections: usize,
+    /// How often an idle feedback link looks for new feedback records.
+    pub feedback_poll: Duration,
+    /// The most feedback records in one feedback message (IoT Hub batches them).
+    pub feedback_batch: usize,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig {
+            container_id: "iot-gateway".to_string(),
+            max_frame_size: 64 * 1024,
+            max_message_size: 256 * 1024 + 16 * 1024,
+            idle_timeout: Duration::from_secs(240),
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            feedback_poll: Duration::from_millis(250),
+            feedback_batch: 64,
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! The listener: accepts TCP connections (TLS first on a TLS listener), at most
+//! `max_connections` at once, each served by a task of its own.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use fe2o3_amqp::acceptor::LinkAcceptor;
+use fe2o3_amqp::acceptor::SupportedReceiverSettleModes;
+use fe2o3_amqp::types::definitions::ReceiverSettleMode;
+use fe2o3_amqp::types::performatives::Open;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::config::AmqpConfig;
+use super::error::Error;
+use super::links::Links;
+use crate::gateway::Gateway;
+use crate::http::HttpState;
+use crate::mqtt::TlsConfig;
+
+/// What every connection of the endpoint shares.
+#[derive(Debug)]
+pub(super) struct Shared {
+    pub(super) gateway: Arc<dyn Gateway>,
+    pub(super) service_auth: Option<HttpState>,
+    pub(super) config: AmqpConfig,
+    pub(super) open: Open,
+    pub(super) links: Links,
+    pub(super) buffer_size: usize,
+    /// The next feedback record to hand out (IoT Hub's feedback is one queue per hub).
+    pub(super) feedback_cursor: AtomicU64,
+}
+
+/// IoT Hub's AMQP 1.0 endpoint over a [`Gateway`]; see the [module docs](super).
+#[derive(Debug)]
+pub struct AmqpServer {
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+    slots: Arc<Semaphore>,
+}
+
+impl AmqpServer {
+    /// An endpoint for `gateway`. Without [`with_service_auth`](Self::with_service_auth) it
+    /// takes device tokens only (the service links are refused).
+    pub fn new(gateway: Arc<dyn Gateway>, config: AmqpConfig) -> Result<Self, Error> {
+        if config.max_frame_size < 512 || config.max_connections == 0 || config.feedback_batch == 0
+        {
+            return Err(Error::Config(
+                "max_frame_size must be at least 512 (AMQP's minimum), max_connections and feedback_batch at least 1".into(),
+            ));
+        }
+        let acceptor = fe2o3_amqp::acceptor::ConnectionAcceptor::builder()
+            .container_id(config.container_id.clone())
+            .max_frame_size(config.max_frame_size)
+            .idle_time_out(u32::try_from(config.idle_timeout.as_millis()).unwrap_or(u32::MAX))
+            .build();
+        // Deliveries are settled at once when accepted (receiver settle mode `first`), as IoT
+        // Hub does: uamqp asks for `second` but waits for a settled disposition.
+        let links = LinkAcceptor::builder()
+            .max_message_size(config.max_message_size)
+            .supported_receiver_settle_modes(SupportedReceiverSettleModes::First)
+            .fallback_receiver_settle_mode(ReceiverSettleMode::First)
+            .build();
+        let slots = Arc::new(Semaphore::new(config.max_connections));
+        Ok(AmqpServer {
+            shared: Arc::new(Shared {
+                gateway,
+                service_auth: None,
+                open: acceptor.local_open,
+                links,
+                buffer_size: acceptor.buffer_size,
+                config,
+                feedback_cursor: AtomicU64::new(0),
+            }),
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            slots,
+        })
+    }
+
+    /// Takes service SAS tokens (shared access policies) the way the HTTP service API does,
+    /// which opens `/messages/devicebound` and `/messages/serviceBound/feedback` to back ends
+    /// whose policy has `ServiceConnect`. Call before listening.
+    pub fn with_service_auth(mut self, state: HttpState) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.service_auth = Some(state);
+        }
+        self
+    }
+
+    /// Serves AMQP over TLS (IoT Hub's `amqps`, port 5671) on `addr`; returns the bound address.
+    pub async fn listen_tls(&self, addr: SocketAddr, tls: TlsConfig) -> Result<SocketAddr, Error> {
+        self.listen(addr, Some(tls)).await
+    }
+
+    /// Serves AMQP over plain TCP on `addr` (no TLS: tokens travel in the clear; for tests and
+    /// trusted networks). Returns the bound address.
+    pub async fn listen_tcp(&self, addr: SocketAddr) -> Result<SocketAddr, Error> {
+        self.listen(addr, None).await
+    }
+
+    async fn listen(&self, addr: SocketAddr, tls: Option<TlsConfig>) -> Result<SocketAddr, Error> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| Error::Bind { addr, source })?;
+        let shared = self.shared.clone();
+        let stop = self.stop.clone();
+        let tasks = self.tasks.clone();
+        let slots = self.slots.clone();
+        tracing::info!(%bound, tls = tls.is_some(), "AMQP endpoint listening");
+        self.tasks.spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    () = stop.cancelled() => return,
+                };
+                let (stream, peer) = match accepted {
+                    Ok(got) => got,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "AMQP accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, "AMQP connection refused: too many connections");
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                let stop = stop.clone();
+                let tls = tls.clone();
+                tasks.spawn(async move {
+                    let _slot = slot;
+                    match tls {
+                        Some(tls) => {
+                            let handshake = tokio::time::timeout(
+                                shared.config.handshake_timeout,
+                                tls.acceptor().accept(stream),
+                            )
+                            .await;
+                            match handshake {
+                                Ok(Ok(stream)) => {
+                                    super::connection::serve(shared, stream, peer, stop).await
+                                }
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                                }
+                                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                            }
+                        }
+                        None => super::connection::serve(shared, stream, peer, stop).await,
+                    }
+                });
+            }
+        });
+        Ok(bound)
+    }
+
+    /// Stops listening, closes every connection and ends their device sessions.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}

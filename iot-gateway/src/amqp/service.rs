@@ -1,0 +1,121 @@
+//! The back end's links: `/messages/devicebound` (send C2D messages; `to` names the device)
+//! and `/messages/serviceBound/feedback` (receive delivery feedback, batched as IoT Hub does:
+//! a JSON array of records per message, content type
+//! `application/vnd.microsoft.iothub.feedback.json`). Both need a service token of a policy
+//! with `ServiceConnect`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use fe2o3_amqp::link::{Receiver, Sender};
+use fe2o3_amqp::types::definitions::AmqpError;
+use fe2o3_amqp::types::messaging::{Body, Outcome};
+use fe2o3_amqp::types::primitives::Value;
+use tokio::sync::watch;
+
+use super::claims::{ServiceGrant, lapsed};
+use super::conn::{Conn, amqp_error, gateway_error};
+use super::convert;
+
+/// `/messages/devicebound`: each message is queued for the device `to` names; accepted once
+/// queued, rejected with the reason otherwise (unknown device: `amqp:not-found`).
+pub(super) async fn devicebound(
+    conn: Arc<Conn>,
+    mut receiver: Receiver,
+    mut grant: watch::Receiver<Option<ServiceGrant>>,
+) {
+    loop {
+        let delivery = tokio::select! {
+            d = receiver.recv::<Body<Value>>() => match d {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::debug!(error = %e, "service C2D link ended");
+                    return;
+                }
+            },
+            () = lapsed(&mut grant) => {
+                let _ = receiver
+                    .close_with_error(amqp_error(AmqpError::UnauthorizedAccess, "the token expired"))
+                    .await;
+                return;
+            }
+            () = conn.closed.cancelled() => return,
+        };
+        let outcome = match convert::c2d_message(delivery.message()) {
+            Ok((device, message)) => conn
+                .shared
+                .gateway
+                .send_c2d(&device, message)
+                .await
+                .map(|_| ())
+                .map_err(|e| gateway_error(&e)),
+            Err(convert::Unusable(reason)) => Err(amqp_error(AmqpError::InvalidField, reason)),
+        };
+        let settled = match outcome {
+            Ok(()) => receiver.accept(&delivery).await,
+            Err(error) => receiver.reject(&delivery, error).await,
+        };
+        if let Err(e) = settled {
+            tracing::debug!(error = %e, "service C2D disposition failed");
+            return;
+        }
+    }
+}
+
+/// `/messages/serviceBound/feedback`: feedback records from the endpoint's feedback cursor, in
+/// batches. A batch the back end accepts moves the cursor past it (IoT Hub's feedback is a
+/// queue: what one receiver completed, no receiver sees again); any other outcome, or none,
+/// sends it again.
+pub(super) async fn feedback(
+    conn: Arc<Conn>,
+    mut sender: Sender,
+    mut grant: watch::Receiver<Option<ServiceGrant>>,
+) {
+    let shared = conn.shared.clone();
+    let mut batch_id = 0u64;
+    loop {
+        let from = shared.feedback_cursor.load(Ordering::Acquire);
+        let records = match shared
+            .gateway
+            .read_feedback(from, shared.config.feedback_batch)
+            .await
+        {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading feedback failed");
+                Vec::new()
+            }
+        };
+        if records.is_empty() {
+            tokio::select! {
+                () = tokio::time::sleep(shared.config.feedback_poll) => continue,
+                () = lapsed(&mut grant) => {
+                    let _ = sender
+                        .close_with_error(amqp_error(AmqpError::UnauthorizedAccess, "the token expired"))
+                        .await;
+                    return;
+                }
+                _ = sender.on_detach() => return,
+                () = conn.closed.cancelled() => return,
+            }
+        }
+        batch_id += 1;
+        let next = records.last().map_or(from, |r| r.offset + 1);
+        let message = convert::feedback_batch(&records, batch_id);
+        let outcome = tokio::select! {
+            outcome = sender.send(message) => outcome,
+            () = conn.closed.cancelled() => return,
+        };
+        match outcome {
+            Ok(Outcome::Accepted(_)) => {
+                // Never backwards: another receiver may have moved it further meanwhile.
+                shared.feedback_cursor.fetch_max(next, Ordering::AcqRel);
+            }
+            Ok(_) => tokio::time::sleep(shared.config.feedback_poll).await,
+            Err(e) => {
+                tracing::debug!(error = %e, "feedback link ended");
+                return;
+            }
+        }
+    }
+}

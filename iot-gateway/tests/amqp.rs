@@ -1,0 +1,545 @@
+//! The AMQP endpoint (feature `amqp`) over TLS, with fe2o3-amqp's client as the peer:
+//! claims-based security and SASL PLAIN, device telemetry and C2D links, the service links,
+//! token expiry and renewal, and hostile input.
+
+mod amqp_support;
+
+use std::time::Duration;
+
+use amqp_support::{Fixture, HOST, PATIENCE, app, message};
+use fe2o3_amqp::sasl_profile::SaslProfile;
+use fe2o3_amqp::types::messaging::{Body, MessageId, Outcome, Properties};
+use fe2o3_amqp::types::primitives::{SimpleValue, Symbol, Value};
+use fe2o3_amqp::{Receiver, Sender};
+use iot_gateway::message::header;
+use iot_gateway::{AckRequest, C2dMessage, FeedbackStatus, Gateway};
+use iot_identity::{SymmetricKey, sas};
+
+fn events(id: &iot_core::DeviceId) -> String {
+    format!("/devices/{id}/messages/events")
+}
+
+fn bound(id: &iot_core::DeviceId) -> String {
+    format!("/devices/{id}/messages/deviceBound")
+}
+
+async fn next(receiver: &mut Receiver) -> fe2o3_amqp::link::delivery::Delivery<Body<Value>> {
+    tokio::time::timeout(PATIENCE, receiver.recv::<Body<Value>>())
+        .await
+        .expect("a C2D message in time")
+        .expect("delivery")
+}
+
+fn audience(id: &iot_core::DeviceId) -> String {
+    format!("{HOST}/devices/{id}")
+}
+
+/// Whether a sender link to `address` is refused: the attach fails, or the link is closed
+/// before a message is taken.
+async fn sender_refused(client: &mut amqp_support::Client, address: &str) -> bool {
+    let Ok(mut sender) = Sender::attach(&mut client.session, "probe", address).await else {
+        return true;
+    };
+    let sent = tokio::time::timeout(
+        PATIENCE,
+        sender.send(message(b"x", Properties::default(), app(&[]))),
+    )
+    .await;
+    let refused = !matches!(sent, Ok(Ok(Outcome::Accepted(_))));
+    let _ = sender.close().await;
+    refused
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_token_then_telemetry_lands_with_properties() {
+    let fx = Fixture::start().await;
+    let (id, key) = fx.device("amqp-tel").await;
+    let mut client = fx.client().await;
+    let status = client
+        .put_token(&audience(&id), &fx.device_token(&id, &key, 3600))
+        .await;
+    assert_eq!(status, 200);
+    let mut sender = Sender::attach(&mut client.session, "tel", events(&id))
+        .await
+        .expect("attach");
+    let props = Properties {
+        message_id: Some(MessageId::String("m-1".into())),
+        correlation_id: Some(MessageId::String("c-1".into())),
+        content_type: Some(Symbol::from("application/json")),
+        content_encoding: Some(Symbol::from("utf-8")),
+        ..Properties::default()
+    };
+    let m = message(
+        br#"{"t":21.5}"#,
+        props,
+        app(&[
+            ("temp", SimpleValue::Double(21.5.into())),
+            ("site", SimpleValue::String("a b".into())),
+            // Only the gateway stamps these.
+            (
+                "iothub-connection-device-id",
+                SimpleValue::String("forged".into()),
+            ),
+        ]),
+    );
+    let outcome = sender.send(m).await.expect("send");
+    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+    let records = fx.telemetry_of(&id).await;
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert_eq!(r.payload, &br#"{"t":21.5}"#[..]);
+    assert_eq!(r.headers.get(header::DEVICE_ID), Some(id.as_str()));
+    assert_eq!(r.headers.get(header::MESSAGE_ID), Some("m-1"));
+    assert_eq!(r.headers.get(header::CORRELATION_ID), Some("c-1"));
+    assert_eq!(
+        r.headers.get(header::CONTENT_TYPE),
+        Some("application/json")
+    );
+    assert_eq!(r.headers.get(header::CONTENT_ENCODING), Some("utf-8"));
+    assert_eq!(r.headers.get("temp"), Some("21.5"));
+    assert_eq!(r.headers.get("site"), Some("a b"));
+    sender.close().await.expect("close");
+    fx.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_and_other_devices_addresses_are_refused() {
+    let fx = Fixture::start().await;
+    let (alice, alice_key) = fx.device("amqp-alice").await;
+    let (bob, _) = fx.device("amqp-bob").await;
+    let mut client = fx.client().await;
+
+    // No token yet: no device link.
+    assert!(sender_refused(&mut client, &events(&alice)).await);
+    // A forged token and garbage are refused with 401.
+    let forged = fx.device_token(&alice, &SymmetricKey::generate(), 3600);
+    assert_eq!(client.put_token(&audience(&alice), &forged).await, 401);
+    assert_eq!(client.put_token(&audience(&alice), "garbage").await, 401);
+    assert!(sender_refused(&mut client, &events(&alice)).await);
+    // Alice's real token opens Alice's links, not Bob's.
+    let token = fx.device_token(&alice, &alice_key, 3600);
+    assert_eq!(client.put_token(&audience(&alice), &token).await, 200);
+    assert!(sender_refused(&mut client, &events(&bob)).await);
+    let bob_c2d = Receiver::attach(&mut client.session, "bob-c2d", bound(&bob)).await;
+    if let Ok(mut receiver) = bob_c2d {
+        fx.stack
+            .hub
+            .send_c2d(&bob, C2dMessage::new(&b"for bob"[..]))
+            .await
+            .expect("c2d");
+        let got =
+            tokio::time::timeout(Duration::from_secs(1), receiver.recv::<Body<Value>>()).await;
+        assert!(
+            !matches!(got, Ok(Ok(_))),
+            "Bob's C2D reached Alice's connection"
+        );
+    }
+    // A device token opens no service link.
+    assert!(sender_refused(&mut client, "/messages/devicebound").await);
+    // Unknown nodes.
+    assert!(sender_refused(&mut client, "/devices/x/somewhere").await);
+    assert!(fx.telemetry_of(&bob).await.is_empty());
+    // Alice's own link still works after all that.
+    assert!(!sender_refused(&mut client, &events(&alice)).await);
+    assert_eq!(fx.telemetry_of(&alice).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_plain_with_a_device_token() {
+    let fx = Fixture::start().await;
+    let (id, key) = fx.device("amqp-plain").await;
+    let mut client = fx
+        .client_with(SaslProfile::Plain {
+            username: format!("{id}@sas.hub"),
+            password: fx.device_token(&id, &key, 3600),
+        })
+        .await
+        .expect("PLAIN connection");
+    assert!(!sender_refused(&mut client, &events(&id)).await);
+    assert_eq!(fx.telemetry_of(&id).await.len(), 1);
+
+    // A bad password ends the connection before any link works.
+    let bad = fx
+        .client_with(SaslProfile::Plain {
+            username: format!("{id}@sas.hub"),
+            password: fx.device_token(&id, &SymmetricKey::generate(), 3600),
+        })
+        .await;
+    if let Ok(mut bad) = bad {
+        assert!(sender_refused(&mut bad, &events(&id)).await);
+    }
+    assert_eq!(fx.telemetry_of(&id).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c2d_outcomes_complete_reject_and_abandon() {
+    let fx = Fixture::start().await;
+    let (id, key) = fx.device("amqp-c2d").await;
+    let hub = &fx.stack.hub;
+    for (n, ack) in [
+        ("1", AckRequest::Full),
+        ("2", AckRequest::Full),
+        ("3", AckRequest::None),
+    ] {
+        let mut m = C2dMessage::new(format!("body-{n}").into_bytes());
+        m.message_id = Some(format!("c2d-{n}"));
+        m.ack = ack;
+        m.properties.push(("k".into(), format!("v{n}")));
+        hub.send_c2d(&id, m).await.expect("send c2d");
+    }
+    let mut client = fx.client().await;
+    assert_eq!(
+        client
+            .put_token(&audience(&id), &fx.device_token(&id, &key, 3600))
+            .await,
+        200
+    );
+    let mut receiver = Receiver::builder()
+        .name("c2d")
+        .source(bound(&id))
+        .target("c2d-local")
+        .auto_accept(false)
+        .attach(&mut client.session)
+        .await
+        .expect("attach");
+    let first = next(&mut receiver).await;
+    let props = first.message().properties.clone().expect("properties");
+    assert_eq!(props.message_id, Some(MessageId::String("c2d-1".into())));
+    assert_eq!(
+        props.to.as_deref(),
+        Some(format!("/devices/{id}/messages/devicebound").as_str())
+    );
+    let first_app = first.message().application_properties.clone().expect("app");
+    assert_eq!(
+        first_app.0.get("k"),
+        Some(&SimpleValue::String("v1".into()))
+    );
+    let second = next(&mut receiver).await;
+    let third = next(&mut receiver).await;
+    receiver.accept(&first).await.expect("accept");
+    receiver.reject(&second, None).await.expect("reject");
+    receiver.release(&third).await.expect("release");
+    // The released one comes back, counted.
+    let again = next(&mut receiver).await;
+    assert_eq!(
+        again
+            .message()
+            .properties
+            .as_ref()
+            .and_then(|p| p.message_id.clone()),
+        Some(MessageId::String("c2d-3".into()))
+    );
+    assert_eq!(
+        again.message().header.as_ref().map(|h| h.delivery_count),
+        Some(1)
+    );
+    receiver.accept(&again).await.expect("accept again");
+
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let feedback = hub.read_feedback(0, 10).await.expect("feedback");
+        if feedback.len() >= 2 {
+            let status = |mid: &str| {
+                feedback
+                    .iter()
+                    .find(|f| f.message_id == mid)
+                    .map(|f| f.status)
+            };
+            assert_eq!(status("c2d-1"), Some(FeedbackStatus::Success));
+            assert_eq!(status("c2d-2"), Some(FeedbackStatus::Rejected));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "feedback in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while hub.pending_c2d(&id).await.expect("pending") != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the inbox empties");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_sends_c2d_and_reads_feedback() {
+    let fx = Fixture::start().await;
+    let (id, key) = fx.device("amqp-svc").await;
+    let mut service = fx.client().await;
+    // Without a service token the service links are refused; `registryRead` lacks
+    // ServiceConnect.
+    assert!(sender_refused(&mut service, "/messages/devicebound").await);
+    assert_eq!(
+        service
+            .put_token(HOST, &fx.service_token("registryRead"))
+            .await,
+        200
+    );
+    assert!(sender_refused(&mut service, "/messages/devicebound").await);
+    assert_eq!(
+        service.put_token(HOST, &fx.service_token("service")).await,
+        200
+    );
+
+    let mut sender = Sender::attach(&mut service.session, "c2d", "/messages/devicebound")
+        .await
+        .expect("attach");
+    let m = message(
+        b"hello device",
+        Properties {
+            message_id: Some(MessageId::String("svc-1".into())),
+            to: Some(format!("/devices/{id}/messages/devicebound")),
+            ..Properties::default()
+        },
+        app(&[
+            ("iothub-ack", SimpleValue::String("full".into())),
+            ("color", SimpleValue::String("red".into())),
+        ]),
+    );
+    let outcome = sender.send(m).await.expect("send");
+    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+    // An unknown device is rejected.
+    let unknown = message(
+        b"x",
+        Properties {
+            to: Some("/devices/nobody-here/messages/devicebound".into()),
+            ..Properties::default()
+        },
+        app(&[]),
+    );
+    let outcome = sender.send(unknown).await.expect("send");
+    assert!(matches!(outcome, Outcome::Rejected(_)), "{outcome:?}");
+
+    // The device completes it over its own AMQP connection.
+    let mut device = fx.client().await;
+    assert_eq!(
+        device
+            .put_token(&audience(&id), &fx.device_token(&id, &key, 3600))
+            .await,
+        200
+    );
+    let mut receiver = Receiver::attach(&mut device.session, "c2d", bound(&id))
+        .await
+        .expect("attach");
+    let delivery = tokio::time::timeout(PATIENCE, receiver.recv::<Body<Value>>())
+        .await
+        .expect("in time")
+        .expect("delivery");
+    match delivery.body() {
+        Body::Data(data) => assert_eq!(
+            data.iter().next().map(|d| d.0.to_vec()),
+            Some(b"hello device".to_vec())
+        ),
+        other => panic!("a data body: {other:?}"),
+    }
+    let app_props = delivery
+        .message()
+        .application_properties
+        .clone()
+        .expect("app");
+    assert_eq!(
+        app_props.0.get("color"),
+        Some(&SimpleValue::String("red".into()))
+    );
+    receiver.accept(&delivery).await.expect("accept");
+
+    // The feedback arrives in a batch shaped as IoT Hub's.
+    let mut feedback = Receiver::attach(
+        &mut service.session,
+        "fb",
+        "/messages/serviceBound/feedback",
+    )
+    .await
+    .expect("attach feedback");
+    let batch = tokio::time::timeout(PATIENCE, feedback.recv::<Body<Value>>())
+        .await
+        .expect("feedback in time")
+        .expect("feedback");
+    let props = batch.message().properties.clone().expect("properties");
+    assert_eq!(
+        props
+            .content_type
+            .as_ref()
+            .map(|s| s.as_str().to_owned())
+            .as_deref(),
+        Some(iot_gateway::amqp::FEEDBACK_CONTENT_TYPE)
+    );
+    let bytes: Vec<u8> = match batch.body() {
+        Body::Data(data) => data.iter().flat_map(|d| d.0.to_vec()).collect(),
+        other => panic!("a data body: {other:?}"),
+    };
+    let records: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON array");
+    let record = &records[0];
+    assert_eq!(record["originalMessageId"], "svc-1");
+    assert_eq!(record["deviceId"], id.as_str());
+    assert_eq!(record["statusCode"], "Success");
+    assert!(
+        record["enqueuedTimeUtc"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z'))
+    );
+    feedback.accept(&batch).await.expect("accept feedback");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_closes_the_links_a_token_authorized_and_renewal_keeps_them() {
+    let fx = Fixture::start().await;
+    let (renewed, renewed_key) = fx.device("amqp-renew").await;
+    let (lapsing, lapsing_key) = fx.device("amqp-lapse").await;
+    let mut client = fx.client().await;
+    assert_eq!(
+        client
+            .put_token(
+                &audience(&renewed),
+                &fx.device_token(&renewed, &renewed_key, 3)
+            )
+            .await,
+        200
+    );
+    assert_eq!(
+        client
+            .put_token(
+                &audience(&lapsing),
+                &fx.device_token(&lapsing, &lapsing_key, 3)
+            )
+            .await,
+        200
+    );
+    let mut kept = Sender::attach(&mut client.session, "kept", events(&renewed))
+        .await
+        .expect("attach");
+    let mut lapsed = Sender::attach(&mut client.session, "lapsed", events(&lapsing))
+        .await
+        .expect("attach");
+    let send = async |sender: &mut Sender| {
+        tokio::time::timeout(
+            PATIENCE,
+            sender.send(message(b"x", Properties::default(), app(&[]))),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+    };
+    assert!(matches!(send(&mut kept).await, Some(Outcome::Accepted(_))));
+    assert!(matches!(
+        send(&mut lapsed).await,
+        Some(Outcome::Accepted(_))
+    ));
+    // Renew one of them before it expires.
+    assert_eq!(
+        client
+            .put_token(
+                &audience(&renewed),
+                &fx.device_token(&renewed, &renewed_key, 3600)
+            )
+            .await,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert!(
+        matches!(send(&mut kept).await, Some(Outcome::Accepted(_))),
+        "the renewed link works"
+    );
+    assert!(
+        !matches!(send(&mut lapsed).await, Some(Outcome::Accepted(_))),
+        "the lapsed link is closed"
+    );
+    assert_eq!(fx.telemetry_of(&renewed).await.len(), 2);
+    assert_eq!(fx.telemetry_of(&lapsing).await.len(), 1);
+    let _ = sas::unix_now();
+}
+
+/// Writes `bytes` on a fresh TLS connection and reports whether the endpoint then closes it
+/// (EOF or an error) within `PATIENCE`.
+async fn closes_after(fx: &Fixture, bytes: &[u8]) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = fx.tls().await;
+    if stream.write_all(bytes).await.is_err() {
+        return true;
+    }
+    let _ = stream.flush().await;
+    let mut buf = vec![0u8; 4096];
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// An AMQP frame: size, data offset 2, type 0 (AMQP), channel 0, then `body`.
+fn frame(body: &[u8]) -> Vec<u8> {
+    let size = u32::try_from(8 + body.len()).expect("size");
+    let mut out = size.to_be_bytes().to_vec();
+    out.extend_from_slice(&[2, 0, 0, 0]);
+    out.extend_from_slice(body);
+    out
+}
+
+const AMQP_HEADER: &[u8] = b"AMQP\x00\x01\x00\x00";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_closes_that_connection_and_leaves_others_alone() {
+    let mut config = iot_gateway::amqp::AmqpConfig::default();
+    config.handshake_timeout = Duration::from_secs(1);
+    let fx = Fixture::with_config(config).await;
+    let (id, key) = fx.device("amqp-hostile").await;
+    let mut good = fx.client().await;
+    assert_eq!(
+        good.put_token(&audience(&id), &fx.device_token(&id, &key, 3600))
+            .await,
+        200
+    );
+    let mut sender = Sender::attach(&mut good.session, "tel", events(&id))
+        .await
+        .expect("attach");
+
+    // Not AMQP at all.
+    assert!(
+        closes_after(&fx, b"GET / HTTP/1.1\r\n\r\n").await,
+        "a non-AMQP header"
+    );
+    // A truncated frame: the header promises 100 bytes, 10 come, then nothing (the handshake
+    // timeout ends it).
+    let mut truncated = AMQP_HEADER.to_vec();
+    truncated.extend_from_slice(&frame(&[0u8; 92])[..18]);
+    assert!(closes_after(&fx, &truncated).await, "a truncated frame");
+    // An oversized frame (2 GiB announced).
+    let mut oversized = AMQP_HEADER.to_vec();
+    oversized.extend_from_slice(&[0x7f, 0xff, 0xff, 0xff, 2, 0, 0, 0]);
+    oversized.extend_from_slice(&[0u8; 64]);
+    assert!(closes_after(&fx, &oversized).await, "an oversized frame");
+    // A frame size below the header's own 8 bytes.
+    let mut undersized = AMQP_HEADER.to_vec();
+    undersized.extend_from_slice(&[0, 0, 0, 4, 2, 0, 0, 0]);
+    assert!(closes_after(&fx, &undersized).await, "an undersized frame");
+    // A performative that does not exist (descriptor 0x77), and garbage in place of `open`.
+    let mut bad = AMQP_HEADER.to_vec();
+    bad.extend_from_slice(&frame(&[0x00, 0x53, 0x77, 0x45]));
+    assert!(closes_after(&fx, &bad).await, "an unknown performative");
+    let mut garbage = AMQP_HEADER.to_vec();
+    garbage.extend_from_slice(&frame(&[0xde, 0xad, 0xbe, 0xef, 0x01, 0x02]));
+    assert!(closes_after(&fx, &garbage).await, "garbage in a frame");
+    // A slow handshake: TCP connected, nothing sent (not even TLS).
+    let mut slow = tokio::net::TcpStream::connect(fx.addr).await.expect("tcp");
+    let started = tokio::time::Instant::now();
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(
+        PATIENCE,
+        tokio::io::AsyncReadExt::read(&mut slow, &mut byte),
+    )
+    .await
+    .expect("the slow connection is closed in time");
+    assert!(matches!(closed, Ok(0) | Err(_)));
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // The good connection was untouched.
+    let outcome = sender
+        .send(message(b"still here", Properties::default(), app(&[])))
+        .await
+        .expect("send");
+    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+    assert_eq!(fx.telemetry_of(&id).await.len(), 1);
+}

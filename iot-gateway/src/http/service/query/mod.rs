@@ -330,7 +330,8 @@ pub(crate) fn condition_query(condition: &str) -> ApiResult<Query> {
 /// configuration targets): the same two steps as `POST /devices/query`.
 pub(crate) async fn select_ids(state: &HttpState, condition: &str) -> ApiResult<Vec<DeviceId>> {
     let full = condition_query(condition)?;
-    Ok(scan(state, &full)
+    // Fleet routes are checked on the hub (a grant over every device): no filter.
+    Ok(scan(state, &full, None)
         .await?
         .into_iter()
         .map(|c| c.view.device_id)
@@ -355,7 +356,7 @@ pub(crate) async fn count_devices(state: &HttpState, query: &str) -> ApiResult<u
         Some(at) => condition_query(&query[at + 7..])?,
         None => parse(&translate("SELECT * FROM devices")?.registry_text)?,
     };
-    Ok(scan(state, &full).await?.len() as u64)
+    Ok(scan(state, &full, None).await?.len() as u64)
 }
 
 /// The value at a rewritten path of the query view (`deviceId`, `metadata.…`, `tags.…`).

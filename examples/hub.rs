@@ -41,6 +41,9 @@
 //! `overheat` writes alerts to the `alerts` topic, and `--ui` serves the dashboard at
 //! `/ui/` on the HTTP(S) listeners. The first admin is created from `--admin-password-file` or
 //! the `IOT_ADMIN_PASSWORD` environment variable (never a flag's value), if not there yet.
+//! Users' alert subscriptions (`/access/me/subscriptions`) live in `DIR/access/subscriptions`;
+//! built with `--features http,alert-push`, the hub pushes each alert to the subscriptions of
+//! the users who may read its device, as signed webhooks (`alert-push: on`; docs/access.md).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::net::SocketAddr;
@@ -299,6 +302,22 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     dashboard::ensure_admin(&access, &args.admin_user, admin_password.as_deref()).await?;
     drop(admin_password);
     let rules = dashboard::start_rules(hub.topics().clone()).await?;
+    // Users' alert subscriptions, and (feature `alert-push`) the group that pushes the alerts
+    // topic to them as signed webhooks.
+    let subscriptions = dashboard::open_subscriptions(dir).await?;
+    #[cfg(feature = "alert-push")]
+    let alert_push = {
+        let group = dashboard::start_alert_push(
+            hub.topics().clone(),
+            access.clone(),
+            subscriptions.clone(),
+        )
+        .await?;
+        println!("alert-push: on");
+        group
+    };
+    #[cfg(not(feature = "alert-push"))]
+    println!("alert-push: off (build with --features alert-push)");
 
     let http_config = HttpConfig::default();
     let state = HttpState::new(
@@ -314,6 +333,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // Module identities (`/devices/{id}/modules/{mid}`) in the hub's own store (DIR/hub/modules).
     .with_modules(hub.modules().clone())
     .with_access(access)
+    .with_subscriptions(subscriptions)
     .with_telemetry_stream(hub.telemetry_log().clone())
     .with_alerts_stream(hub.topics().topic(dashboard::ALERTS_TOPIC).await?);
     // Jobs and automatic device configurations (`/jobs/v2`, `/configurations`) over files
@@ -420,6 +440,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     mqtt.shutdown().await;
     rules.shutdown().await?;
+    #[cfg(feature = "alert-push")]
+    alert_push.shutdown().await?;
     lifecycle.shutdown().await?;
     hub.shutdown().await;
     println!("stopped");

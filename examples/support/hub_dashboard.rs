@@ -1,12 +1,14 @@
-//! The hub example's solution layer: the access matrix over a file store, its first admin, and
-//! the alert rule whose topic the dashboard's alerts feed follows (docs/dashboard.md).
+//! The hub example's solution layer: the access matrix over a file store, its first admin, the
+//! alert rule whose topic the dashboard's alerts feed follows (docs/dashboard.md), users' alert
+//! subscriptions, and (feature `alert-push`) the processor group pushing alerts to them.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use iot_core::{GroupName, Topics};
 use iot_identity::access::{
-    AccessControl, DeviceSet, FileAccessStore, FileAccessStoreConfig, Grant, LogAuditSink, UserName,
+    AccessControl, DeviceSet, FileAccessStore, FileAccessStoreConfig, FileSubscriptionStore, Grant,
+    LogAuditSink, SubscriptionStore, UserName,
 };
 use iot_provisioning::RegistryDeviceSets;
 use iot_registry::Registry;
@@ -94,6 +96,49 @@ pub(crate) async fn start_rules(
             GroupName::new("rules")?,
             Arc::new(rules.processor(iot_core::TopicName::TELEMETRY)),
             HostConfig::default(),
+        )
+        .await?;
+    Ok(group)
+}
+
+/// Users' alert subscriptions (`/access/me/subscriptions`) over `DIR/access/subscriptions`.
+pub(crate) async fn open_subscriptions(
+    dir: &Path,
+) -> Result<Arc<dyn SubscriptionStore>, Box<dyn std::error::Error>> {
+    let dir = dir.join("access").join("subscriptions");
+    let store = FileSubscriptionStore::open(dir, FileAccessStoreConfig::default()).await?;
+    Ok(Arc::new(store))
+}
+
+/// Pushes each alert of [`ALERTS_TOPIC`] to the subscriptions of the users whose `read` grants
+/// cover its device: signed webhooks, with the sink framework's retries and checkpoint
+/// (docs/access.md, "Alert subscriptions"). The group's checkpoint is in the hub's stores, so
+/// a restart resumes where the push left off.
+#[cfg(feature = "alert-push")]
+pub(crate) async fn start_alert_push(
+    topics: Arc<Topics>,
+    access: AccessControl,
+    subscriptions: Arc<dyn SubscriptionStore>,
+) -> Result<RunningGroup, Box<dyn std::error::Error>> {
+    use iot_sdk::alert_push::AlertPush;
+    use iot_stream::sinks::{BatchPolicy, SinkConfig, SinkProcessor};
+
+    // A notification should leave within a second, not wait for a full batch (the default
+    // batch may wait a minute); reads no larger than a batch bound what a crash re-sends.
+    const BATCH: usize = 100;
+    let push = AlertPush::new(access, subscriptions).endpoint(ALERTS_TOPIC);
+    let config = SinkConfig::default().batch(BatchPolicy {
+        max_records: BATCH,
+        max_age: std::time::Duration::from_secs(1),
+        ..BatchPolicy::default()
+    });
+    let factory = SinkProcessor::factory(Arc::new(push), config)?;
+    let group = ProcessorHost::new(topics)
+        .start(
+            ALERTS_TOPIC,
+            GroupName::new("alert-push")?,
+            Arc::new(factory),
+            HostConfig::default().read_limits(iot_core::ReadLimits::records(BATCH)),
         )
         .await?;
     Ok(group)

@@ -123,4 +123,14 @@ async fn users_manage_their_own_subscriptions() {
     let left = store.all().await.expect("all");
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].secret.expose(), "a secret of my own choosing");
+
+    // Deleting the user deletes their subscriptions.
+    assert_eq!(
+        stack
+            .owner("DELETE", &format!("/access/users/vic?{API}"), None)
+            .await
+            .status,
+        204
+    );
+    assert!(store.all().await.expect("all").is_empty());
 }

@@ -2,6 +2,7 @@
 import { api, token, logout, el, ApiError } from './api.js';
 import { loginPage, overviewPage, mapPage, devicesPage, devicePage, alertsPage, provisionPage } from './pages.js';
 import { usersPage } from './admin.js';
+import { jobsPage, configurationsPage } from './fleet.js';
 
 const view = document.getElementById('view');
 const nav = document.getElementById('nav');
@@ -42,6 +43,8 @@ async function route() {
       case 'alerts': cleanup = alertsPage(view); break;
       case 'provision': cleanup = provisionPage(view, me); break;
       case 'users': cleanup = await usersPage(view); break;
+      case 'jobs': cleanup = await jobsPage(view); break;
+      case 'configurations': cleanup = await configurationsPage(view); break;
       default: cleanup = await overviewPage(view);
     }
   } catch (e) {

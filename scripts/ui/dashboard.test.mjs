@@ -7,7 +7,8 @@
 // and is refused registering a device; the admin registers one, a second simulated device
 // connects with the connection string the page showed once, and its live points arrive; the
 // alerts feed shows the overheat alerts; the admin deactivates, activates and resets the keys of
-// the new device. Screenshots go to $SCREENSHOTS.
+// the new device; the admin runs a method job over a query on the first device (completed, 1 succeeded) and
+// creates a configuration that targets it. Screenshots go to $SCREENSHOTS.
 import { createRequire } from 'node:module';
 import { spawn } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
@@ -166,6 +167,27 @@ async function main() {
     if (reset === connectionString || !reset.includes('DeviceId=sensor-new;SharedAccessKey=')) throw new Error('no new key shown');
     step('keys reset; the new connection string shown once');
     await shot(a, '11-keys-reset');
+
+    // 7. Fleet operations: a method job over a query completes on the first (live) device; a
+    // configuration targets it.
+    await a.goto(`${UI}#/jobs`);
+    await a.waitForSelector('#new-job-form', { timeout: T });
+    await a.fill('#job-condition', `deviceId = '${DEVICE}'`);
+    await a.fill('#job-method', 'ping');
+    await a.click('#create-job');
+    await a.waitForFunction(() => [...document.querySelectorAll('#jobs-table tr[data-job]')].some((r) =>
+      r.querySelector('.job-status')?.textContent === 'completed'
+      && r.querySelector('.job-statistics')?.textContent.startsWith('1 devices: 1 succeeded')), null, { timeout: T });
+    step('method job completed: 1 device, 1 succeeded');
+    await shot(a, '12-jobs');
+    await a.goto(`${UI}#/configurations`);
+    await a.waitForSelector('#new-configuration-form', { timeout: T });
+    await a.fill('#configuration-condition', `deviceId = '${DEVICE}'`);
+    await a.click('#create-configuration');
+    await a.waitForFunction(() => [...document.querySelectorAll('#configurations-table tr[data-configuration]')].some((r) =>
+      r.querySelector('.targeted')?.textContent === '1'), null, { timeout: T });
+    step(`configuration targets 1 device (applied: ${await a.textContent('#configurations-table tr[data-configuration] .applied')})`);
+    await shot(a, '13-configurations');
     step('passed');
   } finally {
     for (const c of children) c.kill('SIGTERM');

@@ -4,9 +4,13 @@
 //! * `GET /devices/{id}/telemetry/stream` — one device's telemetry, from the hub's telemetry log
 //!   ([`HttpState::with_telemetry_stream`]). Needs `read` on the device for a user session, or
 //!   `ServiceConnect` / `RegistryRead` for a shared access policy.
-//! * `GET /alerts/stream` — every record of an alerts topic (what a rule writes with
-//!   `INTO alerts`, [`HttpState::with_alerts_stream`]). Needs `read` on the hub (a grant over
-//!   `all`) for a user session.
+//! * `GET /alerts/stream` — the records of an alerts topic (what a rule writes with
+//!   `INTO alerts`, [`HttpState::with_alerts_stream`]). A user session with `read` over all
+//!   devices gets every alert; a user whose `read` grants hold only some devices gets only the
+//!   alerts of those devices (the listings' [`RecordFilter`], decided on the device's registry
+//!   record as each alert passes; grants are read once, when the stream opens). An alert's
+//!   device is its payload's `deviceId`, else the record's key ([`alert_device`]); an alert
+//!   whose device has no registry record reaches only users who read every device.
 //!
 //! Each stream first replays the recent past — the device's records among the last `backlog`
 //! records of its partition (default [`DEFAULT_BACKLOG`], at most [`MAX_BACKLOG`]); for alerts,
@@ -40,7 +44,11 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use iot_core::{Log, Offset, PartitionId, ReadLimits, StoredRecord, Timestamp, partition_for_key};
+use iot_core::{
+    DeviceId, Log, Offset, PartitionId, ReadLimits, StoredRecord, Timestamp, partition_for_key,
+};
+use iot_provisioning::access::RecordFilter;
+use iot_registry::Registry;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
@@ -121,7 +129,10 @@ async fn telemetry(
         partition,
         from,
         "telemetry",
-        move |stored| stored.record.key == key,
+        Keep {
+            record: Box::new(move |stored| stored.record.key == key),
+            scope: None,
+        },
         tx,
         state.streams_closed().clone(),
     ));
@@ -137,6 +148,13 @@ async fn alerts(
 ) -> ApiResult<Response> {
     caller.require(Rights::SERVICE_CONNECT.union(Rights::REGISTRY_READ))?;
     let log = state.alerts_stream().ok_or_else(not_found)?.clone();
+    // A user who reads only some devices (the route is a listing, `user_access::LISTINGS`).
+    let scope = caller.listing_filter().map(|filter| {
+        Arc::new(AlertScope {
+            filter: filter.clone(),
+            registry: state.registry().clone(),
+        })
+    });
     let backlog = query.backlog.unwrap_or(DEFAULT_BACKLOG).min(MAX_BACKLOG);
     let since =
         Timestamp::now().saturating_sub(Duration::from_secs(query.since_seconds.unwrap_or(3600)));
@@ -150,7 +168,10 @@ async fn alerts(
             partition,
             from,
             "alert",
-            move |stored| stored.enqueued_time >= since,
+            Keep {
+                record: Box::new(move |stored| stored.enqueued_time >= since),
+                scope: scope.clone(),
+            },
             tx.clone(),
             state.streams_closed().clone(),
         )));
@@ -158,14 +179,67 @@ async fn alerts(
     Ok(event_stream(rx, tasks))
 }
 
-/// Reads `partition` from `from` on, forever, sending each record `keep` accepts as an event
+/// The device an alert is about: the payload's `deviceId`, else the record's key (what
+/// `SELECT deviceId, … INTO alerts` writes; the alert push processor reads it the same way).
+pub fn alert_device(stored: &StoredRecord) -> Option<DeviceId> {
+    serde_json::from_slice::<Value>(&stored.record.payload)
+        .ok()
+        .and_then(|v| v.get("deviceId")?.as_str().map(str::to_owned))
+        .and_then(|id| DeviceId::new(&id).ok())
+        .or_else(|| DeviceId::new(&stored.record.key).ok())
+}
+
+/// The devices a user's alerts stream shows: their `read` grants as a [`RecordFilter`], decided
+/// on each alert's device's registry record.
+#[derive(Debug)]
+struct AlertScope {
+    filter: RecordFilter,
+    registry: Arc<dyn Registry>,
+}
+
+impl AlertScope {
+    /// Whether the alert's device is in the scope. Without a device or a registry record, or
+    /// when the registry fails, no (fail closed).
+    async fn holds(&self, stored: &StoredRecord) -> bool {
+        let Some(device) = alert_device(stored) else {
+            return false;
+        };
+        match self.registry.get(&device).await {
+            Ok(record) => record.is_some_and(|r| self.filter.holds(&r)),
+            Err(e) => {
+                tracing::warn!(error = %e, device = %device, "alerts stream: registry read failed");
+                false
+            }
+        }
+    }
+}
+
+/// Which records a stream sends: those `record` accepts and, when set, `scope` holds.
+struct Keep {
+    record: Box<dyn Fn(&StoredRecord) -> bool + Send + Sync>,
+    scope: Option<Arc<AlertScope>>,
+}
+
+impl Keep {
+    async fn keeps(&self, stored: &StoredRecord) -> bool {
+        if !(self.record)(stored) {
+            return false;
+        }
+        match &self.scope {
+            Some(scope) => scope.holds(stored).await,
+            None => true,
+        }
+    }
+}
+
+/// Reads `partition` from `from` on, forever, sending each record `keep` keeps as an event
 /// named `event`; ends when the client is gone, the log fails or `closed` is cancelled.
 async fn follow(
     log: Arc<dyn Log>,
     partition: PartitionId,
     mut next: Offset,
     event: &'static str,
-    keep: impl Fn(&StoredRecord) -> bool + Send + 'static,
+    keep: Keep,
     tx: mpsc::Sender<Bytes>,
     closed: CancellationToken,
 ) {
@@ -182,7 +256,10 @@ async fn follow(
         };
         for stored in &records {
             next = Offset(stored.offset.0.saturating_add(1));
-            if keep(stored) && tx.send(encode(event, stored)).await.is_err() {
+            if !keep.keeps(stored).await {
+                continue;
+            }
+            if tx.send(encode(event, stored)).await.is_err() {
                 return;
             }
         }

@@ -48,6 +48,7 @@ pub const ASSETS: &[(&str, &str, &[u8])] = &[
     asset!("map.js", "text/javascript; charset=utf-8"),
     asset!("pages.js", "text/javascript; charset=utf-8"),
     asset!("admin.js", "text/javascript; charset=utf-8"),
+    asset!("fleet.js", "text/javascript; charset=utf-8"),
 ];
 
 /// The routes: `/` and `/ui` redirect to `/ui/`, which is `index.html`; `/ui/{file}` an asset.

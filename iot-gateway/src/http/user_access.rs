@@ -8,8 +8,8 @@
 //! access control's sink). A route missing from the table is 403 for every user: the table fails
 //! closed, so a route added later is not open to users until someone decides its permission.
 //!
-//! **Listings.** `GET /devices`, `POST /devices/query` and `GET /statistics/devices` ([`LISTINGS`])
-//! are open to every user with `read` somewhere: a user with a grant over all devices sees the
+//! **Listings.** `GET /devices`, `POST /devices/query`, `GET /statistics/devices` and the alerts
+//! feed `GET /alerts/stream` ([`LISTINGS`]) are open to every user with `read` somewhere: a user with a grant over all devices sees the
 //! fleet (no per-device work); any other user sees only the devices their `read` grants hold,
 //! decided on each registry record as the listing pages through the registry
 //! ([`RecordFilter`]: `RegistryDeviceSets`' rules, without a registry read per device).
@@ -104,6 +104,8 @@ pub const LISTINGS: &[(&str, &str)] = &[
     ("GET", "/devices"),
     ("GET", "/devices/"),
     ("POST", "/devices/query"),
+    // The alerts feed shows a user the alerts of the devices they may read (http/live.rs).
+    ("GET", "/alerts/stream"),
 ];
 
 /// Routes about the calling user's own records: any enabled user with a session may call them

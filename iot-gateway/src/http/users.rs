@@ -338,6 +338,11 @@ async fn delete(
         .delete_user(&name)
         .await
         .map_err(access_error)?;
+    // Their alert subscriptions go with them (a PostgreSQL store's already went by cascade).
+    if let Some(subscriptions) = state.subscriptions() {
+        let removed = subscriptions.delete_of(&name).await.map_err(access_error)?;
+        tracing::debug!(user = %name, removed, "subscriptions of a deleted user removed");
+    }
     tracing::info!(user = %name, by = %who(&caller), "user deleted");
     Ok(StatusCode::NO_CONTENT)
 }

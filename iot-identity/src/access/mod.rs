@@ -13,6 +13,7 @@ mod role;
 mod session;
 mod state;
 mod subscription;
+mod subscription_file;
 mod user;
 
 use std::fmt::Debug;
@@ -40,6 +41,7 @@ pub use subscription::{
     MemorySubscriptionStore, Subscription, SubscriptionSecret, SubscriptionStore, SubscriptionView,
     WEBHOOK_SECRET_LEN,
 };
+pub use subscription_file::FileSubscriptionStore;
 pub use user::{NewUser, User};
 
 /// The most grants one user may hold.

@@ -39,6 +39,7 @@ pub mod access;
 pub mod ca;
 mod fault;
 mod modules;
+pub mod subscriptions;
 mod suite;
 
 use std::sync::Arc;

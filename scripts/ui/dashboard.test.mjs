@@ -179,6 +179,20 @@ async function main() {
       r.querySelector('.job-status')?.textContent === 'completed'
       && r.querySelector('.job-statistics')?.textContent.startsWith('1 devices: 1 succeeded')), null, { timeout: T });
     step('method job completed: 1 device, 1 succeeded');
+    // A twin update job over the same query sets a tag, read back from the device's twin.
+    await a.fill('#twin-job-condition', `deviceId = '${DEVICE}'`);
+    await a.fill('#twin-job-desired', '');
+    await a.fill('#twin-job-tags', '{"wing": "north"}');
+    await a.click('#create-twin-job');
+    await a.waitForFunction(() => [...document.querySelectorAll('#jobs-table tr[data-type="scheduleUpdateTwin"]')].some((r) =>
+      r.querySelector('.job-status')?.textContent === 'completed'
+      && r.querySelector('.job-statistics')?.textContent.startsWith('1 devices: 1 succeeded')), null, { timeout: T });
+    const twin = await a.evaluate(async (device) => {
+      const r = await fetch(`/twins/${device}?api-version=2021-04-12`, { headers: { Authorization: 'Bearer ' + sessionStorage.getItem('iot.session') } });
+      return r.json();
+    }, DEVICE);
+    if (twin?.tags?.wing !== 'north') throw new Error(`the twin job did not set the tag: ${JSON.stringify(twin?.tags)}`);
+    step('twin update job completed; the tag is on the twin');
     await shot(a, '12-jobs');
     await a.goto(`${UI}#/configurations`);
     await a.waitForSelector('#new-configuration-form', { timeout: T });
@@ -188,6 +202,9 @@ async function main() {
       r.querySelector('.targeted')?.textContent === '1'), null, { timeout: T });
     step(`configuration targets 1 device (applied: ${await a.textContent('#configurations-table tr[data-configuration] .applied')})`);
     await shot(a, '13-configurations');
+    await a.click('#configurations-table tr[data-configuration] .delete-configuration');
+    await a.waitForFunction(() => document.querySelectorAll('#configurations-table tr[data-configuration]').length === 0, null, { timeout: T });
+    step('configuration deleted');
     step('passed');
   } finally {
     for (const c of children) c.kill('SIGTERM');

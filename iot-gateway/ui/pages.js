@@ -74,10 +74,28 @@ function deviceTable(twins) {
 
 export async function mapPage(view) {
   view.replaceChildren(el('h1', {}, 'Device map'), el('p', { class: 'muted' }, 'Loading…'));
-  const twins = await queryAll('SELECT * FROM devices');
+  // "Near": the registry's geo query (WITHIN_DISTANCE over tags.location, answered from its
+  // position indexes, docs/registry.md) picks the devices drawn; empty fields draw them all.
+  const lat = el('input', { id: 'near-lat', type: 'number', step: 'any', placeholder: '47.62' });
+  const lon = el('input', { id: 'near-lon', type: 'number', step: 'any', placeholder: '-122.35' });
+  const km = el('input', { id: 'near-km', type: 'number', step: 'any', min: '0', placeholder: '5' });
+  const holder = el('div');
+  const draw = async () => {
+    const near = [lat.value, lon.value, km.value].every((v) => v !== '');
+    const query = near
+      ? `SELECT * FROM devices WHERE WITHIN_DISTANCE(tags.location, ${Number(lat.value)}, ${Number(lon.value)}, ${Number(km.value) * 1000})`
+      : 'SELECT * FROM devices';
+    try {
+      holder.replaceChildren(el('p', { class: 'muted', id: 'map-query' }, query), deviceMap(await queryAll(query)));
+    } catch (e) { holder.replaceChildren(problem(e)); }
+  };
+  const form = el('form', { id: 'near-form', onsubmit: (ev) => { ev.preventDefault(); draw(); } },
+    el('label', {}, 'Latitude', lat), el('label', {}, 'Longitude', lon), el('label', {}, 'Within km', km),
+    el('button', { type: 'submit', id: 'near-apply' }, 'Show'));
   view.replaceChildren(el('h1', {}, 'Device map'),
     el('p', { class: 'muted' }, 'Positions from tags.location (registry metadata) or reported location, {lat, lon}. Green: connected.'),
-    deviceMap(twins));
+    form, holder);
+  await draw();
 }
 
 export async function devicesPage(view, params) {

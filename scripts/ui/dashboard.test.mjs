@@ -146,6 +146,14 @@ async function main() {
     await a.goto(`${UI}#/map`);
     await a.waitForFunction(() => Number(document.querySelector('svg.map')?.dataset.devices) >= 2, null, { timeout: T });
     await shot(a, '09-map-two-devices');
+    // The registry's geo query: within 500 m of sensor-1 (sensor-new is ~1.8 km away).
+    await a.fill('#near-lat', '47.6205');
+    await a.fill('#near-lon', '-122.3493');
+    await a.fill('#near-km', '0.5');
+    await a.click('#near-apply');
+    await a.waitForFunction(() => document.querySelector('#map-query')?.textContent.includes('WITHIN_DISTANCE')
+      && Number(document.querySelector('svg.map')?.dataset.devices) === 1, null, { timeout: T });
+    step('map near sensor-1 (WITHIN_DISTANCE 500 m): 1 device');
 
     // 5. The alerts feed holds the overheat alerts.
     await a.goto(`${UI}#/alerts`);

@@ -154,15 +154,17 @@ impl AlertPush {
     }
 }
 
-/// The device an alert is about: the payload's `deviceId`, else the record's key.
+/// The device an alert is about: the record's key, else the payload's `deviceId`. The key
+/// first: a record-by-record rule keeps the sending device's key, which the gateway set from its
+/// authentication, while the payload's `deviceId` is whatever the device wrote (a device must
+/// not file alerts under another device's name).
 pub fn alert_device(record: &StoredRecord) -> Option<DeviceId> {
-    let from_payload = serde_json::from_slice::<serde_json::Value>(&record.record.payload)
-        .ok()
-        .and_then(|v| v.get("deviceId")?.as_str().map(str::to_owned));
-    from_payload
-        .as_deref()
-        .and_then(|id| DeviceId::new(id).ok())
-        .or_else(|| DeviceId::new(&record.record.key).ok())
+    DeviceId::new(&record.record.key).ok().or_else(|| {
+        serde_json::from_slice::<serde_json::Value>(&record.record.payload)
+            .ok()
+            .and_then(|v| v.get("deviceId")?.as_str().map(str::to_owned))
+            .and_then(|id| DeviceId::new(&id).ok())
+    })
 }
 
 #[async_trait]

@@ -505,7 +505,7 @@ async fn hostile_input_closes_only_that_connection() {
     assert_eq!(put_token(&mut session, &token_for(&f.key)).await, 202);
     let mut r = open_partition(&mut session, "2", None).await;
 
-    let hostile: [&[u8]; 4] = [
+    let hostile: [&[u8]; 5] = [
         // Not AMQP at all.
         b"GET / HTTP/1.1\r\n\r\n",
         // The SASL header, then a frame claiming 4 GiB.
@@ -514,6 +514,9 @@ async fn hostile_input_closes_only_that_connection() {
         b"AMQP\x03\x01\x00\x00\x00\x00\x00\x20\x02\x01\x00\x00\x00\x53",
         // The SASL header, then a frame of garbage performative.
         b"AMQP\x03\x01\x00\x00\x00\x00\x00\x0c\x02\x01\x00\x00\x00\x53\xff\x00",
+        // The SASL header, then a frame smaller than its own header, on which fe2o3-amqp's
+        // decoder would panic: the frame guard closes the connection first.
+        b"AMQP\x03\x01\x00\x00\x00\x00\x00\x05\x02",
     ];
     for bytes in hostile {
         let mut s = TcpStream::connect(f.addr).await.expect("connect");

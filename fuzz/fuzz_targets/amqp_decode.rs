@@ -4,7 +4,7 @@
 //! and its SASL `FrameCodec`, fed in pieces as a socket delivers them.
 //!
 //! Frames smaller than their own 8-byte header never reach the decoder: the endpoint's guard
-//! (`iot-gateway/src/amqp/guard.rs`) closes the connection first, because the decoder reads the
+//! (`iot_gateway::adapter::AmqpFrameGuard`, iot-gateway/src/adapter/amqp_frames.rs) closes the connection first, because the decoder reads the
 //! header unchecked and panics on them; this target applies the same rule. Without it, the
 //! first input `00 00 00 05 …` panics ("advance out of bounds").
 //!

@@ -962,6 +962,29 @@ async fn user_sessions_need_grants_over_the_whole_hub() {
     );
     rig.jobs.wait("c1", PATIENCE).await.expect("c1 ends");
     assert_eq!(rig.invoked(), BTreeMap::from([("h1".into(), 1)]));
+    // Job outcomes through the query route: the hub-wide viewer reads them, the operator of
+    // one device does not (they span every device a job targeted, method answers included).
+    let outcomes = json!({"query": "SELECT * FROM devices.jobs WHERE devices.jobs.jobId = 'c1'"});
+    assert_eq!(
+        call(
+            "vera",
+            "POST",
+            format!("/devices/query?{API}"),
+            Some(outcomes.clone())
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        call(
+            "olga",
+            "POST",
+            format!("/devices/query?{API}"),
+            Some(outcomes)
+        )
+        .await,
+        403
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

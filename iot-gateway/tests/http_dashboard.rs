@@ -111,7 +111,12 @@ impl EventStream {
 
     /// Reads until `needle` has arrived (10 s at most); returns everything read so far.
     async fn until(&mut self, needle: &str) -> &str {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        self.until_within(needle, Duration::from_secs(10)).await
+    }
+
+    /// [`until`](Self::until) with a deadline of `within`.
+    async fn until_within(&mut self, needle: &str, within: Duration) -> &str {
+        let deadline = tokio::time::Instant::now() + within;
         let mut buffer = [0u8; 4096];
         while !self.seen.contains(needle) {
             let n = tokio::time::timeout_at(deadline, self.stream.read(&mut buffer))
@@ -232,6 +237,33 @@ async fn the_telemetry_stream_replays_then_pushes_live_records_to_readers_only()
 }
 
 #[tokio::test]
+async fn an_open_stream_ends_once_its_session_is_logged_out() {
+    let stack = Stack::start().await;
+    let _pump = register(&stack, "pump-1").await;
+    let (access, _audit) = matrix(&[("vera", "viewer", DeviceSet::All)]).await;
+    let vera = bearer(&access, "vera").await;
+    let _ = stack
+        .state
+        .clone()
+        .with_access(access.clone())
+        .with_telemetry_stream(stack.hub.telemetry_log().clone());
+    let (status, mut events) = EventStream::open(
+        &stack,
+        &format!("/devices/pump-1/telemetry/stream?{API}"),
+        &vera,
+    )
+    .await;
+    assert_eq!(status, 200, "{}", events.seen);
+    let token = vera.strip_prefix("Bearer ").expect("bearer");
+    assert!(access.logout(token).await.expect("logout"));
+    // The next check (every live::RECHECK) refuses the session: the body ends (the chunked
+    // encoding's last chunk) instead of running on with keep-alives.
+    events
+        .until_within("\r\n0\r\n\r\n", iot_gateway::http::live::RECHECK * 2)
+        .await;
+}
+
+#[tokio::test]
 async fn the_alerts_stream_follows_its_topic() {
     let stack = Stack::start().await;
     let alerts: Arc<dyn Log> = Arc::new(MemoryLog::new(2).expect("log"));
@@ -306,8 +338,9 @@ async fn a_scoped_viewer_gets_exactly_its_devices_alerts() {
             format!(r#"{{"deviceId":"{device}","temperature":{temperature}}}"#),
         )
     };
-    // Before the streams open (replayed) and after (live); the payload's deviceId names the
-    // device even when the key does not (pump-2's alert keyed "pump-1" is pump-2's).
+    // Before the streams open (replayed) and after (live); the record's key names the device
+    // (the authenticated sender, for a record-by-record rule), not the payload's deviceId, which
+    // the device wrote itself: the alert keyed "pump-1" claiming pump-2 is pump-1's.
     alerts
         .append(
             PartitionId(0),
@@ -350,7 +383,7 @@ async fn a_scoped_viewer_gets_exactly_its_devices_alerts() {
         t.sort_unstable();
         t
     };
-    assert_eq!(temperatures(&seen), [81, 86]);
+    assert_eq!(temperatures(&seen), [81, 82, 86]);
     // tina's query grant is decided on fan-1's registry record; her last alert comes after
     // every other one in partition 1, so once it is seen the others have been decided.
     alerts

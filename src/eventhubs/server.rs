@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use fe2o3_amqp::acceptor::ConnectionAcceptor;
+use iot_gateway::adapter::AmqpFrameGuard;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -102,11 +103,19 @@ async fn handle(
     let deadline = shared.config.handshake_timeout;
     let opened = tokio::time::timeout(deadline, async {
         match tls {
+            // The guard first: fe2o3-amqp's decoder panics on a frame smaller than its header
+            // (iot_gateway::adapter::AmqpFrameGuard).
             Some(tls) => {
                 let stream = tls.accept(stream).await.map_err(|e| e.to_string())?;
-                acceptor.accept(stream).await.map_err(|e| e.to_string())
+                acceptor
+                    .accept(AmqpFrameGuard::new(stream))
+                    .await
+                    .map_err(|e| e.to_string())
             }
-            None => acceptor.accept(stream).await.map_err(|e| e.to_string()),
+            None => acceptor
+                .accept(AmqpFrameGuard::new(stream))
+                .await
+                .map_err(|e| e.to_string()),
         }
     })
     .await;

@@ -8,6 +8,8 @@
 //!   `devices/{id}/messages/devicebound[/{lockToken}[/abandon]]`, parsed from path segments.
 //! * [`TokenSessions`] — for connectionless protocols: one gateway session per device, opened
 //!   with the SAS token a request presents and reused while later requests present the same one.
+//! * [`AmqpFrameGuard`] — for AMQP endpoints on fe2o3-amqp: closes a connection at a frame its
+//!   decoder would panic on.
 //!
 //! Credentials are presented as [`iot_identity::Presented`] to
 //! [`Gateway::connect`](crate::Gateway::connect), which verifies them against the identity store;
@@ -26,9 +28,11 @@
 //! ```
 
 mod address;
+mod amqp_frames;
 pub mod properties;
 mod sessions;
 
 pub use address::{Address, AddressError};
+pub use amqp_frames::AmqpFrameGuard;
 pub use properties::{LOCK_TOKEN_PROPERTY, PropertyError};
 pub use sessions::{SharedSession, TokenSessions};

@@ -15,11 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::claims::Claims;
 use super::conn::{Conn, amqp_error};
-use super::guard::Guarded;
 use super::links;
 use super::replay::Replay;
 use super::sasl::{Offered, Sasl};
 use super::server::Shared;
+use crate::adapter::AmqpFrameGuard;
 
 /// The `$cbs` replies a connection may have waiting for its reply link.
 const CBS_QUEUE: usize = 16;
@@ -43,7 +43,7 @@ pub(super) async fn serve<Io>(
             .read_exact(&mut header)
             .await
             .map_err(OpenError::Io)?;
-        let stream = Guarded::new(Replay::new(header.to_vec(), stream));
+        let stream = AmqpFrameGuard::new(Replay::new(header.to_vec(), stream));
         if header[4] == 0 {
             ConnectionAcceptor {
                 local_open: shared.open.clone(),

@@ -37,7 +37,6 @@ mod conn;
 mod connection;
 mod convert;
 mod error;
-mod guard;
 mod links;
 mod replay;
 mod sasl;

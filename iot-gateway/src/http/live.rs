@@ -9,7 +9,7 @@
 //!   devices gets every alert; a user whose `read` grants hold only some devices gets only the
 //!   alerts of those devices (the listings' [`RecordFilter`], decided on the device's registry
 //!   record as each alert passes; grants are read once, when the stream opens). An alert's
-//!   device is its payload's `deviceId`, else the record's key ([`alert_device`]); an alert
+//!   device is the record's key, else its payload's `deviceId` ([`alert_device`]); an alert
 //!   whose device has no registry record reaches only users who read every device.
 //!
 //! Each stream first replays the recent past — the device's records among the last `backlog`
@@ -40,8 +40,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use iot_core::{
@@ -55,7 +55,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::auth::Caller;
+use super::auth::{Caller, authenticate, bearer};
 use super::error::{ApiError, ApiResult, code};
 use super::extract::DevicePath;
 use super::policy::Rights;
@@ -71,6 +71,8 @@ pub const DEFAULT_BACKLOG: u64 = 500;
 pub const MAX_BACKLOG: u64 = 10_000;
 /// How often an idle stream sends a comment.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How often an open stream checks its caller's credential again.
+pub const RECHECK: Duration = Duration::from_secs(15);
 /// Events buffered per stream before the log readers wait for the client.
 const BUFFER: usize = 256;
 
@@ -114,6 +116,7 @@ async fn replay_start(log: &dyn Log, partition: PartitionId, backlog: u64) -> Ap
 async fn telemetry(
     State(state): State<HttpState>,
     caller: Caller,
+    headers: HeaderMap,
     DevicePath(device): DevicePath,
     Query(query): Query<StreamQuery>,
 ) -> ApiResult<Response> {
@@ -124,6 +127,12 @@ async fn telemetry(
     let from = replay_start(log.as_ref(), partition, backlog).await?;
     let (tx, rx) = mpsc::channel(BUFFER);
     let key = device.as_str().to_owned();
+    let credential = Credential::of(
+        &state,
+        &headers,
+        TELEMETRY_STREAM_PATH,
+        Some(device.clone()),
+    );
     let task = tokio::spawn(follow(
         log,
         partition,
@@ -135,6 +144,7 @@ async fn telemetry(
         },
         tx,
         state.streams_closed().clone(),
+        credential,
     ));
     tracing::debug!(device = %device, "telemetry stream opened");
     Ok(event_stream(rx, vec![task]))
@@ -144,6 +154,7 @@ async fn telemetry(
 async fn alerts(
     State(state): State<HttpState>,
     caller: Caller,
+    headers: HeaderMap,
     Query(query): Query<StreamQuery>,
 ) -> ApiResult<Response> {
     caller.require(Rights::SERVICE_CONNECT.union(Rights::REGISTRY_READ))?;
@@ -159,6 +170,7 @@ async fn alerts(
     let since =
         Timestamp::now().saturating_sub(Duration::from_secs(query.since_seconds.unwrap_or(3600)));
     let (tx, rx) = mpsc::channel(BUFFER);
+    let credential = Credential::of(&state, &headers, ALERTS_STREAM_PATH, None);
     let mut tasks = Vec::new();
     for p in 0..log.partition_count() {
         let partition = PartitionId(p);
@@ -174,6 +186,7 @@ async fn alerts(
             },
             tx.clone(),
             state.streams_closed().clone(),
+            credential.clone(),
         )));
     }
     Ok(event_stream(rx, tasks))
@@ -182,11 +195,14 @@ async fn alerts(
 /// The device an alert is about: the payload's `deviceId`, else the record's key (what
 /// `SELECT deviceId, … INTO alerts` writes; the alert push processor reads it the same way).
 pub fn alert_device(stored: &StoredRecord) -> Option<DeviceId> {
-    serde_json::from_slice::<Value>(&stored.record.payload)
-        .ok()
-        .and_then(|v| v.get("deviceId")?.as_str().map(str::to_owned))
-        .and_then(|id| DeviceId::new(&id).ok())
-        .or_else(|| DeviceId::new(&stored.record.key).ok())
+    // The key first: a record-by-record rule keeps the sending device's key, which the gateway
+    // set from its authentication, while the payload's `deviceId` is whatever the device wrote.
+    DeviceId::new(&stored.record.key).ok().or_else(|| {
+        serde_json::from_slice::<Value>(&stored.record.payload)
+            .ok()
+            .and_then(|v| v.get("deviceId")?.as_str().map(str::to_owned))
+            .and_then(|id| DeviceId::new(&id).ok())
+    })
 }
 
 /// The devices a user's alerts stream shows: their `read` grants as a [`RecordFilter`], decided
@@ -232,8 +248,67 @@ impl Keep {
     }
 }
 
+/// The credential a stream was opened with, checked again every [`RECHECK`] while it is open:
+/// the stream ends once the route would refuse it — a session logged out, expired, of a user
+/// disabled or deleted, or without the grant any more; a SAS token expired or its policy gone.
+/// (A user's alerts scope is the one decided at opening; a narrower grant applies on reopening.)
+#[derive(Clone)]
+struct Credential {
+    state: HttpState,
+    /// The `Authorization` header, wiped when the stream ends.
+    header: Arc<zeroize::Zeroizing<String>>,
+    pattern: &'static str,
+    device: Option<DeviceId>,
+}
+
+impl Credential {
+    /// The request's credential; `None` without an `Authorization` header (client certificates
+    /// are devices', which these routes refuse).
+    fn of(
+        state: &HttpState,
+        headers: &HeaderMap,
+        pattern: &'static str,
+        device: Option<DeviceId>,
+    ) -> Option<Self> {
+        let header = headers.get(AUTHORIZATION)?.to_str().ok()?;
+        Some(Credential {
+            state: state.clone(),
+            header: Arc::new(zeroize::Zeroizing::new(header.to_owned())),
+            pattern,
+            device,
+        })
+    }
+
+    /// Whether the route would still accept it now.
+    async fn still_accepted(&self) -> bool {
+        if let Some(token) = bearer(&self.header) {
+            let Some(access) = self.state.access() else {
+                return false;
+            };
+            let device = self.device.clone();
+            return super::user_access::authorize(
+                access,
+                token,
+                &Method::GET,
+                Some(self.pattern),
+                device,
+            )
+            .await
+            .is_ok();
+        }
+        match authenticate(&self.state, &self.header, iot_identity::sas::unix_now()).await {
+            Ok(caller) => caller
+                .require(Rights::SERVICE_CONNECT.union(Rights::REGISTRY_READ))
+                .is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
 /// Reads `partition` from `from` on, forever, sending each record `keep` keeps as an event
-/// named `event`; ends when the client is gone, the log fails or `closed` is cancelled.
+/// named `event`; ends when the client is gone, the log fails, `closed` is cancelled or the
+/// `credential` is no longer accepted.
+#[allow(clippy::too_many_arguments)]
 async fn follow(
     log: Arc<dyn Log>,
     partition: PartitionId,
@@ -242,10 +317,24 @@ async fn follow(
     keep: Keep,
     tx: mpsc::Sender<Bytes>,
     closed: CancellationToken,
+    credential: Option<Credential>,
 ) {
+    let mut checked = tokio::time::Instant::now();
     loop {
         if closed.is_cancelled() {
             return;
+        }
+        if checked.elapsed() >= RECHECK {
+            if let Some(credential) = &credential
+                && !credential.still_accepted().await
+            {
+                tracing::debug!(
+                    event,
+                    "live stream ended: its credential is no longer accepted"
+                );
+                return;
+            }
+            checked = tokio::time::Instant::now();
         }
         let records = match log.read(partition, next, ReadLimits::default()).await {
             Ok(records) => records,

@@ -61,30 +61,24 @@ pub use state::HttpState;
 /// The whole HTTP API for `state`: the service routes, the device routes and the OpenAPI
 /// document ([`openapi::PATH`]), wrapped in the checks every route gets.
 pub fn router(state: HttpState) -> Router {
-    with_common_layers(
-        service::routes()
-            .merge(device::routes())
-            .merge(login::routes())
-            .merge(users::routes())
-            .merge(live::routes())
-            .merge(subscriptions::routes())
-            .merge(openapi::routes()),
-        state,
-    )
+    with_common_layers(api_routes(), state)
 }
 
 /// [`router`] plus the dashboard's static assets under [`ui::UI_PATH`] (`/` redirects there).
 pub fn router_with_ui(state: HttpState) -> Router {
-    with_common_layers(
-        service::routes()
-            .merge(device::routes())
-            .merge(login::routes())
-            .merge(users::routes())
-            .merge(live::routes())
-            .merge(openapi::routes())
-            .merge(ui::routes()),
-        state,
-    )
+    with_common_layers(api_routes().merge(ui::routes()), state)
+}
+
+/// Every API route, before the common layers: one list, so that the dashboard's router serves
+/// exactly what the plain one does.
+fn api_routes() -> Router<HttpState> {
+    service::routes()
+        .merge(device::routes())
+        .merge(login::routes())
+        .merge(users::routes())
+        .merge(live::routes())
+        .merge(subscriptions::routes())
+        .merge(openapi::routes())
 }
 
 /// Wraps `routes` (any routes over [`HttpState`]) in what every route of the endpoint gets, in

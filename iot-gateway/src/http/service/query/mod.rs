@@ -116,6 +116,14 @@ pub(crate) async fn query(
 ) -> ApiResult<Response> {
     caller.require(Rights::REGISTRY_READ.union(Rights::SERVICE_CONNECT))?;
     if super::fleet::device_jobs::is_device_jobs_query(&input.query) {
+        // Job outcomes span every device a job targeted (method answers included), and jobs are
+        // the hub's (user_access.rs checks their routes on the whole hub): a user whose reads
+        // are filtered must not read them here either.
+        if caller.listing_filter().is_some() {
+            return Err(ApiError::forbidden(
+                "devices.jobs needs read on every device of the hub",
+            ));
+        }
         let items = super::fleet::device_jobs::answer(&state, &input.query)?;
         return Ok(answer(items, None, "deviceJob"));
     }

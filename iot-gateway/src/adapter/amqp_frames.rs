@@ -1,4 +1,5 @@
-//! A frame-size guard in front of fe2o3-amqp's decoder, which reads a frame's 4-byte header
+//! A frame-size guard in front of fe2o3-amqp's decoder (for every AMQP endpoint on that crate:
+//! the gateway's own, feature `amqp`, and the facade's Event Hubs endpoint), which reads a frame's 4-byte header
 //! (data offset, type, channel) without checking that the frame has one: a frame whose size
 //! field says 4 to 7 bytes makes it panic (found by `fuzz/fuzz_targets/amqp_decode.rs`). The
 //! panic would stay inside the connection's task, but input from outside must not panic
@@ -19,7 +20,7 @@ const MIN_FRAME: u32 = 8;
 
 /// Where the guard is in the byte stream.
 #[derive(Debug, Default)]
-pub(super) struct Framing {
+pub(crate) struct Framing {
     /// Bytes of the current unit (header or frame) still to pass before the next boundary.
     skip: u64,
     /// The first bytes of the next unit, until there are 4.
@@ -29,7 +30,7 @@ pub(super) struct Framing {
 
 impl Framing {
     /// Follows `bytes`; `Err` at the first undersized frame.
-    pub(super) fn follow(&mut self, mut bytes: &[u8]) -> Result<(), u32> {
+    pub(crate) fn follow(&mut self, mut bytes: &[u8]) -> Result<(), u32> {
         while !bytes.is_empty() {
             if self.skip > 0 {
                 let n = usize::try_from(self.skip.min(bytes.len() as u64)).unwrap_or(bytes.len());
@@ -59,23 +60,27 @@ impl Framing {
     }
 }
 
-/// `io`, with every byte read checked by [`Framing`].
+/// `io`, with the frame boundaries of every byte read followed: a read fails
+/// ([`std::io::ErrorKind::InvalidData`]) at the first frame smaller than its 8-byte header, so
+/// that fe2o3-amqp's decoder never sees one. Wrap the stream (after TLS) before handing it to
+/// the crate's acceptor.
 #[derive(Debug)]
-pub(super) struct Guarded<Io> {
+pub struct AmqpFrameGuard<Io> {
     io: Io,
     framing: Framing,
 }
 
-impl<Io> Guarded<Io> {
-    pub(super) fn new(io: Io) -> Self {
-        Guarded {
+impl<Io> AmqpFrameGuard<Io> {
+    /// Guards `io`, which starts at a protocol header.
+    pub fn new(io: Io) -> Self {
+        AmqpFrameGuard {
             io,
             framing: Framing::default(),
         }
     }
 }
 
-impl<Io: AsyncRead + Unpin> AsyncRead for Guarded<Io> {
+impl<Io: AsyncRead + Unpin> AsyncRead for AmqpFrameGuard<Io> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -96,7 +101,7 @@ impl<Io: AsyncRead + Unpin> AsyncRead for Guarded<Io> {
     }
 }
 
-impl<Io: AsyncWrite + Unpin> AsyncWrite for Guarded<Io> {
+impl<Io: AsyncWrite + Unpin> AsyncWrite for AmqpFrameGuard<Io> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

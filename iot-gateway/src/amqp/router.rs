@@ -23,6 +23,10 @@ use crate::message::C2dDelivery;
 use crate::method::MethodRequest;
 use crate::twins::DesiredPatch;
 
+/// Twin answers and pushes that may wait for the twin receiver link; past this, more are
+/// dropped (a client that sends requests without reading answers gains nothing by it).
+const TWIN_QUEUE: usize = 64;
+
 /// A C2D delivery with the session whose lock it holds.
 pub(super) type C2dItem = (Arc<dyn DeviceSession>, C2dDelivery);
 
@@ -36,8 +40,8 @@ pub(super) struct Router {
     /// Method requests, taken by the method receiver link while it is attached.
     pub(super) methods: tokio::sync::Mutex<mpsc::UnboundedReceiver<MethodRequest>>,
     /// Twin answers and desired patches, sent on the twin receiver link.
-    pub(super) twin_tx: mpsc::UnboundedSender<AmqpMessage>,
-    pub(super) twin_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<AmqpMessage>>,
+    twin_tx: mpsc::Sender<AmqpMessage>,
+    pub(super) twin_rx: tokio::sync::Mutex<mpsc::Receiver<AmqpMessage>>,
     /// Cancelled when the device's session closed without a renewal (or the connection ended).
     pub(super) closed: CancellationToken,
 }
@@ -50,7 +54,7 @@ impl Router {
     ) -> Arc<Router> {
         let (c2d_tx, c2d_rx) = mpsc::unbounded_channel();
         let (method_tx, method_rx) = mpsc::unbounded_channel();
-        let (twin_tx, twin_rx) = mpsc::unbounded_channel();
+        let (twin_tx, twin_rx) = mpsc::channel(TWIN_QUEUE);
         let router = Arc::new(Router {
             grant,
             subscribed: Mutex::new(HashSet::new()),
@@ -95,8 +99,9 @@ impl Router {
 
     /// Sends a twin answer or a desired patch on the twin receiver link (when attached).
     pub(super) fn to_twin_link(&self, message: AmqpMessage) {
-        // The router holds the receiving end, so this only fails once the router is gone.
-        let _ = self.twin_tx.send(message);
+        if let Err(e) = self.twin_tx.try_send(message) {
+            tracing::debug!(error = %e, "AMQP twin queue full: message dropped");
+        }
     }
 }
 

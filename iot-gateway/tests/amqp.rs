@@ -1,5 +1,5 @@
 //! The AMQP endpoint (feature `amqp`) over TLS, with fe2o3-amqp's client as the peer:
-//! claims-based security and SASL PLAIN, device telemetry and C2D links, the service links,
+//! claims-based security and SASL PLAIN, device telemetry, C2D, twin and method links, the service links,
 //! token expiry and renewal, and hostile input.
 
 mod amqp_support;
@@ -658,6 +658,23 @@ async fn direct_method_is_delivered_and_answered_over_the_method_links() {
     );
     let outcome = answers.send(stray).await.expect("send");
     assert!(matches!(outcome, Outcome::Rejected(_)), "{outcome:?}");
+    // Once the request link is detached the device no longer listens: offline at once.
+    requests.close().await.expect("close the request link");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let mut call = MethodCall::new("reboot", &b"{}"[..]);
+        call.response_timeout = Duration::from_millis(500);
+        match fx.stack.hub.invoke_method(&id, call).await {
+            Err(iot_gateway::Error::DeviceOffline { .. }) => break,
+            other => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "still listening after the link detached: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
     fx.server.shutdown().await;
 }
 

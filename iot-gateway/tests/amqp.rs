@@ -1,5 +1,5 @@
 //! The AMQP endpoint (feature `amqp`) over TLS, with fe2o3-amqp's client as the peer:
-//! claims-based security and SASL PLAIN, device telemetry and C2D links, the service links,
+//! claims-based security and SASL PLAIN, device telemetry, C2D, twin and method links, the service links,
 //! token expiry and renewal, and hostile input.
 
 mod amqp_support;
@@ -542,4 +542,247 @@ async fn hostile_input_closes_that_connection_and_leaves_others_alone() {
         .expect("send");
     assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
     assert_eq!(fx.telemetry_of(&id).await.len(), 1);
+}
+
+fn annotated(
+    operation: &str,
+    resource: Option<&str>,
+    correlation: &str,
+    body: &[u8],
+) -> fe2o3_amqp::types::messaging::Message<Body<Value>> {
+    use fe2o3_amqp::types::messaging::MessageAnnotations;
+    use fe2o3_amqp::types::primitives::OrderedMap;
+    let mut annotations = OrderedMap::new();
+    annotations.insert(
+        Symbol::from("operation").into(),
+        Value::String(operation.into()),
+    );
+    if let Some(resource) = resource {
+        annotations.insert(
+            Symbol::from("resource").into(),
+            Value::String(resource.into()),
+        );
+    }
+    let mut m = message(
+        body,
+        Properties {
+            correlation_id: Some(MessageId::String(correlation.into())),
+            ..Properties::default()
+        },
+        app(&[]),
+    );
+    m.message_annotations = Some(MessageAnnotations(annotations));
+    m
+}
+
+fn annotation_of(
+    m: &fe2o3_amqp::types::messaging::Message<Body<Value>>,
+    name: &str,
+) -> Option<Value> {
+    m.message_annotations
+        .as_ref()?
+        .0
+        .iter()
+        .find(|(k, _)| {
+            matches!(k, fe2o3_amqp::types::messaging::annotations::OwnedKey::Symbol(s) if s.as_str() == name)
+        })
+        .map(|(_, v)| v.clone())
+}
+
+fn data_of(m: &fe2o3_amqp::types::messaging::Message<Body<Value>>) -> Vec<u8> {
+    match &m.body {
+        Body::Data(sections) => sections.iter().flat_map(|d| d.0.to_vec()).collect(),
+        other => panic!("a data body: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_method_is_delivered_and_answered_over_the_method_links() {
+    use iot_gateway::MethodCall;
+    let fx = Fixture::start().await;
+    let (id, key) = fx.device("amqp-method").await;
+    let mut client = fx.client().await;
+    let token = fx.device_token(&id, &key, 3600);
+    assert_eq!(client.put_token(&audience(&id), &token).await, 200);
+    let address = format!("/devices/{id}/methods/devicebound");
+    let mut requests = Receiver::attach(&mut client.session, "m-req", address.as_str())
+        .await
+        .expect("attach the request link");
+    let mut answers = Sender::attach(&mut client.session, "m-res", address.as_str())
+        .await
+        .expect("attach the answer link");
+    let hub = fx.stack.hub.clone();
+    let target = id.clone();
+    let call = tokio::spawn(async move {
+        let mut call = MethodCall::new("reboot", &br#"{"delay":3}"#[..]);
+        call.connect_timeout = Duration::from_secs(5);
+        hub.invoke_method(&target, call).await
+    });
+    let request = next(&mut requests).await;
+    requests.accept(&request).await.expect("accept");
+    let m = request.message();
+    assert_eq!(
+        m.application_properties
+            .as_ref()
+            .and_then(|a| a.0.get("IoThub-methodname")),
+        Some(&SimpleValue::String("reboot".into()))
+    );
+    assert_eq!(data_of(m), br#"{"delay":3}"#);
+    let correlation = m
+        .properties
+        .as_ref()
+        .and_then(|p| p.correlation_id.clone())
+        .expect("a correlation id");
+    let answer = message(
+        br#"{"rebooting":true}"#,
+        Properties {
+            correlation_id: Some(correlation),
+            ..Properties::default()
+        },
+        app(&[("IoThub-status", SimpleValue::Int(201))]),
+    );
+    let outcome = answers.send(answer).await.expect("send the answer");
+    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+    let response = tokio::time::timeout(PATIENCE, call)
+        .await
+        .expect("the call ends")
+        .expect("join")
+        .expect("answered");
+    assert_eq!(response.status, 201);
+    assert_eq!(&response.payload[..], br#"{"rebooting":true}"#);
+    // An answer without a request's correlation id is rejected.
+    let stray = message(
+        b"{}",
+        Properties::default(),
+        app(&[("IoThub-status", SimpleValue::Int(200))]),
+    );
+    let outcome = answers.send(stray).await.expect("send");
+    assert!(matches!(outcome, Outcome::Rejected(_)), "{outcome:?}");
+    // Once the request link is detached the device no longer listens: offline at once.
+    requests.close().await.expect("close the request link");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let mut call = MethodCall::new("reboot", &b"{}"[..]);
+        call.response_timeout = Duration::from_millis(500);
+        match fx.stack.hub.invoke_method(&id, call).await {
+            Err(iot_gateway::Error::DeviceOffline { .. }) => break,
+            other => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "still listening after the link detached: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    fx.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twin_get_patch_and_desired_pushes_over_the_twin_links() {
+    let fx = Fixture::start().await;
+    let (id, key) = fx.device("amqp-twin").await;
+    let (other, _) = fx.device("amqp-twin-other").await;
+    let mut client = fx.client().await;
+    let token = fx.device_token(&id, &key, 3600);
+    assert_eq!(client.put_token(&audience(&id), &token).await, 200);
+    let address = format!("/devices/{id}/twin");
+    let mut answers = Receiver::attach(&mut client.session, "t-res", address.as_str())
+        .await
+        .expect("attach the answer link");
+    let mut requests = Sender::attach(&mut client.session, "t-req", address.as_str())
+        .await
+        .expect("attach the request link");
+
+    // PATCH reported, then GET sees it.
+    let outcome = requests
+        .send(annotated(
+            "PATCH",
+            Some("/properties/reported"),
+            "c-patch",
+            br#"{"fw":"1.2"}"#,
+        ))
+        .await
+        .expect("send");
+    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+    let answer = next(&mut answers).await;
+    answers.accept(&answer).await.expect("accept");
+    let m = answer.message();
+    assert_eq!(
+        m.properties.as_ref().and_then(|p| p.correlation_id.clone()),
+        Some(MessageId::String("c-patch".into()))
+    );
+    assert_eq!(annotation_of(m, "status"), Some(Value::Int(204)));
+    assert!(matches!(annotation_of(m, "version"), Some(Value::Long(v)) if v >= 1));
+
+    requests
+        .send(annotated("GET", None, "c-get", b" "))
+        .await
+        .expect("send");
+    let answer = next(&mut answers).await;
+    answers.accept(&answer).await.expect("accept");
+    let m = answer.message();
+    assert_eq!(
+        m.properties.as_ref().and_then(|p| p.correlation_id.clone()),
+        Some(MessageId::String("c-get".into()))
+    );
+    assert_eq!(annotation_of(m, "status"), Some(Value::Int(200)));
+    let twin: serde_json::Value = serde_json::from_slice(&data_of(m)).expect("json");
+    assert_eq!(twin["reported"]["fw"], "1.2");
+    assert!(twin["desired"]["$version"].is_u64(), "{twin}");
+    let stored = fx.stack.hub.get_twin(&id).await.expect("twin");
+    assert_eq!(stored.to_device_json()["reported"]["fw"], "1.2");
+
+    // A bad request is answered 400.
+    requests
+        .send(annotated(
+            "PATCH",
+            Some("/properties/desired"),
+            "c-bad",
+            b"{}",
+        ))
+        .await
+        .expect("send");
+    let answer = next(&mut answers).await;
+    answers.accept(&answer).await.expect("accept");
+    assert_eq!(
+        annotation_of(answer.message(), "status"),
+        Some(Value::Int(400))
+    );
+
+    // PUT subscribes to desired patches; a service patch is pushed without a correlation id.
+    requests
+        .send(annotated(
+            "PUT",
+            Some("/notifications/twin/properties/desired"),
+            "c-put",
+            b" ",
+        ))
+        .await
+        .expect("send");
+    let answer = next(&mut answers).await;
+    answers.accept(&answer).await.expect("accept");
+    assert_eq!(
+        annotation_of(answer.message(), "status"),
+        Some(Value::Int(200))
+    );
+    fx.stack
+        .hub
+        .patch_desired(&id, serde_json::json!({"mode": "eco"}), None)
+        .await
+        .expect("patch desired");
+    let pushed = next(&mut answers).await;
+    answers.accept(&pushed).await.expect("accept");
+    let m = pushed.message();
+    assert_eq!(
+        m.properties.as_ref().and_then(|p| p.correlation_id.clone()),
+        None
+    );
+    let patch: serde_json::Value = serde_json::from_slice(&data_of(m)).expect("json");
+    assert_eq!(patch["mode"], "eco");
+    assert!(patch["$version"].is_u64(), "{patch}");
+
+    // Another device's twin is refused.
+    assert!(sender_refused(&mut client, &format!("/devices/{other}/twin")).await);
+    fx.server.shutdown().await;
 }

@@ -2,13 +2,16 @@
 # The AMQP endpoint against Microsoft's SDKs, unmodified (docs/amqp.md):
 #  * Node azure-iot-device with azure-iot-device-amqp (telemetry with properties; C2D complete,
 #    reject, abandon) and azure-iothub's service Client (C2D over AMQP, getFeedbackReceiver);
+#  * the same SDKs for twin and direct methods over AMQP (node_twin_methods.js: getTwin, reported
+#    update, a desired patch by Registry.updateTwin, a method by Client.invokeDeviceMethod; the
+#    service calls are REST on port 443);
 #  * Python azure-iot-hub IoTHubRegistryManager.send_c2d_message (uamqp) reaching an
 #    azure-iot-device client connected over MQTT.
 # Installs what it needs: the Node packages into target/npm-amqp, the Python ones into .venv.
 #
 # The SDKs connect to HostName on 5671 (and MQTT on 8883) whatever the connection string says,
-# so this binds 127.0.0.1:5671 and 127.0.0.1:8883 under /tmp/port5671.lock and
-# /tmp/port8883.lock, and runs the hub example (feature amqp) with --amqp-listen.
+# and the Node service SDK's REST calls go to 443, so this binds 127.0.0.1:5671, 127.0.0.1:8883
+# and 127.0.0.1:443 under /tmp/port5671.lock, /tmp/port8883.lock and /tmp/port443.lock, and runs the hub example (feature amqp) with --amqp-listen.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -35,13 +38,15 @@ exec 8> /tmp/port5671.lock
 flock 8
 exec 9> /tmp/port8883.lock
 flock 9
+exec 7> /tmp/port443.lock
+flock 7
 
 dir=$(mktemp -d)
 hub=
 trap '[ -n "$hub" ] && kill "$hub" 2>/dev/null; rm -rf "$dir"' EXIT
 out="$dir/hub.out"
 "$target/debug/examples/hub" --data-dir "$dir/data" --listen 127.0.0.1:0 --self-signed \
-  --tls-listen 127.0.0.1:8883 --https-listen 127.0.0.1:0 --amqp-listen 127.0.0.1:5671 \
+  --tls-listen 127.0.0.1:8883 --https-listen 127.0.0.1:443 --amqp-listen 127.0.0.1:5671 \
   --device amqp-node > "$out" 2> "$dir/hub.err" &
 hub=$!
 for _ in $(seq 1500); do
@@ -74,6 +79,9 @@ for want in 'message-id=node-amqp-' 'content-type=application/json' 'correlation
     *) echo "amqp interop: telemetry lacks $want: $line" >&2; exit 1 ;;
   esac
 done
+
+IOT_DEVICE_CS="$device_cs" IOT_SERVICE_CS="$service_cs" IOT_CA="$ca" NODE_EXTRA_CA_CERTS="$ca" \
+  NODE_PATH="$PWD/$node_dir/node_modules" node scripts/amqp/node_twin_methods.js
 
 if [ "${AMQP_INTEROP_PYTHON:-1}" = 1 ]; then
   py_out=$(IOT_DEVICE_CS="$device_cs" IOT_SERVICE_CS="$service_cs" IOT_CA="$ca" \

@@ -9,115 +9,70 @@ use std::sync::Arc;
 use fe2o3_amqp::link::Sender;
 use fe2o3_amqp::types::definitions::AmqpError;
 use fe2o3_amqp::types::messaging::Outcome;
-use tokio::sync::watch;
 
-use super::claims::{DeviceGrant, lapsed};
+use super::claims::lapsed;
 use super::conn::{Conn, amqp_error};
 use super::convert;
-use crate::gateway::{DeviceSession, SessionEvent, Subscription};
+use super::router::Router;
+use crate::gateway::{DeviceSession, Subscription};
 use crate::message::LockToken;
 
-pub(super) async fn serve(
-    conn: Arc<Conn>,
-    mut sender: Sender,
-    mut grant: watch::Receiver<Option<DeviceGrant>>,
-) {
-    let Some(mut session) = current(&mut grant) else {
-        return;
+pub(super) async fn serve(conn: Arc<Conn>, mut sender: Sender, router: Arc<Router>) {
+    // The device's deliveries come from its router (its one reader of the session's events).
+    let mut queue = tokio::select! {
+        queue = router.c2d.lock() => queue,
+        () = conn.closed.cancelled() => return,
     };
-    if let Err(e) = session.subscribe(Subscription::C2d).await {
+    if let Err(e) = router.subscribe(Subscription::C2d).await {
         tracing::debug!(error = %e, "C2D subscribe failed");
         let _ = sender
             .close_with_error(super::conn::gateway_error(&e))
             .await;
         return;
     }
-    let device = session.device_id().clone();
-    // The expiry watch has a receiver of its own: `grant` follows renewals in the loop.
-    let mut expiry = grant.clone();
+    let mut expiry = router.grant();
     loop {
-        let event = tokio::select! {
-            event = session.next_event() => event,
-            changed = grant.changed() => {
-                // A renewed token: the grant carries a new session.
-                if changed.is_err() {
-                    break;
-                }
-                match current(&mut grant) {
-                    Some(next) if !Arc::ptr_eq(&next, &session) => {
-                        session = next;
-                        if session.subscribe(Subscription::C2d).await.is_err() {
-                            break;
-                        }
-                    }
-                    Some(_) => {}
-                    None => break,
-                }
-                continue;
-            }
+        let (session, delivery) = tokio::select! {
+            item = queue.recv() => match item {
+                Some(item) => item,
+                None => break,
+            },
             () = lapsed(&mut expiry) => {
                 let _ = sender
                     .close_with_error(amqp_error(AmqpError::UnauthorizedAccess, "the token expired"))
                     .await;
                 return;
             }
-            _ = sender.on_detach() => return,
-            () = conn.closed.cancelled() => return,
-        };
-        match event {
-            Ok(SessionEvent::C2d(delivery)) => {
-                let message = convert::c2d_delivery(&device, &delivery);
-                match sender.send_batchable(message).await {
-                    Ok(outcome) => {
-                        let session = session.clone();
-                        let lock = delivery.lock_token;
-                        tokio::spawn(async move {
-                            settle(session.as_ref(), lock, outcome.await.ok()).await;
-                        });
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "C2D link ended");
-                        let _ = session.abandon(delivery.lock_token).await;
-                        return;
-                    }
-                }
-            }
-            Ok(SessionEvent::Closed(reason)) => {
-                // Taken over by a renewal: the next turn of the loop sees the new session.
-                let renewed = grant
-                    .borrow()
-                    .as_ref()
-                    .is_some_and(|g| !Arc::ptr_eq(&g.session, &session));
-                if renewed {
-                    continue;
-                }
-                tracing::debug!(%reason, "C2D link: the device's session closed");
+            () = router.closed.cancelled() => {
+                tracing::debug!("C2D link: the device's session closed");
                 let _ = sender
                     .close_with_error(amqp_error(
                         AmqpError::UnauthorizedAccess,
-                        format!("the device's session closed: {reason}"),
+                        "the device's session closed",
                     ))
                     .await;
                 return;
             }
-            Ok(_) => {}
+            _ = sender.on_detach() => return,
+            () = conn.closed.cancelled() => return,
+        };
+        let device = session.device_id().clone();
+        let message = convert::c2d_delivery(&device, &delivery);
+        match sender.send_batchable(message).await {
+            Ok(outcome) => {
+                let lock = delivery.lock_token;
+                tokio::spawn(async move {
+                    settle(session.as_ref(), lock, outcome.await.ok()).await;
+                });
+            }
             Err(e) => {
-                tracing::debug!(error = %e, "C2D link: next_event failed");
-                if grant.borrow().is_none() {
-                    return;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tracing::debug!(error = %e, "C2D link ended");
+                let _ = session.abandon(delivery.lock_token).await;
+                return;
             }
         }
     }
     let _ = sender.close().await;
-}
-
-fn current(grant: &mut watch::Receiver<Option<DeviceGrant>>) -> Option<Arc<dyn DeviceSession>> {
-    grant
-        .borrow_and_update()
-        .as_ref()
-        .map(|g| g.session.clone())
 }
 
 /// Settles a delivery at the gateway by the device's outcome. No outcome (the link or the

@@ -1,14 +1,17 @@
 //! What the links of one connection share: the endpoint, the connection's claims, the `$cbs`
 //! reply queue, and the signal that the connection is closing.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use fe2o3_amqp::types::definitions::{self, AmqpError, LinkError};
+use iot_core::DeviceId;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::claims::Claims;
 use super::convert::AmqpMessage;
+use super::router::Router;
 use super::server::Shared;
 
 /// One connection's state, shared by its sessions and links.
@@ -22,6 +25,27 @@ pub(super) struct Conn {
     pub(super) cbs_rx: Mutex<Option<mpsc::Receiver<AmqpMessage>>>,
     /// Cancelled when the connection ends: every link task stops.
     pub(super) closed: CancellationToken,
+    /// Each device's event router (C2D, methods, twin links), made by the first such link.
+    pub(super) routers: Mutex<HashMap<DeviceId, Arc<Router>>>,
+}
+
+impl Conn {
+    /// The router of `device`, if the connection holds a current grant for it.
+    pub(super) fn router(&self, device: &DeviceId) -> Option<Arc<Router>> {
+        let grant = self.claims.device(device)?;
+        let mut routers = self
+            .routers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(router) = routers.get(device)
+            && !router.closed.is_cancelled()
+        {
+            return Some(router.clone());
+        }
+        let router = Router::start(grant, self.closed.clone());
+        routers.insert(device.clone(), router.clone());
+        Some(router)
+    }
 }
 
 /// An AMQP error with `condition` and a description.

@@ -89,6 +89,7 @@ pub(super) async fn serve<Io>(
         cbs_tx,
         cbs_rx: Mutex::new(Some(cbs_rx)),
         closed: stop.child_token(),
+        routers: Mutex::new(std::collections::HashMap::new()),
     });
     if let Offered::Plain(token) = sasl.take()
         && let Err(refused) = conn.claims.put_token(&token).await

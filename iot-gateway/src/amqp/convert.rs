@@ -82,7 +82,7 @@ fn simple_text(value: &SimpleValue) -> Option<String> {
 }
 
 /// The payload of a message body.
-fn payload(body: &Body<Value>) -> Result<Bytes, Unusable> {
+pub(super) fn payload(body: &Body<Value>) -> Result<Bytes, Unusable> {
     match body {
         Body::Data(sections) => {
             let mut out = Vec::new();

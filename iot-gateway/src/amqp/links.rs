@@ -5,6 +5,8 @@
 //! | `$cbs` | sender (requests) / receiver (replies) | nothing |
 //! | `/devices/{id}/messages/events` | sender | a device grant for `{id}` |
 //! | `/devices/{id}/messages/devicebound` | receiver | a device grant for `{id}` |
+//! | `/devices/{id}/twin` | sender (requests) / receiver (answers, desired patches) | a device grant for `{id}` |
+//! | `/devices/{id}/methods/devicebound` | receiver (requests) / sender (answers) | a device grant for `{id}` |
 //! | `/messages/devicebound` | sender | a service grant with `ServiceConnect` |
 //! | `/messages/serviceBound/feedback` | receiver | a service grant with `ServiceConnect` |
 //!
@@ -21,7 +23,7 @@ use fe2o3_amqp::types::performatives::Attach;
 use iot_core::DeviceId;
 
 use super::conn::{Conn, address_path, amqp_error};
-use super::{c2d, cbs, service, telemetry};
+use super::{c2d, cbs, methods, service, telemetry, twin};
 use crate::adapter::Address;
 use crate::http::Rights;
 
@@ -38,6 +40,10 @@ enum Node {
     CbsReplies,
     Telemetry(DeviceId),
     DeviceBound(DeviceId),
+    TwinRequests(DeviceId),
+    TwinResponses(DeviceId),
+    MethodRequests(DeviceId),
+    MethodResponses(DeviceId),
     ServiceDeviceBound,
     Feedback,
 }
@@ -67,6 +73,35 @@ fn node(attach: &Attach) -> Result<Node, definitions::Error> {
         ("$cbs", false) => return Ok(Node::CbsReplies),
         ("messages/devicebound", true) => return Ok(Node::ServiceDeviceBound),
         ("messages/servicebound/feedback", false) => return Ok(Node::Feedback),
+        _ => {}
+    }
+    // Twin and method nodes (no `Address` of their own: only this endpoint serves them).
+    let segments: Vec<&str> = path.split('/').collect();
+    let device_of = |id: &str| DeviceId::new(id).map_err(|_| not_found());
+    match segments.as_slice() {
+        [devices, id, twin]
+            if devices.eq_ignore_ascii_case("devices") && twin.eq_ignore_ascii_case("twin") =>
+        {
+            let device = device_of(id)?;
+            return Ok(if sends {
+                Node::TwinRequests(device)
+            } else {
+                Node::TwinResponses(device)
+            });
+        }
+        [devices, id, methods, bound]
+            if devices.eq_ignore_ascii_case("devices")
+                && methods.eq_ignore_ascii_case("methods")
+                && bound.eq_ignore_ascii_case("devicebound") =>
+        {
+            let device = device_of(id)?;
+            // The device sends answers and receives requests.
+            return Ok(if sends {
+                Node::MethodResponses(device)
+            } else {
+                Node::MethodRequests(device)
+            });
+        }
         _ => {}
     }
     match (Address::parse(path.split('/')), sends) {
@@ -112,15 +147,43 @@ pub(super) async fn attach(
                 None => Some((unauthorized(), LinkEndpoint::Receiver(r))),
             }
         }
-        (Ok(Node::DeviceBound(device)), LinkEndpoint::Sender(s)) => {
-            match conn.claims.device(&device) {
-                Some(grant) => {
-                    tokio::spawn(c2d::serve(conn, s, grant));
+        (Ok(Node::DeviceBound(device)), LinkEndpoint::Sender(s)) => match conn.router(&device) {
+            Some(router) => {
+                tokio::spawn(c2d::serve(conn, s, router));
+                None
+            }
+            None => Some((unauthorized(), LinkEndpoint::Sender(s))),
+        },
+        (Ok(Node::TwinRequests(device)), LinkEndpoint::Receiver(r)) => match conn.router(&device) {
+            Some(router) => {
+                tokio::spawn(twin::requests(conn, r, router));
+                None
+            }
+            None => Some((unauthorized(), LinkEndpoint::Receiver(r))),
+        },
+        (Ok(Node::TwinResponses(device)), LinkEndpoint::Sender(s)) => match conn.router(&device) {
+            Some(router) => {
+                tokio::spawn(twin::responses(conn, s, router));
+                None
+            }
+            None => Some((unauthorized(), LinkEndpoint::Sender(s))),
+        },
+        (Ok(Node::MethodResponses(device)), LinkEndpoint::Receiver(r)) => {
+            match conn.router(&device) {
+                Some(router) => {
+                    tokio::spawn(methods::responses(conn, r, router));
                     None
                 }
-                None => Some((unauthorized(), LinkEndpoint::Sender(s))),
+                None => Some((unauthorized(), LinkEndpoint::Receiver(r))),
             }
         }
+        (Ok(Node::MethodRequests(device)), LinkEndpoint::Sender(s)) => match conn.router(&device) {
+            Some(router) => {
+                tokio::spawn(methods::requests(conn, s, router));
+                None
+            }
+            None => Some((unauthorized(), LinkEndpoint::Sender(s))),
+        },
         (Ok(Node::ServiceDeviceBound), LinkEndpoint::Receiver(r)) => {
             match conn.claims.service(Rights::SERVICE_CONNECT) {
                 Some(grant) => {
@@ -223,5 +286,22 @@ mod tests {
         assert!(node(&attach(Role::Receiver, "/devices/d1/messages/events")).is_err());
         assert!(node(&attach(Role::Sender, "/devices/d1/messages/devicebound")).is_err());
         assert!(node(&attach(Role::Sender, "/elsewhere")).is_err());
+        let d2 = DeviceId::new("d2").expect("id");
+        assert_eq!(
+            node(&attach(Role::Sender, "/devices/d2/twin")).expect("node"),
+            Node::TwinRequests(d2.clone())
+        );
+        assert_eq!(
+            node(&attach(Role::Receiver, "amqps://hub/devices/d2/twin")).expect("node"),
+            Node::TwinResponses(d2.clone())
+        );
+        assert_eq!(
+            node(&attach(Role::Receiver, "/devices/d2/methods/devicebound")).expect("node"),
+            Node::MethodRequests(d2.clone())
+        );
+        assert_eq!(
+            node(&attach(Role::Sender, "/devices/d2/methods/deviceBound")).expect("node"),
+            Node::MethodResponses(d2)
+        );
     }
 }

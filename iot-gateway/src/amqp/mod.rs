@@ -11,6 +11,8 @@
 //! * **Device links**: `/devices/{id}/messages/events` (telemetry) and
 //!   `/devices/{id}/messages/devicebound` (C2D; accepted = complete, rejected = reject,
 //!   released/modified = abandon).
+//! * **Twin and direct methods**: `/devices/{id}/twin` and `/devices/{id}/methods/devicebound`
+//!   (a sender and a receiver each, correlated by correlation ids), as IoT Hub serves them.
 //! * **Service links**: `/messages/devicebound` (send C2D; `to` names the device) and
 //!   `/messages/serviceBound/feedback` (feedback batches).
 //!
@@ -38,11 +40,14 @@ mod connection;
 mod convert;
 mod error;
 mod links;
+mod methods;
 mod replay;
+mod router;
 mod sasl;
 mod server;
 mod service;
 mod telemetry;
+mod twin;
 
 pub use config::AmqpConfig;
 pub use convert::FEEDBACK_CONTENT_TYPE;

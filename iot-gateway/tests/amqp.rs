@@ -112,6 +112,68 @@ async fn put_token_then_telemetry_lands_with_properties() {
     fx.server.shutdown().await;
 }
 
+/// A window of messages in flight, one of them unusable: the endpoint settles the window's
+/// deliveries together, so the unusable one must be rejected alone and every other one accepted,
+/// in the log in the order sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_of_telemetry_with_one_unusable_message_rejects_only_that_one() {
+    let fx = Fixture::start().await;
+    let (id, key) = fx.device("amqp-window").await;
+    let mut client = fx.client().await;
+    let status = client
+        .put_token(&audience(&id), &fx.device_token(&id, &key, 3600))
+        .await;
+    assert_eq!(status, 200);
+    let mut sender = Sender::attach(&mut client.session, "tel", events(&id))
+        .await
+        .expect("attach");
+    const SENT: usize = 40;
+    const UNUSABLE: usize = 17;
+    let mut outcomes = Vec::new();
+    for n in 0..SENT {
+        let props = Properties {
+            message_id: Some(MessageId::String(format!("m-{n}"))),
+            ..Properties::default()
+        };
+        let m = if n == UNUSABLE {
+            // An amqp-value that is neither text nor binary is no telemetry payload.
+            fe2o3_amqp::types::messaging::Message::builder()
+                .properties(props)
+                .body(Body::Value(fe2o3_amqp::types::messaging::AmqpValue(
+                    Value::Int(5),
+                )))
+                .build()
+        } else {
+            message(format!("{n}").as_bytes(), props, app(&[]))
+        };
+        outcomes.push(sender.send_batchable(m).await.expect("send"));
+    }
+    for (n, outcome) in outcomes.into_iter().enumerate() {
+        let outcome = tokio::time::timeout(PATIENCE, outcome)
+            .await
+            .expect("a disposition in time")
+            .expect("outcome");
+        if n == UNUSABLE {
+            assert!(matches!(outcome, Outcome::Rejected(_)), "{n}: {outcome:?}");
+        } else {
+            assert!(matches!(outcome, Outcome::Accepted(_)), "{n}: {outcome:?}");
+        }
+    }
+    let ids: Vec<String> = fx
+        .telemetry_of(&id)
+        .await
+        .iter()
+        .map(|r| r.headers.get(header::MESSAGE_ID).unwrap_or("").to_owned())
+        .collect();
+    let expected: Vec<String> = (0..SENT)
+        .filter(|n| *n != UNUSABLE)
+        .map(|n| format!("m-{n}"))
+        .collect();
+    assert_eq!(ids, expected);
+    sender.close().await.expect("close");
+    fx.server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_and_other_devices_addresses_are_refused() {
     let fx = Fixture::start().await;

@@ -76,10 +76,9 @@ fn check_request(
             format!("the subprotocol must be one of {}", served.join(", ")),
         ));
     };
-    response.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        HeaderValue::from_static(protocol),
-    );
+    response
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(protocol));
     Ok(response)
 }
 

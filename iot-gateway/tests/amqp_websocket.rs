@@ -154,7 +154,10 @@ async fn ws_client(addr: SocketAddr, subprotocol: &str, chunk: usize) -> Client 
     let (ws, answered) = upgrade(tcp, &addr.to_string(), subprotocol)
         .await
         .expect("upgrade");
-    assert_eq!(answered, subprotocol, "the answer names the subprotocol asked for");
+    assert_eq!(
+        answered, subprotocol,
+        "the answer names the subprotocol asked for"
+    );
     Client::over(bridged(ws, chunk), SaslProfile::Anonymous)
         .await
         .expect("AMQP over WebSocket")
@@ -171,7 +174,12 @@ async fn telemetry_over_ws_with_frames_split_across_and_joined_in_messages() {
     // 5-byte messages: every frame (and the protocol headers) spans several.
     telemetry_lands(&fx, ws_client(addr, "AMQPWSB10", 5).await, "ws-split").await;
     // 16 KiB messages: a message holds what the client wrote at once, often several frames.
-    telemetry_lands(&fx, ws_client(addr, "AMQPWSB10", 16 * 1024).await, "ws-joined").await;
+    telemetry_lands(
+        &fx,
+        ws_client(addr, "AMQPWSB10", 16 * 1024).await,
+        "ws-joined",
+    )
+    .await;
     // The OASIS binding's name for the subprotocol is served too.
     telemetry_lands(&fx, ws_client(addr, "amqp", 16 * 1024).await, "ws-oasis").await;
     fx.server.shutdown().await;
@@ -215,7 +223,9 @@ async fn upgrades_that_are_not_amqp_are_refused() {
         assert!(why.contains("400"), "{subprotocol:?}: {why}");
     }
     let tcp = TcpStream::connect(addr).await.expect("tcp");
-    let mut request = format!("ws://{addr}/mqtt").into_client_request().expect("request");
+    let mut request = format!("ws://{addr}/mqtt")
+        .into_client_request()
+        .expect("request");
     request.headers_mut().insert(
         "Sec-WebSocket-Protocol",
         HeaderValue::from_static("AMQPWSB10"),
@@ -281,8 +291,14 @@ async fn a_hostile_frame_over_websocket_closes_that_connection_only() {
     // over several.
     let mut undersized = b"AMQP\x00\x01\x00\x00".to_vec();
     undersized.extend_from_slice(&[0, 0, 0, 4, 2, 0, 0, 0]);
-    assert!(ws_closes_after(addr, &undersized, 1024).await, "undersized, one message");
-    assert!(ws_closes_after(addr, &undersized, 3).await, "undersized, split");
+    assert!(
+        ws_closes_after(addr, &undersized, 1024).await,
+        "undersized, one message"
+    );
+    assert!(
+        ws_closes_after(addr, &undersized, 3).await,
+        "undersized, split"
+    );
     // An oversized frame (2 GiB announced).
     let mut oversized = b"AMQP\x00\x01\x00\x00".to_vec();
     oversized.extend_from_slice(&[0x7f, 0xff, 0xff, 0xff, 2, 0, 0, 0]);
@@ -322,7 +338,9 @@ async fn the_http_server_hands_upgrades_to_amqp_and_mqtt_by_subprotocol() {
     // `mqtt` reaches the MQTT endpoint: it answers a CONNECT without a username with a CONNACK
     // refusing it (return code 4) where AMQP would have answered with its protocol header.
     let tcp = TcpStream::connect(addr).await.expect("tcp");
-    let (ws, answered) = upgrade(tcp, &addr.to_string(), "mqtt").await.expect("upgrade");
+    let (ws, answered) = upgrade(tcp, &addr.to_string(), "mqtt")
+        .await
+        .expect("upgrade");
     assert_eq!(answered, "mqtt");
     let mut stream = bridged(ws, 1024);
     // CONNECT: protocol MQTT level 4, clean session, keep-alive 60, client id "x".
@@ -345,9 +363,11 @@ async fn the_http_server_hands_upgrades_to_amqp_and_mqtt_by_subprotocol() {
         .expect("refused");
     assert!(why.contains("400"), "{why}");
     let mut tcp = TcpStream::connect(addr).await.expect("tcp");
-    tcp.write_all(b"GET /devices/x?api-version=2021-04-12 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("request");
+    tcp.write_all(
+        b"GET /devices/x?api-version=2021-04-12 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("request");
     let mut answer = String::new();
     tcp.read_to_string(&mut answer).await.expect("answer");
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");

@@ -73,10 +73,7 @@ impl WebSocketUpgrades {
     /// router's own layers (the `api-version` check and the like), which do not apply to it:
     /// devices authenticate inside the protocol, as on the endpoints' own listeners.
     pub fn add_to(self, router: Router) -> Router {
-        router.route(
-            websocket::PATH,
-            any(upgrade).with_state(Arc::new(self)),
-        )
+        router.route(websocket::PATH, any(upgrade).with_state(Arc::new(self)))
     }
 
     /// The endpoint for the first subprotocol asked for that one of them serves.

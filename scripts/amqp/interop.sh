@@ -9,12 +9,14 @@
 #    and the service Client's AmqpWs transports, wss://localhost:443/$iothub/websocket with the
 #    subprotocol AMQPWSB10, which the hub's HTTPS listener hands to the AMQP endpoint);
 #  * Python azure-iot-hub IoTHubRegistryManager.send_c2d_message (uamqp) reaching an
-#    azure-iot-device client connected over MQTT.
+#    azure-iot-device client connected over MQTT, on 8883 and then over WebSocket on 443.
 # Installs what it needs: the Node packages into target/npm-amqp, the Python ones into .venv.
 #
-# The SDKs connect to HostName on 5671 (and MQTT on 8883, AMQP over WebSocket on 443) whatever
-# the connection string says, and the Node service SDK's REST calls go to 443, so this binds 127.0.0.1:5671, 127.0.0.1:8883
-# and 127.0.0.1:443 under /tmp/port5671.lock, /tmp/port8883.lock and /tmp/port443.lock, and runs the hub example (feature amqp) with --amqp-listen.
+# The SDKs connect to HostName on 5671 (and MQTT on 8883, AMQP and MQTT over WebSocket on 443)
+# whatever the connection string says, and the Node service SDK's REST calls go to 443, so this
+# binds 127.0.0.1:5671, 127.0.0.1:8883 and 127.0.0.1:443 under /tmp/port5671.lock,
+# /tmp/port8883.lock and /tmp/port443.lock, and runs the hub example (feature amqp) with
+# --amqp-listen and --https-listen 127.0.0.1:443.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -99,13 +101,17 @@ for transport in amqp amqp-ws; do
 done
 
 if [ "${AMQP_INTEROP_PYTHON:-1}" = 1 ]; then
-  py_out=$(IOT_DEVICE_CS="$device_cs" IOT_SERVICE_CS="$service_cs" IOT_CA="$ca" \
-    .venv/bin/python scripts/amqp/python_c2d.py)
-  echo "$py_out"
-  message_id=$(echo "$py_out" | sed -n 's/^message-id: //p')
-  # azure-iot-hub has no feedback receiver: Node's reads the completion over AMQP.
-  IOT_SERVICE_CS="$service_cs" IOT_MESSAGE_ID="$message_id" NODE_EXTRA_CA_CERTS="$ca" \
-    NODE_PATH="$PWD/$node_dir/node_modules" node scripts/amqp/node_feedback.js
+  # The device on MQTT/TLS (8883), then on MQTT over WebSocket on 443: the HTTPS listener that
+  # hands AMQPWSB10 to the AMQP endpoint hands the subprotocol mqtt to the MQTT endpoint.
+  for websockets in 0 1; do
+    py_out=$(IOT_MQTT_WEBSOCKETS="$websockets" IOT_DEVICE_CS="$device_cs" \
+      IOT_SERVICE_CS="$service_cs" IOT_CA="$ca" .venv/bin/python scripts/amqp/python_c2d.py)
+    echo "$py_out"
+    message_id=$(echo "$py_out" | sed -n 's/^message-id: //p')
+    # azure-iot-hub has no feedback receiver: Node's reads the completion over AMQP.
+    IOT_SERVICE_CS="$service_cs" IOT_MESSAGE_ID="$message_id" NODE_EXTRA_CA_CERTS="$ca" \
+      NODE_PATH="$PWD/$node_dir/node_modules" node scripts/amqp/node_feedback.js
+  done
 fi
 
 kill -INT "$hub"

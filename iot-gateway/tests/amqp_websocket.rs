@@ -68,14 +68,13 @@ where
         let (mut from_client, mut to_client) = tokio::io::split(theirs);
         let inbound = async {
             while let Some(Ok(message)) = messages.next().await {
-                match message {
-                    Message::Binary(bytes) => {
-                        if to_client.write_all(&bytes).await.is_err() {
-                            break;
-                        }
-                    }
+                let bytes = match message {
+                    Message::Binary(bytes) => bytes,
                     Message::Close(_) => break,
-                    _ => {}
+                    _ => continue,
+                };
+                if to_client.write_all(&bytes).await.is_err() {
+                    break;
                 }
             }
             let _ = to_client.shutdown().await;
@@ -219,7 +218,7 @@ async fn upgrades_that_are_not_amqp_are_refused() {
     for subprotocol in ["mqtt", "AMQPWSB9", ""] {
         let tcp = TcpStream::connect(addr).await.expect("tcp");
         let refused = upgrade(tcp, &addr.to_string(), subprotocol).await;
-        let why = refused.err().expect("refused");
+        let why = refused.expect_err("refused");
         assert!(why.contains("400"), "{subprotocol:?}: {why}");
     }
     let tcp = TcpStream::connect(addr).await.expect("tcp");
@@ -232,8 +231,7 @@ async fn upgrades_that_are_not_amqp_are_refused() {
     );
     let why = tokio_tungstenite::client_async(request, tcp)
         .await
-        .err()
-        .expect("another path is refused")
+        .expect_err("another path is refused")
         .to_string();
     assert!(why.contains("404"), "{why}");
     fx.server.shutdown().await;
@@ -359,8 +357,7 @@ async fn the_http_server_hands_upgrades_to_amqp_and_mqtt_by_subprotocol() {
     let tcp = TcpStream::connect(addr).await.expect("tcp");
     let why = upgrade(tcp, &addr.to_string(), "wamp")
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(why.contains("400"), "{why}");
     let mut tcp = TcpStream::connect(addr).await.expect("tcp");
     tcp.write_all(

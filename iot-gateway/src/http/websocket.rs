@@ -107,10 +107,10 @@ enum Endpoint {
 
 impl Endpoint {
     fn protocol(&self) -> &'static str {
-        match self {
-            Endpoint::Mqtt(protocol, _) => *protocol,
+        match *self {
+            Endpoint::Mqtt(protocol, _) => protocol,
             #[cfg(feature = "amqp")]
-            Endpoint::Amqp(protocol, _) => *protocol,
+            Endpoint::Amqp(protocol, _) => protocol,
         }
     }
 }

@@ -1,5 +1,7 @@
 //! One runnable hub: devices over MQTT (TCP, TLS, WebSocket) and back ends over IoT Hub's
-//! service REST API (HTTPS), over file-backed stores.
+//! service REST API (HTTPS), over file-backed stores. As on IoT Hub's port 443, the HTTPS
+//! listener also serves MQTT over WebSocket and, with feature `amqp`, AMQP over WebSocket at
+//! `/$iothub/websocket` (by subprotocol: `mqtt`, `AMQPWSB10`).
 //!
 //! ```text
 //! cargo run --example hub --features http -- --data-dir DIR --host localhost --device DEVICE_ID --self-signed
@@ -22,8 +24,8 @@
 //! * `connection-string: HostName=…;DeviceId=…;SharedAccessKey=…` for the Azure IoT device SDKs,
 //! * `service-connection-string: HostName=…;SharedAccessKeyName=iothubowner;SharedAccessKey=…`
 //!   for the service SDKs (`HostName` carries the HTTPS port unless it is 443),
-//! * where each listener is (`mqtt:`, `mqtts:`, `https:`, …) and, with `--self-signed`, the CA
-//!   certificate clients must trust (`ca-certificate:`),
+//! * where each listener is (`mqtt:`, `mqtts:`, `https:`, `mqtt-wss:`, `amqp-wss:`, …) and,
+//!   with `--self-signed`, the CA certificate clients must trust (`ca-certificate:`),
 //!
 //! and, with `--eventhubs-listen` (feature `eventhubs`, docs/eventhubs.md), `eventhubs: amqps://…`
 //! and `eventhubs-connection-string: Endpoint=sb://…/;SharedAccessKeyName=service;…;EntityPath=…`
@@ -54,7 +56,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 use iot_core::{DeviceId, GroupName, Log, Offset, ReadLimits};
-use iot_gateway::http::{HttpConfig, HttpServer, HttpState, PolicyStore};
+use iot_gateway::http::{HttpConfig, HttpServer, HttpState, PolicyStore, WebSocketUpgrades};
 use iot_gateway::mqtt::{MqttConfig, MqttServer, SelfSigned, TlsConfig};
 use iot_gateway::{Hub, HubConfig};
 use iot_identity::ca::{CertificateAuthorities, FileCaStore};
@@ -340,19 +342,20 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // under DIR/fleet; a job that was running resumes here (docs/fleet.md).
     let fleet = open_fleet(&state, dir).await?;
     let state = state.with_fleet(fleet.clone());
+    // With feature `amqp` the AMQP endpoint always exists: it listens on --amqp-listen (TLS), and
+    // the HTTP(S) listeners hand it WebSocket upgrades asking for `AMQPWSB10`.
     #[cfg(feature = "amqp")]
-    let amqp = match (args.amqp_listen, tls.clone()) {
-        (Some(addr), Some(tls)) => {
-            let server = iot_gateway::amqp::AmqpServer::new(
-                Arc::new(hub.clone()),
-                iot_gateway::amqp::AmqpConfig::default(),
-            )?
-            .with_service_auth(state.clone());
+    let amqp = {
+        let server = iot_gateway::amqp::AmqpServer::new(
+            Arc::new(hub.clone()),
+            iot_gateway::amqp::AmqpConfig::default(),
+        )?
+        .with_service_auth(state.clone());
+        if let (Some(addr), Some(tls)) = (args.amqp_listen, tls.clone()) {
             let bound = server.listen_tls(addr, tls).await?;
             println!("amqps: {host}:{} (AMQP over TLS)", bound.port());
-            Some(server)
         }
-        _ => None,
+        server
     };
     let streams = state.clone();
     let router = if args.ui {
@@ -360,13 +363,21 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         iot_gateway::http::router(state)
     };
-    let http = HttpServer::new(router, http_config);
+    // `/$iothub/websocket` on the HTTP(S) listeners, as on IoT Hub's 443: MQTT and AMQP over
+    // WebSocket, by subprotocol.
+    let upgrades = WebSocketUpgrades::new().mqtt(mqtt.clone());
+    #[cfg(feature = "amqp")]
+    let upgrades = upgrades.amqp(amqp.clone());
+    let http = HttpServer::new(upgrades.add_to(router), http_config);
     let owner = policies
         .get("iothubowner")
         .ok_or("the iothubowner policy was removed from DIR/policies")?;
     if let (Some(addr), Some(tls)) = (args.https_listen, tls) {
         let bound = http.listen_tls(addr, tls).await?;
         println!("https: https://{host}:{}", bound.port());
+        println!("mqtt-wss: wss://{host}:{}/$iothub/websocket", bound.port());
+        #[cfg(feature = "amqp")]
+        println!("amqp-wss: wss://{host}:{}/$iothub/websocket", bound.port());
         if args.ui {
             println!("ui: https://{host}:{}/ui/", bound.port());
         }
@@ -430,9 +441,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         endpoint.stop();
     }
     #[cfg(feature = "amqp")]
-    if let Some(amqp) = amqp {
-        amqp.shutdown().await;
-    }
+    amqp.shutdown().await;
     http.shutdown().await;
     fleet.jobs.shutdown();
     if let Some(server) = metrics_server {

@@ -66,6 +66,9 @@ pub use twins::{
 
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
+// IoT Hub's WebSocket transport, shared by the MQTT and AMQP endpoints.
+#[cfg(feature = "mqtt")]
+mod websocket;
 
 #[cfg(feature = "http")]
 pub mod http;

@@ -5,13 +5,18 @@
 #  * the same SDKs for twin and direct methods over AMQP (node_twin_methods.js: getTwin, reported
 #    update, a desired patch by Registry.updateTwin, a method by Client.invokeDeviceMethod; the
 #    service calls are REST on port 443);
+#  * both Node scripts again over AMQP over WebSocket (IOT_AMQP_TRANSPORT=amqp-ws: the device's
+#    and the service Client's AmqpWs transports, wss://localhost:443/$iothub/websocket with the
+#    subprotocol AMQPWSB10, which the hub's HTTPS listener hands to the AMQP endpoint);
 #  * Python azure-iot-hub IoTHubRegistryManager.send_c2d_message (uamqp) reaching an
-#    azure-iot-device client connected over MQTT.
+#    azure-iot-device client connected over MQTT, on 8883 and then over WebSocket on 443.
 # Installs what it needs: the Node packages into target/npm-amqp, the Python ones into .venv.
 #
-# The SDKs connect to HostName on 5671 (and MQTT on 8883) whatever the connection string says,
-# and the Node service SDK's REST calls go to 443, so this binds 127.0.0.1:5671, 127.0.0.1:8883
-# and 127.0.0.1:443 under /tmp/port5671.lock, /tmp/port8883.lock and /tmp/port443.lock, and runs the hub example (feature amqp) with --amqp-listen.
+# The SDKs connect to HostName on 5671 (and MQTT on 8883, AMQP and MQTT over WebSocket on 443)
+# whatever the connection string says, and the Node service SDK's REST calls go to 443, so this
+# binds 127.0.0.1:5671, 127.0.0.1:8883 and 127.0.0.1:443 under /tmp/port5671.lock,
+# /tmp/port8883.lock and /tmp/port443.lock, and runs the hub example (feature amqp) with
+# --amqp-listen and --https-listen 127.0.0.1:443.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -64,33 +69,49 @@ ca=$(sed -n 's/^ca-certificate: //p' "$out")
 # iothubowner's connection string for HostName=localhost (the SDKs add the port themselves).
 service_cs=$(sed -n 's/^service-connection-string: //p' "$out" | sed 's/HostName=[^;]*/HostName=localhost/')
 
-IOT_DEVICE_CS="$device_cs" IOT_SERVICE_CS="$service_cs" IOT_CA="$ca" NODE_EXTRA_CA_CERTS="$ca" \
-  NODE_PATH="$PWD/$node_dir/node_modules" node scripts/amqp/node_device.js
+# The AMQP endpoint over WebSocket is the HTTPS listener's (443), by subprotocol.
+grep -q '^amqp-wss: wss://[^ ]*:443/\$iothub/websocket' "$out" ||
+  { echo "amqp interop: the hub example does not serve AMQP over WebSocket on 443" >&2; exit 1; }
 
-# The telemetry landed with its properties and the device's id.
-for _ in $(seq 250); do
-  grep -qs 'telemetry: device=amqp-node .*site=lab-7' "$out" && break
-  sleep 0.02
-done
-line=$(grep 'telemetry: device=amqp-node .*site=lab-7' "$out" || true)
-for want in 'message-id=node-amqp-' 'content-type=application/json' 'correlation-id=corr-'; do
-  case "$line" in
-    *"$want"*) ;;
-    *) echo "amqp interop: telemetry lacks $want: $line" >&2; exit 1 ;;
-  esac
-done
+# The Node scenarios over AMQP/TLS (5671), then over AMQP over WebSocket (443).
+for transport in amqp amqp-ws; do
+  tag=; [ "$transport" = amqp-ws ] && tag=ws-
+  IOT_AMQP_TRANSPORT="$transport" IOT_RUN_TAG="$tag" \
+    IOT_DEVICE_CS="$device_cs" IOT_SERVICE_CS="$service_cs" IOT_CA="$ca" NODE_EXTRA_CA_CERTS="$ca" \
+    NODE_PATH="$PWD/$node_dir/node_modules" node scripts/amqp/node_device.js
 
-IOT_DEVICE_CS="$device_cs" IOT_SERVICE_CS="$service_cs" IOT_CA="$ca" NODE_EXTRA_CA_CERTS="$ca" \
-  NODE_PATH="$PWD/$node_dir/node_modules" node scripts/amqp/node_twin_methods.js
+  # The telemetry landed with its properties and the device's id.
+  # (The run over TLS comes first, so its pattern cannot match the WebSocket run's message.)
+  pattern="telemetry: device=amqp-node .*message-id=node-amqp-$tag"
+  for _ in $(seq 250); do
+    grep -qs "$pattern" "$out" && break
+    sleep 0.02
+  done
+  line=$(grep "$pattern" "$out" || true)
+  for want in "message-id=node-amqp-$tag" 'content-type=application/json' 'correlation-id=corr-' 'site=lab-7'; do
+    case "$line" in
+      *"$want"*) ;;
+      *) echo "amqp interop ($transport): telemetry lacks $want: $line" >&2; exit 1 ;;
+    esac
+  done
+
+  IOT_AMQP_TRANSPORT="$transport" \
+    IOT_DEVICE_CS="$device_cs" IOT_SERVICE_CS="$service_cs" IOT_CA="$ca" NODE_EXTRA_CA_CERTS="$ca" \
+    NODE_PATH="$PWD/$node_dir/node_modules" node scripts/amqp/node_twin_methods.js
+done
 
 if [ "${AMQP_INTEROP_PYTHON:-1}" = 1 ]; then
-  py_out=$(IOT_DEVICE_CS="$device_cs" IOT_SERVICE_CS="$service_cs" IOT_CA="$ca" \
-    .venv/bin/python scripts/amqp/python_c2d.py)
-  echo "$py_out"
-  message_id=$(echo "$py_out" | sed -n 's/^message-id: //p')
-  # azure-iot-hub has no feedback receiver: Node's reads the completion over AMQP.
-  IOT_SERVICE_CS="$service_cs" IOT_MESSAGE_ID="$message_id" NODE_EXTRA_CA_CERTS="$ca" \
-    NODE_PATH="$PWD/$node_dir/node_modules" node scripts/amqp/node_feedback.js
+  # The device on MQTT/TLS (8883), then on MQTT over WebSocket on 443: the HTTPS listener that
+  # hands AMQPWSB10 to the AMQP endpoint hands the subprotocol mqtt to the MQTT endpoint.
+  for websockets in 0 1; do
+    py_out=$(IOT_MQTT_WEBSOCKETS="$websockets" IOT_DEVICE_CS="$device_cs" \
+      IOT_SERVICE_CS="$service_cs" IOT_CA="$ca" .venv/bin/python scripts/amqp/python_c2d.py)
+    echo "$py_out"
+    message_id=$(echo "$py_out" | sed -n 's/^message-id: //p')
+    # azure-iot-hub has no feedback receiver: Node's reads the completion over AMQP.
+    IOT_SERVICE_CS="$service_cs" IOT_MESSAGE_ID="$message_id" NODE_EXTRA_CA_CERTS="$ca" \
+      NODE_PATH="$PWD/$node_dir/node_modules" node scripts/amqp/node_feedback.js
+  done
 fi
 
 kill -INT "$hub"

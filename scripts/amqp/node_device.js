@@ -5,30 +5,34 @@
 //
 // IOT_DEVICE_CS: the device's connection string; IOT_SERVICE_CS: iothubowner's; IOT_CA: the
 // hub's CA certificate (PEM) for the device's `ca` option (the service SDK has none: the script
-// that runs this sets NODE_EXTRA_CA_CERTS for it). Exits 0 when every check holds.
+// that runs this sets NODE_EXTRA_CA_CERTS for it); IOT_AMQP_TRANSPORT: `amqp` (the default) or
+// `amqp-ws`, both SDKs' AmqpWs transports (AMQP over WebSocket, wss://HostName:443/$iothub/
+// websocket). IOT_RUN_TAG: prefixed to the message ids. Exits 0 when every check holds.
 'use strict';
 
 const fs = require('fs');
 const { Client: DeviceClient, Message } = require('azure-iot-device');
-const { Amqp } = require('azure-iot-device-amqp');
-const { Client: ServiceClient } = require('azure-iothub');
+const { Amqp, AmqpWs } = require('azure-iot-device-amqp');
+const { Client: ServiceClient, AmqpWs: ServiceAmqpWs } = require('azure-iothub');
 const { Message: ServiceMessage } = require('azure-iot-common');
 
 const deviceCs = process.env.IOT_DEVICE_CS;
 const serviceCs = process.env.IOT_SERVICE_CS;
 const ca = fs.readFileSync(process.env.IOT_CA, 'utf8');
 const deviceId = /DeviceId=([^;]+)/.exec(deviceCs)[1];
-const run = Date.now().toString(36);
+const overWs = (process.env.IOT_AMQP_TRANSPORT || 'amqp') === 'amqp-ws';
+const name = overWs ? 'node amqp-ws interop' : 'node amqp interop';
+const run = (process.env.IOT_RUN_TAG || '') + Date.now().toString(36);
 
 function fail(why) {
-  console.error('node amqp interop: ' + why);
+  console.error(name + ': ' + why);
   process.exit(1);
 }
 
 const timer = setTimeout(() => fail('timed out'), 60000);
 
 async function main() {
-  const device = DeviceClient.fromConnectionString(deviceCs, Amqp);
+  const device = DeviceClient.fromConnectionString(deviceCs, overWs ? AmqpWs : Amqp);
   device.setOptions({ ca });
   await device.open();
 
@@ -71,7 +75,7 @@ async function main() {
     });
   });
 
-  const service = ServiceClient.fromConnectionString(serviceCs);
+  const service = ServiceClient.fromConnectionString(serviceCs, overWs ? ServiceAmqpWs : undefined);
   await service.open();
   const feedback = [];
   const receiver = await new Promise((resolve, reject) =>
@@ -110,7 +114,7 @@ async function main() {
   await device.close();
   await service.close();
   clearTimeout(timer);
-  console.log('node amqp interop: ok');
+  console.log(name + ': ok');
 }
 
 main().catch((e) => fail(e && e.stack ? e.stack : String(e)));

@@ -5,30 +5,33 @@
 //
 // IOT_DEVICE_CS: the device's connection string; IOT_SERVICE_CS: iothubowner's (HostName
 // localhost: the service SDK's REST calls go to port 443); IOT_CA: the hub's CA certificate for
-// the device's `ca` option (NODE_EXTRA_CA_CERTS gives it to the service SDK). Exits 0 when every
-// check holds.
+// the device's `ca` option (NODE_EXTRA_CA_CERTS gives it to the service SDK);
+// IOT_AMQP_TRANSPORT: `amqp` (the default) or `amqp-ws` (the device's AmqpWs transport, AMQP over
+// WebSocket on port 443). Exits 0 when every check holds.
 'use strict';
 
 const fs = require('fs');
 const { Client: DeviceClient } = require('azure-iot-device');
-const { Amqp } = require('azure-iot-device-amqp');
+const { Amqp, AmqpWs } = require('azure-iot-device-amqp');
 const { Client: ServiceClient, Registry } = require('azure-iothub');
 
 const deviceCs = process.env.IOT_DEVICE_CS;
 const serviceCs = process.env.IOT_SERVICE_CS;
 const ca = fs.readFileSync(process.env.IOT_CA, 'utf8');
 const deviceId = /DeviceId=([^;]+)/.exec(deviceCs)[1];
+const overWs = (process.env.IOT_AMQP_TRANSPORT || 'amqp') === 'amqp-ws';
+const name = overWs ? 'node amqp-ws twin/methods interop' : 'node amqp twin/methods interop';
 const run = Date.now().toString(36);
 
 function fail(why) {
-  console.error('node amqp twin/methods interop: ' + why);
+  console.error(name + ': ' + why);
   process.exit(1);
 }
 
 const timer = setTimeout(() => fail('timed out'), 60000);
 
 async function main() {
-  const device = DeviceClient.fromConnectionString(deviceCs, Amqp);
+  const device = DeviceClient.fromConnectionString(deviceCs, overWs ? AmqpWs : Amqp);
   device.setOptions({ ca });
   await device.open();
   device.on('error', (e) => fail('device error: ' + e));
@@ -80,7 +83,7 @@ async function main() {
   }
   await device.close();
   clearTimeout(timer);
-  console.log('node amqp twin/methods interop: ok');
+  console.log(name + ': ok');
 }
 
 main().catch((e) => fail(e && e.stack ? e.stack : String(e)));

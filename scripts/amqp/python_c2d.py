@@ -2,7 +2,8 @@
 reaches an azure-iot-device client connected over MQTT (HostName:8883); both SDKs unmodified.
 
 IOT_DEVICE_CS, IOT_SERVICE_CS: connection strings (HostName=localhost); IOT_CA: the hub's CA
-(PEM). Prints `message-id: ID` of the C2D message the device received (for the feedback check).
+(PEM); IOT_MQTT_WEBSOCKETS=1: the device connects over MQTT over WebSocket instead
+(wss://HostName:443/$iothub/websocket, subprotocol mqtt). Prints `message-id: ID` of the C2D message the device received (for the feedback check).
 
 uamqp trusts only certifi's CA bundle and no environment variable changes that; this process
 trusts the hub's CA by pointing `certifi.where()` at a copy of that bundle with the CA appended
@@ -44,7 +45,10 @@ def on_message(message):
     received.set()
 
 
-device = IoTHubDeviceClient.create_from_connection_string(device_cs, server_verification_cert=ca_pem)
+websockets = os.environ.get("IOT_MQTT_WEBSOCKETS") == "1"
+device = IoTHubDeviceClient.create_from_connection_string(
+    device_cs, server_verification_cert=ca_pem, websockets=websockets
+)
 device.on_message_received = on_message
 device.connect()
 

@@ -3,7 +3,12 @@
 //! [`Gateway`](crate::Gateway). `docs/amqp.md` describes it.
 //!
 //! * **Transport**: TLS ([`AmqpServer::listen_tls`], IoT Hub's port 5671) with the MQTT
-//!   endpoint's [`TlsConfig`](crate::mqtt::TlsConfig), or plain TCP for tests.
+//!   endpoint's [`TlsConfig`](crate::mqtt::TlsConfig), or plain TCP for tests; WebSocket
+//!   (`/$iothub/websocket`, subprotocol `AMQPWSB10`) on a listener of its own
+//!   ([`AmqpServer::listen_wss`], [`AmqpServer::listen_ws`]) or handed over by an HTTPS server
+//!   that answered the upgrade ([`AmqpServer::serve_upgraded`];
+//!   [`http::WebSocketUpgrades`](crate::http::WebSocketUpgrades) serves it beside the REST API
+//!   on one port, as IoT Hub's 443 does).
 //! * **Security**: SASL ANONYMOUS then claims-based security — a `put-token` on the `$cbs`
 //!   node with a device SAS token (or a service token of a shared access policy) — or SASL
 //!   PLAIN with the token as password. A token authorizes links until it expires; a newer
@@ -47,6 +52,7 @@ mod sasl;
 mod server;
 mod service;
 mod telemetry;
+mod transport;
 mod twin;
 
 pub use config::AmqpConfig;

@@ -1,5 +1,5 @@
-//! The listener: accepts TCP connections (TLS first on a TLS listener), at most
-//! `max_connections` at once, each served by a task of its own.
+//! The listener: accepts TCP connections (TLS and/or the WebSocket upgrade first, by the
+//! listener's transport), at most `max_connections` at once, each served by a task of its own.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use fe2o3_amqp::acceptor::LinkAcceptor;
 use fe2o3_amqp::acceptor::SupportedReceiverSettleModes;
 use fe2o3_amqp::types::definitions::ReceiverSettleMode;
 use fe2o3_amqp::types::performatives::Open;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use super::config::AmqpConfig;
 use super::error::Error;
 use super::links::Links;
+use super::transport::Transport;
 use crate::gateway::Gateway;
 use crate::http::HttpState;
 use crate::mqtt::TlsConfig;
@@ -35,7 +37,9 @@ pub(super) struct Shared {
 }
 
 /// IoT Hub's AMQP 1.0 endpoint over a [`Gateway`]; see the [module docs](super).
-#[derive(Debug)]
+///
+/// Cloning is cheap; clones share the connections, the limits and the shutdown.
+#[derive(Clone, Debug)]
 pub struct AmqpServer {
     shared: Arc<Shared>,
     stop: CancellationToken,
@@ -94,16 +98,63 @@ impl AmqpServer {
 
     /// Serves AMQP over TLS (IoT Hub's `amqps`, port 5671) on `addr`; returns the bound address.
     pub async fn listen_tls(&self, addr: SocketAddr, tls: TlsConfig) -> Result<SocketAddr, Error> {
-        self.listen(addr, Some(tls)).await
+        self.listen(addr, Transport::Tls(tls)).await
     }
 
     /// Serves AMQP over plain TCP on `addr` (no TLS: tokens travel in the clear; for tests and
     /// trusted networks). Returns the bound address.
     pub async fn listen_tcp(&self, addr: SocketAddr) -> Result<SocketAddr, Error> {
-        self.listen(addr, None).await
+        self.listen(addr, Transport::Tcp).await
     }
 
-    async fn listen(&self, addr: SocketAddr, tls: Option<TlsConfig>) -> Result<SocketAddr, Error> {
+    /// Serves AMQP over WebSocket inside TLS on `addr`, as IoT Hub does on
+    /// `wss://{host}:443/$iothub/websocket`: the HTTP upgrade on the path `/$iothub/websocket`
+    /// with the subprotocol `AMQPWSB10` (or the OASIS binding's `amqp`; the answer names the
+    /// one asked for), then the AMQP byte stream in binary messages (a frame may span messages
+    /// and a message may hold several). The TLS handshake and the upgrade must finish within
+    /// the handshake timeout. Returns the bound address.
+    ///
+    /// To serve it beside the HTTPS API on one port, as IoT Hub's port 443 does, hand the
+    /// upgraded connections of an HTTP server to [`serve_upgraded`](Self::serve_upgraded)
+    /// instead ([`http::WebSocketUpgrades`](crate::http::WebSocketUpgrades) does it).
+    pub async fn listen_wss(&self, addr: SocketAddr, tls: TlsConfig) -> Result<SocketAddr, Error> {
+        self.listen(addr, Transport::WebSocket(Some(tls))).await
+    }
+
+    /// [`listen_wss`](Self::listen_wss) without TLS (`ws://`; tokens travel in the clear; for
+    /// tests and trusted networks). Returns the bound address.
+    pub async fn listen_ws(&self, addr: SocketAddr) -> Result<SocketAddr, Error> {
+        self.listen(addr, Transport::WebSocket(None)).await
+    }
+
+    /// Serves AMQP over WebSocket on `io`, a connection from `peer` on which an HTTP server has
+    /// answered the upgrade already (`101 Switching Protocols` with the subprotocol
+    /// `AMQPWSB10` or `amqp`; its next bytes are WebSocket frames). Returns when the connection
+    /// ends; it counts against `max_connections` (refused at once past it) and is closed by
+    /// [`shutdown`](Self::shutdown).
+    ///
+    /// ```no_run
+    /// # async fn run(server: iot_gateway::amqp::AmqpServer, upgraded: tokio::io::DuplexStream, peer: std::net::SocketAddr) {
+    /// // `upgraded`: e.g. hyper's `Upgraded` in `hyper_util::rt::TokioIo`, after the 101.
+    /// tokio::spawn(async move { server.serve_upgraded(upgraded, peer).await });
+    /// # }
+    /// ```
+    pub async fn serve_upgraded<Io>(&self, io: Io, peer: SocketAddr)
+    where
+        Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "AMQP connection refused: too many connections");
+            return;
+        };
+        if self.stop.is_cancelled() {
+            return;
+        }
+        let _token = self.tasks.token();
+        super::transport::serve_upgraded(self.shared.clone(), io, peer, self.stop.clone()).await;
+    }
+
+    async fn listen(&self, addr: SocketAddr, transport: Transport) -> Result<SocketAddr, Error> {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| Error::Bind { addr, source })?;
@@ -114,7 +165,7 @@ impl AmqpServer {
         let stop = self.stop.clone();
         let tasks = self.tasks.clone();
         let slots = self.slots.clone();
-        tracing::info!(%bound, tls = tls.is_some(), "AMQP endpoint listening");
+        tracing::info!(%bound, transport = transport.name(), "AMQP endpoint listening");
         self.tasks.spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -136,28 +187,10 @@ impl AmqpServer {
                 let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
                 let stop = stop.clone();
-                let tls = tls.clone();
+                let transport = transport.clone();
                 tasks.spawn(async move {
                     let _slot = slot;
-                    match tls {
-                        Some(tls) => {
-                            let handshake = tokio::time::timeout(
-                                shared.config.handshake_timeout,
-                                tls.acceptor().accept(stream),
-                            )
-                            .await;
-                            match handshake {
-                                Ok(Ok(stream)) => {
-                                    super::connection::serve(shared, stream, peer, stop).await
-                                }
-                                Ok(Err(e)) => {
-                                    tracing::debug!(%peer, error = %e, "TLS handshake failed")
-                                }
-                                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                            }
-                        }
-                        None => super::connection::serve(shared, stream, peer, stop).await,
-                    }
+                    super::transport::serve(transport, shared, stream, peer, stop).await;
                 });
             }
         });

@@ -12,6 +12,8 @@
 //! * [`users`] — `/access/users…`, `/access/roles`: user management for admins.
 //! * [`live`] — Server-Sent Events: a device's telemetry, the alerts feed.
 //! * [`ui`] — the dashboard's static assets ([`router_with_ui`]).
+//! * [`WebSocketUpgrades`] — `/$iothub/websocket` on the same port: MQTT and AMQP over
+//!   WebSocket handed to their endpoints by subprotocol, as IoT Hub's port 443 does.
 //! * [`HttpServer`] — serves a router over plain TCP and TLS (rustls with ring, the MQTT
 //!   endpoint's [`TlsConfig`](crate::mqtt::TlsConfig)), with graceful shutdown.
 //! * [`Caller`] — the authentication extractor: a handler that takes a `Caller` runs only for a
@@ -43,6 +45,7 @@ mod token_cache;
 pub mod ui;
 pub mod user_access;
 pub mod users;
+mod websocket;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
@@ -57,6 +60,7 @@ pub use error::{ApiError, ApiResult};
 pub use policy::{PolicyError, PolicyStore, Rights, SharedAccessPolicy};
 pub use server::{HttpServer, PeerAddr};
 pub use state::HttpState;
+pub use websocket::WebSocketUpgrades;
 
 /// The whole HTTP API for `state`: the service routes, the device routes and the OpenAPI
 /// document ([`openapi::PATH`]), wrapped in the checks every route gets.

@@ -162,7 +162,11 @@ impl HttpServer {
             .max_headers(self.config.max_headers.max(1))
             .max_buf_size(self.config.max_header_bytes.max(8 * 1024))
             .keep_alive(true);
-        let connection = builder.serve_connection(TokioIo::new(io), service);
+        // With upgrades: `/$iothub/websocket` hands the connection to an endpoint
+        // (`WebSocketUpgrades`).
+        let connection = builder
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
         let mut connection = std::pin::pin!(connection);
         tokio::select! {
             result = connection.as_mut() => {

@@ -48,7 +48,6 @@ mod tls;
 mod topics;
 mod transport;
 mod username;
-mod websocket;
 
 pub use config::MqttConfig;
 pub use error::{Error, ProtocolViolation};

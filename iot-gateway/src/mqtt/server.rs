@@ -19,8 +19,8 @@ use super::persistent::PersistentSessions;
 use super::session;
 use super::shared::Shared;
 use super::tls::TlsConfig;
-use super::websocket;
 use crate::gateway::Gateway;
+use crate::websocket;
 
 /// An MQTT 3.1.1 server speaking IoT Hub's device protocol over any [`Gateway`].
 ///
@@ -195,6 +195,52 @@ impl MqttServer {
         session::serve(io, self.shared.clone(), None, None, None).await
     }
 
+    /// Serves MQTT over WebSocket on `io`, a connection from `peer` on which an HTTP server has
+    /// answered the upgrade on `/$iothub/websocket` with the subprotocol `mqtt` already (its
+    /// next bytes are WebSocket frames), as [`http::WebSocketUpgrades`] does on an HTTPS
+    /// listener. Runs until the session ends, within the connection limit and the per-address
+    /// cap on unauthenticated connections (it is refused at once past either).
+    ///
+    /// [`http::WebSocketUpgrades`]: crate::http::WebSocketUpgrades
+    pub async fn serve_upgraded<IO>(&self, io: IO, peer: SocketAddr)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        self.serve_upgraded_with(io, peer, None).await;
+    }
+
+    /// [`serve_upgraded`](Self::serve_upgraded) with the client certificate chain of the TLS
+    /// connection the upgrade came on (X.509 devices over `wss://`).
+    pub(crate) async fn serve_upgraded_with<IO>(
+        &self,
+        io: IO,
+        peer: SocketAddr,
+        client_cert: Option<ClientChain>,
+    ) where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "MQTT over WebSocket refused: too many connections");
+            return;
+        };
+        let Some(unauthenticated) = self.shared.unauthenticated.enter(peer.ip()) else {
+            tracing::debug!(%peer, "too many unauthenticated connections from this address");
+            return;
+        };
+        let _token = self.tasks.token();
+        let max_message = self.shared.config.max_packet_size as usize + 8;
+        let (session_end, pump) = websocket::bridge(websocket::upgraded(io, max_message).await);
+        let serve = serve_logged(
+            session_end,
+            peer,
+            self.shared.clone(),
+            client_cert,
+            unauthenticated,
+        );
+        // The pump ends when the session drops its end of the pipe, and the other way round.
+        tokio::join!(pump, serve);
+    }
+
     /// Stops accepting, asks every session to end (each closes its gateway session, which
     /// releases unsettled C2D messages), and waits up to `shutdown_grace` for them.
     pub async fn shutdown(&self) {
@@ -305,7 +351,7 @@ async fn serve_websocket(
     let (session_end, client_cert) = match tls {
         None => {
             // Boxed: the handshake's state is large and needed only until the upgrade.
-            let upgrade = Box::pin(websocket::accept(stream, max_message));
+            let upgrade = Box::pin(websocket::accept(stream, websocket::MQTT, max_message));
             let Some(ws) =
                 within_connect_timeout(&shared, peer, "WebSocket upgrade", upgrade).await
             else {
@@ -319,7 +365,7 @@ async fn serve_websocket(
             let setup = Box::pin(async {
                 let stream = tls.acceptor().accept(stream).await?;
                 let client_cert = ClientChain::of(&stream);
-                let ws = websocket::accept(stream, max_message)
+                let ws = websocket::accept(stream, websocket::MQTT, max_message)
                     .await
                     .map_err(std::io::Error::other)?;
                 Ok::<_, std::io::Error>((ws, client_cert))

@@ -113,6 +113,12 @@ impl Fixture {
 
     /// A TLS stream to the endpoint that trusts the fixture's CA.
     pub async fn tls(&self) -> tokio_rustls::client::TlsStream<TcpStream> {
+        self.tls_to(self.addr).await
+    }
+
+    /// A TLS stream to `addr` (a listener with the fixture's certificate) that trusts the
+    /// fixture's CA.
+    pub async fn tls_to(&self, addr: SocketAddr) -> tokio_rustls::client::TlsStream<TcpStream> {
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(self.pair.ca_pem.as_bytes()) {
             roots.add(cert.expect("ca pem")).expect("root");
@@ -123,7 +129,7 @@ impl Fixture {
             .expect("versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let tcp = TcpStream::connect(self.addr).await.expect("tcp");
+        let tcp = TcpStream::connect(addr).await.expect("tcp");
         TlsConnector::from(Arc::new(config))
             .connect(ServerName::try_from(HOST).expect("name"), tcp)
             .await
@@ -138,7 +144,16 @@ impl Fixture {
     }
 
     pub async fn client_with(&self, sasl: SaslProfile) -> Result<Client, String> {
-        let stream = self.tls().await;
+        Client::over(self.tls().await, sasl).await
+    }
+}
+
+impl Client {
+    /// An AMQP connection with one session on `stream` (TLS, a WebSocket's byte stream, …).
+    pub async fn over<Io>(stream: Io, sasl: SaslProfile) -> Result<Client, String>
+    where
+        Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + std::fmt::Debug + Send + Unpin + 'static,
+    {
         let mut connection = Connection::builder()
             .container_id("amqp-test")
             .hostname(HOST)

@@ -6,6 +6,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
+mod cache;
+
+pub use cache::HeaderCache;
+
 /// The stream discriminator naming what a record is about (for example `temperature`).
 pub const SUBJECT: &str = "subject";
 /// The stream a record belongs to, when one device sends several kinds of data.

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use crate::headers::Headers;
+use crate::headers::{HeaderCache, Headers};
 use crate::offset::{Offset, PartitionId};
 use crate::timestamp::Timestamp;
 
@@ -65,6 +65,29 @@ impl Record {
     pub fn with_device_time(mut self, time: Timestamp) -> Self {
         self.device_time = Some(time);
         self
+    }
+
+    /// A copy equal to [`clone`](Clone::clone)'s whose header names and values are shared
+    /// through `cache` with the copies made before ([`Headers::clone_shared`]), with room for
+    /// `additional` more headers: for a processor that sends copies of many records whose
+    /// headers repeat, one allocation fewer per header.
+    ///
+    /// ```
+    /// use iot_core::{headers::HeaderCache, Record};
+    ///
+    /// let mut cache = HeaderCache::new();
+    /// let record = Record::new("sensor-17", "{}").with_header("content-type", "application/json");
+    /// let mut copy = record.clone_sharing(&mut cache, 1);
+    /// assert_eq!(copy, record);
+    /// copy.headers.insert("customer", "contoso");
+    /// ```
+    pub fn clone_sharing(&self, cache: &mut HeaderCache, additional: usize) -> Record {
+        Record {
+            key: self.key.clone(),
+            headers: self.headers.clone_shared(cache, additional),
+            device_time: self.device_time,
+            payload: self.payload.clone(),
+        }
     }
 
     /// The record's size as the log counts it against limits, read budgets and retention: key,

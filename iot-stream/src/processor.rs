@@ -203,6 +203,13 @@ impl Context {
         self.emitted.push((topic.to_owned(), record));
     }
 
+    /// Makes room for `additional` more emitted records, so that a processor that knows about
+    /// how many it will emit (one per record of the batch, say) does not grow the list as it
+    /// goes.
+    pub fn reserve(&mut self, additional: usize) {
+        self.emitted.reserve(additional);
+    }
+
     /// The records emitted so far, in order.
     pub fn emitted(&self) -> &[(String, Record)] {
         &self.emitted

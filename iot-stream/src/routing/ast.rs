@@ -55,6 +55,10 @@ pub(crate) enum Root {
     System(SystemPath),
     /// `$body`: the message body, when it is JSON.
     Body,
+    /// `$body` read through slot `i` of the routing plan's body members (the path's first step
+    /// is that member's name): what the routing processor's plan makes of a `$body.name` path,
+    /// so that evaluating it finds the member without comparing names. Never parsed.
+    Member(usize),
     /// `$twin`: the device's (or module's) twin.
     Twin,
 }
@@ -232,7 +236,7 @@ impl Display for Expr {
                 match root {
                     Root::App(app) => f.write_str(&app.name)?,
                     Root::System(system) => write!(f, "${}", system.name)?,
-                    Root::Body => f.write_str("$body")?,
+                    Root::Body | Root::Member(_) => f.write_str("$body")?,
                     Root::Twin => f.write_str("$twin")?,
                 }
                 for step in steps {

@@ -220,10 +220,37 @@ impl Expr {
         }
     }
 
+    /// The same expression with each `$body.name…` path reading slot `i` of a view projected on
+    /// `members` (sorted, as [`body_members`](Self::body_members) collects them) where
+    /// `members[i]` is `name`: the routing plan's form, worked out once per routing snapshot.
+    pub(crate) fn with_member_slots(&self, members: &[String]) -> Expr {
+        let boxed = |e: &Expr| Box::new(e.with_member_slots(members));
+        match self {
+            Expr::Path(Root::Body, steps) => {
+                let slot = match steps.first() {
+                    Some(Step::Field(name)) => super::scan::find(members, name),
+                    _ => None,
+                };
+                match slot {
+                    Some(slot) => Expr::Path(Root::Member(slot), steps.clone()),
+                    None => self.clone(),
+                }
+            }
+            Expr::Path(..) | Expr::Const(_) | Expr::Undefined => self.clone(),
+            Expr::Not(e) => Expr::Not(boxed(e)),
+            Expr::Neg(e) => Expr::Neg(boxed(e)),
+            Expr::Binary(op, a, b) => Expr::Binary(*op, boxed(a), boxed(b)),
+            Expr::Call(func, args) => Expr::Call(
+                *func,
+                args.iter().map(|a| a.with_member_slots(members)).collect(),
+            ),
+        }
+    }
+
     /// Adds the top-level body members the expression reads (`a` of `$body.a.b`) to `out`.
     pub(crate) fn body_members(&self, out: &mut Vec<String>) {
         match self {
-            Expr::Path(Root::Body, steps) => {
+            Expr::Path(Root::Body | Root::Member(_), steps) => {
                 if let Some(Step::Field(name)) = steps.first() {
                     out.push(name.clone());
                 }
@@ -304,23 +331,32 @@ fn path<'s>(root: &Root, steps: &[Step], s: &Scope<'s, '_>) -> Val<'s> {
         // A query on the whole body (`$body`, `$body[0]`) is undefined, as IoT Hub documents:
         // only properties in the body can be read.
         Root::Body => match steps.split_first() {
-            Some((Step::Field(name), rest)) => match s.message.member(name)? {
-                Member::Value(v) => walk(v, rest).map(V::Ref),
-                Member::Field(field) => match field {
-                    Field::Json(v) => walk(v, rest).map(V::Ref),
-                    // A path into a scalar is undefined.
-                    _ if !rest.is_empty() => None,
-                    Field::Str(text) => Some(V::Str(text)),
-                    Field::Number(n) => Some(V::Own(Value::Number(n.clone()))),
-                    Field::Bool(b) => Some(V::Own(Value::Bool(*b))),
-                    Field::Null => Some(V::Own(Value::Null)),
-                },
-            },
+            Some((Step::Field(name), rest)) => member(s.message.member(name)?, rest),
+            _ => None,
+        },
+        Root::Member(slot) => match steps.split_first() {
+            Some((Step::Field(name), rest)) => member(s.message.member_at(*slot, name)?, rest),
             _ => None,
         },
         Root::Twin => match steps.first() {
             Some(Step::Field(_)) => walk(s.twin?, steps).map(V::Ref),
             _ => None,
+        },
+    }
+}
+
+/// The value at `rest` in a top-level body member.
+fn member<'s>(found: Member<'s, '_>, rest: &[Step]) -> Val<'s> {
+    match found {
+        Member::Value(v) => walk(v, rest).map(V::Ref),
+        Member::Field(field) => match field {
+            Field::Json(v) => walk(v, rest).map(V::Ref),
+            // A path into a scalar is undefined.
+            _ if !rest.is_empty() => None,
+            Field::Str(text) => Some(V::Str(text)),
+            Field::Number(n) => Some(V::Own(Value::Number(n.clone()))),
+            Field::Bool(b) => Some(V::Own(Value::Bool(*b))),
+            Field::Null => Some(V::Own(Value::Null)),
         },
     }
 }

@@ -4,10 +4,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use iot_core::headers::HeaderCache;
 use iot_core::{PartitionId, Record, StoredRecord};
 use serde_json::Value;
 use tracing::{debug, trace};
 
+use super::ast::Expr;
 use super::eval::Scope;
 use super::message::MessageView;
 use super::route::{EnrichmentValue, RouteSource, RouteTable, RoutingSnapshot};
@@ -23,13 +25,17 @@ use crate::processor::{Context, ProcessorFactory, StreamProcessor};
 /// It is its own [`ProcessorFactory`]; run it with [`ProcessorHost::start`](crate::ProcessorHost::start)
 /// as a consumer group, which commits after each batch, so a restart re-sends at most the batch in
 /// flight and loses nothing. Route changes in the [`RouteTable`] apply from the next batch.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct RoutingProcessor {
     table: RouteTable,
     source: RouteSource,
     hub_name: String,
     twins: Option<Arc<dyn TwinLookup>>,
     plan: Option<Arc<Plan>>,
+    /// The header text of the records sent, shared between the copies: a partition's messages
+    /// carry the same few names and values (content type, encoding, a level), so a copy
+    /// references them instead of allocating each.
+    headers: HeaderCache,
 }
 
 /// A snapshot worked out for this processor's source once, when it is picked up, rather than
@@ -38,8 +44,9 @@ pub struct RoutingProcessor {
 #[derive(Debug)]
 struct Plan {
     snapshot: Arc<RoutingSnapshot>,
-    /// Index into `snapshot.routes` and into `endpoints` of each route that runs, in order.
-    routes: Vec<(usize, usize)>,
+    /// Index into `snapshot.routes` and into `endpoints` of each route that runs, in order,
+    /// with its condition reading body members by slot ([`Expr::with_member_slots`]).
+    routes: Vec<(usize, usize, Expr)>,
     /// The endpoints of the running routes, then the fallback.
     endpoints: Vec<Endpoint>,
     /// Index into `endpoints` of the fallback (device messages only).
@@ -89,16 +96,26 @@ impl Plan {
                 endpoints.len() - 1
             }
         };
-        let mut routes = Vec::new();
+        let mut running = Vec::new();
         let mut members = Vec::new();
         for (i, route) in snapshot.routes.iter().enumerate() {
             if route.enabled && route.source == source {
-                routes.push((i, index(&route.endpoint)));
+                running.push((i, index(&route.endpoint)));
                 route.condition.expr.body_members(&mut members);
             }
         }
         members.sort_unstable();
         members.dedup();
+        let routes = running
+            .into_iter()
+            .map(|(i, endpoint)| {
+                let expr = snapshot.routes[i]
+                    .condition
+                    .expr
+                    .with_member_slots(&members);
+                (i, endpoint, expr)
+            })
+            .collect();
         let fallback = match &snapshot.fallback {
             Some(topic) if source == RouteSource::DeviceMessages => Some(index(topic)),
             _ => None,
@@ -113,6 +130,21 @@ impl Plan {
     }
 }
 
+/// A copy with the same table, source, hub name and twins; what it works out per snapshot and
+/// the header text it shares start afresh.
+impl Clone for RoutingProcessor {
+    fn clone(&self) -> Self {
+        RoutingProcessor {
+            table: self.table.clone(),
+            source: self.source,
+            hub_name: self.hub_name.clone(),
+            twins: self.twins.clone(),
+            plan: None,
+            headers: HeaderCache::new(),
+        }
+    }
+}
+
 impl RoutingProcessor {
     /// Routes device messages of hub `hub_name` (the value of `$iothubname`) by `table`.
     pub fn new(table: RouteTable, hub_name: &str) -> Self {
@@ -122,6 +154,7 @@ impl RoutingProcessor {
             hub_name: hub_name.to_owned(),
             twins: None,
             plan: None,
+            headers: HeaderCache::new(),
         }
     }
 
@@ -148,15 +181,15 @@ impl RoutingProcessor {
         matched: &mut Vec<usize>,
     ) -> Result<()> {
         matched.clear();
-        for &(route, endpoint) in &plan.routes {
-            let route = &plan.snapshot.routes[route];
+        for (route, endpoint, expr) in &plan.routes {
+            let (route, endpoint) = (&plan.snapshot.routes[*route], *endpoint);
             let twin = if route.condition.reads_twin() {
                 twin.get(self, message).await?
             } else {
                 None
             };
             let scope = Scope { message, twin };
-            match route.condition.expr.eval(&scope).map(|v| v.as_bool()) {
+            match expr.eval(&scope).map(|v| v.as_bool()) {
                 Some(Some(true)) => {
                     if !matched.contains(&endpoint) {
                         matched.push(endpoint);
@@ -202,13 +235,15 @@ impl RoutingProcessor {
 
     /// `message` as sent to `endpoint`: with that endpoint's enrichments.
     async fn enriched(
-        &self,
+        &mut self,
         endpoint: &Endpoint,
         message: &MessageView<'_>,
         twin: &mut MessageTwin<'_>,
     ) -> Result<Record> {
-        let mut record = message.record().record.clone();
-        record.headers.reserve(endpoint.enrichments.len());
+        let mut record = message
+            .record()
+            .record
+            .clone_sharing(&mut self.headers, endpoint.enrichments.len());
         for (key, stamp) in &endpoint.enrichments {
             let value = match stamp {
                 Stamp::Fixed(v) => {
@@ -277,6 +312,8 @@ impl StreamProcessor for RoutingProcessor {
             }
         };
         let mut cache = TwinCache::new();
+        // Most messages go to one endpoint (a route's or the fallback).
+        ctx.reserve(batch.len());
         let mut matched = Vec::with_capacity(plan.endpoints.len());
         for stored in batch {
             let message = MessageView::projected(stored, &plan.members);
@@ -298,8 +335,6 @@ impl StreamProcessor for RoutingProcessor {
 
 impl ProcessorFactory for RoutingProcessor {
     fn create(&self, _partition: PartitionId) -> Result<Box<dyn StreamProcessor>> {
-        let mut processor = self.clone();
-        processor.plan = None;
-        Ok(Box::new(processor))
+        Ok(Box::new(self.clone()))
     }
 }

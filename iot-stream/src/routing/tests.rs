@@ -56,10 +56,15 @@ fn path() -> impl Strategy<Value = Expr> {
 }
 
 fn expr() -> impl Strategy<Value = Expr> {
+    expr_of(path().boxed())
+}
+
+/// Expressions whose paths are `paths`.
+fn expr_of(paths: BoxedStrategy<Expr>) -> impl Strategy<Value = Expr> {
     let leaf = prop_oneof![
         constant().prop_map(Expr::Const),
         Just(Expr::Undefined),
-        path(),
+        paths,
     ];
     leaf.prop_recursive(5, 48, 4, |inner| {
         let op = prop_oneof![
@@ -388,5 +393,61 @@ proptest! {
         prop_assert!(super::message::scan_members(&text, &names, &mut slow));
         prop_assert!(super::scan::flat_object(&text, &names, &mut fast).is_some(), "{:?}", text);
         prop_assert_eq!(fast, slow, "{:?}", text);
+    }
+}
+
+/// `$body` paths into the members [`body_text`] writes (and one it never writes), and now and
+/// then another path.
+fn body_path() -> BoxedStrategy<Expr> {
+    let step = prop_oneof![
+        prop_oneof![Just("a"), Just("b")].prop_map(|n| Step::Field(n.to_owned())),
+        (0usize..2).prop_map(Step::Index),
+    ];
+    let member = prop_oneof![Just("a"), Just("b"), Just("é"), Just("zz"), Just("missing")];
+    prop_oneof![
+        8 => (member, prop::collection::vec(step, 0..2)).prop_map(|(name, rest)| {
+            let mut steps = vec![Step::Field(name.to_owned())];
+            steps.extend(rest);
+            Expr::Path(Root::Body, steps)
+        }),
+        1 => path(),
+    ]
+    .boxed()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    /// The routing plan's form of a condition — body members read by slot from a view that
+    /// scans only those members — has the value the condition has on the body parsed whole.
+    #[test]
+    fn the_plan_reads_the_body_as_a_whole_parse_does(
+        e in expr_of(body_path()),
+        text in prop_oneof![body_text(), fast_body()],
+    ) {
+        let stored = StoredRecord::new(
+            PartitionId(0),
+            Offset(0),
+            Timestamp::from_unix_millis(0),
+            Record::new("d", text.clone())
+                .with_header("content-type", "application/json")
+                .with_header("content-encoding", "utf-8"),
+        );
+        let whole = MessageView::new(&stored);
+        let expected = e
+            .eval(&Scope { message: &whole, twin: None })
+            .map(super::eval::V::into_owned);
+        let mut members = Vec::new();
+        e.body_members(&mut members);
+        members.sort_unstable();
+        members.dedup();
+        let planned = e.with_member_slots(&members);
+        // The plan's form prints as the condition did.
+        prop_assert_eq!(planned.to_string(), e.to_string());
+        let view = MessageView::projected(&stored, &members);
+        let got = planned
+            .eval(&Scope { message: &view, twin: None })
+            .map(super::eval::V::into_owned);
+        prop_assert_eq!(got, expected, "{} on {:?}", e, text);
     }
 }

@@ -19,7 +19,7 @@ use super::links;
 use super::replay::Replay;
 use super::sasl::{Offered, Sasl};
 use super::server::Shared;
-use crate::adapter::AmqpFrameGuard;
+use crate::adapter::{AmqpFrameGuard, AmqpFrameLimits};
 
 /// The `$cbs` replies a connection may have waiting for its reply link.
 const CBS_QUEUE: usize = 16;
@@ -43,7 +43,9 @@ pub(super) async fn serve<Io>(
             .read_exact(&mut header)
             .await
             .map_err(OpenError::Io)?;
-        let stream = AmqpFrameGuard::new(Replay::new(header.to_vec(), stream));
+        let limits =
+            AmqpFrameLimits::new(shared.config.max_frame_size, shared.config.max_message_size);
+        let stream = AmqpFrameGuard::with_limits(Replay::new(header.to_vec(), stream), limits);
         if header[4] == 0 {
             ConnectionAcceptor {
                 local_open: shared.open.clone(),

@@ -92,6 +92,7 @@ pub(super) async fn serve<Io>(
         cbs_rx: Mutex::new(Some(cbs_rx)),
         closed: stop.child_token(),
         routers: Mutex::new(std::collections::HashMap::new()),
+        links: Arc::new(tokio::sync::Semaphore::new(shared.config.max_links)),
     });
     if let Offered::Plain(token) = sasl.take()
         && let Err(refused) = conn.claims.put_token(&token).await
@@ -103,9 +104,27 @@ pub(super) async fn serve<Io>(
         return;
     }
     let sessions = fe2o3_amqp::acceptor::SessionAcceptor::new();
+    // A connection that has opened but presents no valid token holds a socket and a task for
+    // nothing: it gets `auth_timeout` to present one.
+    let auth_deadline = tokio::time::sleep(shared.config.auth_timeout);
+    tokio::pin!(auth_deadline);
+    let mut auth_checked = false;
     loop {
         let incoming = tokio::select! {
             incoming = connection.next_incoming_session() => incoming,
+            () = &mut auth_deadline, if !auth_checked => {
+                auth_checked = true;
+                if conn.claims.holds_any() {
+                    continue;
+                }
+                tracing::debug!(%peer, "AMQP connection presented no token in time");
+                conn.closed.cancel();
+                let _ = connection
+                    .close_with_error(amqp_error(AmqpError::UnauthorizedAccess, "no valid token presented in time"))
+                    .await;
+                conn.claims.close_all().await;
+                return;
+            }
             () = conn.closed.cancelled() => break,
         };
         let Some(incoming) = incoming else { break };

@@ -51,9 +51,15 @@ impl EventHubsEndpoint {
                 };
                 match accepted {
                     Ok((stream, peer)) => {
+                        // At the limit the socket is dropped (closed) at once.
+                        let Ok(slot) = shared.slots.clone().try_acquire_owned() else {
+                            tracing::debug!(%peer, "event hubs connection limit reached");
+                            continue;
+                        };
                         let _ = stream.set_nodelay(true);
                         let (shared, tls, stop) = (shared.clone(), tls.clone(), stop.clone());
                         tokio::spawn(async move {
+                            let _slot = slot;
                             tokio::select! {
                                 _ = handle(shared, stream, tls, stop.clone()) => {}
                                 _ = stopped(stop) => {}

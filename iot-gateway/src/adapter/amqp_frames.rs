@@ -14,8 +14,11 @@
 //! * a `transfer`'s payload — the message, which fe2o3-amqp decodes with the same reader once
 //!   the last frame of the delivery is in — gets the same check on the whole message: the
 //!   payloads of a multi-frame delivery are kept (per channel and link handle, at most
-//!   [`AmqpFrameLimits::max_message_size`] each and four times that in all) and checked when
-//!   the frame with `more = false` arrives, before it is let through.
+//!   [`AmqpFrameLimits::max_message_size`] each and four times that in all; dropped when the
+//!   delivery aborts or the handle is attached or detached again or its session begins or
+//!   ends, as the decoder drops its buffer) and checked when the frame with `more = false`
+//!   arrives, before it is let through. Resumed transfers (`resume = true`) are refused: the
+//!   decoder may read one without the buffered bytes, and no endpoint here resumes links.
 //!
 //! A frame that fails fails the read ([`std::io::ErrorKind::InvalidData`]): the crate ends the
 //! connection, and only that one. Bounds: the guard buffers at most one frame plus one read
@@ -91,7 +94,7 @@ pub enum AmqpFrameError {
     BadHeader,
     /// The body (or a message) is not a well-formed sequence of AMQP values.
     Encoding(AmqpEncodingError),
-    /// A `transfer` without a usable `handle`.
+    /// An `attach`, `detach` or `transfer` without a usable `handle`, or a resumed `transfer`.
     BadTransfer,
     /// A delivery's payloads together exceed the maximum message size, or all partial
     /// deliveries together exceed four times that.
@@ -115,7 +118,12 @@ impl fmt::Display for AmqpFrameError {
             }
             AmqpFrameError::BadHeader => write!(f, "an AMQP frame header is malformed"),
             AmqpFrameError::Encoding(e) => write!(f, "a malformed AMQP frame: {e}"),
-            AmqpFrameError::BadTransfer => write!(f, "an AMQP transfer has no valid handle"),
+            AmqpFrameError::BadTransfer => {
+                write!(
+                    f,
+                    "an AMQP link performative has no valid handle, or a transfer resumes"
+                )
+            }
             AmqpFrameError::MessageTooLarge => {
                 write!(f, "an AMQP delivery is over the maximum message size")
             }
@@ -143,6 +151,18 @@ struct Transfer {
     handle: u32,
     more: bool,
     aborted: bool,
+}
+
+/// The performatives the checker looks into.
+enum Performative {
+    /// A link attached on handle `.0` (its delivery state starts afresh).
+    Attach(u32),
+    /// The link on handle `.0` detached.
+    Detach(u32),
+    /// The session on this channel began or ended: all its links are gone.
+    Session,
+    Transfer(Transfer),
+    Other,
 }
 
 /// Checks whole frames, one after another, as they arrive on one connection (it keeps the
@@ -206,10 +226,30 @@ impl AmqpFrameChecker {
         }
         let performative_end = super::amqp_value_end(body, depth)?;
         let (performative, payload) = body.split_at(performative_end);
-        match transfer(performative)? {
-            None => Ok(check_amqp_values(payload, depth)?),
-            Some(t) => self.payload(u16::from_be_bytes([ch0, ch1]), t, payload),
+        let channel = u16::from_be_bytes([ch0, ch1]);
+        match self::performative(performative)? {
+            Performative::Transfer(t) => return self.payload(channel, t, payload),
+            // A new or gone link (or session) has no delivery in progress: what the decoder
+            // buffered for the handle before is dropped with the old link, so must this.
+            Performative::Attach(handle) | Performative::Detach(handle) => {
+                self.forget(|key| key == (channel, handle));
+            }
+            Performative::Session => self.forget(|(c, _)| c == channel),
+            Performative::Other => {}
         }
+        Ok(check_amqp_values(payload, depth)?)
+    }
+
+    /// Drops the partial deliveries whose keys match.
+    fn forget(&mut self, matches: impl Fn((u16, u32)) -> bool) {
+        let total = &mut self.partial_total;
+        self.partial.retain(|&key, kept| {
+            let keep = !matches(key);
+            if !keep {
+                *total -= kept.len() as u64;
+            }
+            keep
+        });
     }
 
     /// Follows one `transfer`'s payload; checks the message when the delivery is complete.
@@ -252,32 +292,63 @@ impl AmqpFrameChecker {
     }
 }
 
-/// The transfer fields of `performative` (checked already), or `None` if it is another one.
-fn transfer(performative: &[u8]) -> Result<Option<Transfer>, AmqpFrameError> {
-    // Fields: handle 0, delivery-id, delivery-tag, message-format, settled, more 5,
-    // rcv-settle-mode, state, resume, aborted 9, batchable.
-    // 0x00, then the descriptor: smallulong or ulong 0x14, or the symbol amqp:transfer:list.
-    let list_at = match performative {
-        [0x00, 0x53, 0x14, ..] => 3,
-        [0x00, 0x80, 0, 0, 0, 0, 0, 0, 0, 0x14, ..] => 10,
-        [0x00, 0xa3, 18, rest @ ..] if rest.starts_with(b"amqp:transfer:list") => 21,
-        _ => return Ok(None),
+/// What `performative` (checked already) is, with the fields the checker follows.
+fn performative(bytes: &[u8]) -> Result<Performative, AmqpFrameError> {
+    // 0x00, then the descriptor: a smallulong or ulong code, or the symbol name.
+    let (code, list_at) = match bytes {
+        [0x00, 0x53, code, ..] => (*code, 3),
+        [0x00, 0x80, 0, 0, 0, 0, 0, 0, 0, code, ..] => (*code, 10),
+        [0x00, 0xa3, n, rest @ ..] => {
+            let name = rest.get(..usize::from(*n)).unwrap_or_default();
+            let code = match name {
+                b"amqp:begin:list" => 0x11,
+                b"amqp:attach:list" => 0x12,
+                b"amqp:transfer:list" => 0x14,
+                b"amqp:detach:list" => 0x16,
+                b"amqp:end:list" => 0x17,
+                _ => return Ok(Performative::Other),
+            };
+            (code, 3 + usize::from(*n))
+        }
+        _ => return Ok(Performative::Other),
     };
-    let items = list_items(performative, list_at, performative.len(), 10)
-        .ok_or(AmqpFrameError::BadTransfer)?;
-    let field = |i: usize| items.get(i).map(|&(s, e)| &performative[s..e]);
-    let handle = match field(0) {
-        Some([0x43]) => 0,
-        Some([0x52, h]) => u32::from(*h),
-        Some([0x70, a, b, c, d]) => u32::from_be_bytes([*a, *b, *c, *d]),
-        _ => return Err(AmqpFrameError::BadTransfer),
+    let items = || list_items(bytes, list_at, bytes.len(), 10).ok_or(AmqpFrameError::BadTransfer);
+    let handle = |items: &[(usize, usize)], i: usize| match items.get(i).map(|&(s, e)| &bytes[s..e])
+    {
+        Some([0x43]) => Ok(0),
+        Some([0x52, h]) => Ok(u32::from(*h)),
+        Some([0x70, a, b, c, d]) => Ok(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => Err(AmqpFrameError::BadTransfer),
     };
-    let flag = |i: usize| matches!(field(i), Some([0x41]) | Some([0x56, 1..=255]));
-    Ok(Some(Transfer {
-        handle,
-        more: flag(5),
-        aborted: flag(9),
-    }))
+    Ok(match code {
+        0x11 | 0x17 => Performative::Session,
+        // attach: name 0, handle 1.
+        0x12 => Performative::Attach(handle(&items()?, 1)?),
+        0x16 => Performative::Detach(handle(&items()?, 0)?),
+        0x14 => {
+            // handle 0, delivery-id, delivery-tag, message-format, settled, more 5,
+            // rcv-settle-mode, state, resume 8, aborted 9, batchable.
+            let items = items()?;
+            let flag = |i: usize| {
+                matches!(
+                    items.get(i).map(|&(s, e)| &bytes[s..e]),
+                    Some([0x41]) | Some([0x56, 1..=255])
+                )
+            };
+            // A resumed delivery is decoded by fe2o3-amqp on its own when it does not continue
+            // the buffered one: the checker could not know which bytes the decoder reads. The
+            // endpoints keep no link state across attaches, so nothing legitimate resumes.
+            if flag(8) {
+                return Err(AmqpFrameError::BadTransfer);
+            }
+            Performative::Transfer(Transfer {
+                handle: handle(&items, 0)?,
+                more: flag(5),
+                aborted: flag(9),
+            })
+        }
+        _ => Performative::Other,
+    })
 }
 
 /// Where the guard is in the byte stream: bytes read and not yet checked, and checked bytes

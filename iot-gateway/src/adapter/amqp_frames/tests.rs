@@ -3,7 +3,7 @@ use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use fe2o3_amqp::types::messaging::Data;
-use fe2o3_amqp::types::performatives::{Attach, Transfer};
+use fe2o3_amqp::types::performatives::{Attach, Detach, Transfer};
 use fe2o3_amqp::types::primitives::Binary;
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio_util::codec::Decoder;
@@ -26,6 +26,16 @@ fn frame(kind: u8, channel: u16, body: &[u8]) -> Vec<u8> {
 
 /// A transfer frame on link `handle` with `payload`.
 fn transfer(handle: u32, more: bool, aborted: bool, payload: &[u8]) -> Vec<u8> {
+    transfer_resumed(handle, more, aborted, false, payload)
+}
+
+fn transfer_resumed(
+    handle: u32,
+    more: bool,
+    aborted: bool,
+    resume: bool,
+    payload: &[u8],
+) -> Vec<u8> {
     let t = Transfer {
         handle: handle.into(),
         delivery_id: Some(0),
@@ -35,7 +45,7 @@ fn transfer(handle: u32, more: bool, aborted: bool, payload: &[u8]) -> Vec<u8> {
         more,
         rcv_settle_mode: None,
         state: None,
-        resume: false,
+        resume,
         aborted,
         batchable: false,
     };
@@ -260,6 +270,44 @@ fn transfers_without_a_handle_are_refused() {
     );
     assert_eq!(
         c.check(&frame(0, 0, &[0x00, 0x53, 0x14, 0xc0, 4, 1, 0xa1, 1, b'x'])),
+        Err(AmqpFrameError::BadTransfer)
+    );
+}
+
+#[test]
+fn a_new_link_on_the_same_handle_starts_without_the_old_partial_delivery() {
+    // A data section whose vbin32 promises 16 bytes, left incomplete.
+    let prefix = [0x00, 0x53, 0x75, 0xb0, 0, 0, 0, 16];
+    // On their own, these 16 bytes are a str32 declaring 4 GB.
+    let mut hidden = vec![0xb1, 0xff, 0xff, 0xff, 0xff];
+    hidden.resize(16, 0);
+    // Continuing the delivery, they are the binary's contents: fine.
+    let mut c = AmqpFrameChecker::new(AmqpFrameLimits::default());
+    assert_eq!(c.check(&transfer(0, true, false, &prefix)), Ok(()));
+    assert_eq!(c.check(&transfer(0, false, false, &hidden)), Ok(()));
+    // After a detach (and a new attach on handle 0), fe2o3-amqp decodes them alone: refused.
+    let detach = serde_amqp::to_vec(&Detach {
+        handle: 0.into(),
+        closed: true,
+        error: None,
+    })
+    .unwrap();
+    let mut c = AmqpFrameChecker::new(AmqpFrameLimits::default());
+    assert_eq!(c.check(&transfer(0, true, false, &prefix)), Ok(()));
+    assert_eq!(c.check(&frame(0, 3, &detach)), Ok(()));
+    assert!(c.check(&transfer(0, false, false, &hidden)).is_err());
+    // A partial delivery on another channel is not touched by this channel's detach.
+    let mut c = AmqpFrameChecker::new(AmqpFrameLimits::default());
+    assert_eq!(c.check(&transfer(0, true, false, &prefix)), Ok(()));
+    assert_eq!(c.check(&frame(0, 4, &detach)), Ok(()));
+    assert_eq!(c.check(&transfer(0, false, false, &hidden)), Ok(()));
+}
+
+#[test]
+fn resumed_transfers_are_refused() {
+    let mut c = AmqpFrameChecker::new(AmqpFrameLimits::default());
+    assert_eq!(
+        c.check(&transfer_resumed(0, false, false, true, &data(4))),
         Err(AmqpFrameError::BadTransfer)
     );
 }

@@ -311,3 +311,28 @@ fn resumed_transfers_are_refused() {
         Err(AmqpFrameError::BadTransfer)
     );
 }
+
+#[tokio::test]
+async fn the_fuzz_seeds_pass_whole() {
+    // Valid AMQP and SASL streams (open, begin, attach, single- and multi-frame transfers with
+    // properties and application properties, detach; SASL PLAIN then open), as the fuzz target
+    // reads them: chunk size, header kind, stream.
+    let seeds: [&[u8]; 2] = [
+        include_bytes!("../../../../fuzz/corpus/amqp_decode/seed-amqp-chunk7"),
+        include_bytes!("../../../../fuzz/corpus/amqp_decode/seed-sasl"),
+    ];
+    for seed in seeds {
+        let [chunk, kind, stream @ ..] = seed else {
+            panic!("a seed has at least two bytes")
+        };
+        let mut input = if kind & 1 == 1 {
+            b"AMQP\x03\x01\x00\x00".to_vec()
+        } else {
+            b"AMQP\x00\x01\x00\x00".to_vec()
+        };
+        input.extend_from_slice(stream);
+        let (out, ended) = through_guard(&input, usize::from(*chunk)).await;
+        assert_eq!(ended.unwrap(), input.len());
+        assert_eq!(out, input);
+    }
+}

@@ -359,6 +359,8 @@ struct Framing {
     pending: Vec<u8>,
     ready: Vec<u8>,
     handed: usize,
+    /// The refusal, reported once the units checked before it have been handed on.
+    refused: Option<AmqpFrameError>,
 }
 
 impl Framing {
@@ -439,6 +441,7 @@ impl<Io> AmqpFrameGuard<Io> {
                 pending: Vec::new(),
                 ready: Vec::new(),
                 handed: 0,
+                refused: None,
             },
         }
     }
@@ -459,6 +462,9 @@ impl<Io: AsyncRead + Unpin> AsyncRead for AmqpFrameGuard<Io> {
                 framing.handed += n;
                 return Poll::Ready(Ok(()));
             }
+            if let Some(e) = framing.refused.clone() {
+                return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)));
+            }
             let mut chunk = [0u8; READ_CHUNK];
             let mut read = ReadBuf::new(&mut chunk);
             match Pin::new(&mut this.io).poll_read(cx, &mut read) {
@@ -469,10 +475,7 @@ impl<Io: AsyncRead + Unpin> AsyncRead for AmqpFrameGuard<Io> {
                 Poll::Ready(Ok(())) => {
                     framing.pending.extend_from_slice(read.filled());
                     if let Err(e) = framing.advance() {
-                        return Poll::Ready(Err(std::io::Error::new(
-                            std::io::ErrorKind::InvalidData,
-                            e,
-                        )));
+                        framing.refused = Some(e);
                     }
                 }
             }

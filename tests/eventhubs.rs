@@ -540,3 +540,55 @@ async fn hostile_input_closes_only_that_connection() {
         assert_eq!(next(&mut r).await.0, want);
     }
 }
+
+#[tokio::test]
+async fn connections_beyond_max_connections_are_closed_at_accept() {
+    let log = Arc::new(MemoryLog::new(4).expect("log"));
+    let policies = Arc::new(PolicyStore::memory(vec![SharedAccessPolicy::generate(
+        "service",
+        Rights::SERVICE_CONNECT,
+    )]));
+    let mut config = EventHubsConfig::new(HOST, ENTITY);
+    config.max_connections = 1;
+    let endpoint = EventHubsEndpoint::new(log as Arc<dyn Log>, policies, config);
+    let addr = endpoint
+        .listen_tcp("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("listen");
+    // The first connection holds the only slot (it sits in its handshake).
+    let mut first = TcpStream::connect(addr).await.expect("connect");
+    first
+        .write_all(b"AMQP\x03\x01\x00\x00")
+        .await
+        .expect("write");
+    let mut header = [0u8; 8];
+    first
+        .read_exact(&mut header)
+        .await
+        .expect("the SASL header back");
+    assert_eq!(&header[..4], b"AMQP");
+    // The second is closed without a word.
+    let mut second = TcpStream::connect(addr).await.expect("connect");
+    let _ = second.write_all(b"AMQP\x03\x01\x00\x00").await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(15), second.read(&mut buf))
+        .await
+        .expect("the second connection is closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // Once the first ends, a connection is served again.
+    drop(first);
+    let mut served = false;
+    for _ in 0..50 {
+        let mut again = TcpStream::connect(addr).await.expect("connect");
+        let _ = again.write_all(b"AMQP\x03\x01\x00\x00").await;
+        if matches!(again.read(&mut header).await, Ok(8)) {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        served,
+        "a slot is free again after the first connection ended"
+    );
+}

@@ -858,3 +858,72 @@ async fn twin_get_patch_and_desired_pushes_over_the_twin_links() {
     assert!(sender_refused(&mut client, &format!("/devices/{other}/twin")).await);
     fx.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_a_token_is_closed_after_the_auth_timeout() {
+    let mut config = iot_gateway::amqp::AmqpConfig::default();
+    config.auth_timeout = Duration::from_secs(1);
+    let fx = Fixture::with_config(config).await;
+    let (id, key) = fx.device("amqp-authtimeout").await;
+    let mut authed = fx.client().await;
+    assert_eq!(
+        authed
+            .put_token(&audience(&id), &fx.device_token(&id, &key, 3600))
+            .await,
+        200
+    );
+    // Opened, a session begun, no token: the endpoint closes it with unauthorized-access.
+    let mut idle = fx.client().await;
+    let closed = tokio::time::timeout(PATIENCE, idle.connection.on_close())
+        .await
+        .expect("the connection without a token is closed");
+    let error = format!("{closed:?}");
+    assert!(error.contains("UnauthorizedAccess"), "{error}");
+    // The one that presented a token stays.
+    let mut sender = Sender::attach(&mut authed.session, "tel", events(&id))
+        .await
+        .expect("attach");
+    let outcome = sender
+        .send(message(
+            b"after the deadline",
+            Properties::default(),
+            app(&[]),
+        ))
+        .await
+        .expect("send");
+    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_beyond_the_cap_are_refused_until_one_detaches() {
+    let mut config = iot_gateway::amqp::AmqpConfig::default();
+    config.max_links = 3;
+    let fx = Fixture::with_config(config).await;
+    let (id, key) = fx.device("amqp-linkcap").await;
+    let mut client = fx.client().await;
+    // Two links: the $cbs pair.
+    assert_eq!(
+        client
+            .put_token(&audience(&id), &fx.device_token(&id, &key, 3600))
+            .await,
+        200
+    );
+    let sender = Sender::attach(&mut client.session, "tel", events(&id))
+        .await
+        .expect("the third link");
+    assert!(
+        sender_refused(&mut client, &events(&id)).await,
+        "a fourth link is refused"
+    );
+    sender.close().await.expect("detach");
+    // The detached link's place is free again once the endpoint has ended its task.
+    let mut freed = false;
+    for _ in 0..50 {
+        if !sender_refused(&mut client, &events(&id)).await {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(freed, "a link may attach again after one detached");
+}

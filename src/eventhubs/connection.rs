@@ -169,14 +169,19 @@ async fn serve_session(
                 // A reply link: answers go to its source and to its target (the client's
                 // `reply-to`, when it sets one).
                 let (tx, rx) = mpsc::channel(16);
+                let mut keys = vec![node_key(&node)];
+                keys.extend(reply_address);
                 {
                     let mut map = replies.lock().unwrap_or_else(|e| e.into_inner());
-                    map.insert(node_key(&node), tx.clone());
-                    if let Some(reply) = reply_address {
-                        map.insert(reply, tx);
+                    for key in &keys {
+                        map.insert(key.clone(), tx.clone());
                     }
                 }
-                tokio::spawn(serve_replies(sender, rx, stop));
+                tokio::spawn(async move {
+                    serve_replies(sender, rx, stop).await;
+                    // Detached (or stopped): its addresses go, unless a newer link took them.
+                    prune(&replies, &keys, &tx);
+                });
             }
             (Some(node @ (Node::Cbs | Node::Management)), LinkEndpoint::Receiver(receiver)) => {
                 tokio::spawn(serve_requests(
@@ -260,6 +265,16 @@ async fn open_partition(
     partition::stream(shared, claims, sender, PartitionId(id), from, stop).await;
 }
 
+/// Removes `keys` from `replies` where they still lead to `tx`'s link.
+fn prune(replies: &Replies, keys: &[String], tx: &mpsc::Sender<Request>) {
+    let mut map = replies.lock().unwrap_or_else(|e| e.into_inner());
+    for key in keys {
+        if map.get(key).is_some_and(|t| t.same_channel(tx)) {
+            map.remove(key);
+        }
+    }
+}
+
 async fn serve_replies(
     mut sender: Sender,
     mut rx: mpsc::Receiver<Request>,
@@ -336,4 +351,30 @@ async fn serve_requests(
         }
     }
     let _ = receiver.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_detached_reply_link_leaves_the_map_unless_a_newer_one_took_its_address() {
+        let replies: Replies = Arc::default();
+        let (old, _old_rx) = mpsc::channel(1);
+        let (new, _new_rx) = mpsc::channel(1);
+        {
+            let mut map = replies.lock().expect("lock");
+            map.insert("$cbs".into(), old.clone());
+            map.insert("cbs-reply-1".into(), old.clone());
+        }
+        // A newer link on `$cbs` replaces the old one there.
+        replies
+            .lock()
+            .expect("lock")
+            .insert("$cbs".into(), new.clone());
+        prune(&replies, &["$cbs".into(), "cbs-reply-1".into()], &old);
+        let map = replies.lock().expect("lock");
+        assert_eq!(map.len(), 1);
+        assert!(map.get("$cbs").is_some_and(|t| t.same_channel(&new)));
+    }
 }

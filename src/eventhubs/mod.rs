@@ -69,6 +69,9 @@ pub struct EventHubsConfig {
     pub max_frame_size: u32,
     /// Time for the TLS, SASL and AMQP open handshakes together. Default 10 s.
     pub handshake_timeout: Duration,
+    /// Connections served at once, over all listeners; more are closed at accept. Default
+    /// 10 000.
+    pub max_connections: usize,
 }
 
 impl EventHubsConfig {
@@ -81,6 +84,7 @@ impl EventHubsConfig {
             created_at: Timestamp::now(),
             max_frame_size: 256 * 1024,
             handshake_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
         }
     }
 
@@ -108,6 +112,8 @@ pub(crate) struct Shared {
     pub(crate) log: Arc<dyn Log>,
     pub(crate) policies: Arc<PolicyStore>,
     pub(crate) config: EventHubsConfig,
+    /// One permit per connection served ([`EventHubsConfig::max_connections`]).
+    pub(crate) slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// The endpoint: listeners over one log. Dropping it (or [`stop`](Self::stop)) stops the
@@ -135,6 +141,7 @@ impl EventHubsEndpoint {
             shared: Arc::new(Shared {
                 log,
                 policies,
+                slots: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
                 config,
             }),
             stop,

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use fe2o3_amqp::acceptor::ConnectionAcceptor;
-use iot_gateway::adapter::AmqpFrameGuard;
+use iot_gateway::adapter::{AmqpFrameGuard, AmqpFrameLimits};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -51,9 +51,15 @@ impl EventHubsEndpoint {
                 };
                 match accepted {
                     Ok((stream, peer)) => {
+                        // At the limit the socket is dropped (closed) at once.
+                        let Ok(slot) = shared.slots.clone().try_acquire_owned() else {
+                            tracing::debug!(%peer, "event hubs connection limit reached");
+                            continue;
+                        };
                         let _ = stream.set_nodelay(true);
                         let (shared, tls, stop) = (shared.clone(), tls.clone(), stop.clone());
                         tokio::spawn(async move {
+                            let _slot = slot;
                             tokio::select! {
                                 _ = handle(shared, stream, tls, stop.clone()) => {}
                                 _ = stopped(stop) => {}
@@ -101,19 +107,21 @@ async fn handle(
         .sasl_acceptor(sasl)
         .build();
     let deadline = shared.config.handshake_timeout;
+    let limits = AmqpFrameLimits::new(shared.config.max_frame_size, 1024 * 1024);
     let opened = tokio::time::timeout(deadline, async {
         match tls {
-            // The guard first: fe2o3-amqp's decoder panics on a frame smaller than its header
-            // (iot_gateway::adapter::AmqpFrameGuard).
+            // The guard first: fe2o3-amqp's decoder panics on a frame smaller than its header and
+            // allocates declared lengths before reading them (iot_gateway::adapter::AmqpFrameGuard).
+            // Requests ($cbs, $management) are small: 1 MiB messages, Event Hubs' own limit.
             Some(tls) => {
                 let stream = tls.accept(stream).await.map_err(|e| e.to_string())?;
                 acceptor
-                    .accept(AmqpFrameGuard::new(stream))
+                    .accept(AmqpFrameGuard::with_limits(stream, limits))
                     .await
                     .map_err(|e| e.to_string())
             }
             None => acceptor
-                .accept(AmqpFrameGuard::new(stream))
+                .accept(AmqpFrameGuard::with_limits(stream, limits))
                 .await
                 .map_err(|e| e.to_string()),
         }

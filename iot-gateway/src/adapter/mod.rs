@@ -8,8 +8,9 @@
 //!   `devices/{id}/messages/devicebound[/{lockToken}[/abandon]]`, parsed from path segments.
 //! * [`TokenSessions`] — for connectionless protocols: one gateway session per device, opened
 //!   with the SAS token a request presents and reused while later requests present the same one.
-//! * [`AmqpFrameGuard`] — for AMQP endpoints on fe2o3-amqp: closes a connection at a frame its
-//!   decoder would panic on.
+//! * [`AmqpFrameGuard`] — for AMQP endpoints on fe2o3-amqp: holds back each frame until it is
+//!   complete and closes the connection at one the crate's decoder would panic on or allocate
+//!   beyond its size for ([`AmqpFrameChecker`], [`check_amqp_values`]).
 //!
 //! Credentials are presented as [`iot_identity::Presented`] to
 //! [`Gateway::connect`](crate::Gateway::connect), which verifies them against the identity store;
@@ -28,11 +29,13 @@
 //! ```
 
 mod address;
+mod amqp_encoding;
 mod amqp_frames;
 pub mod properties;
 mod sessions;
 
 pub use address::{Address, AddressError};
-pub use amqp_frames::AmqpFrameGuard;
+pub use amqp_encoding::{AmqpEncodingError, DEFAULT_MAX_DEPTH, amqp_value_end, check_amqp_values};
+pub use amqp_frames::{AmqpFrameChecker, AmqpFrameError, AmqpFrameGuard, AmqpFrameLimits};
 pub use properties::{LOCK_TOKEN_PROPERTY, PropertyError};
 pub use sessions::{SharedSession, TokenSessions};

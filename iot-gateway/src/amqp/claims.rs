@@ -80,13 +80,36 @@ impl Expiring for ServiceGrant {
 
 /// Completes once the grant in `grant` has expired without a renewal (or was withdrawn).
 pub(super) async fn lapsed<G: Expiring + Clone>(grant: &mut watch::Receiver<Option<G>>) {
+    lapsed_unless(grant, |_| true).await;
+}
+
+/// Completes once the service grant has expired without a renewal, was withdrawn, or was
+/// renewed by a token whose policy lacks `right` (a weaker policy does not keep links that
+/// the stronger one authorized).
+pub(super) async fn lapsed_or_lacks(
+    grant: &mut watch::Receiver<Option<ServiceGrant>>,
+    right: Rights,
+) {
+    lapsed_unless(grant, |g| g.rights.contains(right)).await;
+}
+
+/// Completes once the grant has expired without a renewal, was withdrawn, or no longer `holds`.
+async fn lapsed_unless<G: Expiring + Clone>(
+    grant: &mut watch::Receiver<Option<G>>,
+    holds: impl Fn(&G) -> bool,
+) {
     loop {
-        let Some(expires_at) = grant.borrow_and_update().as_ref().map(G::expires_at) else {
+        let current = grant
+            .borrow_and_update()
+            .as_ref()
+            .filter(|g| holds(g))
+            .map(G::expires_at);
+        let Some(expires_at) = current else {
             return;
         };
         tokio::select! {
             () = tokio::time::sleep_until(expires_at) => {
-                let renewed = grant.borrow().as_ref().map(G::expires_at);
+                let renewed = grant.borrow().as_ref().filter(|g| holds(g)).map(G::expires_at);
                 if renewed.is_none_or(|at| at <= Instant::now()) {
                     return;
                 }
@@ -240,6 +263,20 @@ impl Claims {
         live.then(|| self.service.subscribe())
     }
 
+    /// Whether the connection holds any current grant (a device's or the service's).
+    pub(super) fn holds_any(&self) -> bool {
+        let now = Instant::now();
+        let service = self
+            .service
+            .borrow()
+            .as_ref()
+            .is_some_and(|g| g.expires_at > now);
+        service
+            || lock(&self.devices)
+                .values()
+                .any(|sender| sender.borrow().as_ref().is_some_and(|g| g.expires_at > now))
+    }
+
     /// Ends every device session of the connection (it closed).
     pub(super) async fn close_all(&self) {
         let grants: Vec<DeviceGrant> = lock(&self.devices)
@@ -260,6 +297,29 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_weaker_service_renewal_ends_the_service_links_a_stronger_one_does_not() {
+        use std::pin::pin;
+        use std::task::{Context, Poll, Waker};
+
+        let grant = |rights| ServiceGrant {
+            rights,
+            expires_at: Instant::now() + Duration::from_secs(3600),
+        };
+        let (tx, mut rx) = watch::channel(Some(grant(Rights::SERVICE_CONNECT)));
+        let mut watching = pin!(lapsed_or_lacks(&mut rx, Rights::SERVICE_CONNECT));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(watching.as_mut().poll(&mut cx).is_pending());
+        // Renewed with the right again: the links stay.
+        tx.send_replace(Some(grant(
+            Rights::SERVICE_CONNECT.union(Rights::REGISTRY_READ),
+        )));
+        assert!(watching.as_mut().poll(&mut cx).is_pending());
+        // Renewed by a registryRead token: they end.
+        tx.send_replace(Some(grant(Rights::REGISTRY_READ)));
+        assert_eq!(watching.as_mut().poll(&mut cx), Poll::Ready(()));
+    }
 
     #[test]
     fn resources_name_the_hub_or_a_device() {

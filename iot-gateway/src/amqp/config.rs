@@ -22,6 +22,14 @@ pub struct AmqpConfig {
     pub handshake_timeout: Duration,
     /// Connections served at once; more are closed at accept.
     pub max_connections: usize,
+    /// How long an open connection may go without holding a grant (a device's or the
+    /// service's, from `$cbs` put-token or the SASL PLAIN token) before it is closed with
+    /// `amqp:unauthorized-access`; checked once, this long after `open`. 60 s.
+    pub auth_timeout: Duration,
+    /// Links attached at once on one connection (all its sessions); further attaches are
+    /// refused with `amqp:resource-limit-exceeded` until some detach. 1024: a multiplexing
+    /// client uses about six per device.
+    pub max_links: usize,
     /// How often an idle feedback link looks for new feedback records.
     pub feedback_poll: Duration,
     /// The most feedback records in one feedback message (IoT Hub batches them).
@@ -37,6 +45,8 @@ impl Default for AmqpConfig {
             idle_timeout: Duration::from_secs(240),
             handshake_timeout: Duration::from_secs(10),
             max_connections: 10_000,
+            auth_timeout: Duration::from_secs(60),
+            max_links: 1024,
             feedback_poll: Duration::from_millis(250),
             feedback_batch: 64,
         }

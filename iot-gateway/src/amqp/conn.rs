@@ -27,6 +27,9 @@ pub(super) struct Conn {
     pub(super) closed: CancellationToken,
     /// Each device's event router (C2D, methods, twin links), made by the first such link.
     pub(super) routers: Mutex<HashMap<DeviceId, Arc<Router>>>,
+    /// One permit per attached link ([`AmqpConfig::max_links`](super::AmqpConfig)), held by
+    /// the link's task.
+    pub(super) links: Arc<tokio::sync::Semaphore>,
 }
 
 impl Conn {

@@ -19,7 +19,7 @@ use super::links;
 use super::replay::Replay;
 use super::sasl::{Offered, Sasl};
 use super::server::Shared;
-use crate::adapter::AmqpFrameGuard;
+use crate::adapter::{AmqpFrameGuard, AmqpFrameLimits};
 
 /// The `$cbs` replies a connection may have waiting for its reply link.
 const CBS_QUEUE: usize = 16;
@@ -43,7 +43,9 @@ pub(super) async fn serve<Io>(
             .read_exact(&mut header)
             .await
             .map_err(OpenError::Io)?;
-        let stream = AmqpFrameGuard::new(Replay::new(header.to_vec(), stream));
+        let limits =
+            AmqpFrameLimits::new(shared.config.max_frame_size, shared.config.max_message_size);
+        let stream = AmqpFrameGuard::with_limits(Replay::new(header.to_vec(), stream), limits);
         if header[4] == 0 {
             ConnectionAcceptor {
                 local_open: shared.open.clone(),
@@ -90,6 +92,7 @@ pub(super) async fn serve<Io>(
         cbs_rx: Mutex::new(Some(cbs_rx)),
         closed: stop.child_token(),
         routers: Mutex::new(std::collections::HashMap::new()),
+        links: Arc::new(tokio::sync::Semaphore::new(shared.config.max_links)),
     });
     if let Offered::Plain(token) = sasl.take()
         && let Err(refused) = conn.claims.put_token(&token).await
@@ -101,9 +104,27 @@ pub(super) async fn serve<Io>(
         return;
     }
     let sessions = fe2o3_amqp::acceptor::SessionAcceptor::new();
+    // A connection that has opened but presents no valid token holds a socket and a task for
+    // nothing: it gets `auth_timeout` to present one.
+    let auth_deadline = tokio::time::sleep(shared.config.auth_timeout);
+    tokio::pin!(auth_deadline);
+    let mut auth_checked = false;
     loop {
         let incoming = tokio::select! {
             incoming = connection.next_incoming_session() => incoming,
+            () = &mut auth_deadline, if !auth_checked => {
+                auth_checked = true;
+                if conn.claims.holds_any() {
+                    continue;
+                }
+                tracing::debug!(%peer, "AMQP connection presented no token in time");
+                conn.closed.cancel();
+                let _ = connection
+                    .close_with_error(amqp_error(AmqpError::UnauthorizedAccess, "no valid token presented in time"))
+                    .await;
+                conn.claims.close_all().await;
+                return;
+            }
             () = conn.closed.cancelled() => break,
         };
         let Some(incoming) = incoming else { break };

@@ -128,20 +128,28 @@ pub(super) async fn attach(
     };
     let conn = conn.clone();
     let unauthorized = || amqp_error(AmqpError::UnauthorizedAccess, "unauthorized");
+    // The permit travels with the link's task and is returned when the link ends.
+    let Ok(permit) = conn.links.clone().try_acquire_owned() else {
+        let error = amqp_error(
+            AmqpError::ResourceLimitExceeded,
+            "too many links on this connection",
+        );
+        return refuse(error, link).await;
+    };
     let refusal = match (node, link) {
         (Err(error), link) => Some((error, link)),
         (Ok(Node::CbsRequests), LinkEndpoint::Receiver(r)) => {
-            tokio::spawn(cbs::requests(conn, r));
+            spawn_held(permit, cbs::requests(conn, r));
             None
         }
         (Ok(Node::CbsReplies), LinkEndpoint::Sender(s)) => {
-            tokio::spawn(cbs::replies(conn, s));
+            spawn_held(permit, cbs::replies(conn, s));
             None
         }
         (Ok(Node::Telemetry(device)), LinkEndpoint::Receiver(r)) => {
             match conn.claims.device(&device) {
                 Some(grant) => {
-                    tokio::spawn(telemetry::serve(conn, r, grant));
+                    spawn_held(permit, telemetry::serve(conn, r, grant));
                     None
                 }
                 None => Some((unauthorized(), LinkEndpoint::Receiver(r))),
@@ -149,21 +157,21 @@ pub(super) async fn attach(
         }
         (Ok(Node::DeviceBound(device)), LinkEndpoint::Sender(s)) => match conn.router(&device) {
             Some(router) => {
-                tokio::spawn(c2d::serve(conn, s, router));
+                spawn_held(permit, c2d::serve(conn, s, router));
                 None
             }
             None => Some((unauthorized(), LinkEndpoint::Sender(s))),
         },
         (Ok(Node::TwinRequests(device)), LinkEndpoint::Receiver(r)) => match conn.router(&device) {
             Some(router) => {
-                tokio::spawn(twin::requests(conn, r, router));
+                spawn_held(permit, twin::requests(conn, r, router));
                 None
             }
             None => Some((unauthorized(), LinkEndpoint::Receiver(r))),
         },
         (Ok(Node::TwinResponses(device)), LinkEndpoint::Sender(s)) => match conn.router(&device) {
             Some(router) => {
-                tokio::spawn(twin::responses(conn, s, router));
+                spawn_held(permit, twin::responses(conn, s, router));
                 None
             }
             None => Some((unauthorized(), LinkEndpoint::Sender(s))),
@@ -171,7 +179,7 @@ pub(super) async fn attach(
         (Ok(Node::MethodResponses(device)), LinkEndpoint::Receiver(r)) => {
             match conn.router(&device) {
                 Some(router) => {
-                    tokio::spawn(methods::responses(conn, r, router));
+                    spawn_held(permit, methods::responses(conn, r, router));
                     None
                 }
                 None => Some((unauthorized(), LinkEndpoint::Receiver(r))),
@@ -179,7 +187,7 @@ pub(super) async fn attach(
         }
         (Ok(Node::MethodRequests(device)), LinkEndpoint::Sender(s)) => match conn.router(&device) {
             Some(router) => {
-                tokio::spawn(methods::requests(conn, s, router));
+                spawn_held(permit, methods::requests(conn, s, router));
                 None
             }
             None => Some((unauthorized(), LinkEndpoint::Sender(s))),
@@ -187,7 +195,7 @@ pub(super) async fn attach(
         (Ok(Node::ServiceDeviceBound), LinkEndpoint::Receiver(r)) => {
             match conn.claims.service(Rights::SERVICE_CONNECT) {
                 Some(grant) => {
-                    tokio::spawn(service::devicebound(conn, r, grant));
+                    spawn_held(permit, service::devicebound(conn, r, grant));
                     None
                 }
                 None => Some((unauthorized(), LinkEndpoint::Receiver(r))),
@@ -196,7 +204,7 @@ pub(super) async fn attach(
         (Ok(Node::Feedback), LinkEndpoint::Sender(s)) => {
             match conn.claims.service(Rights::SERVICE_CONNECT) {
                 Some(grant) => {
-                    tokio::spawn(service::feedback(conn, s, grant));
+                    spawn_held(permit, service::feedback(conn, s, grant));
                     None
                 }
                 None => Some((unauthorized(), LinkEndpoint::Sender(s))),
@@ -206,6 +214,24 @@ pub(super) async fn attach(
         (Ok(_), link) => Some((amqp_error(AmqpError::NotAllowed, "wrong link role"), link)),
     };
     if let Some((error, link)) = refusal {
+        refuse(error, link).await;
+    }
+}
+
+/// Runs a link's task holding its permit, so that the link counts until the task ends.
+fn spawn_held<F>(permit: tokio::sync::OwnedSemaphorePermit, task: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let _permit = permit;
+        task.await;
+    });
+}
+
+/// Closes `link`, just attached, with `error`.
+async fn refuse(error: definitions::Error, link: LinkEndpoint) {
+    {
         tracing::debug!(condition = ?error.condition, "AMQP link refused");
         let closed = match link {
             LinkEndpoint::Sender(s) => s.close_with_error(error).await.err().map(|e| e.to_string()),

@@ -13,9 +13,10 @@ use fe2o3_amqp::types::messaging::{Body, Outcome};
 use fe2o3_amqp::types::primitives::Value;
 use tokio::sync::watch;
 
-use super::claims::{ServiceGrant, lapsed};
+use super::claims::{ServiceGrant, lapsed_or_lacks};
 use super::conn::{Conn, amqp_error, gateway_error};
 use super::convert;
+use crate::http::Rights;
 
 /// `/messages/devicebound`: each message is queued for the device `to` names; accepted once
 /// queued, rejected with the reason otherwise (unknown device: `amqp:not-found`).
@@ -33,7 +34,7 @@ pub(super) async fn devicebound(
                     return;
                 }
             },
-            () = lapsed(&mut grant) => {
+            () = lapsed_or_lacks(&mut grant, Rights::SERVICE_CONNECT) => {
                 let _ = receiver
                     .close_with_error(amqp_error(AmqpError::UnauthorizedAccess, "the token expired"))
                     .await;
@@ -89,7 +90,7 @@ pub(super) async fn feedback(
         if records.is_empty() {
             tokio::select! {
                 () = tokio::time::sleep(shared.config.feedback_poll) => continue,
-                () = lapsed(&mut grant) => {
+                () = lapsed_or_lacks(&mut grant, Rights::SERVICE_CONNECT) => {
                     let _ = sender
                         .close_with_error(amqp_error(AmqpError::UnauthorizedAccess, "the token expired"))
                         .await;

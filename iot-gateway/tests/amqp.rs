@@ -60,18 +60,28 @@ async fn sender_refused(client: &mut amqp_support::Client, address: &str) -> boo
     refused
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn put_token_then_telemetry_lands_with_properties() {
-    let fx = Fixture::start().await;
-    let (id, key) = fx.device("amqp-tel").await;
+/// A new device `name`, a client holding its token (keep it: dropping it closes the
+/// connection), and a sender link to its telemetry node.
+async fn telemetry_sender(
+    fx: &Fixture,
+    name: &str,
+) -> (iot_core::DeviceId, amqp_support::Client, Sender) {
+    let (id, key) = fx.device(name).await;
     let mut client = fx.client().await;
     let status = client
         .put_token(&audience(&id), &fx.device_token(&id, &key, 3600))
         .await;
     assert_eq!(status, 200);
-    let mut sender = Sender::attach(&mut client.session, "tel", events(&id))
+    let sender = Sender::attach(&mut client.session, "tel", events(&id))
         .await
         .expect("attach");
+    (id, client, sender)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_token_then_telemetry_lands_with_properties() {
+    let fx = Fixture::start().await;
+    let (id, _client, mut sender) = telemetry_sender(&fx, "amqp-tel").await;
     let props = Properties {
         message_id: Some(MessageId::String("m-1".into())),
         correlation_id: Some(MessageId::String("c-1".into())),
@@ -118,15 +128,7 @@ async fn put_token_then_telemetry_lands_with_properties() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_of_telemetry_with_one_unusable_message_rejects_only_that_one() {
     let fx = Fixture::start().await;
-    let (id, key) = fx.device("amqp-window").await;
-    let mut client = fx.client().await;
-    let status = client
-        .put_token(&audience(&id), &fx.device_token(&id, &key, 3600))
-        .await;
-    assert_eq!(status, 200);
-    let mut sender = Sender::attach(&mut client.session, "tel", events(&id))
-        .await
-        .expect("attach");
+    let (id, _client, mut sender) = telemetry_sender(&fx, "amqp-window").await;
     const SENT: usize = 40;
     const UNUSABLE: usize = 17;
     let mut outcomes = Vec::new();

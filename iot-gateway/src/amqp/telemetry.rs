@@ -82,13 +82,19 @@ pub(super) async fn serve(
                     Ok(())
                 }
                 // Settle what went before first, so dispositions follow the device's order.
-                Err(error) => match receiver
-                    .accept_all(accepted.drain(..).map(|i| &burst[i]))
-                    .await
-                {
-                    Ok(()) => receiver.reject(delivery, error).await,
-                    Err(e) => Err(e),
-                },
+                Err(error) => {
+                    let before = if accepted.is_empty() {
+                        Ok(())
+                    } else {
+                        receiver
+                            .accept_all(accepted.drain(..).map(|i| &burst[i]))
+                            .await
+                    };
+                    match before {
+                        Ok(()) => receiver.reject(delivery, error).await,
+                        Err(e) => Err(e),
+                    }
+                }
             };
             if let Err(e) = settled {
                 tracing::debug!(error = %e, "telemetry disposition failed");

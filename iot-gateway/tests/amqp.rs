@@ -124,20 +124,27 @@ async fn put_token_then_telemetry_lands_with_properties() {
 
 /// A window of messages in flight, one of them unusable: the endpoint settles the window's
 /// deliveries together, so the unusable one must be rejected alone and every other one accepted,
-/// in the log in the order sent.
+/// in the log in the order sent. The first message opens the endpoint's first burst, so
+/// `unusable = 0` is a rejection before anything was accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_of_telemetry_with_one_unusable_message_rejects_only_that_one() {
     let fx = Fixture::start().await;
-    let (id, _client, mut sender) = telemetry_sender(&fx, "amqp-window").await;
+    for unusable in [0, 17] {
+        window_with_one_unusable(&fx, &format!("amqp-window-{unusable}"), unusable).await;
+    }
+    fx.server.shutdown().await;
+}
+
+async fn window_with_one_unusable(fx: &Fixture, name: &str, unusable: usize) {
+    let (id, _client, mut sender) = telemetry_sender(fx, name).await;
     const SENT: usize = 40;
-    const UNUSABLE: usize = 17;
     let mut outcomes = Vec::new();
     for n in 0..SENT {
         let props = Properties {
             message_id: Some(MessageId::String(format!("m-{n}"))),
             ..Properties::default()
         };
-        let m = if n == UNUSABLE {
+        let m = if n == unusable {
             // An amqp-value that is neither text nor binary is no telemetry payload.
             fe2o3_amqp::types::messaging::Message::builder()
                 .properties(props)
@@ -155,7 +162,7 @@ async fn a_window_of_telemetry_with_one_unusable_message_rejects_only_that_one()
             .await
             .expect("a disposition in time")
             .expect("outcome");
-        if n == UNUSABLE {
+        if n == unusable {
             assert!(matches!(outcome, Outcome::Rejected(_)), "{n}: {outcome:?}");
         } else {
             assert!(matches!(outcome, Outcome::Accepted(_)), "{n}: {outcome:?}");
@@ -168,12 +175,11 @@ async fn a_window_of_telemetry_with_one_unusable_message_rejects_only_that_one()
         .map(|r| r.headers.get(header::MESSAGE_ID).unwrap_or("").to_owned())
         .collect();
     let expected: Vec<String> = (0..SENT)
-        .filter(|n| *n != UNUSABLE)
+        .filter(|n| *n != unusable)
         .map(|n| format!("m-{n}"))
         .collect();
     assert_eq!(ids, expected);
     sender.close().await.expect("close");
-    fx.server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

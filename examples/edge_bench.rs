@@ -13,6 +13,16 @@
 //! The cloud has an MQTT/TLS listener (self-signed CA); the edge a plain MQTT listener and a
 //! `Forwarder` to the cloud (one device client per leaf over TLS).
 //!
+//! **Where each part runs.** A field gateway is a machine of its own, beside its leaves and away
+//! from the cloud. On a machine with two or more CPUs (and `taskset`), the bench models that:
+//! the field gateway (edge hub, edge log, forwarder) runs in a child process of this binary
+//! pinned to CPU 0, and this process (the cloud hub and the leaves, which are the same in both
+//! phases) is pinned to CPU 1. The direct and the forward phase thus give the same CPU to the
+//! same leaves and cloud, and the forward phase adds the field gateway on its own core, as a
+//! deployment adds its hardware. `--one-process` runs everything in this process on every CPU
+//! instead (the edge then competes with the cloud and the leaves for the same cores); so does a
+//! machine with one CPU or without `taskset`. The placement is printed before the figures.
+//!
 //! 1. **direct**: the leaves (rumqttc, QoS 1, 16 in flight each, as `examples/mqtt_load`) send
 //!    `--messages` each to the cloud hub over TLS; the rate is messages over the time until all
 //!    are in the cloud's log.
@@ -80,7 +90,8 @@ struct Cli {
     #[arg(long, value_name = "N")]
     leaves: Option<usize>,
     /// Messages per leaf in the direct and forward phases, and per device in the client phase
-    /// (default 200).
+    /// (default 1000: phases of seconds, not one, so that the forwarder's fixed lag behind the
+    /// last PUBACK, a few tenths of a second, does not decide the forward rate).
     #[arg(long, value_name = "N")]
     messages: Option<usize>,
     /// Messages per leaf sent while the cloud is unreachable (default 200).
@@ -92,6 +103,15 @@ struct Cli {
     /// Payload bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 100)]
     payload: usize,
+    /// Run the field gateway in this process, on the same cores as the cloud and the leaves.
+    #[arg(long)]
+    one_process: bool,
+    /// Internal: run as the field-gateway process, with its files in DIR (see `EdgeChild`).
+    #[arg(long, value_name = "DIR", hide = true)]
+    edge_process: Option<std::path::PathBuf>,
+    /// Internal: the cloud's TLS port, for `--edge-process`.
+    #[arg(long, value_name = "PORT", hide = true)]
+    cloud_port: Option<u16>,
 }
 
 /// One device: its id, key, and MQTT login for a hub signing for `HOST`.
@@ -389,11 +409,11 @@ async fn client_send(
     futures::future::join_all(sends).await.into_iter().sum()
 }
 
-/// CPU time (user + system) the process has used so far, from `/proc/self/stat` (Linux; `None`
-/// elsewhere). Both paths run in this one process on the same cores, so the CPU a phase used
-/// tells whether it was bound by the machine rather than by waiting.
-fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+/// CPU time (user + system) a process has used so far, from `/proc/PID/stat` (Linux; `None`
+/// elsewhere): this process, or the field-gateway child too. It tells whether a phase was bound
+/// by the machine rather than by waiting.
+fn cpu_seconds_of(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The fields after the command (which is in parentheses and may hold spaces).
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -403,10 +423,31 @@ fn cpu_seconds() -> Option<f64> {
     Some(ticks / 100.0)
 }
 
-fn cpu_since(start: Option<f64>) -> String {
-    match (start, cpu_seconds()) {
-        (Some(a), Some(b)) => format!("{:.2} s CPU", b - a),
-        _ => "CPU unknown".into(),
+/// CPU seconds used so far by this process and, when it runs apart, the field gateway.
+#[derive(Clone, Copy)]
+struct CpuMark {
+    here: Option<f64>,
+    edge: Option<f64>,
+}
+
+impl CpuMark {
+    fn now(edge_pid: Option<u32>) -> CpuMark {
+        CpuMark {
+            here: cpu_seconds_of("self"),
+            edge: edge_pid.and_then(|pid| cpu_seconds_of(&pid.to_string())),
+        }
+    }
+
+    fn since(self, edge_pid: Option<u32>) -> String {
+        let now = CpuMark::now(edge_pid);
+        let here = match (self.here, now.here) {
+            (Some(a), Some(b)) => format!("{:.2} s CPU", b - a),
+            _ => "CPU unknown".into(),
+        };
+        match (self.edge, now.edge) {
+            (Some(a), Some(b)) => format!("{here} here, {:.2} s in the field gateway", b - a),
+            _ => here,
+        }
     }
 }
 
@@ -424,13 +465,329 @@ fn rate(messages: u64, elapsed: Duration) -> f64 {
     messages as f64 / elapsed.as_secs_f64().max(1e-9)
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Error> {
+/// The leaves: ids `leaf-NNNN`, keys derived from one group key (as DPS derives them), so that
+/// the field-gateway process can rebuild the same identities from the group key alone.
+fn leaf_devices(group: &SymmetricKey, leaves: usize) -> Vec<Device> {
+    (0..leaves)
+        .map(|i| {
+            let id = format!("leaf-{i:04}");
+            let key = group.derive_for_device(&id);
+            Device { id, key }
+        })
+        .collect()
+}
+
+/// The CPUs of the two sides when they run apart: the field gateway on the first, this process
+/// (the cloud and the leaves) on the second.
+const EDGE_CPU: &str = "0";
+const CLOUD_CPU: &str = "1";
+
+/// Where the field gateway runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// In a child process on a CPU of its own; this process on another.
+    Apart,
+    /// In this process, on the same cores as everything else.
+    OneProcess,
+}
+
+impl Placement {
+    /// `Apart` unless asked otherwise or impossible here (with the reason printed).
+    fn choose(one_process: bool) -> Placement {
+        if one_process {
+            return Placement::OneProcess;
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cpus < 2 {
+            println!("edge_bench: one CPU available, so the field gateway shares it (one process)");
+            return Placement::OneProcess;
+        }
+        // Pin this process before any thread exists: every thread made later inherits it.
+        let pinned = std::process::Command::new("taskset")
+            .args(["-p", "-c", CLOUD_CPU, &std::process::id().to_string()])
+            .stdout(std::process::Stdio::null())
+            .status();
+        match pinned {
+            Ok(status) if status.success() => Placement::Apart,
+            Ok(status) => {
+                println!(
+                    "edge_bench: taskset failed ({status}), so everything runs in one process"
+                );
+                Placement::OneProcess
+            }
+            Err(e) => {
+                println!("edge_bench: no taskset ({e}), so everything runs in one process");
+                Placement::OneProcess
+            }
+        }
+    }
+}
+
+/// Forwarder counters, as printed at the end.
+struct ForwardStats {
+    forwarded: u64,
+    batches: u64,
+    skipped: u64,
+}
+
+/// The field gateway as this process drives it: in this process, or a child pinned to its own
+/// CPU that answers one-line commands on its standard input (`backlog`, `stop`).
+enum FieldGateway {
+    InProcess {
+        edge: Hub,
+        server: MqttServer,
+        forwarder: Forwarder,
+    },
+    Child {
+        child: Box<tokio::process::Child>,
+        stdin: tokio::process::ChildStdin,
+        lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    },
+}
+
+/// Files the field-gateway process reads from its directory: the cloud's CA and the leaves'
+/// group key (a secret: a file only its owner reads, never the command line).
+const CA_FILE: &str = "cloud-ca.pem";
+const GROUP_KEY_FILE: &str = "group.key";
+
+/// The edge hub (its leaves' identities, a durable log, a plain MQTT listener) and the forwarder
+/// to the cloud's TLS port, one upstream identity per leaf.
+async fn start_edge(
+    dir: &std::path::Path,
+    leaves: &[Device],
+    cloud_port: u16,
+    ca_pem: &str,
+) -> Result<(Hub, MqttServer, SocketAddr, Forwarder), Error> {
+    let edge_identity = Arc::new(MemoryIdentityStore::new());
+    provision(&edge_identity, leaves).await?;
+    let edge = Hub::open_dir(dir.join("edge"), edge_identity, HOST, unlimited()).await?;
+    let server = MqttServer::new(
+        Arc::new(edge.clone()) as Arc<dyn Gateway>,
+        MqttConfig::default(),
+    )?;
+    let addr = server.listen_tcp("127.0.0.1:0".parse()?).await?;
+    let mut upstream = IdentityMap::new();
+    for d in leaves {
+        upstream.insert(
+            d.id.parse()?,
+            ClientOptions::with_key(HOST, &d.id, d.key.clone())
+                .port(cloud_port)
+                .connect_host("127.0.0.1")
+                .ca_roots_pem(ca_pem.as_bytes())
+                .backoff(Backoff {
+                    initial: Duration::from_millis(100),
+                    max: Duration::from_secs(1),
+                }),
+        );
+    }
+    let forwarder =
+        Forwarder::start(&edge, Arc::new(upstream), ForwarderOptions::default()).await?;
+    Ok((edge, server, addr, forwarder))
+}
+
+impl FieldGateway {
+    /// Starts the field gateway for `leaves` against the cloud's TLS port; returns it and the
+    /// edge's MQTT address.
+    async fn start(
+        placement: Placement,
+        dir: &std::path::Path,
+        group: &SymmetricKey,
+        leaves: &[Device],
+        cloud: &Cloud,
+    ) -> Result<(FieldGateway, SocketAddr), Error> {
+        let port = cloud.tls_addr.port();
+        if placement == Placement::OneProcess {
+            let (edge, server, addr, forwarder) =
+                start_edge(dir, leaves, port, &cloud.pair.ca_pem).await?;
+            return Ok((
+                FieldGateway::InProcess {
+                    edge,
+                    server,
+                    forwarder,
+                },
+                addr,
+            ));
+        }
+        use tokio::io::AsyncBufReadExt;
+        std::fs::write(dir.join(CA_FILE), &cloud.pair.ca_pem)?;
+        write_secret(&dir.join(GROUP_KEY_FILE), &group.expose_base64())?;
+        let mut child = tokio::process::Command::new("taskset")
+            .args(["-c", EDGE_CPU])
+            .arg(std::env::current_exe()?)
+            .arg("--edge-process")
+            .arg(dir)
+            .args(["--cloud-port", &port.to_string()])
+            .args(["--leaves", &leaves.len().to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdin = child.stdin.take().ok_or("field gateway: no stdin")?;
+        let stdout = child.stdout.take().ok_or("field gateway: no stdout")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(PATIENCE, lines.next_line())
+            .await
+            .map_err(|_| "field gateway: did not start in time")??
+            .ok_or("field gateway: exited before listening")?;
+        let addr = line
+            .strip_prefix("listening ")
+            .ok_or_else(|| format!("field gateway: unexpected first line {line:?}"))?
+            .parse()?;
+        Ok((
+            FieldGateway::Child {
+                child: Box::new(child),
+                stdin,
+                lines,
+            },
+            addr,
+        ))
+    }
+
+    /// The field gateway's process id, when it runs apart (for its CPU time).
+    fn pid(&self) -> Option<u32> {
+        match self {
+            FieldGateway::InProcess { .. } => None,
+            FieldGateway::Child { child, .. } => child.id(),
+        }
+    }
+
+    /// Sends `command` to the child and returns its one-line answer.
+    async fn ask(
+        stdin: &mut tokio::process::ChildStdin,
+        lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+        command: &str,
+    ) -> Result<String, Error> {
+        use tokio::io::AsyncWriteExt;
+        stdin.write_all(format!("{command}\n").as_bytes()).await?;
+        stdin.flush().await?;
+        let answer = tokio::time::timeout(PATIENCE, lines.next_line())
+            .await
+            .map_err(|_| format!("field gateway: no answer to {command}"))??
+            .ok_or_else(|| format!("field gateway: exited on {command}"))?;
+        Ok(answer)
+    }
+
+    /// Records in the edge log the forwarder has not had acknowledged upstream.
+    async fn backlog(&mut self) -> Result<u64, Error> {
+        match self {
+            FieldGateway::InProcess { forwarder, .. } => Ok(forwarder.backlog().await?),
+            FieldGateway::Child { stdin, lines, .. } => {
+                let answer = Self::ask(stdin, lines, "backlog").await?;
+                Ok(answer
+                    .strip_prefix("backlog ")
+                    .ok_or_else(|| format!("field gateway: unexpected answer {answer:?}"))?
+                    .parse()?)
+            }
+        }
+    }
+
+    /// Stops the forwarder and the edge hub; returns the forwarder's counters.
+    async fn stop(self) -> Result<ForwardStats, Error> {
+        match self {
+            FieldGateway::InProcess {
+                edge,
+                server,
+                forwarder,
+            } => {
+                let stats = forwarder.stats();
+                forwarder.shutdown().await;
+                server.shutdown().await;
+                edge.shutdown().await;
+                Ok(ForwardStats {
+                    forwarded: stats.forwarded,
+                    batches: stats.batches,
+                    skipped: stats.skipped,
+                })
+            }
+            FieldGateway::Child {
+                mut child,
+                mut stdin,
+                mut lines,
+            } => {
+                let answer = Self::ask(&mut stdin, &mut lines, "stop").await?;
+                let numbers: Vec<u64> = answer
+                    .strip_prefix("stats ")
+                    .ok_or_else(|| format!("field gateway: unexpected answer {answer:?}"))?
+                    .split(' ')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?;
+                let status = tokio::time::timeout(PATIENCE, child.wait())
+                    .await
+                    .map_err(|_| "field gateway: did not exit")??;
+                if !status.success() {
+                    return Err(format!("field gateway exited with {status}").into());
+                }
+                match numbers[..] {
+                    [forwarded, batches, skipped] => Ok(ForwardStats {
+                        forwarded,
+                        batches,
+                        skipped,
+                    }),
+                    _ => Err(format!("field gateway: unexpected answer {answer:?}").into()),
+                }
+            }
+        }
+    }
+}
+
+/// Writes a secret to a file only its owner may read.
+fn write_secret(path: &std::path::Path, secret: &str) -> Result<(), Error> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(secret.as_bytes())?;
+    Ok(())
+}
+
+/// The field-gateway process (`--edge-process DIR`): starts the edge and the forwarder, prints
+/// `listening ADDR`, then answers `backlog` with `backlog N`, and `stop` (or the end of its
+/// input) with `stats FORWARDED BATCHES SKIPPED` before it exits.
+async fn edge_process(dir: &std::path::Path, cloud_port: u16, leaves: usize) -> Result<(), Error> {
+    use tokio::io::AsyncBufReadExt;
+    let ca_pem = std::fs::read_to_string(dir.join(CA_FILE))?;
+    let group =
+        SymmetricKey::from_base64(std::fs::read_to_string(dir.join(GROUP_KEY_FILE))?.trim())?;
+    let leaves = leaf_devices(&group, leaves);
+    let (edge, server, addr, forwarder) = start_edge(dir, &leaves, cloud_port, &ca_pem).await?;
+    println!("listening {addr}");
+    let mut input = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Some(command) = input.next_line().await? {
+        match command.trim() {
+            "backlog" => println!("backlog {}", forwarder.backlog().await?),
+            "stop" => break,
+            other => return Err(format!("field gateway: unknown command {other:?}").into()),
+        }
+    }
+    let stats = forwarder.stats();
+    forwarder.shutdown().await;
+    server.shutdown().await;
+    edge.shutdown().await;
+    println!(
+        "stats {} {} {}",
+        stats.forwarded, stats.batches, stats.skipped
+    );
+    Ok(())
+}
+
+fn main() -> Result<(), Error> {
     let cli = Cli::parse();
+    if let Some(dir) = cli.edge_process.clone() {
+        let port = cli.cloud_port.ok_or("--edge-process needs --cloud-port")?;
+        let leaves = cli.leaves.ok_or("--edge-process needs --leaves")?;
+        return tokio::runtime::Runtime::new()?.block_on(edge_process(&dir, port, leaves));
+    }
+    // Before the runtime: pinning applies to the threads made after it.
+    let placement = Placement::choose(cli.one_process);
+    tokio::runtime::Runtime::new()?.block_on(bench(cli, placement))
+}
+
+async fn bench(cli: Cli, placement: Placement) -> Result<(), Error> {
     let (leaves, messages, drain, clients) = if cli.quick {
         (20, 50, 50, 20)
     } else {
-        (100, 200, 200, 100)
+        (100, 1000, 200, 100)
     };
     let leaves = cli.leaves.unwrap_or(leaves).max(1);
     let messages = cli.messages.unwrap_or(messages).max(1);
@@ -439,13 +796,7 @@ async fn main() -> Result<(), Error> {
     let payload = cli.payload;
 
     let group = SymmetricKey::generate();
-    let leaf_devices: Vec<Device> = (0..leaves)
-        .map(|i| {
-            let id = format!("leaf-{i:04}");
-            let key = group.derive_for_device(&id);
-            Device { id, key }
-        })
-        .collect();
+    let leaf_devices = leaf_devices(&group, leaves);
     // Two sets, so that the rumqttc devices and the device clients can stay connected side by
     // side while their rounds alternate.
     let load_devices: Vec<Device> = (0..clients)
@@ -478,18 +829,17 @@ async fn main() -> Result<(), Error> {
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, &cloud.pair.ca_pem)?;
     let rumqttc_tls = tls::client_tls(&ca_file, HOST).map_err(|e| e.to_string())?;
-
-    // The field gateway: the edge hub with the leaves' local identities, and the forwarder.
-    let edge_identity = Arc::new(MemoryIdentityStore::new());
-    provision(&edge_identity, &leaf_devices).await?;
-    let edge = Hub::open_dir(dir.path().join("edge"), edge_identity, HOST, unlimited()).await?;
-    let edge_server = MqttServer::new(
-        Arc::new(edge.clone()) as Arc<dyn Gateway>,
-        MqttConfig::default(),
-    )?;
-    let edge_addr = edge_server.listen_tcp("127.0.0.1:0".parse()?).await?;
     println!(
         "edge_bench: {leaves} leaves, {messages} messages each ({payload} bytes), {drain} each during the outage, {clients} client devices"
+    );
+    println!(
+        "placement: {}",
+        match placement {
+            Placement::Apart => format!(
+                "field gateway in its own process on CPU {EDGE_CPU}; cloud and leaves here on CPU {CLOUD_CPU}"
+            ),
+            Placement::OneProcess => "everything in one process, on every CPU".to_owned(),
+        }
     );
 
     // 1. Direct: the leaves to the cloud over TLS.
@@ -497,10 +847,10 @@ async fn main() -> Result<(), Error> {
     let before = count(&cloud_log).await?;
     let fleet = Fleet::connect(&leaf_devices, cloud.tls_addr, Some(rumqttc_tls.clone())).await?;
     let began = Instant::now();
-    let cpu = cpu_seconds();
+    let cpu = CpuMark::now(None);
     let acked = fleet.send(messages, payload, "direct").await;
     let direct_end = until_count(&cloud_log, before + acked).await?;
-    let direct_cpu = cpu_since(cpu);
+    let direct_cpu = cpu.since(None);
     fleet.disconnect().await;
     if acked < per_phase {
         return Err(format!("direct: only {acked} of {per_phase} acknowledged").into());
@@ -511,24 +861,14 @@ async fn main() -> Result<(), Error> {
         "direct:  {acked}/{per_phase} acknowledged, in the cloud's log in {:.2} s: {direct_rate:.0} msgs/s ({direct_cpu})",
         direct_elapsed.as_secs_f64()
     );
-    // The forwarder connects every leaf upstream as itself: after the direct phase, whose
-    // connections use the same device ids (a second connection of a device ends the first).
-    let mut upstream = IdentityMap::new();
-    for d in &leaf_devices {
-        upstream.insert(
-            d.id.parse()?,
-            ClientOptions::with_key(HOST, &d.id, d.key.clone())
-                .port(cloud.tls_addr.port())
-                .connect_host("127.0.0.1")
-                .ca_roots_pem(cloud.pair.ca_pem.as_bytes())
-                .backoff(Backoff {
-                    initial: Duration::from_millis(100),
-                    max: Duration::from_secs(1),
-                }),
-        );
-    }
-    let forwarder =
-        Forwarder::start(&edge, Arc::new(upstream), ForwarderOptions::default()).await?;
+    // The field gateway starts now, its forwarder connecting every leaf upstream as itself:
+    // after the direct phase, whose connections use the same device ids (a second connection
+    // of a device ends the first).
+    let edge_dir = dir.path().join("field-gateway");
+    std::fs::create_dir(&edge_dir)?;
+    let (mut field_gateway, edge_addr) =
+        FieldGateway::start(placement, &edge_dir, &group, &leaf_devices, &cloud).await?;
+    let edge_pid = field_gateway.pid();
     let leaf_ids: Vec<iot_core::DeviceId> = leaf_devices
         .iter()
         .map(|d| d.id.parse())
@@ -549,11 +889,11 @@ async fn main() -> Result<(), Error> {
     let before = count(&cloud_log).await?;
     let fleet = Fleet::connect(&leaf_devices, edge_addr, None).await?;
     let began = Instant::now();
-    let cpu = cpu_seconds();
+    let cpu = CpuMark::now(edge_pid);
     let forward_acked = fleet.send(messages, payload, "forward").await;
     let edge_acked_at = began.elapsed();
     let forward_end = until_count(&cloud_log, before + forward_acked).await?;
-    let forward_cpu = cpu_since(cpu);
+    let forward_cpu = cpu.since(edge_pid);
     let forward_elapsed = forward_end.map(|t| t - began).unwrap_or(PATIENCE);
     let forward_rate = rate(forward_acked, forward_elapsed);
     println!(
@@ -567,7 +907,7 @@ async fn main() -> Result<(), Error> {
     let before = count(&cloud_log).await?;
     let drain_acked = fleet.send(drain, payload, "drain").await;
     fleet.disconnect().await;
-    let backlog = forwarder.backlog().await?;
+    let backlog = field_gateway.backlog().await?;
     println!(
         "drain:   {drain_acked} PUBACKed by the edge while the cloud was down; backlog {backlog}"
     );
@@ -597,14 +937,11 @@ async fn main() -> Result<(), Error> {
     let unacked = (per_phase - forward_acked) + ((leaves * drain) as u64 - drain_acked);
     let lost = lost.saturating_sub(unacked);
     println!("lost:    {lost} PUBACKed by the edge but missing in the cloud");
-    let stats = forwarder.stats();
+    let stats = field_gateway.stop().await?;
     println!(
         "forwarder: {} forwarded, {} batches, {} skipped",
         stats.forwarded, stats.batches, stats.skipped
     );
-    forwarder.shutdown().await;
-    edge_server.shutdown().await;
-    edge.shutdown().await;
 
     cloud.stop().await;
     cloud.hub.shutdown().await;

@@ -477,38 +477,69 @@ fn leaf_devices(group: &SymmetricKey, leaves: usize) -> Vec<Device> {
         .collect()
 }
 
-/// The CPUs of the two sides when they run apart: the field gateway on the first, this process
-/// (the cloud and the leaves) on the second.
-const EDGE_CPU: &str = "0";
-const CLOUD_CPU: &str = "1";
+/// The CPUs this process may run on, from `Cpus_allowed_list` in `/proc/self/status` (Linux;
+/// empty elsewhere or when it cannot be read).
+fn allowed_cpus() -> Vec<u32> {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return Vec::new();
+    };
+    let Some(list) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+    else {
+        return Vec::new();
+    };
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',') {
+        let range = match part.split_once('-') {
+            Some((a, b)) => a.parse::<u32>().ok().zip(b.parse::<u32>().ok()),
+            None => part.parse::<u32>().ok().map(|a| (a, a)),
+        };
+        match range {
+            Some((a, b)) => cpus.extend(a..=b),
+            None => return Vec::new(),
+        }
+    }
+    cpus
+}
 
 /// Where the field gateway runs.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Placement {
-    /// In a child process on a CPU of its own; this process on another.
-    Apart,
+    /// In a child process pinned to `edge_cpu`; this process (the cloud and the leaves) pinned
+    /// to `cloud_cpu`.
+    Apart { edge_cpu: u32, cloud_cpu: u32 },
     /// In this process, on the same cores as everything else.
     OneProcess,
 }
 
 impl Placement {
-    /// `Apart` unless asked otherwise or impossible here (with the reason printed).
+    /// `Apart` on the first two CPUs this process may use, unless asked otherwise or impossible
+    /// here (with the reason printed). Pins this process: call it before any thread exists, so
+    /// that every thread made later inherits the pinning.
     fn choose(one_process: bool) -> Placement {
         if one_process {
             return Placement::OneProcess;
         }
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if cpus < 2 {
-            println!("edge_bench: one CPU available, so the field gateway shares it (one process)");
-            return Placement::OneProcess;
-        }
-        // Pin this process before any thread exists: every thread made later inherits it.
+        let (edge_cpu, cloud_cpu) = match allowed_cpus()[..] {
+            [a, b, ..] => (a, b),
+            _ => {
+                println!(
+                    "edge_bench: fewer than two CPUs known to be available, so everything runs in one process"
+                );
+                return Placement::OneProcess;
+            }
+        };
         let pinned = std::process::Command::new("taskset")
-            .args(["-p", "-c", CLOUD_CPU, &std::process::id().to_string()])
+            .args(["-p", "-c", &cloud_cpu.to_string()])
+            .arg(std::process::id().to_string())
             .stdout(std::process::Stdio::null())
             .status();
         match pinned {
-            Ok(status) if status.success() => Placement::Apart,
+            Ok(status) if status.success() => Placement::Apart {
+                edge_cpu,
+                cloud_cpu,
+            },
             Ok(status) => {
                 println!(
                     "edge_bench: taskset failed ({status}), so everything runs in one process"
@@ -596,7 +627,7 @@ impl FieldGateway {
         cloud: &Cloud,
     ) -> Result<(FieldGateway, SocketAddr), Error> {
         let port = cloud.tls_addr.port();
-        if placement == Placement::OneProcess {
+        let Placement::Apart { edge_cpu, .. } = placement else {
             let (edge, server, addr, forwarder) =
                 start_edge(dir, leaves, port, &cloud.pair.ca_pem).await?;
             return Ok((
@@ -607,12 +638,12 @@ impl FieldGateway {
                 },
                 addr,
             ));
-        }
+        };
         use tokio::io::AsyncBufReadExt;
         std::fs::write(dir.join(CA_FILE), &cloud.pair.ca_pem)?;
         write_secret(&dir.join(GROUP_KEY_FILE), &group.expose_base64())?;
         let mut child = tokio::process::Command::new("taskset")
-            .args(["-c", EDGE_CPU])
+            .args(["-c", &edge_cpu.to_string()])
             .arg(std::env::current_exe()?)
             .arg("--edge-process")
             .arg(dir)
@@ -835,8 +866,11 @@ async fn bench(cli: Cli, placement: Placement) -> Result<(), Error> {
     println!(
         "placement: {}",
         match placement {
-            Placement::Apart => format!(
-                "field gateway in its own process on CPU {EDGE_CPU}; cloud and leaves here on CPU {CLOUD_CPU}"
+            Placement::Apart {
+                edge_cpu,
+                cloud_cpu,
+            } => format!(
+                "field gateway in its own process on CPU {edge_cpu}; cloud and leaves here on CPU {cloud_cpu}"
             ),
             Placement::OneProcess => "everything in one process, on every CPU".to_owned(),
         }

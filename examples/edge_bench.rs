@@ -517,11 +517,11 @@ impl Placement {
     /// `Apart` on the first two CPUs this process may use, unless asked otherwise or impossible
     /// here (with the reason printed). Pins this process: call it before any thread exists, so
     /// that every thread made later inherits the pinning.
-    fn choose(one_process: bool) -> Placement {
+    fn choose(one_process: bool, allowed: &[u32]) -> Placement {
         if one_process {
             return Placement::OneProcess;
         }
-        let (edge_cpu, cloud_cpu) = match allowed_cpus()[..] {
+        let (edge_cpu, cloud_cpu) = match allowed[..] {
             [a, b, ..] => (a, b),
             _ => {
                 println!(
@@ -552,6 +552,21 @@ impl Placement {
             }
         }
     }
+}
+
+/// Lets every thread of this process run on `cpus` again (`taskset -a`: all threads, since the
+/// runtime's threads were made pinned).
+fn unpin(cpus: &[u32]) -> Result<(), Error> {
+    let list: Vec<String> = cpus.iter().map(u32::to_string).collect();
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", &list.join(",")])
+        .arg(std::process::id().to_string())
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    if !status.success() {
+        return Err(format!("taskset could not unpin this process ({status})").into());
+    }
+    Ok(())
 }
 
 /// Forwarder counters, as printed at the end.
@@ -810,11 +825,18 @@ fn main() -> Result<(), Error> {
         return tokio::runtime::Runtime::new()?.block_on(edge_process(&dir, port, leaves));
     }
     // Before the runtime: pinning applies to the threads made after it.
-    let placement = Placement::choose(cli.one_process);
-    tokio::runtime::Runtime::new()?.block_on(bench(cli, placement))
+    let allowed = allowed_cpus();
+    let placement = Placement::choose(cli.one_process, &allowed);
+    // As many workers as CPUs it started with (not the one it is pinned to), so that the last
+    // phase, unpinned, runs as it would in a process never pinned.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(allowed.len().max(1))
+        .enable_all()
+        .build()?
+        .block_on(bench(cli, placement, allowed))
 }
 
-async fn bench(cli: Cli, placement: Placement) -> Result<(), Error> {
+async fn bench(cli: Cli, placement: Placement, allowed: Vec<u32>) -> Result<(), Error> {
     let (leaves, messages, drain, clients) = if cli.quick {
         (20, 50, 50, 20)
     } else {
@@ -979,6 +1001,11 @@ async fn bench(cli: Cli, placement: Placement) -> Result<(), Error> {
 
     cloud.stop().await;
     cloud.hub.shutdown().await;
+    if let Placement::Apart { .. } = placement {
+        // The last phase compares two clients, not placements: every thread of this process
+        // back on every CPU it started with, as with `--one-process`.
+        unpin(&allowed)?;
+    }
 
     // 4. Our device client against rumqttc, both over TLS to a hub with an in-memory log: the
     //    clients are measured, not the hub's disk (an fsync per PUBACK would hide the

@@ -19,7 +19,8 @@
 //! pinned to CPU 0, and this process (the cloud hub and the leaves, which are the same in both
 //! phases) is pinned to CPU 1. The direct and the forward phase thus give the same CPU to the
 //! same leaves and cloud, and the forward phase adds the field gateway on its own core, as a
-//! deployment adds its hardware. `--one-process` runs everything in this process on every CPU
+//! deployment adds its hardware. The client phase (4.) runs unpinned again: it compares two
+//! clients, not placements. `--one-process` runs everything in this process on every CPU
 //! instead (the edge then competes with the cloud and the leaves for the same cores); so does a
 //! machine with one CPU or without `taskset`. The placement is printed before the figures.
 //!

@@ -599,3 +599,48 @@ proptest! {
         );
     }
 }
+
+/// Constants a message's properties and members are often compared with.
+fn comparable() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        2 => constant(),
+        2 => (-1000i32..1000).prop_map(|n| number(f64::from(n))),
+        1 => prop_oneof![
+            Just("critical"),
+            Just("Info"),
+            Just("dev-49x"),
+            Just("application/json"),
+            Just("")
+        ]
+        .prop_map(|s| Value::String(s.to_owned())),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4096))]
+
+    /// A comparison of a property or member with a constant, the constant on either side (the
+    /// compiled form turns the operator around for a constant on the left), has the tree's
+    /// truth.
+    #[test]
+    fn comparisons_with_a_constant_agree_with_the_tree(
+        path in message_path(),
+        constant in comparable(),
+        op in 0usize..6,
+        left in any::<bool>(),
+        stored in message(),
+        twin in twin(),
+    ) {
+        let ops = [BinOp::Eq, BinOp::NotEq, BinOp::Lt, BinOp::LtEq, BinOp::Gt, BinOp::GtEq];
+        let (a, b) = (Box::new(path), Box::new(Expr::Const(constant)));
+        let e = if left {
+            Expr::Binary(ops[op], b, a)
+        } else {
+            Expr::Binary(ops[op], a, b)
+        };
+        let whole = MessageView::new(&stored);
+        let scope = Scope { message: &whole, twin: twin.as_ref() };
+        let expected = e.eval(&scope).and_then(|v| v.as_bool());
+        prop_assert_eq!(Test::compile(&e).eval(&scope), expected, "{}", e);
+    }
+}

@@ -191,12 +191,9 @@ impl RoutingProcessor {
             };
             let scope = Scope { message, twin };
             match test.eval(&scope) {
-                Some(true) => {
-                    if !matched.contains(&endpoint) {
-                        matched.push(endpoint);
-                    }
-                }
-                Some(false) => {}
+                Some(true) if !matched.contains(&endpoint) => matched.push(endpoint),
+                // Matched, to an endpoint already in the list; or not matched.
+                Some(_) => {}
                 // IoT Hub logs an error in its routes resource log for these; a trace here.
                 None if tracing::enabled!(tracing::Level::TRACE) => trace!(
                     route = route.name.as_str(),

@@ -140,7 +140,7 @@ fn compare(a: &Kind<'_>, b: &Kind<'_>) -> Option<Ordering> {
 
 /// `=` and `!=` also hold between arrays and between objects (deep equality); numbers compare
 /// as numbers (`1 = 1.0`).
-fn equal_json(a: &Value, b: &Value) -> Option<bool> {
+pub(crate) fn equal_json(a: &Value, b: &Value) -> Option<bool> {
     match (a, b) {
         (Value::Array(x), Value::Array(y)) => {
             if x.len() != y.len() {

@@ -26,6 +26,7 @@
 //! See `docs/routing.md` for what the language supports and how it differs from IoT Hub.
 
 mod ast;
+mod compiled;
 mod eval;
 mod lexer;
 mod message;
@@ -51,7 +52,7 @@ impl Condition {
     /// `Some(false)` when it evaluates to a Boolean, `None` when it is undefined or not a Boolean
     /// (a route then does not match).
     pub fn evaluate(&self, message: &MessageView<'_>, twin: Option<&Value>) -> Option<bool> {
-        self.expr.eval(&eval::Scope { message, twin })?.as_bool()
+        self.test.eval(&eval::Scope { message, twin })
     }
 
     /// The value of the expression (a condition is an expression): `None` is undefined.

@@ -9,7 +9,7 @@ use iot_core::{PartitionId, Record, StoredRecord};
 use serde_json::Value;
 use tracing::{debug, trace};
 
-use super::ast::Expr;
+use super::compiled::Test;
 use super::eval::Scope;
 use super::message::MessageView;
 use super::route::{EnrichmentValue, RouteSource, RouteTable, RoutingSnapshot};
@@ -45,8 +45,9 @@ pub struct RoutingProcessor {
 struct Plan {
     snapshot: Arc<RoutingSnapshot>,
     /// Index into `snapshot.routes` and into `endpoints` of each route that runs, in order,
-    /// with its condition reading body members by slot ([`Expr::with_member_slots`]).
-    routes: Vec<(usize, usize, Expr)>,
+    /// with its condition reading body members by slot ([`with_member_slots`](super::ast::Expr::with_member_slots)), compiled
+    /// ([`Test`]).
+    routes: Vec<(usize, usize, Test)>,
     /// The endpoints of the running routes, then the fallback.
     endpoints: Vec<Endpoint>,
     /// Index into `endpoints` of the fallback (device messages only).
@@ -113,7 +114,7 @@ impl Plan {
                     .condition
                     .expr
                     .with_member_slots(&members);
-                (i, endpoint, expr)
+                (i, endpoint, Test::compile(&expr))
             })
             .collect();
         let fallback = match &snapshot.fallback {
@@ -181,7 +182,7 @@ impl RoutingProcessor {
         matched: &mut Vec<usize>,
     ) -> Result<()> {
         matched.clear();
-        for (route, endpoint, expr) in &plan.routes {
+        for (route, endpoint, test) in &plan.routes {
             let (route, endpoint) = (&plan.snapshot.routes[*route], *endpoint);
             let twin = if route.condition.reads_twin() {
                 twin.get(self, message).await?
@@ -189,20 +190,19 @@ impl RoutingProcessor {
                 None
             };
             let scope = Scope { message, twin };
-            match expr.eval(&scope).map(|v| v.as_bool()) {
-                Some(Some(true)) => {
-                    if !matched.contains(&endpoint) {
-                        matched.push(endpoint);
-                    }
-                }
-                Some(Some(false)) => {}
+            match test.eval(&scope) {
+                Some(true) if !matched.contains(&endpoint) => matched.push(endpoint),
+                // Matched, to an endpoint already in the list; or not matched.
+                Some(_) => {}
                 // IoT Hub logs an error in its routes resource log for these; a trace here.
-                other => trace!(
+                None if tracing::enabled!(tracing::Level::TRACE) => trace!(
                     route = route.name.as_str(),
                     offset = message.record().offset.0,
-                    undefined = other.is_none(),
+                    // The compiled test does not tell the two apart; the tree does.
+                    undefined = route.condition.expr.eval(&scope).is_none(),
                     "condition is not a Boolean: the route does not match"
                 ),
+                None => {}
             }
         }
         if matched.is_empty()

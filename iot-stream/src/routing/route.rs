@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 use serde_json::Value;
 
 use super::ast::Expr;
+use super::compiled::Test;
 use super::parser;
 use crate::error::{Error, Result};
 
@@ -20,12 +21,21 @@ use crate::error::{Error, Result};
 /// assert!(err.to_string().contains("column 9"), "{err}");
 /// # Ok::<(), iot_stream::Error>(())
 /// ```
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Condition {
     text: String,
     pub(crate) expr: Expr,
+    /// `expr` compiled for evaluation ([`Test`]), which [`evaluate`](Self::evaluate) runs.
+    pub(crate) test: Test,
     /// Whether `expr` reads `$twin` (worked out once: the processor asks for every record).
     reads_twin: bool,
+}
+
+/// Conditions are equal when their texts and trees are (the compiled form follows the tree).
+impl PartialEq for Condition {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text && self.expr == other.expr
+    }
 }
 
 impl Condition {
@@ -36,6 +46,7 @@ impl Condition {
         Ok(Condition {
             text: text.to_owned(),
             reads_twin: expr.reads_twin(),
+            test: Test::compile(&expr),
             expr,
         })
     }
@@ -45,6 +56,7 @@ impl Condition {
         Condition {
             text: "true".to_owned(),
             expr: Expr::Const(Value::Bool(true)),
+            test: Test::Known(Some(true)),
             reads_twin: false,
         }
     }

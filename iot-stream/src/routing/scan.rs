@@ -100,16 +100,19 @@ impl<'a> Scanner<'a> {
     /// control character (serde_json refuses those; this scan leaves escapes to it).
     fn string(&mut self) -> Option<&'a str> {
         let start = self.at;
-        loop {
-            match self.peek()? {
-                b'"' => break,
-                b'\\' | 0..0x20 => return None,
-                _ => self.at += 1,
-            }
+        // One tight loop to the first quote, backslash or control character.
+        let len = self
+            .bytes
+            .get(start..)?
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        let end = start + len;
+        if self.bytes.get(end) != Some(&b'"') {
+            return None;
         }
         // Both ends are at an ASCII quote, so on character boundaries of the text.
-        let text = self.text.get(start..self.at)?;
-        self.at += 1;
+        let text = self.text.get(start..end)?;
+        self.at = end + 1;
         Some(text)
     }
 

@@ -5,6 +5,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use super::ast::{BinOp, Expr, FUNCTIONS, Root, Step};
+use super::compiled::Test;
 use super::eval::Scope;
 use super::message::MessageView;
 use super::parser::{number, parse};
@@ -232,6 +233,10 @@ proptest! {
     fn and_or_not_follow_three_valued_logic(l in logic()) {
         let got = eval(&l.text(), &json!({}));
         prop_assert_eq!(got, l.reference().map(Value::Bool), "{}", l.text());
+        // The compiled form too.
+        let condition = super::Condition::parse(&l.text()).expect("parses");
+        let stored = record(&json!({}));
+        prop_assert_eq!(condition.evaluate(&MessageView::new(&stored), None), l.reference());
     }
 
     #[test]
@@ -449,5 +454,193 @@ proptest! {
             .eval(&Scope { message: &view, twin: None })
             .map(super::eval::V::into_owned);
         prop_assert_eq!(got, expected, "{} on {:?}", e, text);
+    }
+}
+
+/// Paths into what [`message`] writes (and some it does not): body members, application and
+/// system properties, the twin.
+fn message_path() -> BoxedStrategy<Expr> {
+    let app = prop_oneof![
+        Just("level"),
+        Just("LEVEL"),
+        Just("site"),
+        Just("missing"),
+        Just("content-type"),
+        Just("iothub-x"),
+    ];
+    let system = prop_oneof![
+        Just("contentType"),
+        Just("contentEncoding"),
+        Just("connectionDeviceId"),
+        Just("connectionModuleId"),
+        Just("messageId"),
+        Just("enqueuedTime"),
+        Just("iothub-connection-device-id"),
+        Just("dt-subject"),
+        Just("level"),
+    ];
+    let twin_step = prop_oneof![
+        prop_oneof![
+            Just("tags"),
+            Just("properties"),
+            Just("desired"),
+            Just("a"),
+            Just("b")
+        ]
+        .prop_map(|n| Step::Field(n.to_owned())),
+        (0usize..2).prop_map(Step::Index),
+    ];
+    prop_oneof![
+        4 => body_path(),
+        2 => app.prop_map(|n| Expr::Path(Root::App(n.to_owned().into()), Vec::new())),
+        2 => system.prop_map(|n| Expr::Path(Root::System(n.to_owned().into()), Vec::new())),
+        1 => prop::collection::vec(twin_step, 0..4).prop_map(|s| Expr::Path(Root::Twin, s)),
+    ]
+    .boxed()
+}
+
+/// A message: a body (flat, nested, broken), a level, a content type and encoding (or not), a
+/// device id header (or the key), a subject.
+fn message() -> impl Strategy<Value = StoredRecord> {
+    let level = prop::option::of(prop_oneof![
+        Just("critical"),
+        Just("Info"),
+        Just("42"),
+        Just("")
+    ]);
+    let content = prop_oneof![
+        4 => Just(Some(("application/json", "utf-8"))),
+        1 => Just(Some(("Application/JSON; charset=utf-8", "UTF-8"))),
+        1 => Just(Some(("text/plain", "utf-8"))),
+        1 => Just(None),
+    ];
+    (
+        prop_oneof![body_text(), fast_body()],
+        level,
+        content,
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(body, level, content, device, subject)| {
+            let mut record = Record::new("dev-1", body);
+            if let Some((content_type, encoding)) = content {
+                record = record
+                    .with_header("content-type", content_type)
+                    .with_header("content-encoding", encoding);
+            }
+            if let Some(level) = level {
+                record = record.with_header("level", level);
+            }
+            if device {
+                record = record.with_header(super::DEVICE_ID_HEADER, "dev-49x");
+            }
+            if subject {
+                record = record.with_header("dt-subject", "Thermostat");
+            }
+            StoredRecord::new(
+                PartitionId(0),
+                Offset(7),
+                Timestamp::from_unix_millis(1_700_000_000_123),
+                record,
+            )
+        })
+}
+
+fn twin() -> impl Strategy<Value = Option<Value>> {
+    prop_oneof![
+        Just(None),
+        Just(Some(json!({
+            "tags": {"a": 1, "b": "x"},
+            "properties": {"desired": {"a": [1, 2.5], "b": true}, "reported": {}}
+        }))),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4096))]
+
+    /// The compiled form routes as the tree's evaluator says — on the whole body and, in the
+    /// plan's form, on the projection — and its operands have the tree's values.
+    #[test]
+    fn the_compiled_test_agrees_with_the_tree(
+        e in expr_of(message_path()),
+        stored in message(),
+        twin in twin(),
+    ) {
+        let whole = MessageView::new(&stored);
+        let scope = Scope { message: &whole, twin: twin.as_ref() };
+        let tree = e.eval(&scope).map(super::eval::V::into_owned);
+        let expected = tree.as_ref().and_then(Value::as_bool);
+        prop_assert_eq!(Test::compile(&e).eval(&scope), expected, "{}", e);
+
+        let mut members = Vec::new();
+        e.body_members(&mut members);
+        members.sort_unstable();
+        members.dedup();
+        let view = MessageView::projected(&stored, &members);
+        let planned = Test::compile(&e.with_member_slots(&members));
+        prop_assert_eq!(
+            planned.eval(&Scope { message: &view, twin: twin.as_ref() }),
+            expected,
+            "{} (planned)", e
+        );
+
+        // `(e) = v`, with v the tree's value of `e`, holds exactly when `e` is defined.
+        let defined = tree.is_some();
+        let same = Expr::Binary(
+            BinOp::Eq,
+            Box::new(e.clone()),
+            Box::new(tree.map_or(Expr::Undefined, Expr::Const)),
+        );
+        prop_assert_eq!(
+            Test::compile(&same).eval(&scope),
+            defined.then_some(true),
+            "{}", e
+        );
+    }
+}
+
+/// Constants a message's properties and members are often compared with.
+fn comparable() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        2 => constant(),
+        2 => (-1000i32..1000).prop_map(|n| number(f64::from(n))),
+        1 => prop_oneof![
+            Just("critical"),
+            Just("Info"),
+            Just("dev-49x"),
+            Just("application/json"),
+            Just("")
+        ]
+        .prop_map(|s| Value::String(s.to_owned())),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4096))]
+
+    /// A comparison of a property or member with a constant, the constant on either side (the
+    /// compiled form turns the operator around for a constant on the left), has the tree's
+    /// truth.
+    #[test]
+    fn comparisons_with_a_constant_agree_with_the_tree(
+        path in message_path(),
+        constant in comparable(),
+        op in 0usize..6,
+        left in any::<bool>(),
+        stored in message(),
+        twin in twin(),
+    ) {
+        let ops = [BinOp::Eq, BinOp::NotEq, BinOp::Lt, BinOp::LtEq, BinOp::Gt, BinOp::GtEq];
+        let (a, b) = (Box::new(path), Box::new(Expr::Const(constant)));
+        let e = if left {
+            Expr::Binary(ops[op], b, a)
+        } else {
+            Expr::Binary(ops[op], a, b)
+        };
+        let whole = MessageView::new(&stored);
+        let scope = Scope { message: &whole, twin: twin.as_ref() };
+        let expected = e.eval(&scope).and_then(|v| v.as_bool());
+        prop_assert_eq!(Test::compile(&e).eval(&scope), expected, "{}", e);
     }
 }

@@ -3,7 +3,9 @@
 //! sizes) over a stream that delivers the bytes in pieces, then fe2o3-amqp's decoders on
 //! exactly what the guard lets through — its AMQP `FrameDecoder` or SASL `FrameCodec` per frame
 //! and, for each complete delivery (the `transfer` payloads of one link up to `more = false`),
-//! the message decoding its receiver links run (`Body<Value>`, as the endpoint receives).
+//! the message decoding its receiver links run (`Body<Value>`, as the endpoint receives) and,
+//! for a batched message (IoT Hub's format `0x80013700`, named on the delivery's first
+//! `transfer`), the decoding the telemetry link runs on each message in its data sections.
 //!
 //! Checked: no panic, nothing handed on that is not a protocol header or a whole frame within
 //! the maximum size, and no memory use anywhere near libFuzzer's RSS limit (2 GiB, 512 MiB as
@@ -25,10 +27,10 @@ use std::task::{Context, Poll, Waker};
 use bytes::BytesMut;
 use fe2o3_amqp::frames::amqp::{FrameBody, FrameDecoder};
 use fe2o3_amqp::frames::sasl::FrameCodec;
-use fe2o3_amqp::types::messaging::Body;
 use fe2o3_amqp::types::messaging::message::DecodeIntoMessage;
+use fe2o3_amqp::types::messaging::{Body, Data};
 use fe2o3_amqp::types::primitives::Value;
-use iot_gateway::adapter::{AmqpFrameGuard, AmqpFrameLimits};
+use iot_gateway::adapter::{AMQP_BATCH_FORMAT, AmqpFrameGuard, AmqpFrameLimits};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio_util::codec::Decoder;
@@ -92,7 +94,8 @@ fuzz_target!(|data: &[u8]| {
     };
     input.extend_from_slice(stream);
     let passed = guarded(&input, usize::from(*chunk).max(1));
-    let mut partial: HashMap<(u16, u32), Vec<u8>> = HashMap::new();
+    // Per link: the payloads so far and the delivery's message format (its first frame's).
+    let mut partial: HashMap<(u16, u32), (Vec<u8>, Option<u32>)> = HashMap::new();
     let mut rest = &passed[..];
     while !rest.is_empty() {
         assert!(rest.len() >= 8, "the guard handed on a piece of a unit");
@@ -134,17 +137,31 @@ fuzz_target!(|data: &[u8]| {
                 payload,
             } => {
                 let key = (channel, performative.handle.0);
-                let mut message = partial.remove(&key).unwrap_or_default();
+                let (mut message, format) = partial
+                    .remove(&key)
+                    .unwrap_or((Vec::new(), performative.message_format));
                 message.extend_from_slice(&payload);
                 if performative.aborted {
                     continue;
                 }
                 if performative.more {
-                    partial.insert(key, message);
+                    partial.insert(key, (message, format));
                 } else {
                     // As a receiver link decodes a complete delivery.
                     let reader = serde_amqp::read::IoReader::new(&message[..]);
-                    let _ = <Body<Value> as DecodeIntoMessage>::decode_message_from_reader(reader);
+                    let decoded =
+                        <Body<Value> as DecodeIntoMessage>::decode_message_from_reader(reader);
+                    // As the telemetry link decodes the messages of a batch.
+                    if let (Ok(outer), Some(AMQP_BATCH_FORMAT)) = (decoded, format)
+                        && let Body::Data(sections) = outer.body
+                    {
+                        for Data(inner) in sections.iter() {
+                            let reader = serde_amqp::read::SliceReader::new(inner);
+                            let _ = <Body<Value> as DecodeIntoMessage>::decode_message_from_reader(
+                                reader,
+                            );
+                        }
+                    }
                 }
             }
             _ => {}

@@ -7,10 +7,16 @@ mod amqp_support;
 use std::time::Duration;
 
 use amqp_support::{Fixture, HOST, PATIENCE, app, message};
+use fe2o3_amqp::link::delivery::Sendable;
 use fe2o3_amqp::sasl_profile::SaslProfile;
-use fe2o3_amqp::types::messaging::{Body, MessageId, Outcome, Properties};
+use fe2o3_amqp::types::definitions::{AmqpError, ErrorCondition};
+use fe2o3_amqp::types::messaging::{
+    AmqpValue, Body, Data, Message, MessageId, Outcome, Properties,
+};
 use fe2o3_amqp::types::primitives::{SimpleValue, Symbol, Value};
 use fe2o3_amqp::{Receiver, Sender, Session};
+use iot_gateway::adapter::AMQP_BATCH_FORMAT;
+use iot_gateway::amqp::AmqpConfig;
 use iot_gateway::message::header;
 use iot_gateway::{AckRequest, C2dMessage, FeedbackStatus, Gateway};
 use iot_identity::{SymmetricKey, sas};
@@ -180,6 +186,159 @@ async fn window_with_one_unusable(fx: &Fixture, name: &str, unusable: usize) {
         .collect();
     assert_eq!(ids, expected);
     sender.close().await.expect("close");
+}
+
+/// One message of a batch, encoded as uAMQP encodes it into a data section: its properties,
+/// application properties (when given) and one data section.
+fn encoded(body: &[u8], props: Option<Properties>, application: &[(&str, SimpleValue)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    if let Some(props) = props {
+        out.extend(serde_amqp::to_vec(&props).expect("encode properties"));
+    }
+    if !application.is_empty() {
+        out.extend(serde_amqp::to_vec(&app(application)).expect("encode application properties"));
+    }
+    out.extend(serde_amqp::to_vec(&Data(body.to_vec().into())).expect("encode data"));
+    out
+}
+
+/// A batched message (format 0x80013700) around `inner`, the outer message with `outer_props`
+/// and `outer_app`.
+fn batch(
+    inner: &[Vec<u8>],
+    outer_props: Option<Properties>,
+    outer_app: &[(&str, SimpleValue)],
+) -> Sendable<Body<Value>> {
+    let sections: Vec<Data> = inner.iter().map(|m| Data(m.clone().into())).collect();
+    let mut message = Message::builder().body(Body::Data(sections.into())).build();
+    message.properties = outer_props;
+    if !outer_app.is_empty() {
+        message.application_properties = Some(app(outer_app));
+    }
+    Sendable::builder()
+        .message(message)
+        .message_format(AMQP_BATCH_FORMAT)
+        .build()
+}
+
+fn with_id(id: &str) -> Properties {
+    Properties {
+        message_id: Some(MessageId::String(id.into())),
+        ..Properties::default()
+    }
+}
+
+/// IoT Hub's batch format: each inner message becomes a record of its own, in order, with its
+/// own properties; an inner message without properties (or application properties) takes the
+/// outer message's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batched_message_lands_as_one_record_per_inner_message() {
+    let fx = Fixture::start().await;
+    let (id, _client, mut sender) = telemetry_sender(&fx, "amqp-batch").await;
+    let first = Properties {
+        content_type: Some(Symbol::from("application/json")),
+        ..with_id("b-0")
+    };
+    let inner = vec![
+        encoded(
+            br#"{"n":0}"#,
+            Some(first),
+            &[("site", SimpleValue::String("lab".into()))],
+        ),
+        encoded(b"one", Some(with_id("b-1")), &[("n", SimpleValue::Int(1))]),
+        // No properties, no application properties: the outer message's apply.
+        encoded(b"two", None, &[]),
+    ];
+    let outcome = sender
+        .send(batch(
+            &inner,
+            Some(with_id("outer")),
+            &[("fleet", SimpleValue::String("f1".into()))],
+        ))
+        .await
+        .expect("send");
+    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+    let records = fx.telemetry_of(&id).await;
+    assert_eq!(records.len(), 3);
+    let payloads: Vec<&[u8]> = records.iter().map(|r| &r.payload[..]).collect();
+    assert_eq!(payloads, [&br#"{"n":0}"#[..], b"one", b"two"]);
+    let header = |i: usize, name: &str| records[i].headers.get(name).map(str::to_owned);
+    for i in 0..3 {
+        assert_eq!(header(i, header::DEVICE_ID).as_deref(), Some(id.as_str()));
+    }
+    assert_eq!(header(0, header::MESSAGE_ID).as_deref(), Some("b-0"));
+    assert_eq!(
+        header(0, header::CONTENT_TYPE).as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(header(0, "site").as_deref(), Some("lab"));
+    assert_eq!(
+        header(0, "fleet"),
+        None,
+        "an inner message's own properties win whole"
+    );
+    assert_eq!(header(1, header::MESSAGE_ID).as_deref(), Some("b-1"));
+    assert_eq!(header(1, "n").as_deref(), Some("1"));
+    assert_eq!(header(2, header::MESSAGE_ID).as_deref(), Some("outer"));
+    assert_eq!(header(2, "fleet").as_deref(), Some("f1"));
+
+    // A batch with one unusable inner message (an amqp-value int is no payload) is rejected
+    // whole, naming the message, and none of it is appended.
+    let mut unusable = serde_amqp::to_vec(&with_id("bad")).expect("encode");
+    unusable.extend(serde_amqp::to_vec(&AmqpValue(Value::Int(5))).expect("encode"));
+    let inner = vec![encoded(b"ok", Some(with_id("c-0")), &[]), unusable];
+    let outcome = sender.send(batch(&inner, None, &[])).await.expect("send");
+    match outcome {
+        Outcome::Rejected(rejected) => {
+            let error = rejected.error.expect("a reason");
+            assert_eq!(
+                error.condition,
+                ErrorCondition::AmqpError(AmqpError::DecodeError)
+            );
+            let description = error.description.unwrap_or_default();
+            assert!(description.contains("batched message 1"), "{description}");
+        }
+        other => panic!("rejected expected: {other:?}"),
+    }
+    // Bytes that are no AMQP message, and an empty batch, likewise.
+    for inner in [vec![vec![0xa1, 2, b'h', b'i']], vec![]] {
+        let outcome = sender.send(batch(&inner, None, &[])).await.expect("send");
+        assert!(matches!(outcome, Outcome::Rejected(_)), "{outcome:?}");
+    }
+    assert_eq!(
+        fx.telemetry_of(&id).await.len(),
+        3,
+        "nothing of a rejected batch lands"
+    );
+
+    // The link is still usable, batched or not.
+    sender
+        .send(message(b"after", with_id("after"), app(&[])))
+        .await
+        .expect("send");
+    assert_eq!(fx.telemetry_of(&id).await.len(), 4);
+    sender.close().await.expect("close");
+    fx.server.shutdown().await;
+}
+
+/// More inner messages than `max_batch_messages` reject the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_the_message_count_is_rejected() {
+    let mut config = AmqpConfig::default();
+    config.max_batch_messages = 4;
+    let fx = Fixture::with_config(config).await;
+    let (id, _client, mut sender) = telemetry_sender(&fx, "amqp-batch-max").await;
+    let inner: Vec<Vec<u8>> = (0..5).map(|n| encoded(&[n], None, &[])).collect();
+    let outcome = sender.send(batch(&inner, None, &[])).await.expect("send");
+    assert!(matches!(outcome, Outcome::Rejected(_)), "{outcome:?}");
+    let outcome = sender
+        .send(batch(&inner[..4], None, &[]))
+        .await
+        .expect("send");
+    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+    assert_eq!(fx.telemetry_of(&id).await.len(), 4);
+    sender.close().await.expect("close");
+    fx.server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,10 @@
 //!   delivery aborts or the handle is attached or detached again or its session begins or
 //!   ends, as the decoder drops its buffer) and checked when the frame with `more = false`
 //!   arrives, before it is let through. Resumed transfers (`resume = true`) are refused: the
-//!   decoder may read one without the buffered bytes, and no endpoint here resumes links.
+//!   decoder may read one without the buffered bytes, and no endpoint here resumes links;
+//! * a batched message (message format [`AMQP_BATCH_FORMAT`], IoT Hub's `0x80013700`, named on
+//!   the delivery's first `transfer`) carries encoded messages in its `data` sections, which the
+//!   endpoint decodes in turn: each of those gets the same check ([`check_amqp_batch`]).
 //!
 //! A frame that fails fails the read ([`std::io::ErrorKind::InvalidData`]): the crate ends the
 //! connection, and only that one. Bounds: the guard buffers at most one frame plus one read
@@ -36,6 +39,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::amqp_batch::{AMQP_BATCH_FORMAT, check_amqp_batch};
 use super::amqp_encoding::{AmqpEncodingError, DEFAULT_MAX_DEPTH, check_amqp_values, list_items};
 
 /// The smallest frame: its header alone.
@@ -149,8 +153,19 @@ impl From<AmqpEncodingError> for AmqpFrameError {
 /// The fields of a `transfer` the checker follows.
 struct Transfer {
     handle: u32,
+    /// Whether its message format is the batch format (continuation frames may leave the
+    /// format out: then the delivery's first frame decides).
+    batch: Option<bool>,
     more: bool,
     aborted: bool,
+}
+
+/// A delivery whose last frame has not arrived yet.
+#[derive(Debug, Default)]
+struct Partial {
+    bytes: Vec<u8>,
+    /// Its first frame named the batch format.
+    batch: bool,
 }
 
 /// The performatives the checker looks into.
@@ -183,7 +198,7 @@ enum Performative {
 pub struct AmqpFrameChecker {
     limits: AmqpFrameLimits,
     /// Payloads of deliveries still in progress, by channel and link handle.
-    partial: HashMap<(u16, u32), Vec<u8>>,
+    partial: HashMap<(u16, u32), Partial>,
     partial_total: u64,
 }
 
@@ -246,7 +261,7 @@ impl AmqpFrameChecker {
         self.partial.retain(|&key, kept| {
             let keep = !matches(key);
             if !keep {
-                *total -= kept.len() as u64;
+                *total -= kept.bytes.len() as u64;
             }
             keep
         });
@@ -257,28 +272,44 @@ impl AmqpFrameChecker {
         let key = (channel, t.handle);
         let kept = self.partial.remove(&key);
         if let Some(kept) = &kept {
-            self.partial_total -= kept.len() as u64;
+            self.partial_total -= kept.bytes.len() as u64;
         }
         if t.aborted {
             // The delivery is dropped by the receiver without being decoded.
             return Ok(());
         }
-        let so_far = kept.as_ref().map_or(0, Vec::len) as u64;
+        let so_far = kept.as_ref().map_or(0, |k| k.bytes.len()) as u64;
         if so_far + payload.len() as u64 > self.limits.max_message_size {
             return Err(AmqpFrameError::MessageTooLarge);
         }
+        // The first frame of a delivery names its format; later ones may repeat it.
+        let batch = match &kept {
+            Some(kept) => kept.batch,
+            None => t.batch.unwrap_or(false),
+        };
+        let depth = self.limits.max_depth;
+        let check = |message: &[u8]| -> Result<(), AmqpFrameError> {
+            check_amqp_values(message, depth)?;
+            if batch {
+                check_amqp_batch(message, depth)?;
+            }
+            Ok(())
+        };
         if !t.more {
             return match kept {
-                None => Ok(check_amqp_values(payload, self.limits.max_depth)?),
+                None => check(payload),
                 Some(mut kept) => {
-                    kept.extend_from_slice(payload);
-                    Ok(check_amqp_values(&kept, self.limits.max_depth)?)
+                    kept.bytes.extend_from_slice(payload);
+                    check(&kept.bytes)
                 }
             };
         }
-        let mut kept = kept.unwrap_or_default();
-        kept.extend_from_slice(payload);
-        self.partial_total += kept.len() as u64;
+        let mut kept = kept.unwrap_or(Partial {
+            bytes: Vec::new(),
+            batch,
+        });
+        kept.bytes.extend_from_slice(payload);
+        self.partial_total += kept.bytes.len() as u64;
         if self.partial_total
             > self
                 .limits
@@ -341,8 +372,17 @@ fn performative(bytes: &[u8]) -> Result<Performative, AmqpFrameError> {
             if flag(8) {
                 return Err(AmqpFrameError::BadTransfer);
             }
+            // message-format: a uint (uint0, smalluint or uint), or left out.
+            let batch = match items.get(3).map(|&(s, e)| &bytes[s..e]) {
+                Some([0x70, a, b, c, d]) => {
+                    Some(u32::from_be_bytes([*a, *b, *c, *d]) == AMQP_BATCH_FORMAT)
+                }
+                Some([0x43] | [0x52, _]) => Some(false),
+                _ => None,
+            };
             Performative::Transfer(Transfer {
                 handle: handle(&items, 0)?,
+                batch,
                 more: flag(5),
                 aborted: flag(9),
             })
@@ -351,23 +391,26 @@ fn performative(bytes: &[u8]) -> Result<Performative, AmqpFrameError> {
     })
 }
 
-/// Where the guard is in the byte stream: bytes read and not yet checked, and checked bytes
-/// not yet handed on.
+/// Where the guard is in the byte stream: one buffer of bytes read, of which
+/// `buf[..checked]` are whole checked units and `buf[..handed]` have been handed on already.
+/// Units are checked where they lie and handed on from there: no byte is copied between
+/// buffers, and the buffer is compacted once per socket read rather than once per frame.
 #[derive(Debug)]
 struct Framing {
     checker: AmqpFrameChecker,
-    pending: Vec<u8>,
-    ready: Vec<u8>,
+    buf: Vec<u8>,
+    checked: usize,
     handed: usize,
     /// The refusal, reported once the units checked before it have been handed on.
     refused: Option<AmqpFrameError>,
 }
 
 impl Framing {
-    /// Moves every complete, checked unit from `pending` to `ready`.
+    /// Moves `checked` past every complete, checked unit after it.
     fn advance(&mut self) -> Result<(), AmqpFrameError> {
         loop {
-            let Some(&head) = self.pending.first_chunk::<4>() else {
+            let rest = &self.buf[self.checked..];
+            let Some(&head) = rest.first_chunk::<4>() else {
                 return Ok(());
             };
             let header = &head == b"AMQP";
@@ -383,17 +426,22 @@ impl Framing {
                 }
                 size as usize
             };
-            if self.pending.len() < unit {
+            if rest.len() < unit {
                 return Ok(());
             }
             if !header {
-                self.checker.check(&self.pending[..unit])?;
+                self.checker.check(&rest[..unit])?;
             }
-            if self.handed == self.ready.len() {
-                self.ready.clear();
-                self.handed = 0;
-            }
-            self.ready.extend(self.pending.drain(..unit));
+            self.checked += unit;
+        }
+    }
+
+    /// Drops the bytes handed on, keeping the rest (an incomplete unit) at the start.
+    fn compact(&mut self) {
+        if self.handed > 0 {
+            self.buf.drain(..self.handed);
+            self.checked -= self.handed;
+            self.handed = 0;
         }
     }
 }
@@ -438,8 +486,8 @@ impl<Io> AmqpFrameGuard<Io> {
             io,
             framing: Framing {
                 checker: AmqpFrameChecker::new(limits),
-                pending: Vec::new(),
-                ready: Vec::new(),
+                buf: Vec::new(),
+                checked: 0,
                 handed: 0,
                 refused: None,
             },
@@ -456,24 +504,29 @@ impl<Io: AsyncRead + Unpin> AsyncRead for AmqpFrameGuard<Io> {
         let this = &mut *self;
         let framing = &mut this.framing;
         loop {
-            if framing.handed < framing.ready.len() {
-                let n = buf.remaining().min(framing.ready.len() - framing.handed);
-                buf.put_slice(&framing.ready[framing.handed..framing.handed + n]);
+            if framing.handed < framing.checked {
+                let n = buf.remaining().min(framing.checked - framing.handed);
+                buf.put_slice(&framing.buf[framing.handed..framing.handed + n]);
                 framing.handed += n;
                 return Poll::Ready(Ok(()));
             }
             if let Some(e) = framing.refused.clone() {
                 return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)));
             }
-            let mut chunk = [0u8; READ_CHUNK];
-            let mut read = ReadBuf::new(&mut chunk);
-            match Pin::new(&mut this.io).poll_read(cx, &mut read) {
+            framing.compact();
+            // Read straight behind what is kept; the zeroed tail is cut off again below.
+            let kept = framing.buf.len();
+            framing.buf.resize(kept + READ_CHUNK, 0);
+            let mut read = ReadBuf::new(&mut framing.buf[kept..]);
+            let polled = Pin::new(&mut this.io).poll_read(cx, &mut read);
+            let filled = read.filled().len();
+            framing.buf.truncate(kept + filled);
+            match polled {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 // End of stream: a unit cut short is never handed on.
-                Poll::Ready(Ok(())) if read.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) if filled == 0 => return Poll::Ready(Ok(())),
                 Poll::Ready(Ok(())) => {
-                    framing.pending.extend_from_slice(read.filled());
                     if let Err(e) = framing.advance() {
                         framing.refused = Some(e);
                     }

@@ -10,7 +10,8 @@
 //!   with the SAS token a request presents and reused while later requests present the same one.
 //! * [`AmqpFrameGuard`] — for AMQP endpoints on fe2o3-amqp: holds back each frame until it is
 //!   complete and closes the connection at one the crate's decoder would panic on or allocate
-//!   beyond its size for ([`AmqpFrameChecker`], [`check_amqp_values`]).
+//!   beyond its size for ([`AmqpFrameChecker`], [`check_amqp_values`]); the messages inside an
+//!   IoT Hub batch ([`AMQP_BATCH_FORMAT`]) are checked too ([`check_amqp_batch`]).
 //!
 //! Credentials are presented as [`iot_identity::Presented`] to
 //! [`Gateway::connect`](crate::Gateway::connect), which verifies them against the identity store;
@@ -29,12 +30,14 @@
 //! ```
 
 mod address;
+mod amqp_batch;
 mod amqp_encoding;
 mod amqp_frames;
 pub mod properties;
 mod sessions;
 
 pub use address::{Address, AddressError};
+pub use amqp_batch::{AMQP_BATCH_FORMAT, check_amqp_batch};
 pub use amqp_encoding::{AmqpEncodingError, DEFAULT_MAX_DEPTH, amqp_value_end, check_amqp_values};
 pub use amqp_frames::{AmqpFrameChecker, AmqpFrameError, AmqpFrameGuard, AmqpFrameLimits};
 pub use properties::{LOCK_TOKEN_PROPERTY, PropertyError};

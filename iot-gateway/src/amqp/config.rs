@@ -34,6 +34,10 @@ pub struct AmqpConfig {
     pub feedback_poll: Duration,
     /// The most feedback records in one feedback message (IoT Hub batches them).
     pub feedback_batch: usize,
+    /// The most messages in one batched telemetry message (message format `0x80013700`);
+    /// a larger batch is rejected whole. 500: with `max_message_size` this bounds the records
+    /// one transfer can make (tiny inner messages would otherwise make tens of thousands).
+    pub max_batch_messages: usize,
 }
 
 impl Default for AmqpConfig {
@@ -49,6 +53,7 @@ impl Default for AmqpConfig {
             max_links: 1024,
             feedback_poll: Duration::from_millis(250),
             feedback_batch: 64,
+            max_batch_messages: 500,
         }
     }
 }

@@ -9,6 +9,9 @@
 //! | `properties.to` (service C2D) | the device, `/devices/{id}/messages/devicebound` |
 //! | `application-properties` | custom properties (values as text); `iothub-ack` on service C2D is the ack request |
 //! | body: data sections (or an amqp-value string or binary) | payload |
+//!
+//! A batched telemetry message (message format [`AMQP_BATCH_FORMAT`]) holds one encoded
+//! message per data section; each is mapped as above ([`telemetry_batch`]).
 
 use bytes::Bytes;
 use fe2o3_amqp::types::messaging::annotations::OwnedKey;
@@ -21,7 +24,7 @@ use fe2o3_amqp::types::primitives::{
 };
 use iot_core::{DeviceId, Timestamp};
 
-use crate::adapter::{Address, properties};
+use crate::adapter::{AMQP_BATCH_FORMAT, Address, check_amqp_values, properties};
 use crate::message::{AckRequest, C2dDelivery, C2dMessage, Feedback, FeedbackStatus, Telemetry};
 
 /// The content type of IoT Hub's feedback messages.
@@ -169,6 +172,61 @@ pub(super) fn telemetry(message: &AmqpMessage) -> Result<Telemetry, Unusable> {
     }
     properties::telemetry_from_properties(pairs, payload(&message.body)?)
         .map_err(|e| Unusable(e.reason().to_string()))
+}
+
+/// Telemetry records from a batched message ([`AMQP_BATCH_FORMAT`]): one per data section, in
+/// order, each section an encoded AMQP message. A section of the outer message that an inner
+/// message lacks (properties, application properties, message annotations) is taken from the
+/// outer one, as Microsoft's uAMQP batches apply it to each message. All or nothing: the first
+/// unusable inner message makes the whole batch unusable, naming its position.
+pub(super) fn telemetry_batch(
+    outer: &AmqpMessage,
+    max_messages: usize,
+    max_depth: usize,
+) -> Result<Vec<Telemetry>, Unusable> {
+    let Body::Data(sections) = &outer.body else {
+        return Err(Unusable(format!(
+            "a batched message (format {AMQP_BATCH_FORMAT:#x}) must hold data sections"
+        )));
+    };
+    if sections.is_empty() {
+        return Err(Unusable("a batched message holds no message".into()));
+    }
+    if sections.len() > max_messages {
+        return Err(Unusable(format!(
+            "a batched message holds {} messages, at most {max_messages} are taken",
+            sections.len()
+        )));
+    }
+    let mut records = Vec::with_capacity(sections.len());
+    for (index, Data(bytes)) in sections.iter().enumerate() {
+        let unusable =
+            |reason: &dyn std::fmt::Display| Unusable(format!("batched message {index}: {reason}"));
+        let inner = decode_inner(bytes, max_depth).map_err(|e| unusable(&e))?;
+        let inner = Message {
+            properties: inner.properties.or_else(|| outer.properties.clone()),
+            application_properties: inner
+                .application_properties
+                .or_else(|| outer.application_properties.clone()),
+            message_annotations: inner
+                .message_annotations
+                .or_else(|| outer.message_annotations.clone()),
+            ..inner
+        };
+        records.push(telemetry(&inner).map_err(|Unusable(reason)| unusable(&reason))?);
+    }
+    Ok(records)
+}
+
+/// One message of a batch, from the bytes of its data section. The encoding is checked first
+/// (sizes within the bytes, nesting bounded), so the decoder allocates nothing beyond them.
+fn decode_inner(bytes: &[u8], max_depth: usize) -> Result<AmqpMessage, String> {
+    use fe2o3_amqp::types::messaging::message::DecodeIntoMessage;
+
+    check_amqp_values(bytes, max_depth).map_err(|e| e.to_string())?;
+    let reader = serde_amqp::read::SliceReader::new(bytes);
+    <Body<Value> as DecodeIntoMessage>::decode_message_from_reader(reader)
+        .map_err(|e| format!("not an AMQP message: {e}"))
 }
 
 /// A C2D message from a back end's message on `/messages/devicebound`, and the device its

@@ -6,11 +6,19 @@
 //! accepted ones are settled with one disposition per run of consecutive delivery ids rather
 //! than one each. A device that keeps a window of messages in flight, as the SDKs do, thus costs
 //! the endpoint one disposition frame per wake-up instead of one per message.
+//!
+//! A batched message (message format `0x80013700`, as IoT Hub takes it: each data section an
+//! encoded message) becomes one record per inner message, appended in order; the delivery is
+//! accepted once all are in the log. An unusable inner message rejects the whole batch
+//! (`amqp:decode-error`, naming its position) before anything of it is appended; a refusal by
+//! the gateway part-way (throttling, say) rejects it with the gateway's reason, the records
+//! before it staying appended (a device that sends the batch again duplicates them, as with any
+//! at-least-once retry).
 
 use std::sync::Arc;
 
 use fe2o3_amqp::link::{Receiver, delivery::Delivery};
-use fe2o3_amqp::types::definitions::AmqpError;
+use fe2o3_amqp::types::definitions::{self, AmqpError};
 use fe2o3_amqp::types::messaging::Body;
 use fe2o3_amqp::types::primitives::Value;
 use futures::FutureExt as _;
@@ -19,6 +27,8 @@ use tokio::sync::watch;
 use super::claims::{DeviceGrant, lapsed};
 use super::conn::{Conn, amqp_error, gateway_error};
 use super::convert;
+use crate::DeviceSession;
+use crate::adapter::{AMQP_BATCH_FORMAT, DEFAULT_MAX_DEPTH};
 
 /// Deliveries taken in one wake-up at most: bounds the memory a link holds and how long the
 /// first of them waits for its disposition.
@@ -69,13 +79,7 @@ pub(super) async fn serve(
         let Some(session) = session else { return };
         accepted.clear();
         for (index, delivery) in burst.iter().enumerate() {
-            let outcome = match convert::telemetry(delivery.message()) {
-                Ok(telemetry) => session
-                    .send_telemetry(telemetry)
-                    .await
-                    .map_err(|e| gateway_error(&e)),
-                Err(convert::Unusable(reason)) => Err(amqp_error(AmqpError::DecodeError, reason)),
-            };
+            let outcome = append(&conn, session.as_ref(), delivery).await;
             let settled = match outcome {
                 Ok(()) => {
                     accepted.push(index);
@@ -114,4 +118,33 @@ pub(super) async fn serve(
             return;
         }
     }
+}
+
+/// Appends what one delivery carries: its message, or each message of a batch in order.
+async fn append(
+    conn: &Conn,
+    session: &dyn DeviceSession,
+    delivery: &TelemetryDelivery,
+) -> Result<(), definitions::Error> {
+    let unusable = |convert::Unusable(reason)| amqp_error(AmqpError::DecodeError, reason);
+    if *delivery.message_format() == Some(AMQP_BATCH_FORMAT) {
+        let records = convert::telemetry_batch(
+            delivery.message(),
+            conn.shared.config.max_batch_messages,
+            DEFAULT_MAX_DEPTH,
+        )
+        .map_err(unusable)?;
+        for record in records {
+            session
+                .send_telemetry(record)
+                .await
+                .map_err(|e| gateway_error(&e))?;
+        }
+        return Ok(());
+    }
+    let telemetry = convert::telemetry(delivery.message()).map_err(unusable)?;
+    session
+        .send_telemetry(telemetry)
+        .await
+        .map_err(|e| gateway_error(&e))
 }

@@ -36,11 +36,22 @@ fn transfer_resumed(
     resume: bool,
     payload: &[u8],
 ) -> Vec<u8> {
+    transfer_with(handle, Some(0), more, aborted, resume, payload)
+}
+
+fn transfer_with(
+    handle: u32,
+    message_format: Option<u32>,
+    more: bool,
+    aborted: bool,
+    resume: bool,
+    payload: &[u8],
+) -> Vec<u8> {
     let t = Transfer {
         handle: handle.into(),
         delivery_id: Some(0),
         delivery_tag: Some(Binary::from(vec![1, 2])),
-        message_format: Some(0),
+        message_format,
         settled: None,
         more,
         rcv_settle_mode: None,
@@ -335,4 +346,60 @@ async fn the_fuzz_seeds_pass_whole() {
         assert_eq!(ended.unwrap(), input.len());
         assert_eq!(out, input);
     }
+}
+
+#[test]
+fn the_messages_inside_a_batch_are_checked_too() {
+    // A data section holding a "message" whose binary declares 3.5 GB: harmless bytes in a
+    // plain message, a message to decode in a batch.
+    let hostile = serde_amqp::to_vec(&Data(Binary::from(vec![
+        0x00, 0x53, 0x75, 0xb0, 0xd1, 0x02, 0x10, 0xff, 0x0a,
+    ])))
+    .unwrap();
+    let good = serde_amqp::to_vec(&Data(Binary::from(data(10)))).unwrap();
+    let mut checker = AmqpFrameChecker::new(AmqpFrameLimits::default());
+    assert_eq!(
+        checker.check(&transfer_with(0, Some(0), false, false, false, &hostile)),
+        Ok(())
+    );
+    assert_eq!(
+        checker.check(&transfer_with(
+            0,
+            Some(AMQP_BATCH_FORMAT),
+            false,
+            false,
+            false,
+            &good
+        )),
+        Ok(())
+    );
+    assert!(matches!(
+        checker.check(&transfer_with(
+            0,
+            Some(AMQP_BATCH_FORMAT),
+            false,
+            false,
+            false,
+            &hostile
+        )),
+        Err(AmqpFrameError::Encoding(_))
+    ));
+    // Over two frames, the second leaving the format out: the first frame's format decides.
+    let (a, b) = hostile.split_at(4);
+    let mut checker = AmqpFrameChecker::new(AmqpFrameLimits::default());
+    assert_eq!(
+        checker.check(&transfer_with(
+            1,
+            Some(AMQP_BATCH_FORMAT),
+            true,
+            false,
+            false,
+            a
+        )),
+        Ok(())
+    );
+    assert!(matches!(
+        checker.check(&transfer_with(1, None, false, false, false, b)),
+        Err(AmqpFrameError::Encoding(_))
+    ));
 }

@@ -19,11 +19,11 @@ use fe2o3_amqp::types::definitions::AmqpError;
 use fe2o3_amqp::types::messaging::{
     ApplicationProperties, Body, Data, Message, MessageId, Properties,
 };
-use fe2o3_amqp::types::primitives::{Binary, OrderedMap, SimpleValue, Uuid, Value};
+use fe2o3_amqp::types::primitives::{Binary, OrderedMap, SimpleValue, Uuid};
 
-use super::claims::lapsed;
 use super::conn::{Conn, amqp_error, gateway_error};
 use super::convert::{self, AmqpMessage};
+use super::device_wait::{next_delivery, next_outgoing};
 use super::router::Router;
 use crate::gateway::Subscription;
 use crate::method::{MethodRequest, MethodResponse};
@@ -130,26 +130,14 @@ pub(super) async fn requests(conn: Arc<Conn>, mut sender: Sender, router: Arc<Ro
         return;
     }
     loop {
-        let request = tokio::select! {
-            request = queue.recv() => match request {
-                Some(request) => request,
-                None => break,
-            },
-            () = lapsed(&mut grant) => {
-                let _ = sender
-                    .close_with_error(amqp_error(AmqpError::UnauthorizedAccess, "the token expired"))
-                    .await;
-                break;
-            }
-            () = router.closed.cancelled() => {
-                let _ = sender
-                    .close_with_error(amqp_error(AmqpError::UnauthorizedAccess, "the device's session closed"))
-                    .await;
-                break;
-            }
-            _ = sender.on_detach() => break,
-            () = conn.closed.cancelled() => break,
-        };
+        let request =
+            match next_outgoing(queue.recv(), &mut sender, &mut grant, &router, &conn).await {
+                Ok(request) => request,
+                Err(ended) => {
+                    ended.detach_sender(sender).await;
+                    break;
+                }
+            };
         if let Err(e) = sender.send_batchable(request_message(&request)).await {
             tracing::debug!(error = %e, "method request link ended");
             break;
@@ -163,22 +151,16 @@ pub(super) async fn requests(conn: Arc<Conn>, mut sender: Sender, router: Arc<Ro
 pub(super) async fn responses(conn: Arc<Conn>, mut receiver: Receiver, router: Arc<Router>) {
     let mut grant = router.grant();
     loop {
-        let delivery = tokio::select! {
-            d = receiver.recv::<Body<Value>>() => match d {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::debug!(error = %e, "method response link ended");
-                    return;
-                }
-            },
-            () = lapsed(&mut grant) => {
-                let _ = receiver
-                    .close_with_error(amqp_error(AmqpError::UnauthorizedAccess, "the token expired"))
-                    .await;
-                return;
-            }
-            () = router.closed.cancelled() => return,
-            () = conn.closed.cancelled() => return,
+        let next = next_delivery(
+            &mut receiver,
+            &mut grant,
+            &router,
+            &conn,
+            "method responses",
+        );
+        let delivery = match next.await {
+            Ok(delivery) => delivery,
+            Err(ended) => return ended.detach_receiver(receiver).await,
         };
         let outcome = match response_of(delivery.message()) {
             Ok(response) => match router.session() {

@@ -43,6 +43,7 @@ mod config;
 mod conn;
 mod connection;
 mod convert;
+mod device_wait;
 mod error;
 mod links;
 mod methods;

@@ -19,15 +19,14 @@
 use std::sync::Arc;
 
 use fe2o3_amqp::link::{Receiver, Sender};
-use fe2o3_amqp::types::definitions::AmqpError;
 use fe2o3_amqp::types::messaging::{
     Body, Data, Message, MessageAnnotations, MessageId, Properties,
 };
 use fe2o3_amqp::types::primitives::{Binary, OrderedMap, Symbol, Value};
 
-use super::claims::lapsed;
-use super::conn::{Conn, amqp_error};
+use super::conn::Conn;
 use super::convert::{self, AmqpMessage};
+use super::device_wait::{next_delivery, next_outgoing};
 use super::router::Router;
 use crate::gateway::Subscription;
 
@@ -137,28 +136,11 @@ async fn answer(router: &Router, request: &AmqpMessage) -> (i32, Option<u64>, Ve
 pub(super) async fn requests(conn: Arc<Conn>, mut receiver: Receiver, router: Arc<Router>) {
     let mut grant = router.grant();
     loop {
-        let delivery = tokio::select! {
-            d = receiver.recv::<Body<Value>>() => match d {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::debug!(error = %e, "twin request link ended");
-                    return;
-                }
-            },
-            () = lapsed(&mut grant) => {
-                let _ = receiver
-                    .close_with_error(amqp_error(AmqpError::UnauthorizedAccess, "the token expired"))
-                    .await;
-                return;
-            }
-            () = router.closed.cancelled() => {
-                let _ = receiver
-                    .close_with_error(amqp_error(AmqpError::UnauthorizedAccess, "the device's session closed"))
-                    .await;
-                return;
-            }
-            () = conn.closed.cancelled() => return,
-        };
+        let delivery =
+            match next_delivery(&mut receiver, &mut grant, &router, &conn, "twin requests").await {
+                Ok(delivery) => delivery,
+                Err(ended) => return ended.detach_receiver(receiver).await,
+            };
         let request = delivery.message();
         let correlation_id = request
             .properties
@@ -182,26 +164,14 @@ pub(super) async fn responses(conn: Arc<Conn>, mut sender: Sender, router: Arc<R
             () = conn.closed.cancelled() => return,
         };
         loop {
-            let message = tokio::select! {
-                message = queue.recv() => match message {
-                    Some(message) => message,
-                    None => break,
-                },
-                () = lapsed(&mut grant) => {
-                    let _ = sender
-                        .close_with_error(amqp_error(AmqpError::UnauthorizedAccess, "the token expired"))
-                        .await;
-                    break;
-                }
-                () = router.closed.cancelled() => {
-                    let _ = sender
-                        .close_with_error(amqp_error(AmqpError::UnauthorizedAccess, "the device's session closed"))
-                        .await;
-                    break;
-                }
-                _ = sender.on_detach() => break,
-                () = conn.closed.cancelled() => break,
-            };
+            let message =
+                match next_outgoing(queue.recv(), &mut sender, &mut grant, &router, &conn).await {
+                    Ok(message) => message,
+                    Err(ended) => {
+                        ended.detach_sender(sender).await;
+                        break;
+                    }
+                };
             // Answers are settled by the device at once; the outcome is not waited for.
             if let Err(e) = sender.send_batchable(message).await {
                 tracing::debug!(error = %e, "twin response link ended");

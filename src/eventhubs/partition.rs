@@ -32,6 +32,7 @@ pub(crate) async fn stream(
         max_records: BATCH,
         max_bytes: 4 * 1024 * 1024,
     };
+    let mut event = event::EventBuffer::new();
     loop {
         let Some(until) = claims.valid_until(unix_now()) else {
             close(sender, AmqpError::UnauthorizedAccess, "the token expired").await;
@@ -70,7 +71,7 @@ pub(crate) async fn stream(
             // Not waiting for each settlement: deliveries are pipelined up to the client's
             // credit, and `send_batchable` waits for credit when it runs out.
             let sent = tokio::select! {
-                sent = sender.send_batchable(event::to_message(stored)) => sent,
+                sent = sender.send_batchable_ref(event.fill(stored)) => sent,
                 _ = stop.changed() => return,
             };
             if let Err(e) = sent {

@@ -10,8 +10,9 @@
 //! One "cloud" hub and one "edge" hub, each on a temporary directory (`Hub::open_dir`: a
 //! `FileLog` fsynced before each PUBACK, throttling off): both paths pay for the same
 //! durability at each hub they pass, as in production, where the cloud hub's log is durable too.
-//! The cloud has an MQTT/TLS listener (self-signed CA); the edge a plain MQTT listener and a
-//! `Forwarder` to the cloud (one device client per leaf over TLS).
+//! The cloud has an MQTT/TLS listener (self-signed CA); the edge an MQTT/TLS listener (its own
+//! CA) and a `Forwarder` to the cloud (one device client per leaf over TLS). The leaves use TLS
+//! on both paths, so they do the same work in both phases.
 //!
 //! **Where each part runs.** A field gateway is a machine of its own, beside its leaves and away
 //! from the cloud. On a machine with two or more CPUs (and `taskset`), the bench models that:
@@ -593,11 +594,13 @@ enum FieldGateway {
 }
 
 /// Files the field-gateway process reads from its directory: the cloud's CA and the leaves'
-/// group key (a secret: a file only its owner reads, never the command line).
+/// group key (a secret: a file only its owner reads, never the command line); and the one it
+/// writes there, its own CA for the leaves.
 const CA_FILE: &str = "cloud-ca.pem";
 const GROUP_KEY_FILE: &str = "group.key";
+const EDGE_CA_FILE: &str = "edge-ca.pem";
 
-/// The edge hub (its leaves' identities, a durable log, a plain MQTT listener) and the forwarder
+/// The edge hub (its leaves' identities, a durable log, an MQTT/TLS listener) and the forwarder
 /// to the cloud's TLS port, one upstream identity per leaf.
 async fn start_edge(
     dir: &std::path::Path,
@@ -612,7 +615,13 @@ async fn start_edge(
         Arc::new(edge.clone()) as Arc<dyn Gateway>,
         MqttConfig::default(),
     )?;
-    let addr = server.listen_tcp("127.0.0.1:0".parse()?).await?;
+    // The leaves connect over TLS, as IoT Edge's leaf devices do: the edge's own certificate,
+    // its CA in `dir` for them.
+    let pair = SelfSigned::generate(HOST)?;
+    std::fs::write(dir.join(EDGE_CA_FILE), &pair.ca_pem)?;
+    let addr = server
+        .listen_tls("127.0.0.1:0".parse()?, pair.tls_config(false)?)
+        .await?;
     let mut upstream = IdentityMap::new();
     for d in leaves {
         upstream.insert(
@@ -944,7 +953,9 @@ async fn bench(cli: Cli, placement: Placement, allowed: Vec<u32>) -> Result<(), 
 
     // 2. Forward: the leaves to the edge; the forwarder to the cloud.
     let before = count(&cloud_log).await?;
-    let fleet = Fleet::connect(&leaf_devices, edge_addr, None).await?;
+    let edge_tls =
+        tls::client_tls(&edge_dir.join(EDGE_CA_FILE), HOST).map_err(|e| e.to_string())?;
+    let fleet = Fleet::connect(&leaf_devices, edge_addr, Some(edge_tls)).await?;
     let began = Instant::now();
     let cpu = CpuMark::now(edge_pid);
     let forward_acked = fleet.send(messages, payload, "forward").await;

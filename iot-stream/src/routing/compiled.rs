@@ -26,7 +26,7 @@ use std::cmp::Ordering;
 use serde_json::{Number, Value};
 
 use super::ast::{AppName, BinOp, Expr, Func, Root, Step, SystemPath};
-use super::eval::{Scope, V, equal_json};
+use super::eval::{Scope, V, already_in_case, equal_json};
 use super::message::Member;
 use crate::rules::project::Field;
 
@@ -585,17 +585,8 @@ impl Operand {
         let a = a.item(s)?;
         // Not a string: undefined.
         let text = a.text()?;
-        // ASCII text already in the wanted case (the usual lowered property) is its own result:
-        // no copy. (Beyond ASCII a character that is not upper case may still change.)
-        let unchanged = text.is_ascii()
-            && !text.bytes().any(|b| {
-                if lower {
-                    b.is_ascii_uppercase()
-                } else {
-                    b.is_ascii_lowercase()
-                }
-            });
-        if unchanged {
+        // Text already in the wanted case (the usual lowered property) is its own result: no copy.
+        if already_in_case(text, lower) {
             return Some(a);
         }
         Some(Item::Text(if lower {

@@ -366,24 +366,29 @@ fn integer(v: &V<'_>) -> Option<i64> {
     (x.fract() == 0.0).then_some(x as i64)
 }
 
+/// Whether `LOWER` (`lower`) or `UPPER` would give `text` back unchanged, known without a copy:
+/// ASCII text with no letter of the other case. (Beyond ASCII a character that is not upper
+/// case may still change, so such text is never known to be unchanged.)
+pub(crate) fn already_in_case(text: &str, lower: bool) -> bool {
+    text.is_ascii()
+        && !text.bytes().any(|b| {
+            if lower {
+                b.is_ascii_uppercase()
+            } else {
+                b.is_ascii_lowercase()
+            }
+        })
+}
+
 /// A function's value.
 fn call<'s>(func: Func, args: &'s [Expr], s: &Scope<'s, '_>) -> Val<'s> {
     if let Func::Lower | Func::Upper = func {
-        // ASCII text already in the wanted case (the usual lowered property) is its own result:
-        // no copy. (Beyond ASCII a character that is not upper case may still change.)
+        // Text already in the wanted case (the usual lowered property) is its own result: no copy.
         let v = args.first()?.eval(s)?;
         let lower = func == Func::Lower;
         // Not a string: undefined.
         let text = v.as_str()?;
-        let unchanged = text.is_ascii()
-            && !text.bytes().any(|b| {
-                if lower {
-                    b.is_ascii_uppercase()
-                } else {
-                    b.is_ascii_lowercase()
-                }
-            });
-        if unchanged {
+        if already_in_case(text, lower) {
             return Some(v);
         }
         let changed = if lower {

@@ -26,7 +26,7 @@ use std::cmp::Ordering;
 use serde_json::{Number, Value};
 
 use super::ast::{AppName, BinOp, Expr, Func, Root, Step, SystemPath};
-use super::eval::{Scope, V, already_in_case, equal_json};
+use super::eval::{Scope, V, already_in_case, equal_json, walk};
 use super::message::Member;
 use crate::rules::project::Field;
 
@@ -187,17 +187,6 @@ fn equal(a: &Item<'_>, b: &Item<'_>) -> Option<bool> {
         return equal_json(x, y);
     }
     compare(a, b).map(Ordering::is_eq)
-}
-
-/// A path's value inside a JSON value.
-fn walk<'v>(mut v: &'v Value, steps: &[Step]) -> Option<&'v Value> {
-    for step in steps {
-        v = match step {
-            Step::Field(name) => v.as_object()?.get(name)?,
-            Step::Index(i) => v.as_array()?.get(*i)?,
-        };
-    }
-    Some(v)
 }
 
 /// The value at `rest` in a top-level body member.

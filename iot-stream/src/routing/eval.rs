@@ -109,7 +109,8 @@ fn boolean<'s>(b: bool) -> Val<'s> {
     Some(V::Own(Value::Bool(b)))
 }
 
-fn walk<'v>(mut v: &'v Value, steps: &[Step]) -> Option<&'v Value> {
+/// A path's value inside a JSON value.
+pub(crate) fn walk<'v>(mut v: &'v Value, steps: &[Step]) -> Option<&'v Value> {
     for step in steps {
         v = match step {
             Step::Field(name) => v.as_object()?.get(name)?,

@@ -6,7 +6,7 @@ mod amqp_support;
 
 use std::time::Duration;
 
-use amqp_support::{Fixture, HOST, PATIENCE, app, message};
+use amqp_support::{Fixture, HOST, PATIENCE, app, device_audience, message};
 use fe2o3_amqp::link::delivery::Sendable;
 use fe2o3_amqp::sasl_profile::SaslProfile;
 use fe2o3_amqp::types::definitions::{AmqpError, ErrorCondition};
@@ -34,10 +34,6 @@ async fn next(receiver: &mut Receiver) -> fe2o3_amqp::link::delivery::Delivery<B
         .await
         .expect("a C2D message in time")
         .expect("delivery")
-}
-
-fn audience(id: &iot_core::DeviceId) -> String {
-    format!("{HOST}/devices/{id}")
 }
 
 /// Whether a sender link to `address` is refused: the attach fails, or the link is closed
@@ -74,10 +70,7 @@ async fn telemetry_sender(
 ) -> (iot_core::DeviceId, amqp_support::Client, Sender) {
     let (id, key) = fx.device(name).await;
     let mut client = fx.client().await;
-    let status = client
-        .put_token(&audience(&id), &fx.device_token(&id, &key, 3600))
-        .await;
-    assert_eq!(status, 200);
+    client.authorize_device(fx, &id, &key).await;
     let sender = Sender::attach(&mut client.session, "tel", events(&id))
         .await
         .expect("attach");
@@ -352,12 +345,21 @@ async fn bad_tokens_and_other_devices_addresses_are_refused() {
     assert!(sender_refused(&mut client, &events(&alice)).await);
     // A forged token and garbage are refused with 401.
     let forged = fx.device_token(&alice, &SymmetricKey::generate(), 3600);
-    assert_eq!(client.put_token(&audience(&alice), &forged).await, 401);
-    assert_eq!(client.put_token(&audience(&alice), "garbage").await, 401);
+    assert_eq!(
+        client.put_token(&device_audience(&alice), &forged).await,
+        401
+    );
+    assert_eq!(
+        client.put_token(&device_audience(&alice), "garbage").await,
+        401
+    );
     assert!(sender_refused(&mut client, &events(&alice)).await);
     // Alice's real token opens Alice's links, not Bob's.
     let token = fx.device_token(&alice, &alice_key, 3600);
-    assert_eq!(client.put_token(&audience(&alice), &token).await, 200);
+    assert_eq!(
+        client.put_token(&device_audience(&alice), &token).await,
+        200
+    );
     assert!(sender_refused(&mut client, &events(&bob)).await);
     let bob_c2d = Receiver::attach(&mut client.session, "bob-c2d", bound(&bob)).await;
     if let Ok(mut receiver) = bob_c2d {
@@ -427,12 +429,7 @@ async fn c2d_outcomes_complete_reject_and_abandon() {
         hub.send_c2d(&id, m).await.expect("send c2d");
     }
     let mut client = fx.client().await;
-    assert_eq!(
-        client
-            .put_token(&audience(&id), &fx.device_token(&id, &key, 3600))
-            .await,
-        200
-    );
+    client.authorize_device(&fx, &id, &key).await;
     let mut receiver = Receiver::builder()
         .name("c2d")
         .source(bound(&id))
@@ -549,12 +546,7 @@ async fn service_sends_c2d_and_reads_feedback() {
 
     // The device completes it over its own AMQP connection.
     let mut device = fx.client().await;
-    assert_eq!(
-        device
-            .put_token(&audience(&id), &fx.device_token(&id, &key, 3600))
-            .await,
-        200
-    );
+    device.authorize_device(&fx, &id, &key).await;
     let mut receiver = Receiver::attach(&mut device.session, "c2d", bound(&id))
         .await
         .expect("attach");
@@ -627,7 +619,7 @@ async fn expiry_closes_the_links_a_token_authorized_and_renewal_keeps_them() {
     assert_eq!(
         client
             .put_token(
-                &audience(&renewed),
+                &device_audience(&renewed),
                 &fx.device_token(&renewed, &renewed_key, 3)
             )
             .await,
@@ -636,7 +628,7 @@ async fn expiry_closes_the_links_a_token_authorized_and_renewal_keeps_them() {
     assert_eq!(
         client
             .put_token(
-                &audience(&lapsing),
+                &device_audience(&lapsing),
                 &fx.device_token(&lapsing, &lapsing_key, 3)
             )
             .await,
@@ -666,7 +658,7 @@ async fn expiry_closes_the_links_a_token_authorized_and_renewal_keeps_them() {
     assert_eq!(
         client
             .put_token(
-                &audience(&renewed),
+                &device_audience(&renewed),
                 &fx.device_token(&renewed, &renewed_key, 3600)
             )
             .await,
@@ -726,11 +718,7 @@ async fn hostile_input_closes_that_connection_and_leaves_others_alone() {
     let fx = Fixture::with_config(config).await;
     let (id, key) = fx.device("amqp-hostile").await;
     let mut good = fx.client().await;
-    assert_eq!(
-        good.put_token(&audience(&id), &fx.device_token(&id, &key, 3600))
-            .await,
-        200
-    );
+    good.authorize_device(&fx, &id, &key).await;
     let mut sender = Sender::attach(&mut good.session, "tel", events(&id))
         .await
         .expect("attach");
@@ -842,7 +830,7 @@ async fn direct_method_is_delivered_and_answered_over_the_method_links() {
     let (id, key) = fx.device("amqp-method").await;
     let mut client = fx.client().await;
     let token = fx.device_token(&id, &key, 3600);
-    assert_eq!(client.put_token(&audience(&id), &token).await, 200);
+    assert_eq!(client.put_token(&device_audience(&id), &token).await, 200);
     let address = format!("/devices/{id}/methods/devicebound");
     let mut requests = Receiver::attach(&mut client.session, "m-req", address.as_str())
         .await
@@ -924,7 +912,7 @@ async fn twin_get_patch_and_desired_pushes_over_the_twin_links() {
     let (other, _) = fx.device("amqp-twin-other").await;
     let mut client = fx.client().await;
     let token = fx.device_token(&id, &key, 3600);
-    assert_eq!(client.put_token(&audience(&id), &token).await, 200);
+    assert_eq!(client.put_token(&device_audience(&id), &token).await, 200);
     let address = format!("/devices/{id}/twin");
     let mut answers = Receiver::attach(&mut client.session, "t-res", address.as_str())
         .await
@@ -1033,12 +1021,7 @@ async fn a_connection_without_a_token_is_closed_after_the_auth_timeout() {
     let fx = Fixture::with_config(config).await;
     let (id, key) = fx.device("amqp-authtimeout").await;
     let mut authed = fx.client().await;
-    assert_eq!(
-        authed
-            .put_token(&audience(&id), &fx.device_token(&id, &key, 3600))
-            .await,
-        200
-    );
+    authed.authorize_device(&fx, &id, &key).await;
     // Opened, a session begun, no token: the endpoint closes it with unauthorized-access.
     let mut idle = fx.client().await;
     let closed = tokio::time::timeout(PATIENCE, idle.connection.on_close())
@@ -1069,12 +1052,7 @@ async fn links_beyond_the_cap_are_refused_until_one_detaches() {
     let (id, key) = fx.device("amqp-linkcap").await;
     let mut client = fx.client().await;
     // Two links: the $cbs pair.
-    assert_eq!(
-        client
-            .put_token(&audience(&id), &fx.device_token(&id, &key, 3600))
-            .await,
-        200
-    );
+    client.authorize_device(&fx, &id, &key).await;
     let sender = Sender::attach(&mut client.session, "tel", events(&id))
         .await
         .expect("the third link");

@@ -101,18 +101,11 @@ where
     ours
 }
 
-fn audience(id: &iot_core::DeviceId) -> String {
-    format!("{HOST}/devices/{id}")
-}
-
 /// Puts a device token on `client`'s `$cbs` and sends one telemetry message with a message id
 /// and a property; checks it lands in the log with them.
 async fn telemetry_lands(fx: &Fixture, mut client: Client, name: &str) {
     let (id, key) = fx.device(name).await;
-    let status = client
-        .put_token(&audience(&id), &fx.device_token(&id, &key, 3600))
-        .await;
-    assert_eq!(status, 200, "put-token over WebSocket");
+    client.authorize_device(fx, &id, &key).await;
     let mut sender = Sender::attach(
         &mut client.session,
         "tel",
@@ -271,11 +264,7 @@ async fn a_hostile_frame_over_websocket_closes_that_connection_only() {
         .expect("listen_ws");
     let (id, key) = fx.device("ws-hostile").await;
     let mut good = ws_client(addr, "AMQPWSB10", 16 * 1024).await;
-    assert_eq!(
-        good.put_token(&audience(&id), &fx.device_token(&id, &key, 3600))
-            .await,
-        200
-    );
+    good.authorize_device(&fx, &id, &key).await;
     let mut sender = Sender::attach(
         &mut good.session,
         "tel",

@@ -148,6 +148,11 @@ impl Fixture {
     }
 }
 
+/// The `$cbs` audience of a device's tokens.
+pub fn device_audience(id: &DeviceId) -> String {
+    format!("{HOST}/devices/{id}")
+}
+
 impl Client {
     /// An AMQP connection with one session on `stream` (TLS, a WebSocket's byte stream, …).
     pub async fn over<Io>(stream: Io, sasl: SaslProfile) -> Result<Client, String>
@@ -187,6 +192,14 @@ pub fn app(pairs: &[(&str, SimpleValue)]) -> ApplicationProperties {
 }
 
 impl Client {
+    /// Puts a device token of `id` valid for an hour on `$cbs`; the endpoint must accept it.
+    pub async fn authorize_device(&mut self, fx: &Fixture, id: &DeviceId, key: &SymmetricKey) {
+        let status = self
+            .put_token(&device_audience(id), &fx.device_token(id, key, 3600))
+            .await;
+        assert_eq!(status, 200, "put-token of {id}");
+    }
+
     /// A `put-token` on `$cbs`; the reply's status code.
     pub async fn put_token(&mut self, audience: &str, token: &str) -> i32 {
         if self.cbs.is_none() {

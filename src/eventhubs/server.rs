@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use fe2o3_amqp::acceptor::ConnectionAcceptor;
-use iot_gateway::adapter::{AmqpFrameGuard, AmqpFrameLimits};
+use iot_gateway::adapter::{AmqpFrameGuard, AmqpFrameLimits, CoalescedWrites};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -113,15 +113,23 @@ async fn handle(
             // The guard first: fe2o3-amqp's decoder panics on a frame smaller than its header and
             // allocates declared lengths before reading them (iot_gateway::adapter::AmqpFrameGuard).
             // Requests ($cbs, $management) are small: 1 MiB messages, Event Hubs' own limit.
+            // Under the guard, the frames fe2o3-amqp writes one by one (each event a frame) go
+            // out together (iot_gateway::adapter::CoalescedWrites).
             Some(tls) => {
                 let stream = tls.accept(stream).await.map_err(|e| e.to_string())?;
                 acceptor
-                    .accept(AmqpFrameGuard::with_limits(stream, limits))
+                    .accept(AmqpFrameGuard::with_limits(
+                        CoalescedWrites::new(stream),
+                        limits,
+                    ))
                     .await
                     .map_err(|e| e.to_string())
             }
             None => acceptor
-                .accept(AmqpFrameGuard::with_limits(stream, limits))
+                .accept(AmqpFrameGuard::with_limits(
+                    CoalescedWrites::new(stream),
+                    limits,
+                ))
                 .await
                 .map_err(|e| e.to_string()),
         }

@@ -12,6 +12,8 @@
 //!   complete and closes the connection at one the crate's decoder would panic on or allocate
 //!   beyond its size for ([`AmqpFrameChecker`], [`check_amqp_values`]); the messages inside an
 //!   IoT Hub batch ([`AMQP_BATCH_FORMAT`]) are checked too ([`check_amqp_batch`]).
+//! * [`CoalescedWrites`] — for AMQP endpoints on fe2o3-amqp: gathers the frames the crate's
+//!   connection engine writes one by one into fewer system calls (and TLS records).
 //!
 //! Credentials are presented as [`iot_identity::Presented`] to
 //! [`Gateway::connect`](crate::Gateway::connect), which verifies them against the identity store;
@@ -33,6 +35,7 @@ mod address;
 mod amqp_batch;
 mod amqp_encoding;
 mod amqp_frames;
+mod amqp_writes;
 pub mod properties;
 mod sessions;
 
@@ -40,5 +43,6 @@ pub use address::{Address, AddressError};
 pub use amqp_batch::{AMQP_BATCH_FORMAT, check_amqp_batch};
 pub use amqp_encoding::{AmqpEncodingError, DEFAULT_MAX_DEPTH, amqp_value_end, check_amqp_values};
 pub use amqp_frames::{AmqpFrameChecker, AmqpFrameError, AmqpFrameGuard, AmqpFrameLimits};
+pub use amqp_writes::{COALESCE_BYTES, CoalescedWrites};
 pub use properties::{LOCK_TOKEN_PROPERTY, PropertyError};
 pub use sessions::{SharedSession, TokenSessions};

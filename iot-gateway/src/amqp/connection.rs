@@ -19,7 +19,7 @@ use super::links;
 use super::replay::Replay;
 use super::sasl::{Offered, Sasl};
 use super::server::Shared;
-use crate::adapter::{AmqpFrameGuard, AmqpFrameLimits};
+use crate::adapter::{AmqpFrameGuard, AmqpFrameLimits, CoalescedWrites};
 
 /// The `$cbs` replies a connection may have waiting for its reply link.
 const CBS_QUEUE: usize = 16;
@@ -45,7 +45,12 @@ pub(super) async fn serve<Io>(
             .map_err(OpenError::Io)?;
         let limits =
             AmqpFrameLimits::new(shared.config.max_frame_size, shared.config.max_message_size);
-        let stream = AmqpFrameGuard::with_limits(Replay::new(header.to_vec(), stream), limits);
+        // The frames fe2o3-amqp writes one by one go out together (`CoalescedWrites`), under the
+        // guard, which only looks at what is read.
+        let stream = AmqpFrameGuard::with_limits(
+            CoalescedWrites::new(Replay::new(header.to_vec(), stream)),
+            limits,
+        );
         if header[4] == 0 {
             ConnectionAcceptor {
                 local_open: shared.open.clone(),

@@ -65,6 +65,11 @@ pub(crate) struct FilePartition {
     /// Held (on the blocking pool) by the one task sealing the active segment, so that appenders
     /// that find it full at the same time roll it once.
     roll_lock: Mutex<()>,
+    /// Held on the blocking pool around each write of staged frames and its fsync. The sync
+    /// leader slot alone does not order them: a leader whose append is cancelled gives up the
+    /// slot while its blocking write still runs, and the next leader's fsync must not be taken
+    /// as covering bytes that are not written yet.
+    flush_order: Arc<Mutex<()>>,
 }
 
 #[derive(Debug)]
@@ -178,6 +183,7 @@ impl FilePartition {
             sync_leader: tokio::sync::Mutex::new(()),
             fsyncs: AtomicU64::new(0),
             roll_lock: Mutex::new(()),
+            flush_order: Arc::default(),
         })
     }
 
@@ -340,6 +346,7 @@ impl FilePartition {
             )
         };
         let (staged_at, staged) = staged;
+        let _order = lock(&self.flush_order);
         if !staged.is_empty()
             && let Err(e) = sealed.file.write_all_at(&staged, staged_at)
         {
@@ -410,13 +417,23 @@ impl FilePartition {
     async fn sync_written(&self) -> Result<u64> {
         // The bytes staged so far and `written` are taken together: the write below covers
         // every offset below `upto`.
-        let (file, upto, staged_at, staged) = {
+        // `upto_len` is where the frames below `upto` end in the file: once this leader's write
+        // and fsync are done (and, through `flush_order`, every earlier one), all of it is in
+        // the file.
+        let (file, upto, upto_len, staged_at, staged) = {
             let mut st = lock(&self.state);
             if let Some(reason) = &st.failed {
                 return Err(self.unavailable(reason));
             }
             let staged = std::mem::take(&mut st.staged);
-            (st.active().file.clone(), st.written, st.staged_at, staged)
+            let active = st.active();
+            (
+                active.file.clone(),
+                st.written,
+                active.size,
+                st.staged_at,
+                staged,
+            )
         };
         if staged.is_empty() && *self.durable.borrow() >= upto {
             return Ok(upto);
@@ -424,9 +441,11 @@ impl FilePartition {
         let path = file.log_path.clone();
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
         let written_file = file.clone();
+        let flush_order = self.flush_order.clone();
         // The outer result is the blocking task's own failure, the inner one the write's or
         // the fsync's.
         let outcome = run_blocking(move || {
+            let _order = lock(&flush_order);
             let write = if staged.is_empty() {
                 Ok(())
             } else {
@@ -435,16 +454,16 @@ impl FilePartition {
                     .map_err(|e| ("write", e))
             };
             let synced = write.and_then(|()| file.file.sync_data().map_err(|e| ("fsync", e)));
-            Ok::<_, Error>(synced.map(|()| (staged_at + staged.len() as u64, staged)))
+            Ok::<_, Error>(synced.map(|()| staged))
         })
         .await?;
         match outcome {
-            Ok((end, mut buf)) => {
+            Ok(mut buf) => {
                 let mut st = lock(&self.state);
                 // A roll waits for this leader (`append` syncs first), so the active segment
                 // is still the one written; the check only keeps `file_len` right if not.
                 if Arc::ptr_eq(&st.active().file, &written_file) {
-                    st.file_len = st.file_len.max(end);
+                    st.file_len = st.file_len.max(upto_len);
                 }
                 // Keep the buffer for the next batch unless an unusually large one inflated it.
                 if st.staged.is_empty() && buf.capacity() <= MAX_KEPT_ENCODE_BUFFER {

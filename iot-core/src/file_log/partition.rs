@@ -68,8 +68,10 @@ pub(crate) struct FilePartition {
     /// Held on the blocking pool around each write of staged frames and its fsync. The sync
     /// leader slot alone does not order them: a leader whose append is cancelled gives up the
     /// slot while its blocking write still runs, and the next leader's fsync must not be taken
-    /// as covering bytes that are not written yet.
-    flush_order: Arc<Mutex<()>>,
+    /// as covering bytes that are not written yet. It holds the failure of such a write or
+    /// fsync: no leader is left to fail the partition for it, and the next one must not cover
+    /// the hole it may have left with a good fsync of its own.
+    flush_order: Arc<Mutex<Option<String>>>,
 }
 
 #[derive(Debug)]
@@ -346,17 +348,23 @@ impl FilePartition {
             )
         };
         let (staged_at, staged) = staged;
-        let _order = lock(&self.flush_order);
+        let mut order = lock(&self.flush_order);
+        if let Some(reason) = order.clone() {
+            lock(&self.state).failed = Some(reason.clone());
+            return Err(self.unavailable(&reason));
+        }
         if !staged.is_empty()
             && let Err(e) = sealed.file.write_all_at(&staged, staged_at)
         {
             let error = Error::io("write", &sealed.log_path, e);
+            *order = Some(error.to_string());
             lock(&self.state).failed = Some(error.to_string());
             return Err(error);
         }
         if let Err(e) = sealed.file.sync_data() {
             // As after any failed fsync, what was written since the last good one is unknown.
             let error = Error::io("fsync", &sealed.log_path, e);
+            *order = Some(error.to_string());
             lock(&self.state).failed = Some(error.to_string());
             return Err(error);
         }
@@ -445,7 +453,14 @@ impl FilePartition {
         // The outer result is the blocking task's own failure, the inner one the write's or
         // the fsync's.
         let outcome = run_blocking(move || {
-            let _order = lock(&flush_order);
+            let mut order = lock(&flush_order);
+            if let Some(reason) = order.as_ref() {
+                // An earlier write or fsync failed after its leader was gone.
+                return Ok(Err((
+                    "write or fsync",
+                    std::io::Error::other(reason.clone()),
+                )));
+            }
             let write = if staged.is_empty() {
                 Ok(())
             } else {
@@ -454,6 +469,9 @@ impl FilePartition {
                     .map_err(|e| ("write", e))
             };
             let synced = write.and_then(|()| file.file.sync_data().map_err(|e| ("fsync", e)));
+            if let Err((what, e)) = &synced {
+                *order = Some(format!("{what} of {}: {e}", file.log_path.display()));
+            }
             Ok::<_, Error>(synced.map(|()| staged))
         })
         .await?;

@@ -9,7 +9,8 @@
 //! * **Parquet archive**: the object sink (`SinkProcessor` + `ObjectSink` + `Parquet`, local
 //!   files) archiving a topic, against the same batches read from the log and written with the
 //!   `parquet` crate by hand (arrow builders, `ArrowWriter`, one file per batch), both without
-//!   fsync, one task per partition. MB/s count the records' log size (key, headers, payload).
+//!   fsync, one task per partition; the two alternate for five rounds and each keeps its best.
+//!   MB/s count the records' log size (key, headers, payload).
 //!
 //! `cargo run --release --features parquet --example routing_bench` (figures in
 //! docs/performance.md); `--quick` is a small run for CI.
@@ -191,9 +192,35 @@ async fn parquet(per_partition: usize, batch: usize) -> Result<(f64, f64), Error
     }
     let mb = bytes as f64 / 1e6;
     let dir = tempfile::tempdir()?;
+    // A round writes about 30 MB in a tenth of a second, so one round each is mostly noise (a
+    // single run's ratio ranged 0.71-1.34 on a quiet machine): the two alternate for
+    // `PARQUET_ROUNDS` rounds and each keeps its best, as the routing half does.
+    let (mut best_ours, mut best_hand) = (0f64, 0f64);
+    for round in 0..PARQUET_ROUNDS {
+        let ours = object_sink(&topics, dir.path(), round, per_partition, batch).await?;
+        best_ours = best_ours.max(mb / ours.as_secs_f64());
+        let root = dir.path().join(format!("hand-{round}"));
+        std::fs::create_dir_all(&root)?;
+        let hand = by_hand_all(&log, &root, per_partition, batch).await?;
+        best_hand = best_hand.max(mb / hand.as_secs_f64());
+    }
+    Ok((best_ours, best_hand))
+}
 
-    // The object sink: every partition holds whole batches, so all close by count.
-    let root = dir.path().join("sink");
+/// Rounds of each side of the Parquet comparison.
+const PARQUET_ROUNDS: usize = 5;
+
+/// The time the object sink takes to archive every partition of `archive` (`per_partition`
+/// records each, in whole batches of `batch`, so that all close by count) as group
+/// `archiver-{round}` under `dir/sink-{round}`.
+async fn object_sink(
+    topics: &Arc<Topics>,
+    dir: &Path,
+    round: usize,
+    per_partition: usize,
+    batch: usize,
+) -> Result<Duration, Error> {
+    let root = dir.join(format!("sink-{round}"));
     std::fs::create_dir_all(&root)?;
     let store = object_store::local::LocalFileSystem::new_with_prefix(&root)?;
     let sink = ObjectSink::new(
@@ -212,7 +239,7 @@ async fn parquet(per_partition: usize, batch: usize) -> Result<(f64, f64), Error
     let group = ProcessorHost::new(topics.clone())
         .start(
             "archive",
-            GroupName::new("archiver")?,
+            GroupName::new(format!("archiver-{round}"))?,
             Arc::new(factory),
             HostConfig::default().read_limits(ReadLimits {
                 max_records: batch,
@@ -224,16 +251,23 @@ async fn parquet(per_partition: usize, batch: usize) -> Result<(f64, f64), Error
     while group.committed() != end {
         tokio::time::sleep(Duration::from_micros(200)).await;
     }
-    let ours = mb / started.elapsed().as_secs_f64();
+    let elapsed = started.elapsed();
     group.shutdown().await?;
+    Ok(elapsed)
+}
 
-    // By hand: the same batches, read from the log, written with the parquet crate.
-    let root = dir.path().join("hand");
-    std::fs::create_dir_all(&root)?;
+/// The time the same batches take read from the log and written with the parquet crate by
+/// hand into `root`, one task per partition.
+async fn by_hand_all(
+    log: &Arc<dyn Log>,
+    root: &Path,
+    per_partition: usize,
+    batch: usize,
+) -> Result<Duration, Error> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for p in 0..PARTITIONS {
-        let (log, root) = (log.clone(), root.clone());
+        let (log, root) = (log.clone(), root.to_path_buf());
         tasks.push(tokio::spawn(async move {
             by_hand(log, PartitionId(p), per_partition, batch, &root).await
         }));
@@ -241,8 +275,7 @@ async fn parquet(per_partition: usize, batch: usize) -> Result<(f64, f64), Error
     for task in tasks {
         task.await??;
     }
-    let hand = mb / started.elapsed().as_secs_f64();
-    Ok((ours, hand))
+    Ok(started.elapsed())
 }
 
 async fn by_hand(

@@ -353,18 +353,9 @@ impl FilePartition {
             lock(&self.state).failed = Some(reason.clone());
             return Err(self.unavailable(&reason));
         }
-        if !staged.is_empty()
-            && let Err(e) = sealed.file.write_all_at(&staged, staged_at)
-        {
-            let error = Error::io("write", &sealed.log_path, e);
-            *order = Some(error.to_string());
-            lock(&self.state).failed = Some(error.to_string());
-            return Err(error);
-        }
-        if let Err(e) = sealed.file.sync_data() {
+        if let Err((what, e)) = write_staged_and_sync(&mut order, &sealed, &staged, staged_at) {
             // As after any failed fsync, what was written since the last good one is unknown.
-            let error = Error::io("fsync", &sealed.log_path, e);
-            *order = Some(error.to_string());
+            let error = Error::io(what, &sealed.log_path, e);
             lock(&self.state).failed = Some(error.to_string());
             return Err(error);
         }
@@ -461,17 +452,7 @@ impl FilePartition {
                     std::io::Error::other(reason.clone()),
                 )));
             }
-            let write = if staged.is_empty() {
-                Ok(())
-            } else {
-                file.file
-                    .write_all_at(&staged, staged_at)
-                    .map_err(|e| ("write", e))
-            };
-            let synced = write.and_then(|()| file.file.sync_data().map_err(|e| ("fsync", e)));
-            if let Err((what, e)) = &synced {
-                *order = Some(format!("{what} of {}: {e}", file.log_path.display()));
-            }
+            let synced = write_staged_and_sync(&mut order, &file, &staged, staged_at);
             Ok::<_, Error>(synced.map(|()| staged))
         })
         .await?;
@@ -672,6 +653,37 @@ impl FilePartition {
     }
 }
 
+/// Writes `staged` (frames whose offsets are already given out) at `staged_at` in `segment`, then
+/// fsyncs it; the caller holds `order`, the partition's `flush_order`. A failure is recorded in
+/// `order` before it is returned: the append that led this write may have been cancelled while
+/// it ran on the blocking pool, and then no one else would learn of it, and the next leader's
+/// good fsync would make offsets durable whose bytes never reached the file. The next writer
+/// (or roll) finds the record and fails the partition.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "called only on the blocking pool, by sync_written's run_blocking and roll_if_full"
+)]
+fn write_staged_and_sync(
+    order: &mut Option<String>,
+    segment: &SegmentFile,
+    staged: &[u8],
+    staged_at: u64,
+) -> std::result::Result<(), (&'static str, std::io::Error)> {
+    let written = if staged.is_empty() {
+        Ok(())
+    } else {
+        segment
+            .file
+            .write_all_at(staged, staged_at)
+            .map_err(|e| ("write", e))
+    };
+    let synced = written.and_then(|()| segment.file.sync_data().map_err(|e| ("fsync", e)));
+    if let Err((what, e)) = &synced {
+        *order = Some(format!("{what} of {}: {e}", segment.log_path.display()));
+    }
+    synced
+}
+
 fn segment_index_file(seg: &Segment) -> Result<fs::File> {
     Ok(open_private(&seg.file.idx_path, true)?)
 }
@@ -800,3 +812,6 @@ fn recover_active(file: Arc<SegmentFile>, config: &FileLogConfig) -> Result<Segm
 pub(crate) fn partition_dir(root: &Path, id: PartitionId) -> PathBuf {
     root.join(format!("p{:05}", id.0))
 }
+
+#[cfg(test)]
+mod tests;

@@ -45,7 +45,9 @@
 //! the `IOT_ADMIN_PASSWORD` environment variable (never a flag's value), if not there yet.
 //! Users' alert subscriptions (`/access/me/subscriptions`) live in `DIR/access/subscriptions`;
 //! built with `--features http,alert-push`, the hub pushes each alert to the subscriptions of
-//! the users who may read its device, as signed webhooks (`alert-push: on`; docs/access.md).
+//! the users who may read its device, as signed webhooks (`alert-push: on`; docs/access.md),
+//! to public addresses only unless `--alert-webhooks-anywhere` lets subscriptions point at
+//! loopback and private networks (a demo or test on one machine).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::net::SocketAddr;
@@ -141,6 +143,14 @@ struct Args {
     /// A file holding the first admin's password (or set IOT_ADMIN_PASSWORD).
     #[arg(long, value_name = "FILE")]
     admin_password_file: Option<PathBuf>,
+    /// Let users' alert subscriptions post to loopback and private addresses too (by default
+    /// only public ones: a user must not make the hub call services on its own network).
+    #[arg(long)]
+    #[cfg_attr(
+        not(feature = "alert-push"),
+        allow(dead_code, reason = "read only by the alert push")
+    )]
+    alert_webhooks_anywhere: bool,
 }
 
 impl Args {
@@ -313,6 +323,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             hub.topics().clone(),
             access.clone(),
             subscriptions.clone(),
+            args.alert_webhooks_anywhere,
         )
         .await?;
         println!("alert-push: on");

@@ -10,6 +10,11 @@
 //! array of the alerts of that batch they may see, with `x-iot-signature` made with the
 //! subscription's own secret and `x-iot-event-id` for dropping redeliveries.
 //!
+//! Subscribers choose their webhook's URL, so by default the push connects only to public
+//! addresses ([`AddressPolicy::PublicOnly`]): a user cannot point the hub at a service on its own
+//! host or network. A deployment whose subscribers are on its internal network says so with
+//! [`AlertPush::addresses`].
+//!
 //! An alert's device is its payload's `deviceId` (what `SELECT deviceId, … INTO alerts` writes),
 //! else the record's key. See `docs/access.md` ("Alert subscriptions").
 
@@ -21,7 +26,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use iot_core::{DeviceId, StoredRecord};
 use iot_identity::access::{AccessControl, Permission, Subscription, SubscriptionStore};
-use iot_stream::sinks::webhook::{WebhookMode, WebhookSecret, WebhookSink};
+use iot_stream::sinks::webhook::{AddressPolicy, WebhookMode, WebhookSecret, WebhookSink};
 use iot_stream::sinks::{Sink, SinkBatch, SinkError};
 
 /// The sink's name (the `x-sink` header of dead-lettered alerts) and the endpoint part of event
@@ -35,6 +40,7 @@ pub struct AlertPush {
     subscriptions: Arc<dyn SubscriptionStore>,
     endpoint: String,
     timeout: Duration,
+    addresses: AddressPolicy,
     /// One webhook sink (and its kept-alive connections) per subscription, rebuilt when the
     /// subscription is replaced.
     sinks: Mutex<HashMap<String, Arc<WebhookSink>>>,
@@ -48,6 +54,7 @@ impl fmt::Debug for AlertPush {
         f.debug_struct("AlertPush")
             .field("endpoint", &self.endpoint)
             .field("subscriptions", &self.subscriptions)
+            .field("addresses", &self.addresses)
             .finish_non_exhaustive()
     }
 }
@@ -60,6 +67,7 @@ impl AlertPush {
             subscriptions,
             endpoint: "alerts".to_owned(),
             timeout: Duration::from_secs(10),
+            addresses: AddressPolicy::PublicOnly,
             sinks: Mutex::new(HashMap::new()),
             done: Mutex::new(HashMap::new()),
         }
@@ -77,6 +85,15 @@ impl AlertPush {
         self
     }
 
+    /// Which addresses subscribers' webhooks may be at (default [`AddressPolicy::PublicOnly`]:
+    /// a subscription whose host resolves only to loopback, private, link-local or other
+    /// non-public addresses is refused, logged, and the other subscribers still get the alerts).
+    /// [`AddressPolicy::Any`] is for deployments whose subscribers are on the internal network.
+    pub fn addresses(mut self, policy: AddressPolicy) -> Self {
+        self.addresses = policy;
+        self
+    }
+
     fn sink_for(&self, s: &Subscription) -> Result<Arc<WebhookSink>, SinkError> {
         let mut sinks = self.sinks.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(sink) = sinks.get(&s.id) {
@@ -90,7 +107,8 @@ impl AlertPush {
             .map_err(rejected)?
             .endpoint(self.endpoint.clone())
             .mode(WebhookMode::Batch)
-            .timeout(self.timeout);
+            .timeout(self.timeout)
+            .addresses(self.addresses);
         let sink = Arc::new(sink);
         sinks.insert(s.id.clone(), Arc::clone(&sink));
         Ok(sink)

@@ -3,7 +3,8 @@
 //! subscription secret): two users with different grants get exactly the alerts of the devices
 //! their grants cover (and their subscription's filter asks for), a user without grants gets
 //! nothing, every signature verifies, and a crash (the group dropped mid-stream) followed by a
-//! restart re-sends at most one batch.
+//! restart re-sends at most one batch. By default the push refuses subscribers on non-public
+//! addresses (these receivers are on loopback): the last test checks that refusal.
 #![cfg(feature = "alert-push")]
 #![allow(clippy::unwrap_used)]
 
@@ -20,6 +21,7 @@ use iot_sdk::identity::access::{
     AccessConfig, AccessControl, DeviceSet, Grant, MemoryAccessStore, MemorySubscriptionStore,
     StaticDeviceSets, Subscription, SubscriptionSecret, SubscriptionStore,
 };
+use iot_sdk::stream::sinks::webhook::AddressPolicy;
 use iot_sdk::stream::sinks::{BatchPolicy, SinkConfig, SinkProcessor};
 use iot_sdk::stream::{HostConfig, ProcessorHost, RunningGroup};
 use serde_json::{Value, json};
@@ -213,7 +215,10 @@ async fn each_user_gets_exactly_the_alerts_of_their_devices_signed_and_once_per_
         subscriptions.add(s).await.unwrap();
     }
     let topics = Arc::new(Topics::memory(1));
-    let push = Arc::new(AlertPush::new(access.clone(), subscriptions.clone()));
+    // The receivers are on loopback, which the default policy refuses.
+    let push = Arc::new(
+        AlertPush::new(access.clone(), subscriptions.clone()).addresses(AddressPolicy::Any),
+    );
 
     // A first run over 12 alerts, shut down gracefully.
     send_alerts(&topics, 0, 12).await;
@@ -252,7 +257,9 @@ async fn each_user_gets_exactly_the_alerts_of_their_devices_signed_and_once_per_
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     drop(group);
-    let fresh = Arc::new(AlertPush::new(access.clone(), subscriptions.clone()));
+    let fresh = Arc::new(
+        AlertPush::new(access.clone(), subscriptions.clone()).addresses(AddressPolicy::Any),
+    );
     let group = start(&topics, fresh).await;
     wait_delivered(&topics, &group).await;
     group.shutdown().await.unwrap();
@@ -277,4 +284,53 @@ async fn each_user_gets_exactly_the_alerts_of_their_devices_signed_and_once_per_
         );
     }
     assert!(receivers["nina"].requests().await.is_empty());
+}
+
+/// A subscriber whose webhook is on the hub's own host gets nothing under the default policy,
+/// and the push goes on (its alerts are not retried forever nor dead-lettered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_a_subscriber_on_a_loopback_address_is_refused() {
+    let id = |s: &str| s.parse::<iot_sdk::core::DeviceId>().unwrap();
+    let sets = StaticDeviceSets::new().with_metadata(id("dev-1"), [("building", "HQ")]);
+    let access = AccessControl::new(Arc::new(MemoryAccessStore::new()), Arc::new(sets))
+        .with_config(AccessConfig::default().password_params(PassphraseParams::INSECURE_FOR_TESTS))
+        .unwrap();
+    access
+        .create_user("olga".parse().unwrap(), "a password")
+        .await
+        .unwrap();
+    access
+        .grant(Grant::new(
+            "olga".parse().unwrap(),
+            "viewer".parse().unwrap(),
+            DeviceSet::Node("building=HQ".parse().unwrap()),
+        ))
+        .await
+        .unwrap();
+    let secret = "olga's secret, 32 bytes at least";
+    let receiver = Receiver::start(secret);
+    let subscriptions = Arc::new(MemorySubscriptionStore::new());
+    for url in [
+        receiver.url(),
+        receiver.url().replace("127.0.0.1", "localhost"),
+    ] {
+        let s = Subscription::new(
+            "olga".parse().unwrap(),
+            url,
+            None,
+            SubscriptionSecret::new(secret).unwrap(),
+        )
+        .unwrap();
+        subscriptions.add(s).await.unwrap();
+    }
+    let topics = Arc::new(Topics::memory(1));
+    send_alerts(&topics, 0, 8).await;
+    let push = Arc::new(AlertPush::new(access, subscriptions));
+    let group = start(&topics, push).await;
+    wait_delivered(&topics, &group).await;
+    group.shutdown().await.unwrap();
+    assert!(
+        receiver.requests().await.is_empty(),
+        "a loopback webhook was called"
+    );
 }

@@ -119,14 +119,22 @@ pub(crate) async fn start_alert_push(
     topics: Arc<Topics>,
     access: AccessControl,
     subscriptions: Arc<dyn SubscriptionStore>,
+    webhooks_anywhere: bool,
 ) -> Result<RunningGroup, Box<dyn std::error::Error>> {
     use iot_sdk::alert_push::AlertPush;
+    use iot_stream::sinks::webhook::AddressPolicy;
     use iot_stream::sinks::{BatchPolicy, SinkConfig, SinkProcessor};
 
     // A notification should leave within a second, not wait for a full batch (the default
     // batch may wait a minute); reads no larger than a batch bound what a crash re-sends.
     const BATCH: usize = 100;
-    let push = AlertPush::new(access, subscriptions).endpoint(ALERTS_TOPIC);
+    let push = AlertPush::new(access, subscriptions)
+        .endpoint(ALERTS_TOPIC)
+        .addresses(if webhooks_anywhere {
+            AddressPolicy::Any
+        } else {
+            AddressPolicy::PublicOnly
+        });
     let config = SinkConfig::default().batch(BatchPolicy {
         max_records: BATCH,
         max_age: std::time::Duration::from_secs(1),

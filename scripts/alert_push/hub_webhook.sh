@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Alert push through the hub example (built with --features http,alert-push): a subscription
 # made through the REST API receives a signed webhook when the hub's overheat rule raises an
-# alert; a viewer of another device gets nothing. Standard-library Python only (hub_webhook.py,
+# alert; a viewer of another device gets nothing. The receivers are on loopback, which the hub
+# refuses without --alert-webhooks-anywhere. Standard-library Python only (hub_webhook.py,
 # with tests/alert_push/receiver.py as the webhooks). About 5 s.
 #
 #   HUB_BIN=target/debug/examples/hub scripts/alert_push/hub_webhook.sh
@@ -21,7 +22,7 @@ trap cleanup EXIT
 
 (umask 077 && "$python" -c 'import secrets; print(secrets.token_urlsafe(18))' >"$work/admin.pw")
 "$hub" --data-dir "$work/data" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
-  --admin-password-file "$work/admin.pw" --device sensor-1 >"$work/hub.out" 2>"$work/hub.err" &
+  --admin-password-file "$work/admin.pw" --device sensor-1 --alert-webhooks-anywhere >"$work/hub.out" 2>"$work/hub.err" &
 pid=$!
 for _ in $(seq 100); do grep -q '^http: ' "$work/hub.out" && break; sleep 0.2; done
 grep -q '^alert-push: on' "$work/hub.out" || { cat "$work/hub.out" "$work/hub.err"; echo "hub without alert push"; exit 1; }

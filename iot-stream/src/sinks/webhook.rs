@@ -28,6 +28,10 @@ use zeroize::Zeroizing;
 use super::event::event_id;
 use super::{Sink, SinkBatch, SinkError};
 
+mod addresses;
+
+pub use addresses::{AddressPolicy, is_public};
+
 /// The header with the event id (per-event requests) or the batch id (batched requests).
 pub const EVENT_ID_HEADER: &str = "x-iot-event-id";
 /// The header with the signature, `t=<unix seconds>,v1=<hex MAC>`.
@@ -159,6 +163,7 @@ pub struct WebhookSink {
     secret: WebhookSecret,
     mode: WebhookMode,
     timeout: Duration,
+    addresses: AddressPolicy,
     /// Set by [`tls`](Self::tls), else built from the system's roots at the first connection.
     tls: OnceLock<Arc<rustls::ClientConfig>>,
     idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
@@ -174,6 +179,7 @@ impl fmt::Debug for WebhookSink {
             .field("secret", &self.secret)
             .field("mode", &self.mode)
             .field("timeout", &self.timeout)
+            .field("addresses", &self.addresses)
             .finish_non_exhaustive()
     }
 }
@@ -212,6 +218,7 @@ impl WebhookSink {
             secret,
             mode: WebhookMode::default(),
             timeout: Duration::from_secs(10),
+            addresses: AddressPolicy::default(),
             tls: OnceLock::new(),
             idle: Mutex::new(Vec::new()),
         })
@@ -232,6 +239,15 @@ impl WebhookSink {
     /// Sets how long one request may take, connecting included (default 10 s).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Sets which addresses the sink may connect to (default [`AddressPolicy::Any`]). Use
+    /// [`AddressPolicy::PublicOnly`] when the URL comes from someone other than the operator:
+    /// a URL whose host resolves to no public address is then refused
+    /// ([`SinkError::Rejected`]) without a connection being made.
+    pub fn addresses(mut self, policy: AddressPolicy) -> Self {
+        self.addresses = policy;
         self
     }
 
@@ -283,10 +299,46 @@ impl WebhookSink {
         Ok(self.tls.get_or_init(|| Arc::new(config)).clone())
     }
 
+    /// A TCP connection to the URL's host, on an address the sink's [`AddressPolicy`] allows.
+    async fn connect_tcp(&self) -> Result<TcpStream, SinkError> {
+        if self.addresses == AddressPolicy::Any {
+            return TcpStream::connect((self.host.as_str(), self.port))
+                .await
+                .map_err(|e| self.unavailable(format!("connect: {e}")));
+        }
+        // Resolved once, checked, and connected to by address: the name is not looked up again
+        // between the check and the connection.
+        let resolved: Vec<std::net::SocketAddr> =
+            tokio::net::lookup_host((self.host.as_str(), self.port))
+                .await
+                .map_err(|e| self.unavailable(format!("resolve: {e}")))?
+                .collect();
+        let (allowed, refused): (Vec<_>, Vec<_>) = resolved
+            .into_iter()
+            .partition(|a| self.addresses.allows(a.ip()));
+        if allowed.is_empty() {
+            let refused: Vec<String> = refused.iter().map(|a| a.ip().to_string()).collect();
+            return Err(SinkError::Rejected {
+                reason: format!(
+                    "POST {}: {} resolves to no public address ({}); the webhook's address policy refuses it",
+                    self.display_url(),
+                    self.host,
+                    refused.join(", ")
+                ),
+            });
+        }
+        let mut errors = Vec::new();
+        for address in allowed {
+            match TcpStream::connect(address).await {
+                Ok(tcp) => return Ok(tcp),
+                Err(e) => errors.push(format!("{address}: {e}")),
+            }
+        }
+        Err(self.unavailable(format!("connect: {}", errors.join("; "))))
+    }
+
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, SinkError> {
-        let tcp = TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| self.unavailable(format!("connect: {e}")))?;
+        let tcp = self.connect_tcp().await?;
         let _ = tcp.set_nodelay(true);
         if self.https {
             let name = rustls::pki_types::ServerName::try_from(self.host.clone()).map_err(|e| {
@@ -503,6 +555,37 @@ mod tests {
         assert!(!shown.contains("token=abc"), "{shown}");
         assert!(WebhookSecret::new(*b"short").is_err());
         assert!(WebhookSink::new("h", "ftp://x/", WebhookSecret::new([7; 16]).unwrap()).is_err());
+    }
+
+    #[tokio::test]
+    async fn public_only_refuses_a_local_host_without_connecting() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let secret = WebhookSecret::new([7; 16]).unwrap();
+        for host in ["127.0.0.1", "localhost"] {
+            let url = format!("http://{host}:{port}/in");
+            let sink = WebhookSink::new("hook", &url, secret.clone())
+                .unwrap()
+                .addresses(AddressPolicy::PublicOnly);
+            match sink.connect_tcp().await {
+                Err(SinkError::Rejected { reason }) => {
+                    assert!(reason.contains("address policy"), "{reason}");
+                    assert!(reason.contains(host), "{reason}");
+                }
+                other => panic!("{host}: expected a refusal, got {other:?}"),
+            }
+        }
+        // Nothing reached the listener.
+        assert_eq!(
+            listener.accept().unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock
+        );
+        // The default policy connects.
+        let sink =
+            WebhookSink::new("hook", &format!("http://127.0.0.1:{port}/in"), secret).unwrap();
+        sink.connect_tcp().await.unwrap();
+        assert!(listener.accept().is_ok());
     }
 
     #[test]

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tokio::sync::Mutex;
 
 use crate::error::Result;
 use crate::file_log::{FileLog, FileLogConfig};
@@ -14,6 +13,7 @@ use crate::limits::LogLimits;
 use crate::log::Log;
 use crate::memory_log::MemoryLog;
 use crate::names::TopicName;
+use crate::sync_util::lock;
 
 /// Opens the log of one topic; implemented once per backend.
 ///
@@ -80,7 +80,12 @@ impl LogFactory for FileLogFactory {
 pub struct Topics {
     factory: Box<dyn LogFactory>,
     default_partitions: u32,
-    open: Mutex<HashMap<TopicName, Arc<dyn Log>>>,
+    /// The topics opened so far. A lookup of an open topic takes only this lock, for a hash
+    /// lookup and an `Arc` clone, and never waits on another task: callers that look topics up
+    /// often (a processor host emitting to many topics) do not queue behind an opening.
+    open: std::sync::Mutex<HashMap<TopicName, Arc<dyn Log>>>,
+    /// Held while a topic is opened, so that one topic is never opened twice.
+    opening: tokio::sync::Mutex<()>,
 }
 
 impl Topics {
@@ -90,7 +95,8 @@ impl Topics {
         Topics {
             factory: Box::new(factory),
             default_partitions,
-            open: Mutex::new(HashMap::new()),
+            open: std::sync::Mutex::new(HashMap::new()),
+            opening: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -121,19 +127,26 @@ impl Topics {
     /// The log of topic `name`, opened with `partitions` partitions if it is not open yet.
     pub async fn topic_with_partitions(&self, name: &str, partitions: u32) -> Result<Arc<dyn Log>> {
         let name = TopicName::new(name)?;
-        let mut open = self.open.lock().await;
-        if let Some(log) = open.get(&name) {
+        if let Some(log) = lock(&self.open).get(&name) {
+            return Ok(log.clone());
+        }
+        let _opening = self.opening.lock().await;
+        // Another caller may have opened it while this one waited.
+        if let Some(log) = lock(&self.open).get(&name) {
             return Ok(log.clone());
         }
         let log = self.factory.open_log(&name, partitions).await?;
-        open.insert(name, log.clone());
+        lock(&self.open).insert(name, log.clone());
         Ok(log)
     }
 
     /// The topics opened so far.
     pub async fn open_topics(&self) -> Vec<TopicName> {
-        let mut names: Vec<_> = self.open.lock().await.keys().cloned().collect();
+        let mut names: Vec<_> = lock(&self.open).keys().cloned().collect();
         names.sort();
         names
     }
 }
+
+#[cfg(test)]
+mod tests;

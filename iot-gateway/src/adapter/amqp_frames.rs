@@ -398,7 +398,10 @@ fn performative(bytes: &[u8]) -> Result<Performative, AmqpFrameError> {
 #[derive(Debug)]
 struct Framing {
     checker: AmqpFrameChecker,
+    /// The bytes read are `buf[..end]`; what follows is scratch for the next read, kept
+    /// initialised so that a read (and every poll that finds nothing) does not zero it again.
     buf: Vec<u8>,
+    end: usize,
     checked: usize,
     handed: usize,
     /// The refusal, reported once the units checked before it have been handed on.
@@ -409,7 +412,7 @@ impl Framing {
     /// Moves `checked` past every complete, checked unit after it.
     fn advance(&mut self) -> Result<(), AmqpFrameError> {
         loop {
-            let rest = &self.buf[self.checked..];
+            let rest = &self.buf[self.checked..self.end];
             let Some(&head) = rest.first_chunk::<4>() else {
                 return Ok(());
             };
@@ -439,7 +442,8 @@ impl Framing {
     /// Drops the bytes handed on, keeping the rest (an incomplete unit) at the start.
     fn compact(&mut self) {
         if self.handed > 0 {
-            self.buf.drain(..self.handed);
+            self.buf.copy_within(self.handed..self.end, 0);
+            self.end -= self.handed;
             self.checked -= self.handed;
             self.handed = 0;
         }
@@ -487,6 +491,7 @@ impl<Io> AmqpFrameGuard<Io> {
             framing: Framing {
                 checker: AmqpFrameChecker::new(limits),
                 buf: Vec::new(),
+                end: 0,
                 checked: 0,
                 handed: 0,
                 refused: None,
@@ -514,13 +519,16 @@ impl<Io: AsyncRead + Unpin> AsyncRead for AmqpFrameGuard<Io> {
                 return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)));
             }
             framing.compact();
-            // Read straight behind what is kept; the zeroed tail is cut off again below.
-            let kept = framing.buf.len();
-            framing.buf.resize(kept + READ_CHUNK, 0);
-            let mut read = ReadBuf::new(&mut framing.buf[kept..]);
+            // Read straight behind what is kept, into scratch zeroed once when the buffer grew
+            // (not on every poll: the engine polls its transport on every turn).
+            let kept = framing.end;
+            if framing.buf.len() < kept + READ_CHUNK {
+                framing.buf.resize(kept + READ_CHUNK, 0);
+            }
+            let mut read = ReadBuf::new(&mut framing.buf[kept..kept + READ_CHUNK]);
             let polled = Pin::new(&mut this.io).poll_read(cx, &mut read);
             let filled = read.filled().len();
-            framing.buf.truncate(kept + filled);
+            framing.end = kept + filled;
             match polled {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),

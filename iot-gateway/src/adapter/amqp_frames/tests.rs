@@ -131,6 +131,22 @@ async fn headers_and_frames_pass_whole_and_one_byte_at_a_time() {
     }
 }
 
+/// The guard reads into scratch it keeps between reads (not zeroed again per poll): frames
+/// larger than one read, and small ones after them, pass whole and in order whatever the reads'
+/// sizes, with the incomplete frame at each read's end kept across the buffer's growth.
+#[tokio::test]
+async fn frames_larger_than_a_read_pass_whole_between_small_ones() {
+    let mut ok = b"AMQP\x00\x01\x00\x00".to_vec();
+    for (handle, size) in [(0, 100), (1, 20_000), (2, 10), (3, 40_000), (4, 3_000)] {
+        ok.extend_from_slice(&transfer(handle, false, false, &data(size)));
+    }
+    for chunk in [1_000, 5_000, 8_191, 8_192, 8_193, 100_000] {
+        let (out, ended) = through_guard(&ok, chunk).await;
+        assert_eq!(ended.unwrap(), ok.len(), "chunk {chunk}");
+        assert_eq!(out, ok, "chunk {chunk}");
+    }
+}
+
 #[tokio::test]
 async fn a_frame_cut_short_by_the_end_of_the_stream_is_not_handed_on() {
     let mut stream = b"AMQP\x00\x01\x00\x00".to_vec();

@@ -140,6 +140,34 @@ async fn start(topics: &Arc<Topics>, push: Arc<AlertPush>) -> RunningGroup {
         .unwrap()
 }
 
+/// An access matrix over `sets` with `users`, each grant making its user a viewer of a set.
+async fn access_with(
+    sets: StaticDeviceSets,
+    users: &[&str],
+    grants: impl IntoIterator<Item = (&str, DeviceSet)>,
+) -> AccessControl {
+    let access = AccessControl::new(Arc::new(MemoryAccessStore::new()), Arc::new(sets))
+        .with_config(AccessConfig::default().password_params(PassphraseParams::INSECURE_FOR_TESTS))
+        .unwrap();
+    for user in users {
+        access
+            .create_user(user.parse().unwrap(), "a password")
+            .await
+            .unwrap();
+    }
+    for (user, set) in grants {
+        access
+            .grant(Grant::new(
+                user.parse().unwrap(),
+                "viewer".parse().unwrap(),
+                set,
+            ))
+            .await
+            .unwrap();
+    }
+    access
+}
+
 /// Waits until the group's checkpoint reaches the end of the alerts topic.
 async fn wait_delivered(topics: &Topics, group: &RunningGroup) {
     let log = topics.topic("alerts").await.unwrap();
@@ -162,32 +190,16 @@ async fn each_user_gets_exactly_the_alerts_of_their_devices_signed_and_once_per_
         .with_metadata(id("dev-2"), [("building", "HQ")])
         .with_metadata(id("dev-3"), [("building", "Depot")])
         .with_metadata(id("dev-4"), [("building", "Annex")]);
-    let access = AccessControl::new(Arc::new(MemoryAccessStore::new()), Arc::new(sets))
-        .with_config(AccessConfig::default().password_params(PassphraseParams::INSECURE_FOR_TESTS))
-        .unwrap();
-    for user in ["olga", "vera", "nina"] {
-        access
-            .create_user(user.parse().unwrap(), "a password")
-            .await
-            .unwrap();
-    }
     // Olga reads the HQ building, Vera one device of the depot; Nina nothing.
-    access
-        .grant(Grant::new(
-            "olga".parse().unwrap(),
-            "viewer".parse().unwrap(),
-            DeviceSet::Node("building=HQ".parse().unwrap()),
-        ))
-        .await
-        .unwrap();
-    access
-        .grant(Grant::new(
-            "vera".parse().unwrap(),
-            "viewer".parse().unwrap(),
-            DeviceSet::Device(id("dev-3")),
-        ))
-        .await
-        .unwrap();
+    let access = access_with(
+        sets,
+        &["olga", "vera", "nina"],
+        [
+            ("olga", DeviceSet::Node("building=HQ".parse().unwrap())),
+            ("vera", DeviceSet::Device(id("dev-3"))),
+        ],
+    )
+    .await;
 
     let secrets = BTreeMap::from([
         ("olga", "olga's secret, 32 bytes at least"),
@@ -292,21 +304,12 @@ async fn each_user_gets_exactly_the_alerts_of_their_devices_signed_and_once_per_
 async fn by_default_a_subscriber_on_a_loopback_address_is_refused() {
     let id = |s: &str| s.parse::<iot_sdk::core::DeviceId>().unwrap();
     let sets = StaticDeviceSets::new().with_metadata(id("dev-1"), [("building", "HQ")]);
-    let access = AccessControl::new(Arc::new(MemoryAccessStore::new()), Arc::new(sets))
-        .with_config(AccessConfig::default().password_params(PassphraseParams::INSECURE_FOR_TESTS))
-        .unwrap();
-    access
-        .create_user("olga".parse().unwrap(), "a password")
-        .await
-        .unwrap();
-    access
-        .grant(Grant::new(
-            "olga".parse().unwrap(),
-            "viewer".parse().unwrap(),
-            DeviceSet::Node("building=HQ".parse().unwrap()),
-        ))
-        .await
-        .unwrap();
+    let access = access_with(
+        sets,
+        &["olga"],
+        [("olga", DeviceSet::Node("building=HQ".parse().unwrap()))],
+    )
+    .await;
     let secret = "olga's secret, 32 bytes at least";
     let receiver = Receiver::start(secret);
     let subscriptions = Arc::new(MemorySubscriptionStore::new());

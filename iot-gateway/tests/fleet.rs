@@ -556,7 +556,7 @@ async fn a_restarted_engine_resumes_without_reinvoking_done_devices() {
         .wait("resume", PATIENCE)
         .await
         .expect("resumed job ends");
-    assert_eq!(job.status.name(), "completed");
+    assert_eq!(job.status.name(), "completed", "{:?}", job.failure_reason);
     assert_eq!(job.outcomes.len(), 8);
     let invoked = rig.invoked();
     assert_eq!(invoked.len(), 8, "every device reached: {invoked:?}");

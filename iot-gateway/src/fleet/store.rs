@@ -4,9 +4,10 @@
 //! The engines keep every document in memory and write one through on each change, so a store
 //! only saves and loads whole documents; it never has to answer a query.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -118,7 +119,27 @@ impl ConfigurationStore for MemoryConfigurationStore {
 #[derive(Debug)]
 struct DocDir {
     dir: PathBuf,
-    _lock: Arc<DirLock>,
+    writes: Arc<DocWrites>,
+}
+
+/// What every file write of a [`DocDir`] shares, moved into the blocking task that does it.
+///
+/// A caller's future can be dropped (a task aborted at shutdown) while its write goes on in the
+/// blocking pool. Holding the lock there keeps the directory locked until that write has ended,
+/// so a store opened next never races it on the same temporary file; the sequence numbers keep
+/// such a late write from landing over a newer document.
+#[derive(Debug)]
+struct DocWrites {
+    _lock: DirLock,
+    next: AtomicU64,
+    /// The sequence number of the last change made to each file.
+    landed: Mutex<HashMap<PathBuf, u64>>,
+}
+
+/// One change to a document file.
+enum Change {
+    Replace(Vec<u8>),
+    Remove,
 }
 
 fn file_name(id: &str) -> String {
@@ -134,7 +155,11 @@ impl DocDir {
             let lock = DirLock::acquire(&dir)?;
             Ok::<_, FleetError>(DocDir {
                 dir,
-                _lock: Arc::new(lock),
+                writes: Arc::new(DocWrites {
+                    _lock: lock,
+                    next: AtomicU64::new(0),
+                    landed: Mutex::new(HashMap::new()),
+                }),
             })
         })
         .await
@@ -145,13 +170,33 @@ impl DocDir {
             what: id.to_owned(),
             reason: e.to_string(),
         })?;
-        let path = self.dir.join(file_name(id));
-        run_blocking(move || sfs::write_atomically(&path, &bytes).map_err(FleetError::from)).await
+        self.change(self.dir.join(file_name(id)), Change::Replace(bytes))
+            .await
     }
 
     async fn remove(&self, id: &str) -> FleetResult<()> {
-        let path = self.dir.join(file_name(id));
-        run_blocking(move || sfs::remove_durably(&path).map_err(FleetError::from)).await
+        self.change(self.dir.join(file_name(id)), Change::Remove)
+            .await
+    }
+
+    /// Makes `change` to `path` (which may lie beside the directory, as `applied.json` does)
+    /// under the lock, one file change at a time, unless a newer change of `path` has landed.
+    async fn change(&self, path: PathBuf, change: Change) -> FleetResult<()> {
+        let seq = self.writes.next.fetch_add(1, Ordering::Relaxed);
+        let writes = self.writes.clone();
+        run_blocking(move || {
+            let mut landed = crate::sync_util::lock(&writes.landed);
+            if landed.get(&path).is_some_and(|last| *last > seq) {
+                return Ok(());
+            }
+            match change {
+                Change::Replace(bytes) => sfs::write_atomically(&path, &bytes)?,
+                Change::Remove => sfs::remove_durably(&path)?,
+            }
+            landed.insert(path, seq);
+            Ok(())
+        })
+        .await
     }
 
     async fn read_all<T: DeserializeOwned + Send + 'static>(&self) -> FleetResult<Vec<T>> {
@@ -243,8 +288,9 @@ impl ConfigurationStore for FileConfigurationStore {
             what: "applied".into(),
             reason: e.to_string(),
         })?;
-        let path = self.applied.clone();
-        run_blocking(move || sfs::write_atomically(&path, &bytes).map_err(FleetError::from)).await
+        self.docs
+            .change(self.applied.clone(), Change::Replace(bytes))
+            .await
     }
 
     async fn load_applied(&self) -> FleetResult<Applied> {
@@ -257,6 +303,96 @@ impl ConfigurationStore for FileConfigurationStore {
                 what: "applied".into(),
                 reason: e.to_string(),
             }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    async fn open_until(dir: &Path, patience: Duration) -> FleetResult<DocDir> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            match DocDir::open(dir.to_owned()).await {
+                Err(FleetError::Store(StorageError::Locked { .. }))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    #[test]
+    fn a_write_left_running_by_a_dropped_caller_keeps_the_directory_locked() {
+        // One blocking thread, kept busy, so the write waits in the pool's queue.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let dir = tempfile::tempdir().expect("dir");
+        runtime.block_on(async {
+            let docs = DocDir::open(dir.path().to_owned()).await.expect("open");
+            let (release, busy) = std::sync::mpsc::channel::<()>();
+            let blocker = tokio::task::spawn_blocking(move || busy.recv());
+            let write = tokio::spawn(async move { docs.write("job", &"first").await });
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            // The caller goes away (a job task aborted at shutdown) with the store; the write
+            // it started does not.
+            write.abort();
+            assert!(write.await.expect_err("aborted").is_cancelled());
+            assert!(
+                matches!(
+                    DirLock::acquire(dir.path()),
+                    Err(StorageError::Locked { .. })
+                ),
+                "the directory stays locked while the write is pending"
+            );
+            release.send(()).expect("release");
+            blocker.await.expect("blocker").expect("released");
+            let docs = open_until(dir.path(), Duration::from_secs(10))
+                .await
+                .expect("opens once the write has ended");
+            let all: Vec<String> = docs.read_all().await.expect("read");
+            assert_eq!(all, vec!["first".to_owned()]);
+            docs.write("job", &"second").await.expect("next write");
+            let all: Vec<String> = docs.read_all().await.expect("read");
+            assert_eq!(all, vec!["second".to_owned()]);
+        });
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(
+        clippy::await_holding_lock,
+        reason = "the test holds the writes' turn on purpose while both changes queue for it"
+    )]
+    async fn an_older_change_never_lands_over_a_newer_one() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().expect("dir");
+            let docs = Arc::new(DocDir::open(dir.path().to_owned()).await.expect("open"));
+            // Both changes wait for their turn; whichever the pool runs first, the newer wins.
+            let turn = crate::sync_util::lock(&docs.writes.landed);
+            let older = tokio::spawn({
+                let docs = docs.clone();
+                async move { docs.write("job", &"older").await }
+            });
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let newer = tokio::spawn({
+                let docs = docs.clone();
+                async move { docs.write("job", &"newer").await }
+            });
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            drop(turn);
+            older.await.expect("join").expect("older");
+            newer.await.expect("join").expect("newer");
+            let all: Vec<String> = docs.read_all().await.expect("read");
+            assert_eq!(all, vec!["newer".to_owned()]);
         }
     }
 }

@@ -76,6 +76,53 @@ async fn records_offsets_and_commits_survive_reopen() {
 /// leader: with many appenders at once across segment rolls, and a reader following the log
 /// meanwhile, every acknowledged record is readable at its offset, each writer's records keep
 /// their order, and the same records come back after a reopen.
+#[test]
+fn a_commit_whose_caller_went_away_still_lands_in_the_cache() {
+    // One blocking thread, kept busy, so the commit's file write waits in the pool's queue.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let group = GroupName::new("pump").expect("name");
+    runtime.block_on(async {
+        let log = std::sync::Arc::new(FileLog::open(dir.path(), config()).await.expect("open"));
+        for i in 0..10 {
+            log.append_one(P0, sample_record("dev", i))
+                .await
+                .expect("append");
+        }
+        let (release, busy) = std::sync::mpsc::channel::<()>();
+        let blocker = tokio::task::spawn_blocking(move || busy.recv());
+        let commit = tokio::spawn({
+            let (log, group) = (log.clone(), group.clone());
+            async move { log.commit(&group, P0, Offset(5)).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // The committing task is aborted (a consumer shut down); its write is already queued.
+        commit.abort();
+        assert!(commit.await.expect_err("aborted").is_cancelled());
+        release.send(()).expect("release");
+        blocker.await.expect("blocker").expect("released");
+        // The write lands, and the group answers what its file says, now and after a reopen.
+        assert_eq!(
+            log.committed(&group, P0).await.expect("committed"),
+            Some(Offset(5))
+        );
+        log.commit(&group, P0, Offset(6))
+            .await
+            .expect("next commit");
+        drop(log);
+        let log = FileLog::open(dir.path(), config()).await.expect("reopen");
+        assert_eq!(
+            log.committed(&group, P0).await.expect("committed"),
+            Some(Offset(6))
+        );
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_under_fsync_are_read_back_in_order_across_rolls() {
     const WRITERS: u64 = 8;

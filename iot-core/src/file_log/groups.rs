@@ -122,15 +122,20 @@ impl GroupOffsets {
         partition: PartitionId,
         offset: Offset,
     ) -> Result<()> {
-        let slot = self.group(group);
-        let mut state = slot.lock().await;
+        // The guard travels with the write into the blocking pool: a caller dropped mid-write
+        // (an aborted task) leaves the group locked until its file and cache agree again, so
+        // the next commit never races this write on the temporary file nor reads a stale cache.
+        let mut state = self.group(group).lock_owned().await;
         let mut updated = state.offsets()?.to_vec();
         updated[partition.index()] = Some(offset.0);
         let contents = encode(group, &updated)?;
         let target = self.dir.join(file_name(group));
-        run_blocking(move || write_atomically(&target, &contents).map_err(Error::from)).await?;
-        *state = GroupState::Offsets(updated);
-        Ok(())
+        run_blocking(move || {
+            write_atomically(&target, &contents).map_err(Error::from)?;
+            *state = GroupState::Offsets(updated);
+            Ok(())
+        })
+        .await
     }
 
     pub(crate) async fn committed(

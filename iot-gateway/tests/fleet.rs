@@ -14,7 +14,7 @@ use http_support::{API, HOST, Stack};
 use iot_core::DeviceId;
 use iot_gateway::fleet::{
     ConfigurationEngine, ConfigurationsConfig, FileJobStore, Fleet, JobEngine, JobKind, JobSpec,
-    JobStore, JobsConfig, MemoryConfigurationStore, MemoryJobStore, MethodSpec,
+    JobStore, JobsConfig, MemoryConfigurationStore, MemoryJobStore, MethodSpec, TwinUpdate,
 };
 use iot_gateway::{
     DeviceSession, Gateway, MethodResponse, SessionEvent, SessionOptions, Subscription,
@@ -569,6 +569,108 @@ async fn a_restarted_engine_resumes_without_reinvoking_done_devices() {
     // At least once: only steps in flight at the stop (at most max_in_flight) ran twice.
     let twice = invoked.values().filter(|n| **n > 1).count();
     assert!(twice <= config.max_in_flight, "{invoked:?}");
+}
+
+fn tag_job(id: &str, condition: &str) -> JobSpec {
+    JobSpec {
+        id: id.into(),
+        kind: JobKind::UpdateTwin(TwinUpdate {
+            tags: Some(json!({"touched": id})),
+            desired: None,
+        }),
+        query_condition: condition.into(),
+        start_ms: 0,
+        max_execution_s: 0,
+        max_devices_per_second: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_jobs_past_their_history_are_removed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut rig = rig(Arc::new(MemoryJobStore::new()), JobsConfig::default()).await;
+    rig.device("h1", json!({"fleet": "h"}), false, Duration::ZERO)
+        .await;
+    let config = JobsConfig {
+        history: Duration::from_millis(500),
+        ..JobsConfig::default()
+    };
+    let open = |store: FileJobStore| {
+        JobEngine::open(
+            Arc::new(store),
+            rig.stack.state.fleet_devices(),
+            config.clone(),
+        )
+    };
+    let jobs = open(FileJobStore::open(dir.path()).await.expect("store"))
+        .await
+        .expect("jobs");
+    jobs.create(tag_job("old", "tags.fleet = 'h'"))
+        .await
+        .expect("create");
+    let old = jobs.wait("old", PATIENCE).await.expect("old ends");
+    assert_eq!(old.status.name(), "completed");
+    // Within its history the job is answered; a scheduled one never expires however long ago
+    // it was created.
+    assert!(jobs.get("old").is_ok());
+    let mut scheduled = tag_job("later", "tags.fleet = 'h'");
+    scheduled.start_ms = u64::MAX / 2;
+    jobs.create(scheduled).await.expect("schedule");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Past it, it is no longer answered, even before it is removed.
+    assert!(jobs.get("old").is_err());
+    assert!(
+        jobs.query(None, None)
+            .iter()
+            .all(|(j, _)| j.spec.id != "old")
+    );
+    assert!(jobs.cancel("old").await.is_err());
+    // A new job removes it from the store; the same id can be used again.
+    jobs.create(tag_job("new", "tags.fleet = 'h'"))
+        .await
+        .expect("create");
+    let ids = |jobs: Vec<iot_gateway::fleet::Job>| {
+        let mut ids: Vec<String> = jobs.into_iter().map(|j| j.spec.id).collect();
+        ids.sort();
+        ids
+    };
+    jobs.wait("new", PATIENCE).await.expect("new ends");
+    jobs.shutdown();
+    drop(jobs);
+    let deadline = Instant::now() + PATIENCE;
+    let store = loop {
+        match FileJobStore::open(dir.path()).await {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "{e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(
+        ids(store.load_all().await.expect("load")),
+        vec!["later".to_owned(), "new".to_owned()]
+    );
+    // An engine opened later removes what went past its history meanwhile.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let jobs = open(store).await.expect("reopen");
+    assert_eq!(jobs.remove_past_history().await.expect("nothing left"), 0);
+    assert!(jobs.get("new").is_err());
+    let files = std::fs::read_dir(dir.path())
+        .expect("list")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        })
+        .count();
+    assert_eq!(files, 1, "only the scheduled job's file is left");
+    assert_eq!(
+        jobs.get("later").expect("scheduled").0.status.name(),
+        "scheduled"
+    );
+    jobs.create(tag_job("old", "tags.fleet = 'h'"))
+        .await
+        .expect("the id is free again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

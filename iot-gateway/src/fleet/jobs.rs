@@ -35,6 +35,11 @@ pub struct JobsConfig {
     pub default_devices_per_second: Option<u32>,
     /// The longest `maxExecutionTimeInSeconds` accepted (and the value of jobs that name none).
     pub max_execution: Duration,
+    /// How long an ended job is kept after its end (IoT Hub keeps job history 30 days). Past
+    /// it, the job is no longer answered and is removed from memory and from the store when the
+    /// engine opens and whenever a job is created, so a long-running hub holds the jobs of one
+    /// history window, not every job it ever ran.
+    pub history: Duration,
 }
 
 impl Default for JobsConfig {
@@ -43,6 +48,7 @@ impl Default for JobsConfig {
             max_in_flight: 16,
             default_devices_per_second: Some(100),
             max_execution: Duration::from_secs(2 * 24 * 3600),
+            history: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -131,12 +137,41 @@ impl JobEngine {
             tracing::info!(job = %id, "resuming job");
             engine.spawn(id);
         }
+        engine.remove_past_history().await?;
         Ok(engine)
+    }
+
+    /// Removes the ended jobs past their history ([`JobsConfig::history`]) from memory and
+    /// from the store; returns how many. The engine calls it when it opens and on each
+    /// [`create`](Self::create); a caller may run it on a timer of its own.
+    pub async fn remove_past_history(&self) -> FleetResult<usize> {
+        let now = now_ms();
+        let expired: Vec<String> = lock(&self.inner.jobs)
+            .values()
+            .filter(|e| e.running.is_empty() && self.inner.past_history(&e.job, now))
+            .map(|e| e.job.spec.id.clone())
+            .collect();
+        for id in &expired {
+            // Under the store's write order: a save of this job that cloned it before the
+            // removal lands before the delete, and one after finds no job to write.
+            let _order = self.inner.writes.lock().await;
+            lock(&self.inner.jobs).remove(id);
+            self.inner.store.delete(id).await?;
+            tracing::debug!(job = %id, "job past its history removed");
+        }
+        if !expired.is_empty() {
+            tracing::info!(
+                jobs = expired.len(),
+                "ended jobs past their history removed"
+            );
+        }
+        Ok(expired.len())
     }
 
     /// Creates and starts (or schedules) a job.
     pub async fn create(&self, spec: JobSpec) -> FleetResult<Job> {
         self.validate(&spec)?;
+        self.remove_past_history().await?;
         let job = Job::new(spec, now_ms());
         let id = job.spec.id.clone();
         {
@@ -201,18 +236,24 @@ impl JobEngine {
     /// The job `id` with its running devices counted.
     pub fn get(&self, id: &str) -> FleetResult<(Job, u64)> {
         let jobs = lock(&self.inner.jobs);
-        let entry = jobs.get(id).ok_or_else(|| FleetError::NotFound {
-            kind: "job",
-            id: id.to_owned(),
-        })?;
+        let now = now_ms();
+        let entry = jobs
+            .get(id)
+            .filter(|e| !self.inner.past_history(&e.job, now))
+            .ok_or_else(|| FleetError::NotFound {
+                kind: "job",
+                id: id.to_owned(),
+            })?;
         Ok((entry.job.clone(), entry.running.len() as u64))
     }
 
     /// Every job (newest first) of `kind` (IoT Hub's type name) and `status`, when given.
     pub fn query(&self, kind: Option<&str>, status: Option<JobStatus>) -> Vec<(Job, u64)> {
         let jobs = lock(&self.inner.jobs);
+        let now = now_ms();
         let mut out: Vec<(Job, u64)> = jobs
             .values()
+            .filter(|e| !self.inner.past_history(&e.job, now))
             .filter(|e| kind.is_none_or(|k| e.job.spec.kind.type_name().eq_ignore_ascii_case(k)))
             .filter(|e| status.is_none_or(|s| e.job.status == s))
             .map(|e| (e.job.clone(), e.running.len() as u64))
@@ -227,10 +268,14 @@ impl JobEngine {
     pub async fn cancel(&self, id: &str) -> FleetResult<Job> {
         {
             let mut jobs = lock(&self.inner.jobs);
-            let entry = jobs.get_mut(id).ok_or_else(|| FleetError::NotFound {
-                kind: "job",
-                id: id.to_owned(),
-            })?;
+            let now = now_ms();
+            let entry = jobs
+                .get_mut(id)
+                .filter(|e| !self.inner.past_history(&e.job, now))
+                .ok_or_else(|| FleetError::NotFound {
+                    kind: "job",
+                    id: id.to_owned(),
+                })?;
             if entry.job.status.is_terminal() {
                 return Ok(entry.job.clone());
             }
@@ -298,6 +343,15 @@ async fn cancelled(cancel: &mut watch::Receiver<bool>) {
 }
 
 impl Inner {
+    /// Whether `job` ended more than the history ago.
+    fn past_history(&self, job: &Job, now_ms: u64) -> bool {
+        let history = u64::try_from(self.config.history.as_millis()).unwrap_or(u64::MAX);
+        job.status.is_terminal()
+            && job
+                .end_ms
+                .is_some_and(|end| end.saturating_add(history) <= now_ms)
+    }
+
     async fn save(&self, id: &str) -> FleetResult<()> {
         let _order = self.writes.lock().await;
         let Some(job) = lock(&self.jobs).get(id).map(|e| e.job.clone()) else {

@@ -27,6 +27,9 @@ pub type Applied = BTreeMap<String, (String, String)>;
 pub trait JobStore: Send + Sync + Debug + 'static {
     /// Writes `job` (replacing the one with its id), durably before returning.
     async fn save(&self, job: &Job) -> FleetResult<()>;
+    /// Removes job `id` (nothing if there is none), durably before returning: the engine drops
+    /// ended jobs once they are past their history ([`JobsConfig::history`](super::JobsConfig)).
+    async fn delete(&self, id: &str) -> FleetResult<()>;
     /// Every job saved.
     async fn load_all(&self) -> FleetResult<Vec<Job>>;
 }
@@ -61,6 +64,11 @@ impl MemoryJobStore {
 impl JobStore for MemoryJobStore {
     async fn save(&self, job: &Job) -> FleetResult<()> {
         crate::sync_util::lock(&self.0).insert(job.spec.id.clone(), job.clone());
+        Ok(())
+    }
+
+    async fn delete(&self, id: &str) -> FleetResult<()> {
+        crate::sync_util::lock(&self.0).remove(id);
         Ok(())
     }
 
@@ -243,6 +251,10 @@ impl FileJobStore {
 impl JobStore for FileJobStore {
     async fn save(&self, job: &Job) -> FleetResult<()> {
         self.0.write(&job.spec.id, job).await
+    }
+
+    async fn delete(&self, id: &str) -> FleetResult<()> {
+        self.0.remove(id).await
     }
 
     async fn load_all(&self) -> FleetResult<Vec<Job>> {

@@ -77,6 +77,60 @@ async fn records_offsets_and_commits_survive_reopen() {
 /// meanwhile, every acknowledged record is readable at its offset, each writer's records keep
 /// their order, and the same records come back after a reopen.
 #[test]
+fn a_write_left_running_by_an_aborted_append_keeps_the_directory_locked() {
+    // One blocking thread, kept busy, so the append's write and fsync wait in the pool's queue.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    runtime.block_on(async {
+        let log = std::sync::Arc::new(FileLog::open(dir.path(), config()).await.expect("open"));
+        log.append_one(P0, sample_record("dev", 0))
+            .await
+            .expect("append");
+        let (release, busy) = std::sync::mpsc::channel::<()>();
+        let blocker = tokio::task::spawn_blocking(move || busy.recv());
+        let append = tokio::spawn({
+            let log = log.clone();
+            async move { log.append_one(P0, sample_record("dev", 1)).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // The appending task is aborted and the log dropped (a shutdown); the write it handed
+        // to the pool is still queued.
+        append.abort();
+        assert!(append.await.expect_err("aborted").is_cancelled());
+        drop(log);
+        assert!(
+            matches!(
+                iot_core::storage::DirLock::acquire(dir.path()),
+                Err(iot_core::storage::StorageError::Locked { .. })
+            ),
+            "the directory stays locked while the write is pending"
+        );
+        release.send(()).expect("release");
+        blocker.await.expect("blocker").expect("released");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let log = loop {
+            match FileLog::open(dir.path(), config()).await {
+                Ok(log) => break log,
+                Err(Error::Locked { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        };
+        // The write ended before the reopen: both records are there, whole.
+        assert_eq!(
+            testkit::read_records(&log, P0).await,
+            vec![sample_record("dev", 0), sample_record("dev", 1)]
+        );
+    });
+}
+
+#[test]
 fn a_commit_whose_caller_went_away_still_lands_in_the_cache() {
     // One blocking thread, kept busy, so the commit's file write waits in the pool's queue.
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::names::GroupName;
 use crate::offset::{Offset, PartitionId};
 use crate::storage::fs::{create_dir_durably, write_atomically};
-use crate::storage::run_blocking;
+use crate::storage::{DirLock, run_blocking};
 use crate::sync_util::lock;
 
 /// The file format of `groups/NAME.json`.
@@ -65,6 +65,9 @@ pub(crate) struct GroupOffsets {
     dir: PathBuf,
     partitions: usize,
     groups: Mutex<HashMap<GroupName, GroupSlot>>,
+    /// The log directory's lock, carried into each commit's blocking write (see
+    /// `FilePartition`).
+    dir_lock: Arc<DirLock>,
 }
 
 impl GroupOffsets {
@@ -73,7 +76,7 @@ impl GroupOffsets {
         clippy::disallowed_methods,
         reason = "runs while the log is opened, on the blocking pool"
     )]
-    pub(crate) fn open(dir: PathBuf, ends: &[u64]) -> Result<Self> {
+    pub(crate) fn open(dir: PathBuf, ends: &[u64], dir_lock: Arc<DirLock>) -> Result<Self> {
         create_dir_durably(&dir)?;
         let mut groups = HashMap::new();
         for entry in fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))? {
@@ -101,6 +104,7 @@ impl GroupOffsets {
             dir,
             partitions: ends.len(),
             groups: Mutex::new(groups),
+            dir_lock,
         })
     }
 
@@ -130,7 +134,9 @@ impl GroupOffsets {
         updated[partition.index()] = Some(offset.0);
         let contents = encode(group, &updated)?;
         let target = self.dir.join(file_name(group));
+        let dir_lock = self.dir_lock.clone();
         run_blocking(move || {
+            let _dir_lock = dir_lock;
             write_atomically(&target, &contents).map_err(Error::from)?;
             *state = GroupState::Offsets(updated);
             Ok(())

@@ -96,8 +96,9 @@ struct Inner {
     config: Arc<FileLogConfig>,
     partitions: Vec<Arc<FilePartition>>,
     groups: GroupOffsets,
-    /// Held for the log's life; released by the kernel if the process dies.
-    _lock: DirLock,
+    /// Held for the log's life and by every blocking task still writing its files (the
+    /// partitions and groups share it); released by the kernel if the process dies.
+    _lock: Arc<DirLock>,
 }
 
 /// `log.json`.
@@ -160,7 +161,7 @@ impl FileLog {
 impl Inner {
     fn open(dir: PathBuf, config: FileLogConfig) -> Result<Self> {
         create_dir_durably(&dir)?;
-        let lock = DirLock::acquire(&dir)?;
+        let lock = Arc::new(DirLock::acquire(&dir)?);
         let meta_path = dir.join(META_FILE);
         match read_optional(&meta_path)? {
             Some(raw) => {
@@ -205,11 +206,12 @@ impl Inner {
         let partitions = (0..config.partitions)
             .map(|p| {
                 let id = PartitionId(p);
-                FilePartition::open(partition_dir(&dir, id), id, config.clone()).map(Arc::new)
+                FilePartition::open(partition_dir(&dir, id), id, config.clone(), lock.clone())
+                    .map(Arc::new)
             })
             .collect::<Result<Vec<_>>>()?;
         let ends: Vec<u64> = partitions.iter().map(|p| p.next_visible()).collect();
-        let groups = GroupOffsets::open(dir.join("groups"), &ends)?;
+        let groups = GroupOffsets::open(dir.join("groups"), &ends, lock.clone())?;
         debug!(lock = %lock.path().display(), "file log open");
         Ok(Inner {
             dir,

@@ -20,7 +20,7 @@ use crate::log::{Appended, RetentionPolicy, RetentionReport};
 use crate::offset::{Offset, PartitionId};
 use crate::record::{Record, StoredRecord};
 use crate::storage::fs::{create_dir_durably, open_private, sync_dir, truncate_durably};
-use crate::storage::{Durability, Recovery, run_blocking};
+use crate::storage::{DirLock, Durability, Recovery, run_blocking};
 use crate::sync_util::lock;
 use crate::timestamp::Timestamp;
 
@@ -72,6 +72,11 @@ pub(crate) struct FilePartition {
     /// fsync: no leader is left to fail the partition for it, and the next one must not cover
     /// the hole it may have left with a good fsync of its own.
     flush_order: Arc<Mutex<Option<String>>>,
+    /// The log directory's lock, carried into every blocking task that writes or removes files
+    /// here: a task left running by a caller that went away (an aborted append) keeps the
+    /// directory locked until it ends, so a log opened next on it never recovers files that
+    /// are still being written.
+    dir_lock: Arc<DirLock>,
 }
 
 #[derive(Debug)]
@@ -110,7 +115,12 @@ struct ReadPlan {
 
 impl FilePartition {
     /// Opens the partition directory, recovering its segments.
-    pub(crate) fn open(dir: PathBuf, id: PartitionId, config: Arc<FileLogConfig>) -> Result<Self> {
+    pub(crate) fn open(
+        dir: PathBuf,
+        id: PartitionId,
+        config: Arc<FileLogConfig>,
+        dir_lock: Arc<DirLock>,
+    ) -> Result<Self> {
         create_dir_durably(&dir)?;
         let mut bases = Vec::new();
         for entry in fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))? {
@@ -186,6 +196,7 @@ impl FilePartition {
             fsyncs: AtomicU64::new(0),
             roll_lock: Mutex::new(()),
             flush_order: Arc::default(),
+            dir_lock,
         })
     }
 
@@ -441,9 +452,11 @@ impl FilePartition {
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
         let written_file = file.clone();
         let flush_order = self.flush_order.clone();
+        let dir_lock = self.dir_lock.clone();
         // The outer result is the blocking task's own failure, the inner one the write's or
         // the fsync's.
         let outcome = run_blocking(move || {
+            let _dir_lock = dir_lock;
             let mut order = lock(&flush_order);
             if let Some(reason) = order.as_ref() {
                 // An earlier write or fsync failed after its leader was gone.
@@ -635,8 +648,9 @@ impl FilePartition {
             report.records_removed += seg.next - seg.file.base;
             report.bytes_removed += seg.size;
         }
-        let (dir, id) = (self.dir.clone(), self.id);
+        let (dir, id, dir_lock) = (self.dir.clone(), self.id, self.dir_lock.clone());
         run_blocking(move || {
+            let _dir_lock = dir_lock;
             for seg in &removed {
                 for path in [&seg.file.log_path, &seg.file.idx_path] {
                     match fs::remove_file(path) {

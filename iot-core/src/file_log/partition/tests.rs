@@ -6,7 +6,8 @@
 use super::*;
 
 fn partition(dir: &Path, config: FileLogConfig) -> Arc<FilePartition> {
-    Arc::new(FilePartition::open(dir.join("p0"), PartitionId(0), Arc::new(config)).unwrap())
+    let lock = Arc::new(DirLock::acquire(dir).unwrap());
+    Arc::new(FilePartition::open(dir.join("p0"), PartitionId(0), Arc::new(config), lock).unwrap())
 }
 
 fn batch(n: usize) -> Vec<Record> {

@@ -48,11 +48,12 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 
 use tokio::sync::watch;
 use tracing::warn;
 
+use crate::storage::dir_lock::DirLock;
 use crate::storage::durability::Durability;
 use crate::storage::error::{StorageError, StorageResult};
 
@@ -105,6 +106,12 @@ pub struct GroupCommit {
     /// The current file's path, for errors; its own lock, taken with no other held, so that an
     /// error can be built under the staging lock.
     path: Mutex<PathBuf>,
+    /// The store directory's lock ([`GroupCommit::locked`]), held by the store. A flusher takes
+    /// a strong reference when it starts and lets go of it before it wakes the writers of its
+    /// last batch: a store dropped while a batch is being written keeps its directory locked
+    /// until the batch ends (a store opened next never recovers a file mid-write), and one
+    /// dropped after its writes returned lets go of it at once.
+    dir_lock: Option<Weak<DirLock>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -115,6 +122,17 @@ impl GroupCommit {
     /// Group commit over `file`. [`Durability::Fsync`] fsyncs every batch; any other durability
     /// only writes it (to the page cache).
     pub fn new(file: WalFile, durability: Durability) -> Arc<Self> {
+        Self::build(file, durability, None)
+    }
+
+    /// [`new`](Self::new) for a store whose directory is locked by `dir_lock`, which the store
+    /// keeps for its life: the lock stays held until the group's last batch has ended, even if
+    /// the store is dropped first (the group itself keeps only a weak reference).
+    pub fn locked(file: WalFile, durability: Durability, dir_lock: Arc<DirLock>) -> Arc<Self> {
+        Self::build(file, durability, Some(dir_lock))
+    }
+
+    fn build(file: WalFile, durability: Durability, dir_lock: Option<Arc<DirLock>>) -> Arc<Self> {
         let len = file.len;
         let path = file.path.clone();
         Arc::new(GroupCommit {
@@ -128,6 +146,7 @@ impl GroupCommit {
             last_durable: AtomicU64::new(0),
             file_len: AtomicU64::new(len),
             batches: AtomicU64::new(0),
+            dir_lock: dir_lock.as_ref().map(Arc::downgrade),
         })
     }
 
@@ -156,7 +175,9 @@ impl GroupCommit {
         if !staged.flushing && tokio::runtime::Handle::try_current().is_ok() {
             staged.flushing = true;
             let this = Arc::clone(self);
-            tokio::task::spawn_blocking(move || this.flush_loop());
+            // Taken here, where the store is alive, so that it outlives the store if need be.
+            let held = self.hold_dir_lock();
+            tokio::task::spawn_blocking(move || this.flush_loop(held));
         }
         Ok(ticket)
     }
@@ -196,7 +217,7 @@ impl GroupCommit {
             if !staged.flushing {
                 staged.flushing = true;
                 drop(staged);
-                self.flush_loop();
+                self.flush_loop(self.hold_dir_lock());
                 staged = lock(&self.staged);
                 continue;
             }
@@ -222,13 +243,14 @@ impl GroupCommit {
     }
 
     /// Writes batches until nothing is staged. Runs with `flushing` set; clears it on return.
-    fn flush_loop(&self) {
+    fn flush_loop(&self, mut held: Option<Arc<DirLock>>) {
         loop {
             let mut file = lock(&self.file);
             let (batch, upto) = {
                 let mut staged = lock(&self.staged);
                 if staged.buf.is_empty() || staged.progress.failed {
                     staged.flushing = false;
+                    drop(held.take());
                     self.wake.notify_all();
                     return;
                 }
@@ -255,9 +277,25 @@ impl GroupCommit {
                     staged.progress.failed = true;
                 }
             }
+            // The last batch: stop here, and let go of the lock before anyone is woken, so a
+            // writer that returns and drops its store can reopen the directory at once.
+            let last = staged.buf.is_empty() || staged.progress.failed;
+            if last {
+                staged.flushing = false;
+                drop(held.take());
+            }
             self.progress.send_replace(staged.progress);
             self.wake.notify_all();
+            if last {
+                return;
+            }
         }
+    }
+
+    /// A strong reference to the store's directory lock, if the group has one and the store is
+    /// still there.
+    fn hold_dir_lock(&self) -> Option<Arc<DirLock>> {
+        self.dir_lock.as_ref().and_then(Weak::upgrade)
     }
 
     fn write_batch(&self, file: &mut WalFile, batch: &[u8]) -> StorageResult<()> {
@@ -369,6 +407,53 @@ mod tests {
         let path = dir.join("wal");
         let file = crate::storage::fs::open_append(&path, true).expect("open");
         GroupCommit::new(WalFile { file, path, len: 0 }, durability)
+    }
+
+    #[test]
+    fn a_dropped_store_keeps_its_directory_locked_until_the_last_batch_is_written() {
+        // One blocking thread, kept busy, so the flusher waits in the pool's queue.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let dir = tempfile::tempdir().expect("dir");
+        runtime.block_on(async {
+            let lock = Arc::new(DirLock::acquire(dir.path()).expect("lock"));
+            let path = dir.path().join("wal");
+            let file = crate::storage::fs::open_append(&path, true).expect("open");
+            let g = GroupCommit::locked(
+                WalFile { file, path, len: 0 },
+                Durability::Fsync,
+                lock.clone(),
+            );
+            let (release, busy) = std::sync::mpsc::channel::<()>();
+            let blocker = tokio::task::spawn_blocking(move || busy.recv());
+            g.stage(|buf| {
+                buf.extend_from_slice(b"last words");
+                Ok::<_, StorageError>(())
+            })
+            .expect("stage");
+            // The store goes away (its lock and its group) with the batch still queued.
+            drop((g, lock));
+            assert!(
+                matches!(
+                    DirLock::acquire(dir.path()),
+                    Err(StorageError::Locked { .. })
+                ),
+                "the directory stays locked while the batch is pending"
+            );
+            release.send(()).expect("release");
+            blocker.await.expect("blocker").expect("released");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while DirLock::acquire(dir.path()).is_err() {
+                assert!(std::time::Instant::now() < deadline, "the lock is released");
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            let data = std::fs::read(dir.path().join("wal")).expect("read");
+            assert_eq!(data, b"last words");
+        });
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -148,7 +148,7 @@ struct Inner<S> {
     snapshot_len: AtomicU64,
     compacting: AtomicBool,
     /// Held for the journal's life: dropping it releases the directory.
-    _lock: DirLock,
+    _lock: Arc<DirLock>,
 }
 
 #[derive(Debug)]
@@ -174,7 +174,7 @@ impl<S: Journaled> Journal<S> {
             .durability
             .require_no_background_sync("a journal store")?;
         fs::create_dir_durably(dir)?;
-        let lock = DirLock::acquire(dir)?;
+        let lock = Arc::new(DirLock::acquire(dir)?);
         let snapshot_path = dir.join(SNAPSHOT_FILE);
         fs::remove_leftover_temp(&snapshot_path)?;
         let wal_path = dir.join(WAL_FILE);
@@ -183,13 +183,14 @@ impl<S: Journaled> Journal<S> {
             load_snapshot(&snapshot_path, magic, &mut state, config.max_op_bytes + 8)?;
         let (last_seq, wal_len) = replay_wal(&wal_path, magic, &mut state, snapshot_seq, &config)?;
         let file = fs::open_append(&wal_path, false)?;
-        let group = GroupCommit::new(
+        let group = GroupCommit::locked(
             WalFile {
                 file,
                 path: wal_path,
                 len: wal_len,
             },
             config.durability,
+            lock.clone(),
         );
         Ok(Journal {
             inner: Arc::new(Inner {

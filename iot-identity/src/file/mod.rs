@@ -150,7 +150,7 @@ struct Inner {
     /// Changes staged but not yet published, in ticket order; published once durable.
     pending: Mutex<VecDeque<(u64, IdentityChange)>>,
     changes: ChangeSender,
-    _lock: DirLock,
+    _lock: Arc<DirLock>,
 }
 
 enum WriteOp {
@@ -175,7 +175,7 @@ impl FileIdentityStore {
             "FileIdentityStore (call FileIdentityStore::sync to make OsBuffered writes durable)",
         )?;
         fs::create_dir_durably(dir)?;
-        let lock = DirLock::acquire(dir)?;
+        let lock = Arc::new(DirLock::acquire(dir)?);
         for file in [SNAPSHOT_FILE, WAL_FILE] {
             fs::remove_leftover_temp(&dir.join(file))?;
         }
@@ -199,7 +199,7 @@ impl FileIdentityStore {
             options,
             index: RwLock::new(index),
             planner: Mutex::new(snapshot_len),
-            group: GroupCommit::new(wal.into_wal_file(), options.durability),
+            group: GroupCommit::locked(wal.into_wal_file(), options.durability, lock.clone()),
             compacting: AtomicBool::new(false),
             pending: Mutex::new(VecDeque::new()),
             changes: ChangeSender::new(options.change_capacity),

@@ -74,7 +74,7 @@ struct Shared {
     group: Arc<GroupCommit>,
     compacting: AtomicBool,
     /// Held for the registry's life: dropping it releases the directory lock.
-    _lock: DirLock,
+    _lock: Arc<DirLock>,
 }
 
 #[derive(Debug)]
@@ -107,19 +107,20 @@ impl FileRegistry {
         let dir = dir.as_ref().to_owned();
         config.validate()?;
         sfs::create_dir_durably(&dir)?;
-        let lock = DirLock::acquire(&dir)?;
+        let lock = Arc::new(DirLock::acquire(&dir)?);
         let recovered = recovery::recover(&dir, &config)?;
         let wal_path = dir.join(wal_name(recovered.generation));
         let file = sfs::open_append(&wal_path, true)?;
         sfs::sync_dir(&dir)?;
         let snapshot_repaired = recovered.snapshot_repaired;
-        let group = GroupCommit::new(
+        let group = GroupCommit::locked(
             WalFile {
                 file,
                 path: wal_path,
                 len: recovered.wal_bytes,
             },
             config.durability,
+            lock.clone(),
         );
         let registry = FileRegistry {
             shared: Arc::new(Shared {

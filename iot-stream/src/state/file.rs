@@ -181,7 +181,7 @@ struct Shared {
     generation: Mutex<u64>,
     compacting: AtomicBool,
     /// Held while the store is open.
-    _lock: DirLock,
+    _lock: Arc<DirLock>,
 }
 
 fn journal_name(generation: u64) -> String {
@@ -272,7 +272,7 @@ impl Shared {
     fn open(dir: &Path, config: FileStateStoreConfig) -> Result<Shared> {
         config.validate()?;
         sfs::create_dir_durably(dir)?;
-        let dir_lock = DirLock::acquire(dir)?;
+        let dir_lock = Arc::new(DirLock::acquire(dir)?);
         let snapshot = dir.join(SNAPSHOT);
         sfs::remove_leftover_temp(&snapshot)?;
         let Snapshot {
@@ -303,13 +303,14 @@ impl Shared {
                 warn!(error = %e, "could not remove a stale journal");
             }
         }
-        let group = GroupCommit::new(
+        let group = GroupCommit::locked(
             WalFile {
                 file: journal,
                 path: journal_path,
                 len: journal_bytes,
             },
             config.durability,
+            dir_lock.clone(),
         );
         let shared = Shared {
             data: Mutex::new(data),

@@ -8,7 +8,11 @@ use std::path::{Path, PathBuf};
 use iot_core::{
     Durability, Error, FileLog, FileLogConfig, GroupName, Log, LogExt, Offset, PartitionId,
     ReadLimits, Record,
-    testkit::{self, sample_record},
+    testkit::{
+        self,
+        blocking_pool::{BlockingThreadHeld, runtime_with_one_blocking_thread},
+        sample_record,
+    },
 };
 
 const P0: PartitionId = PartitionId(0);
@@ -78,21 +82,14 @@ async fn records_offsets_and_commits_survive_reopen() {
 /// their order, and the same records come back after a reopen.
 #[test]
 fn a_write_left_running_by_an_aborted_append_keeps_the_directory_locked() {
-    // One blocking thread, kept busy, so the append's write and fsync wait in the pool's queue.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
-    runtime.block_on(async {
+    runtime_with_one_blocking_thread().block_on(async {
         let log = std::sync::Arc::new(FileLog::open(dir.path(), config()).await.expect("open"));
         log.append_one(P0, sample_record("dev", 0))
             .await
             .expect("append");
-        let (release, busy) = std::sync::mpsc::channel::<()>();
-        let blocker = tokio::task::spawn_blocking(move || busy.recv());
+        // The pool's one thread kept busy, so the next file work waits in its queue.
+        let held = BlockingThreadHeld::hold();
         let append = tokio::spawn({
             let log = log.clone();
             async move { log.append_one(P0, sample_record("dev", 1)).await }
@@ -110,8 +107,7 @@ fn a_write_left_running_by_an_aborted_append_keeps_the_directory_locked() {
             ),
             "the directory stays locked while the write is pending"
         );
-        release.send(()).expect("release");
-        blocker.await.expect("blocker").expect("released");
+        held.release().await;
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         let log = loop {
             match FileLog::open(dir.path(), config()).await {
@@ -132,24 +128,17 @@ fn a_write_left_running_by_an_aborted_append_keeps_the_directory_locked() {
 
 #[test]
 fn a_commit_whose_caller_went_away_still_lands_in_the_cache() {
-    // One blocking thread, kept busy, so the commit's file write waits in the pool's queue.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let group = GroupName::new("pump").expect("name");
-    runtime.block_on(async {
+    runtime_with_one_blocking_thread().block_on(async {
         let log = std::sync::Arc::new(FileLog::open(dir.path(), config()).await.expect("open"));
         for i in 0..10 {
             log.append_one(P0, sample_record("dev", i))
                 .await
                 .expect("append");
         }
-        let (release, busy) = std::sync::mpsc::channel::<()>();
-        let blocker = tokio::task::spawn_blocking(move || busy.recv());
+        // The pool's one thread kept busy, so the next file work waits in its queue.
+        let held = BlockingThreadHeld::hold();
         let commit = tokio::spawn({
             let (log, group) = (log.clone(), group.clone());
             async move { log.commit(&group, P0, Offset(5)).await }
@@ -158,8 +147,7 @@ fn a_commit_whose_caller_went_away_still_lands_in_the_cache() {
         // The committing task is aborted (a consumer shut down); its write is already queued.
         commit.abort();
         assert!(commit.await.expect_err("aborted").is_cancelled());
-        release.send(()).expect("release");
-        blocker.await.expect("blocker").expect("released");
+        held.release().await;
         // The write lands, and the group answers what its file says, now and after a reopen.
         assert_eq!(
             log.committed(&group, P0).await.expect("committed"),

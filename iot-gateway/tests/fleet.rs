@@ -481,6 +481,21 @@ async fn cancel_stops_a_running_job() {
     assert_eq!(rig.get_job("stop-me").await["status"], "cancelled");
 }
 
+/// Opens a `FileJobStore` on `dir` once the engine dropped before lets go of it (after the
+/// last write it started has ended).
+async fn job_store_when_free(dir: &std::path::Path) -> FileJobStore {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match FileJobStore::open(dir).await {
+            Ok(store) => return store,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "{e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_engine_resumes_without_reinvoking_done_devices() {
     let dir = tempfile::tempdir().expect("dir");
@@ -536,15 +551,7 @@ async fn a_restarted_engine_resumes_without_reinvoking_done_devices() {
     );
     drop(jobs);
     // A new engine over the same directory (the old one releases its lock once its tasks end).
-    let store = loop {
-        match FileJobStore::open(dir.path()).await {
-            Ok(s) => break s,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "{e}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
+    let store = job_store_when_free(dir.path()).await;
     let jobs = JobEngine::open(
         Arc::new(store),
         rig.stack.state.fleet_devices(),
@@ -637,16 +644,7 @@ async fn ended_jobs_past_their_history_are_removed() {
     jobs.wait("new", PATIENCE).await.expect("new ends");
     jobs.shutdown();
     drop(jobs);
-    let deadline = Instant::now() + PATIENCE;
-    let store = loop {
-        match FileJobStore::open(dir.path()).await {
-            Ok(s) => break s,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "{e}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
+    let store = job_store_when_free(dir.path()).await;
     assert_eq!(
         ids(store.load_all().await.expect("load")),
         vec!["later".to_owned(), "new".to_owned()]

@@ -411,15 +411,10 @@ mod tests {
 
     #[test]
     fn a_dropped_store_keeps_its_directory_locked_until_the_last_batch_is_written() {
-        // One blocking thread, kept busy, so the flusher waits in the pool's queue.
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .max_blocking_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        use crate::testkit::blocking_pool::{BlockingThreadHeld, runtime_with_one_blocking_thread};
+
         let dir = tempfile::tempdir().expect("dir");
-        runtime.block_on(async {
+        runtime_with_one_blocking_thread().block_on(async {
             let lock = Arc::new(DirLock::acquire(dir.path()).expect("lock"));
             let path = dir.path().join("wal");
             let file = crate::storage::fs::open_append(&path, true).expect("open");
@@ -428,8 +423,8 @@ mod tests {
                 Durability::Fsync,
                 lock.clone(),
             );
-            let (release, busy) = std::sync::mpsc::channel::<()>();
-            let blocker = tokio::task::spawn_blocking(move || busy.recv());
+            // The pool's one thread kept busy, so the flusher waits in its queue.
+            let held = BlockingThreadHeld::hold();
             g.stage(|buf| {
                 buf.extend_from_slice(b"last words");
                 Ok::<_, StorageError>(())
@@ -444,8 +439,7 @@ mod tests {
                 ),
                 "the directory stays locked while the batch is pending"
             );
-            release.send(()).expect("release");
-            blocker.await.expect("blocker").expect("released");
+            held.release().await;
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
             while DirLock::acquire(dir.path()).is_err() {
                 assert!(std::time::Instant::now() < deadline, "the lock is released");

@@ -24,10 +24,12 @@
 //! skipped), not separate suites.
 //!
 //! [`FaultyLog`] wraps any log and fails the calls it is told to fail, for testing callers;
-//! [`crash`] is the kill -9 harness every store's crash tests use.
+//! [`crash`] is the kill -9 harness every store's crash tests use; [`blocking_pool`] holds
+//! tokio's blocking pool back for tests of work a dropped caller left running there.
 
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod blocking_pool;
 pub mod crash;
 pub mod fault;
 

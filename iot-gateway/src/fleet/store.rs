@@ -323,6 +323,8 @@ impl ConfigurationStore for FileConfigurationStore {
 mod tests {
     use std::time::Duration;
 
+    use iot_core::testkit::blocking_pool::{BlockingThreadHeld, runtime_with_one_blocking_thread};
+
     use super::*;
 
     async fn open_until(dir: &Path, patience: Duration) -> FleetResult<DocDir> {
@@ -341,18 +343,11 @@ mod tests {
 
     #[test]
     fn a_write_left_running_by_a_dropped_caller_keeps_the_directory_locked() {
-        // One blocking thread, kept busy, so the write waits in the pool's queue.
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .max_blocking_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
         let dir = tempfile::tempdir().expect("dir");
-        runtime.block_on(async {
+        runtime_with_one_blocking_thread().block_on(async {
             let docs = DocDir::open(dir.path().to_owned()).await.expect("open");
-            let (release, busy) = std::sync::mpsc::channel::<()>();
-            let blocker = tokio::task::spawn_blocking(move || busy.recv());
+            // The pool's one thread kept busy, so the write waits in its queue.
+            let held = BlockingThreadHeld::hold();
             let write = tokio::spawn(async move { docs.write("job", &"first").await });
             tokio::time::sleep(Duration::from_millis(50)).await;
             // The caller goes away (a job task aborted at shutdown) with the store; the write
@@ -366,8 +361,7 @@ mod tests {
                 ),
                 "the directory stays locked while the write is pending"
             );
-            release.send(()).expect("release");
-            blocker.await.expect("blocker").expect("released");
+            held.release().await;
             let docs = open_until(dir.path(), Duration::from_secs(10))
                 .await
                 .expect("opens once the write has ended");

@@ -235,15 +235,8 @@ impl JobEngine {
 
     /// The job `id` with its running devices counted.
     pub fn get(&self, id: &str) -> FleetResult<(Job, u64)> {
-        let jobs = lock(&self.inner.jobs);
-        let now = now_ms();
-        let entry = jobs
-            .get(id)
-            .filter(|e| !self.inner.past_history(&e.job, now))
-            .ok_or_else(|| FleetError::NotFound {
-                kind: "job",
-                id: id.to_owned(),
-            })?;
+        let mut jobs = lock(&self.inner.jobs);
+        let entry = self.inner.answered(&mut jobs, id)?;
         Ok((entry.job.clone(), entry.running.len() as u64))
     }
 
@@ -268,14 +261,7 @@ impl JobEngine {
     pub async fn cancel(&self, id: &str) -> FleetResult<Job> {
         {
             let mut jobs = lock(&self.inner.jobs);
-            let now = now_ms();
-            let entry = jobs
-                .get_mut(id)
-                .filter(|e| !self.inner.past_history(&e.job, now))
-                .ok_or_else(|| FleetError::NotFound {
-                    kind: "job",
-                    id: id.to_owned(),
-                })?;
+            let entry = self.inner.answered(&mut jobs, id)?;
             if entry.job.status.is_terminal() {
                 return Ok(entry.job.clone());
             }
@@ -350,6 +336,21 @@ impl Inner {
             && job
                 .end_ms
                 .is_some_and(|end| end.saturating_add(history) <= now_ms)
+    }
+
+    /// Job `id` in `jobs`, unless it is past its history (then, as with no job, `NotFound`).
+    fn answered<'a>(
+        &self,
+        jobs: &'a mut BTreeMap<String, Entry>,
+        id: &str,
+    ) -> FleetResult<&'a mut Entry> {
+        let now = now_ms();
+        jobs.get_mut(id)
+            .filter(|e| !self.past_history(&e.job, now))
+            .ok_or_else(|| FleetError::NotFound {
+                kind: "job",
+                id: id.to_owned(),
+            })
     }
 
     async fn save(&self, id: &str) -> FleetResult<()> {

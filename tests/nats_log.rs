@@ -185,6 +185,75 @@ async fn opening_shortens_a_long_duplicate_window() {
     shared.clean_up().await;
 }
 
+/// The payloads stored from `first` on, `count` of them.
+async fn payloads(log: &NatsLog, first: Offset, count: usize) -> Vec<bytes::Bytes> {
+    let mut got = Vec::with_capacity(count);
+    while got.len() < count {
+        let at = Offset(first.0 + got.len() as u64);
+        let read = log
+            .read(P0, at, ReadLimits::records(count - got.len()))
+            .await
+            .unwrap();
+        assert!(!read.is_empty(), "nothing stored at {at}");
+        got.extend(read.into_iter().map(|s| s.record.payload));
+    }
+    got
+}
+
+/// A partition keeps at most a few thousand records waiting for their acknowledgement (the
+/// writer waits for some before it publishes more): a batch several times that size is stored
+/// whole, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_the_ack_window_is_stored_whole() {
+    let Some(shared) = Shared::connect().await else {
+        return;
+    };
+    let log = shared.factory.open(&topic("window"), 1).await.unwrap();
+    let records: Vec<Record> = (0..12_000)
+        .map(|i| Record::new("k", i.to_string()))
+        .collect();
+    let a = log.append(P0, records.clone()).await.unwrap();
+    assert_eq!((a.first, a.count), (Offset(0), 12_000));
+    let sent: Vec<_> = records.into_iter().map(|r| r.payload).collect();
+    assert_eq!(payloads(&log, a.first, sent.len()).await, sent);
+    drop(log);
+    shared.clean_up().await;
+}
+
+/// A batch's acknowledgements come back on the partition's subscription. Those of an append
+/// whose caller stopped waiting arrive after it, while later batches wait for their own: each
+/// later append is answered with the offsets its own records were stored at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_of_an_abandoned_append_are_not_taken_for_a_later_one() {
+    let Some(shared) = Shared::connect().await else {
+        return;
+    };
+    let log = shared.factory.open(&topic("abandon"), 1).await.unwrap();
+    for round in 0..3 {
+        let abandoned: Vec<Record> = (0..20_000)
+            .map(|i| Record::new("gone", i.to_string()))
+            .collect();
+        // Long enough to publish part of the batch, too short to see it acknowledged.
+        let cut = tokio::time::timeout(Duration::from_millis(3), log.append(P0, abandoned)).await;
+        assert!(
+            cut.is_err(),
+            "round {round}: the batch was stored before the cut"
+        );
+        let batch: Vec<Record> = (0..50)
+            .map(|i| Record::new("next", format!("{round}-{i}")))
+            .collect();
+        let a = retry(|| log.append(P0, batch.clone())).await.unwrap();
+        let sent: Vec<_> = batch.into_iter().map(|r| r.payload).collect();
+        assert_eq!(
+            payloads(&log, a.first, sent.len()).await,
+            sent,
+            "round {round}: the answer names the offsets of this append's records"
+        );
+    }
+    drop(log);
+    shared.clean_up().await;
+}
+
 /// What the append chain rests on (docs/log.md, *Appends*), pinned against the server: a record
 /// naming the previous record's message id is refused once any other message was stored after
 /// that record, whether the other message has an id of its own or none.

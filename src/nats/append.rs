@@ -21,6 +21,9 @@
 //! Another process can therefore cut a batch short, but never put a record inside it. The
 //! contract's batch atomicity is a capability this log denies (`LogCapabilities`).
 //!
+//! Records are published with the core client and their acknowledgements read from the
+//! partition's own subscription ([`AckInbox`]), not as one JetStream request per record.
+//!
 //! Why message ids rather than each writer's subject sequence (the previous chain, as safe on one
 //! server and as costly): in a cluster nats-server 2.9 checks a subject sequence before
 //! replicating, against the leader's store, where a pipelined record's predecessor is not yet,
@@ -31,13 +34,14 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use async_nats::header;
-use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
-use async_nats::jetstream::message::PublishMessage;
+use async_nats::client::PublishErrorKind as CorePublishErrorKind;
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::{HeaderMap, header};
 use bytes::BytesMut;
 use iot_core::{Appended, Offset, Record, Result, Timestamp};
 use tokio::sync::oneshot;
 
+use super::acks::{AckInbox, WINDOW};
 use super::codec;
 use super::error::{AppendFailed, Inconsistent, Timeout, backend};
 use super::factory::Shared;
@@ -342,19 +346,33 @@ async fn append_batch(
     part: &Partition,
     records: &[Record],
 ) -> std::result::Result<Appended, Failure> {
-    let mut guard = part.tail.lock().await;
+    let mut writer = part.writer.lock().await;
     let mut attempt: u32 = 0;
     loop {
         attempt += 1;
-        let tail = match guard.take() {
+        let tail = match writer.tail.take() {
             Some(tail) => tail,
             None => part.load_tail(shared).await.map_err(Failure::Other)?,
         };
-        // `guard` stays `None` unless the batch is stored whole: after any failure the next
-        // append reloads the tail from the server.
-        match publish(shared, part, records, tail).await {
+        let acks = match &mut writer.acks {
+            Some(acks) => acks,
+            empty => empty.insert(
+                AckInbox::open(&shared.client)
+                    .await
+                    .map_err(|e| Failure::Other(backend(e, true)))?,
+            ),
+        };
+        // `writer.tail` stays `None` unless the batch is stored whole: after any failure the
+        // next append reloads the tail from the server.
+        let outcome = publish(shared, part, records, tail, acks).await;
+        if writer.acks.as_ref().is_some_and(AckInbox::is_closed) {
+            // The client was closed for good: a later append subscribes again (and fails
+            // there, with the client's own error, if it is still closed).
+            writer.acks = None;
+        }
+        match outcome {
             Ok((appended, tail)) => {
-                *guard = Some(tail);
+                writer.tail = Some(tail);
                 return Ok(appended);
             }
             Err(Failure::Publish(e, _))
@@ -401,50 +419,69 @@ async fn publish(
     part: &Partition,
     records: &[Record],
     tail: Tail,
+    inbox: &mut AckInbox,
 ) -> std::result::Result<(Appended, Tail), Failure> {
     let enqueued_time = Timestamp::now().max(tail.last_time);
     let first = Offset(tail.last_seq);
     let total = records.len() as u64;
     let mut size = tail.size_after;
-    let mut pending: Vec<PublishAckFuture> = Vec::with_capacity(records.len());
+    let mut acks = inbox.begin(records.len());
+    let mut sent = 0usize;
     let mut send_error = None;
     // One allocation for the whole batch's encodings; each message's payload is a slice of it.
     let mut buf = BytesMut::with_capacity(records.iter().map(codec::encoded_len).sum());
-    // Sending waits only for room in the client's buffer, but bound it too: a stuck connection
-    // must not hang the caller.
+    // Sending waits only for room in the client's buffer and for the window's acknowledgements,
+    // but bound it too: a stuck connection must not hang the caller.
     let send = async {
         // The id of record i − 1, which record i names.
         let mut previous: Option<String> = None;
         for (i, record) in records.iter().enumerate() {
             // The stream's last sequence before record i: record i − 1's, if it was stored.
             let before = tail.last_seq + i as u64;
-            let mut message = PublishMessage::build()
-                .payload(codec::encode_into(&mut buf, record, enqueued_time, size))
-                .expected_last_sequence(before);
-            // Ids go in as `String`s, which the header map keeps as they are (the `message_id`
-            // and `expected_last_message_id` shorthands copy each one once more).
+            let mut headers = HeaderMap::new();
+            headers.insert(header::NATS_EXPECTED_LAST_SEQUENCE, before.to_string());
+            // Ids go in as `String`s, which the header map keeps as they are.
             if let Some(id) = previous.take() {
                 // ... and that last message is ours: record i − 1 of this batch.
-                message = message.header(header::NATS_EXPECTED_LAST_MESSAGE_ID, id);
+                headers.insert(header::NATS_EXPECTED_LAST_MESSAGE_ID, id);
             }
             if i + 1 < records.len() {
                 // Only a record that a later one names needs an id.
                 let id = message_id(&shared.writer, before + 1);
-                message = message.header(header::NATS_MESSAGE_ID, id.clone());
+                headers.insert(header::NATS_MESSAGE_ID, id.clone());
                 previous = Some(id);
             }
             size += record.size_bytes() as u64;
+            if sent.saturating_sub(acks.received()) >= WINDOW {
+                acks.wait_for(sent + 1 - WINDOW).await;
+            }
+            let payload = codec::encode_into(&mut buf, record, enqueued_time, size);
             match shared
-                .js
-                .send_publish(part.publish_subject.clone(), message)
+                .client
+                .publish_with_reply_and_headers(
+                    part.publish_subject.clone(),
+                    acks.reply(i),
+                    headers,
+                    payload,
+                )
                 .await
             {
-                Ok(ack) => pending.push(ack),
+                Ok(()) => sent += 1,
                 Err(e) => {
-                    send_error = Some(e);
+                    send_error = Some(PublishError::with_source(
+                        match e.kind() {
+                            CorePublishErrorKind::MaxPayloadExceeded => {
+                                PublishErrorKind::MaxPayloadExceeded
+                            }
+                            _ => PublishErrorKind::BrokenPipe,
+                        },
+                        e,
+                    ));
                     break;
                 }
             }
+            // What has come back meanwhile, so that the subscription's channel never fills.
+            acks.take_ready();
         }
     };
     if tokio::time::timeout(shared.config.request_timeout, send)
@@ -459,21 +496,31 @@ async fn publish(
             true,
         )));
     }
-    // All acknowledgements at once: each carries its own timeout, which then runs concurrently.
-    let acks = futures::future::join_all(pending.into_iter().map(|f| f.into_future())).await;
+    // The rest of the acknowledgements, under one deadline for the batch; what has not come by
+    // then counts as timed out.
+    let _ = tokio::time::timeout(shared.config.request_timeout, acks.wait_for(sent)).await;
+    let missing = if acks.is_closed() {
+        PublishErrorKind::BrokenPipe
+    } else {
+        PublishErrorKind::TimedOut
+    };
+    let acks = acks
+        .into_results()
+        .into_iter()
+        .take(sent)
+        .map(|ack| ack.unwrap_or_else(|| Err(PublishError::new(missing))));
     let mut acked = 0u64;
     let mut failure = None;
     for ack in acks {
         match ack {
-            Ok(ack) if failure.is_none() => {
+            Ok(sequence) if failure.is_none() => {
                 let expected = tail.last_seq + 1 + acked;
-                if ack.sequence != expected {
+                if sequence != expected {
                     return Err(Failure::Other(backend(
                         Inconsistent {
                             stream: part.name().to_owned(),
                             reason: format!(
-                                "record stored at sequence {} where {expected} was expected (another writer on a stream that was empty?)",
-                                ack.sequence
+                                "record stored at sequence {sequence} where {expected} was expected (another writer on a stream that was empty?)"
                             ),
                         },
                         false,
@@ -481,15 +528,14 @@ async fn publish(
                 }
                 acked += 1;
             }
-            Ok(ack) => {
+            Ok(sequence) => {
                 // Each record names the one before it, so none can be stored after one that was
                 // not: the server broke the chain.
                 return Err(Failure::Other(backend(
                     Inconsistent {
                         stream: part.name().to_owned(),
                         reason: format!(
-                            "record stored at sequence {} after an earlier record of its batch failed",
-                            ack.sequence
+                            "record stored at sequence {sequence} after an earlier record of its batch failed"
                         ),
                     },
                     false,

@@ -10,7 +10,8 @@
 //!   chained to the record before it (`Nats-Expected-Last-Sequence`, and on every record after
 //!   the first `Nats-Expected-Last-Msg-Id` naming the record before, which carries a
 //!   `Nats-Msg-Id`), so that what the server stores of a batch is always the prefix it
-//!   acknowledged, even with writers in other processes, and on a cluster;
+//!   acknowledged, even with writers in other processes, and on a cluster; the
+//!   acknowledgements come back on one subscription per partition, not as a request per record;
 //! * consumer-group commits in a JetStream key-value bucket;
 //! * `wait_for` follows the stream with a headers-only push consumer (no polling);
 //! * retention as a purge of a prefix, or as stream limits the server enforces by itself.
@@ -19,6 +20,7 @@
 //! [`capabilities`](iot_core::Log::capabilities) deny atomic batches and a forced sync.
 //! `docs/log.md` has the details and what an acknowledged append survives.
 
+mod acks;
 mod append;
 mod codec;
 mod config;

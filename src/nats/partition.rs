@@ -8,6 +8,7 @@ use async_nats::jetstream::stream::Stream;
 use iot_core::{Error, Offset, PartitionId, Result, Timestamp};
 use tokio::sync::Mutex;
 
+use super::acks::AckInbox;
 use super::append::Waiting;
 use super::codec;
 use super::cursor::Cursor;
@@ -22,6 +23,17 @@ pub(crate) struct Tail {
     pub(crate) last_seq: u64,
     pub(crate) size_after: u64,
     pub(crate) last_time: Timestamp,
+}
+
+/// What this process's appends to the partition hold, one batch at a time: the tail and the
+/// subscription their acknowledgements come from.
+#[derive(Debug, Default)]
+pub(crate) struct Writer {
+    /// `None` until loaded from the server, and again after any failed append (the server may
+    /// hold more than we know).
+    pub(crate) tail: Option<Tail>,
+    /// `None` until the first append, and again after the client closed its subscription.
+    pub(crate) acks: Option<AckInbox>,
 }
 
 /// The partition's held range: offsets `earliest .. next`.
@@ -40,9 +52,8 @@ pub(crate) struct Partition {
     /// This writer's own subject in the stream (`BASE.WRITER`), for appends: each message says
     /// which writer stored it.
     pub(crate) publish_subject: Subject,
-    /// `None` until loaded from the server, and again after any failed append (the server may
-    /// hold more than we know).
-    pub(crate) tail: Mutex<Option<Tail>>,
+    /// Held by the append in progress: one batch at a time.
+    pub(crate) writer: Mutex<Writer>,
     pub(crate) cursor: Mutex<Option<Cursor>>,
     pub(crate) watcher: SyncMutex<Option<Watcher>>,
     /// Appends waiting for the partition's flusher (group commit, see `append`).
@@ -58,7 +69,7 @@ impl Partition {
             stream,
             subject: Subject::from(format!("{base}.*")),
             publish_subject: Subject::from(format!("{base}.{writer}")),
-            tail: Mutex::new(None),
+            writer: Mutex::new(Writer::default()),
             cursor: Mutex::new(None),
             watcher: SyncMutex::new(None),
             queue: SyncMutex::new(Vec::new()),

@@ -3,12 +3,13 @@
 //! | key | what |
 //! |---|---|
 //! | `jetstream_append_rps` | records/s appended through `NatsLog`: one appender per partition, batches of `--batch` records of `--payload` bytes |
-//! | `jetstream_vs_raw` | `jetstream_append_rps` / the same through raw `async-nats`: one stream per partition laid out like the log's, the same message count and bytes per message (the log's encoded record plus its header block, sent as payload without headers), one task per stream publishing a batch and awaiting all its acks before the next |
+//! | `jetstream_vs_raw` | `jetstream_append_rps` / the same through raw `async-nats` JetStream publishing (`jetstream::Context::publish`, each ack future awaited): one stream per partition laid out like the log's, the same message count and bytes per message (the log's encoded record plus its header block, sent as payload without headers), one task per stream publishing a batch and awaiting all its acks before the next |
+//! | `jetstream_raw_core_rps`, `jetstream_vs_core_publish` | the same workload published as the log publishes (core `publish_with_reply`, acks read from one subscription per stream) without its chain headers, and the log against it: what the chain costs on the server and in the client |
 //! | `jetstream_tail_rps` | records/s a `GroupConsumer` reads back from the start of the topic (reads through the log's ordered push consumers) |
 //! | `file_vs_jetstream` | `FileLog` (OS-buffered, the same durability class as a JetStream 2.9 ack: written, not fsync'ed) append records/s with the same workload / `jetstream_append_rps` |
 //!
-//! Log and raw run alternately, five rounds each (one with `--quick`), each side first in every
-//! other round; `jetstream_vs_raw` is the median of the rounds' ratios, each between neighbours
+//! The log runs between its two peers, five rounds (one with `--quick`), the peers swapping
+//! places every other round; each ratio is the median of the rounds' ratios, each between neighbours
 //! exposed to the same drift of the shared machine, and the rates are the medians of the rounds.
 //! Each round uses streams of a prefix of its own, deleted at the end. Each round's line also
 //! gives the bytes the server stored for each side (equal but for 4 bytes a record: the store's
@@ -101,43 +102,62 @@ pub(crate) async fn run(args: &Args, quick: bool, report: &mut Report) -> Result
         args.payload
     );
     let rounds = if quick { 1 } else { 5 };
-    let (mut log_rps, mut raw_rps, mut tail_rps, mut ratios) =
+    let (mut log_rps, mut raw_rps, mut core_rps, mut tail_rps) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ratios, mut core_ratios) = (Vec::new(), Vec::new());
     let cpu = CpuProbe {
         server: args.nats_server_pid,
     };
     for round in 0..rounds {
-        // Each side goes first in every other round, so that neither always inherits what the
-        // other left behind (deleted streams, the server's garbage, written-back pages).
-        let (raw, (log, tail)) = if round % 2 == 0 {
-            let raw = raw_append(&args.nats_url, &work, &cpu).await;
-            (raw, log_append_and_tail(&args.nats_url, &work, &cpu).await)
+        // The log runs between its two peers, and the peers swap places every other round, so
+        // that neither always inherits what another phase left behind (deleted streams, the
+        // server's garbage, written-back pages).
+        let url = &args.nats_url;
+        let (raw, (log, tail), core) = if round % 2 == 0 {
+            let raw = raw_append(url, &work, &cpu, Peer::Context).await;
+            let log = log_append_and_tail(url, &work, &cpu).await;
+            (raw, log, raw_append(url, &work, &cpu, Peer::Core).await)
         } else {
-            let log = log_append_and_tail(&args.nats_url, &work, &cpu).await;
-            (raw_append(&args.nats_url, &work, &cpu).await, log)
+            let core = raw_append(url, &work, &cpu, Peer::Core).await;
+            let log = log_append_and_tail(url, &work, &cpu).await;
+            (raw_append(url, &work, &cpu, Peer::Context).await, log, core)
         };
         println!(
-            "round {round}: raw publish {:.0} rec/s{}, NatsLog append {:.0} rec/s{}, tail read {:.0} rec/s{}; stored bytes raw {}, log {}",
-            raw.rps, raw.cpu, log.rps, log.cpu, tail.rps, tail.cpu, raw.stored, log.stored
+            "round {round}: raw publish {:.0} rec/s{}, NatsLog append {:.0} rec/s{}, core publish {:.0} rec/s{}, tail read {:.0} rec/s{}; stored bytes raw {}, log {}, core {}",
+            raw.rps,
+            raw.cpu,
+            log.rps,
+            log.cpu,
+            core.rps,
+            core.cpu,
+            tail.rps,
+            tail.cpu,
+            raw.stored,
+            log.stored,
+            core.stored
         );
-        let (raw, log, tail) = (raw.rps, log.rps, tail.rps);
-        ratios.push(log / raw);
-        raw_rps.push(raw);
-        log_rps.push(log);
-        tail_rps.push(tail);
+        ratios.push(log.rps / raw.rps);
+        core_ratios.push(log.rps / core.rps);
+        raw_rps.push(raw.rps);
+        core_rps.push(core.rps);
+        log_rps.push(log.rps);
+        tail_rps.push(tail.rps);
     }
     let file_dir = tempfile::tempdir().unwrap();
     let file_rps = file_append(file_dir.path(), &work).await;
     let (log, raw, tail) = (median(log_rps), median(raw_rps), median(tail_rps));
-    let vs_raw = median(ratios);
+    let core = median(core_rps);
+    let (vs_raw, vs_core) = (median(ratios), median(core_ratios));
     println!("FileLog (OS-buffered) append {file_rps:.0} rec/s");
     println!(
-        "medians: NatsLog {log:.0} rec/s, raw {raw:.0} rec/s, NatsLog/raw per round {vs_raw:.2}; tail {tail:.0} rec/s; FileLog = {:.2} x NatsLog",
+        "medians: NatsLog {log:.0} rec/s, raw {raw:.0} rec/s, core {core:.0} rec/s, NatsLog/raw per round {vs_raw:.2}, NatsLog/core {vs_core:.2}; tail {tail:.0} rec/s; FileLog = {:.2} x NatsLog",
         file_rps / log
     );
     let round2 = |x: f64| Value::from((x * 100.0).round() / 100.0);
     report.insert("jetstream_append_rps".into(), Value::from(log.round()));
     report.insert("jetstream_vs_raw".into(), round2(vs_raw));
+    report.insert("jetstream_raw_core_rps".into(), Value::from(core.round()));
+    report.insert("jetstream_vs_core_publish".into(), round2(vs_core));
     report.insert("jetstream_tail_rps".into(), Value::from(tail.round()));
     report.insert("file_vs_jetstream".into(), round2(file_rps / log));
     Ok(())
@@ -278,9 +298,20 @@ async fn log_append_and_tail(url: &str, work: &Workload, cpu: &CpuProbe) -> (Pha
     (append, tail)
 }
 
+/// How a peer publishes: as async-nats's JetStream API does, or as the log does.
+#[derive(Clone, Copy)]
+enum Peer {
+    /// `jetstream::Context::publish`: each message a request of its own (an inbox, a oneshot,
+    /// a timer), its ack future awaited.
+    Context,
+    /// Core `Client::publish_with_reply` under one inbox per stream, the acks read from one
+    /// subscription: how `NatsLog` publishes (`src/nats/acks.rs`), without its chain headers.
+    Core,
+}
+
 /// The same messages through `async-nats` directly: one stream per partition, publishes of a batch
 /// pipelined, all its acks awaited before the next batch — the log's ack mode and concurrency.
-async fn raw_append(url: &str, work: &Workload, cpu: &CpuProbe) -> Phase {
+async fn raw_append(url: &str, work: &Workload, cpu: &CpuProbe, peer: Peer) -> Phase {
     let prefix = prefix();
     let client = async_nats::connect(url.split('?').next().unwrap())
         .await
@@ -318,21 +349,13 @@ async fn raw_append(url: &str, work: &Workload, cpu: &CpuProbe) -> Phase {
     let tasks: Vec<_> = subjects
         .into_iter()
         .map(|subject| {
-            let js = js.clone();
+            let (js, client) = (js.clone(), client.clone());
             let payload = payload.clone();
             let lens = lens.clone();
             tokio::spawn(async move {
-                for batch in lens.iter() {
-                    let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(batch.len());
-                    for &len in batch {
-                        let payload = payload.slice(..len);
-                        acks.push(js.publish(subject.clone(), payload).await.unwrap());
-                    }
-                    for ack in
-                        futures::future::join_all(acks.into_iter().map(|a| a.into_future())).await
-                    {
-                        ack.unwrap();
-                    }
+                match peer {
+                    Peer::Context => context_publish(&js, &subject, &payload, &lens).await,
+                    Peer::Core => core_publish(&client, &subject, &payload, &lens).await,
                 }
             })
         })
@@ -347,6 +370,57 @@ async fn raw_append(url: &str, work: &Workload, cpu: &CpuProbe) -> Phase {
     };
     phase.stored = delete_streams(&client, &prefix).await;
     phase
+}
+
+async fn context_publish(
+    js: &async_nats::jetstream::Context,
+    subject: &async_nats::Subject,
+    payload: &Bytes,
+    batches: &[Vec<usize>],
+) {
+    for batch in batches {
+        let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(batch.len());
+        for &len in batch {
+            let payload = payload.slice(..len);
+            acks.push(js.publish(subject.clone(), payload).await.unwrap());
+        }
+        for ack in futures::future::join_all(acks.into_iter().map(|a| a.into_future())).await {
+            ack.unwrap();
+        }
+    }
+}
+
+async fn core_publish(
+    client: &async_nats::Client,
+    subject: &async_nats::Subject,
+    payload: &Bytes,
+    batches: &[Vec<usize>],
+) {
+    use futures::StreamExt;
+    #[derive(serde::Deserialize)]
+    struct Ack {
+        seq: u64,
+    }
+    let inbox = client.new_inbox();
+    let mut acks = client.subscribe(format!("{inbox}.*")).await.unwrap();
+    let mut last = 0;
+    for (b, batch) in batches.iter().enumerate() {
+        // A reply subject per batch, as the log's; acks come back in the order published.
+        let reply = async_nats::Subject::from(format!("{inbox}.{b}"));
+        for &len in batch {
+            let payload = payload.slice(..len);
+            client
+                .publish_with_reply(subject.clone(), reply.clone(), payload)
+                .await
+                .unwrap();
+        }
+        for _ in batch {
+            let message = acks.next().await.unwrap();
+            let ack: Ack = serde_json::from_slice(&message.payload).unwrap();
+            assert_eq!(ack.seq, last + 1, "acknowledged out of order");
+            last = ack.seq;
+        }
+    }
 }
 
 /// The bytes of the log's message for record `i` of a batch of `batch` records, appended after

@@ -175,6 +175,17 @@ pub trait Gateway: Send + Sync + Debug + 'static {
     /// Up to `max` feedback records from stream position `from` (0 is the start), oldest first.
     async fn read_feedback(&self, from: u64, max: usize) -> Result<Vec<Feedback>>;
 
+    /// Where the feedback queue's receivers read on from: every feedback record before this
+    /// stream position was completed by a receiver (0 when none was). IoT Hub's feedback is a
+    /// queue, so what one receiver completed no receiver sees again. The position is kept with
+    /// the feedback, not in an endpoint, so that a restarted endpoint, or another instance of a
+    /// cluster, does not deliver completed feedback again.
+    async fn feedback_completed(&self) -> Result<u64>;
+
+    /// Records that a receiver completed every feedback record before `next`. The position
+    /// never moves back (a smaller `next` changes nothing) nor past the end of the feedback.
+    async fn complete_feedback(&self, next: u64) -> Result<()>;
+
     /// The twin of `device`.
     async fn get_twin(&self, device: &DeviceId) -> Result<Twin>;
 
@@ -460,6 +471,12 @@ macro_rules! forward_gateway {
             }
             async fn read_feedback(&self, from: u64, max: usize) -> Result<Vec<Feedback>> {
                 (**self).read_feedback(from, max).await
+            }
+            async fn feedback_completed(&self) -> Result<u64> {
+                (**self).feedback_completed().await
+            }
+            async fn complete_feedback(&self, next: u64) -> Result<()> {
+                (**self).complete_feedback(next).await
             }
             async fn get_twin(&self, device: &DeviceId) -> Result<Twin> {
                 (**self).get_twin(device).await

@@ -608,6 +608,21 @@ async fn service_sends_c2d_and_reads_feedback() {
             .is_some_and(|t| t.ends_with('Z'))
     );
     feedback.accept(&batch).await.expect("accept feedback");
+
+    // The consumed position is the gateway's, not the endpoint's (so a restarted endpoint, or
+    // another instance, does not hand the batch out again): accepting moved it past the record.
+    let consumed = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let at = fx.stack.hub.feedback_completed().await.expect("position");
+            if at > 0 {
+                return at;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the accepted batch is recorded as consumed");
+    assert_eq!(consumed, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,8 @@
 //! takes delivery locks it never settles, completes one message and changes twins; it prints what
 //! was acknowledged and the parent kills it with SIGKILL. Reopened, everything acknowledged and
 //! not expired is there, the locks in flight are redelivered, the completed message is gone, and
-//! the expired one is never delivered. The child runs on the storage kit's kill -9 harness
+//! the expired one is never delivered. The feedback queue's completed position, moved after the
+//! first restart, is there after a second. The child runs on the storage kit's kill -9 harness
 //! (`iot_core::testkit::crash`).
 
 use std::path::Path;
@@ -155,7 +156,7 @@ fn kill_9_keeps_inbox_locks_and_twins() {
     // Let the expiring message expire while the gateway is down.
     std::thread::sleep(Duration::from_millis(400));
 
-    runtime().block_on(async {
+    let end = runtime().block_on(async {
         let (hub, _identity) = open(dir.path()).await;
         let a: DeviceId = "dev-a".parse().expect("id");
         let b: DeviceId = "dev-b".parse().expect("id");
@@ -208,6 +209,21 @@ fn kill_9_keeps_inbox_locks_and_twins() {
                 .any(|f| f.message_id == "a-expiring" && f.status == FeedbackStatus::Expired),
             "{feedback:?}"
         );
+
+        // A receiver completes the feedback so far (as the AMQP feedback link does when the
+        // back end accepts a batch).
+        assert_eq!(hub.feedback_completed().await.expect("position"), 0);
+        let end = feedback.last().map_or(0, |f| f.offset + 1);
+        hub.complete_feedback(end).await.expect("complete feedback");
+        hub.shutdown().await;
+        end
+    });
+
+    // The completed position is kept with the feedback: after a restart, receivers read on
+    // from it instead of getting completed feedback again.
+    runtime().block_on(async {
+        let (hub, _identity) = open(dir.path()).await;
+        assert_eq!(hub.feedback_completed().await.expect("position"), end);
     });
 }
 

@@ -237,6 +237,15 @@ impl Gateway for ClusterHub {
         self.inner.hub.read_feedback(from, max).await
     }
 
+    async fn feedback_completed(&self) -> Result<u64> {
+        // The feedback log is shared: so is its completed position.
+        self.inner.hub.feedback_completed().await
+    }
+
+    async fn complete_feedback(&self, next: u64) -> Result<()> {
+        self.inner.hub.complete_feedback(next).await
+    }
+
     async fn get_twin(&self, device: &DeviceId) -> Result<Twin> {
         self.inner.hub.get_twin(device).await
     }

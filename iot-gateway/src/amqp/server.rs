@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use fe2o3_amqp::acceptor::LinkAcceptor;
 use fe2o3_amqp::acceptor::SupportedReceiverSettleModes;
@@ -32,8 +31,6 @@ pub(super) struct Shared {
     pub(super) open: Open,
     pub(super) links: Links,
     pub(super) buffer_size: usize,
-    /// The next feedback record to hand out (IoT Hub's feedback is one queue per hub).
-    pub(super) feedback_cursor: AtomicU64,
 }
 
 /// IoT Hub's AMQP 1.0 endpoint over a [`Gateway`]; see the [module docs](super).
@@ -78,7 +75,6 @@ impl AmqpServer {
                 links,
                 buffer_size: acceptor.buffer_size,
                 config,
-                feedback_cursor: AtomicU64::new(0),
             }),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),

@@ -5,7 +5,6 @@
 //! with `ServiceConnect`.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use fe2o3_amqp::link::{Receiver, Sender};
 use fe2o3_amqp::types::definitions::AmqpError;
@@ -63,10 +62,11 @@ pub(super) async fn devicebound(
     }
 }
 
-/// `/messages/serviceBound/feedback`: feedback records from the endpoint's feedback cursor, in
-/// batches. A batch the back end accepts moves the cursor past it (IoT Hub's feedback is a
-/// queue: what one receiver completed, no receiver sees again); any other outcome, or none,
-/// sends it again.
+/// `/messages/serviceBound/feedback`: feedback records from the queue's completed position
+/// ([`Gateway::feedback_completed`](crate::Gateway::feedback_completed)), in batches. A batch the
+/// back end accepts moves the position past it (IoT Hub's feedback is a queue: what one receiver
+/// completed, no receiver sees again, across restarts and cluster instances); any other outcome,
+/// or none, sends it again.
 pub(super) async fn feedback(
     conn: Arc<Conn>,
     mut sender: Sender,
@@ -75,16 +75,19 @@ pub(super) async fn feedback(
     let shared = conn.shared.clone();
     let mut batch_id = 0u64;
     loop {
-        let from = shared.feedback_cursor.load(Ordering::Acquire);
-        let records = match shared
-            .gateway
-            .read_feedback(from, shared.config.feedback_batch)
-            .await
-        {
-            Ok(records) => records,
+        let read = async {
+            let from = shared.gateway.feedback_completed().await?;
+            let records = shared
+                .gateway
+                .read_feedback(from, shared.config.feedback_batch)
+                .await?;
+            Ok::<_, crate::Error>((from, records))
+        };
+        let (from, records) = match read.await {
+            Ok(read) => read,
             Err(e) => {
                 tracing::warn!(error = %e, "reading feedback failed");
-                Vec::new()
+                (0, Vec::new())
             }
         };
         if records.is_empty() {
@@ -109,8 +112,13 @@ pub(super) async fn feedback(
         };
         match outcome {
             Ok(Outcome::Accepted(_)) => {
-                // Never backwards: another receiver may have moved it further meanwhile.
-                shared.feedback_cursor.fetch_max(next, Ordering::AcqRel);
+                // Never backwards: another receiver may have moved it further meanwhile (the
+                // gateway keeps the larger). If it cannot be kept, the batch comes again: at
+                // least once, as IoT Hub's feedback.
+                if let Err(e) = shared.gateway.complete_feedback(next).await {
+                    tracing::warn!(error = %e, "completing feedback failed");
+                    tokio::time::sleep(shared.config.feedback_poll).await;
+                }
             }
             Ok(_) => tokio::time::sleep(shared.config.feedback_poll).await,
             Err(e) => {

@@ -396,6 +396,30 @@ impl Gateway for Hub {
             .collect())
     }
 
+    async fn feedback_completed(&self) -> Result<u64> {
+        let committed = self
+            .inner
+            .feedback
+            .committed(&feedback_receivers()?, PartitionId(0))
+            .await?;
+        Ok(committed.map_or(0, |o| o.0))
+    }
+
+    async fn complete_feedback(&self, next: u64) -> Result<()> {
+        let hub = &self.inner;
+        let (group, p) = (feedback_receivers()?, PartitionId(0));
+        // Read, compare and commit in turn: two receivers completing at once must not move the
+        // position back. (Instances of a cluster each have their own turn: there the later of
+        // two concurrent commits wins, and feedback after the smaller is delivered again.)
+        let _turn = hub.feedback_completion.lock().await;
+        let current = hub.feedback.committed(&group, p).await?.map_or(0, |o| o.0);
+        let next = next.min(hub.feedback.next_offset(p).await?.0);
+        if next > current {
+            hub.feedback.commit(&group, p, Offset(next)).await?;
+        }
+        Ok(())
+    }
+
     async fn get_twin(&self, device: &DeviceId) -> Result<Twin> {
         let hub = &self.inner;
         hub.require_device(device).await?;
@@ -498,4 +522,10 @@ impl Gateway for Hub {
     ) -> Result<()> {
         Hub::settle_c2d(self, device, token, settlement).await
     }
+}
+
+/// The consumer group whose commit on the feedback log is the feedback queue's completed
+/// position ([`Gateway::feedback_completed`]).
+fn feedback_receivers() -> Result<iot_core::GroupName> {
+    Ok(iot_core::GroupName::new("feedback-receivers")?)
 }

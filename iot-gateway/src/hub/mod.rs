@@ -230,6 +230,7 @@ impl HubBuilder {
             next_session: AtomicU64::new(1),
             sessions_changed: watch::channel(0).0,
             desired_lock: tokio::sync::Mutex::new(()),
+            feedback_completion: tokio::sync::Mutex::new(()),
             observer: self.observer,
             tasks: Mutex::new(Vec::new()),
             shut: AtomicBool::new(false),
@@ -466,6 +467,8 @@ pub(crate) struct HubInner {
     sessions_changed: watch::Sender<u64>,
     /// Serialises desired patches so sessions get them in version order.
     desired_lock: tokio::sync::Mutex<()>,
+    /// Serialises completions of the feedback queue, so that its position never moves back.
+    feedback_completion: tokio::sync::Mutex<()>,
     /// Told when sessions open and close (see `hooks.rs`).
     observer: Option<Arc<dyn SessionObserver>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,

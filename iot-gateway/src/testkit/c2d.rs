@@ -360,3 +360,54 @@ pub async fn c2d_resubscribe_keeps_fifo(gw: &dyn Gateway, fx: &dyn Fixture) {
     s.complete(next.lock_token).await.expect("complete");
     s.close().await;
 }
+
+/// The feedback queue's completed position ([`Gateway::feedback_completed`]) moves forward when
+/// a receiver completes feedback, never back, and never past the end of the feedback.
+pub async fn feedback_completion_moves_forward_only(gw: &dyn Gateway, fx: &dyn Fixture) {
+    let (id, token) = fx.provision("feedback-queue").await;
+    let s = connect(gw, &id, &token).await;
+    s.subscribe(Subscription::C2d).await.expect("subscribe");
+    let mut last = String::new();
+    for body in ["first", "second"] {
+        let receipt = within(gw.send_c2d(&id, c2d(body, AckRequest::Full)))
+            .await
+            .expect("send");
+        let d = next_c2d(&*s).await;
+        s.complete(d.lock_token).await.expect("complete");
+        last = receipt.message_id;
+    }
+    s.close().await;
+    // Wait for the second message's feedback: the end of the feedback is after it.
+    assert_eq!(feedback_for(gw, &last).await, vec![FeedbackStatus::Success]);
+    let end = feedback_end(gw).await;
+    let position = || async { within(gw.feedback_completed()).await.expect("position") };
+    let start = position().await;
+    assert!(
+        start <= end,
+        "completed position {start} past the end {end}"
+    );
+    within(gw.complete_feedback(end - 1))
+        .await
+        .expect("complete");
+    assert_eq!(position().await, start.max(end - 1));
+    within(gw.complete_feedback(0)).await.expect("complete");
+    assert_eq!(
+        position().await,
+        start.max(end - 1),
+        "the position moved back"
+    );
+    within(gw.complete_feedback(end + 1_000))
+        .await
+        .expect("complete");
+    assert_eq!(position().await, end, "the position is not past the end");
+}
+
+/// The position after the last feedback record.
+async fn feedback_end(gw: &dyn Gateway) -> u64 {
+    let mut end = 0;
+    loop {
+        let batch = gw.read_feedback(end, 1000).await.expect("read feedback");
+        let Some(last) = batch.last() else { return end };
+        end = last.offset + 1;
+    }
+}

@@ -113,6 +113,7 @@ pub async fn run_all(gw: &dyn Gateway, fx: &dyn Fixture, limits: Limits) {
     c2d_unsubscribe_keeps_locks_and_inbox(gw, fx).await;
     c2d_unsubscribe_with_a_lookup_pending(gw, fx).await;
     c2d_resubscribe_keeps_fifo(gw, fx).await;
+    feedback_completion_moves_forward_only(gw, fx).await;
     desired_unsubscribe_and_resubscribe(gw, fx).await;
     methods_unsubscribe(gw, fx).await;
 }

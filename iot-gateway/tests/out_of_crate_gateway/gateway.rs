@@ -87,6 +87,8 @@ pub(crate) struct Core {
     pub(crate) methods: Mutex<BTreeMap<u64, PendingMethod>>,
     /// Feedback stream position → record.
     feedback: Mutex<BTreeMap<u64, Feedback>>,
+    /// Every feedback record before this position was completed by a receiver.
+    feedback_completed: AtomicU64,
     next_id: AtomicU64,
     /// Bumped when a session opens, closes or subscribes, for method calls waiting for one.
     pub(crate) sessions_changed: watch::Sender<u64>,
@@ -247,6 +249,7 @@ impl MapGateway {
             twins: Mutex::default(),
             methods: Mutex::default(),
             feedback: Mutex::default(),
+            feedback_completed: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             sessions_changed: watch::channel(0).0,
         });
@@ -434,6 +437,21 @@ impl Gateway for MapGateway {
             message_id,
             expires_at,
         })
+    }
+
+    async fn feedback_completed(&self) -> Result<u64> {
+        Ok(self.core.feedback_completed.load(Ordering::Acquire))
+    }
+
+    async fn complete_feedback(&self, next: u64) -> Result<()> {
+        // Not past the end of the feedback, and never back.
+        let end = lock(&self.core.feedback)
+            .last_key_value()
+            .map_or(0, |(&k, _)| k + 1);
+        self.core
+            .feedback_completed
+            .fetch_max(next.min(end), Ordering::AcqRel);
+        Ok(())
     }
 
     async fn read_feedback(&self, from: u64, max: usize) -> Result<Vec<Feedback>> {

@@ -77,6 +77,18 @@ impl Cluster {
     /// `n` instances coordinating over the NATS server at `url`; their log is on it too when
     /// `nats_log`, else in memory (per instance).
     async fn start_on(pool: PgPool, n: usize, url: &str, nats_log: bool) -> Option<Cluster> {
+        Self::start_with(pool, &vec![url.to_owned(); n], url, nats_log).await
+    }
+
+    /// One instance per entry of `own`, each coordinating over its own connection to that URL
+    /// (the same server as `url`, or a way to it), the logs on `url` when `nats_log`.
+    async fn start_with(
+        pool: PgPool,
+        own: &[String],
+        url: &str,
+        nats_log: bool,
+    ) -> Option<Cluster> {
+        let n = own.len();
         let client = match async_nats::connect(url).await {
             Ok(c) => c,
             Err(e) => {
@@ -125,7 +137,7 @@ impl Cluster {
                 .twins(Arc::new(twins))
                 .config(config);
             // Each instance on its own connection, as a process would be.
-            let own = async_nats::connect(url).await.unwrap();
+            let own = async_nats::connect(own[i].as_str()).await.unwrap();
             let cluster = ClusterConfig::new(format!("gw{i}"))
                 .prefix(format!("{prefix}.cluster"))
                 .timing(Duration::from_millis(100), Duration::from_millis(1000));
@@ -374,6 +386,114 @@ async fn a_method_invoked_on_any_instance_is_answered_by_the_holder() {
     quiet.close().await;
     late.close().await;
     cluster.stop().await;
+}
+
+/// A call can reach NATS in the moment before the server notices that the holder's process
+/// died: the server hands it to the dead connection and nobody answers. Staged with a proxy in
+/// front of instance 1's NATS connection: the proxy holds what the server sends instance 1 (so
+/// the server still believes it alive), the call goes in, then the proxy cuts the connection
+/// for good. When the call times out, the caller finds nobody serving instance 1 any more: the
+/// device is offline, not slow to answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_handed_to_a_holder_that_then_dies_answers_offline() {
+    let Some(pool) = pg_support::shared_pool().await else {
+        return;
+    };
+    let upstream = nats_url().trim_start_matches("nats://").to_owned();
+    let proxy = HoldingProxy::start(upstream).await;
+    let own = [nats_url(), proxy.url()];
+    let Some(cluster) = Cluster::start_with(pool, &own, &nats_url(), true).await else {
+        return;
+    };
+    let (device, key) = cluster.device("dies").await;
+    let session = cluster.connect(1, &device, &key).await;
+    session.subscribe(Subscription::Methods).await.unwrap();
+    held_by(&cluster, &device, 1).await;
+
+    proxy.hold();
+    let mut call = MethodCall::new("reboot", "");
+    call.response_timeout = Duration::from_millis(500);
+    let started = Instant::now();
+    let invoke = cluster.at(0).invoke_method(&device, call);
+    let die = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        proxy.cut();
+    };
+    let (answer, ()) = tokio::join!(invoke, die);
+    let err = answer.unwrap_err();
+    assert!(matches!(err, Error::DeviceOffline { .. }), "{err:?}");
+    // It waited for an answer: NATS had routed the call to instance 1, not refused it.
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    drop(session);
+    // Instance 1 shuts down with NATS out of its reach: bounded, not waiting for NATS.
+    cluster.stop().await;
+}
+
+/// A TCP relay in front of a NATS server that can hold what the server sends its client (the
+/// server still believes the client alive) and cut every connection for good, refusing new
+/// ones, as a `kill -9` of the client's process would.
+struct HoldingProxy {
+    addr: std::net::SocketAddr,
+    hold: tokio::sync::watch::Sender<bool>,
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl HoldingProxy {
+    async fn start(upstream: String) -> HoldingProxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (hold, held) = tokio::sync::watch::channel(false);
+        let tasks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let relays = tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let up = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                });
+                let mut held = held.clone();
+                let down = tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match server_read.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        // While held, what the server sent waits here.
+                        while *held.borrow() {
+                            if held.changed().await.is_err() {
+                                return;
+                            }
+                        }
+                        if client_write.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                relays.lock().unwrap().extend([up, down]);
+            }
+        });
+        tasks.lock().unwrap().push(accept);
+        HoldingProxy { addr, hold, tasks }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://{}", self.addr)
+    }
+
+    fn hold(&self) {
+        self.hold.send_replace(true);
+    }
+
+    /// Closes every relayed connection (dropping both ends' sockets) and the listener.
+    fn cut(&self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -185,6 +185,14 @@ impl ClusterHub {
             Err(e) if e.kind() == RequestErrorKind::NoResponders => Err(Error::DeviceOffline {
                 device: device.clone(),
             }),
+            // The request may have reached NATS before it noticed the holder die (a killed
+            // process's subscriptions go when the server sees its connection close): if nobody
+            // serves the holder now, the device was offline, not slow to answer.
+            Err(e) if e.kind() == RequestErrorKind::TimedOut && node.is_gone(peer).await => {
+                Err(Error::DeviceOffline {
+                    device: device.clone(),
+                })
+            }
             Err(e) if e.kind() == RequestErrorKind::TimedOut => Err(Error::TimedOut {
                 device: device.clone(),
                 operation: "method response",

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
+use async_nats::client::RequestErrorKind;
 use async_nats::{Client, Request, Subscriber};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -112,14 +113,21 @@ impl Node {
         let _ = self.outbox.send(Outgoing::Presence(message));
     }
 
-    /// Waits until everything queued so far was handed to the NATS client, then flushes it.
+    /// Waits until everything queued so far was handed to the NATS client, then flushes it;
+    /// for at most the request timeout. Unbounded, a shutdown while NATS is unreachable would
+    /// wait for it forever (the client's flush waits for the server's answer, reconnecting).
     pub(crate) async fn flush(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.outbox.send(Outgoing::Flush(tx)).is_ok() {
-            let _ = rx.await;
-        }
-        if let Err(e) = self.client.flush().await {
-            warn!(error = %e, "could not flush the cluster's messages");
+        let flushed = async {
+            let (tx, rx) = oneshot::channel();
+            if self.outbox.send(Outgoing::Flush(tx)).is_ok() {
+                let _ = rx.await;
+            }
+            self.client.flush().await
+        };
+        match tokio::time::timeout(self.config.request_timeout, flushed).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "could not flush the cluster's messages"),
+            Err(_) => warn!("could not flush the cluster's messages in time (NATS unreachable?)"),
         }
     }
 
@@ -179,6 +187,20 @@ impl Node {
 }
 
 impl Node {
+    /// Whether nobody serves `peer`'s subjects any more: NATS answers a request to them with
+    /// "no responders" (its process is gone, and the server has noticed). Any other outcome,
+    /// an answer included, is `false`.
+    pub(crate) async fn is_gone(&self, peer: &str) -> bool {
+        let ask = wire::encode(&HeldAsk { after: None }, &[]);
+        let request = Request::new()
+            .payload(ask)
+            .timeout(Some(self.config.request_timeout));
+        matches!(
+            self.client.send_request(self.subjects.held(peer), request).await,
+            Err(e) if e.kind() == RequestErrorKind::NoResponders
+        )
+    }
+
     /// `peer`'s whole list, its pages joined: as of the first page's counter (later pages may
     /// be newer, which the replay of announcements makes consistent).
     async fn fetch_held(&self, peer: &str) -> Option<Held> {

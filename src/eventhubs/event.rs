@@ -22,14 +22,14 @@ use iot_core::StoredRecord;
 use iot_core::headers::{CONTENT_ENCODING, CONTENT_TYPE, CORRELATION_ID, MESSAGE_ID};
 
 /// IoT Hub's stamp of the enqueued time, as an annotation.
-const IOTHUB_ENQUEUED_TIME: &str = "iothub-enqueuedtime";
-const USER_ID: &str = "user-id";
+pub(super) const IOTHUB_ENQUEUED_TIME: &str = "iothub-enqueuedtime";
+pub(super) const USER_ID: &str = "user-id";
 /// The message's expiry (Unix milliseconds), as the hub stores it.
-const EXPIRY_TIME: &str = "expiry-time";
+pub(super) const EXPIRY_TIME: &str = "expiry-time";
 
 /// Whether a header is a system property (never an application property), as the routing
 /// query language decides it (`iot_stream::routing::MessageView::app_property`).
-fn is_system(name: &str) -> bool {
+pub(super) fn is_system(name: &str) -> bool {
     let prefixed = |p: &str| {
         name.get(..p.len())
             .is_some_and(|h| h.eq_ignore_ascii_case(p))

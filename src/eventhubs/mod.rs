@@ -33,6 +33,7 @@ mod claims;
 mod connection;
 mod error;
 mod event;
+mod event_wire;
 mod management;
 mod partition;
 mod position;
@@ -52,6 +53,7 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 pub use error::{EventHubsError, Result};
+pub use event_wire::encode_event;
 
 /// How the endpoint presents the log.
 #[derive(Clone, Debug)]

@@ -14,6 +14,8 @@
 //!   IoT Hub batch ([`AMQP_BATCH_FORMAT`]) are checked too ([`check_amqp_batch`]).
 //! * [`CoalescedWrites`] — for AMQP endpoints on fe2o3-amqp: gathers the frames the crate's
 //!   connection engine writes one by one into fewer system calls (and TLS records).
+//! * [`AmqpEncoder`], [`TransferFrame`] — AMQP values and `transfer` frames written straight
+//!   into a buffer, for an endpoint's hot path (an event encoded from a record in one pass).
 //!
 //! Credentials are presented as [`iot_identity::Presented`] to
 //! [`Gateway::connect`](crate::Gateway::connect), which verifies them against the identity store;
@@ -35,6 +37,7 @@ mod address;
 mod amqp_batch;
 mod amqp_encoding;
 mod amqp_frames;
+mod amqp_wire;
 mod amqp_writes;
 pub mod properties;
 mod sessions;
@@ -43,6 +46,10 @@ pub use address::{Address, AddressError};
 pub use amqp_batch::{AMQP_BATCH_FORMAT, check_amqp_batch};
 pub use amqp_encoding::{AmqpEncodingError, DEFAULT_MAX_DEPTH, amqp_value_end, check_amqp_values};
 pub use amqp_frames::{AmqpFrameChecker, AmqpFrameError, AmqpFrameGuard, AmqpFrameLimits};
+pub use amqp_wire::{
+    AMQP_FRAME, AmqpDecoder, AmqpEncoder, AmqpWireError, Compound, CompoundHeader, FRAME_HEADER,
+    FrameHeader, FrameWriter, SASL_FRAME, TRANSFER_CODE, TransferFields, TransferFrame,
+};
 pub use amqp_writes::{COALESCE_BYTES, CoalescedWrites};
 pub use properties::{LOCK_TOKEN_PROPERTY, PropertyError};
 pub use sessions::{SharedSession, TokenSessions};

@@ -103,6 +103,7 @@ fn fields(id: u32, tag: &[u8; 4]) -> TransferFields<'_> {
         message_format: Some(0),
         settled: Some(true),
         more: false,
+        batchable: true,
     }
 }
 
@@ -143,7 +144,7 @@ fn serde_amqp(messages: &[Message<Data>]) -> (f64, usize) {
             state: None,
             resume: false,
             aborted: false,
-            batchable: false,
+            batchable: true,
         };
         let performative = serde_amqp::to_vec(&transfer).unwrap();
         bytes += 8 + black_box(&performative).len() + black_box(&payload).len();
@@ -172,7 +173,7 @@ fn same_bytes(stored: &StoredRecord, message: &Message<Data>) {
         state: None,
         resume: false,
         aborted: false,
-        batchable: false,
+        batchable: true,
     };
     let mut peer = serde_amqp::to_vec(&transfer).unwrap();
     peer.extend(serde_amqp::to_vec(&Serializable(message)).unwrap());

@@ -592,3 +592,111 @@ async fn connections_beyond_max_connections_are_closed_at_accept() {
         "a slot is free again after the first connection ended"
     );
 }
+
+#[tokio::test]
+async fn events_larger_than_the_clients_frames_arrive_whole_through_a_small_session_window() {
+    let f = fixture().await;
+    // Small events around a large one: the large one is cut into frames of 512 bytes, and the
+    // client's session window of 4 frames makes the endpoint wait for its flows in between.
+    append(&f.log, 0, "dev-a", 0..20).await;
+    let big = "x".repeat(5_000);
+    let mut large = telemetry("dev-a", 20);
+    large.payload = big.clone().into();
+    f.log
+        .append(PartitionId(0), vec![large])
+        .await
+        .expect("append");
+    append(&f.log, 0, "dev-a", 21..40).await;
+    let stream = TcpStream::connect(f.addr).await.expect("connect");
+    let mut connection = Connection::builder()
+        .container_id("small-frames")
+        .hostname(HOST)
+        .max_frame_size(512u32)
+        .sasl_profile(SaslProfile::Plain {
+            username: "service".into(),
+            password: f.key.clone(),
+        })
+        .open_with_stream(stream)
+        .await
+        .expect("open");
+    let mut session = Session::builder()
+        .incoming_window(4)
+        .begin(&mut connection)
+        .await
+        .expect("begin");
+    let mut r = open_partition(&mut session, "0", None).await;
+    for want in 0..40 {
+        let (seq, body, _, _) = next(&mut r).await;
+        assert_eq!(seq, want);
+        if want == 20 {
+            assert_eq!(body, big);
+        } else {
+            assert_eq!(body, format!("{{\"n\":{want}}}"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_presettled_link_gets_no_more_events_than_its_credit() {
+    let f = fixture().await;
+    append(&f.log, 2, "dev-b", 0..30).await;
+    let (_c, mut session) = connect(
+        f.addr,
+        SaslProfile::Plain {
+            username: "service".into(),
+            password: f.key.clone(),
+        },
+    )
+    .await;
+    let mut r = Receiver::builder()
+        .name("presettled")
+        .source(format!("{ENTITY}/ConsumerGroups/$Default/Partitions/2"))
+        .target("client")
+        .sender_settle_mode(fe2o3_amqp::types::definitions::SenderSettleMode::Settled)
+        .credit_mode(fe2o3_amqp::link::receiver::CreditMode::Manual)
+        .attach(&mut session)
+        .await
+        .expect("attach");
+    r.set_credit(10).await.expect("credit");
+    for want in 0..10 {
+        let delivery = tokio::time::timeout(WAIT, r.recv::<Body<Value>>())
+            .await
+            .expect("in time")
+            .expect("event");
+        let seq = annotation(delivery.message(), "x-opt-sequence-number");
+        assert_eq!(seq, Some(Value::Long(want)));
+    }
+    // The credit is used up: nothing more comes until the client gives more.
+    let more = tokio::time::timeout(Duration::from_millis(500), r.recv::<Body<Value>>()).await;
+    assert!(more.is_err(), "an event beyond the credit: {more:?}");
+    r.set_credit(20).await.expect("credit");
+    for want in 10..30 {
+        let delivery = tokio::time::timeout(WAIT, r.recv::<Body<Value>>())
+            .await
+            .expect("in time")
+            .expect("event");
+        let seq = annotation(delivery.message(), "x-opt-sequence-number");
+        assert_eq!(seq, Some(Value::Long(want)));
+    }
+}
+
+#[tokio::test]
+async fn a_receive_link_is_closed_when_its_token_expires() {
+    let f = fixture().await;
+    append(&f.log, 3, "dev-c", 0..1).await;
+    let (_c, mut session) = connect(f.addr, SaslProfile::Anonymous).await;
+    let short = token::sign(
+        &format!("sb://{HOST}/{ENTITY}/consumergroups/$default"),
+        "service",
+        &f.key,
+        unix_now() + 2,
+    );
+    assert_eq!(put_token(&mut session, &short).await, 202);
+    let mut r = open_partition(&mut session, "3", None).await;
+    assert_eq!(next(&mut r).await.0, 0);
+    // No renewal: within a few seconds of the expiry the link is closed.
+    assert_eq!(
+        refusal(r).await,
+        ErrorCondition::AmqpError(AmqpError::UnauthorizedAccess)
+    );
+}

@@ -1,5 +1,5 @@
 //! An event's AMQP encoding written straight from the stored record: the bytes fe2o3-amqp
-//! sends for [`EventBuffer`](super::event::EventBuffer)'s message, without building the
+//! sent for `event_reference::EventBuffer`'s message until 2026-12-07, without building the
 //! message first.
 //!
 //! Why: building the message tree and serializing it is about a fifth of the endpoint's
@@ -197,7 +197,7 @@ mod tests {
     use iot_core::{Offset, PartitionId, Record};
     use proptest::prelude::*;
 
-    use super::super::event::EventBuffer;
+    use super::super::event_reference::EventBuffer;
     use super::*;
 
     /// What fe2o3-amqp's sender serializes for the endpoint's message.

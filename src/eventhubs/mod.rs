@@ -15,8 +15,9 @@
 //!   such a policy's name and key. A receive link whose token expires is closed.
 //! * **`$management`** answers `READ` of `com.microsoft:eventhub` and `com.microsoft:partition`.
 //!
-//! Built on the crates' public API only (`Hub::telemetry_log`, `iot_gateway::http::PolicyStore`)
-//! and on fe2o3-amqp's acceptor for AMQP 1.0.
+//! Built on the crates' public API only (`Hub::telemetry_log`, `iot_gateway::http::PolicyStore`,
+//! the adapter kit's AMQP frame checker and encoder) with a connection engine of its own
+//! (`engine`), which uses fe2o3-amqp's types for the performatives and requests.
 //!
 //! ```no_run
 //! # async fn run(hub: iot_gateway::Hub, policies: std::sync::Arc<iot_gateway::http::PolicyStore>) -> Result<(), Box<dyn std::error::Error>> {
@@ -30,12 +31,13 @@
 
 mod address;
 mod claims;
-mod connection;
+mod engine;
 mod error;
 mod event;
+#[cfg(test)]
+mod event_reference;
 mod event_wire;
 mod management;
-mod partition;
 mod position;
 mod sasl;
 mod server;

@@ -1,21 +1,18 @@
-//! The listener: accepts TCP (or TLS) connections and serves each in its own task, so a
-//! misbehaving client ends only its own connection. The TLS and AMQP/SASL handshakes share
-//! one deadline, so a slow handshake cannot hold a task for long.
+//! The listener: accepts TCP (or TLS) connections and serves each in its own task
+//! ([`engine`]), so a misbehaving client ends only its own connection. The TLS handshake and
+//! the AMQP/SASL handshake each have the handshake deadline, so a slow handshake cannot hold a
+//! task for long.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use fe2o3_amqp::acceptor::ConnectionAcceptor;
-use iot_gateway::adapter::{AmqpFrameGuard, AmqpFrameLimits, CoalescedWrites};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 
-use super::claims::Claims;
-use super::connection;
+use super::engine;
 use super::error::{EventHubsError, Result};
-use super::sasl::Sasl;
 use super::{EventHubsEndpoint, Shared};
 
 impl EventHubsEndpoint {
@@ -93,63 +90,17 @@ async fn handle(
     tls: Option<TlsAcceptor>,
     stop: watch::Receiver<bool>,
 ) {
-    let sasl = Sasl::new(
-        shared.policies.clone(),
-        shared.config.host.as_str().into(),
-        shared.config.entity.as_str().into(),
-    );
-    let granted = sasl.granted.clone();
-    let acceptor = ConnectionAcceptor::builder()
-        .container_id("iot-sdk-eventhubs")
-        .max_frame_size(shared.config.max_frame_size)
-        .idle_time_out(120_000u32)
-        .properties(connection::fields())
-        .sasl_acceptor(sasl)
-        .build();
-    let deadline = shared.config.handshake_timeout;
-    let limits = AmqpFrameLimits::new(shared.config.max_frame_size, 1024 * 1024);
-    let opened = tokio::time::timeout(deadline, async {
-        match tls {
-            // The guard first: fe2o3-amqp's decoder panics on a frame smaller than its header and
-            // allocates declared lengths before reading them (iot_gateway::adapter::AmqpFrameGuard).
-            // Requests ($cbs, $management) are small: 1 MiB messages, Event Hubs' own limit.
-            // Under the guard, the frames fe2o3-amqp writes one by one (each event a frame) go
-            // out together (iot_gateway::adapter::CoalescedWrites).
-            Some(tls) => {
-                let stream = tls.accept(stream).await.map_err(|e| e.to_string())?;
-                acceptor
-                    .accept(AmqpFrameGuard::with_limits(
-                        CoalescedWrites::new(stream),
-                        limits,
-                    ))
-                    .await
-                    .map_err(|e| e.to_string())
+    match tls {
+        // The TLS handshake has the handshake deadline too; the engine's SASL and `open`
+        // exchange gets it again (a slow client gets at most twice the deadline).
+        Some(tls) => {
+            let deadline = shared.config.handshake_timeout;
+            match tokio::time::timeout(deadline, tls.accept(stream)).await {
+                Ok(Ok(stream)) => engine::serve(shared, stream, stop).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, "event hubs TLS handshake failed"),
+                Err(_) => tracing::debug!("event hubs TLS handshake timed out"),
             }
-            None => acceptor
-                .accept(AmqpFrameGuard::with_limits(
-                    CoalescedWrites::new(stream),
-                    limits,
-                ))
-                .await
-                .map_err(|e| e.to_string()),
         }
-    })
-    .await;
-    let connection = match opened {
-        Ok(Ok(connection)) => connection,
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "event hubs handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!("event hubs handshake timed out");
-            return;
-        }
-    };
-    let claims = Arc::new(Claims::default());
-    let plain = *granted.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(until) = plain {
-        claims.grant(until);
+        None => engine::serve(shared, stream, stop).await,
     }
-    connection::serve(shared, claims, connection, stop).await;
 }

@@ -1,6 +1,7 @@
 //! A guard in front of fe2o3-amqp's decoder, for every AMQP endpoint on that crate (the
-//! gateway's own, feature `amqp`, and the facade's Event Hubs endpoint). It holds back each
-//! frame until all of it has arrived and lets it through only when it is well formed:
+//! gateway's own, feature `amqp`; the facade's Event Hubs endpoint reads frames itself and runs
+//! the same [`AmqpFrameChecker`] on each). It holds back each frame until all of it has
+//! arrived and lets it through only when it is well formed:
 //!
 //! * its size covers its 8-byte header (fe2o3-amqp reads the header unchecked and panics on a
 //!   frame whose size says 4 to 7 bytes) and is at most the endpoint's maximum frame size;

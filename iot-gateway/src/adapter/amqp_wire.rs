@@ -31,6 +31,7 @@
 //!     message_format: Some(0),
 //!     settled: Some(true),
 //!     more: false,
+//!     batchable: false,
 //! };
 //! let frame = TransferFrame::begin(&mut buf, 0, &fields)?;
 //! let mut message = AmqpEncoder::new(&mut buf);

@@ -1,5 +1,6 @@
 //! Write coalescing under fe2o3-amqp's connection engine, for every AMQP endpoint on that crate
-//! (the gateway's own, feature `amqp`, and the facade's Event Hubs endpoint).
+//! (the gateway's own, feature `amqp`; the facade's Event Hubs endpoint used it until it got an
+//! engine of its own, which writes many events at once by itself).
 //!
 //! Why: the engine sends each outgoing frame on its own (`SinkExt::send`: encode, write,
 //! flush), so an endpoint streaming events or settling deliveries pays one system call (and over

@@ -95,6 +95,7 @@ proptest! {
         format in proptest::option::of(prop_oneof![Just(0u32), Just(0x8001_3700), any::<u32>()]),
         settled in proptest::option::of(any::<bool>()),
         more in any::<bool>(),
+        batchable in any::<bool>(),
         channel in any::<u16>(),
         payload in proptest::collection::vec(any::<u8>(), 0..600),
     ) {
@@ -105,6 +106,7 @@ proptest! {
             message_format: format,
             settled,
             more,
+            batchable,
         };
         let mut buf = vec![0xee; 5]; // a frame after others in the same buffer
         let frame = TransferFrame::begin(&mut buf, channel, &fields).expect("begins");
@@ -123,7 +125,7 @@ proptest! {
             state: None,
             resume: false,
             aborted: false,
-            batchable: false,
+            batchable,
         };
         let performative = reference(&transfer);
         prop_assert_eq!(&frame[..4], &(frame.len() as u32).to_be_bytes());

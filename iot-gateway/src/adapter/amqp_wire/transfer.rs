@@ -6,8 +6,8 @@ use super::{AmqpEncoder, AmqpWireError};
 /// The `transfer` performative's descriptor code (`amqp:transfer:list`).
 pub const TRANSFER_CODE: u64 = 0x14;
 
-/// The fields of a `transfer` an endpoint sets on its own deliveries. The others (`rcv-settle-mode`,
-/// `state`, `resume`, `aborted`, `batchable`) are left out, as the spec's defaults.
+/// The fields of a `transfer` an endpoint sets on its own deliveries. The others
+/// (`rcv-settle-mode`, `state`, `resume`, `aborted`) are left at the spec's defaults.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TransferFields<'t> {
     /// The link's handle on this session.
@@ -22,6 +22,12 @@ pub struct TransferFields<'t> {
     pub settled: Option<bool>,
     /// Whether more frames of this delivery follow.
     pub more: bool,
+    /// Whether the receiver may wait before settling (`batchable`, the last field).
+    ///
+    /// Set it to have every field written: some clients read the performative's fields by
+    /// position and fail on the shorter list AMQP otherwise allows (pyamqp, under Microsoft's
+    /// `azure-eventhub`, does).
+    pub batchable: bool,
 }
 
 /// A `transfer` frame being written: [`begin`](Self::begin) writes the header and the
@@ -47,7 +53,9 @@ impl TransferFrame {
         e.descriptor(TRANSFER_CODE);
         let list = e.begin_compound();
         e.uint(fields.handle);
-        let last = if fields.more {
+        let last = if fields.batchable {
+            11
+        } else if fields.more {
             6
         } else if fields.settled.is_some() {
             5
@@ -85,6 +93,18 @@ impl TransferFrame {
             }
         }
         if last >= 6 {
+            // `more`: false is the default, written as null before later fields.
+            if fields.more {
+                e.boolean(true)
+            } else {
+                e.null()
+            }
+        }
+        if last == 11 {
+            // `rcv-settle-mode`, `state`, `resume` and `aborted` at their defaults.
+            for _ in 7..11 {
+                e.null();
+            }
             e.boolean(true);
         }
         e.end_list(list, last)?;

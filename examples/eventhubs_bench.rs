@@ -7,8 +7,10 @@
 //! cargo run --release --features eventhubs --example eventhubs_bench -- --quick # 40 000 records
 //! ```
 //!
-//! The last line is a JSON object: `eventhubs_read_per_s` (events/s through the endpoint),
-//! `inprocess_read_per_s`, `eventhubs_vs_inprocess` (the median of the rounds' ratios), `records`, `partitions`.
+//! The last line is a JSON object: `eventhubs_read_per_s` (events/s through the endpoint, read by
+//! a lean client), `inprocess_read_per_s`, `eventhubs_vs_inprocess` (the median of the rounds'
+//! ratios), `eventhubs_fe2o3_read_per_s` and `eventhubs_fe2o3_vs_inprocess` (the same read
+//! through fe2o3-amqp's client), `records`, `partitions`.
 #![allow(clippy::print_stdout)]
 
 use clap::Parser;
@@ -39,6 +41,8 @@ async fn main() {
             "eventhubs_read_per_s": figures.endpoint.round(),
             "inprocess_read_per_s": figures.in_process.round(),
             "eventhubs_vs_inprocess": (figures.ratio * 1000.0).round() / 1000.0,
+            "eventhubs_fe2o3_read_per_s": figures.fe2o3.round(),
+            "eventhubs_fe2o3_vs_inprocess": (figures.fe2o3_ratio * 1000.0).round() / 1000.0,
             "records": records,
             "partitions": eventhubs_read::PARTITIONS,
         })

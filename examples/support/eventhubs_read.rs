@@ -11,10 +11,16 @@
 //!   end in the hub's process pays. (Until 2026-12-07 both read 256 at a time; the peer reads
 //!   what the endpoint reads, so that a better batch size is not counted as the endpoint's
 //!   gain.)
-//! * **Event Hubs endpoint**: a fe2o3-amqp client over loopback TCP (no TLS; SASL PLAIN with the
-//!   `service` policy) opens one receive link per partition from offset `-1` pre-settled
-//!   (`snd-settle-mode settled`; credit topped up to 1000 every 500 events), and receives every
-//!   event, decoding each message.
+//! * **Event Hubs endpoint**, read by a lean client (`eventhubs_lean_client.rs`): over loopback
+//!   TCP (no TLS; SASL PLAIN with the `service` policy), one receive link per partition from
+//!   offset `-1`, pre-settled (`snd-settle-mode settled`; credit topped up to 1000 every 500
+//!   events); it takes each event's sequence number (checked: in order, none missing) and body
+//!   in place. This is `eventhubs_read_per_s` / `eventhubs_vs_inprocess`: the endpoint's
+//!   throughput, not a client's.
+//! * **the same through fe2o3-amqp's client** (the same links and credit), decoding each
+//!   message into fe2o3-amqp's `Message`: `eventhubs_fe2o3_read_per_s` /
+//!   `eventhubs_fe2o3_vs_inprocess`. That client costs several times what the endpoint does
+//!   per event (docs/performance.md), so this figure is mostly the client's.
 // A benchmark's set-up: a failure there is a bug of the benchmark, reported by the panic.
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -34,6 +40,9 @@ use iot_sdk::eventhubs::{EventHubsConfig, EventHubsEndpoint};
 use iot_sdk::gateway::http::{PolicyStore, Rights, SharedAccessPolicy};
 use serde_amqp::described::Described;
 use serde_amqp::descriptor::Descriptor;
+
+#[path = "eventhubs_lean_client.rs"]
+mod lean_client;
 
 /// Records per `Log::read` of the in-process peer: the endpoint's batch
 /// (`src/eventhubs/partition.rs`).
@@ -171,17 +180,25 @@ async fn through_endpoint(addr: SocketAddr, key: &str, per_partition: u64) -> f6
     rate
 }
 
+async fn through_lean_client(addr: SocketAddr, key: &str, per_partition: u64) -> f64 {
+    let start = Instant::now();
+    lean_client::read(addr, "bench", "service", key, PARTITIONS, per_partition).await;
+    (per_partition * u64::from(PARTITIONS)) as f64 / start.elapsed().as_secs_f64()
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
 
-/// Medians of the rounds: endpoint events/s, in-process records/s, and the median of the
-/// rounds' ratios.
+/// Medians of the rounds: endpoint events/s (the lean client, and fe2o3-amqp's client),
+/// in-process records/s, and the medians of the rounds' ratios.
 pub(crate) struct Figures {
     pub(crate) endpoint: f64,
     pub(crate) in_process: f64,
     pub(crate) ratio: f64,
+    pub(crate) fe2o3: f64,
+    pub(crate) fe2o3_ratio: f64,
 }
 
 /// Fills a FileLog with `records` records and reads them both ways, printing each round.
@@ -209,20 +226,26 @@ pub(crate) async fn measure(records: usize) -> Figures {
         "event hubs: {records} records (100-byte payloads, 6 headers) in a FileLog of {PARTITIONS} partitions"
     );
     let (mut local, mut remote, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut fe2o3, mut fe2o3_ratios) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         let l = in_process(log.clone(), per_partition).await;
-        let r = through_endpoint(addr, &key, per_partition).await;
+        let r = through_lean_client(addr, &key, per_partition).await;
+        let f = through_endpoint(addr, &key, per_partition).await;
         println!(
-            "event hubs round {round}: in process {l:>10.0} records/s   endpoint {r:>10.0} events/s"
+            "event hubs round {round}: in process {l:>10.0} records/s   endpoint {r:>10.0} events/s   (fe2o3-amqp client {f:>10.0} events/s)"
         );
         local.push(l);
         remote.push(r);
         ratios.push(r / l);
+        fe2o3.push(f);
+        fe2o3_ratios.push(f / l);
     }
     endpoint.stop();
     Figures {
         endpoint: median(remote),
         in_process: median(local),
         ratio: median(ratios),
+        fe2o3: median(fe2o3),
+        fe2o3_ratio: median(fe2o3_ratios),
     }
 }

@@ -7,6 +7,12 @@
 //! for a batched message (IoT Hub's format `0x80013700`, named on the delivery's first
 //! `transfer`), the decoding the telemetry link runs on each message in its data sections.
 //!
+//! The Event Hubs endpoint's own engine reads the same frames another way, and so does this
+//! target: each AMQP frame's performative with `serde_amqp::from_slice` (the engine's
+//! `RawFrame::performative`), each SASL frame's body as a `sasl-init`, and each complete
+//! message as the engine decodes a `$cbs`/`$management` request (`Deserializable<Message<…>>`
+//! from a slice).
+//!
 //! Checked: no panic, nothing handed on that is not a protocol header or a whole frame within
 //! the maximum size, and no memory use anywhere near libFuzzer's RSS limit (2 GiB, 512 MiB as
 //! `.ci/run` runs it): every frame is at most 64 KiB and every message 272 KiB, so only a
@@ -28,9 +34,14 @@ use bytes::BytesMut;
 use fe2o3_amqp::frames::amqp::{FrameBody, FrameDecoder};
 use fe2o3_amqp::frames::sasl::FrameCodec;
 use fe2o3_amqp::types::messaging::message::DecodeIntoMessage;
-use fe2o3_amqp::types::messaging::{Body, Data};
+use fe2o3_amqp::types::messaging::message::__private::Deserializable;
+use fe2o3_amqp::types::messaging::{Body, Data, Message};
+use fe2o3_amqp::types::performatives::Performative;
+use fe2o3_amqp::types::sasl::SaslInit;
 use fe2o3_amqp::types::primitives::Value;
-use iot_gateway::adapter::{AMQP_BATCH_FORMAT, AmqpFrameGuard, AmqpFrameLimits};
+use iot_gateway::adapter::{
+    AMQP_BATCH_FORMAT, AmqpFrameGuard, AmqpFrameLimits, DEFAULT_MAX_DEPTH, amqp_value_end,
+};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio_util::codec::Decoder;
@@ -110,6 +121,18 @@ fuzz_target!(|data: &[u8]| {
         );
         let (frame, next) = rest.split_at(size as usize);
         rest = next;
+        // As the Event Hubs engine reads a frame's leading value.
+        let offset = usize::from(frame[4]) * 4;
+        if let Some(value) = frame.get(offset..)
+            && !value.is_empty()
+            && let Ok(end) = amqp_value_end(value, DEFAULT_MAX_DEPTH)
+        {
+            if frame[5] == 1 {
+                let _ = serde_amqp::from_slice::<SaslInit>(&value[..end]);
+            } else {
+                let _ = serde_amqp::from_slice::<Performative>(&value[..end]);
+            }
+        }
         let mut body = BytesMut::from(&frame[4..]);
         // A frame the decoder refuses ends the connection: nothing after it is decoded.
         if frame[5] == 1 {
@@ -147,6 +170,10 @@ fuzz_target!(|data: &[u8]| {
                 if performative.more {
                     partial.insert(key, (message, format));
                 } else {
+                    // As the Event Hubs engine decodes a request.
+                    let _ = serde_amqp::from_slice::<Deserializable<Message<Body<Value>>>>(
+                        &message,
+                    );
                     // As a receiver link decodes a complete delivery.
                     let reader = serde_amqp::read::IoReader::new(&message[..]);
                     let decoded =

@@ -61,6 +61,13 @@ const REQUEST_CREDIT: u32 = 100;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Events one link sends before the others get their turn.
 const TURN: usize = 256;
+/// Bytes one pump writes before the buffer is flushed (the links go on in the next round).
+const FLUSH_AT: usize = 1024 * 1024;
+/// Answers waiting for a reply link's credit; a client that sends requests without reading
+/// the answers loses those beyond this.
+const MAX_QUEUED_REPLIES: usize = 64;
+/// Receive links on partitions one connection may hold (a reader needs one per partition).
+const MAX_PARTITION_LINKS: usize = 256;
 /// A write that takes longer than this ends the connection (a client that stopped reading).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The smallest maximum frame size AMQP allows.
@@ -215,6 +222,10 @@ pub(crate) struct Connection<W> {
     /// Partition links by id: where a reader's batch goes.
     partition_links: HashMap<u64, (u16, u32)>,
     next_link_id: u64,
+    /// The links in the order of the last pump (kept to reuse its allocation).
+    order: Vec<(u16, u32)>,
+    /// Pumps so far: where the next one starts in `order`.
+    round: usize,
 }
 
 impl<W: AsyncWrite + Unpin> Connection<W> {
@@ -234,6 +245,8 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
             fed_rx,
             partition_links: HashMap::new(),
             next_link_id: 0,
+            order: Vec::new(),
+            round: 0,
         }
     }
 
@@ -557,6 +570,15 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
             this.detach_with(ch, handle, condition, description)
         };
         match (node, client_receives) {
+            (Some(Node::Partition { .. }), true)
+                if self.partition_links.len() >= MAX_PARTITION_LINKS =>
+            {
+                refuse(
+                    self,
+                    AmqpError::ResourceLimitExceeded,
+                    "too many receive links on this connection",
+                )
+            }
             (
                 Some(Node::Partition {
                     entity,
@@ -898,6 +920,9 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
             _ => None,
         });
         match queue {
+            Some(queue) if queue.len() >= MAX_QUEUED_REPLIES => {
+                tracing::debug!("answers not read: one dropped");
+            }
             Some(queue) => {
                 let encoded = serde_amqp::to_vec(&Serializable(&answer))
                     .map_err(|e| EngineError::Encode(e.to_string()))?;
@@ -959,7 +984,26 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
         let mut more = false;
         let mut drained = Vec::new();
         let max_frame_size = self.max_frame_size;
-        for (&ch, session) in &mut self.sessions {
+        // Links take turns in a rotating order, so that none waits behind the others for
+        // long: each sends at most `TURN` events, and a pump stops at `FLUSH_AT` bytes.
+        let mut order = std::mem::take(&mut self.order);
+        order.clear();
+        for (&ch, session) in &self.sessions {
+            order.extend(session.links.keys().map(|&handle| (ch, handle)));
+        }
+        if !order.is_empty() {
+            let n = order.len();
+            order.rotate_left(self.round % n);
+        }
+        self.round = self.round.wrapping_add(1);
+        for &(ch, handle) in &order {
+            if self.out.len() >= FLUSH_AT {
+                more = true;
+                break;
+            }
+            let Some(session) = self.sessions.get_mut(&ch) else {
+                continue;
+            };
             let Session {
                 links,
                 next_outgoing_id,
@@ -971,7 +1015,10 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                 next_outgoing_id,
                 remaining: remote_incoming_window,
             };
-            for (&handle, link) in links.iter_mut() {
+            let Some(link) = links.get_mut(&handle) else {
+                continue;
+            };
+            {
                 match &mut link.kind {
                     LinkKind::Partition {
                         queue,
@@ -1104,6 +1151,7 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                 }
             }
         }
+        self.order = order;
         // A drain with nothing left to send: the rest of the credit is used up.
         for (ch, handle) in drained {
             if let Some(link) = self

@@ -256,7 +256,11 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
         reader: &mut FrameReader<R>,
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), EngineError> {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // Often enough to send a heartbeat within half the client's idle timeout.
+        let period = self.peer_idle.map_or(Duration::from_secs(1), |idle| {
+            (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+        });
+        let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if *stop.borrow() {

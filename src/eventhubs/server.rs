@@ -1,7 +1,6 @@
 //! The listener: accepts TCP (or TLS) connections and serves each in its own task
-//! ([`engine`]), so a misbehaving client ends only its own connection. The TLS handshake and
-//! the AMQP/SASL handshake each have the handshake deadline, so a slow handshake cannot hold a
-//! task for long.
+//! ([`engine`]), so a misbehaving client ends only its own connection. The TLS and AMQP/SASL
+//! handshakes share one deadline, so a slow handshake cannot hold a task for long.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -90,17 +89,14 @@ async fn handle(
     tls: Option<TlsAcceptor>,
     stop: watch::Receiver<bool>,
 ) {
+    // One deadline for the TLS handshake and the engine's SASL and `open` exchange together.
+    let deadline = tokio::time::Instant::now() + shared.config.handshake_timeout;
     match tls {
-        // The TLS handshake has the handshake deadline too; the engine's SASL and `open`
-        // exchange gets it again (a slow client gets at most twice the deadline).
-        Some(tls) => {
-            let deadline = shared.config.handshake_timeout;
-            match tokio::time::timeout(deadline, tls.accept(stream)).await {
-                Ok(Ok(stream)) => engine::serve(shared, stream, stop).await,
-                Ok(Err(e)) => tracing::debug!(error = %e, "event hubs TLS handshake failed"),
-                Err(_) => tracing::debug!("event hubs TLS handshake timed out"),
-            }
-        }
-        None => engine::serve(shared, stream, stop).await,
+        Some(tls) => match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
+            Ok(Ok(stream)) => engine::serve(shared, stream, deadline, stop).await,
+            Ok(Err(e)) => tracing::debug!(error = %e, "event hubs TLS handshake failed"),
+            Err(_) => tracing::debug!("event hubs TLS handshake timed out"),
+        },
+        None => engine::serve(shared, stream, deadline, stop).await,
     }
 }

@@ -90,8 +90,14 @@ pub(crate) fn write_body<T: serde_amqp::serde::Serialize>(
 }
 
 /// Serves one connection (after TLS, when there is TLS) until it ends or the endpoint stops.
-pub(crate) async fn serve<Io>(shared: Arc<Shared>, io: Io, stop: watch::Receiver<bool>)
-where
+///
+/// The handshake (SASL, the protocol headers, `open`) must be done by `deadline`.
+pub(crate) async fn serve<Io>(
+    shared: Arc<Shared>,
+    io: Io,
+    deadline: tokio::time::Instant,
+    stop: watch::Receiver<bool>,
+) where
     Io: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (read, mut write) = tokio::io::split(io);
@@ -104,8 +110,7 @@ where
         shared.config.entity.as_str().into(),
     );
     let claims = Arc::new(Claims::default());
-    let deadline = shared.config.handshake_timeout;
-    let opened = tokio::time::timeout(deadline, async {
+    let opened = tokio::time::timeout_at(deadline, async {
         handshake::negotiate(&mut reader, &mut write, &mut sasl).await?;
         connection::open(&shared, &mut reader, &mut write).await
     })

@@ -1060,15 +1060,13 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                             let Some(record) = queue.pop_front() else {
                                 break;
                             };
-                            let delivery = Delivery {
+                            let delivery = Delivery::start(
                                 handle,
-                                id: *next_delivery_id,
-                                tag: link.delivery_count,
-                                settled: link.settled,
-                            };
-                            *next_delivery_id = next_delivery_id.wrapping_add(1);
-                            link.delivery_count = link.delivery_count.wrapping_add(1);
-                            link.credit -= 1;
+                                link.settled,
+                                &mut link.delivery_count,
+                                &mut link.credit,
+                                next_delivery_id,
+                            );
                             match write_event(
                                 &mut self.out,
                                 ch,
@@ -1120,15 +1118,13 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                             let Some(message) = queue.pop_front() else {
                                 break;
                             };
-                            let delivery = Delivery {
+                            let delivery = Delivery::start(
                                 handle,
-                                id: *next_delivery_id,
-                                tag: link.delivery_count,
-                                settled: link.settled,
-                            };
-                            *next_delivery_id = next_delivery_id.wrapping_add(1);
-                            link.delivery_count = link.delivery_count.wrapping_add(1);
-                            link.credit -= 1;
+                                link.settled,
+                                &mut link.delivery_count,
+                                &mut link.credit,
+                                next_delivery_id,
+                            );
                             if message.len() + TRANSFER_OVERHEAD <= max_frame_size {
                                 let tag = delivery.tag.to_be_bytes();
                                 let frame = TransferFrame::begin(
@@ -1202,6 +1198,27 @@ struct Delivery {
 }
 
 impl Delivery {
+    /// The next delivery on a link (its handle, settle mode, delivery count and credit): the
+    /// session's next delivery id, one credit used.
+    fn start(
+        handle: u32,
+        settled: bool,
+        delivery_count: &mut u32,
+        credit: &mut u32,
+        next_delivery_id: &mut u32,
+    ) -> Self {
+        let delivery = Delivery {
+            handle,
+            id: *next_delivery_id,
+            tag: *delivery_count,
+            settled,
+        };
+        *next_delivery_id = next_delivery_id.wrapping_add(1);
+        *delivery_count = delivery_count.wrapping_add(1);
+        *credit -= 1;
+        delivery
+    }
+
     fn first_fields<'t>(&self, tag: &'t [u8; 4], more: bool) -> TransferFields<'t> {
         TransferFields {
             handle: self.handle,

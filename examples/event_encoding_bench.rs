@@ -126,6 +126,23 @@ fn direct(records: &[StoredRecord]) -> (f64, usize) {
     )
 }
 
+/// The `transfer` of delivery `id` (tag: `id`'s bytes) as fe2o3-amqp's sender builds it.
+fn peer_transfer(id: u32) -> Transfer {
+    Transfer {
+        handle: Handle(0),
+        delivery_id: Some(id),
+        delivery_tag: Some(Binary::from(id.to_be_bytes().to_vec())),
+        message_format: Some(0),
+        settled: Some(true),
+        more: false,
+        rcv_settle_mode: None,
+        state: None,
+        resume: false,
+        aborted: false,
+        batchable: true,
+    }
+}
+
 /// ns per event for serde_amqp: the message and the `transfer`, each into a new vector as
 /// fe2o3-amqp's sender and frame encoder start from an empty buffer.
 fn serde_amqp(messages: &[Message<Data>]) -> (f64, usize) {
@@ -133,19 +150,7 @@ fn serde_amqp(messages: &[Message<Data>]) -> (f64, usize) {
     let start = Instant::now();
     for (i, message) in messages.iter().enumerate() {
         let payload = serde_amqp::to_vec(&Serializable(message)).unwrap();
-        let transfer = Transfer {
-            handle: Handle(0),
-            delivery_id: Some(i as u32),
-            delivery_tag: Some(Binary::from((i as u32).to_be_bytes().to_vec())),
-            message_format: Some(0),
-            settled: Some(true),
-            more: false,
-            rcv_settle_mode: None,
-            state: None,
-            resume: false,
-            aborted: false,
-            batchable: true,
-        };
+        let transfer = peer_transfer(i as u32);
         let performative = serde_amqp::to_vec(&transfer).unwrap();
         bytes += 8 + black_box(&performative).len() + black_box(&payload).len();
     }
@@ -162,19 +167,7 @@ fn same_bytes(stored: &StoredRecord, message: &Message<Data>) {
     let frame = TransferFrame::begin(&mut ours, 0, &fields(0, &tag)).unwrap();
     iot_sdk::eventhubs::encode_event(stored, &mut ours).unwrap();
     frame.end(&mut ours).unwrap();
-    let transfer = Transfer {
-        handle: Handle(0),
-        delivery_id: Some(0),
-        delivery_tag: Some(Binary::from(tag.to_vec())),
-        message_format: Some(0),
-        settled: Some(true),
-        more: false,
-        rcv_settle_mode: None,
-        state: None,
-        resume: false,
-        aborted: false,
-        batchable: true,
-    };
+    let transfer = peer_transfer(0);
     let mut peer = serde_amqp::to_vec(&transfer).unwrap();
     peer.extend(serde_amqp::to_vec(&Serializable(message)).unwrap());
     assert_eq!(&ours[8..], &peer[..], "the same event, byte for byte");

@@ -1,6 +1,6 @@
 //! A lean Event Hubs reader for the benchmarks, built on the adapter kit's public AMQP pieces
-//! (`FrameHeader`, `FrameWriter`, `AmqpDecoder`) and fe2o3-amqp's performative types (encoded
-//! with serde_amqp): SASL PLAIN, `open`, `begin`, one receive link per partition from offset
+//! (`FrameHeader`, `FrameWriter`, `AmqpDecoder`, through `amqp_lean_conn.rs`) and fe2o3-amqp's
+//! performative types (encoded with serde_amqp): SASL PLAIN, `open`, `begin`, one receive link per partition from offset
 //! `-1`, pre-settled, credit topped up to 1 000 every 500 events.
 //!
 //! Why: fe2o3-amqp's client decodes every event into a `Message` of owned values (an `IndexMap`
@@ -19,73 +19,18 @@ use fe2o3_amqp::types::messaging::{Source, Target, TargetArchetype};
 use fe2o3_amqp::types::performatives::{
     Attach, Begin, ChannelMax, Close, Flow, MaxFrameSize, Open,
 };
-use fe2o3_amqp::types::primitives::{Binary, Symbol, Value};
-use fe2o3_amqp::types::sasl::SaslInit;
-use iot_sdk::gateway::adapter::{AMQP_FRAME, AmqpDecoder, FrameHeader, FrameWriter, SASL_FRAME};
+use fe2o3_amqp::types::primitives::{Symbol, Value};
+use iot_sdk::gateway::adapter::{AMQP_FRAME, AmqpDecoder};
 use serde_amqp::described::Described;
 use serde_amqp::descriptor::Descriptor;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+use super::amqp_lean_conn::Conn;
 
 const CREDIT: u32 = 1000;
 const WINDOW: u32 = 1 << 30;
 const TRANSFER: u64 = 0x14;
 const MESSAGE_ANNOTATIONS: u64 = 0x72;
 const DATA: u64 = 0x75;
-
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    start: usize,
-    out: Vec<u8>,
-}
-
-impl Conn {
-    fn frame<T: serde_amqp::serde::Serialize>(&mut self, frame_type: u8, value: &T) {
-        let frame = FrameWriter::begin(&mut self.out, frame_type, 0);
-        self.out.extend(serde_amqp::to_vec(value).unwrap());
-        frame.end(&mut self.out).unwrap();
-    }
-
-    async fn flush(&mut self) {
-        self.stream.write_all(&self.out).await.unwrap();
-        self.out.clear();
-    }
-
-    async fn fill(&mut self) {
-        if self.start > 0 {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
-        let len = self.buf.len();
-        self.buf.resize(len + 256 * 1024, 0);
-        let n = self.stream.read(&mut self.buf[len..]).await.unwrap();
-        assert!(n > 0, "the endpoint closed the connection");
-        self.buf.truncate(len + n);
-    }
-
-    async fn bytes(&mut self, n: usize) -> Vec<u8> {
-        while self.buf.len() - self.start < n {
-            self.fill().await;
-        }
-        self.start += n;
-        self.buf[self.start - n..self.start].to_vec()
-    }
-
-    /// The next frame's (start, end) of its body in `buf`, once it is all there.
-    async fn next_frame(&mut self) -> (usize, usize) {
-        loop {
-            if let Some(h) = FrameHeader::parse(&self.buf[self.start..], u32::MAX).unwrap()
-                && self.buf.len() - self.start >= h.size as usize
-            {
-                let body = self.start + h.body_offset;
-                self.start += h.size as usize;
-                return (body, self.start);
-            }
-            self.fill().await;
-        }
-    }
-}
 
 fn selector_source(address: String) -> Source {
     Source::builder()
@@ -167,36 +112,7 @@ pub(crate) async fn read(
     partitions: u32,
     per_partition: u64,
 ) -> usize {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    stream.set_nodelay(true).unwrap();
-    let mut c = Conn {
-        stream,
-        buf: Vec::with_capacity(512 * 1024),
-        start: 0,
-        out: Vec::new(),
-    };
-    c.out.extend_from_slice(b"AMQP\x03\x01\x00\x00");
-    c.flush().await;
-    assert_eq!(c.bytes(8).await, b"AMQP\x03\x01\x00\x00");
-    c.next_frame().await; // sasl-mechanisms
-    let mut response = format!("\0{policy}\0").into_bytes();
-    response.extend_from_slice(key.as_bytes());
-    c.frame(
-        SASL_FRAME,
-        &SaslInit {
-            mechanism: Symbol::from("PLAIN"),
-            initial_response: Some(Binary::from(response)),
-            hostname: None,
-        },
-    );
-    c.flush().await;
-    let (body, end) = c.next_frame().await;
-    // sasl-outcome: descriptor 0x44, then a list whose first field is the code (0 = ok).
-    let outcome = c.buf[body..end].to_vec();
-    let mut d = AmqpDecoder::new(&outcome);
-    assert_eq!(d.descriptor().unwrap(), 0x44);
-    d.list().unwrap();
-    assert_eq!(d.uint().unwrap(), 0, "SASL PLAIN accepted");
+    let mut c = Conn::connect_plain(addr, policy, key).await;
     c.out.extend_from_slice(b"AMQP\x00\x01\x00\x00");
     c.frame(
         AMQP_FRAME,

@@ -41,6 +41,8 @@ use iot_sdk::gateway::http::{PolicyStore, Rights, SharedAccessPolicy};
 use serde_amqp::described::Described;
 use serde_amqp::descriptor::Descriptor;
 
+#[path = "amqp_lean_conn.rs"]
+pub(crate) mod amqp_lean_conn;
 #[path = "eventhubs_lean_client.rs"]
 mod lean_client;
 

@@ -52,6 +52,20 @@ async function main() {
     ['abandon-' + run]: 'abandon',
   };
   const seen = {};
+  // Settlements go out one at a time, each in a later turn of the event loop than the one
+  // before. rhea (the SDK's AMQP stack, 1.x to 3.0.5) gathers the dispositions of one turn and
+  // merges two consecutive delivery ids into one range with the *first* one's outcome, without
+  // comparing their outcomes (lib/session.js, write_dispositions: the comparison is skipped
+  // while the range holds one delivery). A completion followed by a rejection settled in the
+  // same turn thus reaches any endpoint, IoT Hub too, as two completions; this made the
+  // interop flaky whenever two C2D messages arrived together (docs/amqp.md).
+  let settling = Promise.resolve();
+  const settle = (action, msg) => {
+    settling = settling.then(() => new Promise((resolve, reject) => {
+      device[action](msg, (err) => (err ? reject(err) : setTimeout(resolve, 20)));
+    }));
+    return settling;
+  };
   const done = new Promise((resolve, reject) => {
     device.on('error', reject);
     device.on('message', (msg) => {
@@ -66,12 +80,11 @@ async function main() {
       // The abandoned message comes back; the second time it is completed.
       if (action === 'abandon' && seen[id] > 1) action = 'complete';
       console.log('c2d ' + id + ' delivery ' + seen[id] + ': ' + action);
-      device[action](msg, (err) => {
-        if (err) return reject(err);
+      settle(action, msg).then(() => {
         if (seen['complete-' + run] >= 1 && seen['reject-' + run] >= 1 && seen['abandon-' + run] >= 2) {
           resolve();
         }
-      });
+      }, reject);
     });
   });
 

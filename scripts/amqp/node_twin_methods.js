@@ -36,11 +36,18 @@ async function main() {
   await device.open();
   device.on('error', (e) => fail('device error: ' + e));
 
-  // Direct method: answered by the device over its method links.
+  // Direct method: answered by the device over its method links. The service's call returns
+  // as soon as the hub has the answer, which can be before the hub's disposition of the answer
+  // reaches the device (1 ms apart in a run traced with DEBUG=rhea:frames); closing the device
+  // then fails the answer's send with "Sender Link Detached". So the device closes only once
+  // its answer is settled.
+  let answered;
+  const answerSettled = new Promise((resolve) => { answered = resolve; });
   device.onDeviceMethod('reboot', (request, response) => {
     console.log('method ' + request.methodName + ' payload ' + JSON.stringify(request.payload));
     response.send(200, { rebooting: true, delay: request.payload && request.payload.delay }, (err) => {
       if (err) fail('method response: ' + err);
+      answered();
     });
   });
 
@@ -81,6 +88,7 @@ async function main() {
   if (body.status !== 200 || !body.payload || body.payload.rebooting !== true || body.payload.delay !== 3) {
     fail('bad method result ' + JSON.stringify(body));
   }
+  await answerSettled;
   await device.close();
   clearTimeout(timer);
   console.log(name + ': ok');

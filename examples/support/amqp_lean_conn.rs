@@ -7,12 +7,16 @@
 
 use std::net::SocketAddr;
 
+use fe2o3_amqp::types::definitions::Handle;
+use fe2o3_amqp::types::performatives::{Begin, ChannelMax, MaxFrameSize, Open};
 use fe2o3_amqp::types::primitives::{Binary, Symbol};
 use fe2o3_amqp::types::sasl::SaslInit;
-use iot_sdk::gateway::adapter::{AmqpDecoder, FrameHeader, FrameWriter, SASL_FRAME};
+use iot_sdk::gateway::adapter::{AMQP_FRAME, AmqpDecoder, FrameHeader, FrameWriter, SASL_FRAME};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// The session windows both clients offer: as good as unbounded.
+pub(crate) const WINDOW: u32 = 1 << 30;
 /// What one read asks the socket for at least.
 const READ_AHEAD: usize = 256 * 1024;
 /// The `sasl-outcome` performative's descriptor code.
@@ -58,6 +62,40 @@ impl Conn {
         d.list().unwrap();
         assert_eq!(d.uint().unwrap(), 0, "SASL PLAIN accepted");
         c
+    }
+
+    /// Appends the AMQP protocol header, `open` (256 KiB frames) and `begin` (channel 0, links
+    /// up to `handle_max`); the endpoint's answers are read with the frames that follow.
+    pub(crate) fn open_session(&mut self, container_id: &str, handle_max: u32) {
+        self.out.extend_from_slice(b"AMQP\x00\x01\x00\x00");
+        self.frame(
+            AMQP_FRAME,
+            &Open {
+                container_id: container_id.into(),
+                hostname: None,
+                max_frame_size: MaxFrameSize(256 * 1024),
+                channel_max: ChannelMax(0),
+                idle_time_out: None,
+                outgoing_locales: None,
+                incoming_locales: None,
+                offered_capabilities: None,
+                desired_capabilities: None,
+                properties: None,
+            },
+        );
+        self.frame(
+            AMQP_FRAME,
+            &Begin {
+                remote_channel: None,
+                next_outgoing_id: 0,
+                incoming_window: WINDOW,
+                outgoing_window: WINDOW,
+                handle_max: Handle(handle_max),
+                offered_capabilities: None,
+                desired_capabilities: None,
+                properties: None,
+            },
+        );
     }
 
     /// Appends a frame of `frame_type` on channel 0 holding `value`.

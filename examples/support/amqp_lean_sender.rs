@@ -21,9 +21,7 @@ use std::net::SocketAddr;
 
 use fe2o3_amqp::types::definitions::{Handle, ReceiverSettleMode, Role, SenderSettleMode};
 use fe2o3_amqp::types::messaging::{Source, Target, TargetArchetype};
-use fe2o3_amqp::types::performatives::{
-    Attach, Begin, ChannelMax, Close, Detach, End, MaxFrameSize, Open,
-};
+use fe2o3_amqp::types::performatives::{Attach, Close, Detach, End};
 use iot_sdk::gateway::adapter::{
     AMQP_FRAME, AmqpDecoder, AmqpEncoder, TransferFields, TransferFrame,
 };
@@ -32,7 +30,6 @@ use super::eventhubs_read::amqp_lean_conn::Conn;
 
 /// The sender link's handle.
 const LINK: u32 = 0;
-const WINDOW: u32 = 1 << 30;
 // Descriptor codes (AMQP 1.0 part 2, 2.7; part 3, 3.2 and 3.4).
 const BEGIN: u64 = 0x11;
 const FLOW: u64 = 0x13;
@@ -79,35 +76,7 @@ impl LeanSender {
     /// returns once the endpoint granted credit.
     pub(crate) async fn connect(addr: SocketAddr, hub: &str, id: &str, token: &str) -> Self {
         let mut c = Conn::connect_plain(addr, &format!("{id}@sas.{hub}"), token).await;
-        c.out.extend_from_slice(b"AMQP\x00\x01\x00\x00");
-        c.frame(
-            AMQP_FRAME,
-            &Open {
-                container_id: id.into(),
-                hostname: None,
-                max_frame_size: MaxFrameSize(256 * 1024),
-                channel_max: ChannelMax(0),
-                idle_time_out: None,
-                outgoing_locales: None,
-                incoming_locales: None,
-                offered_capabilities: None,
-                desired_capabilities: None,
-                properties: None,
-            },
-        );
-        c.frame(
-            AMQP_FRAME,
-            &Begin {
-                remote_channel: None,
-                next_outgoing_id: 0,
-                incoming_window: WINDOW,
-                outgoing_window: WINDOW,
-                handle_max: Handle(LINK),
-                offered_capabilities: None,
-                desired_capabilities: None,
-                properties: None,
-            },
-        );
+        c.open_session(id, LINK);
         c.frame(
             AMQP_FRAME,
             &Attach {

@@ -16,18 +16,15 @@ use std::net::SocketAddr;
 
 use fe2o3_amqp::types::definitions::{Handle, ReceiverSettleMode, Role, SenderSettleMode};
 use fe2o3_amqp::types::messaging::{Source, Target, TargetArchetype};
-use fe2o3_amqp::types::performatives::{
-    Attach, Begin, ChannelMax, Close, Flow, MaxFrameSize, Open,
-};
+use fe2o3_amqp::types::performatives::{Attach, Close, Flow};
 use fe2o3_amqp::types::primitives::{Symbol, Value};
 use iot_sdk::gateway::adapter::{AMQP_FRAME, AmqpDecoder};
 use serde_amqp::described::Described;
 use serde_amqp::descriptor::Descriptor;
 
-use super::amqp_lean_conn::Conn;
+use super::amqp_lean_conn::{Conn, WINDOW};
 
 const CREDIT: u32 = 1000;
-const WINDOW: u32 = 1 << 30;
 const TRANSFER: u64 = 0x14;
 const MESSAGE_ANNOTATIONS: u64 = 0x72;
 const DATA: u64 = 0x75;
@@ -113,35 +110,7 @@ pub(crate) async fn read(
     per_partition: u64,
 ) -> usize {
     let mut c = Conn::connect_plain(addr, policy, key).await;
-    c.out.extend_from_slice(b"AMQP\x00\x01\x00\x00");
-    c.frame(
-        AMQP_FRAME,
-        &Open {
-            container_id: "bench-lean".into(),
-            hostname: None,
-            max_frame_size: MaxFrameSize(256 * 1024),
-            channel_max: ChannelMax(0),
-            idle_time_out: None,
-            outgoing_locales: None,
-            incoming_locales: None,
-            offered_capabilities: None,
-            desired_capabilities: None,
-            properties: None,
-        },
-    );
-    c.frame(
-        AMQP_FRAME,
-        &Begin {
-            remote_channel: None,
-            next_outgoing_id: 0,
-            incoming_window: WINDOW,
-            outgoing_window: WINDOW,
-            handle_max: Handle(partitions),
-            offered_capabilities: None,
-            desired_capabilities: None,
-            properties: None,
-        },
-    );
+    c.open_session("bench-lean", partitions);
     for p in 0..partitions {
         c.frame(
             AMQP_FRAME,

@@ -38,6 +38,45 @@ async fn next(receiver: &mut Receiver) -> fe2o3_amqp::link::delivery::Delivery<B
 
 /// Whether a sender link to `address` is refused: the attach fails, or the link is closed
 /// before a message is taken.
+/// A device client authorized for `id`, with a C2D receiver that settles only when told.
+async fn c2d_receiver(
+    fx: &Fixture,
+    id: &iot_core::DeviceId,
+    key: &SymmetricKey,
+) -> (amqp_support::Client, Receiver) {
+    let mut client = fx.client().await;
+    client.authorize_device(fx, id, key).await;
+    let receiver = Receiver::builder()
+        .name("c2d")
+        .source(bound(id))
+        .target("c2d-local")
+        .auto_accept(false)
+        .attach(&mut client.session)
+        .await
+        .expect("attach");
+    (client, receiver)
+}
+
+/// The feedback statuses of the hub's first `count` feedback records, by original message id,
+/// once there are that many.
+async fn feedback_statuses(
+    fx: &Fixture,
+    count: usize,
+) -> std::collections::HashMap<String, FeedbackStatus> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let feedback = fx.stack.hub.read_feedback(0, 10).await.expect("feedback");
+        if feedback.len() >= count {
+            return feedback
+                .into_iter()
+                .map(|f| (f.message_id, f.status))
+                .collect();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "feedback in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn sender_refused(client: &mut amqp_support::Client, address: &str) -> bool {
     // Each probe on a session of its own (claims are the connection's, so what the probe may do
     // is the same). With every probe on the client's one session, the next attach on it failed
@@ -428,16 +467,7 @@ async fn c2d_outcomes_complete_reject_and_abandon() {
         m.properties.push(("k".into(), format!("v{n}")));
         hub.send_c2d(&id, m).await.expect("send c2d");
     }
-    let mut client = fx.client().await;
-    client.authorize_device(&fx, &id, &key).await;
-    let mut receiver = Receiver::builder()
-        .name("c2d")
-        .source(bound(&id))
-        .target("c2d-local")
-        .auto_accept(false)
-        .attach(&mut client.session)
-        .await
-        .expect("attach");
+    let (_client, mut receiver) = c2d_receiver(&fx, &id, &key).await;
     let first = next(&mut receiver).await;
     let props = first.message().properties.clone().expect("properties");
     assert_eq!(props.message_id, Some(MessageId::String("c2d-1".into())));
@@ -471,23 +501,9 @@ async fn c2d_outcomes_complete_reject_and_abandon() {
     );
     receiver.accept(&again).await.expect("accept again");
 
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let feedback = hub.read_feedback(0, 10).await.expect("feedback");
-        if feedback.len() >= 2 {
-            let status = |mid: &str| {
-                feedback
-                    .iter()
-                    .find(|f| f.message_id == mid)
-                    .map(|f| f.status)
-            };
-            assert_eq!(status("c2d-1"), Some(FeedbackStatus::Success));
-            assert_eq!(status("c2d-2"), Some(FeedbackStatus::Rejected));
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "feedback in time");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = feedback_statuses(&fx, 2).await;
+    assert_eq!(status.get("c2d-1"), Some(&FeedbackStatus::Success));
+    assert_eq!(status.get("c2d-2"), Some(&FeedbackStatus::Rejected));
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while hub.pending_c2d(&id).await.expect("pending") != 0 {
         assert!(tokio::time::Instant::now() < deadline, "the inbox empties");
@@ -511,16 +527,7 @@ async fn one_disposition_over_a_range_settles_every_delivery_in_it() {
         m.ack = AckRequest::Full;
         hub.send_c2d(&id, m).await.expect("send c2d");
     }
-    let mut client = fx.client().await;
-    client.authorize_device(&fx, &id, &key).await;
-    let mut receiver = Receiver::builder()
-        .name("c2d")
-        .source(bound(&id))
-        .target("c2d-local")
-        .auto_accept(false)
-        .attach(&mut client.session)
-        .await
-        .expect("attach");
+    let (_client, mut receiver) = c2d_receiver(&fx, &id, &key).await;
     let first = next(&mut receiver).await;
     let second = next(&mut receiver).await;
     let third = next(&mut receiver).await;
@@ -531,24 +538,10 @@ async fn one_disposition_over_a_range_settles_every_delivery_in_it() {
         .expect("accept both");
     receiver.reject(&third, None).await.expect("reject");
 
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let feedback = hub.read_feedback(0, 10).await.expect("feedback");
-        if feedback.len() >= 3 {
-            let status = |mid: &str| {
-                feedback
-                    .iter()
-                    .find(|f| f.message_id == mid)
-                    .map(|f| f.status)
-            };
-            assert_eq!(status("range-1"), Some(FeedbackStatus::Success));
-            assert_eq!(status("range-2"), Some(FeedbackStatus::Success));
-            assert_eq!(status("range-3"), Some(FeedbackStatus::Rejected));
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "feedback in time");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = feedback_statuses(&fx, 3).await;
+    assert_eq!(status.get("range-1"), Some(&FeedbackStatus::Success));
+    assert_eq!(status.get("range-2"), Some(&FeedbackStatus::Success));
+    assert_eq!(status.get("range-3"), Some(&FeedbackStatus::Rejected));
     assert_eq!(hub.pending_c2d(&id).await.expect("pending"), 0);
 }
 

@@ -36,8 +36,6 @@ async fn next(receiver: &mut Receiver) -> fe2o3_amqp::link::delivery::Delivery<B
         .expect("delivery")
 }
 
-/// Whether a sender link to `address` is refused: the attach fails, or the link is closed
-/// before a message is taken.
 /// A device client authorized for `id`, with a C2D receiver that settles only when told.
 async fn c2d_receiver(
     fx: &Fixture,
@@ -77,6 +75,8 @@ async fn feedback_statuses(
     }
 }
 
+/// Whether a sender link to `address` is refused: the attach fails, or the link is closed
+/// before a message is taken.
 async fn sender_refused(client: &mut amqp_support::Client, address: &str) -> bool {
     // Each probe on a session of its own (claims are the connection's, so what the probe may do
     // is the same). With every probe on the client's one session, the next attach on it failed

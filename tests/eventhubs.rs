@@ -36,6 +36,16 @@ struct Fixture {
     _endpoint: EventHubsEndpoint,
 }
 
+impl Fixture {
+    /// SASL PLAIN with the `service` policy's key.
+    fn service_sasl(&self) -> SaslProfile {
+        SaslProfile::Plain {
+            username: "service".into(),
+            password: self.key.clone(),
+        }
+    }
+}
+
 async fn fixture() -> Fixture {
     let log = Arc::new(MemoryLog::new(4).expect("log"));
     let service = SharedAccessPolicy::generate("service", Rights::SERVICE_CONNECT);
@@ -475,14 +485,7 @@ async fn refuses_wrong_tokens_and_missing_partitions() {
 async fn sasl_plain_with_the_policy_key_authorizes_the_connection() {
     let f = fixture().await;
     append(&f.log, 3, "dev-a", 0..1).await;
-    let (_c, mut session) = connect(
-        f.addr,
-        SaslProfile::Plain {
-            username: "service".into(),
-            password: f.key.clone(),
-        },
-    )
-    .await;
+    let (_c, mut session) = connect(f.addr, f.service_sasl()).await;
     let mut r = open_partition(&mut session, "3", None).await;
     assert_eq!(next(&mut r).await.0, 0);
     // A wrong key fails the SASL exchange.
@@ -612,10 +615,7 @@ async fn events_larger_than_the_clients_frames_arrive_whole_through_a_small_sess
         .container_id("small-frames")
         .hostname(HOST)
         .max_frame_size(512u32)
-        .sasl_profile(SaslProfile::Plain {
-            username: "service".into(),
-            password: f.key.clone(),
-        })
+        .sasl_profile(f.service_sasl())
         .open_with_stream(stream)
         .await
         .expect("open");
@@ -640,14 +640,7 @@ async fn events_larger_than_the_clients_frames_arrive_whole_through_a_small_sess
 async fn a_presettled_link_gets_no_more_events_than_its_credit() {
     let f = fixture().await;
     append(&f.log, 2, "dev-b", 0..30).await;
-    let (_c, mut session) = connect(
-        f.addr,
-        SaslProfile::Plain {
-            username: "service".into(),
-            password: f.key.clone(),
-        },
-    )
-    .await;
+    let (_c, mut session) = connect(f.addr, f.service_sasl()).await;
     let mut r = Receiver::builder()
         .name("presettled")
         .source(format!("{ENTITY}/ConsumerGroups/$Default/Partitions/2"))

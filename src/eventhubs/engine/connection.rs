@@ -1022,133 +1022,47 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
             let Some(link) = links.get_mut(&handle) else {
                 continue;
             };
-            {
-                match &mut link.kind {
-                    LinkKind::Partition {
-                        queue,
-                        feed,
-                        asked,
-                        large,
-                        ..
-                    } => {
-                        let mut sent = 0;
-                        loop {
-                            if sent == TURN {
-                                more = true;
-                                break;
-                            }
-                            if *window.remaining == 0 {
-                                break;
-                            }
-                            if let Some(delivery) = large {
-                                if !delivery.send(
-                                    &mut self.out,
-                                    ch,
-                                    handle,
-                                    max_frame_size,
-                                    &mut window,
-                                )? {
-                                    break; // the window is used up
-                                }
-                                *large = None;
-                                sent += 1;
-                                continue;
-                            }
-                            if link.credit == 0 {
-                                break;
-                            }
-                            let Some(record) = queue.pop_front() else {
-                                break;
-                            };
-                            let delivery = Delivery::start(
-                                handle,
-                                link.settled,
-                                &mut link.delivery_count,
-                                &mut link.credit,
-                                next_delivery_id,
-                            );
-                            match write_event(
-                                &mut self.out,
-                                ch,
-                                &delivery,
-                                &record,
-                                max_frame_size,
-                            )? {
-                                None => {
-                                    window.take();
-                                    sent += 1;
-                                }
-                                // Larger than one frame: sent frame by frame, as the client's
-                                // window allows.
-                                Some(bytes) => {
-                                    *large = Some(LargeDelivery {
-                                        delivery,
-                                        bytes,
-                                        sent: 0,
-                                    })
-                                }
-                            }
-                        }
-                        if queue.is_empty() && !*asked {
-                            feed.want();
-                            *asked = true;
-                        }
-                        if link.drain && link.credit > 0 && queue.is_empty() && large.is_none() {
-                            drained.push((ch, handle));
-                        }
+            let Link {
+                kind,
+                settled,
+                credit,
+                delivery_count,
+                drain,
+            } = link;
+            let mut sender = LinkSender {
+                out: &mut self.out,
+                channel: ch,
+                handle,
+                settled: *settled,
+                credit,
+                delivery_count,
+                next_delivery_id,
+                window: &mut window,
+                max_frame_size,
+            };
+            let drained_now = match kind {
+                LinkKind::Partition {
+                    queue,
+                    feed,
+                    asked,
+                    large,
+                    ..
+                } => {
+                    more |= sender.send_queued(queue, large, TURN, write_event)?;
+                    if queue.is_empty() && !*asked {
+                        feed.want();
+                        *asked = true;
                     }
-                    LinkKind::Replies { queue, large } => {
-                        while *window.remaining > 0 {
-                            if let Some(delivery) = large {
-                                if !delivery.send(
-                                    &mut self.out,
-                                    ch,
-                                    handle,
-                                    max_frame_size,
-                                    &mut window,
-                                )? {
-                                    break;
-                                }
-                                *large = None;
-                                continue;
-                            }
-                            if link.credit == 0 {
-                                break;
-                            }
-                            let Some(message) = queue.pop_front() else {
-                                break;
-                            };
-                            let delivery = Delivery::start(
-                                handle,
-                                link.settled,
-                                &mut link.delivery_count,
-                                &mut link.credit,
-                                next_delivery_id,
-                            );
-                            if message.len() + TRANSFER_OVERHEAD <= max_frame_size {
-                                let tag = delivery.tag.to_be_bytes();
-                                let frame = TransferFrame::begin(
-                                    &mut self.out,
-                                    ch,
-                                    &delivery.first_fields(&tag, false),
-                                )?;
-                                self.out.extend_from_slice(&message);
-                                frame.end(&mut self.out)?;
-                                window.take();
-                            } else {
-                                *large = Some(LargeDelivery {
-                                    delivery,
-                                    bytes: message,
-                                    sent: 0,
-                                });
-                            }
-                        }
-                        if link.drain && link.credit > 0 && queue.is_empty() && large.is_none() {
-                            drained.push((ch, handle));
-                        }
-                    }
-                    LinkKind::Requests { .. } | LinkKind::Detached => {}
+                    queue.is_empty() && large.is_none()
                 }
+                LinkKind::Replies { queue, large } => {
+                    sender.send_queued(queue, large, usize::MAX, write_encoded)?;
+                    queue.is_empty() && large.is_none()
+                }
+                LinkKind::Requests { .. } | LinkKind::Detached => false,
+            };
+            if *drain && *credit > 0 && drained_now {
+                drained.push((ch, handle));
             }
         }
         self.order = order;
@@ -1232,6 +1146,87 @@ impl Delivery {
     }
 }
 
+/// One link's sending side for a pump: what it needs of the connection, its session and
+/// itself.
+struct LinkSender<'a, 'w> {
+    out: &'a mut Vec<u8>,
+    channel: u16,
+    handle: u32,
+    /// This endpoint's deliveries go out settled.
+    settled: bool,
+    credit: &'a mut u32,
+    delivery_count: &'a mut u32,
+    next_delivery_id: &'a mut u32,
+    window: &'a mut Window<'w>,
+    max_frame_size: usize,
+}
+
+impl LinkSender<'_, '_> {
+    /// Sends from `queue` while the link's credit and the client's window allow, at most
+    /// `turn` deliveries: first the rest of a delivery being sent in parts (`large`), then one
+    /// delivery per item, written by `write` (which hands back the encoded item when it does
+    /// not fit one frame: it then goes out frame by frame as the window allows). Returns
+    /// whether the turn ran out with more to send.
+    fn send_queued<T>(
+        &mut self,
+        queue: &mut VecDeque<T>,
+        large: &mut Option<LargeDelivery>,
+        turn: usize,
+        write: impl Fn(&mut Vec<u8>, u16, &Delivery, T, usize) -> Result<Option<Vec<u8>>, AmqpWireError>,
+    ) -> Result<bool, EngineError> {
+        let mut sent = 0;
+        loop {
+            if sent == turn {
+                return Ok(true);
+            }
+            if *self.window.remaining == 0 {
+                return Ok(false);
+            }
+            if let Some(delivery) = large {
+                if !delivery.send(
+                    self.out,
+                    self.channel,
+                    self.handle,
+                    self.max_frame_size,
+                    self.window,
+                )? {
+                    return Ok(false); // the window is used up
+                }
+                *large = None;
+                sent += 1;
+                continue;
+            }
+            if *self.credit == 0 {
+                return Ok(false);
+            }
+            let Some(item) = queue.pop_front() else {
+                return Ok(false);
+            };
+            let delivery = Delivery::start(
+                self.handle,
+                self.settled,
+                self.delivery_count,
+                self.credit,
+                self.next_delivery_id,
+            );
+            match write(self.out, self.channel, &delivery, item, self.max_frame_size)? {
+                None => {
+                    self.window.take();
+                    sent += 1;
+                }
+                // Larger than one frame: sent frame by frame, as the client's window allows.
+                Some(bytes) => {
+                    *large = Some(LargeDelivery {
+                        delivery,
+                        bytes,
+                        sent: 0,
+                    })
+                }
+            }
+        }
+    }
+}
+
 /// A delivery larger than one frame, sent a frame at a time as the client's window allows.
 #[derive(Debug)]
 struct LargeDelivery {
@@ -1288,9 +1283,10 @@ fn write_event(
     out: &mut Vec<u8>,
     channel: u16,
     delivery: &Delivery,
-    stored: &StoredRecord,
+    stored: StoredRecord,
     max_frame_size: usize,
 ) -> Result<Option<Vec<u8>>, AmqpWireError> {
+    let stored = &stored;
     let tag = delivery.tag.to_be_bytes();
     let start = out.len();
     let frame = TransferFrame::begin(out, channel, &delivery.first_fields(&tag, false))?;
@@ -1304,6 +1300,26 @@ fn write_event(
     let mut bytes = Vec::new();
     encode_event(stored, &mut bytes)?;
     Ok(Some(bytes))
+}
+
+/// Appends the `transfer` frame of an encoded message (an answer) when it fits the client's
+/// maximum frame size (`None`); otherwise writes nothing and hands the message back, to be
+/// sent in parts.
+fn write_encoded(
+    out: &mut Vec<u8>,
+    channel: u16,
+    delivery: &Delivery,
+    message: Vec<u8>,
+    max_frame_size: usize,
+) -> Result<Option<Vec<u8>>, AmqpWireError> {
+    if message.len() + TRANSFER_OVERHEAD > max_frame_size {
+        return Ok(Some(message));
+    }
+    let tag = delivery.tag.to_be_bytes();
+    let frame = TransferFrame::begin(out, channel, &delivery.first_fields(&tag, false))?;
+    out.extend_from_slice(&message);
+    frame.end(out)?;
+    Ok(None)
 }
 
 fn source_address(attach: &Attach) -> Option<String> {

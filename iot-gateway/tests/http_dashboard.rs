@@ -289,7 +289,10 @@ async fn the_alerts_stream_follows_its_topic() {
         EventStream::open(&stack, &path, &bearer(&access, "vera").await).await;
     assert_eq!(status, 200);
     let seen = events.until(r#""temperature":85"#).await.to_owned();
-    assert_eq!(event_data(&seen, "alert", "85")["deviceId"], "pump-1");
+    assert_eq!(
+        event_data(&seen, "alert", r#""temperature":85"#)["deviceId"],
+        "pump-1"
+    );
     alerts
         .append(
             PartitionId(1),
@@ -301,7 +304,10 @@ async fn the_alerts_stream_follows_its_topic() {
         .await
         .expect("append");
     let seen = events.until(r#""temperature":90"#).await.to_owned();
-    assert_eq!(event_data(&seen, "alert", "90")["deviceId"], "fan-1");
+    assert_eq!(
+        event_data(&seen, "alert", r#""temperature":90"#)["deviceId"],
+        "fan-1"
+    );
 
     // close_streams ends the open stream (the last chunk of the chunked body arrives).
     stack.state.close_streams();
